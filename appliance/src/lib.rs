@@ -1,0 +1,7 @@
+//! Dojang, the appliance: configuration, and (as the work lands) the server,
+//! issuance path, credentials, PKI, store and audit log. The binaries
+//! `dojangd` and `dojangctl` are thin shells over this library.
+
+#![forbid(unsafe_code)]
+
+pub mod config;

@@ -1,0 +1,135 @@
+//! Where a secret (the user PIN, the TPM owner auth) comes from, and reading it.
+//!
+//! A secret is never a plain config value: it is read from a file or from a
+//! systemd credential (`LoadCredential=`), held as [`SecretString`] (zeroized
+//! on drop, redacted in `Debug`) and exposed only at the call that needs it.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Largest secret file accepted; a PIN is short, a huge file is a mistake.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// Where to read a secret from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretSource {
+    /// A file holding the secret (a trailing newline is ignored).
+    File(PathBuf),
+    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY/<name>`.
+    SystemdCredential(String),
+}
+
+impl SecretSource {
+    /// Where the secret lives, for error messages (never the secret itself).
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::SystemdCredential(name) => format!("systemd credential {name:?}"),
+        }
+    }
+
+    fn path(&self) -> Result<PathBuf> {
+        match self {
+            SecretSource::File(path) => Ok(path.clone()),
+            SecretSource::SystemdCredential(name) => {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    return Err(Error::Config(format!(
+                        "systemd credential name {name:?} must be a plain file name"
+                    )));
+                }
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    Error::Config(format!(
+                        "systemd credential {name:?} configured but CREDENTIALS_DIRECTORY is not set \
+                         (run under systemd with LoadCredential=, or use a pin file)"
+                    ))
+                })?;
+                Ok(PathBuf::from(dir).join(name))
+            }
+        }
+    }
+
+    /// Reads the secret. The buffer it passes through is zeroized.
+    pub fn read(&self) -> Result<SecretString> {
+        let path = self.path()?;
+        let context = || format!("reading the secret from {}", self.describe());
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(context(), e))?;
+        let mut raw = Zeroizing::new(Vec::with_capacity(64));
+        let _ = file
+            .take(MAX_SECRET_FILE + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| Error::io(context(), e))?;
+        if raw.len() as u64 > MAX_SECRET_FILE {
+            return Err(Error::Config(format!(
+                "{} is larger than {MAX_SECRET_FILE} bytes; is it the right file?",
+                self.describe()
+            )));
+        }
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| Error::Config(format!("{} is not UTF-8", self.describe())))?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err(Error::Config(format!("{} is empty", self.describe())));
+        }
+        Ok(SecretString::from(secret.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn temp_file(content: &[u8]) -> (PathBuf, impl Drop) {
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "dojang-pin-test-{}-{:x}",
+            std::process::id(),
+            openssl::sha::sha256(content)[0] as u64 * 7919 + content.len() as u64
+        ));
+        std::fs::write(&path, content).unwrap();
+        (path.clone(), Cleanup(path))
+    }
+
+    #[test]
+    fn reads_a_pin_file_without_its_newline() {
+        let (path, _cleanup) = temp_file(b"123456\n");
+        let pin = SecretSource::File(path).read().unwrap();
+        assert_eq!(pin.expose_secret(), "123456");
+    }
+
+    #[test]
+    fn refuses_empty_and_missing_files_without_leaking() {
+        let (path, _cleanup) = temp_file(b"\n");
+        let err = SecretSource::File(path).read().unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = SecretSource::File("/nonexistent/pin".into()).read().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/pin"), "{err}");
+    }
+
+    #[test]
+    fn debug_of_a_secret_is_redacted() {
+        let (path, _cleanup) = temp_file(b"s3cr3t-pin");
+        let pin = SecretSource::File(path).read().unwrap();
+        assert!(!format!("{pin:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn credential_names_cannot_escape_the_directory() {
+        let err = SecretSource::SystemdCredential("../etc/shadow".into())
+            .read()
+            .unwrap_err();
+        assert!(err.to_string().contains("plain file name"), "{err}");
+    }
+}

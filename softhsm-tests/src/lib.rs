@@ -1,0 +1,325 @@
+//! Fixtures for tests against the real thing: a fresh SoftHSM token per test,
+//! SoftHSM served through `p11-kit server` (a PKCS#11 "network" we can cut),
+//! and an `swtpm` on loopback. Each fixture owns its temp dir and child
+//! processes and cleans them up on drop.
+//!
+//! PKCS#11 reads its configuration (`SOFTHSM2_CONF`, `P11_KIT_SERVER_ADDRESS`)
+//! from the process environment at `C_Initialize`, and Dojang keeps one
+//! context per process, so each test that opens a token must run in its own
+//! process: run these suites with `cargo nextest` (as `make test` does).
+
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The user PIN of every test token.
+pub const USER_PIN: &str = "246813";
+/// The security-officer PIN of every test token.
+pub const SO_PIN: &str = "97531086";
+
+/// Where Debian puts the SoftHSM module.
+pub const SOFTHSM_MODULES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
+/// Where Debian puts p11-kit's client module.
+pub const P11KIT_CLIENT_MODULES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so",
+];
+
+fn first_existing(candidates: &[&str], what: &str) -> PathBuf {
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{what} not found in {candidates:?}: run `make deps`"))
+}
+
+/// The SoftHSM PKCS#11 module.
+pub fn softhsm_module() -> PathBuf {
+    first_existing(SOFTHSM_MODULES, "SoftHSM module")
+}
+
+/// p11-kit's client module (talks to a `p11-kit server` socket).
+pub fn p11kit_client_module() -> PathBuf {
+    first_existing(P11KIT_CLIENT_MODULES, "p11-kit client module")
+}
+
+static ENV_OWNER: Mutex<Option<String>> = Mutex::new(None);
+
+/// Sets a process-wide variable once per process; a second, different value
+/// means two tests share a process, which PKCS#11 cannot support.
+fn set_process_env(key: &str, value: &str) {
+    let mut owner = ENV_OWNER.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = format!("{key}={value}");
+    match owner.as_deref() {
+        Some(previous) if previous.starts_with(&format!("{key}=")) && previous != entry => panic!(
+            "a second PKCS#11 environment in one process ({previous} then {entry}): \
+             run these tests with `cargo nextest run`, one test per process"
+        ),
+        _ => {}
+    }
+    std::env::set_var(key, value);
+    *owner = Some(entry);
+}
+
+/// A fresh, initialised SoftHSM token in its own directory.
+pub struct SoftHsmToken {
+    dir: TempDir,
+    label: String,
+}
+
+impl SoftHsmToken {
+    /// Creates and initialises a token labelled `label`. Does not touch the
+    /// process environment (see [`SoftHsmToken::activate`]).
+    pub fn create(label: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dojang-softhsm-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir(dir.path().join("tokens")).expect("token dir");
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        std::fs::write(dir.path().join("pin"), format!("{USER_PIN}\n")).expect("pin file");
+        let token = SoftHsmToken {
+            dir,
+            label: label.to_owned(),
+        };
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
+            .env("SOFTHSM2_CONF", token.conf_path())
+            .output()
+            .expect("softhsm2-util (run `make deps`)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        token
+    }
+
+    /// Creates a token and points this process's `SOFTHSM2_CONF` at it.
+    pub fn new(label: &str) -> Self {
+        let token = Self::create(label);
+        token.activate();
+        token
+    }
+
+    /// Points this process's `SOFTHSM2_CONF` at this token.
+    pub fn activate(&self) {
+        set_process_env("SOFTHSM2_CONF", &self.conf_path().to_string_lossy());
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The SoftHSM configuration file.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// Where SoftHSM keeps the token's objects.
+    pub fn token_dir(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    /// A file holding the user PIN.
+    pub fn pin_file(&self) -> PathBuf {
+        self.dir.path().join("pin")
+    }
+
+    /// A scratch directory that lives as long as the token.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs OpenSC's `pkcs11-tool` against this token, logged in.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> std::process::Output {
+        Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(softhsm_module())
+            .args(["--token-label", &self.label, "--login", "--pin", USER_PIN])
+            .args(args)
+            .env("SOFTHSM2_CONF", self.conf_path())
+            .output()
+            .expect("pkcs11-tool (run `make deps`)")
+    }
+}
+
+/// A child process killed on drop.
+struct Guarded(Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SoftHSM behind `p11-kit server` on a Unix socket: the test's stand-in for
+/// a network HSM whose connection can be cut and restored.
+pub struct P11KitServer {
+    token: SoftHsmToken,
+    socket: PathBuf,
+    child: Option<Guarded>,
+}
+
+impl P11KitServer {
+    /// Starts a server for `token` and points this process's
+    /// `P11_KIT_SERVER_ADDRESS` at it.
+    pub fn start(token: SoftHsmToken) -> Self {
+        let socket = token.scratch().join("p11kit.sock");
+        set_process_env(
+            "P11_KIT_SERVER_ADDRESS",
+            &format!("unix:path={}", socket.display()),
+        );
+        let mut server = P11KitServer {
+            token,
+            socket,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// The token behind the server.
+    pub fn token(&self) -> &SoftHsmToken {
+        &self.token
+    }
+
+    /// Kills the server and the per-connection processes it forked (SIGKILL
+    /// to its process group): every client connection drops.
+    pub fn kill(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.0.id())])
+                .status();
+        }
+        self.child = None;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// (Re)starts the server on the same socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("p11-kit")
+            .args(["server", "-f", "-n"])
+            .arg(&self.socket)
+            .arg("--provider")
+            .arg(softhsm_module())
+            .arg(format!("pkcs11:token={}", self.token.label()))
+            .env("SOFTHSM2_CONF", self.token.conf_path())
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("p11-kit server (run `make deps`)");
+        self.child = Some(Guarded(child));
+        wait_until(Duration::from_secs(10), "p11-kit server socket", || {
+            self.socket.exists()
+        });
+    }
+}
+
+/// A software TPM (`swtpm`) on loopback TCP, with its state in a temp dir.
+pub struct Swtpm {
+    state: TempDir,
+    port: u16,
+    child: Option<Guarded>,
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free loopback ports")
+}
+
+fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} not ready after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Swtpm {
+    /// Starts a fresh TPM.
+    pub fn start() -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("dojang-swtpm-")
+            .tempdir()
+            .expect("temp dir");
+        let mut tpm = Swtpm {
+            state,
+            port: free_port_pair(),
+            child: None,
+        };
+        tpm.restart();
+        tpm
+    }
+
+    /// The TCTI string for `tss-esapi`.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// A directory beside the TPM state for key blobs and the like.
+    pub fn scratch(&self) -> PathBuf {
+        self.state.path().join("scratch")
+    }
+
+    /// Kills the TPM (as a power loss would).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// (Re)starts the TPM on the same state and ports; it powers up and runs
+    /// TPM2_Startup(CLEAR) itself, so transient objects are gone.
+    pub fn restart(&mut self) {
+        self.kill();
+        let state_dir = self.state.path().join("state");
+        std::fs::create_dir_all(&state_dir).expect("swtpm state dir");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state_dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm (run `make deps`)");
+        self.child = Some(Guarded(child));
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until(Duration::from_secs(10), "swtpm", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+        });
+    }
+}
