@@ -231,10 +231,26 @@ mod tests {
 
     #[test]
     fn purpose_algorithm_pairs_are_checked() {
-        assert!(KeyPurpose::Pseudonym.check_algorithm(Algorithm::HmacSha256).is_ok());
-        assert!(KeyPurpose::Pseudonym.check_algorithm(Algorithm::Es256).is_err());
-        assert!(KeyPurpose::DocumentSigner.check_algorithm(Algorithm::HmacSha256).is_err());
-        assert!(KeyPurpose::DocumentSigner.check_algorithm(Algorithm::EdDsa).is_ok());
+        assert!(
+            KeyPurpose::Pseudonym
+                .check_algorithm(Algorithm::HmacSha256)
+                .is_ok()
+        );
+        assert!(
+            KeyPurpose::Pseudonym
+                .check_algorithm(Algorithm::Es256)
+                .is_err()
+        );
+        assert!(
+            KeyPurpose::DocumentSigner
+                .check_algorithm(Algorithm::HmacSha256)
+                .is_err()
+        );
+        assert!(
+            KeyPurpose::DocumentSigner
+                .check_algorithm(Algorithm::EdDsa)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -12,13 +12,29 @@ use crate::error::{Error, Result};
 use crate::pin::SecretSource;
 
 /// Which backend holds the keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum BackendConfig {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
     /// A PKCS#11 token (SoftHSM, a network HSM, a smart card).
-    Pkcs11(Pkcs11Config),
+    Pkcs11,
     /// A TPM 2.0 (device or swtpm).
-    Tpm(TpmConfig),
+    Tpm,
+}
+
+/// The `[keys]` table: which backend, and that backend's own table
+/// (`[keys.pkcs11]` or `[keys.tpm]`). Plain structs rather than a tagged
+/// enum so a mistake is reported at its own line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The backend in use.
+    pub backend: BackendKind,
+    /// Settings when `backend = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+    /// Settings when `backend = "tpm"`.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
 }
 
 /// A PKCS#11 token, selected by label or serial (never by slot number: slot
@@ -165,7 +181,9 @@ impl TpmConfig {
             )));
         }
         if self.recovery_interval_ms == 0 {
-            return Err(Error::Config("keys.recovery_interval_ms must be positive".into()));
+            return Err(Error::Config(
+                "keys.recovery_interval_ms must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -176,11 +194,38 @@ impl TpmConfig {
 }
 
 impl BackendConfig {
+    /// A PKCS#11 configuration.
+    pub fn pkcs11(config: Pkcs11Config) -> Self {
+        BackendConfig {
+            backend: BackendKind::Pkcs11,
+            pkcs11: Some(config),
+            tpm: None,
+        }
+    }
+
+    /// A TPM configuration.
+    pub fn tpm(config: TpmConfig) -> Self {
+        BackendConfig {
+            backend: BackendKind::Tpm,
+            pkcs11: None,
+            tpm: Some(config),
+        }
+    }
+
     /// Checks the configuration without touching a device.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            BackendConfig::Pkcs11(c) => c.validate(),
-            BackendConfig::Tpm(c) => c.validate(),
+        match (self.backend, &self.pkcs11, &self.tpm) {
+            (BackendKind::Pkcs11, Some(c), None) => c.validate(),
+            (BackendKind::Tpm, None, Some(c)) => c.validate(),
+            (BackendKind::Pkcs11, None, _) => Err(Error::Config(
+                "keys.backend is \"pkcs11\" but there is no [keys.pkcs11] table".into(),
+            )),
+            (BackendKind::Tpm, _, None) => Err(Error::Config(
+                "keys.backend is \"tpm\" but there is no [keys.tpm] table".into(),
+            )),
+            (_, Some(_), Some(_)) => Err(Error::Config(
+                "set only the table of the backend in use ([keys.pkcs11] or [keys.tpm])".into(),
+            )),
         }
     }
 }
@@ -188,9 +233,10 @@ impl BackendConfig {
 /// Opens the configured backend: connects, logs in, and checks the device.
 pub fn open(config: &BackendConfig) -> Result<Arc<dyn KeyBackend>> {
     config.validate()?;
-    Ok(match config {
-        BackendConfig::Pkcs11(c) => Arc::new(crate::pkcs11::Pkcs11Backend::open(c.clone())?),
-        BackendConfig::Tpm(c) => Arc::new(crate::tpm::TpmBackend::open(c.clone())?),
+    Ok(match (&config.pkcs11, &config.tpm) {
+        (Some(c), _) => Arc::new(crate::pkcs11::Pkcs11Backend::open(c.clone())?),
+        (None, Some(c)) => Arc::new(crate::tpm::TpmBackend::open(c.clone())?),
+        (None, None) => unreachable!("validate() requires one table"),
     })
 }
 
@@ -207,33 +253,27 @@ mod tests {
         let c = parse(
             r#"
             backend = "pkcs11"
+            [pkcs11]
             module = "/usr/lib/softhsm/libsofthsm2.so"
             token_label = "dojang"
             pin = { file = "/etc/dojang/pin" }
             "#,
         )
         .unwrap();
-        let BackendConfig::Pkcs11(c) = c else {
-            panic!("wrong backend")
-        };
+        c.validate().unwrap();
+        let c = c.pkcs11.unwrap();
         assert_eq!(c.sessions, 4);
         assert_eq!(c.pin, SecretSource::File("/etc/dojang/pin".into()));
-        c.validate().unwrap();
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
+    fn unknown_keys_are_refused_at_their_line() {
         let err = parse(
-            r#"
-            backend = "pkcs11"
-            module = "/m.so"
-            token_label = "dojang"
-            pin = { file = "/p" }
-            slot = 0
-            "#,
+            "backend = \"pkcs11\"\n[pkcs11]\nmodule = \"/m.so\"\ntoken_label = \"dojang\"\npin = { file = \"/p\" }\nslot = 0\n",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("slot"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("slot") && text.contains("line 6"), "{text}");
     }
 
     #[test]
@@ -242,6 +282,7 @@ mod tests {
             parse(
                 r#"
                 backend = "pkcs11"
+                [pkcs11]
                 module = "/m.so"
                 token_label = "dojang"
                 pin = "1234"
@@ -249,6 +290,12 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_selected_backend_needs_its_table_and_only_it() {
+        let c = parse("backend = \"tpm\"\n[pkcs11]\nmodule = \"/m.so\"\ntoken_label = \"d\"\npin = { file = \"/p\" }\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("[keys.tpm]"));
     }
 
     #[test]
@@ -267,15 +314,14 @@ mod tests {
         let c = parse(
             r#"
             backend = "tpm"
+            [tpm]
             tcti = "swtpm:host=127.0.0.1,port=2321"
             key_dir = "/var/lib/dojang/tpm-keys"
             "#,
         )
         .unwrap();
         c.validate().unwrap();
-        let BackendConfig::Tpm(mut t) = c else {
-            panic!("wrong backend")
-        };
+        let mut t = c.tpm.unwrap();
         t.tcti = "bogus".into();
         assert!(t.validate().is_err());
     }

@@ -21,7 +21,7 @@ mod public_key;
 pub mod tpm;
 
 pub use algorithm::{Algorithm, KeyPurpose, ecdsa_der_to_raw, ecdsa_raw_to_der};
-pub use config::{BackendConfig, MAX_SESSIONS, Pkcs11Config, TpmConfig, open};
+pub use config::{BackendConfig, BackendKind, MAX_SESSIONS, Pkcs11Config, TpmConfig, open};
 pub use error::{Error, ErrorClass, Result};
 pub use label::{MAX_LABEL_LEN, validate_label};
 pub use pin::SecretSource;
@@ -115,7 +115,9 @@ pub trait KeyBackend: Send + Sync {
 
 pub(crate) fn check_sign_input(message: &[u8]) -> Result<()> {
     if message.is_empty() {
-        return Err(Error::InvalidInput("refusing to sign an empty message".into()));
+        return Err(Error::InvalidInput(
+            "refusing to sign an empty message".into(),
+        ));
     }
     if message.len() > MAX_SIGN_INPUT {
         return Err(Error::InvalidInput(format!(

@@ -114,7 +114,9 @@ mod tests {
         let (path, _cleanup) = temp_file(b"\n");
         let err = SecretSource::File(path).read().unwrap_err();
         assert!(err.to_string().contains("is empty"), "{err}");
-        let err = SecretSource::File("/nonexistent/pin".into()).read().unwrap_err();
+        let err = SecretSource::File("/nonexistent/pin".into())
+            .read()
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pin"), "{err}");
     }
 

@@ -38,7 +38,10 @@ impl Jwk {
                 r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#,
                 self.crv, self.kty, self.x, y
             ),
-            None => format!(r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#, self.crv, self.kty, self.x),
+            None => format!(
+                r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
+                self.crv, self.kty, self.x
+            ),
         };
         B64URL.encode(openssl::sha::sha256(canonical.as_bytes()))
     }
@@ -219,8 +222,9 @@ pub fn public_key_from_jwk(jwk: &Jwk) -> Result<PublicKey> {
             let mut point = vec![0x04];
             point.extend(decode("x", &jwk.x)?);
             point.extend(decode("y", y)?);
-            PublicKey::from_ec_point(alg, &point)
-                .map_err(|e| Error::InvalidInput(format!("JWK is not a valid {} key: {e}", jwk.crv)))
+            PublicKey::from_ec_point(alg, &point).map_err(|e| {
+                Error::InvalidInput(format!("JWK is not a valid {} key: {e}", jwk.crv))
+            })
         }
         ("OKP", "Ed25519") => PublicKey::from_ed25519(&decode("x", &jwk.x)?)
             .map_err(|e| Error::InvalidInput(format!("JWK is not a valid Ed25519 key: {e}"))),
@@ -275,7 +279,10 @@ mod tests {
             x: "AA".into(),
             y: Some("AA".into()),
         };
-        assert!(matches!(public_key_from_jwk(&jwk), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            public_key_from_jwk(&jwk),
+            Err(Error::InvalidInput(_))
+        ));
     }
 
     #[test]

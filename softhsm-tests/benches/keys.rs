@@ -1,1 +1,116 @@
-fn main(){}
+//! Key-layer benchmark, one run, one fresh SoftHSM token: a bare cryptoki
+//! ES256 loop against signatures through the shim's trait, at 1 and 2
+//! threads, interleaved over several rounds (median reported); then the
+//! swtpm signing rate. Prints the shim/raw ratio (target ≥ 0.95 at 2 threads).
+//!
+//! `cargo bench -p softhsm-tests --bench keys` (or `make bench`).
+//! `DOJANG_BENCH_SECONDS` sets the length of each measurement (default 2).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pkcs11_shim::pkcs11::{raw_sign_rate, Pkcs11Backend, RawBenchmark};
+use pkcs11_shim::tpm::TpmBackend;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource, TpmConfig};
+use secrecy::SecretString;
+use softhsm_tests::{SoftHsmToken, Swtpm, USER_PIN};
+
+const ROUNDS: usize = 3;
+const MESSAGE: &[u8] = &[0x5a; 256]; // about the size of a COSE Sig_structure for an MSO digest
+
+fn shim_rate(backend: &dyn KeyBackend, label: &str, threads: usize, duration: Duration) -> f64 {
+    let signed = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + duration;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let _ = scope.spawn(|| {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let _ = backend.sign(label, MESSAGE).expect("sign");
+                    n += 1;
+                }
+                let _ = signed.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("DOJANG_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let duration = Duration::from_secs(seconds);
+    let token = SoftHsmToken::new("dojang-bench");
+    let config = Pkcs11Config::new(
+        softhsm_tests::softhsm_module(),
+        token.label(),
+        SecretSource::File(token.pin_file()),
+    );
+    {
+        let backend = Pkcs11Backend::open(config.clone()).expect("open token");
+        let _ = backend
+            .generate("bench-ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+            .expect("generate");
+    }
+    let raw = |threads| RawBenchmark {
+        module: config.module.clone(),
+        token_label: token.label().to_owned(),
+        pin: SecretString::from(USER_PIN),
+        key_label: "bench-ds".into(),
+        threads,
+        duration,
+    };
+
+    println!(
+        "key-layer benchmark: SoftHSM ES256, {ROUNDS} interleaved rounds of {seconds} s, median"
+    );
+    println!(
+        "{:<8} {:>14} {:>14} {:>8}",
+        "threads", "raw sig/s", "shim sig/s", "ratio"
+    );
+    let mut ratio_at_two = 0.0;
+    for threads in [1usize, 2] {
+        let (mut raws, mut shims) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            raws.push(raw_sign_rate(&raw(threads), MESSAGE).expect("raw run"));
+            let backend = Pkcs11Backend::open(config.clone()).expect("open token");
+            shims.push(shim_rate(&backend, "bench-ds", threads, duration));
+        }
+        let (raw_rate, shim_rate) = (median(raws), median(shims));
+        let ratio = shim_rate / raw_rate;
+        if threads == 2 {
+            ratio_at_two = ratio;
+        }
+        println!("{threads:<8} {raw_rate:>14.0} {shim_rate:>14.0} {ratio:>8.3}");
+    }
+    println!(
+        "shim/raw at 2 threads: {ratio_at_two:.3} (target >= 0.95): {}",
+        if ratio_at_two >= 0.95 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+
+    let tpm = Swtpm::start();
+    let backend = TpmBackend::open(TpmConfig {
+        tcti: tpm.tcti(),
+        key_dir: tpm.scratch().join("keys"),
+        owner_auth: None,
+        recovery_interval_ms: 1000,
+    })
+    .expect("open swtpm");
+    let _ = backend
+        .generate("bench-tpm", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .expect("generate in TPM");
+    let tpm_rate = shim_rate(&backend, "bench-tpm", 1, duration);
+    println!("swtpm ES256 through the shim (password session, 1 thread): {tpm_rate:.0} sig/s");
+}

@@ -11,8 +11,8 @@
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -261,7 +261,10 @@ fn free_port_pair() -> u16 {
 fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ready() {
-        assert!(Instant::now() < deadline, "{what} not ready after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -310,7 +313,10 @@ impl Swtpm {
             .arg("--server")
             .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
             .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port + 1))
+            .arg(format!(
+                "type=tcp,port={},bindaddr=127.0.0.1",
+                self.port + 1
+            ))
             .args(["--flags", "not-need-init,startup-clear"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -322,4 +328,38 @@ impl Swtpm {
             TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
         });
     }
+}
+
+/// A workspace binary (`dojangctl`, `dojangd`) from the same target
+/// directory as the running test. `make test` builds them first.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Writes a `dojang.toml` for `token` into its scratch dir and returns its path.
+pub fn write_config(token: &SoftHsmToken) -> PathBuf {
+    let path = token.scratch().join("dojang.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[keys]\nbackend = \"pkcs11\"\n\n[keys.pkcs11]\nmodule = \"{}\"\ntoken_label = \"{}\"\npin = {{ file = \"{}\" }}\n",
+            softhsm_module().display(),
+            token.label(),
+            token.pin_file().display()
+        ),
+    )
+    .expect("write dojang.toml");
+    path
 }

@@ -16,7 +16,9 @@ fn eight_threads_sign_for_seconds_without_error_or_corruption() {
     let keys = ["ds-a", "ds-b"];
     let mut publics = Vec::new();
     for label in keys {
-        let key = backend.generate(label, KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+        let key = backend
+            .generate(label, KeyPurpose::DocumentSigner, Algorithm::Es256)
+            .unwrap();
         publics.push(key.public_key.unwrap());
     }
     let signed = AtomicU64::new(0);
@@ -33,7 +35,9 @@ fn eight_threads_sign_for_seconds_without_error_or_corruption() {
                         .sign(keys[which], message.as_bytes())
                         .unwrap_or_else(|e| panic!("thread {thread}: {e}"));
                     assert!(
-                        publics[which].verify(message.as_bytes(), &signature).unwrap(),
+                        publics[which]
+                            .verify(message.as_bytes(), &signature)
+                            .unwrap(),
                         "thread {thread}: corrupted signature"
                     );
                     n += 1;
@@ -46,5 +50,10 @@ fn eight_threads_sign_for_seconds_without_error_or_corruption() {
     assert!(total > 1_000, "only {total} signatures in 4 s");
     // A sample checked by the openssl CLI too.
     let signature = backend.sign("ds-a", b"sample").unwrap();
-    assert!(common::openssl_verifies(token.scratch(), &publics[0], b"sample", &signature));
+    assert!(common::openssl_verifies(
+        token.scratch(),
+        &publics[0],
+        b"sample",
+        &signature
+    ));
 }

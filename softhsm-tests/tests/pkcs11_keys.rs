@@ -13,19 +13,41 @@ fn every_offered_algorithm_signs_and_openssl_verifies() {
     let backend = common::open(&token);
     let offered = backend.algorithms();
     for alg in [Algorithm::Es256, Algorithm::Es384, Algorithm::EdDsa] {
-        assert!(offered.contains(&alg), "SoftHSM 2.6 offers {alg}: {offered:?}");
+        assert!(
+            offered.contains(&alg),
+            "SoftHSM 2.6 offers {alg}: {offered:?}"
+        );
     }
-    for (label, alg) in [("ds-p256", Algorithm::Es256), ("ds-p384", Algorithm::Es384), ("ds-ed25519", Algorithm::EdDsa)] {
-        let key = backend.generate(label, KeyPurpose::DocumentSigner, alg).unwrap();
-        let public = key.public_key.clone().expect("signing keys have a public key");
+    for (label, alg) in [
+        ("ds-p256", Algorithm::Es256),
+        ("ds-p384", Algorithm::Es384),
+        ("ds-ed25519", Algorithm::EdDsa),
+    ] {
+        let key = backend
+            .generate(label, KeyPurpose::DocumentSigner, alg)
+            .unwrap();
+        let public = key
+            .public_key
+            .clone()
+            .expect("signing keys have a public key");
         assert_eq!(public.algorithm(), alg);
-        for message in [&b"x"[..], b"the MSO bytes would be here", &vec![0xa5; 100_000][..]] {
+        for message in [
+            &b"x"[..],
+            b"the MSO bytes would be here",
+            &vec![0xa5; 100_000][..],
+        ] {
             let signature = backend.sign(label, message).unwrap();
             assert_eq!(signature.len(), alg.signature_len());
-            assert!(common::openssl_verifies(token.scratch(), &public, message, &signature), "{alg}");
+            assert!(
+                common::openssl_verifies(token.scratch(), &public, message, &signature),
+                "{alg}"
+            );
             let mut tampered = message.to_vec();
             tampered[0] ^= 1;
-            assert!(!common::openssl_verifies(token.scratch(), &public, &tampered, &signature), "{alg} tampered");
+            assert!(
+                !common::openssl_verifies(token.scratch(), &public, &tampered, &signature),
+                "{alg} tampered"
+            );
         }
     }
 }
@@ -34,8 +56,12 @@ fn every_offered_algorithm_signs_and_openssl_verifies() {
 fn keys_are_sensitive_local_and_never_extractable() {
     let token = SoftHsmToken::new("dojang-test");
     let backend = common::open(&token);
-    let _ = backend.generate("ds-1", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
-    let _ = backend.generate("pseudonym-1", KeyPurpose::Pseudonym, Algorithm::HmacSha256).unwrap();
+    let _ = backend
+        .generate("ds-1", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    let _ = backend
+        .generate("pseudonym-1", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
     drop(backend);
 
     // OpenSC's view of the token, independent of the shim.
@@ -46,21 +72,35 @@ fn keys_are_sensitive_local_and_never_extractable() {
             .into_iter()
             .find(|b| b.contains(&format!("label:      {label}\n")) && !b.starts_with("Public Key"))
             .unwrap_or_else(|| panic!("{label} not listed:\n{listing}"));
-        for flag in ["sensitive", "always sensitive", "never extractable", "local"] {
+        for flag in [
+            "sensitive",
+            "always sensitive",
+            "never extractable",
+            "local",
+        ] {
             assert!(block.contains(flag), "{label} lacks {flag}:\n{block}");
         }
         // pkcs11-tool prints no usage for generic secrets; HMAC use is tested below.
         if label.starts_with("ds") {
-            assert!(block.contains("Usage:      sign"), "{label} cannot sign:\n{block}");
+            assert!(
+                block.contains("Usage:      sign"),
+                "{label} cannot sign:\n{block}"
+            );
         }
         for forbidden in ["decrypt", "unwrap", "derive"] {
-            assert!(!block.contains(forbidden), "{label} may {forbidden}:\n{block}");
+            assert!(
+                !block.contains(forbidden),
+                "{label} may {forbidden}:\n{block}"
+            );
         }
     }
     // Reading CKA_VALUE must not yield key material.
     for (ty, label) in [("privkey", "ds-1"), ("secrkey", "pseudonym-1")] {
         let read = token.pkcs11_tool(&["--read-object", "--type", ty, "--label", label]);
-        assert!(!read.status.success() || read.stdout.is_empty(), "{label} value was readable");
+        assert!(
+            !read.status.success() || read.stdout.is_empty(),
+            "{label} value was readable"
+        );
     }
 }
 
@@ -83,38 +123,73 @@ fn object_blocks(listing: &str) -> Vec<String> {
 fn hmac_is_deterministic_per_key_and_keys_differ() {
     let token = SoftHsmToken::new("dojang-test");
     let backend = common::open(&token);
-    let _ = backend.generate("pseudonym-a", KeyPurpose::Pseudonym, Algorithm::HmacSha256).unwrap();
-    let _ = backend.generate("pseudonym-b", KeyPurpose::Pseudonym, Algorithm::HmacSha256).unwrap();
-    let a1 = backend.hmac_sha256("pseudonym-a", b"0001013000000").unwrap();
-    let a2 = backend.hmac_sha256("pseudonym-a", b"0001013000000").unwrap();
-    let b1 = backend.hmac_sha256("pseudonym-b", b"0001013000000").unwrap();
-    let a3 = backend.hmac_sha256("pseudonym-a", b"0001013000001").unwrap();
+    let _ = backend
+        .generate("pseudonym-a", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
+    let _ = backend
+        .generate("pseudonym-b", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
+    let a1 = backend
+        .hmac_sha256("pseudonym-a", b"0001013000000")
+        .unwrap();
+    let a2 = backend
+        .hmac_sha256("pseudonym-a", b"0001013000000")
+        .unwrap();
+    let b1 = backend
+        .hmac_sha256("pseudonym-b", b"0001013000000")
+        .unwrap();
+    let a3 = backend
+        .hmac_sha256("pseudonym-a", b"0001013000001")
+        .unwrap();
     assert_eq!(a1, a2);
     assert_ne!(a1, b1);
     assert_ne!(a1, a3);
     // An HMAC key cannot sign and a signing key cannot MAC.
-    assert!(matches!(backend.sign("pseudonym-a", b"m"), Err(Error::WrongKeyType { .. })));
-    let _ = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
-    assert!(matches!(backend.hmac_sha256("ds", b"m"), Err(Error::WrongKeyType { .. })));
+    assert!(matches!(
+        backend.sign("pseudonym-a", b"m"),
+        Err(Error::WrongKeyType { .. })
+    ));
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    assert!(matches!(
+        backend.hmac_sha256("ds", b"m"),
+        Err(Error::WrongKeyType { .. })
+    ));
 }
 
 #[test]
 fn keys_are_found_listed_and_destroyed_across_reopen() {
     let token = SoftHsmToken::new("dojang-test");
     let backend = common::open(&token);
-    let made = backend.generate("iaca", KeyPurpose::Iaca, Algorithm::Es256).unwrap();
-    let _ = backend.generate("audit", KeyPurpose::Audit, Algorithm::Es256).unwrap();
+    let made = backend
+        .generate("iaca", KeyPurpose::Iaca, Algorithm::Es256)
+        .unwrap();
+    let _ = backend
+        .generate("audit", KeyPurpose::Audit, Algorithm::Es256)
+        .unwrap();
     drop(backend);
 
     let backend = common::open(&token);
     let found = backend.find("iaca").unwrap();
     assert_eq!(found, made);
     assert_eq!(found.purpose, KeyPurpose::Iaca);
-    let labels: Vec<_> = backend.list().unwrap().into_iter().map(|k| k.label).collect();
+    let labels: Vec<_> = backend
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label)
+        .collect();
     assert_eq!(labels, ["audit", "iaca"]);
     backend.destroy("audit").unwrap();
-    assert!(matches!(backend.find("audit"), Err(Error::KeyNotFound { .. })));
-    assert!(matches!(backend.sign("audit", b"m"), Err(Error::KeyNotFound { .. })));
+    assert!(matches!(
+        backend.find("audit"),
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert!(matches!(
+        backend.sign("audit", b"m"),
+        Err(Error::KeyNotFound { .. })
+    ));
     assert_eq!(backend.list().unwrap().len(), 1);
     let health = backend.health();
     assert!(health.up, "{health:?}");
@@ -125,7 +200,9 @@ fn keys_are_found_listed_and_destroyed_across_reopen() {
 fn bad_input_gets_clear_errors() {
     let token = SoftHsmToken::new("dojang-test");
     let backend = common::open(&token);
-    let _ = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
 
     let err = backend.sign("no-such-key", b"m").unwrap_err();
     assert!(matches!(err, Error::KeyNotFound { .. }), "{err}");
@@ -134,16 +211,24 @@ fn bad_input_gets_clear_errors() {
 
     let err = backend.sign("ds", b"").unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
-    let err = backend.sign("ds", &vec![0; MAX_SIGN_INPUT + 1]).unwrap_err();
+    let err = backend
+        .sign("ds", &vec![0; MAX_SIGN_INPUT + 1])
+        .unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
     let err = backend.hmac_sha256("ds", &[]).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 
-    let err = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap_err();
+    let err = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap_err();
     assert!(matches!(err, Error::KeyExists { .. }), "{err}");
-    let err = backend.generate("bad label!", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap_err();
+    let err = backend
+        .generate("bad label!", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
-    let err = backend.generate("p", KeyPurpose::Pseudonym, Algorithm::Es256).unwrap_err();
+    let err = backend
+        .generate("p", KeyPurpose::Pseudonym, Algorithm::Es256)
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     let err = Algorithm::from_jose_name("RS256").unwrap_err();
     assert!(err.to_string().contains("RS256"), "{err}");
@@ -160,7 +245,10 @@ fn a_wrong_pin_is_refused_without_revealing_it() {
     let err = Pkcs11Backend::open(config).unwrap_err();
     assert!(matches!(err, Error::PinRejected { .. }), "{err}");
     let text = format!("{err} {err:?}");
-    assert!(!text.contains("135799") && !text.contains(USER_PIN), "{text}");
+    assert!(
+        !text.contains("135799") && !text.contains(USER_PIN),
+        "{text}"
+    );
     assert!(text.contains("CKR_PIN_INCORRECT"), "{text}");
 }
 
@@ -171,7 +259,10 @@ fn an_unknown_token_is_reported_with_the_tokens_present() {
     config.token_label = Some("elsewhere".into());
     let err = Pkcs11Backend::open(config).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("elsewhere") && text.contains("dojang-test"), "{text}");
+    assert!(
+        text.contains("elsewhere") && text.contains("dojang-test"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -181,7 +272,14 @@ fn keys_not_born_in_the_token_are_refused() {
     // CKA_NEVER_EXTRACTABLE give it away.
     let pem = token.scratch().join("imported.pem");
     let status = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
         .arg(&pem)
         .status()
         .unwrap();
@@ -198,20 +296,49 @@ fn keys_not_born_in_the_token_are_refused() {
     // "DJ", version 1, purpose 2 (document signer), 12 bytes.
     let id = "444a0102000000000000000000000000";
     let out = token.pkcs11_tool(&[
-        "--write-object", der.to_str().unwrap(), "--type", "privkey", "--id", id,
-        "--label", "imported", "--sensitive", "--private",
+        "--write-object",
+        der.to_str().unwrap(),
+        "--type",
+        "privkey",
+        "--id",
+        id,
+        "--label",
+        "imported",
+        "--sensitive",
+        "--private",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A key made by another tool, with its own id.
-    let out = token.pkcs11_tool(&["--keypairgen", "--key-type", "EC:prime256v1", "--label", "foreign"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = token.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "foreign",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let backend = common::open(&token);
     let err = backend.sign("imported", b"m").unwrap_err();
     assert!(matches!(err, Error::KeyPolicy { .. }), "{err}");
-    assert!(err.to_string().contains("CKA_ALWAYS_SENSITIVE") || err.to_string().contains("CKA_LOCAL")
-        || err.to_string().contains("CKA_NEVER_EXTRACTABLE"), "{err}");
+    assert!(
+        err.to_string().contains("CKA_ALWAYS_SENSITIVE")
+            || err.to_string().contains("CKA_LOCAL")
+            || err.to_string().contains("CKA_NEVER_EXTRACTABLE"),
+        "{err}"
+    );
     let err = backend.sign("foreign", b"m").unwrap_err();
     assert!(err.to_string().contains("CKA_ID"), "{err}");
-    assert!(backend.list().unwrap().is_empty(), "foreign keys are not listed");
+    assert!(
+        backend.list().unwrap().is_empty(),
+        "foreign keys are not listed"
+    );
 }

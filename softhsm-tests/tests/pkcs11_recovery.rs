@@ -20,17 +20,31 @@ fn signing_fails_retryably_while_the_hsm_is_gone_then_recovers() {
     );
     config.recovery_interval_ms = 200;
     let backend = Pkcs11Backend::open(config).expect("open through p11-kit");
-    let key = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+    let key = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
     let public = key.public_key.unwrap();
     let signature = backend.sign("ds", b"before").unwrap();
-    assert!(common::openssl_verifies(server.token().scratch(), &public, b"before", &signature));
+    assert!(common::openssl_verifies(
+        server.token().scratch(),
+        &public,
+        b"before",
+        &signature
+    ));
 
     server.kill();
     for attempt in 0..5 {
         let started = Instant::now();
         let err = backend.sign("ds", b"during").unwrap_err();
-        assert!(err.is_retryable(), "attempt {attempt}: {err} is not retryable");
-        assert!(started.elapsed() < Duration::from_secs(5), "a call hung for {:?}", started.elapsed());
+        assert!(
+            err.is_retryable(),
+            "attempt {attempt}: {err} is not retryable"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a call hung for {:?}",
+            started.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let health = backend.health();
@@ -48,7 +62,12 @@ fn signing_fails_retryably_while_the_hsm_is_gone_then_recovers() {
             }
         }
     };
-    assert!(common::openssl_verifies(server.token().scratch(), &public, b"after", &signature));
+    assert!(common::openssl_verifies(
+        server.token().scratch(),
+        &public,
+        b"after",
+        &signature
+    ));
     let health = backend.health();
     assert!(health.up, "{health:?}");
     assert!(health.recoveries >= 1, "{health:?}");
@@ -67,9 +86,17 @@ fn sessions_invalidated_under_the_pool_are_replaced_transparently() {
         SecretSource::File(server.token().pin_file()),
     );
     let backend = Pkcs11Backend::open(config).unwrap();
-    let key = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+    let key = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
     server.restart();
-    let signature = backend.sign("ds", b"after restart").expect("transparent reconnection");
-    assert!(key.public_key.unwrap().verify(b"after restart", &signature).unwrap());
+    let signature = backend
+        .sign("ds", b"after restart")
+        .expect("transparent reconnection");
+    assert!(key
+        .public_key
+        .unwrap()
+        .verify(b"after restart", &signature)
+        .unwrap());
     assert_eq!(backend.health().recoveries, 1);
 }

@@ -20,11 +20,19 @@ fn tpm_keys_sign_and_openssl_verifies() {
     let tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
     for (label, alg) in [("ds-p256", Algorithm::Es256), ("ds-p384", Algorithm::Es384)] {
-        let key = backend.generate(label, KeyPurpose::DocumentSigner, alg).unwrap();
+        let key = backend
+            .generate(label, KeyPurpose::DocumentSigner, alg)
+            .unwrap();
         let public = key.public_key.unwrap();
         let signature = backend.sign(label, b"mso bytes").unwrap();
-        assert!(common::openssl_verifies(&tpm.scratch(), &public, b"mso bytes", &signature), "{alg}");
-        assert!(!common::openssl_verifies(&tpm.scratch(), &public, b"mso bytez", &signature), "{alg}");
+        assert!(
+            common::openssl_verifies(&tpm.scratch(), &public, b"mso bytes", &signature),
+            "{alg}"
+        );
+        assert!(
+            !common::openssl_verifies(&tpm.scratch(), &public, b"mso bytez", &signature),
+            "{alg}"
+        );
     }
     // Alternating keys forces loads and flushes within swtpm's three slots.
     for n in 0..10 {
@@ -38,19 +46,36 @@ fn tpm_keys_sign_and_openssl_verifies() {
 fn tpm_hmac_keys_work_and_differ() {
     let tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
-    let _ = backend.generate("pseudonym", KeyPurpose::Pseudonym, Algorithm::HmacSha256).unwrap();
-    let _ = backend.generate("pseudonym-2", KeyPurpose::Pseudonym, Algorithm::HmacSha256).unwrap();
+    let _ = backend
+        .generate("pseudonym", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
+    let _ = backend
+        .generate("pseudonym-2", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
     let a = backend.hmac_sha256("pseudonym", b"0001013000000").unwrap();
-    assert_eq!(a, backend.hmac_sha256("pseudonym", b"0001013000000").unwrap());
-    assert_ne!(a, backend.hmac_sha256("pseudonym-2", b"0001013000000").unwrap());
-    assert!(matches!(backend.sign("pseudonym", b"m"), Err(Error::WrongKeyType { .. })));
+    assert_eq!(
+        a,
+        backend.hmac_sha256("pseudonym", b"0001013000000").unwrap()
+    );
+    assert_ne!(
+        a,
+        backend
+            .hmac_sha256("pseudonym-2", b"0001013000000")
+            .unwrap()
+    );
+    assert!(matches!(
+        backend.sign("pseudonym", b"m"),
+        Err(Error::WrongKeyType { .. })
+    ));
 }
 
 #[test]
 fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
     let mut tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
-    let key = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+    let key = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
     let public = key.public_key.clone().unwrap();
     let _ = backend.sign("ds", b"before").unwrap();
 
@@ -66,7 +91,12 @@ fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
             }
         }
     };
-    assert!(common::openssl_verifies(&tpm.scratch(), &public, b"after restart", &signature));
+    assert!(common::openssl_verifies(
+        &tpm.scratch(),
+        &public,
+        b"after restart",
+        &signature
+    ));
     assert!(backend.health().recoveries >= 1);
     drop(backend);
 
@@ -81,16 +111,29 @@ fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
 fn tpm_bad_input_gets_clear_errors() {
     let tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
-    let err = backend.generate("ed", KeyPurpose::DocumentSigner, Algorithm::EdDsa).unwrap_err();
+    let err = backend
+        .generate("ed", KeyPurpose::DocumentSigner, Algorithm::EdDsa)
+        .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    assert!(matches!(backend.sign("missing", b"m"), Err(Error::KeyNotFound { .. })));
-    let _ = backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256).unwrap();
+    assert!(matches!(
+        backend.sign("missing", b"m"),
+        Err(Error::KeyNotFound { .. })
+    ));
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
     assert!(matches!(
         backend.generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256),
         Err(Error::KeyExists { .. })
     ));
-    assert!(matches!(backend.sign("ds", b""), Err(Error::InvalidInput(_))));
-    assert!(matches!(backend.sign("../etc/passwd", b"m"), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        backend.sign("ds", b""),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        backend.sign("../etc/passwd", b"m"),
+        Err(Error::InvalidInput(_))
+    ));
     let err = backend.hmac_sha256("ds", &[0; 2000]).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     backend.destroy("ds").unwrap();

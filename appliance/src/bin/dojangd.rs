@@ -1,1 +1,70 @@
-fn main(){}
+//! `dojangd`: the signing daemon. This build can check a configuration
+//! (`dojangd validate`); the mTLS service lands with the service work.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dojang::cli;
+
+/// Dojang's signing daemon.
+#[derive(Parser)]
+#[command(name = "dojangd", version, about)]
+struct Args {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a configuration file without starting; with --probe, also open
+    /// the key backend and probe the device.
+    Validate {
+        /// Configuration file [default: $DOJANG_CONFIG or /etc/dojang/dojang.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also log in to the token / connect to the TPM and probe it.
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Validate { config, probe } => {
+            let path = cli::config_path(config);
+            let config = cli::load_config(&path)?;
+            if probe {
+                let backend = cli::open_backend(&config)?;
+                let health = backend.health();
+                anyhow::ensure!(health.up, "key backend is down: {}", health.detail);
+                println!(
+                    "{}: valid; {} backend up ({})",
+                    path.display(),
+                    health.backend,
+                    health.detail
+                );
+            } else {
+                println!("{}: valid", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.verbose);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dojangd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

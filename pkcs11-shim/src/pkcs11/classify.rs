@@ -11,19 +11,32 @@ pub(crate) fn class_of(rv: RvError) -> ErrorClass {
     use RvError::*;
     match rv {
         // The device, its connection or our login went away: reconnect.
-        DeviceRemoved | DeviceError | TokenNotPresent | TokenNotRecognized | SessionHandleInvalid
-        | SessionClosed | ObjectHandleInvalid | CryptokiNotInitialized | UserNotLoggedIn
+        DeviceRemoved
+        | DeviceError
+        | TokenNotPresent
+        | TokenNotRecognized
+        | SessionHandleInvalid
+        | SessionClosed
+        | ObjectHandleInvalid
+        | CryptokiNotInitialized
+        | UserNotLoggedIn
         | SlotIdInvalid => ErrorClass::DeviceLost,
         // Momentary resource pressure.
         DeviceMemory | HostMemory | SessionCount | OperationActive | FunctionCanceled => {
             ErrorClass::Retryable
         }
         KeyHandleInvalid => ErrorClass::KeyMissing,
-        DataLenRange | DataInvalid | MechanismInvalid | MechanismParamInvalid
-        | AttributeValueInvalid | TemplateInconsistent | TemplateIncomplete | DomainParamsInvalid
-        | CurveNotSupported | KeyTypeInconsistent | KeyFunctionNotPermitted => {
-            ErrorClass::InvalidRequest
-        }
+        DataLenRange
+        | DataInvalid
+        | MechanismInvalid
+        | MechanismParamInvalid
+        | AttributeValueInvalid
+        | TemplateInconsistent
+        | TemplateIncomplete
+        | DomainParamsInvalid
+        | CurveNotSupported
+        | KeyTypeInconsistent
+        | KeyFunctionNotPermitted => ErrorClass::InvalidRequest,
         _ => ErrorClass::Fatal,
     }
 }

@@ -260,7 +260,12 @@ fn initialize(ctx: &Pkcs11) -> Result<()> {
 }
 
 impl Connection {
-    fn open(ctx: &Pkcs11, config: &Pkcs11Config, pin: &SecretString, generation: u64) -> Result<Self> {
+    fn open(
+        ctx: &Pkcs11,
+        config: &Pkcs11Config,
+        pin: &SecretString,
+        generation: u64,
+    ) -> Result<Self> {
         let slot = find_slot(ctx, config)?;
         let anchor = ctx
             .open_rw_session_no_drop(slot)
@@ -298,7 +303,10 @@ impl Connection {
     /// Handles of objects with `label` (both halves of a pair share it).
     fn objects_labelled(&self, session: &Session, label: &str) -> Result<Vec<ObjectHandle>> {
         session
-            .find_objects(&[Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())])
+            .find_objects(&[
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
             .map_err(ck(Function::FindObjects))
     }
 
@@ -336,7 +344,11 @@ impl Connection {
         })?;
 
         let mut wanted: Vec<AttributeType> = template::REQUIRED_FLAGS.iter().map(|f| f.0).collect();
-        wanted.extend([AttributeType::KeyType, AttributeType::Id, AttributeType::EcParams]);
+        wanted.extend([
+            AttributeType::KeyType,
+            AttributeType::Id,
+            AttributeType::EcParams,
+        ]);
         let attrs = session
             .get_attributes(handle, &wanted)
             .map_err(ck(Function::GetAttributeValue))?;
@@ -383,7 +395,12 @@ impl Connection {
         })
     }
 
-    fn read_public(&self, session: &Session, handle: ObjectHandle, algorithm: Algorithm) -> Result<PublicKey> {
+    fn read_public(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+        algorithm: Algorithm,
+    ) -> Result<PublicKey> {
         let attrs = session
             .get_attributes(handle, &[AttributeType::EcPoint])
             .map_err(ck(Function::GetAttributeValue))?;
@@ -476,8 +493,16 @@ fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<Slot> {
 fn sign_with(session: &Session, key: &CachedKey, message: &[u8]) -> Result<Vec<u8>> {
     let algorithm = key.info.algorithm;
     let signature = match algorithm {
-        Algorithm::Es256 => session.sign(&Mechanism::Ecdsa, key.handle, &openssl::sha::sha256(message)),
-        Algorithm::Es384 => session.sign(&Mechanism::Ecdsa, key.handle, &openssl::sha::sha384(message)),
+        Algorithm::Es256 => session.sign(
+            &Mechanism::Ecdsa,
+            key.handle,
+            &openssl::sha::sha256(message),
+        ),
+        Algorithm::Es384 => session.sign(
+            &Mechanism::Ecdsa,
+            key.handle,
+            &openssl::sha::sha384(message),
+        ),
         Algorithm::EdDsa => session.sign(
             &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
             key.handle,
@@ -561,7 +586,14 @@ impl KeyBackend for Pkcs11Backend {
             let mut keys = Vec::new();
             for handle in handles {
                 let attrs = session
-                    .get_attributes(handle, &[AttributeType::Class, AttributeType::Label, AttributeType::Id])
+                    .get_attributes(
+                        handle,
+                        &[
+                            AttributeType::Class,
+                            AttributeType::Label,
+                            AttributeType::Id,
+                        ],
+                    )
                     .map_err(ck(Function::GetAttributeValue))?;
                 let mut is_key = false;
                 let mut label = None;
@@ -645,7 +677,10 @@ impl KeyBackend for Pkcs11Backend {
             .as_ref()
             .map(|c| c.pool.counts());
         let (up, detail) = match probe {
-            Ok((slot, generation)) => (true, format!("token on slot {slot}, connection {generation}")),
+            Ok((slot, generation)) => (
+                true,
+                format!("token on slot {slot}, connection {generation}"),
+            ),
             Err(err) => (false, err.to_string()),
         };
         Health {

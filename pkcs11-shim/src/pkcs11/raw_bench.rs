@@ -37,7 +37,8 @@ pub struct RawBenchmark {
 pub fn raw_sign_rate(bench: &RawBenchmark, message: &[u8]) -> Result<f64> {
     let ctx = Pkcs11::new(&bench.module)
         .map_err(|e| Error::Config(format!("cannot load {}: {e}", bench.module.display())))?;
-    ctx.initialize(init_args()).map_err(ck(Function::Initialize))?;
+    ctx.initialize(init_args())
+        .map_err(ck(Function::Initialize))?;
     let result = run(&ctx, bench, message);
     let _ = ctx.finalize();
     result
@@ -57,7 +58,9 @@ fn run(ctx: &Pkcs11, bench: &RawBenchmark, message: &[u8]) -> Result<f64> {
             selector: format!("label {:?}", bench.token_label),
             seen: "-".into(),
         })?;
-    let anchor = ctx.open_rw_session(slot).map_err(ck(Function::OpenSession))?;
+    let anchor = ctx
+        .open_rw_session(slot)
+        .map_err(ck(Function::OpenSession))?;
     match anchor.login(UserType::User, Some(&bench.pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => return Err(ck(Function::Login)(e)),
@@ -81,7 +84,9 @@ fn run(ctx: &Pkcs11, bench: &RawBenchmark, message: &[u8]) -> Result<f64> {
         let workers: Vec<_> = (0..bench.threads)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
-                    let session = ctx.open_ro_session(slot).map_err(ck(Function::OpenSession))?;
+                    let session = ctx
+                        .open_ro_session(slot)
+                        .map_err(ck(Function::OpenSession))?;
                     let mut count = 0u64;
                     while Instant::now() < deadline {
                         let digest = openssl::sha::sha256(message);

@@ -55,8 +55,13 @@ pub(crate) fn generation_mechanism(algorithm: Algorithm) -> Mechanism<'static> {
 /// Mechanisms the token must list for `algorithm` to be offered.
 pub(crate) fn required_mechanisms(algorithm: Algorithm) -> [MechanismType; 2] {
     match algorithm {
-        Algorithm::Es256 | Algorithm::Es384 => [MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA],
-        Algorithm::EdDsa => [MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA],
+        Algorithm::Es256 | Algorithm::Es384 => {
+            [MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA]
+        }
+        Algorithm::EdDsa => [
+            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            MechanismType::EDDSA,
+        ],
         Algorithm::HmacSha256 => [
             MechanismType::GENERIC_SECRET_KEY_GEN,
             MechanismType::SHA256_HMAC,
@@ -132,7 +137,11 @@ pub(crate) const REQUIRED_FLAGS: [(AttributeType, &str, bool); 10] = [
     (AttributeType::Sensitive, "CKA_SENSITIVE", true),
     (AttributeType::Extractable, "CKA_EXTRACTABLE", false),
     (AttributeType::AlwaysSensitive, "CKA_ALWAYS_SENSITIVE", true),
-    (AttributeType::NeverExtractable, "CKA_NEVER_EXTRACTABLE", true),
+    (
+        AttributeType::NeverExtractable,
+        "CKA_NEVER_EXTRACTABLE",
+        true,
+    ),
     (AttributeType::Local, "CKA_LOCAL", true),
     (AttributeType::Sign, "CKA_SIGN", true),
     (AttributeType::Decrypt, "CKA_DECRYPT", false),
@@ -256,8 +265,14 @@ mod tests {
 
     #[test]
     fn algorithms_are_recognised_from_curves() {
-        assert_eq!(algorithm_of("k", KeyType::EC, Some(OID_P256)).unwrap(), Algorithm::Es256);
-        assert_eq!(algorithm_of("k", KeyType::EC, Some(OID_P384)).unwrap(), Algorithm::Es384);
+        assert_eq!(
+            algorithm_of("k", KeyType::EC, Some(OID_P256)).unwrap(),
+            Algorithm::Es256
+        );
+        assert_eq!(
+            algorithm_of("k", KeyType::EC, Some(OID_P384)).unwrap(),
+            Algorithm::Es384
+        );
         assert_eq!(
             algorithm_of("k", KeyType::EC_EDWARDS, Some(NAME_ED25519)).unwrap(),
             Algorithm::EdDsa

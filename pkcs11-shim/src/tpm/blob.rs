@@ -69,7 +69,9 @@ impl KeyBlob {
             return Err(bad("not a Dojang TPM key blob"));
         }
         let mut field = |name: &str| -> Result<String> {
-            let line = lines.next().ok_or_else(|| bad(&format!("missing {name}")))?;
+            let line = lines
+                .next()
+                .ok_or_else(|| bad(&format!("missing {name}")))?;
             line.strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix(' '))
                 .map(str::to_owned)
@@ -175,16 +177,23 @@ mod tests {
         };
         blob.create(&dir, "k1").unwrap();
         assert_eq!(KeyBlob::read(&dir, "k1").unwrap(), blob);
-        assert!(matches!(blob.create(&dir, "k1"), Err(Error::KeyExists { .. })));
+        assert!(matches!(
+            blob.create(&dir, "k1"),
+            Err(Error::KeyExists { .. })
+        ));
         assert_eq!(labels(&dir).unwrap(), vec!["k1".to_string()]);
-        assert!(matches!(KeyBlob::read(&dir, "k2"), Err(Error::KeyNotFound { .. })));
+        assert!(matches!(
+            KeyBlob::read(&dir, "k2"),
+            Err(Error::KeyNotFound { .. })
+        ));
         check_dir_mode(&dir).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn corrupt_blobs_are_refused_clearly() {
-        let err = KeyBlob::decode("dojang-tpm-key 1\npurpose audit\n", Path::new("/x")).unwrap_err();
+        let err =
+            KeyBlob::decode("dojang-tpm-key 1\npurpose audit\n", Path::new("/x")).unwrap_err();
         assert!(err.to_string().contains("missing algorithm"), "{err}");
         assert!(KeyBlob::decode("something else", Path::new("/x")).is_err());
     }

@@ -20,9 +20,10 @@ use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
+use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
 use tss_esapi::constants::CapabilityType;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -36,7 +37,6 @@ use tss_esapi::structures::{
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
-use tss_esapi::Context;
 
 use crate::algorithm::{Algorithm, KeyPurpose};
 use crate::config::TpmConfig;
@@ -348,7 +348,14 @@ fn connect(config: &TpmConfig, owner_auth: Option<&SecretString>) -> Result<Conn
     }
     ctx.set_sessions((Some(AuthSession::Password), None, None));
     let primary = ctx
-        .create_primary(Hierarchy::Owner, primary_template()?, None, None, None, None)
+        .create_primary(
+            Hierarchy::Owner,
+            primary_template()?,
+            None,
+            None,
+            None,
+            None,
+        )
         .map_err(tpm_err("create primary"))?
         .key_handle;
     Ok(Connected {
@@ -360,14 +367,19 @@ fn connect(config: &TpmConfig, owner_auth: Option<&SecretString>) -> Result<Conn
 
 fn flush_stale_transients(ctx: &mut Context) -> Result<()> {
     let (data, _) = ctx
-        .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 16))
+        .execute_without_session(|ctx| {
+            ctx.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 16)
+        })
         .map_err(tpm_err("list transient objects"))?;
     if let CapabilityData::Handles(handles) = data {
         for handle in handles.iter() {
             let object = ctx
-                .tr_from_tpm_public(TpmHandle::try_from(u32::from(*handle)).map_err(wrap("handle"))?)
+                .tr_from_tpm_public(
+                    TpmHandle::try_from(u32::from(*handle)).map_err(wrap("handle"))?,
+                )
                 .map_err(tpm_err("flush stale object"))?;
-            ctx.flush_context(object).map_err(tpm_err("flush stale object"))?;
+            ctx.flush_context(object)
+                .map_err(tpm_err("flush stale object"))?;
             warn!("flushed a transient TPM object left by an earlier process");
         }
     }
@@ -426,7 +438,10 @@ impl KeyBackend for TpmBackend {
         let blob = KeyBlob {
             purpose,
             algorithm,
-            public: created.out_public.marshall().map_err(wrap("marshal public"))?,
+            public: created
+                .out_public
+                .marshall()
+                .map_err(wrap("marshal public"))?,
             private: created.out_private.value().to_vec(),
         };
         let info = key_info(label, &blob)?;

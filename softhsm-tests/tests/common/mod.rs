@@ -2,13 +2,13 @@
 //! verifying signatures with the `openssl` command (an implementation that
 //! shares nothing with the token or the shim).
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;
 
 use pkcs11_shim::pkcs11::Pkcs11Backend;
-use pkcs11_shim::{Algorithm, Pkcs11Config, PublicKey, SecretSource, ecdsa_raw_to_der};
+use pkcs11_shim::{ecdsa_raw_to_der, Algorithm, Pkcs11Config, PublicKey, SecretSource};
 use softhsm_tests::SoftHsmToken;
 
 pub fn config_for(token: &SoftHsmToken) -> Pkcs11Config {
@@ -25,12 +25,7 @@ pub fn open(token: &SoftHsmToken) -> Pkcs11Backend {
 
 /// Verifies `signature` (raw, as the shim returns it) over `message` with the
 /// openssl CLI, given the key's public half.
-pub fn openssl_verifies(
-    dir: &Path,
-    public: &PublicKey,
-    message: &[u8],
-    signature: &[u8],
-) -> bool {
+pub fn openssl_verifies(dir: &Path, public: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
     let key = dir.join("verify-key.pem");
     let msg = dir.join("verify-msg.bin");
     let sig = dir.join("verify-sig.bin");
@@ -50,7 +45,11 @@ pub fn openssl_verifies(
         }
         alg => {
             std::fs::write(&sig, ecdsa_raw_to_der(signature).unwrap()).unwrap();
-            let digest = if alg == Algorithm::Es384 { "-sha384" } else { "-sha256" };
+            let digest = if alg == Algorithm::Es384 {
+                "-sha384"
+            } else {
+                "-sha256"
+            };
             Command::new("openssl")
                 .args(["dgst", digest, "-verify"])
                 .arg(&key)

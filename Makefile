@@ -1,0 +1,53 @@
+# Dojang — the two commands a newcomer needs: `make demo` and `make test`.
+# Both install what is missing first (`make deps`, Debian/Ubuntu, apt-get).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages the build, the tests and the demo need.
+DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
+	softhsm2 opensc p11-kit p11-kit-modules swtpm swtpm-tools tpm2-tools openssl
+
+.PHONY: all deps build test lint unit e2e bench demo demo-clean clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo not found; install Rust (rustup) first"; exit 1; }
+	@$(CARGO) nextest --version >/dev/null 2>&1 || { \
+		echo "make deps: installing cargo-nextest"; $(CARGO) install --locked cargo-nextest; }
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every test: unit tests, doc tests, and the SoftHSM/swtpm suites (one
+# process per test under nextest: PKCS#11 is process-global).
+test: lint build
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+bench: deps
+	$(CARGO) bench -p softhsm-tests --bench keys
+
+demo: build
+	@appliance/scripts/demo.sh
+
+demo-clean:
+	rm -rf .demo
+
+clean:
+	$(CARGO) clean
+	rm -rf .demo

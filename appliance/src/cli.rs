@@ -1,0 +1,42 @@
+//! Pieces the two binaries share: config loading, logging set-up, opening
+//! the key backend with a message an operator can act on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use pkcs11_shim::KeyBackend;
+use tracing::level_filters::LevelFilter;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// The config path: `--config`, else `$DOJANG_CONFIG`, else the default.
+pub fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("DOJANG_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+/// Logs to stderr (stdout carries command output): warnings by default,
+/// info with `-v`, debug with `-vv`.
+pub fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Loads and validates the configuration.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Opens the configured key backend.
+pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
+    pkcs11_shim::open(&config.keys).context("opening the key backend")
+}
