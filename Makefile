@@ -35,9 +35,10 @@ lint: deps
 
 # Every test: unit tests, doc tests, and the SoftHSM/swtpm suites (one
 # process per test under nextest: PKCS#11 is process-global).
+# Doc tests first: nextest's summary is the run's closing line.
 test: lint build
-	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
 
 bench: deps
 	$(CARGO) bench -p softhsm-tests --bench keys
