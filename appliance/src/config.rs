@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 pub use pkcs11_shim::BackendConfig;
 
+pub use crate::pki::PkiConfig;
+
 /// Where the daemon and the CLI look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dojang/dojang.toml";
 
@@ -16,6 +18,54 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/dojang/dojang.toml";
 pub struct Config {
     /// The key backend: a PKCS#11 token or a TPM.
     pub keys: BackendConfig,
+    /// The certificate hierarchy (IACA, DS certificates, CRL).
+    #[serde(default)]
+    pub pki: Option<PkiConfig>,
+    /// How credentials are issued.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+}
+
+/// The `[credential]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// `iss` of SD-JWT VCs: the issuer's https URL.
+    pub issuer: String,
+    /// The `issuing_authority` element.
+    pub issuing_authority: String,
+    /// Days a signature stays valid (MSO validUntil, JWT exp), cut at the
+    /// DS certificate's end; holders refresh before it.
+    #[serde(default = "default_signature_days")]
+    pub signature_validity_days: u32,
+    /// Years the document itself is valid (the programme says three).
+    #[serde(default = "default_document_years")]
+    pub document_validity_years: u16,
+}
+
+fn default_signature_days() -> u32 {
+    90
+}
+fn default_document_years() -> u16 {
+    3
+}
+
+impl CredentialConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !self.issuer.starts_with("https://") {
+            return Err("credential.issuer must be an https URL".into());
+        }
+        if self.issuing_authority.trim().is_empty() {
+            return Err("credential.issuing_authority must not be empty".into());
+        }
+        if !(1..=457).contains(&self.signature_validity_days) {
+            return Err("credential.signature_validity_days must be 1 to 457".into());
+        }
+        if !(1..=10).contains(&self.document_validity_years) {
+            return Err("credential.document_validity_years must be 1 to 10".into());
+        }
+        Ok(())
+    }
 }
 
 /// A configuration that could not be loaded.
@@ -55,11 +105,32 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.keys.validate().map_err(|e| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        config.keys.validate().map_err(|e| invalid(e.to_string()))?;
+        if let Some(pki) = &config.pki {
+            pki.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(credential) = &config.credential {
+            credential.validate().map_err(invalid)?;
+        }
         Ok(config)
+    }
+
+    /// The `[pki]` table, or an error saying to add it.
+    pub fn pki(&self) -> Result<&PkiConfig, String> {
+        self.pki
+            .as_ref()
+            .ok_or_else(|| "this needs a [pki] table in the configuration".into())
+    }
+
+    /// The `[credential]` table, or an error saying to add it.
+    pub fn credential(&self) -> Result<&CredentialConfig, String> {
+        self.credential
+            .as_ref()
+            .ok_or_else(|| "this needs a [credential] table in the configuration".into())
     }
 
     /// Reads, parses and validates the file at `path`.

@@ -51,6 +51,8 @@ impl Jwk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKey {
     algorithm: Algorithm,
+    /// The uncompressed EC point, or the 32 Ed25519 bytes.
+    raw: Vec<u8>,
     spki_der: Vec<u8>,
     jwk: Jwk,
 }
@@ -85,6 +87,7 @@ impl PublicKey {
         let (x, y) = point[1..].split_at(coord_len);
         Ok(PublicKey {
             algorithm,
+            raw: point.to_vec(),
             spki_der,
             jwk: Jwk {
                 kty: "EC".into(),
@@ -108,6 +111,7 @@ impl PublicKey {
             .map_err(|e| Error::Encoding(e.to_string()))?;
         Ok(PublicKey {
             algorithm: Algorithm::EdDsa,
+            raw: raw.to_vec(),
             spki_der,
             jwk: Jwk {
                 kty: "OKP".into(),
@@ -118,9 +122,48 @@ impl PublicKey {
         })
     }
 
+    /// From a DER SubjectPublicKeyInfo (e.g. a certificate's key): P-256,
+    /// P-384 or Ed25519; anything else is refused.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self> {
+        let enc = |e: openssl::error::ErrorStack| Error::Encoding(e.to_string());
+        let pkey = PKey::public_key_from_der(der).map_err(enc)?;
+        match pkey.id() {
+            Id::EC => {
+                let ec = pkey.ec_key().map_err(enc)?;
+                let algorithm = match ec.group().curve_name() {
+                    Some(Nid::X9_62_PRIME256V1) => Algorithm::Es256,
+                    Some(Nid::SECP384R1) => Algorithm::Es384,
+                    _ => {
+                        return Err(Error::Encoding(
+                            "EC key on a curve Dojang does not use".into(),
+                        ));
+                    }
+                };
+                let mut ctx = BigNumContext::new().map_err(enc)?;
+                let point = ec
+                    .public_key()
+                    .to_bytes(
+                        ec.group(),
+                        openssl::ec::PointConversionForm::UNCOMPRESSED,
+                        &mut ctx,
+                    )
+                    .map_err(enc)?;
+                Self::from_ec_point(algorithm, &point)
+            }
+            Id::ED25519 => Self::from_ed25519(&pkey.raw_public_key().map_err(enc)?),
+            _ => Err(Error::Encoding("not an EC or Ed25519 public key".into())),
+        }
+    }
+
     /// The algorithm this key signs with.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// The key as the SPKI bit string carries it: the uncompressed EC point
+    /// `04 || X || Y`, or the 32 Ed25519 bytes.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     /// SubjectPublicKeyInfo, DER.
@@ -262,6 +305,7 @@ mod tests {
         assert_eq!(pk.jwk().kty, "EC");
         assert_eq!(B64URL.decode(&pk.jwk().x).unwrap().len(), 32);
         assert_eq!(public_key_from_jwk(pk.jwk()).unwrap(), pk);
+        assert_eq!(PublicKey::from_spki_der(pk.spki_der()).unwrap(), pk);
     }
 
     #[test]

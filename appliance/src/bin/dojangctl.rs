@@ -6,10 +6,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use base64::Engine;
 use clap::{Parser, Subcommand};
 use dojang::cli;
-use pkcs11_shim::{Algorithm, KeyInfo, KeyPurpose};
+use dojang::config::Config;
+use dojang::credential::claims::ResidentCardClaims;
+use dojang::credential::verify::Trust;
+use dojang::credential::{DocumentSigner, SignatureValidity, mdoc, sample, sdjwt};
+use dojang::pki::{PkiStore, ceremony, cert_der_from_pem};
+use dojang_policies::calendar::seoul_date;
+use openssl::bn::BigNumContext;
+use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+use openssl::nid::Nid;
+use pkcs11_shim::{Algorithm, Jwk, KeyInfo, KeyPurpose, PublicKey, public_key_from_jwk};
 use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Dojang's officer and operator tool.
 #[derive(Parser)]
@@ -33,6 +45,76 @@ enum Command {
     /// Key ceremony commands against the configured token.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Certificate ceremonies: IACA root, document signers, CRL.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Issue credentials by hand (samples for demos and checks).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Verify a credential (mdoc base64url or SD-JWT VC) offline.
+    Verify {
+        /// File holding the credential ("-" for standard input).
+        file: PathBuf,
+        /// Trust this IACA root certificate (PEM).
+        #[arg(long, group = "trust")]
+        iaca: Option<PathBuf>,
+        /// Trust exactly this document-signer certificate (PEM).
+        #[arg(long, group = "trust")]
+        ds_cert: Option<PathBuf>,
+        /// Trust this issuer public key (JWK file; SD-JWT VC only).
+        #[arg(long, group = "trust")]
+        issuer_jwk: Option<PathBuf>,
+        /// Verify as of this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Require this docType (mdoc) or vct (SD-JWT VC) instead of the card's.
+        #[arg(long)]
+        expect_type: Option<String>,
+        /// Accept any docType / vct.
+        #[arg(long, conflicts_with = "expect_type")]
+        any_type: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the IACA key and root certificate, a first document signer
+    /// and an empty CRL (once per appliance).
+    Init {
+        /// Label of the first document-signer key.
+        #[arg(long, default_value = "ds-1")]
+        ds_label: String,
+        /// Algorithm of new keys.
+        #[arg(long = "alg", default_value = "ES256")]
+        algorithm: String,
+    },
+    /// Create a document-signer key and its certificate signed by the IACA.
+    IssueDs {
+        /// Label of the new document-signer key.
+        #[arg(long)]
+        label: String,
+        /// Algorithm of the key, if it is generated.
+        #[arg(long = "alg", default_value = "ES256")]
+        algorithm: String,
+    },
+    /// Sign a fresh CRL with the IACA key.
+    Crl,
+}
+
+#[derive(Subcommand)]
+enum CredentialCommand {
+    /// Issue a credential for the built-in sample holder (fictional).
+    Sample {
+        /// mdoc or sd-jwt.
+        #[arg(long, value_parser = ["mdoc", "sd-jwt"])]
+        format: String,
+        /// Document-signer key label [default: the newest valid DS certificate].
+        #[arg(long)]
+        ds: Option<String>,
+        /// The holder's device key as a JWK file [default: a fresh P-256 key].
+        #[arg(long)]
+        device_jwk: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,10 +169,34 @@ fn print_key_line(key: &KeyInfo) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config_path = cli::config_path(args.config);
-    let config = cli::load_config(&config_path)?;
+    let config_path = cli::config_path(args.config.clone());
+    let load = || cli::load_config(&config_path);
     match args.command {
+        Command::Pki(command) => pki(&load()?, command),
+        Command::Credential(CredentialCommand::Sample {
+            format,
+            ds,
+            device_jwk,
+        }) => sample(&load()?, &format, ds.as_deref(), device_jwk.as_deref()),
+        Command::Verify {
+            file,
+            iaca,
+            ds_cert,
+            issuer_jwk,
+            at,
+            expect_type,
+            any_type,
+        } => verify(VerifyArgs {
+            file,
+            iaca,
+            ds_cert,
+            issuer_jwk,
+            at,
+            expect_type,
+            any_type,
+        }),
         Command::Keys(command) => {
+            let config = load()?;
             // Parse the operator's words before touching the token.
             let parsed = match &command {
                 KeysCommand::Generate {
@@ -153,9 +259,236 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
         }
     }
+}
+
+fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
+    let pki_config = config.pki().map_err(anyhow::Error::msg)?;
+    let now = OffsetDateTime::now_utc();
+    let report = match command {
+        PkiCommand::Init {
+            ds_label,
+            algorithm,
+        } => {
+            let algorithm = Algorithm::from_jose_name(&algorithm)?;
+            let backend = cli::open_backend(config)?;
+            ceremony::init(backend.as_ref(), pki_config, &ds_label, algorithm, now)?
+        }
+        PkiCommand::IssueDs { label, algorithm } => {
+            let algorithm = Algorithm::from_jose_name(&algorithm)?;
+            let backend = cli::open_backend(config)?;
+            ceremony::issue_document_signer(backend.as_ref(), pki_config, &label, algorithm, now)?
+        }
+        PkiCommand::Crl => {
+            let backend = cli::open_backend(config)?;
+            let path = ceremony::refresh_crl(backend.as_ref(), pki_config, now)?;
+            ceremony::CeremonyReport {
+                written: vec![path],
+                generated: Vec::new(),
+            }
+        }
+    };
+    for label in &report.generated {
+        println!("generated key {label:?} in the token");
+    }
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+fn device_key(path: Option<&std::path::Path>) -> anyhow::Result<PublicKey> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let jwk: Jwk = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JWK", path.display()))?;
+            Ok(public_key_from_jwk(&jwk)?)
+        }
+        None => {
+            // Stands in for the phone's key: only its public half is used.
+            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+            let key = EcKey::generate(&group)?;
+            let mut ctx = BigNumContext::new()?;
+            let point =
+                key.public_key()
+                    .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)?;
+            Ok(PublicKey::from_ec_point(Algorithm::Es256, &point)?)
+        }
+    }
+}
+
+fn sample(
+    config: &Config,
+    format: &str,
+    ds: Option<&str>,
+    device_jwk: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let pki_config = config.pki().map_err(anyhow::Error::msg)?;
+    let credential = config.credential().map_err(anyhow::Error::msg)?;
+    let device_key = device_key(device_jwk)?;
+    let now = OffsetDateTime::now_utc();
+    let backend = cli::open_backend(config)?;
+    let certificate = PkiStore::new(&pki_config.dir).ds_for_signing(ds, now)?;
+    let signer = DocumentSigner::new(backend.as_ref(), certificate)?;
+    let claims = ResidentCardClaims::derive(
+        &sample::holder(),
+        seoul_date(now),
+        credential.document_validity_years,
+        &credential.issuing_authority,
+    )?;
+    let validity =
+        SignatureValidity::starting(now, credential.signature_validity_days, signer.not_after())?;
+    let out = match format {
+        "mdoc" => mdoc::to_base64url(&mdoc::issue(
+            &signer,
+            &claims,
+            &device_key,
+            &validity,
+            None,
+        )?),
+        _ => sdjwt::issue(
+            &signer,
+            &claims,
+            &device_key,
+            &validity,
+            None,
+            &credential.issuer,
+        )?,
+    };
+    println!("{out}");
+    Ok(())
+}
+
+struct VerifyArgs {
+    file: PathBuf,
+    iaca: Option<PathBuf>,
+    ds_cert: Option<PathBuf>,
+    issuer_jwk: Option<PathBuf>,
+    at: Option<String>,
+    expect_type: Option<String>,
+    any_type: bool,
+}
+
+fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let read_cert = |p: &PathBuf| -> anyhow::Result<Vec<u8>> {
+        let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(cert_der_from_pem(&pem)?)
+    };
+    let trust = match (&args.iaca, &args.ds_cert, &args.issuer_jwk) {
+        (Some(p), _, _) => Trust::Iaca(read_cert(p)?),
+        (_, Some(p), _) => Trust::DocumentSigner(read_cert(p)?),
+        (_, _, Some(p)) => Trust::IssuerKey(device_key(Some(p))?),
+        _ => anyhow::bail!("say what to trust: --iaca, --ds-cert or --issuer-jwk"),
+    };
+    let now = match &args.at {
+        Some(at) => OffsetDateTime::parse(at, &Rfc3339)
+            .with_context(|| format!("--at {at:?} is not RFC 3339"))?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let text = read_input(&args.file)?;
+    let text = text.trim();
+    let report = if text.contains('~') {
+        let expected = if args.any_type {
+            None
+        } else {
+            Some(args.expect_type.as_deref().unwrap_or(sdjwt::VCT))
+        };
+        let verified = sdjwt::verify(text, &trust, now, expected)?;
+        json!({
+            "format": "dc+sd-jwt",
+            "valid": true,
+            "alg": verified.header.get("alg"),
+            "disclosed": verified.disclosed,
+            "claims": sdjwt::claim_map(&verified),
+        })
+    } else {
+        // Hex first: every hex digit is also a base64url character.
+        let bytes = hex_decode(text)
+            .or_else(|| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(text.trim_end_matches('='))
+                    .ok()
+            })
+            .context("an mdoc is base64url (or hex) CBOR")?;
+        let expected = if args.any_type {
+            None
+        } else {
+            Some(args.expect_type.as_deref().unwrap_or(mdoc::DOC_TYPE))
+        };
+        let verified = mdoc::verify(&bytes, &trust, now, expected)?;
+        let elements: serde_json::Map<String, serde_json::Value> = verified
+            .elements
+            .iter()
+            .map(|(ns, items)| {
+                let items: serde_json::Map<String, serde_json::Value> = items
+                    .iter()
+                    .map(|(k, v)| (k.clone(), cbor_to_json(v)))
+                    .collect();
+                (ns.clone(), serde_json::Value::Object(items))
+            })
+            .collect();
+        json!({
+            "format": "mso_mdoc",
+            "valid": true,
+            "docType": verified.doc_type,
+            "validFrom": verified.valid_from.format(&Rfc3339)?,
+            "validUntil": verified.valid_until.format(&Rfc3339)?,
+            "elements": elements,
+        })
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// A printable view of a CBOR element (byte strings as base64url).
+fn cbor_to_json(value: &ciborium::Value) -> serde_json::Value {
+    use ciborium::Value as C;
+    match value {
+        C::Text(t) => json!(t),
+        C::Bool(b) => json!(b),
+        C::Integer(i) => json!(i128::from(*i).to_string()),
+        C::Bytes(b) => json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)),
+        C::Tag(_, inner) => cbor_to_json(inner),
+        C::Array(items) => serde_json::Value::Array(items.iter().map(cbor_to_json).collect()),
+        C::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_text()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| format!("{k:?}")),
+                        cbor_to_json(v),
+                    )
+                })
+                .collect(),
+        ),
+        other => json!(format!("{other:?}")),
+    }
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,473 @@
+//! ISO/IEC 18013-5 mdoc issuance: `IssuerSigned` with the MSO in a
+//! COSE_Sign1, and its verifier.
+//!
+//! Document type and namespace (our own reverse-DNS name under the
+//! Ministry of the Interior and Safety, which keeps the resident register):
+//! [`DOC_TYPE`] = [`NAMESPACE`] = `kr.go.mois.mrc.1`. See
+//! `docs/credential-profile.md` for the elements.
+//!
+//! ```text
+//! IssuerSigned = { "nameSpaces": { ns => [ #6.24(bstr .cbor IssuerSignedItem) ] },
+//!                  "issuerAuth": COSE_Sign1 }      ; payload #6.24(bstr .cbor MSO)
+//! ```
+//! Each item's digest is SHA-256 over its whole `#6.24(...)` encoding.
+//! digestIDs are random and decoy digests are mixed in, so the MSO tells
+//! nothing about which or how many elements exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use ciborium::Value;
+use coset::{AsCborValue, CoseSign1, CoseSign1Builder, HeaderBuilder, Label};
+use pkcs11_shim::{Algorithm, PublicKey};
+use time::OffsetDateTime;
+
+use super::cbor::{encode, full_date, get, parse_tdate, tag24, tdate, text};
+use super::claims::ResidentCardClaims;
+use super::signer::DocumentSigner;
+use super::verify::{self, Trust, VerifyError, malformed};
+use super::{CredentialError, SignatureValidity, StatusReference, random_bytes};
+
+/// The document type of the Korean mobile resident registration card.
+pub const DOC_TYPE: &str = "kr.go.mois.mrc.1";
+/// Its namespace.
+pub const NAMESPACE: &str = "kr.go.mois.mrc.1";
+/// COSE header label of x5chain (RFC 9360).
+const X5CHAIN: i64 = 33;
+/// Decoy digests added to each namespace.
+const DECOYS: usize = 3;
+/// Random bytes per item (ISO 18013-5 asks for at least 16).
+const SALT_LEN: usize = 32;
+
+/// The (identifier, value) elements of the card, in a stable order.
+pub fn elements(claims: &ResidentCardClaims) -> Vec<(&'static str, Value)> {
+    let mut items = vec![
+        ("family_name", text(&claims.family_name)),
+        ("given_name", text(&claims.given_name)),
+        ("birth_date", full_date(claims.birth_date)),
+        ("age_over_17", Value::Bool(claims.age_over_17)),
+        ("age_over_18", Value::Bool(claims.age_over_18)),
+        (
+            "resident_number_masked",
+            text(&claims.resident_number_masked),
+        ),
+        ("resident_address", text(&claims.address)),
+        ("issue_date", full_date(claims.issue_date)),
+        ("expiry_date", full_date(claims.expiry_date)),
+        ("issuing_authority", text(&claims.issuing_authority)),
+        ("issuing_country", text(&claims.issuing_country)),
+    ];
+    if let Some(portrait) = &claims.portrait {
+        items.push(("portrait", Value::Bytes(portrait.clone())));
+    }
+    items
+}
+
+/// The holder's device key as a COSE_Key (RFC 9053).
+pub fn cose_key(key: &PublicKey) -> Result<Value, CredentialError> {
+    let raw = key.raw();
+    let int = |i: i64| Value::Integer(i.into());
+    Ok(Value::Map(match key.algorithm() {
+        Algorithm::Es256 | Algorithm::Es384 => {
+            let crv = if key.algorithm() == Algorithm::Es256 {
+                1
+            } else {
+                2
+            };
+            let (x, y) = raw[1..].split_at((raw.len() - 1) / 2);
+            vec![
+                (int(1), int(2)),
+                (int(-1), int(crv)),
+                (int(-2), Value::Bytes(x.to_vec())),
+                (int(-3), Value::Bytes(y.to_vec())),
+            ]
+        }
+        Algorithm::EdDsa => vec![
+            (int(1), int(1)),
+            (int(-1), int(6)),
+            (int(-2), Value::Bytes(raw.to_vec())),
+        ],
+        other => {
+            return Err(CredentialError::Invalid(format!(
+                "{other} is not a device key type"
+            )));
+        }
+    }))
+}
+
+fn unique_digest_ids(count: usize) -> Result<Vec<u32>, CredentialError> {
+    let mut seen = BTreeSet::new();
+    while seen.len() < count {
+        let id = u32::from_be_bytes(random_bytes::<4>()?) & 0x7fff_ffff;
+        let _ = seen.insert(id);
+    }
+    let mut ids: Vec<u32> = seen.into_iter().collect();
+    // Shuffle so the order of IDs says nothing about the order of elements.
+    for i in (1..ids.len()).rev() {
+        let j = (u32::from_be_bytes(random_bytes::<4>()?) as usize) % (i + 1);
+        ids.swap(i, j);
+    }
+    Ok(ids)
+}
+
+/// An mdoc built and waiting for its issuer signature.
+pub struct UnsignedMdoc {
+    items: Vec<Value>,
+    issuer_auth: CoseSign1,
+}
+
+impl UnsignedMdoc {
+    /// Builds the items and the MSO. Pure apart from the random salts and
+    /// digest IDs.
+    pub fn build(
+        claims: &ResidentCardClaims,
+        device_key: &PublicKey,
+        validity: &SignatureValidity,
+        status: Option<&StatusReference>,
+        algorithm: super::SignatureAlgorithm,
+        ds_certificate_der: &[u8],
+    ) -> Result<Self, CredentialError> {
+        let elements = elements(claims);
+        let ids = unique_digest_ids(elements.len() + DECOYS)?;
+        let mut items = Vec::with_capacity(elements.len());
+        let mut digests = Vec::with_capacity(ids.len());
+        for ((identifier, value), id) in elements.into_iter().zip(&ids) {
+            let item = Value::Map(vec![
+                (text("digestID"), Value::Integer((*id).into())),
+                (
+                    text("random"),
+                    Value::Bytes(random_bytes::<SALT_LEN>()?.to_vec()),
+                ),
+                (text("elementIdentifier"), text(identifier)),
+                (text("elementValue"), value),
+            ]);
+            let wrapped = tag24(encode(&item)?);
+            let digest = openssl::sha::sha256(&encode(&wrapped)?);
+            digests.push((Value::Integer((*id).into()), Value::Bytes(digest.to_vec())));
+            items.push(wrapped);
+        }
+        for id in &ids[items.len()..] {
+            digests.push((
+                Value::Integer((*id).into()),
+                Value::Bytes(random_bytes::<32>()?.to_vec()),
+            ));
+        }
+        digests.sort_by_key(|(id, _)| id.as_integer().map(i128::from));
+
+        let mut validity_info = vec![
+            (text("signed"), tdate(validity.signed)?),
+            (text("validFrom"), tdate(validity.valid_from)?),
+            (text("validUntil"), tdate(validity.valid_until)?),
+        ];
+        validity_info.push((text("expectedUpdate"), tdate(validity.valid_until)?));
+        let mut mso = vec![
+            (text("version"), text("1.0")),
+            (text("digestAlgorithm"), text("SHA-256")),
+            (
+                text("valueDigests"),
+                Value::Map(vec![(text(NAMESPACE), Value::Map(digests))]),
+            ),
+            (
+                text("deviceKeyInfo"),
+                Value::Map(vec![(text("deviceKey"), cose_key(device_key)?)]),
+            ),
+            (text("docType"), text(DOC_TYPE)),
+            (text("validityInfo"), Value::Map(validity_info)),
+        ];
+        if let Some(status) = status {
+            mso.push((
+                text("status"),
+                Value::Map(vec![(
+                    text("status_list"),
+                    Value::Map(vec![
+                        (text("idx"), Value::Integer(status.idx.into())),
+                        (text("uri"), text(&status.uri)),
+                    ]),
+                )]),
+            ));
+        }
+        let payload = encode(&tag24(encode(&Value::Map(mso))?))?;
+        let issuer_auth = CoseSign1Builder::new()
+            .protected(HeaderBuilder::new().algorithm(algorithm.cose()).build())
+            .unprotected(
+                HeaderBuilder::new()
+                    .value(X5CHAIN, Value::Bytes(ds_certificate_der.to_vec()))
+                    .build(),
+            )
+            .payload(payload)
+            .build();
+        Ok(UnsignedMdoc { items, issuer_auth })
+    }
+
+    /// The COSE Sig_structure the issuer signs.
+    pub fn signing_input(&self) -> Vec<u8> {
+        self.issuer_auth.tbs_data(b"")
+    }
+
+    /// Adds the raw signature and encodes the `IssuerSigned` structure.
+    pub fn finish(mut self, signature: Vec<u8>) -> Result<Vec<u8>, CredentialError> {
+        self.issuer_auth.signature = signature;
+        let issuer_auth = self
+            .issuer_auth
+            .to_cbor_value()
+            .map_err(|e| CredentialError::Encoding(e.to_string()))?;
+        encode(&Value::Map(vec![
+            (
+                text("nameSpaces"),
+                Value::Map(vec![(text(NAMESPACE), Value::Array(self.items))]),
+            ),
+            (text("issuerAuth"), issuer_auth),
+        ]))
+    }
+}
+
+/// Builds and signs an mdoc; returns the CBOR `IssuerSigned`.
+pub fn issue(
+    signer: &DocumentSigner<'_>,
+    claims: &ResidentCardClaims,
+    device_key: &PublicKey,
+    validity: &SignatureValidity,
+    status: Option<&StatusReference>,
+) -> Result<Vec<u8>, CredentialError> {
+    if validity.valid_until > signer.not_after() {
+        return Err(CredentialError::Invalid(
+            "the signature would outlive the DS certificate".into(),
+        ));
+    }
+    let unsigned = UnsignedMdoc::build(
+        claims,
+        device_key,
+        validity,
+        status,
+        signer.algorithm(),
+        signer.certificate_der(),
+    )?;
+    let signature = signer.sign(&unsigned.signing_input())?;
+    unsigned.finish(signature)
+}
+
+/// The delivery form: base64url of the CBOR (OpenID4VCI `mso_mdoc`).
+pub fn to_base64url(issuer_signed: &[u8]) -> String {
+    B64URL.encode(issuer_signed)
+}
+
+/// A verified mdoc.
+#[derive(Debug, Clone)]
+pub struct VerifiedMdoc {
+    /// The MSO's docType.
+    pub doc_type: String,
+    /// Disclosed elements per namespace.
+    pub elements: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Signature validity from the MSO.
+    pub valid_from: OffsetDateTime,
+    /// Signature validity from the MSO.
+    pub valid_until: OffsetDateTime,
+    /// The status-list reference, if any.
+    pub status: Option<StatusReference>,
+    /// The holder's device key (COSE_Key).
+    pub device_key: Value,
+}
+
+fn parse_cbor(bytes: &[u8], what: &str) -> Result<Value, VerifyError> {
+    ciborium::from_reader(bytes).map_err(|e| malformed(format!("{what} is not CBOR: {e}")))
+}
+
+fn as_map<'a>(value: &'a Value, what: &str) -> Result<&'a [(Value, Value)], VerifyError> {
+    value
+        .as_map()
+        .map(Vec::as_slice)
+        .ok_or_else(|| malformed(format!("{what} is not a map")))
+}
+
+fn tag24_bytes<'a>(value: &'a Value, what: &str) -> Result<&'a [u8], VerifyError> {
+    match value {
+        Value::Tag(24, inner) => inner
+            .as_bytes()
+            .map(Vec::as_slice)
+            .ok_or_else(|| malformed(format!("{what}: tag 24 must wrap a byte string"))),
+        _ => Err(malformed(format!("{what} is not a #6.24 item"))),
+    }
+}
+
+/// Verifies an `IssuerSigned` (CBOR bytes): the DS certificate against
+/// `trust`, the issuer signature, every element's digest, the validity at
+/// `now`, and the docType when `expected_doc_type` is given.
+pub fn verify(
+    issuer_signed: &[u8],
+    trust: &Trust,
+    now: OffsetDateTime,
+    expected_doc_type: Option<&str>,
+) -> Result<VerifiedMdoc, VerifyError> {
+    let root = parse_cbor(issuer_signed, "IssuerSigned")?;
+    let root = as_map(&root, "IssuerSigned")?;
+    let issuer_auth = get(root, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
+    let cose = CoseSign1::from_cbor_value(issuer_auth.clone())
+        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+
+    // The algorithm must be in the protected header.
+    let alg = match &cose.protected.header.alg {
+        Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => *a,
+        _ => {
+            return Err(VerifyError::Algorithm(
+                "no alg in the protected header".into(),
+            ));
+        }
+    };
+    let alg_name = match alg {
+        coset::iana::Algorithm::ES256 => "ES256",
+        coset::iana::Algorithm::ES384 => "ES384",
+        coset::iana::Algorithm::EdDSA => "EdDSA",
+        other => {
+            return Err(VerifyError::Algorithm(format!(
+                "COSE algorithm {other:?} is not accepted"
+            )));
+        }
+    };
+    let x5chain = cose
+        .unprotected
+        .rest
+        .iter()
+        .chain(&cose.protected.header.rest)
+        .find(|(label, _)| *label == Label::Int(X5CHAIN))
+        .map(|(_, v)| v);
+    let ds_der = match x5chain {
+        Some(Value::Bytes(der)) => Some(der.as_slice()),
+        Some(Value::Array(chain)) => chain.first().and_then(Value::as_bytes).map(Vec::as_slice),
+        _ => None,
+    };
+    let (key, cert_not_after) = verify::trusted_key(ds_der, trust, now)?;
+    verify::check_algorithm(alg_name, &key)?;
+    let tbs = cose.tbs_data(b"");
+    verify::check_signature(&key, &tbs, &cose.signature)?;
+
+    let payload = cose
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("issuerAuth has no payload"))?;
+    let mso = parse_cbor(
+        tag24_bytes(&parse_cbor(payload, "MSO payload")?, "MSO")?,
+        "MSO",
+    )?;
+    let mso = as_map(&mso, "MSO")?;
+    let field = |name: &str| get(mso, name).ok_or_else(|| malformed(format!("MSO has no {name}")));
+    if field("version")?.as_text() != Some("1.0") {
+        return Err(malformed("MSO version is not \"1.0\""));
+    }
+    if field("digestAlgorithm")?.as_text() != Some("SHA-256") {
+        return Err(malformed("MSO digestAlgorithm is not SHA-256"));
+    }
+    let doc_type = field("docType")?
+        .as_text()
+        .ok_or_else(|| malformed("docType is not text"))?
+        .to_owned();
+    if let Some(expected) = expected_doc_type
+        && doc_type != expected
+    {
+        return Err(VerifyError::DocType(doc_type));
+    }
+    let validity = as_map(field("validityInfo")?, "validityInfo")?;
+    let date = |name: &str| {
+        get(validity, name)
+            .and_then(parse_tdate)
+            .ok_or_else(|| malformed(format!("validityInfo.{name} is not a tdate")))
+    };
+    let (signed, valid_from, valid_until) =
+        (date("signed")?, date("validFrom")?, date("validUntil")?);
+    if valid_from > valid_until || signed > valid_until {
+        return Err(VerifyError::Validity("inconsistent validityInfo".into()));
+    }
+    verify::check_validity(valid_from, valid_until, cert_not_after, now)?;
+
+    let value_digests = as_map(field("valueDigests")?, "valueDigests")?;
+    let mut elements = BTreeMap::new();
+    let name_spaces = get(root, "nameSpaces").ok_or_else(|| malformed("no nameSpaces"))?;
+    for (ns, items) in as_map(name_spaces, "nameSpaces")? {
+        let ns = ns
+            .as_text()
+            .ok_or_else(|| malformed("namespace is not text"))?;
+        let digests = as_map(
+            get(value_digests, ns)
+                .ok_or_else(|| VerifyError::Digest(format!("{ns} (no digests)")))?,
+            "valueDigests namespace",
+        )?;
+        let items = items
+            .as_array()
+            .ok_or_else(|| malformed("namespace items are not an array"))?;
+        let mut seen_ids = BTreeSet::new();
+        let out: &mut BTreeMap<String, Value> = elements.entry(ns.to_owned()).or_default();
+        for wrapped in items {
+            let item = parse_cbor(
+                tag24_bytes(wrapped, "IssuerSignedItem")?,
+                "IssuerSignedItem",
+            )?;
+            let item = as_map(&item, "IssuerSignedItem")?;
+            let id = get(item, "digestID")
+                .and_then(Value::as_integer)
+                .ok_or_else(|| malformed("digestID is not an integer"))?;
+            let name = get(item, "elementIdentifier")
+                .and_then(Value::as_text)
+                .ok_or_else(|| malformed("elementIdentifier is not text"))?;
+            if get(item, "random")
+                .and_then(Value::as_bytes)
+                .is_none_or(|r| r.len() < 16)
+            {
+                return Err(malformed(format!(
+                    "{name}: random must be at least 16 bytes"
+                )));
+            }
+            let value = get(item, "elementValue")
+                .ok_or_else(|| malformed(format!("{name}: no elementValue")))?;
+            if !seen_ids.insert(i128::from(id)) {
+                return Err(VerifyError::Digest(format!(
+                    "{ns}/{name} (digestID reused)"
+                )));
+            }
+            let signed_digest = digests
+                .iter()
+                .find(|(k, _)| k.as_integer() == Some(id))
+                .and_then(|(_, v)| v.as_bytes());
+            let digest =
+                openssl::sha::sha256(&encode(wrapped).map_err(|e| malformed(e.to_string()))?);
+            if signed_digest.map(Vec::as_slice) != Some(&digest[..]) {
+                return Err(VerifyError::Digest(format!("{ns}/{name}")));
+            }
+            if out.insert(name.to_owned(), value.clone()).is_some() {
+                return Err(malformed(format!("{ns}/{name} disclosed twice")));
+            }
+        }
+    }
+
+    let device_key = get(
+        as_map(field("deviceKeyInfo")?, "deviceKeyInfo")?,
+        "deviceKey",
+    )
+    .ok_or_else(|| malformed("no deviceKey"))?
+    .clone();
+    let status = match get(mso, "status") {
+        None => None,
+        Some(status) => {
+            let list = get(as_map(status, "status")?, "status_list")
+                .ok_or_else(|| malformed("status without status_list"))?;
+            let list = as_map(list, "status_list")?;
+            Some(StatusReference {
+                idx: get(list, "idx")
+                    .and_then(Value::as_integer)
+                    .and_then(|i| u64::try_from(i).ok())
+                    .ok_or_else(|| malformed("status_list.idx"))?,
+                uri: get(list, "uri")
+                    .and_then(Value::as_text)
+                    .ok_or_else(|| malformed("status_list.uri"))?
+                    .to_owned(),
+            })
+        }
+    };
+    Ok(VerifiedMdoc {
+        doc_type,
+        elements,
+        valid_from,
+        valid_until,
+        status,
+        device_key,
+    })
+}

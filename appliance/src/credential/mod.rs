@@ -1,0 +1,86 @@
+//! Credential formats: ISO/IEC 18013-5 mdoc ([`mdoc`]) and SD-JWT VC
+//! ([`sdjwt`]) for the Korean mobile resident registration card, their
+//! claims ([`claims`]) and verifiers.
+//!
+//! Builders are pure: claims, the holder's device key and validity in, a
+//! signing input out. The signature comes from [`DocumentSigner`], the only
+//! thing in this module that touches a key; `none` and MAC algorithms cannot
+//! be expressed ([`SignatureAlgorithm`] has no such variant).
+
+mod cbor;
+pub mod claims;
+pub mod mdoc;
+pub mod sample;
+pub mod sdjwt;
+mod signer;
+pub mod verify;
+
+use time::OffsetDateTime;
+
+pub use signer::{DocumentSigner, SignatureAlgorithm};
+
+/// An error building or signing a credential.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// The input was refused (bad device key, bad claim value…).
+    #[error("{0}")]
+    Invalid(String),
+    /// Encoding failed (a bug, or a value CBOR/JSON cannot carry).
+    #[error("encoding the credential: {0}")]
+    Encoding(String),
+    /// The key layer failed to sign.
+    #[error(transparent)]
+    Key(#[from] pkcs11_shim::Error),
+}
+
+/// When the issuer's signature is valid (MSO `validityInfo`, JWT `iat`/`nbf`/`exp`).
+/// Distinct from the document's own three-year validity, which is a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureValidity {
+    /// When the credential was signed.
+    pub signed: OffsetDateTime,
+    /// Not valid before.
+    pub valid_from: OffsetDateTime,
+    /// Not valid after; never later than the DS certificate's notAfter.
+    pub valid_until: OffsetDateTime,
+}
+
+impl SignatureValidity {
+    /// From `now` for `days`, cut at `limit` (the DS certificate's notAfter).
+    pub fn starting(
+        now: OffsetDateTime,
+        days: u32,
+        limit: OffsetDateTime,
+    ) -> Result<Self, CredentialError> {
+        let signed = now.replace_nanosecond(0).unwrap_or(now);
+        let wanted = signed + time::Duration::days(i64::from(days));
+        let valid_until = wanted.min(limit);
+        if valid_until <= signed {
+            return Err(CredentialError::Invalid(
+                "the document-signer certificate has expired: issue a new one".into(),
+            ));
+        }
+        Ok(SignatureValidity {
+            signed,
+            valid_from: signed,
+            valid_until,
+        })
+    }
+}
+
+/// Where a verifier checks the credential's revocation status (IETF Token
+/// Status List): index `idx` in the list published at `uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReference {
+    /// Index in the list.
+    pub idx: u64,
+    /// The list's URI.
+    pub uri: String,
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialError> {
+    let mut bytes = [0u8; N];
+    openssl::rand::rand_bytes(&mut bytes).map_err(|e| CredentialError::Encoding(e.to_string()))?;
+    Ok(bytes)
+}

@@ -1,0 +1,461 @@
+//! SD-JWT VC issuance (`typ: dc+sd-jwt`) and its verifier.
+//!
+//! Personal claims travel as disclosures `[salt, name, value]` whose
+//! SHA-256 digests sit in `_sd` (with decoys, sorted). `iss`, `iat`, `nbf`,
+//! `exp`, `vct`, `cnf` and `status` are always plain: a holder can never
+//! hide them. Serialization: `<JWS>~<D1>~…~<Dn>~`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use pkcs11_shim::PublicKey;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::claims::ResidentCardClaims;
+use super::signer::DocumentSigner;
+use super::verify::{self, Trust, VerifyError, malformed};
+use super::{CredentialError, SignatureValidity, StatusReference, random_bytes};
+
+/// The verifiable credential type of the card.
+pub const VCT: &str = "urn:kr:go:mois:mrc:1";
+/// The JOSE `typ` of an SD-JWT VC.
+pub const TYP: &str = "dc+sd-jwt";
+/// Decoy digests added to `_sd`.
+const DECOYS: usize = 3;
+/// Claims that must never be selectively disclosable.
+const ALWAYS_PLAIN: [&str; 8] = [
+    "iss", "iat", "nbf", "exp", "vct", "cnf", "status", "_sd_alg",
+];
+
+fn date(d: time::Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// The selectively disclosable claims, in a stable order.
+pub fn disclosable_claims(claims: &ResidentCardClaims) -> Vec<(&'static str, Value)> {
+    let mut out = vec![
+        ("family_name", json!(claims.family_name)),
+        ("given_name", json!(claims.given_name)),
+        ("birthdate", json!(date(claims.birth_date))),
+        (
+            "age_equal_or_over",
+            json!({"17": claims.age_over_17, "18": claims.age_over_18}),
+        ),
+        (
+            "resident_number_masked",
+            json!(claims.resident_number_masked),
+        ),
+        (
+            "address",
+            json!({"formatted": claims.address, "country": claims.issuing_country}),
+        ),
+        ("issuance_date", json!(date(claims.issue_date))),
+        ("expiry_date", json!(date(claims.expiry_date))),
+        ("issuing_authority", json!(claims.issuing_authority)),
+        ("issuing_country", json!(claims.issuing_country)),
+    ];
+    if let Some(portrait) = &claims.portrait {
+        out.push((
+            "picture",
+            json!(format!("data:image/jpeg;base64,{}", B64.encode(portrait))),
+        ));
+    }
+    out
+}
+
+fn disclosure_digest(disclosure: &str) -> String {
+    B64URL.encode(openssl::sha::sha256(disclosure.as_bytes()))
+}
+
+fn b64json(value: &Value) -> Result<String, CredentialError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| CredentialError::Encoding(e.to_string()))?;
+    Ok(B64URL.encode(bytes))
+}
+
+/// An SD-JWT VC built and waiting for its issuer signature.
+pub struct UnsignedSdJwt {
+    signing_input: String,
+    disclosures: Vec<String>,
+}
+
+impl UnsignedSdJwt {
+    /// Builds header, payload and disclosures. Pure apart from the salts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        claims: &ResidentCardClaims,
+        device_key: &PublicKey,
+        validity: &SignatureValidity,
+        status: Option<&StatusReference>,
+        issuer: &str,
+        algorithm: super::SignatureAlgorithm,
+        kid: &str,
+        ds_certificate_der: &[u8],
+    ) -> Result<Self, CredentialError> {
+        let header = json!({
+            "alg": algorithm.jose(),
+            "typ": TYP,
+            "kid": kid,
+            "x5c": [B64.encode(ds_certificate_der)],
+        });
+        let mut disclosures = Vec::new();
+        let mut digests = Vec::new();
+        for (name, value) in disclosable_claims(claims) {
+            let salt = B64URL.encode(random_bytes::<16>()?);
+            let disclosure = b64json(&json!([salt, name, value]))?;
+            digests.push(disclosure_digest(&disclosure));
+            disclosures.push(disclosure);
+        }
+        for _ in 0..DECOYS {
+            digests.push(B64URL.encode(openssl::sha::sha256(&random_bytes::<32>()?)));
+        }
+        digests.sort();
+        let mut payload = Map::new();
+        let _ = payload.insert("iss".into(), json!(issuer));
+        let _ = payload.insert("iat".into(), json!(validity.signed.unix_timestamp()));
+        let _ = payload.insert("nbf".into(), json!(validity.valid_from.unix_timestamp()));
+        let _ = payload.insert("exp".into(), json!(validity.valid_until.unix_timestamp()));
+        let _ = payload.insert("vct".into(), json!(VCT));
+        let mut jwk = serde_json::to_value(device_key.jwk())
+            .map_err(|e| CredentialError::Encoding(e.to_string()))?;
+        jwk["kid"] = json!(device_key.kid());
+        let _ = payload.insert("cnf".into(), json!({ "jwk": jwk }));
+        if let Some(status) = status {
+            let _ = payload.insert(
+                "status".into(),
+                json!({"status_list": {"idx": status.idx, "uri": status.uri}}),
+            );
+        }
+        let _ = payload.insert("_sd_alg".into(), json!("sha-256"));
+        let _ = payload.insert("_sd".into(), json!(digests));
+        let signing_input = format!(
+            "{}.{}",
+            b64json(&header)?,
+            b64json(&Value::Object(payload))?
+        );
+        Ok(UnsignedSdJwt {
+            signing_input,
+            disclosures,
+        })
+    }
+
+    /// The JWS signing input (`base64url(header).base64url(payload)`).
+    pub fn signing_input(&self) -> &[u8] {
+        self.signing_input.as_bytes()
+    }
+
+    /// Adds the raw signature: `JWT~D1~…~Dn~`.
+    pub fn finish(self, signature: &[u8]) -> String {
+        let mut out = format!("{}.{}~", self.signing_input, B64URL.encode(signature));
+        for d in &self.disclosures {
+            out.push_str(d);
+            out.push('~');
+        }
+        out
+    }
+}
+
+/// Builds and signs an SD-JWT VC.
+pub fn issue(
+    signer: &DocumentSigner<'_>,
+    claims: &ResidentCardClaims,
+    device_key: &PublicKey,
+    validity: &SignatureValidity,
+    status: Option<&StatusReference>,
+    issuer: &str,
+) -> Result<String, CredentialError> {
+    if validity.valid_until > signer.not_after() {
+        return Err(CredentialError::Invalid(
+            "the signature would outlive the DS certificate".into(),
+        ));
+    }
+    let unsigned = UnsignedSdJwt::build(
+        claims,
+        device_key,
+        validity,
+        status,
+        issuer,
+        signer.algorithm(),
+        signer.kid(),
+        signer.certificate_der(),
+    )?;
+    let signature = signer.sign(unsigned.signing_input())?;
+    Ok(unsigned.finish(&signature))
+}
+
+/// A verified SD-JWT VC.
+#[derive(Debug, Clone)]
+pub struct VerifiedSdJwt {
+    /// The JWS header.
+    pub header: Map<String, Value>,
+    /// The payload with every disclosed claim put in place (`_sd` removed).
+    pub claims: Map<String, Value>,
+    /// Names of the claims that came from disclosures.
+    pub disclosed: BTreeSet<String>,
+}
+
+fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>, VerifyError> {
+    let bytes = B64URL
+        .decode(part)
+        .map_err(|_| malformed(format!("{what} is not base64url")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(malformed(format!("{what} is not a JSON object"))),
+    }
+}
+
+fn numeric_date(
+    payload: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<OffsetDateTime>, VerifyError> {
+    match payload.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .map(Some)
+            .ok_or_else(|| malformed(format!("{name} is not a NumericDate"))),
+    }
+}
+
+/// Verifies an SD-JWT VC (issuance form, no key binding): the issuer key
+/// (x5c against `trust`, or a pinned issuer key), the JWS signature, every
+/// disclosure's digest, the validity at `now`, and `vct` when
+/// `expected_vct` is given.
+pub fn verify(
+    sd_jwt: &str,
+    trust: &Trust,
+    now: OffsetDateTime,
+    expected_vct: Option<&str>,
+) -> Result<VerifiedSdJwt, VerifyError> {
+    let mut parts = sd_jwt.split('~');
+    let jwt = parts.next().unwrap_or_default();
+    let disclosures: Vec<&str> = parts.filter(|p| !p.is_empty()).collect();
+    let mut sections = jwt.split('.');
+    let (Some(h), Some(p), Some(s), None) = (
+        sections.next(),
+        sections.next(),
+        sections.next(),
+        sections.next(),
+    ) else {
+        return Err(malformed("the JWT is not header.payload.signature"));
+    };
+    let header = decode_json(h, "JWS header")?;
+    let mut payload = decode_json(p, "JWT payload")?;
+    let signature = B64URL
+        .decode(s)
+        .map_err(|_| malformed("signature is not base64url"))?;
+
+    let typ = header.get("typ").and_then(Value::as_str);
+    if !matches!(typ, Some("dc+sd-jwt") | Some("vc+sd-jwt")) {
+        return Err(malformed(format!("typ {typ:?} is not dc+sd-jwt")));
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| VerifyError::Algorithm("no alg".into()))?;
+    let ds_der = match header
+        .get("x5c")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        Some(first) => Some(
+            first
+                .as_str()
+                .and_then(|c| B64.decode(c).ok())
+                .ok_or_else(|| malformed("x5c[0] is not base64 DER"))?,
+        ),
+        None => None,
+    };
+    let (key, cert_not_after) = verify::trusted_key(ds_der.as_deref(), trust, now)?;
+    verify::check_algorithm(alg, &key)?;
+    verify::check_signature(&key, format!("{h}.{p}").as_bytes(), &signature)?;
+
+    match payload.get("_sd_alg").and_then(Value::as_str) {
+        Some("sha-256") | None => {}
+        Some(other) => return Err(malformed(format!("_sd_alg {other:?} is not sha-256"))),
+    }
+    if let Some(expected) = expected_vct {
+        let vct = payload
+            .get("vct")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if vct != expected {
+            return Err(VerifyError::DocType(vct.to_owned()));
+        }
+    }
+    let exp = numeric_date(&payload, "exp")?;
+    let nbf = numeric_date(&payload, "nbf")?.or(numeric_date(&payload, "iat")?);
+    verify::check_validity(
+        nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        exp.unwrap_or(OffsetDateTime::from_unix_timestamp(i64::from(i32::MAX)).unwrap_or(now)),
+        cert_not_after,
+        now,
+    )?;
+
+    let mut table = Disclosures::parse(&disclosures)?;
+    let _ = payload.remove("_sd_alg");
+    let mut claims = Value::Object(payload);
+    table.reveal(&mut claims, 0)?;
+    if let Some(unused) = table.unreferenced() {
+        return Err(VerifyError::Digest(format!(
+            "disclosure {unused} (not referenced by any digest)"
+        )));
+    }
+    let Value::Object(payload) = claims else {
+        return Err(malformed("payload is not an object"));
+    };
+    let disclosed = table.names;
+    Ok(VerifiedSdJwt {
+        header,
+        claims: payload,
+        disclosed,
+    })
+}
+
+/// Limits the nesting a verifier follows (hostile input).
+const MAX_DEPTH: usize = 16;
+
+/// The disclosures of one SD-JWT, by digest, and which were used.
+struct Disclosures {
+    by_digest: BTreeMap<String, Vec<Value>>,
+    used: BTreeSet<String>,
+    names: BTreeSet<String>,
+}
+
+impl Disclosures {
+    fn parse(encoded: &[&str]) -> Result<Self, VerifyError> {
+        let mut by_digest = BTreeMap::new();
+        for disclosure in encoded {
+            let bytes = B64URL
+                .decode(disclosure)
+                .map_err(|_| malformed("a disclosure is not base64url"))?;
+            let Ok(Value::Array(parts)) = serde_json::from_slice::<Value>(&bytes) else {
+                return Err(malformed("a disclosure is not a JSON array"));
+            };
+            if !(2..=3).contains(&parts.len()) || !parts[0].is_string() {
+                return Err(malformed(
+                    "a disclosure is [salt, name, value] or [salt, value]",
+                ));
+            }
+            if by_digest
+                .insert(disclosure_digest(disclosure), parts)
+                .is_some()
+            {
+                return Err(malformed("the same disclosure appears twice"));
+            }
+        }
+        Ok(Disclosures {
+            by_digest,
+            used: BTreeSet::new(),
+            names: BTreeSet::new(),
+        })
+    }
+
+    fn take(&mut self, digest: &str) -> Result<Option<Vec<Value>>, VerifyError> {
+        match self.by_digest.get(digest) {
+            None => Ok(None), // a decoy, or a claim the holder did not disclose
+            Some(parts) => {
+                if !self.used.insert(digest.to_owned()) {
+                    return Err(VerifyError::Digest(format!(
+                        "digest {digest} referenced twice"
+                    )));
+                }
+                Ok(Some(parts.clone()))
+            }
+        }
+    }
+
+    /// Replaces every `_sd` digest and `{"...": digest}` array element in
+    /// `value` by what its disclosure reveals (RFC 9901 §7.1).
+    fn reveal(&mut self, value: &mut Value, depth: usize) -> Result<(), VerifyError> {
+        if depth > MAX_DEPTH {
+            return Err(malformed("disclosures nested too deeply"));
+        }
+        match value {
+            Value::Object(map) => {
+                let digests = match map.remove("_sd") {
+                    None => Vec::new(),
+                    Some(Value::Array(list)) => list,
+                    Some(_) => return Err(malformed("_sd is not an array")),
+                };
+                for key in map.keys().cloned().collect::<Vec<_>>() {
+                    if let Some(child) = map.get_mut(&key) {
+                        self.reveal(child, depth + 1)?;
+                    }
+                }
+                for digest in digests {
+                    let digest = digest
+                        .as_str()
+                        .ok_or_else(|| malformed("_sd holds a non-string"))?;
+                    let Some(parts) = self.take(digest)? else {
+                        continue;
+                    };
+                    let [_salt, Value::String(name), claim] = parts.as_slice() else {
+                        return Err(malformed("an _sd digest must point to [salt, name, value]"));
+                    };
+                    if (depth == 0 && ALWAYS_PLAIN.contains(&name.as_str()))
+                        || name == "_sd"
+                        || name == "..."
+                    {
+                        return Err(malformed(format!(
+                            "{name} must not be selectively disclosed"
+                        )));
+                    }
+                    let mut claim = claim.clone();
+                    self.reveal(&mut claim, depth + 1)?;
+                    if map.insert(name.clone(), claim).is_some() {
+                        return Err(malformed(format!("{name} appears twice")));
+                    }
+                    let _ = self.names.insert(name.clone());
+                }
+            }
+            Value::Array(items) => {
+                let mut revealed = Vec::with_capacity(items.len());
+                for mut item in std::mem::take(items) {
+                    let digest = match &item {
+                        Value::Object(o) if o.len() == 1 => {
+                            o.get("...").and_then(Value::as_str).map(str::to_owned)
+                        }
+                        _ => None,
+                    };
+                    match digest {
+                        Some(digest) => {
+                            let Some(parts) = self.take(&digest)? else {
+                                continue;
+                            };
+                            let [_salt, element] = parts.as_slice() else {
+                                return Err(malformed(
+                                    "an array digest must point to [salt, value]",
+                                ));
+                            };
+                            let mut element = element.clone();
+                            self.reveal(&mut element, depth + 1)?;
+                            revealed.push(element);
+                        }
+                        None => {
+                            self.reveal(&mut item, depth + 1)?;
+                            revealed.push(item);
+                        }
+                    }
+                }
+                *items = revealed;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn unreferenced(&self) -> Option<String> {
+        self.by_digest
+            .keys()
+            .find(|d| !self.used.contains(*d))
+            .cloned()
+    }
+}
+
+/// The disclosed claims as a sorted map (for printing).
+pub fn claim_map(verified: &VerifiedSdJwt) -> BTreeMap<String, Value> {
+    verified.claims.clone().into_iter().collect()
+}

@@ -1,0 +1,127 @@
+//! The one place credentials meet a key: a document-signer key in the
+//! token with its certificate. The algorithm comes from the key, so a
+//! credential can only ever name the algorithm its key really uses.
+
+use pkcs11_shim::{Algorithm, KeyBackend};
+use time::OffsetDateTime;
+
+use super::CredentialError;
+use crate::pki::DsCertificate;
+
+/// Signature algorithms a credential may carry. There is no `none` and no
+/// MAC: they cannot be requested, so they cannot be produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureAlgorithm {
+    /// ECDSA P-256 / SHA-256.
+    Es256,
+    /// ECDSA P-384 / SHA-384.
+    Es384,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SignatureAlgorithm {
+    /// The JOSE `alg`.
+    pub fn jose(self) -> &'static str {
+        match self {
+            SignatureAlgorithm::Es256 => "ES256",
+            SignatureAlgorithm::Es384 => "ES384",
+            SignatureAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    /// The COSE algorithm.
+    pub fn cose(self) -> coset::iana::Algorithm {
+        match self {
+            SignatureAlgorithm::Es256 => coset::iana::Algorithm::ES256,
+            SignatureAlgorithm::Es384 => coset::iana::Algorithm::ES384,
+            SignatureAlgorithm::EdDsa => coset::iana::Algorithm::EdDSA,
+        }
+    }
+
+    /// From a key's algorithm; refuses what is not a signature algorithm.
+    pub fn of_key(algorithm: Algorithm) -> Result<Self, CredentialError> {
+        match algorithm {
+            Algorithm::Es256 => Ok(SignatureAlgorithm::Es256),
+            Algorithm::Es384 => Ok(SignatureAlgorithm::Es384),
+            Algorithm::EdDsa => Ok(SignatureAlgorithm::EdDsa),
+            other => Err(CredentialError::Invalid(format!(
+                "{other} keys cannot sign credentials"
+            ))),
+        }
+    }
+}
+
+/// A document-signer key and its certificate.
+pub struct DocumentSigner<'a> {
+    backend: &'a dyn KeyBackend,
+    certificate: DsCertificate,
+    algorithm: SignatureAlgorithm,
+    kid: String,
+}
+
+impl<'a> DocumentSigner<'a> {
+    /// Pairs the key labelled like the certificate with it, checking that the
+    /// certificate certifies this very key and the key is a DS key.
+    pub fn new(
+        backend: &'a dyn KeyBackend,
+        certificate: DsCertificate,
+    ) -> Result<Self, CredentialError> {
+        let key = backend.find(&certificate.label)?;
+        if key.purpose != pkcs11_shim::KeyPurpose::DocumentSigner {
+            return Err(CredentialError::Invalid(format!(
+                "key {:?} is a {} key, not a document signer",
+                key.label, key.purpose
+            )));
+        }
+        let public = key
+            .public_key
+            .ok_or_else(|| CredentialError::Invalid("a DS key has a public key".into()))?;
+        let cert_key = openssl::x509::X509::from_der(&certificate.der)
+            .and_then(|c| c.public_key())
+            .and_then(|k| k.public_key_to_der())
+            .map_err(|e| CredentialError::Invalid(format!("DS certificate: {e}")))?;
+        if cert_key != public.spki_der() {
+            return Err(CredentialError::Invalid(format!(
+                "the DS certificate {:?} does not certify the key of that label",
+                certificate.label
+            )));
+        }
+        Ok(DocumentSigner {
+            backend,
+            algorithm: SignatureAlgorithm::of_key(key.algorithm)?,
+            kid: public.kid(),
+            certificate,
+        })
+    }
+
+    /// Signs a signing input the builders produced; raw signature out.
+    pub fn sign(&self, signing_input: &[u8]) -> Result<Vec<u8>, CredentialError> {
+        Ok(self.backend.sign(&self.certificate.label, signing_input)?)
+    }
+
+    /// The algorithm every signature of this signer uses.
+    pub fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+
+    /// The DS certificate, DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.certificate.der
+    }
+
+    /// The key's `kid` (JWK thumbprint).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The key's label.
+    pub fn label(&self) -> &str {
+        &self.certificate.label
+    }
+
+    /// The DS certificate's notAfter: no signature may be valid longer.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.certificate.facts.not_after
+    }
+}

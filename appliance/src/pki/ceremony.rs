@@ -1,0 +1,128 @@
+//! The officer ceremonies behind `dojangctl pki`: each generates what it
+//! needs in the token, issues and checks the certificate, then writes it.
+//! A ceremony that fails leaves no certificate behind.
+
+use std::path::PathBuf;
+
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
+use time::OffsetDateTime;
+
+use super::{HsmKey, PkiConfig, PkiError, PkiStore, issue_crl, issue_ds, issue_iaca};
+
+/// What a ceremony wrote.
+#[derive(Debug, Clone)]
+pub struct CeremonyReport {
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Keys generated (labels).
+    pub generated: Vec<String>,
+}
+
+fn ensure_key(
+    backend: &dyn KeyBackend,
+    label: &str,
+    purpose: KeyPurpose,
+    algorithm: Algorithm,
+    generated: &mut Vec<String>,
+) -> Result<(), PkiError> {
+    match backend.find(label) {
+        Ok(key) if key.purpose == purpose => Ok(()),
+        Ok(key) => Err(PkiError::Invalid(format!(
+            "key {label:?} exists but is a {} key",
+            key.purpose
+        ))),
+        Err(pkcs11_shim::Error::KeyNotFound { .. }) => {
+            let _ = backend.generate(label, purpose, algorithm)?;
+            generated.push(label.to_owned());
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `pki init`: the IACA key and certificate, a first DS key and
+/// certificate, and an empty CRL. Refuses if an IACA certificate exists.
+pub fn init(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    ds_label: &str,
+    algorithm: Algorithm,
+    now: OffsetDateTime,
+) -> Result<CeremonyReport, PkiError> {
+    config.validate()?;
+    let store = PkiStore::new(&config.dir);
+    if store.iaca_path().exists() {
+        return Err(PkiError::Invalid(format!(
+            "{} exists: the IACA is created once (use `pki issue-ds` for new document signers)",
+            store.iaca_path().display()
+        )));
+    }
+    let mut report = CeremonyReport {
+        written: Vec::new(),
+        generated: Vec::new(),
+    };
+    ensure_key(
+        backend,
+        &config.iaca_key,
+        KeyPurpose::Iaca,
+        algorithm,
+        &mut report.generated,
+    )?;
+    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let (iaca_der, _) = issue_iaca(config, &iaca, now)?;
+    report.written.push(store.write_iaca(&iaca_der)?);
+    let crl = issue_crl(config, &iaca_der, &iaca, &[], now)?;
+    report.written.push(store.write_crl(&crl)?);
+    let ds = issue_document_signer(backend, config, ds_label, algorithm, now)?;
+    report.written.extend(ds.written);
+    report.generated.extend(ds.generated);
+    Ok(report)
+}
+
+/// `pki issue-ds`: a new DS key (if `label` is not in the token yet) and its
+/// certificate signed by the IACA key.
+pub fn issue_document_signer(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    label: &str,
+    algorithm: Algorithm,
+    now: OffsetDateTime,
+) -> Result<CeremonyReport, PkiError> {
+    config.validate()?;
+    let store = PkiStore::new(&config.dir);
+    if store.ds_path(label).exists() {
+        return Err(PkiError::Invalid(format!(
+            "{} exists: pick a new label for a new document signer",
+            store.ds_path(label).display()
+        )));
+    }
+    let (iaca_der, _) = store.iaca()?;
+    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let mut generated = Vec::new();
+    ensure_key(
+        backend,
+        label,
+        KeyPurpose::DocumentSigner,
+        algorithm,
+        &mut generated,
+    )?;
+    let ds = HsmKey::find(backend, label)?;
+    let (der, _) = issue_ds(config, &iaca_der, &iaca, &ds, now)?;
+    Ok(CeremonyReport {
+        written: vec![store.write_ds(label, &der)?],
+        generated,
+    })
+}
+
+/// `pki crl`: a fresh (empty) CRL signed by the IACA key.
+pub fn refresh_crl(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    now: OffsetDateTime,
+) -> Result<PathBuf, PkiError> {
+    let store = PkiStore::new(&config.dir);
+    let (iaca_der, _) = store.iaca()?;
+    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let crl = issue_crl(config, &iaca_der, &iaca, &[], now)?;
+    store.write_crl(&crl)
+}

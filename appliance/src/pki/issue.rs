@@ -1,0 +1,244 @@
+//! The ceremonies' certificate work: the self-signed IACA, DS certificates
+//! signed by the IACA key, and the IACA's CRL. Each result is checked
+//! against the Annex B profile and its signature verified before it is
+//! returned: a bad certificate never reaches the disk.
+
+use openssl::x509::X509;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    CustomExtension, DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyIdMethod,
+    KeyUsagePurpose, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+use super::der::{
+    OID_EXT_KEY_USAGE, OID_ISSUER_ALT_NAME, OID_SUBJECT_KEY_IDENTIFIER, eku_mdl_ds, general_names,
+    tlv,
+};
+use super::profile::{self, CertFacts};
+use super::signer::HsmKey;
+use super::{PkiConfig, PkiError};
+
+/// A positive serial with 127 random bits (Annex B asks for at least 63).
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    openssl::rand::rand_bytes(&mut bytes).map_err(|e| PkiError::Build(e.to_string()))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40; // positive, and no leading zero octet
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// RFC 7093 method 1: the leftmost 160 bits of SHA-256 over the subject
+/// public key bits.
+fn key_identifier(key: &HsmKey<'_>) -> Vec<u8> {
+    openssl::sha::sha256(key.public_key().raw())[..20].to_vec()
+}
+
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+fn name(config: &PkiConfig, common_name: &str) -> Result<DistinguishedName, PkiError> {
+    let mut dn = DistinguishedName::new();
+    let country = rcgen::string::PrintableString::try_from(config.country.as_str())
+        .map_err(|e| PkiError::Invalid(format!("pki.country: {e}")))?;
+    dn.push(DnType::CountryName, DnValue::PrintableString(country));
+    dn.push(DnType::OrganizationName, config.organization.as_str());
+    dn.push(DnType::CommonName, common_name);
+    Ok(dn)
+}
+
+fn issuer_alt_name(config: &PkiConfig) -> CustomExtension {
+    CustomExtension::from_oid_content(OID_ISSUER_ALT_NAME, general_names(&config.issuer_alt_name))
+}
+
+fn crl_distribution(config: &PkiConfig) -> Vec<CrlDistributionPoint> {
+    vec![CrlDistributionPoint {
+        uris: vec![config.crl_url.clone()],
+    }]
+}
+
+fn verify_signed_by(der: &[u8], issuer: &HsmKey<'_>) -> Result<(), PkiError> {
+    let cert = X509::from_der(der).map_err(|e| PkiError::Build(e.to_string()))?;
+    let key = issuer.public_key().to_openssl()?;
+    match cert.verify(&key) {
+        Ok(true) => Ok(()),
+        _ => Err(PkiError::Build(
+            "the token's signature on the certificate does not verify".into(),
+        )),
+    }
+}
+
+/// The IACA as rcgen's issuer, rebuilt from the configuration the IACA
+/// certificate was made from; [`check_issued_by`] catches any drift.
+fn iaca_issuer<'a, 'k>(
+    config: &PkiConfig,
+    iaca: &'a HsmKey<'k>,
+) -> Result<Issuer<'static, &'a HsmKey<'k>>, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(config, &config.iaca_common_name)?;
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(iaca));
+    Ok(Issuer::new(params, iaca))
+}
+
+fn config_drift() -> PkiError {
+    PkiError::Invalid(
+        "the [pki] country/organization/iaca_common_name no longer match iaca.pem; \
+         restore the values the IACA was created with"
+            .into(),
+    )
+}
+
+/// The issued certificate's issuer name must be the IACA's subject, byte for byte.
+fn check_issued_by(der: &[u8], iaca: &X509) -> Result<(), PkiError> {
+    let cert = X509::from_der(der).map_err(|e| PkiError::Build(e.to_string()))?;
+    match (cert.issuer_name().to_der(), iaca.subject_name().to_der()) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        _ => Err(config_drift()),
+    }
+}
+
+/// Issues the self-signed IACA root certificate for the key `iaca`.
+pub fn issue_iaca(
+    config: &PkiConfig,
+    iaca: &HsmKey<'_>,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, CertFacts), PkiError> {
+    config.validate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(config, &config.iaca_common_name)?;
+    params.serial_number = Some(random_serial()?);
+    params.not_before = whole_seconds(now);
+    params.not_after = params.not_before + Duration::days(i64::from(config.iaca_validity_days));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(iaca));
+    params.crl_distribution_points = crl_distribution(config);
+    params.custom_extensions = vec![issuer_alt_name(config)];
+    let der = params
+        .self_signed(iaca)
+        .map_err(|e| PkiError::Build(e.to_string()))?
+        .der()
+        .to_vec();
+    verify_signed_by(&der, iaca)?;
+    let facts = profile::check_iaca(&der)?;
+    Ok((der, facts))
+}
+
+/// Issues a DS certificate for `ds`'s key, signed by the IACA key, which
+/// must be the key of `iaca_der`.
+pub fn issue_ds(
+    config: &PkiConfig,
+    iaca_der: &[u8],
+    iaca: &HsmKey<'_>,
+    ds: &HsmKey<'_>,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, CertFacts), PkiError> {
+    config.validate()?;
+    let iaca_facts = profile::check_iaca(iaca_der)?;
+    let iaca_cert = X509::from_der(iaca_der).map_err(|e| PkiError::Invalid(e.to_string()))?;
+    let iaca_key_matches = iaca_cert
+        .public_key()
+        .ok()
+        .and_then(|k| k.public_key_to_der().ok())
+        .is_some_and(|der| der == iaca.public_key().spki_der());
+    if !iaca_key_matches {
+        return Err(PkiError::Invalid(format!(
+            "key {:?} is not the key of the IACA certificate",
+            iaca.label()
+        )));
+    }
+    let issuer = iaca_issuer(config, iaca)?;
+
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(
+        config,
+        &format!("{} DS {}", config.iaca_common_name, ds.label()),
+    )?;
+    params.serial_number = Some(random_serial()?);
+    params.not_before = whole_seconds(now);
+    params.not_after = params.not_before + Duration::days(i64::from(config.ds_validity_days));
+    if params.not_after > iaca_facts.not_after {
+        // A DS certificate must not outlive its root.
+        params.not_after = iaca_facts.not_after;
+    }
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(ds));
+    params.use_authority_key_identifier_extension = true;
+    params.crl_distribution_points = crl_distribution(config);
+    let mut eku = CustomExtension::from_oid_content(OID_EXT_KEY_USAGE, eku_mdl_ds());
+    eku.set_criticality(true);
+    // rcgen writes SubjectKeyIdentifier only beside BasicConstraints, which
+    // Annex B does not give a DS certificate: add it ourselves.
+    let ski = CustomExtension::from_oid_content(
+        OID_SUBJECT_KEY_IDENTIFIER,
+        tlv(0x04, &key_identifier(ds)),
+    );
+    params.custom_extensions = vec![ski, issuer_alt_name(config), eku];
+    let der = params
+        .signed_by(ds, &issuer)
+        .map_err(|e| PkiError::Build(e.to_string()))?
+        .der()
+        .to_vec();
+    verify_signed_by(&der, iaca)?;
+    check_issued_by(&der, &iaca_cert)?;
+    let facts = profile::check_ds(&der, Some(&iaca_facts))?;
+    Ok((der, facts))
+}
+
+/// Issues the IACA's CRL (PEM) listing `revoked` DS serials.
+pub fn issue_crl(
+    config: &PkiConfig,
+    iaca_der: &[u8],
+    iaca: &HsmKey<'_>,
+    revoked: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<String, PkiError> {
+    let iaca_cert = X509::from_der(iaca_der).map_err(|e| PkiError::Invalid(e.to_string()))?;
+    let issuer = iaca_issuer(config, iaca)?;
+    let this_update = whole_seconds(now);
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update: this_update + Duration::days(i64::from(config.crl_validity_days)),
+        // Seconds since the epoch: increases with every CRL this issuer signs.
+        crl_number: SerialNumber::from_slice(&this_update.unix_timestamp().to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(serial),
+                revocation_time: this_update,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::PreSpecified(key_identifier(iaca)),
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .map_err(|e| PkiError::Build(e.to_string()))?;
+    let der = crl.der().to_vec();
+    let parsed =
+        openssl::x509::X509Crl::from_der(&der).map_err(|e| PkiError::Build(e.to_string()))?;
+    let key = iaca.public_key().to_openssl()?;
+    if !parsed.verify(&key).unwrap_or(false) {
+        return Err(PkiError::Build(
+            "the token's signature on the CRL does not verify".into(),
+        ));
+    }
+    let same_issuer = match (
+        parsed.issuer_name().to_der(),
+        iaca_cert.subject_name().to_der(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same_issuer {
+        return Err(config_drift());
+    }
+    let pem = parsed
+        .to_pem()
+        .map_err(|e| PkiError::Build(e.to_string()))?;
+    String::from_utf8(pem).map_err(|e| PkiError::Build(e.to_string()))
+}

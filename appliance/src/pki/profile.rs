@@ -1,0 +1,226 @@
+//! The ISO/IEC 18013-5 Annex B certificate profile, checked on parsed
+//! certificates: what a verifier would refuse, we refuse first. Used after
+//! every ceremony and by the credential verifier.
+
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use super::der::OID_MDL_DS_ARCS;
+
+/// Longest DS certificate validity Annex B allows.
+pub const MAX_DS_VALIDITY_DAYS: i64 = 457;
+/// Longest IACA validity Annex B allows (20 years).
+pub const MAX_IACA_VALIDITY_DAYS: i64 = 7305;
+
+/// A profile violation, naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{which} certificate breaks ISO 18013-5 Annex B: {rule}")]
+pub struct ProfileError {
+    /// `IACA` or `DS`.
+    pub which: &'static str,
+    /// The rule, in words.
+    pub rule: String,
+}
+
+fn fail(which: &'static str, rule: impl Into<String>) -> ProfileError {
+    ProfileError {
+        which,
+        rule: rule.into(),
+    }
+}
+
+/// What the checks read off a certificate.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    /// Subject countryName.
+    pub country: Option<String>,
+    /// SubjectKeyIdentifier.
+    pub ski: Option<Vec<u8>>,
+    /// AuthorityKeyIdentifier keyIdentifier.
+    pub aki: Option<Vec<u8>>,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+}
+
+fn parse<'a>(which: &'static str, der: &'a [u8]) -> Result<X509Certificate<'a>, ProfileError> {
+    match X509Certificate::from_der(der) {
+        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        _ => Err(fail(which, "not a single DER certificate")),
+    }
+}
+
+fn facts(cert: &X509Certificate<'_>) -> CertFacts {
+    let country = cert
+        .subject()
+        .iter_country()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_owned);
+    let mut ski = None;
+    let mut aki = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|k| k.0.to_vec());
+            }
+            _ => {}
+        }
+    }
+    CertFacts {
+        country,
+        ski,
+        aki,
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    }
+}
+
+/// Checks the extensions both profiles share: SKI, IssuerAltName, CRLDP,
+/// a critical KeyUsage with exactly `key_usage`, a countryName, v3.
+fn check_common(
+    which: &'static str,
+    cert: &X509Certificate<'_>,
+    want_ca: bool,
+) -> Result<(), ProfileError> {
+    if cert.version().0 != 2 {
+        return Err(fail(which, "must be X.509 v3"));
+    }
+    let serial = cert.raw_serial();
+    if serial.len() > 20 || serial.first().is_some_and(|b| *b & 0x80 != 0) {
+        return Err(fail(which, "serial must be positive and at most 20 octets"));
+    }
+    if serial.iter().skip_while(|b| **b == 0).count() * 8 < 64 {
+        return Err(fail(which, "serial must carry at least 63 random bits"));
+    }
+    let (mut ski, mut ian, mut crldp, mut key_usage) = (false, false, false, false);
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(_) => ski = true,
+            ParsedExtension::IssuerAlternativeName(names) => {
+                ian = names
+                    .general_names
+                    .iter()
+                    .any(|n| matches!(n, GeneralName::URI(_) | GeneralName::RFC822Name(_)));
+            }
+            ParsedExtension::CRLDistributionPoints(points) => {
+                crldp = points.points.iter().any(|p| p.distribution_point.is_some());
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                if !ext.critical {
+                    return Err(fail(which, "KeyUsage must be critical"));
+                }
+                let ok = if want_ca {
+                    ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature()
+                } else {
+                    ku.digital_signature()
+                        && !ku.key_cert_sign()
+                        && !ku.crl_sign()
+                        && !ku.key_encipherment()
+                        && !ku.data_encipherment()
+                        && !ku.key_agreement()
+                };
+                if !ok {
+                    return Err(fail(
+                        which,
+                        if want_ca {
+                            "KeyUsage must be keyCertSign + cRLSign"
+                        } else {
+                            "KeyUsage must be digitalSignature only"
+                        },
+                    ));
+                }
+                key_usage = true;
+            }
+            _ => {}
+        }
+    }
+    for (present, what) in [
+        (ski, "SubjectKeyIdentifier"),
+        (ian, "IssuerAltName (URI or e-mail)"),
+        (crldp, "CRLDistributionPoints"),
+        (key_usage, "KeyUsage"),
+    ] {
+        if !present {
+            return Err(fail(which, format!("{what} is required")));
+        }
+    }
+    if facts(cert).country.is_none_or(|c| c.len() != 2) {
+        return Err(fail(which, "subject countryName (2 letters) is required"));
+    }
+    Ok(())
+}
+
+/// Checks an IACA root certificate.
+pub fn check_iaca(der: &[u8]) -> Result<CertFacts, ProfileError> {
+    let cert = parse("IACA", der)?;
+    check_common("IACA", &cert, true)?;
+    let bc = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("IACA", "BasicConstraints is required"))?;
+    if !bc.critical || !bc.value.ca || bc.value.path_len_constraint != Some(0) {
+        return Err(fail(
+            "IACA",
+            "BasicConstraints must be critical, CA:TRUE, pathLen 0",
+        ));
+    }
+    let facts = facts(&cert);
+    if (facts.not_after - facts.not_before).whole_days() > MAX_IACA_VALIDITY_DAYS {
+        return Err(fail("IACA", "validity must not exceed 20 years"));
+    }
+    Ok(facts)
+}
+
+/// Checks a document-signer certificate, and its link to `iaca` when given.
+pub fn check_ds(der: &[u8], iaca: Option<&CertFacts>) -> Result<CertFacts, ProfileError> {
+    let cert = parse("DS", der)?;
+    check_common("DS", &cert, false)?;
+    let eku = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .ok_or_else(|| fail("DS", "ExtendedKeyUsage 1.0.18013.5.1.2 is required"))?;
+    let mdl_ds = eku.value.other.iter().any(|oid| {
+        oid.iter()
+            .is_some_and(|arcs| arcs.eq(OID_MDL_DS_ARCS.iter().copied()))
+    });
+    if !eku.critical || !mdl_ds {
+        return Err(fail(
+            "DS",
+            "ExtendedKeyUsage must be critical and hold 1.0.18013.5.1.2",
+        ));
+    }
+    if cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca)
+    {
+        return Err(fail("DS", "must not be a CA"));
+    }
+    let facts = facts(&cert);
+    if (facts.not_after - facts.not_before).whole_days() > MAX_DS_VALIDITY_DAYS {
+        return Err(fail("DS", "validity must not exceed 457 days"));
+    }
+    if facts.aki.is_none() {
+        return Err(fail("DS", "AuthorityKeyIdentifier is required"));
+    }
+    if let Some(iaca) = iaca {
+        if facts.aki != iaca.ski {
+            return Err(fail(
+                "DS",
+                "AuthorityKeyIdentifier must equal the IACA's SubjectKeyIdentifier",
+            ));
+        }
+        if facts.country != iaca.country {
+            return Err(fail("DS", "countryName must equal the IACA's"));
+        }
+    }
+    Ok(facts)
+}

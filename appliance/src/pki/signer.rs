@@ -1,0 +1,76 @@
+//! rcgen's view of a key in the token: certificates and CRLs are signed by
+//! the backend, never by a key in memory.
+
+use pkcs11_shim::{Algorithm, KeyBackend, PublicKey, ecdsa_raw_to_der};
+use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey};
+
+use super::PkiError;
+
+/// A token key as an rcgen signer. X.509 carries DER ECDSA signatures, so
+/// the raw `r || s` from the token is converted here.
+pub struct HsmKey<'a> {
+    backend: &'a dyn KeyBackend,
+    label: String,
+    public: PublicKey,
+    algorithm: &'static SignatureAlgorithm,
+}
+
+impl<'a> HsmKey<'a> {
+    /// Looks the key up in the token.
+    pub fn find(backend: &'a dyn KeyBackend, label: &str) -> Result<Self, PkiError> {
+        let info = backend.find(label)?;
+        let public = info
+            .public_key
+            .ok_or_else(|| PkiError::Invalid(format!("key {label:?} is not a signing key")))?;
+        let algorithm = match info.algorithm {
+            Algorithm::Es256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Algorithm::Es384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Algorithm::EdDsa => &rcgen::PKCS_ED25519,
+            other => {
+                return Err(PkiError::Invalid(format!(
+                    "{other} cannot sign certificates"
+                )));
+            }
+        };
+        Ok(HsmKey {
+            backend,
+            label: label.to_owned(),
+            public,
+            algorithm,
+        })
+    }
+
+    /// The key's public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The key's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl PublicKeyData for HsmKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.public.raw()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+impl SigningKey for HsmKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let raw = self.backend.sign(&self.label, msg).map_err(|e| {
+            // rcgen's error cannot carry ours; keep the cause in the log.
+            tracing::error!(error = %e, "signing a certificate in the token failed");
+            rcgen::Error::RemoteKeyError
+        })?;
+        match self.public.algorithm() {
+            Algorithm::EdDsa => Ok(raw),
+            _ => ecdsa_raw_to_der(&raw).map_err(|_| rcgen::Error::RemoteKeyError),
+        }
+    }
+}
