@@ -7,7 +7,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
-	softhsm2 opensc p11-kit p11-kit-modules swtpm swtpm-tools tpm2-tools openssl
+	softhsm2 opensc p11-kit p11-kit-modules swtpm swtpm-tools tpm2-tools openssl \
+	python3 python3-venv
+# Independent credential verifiers (Python), in a venv the tests use.
+VENV := .venv
+PY_REQUIREMENTS := softhsm-tests/python/requirements.txt
 
 .PHONY: all deps build test lint unit e2e bench demo demo-clean clean
 
@@ -25,6 +29,12 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo not found; install Rust (rustup) first"; exit 1; }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || { \
 		echo "make deps: installing cargo-nextest"; $(CARGO) install --locked cargo-nextest; }
+	@if ! cmp -s $(PY_REQUIREMENTS) $(VENV)/requirements.txt 2>/dev/null; then \
+		echo "make deps: creating $(VENV) with the independent verifiers"; \
+		rm -rf $(VENV) && python3 -m venv $(VENV) && \
+		$(VENV)/bin/pip install -q --disable-pip-version-check -r $(PY_REQUIREMENTS) && \
+		cp $(PY_REQUIREMENTS) $(VENV)/requirements.txt; \
+	fi
 
 build: deps
 	$(CARGO) build --workspace --bins

@@ -1,5 +1,7 @@
 //! `dojangctl keys` run as an officer would, against a fresh SoftHSM token.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::process::{Command, Output};

@@ -1,6 +1,8 @@
 //! Many threads signing through one backend for several seconds: no error,
 //! and every signature verifies.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};

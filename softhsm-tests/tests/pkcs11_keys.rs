@@ -1,6 +1,8 @@
 //! The PKCS#11 backend against a real SoftHSM token: key attributes,
 //! signatures checked by openssl, HMAC, listing, destruction, bad input.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use pkcs11_shim::pkcs11::Pkcs11Backend;

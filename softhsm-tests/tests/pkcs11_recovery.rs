@@ -1,6 +1,8 @@
 //! Device loss and recovery without restarting the process: SoftHSM behind
 //! `p11-kit server`, the server killed and restarted under the backend.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The TPM backend against a real software TPM (swtpm).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use pkcs11_shim::tpm::TpmBackend;

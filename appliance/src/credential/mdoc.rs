@@ -336,7 +336,7 @@ pub fn verify(
         Some(Value::Array(chain)) => chain.first().and_then(Value::as_bytes).map(Vec::as_slice),
         _ => None,
     };
-    let (key, cert_not_after) = verify::trusted_key(ds_der, trust, now)?;
+    let key = verify::trusted_key(ds_der, trust, now)?;
     verify::check_algorithm(alg_name, &key)?;
     let tbs = cose.tbs_data(b"");
     verify::check_signature(&key, &tbs, &cose.signature)?;
@@ -377,7 +377,7 @@ pub fn verify(
     if valid_from > valid_until || signed > valid_until {
         return Err(VerifyError::Validity("inconsistent validityInfo".into()));
     }
-    verify::check_validity(valid_from, valid_until, cert_not_after, now)?;
+    verify::check_validity(valid_from, valid_until, now)?;
 
     let value_digests = as_map(field("valueDigests")?, "valueDigests")?;
     let mut elements = BTreeMap::new();

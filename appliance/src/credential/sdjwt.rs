@@ -268,7 +268,7 @@ pub fn verify(
         ),
         None => None,
     };
-    let (key, cert_not_after) = verify::trusted_key(ds_der.as_deref(), trust, now)?;
+    let key = verify::trusted_key(ds_der.as_deref(), trust, now)?;
     verify::check_algorithm(alg, &key)?;
     verify::check_signature(&key, format!("{h}.{p}").as_bytes(), &signature)?;
 
@@ -290,7 +290,6 @@ pub fn verify(
     verify::check_validity(
         nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH),
         exp.unwrap_or(OffsetDateTime::from_unix_timestamp(i64::from(i32::MAX)).unwrap_or(now)),
-        cert_not_after,
         now,
     )?;
 

@@ -54,15 +54,15 @@ pub(crate) fn malformed(what: impl Into<String>) -> VerifyError {
 }
 
 /// Checks the DS certificate against the trust anchor at `now` and returns
-/// its public key and notAfter.
+/// its public key.
 pub(crate) fn trusted_key(
     ds_der: Option<&[u8]>,
     trust: &Trust,
     now: OffsetDateTime,
-) -> Result<(PublicKey, Option<OffsetDateTime>), VerifyError> {
+) -> Result<PublicKey, VerifyError> {
     let cert_err = |m: String| VerifyError::Certificate(m);
     let ds_der = match (trust, ds_der) {
-        (Trust::IssuerKey(key), _) => return Ok((key.clone(), None)),
+        (Trust::IssuerKey(key), _) => return Ok(key.clone()),
         (_, None) => return Err(cert_err("no certificate in the credential".into())),
         (_, Some(der)) => der,
     };
@@ -91,8 +91,7 @@ pub(crate) fn trusted_key(
         .and_then(|c| c.public_key())
         .and_then(|k| k.public_key_to_der())
         .map_err(|e| cert_err(e.to_string()))?;
-    let key = PublicKey::from_spki_der(&key).map_err(|e| cert_err(e.to_string()))?;
-    Ok((key, Some(facts.not_after)))
+    PublicKey::from_spki_der(&key).map_err(|e| cert_err(e.to_string()))
 }
 
 fn chain_verifies(ds_der: &[u8], iaca_der: &[u8], now: OffsetDateTime) -> Result<(), VerifyError> {
@@ -156,12 +155,14 @@ pub(crate) fn check_signature(
     }
 }
 
-/// Checks `valid_from <= now <= valid_until` and that the signature's
-/// validity does not outlive the DS certificate.
+/// Checks `valid_from <= now <= valid_until`. (That a signature does not
+/// outlive its DS certificate is an issuance rule, enforced when signing;
+/// verifiers check the certificate at the verification time instead, as
+/// ISO 18013-5 does: the standard's own Annex D example has an MSO
+/// validUntil hours past its DS certificate's notAfter.)
 pub(crate) fn check_validity(
     valid_from: OffsetDateTime,
     valid_until: OffsetDateTime,
-    cert_not_after: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Result<(), VerifyError> {
     if now < valid_from {
@@ -171,13 +172,6 @@ pub(crate) fn check_validity(
     }
     if now > valid_until {
         return Err(VerifyError::Validity(format!("expired at {valid_until}")));
-    }
-    if let Some(limit) = cert_not_after
-        && valid_until > limit
-    {
-        return Err(VerifyError::Validity(
-            "the signature's validity outlives the document-signer certificate".into(),
-        ));
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ pub struct CertFacts {
 
 fn parse<'a>(which: &'static str, der: &'a [u8]) -> Result<X509Certificate<'a>, ProfileError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(fail(which, "not a single DER certificate")),
     }
 }

@@ -62,3 +62,107 @@ pub fn openssl_verifies(dir: &Path, public: &PublicKey, message: &[u8], signatur
     .expect("openssl");
     out.status.success()
 }
+
+/// A token with a PKI made by `pki init`, and the configs to use it.
+pub struct PkiFixture {
+    pub token: SoftHsmToken,
+    pub backend: Pkcs11Backend,
+    pub pki: dojang::pki::PkiConfig,
+    pub store: dojang::pki::PkiStore,
+}
+
+pub fn pki_config(dir: &Path, ds_validity_days: u32) -> dojang::pki::PkiConfig {
+    let toml = format!(
+        r#"
+        dir = "{}"
+        organization = "Ministry of the Interior and Safety"
+        iaca_common_name = "Dojang Test IACA"
+        issuer_alt_name = "https://id.example.kr"
+        crl_url = "https://id.example.kr/iaca.crl"
+        ds_validity_days = {ds_validity_days}
+        "#,
+        dir.display()
+    );
+    toml::from_str(&toml).unwrap()
+}
+
+impl PkiFixture {
+    pub fn new(ds_validity_days: u32) -> Self {
+        let token = SoftHsmToken::new("dojang-pki");
+        let backend = open(&token);
+        let pki = pki_config(&token.scratch().join("pki"), ds_validity_days);
+        let _ = dojang::pki::ceremony::init(
+            &backend,
+            &pki,
+            "ds-1",
+            Algorithm::Es256,
+            time::OffsetDateTime::now_utc(),
+        )
+        .expect("pki init");
+        let store = dojang::pki::PkiStore::new(&pki.dir);
+        PkiFixture {
+            token,
+            backend,
+            pki,
+            store,
+        }
+    }
+
+    pub fn iaca_der(&self) -> Vec<u8> {
+        self.store.iaca().unwrap().0
+    }
+
+    pub fn signer(&self) -> dojang::credential::DocumentSigner<'_> {
+        let cert = self
+            .store
+            .ds_for_signing(None, time::OffsetDateTime::now_utc())
+            .unwrap();
+        dojang::credential::DocumentSigner::new(&self.backend, cert).unwrap()
+    }
+}
+
+/// A fresh software P-256 key standing in for the holder's phone.
+pub fn phone_key() -> PublicKey {
+    use openssl::bn::BigNumContext;
+    use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+    use openssl::nid::Nid;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = EcKey::generate(&group).unwrap();
+    let mut ctx = BigNumContext::new().unwrap();
+    let point = key
+        .public_key()
+        .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+        .unwrap();
+    PublicKey::from_ec_point(Algorithm::Es256, &point).unwrap()
+}
+
+/// The workspace's Python venv with the independent verifiers.
+pub fn python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `make deps` (it creates the venv with pymdoccbor and sd-jwt)",
+        python.display()
+    );
+    python
+}
+
+/// Runs one of the Python verifiers; returns (success, stdout).
+pub fn python_verify(script: &str, args: &[&Path]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
