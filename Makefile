@@ -52,6 +52,7 @@ test: lint build
 
 bench: deps
 	$(CARGO) bench -p softhsm-tests --bench keys
+	$(CARGO) bench -p softhsm-tests --bench credentials
 
 demo: build
 	@appliance/scripts/demo.sh

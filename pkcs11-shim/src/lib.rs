@@ -13,6 +13,7 @@
 
 mod algorithm;
 mod config;
+pub mod digest;
 mod error;
 mod label;
 mod pin;

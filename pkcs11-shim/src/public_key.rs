@@ -43,7 +43,7 @@ impl Jwk {
                 self.crv, self.kty, self.x
             ),
         };
-        B64URL.encode(openssl::sha::sha256(canonical.as_bytes()))
+        B64URL.encode(crate::digest::sha256(canonical.as_bytes()))
     }
 }
 
@@ -342,7 +342,7 @@ mod tests {
         let canonical = r#"{"crv":"P-256","kty":"EC","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
         assert_eq!(
             jwk.thumbprint(),
-            B64URL.encode(openssl::sha::sha256(canonical.as_bytes()))
+            B64URL.encode(crate::digest::sha256(canonical.as_bytes()))
         );
     }
 

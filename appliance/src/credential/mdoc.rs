@@ -19,56 +19,78 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ciborium::Value;
-use coset::{AsCborValue, CoseSign1, CoseSign1Builder, HeaderBuilder, Label};
+use coset::{AsCborValue, CoseSign1, Label};
 use pkcs11_shim::{Algorithm, PublicKey};
 use time::OffsetDateTime;
 
-use super::cbor::{encode, full_date, get, parse_tdate, tag24, tdate, text};
+use super::cbor::{Writer, encode, get, parse_tdate};
 use super::claims::ResidentCardClaims;
 use super::signer::DocumentSigner;
 use super::verify::{self, Trust, VerifyError, malformed};
-use super::{CredentialError, SignatureValidity, StatusReference, random_bytes};
+use super::{CredentialError, SignatureValidity, StatusReference, random};
 
 /// The document type of the Korean mobile resident registration card.
 pub const DOC_TYPE: &str = "kr.go.mois.mrc.1";
 /// Its namespace.
 pub const NAMESPACE: &str = "kr.go.mois.mrc.1";
 /// COSE header label of x5chain (RFC 9360).
-const X5CHAIN: i64 = 33;
+const X5CHAIN: u64 = 33;
 /// Decoy digests added to each namespace.
 const DECOYS: usize = 3;
 /// Random bytes per item (ISO 18013-5 asks for at least 16).
 const SALT_LEN: usize = 32;
 
+/// An element value of the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElementValue<'a> {
+    /// tstr
+    Text(&'a str),
+    /// bool
+    Bool(bool),
+    /// full-date, `#6.1004`
+    FullDate(time::Date),
+    /// bstr
+    Bytes(&'a [u8]),
+}
+
 /// The (identifier, value) elements of the card, in a stable order.
-pub fn elements(claims: &ResidentCardClaims) -> Vec<(&'static str, Value)> {
+pub fn elements(claims: &ResidentCardClaims) -> Vec<(&'static str, ElementValue<'_>)> {
+    use ElementValue::{Bool, FullDate, Text};
     let mut items = vec![
-        ("family_name", text(&claims.family_name)),
-        ("given_name", text(&claims.given_name)),
-        ("birth_date", full_date(claims.birth_date)),
-        ("age_over_17", Value::Bool(claims.age_over_17)),
-        ("age_over_18", Value::Bool(claims.age_over_18)),
+        ("family_name", Text(&claims.family_name)),
+        ("given_name", Text(&claims.given_name)),
+        ("birth_date", FullDate(claims.birth_date)),
+        ("age_over_17", Bool(claims.age_over_17)),
+        ("age_over_18", Bool(claims.age_over_18)),
         (
             "resident_number_masked",
-            text(&claims.resident_number_masked),
+            Text(&claims.resident_number_masked),
         ),
-        ("resident_address", text(&claims.address)),
-        ("issue_date", full_date(claims.issue_date)),
-        ("expiry_date", full_date(claims.expiry_date)),
-        ("issuing_authority", text(&claims.issuing_authority)),
-        ("issuing_country", text(&claims.issuing_country)),
+        ("resident_address", Text(&claims.address)),
+        ("issue_date", FullDate(claims.issue_date)),
+        ("expiry_date", FullDate(claims.expiry_date)),
+        ("issuing_authority", Text(&claims.issuing_authority)),
+        ("issuing_country", Text(&claims.issuing_country)),
     ];
     if let Some(portrait) = &claims.portrait {
-        items.push(("portrait", Value::Bytes(portrait.clone())));
+        items.push(("portrait", ElementValue::Bytes(portrait)));
     }
     items
 }
 
+fn write_value(w: &mut Writer, value: &ElementValue<'_>) {
+    let _ = match value {
+        ElementValue::Text(t) => w.text(t),
+        ElementValue::Bool(b) => w.bool(*b),
+        ElementValue::FullDate(d) => w.full_date(*d),
+        ElementValue::Bytes(b) => w.bytes(b),
+    };
+}
+
 /// The holder's device key as a COSE_Key (RFC 9053).
-pub fn cose_key(key: &PublicKey) -> Result<Value, CredentialError> {
+fn write_cose_key(w: &mut Writer, key: &PublicKey) -> Result<(), CredentialError> {
     let raw = key.raw();
-    let int = |i: i64| Value::Integer(i.into());
-    Ok(Value::Map(match key.algorithm() {
+    match key.algorithm() {
         Algorithm::Es256 | Algorithm::Es384 => {
             let crv = if key.algorithm() == Algorithm::Es256 {
                 1
@@ -76,48 +98,74 @@ pub fn cose_key(key: &PublicKey) -> Result<Value, CredentialError> {
                 2
             };
             let (x, y) = raw[1..].split_at((raw.len() - 1) / 2);
-            vec![
-                (int(1), int(2)),
-                (int(-1), int(crv)),
-                (int(-2), Value::Bytes(x.to_vec())),
-                (int(-3), Value::Bytes(y.to_vec())),
-            ]
+            // kty: EC2, crv, x, y
+            let _ = w
+                .map(4)
+                .uint(1)
+                .uint(2)
+                .negative(0)
+                .uint(crv)
+                .negative(1)
+                .bytes(x)
+                .negative(2)
+                .bytes(y);
         }
-        Algorithm::EdDsa => vec![
-            (int(1), int(1)),
-            (int(-1), int(6)),
-            (int(-2), Value::Bytes(raw.to_vec())),
-        ],
+        Algorithm::EdDsa => {
+            // kty: OKP, crv: Ed25519, x
+            let _ = w
+                .map(3)
+                .uint(1)
+                .uint(1)
+                .negative(0)
+                .uint(6)
+                .negative(1)
+                .bytes(raw);
+        }
         other => {
             return Err(CredentialError::Invalid(format!(
                 "{other} is not a device key type"
             )));
         }
-    }))
+    }
+    Ok(())
 }
 
+/// Random, distinct digest IDs (31 bits, so they stay small CBOR uints).
+/// Being random, they say nothing about the elements' order or number.
 fn unique_digest_ids(count: usize) -> Result<Vec<u32>, CredentialError> {
-    let mut seen = BTreeSet::new();
-    while seen.len() < count {
-        let id = u32::from_be_bytes(random_bytes::<4>()?) & 0x7fff_ffff;
-        let _ = seen.insert(id);
-    }
-    let mut ids: Vec<u32> = seen.into_iter().collect();
-    // Shuffle so the order of IDs says nothing about the order of elements.
-    for i in (1..ids.len()).rev() {
-        let j = (u32::from_be_bytes(random_bytes::<4>()?) as usize) % (i + 1);
-        ids.swap(i, j);
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        let id = u32::from_be_bytes(random::<4>()?) & 0x7fff_ffff;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
     }
     Ok(ids)
 }
 
-/// An mdoc built and waiting for its issuer signature.
-pub struct UnsignedMdoc {
-    items: Vec<Value>,
-    issuer_auth: CoseSign1,
+/// The protected header `{1: alg}`, encoded.
+fn protected_header(algorithm: super::SignatureAlgorithm) -> Vec<u8> {
+    let mut w = Writer::with_capacity(4);
+    let _ = w.map(1).uint(1);
+    let _ = match algorithm {
+        super::SignatureAlgorithm::Es256 => w.negative(6), // -7
+        super::SignatureAlgorithm::Es384 => w.negative(34), // -35
+        super::SignatureAlgorithm::EdDsa => w.negative(7), // -8
+    };
+    w.bytes
 }
 
-impl UnsignedMdoc {
+/// An mdoc built and waiting for its issuer signature.
+pub struct UnsignedMdoc<'a> {
+    /// Each `#6.24(bstr .cbor IssuerSignedItem)`, encoded.
+    items: Vec<Vec<u8>>,
+    protected: Vec<u8>,
+    /// `#6.24(bstr .cbor MSO)`, encoded: the COSE payload.
+    payload: Vec<u8>,
+    ds_certificate_der: &'a [u8],
+}
+
+impl<'a> UnsignedMdoc<'a> {
     /// Builds the items and the MSO. Pure apart from the random salts and
     /// digest IDs.
     pub fn build(
@@ -126,99 +174,126 @@ impl UnsignedMdoc {
         validity: &SignatureValidity,
         status: Option<&StatusReference>,
         algorithm: super::SignatureAlgorithm,
-        ds_certificate_der: &[u8],
+        ds_certificate_der: &'a [u8],
     ) -> Result<Self, CredentialError> {
         let elements = elements(claims);
         let ids = unique_digest_ids(elements.len() + DECOYS)?;
         let mut items = Vec::with_capacity(elements.len());
-        let mut digests = Vec::with_capacity(ids.len());
-        for ((identifier, value), id) in elements.into_iter().zip(&ids) {
-            let item = Value::Map(vec![
-                (text("digestID"), Value::Integer((*id).into())),
-                (
-                    text("random"),
-                    Value::Bytes(random_bytes::<SALT_LEN>()?.to_vec()),
-                ),
-                (text("elementIdentifier"), text(identifier)),
-                (text("elementValue"), value),
-            ]);
-            let wrapped = tag24(encode(&item)?);
-            let digest = openssl::sha::sha256(&encode(&wrapped)?);
-            digests.push((Value::Integer((*id).into()), Value::Bytes(digest.to_vec())));
-            items.push(wrapped);
+        let mut digests: Vec<(u32, [u8; 32])> = Vec::with_capacity(ids.len());
+        let mut item = Writer::with_capacity(256);
+        for ((identifier, value), id) in elements.iter().zip(&ids) {
+            item.bytes.clear();
+            let _ = item
+                .map(4)
+                .text("digestID")
+                .uint(u64::from(*id))
+                .text("random")
+                .bytes(&random::<SALT_LEN>()?)
+                .text("elementIdentifier")
+                .text(identifier)
+                .text("elementValue");
+            write_value(&mut item, value);
+            let mut wrapped = Writer::with_capacity(item.bytes.len() + 8);
+            let _ = wrapped.tag(24).bytes(&item.bytes);
+            digests.push((*id, pkcs11_shim::digest::sha256(&wrapped.bytes)));
+            items.push(wrapped.bytes);
         }
         for id in &ids[items.len()..] {
-            digests.push((
-                Value::Integer((*id).into()),
-                Value::Bytes(random_bytes::<32>()?.to_vec()),
-            ));
+            digests.push((*id, random::<32>()?));
         }
-        digests.sort_by_key(|(id, _)| id.as_integer().map(i128::from));
+        digests.sort_unstable_by_key(|(id, _)| *id);
 
-        let mut validity_info = vec![
-            (text("signed"), tdate(validity.signed)?),
-            (text("validFrom"), tdate(validity.valid_from)?),
-            (text("validUntil"), tdate(validity.valid_until)?),
-        ];
-        validity_info.push((text("expectedUpdate"), tdate(validity.valid_until)?));
-        let mut mso = vec![
-            (text("version"), text("1.0")),
-            (text("digestAlgorithm"), text("SHA-256")),
-            (
-                text("valueDigests"),
-                Value::Map(vec![(text(NAMESPACE), Value::Map(digests))]),
-            ),
-            (
-                text("deviceKeyInfo"),
-                Value::Map(vec![(text("deviceKey"), cose_key(device_key)?)]),
-            ),
-            (text("docType"), text(DOC_TYPE)),
-            (text("validityInfo"), Value::Map(validity_info)),
-        ];
-        if let Some(status) = status {
-            mso.push((
-                text("status"),
-                Value::Map(vec![(
-                    text("status_list"),
-                    Value::Map(vec![
-                        (text("idx"), Value::Integer(status.idx.into())),
-                        (text("uri"), text(&status.uri)),
-                    ]),
-                )]),
-            ));
+        let mut mso = Writer::with_capacity(1024);
+        let _ = mso
+            .map(if status.is_some() { 7 } else { 6 })
+            .text("version")
+            .text("1.0")
+            .text("digestAlgorithm")
+            .text("SHA-256")
+            .text("valueDigests")
+            .map(1)
+            .text(NAMESPACE)
+            .map(digests.len());
+        for (id, digest) in &digests {
+            let _ = mso.uint(u64::from(*id)).bytes(digest);
         }
-        let payload = encode(&tag24(encode(&Value::Map(mso))?))?;
-        let issuer_auth = CoseSign1Builder::new()
-            .protected(HeaderBuilder::new().algorithm(algorithm.cose()).build())
-            .unprotected(
-                HeaderBuilder::new()
-                    .value(X5CHAIN, Value::Bytes(ds_certificate_der.to_vec()))
-                    .build(),
-            )
-            .payload(payload)
-            .build();
-        Ok(UnsignedMdoc { items, issuer_auth })
+        let _ = mso.text("deviceKeyInfo").map(1).text("deviceKey");
+        write_cose_key(&mut mso, device_key)?;
+        let _ = mso
+            .text("docType")
+            .text(DOC_TYPE)
+            .text("validityInfo")
+            .map(4)
+            .text("signed")
+            .tdate(validity.signed)
+            .text("validFrom")
+            .tdate(validity.valid_from)
+            .text("validUntil")
+            .tdate(validity.valid_until)
+            .text("expectedUpdate")
+            .tdate(validity.valid_until);
+        if let Some(status) = status {
+            let _ = mso
+                .text("status")
+                .map(1)
+                .text("status_list")
+                .map(2)
+                .text("idx")
+                .uint(status.idx)
+                .text("uri")
+                .text(&status.uri);
+        }
+        let mut payload = Writer::with_capacity(mso.bytes.len() + 8);
+        let _ = payload.tag(24).bytes(&mso.bytes);
+        Ok(UnsignedMdoc {
+            items,
+            protected: protected_header(algorithm),
+            payload: payload.bytes,
+            ds_certificate_der,
+        })
     }
 
-    /// The COSE Sig_structure the issuer signs.
+    /// The COSE Sig_structure the issuer signs:
+    /// `["Signature1", protected, h'', payload]`.
     pub fn signing_input(&self) -> Vec<u8> {
-        self.issuer_auth.tbs_data(b"")
+        let mut w = Writer::with_capacity(self.payload.len() + 32);
+        let _ = w
+            .array(4)
+            .text("Signature1")
+            .bytes(&self.protected)
+            .bytes(&[])
+            .bytes(&self.payload);
+        w.bytes
     }
 
     /// Adds the raw signature and encodes the `IssuerSigned` structure.
-    pub fn finish(mut self, signature: Vec<u8>) -> Result<Vec<u8>, CredentialError> {
-        self.issuer_auth.signature = signature;
-        let issuer_auth = self
-            .issuer_auth
-            .to_cbor_value()
-            .map_err(|e| CredentialError::Encoding(e.to_string()))?;
-        encode(&Value::Map(vec![
-            (
-                text("nameSpaces"),
-                Value::Map(vec![(text(NAMESPACE), Value::Array(self.items))]),
-            ),
-            (text("issuerAuth"), issuer_auth),
-        ]))
+    pub fn finish(self, signature: &[u8]) -> Vec<u8> {
+        let size = self.items.iter().map(Vec::len).sum::<usize>()
+            + self.payload.len()
+            + self.ds_certificate_der.len()
+            + signature.len()
+            + 128;
+        let mut w = Writer::with_capacity(size);
+        let _ = w
+            .map(2)
+            .text("nameSpaces")
+            .map(1)
+            .text(NAMESPACE)
+            .array(self.items.len());
+        for item in &self.items {
+            let _ = w.raw(item);
+        }
+        // issuerAuth: untagged COSE_Sign1 with x5chain (33) unprotected.
+        let _ = w
+            .text("issuerAuth")
+            .array(4)
+            .bytes(&self.protected)
+            .map(1)
+            .uint(X5CHAIN)
+            .bytes(self.ds_certificate_der)
+            .bytes(&self.payload)
+            .bytes(signature);
+        w.bytes
     }
 }
 
@@ -244,7 +319,7 @@ pub fn issue(
         signer.certificate_der(),
     )?;
     let signature = signer.sign(&unsigned.signing_input())?;
-    unsigned.finish(signature)
+    Ok(unsigned.finish(&signature))
 }
 
 /// The delivery form: base64url of the CBOR (OpenID4VCI `mso_mdoc`).
@@ -329,7 +404,7 @@ pub fn verify(
         .rest
         .iter()
         .chain(&cose.protected.header.rest)
-        .find(|(label, _)| *label == Label::Int(X5CHAIN))
+        .find(|(label, _)| *label == Label::Int(X5CHAIN as i64))
         .map(|(_, v)| v);
     let ds_der = match x5chain {
         Some(Value::Bytes(der)) => Some(der.as_slice()),
@@ -427,8 +502,9 @@ pub fn verify(
                 .iter()
                 .find(|(k, _)| k.as_integer() == Some(id))
                 .and_then(|(_, v)| v.as_bytes());
-            let digest =
-                openssl::sha::sha256(&encode(wrapped).map_err(|e| malformed(e.to_string()))?);
+            let digest = pkcs11_shim::digest::sha256(
+                &encode(wrapped).map_err(|e| malformed(e.to_string()))?,
+            );
             if signed_digest.map(Vec::as_slice) != Some(&digest[..]) {
                 return Err(VerifyError::Digest(format!("{ns}/{name}")));
             }

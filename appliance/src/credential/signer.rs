@@ -58,6 +58,7 @@ pub struct DocumentSigner<'a> {
     certificate: DsCertificate,
     algorithm: SignatureAlgorithm,
     kid: String,
+    jws_header: super::sdjwt::JwsHeader,
 }
 
 impl<'a> DocumentSigner<'a> {
@@ -87,10 +88,13 @@ impl<'a> DocumentSigner<'a> {
                 certificate.label
             )));
         }
+        let algorithm = SignatureAlgorithm::of_key(key.algorithm)?;
+        let kid = public.kid();
         Ok(DocumentSigner {
             backend,
-            algorithm: SignatureAlgorithm::of_key(key.algorithm)?,
-            kid: public.kid(),
+            jws_header: super::sdjwt::JwsHeader::new(algorithm, &kid, &certificate.der),
+            algorithm,
+            kid,
             certificate,
         })
     }
@@ -113,6 +117,11 @@ impl<'a> DocumentSigner<'a> {
     /// The key's `kid` (JWK thumbprint).
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The SD-JWT VC header for this key, encoded.
+    pub fn jws_header(&self) -> &super::sdjwt::JwsHeader {
+        &self.jws_header
     }
 
     /// The key's label.

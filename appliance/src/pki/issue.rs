@@ -30,7 +30,7 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 /// RFC 7093 method 1: the leftmost 160 bits of SHA-256 over the subject
 /// public key bits.
 fn key_identifier(key: &HsmKey<'_>) -> Vec<u8> {
-    openssl::sha::sha256(key.public_key().raw())[..20].to_vec()
+    pkcs11_shim::digest::sha256(key.public_key().raw())[..20].to_vec()
 }
 
 fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {

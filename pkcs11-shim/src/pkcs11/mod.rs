@@ -496,12 +496,12 @@ fn sign_with(session: &Session, key: &CachedKey, message: &[u8]) -> Result<Vec<u
         Algorithm::Es256 => session.sign(
             &Mechanism::Ecdsa,
             key.handle,
-            &openssl::sha::sha256(message),
+            &crate::digest::sha256(message),
         ),
         Algorithm::Es384 => session.sign(
             &Mechanism::Ecdsa,
             key.handle,
-            &openssl::sha::sha384(message),
+            &crate::digest::sha384(message),
         ),
         Algorithm::EdDsa => session.sign(
             &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),

@@ -89,7 +89,7 @@ fn run(ctx: &Pkcs11, bench: &RawBenchmark, message: &[u8]) -> Result<f64> {
                         .map_err(ck(Function::OpenSession))?;
                     let mut count = 0u64;
                     while Instant::now() < deadline {
-                        let digest = openssl::sha::sha256(message);
+                        let digest = crate::digest::sha256(message);
                         let _ = session
                             .sign(&Mechanism::Ecdsa, key, &digest)
                             .map_err(ck(Function::Sign))?;

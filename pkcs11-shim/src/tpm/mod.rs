@@ -465,8 +465,8 @@ impl KeyBackend for TpmBackend {
         check_sign_input(message)?;
         let blob = self.blob(label)?;
         let digest = match blob.algorithm {
-            Algorithm::Es256 => openssl::sha::sha256(message).to_vec(),
-            Algorithm::Es384 => openssl::sha::sha384(message).to_vec(),
+            Algorithm::Es256 => crate::digest::sha256(message).to_vec(),
+            Algorithm::Es384 => crate::digest::sha384(message).to_vec(),
             other => {
                 return Err(Error::WrongKeyType {
                     label: label.to_owned(),

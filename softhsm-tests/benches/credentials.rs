@@ -1,0 +1,143 @@
+//! Credential build cost against one SoftHSM ES256 signature, in one run on
+//! one fresh token: building and encoding an mdoc and an SD-JWT VC with 12
+//! elements (everything but the signature), against the signature itself.
+//! Target: building costs at most 10% of the signature.
+//!
+//! `cargo bench -p softhsm-tests --bench credentials` (or `make bench`).
+
+use std::time::{Duration, Instant};
+
+use dojang::credential::claims::{HolderData, ResidentCardClaims};
+use dojang::credential::mdoc::UnsignedMdoc;
+use dojang::credential::sdjwt::UnsignedSdJwt;
+use dojang::credential::{sample, DocumentSigner, SignatureValidity, StatusReference};
+use dojang::pki::{ceremony, PkiStore};
+use openssl::bn::BigNumContext;
+use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+use openssl::nid::Nid;
+use pkcs11_shim::pkcs11::Pkcs11Backend;
+use pkcs11_shim::{Algorithm, KeyBackend, Pkcs11Config, PublicKey, SecretSource};
+use softhsm_tests::SoftHsmToken;
+use time::macros::date;
+use time::OffsetDateTime;
+
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `f` for about `duration`; returns microseconds per call.
+fn per_call(duration: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..50 {
+        f(); // warm-up
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        f();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn main() {
+    let token = SoftHsmToken::new("dojang-bench");
+    let backend = Pkcs11Backend::open(Pkcs11Config::new(
+        softhsm_tests::softhsm_module(),
+        token.label(),
+        SecretSource::File(token.pin_file()),
+    ))
+    .expect("open token");
+    let pki: dojang::pki::PkiConfig = toml::from_str(&format!(
+        "dir = \"{}\"\norganization = \"Bench\"\niaca_common_name = \"Bench IACA\"\n\
+         issuer_alt_name = \"https://id.example.kr\"\ncrl_url = \"https://id.example.kr/crl\"\n",
+        token.scratch().join("pki").display()
+    ))
+    .expect("pki config");
+    let now = OffsetDateTime::now_utc();
+    let _ = ceremony::init(&backend, &pki, "ds-1", Algorithm::Es256, now).expect("pki init");
+    let cert = PkiStore::new(&pki.dir)
+        .ds_for_signing(None, now)
+        .expect("DS");
+    let signer = DocumentSigner::new(&backend, cert).expect("signer");
+
+    let holder = HolderData {
+        portrait: Some(vec![0xd8; 1024]), // the 12th element
+        ..sample::holder()
+    };
+    let claims =
+        ResidentCardClaims::derive(&holder, date!(2026 - 12 - 27), 3, "서울특별시 종로구청장")
+            .expect("claims");
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
+    let phone = EcKey::generate(&group).expect("key");
+    let mut ctx = BigNumContext::new().expect("ctx");
+    let point = phone
+        .public_key()
+        .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+        .expect("point");
+    let device = PublicKey::from_ec_point(Algorithm::Es256, &point).expect("device key");
+    let validity = SignatureValidity::starting(now, 90, signer.not_after()).expect("validity");
+    let status = StatusReference {
+        idx: 123_456,
+        uri: "https://id.example.kr/status/1".into(),
+    };
+    let dummy_signature = vec![0u8; 64];
+    let seconds = Duration::from_secs(1);
+    let input = vec![0x5a; 600]; // about an MSO Sig_structure
+    let element_count = dojang::credential::mdoc::elements(&claims).len();
+    let (mut mdocs, mut sdjwts, mut signs) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved rounds, medians: this machine's noise moves any single
+    // measurement by 10-20%.
+    for _ in 0..ROUNDS {
+        let mdoc_us = per_call(seconds, || {
+            let unsigned = UnsignedMdoc::build(
+                &claims,
+                &device,
+                &validity,
+                Some(&status),
+                signer.algorithm(),
+                signer.certificate_der(),
+            )
+            .expect("build");
+            let input = unsigned.signing_input();
+            let _ = std::hint::black_box(&input);
+            let _ = std::hint::black_box(unsigned.finish(&dummy_signature));
+        });
+        let sdjwt_us = per_call(seconds, || {
+            let unsigned = UnsignedSdJwt::build(
+                &claims,
+                &device,
+                &validity,
+                Some(&status),
+                "https://id.example.kr",
+                signer.jws_header(),
+            )
+            .expect("build");
+            let _ = std::hint::black_box(unsigned.signing_input());
+            let _ = std::hint::black_box(unsigned.finish(&dummy_signature));
+        });
+        let sign_us = per_call(seconds, || {
+            let _ = std::hint::black_box(backend.sign("ds-1", &input).expect("sign"));
+        });
+        mdocs.push(mdoc_us);
+        sdjwts.push(sdjwt_us);
+        signs.push(sign_us);
+    }
+    let (mdoc_us, sdjwt_us, sign_us) = (median(mdocs), median(sdjwts), median(signs));
+
+    println!("credential build benchmark: {element_count} elements, one SoftHSM token, 1 thread, median of {ROUNDS} rounds");
+    println!("{:<34} {:>10}", "operation", "µs/call");
+    println!("{:<34} {:>10.1}", "SoftHSM ES256 signature (shim)", sign_us);
+    println!("{:<34} {:>10.1}", "mdoc build + encode", mdoc_us);
+    println!("{:<34} {:>10.1}", "SD-JWT VC build + encode", sdjwt_us);
+    for (name, cost) in [("mdoc", mdoc_us), ("SD-JWT VC", sdjwt_us)] {
+        let ratio = cost / sign_us;
+        println!(
+            "{name} build / signature: {:.1}% (target <= 10%): {}",
+            ratio * 100.0,
+            if ratio <= 0.10 { "met" } else { "NOT met" }
+        );
+    }
+}
