@@ -37,15 +37,30 @@ backend = "pkcs11"
 module = "$module"
 token_label = "dojang-demo"
 pin = { file = "$state/pin" }
+
+[pki]
+dir = "$state/pki"
+country = "KR"
+organization = "Dojang Demo Issuing Authority"
+iaca_common_name = "Dojang Demo IACA"
+issuer_alt_name = "https://dojang.example.kr"
+crl_url = "https://dojang.example.kr/iaca.crl"
+
+[credential]
+issuer = "https://dojang.example.kr"
+issuing_authority = "서울특별시 종로구청장"
 TOML
 
 ctl() { "$bin/dojangctl" --config "$state/dojang.toml" "$@"; }
 echo "== checking the configuration and the token"
 "$bin/dojangd" validate --probe --config "$state/dojang.toml"
 
-echo "== key ceremony: keys are generated inside the token and never leave it"
-ctl keys list --json | grep -q '"label": "iaca-root"' || ctl keys generate --label iaca-root --purpose iaca
-ctl keys list --json | grep -q '"label": "ds-mdoc-1"' || ctl keys generate --label ds-mdoc-1 --purpose document-signer
+echo "== key ceremony: IACA root and first document signer, keys born in the token"
+if [ ! -f "$state/pki/iaca.pem" ]; then
+  ctl pki init
+else
+  echo "(reusing $state/pki)"
+fi
 ctl keys list --json | grep -q '"label": "status-list-1"' || ctl keys generate --label status-list-1 --purpose status-list
 ctl keys list --json | grep -q '"label": "audit-1"' || ctl keys generate --label audit-1 --purpose audit
 ctl keys list --json | grep -q '"label": "pseudonym"' || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
@@ -54,13 +69,25 @@ echo
 echo "== keys in the token"
 ctl keys list
 echo
-echo "== the document signer's public key (what verifiers will get)"
-ctl keys show ds-mdoc-1
+echo "== certificates"
+openssl x509 -in "$state/pki/iaca.pem" -noout -subject -dates
+openssl verify -CAfile "$state/pki/iaca.pem" "$state/pki/ds/ds-1.pem"
+
+for format in mdoc sd-jwt; do
+  echo
+  echo "== a sample $format credential for 홍길동 (fictional), signed in the token"
+  ctl credential sample --format "$format" > "$state/sample.$format"
+  cut -c1-160 "$state/sample.$format"; echo "…"
+  echo "-- verified offline against the IACA:"
+  "$bin/dojangctl" verify --iaca "$state/pki/iaca.pem" "$state/sample.$format"
+done
 echo
 cat <<MSG
 == try it yourself
   export SOFTHSM2_CONF=$SOFTHSM2_CONF
-  $bin/dojangctl --config $state/dojang.toml keys generate --label ds-extra --purpose document-signer --alg ES384
-  $bin/dojangctl --config $state/dojang.toml keys list --json
+  $bin/dojangctl --config $state/dojang.toml credential sample --format sd-jwt > my.sd-jwt
+  $bin/dojangctl verify --iaca $state/pki/iaca.pem my.sd-jwt
+  $bin/dojangctl --config $state/dojang.toml pki issue-ds --label ds-2
+  $bin/dojangctl --config $state/dojang.toml keys list
   make demo-clean      # remove the demo token and state
 MSG

@@ -348,9 +348,17 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// Writes a `dojang.toml` for `token` into its scratch dir and returns its path.
+/// Writes a `dojang.toml` for `token` into its scratch dir and returns its
+/// path: the key backend, a `[pki]` under `scratch/pki` and a `[credential]`.
 pub fn write_config(token: &SoftHsmToken) -> PathBuf {
     let path = token.scratch().join("dojang.toml");
+    let pki = format!(
+        "\n[pki]\ndir = \"{}\"\norganization = \"Ministry of the Interior and Safety\"\n\
+         iaca_common_name = \"Dojang Test IACA\"\nissuer_alt_name = \"https://id.example.kr\"\n\
+         crl_url = \"https://id.example.kr/iaca.crl\"\n\n[credential]\nissuer = \"https://id.example.kr\"\n\
+         issuing_authority = \"서울특별시 종로구청장\"\n",
+        token.scratch().join("pki").display()
+    );
     std::fs::write(
         &path,
         format!(
@@ -358,7 +366,7 @@ pub fn write_config(token: &SoftHsmToken) -> PathBuf {
             softhsm_module().display(),
             token.label(),
             token.pin_file().display()
-        ),
+        ) + &pki,
     )
     .expect("write dojang.toml");
     path
