@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use softhsm_tests::{SoftHsmToken, workspace_binary, write_config};
+use softhsm_tests::{workspace_binary, write_config, SoftHsmToken};
 
 fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> Output {
     Command::new(workspace_binary("dojangctl"))
@@ -20,7 +20,11 @@ fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -28,7 +32,13 @@ fn ok(out: Output) -> String {
 fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
     let token = SoftHsmToken::create("ceremony");
     let init = ok(dojangctl(&token, &["pki", "init"]));
-    for expected in ["generated key \"iaca\"", "generated key \"ds-1\"", "iaca.pem", "iaca.crl.pem", "ds-1.pem"] {
+    for expected in [
+        "generated key \"iaca\"",
+        "generated key \"ds-1\"",
+        "iaca.pem",
+        "iaca.crl.pem",
+        "ds-1.pem",
+    ] {
         assert!(init.contains(expected), "{init}");
     }
     // Once only.
@@ -38,7 +48,10 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
 
     let iaca = token.scratch().join("pki/iaca.pem");
     for format in ["mdoc", "sd-jwt"] {
-        let credential = ok(dojangctl(&token, &["credential", "sample", "--format", format]));
+        let credential = ok(dojangctl(
+            &token,
+            &["credential", "sample", "--format", format],
+        ));
         let file = token.scratch().join(format!("sample.{format}"));
         std::fs::write(&file, &credential).unwrap();
         let report = ok(Command::new(workspace_binary("dojangctl"))
@@ -55,24 +68,46 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
             &report["claims"]["resident_number_masked"]
         };
         assert_eq!(masked, "000515-3******");
-        assert!(!credential.contains("000515-3012345"), "the full resident number leaked");
+        assert!(
+            !credential.contains("000515-3012345"),
+            "the full resident number leaked"
+        );
 
         // A flipped character is refused with a reason and a failure status.
         let mut tampered = credential.trim().to_owned().into_bytes();
         let middle = tampered.len() / 2;
         tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
         std::fs::write(&file, &tampered).unwrap();
-        let out = Command::new(workspace_binary("dojangctl")).args(["verify", "--iaca"]).arg(&iaca).arg(&file).output().unwrap();
-        assert!(!out.status.success(), "{format}: tampered credential accepted");
-        assert!(String::from_utf8_lossy(&out.stderr).starts_with("dojangctl: "), "{format}");
+        let out = Command::new(workspace_binary("dojangctl"))
+            .args(["verify", "--iaca"])
+            .arg(&iaca)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{format}: tampered credential accepted"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("dojangctl: "),
+            "{format}"
+        );
     }
 
     // A second document signer, then a credential signed by it.
     let _ = ok(dojangctl(&token, &["pki", "issue-ds", "--label", "ds-2"]));
-    let credential = ok(dojangctl(&token, &["credential", "sample", "--format", "mdoc", "--ds", "ds-2"]));
+    let credential = ok(dojangctl(
+        &token,
+        &["credential", "sample", "--format", "mdoc", "--ds", "ds-2"],
+    ));
     let file = token.scratch().join("ds2.mdoc");
     std::fs::write(&file, credential).unwrap();
-    let _ = ok(Command::new(workspace_binary("dojangctl")).args(["verify", "--iaca"]).arg(&iaca).arg(&file).output().unwrap());
+    let _ = ok(Command::new(workspace_binary("dojangctl"))
+        .args(["verify", "--iaca"])
+        .arg(&iaca)
+        .arg(&file)
+        .output()
+        .unwrap());
 }
 
 #[test]
@@ -85,14 +120,27 @@ fn bad_device_keys_are_refused_with_a_clear_error() {
             r#"{"kty":"EC","crv":"P-256","x":"axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY","y":"T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfY"}"#,
             "not a valid P-256 key",
         ),
-        (r#"{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}"#, "is not accepted"),
+        (
+            r#"{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}"#,
+            "is not accepted",
+        ),
         (r#"{"kty":"RSA","crv":"","x":"AQAB"}"#, "is not accepted"),
         (r#"{"kty":"EC","crv":"P-256","x":"AA"}"#, "without \"y\""),
     ];
     for (jwk, expected) in cases {
         let path = token.scratch().join("device.jwk");
         std::fs::write(&path, jwk).unwrap();
-        let out = dojangctl(&token, &["credential", "sample", "--format", "sd-jwt", "--device-jwk", path.to_str().unwrap()]);
+        let out = dojangctl(
+            &token,
+            &[
+                "credential",
+                "sample",
+                "--format",
+                "sd-jwt",
+                "--device-jwk",
+                path.to_str().unwrap(),
+            ],
+        );
         assert!(!out.status.success(), "{jwk} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{jwk}: {err}");
@@ -112,7 +160,12 @@ fn commands_without_their_config_tables_say_what_is_missing() {
         ),
     )
     .unwrap();
-    let out = Command::new(workspace_binary("dojangctl")).arg("--config").arg(&path).args(["pki", "init"]).output().unwrap();
+    let out = Command::new(workspace_binary("dojangctl"))
+        .arg("--config")
+        .arg(&path)
+        .args(["pki", "init"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[pki] table"));
 }
