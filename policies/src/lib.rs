@@ -1,11 +1,25 @@
-//! Dojang's issuance policy: pure evaluation of (identity, request, registry
-//! facts, now) into a decision. Nothing here does I/O or reads a clock: the
-//! caller passes "now" in.
+//! Dojang's issuance policy: pure evaluation of (client identity, request,
+//! registry facts, now) into a decision with a rule trace. Nothing here does
+//! I/O or reads a clock: the caller passes "now" in.
 //!
-//! So far: the calendar rules of the programme ([`calendar`]) and resident
-//! registration numbers ([`resident_number`]).
+//! - [`calendar`]: ages and periods as Korean law counts them, in Seoul.
+//! - [`resident_number`]: resident registration numbers.
+//! - [`Policy`]: the policy file, parsed strictly; [`Policy::evaluate_issuance`].
+//!
+//! The shipped policy is `policies/kr-mobile-resident-card.toml`
+//! ([`SHIPPED_POLICY`]).
 
 #![forbid(unsafe_code)]
 
 pub mod calendar;
+mod evaluate;
+mod policy;
 pub mod resident_number;
+
+pub use evaluate::{
+    Decision, Denial, DenialKind, IssuanceRequest, Obligations, Outcome, RegistryFacts, RuleResult,
+};
+pub use policy::{ChannelRule, ClientRule, CredentialFormat, Pilot, Policy, PolicyError, ProfileRule, Role};
+
+/// The shipped policy file's text.
+pub const SHIPPED_POLICY: &str = include_str!("../kr-mobile-resident-card.toml");
