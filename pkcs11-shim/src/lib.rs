@@ -114,6 +114,30 @@ pub trait KeyBackend: Send + Sync {
     fn health(&self) -> Health;
 }
 
+/// Proves that the key `key.label` holds the private half of
+/// `key.public_key` by signing a random challenge and verifying it outside
+/// the device. Run before certifying a key or trusting it with a
+/// certificate: public halves (PKCS#11 public objects, TPM blob files) can be
+/// replaced by whoever can write to the token or the disk.
+pub fn prove_possession(backend: &dyn KeyBackend, key: &KeyInfo) -> Result<()> {
+    let Some(public) = &key.public_key else {
+        return Ok(()); // secret keys have no public half to substitute
+    };
+    let mut challenge = [0u8; 32];
+    openssl::rand::rand_bytes(&mut challenge).map_err(|e| Error::Encoding(e.to_string()))?;
+    let signature = backend.sign(&key.label, &challenge)?;
+    if public.verify(&challenge, &signature)? {
+        Ok(())
+    } else {
+        Err(Error::KeyPolicy {
+            label: key.label.clone(),
+            attribute: "public key",
+            actual: "does not verify the key's signature".into(),
+            required: "the private key's own public half".into(),
+        })
+    }
+}
+
 pub(crate) fn check_sign_input(message: &[u8]) -> Result<()> {
     if message.is_empty() {
         return Err(Error::InvalidInput(

@@ -60,7 +60,9 @@ impl SecretSource {
         let path = self.path()?;
         let context = || format!("reading the secret from {}", self.describe());
         let file = std::fs::File::open(&path).map_err(|e| Error::io(context(), e))?;
-        let mut raw = Zeroizing::new(Vec::with_capacity(64));
+        // Sized for the largest accepted file up front: a reallocation would
+        // leave a copy of the secret behind, unzeroized.
+        let mut raw = Zeroizing::new(Vec::with_capacity(MAX_SECRET_FILE as usize + 1));
         let _ = file
             .take(MAX_SECRET_FILE + 1)
             .read_to_end(&mut raw)

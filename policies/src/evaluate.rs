@@ -119,7 +119,13 @@ struct Evaluation {
 }
 
 impl Evaluation {
-    fn check(&mut self, rule: &'static str, passed: bool, detail: String, kind: DenialKind) -> Result<(), Denial> {
+    fn check(
+        &mut self,
+        rule: &'static str,
+        passed: bool,
+        detail: String,
+        kind: DenialKind,
+    ) -> Result<(), Denial> {
         self.trace.push(RuleResult {
             rule,
             passed,
@@ -182,7 +188,7 @@ impl Policy {
         )?;
         eval.check(
             "client.profile",
-            rule.is_some_and(|c| c.profiles.iter().any(|p| *p == request.profile))
+            rule.is_some_and(|c| c.profiles.contains(&request.profile))
                 && self.profiles.contains_key(&request.profile),
             format!("profile {:?} for client {client:?}", request.profile),
             Forbidden,
@@ -217,7 +223,10 @@ impl Policy {
         eval.check(
             "holder.minimum_age",
             age >= self.minimum_age,
-            format!("holder is {age} on {today} (Asia/Seoul), minimum {}", self.minimum_age),
+            format!(
+                "holder is {age} on {today} (Asia/Seoul), minimum {}",
+                self.minimum_age
+            ),
             Rules,
         )?;
         let card_ok = match (&request.card_issue_date, &request.card_serial) {
@@ -245,7 +254,10 @@ impl Policy {
             eval.check(
                 "pilot.municipality",
                 self.pilot.municipalities.contains(&request.municipality),
-                format!("municipality {:?} is not in the pilot", request.municipality),
+                format!(
+                    "municipality {:?} is not in the pilot",
+                    request.municipality
+                ),
                 Rules,
             )?;
         }
@@ -264,7 +276,11 @@ impl Policy {
         let supersede_previous = facts.holder_active_on_same_device == Some(false);
         let free_left = self.free_quota.saturating_sub(facts.free_copies_issued);
         let use_free_copy = request.first_time && free_left > 0;
-        let fee_krw = if use_free_copy { 0 } else { channel.map_or(0, |c| c.fee_krw) };
+        let fee_krw = if use_free_copy {
+            0
+        } else {
+            channel.map_or(0, |c| c.fee_krw)
+        };
         eval.trace.push(RuleResult {
             rule: "fee.free_issuance",
             passed: true,

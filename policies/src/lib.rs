@@ -19,7 +19,9 @@ pub mod resident_number;
 pub use evaluate::{
     Decision, Denial, DenialKind, IssuanceRequest, Obligations, Outcome, RegistryFacts, RuleResult,
 };
-pub use policy::{ChannelRule, ClientRule, CredentialFormat, Pilot, Policy, PolicyError, ProfileRule, Role};
+pub use policy::{
+    ChannelRule, ClientRule, CredentialFormat, Pilot, Policy, PolicyError, ProfileRule, Role,
+};
 
 /// The shipped policy file's text.
 pub const SHIPPED_POLICY: &str = include_str!("../kr-mobile-resident-card.toml");

@@ -196,7 +196,7 @@ fn last_day_of_months(first: Date, months: u8) -> Option<Date> {
         // No such day (e.g. 31st): the period ends on the month's last day.
         .or_else(|_| {
             Date::from_calendar_date(year, month, 1)
-                .map(|d| d.replace_day(time::util::days_in_year_month(year, month)).unwrap_or(d))
+                .map(|d| d.replace_day(month.length(year)).unwrap_or(d))
                 .map(|d| d.next_day().unwrap_or(d))
         })
         .ok()?;
@@ -230,7 +230,9 @@ impl Policy {
             return Err(invalid("at least one [profiles.NAME] is required".into()));
         }
         if file.limits.requests_per_minute == 0 {
-            return Err(invalid("limits.requests_per_minute must be positive".into()));
+            return Err(invalid(
+                "limits.requests_per_minute must be positive".into(),
+            ));
         }
         let first_day = to_date(&file.pilot.start)
             .ok_or_else(|| invalid("pilot.start must be a date (YYYY-MM-DD)".into()))?;
@@ -260,7 +262,10 @@ impl Policy {
                 )));
             }
             if client.roles.is_empty() {
-                return Err(invalid(format!("clients: {:?} has no roles", client.identity)));
+                return Err(invalid(format!(
+                    "clients: {:?} has no roles",
+                    client.identity
+                )));
             }
             for profile in &client.profiles {
                 if !file.profiles.contains_key(profile) {
@@ -303,7 +308,8 @@ impl Policy {
 
     /// Whether `identity` holds `role`.
     pub fn has_role(&self, identity: &str, role: Role) -> bool {
-        self.client(identity).is_some_and(|c| c.roles.contains(&role))
+        self.client(identity)
+            .is_some_and(|c| c.roles.contains(&role))
     }
 
     /// The last day of the document issued on `issued`.
@@ -319,9 +325,18 @@ mod tests {
 
     #[test]
     fn the_pilot_runs_two_months_from_27_december() {
-        assert_eq!(last_day_of_months(date!(2026 - 12 - 27), 2), Some(date!(2027 - 02 - 26)));
+        assert_eq!(
+            last_day_of_months(date!(2026 - 12 - 27), 2),
+            Some(date!(2027 - 02 - 26))
+        );
         // No corresponding day: to the end of the month.
-        assert_eq!(last_day_of_months(date!(2026 - 12 - 31), 2), Some(date!(2027 - 02 - 28)));
-        assert_eq!(last_day_of_months(date!(2027 - 01 - 01), 1), Some(date!(2027 - 01 - 31)));
+        assert_eq!(
+            last_day_of_months(date!(2026 - 12 - 31), 2),
+            Some(date!(2027 - 02 - 28))
+        );
+        assert_eq!(
+            last_day_of_months(date!(2027 - 01 - 01), 1),
+            Some(date!(2027 - 01 - 31))
+        );
     }
 }

@@ -17,7 +17,10 @@ fn pilot_policy() -> Policy {
     let codes: Vec<String> = (0..9).map(|i| format!("\"11{i}1000000\"")).collect();
     let text = SHIPPED_POLICY
         .replace("enabled = false", "enabled = true")
-        .replace("municipalities = []", &format!("municipalities = [{}]", codes.join(", ")));
+        .replace(
+            "municipalities = []",
+            &format!("municipalities = [{}]", codes.join(", ")),
+        );
     Policy::parse("pilot.toml", &text).unwrap()
 }
 
@@ -38,14 +41,23 @@ fn request(birth: Date) -> IssuanceRequest {
     }
 }
 
-fn decide(policy: &Policy, client: &str, req: &IssuanceRequest, facts: &RegistryFacts, now: OffsetDateTime) -> Result<dojang_policies::Obligations, (&'static str, DenialKind)> {
+fn decide(
+    policy: &Policy,
+    client: &str,
+    req: &IssuanceRequest,
+    facts: &RegistryFacts,
+    now: OffsetDateTime,
+) -> Result<dojang_policies::Obligations, (&'static str, DenialKind)> {
     let decision = policy.evaluate_issuance(client, req, facts, now);
     assert_eq!(decision.policy_hash, policy.hash);
     assert!(!decision.trace.is_empty());
     match decision.outcome {
         Outcome::Allow(o) => Ok(o),
         Outcome::Deny(d) => {
-            assert_eq!(decision.trace.last().map(|r| (r.rule, r.passed)), Some((d.rule, false)));
+            assert_eq!(
+                decision.trace.last().map(|r| (r.rule, r.passed)),
+                Some((d.rule, false))
+            );
             Err((d.rule, d.kind))
         }
     }
@@ -63,15 +75,36 @@ fn seventeen_on_the_issue_date_in_seoul_not_utc() {
     let policy = shipped();
     let facts = RegistryFacts::default();
     // 15:00 UTC on 26 December is 00:00 on 27 December in Seoul: the 17th birthday.
-    assert!(decide(&policy, COUNTER, &request(birth), &facts, datetime!(2026-12-26 15:00 UTC)).is_ok());
+    assert!(
+        decide(
+            &policy,
+            COUNTER,
+            &request(birth),
+            &facts,
+            datetime!(2026-12-26 15:00 UTC)
+        )
+        .is_ok()
+    );
     // One second earlier it is still the 26th in Seoul.
     assert_eq!(
-        decide(&policy, COUNTER, &request(birth), &facts, datetime!(2026-12-26 14:59:59 UTC)).unwrap_err().0,
+        decide(
+            &policy,
+            COUNTER,
+            &request(birth),
+            &facts,
+            datetime!(2026-12-26 14:59:59 UTC)
+        )
+        .unwrap_err()
+        .0,
         "holder.minimum_age"
     );
     // Turning 17 tomorrow (Seoul) is refused today.
     assert_eq!(
-        denied(&request(date!(2009 - 12 - 28)), &facts, datetime!(2026-12-27 12:00 UTC)),
+        denied(
+            &request(date!(2009 - 12 - 28)),
+            &facts,
+            datetime!(2026-12-27 12:00 UTC)
+        ),
         "holder.minimum_age"
     );
 }
@@ -80,18 +113,47 @@ fn seventeen_on_the_issue_date_in_seoul_not_utc() {
 fn leap_day_births_turn_seventeen_on_the_first_of_march() {
     let birth = date!(2008 - 02 - 29);
     let facts = RegistryFacts::default();
-    assert_eq!(denied(&request(birth), &facts, datetime!(2025-02-28 12:00 +9)), "holder.minimum_age");
+    assert_eq!(
+        denied(&request(birth), &facts, datetime!(2025-02-28 12:00 +9)),
+        "holder.minimum_age"
+    );
     let mut req = request(birth);
     req.card_issue_date = Some(date!(2024 - 06 - 01));
-    assert!(decide(&shipped(), COUNTER, &req, &facts, datetime!(2025-03-01 00:00 +9)).is_ok());
+    assert!(
+        decide(
+            &shipped(),
+            COUNTER,
+            &req,
+            &facts,
+            datetime!(2025-03-01 00:00 +9)
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn three_years_of_validity_including_from_a_leap_day() {
     let facts = RegistryFacts::default();
-    let o = decide(&shipped(), COUNTER, &request(date!(1990 - 05 - 05)), &facts, datetime!(2028-02-29 10:00 +9)).unwrap();
-    assert_eq!((o.issue_date, o.expiry_date), (date!(2028 - 02 - 29), date!(2031 - 02 - 28)));
-    let o = decide(&shipped(), COUNTER, &request(date!(1990 - 05 - 05)), &facts, datetime!(2026-12-27 10:00 +9)).unwrap();
+    let o = decide(
+        &shipped(),
+        COUNTER,
+        &request(date!(1990 - 05 - 05)),
+        &facts,
+        datetime!(2028-02-29 10:00 +9),
+    )
+    .unwrap();
+    assert_eq!(
+        (o.issue_date, o.expiry_date),
+        (date!(2028 - 02 - 29), date!(2031 - 02 - 28))
+    );
+    let o = decide(
+        &shipped(),
+        COUNTER,
+        &request(date!(1990 - 05 - 05)),
+        &facts,
+        datetime!(2026-12-27 10:00 +9),
+    )
+    .unwrap();
     assert_eq!(o.expiry_date, date!(2029 - 12 - 27));
 }
 
@@ -101,7 +163,10 @@ fn the_pilot_window_and_municipalities() {
     let facts = RegistryFacts::default();
     let mut req = request(date!(1990 - 05 - 05));
     req.municipality = "1101000000".into();
-    assert_eq!((policy.pilot.first_day, policy.pilot.last_day), (date!(2026 - 12 - 27), date!(2027 - 02 - 26)));
+    assert_eq!(
+        (policy.pilot.first_day, policy.pilot.last_day),
+        (date!(2026 - 12 - 27), date!(2027 - 02 - 26))
+    );
     for (now, ok) in [
         (datetime!(2026-12-26 23:59:59 +9), false),
         (datetime!(2026-12-27 00:00 +9), true),
@@ -115,7 +180,10 @@ fn the_pilot_window_and_municipalities() {
         }
     }
     req.municipality = "4100000000".into();
-    assert_eq!(decide(&policy, COUNTER, &req, &facts, NOW).unwrap_err().0, "pilot.municipality");
+    assert_eq!(
+        decide(&policy, COUNTER, &req, &facts, NOW).unwrap_err().0,
+        "pilot.municipality"
+    );
     // With the pilot off (as shipped), any municipality.
     assert!(decide(&shipped(), COUNTER, &req, &facts, NOW).is_ok());
 }
@@ -125,17 +193,26 @@ fn clients_need_the_issuer_role_and_the_profile() {
     let facts = RegistryFacts::default();
     let req = request(date!(1990 - 05 - 05));
     let policy = shipped();
-    assert_eq!(decide(&policy, "spiffe://elsewhere/x", &req, &facts, NOW).unwrap_err(), ("client.role", DenialKind::Forbidden));
+    assert_eq!(
+        decide(&policy, "spiffe://elsewhere/x", &req, &facts, NOW).unwrap_err(),
+        ("client.role", DenialKind::Forbidden)
+    );
     let mut other = req.clone();
     other.profile = "photo-id".into();
-    assert_eq!(decide(&policy, COUNTER, &other, &facts, NOW).unwrap_err(), ("client.profile", DenialKind::Forbidden));
+    assert_eq!(
+        decide(&policy, COUNTER, &other, &facts, NOW).unwrap_err(),
+        ("client.profile", DenialKind::Forbidden)
+    );
     let text = SHIPPED_POLICY.replace(
         "roles = [\"issuer\"]\nprofiles = [\"mdoc\", \"sd-jwt\"]",
         "roles = [\"issuer\"]\nprofiles = [\"sd-jwt\"]",
     );
     let policy = Policy::parse("p.toml", &text).unwrap();
     let gateway = "spiffe://mois.go.kr/wallet-gateway";
-    assert_eq!(decide(&policy, gateway, &req, &facts, NOW).unwrap_err().0, "client.profile");
+    assert_eq!(
+        decide(&policy, gateway, &req, &facts, NOW).unwrap_err().0,
+        "client.profile"
+    );
     assert!(policy.has_role(COUNTER, Role::Revoker));
     assert!(!policy.has_role(gateway, Role::Revoker));
 }
@@ -147,7 +224,10 @@ fn rate_limits_channels_cards_and_citizenship() {
         client_requests_this_minute: 6000,
         ..RegistryFacts::default()
     };
-    assert_eq!(decide(&shipped(), COUNTER, &req, &busy, NOW).unwrap_err(), ("client.rate_limit", DenialKind::RateLimited));
+    assert_eq!(
+        decide(&shipped(), COUNTER, &req, &busy, NOW).unwrap_err(),
+        ("client.rate_limit", DenialKind::RateLimited)
+    );
     let facts = RegistryFacts::default();
     let mut r = req.clone();
     r.channel = "fax".into();
@@ -169,7 +249,10 @@ fn fees_and_the_free_first_time_copies() {
     req.channel = "ic_card".into();
     let policy = shipped();
     let fresh = RegistryFacts::default();
-    assert_eq!(decide(&policy, COUNTER, &req, &fresh, NOW).unwrap().fee_krw, 5000);
+    assert_eq!(
+        decide(&policy, COUNTER, &req, &fresh, NOW).unwrap().fee_krw,
+        5000
+    );
     req.first_time = true;
     let o = decide(&policy, COUNTER, &req, &fresh, NOW).unwrap();
     assert_eq!((o.fee_krw, o.use_free_copy), (0, true));
@@ -177,7 +260,11 @@ fn fees_and_the_free_first_time_copies() {
         free_copies_issued: 467_999,
         ..RegistryFacts::default()
     };
-    assert!(decide(&policy, COUNTER, &req, &last, NOW).unwrap().use_free_copy);
+    assert!(
+        decide(&policy, COUNTER, &req, &last, NOW)
+            .unwrap()
+            .use_free_copy
+    );
     let gone = RegistryFacts {
         free_copies_issued: 468_000,
         ..RegistryFacts::default()
@@ -185,7 +272,10 @@ fn fees_and_the_free_first_time_copies() {
     let o = decide(&policy, COUNTER, &req, &gone, NOW).unwrap();
     assert_eq!((o.fee_krw, o.use_free_copy), (5000, false));
     req.channel = "qr_office".into();
-    assert_eq!(decide(&policy, COUNTER, &req, &gone, NOW).unwrap().fee_krw, 0);
+    assert_eq!(
+        decide(&policy, COUNTER, &req, &gone, NOW).unwrap().fee_krw,
+        0
+    );
 }
 
 #[test]
@@ -195,30 +285,63 @@ fn one_active_id_per_person_and_one_person_per_phone() {
         device_bound_to_other_holder: true,
         ..RegistryFacts::default()
     };
-    assert_eq!(decide(&shipped(), COUNTER, &req, &taken, NOW).unwrap_err(), ("device.one_person", DenialKind::Conflict));
+    assert_eq!(
+        decide(&shipped(), COUNTER, &req, &taken, NOW).unwrap_err(),
+        ("device.one_person", DenialKind::Conflict)
+    );
     let same = RegistryFacts {
         holder_active_on_same_device: Some(true),
         ..RegistryFacts::default()
     };
-    assert_eq!(decide(&shipped(), COUNTER, &req, &same, NOW).unwrap_err(), ("holder.one_active", DenialKind::Conflict));
+    assert_eq!(
+        decide(&shipped(), COUNTER, &req, &same, NOW).unwrap_err(),
+        ("holder.one_active", DenialKind::Conflict)
+    );
     let new_phone = RegistryFacts {
         holder_active_on_same_device: Some(false),
         ..RegistryFacts::default()
     };
-    assert!(decide(&shipped(), COUNTER, &req, &new_phone, NOW).unwrap().supersede_previous);
-    assert!(!decide(&shipped(), COUNTER, &req, &RegistryFacts::default(), NOW).unwrap().supersede_previous);
+    assert!(
+        decide(&shipped(), COUNTER, &req, &new_phone, NOW)
+            .unwrap()
+            .supersede_previous
+    );
+    assert!(
+        !decide(&shipped(), COUNTER, &req, &RegistryFacts::default(), NOW)
+            .unwrap()
+            .supersede_previous
+    );
 }
 
 #[test]
 fn policy_files_are_parsed_strictly() {
-    let err = Policy::parse("p.toml", &SHIPPED_POLICY.replace("minimum_age = 17", "minimum_age = 17\nmaximum_age = 99")).unwrap_err();
+    let err = Policy::parse(
+        "p.toml",
+        &SHIPPED_POLICY.replace("minimum_age = 17", "minimum_age = 17\nmaximum_age = 99"),
+    )
+    .unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with("p.toml:") && text.contains("maximum_age") && text.contains("line"), "{text}");
-    let err = Policy::parse("p.toml", &SHIPPED_POLICY.replace("enabled = false", "enabled = true")).unwrap_err();
+    assert!(
+        text.starts_with("p.toml:") && text.contains("maximum_age") && text.contains("line"),
+        "{text}"
+    );
+    let err = Policy::parse(
+        "p.toml",
+        &SHIPPED_POLICY.replace("enabled = false", "enabled = true"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("municipalities is empty"), "{err}");
-    let err = Policy::parse("p.toml", &SHIPPED_POLICY.replace("municipalities = []", "municipalities = [\"Jongno\"]")).unwrap_err();
+    let err = Policy::parse(
+        "p.toml",
+        &SHIPPED_POLICY.replace("municipalities = []", "municipalities = [\"Jongno\"]"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("10-digit"), "{err}");
-    let err = Policy::parse("p.toml", &SHIPPED_POLICY.replace("profiles = [\"mdoc\", \"sd-jwt\"]", "profiles = [\"mdl\"]")).unwrap_err();
+    let err = Policy::parse(
+        "p.toml",
+        &SHIPPED_POLICY.replace("profiles = [\"mdoc\", \"sd-jwt\"]", "profiles = [\"mdl\"]"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("unknown profile"), "{err}");
     // The hash identifies the exact bytes.
     let a = shipped();

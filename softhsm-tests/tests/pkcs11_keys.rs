@@ -344,3 +344,64 @@ fn keys_not_born_in_the_token_are_refused() {
         "foreign keys are not listed"
     );
 }
+
+#[test]
+fn a_substituted_or_duplicated_public_half_is_refused() {
+    let token = SoftHsmToken::new("dojang-test");
+    let backend = common::open(&token);
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    drop(backend);
+    // Someone with write access to the token adds another public key under
+    // the same label and id (no PIN is needed for public objects).
+    let listing =
+        String::from_utf8_lossy(&token.pkcs11_tool(&["--list-objects"]).stdout).to_string();
+    let id = listing
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ID:"))
+        .map(|s| s.trim().to_owned())
+        .unwrap();
+    let pem = token.scratch().join("other.pem");
+    let der = token.scratch().join("other-pub.der");
+    assert!(std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out"
+        ])
+        .arg(&pem)
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&pem)
+        .arg("-out")
+        .arg(&der)
+        .status()
+        .unwrap()
+        .success());
+    let out = token.pkcs11_tool(&[
+        "--write-object",
+        der.to_str().unwrap(),
+        "--type",
+        "pubkey",
+        "--id",
+        &id,
+        "--label",
+        "ds",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backend = common::open(&token);
+    let err = backend.find("ds").unwrap_err();
+    assert!(matches!(err, Error::KeyPolicy { .. }), "{err}");
+    assert!(err.to_string().contains("2 public objects"), "{err}");
+}

@@ -141,3 +141,33 @@ fn tpm_bad_input_gets_clear_errors() {
     backend.destroy("ds").unwrap();
     assert!(matches!(backend.find("ds"), Err(Error::KeyNotFound { .. })));
 }
+
+#[test]
+fn a_corrupt_key_blob_fails_that_key_only() {
+    let tpm = Swtpm::start();
+    let cfg = config(&tpm);
+    let backend = TpmBackend::open(cfg.clone()).unwrap();
+    let _ = backend
+        .generate("good", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    let _ = backend
+        .generate("bad", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    let path = cfg.key_dir.join("bad.tpmkey");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Flip one hex digit near the end of the wrapped private area.
+    let mut bytes = text.into_bytes();
+    let pos = bytes.len() - 10;
+    bytes[pos] = if bytes[pos] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&path, bytes).unwrap();
+    let err = backend.sign("bad", b"m").unwrap_err();
+    assert!(
+        !err.is_retryable(),
+        "a corrupt blob is not a lost TPM: {err}"
+    );
+    // The TPM connection was kept: the good key signs at once.
+    let started = std::time::Instant::now();
+    let _ = backend.sign("good", b"m").unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(backend.health().recoveries, 0);
+}

@@ -38,8 +38,8 @@ impl std::fmt::Debug for HolderData {
     }
 }
 
-/// The claims every format carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The claims every format carries. Personal data: `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ResidentCardClaims {
     /// Family name, NFC.
     pub family_name: String,
@@ -65,6 +65,12 @@ pub struct ResidentCardClaims {
     pub issuing_country: String,
     /// Portrait (JPEG), optional.
     pub portrait: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ResidentCardClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResidentCardClaims(<personal data redacted>)")
+    }
 }
 
 fn clean(field: &str, value: &str) -> Result<String, CredentialError> {

@@ -40,8 +40,8 @@ const DECOYS: usize = 3;
 /// Random bytes per item (ISO 18013-5 asks for at least 16).
 const SALT_LEN: usize = 32;
 
-/// An element value of the card.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An element value of the card. Personal data: no `Debug`.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ElementValue<'a> {
     /// tstr
     Text(&'a str),
@@ -327,8 +327,8 @@ pub fn to_base64url(issuer_signed: &[u8]) -> String {
     B64URL.encode(issuer_signed)
 }
 
-/// A verified mdoc.
-#[derive(Debug, Clone)]
+/// A verified mdoc. `Debug` shows element names only: values are personal data.
+#[derive(Clone)]
 pub struct VerifiedMdoc {
     /// The MSO's docType.
     pub doc_type: String,
@@ -344,8 +344,34 @@ pub struct VerifiedMdoc {
     pub device_key: Value,
 }
 
+impl std::fmt::Debug for VerifiedMdoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: BTreeMap<&String, Vec<&String>> = self
+            .elements
+            .iter()
+            .map(|(ns, items)| (ns, items.keys().collect()))
+            .collect();
+        f.debug_struct("VerifiedMdoc")
+            .field("doc_type", &self.doc_type)
+            .field("elements", &names)
+            .field("valid_from", &self.valid_from)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses exactly one CBOR data item: trailing bytes are refused.
 fn parse_cbor(bytes: &[u8], what: &str) -> Result<Value, VerifyError> {
-    ciborium::from_reader(bytes).map_err(|e| malformed(format!("{what} is not CBOR: {e}")))
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest)
+        .map_err(|e| malformed(format!("{what} is not CBOR: {e}")))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!(
+            "{what} has {} bytes after its CBOR item",
+            rest.len()
+        )));
+    }
+    Ok(value)
 }
 
 fn as_map<'a>(value: &'a Value, what: &str) -> Result<&'a [(Value, Value)], VerifyError> {

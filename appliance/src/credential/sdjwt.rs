@@ -31,7 +31,8 @@ const ALWAYS_PLAIN: [&str; 8] = [
 
 /// The value of a disclosable claim, written as JSON straight into the
 /// disclosure being built (no intermediate strings: see [`UnsignedSdJwt::build`]).
-#[derive(Debug, Clone, Copy)]
+/// Personal data: no `Debug`.
+#[derive(Clone, Copy)]
 pub enum ClaimValue<'a> {
     /// A JSON string.
     Str(&'a str),
@@ -304,8 +305,8 @@ pub fn issue(
     Ok(unsigned.finish(&signature))
 }
 
-/// A verified SD-JWT VC.
-#[derive(Debug, Clone)]
+/// A verified SD-JWT VC. `Debug` shows claim names only: values are personal data.
+#[derive(Clone)]
 pub struct VerifiedSdJwt {
     /// The JWS header.
     pub header: Map<String, Value>,
@@ -313,6 +314,15 @@ pub struct VerifiedSdJwt {
     pub claims: Map<String, Value>,
     /// Names of the claims that came from disclosures.
     pub disclosed: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for VerifiedSdJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedSdJwt")
+            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .field("disclosed", &self.disclosed)
+            .finish_non_exhaustive()
+    }
 }
 
 fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>, VerifyError> {
@@ -405,13 +415,17 @@ pub fn verify(
             return Err(VerifyError::DocType(vct.to_owned()));
         }
     }
-    let exp = numeric_date(&payload, "exp")?;
-    let nbf = numeric_date(&payload, "nbf")?.or(numeric_date(&payload, "iat")?);
-    verify::check_validity(
-        nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        exp.unwrap_or(OffsetDateTime::from_unix_timestamp(i64::from(i32::MAX)).unwrap_or(now)),
-        now,
-    )?;
+    if header.contains_key("crit") {
+        return Err(malformed("JWS crit headers are not supported"));
+    }
+    let exp =
+        numeric_date(&payload, "exp")?.ok_or_else(|| VerifyError::Validity("no exp".into()))?;
+    let iat = numeric_date(&payload, "iat")?;
+    if iat.is_some_and(|iat| iat > now + time::Duration::minutes(5)) {
+        return Err(VerifyError::Validity("issued in the future (iat)".into()));
+    }
+    let nbf = numeric_date(&payload, "nbf")?.or(iat);
+    verify::check_validity(nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH), exp, now)?;
 
     let mut table = Disclosures::parse(&disclosures)?;
     let _ = payload.remove("_sd_alg");

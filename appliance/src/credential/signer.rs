@@ -69,6 +69,7 @@ impl<'a> DocumentSigner<'a> {
         certificate: DsCertificate,
     ) -> Result<Self, CredentialError> {
         let key = backend.find(&certificate.label)?;
+        pkcs11_shim::prove_possession(backend, &key)?;
         if key.purpose != pkcs11_shim::KeyPurpose::DocumentSigner {
             return Err(CredentialError::Invalid(format!(
                 "key {:?} is a {} key, not a document signer",

@@ -19,6 +19,7 @@ impl<'a> HsmKey<'a> {
     /// Looks the key up in the token.
     pub fn find(backend: &'a dyn KeyBackend, label: &str) -> Result<Self, PkiError> {
         let info = backend.find(label)?;
+        pkcs11_shim::prove_possession(backend, &info)?;
         let public = info
             .public_key
             .ok_or_else(|| PkiError::Invalid(format!("key {label:?} is not a signing key")))?;

@@ -26,7 +26,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
@@ -80,6 +80,9 @@ pub struct Pkcs11Backend {
     recovery: Mutex<RecoveryState>,
     generation: AtomicU64,
     recoveries: AtomicU64,
+    /// Serialises key generation: "is the label free?" and "create" must
+    /// not interleave with another generation of the same label.
+    generating: Mutex<()>,
 }
 
 fn init_args() -> CInitializeArgs {
@@ -117,6 +120,7 @@ impl Pkcs11Backend {
             recovery: Mutex::new(RecoveryState::default()),
             generation: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            generating: Mutex::new(()),
         })
     }
 
@@ -126,13 +130,16 @@ impl Pkcs11Backend {
         let mut retried = false;
         loop {
             let seen_generation = self.generation.load(Ordering::Acquire);
+            // Lock order: `recovery` is taken before `conn`, never while
+            // `conn` is held (recover() holds `recovery` while it waits to
+            // write `conn`), so unavailable() runs after the guard is gone.
             let result = {
                 let guard = self.conn.read().unwrap_or_else(PoisonError::into_inner);
-                match guard.as_ref() {
-                    Some(conn) => conn.pool.checkout().and_then(|s| op(conn, &s)),
-                    None => Err(self.unavailable()),
-                }
-            };
+                guard
+                    .as_ref()
+                    .map(|conn| conn.pool.checkout().and_then(|s| op(conn, &s)))
+            }
+            .unwrap_or_else(|| Err(self.unavailable()));
             match result {
                 Err(err) if err.class() == ErrorClass::DeviceLost && !retried => {
                     if !matches!(err, Error::Unavailable { .. }) {
@@ -168,9 +175,33 @@ impl Pkcs11Backend {
         }
     }
 
+    /// The connection for writing, waiting at most the session wait: a
+    /// call hung in the device must not make every other caller hang too
+    /// (std's RwLock blocks new readers once a writer waits).
+    fn write_conn(&self) -> Option<std::sync::RwLockWriteGuard<'_, Option<Connection>>> {
+        let deadline = Instant::now() + self.config.session_wait();
+        loop {
+            match self.conn.try_write() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    warn!(
+                        "a PKCS#11 call is still in progress after the session wait; not reconnecting yet"
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Drops a connection that failed, so later calls fail fast until recovery.
     fn mark_down(&self, seen_generation: u64) -> bool {
-        let mut guard = self.conn.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut guard) = self.write_conn() else {
+            return false;
+        };
         if self.generation.load(Ordering::Acquire) == seen_generation && guard.is_some() {
             *guard = None;
             let _ = self.ctx.clone().finalize();
@@ -202,7 +233,9 @@ impl Pkcs11Backend {
             state.last_error = Some(cause.to_string());
         }
 
-        let mut guard = self.conn.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut guard) = self.write_conn() else {
+            return false;
+        };
         // Sessions are opened without close-on-drop: C_Finalize closes them
         // all, and closing stale handles later could close a new session
         // that reused the number.
@@ -320,30 +353,43 @@ impl Connection {
         }))
     }
 
-    /// Finds the private or secret key `label`, checks it, and reads its public half.
+    /// Finds the private or secret key `label`, checks it, and reads its
+    /// public half: the one public object with the same label and id, born
+    /// in the token, and proven to match by signing a random challenge.
     fn load_key(&self, session: &Session, label: &str) -> Result<CachedKey> {
+        let refuse = |attribute: &'static str, actual: &str, required: &str| Error::KeyPolicy {
+            label: label.to_owned(),
+            attribute,
+            actual: actual.to_owned(),
+            required: required.to_owned(),
+        };
         let mut key_handle = None;
-        let mut public_handle = None;
+        let mut public_handles = Vec::new();
         for handle in self.objects_labelled(session, label)? {
             let class = self.class_of(session, handle)?;
             if class == Some(ObjectClass::PRIVATE_KEY) || class == Some(ObjectClass::SECRET_KEY) {
-                if key_handle.replace(handle).is_some() {
-                    return Err(Error::KeyPolicy {
-                        label: label.to_owned(),
-                        attribute: "CKA_LABEL",
-                        actual: "shared by several keys".into(),
-                        required: "unique".into(),
-                    });
+                if key_handle.replace((handle, class)).is_some() {
+                    return Err(refuse("CKA_LABEL", "shared by several keys", "unique"));
                 }
             } else if class == Some(ObjectClass::PUBLIC_KEY) {
-                public_handle = Some(handle);
+                public_handles.push(handle);
             }
         }
-        let handle = key_handle.ok_or_else(|| Error::KeyNotFound {
+        let (handle, class) = key_handle.ok_or_else(|| Error::KeyNotFound {
             label: label.to_owned(),
         })?;
+        let class_flags: &[(AttributeType, &'static str, bool)] =
+            if class == Some(ObjectClass::SECRET_KEY) {
+                &template::SECRET_KEY_FLAGS
+            } else {
+                &template::PRIVATE_KEY_FLAGS
+            };
 
-        let mut wanted: Vec<AttributeType> = template::REQUIRED_FLAGS.iter().map(|f| f.0).collect();
+        let mut wanted: Vec<AttributeType> = template::REQUIRED_FLAGS
+            .iter()
+            .chain(class_flags)
+            .map(|f| f.0)
+            .collect();
         wanted.extend([
             AttributeType::KeyType,
             AttributeType::Id,
@@ -363,28 +409,43 @@ impl Connection {
                 _ => {}
             }
         }
-        let purpose = template::purpose_of_id(&id).ok_or_else(|| Error::KeyPolicy {
-            label: label.to_owned(),
-            attribute: "CKA_ID",
-            actual: "not a Dojang key id".into(),
-            required: "a key generated by Dojang".into(),
-        })?;
-        check_key_flags(label, &attrs)?;
-        let key_type = key_type.unwrap_or(KeyType::GENERIC_SECRET);
+        let purpose = template::purpose_of_id(&id)
+            .ok_or_else(|| refuse("CKA_ID", "not a Dojang key id", "a key generated by Dojang"))?;
+        check_key_flags(label, &attrs, &template::REQUIRED_FLAGS)?;
+        check_key_flags(label, &attrs, class_flags)?;
+        let key_type =
+            key_type.ok_or_else(|| refuse("CKA_KEY_TYPE", "unreadable", "a key type"))?;
         let algorithm = template::algorithm_of(label, key_type, ec_params.as_deref())?;
 
         let public_key = if algorithm.is_signature() {
-            let public = public_handle.ok_or_else(|| Error::KeyPolicy {
-                label: label.to_owned(),
-                attribute: "CKO_PUBLIC_KEY",
-                actual: "missing".into(),
-                required: "a public key object with the same label".into(),
-            })?;
-            Some(self.read_public(session, public, algorithm)?)
+            let [public] = public_handles.as_slice() else {
+                return Err(refuse(
+                    "CKO_PUBLIC_KEY",
+                    &format!("{} public objects with this label", public_handles.len()),
+                    "exactly one",
+                ));
+            };
+            let public_attrs = session
+                .get_attributes(*public, &[AttributeType::Id, AttributeType::Local])
+                .map_err(ck(Function::GetAttributeValue))?;
+            let same_id = public_attrs
+                .iter()
+                .any(|a| matches!(a, Attribute::Id(v) if *v == id));
+            let local = public_attrs
+                .iter()
+                .any(|a| matches!(a, Attribute::Local(true)));
+            if !same_id || !local {
+                return Err(refuse(
+                    "CKO_PUBLIC_KEY",
+                    "a public object not generated with this key",
+                    "the public half generated with it (same CKA_ID, CKA_LOCAL)",
+                ));
+            }
+            Some(self.read_public(session, *public, algorithm)?)
         } else {
             None
         };
-        Ok(CachedKey {
+        let key = CachedKey {
             handle,
             info: KeyInfo {
                 label: label.to_owned(),
@@ -392,7 +453,24 @@ impl Connection {
                 algorithm,
                 public_key,
             },
-        })
+        };
+        // Proof of possession: a public object can be replaced without the
+        // PIN, and a certificate for someone else's key would let them sign.
+        if let Some(public) = &key.info.public_key {
+            let mut challenge = [0u8; 32];
+            session
+                .generate_random_slice(&mut challenge)
+                .map_err(ck(Function::GenerateRandom))?;
+            let signature = sign_with(session, &key, &challenge)?;
+            if !public.verify(&challenge, &signature).unwrap_or(false) {
+                return Err(refuse(
+                    "CKO_PUBLIC_KEY",
+                    "does not verify the private key's signature",
+                    "the private key's own public half",
+                ));
+            }
+        }
+        Ok(key)
     }
 
     fn read_public(
@@ -546,6 +624,10 @@ impl KeyBackend for Pkcs11Backend {
     fn generate(&self, label: &str, purpose: KeyPurpose, algorithm: Algorithm) -> Result<KeyInfo> {
         validate_label(label)?;
         purpose.check_algorithm(algorithm)?;
+        let _one_at_a_time = self
+            .generating
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let generated = self.with_session(|conn, session| {
             if !conn.supports(algorithm) {
                 return Err(Error::Unsupported {
@@ -628,7 +710,16 @@ impl KeyBackend for Pkcs11Backend {
         check_sign_input(message)?;
         self.with_session(|conn, session| {
             let key = self.lookup(conn, session, label)?;
-            sign_with(session, &key, message)
+            sign_with(session, &key, message).inspect_err(|err| {
+                if err.class() == ErrorClass::KeyMissing {
+                    // The handle died (key destroyed elsewhere): look it up again next time.
+                    let _ = conn
+                        .keys
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(label);
+                }
+            })
         })
     }
 

@@ -130,8 +130,8 @@ pub(crate) fn secret_key_template(label: &str, id: &[u8]) -> Vec<Attribute> {
     t
 }
 
-/// Attributes read back from a private/secret key and what each must be.
-pub(crate) const REQUIRED_FLAGS: [(AttributeType, &str, bool); 10] = [
+/// Attributes read back from every private/secret key and what each must be.
+pub(crate) const REQUIRED_FLAGS: [(AttributeType, &str, bool); 11] = [
     (AttributeType::Token, "CKA_TOKEN", true),
     (AttributeType::Private, "CKA_PRIVATE", true),
     (AttributeType::Sensitive, "CKA_SENSITIVE", true),
@@ -146,6 +146,20 @@ pub(crate) const REQUIRED_FLAGS: [(AttributeType, &str, bool); 10] = [
     (AttributeType::Sign, "CKA_SIGN", true),
     (AttributeType::Decrypt, "CKA_DECRYPT", false),
     (AttributeType::Unwrap, "CKA_UNWRAP", false),
+    // Derivation would turn a signing key into an ECDH oracle, and an HMAC
+    // key into a source of derived (extractable) keys.
+    (AttributeType::Derive, "CKA_DERIVE", false),
+];
+
+/// Further attributes of private (asymmetric) keys.
+pub(crate) const PRIVATE_KEY_FLAGS: [(AttributeType, &str, bool); 1] =
+    [(AttributeType::SignRecover, "CKA_SIGN_RECOVER", false)];
+
+/// Further attributes of secret (HMAC) keys: MAC only, no cipher or wrapping use.
+pub(crate) const SECRET_KEY_FLAGS: [(AttributeType, &str, bool); 3] = [
+    (AttributeType::Encrypt, "CKA_ENCRYPT", false),
+    (AttributeType::Wrap, "CKA_WRAP", false),
+    (AttributeType::Verify, "CKA_VERIFY", false),
 ];
 
 fn flag_of(attr: &Attribute) -> Option<(AttributeType, bool)> {
@@ -160,14 +174,23 @@ fn flag_of(attr: &Attribute) -> Option<(AttributeType, bool)> {
         Attribute::Sign(v) => (AttributeType::Sign, *v),
         Attribute::Decrypt(v) => (AttributeType::Decrypt, *v),
         Attribute::Unwrap(v) => (AttributeType::Unwrap, *v),
+        Attribute::Derive(v) => (AttributeType::Derive, *v),
+        Attribute::SignRecover(v) => (AttributeType::SignRecover, *v),
+        Attribute::Encrypt(v) => (AttributeType::Encrypt, *v),
+        Attribute::Wrap(v) => (AttributeType::Wrap, *v),
+        Attribute::Verify(v) => (AttributeType::Verify, *v),
         _ => return None,
     })
 }
 
 /// Refuses a key whose attributes say it could have left the token, was not
 /// born in it, or can do more than sign.
-pub(crate) fn check_key_flags(label: &str, attrs: &[Attribute]) -> Result<()> {
-    for (ty, name, required) in REQUIRED_FLAGS {
+pub(crate) fn check_key_flags(
+    label: &str,
+    attrs: &[Attribute],
+    flags: &[(AttributeType, &'static str, bool)],
+) -> Result<()> {
+    for &(ty, name, required) in flags {
         let actual = attrs
             .iter()
             .filter_map(flag_of)
@@ -251,15 +274,16 @@ mod tests {
                 AttributeType::Local => Attribute::Local(*v),
                 AttributeType::Sign => Attribute::Sign(*v),
                 AttributeType::Decrypt => Attribute::Decrypt(*v),
+                AttributeType::Derive => Attribute::Derive(*v),
                 _ => Attribute::Unwrap(*v),
             })
             .collect();
-        check_key_flags("k", &good).unwrap();
+        check_key_flags("k", &good, &REQUIRED_FLAGS).unwrap();
         let mut imported = good.clone();
         imported[6] = Attribute::Local(false);
-        let err = check_key_flags("k", &imported).unwrap_err();
+        let err = check_key_flags("k", &imported, &REQUIRED_FLAGS).unwrap_err();
         assert!(err.to_string().contains("CKA_LOCAL"), "{err}");
-        let err = check_key_flags("k", &good[..3]).unwrap_err();
+        let err = check_key_flags("k", &good[..3], &REQUIRED_FLAGS).unwrap_err();
         assert!(err.to_string().contains("unreadable"), "{err}");
     }
 

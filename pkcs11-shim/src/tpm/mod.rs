@@ -74,11 +74,37 @@ fn tpm_err(operation: &'static str) -> impl Fn(tss_esapi::Error) -> Error {
     move |e| Error::Tpm {
         operation,
         detail: e.to_string(),
-        // Inputs are checked before they reach the TPM, so a failing command
-        // means the TPM, its connection or our loaded objects are gone.
-        class: match e {
-            tss_esapi::Error::Tss2Error(_) => ErrorClass::DeviceLost,
-            tss_esapi::Error::WrapperError(_) => ErrorClass::Fatal,
+        class: classify(e),
+    }
+}
+
+/// Errors naming handles the TPM no longer has (it was reset or restarted)
+/// mean our objects are gone: reconnect. Other TPM errors are settled by a
+/// probe in `with_tpm` (a TPM that answers was not lost); they are marked
+/// `Retryable` until then.
+fn classify(e: tss_esapi::Error) -> ErrorClass {
+    use tss_esapi::constants::response_code::Tss2ResponseCodeKind as K;
+    match e {
+        tss_esapi::Error::WrapperError(_) => ErrorClass::Fatal,
+        tss_esapi::Error::Tss2Error(rc) => match rc.kind() {
+            Some(
+                K::Initialize
+                | K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceH3
+                | K::ReferenceH4
+                | K::ReferenceH5
+                | K::ReferenceH6
+                | K::ReferenceS0
+                | K::ReferenceS1
+                | K::ReferenceS2
+                | K::ReferenceS3
+                | K::ReferenceS4
+                | K::ReferenceS5
+                | K::ReferenceS6,
+            ) => ErrorClass::DeviceLost,
+            _ => ErrorClass::Retryable,
         },
     }
 }
@@ -257,7 +283,21 @@ impl TpmBackend {
             // Invariant: set just above.
             let connected = state.as_mut().expect("connected");
             match op(connected) {
-                Err(err) if err.class() == ErrorClass::DeviceLost && !retried => {
+                // A TPM that still answers was not lost: the command itself
+                // failed (a corrupt or foreign blob, a bad parameter). Keep
+                // the connection, which serves every other key.
+                Err(Error::Tpm {
+                    operation,
+                    detail,
+                    class: ErrorClass::Retryable,
+                }) if probe(connected).is_ok() => {
+                    return Err(Error::Tpm {
+                        operation,
+                        detail,
+                        class: ErrorClass::Fatal,
+                    });
+                }
+                Err(err) if err.is_retryable() && !retried => {
                     warn!(error = %err, "TPM lost; reconnecting");
                     *state = None; // drops the context: its objects are flushed or gone
                     retried = true;
@@ -383,6 +423,17 @@ fn flush_stale_transients(ctx: &mut Context) -> Result<()> {
             warn!("flushed a transient TPM object left by an earlier process");
         }
     }
+    Ok(())
+}
+
+/// A command every TPM answers without authorization.
+fn probe(tpm: &mut Connected) -> Result<()> {
+    let _ = tpm
+        .ctx
+        .execute_without_session(|ctx| {
+            ctx.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 1)
+        })
+        .map_err(tpm_err("probe"))?;
     Ok(())
 }
 
@@ -529,16 +580,8 @@ impl KeyBackend for TpmBackend {
     }
 
     fn health(&self) -> Health {
-        let probe = self.with_tpm(|tpm| {
-            let _ = tpm
-                .ctx
-                .execute_without_session(|ctx| {
-                    ctx.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 1)
-                })
-                .map_err(tpm_err("probe"))?;
-            Ok(())
-        });
-        let (up, detail) = match probe {
+        let probed = self.with_tpm(probe);
+        let (up, detail) = match probed {
             Ok(()) => (true, format!("TPM at {}", self.config.tcti)),
             Err(err) => (false, err.to_string()),
         };
