@@ -15,7 +15,7 @@ use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource,
 use secrecy::SecretString;
 use softhsm_tests::{SoftHsmToken, Swtpm, USER_PIN};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 7;
 const MESSAGE: &[u8] = &[0x5a; 256]; // about the size of a COSE Sig_structure for an MSO digest
 
 fn shim_rate(backend: &dyn KeyBackend, label: &str, threads: usize, duration: Duration) -> f64 {
