@@ -181,7 +181,10 @@ impl Policy {
             "client.role",
             rule.is_some_and(|c| c.roles.contains(&Role::Issuer)),
             match rule {
-                Some(_) => format!("client {client:?} needs the issuer role"),
+                Some(c) if c.roles.contains(&Role::Issuer) => {
+                    format!("client {client:?} has the issuer role")
+                }
+                Some(_) => format!("client {client:?} lacks the issuer role"),
                 None => format!("client {client:?} is not in the policy"),
             },
             Forbidden,
@@ -190,7 +193,7 @@ impl Policy {
             "client.profile",
             rule.is_some_and(|c| c.profiles.contains(&request.profile))
                 && self.profiles.contains_key(&request.profile),
-            format!("profile {:?} for client {client:?}", request.profile),
+            format!("client {client:?} asking for profile {:?}", request.profile),
             Forbidden,
         )?;
         eval.check(
@@ -216,7 +219,12 @@ impl Policy {
         eval.check(
             "holder.citizen",
             request.citizen || !self.citizens_only,
-            "the card is for Korean nationals; the number is a foreign registration number".into(),
+            if request.citizen {
+                "resident number of a Korean national".into()
+            } else {
+                "the card is for Korean nationals; the number is a foreign registration number"
+                    .into()
+            },
             Rules,
         )?;
         let age = age_on(request.birth_date, today);
@@ -238,7 +246,12 @@ impl Policy {
         eval.check(
             "holder.physical_card",
             card_ok,
-            "the holder's physical card (issue date not in the future, serial) is required".into(),
+            if card_ok {
+                "physical card presented".into()
+            } else {
+                "the holder's physical card (issue date not in the future, serial) is required"
+                    .into()
+            },
             Rules,
         )?;
         if self.pilot.enabled {
@@ -255,7 +268,7 @@ impl Policy {
                 "pilot.municipality",
                 self.pilot.municipalities.contains(&request.municipality),
                 format!(
-                    "municipality {:?} is not in the pilot",
+                    "municipality {:?} against the pilot's list",
                     request.municipality
                 ),
                 Rules,
@@ -264,13 +277,23 @@ impl Policy {
         eval.check(
             "device.one_person",
             !facts.device_bound_to_other_holder,
-            "this phone already holds another person's mobile ID".into(),
+            if facts.device_bound_to_other_holder {
+                "this phone already holds another person's mobile ID".into()
+            } else {
+                "the phone holds no other person's mobile ID".into()
+            },
             Conflict,
         )?;
         eval.check(
             "holder.one_active",
             facts.holder_active_on_same_device != Some(true),
-            "the holder already has an active mobile ID on this phone".into(),
+            match facts.holder_active_on_same_device {
+                Some(true) => "the holder already has an active mobile ID on this phone".into(),
+                Some(false) => {
+                    "the holder's active ID is on another phone: it will be superseded".into()
+                }
+                None => "the holder has no active mobile ID".into(),
+            },
             Conflict,
         )?;
         let supersede_previous = facts.holder_active_on_same_device == Some(false);

@@ -15,6 +15,7 @@ use dojang::credential::verify::Trust;
 use dojang::credential::{DocumentSigner, SignatureValidity, mdoc, sample, sdjwt};
 use dojang::pki::{PkiStore, ceremony, cert_der_from_pem};
 use dojang_policies::calendar::seoul_date;
+use dojang_policies::{IssuanceRequest, Outcome, Policy, RegistryFacts, Role};
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcGroup, EcKey, PointConversionForm};
 use openssl::nid::Nid;
@@ -51,6 +52,9 @@ enum Command {
     /// Issue credentials by hand (samples for demos and checks).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Check and try out issuance policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Verify a credential (mdoc base64url or SD-JWT VC) offline.
     Verify {
         /// File holding the credential ("-" for standard input).
@@ -73,6 +77,56 @@ enum Command {
         /// Accept any docType / vct.
         #[arg(long, conflicts_with = "expect_type")]
         any_type: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file (strict: unknown keys are refused with their line).
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Evaluate one issuance request against a policy and print the rule trace.
+    Explain {
+        /// The policy file.
+        file: PathBuf,
+        /// Client identity [default: the policy's first issuer].
+        #[arg(long)]
+        client: Option<String>,
+        /// Profile [default: the client's first].
+        #[arg(long)]
+        profile: Option<String>,
+        /// Holder's birth date (YYYY-MM-DD).
+        #[arg(long, default_value = "2000-05-15")]
+        birth_date: String,
+        /// Channel [default: the policy's first].
+        #[arg(long)]
+        channel: Option<String>,
+        /// Administrative district code of the office.
+        #[arg(long, default_value = "1111000000")]
+        municipality: String,
+        /// The holder's first ID application.
+        #[arg(long)]
+        first_time: bool,
+        /// The number is a foreign registration number.
+        #[arg(long)]
+        foreigner: bool,
+        /// The holder presents no physical card.
+        #[arg(long)]
+        no_card: bool,
+        /// The holder already has an active ID: on this "same" phone or an "other" one.
+        #[arg(long, value_parser = ["same", "other"])]
+        active: Option<String>,
+        /// The phone already holds another person's ID.
+        #[arg(long)]
+        device_taken: bool,
+        /// Free copies already issued.
+        #[arg(long, default_value_t = 0)]
+        free_issued: u64,
+        /// Evaluate as of this instant (RFC 3339) [default: now].
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -173,6 +227,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let load = || cli::load_config(&config_path);
     match args.command {
         Command::Pki(command) => pki(&load()?, command),
+        Command::Policy(command) => policy(command, args.json),
         Command::Credential(CredentialCommand::Sample {
             format,
             ds,
@@ -297,6 +352,176 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn load_policy(file: &std::path::Path) -> anyhow::Result<Policy> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Policy::parse(&file.display().to_string(), &text)?)
+}
+
+fn policy(command: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { file } => {
+            let p = load_policy(&file)?;
+            let pilot = if p.pilot.enabled {
+                format!(
+                    "on, {} to {}, {} municipalities",
+                    p.pilot.first_day,
+                    p.pilot.last_day,
+                    p.pilot.municipalities.len()
+                )
+            } else {
+                "off".into()
+            };
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "name": p.name, "version": p.version, "sha256": p.hash,
+                           "pilot_enabled": p.pilot.enabled, "clients": p.clients.len()})
+                );
+            } else {
+                println!("{}: valid", file.display());
+                println!("  {} version {}  sha256 {}", p.name, p.version, p.hash);
+                println!(
+                    "  minimum age {}, document {} years, free copies {}, pilot {pilot}, {} clients",
+                    p.minimum_age,
+                    p.validity_years,
+                    p.free_quota,
+                    p.clients.len()
+                );
+                if p.pilot.enabled && p.pilot.municipalities.len() != 9 {
+                    println!(
+                        "  note: the programme names nine pilot municipalities; this file lists {}",
+                        p.pilot.municipalities.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            file,
+            client,
+            profile,
+            birth_date,
+            channel,
+            municipality,
+            first_time,
+            foreigner,
+            no_card,
+            active,
+            device_taken,
+            free_issued,
+            at,
+        } => {
+            let p = load_policy(&file)?;
+            let client = client
+                .or_else(|| {
+                    p.clients
+                        .iter()
+                        .find(|c| c.roles.contains(&Role::Issuer))
+                        .map(|c| c.identity.clone())
+                })
+                .context("the policy has no issuer client; pass --client")?;
+            let profile = profile
+                .or_else(|| p.client(&client).and_then(|c| c.profiles.first().cloned()))
+                .or_else(|| p.profiles.keys().next().cloned())
+                .context("no profile; pass --profile")?;
+            let channel = channel
+                .or_else(|| p.channels.keys().next().cloned())
+                .context("no channel; pass --channel")?;
+            let birth = time::Date::parse(
+                &birth_date,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .with_context(|| format!("--birth-date {birth_date:?} is not YYYY-MM-DD"))?;
+            let now = match &at {
+                Some(at) => OffsetDateTime::parse(at, &Rfc3339)
+                    .with_context(|| format!("--at {at:?} is not RFC 3339"))?,
+                None => OffsetDateTime::now_utc(),
+            };
+            let request = IssuanceRequest {
+                profile,
+                channel,
+                municipality,
+                first_time,
+                birth_date: birth,
+                citizen: !foreigner,
+                card_issue_date: (!no_card)
+                    .then(|| seoul_date(now).min(birth.max(time::macros::date!(2020 - 01 - 01)))),
+                card_serial: (!no_card).then(|| "SAMPLE-0001".to_owned()),
+            };
+            let facts = RegistryFacts {
+                holder_active_on_same_device: active.as_deref().map(|a| a == "same"),
+                device_bound_to_other_holder: device_taken,
+                free_copies_issued: free_issued,
+                client_requests_this_minute: 0,
+            };
+            let decision = p.evaluate_issuance(&client, &request, &facts, now);
+            print_decision(&decision, as_json);
+            if matches!(decision.outcome, Outcome::Deny(_)) {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_decision(decision: &dojang_policies::Decision, as_json: bool) {
+    let trace: Vec<_> = decision
+        .trace
+        .iter()
+        .map(|r| json!({"rule": r.rule, "passed": r.passed, "detail": r.detail}))
+        .collect();
+    let outcome = match &decision.outcome {
+        Outcome::Allow(o) => {
+            json!({"allow": true, "fee_krw": o.fee_krw, "use_free_copy": o.use_free_copy,
+            "issue_date": o.issue_date.to_string(), "expiry_date": o.expiry_date.to_string(),
+            "supersede_previous": o.supersede_previous})
+        }
+        Outcome::Deny(d) => {
+            json!({"allow": false, "rule": d.rule, "reason": d.reason, "kind": format!("{:?}", d.kind)})
+        }
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({"outcome": outcome, "trace": trace, "policy_version": decision.policy_version,
+                   "policy_sha256": decision.policy_hash})
+        );
+        return;
+    }
+    for r in &decision.trace {
+        println!(
+            "{} {:<22} {}",
+            if r.passed { "pass" } else { "DENY" },
+            r.rule,
+            r.detail
+        );
+    }
+    match &decision.outcome {
+        Outcome::Allow(o) => println!(
+            "=> allow: fee {} KRW{}, document {} to {}{}",
+            o.fee_krw,
+            if o.use_free_copy {
+                " (free first-time copy)"
+            } else {
+                ""
+            },
+            o.issue_date,
+            o.expiry_date,
+            if o.supersede_previous {
+                ", supersedes the ID on the previous phone"
+            } else {
+                ""
+            }
+        ),
+        Outcome::Deny(d) => println!("=> deny by {}: {}", d.rule, d.reason),
+    }
+    println!(
+        "   policy {} sha256 {}",
+        decision.policy_version, decision.policy_hash
+    );
 }
 
 fn device_key(path: Option<&std::path::Path>) -> anyhow::Result<PublicKey> {
