@@ -8,3 +8,4 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod pki;
+pub mod store;

@@ -1,0 +1,303 @@
+//! The registry: credentials, quotas, idempotency keys, status-list
+//! allocations and decision records, on SQLite (embedded default) or
+//! PostgreSQL (several nodes sharing the work).
+//!
+//! Invariants live in the database, never in select-then-insert: unique
+//! partial indexes give one active credential per holder and one holder per
+//! phone; the free-copy quota is one conditional `UPDATE … WHERE used <
+//! quota`; idempotency keys are a primary key. Nothing is reported
+//! committed before the database says the transaction is durable.
+//!
+//! The registry holds no personal data: holders are HMAC pseudonyms computed
+//! in the HSM, phones are JWK thumbprints.
+
+mod postgres;
+mod sqlite;
+
+use std::fmt;
+
+pub use self::postgres::PostgresRegistry;
+pub use self::sqlite::SqliteRegistry;
+
+/// A holder pseudonym: HMAC-SHA256 of the resident number under the HSM's
+/// pseudonym key. `Debug` shows a prefix only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pseudonym(pub [u8; 32]);
+
+impl fmt::Debug for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pseudonym({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+/// A credential's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialState {
+    /// Valid.
+    Active,
+    /// Temporarily invalid (status 0x02).
+    Suspended,
+    /// Revoked (status 0x01).
+    Revoked,
+    /// Replaced by a credential on the holder's new phone (status 0x01).
+    Superseded,
+}
+
+impl CredentialState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Active => "active",
+            CredentialState::Suspended => "suspended",
+            CredentialState::Revoked => "revoked",
+            CredentialState::Superseded => "superseded",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "active" => CredentialState::Active,
+            "suspended" => CredentialState::Suspended,
+            "revoked" => CredentialState::Revoked,
+            "superseded" => CredentialState::Superseded,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unknown state {other:?} in the store"
+                )));
+            }
+        })
+    }
+
+    /// The IETF Token Status List value: 0 valid, 1 invalid, 2 suspended.
+    pub fn status_value(self) -> u8 {
+        match self {
+            CredentialState::Active => 0,
+            CredentialState::Revoked | CredentialState::Superseded => 1,
+            CredentialState::Suspended => 2,
+        }
+    }
+}
+
+/// What the registry knows about a holder and a phone, for the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HolderFacts {
+    /// The holder's live (active or suspended) credential: on this phone?
+    pub holder_live_on_same_device: Option<bool>,
+    /// The phone holds another holder's live credential.
+    pub device_bound_to_other_holder: bool,
+    /// Free copies issued so far.
+    pub free_copies_issued: u64,
+}
+
+/// A block of status-list indexes reserved for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    /// The list.
+    pub list: u32,
+    /// First index of the block.
+    pub first: u64,
+    /// Number of indexes.
+    pub count: u64,
+}
+
+/// A new credential's registry row.
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    /// Random id (hex).
+    pub id: String,
+    /// The holder's pseudonym.
+    pub holder: Pseudonym,
+    /// RFC 7638 thumbprint of the phone's key.
+    pub device: String,
+    /// Profile name.
+    pub profile: String,
+    /// `kid` of the DS key that signed it.
+    pub kid: String,
+    /// Status list and index.
+    pub status_list: u32,
+    /// Index in the list.
+    pub status_index: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Signature valid until (unix seconds).
+    pub valid_until: i64,
+    /// The document's last day, "YYYY-MM-DD".
+    pub document_expiry: String,
+}
+
+/// The decision recorded with an operation (the audit log will chain these).
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// Unix seconds.
+    pub at: i64,
+    /// Client or officer identity.
+    pub actor: String,
+    /// `issue`, `revoke`, `suspend`, `reinstate`, `refresh`, …
+    pub action: String,
+    /// `allow` / `deny`.
+    pub outcome: String,
+    /// The refusing rule, if any.
+    pub rule: Option<String>,
+    /// SHA-256 of the policy file (hex).
+    pub policy_hash: String,
+}
+
+/// An idempotency key with the hash of the request body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The client's key (`Idempotency-Key`).
+    pub key: String,
+    /// SHA-256 of the request body.
+    pub request_hash: [u8; 32],
+}
+
+/// Everything committed for one issuance, in one transaction.
+#[derive(Debug, Clone)]
+pub struct IssuanceCommit {
+    /// The row.
+    pub credential: NewCredential,
+    /// Retire the holder's live credential on another phone.
+    pub supersede: bool,
+    /// Take a free first-time copy if any is left.
+    pub want_free_copy: bool,
+    /// Idempotency key, if the client sent one.
+    pub idempotency: Option<IdempotencyKey>,
+    /// The decision.
+    pub decision: DecisionRecord,
+}
+
+/// What the transaction did, for building the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// A free copy was taken (no fee).
+    pub free_copy: bool,
+    /// Ids of credentials superseded on other phones.
+    pub superseded: Vec<String>,
+}
+
+/// Builds the response stored under the idempotency key, inside the
+/// transaction (the fee depends on whether a free copy was left).
+pub type Respond = Box<dyn FnOnce(&Committed) -> Vec<u8> + Send>;
+
+/// A stored credential's metadata (never personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialMeta {
+    /// Id.
+    pub id: String,
+    /// Profile.
+    pub profile: String,
+    /// DS key id.
+    pub kid: String,
+    /// State.
+    pub state: CredentialState,
+    /// Status list.
+    pub status_list: u32,
+    /// Index.
+    pub status_index: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub valid_until: i64,
+    /// "YYYY-MM-DD".
+    pub document_expiry: String,
+}
+
+/// A registry operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness invariant refused it; `rule` names which.
+    #[error("conflict: {rule}")]
+    Conflict {
+        /// `holder.one_active`, `device.one_person`.
+        rule: &'static str,
+    },
+    /// Same idempotency key, other request body.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    /// The same idempotency key committed concurrently: replay its response.
+    #[error("idempotency key already committed")]
+    IdempotencyReplay(Vec<u8>),
+    /// No such credential.
+    #[error("no such credential")]
+    NotFound,
+    /// The state change is not allowed from the current state.
+    #[error("a {from} credential cannot be {to}")]
+    InvalidTransition {
+        /// Current state.
+        from: &'static str,
+        /// Wanted state.
+        to: &'static str,
+    },
+    /// The database is unreachable, read-only, full…: retry later (503).
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a corrupt store.
+    #[error("registry error: {0}")]
+    Internal(String),
+}
+
+/// The registry.
+pub trait Registry: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// Sets the free first-time quota (from the policy); never below what was used.
+    fn set_free_quota(&self, quota: u64) -> Result<(), StoreError>;
+    /// (used, quota) of the free first-time copies.
+    fn free_quota(&self) -> Result<(u64, u64), StoreError>;
+    /// Facts for the policy.
+    fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError>;
+    /// Reserves a block of status-list indexes for this node.
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError>;
+    /// The stored response for an idempotency key, `IdempotencyMismatch` if
+    /// the body differs, `None` if the key is new.
+    fn idempotent_response(
+        &self,
+        client: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Commits an issuance durably; `respond` builds the stored response.
+    fn commit_issuance(
+        &self,
+        client: &str,
+        commit: IssuanceCommit,
+        respond: Respond,
+    ) -> Result<(Committed, Vec<u8>), StoreError>;
+    /// A credential's metadata.
+    fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError>;
+    /// Changes a credential's state (revoke, suspend, reinstate), recording the decision.
+    fn set_state(
+        &self,
+        id: &str,
+        to: CredentialState,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError>;
+    /// Every (index, state) of one status list.
+    fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError>;
+    /// Number of decision records.
+    fn decision_count(&self) -> Result<u64, StoreError>;
+    /// Whether the database answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Size of each status list (2 bits a credential: 256 KiB before compression).
+pub const STATUS_LIST_SIZE: u64 = 1 << 20;
+
+fn allowed(from: CredentialState, to: CredentialState) -> bool {
+    use CredentialState::*;
+    matches!(
+        (from, to),
+        (Active, Suspended) | (Active, Revoked) | (Suspended, Active) | (Suspended, Revoked)
+    )
+}
+
+fn check_transition(from: CredentialState, to: CredentialState) -> Result<(), StoreError> {
+    if allowed(from, to) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidTransition {
+            from: from.as_str(),
+            to: to.as_str(),
+        })
+    }
+}

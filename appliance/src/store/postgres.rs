@@ -1,0 +1,504 @@
+//! The registry on PostgreSQL, for several `dojangd` nodes sharing the work.
+//!
+//! Each operation is one transaction on a pooled connection. Invariants are
+//! the same unique partial indexes and conditional updates as on SQLite, so
+//! they hold across nodes; serialization failures and deadlocks are retried.
+//! Migrations take an advisory lock, so nodes starting together migrate once.
+
+use std::sync::{Mutex, PoisonError};
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Transaction};
+
+use super::{
+    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
+    IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
+    check_transition,
+};
+
+const RETRIES: usize = 5;
+/// Advisory lock key for migrations ("dojang" in ASCII).
+const MIGRATION_LOCK: i64 = 0x646f_6a61_6e67;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the registry.
+    "CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        holder BYTEA NOT NULL,
+        device TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'suspended', 'revoked', 'superseded')),
+        status_list BIGINT NOT NULL,
+        status_index BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        valid_until BIGINT NOT NULL,
+        document_expiry TEXT NOT NULL,
+        free_copy BOOLEAN NOT NULL,
+        UNIQUE (status_list, status_index)
+    );
+    CREATE UNIQUE INDEX one_live_per_holder ON credentials (holder) WHERE state IN ('active', 'suspended');
+    CREATE UNIQUE INDEX one_holder_per_device ON credentials (device) WHERE state IN ('active', 'suspended');
+    CREATE TABLE quotas (
+        name TEXT PRIMARY KEY,
+        used BIGINT NOT NULL,
+        quota BIGINT NOT NULL,
+        CHECK (used >= 0 AND used <= quota)
+    );
+    INSERT INTO quotas (name, used, quota) VALUES ('free_first_time', 0, 0);
+    CREATE TABLE status_lists (id BIGINT PRIMARY KEY, next_index BIGINT NOT NULL, size BIGINT NOT NULL);
+    INSERT INTO status_lists (id, next_index, size) VALUES (1, 0, 1048576);
+    CREATE TABLE idempotency (
+        client TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash BYTEA NOT NULL,
+        response BYTEA NOT NULL,
+        credential_id TEXT NOT NULL,
+        PRIMARY KEY (client, key)
+    );
+    CREATE TABLE decisions (
+        seq BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        rule TEXT,
+        policy_hash TEXT NOT NULL,
+        credential_id TEXT,
+        holder BYTEA
+    );",
+];
+
+/// The registry in a PostgreSQL database (or schema).
+pub struct PostgresRegistry {
+    config: postgres::Config,
+    pool: Mutex<Vec<Client>>,
+    max_idle: usize,
+}
+
+fn map_err(e: postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return match db.constraint() {
+                Some("one_live_per_holder") => StoreError::Conflict {
+                    rule: "holder.one_active",
+                },
+                Some("one_holder_per_device") => StoreError::Conflict {
+                    rule: "device.one_person",
+                },
+                Some("idempotency_pkey") => StoreError::Conflict {
+                    rule: "idempotency.key",
+                },
+                _ => StoreError::Internal(db.message().to_owned()),
+            };
+        }
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+        {
+            return StoreError::Unavailable(format!("retryable: {}", db.message()));
+        }
+        if *code == SqlState::DISK_FULL
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+        {
+            return StoreError::Unavailable(db.message().to_owned());
+        }
+        return StoreError::Internal(db.message().to_owned());
+    }
+    // No database error: the connection itself failed.
+    StoreError::Unavailable(e.to_string())
+}
+
+fn retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m.starts_with("retryable:"))
+}
+
+impl PostgresRegistry {
+    /// Connects (`url` as libpq key/values or a `postgresql://` URL) and migrates.
+    pub fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            StoreError::Internal(format!("store.postgres.url: {e}"))
+        })?;
+        let registry = PostgresRegistry {
+            config,
+            pool: Mutex::new(Vec::new()),
+            max_idle: pool_size.max(1),
+        };
+        registry.migrate()?;
+        Ok(registry)
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        self.config.connect(NoTls).map_err(map_err)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .map_err(map_err)?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+                .map_err(map_err)?;
+            let version: i64 = tx
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+                .map_err(map_err)?
+                .get(0);
+            if version as usize > MIGRATIONS.len() {
+                return Err(StoreError::Internal(format!(
+                    "the store is at schema version {version}, newer than this build knows ({})",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.batch_execute(sql).map_err(map_err)?;
+                let _ = tx
+                    .execute(
+                        "INSERT INTO schema_version (version) VALUES ($1)",
+                        &[&(i as i64 + 1)],
+                    )
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in a transaction, retrying serialization failures; the
+    /// connection goes back to the pool only if it is still healthy.
+    fn with_tx<R>(
+        &self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pooled = self
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let mut client = match pooled {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect()?,
+            };
+            let result = client.transaction().map_err(map_err).and_then(|mut tx| {
+                let out = f(&mut tx)?;
+                tx.commit().map_err(map_err)?;
+                Ok(out)
+            });
+            if !client.is_closed() {
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.len() < self.max_idle {
+                    pool.push(client);
+                }
+            }
+            match result {
+                Err(e) if retryable(&e) && attempt < RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+fn insert_decision(
+    tx: &mut Transaction<'_>,
+    d: &DecisionRecord,
+    credential: Option<&str>,
+    holder: Option<&Pseudonym>,
+) -> Result<(), StoreError> {
+    let holder = holder.map(|h| h.0.to_vec());
+    let _ = tx
+        .execute(
+            "INSERT INTO decisions (at, actor, action, outcome, rule, policy_hash, credential_id, holder)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&d.at, &d.actor, &d.action, &d.outcome, &d.rule, &d.policy_hash, &credential, &holder],
+        )
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry
+             FROM credentials WHERE id = $1",
+            &[&id],
+        )
+        .map_err(map_err)?
+        .ok_or(StoreError::NotFound)?;
+    Ok(CredentialMeta {
+        id: row.get(0),
+        profile: row.get(1),
+        kid: row.get(2),
+        state: CredentialState::parse(row.get(3))?,
+        status_list: row.get::<_, i64>(4) as u32,
+        status_index: row.get::<_, i64>(5) as u64,
+        issued_at: row.get(6),
+        valid_until: row.get(7),
+        document_expiry: row.get(8),
+    })
+}
+
+fn lookup_idempotency(
+    tx: &mut Transaction<'_>,
+    client: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT request_hash, response FROM idempotency WHERE client = $1 AND key = $2",
+            &[&client, &key.key],
+        )
+        .map_err(map_err)?;
+    match row {
+        None => Ok(None),
+        Some(row) if row.get::<_, Vec<u8>>(0) == key.request_hash => Ok(Some(row.get(1))),
+        Some(_) => Err(StoreError::IdempotencyMismatch),
+    }
+}
+
+impl Registry for PostgresRegistry {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    "UPDATE quotas SET quota = GREATEST($1, used) WHERE name = 'free_first_time'",
+                    &[&(quota as i64)],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn free_quota(&self) -> Result<(u64, u64), StoreError> {
+        self.with_tx(|tx| {
+            let row = tx
+                .query_one(
+                    "SELECT used, quota FROM quotas WHERE name = 'free_first_time'",
+                    &[],
+                )
+                .map_err(map_err)?;
+            Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+        })
+    }
+
+    fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
+        let holder = holder.0.to_vec();
+        self.with_tx(|tx| {
+            let holder_device: Option<String> = tx
+                .query_opt(
+                    "SELECT device FROM credentials WHERE holder = $1 AND state IN ('active', 'suspended')",
+                    &[&holder],
+                )
+                .map_err(map_err)?
+                .map(|r| r.get(0));
+            let device_holder: Option<Vec<u8>> = tx
+                .query_opt(
+                    "SELECT holder FROM credentials WHERE device = $1 AND state IN ('active', 'suspended')",
+                    &[&device],
+                )
+                .map_err(map_err)?
+                .map(|r| r.get(0));
+            let used: i64 = tx
+                .query_one("SELECT used FROM quotas WHERE name = 'free_first_time'", &[])
+                .map_err(map_err)?
+                .get(0);
+            Ok(HolderFacts {
+                holder_live_on_same_device: holder_device.map(|d| d == device),
+                device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder),
+                free_copies_issued: used as u64,
+            })
+        })
+    }
+
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+        let count = count as i64;
+        self.with_tx(|tx| {
+            loop {
+                let row = tx
+                    .query_opt(
+                        "UPDATE status_lists SET next_index = next_index + $1
+                     WHERE id = (SELECT MAX(id) FROM status_lists) AND next_index + $1 <= size
+                     RETURNING id, next_index - $1",
+                        &[&count],
+                    )
+                    .map_err(map_err)?;
+                if let Some(row) = row {
+                    return Ok(StatusRange {
+                        list: row.get::<_, i64>(0) as u32,
+                        first: row.get::<_, i64>(1) as u64,
+                        count: count as u64,
+                    });
+                }
+                let _ = tx
+                    .execute(
+                        "INSERT INTO status_lists (id, next_index, size)
+                     SELECT MAX(id) + 1, 0, $1 FROM status_lists ON CONFLICT DO NOTHING",
+                        &[&(STATUS_LIST_SIZE as i64)],
+                    )
+                    .map_err(map_err)?;
+            }
+        })
+    }
+
+    fn idempotent_response(
+        &self,
+        client: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_tx(|tx| lookup_idempotency(tx, client, key))
+    }
+
+    fn commit_issuance(
+        &self,
+        client: &str,
+        commit: IssuanceCommit,
+        respond: Respond,
+    ) -> Result<(Committed, Vec<u8>), StoreError> {
+        // `respond` runs once; a retried transaction reuses its output.
+        let mut respond = Some(respond);
+        let mut response_cache: Option<(Committed, Vec<u8>)> = None;
+        let result = self.with_tx(|tx| {
+            let c = &commit.credential;
+            if let Some(key) = &commit.idempotency
+                && let Some(stored) = lookup_idempotency(tx, client, key)?
+            {
+                return Err(StoreError::IdempotencyReplay(stored));
+            }
+            let mut superseded = Vec::new();
+            if commit.supersede {
+                for row in tx
+                    .query(
+                        "UPDATE credentials SET state = 'superseded'
+                         WHERE holder = $1 AND device <> $2 AND state IN ('active', 'suspended') RETURNING id",
+                        &[&c.holder.0.to_vec(), &c.device],
+                    )
+                    .map_err(map_err)?
+                {
+                    superseded.push(row.get(0));
+                }
+            }
+            let free_copy = commit.want_free_copy
+                && tx
+                    .execute(
+                        "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota",
+                        &[],
+                    )
+                    .map_err(map_err)?
+                    == 1;
+            let _ = tx
+                .execute(
+                    "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list, status_index,
+                                              issued_at, valid_until, document_expiry, free_copy)
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &c.id,
+                        &c.holder.0.to_vec(),
+                        &c.device,
+                        &c.profile,
+                        &c.kid,
+                        &i64::from(c.status_list),
+                        &(c.status_index as i64),
+                        &c.issued_at,
+                        &c.valid_until,
+                        &c.document_expiry,
+                        &free_copy,
+                    ],
+                )
+                .map_err(map_err)?;
+            insert_decision(tx, &commit.decision, Some(&c.id), Some(&c.holder))?;
+            let committed = Committed { free_copy, superseded };
+            let response = match (&response_cache, respond.take()) {
+                (Some((done, bytes)), _) if *done == committed => bytes.clone(),
+                (_, Some(respond)) => respond(&committed),
+                // A retry whose outcome differs (the last free copy went to
+                // someone else): the response cannot be rebuilt here.
+                _ => return Err(StoreError::Unavailable("retryable: outcome changed on retry".into())),
+            };
+            response_cache = Some((committed.clone(), response.clone()));
+            if let Some(key) = &commit.idempotency {
+                let _ = tx
+                    .execute(
+                        "INSERT INTO idempotency (client, key, request_hash, response, credential_id)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[&client, &key.key, &key.request_hash.to_vec(), &response, &c.id],
+                    )
+                    .map_err(map_err)?;
+            }
+            Ok((committed, response))
+        });
+        match (result, &commit.idempotency) {
+            // A twin with the same key committed first; its credential may
+            // have tripped a uniqueness index before the key did.
+            (Err(conflict @ StoreError::Conflict { .. }), Some(key)) => {
+                match self.idempotent_response(client, key)? {
+                    Some(stored) => Err(StoreError::IdempotencyReplay(stored)),
+                    None => Err(conflict),
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError> {
+        self.with_tx(|tx| meta(tx, id))
+    }
+
+    fn set_state(
+        &self,
+        id: &str,
+        to: CredentialState,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        self.with_tx(|tx| {
+            let current = tx
+                .query_opt(
+                    "SELECT state FROM credentials WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            let from = CredentialState::parse(current.get(0))?;
+            check_transition(from, to)?;
+            let _ = tx
+                .execute(
+                    "UPDATE credentials SET state = $1 WHERE id = $2",
+                    &[&to.as_str(), &id],
+                )
+                .map_err(map_err)?;
+            insert_decision(tx, &decision, Some(id), None)?;
+            meta(tx, id)
+        })
+    }
+
+    fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
+        self.with_tx(|tx| {
+            tx.query(
+                "SELECT status_index, state FROM credentials WHERE status_list = $1 ORDER BY status_index",
+                &[&i64::from(list)],
+            )
+            .map_err(map_err)?
+            .iter()
+            .map(|r| Ok((r.get::<_, i64>(0) as u64, CredentialState::parse(r.get(1))?)))
+            .collect()
+        })
+    }
+
+    fn decision_count(&self) -> Result<u64, StoreError> {
+        self.with_tx(|tx| {
+            Ok(tx
+                .query_one("SELECT COUNT(*) FROM decisions", &[])
+                .map_err(map_err)?
+                .get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with_tx(|tx| tx.execute("SELECT 1", &[]).map(|_| ()).map_err(map_err))
+    }
+}

@@ -1,0 +1,608 @@
+//! The registry on SQLite: WAL, `synchronous=FULL`, and group commit.
+//!
+//! Every write goes to one writer thread, which takes whatever writes are
+//! queued (up to `BATCH_MAX`), runs each inside its own SAVEPOINT of one
+//! transaction, commits once, and only then answers each caller. One fsync
+//! serves a whole batch, so durable throughput is not one fsync per
+//! request; a write that fails rolls back only its savepoint. Reads use a
+//! small pool of their own connections (WAL lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::{
+    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
+    IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
+    check_transition,
+};
+
+/// Writes per group commit at most.
+const BATCH_MAX: usize = 256;
+/// Writes queued at most before callers wait (back-pressure, not memory).
+const QUEUE_MAX: usize = 4096;
+const READERS: usize = 4;
+
+type Finish = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// A queued write: `run` executes it (inside a savepoint) and returns
+/// whether it succeeded and how to answer once the commit is known;
+/// `refuse` answers a job that could not run at all.
+struct Job {
+    run: Run,
+    refuse: Box<dyn FnOnce(StoreError) + Send>,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the registry.
+    "CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        holder BLOB NOT NULL,
+        device TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'suspended', 'revoked', 'superseded')),
+        status_list INTEGER NOT NULL,
+        status_index INTEGER NOT NULL,
+        issued_at INTEGER NOT NULL,
+        valid_until INTEGER NOT NULL,
+        document_expiry TEXT NOT NULL,
+        free_copy INTEGER NOT NULL,
+        UNIQUE (status_list, status_index)
+    );
+    CREATE UNIQUE INDEX one_live_per_holder ON credentials (holder) WHERE state IN ('active', 'suspended');
+    CREATE UNIQUE INDEX one_holder_per_device ON credentials (device) WHERE state IN ('active', 'suspended');
+    CREATE INDEX credentials_by_list ON credentials (status_list, status_index);
+    CREATE TABLE quotas (
+        name TEXT PRIMARY KEY,
+        used INTEGER NOT NULL,
+        quota INTEGER NOT NULL,
+        CHECK (used >= 0 AND used <= quota)
+    );
+    INSERT INTO quotas (name, used, quota) VALUES ('free_first_time', 0, 0);
+    CREATE TABLE status_lists (id INTEGER PRIMARY KEY, next_index INTEGER NOT NULL, size INTEGER NOT NULL);
+    INSERT INTO status_lists (id, next_index, size) VALUES (1, 0, 1048576);
+    CREATE TABLE idempotency (
+        client TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        response BLOB NOT NULL,
+        credential_id TEXT NOT NULL,
+        PRIMARY KEY (client, key)
+    );
+    CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        rule TEXT,
+        policy_hash TEXT NOT NULL,
+        credential_id TEXT,
+        holder BLOB
+    );",
+];
+
+/// The registry in one SQLite file.
+pub struct SqliteRegistry {
+    path: PathBuf,
+    writer: SyncSender<Job>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Maps a SQLite error: constraint violations to the invariant they guard,
+/// I/O trouble (full, read-only, busy) to `Unavailable`.
+fn map_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, message) = &e {
+        let text = message.as_deref().unwrap_or_default();
+        return match failure.code {
+            ErrorCode::ConstraintViolation
+                if text.contains("one_live_per_holder") || text.contains("credentials.holder") =>
+            {
+                StoreError::Conflict {
+                    rule: "holder.one_active",
+                }
+            }
+            ErrorCode::ConstraintViolation
+                if text.contains("one_holder_per_device")
+                    || text.contains("credentials.device") =>
+            {
+                StoreError::Conflict {
+                    rule: "device.one_person",
+                }
+            }
+            ErrorCode::ConstraintViolation if text.contains("idempotency.") => {
+                StoreError::Conflict {
+                    rule: "idempotency.key",
+                }
+            }
+            ErrorCode::ConstraintViolation => StoreError::Internal(e.to_string()),
+            ErrorCode::DiskFull
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::PermissionDenied => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        };
+    }
+    StoreError::Internal(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(map_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(map_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(map_err)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(map_err)?;
+    let version: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(StoreError::Internal(format!(
+            "the store is at schema version {version}, newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(map_err)?;
+        let _ = tx
+            .execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                params![i as i64 + 1],
+            )
+            .map_err(map_err)?;
+    }
+    tx.commit().map_err(map_err)
+}
+
+fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = map_err(e);
+            for job in batch {
+                (job.refuse)(err.clone());
+            }
+            continue;
+        }
+        let mut finishes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = (job.run)(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            let _ = conn.execute_batch(end);
+            finishes.push(finish);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => finishes.into_iter().for_each(|f| f(None)),
+            Err(e) => {
+                let err = map_err(e);
+                let _ = conn.execute_batch("ROLLBACK");
+                finishes.into_iter().for_each(|f| f(Some(err.clone())));
+            }
+        }
+    }
+}
+
+impl SqliteRegistry {
+    /// Opens (creating if needed) the registry at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
+        let _ = std::thread::Builder::new()
+            .name("dojang-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, jobs))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteRegistry {
+            path: path.to_owned(),
+            writer,
+            readers: Mutex::new(readers),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group commit; returns once it is durable.
+    fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, answer) = mpsc::sync_channel::<Result<R, StoreError>>(1);
+        let refuse_reply = reply.clone();
+        let job = Job {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit_error| {
+                    let _ = reply.send(match commit_error {
+                        Some(e) if ok => Err(e),
+                        _ => result,
+                    });
+                });
+                (ok, finish)
+            }),
+            refuse: Box::new(move |e| {
+                let _ = refuse_reply.send(Err(e));
+            }),
+        };
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn insert_decision(
+    conn: &Connection,
+    d: &DecisionRecord,
+    credential: Option<&str>,
+    holder: Option<&Pseudonym>,
+) -> Result<(), StoreError> {
+    let _ = conn
+        .prepare_cached(
+            "INSERT INTO decisions (at, actor, action, outcome, rule, policy_hash, credential_id, holder)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![d.at, d.actor, d.action, d.outcome, d.rule, d.policy_hash, credential, holder.map(|h| h.0.to_vec())])
+        })
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn meta(conn: &Connection, id: &str) -> Result<CredentialMeta, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry
+         FROM credentials WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })
+        .optional()
+    })
+    .map_err(map_err)?
+    .ok_or(StoreError::NotFound)
+    .and_then(|(id, profile, kid, state, list, index, issued_at, valid_until, document_expiry)| {
+        Ok(CredentialMeta {
+            id,
+            profile,
+            kid,
+            state: CredentialState::parse(&state)?,
+            status_list: list as u32,
+            status_index: index as u64,
+            issued_at,
+            valid_until,
+            document_expiry,
+        })
+    })
+}
+
+impl Registry for SqliteRegistry {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let _ = conn
+                .execute(
+                    "UPDATE quotas SET quota = MAX(?1, used) WHERE name = 'free_first_time'",
+                    params![quota as i64],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn free_quota(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT used, quota FROM quotas WHERE name = 'free_first_time'",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(map_err)
+        })
+    }
+
+    fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
+        let holder = holder.0.to_vec();
+        let device = device.to_owned();
+        self.read(move |conn| {
+            let holder_device: Option<String> = conn
+                .prepare_cached("SELECT device FROM credentials WHERE holder = ?1 AND state IN ('active', 'suspended')")
+                .and_then(|mut s| s.query_row(params![holder], |r| r.get(0)).optional())
+                .map_err(map_err)?;
+            let device_holder: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT holder FROM credentials WHERE device = ?1 AND state IN ('active', 'suspended')")
+                .and_then(|mut s| s.query_row(params![device], |r| r.get(0)).optional())
+                .map_err(map_err)?;
+            let used: i64 = conn
+                .query_row("SELECT used FROM quotas WHERE name = 'free_first_time'", [], |r| r.get(0))
+                .map_err(map_err)?;
+            Ok(HolderFacts {
+                holder_live_on_same_device: holder_device.map(|d| d == device),
+                device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder),
+                free_copies_issued: used as u64,
+            })
+        })
+    }
+
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+        self.write(move |conn| {
+            loop {
+                let (list, next, size): (i64, i64, i64) = conn
+                    .query_row("SELECT id, next_index, size FROM status_lists ORDER BY id DESC LIMIT 1", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(map_err)?;
+                if next as u64 + count <= size as u64 {
+                    let _ = conn
+                        .execute(
+                            "UPDATE status_lists SET next_index = next_index + ?1 WHERE id = ?2",
+                            params![count as i64, list],
+                        )
+                        .map_err(map_err)?;
+                    return Ok(StatusRange {
+                        list: list as u32,
+                        first: next as u64,
+                        count,
+                    });
+                }
+                let _ = conn
+                    .execute(
+                        "INSERT INTO status_lists (id, next_index, size) VALUES (?1, 0, ?2) ON CONFLICT DO NOTHING",
+                        params![list + 1, STATUS_LIST_SIZE as i64],
+                    )
+                    .map_err(map_err)?;
+            }
+        })
+    }
+
+    fn idempotent_response(
+        &self,
+        client: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (client, key_text, hash) = (client.to_owned(), key.key.clone(), key.request_hash);
+        self.read(move |conn| lookup_idempotency(conn, &client, &key_text, &hash))
+    }
+
+    fn commit_issuance(
+        &self,
+        client: &str,
+        commit: IssuanceCommit,
+        respond: Respond,
+    ) -> Result<(Committed, Vec<u8>), StoreError> {
+        let client = client.to_owned();
+        let replay_client = client.clone();
+        let replay_key = commit.idempotency.clone();
+        let result = self.write(move |conn| {
+            let c = &commit.credential;
+            if let Some(key) = &commit.idempotency
+                && let Some(stored) = lookup_idempotency(conn, &client, &key.key, &key.request_hash)?
+            {
+                return Err(StoreError::IdempotencyReplay(stored));
+            }
+            let mut superseded = Vec::new();
+            if commit.supersede {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "UPDATE credentials SET state = 'superseded'
+                         WHERE holder = ?1 AND device <> ?2 AND state IN ('active', 'suspended') RETURNING id",
+                    )
+                    .map_err(map_err)?;
+                let rows = stmt
+                    .query_map(params![c.holder.0.to_vec(), c.device], |r| r.get::<_, String>(0))
+                    .map_err(map_err)?;
+                for row in rows {
+                    superseded.push(row.map_err(map_err)?);
+                }
+            }
+            let free_copy = commit.want_free_copy
+                && conn
+                    .prepare_cached(
+                        "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota",
+                    )
+                    .and_then(|mut s| s.execute([]))
+                    .map_err(map_err)?
+                    == 1;
+            let _ = conn
+                .prepare_cached(
+                    "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list, status_index,
+                                              issued_at, valid_until, document_expiry, free_copy)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        c.id,
+                        c.holder.0.to_vec(),
+                        c.device,
+                        c.profile,
+                        c.kid,
+                        i64::from(c.status_list),
+                        c.status_index as i64,
+                        c.issued_at,
+                        c.valid_until,
+                        c.document_expiry,
+                        free_copy
+                    ])
+                })
+                .map_err(map_err)?;
+            insert_decision(conn, &commit.decision, Some(&c.id), Some(&c.holder))?;
+            let committed = Committed { free_copy, superseded };
+            let response = respond(&committed);
+            if let Some(key) = &commit.idempotency {
+                let _ = conn
+                    .prepare_cached(
+                        "INSERT INTO idempotency (client, key, request_hash, response, credential_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| s.execute(params![client, key.key, key.request_hash.to_vec(), response, c.id]))
+                    .map_err(map_err)?;
+            }
+            Ok((committed, response))
+        });
+        match (result, replay_key) {
+            // A twin with the same key committed first; its credential may
+            // have tripped a uniqueness index before the key did.
+            (Err(conflict @ StoreError::Conflict { .. }), Some(key)) => {
+                match self.idempotent_response(&replay_client, &key)? {
+                    Some(stored) => Err(StoreError::IdempotencyReplay(stored)),
+                    None => Err(conflict),
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| meta(conn, &id))
+    }
+
+    fn set_state(
+        &self,
+        id: &str,
+        to: CredentialState,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let current = meta(conn, &id)?;
+            check_transition(current.state, to)?;
+            let _ = conn
+                .execute(
+                    "UPDATE credentials SET state = ?1 WHERE id = ?2 AND state = ?3",
+                    params![to.as_str(), id, current.state.as_str()],
+                )
+                .map_err(map_err)?;
+            insert_decision(conn, &decision, Some(&id), None)?;
+            meta(conn, &id)
+        })
+    }
+
+    fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT status_index, state FROM credentials WHERE status_list = ?1 ORDER BY status_index")
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![i64::from(list)], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (index, state) = row.map_err(map_err)?;
+                out.push((index as u64, CredentialState::parse(&state)?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn decision_count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(map_err)
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+    }
+}
+
+fn lookup_idempotency(
+    conn: &Connection,
+    client: &str,
+    key: &str,
+    hash: &[u8; 32],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT request_hash, response FROM idempotency WHERE client = ?1 AND key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![client, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(map_err)?;
+    match row {
+        None => Ok(None),
+        Some((stored_hash, response)) if stored_hash == hash => Ok(Some(response)),
+        Some(_) => Err(StoreError::IdempotencyMismatch),
+    }
+}
