@@ -53,6 +53,7 @@ test: lint build
 bench: deps
 	$(CARGO) bench -p softhsm-tests --bench keys
 	$(CARGO) bench -p softhsm-tests --bench credentials
+	$(CARGO) bench -p softhsm-tests --bench registry
 
 demo: build
 	@appliance/scripts/demo.sh

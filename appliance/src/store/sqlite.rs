@@ -194,15 +194,16 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
             continue;
         }
         let mut finishes = Vec::with_capacity(batch.len());
+        // Prepared once per connection: parsing these for every job cost
+        // about as much as a job.
+        let statement = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = statement("SAVEPOINT job");
             let (ok, finish) = (job.run)(&conn);
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            let _ = conn.execute_batch(end);
+            if !ok {
+                let _ = statement("ROLLBACK TO job");
+            }
+            let _ = statement("RELEASE job");
             finishes.push(finish);
         }
         match conn.execute_batch("COMMIT") {
