@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod pki;
+pub mod status;
 pub mod store;

@@ -1,0 +1,158 @@
+//! Status lists end to end: credentials in the registry are revoked and
+//! suspended, the list is signed by the status-list key in SoftHSM, and a
+//! verifier decoding the published token sees the bits. The signature is
+//! checked by the openssl command and the list decompressed by Python's
+//! zlib, not only by our code.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use dojang::status::{sign_token, verify_token, StatusList};
+use dojang::store::{
+    CredentialState, DecisionRecord, IssuanceCommit, NewCredential, Pseudonym, Registry,
+    SqliteRegistry,
+};
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
+use softhsm_tests::SoftHsmToken;
+
+fn decision(action: &str) -> DecisionRecord {
+    DecisionRecord {
+        at: 1_800_000_000,
+        actor: "spiffe://test/officer".into(),
+        action: action.into(),
+        outcome: "allow".into(),
+        rule: None,
+        policy_hash: "00".repeat(32),
+    }
+}
+
+#[test]
+fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
+    let token = SoftHsmToken::new("dojang-status");
+    let backend = common::open(&token);
+    let key = backend
+        .generate("status-1", KeyPurpose::StatusList, Algorithm::Es256)
+        .unwrap();
+    let _ = backend
+        .generate("ds-1", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+
+    let registry = SqliteRegistry::open(&token.scratch().join("registry.db")).unwrap();
+    let block = registry.reserve_status_indexes(8).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..8u64 {
+        let mut holder = [0u8; 32];
+        holder[0] = n as u8;
+        let commit = IssuanceCommit {
+            credential: NewCredential {
+                id: format!("cred-{n}"),
+                holder: Pseudonym(holder),
+                device: format!("phone-{n}"),
+                profile: "mdoc".into(),
+                kid: "kid".into(),
+                status_list: block.list,
+                status_index: block.first + n,
+                issued_at: 1_800_000_000,
+                valid_until: 1_808_000_000,
+                document_expiry: "2029-12-27".into(),
+            },
+            supersede: false,
+            want_free_copy: false,
+            idempotency: None,
+            decision: decision("issue"),
+        };
+        let _ = registry
+            .commit_issuance("client", commit, Box::new(|_| Vec::new()))
+            .unwrap();
+        ids.push(format!("cred-{n}"));
+    }
+    let _ = registry
+        .set_state(&ids[2], CredentialState::Revoked, decision("revoke"))
+        .unwrap();
+    let _ = registry
+        .set_state(&ids[5], CredentialState::Suspended, decision("suspend"))
+        .unwrap();
+
+    let entries = registry.status_entries(block.list).unwrap();
+    let list = StatusList::from_entries(1 << 20, &entries).unwrap();
+    let uri = "https://id.example.kr/status/1";
+    let jwt = sign_token(
+        &backend,
+        "status-1",
+        uri,
+        &list,
+        1_800_000_000,
+        1_800_086_400,
+        3600,
+    )
+    .unwrap();
+
+    // Our verifier.
+    let public = key.public_key.clone().unwrap();
+    let published = verify_token(&jwt, &public).unwrap();
+    assert_eq!(published.uri, uri);
+    assert_eq!(published.list.len(), 1 << 20);
+    for n in 0..8u64 {
+        let expected = match n {
+            2 => 1,
+            5 => 2,
+            _ => 0,
+        };
+        assert_eq!(
+            published.list.get(block.first + n),
+            Some(expected),
+            "index {n}"
+        );
+    }
+    // A tampered token is refused.
+    let mut tampered = jwt.clone().into_bytes();
+    let i = jwt.find('.').unwrap() + 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    assert!(verify_token(std::str::from_utf8(&tampered).unwrap(), &public).is_err());
+    // A document-signer key may not sign status lists.
+    assert!(sign_token(&backend, "ds-1", uri, &list, 0, 1, 1).is_err());
+
+    // Independently: openssl checks the ES256 signature over the JWS input…
+    let (input, signature) = jwt.rsplit_once('.').unwrap();
+    let dir = token.scratch();
+    std::fs::write(dir.join("input"), input).unwrap();
+    std::fs::write(
+        dir.join("sig.der"),
+        pkcs11_shim::ecdsa_raw_to_der(&B64URL.decode(signature).unwrap()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("key.pem"), public.to_pem().unwrap()).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(dir.join("key.pem"))
+        .arg("-signature")
+        .arg(dir.join("sig.der"))
+        .arg(dir.join("input"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …and Python's zlib reads the bits.
+    let payload: serde_json::Value =
+        serde_json::from_slice(&B64URL.decode(input.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let lst = payload["status_list"]["lst"].as_str().unwrap();
+    let script = format!(
+        "import base64,zlib\nb=zlib.decompress(base64.urlsafe_b64decode('{lst}'+'='*(-len('{lst}')%4)))\n\
+         print(','.join(str((b[i//4]>>((i%4)*2))&3) for i in range({first},{first}+8)))",
+        first = block.first
+    );
+    let out = std::process::Command::new(common::python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0,0,1,0,0,2,0,0"
+    );
+}
