@@ -156,3 +156,33 @@ fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
         "0,0,1,0,0,2,0,0"
     );
 }
+
+#[test]
+fn pseudonyms_come_from_the_hsm_and_do_not_reveal_the_number() {
+    use dojang_policies::resident_number::ResidentNumber;
+    let token = SoftHsmToken::new("dojang-pseudonym");
+    let backend = common::open(&token);
+    let _ = backend
+        .generate("pseudonym", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+        .unwrap();
+    let a = ResidentNumber::parse("000515-3012345").unwrap();
+    let same = ResidentNumber::parse("0005153012345").unwrap();
+    let b = ResidentNumber::parse("000515-3012346").unwrap();
+    let pa = dojang::store::pseudonym(&backend, "pseudonym", &a).unwrap();
+    assert_eq!(
+        pa,
+        dojang::store::pseudonym(&backend, "pseudonym", &same).unwrap()
+    );
+    assert_ne!(
+        pa,
+        dojang::store::pseudonym(&backend, "pseudonym", &b).unwrap()
+    );
+    // Not a plain hash of the number: the key matters.
+    assert_ne!(pa.0, pkcs11_shim::digest::sha256(a.digits()));
+    assert!(!format!("{pa:?}").contains("000515"));
+    // A signing key cannot stand in for the pseudonym key.
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .unwrap();
+    assert!(dojang::store::pseudonym(&backend, "ds", &a).is_err());
+}

@@ -301,3 +301,15 @@ fn check_transition(from: CredentialState, to: CredentialState) -> Result<(), St
         })
     }
 }
+
+/// The holder pseudonym: HMAC-SHA256 of the 13 digits of the resident
+/// number under the pseudonym key `label`, computed inside the HSM. The
+/// number itself is never stored; without the key the pseudonym cannot be
+/// linked back to it, even by trying every possible number.
+pub fn pseudonym(
+    backend: &dyn pkcs11_shim::KeyBackend,
+    label: &str,
+    number: &dojang_policies::resident_number::ResidentNumber,
+) -> Result<Pseudonym, pkcs11_shim::Error> {
+    backend.hmac_sha256(label, number.digits()).map(Pseudonym)
+}
