@@ -7,9 +7,10 @@
 //!   day of February (art. 160(3)), so they attain the age on **1 March**.
 //! - **Validity of N years** from an issue date does not count the issue day
 //!   (art. 157) and ends on the day before the corresponding day (art.
-//!   160(2)): the document is valid up to and including the same month/day N
-//!   years later. Issued on **29 February**, the corresponding day of a common
-//!   year is 1 March, so it is valid up to and including **28 February**.
+//!   160(2)): usually valid through the same month/day N years later. Issued
+//!   on **29 February**, the period starts 1 March, so it is valid through
+//!   **28 February**; issued on **28 February** the day before a leap year's
+//!   29th, it is valid through that **29 February**.
 //!
 //! Asia/Seoul is UTC+9 all year (no daylight saving since 1988).
 
@@ -50,11 +51,14 @@ pub fn age_on(birth: Date, date: Date) -> u16 {
 
 /// The last day a document issued on `issued` stays valid for `years` years.
 pub fn expiry_date(issued: Date, years: u16) -> Option<Date> {
-    let year = issued.year().checked_add(i32::from(years))?;
-    match Date::from_calendar_date(year, issued.month(), issued.day()) {
-        Ok(date) => Some(date),
-        // Issued 29 February, no such day: valid through 28 February.
-        Err(_) => Date::from_calendar_date(year, Month::February, 28).ok(),
+    // The issue day is not counted: the period starts the next day and ends
+    // the day before the corresponding day (arts. 157, 160(2)).
+    let start = issued.next_day()?;
+    let year = start.year().checked_add(i32::from(years))?;
+    match Date::from_calendar_date(year, start.month(), start.day()) {
+        Ok(corresponding) => corresponding.previous_day(),
+        // Starting on 29 February, no such day: the month's last (art. 160(3)).
+        Err(_) => Date::from_calendar_date(year, start.month(), start.month().length(year)).ok(),
     }
 }
 

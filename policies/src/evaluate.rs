@@ -34,6 +34,8 @@ pub struct IssuanceRequest {
 pub struct RegistryFacts {
     /// The holder's active credential, if any: is it on this same phone?
     pub holder_active_on_same_device: Option<bool>,
+    /// The holder's credential is suspended.
+    pub holder_suspended: bool,
     /// The phone holds an active credential of another person.
     pub device_bound_to_other_holder: bool,
     /// Free copies issued so far, across all nodes.
@@ -281,6 +283,16 @@ impl Policy {
                 "this phone already holds another person's mobile ID".into()
             } else {
                 "the phone holds no other person's mobile ID".into()
+            },
+            Conflict,
+        )?;
+        eval.check(
+            "holder.suspended",
+            !facts.holder_suspended,
+            if facts.holder_suspended {
+                "the holder's mobile ID is suspended: reinstate or revoke it first".into()
+            } else {
+                "the holder's ID is not suspended".into()
             },
             Conflict,
         )?;

@@ -100,6 +100,10 @@ both!(
     idempotent_commits,
     state_changes_follow_the_lifecycle,
     status_index_blocks_never_overlap,
+    a_refused_commit_leaves_nothing_behind,
+    one_free_copy_per_holder,
+    idempotency_keys_refuse_another_body_at_commit,
+    suspended_holders_are_not_superseded,
 );
 
 fn pseudonym(n: u32) -> Pseudonym {
@@ -391,4 +395,97 @@ fn status_index_blocks_never_overlap(regs: &[Arc<dyn Registry>]) {
             "overlap: {pair:?}"
         );
     }
+}
+
+fn a_refused_commit_leaves_nothing_behind(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    reg.set_free_quota(5).unwrap();
+    let _ = reg
+        .commit_issuance("client", commit(reg, 1, "phone-x"), respond())
+        .unwrap();
+    let decisions = reg.decision_count().unwrap();
+    // Another person on the same phone, wanting a free copy: the quota is
+    // taken before the insert fails, and must come back with the rollback.
+    let mut c = commit(reg, 2, "phone-x");
+    c.want_free_copy = true;
+    assert_eq!(
+        reg.commit_issuance("client", c, respond()).unwrap_err(),
+        StoreError::Conflict {
+            rule: "device.one_person"
+        }
+    );
+    assert_eq!(reg.free_quota().unwrap(), (0, 5));
+    assert_eq!(reg.decision_count().unwrap(), decisions);
+}
+
+fn one_free_copy_per_holder(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    reg.set_free_quota(100).unwrap();
+    let mut first = commit(reg, 3, "phone-a");
+    first.want_free_copy = true;
+    assert!(
+        reg.commit_issuance("client", first, respond())
+            .unwrap()
+            .0
+            .free_copy
+    );
+    // Moving to a new phone and claiming to be a first-time applicant again.
+    let mut again = commit(reg, 3, "phone-b");
+    again.want_free_copy = true;
+    again.supersede = true;
+    let (committed, _) = reg.commit_issuance("client", again, respond()).unwrap();
+    assert!(!committed.free_copy);
+    assert_eq!(reg.free_quota().unwrap(), (1, 100));
+}
+
+fn idempotency_keys_refuse_another_body_at_commit(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let mut c = commit(reg, 4, "phone-4");
+    c.idempotency = Some(IdempotencyKey {
+        key: "k".into(),
+        request_hash: [7; 32],
+    });
+    let _ = reg.commit_issuance("client", c, respond()).unwrap();
+    let mut other = commit(reg, 40, "phone-40");
+    other.idempotency = Some(IdempotencyKey {
+        key: "k".into(),
+        request_hash: [8; 32],
+    });
+    assert_eq!(
+        reg.commit_issuance("client", other, respond()).unwrap_err(),
+        StoreError::IdempotencyMismatch
+    );
+    assert!(matches!(
+        reg.reserve_status_indexes(0),
+        Err(StoreError::Internal(_))
+    ));
+    assert!(matches!(
+        reg.reserve_status_indexes(u64::MAX),
+        Err(StoreError::Internal(_))
+    ));
+}
+
+fn suspended_holders_are_not_superseded(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let c = commit(reg, 21, "phone-21");
+    let (id, decision) = (c.credential.id.clone(), c.decision.clone());
+    let _ = reg.commit_issuance("client", c, respond()).unwrap();
+    let _ = reg
+        .set_state(&id, CredentialState::Suspended, decision)
+        .unwrap();
+    let facts = reg.facts(&pseudonym(21), "phone-22").unwrap();
+    assert!(facts.holder_suspended);
+    // Were the policy bypassed, the store still keeps the suspended one.
+    let mut new = commit(reg, 21, "phone-22");
+    new.supersede = true;
+    assert_eq!(
+        reg.commit_issuance("client", new, respond()).unwrap_err(),
+        StoreError::Conflict {
+            rule: "holder.one_active"
+        }
+    );
+    assert_eq!(
+        reg.credential(&id).unwrap().state,
+        CredentialState::Suspended
+    );
 }

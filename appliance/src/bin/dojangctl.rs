@@ -115,8 +115,9 @@ enum PolicyCommand {
         /// The holder presents no physical card.
         #[arg(long)]
         no_card: bool,
-        /// The holder already has an active ID: on this "same" phone or an "other" one.
-        #[arg(long, value_parser = ["same", "other"])]
+        /// The holder already has an ID: active on this "same" phone or an
+        /// "other" one, or "suspended".
+        #[arg(long, value_parser = ["same", "other", "suspended"])]
         active: Option<String>,
         /// The phone already holds another person's ID.
         #[arg(long)]
@@ -452,7 +453,12 @@ fn policy(command: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
                 card_serial: (!no_card).then(|| "SAMPLE-0001".to_owned()),
             };
             let facts = RegistryFacts {
-                holder_active_on_same_device: active.as_deref().map(|a| a == "same"),
+                holder_active_on_same_device: match active.as_deref() {
+                    Some("same") => Some(true),
+                    Some("other") => Some(false),
+                    _ => None,
+                },
+                holder_suspended: active.as_deref() == Some("suspended"),
                 device_bound_to_other_holder: device_taken,
                 free_copies_issued: free_issued,
                 client_requests_this_minute: 0,

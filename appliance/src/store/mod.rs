@@ -83,6 +83,8 @@ impl CredentialState {
 pub struct HolderFacts {
     /// The holder's live (active or suspended) credential: on this phone?
     pub holder_live_on_same_device: Option<bool>,
+    /// The holder's live credential is suspended.
+    pub holder_suspended: bool,
     /// The phone holds another holder's live credential.
     pub device_bound_to_other_holder: bool,
     /// Free copies issued so far.
@@ -282,6 +284,17 @@ pub trait Registry: Send + Sync {
 
 /// Size of each status list (2 bits a credential: 256 KiB before compression).
 pub const STATUS_LIST_SIZE: u64 = 1 << 20;
+
+/// Status-index blocks are 1 to a whole list.
+fn check_block(count: u64) -> Result<(), StoreError> {
+    if (1..=STATUS_LIST_SIZE).contains(&count) {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "a status-index block is 1 to {STATUS_LIST_SIZE} indexes, not {count}"
+        )))
+    }
+}
 
 fn allowed(from: CredentialState, to: CredentialState) -> bool {
     use CredentialState::*;

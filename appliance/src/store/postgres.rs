@@ -100,8 +100,14 @@ fn map_err(e: postgres::Error) -> StoreError {
         if *code == SqlState::DISK_FULL
             || *code == SqlState::READ_ONLY_SQL_TRANSACTION
             || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
             || *code == SqlState::CANNOT_CONNECT_NOW
             || *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::INSUFFICIENT_RESOURCES
+            || *code == SqlState::OUT_OF_MEMORY
+            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         {
             return StoreError::Unavailable(db.message().to_owned());
         }
@@ -130,8 +136,14 @@ impl PostgresRegistry {
         Ok(registry)
     }
 
+    /// A new connection whose statements and lock waits are bounded: a
+    /// stuck lock or a split network must fail a request, not hang it.
     fn connect(&self) -> Result<Client, StoreError> {
-        self.config.connect(NoTls).map_err(map_err)
+        let mut client = self.config.connect(NoTls).map_err(map_err)?;
+        client
+            .batch_execute("SET statement_timeout = '10s'; SET lock_timeout = '5s'")
+            .map_err(map_err)?;
+        Ok(client)
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -290,13 +302,13 @@ impl Registry for PostgresRegistry {
     fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
         let holder = holder.0.to_vec();
         self.with_tx(|tx| {
-            let holder_device: Option<String> = tx
+            let holder_live: Option<(String, String)> = tx
                 .query_opt(
-                    "SELECT device FROM credentials WHERE holder = $1 AND state IN ('active', 'suspended')",
+                    "SELECT device, state FROM credentials WHERE holder = $1 AND state IN ('active', 'suspended')",
                     &[&holder],
                 )
                 .map_err(map_err)?
-                .map(|r| r.get(0));
+                .map(|r| (r.get(0), r.get(1)));
             let device_holder: Option<Vec<u8>> = tx
                 .query_opt(
                     "SELECT holder FROM credentials WHERE device = $1 AND state IN ('active', 'suspended')",
@@ -309,7 +321,8 @@ impl Registry for PostgresRegistry {
                 .map_err(map_err)?
                 .get(0);
             Ok(HolderFacts {
-                holder_live_on_same_device: holder_device.map(|d| d == device),
+                holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| *d == device),
+                holder_suspended: holder_live.as_ref().is_some_and(|(_, s)| s == "suspended"),
                 device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder),
                 free_copies_issued: used as u64,
             })
@@ -317,6 +330,7 @@ impl Registry for PostgresRegistry {
     }
 
     fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+        super::check_block(count)?;
         let count = count as i64;
         self.with_tx(|tx| {
             loop {
@@ -375,7 +389,7 @@ impl Registry for PostgresRegistry {
                 for row in tx
                     .query(
                         "UPDATE credentials SET state = 'superseded'
-                         WHERE holder = $1 AND device <> $2 AND state IN ('active', 'suspended') RETURNING id",
+                         WHERE holder = $1 AND device <> $2 AND state = 'active' RETURNING id",
                         &[&c.holder.0.to_vec(), &c.device],
                     )
                     .map_err(map_err)?
@@ -386,8 +400,10 @@ impl Registry for PostgresRegistry {
             let free_copy = commit.want_free_copy
                 && tx
                     .execute(
-                        "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota",
-                        &[],
+                        "UPDATE quotas SET used = used + 1
+                         WHERE name = 'free_first_time' AND used < quota
+                           AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)",
+                        &[&c.holder.0.to_vec()],
                     )
                     .map_err(map_err)?
                     == 1;
@@ -418,7 +434,8 @@ impl Registry for PostgresRegistry {
                 (_, Some(respond)) => respond(&committed),
                 // A retry whose outcome differs (the last free copy went to
                 // someone else): the response cannot be rebuilt here.
-                _ => return Err(StoreError::Unavailable("retryable: outcome changed on retry".into())),
+                // Not retried here: the caller retries the whole request.
+                _ => return Err(StoreError::Unavailable("the outcome changed while retrying; retry the request".into())),
             };
             response_cache = Some((committed.clone(), response.clone()));
             if let Some(key) = &commit.idempotency {

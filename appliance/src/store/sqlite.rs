@@ -196,21 +196,64 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
         let mut finishes = Vec::with_capacity(batch.len());
         // Prepared once per connection: parsing these for every job cost
         // about as much as a job.
-        let statement = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        for job in batch {
-            let _ = statement("SAVEPOINT job");
-            let (ok, finish) = (job.run)(&conn);
-            if !ok {
-                let _ = statement("ROLLBACK TO job");
+        let statement = |sql: &str| {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+                .map_err(map_err)
+        };
+        let mut broken: Option<StoreError> = None;
+        let mut pending = batch.into_iter();
+        for job in pending.by_ref() {
+            if let Err(e) = statement("SAVEPOINT job") {
+                (job.refuse)(e.clone());
+                broken = Some(e);
+                break;
             }
-            let _ = statement("RELEASE job");
+            // A panicking job must not take the writer (and every later
+            // write) down with it; its caller sees its reply channel close.
+            let (ok, finish): (bool, Finish) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(&conn)))
+                    .unwrap_or_else(|_| (false, Box::new(|_| {})));
+            let ended = if ok {
+                Ok(())
+            } else {
+                statement("ROLLBACK TO job")
+            }
+            .and_then(|()| statement("RELEASE job"));
             finishes.push(finish);
+            // SQLite rolls the whole transaction back on some errors (full
+            // disk, I/O): the batch's earlier work is gone, and going on
+            // would commit later jobs one savepoint at a time.
+            if let Err(e) = ended {
+                broken = Some(e);
+            } else if conn.is_autocommit() {
+                broken = Some(StoreError::Unavailable(
+                    "SQLite rolled the batch back".into(),
+                ));
+            }
+            if broken.is_some() {
+                break;
+            }
         }
-        match conn.execute_batch("COMMIT") {
+        let outcome = match broken {
+            Some(err) => {
+                for job in pending {
+                    (job.refuse)(err.clone());
+                }
+                Err(err)
+            }
+            None => conn.execute_batch("COMMIT").map_err(map_err),
+        };
+        match outcome {
             Ok(()) => finishes.into_iter().for_each(|f| f(None)),
-            Err(e) => {
-                let err = map_err(e);
-                let _ = conn.execute_batch("ROLLBACK");
+            Err(err) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                // Nothing in the batch is durable: every caller gets the error,
+                // whatever its job returned (it may have read the batch's
+                // uncommitted rows).
                 finishes.into_iter().for_each(|f| f(Some(err.clone())));
             }
         }
@@ -255,8 +298,8 @@ impl SqliteRegistry {
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |commit_error| {
                     let _ = reply.send(match commit_error {
-                        Some(e) if ok => Err(e),
-                        _ => result,
+                        Some(e) => Err(e),
+                        None => result,
                     });
                 });
                 (ok, finish)
@@ -270,7 +313,7 @@ impl SqliteRegistry {
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
         answer
             .recv()
-            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("the SQLite write did not complete".into()))?
     }
 
     fn read<R>(
@@ -383,9 +426,11 @@ impl Registry for SqliteRegistry {
         let holder = holder.0.to_vec();
         let device = device.to_owned();
         self.read(move |conn| {
-            let holder_device: Option<String> = conn
-                .prepare_cached("SELECT device FROM credentials WHERE holder = ?1 AND state IN ('active', 'suspended')")
-                .and_then(|mut s| s.query_row(params![holder], |r| r.get(0)).optional())
+            let holder_live: Option<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT device, state FROM credentials WHERE holder = ?1 AND state IN ('active', 'suspended')",
+                )
+                .and_then(|mut s| s.query_row(params![holder], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                 .map_err(map_err)?;
             let device_holder: Option<Vec<u8>> = conn
                 .prepare_cached("SELECT holder FROM credentials WHERE device = ?1 AND state IN ('active', 'suspended')")
@@ -395,7 +440,8 @@ impl Registry for SqliteRegistry {
                 .query_row("SELECT used FROM quotas WHERE name = 'free_first_time'", [], |r| r.get(0))
                 .map_err(map_err)?;
             Ok(HolderFacts {
-                holder_live_on_same_device: holder_device.map(|d| d == device),
+                holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| *d == device),
+                holder_suspended: holder_live.as_ref().is_some_and(|(_, s)| s == "suspended"),
                 device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder),
                 free_copies_issued: used as u64,
             })
@@ -403,6 +449,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+        super::check_block(count)?;
         self.write(move |conn| {
             loop {
                 let (list, next, size): (i64, i64, i64) = conn
@@ -463,7 +510,7 @@ impl Registry for SqliteRegistry {
                 let mut stmt = conn
                     .prepare_cached(
                         "UPDATE credentials SET state = 'superseded'
-                         WHERE holder = ?1 AND device <> ?2 AND state IN ('active', 'suspended') RETURNING id",
+                         WHERE holder = ?1 AND device <> ?2 AND state = 'active' RETURNING id",
                     )
                     .map_err(map_err)?;
                 let rows = stmt
@@ -476,9 +523,11 @@ impl Registry for SqliteRegistry {
             let free_copy = commit.want_free_copy
                 && conn
                     .prepare_cached(
-                        "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota",
+                        "UPDATE quotas SET used = used + 1
+                         WHERE name = 'free_first_time' AND used < quota
+                           AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = ?1 AND free_copy)",
                     )
-                    .and_then(|mut s| s.execute([]))
+                    .and_then(|mut s| s.execute(params![c.holder.0.to_vec()]))
                     .map_err(map_err)?
                     == 1;
             let _ = conn
