@@ -39,6 +39,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX one_live_per_holder ON credentials (holder) WHERE state IN ('active', 'suspended');
     CREATE UNIQUE INDEX one_holder_per_device ON credentials (device) WHERE state IN ('active', 'suspended');
+    -- One free first-time copy per holder, ever (and the index the quota update's check uses).
+    CREATE UNIQUE INDEX one_free_copy_per_holder ON credentials (holder) WHERE free_copy;
     CREATE TABLE quotas (
         name TEXT PRIMARY KEY,
         used BIGINT NOT NULL,

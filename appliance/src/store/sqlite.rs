@@ -56,7 +56,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX one_live_per_holder ON credentials (holder) WHERE state IN ('active', 'suspended');
     CREATE UNIQUE INDEX one_holder_per_device ON credentials (device) WHERE state IN ('active', 'suspended');
-    CREATE INDEX credentials_by_list ON credentials (status_list, status_index);
+    -- One free first-time copy per holder, ever (and the index the quota update's check uses).
+    CREATE UNIQUE INDEX one_free_copy_per_holder ON credentials (holder) WHERE free_copy;
     CREATE TABLE quotas (
         name TEXT PRIMARY KEY,
         used INTEGER NOT NULL,
@@ -75,7 +76,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (client, key)
     );
     CREATE TABLE decisions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         at INTEGER NOT NULL,
         actor TEXT NOT NULL,
         action TEXT NOT NULL,
