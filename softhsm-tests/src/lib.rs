@@ -371,3 +371,15 @@ pub fn write_config(token: &SoftHsmToken) -> PathBuf {
     .expect("write dojang.toml");
     path
 }
+
+/// Runs `dojangctl --config <token's dojang.toml> ARGS` with the token's
+/// SoftHSM configuration in its environment.
+pub fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("dojangctl"))
+        .arg("--config")
+        .arg(write_config(token))
+        .args(args)
+        .env("SOFTHSM2_CONF", token.conf_path())
+        .output()
+        .expect("run dojangctl")
+}

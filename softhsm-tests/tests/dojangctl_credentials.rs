@@ -7,17 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use softhsm_tests::{workspace_binary, write_config, SoftHsmToken};
-
-fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> Output {
-    Command::new(workspace_binary("dojangctl"))
-        .arg("--config")
-        .arg(write_config(token))
-        .args(args)
-        .env("SOFTHSM2_CONF", token.conf_path())
-        .output()
-        .unwrap()
-}
+use softhsm_tests::{dojangctl, workspace_binary, SoftHsmToken};
 
 fn ok(out: Output) -> String {
     assert!(

@@ -6,17 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use softhsm_tests::{workspace_binary, write_config, SoftHsmToken};
-
-fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> Output {
-    Command::new(workspace_binary("dojangctl"))
-        .arg("--config")
-        .arg(write_config(token))
-        .args(args)
-        .env("SOFTHSM2_CONF", token.conf_path())
-        .output()
-        .expect("run dojangctl")
-}
+use softhsm_tests::{dojangctl, workspace_binary, write_config, SoftHsmToken};
 
 fn stdout(out: &Output) -> String {
     assert!(
