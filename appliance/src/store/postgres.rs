@@ -41,13 +41,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX one_holder_per_device ON credentials (device) WHERE state IN ('active', 'suspended');
     -- One free first-time copy per holder, ever (and the index the quota update's check uses).
     CREATE UNIQUE INDEX one_free_copy_per_holder ON credentials (holder) WHERE free_copy;
-    CREATE TABLE quotas (
-        name TEXT PRIMARY KEY,
+    -- The free-copy counter, sharded: every issuance taking a free copy
+    -- would otherwise queue on one row's lock for the length of an fsync.
+    -- The shards' quotas add up to the quota, and each shard is
+    -- `used <= quota`, so the total can never go one over.
+    CREATE TABLE quota_shards (
+        name TEXT NOT NULL,
+        shard INTEGER NOT NULL,
         used BIGINT NOT NULL,
         quota BIGINT NOT NULL,
+        PRIMARY KEY (name, shard),
         CHECK (used >= 0 AND used <= quota)
     );
-    INSERT INTO quotas (name, used, quota) VALUES ('free_first_time', 0, 0);
+    INSERT INTO quota_shards (name, shard, used, quota)
+        SELECT 'free_first_time', s, 0, 0 FROM generate_series(0, 15) AS s;
     CREATE TABLE status_lists (id BIGINT PRIMARY KEY, next_index BIGINT NOT NULL, size BIGINT NOT NULL);
     INSERT INTO status_lists (id, next_index, size) VALUES (1, 0, 1048576);
     CREATE TABLE idempotency (
@@ -272,19 +279,89 @@ fn lookup_idempotency(
     }
 }
 
+/// Takes one free copy for `holder` if the holder never had one and any
+/// shard has room: a random unlocked shard first (`SKIP LOCKED`), then, if
+/// all are busy, waiting on one that still has room.
+fn take_free_copy(tx: &mut Transaction<'_>, holder: &Pseudonym) -> Result<bool, StoreError> {
+    let had_one = tx
+        .query_opt(
+            "SELECT 1 FROM credentials WHERE holder = $1 AND free_copy",
+            &[&holder.0.to_vec()],
+        )
+        .map_err(map_err)?
+        .is_some();
+    if had_one {
+        return Ok(false);
+    }
+    let any_left =
+        "SELECT 1 FROM quota_shards WHERE name = 'free_first_time' AND used < quota LIMIT 1";
+    // Bounded: each round either takes a copy or finds a shard someone else
+    // just emptied; 64 rounds of that means the quota is being drained.
+    for round in 0..64 {
+        // First a random shard nobody holds; then wait for any with room.
+        let pick = if round == 0 {
+            "SELECT shard FROM quota_shards WHERE name = 'free_first_time' AND used < quota
+             ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED"
+        } else {
+            "SELECT shard FROM quota_shards WHERE name = 'free_first_time' AND used < quota
+             ORDER BY shard LIMIT 1 FOR UPDATE"
+        };
+        match tx.query_opt(pick, &[]).map_err(map_err)? {
+            Some(row) => {
+                let shard: i32 = row.get(0);
+                // Re-checked under the row lock.
+                let taken = tx
+                    .execute(
+                        "UPDATE quota_shards SET used = used + 1
+                         WHERE name = 'free_first_time' AND shard = $1 AND used < quota",
+                        &[&shard],
+                    )
+                    .map_err(map_err)?;
+                if taken == 1 {
+                    return Ok(true);
+                }
+            }
+            // With LIMIT and FOR UPDATE, a row that stopped matching while
+            // we waited yields nothing even if others match: look again
+            // unless every shard is full.
+            None => {
+                if tx.query_opt(any_left, &[]).map_err(map_err)?.is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
 impl Registry for PostgresRegistry {
     fn kind(&self) -> &'static str {
         "postgres"
     }
 
     fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
+        let quota = quota as i64;
         self.with_tx(|tx| {
-            let _ = tx
-                .execute(
-                    "UPDATE quotas SET quota = GREATEST($1, used) WHERE name = 'free_first_time'",
-                    &[&(quota as i64)],
+            // Lock every shard, then give each what it used plus an even
+            // share of what is left (never below what was used).
+            let rows = tx
+                .query(
+                    "SELECT shard, used FROM quota_shards WHERE name = 'free_first_time' ORDER BY shard FOR UPDATE",
+                    &[],
                 )
                 .map_err(map_err)?;
+            let used: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
+            let left = (quota - used).max(0);
+            let n = rows.len() as i64;
+            for (i, row) in rows.iter().enumerate() {
+                let share = left / n + i64::from((i as i64) < left % n);
+                let _ = tx
+                    .execute(
+                        "UPDATE quota_shards SET quota = used + $1 WHERE name = 'free_first_time' AND shard = $2",
+                        &[&share, &row.get::<_, i32>(0)],
+                    )
+                    .map_err(map_err)?;
+            }
             Ok(())
         })
     }
@@ -293,7 +370,8 @@ impl Registry for PostgresRegistry {
         self.with_tx(|tx| {
             let row = tx
                 .query_one(
-                    "SELECT used, quota FROM quotas WHERE name = 'free_first_time'",
+                    "SELECT COALESCE(SUM(used), 0)::BIGINT, COALESCE(SUM(quota), 0)::BIGINT
+                     FROM quota_shards WHERE name = 'free_first_time'",
                     &[],
                 )
                 .map_err(map_err)?;
@@ -319,7 +397,10 @@ impl Registry for PostgresRegistry {
                 .map_err(map_err)?
                 .map(|r| r.get(0));
             let used: i64 = tx
-                .query_one("SELECT used FROM quotas WHERE name = 'free_first_time'", &[])
+                .query_one(
+                    "SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards WHERE name = 'free_first_time'",
+                    &[],
+                )
                 .map_err(map_err)?
                 .get(0);
             Ok(HolderFacts {
@@ -399,16 +480,7 @@ impl Registry for PostgresRegistry {
                     superseded.push(row.get(0));
                 }
             }
-            let free_copy = commit.want_free_copy
-                && tx
-                    .execute(
-                        "UPDATE quotas SET used = used + 1
-                         WHERE name = 'free_first_time' AND used < quota
-                           AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)",
-                        &[&c.holder.0.to_vec()],
-                    )
-                    .map_err(map_err)?
-                    == 1;
+            let free_copy = commit.want_free_copy && take_free_copy(tx, &c.holder)?;
             let _ = tx
                 .execute(
                     "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list, status_index,
