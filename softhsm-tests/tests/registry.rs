@@ -104,6 +104,7 @@ both!(
     one_free_copy_per_holder,
     idempotency_keys_refuse_another_body_at_commit,
     suspended_holders_are_not_superseded,
+    a_panicking_response_builder_fails_only_its_request,
 );
 
 fn pseudonym(n: u32) -> Pseudonym {
@@ -488,4 +489,30 @@ fn suspended_holders_are_not_superseded(regs: &[Arc<dyn Registry>]) {
         reg.credential(&id).unwrap().state,
         CredentialState::Suspended
     );
+}
+
+fn a_panicking_response_builder_fails_only_its_request(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let c = commit(reg, 31, "phone-31");
+    let id = c.credential.id.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reg.commit_issuance("client", c, Box::new(|_| panic!("response builder bug")))
+    }));
+    // SQLite runs the builder on its writer thread: the caller gets an
+    // error; PostgreSQL runs it on the caller's thread: the panic reaches it.
+    if let Ok(outcome) = result {
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        reg.credential(&id),
+        Err(StoreError::NotFound),
+        "nothing of it was kept"
+    );
+    // The registry still works.
+    let _ = reg
+        .commit_issuance("client", commit(reg, 32, "phone-32"), respond())
+        .unwrap();
 }
