@@ -30,6 +30,12 @@ fn annex_d_trust() -> Trust {
 
 const SD_JWT: &str = include_str!("data/rfc9901-a3-issued.sd-jwt");
 
+fn issuer_key() -> pkcs11_shim::PublicKey {
+    let jwk: pkcs11_shim::Jwk =
+        serde_json::from_str(include_str!("data/rfc9901-example-issuer.jwk")).unwrap();
+    pkcs11_shim::public_key_from_jwk(&jwk).unwrap()
+}
+
 fn sd_jwt_trust() -> Trust {
     let jwk: pkcs11_shim::Jwk =
         serde_json::from_str(include_str!("data/rfc9901-example-issuer.jwk")).unwrap();
@@ -74,6 +80,15 @@ proptest! {
         let _ = StatusList::decode(&base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &bytes));
         let _ = ResidentNumber::parse(&text);
         let _ = dojang::pki::profile::check_ds(&bytes, None);
+    }
+
+    #[test]
+    fn audit_parsers_survive_random_input(text in "\\PC{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let _ = dojang::audit::entry::AuditEntry::decode(&bytes);
+        let _ = dojang::audit::checkpoint::Checkpoint::parse_body(&text);
+        let key = dojang::audit::checkpoint::NoteKey::new("example.kr/audit", issuer_key()).unwrap();
+        let _ = dojang::audit::checkpoint::Checkpoint::open(&text, &key);
+        let _ = dojang::audit::checkpoint::Checkpoint::open(&format!("a\n1\nAAAA\n\n{text}"), &key);
     }
 
     #[test]

@@ -52,6 +52,9 @@ enum Command {
     /// Issue credentials by hand (samples for demos and checks).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check and try out issuance policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -77,6 +80,19 @@ enum Command {
         /// Accept any docType / vct.
         #[arg(long, conflicts_with = "expect_type")]
         any_type: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an exported audit bundle offline: every entry, every checkpoint
+    /// signature, and the consistency between successive checkpoints.
+    Verify {
+        /// The bundle (JSON).
+        bundle: PathBuf,
+        /// The audit public key you trust (PEM); it must be the bundle's.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -229,6 +245,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Pki(command) => pki(&load()?, command),
         Command::Policy(command) => policy(command, args.json),
+        Command::Audit(AuditCommand::Verify { bundle, key }) => {
+            audit_verify(&bundle, key.as_deref(), args.json)
+        }
         Command::Credential(CredentialCommand::Sample {
             format,
             ds,
@@ -351,6 +370,53 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
     }
     for path in &report.written {
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn audit_verify(
+    path: &std::path::Path,
+    key: Option<&std::path::Path>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an audit bundle", path.display()))?;
+    if let Some(key) = key {
+        let trusted = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        let der = |pem: &[u8]| {
+            openssl::pkey::PKey::public_key_from_pem(pem).and_then(|k| k.public_key_to_der())
+        };
+        anyhow::ensure!(
+            der(&trusted)? == der(bundle.public_key_pem.as_bytes())?,
+            "the bundle is signed by another key than {}",
+            key.display()
+        );
+    }
+    let report = dojang::audit::bundle::verify(&bundle)?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"valid": true, "entries": report.entries, "checkpoints": report.checkpoints,
+                   "signed_size": report.signed_size, "unsigned_tail": report.unsigned_tail})
+        );
+    } else {
+        println!(
+            "{}: valid — {} entries, {} checkpoints, signed through {}{}",
+            path.display(),
+            report.entries,
+            report.checkpoints,
+            report.signed_size,
+            if report.unsigned_tail > 0 {
+                format!(
+                    " ({} newer entries not yet under a checkpoint)",
+                    report.unsigned_tail
+                )
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! thing in this module that touches a key; `none` and MAC algorithms cannot
 //! be expressed ([`SignatureAlgorithm`] has no such variant).
 
-mod cbor;
+pub(crate) mod cbor;
 pub mod claims;
 pub mod mdoc;
 pub mod sample;

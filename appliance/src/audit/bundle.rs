@@ -1,0 +1,260 @@
+//! Exported audit bundles and their offline verification: an auditor with
+//! the bundle and the audit public key can tell whether the log is complete
+//! and unaltered, and if not, where it first went wrong.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, NoteError, NoteKey};
+use super::entry::AuditEntry;
+use super::merkle::{self, Hash};
+
+/// The bundle format's name.
+pub const FORMAT: &str = "dojang-audit-bundle/1";
+
+/// A self-contained export: entries (canonical CBOR, base64), the signed
+/// checkpoints in the order they were made, and the audit key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The log's origin line.
+    pub origin: String,
+    /// The audit key's note name.
+    pub key_name: String,
+    /// The audit public key, SPKI PEM.
+    pub public_key_pem: String,
+    /// Entries in log order.
+    pub entries: Vec<String>,
+    /// Signed checkpoints, oldest first.
+    pub checkpoints: Vec<String>,
+}
+
+/// What a good bundle proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Entries in the bundle.
+    pub entries: u64,
+    /// Checkpoints verified.
+    pub checkpoints: u64,
+    /// The latest checkpoint's size.
+    pub signed_size: u64,
+    /// Entries after the latest checkpoint (not yet covered by a signature).
+    pub unsigned_tail: u64,
+}
+
+/// The first problem found, precisely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// Not a bundle, or not this format.
+    #[error("not a {FORMAT} bundle: {0}")]
+    Format(String),
+    /// Entry `index` does not decode.
+    #[error("entry {index}: {reason}")]
+    Entry {
+        /// Position in the log.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A node's sequence numbers skip or repeat (an entry deleted, inserted or moved).
+    #[error(
+        "entry {index}: node {node:?} has sequence {found}, expected {expected} (an entry was deleted, inserted or moved before it)"
+    )]
+    Sequence {
+        /// Position in the log.
+        index: u64,
+        /// The node.
+        node: String,
+        /// Expected seq.
+        expected: u64,
+        /// Found seq.
+        found: u64,
+    },
+    /// Checkpoint `index` is not a valid note by the audit key.
+    #[error("checkpoint {index}: {source}")]
+    Note {
+        /// Position among the checkpoints.
+        index: u64,
+        /// Why.
+        source: NoteError,
+    },
+    /// A checkpoint for another log.
+    #[error("checkpoint {index}: origin {found:?} is not this log's {expected:?}")]
+    Origin {
+        /// Position among the checkpoints.
+        index: u64,
+        /// Expected origin.
+        expected: String,
+        /// Found origin.
+        found: String,
+    },
+    /// A checkpoint covers more entries than the bundle has (the tail was cut).
+    #[error(
+        "checkpoint {index} signs {size} entries but the log has only {entries}: entries were removed from the end"
+    )]
+    Truncated {
+        /// Position among the checkpoints.
+        index: u64,
+        /// Its size.
+        size: u64,
+        /// Entries present.
+        entries: u64,
+    },
+    /// A checkpoint smaller than an earlier one.
+    #[error(
+        "checkpoint {index} has size {size}, smaller than an earlier checkpoint's {previous}: the log was rolled back"
+    )]
+    Rollback {
+        /// Position among the checkpoints.
+        index: u64,
+        /// Its size.
+        size: u64,
+        /// The earlier size.
+        previous: u64,
+    },
+    /// Two signed checkpoints of one size with different roots.
+    #[error(
+        "checkpoints {first} and {index} both sign size {size} with different roots: the log forked"
+    )]
+    Fork {
+        /// The earlier checkpoint.
+        first: u64,
+        /// This one.
+        index: u64,
+        /// The size.
+        size: u64,
+    },
+    /// The entries do not hash to the signed root.
+    #[error(
+        "checkpoint {index}: entries 0..{size} do not hash to its signed root; the first entry that differs from what was signed is at or before {size}"
+    )]
+    Root {
+        /// Position among the checkpoints.
+        index: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// A checkpoint does not extend the previous one.
+    #[error("checkpoint {index} is not consistent with checkpoint {previous}")]
+    Inconsistent {
+        /// This one.
+        index: u64,
+        /// The previous one.
+        previous: u64,
+    },
+}
+
+/// Verifies a bundle against the audit key it names (compare that key with
+/// the one you trust before believing the result).
+pub fn verify(bundle: &Bundle) -> Result<Report, BundleError> {
+    if bundle.format != FORMAT {
+        return Err(BundleError::Format(format!("format {:?}", bundle.format)));
+    }
+    let public = openssl::pkey::PKey::public_key_from_pem(bundle.public_key_pem.as_bytes())
+        .and_then(|k| k.public_key_to_der())
+        .map_err(|e| BundleError::Format(format!("public key: {e}")))?;
+    let public = pkcs11_shim::PublicKey::from_spki_der(&public)
+        .map_err(|e| BundleError::Format(e.to_string()))?;
+    let key =
+        NoteKey::new(&bundle.key_name, public).map_err(|e| BundleError::Format(e.to_string()))?;
+
+    let mut leaves: Vec<Hash> = Vec::with_capacity(bundle.entries.len());
+    let mut next_seq: BTreeMap<String, u64> = BTreeMap::new();
+    for (index, encoded) in bundle.entries.iter().enumerate() {
+        let index = index as u64;
+        let bytes = B64.decode(encoded).map_err(|_| BundleError::Entry {
+            index,
+            reason: "not base64".into(),
+        })?;
+        let entry = AuditEntry::decode(&bytes).map_err(|e| BundleError::Entry {
+            index,
+            reason: e.to_string(),
+        })?;
+        let expected = next_seq.entry(entry.node.clone()).or_insert(0);
+        if entry.seq != *expected {
+            return Err(BundleError::Sequence {
+                index,
+                node: entry.node,
+                expected: *expected,
+                found: entry.seq,
+            });
+        }
+        *expected += 1;
+        leaves.push(merkle::leaf_hash(&bytes));
+    }
+
+    let mut seen: Vec<Checkpoint> = Vec::new();
+    for (index, note) in bundle.checkpoints.iter().enumerate() {
+        let index = index as u64;
+        let cp =
+            Checkpoint::open(note, &key).map_err(|source| BundleError::Note { index, source })?;
+        if cp.origin != bundle.origin {
+            return Err(BundleError::Origin {
+                index,
+                expected: bundle.origin.clone(),
+                found: cp.origin,
+            });
+        }
+        if let Some((first, _)) = seen
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.size == cp.size && s.root != cp.root)
+        {
+            return Err(BundleError::Fork {
+                first: first as u64,
+                index,
+                size: cp.size,
+            });
+        }
+        if let Some(previous) = seen.last() {
+            if cp.size < previous.size {
+                return Err(BundleError::Rollback {
+                    index,
+                    size: cp.size,
+                    previous: previous.size,
+                });
+            }
+        }
+        if cp.size > leaves.len() as u64 {
+            return Err(BundleError::Truncated {
+                index,
+                size: cp.size,
+                entries: leaves.len() as u64,
+            });
+        }
+        let size = cp.size as usize;
+        if merkle::root(&leaves[..size]) != cp.root {
+            return Err(BundleError::Root {
+                index,
+                size: cp.size,
+            });
+        }
+        if let Some(previous) = seen.last()
+            && previous.size > 0
+        {
+            let proof = merkle::consistency_proof(previous.size as usize, &leaves[..size])
+                .unwrap_or_default();
+            if !merkle::verify_consistency(previous.size, cp.size, &previous.root, &cp.root, &proof)
+            {
+                return Err(BundleError::Inconsistent {
+                    index,
+                    previous: index - 1,
+                });
+            }
+        }
+        seen.push(cp);
+    }
+    let signed_size = seen.last().map_or(0, |c| c.size);
+    Ok(Report {
+        entries: leaves.len() as u64,
+        checkpoints: seen.len() as u64,
+        signed_size,
+        unsigned_tail: leaves.len() as u64 - signed_size,
+    })
+}

@@ -1,0 +1,212 @@
+//! Checkpoints in the C2SP tlog-checkpoint format, as C2SP signed notes:
+//!
+//! ```text
+//! <origin>\n<tree size>\n<base64 root hash>\n\n— <key name> base64(key ID || signature)\n
+//! ```
+//!
+//! Signed by the audit key in the HSM: Ed25519 (signature type 0x01, over
+//! the note text) where the token has it, else ECDSA P-256 (type 0x02, a DER
+//! signature over SHA-256 of the text, key ID from the SPKI, as
+//! transparency-dev/witness does).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pkcs11_shim::digest::sha256;
+use pkcs11_shim::{Algorithm, KeyBackend, PublicKey, ecdsa_der_to_raw, ecdsa_raw_to_der};
+
+use super::merkle::Hash;
+
+/// A tree head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's origin line (its name).
+    pub origin: String,
+    /// Leaves in the tree.
+    pub size: u64,
+    /// Root hash.
+    pub root: Hash,
+}
+
+/// Why a note was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoteError {
+    /// Not a signed note / checkpoint.
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    /// No signature by the expected key.
+    #[error("no signature by {0}")]
+    NotSigned(String),
+    /// The expected key's signature does not verify.
+    #[error("the signature by {0} does not verify")]
+    BadSignature(String),
+    /// The HSM could not sign.
+    #[error("signing the checkpoint: {0}")]
+    Signing(String),
+}
+
+/// The audit key as notes name it.
+#[derive(Debug, Clone)]
+pub struct NoteKey {
+    name: String,
+    public: PublicKey,
+    id: [u8; 4],
+}
+
+impl NoteKey {
+    /// `name` (e.g. `dojang.example.kr/audit`) for `public` (Ed25519 or P-256).
+    pub fn new(name: &str, public: PublicKey) -> Result<Self, NoteError> {
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('+') {
+            return Err(NoteError::Malformed(
+                "key names have no spaces or '+'".into(),
+            ));
+        }
+        let hash = match public.algorithm() {
+            Algorithm::EdDsa => {
+                let mut input = name.as_bytes().to_vec();
+                input.push(0x0a);
+                input.push(0x01);
+                input.extend_from_slice(public.raw());
+                sha256(&input)
+            }
+            Algorithm::Es256 => sha256(public.spki_der()),
+            other => {
+                return Err(NoteError::Malformed(format!(
+                    "{other} keys do not sign notes"
+                )));
+            }
+        };
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&hash[..4]);
+        Ok(NoteKey {
+            name: name.to_owned(),
+            public,
+            id,
+        })
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Checkpoint {
+    /// The checkpoint's note text.
+    pub fn body(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
+    }
+
+    /// Parses a note text (the body) into a checkpoint.
+    pub fn parse_body(body: &str) -> Result<Self, NoteError> {
+        let bad = |m: &str| NoteError::Malformed(m.to_owned());
+        let mut lines = body.split('\n');
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin line"))?;
+        let size_text = lines.next().ok_or_else(|| bad("no size line"))?;
+        if size_text.is_empty()
+            || (size_text.len() > 1 && size_text.starts_with('0'))
+            || !size_text.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad("the size is not a decimal number"));
+        }
+        let size = size_text
+            .parse()
+            .map_err(|_| bad("the size is out of range"))?;
+        let root = B64
+            .decode(lines.next().ok_or_else(|| bad("no root line"))?)
+            .ok()
+            .and_then(|r| <[u8; 32]>::try_from(r).ok())
+            .ok_or_else(|| bad("the root is not 32 base64 bytes"))?;
+        Ok(Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+        })
+    }
+
+    /// Signs the checkpoint with the audit key `label` in the HSM.
+    pub fn sign(
+        &self,
+        backend: &dyn KeyBackend,
+        label: &str,
+        key: &NoteKey,
+    ) -> Result<String, NoteError> {
+        let body = self.body();
+        let raw = backend
+            .sign(label, body.as_bytes())
+            .map_err(|e| NoteError::Signing(e.to_string()))?;
+        let signature = match key.public.algorithm() {
+            Algorithm::EdDsa => raw,
+            _ => ecdsa_raw_to_der(&raw).map_err(|e| NoteError::Signing(e.to_string()))?,
+        };
+        if !verify_signature(key, body.as_bytes(), &signature) {
+            return Err(NoteError::Signing(
+                "the HSM's signature does not verify with the audit key".into(),
+            ));
+        }
+        let mut blob = key.id.to_vec();
+        blob.extend_from_slice(&signature);
+        Ok(format!(
+            "{body}\n\u{2014} {} {}\n",
+            key.name,
+            B64.encode(blob)
+        ))
+    }
+
+    /// Verifies a signed note by `key` and returns the checkpoint.
+    pub fn open(note: &str, key: &NoteKey) -> Result<Self, NoteError> {
+        let (body, signatures) = note
+            .rsplit_once("\n\n")
+            .map(|(b, s)| (format!("{b}\n"), s))
+            .ok_or_else(|| NoteError::Malformed("no blank line before the signatures".into()))?;
+        if note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(NoteError::Malformed("control characters".into()));
+        }
+        let mut found = false;
+        for line in signatures.lines() {
+            let Some(rest) = line.strip_prefix("\u{2014} ") else {
+                return Err(NoteError::Malformed(format!(
+                    "not a signature line: {line:?}"
+                )));
+            };
+            let Some((name, sig)) = rest.split_once(' ') else {
+                return Err(NoteError::Malformed(
+                    "signature line without a signature".into(),
+                ));
+            };
+            let Ok(blob) = B64.decode(sig) else {
+                return Err(NoteError::Malformed("signature is not base64".into()));
+            };
+            if name != key.name || blob.len() < 4 || blob[..4] != key.id {
+                continue; // another key's signature: ignored, as C2SP says
+            }
+            found = true;
+            if !verify_signature(key, body.as_bytes(), &blob[4..]) {
+                return Err(NoteError::BadSignature(key.name.clone()));
+            }
+        }
+        if !found {
+            return Err(NoteError::NotSigned(key.name.clone()));
+        }
+        Self::parse_body(&body)
+    }
+}
+
+fn verify_signature(key: &NoteKey, text: &[u8], signature: &[u8]) -> bool {
+    let raw = match key.public.algorithm() {
+        Algorithm::EdDsa => signature.to_vec(),
+        _ => match ecdsa_der_to_raw(signature, 32) {
+            Ok(raw) => raw,
+            Err(_) => return false,
+        },
+    };
+    key.public.verify(text, &raw).unwrap_or(false)
+}

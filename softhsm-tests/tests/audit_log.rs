@@ -1,0 +1,309 @@
+//! The audit log's offline verifier against every way of tampering with a
+//! log, on checkpoints signed by an audit key in SoftHSM (Ed25519, and
+//! ECDSA P-256 as a TPM would need).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use dojang::audit::bundle::{self, Bundle, BundleError, FORMAT};
+use dojang::audit::checkpoint::{Checkpoint, NoteKey};
+use dojang::audit::entry::AuditEntry;
+use dojang::audit::merkle;
+use pkcs11_shim::pkcs11::Pkcs11Backend;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
+use softhsm_tests::SoftHsmToken;
+
+const ORIGIN: &str = "dojang.example.kr/audit-log";
+
+fn entry(node: &str, seq: u64) -> AuditEntry {
+    AuditEntry {
+        time: 1_800_000_000 + seq as i64,
+        node: node.into(),
+        seq,
+        actor: "spiffe://mois.go.kr/office-counter".into(),
+        action: "issue".into(),
+        outcome: "allow".into(),
+        rule: None,
+        policy_hash: Some("ab".repeat(32)),
+        profile: Some("mdoc".into()),
+        credential_id: Some(format!("cred-{node}-{seq}")),
+        key_id: Some("kid-1".into()),
+        payload_sha256: Some([seq as u8; 32]),
+        holder: Some([0x5a; 32]),
+    }
+}
+
+struct Log {
+    backend: Pkcs11Backend,
+    key: NoteKey,
+    pem: String,
+    entries: Vec<Vec<u8>>,
+    _token: SoftHsmToken,
+}
+
+impl Log {
+    fn new(alg: Algorithm) -> Self {
+        let token = SoftHsmToken::new("dojang-audit");
+        let backend = common::open(&token);
+        let info = backend.generate("audit-1", KeyPurpose::Audit, alg).unwrap();
+        let public = info.public_key.unwrap();
+        let pem = public.to_pem().unwrap();
+        let key = NoteKey::new("dojang.example.kr/audit", public).unwrap();
+        // Two nodes interleaved, 20 entries.
+        let entries = (0..20u64)
+            .map(|i| entry(if i % 2 == 0 { "node-a" } else { "node-b" }, i / 2).encode())
+            .collect();
+        Log {
+            backend,
+            key,
+            pem,
+            entries,
+            _token: token,
+        }
+    }
+
+    fn checkpoint(&self, entries: &[Vec<u8>], size: usize) -> String {
+        let leaves: Vec<_> = entries[..size]
+            .iter()
+            .map(|e| merkle::leaf_hash(e))
+            .collect();
+        Checkpoint {
+            origin: ORIGIN.into(),
+            size: size as u64,
+            root: merkle::root(&leaves),
+        }
+        .sign(&self.backend, "audit-1", &self.key)
+        .unwrap()
+    }
+
+    /// Checkpoints every 5 entries over the honest log.
+    fn bundle(&self) -> Bundle {
+        Bundle {
+            format: FORMAT.into(),
+            origin: ORIGIN.into(),
+            key_name: "dojang.example.kr/audit".into(),
+            public_key_pem: self.pem.clone(),
+            entries: self.entries.iter().map(|e| B64.encode(e)).collect(),
+            checkpoints: [5, 10, 15, 20]
+                .iter()
+                .map(|&n| self.checkpoint(&self.entries, n))
+                .collect(),
+        }
+    }
+}
+
+#[test]
+fn an_honest_log_verifies() {
+    let log = Log::new(Algorithm::EdDsa);
+    let report = bundle::verify(&log.bundle()).unwrap();
+    assert_eq!(
+        (
+            report.entries,
+            report.checkpoints,
+            report.signed_size,
+            report.unsigned_tail
+        ),
+        (20, 4, 20, 0)
+    );
+    // The note is the C2SP format: body, blank line, em-dash signature line.
+    let note = &log.bundle().checkpoints[0];
+    let lines: Vec<&str> = note.lines().collect();
+    assert_eq!(lines[0], ORIGIN);
+    assert_eq!(lines[1], "5");
+    assert_eq!(lines[3], "");
+    assert!(
+        lines[4].starts_with("\u{2014} dojang.example.kr/audit "),
+        "{note}"
+    );
+    // Entries after the last checkpoint are reported as not yet signed.
+    let mut b = log.bundle();
+    let _ = b.checkpoints.pop();
+    assert_eq!(bundle::verify(&b).unwrap().unsigned_tail, 5);
+}
+
+// One token per test process, so the P-256 key gets its own test.
+#[test]
+fn an_ecdsa_audit_key_signs_verifiable_checkpoints() {
+    let log = Log::new(Algorithm::Es256);
+    assert!(bundle::verify(&log.bundle()).is_ok());
+}
+
+#[test]
+fn each_kind_of_tampering_is_caught_and_named() {
+    let log = Log::new(Algorithm::EdDsa);
+
+    // A deleted entry.
+    let mut b = log.bundle();
+    let _ = b.entries.remove(7); // node-b's entry 3: its entry 4 is where the gap shows
+    assert_eq!(
+        bundle::verify(&b),
+        Err(BundleError::Sequence {
+            index: 8,
+            node: "node-b".into(),
+            expected: 3,
+            found: 4
+        })
+    );
+
+    // A modified entry (re-encoded validly, so only the signature notices).
+    let mut b = log.bundle();
+    let mut e = entry("node-b", 1);
+    e.outcome = "deny".into();
+    b.entries[3] = B64.encode(e.encode());
+    assert_eq!(
+        bundle::verify(&b),
+        Err(BundleError::Root { index: 0, size: 5 })
+    );
+
+    // Two entries swapped (of different nodes, so sequences still look fine).
+    let mut b = log.bundle();
+    b.entries.swap(12, 13);
+    assert!(matches!(
+        bundle::verify(&b),
+        Err(BundleError::Sequence { .. } | BundleError::Root { .. })
+    ));
+    let mut b = log.bundle();
+    b.entries.swap(11, 12);
+    let err = bundle::verify(&b).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BundleError::Root { index: 2, size: 15 } | BundleError::Sequence { .. }
+        ),
+        "{err}"
+    );
+
+    // A truncated tail.
+    let mut b = log.bundle();
+    b.entries.truncate(18);
+    assert_eq!(
+        bundle::verify(&b),
+        Err(BundleError::Truncated {
+            index: 3,
+            size: 20,
+            entries: 18
+        })
+    );
+
+    // An inserted entry (with a plausible next sequence number at the end).
+    let mut b = log.bundle();
+    b.entries.insert(4, B64.encode(entry("node-c", 0).encode()));
+    assert!(matches!(
+        bundle::verify(&b),
+        Err(BundleError::Root { index: 0, size: 5 })
+    ));
+
+    // A fork: a second checkpoint of size 10 over a different history.
+    let mut b = log.bundle();
+    let mut other = log.entries.clone();
+    other[9] = entry("node-b", 99).encode();
+    b.checkpoints.insert(2, log.checkpoint(&other, 10));
+    assert_eq!(
+        bundle::verify(&b),
+        Err(BundleError::Fork {
+            first: 1,
+            index: 2,
+            size: 10
+        })
+    );
+
+    // A rolled-back checkpoint.
+    let mut b = log.bundle();
+    b.checkpoints.push(log.checkpoint(&log.entries, 15));
+    assert_eq!(
+        bundle::verify(&b),
+        Err(BundleError::Rollback {
+            index: 4,
+            size: 15,
+            previous: 20
+        })
+    );
+
+    // A checkpoint signed by another key under the same name.
+    let other_key = log
+        .backend
+        .generate("audit-2", KeyPurpose::Audit, Algorithm::EdDsa)
+        .unwrap();
+    let forged_key =
+        NoteKey::new("dojang.example.kr/audit", other_key.public_key.unwrap()).unwrap();
+    let leaves: Vec<_> = log.entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+    let forged = Checkpoint {
+        origin: ORIGIN.into(),
+        size: 20,
+        root: merkle::root(&leaves),
+    }
+    .sign(&log.backend, "audit-2", &forged_key)
+    .unwrap();
+    let mut b = log.bundle();
+    b.checkpoints[3] = forged;
+    let err = bundle::verify(&b).unwrap_err();
+    assert!(matches!(err, BundleError::Note { index: 3, .. }), "{err}");
+
+    // A signature byte flipped.
+    let mut b = log.bundle();
+    let mut note = b.checkpoints[1].clone().into_bytes();
+    let last = note.len() - 5;
+    note[last] = if note[last] == b'A' { b'B' } else { b'A' };
+    b.checkpoints[1] = String::from_utf8(note).unwrap();
+    assert!(matches!(
+        bundle::verify(&b),
+        Err(BundleError::Note { index: 1, .. })
+    ));
+}
+
+#[test]
+fn dojangctl_audit_verify_reports_the_first_problem() {
+    let log = Log::new(Algorithm::EdDsa);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, serde_json::to_string(&log.bundle()).unwrap()).unwrap();
+    let key = dir.path().join("audit.pem");
+    std::fs::write(&key, &log.pem).unwrap();
+    let ctl = softhsm_tests::workspace_binary("dojangctl");
+    let out = std::process::Command::new(&ctl)
+        .args(["audit", "verify", "--key"])
+        .arg(&key)
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("20 entries, 4 checkpoints"));
+
+    let mut b = log.bundle();
+    b.entries.truncate(18);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_string(&b).unwrap()).unwrap();
+    let out = std::process::Command::new(&ctl)
+        .args(["audit", "verify"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checkpoint 3 signs 20 entries but the log has only 18"),
+        "{err}"
+    );
+
+    // A bundle whose key is not the trusted one is refused before anything else.
+    let other = pkcs11_shim::public_key_from_jwk(
+        &serde_json::from_str(include_str!("data/rfc9901-example-issuer.jwk")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&key, other.to_pem().unwrap()).unwrap();
+    let out = std::process::Command::new(&ctl)
+        .args(["audit", "verify", "--key"])
+        .arg(&key)
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signed by another key"));
+}
