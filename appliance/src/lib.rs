@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod credential;
+pub mod keys;
 pub mod pki;
 pub mod status;
 pub mod store;
