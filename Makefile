@@ -54,6 +54,7 @@ bench: deps
 	$(CARGO) bench -p softhsm-tests --bench keys
 	$(CARGO) bench -p softhsm-tests --bench credentials
 	$(CARGO) bench -p softhsm-tests --bench registry
+	$(CARGO) bench -p softhsm-tests --bench audit
 
 demo: build
 	@appliance/scripts/demo.sh

@@ -187,6 +187,56 @@ pub fn verify_consistency(
     snode == 0 && fr == *root1 && sr == *root2
 }
 
+/// The right edge of a growing tree: the roots of its perfect subtrees,
+/// largest first (one per set bit of the size). Appending and taking the
+/// root cost O(log n), so a log of millions of entries checkpoints without
+/// rehashing them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// (height, root) of each perfect subtree, largest (leftmost) first.
+    subtrees: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves appended so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash.
+    pub fn append(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        // Merge equal-height subtrees, as binary addition carries.
+        while let Some(&(height, left)) = self.subtrees.last() {
+            if height != node.0 {
+                break;
+            }
+            let _ = self.subtrees.pop();
+            node = (height + 1, node_hash(&left, &node.1));
+        }
+        self.subtrees.push(node);
+        self.size += 1;
+    }
+
+    /// The root of the tree so far (RFC 6962: right-hand subtrees fold first).
+    pub fn root(&self) -> Hash {
+        let mut iter = self.subtrees.iter().rev();
+        let Some(&(_, mut acc)) = iter.next() else {
+            return sha256(&[]);
+        };
+        for (_, left) in iter {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +278,23 @@ mod tests {
         for (n, expected) in ROOTS.iter().enumerate() {
             assert_eq!(hex(&root(&leaves[..n])), *expected, "size {n}");
         }
+    }
+
+    #[test]
+    fn the_frontier_agrees_with_the_full_tree_at_every_size() {
+        let leaves: Vec<Hash> = (0..130u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), root(&[]));
+        for (n, leaf) in leaves.iter().enumerate() {
+            frontier.append(*leaf);
+            assert_eq!(frontier.size(), n as u64 + 1);
+            assert_eq!(frontier.root(), root(&leaves[..=n]), "size {}", n + 1);
+        }
+        let mut reference = Frontier::new();
+        for l in leaves() {
+            reference.append(l);
+        }
+        assert_eq!(hex(&reference.root()), ROOTS[8]);
     }
 
     #[test]

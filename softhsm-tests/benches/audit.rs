@@ -1,0 +1,109 @@
+//! What auditing adds to an issuance, next to one SoftHSM ES256 signature
+//! in the same run: building, encoding and hashing the entry and appending
+//! it to the Merkle frontier (every issuance), plus a signed checkpoint
+//! (root + HSM signature) amortised over the entries between checkpoints.
+//! Target: at most 5 % of a signature. The durable write of the entry rides
+//! in the registry's transaction (see the registry benchmark).
+//!
+//! `cargo bench -p softhsm-tests --bench audit` (or `make bench`).
+
+use std::time::{Duration, Instant};
+
+use dojang::audit::checkpoint::{Checkpoint, NoteKey};
+use dojang::audit::entry::AuditEntry;
+use dojang::audit::merkle::{leaf_hash, Frontier};
+use pkcs11_shim::pkcs11::Pkcs11Backend;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
+use softhsm_tests::SoftHsmToken;
+
+/// Entries between two checkpoints.
+const CHECKPOINT_EVERY: u64 = 1000;
+
+fn per_call(duration: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..100 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        f();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn main() {
+    let token = SoftHsmToken::new("dojang-bench");
+    let backend = Pkcs11Backend::open(Pkcs11Config::new(
+        softhsm_tests::softhsm_module(),
+        token.label(),
+        SecretSource::File(token.pin_file()),
+    ))
+    .expect("open token");
+    let _ = backend
+        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
+        .expect("ds key");
+    let audit = backend
+        .generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)
+        .expect("audit key");
+    let note_key = NoteKey::new("dojang.example.kr/audit", audit.public_key.expect("public"))
+        .expect("note key");
+    let seconds = Duration::from_secs(2);
+
+    let sign_us = per_call(seconds, || {
+        let _ = std::hint::black_box(backend.sign("ds", &[0x5a; 600]).expect("sign"));
+    });
+    let mut frontier = Frontier::new();
+    let mut seq = 0u64;
+    let append_us = per_call(seconds, || {
+        let entry = AuditEntry {
+            time: 1_800_000_000,
+            node: "node-a".into(),
+            seq,
+            actor: "spiffe://mois.go.kr/office-counter".into(),
+            action: "issue".into(),
+            outcome: "allow".into(),
+            rule: None,
+            policy_hash: Some(
+                "cf0dafa9c11e79bf9b4c100781b07273b436f3563b0b4c52513377e4e10b4b45".into(),
+            ),
+            profile: Some("mdoc".into()),
+            credential_id: Some(format!("{seq:032x}")),
+            key_id: Some("-jym6nYZumwvOfMzAKGkwnsxS9-Bms-PtJOZsx21b7Q".into()),
+            payload_sha256: Some([7; 32]),
+            holder: Some([9; 32]),
+        };
+        frontier.append(leaf_hash(&entry.encode()));
+        seq += 1;
+    });
+    let checkpoint_us = per_call(seconds, || {
+        let cp = Checkpoint {
+            origin: "dojang.example.kr/audit-log".into(),
+            size: frontier.size(),
+            root: frontier.root(),
+        };
+        let _ = std::hint::black_box(cp.sign(&backend, "audit", &note_key).expect("checkpoint"));
+    });
+    let per_issuance = append_us + checkpoint_us / CHECKPOINT_EVERY as f64;
+    println!(
+        "audit benchmark: one SoftHSM token, 1 thread, log of {} entries",
+        frontier.size()
+    );
+    println!(
+        "{:<44} {:>10.2} µs",
+        "SoftHSM ES256 signature (shim)", sign_us
+    );
+    println!(
+        "{:<44} {:>10.2} µs",
+        "entry build + encode + leaf hash + append", append_us
+    );
+    println!(
+        "{:<44} {:>10.2} µs",
+        "checkpoint (root + Ed25519 in the HSM)", checkpoint_us
+    );
+    println!(
+        "auditing per issuance (append + checkpoint every {CHECKPOINT_EVERY}): {per_issuance:.2} µs = {:.1}% of a signature (target <= 5%): {}",
+        per_issuance / sign_us * 100.0,
+        if per_issuance <= 0.05 * sign_us { "met" } else { "NOT met" }
+    );
+}
