@@ -282,13 +282,13 @@ mod tests {
 
     #[test]
     fn the_frontier_agrees_with_the_full_tree_at_every_size() {
-        let leaves: Vec<Hash> = (0..130u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+        let many: Vec<Hash> = (0..130u32).map(|i| leaf_hash(&i.to_le_bytes())).collect();
         let mut frontier = Frontier::new();
         assert_eq!(frontier.root(), root(&[]));
-        for (n, leaf) in leaves.iter().enumerate() {
+        for (n, leaf) in many.iter().enumerate() {
             frontier.append(*leaf);
             assert_eq!(frontier.size(), n as u64 + 1);
-            assert_eq!(frontier.root(), root(&leaves[..=n]), "size {}", n + 1);
+            assert_eq!(frontier.root(), root(&many[..=n]), "size {}", n + 1);
         }
         let mut reference = Frontier::new();
         for l in leaves() {
