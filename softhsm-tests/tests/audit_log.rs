@@ -8,7 +8,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use dojang::audit::bundle::{self, Bundle, BundleError, FORMAT};
+use dojang::audit::bundle::{self, Bundle, BundleError, TrustedLog, FORMAT};
 use dojang::audit::checkpoint::{Checkpoint, NoteKey};
 use dojang::audit::entry::AuditEntry;
 use dojang::audit::merkle;
@@ -39,6 +39,7 @@ fn entry(node: &str, seq: u64) -> AuditEntry {
 struct Log {
     backend: Pkcs11Backend,
     key: NoteKey,
+    trusted: TrustedLog,
     pem: String,
     entries: Vec<Vec<u8>>,
     _token: SoftHsmToken,
@@ -51,6 +52,11 @@ impl Log {
         let info = backend.generate("audit-1", KeyPurpose::Audit, alg).unwrap();
         let public = info.public_key.unwrap();
         let pem = public.to_pem().unwrap();
+        let trusted = TrustedLog {
+            key: public.clone(),
+            key_name: "dojang.example.kr/audit".into(),
+            origin: ORIGIN.into(),
+        };
         let key = NoteKey::new("dojang.example.kr/audit", public).unwrap();
         // Two nodes interleaved, 20 entries.
         let entries = (0..20u64)
@@ -59,6 +65,7 @@ impl Log {
         Log {
             backend,
             key,
+            trusted,
             pem,
             entries,
             _token: token,
@@ -98,7 +105,7 @@ impl Log {
 #[test]
 fn an_honest_log_verifies() {
     let log = Log::new(Algorithm::EdDsa);
-    let report = bundle::verify(&log.bundle()).unwrap();
+    let report = bundle::verify(&log.bundle(), &log.trusted).unwrap();
     assert_eq!(
         (
             report.entries,
@@ -121,14 +128,37 @@ fn an_honest_log_verifies() {
     // Entries after the last checkpoint are reported as not yet signed.
     let mut b = log.bundle();
     let _ = b.checkpoints.pop();
-    assert_eq!(bundle::verify(&b).unwrap().unsigned_tail, 5);
+    assert_eq!(bundle::verify(&b, &log.trusted).unwrap().unsigned_tail, 5);
+    // Nothing signed at all is not a valid log.
+    b.checkpoints.clear();
+    assert_eq!(
+        bundle::verify(&b, &log.trusted),
+        Err(BundleError::NoCheckpoint)
+    );
+    // A whole log re-made and signed by another key, or for another origin, is refused.
+    let other = log
+        .backend
+        .generate("audit-x", KeyPurpose::Audit, Algorithm::EdDsa)
+        .unwrap();
+    let mut b = log.bundle();
+    b.public_key_pem = other.public_key.unwrap().to_pem().unwrap();
+    assert!(matches!(
+        bundle::verify(&b, &log.trusted),
+        Err(BundleError::Untrusted { .. })
+    ));
+    let mut b = log.bundle();
+    b.origin = "elsewhere.example/log".into();
+    assert!(matches!(
+        bundle::verify(&b, &log.trusted),
+        Err(BundleError::Untrusted { .. })
+    ));
 }
 
 // One token per test process, so the P-256 key gets its own test.
 #[test]
 fn an_ecdsa_audit_key_signs_verifiable_checkpoints() {
     let log = Log::new(Algorithm::Es256);
-    assert!(bundle::verify(&log.bundle()).is_ok());
+    assert!(bundle::verify(&log.bundle(), &log.trusted).is_ok());
 }
 
 #[test]
@@ -139,7 +169,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     let mut b = log.bundle();
     let _ = b.entries.remove(7); // node-b's entry 3: its entry 4 is where the gap shows
     assert_eq!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Sequence {
             index: 8,
             node: "node-b".into(),
@@ -154,7 +184,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     e.outcome = "deny".into();
     b.entries[3] = B64.encode(e.encode());
     assert_eq!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Root { index: 0, size: 5 })
     );
 
@@ -162,12 +192,12 @@ fn each_kind_of_tampering_is_caught_and_named() {
     let mut b = log.bundle();
     b.entries.swap(12, 13);
     assert!(matches!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Sequence { .. } | BundleError::Root { .. })
     ));
     let mut b = log.bundle();
     b.entries.swap(11, 12);
-    let err = bundle::verify(&b).unwrap_err();
+    let err = bundle::verify(&b, &log.trusted).unwrap_err();
     assert!(
         matches!(
             err,
@@ -180,7 +210,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     let mut b = log.bundle();
     b.entries.truncate(18);
     assert_eq!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Truncated {
             index: 3,
             size: 20,
@@ -192,7 +222,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     let mut b = log.bundle();
     b.entries.insert(4, B64.encode(entry("node-c", 0).encode()));
     assert!(matches!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Root { index: 0, size: 5 })
     ));
 
@@ -202,7 +232,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     other[9] = entry("node-b", 99).encode();
     b.checkpoints.insert(2, log.checkpoint(&other, 10));
     assert_eq!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Fork {
             first: 1,
             index: 2,
@@ -214,7 +244,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     let mut b = log.bundle();
     b.checkpoints.push(log.checkpoint(&log.entries, 15));
     assert_eq!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Rollback {
             index: 4,
             size: 15,
@@ -239,7 +269,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     .unwrap();
     let mut b = log.bundle();
     b.checkpoints[3] = forged;
-    let err = bundle::verify(&b).unwrap_err();
+    let err = bundle::verify(&b, &log.trusted).unwrap_err();
     assert!(matches!(err, BundleError::Note { index: 3, .. }), "{err}");
 
     // A signature byte flipped.
@@ -249,7 +279,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
     note[last] = if note[last] == b'A' { b'B' } else { b'A' };
     b.checkpoints[1] = String::from_utf8(note).unwrap();
     assert!(matches!(
-        bundle::verify(&b),
+        bundle::verify(&b, &log.trusted),
         Err(BundleError::Note { index: 1, .. })
     ));
 }
@@ -263,28 +293,46 @@ fn dojangctl_audit_verify_reports_the_first_problem() {
     let key = dir.path().join("audit.pem");
     std::fs::write(&key, &log.pem).unwrap();
     let ctl = softhsm_tests::workspace_binary("dojangctl");
-    let out = std::process::Command::new(&ctl)
-        .args(["audit", "verify", "--key"])
-        .arg(&key)
-        .arg(&good)
-        .output()
-        .unwrap();
+    let verify = |bundle: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(&ctl)
+            .args(["audit", "verify", "--origin", ORIGIN, "--key"])
+            .arg(&key)
+            .args(extra)
+            .arg(bundle)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&good, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("20 entries, 4 checkpoints"));
+    // A checkpoint seen earlier sets a floor: dropping later ones is caught.
+    assert!(!verify(&good, &["--min-size", "21"]).status.success());
 
+    // The newest checkpoint dropped: its entries are unsigned, refused by default.
+    let mut b = log.bundle();
+    let _ = b.checkpoints.pop();
+    let tail = dir.path().join("tail.json");
+    std::fs::write(&tail, serde_json::to_string(&b).unwrap()).unwrap();
+    let out = verify(&tail, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 entries after the latest checkpoint"));
+    assert!(verify(&tail, &["--allow-unsigned-tail"]).status.success());
+    assert!(
+        !verify(&tail, &["--allow-unsigned-tail", "--min-size", "20"])
+            .status
+            .success()
+    );
+
+    // A truncated log names the checkpoint it contradicts.
     let mut b = log.bundle();
     b.entries.truncate(18);
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, serde_json::to_string(&b).unwrap()).unwrap();
-    let out = std::process::Command::new(&ctl)
-        .args(["audit", "verify"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = verify(&bad, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -293,17 +341,12 @@ fn dojangctl_audit_verify_reports_the_first_problem() {
     );
 
     // A bundle whose key is not the trusted one is refused before anything else.
-    let other = pkcs11_shim::public_key_from_jwk(
-        &serde_json::from_str(include_str!("data/rfc9901-example-issuer.jwk")).unwrap(),
-    )
-    .unwrap();
+    let jwk: pkcs11_shim::Jwk =
+        serde_json::from_str(include_str!("data/rfc9901-example-issuer.jwk")).unwrap();
+    let other = pkcs11_shim::public_key_from_jwk(&jwk).unwrap();
     std::fs::write(&key, other.to_pem().unwrap()).unwrap();
-    let out = std::process::Command::new(&ctl)
-        .args(["audit", "verify", "--key"])
-        .arg(&key)
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = verify(&good, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("signed by another key"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the trusted"), "{err}");
 }

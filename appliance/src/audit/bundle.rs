@@ -34,6 +34,18 @@ pub struct Bundle {
     pub checkpoints: Vec<String>,
 }
 
+/// What the auditor trusts, from outside the bundle: the audit public key,
+/// the key's note name and the log's origin.
+#[derive(Debug, Clone)]
+pub struct TrustedLog {
+    /// The audit public key.
+    pub key: pkcs11_shim::PublicKey,
+    /// The key's name in signed notes.
+    pub key_name: String,
+    /// The log's origin line.
+    pub origin: String,
+}
+
 /// What a good bundle proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -140,29 +152,49 @@ pub enum BundleError {
         /// Its size.
         size: u64,
     },
-    /// A checkpoint does not extend the previous one.
-    #[error("checkpoint {index} is not consistent with checkpoint {previous}")]
-    Inconsistent {
-        /// This one.
-        index: u64,
-        /// The previous one.
-        previous: u64,
+    /// The bundle names another key or log than the one trusted.
+    #[error("the bundle is for {found}, not the trusted {expected}")]
+    Untrusted {
+        /// What the auditor trusts.
+        expected: String,
+        /// What the bundle says.
+        found: String,
     },
+    /// No checkpoint: nothing in the bundle is signed.
+    #[error("the bundle has no checkpoint: nothing in it is signed")]
+    NoCheckpoint,
 }
 
-/// Verifies a bundle against the audit key it names (compare that key with
-/// the one you trust before believing the result).
-pub fn verify(bundle: &Bundle) -> Result<Report, BundleError> {
+/// Verifies a bundle against what the auditor trusts. Entries after the
+/// latest checkpoint are reported in [`Report::unsigned_tail`]: nothing
+/// vouches for them yet, and the caller decides whether that is acceptable.
+pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleError> {
     if bundle.format != FORMAT {
         return Err(BundleError::Format(format!("format {:?}", bundle.format)));
     }
     let public = openssl::pkey::PKey::public_key_from_pem(bundle.public_key_pem.as_bytes())
         .and_then(|k| k.public_key_to_der())
         .map_err(|e| BundleError::Format(format!("public key: {e}")))?;
-    let public = pkcs11_shim::PublicKey::from_spki_der(&public)
+    if public != trusted.key.spki_der()
+        || bundle.key_name != trusted.key_name
+        || bundle.origin != trusted.origin
+    {
+        return Err(BundleError::Untrusted {
+            expected: format!(
+                "log {:?} signed by {:?} with the trusted key",
+                trusted.origin, trusted.key_name
+            ),
+            found: format!(
+                "log {:?} signed by {:?} with the bundle's key",
+                bundle.origin, bundle.key_name
+            ),
+        });
+    }
+    let key = NoteKey::new(&trusted.key_name, trusted.key.clone())
         .map_err(|e| BundleError::Format(e.to_string()))?;
-    let key =
-        NoteKey::new(&bundle.key_name, public).map_err(|e| BundleError::Format(e.to_string()))?;
+    if bundle.checkpoints.is_empty() {
+        return Err(BundleError::NoCheckpoint);
+    }
 
     let mut leaves: Vec<Hash> = Vec::with_capacity(bundle.entries.len());
     let mut next_seq: BTreeMap<String, u64> = BTreeMap::new();
@@ -189,15 +221,20 @@ pub fn verify(bundle: &Bundle) -> Result<Report, BundleError> {
         leaves.push(merkle::leaf_hash(&bytes));
     }
 
+    // One pass: checkpoint sizes never decrease, so the frontier only grows;
+    // each checkpoint's root is compared when its size is reached. (Two
+    // checkpoints whose roots are both recomputed from the same entries are
+    // consistent by construction: no separate proof is needed.)
+    let mut frontier = merkle::Frontier::new();
     let mut seen: Vec<Checkpoint> = Vec::new();
     for (index, note) in bundle.checkpoints.iter().enumerate() {
         let index = index as u64;
         let cp =
             Checkpoint::open(note, &key).map_err(|source| BundleError::Note { index, source })?;
-        if cp.origin != bundle.origin {
+        if cp.origin != trusted.origin {
             return Err(BundleError::Origin {
                 index,
-                expected: bundle.origin.clone(),
+                expected: trusted.origin.clone(),
                 found: cp.origin,
             });
         }
@@ -212,14 +249,14 @@ pub fn verify(bundle: &Bundle) -> Result<Report, BundleError> {
                 size: cp.size,
             });
         }
-        if let Some(previous) = seen.last() {
-            if cp.size < previous.size {
-                return Err(BundleError::Rollback {
-                    index,
-                    size: cp.size,
-                    previous: previous.size,
-                });
-            }
+        if let Some(previous) = seen.last()
+            && cp.size < previous.size
+        {
+            return Err(BundleError::Rollback {
+                index,
+                size: cp.size,
+                previous: previous.size,
+            });
         }
         if cp.size > leaves.len() as u64 {
             return Err(BundleError::Truncated {
@@ -228,25 +265,14 @@ pub fn verify(bundle: &Bundle) -> Result<Report, BundleError> {
                 entries: leaves.len() as u64,
             });
         }
-        let size = cp.size as usize;
-        if merkle::root(&leaves[..size]) != cp.root {
+        while frontier.size() < cp.size {
+            frontier.append(leaves[frontier.size() as usize]);
+        }
+        if frontier.root() != cp.root {
             return Err(BundleError::Root {
                 index,
                 size: cp.size,
             });
-        }
-        if let Some(previous) = seen.last()
-            && previous.size > 0
-        {
-            let proof = merkle::consistency_proof(previous.size as usize, &leaves[..size])
-                .unwrap_or_default();
-            if !merkle::verify_consistency(previous.size, cp.size, &previous.root, &cp.root, &proof)
-            {
-                return Err(BundleError::Inconsistent {
-                    index,
-                    previous: index - 1,
-                });
-            }
         }
         seen.push(cp);
     }

@@ -170,6 +170,11 @@ impl Checkpoint {
         if note.chars().any(|c| c.is_control() && c != '\n') {
             return Err(NoteError::Malformed("control characters".into()));
         }
+        if !signatures.ends_with('\n') || signatures.trim().is_empty() {
+            return Err(NoteError::Malformed(
+                "the signature block must end with a newline".into(),
+            ));
+        }
         let mut found = false;
         for line in signatures.lines() {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
@@ -185,6 +190,11 @@ impl Checkpoint {
             let Ok(blob) = B64.decode(sig) else {
                 return Err(NoteError::Malformed("signature is not base64".into()));
             };
+            if blob.len() < 5 || name.is_empty() {
+                return Err(NoteError::Malformed(
+                    "a signature line needs a name, a key ID and a signature".into(),
+                ));
+            }
             if name != key.name || blob.len() < 4 || blob[..4] != key.id {
                 continue; // another key's signature: ignored, as C2SP says
             }
@@ -203,10 +213,89 @@ impl Checkpoint {
 fn verify_signature(key: &NoteKey, text: &[u8], signature: &[u8]) -> bool {
     let raw = match key.public.algorithm() {
         Algorithm::EdDsa => signature.to_vec(),
+        // Strict DER: the signature must be exactly its own re-encoding
+        // (no trailing bytes, no alternative encodings).
         _ => match ecdsa_der_to_raw(signature, 32) {
-            Ok(raw) => raw,
-            Err(_) => return false,
+            Ok(raw) if ecdsa_raw_to_der(&raw).is_ok_and(|der| der == signature) => raw,
+            _ => return false,
         },
     };
     key.public.verify(text, &raw).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+
+    fn p256() -> (PKey<openssl::pkey::Private>, NoteKey) {
+        let key = PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let public = PublicKey::from_spki_der(&key.public_key_to_der().unwrap()).unwrap();
+        (key, NoteKey::new("example.kr/audit", public).unwrap())
+    }
+
+    fn note_with(
+        key: &PKey<openssl::pkey::Private>,
+        note_key: &NoteKey,
+        tamper: impl Fn(&mut Vec<u8>),
+    ) -> String {
+        let body = Checkpoint {
+            origin: "example.kr/log".into(),
+            size: 3,
+            root: [7; 32],
+        }
+        .body();
+        let mut signer = Signer::new(MessageDigest::sha256(), key).unwrap();
+        let mut der = signer.sign_oneshot_to_vec(body.as_bytes()).unwrap();
+        tamper(&mut der);
+        let mut blob = note_key.id.to_vec();
+        blob.extend_from_slice(&der);
+        format!("{body}\n\u{2014} {} {}\n", note_key.name, B64.encode(blob))
+    }
+
+    #[test]
+    fn ecdsa_notes_open_and_malleated_signatures_do_not() {
+        let (key, note_key) = p256();
+        let good = note_with(&key, &note_key, |_| {});
+        let cp = Checkpoint::open(&good, &note_key).unwrap();
+        assert_eq!(
+            (cp.origin.as_str(), cp.size, cp.root),
+            ("example.kr/log", 3, [7; 32])
+        );
+        // Trailing bytes after the DER signature.
+        let padded = note_with(&key, &note_key, |der| der.push(0));
+        assert_eq!(
+            Checkpoint::open(&padded, &note_key),
+            Err(NoteError::BadSignature("example.kr/audit".into()))
+        );
+        // No final newline after the signature line.
+        assert!(matches!(
+            Checkpoint::open(good.trim_end(), &note_key),
+            Err(NoteError::Malformed(_))
+        ));
+        // Another key's line only: not signed by ours.
+        let (other_key, other_note_key) = p256();
+        let foreign = note_with(&other_key, &other_note_key, |_| {});
+        assert!(matches!(
+            Checkpoint::open(&foreign, &note_key),
+            Err(NoteError::NotSigned(_))
+        ));
+    }
+
+    #[test]
+    fn bodies_are_strict() {
+        assert!(Checkpoint::parse_body("log\n012\nAAAA\n").is_err());
+        assert!(Checkpoint::parse_body("\n1\nAAAA\n").is_err());
+        assert!(
+            Checkpoint::parse_body("log\n1\nAAAA\n").is_err(),
+            "root is 32 bytes"
+        );
+    }
 }

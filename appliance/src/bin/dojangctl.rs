@@ -90,9 +90,23 @@ enum AuditCommand {
     Verify {
         /// The bundle (JSON).
         bundle: PathBuf,
-        /// The audit public key you trust (PEM); it must be the bundle's.
+        /// The audit public key you trust (PEM), from outside the bundle.
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: PathBuf,
+        /// The log's origin you trust.
+        #[arg(long)]
+        origin: String,
+        /// The key's name in signed notes [default: the bundle's; the key
+        /// itself is pinned by --key].
+        #[arg(long)]
+        key_name: Option<String>,
+        /// Fail unless the log is signed through at least this many entries
+        /// (e.g. the size of a checkpoint you saw before).
+        #[arg(long, default_value_t = 0)]
+        min_size: u64,
+        /// Accept entries newer than the latest checkpoint (not covered by any signature).
+        #[arg(long)]
+        allow_unsigned_tail: bool,
     },
 }
 
@@ -245,9 +259,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Pki(command) => pki(&load()?, command),
         Command::Policy(command) => policy(command, args.json),
-        Command::Audit(AuditCommand::Verify { bundle, key }) => {
-            audit_verify(&bundle, key.as_deref(), args.json)
-        }
+        Command::Audit(AuditCommand::Verify {
+            bundle,
+            key,
+            origin,
+            key_name,
+            min_size,
+            allow_unsigned_tail,
+        }) => audit_verify(AuditVerify {
+            path: &bundle,
+            key: &key,
+            origin,
+            key_name,
+            min_size,
+            allow_unsigned_tail,
+            as_json: args.json,
+        }),
         Command::Credential(CredentialCommand::Sample {
             format,
             ds,
@@ -374,43 +401,62 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(
-    path: &std::path::Path,
-    key: Option<&std::path::Path>,
+struct AuditVerify<'a> {
+    path: &'a std::path::Path,
+    key: &'a std::path::Path,
+    origin: String,
+    key_name: Option<String>,
+    min_size: u64,
+    allow_unsigned_tail: bool,
     as_json: bool,
-) -> anyhow::Result<()> {
+}
+
+fn audit_verify(a: AuditVerify<'_>) -> anyhow::Result<()> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::read_to_string(a.path).with_context(|| format!("reading {}", a.path.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an audit bundle", path.display()))?;
-    if let Some(key) = key {
-        let trusted = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        let der = |pem: &[u8]| {
-            openssl::pkey::PKey::public_key_from_pem(pem).and_then(|k| k.public_key_to_der())
-        };
-        anyhow::ensure!(
-            der(&trusted)? == der(bundle.public_key_pem.as_bytes())?,
-            "the bundle is signed by another key than {}",
-            key.display()
-        );
-    }
-    let report = dojang::audit::bundle::verify(&bundle)?;
-    if as_json {
+        .with_context(|| format!("{} is not an audit bundle", a.path.display()))?;
+    let pem = std::fs::read(a.key).with_context(|| format!("reading {}", a.key.display()))?;
+    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
+        .and_then(|k| k.public_key_to_der())
+        .with_context(|| format!("{} is not a public key", a.key.display()))?;
+    let trusted = dojang::audit::bundle::TrustedLog {
+        key: PublicKey::from_spki_der(&der)?,
+        key_name: a.key_name.unwrap_or_else(|| bundle.key_name.clone()),
+        origin: a.origin,
+    };
+    let report = dojang::audit::bundle::verify(&bundle, &trusted)?;
+    anyhow::ensure!(
+        report.signed_size >= a.min_size,
+        "the log is signed through {} entries, fewer than the {} required: checkpoints were dropped",
+        report.signed_size,
+        a.min_size
+    );
+    anyhow::ensure!(
+        report.unsigned_tail == 0 || a.allow_unsigned_tail,
+        "{} entries after the latest checkpoint are not covered by any signature \
+         (--allow-unsigned-tail to accept the signed part)",
+        report.unsigned_tail
+    );
+    if a.as_json {
         println!(
             "{}",
-            json!({"valid": true, "entries": report.entries, "checkpoints": report.checkpoints,
+            json!({"valid": true, "origin": trusted.origin, "key_name": trusted.key_name,
+                   "entries": report.entries, "checkpoints": report.checkpoints,
                    "signed_size": report.signed_size, "unsigned_tail": report.unsigned_tail})
         );
     } else {
         println!(
-            "{}: valid — {} entries, {} checkpoints, signed through {}{}",
-            path.display(),
+            "{}: valid — log {:?}, {} entries, {} checkpoints by {:?}, signed through {}{}",
+            a.path.display(),
+            trusted.origin,
             report.entries,
             report.checkpoints,
+            trusted.key_name,
             report.signed_size,
             if report.unsigned_tail > 0 {
                 format!(
-                    " ({} newer entries not yet under a checkpoint)",
+                    " ({} newer entries NOT covered by a signature)",
                     report.unsigned_tail
                 )
             } else {
