@@ -7,42 +7,24 @@
 //!
 //! `cargo bench -p softhsm-tests --bench audit` (or `make bench`).
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::per_call;
 
 use dojang::audit::checkpoint::{Checkpoint, NoteKey};
 use dojang::audit::entry::AuditEntry;
 use dojang::audit::merkle::{leaf_hash, Frontier};
 use pkcs11_shim::pkcs11::Pkcs11Backend;
-use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
-use softhsm_tests::SoftHsmToken;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
 
 /// Entries between two checkpoints.
 const CHECKPOINT_EVERY: u64 = 1000;
 
-fn per_call(duration: Duration, mut f: impl FnMut()) -> f64 {
-    for _ in 0..100 {
-        f();
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < duration {
-        f();
-        n += 1;
-    }
-    start.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
 fn main() {
-    let token = SoftHsmToken::new("dojang-bench");
-    let backend = Pkcs11Backend::open(Pkcs11Config::new(
-        softhsm_tests::softhsm_module(),
-        token.label(),
-        SecretSource::File(token.pin_file()),
-    ))
-    .expect("open token");
-    let _ = backend
-        .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
-        .expect("ds key");
+    let (_token, config) = common::token_with_ds_key("ds");
+    let backend = Pkcs11Backend::open(config).expect("open token");
     let audit = backend
         .generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)
         .expect("audit key");

@@ -5,7 +5,11 @@
 //!
 //! `cargo bench -p softhsm-tests --bench credentials` (or `make bench`).
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::{median, per_call};
 
 use dojang::credential::claims::{HolderData, ResidentCardClaims};
 use dojang::credential::mdoc::UnsignedMdoc;
@@ -22,25 +26,6 @@ use time::macros::date;
 use time::OffsetDateTime;
 
 const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs `f` for about `duration`; returns microseconds per call.
-fn per_call(duration: Duration, mut f: impl FnMut()) -> f64 {
-    for _ in 0..50 {
-        f(); // warm-up
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < duration {
-        f();
-        n += 1;
-    }
-    start.elapsed().as_secs_f64() * 1e6 / n as f64
-}
 
 fn main() {
     let token = SoftHsmToken::new("dojang-bench");

@@ -6,14 +6,17 @@
 //! `cargo bench -p softhsm-tests --bench keys` (or `make bench`).
 //! `DOJANG_BENCH_SECONDS` sets the length of each measurement (default 2).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::median;
 use pkcs11_shim::pkcs11::{raw_sign_rate, Pkcs11Backend, RawBenchmark};
 use pkcs11_shim::tpm::TpmBackend;
-use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource, TpmConfig};
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, TpmConfig};
 use secrecy::SecretString;
-use softhsm_tests::{SoftHsmToken, Swtpm, USER_PIN};
+use softhsm_tests::{Swtpm, USER_PIN};
 
 const ROUNDS: usize = 7;
 const MESSAGE: &[u8] = &[0x5a; 256]; // about the size of a COSE Sig_structure for an MSO digest
@@ -37,29 +40,13 @@ fn shim_rate(backend: &dyn KeyBackend, label: &str, threads: usize, duration: Du
     signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let seconds: u64 = std::env::var("DOJANG_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let duration = Duration::from_secs(seconds);
-    let token = SoftHsmToken::new("dojang-bench");
-    let config = Pkcs11Config::new(
-        softhsm_tests::softhsm_module(),
-        token.label(),
-        SecretSource::File(token.pin_file()),
-    );
-    {
-        let backend = Pkcs11Backend::open(config.clone()).expect("open token");
-        let _ = backend
-            .generate("bench-ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
-            .expect("generate");
-    }
+    let (token, config) = common::token_with_ds_key("bench-ds");
     let raw = |threads| RawBenchmark {
         module: config.module.clone(),
         token_label: token.label().to_owned(),

@@ -9,6 +9,8 @@
 //! row all issuances touch); `DOJANG_BENCH_PAID=1` measures without it.
 //! `DOJANG_BENCH_THREADS` sets the committing threads (default 32).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +19,9 @@ use dojang::store::{
     DecisionRecord, IssuanceCommit, NewCredential, PostgresRegistry, Pseudonym, Registry,
     SqliteRegistry,
 };
-use pkcs11_shim::pkcs11::{raw_sign_rate, Pkcs11Backend, RawBenchmark};
-use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
+use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
 use secrecy::SecretString;
-use softhsm_tests::{SoftHsmToken, USER_PIN};
+use softhsm_tests::USER_PIN;
 
 /// Committing threads (`DOJANG_BENCH_THREADS`, default 32).
 fn threads() -> usize {
@@ -97,18 +98,7 @@ fn commits_per_second(registry: Arc<dyn Registry>) -> f64 {
 }
 
 fn main() {
-    let token = SoftHsmToken::new("dojang-bench");
-    let config = Pkcs11Config::new(
-        softhsm_tests::softhsm_module(),
-        token.label(),
-        SecretSource::File(token.pin_file()),
-    );
-    {
-        let backend = Pkcs11Backend::open(config.clone()).expect("open token");
-        let _ = backend
-            .generate("bench-ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
-            .expect("generate");
-    }
+    let (token, config) = common::token_with_ds_key("bench-ds");
     let hsm = raw_sign_rate(
         &RawBenchmark {
             module: config.module.clone(),
