@@ -59,55 +59,14 @@ enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Verify a credential (mdoc base64url or SD-JWT VC) offline.
-    Verify {
-        /// File holding the credential ("-" for standard input).
-        file: PathBuf,
-        /// Trust this IACA root certificate (PEM).
-        #[arg(long, group = "trust")]
-        iaca: Option<PathBuf>,
-        /// Trust exactly this document-signer certificate (PEM).
-        #[arg(long, group = "trust")]
-        ds_cert: Option<PathBuf>,
-        /// Trust this issuer public key (JWK file; SD-JWT VC only).
-        #[arg(long, group = "trust")]
-        issuer_jwk: Option<PathBuf>,
-        /// Verify as of this instant (RFC 3339) instead of now.
-        #[arg(long)]
-        at: Option<String>,
-        /// Require this docType (mdoc) or vct (SD-JWT VC) instead of the card's.
-        #[arg(long)]
-        expect_type: Option<String>,
-        /// Accept any docType / vct.
-        #[arg(long, conflicts_with = "expect_type")]
-        any_type: bool,
-    },
+    Verify(VerifyArgs),
 }
 
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify an exported audit bundle offline: every entry, every checkpoint
     /// signature, and the consistency between successive checkpoints.
-    Verify {
-        /// The bundle (JSON).
-        bundle: PathBuf,
-        /// The audit public key you trust (PEM), from outside the bundle.
-        #[arg(long)]
-        key: PathBuf,
-        /// The log's origin you trust.
-        #[arg(long)]
-        origin: String,
-        /// The key's name in signed notes [default: the bundle's; the key
-        /// itself is pinned by --key].
-        #[arg(long)]
-        key_name: Option<String>,
-        /// Fail unless the log is signed through at least this many entries
-        /// (e.g. the size of a checkpoint you saw before).
-        #[arg(long, default_value_t = 0)]
-        min_size: u64,
-        /// Accept entries newer than the latest checkpoint (not covered by any signature).
-        #[arg(long)]
-        allow_unsigned_tail: bool,
-    },
+    Verify(AuditVerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -259,44 +218,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Pki(command) => pki(&load()?, command),
         Command::Policy(command) => policy(command, args.json),
-        Command::Audit(AuditCommand::Verify {
-            bundle,
-            key,
-            origin,
-            key_name,
-            min_size,
-            allow_unsigned_tail,
-        }) => audit_verify(AuditVerify {
-            path: &bundle,
-            key: &key,
-            origin,
-            key_name,
-            min_size,
-            allow_unsigned_tail,
-            as_json: args.json,
-        }),
+        Command::Audit(AuditCommand::Verify(a)) => audit_verify(a, args.json),
         Command::Credential(CredentialCommand::Sample {
             format,
             ds,
             device_jwk,
         }) => sample(&load()?, &format, ds.as_deref(), device_jwk.as_deref()),
-        Command::Verify {
-            file,
-            iaca,
-            ds_cert,
-            issuer_jwk,
-            at,
-            expect_type,
-            any_type,
-        } => verify(VerifyArgs {
-            file,
-            iaca,
-            ds_cert,
-            issuer_jwk,
-            at,
-            expect_type,
-            any_type,
-        }),
+        Command::Verify(v) => verify(v),
         Command::Keys(command) => {
             let config = load()?;
             // Parse the operator's words before touching the token.
@@ -401,22 +329,35 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct AuditVerify<'a> {
-    path: &'a std::path::Path,
-    key: &'a std::path::Path,
+#[derive(clap::Args)]
+struct AuditVerifyArgs {
+    /// The bundle (JSON).
+    bundle: PathBuf,
+    /// The audit public key you trust (PEM), from outside the bundle.
+    #[arg(long)]
+    key: PathBuf,
+    /// The log's origin you trust.
+    #[arg(long)]
     origin: String,
+    /// The key's name in signed notes [default: the bundle's; the key
+    /// itself is pinned by --key].
+    #[arg(long)]
     key_name: Option<String>,
+    /// Fail unless the log is signed through at least this many entries
+    /// (e.g. the size of a checkpoint you saw before).
+    #[arg(long, default_value_t = 0)]
     min_size: u64,
+    /// Accept entries newer than the latest checkpoint (not covered by any signature).
+    #[arg(long)]
     allow_unsigned_tail: bool,
-    as_json: bool,
 }
 
-fn audit_verify(a: AuditVerify<'_>) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(a.path).with_context(|| format!("reading {}", a.path.display()))?;
+fn audit_verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.bundle)
+        .with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an audit bundle", a.path.display()))?;
-    let pem = std::fs::read(a.key).with_context(|| format!("reading {}", a.key.display()))?;
+        .with_context(|| format!("{} is not an audit bundle", a.bundle.display()))?;
+    let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
     let der = openssl::pkey::PKey::public_key_from_pem(&pem)
         .and_then(|k| k.public_key_to_der())
         .with_context(|| format!("{} is not a public key", a.key.display()))?;
@@ -438,7 +379,7 @@ fn audit_verify(a: AuditVerify<'_>) -> anyhow::Result<()> {
          (--allow-unsigned-tail to accept the signed part)",
         report.unsigned_tail
     );
-    if a.as_json {
+    if as_json {
         println!(
             "{}",
             json!({"valid": true, "origin": trusted.origin, "key_name": trusted.key_name,
@@ -448,7 +389,7 @@ fn audit_verify(a: AuditVerify<'_>) -> anyhow::Result<()> {
     } else {
         println!(
             "{}: valid — log {:?}, {} entries, {} checkpoints by {:?}, signed through {}{}",
-            a.path.display(),
+            a.bundle.display(),
             trusted.origin,
             report.entries,
             report.checkpoints,
@@ -706,13 +647,27 @@ fn sample(
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct VerifyArgs {
+    /// File holding the credential ("-" for standard input).
     file: PathBuf,
+    /// Trust this IACA root certificate (PEM).
+    #[arg(long, group = "trust")]
     iaca: Option<PathBuf>,
+    /// Trust exactly this document-signer certificate (PEM).
+    #[arg(long, group = "trust")]
     ds_cert: Option<PathBuf>,
+    /// Trust this issuer public key (JWK file; SD-JWT VC only).
+    #[arg(long, group = "trust")]
     issuer_jwk: Option<PathBuf>,
+    /// Verify as of this instant (RFC 3339) instead of now.
+    #[arg(long)]
     at: Option<String>,
+    /// Require this docType (mdoc) or vct (SD-JWT VC) instead of the card's.
+    #[arg(long)]
     expect_type: Option<String>,
+    /// Accept any docType / vct.
+    #[arg(long, conflicts_with = "expect_type")]
     any_type: bool,
 }
 
