@@ -8,11 +8,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
 use dojang::store::{
-    CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, NewCredential,
-    PostgresRegistry, Pseudonym, Registry, SqliteRegistry, StoreError,
+    CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, PostgresRegistry, Pseudonym,
+    Registry, SqliteRegistry, StoreError,
 };
 
 const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
@@ -118,31 +120,8 @@ fn commit(reg: &dyn Registry, holder: u32, device: &str) -> IssuanceCommit {
     let range = reg.reserve_status_indexes(1).unwrap();
     let mut id = [0u8; 16];
     openssl::rand::rand_bytes(&mut id).unwrap();
-    IssuanceCommit {
-        credential: NewCredential {
-            id: id.iter().map(|b| format!("{b:02x}")).collect(),
-            holder: pseudonym(holder),
-            device: device.to_owned(),
-            profile: "mdoc".into(),
-            kid: "kid-1".into(),
-            status_list: range.list,
-            status_index: range.first,
-            issued_at: 1_800_000_000,
-            valid_until: 1_808_000_000,
-            document_expiry: "2029-12-27".into(),
-        },
-        supersede: false,
-        want_free_copy: false,
-        idempotency: None,
-        decision: DecisionRecord {
-            at: 1_800_000_000,
-            actor: "spiffe://test/client".into(),
-            action: "issue".into(),
-            outcome: "allow".into(),
-            rule: None,
-            policy_hash: "00".repeat(32),
-        },
-    }
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    common::issuance(&id, pseudonym(holder), device, range.list, range.first)
 }
 
 fn respond() -> dojang::store::Respond {

@@ -11,23 +11,9 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use dojang::status::{sign_token, verify_token, StatusList};
-use dojang::store::{
-    CredentialState, DecisionRecord, IssuanceCommit, NewCredential, Pseudonym, Registry,
-    SqliteRegistry,
-};
+use dojang::store::{CredentialState, Pseudonym, Registry, SqliteRegistry};
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
 use softhsm_tests::SoftHsmToken;
-
-fn decision(action: &str) -> DecisionRecord {
-    DecisionRecord {
-        at: 1_800_000_000,
-        actor: "spiffe://test/officer".into(),
-        action: action.into(),
-        outcome: "allow".into(),
-        rule: None,
-        policy_hash: "00".repeat(32),
-    }
-}
 
 #[test]
 fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
@@ -46,34 +32,31 @@ fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
     for n in 0..8u64 {
         let mut holder = [0u8; 32];
         holder[0] = n as u8;
-        let commit = IssuanceCommit {
-            credential: NewCredential {
-                id: format!("cred-{n}"),
-                holder: Pseudonym(holder),
-                device: format!("phone-{n}"),
-                profile: "mdoc".into(),
-                kid: "kid".into(),
-                status_list: block.list,
-                status_index: block.first + n,
-                issued_at: 1_800_000_000,
-                valid_until: 1_808_000_000,
-                document_expiry: "2029-12-27".into(),
-            },
-            supersede: false,
-            want_free_copy: false,
-            idempotency: None,
-            decision: decision("issue"),
-        };
+        let commit = common::issuance(
+            &format!("cred-{n}"),
+            Pseudonym(holder),
+            &format!("phone-{n}"),
+            block.list,
+            block.first + n,
+        );
         let _ = registry
             .commit_issuance("client", commit, Box::new(|_| Vec::new()))
             .unwrap();
         ids.push(format!("cred-{n}"));
     }
     let _ = registry
-        .set_state(&ids[2], CredentialState::Revoked, decision("revoke"))
+        .set_state(
+            &ids[2],
+            CredentialState::Revoked,
+            common::decision("revoke"),
+        )
         .unwrap();
     let _ = registry
-        .set_state(&ids[5], CredentialState::Suspended, decision("suspend"))
+        .set_state(
+            &ids[5],
+            CredentialState::Suspended,
+            common::decision("suspend"),
+        )
         .unwrap();
 
     let entries = registry.status_entries(block.list).unwrap();

@@ -166,3 +166,43 @@ pub fn python_verify(script: &str, args: &[&Path]) -> (bool, String) {
         ),
     )
 }
+
+/// A decision record as the tests record them.
+pub fn decision(action: &str) -> dojang::store::DecisionRecord {
+    dojang::store::DecisionRecord {
+        at: 1_800_000_000,
+        actor: "spiffe://test/client".into(),
+        action: action.into(),
+        outcome: "allow".into(),
+        rule: None,
+        policy_hash: "00".repeat(32),
+    }
+}
+
+/// An issuance commit for `holder` on `device` at `index` of status `list`.
+pub fn issuance(
+    id: &str,
+    holder: dojang::store::Pseudonym,
+    device: &str,
+    list: u32,
+    index: u64,
+) -> dojang::store::IssuanceCommit {
+    dojang::store::IssuanceCommit {
+        credential: dojang::store::NewCredential {
+            id: id.to_owned(),
+            holder,
+            device: device.to_owned(),
+            profile: "mdoc".into(),
+            kid: "kid-1".into(),
+            status_list: list,
+            status_index: index,
+            issued_at: 1_800_000_000,
+            valid_until: 1_808_000_000,
+            document_expiry: "2029-12-27".into(),
+        },
+        supersede: false,
+        want_free_copy: false,
+        idempotency: None,
+        decision: decision("issue"),
+    }
+}
