@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
 	softhsm2 opensc p11-kit p11-kit-modules swtpm swtpm-tools tpm2-tools openssl \
-	python3 python3-venv libsqlite3-dev
+	python3 python3-venv libsqlite3-dev curl systemd
 # Independent credential verifiers (Python), in a venv the tests use.
 VENV := .venv
 PY_REQUIREMENTS := softhsm-tests/python/requirements.txt
@@ -60,6 +60,7 @@ demo: build
 	@appliance/scripts/demo.sh
 
 demo-clean:
+	@if [ -f .demo/dojangd.pid ]; then kill "$$(cat .demo/dojangd.pid)" 2>/dev/null || true; fi
 	rm -rf .demo
 
 clean:

@@ -28,6 +28,12 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*dojang-demo"; the
   softhsm2-util --init-token --free --label dojang-demo \
     --pin "$(cat "$state/pin")" --so-pin "$(cat "$state/so-pin")" >/dev/null
 fi
+if [ ! -f "$state/tls/ca.pem" ]; then
+  echo "== dev TLS PKI (CA, localhost server, two client identities) in $state/tls"
+  "$bin/dojangctl" dev-tls --dir "$state/tls" \
+    --client counter=spiffe://mois.go.kr/office-counter \
+    --client gateway=spiffe://mois.go.kr/wallet-gateway
+fi
 cat > "$state/dojang.toml" <<TOML
 # Dojang dev configuration written by make demo.
 [keys]
@@ -44,11 +50,32 @@ country = "KR"
 organization = "Dojang Demo Issuing Authority"
 iaca_common_name = "Dojang Demo IACA"
 issuer_alt_name = "https://dojang.example.kr"
-crl_url = "https://dojang.example.kr/iaca.crl"
+crl_url = "http://127.0.0.1:8080/iaca.crl"
 
 [credential]
 issuer = "https://dojang.example.kr"
 issuing_authority = "서울특별시 종로구청장"
+
+[server]
+node_id = "demo-1"
+policy = "$root/policies/kr-mobile-resident-card.toml"
+
+[server.api]
+listen = "127.0.0.1:8443"
+certificate = "$state/tls/server.pem"
+private_key = "$state/tls/server.key"
+client_ca = "$state/tls/ca.pem"
+client_crls = ["$state/tls/crl.pem"]
+
+[server.public]
+listen = "127.0.0.1:8080"
+base_url = "http://127.0.0.1:8080"
+
+[server.ops]
+listen = "127.0.0.1:9464"
+
+[store]
+sqlite = "$state/registry.db"
 TOML
 
 ctl() { "$bin/dojangctl" --config "$state/dojang.toml" "$@"; }
@@ -61,9 +88,11 @@ if [ ! -f "$state/pki/iaca.pem" ]; then
 else
   echo "(reusing $state/pki)"
 fi
-ctl keys list --json | grep -q '"label": "status-list-1"' || ctl keys generate --label status-list-1 --purpose status-list
-ctl keys list --json | grep -q '"label": "audit-1"' || ctl keys generate --label audit-1 --purpose audit
-ctl keys list --json | grep -q '"label": "pseudonym"' || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
+# Read the list once: `grep -q` on a pipe would close it early.
+keys=$(ctl keys list --json)
+grep -q '"label": "status-list-1"' <<<"$keys" || ctl keys generate --label status-list-1 --purpose status-list
+grep -q '"label": "audit-1"' <<<"$keys" || ctl keys generate --label audit-1 --purpose audit
+grep -q '"label": "pseudonym"' <<<"$keys" || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
 
 echo
 echo "== keys in the token"
@@ -73,21 +102,82 @@ echo "== certificates"
 openssl x509 -in "$state/pki/iaca.pem" -noout -subject -dates
 openssl verify -CAfile "$state/pki/iaca.pem" "$state/pki/ds/ds-1.pem"
 
+echo
+echo "== starting dojangd (log: $state/dojangd.log)"
+if [ -f "$state/dojangd.pid" ] && kill -0 "$(cat "$state/dojangd.pid")" 2>/dev/null; then
+  kill -TERM "$(cat "$state/dojangd.pid")"
+  for _ in $(seq 50); do kill -0 "$(cat "$state/dojangd.pid")" 2>/dev/null || break; sleep 0.1; done
+fi
+nohup "$bin/dojangd" serve --config "$state/dojang.toml" >> "$state/dojangd.log" 2>&1 &
+echo $! > "$state/dojangd.pid"
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:9464/readyz >/dev/null && break
+  kill -0 "$(cat "$state/dojangd.pid")" 2>/dev/null || { echo "dojangd exited:"; tail -20 "$state/dojangd.log"; exit 1; }
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:9464/readyz; echo
+
+# A request the way a backend sends one: holder data, the phone's public key
+# (JWK), channel, office, card evidence. Fictional holders with random
+# numbers, so every run issues anew (one live ID per person and per phone).
+request() {
+  local profile=$1 out=$2
+  openssl ecparam -name prime256v1 -genkey -noout -out "$out.phone.key"
+  openssl ec -in "$out.phone.key" -pubout -outform DER 2>/dev/null | tail -c 64 | python3 -c '
+import base64, json, random, sys
+raw = sys.stdin.buffer.read()
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({
+  "profile": sys.argv[1],
+  "holder": {"family_name": "홍", "given_name": "길동",
+             "resident_number": "000515-3%06d" % random.randrange(10**6),
+             "address": "서울특별시 종로구 세종대로 209"},
+  "device_key": {"kty": "EC", "crv": "P-256", "x": b64(raw[:32]), "y": b64(raw[32:])},
+  "channel": "ic_card", "municipality": "1111000000", "first_time": True,
+  "card": {"issue_date": "2021-03-02", "serial": "SN-%08d" % random.randrange(10**8)}},
+  ensure_ascii=False))' "$profile" > "$out.request.json"
+}
+api() {
+  curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/counter.pem" --key "$state/tls/counter.key" "$@"
+}
+
 for format in mdoc sd-jwt; do
   echo
-  echo "== a sample $format credential for 홍길동 (fictional), signed in the token"
-  ctl credential sample --format "$format" > "$state/sample.$format"
-  cut -c1-160 "$state/sample.$format"; echo "…"
+  echo "== issuing a $format credential over mTLS (client spiffe://mois.go.kr/office-counter)"
+  request "$format" "$state/issued.$format"
+  api -H 'Content-Type: application/json' -H "Idempotency-Key: demo-$format-$RANDOM$RANDOM" \
+    --data-binary @"$state/issued.$format.request.json" \
+    https://localhost:8443/v1/credentials > "$state/issued.$format.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))
+if "credential" not in r: sys.exit("refused: %s" % r)
+open(sys.argv[2],"w").write(r["credential"])
+print("id %s  kid %s  valid until %s  document expiry %s  fee %s KRW  status %s#%s" % (r["id"], r["kid"], r["valid_until"], r["document_expiry"], r["fee_krw"], r["status"]["uri"], r["status"]["idx"]))' \
+    "$state/issued.$format.json" "$state/issued.$format"
+  cut -c1-160 "$state/issued.$format"; echo "…"
   echo "-- verified offline against the IACA:"
-  "$bin/dojangctl" verify --iaca "$state/pki/iaca.pem" "$state/sample.$format"
+  "$bin/dojangctl" verify --iaca "$state/pki/iaca.pem" "$state/issued.$format"
 done
+id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$state/issued.mdoc.json")
+status_uri=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"]["uri"])' "$state/issued.mdoc.json")
+
+echo
+echo "== what verifiers fetch (public listener): JWKS, status list"
+curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
+curl -sf "$status_uri" | cut -c1-120; echo "…"
 echo
 cat <<MSG
-== try it yourself
-  export SOFTHSM2_CONF=$SOFTHSM2_CONF
-  $bin/dojangctl --config $state/dojang.toml credential sample --format sd-jwt > my.sd-jwt
-  $bin/dojangctl verify --iaca $state/pki/iaca.pem my.sd-jwt
-  $bin/dojangctl --config $state/dojang.toml pki issue-ds --label ds-2
-  $bin/dojangctl --config $state/dojang.toml keys list
-  make demo-clean      # remove the demo token and state
+== dojangd is running (pid $(cat "$state/dojangd.pid"), log $state/dojangd.log). Try:
+  cd $root
+  # issue another credential (edit the request: one live ID per person and per phone)
+  curl --cacert .demo/tls/ca.pem --cert .demo/tls/counter.pem --key .demo/tls/counter.key \\
+       -H 'Content-Type: application/json' --data-binary @.demo/issued.sd-jwt.request.json \\
+       https://localhost:8443/v1/credentials
+  # its metadata, then suspend / reinstate / revoke it
+  curl --cacert .demo/tls/ca.pem --cert .demo/tls/counter.pem --key .demo/tls/counter.key \\
+       https://localhost:8443/v1/credentials/$id
+  curl --cacert .demo/tls/ca.pem --cert .demo/tls/counter.pem --key .demo/tls/counter.key \\
+       -X POST https://localhost:8443/v1/credentials/$id/suspend
+  curl $status_uri          # the signed status list
+  curl http://127.0.0.1:9464/metrics | grep ^dojang_
+  kill \$(cat .demo/dojangd.pid)              # stop it;  make demo-clean removes everything
 MSG

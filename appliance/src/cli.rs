@@ -31,6 +31,27 @@ pub fn init_logging(verbosity: u8) {
         .init();
 }
 
+/// The daemon's logs on stderr (journald reads them): info by default,
+/// debug with `-v`; one JSON object a line with `json`.
+pub fn init_daemon_logging(verbosity: u8, json: bool) {
+    let level = if verbosity == 0 {
+        LevelFilter::INFO
+    } else {
+        LevelFilter::DEBUG
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Loads and validates the configuration.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)

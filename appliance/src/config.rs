@@ -8,6 +8,7 @@ use serde::Deserialize;
 pub use pkcs11_shim::BackendConfig;
 
 pub use crate::pki::PkiConfig;
+pub use crate::server::settings::{ServerConfig, StoreConfig};
 
 /// Where the daemon and the CLI look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dojang/dojang.toml";
@@ -24,6 +25,12 @@ pub struct Config {
     /// How credentials are issued.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// The daemon's listeners and limits.
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
+    /// The registry.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
 }
 
 /// The `[credential]` table.
@@ -116,6 +123,12 @@ impl Config {
         if let Some(credential) = &config.credential {
             credential.validate().map_err(invalid)?;
         }
+        if let Some(server) = &config.server {
+            server.validate().map_err(invalid)?;
+        }
+        if let Some(store) = &config.store {
+            store.validate().map_err(invalid)?;
+        }
         Ok(config)
     }
 
@@ -165,12 +178,12 @@ pin = { file = "/etc/dojang/pin" }
 
     #[test]
     fn unknown_keys_name_the_file_and_line() {
-        let text = format!("{GOOD}\n[server]\nport = 1\n");
+        let text = format!("{GOOD}\n[daemon]\nport = 1\n");
         let err = Config::parse(Path::new("dojang.toml"), &text).unwrap_err();
         let message = err.to_string();
         assert!(message.starts_with("dojang.toml:"), "{message}");
         assert!(message.contains("line 10"), "{message}");
-        assert!(message.contains("server"), "{message}");
+        assert!(message.contains("daemon"), "{message}");
     }
 
     #[test]

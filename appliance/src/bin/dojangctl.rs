@@ -60,6 +60,16 @@ enum Command {
     Policy(PolicyCommand),
     /// Verify a credential (mdoc base64url or SD-JWT VC) offline.
     Verify(VerifyArgs),
+    /// Write a development TLS PKI (CA, localhost server, clients, CRL) for
+    /// the demo and local testing. Software keys on disk: not for production.
+    DevTls {
+        /// Directory to write into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A client certificate: NAME=IDENTITY (URI SAN), repeatable.
+        #[arg(long = "client", value_name = "NAME=IDENTITY")]
+        clients: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +235,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             device_jwk,
         }) => sample(&load()?, &format, ds.as_deref(), device_jwk.as_deref()),
         Command::Verify(v) => verify(v),
+        Command::DevTls { dir, clients } => {
+            let pairs = clients
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .filter(|(n, i)| {
+                            !n.is_empty()
+                                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                                && !i.is_empty()
+                        })
+                        .with_context(|| format!("--client {c:?}: expected NAME=IDENTITY"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            dojang::devtls::write_dev_pki(&dir, &pairs)?;
+            println!("dev TLS PKI written to {}", dir.display());
+            Ok(())
+        }
         Command::Keys(command) => {
             let config = load()?;
             // Parse the operator's words before touching the token.

@@ -1,5 +1,5 @@
-//! `dojangd`: the signing daemon. This build can check a configuration
-//! (`dojangd validate`); the mTLS service lands with the service work.
+//! `dojangd`: the signing daemon. `dojangd serve` runs the mTLS issuance
+//! service; `dojangd validate` checks a configuration without starting.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +22,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service until SIGTERM (SIGHUP reloads TLS files, CRLs and the policy).
+    Serve {
+        /// Configuration file [default: $DOJANG_CONFIG or /etc/dojang/dojang.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check a configuration file without starting; with --probe, also open
     /// the key backend and probe the device.
     Validate {
@@ -36,6 +42,13 @@ enum Command {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
+        Command::Serve { config } => {
+            let path = cli::config_path(config);
+            let config = cli::load_config(&path)?;
+            let json = config.server.as_ref().is_some_and(|s| s.json_logs);
+            cli::init_daemon_logging(args.verbose, json);
+            dojang::server::run(config)
+        }
         Command::Validate { config, probe } => {
             let path = cli::config_path(config);
             let config = cli::load_config(&path)?;
@@ -59,7 +72,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(args.verbose);
+    if !matches!(args.command, Command::Serve { .. }) {
+        cli::init_logging(args.verbose);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 pub use issue::{issue_crl, issue_ds, issue_iaca};
 pub use signer::HsmKey;
+pub(crate) use store::cert_pem;
 pub use store::{DsCertificate, PkiStore, cert_der_from_pem};
 
 /// The `[pki]` table.

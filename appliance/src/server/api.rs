@@ -1,0 +1,237 @@
+//! The mTLS API under `/v1` (documented in `docs/openapi.yaml`): routing,
+//! content checks, the in-flight limit, and the hop onto the signing pool.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use super::http::{self, Body, Peer, Router};
+use super::issue::Answer;
+use super::pool::BlockingPool;
+use super::problem::Problem;
+use super::service::Service;
+
+/// The API router.
+pub struct Api {
+    service: Arc<Service>,
+    pool: Arc<BlockingPool>,
+    max_body: usize,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Api {
+    /// A router whose requests share `in_flight` permits.
+    pub(crate) fn new(
+        service: Arc<Service>,
+        pool: Arc<BlockingPool>,
+        max_body: usize,
+        in_flight: Arc<Semaphore>,
+    ) -> Self {
+        Api {
+            service,
+            pool,
+            max_body,
+            in_flight,
+        }
+    }
+}
+
+fn overloaded() -> Problem {
+    Problem::unavailable("overloaded", "too many requests in flight; retry shortly")
+}
+
+fn require_json(request: &Request<Incoming>) -> Result<(), Problem> {
+    let content_type = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be application/json",
+        ))
+    }
+}
+
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Problem> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(|k| k.trim_matches('"'))
+        .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(Problem::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 128 printable ASCII characters",
+        )),
+    }
+}
+
+impl Api {
+    async fn on_pool(&self, job: impl FnOnce(&Service) -> Answer + Send + 'static) -> Answer {
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(overloaded());
+        };
+        let service = self.service.clone();
+        let receiver = self
+            .pool
+            .submit(move || job(&service))
+            .map_err(|_| overloaded())?;
+        receiver.await.unwrap_or_else(|_| {
+            Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        })
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: String,
+    ) -> (&'static str, Option<String>, Answer) {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::POST, ["v1", "credentials"]) => {
+                let route = "/v1/credentials";
+                let prepared = require_json(&request).and_then(|()| idempotency_key(&request));
+                let key = match prepared {
+                    Ok(k) => k,
+                    Err(p) => return (route, None, Err(p)),
+                };
+                let body = match http::read_body(request, self.max_body).await {
+                    Ok(b) => b,
+                    Err(p) => return (route, None, Err(p)),
+                };
+                let answer = self
+                    .on_pool(move |s| {
+                        s.issue(&client, &body, key.as_deref(), OffsetDateTime::now_utc())
+                    })
+                    .await;
+                (route, None, answer)
+            }
+            (&Method::GET, ["v1", "credentials", id]) => {
+                let id = (*id).to_owned();
+                let answer = self.on_pool(move |s| s.metadata(&client, &id)).await;
+                ("/v1/credentials/{id}", None, answer)
+            }
+            (&Method::POST, ["v1", "credentials", id, action])
+                if matches!(*action, "revoke" | "suspend" | "reinstate") =>
+            {
+                let route = match *action {
+                    "revoke" => "/v1/credentials/{id}/revoke",
+                    "suspend" => "/v1/credentials/{id}/suspend",
+                    _ => "/v1/credentials/{id}/reinstate",
+                };
+                let action: &'static str = match *action {
+                    "revoke" => "revoke",
+                    "suspend" => "suspend",
+                    _ => "reinstate",
+                };
+                let id = (*id).to_owned();
+                let has_body = request
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0");
+                if has_body && let Err(p) = require_json(&request) {
+                    return (route, None, Err(p));
+                }
+                let body = match http::read_body(request, self.max_body).await {
+                    Ok(b) => b,
+                    Err(p) => return (route, None, Err(p)),
+                };
+                let answer = self
+                    .on_pool(move |s| {
+                        s.change_state(&client, &id, action, &body, OffsetDateTime::now_utc())
+                    })
+                    .await;
+                (route, Some(action.to_owned()), answer)
+            }
+            (_, ["v1", "credentials", ..]) => (
+                "other",
+                None,
+                Err(Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here"),
+                )),
+            ),
+            _ => (
+                "other",
+                None,
+                Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint",
+                )),
+            ),
+        }
+    }
+}
+
+impl Router for Api {
+    fn listener(&self) -> &'static str {
+        "api"
+    }
+
+    fn route(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(async move {
+            let request_id = http::request_id();
+            let started = Instant::now();
+            let Some(client) = peer.identity.clone() else {
+                let p = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "no_client_identity",
+                    "the client certificate has no URI or DNS subject alternative name",
+                );
+                return http::problem(&p, &request_id);
+            };
+            let (route, action, answer) = self.handle(request, client.clone()).await;
+            let response = match &answer {
+                Ok((status, body)) => http::json(*status, body.clone(), &request_id),
+                Err(p) => http::problem(p, &request_id),
+            };
+            let status = response.status();
+            let class = format!("{}xx", status.as_u16() / 100);
+            self.service
+                .metrics
+                .requests
+                .with_label_values(&["api", route, &class])
+                .inc();
+            tracing::info!(
+                request_id = %request_id,
+                client = %client,
+                route,
+                action = action.as_deref().unwrap_or(""),
+                status = status.as_u16(),
+                code = answer.as_ref().err().map(|p| p.code).unwrap_or(""),
+                rule = answer.as_ref().err().and_then(|p| p.rule.as_deref()).unwrap_or(""),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            response
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Serving connections: accept with a connection limit, TLS handshake with a
+//! timeout, HTTP/1.1 or HTTP/2 by ALPN with a header-read timeout, an idle
+//! timeout, and graceful shutdown. What a request means is the router's
+//! business ([`Router`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use super::metrics::Metrics;
+use super::problem::Problem;
+use super::settings::Limits;
+
+/// Response body type.
+pub type Body = Full<Bytes>;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's identity from its certificate (mTLS listeners only).
+    pub identity: Option<String>,
+}
+
+/// Answers requests on one listener.
+pub trait Router: Send + Sync + 'static {
+    /// The listener's name in metrics and logs.
+    fn listener(&self) -> &'static str;
+    /// Answers one request.
+    fn route(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+}
+
+/// A TLS configuration SIGHUP can swap; `None` serves plain HTTP.
+pub type TlsSlot = Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>;
+
+/// Wraps an IO object and records when it last moved a byte.
+struct ActivityIo<T> {
+    inner: T,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T> ActivityIo<T> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsSlot,
+    router: Arc<dyn Router>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = router.listener();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.connections_refused.with_label_values(&[name]).inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.read().ok().and_then(|t| t.clone());
+        let router = router.clone();
+        let limits = limits.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        // Detached: the task ends with its connection (or the process).
+        drop(tokio::spawn(async move {
+            let open = metrics.connections.with_label_values(&[name]);
+            open.inc();
+            match tls {
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let handshake = tokio::time::timeout(
+                        Duration::from_millis(limits.tls_handshake_timeout_ms),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            let (_, session) = tls_stream.get_ref();
+                            let identity = session
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| super::identity::client_identity(c));
+                            let h2 = session.alpn_protocol() == Some(b"h2");
+                            let peer = Arc::new(Peer { identity });
+                            connection(tls_stream, h2, peer, router, &limits, shutdown).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics.handshake_failures.with_label_values(&[name]).inc();
+                            tracing::info!(listener = name, error = %e, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            metrics.handshake_failures.with_label_values(&[name]).inc();
+                            tracing::info!(listener = name, "TLS handshake timed out");
+                        }
+                    }
+                }
+                None => {
+                    let peer = Arc::new(Peer { identity: None });
+                    connection(stream, false, peer, router, &limits, shutdown).await;
+                }
+            }
+            open.dec();
+            drop(permit);
+        }));
+    }
+}
+
+async fn connection<T>(
+    io: T,
+    h2: bool,
+    peer: Arc<Peer>,
+    router: Arc<dyn Router>,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        epoch,
+        last: last.clone(),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let router = router.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(router.route(request, peer).await) }
+    });
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let idle_tick = (idle / 4).max(Duration::from_millis(50));
+    let idle_since = || {
+        let last = Duration::from_millis(last.load(Ordering::Relaxed));
+        epoch.elapsed().saturating_sub(last)
+    };
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = tokio::time::sleep(idle_tick), if !closing => {
+                    if idle_since() >= idle { conn.as_mut().graceful_shutdown(); closing = true; }
+                }
+                _ = shutdown.changed(), if !closing => { conn.as_mut().graceful_shutdown(); closing = true; }
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .keep_alive(true)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = tokio::time::sleep(idle_tick), if !closing => {
+                    if idle_since() >= idle { conn.as_mut().graceful_shutdown(); closing = true; }
+                }
+                _ = shutdown.changed(), if !closing => { conn.as_mut().graceful_shutdown(); closing = true; }
+            }
+        }
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: Vec<u8>, request_id: &str) -> Response<Body> {
+    respond(status, "application/json", body, request_id)
+}
+
+/// A response with a content type and the request id.
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+    request_id: &str,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    let _ = headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(request_id) {
+        let _ = headers.insert("x-request-id", v);
+    }
+    let _ = headers.insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// A problem+json response.
+pub fn problem(p: &Problem, request_id: &str) -> Response<Body> {
+    let mut response = respond(
+        p.status,
+        "application/problem+json",
+        p.body(request_id),
+        request_id,
+    );
+    if let Some(seconds) = p.retry_after {
+        let _ = response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, seconds.into());
+    }
+    response
+}
+
+/// Reads a body of at most `max` bytes: 413 before reading when the
+/// declared length is larger, or as soon as more arrives.
+pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {max} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Problem::bad_request(
+            "malformed_request",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// A new request id: 16 random hex digits.
+pub fn request_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,678 @@
+//! The operations of the API, synchronous, on the signing pool: issue a
+//! credential, read its metadata, change its state. Each turns a parsed
+//! request into a JSON body or a [`Problem`]; the HTTP layer only routes.
+//!
+//! Issuance order: replay an idempotent request → validate the input →
+//! pseudonym in the HSM → registry facts → policy → sign → one durable
+//! registry transaction (row, quota, supersession, idempotency, decision) →
+//! respond. Nothing is returned before the commit is durable.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use dojang_policies::resident_number::{Registrant, ResidentNumber};
+use dojang_policies::{
+    CredentialFormat, DenialKind, IssuanceRequest, Outcome, RegistryFacts, Role,
+};
+use hyper::StatusCode;
+use pkcs11_shim::{ErrorClass, Jwk, public_key_from_jwk};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::problem::Problem;
+use super::seal::SealKey;
+use super::service::Service;
+use crate::credential::claims::{HolderData, ResidentCardClaims};
+use crate::credential::{CredentialError, SignatureValidity, StatusReference, mdoc, sdjwt};
+use crate::store::{
+    CredentialMeta, CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, NewCredential,
+    StoreError,
+};
+
+/// `POST /v1/credentials`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueRequest {
+    profile: String,
+    holder: HolderIn,
+    device_key: Jwk,
+    channel: String,
+    municipality: String,
+    first_time: bool,
+    #[serde(default)]
+    card: Option<CardIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HolderIn {
+    family_name: String,
+    given_name: String,
+    resident_number: String,
+    address: String,
+    /// JPEG, base64.
+    #[serde(default)]
+    portrait: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardIn {
+    /// YYYY-MM-DD.
+    issue_date: String,
+    serial: String,
+}
+
+/// The issuance response (also what an idempotent replay returns).
+#[derive(Serialize)]
+struct IssueResponse<'a> {
+    id: &'a str,
+    profile: &'a str,
+    format: &'a str,
+    credential: &'a str,
+    kid: &'a str,
+    key_label: &'a str,
+    valid_from: String,
+    valid_until: String,
+    document_expiry: String,
+    status: StatusOut<'a>,
+    fee_krw: u32,
+    free_copy: bool,
+    superseded: &'a [String],
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    uri: &'a str,
+    idx: u64,
+}
+
+/// Metadata, never personal data.
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    id: &'a str,
+    profile: &'a str,
+    kid: &'a str,
+    state: &'a str,
+    status: StatusOut<'a>,
+    issued_at: String,
+    valid_until: String,
+    document_expiry: &'a str,
+}
+
+/// `POST /v1/credentials/{id}/revoke|suspend|reinstate`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StateChangeRequest {
+    /// Why (kept out of the registry; a short code is enough).
+    #[serde(default)]
+    #[allow(dead_code)]
+    reason: Option<String>,
+}
+
+/// A successful answer: status and JSON body.
+pub(crate) type Answer = Result<(StatusCode, Vec<u8>), Problem>;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// A JSON error message that never echoes a value from the body (values
+/// are personal data): unknown and missing fields are named, everything
+/// else is located.
+pub(crate) fn json_problem(e: &serde_json::Error) -> Problem {
+    let text = e.to_string();
+    let detail = if text.starts_with("unknown field") || text.starts_with("missing field") {
+        text.split(", expected").next().unwrap_or("").to_owned()
+    } else if e.is_syntax() || e.is_eof() {
+        format!(
+            "the body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    } else {
+        format!(
+            "a value does not have the expected type (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    };
+    let code = if text.starts_with("unknown field") {
+        "unknown_field"
+    } else {
+        "malformed_request"
+    };
+    Problem::bad_request(code, detail)
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Conflict { rule } => Problem::new(
+            StatusCode::CONFLICT,
+            "registry_conflict",
+            match rule {
+                "device.one_person" => "this phone already holds another person's mobile ID",
+                _ => "the holder already has a live mobile ID",
+            },
+        )
+        .with_rule(rule),
+        StoreError::IdempotencyMismatch => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .with_rule("idempotency.same_body"),
+        StoreError::NotFound => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no credential with this id",
+        ),
+        StoreError::InvalidTransition { from, to } => Problem::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            format!("a {from} credential cannot become {to}"),
+        )
+        .with_rule("credential.state_machine"),
+        StoreError::Unavailable(_) | StoreError::IdempotencyReplay(_) => {
+            tracing::warn!(error = %e, "registry unavailable");
+            Problem::unavailable("store_unavailable", "the registry is unavailable; retry")
+        }
+        StoreError::Internal(_) => {
+            tracing::error!(error = %e, "registry error");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
+}
+
+fn key_problem(e: &pkcs11_shim::Error) -> Problem {
+    tracing::warn!(error = %e, "key backend call failed");
+    match e.class() {
+        ErrorClass::Retryable | ErrorClass::DeviceLost => {
+            Problem::unavailable("hsm_unavailable", "the key backend is unavailable; retry")
+        }
+        _ => Problem::unavailable(
+            "hsm_error",
+            "the key backend refused the operation; an operator has been alerted",
+        ),
+    }
+}
+
+fn credential_problem(e: CredentialError) -> Problem {
+    match e {
+        CredentialError::Invalid(detail) => Problem::bad_request("invalid_holder_data", detail),
+        CredentialError::Key(k) => key_problem(&k),
+        CredentialError::Encoding(_) => {
+            tracing::error!(error = %e, "encoding a credential");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
+}
+
+fn forbidden(client: &str, role: Role) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "client {client:?} does not have the {} role",
+            format!("{role:?}").to_lowercase()
+        ),
+    )
+    .with_rule("client.role")
+}
+
+/// What a validated request carries into the policy and the builders.
+struct Validated {
+    request: IssueRequest,
+    number: ResidentNumber,
+    holder: HolderData,
+    device: pkcs11_shim::PublicKey,
+    card_issue_date: Option<time::Date>,
+}
+
+fn validate(request: IssueRequest) -> Result<Validated, Problem> {
+    let number = ResidentNumber::parse(&request.holder.resident_number).map_err(|e| {
+        Problem::bad_request("invalid_resident_number", e.to_string())
+            .with_rule("holder.resident_number_format")
+    })?;
+    let device = public_key_from_jwk(&request.device_key)
+        .map_err(|e| Problem::bad_request("invalid_device_key", e.to_string()))?;
+    let portrait =
+        match &request.holder.portrait {
+            Some(b64) => Some(B64.decode(b64).map_err(|_| {
+                Problem::bad_request("invalid_holder_data", "portrait is not base64")
+            })?),
+            None => None,
+        };
+    let card_issue_date = match &request.card {
+        Some(card) => Some(
+            time::Date::parse(
+                &card.issue_date,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map_err(|_| {
+                Problem::bad_request("invalid_card", "card.issue_date must be YYYY-MM-DD")
+            })?,
+        ),
+        None => None,
+    };
+    if request.card.as_ref().is_some_and(|c| c.serial.len() > 64) {
+        return Err(Problem::bad_request(
+            "invalid_card",
+            "card.serial is at most 64 characters",
+        ));
+    }
+    if request.municipality.len() > 16 || request.profile.len() > 64 || request.channel.len() > 64 {
+        return Err(Problem::bad_request(
+            "malformed_request",
+            "profile, channel or municipality too long",
+        ));
+    }
+    let holder = HolderData {
+        family_name: request.holder.family_name.clone(),
+        given_name: request.holder.given_name.clone(),
+        resident_number: number.clone(),
+        address: request.holder.address.clone(),
+        portrait,
+    };
+    Ok(Validated {
+        request,
+        number,
+        holder,
+        device,
+        card_issue_date,
+    })
+}
+
+impl Service {
+    /// `POST /v1/credentials`.
+    pub(crate) fn issue(
+        &self,
+        client: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Answer {
+        let current = self.current();
+        let policy = current.policy.clone();
+        if !policy.has_role(client, Role::Issuer) {
+            return Err(forbidden(client, Role::Issuer));
+        }
+        let request: IssueRequest = serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+        let profile = request.profile.clone();
+        let outcome = self.issue_validated(client, body, request, idempotency_key, now, &current);
+        let label = match &outcome {
+            Ok(_) => "issued",
+            Err(p) if p.status.is_server_error() => "error",
+            Err(_) => "refused",
+        };
+        // Bounded: unknown profiles are counted together.
+        let profile_label = if policy.profiles.contains_key(&profile) {
+            profile.as_str()
+        } else {
+            "unknown"
+        };
+        self.metrics
+            .issuances
+            .with_label_values(&[profile_label, label])
+            .inc();
+        if let Err(p) = &outcome
+            && let Some(rule) = &p.rule
+        {
+            self.metrics.denials.with_label_values(&[rule]).inc();
+        }
+        outcome
+    }
+
+    fn issue_validated(
+        &self,
+        client: &str,
+        body: &[u8],
+        request: IssueRequest,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+        current: &super::service::Current,
+    ) -> Answer {
+        let started = std::time::Instant::now();
+        let policy = &current.policy;
+        // A replay returns the first answer even if the policy would now refuse.
+        let idempotency = match idempotency_key {
+            Some(key) => {
+                let request_hash = pkcs11_shim::digest::sha256(body);
+                let seal = self
+                    .metrics
+                    .hsm("hmac", || {
+                        SealKey::derive(
+                            self.backend,
+                            &self.keys.pseudonym,
+                            client,
+                            key,
+                            &request_hash,
+                        )
+                    })
+                    .map_err(|e| key_problem(&e))?;
+                let key = IdempotencyKey {
+                    key: key.to_owned(),
+                    request_hash,
+                };
+                match self.registry.idempotent_response(client, &key) {
+                    Ok(Some(sealed)) => return replay(&seal, &sealed),
+                    Ok(None) => {}
+                    Err(e) => return Err(store_problem(e)),
+                }
+                Some((key, seal))
+            }
+            None => None,
+        };
+        let v = validate(request)?;
+        let holder = self
+            .metrics
+            .hsm("hmac", || {
+                crate::store::pseudonym(self.backend, &self.keys.pseudonym, &v.number)
+            })
+            .map_err(|e| key_problem(&e))?;
+        let device = v.device.jwk().thumbprint();
+        let facts = self
+            .registry
+            .facts(&holder, &device)
+            .map_err(store_problem)?;
+        let policy_request = IssuanceRequest {
+            profile: v.request.profile.clone(),
+            channel: v.request.channel.clone(),
+            municipality: v.request.municipality.clone(),
+            first_time: v.request.first_time,
+            birth_date: v.number.birth_date(),
+            citizen: v.number.registrant() == Registrant::Citizen,
+            card_issue_date: v.card_issue_date,
+            card_serial: v.request.card.as_ref().map(|c| c.serial.clone()),
+        };
+        let registry_facts = RegistryFacts {
+            holder_active_on_same_device: facts.holder_live_on_same_device,
+            holder_suspended: facts.holder_suspended,
+            device_bound_to_other_holder: facts.device_bound_to_other_holder,
+            free_copies_issued: facts.free_copies_issued,
+            client_requests_this_minute: self.rate.hit(client, now.unix_timestamp()),
+        };
+        let decision = policy.evaluate_issuance(client, &policy_request, &registry_facts, now);
+        let obligations = match decision.outcome {
+            Outcome::Allow(o) => o,
+            Outcome::Deny(denial) => {
+                let (status, code) = match denial.kind {
+                    DenialKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+                    DenialKind::Policy => (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied"),
+                    DenialKind::Conflict => (StatusCode::CONFLICT, "policy_conflict"),
+                    DenialKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                };
+                let mut p = Problem::new(status, code, denial.reason).with_rule(denial.rule);
+                if denial.kind == DenialKind::RateLimited {
+                    p = p.retry_after(60 - (now.unix_timestamp().rem_euclid(60)) as u32);
+                }
+                return Err(p);
+            }
+        };
+        let signer = current.signer.as_ref().map_err(|_| {
+            Problem::unavailable("no_signing_key", "no document-signer key is ready")
+        })?;
+        let format = policy
+            .profiles
+            .get(&v.request.profile)
+            .map(|p| p.format)
+            .ok_or_else(|| Problem::bad_request("unknown_profile", "unknown profile"))?;
+        let claims = ResidentCardClaims::derive(
+            &v.holder,
+            obligations.issue_date,
+            policy.validity_years,
+            &self.credential.issuing_authority,
+        )
+        .map_err(credential_problem)?;
+        let validity = SignatureValidity::starting(
+            now,
+            self.credential.signature_validity_days,
+            signer.not_after(),
+        )
+        .map_err(|_| Problem::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        let (list, index) = self.next_status_index().map_err(store_problem)?;
+        let status = StatusReference {
+            idx: index,
+            uri: self.status_uri(list),
+        };
+        let (format_name, credential) = match format {
+            CredentialFormat::Mdoc => (
+                "mso_mdoc",
+                self.metrics
+                    .hsm("sign", || {
+                        mdoc::issue(signer, &claims, &v.device, &validity, Some(&status))
+                    })
+                    .map(|cbor| mdoc::to_base64url(&cbor)),
+            ),
+            CredentialFormat::SdJwtVc => (
+                "dc+sd-jwt",
+                self.metrics.hsm("sign", || {
+                    sdjwt::issue(
+                        signer,
+                        &claims,
+                        &v.device,
+                        &validity,
+                        Some(&status),
+                        &self.credential.issuer,
+                    )
+                }),
+            ),
+        };
+        let credential = credential.map_err(credential_problem)?;
+        let id = hex(&crate::credential::random::<16>().map_err(credential_problem)?);
+        let channel_fee = policy
+            .channels
+            .get(&v.request.channel)
+            .map_or(0, |c| c.fee_krw);
+        let document_expiry = obligations.expiry_date.to_string();
+        let respond = {
+            let id = id.clone();
+            let profile = v.request.profile.clone();
+            let kid = signer.kid().to_owned();
+            let key_label = signer.label().to_owned();
+            let uri = status.uri.clone();
+            let document_expiry = document_expiry.clone();
+            move |free_copy: bool, superseded: &[String]| -> Vec<u8> {
+                let response = IssueResponse {
+                    id: &id,
+                    profile: &profile,
+                    format: format_name,
+                    credential: &credential,
+                    kid: &kid,
+                    key_label: &key_label,
+                    valid_from: rfc3339(validity.valid_from),
+                    valid_until: rfc3339(validity.valid_until),
+                    document_expiry: document_expiry.clone(),
+                    status: StatusOut {
+                        uri: &uri,
+                        idx: index,
+                    },
+                    fee_krw: if free_copy { 0 } else { channel_fee },
+                    free_copy,
+                    superseded,
+                };
+                serde_json::to_vec(&response).unwrap_or_default()
+            }
+        };
+        let respond = std::sync::Arc::new(respond);
+        let (idempotency, seal) = match idempotency {
+            Some((key, seal)) => (Some(key), Some(seal)),
+            None => (None, None),
+        };
+        let sealed_respond: crate::store::Respond = {
+            let respond = respond.clone();
+            Box::new(move |committed| match &seal {
+                Some(seal) => seal
+                    .seal(&respond(committed.free_copy, &committed.superseded))
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            })
+        };
+        let commit = IssuanceCommit {
+            credential: NewCredential {
+                id: id.clone(),
+                holder,
+                device,
+                profile: v.request.profile.clone(),
+                kid: signer.kid().to_owned(),
+                status_list: list,
+                status_index: index,
+                issued_at: validity.signed.unix_timestamp(),
+                valid_until: validity.valid_until.unix_timestamp(),
+                document_expiry,
+            },
+            supersede: obligations.supersede_previous,
+            want_free_copy: obligations.use_free_copy,
+            idempotency,
+            decision: DecisionRecord {
+                at: now.unix_timestamp(),
+                actor: client.to_owned(),
+                action: "issue".into(),
+                outcome: "allow".into(),
+                rule: None,
+                policy_hash: decision.policy_hash.clone(),
+            },
+        };
+        match self
+            .registry
+            .commit_issuance(client, commit, sealed_respond)
+        {
+            Ok((committed, _)) => {
+                if !committed.superseded.is_empty() {
+                    self.status_changed();
+                }
+                self.metrics
+                    .issuance_seconds
+                    .with_label_values(&[&v.request.profile])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok((
+                    StatusCode::CREATED,
+                    respond(committed.free_copy, &committed.superseded),
+                ))
+            }
+            Err(StoreError::IdempotencyReplay(sealed)) => match idempotency_key {
+                Some(key) => {
+                    let seal = SealKey::derive(
+                        self.backend,
+                        &self.keys.pseudonym,
+                        client,
+                        key,
+                        &pkcs11_shim::digest::sha256(body),
+                    )
+                    .map_err(|e| key_problem(&e))?;
+                    replay(&seal, &sealed)
+                }
+                None => Err(store_problem(StoreError::IdempotencyReplay(sealed))),
+            },
+            Err(e) => Err(store_problem(e)),
+        }
+    }
+
+    /// `GET /v1/credentials/{id}`.
+    pub(crate) fn metadata(&self, client: &str, id: &str) -> Answer {
+        let policy = self.current().policy.clone();
+        if ![Role::Issuer, Role::Revoker, Role::Auditor]
+            .iter()
+            .any(|r| policy.has_role(client, *r))
+        {
+            return Err(forbidden(client, Role::Issuer));
+        }
+        check_id(id)?;
+        let meta = self.registry.credential(id).map_err(store_problem)?;
+        Ok((StatusCode::OK, self.meta_json(&meta)))
+    }
+
+    /// `POST /v1/credentials/{id}/{revoke,suspend,reinstate}`.
+    pub(crate) fn change_state(
+        &self,
+        client: &str,
+        id: &str,
+        action: &'static str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
+        let policy = self.current().policy.clone();
+        if !policy.has_role(client, Role::Revoker) {
+            return Err(forbidden(client, Role::Revoker));
+        }
+        if !body.is_empty() {
+            let _: StateChangeRequest =
+                serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+        }
+        check_id(id)?;
+        let to = match action {
+            "revoke" => CredentialState::Revoked,
+            "suspend" => CredentialState::Suspended,
+            _ => CredentialState::Active,
+        };
+        let decision = DecisionRecord {
+            at: now.unix_timestamp(),
+            actor: client.to_owned(),
+            action: action.into(),
+            outcome: "allow".into(),
+            rule: None,
+            policy_hash: policy.hash.clone(),
+        };
+        let meta = self
+            .registry
+            .set_state(id, to, decision)
+            .map_err(store_problem)?;
+        self.status_changed();
+        Ok((StatusCode::OK, self.meta_json(&meta)))
+    }
+
+    fn meta_json(&self, meta: &CredentialMeta) -> Vec<u8> {
+        let uri = self.status_uri(meta.status_list);
+        let out = MetaOut {
+            id: &meta.id,
+            profile: &meta.profile,
+            kid: &meta.kid,
+            state: meta.state.as_str(),
+            status: StatusOut {
+                uri: &uri,
+                idx: meta.status_index,
+            },
+            issued_at: OffsetDateTime::from_unix_timestamp(meta.issued_at)
+                .map(rfc3339)
+                .unwrap_or_default(),
+            valid_until: OffsetDateTime::from_unix_timestamp(meta.valid_until)
+                .map(rfc3339)
+                .unwrap_or_default(),
+            document_expiry: &meta.document_expiry,
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+fn replay(seal: &SealKey, sealed: &[u8]) -> Answer {
+    match seal.open(sealed) {
+        Some(body) => Ok((StatusCode::CREATED, body)),
+        // Same key and body hash but it does not open: it was sealed for a
+        // different request (the body hash matched by the registry's check).
+        None => Err(store_problem(StoreError::IdempotencyMismatch)),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Problem> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no credential with this id",
+        ))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,222 @@
+//! Prometheus metrics, all named `dojang_…` with bounded labels: routes are
+//! templates, rules are policy rule ids, profiles come from the policy.
+//! Gauges that describe state (quota, certificate expiry, backend up) are
+//! refreshed when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by listener, route template and status class.
+    pub requests: IntCounterVec,
+    /// Issuance latency (seconds), by profile.
+    pub issuance_seconds: HistogramVec,
+    /// Issuances by profile and outcome.
+    pub issuances: IntCounterVec,
+    /// Policy denials by rule.
+    pub denials: IntCounterVec,
+    /// Key-backend operations by op and result.
+    pub hsm_operations: IntCounterVec,
+    /// Key-backend operation latency (seconds), by op.
+    pub hsm_seconds: HistogramVec,
+    /// Jobs waiting for a signing thread.
+    pub queue_depth: IntGauge,
+    /// Sessions in the PKCS#11 pool, by state (idle, busy).
+    pub sessions: IntGaugeVec,
+    /// 1 when the key backend answers.
+    pub backend_up: IntGauge,
+    /// Seconds until each DS certificate expires, by key label.
+    pub ds_expiry_seconds: IntGaugeVec,
+    /// Free first-time copies left.
+    pub free_quota_remaining: IntGauge,
+    /// Decision records in the registry (the audit log's entries).
+    pub audit_entries: IntGauge,
+    /// Open connections by listener.
+    pub connections: IntGaugeVec,
+    /// Connections closed at once because the listener was full.
+    pub connections_refused: IntCounterVec,
+    /// TLS handshakes that failed, by listener.
+    pub handshake_failures: IntCounterVec,
+    /// Status-list tokens signed.
+    pub status_list_signatures: IntCounter,
+    /// Time to sign a status list (seconds).
+    pub status_list_seconds: Histogram,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// Registers every metric.
+    #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build = gauge_vec(
+            &r,
+            "dojang_build_info",
+            "Build information (value 1).",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let status_list_seconds = Histogram::with_opts(HistogramOpts::new(
+            "dojang_status_list_sign_seconds",
+            "Time to build and sign a status-list token.",
+        ))
+        .expect("metric definition");
+        r.register(Box::new(status_list_seconds.clone()))
+            .expect("unique metric");
+        let status_list_signatures = IntCounter::new(
+            "dojang_status_list_signatures_total",
+            "Status-list tokens signed.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(status_list_signatures.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter(
+                &r,
+                "dojang_http_requests_total",
+                "HTTP requests by listener, route and status class.",
+                &["listener", "route", "status"],
+            ),
+            issuance_seconds: histogram(
+                &r,
+                "dojang_issuance_duration_seconds",
+                "Time from a parsed issuance request to its durable commit.",
+                &["profile"],
+            ),
+            issuances: counter(
+                &r,
+                "dojang_issuances_total",
+                "Issuance requests by profile and outcome.",
+                &["profile", "outcome"],
+            ),
+            denials: counter(
+                &r,
+                "dojang_policy_denials_total",
+                "Requests refused by the policy or the registry, by rule.",
+                &["rule"],
+            ),
+            hsm_operations: counter(
+                &r,
+                "dojang_hsm_operations_total",
+                "Key-backend operations by operation and result.",
+                &["op", "result"],
+            ),
+            hsm_seconds: histogram(
+                &r,
+                "dojang_hsm_operation_duration_seconds",
+                "Key-backend operation latency.",
+                &["op"],
+            ),
+            queue_depth: gauge(
+                &r,
+                "dojang_signing_queue_depth",
+                "Jobs waiting for a signing thread.",
+            ),
+            sessions: gauge_vec(
+                &r,
+                "dojang_hsm_sessions",
+                "PKCS#11 sessions in the pool by state.",
+                &["state"],
+            ),
+            backend_up: gauge(
+                &r,
+                "dojang_key_backend_up",
+                "1 when the key backend answers its probe.",
+            ),
+            ds_expiry_seconds: gauge_vec(
+                &r,
+                "dojang_ds_certificate_expiry_seconds",
+                "Seconds until each DS certificate expires.",
+                &["key"],
+            ),
+            free_quota_remaining: gauge(
+                &r,
+                "dojang_free_quota_remaining",
+                "Free first-time copies left.",
+            ),
+            audit_entries: gauge(
+                &r,
+                "dojang_audit_log_entries",
+                "Decision records in the registry.",
+            ),
+            connections: gauge_vec(
+                &r,
+                "dojang_connections_open",
+                "Open connections by listener.",
+                &["listener"],
+            ),
+            connections_refused: counter(
+                &r,
+                "dojang_connections_refused_total",
+                "Connections closed because the listener was at its limit.",
+                &["listener"],
+            ),
+            handshake_failures: counter(
+                &r,
+                "dojang_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                &["listener"],
+            ),
+            status_list_signatures,
+            status_list_seconds,
+            registry: r,
+        }
+    }
+
+    /// Times a key-backend call and counts its result.
+    pub fn hsm<T, E>(&self, op: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let start = std::time::Instant::now();
+        let result = f();
+        self.hsm_seconds
+            .with_label_values(&[op])
+            .observe(start.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.hsm_operations.with_label_values(&[op, outcome]).inc();
+        result
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding our own registered metrics into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,241 @@
+//! `dojangd serve`: three listeners around one [`service::Service`].
+//!
+//! - **api** (mTLS): issuance and credential state under `/v1` ([`api`]).
+//! - **public**: what verifiers fetch ([`public`]).
+//! - **ops** (loopback): metrics, liveness, readiness ([`ops`]).
+//!
+//! Device and database calls run on a bounded thread pool ([`pool`]), never
+//! on the async executor. SIGHUP rebuilds the TLS configurations and
+//! reloads the policy and PKI directory, swapping only if everything loads;
+//! SIGTERM stops accepting, drains requests in flight and exits. Under
+//! systemd (`Type=notify`) the daemon reports READY, RELOADING, STOPPING
+//! and feeds the watchdog.
+
+pub mod api;
+pub mod http;
+pub mod identity;
+mod issue;
+pub mod metrics;
+pub mod ops;
+pub(crate) mod pool;
+pub mod problem;
+pub mod public;
+mod ratelimit;
+mod seal;
+pub mod service;
+pub mod settings;
+pub mod tls;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::pki::PkiStore;
+use crate::store::{PostgresRegistry, Registry, SqliteRegistry};
+
+/// Opens the configured registry.
+pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    let store = config
+        .store
+        .as_ref()
+        .context("this needs a [store] table in the configuration")?;
+    Ok(match (&store.sqlite, &store.postgres) {
+        (Some(path), _) => Arc::new(
+            SqliteRegistry::open(path)
+                .with_context(|| format!("opening the registry {}", path.display()))?,
+        ),
+        (None, Some(url)) => {
+            Arc::new(PostgresRegistry::open(url, store.pool_size).context("opening the registry")?)
+        }
+        (None, None) => anyhow::bail!("[store]: set sqlite or postgres"),
+    })
+}
+
+fn notify(state: &[NotifyState<'_>]) {
+    // Outside systemd there is no socket and this does nothing.
+    let _ = sd_notify::notify(false, state);
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let server = config
+        .server
+        .clone()
+        .context("this needs a [server] table in the configuration")?;
+    let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
+    let pki = PkiStore::new(&config.pki().map_err(anyhow::Error::msg)?.dir);
+    let api_tls = tls::api_config(&server.api)?;
+    let public_tls = tls::public_config(&server.public)?;
+
+    let backend = crate::cli::open_backend(&config)?;
+    // One backend for the life of the process; signers borrow it.
+    let backend: &'static std::sync::Arc<dyn pkcs11_shim::KeyBackend> =
+        Box::leak(Box::new(backend));
+    let backend: &'static dyn pkcs11_shim::KeyBackend = backend.as_ref();
+    let registry = open_registry(&config)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let service = Arc::new(
+        service::Service::new(
+            backend,
+            registry,
+            metrics.clone(),
+            &server,
+            credential.clone(),
+            pki,
+        )
+        .context("starting the service")?,
+    );
+    let limits = server.limits.clone();
+    let depth = metrics.queue_depth.clone();
+    let pool = Arc::new(
+        pool::BlockingPool::new(
+            limits.signing_threads,
+            limits.max_in_flight,
+            Arc::new(move |d| depth.set(d)),
+        )
+        .context("starting the signing threads")?,
+    );
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dojang-io")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let bind = |addr: std::net::SocketAddr, name: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {name} listener to {addr}"))
+        };
+        let api_listener = bind(server.api.listen, "api").await?;
+        let public_listener = bind(server.public.listen, "public").await?;
+        let ops_listener = bind(server.ops.listen, "ops").await?;
+        let api_slot: http::TlsSlot = Arc::new(RwLock::new(Some(api_tls)));
+        let public_slot: http::TlsSlot = Arc::new(RwLock::new(public_tls));
+        let (stop, stopped) = watch::channel(false);
+
+        let routers: [(TcpListener, http::TlsSlot, Arc<dyn http::Router>); 3] = [
+            (
+                api_listener,
+                api_slot.clone(),
+                Arc::new(api::Api::new(
+                    service.clone(),
+                    pool.clone(),
+                    limits.max_body_bytes,
+                    in_flight.clone(),
+                )),
+            ),
+            (
+                public_listener,
+                public_slot.clone(),
+                Arc::new(public::Public::new(
+                    service.clone(),
+                    pool.clone(),
+                    server.public.base_url.clone(),
+                    credential.issuer.clone(),
+                )),
+            ),
+            (
+                ops_listener,
+                Arc::new(RwLock::new(None)),
+                Arc::new(ops::Ops::new(service.clone(), pool.clone())),
+            ),
+        ];
+        let mut tasks = Vec::new();
+        for (listener, slot, router) in routers {
+            tracing::info!(
+                listener = router.listener(),
+                address = %listener.local_addr()?,
+                "listening"
+            );
+            tasks.push(tokio::spawn(http::serve(
+                listener,
+                slot,
+                router,
+                limits.clone(),
+                metrics.clone(),
+                stopped.clone(),
+            )));
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        let mut watchdog_usec = 0u64;
+        if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+            let period = Duration::from_micros(watchdog_usec / 2);
+            // Detached: the task ends with its connection (or the process).
+        drop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    notify(&[NotifyState::Watchdog]);
+                }
+            }));
+        }
+
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    notify(&[NotifyState::Reloading]);
+                    let reloaded = reload(&server, &service, &api_slot, &public_slot, &pool).await;
+                    match reloaded {
+                        Ok(()) => tracing::info!("reloaded TLS files, CRLs, policy and PKI"),
+                        Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration stays"),
+                    }
+                    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        tracing::info!("stopping: draining requests in flight");
+        let _ = stop.send(true);
+        let permits = u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(
+            Duration::from_millis(limits.drain_timeout_ms),
+            in_flight.acquire_many(permits),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timed out with requests still in flight");
+        }
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn reload(
+    server: &settings::ServerConfig,
+    service: &Arc<service::Service>,
+    api_slot: &http::TlsSlot,
+    public_slot: &http::TlsSlot,
+    pool: &Arc<pool::BlockingPool>,
+) -> anyhow::Result<()> {
+    // Build everything first; swap only when all of it loaded.
+    let api_tls = tls::api_config(&server.api)?;
+    let public_tls = tls::public_config(&server.public)?;
+    let service = service.clone();
+    pool.submit(move || service.reload(time::OffsetDateTime::now_utc()))
+        .map_err(|_| anyhow::anyhow!("the signing pool is full; reload later"))?
+        .await
+        .context("reload worker")??;
+    if let Ok(mut slot) = api_slot.write() {
+        *slot = Some(api_tls);
+    }
+    if let Ok(mut slot) = public_slot.write() {
+        *slot = public_tls;
+    }
+    Ok(())
+}

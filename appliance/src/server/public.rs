@@ -1,0 +1,168 @@
+//! The public listener: what verifiers fetch, without authentication: the
+//! IACA certificate and CRL, DS certificates, the JWKS, the SD-JWT VC
+//! issuer metadata and the signed status lists. Everything carries cache
+//! headers; nothing here reveals more than a verifier needs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::http::{self, Body, Peer, Router};
+use super::pool::BlockingPool;
+use super::problem::Problem;
+use super::service::Service;
+
+/// The public router.
+pub struct Public {
+    service: Arc<Service>,
+    pool: Arc<BlockingPool>,
+    base_url: String,
+    issuer: String,
+}
+
+impl Public {
+    /// A router for `base_url`, naming `issuer` in the issuer metadata.
+    pub(crate) fn new(
+        service: Arc<Service>,
+        pool: Arc<BlockingPool>,
+        base_url: String,
+        issuer: String,
+    ) -> Self {
+        Public {
+            service,
+            pool,
+            base_url,
+            issuer,
+        }
+    }
+
+    async fn answer(
+        &self,
+        request: &Request<Incoming>,
+    ) -> (&'static str, Result<(&'static str, Vec<u8>, u32), Problem>) {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return (
+                "other",
+                Err(Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "only GET is served here",
+                )),
+            );
+        }
+        let current = self.service.current();
+        let not_found = || Problem::new(StatusCode::NOT_FOUND, "not_found", "no such document");
+        let path = request.uri().path();
+        match path {
+            "/.well-known/jwks.json" => (
+                "/.well-known/jwks.json",
+                Ok(("application/jwk-set+json", current.jwks.clone(), 300)),
+            ),
+            "/.well-known/jwt-vc-issuer" => {
+                let body = serde_json::json!({
+                    "issuer": self.issuer,
+                    "jwks_uri": format!("{}/.well-known/jwks.json", self.base_url),
+                });
+                (
+                    "/.well-known/jwt-vc-issuer",
+                    Ok(("application/json", body.to_string().into_bytes(), 300)),
+                )
+            }
+            "/iaca.pem" => (
+                "/iaca.pem",
+                Ok(("application/x-pem-file", current.iaca_pem.clone(), 3600)),
+            ),
+            "/iaca.crl" => (
+                "/iaca.crl",
+                current
+                    .crl_pem
+                    .clone()
+                    .map(|c| ("application/x-pem-file", c, 300))
+                    .ok_or_else(not_found),
+            ),
+            _ => {
+                if let Some(label) = path
+                    .strip_prefix("/ds/")
+                    .and_then(|l| l.strip_suffix(".pem"))
+                {
+                    return (
+                        "/ds/{label}.pem",
+                        current
+                            .ds_pem
+                            .get(label)
+                            .map(|c| ("application/x-pem-file", c.clone(), 3600))
+                            .ok_or_else(not_found),
+                    );
+                }
+                if let Some(list) = path.strip_prefix("/status/") {
+                    let Ok(list) = list.parse::<u32>() else {
+                        return ("/status/{list}", Err(not_found()));
+                    };
+                    let service = self.service.clone();
+                    let token = match self.pool.submit(move || service.status_token(list)) {
+                        Ok(rx) => rx.await.unwrap_or_else(|_| Err("worker gone".into())),
+                        Err(_) => {
+                            return (
+                                "/status/{list}",
+                                Err(Problem::unavailable("overloaded", "busy; retry shortly")),
+                            );
+                        }
+                    };
+                    let answer = match token {
+                        Ok(Some(t)) => {
+                            Ok(("application/statuslist+jwt", t.as_bytes().to_vec(), 60))
+                        }
+                        Ok(None) => Err(not_found()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "signing a status list");
+                            Err(Problem::unavailable(
+                                "status_list_unavailable",
+                                "the status list cannot be signed now; retry",
+                            ))
+                        }
+                    };
+                    return ("/status/{list}", answer);
+                }
+                ("other", Err(not_found()))
+            }
+        }
+    }
+}
+
+impl Router for Public {
+    fn listener(&self) -> &'static str {
+        "public"
+    }
+
+    fn route(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        _peer: Arc<Peer>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(async move {
+            let request_id = http::request_id();
+            let (route, answer) = self.answer(&request).await;
+            let response = match answer {
+                Ok((content_type, body, max_age)) => {
+                    let mut r = http::respond(StatusCode::OK, content_type, body, &request_id);
+                    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+                        let _ = r.headers_mut().insert(CACHE_CONTROL, v);
+                    }
+                    r
+                }
+                Err(p) => http::problem(&p, &request_id),
+            };
+            let class = format!("{}xx", response.status().as_u16() / 100);
+            self.service
+                .metrics
+                .requests
+                .with_label_values(&["public", route, &class])
+                .inc();
+            response
+        })
+    }
+}

@@ -1,0 +1,460 @@
+//! The daemon's state behind the listeners: the key backend, the registry,
+//! and what SIGHUP swaps atomically (the policy, the DS signer and the
+//! documents verifiers fetch). Everything here is synchronous and runs on
+//! the signing pool; the HTTP layer never blocks on it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use dojang_policies::Policy;
+use pkcs11_shim::{KeyBackend, KeyPurpose, PublicKey};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::metrics::Metrics;
+use super::ratelimit::RateCounter;
+use super::settings::{ServerConfig, ServiceKeys};
+use crate::config::CredentialConfig;
+use crate::credential::DocumentSigner;
+use crate::pki::PkiStore;
+use crate::status::{StatusList, sign_token};
+use crate::store::{Registry, STATUS_LIST_SIZE, StatusRange};
+
+/// Status-list indexes reserved from the registry at a time.
+const STATUS_BLOCK: u64 = 256;
+/// Seconds a status-list token is valid; verifiers may cache it for `TTL`.
+const STATUS_TOKEN_LIFETIME: i64 = 3600;
+const STATUS_TOKEN_TTL: u64 = 300;
+/// A cached token is re-signed after this long even if nothing changed
+/// (another node sharing the registry may have changed it).
+const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
+
+/// What SIGHUP replaces as a whole.
+pub struct Current {
+    /// The issuance policy.
+    pub policy: Arc<Policy>,
+    /// The DS key that signs, or why there is none (readiness says so).
+    pub signer: Result<Arc<DocumentSigner<'static>>, String>,
+    /// `/.well-known/jwks.json`.
+    pub jwks: Vec<u8>,
+    /// IACA certificate (PEM).
+    pub iaca_pem: Vec<u8>,
+    /// IACA CRL (PEM), if one was issued.
+    pub crl_pem: Option<Vec<u8>>,
+    /// DS certificates by label (PEM).
+    pub ds_pem: HashMap<String, Vec<u8>>,
+}
+
+struct CachedToken {
+    token: Arc<str>,
+    generation: u64,
+    signed: Instant,
+    exp: i64,
+}
+
+/// The service.
+pub struct Service {
+    pub(crate) backend: &'static dyn KeyBackend,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) credential: CredentialConfig,
+    pub(crate) keys: ServiceKeys,
+    pub(crate) node_id: String,
+    pub(crate) rate: RateCounter,
+    public_base: String,
+    policy_path: PathBuf,
+    pki: PkiStore,
+    current: RwLock<Arc<Current>>,
+    statuses: Mutex<Option<(StatusRange, u64)>>,
+    status_generation: AtomicU64,
+    status_tokens: Mutex<HashMap<u32, CachedToken>>,
+    readiness: Mutex<Option<(Instant, Readiness)>>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// `key_backend`, `store`, `signing_key`.
+    pub name: &'static str,
+    /// Passed?
+    pub ok: bool,
+    /// Short detail (no secrets).
+    pub detail: String,
+}
+
+/// The readiness verdict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    /// This node.
+    pub node: String,
+    /// All checks passed.
+    pub ready: bool,
+    /// Each check.
+    pub checks: Vec<Check>,
+}
+
+/// An error starting or reloading.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+impl Service {
+    /// Builds the service; the policy must load, a missing DS key only
+    /// makes the daemon not ready.
+    pub fn new(
+        backend: &'static dyn KeyBackend,
+        registry: Arc<dyn Registry>,
+        metrics: Arc<Metrics>,
+        server: &ServerConfig,
+        credential: CredentialConfig,
+        pki: PkiStore,
+    ) -> Result<Self, LoadError> {
+        let service = Service {
+            backend,
+            registry,
+            metrics,
+            credential,
+            keys: server.keys.clone(),
+            node_id: server.node_id.clone(),
+            rate: RateCounter::default(),
+            public_base: server.public.base_url.clone(),
+            policy_path: server.policy.clone(),
+            pki,
+            current: RwLock::new(Arc::new(Current {
+                policy: Arc::new(
+                    Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
+                        .map_err(|e| LoadError(e.to_string()))?,
+                ),
+                signer: Err("not loaded".into()),
+                jwks: Vec::new(),
+                iaca_pem: Vec::new(),
+                crl_pem: None,
+                ds_pem: HashMap::new(),
+            })),
+            statuses: Mutex::new(None),
+            status_generation: AtomicU64::new(0),
+            status_tokens: Mutex::new(HashMap::new()),
+            readiness: Mutex::new(None),
+        };
+        service.check_service_keys()?;
+        service.reload(OffsetDateTime::now_utc())?;
+        Ok(service)
+    }
+
+    fn check_service_keys(&self) -> Result<(), LoadError> {
+        for (label, purpose) in [
+            (&self.keys.pseudonym, KeyPurpose::Pseudonym),
+            (&self.keys.status_list, KeyPurpose::StatusList),
+        ] {
+            let key = self
+                .backend
+                .find(label)
+                .map_err(|e| LoadError(format!("key {label:?}: {e}")))?;
+            if key.purpose != purpose {
+                return Err(LoadError(format!(
+                    "key {label:?} is a {} key, not a {purpose} key",
+                    key.purpose
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state SIGHUP swaps.
+    pub fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Re-reads the policy, the PKI directory and picks the DS key. A bad
+    /// policy is refused and the old state stays.
+    pub fn reload(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+        let text = std::fs::read_to_string(&self.policy_path)
+            .map_err(|e| LoadError(format!("{}: {e}", self.policy_path.display())))?;
+        let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
+            .map_err(|e| LoadError(e.to_string()))?;
+        let (iaca_der, _) = self
+            .pki
+            .iaca()
+            .map_err(|e| LoadError(format!("IACA: {e}")))?;
+        let certs = self
+            .pki
+            .ds_certificates()
+            .map_err(|e| LoadError(format!("DS certificates: {e}")))?;
+        let signer = self
+            .pki
+            .ds_for_signing(None, now)
+            .map_err(|e| e.to_string())
+            .and_then(|cert| {
+                DocumentSigner::new(self.backend, cert)
+                    .map(Arc::new)
+                    .map_err(|e| format!("DS key: {e}"))
+            });
+        let jwks = self.jwks(&iaca_der, &certs)?;
+        let crl_pem = std::fs::read(self.pki.crl_path()).ok();
+        let ds_pem = certs
+            .iter()
+            .map(|c| {
+                (
+                    c.label.clone(),
+                    crate::pki::cert_pem(&c.der)
+                        .unwrap_or_default()
+                        .into_bytes(),
+                )
+            })
+            .collect();
+        let next = Current {
+            policy: Arc::new(policy),
+            signer,
+            jwks,
+            iaca_pem: crate::pki::cert_pem(&iaca_der)
+                .map_err(|e| LoadError(format!("IACA: {e}")))?
+                .into_bytes(),
+            crl_pem,
+            ds_pem,
+        };
+        if let Err(e) = &next.signer {
+            tracing::warn!(error = %e, "no DS key can sign: issuance refused until one is ready");
+        }
+        let quota = next.policy.free_quota;
+        match self.current.write() {
+            Ok(mut c) => *c = Arc::new(next),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+        }
+        self.registry
+            .set_free_quota(quota)
+            .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
+        self.forget_readiness();
+        Ok(())
+    }
+
+    /// JWKS: every DS key with its chain, and the status-list key.
+    fn jwks(
+        &self,
+        iaca_der: &[u8],
+        certs: &[crate::pki::DsCertificate],
+    ) -> Result<Vec<u8>, LoadError> {
+        let mut keys = Vec::new();
+        for cert in certs {
+            let public = openssl::x509::X509::from_der(&cert.der)
+                .and_then(|c| c.public_key())
+                .and_then(|k| k.public_key_to_der())
+                .map_err(|e| LoadError(format!("DS certificate {}: {e}", cert.label)))
+                .and_then(|spki| {
+                    PublicKey::from_spki_der(&spki)
+                        .map_err(|e| LoadError(format!("DS certificate {}: {e}", cert.label)))
+                })?;
+            keys.push(jwk_entry(&public, Some([&cert.der[..], iaca_der])));
+        }
+        let status = self
+            .backend
+            .find(&self.keys.status_list)
+            .map_err(|e| LoadError(format!("status-list key: {e}")))?;
+        if let Some(public) = &status.public_key {
+            keys.push(jwk_entry(public, None));
+        }
+        serde_json::to_vec(&json!({ "keys": keys })).map_err(|e| LoadError(e.to_string()))
+    }
+
+    /// The next status-list index for a new credential.
+    pub(crate) fn next_status_index(&self) -> Result<(u32, u64), crate::store::StoreError> {
+        let mut slot = self
+            .statuses
+            .lock()
+            .map_err(|_| crate::store::StoreError::Internal("status cursor poisoned".into()))?;
+        if let Some((range, next)) = slot.as_mut()
+            && *next < range.first + range.count
+        {
+            let index = *next;
+            *next += 1;
+            return Ok((range.list, index));
+        }
+        let range = self.registry.reserve_status_indexes(STATUS_BLOCK)?;
+        *slot = Some((range, range.first + 1));
+        Ok((range.list, range.first))
+    }
+
+    /// A status list's URI.
+    pub fn status_uri(&self, list: u32) -> String {
+        format!("{}/status/{list}", self.public_base)
+    }
+
+    /// Marks status lists as changed; the next fetch re-signs them.
+    pub(crate) fn status_changed(&self) {
+        let _ = self.status_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The signed `statuslist+jwt` for `list`, re-signed when the registry
+    /// changed since, or when it is near its expiry.
+    pub fn status_token(&self, list: u32) -> Result<Option<Arc<str>>, String> {
+        let generation = self.status_generation.load(Ordering::Acquire);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if let Ok(tokens) = self.status_tokens.lock()
+            && let Some(cached) = tokens.get(&list)
+            && cached.generation == generation
+            && cached.signed.elapsed() < STATUS_TOKEN_REFRESH
+            && cached.exp - now > STATUS_TOKEN_LIFETIME / 2
+        {
+            return Ok(Some(cached.token.clone()));
+        }
+        let entries = self
+            .registry
+            .status_entries(list)
+            .map_err(|e| e.to_string())?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let size = entries
+            .iter()
+            .map(|(i, _)| i + 1)
+            .max()
+            .unwrap_or(1)
+            .min(STATUS_LIST_SIZE);
+        let list_bits = StatusList::from_entries(size, &entries).map_err(|e| e.to_string())?;
+        let token = self
+            .metrics
+            .hsm("sign_status_list", || {
+                sign_token(
+                    self.backend,
+                    &self.keys.status_list,
+                    &self.status_uri(list),
+                    &list_bits,
+                    now,
+                    now + STATUS_TOKEN_LIFETIME,
+                    STATUS_TOKEN_TTL,
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        self.metrics.status_list_signatures.inc();
+        self.metrics
+            .status_list_seconds
+            .observe(start.elapsed().as_secs_f64());
+        let token: Arc<str> = token.into();
+        if let Ok(mut tokens) = self.status_tokens.lock() {
+            let _ = tokens.insert(
+                list,
+                CachedToken {
+                    token: token.clone(),
+                    generation,
+                    signed: Instant::now(),
+                    exp: now + STATUS_TOKEN_LIFETIME,
+                },
+            );
+        }
+        Ok(Some(token))
+    }
+
+    fn forget_readiness(&self) {
+        if let Ok(mut r) = self.readiness.lock() {
+            *r = None;
+        }
+    }
+
+    /// Readiness, probed at most once a second (probes touch the device).
+    pub fn readiness(&self) -> Readiness {
+        if let Ok(r) = self.readiness.lock()
+            && let Some((at, readiness)) = r.as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return readiness.clone();
+        }
+        let health = self.backend.health();
+        self.metrics.backend_up.set(i64::from(health.up));
+        if let Some(s) = health.sessions {
+            self.metrics
+                .sessions
+                .with_label_values(&["idle"])
+                .set(s.idle as i64);
+            self.metrics
+                .sessions
+                .with_label_values(&["busy"])
+                .set(s.total.saturating_sub(s.idle) as i64);
+        }
+        let store = self.registry.ping();
+        let now = OffsetDateTime::now_utc();
+        let current = self.current();
+        let signing = match &current.signer {
+            Ok(s) if s.not_after() <= now => Err(format!("DS certificate {} expired", s.label())),
+            Ok(s) => Ok(format!("{} (kid {})", s.label(), s.kid())),
+            Err(e) => Err(e.clone()),
+        };
+        let checks = vec![
+            Check {
+                name: "key_backend",
+                ok: health.up,
+                detail: health.detail,
+            },
+            Check {
+                name: "store",
+                ok: store.is_ok(),
+                detail: match store {
+                    Ok(()) => self.registry.kind().to_owned(),
+                    Err(e) => e.to_string(),
+                },
+            },
+            Check {
+                name: "signing_key",
+                ok: signing.is_ok(),
+                detail: signing.unwrap_or_else(|e| e),
+            },
+        ];
+        let readiness = Readiness {
+            node: self.node_id.clone(),
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        };
+        if let Ok(mut r) = self.readiness.lock() {
+            *r = Some((Instant::now(), readiness.clone()));
+        }
+        readiness
+    }
+
+    /// Refreshes the gauges that describe state, for a scrape.
+    pub fn refresh_gauges(&self) {
+        let _ = self.readiness();
+        let now = OffsetDateTime::now_utc();
+        if let Ok(certs) = self.pki.ds_certificates() {
+            for c in certs {
+                self.metrics
+                    .ds_expiry_seconds
+                    .with_label_values(&[&c.label])
+                    .set((c.facts.not_after - now).whole_seconds());
+            }
+        }
+        if let Ok((used, quota)) = self.registry.free_quota() {
+            self.metrics
+                .free_quota_remaining
+                .set(quota.saturating_sub(used) as i64);
+        }
+        if let Ok(n) = self.registry.decision_count() {
+            self.metrics.audit_entries.set(n as i64);
+        }
+    }
+}
+
+fn jwk_entry(public: &PublicKey, chain: Option<[&[u8]; 2]>) -> serde_json::Value {
+    let jwk = public.jwk();
+    let mut entry = json!({
+        "kty": jwk.kty,
+        "crv": jwk.crv,
+        "x": jwk.x,
+        "kid": public.kid(),
+        "use": "sig",
+        "alg": public.algorithm().jose_name(),
+    });
+    if let Some(y) = &jwk.y {
+        entry["y"] = json!(y);
+    }
+    if let Some(chain) = chain {
+        entry["x5c"] = json!(chain.iter().map(|c| B64.encode(c)).collect::<Vec<_>>());
+    }
+    entry
+}

@@ -1,0 +1,292 @@
+//! The `[server]` and `[store]` tables of `dojang.toml`: listeners, TLS
+//! files, limits and the labels of the keys the service uses. Every limit
+//! has a default an operator can leave alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's name in decision records and logs.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    /// The issuance policy file (reloaded on SIGHUP).
+    pub policy: PathBuf,
+    /// The mTLS issuance API.
+    pub api: ApiListener,
+    /// What verifiers fetch (certificates, JWKS, status lists).
+    pub public: PublicListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub ops: OpsListener,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Labels of the keys the service uses besides DS keys.
+    #[serde(default)]
+    pub keys: ServiceKeys,
+    /// Log lines as JSON (for journald) instead of text.
+    #[serde(default)]
+    pub json_logs: bool,
+}
+
+/// The mTLS API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// The server's TLS private key (PEM, readable by dojangd only).
+    pub private_key: PathBuf,
+    /// CA certificates client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// CRLs of the client CAs (PEM or DER), checked for every client.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
+    /// Also accept TLS 1.2 (TLS 1.3 only by default).
+    #[serde(default)]
+    pub allow_tls12: bool,
+}
+
+/// The public listener: plain HTTP behind a proxy unless TLS files are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicListener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The URL verifiers reach this listener at (status-list URIs start with it).
+    pub base_url: String,
+    /// Server certificate chain (PEM), for TLS on this listener.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+}
+
+/// The ops listener (loopback by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsListener {
+    /// Address to listen on.
+    #[serde(default = "default_ops_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsListener {
+    fn default() -> Self {
+        OpsListener {
+            listen: default_ops_listen(),
+        }
+    }
+}
+
+/// Limits that keep one client or a slow device from exhausting the daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413 before being read.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time allowed to send a request's headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Open connections per listener; beyond it new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests being worked on or queued for the key backend; beyond it 503.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Threads that talk to the key backend and the store.
+    #[serde(default = "default_signing_threads")]
+    pub signing_threads: usize,
+    /// Seconds a SIGTERM waits for requests in flight.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            header_read_timeout_ms: default_header_timeout(),
+            tls_handshake_timeout_ms: default_handshake_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+            signing_threads: default_signing_threads(),
+            drain_timeout_ms: default_drain(),
+        }
+    }
+}
+
+/// Labels of the service's own keys in the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceKeys {
+    /// The HMAC key holder pseudonyms are computed with.
+    #[serde(default = "default_pseudonym_key")]
+    pub pseudonym: String,
+    /// The key status lists are signed with.
+    #[serde(default = "default_status_key")]
+    pub status_list: String,
+}
+
+impl Default for ServiceKeys {
+    fn default() -> Self {
+        ServiceKeys {
+            pseudonym: default_pseudonym_key(),
+            status_list: default_status_key(),
+        }
+    }
+}
+
+/// The `[store]` table: exactly one of `sqlite` and `postgres`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The embedded registry file.
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+    /// A PostgreSQL connection string (several nodes may share it).
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// Connections to PostgreSQL.
+    #[serde(default = "default_pg_pool")]
+    pub pool_size: usize,
+}
+
+fn default_node_id() -> String {
+    "node-1".into()
+}
+fn default_ops_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_max_body() -> usize {
+    // A 256 KiB portrait in base64 plus the rest of the request.
+    400 * 1024
+}
+fn default_header_timeout() -> u64 {
+    5_000
+}
+fn default_handshake_timeout() -> u64 {
+    5_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_signing_threads() -> usize {
+    16
+}
+fn default_drain() -> u64 {
+    10_000
+}
+fn default_pseudonym_key() -> String {
+    "pseudonym".into()
+}
+fn default_status_key() -> String {
+    "status-list-1".into()
+}
+fn default_pg_pool() -> usize {
+    16
+}
+
+impl ServerConfig {
+    /// Checks values a parser cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err("server.node_id must be 1 to 64 of [A-Za-z0-9._-]".into());
+        }
+        if !(self.public.base_url.starts_with("https://")
+            || self.public.base_url.starts_with("http://"))
+            || self.public.base_url.ends_with('/')
+        {
+            return Err(
+                "server.public.base_url must be an http(s) URL without a trailing slash".into(),
+            );
+        }
+        if self.public.certificate.is_some() != self.public.private_key.is_some() {
+            return Err(
+                "server.public: set both certificate and private_key, or neither (plain HTTP)"
+                    .into(),
+            );
+        }
+        let l = &self.limits;
+        let checks: [(&str, bool); 8] = [
+            (
+                "max_body_bytes (1 KiB to 16 MiB)",
+                (1024..=16 << 20).contains(&l.max_body_bytes),
+            ),
+            (
+                "header_read_timeout_ms (100 to 120000)",
+                (100..=120_000).contains(&l.header_read_timeout_ms),
+            ),
+            (
+                "tls_handshake_timeout_ms (100 to 120000)",
+                (100..=120_000).contains(&l.tls_handshake_timeout_ms),
+            ),
+            (
+                "idle_timeout_ms (100 to 3600000)",
+                (100..=3_600_000).contains(&l.idle_timeout_ms),
+            ),
+            (
+                "max_connections (1 to 100000)",
+                (1..=100_000).contains(&l.max_connections),
+            ),
+            (
+                "max_in_flight (1 to 100000)",
+                (1..=100_000).contains(&l.max_in_flight),
+            ),
+            (
+                "signing_threads (1 to 256)",
+                (1..=256).contains(&l.signing_threads),
+            ),
+            (
+                "drain_timeout_ms (0 to 600000)",
+                l.drain_timeout_ms <= 600_000,
+            ),
+        ];
+        if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(format!("server.limits.{name}"));
+        }
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    /// Exactly one backend.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.sqlite, &self.postgres) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return Err("[store]: set exactly one of sqlite and postgres".into()),
+        }
+        if !(1..=256).contains(&self.pool_size) {
+            return Err("store.pool_size must be 1 to 256".into());
+        }
+        Ok(())
+    }
+}
