@@ -39,7 +39,12 @@ mod tests {
         )
         .unwrap();
         let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
         b.set_pubkey(&key).unwrap();
+        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        let later = openssl::asn1::Asn1Time::days_from_now(1).unwrap();
+        b.set_not_before(&now).unwrap();
+        b.set_not_after(&later).unwrap();
         if uri.is_some() || dns.is_some() {
             let mut san = SubjectAlternativeName::new();
             if let Some(d) = dns {
