@@ -10,6 +10,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod daemon;
+pub mod https;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

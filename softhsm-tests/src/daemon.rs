@@ -1,0 +1,429 @@
+//! A real `dojangd serve` process on a fresh SoftHSM token: keys and PKI
+//! made by `dojangctl` (the test process never opens the token), a dev TLS
+//! PKI with a client certificate for every case the tests need, free
+//! loopback ports, and the shipped policy (optionally edited).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dojang::devtls::{DevCa, LeafSpec};
+use time::OffsetDateTime;
+
+use crate::https::{Client, Target};
+use crate::{P11KitServer, SoftHsmToken};
+
+/// Client identities the fixture issues certificates for.
+pub const COUNTER: &str = "spiffe://mois.go.kr/office-counter";
+/// Issuer only (cannot revoke).
+pub const GATEWAY: &str = "spiffe://mois.go.kr/wallet-gateway";
+/// Not in the policy.
+pub const STRANGER: &str = "spiffe://mois.go.kr/stranger";
+
+/// The store the daemon uses.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file in the scratch dir.
+    Sqlite,
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+/// How to start the daemon.
+pub struct Options {
+    /// Extra lines for `[server.limits]`.
+    pub limits: String,
+    /// Rewrites the shipped policy text.
+    pub policy: fn(String) -> String,
+    /// The store.
+    pub store: Store,
+    /// Reach the token through `p11-kit server` (which tests can kill).
+    pub via_p11kit: bool,
+    /// Also generate these keys as `(label, purpose, alg)` before starting.
+    pub node_id: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: String::new(),
+            policy: |p| p,
+            store: Store::Sqlite,
+            via_p11kit: false,
+            node_id: "test-1".into(),
+        }
+    }
+}
+
+enum Device {
+    Direct(SoftHsmToken),
+    P11Kit(P11KitServer),
+}
+
+impl Device {
+    fn token(&self) -> &SoftHsmToken {
+        match self {
+            Device::Direct(t) => t,
+            Device::P11Kit(s) => s.token(),
+        }
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    device: Device,
+    child: Option<Child>,
+    /// The mTLS API.
+    pub api: SocketAddr,
+    /// The public listener (plain HTTP).
+    pub public: SocketAddr,
+    /// The ops listener.
+    pub ops: SocketAddr,
+    /// The config file.
+    pub config: PathBuf,
+    /// The policy file the daemon reads.
+    pub policy: PathBuf,
+    /// Dev TLS files.
+    pub tls: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+fn run_ctl(token: &SoftHsmToken, config: &Path, args: &[&str]) {
+    let out = Command::new(crate::workspace_binary("dojangctl"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SOFTHSM2_CONF", token.conf_path())
+        .output()
+        .expect("dojangctl");
+    assert!(
+        out.status.success(),
+        "dojangctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes the dev TLS PKI: CA, server, and clients `counter`, `gateway`,
+/// `stranger`, `expired`, `notyet`, `revoked` (on the CRL), `nosan`, and
+/// `foreign` (from another CA).
+fn write_tls(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let ca = DevCa::generate("Test TLS CA").expect("CA");
+    write(&dir.join("ca.pem"), ca.cert_pem());
+    let save = |name: &str, leaf: dojang::devtls::Leaf| {
+        write(&dir.join(format!("{name}.pem")), &leaf.cert_pem);
+        write(&dir.join(format!("{name}.key")), &leaf.key_pem);
+        leaf
+    };
+    let _ = save(
+        "server",
+        ca.issue(&LeafSpec::localhost_server()).expect("server"),
+    );
+    let _ = save("counter", ca.issue(&LeafSpec::client(COUNTER)).expect("c"));
+    let _ = save("gateway", ca.issue(&LeafSpec::client(GATEWAY)).expect("c"));
+    let _ = save(
+        "stranger",
+        ca.issue(&LeafSpec::client(STRANGER)).expect("c"),
+    );
+    let now = OffsetDateTime::now_utc();
+    let mut expired = LeafSpec::client(COUNTER);
+    expired.not_before = now - time::Duration::days(30);
+    expired.not_after = now - time::Duration::days(1);
+    let _ = save("expired", ca.issue(&expired).expect("c"));
+    let mut notyet = LeafSpec::client(COUNTER);
+    notyet.not_before = now + time::Duration::days(1);
+    notyet.not_after = now + time::Duration::days(30);
+    let _ = save("notyet", ca.issue(&notyet).expect("c"));
+    let revoked = save("revoked", ca.issue(&LeafSpec::client(COUNTER)).expect("c"));
+    let mut nosan = LeafSpec::client(COUNTER);
+    nosan.uri = None;
+    let _ = save("nosan", ca.issue(&nosan).expect("c"));
+    let other = DevCa::generate("Somebody Else's CA").expect("CA");
+    let _ = save(
+        "foreign",
+        other.issue(&LeafSpec::client(COUNTER)).expect("c"),
+    );
+    write(
+        &dir.join("crl.pem"),
+        &ca.crl(&[&revoked.serial], 30).expect("CRL"),
+    );
+}
+
+impl Daemon {
+    /// Sets up a token, keys, PKI, TLS and config, and starts the daemon.
+    pub fn start(options: Options) -> Self {
+        let token = SoftHsmToken::create("dojangd");
+        let scratch = token.scratch().to_owned();
+        let base = crate::write_config(&token);
+        run_ctl(&token, &base, &["pki", "init"]);
+        run_ctl(
+            &token,
+            &base,
+            &[
+                "keys",
+                "generate",
+                "--label",
+                "status-list-1",
+                "--purpose",
+                "status-list",
+            ],
+        );
+        run_ctl(
+            &token,
+            &base,
+            &[
+                "keys",
+                "generate",
+                "--label",
+                "pseudonym",
+                "--purpose",
+                "pseudonym",
+                "--alg",
+                "HS256",
+            ],
+        );
+        let tls = scratch.join("tls");
+        write_tls(&tls);
+        let policy = scratch.join("policy.toml");
+        write(
+            &policy,
+            &(options.policy)(dojang_policies::SHIPPED_POLICY.to_owned()),
+        );
+        let (api, public, ops) = (free_port(), free_port(), free_port());
+        let store = match &options.store {
+            Store::Sqlite => format!("sqlite = \"{}\"", scratch.join("registry.db").display()),
+            Store::Postgres(url) => format!("postgres = \"{url}\"\npool_size = 8"),
+        };
+        let device = if options.via_p11kit {
+            Device::P11Kit(P11KitServer::start(token))
+        } else {
+            Device::Direct(token)
+        };
+        let mut text = std::fs::read_to_string(&base).expect("base config");
+        if options.via_p11kit {
+            text = text.replace(
+                &crate::softhsm_module().display().to_string(),
+                &crate::p11kit_client_module().display().to_string(),
+            );
+            text = text.replace(
+                "[keys.pkcs11]\n",
+                "[keys.pkcs11]\nrecovery_interval_ms = 200\n",
+            );
+        }
+        text.push_str(&format!(
+            "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n\n[server.api]\nlisten = \"{api}\"\n\
+             certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n\
+             client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\"]\n\n\
+             [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
+             [server.ops]\nlisten = \"{ops}\"\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
+            node = options.node_id,
+            policy = policy.display(),
+            tls = tls.display(),
+            limits = options.limits,
+        ));
+        let config = scratch.join("dojangd.toml");
+        write(&config, &text);
+        let mut daemon = Daemon {
+            device,
+            child: None,
+            api,
+            public,
+            ops,
+            config,
+            policy,
+            tls,
+            log: scratch.join("dojangd.log"),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts (again) the daemon process and waits until it is ready.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut command = Command::new(crate::workspace_binary("dojangd"));
+        let _ = command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("SOFTHSM2_CONF", self.device.token().conf_path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(command.spawn().expect("spawn dojangd"));
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Waits for `/readyz` to say 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("dojangd exited ({status}) before ready:\n{}", self.log());
+                }
+            }
+            let mut ops = self.ops_client();
+            if ops
+                .try_send("GET", "/readyz", &[], Vec::new())
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dojangd not ready in {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dojangd still running after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A client of the API with the certificate `name` (see the TLS files).
+    pub fn client(&self, name: &str) -> Client {
+        Client::new(self.api_target(name, false))
+    }
+
+    /// The API as a target for `name`'s certificate (`None` name: no certificate).
+    pub fn api_target(&self, name: &str, h2: bool) -> Target {
+        let cert = self.tls.join(format!("{name}.pem"));
+        let key = self.tls.join(format!("{name}.key"));
+        let client = (!name.is_empty()).then_some((cert.as_path(), key.as_path()));
+        Target::tls(self.api, &self.tls.join("ca.pem"), client, h2)
+    }
+
+    /// A client of the public listener.
+    pub fn public_client(&self) -> Client {
+        Client::new(Target::plain(self.public))
+    }
+
+    /// A client of the ops listener.
+    pub fn ops_client(&self) -> Client {
+        Client::new(Target::plain(self.ops))
+    }
+
+    /// The `p11-kit server` in front of the token, if the daemon uses one.
+    pub fn p11kit(&mut self) -> &mut P11KitServer {
+        match &mut self.device {
+            Device::P11Kit(s) => s,
+            Device::Direct(_) => panic!("started without via_p11kit"),
+        }
+    }
+
+    /// The IACA certificate (DER).
+    pub fn iaca_der(&self) -> Vec<u8> {
+        let pem = std::fs::read(self.device.token().scratch().join("pki/iaca.pem")).expect("iaca");
+        openssl::x509::X509::from_pem(&pem)
+            .and_then(|c| c.to_der())
+            .expect("IACA PEM")
+    }
+
+    /// The scratch directory.
+    pub fn scratch(&self) -> &Path {
+        self.device.token().scratch()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh P-256 key standing in for a phone: (JWK, private key).
+pub fn phone() -> (
+    serde_json::Value,
+    openssl::pkey::PKey<openssl::pkey::Private>,
+) {
+    use base64::Engine;
+    use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+    let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).expect("P-256");
+    let key = EcKey::generate(&group).expect("key");
+    let mut ctx = openssl::bn::BigNumContext::new().expect("ctx");
+    let point = key
+        .public_key()
+        .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+        .expect("point");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+    });
+    (jwk, openssl::pkey::PKey::from_ec_key(key).expect("pkey"))
+}
+
+/// A valid issuance request for `profile`, holder number `number`
+/// (`YYMMDD-GNNNNNN`), phone `jwk`.
+pub fn request(profile: &str, number: &str, jwk: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "profile": profile,
+        "holder": {
+            "family_name": "홍",
+            "given_name": "길동",
+            "resident_number": number,
+            "address": "서울특별시 종로구 세종대로 209",
+        },
+        "device_key": jwk,
+        "channel": "ic_card",
+        "municipality": "1111000000",
+        "first_time": true,
+        "card": {"issue_date": "2021-03-02", "serial": "SN-00000001"},
+    })
+}
+
+/// A resident number of a citizen born 2000-05-15 with serial `n`.
+pub fn number(n: u32) -> String {
+    format!("000515-3{:06}", n % 1_000_000)
+}

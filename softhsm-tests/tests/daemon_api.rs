@@ -1,0 +1,514 @@
+//! The real `dojangd` process over real mTLS: who gets in, what every
+//! endpoint answers, and how each class of bad input is refused.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+
+use dojang::credential::verify::Trust;
+use dojang::credential::{mdoc, sdjwt};
+use softhsm_tests::daemon::{self, Daemon, Options};
+use time::OffsetDateTime;
+
+fn problem(reply: &softhsm_tests::https::Reply, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(
+        reply.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = reply.json();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["request_id"].as_str().is_some_and(|r| r.len() == 16));
+    body
+}
+
+#[test]
+fn mtls_admits_only_valid_certificates_with_a_role() {
+    let d = Daemon::start(Options::default());
+    let (jwk, _) = daemon::phone();
+    let body = serde_json::to_vec(&daemon::request("mdoc", &daemon::number(1), &jwk)).unwrap();
+    let headers = [("content-type", "application/json")];
+    for refused in ["", "foreign", "expired", "notyet", "revoked"] {
+        let mut c = softhsm_tests::https::Client::new(d.api_target(refused, false));
+        let result = c.try_send("POST", "/v1/credentials", &headers, body.clone());
+        assert!(
+            result.is_err(),
+            "certificate {refused:?} was let in: {result:?}"
+        );
+    }
+    // A valid certificate without an identity, and one without a role.
+    let reply = d
+        .client("nosan")
+        .send("POST", "/v1/credentials", &headers, body.clone());
+    let _ = problem(&reply, 401, "no_client_identity");
+    let reply = d
+        .client("stranger")
+        .send("POST", "/v1/credentials", &headers, body.clone());
+    let p = problem(&reply, 403, "forbidden");
+    assert_eq!(p["rule"], "client.role");
+    // An issuer without the revoker role cannot revoke.
+    let reply = d.client("gateway").send(
+        "POST",
+        "/v1/credentials/00000000000000000000000000000000/revoke",
+        &[],
+        Vec::new(),
+    );
+    let _ = problem(&reply, 403, "forbidden");
+    // The good client gets its credential.
+    let reply = d
+        .client("counter")
+        .send("POST", "/v1/credentials", &headers, body);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let log = d.log();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+}
+
+fn verify_status_bit(d: &Daemon, uri: &str, idx: u64) -> u8 {
+    let path = uri
+        .strip_prefix(&format!("http://{}", d.public))
+        .expect("status URI on the public listener");
+    let token = d.public_client().get(path);
+    assert_eq!(token.status, 200);
+    assert_eq!(
+        token.header("content-type"),
+        Some("application/statuslist+jwt")
+    );
+    // The status-list key from the JWKS, by kid.
+    let jwks = d.public_client().get("/.well-known/jwks.json").json();
+    let token_text = String::from_utf8(token.body).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token_text.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("status-list key in the JWKS");
+    let jwk: pkcs11_shim::Jwk = serde_json::from_value(key.clone()).unwrap();
+    let public = pkcs11_shim::public_key_from_jwk(&jwk).unwrap();
+    let verified = dojang::status::verify_token(&token_text, &public).unwrap();
+    assert_eq!(verified.uri, uri);
+    verified.list.get(idx).expect("index in the list")
+}
+
+#[test]
+fn issues_both_profiles_verified_independently_and_manages_their_status() {
+    let d = Daemon::start(Options::default());
+    let mut counter = d.client("counter");
+    let iaca = d.iaca_der();
+    let now = OffsetDateTime::now_utc();
+    let mut issued = Vec::new();
+    for (n, profile) in ["mdoc", "sd-jwt"].into_iter().enumerate() {
+        let (jwk, _) = daemon::phone();
+        let reply = counter.post_json(
+            "/v1/credentials",
+            &daemon::request(profile, &daemon::number(n as u32 + 10), &jwk),
+            &[],
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let r = reply.json();
+        assert_eq!(r["profile"], profile);
+        assert_eq!(r["fee_krw"], 0, "first-time applicants get a free copy");
+        assert_eq!(r["free_copy"], true);
+        assert_eq!(r["key_label"], "ds-1");
+        let credential = r["credential"].as_str().unwrap();
+        let file = d.scratch().join(format!("issued.{profile}"));
+        std::fs::write(&file, credential).unwrap();
+        match profile {
+            "mdoc" => {
+                let cbor = base64::Engine::decode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    credential,
+                )
+                .unwrap();
+                let v = mdoc::verify(&cbor, &Trust::Iaca(iaca.clone()), now, Some(mdoc::DOC_TYPE))
+                    .unwrap();
+                assert_eq!(v.status.as_ref().unwrap().idx, r["status"]["idx"]);
+                let (ok, out) = python_verify(
+                    "verify_mdoc.py",
+                    &[
+                        &file,
+                        &d.scratch().join("pki/iaca.pem"),
+                        Path::new(mdoc::DOC_TYPE),
+                    ],
+                );
+                assert!(ok, "pymdoccbor refused: {out}");
+            }
+            _ => {
+                let v = sdjwt::verify(
+                    credential,
+                    &Trust::Iaca(iaca.clone()),
+                    now,
+                    Some(sdjwt::VCT),
+                )
+                .unwrap();
+                assert_eq!(v.header["kid"], r["kid"]);
+                let (ok, out) = python_verify(
+                    "verify_sdjwt.py",
+                    &[&file, &d.scratch().join("pki/ds/ds-1.pem")],
+                );
+                assert!(ok, "sd-jwt refused: {out}");
+            }
+        }
+        issued.push(r);
+    }
+
+    // Metadata: the state and references, never personal data.
+    let id = issued[0]["id"].as_str().unwrap();
+    let meta = counter.get(&format!("/v1/credentials/{id}"));
+    assert_eq!(meta.status, 200);
+    let text = String::from_utf8_lossy(&meta.body).to_string();
+    for personal in ["홍", "길동", "000515", "종로구"] {
+        assert!(
+            !text.contains(personal),
+            "metadata leaks {personal}: {text}"
+        );
+    }
+    assert_eq!(meta.json()["state"], "active");
+
+    // Status bits as a verifier sees them, through suspend, reinstate, revoke.
+    let uri = issued[0]["status"]["uri"].as_str().unwrap().to_owned();
+    let idx = issued[0]["status"]["idx"].as_u64().unwrap();
+    assert_eq!(verify_status_bit(&d, &uri, idx), 0);
+    for (action, state, bit) in [
+        ("suspend", "suspended", 2),
+        ("reinstate", "active", 0),
+        ("revoke", "revoked", 1),
+    ] {
+        let reply = counter.send(
+            "POST",
+            &format!("/v1/credentials/{id}/{action}"),
+            &[],
+            Vec::new(),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["state"], state);
+        assert_eq!(verify_status_bit(&d, &uri, idx), bit, "after {action}");
+    }
+    let again = counter.send(
+        "POST",
+        &format!("/v1/credentials/{id}/reinstate"),
+        &[],
+        Vec::new(),
+    );
+    let p = problem(&again, 409, "invalid_transition");
+    assert_eq!(p["rule"], "credential.state_machine");
+    let missing = counter.get("/v1/credentials/0123456789abcdef0123456789abcdef");
+    let _ = problem(&missing, 404, "not_found");
+
+    // Public documents verifiers fetch.
+    let mut public = d.public_client();
+    let jwks = public.get("/.well-known/jwks.json");
+    assert_eq!(jwks.header("cache-control"), Some("public, max-age=300"));
+    let keys = jwks.json()["keys"].as_array().unwrap().clone();
+    let ds = keys.iter().find(|k| k["kid"] == issued[0]["kid"]).unwrap();
+    assert_eq!(ds["x5c"].as_array().unwrap().len(), 2);
+    let meta = public.get("/.well-known/jwt-vc-issuer").json();
+    assert_eq!(meta["issuer"], "https://id.example.kr");
+    let iaca_pem = public.get("/iaca.pem");
+    assert_eq!(iaca_pem.status, 200);
+    assert_eq!(
+        openssl::x509::X509::from_pem(&iaca_pem.body)
+            .unwrap()
+            .to_der()
+            .unwrap(),
+        iaca
+    );
+    assert_eq!(public.get("/ds/ds-1.pem").status, 200);
+    assert_eq!(public.get("/ds/nope.pem").status, 404);
+    assert_eq!(public.get("/status/999").status, 404);
+}
+
+fn raw_api(d: &Daemon) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    softhsm_tests::https::raw_tls(
+        d.api,
+        &d.tls.join("ca.pem"),
+        Some((&d.tls.join("counter.pem"), &d.tls.join("counter.key"))),
+    )
+}
+
+fn python_verify(script: &str, args: &[&Path]) -> (bool, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(dir.join("../.venv/bin/python"))
+        .arg(dir.join("python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn idempotency_keys_replay_the_same_answer_and_refuse_another_body() {
+    let d = Daemon::start(Options::default());
+    let mut counter = d.client("counter");
+    let (jwk, _) = daemon::phone();
+    let request = daemon::request("sd-jwt", &daemon::number(20), &jwk);
+    let key = [("idempotency-key", "order-20")];
+    let first = counter.post_json("/v1/credentials", &request, &key);
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let second = counter.post_json("/v1/credentials", &request, &key);
+    assert_eq!(second.status, 201);
+    assert_eq!(first.body, second.body, "a replay returns the first answer");
+    // Without the key, the same request is a second issuance: refused.
+    let third = counter.post_json("/v1/credentials", &request, &[]);
+    assert_eq!(
+        third.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&third.body)
+    );
+    // Same key, another body.
+    let mut other = request.clone();
+    other["channel"] = "qr_office".into();
+    let p = counter.post_json("/v1/credentials", &other, &key);
+    let body = problem(&p, 422, "idempotency_key_reused");
+    assert_eq!(body["rule"], "idempotency.same_body");
+    // Another client's key space is its own.
+    let (jwk2, _) = daemon::phone();
+    let fresh = d.client("gateway").post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", &daemon::number(21), &jwk2),
+        &key,
+    );
+    assert_eq!(fresh.status, 201);
+    // The stored response is sealed: the registry holds no credential text.
+    let db = std::fs::read(d.scratch().join("registry.db")).unwrap_or_default();
+    let wal = std::fs::read(d.scratch().join("registry.db-wal")).unwrap_or_default();
+    let credential = first.json()["credential"].as_str().unwrap()[..40].to_owned();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes
+                .windows(credential.len())
+                .any(|w| w == credential.as_bytes()),
+            "the credential is stored in clear"
+        );
+        assert!(!bytes.windows(6).any(|w| w == "홍길".as_bytes()));
+    }
+}
+
+#[test]
+fn each_class_of_bad_input_gets_its_problem() {
+    let d = Daemon::start(Options::default());
+    let mut c = d.client("counter");
+    let json = [("content-type", "application/json")];
+    let send = |c: &mut softhsm_tests::https::Client, headers: &[(&str, &str)], body: &[u8]| {
+        c.send("POST", "/v1/credentials", headers, body.to_vec())
+    };
+    let (jwk, _) = daemon::phone();
+    let good = daemon::request("mdoc", &daemon::number(30), &jwk);
+
+    let _ = problem(
+        &send(&mut c, &json, b"{\"profile\": "),
+        400,
+        "malformed_request",
+    );
+    let mut unknown = good.clone();
+    unknown["extra"] = 1.into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&unknown).unwrap()),
+        400,
+        "unknown_field",
+    );
+    assert!(p["detail"].as_str().unwrap().contains("extra"));
+    let _ = problem(
+        &send(
+            &mut c,
+            &[("content-type", "text/plain")],
+            &serde_json::to_vec(&good).unwrap(),
+        ),
+        415,
+        "unsupported_media_type",
+    );
+    // Oversized, declared: refused before the body is read.
+    let mut raw = raw_api(&d);
+    raw.write_all(
+        b"POST /v1/credentials HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+          content-length: 5000000\r\n\r\n{",
+    )
+    .unwrap();
+    let answer = softhsm_tests::https::read_all(&mut raw);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    // Oversized, chunked: refused once the limit is crossed.
+    let mut raw = raw_api(&d);
+    raw.write_all(
+        b"POST /v1/credentials HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+    for _ in 0..8 {
+        if raw.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let answer = softhsm_tests::https::read_all(&mut raw);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let _ = problem(
+        &send(&mut c, &json, deep.as_bytes()),
+        400,
+        "malformed_request",
+    );
+    // A wrong type must not echo the value (it may be personal data).
+    let mut typed = good.clone();
+    typed["holder"]["family_name"] = serde_json::json!(["홍비밀"]);
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&typed).unwrap()),
+        400,
+        "malformed_request",
+    );
+    assert!(!p.to_string().contains("홍비밀"), "{p}");
+
+    // Device keys: off the curve, wrong curve, not base64.
+    let mut off = good.clone();
+    let mut y = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        jwk["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    y[31] ^= 1;
+    off["device_key"]["y"] =
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &y).into();
+    let _ = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&off).unwrap()),
+        400,
+        "invalid_device_key",
+    );
+    let mut curve = good.clone();
+    curve["device_key"]["crv"] = "secp256k1".into();
+    let _ = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&curve).unwrap()),
+        400,
+        "invalid_device_key",
+    );
+    let mut number = good.clone();
+    number["holder"]["resident_number"] = "001332-3123456".into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&number).unwrap()),
+        400,
+        "invalid_resident_number",
+    );
+    assert_eq!(p["rule"], "holder.resident_number_format");
+    assert!(!p.to_string().contains("001332"));
+
+    // Policy: too young (born 2015), no card, unknown channel.
+    let mut young = good.clone();
+    young["holder"]["resident_number"] = "150101-3123456".into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&young).unwrap()),
+        422,
+        "policy_denied",
+    );
+    assert_eq!(p["rule"], "holder.minimum_age");
+    let mut no_card = good.clone();
+    let _ = no_card.as_object_mut().unwrap().remove("card");
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&no_card).unwrap()),
+        422,
+        "policy_denied",
+    );
+    assert_eq!(p["rule"], "holder.physical_card");
+    let mut profile = good.clone();
+    profile["profile"] = "passport".into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&profile).unwrap()),
+        403,
+        "forbidden",
+    );
+    assert_eq!(p["rule"], "client.profile");
+
+    // One person per phone: a second person on the same phone.
+    assert_eq!(
+        send(&mut c, &json, &serde_json::to_vec(&good).unwrap()).status,
+        201
+    );
+    let mut second = good.clone();
+    second["holder"]["resident_number"] = daemon::number(31).into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&second).unwrap()),
+        409,
+        "policy_conflict",
+    );
+    assert_eq!(p["rule"], "device.one_person");
+
+    // Bad idempotency keys, unknown routes, wrong methods.
+    let _ = problem(
+        &send(
+            &mut c,
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", ""),
+            ],
+            b"{}",
+        ),
+        400,
+        "invalid_idempotency_key",
+    );
+    let _ = problem(&c.get("/v2/credentials"), 404, "not_found");
+    let _ = problem(
+        &c.send("DELETE", "/v1/credentials", &[], Vec::new()),
+        405,
+        "method_not_allowed",
+    );
+
+    // Still serving after all of that, on HTTP/2 too.
+    let mut h2 = softhsm_tests::https::Client::new(d.api_target("counter", true));
+    let (jwk, _) = daemon::phone();
+    let reply = h2.post_json(
+        "/v1/credentials",
+        &daemon::request("sd-jwt", &daemon::number(32), &jwk),
+        &[],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    // Nothing personal in the log.
+    let log = d.log();
+    for personal in ["홍", "길동", "000515-3", "종로구", "150101"] {
+        assert!(!log.contains(personal), "the log holds {personal}");
+    }
+}
