@@ -24,6 +24,9 @@ use super::metrics::Metrics;
 use super::problem::Problem;
 use super::settings::Limits;
 
+/// How long an idle connection told to close may take to do so.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+
 /// Response body type.
 pub type Body = Full<Bytes>;
 
@@ -200,6 +203,7 @@ async fn connection<T>(
         async move { Ok::<_, Infallible>(router.route(request, peer).await) }
     });
     let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let drain = Duration::from_millis(limits.drain_timeout_ms);
     let idle_tick = (idle / 4).max(Duration::from_millis(50));
     let idle_since = || {
         let last = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -211,14 +215,24 @@ async fn connection<T>(
             .max_concurrent_streams(128)
             .serve_connection(io, service);
         tokio::pin!(conn);
-        let mut closing = false;
+        // After a graceful shutdown the peer gets `grace` to finish, then the
+        // connection is dropped (an HTTP/2 peer that never acknowledges the
+        // GOAWAY ping would otherwise keep it open).
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = conn.as_mut() => break,
-                _ = tokio::time::sleep(idle_tick), if !closing => {
-                    if idle_since() >= idle { conn.as_mut().graceful_shutdown(); closing = true; }
+                _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
+                    if idle_since() >= idle {
+                        conn.as_mut().graceful_shutdown();
+                        deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
+                    }
                 }
-                _ = shutdown.changed(), if !closing => { conn.as_mut().graceful_shutdown(); closing = true; }
+                _ = shutdown.changed(), if deadline.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
             }
         }
     } else {
@@ -228,14 +242,24 @@ async fn connection<T>(
             .keep_alive(true)
             .serve_connection(io, service);
         tokio::pin!(conn);
-        let mut closing = false;
+        // After a graceful shutdown the peer gets `grace` to finish, then the
+        // connection is dropped (an HTTP/2 peer that never acknowledges the
+        // GOAWAY ping would otherwise keep it open).
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = conn.as_mut() => break,
-                _ = tokio::time::sleep(idle_tick), if !closing => {
-                    if idle_since() >= idle { conn.as_mut().graceful_shutdown(); closing = true; }
+                _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
+                    if idle_since() >= idle {
+                        conn.as_mut().graceful_shutdown();
+                        deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
+                    }
                 }
-                _ = shutdown.changed(), if !closing => { conn.as_mut().graceful_shutdown(); closing = true; }
+                _ = shutdown.changed(), if deadline.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
             }
         }
     }

@@ -1,0 +1,297 @@
+//! The daemon as operators run it: timeouts against slow clients, the HSM
+//! going away and coming back, SIGHUP reloads good and bad, SIGTERM
+//! draining, and metrics a Prometheus server can read.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use softhsm_tests::daemon::{self, Daemon, Options};
+
+fn issue(d: &Daemon, client: &str, n: u32, profile: &str) -> softhsm_tests::https::Reply {
+    let (jwk, _) = daemon::phone();
+    d.client(client).post_json(
+        "/v1/credentials",
+        &daemon::request(profile, &daemon::number(n), &jwk),
+        &[],
+    )
+}
+
+#[test]
+fn slow_and_idle_connections_are_closed_while_others_are_served() {
+    let d = Daemon::start(Options {
+        limits: "header_read_timeout_ms = 500\nidle_timeout_ms = 1500".into(),
+        ..Options::default()
+    });
+    let open = |d: &Daemon| {
+        softhsm_tests::https::raw_tls(
+            d.api,
+            &d.tls.join("ca.pem"),
+            Some((&d.tls.join("counter.pem"), &d.tls.join("counter.key"))),
+        )
+    };
+    // Headers that never finish.
+    let mut slow = open(&d);
+    slow.write_all(b"POST /v1/credentials HTTP/1.1\r\nhost: localhost\r\n")
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client is served.
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    let _ = softhsm_tests::https::read_all(&mut slow);
+    let slow_closed = started.elapsed();
+    assert!(
+        slow_closed < Duration::from_secs(5),
+        "slow headers held the connection for {slow_closed:?}"
+    );
+
+    // HTTP/2 has no header timeout: an idle connection is closed by the
+    // idle timeout, a busy one is kept.
+    let mut h2 = softhsm_tests::https::Client::new(d.api_target("counter", true));
+    assert_eq!(h2.get("/v1/credentials/x").status, 404);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h2.get("/v1/credentials/x").status, 404, "closed too early");
+    std::thread::sleep(Duration::from_millis(4000));
+    let late = h2.try_send("GET", "/v1/credentials/x", &[], Vec::new());
+    assert!(late.is_err(), "idle connection still open: {late:?}");
+    let mut fresh = softhsm_tests::https::Client::new(d.api_target("counter", true));
+    assert_eq!(fresh.get("/v1/credentials/x").status, 404);
+}
+
+#[test]
+fn hsm_loss_gives_503_and_not_ready_then_recovers_by_itself() {
+    let mut d = Daemon::start(Options {
+        via_p11kit: true,
+        ..Options::default()
+    });
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    d.p11kit().kill();
+    let reply = issue(&d, "counter", 2, "mdoc");
+    assert_eq!(
+        reply.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(reply.header("retry-after").is_some());
+    let code = reply.json()["code"].clone();
+    assert_eq!(code, "hsm_unavailable");
+    std::thread::sleep(Duration::from_millis(1100)); // readiness is cached for a second
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 503);
+    let checks = ready.json()["checks"].clone();
+    assert_eq!(checks[0]["name"], "key_backend");
+    assert_eq!(checks[0]["ok"], false);
+
+    d.p11kit().restart();
+    d.wait_ready(Duration::from_secs(20));
+    assert_eq!(issue(&d, "counter", 3, "sd-jwt").status, 201);
+}
+
+#[test]
+fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
+    let d = Daemon::start(Options::default());
+    assert_eq!(issue(&d, "gateway", 1, "mdoc").status, 201);
+
+    // A broken policy: refused, the old one stays.
+    std::fs::write(&d.policy, "name = \"broken\"\nbogus = 1\n").unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, "reload refused");
+    assert_eq!(issue(&d, "gateway", 2, "mdoc").status, 201);
+
+    // A broken CRL file: refused as a whole too.
+    let crl = d.tls.join("crl.pem");
+    let good_crl = std::fs::read(&crl).unwrap();
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    std::fs::write(&d.policy, dojang_policies::SHIPPED_POLICY).unwrap();
+    d.signal("HUP");
+    wait_for_count(&d, "reload refused", 2);
+    assert_eq!(issue(&d, "counter", 3, "mdoc").status, 201);
+    std::fs::write(&crl, good_crl).unwrap();
+
+    // A good policy that drops the gateway: it loses access at once.
+    let without_gateway = dojang_policies::SHIPPED_POLICY.replace(
+        "identity = \"spiffe://mois.go.kr/wallet-gateway\"",
+        "identity = \"spiffe://mois.go.kr/retired-gateway\"",
+    );
+    std::fs::write(&d.policy, without_gateway).unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, "reloaded TLS files");
+    let reply = issue(&d, "gateway", 4, "mdoc");
+    assert_eq!(
+        reply.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(issue(&d, "counter", 5, "sd-jwt").status, 201);
+}
+
+fn wait_for_log(d: &Daemon, text: &str) {
+    wait_for_count(d, text, 1);
+}
+
+fn wait_for_count(d: &Daemon, text: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log().matches(text).count() < count {
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_answers_every_request_it_committed_then_exits() {
+    let mut d = Daemon::start(Options::default());
+    let clients = 8;
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..clients as u32)
+        .map(|t| {
+            let target = d.api_target("counter", false);
+            let barrier = barrier.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = softhsm_tests::https::Client::new(target);
+                let _ = barrier.wait();
+                let mut issued = 0u32;
+                for n in 0u32.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let (jwk, _) = daemon::phone();
+                    let request = daemon::request("mdoc", &daemon::number(t * 10_000 + n), &jwk);
+                    let body = serde_json::to_vec(&request).unwrap();
+                    match client.try_send(
+                        "POST",
+                        "/v1/credentials",
+                        &[("content-type", "application/json")],
+                        body,
+                    ) {
+                        Ok(r) if r.status == 201 => issued += 1,
+                        Ok(r) => panic!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Err(_) => break,
+                    }
+                }
+                issued
+            })
+        })
+        .collect();
+    let _ = barrier.wait();
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(15));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(status.success(), "exit status {status}:\n{}", d.log());
+    assert!(answered > 0);
+    let log = d.log();
+    assert!(log.contains("draining"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    // Every issuance the registry committed reached its client.
+    let registry = dojang::store::SqliteRegistry::open(&d.scratch().join("registry.db")).unwrap();
+    use dojang::store::Registry;
+    assert_eq!(registry.decision_count().unwrap(), u64::from(answered));
+}
+
+/// Parses the Prometheus text format strictly enough to catch a malformed
+/// exposition: `# HELP`/`# TYPE` comments and `name{labels} value` samples.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP dojang_") || comment.starts_with("TYPE dojang_"),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("dojang_"), "{line}");
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        let _ = samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+#[test]
+fn metrics_parse_and_move() {
+    let d = Daemon::start(Options::default());
+    let mut ops = d.ops_client();
+    assert_eq!(ops.get("/healthz").status, 200);
+    let before = parse_metrics(&String::from_utf8(ops.get("/metrics").body).unwrap());
+    assert_eq!(before["dojang_key_backend_up"], 1.0);
+    assert_eq!(before["dojang_build_info{version=\"0.1.0\"}"], 1.0);
+    assert_eq!(before["dojang_free_quota_remaining"], 468_000.0);
+    assert!(before["dojang_ds_certificate_expiry_seconds{key=\"ds-1\"}"] > 86_400.0);
+
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    let mut young = daemon::request("mdoc", "150101-3123456", &daemon::phone().0);
+    young["card"]["issue_date"] = "2021-03-02".into();
+    assert_eq!(
+        d.client("counter")
+            .post_json("/v1/credentials", &young, &[])
+            .status,
+        422
+    );
+    let after = parse_metrics(&String::from_utf8(ops.get("/metrics").body).unwrap());
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    assert_eq!(
+        get(
+            &after,
+            "dojang_issuances_total{outcome=\"issued\",profile=\"mdoc\"}"
+        ) - get(
+            &before,
+            "dojang_issuances_total{outcome=\"issued\",profile=\"mdoc\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            "dojang_policy_denials_total{rule=\"holder.minimum_age\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            "dojang_http_requests_total{listener=\"api\",route=\"/v1/credentials\",status=\"2xx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(get(&after, "dojang_free_quota_remaining"), 467_999.0);
+    assert!(
+        get(
+            &after,
+            "dojang_hsm_operations_total{op=\"sign\",result=\"ok\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            "dojang_issuance_duration_seconds_count{profile=\"mdoc\"}"
+        ),
+        1.0
+    );
+    assert!(after.contains_key("dojang_signing_queue_depth"));
+    assert!(after.contains_key("dojang_hsm_sessions{state=\"idle\"}"));
+    assert!(get(&after, "dojang_audit_log_entries") >= 1.0);
+}
