@@ -40,8 +40,10 @@ pub struct Options {
     pub store: Store,
     /// Reach the token through `p11-kit server` (which tests can kill).
     pub via_p11kit: bool,
-    /// Also generate these keys as `(label, purpose, alg)` before starting.
+    /// This node's id.
     pub node_id: String,
+    /// Extra environment for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             store: Store::Sqlite,
             via_p11kit: false,
             node_id: "test-1".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -87,6 +90,7 @@ pub struct Daemon {
     /// Dev TLS files.
     pub tls: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> SocketAddr {
@@ -243,6 +247,7 @@ impl Daemon {
             policy,
             tls,
             log: scratch.join("dojangd.log"),
+            env: options.env,
         };
         daemon.spawn();
         daemon
@@ -261,6 +266,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .env("SOFTHSM2_CONF", self.device.token().conf_path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(command.spawn().expect("spawn dojangd"));

@@ -62,6 +62,16 @@ fn notify(state: &[NotifyState<'_>]) {
     let _ = sd_notify::notify(false, state);
 }
 
+/// The watchdog period systemd asks for: `WATCHDOG_USEC`, for this process
+/// when `WATCHDOG_PID` is unset or names it (as libsystemd reads them).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then(|| Duration::from_micros(usec)),
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let server = config
@@ -166,9 +176,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )));
         }
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
-        let mut watchdog_usec = 0u64;
-        if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
-            let period = Duration::from_micros(watchdog_usec / 2);
+        if let Some(watchdog) = watchdog_period() {
+            let period = watchdog / 2;
             // Detached: the task ends with its connection (or the process).
         drop(tokio::spawn(async move {
                 loop {
