@@ -374,6 +374,12 @@ impl Daemon {
             .expect("IACA PEM")
     }
 
+    /// Runs `dojangctl` against the daemon's token (while it runs).
+    pub fn ctl(&self, args: &[&str]) {
+        let token = self.device.token();
+        run_ctl(token, &token.scratch().join("dojang.toml"), args);
+    }
+
     /// The scratch directory.
     pub fn scratch(&self) -> &Path {
         self.device.token().scratch()

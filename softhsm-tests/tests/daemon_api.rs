@@ -512,3 +512,114 @@ fn each_class_of_bad_input_gets_its_problem() {
         assert!(!log.contains(personal), "the log holds {personal}");
     }
 }
+
+#[test]
+fn refresh_resigns_the_same_document_with_the_current_key() {
+    let d = Daemon::start(Options::default());
+    let mut counter = d.client("counter");
+    let (jwk, _) = daemon::phone();
+    let number = daemon::number(40);
+    let issued = counter.post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", &number, &jwk),
+        &[],
+    );
+    assert_eq!(
+        issued.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&issued.body)
+    );
+    let issued = issued.json();
+    let id = issued["id"].as_str().unwrap();
+
+    // A new DS key; SIGHUP makes it the signing key.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    d.ctl(&["pki", "issue-ds", "--label", "ds-2"]);
+    d.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.log().contains("reloaded TLS files") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let body = serde_json::json!({
+        "holder": daemon::request("mdoc", &number, &jwk)["holder"],
+        "device_key": jwk,
+    });
+    let refreshed = counter.post_json(&format!("/v1/credentials/{id}/refresh"), &body, &[]);
+    assert_eq!(
+        refreshed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&refreshed.body)
+    );
+    let r = refreshed.json();
+    assert_eq!(r["id"], issued["id"]);
+    assert_eq!(r["key_label"], "ds-2");
+    assert_ne!(r["kid"], issued["kid"]);
+    assert_eq!(r["document_expiry"], issued["document_expiry"]);
+    assert_eq!(r["status"], issued["status"]);
+    let cbor = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        r["credential"].as_str().unwrap(),
+    )
+    .unwrap();
+    let v = mdoc::verify(
+        &cbor,
+        &Trust::Iaca(d.iaca_der()),
+        OffsetDateTime::now_utc(),
+        Some(mdoc::DOC_TYPE),
+    )
+    .unwrap();
+    assert_eq!(v.status.as_ref().unwrap().idx, issued["status"]["idx"]);
+    let file = d.scratch().join("refreshed.mdoc");
+    std::fs::write(&file, r["credential"].as_str().unwrap()).unwrap();
+    let (ok, out) = python_verify(
+        "verify_mdoc.py",
+        &[
+            &file,
+            &d.scratch().join("pki/iaca.pem"),
+            Path::new(mdoc::DOC_TYPE),
+        ],
+    );
+    assert!(ok, "pymdoccbor refused: {out}");
+    let meta = counter.get(&format!("/v1/credentials/{id}")).json();
+    assert_eq!(meta["kid"], r["kid"]);
+
+    // Another holder's data, another phone, a revoked credential: refused.
+    let other = serde_json::json!({
+        "holder": daemon::request("mdoc", &daemon::number(41), &jwk)["holder"],
+        "device_key": jwk,
+    });
+    let p = problem(
+        &counter.post_json(&format!("/v1/credentials/{id}/refresh"), &other, &[]),
+        409,
+        "registry_conflict",
+    );
+    assert_eq!(p["rule"], "refresh.same_holder_and_phone");
+    let (other_phone, _) = daemon::phone();
+    let moved = serde_json::json!({"holder": body["holder"], "device_key": other_phone});
+    let _ = problem(
+        &counter.post_json(&format!("/v1/credentials/{id}/refresh"), &moved, &[]),
+        409,
+        "registry_conflict",
+    );
+    assert_eq!(
+        counter
+            .send(
+                "POST",
+                &format!("/v1/credentials/{id}/revoke"),
+                &[],
+                Vec::new()
+            )
+            .status,
+        200
+    );
+    let p = problem(
+        &counter.post_json(&format!("/v1/credentials/{id}/refresh"), &body, &[]),
+        409,
+        "invalid_transition",
+    );
+    assert_eq!(p["rule"], "credential.state_machine");
+}

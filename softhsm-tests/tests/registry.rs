@@ -107,6 +107,7 @@ both!(
     idempotency_keys_refuse_another_body_at_commit,
     suspended_holders_are_not_superseded,
     a_panicking_response_builder_fails_only_its_request,
+    refresh_only_for_the_owner_of_an_active_credential,
 );
 
 fn pseudonym(n: u32) -> Pseudonym {
@@ -494,4 +495,62 @@ fn a_panicking_response_builder_fails_only_its_request(regs: &[Arc<dyn Registry>
     let _ = reg
         .commit_issuance("client", commit(reg, 32, "phone-32"), respond())
         .unwrap();
+}
+
+fn refresh_only_for_the_owner_of_an_active_credential(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let c = commit(reg, 60, "phone-60");
+    let id = c.credential.id.clone();
+    let decision = c.decision.clone();
+    let _ = reg.commit_issuance("client", c, respond()).unwrap();
+    let d = |action: &str| DecisionRecord {
+        action: action.into(),
+        ..decision.clone()
+    };
+    let other = regs[regs.len() - 1].as_ref();
+    let meta = other
+        .refresh(
+            &id,
+            &pseudonym(60),
+            "phone-60",
+            "kid-2",
+            1_809_000_000,
+            d("refresh"),
+        )
+        .unwrap();
+    assert_eq!(meta.kid, "kid-2");
+    assert_eq!(meta.valid_until, 1_809_000_000);
+    assert_eq!(meta.document_expiry, "2029-12-27");
+    assert_eq!(meta.issued_at, 1_800_000_000);
+    for (holder, device) in [(61, "phone-60"), (60, "phone-61")] {
+        assert_eq!(
+            reg.refresh(&id, &pseudonym(holder), device, "kid-3", 1, d("refresh")),
+            Err(StoreError::Conflict {
+                rule: dojang::store::REFRESH_SAME_OWNER
+            })
+        );
+    }
+    assert_eq!(
+        reg.refresh(
+            "missing",
+            &pseudonym(60),
+            "phone-60",
+            "kid-3",
+            1,
+            d("refresh")
+        ),
+        Err(StoreError::NotFound)
+    );
+    let _ = reg
+        .set_state(&id, CredentialState::Suspended, d("suspend"))
+        .unwrap();
+    assert_eq!(
+        reg.refresh(&id, &pseudonym(60), "phone-60", "kid-3", 1, d("refresh")),
+        Err(StoreError::InvalidTransition {
+            from: "suspended",
+            to: "refreshed"
+        })
+    );
+    assert_eq!(reg.credential(&id).unwrap().kid, "kid-2");
+    assert_eq!(reg.decision_count().unwrap(), 3);
 }

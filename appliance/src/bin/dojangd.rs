@@ -52,6 +52,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Validate { config, probe } => {
             let path = cli::config_path(config);
             let config = cli::load_config(&path)?;
+            if let Some(server) = &config.server {
+                // What `serve` would refuse: TLS files, CRLs, the policy.
+                let _ = dojang::server::tls::api_config(&server.api)?;
+                let _ = dojang::server::tls::public_config(&server.public)?;
+                let text = std::fs::read_to_string(&server.policy)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", server.policy.display()))?;
+                let _ =
+                    dojang_policies::Policy::parse(&server.policy.display().to_string(), &text)?;
+                anyhow::ensure!(config.store.is_some(), "[server] needs a [store] table");
+                let _ = config.credential().map_err(anyhow::Error::msg)?;
+                let _ = config.pki().map_err(anyhow::Error::msg)?;
+            }
             if probe {
                 let backend = cli::open_backend(&config)?;
                 let health = backend.health();

@@ -105,6 +105,7 @@ impl Api {
         &self,
         request: Request<Incoming>,
         client: String,
+        request_id: String,
     ) -> (&'static str, Option<String>, Answer) {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -123,7 +124,13 @@ impl Api {
                 };
                 let answer = self
                     .on_pool(move |s| {
-                        s.issue(&client, &body, key.as_deref(), OffsetDateTime::now_utc())
+                        s.issue(
+                            &request_id,
+                            &client,
+                            &body,
+                            key.as_deref(),
+                            OffsetDateTime::now_utc(),
+                        )
                     })
                     .await;
                 (route, None, answer)
@@ -164,6 +171,21 @@ impl Api {
                     })
                     .await;
                 (route, Some(action.to_owned()), answer)
+            }
+            (&Method::POST, ["v1", "credentials", id, "refresh"]) => {
+                let route = "/v1/credentials/{id}/refresh";
+                if let Err(p) = require_json(&request) {
+                    return (route, None, Err(p));
+                }
+                let id = (*id).to_owned();
+                let body = match http::read_body(request, self.max_body).await {
+                    Ok(b) => b,
+                    Err(p) => return (route, None, Err(p)),
+                };
+                let answer = self
+                    .on_pool(move |s| s.refresh(&client, &id, &body, OffsetDateTime::now_utc()))
+                    .await;
+                (route, Some("refresh".to_owned()), answer)
             }
             (_, ["v1", "credentials", ..]) => (
                 "other",
@@ -208,7 +230,9 @@ impl Router for Api {
                 );
                 return http::problem(&p, &request_id);
             };
-            let (route, action, answer) = self.handle(request, client.clone()).await;
+            let (route, action, answer) = self
+                .handle(request, client.clone(), request_id.clone())
+                .await;
             let response = match &answer {
                 Ok((status, body)) => http::json(*status, body.clone(), &request_id),
                 Err(p) => http::problem(p, &request_id),

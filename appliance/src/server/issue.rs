@@ -100,6 +100,15 @@ struct MetaOut<'a> {
     document_expiry: &'a str,
 }
 
+/// `POST /v1/credentials/{id}/refresh`: the holder data and phone key again
+/// (the registry keeps neither), to re-sign the same document.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    holder: HolderIn,
+    device_key: Jwk,
+}
+
 /// `POST /v1/credentials/{id}/revoke|suspend|reinstate`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +161,9 @@ fn store_problem(e: StoreError) -> Problem {
             "registry_conflict",
             match rule {
                 "device.one_person" => "this phone already holds another person's mobile ID",
+                crate::store::REFRESH_SAME_OWNER => {
+                    "the holder or the phone is not the credential's own"
+                }
                 _ => "the holder already has a live mobile ID",
             },
         )
@@ -237,20 +249,36 @@ struct Validated {
     card_issue_date: Option<time::Date>,
 }
 
-fn validate(request: IssueRequest) -> Result<Validated, Problem> {
-    let number = ResidentNumber::parse(&request.holder.resident_number).map_err(|e| {
+/// The holder data and phone key of a request, checked.
+fn holder_and_device(
+    holder: &HolderIn,
+    device_key: &Jwk,
+) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Problem> {
+    let number = ResidentNumber::parse(&holder.resident_number).map_err(|e| {
         Problem::bad_request("invalid_resident_number", e.to_string())
             .with_rule("holder.resident_number_format")
     })?;
-    let device = public_key_from_jwk(&request.device_key)
+    let device = public_key_from_jwk(device_key)
         .map_err(|e| Problem::bad_request("invalid_device_key", e.to_string()))?;
     let portrait =
-        match &request.holder.portrait {
+        match &holder.portrait {
             Some(b64) => Some(B64.decode(b64).map_err(|_| {
                 Problem::bad_request("invalid_holder_data", "portrait is not base64")
             })?),
             None => None,
         };
+    let data = HolderData {
+        family_name: holder.family_name.clone(),
+        given_name: holder.given_name.clone(),
+        resident_number: number.clone(),
+        address: holder.address.clone(),
+        portrait,
+    };
+    Ok((number, data, device))
+}
+
+fn validate(request: IssueRequest) -> Result<Validated, Problem> {
+    let (number, holder, device) = holder_and_device(&request.holder, &request.device_key)?;
     let card_issue_date = match &request.card {
         Some(card) => Some(
             time::Date::parse(
@@ -275,13 +303,6 @@ fn validate(request: IssueRequest) -> Result<Validated, Problem> {
             "profile, channel or municipality too long",
         ));
     }
-    let holder = HolderData {
-        family_name: request.holder.family_name.clone(),
-        given_name: request.holder.given_name.clone(),
-        resident_number: number.clone(),
-        address: request.holder.address.clone(),
-        portrait,
-    };
     Ok(Validated {
         request,
         number,
@@ -295,6 +316,7 @@ impl Service {
     /// `POST /v1/credentials`.
     pub(crate) fn issue(
         &self,
+        request_id: &str,
         client: &str,
         body: &[u8],
         idempotency_key: Option<&str>,
@@ -328,6 +350,15 @@ impl Service {
         {
             self.metrics.denials.with_label_values(&[rule]).inc();
         }
+        tracing::info!(
+            request_id,
+            client,
+            profile = profile_label,
+            decision = label,
+            rule = outcome.as_ref().err().and_then(|p| p.rule.as_deref()).unwrap_or(""),
+            policy = %policy.version,
+            "issuance"
+        );
         outcome
     }
 
@@ -574,6 +605,145 @@ impl Service {
             },
             Err(e) => Err(store_problem(e)),
         }
+    }
+
+    /// `POST /v1/credentials/{id}/refresh`: re-signs an active credential
+    /// with the current DS key and a new signature validity; the document
+    /// (its claims, issue and expiry dates, status entry) stays the same.
+    pub(crate) fn refresh(
+        &self,
+        client: &str,
+        id: &str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
+        let current = self.current();
+        let policy = current.policy.clone();
+        if !policy.has_role(client, Role::Issuer) {
+            return Err(forbidden(client, Role::Issuer));
+        }
+        let request: RefreshRequest = serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+        check_id(id)?;
+        let (number, holder_data, device_key) =
+            holder_and_device(&request.holder, &request.device_key)?;
+        let meta = self.registry.credential(id).map_err(store_problem)?;
+        if !policy
+            .client(client)
+            .is_some_and(|c| c.profiles.contains(&meta.profile))
+        {
+            return Err(forbidden(client, Role::Issuer).with_rule("client.profile"));
+        }
+        let format = policy
+            .profiles
+            .get(&meta.profile)
+            .map(|p| p.format)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "policy_denied",
+                    "the credential's profile is no longer in the policy",
+                )
+                .with_rule("client.profile")
+            })?;
+        let holder = self
+            .metrics
+            .hsm("hmac", || {
+                crate::store::pseudonym(self.backend, &self.keys.pseudonym, &number)
+            })
+            .map_err(|e| key_problem(&e))?;
+        let device = device_key.jwk().thumbprint();
+        let signer = current.signer.as_ref().map_err(|_| {
+            Problem::unavailable("no_signing_key", "no document-signer key is ready")
+        })?;
+        let issued = OffsetDateTime::from_unix_timestamp(meta.issued_at)
+            .map_err(|_| store_problem(StoreError::Internal("issued_at out of range".into())))?;
+        let mut claims = ResidentCardClaims::derive(
+            &holder_data,
+            dojang_policies::calendar::seoul_date(issued),
+            policy.validity_years,
+            &self.credential.issuing_authority,
+        )
+        .map_err(credential_problem)?;
+        claims.expiry_date = time::Date::parse(
+            &meta.document_expiry,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map_err(|_| store_problem(StoreError::Internal("document_expiry unreadable".into())))?;
+        let validity = SignatureValidity::starting(
+            now,
+            self.credential.signature_validity_days,
+            signer.not_after(),
+        )
+        .map_err(|_| Problem::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        let status = StatusReference {
+            idx: meta.status_index,
+            uri: self.status_uri(meta.status_list),
+        };
+        let (format_name, credential) = match format {
+            CredentialFormat::Mdoc => (
+                "mso_mdoc",
+                self.metrics
+                    .hsm("sign", || {
+                        mdoc::issue(signer, &claims, &device_key, &validity, Some(&status))
+                    })
+                    .map(|cbor| mdoc::to_base64url(&cbor)),
+            ),
+            CredentialFormat::SdJwtVc => (
+                "dc+sd-jwt",
+                self.metrics.hsm("sign", || {
+                    sdjwt::issue(
+                        signer,
+                        &claims,
+                        &device_key,
+                        &validity,
+                        Some(&status),
+                        &self.credential.issuer,
+                    )
+                }),
+            ),
+        };
+        let credential = credential.map_err(credential_problem)?;
+        let decision = DecisionRecord {
+            at: now.unix_timestamp(),
+            actor: client.to_owned(),
+            action: "refresh".into(),
+            outcome: "allow".into(),
+            rule: None,
+            policy_hash: policy.hash.clone(),
+        };
+        let meta = self
+            .registry
+            .refresh(
+                id,
+                &holder,
+                &device,
+                signer.kid(),
+                validity.valid_until.unix_timestamp(),
+                decision,
+            )
+            .map_err(store_problem)?;
+        let response = IssueResponse {
+            id: &meta.id,
+            profile: &meta.profile,
+            format: format_name,
+            credential: &credential,
+            kid: signer.kid(),
+            key_label: signer.label(),
+            valid_from: rfc3339(validity.valid_from),
+            valid_until: rfc3339(validity.valid_until),
+            document_expiry: meta.document_expiry.clone(),
+            status: StatusOut {
+                uri: &status.uri,
+                idx: status.idx,
+            },
+            fee_krw: 0,
+            free_copy: false,
+            superseded: &[],
+        };
+        Ok((
+            StatusCode::OK,
+            serde_json::to_vec(&response).unwrap_or_default(),
+        ))
     }
 
     /// `GET /v1/credentials/{id}`.

@@ -274,12 +274,50 @@ pub trait Registry: Send + Sync {
         to: CredentialState,
         decision: DecisionRecord,
     ) -> Result<CredentialMeta, StoreError>;
+    /// Records a refresh: the active credential `id` of `holder` on
+    /// `device` is now signed by `kid` until `valid_until`. Another holder
+    /// or phone is refused (`Conflict { rule: REFRESH_SAME_OWNER }`), as is
+    /// a credential that is not active.
+    fn refresh(
+        &self,
+        id: &str,
+        holder: &Pseudonym,
+        device: &str,
+        kid: &str,
+        valid_until: i64,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError>;
     /// Every (index, state) of one status list.
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError>;
     /// Number of decision records.
     fn decision_count(&self) -> Result<u64, StoreError>;
     /// Whether the database answers.
     fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The rule a refresh for another holder or phone breaks.
+pub const REFRESH_SAME_OWNER: &str = "refresh.same_holder_and_phone";
+
+/// A refresh needs the credential active, its holder and its phone.
+fn check_refresh(
+    stored_holder: &[u8],
+    stored_device: &str,
+    state: CredentialState,
+    holder: &Pseudonym,
+    device: &str,
+) -> Result<(), StoreError> {
+    if stored_holder != holder.0 || stored_device != device {
+        return Err(StoreError::Conflict {
+            rule: REFRESH_SAME_OWNER,
+        });
+    }
+    if state != CredentialState::Active {
+        return Err(StoreError::InvalidTransition {
+            from: state.as_str(),
+            to: "refreshed",
+        });
+    }
+    Ok(())
 }
 
 /// Size of each status list (2 bits a credential: 256 KiB before compression).

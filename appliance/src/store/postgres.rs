@@ -567,6 +567,38 @@ impl Registry for PostgresRegistry {
         })
     }
 
+    fn refresh(
+        &self,
+        id: &str,
+        holder: &Pseudonym,
+        device: &str,
+        kid: &str,
+        valid_until: i64,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        self.with_tx(|tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT holder, device, state FROM credentials WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            let stored_holder: Vec<u8> = row.get(0);
+            let stored_device: String = row.get(1);
+            let state = CredentialState::parse(row.get(2))?;
+            super::check_refresh(&stored_holder, &stored_device, state, holder, device)?;
+            let _ = tx
+                .execute(
+                    "UPDATE credentials SET kid = $1, valid_until = $2 WHERE id = $3",
+                    &[&kid, &valid_until, &id],
+                )
+                .map_err(map_err)?;
+            insert_decision(tx, &decision, Some(id), None)?;
+            meta(tx, id)
+        })
+    }
+
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
         self.with_tx(|tx| {
             tx.query(

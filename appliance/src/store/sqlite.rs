@@ -606,6 +606,39 @@ impl Registry for SqliteRegistry {
         })
     }
 
+    fn refresh(
+        &self,
+        id: &str,
+        holder: &Pseudonym,
+        device: &str,
+        kid: &str,
+        valid_until: i64,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        let (id, holder, device, kid) = (id.to_owned(), *holder, device.to_owned(), kid.to_owned());
+        self.write(move |conn| {
+            let (stored_holder, stored_device, state): (Vec<u8>, String, String) = conn
+                .query_row(
+                    "SELECT holder, device, state FROM credentials WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            let state = CredentialState::parse(&state)?;
+            super::check_refresh(&stored_holder, &stored_device, state, &holder, &device)?;
+            let _ = conn
+                .execute(
+                    "UPDATE credentials SET kid = ?1, valid_until = ?2 WHERE id = ?3 AND state = 'active'",
+                    params![kid, valid_until, id],
+                )
+                .map_err(map_err)?;
+            insert_decision(conn, &decision, Some(&id), None)?;
+            meta(conn, &id)
+        })
+    }
+
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn

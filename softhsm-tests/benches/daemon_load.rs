@@ -1,0 +1,263 @@
+//! Load benchmark of the real daemon: issuance over mTLS with keep-alive,
+//! durable SQLite commits, next to the raw 2-thread SoftHSM ES256 rate
+//! measured in the same run on the same machine.
+//!
+//! Reports issuances/s and p50/p99 at saturation and at half that rate
+//! (open loop), the daemon's peak RSS, and the ratio to the raw rate.
+//! Targets: throughput ≥ 0.5 × raw, p99 ≤ 10 ms at half load, RSS ≤ 100 MiB.
+//! The load generator shares the two cores with the daemon.
+//!
+//! `make bench-load` (or `cargo build --release --bins && cargo bench -p
+//! softhsm-tests --bench daemon_load`); `DOJANG_LOAD_SECONDS` (default 10),
+//! `DOJANG_LOAD_CONNECTIONS` (default 32).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
+use secrecy::SecretString;
+use softhsm_tests::daemon::{self, Daemon, Options};
+use softhsm_tests::https::Target;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Distinct holders on distinct phones: one live ID per person and per phone.
+fn bodies(count: usize, offset: u32) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let (jwk, _) = daemon::phone();
+            let profile = if i % 2 == 0 { "mdoc" } else { "sd-jwt" };
+            let request = daemon::request(profile, &daemon::number(offset + i as u32), &jwk);
+            serde_json::to_vec(&request).expect("JSON")
+        })
+        .collect()
+}
+
+struct Run {
+    issued: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.issued as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&mut self, p: f64) -> f64 {
+        self.latencies.sort();
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[i - 1].as_secs_f64() * 1000.0
+    }
+}
+
+/// `connections` keep-alive connections for `duration`; with `rate`, each
+/// connection sends on a fixed schedule (open loop), else back to back.
+fn load(
+    target: &Target,
+    bodies: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Run {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let results = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let target = target.clone();
+            let bodies = bodies.clone();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut conn = target.connect().await.expect("connect");
+                let (mut ok, mut failed, mut latencies) = (0usize, 0usize, Vec::new());
+                let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+                let mut due = tokio::time::Instant::now()
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
+                while start.elapsed() < duration {
+                    if let Some(i) = interval {
+                        tokio::time::sleep_until(due).await;
+                        due += i;
+                    }
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = bodies.get(n) else { break };
+                    // Latency from when the request was due (open loop) or sent.
+                    let sent = if interval.is_some() {
+                        due - interval.unwrap_or_default()
+                    } else {
+                        tokio::time::Instant::now()
+                    };
+                    match conn
+                        .send(
+                            "POST",
+                            "/v1/credentials",
+                            &[("content-type", "application/json")],
+                            body.clone(),
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 201 => {
+                            ok += 1;
+                            latencies.push(sent.elapsed());
+                        }
+                        Ok(r) => {
+                            failed += 1;
+                            if failed <= 3 {
+                                eprintln!(
+                                    "refused: {} {}",
+                                    r.status,
+                                    String::from_utf8_lossy(&r.body)
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("error: {e}");
+                            conn = target.connect().await.expect("reconnect");
+                        }
+                    }
+                }
+                (ok, failed, latencies)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.expect("task"));
+        }
+        all
+    });
+    let elapsed = start.elapsed();
+    let mut run = Run {
+        issued: 0,
+        failed: 0,
+        elapsed,
+        latencies: Vec::new(),
+    };
+    for (ok, failed, latencies) in results {
+        run.issued += ok;
+        run.failed += failed;
+        run.latencies.extend(latencies);
+    }
+    run
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let seconds = env("DOJANG_LOAD_SECONDS", 10);
+    let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
+    let duration = Duration::from_secs(seconds);
+
+    // The raw baseline: bare cryptoki, 2 threads, this machine, this run.
+    let (token, config) = common::token_with_ds_key("bench-ds");
+    let raw = || {
+        raw_sign_rate(
+            &RawBenchmark {
+                module: config.module.clone(),
+                token_label: token.label().to_owned(),
+                pin: SecretString::from(softhsm_tests::USER_PIN),
+                key_label: "bench-ds".into(),
+                threads: 2,
+                duration: Duration::from_secs(3),
+            },
+            &[0x5a; 256],
+        )
+        .expect("raw run")
+    };
+    let raw_before = raw();
+
+    let d = Daemon::start(Options {
+        limits: format!("max_in_flight = {}\nsigning_threads = 16", connections * 4),
+        policy: |p| {
+            p.replace(
+                "requests_per_minute = 6000",
+                "requests_per_minute = 10000000",
+            )
+        },
+        ..Options::default()
+    });
+    let target = d.api_target("counter", false);
+    let pid = d.pid();
+    let rss_idle = rss_kib(pid, "VmRSS:");
+    // Enough distinct requests for the saturated run at several times the raw rate.
+    let count = (raw_before * seconds as f64 * 1.2) as usize + 1000;
+    eprintln!("preparing {count} distinct requests…");
+    let saturated_bodies = Arc::new(bodies(count, 0));
+    let _warm = load(
+        &target,
+        Arc::new(bodies(200, 900_000)),
+        8,
+        Duration::from_secs(1),
+        None,
+    );
+    eprintln!("saturation phase starting (dojangd pid {pid})");
+    let mut saturated = load(&target, saturated_bodies, connections, duration, None);
+    let half_rate = saturated.rate() / 2.0;
+    let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
+    let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000));
+    let mut half = load(&target, half_bodies, connections, duration, Some(half_rate));
+    let rss_peak = rss_kib(pid, "VmHWM:");
+    drop(d);
+    let raw_after = raw();
+    let raw_rate = (raw_before + raw_after) / 2.0;
+
+    println!("daemon load benchmark: POST /v1/credentials over mTLS (HTTP/1.1 keep-alive),");
+    println!(
+        "  {connections} connections, {seconds} s per phase, SQLite synchronous=FULL, mdoc and SD-JWT alternating"
+    );
+    println!(
+        "  raw SoftHSM ES256, 2 threads: {raw_before:.0} sig/s before, {raw_after:.0} after (mean {raw_rate:.0})"
+    );
+    println!(
+        "  saturation: {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
+        saturated.rate(),
+        saturated.percentile(0.50),
+        saturated.percentile(0.99),
+        saturated.failed
+    );
+    println!(
+        "  half load ({half_rate:.0}/s offered): {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
+        half.rate(),
+        half.percentile(0.50),
+        half.percentile(0.99),
+        half.failed
+    );
+    println!(
+        "  daemon RSS: {:.1} MiB idle, {:.1} MiB peak",
+        rss_idle as f64 / 1024.0,
+        rss_peak as f64 / 1024.0
+    );
+    println!(
+        "  ratio throughput / raw 2-thread rate: {:.2}  (target >= 0.50)",
+        saturated.rate() / raw_rate
+    );
+    println!(
+        "  p99 at half load {:.2} ms (target <= 10 ms); peak RSS {:.1} MiB (target <= 100 MiB)",
+        half.percentile(0.99),
+        rss_peak as f64 / 1024.0
+    );
+}
