@@ -259,3 +259,69 @@ impl Router for Api {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+    #[test]
+    fn the_openapi_file_documents_every_route_and_problem_code() {
+        for route in [
+            "/v1/credentials:",
+            "/v1/credentials/{id}:",
+            "/v1/credentials/{id}/revoke:",
+            "/v1/credentials/{id}/suspend:",
+            "/v1/credentials/{id}/reinstate:",
+            "/v1/credentials/{id}/refresh:",
+            "/.well-known/jwks.json:",
+            "/.well-known/jwt-vc-issuer:",
+            "/iaca.pem:",
+            "/iaca.crl:",
+            "/ds/{label}.pem:",
+            "/status/{list}:",
+        ] {
+            assert!(OPENAPI.contains(route), "{route} undocumented");
+        }
+        // Every code the server sources construct a problem with.
+        let sources = [
+            include_str!("api.rs"),
+            include_str!("issue.rs"),
+            include_str!("public.rs"),
+            include_str!("ops.rs"),
+            include_str!("http.rs"),
+            include_str!("problem.rs"),
+        ];
+        let mut codes = 0;
+        for source in sources {
+            for (i, _) in source.match_indices("StatusCode::") {
+                // Problem::new(StatusCode::X, "code", …): the next literal.
+                let rest = &source[i..];
+                let Some(start) = rest.find('"') else {
+                    continue;
+                };
+                let literal = &rest[start + 1..];
+                let Some(end) = literal.find('"') else {
+                    continue;
+                };
+                let code = &literal[..end];
+                let between = &rest[..start];
+                if between.contains(')') || between.contains(';') {
+                    continue; // not a constructor's next argument
+                }
+                if code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !code.is_empty() {
+                    codes += 1;
+                    assert!(OPENAPI.contains(code), "problem code {code} undocumented");
+                }
+            }
+            for prefix in ["bad_request(\"", "unavailable(\""] {
+                for (i, _) in source.match_indices(prefix) {
+                    let literal = &source[i + prefix.len()..];
+                    let code = &literal[..literal.find('"').unwrap_or(0)];
+                    codes += 1;
+                    assert!(OPENAPI.contains(code), "problem code {code} undocumented");
+                }
+            }
+        }
+        assert!(codes > 20, "found only {codes} codes: the scan is broken");
+    }
+}
