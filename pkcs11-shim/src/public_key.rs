@@ -5,7 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use openssl::bn::BigNumContext;
-use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ec::{EcGroup, EcPoint};
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
@@ -57,6 +57,29 @@ pub struct PublicKey {
     jwk: Jwk,
 }
 
+/// SubjectPublicKeyInfo up to the BIT STRING's content, for an uncompressed
+/// point: SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING }.
+const SPKI_P256_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+const SPKI_P384_PREFIX: &[u8] = &[
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+];
+
+/// The curve's group, built once: OpenSSL 3 looks curves up by name slowly.
+fn curve(nid: Nid) -> std::result::Result<&'static EcGroup, openssl::error::ErrorStack> {
+    static P256: std::sync::OnceLock<EcGroup> = std::sync::OnceLock::new();
+    static P384: std::sync::OnceLock<EcGroup> = std::sync::OnceLock::new();
+    let cell = if nid == Nid::SECP384R1 { &P384 } else { &P256 };
+    if let Some(group) = cell.get() {
+        return Ok(group);
+    }
+    let group = EcGroup::from_curve_name(nid)?;
+    Ok(cell.get_or_init(|| group))
+}
+
 impl PublicKey {
     /// From an uncompressed EC point `04 || X || Y` on the algorithm's curve.
     pub fn from_ec_point(algorithm: Algorithm, point: &[u8]) -> Result<Self> {
@@ -75,15 +98,19 @@ impl PublicKey {
             )));
         }
         let enc = |e: openssl::error::ErrorStack| Error::Encoding(e.to_string());
-        let group = EcGroup::from_curve_name(nid).map_err(enc)?;
+        let group = curve(nid).map_err(enc)?;
         let mut ctx = BigNumContext::new().map_err(enc)?;
-        // from_bytes checks the point is on the curve.
-        let ec_point = EcPoint::from_bytes(&group, point, &mut ctx).map_err(enc)?;
-        let ec_key = EcKey::from_public_key(&group, &ec_point).map_err(enc)?;
-        ec_key.check_key().map_err(enc)?;
-        let spki_der = PKey::from_ec_key(ec_key)
-            .and_then(|k| k.public_key_to_der())
-            .map_err(enc)?;
+        // Decoding checks the point is on the curve; an uncompressed encoding
+        // cannot be the point at infinity, and P-256/P-384 have prime order
+        // (cofactor 1), so no subgroup check is needed. EC_KEY_check_key
+        // would add a scalar multiplication for nothing: it was a third of
+        // the daemon's CPU per issuance.
+        let _ = EcPoint::from_bytes(group, point, &mut ctx).map_err(enc)?;
+        let mut spki_der = match algorithm {
+            Algorithm::Es256 => SPKI_P256_PREFIX.to_vec(),
+            _ => SPKI_P384_PREFIX.to_vec(),
+        };
+        spki_der.extend_from_slice(point);
         let (x, y) = point[1..].split_at(coord_len);
         Ok(PublicKey {
             algorithm,
@@ -280,6 +307,38 @@ pub fn public_key_from_jwk(jwk: &Jwk) -> Result<PublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openssl::ec::EcKey;
+
+    #[test]
+    fn spki_from_a_point_is_what_openssl_encodes_and_off_curve_points_are_refused() {
+        for (nid, alg) in [
+            (Nid::X9_62_PRIME256V1, Algorithm::Es256),
+            (Nid::SECP384R1, Algorithm::Es384),
+        ] {
+            let group = EcGroup::from_curve_name(nid).unwrap();
+            let key = EcKey::generate(&group).unwrap();
+            let mut ctx = BigNumContext::new().unwrap();
+            let point = key
+                .public_key()
+                .to_bytes(
+                    &group,
+                    openssl::ec::PointConversionForm::UNCOMPRESSED,
+                    &mut ctx,
+                )
+                .unwrap();
+            let ours = PublicKey::from_ec_point(alg, &point).unwrap();
+            let theirs =
+                PKey::from_ec_key(EcKey::from_public_key(&group, key.public_key()).unwrap())
+                    .unwrap()
+                    .public_key_to_der()
+                    .unwrap();
+            assert_eq!(ours.spki_der(), theirs.as_slice());
+            let mut off = point.clone();
+            let last = off.len() - 1;
+            off[last] ^= 1;
+            assert!(PublicKey::from_ec_point(alg, &off).is_err());
+        }
+    }
     use openssl::ec::PointConversionForm;
     use openssl::pkey::Private;
     use openssl::sign::Signer;
