@@ -53,12 +53,14 @@ fn record(thread: usize, n: u64, list: u32, index: u64) -> IssuanceCommit {
         want_free_copy: std::env::var_os("DOJANG_BENCH_PAID").is_none(),
         idempotency: None,
         decision: DecisionRecord {
+            node: "test".into(),
             at: 1_800_000_000,
             actor: "spiffe://bench/client".into(),
             action: "issue".into(),
             outcome: "allow".into(),
             rule: None,
             policy_hash: "ab".repeat(32),
+            ..Default::default()
         },
     }
 }

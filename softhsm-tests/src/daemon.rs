@@ -20,6 +20,10 @@ pub const COUNTER: &str = "spiffe://mois.go.kr/office-counter";
 pub const GATEWAY: &str = "spiffe://mois.go.kr/wallet-gateway";
 /// Not in the policy.
 pub const STRANGER: &str = "spiffe://mois.go.kr/stranger";
+/// The auditor of the shipped policy.
+pub const AUDITOR: &str = "spiffe://mois.go.kr/auditor";
+/// The audit log's origin in the fixture's configuration.
+pub const AUDIT_ORIGIN: &str = "test.dojang.kr/audit";
 
 /// The store the daemon uses.
 #[derive(Debug, Clone)]
@@ -62,13 +66,27 @@ impl Default for Options {
 enum Device {
     Direct(SoftHsmToken),
     P11Kit(P11KitServer),
+    /// Another daemon's token: a second node (drop it before the first).
+    Shared {
+        conf: PathBuf,
+        scratch: PathBuf,
+    },
 }
 
 impl Device {
-    fn token(&self) -> &SoftHsmToken {
+    fn conf_path(&self) -> PathBuf {
         match self {
-            Device::Direct(t) => t,
-            Device::P11Kit(s) => s.token(),
+            Device::Direct(t) => t.conf_path(),
+            Device::P11Kit(s) => s.token().conf_path(),
+            Device::Shared { conf, .. } => conf.clone(),
+        }
+    }
+
+    fn scratch(&self) -> &Path {
+        match self {
+            Device::Direct(t) => t.scratch(),
+            Device::P11Kit(s) => s.token().scratch(),
+            Device::Shared { scratch, .. } => scratch,
         }
     }
 }
@@ -196,6 +214,18 @@ impl Daemon {
                 "HS256",
             ],
         );
+        run_ctl(
+            &token,
+            &base,
+            &[
+                "keys",
+                "generate",
+                "--label",
+                "audit-1",
+                "--purpose",
+                "audit",
+            ],
+        );
         let tls = scratch.join("tls");
         write_tls(&tls);
         let policy = scratch.join("policy.toml");
@@ -229,7 +259,8 @@ impl Daemon {
              certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n\
              client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\"]\n\n\
              [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
-             [server.ops]\nlisten = \"{ops}\"\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
+             [server.ops]\nlisten = \"{ops}\"\n\n[server.audit]\norigin = \"{AUDIT_ORIGIN}\"\n\
+             checkpoint_interval_ms = 300\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
             node = options.node_id,
             policy = policy.display(),
             tls = tls.display(),
@@ -265,7 +296,7 @@ impl Daemon {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .env("SOFTHSM2_CONF", self.device.token().conf_path())
+            .env("SOFTHSM2_CONF", self.device.conf_path())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
@@ -362,27 +393,69 @@ impl Daemon {
     pub fn p11kit(&mut self) -> &mut P11KitServer {
         match &mut self.device {
             Device::P11Kit(s) => s,
-            Device::Direct(_) => panic!("started without via_p11kit"),
+            _ => panic!("started without via_p11kit"),
         }
     }
 
     /// The IACA certificate (DER).
     pub fn iaca_der(&self) -> Vec<u8> {
-        let pem = std::fs::read(self.device.token().scratch().join("pki/iaca.pem")).expect("iaca");
+        let pem = std::fs::read(self.device.scratch().join("pki/iaca.pem")).expect("iaca");
         openssl::x509::X509::from_pem(&pem)
             .and_then(|c| c.to_der())
             .expect("IACA PEM")
     }
 
     /// Runs `dojangctl` against the daemon's token (while it runs).
-    pub fn ctl(&self, args: &[&str]) {
-        let token = self.device.token();
-        run_ctl(token, &token.scratch().join("dojang.toml"), args);
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(crate::workspace_binary("dojangctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("SOFTHSM2_CONF", self.device.conf_path())
+            .output()
+            .expect("dojangctl");
+        assert!(
+            out.status.success(),
+            "dojangctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A second node on the same token, PKI, TLS files, policy and store,
+    /// with its own ports and `node_id`. Drop it before `self`.
+    pub fn second_node(&self, node_id: &str) -> Daemon {
+        let (api, public, ops) = (free_port(), free_port(), free_port());
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text
+            .replace(&self.api.to_string(), &api.to_string())
+            .replace(&self.public.to_string(), &public.to_string())
+            .replace(&self.ops.to_string(), &ops.to_string())
+            .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+        let config = self.scratch().join(format!("{node_id}.toml"));
+        write(&config, &text);
+        let mut daemon = Daemon {
+            device: Device::Shared {
+                conf: self.device.conf_path(),
+                scratch: self.scratch().to_owned(),
+            },
+            child: None,
+            api,
+            public,
+            ops,
+            config,
+            policy: self.policy.clone(),
+            tls: self.tls.clone(),
+            log: self.scratch().join(format!("{node_id}.log")),
+            env: self.env.clone(),
+        };
+        daemon.spawn();
+        daemon
     }
 
     /// The scratch directory.
     pub fn scratch(&self) -> &Path {
-        self.device.token().scratch()
+        self.device.scratch()
     }
 }
 
@@ -438,4 +511,68 @@ pub fn request(profile: &str, number: &str, jwk: &serde_json::Value) -> serde_js
 /// A resident number of a citizen born 2000-05-15 with serial `n`.
 pub fn number(n: u32) -> String {
     format!("000515-3{:06}", n % 1_000_000)
+}
+
+/// The PostgreSQL the tests use.
+pub const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
+
+/// A fresh PostgreSQL schema, dropped at the end.
+pub struct PgSchema {
+    /// Its name.
+    pub name: String,
+    /// A connection string whose search path is the schema.
+    pub url: String,
+}
+
+impl PgSchema {
+    /// A fresh schema; `None` with a loud message when PostgreSQL is not
+    /// reachable outside CI (in CI it must be: the test fails).
+    pub fn create() -> Option<Self> {
+        let mut client = match PG_ADMIN
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+        {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL not reachable at 127.0.0.1:5432 ({e}); CI runs this test"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL must be reachable in CI: {e}"),
+        };
+        let mut random = [0u8; 6];
+        openssl::rand::rand_bytes(&mut random).expect("random");
+        let name = format!(
+            "dj_{}",
+            random
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .expect("create schema");
+        let url = format!("{PG_ADMIN} options='-c search_path={name}'");
+        Some(PgSchema { name, url })
+    }
+
+    /// An admin connection.
+    pub fn admin() -> postgres::Client {
+        PG_ADMIN
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+            .expect("PostgreSQL")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = PG_ADMIN
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+        {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
 }

@@ -173,8 +173,17 @@ fn sigterm_answers_every_request_it_committed_then_exits() {
                         body,
                     ) {
                         Ok(r) if r.status == 201 => issued += 1,
+                        // Stopping: refused before any work, with Retry-After.
+                        Ok(r) if r.status == 503 => {
+                            assert_eq!(r.json()["code"], "shutting_down");
+                            assert!(r.header("retry-after").is_some());
+                            break;
+                        }
                         Ok(r) => panic!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),
-                        Err(_) => break,
+                        Err(e) => {
+                            eprintln!("client {t}: {e}");
+                            break;
+                        }
                     }
                 }
                 issued
@@ -193,9 +202,11 @@ fn sigterm_answers_every_request_it_committed_then_exits() {
     assert!(log.contains("draining"), "{log}");
     assert!(log.contains("stopped"), "{log}");
     // Every issuance the registry committed reached its client.
-    let registry = dojang::store::SqliteRegistry::open(&d.scratch().join("registry.db")).unwrap();
-    use dojang::store::Registry;
-    assert_eq!(registry.decision_count().unwrap(), u64::from(answered));
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let credentials: i64 = db
+        .query_row("SELECT COUNT(*) FROM credentials", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(credentials, i64::from(answered));
 }
 
 /// Parses the Prometheus text format strictly enough to catch a malformed

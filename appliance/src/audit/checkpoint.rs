@@ -89,6 +89,11 @@ impl NoteKey {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The public key, SPKI PEM.
+    pub fn public_pem(&self) -> String {
+        self.public.to_pem().unwrap_or_default()
+    }
 }
 
 impl Checkpoint {

@@ -77,6 +77,16 @@ enum AuditCommand {
     /// Verify an exported audit bundle offline: every entry, every checkpoint
     /// signature, and the consistency between successive checkpoints.
     Verify(AuditVerifyArgs),
+    /// Export the registry's audit log (entries, checkpoints, audit public
+    /// key) as a self-contained bundle, and the key alone for auditors.
+    Export {
+        /// Where to write the bundle (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the audit public key (PEM) here.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,6 +239,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Pki(command) => pki(&load()?, command),
         Command::Policy(command) => policy(command, args.json),
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(a, args.json),
+        Command::Audit(AuditCommand::Export { out, key_out }) => {
+            audit_export(&load()?, &out, key_out.as_deref())
+        }
         Command::Credential(CredentialCommand::Sample {
             format,
             ds,
@@ -377,6 +390,62 @@ struct AuditVerifyArgs {
     /// Accept entries newer than the latest checkpoint (not covered by any signature).
     #[arg(long)]
     allow_unsigned_tail: bool,
+}
+
+fn audit_export(
+    config: &Config,
+    out: &std::path::Path,
+    key_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let server = config
+        .server
+        .as_ref()
+        .context("this needs the [server] table (audit origin and key)")?;
+    let registry = dojang::server::open_registry(config)?;
+    let backend = cli::open_backend(config)?;
+    let log = dojang::server::audit_log::AuditLog::new(
+        backend.as_ref(),
+        &server.keys.audit,
+        &server.audit.origin,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let size = registry.decision_count()?;
+    let mut entries = Vec::with_capacity(size as usize);
+    while (entries.len() as u64) < size {
+        let page = registry.audit_entries(entries.len() as u64, 1000)?;
+        anyhow::ensure!(!page.is_empty(), "the audit log ends before its size");
+        entries.extend(
+            page.iter()
+                .map(|e| base64::engine::general_purpose::STANDARD.encode(e)),
+        );
+    }
+    let bundle = dojang::audit::bundle::Bundle {
+        format: dojang::audit::bundle::FORMAT.into(),
+        origin: log.origin().to_owned(),
+        key_name: log.origin().to_owned(),
+        public_key_pem: log.public_key_pem(),
+        entries,
+        checkpoints: registry
+            .checkpoints()?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect(),
+    };
+    std::fs::write(out, serde_json::to_vec_pretty(&bundle)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if let Some(path) = key_out {
+        std::fs::write(path, log.public_key_pem())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{}: {} entries, {} checkpoints of log {:?}",
+        out.display(),
+        bundle.entries.len(),
+        bundle.checkpoints.len(),
+        bundle.origin
+    );
+    Ok(())
 }
 
 fn audit_verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ pub struct Api {
     pool: Arc<BlockingPool>,
     max_body: usize,
     in_flight: Arc<Semaphore>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Api {
@@ -32,12 +33,14 @@ impl Api {
         pool: Arc<BlockingPool>,
         max_body: usize,
         in_flight: Arc<Semaphore>,
+        closing: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Api {
             service,
             pool,
             max_body,
             in_flight,
+            closing,
         }
     }
 }
@@ -84,6 +87,12 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Proble
 
 impl Api {
     async fn on_pool(&self, job: impl FnOnce(&Service) -> Answer + Send + 'static) -> Answer {
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Problem::unavailable(
+                "shutting_down",
+                "this node is stopping; retry (another node)",
+            ));
+        }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(overloaded());
         };
@@ -186,6 +195,39 @@ impl Api {
                     .on_pool(move |s| s.refresh(&client, &id, &body, OffsetDateTime::now_utc()))
                     .await;
                 (route, Some("refresh".to_owned()), answer)
+            }
+            (&Method::GET, ["v1", "audit", what @ ..]) => {
+                let query = request.uri().query().unwrap_or("").to_owned();
+                let (route, answer): (&'static str, _) = match what {
+                    ["checkpoint"] => (
+                        "/v1/audit/checkpoint",
+                        self.on_pool(move |s| s.audit_checkpoint(&client)).await,
+                    ),
+                    ["entries"] => (
+                        "/v1/audit/entries",
+                        self.on_pool(move |s| s.audit_entries(&client, &query))
+                            .await,
+                    ),
+                    ["proof", "inclusion"] => (
+                        "/v1/audit/proof/inclusion",
+                        self.on_pool(move |s| s.audit_inclusion(&client, &query))
+                            .await,
+                    ),
+                    ["proof", "consistency"] => (
+                        "/v1/audit/proof/consistency",
+                        self.on_pool(move |s| s.audit_consistency(&client, &query))
+                            .await,
+                    ),
+                    _ => (
+                        "other",
+                        Err(Problem::new(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "no such endpoint",
+                        )),
+                    ),
+                };
+                (route, None, answer)
             }
             (_, ["v1", "credentials", ..]) => (
                 "other",

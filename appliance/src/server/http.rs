@@ -178,6 +178,14 @@ pub async fn serve(
             drop(permit);
         }));
     }
+    // Stopping: the connections finish their responses (each closes once
+    // its requests are answered, or at the drain deadline).
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(
+        Duration::from_millis(limits.drain_timeout_ms) + IDLE_GRACE,
+        connections.acquire_many(all),
+    )
+    .await;
 }
 
 async fn connection<T>(

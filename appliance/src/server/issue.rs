@@ -441,6 +441,15 @@ impl Service {
                     DenialKind::Conflict => (StatusCode::CONFLICT, "policy_conflict"),
                     DenialKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                 };
+                // A refusal is a decision too: recorded, or not given at all.
+                let record = DecisionRecord {
+                    rule: Some(denial.rule.to_owned()),
+                    profile: Some(v.request.profile.clone()),
+                    ..self.decision(client, "issue", "deny", &decision.policy_hash, now)
+                };
+                self.registry
+                    .record(record, Some(holder))
+                    .map_err(store_problem)?;
                 let mut p = Problem::new(status, code, denial.reason).with_rule(denial.rule);
                 if denial.kind == DenialKind::RateLimited {
                     p = p.retry_after(60 - (now.unix_timestamp().rem_euclid(60)) as u32);
@@ -498,6 +507,7 @@ impl Service {
             ),
         };
         let credential = credential.map_err(credential_problem)?;
+        let payload_sha256 = pkcs11_shim::digest::sha256(credential.as_bytes());
         let id = hex(&crate::credential::random::<16>().map_err(credential_problem)?);
         let channel_fee = policy
             .channels
@@ -564,12 +574,10 @@ impl Service {
             want_free_copy: obligations.use_free_copy,
             idempotency,
             decision: DecisionRecord {
-                at: now.unix_timestamp(),
-                actor: client.to_owned(),
-                action: "issue".into(),
-                outcome: "allow".into(),
-                rule: None,
-                policy_hash: decision.policy_hash.clone(),
+                profile: Some(v.request.profile.clone()),
+                key_id: Some(signer.kid().to_owned()),
+                payload_sha256: Some(payload_sha256),
+                ..self.decision(client, "issue", "allow", &decision.policy_hash, now)
             },
         };
         match self
@@ -704,12 +712,10 @@ impl Service {
         };
         let credential = credential.map_err(credential_problem)?;
         let decision = DecisionRecord {
-            at: now.unix_timestamp(),
-            actor: client.to_owned(),
-            action: "refresh".into(),
-            outcome: "allow".into(),
-            rule: None,
-            policy_hash: policy.hash.clone(),
+            profile: Some(meta.profile.clone()),
+            key_id: Some(signer.kid().to_owned()),
+            payload_sha256: Some(pkcs11_shim::digest::sha256(credential.as_bytes())),
+            ..self.decision(client, "refresh", "allow", &policy.hash, now)
         };
         let meta = self
             .registry
@@ -744,6 +750,26 @@ impl Service {
             StatusCode::OK,
             serde_json::to_vec(&response).unwrap_or_default(),
         ))
+    }
+
+    /// A decision of this node.
+    pub(crate) fn decision(
+        &self,
+        actor: &str,
+        action: &str,
+        outcome: &str,
+        policy_hash: &str,
+        now: OffsetDateTime,
+    ) -> DecisionRecord {
+        DecisionRecord {
+            node: self.node_id.clone(),
+            at: now.unix_timestamp(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            policy_hash: policy_hash.to_owned(),
+            ..DecisionRecord::default()
+        }
     }
 
     /// `GET /v1/credentials/{id}`.
@@ -783,14 +809,7 @@ impl Service {
             "suspend" => CredentialState::Suspended,
             _ => CredentialState::Active,
         };
-        let decision = DecisionRecord {
-            at: now.unix_timestamp(),
-            actor: client.to_owned(),
-            action: action.into(),
-            outcome: "allow".into(),
-            rule: None,
-            policy_hash: policy.hash.clone(),
-        };
+        let decision = self.decision(client, action, "allow", &policy.hash, now);
         let meta = self
             .registry
             .set_state(id, to, decision)

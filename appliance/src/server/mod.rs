@@ -12,6 +12,8 @@
 //! and feeds the watchdog.
 
 pub mod api;
+pub mod audit_log;
+mod auditor;
 pub mod http;
 pub mod identity;
 mod issue;
@@ -112,6 +114,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the signing threads")?,
     );
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpoints_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpointer = {
+        let service = service.clone();
+        let stop = checkpoints_stop.clone();
+        std::thread::Builder::new()
+            .name("dojang-audit".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if service.checkpoint_due(last.elapsed()) {
+                        let _ = service.checkpoint();
+                        last = std::time::Instant::now();
+                    }
+                }
+            })
+            .context("starting the checkpoint thread")?
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -119,6 +140,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let service_for_stop = service.clone();
     runtime.block_on(async move {
         let bind = |addr: std::net::SocketAddr, name: &'static str| async move {
             TcpListener::bind(addr)
@@ -141,6 +163,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     pool.clone(),
                     limits.max_body_bytes,
                     in_flight.clone(),
+                    closing.clone(),
                 )),
             ),
             (
@@ -195,10 +218,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = hup.recv() => {
                     notify(&[NotifyState::Reloading]);
                     let reloaded = reload(&server, &service, &api_slot, &public_slot, &pool).await;
+                    let reloaded_ok = reloaded.is_ok();
                     match reloaded {
                         Ok(()) => tracing::info!("reloaded TLS files, CRLs, policy and PKI"),
                         Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration stays"),
                     }
+                    let service = service.clone();
+                    let ok = if reloaded_ok { "ok" } else { "error" };
+                    let _ = pool.submit(move || service.record_event("reload", ok));
                     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
                 }
                 _ = term.recv() => break,
@@ -207,6 +234,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
         tracing::info!("stopping: draining requests in flight");
+        closing.store(true, std::sync::atomic::Ordering::Release);
         let _ = stop.send(true);
         let permits = u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(
@@ -217,12 +245,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if drained.is_err() {
             tracing::warn!("drain timed out with requests still in flight");
         }
+        // Each listener returns once its connections have closed.
+        let deadline = Duration::from_millis(limits.drain_timeout_ms) + Duration::from_secs(2);
         for task in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+            let _ = tokio::time::timeout(deadline, task).await;
         }
-        tracing::info!("stopped");
         anyhow::Ok(())
-    })
+    })?;
+    // The last entries of this run, covered by a final checkpoint.
+    checkpoints_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = checkpointer.join();
+    service_for_stop.record_event("stop", "ok");
+    let _ = service_for_stop.checkpoint();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn reload(

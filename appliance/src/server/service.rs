@@ -66,6 +66,8 @@ pub struct Service {
     pub(crate) keys: ServiceKeys,
     pub(crate) node_id: String,
     pub(crate) rate: RateCounter,
+    pub(crate) audit: super::audit_log::AuditLog,
+    audit_settings: super::settings::AuditSettings,
     public_base: String,
     policy_path: PathBuf,
     pki: PkiStore,
@@ -114,7 +116,12 @@ impl Service {
         credential: CredentialConfig,
         pki: PkiStore,
     ) -> Result<Self, LoadError> {
+        let audit =
+            super::audit_log::AuditLog::new(backend, &server.keys.audit, &server.audit.origin)
+                .map_err(LoadError)?;
         let service = Service {
+            audit,
+            audit_settings: server.audit.clone(),
             backend,
             registry,
             metrics,
@@ -143,6 +150,17 @@ impl Service {
         };
         service.check_service_keys()?;
         service.reload(OffsetDateTime::now_utc())?;
+        let start = service.decision(
+            "dojangd",
+            "start",
+            "ok",
+            &service.current().policy.hash,
+            OffsetDateTime::now_utc(),
+        );
+        service
+            .registry
+            .record(start, None)
+            .map_err(|e| LoadError(format!("writing the audit log: {e}")))?;
         Ok(service)
     }
 
@@ -386,6 +404,7 @@ impl Service {
             Ok(s) => Ok(format!("{} (kid {})", s.label(), s.kid())),
             Err(e) => Err(e.clone()),
         };
+        let audit = self.registry.probe_write();
         let checks = vec![
             Check {
                 name: "key_backend",
@@ -397,6 +416,14 @@ impl Service {
                 ok: store.is_ok(),
                 detail: match store {
                     Ok(()) => self.registry.kind().to_owned(),
+                    Err(e) => e.to_string(),
+                },
+            },
+            Check {
+                name: "audit_log",
+                ok: audit.is_ok(),
+                detail: match audit {
+                    Ok(()) => "writable".to_owned(),
                     Err(e) => e.to_string(),
                 },
             },
@@ -415,6 +442,47 @@ impl Service {
             *r = Some((Instant::now(), readiness.clone()));
         }
         readiness
+    }
+
+    /// Signs a checkpoint if the log grew; logs a failure (the next round
+    /// retries).
+    pub fn checkpoint(&self) -> Option<u64> {
+        match self.audit.checkpoint(self.backend, self.registry.as_ref()) {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpoint failed");
+                None
+            }
+        }
+    }
+
+    /// Whether a checkpoint is due: `checkpoint_entries` uncovered entries,
+    /// or any after `checkpoint_interval_ms`.
+    pub fn checkpoint_due(&self, since_last: Duration) -> bool {
+        let size = self.registry.decision_count().unwrap_or(0);
+        let covered = self
+            .registry
+            .latest_checkpoint()
+            .ok()
+            .flatten()
+            .map_or(0, |(s, _)| s);
+        size > covered
+            && (size - covered >= self.audit_settings.checkpoint_entries
+                || since_last >= Duration::from_millis(self.audit_settings.checkpoint_interval_ms))
+    }
+
+    /// Records a start, stop or reload of this node.
+    pub fn record_event(&self, action: &str, outcome: &str) {
+        let decision = self.decision(
+            "dojangd",
+            action,
+            outcome,
+            &self.current().policy.hash,
+            OffsetDateTime::now_utc(),
+        );
+        if let Err(e) = self.registry.record(decision, None) {
+            tracing::error!(error = %e, action, "cannot write the audit log");
+        }
     }
 
     /// Refreshes the gauges that describe state, for a scrape.

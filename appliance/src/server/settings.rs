@@ -32,6 +32,45 @@ pub struct ServerConfig {
     /// Log lines as JSON (for journald) instead of text.
     #[serde(default)]
     pub json_logs: bool,
+    /// The audit log's checkpoints.
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// The `[server.audit]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// The log's origin line in checkpoints (also the audit key's note
+    /// name), e.g. `id.example.kr/dojang-audit`; the same on every node.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// Sign a checkpoint at least this often while entries arrive.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_ms: u64,
+    /// … or as soon as this many entries are not yet covered.
+    #[serde(default = "default_checkpoint_entries")]
+    pub checkpoint_entries: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            origin: default_origin(),
+            checkpoint_interval_ms: default_checkpoint_interval(),
+            checkpoint_entries: default_checkpoint_entries(),
+        }
+    }
+}
+
+fn default_origin() -> String {
+    "dojang/audit".into()
+}
+fn default_checkpoint_interval() -> u64 {
+    10_000
+}
+fn default_checkpoint_entries() -> u64 {
+    1_000
 }
 
 /// The mTLS API listener.
@@ -142,6 +181,9 @@ pub struct ServiceKeys {
     /// The key status lists are signed with.
     #[serde(default = "default_status_key")]
     pub status_list: String,
+    /// The key audit checkpoints are signed with.
+    #[serde(default = "default_audit_key")]
+    pub audit: String,
 }
 
 impl Default for ServiceKeys {
@@ -149,6 +191,7 @@ impl Default for ServiceKeys {
         ServiceKeys {
             pseudonym: default_pseudonym_key(),
             status_list: default_status_key(),
+            audit: default_audit_key(),
         }
     }
 }
@@ -205,6 +248,9 @@ fn default_pseudonym_key() -> String {
 fn default_status_key() -> String {
     "status-list-1".into()
 }
+fn default_audit_key() -> String {
+    "audit-1".into()
+}
 fn default_pg_pool() -> usize {
     16
 }
@@ -232,6 +278,22 @@ impl ServerConfig {
         if self.public.certificate.is_some() != self.public.private_key.is_some() {
             return Err(
                 "server.public: set both certificate and private_key, or neither (plain HTTP)"
+                    .into(),
+            );
+        }
+        let a = &self.audit;
+        if a.origin.is_empty()
+            || a.origin.len() > 128
+            || a.origin
+                .contains(|c: char| c.is_whitespace() || c == '+' || c.is_control())
+        {
+            return Err(
+                "server.audit.origin must be 1 to 128 characters without spaces or '+'".into(),
+            );
+        }
+        if !(100..=3_600_000).contains(&a.checkpoint_interval_ms) || a.checkpoint_entries == 0 {
+            return Err(
+                "server.audit: checkpoint_interval_ms 100 to 3600000, checkpoint_entries > 0"
                     .into(),
             );
         }

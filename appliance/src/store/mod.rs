@@ -127,9 +127,12 @@ pub struct NewCredential {
     pub document_expiry: String,
 }
 
-/// The decision recorded with an operation (the audit log will chain these).
-#[derive(Debug, Clone)]
+/// The decision recorded with an operation: the registry appends it to the
+/// audit log in the same transaction as the operation itself.
+#[derive(Debug, Clone, Default)]
 pub struct DecisionRecord {
+    /// The node that decided.
+    pub node: String,
     /// Unix seconds.
     pub at: i64,
     /// Client or officer identity.
@@ -142,6 +145,39 @@ pub struct DecisionRecord {
     pub rule: Option<String>,
     /// SHA-256 of the policy file (hex).
     pub policy_hash: String,
+    /// Credential profile.
+    pub profile: Option<String>,
+    /// Key id of the signing key.
+    pub key_id: Option<String>,
+    /// SHA-256 of what was signed and handed out.
+    pub payload_sha256: Option<[u8; 32]>,
+}
+
+impl DecisionRecord {
+    /// The audit entry for this decision: `node_seq` is its place in the
+    /// node's own sequence.
+    pub fn entry(
+        &self,
+        node_seq: u64,
+        credential: Option<&str>,
+        holder: Option<&Pseudonym>,
+    ) -> crate::audit::entry::AuditEntry {
+        crate::audit::entry::AuditEntry {
+            time: self.at,
+            node: self.node.clone(),
+            seq: node_seq,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            outcome: self.outcome.clone(),
+            rule: self.rule.clone(),
+            policy_hash: (!self.policy_hash.is_empty()).then(|| self.policy_hash.clone()),
+            profile: self.profile.clone(),
+            credential_id: credential.map(str::to_owned),
+            key_id: self.key_id.clone(),
+            payload_sha256: self.payload_sha256,
+            holder: holder.map(|h| h.0),
+        }
+    }
 }
 
 /// An idempotency key with the hash of the request body it came with.
@@ -289,8 +325,25 @@ pub trait Registry: Send + Sync {
     ) -> Result<CredentialMeta, StoreError>;
     /// Every (index, state) of one status list.
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError>;
-    /// Number of decision records.
+    /// Number of audit entries (every decision recorded).
     fn decision_count(&self) -> Result<u64, StoreError>;
+    /// Appends a decision that changes nothing else (a denial, a start, a
+    /// reload) to the audit log, durably.
+    fn record(&self, decision: DecisionRecord, holder: Option<Pseudonym>)
+    -> Result<(), StoreError>;
+    /// Canonical audit entries `start..start+count` (fewer at the end).
+    fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Leaf hashes of entries `start..end`.
+    fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Stores a signed checkpoint of the first `size` entries (the first one
+    /// stored for a size stays).
+    fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// Every stored checkpoint, smallest first, as (size, signed note).
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The largest checkpoint.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// Whether the audit log can be written now (a write that changes nothing).
+    fn probe_write(&self) -> Result<(), StoreError>;
     /// Whether the database answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

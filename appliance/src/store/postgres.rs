@@ -76,6 +76,21 @@ const MIGRATIONS: &[&str] = &[
         credential_id TEXT,
         holder BYTEA
     );",
+    // 2: the audit log replaces the decision records. The counter row makes
+    // one gapless sequence for every node: each append locks it until its
+    // transaction ends, so entries commit in sequence order.
+    "DROP TABLE decisions;
+    CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size BIGINT NOT NULL);
+    INSERT INTO audit_head (id, size) VALUES (1, 0);
+    CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY,
+        node TEXT NOT NULL,
+        node_seq BIGINT NOT NULL,
+        entry BYTEA NOT NULL,
+        leaf BYTEA NOT NULL,
+        UNIQUE (node, node_seq)
+    );
+    CREATE TABLE checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);",
 ];
 
 /// The registry in a PostgreSQL database (or schema).
@@ -107,6 +122,7 @@ fn map_err(e: postgres::Error) -> StoreError {
             return StoreError::Unavailable(format!("retryable: {}", db.message()));
         }
         if *code == SqlState::DISK_FULL
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE
             || *code == SqlState::READ_ONLY_SQL_TRANSACTION
             || *code == SqlState::ADMIN_SHUTDOWN
             || *code == SqlState::CRASH_SHUTDOWN
@@ -222,18 +238,33 @@ impl PostgresRegistry {
     }
 }
 
+/// Appends the decision to the audit log (inside the caller's transaction).
 fn insert_decision(
     tx: &mut Transaction<'_>,
     d: &DecisionRecord,
     credential: Option<&str>,
     holder: Option<&Pseudonym>,
 ) -> Result<(), StoreError> {
-    let holder = holder.map(|h| h.0.to_vec());
+    let seq: i64 = tx
+        .query_one(
+            "UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size - 1",
+            &[],
+        )
+        .map_err(map_err)?
+        .get(0);
+    let node_seq: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(node_seq) + 1, 0) FROM audit_log WHERE node = $1",
+            &[&d.node],
+        )
+        .map_err(map_err)?
+        .get(0);
+    let entry = d.entry(node_seq as u64, credential, holder).encode();
+    let leaf = crate::audit::merkle::leaf_hash(&entry).to_vec();
     let _ = tx
         .execute(
-            "INSERT INTO decisions (at, actor, action, outcome, rule, policy_hash, credential_id, holder)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&d.at, &d.actor, &d.action, &d.outcome, &d.rule, &d.policy_hash, &credential, &holder],
+            "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",
+            &[&seq, &d.node, &node_seq, &entry, &leaf],
         )
         .map_err(map_err)?;
     Ok(())
@@ -615,7 +646,7 @@ impl Registry for PostgresRegistry {
     fn decision_count(&self) -> Result<u64, StoreError> {
         self.with_tx(|tx| {
             Ok(tx
-                .query_one("SELECT COUNT(*) FROM decisions", &[])
+                .query_one("SELECT size FROM audit_head WHERE id = 1", &[])
                 .map_err(map_err)?
                 .get::<_, i64>(0) as u64)
         })
@@ -623,5 +654,89 @@ impl Registry for PostgresRegistry {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.with_tx(|tx| tx.execute("SELECT 1", &[]).map(|_| ()).map_err(map_err))
+    }
+
+    fn record(
+        &self,
+        decision: DecisionRecord,
+        holder: Option<Pseudonym>,
+    ) -> Result<(), StoreError> {
+        self.with_tx(|tx| insert_decision(tx, &decision, None, holder.as_ref()))
+    }
+
+    fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let end = start.saturating_add(count).min(i64::MAX as u64) as i64;
+        self.with_tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT entry FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                    &[&(start as i64), &end],
+                )
+                .map_err(map_err)?
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect())
+        })
+    }
+
+    fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let end = end.min(i64::MAX as u64) as i64;
+        self.with_tx(|tx| {
+            tx.query(
+                "SELECT leaf FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                &[&(start as i64), &end],
+            )
+            .map_err(map_err)?
+            .iter()
+            .map(|r| {
+                <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0))
+                    .map_err(|_| StoreError::Internal("a leaf hash is not 32 bytes".into()))
+            })
+            .collect()
+        })
+    }
+
+    fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    "INSERT INTO checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING",
+                    &[&(size as i64), &note],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.with_tx(|tx| {
+            Ok(tx
+                .query("SELECT size, note FROM checkpoints ORDER BY size", &[])
+                .map_err(map_err)?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1)))
+                .collect())
+        })
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.with_tx(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+                    &[],
+                )
+                .map_err(map_err)?
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))))
+        })
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            // Rolled back: a probe must not hold the head row longer than this.
+            tx.execute("UPDATE audit_head SET size = size WHERE id = 1", &[])
+                .map(|_| ())
+                .map_err(map_err)
+        })
     }
 }

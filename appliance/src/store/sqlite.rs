@@ -86,6 +86,20 @@ const MIGRATIONS: &[&str] = &[
         credential_id TEXT,
         holder BLOB
     );",
+    // 2: the audit log replaces the decision records. One counter row makes
+    // the sequence gapless; every append takes it in its transaction.
+    "DROP TABLE decisions;
+    CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL);
+    INSERT INTO audit_head (id, size) VALUES (1, 0);
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        node_seq INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        leaf BLOB NOT NULL,
+        UNIQUE (node, node_seq)
+    );
+    CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
 ];
 
 /// The registry in one SQLite file.
@@ -339,20 +353,28 @@ impl SqliteRegistry {
     }
 }
 
+/// Appends the decision to the audit log (inside the caller's transaction).
 fn insert_decision(
     conn: &Connection,
     d: &DecisionRecord,
     credential: Option<&str>,
     holder: Option<&Pseudonym>,
 ) -> Result<(), StoreError> {
+    let seq: i64 = conn
+        .prepare_cached("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size - 1")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(map_err)?;
+    let node_seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(node_seq) + 1, 0) FROM audit_log WHERE node = ?1")
+        .and_then(|mut s| s.query_row(params![d.node], |r| r.get(0)))
+        .map_err(map_err)?;
+    let entry = d.entry(node_seq as u64, credential, holder).encode();
+    let leaf = crate::audit::merkle::leaf_hash(&entry);
     let _ = conn
         .prepare_cached(
-            "INSERT INTO decisions (at, actor, action, outcome, rule, policy_hash, credential_id, holder)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .and_then(|mut s| {
-            s.execute(params![d.at, d.actor, d.action, d.outcome, d.rule, d.policy_hash, credential, holder.map(|h| h.0.to_vec())])
-        })
+        .and_then(|mut s| s.execute(params![seq, d.node, node_seq, entry, leaf.to_vec()]))
         .map_err(map_err)?;
     Ok(())
 }
@@ -658,9 +680,107 @@ impl Registry for SqliteRegistry {
 
     fn decision_count(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(map_err)
+            conn.query_row("SELECT size FROM audit_head WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(map_err)
+        })
+    }
+
+    fn record(
+        &self,
+        decision: DecisionRecord,
+        holder: Option<Pseudonym>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| insert_decision(conn, &decision, None, holder.as_ref()))
+    }
+
+    fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT entry FROM audit_log WHERE seq >= ?1 AND seq < ?2 ORDER BY seq",
+                )
+                .map_err(map_err)?;
+            let end = start.saturating_add(count).min(i64::MAX as u64);
+            let rows = stmt
+                .query_map(params![start as i64, end as i64], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err)).collect()
+        })
+    }
+
+    fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT leaf FROM audit_log WHERE seq >= ?1 AND seq < ?2 ORDER BY seq",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(
+                    params![start as i64, end.min(i64::MAX as u64) as i64],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .map_err(map_err)?;
+            rows.map(|r| {
+                r.map_err(map_err).and_then(|v| {
+                    <[u8; 32]>::try_from(v)
+                        .map_err(|_| StoreError::Internal("a leaf hash is not 32 bytes".into()))
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        let note = note.to_owned();
+        self.write(move |conn| {
+            let _ = conn
+                .execute(
+                    "INSERT INTO checkpoints (size, note) VALUES (?1, ?2) ON CONFLICT (size) DO NOTHING",
+                    params![size as i64, note],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT size, note FROM checkpoints ORDER BY size")
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+                })
+                .map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err)).collect()
+        })
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(map_err)
+        })
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            let _ = conn
+                .execute("UPDATE audit_head SET size = size WHERE id = 1", [])
+                .map_err(map_err)?;
+            Ok(())
         })
     }
 

@@ -170,12 +170,14 @@ pub fn python_verify(script: &str, args: &[&Path]) -> (bool, String) {
 /// A decision record as the tests record them.
 pub fn decision(action: &str) -> dojang::store::DecisionRecord {
     dojang::store::DecisionRecord {
+        node: "test".into(),
         at: 1_800_000_000,
         actor: "spiffe://test/client".into(),
         action: action.into(),
         outcome: "allow".into(),
         rule: None,
         policy_hash: "00".repeat(32),
+        ..Default::default()
     }
 }
 

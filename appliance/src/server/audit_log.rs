@@ -1,0 +1,170 @@
+//! The daemon's side of the audit log. Entries are appended by the registry
+//! in the same transaction as what they record (so there is no unaudited
+//! signature); this module signs checkpoints over them with the audit key in
+//! the HSM and answers auditors' questions (entries, proofs).
+//!
+//! The tree is rebuilt from the stored leaf hashes: a frontier (O(log n)
+//! hashes) follows the log for checkpoints; proofs read the leaves they need.
+
+use std::sync::Mutex;
+
+use pkcs11_shim::{KeyBackend, KeyPurpose};
+
+use crate::audit::checkpoint::{Checkpoint, NoteKey};
+use crate::audit::merkle::{self, Frontier, Hash};
+use crate::store::{Registry, StoreError};
+
+/// Largest page of entries or range of a proof an auditor may ask for at once.
+pub const MAX_PAGE: u64 = 1000;
+/// Largest tree a proof is computed over by reading its leaves.
+const MAX_PROOF_TREE: u64 = 10_000_000;
+
+/// The log as this node sees it.
+pub struct AuditLog {
+    origin: String,
+    key_label: String,
+    key: NoteKey,
+    frontier: Mutex<Frontier>,
+}
+
+/// An auditor's question that cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The question is malformed or out of range (400/404).
+    #[error("{0}")]
+    Range(String),
+    /// The store failed (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed (503).
+    #[error("signing a checkpoint: {0}")]
+    Signing(String),
+}
+
+impl AuditLog {
+    /// The log `origin`, signed by the audit key `label`.
+    pub fn new(backend: &dyn KeyBackend, label: &str, origin: &str) -> Result<Self, String> {
+        let info = backend
+            .find(label)
+            .map_err(|e| format!("audit key {label:?}: {e}"))?;
+        if info.purpose != KeyPurpose::Audit {
+            return Err(format!(
+                "key {label:?} is a {} key, not an audit key",
+                info.purpose
+            ));
+        }
+        let public = info
+            .public_key
+            .ok_or_else(|| format!("audit key {label:?} has no public key"))?;
+        let key = NoteKey::new(origin, public).map_err(|e| e.to_string())?;
+        Ok(AuditLog {
+            origin: origin.to_owned(),
+            key_label: label.to_owned(),
+            key,
+            frontier: Mutex::new(Frontier::new()),
+        })
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Signs a checkpoint of the whole log if it grew past the last one;
+    /// the new size, if one was signed.
+    pub fn checkpoint(
+        &self,
+        backend: &dyn KeyBackend,
+        registry: &dyn Registry,
+    ) -> Result<Option<u64>, AuditError> {
+        let mut frontier = self
+            .frontier
+            .lock()
+            .map_err(|_| AuditError::Signing("frontier lock poisoned".into()))?;
+        let size = registry.decision_count()?;
+        while frontier.size() < size {
+            let next = (frontier.size() + MAX_PAGE * 10).min(size);
+            for leaf in registry.audit_leaves(frontier.size(), next)? {
+                frontier.append(leaf);
+            }
+            if frontier.size() < next {
+                return Err(AuditError::Store(StoreError::Internal(
+                    "the audit log has a gap".into(),
+                )));
+            }
+        }
+        let last = registry.latest_checkpoint()?.map_or(0, |(s, _)| s);
+        if size == 0 || size <= last {
+            return Ok(None);
+        }
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: frontier.root(),
+        };
+        let note = checkpoint
+            .sign(backend, &self.key_label, &self.key)
+            .map_err(|e| AuditError::Signing(e.to_string()))?;
+        registry.add_checkpoint(size, &note)?;
+        Ok(Some(size))
+    }
+
+    /// The tree size of the latest checkpoint and its signed note.
+    pub fn latest(registry: &dyn Registry) -> Result<Option<(u64, String)>, AuditError> {
+        Ok(registry.latest_checkpoint()?)
+    }
+
+    fn leaves(registry: &dyn Registry, size: u64) -> Result<Vec<Hash>, AuditError> {
+        let logged = registry.decision_count()?;
+        if size == 0 || size > logged {
+            return Err(AuditError::Range(format!(
+                "tree size {size} is not in 1..={logged}"
+            )));
+        }
+        if size > MAX_PROOF_TREE {
+            return Err(AuditError::Range(format!(
+                "proofs over more than {MAX_PROOF_TREE} entries are not served"
+            )));
+        }
+        Ok(registry.audit_leaves(0, size)?)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries,
+    /// with the entry's leaf hash.
+    pub fn inclusion(
+        registry: &dyn Registry,
+        index: u64,
+        size: u64,
+    ) -> Result<(Hash, Vec<Hash>), AuditError> {
+        if index >= size {
+            return Err(AuditError::Range(format!(
+                "index {index} is not below size {size}"
+            )));
+        }
+        let leaves = Self::leaves(registry, size)?;
+        let proof = merkle::inclusion_proof(index as usize, &leaves)
+            .ok_or_else(|| AuditError::Range("no such proof".into()))?;
+        Ok((leaves[index as usize], proof))
+    }
+
+    /// The consistency proof between trees of `from` and `to` entries.
+    pub fn consistency(
+        registry: &dyn Registry,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Hash>, AuditError> {
+        if from == 0 || from > to {
+            return Err(AuditError::Range(format!(
+                "sizes {from} and {to}: need 0 < from <= to"
+            )));
+        }
+        let leaves = Self::leaves(registry, to)?;
+        merkle::consistency_proof(from as usize, &leaves)
+            .ok_or_else(|| AuditError::Range("no such proof".into()))
+    }
+
+    /// The audit public key as SPKI PEM, for exports.
+    pub fn public_key_pem(&self) -> String {
+        self.key.public_pem()
+    }
+}

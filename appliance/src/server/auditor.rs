@@ -1,0 +1,123 @@
+//! The auditor's API (`/v1/audit/…`, role `auditor`): the latest signed
+//! checkpoint, entries by range, inclusion and consistency proofs. With
+//! these and the audit public key an auditor checks the log without
+//! trusting the appliance.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use dojang_policies::Role;
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::audit_log::{AuditError, AuditLog, MAX_PAGE};
+use super::issue::Answer;
+use super::problem::Problem;
+use super::service::Service;
+
+fn problem(e: AuditError) -> Problem {
+    match e {
+        AuditError::Range(detail) => Problem::bad_request("audit_range", detail),
+        AuditError::Store(_) | AuditError::Signing(_) => {
+            tracing::warn!(error = %e, "audit query failed");
+            Problem::unavailable(
+                "store_unavailable",
+                "the audit log cannot be read now; retry",
+            )
+        }
+    }
+}
+
+/// `name=value` pairs of a query string, numbers only.
+pub(crate) fn number(query: &str, name: &str) -> Result<u64, Problem> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .ok_or_else(|| {
+            Problem::bad_request("audit_range", format!("query parameter {name} is required"))
+        })?
+        .1
+        .parse()
+        .map_err(|_| {
+            Problem::bad_request(
+                "audit_range",
+                format!("{name} must be a non-negative integer"),
+            )
+        })
+}
+
+impl Service {
+    fn require_auditor(&self, client: &str) -> Result<(), Problem> {
+        if self.current().policy.has_role(client, Role::Auditor) {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("client {client:?} does not have the auditor role"),
+            )
+            .with_rule("client.role"))
+        }
+    }
+
+    /// `GET /v1/audit/checkpoint`: the latest signed note.
+    pub(crate) fn audit_checkpoint(&self, client: &str) -> Answer {
+        self.require_auditor(client)?;
+        match AuditLog::latest(self.registry.as_ref()).map_err(problem)? {
+            Some((size, note)) => Ok((
+                StatusCode::OK,
+                json!({"size": size, "note": note}).to_string().into_bytes(),
+            )),
+            None => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no checkpoint has been signed yet",
+            )),
+        }
+    }
+
+    /// `GET /v1/audit/entries?start=S&count=C`.
+    pub(crate) fn audit_entries(&self, client: &str, query: &str) -> Answer {
+        self.require_auditor(client)?;
+        let start = number(query, "start")?;
+        let count = number(query, "count")?.min(MAX_PAGE);
+        let entries = self
+            .registry
+            .audit_entries(start, count)
+            .map_err(|e| problem(e.into()))?;
+        let body = json!({
+            "start": start,
+            "size": self.registry.decision_count().map_err(|e| problem(e.into()))?,
+            "entries": entries.iter().map(|e| B64.encode(e)).collect::<Vec<_>>(),
+        });
+        Ok((StatusCode::OK, body.to_string().into_bytes()))
+    }
+
+    /// `GET /v1/audit/proof/inclusion?index=I&size=N`.
+    pub(crate) fn audit_inclusion(&self, client: &str, query: &str) -> Answer {
+        self.require_auditor(client)?;
+        let (index, size) = (number(query, "index")?, number(query, "size")?);
+        let (leaf, proof) =
+            AuditLog::inclusion(self.registry.as_ref(), index, size).map_err(problem)?;
+        let body = json!({
+            "index": index,
+            "size": size,
+            "leaf_hash": B64.encode(leaf),
+            "proof": proof.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+        });
+        Ok((StatusCode::OK, body.to_string().into_bytes()))
+    }
+
+    /// `GET /v1/audit/proof/consistency?from=M&to=N`.
+    pub(crate) fn audit_consistency(&self, client: &str, query: &str) -> Answer {
+        self.require_auditor(client)?;
+        let (from, to) = (number(query, "from")?, number(query, "to")?);
+        let proof = AuditLog::consistency(self.registry.as_ref(), from, to).map_err(problem)?;
+        let body = json!({
+            "from": from,
+            "to": to,
+            "proof": proof.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+        });
+        Ok((StatusCode::OK, body.to_string().into_bytes()))
+    }
+}
