@@ -157,6 +157,7 @@ fn write_tls(dir: &Path) {
         "stranger",
         ca.issue(&LeafSpec::client(STRANGER)).expect("c"),
     );
+    let _ = save("auditor", ca.issue(&LeafSpec::client(AUDITOR)).expect("c"));
     let now = OffsetDateTime::now_utc();
     let mut expired = LeafSpec::client(COUNTER);
     expired.not_before = now - time::Duration::days(30);

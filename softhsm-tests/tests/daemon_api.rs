@@ -113,7 +113,6 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
     let d = Daemon::start(Options::default());
     let mut counter = d.client("counter");
     let iaca = d.iaca_der();
-    let now = OffsetDateTime::now_utc();
     let mut issued = Vec::new();
     for (n, profile) in ["mdoc", "sd-jwt"].into_iter().enumerate() {
         let (jwk, _) = daemon::phone();
@@ -143,8 +142,13 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
                     credential,
                 )
                 .unwrap();
-                let v = mdoc::verify(&cbor, &Trust::Iaca(iaca.clone()), now, Some(mdoc::DOC_TYPE))
-                    .unwrap();
+                let v = mdoc::verify(
+                    &cbor,
+                    &Trust::Iaca(iaca.clone()),
+                    OffsetDateTime::now_utc(),
+                    Some(mdoc::DOC_TYPE),
+                )
+                .unwrap();
                 assert_eq!(v.status.as_ref().unwrap().idx, r["status"]["idx"]);
                 let (ok, out) = python_verify(
                     "verify_mdoc.py",
@@ -160,7 +164,8 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
                 let v = sdjwt::verify(
                     credential,
                     &Trust::Iaca(iaca.clone()),
-                    now,
+                    // After the issuance: its signature is not valid before it.
+                    OffsetDateTime::now_utc(),
                     Some(sdjwt::VCT),
                 )
                 .unwrap();

@@ -1,0 +1,570 @@
+//! The audit log as the real daemon writes it: every decision recorded in
+//! the transaction that makes it, checkpoints signed in the HSM, proofs an
+//! auditor checks without trusting the appliance, an export `dojangctl
+//! audit verify` accepts, a SIGKILL that loses nothing, two nodes on one
+//! PostgreSQL keeping one log, and signing refused while the log cannot be
+//! written.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use dojang::audit::checkpoint::{Checkpoint, NoteKey};
+use dojang::audit::entry::AuditEntry;
+use dojang::audit::merkle;
+use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store, AUDIT_ORIGIN};
+
+fn issue(d: &Daemon, n: u32, profile: &str, key: Option<&str>) -> softhsm_tests::https::Reply {
+    let (jwk, _) = daemon::phone();
+    let headers: Vec<(&str, &str)> = key
+        .map(|k| vec![("idempotency-key", k)])
+        .unwrap_or_default();
+    d.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request(profile, &daemon::number(n), &jwk),
+        &headers,
+    )
+}
+
+fn entries(auditor: &mut softhsm_tests::https::Client) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    loop {
+        let page = auditor
+            .get(&format!("/v1/audit/entries?start={}&count=1000", out.len()))
+            .json();
+        let batch = page["entries"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return out;
+        }
+        for e in batch {
+            out.push(AuditEntry::decode(&B64.decode(e.as_str().unwrap()).unwrap()).unwrap());
+        }
+    }
+}
+
+fn wait_checkpoint(auditor: &mut softhsm_tests::https::Client, at_least: u64) -> (u64, String) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = auditor.get("/v1/audit/checkpoint");
+        if reply.status == 200 {
+            let body = reply.json();
+            let size = body["size"].as_u64().unwrap();
+            if size >= at_least {
+                return (size, body["note"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of {at_least} entries"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn b64_hash(v: &serde_json::Value) -> [u8; 32] {
+    B64.decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+}
+
+#[test]
+fn every_decision_is_logged_signed_provable_and_exported() {
+    let mut d = Daemon::start(Options::default());
+    assert_eq!(issue(&d, 1, "mdoc", None).status, 201);
+    let second = issue(&d, 2, "sd-jwt", None).json();
+    let young = d.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", "150101-3123456", &daemon::phone().0),
+        &[],
+    );
+    assert_eq!(young.status, 422);
+    let id = second["id"].as_str().unwrap();
+    assert_eq!(
+        d.client("counter")
+            .send(
+                "POST",
+                &format!("/v1/credentials/{id}/revoke"),
+                &[],
+                Vec::new()
+            )
+            .status,
+        200
+    );
+    // Only auditors read the log.
+    assert_eq!(d.client("counter").get("/v1/audit/checkpoint").status, 403);
+
+    let mut auditor = d.client("auditor");
+    let log = entries(&mut auditor);
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("start", "ok"),
+            ("issue", "allow"),
+            ("issue", "allow"),
+            ("issue", "deny"),
+            ("revoke", "allow"),
+        ]
+    );
+    let denial = &log[3];
+    assert_eq!(denial.rule.as_deref(), Some("holder.minimum_age"));
+    assert!(
+        denial.holder.is_some(),
+        "denials name the holder's pseudonym"
+    );
+    let issued = &log[2];
+    assert_eq!(issued.credential_id.as_deref(), Some(id));
+    assert_eq!(issued.key_id.as_deref(), second["kid"].as_str());
+    assert_eq!(
+        issued.payload_sha256,
+        Some(pkcs11_shim::digest::sha256(
+            second["credential"].as_str().unwrap().as_bytes()
+        ))
+    );
+    assert!(log.iter().all(|e| e.node == "test-1"));
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (0..log.len() as u64).collect::<Vec<_>>()
+    );
+
+    // A checkpoint signed by the audit key, and proofs against it.
+    let key_pem = d.scratch().join("audit.pem");
+    let bundle = d.scratch().join("audit.json");
+    let (size, note) = wait_checkpoint(&mut auditor, 5);
+    let _ = d.ctl(&[
+        "audit",
+        "export",
+        "--out",
+        &bundle.display().to_string(),
+        "--key-out",
+        &key_pem.display().to_string(),
+    ]);
+    let der = openssl::pkey::PKey::public_key_from_pem(&std::fs::read(&key_pem).unwrap())
+        .unwrap()
+        .public_key_to_der()
+        .unwrap();
+    let key = NoteKey::new(
+        AUDIT_ORIGIN,
+        pkcs11_shim::PublicKey::from_spki_der(&der).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = Checkpoint::open(&note, &key).unwrap();
+    assert_eq!(checkpoint.size, size);
+    let leaves: Vec<_> = log
+        .iter()
+        .take(size as usize)
+        .map(|e| merkle::leaf_hash(&e.encode()))
+        .collect();
+    assert_eq!(merkle::root(&leaves), checkpoint.root);
+    for index in 0..size {
+        let proof = auditor
+            .get(&format!(
+                "/v1/audit/proof/inclusion?index={index}&size={size}"
+            ))
+            .json();
+        assert_eq!(b64_hash(&proof["leaf_hash"]), leaves[index as usize]);
+        let path: Vec<[u8; 32]> = proof["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(b64_hash)
+            .collect();
+        assert!(merkle::verify_inclusion(
+            index,
+            size,
+            &leaves[index as usize],
+            &path,
+            &checkpoint.root
+        ));
+    }
+    let consistency = auditor
+        .get(&format!("/v1/audit/proof/consistency?from=2&to={size}"))
+        .json();
+    let path: Vec<[u8; 32]> = consistency["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64_hash)
+        .collect();
+    assert!(merkle::verify_consistency(
+        2,
+        size,
+        &merkle::root(&leaves[..2]),
+        &checkpoint.root,
+        &path
+    ));
+    let bad = auditor.get(&format!(
+        "/v1/audit/proof/inclusion?index={size}&size={size}"
+    ));
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["code"], "audit_range");
+
+    // Stopped: a stop entry and a final checkpoint over everything, and the
+    // export verifies offline with the key and origin the auditor trusts.
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(15)).success());
+    let _ = d.ctl(&["audit", "export", "--out", &bundle.display().to_string()]);
+    let out = std::process::Command::new(softhsm_tests::workspace_binary("dojangctl"))
+        .args(["--json", "audit", "verify"])
+        .arg(&bundle)
+        .arg("--key")
+        .arg(&key_pem)
+        .args(["--origin", AUDIT_ORIGIN])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["entries"], 6);
+    assert_eq!(report["unsigned_tail"], 0);
+
+    // No personal data anywhere in the store.
+    for file in ["registry.db", "registry.db-wal"] {
+        let bytes = std::fs::read(d.scratch().join(file)).unwrap_or_default();
+        for personal in ["홍", "길동", "000515", "150101", "종로구", "SN-0000"] {
+            assert!(
+                !bytes
+                    .windows(personal.len())
+                    .any(|w| w == personal.as_bytes()),
+                "{file} holds {personal}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_under_load_loses_nothing_and_replays_answers() {
+    let mut d = Daemon::start(Options::default());
+    let clients = 6u32;
+    let barrier = Arc::new(Barrier::new(clients as usize + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            let target = d.api_target("counter", false);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut client = softhsm_tests::https::Client::new(target);
+                let _ = barrier.wait();
+                let mut answers = BTreeMap::new();
+                let mut pending = None;
+                for n in 0u32.. {
+                    let (jwk, _) = daemon::phone();
+                    let body = serde_json::to_vec(&daemon::request(
+                        if n % 2 == 0 { "mdoc" } else { "sd-jwt" },
+                        &daemon::number(t * 10_000 + n),
+                        &jwk,
+                    ))
+                    .unwrap();
+                    let key = format!("load-{t}-{n}");
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("idempotency-key", key.as_str()),
+                    ];
+                    match client.try_send("POST", "/v1/credentials", &headers, body.clone()) {
+                        Ok(r) if r.status == 201 => {
+                            let _ = answers.insert(key, r.body);
+                        }
+                        Ok(r) => panic!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Err(_) => {
+                            pending = Some((key, body));
+                            break;
+                        }
+                    }
+                }
+                (answers, pending)
+            })
+        })
+        .collect();
+    let _ = barrier.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(10));
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    d.spawn();
+    let mut client = d.client("counter");
+    let mut answered = 0usize;
+    for (answers, pending) in &results {
+        // Answers given before the crash are replayed byte for byte.
+        for body in answers.values().rev().take(3) {
+            let r: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(
+                client
+                    .get(&format!("/v1/credentials/{}", r["id"].as_str().unwrap()))
+                    .json()["state"],
+                "active"
+            );
+        }
+        answered += answers.len();
+        // The request in flight at the crash: retried with its key, it either
+        // committed before the crash (the same answer comes back) or not
+        // (it is issued now). Either way exactly one credential.
+        if let Some((key, body)) = pending {
+            let r = client.send(
+                "POST",
+                "/v1/credentials",
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", key),
+                ],
+                body.clone(),
+            );
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+            let again = client.send(
+                "POST",
+                "/v1/credentials",
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", key),
+                ],
+                body.clone(),
+            );
+            assert_eq!(again.body, r.body);
+            answered += 1;
+        }
+    }
+    // The registry and the log agree one to one, and the log verifies.
+    let mut auditor = d.client("auditor");
+    let log = entries(&mut auditor);
+    let issued: Vec<&str> = log
+        .iter()
+        .filter(|e| e.action == "issue" && e.outcome == "allow")
+        .map(|e| e.credential_id.as_deref().unwrap())
+        .collect();
+    let unique: HashSet<&str> = issued.iter().copied().collect();
+    assert_eq!(unique.len(), issued.len(), "a credential with two entries");
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let mut stmt = db.prepare("SELECT id FROM credentials").unwrap();
+    let stored: HashSet<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored.len(), issued.len());
+    assert!(issued.iter().all(|id| stored.contains(*id)));
+    assert_eq!(
+        stored.len(),
+        answered,
+        "every credential reached its client"
+    );
+    assert_eq!(
+        log.iter().filter(|e| e.action == "start").count(),
+        2,
+        "two starts, no stop: it was killed"
+    );
+    let (size, _) = wait_checkpoint(&mut auditor, log.len() as u64);
+    assert!(size >= log.len() as u64);
+}
+
+#[test]
+fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let a = Daemon::start(Options {
+        store: Store::Postgres(schema.url.clone()),
+        node_id: "a".into(),
+        ..Options::default()
+    });
+    let b = a.second_node("b");
+    // 20 requests for one person on one phone over both nodes: exactly one
+    // credential. (On different phones each would supersede the last.)
+    let barrier = Arc::new(Barrier::new(20));
+    let (phone, _) = daemon::phone();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let target = if i % 2 == 0 {
+                a.api_target("counter", false)
+            } else {
+                b.api_target("counter", false)
+            };
+            let barrier = barrier.clone();
+            let jwk = phone.clone();
+            std::thread::spawn(move || {
+                let request = daemon::request("mdoc", &daemon::number(777), &jwk);
+                let mut c = softhsm_tests::https::Client::new(target);
+                let _ = barrier.wait();
+                c.post_json("/v1/credentials", &request, &[]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    // Then a stream of distinct issuances over both.
+    let mut answered = 1;
+    for n in 0..30u32 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let (jwk, _) = daemon::phone();
+        let r = node.client("counter").post_json(
+            "/v1/credentials",
+            &daemon::request("sd-jwt", &daemon::number(1000 + n), &jwk),
+            &[],
+        );
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        answered += 1;
+    }
+    let mut auditor = b.client("auditor");
+    let log = entries(&mut auditor);
+    let issued = log
+        .iter()
+        .filter(|e| e.action == "issue" && e.outcome == "allow")
+        .count();
+    assert_eq!(issued, answered);
+    let denied = log.iter().filter(|e| e.outcome == "deny").count();
+    // Each losing racer was refused by the policy (recorded) or by the
+    // database's unique index at commit (nothing to record: nothing decided).
+    assert!(denied <= 19);
+    let nodes: HashSet<&str> = log.iter().map(|e| e.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for node in nodes {
+        let seqs: Vec<u64> = log
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "node {node}"
+        );
+    }
+    // One log: both nodes serve the same checkpoints.
+    let (size, note) = wait_checkpoint(&mut auditor, log.len() as u64);
+    let from_a = a.client("auditor").get("/v1/audit/checkpoint").json();
+    let der = {
+        let bundle = a.scratch().join("pg-audit.json");
+        let key = a.scratch().join("pg-audit.pem");
+        let _ = a.ctl(&[
+            "audit",
+            "export",
+            "--out",
+            &bundle.display().to_string(),
+            "--key-out",
+            &key.display().to_string(),
+        ]);
+        let out = std::process::Command::new(softhsm_tests::workspace_binary("dojangctl"))
+            .args(["audit", "verify"])
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&key)
+            .args(["--origin", AUDIT_ORIGIN, "--allow-unsigned-tail"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        openssl::pkey::PKey::public_key_from_pem(&std::fs::read(&key).unwrap())
+            .unwrap()
+            .public_key_to_der()
+            .unwrap()
+    };
+    let key = NoteKey::new(
+        AUDIT_ORIGIN,
+        pkcs11_shim::PublicKey::from_spki_der(&der).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(Checkpoint::open(&note, &key).unwrap().size, size);
+    // Node a serves checkpoints of the same log, signed by the same key.
+    let theirs = Checkpoint::open(from_a["note"].as_str().unwrap(), &key).unwrap();
+    assert!(theirs.size <= log.len() as u64 + 2);
+    drop(b);
+    drop(a);
+    drop(schema);
+}
+
+#[test]
+fn an_unwritable_audit_log_stops_signing_until_it_is_back() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    // The daemon connects as its own role, which an operator can lock out.
+    let role = format!("{}_daemon", schema.name);
+    let mut admin = PgSchema::admin();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT ALL ON SCHEMA {s} TO {role}; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT ALL ON TABLES TO {role}",
+            s = schema.name
+        ))
+        .unwrap();
+    let url = schema.url.replace("user=postgres", &format!("user={role}"));
+    let d = Daemon::start(Options {
+        store: Store::Postgres(url),
+        ..Options::default()
+    });
+    assert_eq!(issue(&d, 1, "mdoc", None).status, 201);
+    admin
+        .batch_execute(&format!(
+            "REVOKE INSERT, UPDATE ON {}.audit_log, {}.audit_head FROM {role}",
+            schema.name, schema.name
+        ))
+        .unwrap();
+    let refused = issue(&d, 2, "mdoc", None);
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(refused.header("retry-after").is_some());
+    std::thread::sleep(Duration::from_millis(1100));
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 503);
+    let checks = ready.json()["checks"].clone();
+    let audit = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit_log")
+        .unwrap()
+        .clone();
+    assert_eq!(audit["ok"], false);
+    // Nothing was signed-and-kept without its entry.
+    let mut check = PgSchema::admin();
+    let count = |c: &mut postgres::Client, table: &str| -> i64 {
+        c.query_one(
+            &format!("SELECT COUNT(*) FROM {}.{table}", schema.name),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(count(&mut check, "credentials"), 1);
+
+    admin
+        .batch_execute(&format!(
+            "GRANT INSERT, UPDATE ON {}.audit_log, {}.audit_head TO {role}",
+            schema.name, schema.name
+        ))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.ops_client().get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "not ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(issue(&d, 3, "mdoc", None).status, 201);
+    assert_eq!(count(&mut check, "credentials"), 2);
+    drop(d);
+    let _ = admin.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {s} CASCADE; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+        s = schema.name
+    ));
+}
