@@ -167,21 +167,6 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0 // USER_HZ
-}
-
 fn main() {
     let seconds = env("DOJANG_LOAD_SECONDS", 10);
     let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
@@ -230,10 +215,13 @@ fn main() {
         None,
     );
     eprintln!("saturation phase starting (dojangd pid {pid})");
-    let (daemon_cpu, own_cpu) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
+    let (daemon_cpu, own_cpu) = (
+        common::cpu_seconds(&pid.to_string()),
+        common::cpu_seconds("self"),
+    );
     let mut saturated = load(&target, saturated_bodies, connections, duration, None);
-    let daemon_cpu = cpu_seconds(&pid.to_string()) - daemon_cpu;
-    let own_cpu = cpu_seconds("self") - own_cpu;
+    let daemon_cpu = common::cpu_seconds(&pid.to_string()) - daemon_cpu;
+    let own_cpu = common::cpu_seconds("self") - own_cpu;
     let half_rate = saturated.rate() / 2.0;
     let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
     let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000));

@@ -405,19 +405,54 @@ fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
         statuses.iter().all(|s| *s == 201 || *s == 409),
         "{statuses:?}"
     );
-    // Then a stream of distinct issuances over both.
-    let mut answered = 1;
-    for n in 0..30u32 {
-        let node = if n % 2 == 0 { &a } else { &b };
-        let (jwk, _) = daemon::phone();
-        let r = node.client("counter").post_json(
-            "/v1/credentials",
-            &daemon::request("sd-jwt", &daemon::number(1000 + n), &jwk),
-            &[],
-        );
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        answered += 1;
+    // Then concurrent issuance over both nodes, and 40 people racing for one
+    // phone: exactly one of them gets it.
+    let streams: Vec<_> = (0..4u32)
+        .map(|t| {
+            let target = if t % 2 == 0 {
+                a.api_target("counter", false)
+            } else {
+                b.api_target("gateway", false)
+            };
+            std::thread::spawn(move || {
+                let mut c = softhsm_tests::https::Client::new(target);
+                for n in 0..10u32 {
+                    let (jwk, _) = daemon::phone();
+                    let r = c.post_json(
+                        "/v1/credentials",
+                        &daemon::request("sd-jwt", &daemon::number(1000 + t * 100 + n), &jwk),
+                        &[],
+                    );
+                    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+                }
+            })
+        })
+        .collect();
+    let shared_phone = daemon::phone().0;
+    let barrier = Arc::new(Barrier::new(40));
+    let racers: Vec<_> = (0..40u32)
+        .map(|i| {
+            let target = if i % 2 == 0 {
+                a.api_target("counter", false)
+            } else {
+                b.api_target("counter", false)
+            };
+            let (barrier, jwk) = (barrier.clone(), shared_phone.clone());
+            std::thread::spawn(move || {
+                let request = daemon::request("mdoc", &daemon::number(5000 + i), &jwk);
+                let mut c = softhsm_tests::https::Client::new(target);
+                let _ = barrier.wait();
+                c.post_json("/v1/credentials", &request, &[]).status
+            })
+        })
+        .collect();
+    for s in streams {
+        s.join().unwrap();
     }
+    let raced: Vec<u16> = racers.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(raced.iter().filter(|s| **s == 201).count(), 1, "{raced:?}");
+    assert!(raced.iter().all(|s| *s == 201 || *s == 409), "{raced:?}");
+    let answered = 1 + 40 + 1;
     let mut auditor = b.client("auditor");
     let log = entries(&mut auditor);
     let issued = log
@@ -425,10 +460,26 @@ fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
         .filter(|e| e.action == "issue" && e.outcome == "allow")
         .count();
     assert_eq!(issued, answered);
+    // Every stored credential has exactly one issuance entry, and no entry
+    // names a credential the registry lacks.
+    let mut pg = PgSchema::admin();
+    let stored: HashSet<String> = pg
+        .query(&format!("SELECT id FROM {}.credentials", schema.name), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let logged: Vec<&str> = log
+        .iter()
+        .filter(|e| e.action == "issue" && e.outcome == "allow")
+        .map(|e| e.credential_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(logged.len(), stored.len());
+    assert!(logged.iter().all(|id| stored.contains(*id)));
     let denied = log.iter().filter(|e| e.outcome == "deny").count();
     // Each losing racer was refused by the policy (recorded) or by the
     // database's unique index at commit (nothing to record: nothing decided).
-    assert!(denied <= 19);
+    assert!(denied <= 19 + 39);
     let nodes: HashSet<&str> = log.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     for node in nodes {
