@@ -360,8 +360,10 @@ fn insert_decision(
     credential: Option<&str>,
     holder: Option<&Pseudonym>,
 ) -> Result<(), StoreError> {
+    // One writer: the next sequence number is the last one plus one (the
+    // rowid's B-tree answers that from its rightmost page).
     let seq: i64 = conn
-        .prepare_cached("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size - 1")
+        .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(map_err)?;
     let node_seq: i64 = conn
@@ -680,7 +682,7 @@ impl Registry for SqliteRegistry {
 
     fn decision_count(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            conn.query_row("SELECT size FROM audit_head WHERE id = 1", [], |r| {
+            conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
