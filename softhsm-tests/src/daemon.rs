@@ -48,6 +48,10 @@ pub struct Options {
     pub node_id: String,
     /// Extra environment for the daemon (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// Extra lines for `[server]` (e.g. `json_logs = true`).
+    pub server: String,
+    /// Extra lines for `[server.api]` (e.g. `allow_tls12 = true`).
+    pub api: String,
 }
 
 impl Default for Options {
@@ -59,6 +63,8 @@ impl Default for Options {
             via_p11kit: false,
             node_id: "test-1".into(),
             env: Vec::new(),
+            server: String::new(),
+            api: String::new(),
         }
     }
 }
@@ -256,7 +262,7 @@ impl Daemon {
             );
         }
         text.push_str(&format!(
-            "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n\n[server.api]\nlisten = \"{api}\"\n\
+            "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
              certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n\
              client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\"]\n\n\
              [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
@@ -266,6 +272,8 @@ impl Daemon {
             policy = policy.display(),
             tls = tls.display(),
             limits = options.limits,
+            server_extra = options.server,
+            api_extra = options.api,
         ));
         let config = scratch.join("dojangd.toml");
         write(&config, &text);
