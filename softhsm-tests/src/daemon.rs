@@ -157,7 +157,7 @@ fn write_tls(dir: &Path) {
         "server",
         ca.issue(&LeafSpec::localhost_server()).expect("server"),
     );
-    let _ = save("counter", ca.issue(&LeafSpec::client(COUNTER)).expect("c"));
+    let counter = save("counter", ca.issue(&LeafSpec::client(COUNTER)).expect("c"));
     let _ = save("gateway", ca.issue(&LeafSpec::client(GATEWAY)).expect("c"));
     let _ = save(
         "stranger",
@@ -185,6 +185,12 @@ fn write_tls(dir: &Path) {
     write(
         &dir.join("crl.pem"),
         &ca.crl(&[&revoked.serial], 30).expect("CRL"),
+    );
+    // A later CRL that also revokes `counter`, for reload tests.
+    write(
+        &dir.join("crl-counter-revoked.pem"),
+        &ca.crl(&[&revoked.serial, &counter.serial], 30)
+            .expect("CRL"),
     );
 }
 

@@ -132,6 +132,25 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     assert_eq!(issue(&d, "counter", 5, "sd-jwt").status, 201);
 }
 
+#[test]
+fn sighup_applies_a_new_crl_to_new_connections() {
+    let d = Daemon::start(Options::default());
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, "reloaded TLS files");
+    let (jwk, _) = daemon::phone();
+    let refused = d.client("counter").try_send(
+        "POST",
+        "/v1/credentials",
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&daemon::request("mdoc", &daemon::number(2), &jwk)).unwrap(),
+    );
+    assert!(refused.is_err(), "a revoked client was let in: {refused:?}");
+    // Other clients are unaffected.
+    assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
+}
+
 fn wait_for_log(d: &Daemon, text: &str) {
     wait_for_count(d, text, 1);
 }
