@@ -104,6 +104,8 @@ const MIGRATIONS: &[&str] = &[
 
 /// The registry in one SQLite file.
 pub struct SqliteRegistry {
+    /// Keeps the WAL checkpoint thread running while the registry lives.
+    _checkpoints: mpsc::Sender<()>,
     path: PathBuf,
     writer: SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
@@ -280,6 +282,26 @@ impl SqliteRegistry {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        // Checkpoints move the WAL into the database file: done by the
+        // writer they stall every commit behind them (latency spikes), so the
+        // writer never checkpoints and a thread of its own does, passively
+        // (it never blocks the writer), once a second.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(map_err)?;
+        let checkpointer = open_connection(path)?;
+        // Dropping the registry drops the sender, which ends the thread.
+        let (checkpoints_alive, checkpoints_stop) = mpsc::channel::<()>();
+        let _ = std::thread::Builder::new()
+            .name("dojang-sqlite-wal".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    checkpoints_stop.recv_timeout(Duration::from_secs(1))
+                {
+                    // Best effort: a failed round is retried a second later.
+                    let _ = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                }
+            })
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
         let _ = std::thread::Builder::new()
             .name("dojang-sqlite-writer".into())
@@ -289,6 +311,7 @@ impl SqliteRegistry {
             .map(|_| open_connection(path))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SqliteRegistry {
+            _checkpoints: checkpoints_alive,
             path: path.to_owned(),
             writer,
             readers: Mutex::new(readers),
