@@ -28,11 +28,12 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*dojang-demo"; the
   softhsm2-util --init-token --free --label dojang-demo \
     --pin "$(cat "$state/pin")" --so-pin "$(cat "$state/so-pin")" >/dev/null
 fi
-if [ ! -f "$state/tls/ca.pem" ]; then
-  echo "== dev TLS PKI (CA, localhost server, two client identities) in $state/tls"
+if [ ! -f "$state/tls/auditor.pem" ]; then
+  echo "== dev TLS PKI (CA, localhost server, three client identities) in $state/tls"
   "$bin/dojangctl" dev-tls --dir "$state/tls" \
     --client counter=spiffe://mois.go.kr/office-counter \
-    --client gateway=spiffe://mois.go.kr/wallet-gateway
+    --client gateway=spiffe://mois.go.kr/wallet-gateway \
+    --client auditor=spiffe://mois.go.kr/auditor
 fi
 cat > "$state/dojang.toml" <<TOML
 # Dojang dev configuration written by make demo.
@@ -73,6 +74,10 @@ base_url = "http://127.0.0.1:8080"
 
 [server.ops]
 listen = "127.0.0.1:9464"
+
+[server.audit]
+origin = "dojang.example.kr/demo-audit"
+checkpoint_interval_ms = 1000
 
 [store]
 sqlite = "$state/registry.db"
@@ -165,6 +170,14 @@ echo "== what verifiers fetch (public listener): JWKS, status list"
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
 curl -sf "$status_uri" | cut -c1-120; echo "…"
 echo
+echo "== the audit log: every decision above is an entry; checkpoints are signed by the audit key in the token"
+sleep 1.5
+curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$state/tls/auditor.key" \
+  https://localhost:8443/v1/audit/checkpoint | python3 -c 'import json,sys; print(json.load(sys.stdin)["note"])'
+"$bin/dojangctl" --config "$state/dojang.toml" audit export --out "$state/audit.json" --key-out "$state/audit.pem"
+"$bin/dojangctl" audit verify "$state/audit.json" --key "$state/audit.pem" \
+  --origin dojang.example.kr/demo-audit --allow-unsigned-tail
+echo
 cat <<MSG
 == dojangd is running (pid $(cat "$state/dojangd.pid"), log $state/dojangd.log). Try:
   cd $root
@@ -179,5 +192,8 @@ cat <<MSG
        -X POST https://localhost:8443/v1/credentials/$id/suspend
   curl $status_uri          # the signed status list
   curl http://127.0.0.1:9464/metrics | grep ^dojang_
+  # the audit log, as an auditor sees it (docs/operations.md)
+  curl --cacert .demo/tls/ca.pem --cert .demo/tls/auditor.pem --key .demo/tls/auditor.key \\
+       "https://localhost:8443/v1/audit/entries?start=0&count=10"
   kill \$(cat .demo/dojangd.pid)              # stop it;  make demo-clean removes everything
 MSG
