@@ -30,6 +30,12 @@ fn issue(d: &Daemon, n: u32, profile: &str, key: Option<&str>) -> softhsm_tests:
 }
 
 fn entries(auditor: &mut softhsm_tests::https::Client) -> Vec<AuditEntry> {
+    // Decisions recorded but not yet placed in the log are placed within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auditor.get("/v1/audit/entries?start=0&count=1").json()["pending"] != 0 {
+        assert!(Instant::now() < deadline, "entries still pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut out = Vec::new();
     loop {
         let page = auditor
@@ -564,8 +570,8 @@ fn an_unwritable_audit_log_stops_signing_until_it_is_back() {
     assert_eq!(issue(&d, 1, "mdoc", None).status, 201);
     admin
         .batch_execute(&format!(
-            "REVOKE INSERT, UPDATE ON {}.audit_log, {}.audit_head FROM {role}",
-            schema.name, schema.name
+            "REVOKE INSERT, UPDATE ON {s}.audit_queue, {s}.audit_log, {s}.audit_head FROM {role}",
+            s = schema.name
         ))
         .unwrap();
     let refused = issue(&d, 2, "mdoc", None);
@@ -602,8 +608,8 @@ fn an_unwritable_audit_log_stops_signing_until_it_is_back() {
 
     admin
         .batch_execute(&format!(
-            "GRANT INSERT, UPDATE ON {}.audit_log, {}.audit_head TO {role}",
-            schema.name, schema.name
+            "GRANT INSERT, UPDATE ON {s}.audit_queue, {s}.audit_log, {s}.audit_head TO {role}",
+            s = schema.name
         ))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

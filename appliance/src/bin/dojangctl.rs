@@ -410,7 +410,8 @@ fn audit_export(
         &server.audit.origin,
     )
     .map_err(anyhow::Error::msg)?;
-    let size = registry.decision_count()?;
+    while registry.sequence_audit()? > 0 {}
+    let size = registry.audit_size()?;
     let mut entries = Vec::with_capacity(size as usize);
     while (entries.len() as u64) < size {
         let page = registry.audit_entries(entries.len() as u64, 1000)?;

@@ -81,7 +81,8 @@ impl AuditLog {
             .frontier
             .lock()
             .map_err(|_| AuditError::Signing("frontier lock poisoned".into()))?;
-        let size = registry.decision_count()?;
+        while registry.sequence_audit()? > 0 {}
+        let size = registry.audit_size()?;
         while frontier.size() < size {
             let next = (frontier.size() + MAX_PAGE * 10).min(size);
             for leaf in registry.audit_leaves(frontier.size(), next)? {
@@ -115,7 +116,7 @@ impl AuditLog {
     }
 
     fn leaves(registry: &dyn Registry, size: u64) -> Result<Vec<Hash>, AuditError> {
-        let logged = registry.decision_count()?;
+        let logged = registry.audit_size()?;
         if size == 0 || size > logged {
             return Err(AuditError::Range(format!(
                 "tree size {size} is not in 1..={logged}"

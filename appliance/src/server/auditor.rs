@@ -85,9 +85,16 @@ impl Service {
             .registry
             .audit_entries(start, count)
             .map_err(|e| problem(e.into()))?;
+        let size = self.registry.audit_size().map_err(|e| problem(e.into()))?;
+        let recorded = self
+            .registry
+            .decision_count()
+            .map_err(|e| problem(e.into()))?;
         let body = json!({
             "start": start,
-            "size": self.registry.decision_count().map_err(|e| problem(e.into()))?,
+            "size": size,
+            // Recorded but not yet placed in the log (a sequencer does, within a second).
+            "pending": recorded.saturating_sub(size),
             "entries": entries.iter().map(|e| B64.encode(e)).collect::<Vec<_>>(),
         });
         Ok((StatusCode::OK, body.to_string().into_bytes()))

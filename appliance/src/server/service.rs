@@ -459,7 +459,10 @@ impl Service {
     /// Whether a checkpoint is due: `checkpoint_entries` uncovered entries,
     /// or any after `checkpoint_interval_ms`.
     pub fn checkpoint_due(&self, since_last: Duration) -> bool {
-        let size = self.registry.decision_count().unwrap_or(0);
+        if let Err(e) = self.registry.sequence_audit() {
+            tracing::warn!(error = %e, "sequencing audit entries failed");
+        }
+        let size = self.registry.audit_size().unwrap_or(0);
         let covered = self
             .registry
             .latest_checkpoint()

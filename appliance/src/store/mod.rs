@@ -325,8 +325,13 @@ pub trait Registry: Send + Sync {
     ) -> Result<CredentialMeta, StoreError>;
     /// Every (index, state) of one status list.
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError>;
-    /// Number of audit entries (every decision recorded).
+    /// Decisions recorded (sequenced into the log or waiting to be).
     fn decision_count(&self) -> Result<u64, StoreError>;
+    /// Entries in the log: the tree size proofs and checkpoints cover.
+    fn audit_size(&self) -> Result<u64, StoreError>;
+    /// Gives recorded decisions their place in the log; the number placed.
+    /// A store that places each decision as it commits places nothing here.
+    fn sequence_audit(&self) -> Result<u64, StoreError>;
     /// Appends a decision that changes nothing else (a denial, a start, a
     /// reload) to the audit log, durably.
     fn record(&self, decision: DecisionRecord, holder: Option<Pseudonym>)

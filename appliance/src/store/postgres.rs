@@ -91,6 +91,24 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (node, node_seq)
     );
     CREATE TABLE checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);",
+    // 3: decisions are queued in their transaction and placed in the log by
+    // one sequencer at a time: a head row taken by every issuance serialised
+    // the whole cluster's commits.
+    "CREATE TABLE audit_queue (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        node TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        rule TEXT,
+        policy_hash TEXT NOT NULL,
+        profile TEXT,
+        credential_id TEXT,
+        key_id TEXT,
+        payload BYTEA,
+        holder BYTEA
+    );",
 ];
 
 /// The registry in a PostgreSQL database (or schema).
@@ -238,36 +256,128 @@ impl PostgresRegistry {
     }
 }
 
-/// Appends the decision to the audit log (inside the caller's transaction).
+/// Queues the decision for the log (inside the caller's transaction): durable
+/// with what it records; the sequencer gives it its place.
 fn insert_decision(
     tx: &mut Transaction<'_>,
     d: &DecisionRecord,
     credential: Option<&str>,
     holder: Option<&Pseudonym>,
 ) -> Result<(), StoreError> {
-    let seq: i64 = tx
-        .query_one(
-            "UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size - 1",
-            &[],
-        )
-        .map_err(map_err)?
-        .get(0);
-    let node_seq: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(node_seq) + 1, 0) FROM audit_log WHERE node = $1",
-            &[&d.node],
-        )
-        .map_err(map_err)?
-        .get(0);
-    let entry = d.entry(node_seq as u64, credential, holder).encode();
-    let leaf = crate::audit::merkle::leaf_hash(&entry).to_vec();
+    let payload = d.payload_sha256.map(|p| p.to_vec());
+    let holder = holder.map(|h| h.0.to_vec());
     let _ = tx
         .execute(
-            "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",
-            &[&seq, &d.node, &node_seq, &entry, &leaf],
+            "INSERT INTO audit_queue (at, node, actor, action, outcome, rule, policy_hash, profile,
+                                      credential_id, key_id, payload, holder)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &d.at,
+                &d.node,
+                &d.actor,
+                &d.action,
+                &d.outcome,
+                &d.rule,
+                &d.policy_hash,
+                &d.profile,
+                &credential,
+                &d.key_id,
+                &payload,
+                &holder,
+            ],
         )
         .map_err(map_err)?;
     Ok(())
+}
+
+/// Any number: the advisory lock that makes one sequencer at a time.
+const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e67; // "dojang"
+/// Decisions placed per sequencer transaction.
+const SEQUENCE_BATCH: i64 = 5000;
+
+fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
+        .map_err(map_err)?
+        .get(0);
+    if !locked {
+        return Ok(0); // another node is sequencing
+    }
+    let size: i64 = tx
+        .query_one("SELECT size FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+        .map_err(map_err)?
+        .get(0);
+    let rows = tx
+        .query(
+            "SELECT id, at, node, actor, action, outcome, rule, policy_hash, profile,
+                    credential_id, key_id, payload, holder
+             FROM audit_queue ORDER BY id LIMIT $1",
+            &[&SEQUENCE_BATCH],
+        )
+        .map_err(map_err)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut next_node_seq: std::collections::HashMap<String, i64> = Default::default();
+    let insert = tx
+        .prepare(
+            "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .map_err(map_err)?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        ids.push(row.get::<_, i64>(0));
+        let node: String = row.get(2);
+        let node_seq = match next_node_seq.get(&node) {
+            Some(n) => *n,
+            None => tx
+                .query_one(
+                    "SELECT COALESCE(MAX(node_seq) + 1, 0) FROM audit_log WHERE node = $1",
+                    &[&node],
+                )
+                .map_err(map_err)?
+                .get(0),
+        };
+        let _ = next_node_seq.insert(node.clone(), node_seq + 1);
+        let decision = DecisionRecord {
+            at: row.get(1),
+            node: node.clone(),
+            actor: row.get(3),
+            action: row.get(4),
+            outcome: row.get(5),
+            rule: row.get(6),
+            policy_hash: row.get(7),
+            profile: row.get(8),
+            key_id: row.get(10),
+            payload_sha256: row
+                .get::<_, Option<Vec<u8>>>(11)
+                .and_then(|p| <[u8; 32]>::try_from(p).ok()),
+        };
+        let credential: Option<String> = row.get(9);
+        let holder = row
+            .get::<_, Option<Vec<u8>>>(12)
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .map(Pseudonym);
+        let entry = decision
+            .entry(node_seq as u64, credential.as_deref(), holder.as_ref())
+            .encode();
+        let leaf = crate::audit::merkle::leaf_hash(&entry).to_vec();
+        let seq = size + i as i64;
+        let _ = tx
+            .execute(&insert, &[&seq, &node, &node_seq, &entry, &leaf])
+            .map_err(map_err)?;
+    }
+    let _ = tx
+        .execute("DELETE FROM audit_queue WHERE id = ANY($1)", &[&ids])
+        .map_err(map_err)?;
+    let placed = ids.len() as i64;
+    let _ = tx
+        .execute(
+            "UPDATE audit_head SET size = size + $1 WHERE id = 1",
+            &[&placed],
+        )
+        .map_err(map_err)?;
+    Ok(placed as u64)
 }
 
 fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError> {
@@ -646,7 +756,10 @@ impl Registry for PostgresRegistry {
     fn decision_count(&self) -> Result<u64, StoreError> {
         self.with_tx(|tx| {
             Ok(tx
-                .query_one("SELECT size FROM audit_head WHERE id = 1", &[])
+                .query_one(
+                    "SELECT (SELECT size FROM audit_head WHERE id = 1) + (SELECT COUNT(*) FROM audit_queue)",
+                    &[],
+                )
                 .map_err(map_err)?
                 .get::<_, i64>(0) as u64)
         })
@@ -654,6 +767,19 @@ impl Registry for PostgresRegistry {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.with_tx(|tx| tx.execute("SELECT 1", &[]).map(|_| ()).map_err(map_err))
+    }
+
+    fn audit_size(&self) -> Result<u64, StoreError> {
+        self.with_tx(|tx| {
+            Ok(tx
+                .query_one("SELECT size FROM audit_head WHERE id = 1", &[])
+                .map_err(map_err)?
+                .get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn sequence_audit(&self) -> Result<u64, StoreError> {
+        self.with_tx(sequence)
     }
 
     fn record(
@@ -733,8 +859,16 @@ impl Registry for PostgresRegistry {
 
     fn probe_write(&self) -> Result<(), StoreError> {
         self.with_tx(|tx| {
-            // Rolled back: a probe must not hold the head row longer than this.
-            tx.execute("UPDATE audit_head SET size = size WHERE id = 1", &[])
+            // What every decision does: queue an entry (removed again at once).
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash)
+                     VALUES (0, '', '', 'probe', '', '') RETURNING id",
+                    &[],
+                )
+                .map_err(map_err)?
+                .get(0);
+            tx.execute("DELETE FROM audit_queue WHERE id = $1", &[&id])
                 .map(|_| ())
                 .map_err(map_err)
         })

@@ -713,6 +713,15 @@ impl Registry for SqliteRegistry {
         })
     }
 
+    fn audit_size(&self) -> Result<u64, StoreError> {
+        self.decision_count()
+    }
+
+    fn sequence_audit(&self) -> Result<u64, StoreError> {
+        // One writer places each entry in its own transaction.
+        Ok(0)
+    }
+
     fn record(
         &self,
         decision: DecisionRecord,
