@@ -70,54 +70,7 @@ fn main() {
         let _ = std::hint::black_box(cp.sign(&backend, "audit", &note_key).expect("checkpoint"));
     });
 
-    // The store's part: entries appended durably, each in its own transaction.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let registry =
-        dojang::store::SqliteRegistry::open(&dir.path().join("audit.db")).expect("registry");
-    let (writers, per_writer) = (16, 1500);
-    let cpu = common::cpu_seconds("self");
-    std::thread::scope(|scope| {
-        for w in 0..writers {
-            let registry = &registry;
-            let _ = scope.spawn(move || {
-                for i in 0..per_writer {
-                    let decision = dojang::store::DecisionRecord {
-                        node: "node-a".into(),
-                        at: 1_800_000_000,
-                        actor: "spiffe://mois.go.kr/office-counter".into(),
-                        action: "issue".into(),
-                        outcome: "deny".into(),
-                        rule: Some("holder.minimum_age".into()),
-                        policy_hash: "cf".repeat(32),
-                        profile: Some("mdoc".into()),
-                        ..Default::default()
-                    };
-                    let _ = (w, i);
-                    dojang::store::Registry::record(
-                        registry,
-                        decision,
-                        Some(dojang::store::Pseudonym([9; 32])),
-                    )
-                    .expect("append");
-                }
-            });
-        }
-    });
-    let store_us = (common::cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer);
-    // The same transactions without the entry (a write to the head row only):
-    // the difference is what the append itself costs inside a transaction.
-    let cpu = common::cpu_seconds("self");
-    std::thread::scope(|scope| {
-        for _ in 0..writers {
-            let registry = &registry;
-            let _ = scope.spawn(move || {
-                for _ in 0..per_writer {
-                    dojang::store::Registry::probe_write(registry).expect("write");
-                }
-            });
-        }
-    });
-    let empty_us = (common::cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer);
+    let (store_us, empty_us) = common::audit_sql_cpu_us();
     let in_tx_us = (store_us - empty_us).max(0.0);
     println!(
         "audit benchmark: one SoftHSM token, 1 thread, log of {} entries",

@@ -229,6 +229,9 @@ fn main() {
     let rss_peak = rss_kib(pid, "VmHWM:");
     drop(d);
     let raw_after = raw();
+    // What the audit entry's SQL adds to an issuance's transaction, this run.
+    let (append_us, empty_us) = common::audit_sql_cpu_us();
+    let audit_us = (append_us - empty_us).max(0.0);
     let raw_rate = (raw_before + raw_after) / 2.0;
 
     println!("daemon load benchmark: POST /v1/credentials over mTLS (HTTP/1.1 keep-alive),");
@@ -250,6 +253,11 @@ fn main() {
         daemon_cpu / saturated.elapsed.as_secs_f64(),
         daemon_cpu * 1e6 / saturated.issued.max(1) as f64,
         own_cpu / saturated.elapsed.as_secs_f64()
+    );
+    let per_issuance_us = daemon_cpu * 1e6 / saturated.issued.max(1) as f64;
+    println!(
+        "  auditing: the entry's SQL adds {audit_us:.1} µs CPU to an issuance's transaction = {:.1}% of the daemon's CPU per issuance (target <= 5%)",
+        audit_us / per_issuance_us * 100.0
     );
     println!(
         "  half load ({half_rate:.0}/s offered): {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",

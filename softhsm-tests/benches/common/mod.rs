@@ -59,3 +59,49 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
         .sum();
     ticks / 100.0 // USER_HZ
 }
+
+/// CPU µs per durable audit append in a transaction of its own, and per
+/// the same transaction without the entry (SQLite, group commit, 16
+/// writers): their difference is what an entry adds to the transaction of
+/// the decision it records.
+pub(crate) fn audit_sql_cpu_us() -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry =
+        dojang::store::SqliteRegistry::open(&dir.path().join("audit.db")).expect("registry");
+    let (writers, per_writer) = (16u32, 1500u32);
+    let run = |append: bool| {
+        let cpu = cpu_seconds("self");
+        std::thread::scope(|scope| {
+            for _ in 0..writers {
+                let registry = &registry;
+                let _ = scope.spawn(move || {
+                    for _ in 0..per_writer {
+                        if append {
+                            let decision = dojang::store::DecisionRecord {
+                                node: "node-a".into(),
+                                at: 1_800_000_000,
+                                actor: "spiffe://mois.go.kr/office-counter".into(),
+                                action: "issue".into(),
+                                outcome: "deny".into(),
+                                rule: Some("holder.minimum_age".into()),
+                                policy_hash: "cf".repeat(32),
+                                profile: Some("mdoc".into()),
+                                ..Default::default()
+                            };
+                            dojang::store::Registry::record(
+                                registry,
+                                decision,
+                                Some(dojang::store::Pseudonym([9; 32])),
+                            )
+                            .expect("append");
+                        } else {
+                            dojang::store::Registry::probe_write(registry).expect("write");
+                        }
+                    }
+                });
+            }
+        });
+        (cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer)
+    };
+    (run(true), run(false))
+}
