@@ -367,6 +367,33 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
     );
     let (size, _) = wait_checkpoint(&mut auditor, log.len() as u64);
     assert!(size >= log.len() as u64);
+    // And the whole log, across the crash, verifies offline.
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(15)).success());
+    let bundle = d.scratch().join("after-crash.json");
+    let key = d.scratch().join("after-crash.pem");
+    let _ = d.ctl(&[
+        "audit",
+        "export",
+        "--out",
+        &bundle.display().to_string(),
+        "--key-out",
+        &key.display().to_string(),
+    ]);
+    let out = std::process::Command::new(softhsm_tests::workspace_binary("dojangctl"))
+        .args(["audit", "verify"])
+        .arg(&bundle)
+        .arg("--key")
+        .arg(&key)
+        .args(["--origin", AUDIT_ORIGIN, "--min-size", &size.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
