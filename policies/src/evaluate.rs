@@ -233,8 +233,14 @@ impl Policy {
         eval.check(
             "holder.minimum_age",
             age >= self.minimum_age,
+            // The age itself is derived from the resident number: not said.
             format!(
-                "holder is {age} on {today} (Asia/Seoul), minimum {}",
+                "the holder is {} {} on {today} (Asia/Seoul)",
+                if age >= self.minimum_age {
+                    "at least"
+                } else {
+                    "under"
+                },
                 self.minimum_age
             ),
             Rules,

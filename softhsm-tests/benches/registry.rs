@@ -48,6 +48,7 @@ fn record(thread: usize, n: u64, list: u32, index: u64) -> IssuanceCommit {
             issued_at: 1_800_000_000,
             valid_until: 1_808_000_000,
             document_expiry: "2029-12-27".into(),
+            claims_mac: [0; 32],
         },
         supersede: false,
         want_free_copy: std::env::var_os("DOJANG_BENCH_PAID").is_none(),

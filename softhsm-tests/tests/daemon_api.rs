@@ -592,6 +592,15 @@ fn refresh_resigns_the_same_document_with_the_current_key() {
     let meta = counter.get(&format!("/v1/credentials/{id}")).json();
     assert_eq!(meta["kid"], r["kid"]);
 
+    // The same holder and phone with other claims: not the same document.
+    let mut renamed = body.clone();
+    renamed["holder"]["given_name"] = "길순".into();
+    let p = problem(
+        &counter.post_json(&format!("/v1/credentials/{id}/refresh"), &renamed, &[]),
+        409,
+        "registry_conflict",
+    );
+    assert_eq!(p["rule"], "refresh.same_claims");
     // Another holder's data, another phone, a revoked credential: refused.
     let other = serde_json::json!({
         "holder": daemon::request("mdoc", &daemon::number(41), &jwk)["holder"],

@@ -554,3 +554,17 @@ fn refresh_only_for_the_owner_of_an_active_credential(regs: &[Arc<dyn Registry>]
     assert_eq!(reg.credential(&id).unwrap().kid, "kid-2");
     assert_eq!(reg.decision_count().unwrap(), 3);
 }
+
+#[test]
+fn postgres_tls_is_verified_when_required() {
+    // Debian's PostgreSQL serves a self-signed certificate (or no TLS at
+    // all): with sslmode=require neither may be accepted.
+    if postgres_client().is_err() && std::env::var_os("CI").is_none() {
+        eprintln!("SKIPPED: PostgreSQL not reachable; CI runs this test");
+        return;
+    }
+    let Err(e) = PostgresRegistry::open(&format!("{PG_ADMIN} sslmode=require"), 1) else {
+        panic!("an unverified server certificate was accepted");
+    };
+    assert!(e.to_string().to_lowercase().contains("tls"), "{e}");
+}

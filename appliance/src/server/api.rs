@@ -9,7 +9,7 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::http::{self, Body, Peer, Router};
 use super::issue::Answer;
@@ -22,6 +22,7 @@ pub struct Api {
     service: Arc<Service>,
     pool: Arc<BlockingPool>,
     max_body: usize,
+    body_timeout: std::time::Duration,
     in_flight: Arc<Semaphore>,
     closing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -32,6 +33,7 @@ impl Api {
         service: Arc<Service>,
         pool: Arc<BlockingPool>,
         max_body: usize,
+        body_timeout: std::time::Duration,
         in_flight: Arc<Semaphore>,
         closing: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
@@ -39,6 +41,7 @@ impl Api {
             service,
             pool,
             max_body,
+            body_timeout,
             in_flight,
             closing,
         }
@@ -86,20 +89,52 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Proble
 }
 
 impl Api {
-    async fn on_pool(&self, job: impl FnOnce(&Service) -> Answer + Send + 'static) -> Answer {
+    /// A slot among the requests in flight, taken before the body is read.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Problem> {
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Problem::unavailable(
                 "shutting_down",
                 "this node is stopping; retry (another node)",
             ));
         }
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(overloaded());
-        };
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded())
+    }
+
+    /// Reads the body within the body timeout.
+    async fn body(&self, request: Request<Incoming>) -> Result<hyper::body::Bytes, Problem> {
+        tokio::time::timeout(self.body_timeout, http::read_body(request, self.max_body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                ))
+            })
+    }
+
+    async fn on_pool(&self, job: impl FnOnce(&Service) -> Answer + Send + 'static) -> Answer {
+        let slot = self.slot()?;
+        self.run(slot, job).await
+    }
+
+    /// Runs `job` on the signing pool; the slot is held until the job is
+    /// done, even if the client goes away, so a drain waits for it.
+    async fn run(
+        &self,
+        slot: OwnedSemaphorePermit,
+        job: impl FnOnce(&Service) -> Answer + Send + 'static,
+    ) -> Answer {
         let service = self.service.clone();
         let receiver = self
             .pool
-            .submit(move || job(&service))
+            .submit(move || {
+                let _slot = slot;
+                job(&service)
+            })
             .map_err(|_| overloaded())?;
         receiver.await.unwrap_or_else(|_| {
             Err(Problem::new(
@@ -108,6 +143,12 @@ impl Api {
                 "internal error",
             ))
         })
+    }
+
+    /// Whether `client` may do what needs `role`; checked before any body
+    /// is read, so strangers cannot make the daemon buffer bodies.
+    fn may(&self, client: &str, role: dojang_policies::Role) -> bool {
+        self.service.current().policy.has_role(client, role)
     }
 
     async fn handle(
@@ -127,12 +168,21 @@ impl Api {
                     Ok(k) => k,
                     Err(p) => return (route, None, Err(p)),
                 };
-                let body = match http::read_body(request, self.max_body).await {
-                    Ok(b) => b,
+                let slot = match self.slot() {
+                    Ok(s) => s,
                     Err(p) => return (route, None, Err(p)),
                 };
+                // A client without the role is refused (and audited) unread.
+                let body = if self.may(&client, dojang_policies::Role::Issuer) {
+                    match self.body(request).await {
+                        Ok(b) => b,
+                        Err(p) => return (route, None, Err(p)),
+                    }
+                } else {
+                    hyper::body::Bytes::new()
+                };
                 let answer = self
-                    .on_pool(move |s| {
+                    .run(slot, move |s| {
                         s.issue(
                             &request_id,
                             &client,
@@ -170,12 +220,20 @@ impl Api {
                 if has_body && let Err(p) = require_json(&request) {
                     return (route, None, Err(p));
                 }
-                let body = match http::read_body(request, self.max_body).await {
-                    Ok(b) => b,
+                let slot = match self.slot() {
+                    Ok(s) => s,
                     Err(p) => return (route, None, Err(p)),
                 };
+                let body = if self.may(&client, dojang_policies::Role::Revoker) {
+                    match self.body(request).await {
+                        Ok(b) => b,
+                        Err(p) => return (route, None, Err(p)),
+                    }
+                } else {
+                    hyper::body::Bytes::new()
+                };
                 let answer = self
-                    .on_pool(move |s| {
+                    .run(slot, move |s| {
                         s.change_state(&client, &id, action, &body, OffsetDateTime::now_utc())
                     })
                     .await;
@@ -187,12 +245,22 @@ impl Api {
                     return (route, None, Err(p));
                 }
                 let id = (*id).to_owned();
-                let body = match http::read_body(request, self.max_body).await {
-                    Ok(b) => b,
+                let slot = match self.slot() {
+                    Ok(s) => s,
                     Err(p) => return (route, None, Err(p)),
                 };
+                let body = if self.may(&client, dojang_policies::Role::Issuer) {
+                    match self.body(request).await {
+                        Ok(b) => b,
+                        Err(p) => return (route, None, Err(p)),
+                    }
+                } else {
+                    hyper::body::Bytes::new()
+                };
                 let answer = self
-                    .on_pool(move |s| s.refresh(&client, &id, &body, OffsetDateTime::now_utc()))
+                    .run(slot, move |s| {
+                        s.refresh(&client, &id, &body, OffsetDateTime::now_utc())
+                    })
                     .await;
                 (route, Some("refresh".to_owned()), answer)
             }

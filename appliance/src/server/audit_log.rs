@@ -16,8 +16,12 @@ use crate::store::{Registry, StoreError};
 
 /// Largest page of entries or range of a proof an auditor may ask for at once.
 pub const MAX_PAGE: u64 = 1000;
-/// Largest tree a proof is computed over by reading its leaves.
-const MAX_PROOF_TREE: u64 = 10_000_000;
+/// Largest tree a proof is computed over by reading its leaves (32 MiB of
+/// hashes); beyond it proofs need stored subtree hashes (not built yet).
+const MAX_PROOF_TREE: u64 = 1_000_000;
+
+/// One proof at a time: each reads and hashes up to MAX_PROOF_TREE leaves.
+static PROOF: Mutex<()> = Mutex::new(());
 
 /// The log as this node sees it.
 pub struct AuditLog {
@@ -36,6 +40,9 @@ pub enum AuditError {
     /// The store failed (503).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another proof is being computed (503).
+    #[error("another proof is being computed")]
+    Busy,
     /// Signing failed (503).
     #[error("signing a checkpoint: {0}")]
     Signing(String),
@@ -159,6 +166,7 @@ impl AuditLog {
                 "sizes {from} and {to}: need 0 < from <= to"
             )));
         }
+        let _one = PROOF.try_lock().map_err(|_| AuditError::Busy)?;
         let leaves = Self::leaves(registry, to)?;
         merkle::consistency_proof(from as usize, &leaves)
             .ok_or_else(|| AuditError::Range("no such proof".into()))

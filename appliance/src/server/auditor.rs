@@ -17,6 +17,7 @@ use super::service::Service;
 fn problem(e: AuditError) -> Problem {
     match e {
         AuditError::Range(detail) => Problem::bad_request("audit_range", detail),
+        AuditError::Busy => Problem::unavailable("overloaded", "one proof at a time; retry"),
         AuditError::Store(_) | AuditError::Signing(_) => {
             tracing::warn!(error = %e, "audit query failed");
             Problem::unavailable(
@@ -80,6 +81,12 @@ impl Service {
     pub(crate) fn audit_entries(&self, client: &str, query: &str) -> Answer {
         self.require_auditor(client)?;
         let start = number(query, "start")?;
+        if start > i64::MAX as u64 {
+            return Err(Problem::bad_request(
+                "audit_range",
+                "start is beyond any log",
+            ));
+        }
         let count = number(query, "count")?.min(MAX_PAGE);
         let entries = self
             .registry

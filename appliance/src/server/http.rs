@@ -220,7 +220,11 @@ async fn connection<T>(
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .max_concurrent_streams(128)
+            // Bodies are buffered (up to max_body_bytes each): few streams
+            // and small windows bound what one connection can make us hold.
+            .max_concurrent_streams(16)
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(256 * 1024)
             .serve_connection(io, service);
         tokio::pin!(conn);
         // After a graceful shutdown the peer gets `grace` to finish, then the

@@ -325,7 +325,8 @@ impl Service {
         let current = self.current();
         let policy = current.policy.clone();
         if !policy.has_role(client, Role::Issuer) {
-            return Err(forbidden(client, Role::Issuer));
+            let refused = Err(forbidden(client, Role::Issuer));
+            return self.audited(client, "issue", refused, &policy.hash, None, now);
         }
         let request: IssueRequest = serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
         let profile = request.profile.clone();
@@ -444,7 +445,11 @@ impl Service {
                 // A refusal is a decision too: recorded, or not given at all.
                 let record = DecisionRecord {
                     rule: Some(denial.rule.to_owned()),
-                    profile: Some(v.request.profile.clone()),
+                    // Client text reaches the log only if the policy knows it.
+                    profile: policy
+                        .profiles
+                        .contains_key(&v.request.profile)
+                        .then(|| v.request.profile.clone()),
                     ..self.decision(client, "issue", "deny", &decision.policy_hash, now)
                 };
                 self.registry
@@ -472,6 +477,10 @@ impl Service {
             &self.credential.issuing_authority,
         )
         .map_err(credential_problem)?;
+        let claims_mac = self
+            .metrics
+            .hsm("hmac", || self.claims_mac(&claims))
+            .map_err(|e| key_problem(&e))?;
         let validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
@@ -551,9 +560,13 @@ impl Service {
         let sealed_respond: crate::store::Respond = {
             let respond = respond.clone();
             Box::new(move |committed| match &seal {
+                // A response that cannot be sealed must not be stored empty
+                // (a replay would look like key reuse): failing here fails
+                // the request's transaction, and nothing is committed.
+                #[allow(clippy::expect_used)]
                 Some(seal) => seal
                     .seal(&respond(committed.free_copy, &committed.superseded))
-                    .unwrap_or_default(),
+                    .expect("AES-GCM sealing of a response"),
                 None => Vec::new(),
             })
         };
@@ -569,6 +582,7 @@ impl Service {
                 issued_at: validity.signed.unix_timestamp(),
                 valid_until: validity.valid_until.unix_timestamp(),
                 document_expiry,
+                claims_mac,
             },
             supersede: obligations.supersede_previous,
             want_free_copy: obligations.use_free_copy,
@@ -611,6 +625,16 @@ impl Service {
                 }
                 None => Err(store_problem(StoreError::IdempotencyReplay(sealed))),
             },
+            // Allowed by the policy, refused by the database (a racing request
+            // won): a refusal like any other.
+            Err(e @ StoreError::Conflict { .. }) => self.audited(
+                client,
+                "issue",
+                Err(store_problem(e)),
+                &decision.policy_hash,
+                Some(holder),
+                now,
+            ),
             Err(e) => Err(store_problem(e)),
         }
     }
@@ -618,12 +642,27 @@ impl Service {
     /// `POST /v1/credentials/{id}/refresh`: re-signs an active credential
     /// with the current DS key and a new signature validity; the document
     /// (its claims, issue and expiry dates, status entry) stays the same.
+    /// Refusals are audit entries.
     pub(crate) fn refresh(
         &self,
         client: &str,
         id: &str,
         body: &[u8],
         now: OffsetDateTime,
+    ) -> Answer {
+        let policy_hash = self.current().policy.hash.clone();
+        let mut holder = None;
+        let answer = self.refresh_checked(client, id, body, now, &mut holder);
+        self.audited(client, "refresh", answer, &policy_hash, holder, now)
+    }
+
+    fn refresh_checked(
+        &self,
+        client: &str,
+        id: &str,
+        body: &[u8],
+        now: OffsetDateTime,
+        seen_holder: &mut Option<crate::store::Pseudonym>,
     ) -> Answer {
         let current = self.current();
         let policy = current.policy.clone();
@@ -640,6 +679,15 @@ impl Service {
             .is_some_and(|c| c.profiles.contains(&meta.profile))
         {
             return Err(forbidden(client, Role::Issuer).with_rule("client.profile"));
+        }
+        if self.rate.hit(client, now.unix_timestamp()) >= policy.requests_per_minute {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("limit {} requests a minute", policy.requests_per_minute),
+            )
+            .with_rule("client.rate_limit")
+            .retry_after(60 - (now.unix_timestamp().rem_euclid(60)) as u32));
         }
         let format = policy
             .profiles
@@ -659,7 +707,33 @@ impl Service {
                 crate::store::pseudonym(self.backend, &self.keys.pseudonym, &number)
             })
             .map_err(|e| key_problem(&e))?;
+        *seen_holder = Some(holder);
         let device = device_key.jwk().thumbprint();
+        // Everything is checked before anything is signed.
+        if meta.holder != holder || meta.device != device {
+            return Err(store_problem(StoreError::Conflict {
+                rule: crate::store::REFRESH_SAME_OWNER,
+            }));
+        }
+        if meta.state != CredentialState::Active {
+            return Err(store_problem(StoreError::InvalidTransition {
+                from: meta.state.as_str(),
+                to: "refreshed",
+            }));
+        }
+        let expiry = time::Date::parse(
+            &meta.document_expiry,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map_err(|_| store_problem(StoreError::Internal("document_expiry unreadable".into())))?;
+        if expiry < dojang_policies::calendar::seoul_date(now) {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_denied",
+                format!("the document expired on {expiry}: issue a new one"),
+            )
+            .with_rule("document.validity"));
+        }
         let signer = current.signer.as_ref().map_err(|_| {
             Problem::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
@@ -672,17 +746,31 @@ impl Service {
             &self.credential.issuing_authority,
         )
         .map_err(credential_problem)?;
-        claims.expiry_date = time::Date::parse(
-            &meta.document_expiry,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        )
-        .map_err(|_| store_problem(StoreError::Internal("document_expiry unreadable".into())))?;
-        let validity = SignatureValidity::starting(
+        claims.expiry_date = expiry;
+        // The same document: the claims must be those it was issued with.
+        let mac = self
+            .metrics
+            .hsm("hmac", || self.claims_mac(&claims))
+            .map_err(|e| key_problem(&e))?;
+        if meta.claims_mac != Some(mac) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "registry_conflict",
+                "the holder data differ from the document's: issue a new credential instead",
+            )
+            .with_rule("refresh.same_claims"));
+        }
+        let mut validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
             signer.not_after(),
         )
         .map_err(|_| Problem::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        // Never valid past the document's last day (its end in Seoul).
+        let document_end =
+            time::PrimitiveDateTime::new(expiry.next_day().unwrap_or(expiry), time::Time::MIDNIGHT)
+                .assume_offset(time::macros::offset!(+9));
+        validity.valid_until = validity.valid_until.min(document_end);
         let status = StatusReference {
             idx: meta.status_index,
             uri: self.status_uri(meta.status_list),
@@ -752,6 +840,59 @@ impl Service {
         ))
     }
 
+    /// HMAC, with the pseudonym key in the HSM, of what makes a document
+    /// the same document: the holder's names, birth date, address and
+    /// portrait. Keyed, so the stored value says nothing about them.
+    pub(crate) fn claims_mac(
+        &self,
+        claims: &ResidentCardClaims,
+    ) -> Result<[u8; 32], pkcs11_shim::Error> {
+        let mut input = b"dojang-claims-v1\0".to_vec();
+        let portrait = claims
+            .portrait
+            .as_deref()
+            .map(pkcs11_shim::digest::sha256)
+            .unwrap_or_default();
+        let birth = claims.birth_date.to_string();
+        for field in [
+            claims.family_name.as_bytes(),
+            claims.given_name.as_bytes(),
+            birth.as_bytes(),
+            claims.address.as_bytes(),
+            &portrait,
+        ] {
+            input.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            input.extend_from_slice(field);
+        }
+        self.backend.hmac_sha256(&self.keys.pseudonym, &input)
+    }
+
+    /// Records a refusal (authorization, policy, registry rule) as an audit
+    /// entry; a refusal that cannot be recorded is not given (503).
+    fn audited(
+        &self,
+        client: &str,
+        action: &str,
+        answer: Answer,
+        policy_hash: &str,
+        holder: Option<crate::store::Pseudonym>,
+        now: OffsetDateTime,
+    ) -> Answer {
+        match answer {
+            Err(p) if p.rule.is_some() && p.status.is_client_error() => {
+                let record = DecisionRecord {
+                    rule: p.rule.clone(),
+                    ..self.decision(client, action, "deny", policy_hash, now)
+                };
+                match self.registry.record(record, holder) {
+                    Ok(()) => Err(p),
+                    Err(e) => Err(store_problem(e)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A decision of this node.
     pub(crate) fn decision(
         &self,
@@ -788,6 +929,19 @@ impl Service {
 
     /// `POST /v1/credentials/{id}/{revoke,suspend,reinstate}`.
     pub(crate) fn change_state(
+        &self,
+        client: &str,
+        id: &str,
+        action: &'static str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
+        let policy_hash = self.current().policy.hash.clone();
+        let answer = self.change_state_checked(client, id, action, body, now);
+        self.audited(client, action, answer, &policy_hash, None, now)
+    }
+
+    fn change_state_checked(
         &self,
         client: &str,
         id: &str,

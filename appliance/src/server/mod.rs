@@ -162,6 +162,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     service.clone(),
                     pool.clone(),
                     limits.max_body_bytes,
+                    Duration::from_millis(limits.body_read_timeout_ms),
                     in_flight.clone(),
                     closing.clone(),
                 )),
@@ -225,7 +226,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     }
                     let service = service.clone();
                     let ok = if reloaded_ok { "ok" } else { "error" };
-                    let _ = pool.submit(move || service.record_event("reload", ok));
+                    // Not on the signing pool: a full pool must not lose the entry.
+                    let _ = tokio::task::spawn_blocking(move || service.record_event("reload", ok)).await;
                     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
                 }
                 _ = term.recv() => break,

@@ -241,14 +241,14 @@ impl Service {
         if let Err(e) = &next.signer {
             tracing::warn!(error = %e, "no DS key can sign: issuance refused until one is ready");
         }
-        let quota = next.policy.free_quota;
+        // The one step that can fail comes before the swap: all or nothing.
+        self.registry
+            .set_free_quota(next.policy.free_quota)
+            .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
         match self.current.write() {
             Ok(mut c) => *c = Arc::new(next),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
         }
-        self.registry
-            .set_free_quota(quota)
-            .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
         self.forget_readiness();
         Ok(())
     }

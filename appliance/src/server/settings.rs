@@ -136,6 +136,9 @@ pub struct Limits {
     /// Time allowed to send a request's headers.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
+    /// Time allowed to send a request's body once its headers are in.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_ms: u64,
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout_ms: u64,
@@ -161,6 +164,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: default_max_body(),
             header_read_timeout_ms: default_header_timeout(),
+            body_read_timeout_ms: default_body_timeout(),
             tls_handshake_timeout_ms: default_handshake_timeout(),
             idle_timeout_ms: default_idle_timeout(),
             max_connections: default_max_connections(),
@@ -209,6 +213,10 @@ pub struct StoreConfig {
     /// Connections to PostgreSQL.
     #[serde(default = "default_pg_pool")]
     pub pool_size: usize,
+    /// CA certificate(s) the PostgreSQL server's certificate must chain to
+    /// (default: the system's).
+    #[serde(default)]
+    pub postgres_ca: Option<PathBuf>,
 }
 
 fn default_node_id() -> String {
@@ -223,6 +231,9 @@ fn default_max_body() -> usize {
 }
 fn default_header_timeout() -> u64 {
     5_000
+}
+fn default_body_timeout() -> u64 {
+    10_000
 }
 fn default_handshake_timeout() -> u64 {
     5_000
@@ -298,7 +309,11 @@ impl ServerConfig {
             );
         }
         let l = &self.limits;
-        let checks: [(&str, bool); 8] = [
+        let checks: [(&str, bool); 9] = [
+            (
+                "body_read_timeout_ms (100 to 300000)",
+                (100..=300_000).contains(&l.body_read_timeout_ms),
+            ),
             (
                 "max_body_bytes (1 KiB to 16 MiB)",
                 (1024..=16 << 20).contains(&l.max_body_bytes),

@@ -125,6 +125,9 @@ pub struct NewCredential {
     pub valid_until: i64,
     /// The document's last day, "YYYY-MM-DD".
     pub document_expiry: String,
+    /// HMAC (in the HSM) of the document's claims: a refresh must present
+    /// the same claims. Never the claims themselves.
+    pub claims_mac: [u8; 32],
 }
 
 /// The decision recorded with an operation: the registry appends it to the
@@ -238,6 +241,12 @@ pub struct CredentialMeta {
     pub valid_until: i64,
     /// "YYYY-MM-DD".
     pub document_expiry: String,
+    /// The holder's pseudonym (never shown to clients).
+    pub holder: Pseudonym,
+    /// The phone's key thumbprint (never shown to clients).
+    pub device: String,
+    /// HMAC of the document's claims (absent for rows from before it was kept).
+    pub claims_mac: Option<[u8; 32]>,
 }
 
 /// A registry operation that failed.
@@ -351,6 +360,12 @@ pub trait Registry: Send + Sync {
     fn probe_write(&self) -> Result<(), StoreError>;
     /// Whether the database answers.
     fn ping(&self) -> Result<(), StoreError>;
+}
+
+fn pseudonym_from(bytes: &[u8]) -> Result<Pseudonym, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Pseudonym)
+        .map_err(|_| StoreError::Internal("a holder pseudonym is not 32 bytes".into()))
 }
 
 /// The rule a refresh for another holder or phone breaks.

@@ -7,8 +7,10 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
+use postgres_openssl::MakeTlsConnector;
 
 use super::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
@@ -109,11 +111,15 @@ const MIGRATIONS: &[&str] = &[
         payload BYTEA,
         holder BYTEA
     );",
+    // 4: the claims' HMAC, which a refresh must match.
+    "ALTER TABLE credentials ADD COLUMN claims_mac BYTEA;",
 ];
 
 /// The registry in a PostgreSQL database (or schema).
 pub struct PostgresRegistry {
     config: postgres::Config,
+    /// `None`: plain text, only to a Unix socket or the loopback interface.
+    tls: Option<MakeTlsConnector>,
     pool: Mutex<Vec<Client>>,
     max_idle: usize,
 }
@@ -166,11 +172,46 @@ fn retryable(e: &StoreError) -> bool {
 
 impl PostgresRegistry {
     /// Connects (`url` as libpq key/values or a `postgresql://` URL) and migrates.
+    ///
+    /// TLS is verified (chain and host name) against the system's CAs or
+    /// `ca_file`. A server reached over the network must be asked for TLS
+    /// (`sslmode=require`): `prefer` would fall back to plain text, so it is
+    /// accepted only for a Unix socket or the loopback interface.
     pub fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::open_with_ca(url, pool_size, None)
+    }
+
+    /// [`PostgresRegistry::open`] trusting `ca_file` for the server's certificate.
+    pub fn open_with_ca(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, StoreError> {
         let config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             StoreError::Internal(format!("store.postgres.url: {e}"))
         })?;
+        let local = config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+        });
+        if !local && config.get_ssl_mode() != SslMode::Require {
+            return Err(StoreError::Internal(
+                "store.postgres: a server on the network needs sslmode=require (verified TLS)"
+                    .into(),
+            ));
+        }
+        let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+            .map_err(|e| StoreError::Internal(format!("TLS for PostgreSQL: {e}")))?;
+        if let Some(ca) = ca_file {
+            builder
+                .set_ca_file(ca)
+                .map_err(|e| StoreError::Internal(format!("{}: {e}", ca.display())))?;
+        }
+        // Local traffic never leaves the host: TLS only when asked for.
+        let tls = (config.get_ssl_mode() == SslMode::Require)
+            .then(|| MakeTlsConnector::new(builder.build()));
         let registry = PostgresRegistry {
+            tls,
             config,
             pool: Mutex::new(Vec::new()),
             max_idle: pool_size.max(1),
@@ -182,7 +223,11 @@ impl PostgresRegistry {
     /// A new connection whose statements and lock waits are bounded: a
     /// stuck lock or a split network must fail a request, not hang it.
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self.config.connect(NoTls).map_err(map_err)?;
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+        .map_err(map_err)?;
         client
             .batch_execute("SET statement_timeout = '10s'; SET lock_timeout = '5s'")
             .map_err(map_err)?;
@@ -291,7 +336,7 @@ fn insert_decision(
 }
 
 /// Any number: the advisory lock that makes one sequencer at a time.
-const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e67; // "dojang"
+const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e71; // not the migration lock
 /// Decisions placed per sequencer transaction.
 const SEQUENCE_BATCH: i64 = 5000;
 
@@ -383,7 +428,8 @@ fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
 fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry
+            "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry,
+                    holder, device, claims_mac
              FROM credentials WHERE id = $1",
             &[&id],
         )
@@ -399,6 +445,11 @@ fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError
         issued_at: row.get(6),
         valid_until: row.get(7),
         document_expiry: row.get(8),
+        holder: super::pseudonym_from(&row.get::<_, Vec<u8>>(9))?,
+        device: row.get(10),
+        claims_mac: row
+            .get::<_, Option<Vec<u8>>>(11)
+            .and_then(|m| <[u8; 32]>::try_from(m).ok()),
     })
 }
 
@@ -625,8 +676,8 @@ impl Registry for PostgresRegistry {
             let _ = tx
                 .execute(
                     "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list, status_index,
-                                              issued_at, valid_until, document_expiry, free_copy)
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11)",
+                                              issued_at, valid_until, document_expiry, free_copy, claims_mac)
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12)",
                     &[
                         &c.id,
                         &c.holder.0.to_vec(),
@@ -639,6 +690,7 @@ impl Registry for PostgresRegistry {
                         &c.valid_until,
                         &c.document_expiry,
                         &free_copy,
+                        &c.claims_mac.to_vec(),
                     ],
                 )
                 .map_err(map_err)?;
@@ -872,5 +924,24 @@ impl Registry for PostgresRegistry {
                 .map(|_| ())
                 .map_err(map_err)
         })
+    }
+}
+
+#[cfg(test)]
+mod tls_rule_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_the_network_needs_verified_tls() {
+        for url in [
+            "host=db.example.kr user=dojang dbname=dojang",
+            "host=10.0.0.5 user=dojang sslmode=prefer",
+            "postgresql://dojang@db.example.kr/dojang?sslmode=disable",
+        ] {
+            let Err(e) = PostgresRegistry::open(url, 1) else {
+                panic!("{url} was accepted");
+            };
+            assert!(e.to_string().contains("sslmode=require"), "{url}: {e}");
+        }
     }
 }

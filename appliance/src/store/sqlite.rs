@@ -100,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (node, node_seq)
     );
     CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
+    // 3: the claims' HMAC, which a refresh must match.
+    "ALTER TABLE credentials ADD COLUMN claims_mac BLOB;",
 ];
 
 /// The registry in one SQLite file.
@@ -406,29 +408,40 @@ fn insert_decision(
 
 fn meta(conn: &Connection, id: &str) -> Result<CredentialMeta, StoreError> {
     conn.prepare_cached(
-        "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry
+        "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry,
+                holder, device, claims_mac
          FROM credentials WHERE id = ?1",
     )
     .and_then(|mut s| {
         s.query_row(params![id], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, String>(8)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, String>(8)?,
+                ),
+                (
+                    r.get::<_, Vec<u8>>(9)?,
+                    r.get::<_, String>(10)?,
+                    r.get::<_, Option<Vec<u8>>>(11)?,
+                ),
             ))
         })
         .optional()
     })
     .map_err(map_err)?
     .ok_or(StoreError::NotFound)
-    .and_then(|(id, profile, kid, state, list, index, issued_at, valid_until, document_expiry)| {
+    .and_then(|((id, profile, kid, state, list, index, issued_at, valid_until, document_expiry), (holder, device, claims_mac))| {
         Ok(CredentialMeta {
+            holder: super::pseudonym_from(&holder)?,
+            device,
+            claims_mac: claims_mac.and_then(|m| <[u8; 32]>::try_from(m).ok()),
             id,
             profile,
             kid,
@@ -581,8 +594,8 @@ impl Registry for SqliteRegistry {
             let _ = conn
                 .prepare_cached(
                     "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list, status_index,
-                                              issued_at, valid_until, document_expiry, free_copy)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11)",
+                                              issued_at, valid_until, document_expiry, free_copy, claims_mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -596,7 +609,8 @@ impl Registry for SqliteRegistry {
                         c.issued_at,
                         c.valid_until,
                         c.document_expiry,
-                        free_copy
+                        free_copy,
+                        c.claims_mac.to_vec()
                     ])
                 })
                 .map_err(map_err)?;

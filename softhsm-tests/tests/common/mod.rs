@@ -201,6 +201,7 @@ pub fn issuance(
             issued_at: 1_800_000_000,
             valid_until: 1_808_000_000,
             document_expiry: "2029-12-27".into(),
+            claims_mac: [0; 32],
         },
         supersede: false,
         want_free_copy: false,
