@@ -547,6 +547,8 @@ fn refresh_resigns_the_same_document_with_the_current_key() {
         assert!(std::time::Instant::now() < deadline, "{}", d.log());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // A reload closes connections made before it: connect again.
+    let mut counter = d.client("counter");
 
     let body = serde_json::json!({
         "holder": daemon::request("mdoc", &number, &jwk)["holder"],

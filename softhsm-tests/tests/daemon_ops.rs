@@ -136,6 +136,9 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
 fn sighup_applies_a_new_crl_to_new_connections() {
     let d = Daemon::start(Options::default());
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    // A connection the client opened before the reload.
+    let mut before = d.client("counter");
+    assert_eq!(before.get("/v1/credentials/x").status, 404);
     let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
     d.signal("HUP");
     wait_for_log(&d, "reloaded TLS files");
@@ -147,6 +150,13 @@ fn sighup_applies_a_new_crl_to_new_connections() {
         serde_json::to_vec(&daemon::request("mdoc", &daemon::number(2), &jwk)).unwrap(),
     );
     assert!(refused.is_err(), "a revoked client was let in: {refused:?}");
+    // Its old connection was closed by the reload too.
+    std::thread::sleep(Duration::from_millis(300));
+    let old = before.try_send("GET", "/v1/credentials/x", &[], Vec::new());
+    assert!(
+        old.is_err(),
+        "a connection from before the CRL still serves: {old:?}"
+    );
     // Other clients are unaffected.
     assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
 }

@@ -109,6 +109,7 @@ pub async fn serve(
     limits: Limits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
+    rekey: watch::Receiver<u64>,
 ) {
     let name = router.listener();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -136,6 +137,7 @@ pub async fn serve(
         let limits = limits.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
+        let rekey = rekey.clone();
         // Detached: the task ends with its connection (or the process).
         drop(tokio::spawn(async move {
             let open = metrics.connections.with_label_values(&[name]);
@@ -157,7 +159,8 @@ pub async fn serve(
                                 .and_then(|c| super::identity::client_identity(c));
                             let h2 = session.alpn_protocol() == Some(b"h2");
                             let peer = Arc::new(Peer { identity });
-                            connection(tls_stream, h2, peer, router, &limits, shutdown).await;
+                            connection(tls_stream, h2, peer, router, &limits, shutdown, rekey)
+                                .await;
                         }
                         Ok(Err(e)) => {
                             metrics.handshake_failures.with_label_values(&[name]).inc();
@@ -171,7 +174,7 @@ pub async fn serve(
                 }
                 None => {
                     let peer = Arc::new(Peer { identity: None });
-                    connection(stream, false, peer, router, &limits, shutdown).await;
+                    connection(stream, false, peer, router, &limits, shutdown, rekey).await;
                 }
             }
             open.dec();
@@ -195,9 +198,12 @@ async fn connection<T>(
     router: Arc<dyn Router>,
     limits: &Limits,
     mut shutdown: watch::Receiver<bool>,
+    mut rekey: watch::Receiver<u64>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Only reloads after this connection was made concern it.
+    let _ = rekey.borrow_and_update();
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
@@ -244,6 +250,13 @@ async fn connection<T>(
                     conn.as_mut().graceful_shutdown();
                     deadline = Some(tokio::time::Instant::now() + drain);
                 }
+                // New TLS files or CRLs: connections made under the old ones
+                // finish their requests and close, so a revoked client
+                // cannot keep a connection open past the reload.
+                _ = rekey.changed(), if deadline.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
             }
         }
@@ -268,6 +281,13 @@ async fn connection<T>(
                     }
                 }
                 _ = shutdown.changed(), if deadline.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
+                // New TLS files or CRLs: connections made under the old ones
+                // finish their requests and close, so a revoked client
+                // cannot keep a connection open past the reload.
+                _ = rekey.changed(), if deadline.is_none() => {
                     conn.as_mut().graceful_shutdown();
                     deadline = Some(tokio::time::Instant::now() + drain);
                 }

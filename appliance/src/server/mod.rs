@@ -113,6 +113,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
         .context("starting the signing threads")?,
     );
+    // Verifiers and monitoring get their own small pool: a flood of
+    // unauthenticated fetches can slow them, never issuance.
+    let public_pool = Arc::new(
+        pool::BlockingPool::new(2, 64, Arc::new(|_| {})).context("starting the public threads")?,
+    );
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkpoints_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -153,6 +158,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let api_slot: http::TlsSlot = Arc::new(RwLock::new(Some(api_tls)));
         let public_slot: http::TlsSlot = Arc::new(RwLock::new(public_tls));
         let (stop, stopped) = watch::channel(false);
+        let (rekey, rekeyed) = watch::channel(0u64);
 
         let routers: [(TcpListener, http::TlsSlot, Arc<dyn http::Router>); 3] = [
             (
@@ -172,7 +178,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 public_slot.clone(),
                 Arc::new(public::Public::new(
                     service.clone(),
-                    pool.clone(),
+                    public_pool.clone(),
                     server.public.base_url.clone(),
                     credential.issuer.clone(),
                 )),
@@ -180,7 +186,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             (
                 ops_listener,
                 Arc::new(RwLock::new(None)),
-                Arc::new(ops::Ops::new(service.clone(), pool.clone())),
+                Arc::new(ops::Ops::new(service.clone(), public_pool.clone())),
             ),
         ];
         let mut tasks = Vec::new();
@@ -197,6 +203,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 limits.clone(),
                 metrics.clone(),
                 stopped.clone(),
+                rekeyed.clone(),
             )));
         }
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -220,6 +227,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     notify(&[NotifyState::Reloading]);
                     let reloaded = reload(&server, &service, &api_slot, &public_slot, &pool).await;
                     let reloaded_ok = reloaded.is_ok();
+                    if reloaded_ok {
+                        rekey.send_modify(|generation| *generation += 1);
+                    }
                     match reloaded {
                         Ok(()) => tracing::info!("reloaded TLS files, CRLs, policy and PKI"),
                         Err(e) => tracing::error!(error = %e, "reload refused; the previous configuration stays"),

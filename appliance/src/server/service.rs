@@ -25,6 +25,9 @@ use crate::pki::PkiStore;
 use crate::status::{StatusList, sign_token};
 use crate::store::{Registry, STATUS_LIST_SIZE, StatusRange};
 
+/// Lists beyond this are never asked of the store (a list holds 2^20
+/// credentials: this is over a billion).
+const MAX_STATUS_LIST: u32 = 1024;
 /// Status-list indexes reserved from the registry at a time.
 const STATUS_BLOCK: u64 = 256;
 /// Seconds a status-list token is valid; verifiers may cache it for `TTL`.
@@ -51,7 +54,9 @@ pub struct Current {
 }
 
 struct CachedToken {
-    token: Arc<str>,
+    /// `None`: the list has no credential (cached too, so unknown lists
+    /// cost no database read each time).
+    token: Option<Arc<str>>,
     generation: u64,
     signed: Instant,
     exp: i64,
@@ -75,6 +80,8 @@ pub struct Service {
     statuses: Mutex<Option<(StatusRange, u64)>>,
     status_generation: AtomicU64,
     status_tokens: Mutex<HashMap<u32, CachedToken>>,
+    /// One status list signed at a time: concurrent misses wait and share it.
+    status_signing: Mutex<()>,
     readiness: Mutex<Option<(Instant, Readiness)>>,
 }
 
@@ -146,6 +153,7 @@ impl Service {
             statuses: Mutex::new(None),
             status_generation: AtomicU64::new(0),
             status_tokens: Mutex::new(HashMap::new()),
+            status_signing: Mutex::new(()),
             readiness: Mutex::new(None),
         };
         service.check_service_keys()?;
@@ -312,21 +320,28 @@ impl Service {
     /// The signed `statuslist+jwt` for `list`, re-signed when the registry
     /// changed since, or when it is near its expiry.
     pub fn status_token(&self, list: u32) -> Result<Option<Arc<str>>, String> {
+        if list > MAX_STATUS_LIST {
+            return Ok(None);
+        }
+        if let Some(token) = self.cached_status_token(list) {
+            return Ok(token);
+        }
+        let _one = self
+            .status_signing
+            .lock()
+            .map_err(|_| "status signing lock poisoned".to_owned())?;
+        // Another request may have signed it while this one waited.
+        if let Some(token) = self.cached_status_token(list) {
+            return Ok(token);
+        }
         let generation = self.status_generation.load(Ordering::Acquire);
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        if let Ok(tokens) = self.status_tokens.lock()
-            && let Some(cached) = tokens.get(&list)
-            && cached.generation == generation
-            && cached.signed.elapsed() < STATUS_TOKEN_REFRESH
-            && cached.exp - now > STATUS_TOKEN_LIFETIME / 2
-        {
-            return Ok(Some(cached.token.clone()));
-        }
         let entries = self
             .registry
             .status_entries(list)
             .map_err(|e| e.to_string())?;
         if entries.is_empty() {
+            self.cache_status_token(list, None, generation, now);
             return Ok(None);
         }
         let start = Instant::now();
@@ -356,18 +371,33 @@ impl Service {
             .status_list_seconds
             .observe(start.elapsed().as_secs_f64());
         let token: Arc<str> = token.into();
+        self.cache_status_token(list, Some(token.clone()), generation, now);
+        Ok(Some(token))
+    }
+
+    fn cached_status_token(&self, list: u32) -> Option<Option<Arc<str>>> {
+        let generation = self.status_generation.load(Ordering::Acquire);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let tokens = self.status_tokens.lock().ok()?;
+        let cached = tokens.get(&list)?;
+        (cached.generation == generation
+            && cached.signed.elapsed() < STATUS_TOKEN_REFRESH
+            && cached.exp - now > STATUS_TOKEN_LIFETIME / 2)
+            .then(|| cached.token.clone())
+    }
+
+    fn cache_status_token(&self, list: u32, token: Option<Arc<str>>, generation: u64, now: i64) {
         if let Ok(mut tokens) = self.status_tokens.lock() {
             let _ = tokens.insert(
                 list,
                 CachedToken {
-                    token: token.clone(),
+                    token,
                     generation,
                     signed: Instant::now(),
                     exp: now + STATUS_TOKEN_LIFETIME,
                 },
             );
         }
-        Ok(Some(token))
     }
 
     fn forget_readiness(&self) {
