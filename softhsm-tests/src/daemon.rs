@@ -201,44 +201,26 @@ impl Daemon {
         let scratch = token.scratch().to_owned();
         let base = crate::write_config(&token);
         run_ctl(&token, &base, &["pki", "init"]);
-        run_ctl(
-            &token,
-            &base,
-            &[
-                "keys",
-                "generate",
-                "--label",
-                "status-list-1",
-                "--purpose",
-                "status-list",
-            ],
-        );
-        run_ctl(
-            &token,
-            &base,
-            &[
-                "keys",
-                "generate",
-                "--label",
-                "pseudonym",
-                "--purpose",
-                "pseudonym",
-                "--alg",
-                "HS256",
-            ],
-        );
-        run_ctl(
-            &token,
-            &base,
-            &[
-                "keys",
-                "generate",
-                "--label",
-                "audit-1",
-                "--purpose",
-                "audit",
-            ],
-        );
+        for (label, purpose, alg) in [
+            ("status-list-1", "status-list", "ES256"),
+            ("pseudonym", "pseudonym", "HS256"),
+            ("audit-1", "audit", "ES256"),
+        ] {
+            run_ctl(
+                &token,
+                &base,
+                &[
+                    "keys",
+                    "generate",
+                    "--label",
+                    label,
+                    "--purpose",
+                    purpose,
+                    "--alg",
+                    alg,
+                ],
+            );
+        }
         let tls = scratch.join("tls");
         write_tls(&tls);
         let policy = scratch.join("policy.toml");

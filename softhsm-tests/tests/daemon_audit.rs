@@ -370,8 +370,15 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
     // And the whole log, across the crash, verifies offline.
     d.signal("TERM");
     assert!(d.wait_exit(Duration::from_secs(15)).success());
-    let bundle = d.scratch().join("after-crash.json");
-    let key = d.scratch().join("after-crash.pem");
+    let _ = export_and_verify(&d, "after-crash", &["--min-size", &size.to_string()]);
+}
+
+/// Exports the log with `dojangctl audit export`, checks it with `dojangctl
+/// audit verify` (plus `extra` arguments) against the exported key, and
+/// returns that key (SPKI DER).
+fn export_and_verify(d: &Daemon, name: &str, extra: &[&str]) -> Vec<u8> {
+    let bundle = d.scratch().join(format!("{name}.json"));
+    let key = d.scratch().join(format!("{name}.pem"));
     let _ = d.ctl(&[
         "audit",
         "export",
@@ -385,7 +392,8 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
         .arg(&bundle)
         .arg("--key")
         .arg(&key)
-        .args(["--origin", AUDIT_ORIGIN, "--min-size", &size.to_string()])
+        .args(["--origin", AUDIT_ORIGIN])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -394,6 +402,10 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    openssl::pkey::PKey::public_key_from_pem(&std::fs::read(&key).unwrap())
+        .unwrap()
+        .public_key_to_der()
+        .unwrap()
 }
 
 #[test]
@@ -530,36 +542,7 @@ fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
     // One log: both nodes serve the same checkpoints.
     let (size, note) = wait_checkpoint(&mut auditor, log.len() as u64);
     let from_a = a.client("auditor").get("/v1/audit/checkpoint").json();
-    let der = {
-        let bundle = a.scratch().join("pg-audit.json");
-        let key = a.scratch().join("pg-audit.pem");
-        let _ = a.ctl(&[
-            "audit",
-            "export",
-            "--out",
-            &bundle.display().to_string(),
-            "--key-out",
-            &key.display().to_string(),
-        ]);
-        let out = std::process::Command::new(softhsm_tests::workspace_binary("dojangctl"))
-            .args(["audit", "verify"])
-            .arg(&bundle)
-            .arg("--key")
-            .arg(&key)
-            .args(["--origin", AUDIT_ORIGIN, "--allow-unsigned-tail"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        openssl::pkey::PKey::public_key_from_pem(&std::fs::read(&key).unwrap())
-            .unwrap()
-            .public_key_to_der()
-            .unwrap()
-    };
+    let der = export_and_verify(&a, "pg-audit", &["--allow-unsigned-tail"]);
     let key = NoteKey::new(
         AUDIT_ORIGIN,
         pkcs11_shim::PublicKey::from_spki_der(&der).unwrap(),

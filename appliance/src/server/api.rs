@@ -145,10 +145,22 @@ impl Api {
         })
     }
 
-    /// Whether `client` may do what needs `role`; checked before any body
-    /// is read, so strangers cannot make the daemon buffer bodies.
-    fn may(&self, client: &str, role: dojang_policies::Role) -> bool {
-        self.service.current().policy.has_role(client, role)
+    /// A slot in flight, then the body, read only if `client` has `role`:
+    /// strangers cannot make the daemon buffer bodies (the job refuses them,
+    /// and audits the refusal, from an empty body).
+    async fn admit(
+        &self,
+        request: Request<Incoming>,
+        client: &str,
+        role: dojang_policies::Role,
+    ) -> Result<(OwnedSemaphorePermit, hyper::body::Bytes), Problem> {
+        let slot = self.slot()?;
+        let body = if self.service.current().policy.has_role(client, role) {
+            self.body(request).await?
+        } else {
+            hyper::body::Bytes::new()
+        };
+        Ok((slot, body))
     }
 
     async fn handle(
@@ -168,18 +180,12 @@ impl Api {
                     Ok(k) => k,
                     Err(p) => return (route, None, Err(p)),
                 };
-                let slot = match self.slot() {
-                    Ok(s) => s,
+                let (slot, body) = match self
+                    .admit(request, &client, dojang_policies::Role::Issuer)
+                    .await
+                {
+                    Ok(admitted) => admitted,
                     Err(p) => return (route, None, Err(p)),
-                };
-                // A client without the role is refused (and audited) unread.
-                let body = if self.may(&client, dojang_policies::Role::Issuer) {
-                    match self.body(request).await {
-                        Ok(b) => b,
-                        Err(p) => return (route, None, Err(p)),
-                    }
-                } else {
-                    hyper::body::Bytes::new()
                 };
                 let answer = self
                     .run(slot, move |s| {
@@ -220,17 +226,12 @@ impl Api {
                 if has_body && let Err(p) = require_json(&request) {
                     return (route, None, Err(p));
                 }
-                let slot = match self.slot() {
-                    Ok(s) => s,
+                let (slot, body) = match self
+                    .admit(request, &client, dojang_policies::Role::Revoker)
+                    .await
+                {
+                    Ok(admitted) => admitted,
                     Err(p) => return (route, None, Err(p)),
-                };
-                let body = if self.may(&client, dojang_policies::Role::Revoker) {
-                    match self.body(request).await {
-                        Ok(b) => b,
-                        Err(p) => return (route, None, Err(p)),
-                    }
-                } else {
-                    hyper::body::Bytes::new()
                 };
                 let answer = self
                     .run(slot, move |s| {
@@ -245,17 +246,12 @@ impl Api {
                     return (route, None, Err(p));
                 }
                 let id = (*id).to_owned();
-                let slot = match self.slot() {
-                    Ok(s) => s,
+                let (slot, body) = match self
+                    .admit(request, &client, dojang_policies::Role::Issuer)
+                    .await
+                {
+                    Ok(admitted) => admitted,
                     Err(p) => return (route, None, Err(p)),
-                };
-                let body = if self.may(&client, dojang_policies::Role::Issuer) {
-                    match self.body(request).await {
-                        Ok(b) => b,
-                        Err(p) => return (route, None, Err(p)),
-                    }
-                } else {
-                    hyper::body::Bytes::new()
                 };
                 let answer = self
                     .run(slot, move |s| {

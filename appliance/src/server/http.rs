@@ -223,6 +223,39 @@ async fn connection<T>(
         let last = Duration::from_millis(last.load(Ordering::Relaxed));
         epoch.elapsed().saturating_sub(last)
     };
+    // Serves `conn` until it ends. It is shut down gracefully when idle, at
+    // stop, or after a reload (connections made under the old TLS files and
+    // CRLs finish their requests and close, so a revoked client cannot
+    // stay); then the peer gets a grace period and the connection is dropped
+    // (an HTTP/2 peer that never acknowledges the GOAWAY ping would
+    // otherwise keep it open). A macro: the two connection types share no
+    // trait for `graceful_shutdown`.
+    macro_rules! drive {
+        ($conn:ident) => {
+            tokio::pin!($conn);
+            let mut deadline: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = $conn.as_mut() => break,
+                    _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
+                        if idle_since() >= idle {
+                            $conn.as_mut().graceful_shutdown();
+                            deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
+                        }
+                    }
+                    _ = shutdown.changed(), if deadline.is_none() => {
+                        $conn.as_mut().graceful_shutdown();
+                        deadline = Some(tokio::time::Instant::now() + drain);
+                    }
+                    _ = rekey.changed(), if deadline.is_none() => {
+                        $conn.as_mut().graceful_shutdown();
+                        deadline = Some(tokio::time::Instant::now() + drain);
+                    }
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
+                }
+            }
+        };
+    }
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -232,68 +265,14 @@ async fn connection<T>(
             .initial_stream_window_size(64 * 1024)
             .initial_connection_window_size(256 * 1024)
             .serve_connection(io, service);
-        tokio::pin!(conn);
-        // After a graceful shutdown the peer gets `grace` to finish, then the
-        // connection is dropped (an HTTP/2 peer that never acknowledges the
-        // GOAWAY ping would otherwise keep it open).
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                _ = conn.as_mut() => break,
-                _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
-                    if idle_since() >= idle {
-                        conn.as_mut().graceful_shutdown();
-                        deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
-                    }
-                }
-                _ = shutdown.changed(), if deadline.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    deadline = Some(tokio::time::Instant::now() + drain);
-                }
-                // New TLS files or CRLs: connections made under the old ones
-                // finish their requests and close, so a revoked client
-                // cannot keep a connection open past the reload.
-                _ = rekey.changed(), if deadline.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    deadline = Some(tokio::time::Instant::now() + drain);
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
-            }
-        }
+        drive!(conn);
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .keep_alive(true)
             .serve_connection(io, service);
-        tokio::pin!(conn);
-        // After a graceful shutdown the peer gets `grace` to finish, then the
-        // connection is dropped (an HTTP/2 peer that never acknowledges the
-        // GOAWAY ping would otherwise keep it open).
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                _ = conn.as_mut() => break,
-                _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
-                    if idle_since() >= idle {
-                        conn.as_mut().graceful_shutdown();
-                        deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
-                    }
-                }
-                _ = shutdown.changed(), if deadline.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    deadline = Some(tokio::time::Instant::now() + drain);
-                }
-                // New TLS files or CRLs: connections made under the old ones
-                // finish their requests and close, so a revoked client
-                // cannot keep a connection open past the reload.
-                _ = rekey.changed(), if deadline.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    deadline = Some(tokio::time::Instant::now() + drain);
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
-            }
-        }
+        drive!(conn);
     }
 }
 

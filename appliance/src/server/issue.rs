@@ -492,30 +492,8 @@ impl Service {
             idx: index,
             uri: self.status_uri(list),
         };
-        let (format_name, credential) = match format {
-            CredentialFormat::Mdoc => (
-                "mso_mdoc",
-                self.metrics
-                    .hsm("sign", || {
-                        mdoc::issue(signer, &claims, &v.device, &validity, Some(&status))
-                    })
-                    .map(|cbor| mdoc::to_base64url(&cbor)),
-            ),
-            CredentialFormat::SdJwtVc => (
-                "dc+sd-jwt",
-                self.metrics.hsm("sign", || {
-                    sdjwt::issue(
-                        signer,
-                        &claims,
-                        &v.device,
-                        &validity,
-                        Some(&status),
-                        &self.credential.issuer,
-                    )
-                }),
-            ),
-        };
-        let credential = credential.map_err(credential_problem)?;
+        let (format_name, credential) =
+            self.sign_credential(signer, format, &claims, &v.device, &validity, &status)?;
         let payload_sha256 = pkcs11_shim::digest::sha256(credential.as_bytes());
         let id = hex(&crate::credential::random::<16>().map_err(credential_problem)?);
         let channel_fee = policy
@@ -775,30 +753,8 @@ impl Service {
             idx: meta.status_index,
             uri: self.status_uri(meta.status_list),
         };
-        let (format_name, credential) = match format {
-            CredentialFormat::Mdoc => (
-                "mso_mdoc",
-                self.metrics
-                    .hsm("sign", || {
-                        mdoc::issue(signer, &claims, &device_key, &validity, Some(&status))
-                    })
-                    .map(|cbor| mdoc::to_base64url(&cbor)),
-            ),
-            CredentialFormat::SdJwtVc => (
-                "dc+sd-jwt",
-                self.metrics.hsm("sign", || {
-                    sdjwt::issue(
-                        signer,
-                        &claims,
-                        &device_key,
-                        &validity,
-                        Some(&status),
-                        &self.credential.issuer,
-                    )
-                }),
-            ),
-        };
-        let credential = credential.map_err(credential_problem)?;
+        let (format_name, credential) =
+            self.sign_credential(signer, format, &claims, &device_key, &validity, &status)?;
         let decision = DecisionRecord {
             profile: Some(meta.profile.clone()),
             key_id: Some(signer.kid().to_owned()),
@@ -838,6 +794,40 @@ impl Service {
             StatusCode::OK,
             serde_json::to_vec(&response).unwrap_or_default(),
         ))
+    }
+
+    /// Builds and signs a credential of `format`; its format name and text.
+    fn sign_credential(
+        &self,
+        signer: &crate::credential::DocumentSigner<'static>,
+        format: CredentialFormat,
+        claims: &ResidentCardClaims,
+        device: &pkcs11_shim::PublicKey,
+        validity: &SignatureValidity,
+        status: &StatusReference,
+    ) -> Result<(&'static str, String), Problem> {
+        let signed = match format {
+            CredentialFormat::Mdoc => self
+                .metrics
+                .hsm("sign", || {
+                    mdoc::issue(signer, claims, device, validity, Some(status))
+                })
+                .map(|cbor| ("mso_mdoc", mdoc::to_base64url(&cbor))),
+            CredentialFormat::SdJwtVc => self
+                .metrics
+                .hsm("sign", || {
+                    sdjwt::issue(
+                        signer,
+                        claims,
+                        device,
+                        validity,
+                        Some(status),
+                        &self.credential.issuer,
+                    )
+                })
+                .map(|jwt| ("dc+sd-jwt", jwt)),
+        };
+        signed.map_err(credential_problem)
     }
 
     /// HMAC, with the pseudonym key in the HSM, of what makes a document
