@@ -19,51 +19,19 @@ use dojang::store::{
 
 const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
 
-struct Pg {
-    schema: String,
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres_client() {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
-        }
-    }
-}
-
 fn postgres_client() -> Result<postgres::Client, postgres::Error> {
     PG_ADMIN
         .parse::<postgres::Config>()?
         .connect(postgres::NoTls)
 }
 
-/// A fresh schema; `None` (with a loud message) when PostgreSQL is not
-/// reachable outside CI.
-fn pg_schema() -> Option<(Pg, String)> {
-    let mut client = match postgres_client() {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "SKIPPED: PostgreSQL not reachable at 127.0.0.1:5432 ({e}); CI runs this test"
-            );
-            return None;
-        }
-        Err(e) => panic!("PostgreSQL must be reachable in CI: {e}"),
-    };
-    let mut random = [0u8; 6];
-    openssl::rand::rand_bytes(&mut random).unwrap();
-    let schema = format!(
-        "dj_{}",
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .unwrap();
-    let url = format!("{PG_ADMIN} options='-c search_path={schema}'");
-    Some((Pg { schema }, url))
+/// A fresh schema and its URL; `None` (with a loud message) when
+/// PostgreSQL is not reachable outside CI.
+fn pg_schema() -> Option<(softhsm_tests::daemon::PgSchema, String)> {
+    softhsm_tests::daemon::PgSchema::create().map(|schema| {
+        let url = schema.url.clone();
+        (schema, url)
+    })
 }
 
 fn sqlite() -> (tempfile::TempDir, Arc<dyn Registry>) {
