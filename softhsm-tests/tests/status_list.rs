@@ -151,15 +151,27 @@ fn pseudonyms_come_from_the_hsm_and_do_not_reveal_the_number() {
     let a = ResidentNumber::parse("000515-3012345").unwrap();
     let same = ResidentNumber::parse("0005153012345").unwrap();
     let b = ResidentNumber::parse("000515-3012346").unwrap();
-    let pa = dojang::store::pseudonym(&backend, "pseudonym", &a).unwrap();
+    let holder = dojang::store::pseudonym(&backend, "pseudonym", &a).unwrap();
+    let pa = holder.pseudonym;
     assert_eq!(
         pa,
-        dojang::store::pseudonym(&backend, "pseudonym", &same).unwrap()
+        dojang::store::pseudonym(&backend, "pseudonym", &same)
+            .unwrap()
+            .pseudonym
     );
     assert_ne!(
         pa,
-        dojang::store::pseudonym(&backend, "pseudonym", &b).unwrap()
+        dojang::store::pseudonym(&backend, "pseudonym", &b)
+            .unwrap()
+            .pseudonym
     );
+    // The claims MAC depends on the holder's secret, which is not stored.
+    let other = dojang::store::pseudonym(&backend, "pseudonym", &b).unwrap();
+    assert_ne!(
+        holder.claims_mac(b"claims").unwrap(),
+        other.claims_mac(b"claims").unwrap()
+    );
+    assert!(!format!("{holder:?}").contains("000515"));
     // Not a plain hash of the number: the key matters.
     assert_ne!(pa.0, pkcs11_shim::digest::sha256(a.digits()));
     assert!(!format!("{pa:?}").contains("000515"));

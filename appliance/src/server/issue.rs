@@ -404,12 +404,13 @@ impl Service {
             None => None,
         };
         let v = validate(request)?;
-        let holder = self
+        let secret = self
             .metrics
             .hsm("hmac", || {
                 crate::store::pseudonym(self.backend, &self.keys.pseudonym, &v.number)
             })
             .map_err(|e| key_problem(&e))?;
+        let holder = secret.pseudonym;
         let device = v.device.jwk().thumbprint();
         let facts = self
             .registry
@@ -477,10 +478,7 @@ impl Service {
             &self.credential.issuing_authority,
         )
         .map_err(credential_problem)?;
-        let claims_mac = self
-            .metrics
-            .hsm("hmac", || self.claims_mac(&claims))
-            .map_err(|e| key_problem(&e))?;
+        let claims_mac = claims_mac(&secret, &claims)?;
         let validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
@@ -679,12 +677,13 @@ impl Service {
                 )
                 .with_rule("client.profile")
             })?;
-        let holder = self
+        let secret = self
             .metrics
             .hsm("hmac", || {
                 crate::store::pseudonym(self.backend, &self.keys.pseudonym, &number)
             })
             .map_err(|e| key_problem(&e))?;
+        let holder = secret.pseudonym;
         *seen_holder = Some(holder);
         let device = device_key.jwk().thumbprint();
         // Everything is checked before anything is signed.
@@ -726,11 +725,7 @@ impl Service {
         .map_err(credential_problem)?;
         claims.expiry_date = expiry;
         // The same document: the claims must be those it was issued with.
-        let mac = self
-            .metrics
-            .hsm("hmac", || self.claims_mac(&claims))
-            .map_err(|e| key_problem(&e))?;
-        if meta.claims_mac != Some(mac) {
+        if meta.claims_mac != Some(claims_mac(&secret, &claims)?) {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "registry_conflict",
@@ -828,33 +823,6 @@ impl Service {
                 .map(|jwt| ("dc+sd-jwt", jwt)),
         };
         signed.map_err(credential_problem)
-    }
-
-    /// HMAC, with the pseudonym key in the HSM, of what makes a document
-    /// the same document: the holder's names, birth date, address and
-    /// portrait. Keyed, so the stored value says nothing about them.
-    pub(crate) fn claims_mac(
-        &self,
-        claims: &ResidentCardClaims,
-    ) -> Result<[u8; 32], pkcs11_shim::Error> {
-        let mut input = b"dojang-claims-v1\0".to_vec();
-        let portrait = claims
-            .portrait
-            .as_deref()
-            .map(pkcs11_shim::digest::sha256)
-            .unwrap_or_default();
-        let birth = claims.birth_date.to_string();
-        for field in [
-            claims.family_name.as_bytes(),
-            claims.given_name.as_bytes(),
-            birth.as_bytes(),
-            claims.address.as_bytes(),
-            &portrait,
-        ] {
-            input.extend_from_slice(&(field.len() as u32).to_be_bytes());
-            input.extend_from_slice(field);
-        }
-        self.backend.hmac_sha256(&self.keys.pseudonym, &input)
     }
 
     /// Records a refusal (authorization, policy, registry rule) as an audit
@@ -983,6 +951,40 @@ impl Service {
         };
         serde_json::to_vec(&out).unwrap_or_default()
     }
+}
+
+/// The MAC of what makes a document the same document (the holder's names,
+/// birth date, address and portrait), under the holder's secret: the
+/// registry keeps it so a refresh can prove it re-signs the same claims.
+fn claims_mac(
+    secret: &crate::store::HolderSecret,
+    claims: &ResidentCardClaims,
+) -> Result<[u8; 32], Problem> {
+    let mut input = b"dojang-claims-v1\0".to_vec();
+    let portrait = claims
+        .portrait
+        .as_deref()
+        .map(pkcs11_shim::digest::sha256)
+        .unwrap_or_default();
+    let birth = claims.birth_date.to_string();
+    for field in [
+        claims.family_name.as_bytes(),
+        claims.given_name.as_bytes(),
+        birth.as_bytes(),
+        claims.address.as_bytes(),
+        &portrait,
+    ] {
+        input.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        input.extend_from_slice(field);
+    }
+    secret.claims_mac(&input).map_err(|e| {
+        tracing::error!(error = %e, "computing a claims MAC");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })
 }
 
 fn replay(seal: &SealKey, sealed: &[u8]) -> Answer {

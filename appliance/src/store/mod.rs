@@ -426,14 +426,54 @@ fn check_transition(from: CredentialState, to: CredentialState) -> Result<(), St
     }
 }
 
-/// The holder pseudonym: HMAC-SHA256 of the 13 digits of the resident
-/// number under the pseudonym key `label`, computed inside the HSM. The
-/// number itself is never stored; without the key the pseudonym cannot be
-/// linked back to it, even by trying every possible number.
+/// What one HMAC in the HSM of a resident number gives: the holder's
+/// pseudonym, which the registry stores, and a secret it never stores,
+/// which keys the MAC of the holder's claims. Without the HSM key neither
+/// can be linked to a number, even by trying every possible number; without
+/// the number (and the HSM) the claims MAC cannot be recomputed, so the
+/// stored MAC says nothing about names or addresses.
+pub struct HolderSecret {
+    /// SHA-256 of the HMAC output, domain-separated: what is stored.
+    pub pseudonym: Pseudonym,
+    secret: [u8; 32],
+}
+
+impl fmt::Debug for HolderSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HolderSecret({:?}, <secret>)", self.pseudonym)
+    }
+}
+
+impl Drop for HolderSecret {
+    fn drop(&mut self) {
+        self.secret.fill(0);
+    }
+}
+
+impl HolderSecret {
+    /// HMAC-SHA256 of `claims` under this holder's secret.
+    pub fn claims_mac(&self, claims: &[u8]) -> Result<[u8; 32], openssl::error::ErrorStack> {
+        let key = openssl::pkey::PKey::hmac(&self.secret)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(claims)?;
+        let mut out = [0u8; 32];
+        let _ = signer.sign(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// The holder's pseudonym and claims secret from the 13 digits of the
+/// resident number, with the pseudonym key `label` in the HSM: one HSM call.
 pub fn pseudonym(
     backend: &dyn pkcs11_shim::KeyBackend,
     label: &str,
     number: &dojang_policies::resident_number::ResidentNumber,
-) -> Result<Pseudonym, pkcs11_shim::Error> {
-    backend.hmac_sha256(label, number.digits()).map(Pseudonym)
+) -> Result<HolderSecret, pkcs11_shim::Error> {
+    let secret = backend.hmac_sha256(label, number.digits())?;
+    let mut input = b"dojang-pseudonym-v1\0".to_vec();
+    input.extend_from_slice(&secret);
+    Ok(HolderSecret {
+        pseudonym: Pseudonym(pkcs11_shim::digest::sha256(&input)),
+        secret,
+    })
 }
