@@ -5,18 +5,16 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -52,52 +50,30 @@ pub trait Router: Send + Sync + 'static {
 /// A TLS configuration SIGHUP can swap; `None` serves plain HTTP.
 pub type TlsSlot = Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>;
 
-/// Wraps an IO object and records when it last moved a byte.
-struct ActivityIo<T> {
-    inner: T,
+/// A request in progress on a connection; when it ends (answered, or
+/// dropped by a reset stream) the connection's idle clock restarts.
+struct Busy {
     epoch: Instant,
     last: Arc<AtomicU64>,
+    active: Arc<AtomicUsize>,
 }
 
-impl<T> ActivityIo<T> {
-    fn touch(&self) {
+impl Busy {
+    fn new(epoch: Instant, last: Arc<AtomicU64>, active: Arc<AtomicUsize>) -> Self {
+        let _ = active.fetch_add(1, Ordering::AcqRel);
+        Busy {
+            epoch,
+            last,
+            active,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
         self.last
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        poll
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        poll
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let _ = self.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -204,22 +180,32 @@ async fn connection<T>(
 {
     // Only reloads after this connection was made concern it.
     let _ = rekey.borrow_and_update();
+    // Idle means no request in progress since the last one ended: bytes
+    // alone (an HTTP/2 PING) do not keep a connection open.
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(ActivityIo {
-        inner: io,
-        epoch,
-        last: last.clone(),
-    });
-    let service = hyper::service::service_fn(move |request| {
-        let router = router.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(router.route(request, peer).await) }
-    });
+    let active = Arc::new(AtomicUsize::new(0));
+    let io = TokioIo::new(io);
+    let service = {
+        let (last, active) = (last.clone(), active.clone());
+        hyper::service::service_fn(move |request| {
+            let router = router.clone();
+            let peer = peer.clone();
+            let busy = Busy::new(epoch, last.clone(), active.clone());
+            async move {
+                let response = router.route(request, peer).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let drain = Duration::from_millis(limits.drain_timeout_ms);
     let idle_tick = (idle / 4).max(Duration::from_millis(50));
     let idle_since = || {
+        if active.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
         let last = Duration::from_millis(last.load(Ordering::Relaxed));
         epoch.elapsed().saturating_sub(last)
     };
