@@ -9,7 +9,8 @@
 //!
 //! `make bench-load` (or `cargo build --release --bins && cargo bench -p
 //! softhsm-tests --bench daemon_load`); `DOJANG_LOAD_SECONDS` (default 10),
-//! `DOJANG_LOAD_CONNECTIONS` (default 32).
+//! `DOJANG_LOAD_CONNECTIONS` (default 32), `DOJANG_LOAD_STORE=postgres` (the
+//! local PostgreSQL instead of SQLite).
 
 mod common;
 
@@ -190,7 +191,20 @@ fn main() {
     };
     let raw_before = raw();
 
+    // DOJANG_LOAD_STORE=postgres: the registry in a fresh schema of the
+    // local PostgreSQL instead of SQLite.
+    let postgres = std::env::var("DOJANG_LOAD_STORE").is_ok_and(|s| s == "postgres");
+    let schema = if postgres {
+        Some(softhsm_tests::daemon::PgSchema::create().expect("PostgreSQL for DOJANG_LOAD_STORE"))
+    } else {
+        None
+    };
+    let store = match &schema {
+        Some(s) => softhsm_tests::daemon::Store::Postgres(s.url.clone()),
+        None => softhsm_tests::daemon::Store::Sqlite,
+    };
     let d = Daemon::start(Options {
+        store,
         limits: format!("max_in_flight = {}\nsigning_threads = 16", connections * 4),
         policy: |p| {
             p.replace(
@@ -229,14 +243,21 @@ fn main() {
     let rss_peak = rss_kib(pid, "VmHWM:");
     drop(d);
     let raw_after = raw();
-    // What the audit entry's SQL adds to an issuance's transaction, this run.
+    drop(schema);
+    // What the audit entry's SQL adds to an issuance's transaction, this run
+    // (measured on SQLite).
     let (append_us, empty_us) = common::audit_sql_cpu_us();
     let audit_us = (append_us - empty_us).max(0.0);
     let raw_rate = (raw_before + raw_after) / 2.0;
 
     println!("daemon load benchmark: POST /v1/credentials over mTLS (HTTP/1.1 keep-alive),");
     println!(
-        "  {connections} connections, {seconds} s per phase, SQLite synchronous=FULL, mdoc and SD-JWT alternating"
+        "  {connections} connections, {seconds} s per phase, {}, mdoc and SD-JWT alternating",
+        if postgres {
+            "PostgreSQL (local, synchronous_commit on)"
+        } else {
+            "SQLite synchronous=FULL"
+        }
     );
     println!(
         "  raw SoftHSM ES256, 2 threads: {raw_before:.0} sig/s before, {raw_after:.0} after (mean {raw_rate:.0})"
@@ -256,8 +277,13 @@ fn main() {
     );
     let per_issuance_us = daemon_cpu * 1e6 / saturated.issued.max(1) as f64;
     println!(
-        "  auditing: the entry's SQL adds {audit_us:.1} µs CPU to an issuance's transaction = {:.1}% of the daemon's CPU per issuance (target <= 5%)",
-        audit_us / per_issuance_us * 100.0
+        "  auditing: the entry's SQL adds {audit_us:.1} µs CPU to an issuance's transaction = {:.1}% of the daemon's CPU per issuance (target <= 5%){}",
+        audit_us / per_issuance_us * 100.0,
+        if postgres {
+            " [measured on SQLite: not this run's store]"
+        } else {
+            ""
+        }
     );
     println!(
         "  half load ({half_rate:.0}/s offered): {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
