@@ -208,15 +208,10 @@ impl Api {
             (&Method::POST, ["v1", "credentials", id, action])
                 if matches!(*action, "revoke" | "suspend" | "reinstate") =>
             {
-                let route = match *action {
-                    "revoke" => "/v1/credentials/{id}/revoke",
-                    "suspend" => "/v1/credentials/{id}/suspend",
-                    _ => "/v1/credentials/{id}/reinstate",
-                };
-                let action: &'static str = match *action {
-                    "revoke" => "revoke",
-                    "suspend" => "suspend",
-                    _ => "reinstate",
+                let (route, action): (&'static str, &'static str) = match *action {
+                    "revoke" => ("/v1/credentials/{id}/revoke", "revoke"),
+                    "suspend" => ("/v1/credentials/{id}/suspend", "suspend"),
+                    _ => ("/v1/credentials/{id}/reinstate", "reinstate"),
                 };
                 let id = (*id).to_owned();
                 let has_body = request
@@ -344,12 +339,7 @@ impl Router for Api {
                 Err(p) => http::problem(p, &request_id),
             };
             let status = response.status();
-            let class = format!("{}xx", status.as_u16() / 100);
-            self.service
-                .metrics
-                .requests
-                .with_label_values(&["api", route, &class])
-                .inc();
+            self.service.metrics.count_request("api", route, status);
             tracing::info!(
                 request_id = %request_id,
                 client = %client,

@@ -206,6 +206,20 @@ impl Metrics {
         result
     }
 
+    /// Counts an answered request (the status by class: `2xx`, `4xx`, …).
+    pub fn count_request(&self, listener: &str, route: &str, status: hyper::StatusCode) {
+        let class = match status.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .with_label_values(&[listener, route, class])
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

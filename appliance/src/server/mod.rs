@@ -130,6 +130,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 let mut last = std::time::Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
+                    service.sequence_audit();
                     if service.checkpoint_due(last.elapsed()) {
                         let _ = service.checkpoint();
                         last = std::time::Instant::now();

@@ -86,12 +86,9 @@ impl Router for Ops {
                     ),
                 ),
             };
-            let class = format!("{}xx", response.status().as_u16() / 100);
             self.service
                 .metrics
-                .requests
-                .with_label_values(&["ops", route, &class])
-                .inc();
+                .count_request("ops", route, response.status());
             response
         })
     }

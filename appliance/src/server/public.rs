@@ -156,12 +156,9 @@ impl Router for Public {
                 }
                 Err(p) => http::problem(&p, &request_id),
             };
-            let class = format!("{}xx", response.status().as_u16() / 100);
             self.service
                 .metrics
-                .requests
-                .with_label_values(&["public", route, &class])
-                .inc();
+                .count_request("public", route, response.status());
             response
         })
     }

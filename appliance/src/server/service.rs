@@ -486,12 +486,17 @@ impl Service {
         }
     }
 
-    /// Whether a checkpoint is due: `checkpoint_entries` uncovered entries,
-    /// or any after `checkpoint_interval_ms`.
-    pub fn checkpoint_due(&self, since_last: Duration) -> bool {
+    /// Places recorded decisions in the log (a no-op where the store places
+    /// them as they commit); failures are logged and retried next round.
+    pub fn sequence_audit(&self) {
         if let Err(e) = self.registry.sequence_audit() {
             tracing::warn!(error = %e, "sequencing audit entries failed");
         }
+    }
+
+    /// Whether a checkpoint is due: `checkpoint_entries` uncovered entries,
+    /// or any after `checkpoint_interval_ms`.
+    pub fn checkpoint_due(&self, since_last: Duration) -> bool {
         let size = self.registry.audit_size().unwrap_or(0);
         let covered = self
             .registry

@@ -102,6 +102,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
     // 3: the claims' HMAC, which a refresh must match.
     "ALTER TABLE credentials ADD COLUMN claims_mac BLOB;",
+    // 4: the single writer numbers entries from the log itself, so the head
+    // row (never updated here) goes; readiness writes a row of its own.
+    "DROP TABLE audit_head;
+    CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
 ];
 
 /// The registry in one SQLite file.
@@ -826,7 +830,11 @@ impl Registry for SqliteRegistry {
     fn probe_write(&self) -> Result<(), StoreError> {
         self.write(|conn| {
             let _ = conn
-                .execute("UPDATE audit_head SET size = size WHERE id = 1", [])
+                .execute(
+                    "INSERT INTO write_probe (id, at) VALUES (1, CAST(strftime('%s', 'now') AS INTEGER))
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    [],
+                )
                 .map_err(map_err)?;
             Ok(())
         })
