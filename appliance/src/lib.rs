@@ -10,6 +10,7 @@ pub mod config;
 pub mod credential;
 pub mod devtls;
 pub mod keys;
+pub mod officer_client;
 pub mod pki;
 pub mod server;
 pub mod status;

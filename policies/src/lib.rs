@@ -20,7 +20,8 @@ pub use evaluate::{
     Decision, Denial, DenialKind, IssuanceRequest, Obligations, Outcome, RegistryFacts, RuleResult,
 };
 pub use policy::{
-    ChannelRule, ClientRule, CredentialFormat, Pilot, Policy, PolicyError, ProfileRule, Role,
+    ChannelRule, ClientRule, CredentialFormat, DsRevocation, KeyRules, OfficerRules, Pilot, Policy,
+    PolicyError, ProfileRule, Role, parse_duration,
 };
 
 /// The shipped policy file's text.

@@ -121,6 +121,100 @@ struct LimitsRule {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct KeysFile {
+    rotate_every: String,
+    max_signatures: u64,
+    prepublish: String,
+    retention_margin: String,
+    on_ds_revocation: DsRevocation,
+}
+
+impl Default for KeysFile {
+    fn default() -> Self {
+        KeysFile {
+            rotate_every: "90d".into(),
+            max_signatures: 50_000_000,
+            prepublish: "7d".into(),
+            retention_margin: "30d".into(),
+            on_ds_revocation: DsRevocation::Suspend,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OfficersFile {
+    approvals_required: usize,
+    proposal_lifetime: String,
+}
+
+impl Default for OfficersFile {
+    fn default() -> Self {
+        OfficersFile {
+            approvals_required: 2,
+            proposal_lifetime: "24h".into(),
+        }
+    }
+}
+
+/// What an emergency revocation of a DS key does to the credentials it signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsRevocation {
+    /// Revoke them: holders must be issued again.
+    Revoke,
+    /// Suspend them: a refresh re-signs them with the new key, and a
+    /// revoker may reinstate them.
+    Suspend,
+    /// Leave their status alone (the CRL alone tells verifiers).
+    Keep,
+}
+
+/// The key lifecycle rules (`[keys]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRules {
+    /// Rotate a signing key after it has signed this long.
+    pub rotate_every: time::Duration,
+    /// Rotate after this many signatures.
+    pub max_signatures: u64,
+    /// Publish a new key this long before it signs.
+    pub prepublish: time::Duration,
+    /// Keep a retired key published this long after the last thing it
+    /// signed expired.
+    pub retention_margin: time::Duration,
+    /// What a DS key's emergency revocation does to what it signed.
+    pub on_ds_revocation: DsRevocation,
+}
+
+/// Dual control of officer operations (`[officers]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfficerRules {
+    /// Distinct officers who must approve, the proposer included (M of N).
+    pub approvals_required: usize,
+    /// How long a proposal stays open.
+    pub proposal_lifetime: time::Duration,
+}
+
+/// Parses `90d`, `12h`, `30m` or `45s` (one number, one unit).
+pub fn parse_duration(text: &str) -> Option<time::Duration> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let number: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    if number <= 0 {
+        return None;
+    }
+    let seconds = match unit {
+        'd' => number.checked_mul(86_400)?,
+        'h' => number.checked_mul(3_600)?,
+        'm' => number.checked_mul(60)?,
+        's' => number,
+        _ => return None,
+    };
+    Some(time::Duration::seconds(seconds))
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     name: String,
@@ -133,6 +227,10 @@ struct PolicyFile {
     limits: LimitsRule,
     clients: Vec<ClientRule>,
     profiles: BTreeMap<String, ProfileRule>,
+    #[serde(default)]
+    keys: KeysFile,
+    #[serde(default)]
+    officers: OfficersFile,
 }
 
 /// The pilot: a date window and the participating municipalities.
@@ -175,6 +273,10 @@ pub struct Policy {
     pub clients: Vec<ClientRule>,
     /// Profiles by name.
     pub profiles: BTreeMap<String, ProfileRule>,
+    /// Key lifecycle rules.
+    pub keys: KeyRules,
+    /// Dual control of officer operations.
+    pub officers: OfficerRules,
 }
 
 fn to_date(dt: &toml::value::Datetime) -> Option<Date> {
@@ -276,6 +378,48 @@ impl Policy {
                 }
             }
         }
+        let duration = |name: &str, text: &str| {
+            parse_duration(text).ok_or_else(|| {
+                invalid(format!(
+                    "{name} {text:?} must be a positive number with a unit: d, h, m or s (e.g. \"90d\")"
+                ))
+            })
+        };
+        let keys = KeyRules {
+            rotate_every: duration("keys.rotate_every", &file.keys.rotate_every)?,
+            max_signatures: file.keys.max_signatures,
+            prepublish: duration("keys.prepublish", &file.keys.prepublish)?,
+            retention_margin: duration("keys.retention_margin", &file.keys.retention_margin)?,
+            on_ds_revocation: file.keys.on_ds_revocation,
+        };
+        if keys.max_signatures == 0 {
+            return Err(invalid("keys.max_signatures must be positive".into()));
+        }
+        if keys.prepublish >= keys.rotate_every {
+            return Err(invalid(
+                "keys.prepublish must be shorter than keys.rotate_every".into(),
+            ));
+        }
+        let officers = file
+            .clients
+            .iter()
+            .filter(|c| c.roles.contains(&Role::Officer))
+            .count();
+        let required = file.officers.approvals_required;
+        // Fewer than two is no dual control; more than the officers listed
+        // could never be met (zero officers: no officer operation at all).
+        if required < 2 || (officers > 0 && required > officers) {
+            return Err(invalid(format!(
+                "officers.approvals_required must be 2 to the number of officer clients ({officers}), got {required}"
+            )));
+        }
+        let officer_rules = OfficerRules {
+            approvals_required: required,
+            proposal_lifetime: duration(
+                "officers.proposal_lifetime",
+                &file.officers.proposal_lifetime,
+            )?,
+        };
         let digest = openssl::sha::Sha256::new();
         let mut digest = digest;
         digest.update(text.as_bytes());
@@ -298,6 +442,8 @@ impl Policy {
             requests_per_minute: file.limits.requests_per_minute,
             clients: file.clients,
             profiles: file.profiles,
+            keys,
+            officers: officer_rules,
         })
     }
 
@@ -310,6 +456,14 @@ impl Policy {
     pub fn has_role(&self, identity: &str, role: Role) -> bool {
         self.client(identity)
             .is_some_and(|c| c.roles.contains(&role))
+    }
+
+    /// The officer identities (N of the M-of-N rule).
+    pub fn officers(&self) -> impl Iterator<Item = &str> {
+        self.clients
+            .iter()
+            .filter(|c| c.roles.contains(&Role::Officer))
+            .map(|c| c.identity.as_str())
     }
 
     /// The last day of the document issued on `issued`.

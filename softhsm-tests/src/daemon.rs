@@ -22,6 +22,12 @@ pub const GATEWAY: &str = "spiffe://mois.go.kr/wallet-gateway";
 pub const STRANGER: &str = "spiffe://mois.go.kr/stranger";
 /// The auditor of the shipped policy.
 pub const AUDITOR: &str = "spiffe://mois.go.kr/auditor";
+/// Security officers of the shipped policy (certificates `kim`, `lee`, `park`).
+pub const OFFICERS: [(&str, &str); 3] = [
+    ("kim", "spiffe://mois.go.kr/officer/kim"),
+    ("lee", "spiffe://mois.go.kr/officer/lee"),
+    ("park", "spiffe://mois.go.kr/officer/park"),
+];
 /// The audit log's origin in the fixture's configuration.
 pub const AUDIT_ORIGIN: &str = "test.dojang.kr/audit";
 
@@ -52,6 +58,9 @@ pub struct Options {
     pub server: String,
     /// Extra lines for `[server.api]` (e.g. `allow_tls12 = true`).
     pub api: String,
+    /// Start the process (false: only write the token, PKI and config,
+    /// for a test that runs the service in-process).
+    pub spawn: bool,
 }
 
 impl Default for Options {
@@ -65,6 +74,7 @@ impl Default for Options {
             env: Vec::new(),
             server: String::new(),
             api: String::new(),
+            spawn: true,
         }
     }
 }
@@ -164,6 +174,9 @@ fn write_tls(dir: &Path) {
         ca.issue(&LeafSpec::client(STRANGER)).expect("c"),
     );
     let _ = save("auditor", ca.issue(&LeafSpec::client(AUDITOR)).expect("c"));
+    for (name, identity) in OFFICERS {
+        let _ = save(name, ca.issue(&LeafSpec::client(identity)).expect("c"));
+    }
     let now = OffsetDateTime::now_utc();
     let mut expired = LeafSpec::client(COUNTER);
     expired.not_before = now - time::Duration::days(30);
@@ -277,7 +290,9 @@ impl Daemon {
             log: scratch.join("dojangd.log"),
             env: options.env,
         };
-        daemon.spawn();
+        if options.spawn {
+            daemon.spawn();
+        }
         daemon
     }
 
@@ -376,6 +391,81 @@ impl Daemon {
         Target::tls(self.api, &self.tls.join("ca.pem"), client, h2)
     }
 
+    /// `dojangctl` as officer `name` against this daemon's API (over mTLS);
+    /// `Err(stderr)` if it failed.
+    pub fn officer_ctl(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(crate::workspace_binary("dojangctl"))
+            .arg("--api")
+            .arg(format!("https://localhost:{}", self.api.port()))
+            .arg("--cert")
+            .arg(self.tls.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(self.tls.join(format!("{name}.key")))
+            .arg("--ca")
+            .arg(self.tls.join("ca.pem"))
+            .args(args)
+            .output()
+            .expect("dojangctl");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Officer `proposer` proposes `POST path` (with `body`), officer
+    /// `approver` approves; the approved proposal.
+    pub fn dual_control(
+        &self,
+        proposer: &str,
+        approver: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        let proposed = self.client(proposer).post_json(path, body, &[]);
+        assert_eq!(proposed.status, 202, "{path}: {}", proposed.json());
+        let id = proposed.json()["id"].as_str().expect("id").to_owned();
+        let approved = self.client(approver).post_json(
+            &format!("/v1/approvals/{id}/approve"),
+            &serde_json::json!({}),
+            &[],
+        );
+        assert_eq!(approved.status, 200, "approve {id}: {}", approved.json());
+        approved.json()
+    }
+
+    /// The daemon's key records (`GET /v1/keys` as an officer).
+    pub fn keys(&self) -> Vec<serde_json::Value> {
+        let reply = self.client("kim").get("/v1/keys");
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        reply.json()["keys"].as_array().expect("keys").clone()
+    }
+
+    /// Rotates the DS key now through two officers (a new key, then its
+    /// activation); the new key's label.
+    pub fn rotate_now(&self) -> String {
+        let _ = self.dual_control(
+            "kim",
+            "lee",
+            "/v1/keys/rotate",
+            &serde_json::json!({"chain": "ds"}),
+        );
+        let label = self
+            .keys()
+            .iter()
+            .find(|k| k["state"] == "pending")
+            .and_then(|k| k["label"].as_str())
+            .expect("a pending key after rotation")
+            .to_owned();
+        let _ = self.dual_control(
+            "park",
+            "kim",
+            &format!("/v1/keys/{label}/activate"),
+            &serde_json::json!({}),
+        );
+        label
+    }
+
     /// A client of the public listener.
     pub fn public_client(&self) -> Client {
         Client::new(Target::plain(self.public))
@@ -448,6 +538,52 @@ impl Daemon {
         };
         daemon.spawn();
         daemon
+    }
+
+    /// Points this process's `SOFTHSM2_CONF` at the daemon's token (for a
+    /// service run in-process; see [`Options::spawn`]).
+    pub fn activate_token(&self) {
+        match &self.device {
+            Device::Direct(token) => token.activate(),
+            _ => panic!("in-process use needs the token directly"),
+        }
+    }
+
+    /// The status of entry `idx` in the list at `uri`, from the signed
+    /// token verified with the status-list key the JWKS publishes.
+    pub fn status_bit(&self, uri: &str, idx: u64) -> u8 {
+        let d = self;
+        let path = uri
+            .strip_prefix(&format!("http://{}", d.public))
+            .expect("status URI on the public listener");
+        let token = d.public_client().get(path);
+        assert_eq!(token.status, 200);
+        assert_eq!(
+            token.header("content-type"),
+            Some("application/statuslist+jwt")
+        );
+        // The status-list key from the JWKS, by kid.
+        let jwks = d.public_client().get("/.well-known/jwks.json").json();
+        let token_text = String::from_utf8(token.body).expect("status token");
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token_text.split('.').next().expect("status token"),
+            )
+            .expect("status token"),
+        )
+        .expect("status token");
+        let key = jwks["keys"]
+            .as_array()
+            .expect("status token")
+            .iter()
+            .find(|k| k["kid"] == header["kid"])
+            .expect("status-list key in the JWKS");
+        let jwk: pkcs11_shim::Jwk = serde_json::from_value(key.clone()).expect("status token");
+        let public = pkcs11_shim::public_key_from_jwk(&jwk).expect("status token");
+        let verified = dojang::status::verify_token(&token_text, &public).expect("status token");
+        assert_eq!(verified.uri, uri);
+        verified.list.get(idx).expect("index in the list")
     }
 
     /// The scratch directory.

@@ -1,8 +1,9 @@
-//! Switching the DS key while clients issue: a new DS certificate and a
-//! SIGHUP, twice, under continuous load. No request fails (a request cut by
-//! a reload's connection close is retried with its Idempotency-Key, which
-//! returns the committed answer if there was one), and every credential
-//! names, and verifies with, the key that signed it.
+//! Rotating the DS key while clients issue: two officers approve a new key
+//! twice under continuous load. The new key is published at once and signs
+//! from its activation time (the policy's prepublication, 2 s here). No
+//! request fails, every credential names, and verifies with, the key that
+//! signed it, every such key is in the JWKS, and the switch happens at the
+//! configured time.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -13,56 +14,41 @@ use std::time::{Duration, Instant};
 use dojang::credential::mdoc;
 use dojang::credential::verify::Trust;
 use softhsm_tests::daemon::{self, Daemon, Options};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-fn wait_for_reloads(d: &Daemon, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while d.log().matches("reloaded TLS files").count() < count {
-        assert!(Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn prepublish_two_seconds(policy: String) -> String {
+    policy.replace("prepublish = \"7d\"", "prepublish = \"2s\"")
+}
+
+fn time_of(v: &serde_json::Value) -> OffsetDateTime {
+    OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
 }
 
 #[test]
-fn switching_the_ds_key_under_load_fails_no_request() {
-    let d = Daemon::start(Options::default());
+fn rotating_the_ds_key_under_load_fails_no_request() {
+    let d = Daemon::start(Options {
+        policy: prepublish_two_seconds,
+        ..Options::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..4u32)
         .map(|t| {
             let target = d.api_target("counter", false);
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut client = softhsm_tests::https::Client::new(target.clone());
+                let mut client = softhsm_tests::https::Client::new(target);
                 let mut issued = Vec::new();
-                let mut retries = 0;
                 for n in 0u32.. {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let (jwk, _) = daemon::phone();
-                    let body = serde_json::to_vec(&daemon::request(
-                        "mdoc",
-                        &daemon::number(t * 10_000 + n),
-                        &jwk,
-                    ))
-                    .unwrap();
-                    let key = format!("rotation-{t}-{n}");
-                    let headers = [
-                        ("content-type", "application/json"),
-                        ("idempotency-key", key.as_str()),
-                    ];
-                    let reply = loop {
-                        match client.try_send("POST", "/v1/credentials", &headers, body.clone()) {
-                            Ok(r) => break r,
-                            // The reload closed this connection: reconnect and
-                            // retry; the key makes the retry safe.
-                            Err(_) if retries < 50 => {
-                                retries += 1;
-                                client = softhsm_tests::https::Client::new(target.clone());
-                            }
-                            Err(e) => panic!("{e}"),
-                        }
-                    };
+                    let reply = client.post_json(
+                        "/v1/credentials",
+                        &daemon::request("mdoc", &daemon::number(t * 10_000 + n), &jwk),
+                        &[],
+                    );
                     assert_eq!(
                         reply.status,
                         201,
@@ -75,13 +61,47 @@ fn switching_the_ds_key_under_load_fails_no_request() {
             })
         })
         .collect();
-    for (round, label) in ["ds-2", "ds-3"].into_iter().enumerate() {
-        std::thread::sleep(Duration::from_millis(1200));
-        let _ = d.ctl(&["pki", "issue-ds", "--label", label]);
-        d.signal("HUP");
-        wait_for_reloads(&d, round + 1);
+    let mut rotations = Vec::new();
+    for officers in [("kim", "lee"), ("lee", "park")] {
+        std::thread::sleep(Duration::from_millis(1500));
+        let approved = d.dual_control(
+            officers.0,
+            officers.1,
+            "/v1/keys/rotate",
+            &serde_json::json!({"chain": "ds"}),
+        );
+        assert!(
+            approved["result"].as_str().unwrap().contains("generated"),
+            "{approved}"
+        );
+        let pending = d
+            .keys()
+            .into_iter()
+            .find(|k| k["state"] == "pending")
+            .expect("the new key is pending");
+        // Published before it signs.
+        let jwks = d.public_client().get("/.well-known/jwks.json").json();
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kid"] == pending["kid"]),
+            "a pending key is in the JWKS"
+        );
+        rotations.push(pending);
+        // The daemon activates it itself at its time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d
+            .keys()
+            .iter()
+            .any(|k| k["label"] == rotations.last().unwrap()["label"] && k["state"] == "active")
+        {
+            assert!(Instant::now() < deadline, "{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let issued: Vec<serde_json::Value> = workers
         .into_iter()
@@ -118,15 +138,48 @@ fn switching_the_ds_key_under_load_fails_no_request() {
             .entry(r["key_label"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
-    assert_eq!(
-        by_key.keys().cloned().collect::<Vec<_>>(),
-        ["ds-1", "ds-2", "ds-3"],
-        "{by_key:?}"
-    );
-    // Exactly one credential per request, however often it was retried.
+    let labels: Vec<String> = std::iter::once("ds-1".to_owned())
+        .chain(
+            rotations
+                .iter()
+                .map(|k| k["label"].as_str().unwrap().to_owned()),
+        )
+        .collect();
+    let mut signed: Vec<String> = by_key.keys().cloned().collect();
+    signed.sort_by_key(|l| labels.iter().position(|x| x == l));
+    assert_eq!(signed, labels, "{by_key:?}");
+    // The switch happened at the configured time: nothing was signed by a
+    // new key before its activation, nor by its predecessor after it
+    // (valid_from has whole seconds).
+    for (i, key) in rotations.iter().enumerate() {
+        let from = time_of(&key["activate_at"]);
+        for r in &issued {
+            let at = time_of(&r["valid_from"]);
+            if r["key_label"] == key["label"] {
+                assert!(
+                    at + time::Duration::seconds(1) > from,
+                    "signed by {} before its time",
+                    key["label"]
+                );
+            }
+            if r["key_label"].as_str() == Some(labels[i].as_str()) {
+                assert!(
+                    at <= from,
+                    "{} signed after its successor took over",
+                    labels[i]
+                );
+            }
+        }
+    }
+    // Exactly one credential per request.
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
     let stored: i64 = db
         .query_row("SELECT COUNT(*) FROM credentials", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored as usize, issued.len());
+    // The registry counted the signatures of the keys now retired.
+    let keys = d.keys();
+    let ds1 = keys.iter().find(|k| k["label"] == "ds-1").unwrap();
+    assert_eq!(ds1["state"], "retired");
+    assert_eq!(ds1["signatures"].as_u64().unwrap() as usize, by_key["ds-1"]);
 }

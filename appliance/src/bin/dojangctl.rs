@@ -2,6 +2,9 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "dojangctl/officer.rs"]
+mod officer;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,15 +40,42 @@ struct Args {
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// The daemon's mTLS API for officer commands, https://HOST:PORT
+    /// [default: $DOJANG_API].
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// The officer's client certificate (PEM) [default: $DOJANG_OFFICER_CERT].
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// The officer's private key (PEM) [default: $DOJANG_OFFICER_KEY].
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// The CA of the daemon's certificate (PEM) [default: $DOJANG_CA].
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Key ceremony commands against the configured token.
+    /// Keys: ceremonies against the configured token, or (with --api) the
+    /// daemon's key chain and officer proposals to rotate or revoke.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Officer proposals waiting for approval (over --api).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Approve a proposal as a second (third…) officer (over --api).
+    Approve {
+        /// The proposal's id.
+        id: String,
+    },
+    /// Reject a proposal: it is closed (over --api).
+    Reject {
+        /// The proposal's id.
+        id: String,
+    },
     /// Certificate ceremonies: IACA root, document signers, CRL.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -70,6 +100,12 @@ enum Command {
         #[arg(long = "client", value_name = "NAME=IDENTITY")]
         clients: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Proposals, newest first.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -195,8 +231,40 @@ enum KeysCommand {
         #[arg(long = "alg", default_value = "ES256")]
         algorithm: String,
     },
-    /// List Dojang's keys in the token.
+    /// List Dojang's keys in the token, or with --api the daemon's key
+    /// records (state, activation, signatures).
     List,
+    /// Propose a new key for a chain (over --api): once approved it is
+    /// published at once and signs after the policy's prepublication.
+    Rotate {
+        /// The key chain.
+        #[arg(default_value = "ds")]
+        chain: String,
+    },
+    /// Propose an emergency revocation (over --api): once approved the key
+    /// stops signing, goes on the CRL, and its credentials change status.
+    Revoke {
+        /// The key's label or kid.
+        key: String,
+        /// Why (recorded in the audit log; no personal data).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Propose that a pending key signs now (over --api).
+    Activate {
+        /// The key's label or kid.
+        key: String,
+    },
+    /// Propose retiring the active key (over --api).
+    Retire {
+        /// The key's label or kid.
+        key: String,
+    },
+    /// Propose destroying a retired key (over --api).
+    Destroy {
+        /// The key's label or kid.
+        key: String,
+    },
     /// Show a key's public half as PEM and JWK.
     Show {
         /// The key's label.
@@ -235,7 +303,40 @@ fn print_key_line(key: &KeyInfo) {
 fn run(args: Args) -> anyhow::Result<()> {
     let config_path = cli::config_path(args.config.clone());
     let load = || cli::load_config(&config_path);
+    let conn = officer::Connection {
+        api: args.api.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ca: args.ca.clone(),
+    };
     match args.command {
+        Command::Approvals(ApprovalsCommand::List) => officer::list_proposals(&conn, args.json),
+        Command::Approve { id } => officer::decide(&conn, &id, true, args.json),
+        Command::Reject { id } => officer::decide(&conn, &id, false, args.json),
+        Command::Keys(KeysCommand::List) if conn.remote() => officer::list_keys(&conn, args.json),
+        Command::Keys(KeysCommand::Rotate { chain }) => officer::propose(
+            &conn,
+            "rotate",
+            None,
+            Some(json!({ "chain": chain })),
+            args.json,
+        ),
+        Command::Keys(KeysCommand::Revoke { key, reason }) => officer::propose(
+            &conn,
+            "revoke",
+            Some(&key),
+            Some(officer::revoke_body(&reason)),
+            args.json,
+        ),
+        Command::Keys(KeysCommand::Activate { key }) => {
+            officer::propose(&conn, "activate", Some(&key), None, args.json)
+        }
+        Command::Keys(KeysCommand::Retire { key }) => {
+            officer::propose(&conn, "retire", Some(&key), None, args.json)
+        }
+        Command::Keys(KeysCommand::Destroy { key }) => {
+            officer::propose(&conn, "destroy", Some(&key), None, args.json)
+        }
         Command::Pki(command) => pki(&load()?, command),
         Command::Policy(command) => policy(command, args.json),
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(a, args.json),
@@ -328,6 +429,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                         }
                     }
                 }
+                KeysCommand::Rotate { .. }
+                | KeysCommand::Revoke { .. }
+                | KeysCommand::Activate { .. }
+                | KeysCommand::Retire { .. }
+                | KeysCommand::Destroy { .. } => {
+                    anyhow::bail!("officer commands go to the daemon (handled above)")
+                }
             }
             Ok(())
         }
@@ -353,7 +461,19 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
         }
         PkiCommand::Crl => {
             let backend = cli::open_backend(config)?;
-            let path = ceremony::refresh_crl(backend.as_ref(), pki_config, now)?;
+            // Keys revoked through the daemon stay on every later CRL.
+            let registry = match &config.store {
+                Some(_) => Some(dojang::server::open_registry(config)?),
+                None => None,
+            };
+            let revoked = match &registry {
+                Some(r) => dojang::store::revoked_serials(&r.keys()?),
+                None => Vec::new(),
+            };
+            let path = ceremony::refresh_crl(backend.as_ref(), pki_config, &revoked, now)?;
+            if let Some(r) = &registry {
+                r.set_crl(&std::fs::read_to_string(&path)?)?;
+            }
             ceremony::CeremonyReport {
                 written: vec![path],
                 generated: Vec::new(),

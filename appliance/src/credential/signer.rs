@@ -40,6 +40,16 @@ impl SignatureAlgorithm {
     }
 
     /// From a key's algorithm; refuses what is not a signature algorithm.
+    /// The key algorithm that makes these signatures.
+    pub fn key_algorithm(self) -> Algorithm {
+        match self {
+            SignatureAlgorithm::Es256 => Algorithm::Es256,
+            SignatureAlgorithm::Es384 => Algorithm::Es384,
+            SignatureAlgorithm::EdDsa => Algorithm::EdDsa,
+        }
+    }
+
+    /// The signature algorithm of a key.
     pub fn of_key(algorithm: Algorithm) -> Result<Self, CredentialError> {
         match algorithm {
             Algorithm::Es256 => Ok(SignatureAlgorithm::Es256),

@@ -5,17 +5,18 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 /// What officers can propose.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Operation {
-    /// Create the IACA key and root certificate.
-    GenerateIaca,
-    /// Create a key (and DS certificate) for a profile.
+    /// Create a key for a chain (`ds`: with its DS certificate), to sign
+    /// after the prepublication period: an on-demand rotation.
     CreateKey {
-        /// The profile.
-        profile: String,
+        /// The chain.
+        chain: String,
     },
     /// Activate a pending key now.
     ActivateKey {
@@ -39,15 +40,11 @@ pub enum Operation {
         /// Why (recorded).
         reason: String,
     },
-    /// Replace the policy with the file of this SHA-256.
-    ChangePolicy {
-        /// The new policy's hash.
-        sha256: String,
-    },
 }
 
 /// Where a proposal stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProposalState {
     /// Waiting for approvals.
     Open,
@@ -58,7 +55,7 @@ pub enum ProposalState {
 }
 
 /// A proposal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Its id.
     pub id: String,
@@ -67,8 +64,10 @@ pub struct Proposal {
     /// Who proposed it (counts as the first approval).
     pub proposer: String,
     /// When.
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// After this it can no longer be approved.
+    #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// Officers in favour, the proposer included.
     pub approvals: BTreeSet<String>,
@@ -76,6 +75,12 @@ pub struct Proposal {
     pub required: usize,
     /// Its state.
     pub state: ProposalState,
+    /// The officer who rejected it (one is enough to close it).
+    #[serde(default)]
+    pub rejected_by: Option<String>,
+    /// What carrying it out gave, once approved.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 /// Why an officer action was refused.
@@ -146,6 +151,8 @@ impl DualControl {
             approvals: BTreeSet::from([proposer.to_owned()]),
             required: self.required,
             state: ProposalState::Open,
+            rejected_by: None,
+            result: None,
         })
     }
 }
@@ -199,6 +206,7 @@ impl Proposal {
     ) -> Result<(), ApprovalError> {
         check_open(self, officer, &is_officer, now)?;
         self.state = ProposalState::Rejected;
+        self.rejected_by = Some(officer.to_owned());
         Ok(())
     }
 }
@@ -224,9 +232,7 @@ mod tests {
     }
 
     fn open(required: usize) -> Proposal {
-        let operation = Operation::CreateKey {
-            profile: "mdoc".into(),
-        };
+        let operation = Operation::CreateKey { chain: "ds".into() };
         control(required)
             .propose("p-1", operation, "officer-kim", is_officer, NOW)
             .unwrap()
@@ -288,7 +294,7 @@ mod tests {
         // An issuer cannot propose; a quorum of 1 or more than the officers is refused.
         let issuer = control(2).propose(
             "p-2",
-            Operation::GenerateIaca,
+            Operation::CreateKey { chain: "ds".into() },
             "spiffe://x/issuer",
             is_officer,
             NOW,
@@ -297,7 +303,7 @@ mod tests {
         for required in [1, 4] {
             let q = control(required).propose(
                 "p-3",
-                Operation::GenerateIaca,
+                Operation::CreateKey { chain: "ds".into() },
                 "officer-kim",
                 is_officer,
                 NOW,

@@ -21,6 +21,30 @@ pub enum KeyState {
     Destroyed,
 }
 
+impl KeyState {
+    /// Its name in the registry and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+
+    /// The state named `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            KeyState::Pending,
+            KeyState::Active,
+            KeyState::Retired,
+            KeyState::Destroyed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
 /// What the registry knows about one key of a profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {

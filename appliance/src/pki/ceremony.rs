@@ -96,7 +96,25 @@ pub fn issue_document_signer(
             store.ds_path(label).display()
         )));
     }
-    let (iaca_der, _) = store.iaca()?;
+    let (der, _, generated) = document_signer_in_token(backend, config, label, algorithm, now)?;
+    Ok(CeremonyReport {
+        written: vec![store.write_ds(label, &der)?],
+        generated,
+    })
+}
+
+/// A DS key (generated if `label` is not in the token yet) and its
+/// certificate signed by the IACA key, written nowhere: the daemon keeps
+/// the certificate in the registry. Returns (DER, facts, keys generated).
+pub fn document_signer_in_token(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    label: &str,
+    algorithm: Algorithm,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, super::profile::CertFacts, Vec<String>), PkiError> {
+    config.validate()?;
+    let (iaca_der, _) = PkiStore::new(&config.dir).iaca()?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
     let mut generated = Vec::new();
     ensure_key(
@@ -107,22 +125,29 @@ pub fn issue_document_signer(
         &mut generated,
     )?;
     let ds = HsmKey::find(backend, label)?;
-    let (der, _) = issue_ds(config, &iaca_der, &iaca, &ds, now)?;
-    Ok(CeremonyReport {
-        written: vec![store.write_ds(label, &der)?],
-        generated,
-    })
+    let (der, facts) = issue_ds(config, &iaca_der, &iaca, &ds, now)?;
+    Ok((der, facts, generated))
 }
 
-/// `pki crl`: a fresh (empty) CRL signed by the IACA key.
+/// `pki crl`: a fresh CRL signed by the IACA key, listing `revoked` serials.
 pub fn refresh_crl(
     backend: &dyn KeyBackend,
     config: &PkiConfig,
+    revoked: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<PathBuf, PkiError> {
     let store = PkiStore::new(&config.dir);
-    let (iaca_der, _) = store.iaca()?;
+    store.write_crl(&crl_now(backend, config, revoked, now)?)
+}
+
+/// A CRL (PEM) signed now by the IACA key, listing `revoked` serials.
+pub fn crl_now(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    revoked: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<String, PkiError> {
+    let (iaca_der, _) = PkiStore::new(&config.dir).iaca()?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
-    let crl = issue_crl(config, &iaca_der, &iaca, &[], now)?;
-    store.write_crl(&crl)
+    issue_crl(config, &iaca_der, &iaca, revoked, now)
 }

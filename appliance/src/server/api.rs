@@ -163,6 +163,29 @@ impl Api {
         Ok((slot, body))
     }
 
+    /// A proposal from an officer: `rotate` and `revoke` carry a JSON body.
+    async fn officer_request(
+        &self,
+        request: Request<Incoming>,
+        client: String,
+        action: &str,
+        label: Option<String>,
+    ) -> Answer {
+        let needs_body = matches!(action, "rotate" | "revoke");
+        if needs_body {
+            require_json(&request)?;
+        }
+        let (slot, body) = self
+            .admit(request, &client, dojang_policies::Role::Officer)
+            .await?;
+        let action = action.to_owned();
+        self.run(slot, move |s| {
+            let operation = Service::key_operation(&action, label.as_deref(), &body);
+            s.propose(&client, operation)
+        })
+        .await
+    }
+
     async fn handle(
         &self,
         request: Request<Incoming>,
@@ -288,7 +311,59 @@ impl Api {
                 };
                 (route, None, answer)
             }
-            (_, ["v1", "credentials", ..]) => (
+            (&Method::GET, ["v1", "keys"]) => (
+                "/v1/keys",
+                None,
+                self.on_pool(move |s| s.list_keys(&client)).await,
+            ),
+            (&Method::POST, ["v1", "keys", "rotate"]) => {
+                let route = "/v1/keys/rotate";
+                (
+                    route,
+                    Some("rotate".to_owned()),
+                    self.officer_request(request, client, "rotate", None).await,
+                )
+            }
+            (
+                &Method::POST,
+                [
+                    "v1",
+                    "keys",
+                    label,
+                    action @ ("revoke" | "activate" | "retire" | "destroy"),
+                ],
+            ) => {
+                let route: &'static str = match *action {
+                    "revoke" => "/v1/keys/{label}/revoke",
+                    "activate" => "/v1/keys/{label}/activate",
+                    "retire" => "/v1/keys/{label}/retire",
+                    _ => "/v1/keys/{label}/destroy",
+                };
+                let (label, action) = ((*label).to_owned(), (*action).to_owned());
+                let answer = self
+                    .officer_request(request, client, &action, Some(label))
+                    .await;
+                (route, Some(action), answer)
+            }
+            (&Method::GET, ["v1", "approvals"]) => (
+                "/v1/approvals",
+                None,
+                self.on_pool(move |s| s.list_proposals(&client)).await,
+            ),
+            (&Method::POST, ["v1", "approvals", id, step @ ("approve" | "reject")]) => {
+                let (id, approve) = ((*id).to_owned(), *step == "approve");
+                let route = if approve {
+                    "/v1/approvals/{id}/approve"
+                } else {
+                    "/v1/approvals/{id}/reject"
+                };
+                (
+                    route,
+                    Some((*step).to_owned()),
+                    self.on_pool(move |s| s.decide(&client, &id, approve)).await,
+                )
+            }
+            (_, ["v1", "credentials" | "keys" | "approvals", ..]) => (
                 "other",
                 None,
                 Err(Problem::new(

@@ -154,7 +154,7 @@ pub(crate) fn json_problem(e: &serde_json::Error) -> Problem {
     Problem::bad_request(code, detail)
 }
 
-fn store_problem(e: StoreError) -> Problem {
+pub(crate) fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::Conflict { rule } => Problem::new(
             StatusCode::CONFLICT,
@@ -463,7 +463,7 @@ impl Service {
                 return Err(p);
             }
         };
-        let signer = current.signer.as_ref().map_err(|_| {
+        let signer = current.signer(now).map_err(|_| {
             Problem::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
         let format = policy
@@ -711,7 +711,7 @@ impl Service {
             )
             .with_rule("document.validity"));
         }
-        let signer = current.signer.as_ref().map_err(|_| {
+        let signer = current.signer(now).map_err(|_| {
             Problem::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
         let issued = OffsetDateTime::from_unix_timestamp(meta.issued_at)
@@ -822,12 +822,16 @@ impl Service {
                 })
                 .map(|jwt| ("dc+sd-jwt", jwt)),
         };
+        if signed.is_ok() {
+            // Usage limits count signatures, committed or not.
+            self.count_signature(signer.label(), validity.valid_until.unix_timestamp());
+        }
         signed.map_err(credential_problem)
     }
 
     /// Records a refusal (authorization, policy, registry rule) as an audit
     /// entry; a refusal that cannot be recorded is not given (503).
-    fn audited(
+    pub(crate) fn audited(
         &self,
         client: &str,
         action: &str,

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub backend_up: IntGauge,
     /// Seconds until each DS certificate expires, by key label.
     pub ds_expiry_seconds: IntGaugeVec,
+    /// Key lifecycle actions this node carried out, by action and outcome.
+    pub key_actions: IntCounterVec,
+    /// Officer proposal steps, by step and outcome.
+    pub officer_steps: IntCounterVec,
     /// Free first-time copies left.
     pub free_quota_remaining: IntGauge,
     /// Decision records in the registry (the audit log's entries).
@@ -175,6 +179,18 @@ impl Metrics {
                 "dojang_connections_open",
                 "Open connections by listener.",
                 &["listener"],
+            ),
+            key_actions: counter(
+                &r,
+                "dojang_key_lifecycle_actions_total",
+                "Key lifecycle actions (generate, activate, retire, destroy, revoke) this node carried out.",
+                &["action", "outcome"],
+            ),
+            officer_steps: counter(
+                &r,
+                "dojang_officer_steps_total",
+                "Officer proposal steps (propose, approve, reject, execute) by outcome.",
+                &["step", "outcome"],
             ),
             connections_refused: counter(
                 &r,

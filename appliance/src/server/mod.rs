@@ -17,7 +17,9 @@ mod auditor;
 pub mod http;
 pub mod identity;
 mod issue;
+pub mod key_lifecycle;
 pub mod metrics;
+mod officers;
 pub mod ops;
 pub(crate) mod pool;
 pub mod problem;
@@ -38,7 +40,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::Config;
-use crate::pki::PkiStore;
 use crate::store::{PostgresRegistry, Registry, SqliteRegistry};
 
 /// Opens the configured registry.
@@ -81,7 +82,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .context("this needs a [server] table in the configuration")?;
     let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
-    let pki = PkiStore::new(&config.pki().map_err(anyhow::Error::msg)?.dir);
+    let pki = config.pki().map_err(anyhow::Error::msg)?.clone();
     let api_tls = tls::api_config(&server.api)?;
     let public_tls = tls::public_config(&server.public)?;
 
@@ -138,6 +139,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 }
             })
             .context("starting the checkpoint thread")?
+    };
+    // The key lifecycle on a thread of its own: generating a key takes the
+    // token for a while, which must not hold up audit checkpoints.
+    let keys_thread = {
+        let service = service.clone();
+        let stop = checkpoints_stop.clone();
+        let interval = Duration::from_millis(server.keys.lifecycle_interval_ms);
+        // A node that stops renewing gives the lease up after three rounds.
+        let lease_ms = 3 * server.keys.lifecycle_interval_ms as i64;
+        std::thread::Builder::new()
+            .name("dojang-keys".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    service.keys_tick(time::OffsetDateTime::now_utc(), lease_ms);
+                    std::thread::sleep(interval);
+                }
+            })
+            .context("starting the key lifecycle thread")?
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -268,6 +287,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // The last entries of this run, covered by a final checkpoint.
     checkpoints_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = checkpointer.join();
+    let _ = keys_thread.join();
     service_for_stop.record_event("stop", "ok");
     let _ = service_for_stop.checkpoint();
     tracing::info!("stopped");

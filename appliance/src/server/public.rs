@@ -60,7 +60,7 @@ impl Public {
         match path {
             "/.well-known/jwks.json" => (
                 "/.well-known/jwks.json",
-                Ok(("application/jwk-set+json", current.jwks.clone(), 300)),
+                Ok(("application/jwk-set+json", current.keys.jwks.clone(), 300)),
             ),
             "/.well-known/jwt-vc-issuer" => {
                 let body = serde_json::json!({
@@ -79,6 +79,7 @@ impl Public {
             "/iaca.crl" => (
                 "/iaca.crl",
                 current
+                    .keys
                     .crl_pem
                     .clone()
                     .map(|c| ("application/x-pem-file", c, 300))
@@ -92,6 +93,7 @@ impl Public {
                     return (
                         "/ds/{label}.pem",
                         current
+                            .keys
                             .ds_pem
                             .get(label)
                             .map(|c| ("application/x-pem-file", c.clone(), 3600))

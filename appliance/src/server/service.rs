@@ -16,12 +16,14 @@ use pkcs11_shim::{KeyBackend, KeyPurpose, PublicKey};
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::key_lifecycle::KeyView;
 use super::metrics::Metrics;
 use super::ratelimit::RateCounter;
 use super::settings::{ServerConfig, ServiceKeys};
 use crate::config::CredentialConfig;
 use crate::credential::DocumentSigner;
-use crate::pki::PkiStore;
+use crate::keys::lifecycle::KeyState;
+use crate::pki::{PkiConfig, PkiStore};
 use crate::status::{StatusList, sign_token};
 use crate::store::{Registry, STATUS_LIST_SIZE, StatusRange};
 
@@ -41,16 +43,23 @@ const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
 pub struct Current {
     /// The issuance policy.
     pub policy: Arc<Policy>,
-    /// The DS key that signs, or why there is none (readiness says so).
-    pub signer: Result<Arc<DocumentSigner<'static>>, String>,
-    /// `/.well-known/jwks.json`.
-    pub jwks: Vec<u8>,
+    /// Signers and published documents from the registry's keys (also
+    /// swapped on its own when the keys change).
+    pub keys: Arc<KeyView>,
     /// IACA certificate (PEM).
     pub iaca_pem: Vec<u8>,
-    /// IACA CRL (PEM), if one was issued.
-    pub crl_pem: Option<Vec<u8>>,
-    /// DS certificates by label (PEM).
-    pub ds_pem: HashMap<String, Vec<u8>>,
+}
+
+impl Current {
+    /// The DS key that signs at `now`.
+    pub fn signer(&self, now: OffsetDateTime) -> Result<&Arc<DocumentSigner<'static>>, String> {
+        self.keys.signer_at(now).ok_or_else(|| {
+            let mut why = vec!["no DS key can sign now".to_owned()];
+            why.extend(self.keys.revoked.iter().map(|l| format!("{l} revoked")));
+            why.extend(self.keys.problems.iter().cloned());
+            why.join("; ")
+        })
+    }
 }
 
 struct CachedToken {
@@ -75,7 +84,10 @@ pub struct Service {
     audit_settings: super::settings::AuditSettings,
     public_base: String,
     policy_path: PathBuf,
-    pki: PkiStore,
+    pub(crate) pki: PkiStore,
+    pub(crate) pki_config: PkiConfig,
+    /// Signatures per key label since the last flush: (count, latest expiry).
+    pub(crate) key_usage: Mutex<HashMap<String, (u64, i64)>>,
     current: RwLock<Arc<Current>>,
     statuses: Mutex<Option<(StatusRange, u64)>>,
     status_generation: AtomicU64,
@@ -121,7 +133,7 @@ impl Service {
         metrics: Arc<Metrics>,
         server: &ServerConfig,
         credential: CredentialConfig,
-        pki: PkiStore,
+        pki_config: PkiConfig,
     ) -> Result<Self, LoadError> {
         let audit =
             super::audit_log::AuditLog::new(backend, &server.keys.audit, &server.audit.origin)
@@ -138,17 +150,24 @@ impl Service {
             rate: RateCounter::default(),
             public_base: server.public.base_url.clone(),
             policy_path: server.policy.clone(),
-            pki,
+            pki: PkiStore::new(&pki_config.dir),
+            pki_config,
+            key_usage: Mutex::new(HashMap::new()),
             current: RwLock::new(Arc::new(Current {
                 policy: Arc::new(
                     Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
                         .map_err(|e| LoadError(e.to_string()))?,
                 ),
-                signer: Err("not loaded".into()),
-                jwks: Vec::new(),
+                keys: Arc::new(KeyView {
+                    signers: Vec::new(),
+                    problems: vec!["not loaded".into()],
+                    jwks: Vec::new(),
+                    ds_pem: HashMap::new(),
+                    crl_pem: None,
+                    revoked: Vec::new(),
+                    fingerprint: String::new(),
+                }),
                 iaca_pem: Vec::new(),
-                crl_pem: None,
-                ds_pem: HashMap::new(),
             })),
             statuses: Mutex::new(None),
             status_generation: AtomicU64::new(0),
@@ -199,94 +218,65 @@ impl Service {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Re-reads the policy, the PKI directory and picks the DS key. A bad
-    /// policy is refused and the old state stays.
+    /// Re-reads the policy, the IACA and the registry's keys (importing
+    /// the PKI directory's on the first start). A bad policy is refused and
+    /// the old state stays.
     pub fn reload(&self, now: OffsetDateTime) -> Result<(), LoadError> {
         let text = std::fs::read_to_string(&self.policy_path)
             .map_err(|e| LoadError(format!("{}: {e}", self.policy_path.display())))?;
         let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
-        let (iaca_der, _) = self
+        let (iaca_der, iaca) = self
             .pki
             .iaca()
             .map_err(|e| LoadError(format!("IACA: {e}")))?;
-        let certs = self
-            .pki
-            .ds_certificates()
-            .map_err(|e| LoadError(format!("DS certificates: {e}")))?;
-        let signer = self
-            .pki
-            .ds_for_signing(None, now)
-            .map_err(|e| e.to_string())
-            .and_then(|cert| {
-                DocumentSigner::new(self.backend, cert)
-                    .map(Arc::new)
-                    .map_err(|e| format!("DS key: {e}"))
-            });
-        let jwks = self.jwks(&iaca_der, &certs)?;
-        let crl_pem = std::fs::read(self.pki.crl_path()).ok();
-        let ds_pem = certs
-            .iter()
-            .map(|c| {
-                (
-                    c.label.clone(),
-                    crate::pki::cert_pem(&c.der)
-                        .unwrap_or_default()
-                        .into_bytes(),
-                )
-            })
-            .collect();
+        self.import_pki_directory(now)?;
+        let keys = self
+            .registry
+            .keys()
+            .map_err(|e| LoadError(format!("registry: {e}")))?;
+        let crl = self
+            .registry
+            .crl()
+            .map_err(|e| LoadError(format!("registry: {e}")))?;
+        let view = self.key_view(&iaca_der, &iaca, &keys, crl)?;
         let next = Current {
             policy: Arc::new(policy),
-            signer,
-            jwks,
+            keys: Arc::new(view),
             iaca_pem: crate::pki::cert_pem(&iaca_der)
                 .map_err(|e| LoadError(format!("IACA: {e}")))?
                 .into_bytes(),
-            crl_pem,
-            ds_pem,
         };
-        if let Err(e) = &next.signer {
+        if let Err(e) = next.signer(now) {
             tracing::warn!(error = %e, "no DS key can sign: issuance refused until one is ready");
         }
         // The one step that can fail comes before the swap: all or nothing.
         self.registry
             .set_free_quota(next.policy.free_quota)
             .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
-        match self.current.write() {
-            Ok(mut c) => *c = Arc::new(next),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
-        }
-        self.forget_readiness();
+        self.swap(|_| next);
         Ok(())
     }
 
-    /// JWKS: every DS key with its chain, and the status-list key.
-    fn jwks(
-        &self,
-        iaca_der: &[u8],
-        certs: &[crate::pki::DsCertificate],
-    ) -> Result<Vec<u8>, LoadError> {
-        let mut keys = Vec::new();
-        for cert in certs {
-            let public = openssl::x509::X509::from_der(&cert.der)
-                .and_then(|c| c.public_key())
-                .and_then(|k| k.public_key_to_der())
-                .map_err(|e| LoadError(format!("DS certificate {}: {e}", cert.label)))
-                .and_then(|spki| {
-                    PublicKey::from_spki_der(&spki)
-                        .map_err(|e| LoadError(format!("DS certificate {}: {e}", cert.label)))
-                })?;
-            keys.push(jwk_entry(&public, Some([&cert.der[..], iaca_der])));
-        }
-        let status = self
-            .backend
-            .find(&self.keys.status_list)
-            .map_err(|e| LoadError(format!("status-list key: {e}")))?;
-        if let Some(public) = &status.public_key {
-            keys.push(jwk_entry(public, None));
-        }
-        serde_json::to_vec(&json!({ "keys": keys })).map_err(|e| LoadError(e.to_string()))
+    /// Replaces the keys part of the current state.
+    pub(crate) fn swap_keys(&self, view: KeyView) {
+        let view = Arc::new(view);
+        self.swap(|old| Current {
+            policy: old.policy.clone(),
+            keys: view,
+            iaca_pem: old.iaca_pem.clone(),
+        });
+    }
+
+    fn swap(&self, next: impl FnOnce(&Current) -> Current) {
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let replacement = next(&slot);
+        *slot = Arc::new(replacement);
+        drop(slot);
+        self.forget_readiness();
     }
 
     /// The next status-list index for a new credential.
@@ -429,11 +419,9 @@ impl Service {
         let store = self.registry.ping();
         let now = OffsetDateTime::now_utc();
         let current = self.current();
-        let signing = match &current.signer {
-            Ok(s) if s.not_after() <= now => Err(format!("DS certificate {} expired", s.label())),
-            Ok(s) => Ok(format!("{} (kid {})", s.label(), s.kid())),
-            Err(e) => Err(e.clone()),
-        };
+        let signing = current
+            .signer(now)
+            .map(|s| format!("{} (kid {})", s.label(), s.kid()));
         let audit = self.registry.probe_write();
         let checks = vec![
             Check {
@@ -527,12 +515,15 @@ impl Service {
     pub fn refresh_gauges(&self) {
         let _ = self.readiness();
         let now = OffsetDateTime::now_utc();
-        if let Ok(certs) = self.pki.ds_certificates() {
-            for c in certs {
+        if let Ok(keys) = self.registry.keys() {
+            for k in keys
+                .iter()
+                .filter(|k| matches!(k.record.state, KeyState::Pending | KeyState::Active))
+            {
                 self.metrics
                     .ds_expiry_seconds
-                    .with_label_values(&[&c.label])
-                    .set((c.facts.not_after - now).whole_seconds());
+                    .with_label_values(&[&k.record.label])
+                    .set((k.record.cert_not_after - now).whole_seconds());
             }
         }
         if let Ok((used, quota)) = self.registry.free_quota() {
@@ -546,7 +537,7 @@ impl Service {
     }
 }
 
-fn jwk_entry(public: &PublicKey, chain: Option<[&[u8]; 2]>) -> serde_json::Value {
+pub(crate) fn jwk_entry(public: &PublicKey, chain: Option<[&[u8]; 2]>) -> serde_json::Value {
     let jwk = public.jwk();
     let mut entry = json!({
         "kty": jwk.kty,

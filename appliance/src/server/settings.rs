@@ -188,6 +188,14 @@ pub struct ServiceKeys {
     /// The key audit checkpoints are signed with.
     #[serde(default = "default_audit_key")]
     pub audit: String,
+    /// How often the key lifecycle runs (rotation schedule, usage counts,
+    /// taking up other nodes' changes), in milliseconds.
+    #[serde(default = "default_lifecycle_interval")]
+    pub lifecycle_interval_ms: u64,
+}
+
+fn default_lifecycle_interval() -> u64 {
+    1000
 }
 
 impl Default for ServiceKeys {
@@ -196,6 +204,7 @@ impl Default for ServiceKeys {
             pseudonym: default_pseudonym_key(),
             status_list: default_status_key(),
             audit: default_audit_key(),
+            lifecycle_interval_ms: default_lifecycle_interval(),
         }
     }
 }

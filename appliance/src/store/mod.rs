@@ -11,11 +11,15 @@
 //! The registry holds no personal data: holders are HMAC pseudonyms computed
 //! in the HSM, phones are JWK thumbprints.
 
+mod keyring;
 mod postgres;
 mod sqlite;
 
 use std::fmt;
 
+pub use self::keyring::{
+    DS_CHAIN, KeyRegistry, KeyRevocation, StoredKey, StoredProposal, revoked_serials,
+};
 pub use self::postgres::PostgresRegistry;
 pub use self::sqlite::SqliteRegistry;
 
@@ -54,7 +58,7 @@ impl CredentialState {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
         Ok(match text {
             "active" => CredentialState::Active,
             "suspended" => CredentialState::Suspended,
@@ -285,7 +289,7 @@ pub enum StoreError {
 }
 
 /// The registry.
-pub trait Registry: Send + Sync {
+pub trait Registry: KeyRegistry + Send + Sync {
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
     /// Sets the free first-time quota (from the policy); never below what was used.

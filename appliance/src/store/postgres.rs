@@ -12,6 +12,9 @@ use postgres::error::SqlState;
 use postgres::{Client, Transaction};
 use postgres_openssl::MakeTlsConnector;
 
+use crate::keys::lifecycle::KeyState;
+
+use super::keyring::{self, KeyRegistry, KeyRevocation, StoredKey, StoredProposal};
 use super::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
@@ -113,6 +116,31 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 4: the claims' HMAC, which a refresh must match.
     "ALTER TABLE credentials ADD COLUMN claims_mac BYTEA;",
+    // 5: signing keys, leases, officer proposals, the IACA's CRL.
+    "CREATE TABLE signing_keys (
+        label TEXT PRIMARY KEY,
+        chain TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired', 'destroyed')),
+        created_at BIGINT NOT NULL,
+        activate_at BIGINT NOT NULL,
+        certificate BYTEA,
+        cert_not_after BIGINT NOT NULL,
+        signatures BIGINT NOT NULL DEFAULT 0,
+        last_valid_until BIGINT,
+        revoked_reason TEXT,
+        revoked_at BIGINT
+    );
+    CREATE UNIQUE INDEX one_pending_key ON signing_keys (chain) WHERE state = 'pending';
+    CREATE UNIQUE INDEX one_active_key ON signing_keys (chain) WHERE state = 'active';
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL);
+    CREATE TABLE proposals (
+        id TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE TABLE pki_documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
 ];
 
 /// The registry in a PostgreSQL database (or schema).
@@ -137,6 +165,13 @@ fn map_err(e: postgres::Error) -> StoreError {
                 },
                 Some("idempotency_pkey") => StoreError::Conflict {
                     rule: "idempotency.key",
+                },
+                Some("signing_keys_pkey") => StoreError::Conflict { rule: "keys.label" },
+                Some("one_pending_key") => StoreError::Conflict {
+                    rule: "keys.one_pending",
+                },
+                Some("one_active_key") => StoreError::Conflict {
+                    rule: "keys.one_active",
                 },
                 _ => StoreError::Internal(db.message().to_owned()),
             };
@@ -923,6 +958,275 @@ impl Registry for PostgresRegistry {
             tx.execute("DELETE FROM audit_queue WHERE id = $1", &[&id])
                 .map(|_| ())
                 .map_err(map_err)
+        })
+    }
+}
+
+const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, certificate,
+    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at";
+
+fn key_row(r: &postgres::Row) -> Result<StoredKey, StoreError> {
+    let revoked_reason: Option<String> = r.get(10);
+    let revoked_at: Option<i64> = r.get(11);
+    let last: Option<i64> = r.get(9);
+    Ok(StoredKey {
+        chain: r.get(1),
+        kid: r.get(2),
+        certificate: r.get(6),
+        record: crate::keys::lifecycle::KeyRecord {
+            label: r.get(0),
+            state: keyring::state_from(r.get(3))?,
+            created_at: keyring::time_from(r.get(4))?,
+            activate_at: keyring::time_from(r.get(5))?,
+            cert_not_after: keyring::time_from(r.get(7))?,
+            signatures: r.get::<_, i64>(8) as u64,
+            last_signature_valid_until: last.map(keyring::time_from).transpose()?,
+            revoked: revoked_at.is_some(),
+        },
+        revocation: match (revoked_reason, revoked_at) {
+            (Some(reason), Some(at)) => Some((reason, keyring::time_from(at)?)),
+            _ => None,
+        },
+    })
+}
+
+impl KeyRegistry for PostgresRegistry {
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.with_tx(|tx| {
+            tx.query(
+                &format!("SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, label"),
+                &[],
+            )
+            .map_err(map_err)?
+            .iter()
+            .map(key_row)
+            .collect()
+        })
+    }
+
+    fn add_key(&self, key: &StoredKey, decision: DecisionRecord) -> Result<(), StoreError> {
+        let r = &key.record;
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    &format!(
+                        "INSERT INTO signing_keys ({KEY_COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL)"
+                    ),
+                    &[
+                        &r.label,
+                        &key.chain,
+                        &key.kid,
+                        &r.state.as_str(),
+                        &r.created_at.unix_timestamp(),
+                        &r.activate_at.unix_timestamp(),
+                        &key.certificate,
+                        &r.cert_not_after.unix_timestamp(),
+                        &(r.signatures as i64),
+                        &r.last_signature_valid_until.map(|t| t.unix_timestamp()),
+                    ],
+                )
+                .map_err(map_err)?;
+            insert_decision(tx, &decision, None, None)
+        })
+    }
+
+    fn move_keys(
+        &self,
+        moves: &[(String, KeyState, KeyState)],
+        at: time::OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let at = at.unix_timestamp();
+        self.with_tx(|tx| {
+            for (label, from, to) in moves {
+                let changed = tx
+                    .execute(
+                        "UPDATE signing_keys SET state = $1,
+                            activate_at = CASE WHEN $1 = 'active' THEN LEAST(activate_at, $4) ELSE activate_at END
+                         WHERE label = $2 AND state = $3",
+                        &[&to.as_str(), label, &from.as_str(), &at],
+                    )
+                    .map_err(map_err)?;
+                if changed != 1 {
+                    return Err(StoreError::Conflict { rule: "keys.state" });
+                }
+            }
+            insert_decision(tx, &decision, None, None)
+        })
+    }
+
+    fn revoke_key(
+        &self,
+        revocation: &KeyRevocation,
+        decision: DecisionRecord,
+    ) -> Result<u64, StoreError> {
+        self.with_tx(|tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT state, kid FROM signing_keys WHERE label = $1 FOR UPDATE",
+                    &[&revocation.label],
+                )
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            let state = keyring::state_from(row.get(0))?;
+            let kid: String = row.get(1);
+            if state == KeyState::Destroyed {
+                return Err(StoreError::Conflict { rule: "keys.state" });
+            }
+            let retire = matches!(state, KeyState::Pending | KeyState::Active);
+            let _ = tx
+                .execute(
+                    "UPDATE signing_keys SET revoked_reason = $1, revoked_at = $2,
+                        state = CASE WHEN $3 THEN 'retired' ELSE state END
+                     WHERE label = $4 AND revoked_at IS NULL",
+                    &[
+                        &revocation.reason,
+                        &revocation.at.unix_timestamp(),
+                        &retire,
+                        &revocation.label,
+                    ],
+                )
+                .map_err(map_err)?;
+            let mut changed = 0;
+            if let Some(to) = revocation.credentials {
+                let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
+                changed = tx
+                    .execute(
+                        "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
+                        &[&to.as_str(), &kid, &from],
+                    )
+                    .map_err(map_err)?;
+            }
+            insert_decision(tx, &decision, None, None)?;
+            Ok(changed)
+        })
+    }
+
+    fn add_key_usage(
+        &self,
+        label: &str,
+        signatures: u64,
+        last_valid_until: i64,
+    ) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    "UPDATE signing_keys SET signatures = signatures + $1,
+                        last_valid_until = GREATEST(last_valid_until, $2)
+                     WHERE label = $3",
+                    &[&(signatures as i64), &last_valid_until, &label],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.with_tx(|tx| {
+            let changed = tx
+                .execute(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms < $4",
+                    &[&name, &holder, &(now_ms + ttl_ms), &now_ms],
+                )
+                .map_err(map_err)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn add_proposal(
+        &self,
+        proposal: &crate::keys::approvals::Proposal,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let body = keyring::proposal_json(proposal)?;
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    "INSERT INTO proposals (id, created_at, body, version) VALUES ($1, $2, $3, 1)",
+                    &[&proposal.id, &proposal.created_at.unix_timestamp(), &body],
+                )
+                .map_err(map_err)?;
+            insert_decision(tx, &decision, None, None)
+        })
+    }
+
+    fn update_proposal(
+        &self,
+        proposal: &crate::keys::approvals::Proposal,
+        version: i64,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let body = keyring::proposal_json(proposal)?;
+        self.with_tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE proposals SET body = $1, version = version + 1 WHERE id = $2 AND version = $3",
+                    &[&body, &proposal.id, &version],
+                )
+                .map_err(map_err)?;
+            if changed != 1 {
+                return Err(StoreError::Conflict {
+                    rule: "approvals.concurrent",
+                });
+            }
+            insert_decision(tx, &decision, None, None)
+        })
+    }
+
+    fn proposal(&self, id: &str) -> Result<StoredProposal, StoreError> {
+        self.with_tx(|tx| {
+            let row = tx
+                .query_opt("SELECT body, version FROM proposals WHERE id = $1", &[&id])
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            keyring::proposal_from(row.get(0), row.get(1))
+        })
+    }
+
+    fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError> {
+        self.with_tx(|tx| {
+            tx.query(
+                "SELECT body, version FROM proposals ORDER BY created_at DESC, id LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .map_err(map_err)?
+            .iter()
+            .map(|r| keyring::proposal_from(r.get(0), r.get(1)))
+            .collect()
+        })
+    }
+
+    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let _ = tx
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES ('iaca.crl', $1)
+                     ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                    &[&pem],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn crl(&self) -> Result<Option<String>, StoreError> {
+        self.with_tx(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT body FROM pki_documents WHERE name = 'iaca.crl'",
+                    &[],
+                )
+                .map_err(map_err)?
+                .map(|r| r.get(0)))
         })
     }
 }

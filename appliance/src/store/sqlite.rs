@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use crate::keys::lifecycle::KeyState;
+
+use super::keyring::{self, KeyRegistry, KeyRevocation, StoredKey, StoredProposal};
 use super::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
@@ -106,6 +109,31 @@ const MIGRATIONS: &[&str] = &[
     // row (never updated here) goes; readiness writes a row of its own.
     "DROP TABLE audit_head;
     CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
+    // 5: signing keys, leases, officer proposals, the IACA's CRL.
+    "CREATE TABLE signing_keys (
+        label TEXT PRIMARY KEY,
+        chain TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired', 'destroyed')),
+        created_at INTEGER NOT NULL,
+        activate_at INTEGER NOT NULL,
+        certificate BLOB,
+        cert_not_after INTEGER NOT NULL,
+        signatures INTEGER NOT NULL DEFAULT 0,
+        last_valid_until INTEGER,
+        revoked_reason TEXT,
+        revoked_at INTEGER
+    );
+    CREATE UNIQUE INDEX one_pending_key ON signing_keys (chain) WHERE state = 'pending';
+    CREATE UNIQUE INDEX one_active_key ON signing_keys (chain) WHERE state = 'active';
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
+    CREATE TABLE proposals (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE pki_documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
 ];
 
 /// The registry in one SQLite file.
@@ -842,6 +870,321 @@ impl Registry for SqliteRegistry {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+    }
+}
+
+const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, certificate,
+    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at";
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredKey, StoreError>> {
+    let state: String = r.get(3)?;
+    let revoked_reason: Option<String> = r.get(10)?;
+    let revoked_at: Option<i64> = r.get(11)?;
+    let last: Option<i64> = r.get(9)?;
+    let (created_at, activate_at, not_after): (i64, i64, i64) = (r.get(4)?, r.get(5)?, r.get(7)?);
+    let signatures: i64 = r.get(8)?;
+    let (label, chain, kid, certificate): (String, String, String, Option<Vec<u8>>) =
+        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(6)?);
+    Ok((|| {
+        Ok(StoredKey {
+            chain,
+            kid,
+            certificate,
+            record: crate::keys::lifecycle::KeyRecord {
+                label,
+                state: keyring::state_from(&state)?,
+                created_at: keyring::time_from(created_at)?,
+                activate_at: keyring::time_from(activate_at)?,
+                cert_not_after: keyring::time_from(not_after)?,
+                signatures: signatures as u64,
+                last_signature_valid_until: last.map(keyring::time_from).transpose()?,
+                revoked: revoked_at.is_some(),
+            },
+            revocation: match (revoked_reason, revoked_at) {
+                (Some(reason), Some(at)) => Some((reason, keyring::time_from(at)?)),
+                _ => None,
+            },
+        })
+    })())
+}
+
+fn key_state(conn: &Connection, label: &str) -> Result<Option<(String, String)>, StoreError> {
+    conn.prepare_cached("SELECT state, kid FROM signing_keys WHERE label = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![label], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(map_err)
+}
+
+impl KeyRegistry for SqliteRegistry {
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, label"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map([], key_row).map_err(map_err)?;
+            rows.map(|r| r.map_err(map_err).and_then(|k| k)).collect()
+        })
+    }
+
+    fn add_key(&self, key: &StoredKey, decision: DecisionRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |conn| {
+            let r = &key.record;
+            if key_state(conn, &r.label)?.is_some() {
+                return Err(StoreError::Conflict { rule: "keys.label" });
+            }
+            let busy: bool = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM signing_keys WHERE chain = ?1 AND state = ?2)",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![key.chain, r.state.as_str()], |row| row.get(0))
+                })
+                .map_err(map_err)?;
+            if busy && matches!(r.state, KeyState::Pending | KeyState::Active) {
+                return Err(StoreError::Conflict {
+                    rule: if r.state == KeyState::Pending {
+                        "keys.one_pending"
+                    } else {
+                        "keys.one_active"
+                    },
+                });
+            }
+            let _ = conn
+                .execute(
+                    &format!(
+                        "INSERT INTO signing_keys ({KEY_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL)"
+                    ),
+                    params![
+                        r.label,
+                        key.chain,
+                        key.kid,
+                        r.state.as_str(),
+                        r.created_at.unix_timestamp(),
+                        r.activate_at.unix_timestamp(),
+                        key.certificate,
+                        r.cert_not_after.unix_timestamp(),
+                        r.signatures as i64,
+                        r.last_signature_valid_until.map(|t| t.unix_timestamp()),
+                    ],
+                )
+                .map_err(map_err)?;
+            insert_decision(conn, &decision, None, None)
+        })
+    }
+
+    fn move_keys(
+        &self,
+        moves: &[(String, KeyState, KeyState)],
+        at: time::OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let at = at.unix_timestamp();
+        let moves = moves.to_vec();
+        self.write(move |conn| {
+            for (label, from, to) in &moves {
+                let changed = conn
+                    .execute(
+                        "UPDATE signing_keys SET state = ?1,
+                            activate_at = CASE WHEN ?1 = 'active' THEN MIN(activate_at, ?4) ELSE activate_at END
+                         WHERE label = ?2 AND state = ?3",
+                        params![to.as_str(), label, from.as_str(), at],
+                    )
+                    .map_err(map_err)?;
+                if changed != 1 {
+                    return Err(StoreError::Conflict { rule: "keys.state" });
+                }
+            }
+            insert_decision(conn, &decision, None, None)
+        })
+    }
+
+    fn revoke_key(
+        &self,
+        revocation: &KeyRevocation,
+        decision: DecisionRecord,
+    ) -> Result<u64, StoreError> {
+        let revocation = revocation.clone();
+        self.write(move |conn| {
+            let Some((state, kid)) = key_state(conn, &revocation.label)? else {
+                return Err(StoreError::NotFound);
+            };
+            let state = keyring::state_from(&state)?;
+            if state == KeyState::Destroyed {
+                return Err(StoreError::Conflict { rule: "keys.state" });
+            }
+            let retire = matches!(state, KeyState::Pending | KeyState::Active);
+            let _ = conn
+                .execute(
+                    "UPDATE signing_keys SET revoked_reason = ?1, revoked_at = ?2,
+                        state = CASE WHEN ?3 THEN 'retired' ELSE state END
+                     WHERE label = ?4 AND revoked_at IS NULL",
+                    params![
+                        revocation.reason,
+                        revocation.at.unix_timestamp(),
+                        retire,
+                        revocation.label
+                    ],
+                )
+                .map_err(map_err)?;
+            let mut changed = 0;
+            if let Some(to) = revocation.credentials {
+                for from in keyring::revocation_sources(to) {
+                    changed += conn
+                        .execute(
+                            "UPDATE credentials SET state = ?1 WHERE kid = ?2 AND state = ?3",
+                            params![to.as_str(), kid, from],
+                        )
+                        .map_err(map_err)? as u64;
+                }
+            }
+            insert_decision(conn, &decision, None, None)?;
+            Ok(changed)
+        })
+    }
+
+    fn add_key_usage(
+        &self,
+        label: &str,
+        signatures: u64,
+        last_valid_until: i64,
+    ) -> Result<(), StoreError> {
+        let label = label.to_owned();
+        self.write(move |conn| {
+            let _ = conn
+                .execute(
+                    "UPDATE signing_keys SET signatures = signatures + ?1,
+                        last_valid_until = MAX(COALESCE(last_valid_until, ?2), ?2)
+                     WHERE label = ?3",
+                    params![signatures as i64, last_valid_until, label],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            let changed = conn
+                .execute(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms < ?4",
+                    params![name, holder, now_ms + ttl_ms, now_ms],
+                )
+                .map_err(map_err)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn add_proposal(
+        &self,
+        proposal: &crate::keys::approvals::Proposal,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let body = keyring::proposal_json(proposal)?;
+        let (id, created) = (proposal.id.clone(), proposal.created_at.unix_timestamp());
+        self.write(move |conn| {
+            let _ = conn
+                .execute(
+                    "INSERT INTO proposals (id, created_at, body, version) VALUES (?1, ?2, ?3, 1)",
+                    params![id, created, body],
+                )
+                .map_err(map_err)?;
+            insert_decision(conn, &decision, None, None)
+        })
+    }
+
+    fn update_proposal(
+        &self,
+        proposal: &crate::keys::approvals::Proposal,
+        version: i64,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let body = keyring::proposal_json(proposal)?;
+        let id = proposal.id.clone();
+        self.write(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE proposals SET body = ?1, version = version + 1 WHERE id = ?2 AND version = ?3",
+                    params![body, id, version],
+                )
+                .map_err(map_err)?;
+            if changed != 1 {
+                return Err(StoreError::Conflict {
+                    rule: "approvals.concurrent",
+                });
+            }
+            insert_decision(conn, &decision, None, None)
+        })
+    }
+
+    fn proposal(&self, id: &str) -> Result<StoredProposal, StoreError> {
+        self.read(|conn| {
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT body, version FROM proposals WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(map_err)?;
+            let (body, version) = row.ok_or(StoreError::NotFound)?;
+            keyring::proposal_from(&body, version)
+        })
+    }
+
+    fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT body, version FROM proposals ORDER BY created_at DESC, id LIMIT ?1",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(map_err)?;
+            rows.map(|r| {
+                r.map_err(map_err)
+                    .and_then(|(body, version)| keyring::proposal_from(&body, version))
+            })
+            .collect()
+        })
+    }
+
+    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
+        let pem = pem.to_owned();
+        self.write(move |conn| {
+            let _ = conn
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES ('iaca.crl', ?1)
+                     ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                    params![pem],
+                )
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn crl(&self) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM pki_documents WHERE name = 'iaca.crl'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                .map_err(map_err)
+        })
     }
 }
 

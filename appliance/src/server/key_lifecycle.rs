@@ -1,0 +1,615 @@
+//! The key lifecycle in the daemon: the registry's key records are the
+//! truth every node reads; one node at a time (the holder of the `keys`
+//! lease) acts on the plan [`crate::keys::lifecycle::plan`] computes from
+//! them and the policy's rules; every node signs with the key whose
+//! activation time has come, so nodes switch together without talking.
+//!
+//! The first start imports the DS certificates `dojangctl pki init` wrote;
+//! after that keys come only from this module: the schedule, or officers'
+//! approved proposals ([`super::officers`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openssl::x509::{X509, X509Crl};
+use pkcs11_shim::{Algorithm, PublicKey};
+use time::OffsetDateTime;
+
+use super::service::{LoadError, Service};
+use crate::credential::DocumentSigner;
+use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, plan};
+use crate::pki::profile::CertFacts;
+use crate::pki::{DsCertificate, ceremony, profile};
+use crate::store::{
+    DS_CHAIN, DecisionRecord, KeyRevocation, StoreError, StoredKey, revoked_serials,
+};
+
+/// The lease the acting node holds; it outlives a few missed ticks.
+const LEASE: &str = "keys";
+
+/// A DS key that signs from `from` (its activation time).
+pub struct ScheduledSigner {
+    /// Activation time.
+    pub from: OffsetDateTime,
+    /// The signer.
+    pub signer: Arc<DocumentSigner<'static>>,
+}
+
+/// What the registry's keys give the listeners (swapped with `Current`).
+pub struct KeyView {
+    /// Signers by activation, oldest first.
+    pub signers: Vec<ScheduledSigner>,
+    /// Why a key that should sign cannot (readiness reports it).
+    pub problems: Vec<String>,
+    /// `/.well-known/jwks.json`.
+    pub jwks: Vec<u8>,
+    /// DS certificates by label (PEM), every published key.
+    pub ds_pem: HashMap<String, Vec<u8>>,
+    /// The IACA's CRL (PEM).
+    pub crl_pem: Option<Vec<u8>>,
+    /// Revoked keys (labels): readiness reports them until a successor signs.
+    pub revoked: Vec<String>,
+    /// The key states this view was built from.
+    pub fingerprint: String,
+}
+
+impl KeyView {
+    /// The signer for `now`: the latest activated, certificate still valid.
+    pub fn signer_at(&self, now: OffsetDateTime) -> Option<&Arc<DocumentSigner<'static>>> {
+        self.signers
+            .iter()
+            .rev()
+            .find(|s| s.from <= now && s.signer.not_after() > now)
+            .map(|s| &s.signer)
+    }
+}
+
+/// The states and revocations of every key, to notice a change.
+fn fingerprint(keys: &[StoredKey], crl: Option<&str>) -> String {
+    let mut text = String::new();
+    for k in keys {
+        text.push_str(&format!(
+            "{}:{}:{}:{};",
+            k.record.label,
+            k.record.state.as_str(),
+            k.record.activate_at.unix_timestamp(),
+            k.record.revoked
+        ));
+    }
+    text.push_str(&format!("crl:{}", crl.map_or(0, str::len)));
+    if let Some(crl) = crl {
+        text.push_str(&hex(&openssl::sha::sha256(crl.as_bytes())));
+    }
+    text
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The public key a certificate certifies.
+fn cert_public_key(der: &[u8]) -> Result<PublicKey, String> {
+    let spki = X509::from_der(der)
+        .and_then(|c| c.public_key())
+        .and_then(|k| k.public_key_to_der())
+        .map_err(|e| e.to_string())?;
+    PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
+}
+
+fn store_problem(e: StoreError) -> String {
+    format!("registry: {e}")
+}
+
+impl Service {
+    /// The rotation rules for DS keys from the policy and the configuration.
+    pub(crate) fn rotation_rules(&self) -> RotationRules {
+        let keys = self.current().policy.keys;
+        RotationRules {
+            every: keys.rotate_every,
+            max_signatures: keys.max_signatures,
+            prepublish: keys.prepublish,
+            min_cert_remaining: time::Duration::days(i64::from(
+                self.credential.signature_validity_days,
+            )),
+            retention_margin: keys.retention_margin,
+        }
+    }
+
+    /// First start: the registry has no DS key yet, so the certificates
+    /// `dojangctl pki init` / `pki issue-ds` wrote are taken in; the newest
+    /// valid one signs, older ones are retired. Later files are not taken
+    /// in (a key enters only through the schedule or officers' approval).
+    pub(crate) fn import_pki_directory(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+        let keys = self
+            .registry
+            .keys()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        let certs = self
+            .pki
+            .ds_certificates()
+            .map_err(|e| LoadError(format!("DS certificates: {e}")))?;
+        if keys.iter().any(|k| k.chain == DS_CHAIN) {
+            for cert in certs
+                .iter()
+                .filter(|c| !keys.iter().any(|k| k.record.label == c.label))
+            {
+                tracing::warn!(
+                    label = %cert.label,
+                    "a DS certificate in the PKI directory is not in the registry and is ignored: new keys come from rotation (dojangctl keys rotate)"
+                );
+            }
+            return Ok(());
+        }
+        let signing = certs
+            .iter()
+            .rev()
+            .find(|c| c.facts.not_before <= now && now < c.facts.not_after)
+            .map(|c| c.label.clone());
+        for cert in &certs {
+            let state = if Some(&cert.label) == signing.as_ref() {
+                KeyState::Active
+            } else {
+                KeyState::Retired
+            };
+            let kid = cert_public_key(&cert.der).map_err(LoadError)?.kid();
+            let key = StoredKey {
+                chain: DS_CHAIN.into(),
+                kid: kid.clone(),
+                certificate: Some(cert.der.clone()),
+                record: KeyRecord {
+                    label: cert.label.clone(),
+                    state,
+                    created_at: cert.facts.not_before,
+                    activate_at: cert.facts.not_before,
+                    cert_not_after: cert.facts.not_after,
+                    signatures: 0,
+                    // Unknown: what it signed may still be valid, so it
+                    // stays published until destroyed by officers.
+                    last_signature_valid_until: None,
+                    revoked: false,
+                },
+                revocation: None,
+            };
+            let decision = self.key_decision("keys.import", state.as_str(), &cert.label, &kid, now);
+            match self.registry.add_key(&key, decision) {
+                // Another node imported it first.
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(LoadError(store_problem(e))),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn key_decision(
+        &self,
+        action: &str,
+        outcome: &str,
+        label: &str,
+        kid: &str,
+        now: OffsetDateTime,
+    ) -> DecisionRecord {
+        DecisionRecord {
+            rule: Some(format!("key {label}")),
+            key_id: Some(kid.to_owned()),
+            ..self.decision("dojangd", action, outcome, &self.current().policy.hash, now)
+        }
+    }
+
+    /// Builds what the listeners need from the registry's keys.
+    pub(crate) fn key_view(
+        &self,
+        iaca_der: &[u8],
+        iaca: &CertFacts,
+        keys: &[StoredKey],
+        crl: Option<String>,
+    ) -> Result<KeyView, LoadError> {
+        let mut signers = Vec::new();
+        let mut problems = Vec::new();
+        let mut jwks = Vec::new();
+        let mut ds_pem = HashMap::new();
+        let mut revoked = Vec::new();
+        for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
+            let r = &key.record;
+            if r.state == KeyState::Destroyed {
+                continue;
+            }
+            let Some(der) = &key.certificate else {
+                problems.push(format!("DS key {} has no certificate", r.label));
+                continue;
+            };
+            if r.revoked {
+                revoked.push(r.label.clone());
+            }
+            let public = cert_public_key(der)
+                .map_err(|e| LoadError(format!("DS certificate {}: {e}", r.label)))?;
+            jwks.push(super::service::jwk_entry(
+                &public,
+                Some([&der[..], iaca_der]),
+            ));
+            let _ = ds_pem.insert(
+                r.label.clone(),
+                crate::pki::cert_pem(der)
+                    .map_err(|e| LoadError(e.to_string()))?
+                    .into_bytes(),
+            );
+            if r.revoked || !matches!(r.state, KeyState::Pending | KeyState::Active) {
+                continue;
+            }
+            let facts = match profile::check_ds(der, Some(iaca)) {
+                Ok(facts) => facts,
+                Err(e) => {
+                    problems.push(format!("DS certificate {}: {e}", r.label));
+                    continue;
+                }
+            };
+            let cert = DsCertificate {
+                label: r.label.clone(),
+                der: der.clone(),
+                facts,
+            };
+            match DocumentSigner::new(self.backend, cert) {
+                Ok(signer) => signers.push(ScheduledSigner {
+                    from: r.activate_at,
+                    signer: Arc::new(signer),
+                }),
+                Err(e) => problems.push(format!("DS key {}: {e}", r.label)),
+            }
+        }
+        signers.sort_by_key(|s| s.from);
+        let status = self
+            .backend
+            .find(&self.keys.status_list)
+            .map_err(|e| LoadError(format!("status-list key: {e}")))?;
+        if let Some(public) = &status.public_key {
+            jwks.push(super::service::jwk_entry(public, None));
+        }
+        let fingerprint = fingerprint(keys, crl.as_deref());
+        let crl_pem = crl
+            .map(String::into_bytes)
+            .or_else(|| std::fs::read(self.pki.crl_path()).ok());
+        Ok(KeyView {
+            signers,
+            problems,
+            jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+                .map_err(|e| LoadError(e.to_string()))?,
+            ds_pem,
+            crl_pem,
+            revoked,
+            fingerprint,
+        })
+    }
+
+    /// One round: count signatures, act on the plan if this node holds the
+    /// lease, and take up any change another node made.
+    pub fn keys_tick(&self, now: OffsetDateTime, lease_ms: i64) {
+        self.flush_key_usage();
+        let leader = self
+            .registry
+            .lease(LEASE, &self.node_id, now.unix_timestamp() * 1000, lease_ms)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "key lease");
+                false
+            });
+        if leader {
+            if let Err(e) = self.act_on_plan(now) {
+                tracing::warn!(error = %e, "key lifecycle round failed; retried next round");
+            }
+            if let Err(e) = self.keep_crl_fresh(now) {
+                tracing::warn!(error = %e, "refreshing the CRL failed; retried next round");
+            }
+        }
+        if let Err(e) = self.refresh_keys(false) {
+            tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");
+        }
+    }
+
+    /// Re-reads the registry's keys; swaps the view if anything changed (or
+    /// always, with `force`).
+    pub(crate) fn refresh_keys(&self, force: bool) -> Result<(), LoadError> {
+        let keys = self
+            .registry
+            .keys()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        let crl = self
+            .registry
+            .crl()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        let current = self.current();
+        if !force && fingerprint(&keys, crl.as_deref()) == current.keys.fingerprint {
+            return Ok(());
+        }
+        let (iaca_der, iaca) = self
+            .pki
+            .iaca()
+            .map_err(|e| LoadError(format!("IACA: {e}")))?;
+        let view = self.key_view(&iaca_der, &iaca, &keys, crl)?;
+        self.swap_keys(view);
+        Ok(())
+    }
+
+    fn act_on_plan(&self, now: OffsetDateTime) -> Result<(), String> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        let ds: Vec<KeyRecord> = keys
+            .iter()
+            .filter(|k| k.chain == DS_CHAIN)
+            .map(|k| k.record.clone())
+            .collect();
+        if ds.is_empty() {
+            // Not imported yet (no `pki init`): nothing to plan from.
+            return Ok(());
+        }
+        for action in plan(&ds, &self.rotation_rules(), now) {
+            let outcome = match &action {
+                Action::GeneratePending {
+                    activate_at,
+                    reason,
+                } => self.generate_ds_key(*activate_at, reason, now).map(|_| ()),
+                Action::Activate { label } => self.activate_key(&keys, label, now),
+                Action::Retire { label, reason } => self.retire_key(&keys, label, reason, now),
+                Action::Destroy { label } => self.destroy_key(&keys, label, now),
+            };
+            let name = match &action {
+                Action::GeneratePending { .. } => "generate",
+                Action::Activate { .. } => "activate",
+                Action::Retire { .. } => "retire",
+                Action::Destroy { .. } => "destroy",
+            };
+            self.metrics
+                .key_actions
+                .with_label_values(&[name, if outcome.is_ok() { "ok" } else { "error" }])
+                .inc();
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// Generates a DS key and its certificate and records it pending until
+    /// `activate_at`; returns its label.
+    pub(crate) fn generate_ds_key(
+        &self,
+        activate_at: OffsetDateTime,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<String, String> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        let algorithm = self
+            .current()
+            .keys
+            .signers
+            .last()
+            .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm());
+        let mut random = [0u8; 3];
+        openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
+        let label = format!("ds-{}-{}", now.unix_timestamp(), hex(&random));
+        if keys.iter().any(|k| k.record.label == label) {
+            return Err(format!("label {label} is taken"));
+        }
+        let (der, facts, _) = self
+            .metrics
+            .hsm("generate_ds_key", || {
+                ceremony::document_signer_in_token(
+                    self.backend,
+                    &self.pki_config,
+                    &label,
+                    algorithm,
+                    now,
+                )
+            })
+            .map_err(|e| format!("generating {label}: {e}"))?;
+        let kid = cert_public_key(&der)?.kid();
+        let key = StoredKey {
+            chain: DS_CHAIN.into(),
+            kid: kid.clone(),
+            certificate: Some(der),
+            record: KeyRecord {
+                label: label.clone(),
+                state: KeyState::Pending,
+                created_at: now,
+                activate_at,
+                cert_not_after: facts.not_after,
+                signatures: 0,
+                last_signature_valid_until: None,
+                revoked: false,
+            },
+            revocation: None,
+        };
+        let mut decision = self.key_decision("keys.generate", "pending", &label, &kid, now);
+        decision.rule = Some(format!("key {label}: {reason}"));
+        if let Err(e) = self.registry.add_key(&key, decision) {
+            // Not recorded: it must not linger in the token either.
+            let _ = self.backend.destroy(&label);
+            return Err(match e {
+                StoreError::Conflict { rule } => format!("{rule}: a key is already pending"),
+                e => store_problem(e),
+            });
+        }
+        tracing::info!(%label, %kid, activate_at = %activate_at, reason, "DS key generated, published until it signs");
+        Ok(label)
+    }
+
+    fn state_of<'k>(keys: &'k [StoredKey], label: &str) -> Result<&'k StoredKey, String> {
+        keys.iter()
+            .find(|k| k.record.label == label)
+            .ok_or_else(|| format!("no key {label}"))
+    }
+
+    /// The pending key `label` signs from now on; the active one retires.
+    pub(crate) fn activate_key(
+        &self,
+        keys: &[StoredKey],
+        label: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let key = Self::state_of(keys, label)?;
+        let mut moves = Vec::new();
+        for old in keys
+            .iter()
+            .filter(|k| k.chain == key.chain && k.record.state == KeyState::Active)
+        {
+            moves.push((
+                old.record.label.clone(),
+                KeyState::Active,
+                KeyState::Retired,
+            ));
+        }
+        moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
+        let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
+        self.registry
+            .move_keys(&moves, now, decision)
+            .map_err(store_problem)?;
+        tracing::info!(%label, "DS key active");
+        Ok(())
+    }
+
+    pub(crate) fn retire_key(
+        &self,
+        keys: &[StoredKey],
+        label: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let key = Self::state_of(keys, label)?;
+        let mut decision = self.key_decision("keys.retire", "retired", label, &key.kid, now);
+        decision.rule = Some(format!("key {label}: {reason}"));
+        self.registry
+            .move_keys(
+                &[(label.to_owned(), key.record.state, KeyState::Retired)],
+                now,
+                decision,
+            )
+            .map_err(store_problem)
+    }
+
+    /// Forgets a retired key: out of publication, then out of the token.
+    pub(crate) fn destroy_key(
+        &self,
+        keys: &[StoredKey],
+        label: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let key = Self::state_of(keys, label)?;
+        let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
+        self.registry
+            .move_keys(
+                &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
+                now,
+                decision,
+            )
+            .map_err(store_problem)?;
+        match self.backend.destroy(label) {
+            Ok(()) | Err(pkcs11_shim::Error::KeyNotFound { .. }) => Ok(()),
+            Err(e) => Err(format!(
+                "{label} is destroyed in the registry but the token refused: {e}"
+            )),
+        }
+    }
+
+    /// Emergency revocation: the key stops signing (here at once, on other
+    /// nodes at their next round), its certificate goes on a new CRL, and
+    /// what it signed changes status as the policy says. Returns the
+    /// number of credentials changed.
+    pub(crate) fn revoke_key(
+        &self,
+        label: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64, String> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        let key = Self::state_of(&keys, label)?;
+        let credentials = match self.current().policy.keys.on_ds_revocation {
+            dojang_policies::DsRevocation::Revoke => Some(crate::store::CredentialState::Revoked),
+            dojang_policies::DsRevocation::Suspend => {
+                Some(crate::store::CredentialState::Suspended)
+            }
+            dojang_policies::DsRevocation::Keep => None,
+        };
+        let revocation = KeyRevocation {
+            label: label.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+            credentials,
+        };
+        let mut decision = self.key_decision("keys.revoke", "revoked", label, &key.kid, now);
+        decision.rule = Some(format!("key {label}: emergency revocation"));
+        let changed = self
+            .registry
+            .revoke_key(&revocation, decision)
+            .map_err(store_problem)?;
+        self.status_changed();
+        // Signing stops here before the CRL is even signed.
+        self.refresh_keys(true).map_err(|e| e.0)?;
+        self.publish_crl(now)?;
+        self.refresh_keys(true).map_err(|e| e.0)?;
+        tracing::warn!(%label, changed, "DS key revoked");
+        Ok(changed)
+    }
+
+    /// Signs a CRL listing every revoked key and stores it for all nodes.
+    fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        let pem = self
+            .metrics
+            .hsm("sign_crl", || {
+                ceremony::crl_now(self.backend, &self.pki_config, &revoked_serials(&keys), now)
+            })
+            .map_err(|e| format!("signing the CRL: {e}"))?;
+        self.registry.set_crl(&pem).map_err(store_problem)?;
+        // The file is a copy for `dojangctl` and people; the registry's is served.
+        if let Err(e) = self.pki.write_crl(&pem) {
+            tracing::warn!(error = %e, "writing the CRL file");
+        }
+        Ok(())
+    }
+
+    /// Re-signs the CRL when it is past half its validity (verifiers refuse
+    /// a DS certificate whose CRL expired).
+    fn keep_crl_fresh(&self, now: OffsetDateTime) -> Result<(), String> {
+        let current = self.current();
+        let stale = match &current.keys.crl_pem {
+            None => true,
+            Some(pem) => {
+                let half = i64::from(self.pki_config.crl_validity_days) * 86_400 / 2;
+                X509Crl::from_pem(pem)
+                    .ok()
+                    .and_then(|crl| {
+                        let next = crl.next_update()?;
+                        let threshold =
+                            openssl::asn1::Asn1Time::from_unix(now.unix_timestamp() + half).ok()?;
+                        Some(next < threshold)
+                    })
+                    .unwrap_or(true)
+            }
+        };
+        if stale {
+            self.publish_crl(now)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a signature by `label` valid until `valid_until` (flushed to
+    /// the registry each round).
+    pub fn count_signature(&self, label: &str, valid_until: i64) {
+        if let Ok(mut usage) = self.key_usage.lock() {
+            let entry = usage.entry(label.to_owned()).or_insert((0, valid_until));
+            entry.0 += 1;
+            entry.1 = entry.1.max(valid_until);
+        }
+    }
+
+    fn flush_key_usage(&self) {
+        let pending: Vec<(String, (u64, i64))> = match self.key_usage.lock() {
+            Ok(mut usage) => usage.drain().collect(),
+            Err(_) => return,
+        };
+        for (label, (count, last)) in pending {
+            if let Err(e) = self.registry.add_key_usage(&label, count, last) {
+                tracing::warn!(error = %e, %label, "recording key usage; kept for the next round");
+                if let Ok(mut usage) = self.key_usage.lock() {
+                    let entry = usage.entry(label).or_insert((0, last));
+                    entry.0 += count;
+                    entry.1 = entry.1.max(last);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Officer operations under dual control (`/v1/keys`, `/v1/approvals`):
+//! an officer proposes (rotate, revoke, activate, retire or destroy a key),
+//! other officers approve until the policy's M is reached, and the node
+//! that records the last approval carries it out. Proposals live in the
+//! registry, so any node can take any step; each step is an audit entry.
+
+use dojang_policies::{Policy, Role};
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::issue::{Answer, json_problem, store_problem};
+use super::problem::Problem;
+use super::service::Service;
+use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
+use crate::keys::lifecycle::KeyState;
+use crate::store::{DS_CHAIN, StoreError, StoredKey};
+
+/// Proposals a listing returns at most.
+const LIST_LIMIT: u32 = 200;
+/// Longest revocation reason kept (it goes to the audit log).
+const MAX_REASON: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    chain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: String,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn forbidden(client: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("client {client:?} does not have the officer role"),
+    )
+    .with_rule("client.role")
+}
+
+fn approval_problem(e: &ApprovalError, client: &str) -> Problem {
+    let conflict =
+        |code, rule| Problem::new(StatusCode::CONFLICT, code, e.to_string()).with_rule(rule);
+    match e {
+        ApprovalError::NotOfficer(_) => forbidden(client),
+        ApprovalError::SelfApproval => Problem::new(
+            StatusCode::FORBIDDEN,
+            "self_approval",
+            "an officer cannot approve their own proposal: another officer must",
+        )
+        .with_rule("officers.two_person"),
+        ApprovalError::AlreadyApproved(_) => conflict("already_approved", "officers.distinct"),
+        ApprovalError::Expired(_) => conflict("proposal_expired", "officers.proposal_lifetime"),
+        ApprovalError::Decided(_) => conflict("proposal_decided", "officers.decided"),
+        ApprovalError::Quorum { .. } => conflict("no_quorum", "officers.approvals_required"),
+    }
+}
+
+fn key_state_problem(detail: String, rule: &'static str) -> Problem {
+    Problem::new(StatusCode::CONFLICT, "key_state", detail).with_rule(rule)
+}
+
+/// A proposal as the API shows it (`status` says `expired` for an open
+/// proposal past its time).
+fn proposal_json(p: &Proposal, now: OffsetDateTime) -> serde_json::Value {
+    let status = match p.state {
+        ProposalState::Open if now >= p.expires_at => "expired",
+        ProposalState::Open => "open",
+        ProposalState::Approved => "approved",
+        ProposalState::Rejected => "rejected",
+    };
+    json!({
+        "id": p.id,
+        "operation": p.operation,
+        "proposer": p.proposer,
+        "created_at": rfc3339(p.created_at),
+        "expires_at": rfc3339(p.expires_at),
+        "approvals": p.approvals,
+        "required": p.required,
+        "status": status,
+        "rejected_by": p.rejected_by,
+        "result": p.result,
+    })
+}
+
+fn key_json(k: &StoredKey) -> serde_json::Value {
+    let r = &k.record;
+    json!({
+        "label": r.label,
+        "chain": k.chain,
+        "kid": k.kid,
+        "state": r.state.as_str(),
+        "created_at": rfc3339(r.created_at),
+        "activate_at": rfc3339(r.activate_at),
+        "certificate_not_after": rfc3339(r.cert_not_after),
+        "signatures": r.signatures,
+        "last_signature_valid_until": r.last_signature_valid_until.map(rfc3339),
+        "revoked": k.revocation.as_ref().map(|(reason, at)| json!({"reason": reason, "at": rfc3339(*at)})),
+    })
+}
+
+fn ok(status: StatusCode, body: serde_json::Value) -> Answer {
+    Ok((status, body.to_string().into_bytes()))
+}
+
+impl Service {
+    fn officer_policy(&self, client: &str) -> Result<std::sync::Arc<Policy>, Problem> {
+        let policy = self.current().policy.clone();
+        if policy.has_role(client, Role::Officer) {
+            Ok(policy)
+        } else {
+            Err(forbidden(client))
+        }
+    }
+
+    fn officer_step(&self, step: &str, answer: &Answer) {
+        self.metrics
+            .officer_steps
+            .with_label_values(&[step, if answer.is_ok() { "ok" } else { "refused" }])
+            .inc();
+    }
+
+    /// `GET /v1/keys`: every key record (officers and auditors).
+    pub(crate) fn list_keys(&self, client: &str) -> Answer {
+        let policy = self.current().policy.clone();
+        if !policy.has_role(client, Role::Officer) && !policy.has_role(client, Role::Auditor) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("client {client:?} has neither the officer nor the auditor role"),
+            )
+            .with_rule("client.role"));
+        }
+        let keys = self.registry.keys().map_err(store_problem)?;
+        ok(
+            StatusCode::OK,
+            json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }),
+        )
+    }
+
+    /// `GET /v1/approvals`: proposals, newest first.
+    pub(crate) fn list_proposals(&self, client: &str) -> Answer {
+        let _ = self.officer_policy(client)?;
+        let now = OffsetDateTime::now_utc();
+        let proposals = self.registry.proposals(LIST_LIMIT).map_err(store_problem)?;
+        ok(
+            StatusCode::OK,
+            json!({
+                "proposals": proposals
+                    .iter()
+                    .map(|p| proposal_json(&p.proposal, now))
+                    .collect::<Vec<_>>()
+            }),
+        )
+    }
+
+    /// The operation a `POST /v1/keys/...` request asks for.
+    pub(crate) fn key_operation(
+        action: &str,
+        label: Option<&str>,
+        body: &[u8],
+    ) -> Result<Operation, Problem> {
+        let label = || label.unwrap_or_default().to_owned();
+        Ok(match action {
+            "rotate" => {
+                let body: RotateBody =
+                    serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+                Operation::CreateKey { chain: body.chain }
+            }
+            "revoke" => {
+                let body: RevokeBody =
+                    serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+                let reason = body.reason.trim();
+                if reason.is_empty()
+                    || reason.chars().count() > MAX_REASON
+                    || reason.chars().any(char::is_control)
+                {
+                    return Err(Problem::bad_request(
+                        "invalid_reason",
+                        format!("reason must be 1 to {MAX_REASON} characters on one line"),
+                    ));
+                }
+                Operation::EmergencyRevoke {
+                    label: label(),
+                    reason: reason.to_owned(),
+                }
+            }
+            "activate" => Operation::ActivateKey { label: label() },
+            "retire" => Operation::RetireKey { label: label() },
+            _ => Operation::DestroyKey { label: label() },
+        })
+    }
+
+    /// Whether `operation` can be carried out on the keys as they are.
+    fn check_operation(
+        &self,
+        operation: &Operation,
+        keys: &[StoredKey],
+        now: OffsetDateTime,
+    ) -> Result<(), Problem> {
+        let find = |label: &str| {
+            keys.iter()
+                .find(|k| k.record.label == label)
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no key {label:?}"),
+                    )
+                })
+        };
+        let expect = |key: &StoredKey, states: &[KeyState], what: &str| {
+            if states.contains(&key.record.state) && !key.record.revoked {
+                Ok(())
+            } else {
+                Err(key_state_problem(
+                    format!(
+                        "key {} is {}{}: only a {what} key can be",
+                        key.record.label,
+                        key.record.state.as_str(),
+                        if key.record.revoked { " (revoked)" } else { "" }
+                    ),
+                    "keys.lifecycle",
+                ))
+            }
+        };
+        match operation {
+            Operation::CreateKey { chain } => {
+                if chain != DS_CHAIN {
+                    return Err(Problem::bad_request(
+                        "unknown_chain",
+                        format!("no key chain {chain:?}: rotate \"{DS_CHAIN}\""),
+                    ));
+                }
+                if keys
+                    .iter()
+                    .any(|k| k.chain == *chain && k.record.state == KeyState::Pending)
+                {
+                    return Err(key_state_problem(
+                        format!(
+                            "a {chain} key is already pending: it takes over at its activation time"
+                        ),
+                        "keys.one_pending",
+                    ));
+                }
+                Ok(())
+            }
+            Operation::ActivateKey { label } => {
+                expect(find(label)?, &[KeyState::Pending], "pending")
+            }
+            Operation::RetireKey { label } => expect(find(label)?, &[KeyState::Active], "active"),
+            Operation::DestroyKey { label } => {
+                let key = find(label)?;
+                if key.record.state != KeyState::Retired {
+                    return Err(key_state_problem(
+                        format!(
+                            "key {label} is {}: only a retired key can be destroyed",
+                            key.record.state.as_str()
+                        ),
+                        "keys.lifecycle",
+                    ));
+                }
+                // A key destroyed early leaves valid credentials unverifiable.
+                let margin = self.current().policy.keys.retention_margin;
+                match key.record.last_signature_valid_until {
+                    Some(last) if now < last + margin && !key.record.revoked => {
+                        Err(key_state_problem(
+                            format!(
+                                "key {label} signed credentials valid until {}: keep it published until {}",
+                                rfc3339(last),
+                                rfc3339(last + margin)
+                            ),
+                            "keys.retention",
+                        ))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Operation::EmergencyRevoke { label, .. } => {
+                let key = find(label)?;
+                if key.record.revoked || key.record.state == KeyState::Destroyed {
+                    return Err(key_state_problem(
+                        format!("key {label} is already revoked or destroyed"),
+                        "keys.lifecycle",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `POST /v1/keys/...`: opens a proposal (202).
+    pub(crate) fn propose(&self, client: &str, operation: Result<Operation, Problem>) -> Answer {
+        let now = OffsetDateTime::now_utc();
+        let answer = self.propose_inner(client, operation, now);
+        self.officer_step("propose", &answer);
+        let hash = self.current().policy.hash.clone();
+        self.audited(client, "officers.propose", answer, &hash, None, now)
+    }
+
+    fn propose_inner(
+        &self,
+        client: &str,
+        operation: Result<Operation, Problem>,
+        now: OffsetDateTime,
+    ) -> Answer {
+        let policy = self.officer_policy(client)?;
+        let operation = operation?;
+        let keys = self.registry.keys().map_err(store_problem)?;
+        self.check_operation(&operation, &keys, now)?;
+        let control = DualControl {
+            required: policy.officers.approvals_required,
+            officers: policy.officers().count(),
+            lifetime: policy.officers.proposal_lifetime,
+        };
+        let mut id = [0u8; 8];
+        openssl::rand::rand_bytes(&mut id).map_err(|_| internal())?;
+        let id = format!(
+            "p-{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let is_officer = |who: &str| policy.has_role(who, Role::Officer);
+        let proposal = control
+            .propose(&id, operation, client, is_officer, now)
+            .map_err(|e| approval_problem(&e, client))?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!(
+                "proposal {id}: {}",
+                operation_summary(&proposal.operation)
+            )),
+            ..self.decision(client, "officers.propose", "open", &policy.hash, now)
+        };
+        self.registry
+            .add_proposal(&proposal, decision)
+            .map_err(store_problem)?;
+        tracing::info!(proposal = %id, officer = %client, operation = %operation_summary(&proposal.operation), "proposal opened");
+        ok(StatusCode::ACCEPTED, proposal_json(&proposal, now))
+    }
+
+    /// `POST /v1/approvals/{id}/approve` or `/reject`.
+    pub(crate) fn decide(&self, client: &str, id: &str, approve: bool) -> Answer {
+        let now = OffsetDateTime::now_utc();
+        let step = if approve { "approve" } else { "reject" };
+        let answer = self.decide_inner(client, id, approve, now);
+        self.officer_step(step, &answer);
+        let hash = self.current().policy.hash.clone();
+        self.audited(
+            client,
+            &format!("officers.{step}"),
+            answer,
+            &hash,
+            None,
+            now,
+        )
+    }
+
+    fn decide_inner(&self, client: &str, id: &str, approve: bool, now: OffsetDateTime) -> Answer {
+        let policy = self.officer_policy(client)?;
+        let stored = self.registry.proposal(id).map_err(|e| match e {
+            StoreError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no proposal with this id",
+            ),
+            e => store_problem(e),
+        })?;
+        let mut proposal = stored.proposal;
+        let is_officer = |who: &str| policy.has_role(who, Role::Officer);
+        let outcome = if approve {
+            proposal.approve(client, is_officer, now).map(|state| {
+                if state == ProposalState::Approved {
+                    "approved"
+                } else {
+                    "open"
+                }
+            })
+        } else {
+            proposal
+                .reject(client, is_officer, now)
+                .map(|()| "rejected")
+        }
+        .map_err(|e| approval_problem(&e, client))?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!("proposal {id}")),
+            ..self.decision(
+                client,
+                if approve {
+                    "officers.approve"
+                } else {
+                    "officers.reject"
+                },
+                outcome,
+                &policy.hash,
+                now,
+            )
+        };
+        // Two officers approving at once on two nodes: one wins, the other
+        // is told to look again.
+        self.registry
+            .update_proposal(&proposal, stored.version, decision)
+            .map_err(|e| match e {
+                StoreError::Conflict { rule } => Problem::new(
+                    StatusCode::CONFLICT,
+                    "proposal_changed",
+                    "another officer changed this proposal at the same time; list it and try again",
+                )
+                .with_rule(rule),
+                e => store_problem(e),
+            })?;
+        if proposal.state != ProposalState::Approved {
+            return ok(StatusCode::OK, proposal_json(&proposal, now));
+        }
+        // Approved: this node carries it out and records what happened.
+        let result = self.execute(&proposal.operation, now);
+        proposal.result = Some(match &result {
+            Ok(done) => done.clone(),
+            Err(p) => format!("failed: {}", p.detail),
+        });
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!(
+                "proposal {id}: {}",
+                operation_summary(&proposal.operation)
+            )),
+            ..self.decision(
+                client,
+                "officers.execute",
+                if result.is_ok() { "ok" } else { "failed" },
+                &policy.hash,
+                now,
+            )
+        };
+        self.registry
+            .update_proposal(&proposal, stored.version + 1, decision)
+            .map_err(store_problem)?;
+        self.metrics
+            .officer_steps
+            .with_label_values(&["execute", if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
+        let _done = result?;
+        ok(StatusCode::OK, proposal_json(&proposal, now))
+    }
+
+    /// Carries out an approved operation; what it did, for the record.
+    fn execute(&self, operation: &Operation, now: OffsetDateTime) -> Result<String, Problem> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        self.check_operation(operation, &keys, now)?;
+        let failed = |detail: String| {
+            tracing::warn!(error = %detail, "approved key operation failed");
+            Problem::new(StatusCode::CONFLICT, "operation_failed", detail)
+                .with_rule("keys.lifecycle")
+        };
+        let done = match operation {
+            Operation::CreateKey { .. } => {
+                let activate_at = now + self.current().policy.keys.prepublish;
+                let label = self
+                    .generate_ds_key(activate_at, "officer rotation", now)
+                    .map_err(failed)?;
+                format!(
+                    "key {label} generated: published now, signs from {}",
+                    rfc3339(activate_at)
+                )
+            }
+            Operation::ActivateKey { label } => {
+                self.activate_key(&keys, label, now).map_err(failed)?;
+                format!("key {label} signs from now")
+            }
+            Operation::RetireKey { label } => {
+                self.retire_key(&keys, label, "officer retirement", now)
+                    .map_err(failed)?;
+                format!("key {label} retired")
+            }
+            Operation::DestroyKey { label } => {
+                self.destroy_key(&keys, label, now).map_err(failed)?;
+                format!("key {label} destroyed")
+            }
+            Operation::EmergencyRevoke { label, reason } => {
+                let changed = self.revoke_key(label, reason, now).map_err(failed)?;
+                format!(
+                    "key {label} revoked and on the CRL; {changed} credentials it signed changed status"
+                )
+            }
+        };
+        self.refresh_keys(true).map_err(|e| failed(e.0))?;
+        Ok(done)
+    }
+}
+
+fn internal() -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// One line for logs and the audit log (no reason text: it is free text).
+fn operation_summary(operation: &Operation) -> String {
+    match operation {
+        Operation::CreateKey { chain } => format!("rotate {chain}"),
+        Operation::ActivateKey { label } => format!("activate {label}"),
+        Operation::RetireKey { label } => format!("retire {label}"),
+        Operation::DestroyKey { label } => format!("destroy {label}"),
+        Operation::EmergencyRevoke { label, .. } => format!("revoke {label}"),
+    }
+}

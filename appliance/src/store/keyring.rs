@@ -1,0 +1,141 @@
+//! What the registry keeps about signing keys and officer proposals, so
+//! every node of a cluster sees the same key chain: records with their
+//! state and certificate, usage counts, a lease that picks the one node
+//! acting on a schedule, proposals, and the IACA's current CRL.
+
+use time::OffsetDateTime;
+
+use super::{CredentialState, DecisionRecord, StoreError};
+use crate::keys::approvals::Proposal;
+use crate::keys::lifecycle::{KeyRecord, KeyState};
+
+/// The chain of document-signer keys (they sign every credential profile).
+pub const DS_CHAIN: &str = "ds";
+
+/// A key as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Which chain (`ds`).
+    pub chain: String,
+    /// The public key's `kid` (JWK thumbprint): what credentials name.
+    pub kid: String,
+    /// The DS certificate (DER), for a `ds` key.
+    pub certificate: Option<Vec<u8>>,
+    /// Lifecycle facts.
+    pub record: KeyRecord,
+    /// Why it was emergency-revoked, and when.
+    pub revocation: Option<(String, OffsetDateTime)>,
+}
+
+/// A proposal with the version its row had when read (updates check it).
+#[derive(Debug, Clone)]
+pub struct StoredProposal {
+    /// The proposal.
+    pub proposal: Proposal,
+    /// Row version.
+    pub version: i64,
+}
+
+/// Emergency revocation of a key, as one registry change.
+#[derive(Debug, Clone)]
+pub struct KeyRevocation {
+    /// The key.
+    pub label: String,
+    /// Recorded reason.
+    pub reason: String,
+    /// When.
+    pub at: OffsetDateTime,
+    /// What becomes of the `active` (and `suspended`) credentials it signed.
+    pub credentials: Option<CredentialState>,
+}
+
+/// The key and proposal half of the registry.
+pub trait KeyRegistry {
+    /// Every key record, oldest first.
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Adds a key (state from its record); `keys.label` if the label is
+    /// taken, `keys.one_pending` if its chain already has a pending key.
+    fn add_key(&self, key: &StoredKey, decision: DecisionRecord) -> Result<(), StoreError>;
+    /// Moves keys between states, all or none; `keys.state` if a key is
+    /// not in the expected state (another node moved it first). A key made
+    /// active signs from `at` if its activation time was later.
+    fn move_keys(
+        &self,
+        moves: &[(String, KeyState, KeyState)],
+        at: OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError>;
+    /// Marks a key revoked (an active or pending key retires at once) and
+    /// changes the status of what it signed; the credentials changed.
+    fn revoke_key(
+        &self,
+        revocation: &KeyRevocation,
+        decision: DecisionRecord,
+    ) -> Result<u64, StoreError>;
+    /// Adds signatures made by a key and the latest expiry among them.
+    fn add_key_usage(
+        &self,
+        label: &str,
+        signatures: u64,
+        last_valid_until: i64,
+    ) -> Result<(), StoreError>;
+    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
+    /// (milliseconds since the epoch); false while another holder's lease runs.
+    fn lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64)
+    -> Result<bool, StoreError>;
+    /// Stores a new proposal (`version` is ignored).
+    fn add_proposal(&self, proposal: &Proposal, decision: DecisionRecord)
+    -> Result<(), StoreError>;
+    /// Replaces a proposal if its row is still at `version`;
+    /// `approvals.concurrent` if someone else changed it first.
+    fn update_proposal(
+        &self,
+        proposal: &Proposal,
+        version: i64,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError>;
+    /// One proposal.
+    fn proposal(&self, id: &str) -> Result<StoredProposal, StoreError>;
+    /// Proposals newest first, at most `limit`.
+    fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError>;
+    /// Replaces the current CRL (PEM).
+    fn set_crl(&self, pem: &str) -> Result<(), StoreError>;
+    /// The current CRL, if the registry has one.
+    fn crl(&self) -> Result<Option<String>, StoreError>;
+}
+
+/// The serial numbers of revoked keys' certificates (for the CRL).
+pub fn revoked_serials(keys: &[StoredKey]) -> Vec<Vec<u8>> {
+    keys.iter()
+        .filter(|k| k.record.revoked)
+        .filter_map(|k| k.certificate.as_deref())
+        .filter_map(|der| openssl::x509::X509::from_der(der).ok())
+        .filter_map(|c| c.serial_number().to_bn().ok().map(|bn| bn.to_vec()))
+        .collect()
+}
+
+pub(crate) fn proposal_json(p: &Proposal) -> Result<String, StoreError> {
+    serde_json::to_string(p).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+pub(crate) fn proposal_from(json: &str, version: i64) -> Result<StoredProposal, StoreError> {
+    serde_json::from_str(json)
+        .map(|proposal| StoredProposal { proposal, version })
+        .map_err(|e| StoreError::Internal(format!("stored proposal: {e}")))
+}
+
+pub(crate) fn state_from(text: &str) -> Result<KeyState, StoreError> {
+    KeyState::parse(text).ok_or_else(|| StoreError::Internal(format!("key state {text:?}")))
+}
+
+pub(crate) fn time_from(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// The credential states an emergency revocation moves to `to`.
+pub(crate) fn revocation_sources(to: CredentialState) -> &'static [&'static str] {
+    match to {
+        CredentialState::Revoked => &["active", "suspended"],
+        _ => &["active"],
+    }
+}

@@ -1,0 +1,268 @@
+//! The key lifecycle with a controllable clock: the service runs in this
+//! process on a real SoftHSM token and SQLite registry, and each round is
+//! given its "now" (the daemon passes the system time). Scheduled rotation
+//! with prepublication, usage limits, certificate expiry, destruction after
+//! retention, and one acting node among two sharing a registry.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use dojang::pki::profile;
+use dojang::server::metrics::Metrics;
+use dojang::server::service::Service;
+use dojang::store::{Registry, SqliteRegistry};
+use softhsm_tests::daemon::{Daemon, Options};
+use time::{Duration, OffsetDateTime};
+
+const LEASE_MS: i64 = 3_000;
+
+struct InProcess {
+    _daemon: Daemon,
+    service: Arc<Service>,
+    registry: Arc<dyn Registry>,
+    backend: &'static dyn pkcs11_shim::KeyBackend,
+    config: dojang::config::Config,
+}
+
+fn in_process(policy: fn(String) -> String) -> InProcess {
+    let d = Daemon::start(Options {
+        policy,
+        spawn: false,
+        ..Options::default()
+    });
+    d.activate_token();
+    let config = dojang::cli::load_config(&d.config).unwrap();
+    let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> =
+        Box::leak(Box::new(dojang::cli::open_backend(&config).unwrap()));
+    let registry = dojang::server::open_registry(&config).unwrap();
+    let service = node(&config, backend.as_ref(), registry.clone(), "a");
+    InProcess {
+        _daemon: d,
+        service,
+        registry,
+        backend: backend.as_ref(),
+        config,
+    }
+}
+
+fn node(
+    config: &dojang::config::Config,
+    backend: &'static dyn pkcs11_shim::KeyBackend,
+    registry: Arc<dyn Registry>,
+    name: &str,
+) -> Arc<Service> {
+    let mut server = config.server.clone().unwrap();
+    server.node_id = name.into();
+    Arc::new(
+        Service::new(
+            backend,
+            registry,
+            Arc::new(Metrics::new()),
+            &server,
+            config.credential().unwrap().clone(),
+            config.pki().unwrap().clone(),
+        )
+        .unwrap(),
+    )
+}
+
+fn states(registry: &dyn Registry) -> Vec<(String, &'static str)> {
+    registry
+        .keys()
+        .unwrap()
+        .iter()
+        .map(|k| (k.record.label.clone(), k.record.state.as_str()))
+        .collect()
+}
+
+fn signer_at(service: &Service, at: OffsetDateTime) -> String {
+    service.current().signer(at).unwrap().label().to_owned()
+}
+
+fn jwks_kids(service: &Service) -> Vec<String> {
+    let jwks: serde_json::Value = serde_json::from_slice(&service.current().keys.jwks).unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn audit_text(registry: &dyn Registry) -> String {
+    let size = registry.audit_size().unwrap();
+    registry
+        .audit_entries(0, size)
+        .unwrap()
+        .iter()
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+#[test]
+fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
+    let t = in_process(|p| p);
+    let (s, registry) = (&t.service, t.registry.as_ref());
+    let t0 = OffsetDateTime::now_utc();
+    s.keys_tick(t0, LEASE_MS);
+    assert_eq!(states(registry), [("ds-1".to_owned(), "active")]);
+    // Due after 90 days, announced 7 days before: nothing at day 80.
+    s.keys_tick(t0 + Duration::days(80), LEASE_MS);
+    assert_eq!(registry.keys().unwrap().len(), 1);
+    // Day 84: a successor is published, to sign from day 91.
+    let day84 = t0 + Duration::days(84);
+    s.keys_tick(day84, LEASE_MS);
+    s.keys_tick(day84 + Duration::hours(1), LEASE_MS);
+    let keys = registry.keys().unwrap();
+    assert_eq!(keys.len(), 2, "one successor, however many rounds");
+    let next = &keys[1];
+    assert_eq!(next.record.state.as_str(), "pending");
+    assert_eq!(
+        next.record.activate_at.unix_timestamp(),
+        (day84 + Duration::days(7)).unix_timestamp()
+    );
+    assert!(
+        jwks_kids(s).contains(&next.kid),
+        "published before it signs"
+    );
+    // Its certificate is a DS certificate of this IACA.
+    let (iaca_der, iaca) = dojang::pki::PkiStore::new(&t.config.pki().unwrap().dir)
+        .iaca()
+        .unwrap();
+    let der = next.certificate.as_ref().unwrap();
+    let _ = profile::check_ds(der, Some(&iaca)).unwrap();
+    let issuer_key = openssl::x509::X509::from_der(&iaca_der)
+        .unwrap()
+        .public_key()
+        .unwrap();
+    assert!(openssl::x509::X509::from_der(der)
+        .unwrap()
+        .verify(&issuer_key)
+        .unwrap());
+    // The switch is at the activation time, to the second, on every node,
+    // before any round moves the records.
+    let switch = next.record.activate_at;
+    assert_eq!(signer_at(s, switch - Duration::seconds(1)), "ds-1");
+    assert_eq!(signer_at(s, switch), next.record.label);
+    s.keys_tick(switch, LEASE_MS);
+    assert_eq!(
+        states(registry),
+        [
+            ("ds-1".to_owned(), "retired"),
+            (next.record.label.clone(), "active")
+        ]
+    );
+    // Retired keys stay published (what they signed is still valid).
+    assert_eq!(jwks_kids(s).len(), 3, "two DS keys and the status-list key");
+    assert!(audit_text(registry).contains("scheduled rotation"));
+}
+
+#[test]
+fn a_usage_limit_rotates_at_once() {
+    let t = in_process(|p| p.replace("max_signatures = 50000000", "max_signatures = 10"));
+    let (s, registry) = (&t.service, t.registry.as_ref());
+    let t0 = OffsetDateTime::now_utc();
+    // Nine signatures: under the limit.
+    for _ in 0..9 {
+        s.count_signature("ds-1", (t0 + Duration::days(90)).unix_timestamp());
+    }
+    s.keys_tick(t0 + Duration::days(1), LEASE_MS);
+    assert_eq!(registry.keys().unwrap().len(), 1);
+    assert_eq!(registry.keys().unwrap()[0].record.signatures, 9);
+    s.count_signature("ds-1", (t0 + Duration::days(91)).unix_timestamp());
+    let day2 = t0 + Duration::days(2);
+    s.keys_tick(day2, LEASE_MS);
+    let keys = registry.keys().unwrap();
+    assert_eq!(keys[0].record.signatures, 10);
+    assert_eq!(
+        keys[0]
+            .record
+            .last_signature_valid_until
+            .unwrap()
+            .unix_timestamp(),
+        (t0 + Duration::days(91)).unix_timestamp()
+    );
+    // Due now: the successor signs at once.
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        keys[1].record.activate_at.unix_timestamp(),
+        day2.unix_timestamp()
+    );
+    assert_eq!(signer_at(s, day2), keys[1].record.label);
+    assert!(audit_text(registry).contains("usage limit reached"));
+}
+
+#[test]
+fn an_ending_certificate_rotates_before_the_schedule() {
+    // A certificate with less left than a signature's validity (90 days of
+    // its 365) is replaced, even when the schedule would wait.
+    let t0 = OffsetDateTime::now_utc();
+    let t = in_process(|p| p.replace("rotate_every = \"90d\"", "rotate_every = \"400d\""));
+    let (s, registry) = (&t.service, t.registry.as_ref());
+    s.keys_tick(t0 + Duration::days(260), LEASE_MS);
+    assert_eq!(registry.keys().unwrap().len(), 1);
+    // Day 270: 95 days left, 88 at the end of the prepublication: the
+    // successor is published now and signs in 7 days.
+    let day270 = t0 + Duration::days(270);
+    s.keys_tick(day270, LEASE_MS);
+    let keys = registry.keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        keys[1].record.activate_at.unix_timestamp(),
+        (day270 + Duration::days(7)).unix_timestamp()
+    );
+    assert!(audit_text(registry).contains("certificate ending"));
+}
+
+#[test]
+fn retired_keys_are_destroyed_only_after_what_they_signed_expired() {
+    let t = in_process(|p| p);
+    let (s, registry) = (&t.service, t.registry.as_ref());
+    let t0 = OffsetDateTime::now_utc();
+    let ds1_kid = registry.keys().unwrap()[0].kid.clone();
+    // ds-1 signs something valid until day 100, then is rotated out.
+    s.count_signature("ds-1", (t0 + Duration::days(100)).unix_timestamp());
+    s.keys_tick(t0 + Duration::days(84), LEASE_MS);
+    s.keys_tick(t0 + Duration::days(91), LEASE_MS);
+    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));
+    // Kept for the 30-day margin after day 100.
+    s.keys_tick(t0 + Duration::days(129), LEASE_MS);
+    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));
+    assert!(t.backend.find("ds-1").is_ok());
+    s.keys_tick(t0 + Duration::days(130) + Duration::minutes(1), LEASE_MS);
+    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "destroyed"));
+    assert!(
+        matches!(
+            t.backend.find("ds-1"),
+            Err(pkcs11_shim::Error::KeyNotFound { .. })
+        ),
+        "gone from the token"
+    );
+    assert!(!jwks_kids(s).contains(&ds1_kid), "gone from the JWKS");
+    assert!(!s.current().keys.ds_pem.contains_key("ds-1"));
+}
+
+#[test]
+fn of_two_nodes_sharing_a_registry_one_acts() {
+    let t = in_process(|p| p);
+    // A second node: its own connections to the same registry file.
+    let path = t.config.store.as_ref().unwrap().sqlite.clone().unwrap();
+    let other: Arc<dyn Registry> = Arc::new(SqliteRegistry::open(&path).unwrap());
+    let b = node(&t.config, t.backend, other, "b");
+    let day84 = OffsetDateTime::now_utc() + Duration::days(84);
+    t.service.keys_tick(day84, LEASE_MS);
+    b.keys_tick(day84, LEASE_MS);
+    b.keys_tick(day84 + Duration::seconds(1), LEASE_MS);
+    assert_eq!(t.registry.keys().unwrap().len(), 2, "one successor");
+    // b takes over once a's lease lapses, and acts on the same records.
+    let later = day84 + Duration::days(7);
+    b.keys_tick(later, LEASE_MS);
+    assert_eq!(states(t.registry.as_ref())[1].1, "active");
+    // a, not acting, still takes up the change.
+    t.service.keys_tick(later, LEASE_MS);
+    assert_eq!(
+        signer_at(&t.service, later),
+        signer_at(&b, later),
+        "both nodes sign with the new key"
+    );
+}
