@@ -69,3 +69,106 @@ fn the_last_free_copies_race_across_two_nodes_and_never_go_one_over() {
     drop(a);
     drop(schema);
 }
+
+/// Rotation every 10 s with 4 s of prepublication, rounds every 200 ms on
+/// two nodes: exactly one key per schedule point (no duplicate, no orphan in
+/// the token), and both nodes sign with it from its activation.
+#[test]
+fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let a = Daemon::start(Options {
+        store: Store::Postgres(schema.url.clone()),
+        policy: |p| {
+            p.replace("rotate_every = \"90d\"", "rotate_every = \"10s\"")
+                .replace("prepublish = \"7d\"", "prepublish = \"4s\"")
+        },
+        server: "[server.keys]\nlifecycle_interval_ms = 200\n".into(),
+        ..Options::default()
+    });
+    let b = a.second_node("b");
+    // Wait for the first rotation to take effect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let successor = loop {
+        let keys = a.keys();
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k["state"] == "active" && k["label"] != "ds-1")
+        {
+            break k.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Both nodes sign with it (the next one is not due for ~10 s).
+    for (node, client) in [(&a, "counter"), (&b, "gateway")] {
+        let (jwk, _) = daemon::phone();
+        let n = if client == "counter" { 3000 } else { 3001 };
+        let reply = node.client(client).post_json(
+            "/v1/credentials",
+            &daemon::request("mdoc", &daemon::number(n), &jwk),
+            &[],
+        );
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        assert_eq!(reply.json()["kid"], successor["kid"]);
+        let jwks = node.public_client().get("/.well-known/jwks.json").json();
+        assert!(jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == successor["kid"]));
+    }
+    // One key generated per schedule point, by one node: the registry, the
+    // audit log and the token agree.
+    let keys = a.keys();
+    let mut admin = PgSchema::admin();
+    let generated: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT COUNT(*) FROM {}.audit_log WHERE position('keys.generate' in encode(entry, 'escape')) > 0",
+                schema.name
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let queued: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT COUNT(*) FROM {}.audit_queue WHERE action = 'keys.generate'",
+                schema.name
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!((generated + queued) as usize, keys.len() - 1, "{keys:?}");
+    let activations: Vec<i64> = keys
+        .iter()
+        .map(|k| {
+            time::OffsetDateTime::parse(
+                k["activate_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+            .unix_timestamp()
+        })
+        .collect();
+    for pair in activations.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 9,
+            "two keys for one schedule point: {keys:?}"
+        );
+    }
+    let token: serde_json::Value =
+        serde_json::from_str(&a.ctl(&["--json", "keys", "list"])).unwrap();
+    let in_token = token
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["purpose"] == "document-signer")
+        .count();
+    assert_eq!(in_token, keys.len(), "no orphan key in the token");
+    drop(b);
+}

@@ -45,11 +45,11 @@ struct Args {
     #[arg(long, global = true)]
     api: Option<String>,
     /// The officer's client certificate (PEM) [default: $DOJANG_OFFICER_CERT].
-    #[arg(long, global = true)]
-    cert: Option<PathBuf>,
+    #[arg(long = "cert", global = true)]
+    officer_cert: Option<PathBuf>,
     /// The officer's private key (PEM) [default: $DOJANG_OFFICER_KEY].
-    #[arg(long, global = true)]
-    key: Option<PathBuf>,
+    #[arg(long = "key", global = true)]
+    officer_key: Option<PathBuf>,
     /// The CA of the daemon's certificate (PEM) [default: $DOJANG_CA].
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
@@ -305,8 +305,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let load = || cli::load_config(&config_path);
     let conn = officer::Connection {
         api: args.api.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
+        cert: args.officer_cert.clone(),
+        key: args.officer_key.clone(),
         ca: args.ca.clone(),
     };
     match args.command {

@@ -217,15 +217,19 @@ impl Service {
                 problems.push(format!("DS key {} has no certificate", r.label));
                 continue;
             };
+            // A revoked key leaves the JWKS (verifiers that trust keys, not
+            // chains, must stop accepting it); its certificate stays
+            // fetchable, and is on the CRL.
             if r.revoked {
                 revoked.push(r.label.clone());
+            } else {
+                let public = cert_public_key(der)
+                    .map_err(|e| LoadError(format!("DS certificate {}: {e}", r.label)))?;
+                jwks.push(super::service::jwk_entry(
+                    &public,
+                    Some([&der[..], iaca_der]),
+                ));
             }
-            let public = cert_public_key(der)
-                .map_err(|e| LoadError(format!("DS certificate {}: {e}", r.label)))?;
-            jwks.push(super::service::jwk_entry(
-                &public,
-                Some([&der[..], iaca_der]),
-            ));
             let _ = ds_pem.insert(
                 r.label.clone(),
                 crate::pki::cert_pem(der)

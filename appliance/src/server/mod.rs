@@ -151,9 +151,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("dojang-keys".into())
             .spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let stopping = || stop.load(std::sync::atomic::Ordering::Relaxed);
+                while !stopping() {
                     service.keys_tick(time::OffsetDateTime::now_utc(), lease_ms);
-                    std::thread::sleep(interval);
+                    // In slices, so a stop never waits out a long interval.
+                    let next = std::time::Instant::now() + interval;
+                    while !stopping() && std::time::Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(100).min(interval));
+                    }
                 }
             })
             .context("starting the key lifecycle thread")?

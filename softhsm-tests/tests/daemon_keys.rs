@@ -1,0 +1,484 @@
+//! Officers and the key lifecycle through a running daemon: the two-person
+//! rule (self-approval, roles, expiry, M of N, rejection), each class of bad
+//! input, `dojangctl`'s officer commands, emergency revocation, and a usage
+//! limit reached under issuance.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use dojang::credential::mdoc;
+use dojang::credential::verify::Trust;
+use softhsm_tests::daemon::{self, Daemon, Options};
+use softhsm_tests::https::Reply;
+use time::OffsetDateTime;
+
+fn problem(reply: &Reply, status: u16, code: &str) -> serde_json::Value {
+    let body = reply.json();
+    assert_eq!(reply.status, status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+fn post(d: &Daemon, who: &str, path: &str, body: serde_json::Value) -> Reply {
+    d.client(who).post_json(path, &body, &[])
+}
+
+fn propose_rotation(d: &Daemon, who: &str) -> String {
+    let reply = post(
+        d,
+        who,
+        "/v1/keys/rotate",
+        serde_json::json!({"chain": "ds"}),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.json());
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+fn audit_text(d: &Daemon) -> String {
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT entry FROM audit_log ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&e.unwrap()).into_owned())
+        .collect::<Vec<_>>();
+    rows.join("\n")
+}
+
+fn issue(d: &Daemon, n: u32) -> Reply {
+    let (jwk, _) = daemon::phone();
+    post(
+        d,
+        "counter",
+        "/v1/credentials",
+        daemon::request("mdoc", &daemon::number(n), &jwk),
+    )
+}
+
+#[test]
+fn key_operations_need_a_second_officer() {
+    let d = Daemon::start(Options::default());
+    // Issuers and auditors cannot propose; auditors may look.
+    let _ = problem(
+        &post(
+            &d,
+            "counter",
+            "/v1/keys/rotate",
+            serde_json::json!({"chain": "ds"}),
+        ),
+        403,
+        "forbidden",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "auditor",
+            "/v1/keys/rotate",
+            serde_json::json!({"chain": "ds"}),
+        ),
+        403,
+        "forbidden",
+    );
+    assert_eq!(d.client("auditor").get("/v1/keys").status, 200);
+    let _ = problem(&d.client("counter").get("/v1/keys"), 403, "forbidden");
+    let _ = problem(&d.client("counter").get("/v1/approvals"), 403, "forbidden");
+
+    let id = propose_rotation(&d, "kim");
+    let approve = format!("/v1/approvals/{id}/approve");
+    let refused = problem(
+        &post(&d, "kim", &approve, serde_json::json!({})),
+        403,
+        "self_approval",
+    );
+    assert_eq!(refused["rule"], "officers.two_person");
+    let _ = problem(
+        &post(&d, "counter", &approve, serde_json::json!({})),
+        403,
+        "forbidden",
+    );
+    // Nothing happened yet.
+    assert_eq!(d.keys().len(), 1);
+    let listed = d.client("lee").get("/v1/approvals").json();
+    assert_eq!(listed["proposals"][0]["status"], "open");
+    assert_eq!(
+        listed["proposals"][0]["approvals"],
+        serde_json::json!(["spiffe://mois.go.kr/officer/kim"])
+    );
+
+    let approved = post(&d, "lee", &approve, serde_json::json!({}));
+    assert_eq!(approved.status, 200, "{}", approved.json());
+    let approved = approved.json();
+    assert_eq!(approved["status"], "approved");
+    assert!(
+        approved["result"].as_str().unwrap().contains("generated"),
+        "{approved}"
+    );
+    let keys = d.keys();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[1]["state"], "pending");
+    // Decided proposals take no more votes.
+    let _ = problem(
+        &post(&d, "park", &approve, serde_json::json!({})),
+        409,
+        "proposal_decided",
+    );
+    // One pending key at a time.
+    let _ = problem(
+        &post(
+            &d,
+            "park",
+            "/v1/keys/rotate",
+            serde_json::json!({"chain": "ds"}),
+        ),
+        409,
+        "key_state",
+    );
+
+    // A rejection closes a proposal.
+    let retire = post(&d, "kim", "/v1/keys/ds-1/retire", serde_json::json!({}));
+    assert_eq!(retire.status, 202, "{}", retire.json());
+    let rid = retire.json()["id"].as_str().unwrap().to_owned();
+    let rejected = post(
+        &d,
+        "park",
+        &format!("/v1/approvals/{rid}/reject"),
+        serde_json::json!({}),
+    );
+    assert_eq!(rejected.json()["status"], "rejected");
+    let _ = problem(
+        &post(
+            &d,
+            "lee",
+            &format!("/v1/approvals/{rid}/approve"),
+            serde_json::json!({}),
+        ),
+        409,
+        "proposal_decided",
+    );
+    assert_eq!(
+        d.keys()[0]["state"],
+        "active",
+        "the rejected retirement did nothing"
+    );
+
+    // Each class of bad input.
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/approvals/p-nope/approve",
+            serde_json::json!({}),
+        ),
+        404,
+        "not_found",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/nope/revoke",
+            serde_json::json!({"reason": "lost"}),
+        ),
+        404,
+        "not_found",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/rotate",
+            serde_json::json!({"chain": "audit"}),
+        ),
+        400,
+        "unknown_chain",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/ds-1/revoke",
+            serde_json::json!({"reason": " "}),
+        ),
+        400,
+        "invalid_reason",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/ds-1/revoke",
+            serde_json::json!({"reason": "x".repeat(201)}),
+        ),
+        400,
+        "invalid_reason",
+    );
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/ds-1/revoke",
+            serde_json::json!({"why": "lost"}),
+        ),
+        400,
+        "unknown_field",
+    );
+    let not_json = d.client("kim").send(
+        "POST",
+        "/v1/keys/rotate",
+        &[("content-type", "text/plain")],
+        b"ds".to_vec(),
+    );
+    let _ = problem(&not_json, 415, "unsupported_media_type");
+    let _ = problem(
+        &post(&d, "kim", "/v1/keys/ds-1/destroy", serde_json::json!({})),
+        409,
+        "key_state",
+    );
+    let _ = problem(
+        &post(&d, "kim", "/v1/keys/ds-1/activate", serde_json::json!({})),
+        409,
+        "key_state",
+    );
+    let _ = problem(
+        &d.client("kim").get("/v1/keys/rotate"),
+        405,
+        "method_not_allowed",
+    );
+
+    // Every step is in the audit log, refusals with their rule.
+    let audit = audit_text(&d);
+    for step in [
+        "officers.propose",
+        "officers.approve",
+        "officers.execute",
+        "officers.reject",
+        "keys.generate",
+        "officers.two_person",
+    ] {
+        assert!(audit.contains(step), "{step} not audited");
+    }
+}
+
+#[test]
+fn proposals_expire_and_m_of_n_counts_distinct_officers() {
+    let d = Daemon::start(Options {
+        policy: |p| {
+            p.replace("approvals_required = 2", "approvals_required = 3")
+                .replace("proposal_lifetime = \"24h\"", "proposal_lifetime = \"3s\"")
+        },
+        ..Options::default()
+    });
+    let id = propose_rotation(&d, "kim");
+    let approve = format!("/v1/approvals/{id}/approve");
+    let second = post(&d, "lee", &approve, serde_json::json!({}));
+    assert_eq!(second.json()["status"], "open", "2 of 3");
+    let again = problem(
+        &post(&d, "lee", &approve, serde_json::json!({})),
+        409,
+        "already_approved",
+    );
+    assert_eq!(again["rule"], "officers.distinct");
+    std::thread::sleep(Duration::from_millis(3200));
+    let expired = problem(
+        &post(&d, "park", &approve, serde_json::json!({})),
+        409,
+        "proposal_expired",
+    );
+    assert_eq!(expired["rule"], "officers.proposal_lifetime");
+    assert_eq!(
+        d.client("kim").get("/v1/approvals").json()["proposals"][0]["status"],
+        "expired"
+    );
+    assert_eq!(d.keys().len(), 1, "an expired proposal does nothing");
+
+    let id = propose_rotation(&d, "park");
+    let approve = format!("/v1/approvals/{id}/approve");
+    assert_eq!(
+        post(&d, "kim", &approve, serde_json::json!({})).json()["status"],
+        "open"
+    );
+    let third = post(&d, "lee", &approve, serde_json::json!({})).json();
+    assert_eq!(third["status"], "approved", "{third}");
+    assert_eq!(third["approvals"].as_array().unwrap().len(), 3);
+    assert_eq!(d.keys().len(), 2);
+}
+
+#[test]
+fn dojangctl_speaks_for_officers() {
+    let d = Daemon::start(Options::default());
+    let list = d.officer_ctl("kim", &["keys", "list"]).unwrap();
+    assert!(list.contains("ds-1") && list.contains("active"), "{list}");
+    let opened = d.officer_ctl("kim", &["keys", "rotate", "ds"]).unwrap();
+    assert!(
+        opened.contains("rotate ds") && opened.contains("1 of 2"),
+        "{opened}"
+    );
+    let pending: serde_json::Value = serde_json::from_str(
+        &d.officer_ctl("lee", &["--json", "approvals", "list"])
+            .unwrap(),
+    )
+    .unwrap();
+    let id = pending["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
+    assert!(
+        own.contains("self_approval") && own.contains("officers.two_person"),
+        "{own}"
+    );
+    let done = d.officer_ctl("lee", &["approve", &id]).unwrap();
+    assert!(
+        done.contains("approved") && done.contains("generated"),
+        "{done}"
+    );
+    let keys: serde_json::Value =
+        serde_json::from_str(&d.officer_ctl("park", &["--json", "keys", "list"]).unwrap()).unwrap();
+    assert_eq!(keys["keys"][1]["state"], "pending");
+    // A key by its kid; the proposal is rejected.
+    let kid = keys["keys"][0]["kid"].as_str().unwrap();
+    let revoke = d
+        .officer_ctl(
+            "park",
+            &["--json", "keys", "revoke", kid, "--reason", "drill"],
+        )
+        .unwrap();
+    let revoke: serde_json::Value = serde_json::from_str(&revoke).unwrap();
+    assert_eq!(revoke["operation"]["label"], "ds-1");
+    let rejected = d
+        .officer_ctl("kim", &["reject", revoke["id"].as_str().unwrap()])
+        .unwrap();
+    assert!(rejected.contains("rejected"), "{rejected}");
+    // Not an officer: the daemon says why.
+    let err = d.officer_ctl("counter", &["keys", "rotate"]).unwrap_err();
+    assert!(
+        err.contains("403 forbidden") && err.contains("client.role"),
+        "{err}"
+    );
+}
+
+#[test]
+fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credentials() {
+    // Rounds far apart: the test sees the daemon between revocation and a
+    // successor (which the next round would generate by itself).
+    let d = Daemon::start(Options {
+        server: "[server.keys]\nlifecycle_interval_ms = 600000\n".into(),
+        ..Options::default()
+    });
+    let mut signed = Vec::new();
+    for n in 0..2 {
+        let reply = issue(&d, 700 + n);
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        signed.push(reply.json());
+    }
+    let approved = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/ds-1/revoke",
+        &serde_json::json!({"reason": "token backup lost"}),
+    );
+    assert!(
+        approved["result"]
+            .as_str()
+            .unwrap()
+            .contains("2 credentials"),
+        "{approved}"
+    );
+    // Signing stops at once.
+    let _ = problem(&issue(&d, 710), 503, "no_signing_key");
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("ds-1 revoked"));
+    // The certificate is on the IACA's CRL, which verifies.
+    let public = &mut d.public_client();
+    let crl = openssl::x509::X509Crl::from_pem(&public.get("/iaca.crl").body).unwrap();
+    let ds1 = openssl::x509::X509::from_pem(&public.get("/ds/ds-1.pem").body).unwrap();
+    let iaca = openssl::x509::X509::from_der(&d.iaca_der()).unwrap();
+    assert!(crl.verify(&iaca.public_key().unwrap()).unwrap());
+    let listed: Vec<Vec<u8>> = crl
+        .get_revoked()
+        .unwrap()
+        .iter()
+        .map(|r| r.serial_number().to_bn().unwrap().to_vec())
+        .collect();
+    assert_eq!(listed, [ds1.serial_number().to_bn().unwrap().to_vec()]);
+    // Verifiers that trust keys no longer find it.
+    let jwks = public.get("/.well-known/jwks.json").json();
+    assert!(!jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["kid"] == signed[0]["kid"]));
+    // What it signed is suspended (the shipped policy's choice).
+    for credential in &signed {
+        let meta = d.client("counter").get(&format!(
+            "/v1/credentials/{}",
+            credential["id"].as_str().unwrap()
+        ));
+        assert_eq!(meta.json()["state"], "suspended");
+        let status = &credential["status"];
+        assert_eq!(
+            d.status_bit(
+                status["uri"].as_str().unwrap(),
+                status["idx"].as_u64().unwrap()
+            ),
+            2
+        );
+    }
+    // A revoked key cannot be brought back.
+    let _ = problem(
+        &post(
+            &d,
+            "kim",
+            "/v1/keys/ds-1/revoke",
+            serde_json::json!({"reason": "again"}),
+        ),
+        409,
+        "key_state",
+    );
+    // Officers put a successor in place: issuance and readiness come back.
+    let label = d.rotate_now();
+    let reply = issue(&d, 720);
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    assert_eq!(reply.json()["key_label"], label.as_str());
+    assert_eq!(d.ops_client().get("/readyz").status, 200);
+}
+
+#[test]
+fn a_usage_limit_rotates_the_running_daemon() {
+    let d = Daemon::start(Options {
+        policy: |p| p.replace("max_signatures = 50000000", "max_signatures = 3"),
+        server: "[server.keys]\nlifecycle_interval_ms = 200\n".into(),
+        ..Options::default()
+    });
+    for n in 0..3 {
+        assert_eq!(issue(&d, 800 + n).json()["key_label"], "ds-1");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let successor = loop {
+        let keys = d.keys();
+        if let Some(k) = keys
+            .iter()
+            .find(|k| k["state"] == "active" && k["label"] != "ds-1")
+        {
+            assert_eq!(keys[0]["state"], "retired");
+            assert_eq!(keys[0]["signatures"], 3);
+            break k["label"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no rotation: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reply = issue(&d, 810).json();
+    assert_eq!(reply["key_label"], successor.as_str());
+    let cbor = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        reply["credential"].as_str().unwrap(),
+    )
+    .unwrap();
+    let _ = mdoc::verify(
+        &cbor,
+        &Trust::Iaca(d.iaca_der()),
+        OffsetDateTime::now_utc(),
+        Some(mdoc::DOC_TYPE),
+    )
+    .unwrap();
+}
