@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
 VENV := .venv
 PY_REQUIREMENTS := softhsm-tests/python/requirements.txt
 
-.PHONY: all deps build test lint unit e2e bench bench-load demo demo-clean clean
+.PHONY: all deps build test lint unit e2e bench bench-load bench-rotation demo demo-clean clean
 
 all: build
 
@@ -56,11 +56,16 @@ bench: deps
 	$(CARGO) bench -p softhsm-tests --bench registry
 	$(CARGO) bench -p softhsm-tests --bench audit
 	$(MAKE) bench-load
+	$(MAKE) bench-rotation
 
 # The daemon under load over mTLS; it runs the release binaries.
 bench-load: deps
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p softhsm-tests --bench daemon_load
+
+bench-rotation: deps
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p softhsm-tests --bench daemon_rotation
 
 demo: build
 	@appliance/scripts/demo.sh

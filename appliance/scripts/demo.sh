@@ -28,12 +28,16 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*dojang-demo"; the
   softhsm2-util --init-token --free --label dojang-demo \
     --pin "$(cat "$state/pin")" --so-pin "$(cat "$state/so-pin")" >/dev/null
 fi
-if [ ! -f "$state/tls/auditor.pem" ]; then
-  echo "== dev TLS PKI (CA, localhost server, three client identities) in $state/tls"
+if [ ! -f "$state/tls/kim.pem" ]; then
+  rm -rf "$state/tls"
+  echo "== dev TLS PKI (CA, localhost server, client identities: counter, gateway, auditor, officers kim/lee/park) in $state/tls"
   "$bin/dojangctl" dev-tls --dir "$state/tls" \
     --client counter=spiffe://mois.go.kr/office-counter \
     --client gateway=spiffe://mois.go.kr/wallet-gateway \
-    --client auditor=spiffe://mois.go.kr/auditor
+    --client auditor=spiffe://mois.go.kr/auditor \
+    --client kim=spiffe://mois.go.kr/officer/kim \
+    --client lee=spiffe://mois.go.kr/officer/lee \
+    --client park=spiffe://mois.go.kr/officer/park
 fi
 cat > "$state/dojang.toml" <<TOML
 # Dojang dev configuration written by make demo.
@@ -178,6 +182,11 @@ curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$st
 "$bin/dojangctl" audit verify "$state/audit.json" --key "$state/audit.pem" \
   --origin dojang.example.kr/demo-audit --allow-unsigned-tail
 echo
+echo "== the DS key chain, as security officer kim sees it over mTLS"
+officer() { local who=$1; shift; "$bin/dojangctl" --api https://localhost:8443 --ca "$state/tls/ca.pem" \
+  --cert "$state/tls/$who.pem" --key "$state/tls/$who.key" "$@"; }
+officer kim keys list
+echo
 cat <<MSG
 == dojangd is running (pid $(cat "$state/dojangd.pid"), log $state/dojangd.log). Try:
   cd $root
@@ -195,5 +204,12 @@ cat <<MSG
   # the audit log, as an auditor sees it (docs/operations.md)
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/auditor.pem --key .demo/tls/auditor.key \\
        "https://localhost:8443/v1/audit/entries?start=0&count=10"
+  # rotate the DS key: officer kim proposes, officer lee approves (two-person rule);
+  # the new key is published now and signs 7 days later (policy [keys].prepublish)
+  o="target/debug/dojangctl --api https://localhost:8443 --ca .demo/tls/ca.pem"
+  \$o --cert .demo/tls/kim.pem --key .demo/tls/kim.key keys rotate ds
+  \$o --cert .demo/tls/lee.pem --key .demo/tls/lee.key approvals list
+  \$o --cert .demo/tls/lee.pem --key .demo/tls/lee.key approve PROPOSAL_ID
+  \$o --cert .demo/tls/kim.pem --key .demo/tls/kim.key keys list
   kill \$(cat .demo/dojangd.pid)              # stop it;  make demo-clean removes everything
 MSG

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+pub(crate) mod load;
+
 use std::time::{Duration, Instant};
 
 use pkcs11_shim::pkcs11::Pkcs11Backend;
