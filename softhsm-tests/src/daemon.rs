@@ -434,11 +434,22 @@ impl Daemon {
         approved.json()
     }
 
-    /// The daemon's key records (`GET /v1/keys` as an officer).
-    pub fn keys(&self) -> Vec<serde_json::Value> {
+    /// The daemon's key records of `chain` (`GET /v1/keys` as an officer).
+    pub fn chain_keys(&self, chain: &str) -> Vec<serde_json::Value> {
         let reply = self.client("kim").get("/v1/keys");
         assert_eq!(reply.status, 200, "{}", reply.json());
-        reply.json()["keys"].as_array().expect("keys").clone()
+        reply.json()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter(|k| k["chain"] == chain)
+            .cloned()
+            .collect()
+    }
+
+    /// The DS keys (`ds-1` first).
+    pub fn keys(&self) -> Vec<serde_json::Value> {
+        self.chain_keys("ds")
     }
 
     /// Rotates the DS key now through two officers (a new key, then its

@@ -126,7 +126,8 @@ fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
     let generated: i64 = admin
         .query_one(
             &format!(
-                "SELECT COUNT(*) FROM {}.audit_log WHERE position('keys.generate' in encode(entry, 'escape')) > 0",
+                "SELECT COUNT(*) FROM {}.audit_log WHERE position('keys.generate' in encode(entry, 'escape')) > 0
+                   AND position('key ds-' in encode(entry, 'escape')) > 0",
                 schema.name
             ),
             &[],
@@ -136,7 +137,7 @@ fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
     let queued: i64 = admin
         .query_one(
             &format!(
-                "SELECT COUNT(*) FROM {}.audit_queue WHERE action = 'keys.generate'",
+                "SELECT COUNT(*) FROM {}.audit_queue WHERE action = 'keys.generate' AND rule LIKE 'key ds-%'",
                 schema.name
             ),
             &[],

@@ -66,10 +66,18 @@ fn node(
     )
 }
 
-fn states(registry: &dyn Registry) -> Vec<(String, &'static str)> {
+/// The DS chain's keys (the status-list chain rotates beside it).
+fn ds_keys(registry: &dyn Registry) -> Vec<dojang::store::StoredKey> {
     registry
         .keys()
         .unwrap()
+        .into_iter()
+        .filter(|k| k.chain == "ds")
+        .collect()
+}
+
+fn states(registry: &dyn Registry) -> Vec<(String, &'static str)> {
+    ds_keys(registry)
         .iter()
         .map(|k| (k.record.label.clone(), k.record.state.as_str()))
         .collect()
@@ -108,12 +116,12 @@ fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
     assert_eq!(states(registry), [("ds-1".to_owned(), "active")]);
     // Due after 90 days, announced 7 days before: nothing at day 80.
     s.keys_tick(t0 + Duration::days(80), LEASE_MS);
-    assert_eq!(registry.keys().unwrap().len(), 1);
+    assert_eq!(ds_keys(registry).len(), 1);
     // Day 84: a successor is published, to sign from day 91.
     let day84 = t0 + Duration::days(84);
     s.keys_tick(day84, LEASE_MS);
     s.keys_tick(day84 + Duration::hours(1), LEASE_MS);
-    let keys = registry.keys().unwrap();
+    let keys = ds_keys(registry);
     assert_eq!(keys.len(), 2, "one successor, however many rounds");
     let next = &keys[1];
     assert_eq!(next.record.state.as_str(), "pending");
@@ -153,7 +161,22 @@ fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
         ]
     );
     // Retired keys stay published (what they signed is still valid).
-    assert_eq!(jwks_kids(s).len(), 3, "two DS keys and the status-list key");
+    assert!(jwks_kids(s).contains(&ds_keys(registry)[0].kid));
+    // The status-list chain rotated on the same schedule: its new key
+    // signs from the same second, and both are published.
+    let status: Vec<_> = registry
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.chain == "status-list")
+        .collect();
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert_eq!(status[1].record.state.as_str(), "active");
+    assert_eq!(
+        s.current().keys.status_key_at(switch),
+        Some(status[1].record.label.as_str())
+    );
+    assert!(status.iter().all(|k| jwks_kids(s).contains(&k.kid)));
     assert!(audit_text(registry).contains("scheduled rotation"));
 }
 
@@ -167,12 +190,12 @@ fn a_usage_limit_rotates_at_once() {
         s.count_signature("ds-1", (t0 + Duration::days(90)).unix_timestamp());
     }
     s.keys_tick(t0 + Duration::days(1), LEASE_MS);
-    assert_eq!(registry.keys().unwrap().len(), 1);
-    assert_eq!(registry.keys().unwrap()[0].record.signatures, 9);
+    assert_eq!(ds_keys(registry).len(), 1);
+    assert_eq!(ds_keys(registry)[0].record.signatures, 9);
     s.count_signature("ds-1", (t0 + Duration::days(91)).unix_timestamp());
     let day2 = t0 + Duration::days(2);
     s.keys_tick(day2, LEASE_MS);
-    let keys = registry.keys().unwrap();
+    let keys = ds_keys(registry);
     assert_eq!(keys[0].record.signatures, 10);
     assert_eq!(
         keys[0]
@@ -200,12 +223,12 @@ fn an_ending_certificate_rotates_before_the_schedule() {
     let t = in_process(|p| p.replace("rotate_every = \"90d\"", "rotate_every = \"400d\""));
     let (s, registry) = (&t.service, t.registry.as_ref());
     s.keys_tick(t0 + Duration::days(260), LEASE_MS);
-    assert_eq!(registry.keys().unwrap().len(), 1);
+    assert_eq!(ds_keys(registry).len(), 1);
     // Day 270: 95 days left, 88 at the end of the prepublication: the
     // successor is published now and signs in 7 days.
     let day270 = t0 + Duration::days(270);
     s.keys_tick(day270, LEASE_MS);
-    let keys = registry.keys().unwrap();
+    let keys = ds_keys(registry);
     assert_eq!(keys.len(), 2);
     assert_eq!(
         keys[1].record.activate_at.unix_timestamp(),
@@ -219,7 +242,7 @@ fn retired_keys_are_destroyed_only_after_what_they_signed_expired() {
     let t = in_process(|p| p);
     let (s, registry) = (&t.service, t.registry.as_ref());
     let t0 = OffsetDateTime::now_utc();
-    let ds1_kid = registry.keys().unwrap()[0].kid.clone();
+    let ds1_kid = ds_keys(registry)[0].kid.clone();
     // ds-1 signs something valid until day 100, then is rotated out.
     s.count_signature("ds-1", (t0 + Duration::days(100)).unix_timestamp());
     s.keys_tick(t0 + Duration::days(84), LEASE_MS);
@@ -253,7 +276,7 @@ fn of_two_nodes_sharing_a_registry_one_acts() {
     t.service.keys_tick(day84, LEASE_MS);
     b.keys_tick(day84, LEASE_MS);
     b.keys_tick(day84 + Duration::seconds(1), LEASE_MS);
-    assert_eq!(t.registry.keys().unwrap().len(), 2, "one successor");
+    assert_eq!(ds_keys(t.registry.as_ref()).len(), 2, "one successor");
     // b takes over once a's lease lapses, and acts on the same records.
     let later = day84 + Duration::days(7);
     b.keys_tick(later, LEASE_MS);

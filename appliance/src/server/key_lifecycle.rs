@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use openssl::x509::{X509, X509Crl};
-use pkcs11_shim::{Algorithm, PublicKey};
+use pkcs11_shim::{Algorithm, KeyPurpose, PublicKey};
 use time::OffsetDateTime;
 
 use super::service::{LoadError, Service};
@@ -21,7 +21,8 @@ use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, plan};
 use crate::pki::profile::CertFacts;
 use crate::pki::{DsCertificate, ceremony, profile};
 use crate::store::{
-    DS_CHAIN, DecisionRecord, KeyRevocation, StoreError, StoredKey, revoked_serials,
+    CHAINS, DS_CHAIN, DecisionRecord, KeyRevocation, STATUS_CHAIN, StoreError, StoredKey,
+    revoked_serials,
 };
 
 /// The lease the acting node holds; it outlives a few missed ticks.
@@ -39,6 +40,8 @@ pub struct ScheduledSigner {
 pub struct KeyView {
     /// Signers by activation, oldest first.
     pub signers: Vec<ScheduledSigner>,
+    /// Status-list keys (activation, label), oldest first.
+    pub status_keys: Vec<(OffsetDateTime, String)>,
     /// Why a key that should sign cannot (readiness reports it).
     pub problems: Vec<String>,
     /// `/.well-known/jwks.json`.
@@ -62,6 +65,20 @@ impl KeyView {
             .find(|s| s.from <= now && s.signer.not_after() > now)
             .map(|s| &s.signer)
     }
+
+    /// The status-list key (label) that signs at `now`.
+    pub fn status_key_at(&self, now: OffsetDateTime) -> Option<&str> {
+        self.status_keys
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now)
+            .map(|(_, label)| label.as_str())
+    }
+}
+
+/// Keys without a certificate (status-list keys) have no end of their own.
+fn no_certificate_end(now: OffsetDateTime) -> OffsetDateTime {
+    now + time::Duration::days(365 * 100)
 }
 
 /// The states and revocations of every key, to notice a change.
@@ -119,11 +136,14 @@ impl Service {
     /// `dojangctl pki init` / `pki issue-ds` wrote are taken in; the newest
     /// valid one signs, older ones are retired. Later files are not taken
     /// in (a key enters only through the schedule or officers' approval).
-    pub(crate) fn import_pki_directory(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+    pub(crate) fn import_existing_keys(&self, now: OffsetDateTime) -> Result<(), LoadError> {
         let keys = self
             .registry
             .keys()
             .map_err(|e| LoadError(store_problem(e)))?;
+        if !keys.iter().any(|k| k.chain == STATUS_CHAIN) {
+            self.import_status_key(now)?;
+        }
         let certs = self
             .pki
             .ds_certificates()
@@ -178,6 +198,46 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// First start: the configured status-list key becomes the chain's
+    /// active key.
+    fn import_status_key(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+        let label = &self.keys.status_list;
+        let key = self
+            .backend
+            .find(label)
+            .map_err(|e| LoadError(format!("status-list key {label:?}: {e}")))?;
+        if key.purpose != KeyPurpose::StatusList {
+            return Err(LoadError(format!(
+                "key {label:?} is a {} key, not a status-list key",
+                key.purpose
+            )));
+        }
+        let kid = key
+            .kid()
+            .ok_or_else(|| LoadError(format!("key {label:?} has no public key")))?;
+        let stored = StoredKey {
+            chain: STATUS_CHAIN.into(),
+            kid: kid.clone(),
+            certificate: None,
+            record: KeyRecord {
+                label: label.clone(),
+                state: KeyState::Active,
+                created_at: now,
+                activate_at: now,
+                cert_not_after: no_certificate_end(now),
+                signatures: 0,
+                last_signature_valid_until: None,
+                revoked: false,
+            },
+            revocation: None,
+        };
+        let decision = self.key_decision("keys.import", "active", label, &kid, now);
+        match self.registry.add_key(&stored, decision) {
+            Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(LoadError(store_problem(e))),
+        }
     }
 
     pub(crate) fn key_decision(
@@ -260,19 +320,32 @@ impl Service {
             }
         }
         signers.sort_by_key(|s| s.from);
-        let status = self
-            .backend
-            .find(&self.keys.status_list)
-            .map_err(|e| LoadError(format!("status-list key: {e}")))?;
-        if let Some(public) = &status.public_key {
-            jwks.push(super::service::jwk_entry(public, None));
+        let mut status_keys = Vec::new();
+        for key in keys.iter().filter(|k| k.chain == STATUS_CHAIN) {
+            let r = &key.record;
+            if r.state == KeyState::Destroyed || r.revoked {
+                continue;
+            }
+            match self.backend.find(&r.label) {
+                Ok(info) => {
+                    if let Some(public) = &info.public_key {
+                        jwks.push(super::service::jwk_entry(public, None));
+                    }
+                    if matches!(r.state, KeyState::Pending | KeyState::Active) {
+                        status_keys.push((r.activate_at, r.label.clone()));
+                    }
+                }
+                Err(e) => problems.push(format!("status-list key {}: {e}", r.label)),
+            }
         }
+        status_keys.sort();
         let fingerprint = fingerprint(keys, crl.as_deref());
         let crl_pem = crl
             .map(String::into_bytes)
             .or_else(|| std::fs::read(self.pki.crl_path()).ok());
         Ok(KeyView {
             signers,
+            status_keys,
             problems,
             jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
                 .map_err(|e| LoadError(e.to_string()))?,
@@ -333,84 +406,112 @@ impl Service {
 
     fn act_on_plan(&self, now: OffsetDateTime) -> Result<(), String> {
         let keys = self.registry.keys().map_err(store_problem)?;
-        let ds: Vec<KeyRecord> = keys
-            .iter()
-            .filter(|k| k.chain == DS_CHAIN)
-            .map(|k| k.record.clone())
-            .collect();
-        if ds.is_empty() {
-            // Not imported yet (no `pki init`): nothing to plan from.
-            return Ok(());
-        }
-        for action in plan(&ds, &self.rotation_rules(), now) {
-            let outcome = match &action {
-                Action::GeneratePending {
-                    activate_at,
-                    reason,
-                } => self.generate_ds_key(*activate_at, reason, now).map(|_| ()),
-                Action::Activate { label } => self.activate_key(&keys, label, now),
-                Action::Retire { label, reason } => self.retire_key(&keys, label, reason, now),
-                Action::Destroy { label } => self.destroy_key(&keys, label, now),
-            };
-            let name = match &action {
-                Action::GeneratePending { .. } => "generate",
-                Action::Activate { .. } => "activate",
-                Action::Retire { .. } => "retire",
-                Action::Destroy { .. } => "destroy",
-            };
-            self.metrics
-                .key_actions
-                .with_label_values(&[name, if outcome.is_ok() { "ok" } else { "error" }])
-                .inc();
-            outcome?;
+        for chain in CHAINS {
+            let records: Vec<KeyRecord> = keys
+                .iter()
+                .filter(|k| k.chain == chain)
+                .map(|k| k.record.clone())
+                .collect();
+            if records.is_empty() {
+                // Not imported yet (no `pki init`): nothing to plan from.
+                continue;
+            }
+            for action in plan(&records, &self.rotation_rules(), now) {
+                let (name, outcome) = match &action {
+                    Action::GeneratePending {
+                        activate_at,
+                        reason,
+                    } => (
+                        "generate",
+                        self.generate_key(chain, *activate_at, reason, now)
+                            .map(|_| ()),
+                    ),
+                    Action::Activate { label } => {
+                        ("activate", self.activate_key(&keys, label, now))
+                    }
+                    Action::Retire { label, reason } => {
+                        ("retire", self.retire_key(&keys, label, reason, now))
+                    }
+                    Action::Destroy { label } => ("destroy", self.destroy_key(&keys, label, now)),
+                };
+                self.metrics
+                    .key_actions
+                    .with_label_values(&[name, if outcome.is_ok() { "ok" } else { "error" }])
+                    .inc();
+                outcome?;
+            }
         }
         Ok(())
     }
 
-    /// Generates a DS key and its certificate and records it pending until
-    /// `activate_at`; returns its label.
-    pub(crate) fn generate_ds_key(
+    /// Generates a key for `chain` (a DS key with its certificate) and
+    /// records it pending until `activate_at`; returns its label.
+    pub(crate) fn generate_key(
         &self,
+        chain: &str,
         activate_at: OffsetDateTime,
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<String, String> {
         let keys = self.registry.keys().map_err(store_problem)?;
-        let algorithm = self
-            .current()
-            .keys
-            .signers
-            .last()
-            .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm());
+        let current = self.current();
+        // The algorithm the chain signs with now (verifiers expect it).
+        let algorithm = match chain {
+            DS_CHAIN => current
+                .keys
+                .signers
+                .last()
+                .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm()),
+            _ => current
+                .keys
+                .status_keys
+                .last()
+                .and_then(|(_, label)| self.backend.find(label).ok())
+                .map_or(Algorithm::Es256, |k| k.algorithm),
+        };
         let mut random = [0u8; 3];
         openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
-        let label = format!("ds-{}-{}", now.unix_timestamp(), hex(&random));
+        let label = format!("{chain}-{}-{}", now.unix_timestamp(), hex(&random));
         if keys.iter().any(|k| k.record.label == label) {
             return Err(format!("label {label} is taken"));
         }
-        let (der, facts, _) = self
-            .metrics
-            .hsm("generate_ds_key", || {
-                ceremony::document_signer_in_token(
-                    self.backend,
-                    &self.pki_config,
-                    &label,
-                    algorithm,
-                    now,
-                )
-            })
-            .map_err(|e| format!("generating {label}: {e}"))?;
-        let kid = cert_public_key(&der)?.kid();
+        let (kid, certificate, not_after) = if chain == DS_CHAIN {
+            let (der, facts, _) = self
+                .metrics
+                .hsm("generate_key", || {
+                    ceremony::document_signer_in_token(
+                        self.backend,
+                        &self.pki_config,
+                        &label,
+                        algorithm,
+                        now,
+                    )
+                })
+                .map_err(|e| format!("generating {label}: {e}"))?;
+            (cert_public_key(&der)?.kid(), Some(der), facts.not_after)
+        } else {
+            let info = self
+                .metrics
+                .hsm("generate_key", || {
+                    self.backend
+                        .generate(&label, KeyPurpose::StatusList, algorithm)
+                })
+                .map_err(|e| format!("generating {label}: {e}"))?;
+            let kid = info
+                .kid()
+                .ok_or_else(|| format!("{label} has no public key"))?;
+            (kid, None, no_certificate_end(now))
+        };
         let key = StoredKey {
-            chain: DS_CHAIN.into(),
+            chain: chain.into(),
             kid: kid.clone(),
-            certificate: Some(der),
+            certificate,
             record: KeyRecord {
                 label: label.clone(),
                 state: KeyState::Pending,
                 created_at: now,
                 activate_at,
-                cert_not_after: facts.not_after,
+                cert_not_after: not_after,
                 signatures: 0,
                 last_signature_valid_until: None,
                 revoked: false,
@@ -427,7 +528,7 @@ impl Service {
                 e => store_problem(e),
             });
         }
-        tracing::info!(%label, %kid, activate_at = %activate_at, reason, "DS key generated, published until it signs");
+        tracing::info!(%label, %kid, activate_at = %activate_at, reason, "key generated, published until it signs");
         Ok(label)
     }
 
@@ -461,7 +562,7 @@ impl Service {
         self.registry
             .move_keys(&moves, now, decision)
             .map_err(store_problem)?;
-        tracing::info!(%label, "DS key active");
+        tracing::info!(%label, "key active");
         Ok(())
     }
 
@@ -520,7 +621,9 @@ impl Service {
     ) -> Result<u64, String> {
         let keys = self.registry.keys().map_err(store_problem)?;
         let key = Self::state_of(&keys, label)?;
+        let is_ds = key.chain == DS_CHAIN;
         let credentials = match self.current().policy.keys.on_ds_revocation {
+            _ if !is_ds => None,
             dojang_policies::DsRevocation::Revoke => Some(crate::store::CredentialState::Revoked),
             dojang_policies::DsRevocation::Suspend => {
                 Some(crate::store::CredentialState::Suspended)
@@ -542,9 +645,11 @@ impl Service {
         self.status_changed();
         // Signing stops here before the CRL is even signed.
         self.refresh_keys(true).map_err(|e| e.0)?;
-        self.publish_crl(now)?;
-        self.refresh_keys(true).map_err(|e| e.0)?;
-        tracing::warn!(%label, changed, "DS key revoked");
+        if is_ds {
+            self.publish_crl(now)?;
+            self.refresh_keys(true).map_err(|e| e.0)?;
+        }
+        tracing::warn!(%label, changed, "key revoked");
         Ok(changed)
     }
 

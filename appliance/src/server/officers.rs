@@ -16,7 +16,7 @@ use super::problem::Problem;
 use super::service::Service;
 use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
 use crate::keys::lifecycle::KeyState;
-use crate::store::{DS_CHAIN, StoreError, StoredKey};
+use crate::store::{CHAINS, StoreError, StoredKey};
 
 /// Proposals a listing returns at most.
 const LIST_LIMIT: u32 = 200;
@@ -236,10 +236,10 @@ impl Service {
         };
         match operation {
             Operation::CreateKey { chain } => {
-                if chain != DS_CHAIN {
+                if !CHAINS.contains(&chain.as_str()) {
                     return Err(Problem::bad_request(
                         "unknown_chain",
-                        format!("no key chain {chain:?}: rotate \"{DS_CHAIN}\""),
+                        format!("no key chain {chain:?}: rotate one of {CHAINS:?}"),
                     ));
                 }
                 if keys
@@ -460,10 +460,10 @@ impl Service {
                 .with_rule("keys.lifecycle")
         };
         let done = match operation {
-            Operation::CreateKey { .. } => {
+            Operation::CreateKey { chain } => {
                 let activate_at = now + self.current().policy.keys.prepublish;
                 let label = self
-                    .generate_ds_key(activate_at, "officer rotation", now)
+                    .generate_key(chain, activate_at, "officer rotation", now)
                     .map_err(failed)?;
                 format!(
                     "key {label} generated: published now, signs from {}",

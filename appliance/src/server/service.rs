@@ -160,6 +160,7 @@ impl Service {
                 ),
                 keys: Arc::new(KeyView {
                     signers: Vec::new(),
+                    status_keys: Vec::new(),
                     problems: vec!["not loaded".into()],
                     jwks: Vec::new(),
                     ds_pem: HashMap::new(),
@@ -192,10 +193,9 @@ impl Service {
     }
 
     fn check_service_keys(&self) -> Result<(), LoadError> {
-        for (label, purpose) in [
-            (&self.keys.pseudonym, KeyPurpose::Pseudonym),
-            (&self.keys.status_list, KeyPurpose::StatusList),
-        ] {
+        // The status-list key is checked when it is first imported: later
+        // it rotates and the configured label may be long destroyed.
+        for (label, purpose) in [(&self.keys.pseudonym, KeyPurpose::Pseudonym)] {
             let key = self
                 .backend
                 .find(label)
@@ -230,7 +230,7 @@ impl Service {
             .pki
             .iaca()
             .map_err(|e| LoadError(format!("IACA: {e}")))?;
-        self.import_pki_directory(now)?;
+        self.import_existing_keys(now)?;
         let keys = self
             .registry
             .keys()
@@ -261,6 +261,8 @@ impl Service {
     /// Replaces the keys part of the current state.
     pub(crate) fn swap_keys(&self, view: KeyView) {
         let view = Arc::new(view);
+        // Status tokens are re-signed with whichever key signs now.
+        self.status_changed();
         self.swap(|old| Current {
             policy: old.policy.clone(),
             keys: view,
@@ -342,12 +344,17 @@ impl Service {
             .unwrap_or(1)
             .min(STATUS_LIST_SIZE);
         let list_bits = StatusList::from_entries(size, &entries).map_err(|e| e.to_string())?;
+        let current = self.current();
+        let key = current
+            .keys
+            .status_key_at(OffsetDateTime::now_utc())
+            .ok_or_else(|| "no status-list key can sign now".to_owned())?;
         let token = self
             .metrics
             .hsm("sign_status_list", || {
                 sign_token(
                     self.backend,
-                    &self.keys.status_list,
+                    key,
                     &self.status_uri(list),
                     &list_bits,
                     now,
@@ -356,6 +363,7 @@ impl Service {
                 )
             })
             .map_err(|e| e.to_string())?;
+        self.count_signature(key, now + STATUS_TOKEN_LIFETIME);
         self.metrics.status_list_signatures.inc();
         self.metrics
             .status_list_seconds
@@ -422,6 +430,11 @@ impl Service {
         let signing = current
             .signer(now)
             .map(|s| format!("{} (kid {})", s.label(), s.kid()));
+        let status_key = current
+            .keys
+            .status_key_at(now)
+            .map(str::to_owned)
+            .ok_or_else(|| "no status-list key can sign now".to_owned());
         let audit = self.registry.probe_write();
         let checks = vec![
             Check {
@@ -449,6 +462,11 @@ impl Service {
                 name: "signing_key",
                 ok: signing.is_ok(),
                 detail: signing.unwrap_or_else(|e| e),
+            },
+            Check {
+                name: "status_list_key",
+                ok: status_key.is_ok(),
+                detail: status_key.unwrap_or_else(|e| e),
             },
         ];
         let readiness = Readiness {

@@ -11,6 +11,10 @@ use crate::keys::lifecycle::{KeyRecord, KeyState};
 
 /// The chain of document-signer keys (they sign every credential profile).
 pub const DS_CHAIN: &str = "ds";
+/// The chain of status-list keys (they sign `statuslist+jwt` tokens).
+pub const STATUS_CHAIN: &str = "status-list";
+/// Every chain the daemon rotates.
+pub const CHAINS: [&str; 2] = [DS_CHAIN, STATUS_CHAIN];
 
 /// A key as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

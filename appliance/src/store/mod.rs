@@ -18,7 +18,8 @@ mod sqlite;
 use std::fmt;
 
 pub use self::keyring::{
-    DS_CHAIN, KeyRegistry, KeyRevocation, StoredKey, StoredProposal, revoked_serials,
+    CHAINS, DS_CHAIN, KeyRegistry, KeyRevocation, STATUS_CHAIN, StoredKey, StoredProposal,
+    revoked_serials,
 };
 pub use self::postgres::PostgresRegistry;
 pub use self::sqlite::SqliteRegistry;
