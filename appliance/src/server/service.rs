@@ -192,20 +192,20 @@ impl Service {
         Ok(service)
     }
 
+    /// The pseudonym key must be there from the start. (The status-list key
+    /// is checked when first imported: later it rotates, and the configured
+    /// label may be long destroyed.)
     fn check_service_keys(&self) -> Result<(), LoadError> {
-        // The status-list key is checked when it is first imported: later
-        // it rotates and the configured label may be long destroyed.
-        for (label, purpose) in [(&self.keys.pseudonym, KeyPurpose::Pseudonym)] {
-            let key = self
-                .backend
-                .find(label)
-                .map_err(|e| LoadError(format!("key {label:?}: {e}")))?;
-            if key.purpose != purpose {
-                return Err(LoadError(format!(
-                    "key {label:?} is a {} key, not a {purpose} key",
-                    key.purpose
-                )));
-            }
+        let label = &self.keys.pseudonym;
+        let key = self
+            .backend
+            .find(label)
+            .map_err(|e| LoadError(format!("key {label:?}: {e}")))?;
+        if key.purpose != KeyPurpose::Pseudonym {
+            return Err(LoadError(format!(
+                "key {label:?} is a {} key, not a pseudonym key",
+                key.purpose
+            )));
         }
         Ok(())
     }
