@@ -184,7 +184,7 @@ curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$st
 echo
 echo "== the DS key chain, as security officer kim sees it over mTLS"
 officer() { local who=$1; shift; "$bin/dojangctl" --api https://localhost:8443 --ca "$state/tls/ca.pem" \
-  --cert "$state/tls/$who.pem" --key "$state/tls/$who.key" "$@"; }
+  --officer-cert "$state/tls/$who.pem" --officer-key "$state/tls/$who.key" "$@"; }
 officer kim keys list
 echo
 cat <<MSG
@@ -207,9 +207,9 @@ cat <<MSG
   # rotate the DS key: officer kim proposes, officer lee approves (two-person rule);
   # the new key is published now and signs 7 days later (policy [keys].prepublish)
   o="target/debug/dojangctl --api https://localhost:8443 --ca .demo/tls/ca.pem"
-  \$o --cert .demo/tls/kim.pem --key .demo/tls/kim.key keys rotate ds
-  \$o --cert .demo/tls/lee.pem --key .demo/tls/lee.key approvals list
-  \$o --cert .demo/tls/lee.pem --key .demo/tls/lee.key approve PROPOSAL_ID
-  \$o --cert .demo/tls/kim.pem --key .demo/tls/kim.key keys list
+  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key keys rotate ds
+  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key approvals list
+  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key approve PROPOSAL_ID
+  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key keys list
   kill \$(cat .demo/dojangd.pid)              # stop it;  make demo-clean removes everything
 MSG

@@ -109,6 +109,10 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     assert_eq!(
         actions,
         [
+            // The first start takes the ceremony's DS key and the
+            // status-list key into the registry.
+            ("keys.import", "active"),
+            ("keys.import", "active"),
             ("start", "ok"),
             ("issue", "allow"),
             ("issue", "allow"),
@@ -116,13 +120,13 @@ fn every_decision_is_logged_signed_provable_and_exported() {
             ("revoke", "allow"),
         ]
     );
-    let denial = &log[3];
+    let denial = &log[5];
     assert_eq!(denial.rule.as_deref(), Some("holder.minimum_age"));
     assert!(
         denial.holder.is_some(),
         "denials name the holder's pseudonym"
     );
-    let issued = &log[2];
+    let issued = &log[4];
     assert_eq!(issued.credential_id.as_deref(), Some(id));
     assert_eq!(issued.key_id.as_deref(), second["kid"].as_str());
     assert_eq!(
@@ -140,7 +144,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     // A checkpoint signed by the audit key, and proofs against it.
     let key_pem = d.scratch().join("audit.pem");
     let bundle = d.scratch().join("audit.json");
-    let (size, note) = wait_checkpoint(&mut auditor, 5);
+    let (size, note) = wait_checkpoint(&mut auditor, 7);
     let _ = d.ctl(&[
         "audit",
         "export",
@@ -229,7 +233,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["entries"], 6);
+    assert_eq!(report["entries"], 8);
     assert_eq!(report["unsigned_tail"], 0);
 
     // No personal data anywhere in the store.

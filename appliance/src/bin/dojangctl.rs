@@ -45,10 +45,10 @@ struct Args {
     #[arg(long, global = true)]
     api: Option<String>,
     /// The officer's client certificate (PEM) [default: $DOJANG_OFFICER_CERT].
-    #[arg(long = "cert", global = true)]
+    #[arg(long = "officer-cert", global = true)]
     officer_cert: Option<PathBuf>,
     /// The officer's private key (PEM) [default: $DOJANG_OFFICER_KEY].
-    #[arg(long = "key", global = true)]
+    #[arg(long = "officer-key", global = true)]
     officer_key: Option<PathBuf>,
     /// The CA of the daemon's certificate (PEM) [default: $DOJANG_CA].
     #[arg(long, global = true)]

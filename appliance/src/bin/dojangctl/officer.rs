@@ -42,9 +42,13 @@ impl Connection {
             &pick(
                 &self.cert,
                 "DOJANG_OFFICER_CERT",
-                "cert (officer certificate)",
+                "officer-cert (the officer's certificate)",
             )?,
-            &pick(&self.key, "DOJANG_OFFICER_KEY", "key (officer private key)")?,
+            &pick(
+                &self.key,
+                "DOJANG_OFFICER_KEY",
+                "officer-key (the officer's private key)",
+            )?,
             &pick(&self.ca, "DOJANG_CA", "ca (the daemon's CA)")?,
         )
     }
