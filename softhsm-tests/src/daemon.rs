@@ -424,10 +424,11 @@ impl Daemon {
     ) -> serde_json::Value {
         let proposed = self.client(proposer).post_json(path, body, &[]);
         assert_eq!(proposed.status, 202, "{path}: {}", proposed.json());
-        let id = proposed.json()["id"].as_str().expect("id").to_owned();
+        let proposal = proposed.json();
+        let id = proposal["id"].as_str().expect("id").to_owned();
         let approved = self.client(approver).post_json(
             &format!("/v1/approvals/{id}/approve"),
-            &serde_json::json!({}),
+            &serde_json::json!({ "operation": proposal["operation"] }),
             &[],
         );
         assert_eq!(approved.status, 200, "approve {id}: {}", approved.json());

@@ -47,6 +47,11 @@ fn audit_text(d: &Daemon) -> String {
     rows.join("\n")
 }
 
+/// An approval of a DS rotation, naming what it approves.
+fn seen_rotation() -> serde_json::Value {
+    serde_json::json!({"operation": {"kind": "create_key", "chain": "ds"}})
+}
+
 fn issue(d: &Daemon, n: u32) -> Reply {
     let (jwk, _) = daemon::phone();
     post(
@@ -88,13 +93,30 @@ fn key_operations_need_a_second_officer() {
     let id = propose_rotation(&d, "kim");
     let approve = format!("/v1/approvals/{id}/approve");
     let refused = problem(
-        &post(&d, "kim", &approve, serde_json::json!({})),
+        &post(&d, "kim", &approve, seen_rotation()),
         403,
         "self_approval",
     );
     assert_eq!(refused["rule"], "officers.two_person");
+    // An approval names what it approves: another operation, or none, is refused.
+    let blind = problem(
+        &post(
+            &d,
+            "lee",
+            &approve,
+            serde_json::json!({"operation": {"kind": "emergency_revoke", "label": "ds-1", "reason": "x"}}),
+        ),
+        409,
+        "operation_mismatch",
+    );
+    assert_eq!(blind["rule"], "officers.informed_approval");
     let _ = problem(
-        &post(&d, "counter", &approve, serde_json::json!({})),
+        &post(&d, "lee", &approve, serde_json::json!({})),
+        400,
+        "malformed_request",
+    );
+    let _ = problem(
+        &post(&d, "counter", &approve, seen_rotation()),
         403,
         "forbidden",
     );
@@ -107,7 +129,7 @@ fn key_operations_need_a_second_officer() {
         serde_json::json!(["spiffe://mois.go.kr/officer/kim"])
     );
 
-    let approved = post(&d, "lee", &approve, serde_json::json!({}));
+    let approved = post(&d, "lee", &approve, seen_rotation());
     assert_eq!(approved.status, 200, "{}", approved.json());
     let approved = approved.json();
     assert_eq!(approved["status"], "approved");
@@ -120,7 +142,7 @@ fn key_operations_need_a_second_officer() {
     assert_eq!(keys[1]["state"], "pending");
     // Decided proposals take no more votes.
     let _ = problem(
-        &post(&d, "park", &approve, serde_json::json!({})),
+        &post(&d, "park", &approve, seen_rotation()),
         409,
         "proposal_decided",
     );
@@ -152,7 +174,7 @@ fn key_operations_need_a_second_officer() {
             &d,
             "lee",
             &format!("/v1/approvals/{rid}/approve"),
-            serde_json::json!({}),
+            serde_json::json!({"operation": {"kind": "retire_key", "label": "ds-1"}}),
         ),
         409,
         "proposal_decided",
@@ -272,17 +294,17 @@ fn proposals_expire_and_m_of_n_counts_distinct_officers() {
     });
     let id = propose_rotation(&d, "kim");
     let approve = format!("/v1/approvals/{id}/approve");
-    let second = post(&d, "lee", &approve, serde_json::json!({}));
+    let second = post(&d, "lee", &approve, seen_rotation());
     assert_eq!(second.json()["status"], "open", "2 of 3");
     let again = problem(
-        &post(&d, "lee", &approve, serde_json::json!({})),
+        &post(&d, "lee", &approve, seen_rotation()),
         409,
         "already_approved",
     );
     assert_eq!(again["rule"], "officers.distinct");
     std::thread::sleep(Duration::from_millis(3200));
     let expired = problem(
-        &post(&d, "park", &approve, serde_json::json!({})),
+        &post(&d, "park", &approve, seen_rotation()),
         409,
         "proposal_expired",
     );
@@ -296,10 +318,10 @@ fn proposals_expire_and_m_of_n_counts_distinct_officers() {
     let id = propose_rotation(&d, "park");
     let approve = format!("/v1/approvals/{id}/approve");
     assert_eq!(
-        post(&d, "kim", &approve, serde_json::json!({})).json()["status"],
+        post(&d, "kim", &approve, seen_rotation()).json()["status"],
         "open"
     );
-    let third = post(&d, "lee", &approve, serde_json::json!({})).json();
+    let third = post(&d, "lee", &approve, seen_rotation()).json();
     assert_eq!(third["status"], "approved", "{third}");
     assert_eq!(third["approvals"].as_array().unwrap().len(), 3);
     assert_eq!(d.keys().len(), 2);

@@ -5,6 +5,8 @@
 //! retention, and one acting node among two sharing a registry.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use dojang::pki::profile;
@@ -272,20 +274,93 @@ fn of_two_nodes_sharing_a_registry_one_acts() {
     let path = t.config.store.as_ref().unwrap().sqlite.clone().unwrap();
     let other: Arc<dyn Registry> = Arc::new(SqliteRegistry::open(&path).unwrap());
     let b = node(&t.config, t.backend, other, "b");
+    // The lease runs on the registry's clock: a short one, to see it lapse.
+    let lease_ms = 700;
     let day84 = OffsetDateTime::now_utc() + Duration::days(84);
-    t.service.keys_tick(day84, LEASE_MS);
-    b.keys_tick(day84, LEASE_MS);
-    b.keys_tick(day84 + Duration::seconds(1), LEASE_MS);
+    t.service.keys_tick(day84, lease_ms);
+    b.keys_tick(day84, lease_ms);
+    b.keys_tick(day84 + Duration::seconds(1), lease_ms);
     assert_eq!(ds_keys(t.registry.as_ref()).len(), 2, "one successor");
     // b takes over once a's lease lapses, and acts on the same records.
     let later = day84 + Duration::days(7);
-    b.keys_tick(later, LEASE_MS);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    b.keys_tick(later, lease_ms);
     assert_eq!(states(t.registry.as_ref())[1].1, "active");
     // a, not acting, still takes up the change.
-    t.service.keys_tick(later, LEASE_MS);
+    t.service.keys_tick(later, lease_ms);
     assert_eq!(
         signer_at(&t.service, later),
         signer_at(&b, later),
         "both nodes sign with the new key"
+    );
+}
+
+#[test]
+fn the_acting_node_completes_a_revocation() {
+    let t = in_process(|p| p);
+    let (s, registry) = (&t.service, t.registry.as_ref());
+    let now = OffsetDateTime::now_utc();
+    s.keys_tick(now, LEASE_MS);
+    let ds1 = ds_keys(registry)[0].clone();
+    // A revocation committed, but its CRL never signed (the node stopped,
+    // or the HSM refused), and a credential signed with the key in flight
+    // committed after it.
+    let revocation = dojang::store::KeyRevocation {
+        label: "ds-1".into(),
+        reason: "drill".into(),
+        at: now,
+        credentials: Some(dojang::store::CredentialState::Suspended),
+    };
+    let _ = registry
+        .revoke_key(&revocation, common::decision("keys.revoke"))
+        .unwrap();
+    let range = registry.reserve_status_indexes(1).unwrap();
+    let mut late = common::issuance(
+        "0123456789abcdef0123456789abcdef",
+        dojang::store::Pseudonym([7; 32]),
+        "phone",
+        range.list,
+        range.first,
+    );
+    late.credential.kid = ds1.kid.clone();
+    let _ = registry
+        .commit_issuance("c", late, Box::new(|_| Vec::new()))
+        .unwrap();
+
+    s.keys_tick(now + Duration::seconds(1), LEASE_MS);
+    // The CRL lists the key's certificate, and verifies under the IACA.
+    let crl =
+        openssl::x509::X509Crl::from_pem(registry.crl().unwrap().unwrap().as_bytes()).unwrap();
+    let serial = openssl::x509::X509::from_der(ds1.certificate.as_ref().unwrap())
+        .unwrap()
+        .serial_number()
+        .to_bn()
+        .unwrap()
+        .to_vec();
+    let listed: Vec<Vec<u8>> = crl
+        .get_revoked()
+        .unwrap()
+        .iter()
+        .map(|r| r.serial_number().to_bn().unwrap().to_vec())
+        .collect();
+    assert_eq!(listed, [serial]);
+    // The late credential is suspended like the others.
+    assert_eq!(
+        registry
+            .credential("0123456789abcdef0123456789abcdef")
+            .unwrap()
+            .state,
+        dojang::store::CredentialState::Suspended
+    );
+    // And a successor signs at once.
+    let keys = ds_keys(registry);
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        signer_at(s, now + Duration::seconds(1)),
+        keys[1].record.label
+    );
+    assert!(
+        !jwks_kids(s).contains(&ds1.kid),
+        "a revoked key leaves the JWKS"
     );
 }

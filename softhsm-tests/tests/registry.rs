@@ -76,7 +76,226 @@ both!(
     suspended_holders_are_not_superseded,
     a_panicking_response_builder_fails_only_its_request,
     refresh_only_for_the_owner_of_an_active_credential,
+    key_records_move_forward_once_across_nodes,
+    revoking_a_key_marks_what_it_signed_and_sweeps_late_commits,
+    one_lease_holder_at_a_time,
+    proposals_change_only_from_the_version_read,
 );
+
+fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::store::StoredKey {
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    dojang::store::StoredKey {
+        chain: "ds".into(),
+        kid: format!("kid-of-{label}"),
+        certificate: None,
+        record: dojang::keys::lifecycle::KeyRecord {
+            label: label.into(),
+            state,
+            created_at: now,
+            activate_at: now + time::Duration::days(7),
+            cert_not_after: now + time::Duration::days(365),
+            signatures: 0,
+            last_signature_valid_until: None,
+            revoked: false,
+        },
+        revocation: None,
+    }
+}
+
+fn key_records_move_forward_once_across_nodes(regs: &[Arc<dyn Registry>]) {
+    use dojang::keys::lifecycle::KeyState::*;
+    let (a, b) = (&regs[0], &regs[regs.len() - 1]);
+    a.add_key(&key_record("ds-1", Active), common::decision("keys.import"))
+        .unwrap();
+    b.add_key(
+        &key_record("ds-2", Pending),
+        common::decision("keys.generate"),
+    )
+    .unwrap();
+    // One label, one pending key per chain: a second node's duplicate is refused.
+    assert_eq!(
+        a.add_key(
+            &key_record("ds-2", Pending),
+            common::decision("keys.generate")
+        ),
+        Err(StoreError::Conflict { rule: "keys.label" })
+    );
+    assert_eq!(
+        a.add_key(
+            &key_record("ds-3", Pending),
+            common::decision("keys.generate")
+        ),
+        Err(StoreError::Conflict {
+            rule: "keys.one_pending"
+        })
+    );
+    // Activation: the old key retires and the new one signs from `at` (earlier
+    // than it was due), all or nothing, once.
+    let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_100).unwrap();
+    let moves = vec![
+        ("ds-1".to_owned(), Active, Retired),
+        ("ds-2".to_owned(), Pending, Active),
+    ];
+    let results = race(regs, 4, move |r, _| {
+        r.move_keys(&moves, at, common::decision("keys.activate"))
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| *e == StoreError::Conflict { rule: "keys.state" }));
+    let keys = b.keys().unwrap();
+    assert_eq!(keys[0].record.state, Retired);
+    assert_eq!(keys[1].record.state, Active);
+    assert_eq!(keys[1].record.activate_at, at);
+    // Usage adds up from every node; the latest expiry stays.
+    a.add_key_usage("ds-2", 3, 1_900_000_000).unwrap();
+    b.add_key_usage("ds-2", 2, 1_850_000_000).unwrap();
+    let k = &a.keys().unwrap()[1];
+    assert_eq!(k.record.signatures, 5);
+    assert_eq!(
+        k.record
+            .last_signature_valid_until
+            .unwrap()
+            .unix_timestamp(),
+        1_900_000_000
+    );
+    // A retired key does not come back.
+    assert_eq!(
+        a.move_keys(
+            &[("ds-1".into(), Pending, Active)],
+            at,
+            common::decision("x")
+        ),
+        Err(StoreError::Conflict { rule: "keys.state" })
+    );
+}
+
+fn revoking_a_key_marks_what_it_signed_and_sweeps_late_commits(regs: &[Arc<dyn Registry>]) {
+    use dojang::keys::lifecycle::KeyState::*;
+    let reg = regs[0].as_ref();
+    // `common::issuance` signs with "kid-1": the key of this record.
+    let mut key = key_record("ds-1", Active);
+    key.kid = "kid-1".into();
+    reg.add_key(&key, common::decision("keys.import")).unwrap();
+    let c = commit(reg, 1, "d-1");
+    let first = c.credential.id.clone();
+    let _ = reg.commit_issuance("c", c, respond()).unwrap();
+    let revocation = dojang::store::KeyRevocation {
+        label: "ds-1".into(),
+        reason: "drill".into(),
+        at: time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+        credentials: Some(CredentialState::Suspended),
+    };
+    assert_eq!(
+        reg.revoke_key(&revocation, common::decision("keys.revoke")),
+        Ok(1)
+    );
+    assert_eq!(
+        reg.credential(&first).unwrap().state,
+        CredentialState::Suspended
+    );
+    let k = &reg.keys().unwrap()[0];
+    assert!(k.record.revoked && k.record.state == Retired);
+    assert_eq!(k.revocation.as_ref().unwrap().0, "drill");
+    assert_eq!(
+        dojang::store::revoked_serials(&reg.keys().unwrap()).unwrap(),
+        Vec::<Vec<u8>>::new(),
+        "no certificate here, so no serial"
+    );
+    // Signed before the revocation, committed after: the sweep catches it.
+    let c = commit(reg, 2, "d-2");
+    let late = c.credential.id.clone();
+    let _ = reg.commit_issuance("c", c, respond()).unwrap();
+    assert_eq!(
+        reg.credential(&late).unwrap().state,
+        CredentialState::Active
+    );
+    assert_eq!(
+        reg.mark_signed_by("kid-1", CredentialState::Suspended),
+        Ok(1)
+    );
+    assert_eq!(
+        reg.credential(&late).unwrap().state,
+        CredentialState::Suspended
+    );
+    // Revoke moves suspended ones too; a destroyed key cannot be revoked.
+    assert_eq!(reg.mark_signed_by("kid-1", CredentialState::Revoked), Ok(2));
+    assert_eq!(
+        reg.revoke_key(&revocation, common::decision("keys.revoke"))
+            .map(|_| ()),
+        Ok(()),
+        "revoking again changes nothing and fails nothing"
+    );
+}
+
+fn one_lease_holder_at_a_time(regs: &[Arc<dyn Registry>]) {
+    let (a, b) = (&regs[0], &regs[regs.len() - 1]);
+    assert_eq!(a.lease("keys", "node-a", 400), Ok(true));
+    assert_eq!(b.lease("keys", "node-b", 400), Ok(false));
+    assert_eq!(a.lease("keys", "node-a", 400), Ok(true), "renewed");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(b.lease("keys", "node-b", 400), Ok(true), "taken over");
+    assert_eq!(a.lease("keys", "node-a", 400), Ok(false));
+    // Another lease name is independent.
+    assert_eq!(a.lease("other", "node-a", 400), Ok(true));
+}
+
+fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
+    use dojang::keys::approvals::{DualControl, Operation};
+    let (a, b) = (&regs[0], &regs[regs.len() - 1]);
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let control = DualControl {
+        required: 2,
+        officers: 3,
+        lifetime: time::Duration::hours(1),
+    };
+    let officers = |id: &str| id.starts_with("officer-");
+    let p = control
+        .propose(
+            "p-0001",
+            Operation::CreateKey { chain: "ds".into() },
+            "officer-kim",
+            officers,
+            now,
+        )
+        .unwrap();
+    a.add_proposal(&p, common::decision("officers.propose"))
+        .unwrap();
+    let stored = b.proposal("p-0001").unwrap();
+    assert_eq!(stored.proposal, p);
+    // Two officers approve from the same read: one wins.
+    let mut lee = stored.proposal.clone();
+    let _ = lee.approve("officer-lee", officers, 2, now).unwrap();
+    let mut park = stored.proposal.clone();
+    let _ = park.approve("officer-park", officers, 2, now).unwrap();
+    assert_eq!(
+        a.update_proposal(&lee, stored.version, common::decision("officers.approve")),
+        Ok(())
+    );
+    assert_eq!(
+        b.update_proposal(&park, stored.version, common::decision("officers.approve")),
+        Err(StoreError::Conflict {
+            rule: "approvals.concurrent"
+        })
+    );
+    let listed = b.proposals(10).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].proposal.approvals.len(), 2);
+    assert_eq!(listed[0].version, stored.version + 1);
+    assert_eq!(a.proposal("p-nope").err(), Some(StoreError::NotFound));
+    // The CRL every node serves.
+    assert_eq!(a.crl(), Ok(None));
+    a.set_crl("-----BEGIN X509 CRL-----\n").unwrap();
+    assert_eq!(
+        b.crl().unwrap().as_deref(),
+        Some("-----BEGIN X509 CRL-----\n")
+    );
+}
 
 fn pseudonym(n: u32) -> Pseudonym {
     let mut p = [0u8; 32];

@@ -467,7 +467,7 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
                 None => None,
             };
             let revoked = match &registry {
-                Some(r) => dojang::store::revoked_serials(&r.keys()?),
+                Some(r) => dojang::store::revoked_serials(&r.keys()?)?,
                 None => Vec::new(),
             };
             let path = ceremony::refresh_crl(backend.as_ref(), pki_config, &revoked, now)?;

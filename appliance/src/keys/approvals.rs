@@ -78,6 +78,9 @@ pub struct Proposal {
     /// The officer who rejected it (one is enough to close it).
     #[serde(default)]
     pub rejected_by: Option<String>,
+    /// When the last approval came.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub approved_at: Option<OffsetDateTime>,
     /// What carrying it out gave, once approved.
     #[serde(default)]
     pub result: Option<String>,
@@ -152,6 +155,7 @@ impl DualControl {
             required: self.required,
             state: ProposalState::Open,
             rejected_by: None,
+            approved_at: None,
             result: None,
         })
     }
@@ -176,12 +180,15 @@ fn check_open(
 }
 
 impl Proposal {
-    /// `officer` approves; the proposal is approved once `required` distinct
-    /// officers are in favour.
+    /// `officer` approves; the proposal is approved once enough distinct
+    /// officers are in favour: the larger of the M it opened with and
+    /// `required_now` (today's policy), counting only those who are
+    /// officers now (one removed from the policy no longer counts).
     pub fn approve(
         &mut self,
         officer: &str,
         is_officer: impl Fn(&str) -> bool,
+        required_now: usize,
         now: OffsetDateTime,
     ) -> Result<ProposalState, ApprovalError> {
         check_open(self, officer, &is_officer, now)?;
@@ -191,8 +198,10 @@ impl Proposal {
         if !self.approvals.insert(officer.to_owned()) {
             return Err(ApprovalError::AlreadyApproved(officer.to_owned()));
         }
-        if self.approvals.len() >= self.required {
+        let counted = self.approvals.iter().filter(|a| is_officer(a)).count();
+        if counted >= self.required.max(required_now) {
             self.state = ProposalState::Approved;
+            self.approved_at = Some(now);
         }
         Ok(self.state)
     }
@@ -242,15 +251,15 @@ mod tests {
     fn two_of_n_needs_one_other_officer() {
         let mut p = open(2);
         assert_eq!(
-            p.approve("officer-kim", is_officer, NOW),
+            p.approve("officer-kim", is_officer, 2, NOW),
             Err(ApprovalError::SelfApproval)
         );
         assert_eq!(
-            p.approve("officer-lee", is_officer, NOW),
+            p.approve("officer-lee", is_officer, 2, NOW),
             Ok(ProposalState::Approved)
         );
         assert_eq!(
-            p.approve("officer-park", is_officer, NOW),
+            p.approve("officer-park", is_officer, 2, NOW),
             Err(ApprovalError::Decided(ProposalState::Approved))
         );
     }
@@ -259,36 +268,59 @@ mod tests {
     fn m_of_n_counts_distinct_officers() {
         let mut p = open(3);
         assert_eq!(
-            p.approve("officer-lee", is_officer, NOW),
+            p.approve("officer-lee", is_officer, 2, NOW),
             Ok(ProposalState::Open)
         );
         assert_eq!(
-            p.approve("officer-lee", is_officer, NOW),
+            p.approve("officer-lee", is_officer, 2, NOW),
             Err(ApprovalError::AlreadyApproved("officer-lee".into()))
         );
         assert_eq!(
-            p.approve("officer-park", is_officer, NOW),
+            p.approve("officer-park", is_officer, 2, NOW),
             Ok(ProposalState::Approved)
         );
         assert_eq!(p.approvals.len(), 3);
     }
 
     #[test]
+    fn only_current_officers_count_and_a_raised_m_applies() {
+        // Lee left the officers after approving: not counted.
+        let mut p = open(3);
+        let _ = p.approve("officer-lee", is_officer, 3, NOW).unwrap();
+        let without_lee = |id: &str| id != "officer-lee" && is_officer(id);
+        assert_eq!(
+            p.approve("officer-park", without_lee, 3, NOW),
+            Ok(ProposalState::Open)
+        );
+        // Opened with M = 2, policy now says 3.
+        let mut p = open(2);
+        assert_eq!(
+            p.approve("officer-lee", is_officer, 3, NOW),
+            Ok(ProposalState::Open)
+        );
+        assert_eq!(
+            p.approve("officer-park", is_officer, 3, NOW),
+            Ok(ProposalState::Approved)
+        );
+        assert_eq!(p.approved_at, Some(NOW));
+    }
+
+    #[test]
     fn expiry_roles_rejection_and_quorum_are_enforced() {
         let mut p = open(2);
         assert_eq!(
-            p.approve("officer-lee", is_officer, NOW + Duration::hours(24)),
+            p.approve("officer-lee", is_officer, 2, NOW + Duration::hours(24)),
             Err(ApprovalError::Expired(p.expires_at))
         );
         assert_eq!(
-            p.approve("spiffe://mois.go.kr/office-counter", is_officer, NOW),
+            p.approve("spiffe://mois.go.kr/office-counter", is_officer, 2, NOW),
             Err(ApprovalError::NotOfficer(
                 "spiffe://mois.go.kr/office-counter".into()
             ))
         );
         p.reject("officer-park", is_officer, NOW).unwrap();
         assert_eq!(
-            p.approve("officer-lee", is_officer, NOW),
+            p.approve("officer-lee", is_officer, 2, NOW),
             Err(ApprovalError::Decided(ProposalState::Rejected))
         );
         // An issuer cannot propose; a quorum of 1 or more than the officers is refused.

@@ -158,6 +158,11 @@ pub fn plan(keys: &[KeyRecord], rules: &RotationRules, now: OffsetDateTime) -> V
                 label: next.label.clone(),
             });
         }
+        // Nothing signs (the active key was revoked or retired) but a
+        // successor is published: it signs now rather than at its time.
+        (None, Some(next)) => actions.push(Action::Activate {
+            label: next.label.clone(),
+        }),
         // Nothing signs: get a key, to sign at once.
         (None, None) => actions.push(Action::GeneratePending {
             activate_at: now,
@@ -317,6 +322,25 @@ mod tests {
                 Action::GeneratePending {
                     activate_at: NOW,
                     reason: "no active key"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_published_successor_takes_over_at_once_when_nothing_signs() {
+        let mut k = key("ds-1", KeyState::Active, NOW - Duration::days(80));
+        k.revoked = true;
+        let next = key("ds-2", KeyState::Pending, NOW + Duration::days(5));
+        assert_eq!(
+            plan(&[k, next], &rules(), NOW),
+            vec![
+                Action::Retire {
+                    label: "ds-1".into(),
+                    reason: "emergency revocation"
+                },
+                Action::Activate {
+                    label: "ds-2".into()
                 },
             ]
         );

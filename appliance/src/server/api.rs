@@ -357,11 +357,18 @@ impl Api {
                 } else {
                     "/v1/approvals/{id}/reject"
                 };
-                (
-                    route,
-                    Some((*step).to_owned()),
-                    self.on_pool(move |s| s.decide(&client, &id, approve)).await,
-                )
+                let answer = async {
+                    if approve {
+                        require_json(&request)?;
+                    }
+                    let (slot, body) = self
+                        .admit(request, &client, dojang_policies::Role::Officer)
+                        .await?;
+                    self.run(slot, move |s| s.decide(&client, &id, approve, &body))
+                        .await
+                }
+                .await;
+                (route, Some((*step).to_owned()), answer)
             }
             (_, ["v1", "credentials" | "keys" | "approvals", ..]) => (
                 "other",

@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use openssl::x509::{X509, X509Crl};
 use pkcs11_shim::{Algorithm, KeyPurpose, PublicKey};
@@ -27,6 +29,13 @@ use crate::store::{
 
 /// The lease the acting node holds; it outlives a few missed ticks.
 const LEASE: &str = "keys";
+/// How long the lifecycle rests after a failed action.
+const LIFECYCLE_REST: Duration = Duration::from_secs(30);
+/// How long after a revocation what was signed with the key is swept again
+/// (requests in flight, nodes that had not taken the revocation up yet).
+const REVOCATION_SWEEP: time::Duration = time::Duration::minutes(10);
+/// How often destroyed keys are checked gone from the token.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
 /// A DS key that signs from `from` (its activation time).
 pub struct ScheduledSigner {
@@ -283,12 +292,18 @@ impl Service {
             if r.revoked {
                 revoked.push(r.label.clone());
             } else {
-                let public = cert_public_key(der)
-                    .map_err(|e| LoadError(format!("DS certificate {}: {e}", r.label)))?;
-                jwks.push(super::service::jwk_entry(
-                    &public,
-                    Some([&der[..], iaca_der]),
-                ));
+                match cert_public_key(der) {
+                    Ok(public) => jwks.push(super::service::jwk_entry(
+                        &public,
+                        Some([&der[..], iaca_der]),
+                    )),
+                    Err(e) => {
+                        // One bad record must not keep every other change
+                        // (a revocation above all) from taking effect.
+                        problems.push(format!("DS certificate {}: {e}", r.label));
+                        continue;
+                    }
+                }
             }
             let _ = ds_pem.insert(
                 r.label.clone(),
@@ -356,33 +371,57 @@ impl Service {
         })
     }
 
-    /// One round: count signatures, act on the plan if this node holds the
-    /// lease, and take up any change another node made.
+    /// One round: count signatures, and, if this node holds the lease,
+    /// act on the plan, keep the CRL whole and fresh, finish revocations and
+    /// approved proposals left unfinished, and check destroyed keys are gone
+    /// from the token; then take up any change another node made.
     pub fn keys_tick(&self, now: OffsetDateTime, lease_ms: i64) {
         self.flush_key_usage();
         let leader = self
             .registry
-            .lease(LEASE, &self.node_id, now.unix_timestamp() * 1000, lease_ms)
+            .lease(LEASE, &self.node_id, lease_ms)
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "key lease");
                 false
             });
-        if leader {
-            if let Err(e) = self.act_on_plan(now) {
-                tracing::warn!(error = %e, "key lifecycle round failed; retried next round");
+        self.leader.store(leader, Ordering::Relaxed);
+        if leader && !self.resting() {
+            let round = self
+                .act_on_plan(now)
+                .and_then(|()| self.keep_crl_whole(now))
+                .and_then(|()| self.sweep_revoked(now));
+            if let Err(e) = round {
+                tracing::warn!(error = %e, "key lifecycle round failed; resting {LIFECYCLE_REST:?}, then retried");
+                self.rest();
             }
-            if let Err(e) = self.keep_crl_fresh(now) {
-                tracing::warn!(error = %e, "refreshing the CRL failed; retried next round");
-            }
+            self.resume_approved(now);
+            self.reconcile_destroyed();
         }
         if let Err(e) = self.refresh_keys(false) {
             tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");
         }
     }
 
+    fn resting(&self) -> bool {
+        self.lifecycle_pause
+            .lock()
+            .map(|p| p.is_some_and(|until| Instant::now() < until))
+            .unwrap_or(false)
+    }
+
+    fn rest(&self) {
+        if let Ok(mut p) = self.lifecycle_pause.lock() {
+            *p = Some(Instant::now() + LIFECYCLE_REST);
+        }
+    }
+
     /// Re-reads the registry's keys; swaps the view if anything changed (or
     /// always, with `force`).
     pub(crate) fn refresh_keys(&self, force: bool) -> Result<(), LoadError> {
+        let _ordered = self
+            .key_swap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let keys = self
             .registry
             .keys()
@@ -395,11 +434,8 @@ impl Service {
         if !force && fingerprint(&keys, crl.as_deref()) == current.keys.fingerprint {
             return Ok(());
         }
-        let (iaca_der, iaca) = self
-            .pki
-            .iaca()
-            .map_err(|e| LoadError(format!("IACA: {e}")))?;
-        let view = self.key_view(&iaca_der, &iaca, &keys, crl)?;
+        let (iaca_der, iaca) = &*current.iaca;
+        let view = self.key_view(iaca_der, iaca, &keys, crl)?;
         self.swap_keys(view);
         Ok(())
     }
@@ -487,7 +523,11 @@ impl Service {
                         now,
                     )
                 })
-                .map_err(|e| format!("generating {label}: {e}"))?;
+                .map_err(|e| {
+                    // The key may exist without its certificate: not left behind.
+                    let _ = self.backend.destroy(&label);
+                    format!("generating {label}: {e}")
+                })?;
             (cert_public_key(&der)?.kid(), Some(der), facts.not_after)
         } else {
             let info = self
@@ -520,13 +560,25 @@ impl Service {
         };
         let mut decision = self.key_decision("keys.generate", "pending", &label, &kid, now);
         decision.rule = Some(format!("key {label}: {reason}"));
-        if let Err(e) = self.registry.add_key(&key, decision) {
-            // Not recorded: it must not linger in the token either.
-            let _ = self.backend.destroy(&label);
-            return Err(match e {
-                StoreError::Conflict { rule } => format!("{rule}: a key is already pending"),
-                e => store_problem(e),
-            });
+        match self.registry.add_key(&key, decision) {
+            Ok(()) => {}
+            // Refused: it must not linger in the token either.
+            Err(StoreError::Conflict { rule }) => {
+                let _ = self.backend.destroy(&label);
+                return Err(format!("{rule}: a key is already pending"));
+            }
+            // The answer was lost, not necessarily the write: destroy the key
+            // only if the registry really does not have it.
+            Err(e) => {
+                let recorded = self
+                    .registry
+                    .keys()
+                    .map(|keys| keys.iter().any(|k| k.record.label == label));
+                if recorded == Ok(false) {
+                    let _ = self.backend.destroy(&label);
+                }
+                return Err(store_problem(e));
+            }
         }
         tracing::info!(%label, %kid, activate_at = %activate_at, reason, "key generated, published until it signs");
         Ok(label)
@@ -546,6 +598,13 @@ impl Service {
         now: OffsetDateTime,
     ) -> Result<(), String> {
         let key = Self::state_of(keys, label)?;
+        // A key that cannot sign must not take over from one that can.
+        let info = self
+            .backend
+            .find(label)
+            .map_err(|e| format!("{label} is not usable in the token: {e}"))?;
+        pkcs11_shim::prove_possession(self.backend, &info)
+            .map_err(|e| format!("{label} cannot sign: {e}"))?;
         let mut moves = Vec::new();
         for old in keys
             .iter()
@@ -622,13 +681,10 @@ impl Service {
         let keys = self.registry.keys().map_err(store_problem)?;
         let key = Self::state_of(&keys, label)?;
         let is_ds = key.chain == DS_CHAIN;
-        let credentials = match self.current().policy.keys.on_ds_revocation {
-            _ if !is_ds => None,
-            dojang_policies::DsRevocation::Revoke => Some(crate::store::CredentialState::Revoked),
-            dojang_policies::DsRevocation::Suspend => {
-                Some(crate::store::CredentialState::Suspended)
-            }
-            dojang_policies::DsRevocation::Keep => None,
+        let credentials = if is_ds {
+            self.ds_revocation_target()
+        } else {
+            None
         };
         let revocation = KeyRevocation {
             label: label.to_owned(),
@@ -645,7 +701,10 @@ impl Service {
         self.status_changed();
         // Signing stops here before the CRL is even signed.
         self.refresh_keys(true).map_err(|e| e.0)?;
-        if is_ds {
+        // The acting node signs CRLs (one at a time, numbers that grow); on
+        // another node the leader's next round does, as it checks the CRL
+        // lists every revoked key.
+        if is_ds && self.leader.load(Ordering::Relaxed) {
             self.publish_crl(now)?;
             self.refresh_keys(true).map_err(|e| e.0)?;
         }
@@ -656,12 +715,19 @@ impl Service {
     /// Signs a CRL listing every revoked key and stores it for all nodes.
     fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
         let keys = self.registry.keys().map_err(store_problem)?;
+        let serials = revoked_serials(&keys).map_err(store_problem)?;
+        // CRL numbers come from thisUpdate: never twice the same second.
+        let second = now
+            .unix_timestamp()
+            .max(self.last_crl_second.load(Ordering::Acquire) + 1);
+        let this_update = OffsetDateTime::from_unix_timestamp(second).map_err(|e| e.to_string())?;
         let pem = self
             .metrics
             .hsm("sign_crl", || {
-                ceremony::crl_now(self.backend, &self.pki_config, &revoked_serials(&keys), now)
+                ceremony::crl_now(self.backend, &self.pki_config, &serials, this_update)
             })
             .map_err(|e| format!("signing the CRL: {e}"))?;
+        self.last_crl_second.store(second, Ordering::Release);
         self.registry.set_crl(&pem).map_err(store_problem)?;
         // The file is a copy for `dojangctl` and people; the registry's is served.
         if let Err(e) = self.pki.write_crl(&pem) {
@@ -670,29 +736,115 @@ impl Service {
         Ok(())
     }
 
-    /// Re-signs the CRL when it is past half its validity (verifiers refuse
-    /// a DS certificate whose CRL expired).
-    fn keep_crl_fresh(&self, now: OffsetDateTime) -> Result<(), String> {
-        let current = self.current();
-        let stale = match &current.keys.crl_pem {
-            None => true,
-            Some(pem) => {
-                let half = i64::from(self.pki_config.crl_validity_days) * 86_400 / 2;
-                X509Crl::from_pem(pem)
-                    .ok()
-                    .and_then(|crl| {
-                        let next = crl.next_update()?;
-                        let threshold =
-                            openssl::asn1::Asn1Time::from_unix(now.unix_timestamp() + half).ok()?;
-                        Some(next < threshold)
+    /// Re-signs the CRL when it does not list exactly the revoked keys (a
+    /// revocation whose CRL failed, or raced another node's), or when it is
+    /// past half its validity (verifiers refuse a DS certificate whose CRL
+    /// expired).
+    fn keep_crl_whole(&self, now: OffsetDateTime) -> Result<(), String> {
+        let keys = self.registry.keys().map_err(store_problem)?;
+        let mut wanted = revoked_serials(&keys).map_err(store_problem)?;
+        wanted.sort();
+        let stored = self.registry.crl().map_err(store_problem)?;
+        let whole_and_fresh = stored
+            .as_deref()
+            .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
+            .is_some_and(|crl| {
+                let mut listed: Vec<Vec<u8>> = crl
+                    .get_revoked()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|e| e.serial_number().to_bn().ok().map(|bn| bn.to_vec()))
+                            .collect()
                     })
-                    .unwrap_or(true)
-            }
+                    .unwrap_or_default();
+                listed.sort();
+                let half = i64::from(self.pki_config.crl_validity_days) * 86_400 / 2;
+                let fresh = crl.next_update().is_some_and(|next| {
+                    openssl::asn1::Asn1Time::from_unix(now.unix_timestamp() + half)
+                        .is_ok_and(|threshold| *next >= threshold)
+                });
+                listed == wanted && fresh
+            });
+        if whole_and_fresh {
+            return Ok(());
+        }
+        self.publish_crl(now)
+    }
+
+    /// What a revoked DS key signed while its revocation committed (a
+    /// request in flight, a node that had not taken it up yet) is moved like
+    /// the rest, for a while after the revocation.
+    fn sweep_revoked(&self, now: OffsetDateTime) -> Result<(), String> {
+        let Some(to) = self.ds_revocation_target() else {
+            return Ok(());
         };
-        if stale {
-            self.publish_crl(now)?;
+        let keys = self.registry.keys().map_err(store_problem)?;
+        for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
+            let Some((_, at)) = &key.revocation else {
+                continue;
+            };
+            if now - *at > REVOCATION_SWEEP {
+                continue;
+            }
+            let changed = self
+                .registry
+                .mark_signed_by(&key.kid, to)
+                .map_err(store_problem)?;
+            if changed > 0 {
+                let mut decision =
+                    self.key_decision("keys.revoke", to.as_str(), &key.record.label, &key.kid, now);
+                decision.rule = Some(format!(
+                    "key {}: {changed} more credentials signed during the revocation",
+                    key.record.label
+                ));
+                self.registry
+                    .record(decision, None)
+                    .map_err(store_problem)?;
+                self.status_changed();
+            }
         }
         Ok(())
+    }
+
+    /// What the policy does to the credentials of a revoked DS key.
+    fn ds_revocation_target(&self) -> Option<crate::store::CredentialState> {
+        match self.current().policy.keys.on_ds_revocation {
+            dojang_policies::DsRevocation::Revoke => Some(crate::store::CredentialState::Revoked),
+            dojang_policies::DsRevocation::Suspend => {
+                Some(crate::store::CredentialState::Suspended)
+            }
+            dojang_policies::DsRevocation::Keep => None,
+        }
+    }
+
+    /// Keys the registry says are destroyed but the token still holds (the
+    /// token refused, or the node stopped in between) are destroyed again.
+    /// Keys the registry does not know are never touched.
+    fn reconcile_destroyed(&self) {
+        if let Ok(mut last) = self.last_reconcile.lock() {
+            if last.is_some_and(|at| at.elapsed() < RECONCILE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(keys) = self.registry.keys() else {
+            return;
+        };
+        for key in keys
+            .iter()
+            .filter(|k| k.record.state == KeyState::Destroyed)
+        {
+            if self.backend.find(&key.record.label).is_ok() {
+                match self.backend.destroy(&key.record.label) {
+                    Ok(()) => {
+                        tracing::info!(label = %key.record.label, "destroyed key removed from the token")
+                    }
+                    Err(e) => {
+                        tracing::warn!(label = %key.record.label, error = %e, "a destroyed key is still in the token")
+                    }
+                }
+            }
+        }
     }
 
     /// Counts a signature by `label` valid until `valid_until` (flushed to

@@ -146,8 +146,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let service = service.clone();
         let stop = checkpoints_stop.clone();
         let interval = Duration::from_millis(server.keys.lifecycle_interval_ms);
-        // A node that stops renewing gives the lease up after three rounds.
-        let lease_ms = 3 * server.keys.lifecycle_interval_ms as i64;
+        // A node that stops renewing gives the lease up after three rounds
+        // (at least 10 s: longer than generating a key takes).
+        let lease_ms = (3 * server.keys.lifecycle_interval_ms as i64).max(10_000);
         std::thread::Builder::new()
             .name("dojang-keys".into())
             .spawn(move || {

@@ -20,8 +20,11 @@ use crate::store::{CHAINS, StoreError, StoredKey};
 
 /// Proposals a listing returns at most.
 const LIST_LIMIT: u32 = 200;
-/// Longest revocation reason kept (it goes to the audit log).
+/// Longest revocation reason kept (it goes to the registry).
 const MAX_REASON: usize = 200;
+/// An approved proposal without a result this long after its approval was
+/// abandoned by the node that approved it.
+const RESUME_AFTER_SECONDS: i64 = 60;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +36,12 @@ struct RotateBody {
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
     reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    operation: Operation,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -270,21 +279,25 @@ impl Service {
                         "keys.lifecycle",
                     ));
                 }
-                // A key destroyed early leaves valid credentials unverifiable.
+                // A key destroyed early leaves valid credentials
+                // unverifiable. Without a recorded expiry, nothing it signed
+                // outlives its certificate.
                 let margin = self.current().policy.keys.retention_margin;
-                match key.record.last_signature_valid_until {
-                    Some(last) if now < last + margin && !key.record.revoked => {
-                        Err(key_state_problem(
-                            format!(
-                                "key {label} signed credentials valid until {}: keep it published until {}",
-                                rfc3339(last),
-                                rfc3339(last + margin)
-                            ),
-                            "keys.retention",
-                        ))
-                    }
-                    _ => Ok(()),
+                let last = key
+                    .record
+                    .last_signature_valid_until
+                    .unwrap_or(key.record.cert_not_after);
+                if now < last + margin && !key.record.revoked {
+                    return Err(key_state_problem(
+                        format!(
+                            "key {label} signed credentials valid until {}: keep it published until {}",
+                            rfc3339(last),
+                            rfc3339(last + margin)
+                        ),
+                        "keys.retention",
+                    ));
                 }
+                Ok(())
             }
             Operation::EmergencyRevoke { label, .. } => {
                 let key = find(label)?;
@@ -347,11 +360,12 @@ impl Service {
         ok(StatusCode::ACCEPTED, proposal_json(&proposal, now))
     }
 
-    /// `POST /v1/approvals/{id}/approve` or `/reject`.
-    pub(crate) fn decide(&self, client: &str, id: &str, approve: bool) -> Answer {
+    /// `POST /v1/approvals/{id}/approve` (the body repeats the operation
+    /// the approver saw) or `/reject`.
+    pub(crate) fn decide(&self, client: &str, id: &str, approve: bool, body: &[u8]) -> Answer {
         let now = OffsetDateTime::now_utc();
         let step = if approve { "approve" } else { "reject" };
-        let answer = self.decide_inner(client, id, approve, now);
+        let answer = self.decide_inner(client, id, approve, body, now);
         self.officer_step(step, &answer);
         let hash = self.current().policy.hash.clone();
         self.audited(
@@ -364,7 +378,14 @@ impl Service {
         )
     }
 
-    fn decide_inner(&self, client: &str, id: &str, approve: bool, now: OffsetDateTime) -> Answer {
+    fn decide_inner(
+        &self,
+        client: &str,
+        id: &str,
+        approve: bool,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
         let policy = self.officer_policy(client)?;
         let stored = self.registry.proposal(id).map_err(|e| match e {
             StoreError::NotFound => Problem::new(
@@ -375,15 +396,30 @@ impl Service {
             e => store_problem(e),
         })?;
         let mut proposal = stored.proposal;
+        if approve {
+            // An approval names what it approves: nobody approves blind, and
+            // a proposal is never approved for something else than was read.
+            let seen: ApproveBody = serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+            if seen.operation != proposal.operation {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "operation_mismatch",
+                    "the operation in the approval is not the proposal's: list the proposal and read it again",
+                )
+                .with_rule("officers.informed_approval"));
+            }
+        }
         let is_officer = |who: &str| policy.has_role(who, Role::Officer);
         let outcome = if approve {
-            proposal.approve(client, is_officer, now).map(|state| {
-                if state == ProposalState::Approved {
-                    "approved"
-                } else {
-                    "open"
-                }
-            })
+            proposal
+                .approve(client, is_officer, policy.officers.approvals_required, now)
+                .map(|state| {
+                    if state == ProposalState::Approved {
+                        "approved"
+                    } else {
+                        "open"
+                    }
+                })
         } else {
             proposal
                 .reject(client, is_officer, now)
@@ -421,6 +457,21 @@ impl Service {
             return ok(StatusCode::OK, proposal_json(&proposal, now));
         }
         // Approved: this node carries it out and records what happened.
+        let result = self.carry_out(client, &mut proposal, stored.version + 1, now)?;
+        let _done = result?;
+        ok(StatusCode::OK, proposal_json(&proposal, now))
+    }
+
+    /// Executes an approved proposal and records its result on it (row at
+    /// `version`); the outer error is the record failing, the inner one the
+    /// operation.
+    fn carry_out(
+        &self,
+        actor: &str,
+        proposal: &mut Proposal,
+        version: i64,
+        now: OffsetDateTime,
+    ) -> Result<Result<String, Problem>, Problem> {
         let result = self.execute(&proposal.operation, now);
         proposal.result = Some(match &result {
             Ok(done) => done.clone(),
@@ -428,26 +479,51 @@ impl Service {
         });
         let decision = crate::store::DecisionRecord {
             rule: Some(format!(
-                "proposal {id}: {}",
+                "proposal {}: {}",
+                proposal.id,
                 operation_summary(&proposal.operation)
             )),
             ..self.decision(
-                client,
+                actor,
                 "officers.execute",
                 if result.is_ok() { "ok" } else { "failed" },
-                &policy.hash,
+                &self.current().policy.hash,
                 now,
             )
         };
         self.registry
-            .update_proposal(&proposal, stored.version + 1, decision)
+            .update_proposal(proposal, version, decision)
             .map_err(store_problem)?;
         self.metrics
             .officer_steps
             .with_label_values(&["execute", if result.is_ok() { "ok" } else { "failed" }])
             .inc();
-        let _done = result?;
-        ok(StatusCode::OK, proposal_json(&proposal, now))
+        Ok(result)
+    }
+
+    /// Approved proposals whose execution never got recorded (the node
+    /// stopped between the approval and the result): the acting node
+    /// carries them out. Repeating an operation that did happen is refused
+    /// by its state check, and that refusal is what gets recorded.
+    pub(crate) fn resume_approved(&self, now: OffsetDateTime) {
+        let Ok(proposals) = self.registry.proposals(LIST_LIMIT) else {
+            return;
+        };
+        for stored in proposals {
+            let mut proposal = stored.proposal;
+            let stalled = proposal.state == ProposalState::Approved
+                && proposal.result.is_none()
+                && proposal
+                    .approved_at
+                    .is_some_and(|at| now - at > time::Duration::seconds(RESUME_AFTER_SECONDS));
+            if !stalled {
+                continue;
+            }
+            tracing::warn!(proposal = %proposal.id, "carrying out an approved proposal left unfinished");
+            if let Err(p) = self.carry_out("dojangd", &mut proposal, stored.version, now) {
+                tracing::warn!(proposal = %proposal.id, error = %p.detail, "recording a resumed proposal");
+            }
+        }
     }
 
     /// Carries out an approved operation; what it did, for the record.
@@ -490,7 +566,11 @@ impl Service {
                 )
             }
         };
-        self.refresh_keys(true).map_err(|e| failed(e.0))?;
+        // The change is committed; a view that cannot be rebuilt now is
+        // rebuilt by the next lifecycle round.
+        if let Err(e) = self.refresh_keys(true) {
+            tracing::warn!(error = %e.0, "reloading keys after an officer operation");
+        }
         Ok(done)
     }
 }

@@ -23,6 +23,7 @@ use super::settings::{ServerConfig, ServiceKeys};
 use crate::config::CredentialConfig;
 use crate::credential::DocumentSigner;
 use crate::keys::lifecycle::KeyState;
+use crate::pki::profile::CertFacts;
 use crate::pki::{PkiConfig, PkiStore};
 use crate::status::{StatusList, sign_token};
 use crate::store::{Registry, STATUS_LIST_SIZE, StatusRange};
@@ -48,6 +49,8 @@ pub struct Current {
     pub keys: Arc<KeyView>,
     /// IACA certificate (PEM).
     pub iaca_pem: Vec<u8>,
+    /// IACA certificate (DER) and what the profile check read off it.
+    pub iaca: Arc<(Vec<u8>, CertFacts)>,
 }
 
 impl Current {
@@ -88,6 +91,19 @@ pub struct Service {
     pub(crate) pki_config: PkiConfig,
     /// Signatures per key label since the last flush: (count, latest expiry).
     pub(crate) key_usage: Mutex<HashMap<String, (u64, i64)>>,
+    /// Held from reading the registry's keys to swapping the view built
+    /// from them, so an older view never replaces a newer one.
+    pub(crate) key_swap: Mutex<()>,
+    /// Whether this node held the `keys` lease at its last round.
+    pub(crate) leader: std::sync::atomic::AtomicBool,
+    /// The lifecycle rests after a failed action until then (no key pile-up
+    /// while the HSM or the registry is in trouble).
+    pub(crate) lifecycle_pause: Mutex<Option<Instant>>,
+    /// The last CRL's thisUpdate (seconds): the next is later, so CRL
+    /// numbers (derived from it) only grow.
+    pub(crate) last_crl_second: std::sync::atomic::AtomicI64,
+    /// When destroyed keys were last checked gone from the token.
+    pub(crate) last_reconcile: Mutex<Option<Instant>>,
     current: RwLock<Arc<Current>>,
     statuses: Mutex<Option<(StatusRange, u64)>>,
     status_generation: AtomicU64,
@@ -153,6 +169,11 @@ impl Service {
             pki: PkiStore::new(&pki_config.dir),
             pki_config,
             key_usage: Mutex::new(HashMap::new()),
+            key_swap: Mutex::new(()),
+            leader: std::sync::atomic::AtomicBool::new(false),
+            lifecycle_pause: Mutex::new(None),
+            last_crl_second: std::sync::atomic::AtomicI64::new(0),
+            last_reconcile: Mutex::new(None),
             current: RwLock::new(Arc::new(Current {
                 policy: Arc::new(
                     Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
@@ -169,6 +190,16 @@ impl Service {
                     fingerprint: String::new(),
                 }),
                 iaca_pem: Vec::new(),
+                iaca: Arc::new((
+                    Vec::new(),
+                    CertFacts {
+                        country: None,
+                        ski: None,
+                        aki: None,
+                        not_before: OffsetDateTime::UNIX_EPOCH,
+                        not_after: OffsetDateTime::UNIX_EPOCH,
+                    },
+                )),
             })),
             statuses: Mutex::new(None),
             status_generation: AtomicU64::new(0),
@@ -231,6 +262,10 @@ impl Service {
             .iaca()
             .map_err(|e| LoadError(format!("IACA: {e}")))?;
         self.import_existing_keys(now)?;
+        let _ordered = self
+            .key_swap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let keys = self
             .registry
             .keys()
@@ -246,6 +281,7 @@ impl Service {
             iaca_pem: crate::pki::cert_pem(&iaca_der)
                 .map_err(|e| LoadError(format!("IACA: {e}")))?
                 .into_bytes(),
+            iaca: Arc::new((iaca_der, iaca)),
         };
         if let Err(e) = next.signer(now) {
             tracing::warn!(error = %e, "no DS key can sign: issuance refused until one is ready");
@@ -267,6 +303,7 @@ impl Service {
             policy: old.policy.clone(),
             keys: view,
             iaca_pem: old.iaca_pem.clone(),
+            iaca: old.iaca.clone(),
         });
     }
 

@@ -83,10 +83,14 @@ pub trait KeyRegistry {
         signatures: u64,
         last_valid_until: i64,
     ) -> Result<(), StoreError>;
-    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
-    /// (milliseconds since the epoch); false while another holder's lease runs.
-    fn lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64)
-    -> Result<bool, StoreError>;
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms`, by the
+    /// database's clock (nodes' clocks may differ); false while another
+    /// holder's lease runs.
+    fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Moves credentials signed by `kid` that are still in a source state of
+    /// `to` (see `revocation_sources`) to `to`; how many. For what was
+    /// signed with a key while its revocation committed.
+    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError>;
     /// Stores a new proposal (`version` is ignored).
     fn add_proposal(&self, proposal: &Proposal, decision: DecisionRecord)
     -> Result<(), StoreError>;
@@ -108,13 +112,18 @@ pub trait KeyRegistry {
     fn crl(&self) -> Result<Option<String>, StoreError>;
 }
 
-/// The serial numbers of revoked keys' certificates (for the CRL).
-pub fn revoked_serials(keys: &[StoredKey]) -> Vec<Vec<u8>> {
+/// The serial numbers of revoked keys' certificates (for the CRL); an
+/// unreadable certificate is an error, never a serial left off.
+pub fn revoked_serials(keys: &[StoredKey]) -> Result<Vec<Vec<u8>>, StoreError> {
     keys.iter()
         .filter(|k| k.record.revoked)
-        .filter_map(|k| k.certificate.as_deref())
-        .filter_map(|der| openssl::x509::X509::from_der(der).ok())
-        .filter_map(|c| c.serial_number().to_bn().ok().map(|bn| bn.to_vec()))
+        .filter_map(|k| k.certificate.as_deref().map(|der| (&k.record.label, der)))
+        .map(|(label, der)| {
+            openssl::x509::X509::from_der(der)
+                .and_then(|c| c.serial_number().to_bn())
+                .map(|bn| bn.to_vec())
+                .map_err(|e| StoreError::Internal(format!("certificate of key {label}: {e}")))
+        })
         .collect()
 }
 

@@ -1122,23 +1122,30 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
-    fn lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<bool, StoreError> {
+    fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
         self.with_tx(|tx| {
             let changed = tx
                 .execute(
-                    "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3)
+                    "INSERT INTO leases (name, holder, until_ms)
+                     VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT + $3)
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                     WHERE leases.holder = excluded.holder OR leases.until_ms < $4",
-                    &[&name, &holder, &(now_ms + ttl_ms), &now_ms],
+                     WHERE leases.holder = excluded.holder
+                        OR leases.until_ms < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+                    &[&name, &holder, &ttl_ms],
                 )
                 .map_err(map_err)?;
             Ok(changed == 1)
+        })
+    }
+
+    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
+        let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
+                &[&to.as_str(), &kid, &from],
+            )
+            .map_err(map_err)
         })
     }
 

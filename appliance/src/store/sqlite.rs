@@ -1068,24 +1068,36 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
-    fn lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<bool, StoreError> {
+    fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write(move |conn| {
             let changed = conn
                 .execute(
-                    "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+                    "INSERT INTO leases (name, holder, until_ms)
+                     VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + ?3)
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                     WHERE leases.holder = excluded.holder OR leases.until_ms < ?4",
-                    params![name, holder, now_ms + ttl_ms, now_ms],
+                     WHERE leases.holder = excluded.holder
+                        OR leases.until_ms < CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+                    params![name, holder, ttl_ms],
                 )
                 .map_err(map_err)?;
             Ok(changed == 1)
+        })
+    }
+
+    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
+        let kid = kid.to_owned();
+        self.write(move |conn| {
+            let mut changed = 0;
+            for from in keyring::revocation_sources(to) {
+                changed += conn
+                    .execute(
+                        "UPDATE credentials SET state = ?1 WHERE kid = ?2 AND state = ?3",
+                        params![to.as_str(), kid, from],
+                    )
+                    .map_err(map_err)? as u64;
+            }
+            Ok(changed)
         })
     }
 

@@ -169,17 +169,41 @@ pub(crate) fn list_proposals(conn: &Connection, json_out: bool) -> anyhow::Resul
     })
 }
 
-/// `approve ID` / `reject ID`.
+/// `approve ID` / `reject ID`. An approval first reads the proposal,
+/// shows it, and sends back the operation read: the daemon refuses it if
+/// the proposal says something else.
 pub(crate) fn decide(
     conn: &Connection,
     id: &str,
     approve: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
+    let well_formed =
+        id.len() <= 64 && id.starts_with("p-") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    anyhow::ensure!(well_formed, "{id:?} is not a proposal id (p-…)");
+    let client = conn.client()?;
     let step = if approve { "approve" } else { "reject" };
-    let proposal = conn
-        .client()?
-        .call("POST", &format!("/v1/approvals/{id}/{step}"), None)?;
+    let body = if approve {
+        let list = client.call("GET", "/v1/approvals", None)?;
+        let proposal = list["proposals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| text(p, "id") == id)
+            .with_context(|| format!("no proposal {id} (dojangctl approvals list)"))?;
+        if !json_out {
+            println!(
+                "approving {}: {}, proposed by {}",
+                id,
+                summary(&proposal["operation"]),
+                text(proposal, "proposer")
+            );
+        }
+        Some(json!({ "operation": proposal["operation"] }))
+    } else {
+        None
+    };
+    let proposal = client.call("POST", &format!("/v1/approvals/{id}/{step}"), body)?;
     show(json_out, &proposal, print_proposal)
 }
 
