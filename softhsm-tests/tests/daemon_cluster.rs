@@ -171,5 +171,38 @@ fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
         .filter(|k| k["purpose"] == "document-signer")
         .count();
     assert_eq!(in_token, keys.len(), "no orphan key in the token");
+
+    // A policy change approved on node a is taken up by node b: the new
+    // file (shared by both here) drops the gateway.
+    let text = std::fs::read_to_string(&a.policy).unwrap().replace(
+        "identity = \"spiffe://mois.go.kr/wallet-gateway\"",
+        "identity = \"spiffe://mois.go.kr/retired-gateway\"",
+    );
+    std::fs::write(&a.policy, &text).unwrap();
+    let sha256 = dojang_policies::Policy::parse("new", &text).unwrap().hash;
+    let _ = a.dual_control(
+        "kim",
+        "lee",
+        "/v1/policy/change",
+        &serde_json::json!({ "sha256": sha256 }),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (jwk, _) = daemon::phone();
+        let reply = b.client("gateway").post_json(
+            "/v1/credentials",
+            &daemon::request("mdoc", &daemon::number(3100), &jwk),
+            &[],
+        );
+        if reply.status == 403 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b kept the old policy: {}",
+            b.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     drop(b);
 }

@@ -114,14 +114,31 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     assert_eq!(issue(&d, "counter", 3, "mdoc").status, 201);
     std::fs::write(&crl, good_crl).unwrap();
 
-    // A good policy that drops the gateway: it loses access at once.
+    // A good policy that drops the gateway: not loaded until two officers
+    // adopt it, then the gateway loses access at once.
     let without_gateway = dojang_policies::SHIPPED_POLICY.replace(
         "identity = \"spiffe://mois.go.kr/wallet-gateway\"",
         "identity = \"spiffe://mois.go.kr/retired-gateway\"",
     );
-    std::fs::write(&d.policy, without_gateway).unwrap();
+    std::fs::write(&d.policy, &without_gateway).unwrap();
     d.signal("HUP");
-    wait_for_log(&d, "reloaded TLS files");
+    wait_for_count(&d, "reload refused", 3);
+    assert!(d.log().contains("officers adopted"), "{}", d.log());
+    assert_eq!(issue(&d, "gateway", 6, "mdoc").status, 201);
+    let hash = dojang_policies::Policy::parse("new", &without_gateway)
+        .unwrap()
+        .hash;
+    let file = d.policy.display().to_string();
+    let opened = d.officer_ctl("kim", &["policy", "propose", &file]).unwrap();
+    assert!(opened.contains(&hash), "{opened}");
+    let proposals: serde_json::Value = serde_json::from_str(
+        &d.officer_ctl("lee", &["--json", "approvals", "list"])
+            .unwrap(),
+    )
+    .unwrap();
+    let id = proposals["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let approved = d.officer_ctl("lee", &["approve", &id]).unwrap();
+    assert!(approved.contains("adopted and loaded"), "{approved}");
     let reply = issue(&d, "gateway", 4, "mdoc");
     assert_eq!(
         reply.status,

@@ -132,6 +132,12 @@ enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Propose adopting a policy file (over --api): once another officer
+    /// approves, every node loads it when its file has this SHA-256.
+    Propose {
+        /// The policy file (checked first; its SHA-256 is what is proposed).
+        file: PathBuf,
+    },
     /// Evaluate one issuance request against a policy and print the rule trace.
     Explain {
         /// The policy file.
@@ -311,6 +317,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Command::Approvals(ApprovalsCommand::List) => officer::list_proposals(&conn, args.json),
+        Command::Policy(PolicyCommand::Propose { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let policy = Policy::parse(&file.display().to_string(), &text)?;
+            officer::propose_policy(&conn, &policy.hash, args.json)
+        }
         Command::Approve { id } => officer::decide(&conn, &id, true, args.json),
         Command::Reject { id } => officer::decide(&conn, &id, false, args.json),
         Command::Keys(KeysCommand::List) if conn.remote() => officer::list_keys(&conn, args.json),
@@ -669,6 +681,9 @@ fn policy(command: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        PolicyCommand::Propose { .. } => {
+            anyhow::bail!("officer commands go to the daemon (handled above)")
         }
         PolicyCommand::Explain {
             file,

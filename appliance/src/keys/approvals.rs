@@ -40,6 +40,12 @@ pub enum Operation {
         /// Why (recorded).
         reason: String,
     },
+    /// Adopt the policy file of this SHA-256 (hex): nodes load it once
+    /// their file has it.
+    ChangePolicy {
+        /// The new policy file's SHA-256.
+        sha256: String,
+    },
 }
 
 /// Where a proposal stands.

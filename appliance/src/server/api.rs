@@ -171,7 +171,7 @@ impl Api {
         action: &str,
         label: Option<String>,
     ) -> Answer {
-        let needs_body = matches!(action, "rotate" | "revoke");
+        let needs_body = matches!(action, "rotate" | "revoke" | "policy");
         if needs_body {
             require_json(&request)?;
         }
@@ -345,6 +345,11 @@ impl Api {
                     .await;
                 (route, Some(action), answer)
             }
+            (&Method::POST, ["v1", "policy", "change"]) => (
+                "/v1/policy/change",
+                Some("policy".to_owned()),
+                self.officer_request(request, client, "policy", None).await,
+            ),
             (&Method::GET, ["v1", "approvals"]) => (
                 "/v1/approvals",
                 None,
@@ -370,7 +375,7 @@ impl Api {
                 .await;
                 (route, Some((*step).to_owned()), answer)
             }
-            (_, ["v1", "credentials" | "keys" | "approvals", ..]) => (
+            (_, ["v1", "credentials" | "keys" | "approvals" | "policy", ..]) => (
                 "other",
                 None,
                 Err(Problem::new(
@@ -462,6 +467,7 @@ mod tests {
             "/v1/keys/{label}/retire:",
             "/v1/keys/{label}/destroy:",
             "/v1/approvals:",
+            "/v1/policy/change:",
             "/v1/approvals/{id}/approve:",
             "/v1/approvals/{id}/reject:",
             "/.well-known/jwks.json:",

@@ -400,6 +400,7 @@ impl Service {
         if let Err(e) = self.refresh_keys(false) {
             tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");
         }
+        self.follow_adopted_policy(now);
     }
 
     fn resting(&self) -> bool {

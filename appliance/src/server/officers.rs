@@ -16,7 +16,7 @@ use super::problem::Problem;
 use super::service::Service;
 use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
 use crate::keys::lifecycle::KeyState;
-use crate::store::{CHAINS, StoreError, StoredKey};
+use crate::store::{CHAINS, POLICY_DOCUMENT, StoreError, StoredKey};
 
 /// Proposals a listing returns at most.
 const LIST_LIMIT: u32 = 200;
@@ -36,6 +36,12 @@ struct RotateBody {
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
     reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +210,18 @@ impl Service {
                     reason: reason.to_owned(),
                 }
             }
+            "policy" => {
+                let body: PolicyBody =
+                    serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
+                let sha256 = body.sha256.trim().to_ascii_lowercase();
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Problem::bad_request(
+                        "invalid_sha256",
+                        "sha256 must be the policy file's SHA-256 in 64 hex digits",
+                    ));
+                }
+                Operation::ChangePolicy { sha256 }
+            }
             "activate" => Operation::ActivateKey { label: label() },
             "retire" => Operation::RetireKey { label: label() },
             _ => Operation::DestroyKey { label: label() },
@@ -296,6 +314,21 @@ impl Service {
                         ),
                         "keys.retention",
                     ));
+                }
+                Ok(())
+            }
+            Operation::ChangePolicy { sha256 } => {
+                let adopted = self
+                    .registry
+                    .document(POLICY_DOCUMENT)
+                    .map_err(store_problem)?;
+                if adopted.as_deref() == Some(sha256.as_str()) {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "policy_adopted",
+                        "this policy is the one in force",
+                    )
+                    .with_rule("policy.change"));
                 }
                 Ok(())
             }
@@ -559,6 +592,25 @@ impl Service {
                 self.destroy_key(&keys, label, now).map_err(failed)?;
                 format!("key {label} destroyed")
             }
+            Operation::ChangePolicy { sha256 } => {
+                self.registry
+                    .set_document(POLICY_DOCUMENT, sha256)
+                    .map_err(store_problem)?;
+                let decision = crate::store::DecisionRecord {
+                    rule: Some(format!("policy {sha256}: approved by officers")),
+                    ..self.decision("dojangd", "policy.adopt", "ok", sha256, now)
+                };
+                self.registry
+                    .record(decision, None)
+                    .map_err(store_problem)?;
+                match self.reload(now) {
+                    Ok(()) => format!("policy {sha256} adopted and loaded"),
+                    Err(e) => format!(
+                        "policy {sha256} adopted; this node keeps the old one until its file has it ({})",
+                        e.0
+                    ),
+                }
+            }
             Operation::EmergencyRevoke { label, reason } => {
                 let changed = self.revoke_key(label, reason, now).map_err(failed)?;
                 format!(
@@ -591,5 +643,6 @@ fn operation_summary(operation: &Operation) -> String {
         Operation::RetireKey { label } => format!("retire {label}"),
         Operation::DestroyKey { label } => format!("destroy {label}"),
         Operation::EmergencyRevoke { label, .. } => format!("revoke {label}"),
+        Operation::ChangePolicy { sha256 } => format!("adopt policy {sha256}"),
     }
 }

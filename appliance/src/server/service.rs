@@ -26,7 +26,7 @@ use crate::keys::lifecycle::KeyState;
 use crate::pki::profile::CertFacts;
 use crate::pki::{PkiConfig, PkiStore};
 use crate::status::{StatusList, sign_token};
-use crate::store::{Registry, STATUS_LIST_SIZE, StatusRange};
+use crate::store::{DecisionRecord, POLICY_DOCUMENT, Registry, STATUS_LIST_SIZE, StatusRange};
 
 /// Lists beyond this are never asked of the store (a list holds 2^20
 /// credentials: this is over a billion).
@@ -104,6 +104,8 @@ pub struct Service {
     pub(crate) last_crl_second: std::sync::atomic::AtomicI64,
     /// When destroyed keys were last checked gone from the token.
     pub(crate) last_reconcile: Mutex<Option<Instant>>,
+    /// The adopted policy this node last tried to load, and when.
+    policy_follow: Mutex<Option<(String, Instant)>>,
     current: RwLock<Arc<Current>>,
     statuses: Mutex<Option<(StatusRange, u64)>>,
     status_generation: AtomicU64,
@@ -174,6 +176,7 @@ impl Service {
             lifecycle_pause: Mutex::new(None),
             last_crl_second: std::sync::atomic::AtomicI64::new(0),
             last_reconcile: Mutex::new(None),
+            policy_follow: Mutex::new(None),
             current: RwLock::new(Arc::new(Current {
                 policy: Arc::new(
                     Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
@@ -257,6 +260,7 @@ impl Service {
             .map_err(|e| LoadError(format!("{}: {e}", self.policy_path.display())))?;
         let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
+        self.check_policy_adopted(&policy, now)?;
         let (iaca_der, iaca) = self
             .pki
             .iaca()
@@ -292,6 +296,72 @@ impl Service {
             .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
         self.swap(|_| next);
         Ok(())
+    }
+
+    /// A policy file is loaded only if officers adopted it (its SHA-256 is
+    /// the registry's); the first start adopts the file it finds.
+    fn check_policy_adopted(&self, policy: &Policy, now: OffsetDateTime) -> Result<(), LoadError> {
+        let adopted = self
+            .registry
+            .document(POLICY_DOCUMENT)
+            .map_err(|e| LoadError(format!("registry: {e}")))?;
+        match adopted {
+            Some(hash) if hash == policy.hash => Ok(()),
+            Some(hash) => Err(LoadError(format!(
+                "policy file {} has SHA-256 {}, but officers adopted {hash}: an officer proposes it \
+                 (dojangctl policy propose FILE) and another approves; until then the adopted policy stays",
+                self.policy_path.display(),
+                policy.hash
+            ))),
+            None => {
+                self.registry
+                    .set_document(POLICY_DOCUMENT, &policy.hash)
+                    .map_err(|e| LoadError(format!("registry: {e}")))?;
+                let decision = DecisionRecord {
+                    rule: Some(format!(
+                        "policy {} {}: first start",
+                        policy.name, policy.version
+                    )),
+                    ..self.decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
+                };
+                self.registry
+                    .record(decision, None)
+                    .map_err(|e| LoadError(format!("writing the audit log: {e}")))
+            }
+        }
+    }
+
+    /// Loads the policy file again if officers adopted another one than
+    /// this node runs (a change approved on any node).
+    pub(crate) fn follow_adopted_policy(&self, now: OffsetDateTime) {
+        let Ok(Some(adopted)) = self.registry.document(POLICY_DOCUMENT) else {
+            return;
+        };
+        if adopted == self.current().policy.hash {
+            return;
+        }
+        // Tried again every 10 s (the file may arrive later), said once.
+        let mut last = self
+            .policy_follow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = last.as_ref().is_none_or(|(hash, _)| *hash != adopted);
+        if !first
+            && last
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        *last = Some((adopted.clone(), Instant::now()));
+        drop(last);
+        match self.reload(now) {
+            Ok(()) => tracing::info!(sha256 = %adopted, "loaded the policy officers adopted"),
+            Err(e) if first => {
+                tracing::warn!(error = %e.0, "officers adopted another policy than this node's file")
+            }
+            Err(_) => {}
+        }
     }
 
     /// Replaces the keys part of the current state.
@@ -472,6 +542,17 @@ impl Service {
             .status_key_at(now)
             .map(str::to_owned)
             .ok_or_else(|| "no status-list key can sign now".to_owned());
+        let policy = match self.registry.document(POLICY_DOCUMENT) {
+            Ok(Some(adopted)) if adopted != current.policy.hash => Err(format!(
+                "officers adopted policy {adopted}; this node runs {} (its file must have the adopted one)",
+                current.policy.hash
+            )),
+            Ok(_) => Ok(format!(
+                "{} {}",
+                current.policy.name, current.policy.version
+            )),
+            Err(e) => Err(e.to_string()),
+        };
         let audit = self.registry.probe_write();
         let checks = vec![
             Check {
@@ -499,6 +580,11 @@ impl Service {
                 name: "signing_key",
                 ok: signing.is_ok(),
                 detail: signing.unwrap_or_else(|e| e),
+            },
+            Check {
+                name: "policy",
+                ok: policy.is_ok(),
+                detail: policy.unwrap_or_else(|e| e),
             },
             Check {
                 name: "status_list_key",

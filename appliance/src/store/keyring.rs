@@ -15,6 +15,10 @@ pub const DS_CHAIN: &str = "ds";
 pub const STATUS_CHAIN: &str = "status-list";
 /// Every chain the daemon rotates.
 pub const CHAINS: [&str; 2] = [DS_CHAIN, STATUS_CHAIN];
+/// The IACA's current CRL (PEM).
+pub const CRL_DOCUMENT: &str = "iaca.crl";
+/// The SHA-256 (hex) of the policy officers adopted.
+pub const POLICY_DOCUMENT: &str = "policy.sha256";
 
 /// A key as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +110,19 @@ pub trait KeyRegistry {
     fn proposal(&self, id: &str) -> Result<StoredProposal, StoreError>;
     /// Proposals newest first, at most `limit`.
     fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError>;
-    /// Replaces the current CRL (PEM).
-    fn set_crl(&self, pem: &str) -> Result<(), StoreError>;
-    /// The current CRL, if the registry has one.
-    fn crl(&self) -> Result<Option<String>, StoreError>;
+    /// Replaces a document every node shares ([`CRL_DOCUMENT`],
+    /// [`POLICY_DOCUMENT`]).
+    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError>;
+    /// A shared document, if the registry has it.
+    fn document(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// The current CRL (PEM), if one was issued.
+    fn crl(&self) -> Result<Option<String>, StoreError> {
+        self.document(CRL_DOCUMENT)
+    }
+    /// Replaces the current CRL.
+    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
+        self.set_document(CRL_DOCUMENT, pem)
+    }
 }
 
 /// The serial numbers of revoked keys' certificates (for the CRL); an

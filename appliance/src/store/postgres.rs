@@ -1212,26 +1212,23 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
-    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
+    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError> {
         self.with_tx(|tx| {
             let _ = tx
                 .execute(
-                    "INSERT INTO pki_documents (name, body) VALUES ('iaca.crl', $1)
+                    "INSERT INTO pki_documents (name, body) VALUES ($1, $2)
                      ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    &[&pem],
+                    &[&name, &body],
                 )
                 .map_err(map_err)?;
             Ok(())
         })
     }
 
-    fn crl(&self) -> Result<Option<String>, StoreError> {
+    fn document(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.with_tx(|tx| {
             Ok(tx
-                .query_opt(
-                    "SELECT body FROM pki_documents WHERE name = 'iaca.crl'",
-                    &[],
-                )
+                .query_opt("SELECT body FROM pki_documents WHERE name = $1", &[&name])
                 .map_err(map_err)?
                 .map(|r| r.get(0)))
         })

@@ -1177,24 +1177,24 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
-    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
-        let pem = pem.to_owned();
+    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError> {
+        let (name, body) = (name.to_owned(), body.to_owned());
         self.write(move |conn| {
             let _ = conn
                 .execute(
-                    "INSERT INTO pki_documents (name, body) VALUES ('iaca.crl', ?1)
+                    "INSERT INTO pki_documents (name, body) VALUES (?1, ?2)
                      ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    params![pem],
+                    params![name, body],
                 )
                 .map_err(map_err)?;
             Ok(())
         })
     }
 
-    fn crl(&self) -> Result<Option<String>, StoreError> {
+    fn document(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT body FROM pki_documents WHERE name = 'iaca.crl'")
-                .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+            conn.prepare_cached("SELECT body FROM pki_documents WHERE name = ?1")
+                .and_then(|mut s| s.query_row(params![name], |r| r.get(0)).optional())
                 .map_err(map_err)
         })
     }

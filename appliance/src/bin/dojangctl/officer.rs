@@ -66,6 +66,7 @@ fn summary(operation: &Value) -> String {
         "activate_key" => format!("activate {label}"),
         "retire_key" => format!("retire {label}"),
         "destroy_key" => format!("destroy {label}"),
+        "change_policy" => format!("adopt policy {}", text(operation, "sha256")),
         other => other.to_owned(),
     }
 }
@@ -152,6 +153,26 @@ pub(crate) fn propose(
         print_proposal(p);
         println!(
             "  another officer approves with: dojangctl approve {}",
+            text(p, "id")
+        );
+    })
+}
+
+/// `policy propose FILE`: opens a proposal to adopt the policy of `sha256`.
+pub(crate) fn propose_policy(
+    conn: &Connection,
+    sha256: &str,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let proposal = conn.client()?.call(
+        "POST",
+        "/v1/policy/change",
+        Some(json!({ "sha256": sha256 })),
+    )?;
+    show(json_out, &proposal, |p| {
+        print_proposal(p);
+        println!(
+            "  another officer checks the file (sha256sum) and approves with: dojangctl approve {}",
             text(p, "id")
         );
     })
