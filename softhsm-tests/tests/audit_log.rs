@@ -9,7 +9,7 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use dojang::audit::bundle::{self, Bundle, BundleError, TrustedLog, FORMAT};
-use dojang::audit::checkpoint::{Checkpoint, NoteKey};
+use dojang::audit::checkpoint::{Checkpoint, NoteError, NoteKey};
 use dojang::audit::entry::AuditEntry;
 use dojang::audit::merkle;
 use pkcs11_shim::pkcs11::Pkcs11Backend;
@@ -93,6 +93,7 @@ impl Log {
             origin: ORIGIN.into(),
             key_name: "dojang.example.kr/audit".into(),
             public_key_pem: self.pem.clone(),
+            handover_keys_pem: Vec::new(),
             entries: self.entries.iter().map(|e| B64.encode(e)).collect(),
             checkpoints: [5, 10, 15, 20]
                 .iter()
@@ -281,6 +282,61 @@ fn each_kind_of_tampering_is_caught_and_named() {
     assert!(matches!(
         bundle::verify(&b, &log.trusted),
         Err(BundleError::Note { index: 1, .. })
+    ));
+}
+
+#[test]
+fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
+    let log = Log::new(Algorithm::EdDsa);
+    let next = log
+        .backend
+        .generate("audit-2", KeyPurpose::Audit, Algorithm::EdDsa)
+        .unwrap();
+    let next_key = NoteKey::new("dojang.example.kr/audit", next.public_key.unwrap()).unwrap();
+    let by = |size: usize, label: &str, key: &NoteKey| {
+        let leaves: Vec<_> = log.entries[..size]
+            .iter()
+            .map(|e| merkle::leaf_hash(e))
+            .collect();
+        Checkpoint {
+            origin: ORIGIN.into(),
+            size: size as u64,
+            root: merkle::root(&leaves),
+        }
+        .sign(&log.backend, label, key)
+        .unwrap()
+    };
+    // 5 and 10 by the old key, 15 by both (the hand-over), 20 by the new one.
+    let handover = Checkpoint::cosign(
+        &by(15, "audit-1", &log.key),
+        &log.backend,
+        "audit-2",
+        &next_key,
+    )
+    .unwrap();
+    assert_eq!(
+        Checkpoint::signer_ids(&handover),
+        [log.key.id(), next_key.id()]
+    );
+    let mut b = log.bundle();
+    b.handover_keys_pem = vec![next_key.public_pem()];
+    b.checkpoints = vec![
+        by(5, "audit-1", &log.key),
+        by(10, "audit-1", &log.key),
+        handover,
+        by(20, "audit-2", &next_key),
+    ];
+    let report = bundle::verify(&b, &log.trusted).unwrap();
+    assert_eq!((report.checkpoints, report.signed_size), (4, 20));
+    // Without the co-signed checkpoint, listing the key earns it nothing.
+    let mut skipped = b.clone();
+    let _ = skipped.checkpoints.remove(2);
+    assert!(matches!(
+        bundle::verify(&skipped, &log.trusted),
+        Err(BundleError::Note {
+            index: 2,
+            source: NoteError::NotSigned(_)
+        })
     ));
 }
 

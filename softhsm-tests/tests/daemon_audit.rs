@@ -109,8 +109,10 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     assert_eq!(
         actions,
         [
-            // The first start takes the ceremony's DS key and the
-            // status-list key into the registry.
+            // The first start adopts the policy and takes the ceremony's
+            // DS key, the status-list and the audit key into the registry.
+            ("policy.adopt", "ok"),
+            ("keys.import", "active"),
             ("keys.import", "active"),
             ("keys.import", "active"),
             ("start", "ok"),
@@ -120,13 +122,13 @@ fn every_decision_is_logged_signed_provable_and_exported() {
             ("revoke", "allow"),
         ]
     );
-    let denial = &log[5];
+    let denial = &log[7];
     assert_eq!(denial.rule.as_deref(), Some("holder.minimum_age"));
     assert!(
         denial.holder.is_some(),
         "denials name the holder's pseudonym"
     );
-    let issued = &log[4];
+    let issued = &log[6];
     assert_eq!(issued.credential_id.as_deref(), Some(id));
     assert_eq!(issued.key_id.as_deref(), second["kid"].as_str());
     assert_eq!(
@@ -144,7 +146,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     // A checkpoint signed by the audit key, and proofs against it.
     let key_pem = d.scratch().join("audit.pem");
     let bundle = d.scratch().join("audit.json");
-    let (size, note) = wait_checkpoint(&mut auditor, 7);
+    let (size, note) = wait_checkpoint(&mut auditor, 9);
     let _ = d.ctl(&[
         "audit",
         "export",
@@ -233,7 +235,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["entries"], 8);
+    assert_eq!(report["entries"], 10);
     assert_eq!(report["unsigned_tail"], 0);
 
     // No personal data anywhere in the store.
@@ -638,4 +640,52 @@ fn an_unwritable_audit_log_stops_signing_until_it_is_back() {
         "DROP SCHEMA IF EXISTS {s} CASCADE; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         s = schema.name
     ));
+}
+
+#[test]
+fn the_audit_key_rotates_and_auditors_follow_the_hand_over() {
+    let d = Daemon::start(Options::default());
+    let mut auditor = d.client("auditor");
+    assert_eq!(issue(&d, 1, "mdoc", None).status, 201);
+    let (before, _) = wait_checkpoint(&mut auditor, 1);
+    let anchor = d.chain_keys("audit")[0].clone();
+    // Two officers rotate the audit key and make it sign now.
+    let _ = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/rotate",
+        &serde_json::json!({"chain": "audit"}),
+    );
+    let next = d.chain_keys("audit")[1].clone();
+    let _ = d.dual_control(
+        "lee",
+        "park",
+        &format!("/v1/keys/{}/activate", next["label"].as_str().unwrap()),
+        &serde_json::json!({}),
+    );
+    assert_eq!(issue(&d, 2, "mdoc", None).status, 201);
+    // The first checkpoint after the switch carries both signatures.
+    let (handover_size, handover) = wait_checkpoint(&mut auditor, before + 2);
+    assert_eq!(Checkpoint::signer_ids(&handover).len(), 2, "{handover}");
+    let listed = auditor.get("/v1/audit/checkpoint").json();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(issue(&d, 3, "mdoc", None).status, 201);
+    let (_, later) = wait_checkpoint(&mut auditor, handover_size + 1);
+    assert_eq!(Checkpoint::signer_ids(&later).len(), 1, "{later}");
+    // The auditor pins the first key; the export verifies through the
+    // hand-over, and names that anchor.
+    let pinned = export_and_verify(&d, "rotated", &["--allow-unsigned-tail"]);
+    let anchor_der = openssl::pkey::PKey::public_key_from_pem(
+        listed["keys"][0]["public_key_pem"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap()
+    .public_key_to_der()
+    .unwrap();
+    assert_eq!(pinned, anchor_der);
+    let keys = d.chain_keys("audit");
+    assert_eq!(keys[0]["label"], anchor["label"]);
+    assert_eq!(keys[0]["state"], "retired");
 }

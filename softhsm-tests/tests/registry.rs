@@ -88,6 +88,7 @@ fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::
         chain: "ds".into(),
         kid: format!("kid-of-{label}"),
         certificate: None,
+        public_key: vec![0x30, 0x00],
         record: dojang::keys::lifecycle::KeyRecord {
             label: label.into(),
             state,

@@ -26,8 +26,14 @@ pub struct Bundle {
     pub origin: String,
     /// The audit key's note name.
     pub key_name: String,
-    /// The audit public key, SPKI PEM.
+    /// The audit public key the log started with (the auditor's anchor),
+    /// SPKI PEM.
     pub public_key_pem: String,
+    /// Later audit keys (SPKI PEM). Each is trusted only from a checkpoint
+    /// signed by it and by a key already trusted (a hand-over), never for
+    /// being listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handover_keys_pem: Vec<String>,
     /// Entries in log order.
     pub entries: Vec<String>,
     /// Signed checkpoints, oldest first.
@@ -190,8 +196,22 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
             ),
         });
     }
-    let key = NoteKey::new(&trusted.key_name, trusted.key.clone())
-        .map_err(|e| BundleError::Format(e.to_string()))?;
+    let mut keys = vec![
+        NoteKey::new(&trusted.key_name, trusted.key.clone())
+            .map_err(|e| BundleError::Format(e.to_string()))?,
+    ];
+    let mut candidates = Vec::new();
+    for pem in &bundle.handover_keys_pem {
+        let der = openssl::pkey::PKey::public_key_from_pem(pem.as_bytes())
+            .and_then(|k| k.public_key_to_der())
+            .map_err(|e| BundleError::Format(format!("hand-over key: {e}")))?;
+        let public = pkcs11_shim::PublicKey::from_spki_der(&der)
+            .map_err(|e| BundleError::Format(format!("hand-over key: {e}")))?;
+        candidates.push(
+            NoteKey::new(&trusted.key_name, public)
+                .map_err(|e| BundleError::Format(e.to_string()))?,
+        );
+    }
     if bundle.checkpoints.is_empty() {
         return Err(BundleError::NoCheckpoint);
     }
@@ -230,7 +250,17 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
     for (index, note) in bundle.checkpoints.iter().enumerate() {
         let index = index as u64;
         let cp =
-            Checkpoint::open(note, &key).map_err(|source| BundleError::Note { index, source })?;
+            open_with_any(note, &keys).map_err(|source| BundleError::Note { index, source })?;
+        // A checkpoint signed by a trusted key vouches for the other keys
+        // that signed it too.
+        candidates.retain(|candidate| {
+            if Checkpoint::open(note, candidate).is_ok() {
+                keys.push(candidate.clone());
+                false
+            } else {
+                true
+            }
+        });
         if cp.origin != trusted.origin {
             return Err(BundleError::Origin {
                 index,
@@ -283,4 +313,22 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
         signed_size,
         unsigned_tail: leaves.len() as u64 - signed_size,
     })
+}
+
+/// Opens a note signed by any of `keys`; the first key's error if none did.
+fn open_with_any(note: &str, keys: &[NoteKey]) -> Result<Checkpoint, NoteError> {
+    let mut first_error = None;
+    for key in keys {
+        match Checkpoint::open(note, key) {
+            Ok(cp) => return Ok(cp),
+            // A bad signature by a trusted key is an error whatever else signed.
+            Err(e @ NoteError::BadSignature(_)) | Err(e @ NoteError::Malformed(_)) => {
+                return Err(e);
+            }
+            Err(e) => {
+                let _ = first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| NoteError::NotSigned("no trusted key".into())))
 }

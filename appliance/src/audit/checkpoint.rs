@@ -94,6 +94,11 @@ impl NoteKey {
     pub fn public_pem(&self) -> String {
         self.public.to_pem().unwrap_or_default()
     }
+
+    /// The key ID its signature lines start with.
+    pub fn id(&self) -> [u8; 4] {
+        self.id
+    }
 }
 
 impl Checkpoint {
@@ -164,6 +169,41 @@ impl Checkpoint {
             key.name,
             B64.encode(blob)
         ))
+    }
+
+    /// Adds `key`'s signature to a note signed by [`Checkpoint::sign`]: a
+    /// checkpoint signed by the outgoing and the incoming audit key hands
+    /// trust from one to the other.
+    pub fn cosign(
+        note: &str,
+        backend: &dyn KeyBackend,
+        label: &str,
+        key: &NoteKey,
+    ) -> Result<String, NoteError> {
+        let (body, _) = note
+            .rsplit_once("\n\n")
+            .ok_or_else(|| NoteError::Malformed("no blank line before the signatures".into()))?;
+        let checkpoint = Self::parse_body(&format!("{body}\n"))?;
+        let signed = checkpoint.sign(backend, label, key)?;
+        let line = signed
+            .rsplit_once("\n\n")
+            .map(|(_, line)| line)
+            .ok_or_else(|| NoteError::Signing("no signature line".into()))?;
+        Ok(format!("{note}{line}"))
+    }
+
+    /// The key IDs of a note's signature lines (unverified), in order.
+    pub fn signer_ids(note: &str) -> Vec<[u8; 4]> {
+        let Some((_, signatures)) = note.rsplit_once("\n\n") else {
+            return Vec::new();
+        };
+        signatures
+            .lines()
+            .filter_map(|line| line.strip_prefix("\u{2014} "))
+            .filter_map(|rest| rest.split_once(' '))
+            .filter_map(|(_, sig)| B64.decode(sig).ok())
+            .filter_map(|blob| blob.get(..4).and_then(|id| <[u8; 4]>::try_from(id).ok()))
+            .collect()
     }
 
     /// Verifies a signed note by `key` and returns the checkpoint.

@@ -535,13 +535,28 @@ fn audit_export(
         .as_ref()
         .context("this needs the [server] table (audit origin and key)")?;
     let registry = dojang::server::open_registry(config)?;
-    let backend = cli::open_backend(config)?;
-    let log = dojang::server::audit_log::AuditLog::new(
-        backend.as_ref(),
-        &server.keys.audit,
-        &server.audit.origin,
-    )
-    .map_err(anyhow::Error::msg)?;
+    // The audit keys in the order they signed: the first is the anchor
+    // auditors pin, the others are trusted through hand-over checkpoints.
+    let pem_of = |spki: &[u8]| -> anyhow::Result<String> {
+        Ok(String::from_utf8(
+            openssl::pkey::PKey::public_key_from_der(spki)?.public_key_to_pem()?,
+        )?)
+    };
+    let mut keys = registry
+        .keys()?
+        .into_iter()
+        .filter(|k| k.chain == dojang::store::AUDIT_CHAIN)
+        .map(|k| pem_of(&k.public_key))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        // The daemon has not started yet: the configured key.
+        let backend = cli::open_backend(config)?;
+        let key = backend.find(&server.keys.audit)?;
+        let public = key.public_key.context("the audit key has no public key")?;
+        keys.push(public.to_pem()?);
+    }
+    let anchor = keys.remove(0);
+    let origin = server.audit.origin.clone();
     while registry.sequence_audit()? > 0 {}
     let size = registry.audit_size()?;
     let mut entries = Vec::with_capacity(size as usize);
@@ -555,9 +570,10 @@ fn audit_export(
     }
     let bundle = dojang::audit::bundle::Bundle {
         format: dojang::audit::bundle::FORMAT.into(),
-        origin: log.origin().to_owned(),
-        key_name: log.origin().to_owned(),
-        public_key_pem: log.public_key_pem(),
+        origin: origin.clone(),
+        key_name: origin,
+        public_key_pem: anchor.clone(),
+        handover_keys_pem: keys,
         entries,
         checkpoints: registry
             .checkpoints()?
@@ -568,8 +584,7 @@ fn audit_export(
     std::fs::write(out, serde_json::to_vec_pretty(&bundle)?)
         .with_context(|| format!("writing {}", out.display()))?;
     if let Some(path) = key_out {
-        std::fs::write(path, log.public_key_pem())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, &anchor).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "{}: {} entries, {} checkpoints of log {:?}",

@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use pkcs11_shim::{KeyBackend, KeyPurpose};
+use pkcs11_shim::KeyBackend;
 
 use crate::audit::checkpoint::{Checkpoint, NoteKey};
 use crate::audit::merkle::{self, Frontier, Hash};
@@ -26,9 +26,16 @@ static PROOF: Mutex<()> = Mutex::new(());
 /// The log as this node sees it.
 pub struct AuditLog {
     origin: String,
-    key_label: String,
-    key: NoteKey,
     frontier: Mutex<Frontier>,
+}
+
+/// Who signs a checkpoint: the audit key in force, and the outgoing one on
+/// the first checkpoint after a rotation (the hand-over auditors follow).
+pub struct Signers<'a> {
+    /// The key in force: (label in the token, note key).
+    pub current: (&'a str, &'a NoteKey),
+    /// The key that signed the previous checkpoint, if it is another one.
+    pub outgoing: Option<(&'a str, &'a NoteKey)>,
 }
 
 /// An auditor's question that cannot be answered.
@@ -49,25 +56,15 @@ pub enum AuditError {
 }
 
 impl AuditLog {
-    /// The log `origin`, signed by the audit key `label`.
-    pub fn new(backend: &dyn KeyBackend, label: &str, origin: &str) -> Result<Self, String> {
-        let info = backend
-            .find(label)
-            .map_err(|e| format!("audit key {label:?}: {e}"))?;
-        if info.purpose != KeyPurpose::Audit {
+    /// The log `origin`.
+    pub fn new(origin: &str) -> Result<Self, String> {
+        if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
             return Err(format!(
-                "key {label:?} is a {} key, not an audit key",
-                info.purpose
+                "audit origin {origin:?}: no spaces or '+' (it names the log and its keys)"
             ));
         }
-        let public = info
-            .public_key
-            .ok_or_else(|| format!("audit key {label:?} has no public key"))?;
-        let key = NoteKey::new(origin, public).map_err(|e| e.to_string())?;
         Ok(AuditLog {
             origin: origin.to_owned(),
-            key_label: label.to_owned(),
-            key,
             frontier: Mutex::new(Frontier::new()),
         })
     }
@@ -83,6 +80,7 @@ impl AuditLog {
         &self,
         backend: &dyn KeyBackend,
         registry: &dyn Registry,
+        signers: &Signers<'_>,
     ) -> Result<Option<u64>, AuditError> {
         let mut frontier = self
             .frontier
@@ -110,9 +108,14 @@ impl AuditLog {
             size,
             root: frontier.root(),
         };
-        let note = checkpoint
-            .sign(backend, &self.key_label, &self.key)
+        let (label, key) = signers.current;
+        let mut note = checkpoint
+            .sign(backend, label, key)
             .map_err(|e| AuditError::Signing(e.to_string()))?;
+        if let Some((label, key)) = signers.outgoing {
+            note = Checkpoint::cosign(&note, backend, label, key)
+                .map_err(|e| AuditError::Signing(e.to_string()))?;
+        }
         registry.add_checkpoint(size, &note)?;
         Ok(Some(size))
     }
@@ -170,10 +173,5 @@ impl AuditLog {
         let leaves = Self::leaves(registry, to)?;
         merkle::consistency_proof(from as usize, &leaves)
             .ok_or_else(|| AuditError::Range("no such proof".into()))
-    }
-
-    /// The audit public key as SPKI PEM, for exports.
-    pub fn public_key_pem(&self) -> String {
-        self.key.public_pem()
     }
 }

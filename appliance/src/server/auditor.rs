@@ -65,10 +65,34 @@ impl Service {
     pub(crate) fn audit_checkpoint(&self, client: &str) -> Answer {
         self.require_auditor(client)?;
         match AuditLog::latest(self.registry.as_ref()).map_err(problem)? {
-            Some((size, note)) => Ok((
-                StatusCode::OK,
-                json!({"size": size, "note": note}).to_string().into_bytes(),
-            )),
+            Some((size, note)) => {
+                // The audit keys, oldest first: auditors pin the first and
+                // follow hand-overs (checkpoints co-signed by old and new).
+                let keys: Vec<_> = self
+                    .registry
+                    .keys()
+                    .map_err(|e| problem(e.into()))?
+                    .into_iter()
+                    .filter(|k| k.chain == crate::store::AUDIT_CHAIN)
+                    .filter_map(|k| {
+                        let pem = openssl::pkey::PKey::public_key_from_der(&k.public_key)
+                            .and_then(|p| p.public_key_to_pem())
+                            .ok()?;
+                        Some(json!({
+                            "label": k.record.label,
+                            "state": k.record.state.as_str(),
+                            "revoked": k.record.revoked,
+                            "public_key_pem": String::from_utf8_lossy(&pem),
+                        }))
+                    })
+                    .collect();
+                Ok((
+                    StatusCode::OK,
+                    json!({"size": size, "note": note, "keys": keys})
+                        .to_string()
+                        .into_bytes(),
+                ))
+            }
             None => Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

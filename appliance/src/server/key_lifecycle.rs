@@ -18,13 +18,14 @@ use pkcs11_shim::{Algorithm, KeyPurpose, PublicKey};
 use time::OffsetDateTime;
 
 use super::service::{LoadError, Service};
+use crate::audit::checkpoint::NoteKey;
 use crate::credential::DocumentSigner;
 use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, plan};
 use crate::pki::profile::CertFacts;
 use crate::pki::{DsCertificate, ceremony, profile};
 use crate::store::{
-    CHAINS, DS_CHAIN, DecisionRecord, KeyRevocation, STATUS_CHAIN, StoreError, StoredKey,
-    revoked_serials,
+    AUDIT_CHAIN, CHAINS, DS_CHAIN, DecisionRecord, KeyRevocation, STATUS_CHAIN, StoreError,
+    StoredKey, revoked_serials,
 };
 
 /// The lease the acting node holds; it outlives a few missed ticks.
@@ -51,6 +52,11 @@ pub struct KeyView {
     pub signers: Vec<ScheduledSigner>,
     /// Status-list keys (activation, label), oldest first.
     pub status_keys: Vec<(OffsetDateTime, String)>,
+    /// Audit keys that sign checkpoints (activation, label, note key).
+    pub audit_keys: Vec<(OffsetDateTime, String, NoteKey)>,
+    /// Every audit key still in the token and not revoked: the outgoing key
+    /// co-signs the first checkpoint of its successor.
+    pub audit_cosigners: Vec<(String, NoteKey)>,
     /// Why a key that should sign cannot (readiness reports it).
     pub problems: Vec<String>,
     /// `/.well-known/jwks.json`.
@@ -73,6 +79,15 @@ impl KeyView {
             .rev()
             .find(|s| s.from <= now && s.signer.not_after() > now)
             .map(|s| &s.signer)
+    }
+
+    /// The audit key (label, note key) that signs checkpoints at `now`.
+    pub fn audit_key_at(&self, now: OffsetDateTime) -> Option<(&str, &NoteKey)> {
+        self.audit_keys
+            .iter()
+            .rev()
+            .find(|(from, _, _)| *from <= now)
+            .map(|(_, label, key)| (label.as_str(), key))
     }
 
     /// The status-list key (label) that signs at `now`.
@@ -150,8 +165,13 @@ impl Service {
             .registry
             .keys()
             .map_err(|e| LoadError(store_problem(e)))?;
-        if !keys.iter().any(|k| k.chain == STATUS_CHAIN) {
-            self.import_status_key(now)?;
+        for (chain, label, purpose) in [
+            (STATUS_CHAIN, &self.keys.status_list, KeyPurpose::StatusList),
+            (AUDIT_CHAIN, &self.keys.audit, KeyPurpose::Audit),
+        ] {
+            if !keys.iter().any(|k| k.chain == chain) {
+                self.import_service_key(chain, label, purpose, now)?;
+            }
         }
         let certs = self
             .pki
@@ -180,11 +200,13 @@ impl Service {
             } else {
                 KeyState::Retired
             };
-            let kid = cert_public_key(&cert.der).map_err(LoadError)?.kid();
+            let public = cert_public_key(&cert.der).map_err(LoadError)?;
+            let kid = public.kid();
             let key = StoredKey {
                 chain: DS_CHAIN.into(),
                 kid: kid.clone(),
                 certificate: Some(cert.der.clone()),
+                public_key: public.spki_der().to_vec(),
                 record: KeyRecord {
                     label: cert.label.clone(),
                     state,
@@ -209,29 +231,37 @@ impl Service {
         Ok(())
     }
 
-    /// First start: the configured status-list key becomes the chain's
-    /// active key.
-    fn import_status_key(&self, now: OffsetDateTime) -> Result<(), LoadError> {
-        let label = &self.keys.status_list;
+    /// First start: the configured status-list (audit) key becomes its
+    /// chain's active key.
+    fn import_service_key(
+        &self,
+        chain: &str,
+        label: &str,
+        purpose: KeyPurpose,
+        now: OffsetDateTime,
+    ) -> Result<(), LoadError> {
         let key = self
             .backend
             .find(label)
-            .map_err(|e| LoadError(format!("status-list key {label:?}: {e}")))?;
-        if key.purpose != KeyPurpose::StatusList {
+            .map_err(|e| LoadError(format!("{chain} key {label:?}: {e}")))?;
+        if key.purpose != purpose {
             return Err(LoadError(format!(
-                "key {label:?} is a {} key, not a status-list key",
+                "key {label:?} is a {} key, not a {purpose} key",
                 key.purpose
             )));
         }
-        let kid = key
-            .kid()
+        let public = key
+            .public_key
+            .as_ref()
             .ok_or_else(|| LoadError(format!("key {label:?} has no public key")))?;
+        let kid = public.kid();
         let stored = StoredKey {
-            chain: STATUS_CHAIN.into(),
+            chain: chain.into(),
             kid: kid.clone(),
             certificate: None,
+            public_key: public.spki_der().to_vec(),
             record: KeyRecord {
-                label: label.clone(),
+                label: label.to_owned(),
                 state: KeyState::Active,
                 created_at: now,
                 activate_at: now,
@@ -336,23 +366,39 @@ impl Service {
         }
         signers.sort_by_key(|s| s.from);
         let mut status_keys = Vec::new();
-        for key in keys.iter().filter(|k| k.chain == STATUS_CHAIN) {
+        let mut audit_keys = Vec::new();
+        let mut audit_cosigners = Vec::new();
+        for key in keys.iter().filter(|k| k.chain != DS_CHAIN) {
             let r = &key.record;
             if r.state == KeyState::Destroyed || r.revoked {
                 continue;
             }
-            match self.backend.find(&r.label) {
-                Ok(info) => {
-                    if let Some(public) = &info.public_key {
-                        jwks.push(super::service::jwk_entry(public, None));
-                    }
-                    if matches!(r.state, KeyState::Pending | KeyState::Active) {
-                        status_keys.push((r.activate_at, r.label.clone()));
-                    }
+            let public = match PublicKey::from_spki_der(&key.public_key) {
+                Ok(public) => public,
+                Err(e) => {
+                    problems.push(format!("{} key {}: {e}", key.chain, r.label));
+                    continue;
                 }
-                Err(e) => problems.push(format!("status-list key {}: {e}", r.label)),
+            };
+            let signs = matches!(r.state, KeyState::Pending | KeyState::Active);
+            if key.chain == STATUS_CHAIN {
+                jwks.push(super::service::jwk_entry(&public, None));
+                if signs {
+                    status_keys.push((r.activate_at, r.label.clone()));
+                }
+            } else if key.chain == AUDIT_CHAIN {
+                match NoteKey::new(self.audit.origin(), public) {
+                    Ok(note_key) => {
+                        if signs {
+                            audit_keys.push((r.activate_at, r.label.clone(), note_key.clone()));
+                        }
+                        audit_cosigners.push((r.label.clone(), note_key));
+                    }
+                    Err(e) => problems.push(format!("audit key {}: {e}", r.label)),
+                }
             }
         }
+        audit_keys.sort_by_key(|(from, label, _)| (*from, label.clone()));
         status_keys.sort();
         let fingerprint = fingerprint(keys, crl.as_deref());
         let crl_pem = crl
@@ -361,6 +407,8 @@ impl Service {
         Ok(KeyView {
             signers,
             status_keys,
+            audit_keys,
+            audit_cosigners,
             problems,
             jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
                 .map_err(|e| LoadError(e.to_string()))?,
@@ -499,6 +547,12 @@ impl Service {
                 .signers
                 .last()
                 .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm()),
+            AUDIT_CHAIN => current
+                .keys
+                .audit_keys
+                .last()
+                .and_then(|(_, label, _)| self.backend.find(label).ok())
+                .map_or(Algorithm::Es256, |k| k.algorithm),
             _ => current
                 .keys
                 .status_keys
@@ -512,7 +566,7 @@ impl Service {
         if keys.iter().any(|k| k.record.label == label) {
             return Err(format!("label {label} is taken"));
         }
-        let (kid, certificate, not_after) = if chain == DS_CHAIN {
+        let (public, certificate, not_after) = if chain == DS_CHAIN {
             let (der, facts, _) = self
                 .metrics
                 .hsm("generate_key", || {
@@ -529,24 +583,31 @@ impl Service {
                     let _ = self.backend.destroy(&label);
                     format!("generating {label}: {e}")
                 })?;
-            (cert_public_key(&der)?.kid(), Some(der), facts.not_after)
+            let public = cert_public_key(&der)?;
+            (public, Some(der), facts.not_after)
         } else {
+            let purpose = if chain == AUDIT_CHAIN {
+                KeyPurpose::Audit
+            } else {
+                KeyPurpose::StatusList
+            };
             let info = self
                 .metrics
                 .hsm("generate_key", || {
-                    self.backend
-                        .generate(&label, KeyPurpose::StatusList, algorithm)
+                    self.backend.generate(&label, purpose, algorithm)
                 })
                 .map_err(|e| format!("generating {label}: {e}"))?;
-            let kid = info
-                .kid()
+            let public = info
+                .public_key
                 .ok_or_else(|| format!("{label} has no public key"))?;
-            (kid, None, no_certificate_end(now))
+            (public, None, no_certificate_end(now))
         };
+        let kid = public.kid();
         let key = StoredKey {
             chain: chain.into(),
             kid: kid.clone(),
             certificate,
+            public_key: public.spki_der().to_vec(),
             record: KeyRecord {
                 label: label.clone(),
                 state: KeyState::Pending,

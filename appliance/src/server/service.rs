@@ -20,6 +20,7 @@ use super::key_lifecycle::KeyView;
 use super::metrics::Metrics;
 use super::ratelimit::RateCounter;
 use super::settings::{ServerConfig, ServiceKeys};
+use crate::audit::checkpoint::Checkpoint;
 use crate::config::CredentialConfig;
 use crate::credential::DocumentSigner;
 use crate::keys::lifecycle::KeyState;
@@ -153,9 +154,7 @@ impl Service {
         credential: CredentialConfig,
         pki_config: PkiConfig,
     ) -> Result<Self, LoadError> {
-        let audit =
-            super::audit_log::AuditLog::new(backend, &server.keys.audit, &server.audit.origin)
-                .map_err(LoadError)?;
+        let audit = super::audit_log::AuditLog::new(&server.audit.origin).map_err(LoadError)?;
         let service = Service {
             audit,
             audit_settings: server.audit.clone(),
@@ -185,6 +184,8 @@ impl Service {
                 keys: Arc::new(KeyView {
                     signers: Vec::new(),
                     status_keys: Vec::new(),
+                    audit_keys: Vec::new(),
+                    audit_cosigners: Vec::new(),
                     problems: vec!["not loaded".into()],
                     jwks: Vec::new(),
                     ds_pem: HashMap::new(),
@@ -606,7 +607,38 @@ impl Service {
     /// Signs a checkpoint if the log grew; logs a failure (the next round
     /// retries).
     pub fn checkpoint(&self) -> Option<u64> {
-        match self.audit.checkpoint(self.backend, self.registry.as_ref()) {
+        let current = self.current();
+        let Some((label, key)) = current.keys.audit_key_at(OffsetDateTime::now_utc()) else {
+            tracing::warn!("no audit key can sign a checkpoint");
+            return None;
+        };
+        // The first checkpoint after a rotation is co-signed by the key that
+        // signed the one before: auditors follow the hand-over.
+        let previous_signers = self
+            .registry
+            .latest_checkpoint()
+            .ok()
+            .flatten()
+            .map(|(_, note)| Checkpoint::signer_ids(&note))
+            .unwrap_or_default();
+        let outgoing = (!previous_signers.is_empty() && !previous_signers.contains(&key.id()))
+            .then(|| {
+                current
+                    .keys
+                    .audit_cosigners
+                    .iter()
+                    .find(|(l, k)| l != label && previous_signers.contains(&k.id()))
+                    .map(|(l, k)| (l.as_str(), k))
+            })
+            .flatten();
+        let signers = super::audit_log::Signers {
+            current: (label, key),
+            outgoing,
+        };
+        match self
+            .audit
+            .checkpoint(self.backend, self.registry.as_ref(), &signers)
+        {
             Ok(size) => size,
             Err(e) => {
                 tracing::warn!(error = %e, "audit checkpoint failed");

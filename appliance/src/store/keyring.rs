@@ -13,8 +13,10 @@ use crate::keys::lifecycle::{KeyRecord, KeyState};
 pub const DS_CHAIN: &str = "ds";
 /// The chain of status-list keys (they sign `statuslist+jwt` tokens).
 pub const STATUS_CHAIN: &str = "status-list";
+/// The chain of audit keys (they sign the audit log's checkpoints).
+pub const AUDIT_CHAIN: &str = "audit";
 /// Every chain the daemon rotates.
-pub const CHAINS: [&str; 2] = [DS_CHAIN, STATUS_CHAIN];
+pub const CHAINS: [&str; 3] = [DS_CHAIN, STATUS_CHAIN, AUDIT_CHAIN];
 /// The IACA's current CRL (PEM).
 pub const CRL_DOCUMENT: &str = "iaca.crl";
 /// The SHA-256 (hex) of the policy officers adopted.
@@ -29,6 +31,9 @@ pub struct StoredKey {
     pub kid: String,
     /// The DS certificate (DER), for a `ds` key.
     pub certificate: Option<Vec<u8>>,
+    /// The public key (SPKI DER): kept after the key is destroyed (audit
+    /// checkpoints it signed stay verifiable).
+    pub public_key: Vec<u8>,
     /// Lifecycle facts.
     pub record: KeyRecord,
     /// Why it was emergency-revoked, and when.

@@ -125,6 +125,7 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         activate_at BIGINT NOT NULL,
         certificate BYTEA,
+        public_key BYTEA NOT NULL,
         cert_not_after BIGINT NOT NULL,
         signatures BIGINT NOT NULL DEFAULT 0,
         last_valid_until BIGINT,
@@ -963,7 +964,7 @@ impl Registry for PostgresRegistry {
 }
 
 const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, certificate,
-    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at";
+    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at, public_key";
 
 fn key_row(r: &postgres::Row) -> Result<StoredKey, StoreError> {
     let revoked_reason: Option<String> = r.get(10);
@@ -973,6 +974,7 @@ fn key_row(r: &postgres::Row) -> Result<StoredKey, StoreError> {
         chain: r.get(1),
         kid: r.get(2),
         certificate: r.get(6),
+        public_key: r.get(12),
         record: crate::keys::lifecycle::KeyRecord {
             label: r.get(0),
             state: keyring::state_from(r.get(3))?,
@@ -1011,7 +1013,7 @@ impl KeyRegistry for PostgresRegistry {
                 .execute(
                     &format!(
                         "INSERT INTO signing_keys ({KEY_COLUMNS})
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL)"
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11)"
                     ),
                     &[
                         &r.label,
@@ -1024,6 +1026,7 @@ impl KeyRegistry for PostgresRegistry {
                         &r.cert_not_after.unix_timestamp(),
                         &(r.signatures as i64),
                         &r.last_signature_valid_until.map(|t| t.unix_timestamp()),
+                        &key.public_key,
                     ],
                 )
                 .map_err(map_err)?;

@@ -118,6 +118,7 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         activate_at INTEGER NOT NULL,
         certificate BLOB,
+        public_key BLOB NOT NULL,
         cert_not_after INTEGER NOT NULL,
         signatures INTEGER NOT NULL DEFAULT 0,
         last_valid_until INTEGER,
@@ -874,7 +875,7 @@ impl Registry for SqliteRegistry {
 }
 
 const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, certificate,
-    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at";
+    cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at, public_key";
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredKey, StoreError>> {
     let state: String = r.get(3)?;
@@ -885,11 +886,13 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredKey, StoreErr
     let signatures: i64 = r.get(8)?;
     let (label, chain, kid, certificate): (String, String, String, Option<Vec<u8>>) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(6)?);
+    let public_key: Vec<u8> = r.get(12)?;
     Ok((|| {
         Ok(StoredKey {
             chain,
             kid,
             certificate,
+            public_key,
             record: crate::keys::lifecycle::KeyRecord {
                 label,
                 state: keyring::state_from(&state)?,
@@ -958,7 +961,7 @@ impl KeyRegistry for SqliteRegistry {
                 .execute(
                     &format!(
                         "INSERT INTO signing_keys ({KEY_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL, ?11)"
                     ),
                     params![
                         r.label,
@@ -971,6 +974,7 @@ impl KeyRegistry for SqliteRegistry {
                         r.cert_not_after.unix_timestamp(),
                         r.signatures as i64,
                         r.last_signature_valid_until.map(|t| t.unix_timestamp()),
+                        key.public_key,
                     ],
                 )
                 .map_err(map_err)?;
