@@ -913,9 +913,16 @@ impl Service {
     /// the registry each round).
     pub fn count_signature(&self, label: &str, valid_until: i64) {
         if let Ok(mut usage) = self.key_usage.lock() {
-            let entry = usage.entry(label.to_owned()).or_insert((0, valid_until));
-            entry.0 += 1;
-            entry.1 = entry.1.max(valid_until);
+            // No allocation on the issuance path once the label is known.
+            match usage.get_mut(label) {
+                Some(entry) => {
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(valid_until);
+                }
+                None => {
+                    let _ = usage.insert(label.to_owned(), (1, valid_until));
+                }
+            }
         }
     }
 
