@@ -478,6 +478,23 @@ impl Daemon {
         label
     }
 
+    /// Verifies an mdoc credential (base64url IssuerSigned, as the API
+    /// returns it) against this daemon's IACA, now.
+    pub fn verify_mdoc(&self, credential: &str) -> dojang::credential::mdoc::VerifiedMdoc {
+        let cbor = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            credential,
+        )
+        .expect("base64url credential");
+        dojang::credential::mdoc::verify(
+            &cbor,
+            &dojang::credential::verify::Trust::Iaca(self.iaca_der()),
+            OffsetDateTime::now_utc(),
+            Some(dojang::credential::mdoc::DOC_TYPE),
+        )
+        .expect("the mdoc verifies against the IACA")
+    }
+
     /// A client of the public listener.
     pub fn public_client(&self) -> Client {
         Client::new(Target::plain(self.public))

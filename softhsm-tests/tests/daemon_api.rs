@@ -525,18 +525,7 @@ fn refresh_resigns_the_same_document_with_the_current_key() {
     assert_ne!(r["kid"], issued["kid"]);
     assert_eq!(r["document_expiry"], issued["document_expiry"]);
     assert_eq!(r["status"], issued["status"]);
-    let cbor = base64::Engine::decode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        r["credential"].as_str().unwrap(),
-    )
-    .unwrap();
-    let v = mdoc::verify(
-        &cbor,
-        &Trust::Iaca(d.iaca_der()),
-        OffsetDateTime::now_utc(),
-        Some(mdoc::DOC_TYPE),
-    )
-    .unwrap();
+    let v = d.verify_mdoc(r["credential"].as_str().unwrap());
     assert_eq!(v.status.as_ref().unwrap().idx, issued["status"]["idx"]);
     let file = d.scratch().join("refreshed.mdoc");
     std::fs::write(&file, r["credential"].as_str().unwrap()).unwrap();

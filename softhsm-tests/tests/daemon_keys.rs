@@ -6,11 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use dojang::credential::mdoc;
-use dojang::credential::verify::Trust;
 use softhsm_tests::daemon::{self, Daemon, Options};
 use softhsm_tests::https::Reply;
-use time::OffsetDateTime;
 
 fn problem(reply: &Reply, status: u16, code: &str) -> serde_json::Value {
     let body = reply.json();
@@ -186,66 +183,65 @@ fn key_operations_need_a_second_officer() {
     );
 
     // Each class of bad input.
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+    let long_reason = "x".repeat(201);
+    for (path, body, status, code) in [
+        (
             "/v1/approvals/p-nope/approve",
             serde_json::json!({}),
+            404,
+            "not_found",
         ),
-        404,
-        "not_found",
-    );
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+        (
             "/v1/keys/nope/revoke",
             serde_json::json!({"reason": "lost"}),
+            404,
+            "not_found",
         ),
-        404,
-        "not_found",
-    );
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+        (
             "/v1/keys/rotate",
             serde_json::json!({"chain": "nope"}),
+            400,
+            "unknown_chain",
         ),
-        400,
-        "unknown_chain",
-    );
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+        (
             "/v1/keys/ds-1/revoke",
             serde_json::json!({"reason": " "}),
+            400,
+            "invalid_reason",
         ),
-        400,
-        "invalid_reason",
-    );
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+        (
             "/v1/keys/ds-1/revoke",
-            serde_json::json!({"reason": "x".repeat(201)}),
+            serde_json::json!({"reason": long_reason}),
+            400,
+            "invalid_reason",
         ),
-        400,
-        "invalid_reason",
-    );
-    let _ = problem(
-        &post(
-            &d,
-            "kim",
+        (
             "/v1/keys/ds-1/revoke",
             serde_json::json!({"why": "lost"}),
+            400,
+            "unknown_field",
         ),
-        400,
-        "unknown_field",
-    );
+        (
+            "/v1/keys/ds-1/destroy",
+            serde_json::json!({}),
+            409,
+            "key_state",
+        ),
+        (
+            "/v1/keys/ds-1/activate",
+            serde_json::json!({}),
+            409,
+            "key_state",
+        ),
+        (
+            "/v1/policy/change",
+            serde_json::json!({"sha256": "abc"}),
+            400,
+            "invalid_sha256",
+        ),
+    ] {
+        let _ = problem(&post(&d, "kim", path, body), status, code);
+    }
     let not_json = d.client("kim").send(
         "POST",
         "/v1/keys/rotate",
@@ -253,16 +249,6 @@ fn key_operations_need_a_second_officer() {
         b"ds".to_vec(),
     );
     let _ = problem(&not_json, 415, "unsupported_media_type");
-    let _ = problem(
-        &post(&d, "kim", "/v1/keys/ds-1/destroy", serde_json::json!({})),
-        409,
-        "key_state",
-    );
-    let _ = problem(
-        &post(&d, "kim", "/v1/keys/ds-1/activate", serde_json::json!({})),
-        409,
-        "key_state",
-    );
     let _ = problem(
         &d.client("kim").get("/v1/keys/rotate"),
         405,
@@ -497,18 +483,7 @@ fn a_usage_limit_rotates_the_running_daemon() {
     };
     let reply = issue(&d, 810).json();
     assert_eq!(reply["key_label"], successor.as_str());
-    let cbor = base64::Engine::decode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        reply["credential"].as_str().unwrap(),
-    )
-    .unwrap();
-    let _ = mdoc::verify(
-        &cbor,
-        &Trust::Iaca(d.iaca_der()),
-        OffsetDateTime::now_utc(),
-        Some(mdoc::DOC_TYPE),
-    )
-    .unwrap();
+    let _ = d.verify_mdoc(reply["credential"].as_str().unwrap());
 }
 
 #[test]

@@ -451,6 +451,19 @@ impl Service {
         self.follow_adopted_policy(now);
     }
 
+    /// The registry's key records and CRL, read for a view.
+    pub(crate) fn keys_and_crl(&self) -> Result<(Vec<StoredKey>, Option<String>), LoadError> {
+        let keys = self
+            .registry
+            .keys()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        let crl = self
+            .registry
+            .crl()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        Ok((keys, crl))
+    }
+
     fn resting(&self) -> bool {
         self.lifecycle_pause
             .lock()
@@ -471,14 +484,7 @@ impl Service {
             .key_swap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let keys = self
-            .registry
-            .keys()
-            .map_err(|e| LoadError(store_problem(e)))?;
-        let crl = self
-            .registry
-            .crl()
-            .map_err(|e| LoadError(store_problem(e)))?;
+        let (keys, crl) = self.keys_and_crl()?;
         let current = self.current();
         if !force && fingerprint(&keys, crl.as_deref()) == current.keys.fingerprint {
             return Ok(());

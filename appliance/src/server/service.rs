@@ -271,14 +271,7 @@ impl Service {
             .key_swap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let keys = self
-            .registry
-            .keys()
-            .map_err(|e| LoadError(format!("registry: {e}")))?;
-        let crl = self
-            .registry
-            .crl()
-            .map_err(|e| LoadError(format!("registry: {e}")))?;
+        let (keys, crl) = self.keys_and_crl()?;
         let view = self.key_view(&iaca_der, &iaca, &keys, crl)?;
         let next = Current {
             policy: Arc::new(policy),

@@ -966,6 +966,20 @@ impl Registry for PostgresRegistry {
 const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, certificate,
     cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at, public_key";
 
+/// Moves what `kid` signed from the source states of `to` to `to`.
+fn mark_credentials(
+    tx: &mut Transaction<'_>,
+    kid: &str,
+    to: CredentialState,
+) -> Result<u64, StoreError> {
+    let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
+    tx.execute(
+        "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
+        &[&to.as_str(), &kid, &from],
+    )
+    .map_err(map_err)
+}
+
 fn key_row(r: &postgres::Row) -> Result<StoredKey, StoreError> {
     let revoked_reason: Option<String> = r.get(10);
     let revoked_at: Option<i64> = r.get(11);
@@ -1091,16 +1105,10 @@ impl KeyRegistry for PostgresRegistry {
                     ],
                 )
                 .map_err(map_err)?;
-            let mut changed = 0;
-            if let Some(to) = revocation.credentials {
-                let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
-                changed = tx
-                    .execute(
-                        "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
-                        &[&to.as_str(), &kid, &from],
-                    )
-                    .map_err(map_err)?;
-            }
+            let changed = match revocation.credentials {
+                Some(to) => mark_credentials(tx, &kid, to)?,
+                None => 0,
+            };
             insert_decision(tx, &decision, None, None)?;
             Ok(changed)
         })
@@ -1142,14 +1150,7 @@ impl KeyRegistry for PostgresRegistry {
     }
 
     fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
-        let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
-        self.with_tx(|tx| {
-            tx.execute(
-                "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
-                &[&to.as_str(), &kid, &from],
-            )
-            .map_err(map_err)
-        })
+        self.with_tx(|tx| mark_credentials(tx, kid, to))
     }
 
     fn add_proposal(

@@ -911,6 +911,20 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredKey, StoreErr
     })())
 }
 
+/// Moves what `kid` signed from the source states of `to` to `to`.
+fn mark_credentials(conn: &Connection, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
+    let mut changed = 0;
+    for from in keyring::revocation_sources(to) {
+        changed += conn
+            .execute(
+                "UPDATE credentials SET state = ?1 WHERE kid = ?2 AND state = ?3",
+                params![to.as_str(), kid, from],
+            )
+            .map_err(map_err)? as u64;
+    }
+    Ok(changed)
+}
+
 fn key_state(conn: &Connection, label: &str) -> Result<Option<(String, String)>, StoreError> {
     conn.prepare_cached("SELECT state, kid FROM signing_keys WHERE label = ?1")
         .and_then(|mut s| {
@@ -1036,17 +1050,10 @@ impl KeyRegistry for SqliteRegistry {
                     ],
                 )
                 .map_err(map_err)?;
-            let mut changed = 0;
-            if let Some(to) = revocation.credentials {
-                for from in keyring::revocation_sources(to) {
-                    changed += conn
-                        .execute(
-                            "UPDATE credentials SET state = ?1 WHERE kid = ?2 AND state = ?3",
-                            params![to.as_str(), kid, from],
-                        )
-                        .map_err(map_err)? as u64;
-                }
-            }
+            let changed = match revocation.credentials {
+                Some(to) => mark_credentials(conn, &kid, to)?,
+                None => 0,
+            };
             insert_decision(conn, &decision, None, None)?;
             Ok(changed)
         })
@@ -1091,18 +1098,7 @@ impl KeyRegistry for SqliteRegistry {
 
     fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
-        self.write(move |conn| {
-            let mut changed = 0;
-            for from in keyring::revocation_sources(to) {
-                changed += conn
-                    .execute(
-                        "UPDATE credentials SET state = ?1 WHERE kid = ?2 AND state = ?3",
-                        params![to.as_str(), kid, from],
-                    )
-                    .map_err(map_err)? as u64;
-            }
-            Ok(changed)
-        })
+        self.write(move |conn| mark_credentials(conn, &kid, to))
     }
 
     fn add_proposal(
