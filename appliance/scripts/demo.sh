@@ -182,7 +182,7 @@ curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$st
 "$bin/dojangctl" audit verify "$state/audit.json" --key "$state/audit.pem" \
   --origin dojang.example.kr/demo-audit --allow-unsigned-tail
 echo
-echo "== the DS key chain, as security officer kim sees it over mTLS"
+echo "== the key chains (document signer, status list, audit), as security officer kim sees them over mTLS"
 officer() { local who=$1; shift; "$bin/dojangctl" --api https://localhost:8443 --ca "$state/tls/ca.pem" \
   --officer-cert "$state/tls/$who.pem" --officer-key "$state/tls/$who.key" "$@"; }
 officer kim keys list

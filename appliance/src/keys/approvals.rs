@@ -60,6 +60,16 @@ pub enum ProposalState {
     Rejected,
 }
 
+impl std::fmt::Display for ProposalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProposalState::Open => "open",
+            ProposalState::Approved => "approved",
+            ProposalState::Rejected => "rejected",
+        })
+    }
+}
+
 /// A proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
@@ -109,7 +119,7 @@ pub enum ApprovalError {
     #[error("the proposal expired at {0}")]
     Expired(OffsetDateTime),
     /// Already approved or rejected.
-    #[error("the proposal is already {0:?}")]
+    #[error("the proposal is already {0}")]
     Decided(ProposalState),
     /// M must be at least 2 and at most N.
     #[error("approvals required must be 2 to {officers} (the officers there are), got {required}")]

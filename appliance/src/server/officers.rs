@@ -570,7 +570,10 @@ impl Service {
         };
         let done = match operation {
             Operation::CreateKey { chain } => {
-                let activate_at = now + self.current().policy.keys.prepublish;
+                // Whole seconds: the registry keeps activation times so.
+                let activate_at = (now + self.current().policy.keys.prepublish)
+                    .replace_nanosecond(0)
+                    .unwrap_or(now);
                 let label = self
                     .generate_key(chain, activate_at, "officer rotation", now)
                     .map_err(failed)?;

@@ -101,12 +101,12 @@ pub(crate) fn list_keys(conn: &Connection, json_out: bool) -> anyhow::Result<()>
     let keys = conn.client()?.call("GET", "/v1/keys", None)?;
     show(json_out, &keys, |keys| {
         println!(
-            "{:<26} {:<5} {:<9} {:<20} {:>10}  KID",
+            "{:<26} {:<11} {:<9} {:<20} {:>10}  KID",
             "LABEL", "CHAIN", "STATE", "SIGNS FROM", "SIGNATURES"
         );
         for k in keys["keys"].as_array().into_iter().flatten() {
             println!(
-                "{:<26} {:<5} {:<9} {:<20} {:>10}  {}{}",
+                "{:<26} {:<11} {:<9} {:<20} {:>10}  {}{}",
                 text(k, "label"),
                 text(k, "chain"),
                 text(k, "state"),
