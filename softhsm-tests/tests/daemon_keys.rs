@@ -542,3 +542,72 @@ fn officers_rotate_the_status_list_key() {
         .iter()
         .any(|k| k["kid"] == old[0]["kid"]));
 }
+
+#[test]
+fn officers_have_a_running_daemon_generate_the_iaca() {
+    let d = Daemon::start(Options {
+        pki_init: false,
+        ..Options::default()
+    });
+    // Running, not ready: nothing can sign without a root.
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("no IACA yet"));
+    let _ = problem(&issue(&d, 950), 503, "no_signing_key");
+    assert_eq!(d.public_client().get("/iaca.pem").status, 404);
+    let _ = problem(
+        &post(&d, "counter", "/v1/pki/iaca", serde_json::json!({})),
+        403,
+        "forbidden",
+    );
+    // kim proposes with dojangctl, lee approves.
+    let opened = d.officer_ctl("kim", &["pki", "propose-iaca"]).unwrap();
+    assert!(opened.contains("generate the IACA"), "{opened}");
+    let listed: serde_json::Value = serde_json::from_str(
+        &d.officer_ctl("lee", &["--json", "approvals", "list"])
+            .unwrap(),
+    )
+    .unwrap();
+    let id = listed["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
+    assert!(own.contains("self_approval"), "{own}");
+    let done = d.officer_ctl("lee", &["approve", &id]).unwrap();
+    assert!(done.contains("IACA generated"), "{done}");
+    // A root, a first DS key, issuance, readiness.
+    let iaca_pem = d.public_client().get("/iaca.pem");
+    assert_eq!(iaca_pem.status, 200);
+    let iaca = openssl::x509::X509::from_pem(&iaca_pem.body).unwrap();
+    let _ = dojang::pki::profile::check_iaca(&iaca.to_der().unwrap()).unwrap();
+    let reply = issue(&d, 951);
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    let cbor = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        reply.json()["credential"].as_str().unwrap(),
+    )
+    .unwrap();
+    let _ = dojang::credential::mdoc::verify(
+        &cbor,
+        &dojang::credential::verify::Trust::Iaca(iaca.to_der().unwrap()),
+        time::OffsetDateTime::now_utc(),
+        Some(dojang::credential::mdoc::DOC_TYPE),
+    )
+    .unwrap();
+    assert_eq!(d.ops_client().get("/readyz").status, 200);
+    // The acting node signs a CRL under the new root at its next round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let crl = loop {
+        let reply = d.public_client().get("/iaca.crl");
+        if reply.status == 200 {
+            break openssl::x509::X509Crl::from_pem(&reply.body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no CRL: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(crl.verify(&iaca.public_key().unwrap()).unwrap());
+    // Once.
+    let _ = problem(
+        &post(&d, "kim", "/v1/pki/iaca", serde_json::json!({})),
+        409,
+        "iaca_exists",
+    );
+}

@@ -205,6 +205,10 @@ enum PkiCommand {
     },
     /// Sign a fresh CRL with the IACA key.
     Crl,
+    /// Propose that the running daemon generates the IACA (over --api): once
+    /// another officer approves, the IACA key and root certificate are made
+    /// in the token and a first DS key signs. Instead of `pki init`.
+    ProposeIaca,
 }
 
 #[derive(Subcommand)]
@@ -317,6 +321,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Command::Approvals(ApprovalsCommand::List) => officer::list_proposals(&conn, args.json),
+        Command::Pki(PkiCommand::ProposeIaca) => officer::propose_iaca(&conn, args.json),
         Command::Policy(PolicyCommand::Propose { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -470,6 +475,9 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
             let algorithm = Algorithm::from_jose_name(&algorithm)?;
             let backend = cli::open_backend(config)?;
             ceremony::issue_document_signer(backend.as_ref(), pki_config, &label, algorithm, now)?
+        }
+        PkiCommand::ProposeIaca => {
+            anyhow::bail!("officer commands go to the daemon (handled above)")
         }
         PkiCommand::Crl => {
             let backend = cli::open_backend(config)?;

@@ -40,6 +40,9 @@ pub enum Operation {
         /// Why (recorded).
         reason: String,
     },
+    /// Generate the IACA key and root certificate (once), then a first DS
+    /// key.
+    GenerateIaca,
     /// Adopt the policy file of this SHA-256 (hex): nodes load it once
     /// their file has it.
     ChangePolicy {

@@ -79,6 +79,28 @@ pub fn init(
     Ok(report)
 }
 
+/// The IACA key (generated if `config.iaca_key` is not in the token yet)
+/// and its root certificate, written nowhere: the daemon keeps it in the
+/// registry when officers approve its generation.
+pub fn iaca_in_token(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    algorithm: Algorithm,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, super::profile::CertFacts), PkiError> {
+    config.validate()?;
+    let mut generated = Vec::new();
+    ensure_key(
+        backend,
+        &config.iaca_key,
+        KeyPurpose::Iaca,
+        algorithm,
+        &mut generated,
+    )?;
+    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    issue_iaca(config, &iaca, now)
+}
+
 /// `pki issue-ds`: a new DS key (if `label` is not in the token yet) and its
 /// certificate signed by the IACA key.
 pub fn issue_document_signer(
@@ -96,7 +118,9 @@ pub fn issue_document_signer(
             store.ds_path(label).display()
         )));
     }
-    let (der, _, generated) = document_signer_in_token(backend, config, label, algorithm, now)?;
+    let (iaca_der, _) = store.iaca()?;
+    let (der, _, generated) =
+        document_signer_in_token(backend, config, &iaca_der, label, algorithm, now)?;
     Ok(CeremonyReport {
         written: vec![store.write_ds(label, &der)?],
         generated,
@@ -109,12 +133,12 @@ pub fn issue_document_signer(
 pub fn document_signer_in_token(
     backend: &dyn KeyBackend,
     config: &PkiConfig,
+    iaca_der: &[u8],
     label: &str,
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts, Vec<String>), PkiError> {
     config.validate()?;
-    let (iaca_der, _) = PkiStore::new(&config.dir).iaca()?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
     let mut generated = Vec::new();
     ensure_key(
@@ -125,7 +149,7 @@ pub fn document_signer_in_token(
         &mut generated,
     )?;
     let ds = HsmKey::find(backend, label)?;
-    let (der, facts) = issue_ds(config, &iaca_der, &iaca, &ds, now)?;
+    let (der, facts) = issue_ds(config, iaca_der, &iaca, &ds, now)?;
     Ok((der, facts, generated))
 }
 
@@ -137,17 +161,18 @@ pub fn refresh_crl(
     now: OffsetDateTime,
 ) -> Result<PathBuf, PkiError> {
     let store = PkiStore::new(&config.dir);
-    store.write_crl(&crl_now(backend, config, revoked, now)?)
+    let (iaca_der, _) = store.iaca()?;
+    store.write_crl(&crl_now(backend, config, &iaca_der, revoked, now)?)
 }
 
 /// A CRL (PEM) signed now by the IACA key, listing `revoked` serials.
 pub fn crl_now(
     backend: &dyn KeyBackend,
     config: &PkiConfig,
+    iaca_der: &[u8],
     revoked: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<String, PkiError> {
-    let (iaca_der, _) = PkiStore::new(&config.dir).iaca()?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
-    issue_crl(config, &iaca_der, &iaca, revoked, now)
+    issue_crl(config, iaca_der, &iaca, revoked, now)
 }

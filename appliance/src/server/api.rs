@@ -345,6 +345,11 @@ impl Api {
                     .await;
                 (route, Some(action), answer)
             }
+            (&Method::POST, ["v1", "pki", "iaca"]) => (
+                "/v1/pki/iaca",
+                Some("iaca".to_owned()),
+                self.officer_request(request, client, "iaca", None).await,
+            ),
             (&Method::POST, ["v1", "policy", "change"]) => (
                 "/v1/policy/change",
                 Some("policy".to_owned()),
@@ -375,7 +380,14 @@ impl Api {
                 .await;
                 (route, Some((*step).to_owned()), answer)
             }
-            (_, ["v1", "credentials" | "keys" | "approvals" | "policy", ..]) => (
+            (
+                _,
+                [
+                    "v1",
+                    "credentials" | "keys" | "approvals" | "policy" | "pki",
+                    ..,
+                ],
+            ) => (
                 "other",
                 None,
                 Err(Problem::new(
@@ -468,6 +480,7 @@ mod tests {
             "/v1/keys/{label}/destroy:",
             "/v1/approvals:",
             "/v1/policy/change:",
+            "/v1/pki/iaca:",
             "/v1/approvals/{id}/approve:",
             "/v1/approvals/{id}/reject:",
             "/.well-known/jwks.json:",

@@ -173,6 +173,10 @@ impl Service {
                 self.import_service_key(chain, label, purpose, now)?;
             }
         }
+        // DS certificates on disk need the IACA on disk (`pki init`).
+        if !self.pki.iaca_path().exists() {
+            return Ok(());
+        }
         let certs = self
             .pki
             .ds_certificates()
@@ -297,8 +301,7 @@ impl Service {
     /// Builds what the listeners need from the registry's keys.
     pub(crate) fn key_view(
         &self,
-        iaca_der: &[u8],
-        iaca: &CertFacts,
+        iaca: Option<&(Vec<u8>, CertFacts)>,
         keys: &[StoredKey],
         crl: Option<String>,
     ) -> Result<KeyView, LoadError> {
@@ -307,6 +310,13 @@ impl Service {
         let mut jwks = Vec::new();
         let mut ds_pem = HashMap::new();
         let mut revoked = Vec::new();
+        let Some((iaca_der, iaca)) = iaca else {
+            problems.push(
+                "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
+                    .to_owned(),
+            );
+            return self.service_key_view(keys, crl, problems);
+        };
         for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
             let r = &key.record;
             if r.state == KeyState::Destroyed {
@@ -365,6 +375,31 @@ impl Service {
             }
         }
         signers.sort_by_key(|s| s.from);
+        let mut view = self.service_key_view(keys, crl, problems)?;
+        view.signers = signers;
+        view.ds_pem = ds_pem;
+        view.revoked = revoked;
+        let mut all = jwks;
+        if let Ok(serde_json::Value::Object(mut doc)) =
+            serde_json::from_slice::<serde_json::Value>(&view.jwks)
+            && let Some(serde_json::Value::Array(service_keys)) = doc.remove("keys")
+        {
+            all.extend(service_keys);
+        }
+        view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": all }))
+            .map_err(|e| LoadError(e.to_string()))?;
+        Ok(view)
+    }
+
+    /// The status-list and audit keys' part of a view (and the CRL), with
+    /// no DS key yet.
+    fn service_key_view(
+        &self,
+        keys: &[StoredKey],
+        crl: Option<String>,
+        mut problems: Vec<String>,
+    ) -> Result<KeyView, LoadError> {
+        let mut jwks = Vec::new();
         let mut status_keys = Vec::new();
         let mut audit_keys = Vec::new();
         let mut audit_cosigners = Vec::new();
@@ -405,16 +440,16 @@ impl Service {
             .map(String::into_bytes)
             .or_else(|| std::fs::read(self.pki.crl_path()).ok());
         Ok(KeyView {
-            signers,
+            signers: Vec::new(),
             status_keys,
             audit_keys,
             audit_cosigners,
             problems,
             jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
                 .map_err(|e| LoadError(e.to_string()))?,
-            ds_pem,
+            ds_pem: HashMap::new(),
             crl_pem,
-            revoked,
+            revoked: Vec::new(),
             fingerprint,
         })
     }
@@ -489,8 +524,7 @@ impl Service {
         if !force && fingerprint(&keys, crl.as_deref()) == current.keys.fingerprint {
             return Ok(());
         }
-        let (iaca_der, iaca) = &*current.iaca;
-        let view = self.key_view(iaca_der, iaca, &keys, crl)?;
+        let view = self.key_view(current.iaca.as_deref(), &keys, crl)?;
         self.swap_keys(view);
         Ok(())
     }
@@ -503,8 +537,10 @@ impl Service {
                 .filter(|k| k.chain == chain)
                 .map(|k| k.record.clone())
                 .collect();
-            if records.is_empty() {
-                // Not imported yet (no `pki init`): nothing to plan from.
+            // A DS chain starts once there is an IACA to certify its keys
+            // (the plan then asks for a first key); the others are imported
+            // at start.
+            if records.is_empty() && (chain != DS_CHAIN || self.current().iaca.is_none()) {
                 continue;
             }
             for action in plan(&records, &self.rotation_rules(), now) {
@@ -573,12 +609,17 @@ impl Service {
             return Err(format!("label {label} is taken"));
         }
         let (public, certificate, not_after) = if chain == DS_CHAIN {
+            let iaca = current
+                .iaca
+                .clone()
+                .ok_or_else(|| "no IACA to certify a DS key".to_owned())?;
             let (der, facts, _) = self
                 .metrics
                 .hsm("generate_key", || {
                     ceremony::document_signer_in_token(
                         self.backend,
                         &self.pki_config,
+                        &iaca.0,
                         &label,
                         algorithm,
                         now,
@@ -789,10 +830,19 @@ impl Service {
             .unix_timestamp()
             .max(self.last_crl_second.load(Ordering::Acquire) + 1);
         let this_update = OffsetDateTime::from_unix_timestamp(second).map_err(|e| e.to_string())?;
+        let Some(iaca) = self.current().iaca.clone() else {
+            return Ok(()); // no IACA, no CRL
+        };
         let pem = self
             .metrics
             .hsm("sign_crl", || {
-                ceremony::crl_now(self.backend, &self.pki_config, &serials, this_update)
+                ceremony::crl_now(
+                    self.backend,
+                    &self.pki_config,
+                    &iaca.0,
+                    &serials,
+                    this_update,
+                )
             })
             .map_err(|e| format!("signing the CRL: {e}"))?;
         self.last_crl_second.store(second, Ordering::Release);

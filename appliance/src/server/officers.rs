@@ -16,7 +16,7 @@ use super::problem::Problem;
 use super::service::Service;
 use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
 use crate::keys::lifecycle::KeyState;
-use crate::store::{CHAINS, POLICY_DOCUMENT, StoreError, StoredKey};
+use crate::store::{CHAINS, IACA_DOCUMENT, POLICY_DOCUMENT, StoreError, StoredKey};
 
 /// Proposals a listing returns at most.
 const LIST_LIMIT: u32 = 200;
@@ -222,6 +222,7 @@ impl Service {
                 }
                 Operation::ChangePolicy { sha256 }
             }
+            "iaca" => Operation::GenerateIaca,
             "activate" => Operation::ActivateKey { label: label() },
             "retire" => Operation::RetireKey { label: label() },
             _ => Operation::DestroyKey { label: label() },
@@ -314,6 +315,23 @@ impl Service {
                         ),
                         "keys.retention",
                     ));
+                }
+                Ok(())
+            }
+            Operation::GenerateIaca => {
+                let exists = self.current().iaca.is_some()
+                    || self
+                        .registry
+                        .document(IACA_DOCUMENT)
+                        .map_err(store_problem)?
+                        .is_some();
+                if exists {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "iaca_exists",
+                        "the IACA exists: it is generated once",
+                    )
+                    .with_rule("pki.one_iaca"));
                 }
                 Ok(())
             }
@@ -595,6 +613,7 @@ impl Service {
                 self.destroy_key(&keys, label, now).map_err(failed)?;
                 format!("key {label} destroyed")
             }
+            Operation::GenerateIaca => self.generate_iaca(now).map_err(failed)?,
             Operation::ChangePolicy { sha256 } => {
                 self.registry
                     .set_document(POLICY_DOCUMENT, sha256)
@@ -630,6 +649,52 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The IACA key and root certificate in the token, kept in the registry
+    /// for every node, then a first DS key signing at once.
+    fn generate_iaca(&self, now: OffsetDateTime) -> Result<String, String> {
+        let (der, facts) = self
+            .metrics
+            .hsm("generate_iaca", || {
+                crate::pki::ceremony::iaca_in_token(
+                    self.backend,
+                    &self.pki_config,
+                    pkcs11_shim::Algorithm::Es256,
+                    now,
+                )
+            })
+            .map_err(|e| format!("generating the IACA: {e}"))?;
+        let pem = crate::pki::cert_pem(&der).map_err(|e| e.to_string())?;
+        self.registry
+            .set_document(IACA_DOCUMENT, &pem)
+            .map_err(|e| e.to_string())?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!("IACA valid until {}", rfc3339(facts.not_after))),
+            ..self.decision(
+                "dojangd",
+                "pki.iaca",
+                "ok",
+                &self.current().policy.hash,
+                now,
+            )
+        };
+        self.registry
+            .record(decision, None)
+            .map_err(|e| e.to_string())?;
+        self.reload(now).map_err(|e| e.0)?;
+        let label = self.generate_key(
+            crate::store::DS_CHAIN,
+            now.replace_nanosecond(0).unwrap_or(now),
+            "first document signer",
+            now,
+        )?;
+        Ok(format!(
+            "IACA generated (valid until {}); first DS key {label} signs from now",
+            rfc3339(facts.not_after)
+        ))
+    }
+}
+
 fn internal() -> Problem {
     Problem::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -647,5 +712,6 @@ fn operation_summary(operation: &Operation) -> String {
         Operation::DestroyKey { label } => format!("destroy {label}"),
         Operation::EmergencyRevoke { label, .. } => format!("revoke {label}"),
         Operation::ChangePolicy { sha256 } => format!("adopt policy {sha256}"),
+        Operation::GenerateIaca => "generate the IACA".to_owned(),
     }
 }

@@ -74,7 +74,11 @@ impl Public {
             }
             "/iaca.pem" => (
                 "/iaca.pem",
-                Ok(("application/x-pem-file", current.iaca_pem.clone(), 3600)),
+                current
+                    .iaca_pem
+                    .clone()
+                    .map(|c| ("application/x-pem-file", c, 3600))
+                    .ok_or_else(not_found),
             ),
             "/iaca.crl" => (
                 "/iaca.crl",

@@ -27,7 +27,9 @@ use crate::keys::lifecycle::KeyState;
 use crate::pki::profile::CertFacts;
 use crate::pki::{PkiConfig, PkiStore};
 use crate::status::{StatusList, sign_token};
-use crate::store::{DecisionRecord, POLICY_DOCUMENT, Registry, STATUS_LIST_SIZE, StatusRange};
+use crate::store::{
+    DecisionRecord, IACA_DOCUMENT, POLICY_DOCUMENT, Registry, STATUS_LIST_SIZE, StatusRange,
+};
 
 /// Lists beyond this are never asked of the store (a list holds 2^20
 /// credentials: this is over a billion).
@@ -48,10 +50,10 @@ pub struct Current {
     /// Signers and published documents from the registry's keys (also
     /// swapped on its own when the keys change).
     pub keys: Arc<KeyView>,
-    /// IACA certificate (PEM).
-    pub iaca_pem: Vec<u8>,
+    /// IACA certificate (PEM), once there is one.
+    pub iaca_pem: Option<Vec<u8>>,
     /// IACA certificate (DER) and what the profile check read off it.
-    pub iaca: Arc<(Vec<u8>, CertFacts)>,
+    pub iaca: Option<Arc<(Vec<u8>, CertFacts)>>,
 }
 
 impl Current {
@@ -193,17 +195,8 @@ impl Service {
                     revoked: Vec::new(),
                     fingerprint: String::new(),
                 }),
-                iaca_pem: Vec::new(),
-                iaca: Arc::new((
-                    Vec::new(),
-                    CertFacts {
-                        country: None,
-                        ski: None,
-                        aki: None,
-                        not_before: OffsetDateTime::UNIX_EPOCH,
-                        not_after: OffsetDateTime::UNIX_EPOCH,
-                    },
-                )),
+                iaca_pem: None,
+                iaca: None,
             })),
             statuses: Mutex::new(None),
             status_generation: AtomicU64::new(0),
@@ -262,24 +255,23 @@ impl Service {
         let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
         self.check_policy_adopted(&policy, now)?;
-        let (iaca_der, iaca) = self
-            .pki
-            .iaca()
-            .map_err(|e| LoadError(format!("IACA: {e}")))?;
+        let iaca = self.load_iaca()?.map(Arc::new);
         self.import_existing_keys(now)?;
         let _ordered = self
             .key_swap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (keys, crl) = self.keys_and_crl()?;
-        let view = self.key_view(&iaca_der, &iaca, &keys, crl)?;
+        let view = self.key_view(iaca.as_deref(), &keys, crl)?;
         let next = Current {
             policy: Arc::new(policy),
             keys: Arc::new(view),
-            iaca_pem: crate::pki::cert_pem(&iaca_der)
-                .map_err(|e| LoadError(format!("IACA: {e}")))?
-                .into_bytes(),
-            iaca: Arc::new((iaca_der, iaca)),
+            iaca_pem: iaca
+                .as_ref()
+                .map(|i| crate::pki::cert_pem(&i.0).map(String::into_bytes))
+                .transpose()
+                .map_err(|e| LoadError(format!("IACA: {e}")))?,
+            iaca,
         };
         if let Err(e) = next.signer(now) {
             tracing::warn!(error = %e, "no DS key can sign: issuance refused until one is ready");
@@ -290,6 +282,41 @@ impl Service {
             .map_err(|e| LoadError(format!("setting the free quota: {e}")))?;
         self.swap(|_| next);
         Ok(())
+    }
+
+    /// The IACA certificate: the PKI directory's (`dojangctl pki init`),
+    /// else the one officers had the daemon generate, else none yet (the
+    /// daemon runs, not ready, until officers approve one).
+    pub(crate) fn load_iaca(&self) -> Result<Option<(Vec<u8>, CertFacts)>, LoadError> {
+        let generated = self
+            .registry
+            .document(IACA_DOCUMENT)
+            .map_err(|e| LoadError(format!("registry: {e}")))?;
+        if self.pki.iaca_path().exists() {
+            let (der, facts) = self
+                .pki
+                .iaca()
+                .map_err(|e| LoadError(format!("IACA: {e}")))?;
+            // One root: a `pki init` after officers had one generated (or
+            // the other way round) is refused, not silently preferred.
+            if let Some(pem) = &generated
+                && crate::pki::cert_der_from_pem(pem.as_bytes()).ok().as_ref() != Some(&der)
+            {
+                return Err(LoadError(format!(
+                    "{} is not the IACA officers had generated (in the registry): remove one",
+                    self.pki.iaca_path().display()
+                )));
+            }
+            return Ok(Some((der, facts)));
+        }
+        let Some(pem) = generated else {
+            return Ok(None);
+        };
+        let der = crate::pki::cert_der_from_pem(pem.as_bytes())
+            .map_err(|e| LoadError(format!("IACA in the registry: {e}")))?;
+        let facts = crate::pki::profile::check_iaca(&der)
+            .map_err(|e| LoadError(format!("IACA in the registry: {e}")))?;
+        Ok(Some((der, facts)))
     }
 
     /// A policy file is loaded only if officers adopted it (its SHA-256 is

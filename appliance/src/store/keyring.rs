@@ -21,6 +21,8 @@ pub const CHAINS: [&str; 3] = [DS_CHAIN, STATUS_CHAIN, AUDIT_CHAIN];
 pub const CRL_DOCUMENT: &str = "iaca.crl";
 /// The SHA-256 (hex) of the policy officers adopted.
 pub const POLICY_DOCUMENT: &str = "policy.sha256";
+/// The IACA certificate (PEM), when officers had the daemon generate it.
+pub const IACA_DOCUMENT: &str = "iaca.pem";
 
 /// A key as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,6 +67,7 @@ fn summary(operation: &Value) -> String {
         "retire_key" => format!("retire {label}"),
         "destroy_key" => format!("destroy {label}"),
         "change_policy" => format!("adopt policy {}", text(operation, "sha256")),
+        "generate_iaca" => "generate the IACA".to_owned(),
         other => other.to_owned(),
     }
 }
@@ -173,6 +174,18 @@ pub(crate) fn propose_policy(
         print_proposal(p);
         println!(
             "  another officer checks the file (sha256sum) and approves with: dojangctl approve {}",
+            text(p, "id")
+        );
+    })
+}
+
+/// `pki propose-iaca`: opens a proposal to generate the IACA.
+pub(crate) fn propose_iaca(conn: &Connection, json_out: bool) -> anyhow::Result<()> {
+    let proposal = conn.client()?.call("POST", "/v1/pki/iaca", None)?;
+    show(json_out, &proposal, |p| {
+        print_proposal(p);
+        println!(
+            "  another officer approves with: dojangctl approve {}",
             text(p, "id")
         );
     })
