@@ -66,6 +66,7 @@ fn main() {
             origin: "dojang.example.kr/audit-log".into(),
             size: frontier.size(),
             root: frontier.root(),
+            extensions: Vec::new(),
         };
         let _ = std::hint::black_box(cp.sign(&backend, "audit", &note_key).expect("checkpoint"));
     });

@@ -9,7 +9,7 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use dojang::audit::bundle::{self, Bundle, BundleError, TrustedLog, FORMAT};
-use dojang::audit::checkpoint::{Checkpoint, NoteError, NoteKey};
+use dojang::audit::checkpoint::{handover_line, Checkpoint, NoteError, NoteKey};
 use dojang::audit::entry::AuditEntry;
 use dojang::audit::merkle;
 use pkcs11_shim::pkcs11::Pkcs11Backend;
@@ -81,6 +81,7 @@ impl Log {
             origin: ORIGIN.into(),
             size: size as u64,
             root: merkle::root(&leaves),
+            extensions: Vec::new(),
         }
         .sign(&self.backend, "audit-1", &self.key)
         .unwrap()
@@ -265,6 +266,7 @@ fn each_kind_of_tampering_is_caught_and_named() {
         origin: ORIGIN.into(),
         size: 20,
         root: merkle::root(&leaves),
+        extensions: Vec::new(),
     }
     .sign(&log.backend, "audit-2", &forged_key)
     .unwrap();
@@ -293,7 +295,7 @@ fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
         .generate("audit-2", KeyPurpose::Audit, Algorithm::EdDsa)
         .unwrap();
     let next_key = NoteKey::new("dojang.example.kr/audit", next.public_key.unwrap()).unwrap();
-    let by = |size: usize, label: &str, key: &NoteKey| {
+    let by = |size: usize, label: &str, key: &NoteKey, extensions: Vec<String>| {
         let leaves: Vec<_> = log.entries[..size]
             .iter()
             .map(|e| merkle::leaf_hash(e))
@@ -302,13 +304,15 @@ fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
             origin: ORIGIN.into(),
             size: size as u64,
             root: merkle::root(&leaves),
+            extensions,
         }
         .sign(&log.backend, label, key)
         .unwrap()
     };
-    // 5 and 10 by the old key, 15 by both (the hand-over), 20 by the new one.
+    // 5 and 10 by the old key; 15 by the old key naming the new one in its
+    // text, co-signed by the new key (the hand-over); 20 by the new one.
     let handover = Checkpoint::cosign(
-        &by(15, "audit-1", &log.key),
+        &by(15, "audit-1", &log.key, vec![handover_line(&next_key)]),
         &log.backend,
         "audit-2",
         &next_key,
@@ -321,14 +325,35 @@ fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
     let mut b = log.bundle();
     b.handover_keys_pem = vec![next_key.public_pem()];
     b.checkpoints = vec![
-        by(5, "audit-1", &log.key),
-        by(10, "audit-1", &log.key),
+        by(5, "audit-1", &log.key, Vec::new()),
+        by(10, "audit-1", &log.key, Vec::new()),
         handover,
-        by(20, "audit-2", &next_key),
+        by(20, "audit-2", &next_key, Vec::new()),
     ];
     let report = bundle::verify(&b, &log.trusted).unwrap();
     assert_eq!((report.checkpoints, report.signed_size), (4, 20));
-    // Without the co-signed checkpoint, listing the key earns it nothing.
+    // A signature line appended to a checkpoint that does not name the key
+    // (anyone can append one: signatures cover the text only) earns nothing.
+    let mut forged = b.clone();
+    forged.checkpoints[2] = Checkpoint::cosign(
+        &by(15, "audit-1", &log.key, Vec::new()),
+        &log.backend,
+        "audit-2",
+        &next_key,
+    )
+    .unwrap();
+    assert!(matches!(
+        bundle::verify(&forged, &log.trusted),
+        Err(BundleError::Note {
+            index: 3,
+            source: NoteError::NotSigned(_)
+        })
+    ));
+    // Nor does naming a key that did not sign.
+    let mut unsigned = b.clone();
+    unsigned.checkpoints[2] = by(15, "audit-1", &log.key, vec![handover_line(&next_key)]);
+    assert!(bundle::verify(&unsigned, &log.trusted).is_err());
+    // Without the hand-over checkpoint, listing the key earns it nothing.
     let mut skipped = b.clone();
     let _ = skipped.checkpoints.remove(2);
     assert!(matches!(

@@ -250,11 +250,13 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
     for (index, note) in bundle.checkpoints.iter().enumerate() {
         let index = index as u64;
         let cp =
-            open_with_any(note, &keys).map_err(|source| BundleError::Note { index, source })?;
-        // A checkpoint signed by a trusted key vouches for the other keys
-        // that signed it too.
+            open_with_trusted(note, &keys).map_err(|source| BundleError::Note { index, source })?;
+        // A trusted key hands trust on only by signing a checkpoint whose
+        // text names the next key, which signs it too. (Signatures cover
+        // the text, not each other: a signature line merely added to a
+        // checkpoint vouches for nothing.)
         candidates.retain(|candidate| {
-            if Checkpoint::open(note, candidate).is_ok() {
+            if cp.hands_over_to(candidate) && Checkpoint::open(note, candidate).is_ok() {
                 keys.push(candidate.clone());
                 false
             } else {
@@ -315,20 +317,21 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
     })
 }
 
-/// Opens a note signed by any of `keys`; the first key's error if none did.
-fn open_with_any(note: &str, keys: &[NoteKey]) -> Result<Checkpoint, NoteError> {
+/// Opens a note: every signature line by a trusted key must verify, and at
+/// least one must be there.
+fn open_with_trusted(note: &str, keys: &[NoteKey]) -> Result<Checkpoint, NoteError> {
+    let mut opened = None;
     let mut first_error = None;
     for key in keys {
         match Checkpoint::open(note, key) {
-            Ok(cp) => return Ok(cp),
-            // A bad signature by a trusted key is an error whatever else signed.
-            Err(e @ NoteError::BadSignature(_)) | Err(e @ NoteError::Malformed(_)) => {
-                return Err(e);
+            Ok(cp) => opened = Some(cp),
+            Err(NoteError::NotSigned(name)) => {
+                let _ = first_error.get_or_insert(NoteError::NotSigned(name));
             }
-            Err(e) => {
-                let _ = first_error.get_or_insert(e);
-            }
+            // A bad signature by any trusted key fails the note.
+            Err(e) => return Err(e),
         }
     }
-    Err(first_error.unwrap_or_else(|| NoteError::NotSigned("no trusted key".into())))
+    opened
+        .ok_or_else(|| first_error.unwrap_or_else(|| NoteError::NotSigned("no trusted key".into())))
 }

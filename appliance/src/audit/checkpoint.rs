@@ -25,6 +25,18 @@ pub struct Checkpoint {
     pub size: u64,
     /// Root hash.
     pub root: Hash,
+    /// Extension lines after the root (C2SP allows them; signed with the
+    /// rest): `dojang-handover <base64 SHA-256 of the next key's SPKI>`
+    /// names the audit key this checkpoint hands trust to.
+    pub extensions: Vec<String>,
+}
+
+/// The extension line naming the audit key a checkpoint hands trust to.
+pub const HANDOVER: &str = "dojang-handover";
+
+/// The hand-over extension for `key`.
+pub fn handover_line(key: &NoteKey) -> String {
+    format!("{HANDOVER} {}", B64.encode(sha256(key.public.spki_der())))
 }
 
 /// Why a note was refused.
@@ -104,12 +116,24 @@ impl NoteKey {
 impl Checkpoint {
     /// The checkpoint's note text.
     pub fn body(&self) -> String {
-        format!(
+        let mut body = format!(
             "{}\n{}\n{}\n",
             self.origin,
             self.size,
             B64.encode(self.root)
-        )
+        );
+        for line in &self.extensions {
+            body.push_str(line);
+            body.push('\n');
+        }
+        body
+    }
+
+    /// Whether this checkpoint (whose signature was checked) hands trust to
+    /// `key`.
+    pub fn hands_over_to(&self, key: &NoteKey) -> bool {
+        let wanted = handover_line(key);
+        self.extensions.contains(&wanted)
     }
 
     /// Parses a note text (the body) into a checkpoint.
@@ -135,10 +159,19 @@ impl Checkpoint {
             .ok()
             .and_then(|r| <[u8; 32]>::try_from(r).ok())
             .ok_or_else(|| bad("the root is not 32 base64 bytes"))?;
+        // The body ends with a newline: the last split piece is empty.
+        let mut extensions: Vec<String> = lines.map(str::to_owned).collect();
+        if extensions.pop().is_some_and(|last| !last.is_empty()) {
+            return Err(bad("the body must end with a newline"));
+        }
+        if extensions.iter().any(String::is_empty) {
+            return Err(bad("empty extension line"));
+        }
         Ok(Checkpoint {
             origin: origin.to_owned(),
             size,
             root,
+            extensions,
         })
     }
 
@@ -295,6 +328,7 @@ mod tests {
             origin: "example.kr/log".into(),
             size: 3,
             root: [7; 32],
+            extensions: Vec::new(),
         }
         .body();
         let mut signer = Signer::new(MessageDigest::sha256(), key).unwrap();

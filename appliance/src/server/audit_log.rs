@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use pkcs11_shim::KeyBackend;
 
-use crate::audit::checkpoint::{Checkpoint, NoteKey};
+use crate::audit::checkpoint::{Checkpoint, NoteKey, handover_line};
 use crate::audit::merkle::{self, Frontier, Hash};
 use crate::store::{Registry, StoreError};
 
@@ -107,6 +107,11 @@ impl AuditLog {
             origin: self.origin.clone(),
             size,
             root: frontier.root(),
+            // The outgoing key signs that the incoming one follows it.
+            extensions: signers
+                .outgoing
+                .map(|_| vec![handover_line(signers.current.1)])
+                .unwrap_or_default(),
         };
         let (label, key) = signers.current;
         let mut note = checkpoint
