@@ -352,3 +352,36 @@ fn metrics_parse_and_move() {
     assert!(after.contains_key("dojang_hsm_sessions{state=\"idle\"}"));
     assert!(get(&after, "dojang_audit_log_entries") >= 1.0);
 }
+
+/// Another node's officers adopted a policy this node's file does not have
+/// (simulated by changing the adoption in the registry): this node stops
+/// issuing and taking officer steps, and readiness says why.
+#[test]
+fn a_node_without_the_adopted_policy_refuses_work() {
+    let d = Daemon::start(Options::default());
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let _ = db
+        .execute(
+            "UPDATE pki_documents SET body = ?1 WHERE name = 'policy.sha256'",
+            ["ab".repeat(32)],
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let reply = issue(&d, "counter", 2, "mdoc");
+        if reply.status == 503 {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "still issuing: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refused.json()["code"], "policy_not_adopted");
+    let officer =
+        d.client("kim")
+            .post_json("/v1/keys/rotate", &serde_json::json!({"chain": "ds"}), &[]);
+    assert_eq!(officer.status, 503);
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("officers adopted policy"));
+}

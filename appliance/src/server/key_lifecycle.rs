@@ -24,8 +24,8 @@ use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, plan};
 use crate::pki::profile::CertFacts;
 use crate::pki::{DsCertificate, ceremony, profile};
 use crate::store::{
-    AUDIT_CHAIN, CHAINS, DS_CHAIN, DecisionRecord, KeyRevocation, STATUS_CHAIN, StoreError,
-    StoredKey, revoked_serials,
+    AUDIT_CHAIN, CHAINS, DS_CHAIN, DecisionRecord, IACA_DOCUMENT, KeyRevocation, STATUS_CHAIN,
+    StoreError, StoredKey, revoked_serials,
 };
 
 /// The lease the acting node holds; it outlives a few missed ticks.
@@ -37,6 +37,8 @@ const LIFECYCLE_REST: Duration = Duration::from_secs(30);
 const REVOCATION_SWEEP: time::Duration = time::Duration::minutes(10);
 /// How often destroyed keys are checked gone from the token.
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// How often a recent revocation's credentials are swept.
+const SWEEP_EVERY: time::Duration = time::Duration::seconds(10);
 
 /// A DS key that signs from `from` (its activation time).
 pub struct ScheduledSigner {
@@ -468,14 +470,27 @@ impl Service {
                 false
             });
         self.leader.store(leader, Ordering::Relaxed);
-        if leader && !self.resting() {
-            let round = self
-                .act_on_plan(now)
-                .and_then(|()| self.keep_crl_whole(now))
-                .and_then(|()| self.sweep_revoked(now));
-            if let Err(e) = round {
-                tracing::warn!(error = %e, "key lifecycle round failed; resting {LIFECYCLE_REST:?}, then retried");
+        // A root officers had generated on another node.
+        if self.current().iaca.is_none()
+            && matches!(self.registry.document(IACA_DOCUMENT), Ok(Some(_)))
+            && let Err(e) = self.reload(now)
+        {
+            tracing::warn!(error = %e.0, "loading the IACA from the registry");
+        }
+        if leader {
+            // Each duty on its own: a failing rotation must not hold up
+            // the CRL or a revocation's sweep.
+            if !self.resting()
+                && let Err(e) = self.act_on_plan(now)
+            {
+                tracing::warn!(error = %e, "key rotation failed; resting {LIFECYCLE_REST:?}, then retried");
                 self.rest();
+            }
+            if let Err(e) = self.keep_crl_whole(now) {
+                tracing::warn!(error = %e, "keeping the CRL whole failed; retried next round");
+            }
+            if let Err(e) = self.sweep_revoked(now) {
+                tracing::warn!(error = %e, "sweeping a revoked key's credentials failed; retried");
             }
             self.resume_approved(now);
             self.reconcile_destroyed();
@@ -825,13 +840,30 @@ impl Service {
     fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
         let keys = self.registry.keys().map_err(store_problem)?;
         let serials = revoked_serials(&keys).map_err(store_problem)?;
-        // CRL numbers come from thisUpdate: never twice the same second.
+        // CRL numbers come from thisUpdate: after the stored CRL's (whoever
+        // signed it) and this node's last, never twice the same second.
+        let stored = self
+            .registry
+            .crl()
+            .map_err(store_problem)?
+            .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
+            .and_then(|crl| {
+                let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+                let diff = epoch.diff(crl.last_update()).ok()?;
+                Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+            })
+            .unwrap_or(0);
         let second = now
             .unix_timestamp()
+            .max(stored + 1)
             .max(self.last_crl_second.load(Ordering::Acquire) + 1);
         let this_update = OffsetDateTime::from_unix_timestamp(second).map_err(|e| e.to_string())?;
         let Some(iaca) = self.current().iaca.clone() else {
-            return Ok(()); // no IACA, no CRL
+            return if serials.is_empty() {
+                Ok(()) // no IACA yet, nothing to list
+            } else {
+                Err("revoked DS keys but no IACA loaded to sign their CRL".into())
+            };
         };
         let pem = self
             .metrics
@@ -896,6 +928,13 @@ impl Service {
         let Some(to) = self.ds_revocation_target() else {
             return Ok(());
         };
+        // Every 10 s: each sweep scans the credentials of the key.
+        if let Ok(mut last) = self.last_sweep.lock() {
+            if last.is_some_and(|at| now - at < SWEEP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
         let keys = self.registry.keys().map_err(store_problem)?;
         for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
             let Some((_, at)) = &key.revocation else {

@@ -130,7 +130,10 @@ fn ok(status: StatusCode, body: serde_json::Value) -> Answer {
 
 impl Service {
     fn officer_policy(&self, client: &str) -> Result<std::sync::Arc<Policy>, Problem> {
-        let policy = self.current().policy.clone();
+        let current = self.current();
+        // Officers and M are the adopted policy's, never a stale node's.
+        self.require_adopted_policy(&current)?;
+        let policy = current.policy.clone();
         if policy.has_role(client, Role::Officer) {
             Ok(policy)
         } else {
@@ -319,12 +322,16 @@ impl Service {
                 Ok(())
             }
             Operation::GenerateIaca => {
+                // Any trace of a root: loaded here, kept in the registry,
+                // its key in the token, or DS keys (certified by one).
                 let exists = self.current().iaca.is_some()
                     || self
                         .registry
                         .document(IACA_DOCUMENT)
                         .map_err(store_problem)?
-                        .is_some();
+                        .is_some()
+                    || self.backend.find(&self.pki_config.iaca_key).is_ok()
+                    || keys.iter().any(|k| k.chain == crate::store::DS_CHAIN);
                 if exists {
                     return Err(Problem::new(
                         StatusCode::CONFLICT,
@@ -574,6 +581,8 @@ impl Service {
             if let Err(p) = self.carry_out("dojangd", &mut proposal, stored.version, now) {
                 tracing::warn!(proposal = %proposal.id, error = %p.detail, "recording a resumed proposal");
             }
+            // One per round: the lease must not run out under a long queue.
+            return;
         }
     }
 
@@ -665,9 +674,15 @@ impl Service {
             })
             .map_err(|e| format!("generating the IACA: {e}"))?;
         let pem = crate::pki::cert_pem(&der).map_err(|e| e.to_string())?;
-        self.registry
-            .set_document(IACA_DOCUMENT, &pem)
-            .map_err(|e| e.to_string())?;
+        // The first root stored wins; a concurrent generation on another
+        // node (the same token key, another certificate) gives up here.
+        if !self
+            .registry
+            .set_document_if_absent(IACA_DOCUMENT, &pem)
+            .map_err(|e| e.to_string())?
+        {
+            return Err("another node generated the IACA at the same time".into());
+        }
         let decision = crate::store::DecisionRecord {
             rule: Some(format!("IACA valid until {}", rfc3339(facts.not_after))),
             ..self.decision(

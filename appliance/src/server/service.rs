@@ -107,8 +107,12 @@ pub struct Service {
     pub(crate) last_crl_second: std::sync::atomic::AtomicI64,
     /// When destroyed keys were last checked gone from the token.
     pub(crate) last_reconcile: Mutex<Option<Instant>>,
+    /// When a recent revocation's credentials were last swept.
+    pub(crate) last_sweep: Mutex<Option<OffsetDateTime>>,
     /// The adopted policy this node last tried to load, and when.
     policy_follow: Mutex<Option<(String, Instant)>>,
+    /// The adopted policy's hash as last read from the registry.
+    adopted_policy: RwLock<Option<String>>,
     current: RwLock<Arc<Current>>,
     statuses: Mutex<Option<(StatusRange, u64)>>,
     status_generation: AtomicU64,
@@ -177,7 +181,9 @@ impl Service {
             lifecycle_pause: Mutex::new(None),
             last_crl_second: std::sync::atomic::AtomicI64::new(0),
             last_reconcile: Mutex::new(None),
+            last_sweep: Mutex::new(None),
             policy_follow: Mutex::new(None),
+            adopted_policy: RwLock::new(None),
             current: RwLock::new(Arc::new(Current {
                 policy: Arc::new(
                     Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
@@ -297,15 +303,27 @@ impl Service {
                 .pki
                 .iaca()
                 .map_err(|e| LoadError(format!("IACA: {e}")))?;
-            // One root: a `pki init` after officers had one generated (or
-            // the other way round) is refused, not silently preferred.
-            if let Some(pem) = &generated
-                && crate::pki::cert_der_from_pem(pem.as_bytes()).ok().as_ref() != Some(&der)
-            {
-                return Err(LoadError(format!(
-                    "{} is not the IACA officers had generated (in the registry): remove one",
-                    self.pki.iaca_path().display()
-                )));
+            // One root for every node: the first file seen is kept in the
+            // registry, and a different one (a second `pki init`, or one
+            // officers had generated) is refused, not silently preferred.
+            match &generated {
+                Some(pem)
+                    if crate::pki::cert_der_from_pem(pem.as_bytes()).ok().as_ref()
+                        != Some(&der) =>
+                {
+                    return Err(LoadError(format!(
+                        "{} is not the IACA in the registry (the one the DS certificates chain to): put that one back",
+                        self.pki.iaca_path().display()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let pem = crate::pki::cert_pem(&der).map_err(|e| LoadError(e.to_string()))?;
+                    let _ = self
+                        .registry
+                        .set_document_if_absent(IACA_DOCUMENT, &pem)
+                        .map_err(|e| LoadError(format!("registry: {e}")))?;
+                }
             }
             return Ok(Some((der, facts)));
         }
@@ -326,6 +344,33 @@ impl Service {
             .registry
             .document(POLICY_DOCUMENT)
             .map_err(|e| LoadError(format!("registry: {e}")))?;
+        let adopted = match adopted {
+            Some(hash) => Some(hash),
+            // First start: the first node to get here adopts its file; a
+            // node starting with it reads back what won.
+            None => {
+                if self
+                    .registry
+                    .set_document_if_absent(POLICY_DOCUMENT, &policy.hash)
+                    .map_err(|e| LoadError(format!("registry: {e}")))?
+                {
+                    let decision = DecisionRecord {
+                        rule: Some(format!(
+                            "policy {} {}: first start",
+                            policy.name, policy.version
+                        )),
+                        ..self.decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
+                    };
+                    self.registry
+                        .record(decision, None)
+                        .map_err(|e| LoadError(format!("writing the audit log: {e}")))?;
+                }
+                self.registry
+                    .document(POLICY_DOCUMENT)
+                    .map_err(|e| LoadError(format!("registry: {e}")))?
+            }
+        };
+        self.remember_adopted(adopted.clone());
         match adopted {
             Some(hash) if hash == policy.hash => Ok(()),
             Some(hash) => Err(LoadError(format!(
@@ -334,21 +379,34 @@ impl Service {
                 self.policy_path.display(),
                 policy.hash
             ))),
-            None => {
-                self.registry
-                    .set_document(POLICY_DOCUMENT, &policy.hash)
-                    .map_err(|e| LoadError(format!("registry: {e}")))?;
-                let decision = DecisionRecord {
-                    rule: Some(format!(
-                        "policy {} {}: first start",
-                        policy.name, policy.version
-                    )),
-                    ..self.decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
-                };
-                self.registry
-                    .record(decision, None)
-                    .map_err(|e| LoadError(format!("writing the audit log: {e}")))
-            }
+            None => Err(LoadError("the registry lost the adopted policy".into())),
+        }
+    }
+
+    fn remember_adopted(&self, hash: Option<String>) {
+        if let Ok(mut adopted) = self.adopted_policy.write() {
+            *adopted = hash;
+        }
+    }
+
+    /// Refuses work on a node whose policy is not the one officers adopted:
+    /// it would apply rules (and officers) no longer in force.
+    pub(crate) fn require_adopted_policy(
+        &self,
+        current: &Current,
+    ) -> Result<(), super::problem::Problem> {
+        let adopted = self
+            .adopted_policy
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        match adopted {
+            Some(hash) if hash != current.policy.hash => Err(super::problem::Problem::unavailable(
+                "policy_not_adopted",
+                "this node's policy is not the one officers adopted; another node can serve",
+            )
+            .with_rule("policy.adopted")),
+            _ => Ok(()),
         }
     }
 
@@ -358,6 +416,7 @@ impl Service {
         let Ok(Some(adopted)) = self.registry.document(POLICY_DOCUMENT) else {
             return;
         };
+        self.remember_adopted(Some(adopted.clone()));
         if adopted == self.current().policy.hash {
             return;
         }
@@ -651,6 +710,17 @@ impl Service {
                     .map(|(l, k)| (l.as_str(), k))
             })
             .flatten();
+        if outgoing.is_none()
+            && !previous_signers.is_empty()
+            && !previous_signers.contains(&key.id())
+        {
+            // The outgoing key is revoked or gone: auditors who pinned the
+            // old key cannot follow; they need the new one from officers.
+            tracing::warn!(
+                label,
+                "no key can hand the audit log over to the new audit key: auditors must be given it"
+            );
+        }
         let signers = super::audit_log::Signers {
             current: (label, key),
             outgoing,

@@ -120,6 +120,9 @@ pub trait KeyRegistry {
     /// Replaces a document every node shares ([`CRL_DOCUMENT`],
     /// [`POLICY_DOCUMENT`]).
     fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError>;
+    /// Stores a shared document unless one of that name exists; whether
+    /// this call stored it (the first of several nodes wins).
+    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError>;
     /// A shared document, if the registry has it.
     fn document(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The current CRL (PEM), if one was issued.

@@ -1229,6 +1229,17 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
+    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO pki_documents (name, body) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &body],
+            )
+            .map(|n| n == 1)
+            .map_err(map_err)
+        })
+    }
+
     fn document(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.with_tx(|tx| {
             Ok(tx

@@ -1191,6 +1191,18 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
+    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError> {
+        let (name, body) = (name.to_owned(), body.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO pki_documents (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, body],
+            )
+            .map(|n| n == 1)
+            .map_err(map_err)
+        })
+    }
+
     fn document(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached("SELECT body FROM pki_documents WHERE name = ?1")
