@@ -386,3 +386,15 @@ pub fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run dojangctl")
 }
+
+/// The serial numbers a CRL lists (empty if it lists none).
+pub fn crl_serials(crl: &openssl::x509::X509CrlRef) -> Vec<Vec<u8>> {
+    crl.get_revoked()
+        .map(|revoked| {
+            revoked
+                .iter()
+                .map(|r| r.serial_number().to_bn().expect("serial").to_vec())
+                .collect()
+        })
+        .unwrap_or_default()
+}

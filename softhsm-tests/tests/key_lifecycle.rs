@@ -339,12 +339,7 @@ fn the_acting_node_completes_a_revocation() {
         .to_bn()
         .unwrap()
         .to_vec();
-    let listed: Vec<Vec<u8>> = crl
-        .get_revoked()
-        .unwrap()
-        .iter()
-        .map(|r| r.serial_number().to_bn().unwrap().to_vec())
-        .collect();
+    let listed = softhsm_tests::crl_serials(&crl);
     assert_eq!(listed, [serial]);
     // The late credential is suspended like the others.
     assert_eq!(

@@ -150,13 +150,7 @@ pub(crate) fn propose(
         None => format!("/v1/keys/{action}"),
     };
     let proposal = client.call("POST", &path, body)?;
-    show(json_out, &proposal, |p| {
-        print_proposal(p);
-        println!(
-            "  another officer approves with: dojangctl approve {}",
-            text(p, "id")
-        );
-    })
+    show_opened(json_out, &proposal)
 }
 
 /// `policy propose FILE`: opens a proposal to adopt the policy of `sha256`.
@@ -165,27 +159,35 @@ pub(crate) fn propose_policy(
     sha256: &str,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let proposal = conn.client()?.call(
-        "POST",
+    propose_at(
+        conn,
         "/v1/policy/change",
         Some(json!({ "sha256": sha256 })),
-    )?;
-    show(json_out, &proposal, |p| {
-        print_proposal(p);
-        println!(
-            "  another officer checks the file (sha256sum) and approves with: dojangctl approve {}",
-            text(p, "id")
-        );
-    })
+        json_out,
+    )
 }
 
 /// `pki propose-iaca`: opens a proposal to generate the IACA.
 pub(crate) fn propose_iaca(conn: &Connection, json_out: bool) -> anyhow::Result<()> {
-    let proposal = conn.client()?.call("POST", "/v1/pki/iaca", None)?;
-    show(json_out, &proposal, |p| {
+    propose_at(conn, "/v1/pki/iaca", None, json_out)
+}
+
+fn propose_at(
+    conn: &Connection,
+    path: &str,
+    body: Option<Value>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let proposal = conn.client()?.call("POST", path, body)?;
+    show_opened(json_out, &proposal)
+}
+
+/// A proposal just opened, and what the next officer does.
+fn show_opened(json_out: bool, proposal: &Value) -> anyhow::Result<()> {
+    show(json_out, proposal, |p| {
         print_proposal(p);
         println!(
-            "  another officer approves with: dojangctl approve {}",
+            "  another officer checks it and approves with: dojangctl approve {}",
             text(p, "id")
         );
     })
