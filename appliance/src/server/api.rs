@@ -147,7 +147,9 @@ impl Api {
 
     /// A slot in flight, then the body, read only if `client` has `role`:
     /// strangers cannot make the daemon buffer bodies (the job refuses them,
-    /// and audits the refusal, from an empty body).
+    /// and audits the refusal, from an empty body). Every change goes
+    /// through here, so a node running a policy officers did not adopt
+    /// refuses them all here.
     async fn admit(
         &self,
         request: Request<Incoming>,
@@ -155,7 +157,9 @@ impl Api {
         role: dojang_policies::Role,
     ) -> Result<(OwnedSemaphorePermit, hyper::body::Bytes), Problem> {
         let slot = self.slot()?;
-        let body = if self.service.current().policy.has_role(client, role) {
+        let current = self.service.current();
+        self.service.require_adopted_policy(&current)?;
+        let body = if current.policy.has_role(client, role) {
             self.body(request).await?
         } else {
             hyper::body::Bytes::new()

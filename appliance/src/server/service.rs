@@ -395,19 +395,18 @@ impl Service {
         &self,
         current: &Current,
     ) -> Result<(), super::problem::Problem> {
-        let adopted = self
+        let stale = self
             .adopted_policy
             .read()
-            .map(|a| a.clone())
-            .unwrap_or_default();
-        match adopted {
-            Some(hash) if hash != current.policy.hash => Err(super::problem::Problem::unavailable(
+            .is_ok_and(|a| a.as_ref().is_some_and(|hash| *hash != current.policy.hash));
+        if stale {
+            return Err(super::problem::Problem::unavailable(
                 "policy_not_adopted",
                 "this node's policy is not the one officers adopted; another node can serve",
             )
-            .with_rule("policy.adopted")),
-            _ => Ok(()),
+            .with_rule("policy.adopted"));
         }
+        Ok(())
     }
 
     /// Loads the policy file again if officers adopted another one than
