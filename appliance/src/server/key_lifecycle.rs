@@ -144,7 +144,7 @@ fn store_problem(e: StoreError) -> String {
 }
 
 impl Service {
-    /// The rotation rules for DS keys from the policy and the configuration.
+    /// The rotation rules (every chain) from the policy and the configuration.
     pub(crate) fn rotation_rules(&self) -> RotationRules {
         let keys = self.current().policy.keys;
         RotationRules {
@@ -841,7 +841,7 @@ impl Service {
         let keys = self.registry.keys().map_err(store_problem)?;
         let serials = revoked_serials(&keys).map_err(store_problem)?;
         // CRL numbers come from thisUpdate: after the stored CRL's (whoever
-        // signed it) and this node's last, never twice the same second.
+        // signed it), never twice the same second.
         let stored = self
             .registry
             .crl()
@@ -853,10 +853,7 @@ impl Service {
                 Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
             })
             .unwrap_or(0);
-        let second = now
-            .unix_timestamp()
-            .max(stored + 1)
-            .max(self.last_crl_second.load(Ordering::Acquire) + 1);
+        let second = now.unix_timestamp().max(stored + 1);
         let this_update = OffsetDateTime::from_unix_timestamp(second).map_err(|e| e.to_string())?;
         let Some(iaca) = self.current().iaca.clone() else {
             return if serials.is_empty() {
@@ -877,7 +874,6 @@ impl Service {
                 )
             })
             .map_err(|e| format!("signing the CRL: {e}"))?;
-        self.last_crl_second.store(second, Ordering::Release);
         self.registry.set_crl(&pem).map_err(store_problem)?;
         // The file is a copy for `dojangctl` and people; the registry's is served.
         if let Err(e) = self.pki.write_crl(&pem) {

@@ -102,9 +102,6 @@ pub struct Service {
     /// The lifecycle rests after a failed action until then (no key pile-up
     /// while the HSM or the registry is in trouble).
     pub(crate) lifecycle_pause: Mutex<Option<Instant>>,
-    /// The last CRL's thisUpdate (seconds): the next is later, so CRL
-    /// numbers (derived from it) only grow.
-    pub(crate) last_crl_second: std::sync::atomic::AtomicI64,
     /// When destroyed keys were last checked gone from the token.
     pub(crate) last_reconcile: Mutex<Option<Instant>>,
     /// When a recent revocation's credentials were last swept.
@@ -179,7 +176,6 @@ impl Service {
             key_swap: Mutex::new(()),
             leader: std::sync::atomic::AtomicBool::new(false),
             lifecycle_pause: Mutex::new(None),
-            last_crl_second: std::sync::atomic::AtomicI64::new(0),
             last_reconcile: Mutex::new(None),
             last_sweep: Mutex::new(None),
             policy_follow: Mutex::new(None),
