@@ -211,13 +211,18 @@ pub fn allowed(from: KeyState, to: KeyState) -> bool {
     )
 }
 
-/// The keys verifiers must be able to find: every pending, active and
-/// retired key (pending ones before they sign; retired ones until what they
-/// signed expires); never a destroyed one.
+impl KeyRecord {
+    /// Whether verifiers must find this key: pending (before it signs),
+    /// active, or retired (until what it signed expires); never a destroyed
+    /// or revoked one (a revoked DS certificate is on the CRL instead).
+    pub fn is_published(&self) -> bool {
+        self.state != KeyState::Destroyed && !self.revoked
+    }
+}
+
+/// The keys verifiers must be able to find ([`KeyRecord::is_published`]).
 pub fn published(keys: &[KeyRecord]) -> Vec<&KeyRecord> {
-    keys.iter()
-        .filter(|k| k.state != KeyState::Destroyed)
-        .collect()
+    keys.iter().filter(|k| k.is_published()).collect()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use super::service::{LoadError, Service};
 use crate::audit::checkpoint::NoteKey;
 use crate::credential::DocumentSigner;
-use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, plan};
+use crate::keys::lifecycle::{Action, KeyRecord, KeyState, RotationRules, allowed, plan};
 use crate::pki::profile::CertFacts;
 use crate::pki::{DsCertificate, ceremony, profile};
 use crate::store::{
@@ -333,7 +333,8 @@ impl Service {
             // fetchable, and is on the CRL.
             if r.revoked {
                 revoked.push(r.label.clone());
-            } else {
+            }
+            if r.is_published() {
                 match cert_public_key(der) {
                     Ok(public) => jwks.push(super::service::jwk_entry(
                         &public,
@@ -407,7 +408,7 @@ impl Service {
         let mut audit_cosigners = Vec::new();
         for key in keys.iter().filter(|k| k.chain != DS_CHAIN) {
             let r = &key.record;
-            if r.state == KeyState::Destroyed || r.revoked {
+            if !r.is_published() {
                 continue;
             }
             let public = match PublicKey::from_spki_der(&key.public_key) {
@@ -714,6 +715,25 @@ impl Service {
             .ok_or_else(|| format!("no key {label}"))
     }
 
+    /// Moves keys in the registry, each only forward in its lifecycle.
+    fn move_keys(
+        &self,
+        moves: &[(String, KeyState, KeyState)],
+        now: OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<(), String> {
+        if let Some((label, from, to)) = moves.iter().find(|(_, from, to)| !allowed(*from, *to)) {
+            return Err(format!(
+                "key {label}: {} to {} is not a step of the lifecycle",
+                from.as_str(),
+                to.as_str()
+            ));
+        }
+        self.registry
+            .move_keys(moves, now, decision)
+            .map_err(store_problem)
+    }
+
     /// The pending key `label` signs from now on; the active one retires.
     pub(crate) fn activate_key(
         &self,
@@ -742,9 +762,7 @@ impl Service {
         }
         moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
         let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
-        self.registry
-            .move_keys(&moves, now, decision)
-            .map_err(store_problem)?;
+        self.move_keys(&moves, now, decision)?;
         tracing::info!(%label, "key active");
         Ok(())
     }
@@ -759,13 +777,11 @@ impl Service {
         let key = Self::state_of(keys, label)?;
         let mut decision = self.key_decision("keys.retire", "retired", label, &key.kid, now);
         decision.rule = Some(format!("key {label}: {reason}"));
-        self.registry
-            .move_keys(
-                &[(label.to_owned(), key.record.state, KeyState::Retired)],
-                now,
-                decision,
-            )
-            .map_err(store_problem)
+        self.move_keys(
+            &[(label.to_owned(), key.record.state, KeyState::Retired)],
+            now,
+            decision,
+        )
     }
 
     /// Forgets a retired key: out of publication, then out of the token.
@@ -777,13 +793,11 @@ impl Service {
     ) -> Result<(), String> {
         let key = Self::state_of(keys, label)?;
         let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
-        self.registry
-            .move_keys(
-                &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
-                now,
-                decision,
-            )
-            .map_err(store_problem)?;
+        self.move_keys(
+            &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
+            now,
+            decision,
+        )?;
         match self.backend.destroy(label) {
             Ok(()) | Err(pkcs11_shim::Error::KeyNotFound { .. }) => Ok(()),
             Err(e) => Err(format!(
