@@ -103,18 +103,7 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
         std::fs::write(&file, credential).unwrap();
         match profile {
             "mdoc" => {
-                let cbor = base64::Engine::decode(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                    credential,
-                )
-                .unwrap();
-                let v = mdoc::verify(
-                    &cbor,
-                    &Trust::Iaca(iaca.clone()),
-                    OffsetDateTime::now_utc(),
-                    Some(mdoc::DOC_TYPE),
-                )
-                .unwrap();
+                let v = d.verify_mdoc(credential);
                 assert_eq!(v.status.as_ref().unwrap().idx, r["status"]["idx"]);
                 let (ok, out) = python_verify(
                     "verify_mdoc.py",
