@@ -3,7 +3,7 @@
 //! PKI with a client certificate for every case the tests need, free
 //! loopback ports, and the shipped policy (optionally edited).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -131,9 +131,11 @@ pub struct Daemon {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+/// Three loopback addresses: api, public, ops.
+fn listener_addresses() -> (SocketAddr, SocketAddr, SocketAddr) {
+    let first = crate::ports::reserve(3);
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    (at(first), at(first + 1), at(first + 2))
 }
 
 fn write(path: &Path, text: &str) {
@@ -247,7 +249,7 @@ impl Daemon {
             &policy,
             &(options.policy)(dojang_policies::SHIPPED_POLICY.to_owned()),
         );
-        let (api, public, ops) = (free_port(), free_port(), free_port());
+        let (api, public, ops) = listener_addresses();
         let store = match &options.store {
             Store::Sqlite => format!("sqlite = \"{}\"", scratch.join("registry.db").display()),
             Store::Postgres(url) => format!("postgres = \"{url}\"\npool_size = 8"),
@@ -557,7 +559,7 @@ impl Daemon {
     /// A second node on the same token, PKI, TLS files, policy and store,
     /// with its own ports and `node_id`. Drop it before `self`.
     pub fn second_node(&self, node_id: &str) -> Daemon {
-        let (api, public, ops) = (free_port(), free_port(), free_port());
+        let (api, public, ops) = listener_addresses();
         let text = std::fs::read_to_string(&self.config).expect("config");
         let text = text
             .replace(&self.api.to_string(), &api.to_string())

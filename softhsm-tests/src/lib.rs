@@ -12,8 +12,9 @@
 
 pub mod daemon;
 pub mod https;
+pub mod ports;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -250,17 +251,6 @@ pub struct Swtpm {
     child: Option<Guarded>,
 }
 
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = first.local_addr().expect("addr").port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free loopback ports")
-}
-
 fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ready() {
@@ -281,7 +271,7 @@ impl Swtpm {
             .expect("temp dir");
         let mut tpm = Swtpm {
             state,
-            port: free_port_pair(),
+            port: ports::reserve(2),
             child: None,
         };
         tpm.restart();
