@@ -380,8 +380,14 @@ impl Service {
     }
 
     fn remember_adopted(&self, hash: Option<String>) {
-        if let Ok(mut adopted) = self.adopted_policy.write() {
-            *adopted = hash;
+        let changed = match self.adopted_policy.write() {
+            Ok(mut adopted) => std::mem::replace(&mut *adopted, hash.clone()) != hash,
+            Err(_) => false,
+        };
+        // Readiness must not say ready from its cache while admission
+        // already refuses.
+        if changed {
+            self.forget_readiness();
         }
     }
 
