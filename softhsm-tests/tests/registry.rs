@@ -216,16 +216,34 @@ fn revoking_a_key_marks_what_it_signed_and_sweeps_late_commits(regs: &[Arc<dyn R
         reg.credential(&late).unwrap().state,
         CredentialState::Active
     );
+    // Each sweep that moves something writes its audit entry with the move.
+    let sweep = || -> dojang::store::MovedAudit {
+        Box::new(|moved| common::decision(&format!("keys.revoke moved {moved}")))
+    };
+    let entries = reg.decision_count().unwrap();
     assert_eq!(
-        reg.mark_signed_by("kid-1", CredentialState::Suspended),
+        reg.mark_signed_by("kid-1", CredentialState::Suspended, sweep()),
         Ok(1)
     );
+    assert_eq!(reg.decision_count().unwrap(), entries + 1);
     assert_eq!(
         reg.credential(&late).unwrap().state,
         CredentialState::Suspended
     );
     // Revoke moves suspended ones too; a destroyed key cannot be revoked.
-    assert_eq!(reg.mark_signed_by("kid-1", CredentialState::Revoked), Ok(2));
+    assert_eq!(
+        reg.mark_signed_by("kid-1", CredentialState::Revoked, sweep()),
+        Ok(2)
+    );
+    assert_eq!(
+        reg.mark_signed_by("kid-1", CredentialState::Revoked, sweep()),
+        Ok(0)
+    );
+    assert_eq!(
+        reg.decision_count().unwrap(),
+        entries + 2,
+        "a sweep that moves nothing writes no entry"
+    );
     assert_eq!(
         reg.revoke_key(&revocation, common::decision("keys.revoke"))
             .map(|_| ()),
@@ -289,13 +307,24 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
     assert_eq!(listed[0].proposal.approvals.len(), 2);
     assert_eq!(listed[0].version, stored.version + 1);
     assert_eq!(a.proposal("p-nope").err(), Some(StoreError::NotFound));
-    // The CRL every node serves.
+    // The CRL every node serves, each version with its audit entry.
+    let entries = a.decision_count().unwrap();
     assert_eq!(a.crl(), Ok(None));
-    a.set_crl("-----BEGIN X509 CRL-----\n").unwrap();
+    a.set_crl("-----BEGIN X509 CRL-----\n", common::decision("pki.crl"))
+        .unwrap();
     assert_eq!(
         b.crl().unwrap().as_deref(),
         Some("-----BEGIN X509 CRL-----\n")
     );
+    assert_eq!(a.decision_count().unwrap(), entries + 1);
+    // A document stored only once: the loser writes neither it nor an entry.
+    let first = |reg: &Arc<dyn Registry>, body: &str| {
+        reg.set_document_if_absent("iaca.pem", body, common::decision("pki.iaca"))
+    };
+    assert_eq!(first(a, "root a"), Ok(true));
+    assert_eq!(first(b, "root b"), Ok(false));
+    assert_eq!(b.document("iaca.pem").unwrap().as_deref(), Some("root a"));
+    assert_eq!(a.decision_count().unwrap(), entries + 2);
 }
 
 fn pseudonym(n: u32) -> Pseudonym {

@@ -492,7 +492,22 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
             };
             let path = ceremony::refresh_crl(backend.as_ref(), pki_config, &revoked, now)?;
             if let Some(r) = &registry {
-                r.set_crl(&std::fs::read_to_string(&path)?)?;
+                let decision = dojang::store::DecisionRecord {
+                    node: "dojangctl".into(),
+                    at: now.unix_timestamp(),
+                    actor: "dojangctl pki crl".into(),
+                    action: "pki.crl".into(),
+                    outcome: "ok".into(),
+                    rule: Some(format!(
+                        "CRL listing {} revoked DS certificate(s), signed offline",
+                        revoked.len()
+                    )),
+                    policy_hash: r
+                        .document(dojang::store::POLICY_DOCUMENT)?
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                r.set_crl(&std::fs::read_to_string(&path)?, decision)?;
             }
             ceremony::CeremonyReport {
                 written: vec![path],

@@ -7,6 +7,7 @@
 //! registry transaction (row, quota, supersession, idempotency, decision) →
 //! respond. Nothing is returned before the commit is durable.
 
+use super::rfc3339;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use dojang_policies::resident_number::{Registrant, ResidentNumber};
@@ -17,7 +18,6 @@ use hyper::StatusCode;
 use pkcs11_shim::{ErrorClass, Jwk, public_key_from_jwk};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::problem::Problem;
 use super::seal::SealKey;
@@ -121,10 +121,6 @@ struct StateChangeRequest {
 
 /// A successful answer: status and JSON body.
 pub(crate) type Answer = Result<(StatusCode, Vec<u8>), Problem>;
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
 
 /// A JSON error message that never echoes a value from the body (values
 /// are personal data): unknown and missing fields are named, everything

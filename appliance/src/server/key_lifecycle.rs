@@ -888,7 +888,17 @@ impl Service {
                 )
             })
             .map_err(|e| format!("signing the CRL: {e}"))?;
-        self.registry.set_crl(&pem).map_err(store_problem)?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!(
+                "CRL listing {} revoked DS certificate(s), thisUpdate {}",
+                serials.len(),
+                super::rfc3339(this_update)
+            )),
+            ..self.decision("dojangd", "pki.crl", "ok", &self.current().policy.hash, now)
+        };
+        self.registry
+            .set_crl(&pem, decision)
+            .map_err(store_problem)?;
         // The file is a copy for `dojangctl` and people; the registry's is served.
         if let Err(e) = self.pki.write_crl(&pem) {
             tracing::warn!(error = %e, "writing the CRL file");
@@ -953,20 +963,23 @@ impl Service {
             if now - *at > REVOCATION_SWEEP {
                 continue;
             }
+            let decision =
+                self.key_decision("keys.revoke", to.as_str(), &key.record.label, &key.kid, now);
+            let label = key.record.label.clone();
             let changed = self
                 .registry
-                .mark_signed_by(&key.kid, to)
+                .mark_signed_by(
+                    &key.kid,
+                    to,
+                    Box::new(move |moved| crate::store::DecisionRecord {
+                        rule: Some(format!(
+                            "key {label}: {moved} more credentials signed during the revocation"
+                        )),
+                        ..decision.clone()
+                    }),
+                )
                 .map_err(store_problem)?;
             if changed > 0 {
-                let mut decision =
-                    self.key_decision("keys.revoke", to.as_str(), &key.record.label, &key.kid, now);
-                decision.rule = Some(format!(
-                    "key {}: {changed} more credentials signed during the revocation",
-                    key.record.label
-                ));
-                self.registry
-                    .record(decision, None)
-                    .map_err(store_problem)?;
                 self.status_changed();
             }
         }

@@ -60,6 +60,12 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
     })
 }
 
+/// A time as RFC 3339, the form answers and audit rules give times in.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn notify(state: &[NotifyState<'_>]) {
     // Outside systemd there is no socket and this does nothing.
     let _ = sd_notify::notify(false, state);

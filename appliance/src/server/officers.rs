@@ -4,12 +4,12 @@
 //! that records the last approval carries it out. Proposals live in the
 //! registry, so any node can take any step; each step is an audit entry.
 
+use super::rfc3339;
 use dojang_policies::{Policy, Role};
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::issue::{Answer, json_problem, store_problem};
 use super::problem::Problem;
@@ -48,10 +48,6 @@ struct PolicyBody {
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     operation: Operation,
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 fn forbidden(client: &str) -> Problem {
@@ -621,15 +617,12 @@ impl Service {
             }
             Operation::GenerateIaca => self.generate_iaca(now).map_err(failed)?,
             Operation::ChangePolicy { sha256 } => {
-                self.registry
-                    .set_document(POLICY_DOCUMENT, sha256)
-                    .map_err(store_problem)?;
                 let decision = crate::store::DecisionRecord {
                     rule: Some(format!("policy {sha256}: approved by officers")),
                     ..self.decision("dojangd", "policy.adopt", "ok", sha256, now)
                 };
                 self.registry
-                    .record(decision, None)
+                    .set_document(POLICY_DOCUMENT, sha256, decision)
                     .map_err(store_problem)?;
                 match self.reload(now) {
                     Ok(()) => format!("policy {sha256} adopted and loaded"),
@@ -671,15 +664,6 @@ impl Service {
             })
             .map_err(|e| format!("generating the IACA: {e}"))?;
         let pem = crate::pki::cert_pem(&der).map_err(|e| e.to_string())?;
-        // The first root stored wins; a concurrent generation on another
-        // node (the same token key, another certificate) gives up here.
-        if !self
-            .registry
-            .set_document_if_absent(IACA_DOCUMENT, &pem)
-            .map_err(|e| e.to_string())?
-        {
-            return Err("another node generated the IACA at the same time".into());
-        }
         let decision = crate::store::DecisionRecord {
             rule: Some(format!("IACA valid until {}", rfc3339(facts.not_after))),
             ..self.decision(
@@ -690,9 +674,15 @@ impl Service {
                 now,
             )
         };
-        self.registry
-            .record(decision, None)
-            .map_err(|e| e.to_string())?;
+        // The first root stored wins; a concurrent generation on another
+        // node (the same token key, another certificate) gives up here.
+        if !self
+            .registry
+            .set_document_if_absent(IACA_DOCUMENT, &pem, decision)
+            .map_err(|e| e.to_string())?
+        {
+            return Err("another node generated the IACA at the same time".into());
+        }
         self.reload(now).map_err(|e| e.0)?;
         let label = self.generate_key(
             crate::store::DS_CHAIN,

@@ -257,7 +257,7 @@ impl Service {
         let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
         self.check_policy_adopted(&policy, now)?;
-        let iaca = self.load_iaca()?.map(Arc::new);
+        let iaca = self.load_iaca(&policy.hash, now)?.map(Arc::new);
         self.import_existing_keys(now)?;
         let _ordered = self
             .key_swap
@@ -289,7 +289,11 @@ impl Service {
     /// The IACA certificate: the PKI directory's (`dojangctl pki init`),
     /// else the one officers had the daemon generate, else none yet (the
     /// daemon runs, not ready, until officers approve one).
-    pub(crate) fn load_iaca(&self) -> Result<Option<(Vec<u8>, CertFacts)>, LoadError> {
+    pub(crate) fn load_iaca(
+        &self,
+        policy_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<(Vec<u8>, CertFacts)>, LoadError> {
         let generated = self
             .registry
             .document(IACA_DOCUMENT)
@@ -315,9 +319,17 @@ impl Service {
                 Some(_) => {}
                 None => {
                     let pem = crate::pki::cert_pem(&der).map_err(|e| LoadError(e.to_string()))?;
+                    let decision = DecisionRecord {
+                        rule: Some(format!(
+                            "IACA from {}, valid until {}",
+                            self.pki.iaca_path().display(),
+                            super::rfc3339(facts.not_after)
+                        )),
+                        ..self.decision("dojangd", "pki.iaca", "ok", policy_hash, now)
+                    };
                     let _ = self
                         .registry
-                        .set_document_if_absent(IACA_DOCUMENT, &pem)
+                        .set_document_if_absent(IACA_DOCUMENT, &pem, decision)
                         .map_err(|e| LoadError(format!("registry: {e}")))?;
                 }
             }
@@ -345,22 +357,17 @@ impl Service {
             // First start: the first node to get here adopts its file; a
             // node starting with it reads back what won.
             None => {
-                if self
+                let decision = DecisionRecord {
+                    rule: Some(format!(
+                        "policy {} {}: first start",
+                        policy.name, policy.version
+                    )),
+                    ..self.decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
+                };
+                let _ = self
                     .registry
-                    .set_document_if_absent(POLICY_DOCUMENT, &policy.hash)
-                    .map_err(|e| LoadError(format!("registry: {e}")))?
-                {
-                    let decision = DecisionRecord {
-                        rule: Some(format!(
-                            "policy {} {}: first start",
-                            policy.name, policy.version
-                        )),
-                        ..self.decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
-                    };
-                    self.registry
-                        .record(decision, None)
-                        .map_err(|e| LoadError(format!("writing the audit log: {e}")))?;
-                }
+                    .set_document_if_absent(POLICY_DOCUMENT, &policy.hash, decision)
+                    .map_err(|e| LoadError(format!("registry: {e}")))?;
                 self.registry
                     .document(POLICY_DOCUMENT)
                     .map_err(|e| LoadError(format!("registry: {e}")))?

@@ -6,6 +6,10 @@
 use time::OffsetDateTime;
 
 use super::{CredentialState, DecisionRecord, StoreError};
+
+/// The audit entry for credentials moved by a key's revocation, given how
+/// many moved (known only inside the transaction).
+pub type MovedAudit = Box<dyn Fn(u64) -> DecisionRecord + Send>;
 use crate::keys::approvals::Proposal;
 use crate::keys::lifecycle::{KeyRecord, KeyState};
 
@@ -100,8 +104,14 @@ pub trait KeyRegistry {
     fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
     /// Moves credentials signed by `kid` that are still in a source state of
     /// `to` (see `revocation_sources`) to `to`; how many. For what was
-    /// signed with a key while its revocation committed.
-    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError>;
+    /// signed with a key while its revocation committed. When any moved,
+    /// `audit(how many)` is recorded in the same transaction.
+    fn mark_signed_by(
+        &self,
+        kid: &str,
+        to: CredentialState,
+        audit: MovedAudit,
+    ) -> Result<u64, StoreError>;
     /// Stores a new proposal (`version` is ignored).
     fn add_proposal(&self, proposal: &Proposal, decision: DecisionRecord)
     -> Result<(), StoreError>;
@@ -118,20 +128,31 @@ pub trait KeyRegistry {
     /// Proposals newest first, at most `limit`.
     fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError>;
     /// Replaces a document every node shares ([`CRL_DOCUMENT`],
-    /// [`POLICY_DOCUMENT`]).
-    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError>;
+    /// [`POLICY_DOCUMENT`]), with its audit entry in the same transaction.
+    fn set_document(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError>;
     /// Stores a shared document unless one of that name exists; whether
-    /// this call stored it (the first of several nodes wins).
-    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError>;
+    /// this call stored it (the first of several nodes wins). The audit
+    /// entry is recorded with it, and only if it was stored.
+    fn set_document_if_absent(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<bool, StoreError>;
     /// A shared document, if the registry has it.
     fn document(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The current CRL (PEM), if one was issued.
     fn crl(&self) -> Result<Option<String>, StoreError> {
         self.document(CRL_DOCUMENT)
     }
-    /// Replaces the current CRL.
-    fn set_crl(&self, pem: &str) -> Result<(), StoreError> {
-        self.set_document(CRL_DOCUMENT, pem)
+    /// Replaces the current CRL, with its audit entry.
+    fn set_crl(&self, pem: &str, decision: DecisionRecord) -> Result<(), StoreError> {
+        self.set_document(CRL_DOCUMENT, pem, decision)
     }
 }
 

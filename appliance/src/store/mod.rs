@@ -19,7 +19,7 @@ use std::fmt;
 
 pub use self::keyring::{
     AUDIT_CHAIN, CHAINS, CRL_DOCUMENT, DS_CHAIN, IACA_DOCUMENT, KeyRegistry, KeyRevocation,
-    POLICY_DOCUMENT, STATUS_CHAIN, StoredKey, StoredProposal, revoked_serials,
+    MovedAudit, POLICY_DOCUMENT, STATUS_CHAIN, StoredKey, StoredProposal, revoked_serials,
 };
 pub use self::postgres::PostgresRegistry;
 pub use self::sqlite::SqliteRegistry;

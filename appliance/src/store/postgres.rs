@@ -1149,8 +1149,19 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
-    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
-        self.with_tx(|tx| mark_credentials(tx, kid, to))
+    fn mark_signed_by(
+        &self,
+        kid: &str,
+        to: CredentialState,
+        audit: keyring::MovedAudit,
+    ) -> Result<u64, StoreError> {
+        self.with_tx(|tx| {
+            let moved = mark_credentials(tx, kid, to)?;
+            if moved > 0 {
+                insert_decision(tx, &audit(moved), None, None)?;
+            }
+            Ok(moved)
+        })
     }
 
     fn add_proposal(
@@ -1216,7 +1227,12 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
-    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError> {
+    fn set_document(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
         self.with_tx(|tx| {
             let _ = tx
                 .execute(
@@ -1225,18 +1241,28 @@ impl KeyRegistry for PostgresRegistry {
                     &[&name, &body],
                 )
                 .map_err(map_err)?;
-            Ok(())
+            insert_decision(tx, &decision, None, None)
         })
     }
 
-    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError> {
+    fn set_document_if_absent(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<bool, StoreError> {
         self.with_tx(|tx| {
-            tx.execute(
-                "INSERT INTO pki_documents (name, body) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                &[&name, &body],
-            )
-            .map(|n| n == 1)
-            .map_err(map_err)
+            let stored = tx
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &body],
+                )
+                .map_err(map_err)?
+                == 1;
+            if stored {
+                insert_decision(tx, &decision, None, None)?;
+            }
+            Ok(stored)
         })
     }
 

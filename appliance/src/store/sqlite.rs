@@ -1096,9 +1096,20 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
-    fn mark_signed_by(&self, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
+    fn mark_signed_by(
+        &self,
+        kid: &str,
+        to: CredentialState,
+        audit: keyring::MovedAudit,
+    ) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
-        self.write(move |conn| mark_credentials(conn, &kid, to))
+        self.write(move |conn| {
+            let moved = mark_credentials(conn, &kid, to)?;
+            if moved > 0 {
+                insert_decision(conn, &audit(moved), None, None)?;
+            }
+            Ok(moved)
+        })
     }
 
     fn add_proposal(
@@ -1177,7 +1188,12 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
-    fn set_document(&self, name: &str, body: &str) -> Result<(), StoreError> {
+    fn set_document(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
         let (name, body) = (name.to_owned(), body.to_owned());
         self.write(move |conn| {
             let _ = conn
@@ -1187,19 +1203,29 @@ impl KeyRegistry for SqliteRegistry {
                     params![name, body],
                 )
                 .map_err(map_err)?;
-            Ok(())
+            insert_decision(conn, &decision, None, None)
         })
     }
 
-    fn set_document_if_absent(&self, name: &str, body: &str) -> Result<bool, StoreError> {
+    fn set_document_if_absent(
+        &self,
+        name: &str,
+        body: &str,
+        decision: DecisionRecord,
+    ) -> Result<bool, StoreError> {
         let (name, body) = (name.to_owned(), body.to_owned());
         self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO pki_documents (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-                params![name, body],
-            )
-            .map(|n| n == 1)
-            .map_err(map_err)
+            let stored = conn
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    params![name, body],
+                )
+                .map_err(map_err)?
+                == 1;
+            if stored {
+                insert_decision(conn, &decision, None, None)?;
+            }
+            Ok(stored)
         })
     }
 
