@@ -785,3 +785,35 @@ fn postgres_tls_is_verified_when_required() {
     };
     assert!(e.to_string().to_lowercase().contains("tls"), "{e}");
 }
+
+#[test]
+fn a_new_sqlite_registry_uses_small_pages_and_durable_wal() {
+    let (dir, _reg) = sqlite();
+    let db = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
+    let pragma = |name: &str| -> String {
+        db.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| format!("{v:?}"))
+        .unwrap()
+    };
+    assert_eq!(pragma("page_size"), "Integer(1024)");
+    assert_eq!(pragma("journal_mode"), "Text(\"wal\")");
+}
+
+#[test]
+fn a_revoked_key_s_credentials_are_found_by_index() {
+    let (dir, _reg) = sqlite();
+    let db = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
+    let plan: Vec<String> = db
+        .prepare("EXPLAIN QUERY PLAN UPDATE credentials SET state = 'revoked' WHERE kid = ?1 AND state = ?2")
+        .unwrap()
+        .query_map(["kid-1", "active"], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        plan.iter().any(|step| step.contains("credentials_by_key")),
+        "{plan:?}"
+    );
+}

@@ -142,6 +142,9 @@ const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL
     );
     CREATE TABLE pki_documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
+    // 6: an emergency revocation, and its sweeps every 10 s for 10 minutes,
+    // find a key's credentials by index, not by scanning the registry.
+    "CREATE INDEX credentials_by_key ON credentials (kid, state);",
 ];
 
 /// The registry in a PostgreSQL database (or schema).
