@@ -39,7 +39,7 @@ fn main() {
 
     // The raw baseline: bare cryptoki, 2 threads, this machine, this run.
     let (token, config) = common::token_with_ds_key("bench-ds");
-    let raw = || {
+    let raw = |seconds| {
         raw_sign_rate(
             &RawBenchmark {
                 module: config.module.clone(),
@@ -47,13 +47,25 @@ fn main() {
                 pin: SecretString::from(softhsm_tests::USER_PIN),
                 key_label: "bench-ds".into(),
                 threads: 2,
-                duration: Duration::from_secs(3),
+                duration: Duration::from_secs(seconds),
             },
             &[0x5a; 256],
         )
         .expect("raw run")
     };
-    let raw_before = raw();
+    // The ceiling the token alone sets: an issuance's HSM work and nothing
+    // else, interleaved with raw runs (this VM's speed drifts), medians.
+    let (mut raws, mut ceilings) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        raws.push(raw(2));
+        ceilings.push(common::hsm_work_per_issuance_rate(
+            &config,
+            "bench-ds",
+            "bench-pseudonym",
+            Duration::from_secs(2),
+        ));
+    }
+    let (raw_before, hsm_ceiling) = (common::median(raws), common::median(ceilings));
 
     // DOJANG_LOAD_STORE=postgres: the registry in a fresh schema of the
     // local PostgreSQL instead of SQLite.
@@ -106,7 +118,7 @@ fn main() {
     let mut half = load(&target, half_bodies, connections, duration, Some(half_rate));
     let rss_peak = rss_kib(pid, "VmHWM:");
     drop(d);
-    let raw_after = raw();
+    let raw_after = raw(3);
     drop(schema);
     // What the audit entry's SQL adds to an issuance's transaction, this run
     // (measured on SQLite).
@@ -160,6 +172,18 @@ fn main() {
         "  daemon RSS: {:.1} MiB idle, {:.1} MiB peak",
         rss_idle as f64 / 1024.0,
         rss_peak as f64 / 1024.0
+    );
+    println!(
+        "  HSM work of one issuance alone (signature + pseudonym HMAC through the shim, 2 threads): {hsm_ceiling:.0}/s = {:.2} of the raw rate before it, the ceiling before TLS, JSON, CBOR and the store",
+        hsm_ceiling / raw_before
+    );
+    // What the target leaves for everything but the HSM, on two cores.
+    let budget_us = 2e6 / (0.5 * raw_rate);
+    let hsm_us = 2e6 / hsm_ceiling;
+    println!(
+        "  at 0.5 x raw the two cores allow {budget_us:.0} µs of CPU per issuance; its HSM work takes {hsm_us:.0} µs of it, leaving {:.0} µs for TLS, HTTP, JSON, CBOR, the store and the audit entry (this run's daemon spent {:.0} µs on them)",
+        budget_us - hsm_us,
+        per_issuance_us - hsm_us
     );
     println!(
         "  ratio throughput / raw 2-thread rate: {:.2}  (target >= 0.50)",

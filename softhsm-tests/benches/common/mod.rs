@@ -107,3 +107,39 @@ pub(crate) fn audit_sql_cpu_us() -> (f64, f64) {
     };
     (run(true), run(false))
 }
+
+/// The most issuances a second the token itself allows, whatever else an
+/// issuance costs: two threads doing, through the shim, the HSM work of one
+/// issuance (a document signature and the holder pseudonym's HMAC) and
+/// nothing else. Generates the HMAC key `hmac_label` on the token if absent.
+pub(crate) fn hsm_work_per_issuance_rate(
+    config: &Pkcs11Config,
+    ds_label: &str,
+    hmac_label: &str,
+    duration: Duration,
+) -> f64 {
+    let backend = Pkcs11Backend::open(config.clone()).expect("open token");
+    if backend.hmac_sha256(hmac_label, b"probe").is_err() {
+        let _ = backend
+            .generate(hmac_label, KeyPurpose::Pseudonym, Algorithm::HmacSha256)
+            .expect("generate the HMAC key");
+    }
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            let _ = scope.spawn(|| {
+                let mut n = 0u64;
+                while start.elapsed() < duration {
+                    let _ = backend
+                        .hmac_sha256(hmac_label, b"9001011234567")
+                        .expect("hmac");
+                    let _ = backend.sign(ds_label, &[0x5a; 256]).expect("sign");
+                    n += 1;
+                }
+                let _ = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
