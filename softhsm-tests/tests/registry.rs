@@ -310,13 +310,30 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
     // The CRL every node serves, each version with its audit entry.
     let entries = a.decision_count().unwrap();
     assert_eq!(a.crl(), Ok(None));
-    a.set_crl("-----BEGIN X509 CRL-----\n", common::decision("pki.crl"))
+    let crl = |n: u32| format!("-----BEGIN X509 CRL-----\n{n}\n");
+    a.set_crl(&crl(1), None, common::decision("pki.crl"))
+        .unwrap();
+    assert_eq!(b.crl().unwrap(), Some(crl(1)));
+    // A node that read no CRL, or an older one, cannot put its own there.
+    let stale = StoreError::Conflict {
+        rule: dojang::store::CRL_CONCURRENT,
+    };
+    assert_eq!(
+        b.set_crl(&crl(2), None, common::decision("pki.crl")),
+        Err(stale.clone())
+    );
+    b.set_crl(&crl(2), Some(&crl(1)), common::decision("pki.crl"))
         .unwrap();
     assert_eq!(
-        b.crl().unwrap().as_deref(),
-        Some("-----BEGIN X509 CRL-----\n")
+        a.set_crl(&crl(3), Some(&crl(1)), common::decision("pki.crl")),
+        Err(stale)
     );
-    assert_eq!(a.decision_count().unwrap(), entries + 1);
+    assert_eq!(a.crl().unwrap(), Some(crl(2)));
+    assert_eq!(
+        a.decision_count().unwrap(),
+        entries + 2,
+        "refused writes log nothing"
+    );
     // A document stored only once: the loser writes neither it nor an entry.
     let first = |reg: &Arc<dyn Registry>, body: &str| {
         reg.set_document_if_absent("iaca.pem", body, common::decision("pki.iaca"))
@@ -324,7 +341,7 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
     assert_eq!(first(a, "root a"), Ok(true));
     assert_eq!(first(b, "root b"), Ok(false));
     assert_eq!(b.document("iaca.pem").unwrap().as_deref(), Some("root a"));
-    assert_eq!(a.decision_count().unwrap(), entries + 2);
+    assert_eq!(a.decision_count().unwrap(), entries + 3);
 }
 
 fn pseudonym(n: u32) -> Pseudonym {

@@ -507,7 +507,12 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
                         .unwrap_or_default(),
                     ..Default::default()
                 };
-                r.set_crl(&std::fs::read_to_string(&path)?, decision)?;
+                let replaces = r.crl()?;
+                r.set_crl(
+                    &std::fs::read_to_string(&path)?,
+                    replaces.as_deref(),
+                    decision,
+                )?;
             }
             ceremony::CeremonyReport {
                 written: vec![path],

@@ -856,10 +856,9 @@ impl Service {
         let serials = revoked_serials(&keys).map_err(store_problem)?;
         // CRL numbers come from thisUpdate: after the stored CRL's (whoever
         // signed it), never twice the same second.
-        let stored = self
-            .registry
-            .crl()
-            .map_err(store_problem)?
+        let previous = self.registry.crl().map_err(store_problem)?;
+        let stored = previous
+            .as_deref()
             .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
             .and_then(|crl| {
                 let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
@@ -896,9 +895,18 @@ impl Service {
             )),
             ..self.decision("dojangd", "pki.crl", "ok", &self.current().policy.hash, now)
         };
-        self.registry
-            .set_crl(&pem, decision)
-            .map_err(store_problem)?;
+        // Stored only over the CRL its number follows: a node that lost the
+        // lease mid-round cannot put a second CRL in the same place.
+        match self.registry.set_crl(&pem, previous.as_deref(), decision) {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // The next round checks that what the other node stored lists
+                // every revoked key.
+                tracing::info!("another node stored a CRL first; this one is dropped");
+                return Ok(());
+            }
+            Err(e) => return Err(store_problem(e)),
+        }
         // The file is a copy for `dojangctl` and people; the registry's is served.
         if let Err(e) = self.pki.write_crl(&pem) {
             tracing::warn!(error = %e, "writing the CRL file");

@@ -7,6 +7,9 @@ use time::OffsetDateTime;
 
 use super::{CredentialState, DecisionRecord, StoreError};
 
+/// The rule a CRL write refuses under when another CRL was stored meanwhile.
+pub const CRL_CONCURRENT: &str = "pki.crl_concurrent";
+
 /// The audit entry for credentials moved by a key's revocation, given how
 /// many moved (known only inside the transaction).
 pub type MovedAudit = Box<dyn Fn(u64) -> DecisionRecord + Send>;
@@ -150,10 +153,16 @@ pub trait KeyRegistry {
     fn crl(&self) -> Result<Option<String>, StoreError> {
         self.document(CRL_DOCUMENT)
     }
-    /// Replaces the current CRL, with its audit entry.
-    fn set_crl(&self, pem: &str, decision: DecisionRecord) -> Result<(), StoreError> {
-        self.set_document(CRL_DOCUMENT, pem, decision)
-    }
+    /// Replaces the CRL `replaces` (`None`: there was none) with `pem`,
+    /// with its audit entry. A node that read an older CRL than the stored
+    /// one (another node published meanwhile) gets `Conflict`: two CRLs
+    /// never take the same place, whichever node believed it led.
+    fn set_crl(
+        &self,
+        pem: &str,
+        replaces: Option<&str>,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError>;
 }
 
 /// The serial numbers of revoked keys' certificates (for the CRL); an

@@ -1248,6 +1248,44 @@ impl KeyRegistry for PostgresRegistry {
         })
     }
 
+    fn set_crl(
+        &self,
+        pem: &str,
+        replaces: Option<&str>,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let stored: Option<String> = tx
+                .query_opt(
+                    "SELECT body FROM pki_documents WHERE name = $1 FOR UPDATE",
+                    &[&keyring::CRL_DOCUMENT],
+                )
+                .map_err(map_err)?
+                .map(|r| r.get(0));
+            if stored.as_deref() != replaces {
+                return Err(StoreError::Conflict {
+                    rule: keyring::CRL_CONCURRENT,
+                });
+            }
+            // Two first CRLs at once: the primary key lets one in, and the
+            // other's DO NOTHING is refused below.
+            let written = tx
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET body = excluded.body
+                     WHERE $3::TEXT IS NOT NULL",
+                    &[&keyring::CRL_DOCUMENT, &pem, &replaces],
+                )
+                .map_err(map_err)?;
+            if written != 1 {
+                return Err(StoreError::Conflict {
+                    rule: keyring::CRL_CONCURRENT,
+                });
+            }
+            insert_decision(tx, &decision, None, None)
+        })
+    }
+
     fn set_document_if_absent(
         &self,
         name: &str,

@@ -1214,6 +1214,38 @@ impl KeyRegistry for SqliteRegistry {
         })
     }
 
+    fn set_crl(
+        &self,
+        pem: &str,
+        replaces: Option<&str>,
+        decision: DecisionRecord,
+    ) -> Result<(), StoreError> {
+        let (pem, replaces) = (pem.to_owned(), replaces.map(str::to_owned));
+        self.write(move |conn| {
+            let stored: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM pki_documents WHERE name = ?1",
+                    params![keyring::CRL_DOCUMENT],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if stored != replaces {
+                return Err(StoreError::Conflict {
+                    rule: keyring::CRL_CONCURRENT,
+                });
+            }
+            let _ = conn
+                .execute(
+                    "INSERT INTO pki_documents (name, body) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                    params![keyring::CRL_DOCUMENT, pem],
+                )
+                .map_err(map_err)?;
+            insert_decision(conn, &decision, None, None)
+        })
+    }
+
     fn set_document_if_absent(
         &self,
         name: &str,
