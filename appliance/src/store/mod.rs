@@ -12,6 +12,7 @@
 //! in the HSM, phones are JWK thumbprints.
 
 mod keyring;
+mod pg_connection;
 mod postgres;
 mod sqlite;
 

@@ -7,9 +7,9 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use super::pg_connection::{Connection, Tx};
 use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
-use postgres::{Client, Transaction};
 use postgres_openssl::MakeTlsConnector;
 
 use crate::keys::lifecycle::KeyState;
@@ -152,7 +152,7 @@ pub struct PostgresRegistry {
     config: postgres::Config,
     /// `None`: plain text, only to a Unix socket or the loopback interface.
     tls: Option<MakeTlsConnector>,
-    pool: Mutex<Vec<Client>>,
+    pool: Mutex<Vec<Connection>>,
     max_idle: usize,
 }
 
@@ -261,7 +261,7 @@ impl PostgresRegistry {
 
     /// A new connection whose statements and lock waits are bounded: a
     /// stuck lock or a split network must fail a request, not hang it.
-    fn connect(&self) -> Result<Client, StoreError> {
+    fn connect(&self) -> Result<Connection, StoreError> {
         let mut client = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(postgres::NoTls),
@@ -270,7 +270,7 @@ impl PostgresRegistry {
         client
             .batch_execute("SET statement_timeout = '10s'; SET lock_timeout = '5s'")
             .map_err(map_err)?;
-        Ok(client)
+        Ok(Connection::new(client))
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -307,7 +307,7 @@ impl PostgresRegistry {
     /// connection goes back to the pool only if it is still healthy.
     fn with_tx<R>(
         &self,
-        mut f: impl FnMut(&mut Transaction<'_>) -> Result<R, StoreError>,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut attempt = 0;
         loop {
@@ -343,7 +343,7 @@ impl PostgresRegistry {
 /// Queues the decision for the log (inside the caller's transaction): durable
 /// with what it records; the sequencer gives it its place.
 fn insert_decision(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     d: &DecisionRecord,
     credential: Option<&str>,
     holder: Option<&Pseudonym>,
@@ -379,7 +379,7 @@ const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e71; // not the migration lock
 /// Decisions placed per sequencer transaction.
 const SEQUENCE_BATCH: i64 = 5000;
 
-fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
+fn sequence(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
     let locked: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
         .map_err(map_err)?
@@ -403,11 +403,6 @@ fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let mut next_node_seq: std::collections::HashMap<String, i64> = Default::default();
-    let insert = tx
-        .prepare(
-            "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .map_err(map_err)?;
     let mut ids = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         ids.push(row.get::<_, i64>(0));
@@ -448,7 +443,10 @@ fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
         let leaf = crate::audit::merkle::leaf_hash(&entry).to_vec();
         let seq = size + i as i64;
         let _ = tx
-            .execute(&insert, &[&seq, &node, &node_seq, &entry, &leaf])
+            .execute(
+                "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",
+                &[&seq, &node, &node_seq, &entry, &leaf],
+            )
             .map_err(map_err)?;
     }
     let _ = tx
@@ -464,7 +462,7 @@ fn sequence(tx: &mut Transaction<'_>) -> Result<u64, StoreError> {
     Ok(placed as u64)
 }
 
-fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError> {
+fn meta(tx: &mut Tx<'_>, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
         .query_opt(
             "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until, document_expiry,
@@ -493,7 +491,7 @@ fn meta(tx: &mut Transaction<'_>, id: &str) -> Result<CredentialMeta, StoreError
 }
 
 fn lookup_idempotency(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     client: &str,
     key: &IdempotencyKey,
 ) -> Result<Option<Vec<u8>>, StoreError> {
@@ -513,7 +511,7 @@ fn lookup_idempotency(
 /// Takes one free copy for `holder` if the holder never had one and any
 /// shard has room: a random unlocked shard first (`SKIP LOCKED`), then, if
 /// all are busy, waiting on one that still has room.
-fn take_free_copy(tx: &mut Transaction<'_>, holder: &Pseudonym) -> Result<bool, StoreError> {
+fn take_free_copy(tx: &mut Tx<'_>, holder: &Pseudonym) -> Result<bool, StoreError> {
     let had_one = tx
         .query_opt(
             "SELECT 1 FROM credentials WHERE holder = $1 AND free_copy",
@@ -970,11 +968,7 @@ const KEY_COLUMNS: &str = "label, chain, kid, state, created_at, activate_at, ce
     cert_not_after, signatures, last_valid_until, revoked_reason, revoked_at, public_key";
 
 /// Moves what `kid` signed from the source states of `to` to `to`.
-fn mark_credentials(
-    tx: &mut Transaction<'_>,
-    kid: &str,
-    to: CredentialState,
-) -> Result<u64, StoreError> {
+fn mark_credentials(tx: &mut Tx<'_>, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
     let from: Vec<&str> = keyring::revocation_sources(to).to_vec();
     tx.execute(
         "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = ANY($3)",
