@@ -24,13 +24,14 @@ pub fn reserve(count: u16) -> u16 {
     let _ = counter
         .read_to_string(&mut text)
         .expect("read the port counter");
-    let mut next = text.trim().parse::<u16>().unwrap_or(FIRST);
+    let mut next = text.trim().parse::<u32>().unwrap_or(0);
     for _ in 0..(END - FIRST) {
-        if next < FIRST || next + count > END {
-            next = FIRST;
+        // Whatever the file held, the port tried is in FIRST..END.
+        if next < u32::from(FIRST) || next.saturating_add(u32::from(count)) > u32::from(END) {
+            next = u32::from(FIRST);
         }
-        let first = next;
-        next += count;
+        let first = next as u16;
+        next += u32::from(count);
         if (first..first + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             counter.set_len(0).expect("truncate the port counter");
             let _ = counter.seek(SeekFrom::Start(0)).expect("seek");
@@ -42,7 +43,12 @@ pub fn reserve(count: u16) -> u16 {
 }
 
 fn counter_file() -> File {
-    let path = std::env::temp_dir().join("dojang-test-ports");
+    // One counter per user: another user's file would not be writable.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let path = std::env::temp_dir().join(format!("dojang-test-ports-{uid}"));
     OpenOptions::new()
         .read(true)
         .write(true)
