@@ -275,6 +275,11 @@ impl PostgresRegistry {
 
     fn migrate(&self) -> Result<(), StoreError> {
         self.with_tx(|tx| {
+            // A migration may build an index over every credential, and a
+            // node starting meanwhile waits for it: neither may time out
+            // the way a request does.
+            tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+                .map_err(map_err)?;
             let _ = tx
                 .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .map_err(map_err)?;
