@@ -450,6 +450,15 @@ fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credential
     assert_eq!(reply.status, 201, "{}", reply.json());
     assert_eq!(reply.json()["key_label"], label.as_str());
     assert_eq!(d.ops_client().get("/readyz").status, 200);
+    // An offline CRL (`dojangctl pki crl`) follows the stored one: later
+    // (its number is its thisUpdate), listing the same key, and served
+    // once the daemon reads its keys again (an officer step here).
+    let _ = d.ctl(&["pki", "crl"]);
+    let _ = d.rotate_now();
+    let offline = openssl::x509::X509Crl::from_pem(&public.get("/iaca.crl").body).unwrap();
+    assert!(offline.last_update() > crl.last_update());
+    assert!(offline.verify(&iaca.public_key().unwrap()).unwrap());
+    assert_eq!(softhsm_tests::crl_serials(&offline), listed);
 }
 
 #[test]

@@ -459,6 +459,44 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// Signs the CRL that follows the registry's (listing every key revoked
+/// through the daemon) and stores it there, then writes the file copy.
+fn crl_into_registry(
+    backend: &dyn pkcs11_shim::KeyBackend,
+    pki_config: &dojang::pki::PkiConfig,
+    registry: &dyn dojang::store::Registry,
+    now: OffsetDateTime,
+) -> anyhow::Result<std::path::PathBuf> {
+    let previous = registry.crl()?;
+    let revoked = dojang::store::revoked_serials(&registry.keys()?)?;
+    let this_update = ceremony::next_crl_update(previous.as_deref(), now)?;
+    let store = dojang::pki::PkiStore::new(&pki_config.dir);
+    let (iaca_der, _) = store.iaca()?;
+    let pem = ceremony::crl_now(backend, pki_config, &iaca_der, &revoked, this_update)?;
+    let decision = dojang::store::DecisionRecord {
+        node: "dojangctl".into(),
+        at: now.unix_timestamp(),
+        actor: "dojangctl pki crl".into(),
+        action: "pki.crl".into(),
+        outcome: "ok".into(),
+        rule: Some(format!(
+            "CRL listing {} revoked DS certificate(s), signed offline",
+            revoked.len()
+        )),
+        policy_hash: registry
+            .document(dojang::store::POLICY_DOCUMENT)?
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    match registry.set_crl(&pem, previous.as_deref(), decision) {
+        Err(dojang::store::StoreError::Conflict { .. }) => {
+            anyhow::bail!("another CRL was published while this one was signed; run again")
+        }
+        other => other?,
+    }
+    Ok(store.write_crl(&pem)?)
+}
+
 fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
     let pki_config = config.pki().map_err(anyhow::Error::msg)?;
     let now = OffsetDateTime::now_utc();
@@ -486,34 +524,10 @@ fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
                 Some(_) => Some(dojang::server::open_registry(config)?),
                 None => None,
             };
-            let revoked = match &registry {
-                Some(r) => dojang::store::revoked_serials(&r.keys()?)?,
-                None => Vec::new(),
+            let path = match &registry {
+                None => ceremony::refresh_crl(backend.as_ref(), pki_config, &[], now)?,
+                Some(r) => crl_into_registry(backend.as_ref(), pki_config, r.as_ref(), now)?,
             };
-            let path = ceremony::refresh_crl(backend.as_ref(), pki_config, &revoked, now)?;
-            if let Some(r) = &registry {
-                let decision = dojang::store::DecisionRecord {
-                    node: "dojangctl".into(),
-                    at: now.unix_timestamp(),
-                    actor: "dojangctl pki crl".into(),
-                    action: "pki.crl".into(),
-                    outcome: "ok".into(),
-                    rule: Some(format!(
-                        "CRL listing {} revoked DS certificate(s), signed offline",
-                        revoked.len()
-                    )),
-                    policy_hash: r
-                        .document(dojang::store::POLICY_DOCUMENT)?
-                        .unwrap_or_default(),
-                    ..Default::default()
-                };
-                let replaces = r.crl()?;
-                r.set_crl(
-                    &std::fs::read_to_string(&path)?,
-                    replaces.as_deref(),
-                    decision,
-                )?;
-            }
             ceremony::CeremonyReport {
                 written: vec![path],
                 generated: Vec::new(),

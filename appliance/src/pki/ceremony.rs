@@ -162,7 +162,28 @@ pub fn refresh_crl(
 ) -> Result<PathBuf, PkiError> {
     let store = PkiStore::new(&config.dir);
     let (iaca_der, _) = store.iaca()?;
-    store.write_crl(&crl_now(backend, config, &iaca_der, revoked, now)?)
+    let previous = std::fs::read_to_string(store.crl_path()).ok();
+    let this_update = next_crl_update(previous.as_deref(), now)?;
+    store.write_crl(&crl_now(backend, config, &iaca_der, revoked, this_update)?)
+}
+
+/// The thisUpdate of the CRL that follows `previous`: now, or a second
+/// after the previous one's if that is not in the past. The CRL number
+/// comes from it, so numbers only grow, whichever node or tool signs.
+pub fn next_crl_update(
+    previous: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, PkiError> {
+    let stored = previous
+        .and_then(|pem| openssl::x509::X509Crl::from_pem(pem.as_bytes()).ok())
+        .and_then(|crl| {
+            let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+            let diff = epoch.diff(crl.last_update()).ok()?;
+            Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+        })
+        .unwrap_or(0);
+    OffsetDateTime::from_unix_timestamp(now.unix_timestamp().max(stored + 1))
+        .map_err(|e| PkiError::Invalid(format!("CRL time: {e}")))
 }
 
 /// A CRL (PEM) signed now by the IACA key, listing `revoked` serials.

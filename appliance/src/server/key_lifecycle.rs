@@ -139,6 +139,18 @@ fn cert_public_key(der: &[u8]) -> Result<PublicKey, String> {
     PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
 }
 
+/// Signing attempts for one CRL when others keep being stored first.
+const CRL_ATTEMPTS: usize = 3;
+
+/// What one attempt to publish a CRL did.
+enum CrlOutcome {
+    Stored,
+    /// No IACA and nothing revoked: there is nothing to sign yet.
+    NothingToSign,
+    /// Another CRL was stored after this one's predecessor was read.
+    Raced,
+}
+
 fn store_problem(e: StoreError) -> String {
     format!("registry: {e}")
 }
@@ -852,25 +864,33 @@ impl Service {
 
     /// Signs a CRL listing every revoked key and stores it for all nodes.
     fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
+        // Another CRL stored meanwhile (the lifecycle thread and a
+        // revocation on this node, or a node that still thinks it leads):
+        // read both again and sign what is now true.
+        for _ in 0..CRL_ATTEMPTS {
+            match self.try_publish_crl(now)? {
+                CrlOutcome::Stored | CrlOutcome::NothingToSign => return Ok(()),
+                CrlOutcome::Raced => {
+                    tracing::info!("another CRL was stored meanwhile; signing again");
+                }
+            }
+        }
+        Err(format!(
+            "the CRL was replaced {CRL_ATTEMPTS} times while this node signed one; the next round tries again"
+        ))
+    }
+
+    fn try_publish_crl(&self, now: OffsetDateTime) -> Result<CrlOutcome, String> {
+        // The CRL it replaces is read before the keys: one signed from an
+        // older key list can then never replace one that lists more.
+        let previous = self.registry.crl().map_err(store_problem)?;
         let keys = self.registry.keys().map_err(store_problem)?;
         let serials = revoked_serials(&keys).map_err(store_problem)?;
-        // CRL numbers come from thisUpdate: after the stored CRL's (whoever
-        // signed it), never twice the same second.
-        let previous = self.registry.crl().map_err(store_problem)?;
-        let stored = previous
-            .as_deref()
-            .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
-            .and_then(|crl| {
-                let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
-                let diff = epoch.diff(crl.last_update()).ok()?;
-                Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
-            })
-            .unwrap_or(0);
-        let second = now.unix_timestamp().max(stored + 1);
-        let this_update = OffsetDateTime::from_unix_timestamp(second).map_err(|e| e.to_string())?;
+        let this_update =
+            ceremony::next_crl_update(previous.as_deref(), now).map_err(|e| e.to_string())?;
         let Some(iaca) = self.current().iaca.clone() else {
             return if serials.is_empty() {
-                Ok(()) // no IACA yet, nothing to list
+                Ok(CrlOutcome::NothingToSign) // no IACA yet, nothing to list
             } else {
                 Err("revoked DS keys but no IACA loaded to sign their CRL".into())
             };
@@ -895,23 +915,17 @@ impl Service {
             )),
             ..self.decision("dojangd", "pki.crl", "ok", &self.current().policy.hash, now)
         };
-        // Stored only over the CRL its number follows: a node that lost the
-        // lease mid-round cannot put a second CRL in the same place.
+        // Stored only over the CRL its number follows.
         match self.registry.set_crl(&pem, previous.as_deref(), decision) {
             Ok(()) => {}
-            Err(StoreError::Conflict { .. }) => {
-                // The next round checks that what the other node stored lists
-                // every revoked key.
-                tracing::info!("another node stored a CRL first; this one is dropped");
-                return Ok(());
-            }
+            Err(StoreError::Conflict { .. }) => return Ok(CrlOutcome::Raced),
             Err(e) => return Err(store_problem(e)),
         }
         // The file is a copy for `dojangctl` and people; the registry's is served.
         if let Err(e) = self.pki.write_crl(&pem) {
             tracing::warn!(error = %e, "writing the CRL file");
         }
-        Ok(())
+        Ok(CrlOutcome::Stored)
     }
 
     /// Re-signs the CRL when it does not list exactly the revoked keys (a

@@ -7,14 +7,15 @@ use time::OffsetDateTime;
 
 use super::{CredentialState, DecisionRecord, StoreError};
 
+use crate::keys::approvals::Proposal;
+use crate::keys::lifecycle::{KeyRecord, KeyState};
+
 /// The rule a CRL write refuses under when another CRL was stored meanwhile.
 pub const CRL_CONCURRENT: &str = "pki.crl_concurrent";
 
 /// The audit entry for credentials moved by a key's revocation, given how
 /// many moved (known only inside the transaction).
 pub type MovedAudit = Box<dyn Fn(u64) -> DecisionRecord + Send>;
-use crate::keys::approvals::Proposal;
-use crate::keys::lifecycle::{KeyRecord, KeyState};
 
 /// The chain of document-signer keys (they sign every credential profile).
 pub const DS_CHAIN: &str = "ds";
@@ -130,8 +131,9 @@ pub trait KeyRegistry {
     fn proposal(&self, id: &str) -> Result<StoredProposal, StoreError>;
     /// Proposals newest first, at most `limit`.
     fn proposals(&self, limit: u32) -> Result<Vec<StoredProposal>, StoreError>;
-    /// Replaces a document every node shares ([`CRL_DOCUMENT`],
-    /// [`POLICY_DOCUMENT`]), with its audit entry in the same transaction.
+    /// Replaces a document every node shares ([`POLICY_DOCUMENT`]; the CRL
+    /// goes through [`set_crl`](Self::set_crl)), with its audit entry in the
+    /// same transaction.
     fn set_document(
         &self,
         name: &str,
