@@ -304,18 +304,20 @@ impl Service {
                 .iaca()
                 .map_err(|e| LoadError(format!("IACA: {e}")))?;
             // One root for every node: the first file seen is kept in the
-            // registry, and a different one (a second `pki init`, or one
-            // officers had generated) is refused, not silently preferred.
+            // registry, and a different one (a second `pki init`, one
+            // officers had generated, or another node's stored at the same
+            // time) is refused, not silently preferred.
+            let is_this_root = |pem: &str| {
+                crate::pki::cert_der_from_pem(pem.as_bytes()).ok().as_ref() == Some(&der)
+            };
+            let not_this_root = || {
+                LoadError(format!(
+                    "{} is not the IACA in the registry (the one the DS certificates chain to): put that one back",
+                    self.pki.iaca_path().display()
+                ))
+            };
             match &generated {
-                Some(pem)
-                    if crate::pki::cert_der_from_pem(pem.as_bytes()).ok().as_ref()
-                        != Some(&der) =>
-                {
-                    return Err(LoadError(format!(
-                        "{} is not the IACA in the registry (the one the DS certificates chain to): put that one back",
-                        self.pki.iaca_path().display()
-                    )));
-                }
+                Some(pem) if !is_this_root(pem) => return Err(not_this_root()),
                 Some(_) => {}
                 None => {
                     let pem = crate::pki::cert_pem(&der).map_err(|e| LoadError(e.to_string()))?;
@@ -327,10 +329,19 @@ impl Service {
                         )),
                         ..self.decision("dojangd", "pki.iaca", "ok", policy_hash, now)
                     };
-                    let _ = self
+                    let stored = self
                         .registry
                         .set_document_if_absent(IACA_DOCUMENT, &pem, decision)
                         .map_err(|e| LoadError(format!("registry: {e}")))?;
+                    if !stored
+                        && !self
+                            .registry
+                            .document(IACA_DOCUMENT)
+                            .map_err(|e| LoadError(format!("registry: {e}")))?
+                            .is_some_and(|winner| is_this_root(&winner))
+                    {
+                        return Err(not_this_root());
+                    }
                 }
             }
             return Ok(Some((der, facts)));
