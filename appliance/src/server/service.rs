@@ -116,7 +116,14 @@ pub struct Service {
     status_tokens: Mutex<HashMap<u32, CachedToken>>,
     /// One status list signed at a time: concurrent misses wait and share it.
     status_signing: Mutex<()>,
-    readiness: Mutex<Option<(Instant, Readiness)>>,
+    readiness: Mutex<ReadinessCache>,
+}
+
+/// The last readiness answer, and when a change last made answers stale.
+#[derive(Default)]
+struct ReadinessCache {
+    answer: Option<(Instant, Readiness)>,
+    stale_since: Option<Instant>,
 }
 
 /// One readiness check.
@@ -204,7 +211,7 @@ impl Service {
             status_generation: AtomicU64::new(0),
             status_tokens: Mutex::new(HashMap::new()),
             status_signing: Mutex::new(()),
-            readiness: Mutex::new(None),
+            readiness: Mutex::new(ReadinessCache::default()),
         };
         service.check_service_keys()?;
         service.reload(OffsetDateTime::now_utc())?;
@@ -606,18 +613,20 @@ impl Service {
 
     fn forget_readiness(&self) {
         if let Ok(mut r) = self.readiness.lock() {
-            *r = None;
+            r.answer = None;
+            r.stale_since = Some(Instant::now());
         }
     }
 
     /// Readiness, probed at most once a second (probes touch the device).
     pub fn readiness(&self) -> Readiness {
         if let Ok(r) = self.readiness.lock()
-            && let Some((at, readiness)) = r.as_ref()
+            && let Some((at, readiness)) = r.answer.as_ref()
             && at.elapsed() < Duration::from_secs(1)
         {
             return readiness.clone();
         }
+        let started = Instant::now();
         let health = self.backend.health();
         self.metrics.backend_up.set(i64::from(health.up));
         if let Some(s) = health.sessions {
@@ -696,8 +705,11 @@ impl Service {
             ready: checks.iter().all(|c| c.ok),
             checks,
         };
-        if let Ok(mut r) = self.readiness.lock() {
-            *r = Some((Instant::now(), readiness.clone()));
+        // An answer begun before a change made answers stale is not kept.
+        if let Ok(mut r) = self.readiness.lock()
+            && r.stale_since.is_none_or(|stale| stale < started)
+        {
+            r.answer = Some((Instant::now(), readiness.clone()));
         }
         readiness
     }
