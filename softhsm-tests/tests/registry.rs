@@ -80,6 +80,7 @@ both!(
     revoking_a_key_marks_what_it_signed_and_sweeps_late_commits,
     one_lease_holder_at_a_time,
     proposals_change_only_from_the_version_read,
+    the_first_crl_is_stored_once_under_a_race,
 );
 
 fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::store::StoredKey {
@@ -833,4 +834,29 @@ fn a_revoked_key_s_credentials_are_found_by_index() {
         plan.iter().any(|step| step.contains("credentials_by_key")),
         "{plan:?}"
     );
+}
+
+/// Nodes that all saw no CRL sign a first one at once: one is stored, with
+/// one audit entry, and every other is refused.
+fn the_first_crl_is_stored_once_under_a_race(regs: &[Arc<dyn Registry>]) {
+    let entries = regs[0].decision_count().unwrap();
+    let results = race(regs, 8, |reg, i| {
+        reg.set_crl(
+            &format!("-----BEGIN X509 CRL-----\nfirst {i}\n"),
+            None,
+            common::decision("pki.crl"),
+        )
+    });
+    let stored: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(stored.len(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok()
+        || *r
+            == Err(StoreError::Conflict {
+                rule: dojang::store::CRL_CONCURRENT
+            })));
+    assert_eq!(
+        regs[0].crl().unwrap(),
+        Some(format!("-----BEGIN X509 CRL-----\nfirst {}\n", stored[0]))
+    );
+    assert_eq!(regs[0].decision_count().unwrap(), entries + 1);
 }
