@@ -539,13 +539,23 @@ impl Daemon {
             .expect("IACA PEM")
     }
 
+    /// `binary` (`dojangd`, `dojangctl`) set up for the daemon's token, to
+    /// run with arguments of the caller's (and fail, if it must).
+    pub fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(crate::workspace_binary(binary));
+        let _ = command
+            .env("SOFTHSM2_CONF", self.device.conf_path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
     /// Runs `dojangctl` against the daemon's token (while it runs).
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(crate::workspace_binary("dojangctl"))
+        let out = self
+            .command("dojangctl")
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .env("SOFTHSM2_CONF", self.device.conf_path())
             .output()
             .expect("dojangctl");
         assert!(

@@ -123,6 +123,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
             // The first start adopts the policy and takes the ceremony's
             // IACA, DS key, status-list and audit key into the registry.
             ("policy.adopt", "ok"),
+            ("policy.keep", "ok"),
             ("pki.iaca", "ok"),
             ("keys.import", "active"),
             ("keys.import", "active"),

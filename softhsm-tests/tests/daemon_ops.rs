@@ -385,3 +385,58 @@ fn a_node_without_the_adopted_policy_refuses_work() {
     assert_eq!(ready.status, 503);
     assert!(String::from_utf8_lossy(&ready.body).contains("officers adopted policy"));
 }
+
+/// A node's policy file lost or replaced: it refuses to start on another
+/// file, and the adopted text comes back from the registry byte for byte.
+#[test]
+fn the_adopted_policy_file_is_restored_from_the_registry() {
+    let mut d = Daemon::start(Options::default());
+    let adopted = std::fs::read(&d.policy).unwrap();
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(15)).success());
+    let other = String::from_utf8(adopted.clone())
+        .unwrap()
+        .replace("quota = 468000", "quota = 1");
+    std::fs::write(&d.policy, other).unwrap();
+    let refused = d
+        .command("dojangd")
+        .args(["serve", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("dojangctl policy adopted --out FILE")
+    );
+
+    let restored = d.scratch().join("restored.toml");
+    let out = d.ctl(&[
+        "policy",
+        "adopted",
+        "--out",
+        &restored.display().to_string(),
+    ]);
+    assert!(out.contains("wrote"), "{out}");
+    assert_eq!(std::fs::read(&restored).unwrap(), adopted);
+    let _ = std::fs::copy(&restored, &d.policy).unwrap();
+    d.spawn();
+
+    // An adopted hash whose text no node has loaded: said so, nothing written.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let _ = db
+        .execute(
+            "UPDATE pki_documents SET body = ?1 WHERE name = 'policy.sha256'",
+            ["ab".repeat(32)],
+        )
+        .unwrap();
+    let missing = d
+        .command("dojangctl")
+        .arg("--config")
+        .arg(&d.config)
+        .args(["policy", "adopted"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not hold the text"));
+    assert!(missing.stdout.is_empty());
+}

@@ -138,6 +138,13 @@ enum PolicyCommand {
         /// The policy file (checked first; its SHA-256 is what is proposed).
         file: PathBuf,
     },
+    /// Print (or write with --out) the adopted policy's text, from the
+    /// registry in the configuration: to restore a node's policy file.
+    Adopted {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Evaluate one issuance request against a policy and print the rule trace.
     Explain {
         /// The policy file.
@@ -355,6 +362,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             officer::propose(&conn, "destroy", Some(&key), None, args.json)
         }
         Command::Pki(command) => pki(&load()?, command),
+        Command::Policy(PolicyCommand::Adopted { out }) => policy_adopted(&load()?, out, args.json),
         Command::Policy(command) => policy(command, args.json),
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(a, args.json),
         Command::Audit(AuditCommand::Export { out, key_out }) => {
@@ -700,6 +708,56 @@ fn load_policy(file: &std::path::Path) -> anyhow::Result<Policy> {
     Ok(Policy::parse(&file.display().to_string(), &text)?)
 }
 
+/// The adopted policy's text, checked against the adopted hash.
+fn policy_adopted(config: &Config, out: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+    if config.store.is_none() {
+        anyhow::bail!(
+            "no [store] in the configuration: the adopted policy is kept in the registry"
+        );
+    }
+    let registry = dojang::server::open_registry(config)?;
+    let hash = registry.document(dojang::store::POLICY_DOCUMENT)?.context(
+        "the registry has no adopted policy yet (a first start adopts the file it finds)",
+    )?;
+    let text = registry
+        .document(&dojang::store::policy_text_document(&hash))?
+        .with_context(|| {
+            format!(
+                "the registry does not hold the text of adopted policy {hash}: no node has loaded it yet; \
+                 the officers who proposed it have the file"
+            )
+        })?;
+    let policy = Policy::parse("the registry's copy", &text)?;
+    anyhow::ensure!(
+        policy.hash == hash,
+        "the registry's text of policy {hash} hashes to {}: not restored",
+        policy.hash
+    );
+    match &out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None if !as_json => print!("{text}"),
+        None => {}
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({"sha256": hash, "name": policy.name, "version": policy.version,
+                   "written": out.as_ref().map(|p| p.display().to_string()),
+                   "text": out.is_none().then_some(&text)})
+        );
+    } else if let Some(path) = &out {
+        println!(
+            "wrote {}: {} version {}, sha256 {hash}",
+            path.display(),
+            policy.name,
+            policy.version
+        );
+    }
+    Ok(())
+}
+
 fn policy(command: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Check { file } => {
@@ -739,8 +797,8 @@ fn policy(command: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Propose { .. } => {
-            anyhow::bail!("officer commands go to the daemon (handled above)")
+        PolicyCommand::Propose { .. } | PolicyCommand::Adopted { .. } => {
+            anyhow::bail!("handled in run: they need the daemon or the configuration")
         }
         PolicyCommand::Explain {
             file,

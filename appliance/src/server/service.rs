@@ -264,6 +264,7 @@ impl Service {
         let policy = Policy::parse(&self.policy_path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
         self.check_policy_adopted(&policy, now)?;
+        self.keep_policy_text(&policy, &text, now);
         let iaca = self.load_iaca(&policy.hash, now)?.map(Arc::new);
         self.import_existing_keys(now)?;
         let _ordered = self
@@ -395,12 +396,33 @@ impl Service {
         match adopted {
             Some(hash) if hash == policy.hash => Ok(()),
             Some(hash) => Err(LoadError(format!(
-                "policy file {} has SHA-256 {}, but officers adopted {hash}: an officer proposes it \
-                 (dojangctl policy propose FILE) and another approves; until then the adopted policy stays",
+                "policy file {} has SHA-256 {}, but officers adopted {hash}: restore the adopted file \
+                 (dojangctl policy adopted --out FILE), or an officer proposes this one \
+                 (dojangctl policy propose FILE) and another approves",
                 self.policy_path.display(),
                 policy.hash
             ))),
             None => Err(LoadError("the registry lost the adopted policy".into())),
+        }
+    }
+
+    /// Keeps the adopted policy's text in the registry, once per version:
+    /// if every node's file were lost or wrong, `dojangctl policy adopted`
+    /// restores it (a node refuses to start on any other).
+    fn keep_policy_text(&self, policy: &Policy, text: &str, now: OffsetDateTime) {
+        let decision = DecisionRecord {
+            rule: Some(format!(
+                "policy {} {}: text kept in the registry",
+                policy.name, policy.version
+            )),
+            ..self.decision("dojangd", "policy.keep", "ok", &policy.hash, now)
+        };
+        if let Err(e) = self.registry.set_document_if_absent(
+            &crate::store::policy_text_document(&policy.hash),
+            text,
+            decision,
+        ) {
+            tracing::warn!(error = %e, "keeping the policy text in the registry");
         }
     }
 

@@ -29,6 +29,12 @@ pub const CHAINS: [&str; 3] = [DS_CHAIN, STATUS_CHAIN, AUDIT_CHAIN];
 pub const CRL_DOCUMENT: &str = "iaca.crl";
 /// The SHA-256 (hex) of the policy officers adopted.
 pub const POLICY_DOCUMENT: &str = "policy.sha256";
+/// The registry's copy of the policy text whose SHA-256 is `hash` (hex),
+/// kept once a node has loaded it, so an operator can restore the file
+/// every node must have (`dojangctl policy adopted`).
+pub fn policy_text_document(hash: &str) -> String {
+    format!("policy.toml/{hash}")
+}
 /// The IACA certificate (PEM), when officers had the daemon generate it.
 pub const IACA_DOCUMENT: &str = "iaca.pem";
 

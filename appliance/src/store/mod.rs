@@ -21,7 +21,7 @@ use std::fmt;
 pub use self::keyring::{
     AUDIT_CHAIN, CHAINS, CRL_CONCURRENT, CRL_DOCUMENT, DS_CHAIN, IACA_DOCUMENT, KeyRegistry,
     KeyRevocation, MovedAudit, POLICY_DOCUMENT, STATUS_CHAIN, StoredKey, StoredProposal,
-    revoked_serials,
+    policy_text_document, revoked_serials,
 };
 pub use self::postgres::PostgresRegistry;
 pub use self::sqlite::SqliteRegistry;
