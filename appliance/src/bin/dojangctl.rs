@@ -261,7 +261,8 @@ enum KeysCommand {
     /// Propose an emergency revocation (over --api): once approved the key
     /// stops signing, goes on the CRL, and its credentials change status.
     Revoke {
-        /// The key's label or kid.
+        /// The key's label or kid (a kid may start with '-').
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// Why (recorded in the audit log; no personal data).
         #[arg(long)]
@@ -269,17 +270,20 @@ enum KeysCommand {
     },
     /// Propose that a pending key signs now (over --api).
     Activate {
-        /// The key's label or kid.
+        /// The key's label or kid (a kid may start with '-').
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
     /// Propose retiring the active key (over --api).
     Retire {
-        /// The key's label or kid.
+        /// The key's label or kid (a kid may start with '-').
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
     /// Propose destroying a retired key (over --api).
     Destroy {
-        /// The key's label or kid.
+        /// The key's label or kid (a kid may start with '-').
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
     /// Show a key's public half as PEM and JWK.
