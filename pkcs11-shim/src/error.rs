@@ -132,13 +132,12 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
     /// A file the backend needs could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done, with the path.
         context: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, not a chained source: printed once).
+        cause: std::io::Error,
     },
     /// Building or parsing public-key structures failed.
     #[error("public key encoding: {0}")]
@@ -171,10 +170,10 @@ impl Error {
         self.class().is_retryable()
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }

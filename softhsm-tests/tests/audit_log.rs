@@ -346,7 +346,7 @@ fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
         bundle::verify(&forged, &log.trusted),
         Err(BundleError::Note {
             index: 3,
-            source: NoteError::NotSigned(_)
+            cause: NoteError::NotSigned(_)
         })
     ));
     // Nor does naming a key that did not sign.
@@ -360,7 +360,7 @@ fn trust_passes_to_a_new_audit_key_only_through_a_co_signed_checkpoint() {
         bundle::verify(&skipped, &log.trusted),
         Err(BundleError::Note {
             index: 2,
-            source: NoteError::NotSigned(_)
+            cause: NoteError::NotSigned(_)
         })
     ));
 }

@@ -93,3 +93,38 @@ fn explain_prints_the_rule_trace_and_exits_by_outcome() {
     assert_eq!(v["outcome"]["rule"], "device.one_person");
     assert_eq!(v["outcome"]["kind"], "Conflict");
 }
+
+#[test]
+fn policy_adopted_without_a_configuration_says_why_once() {
+    let out = ctl(&["--config", "/nonexistent/dojang.toml", "policy", "adopted"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("cannot read /nonexistent/dojang.toml"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("No such file or directory").count(),
+        1,
+        "{said}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// A kid is base64url and may begin with '-': it is still the key argument.
+#[test]
+fn a_kid_starting_with_a_hyphen_is_a_key_not_an_option() {
+    for command in [
+        &["keys", "revoke", "-9Zx_kid", "--reason", "drill"][..],
+        &["keys", "activate", "-9Zx_kid"][..],
+        &["keys", "retire", "-9Zx_kid"][..],
+        &["keys", "destroy", "-9Zx_kid"][..],
+    ] {
+        let out = ctl(command);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("unexpected argument"), "{command:?}: {said}");
+        // Parsed: the refusal is dojangctl's own (no API to send it to),
+        // not the argument parser's.
+        assert!(said.starts_with("dojangctl: "), "{command:?}: {said}");
+    }
+}

@@ -95,12 +95,12 @@ pub enum BundleError {
         found: u64,
     },
     /// Checkpoint `index` is not a valid note by the audit key.
-    #[error("checkpoint {index}: {source}")]
+    #[error("checkpoint {index}: {cause}")]
     Note {
         /// Position among the checkpoints.
         index: u64,
-        /// Why.
-        source: NoteError,
+        /// Why (in the message, not a chained source: printed once).
+        cause: NoteError,
     },
     /// A checkpoint for another log.
     #[error("checkpoint {index}: origin {found:?} is not this log's {expected:?}")]
@@ -249,8 +249,10 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
     let mut seen: Vec<Checkpoint> = Vec::new();
     for (index, note) in bundle.checkpoints.iter().enumerate() {
         let index = index as u64;
-        let cp =
-            open_with_trusted(note, &keys).map_err(|source| BundleError::Note { index, source })?;
+        let cp = open_with_trusted(note, &keys).map_err(|source| BundleError::Note {
+            index,
+            cause: source,
+        })?;
         // A trusted key hands trust on only by signing a checkpoint whose
         // text names the next key, which signs it too. (Signatures cover
         // the text, not each other: a signature line merely added to a

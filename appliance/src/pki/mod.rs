@@ -83,13 +83,12 @@ pub enum PkiError {
     #[error(transparent)]
     Profile(#[from] profile::ProfileError),
     /// A certificate file could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What, with the path.
         context: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (in the message, not a chained source: printed once).
+        cause: std::io::Error,
     },
     /// Something is missing or inconsistent.
     #[error("{0}")]

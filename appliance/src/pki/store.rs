@@ -12,7 +12,7 @@ use super::PkiError;
 use super::profile::{self, CertFacts};
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> PkiError {
-    move |source| PkiError::Io { context, source }
+    move |cause| PkiError::Io { context, cause }
 }
 
 /// DER to PEM (`CERTIFICATE`).
