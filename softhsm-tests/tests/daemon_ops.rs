@@ -178,6 +178,18 @@ fn sighup_applies_a_new_crl_to_new_connections() {
     assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
 }
 
+/// As if officers on another node had adopted a policy this node's file
+/// does not have (SQLite registry).
+fn adopt_elsewhere(d: &Daemon) {
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let _ = db
+        .execute(
+            "UPDATE pki_documents SET body = ?1 WHERE name = 'policy.sha256'",
+            ["ab".repeat(32)],
+        )
+        .unwrap();
+}
+
 fn wait_for_log(d: &Daemon, text: &str) {
     wait_for_count(d, text, 1);
 }
@@ -360,13 +372,7 @@ fn metrics_parse_and_move() {
 fn a_node_without_the_adopted_policy_refuses_work() {
     let d = Daemon::start(Options::default());
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
-    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
-    let _ = db
-        .execute(
-            "UPDATE pki_documents SET body = ?1 WHERE name = 'policy.sha256'",
-            ["ab".repeat(32)],
-        )
-        .unwrap();
+    adopt_elsewhere(&d);
     let deadline = Instant::now() + Duration::from_secs(10);
     let refused = loop {
         let reply = issue(&d, "counter", 2, "mdoc");
@@ -422,13 +428,7 @@ fn the_adopted_policy_file_is_restored_from_the_registry() {
     d.spawn();
 
     // An adopted hash whose text no node has loaded: said so, nothing written.
-    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
-    let _ = db
-        .execute(
-            "UPDATE pki_documents SET body = ?1 WHERE name = 'policy.sha256'",
-            ["ab".repeat(32)],
-        )
-        .unwrap();
+    adopt_elsewhere(&d);
     let missing = d
         .command("dojangctl")
         .arg("--config")
