@@ -932,6 +932,23 @@ fn mark_credentials(conn: &Connection, kid: &str, to: CredentialState) -> Result
     Ok(changed)
 }
 
+/// Stores (or replaces) a shared document with its audit entry.
+fn put_document(
+    conn: &Connection,
+    name: &str,
+    body: &str,
+    decision: &DecisionRecord,
+) -> Result<(), StoreError> {
+    let _ = conn
+        .execute(
+            "INSERT INTO pki_documents (name, body) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            params![name, body],
+        )
+        .map_err(map_err)?;
+    insert_decision(conn, decision, None, None)
+}
+
 fn key_state(conn: &Connection, label: &str) -> Result<Option<(String, String)>, StoreError> {
     conn.prepare_cached("SELECT state, kid FROM signing_keys WHERE label = ?1")
         .and_then(|mut s| {
@@ -1202,16 +1219,7 @@ impl KeyRegistry for SqliteRegistry {
         decision: DecisionRecord,
     ) -> Result<(), StoreError> {
         let (name, body) = (name.to_owned(), body.to_owned());
-        self.write(move |conn| {
-            let _ = conn
-                .execute(
-                    "INSERT INTO pki_documents (name, body) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    params![name, body],
-                )
-                .map_err(map_err)?;
-            insert_decision(conn, &decision, None, None)
-        })
+        self.write(move |conn| put_document(conn, &name, &body, &decision))
     }
 
     fn set_crl(
@@ -1235,14 +1243,7 @@ impl KeyRegistry for SqliteRegistry {
                     rule: keyring::CRL_CONCURRENT,
                 });
             }
-            let _ = conn
-                .execute(
-                    "INSERT INTO pki_documents (name, body) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                    params![keyring::CRL_DOCUMENT, pem],
-                )
-                .map_err(map_err)?;
-            insert_decision(conn, &decision, None, None)
+            put_document(conn, keyring::CRL_DOCUMENT, &pem, &decision)
         })
     }
 
