@@ -144,9 +144,8 @@ const CRL_ATTEMPTS: usize = 3;
 
 /// What one attempt to publish a CRL did.
 enum CrlOutcome {
-    Stored,
-    /// No IACA and nothing revoked: there is nothing to sign yet.
-    NothingToSign,
+    /// Stored, or nothing to sign yet (no IACA, nothing revoked).
+    Done,
     /// Another CRL was stored after this one's predecessor was read.
     Raced,
 }
@@ -869,7 +868,7 @@ impl Service {
         // read both again and sign what is now true.
         for _ in 0..CRL_ATTEMPTS {
             match self.try_publish_crl(now)? {
-                CrlOutcome::Stored | CrlOutcome::NothingToSign => return Ok(()),
+                CrlOutcome::Done => return Ok(()),
                 CrlOutcome::Raced => {
                     tracing::info!("another CRL was stored meanwhile; signing again");
                 }
@@ -890,7 +889,7 @@ impl Service {
             ceremony::next_crl_update(previous.as_deref(), now).map_err(|e| e.to_string())?;
         let Some(iaca) = self.current().iaca.clone() else {
             return if serials.is_empty() {
-                Ok(CrlOutcome::NothingToSign) // no IACA yet, nothing to list
+                Ok(CrlOutcome::Done) // no IACA yet, nothing to list
             } else {
                 Err("revoked DS keys but no IACA loaded to sign their CRL".into())
             };
@@ -925,7 +924,7 @@ impl Service {
         if let Err(e) = self.pki.write_crl(&pem) {
             tracing::warn!(error = %e, "writing the CRL file");
         }
-        Ok(CrlOutcome::Stored)
+        Ok(CrlOutcome::Done)
     }
 
     /// Re-signs the CRL when it does not list exactly the revoked keys (a
