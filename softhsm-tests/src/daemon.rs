@@ -412,7 +412,8 @@ impl Daemon {
     /// `dojangctl` as officer `name` against this daemon's API (over mTLS);
     /// `Err(stderr)` if it failed.
     pub fn officer_ctl(&self, name: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(crate::workspace_binary("dojangctl"))
+        let out = self
+            .command("dojangctl")
             .arg("--api")
             .arg(format!("https://localhost:{}", self.api.port()))
             .arg("--officer-cert")
@@ -429,6 +430,21 @@ impl Daemon {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// The id of the newest open proposal, as officer `name` lists them
+    /// with `dojangctl --json approvals list`.
+    pub fn open_proposal_id(&self, name: &str) -> String {
+        let listed: serde_json::Value = serde_json::from_str(
+            &self
+                .officer_ctl(name, &["--json", "approvals", "list"])
+                .expect("approvals list"),
+        )
+        .expect("JSON");
+        listed["proposals"][0]["id"]
+            .as_str()
+            .expect("an open proposal")
+            .to_owned()
     }
 
     /// Officer `proposer` proposes `POST path` (with `body`), officer

@@ -323,12 +323,7 @@ fn dojangctl_speaks_for_officers() {
         opened.contains("rotate ds") && opened.contains("1 of 2"),
         "{opened}"
     );
-    let pending: serde_json::Value = serde_json::from_str(
-        &d.officer_ctl("lee", &["--json", "approvals", "list"])
-            .unwrap(),
-    )
-    .unwrap();
-    let id = pending["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let id = d.open_proposal_id("lee");
     let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
     assert!(
         own.contains("self_approval") && own.contains("officers.two_person"),
@@ -567,12 +562,7 @@ fn officers_have_a_running_daemon_generate_the_iaca() {
     // kim proposes with dojangctl, lee approves.
     let opened = d.officer_ctl("kim", &["pki", "propose-iaca"]).unwrap();
     assert!(opened.contains("generate the IACA"), "{opened}");
-    let listed: serde_json::Value = serde_json::from_str(
-        &d.officer_ctl("lee", &["--json", "approvals", "list"])
-            .unwrap(),
-    )
-    .unwrap();
-    let id = listed["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let id = d.open_proposal_id("lee");
     let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
     assert!(own.contains("self_approval"), "{own}");
     let done = d.officer_ctl("lee", &["approve", &id]).unwrap();

@@ -131,12 +131,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     let file = d.policy.display().to_string();
     let opened = d.officer_ctl("kim", &["policy", "propose", &file]).unwrap();
     assert!(opened.contains(&hash), "{opened}");
-    let proposals: serde_json::Value = serde_json::from_str(
-        &d.officer_ctl("lee", &["--json", "approvals", "list"])
-            .unwrap(),
-    )
-    .unwrap();
-    let id = proposals["proposals"][0]["id"].as_str().unwrap().to_owned();
+    let id = d.open_proposal_id("lee");
     let approved = d.officer_ctl("lee", &["approve", &id]).unwrap();
     assert!(approved.contains("adopted and loaded"), "{approved}");
     let reply = issue(&d, "gateway", 4, "mdoc");
