@@ -12,8 +12,8 @@
 //! in the HSM, phones are JWK thumbprints.
 
 mod keyring;
-mod pg_connection;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::fmt;
@@ -23,8 +23,9 @@ pub use self::keyring::{
     KeyRevocation, MovedAudit, POLICY_DOCUMENT, STATUS_CHAIN, StoredKey, StoredProposal,
     policy_text_document, revoked_serials,
 };
-pub use self::postgres::PostgresRegistry;
-pub use self::sqlite::SqliteRegistry;
+pub use self::postgres::{PostgresDriver, PostgresRegistry};
+pub use self::sql::SqlRegistry;
+pub use self::sqlite::{SqliteDriver, SqliteRegistry};
 
 /// A holder pseudonym: HMAC-SHA256 of the resident number under the HSM's
 /// pseudonym key. `Debug` shows a prefix only.
@@ -367,12 +368,6 @@ pub trait Registry: KeyRegistry + Send + Sync {
     fn probe_write(&self) -> Result<(), StoreError>;
     /// Whether the database answers.
     fn ping(&self) -> Result<(), StoreError>;
-}
-
-fn pseudonym_from(bytes: &[u8]) -> Result<Pseudonym, StoreError> {
-    <[u8; 32]>::try_from(bytes)
-        .map(Pseudonym)
-        .map_err(|_| StoreError::Internal("a holder pseudonym is not 32 bytes".into()))
 }
 
 /// The rule a refresh for another holder or phone breaks.

@@ -21,7 +21,7 @@ pub(super) struct Connection {
 }
 
 /// A transaction whose statements are prepared once per connection.
-pub(super) struct Tx<'a> {
+pub(super) struct RawTx<'a> {
     tx: Transaction<'a>,
     prepared: &'a mut HashMap<String, Statement>,
 }
@@ -40,15 +40,15 @@ impl Connection {
         self.client.is_closed()
     }
 
-    pub(super) fn transaction(&mut self) -> Result<Tx<'_>, postgres::Error> {
-        Ok(Tx {
+    pub(super) fn transaction(&mut self) -> Result<RawTx<'_>, postgres::Error> {
+        Ok(RawTx {
             tx: self.client.transaction()?,
             prepared: &mut self.prepared,
         })
     }
 }
 
-impl Tx<'_> {
+impl RawTx<'_> {
     fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());

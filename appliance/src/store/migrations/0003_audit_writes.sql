@@ -1,0 +1,1 @@
+-- How decisions reach the log after the head row: each database its own way.

@@ -1,0 +1,216 @@
+//! The registry on PostgreSQL, for several `dojangd` nodes sharing the work.
+//!
+//! Each operation is one transaction on a pooled connection; serialization
+//! failures and deadlocks are retried. The registry's logic is the shared
+//! one (`store::sql`); this driver owns the connections and their TLS, the
+//! retries, the audit sequencer, the sharded free-copy counter and the
+//! migrations' PostgreSQL text (under an advisory lock, so nodes starting
+//! together migrate once).
+
+mod connection;
+mod quota;
+mod sequencer;
+mod tx;
+
+use std::sync::{Mutex, PoisonError};
+
+use postgres::config::{Host, SslMode};
+use postgres_openssl::MakeTlsConnector;
+
+use self::connection::{Connection, RawTx};
+use self::tx::{PgTx, RETRYABLE, map_err};
+use super::StoreError;
+use super::sql::migrations::{self, Dialect};
+use super::sql::{Driver, SqlRegistry, Tx};
+
+const RETRIES: usize = 5;
+/// Advisory lock key for migrations ("dojang" in ASCII).
+const MIGRATION_LOCK: i64 = 0x646f_6a61_6e67;
+
+/// The PostgreSQL driver: its connection pool and TLS.
+pub struct PostgresDriver {
+    config: postgres::Config,
+    /// `None`: plain text, only to a Unix socket or the loopback interface.
+    tls: Option<MakeTlsConnector>,
+    pool: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+/// The registry in a PostgreSQL database (or schema).
+pub type PostgresRegistry = SqlRegistry<PostgresDriver>;
+
+fn retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRYABLE))
+}
+
+fn tls_for(
+    config: &postgres::Config,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<MakeTlsConnector>, StoreError> {
+    let local = config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+    });
+    if !local && config.get_ssl_mode() != SslMode::Require {
+        return Err(StoreError::Internal(
+            "store.postgres: a server on the network needs sslmode=require (verified TLS)".into(),
+        ));
+    }
+    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+        .map_err(|e| StoreError::Internal(format!("TLS for PostgreSQL: {e}")))?;
+    if let Some(ca) = ca_file {
+        builder
+            .set_ca_file(ca)
+            .map_err(|e| StoreError::Internal(format!("{}: {e}", ca.display())))?;
+    }
+    // Local traffic never leaves the host: TLS only when asked for.
+    Ok((config.get_ssl_mode() == SslMode::Require).then(|| MakeTlsConnector::new(builder.build())))
+}
+
+impl SqlRegistry<PostgresDriver> {
+    /// Connects (`url` as libpq key/values or a `postgresql://` URL) and migrates.
+    ///
+    /// TLS is verified (chain and host name) against the system's CAs or
+    /// `ca_file`. A server reached over the network must be asked for TLS
+    /// (`sslmode=require`): `prefer` would fall back to plain text, so it is
+    /// accepted only for a Unix socket or the loopback interface.
+    pub fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::open_with_ca(url, pool_size, None)
+    }
+
+    /// [`PostgresRegistry::open`] trusting `ca_file` for the server's certificate.
+    pub fn open_with_ca(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, StoreError> {
+        let config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            StoreError::Internal(format!("store.postgres.url: {e}"))
+        })?;
+        let driver = PostgresDriver {
+            tls: tls_for(&config, ca_file)?,
+            config,
+            pool: Mutex::new(Vec::new()),
+            max_idle: pool_size.max(1),
+        };
+        driver.migrate()?;
+        Ok(SqlRegistry { driver })
+    }
+}
+
+impl PostgresDriver {
+    /// A new connection whose statements and lock waits are bounded: a
+    /// stuck lock or a split network must fail a request, not hang it.
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        }
+        .map_err(map_err)?;
+        client
+            .batch_execute("SET statement_timeout = '10s'; SET lock_timeout = '5s'")
+            .map_err(map_err)?;
+        Ok(Connection::new(client))
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.with_tx(|raw| {
+            // A migration may build an index over every credential, and a
+            // node starting meanwhile waits for it: neither may time out
+            // the way a request does.
+            raw.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+                .map_err(map_err)?;
+            let _ = raw
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .map_err(map_err)?;
+            let mut tx = PgTx { raw };
+            let version = migrations::version(&mut tx)?;
+            migrations::apply(&mut tx, Dialect::Postgres, version)
+        })
+    }
+
+    /// Runs `f` in a transaction, retrying serialization failures; the
+    /// connection goes back to the pool only if it is still healthy.
+    fn with_tx<R>(
+        &self,
+        mut f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pooled = self
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let mut client = match pooled {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect()?,
+            };
+            let result = client.transaction().map_err(map_err).and_then(|mut raw| {
+                let out = f(&mut raw)?;
+                raw.commit().map_err(map_err)?;
+                Ok(out)
+            });
+            if !client.is_closed() {
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.len() < self.max_idle {
+                    pool.push(client);
+                }
+            }
+            match result {
+                Err(e) if retryable(&e) && attempt < RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Driver for PostgresDriver {
+    const KIND: &'static str = "postgres";
+
+    fn write<R: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.with_tx(|raw| f(&mut PgTx { raw }))
+    }
+
+    fn read<R>(
+        &self,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.with_tx(|raw| f(&mut PgTx { raw }))
+    }
+
+    fn audit_size(&self) -> Result<u64, StoreError> {
+        self.with_tx(sequencer::placed)
+    }
+
+    fn decision_count(&self) -> Result<u64, StoreError> {
+        self.with_tx(sequencer::recorded)
+    }
+
+    fn sequence_audit(&self) -> Result<u64, StoreError> {
+        self.with_tx(sequencer::sequence)
+    }
+}
+
+#[cfg(test)]
+mod tls_rule_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_the_network_needs_verified_tls() {
+        for url in [
+            "host=db.example.kr user=dojang dbname=dojang",
+            "host=10.0.0.5 user=dojang sslmode=prefer",
+            "postgresql://dojang@db.example.kr/dojang?sslmode=disable",
+        ] {
+            let Err(e) = PostgresRegistry::open(url, 1) else {
+                panic!("{url} was accepted");
+            };
+            assert!(e.to_string().contains("sslmode=require"), "{url}: {e}");
+        }
+    }
+}

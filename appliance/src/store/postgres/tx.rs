@@ -1,0 +1,178 @@
+//! Statements in one PostgreSQL transaction: parameters typed by what the
+//! server expects, rows copied out, errors named; and PostgreSQL's own ways
+//! of queueing audit entries and counting free copies.
+
+use std::error::Error;
+
+use bytes::BytesMut;
+use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use super::connection::RawTx;
+use super::{quota, sequencer};
+use crate::store::sql::{Cell, Row, Tx, Value, rule_for_constraint};
+use crate::store::{DecisionRecord, Pseudonym, StoreError};
+
+/// The registry's view of one transaction.
+pub(super) struct PgTx<'t, 'c> {
+    pub(super) raw: &'t mut RawTx<'c>,
+}
+
+/// The message prefix of errors worth retrying the transaction for.
+pub(super) const RETRYABLE: &str = "retryable:";
+
+pub(super) fn map_err(e: postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        // No database error: the connection itself failed.
+        return StoreError::Unavailable(e.to_string());
+    };
+    let code = db.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return db.constraint().and_then(rule_for_constraint).map_or_else(
+            || StoreError::Internal(db.message().to_owned()),
+            |rule| StoreError::Conflict { rule },
+        );
+    }
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        return StoreError::Unavailable(format!("{RETRYABLE} {}", db.message()));
+    }
+    let unavailable = [
+        SqlState::DISK_FULL,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::QUERY_CANCELED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::INSUFFICIENT_RESOURCES,
+        SqlState::OUT_OF_MEMORY,
+        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    ];
+    if unavailable.contains(code) {
+        return StoreError::Unavailable(db.message().to_owned());
+    }
+    StoreError::Internal(db.message().to_owned())
+}
+
+fn mismatch(value: &Value<'_>, ty: &Type) -> Box<dyn Error + Sync + Send> {
+    format!("a registry parameter {value:?} cannot be a PostgreSQL {ty}").into()
+}
+
+impl ToSql for Value<'_> {
+    /// Integers are narrowed to the column's width; every other value goes
+    /// only where its own type is accepted.
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match *self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) if *ty == Type::INT8 => v.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+            Value::Bool(v) if <bool as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            Value::Text(v) if <&str as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            Value::Blob(v) if <&[u8] as ToSql>::accepts(ty) => v.to_sql(ty, out),
+            _ => Err(mismatch(self, ty)),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// One cell; a type the registry never stores is a bug, not an outage.
+fn cell(row: &postgres::Row, i: usize, ty: &Type) -> Result<Cell, StoreError> {
+    let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
+    let read = match *ty {
+        Type::INT8 => row.try_get::<_, Option<i64>>(i).map(int),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)
+            .map(|v| int(v.map(i64::from))),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map(|v| int(v.map(i64::from))),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map(|v| v.map_or(Cell::Null, Cell::Bool)),
+        Type::BYTEA => row
+            .try_get::<_, Option<Vec<u8>>>(i)
+            .map(|v| v.map_or(Cell::Null, Cell::Blob)),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
+            .try_get::<_, Option<String>>(i)
+            .map(|v| v.map_or(Cell::Null, Cell::Text)),
+        _ => {
+            return Err(StoreError::Internal(format!(
+                "column {i} is a PostgreSQL {ty}, which the registry does not read"
+            )));
+        }
+    };
+    read.map_err(|e| StoreError::Internal(format!("column {i}: {e}")))
+}
+
+fn row_from(row: &postgres::Row) -> Result<Row, StoreError> {
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, column)| cell(row, i, column.type_()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row)
+}
+
+fn dyn_params<'v>(params: &'v [Value<'_>]) -> Vec<&'v (dyn ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
+        self.raw.execute(sql, &dyn_params(params)).map_err(map_err)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
+        self.raw
+            .query(sql, &dyn_params(params))
+            .map_err(map_err)?
+            .iter()
+            .map(row_from)
+            .collect()
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.raw.batch_execute(sql).map_err(map_err)
+    }
+
+    fn append_audit(
+        &mut self,
+        decision: &DecisionRecord,
+        credential: Option<&str>,
+        holder: Option<&Pseudonym>,
+    ) -> Result<(), StoreError> {
+        sequencer::enqueue(self.raw, decision, credential, holder)
+    }
+
+    fn take_free_copy(&mut self) -> Result<bool, StoreError> {
+        quota::take(self.raw)
+    }
+
+    fn free_copies(&mut self) -> Result<(u64, u64), StoreError> {
+        quota::totals(self.raw)
+    }
+
+    fn set_free_quota(&mut self, quota: u64) -> Result<(), StoreError> {
+        quota::set(self.raw, quota)
+    }
+
+    fn probe_write(&mut self) -> Result<(), StoreError> {
+        sequencer::probe(self.raw)
+    }
+
+    fn clock_ms(&self) -> &'static str {
+        "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+    }
+}

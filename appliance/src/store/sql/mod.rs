@@ -1,0 +1,23 @@
+//! The registry's operations, written once for both databases.
+//!
+//! [`SqlRegistry`] implements [`Registry`](super::Registry) and
+//! [`KeyRegistry`](super::KeyRegistry) over a driver. Every invariant,
+//! every state rule and every audit entry is decided here; a driver only
+//! moves statements and rows (placeholders, types, transactions, retries)
+//! and owns what truly differs per database: SQLite's group-commit writer,
+//! PostgreSQL's audit sequencer and sharded free-copy counter, and each
+//! one's clock for leases.
+
+mod constraint;
+mod keys;
+pub(crate) mod migrations;
+mod registry;
+mod tx;
+
+pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
+pub(crate) use tx::{Cell, Driver, Row, Tx, Value, args};
+
+/// The registry on one database, through its driver.
+pub struct SqlRegistry<D> {
+    pub(super) driver: D,
+}

@@ -1,0 +1,415 @@
+//! The credential half of the registry, written once: issuance, state
+//! changes, refresh, the facts the policy reads, status entries, and the
+//! audit log's reads and checkpoints.
+
+use super::SqlRegistry;
+use super::tx::{Driver, Row, Tx, args};
+use crate::store::{
+    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
+    IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
+    check_block, check_refresh, check_transition,
+};
+
+fn list_id(list: u64) -> Result<u32, StoreError> {
+    u32::try_from(list)
+        .map_err(|_| StoreError::Internal(format!("status list {list} is out of range")))
+}
+
+fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until,
+                    document_expiry, holder, device, claims_mac
+             FROM credentials WHERE id = $1",
+            args![id],
+        )?
+        .ok_or(StoreError::NotFound)?;
+    Ok(CredentialMeta {
+        id: row.text(0)?,
+        profile: row.text(1)?,
+        kid: row.text(2)?,
+        state: CredentialState::parse(&row.text(3)?)?,
+        status_list: list_id(row.count(4)?)?,
+        status_index: row.count(5)?,
+        issued_at: row.int(6)?,
+        valid_until: row.int(7)?,
+        document_expiry: row.text(8)?,
+        holder: Pseudonym(row.hash(9)?),
+        device: row.text(10)?,
+        claims_mac: row.opt_blob(11)?.and_then(|m| <[u8; 32]>::try_from(m).ok()),
+    })
+}
+
+/// The stored response for `key`, if the same request was committed;
+/// another body under the same key is refused.
+fn lookup_idempotency(
+    tx: &mut dyn Tx,
+    client: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match tx.query_opt(
+        "SELECT request_hash, response FROM idempotency WHERE client = $1 AND key = $2",
+        args![client, &key.key],
+    )? {
+        None => Ok(None),
+        Some(row) if row.blob(0)? == key.request_hash => Ok(Some(row.blob(1)?)),
+        Some(_) => Err(StoreError::IdempotencyMismatch),
+    }
+}
+
+/// One free copy for a holder who never had one, if the quota has room.
+fn take_free_copy(tx: &mut dyn Tx, holder: &Pseudonym) -> Result<bool, StoreError> {
+    let had_one = tx
+        .query_opt(
+            "SELECT 1 FROM credentials WHERE holder = $1 AND free_copy",
+            args![&holder.0],
+        )?
+        .is_some();
+    Ok(!had_one && tx.take_free_copy()?)
+}
+
+/// The response for `committed`, built once: a retried transaction with
+/// the same outcome reuses it, one whose outcome changed (the last free
+/// copy went to someone else) is refused rather than answered wrongly.
+fn respond_once(
+    respond: &mut Option<Respond>,
+    built: &mut Option<(Committed, Vec<u8>)>,
+    committed: &Committed,
+) -> Result<Vec<u8>, StoreError> {
+    let response = match (built.as_ref(), respond.take()) {
+        (Some((done, bytes)), _) if done == committed => bytes.clone(),
+        (_, Some(respond)) => respond(committed),
+        _ => {
+            return Err(StoreError::Unavailable(
+                "the outcome changed while retrying; retry the request".into(),
+            ));
+        }
+    };
+    *built = Some((committed.clone(), response.clone()));
+    Ok(response)
+}
+
+/// Everything an issuance commits, in the caller's transaction.
+fn commit_in(
+    tx: &mut dyn Tx,
+    client: &str,
+    commit: &IssuanceCommit,
+    respond: &mut Option<Respond>,
+    built: &mut Option<(Committed, Vec<u8>)>,
+) -> Result<(Committed, Vec<u8>), StoreError> {
+    let c = &commit.credential;
+    if let Some(key) = &commit.idempotency
+        && let Some(stored) = lookup_idempotency(tx, client, key)?
+    {
+        return Err(StoreError::IdempotencyReplay(stored));
+    }
+    let superseded = if commit.supersede {
+        tx.query(
+            "UPDATE credentials SET state = 'superseded'
+             WHERE holder = $1 AND device <> $2 AND state = 'active' RETURNING id",
+            args![&c.holder.0, &c.device],
+        )?
+        .iter()
+        .map(|row| row.text(0))
+        .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let free_copy = commit.want_free_copy && take_free_copy(tx, &c.holder)?;
+    let _ = tx.execute(
+        "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
+                                  status_index, issued_at, valid_until, document_expiry,
+                                  free_copy, claims_mac)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12)",
+        args![
+            &c.id,
+            &c.holder.0,
+            &c.device,
+            &c.profile,
+            &c.kid,
+            c.status_list,
+            c.status_index,
+            c.issued_at,
+            c.valid_until,
+            &c.document_expiry,
+            free_copy,
+            &c.claims_mac,
+        ],
+    )?;
+    tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
+    let committed = Committed {
+        free_copy,
+        superseded,
+    };
+    let response = respond_once(respond, built, &committed)?;
+    if let Some(key) = &commit.idempotency {
+        let _ = tx.execute(
+            "INSERT INTO idempotency (client, key, request_hash, response, credential_id)
+             VALUES ($1, $2, $3, $4, $5)",
+            args![client, &key.key, &key.request_hash, &response, &c.id],
+        )?;
+    }
+    Ok((committed, response))
+}
+
+fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
+    Ok((row.count(0)?, row.text(1)?))
+}
+
+impl<D: Driver> Registry for SqlRegistry<D> {
+    fn kind(&self) -> &'static str {
+        D::KIND
+    }
+
+    fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
+        self.driver.write(move |tx| tx.set_free_quota(quota))
+    }
+
+    fn free_quota(&self) -> Result<(u64, u64), StoreError> {
+        self.driver.read(|tx| tx.free_copies())
+    }
+
+    fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
+        self.driver.read(|tx| {
+            let holder_live = tx
+                .query_opt(
+                    "SELECT device, state FROM credentials
+                     WHERE holder = $1 AND state IN ('active', 'suspended')",
+                    args![&holder.0],
+                )?
+                .map(|r| Ok::<_, StoreError>((r.text(0)?, r.text(1)?)))
+                .transpose()?;
+            let device_holder = tx
+                .query_opt(
+                    "SELECT holder FROM credentials
+                     WHERE device = $1 AND state IN ('active', 'suspended')",
+                    args![device],
+                )?
+                .map(|r| r.blob(0))
+                .transpose()?;
+            let (used, _) = tx.free_copies()?;
+            Ok(HolderFacts {
+                holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| d == device),
+                holder_suspended: holder_live.as_ref().is_some_and(|(_, s)| s == "suspended"),
+                device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder.0),
+                free_copies_issued: used,
+            })
+        })
+    }
+
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+        check_block(count)?;
+        self.driver.write(move |tx| {
+            loop {
+                if let Some(row) = tx.query_opt(
+                    "UPDATE status_lists SET next_index = next_index + $1
+                     WHERE id = (SELECT MAX(id) FROM status_lists) AND next_index + $1 <= size
+                     RETURNING id, next_index - $1",
+                    args![count],
+                )? {
+                    return Ok(StatusRange {
+                        list: list_id(row.count(0)?)?,
+                        first: row.count(1)?,
+                        count,
+                    });
+                }
+                // `WHERE true`: SQLite would read `ON` as a join's.
+                let _ = tx.execute(
+                    "INSERT INTO status_lists (id, next_index, size)
+                     SELECT MAX(id) + 1, 0, $1 FROM status_lists WHERE true ON CONFLICT DO NOTHING",
+                    args![STATUS_LIST_SIZE],
+                )?;
+            }
+        })
+    }
+
+    fn idempotent_response(
+        &self,
+        client: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.driver.read(|tx| lookup_idempotency(tx, client, key))
+    }
+
+    fn commit_issuance(
+        &self,
+        client: &str,
+        commit: IssuanceCommit,
+        respond: Respond,
+    ) -> Result<(Committed, Vec<u8>), StoreError> {
+        let owner = client.to_owned();
+        let replay_key = commit.idempotency.clone();
+        let (mut respond, mut built) = (Some(respond), None);
+        let result = self
+            .driver
+            .write(move |tx| commit_in(tx, &owner, &commit, &mut respond, &mut built));
+        match (result, replay_key) {
+            // A twin with the same key committed first; its credential may
+            // have tripped a uniqueness index before the key did.
+            (Err(conflict @ StoreError::Conflict { .. }), Some(key)) => {
+                match self.idempotent_response(client, &key)? {
+                    Some(stored) => Err(StoreError::IdempotencyReplay(stored)),
+                    None => Err(conflict),
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError> {
+        self.driver.read(|tx| meta(tx, id))
+    }
+
+    fn set_state(
+        &self,
+        id: &str,
+        to: CredentialState,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        let id = id.to_owned();
+        self.driver.write(move |tx| {
+            let from = tx
+                .query_opt(
+                    "SELECT state FROM credentials WHERE id = $1 FOR UPDATE",
+                    args![&id],
+                )?
+                .ok_or(StoreError::NotFound)?;
+            let from = CredentialState::parse(&from.text(0)?)?;
+            check_transition(from, to)?;
+            let _ = tx.execute(
+                "UPDATE credentials SET state = $1 WHERE id = $2 AND state = $3",
+                args![to.as_str(), &id, from.as_str()],
+            )?;
+            tx.append_audit(&decision, Some(&id), None)?;
+            meta(tx, &id)
+        })
+    }
+
+    fn refresh(
+        &self,
+        id: &str,
+        holder: &Pseudonym,
+        device: &str,
+        kid: &str,
+        valid_until: i64,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError> {
+        let (id, holder, device, kid) = (id.to_owned(), *holder, device.to_owned(), kid.to_owned());
+        self.driver.write(move |tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT holder, device, state FROM credentials WHERE id = $1 FOR UPDATE",
+                    args![&id],
+                )?
+                .ok_or(StoreError::NotFound)?;
+            let state = CredentialState::parse(&row.text(2)?)?;
+            check_refresh(&row.blob(0)?, &row.text(1)?, state, &holder, &device)?;
+            let _ = tx.execute(
+                "UPDATE credentials SET kid = $1, valid_until = $2 WHERE id = $3 AND state = 'active'",
+                args![&kid, valid_until, &id],
+            )?;
+            tx.append_audit(&decision, Some(&id), None)?;
+            meta(tx, &id)
+        })
+    }
+
+    fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
+        self.driver.read(|tx| {
+            tx.query(
+                "SELECT status_index, state FROM credentials WHERE status_list = $1
+                 ORDER BY status_index",
+                args![list],
+            )?
+            .iter()
+            .map(|r| Ok((r.count(0)?, CredentialState::parse(&r.text(1)?)?)))
+            .collect()
+        })
+    }
+
+    fn decision_count(&self) -> Result<u64, StoreError> {
+        self.driver.decision_count()
+    }
+
+    fn audit_size(&self) -> Result<u64, StoreError> {
+        self.driver.audit_size()
+    }
+
+    fn sequence_audit(&self) -> Result<u64, StoreError> {
+        self.driver.sequence_audit()
+    }
+
+    fn record(
+        &self,
+        decision: DecisionRecord,
+        holder: Option<Pseudonym>,
+    ) -> Result<(), StoreError> {
+        self.driver
+            .write(move |tx| tx.append_audit(&decision, None, holder.as_ref()))
+    }
+
+    fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let end = start.saturating_add(count);
+        self.driver.read(|tx| {
+            tx.query(
+                "SELECT entry FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                args![start, end],
+            )?
+            .iter()
+            .map(|r| r.blob(0))
+            .collect()
+        })
+    }
+
+    fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.driver.read(|tx| {
+            tx.query(
+                "SELECT leaf FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                args![start, end],
+            )?
+            .iter()
+            .map(|r| r.hash(0))
+            .collect()
+        })
+    }
+
+    fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        let note = note.to_owned();
+        self.driver.write(move |tx| {
+            let _ = tx.execute(
+                "INSERT INTO checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING",
+                args![size, &note],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.driver.read(|tx| {
+            tx.query("SELECT size, note FROM checkpoints ORDER BY size", &[])?
+                .iter()
+                .map(checkpoint_from)
+                .collect()
+        })
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.driver.read(|tx| {
+            tx.query_opt(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+                &[],
+            )?
+            .as_ref()
+            .map(checkpoint_from)
+            .transpose()
+        })
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.driver.write(|tx| tx.probe_write())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.driver
+            .read(|tx| tx.query_one("SELECT 1", &[]).map(|_| ()))
+    }
+}

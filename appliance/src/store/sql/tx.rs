@@ -1,0 +1,276 @@
+//! What a database driver gives the registry's logic: transactions that run
+//! statements with typed parameters and return rows of owned cells, and the
+//! few operations whose SQL truly differs per database.
+//!
+//! Statements are written once, in the dialect both databases share:
+//! numbered placeholders (`$1`), `FOR UPDATE` where PostgreSQL needs a row
+//! lock (SQLite's single writer has it already, and its driver drops the
+//! words), `CAST(… AS …)` rather than `::`, and `CASE` rather than
+//! `GREATEST`/`LEAST` or two-argument `MAX`/`MIN`.
+
+use super::super::{DecisionRecord, Pseudonym, StoreError};
+
+/// A statement parameter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'a> {
+    /// SQL NULL (of whatever type the statement expects).
+    Null,
+    /// An integer; a driver narrows it to the column's width.
+    Int(i64),
+    /// A boolean (an integer 0/1 on SQLite).
+    Bool(bool),
+    /// Text.
+    Text(&'a str),
+    /// Bytes.
+    Blob(&'a [u8]),
+}
+
+impl From<i64> for Value<'_> {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<u64> for Value<'_> {
+    /// Counts and indexes stay far below 2^63; one that did not would
+    /// saturate rather than turn negative.
+    fn from(v: u64) -> Self {
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<u32> for Value<'_> {
+    fn from(v: u32) -> Self {
+        Value::Int(i64::from(v))
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(v: &'a String) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Value::Blob(v)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Value<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+
+impl<'a> From<&'a [u8; 32]> for Value<'a> {
+    fn from(v: &'a [u8; 32]) -> Self {
+        Value::Blob(v)
+    }
+}
+
+impl<'a, T> From<Option<T>> for Value<'a>
+where
+    T: Into<Value<'a>>,
+{
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The parameters of one statement, each converted with `Value::from`.
+macro_rules! args {
+    ($($value:expr),* $(,)?) => {
+        &[$($crate::store::sql::Value::from($value)),*]
+    };
+}
+pub(crate) use args;
+
+/// One cell of a result row, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cell {
+    /// NULL.
+    Null,
+    /// Any integer column.
+    Int(i64),
+    /// A PostgreSQL boolean (SQLite returns integers).
+    Bool(bool),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+/// A result row: cells by column position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Row(pub(crate) Vec<Cell>);
+
+fn wrong(column: usize, wanted: &str, cell: &Cell) -> StoreError {
+    StoreError::Internal(format!(
+        "column {column} of a registry row is {cell:?}, not {wanted}"
+    ))
+}
+
+impl Row {
+    fn cell(&self, column: usize) -> Result<&Cell, StoreError> {
+        self.0
+            .get(column)
+            .ok_or_else(|| StoreError::Internal(format!("a registry row has no column {column}")))
+    }
+
+    /// An integer that may be NULL.
+    pub(crate) fn opt_int(&self, column: usize) -> Result<Option<i64>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            Cell::Int(v) => Ok(Some(*v)),
+            other => Err(wrong(column, "an integer", other)),
+        }
+    }
+
+    /// An integer.
+    pub(crate) fn int(&self, column: usize) -> Result<i64, StoreError> {
+        self.opt_int(column)?
+            .ok_or_else(|| wrong(column, "an integer", &Cell::Null))
+    }
+
+    /// A count, size or index (never negative).
+    pub(crate) fn count(&self, column: usize) -> Result<u64, StoreError> {
+        let v = self.int(column)?;
+        u64::try_from(v).map_err(|_| wrong(column, "a count", &Cell::Int(v)))
+    }
+
+    /// A flag: a boolean, or an integer on SQLite.
+    pub(crate) fn flag(&self, column: usize) -> Result<bool, StoreError> {
+        match self.cell(column)? {
+            Cell::Bool(v) => Ok(*v),
+            Cell::Int(v) => Ok(*v != 0),
+            other => Err(wrong(column, "a flag", other)),
+        }
+    }
+
+    /// Text that may be NULL.
+    pub(crate) fn opt_text(&self, column: usize) -> Result<Option<String>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            Cell::Text(v) => Ok(Some(v.clone())),
+            other => Err(wrong(column, "text", other)),
+        }
+    }
+
+    /// Text.
+    pub(crate) fn text(&self, column: usize) -> Result<String, StoreError> {
+        self.opt_text(column)?
+            .ok_or_else(|| wrong(column, "text", &Cell::Null))
+    }
+
+    /// Bytes that may be NULL.
+    pub(crate) fn opt_blob(&self, column: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            Cell::Blob(v) => Ok(Some(v.clone())),
+            other => Err(wrong(column, "bytes", other)),
+        }
+    }
+
+    /// Bytes.
+    pub(crate) fn blob(&self, column: usize) -> Result<Vec<u8>, StoreError> {
+        self.opt_blob(column)?
+            .ok_or_else(|| wrong(column, "bytes", &Cell::Null))
+    }
+
+    /// A SHA-256 value (a leaf hash, a pseudonym).
+    pub(crate) fn hash(&self, column: usize) -> Result<[u8; 32], StoreError> {
+        let bytes = self.blob(column)?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| wrong(column, "32 bytes", &Cell::Blob(bytes)))
+    }
+}
+
+/// One transaction of a driver. Statements are in the shared dialect (see
+/// the module doc); a driver translates, prepares once per connection,
+/// binds and converts rows.
+pub(crate) trait Tx {
+    /// Runs a statement; how many rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError>;
+
+    /// Runs a statement that returns rows (a `SELECT`, or `RETURNING`).
+    fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError>;
+
+    /// The first row, if any.
+    fn query_opt(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// The one row a statement always returns (an aggregate).
+    fn query_one(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)?.ok_or_else(|| {
+            StoreError::Internal("a statement that returns one row returned none".into())
+        })
+    }
+
+    /// Several statements, unprepared (migrations).
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
+
+    /// Appends a decision to the audit log, in this transaction.
+    fn append_audit(
+        &mut self,
+        decision: &DecisionRecord,
+        credential: Option<&str>,
+        holder: Option<&Pseudonym>,
+    ) -> Result<(), StoreError>;
+
+    /// Takes one free first-time copy from the quota if any is left.
+    fn take_free_copy(&mut self) -> Result<bool, StoreError>;
+
+    /// (used, quota) of the free first-time copies.
+    fn free_copies(&mut self) -> Result<(u64, u64), StoreError>;
+
+    /// Sets the free first-time quota, never below what was used.
+    fn set_free_quota(&mut self, quota: u64) -> Result<(), StoreError>;
+
+    /// A write that changes nothing but proves the audit log writable.
+    fn probe_write(&mut self) -> Result<(), StoreError>;
+
+    /// An SQL expression for the database's clock in unix milliseconds
+    /// (leases follow the database's clock, not the nodes').
+    fn clock_ms(&self) -> &'static str;
+}
+
+/// A database the registry runs on.
+pub(crate) trait Driver: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    const KIND: &'static str;
+
+    /// Runs `f` in one write transaction, durable when this returns `Ok`.
+    /// `f` may run more than once: PostgreSQL retries serialization
+    /// failures, so it must not have effects outside the transaction.
+    fn write<R: Send + 'static>(
+        &self,
+        f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError>;
+
+    /// Runs `f` on a read connection.
+    fn read<R>(&self, f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>)
+    -> Result<R, StoreError>;
+
+    /// Entries placed in the log: the tree size proofs and checkpoints cover.
+    fn audit_size(&self) -> Result<u64, StoreError>;
+
+    /// Decisions recorded, placed in the log or waiting to be.
+    fn decision_count(&self) -> Result<u64, StoreError>;
+
+    /// Gives recorded decisions their place in the log; how many it placed.
+    fn sequence_audit(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,183 @@
+//! Registries made by earlier builds open in place: a dump of each store as
+//! the build before the shared SQL layer made it (schema version 6, with
+//! credentials, a key, a policy document, a checkpoint, an idempotency key
+//! and audit entries) is loaded, opened by this build, read back and
+//! written to. SQLite stores left at version 3 by a build that numbered
+//! migrations 3 and 4 the other way round are renumbered.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use dojang::store::{
+    CredentialState, IdempotencyKey, KeyRegistry, PostgresRegistry, Pseudonym, Registry,
+    SqliteRegistry, POLICY_DOCUMENT,
+};
+
+const SQLITE_V6: &str = include_str!("fixtures/registry-v6.sqlite.sql");
+const POSTGRES_V6: &str = include_str!("fixtures/registry-v6.postgres.sql");
+
+/// What the fixtures hold, read back through the registry.
+fn reads_what_the_old_build_wrote(reg: &dyn Registry) {
+    let id = |n: u8| format!("c00000000000000000000000000000{n:02}");
+    assert_eq!(
+        reg.credential(&id(1)).unwrap().state,
+        CredentialState::Superseded
+    );
+    assert_eq!(
+        reg.credential(&id(2)).unwrap().state,
+        CredentialState::Revoked
+    );
+    let refreshed = reg.credential(&id(3)).unwrap();
+    assert_eq!(refreshed.state, CredentialState::Active);
+    assert_eq!(refreshed.valid_until, 1_809_000_000);
+    assert_eq!(refreshed.holder, Pseudonym([1; 32]));
+    assert_eq!(refreshed.claims_mac, Some([0; 32]));
+    assert_eq!(reg.free_quota().unwrap(), (1, 10));
+    let key = IdempotencyKey {
+        key: "idem-1".into(),
+        request_hash: [7; 32],
+    };
+    assert_eq!(
+        reg.idempotent_response("spiffe://test/client", &key)
+            .unwrap(),
+        Some(b"free=true".to_vec())
+    );
+    let keys = reg.keys().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].record.signatures, 6);
+    assert_eq!(
+        reg.document(POLICY_DOCUMENT).unwrap(),
+        Some("ab".repeat(32))
+    );
+    assert_eq!(
+        reg.latest_checkpoint().unwrap(),
+        Some((3, "example note\n".to_owned()))
+    );
+    assert_eq!(reg.audit_size().unwrap(), 7);
+    let facts = reg.facts(&Pseudonym([1; 32]), "phone-3").unwrap();
+    assert_eq!(facts.holder_live_on_same_device, Some(true));
+}
+
+/// New writes continue the old log and the old status list.
+fn writes_after_the_upgrade(reg: &dyn Registry) {
+    let range = reg.reserve_status_indexes(4).unwrap();
+    assert_eq!((range.list, range.first), (1, 12));
+    let commit = common::issuance(
+        "c0000000000000000000000000000004",
+        Pseudonym([2; 32]),
+        "phone-2",
+        range.list,
+        range.first,
+    );
+    let _ = reg
+        .commit_issuance("spiffe://test/client", commit, Box::new(|_| Vec::new()))
+        .unwrap();
+    let _ = reg.sequence_audit().unwrap();
+    assert_eq!(reg.audit_size().unwrap(), 8);
+    let entries = reg.audit_entries(0, 8).unwrap();
+    let leaves = reg.audit_leaves(0, 8).unwrap();
+    assert_eq!(entries.len(), 8);
+    for (entry, leaf) in entries.iter().zip(&leaves) {
+        assert_eq!(dojang::audit::merkle::leaf_hash(entry), *leaf);
+    }
+    let last = dojang::audit::entry::AuditEntry::decode(&entries[7]).unwrap();
+    assert_eq!(
+        last.seq, 7,
+        "the node's own sequence goes on from the old log"
+    );
+    reg.probe_write().unwrap();
+}
+
+fn schema_versions(conn: &rusqlite::Connection) -> Vec<i64> {
+    let mut stmt = conn
+        .prepare("SELECT version FROM schema_version ORDER BY version")
+        .unwrap();
+    let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_sqlite_registry_from_the_previous_build_opens_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(SQLITE_V6)
+        .unwrap();
+    let reg = SqliteRegistry::open(&path).unwrap();
+    reads_what_the_old_build_wrote(&reg);
+    writes_after_the_upgrade(&reg);
+    drop(reg);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(schema_versions(&conn), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_postgres_registry_from_the_previous_build_opens_in_place() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    softhsm_tests::daemon::PgSchema::admin()
+        .batch_execute(&POSTGRES_V6.replace("{schema}", &schema.name))
+        .unwrap();
+    let reg = PostgresRegistry::open(&schema.url, 2).unwrap();
+    reads_what_the_old_build_wrote(&reg);
+    writes_after_the_upgrade(&reg);
+    let versions: Vec<i64> = softhsm_tests::daemon::PgSchema::admin()
+        .query(
+            &format!(
+                "SELECT version FROM {}.schema_version ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_sqlite_registry_numbered_the_old_way_is_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    // A store left at version 3 by a build whose third migration was the
+    // claims MAC: the v6 store with migrations 5, 6 and the old fourth
+    // (dropping the head row for a write probe) taken back.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!(
+            "{SQLITE_V6}
+             DROP INDEX credentials_by_key;
+             DROP TABLE signing_keys; DROP TABLE leases; DROP TABLE proposals;
+             DROP TABLE pki_documents; DROP TABLE write_probe;
+             CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL);
+             INSERT INTO audit_head (id, size) VALUES (1, 0);
+             DELETE FROM schema_version WHERE version > 3;"
+        ))
+        .unwrap();
+    let reg = SqliteRegistry::open(&path).unwrap();
+    reg.probe_write().unwrap();
+    let commit = common::issuance("c1", Pseudonym([9; 32]), "phone-9", 1, 100);
+    let _ = reg
+        .commit_issuance("client", commit, Box::new(|_| Vec::new()))
+        .unwrap();
+    assert_eq!(reg.credential("c1").unwrap().claims_mac, Some([0; 32]));
+    assert_eq!(reg.keys().unwrap(), vec![], "migration 5 ran");
+    drop(reg);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(schema_versions(&conn), vec![1, 2, 3, 4, 5, 6]);
+    let head: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_head'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        head, 0,
+        "the old fourth migration (the head row's drop) ran"
+    );
+}
