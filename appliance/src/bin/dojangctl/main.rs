@@ -5,25 +5,15 @@
 
 #![forbid(unsafe_code)]
 
-#[path = "dojangctl/approvals.rs"]
 mod approvals;
-#[path = "dojangctl/audit.rs"]
 mod audit;
-#[path = "dojangctl/credential.rs"]
 mod credential;
-#[path = "dojangctl/dev_tls.rs"]
 mod dev_tls;
-#[path = "dojangctl/keys.rs"]
 mod keys;
-#[path = "dojangctl/officer.rs"]
 mod officer;
-#[path = "dojangctl/pki.rs"]
 mod pki;
-#[path = "dojangctl/policy.rs"]
 mod policy;
-#[path = "dojangctl/shared.rs"]
 mod shared;
-#[path = "dojangctl/verify.rs"]
 mod verify;
 
 use std::path::PathBuf;
