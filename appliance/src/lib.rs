@@ -12,6 +12,7 @@ pub mod devtls;
 pub mod keys;
 pub mod officer_client;
 pub mod pki;
+pub mod refusal;
 pub mod server;
 pub mod status;
 pub mod store;

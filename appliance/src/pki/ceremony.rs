@@ -49,7 +49,7 @@ pub fn init(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<CeremonyReport, PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let store = PkiStore::new(&config.dir);
     if store.iaca_path().exists() {
         return Err(PkiError::Invalid(format!(
@@ -88,7 +88,7 @@ pub fn iaca_in_token(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts), PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let mut generated = Vec::new();
     ensure_key(
         backend,
@@ -110,7 +110,7 @@ pub fn issue_document_signer(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<CeremonyReport, PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let store = PkiStore::new(&config.dir);
     if store.ds_path(label).exists() {
         return Err(PkiError::Invalid(format!(
@@ -138,7 +138,7 @@ pub fn document_signer_in_token(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts, Vec<String>), PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
     let mut generated = Vec::new();
     ensure_key(

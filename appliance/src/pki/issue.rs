@@ -104,7 +104,7 @@ pub fn issue_iaca(
     iaca: &HsmKey<'_>,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(config, &config.iaca_common_name)?;
     params.serial_number = Some(random_serial()?);
@@ -134,7 +134,7 @@ pub fn issue_ds(
     ds: &HsmKey<'_>,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
-    config.validate()?;
+    super::validated(config)?;
     let iaca_facts = profile::check_iaca(iaca_der)?;
     let iaca_cert = X509::from_der(iaca_der).map_err(|e| PkiError::Invalid(e.to_string()))?;
     let iaca_key_matches = iaca_cert

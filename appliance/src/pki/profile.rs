@@ -9,10 +9,7 @@ use x509_parser::prelude::FromDer;
 
 use super::der::OID_MDL_DS_ARCS;
 
-/// Longest DS certificate validity Annex B allows.
-pub const MAX_DS_VALIDITY_DAYS: i64 = 457;
-/// Longest IACA validity Annex B allows (20 years).
-pub const MAX_IACA_VALIDITY_DAYS: i64 = 7305;
+pub use crate::config::pki::{MAX_DS_VALIDITY_DAYS, MAX_IACA_VALIDITY_DAYS};
 
 /// A profile violation, naming the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::http::{self, Body, Peer, Router};
 use super::issue::Answer;
 use super::pool::BlockingPool;
-use super::problem::Problem;
 use super::service::Service;
+use crate::refusal::{Class, Refusal};
 
 /// The API router.
 pub struct Api {
@@ -48,11 +48,11 @@ impl Api {
     }
 }
 
-fn overloaded() -> Problem {
-    Problem::unavailable("overloaded", "too many requests in flight; retry shortly")
+fn overloaded() -> Refusal {
+    Refusal::unavailable("overloaded", "too many requests in flight; retry shortly")
 }
 
-fn require_json(request: &Request<Incoming>) -> Result<(), Problem> {
+fn require_json(request: &Request<Incoming>) -> Result<(), Refusal> {
     let content_type = request
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -62,15 +62,15 @@ fn require_json(request: &Request<Incoming>) -> Result<(), Problem> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Err(Refusal::new(
+            Class::UnsupportedMediaType,
             "unsupported_media_type",
             "the body must be application/json",
         ))
     }
 }
 
-fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Problem> {
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Refusal> {
     let Some(value) = request.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -81,7 +81,7 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Proble
         .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
     match key {
         Some(k) => Ok(Some(k.to_owned())),
-        None => Err(Problem::bad_request(
+        None => Err(Refusal::bad_request(
             "invalid_idempotency_key",
             "Idempotency-Key must be 1 to 128 printable ASCII characters",
         )),
@@ -90,9 +90,9 @@ fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Proble
 
 impl Api {
     /// A slot among the requests in flight, taken before the body is read.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, Problem> {
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Problem::unavailable(
+            return Err(Refusal::unavailable(
                 "shutting_down",
                 "this node is stopping; retry (another node)",
             ));
@@ -104,12 +104,12 @@ impl Api {
     }
 
     /// Reads the body within the body timeout.
-    async fn body(&self, request: Request<Incoming>) -> Result<hyper::body::Bytes, Problem> {
+    async fn body(&self, request: Request<Incoming>) -> Result<hyper::body::Bytes, Refusal> {
         tokio::time::timeout(self.body_timeout, http::read_body(request, self.max_body))
             .await
             .unwrap_or_else(|_| {
-                Err(Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
+                Err(Refusal::new(
+                    Class::RequestTimeout,
                     "body_timeout",
                     "the request body did not arrive in time",
                 ))
@@ -136,13 +136,9 @@ impl Api {
                 job(&service)
             })
             .map_err(|_| overloaded())?;
-        receiver.await.unwrap_or_else(|_| {
-            Err(Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            ))
-        })
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(Refusal::new(Class::Internal, "internal", "internal error")))
     }
 
     /// A slot in flight, then the body, read only if `client` has `role`:
@@ -155,7 +151,7 @@ impl Api {
         request: Request<Incoming>,
         client: &str,
         role: dojang_policies::Role,
-    ) -> Result<(OwnedSemaphorePermit, hyper::body::Bytes), Problem> {
+    ) -> Result<(OwnedSemaphorePermit, hyper::body::Bytes), Refusal> {
         let slot = self.slot()?;
         let current = self.service.current();
         self.service.require_adopted_policy(&current)?;
@@ -306,8 +302,8 @@ impl Api {
                     ),
                     _ => (
                         "other",
-                        Err(Problem::new(
-                            StatusCode::NOT_FOUND,
+                        Err(Refusal::new(
+                            Class::NotFound,
                             "not_found",
                             "no such endpoint",
                         )),
@@ -394,8 +390,8 @@ impl Api {
             ) => (
                 "other",
                 None,
-                Err(Problem::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
+                Err(Refusal::new(
+                    Class::MethodNotAllowed,
                     "method_not_allowed",
                     format!("{method} is not allowed here"),
                 )),
@@ -403,8 +399,8 @@ impl Api {
             _ => (
                 "other",
                 None,
-                Err(Problem::new(
-                    StatusCode::NOT_FOUND,
+                Err(Refusal::new(
+                    Class::NotFound,
                     "not_found",
                     "no such endpoint",
                 )),
@@ -427,8 +423,8 @@ impl Router for Api {
             let request_id = http::request_id();
             let started = Instant::now();
             let Some(client) = peer.identity.clone() else {
-                let p = Problem::new(
-                    StatusCode::UNAUTHORIZED,
+                let p = Refusal::new(
+                    Class::Unauthorized,
                     "no_client_identity",
                     "the client certificate has no URI or DNS subject alternative name",
                 );
@@ -438,7 +434,11 @@ impl Router for Api {
                 .handle(request, client.clone(), request_id.clone())
                 .await;
             let response = match &answer {
-                Ok((status, body)) => http::json(*status, body.clone(), &request_id),
+                Ok((reply, body)) => http::json(
+                    super::problem::reply_status(*reply),
+                    body.clone(),
+                    &request_id,
+                ),
                 Err(p) => http::problem(p, &request_id),
             };
             let status = response.status();
@@ -509,8 +509,8 @@ mod tests {
         ];
         let mut codes = 0;
         for source in sources {
-            for (i, _) in source.match_indices("StatusCode::") {
-                // Problem::new(StatusCode::X, "code", …): the next literal.
+            for (i, _) in source.match_indices("Class::") {
+                // Refusal::new(Class::X, "code", …): the next literal.
                 let rest = &source[i..];
                 let Some(start) = rest.find('"') else {
                     continue;

@@ -6,21 +6,21 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use dojang_policies::Role;
-use hyper::StatusCode;
+
 use serde_json::json;
 
 use super::audit_log::{AuditError, AuditLog, MAX_PAGE};
 use super::issue::Answer;
-use super::problem::Problem;
 use super::service::Service;
+use crate::refusal::{Class, Refusal, Reply};
 
-fn problem(e: AuditError) -> Problem {
+fn problem(e: AuditError) -> Refusal {
     match e {
-        AuditError::Range(detail) => Problem::bad_request("audit_range", detail),
-        AuditError::Busy => Problem::unavailable("overloaded", "one proof at a time; retry"),
+        AuditError::Range(detail) => Refusal::bad_request("audit_range", detail),
+        AuditError::Busy => Refusal::unavailable("overloaded", "one proof at a time; retry"),
         AuditError::Store(_) | AuditError::Signing(_) => {
             tracing::warn!(error = %e, "audit query failed");
-            Problem::unavailable(
+            Refusal::unavailable(
                 "store_unavailable",
                 "the audit log cannot be read now; retry",
             )
@@ -29,18 +29,18 @@ fn problem(e: AuditError) -> Problem {
 }
 
 /// `name=value` pairs of a query string, numbers only.
-pub(crate) fn number(query: &str, name: &str) -> Result<u64, Problem> {
+pub(crate) fn number(query: &str, name: &str) -> Result<u64, Refusal> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)
         .ok_or_else(|| {
-            Problem::bad_request("audit_range", format!("query parameter {name} is required"))
+            Refusal::bad_request("audit_range", format!("query parameter {name} is required"))
         })?
         .1
         .parse()
         .map_err(|_| {
-            Problem::bad_request(
+            Refusal::bad_request(
                 "audit_range",
                 format!("{name} must be a non-negative integer"),
             )
@@ -48,12 +48,12 @@ pub(crate) fn number(query: &str, name: &str) -> Result<u64, Problem> {
 }
 
 impl Service {
-    fn require_auditor(&self, client: &str) -> Result<(), Problem> {
+    fn require_auditor(&self, client: &str) -> Result<(), Refusal> {
         if self.current().policy.has_role(client, Role::Auditor) {
             Ok(())
         } else {
-            Err(Problem::new(
-                StatusCode::FORBIDDEN,
+            Err(Refusal::new(
+                Class::Forbidden,
                 "forbidden",
                 format!("client {client:?} does not have the auditor role"),
             )
@@ -87,14 +87,14 @@ impl Service {
                     })
                     .collect();
                 Ok((
-                    StatusCode::OK,
+                    Reply::Ok,
                     json!({"size": size, "note": note, "keys": keys})
                         .to_string()
                         .into_bytes(),
                 ))
             }
-            None => Err(Problem::new(
-                StatusCode::NOT_FOUND,
+            None => Err(Refusal::new(
+                Class::NotFound,
                 "not_found",
                 "no checkpoint has been signed yet",
             )),
@@ -106,7 +106,7 @@ impl Service {
         self.require_auditor(client)?;
         let start = number(query, "start")?;
         if start > i64::MAX as u64 {
-            return Err(Problem::bad_request(
+            return Err(Refusal::bad_request(
                 "audit_range",
                 "start is beyond any log",
             ));
@@ -128,7 +128,7 @@ impl Service {
             "pending": recorded.saturating_sub(size),
             "entries": entries.iter().map(|e| B64.encode(e)).collect::<Vec<_>>(),
         });
-        Ok((StatusCode::OK, body.to_string().into_bytes()))
+        Ok((Reply::Ok, body.to_string().into_bytes()))
     }
 
     /// `GET /v1/audit/proof/inclusion?index=I&size=N`.
@@ -143,7 +143,7 @@ impl Service {
             "leaf_hash": B64.encode(leaf),
             "proof": proof.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
         });
-        Ok((StatusCode::OK, body.to_string().into_bytes()))
+        Ok((Reply::Ok, body.to_string().into_bytes()))
     }
 
     /// `GET /v1/audit/proof/consistency?from=M&to=N`.
@@ -156,6 +156,6 @@ impl Service {
             "to": to,
             "proof": proof.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
         });
-        Ok((StatusCode::OK, body.to_string().into_bytes()))
+        Ok((Reply::Ok, body.to_string().into_bytes()))
     }
 }

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::metrics::Metrics;
-use super::problem::Problem;
-use super::settings::Limits;
+use crate::config::Limits;
+use crate::refusal::{Class, Refusal};
 
 /// How long an idle connection told to close may take to do so.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
@@ -292,11 +292,11 @@ pub fn respond(
 }
 
 /// A problem+json response.
-pub fn problem(p: &Problem, request_id: &str) -> Response<Body> {
+pub fn problem(p: &Refusal, request_id: &str) -> Response<Body> {
     let mut response = respond(
-        p.status,
+        super::problem::status(p.class),
         "application/problem+json",
-        p.body(request_id),
+        super::problem::body(p, request_id),
         request_id,
     );
     if let Some(seconds) = p.retry_after {
@@ -309,10 +309,10 @@ pub fn problem(p: &Problem, request_id: &str) -> Response<Body> {
 
 /// Reads a body of at most `max` bytes: 413 before reading when the
 /// declared length is larger, or as soon as more arrives.
-pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Problem> {
+pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Refusal> {
     let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::new(
+            Class::PayloadTooLarge,
             "body_too_large",
             format!("the request body is larger than {max} bytes"),
         )
@@ -328,7 +328,7 @@ pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, 
     match Limited::new(request.into_body(), max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Problem::bad_request(
+        Err(_) => Err(Refusal::bad_request(
             "malformed_request",
             "the request body could not be read",
         )),

@@ -1,6 +1,6 @@
 //! The operations of the API, synchronous, on the signing pool: issue a
 //! credential, read its metadata, change its state. Each turns a parsed
-//! request into a JSON body or a [`Problem`]; the HTTP layer only routes.
+//! request into a JSON body or a [`Refusal`]; the HTTP layer only routes.
 //!
 //! Issuance order: replay an idempotent request → validate the input →
 //! pseudonym in the HSM → registry facts → policy → sign → one durable
@@ -14,16 +14,16 @@ use dojang_policies::resident_number::{Registrant, ResidentNumber};
 use dojang_policies::{
     CredentialFormat, DenialKind, IssuanceRequest, Outcome, RegistryFacts, Role,
 };
-use hyper::StatusCode;
+
 use pkcs11_shim::{ErrorClass, Jwk, public_key_from_jwk};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::problem::Problem;
 use super::seal::SealKey;
 use super::service::Service;
 use crate::credential::claims::{HolderData, ResidentCardClaims};
 use crate::credential::{CredentialError, SignatureValidity, StatusReference, mdoc, sdjwt};
+use crate::refusal::{Class, Refusal};
 use crate::store::{
     CredentialMeta, CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, NewCredential,
     StoreError,
@@ -120,12 +120,12 @@ struct StateChangeRequest {
 }
 
 /// A successful answer: status and JSON body.
-pub(crate) type Answer = Result<(StatusCode, Vec<u8>), Problem>;
+pub(crate) use crate::refusal::{Answer, Reply};
 
 /// A JSON error message that never echoes a value from the body (values
 /// are personal data): unknown and missing fields are named, everything
 /// else is located.
-pub(crate) fn json_problem(e: &serde_json::Error) -> Problem {
+pub(crate) fn json_problem(e: &serde_json::Error) -> Refusal {
     let text = e.to_string();
     let detail = if text.starts_with("unknown field") || text.starts_with("missing field") {
         text.split(", expected").next().unwrap_or("").to_owned()
@@ -147,13 +147,13 @@ pub(crate) fn json_problem(e: &serde_json::Error) -> Problem {
     } else {
         "malformed_request"
     };
-    Problem::bad_request(code, detail)
+    Refusal::bad_request(code, detail)
 }
 
-pub(crate) fn store_problem(e: StoreError) -> Problem {
+pub(crate) fn store_problem(e: StoreError) -> Refusal {
     match e {
-        StoreError::Conflict { rule } => Problem::new(
-            StatusCode::CONFLICT,
+        StoreError::Conflict { rule } => Refusal::new(
+            Class::Conflict,
             "registry_conflict",
             match rule {
                 "device.one_person" => "this phone already holds another person's mobile ID",
@@ -164,69 +164,59 @@ pub(crate) fn store_problem(e: StoreError) -> Problem {
             },
         )
         .with_rule(rule),
-        StoreError::IdempotencyMismatch => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        StoreError::IdempotencyMismatch => Refusal::new(
+            Class::Unprocessable,
             "idempotency_key_reused",
             "this Idempotency-Key was used with a different request body",
         )
         .with_rule("idempotency.same_body"),
-        StoreError::NotFound => Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no credential with this id",
-        ),
-        StoreError::InvalidTransition { from, to } => Problem::new(
-            StatusCode::CONFLICT,
+        StoreError::NotFound => {
+            Refusal::new(Class::NotFound, "not_found", "no credential with this id")
+        }
+        StoreError::InvalidTransition { from, to } => Refusal::new(
+            Class::Conflict,
             "invalid_transition",
             format!("a {from} credential cannot become {to}"),
         )
         .with_rule("credential.state_machine"),
         StoreError::Unavailable(_) | StoreError::IdempotencyReplay(_) => {
             tracing::warn!(error = %e, "registry unavailable");
-            Problem::unavailable("store_unavailable", "the registry is unavailable; retry")
+            Refusal::unavailable("store_unavailable", "the registry is unavailable; retry")
         }
         StoreError::Internal(_) => {
             tracing::error!(error = %e, "registry error");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+            Refusal::new(Class::Internal, "internal", "internal error")
         }
     }
 }
 
-fn key_problem(e: &pkcs11_shim::Error) -> Problem {
+fn key_problem(e: &pkcs11_shim::Error) -> Refusal {
     tracing::warn!(error = %e, "key backend call failed");
     match e.class() {
         ErrorClass::Retryable | ErrorClass::DeviceLost => {
-            Problem::unavailable("hsm_unavailable", "the key backend is unavailable; retry")
+            Refusal::unavailable("hsm_unavailable", "the key backend is unavailable; retry")
         }
-        _ => Problem::unavailable(
+        _ => Refusal::unavailable(
             "hsm_error",
             "the key backend refused the operation; an operator has been alerted",
         ),
     }
 }
 
-fn credential_problem(e: CredentialError) -> Problem {
+fn credential_problem(e: CredentialError) -> Refusal {
     match e {
-        CredentialError::Invalid(detail) => Problem::bad_request("invalid_holder_data", detail),
+        CredentialError::Invalid(detail) => Refusal::bad_request("invalid_holder_data", detail),
         CredentialError::Key(k) => key_problem(&k),
         CredentialError::Encoding(_) => {
             tracing::error!(error = %e, "encoding a credential");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+            Refusal::new(Class::Internal, "internal", "internal error")
         }
     }
 }
 
-fn forbidden(client: &str, role: Role) -> Problem {
-    Problem::new(
-        StatusCode::FORBIDDEN,
+fn forbidden(client: &str, role: Role) -> Refusal {
+    Refusal::new(
+        Class::Forbidden,
         "forbidden",
         format!(
             "client {client:?} does not have the {} role",
@@ -249,17 +239,17 @@ struct Validated {
 fn holder_and_device(
     holder: &HolderIn,
     device_key: &Jwk,
-) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Problem> {
+) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Refusal> {
     let number = ResidentNumber::parse(&holder.resident_number).map_err(|e| {
-        Problem::bad_request("invalid_resident_number", e.to_string())
+        Refusal::bad_request("invalid_resident_number", e.to_string())
             .with_rule("holder.resident_number_format")
     })?;
     let device = public_key_from_jwk(device_key)
-        .map_err(|e| Problem::bad_request("invalid_device_key", e.to_string()))?;
+        .map_err(|e| Refusal::bad_request("invalid_device_key", e.to_string()))?;
     let portrait =
         match &holder.portrait {
             Some(b64) => Some(B64.decode(b64).map_err(|_| {
-                Problem::bad_request("invalid_holder_data", "portrait is not base64")
+                Refusal::bad_request("invalid_holder_data", "portrait is not base64")
             })?),
             None => None,
         };
@@ -273,7 +263,7 @@ fn holder_and_device(
     Ok((number, data, device))
 }
 
-fn validate(request: IssueRequest) -> Result<Validated, Problem> {
+fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
     let (number, holder, device) = holder_and_device(&request.holder, &request.device_key)?;
     let card_issue_date = match &request.card {
         Some(card) => Some(
@@ -282,19 +272,19 @@ fn validate(request: IssueRequest) -> Result<Validated, Problem> {
                 time::macros::format_description!("[year]-[month]-[day]"),
             )
             .map_err(|_| {
-                Problem::bad_request("invalid_card", "card.issue_date must be YYYY-MM-DD")
+                Refusal::bad_request("invalid_card", "card.issue_date must be YYYY-MM-DD")
             })?,
         ),
         None => None,
     };
     if request.card.as_ref().is_some_and(|c| c.serial.len() > 64) {
-        return Err(Problem::bad_request(
+        return Err(Refusal::bad_request(
             "invalid_card",
             "card.serial is at most 64 characters",
         ));
     }
     if request.municipality.len() > 16 || request.profile.len() > 64 || request.channel.len() > 64 {
-        return Err(Problem::bad_request(
+        return Err(Refusal::bad_request(
             "malformed_request",
             "profile, channel or municipality too long",
         ));
@@ -329,7 +319,7 @@ impl Service {
         let outcome = self.issue_validated(client, body, request, idempotency_key, now, &current);
         let label = match &outcome {
             Ok(_) => "issued",
-            Err(p) if p.status.is_server_error() => "error",
+            Err(p) if p.class.is_server_error() => "error",
             Err(_) => "refused",
         };
         // Bounded: unknown profiles are counted together.
@@ -434,10 +424,10 @@ impl Service {
             Outcome::Allow(o) => o,
             Outcome::Deny(denial) => {
                 let (status, code) = match denial.kind {
-                    DenialKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-                    DenialKind::Policy => (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied"),
-                    DenialKind::Conflict => (StatusCode::CONFLICT, "policy_conflict"),
-                    DenialKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                    DenialKind::Forbidden => (Class::Forbidden, "forbidden"),
+                    DenialKind::Policy => (Class::Unprocessable, "policy_denied"),
+                    DenialKind::Conflict => (Class::Conflict, "policy_conflict"),
+                    DenialKind::RateLimited => (Class::TooManyRequests, "rate_limited"),
                 };
                 // A refusal is a decision too: recorded, or not given at all.
                 let record = DecisionRecord {
@@ -452,7 +442,7 @@ impl Service {
                 self.registry
                     .record(record, Some(holder))
                     .map_err(store_problem)?;
-                let mut p = Problem::new(status, code, denial.reason).with_rule(denial.rule);
+                let mut p = Refusal::new(status, code, denial.reason).with_rule(denial.rule);
                 if denial.kind == DenialKind::RateLimited {
                     p = p.retry_after(60 - (now.unix_timestamp().rem_euclid(60)) as u32);
                 }
@@ -460,13 +450,13 @@ impl Service {
             }
         };
         let signer = current.signer(now).map_err(|_| {
-            Problem::unavailable("no_signing_key", "no document-signer key is ready")
+            Refusal::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
         let format = policy
             .profiles
             .get(&v.request.profile)
             .map(|p| p.format)
-            .ok_or_else(|| Problem::bad_request("unknown_profile", "unknown profile"))?;
+            .ok_or_else(|| Refusal::bad_request("unknown_profile", "unknown profile"))?;
         let claims = ResidentCardClaims::derive(
             &v.holder,
             obligations.issue_date,
@@ -480,7 +470,7 @@ impl Service {
             self.credential.signature_validity_days,
             signer.not_after(),
         )
-        .map_err(|_| Problem::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
         let (list, index) = self.next_status_index().map_err(store_problem)?;
         let status = StatusReference {
             idx: index,
@@ -579,7 +569,7 @@ impl Service {
                     .with_label_values(&[&v.request.profile])
                     .observe(started.elapsed().as_secs_f64());
                 Ok((
-                    StatusCode::CREATED,
+                    Reply::Created,
                     respond(committed.free_copy, &committed.superseded),
                 ))
             }
@@ -653,8 +643,8 @@ impl Service {
             return Err(forbidden(client, Role::Issuer).with_rule("client.profile"));
         }
         if self.rate.hit(client, now.unix_timestamp()) >= policy.requests_per_minute {
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(Refusal::new(
+                Class::TooManyRequests,
                 "rate_limited",
                 format!("limit {} requests a minute", policy.requests_per_minute),
             )
@@ -666,8 +656,8 @@ impl Service {
             .get(&meta.profile)
             .map(|p| p.format)
             .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                Refusal::new(
+                    Class::Unprocessable,
                     "policy_denied",
                     "the credential's profile is no longer in the policy",
                 )
@@ -700,15 +690,15 @@ impl Service {
         )
         .map_err(|_| store_problem(StoreError::Internal("document_expiry unreadable".into())))?;
         if expiry < dojang_policies::calendar::seoul_date(now) {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(Refusal::new(
+                Class::Unprocessable,
                 "policy_denied",
                 format!("the document expired on {expiry}: issue a new one"),
             )
             .with_rule("document.validity"));
         }
         let signer = current.signer(now).map_err(|_| {
-            Problem::unavailable("no_signing_key", "no document-signer key is ready")
+            Refusal::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
         let issued = OffsetDateTime::from_unix_timestamp(meta.issued_at)
             .map_err(|_| store_problem(StoreError::Internal("issued_at out of range".into())))?;
@@ -722,8 +712,8 @@ impl Service {
         claims.expiry_date = expiry;
         // The same document: the claims must be those it was issued with.
         if meta.claims_mac != Some(claims_mac(&secret, &claims)?) {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
+            return Err(Refusal::new(
+                Class::Conflict,
                 "registry_conflict",
                 "the holder data differ from the document's: issue a new credential instead",
             )
@@ -734,7 +724,7 @@ impl Service {
             self.credential.signature_validity_days,
             signer.not_after(),
         )
-        .map_err(|_| Problem::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
         // Never valid past the document's last day (its end in Seoul).
         let document_end =
             time::PrimitiveDateTime::new(expiry.next_day().unwrap_or(expiry), time::Time::MIDNIGHT)
@@ -781,10 +771,7 @@ impl Service {
             free_copy: false,
             superseded: &[],
         };
-        Ok((
-            StatusCode::OK,
-            serde_json::to_vec(&response).unwrap_or_default(),
-        ))
+        Ok((Reply::Ok, serde_json::to_vec(&response).unwrap_or_default()))
     }
 
     /// Builds and signs a credential of `format`; its format name and text.
@@ -796,7 +783,7 @@ impl Service {
         device: &pkcs11_shim::PublicKey,
         validity: &SignatureValidity,
         status: &StatusReference,
-    ) -> Result<(&'static str, String), Problem> {
+    ) -> Result<(&'static str, String), Refusal> {
         let signed = match format {
             CredentialFormat::Mdoc => self
                 .metrics
@@ -837,7 +824,7 @@ impl Service {
         now: OffsetDateTime,
     ) -> Answer {
         match answer {
-            Err(p) if p.rule.is_some() && p.status.is_client_error() => {
+            Err(p) if p.rule.is_some() && p.class.is_client_error() => {
                 let record = DecisionRecord {
                     rule: p.rule.clone(),
                     ..self.decision(client, action, "deny", policy_hash, now)
@@ -882,7 +869,7 @@ impl Service {
         }
         check_id(id)?;
         let meta = self.registry.credential(id).map_err(store_problem)?;
-        Ok((StatusCode::OK, self.meta_json(&meta)))
+        Ok((Reply::Ok, self.meta_json(&meta)))
     }
 
     /// `POST /v1/credentials/{id}/{revoke,suspend,reinstate}`.
@@ -927,7 +914,7 @@ impl Service {
             .set_state(id, to, decision)
             .map_err(store_problem)?;
         self.status_changed();
-        Ok((StatusCode::OK, self.meta_json(&meta)))
+        Ok((Reply::Ok, self.meta_json(&meta)))
     }
 
     fn meta_json(&self, meta: &CredentialMeta) -> Vec<u8> {
@@ -959,7 +946,7 @@ impl Service {
 fn claims_mac(
     secret: &crate::store::HolderSecret,
     claims: &ResidentCardClaims,
-) -> Result<[u8; 32], Problem> {
+) -> Result<[u8; 32], Refusal> {
     let mut input = b"dojang-claims-v1\0".to_vec();
     let portrait = claims
         .portrait
@@ -979,29 +966,25 @@ fn claims_mac(
     }
     secret.claims_mac(&input).map_err(|e| {
         tracing::error!(error = %e, "computing a claims MAC");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Refusal::new(Class::Internal, "internal", "internal error")
     })
 }
 
 fn replay(seal: &SealKey, sealed: &[u8]) -> Answer {
     match seal.open(sealed) {
-        Some(body) => Ok((StatusCode::CREATED, body)),
+        Some(body) => Ok((Reply::Created, body)),
         // Same key and body hash but it does not open: it was sealed for a
         // different request (the body hash matched by the registry's check).
         None => Err(store_problem(StoreError::IdempotencyMismatch)),
     }
 }
 
-fn check_id(id: &str) -> Result<(), Problem> {
+fn check_id(id: &str) -> Result<(), Refusal> {
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(Problem::new(
-            StatusCode::NOT_FOUND,
+        Err(Refusal::new(
+            Class::NotFound,
             "not_found",
             "no credential with this id",
         ))

@@ -27,7 +27,6 @@ pub mod public;
 mod ratelimit;
 mod seal;
 pub mod service;
-pub mod settings;
 pub mod tls;
 
 use std::sync::{Arc, RwLock};
@@ -307,7 +306,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn reload(
-    server: &settings::ServerConfig,
+    server: &crate::config::ServerConfig,
     service: &Arc<service::Service>,
     api_slot: &http::TlsSlot,
     public_slot: &http::TlsSlot,

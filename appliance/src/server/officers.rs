@@ -6,16 +6,16 @@
 
 use super::rfc3339;
 use dojang_policies::{Policy, Role};
-use hyper::StatusCode;
+
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::issue::{Answer, json_problem, store_problem};
-use super::problem::Problem;
 use super::service::Service;
 use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
 use crate::keys::lifecycle::KeyState;
+use crate::refusal::{Class, Refusal, Reply};
 use crate::store::{CHAINS, IACA_DOCUMENT, POLICY_DOCUMENT, StoreError, StoredKey};
 
 /// Proposals a listing returns at most.
@@ -50,22 +50,21 @@ struct ApproveBody {
     operation: Operation,
 }
 
-fn forbidden(client: &str) -> Problem {
-    Problem::new(
-        StatusCode::FORBIDDEN,
+fn forbidden(client: &str) -> Refusal {
+    Refusal::new(
+        Class::Forbidden,
         "forbidden",
         format!("client {client:?} does not have the officer role"),
     )
     .with_rule("client.role")
 }
 
-fn approval_problem(e: &ApprovalError, client: &str) -> Problem {
-    let conflict =
-        |code, rule| Problem::new(StatusCode::CONFLICT, code, e.to_string()).with_rule(rule);
+fn approval_problem(e: &ApprovalError, client: &str) -> Refusal {
+    let conflict = |code, rule| Refusal::new(Class::Conflict, code, e.to_string()).with_rule(rule);
     match e {
         ApprovalError::NotOfficer(_) => forbidden(client),
-        ApprovalError::SelfApproval => Problem::new(
-            StatusCode::FORBIDDEN,
+        ApprovalError::SelfApproval => Refusal::new(
+            Class::Forbidden,
             "self_approval",
             "an officer cannot approve their own proposal: another officer must",
         )
@@ -77,8 +76,8 @@ fn approval_problem(e: &ApprovalError, client: &str) -> Problem {
     }
 }
 
-fn key_state_problem(detail: String, rule: &'static str) -> Problem {
-    Problem::new(StatusCode::CONFLICT, "key_state", detail).with_rule(rule)
+fn key_state_problem(detail: String, rule: &'static str) -> Refusal {
+    Refusal::new(Class::Conflict, "key_state", detail).with_rule(rule)
 }
 
 /// A proposal as the API shows it (`status` says `expired` for an open
@@ -120,12 +119,12 @@ fn key_json(k: &StoredKey) -> serde_json::Value {
     })
 }
 
-fn ok(status: StatusCode, body: serde_json::Value) -> Answer {
+fn ok(status: Reply, body: serde_json::Value) -> Answer {
     Ok((status, body.to_string().into_bytes()))
 }
 
 impl Service {
-    fn officer_policy(&self, client: &str) -> Result<std::sync::Arc<Policy>, Problem> {
+    fn officer_policy(&self, client: &str) -> Result<std::sync::Arc<Policy>, Refusal> {
         let policy = self.current().policy.clone();
         if policy.has_role(client, Role::Officer) {
             Ok(policy)
@@ -145,8 +144,8 @@ impl Service {
     pub(crate) fn list_keys(&self, client: &str) -> Answer {
         let policy = self.current().policy.clone();
         if !policy.has_role(client, Role::Officer) && !policy.has_role(client, Role::Auditor) {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
+            return Err(Refusal::new(
+                Class::Forbidden,
                 "forbidden",
                 format!("client {client:?} has neither the officer nor the auditor role"),
             )
@@ -154,7 +153,7 @@ impl Service {
         }
         let keys = self.registry.keys().map_err(store_problem)?;
         ok(
-            StatusCode::OK,
+            Reply::Ok,
             json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() }),
         )
     }
@@ -165,7 +164,7 @@ impl Service {
         let now = OffsetDateTime::now_utc();
         let proposals = self.registry.proposals(LIST_LIMIT).map_err(store_problem)?;
         ok(
-            StatusCode::OK,
+            Reply::Ok,
             json!({
                 "proposals": proposals
                     .iter()
@@ -180,7 +179,7 @@ impl Service {
         action: &str,
         label: Option<&str>,
         body: &[u8],
-    ) -> Result<Operation, Problem> {
+    ) -> Result<Operation, Refusal> {
         let label = || label.unwrap_or_default().to_owned();
         Ok(match action {
             "rotate" => {
@@ -196,7 +195,7 @@ impl Service {
                     || reason.chars().count() > MAX_REASON
                     || reason.chars().any(char::is_control)
                 {
-                    return Err(Problem::bad_request(
+                    return Err(Refusal::bad_request(
                         "invalid_reason",
                         format!("reason must be 1 to {MAX_REASON} characters on one line"),
                     ));
@@ -211,7 +210,7 @@ impl Service {
                     serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
                 let sha256 = body.sha256.trim().to_ascii_lowercase();
                 if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(Problem::bad_request(
+                    return Err(Refusal::bad_request(
                         "invalid_sha256",
                         "sha256 must be the policy file's SHA-256 in 64 hex digits",
                     ));
@@ -231,16 +230,12 @@ impl Service {
         operation: &Operation,
         keys: &[StoredKey],
         now: OffsetDateTime,
-    ) -> Result<(), Problem> {
+    ) -> Result<(), Refusal> {
         let find = |label: &str| {
             keys.iter()
                 .find(|k| k.record.label == label)
                 .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("no key {label:?}"),
-                    )
+                    Refusal::new(Class::NotFound, "not_found", format!("no key {label:?}"))
                 })
         };
         let expect = |key: &StoredKey, states: &[KeyState], what: &str| {
@@ -261,7 +256,7 @@ impl Service {
         match operation {
             Operation::CreateKey { chain } => {
                 if !CHAINS.contains(&chain.as_str()) {
-                    return Err(Problem::bad_request(
+                    return Err(Refusal::bad_request(
                         "unknown_chain",
                         format!("no key chain {chain:?}: rotate one of {CHAINS:?}"),
                     ));
@@ -326,8 +321,8 @@ impl Service {
                     || self.backend.find(&self.pki_config.iaca_key).is_ok()
                     || keys.iter().any(|k| k.chain == crate::store::DS_CHAIN);
                 if exists {
-                    return Err(Problem::new(
-                        StatusCode::CONFLICT,
+                    return Err(Refusal::new(
+                        Class::Conflict,
                         "iaca_exists",
                         "the IACA exists: it is generated once",
                     )
@@ -341,8 +336,8 @@ impl Service {
                     .document(POLICY_DOCUMENT)
                     .map_err(store_problem)?;
                 if adopted.as_deref() == Some(sha256.as_str()) {
-                    return Err(Problem::new(
-                        StatusCode::CONFLICT,
+                    return Err(Refusal::new(
+                        Class::Conflict,
                         "policy_adopted",
                         "this policy is the one in force",
                     )
@@ -364,7 +359,7 @@ impl Service {
     }
 
     /// `POST /v1/keys/...`: opens a proposal (202).
-    pub(crate) fn propose(&self, client: &str, operation: Result<Operation, Problem>) -> Answer {
+    pub(crate) fn propose(&self, client: &str, operation: Result<Operation, Refusal>) -> Answer {
         let now = OffsetDateTime::now_utc();
         let answer = self.propose_inner(client, operation, now);
         self.officer_step("propose", &answer);
@@ -375,7 +370,7 @@ impl Service {
     fn propose_inner(
         &self,
         client: &str,
-        operation: Result<Operation, Problem>,
+        operation: Result<Operation, Refusal>,
         now: OffsetDateTime,
     ) -> Answer {
         let policy = self.officer_policy(client)?;
@@ -408,7 +403,7 @@ impl Service {
             .add_proposal(&proposal, decision)
             .map_err(store_problem)?;
         tracing::info!(proposal = %id, officer = %client, operation = %operation_summary(&proposal.operation), "proposal opened");
-        ok(StatusCode::ACCEPTED, proposal_json(&proposal, now))
+        ok(Reply::Accepted, proposal_json(&proposal, now))
     }
 
     /// `POST /v1/approvals/{id}/approve` (the body repeats the operation
@@ -439,11 +434,9 @@ impl Service {
     ) -> Answer {
         let policy = self.officer_policy(client)?;
         let stored = self.registry.proposal(id).map_err(|e| match e {
-            StoreError::NotFound => Problem::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no proposal with this id",
-            ),
+            StoreError::NotFound => {
+                Refusal::new(Class::NotFound, "not_found", "no proposal with this id")
+            }
             e => store_problem(e),
         })?;
         let mut proposal = stored.proposal;
@@ -452,8 +445,8 @@ impl Service {
             // a proposal is never approved for something else than was read.
             let seen: ApproveBody = serde_json::from_slice(body).map_err(|e| json_problem(&e))?;
             if seen.operation != proposal.operation {
-                return Err(Problem::new(
-                    StatusCode::CONFLICT,
+                return Err(Refusal::new(
+                    Class::Conflict,
                     "operation_mismatch",
                     "the operation in the approval is not the proposal's: list the proposal and read it again",
                 )
@@ -496,8 +489,8 @@ impl Service {
         self.registry
             .update_proposal(&proposal, stored.version, decision)
             .map_err(|e| match e {
-                StoreError::Conflict { rule } => Problem::new(
-                    StatusCode::CONFLICT,
+                StoreError::Conflict { rule } => Refusal::new(
+                    Class::Conflict,
                     "proposal_changed",
                     "another officer changed this proposal at the same time; list it and try again",
                 )
@@ -505,12 +498,12 @@ impl Service {
                 e => store_problem(e),
             })?;
         if proposal.state != ProposalState::Approved {
-            return ok(StatusCode::OK, proposal_json(&proposal, now));
+            return ok(Reply::Ok, proposal_json(&proposal, now));
         }
         // Approved: this node carries it out and records what happened.
         let result = self.carry_out(client, &mut proposal, stored.version + 1, now)?;
         let _done = result?;
-        ok(StatusCode::OK, proposal_json(&proposal, now))
+        ok(Reply::Ok, proposal_json(&proposal, now))
     }
 
     /// Executes an approved proposal and records its result on it (row at
@@ -522,7 +515,7 @@ impl Service {
         proposal: &mut Proposal,
         version: i64,
         now: OffsetDateTime,
-    ) -> Result<Result<String, Problem>, Problem> {
+    ) -> Result<Result<String, Refusal>, Refusal> {
         let result = self.execute(&proposal.operation, now);
         proposal.result = Some(match &result {
             Ok(done) => done.clone(),
@@ -580,13 +573,12 @@ impl Service {
     }
 
     /// Carries out an approved operation; what it did, for the record.
-    fn execute(&self, operation: &Operation, now: OffsetDateTime) -> Result<String, Problem> {
+    fn execute(&self, operation: &Operation, now: OffsetDateTime) -> Result<String, Refusal> {
         let keys = self.registry.keys().map_err(store_problem)?;
         self.check_operation(operation, &keys, now)?;
         let failed = |detail: String| {
             tracing::warn!(error = %detail, "approved key operation failed");
-            Problem::new(StatusCode::CONFLICT, "operation_failed", detail)
-                .with_rule("keys.lifecycle")
+            Refusal::new(Class::Conflict, "operation_failed", detail).with_rule("keys.lifecycle")
         };
         let done = match operation {
             Operation::CreateKey { chain } => {
@@ -697,12 +689,8 @@ impl Service {
     }
 }
 
-fn internal() -> Problem {
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
+fn internal() -> Refusal {
+    Refusal::new(Class::Internal, "internal", "internal error")
 }
 
 /// One line for logs and the audit log (no reason text: it is free text).

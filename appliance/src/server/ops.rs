@@ -12,8 +12,8 @@ use hyper::{Request, Response, StatusCode};
 
 use super::http::{self, Body, Peer, Router};
 use super::pool::BlockingPool;
-use super::problem::Problem;
 use super::service::Service;
+use crate::refusal::{Class, Refusal};
 
 /// The ops router.
 pub struct Ops {
@@ -48,7 +48,7 @@ impl Router for Ops {
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(async move {
             let request_id = http::request_id();
-            let busy = || Problem::unavailable("overloaded", "busy; retry shortly");
+            let busy = || Refusal::unavailable("overloaded", "busy; retry shortly");
             let (route, response) = match request.uri().path() {
                 "/healthz" => (
                     "/healthz",
@@ -81,7 +81,7 @@ impl Router for Ops {
                 _ => (
                     "other",
                     http::problem(
-                        &Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+                        &Refusal::new(Class::NotFound, "not_found", "no such endpoint"),
                         &request_id,
                     ),
                 ),

@@ -1,25 +1,11 @@
-//! RFC 9457 problem details: every refusal the service gives, with a stable
-//! `code`, the policy `rule` that refused where there is one, and the
-//! request id. Messages are written for the client and never carry a key
-//! handle, a PIN, a stack trace or a personal datum.
+//! RFC 9457 problem details: how a [`Refusal`] goes over HTTP, in one
+//! place. Every refusal keeps its stable `code`, the rule that refused
+//! where there is one, and gets the request id.
 
 use hyper::StatusCode;
 use serde::Serialize;
 
-/// A refusal.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code, e.g. `policy_denied`.
-    pub code: &'static str,
-    /// Human-readable explanation (no personal data).
-    pub detail: String,
-    /// The policy or registry rule that refused, if any.
-    pub rule: Option<String>,
-    /// Seconds to wait before retrying (429/503).
-    pub retry_after: Option<u32>,
-}
+use crate::refusal::{Class, Refusal, Reply};
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -34,56 +20,50 @@ struct Body<'a> {
     request_id: &'a str,
 }
 
-impl Problem {
-    /// A problem without a rule.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Problem {
-            status,
-            code,
-            detail: detail.into(),
-            rule: None,
-            retry_after: None,
-        }
+/// The HTTP status of a refusal's class.
+pub fn status(class: Class) -> StatusCode {
+    match class {
+        Class::BadRequest => StatusCode::BAD_REQUEST,
+        Class::Unauthorized => StatusCode::UNAUTHORIZED,
+        Class::Forbidden => StatusCode::FORBIDDEN,
+        Class::NotFound => StatusCode::NOT_FOUND,
+        Class::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Class::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        Class::Conflict => StatusCode::CONFLICT,
+        Class::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Class::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Class::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Class::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        Class::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
+}
 
-    /// Names the rule that refused.
-    pub fn with_rule(mut self, rule: impl Into<String>) -> Self {
-        self.rule = Some(rule.into());
-        self
+/// The HTTP status of a reply.
+pub fn reply_status(reply: Reply) -> StatusCode {
+    match reply {
+        Reply::Ok => StatusCode::OK,
+        Reply::Created => StatusCode::CREATED,
+        Reply::Accepted => StatusCode::ACCEPTED,
     }
+}
 
-    /// Asks the client to come back after `seconds`.
-    pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    /// 400 with `code`.
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, code, detail)
-    }
-
-    /// 503: the key backend or the store cannot serve now.
-    pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(1)
-    }
-
-    /// The JSON body.
-    pub fn body(&self, request_id: &str) -> Vec<u8> {
-        let body = Body {
-            kind: format!(
-                "https://dojang.dev/problems/{}",
-                self.code.replace('_', "-")
-            ),
-            title: self.status.canonical_reason().unwrap_or("Error"),
-            status: self.status.as_u16(),
-            code: self.code,
-            detail: &self.detail,
-            rule: self.rule.as_deref(),
-            request_id,
-        };
-        serde_json::to_vec(&body).unwrap_or_default()
-    }
+/// The problem+json body of `refusal`.
+pub fn body(refusal: &Refusal, request_id: &str) -> Vec<u8> {
+    let status = status(refusal.class);
+    let body = Body {
+        kind: format!(
+            "https://dojang.dev/problems/{}",
+            refusal.code.replace('_', "-")
+        ),
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        code: refusal.code,
+        detail: &refusal.detail,
+        rule: refusal.rule.as_deref(),
+        request_id,
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -92,13 +72,9 @@ mod tests {
 
     #[test]
     fn carries_code_rule_and_request_id() {
-        let p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "policy_denied",
-            "too young",
-        )
-        .with_rule("holder.minimum_age");
-        let v: serde_json::Value = serde_json::from_slice(&p.body("r-1")).unwrap();
+        let p = Refusal::new(Class::Unprocessable, "policy_denied", "too young")
+            .with_rule("holder.minimum_age");
+        let v: serde_json::Value = serde_json::from_slice(&body(&p, "r-1")).unwrap();
         assert_eq!(v["status"], 422);
         assert_eq!(v["code"], "policy_denied");
         assert_eq!(v["rule"], "holder.minimum_age");

@@ -13,8 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{self, Body, Peer, Router};
 use super::pool::BlockingPool;
-use super::problem::Problem;
 use super::service::Service;
+use crate::refusal::{Class, Refusal};
 
 /// The public router.
 pub struct Public {
@@ -43,19 +43,19 @@ impl Public {
     async fn answer(
         &self,
         request: &Request<Incoming>,
-    ) -> (&'static str, Result<(&'static str, Vec<u8>, u32), Problem>) {
+    ) -> (&'static str, Result<(&'static str, Vec<u8>, u32), Refusal>) {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return (
                 "other",
-                Err(Problem::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
+                Err(Refusal::new(
+                    Class::MethodNotAllowed,
                     "method_not_allowed",
                     "only GET is served here",
                 )),
             );
         }
         let current = self.service.current();
-        let not_found = || Problem::new(StatusCode::NOT_FOUND, "not_found", "no such document");
+        let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         let path = request.uri().path();
         match path {
             "/.well-known/jwks.json" => (
@@ -114,7 +114,7 @@ impl Public {
                         Err(_) => {
                             return (
                                 "/status/{list}",
-                                Err(Problem::unavailable("overloaded", "busy; retry shortly")),
+                                Err(Refusal::unavailable("overloaded", "busy; retry shortly")),
                             );
                         }
                     };
@@ -125,7 +125,7 @@ impl Public {
                         Ok(None) => Err(not_found()),
                         Err(e) => {
                             tracing::warn!(error = %e, "signing a status list");
-                            Err(Problem::unavailable(
+                            Err(Refusal::unavailable(
                                 "status_list_unavailable",
                                 "the status list cannot be signed now; retry",
                             ))

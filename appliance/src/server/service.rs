@@ -19,13 +19,14 @@ use time::OffsetDateTime;
 use super::key_lifecycle::KeyView;
 use super::metrics::Metrics;
 use super::ratelimit::RateCounter;
-use super::settings::{ServerConfig, ServiceKeys};
 use crate::audit::checkpoint::Checkpoint;
 use crate::config::CredentialConfig;
+use crate::config::{AuditSettings, ServerConfig, ServiceKeys};
 use crate::credential::DocumentSigner;
 use crate::keys::lifecycle::KeyState;
 use crate::pki::profile::CertFacts;
 use crate::pki::{PkiConfig, PkiStore};
+use crate::refusal::Refusal;
 use crate::status::{StatusList, sign_token};
 use crate::store::{
     DecisionRecord, IACA_DOCUMENT, POLICY_DOCUMENT, Registry, STATUS_LIST_SIZE, StatusRange,
@@ -87,7 +88,7 @@ pub struct Service {
     pub(crate) node_id: String,
     pub(crate) rate: RateCounter,
     pub(crate) audit: super::audit_log::AuditLog,
-    audit_settings: super::settings::AuditSettings,
+    audit_settings: AuditSettings,
     public_base: String,
     policy_path: PathBuf,
     pub(crate) pki: PkiStore,
@@ -440,16 +441,13 @@ impl Service {
 
     /// Refuses work on a node whose policy is not the one officers adopted:
     /// it would apply rules (and officers) no longer in force.
-    pub(crate) fn require_adopted_policy(
-        &self,
-        current: &Current,
-    ) -> Result<(), super::problem::Problem> {
+    pub(crate) fn require_adopted_policy(&self, current: &Current) -> Result<(), Refusal> {
         let stale = self
             .adopted_policy
             .read()
             .is_ok_and(|a| a.as_ref().is_some_and(|hash| *hash != current.policy.hash));
         if stale {
-            return Err(super::problem::Problem::unavailable(
+            return Err(Refusal::unavailable(
                 "policy_not_adopted",
                 "this node's policy is not the one officers adopted; another node can serve",
             )

@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use super::settings::{ApiListener, PublicListener};
+use crate::config::{ApiListener, PublicListener};
 
 /// A TLS file that could not be used.
 #[derive(Debug, thiserror::Error)]

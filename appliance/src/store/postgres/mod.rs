@@ -8,6 +8,7 @@
 //! together migrate once).
 
 mod connection;
+mod errors;
 mod quota;
 mod sequencer;
 mod tx;
@@ -18,7 +19,8 @@ use postgres::config::{Host, SslMode};
 use postgres_openssl::MakeTlsConnector;
 
 use self::connection::{Connection, RawTx};
-use self::tx::{PgTx, RETRYABLE, map_err};
+use self::errors::{RETRYABLE, map_err};
+use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
 use super::sql::{Driver, SqlRegistry, Tx};

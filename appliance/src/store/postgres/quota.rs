@@ -4,7 +4,7 @@
 //! the length of an fsync.
 
 use super::connection::RawTx;
-use super::tx::map_err;
+use super::errors::map_err;
 use crate::store::StoreError;
 
 /// Takes one copy if any shard has room: a random unlocked shard first

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::connection::RawTx;
-use super::tx::map_err;
+use super::errors::map_err;
 use crate::store::{DecisionRecord, Pseudonym, StoreError};
 
 /// Any number: the advisory lock that makes one sequencer at a time.

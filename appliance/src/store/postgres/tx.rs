@@ -5,55 +5,17 @@
 use std::error::Error;
 
 use bytes::BytesMut;
-use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::connection::RawTx;
+use super::errors::map_err;
 use super::{quota, sequencer};
-use crate::store::sql::{Cell, Row, Tx, Value, rule_for_constraint};
+use crate::store::sql::{Cell, Row, Tx, Value};
 use crate::store::{DecisionRecord, Pseudonym, StoreError};
 
 /// The registry's view of one transaction.
 pub(super) struct PgTx<'t, 'c> {
     pub(super) raw: &'t mut RawTx<'c>,
-}
-
-/// The message prefix of errors worth retrying the transaction for.
-pub(super) const RETRYABLE: &str = "retryable:";
-
-pub(super) fn map_err(e: postgres::Error) -> StoreError {
-    let Some(db) = e.as_db_error() else {
-        // No database error: the connection itself failed.
-        return StoreError::Unavailable(e.to_string());
-    };
-    let code = db.code();
-    if *code == SqlState::UNIQUE_VIOLATION {
-        return db.constraint().and_then(rule_for_constraint).map_or_else(
-            || StoreError::Internal(db.message().to_owned()),
-            |rule| StoreError::Conflict { rule },
-        );
-    }
-    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
-        return StoreError::Unavailable(format!("{RETRYABLE} {}", db.message()));
-    }
-    let unavailable = [
-        SqlState::DISK_FULL,
-        SqlState::INSUFFICIENT_PRIVILEGE,
-        SqlState::READ_ONLY_SQL_TRANSACTION,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::TOO_MANY_CONNECTIONS,
-        SqlState::QUERY_CANCELED,
-        SqlState::LOCK_NOT_AVAILABLE,
-        SqlState::INSUFFICIENT_RESOURCES,
-        SqlState::OUT_OF_MEMORY,
-        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-    ];
-    if unavailable.contains(code) {
-        return StoreError::Unavailable(db.message().to_owned());
-    }
-    StoreError::Internal(db.message().to_owned())
 }
 
 fn mismatch(value: &Value<'_>, ty: &Type) -> Box<dyn Error + Sync + Send> {

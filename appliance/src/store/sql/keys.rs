@@ -5,8 +5,7 @@
 
 use time::OffsetDateTime;
 
-use super::SqlRegistry;
-use super::tx::{Driver, Row, Tx, args};
+use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::keys::approvals::Proposal;
 use crate::keys::lifecycle::{KeyRecord, KeyState};
 use crate::store::keyring::{

@@ -15,9 +15,5 @@ mod registry;
 mod tx;
 
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
+pub use tx::SqlRegistry;
 pub(crate) use tx::{Cell, Driver, Row, Tx, Value, args};
-
-/// The registry on one database, through its driver.
-pub struct SqlRegistry<D> {
-    pub(super) driver: D,
-}

@@ -2,8 +2,7 @@
 //! changes, refresh, the facts the policy reads, status entries, and the
 //! audit log's reads and checkpoints.
 
-use super::SqlRegistry;
-use super::tx::{Driver, Row, Tx, args};
+use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,

@@ -274,3 +274,8 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// Gives recorded decisions their place in the log; how many it placed.
     fn sequence_audit(&self) -> Result<u64, StoreError>;
 }
+
+/// The registry on one database, through its driver.
+pub struct SqlRegistry<D> {
+    pub(in crate::store) driver: D,
+}

@@ -1,6 +1,6 @@
-//! The `[server]` and `[store]` tables of `dojang.toml`: listeners, TLS
-//! files, limits and the labels of the keys the service uses. Every limit
-//! has a default an operator can leave alone.
+//! The `[server]` table of `dojang.toml`: listeners, TLS files, limits,
+//! the audit log's checkpoints and the labels of the keys the service
+//! uses. Every limit has a default an operator can leave alone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -209,25 +209,6 @@ impl Default for ServiceKeys {
     }
 }
 
-/// The `[store]` table: exactly one of `sqlite` and `postgres`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// The embedded registry file.
-    #[serde(default)]
-    pub sqlite: Option<PathBuf>,
-    /// A PostgreSQL connection string (several nodes may share it).
-    #[serde(default)]
-    pub postgres: Option<String>,
-    /// Connections to PostgreSQL.
-    #[serde(default = "default_pg_pool")]
-    pub pool_size: usize,
-    /// CA certificate(s) the PostgreSQL server's certificate must chain to
-    /// (default: the system's).
-    #[serde(default)]
-    pub postgres_ca: Option<PathBuf>,
-}
-
 fn default_node_id() -> String {
     "node-1".into()
 }
@@ -270,9 +251,6 @@ fn default_status_key() -> String {
 }
 fn default_audit_key() -> String {
     "audit-1".into()
-}
-fn default_pg_pool() -> usize {
-    16
 }
 
 impl ServerConfig {
@@ -358,20 +336,6 @@ impl ServerConfig {
         ];
         if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
             return Err(format!("server.limits.{name}"));
-        }
-        Ok(())
-    }
-}
-
-impl StoreConfig {
-    /// Exactly one backend.
-    pub fn validate(&self) -> Result<(), String> {
-        match (&self.sqlite, &self.postgres) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return Err("[store]: set exactly one of sqlite and postgres".into()),
-        }
-        if !(1..=256).contains(&self.pool_size) {
-            return Err("store.pool_size must be 1 to 256".into());
         }
         Ok(())
     }

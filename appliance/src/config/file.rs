@@ -1,14 +1,14 @@
-//! `dojang.toml`: parsed strictly (unknown keys are refused with their file
-//! and line) and validated before anything touches a device.
+//! The file as a whole: parsed strictly (unknown keys are refused with
+//! their file and line) and validated before anything touches a device;
+//! and the `[credential]` table.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use pkcs11_shim::BackendConfig;
+use pkcs11_shim::BackendConfig;
 
-pub use crate::pki::PkiConfig;
-pub use crate::server::settings::{ServerConfig, StoreConfig};
+use super::{PkiConfig, ServerConfig, StoreConfig};
 
 /// Where the daemon and the CLI look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dojang/dojang.toml";
@@ -117,7 +117,7 @@ impl Config {
         };
         config.keys.validate().map_err(|e| invalid(e.to_string()))?;
         if let Some(pki) = &config.pki {
-            pki.validate().map_err(|e| invalid(e.to_string()))?;
+            pki.validate().map_err(invalid)?;
         }
         if let Some(credential) = &config.credential {
             credential.validate().map_err(invalid)?;

@@ -1,0 +1,16 @@
+//! `dojang.toml`: one module per table, each parsed strictly and validated
+//! before anything touches a device. A leaf: it imports nothing else of
+//! the appliance.
+
+mod file;
+pub mod pki;
+pub mod server;
+mod store;
+
+pub use self::file::{Config, ConfigError, CredentialConfig, DEFAULT_CONFIG_PATH};
+pub use self::pki::PkiConfig;
+pub use self::server::{
+    ApiListener, AuditSettings, Limits, OpsListener, PublicListener, ServerConfig, ServiceKeys,
+};
+pub use self::store::StoreConfig;
+pub use pkcs11_shim::BackendConfig;

@@ -1,0 +1,464 @@
+//! What the registry keeps and promises, whatever the database: the
+//! credential, decision and idempotency types, the [`Registry`] trait, and
+//! the rules both databases apply the same way (state transitions, refresh
+//! ownership, status-index blocks).
+
+use std::fmt;
+
+use super::keyring::KeyRegistry;
+
+/// A holder pseudonym: HMAC-SHA256 of the resident number under the HSM's
+/// pseudonym key. `Debug` shows a prefix only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pseudonym(pub [u8; 32]);
+
+impl fmt::Debug for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pseudonym({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+/// A credential's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialState {
+    /// Valid.
+    Active,
+    /// Temporarily invalid (status 0x02).
+    Suspended,
+    /// Revoked (status 0x01).
+    Revoked,
+    /// Replaced by a credential on the holder's new phone (status 0x01).
+    Superseded,
+}
+
+impl CredentialState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Active => "active",
+            CredentialState::Suspended => "suspended",
+            CredentialState::Revoked => "revoked",
+            CredentialState::Superseded => "superseded",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "active" => CredentialState::Active,
+            "suspended" => CredentialState::Suspended,
+            "revoked" => CredentialState::Revoked,
+            "superseded" => CredentialState::Superseded,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unknown state {other:?} in the store"
+                )));
+            }
+        })
+    }
+
+    /// The IETF Token Status List value: 0 valid, 1 invalid, 2 suspended.
+    pub fn status_value(self) -> u8 {
+        match self {
+            CredentialState::Active => 0,
+            CredentialState::Revoked | CredentialState::Superseded => 1,
+            CredentialState::Suspended => 2,
+        }
+    }
+}
+
+/// What the registry knows about a holder and a phone, for the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HolderFacts {
+    /// The holder's live (active or suspended) credential: on this phone?
+    pub holder_live_on_same_device: Option<bool>,
+    /// The holder's live credential is suspended.
+    pub holder_suspended: bool,
+    /// The phone holds another holder's live credential.
+    pub device_bound_to_other_holder: bool,
+    /// Free copies issued so far.
+    pub free_copies_issued: u64,
+}
+
+/// A block of status-list indexes reserved for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    /// The list.
+    pub list: u32,
+    /// First index of the block.
+    pub first: u64,
+    /// Number of indexes.
+    pub count: u64,
+}
+
+/// A new credential's registry row.
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    /// Random id (hex).
+    pub id: String,
+    /// The holder's pseudonym.
+    pub holder: Pseudonym,
+    /// RFC 7638 thumbprint of the phone's key.
+    pub device: String,
+    /// Profile name.
+    pub profile: String,
+    /// `kid` of the DS key that signed it.
+    pub kid: String,
+    /// Status list and index.
+    pub status_list: u32,
+    /// Index in the list.
+    pub status_index: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Signature valid until (unix seconds).
+    pub valid_until: i64,
+    /// The document's last day, "YYYY-MM-DD".
+    pub document_expiry: String,
+    /// HMAC (in the HSM) of the document's claims: a refresh must present
+    /// the same claims. Never the claims themselves.
+    pub claims_mac: [u8; 32],
+}
+
+/// The decision recorded with an operation: the registry appends it to the
+/// audit log in the same transaction as the operation itself.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionRecord {
+    /// The node that decided.
+    pub node: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// Client or officer identity.
+    pub actor: String,
+    /// `issue`, `revoke`, `suspend`, `reinstate`, `refresh`, …
+    pub action: String,
+    /// `allow` / `deny`.
+    pub outcome: String,
+    /// The refusing rule, if any.
+    pub rule: Option<String>,
+    /// SHA-256 of the policy file (hex).
+    pub policy_hash: String,
+    /// Credential profile.
+    pub profile: Option<String>,
+    /// Key id of the signing key.
+    pub key_id: Option<String>,
+    /// SHA-256 of what was signed and handed out.
+    pub payload_sha256: Option<[u8; 32]>,
+}
+
+impl DecisionRecord {
+    /// The audit entry for this decision: `node_seq` is its place in the
+    /// node's own sequence.
+    pub fn entry(
+        &self,
+        node_seq: u64,
+        credential: Option<&str>,
+        holder: Option<&Pseudonym>,
+    ) -> crate::audit::entry::AuditEntry {
+        crate::audit::entry::AuditEntry {
+            time: self.at,
+            node: self.node.clone(),
+            seq: node_seq,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            outcome: self.outcome.clone(),
+            rule: self.rule.clone(),
+            policy_hash: (!self.policy_hash.is_empty()).then(|| self.policy_hash.clone()),
+            profile: self.profile.clone(),
+            credential_id: credential.map(str::to_owned),
+            key_id: self.key_id.clone(),
+            payload_sha256: self.payload_sha256,
+            holder: holder.map(|h| h.0),
+        }
+    }
+}
+
+/// An idempotency key with the hash of the request body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The client's key (`Idempotency-Key`).
+    pub key: String,
+    /// SHA-256 of the request body.
+    pub request_hash: [u8; 32],
+}
+
+/// Everything committed for one issuance, in one transaction.
+#[derive(Debug, Clone)]
+pub struct IssuanceCommit {
+    /// The row.
+    pub credential: NewCredential,
+    /// Retire the holder's live credential on another phone.
+    pub supersede: bool,
+    /// Take a free first-time copy if any is left.
+    pub want_free_copy: bool,
+    /// Idempotency key, if the client sent one.
+    pub idempotency: Option<IdempotencyKey>,
+    /// The decision.
+    pub decision: DecisionRecord,
+}
+
+/// What the transaction did, for building the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// A free copy was taken (no fee).
+    pub free_copy: bool,
+    /// Ids of credentials superseded on other phones.
+    pub superseded: Vec<String>,
+}
+
+/// Builds the response stored under the idempotency key, inside the
+/// transaction (the fee depends on whether a free copy was left).
+pub type Respond = Box<dyn FnOnce(&Committed) -> Vec<u8> + Send>;
+
+/// A stored credential's metadata (never personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialMeta {
+    /// Id.
+    pub id: String,
+    /// Profile.
+    pub profile: String,
+    /// DS key id.
+    pub kid: String,
+    /// State.
+    pub state: CredentialState,
+    /// Status list.
+    pub status_list: u32,
+    /// Index.
+    pub status_index: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub valid_until: i64,
+    /// "YYYY-MM-DD".
+    pub document_expiry: String,
+    /// The holder's pseudonym (never shown to clients).
+    pub holder: Pseudonym,
+    /// The phone's key thumbprint (never shown to clients).
+    pub device: String,
+    /// HMAC of the document's claims (absent for rows from before it was kept).
+    pub claims_mac: Option<[u8; 32]>,
+}
+
+/// A registry operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness invariant refused it; `rule` names which.
+    #[error("conflict: {rule}")]
+    Conflict {
+        /// `holder.one_active`, `device.one_person`.
+        rule: &'static str,
+    },
+    /// Same idempotency key, other request body.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    /// The same idempotency key committed concurrently: replay its response.
+    #[error("idempotency key already committed")]
+    IdempotencyReplay(Vec<u8>),
+    /// No such credential.
+    #[error("no such credential")]
+    NotFound,
+    /// The state change is not allowed from the current state.
+    #[error("a {from} credential cannot be {to}")]
+    InvalidTransition {
+        /// Current state.
+        from: &'static str,
+        /// Wanted state.
+        to: &'static str,
+    },
+    /// The database is unreachable, read-only, full…: retry later (503).
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a corrupt store.
+    #[error("registry error: {0}")]
+    Internal(String),
+}
+
+/// The registry.
+pub trait Registry: KeyRegistry + Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// Sets the free first-time quota (from the policy); never below what was used.
+    fn set_free_quota(&self, quota: u64) -> Result<(), StoreError>;
+    /// (used, quota) of the free first-time copies.
+    fn free_quota(&self) -> Result<(u64, u64), StoreError>;
+    /// Facts for the policy.
+    fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError>;
+    /// Reserves a block of status-list indexes for this node.
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError>;
+    /// The stored response for an idempotency key, `IdempotencyMismatch` if
+    /// the body differs, `None` if the key is new.
+    fn idempotent_response(
+        &self,
+        client: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Commits an issuance durably; `respond` builds the stored response.
+    fn commit_issuance(
+        &self,
+        client: &str,
+        commit: IssuanceCommit,
+        respond: Respond,
+    ) -> Result<(Committed, Vec<u8>), StoreError>;
+    /// A credential's metadata.
+    fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError>;
+    /// Changes a credential's state (revoke, suspend, reinstate), recording the decision.
+    fn set_state(
+        &self,
+        id: &str,
+        to: CredentialState,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError>;
+    /// Records a refresh: the active credential `id` of `holder` on
+    /// `device` is now signed by `kid` until `valid_until`. Another holder
+    /// or phone is refused (`Conflict { rule: REFRESH_SAME_OWNER }`), as is
+    /// a credential that is not active.
+    fn refresh(
+        &self,
+        id: &str,
+        holder: &Pseudonym,
+        device: &str,
+        kid: &str,
+        valid_until: i64,
+        decision: DecisionRecord,
+    ) -> Result<CredentialMeta, StoreError>;
+    /// Every (index, state) of one status list.
+    fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError>;
+    /// Decisions recorded (sequenced into the log or waiting to be).
+    fn decision_count(&self) -> Result<u64, StoreError>;
+    /// Entries in the log: the tree size proofs and checkpoints cover.
+    fn audit_size(&self) -> Result<u64, StoreError>;
+    /// Gives recorded decisions their place in the log; the number placed.
+    /// A store that places each decision as it commits places nothing here.
+    fn sequence_audit(&self) -> Result<u64, StoreError>;
+    /// Appends a decision that changes nothing else (a denial, a start, a
+    /// reload) to the audit log, durably.
+    fn record(&self, decision: DecisionRecord, holder: Option<Pseudonym>)
+    -> Result<(), StoreError>;
+    /// Canonical audit entries `start..start+count` (fewer at the end).
+    fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Leaf hashes of entries `start..end`.
+    fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Stores a signed checkpoint of the first `size` entries (the first one
+    /// stored for a size stays).
+    fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// Every stored checkpoint, smallest first, as (size, signed note).
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The largest checkpoint.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// Whether the audit log can be written now (a write that changes nothing).
+    fn probe_write(&self) -> Result<(), StoreError>;
+    /// Whether the database answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The rule a refresh for another holder or phone breaks.
+pub const REFRESH_SAME_OWNER: &str = "refresh.same_holder_and_phone";
+
+/// A refresh needs the credential active, its holder and its phone.
+pub(crate) fn check_refresh(
+    stored_holder: &[u8],
+    stored_device: &str,
+    state: CredentialState,
+    holder: &Pseudonym,
+    device: &str,
+) -> Result<(), StoreError> {
+    if stored_holder != holder.0 || stored_device != device {
+        return Err(StoreError::Conflict {
+            rule: REFRESH_SAME_OWNER,
+        });
+    }
+    if state != CredentialState::Active {
+        return Err(StoreError::InvalidTransition {
+            from: state.as_str(),
+            to: "refreshed",
+        });
+    }
+    Ok(())
+}
+
+/// Size of each status list (2 bits a credential: 256 KiB before compression).
+pub const STATUS_LIST_SIZE: u64 = 1 << 20;
+
+/// Status-index blocks are 1 to a whole list.
+pub(crate) fn check_block(count: u64) -> Result<(), StoreError> {
+    if (1..=STATUS_LIST_SIZE).contains(&count) {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "a status-index block is 1 to {STATUS_LIST_SIZE} indexes, not {count}"
+        )))
+    }
+}
+
+fn allowed(from: CredentialState, to: CredentialState) -> bool {
+    use CredentialState::*;
+    matches!(
+        (from, to),
+        (Active, Suspended) | (Active, Revoked) | (Suspended, Active) | (Suspended, Revoked)
+    )
+}
+
+pub(crate) fn check_transition(
+    from: CredentialState,
+    to: CredentialState,
+) -> Result<(), StoreError> {
+    if allowed(from, to) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidTransition {
+            from: from.as_str(),
+            to: to.as_str(),
+        })
+    }
+}
+
+/// What one HMAC in the HSM of a resident number gives: the holder's
+/// pseudonym, which the registry stores, and a secret it never stores,
+/// which keys the MAC of the holder's claims. Without the HSM key neither
+/// can be linked to a number, even by trying every possible number; without
+/// the number (and the HSM) the claims MAC cannot be recomputed, so the
+/// stored MAC says nothing about names or addresses.
+pub struct HolderSecret {
+    /// SHA-256 of the HMAC output, domain-separated: what is stored.
+    pub pseudonym: Pseudonym,
+    secret: [u8; 32],
+}
+
+impl fmt::Debug for HolderSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HolderSecret({:?}, <secret>)", self.pseudonym)
+    }
+}
+
+impl Drop for HolderSecret {
+    fn drop(&mut self) {
+        self.secret.fill(0);
+    }
+}
+
+impl HolderSecret {
+    /// HMAC-SHA256 of `claims` under this holder's secret.
+    pub fn claims_mac(&self, claims: &[u8]) -> Result<[u8; 32], openssl::error::ErrorStack> {
+        let key = openssl::pkey::PKey::hmac(&self.secret)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(claims)?;
+        let mut out = [0u8; 32];
+        let _ = signer.sign(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// The holder's pseudonym and claims secret from the 13 digits of the
+/// resident number, with the pseudonym key `label` in the HSM: one HSM call.
+pub fn pseudonym(
+    backend: &dyn pkcs11_shim::KeyBackend,
+    label: &str,
+    number: &dojang_policies::resident_number::ResidentNumber,
+) -> Result<HolderSecret, pkcs11_shim::Error> {
+    let secret = backend.hmac_sha256(label, number.digits())?;
+    let mut input = b"dojang-pseudonym-v1\0".to_vec();
+    input.extend_from_slice(&secret);
+    Ok(HolderSecret {
+        pseudonym: Pseudonym(pkcs11_shim::digest::sha256(&input)),
+        secret,
+    })
+}
