@@ -9,6 +9,7 @@ use pkcs11_shim::KeyBackend;
 use tracing::level_filters::LevelFilter;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::store::{PostgresRegistry, Registry, SqliteRegistry};
 
 /// The config path: `--config`, else `$DOJANG_CONFIG`, else the default.
 pub fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -60,4 +61,22 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 /// Opens the configured key backend.
 pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
     pkcs11_shim::open(&config.keys).context("opening the key backend")
+}
+
+/// Opens the configured registry.
+pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    let store = config
+        .store
+        .as_ref()
+        .context("this needs a [store] table in the configuration")?;
+    Ok(match (&store.sqlite, &store.postgres) {
+        (Some(path), _) => Arc::new(
+            SqliteRegistry::open(path)
+                .with_context(|| format!("opening the registry {}", path.display()))?,
+        ),
+        (None, Some(url)) => {
+            Arc::new(PostgresRegistry::open(url, store.pool_size).context("opening the registry")?)
+        }
+        (None, None) => anyhow::bail!("[store]: set sqlite or postgres"),
+    })
 }

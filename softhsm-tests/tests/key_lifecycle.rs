@@ -9,9 +9,9 @@ mod common;
 
 use std::sync::Arc;
 
+use dojang::metrics::Metrics;
 use dojang::pki::profile;
-use dojang::server::metrics::Metrics;
-use dojang::server::service::Service;
+use dojang::service::Service;
 use dojang::store::{Registry, SqliteRegistry};
 use softhsm_tests::daemon::{Daemon, Options};
 use time::{Duration, OffsetDateTime};
@@ -36,7 +36,7 @@ fn in_process(policy: fn(String) -> String) -> InProcess {
     let config = dojang::cli::load_config(&d.config).unwrap();
     let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> =
         Box::leak(Box::new(dojang::cli::open_backend(&config).unwrap()));
-    let registry = dojang::server::open_registry(&config).unwrap();
+    let registry = dojang::cli::open_registry(&config).unwrap();
     let service = node(&config, backend.as_ref(), registry.clone(), "a");
     InProcess {
         _daemon: d,
@@ -189,12 +189,14 @@ fn a_usage_limit_rotates_at_once() {
     let t0 = OffsetDateTime::now_utc();
     // Nine signatures: under the limit.
     for _ in 0..9 {
-        s.count_signature("ds-1", (t0 + Duration::days(90)).unix_timestamp());
+        s.keys
+            .count_signature("ds-1", (t0 + Duration::days(90)).unix_timestamp());
     }
     s.keys_tick(t0 + Duration::days(1), LEASE_MS);
     assert_eq!(ds_keys(registry).len(), 1);
     assert_eq!(ds_keys(registry)[0].record.signatures, 9);
-    s.count_signature("ds-1", (t0 + Duration::days(91)).unix_timestamp());
+    s.keys
+        .count_signature("ds-1", (t0 + Duration::days(91)).unix_timestamp());
     let day2 = t0 + Duration::days(2);
     s.keys_tick(day2, LEASE_MS);
     let keys = ds_keys(registry);
@@ -246,7 +248,8 @@ fn retired_keys_are_destroyed_only_after_what_they_signed_expired() {
     let t0 = OffsetDateTime::now_utc();
     let ds1_kid = ds_keys(registry)[0].kid.clone();
     // ds-1 signs something valid until day 100, then is rotated out.
-    s.count_signature("ds-1", (t0 + Duration::days(100)).unix_timestamp());
+    s.keys
+        .count_signature("ds-1", (t0 + Duration::days(100)).unix_timestamp());
     s.keys_tick(t0 + Duration::days(84), LEASE_MS);
     s.keys_tick(t0 + Duration::days(91), LEASE_MS);
     assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));

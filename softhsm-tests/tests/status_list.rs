@@ -151,22 +151,22 @@ fn pseudonyms_come_from_the_hsm_and_do_not_reveal_the_number() {
     let a = ResidentNumber::parse("000515-3012345").unwrap();
     let same = ResidentNumber::parse("0005153012345").unwrap();
     let b = ResidentNumber::parse("000515-3012346").unwrap();
-    let holder = dojang::store::pseudonym(&backend, "pseudonym", &a).unwrap();
+    let holder = dojang::issuance::pseudonym(&backend, "pseudonym", &a).unwrap();
     let pa = holder.pseudonym;
     assert_eq!(
         pa,
-        dojang::store::pseudonym(&backend, "pseudonym", &same)
+        dojang::issuance::pseudonym(&backend, "pseudonym", &same)
             .unwrap()
             .pseudonym
     );
     assert_ne!(
         pa,
-        dojang::store::pseudonym(&backend, "pseudonym", &b)
+        dojang::issuance::pseudonym(&backend, "pseudonym", &b)
             .unwrap()
             .pseudonym
     );
     // The claims MAC depends on the holder's secret, which is not stored.
-    let other = dojang::store::pseudonym(&backend, "pseudonym", &b).unwrap();
+    let other = dojang::issuance::pseudonym(&backend, "pseudonym", &b).unwrap();
     assert_ne!(
         holder.claims_mac(b"claims").unwrap(),
         other.claims_mac(b"claims").unwrap()
@@ -179,5 +179,5 @@ fn pseudonyms_come_from_the_hsm_and_do_not_reveal_the_number() {
     let _ = backend
         .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
         .unwrap();
-    assert!(dojang::store::pseudonym(&backend, "ds", &a).is_err());
+    assert!(dojang::issuance::pseudonym(&backend, "ds", &a).is_err());
 }

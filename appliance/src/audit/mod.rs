@@ -1,9 +1,14 @@
 //! The tamper-evident audit log: entries in a Merkle tree with RFC 6962
 //! hashing ([`merkle`]), checkpoints in the C2SP checkpoint / signed-note
 //! format signed by an audit key in the HSM ([`checkpoint`]), and an offline
-//! verifier of exported bundles ([`bundle`]).
+//! verifier of exported bundles ([`bundle`]). On a node, the trail
+//! ([`trail`]) places entries, signs checkpoints over the registry's log
+//! ([`log`]) and answers auditors ([`auditor`]).
 
+pub mod auditor;
 pub mod bundle;
 pub mod checkpoint;
 pub mod entry;
+pub mod log;
 pub mod merkle;
+pub mod trail;

@@ -47,15 +47,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             let config = cli::load_config(&path)?;
             let json = config.server.as_ref().is_some_and(|s| s.json_logs);
             cli::init_daemon_logging(args.verbose, json);
-            dojang::server::run(config)
+            dojang::daemon::run(config)
         }
         Command::Validate { config, probe } => {
             let path = cli::config_path(config);
             let config = cli::load_config(&path)?;
             if let Some(server) = &config.server {
                 // What `serve` would refuse: TLS files, CRLs, the policy.
-                let _ = dojang::server::tls::api_config(&server.api)?;
-                let _ = dojang::server::tls::public_config(&server.public)?;
+                let _ = dojang::http::tls::api_config(&server.api)?;
+                let _ = dojang::http::tls::public_config(&server.public)?;
                 let text = std::fs::read_to_string(&server.policy)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", server.policy.display()))?;
                 let _ =

@@ -24,9 +24,9 @@ pub use self::keyring::{
 };
 pub use self::postgres::{PostgresDriver, PostgresRegistry};
 pub use self::registry::{
-    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, HolderSecret,
-    IdempotencyKey, IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER, Registry,
-    Respond, STATUS_LIST_SIZE, StatusRange, StoreError, pseudonym,
+    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
+    IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER, Registry, Respond,
+    STATUS_LIST_SIZE, StatusRange, StoreError,
 };
 pub(crate) use self::registry::{check_block, check_refresh, check_transition};
 pub use self::sql::SqlRegistry;

@@ -75,7 +75,7 @@ fn export(
         .server
         .as_ref()
         .context("this needs the [server] table (audit origin and key)")?;
-    let registry = dojang::server::open_registry(config)?;
+    let registry = dojang::cli::open_registry(config)?;
     let mut keys = audit_keys_pem(config, &server.keys.audit, registry.as_ref())?;
     let anchor = keys.remove(0);
     let origin = server.audit.origin.clone();

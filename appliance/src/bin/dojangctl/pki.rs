@@ -135,7 +135,7 @@ fn crl(
     let backend = cli::open_backend(config)?;
     // Keys revoked through the daemon stay on every later CRL.
     let registry = match &config.store {
-        Some(_) => Some(dojang::server::open_registry(config)?),
+        Some(_) => Some(dojang::cli::open_registry(config)?),
         None => None,
     };
     let path = match &registry {

@@ -117,7 +117,7 @@ fn adopted(config: &Config, out: Option<PathBuf>, as_json: bool) -> anyhow::Resu
             "no [store] in the configuration: the adopted policy is kept in the registry"
         );
     }
-    let registry = dojang::server::open_registry(config)?;
+    let registry = dojang::cli::open_registry(config)?;
     let hash = registry.document(dojang::store::POLICY_DOCUMENT)?.context(
         "the registry has no adopted policy yet (a first start adopts the file it finds)",
     )?;

@@ -11,10 +11,9 @@ use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::http::{self, Body, Peer, Router};
-use super::pool::BlockingPool;
-use super::service::Service;
+use crate::http::{self, BlockingPool, Body, Peer, Router};
 use crate::refusal::{Class, Refusal};
+use crate::service::Service;
 
 /// The public router.
 pub struct Public {
@@ -26,7 +25,7 @@ pub struct Public {
 
 impl Public {
     /// A router for `base_url`, naming `issuer` in the issuer metadata.
-    pub(crate) fn new(
+    pub fn new(
         service: Arc<Service>,
         pool: Arc<BlockingPool>,
         base_url: String,
@@ -54,13 +53,13 @@ impl Public {
                 )),
             );
         }
-        let current = self.service.current();
+        let keys = self.service.keys.view();
         let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         let path = request.uri().path();
         match path {
             "/.well-known/jwks.json" => (
                 "/.well-known/jwks.json",
-                Ok(("application/jwk-set+json", current.keys.jwks.clone(), 300)),
+                Ok(("application/jwk-set+json", keys.jwks.clone(), 300)),
             ),
             "/.well-known/jwt-vc-issuer" => {
                 let body = serde_json::json!({
@@ -74,17 +73,14 @@ impl Public {
             }
             "/iaca.pem" => (
                 "/iaca.pem",
-                current
-                    .iaca_pem
+                keys.iaca_pem
                     .clone()
                     .map(|c| ("application/x-pem-file", c, 3600))
                     .ok_or_else(not_found),
             ),
             "/iaca.crl" => (
                 "/iaca.crl",
-                current
-                    .keys
-                    .crl_pem
+                keys.crl_pem
                     .clone()
                     .map(|c| ("application/x-pem-file", c, 300))
                     .ok_or_else(not_found),
@@ -96,9 +92,7 @@ impl Public {
                 {
                     return (
                         "/ds/{label}.pem",
-                        current
-                            .keys
-                            .ds_pem
+                        keys.ds_pem
                             .get(label)
                             .map(|c| ("application/x-pem-file", c.clone(), 3600))
                             .ok_or_else(not_found),
@@ -109,7 +103,7 @@ impl Public {
                         return ("/status/{list}", Err(not_found()));
                     };
                     let service = self.service.clone();
-                    let token = match self.pool.submit(move || service.status_token(list)) {
+                    let token = match self.pool.submit(move || service.status.status_token(list)) {
                         Ok(rx) => rx.await.unwrap_or_else(|_| Err("worker gone".into())),
                         Err(_) => {
                             return (
@@ -163,6 +157,7 @@ impl Router for Public {
                 Err(p) => http::problem(&p, &request_id),
             };
             self.service
+                .node
                 .metrics
                 .count_request("public", route, response.status());
             response

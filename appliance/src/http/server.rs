@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::metrics::Metrics;
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::refusal::{Class, Refusal};
 
 /// How long an idle connection told to close may take to do so.

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use super::http::{self, Body, Peer, Router};
-use super::pool::BlockingPool;
-use super::service::Service;
+use crate::http::{self, BlockingPool, Body, Peer, Router};
 use crate::refusal::{Class, Refusal};
+use crate::service::Service;
 
 /// The ops router.
 pub struct Ops {
@@ -23,7 +22,7 @@ pub struct Ops {
 
 impl Ops {
     /// A router over `service`.
-    pub(crate) fn new(service: Arc<Service>, pool: Arc<BlockingPool>) -> Self {
+    pub fn new(service: Arc<Service>, pool: Arc<BlockingPool>) -> Self {
         Ops { service, pool }
     }
 
@@ -72,7 +71,7 @@ impl Router for Ops {
                         http::respond(
                             StatusCode::OK,
                             "text/plain; version=0.0.4",
-                            self.service.metrics.render(),
+                            self.service.node.metrics.render(),
                             &request_id,
                         ),
                     ),
@@ -87,6 +86,7 @@ impl Router for Ops {
                 ),
             };
             self.service
+                .node
                 .metrics
                 .count_request("ops", route, response.status());
             response

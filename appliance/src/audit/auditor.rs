@@ -1,18 +1,16 @@
-//! The auditor's API (`/v1/audit/…`, role `auditor`): the latest signed
+//! What auditors ask of the log (`/v1/audit/…`; the router admits only
+//! the `auditor` role): the latest signed
 //! checkpoint, entries by range, inclusion and consistency proofs. With
 //! these and the audit public key an auditor checks the log without
 //! trusting the appliance.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use dojang_policies::Role;
-
 use serde_json::json;
 
-use super::audit_log::{AuditError, AuditLog, MAX_PAGE};
-use super::issue::Answer;
-use super::service::Service;
-use crate::refusal::{Class, Refusal, Reply};
+use super::log::{AuditError, AuditLog, MAX_PAGE};
+use super::trail::AuditTrail;
+use crate::refusal::{Answer, Class, Refusal, Reply};
 
 fn problem(e: AuditError) -> Refusal {
     match e {
@@ -29,7 +27,7 @@ fn problem(e: AuditError) -> Refusal {
 }
 
 /// `name=value` pairs of a query string, numbers only.
-pub(crate) fn number(query: &str, name: &str) -> Result<u64, Refusal> {
+fn number(query: &str, name: &str) -> Result<u64, Refusal> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -47,28 +45,15 @@ pub(crate) fn number(query: &str, name: &str) -> Result<u64, Refusal> {
         })
 }
 
-impl Service {
-    fn require_auditor(&self, client: &str) -> Result<(), Refusal> {
-        if self.current().policy.has_role(client, Role::Auditor) {
-            Ok(())
-        } else {
-            Err(Refusal::new(
-                Class::Forbidden,
-                "forbidden",
-                format!("client {client:?} does not have the auditor role"),
-            )
-            .with_rule("client.role"))
-        }
-    }
-
+impl AuditTrail {
     /// `GET /v1/audit/checkpoint`: the latest signed note.
-    pub(crate) fn audit_checkpoint(&self, client: &str) -> Answer {
-        self.require_auditor(client)?;
-        match AuditLog::latest(self.registry.as_ref()).map_err(problem)? {
+    pub fn checkpoint_answer(&self) -> Answer {
+        match AuditLog::latest(self.node.registry.as_ref()).map_err(problem)? {
             Some((size, note)) => {
                 // The audit keys, oldest first: auditors pin the first and
                 // follow hand-overs (checkpoints co-signed by old and new).
                 let keys: Vec<_> = self
+                    .node
                     .registry
                     .keys()
                     .map_err(|e| problem(e.into()))?
@@ -102,8 +87,7 @@ impl Service {
     }
 
     /// `GET /v1/audit/entries?start=S&count=C`.
-    pub(crate) fn audit_entries(&self, client: &str, query: &str) -> Answer {
-        self.require_auditor(client)?;
+    pub fn entries(&self, query: &str) -> Answer {
         let start = number(query, "start")?;
         if start > i64::MAX as u64 {
             return Err(Refusal::bad_request(
@@ -113,11 +97,17 @@ impl Service {
         }
         let count = number(query, "count")?.min(MAX_PAGE);
         let entries = self
+            .node
             .registry
             .audit_entries(start, count)
             .map_err(|e| problem(e.into()))?;
-        let size = self.registry.audit_size().map_err(|e| problem(e.into()))?;
+        let size = self
+            .node
+            .registry
+            .audit_size()
+            .map_err(|e| problem(e.into()))?;
         let recorded = self
+            .node
             .registry
             .decision_count()
             .map_err(|e| problem(e.into()))?;
@@ -132,11 +122,10 @@ impl Service {
     }
 
     /// `GET /v1/audit/proof/inclusion?index=I&size=N`.
-    pub(crate) fn audit_inclusion(&self, client: &str, query: &str) -> Answer {
-        self.require_auditor(client)?;
+    pub fn inclusion(&self, query: &str) -> Answer {
         let (index, size) = (number(query, "index")?, number(query, "size")?);
         let (leaf, proof) =
-            AuditLog::inclusion(self.registry.as_ref(), index, size).map_err(problem)?;
+            AuditLog::inclusion(self.node.registry.as_ref(), index, size).map_err(problem)?;
         let body = json!({
             "index": index,
             "size": size,
@@ -147,10 +136,10 @@ impl Service {
     }
 
     /// `GET /v1/audit/proof/consistency?from=M&to=N`.
-    pub(crate) fn audit_consistency(&self, client: &str, query: &str) -> Answer {
-        self.require_auditor(client)?;
+    pub fn consistency(&self, query: &str) -> Answer {
         let (from, to) = (number(query, "from")?, number(query, "to")?);
-        let proof = AuditLog::consistency(self.registry.as_ref(), from, to).map_err(problem)?;
+        let proof =
+            AuditLog::consistency(self.node.registry.as_ref(), from, to).map_err(problem)?;
         let body = json!({
             "from": from,
             "to": to,

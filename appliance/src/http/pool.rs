@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The pool.
-pub(crate) struct BlockingPool {
+pub struct BlockingPool {
     sender: SyncSender<Job>,
     queued: Arc<AtomicI64>,
     on_depth: Arc<dyn Fn(i64) + Send + Sync>,
@@ -21,12 +21,12 @@ pub(crate) struct BlockingPool {
 
 /// The queue is full.
 #[derive(Debug)]
-pub(crate) struct PoolFull;
+pub struct PoolFull;
 
 impl BlockingPool {
     /// `threads` workers and room for `queue` waiting jobs; `on_depth` sees
     /// the queue depth after each change (the metric).
-    pub(crate) fn new(
+    pub fn new(
         threads: usize,
         queue: usize,
         on_depth: Arc<dyn Fn(i64) + Send + Sync>,
@@ -59,7 +59,7 @@ impl BlockingPool {
     }
 
     /// Runs `f` on a worker; `Err(PoolFull)` at once if the queue is full.
-    pub(crate) fn submit<T: Send + 'static>(
+    pub fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<oneshot::Receiver<T>, PoolFull> {

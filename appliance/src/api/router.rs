@@ -1,0 +1,422 @@
+//! The mTLS API under `/v1` (documented in `docs/openapi.yaml`): content
+//! checks, the in-flight limit, the role check of the route table
+//! ([`super::routes`]), and the hop onto the signing pool. Answers become
+//! HTTP here and nowhere else.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::routes::Route;
+use crate::http::{self, BlockingPool, Body, Peer, Router};
+use crate::officers::Officers;
+use crate::refusal::{Answer, Class, Refusal};
+use crate::service::Service;
+
+/// The API router.
+pub struct Api {
+    service: Arc<Service>,
+    pool: Arc<BlockingPool>,
+    max_body: usize,
+    body_timeout: std::time::Duration,
+    in_flight: Arc<Semaphore>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a request carries past the router's checks.
+struct Admitted {
+    slot: OwnedSemaphorePermit,
+    body: Bytes,
+}
+
+impl Api {
+    /// A router whose requests share `in_flight` permits.
+    pub fn new(
+        service: Arc<Service>,
+        pool: Arc<BlockingPool>,
+        max_body: usize,
+        body_timeout: std::time::Duration,
+        in_flight: Arc<Semaphore>,
+        closing: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Api {
+            service,
+            pool,
+            max_body,
+            body_timeout,
+            in_flight,
+            closing,
+        }
+    }
+}
+
+fn overloaded() -> Refusal {
+    Refusal::unavailable("overloaded", "too many requests in flight; retry shortly")
+}
+
+fn require_json(request: &Request<Incoming>) -> Result<(), Refusal> {
+    let content_type = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            Class::UnsupportedMediaType,
+            "unsupported_media_type",
+            "the body must be application/json",
+        ))
+    }
+}
+
+fn idempotency_key(request: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(|k| k.trim_matches('"'))
+        .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(Refusal::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 128 printable ASCII characters",
+        )),
+    }
+}
+
+/// The content checks of a route, before any slot is taken.
+fn check_content(route: &Route, request: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+    match route {
+        Route::Issue => {
+            require_json(request)?;
+            idempotency_key(request)
+        }
+        Route::ChangeState(..) => {
+            let has_body = request
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+            if has_body {
+                require_json(request)?;
+            }
+            Ok(None)
+        }
+        Route::Refresh(_) | Route::Decide { approve: true, .. } => {
+            require_json(request).map(|()| None)
+        }
+        Route::Propose { action, .. } if matches!(*action, "rotate" | "revoke" | "policy") => {
+            require_json(request).map(|()| None)
+        }
+        _ => Ok(None),
+    }
+}
+
+impl Api {
+    /// A slot among the requests in flight, taken before the body is read.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Refusal::unavailable(
+                "shutting_down",
+                "this node is stopping; retry (another node)",
+            ));
+        }
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded())
+    }
+
+    /// Reads the body within the body timeout.
+    async fn body(&self, request: Request<Incoming>) -> Result<hyper::body::Bytes, Refusal> {
+        tokio::time::timeout(self.body_timeout, http::read_body(request, self.max_body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Refusal::new(
+                    Class::RequestTimeout,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                ))
+            })
+    }
+
+    /// Runs `job` on the signing pool; the slot is held until the job is
+    /// done, even if the client goes away, so a drain waits for it.
+    async fn run(
+        &self,
+        slot: OwnedSemaphorePermit,
+        job: impl FnOnce(&Service) -> Answer + Send + 'static,
+    ) -> Answer {
+        let service = self.service.clone();
+        let receiver = self
+            .pool
+            .submit(move || {
+                let _slot = slot;
+                job(&service)
+            })
+            .map_err(|_| overloaded())?;
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(Refusal::new(Class::Internal, "internal", "internal error")))
+    }
+
+    /// A slot in flight, then (for a change) the adopted-policy check, the
+    /// route's role, and the body: strangers cannot make the daemon buffer
+    /// bodies. A refused role that the route audits is recorded first.
+    async fn admit(
+        &self,
+        route: &Route,
+        request: Request<Incoming>,
+        client: &str,
+    ) -> Result<Admitted, Refusal> {
+        let slot = self.slot()?;
+        let policy = self.service.policy.current();
+        if route.changes() {
+            self.service.policy.require_adopted(&policy)?;
+        }
+        if let Err((refusal, audited)) = route.admit(&policy, client) {
+            return match audited {
+                Some(action) => {
+                    let (client, hash) = (client.to_owned(), policy.hash.clone());
+                    let answer = self
+                        .run(slot, move |s| {
+                            let now = OffsetDateTime::now_utc();
+                            s.node
+                                .audited(&client, action, Err(refusal), &hash, None, now)
+                        })
+                        .await;
+                    Err(answer.err().unwrap_or_else(Refusal::internal))
+                }
+                None => Err(refusal),
+            };
+        }
+        let body = if route.changes() {
+            self.body(request).await?
+        } else {
+            Bytes::new()
+        };
+        Ok(Admitted { slot, body })
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: String,
+        request_id: String,
+    ) -> (Route, Answer) {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let route = Route::parse(&method, &segments);
+        let answer = match &route {
+            Route::MethodNotAllowed => Err(Refusal::new(
+                Class::MethodNotAllowed,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            )),
+            Route::NotFound => Err(Refusal::new(
+                Class::NotFound,
+                "not_found",
+                "no such endpoint",
+            )),
+            _ => self.serve(&route, request, client, request_id, query).await,
+        };
+        (route, answer)
+    }
+
+    async fn serve(
+        &self,
+        route: &Route,
+        request: Request<Incoming>,
+        client: String,
+        request_id: String,
+        query: String,
+    ) -> Answer {
+        let key = check_content(route, &request)?;
+        let Admitted { slot, body } = self.admit(route, request, &client).await?;
+        let route = route.clone();
+        self.run(slot, move |s| {
+            let now = OffsetDateTime::now_utc();
+            match route {
+                Route::Issue => s
+                    .issuer
+                    .issue(&request_id, &client, &body, key.as_deref(), now),
+                Route::Metadata(id) => s.issuer.metadata(&id),
+                Route::ChangeState(id, action) => {
+                    s.issuer.change_state(&client, &id, action, &body, now)
+                }
+                Route::Refresh(id) => s.issuer.refresh(&client, &id, &body, now),
+                Route::AuditCheckpoint => s.audit.checkpoint_answer(),
+                Route::AuditEntries => s.audit.entries(&query),
+                Route::AuditInclusion => s.audit.inclusion(&query),
+                Route::AuditConsistency => s.audit.consistency(&query),
+                Route::Keys => s.officers.list_keys(),
+                Route::Propose { action, label, .. } => {
+                    let operation = Officers::key_operation(action, label.as_deref(), &body);
+                    s.officers.propose(&client, operation)
+                }
+                Route::Approvals => s.officers.list_proposals(),
+                Route::Decide { id, approve } => s.officers.decide(&client, &id, approve, &body),
+                Route::MethodNotAllowed | Route::NotFound => Err(Refusal::internal()),
+            }
+        })
+        .await
+    }
+}
+
+impl Router for Api {
+    fn listener(&self) -> &'static str {
+        "api"
+    }
+
+    fn route(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        Box::pin(async move {
+            let request_id = http::request_id();
+            let started = Instant::now();
+            let Some(client) = peer.identity.clone() else {
+                let p = Refusal::new(
+                    Class::Unauthorized,
+                    "no_client_identity",
+                    "the client certificate has no URI or DNS subject alternative name",
+                );
+                return http::problem(&p, &request_id);
+            };
+            let (route, answer) = self
+                .handle(request, client.clone(), request_id.clone())
+                .await;
+            let (action, route) = (route.action(), route.name());
+            let response = match &answer {
+                Ok((reply, body)) => http::json(
+                    http::problem::reply_status(*reply),
+                    body.clone(),
+                    &request_id,
+                ),
+                Err(p) => http::problem(p, &request_id),
+            };
+            let status = response.status();
+            self.service
+                .node
+                .metrics
+                .count_request("api", route, status);
+            tracing::info!(
+                request_id = %request_id,
+                client = %client,
+                route,
+                action = action.as_deref().unwrap_or(""),
+                status = status.as_u16(),
+                code = answer.as_ref().err().map(|p| p.code).unwrap_or(""),
+                rule = answer.as_ref().err().and_then(|p| p.rule.as_deref()).unwrap_or(""),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+    #[test]
+    fn the_openapi_file_documents_every_route_and_problem_code() {
+        for route in [
+            "/v1/credentials:",
+            "/v1/credentials/{id}:",
+            "/v1/credentials/{id}/revoke:",
+            "/v1/credentials/{id}/suspend:",
+            "/v1/credentials/{id}/reinstate:",
+            "/v1/credentials/{id}/refresh:",
+            "/v1/audit/checkpoint:",
+            "/v1/audit/entries:",
+            "/v1/audit/proof/inclusion:",
+            "/v1/audit/proof/consistency:",
+            "/v1/keys:",
+            "/v1/keys/rotate:",
+            "/v1/keys/{label}/revoke:",
+            "/v1/keys/{label}/activate:",
+            "/v1/keys/{label}/retire:",
+            "/v1/keys/{label}/destroy:",
+            "/v1/approvals:",
+            "/v1/policy/change:",
+            "/v1/pki/iaca:",
+            "/v1/approvals/{id}/approve:",
+            "/v1/approvals/{id}/reject:",
+            "/.well-known/jwks.json:",
+            "/.well-known/jwt-vc-issuer:",
+            "/iaca.pem:",
+            "/iaca.crl:",
+            "/ds/{label}.pem:",
+            "/status/{list}:",
+        ] {
+            assert!(OPENAPI.contains(route), "{route} undocumented");
+        }
+        // Every code the server sources construct a problem with.
+        let sources = [
+            include_str!("router.rs"),
+            include_str!("routes.rs"),
+            include_str!("public.rs"),
+            include_str!("ops.rs"),
+            include_str!("../errors.rs"),
+            include_str!("../refusal.rs"),
+            include_str!("../http/server.rs"),
+            include_str!("../issuance/issue.rs"),
+            include_str!("../issuance/refresh.rs"),
+            include_str!("../issuance/request.rs"),
+            include_str!("../issuance/state.rs"),
+            include_str!("../officers/proposals.rs"),
+            include_str!("../officers/check.rs"),
+            include_str!("../officers/execute.rs"),
+            include_str!("../audit/auditor.rs"),
+            include_str!("../policy/state.rs"),
+        ];
+        let mut codes = 0;
+        for source in sources {
+            for (i, _) in source.match_indices("Class::") {
+                // Refusal::new(Class::X, "code", …): the next literal.
+                let rest = &source[i..];
+                let Some(start) = rest.find('"') else {
+                    continue;
+                };
+                let literal = &rest[start + 1..];
+                let Some(end) = literal.find('"') else {
+                    continue;
+                };
+                let code = &literal[..end];
+                let between = &rest[..start];
+                if between.contains(')') || between.contains(';') {
+                    continue; // not a constructor's next argument
+                }
+                if code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !code.is_empty() {
+                    codes += 1;
+                    assert!(OPENAPI.contains(code), "problem code {code} undocumented");
+                }
+            }
+            for prefix in ["bad_request(\"", "unavailable(\""] {
+                for (i, _) in source.match_indices(prefix) {
+                    let literal = &source[i + prefix.len()..];
+                    let code = &literal[..literal.find('"').unwrap_or(0)];
+                    codes += 1;
+                    assert!(OPENAPI.contains(code), "problem code {code} undocumented");
+                }
+            }
+        }
+        assert!(codes > 20, "found only {codes} codes: the scan is broken");
+    }
+}

@@ -1,0 +1,117 @@
+//! [`AuditTrail`]: this node's side of the audit log. Entries are appended
+//! by the registry in the same transaction as what they record (so there
+//! is no unaudited signature); the trail places queued entries, signs
+//! checkpoints with the audit key in force (co-signed by the outgoing key
+//! after a rotation), and answers auditors ([`super::auditor`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::checkpoint::Checkpoint;
+use super::log::{AuditLog, Signers};
+use crate::config::AuditSettings;
+use crate::keys::manager::KeyManager;
+use crate::node::{LoadError, Node};
+
+/// The audit log on this node.
+pub struct AuditTrail {
+    pub(super) node: Node,
+    keys: Arc<KeyManager>,
+    log: AuditLog,
+    settings: AuditSettings,
+}
+
+impl AuditTrail {
+    /// The trail of the log named `settings.origin`.
+    pub fn new(
+        node: Node,
+        keys: Arc<KeyManager>,
+        settings: AuditSettings,
+    ) -> Result<Self, LoadError> {
+        Ok(AuditTrail {
+            log: AuditLog::new(&settings.origin).map_err(LoadError)?,
+            node,
+            keys,
+            settings,
+        })
+    }
+
+    /// Signs a checkpoint if the log grew; logs a failure (the next round
+    /// retries).
+    pub fn checkpoint(&self) -> Option<u64> {
+        let view = self.keys.view();
+        let Some((label, key)) = view.audit_key_at(OffsetDateTime::now_utc()) else {
+            tracing::warn!("no audit key can sign a checkpoint");
+            return None;
+        };
+        // The first checkpoint after a rotation is co-signed by the key that
+        // signed the one before: auditors follow the hand-over.
+        let previous_signers = self
+            .node
+            .registry
+            .latest_checkpoint()
+            .ok()
+            .flatten()
+            .map(|(_, note)| Checkpoint::signer_ids(&note))
+            .unwrap_or_default();
+        let outgoing = (!previous_signers.is_empty() && !previous_signers.contains(&key.id()))
+            .then(|| {
+                view.audit_cosigners
+                    .iter()
+                    .find(|(l, k)| l != label && previous_signers.contains(&k.id()))
+                    .map(|(l, k)| (l.as_str(), k))
+            })
+            .flatten();
+        if outgoing.is_none()
+            && !previous_signers.is_empty()
+            && !previous_signers.contains(&key.id())
+        {
+            // The outgoing key is revoked or gone: auditors who pinned the
+            // old key cannot follow; they need the new one from officers.
+            tracing::warn!(
+                label,
+                "no key can hand the audit log over to the new audit key: auditors must be given it"
+            );
+        }
+        let signers = Signers {
+            current: (label, key),
+            outgoing,
+        };
+        match self
+            .log
+            .checkpoint(self.node.backend, self.node.registry.as_ref(), &signers)
+        {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpoint failed");
+                None
+            }
+        }
+    }
+
+    /// Places recorded decisions in the log (a no-op where the store places
+    /// them as they commit); failures are logged and retried next round.
+    pub fn sequence(&self) {
+        if let Err(e) = self.node.registry.sequence_audit() {
+            tracing::warn!(error = %e, "sequencing audit entries failed");
+        }
+    }
+
+    /// Whether a checkpoint is due: `checkpoint_entries` uncovered entries,
+    /// or any after `checkpoint_interval_ms`.
+    pub fn due(&self, since_last: Duration) -> bool {
+        let size = self.node.registry.audit_size().unwrap_or(0);
+        let covered = self
+            .node
+            .registry
+            .latest_checkpoint()
+            .ok()
+            .flatten()
+            .map_or(0, |(s, _)| s);
+        size > covered
+            && (size - covered >= self.settings.checkpoint_entries
+                || since_last >= Duration::from_millis(self.settings.checkpoint_interval_ms))
+    }
+}

@@ -1,0 +1,308 @@
+//! `dojangd serve`: three listeners around one [`Service`].
+//!
+//! - **api** (mTLS): issuance and credential state under `/v1`.
+//! - **public**: what verifiers fetch.
+//! - **ops** (loopback): metrics, liveness, readiness.
+//!
+//! Device and database calls run on a bounded thread pool, never on the
+//! async executor. SIGHUP rebuilds the TLS configurations and reloads the
+//! policy and PKI directory, swapping only if everything loads; SIGTERM
+//! stops accepting, drains requests in flight and exits. Under systemd
+//! (`Type=notify`) the daemon reports READY, RELOADING, STOPPING and feeds
+//! the watchdog.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, watch};
+
+use super::threads;
+use crate::api::{Api, Ops, Public};
+use crate::config::{Config, CredentialConfig, Limits, ServerConfig};
+use crate::http::{self, BlockingPool, Router, TlsSlot, tls};
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+fn notify(state: &[NotifyState<'_>]) {
+    // Outside systemd there is no socket and this does nothing.
+    let _ = sd_notify::notify(false, state);
+}
+
+/// The watchdog period systemd asks for: `WATCHDOG_USEC`, for this process
+/// when `WATCHDOG_PID` is unset or names it (as libsystemd reads them).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then(|| Duration::from_micros(usec)),
+    }
+}
+
+/// What the listeners share, built before the runtime starts.
+struct Shared {
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    pool: Arc<BlockingPool>,
+    public_pool: Arc<BlockingPool>,
+    in_flight: Arc<Semaphore>,
+    closing: Arc<AtomicBool>,
+}
+
+/// The service and its pools.
+fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
+    let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
+    let pki = config.pki().map_err(anyhow::Error::msg)?.clone();
+    let backend = crate::cli::open_backend(config)?;
+    // One backend for the life of the process; signers borrow it.
+    let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> = Box::leak(Box::new(backend));
+    let registry = crate::cli::open_registry(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let service = Service::new(
+        backend.as_ref(),
+        registry,
+        metrics.clone(),
+        server,
+        credential,
+        pki,
+    )
+    .context("starting the service")?;
+    let limits = &server.limits;
+    let depth = metrics.queue_depth.clone();
+    let pool = BlockingPool::new(
+        limits.signing_threads,
+        limits.max_in_flight,
+        Arc::new(move |d| depth.set(d)),
+    )
+    .context("starting the signing threads")?;
+    // Verifiers and monitoring get their own small pool: a flood of
+    // unauthenticated fetches can slow them, never issuance.
+    let public_pool =
+        BlockingPool::new(2, 64, Arc::new(|_| {})).context("starting the public threads")?;
+    Ok(Shared {
+        service: Arc::new(service),
+        metrics,
+        pool: Arc::new(pool),
+        public_pool: Arc::new(public_pool),
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        closing: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let server = config
+        .server
+        .clone()
+        .context("this needs a [server] table in the configuration")?;
+    let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
+    let api_tls = tls::api_config(&server.api)?;
+    let public_tls = tls::public_config(&server.public)?;
+    let shared = start(&config, &server)?;
+    let stop_threads = Arc::new(AtomicBool::new(false));
+    let audit_thread = threads::audit(shared.service.clone(), stop_threads.clone())?;
+    let keys_thread = threads::keys(
+        shared.service.clone(),
+        stop_threads.clone(),
+        server.keys.lifecycle_interval_ms,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dojang-io")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let slots = (
+        Arc::new(RwLock::new(Some(api_tls))) as TlsSlot,
+        Arc::new(RwLock::new(public_tls)) as TlsSlot,
+    );
+    runtime.block_on(serve(&server, &credential, &shared, slots))?;
+    // The last entries of this run, covered by a final checkpoint.
+    stop_threads.store(true, Ordering::Relaxed);
+    let _ = audit_thread.join();
+    let _ = keys_thread.join();
+    shared.service.record_event("stop", "ok");
+    let _ = shared.service.audit.checkpoint();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The three routers.
+fn routers(
+    server: &ServerConfig,
+    credential: &CredentialConfig,
+    shared: &Shared,
+) -> [Arc<dyn Router>; 3] {
+    let limits = &server.limits;
+    [
+        Arc::new(Api::new(
+            shared.service.clone(),
+            shared.pool.clone(),
+            limits.max_body_bytes,
+            Duration::from_millis(limits.body_read_timeout_ms),
+            shared.in_flight.clone(),
+            shared.closing.clone(),
+        )),
+        Arc::new(Public::new(
+            shared.service.clone(),
+            shared.public_pool.clone(),
+            server.public.base_url.clone(),
+            credential.issuer.clone(),
+        )),
+        Arc::new(Ops::new(shared.service.clone(), shared.public_pool.clone())),
+    ]
+}
+
+/// Serves the listeners until a stop signal, then drains them.
+async fn serve(
+    server: &ServerConfig,
+    credential: &CredentialConfig,
+    shared: &Shared,
+    (api_slot, public_slot): (TlsSlot, TlsSlot),
+) -> anyhow::Result<()> {
+    let bind = |addr: std::net::SocketAddr, name: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {name} listener to {addr}"))
+    };
+    let listeners = [
+        (bind(server.api.listen, "api").await?, api_slot.clone()),
+        (
+            bind(server.public.listen, "public").await?,
+            public_slot.clone(),
+        ),
+        (
+            bind(server.ops.listen, "ops").await?,
+            Arc::new(RwLock::new(None)),
+        ),
+    ];
+    let (stop, stopped) = watch::channel(false);
+    let (rekey, rekeyed) = watch::channel(0u64);
+    let mut tasks = Vec::new();
+    for ((listener, slot), router) in listeners
+        .into_iter()
+        .zip(routers(server, credential, shared))
+    {
+        tracing::info!(
+            listener = router.listener(),
+            address = %listener.local_addr()?,
+            "listening"
+        );
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            slot,
+            router,
+            server.limits.clone(),
+            shared.metrics.clone(),
+            stopped.clone(),
+            rekeyed.clone(),
+        )));
+    }
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    feed_watchdog();
+    signals(server, shared, &api_slot, &public_slot, &rekey).await?;
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+    tracing::info!("stopping: draining requests in flight");
+    shared.closing.store(true, Ordering::Release);
+    let _ = stop.send(true);
+    drain(&server.limits, shared, tasks).await;
+    Ok(())
+}
+
+/// Feeds systemd's watchdog, if it asked, at half its period.
+fn feed_watchdog() {
+    if let Some(watchdog) = watchdog_period() {
+        let period = watchdog / 2;
+        // Detached: the task ends with the process.
+        drop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                notify(&[NotifyState::Watchdog]);
+            }
+        }));
+    }
+}
+
+/// Reloads on SIGHUP until SIGTERM or SIGINT.
+async fn signals(
+    server: &ServerConfig,
+    shared: &Shared,
+    api_slot: &TlsSlot,
+    public_slot: &TlsSlot,
+    rekey: &watch::Sender<u64>,
+) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                let reloaded = reload(server, &shared.service, api_slot, public_slot, &shared.pool).await;
+                let outcome = match reloaded {
+                    Ok(()) => {
+                        rekey.send_modify(|generation| *generation += 1);
+                        tracing::info!("reloaded TLS files, CRLs, policy and PKI");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the previous configuration stays");
+                        "error"
+                    }
+                };
+                let service = shared.service.clone();
+                // Not on the signing pool: a full pool must not lose the entry.
+                let _ = tokio::task::spawn_blocking(move || service.record_event("reload", outcome)).await;
+                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+/// Waits for requests in flight, then for the listeners to close.
+async fn drain(limits: &Limits, shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let permits = u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(
+        Duration::from_millis(limits.drain_timeout_ms),
+        shared.in_flight.acquire_many(permits),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timed out with requests still in flight");
+    }
+    // Each listener returns once its connections have closed.
+    let deadline = Duration::from_millis(limits.drain_timeout_ms) + Duration::from_secs(2);
+    for task in tasks {
+        let _ = tokio::time::timeout(deadline, task).await;
+    }
+}
+
+async fn reload(
+    server: &ServerConfig,
+    service: &Arc<Service>,
+    api_slot: &TlsSlot,
+    public_slot: &TlsSlot,
+    pool: &Arc<BlockingPool>,
+) -> anyhow::Result<()> {
+    // Build everything first; swap only when all of it loaded.
+    let api_tls = tls::api_config(&server.api)?;
+    let public_tls = tls::public_config(&server.public)?;
+    let service = service.clone();
+    pool.submit(move || service.reload(time::OffsetDateTime::now_utc()))
+        .map_err(|_| anyhow::anyhow!("the signing pool is full; reload later"))?
+        .await
+        .context("reload worker")??;
+    if let Ok(mut slot) = api_slot.write() {
+        *slot = Some(api_tls);
+    }
+    if let Ok(mut slot) = public_slot.write() {
+        *slot = public_tls;
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The daemon's own threads besides the pools: the audit thread (places
+//! entries, signs checkpoints when due) and the key lifecycle thread (on a
+//! thread of its own: generating a key takes the token for a while, which
+//! must not hold up audit checkpoints). Both stop when `stop` is set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::service::Service;
+
+/// Starts the audit thread.
+pub(super) fn audit(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("dojang-audit".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                service.audit.sequence();
+                if service.audit.due(last.elapsed()) {
+                    let _ = service.audit.checkpoint();
+                    last = Instant::now();
+                }
+            }
+        })
+        .context("starting the checkpoint thread")
+}
+
+/// Starts the key lifecycle thread, a round every `interval_ms`.
+pub(super) fn keys(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+    interval_ms: u64,
+) -> anyhow::Result<JoinHandle<()>> {
+    let interval = Duration::from_millis(interval_ms);
+    // A node that stops renewing gives the lease up after three rounds
+    // (at least 10 s: longer than generating a key takes).
+    let lease_ms = (3 * interval_ms as i64).max(10_000);
+    std::thread::Builder::new()
+        .name("dojang-keys".into())
+        .spawn(move || {
+            let stopping = || stop.load(Ordering::Relaxed);
+            while !stopping() {
+                service.keys_tick(time::OffsetDateTime::now_utc(), lease_ms);
+                // In slices, so a stop never waits out a long interval.
+                let next = Instant::now() + interval;
+                while !stopping() && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100).min(interval));
+                }
+            }
+        })
+        .context("starting the key lifecycle thread")
+}

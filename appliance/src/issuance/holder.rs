@@ -1,0 +1,91 @@
+//! The holder as the registry may know them: a pseudonym from one HMAC in
+//! the HSM of the resident number, and a MAC of the document's claims under
+//! a secret from the same HMAC that the registry never stores.
+
+use std::fmt;
+
+use crate::credential::claims::ResidentCardClaims;
+use crate::refusal::Refusal;
+use crate::store::Pseudonym;
+
+/// What one HMAC in the HSM of a resident number gives: the holder's
+/// pseudonym, which the registry stores, and a secret it never stores,
+/// which keys the MAC of the holder's claims. Without the HSM key neither
+/// can be linked to a number, even by trying every possible number; without
+/// the number (and the HSM) the claims MAC cannot be recomputed, so the
+/// stored MAC says nothing about names or addresses.
+pub struct HolderSecret {
+    /// SHA-256 of the HMAC output, domain-separated: what is stored.
+    pub pseudonym: Pseudonym,
+    secret: [u8; 32],
+}
+
+impl fmt::Debug for HolderSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HolderSecret({:?}, <secret>)", self.pseudonym)
+    }
+}
+
+impl Drop for HolderSecret {
+    fn drop(&mut self) {
+        self.secret.fill(0);
+    }
+}
+
+impl HolderSecret {
+    /// HMAC-SHA256 of `claims` under this holder's secret.
+    pub fn claims_mac(&self, claims: &[u8]) -> Result<[u8; 32], openssl::error::ErrorStack> {
+        let key = openssl::pkey::PKey::hmac(&self.secret)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(claims)?;
+        let mut out = [0u8; 32];
+        let _ = signer.sign(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// The holder's pseudonym and claims secret from the 13 digits of the
+/// resident number, with the pseudonym key `label` in the HSM: one HSM call.
+pub fn pseudonym(
+    backend: &dyn pkcs11_shim::KeyBackend,
+    label: &str,
+    number: &dojang_policies::resident_number::ResidentNumber,
+) -> Result<HolderSecret, pkcs11_shim::Error> {
+    let secret = backend.hmac_sha256(label, number.digits())?;
+    let mut input = b"dojang-pseudonym-v1\0".to_vec();
+    input.extend_from_slice(&secret);
+    Ok(HolderSecret {
+        pseudonym: Pseudonym(pkcs11_shim::digest::sha256(&input)),
+        secret,
+    })
+}
+
+/// The MAC of what makes a document the same document (the holder's names,
+/// birth date, address and portrait), under the holder's secret: the
+/// registry keeps it so a refresh can prove it re-signs the same claims.
+pub(super) fn claims_mac(
+    secret: &HolderSecret,
+    claims: &ResidentCardClaims,
+) -> Result<[u8; 32], Refusal> {
+    let mut input = b"dojang-claims-v1\0".to_vec();
+    let portrait = claims
+        .portrait
+        .as_deref()
+        .map(pkcs11_shim::digest::sha256)
+        .unwrap_or_default();
+    let birth = claims.birth_date.to_string();
+    for field in [
+        claims.family_name.as_bytes(),
+        claims.given_name.as_bytes(),
+        birth.as_bytes(),
+        claims.address.as_bytes(),
+        &portrait,
+    ] {
+        input.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        input.extend_from_slice(field);
+    }
+    secret.claims_mac(&input).map_err(|e| {
+        tracing::error!(error = %e, "computing a claims MAC");
+        Refusal::internal()
+    })
+}

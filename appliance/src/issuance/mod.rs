@@ -1,0 +1,18 @@
+//! The issuer: the one path by which a credential is signed, refreshed or
+//! changes state. Requests are checked ([`request`]), the holder becomes a
+//! pseudonym in the HSM ([`holder`]), the policy decides, the credential is
+//! signed and committed with its audit entry ([`issue`], [`refresh`],
+//! [`state`]); answers stored under idempotency keys are sealed ([`seal`]).
+
+mod holder;
+mod issue;
+mod issuer;
+mod ratelimit;
+mod refresh;
+mod request;
+mod response;
+mod seal;
+mod state;
+
+pub use self::holder::{HolderSecret, pseudonym};
+pub use self::issuer::{Current, Issuer};

@@ -1,0 +1,313 @@
+//! Building the key view: the service keys and the PKI directory's DS
+//! certificates taken in at the first start, then what each chain's keys
+//! give the listeners (signers, JWKS, certificates, the CRL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pkcs11_shim::{KeyPurpose, PublicKey};
+use time::OffsetDateTime;
+
+use super::KeyManager;
+use super::state::store_problem;
+use crate::audit::checkpoint::NoteKey;
+use crate::credential::DocumentSigner;
+use crate::keys::lifecycle::{KeyRecord, KeyState};
+use crate::keys::view::{
+    KeyView, ScheduledSigner, cert_public_key, fingerprint, jwk_entry, no_certificate_end,
+};
+use crate::node::LoadError;
+use crate::pki::DsCertificate;
+use crate::pki::profile::{self, CertFacts};
+use crate::store::{AUDIT_CHAIN, DS_CHAIN, STATUS_CHAIN, StoreError, StoredKey};
+
+impl KeyManager {
+    /// First start: the registry has no DS key yet, so the certificates
+    /// `dojangctl pki init` / `pki issue-ds` wrote are taken in; the newest
+    /// valid one signs, older ones are retired. Later files are not taken
+    /// in (a key enters only through the schedule or officers' approval).
+    pub(crate) fn import_existing_keys(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+        let keys = self
+            .node
+            .registry
+            .keys()
+            .map_err(|e| LoadError(store_problem(e)))?;
+        for (chain, label, purpose) in [
+            (
+                STATUS_CHAIN,
+                &self.labels.status_list,
+                KeyPurpose::StatusList,
+            ),
+            (AUDIT_CHAIN, &self.labels.audit, KeyPurpose::Audit),
+        ] {
+            if !keys.iter().any(|k| k.chain == chain) {
+                self.import_service_key(chain, label, purpose, now)?;
+            }
+        }
+        // DS certificates on disk need the IACA on disk (`pki init`).
+        if !self.pki.iaca_path().exists() {
+            return Ok(());
+        }
+        let certs = self
+            .pki
+            .ds_certificates()
+            .map_err(|e| LoadError(format!("DS certificates: {e}")))?;
+        if keys.iter().any(|k| k.chain == DS_CHAIN) {
+            for cert in certs
+                .iter()
+                .filter(|c| !keys.iter().any(|k| k.record.label == c.label))
+            {
+                tracing::warn!(
+                    label = %cert.label,
+                    "a DS certificate in the PKI directory is not in the registry and is ignored: new keys come from rotation (dojangctl keys rotate)"
+                );
+            }
+            return Ok(());
+        }
+        let signing = certs
+            .iter()
+            .rev()
+            .find(|c| c.facts.not_before <= now && now < c.facts.not_after)
+            .map(|c| c.label.clone());
+        for cert in &certs {
+            let state = if Some(&cert.label) == signing.as_ref() {
+                KeyState::Active
+            } else {
+                KeyState::Retired
+            };
+            let public = cert_public_key(&cert.der).map_err(LoadError)?;
+            let kid = public.kid();
+            let key = StoredKey {
+                chain: DS_CHAIN.into(),
+                kid: kid.clone(),
+                certificate: Some(cert.der.clone()),
+                public_key: public.spki_der().to_vec(),
+                record: KeyRecord {
+                    label: cert.label.clone(),
+                    state,
+                    created_at: cert.facts.not_before,
+                    activate_at: cert.facts.not_before,
+                    cert_not_after: cert.facts.not_after,
+                    signatures: 0,
+                    // Unknown: what it signed may still be valid, so it
+                    // stays published until destroyed by officers.
+                    last_signature_valid_until: None,
+                    revoked: false,
+                },
+                revocation: None,
+            };
+            let decision = self.key_decision("keys.import", state.as_str(), &cert.label, &kid, now);
+            match self.node.registry.add_key(&key, decision) {
+                // Another node imported it first.
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(LoadError(store_problem(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// First start: the configured status-list (audit) key becomes its
+    /// chain's active key.
+    fn import_service_key(
+        &self,
+        chain: &str,
+        label: &str,
+        purpose: KeyPurpose,
+        now: OffsetDateTime,
+    ) -> Result<(), LoadError> {
+        let key = self
+            .node
+            .backend
+            .find(label)
+            .map_err(|e| LoadError(format!("{chain} key {label:?}: {e}")))?;
+        if key.purpose != purpose {
+            return Err(LoadError(format!(
+                "key {label:?} is a {} key, not a {purpose} key",
+                key.purpose
+            )));
+        }
+        let public = key
+            .public_key
+            .as_ref()
+            .ok_or_else(|| LoadError(format!("key {label:?} has no public key")))?;
+        let kid = public.kid();
+        let stored = StoredKey {
+            chain: chain.into(),
+            kid: kid.clone(),
+            certificate: None,
+            public_key: public.spki_der().to_vec(),
+            record: KeyRecord {
+                label: label.to_owned(),
+                state: KeyState::Active,
+                created_at: now,
+                activate_at: now,
+                cert_not_after: no_certificate_end(now),
+                signatures: 0,
+                last_signature_valid_until: None,
+                revoked: false,
+            },
+            revocation: None,
+        };
+        let decision = self.key_decision("keys.import", "active", label, &kid, now);
+        match self.node.registry.add_key(&stored, decision) {
+            Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(LoadError(store_problem(e))),
+        }
+    }
+
+    /// Builds what the listeners need from the registry's keys.
+    pub(crate) fn key_view(
+        &self,
+        iaca: Option<&(Vec<u8>, CertFacts)>,
+        keys: &[StoredKey],
+        crl: Option<String>,
+    ) -> Result<KeyView, LoadError> {
+        let mut signers = Vec::new();
+        let mut problems = Vec::new();
+        let mut jwks = Vec::new();
+        let mut ds_pem = HashMap::new();
+        let mut revoked = Vec::new();
+        let Some((iaca_der, iaca)) = iaca else {
+            problems.push(
+                "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
+                    .to_owned(),
+            );
+            return self.service_key_view(keys, crl, problems);
+        };
+        for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
+            let r = &key.record;
+            if r.state == KeyState::Destroyed {
+                continue;
+            }
+            let Some(der) = &key.certificate else {
+                problems.push(format!("DS key {} has no certificate", r.label));
+                continue;
+            };
+            // A revoked key leaves the JWKS (verifiers that trust keys, not
+            // chains, must stop accepting it); its certificate stays
+            // fetchable, and is on the CRL.
+            if r.revoked {
+                revoked.push(r.label.clone());
+            }
+            if r.is_published() {
+                match cert_public_key(der) {
+                    Ok(public) => jwks.push(jwk_entry(&public, Some([&der[..], iaca_der]))),
+                    Err(e) => {
+                        // One bad record must not keep every other change
+                        // (a revocation above all) from taking effect.
+                        problems.push(format!("DS certificate {}: {e}", r.label));
+                        continue;
+                    }
+                }
+            }
+            let _ = ds_pem.insert(
+                r.label.clone(),
+                crate::pki::cert_pem(der)
+                    .map_err(|e| LoadError(e.to_string()))?
+                    .into_bytes(),
+            );
+            if r.revoked || !matches!(r.state, KeyState::Pending | KeyState::Active) {
+                continue;
+            }
+            let facts = match profile::check_ds(der, Some(iaca)) {
+                Ok(facts) => facts,
+                Err(e) => {
+                    problems.push(format!("DS certificate {}: {e}", r.label));
+                    continue;
+                }
+            };
+            let cert = DsCertificate {
+                label: r.label.clone(),
+                der: der.clone(),
+                facts,
+            };
+            match DocumentSigner::new(self.node.backend, cert) {
+                Ok(signer) => signers.push(ScheduledSigner {
+                    from: r.activate_at,
+                    signer: Arc::new(signer),
+                }),
+                Err(e) => problems.push(format!("DS key {}: {e}", r.label)),
+            }
+        }
+        signers.sort_by_key(|s| s.from);
+        let mut view = self.service_key_view(keys, crl, problems)?;
+        view.signers = signers;
+        view.ds_pem = ds_pem;
+        view.revoked = revoked;
+        let mut all = jwks;
+        if let Ok(serde_json::Value::Object(mut doc)) =
+            serde_json::from_slice::<serde_json::Value>(&view.jwks)
+            && let Some(serde_json::Value::Array(service_keys)) = doc.remove("keys")
+        {
+            all.extend(service_keys);
+        }
+        view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": all }))
+            .map_err(|e| LoadError(e.to_string()))?;
+        Ok(view)
+    }
+
+    /// The status-list and audit keys' part of a view (and the CRL), with
+    /// no DS key yet.
+    fn service_key_view(
+        &self,
+        keys: &[StoredKey],
+        crl: Option<String>,
+        mut problems: Vec<String>,
+    ) -> Result<KeyView, LoadError> {
+        let mut jwks = Vec::new();
+        let mut status_keys = Vec::new();
+        let mut audit_keys = Vec::new();
+        let mut audit_cosigners = Vec::new();
+        for key in keys.iter().filter(|k| k.chain != DS_CHAIN) {
+            let r = &key.record;
+            if !r.is_published() {
+                continue;
+            }
+            let public = match PublicKey::from_spki_der(&key.public_key) {
+                Ok(public) => public,
+                Err(e) => {
+                    problems.push(format!("{} key {}: {e}", key.chain, r.label));
+                    continue;
+                }
+            };
+            let signs = matches!(r.state, KeyState::Pending | KeyState::Active);
+            if key.chain == STATUS_CHAIN {
+                jwks.push(jwk_entry(&public, None));
+                if signs {
+                    status_keys.push((r.activate_at, r.label.clone()));
+                }
+            } else if key.chain == AUDIT_CHAIN {
+                match NoteKey::new(&self.audit_origin, public) {
+                    Ok(note_key) => {
+                        if signs {
+                            audit_keys.push((r.activate_at, r.label.clone(), note_key.clone()));
+                        }
+                        audit_cosigners.push((r.label.clone(), note_key));
+                    }
+                    Err(e) => problems.push(format!("audit key {}: {e}", r.label)),
+                }
+            }
+        }
+        audit_keys.sort_by_key(|(from, label, _)| (*from, label.clone()));
+        status_keys.sort();
+        let fingerprint = fingerprint(keys, crl.as_deref());
+        let crl_pem = crl
+            .map(String::into_bytes)
+            .or_else(|| std::fs::read(self.pki.crl_path()).ok());
+        Ok(KeyView {
+            signers: Vec::new(),
+            status_keys,
+            audit_keys,
+            audit_cosigners,
+            problems,
+            jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+                .map_err(|e| LoadError(e.to_string()))?,
+            ds_pem: HashMap::new(),
+            crl_pem,
+            revoked: Vec::new(),
+            fingerprint,
+            iaca_pem: None,
+            iaca: None,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! The key manager: carries the pure lifecycle and officers' orders out on
+//! the token and the registry ([`KeyManager`]).
+
+mod build;
+mod moves;
+mod revocation;
+mod state;
+
+pub use self::state::{KeyManager, KeySettings};

@@ -1,0 +1,279 @@
+//! Emergency revocation and what follows it: the CRL every node serves
+//! (signed by the acting node, numbered after the stored one), the sweep of
+//! what a revoked DS key signed while its revocation committed, and keys
+//! the registry destroyed that the token still holds.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use openssl::x509::X509Crl;
+use time::OffsetDateTime;
+
+use super::KeyManager;
+use super::moves::state_of;
+use super::state::store_problem;
+use crate::keys::lifecycle::KeyState;
+use crate::node::rfc3339;
+use crate::pki::ceremony;
+use crate::store::{DS_CHAIN, KeyRevocation, StoreError, revoked_serials};
+
+/// How long after a revocation what was signed with the key is swept again
+/// (requests in flight, nodes that had not taken the revocation up yet).
+const REVOCATION_SWEEP: time::Duration = time::Duration::minutes(10);
+/// How often destroyed keys are checked gone from the token.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// How often a recent revocation's credentials are swept.
+const SWEEP_EVERY: time::Duration = time::Duration::seconds(10);
+
+/// Signing attempts for one CRL when others keep being stored first.
+const CRL_ATTEMPTS: usize = 3;
+
+/// What one attempt to publish a CRL did.
+enum CrlOutcome {
+    /// Stored, or nothing to sign yet (no IACA, nothing revoked).
+    Done,
+    /// Another CRL was stored after this one's predecessor was read.
+    Raced,
+}
+
+impl KeyManager {
+    /// Emergency revocation: the key stops signing (here at once, on other
+    /// nodes at their next round), its certificate goes on a new CRL, and
+    /// what it signed changes status as the policy says. Returns the
+    /// number of credentials changed.
+    pub fn revoke_key(
+        &self,
+        label: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64, String> {
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let key = state_of(&keys, label)?;
+        let is_ds = key.chain == DS_CHAIN;
+        let credentials = if is_ds {
+            self.ds_revocation_target()
+        } else {
+            None
+        };
+        let revocation = KeyRevocation {
+            label: label.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+            credentials,
+        };
+        let mut decision = self.key_decision("keys.revoke", "revoked", label, &key.kid, now);
+        decision.rule = Some(format!("key {label}: emergency revocation"));
+        let changed = self
+            .node
+            .registry
+            .revoke_key(&revocation, decision)
+            .map_err(store_problem)?;
+        self.statuses.bump();
+        // Signing stops here before the CRL is even signed.
+        self.refresh_keys(true).map_err(|e| e.0)?;
+        // The acting node signs CRLs (one at a time, numbers that grow); on
+        // another node the leader's next round does, as it checks the CRL
+        // lists every revoked key.
+        if is_ds && self.leader.load(Ordering::Relaxed) {
+            self.publish_crl(now)?;
+            self.refresh_keys(true).map_err(|e| e.0)?;
+        }
+        tracing::warn!(%label, changed, "key revoked");
+        Ok(changed)
+    }
+
+    /// Signs a CRL listing every revoked key and stores it for all nodes.
+    fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
+        // Another CRL stored meanwhile (the lifecycle thread and a
+        // revocation on this node, or a node that still thinks it leads):
+        // read both again and sign what is now true.
+        for _ in 0..CRL_ATTEMPTS {
+            match self.try_publish_crl(now)? {
+                CrlOutcome::Done => return Ok(()),
+                CrlOutcome::Raced => {
+                    tracing::info!("another CRL was stored meanwhile; signing again");
+                }
+            }
+        }
+        Err(format!(
+            "the CRL was replaced {CRL_ATTEMPTS} times while this node signed one; the next round tries again"
+        ))
+    }
+
+    fn try_publish_crl(&self, now: OffsetDateTime) -> Result<CrlOutcome, String> {
+        // The CRL it replaces is read before the keys: one signed from an
+        // older key list can then never replace one that lists more.
+        let previous = self.node.registry.crl().map_err(store_problem)?;
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let serials = revoked_serials(&keys).map_err(store_problem)?;
+        let this_update =
+            ceremony::next_crl_update(previous.as_deref(), now).map_err(|e| e.to_string())?;
+        let Some(iaca) = self.view().iaca.clone() else {
+            return if serials.is_empty() {
+                Ok(CrlOutcome::Done) // no IACA yet, nothing to list
+            } else {
+                Err("revoked DS keys but no IACA loaded to sign their CRL".into())
+            };
+        };
+        let pem = self
+            .node
+            .metrics
+            .hsm("sign_crl", || {
+                ceremony::crl_now(
+                    self.node.backend,
+                    &self.pki_config,
+                    &iaca.0,
+                    &serials,
+                    this_update,
+                )
+            })
+            .map_err(|e| format!("signing the CRL: {e}"))?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!(
+                "CRL listing {} revoked DS certificate(s), thisUpdate {}",
+                serials.len(),
+                rfc3339(this_update)
+            )),
+            ..self
+                .node
+                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now)
+        };
+        // Stored only over the CRL its number follows.
+        match self
+            .node
+            .registry
+            .set_crl(&pem, previous.as_deref(), decision)
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => return Ok(CrlOutcome::Raced),
+            Err(e) => return Err(store_problem(e)),
+        }
+        // The file is a copy for `dojangctl` and people; the registry's is served.
+        if let Err(e) = self.pki.write_crl(&pem) {
+            tracing::warn!(error = %e, "writing the CRL file");
+        }
+        Ok(CrlOutcome::Done)
+    }
+
+    /// Re-signs the CRL when it does not list exactly the revoked keys (a
+    /// revocation whose CRL failed, or raced another node's), or when it is
+    /// past half its validity (verifiers refuse a DS certificate whose CRL
+    /// expired).
+    pub(super) fn keep_crl_whole(&self, now: OffsetDateTime) -> Result<(), String> {
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let mut wanted = revoked_serials(&keys).map_err(store_problem)?;
+        wanted.sort();
+        let stored = self.node.registry.crl().map_err(store_problem)?;
+        let whole_and_fresh = stored
+            .as_deref()
+            .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
+            .is_some_and(|crl| {
+                let mut listed: Vec<Vec<u8>> = crl
+                    .get_revoked()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|e| e.serial_number().to_bn().ok().map(|bn| bn.to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                listed.sort();
+                let half = i64::from(self.pki_config.crl_validity_days) * 86_400 / 2;
+                let fresh = crl.next_update().is_some_and(|next| {
+                    openssl::asn1::Asn1Time::from_unix(now.unix_timestamp() + half)
+                        .is_ok_and(|threshold| *next >= threshold)
+                });
+                listed == wanted && fresh
+            });
+        if whole_and_fresh {
+            return Ok(());
+        }
+        self.publish_crl(now)
+    }
+
+    /// What a revoked DS key signed while its revocation committed (a
+    /// request in flight, a node that had not taken it up yet) is moved like
+    /// the rest, for a while after the revocation.
+    pub(super) fn sweep_revoked(&self, now: OffsetDateTime) -> Result<(), String> {
+        let Some(to) = self.ds_revocation_target() else {
+            return Ok(());
+        };
+        // Every 10 s: each sweep scans the credentials of the key.
+        if let Ok(mut last) = self.last_sweep.lock() {
+            if last.is_some_and(|at| now - at < SWEEP_EVERY) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
+            let Some((_, at)) = &key.revocation else {
+                continue;
+            };
+            if now - *at > REVOCATION_SWEEP {
+                continue;
+            }
+            let decision =
+                self.key_decision("keys.revoke", to.as_str(), &key.record.label, &key.kid, now);
+            let label = key.record.label.clone();
+            let changed = self
+                .node
+                .registry
+                .mark_signed_by(
+                    &key.kid,
+                    to,
+                    Box::new(move |moved| crate::store::DecisionRecord {
+                        rule: Some(format!(
+                            "key {label}: {moved} more credentials signed during the revocation"
+                        )),
+                        ..decision.clone()
+                    }),
+                )
+                .map_err(store_problem)?;
+            if changed > 0 {
+                self.statuses.bump();
+            }
+        }
+        Ok(())
+    }
+
+    /// What the policy does to the credentials of a revoked DS key.
+    fn ds_revocation_target(&self) -> Option<crate::store::CredentialState> {
+        match self.policy.current().keys.on_ds_revocation {
+            dojang_policies::DsRevocation::Revoke => Some(crate::store::CredentialState::Revoked),
+            dojang_policies::DsRevocation::Suspend => {
+                Some(crate::store::CredentialState::Suspended)
+            }
+            dojang_policies::DsRevocation::Keep => None,
+        }
+    }
+
+    /// Keys the registry says are destroyed but the token still holds (the
+    /// token refused, or the node stopped in between) are destroyed again.
+    /// Keys the registry does not know are never touched.
+    pub fn reconcile_destroyed(&self) {
+        if let Ok(mut last) = self.last_reconcile.lock() {
+            if last.is_some_and(|at| at.elapsed() < RECONCILE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(keys) = self.node.registry.keys() else {
+            return;
+        };
+        for key in keys
+            .iter()
+            .filter(|k| k.record.state == KeyState::Destroyed)
+        {
+            if self.node.backend.find(&key.record.label).is_ok() {
+                match self.node.backend.destroy(&key.record.label) {
+                    Ok(()) => {
+                        tracing::info!(label = %key.record.label, "destroyed key removed from the token")
+                    }
+                    Err(e) => {
+                        tracing::warn!(label = %key.record.label, error = %e, "a destroyed key is still in the token")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! What the registry's keys give the listeners: who signs now (DS,
+//! status-list and audit keys by activation time), what verifiers fetch
+//! (JWKS, DS certificates, the IACA and its CRL), and why a key that
+//! should sign cannot. Built by the key manager, swapped whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use openssl::x509::X509;
+use pkcs11_shim::PublicKey;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::audit::checkpoint::NoteKey;
+use crate::credential::DocumentSigner;
+use crate::pki::profile::CertFacts;
+use crate::store::StoredKey;
+
+/// A DS key that signs from `from` (its activation time).
+pub struct ScheduledSigner {
+    /// Activation time.
+    pub from: OffsetDateTime,
+    /// The signer.
+    pub signer: Arc<DocumentSigner<'static>>,
+}
+
+/// What the registry's keys give the listeners (swapped whole).
+pub struct KeyView {
+    /// Signers by activation, oldest first.
+    pub signers: Vec<ScheduledSigner>,
+    /// Status-list keys (activation, label), oldest first.
+    pub status_keys: Vec<(OffsetDateTime, String)>,
+    /// Audit keys that sign checkpoints (activation, label, note key).
+    pub audit_keys: Vec<(OffsetDateTime, String, NoteKey)>,
+    /// Every audit key still in the token and not revoked: the outgoing key
+    /// co-signs the first checkpoint of its successor.
+    pub audit_cosigners: Vec<(String, NoteKey)>,
+    /// Why a key that should sign cannot (readiness reports it).
+    pub problems: Vec<String>,
+    /// `/.well-known/jwks.json`.
+    pub jwks: Vec<u8>,
+    /// DS certificates by label (PEM), every published key.
+    pub ds_pem: HashMap<String, Vec<u8>>,
+    /// The IACA's CRL (PEM).
+    pub crl_pem: Option<Vec<u8>>,
+    /// Revoked keys (labels): readiness reports them until a successor signs.
+    pub revoked: Vec<String>,
+    /// The key states this view was built from.
+    pub fingerprint: String,
+    /// IACA certificate (PEM), once there is one.
+    pub iaca_pem: Option<Vec<u8>>,
+    /// IACA certificate (DER) and what the profile check read off it.
+    pub iaca: Option<Arc<(Vec<u8>, CertFacts)>>,
+}
+
+impl KeyView {
+    /// The signer for `now`: the latest activated, certificate still valid.
+    pub fn signer_at(&self, now: OffsetDateTime) -> Option<&Arc<DocumentSigner<'static>>> {
+        self.signers
+            .iter()
+            .rev()
+            .find(|s| s.from <= now && s.signer.not_after() > now)
+            .map(|s| &s.signer)
+    }
+
+    /// The audit key (label, note key) that signs checkpoints at `now`.
+    pub fn audit_key_at(&self, now: OffsetDateTime) -> Option<(&str, &NoteKey)> {
+        self.audit_keys
+            .iter()
+            .rev()
+            .find(|(from, _, _)| *from <= now)
+            .map(|(_, label, key)| (label.as_str(), key))
+    }
+
+    /// The status-list key (label) that signs at `now`.
+    pub fn status_key_at(&self, now: OffsetDateTime) -> Option<&str> {
+        self.status_keys
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now)
+            .map(|(_, label)| label.as_str())
+    }
+
+    /// The DS key that signs at `now`, or why none can.
+    pub fn signer(&self, now: OffsetDateTime) -> Result<&Arc<DocumentSigner<'static>>, String> {
+        self.signer_at(now).ok_or_else(|| {
+            let mut why = vec!["no DS key can sign now".to_owned()];
+            why.extend(self.revoked.iter().map(|l| format!("{l} revoked")));
+            why.extend(self.problems.iter().cloned());
+            why.join("; ")
+        })
+    }
+
+    /// The view before the registry's keys are read.
+    pub fn empty() -> Self {
+        KeyView {
+            signers: Vec::new(),
+            status_keys: Vec::new(),
+            audit_keys: Vec::new(),
+            audit_cosigners: Vec::new(),
+            problems: vec!["not loaded".into()],
+            jwks: Vec::new(),
+            ds_pem: HashMap::new(),
+            crl_pem: None,
+            revoked: Vec::new(),
+            fingerprint: String::new(),
+            iaca_pem: None,
+            iaca: None,
+        }
+    }
+}
+
+/// A JWK of `public` for a JWKS, with its certificate chain if it has one.
+pub fn jwk_entry(public: &PublicKey, chain: Option<[&[u8]; 2]>) -> serde_json::Value {
+    let jwk = public.jwk();
+    let mut entry = json!({
+        "kty": jwk.kty,
+        "crv": jwk.crv,
+        "x": jwk.x,
+        "kid": public.kid(),
+        "use": "sig",
+        "alg": public.algorithm().jose_name(),
+    });
+    if let Some(y) = &jwk.y {
+        entry["y"] = json!(y);
+    }
+    if let Some(chain) = chain {
+        entry["x5c"] = json!(chain.iter().map(|c| B64.encode(c)).collect::<Vec<_>>());
+    }
+    entry
+}
+
+/// Keys without a certificate (status-list keys) have no end of their own.
+pub(crate) fn no_certificate_end(now: OffsetDateTime) -> OffsetDateTime {
+    now + time::Duration::days(365 * 100)
+}
+
+/// The states and revocations of every key, to notice a change.
+pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>) -> String {
+    let mut text = String::new();
+    for k in keys {
+        text.push_str(&format!(
+            "{}:{}:{}:{};",
+            k.record.label,
+            k.record.state.as_str(),
+            k.record.activate_at.unix_timestamp(),
+            k.record.revoked
+        ));
+    }
+    text.push_str(&format!("crl:{}", crl.map_or(0, str::len)));
+    if let Some(crl) = crl {
+        text.push_str(&hex(&openssl::sha::sha256(crl.as_bytes())));
+    }
+    text
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The public key a certificate certifies.
+pub(crate) fn cert_public_key(der: &[u8]) -> Result<PublicKey, String> {
+    let spki = X509::from_der(der)
+        .and_then(|c| c.public_key())
+        .and_then(|k| k.public_key_to_der())
+        .map_err(|e| e.to_string())?;
+    PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
+}

@@ -1,0 +1,85 @@
+//! What every owner on this node shares: the key backend, the registry,
+//! the metrics and the node's name; and how this node records a decision,
+//! or a refusal, in the audit log.
+
+use std::sync::Arc;
+
+use pkcs11_shim::KeyBackend;
+use time::OffsetDateTime;
+
+use crate::errors::store_refusal;
+use crate::metrics::Metrics;
+use crate::refusal::Answer;
+use crate::store::{DecisionRecord, Pseudonym, Registry};
+
+/// This node's handles, cloned into each owner.
+#[derive(Clone)]
+pub struct Node {
+    /// The key backend (one for the life of the process).
+    pub backend: &'static dyn KeyBackend,
+    /// The registry.
+    pub registry: Arc<dyn Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// This node's name in decisions and logs.
+    pub id: String,
+}
+
+impl Node {
+    /// A decision of this node.
+    pub fn decision(
+        &self,
+        actor: &str,
+        action: &str,
+        outcome: &str,
+        policy_hash: &str,
+        now: OffsetDateTime,
+    ) -> DecisionRecord {
+        DecisionRecord {
+            node: self.id.clone(),
+            at: now.unix_timestamp(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            policy_hash: policy_hash.to_owned(),
+            ..DecisionRecord::default()
+        }
+    }
+
+    /// Records a refusal (authorization, policy, registry rule) as an audit
+    /// entry; a refusal that cannot be recorded is not given (503).
+    pub fn audited(
+        &self,
+        client: &str,
+        action: &str,
+        answer: Answer,
+        policy_hash: &str,
+        holder: Option<Pseudonym>,
+        now: OffsetDateTime,
+    ) -> Answer {
+        match answer {
+            Err(p) if p.rule.is_some() && p.class.is_client_error() => {
+                let record = DecisionRecord {
+                    rule: p.rule.clone(),
+                    ..self.decision(client, action, "deny", policy_hash, now)
+                };
+                match self.registry.record(record, holder) {
+                    Ok(()) => Err(p),
+                    Err(e) => Err(store_refusal(e)),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// A time as RFC 3339, the form answers and audit rules give times in.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An error starting or reloading: the state in force stays.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);

@@ -1,0 +1,203 @@
+//! Carrying out approved operations: executing one and recording its
+//! result on the proposal, resuming approved proposals a node left
+//! unfinished, and generating the IACA.
+
+use time::OffsetDateTime;
+
+use super::proposals::{LIST_LIMIT, Officers, RESUME_AFTER_SECONDS, operation_summary};
+use crate::errors::store_refusal;
+use crate::keys::approvals::{Operation, Proposal, ProposalState};
+use crate::node::rfc3339;
+use crate::refusal::{Class, Refusal};
+use crate::store::{IACA_DOCUMENT, POLICY_DOCUMENT};
+
+impl Officers {
+    /// Executes an approved proposal and records its result on it (row at
+    /// `version`); the outer error is the record failing, the inner one the
+    /// operation.
+    pub(super) fn carry_out(
+        &self,
+        actor: &str,
+        proposal: &mut Proposal,
+        version: i64,
+        now: OffsetDateTime,
+    ) -> Result<Result<String, Refusal>, Refusal> {
+        let result = self.execute(&proposal.operation, now);
+        proposal.result = Some(match &result {
+            Ok(done) => done.clone(),
+            Err(p) => format!("failed: {}", p.detail),
+        });
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!(
+                "proposal {}: {}",
+                proposal.id,
+                operation_summary(&proposal.operation)
+            )),
+            ..self.node.decision(
+                actor,
+                "officers.execute",
+                if result.is_ok() { "ok" } else { "failed" },
+                &self.policy.current().hash,
+                now,
+            )
+        };
+        self.node
+            .registry
+            .update_proposal(proposal, version, decision)
+            .map_err(store_refusal)?;
+        self.node
+            .metrics
+            .officer_steps
+            .with_label_values(&["execute", if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
+        Ok(result)
+    }
+
+    /// Approved proposals whose execution never got recorded (the node
+    /// stopped between the approval and the result): the acting node
+    /// carries them out. Repeating an operation that did happen is refused
+    /// by its state check, and that refusal is what gets recorded.
+    pub fn resume_approved(&self, now: OffsetDateTime) {
+        let Ok(proposals) = self.node.registry.proposals(LIST_LIMIT) else {
+            return;
+        };
+        for stored in proposals {
+            let mut proposal = stored.proposal;
+            let stalled = proposal.state == ProposalState::Approved
+                && proposal.result.is_none()
+                && proposal
+                    .approved_at
+                    .is_some_and(|at| now - at > time::Duration::seconds(RESUME_AFTER_SECONDS));
+            if !stalled {
+                continue;
+            }
+            tracing::warn!(proposal = %proposal.id, "carrying out an approved proposal left unfinished");
+            if let Err(p) = self.carry_out("dojangd", &mut proposal, stored.version, now) {
+                tracing::warn!(proposal = %proposal.id, error = %p.detail, "recording a resumed proposal");
+            }
+            // One per round: the lease must not run out under a long queue.
+            return;
+        }
+    }
+
+    /// Carries out an approved operation; what it did, for the record.
+    fn execute(&self, operation: &Operation, now: OffsetDateTime) -> Result<String, Refusal> {
+        let keys = self.node.registry.keys().map_err(store_refusal)?;
+        self.check_operation(operation, &keys, now)?;
+        let failed = |detail: String| {
+            tracing::warn!(error = %detail, "approved key operation failed");
+            Refusal::new(Class::Conflict, "operation_failed", detail).with_rule("keys.lifecycle")
+        };
+        let done = match operation {
+            Operation::CreateKey { chain } => {
+                // Whole seconds: the registry keeps activation times so.
+                let activate_at = (now + self.policy.current().keys.prepublish)
+                    .replace_nanosecond(0)
+                    .unwrap_or(now);
+                let label = self
+                    .keys
+                    .generate_key(chain, activate_at, "officer rotation", now)
+                    .map_err(failed)?;
+                format!(
+                    "key {label} generated: published now, signs from {}",
+                    rfc3339(activate_at)
+                )
+            }
+            Operation::ActivateKey { label } => {
+                self.keys.activate_key(&keys, label, now).map_err(failed)?;
+                format!("key {label} signs from now")
+            }
+            Operation::RetireKey { label } => {
+                self.keys
+                    .retire_key(&keys, label, "officer retirement", now)
+                    .map_err(failed)?;
+                format!("key {label} retired")
+            }
+            Operation::DestroyKey { label } => {
+                self.keys.destroy_key(&keys, label, now).map_err(failed)?;
+                format!("key {label} destroyed")
+            }
+            Operation::GenerateIaca => self.generate_iaca(now).map_err(failed)?,
+            Operation::ChangePolicy { sha256 } => {
+                let decision = crate::store::DecisionRecord {
+                    rule: Some(format!("policy {sha256}: approved by officers")),
+                    ..self
+                        .node
+                        .decision("dojangd", "policy.adopt", "ok", sha256, now)
+                };
+                self.node
+                    .registry
+                    .set_document(POLICY_DOCUMENT, sha256, decision)
+                    .map_err(store_refusal)?;
+                match self.reloader.reload(now) {
+                    Ok(()) => format!("policy {sha256} adopted and loaded"),
+                    Err(e) => format!(
+                        "policy {sha256} adopted; this node keeps the old one until its file has it ({})",
+                        e.0
+                    ),
+                }
+            }
+            Operation::EmergencyRevoke { label, reason } => {
+                let changed = self.keys.revoke_key(label, reason, now).map_err(failed)?;
+                format!(
+                    "key {label} revoked and on the CRL; {changed} credentials it signed changed status"
+                )
+            }
+        };
+        // The change is committed; a view that cannot be rebuilt now is
+        // rebuilt by the next lifecycle round.
+        if let Err(e) = self.keys.refresh_keys(true) {
+            tracing::warn!(error = %e.0, "reloading keys after an officer operation");
+        }
+        Ok(done)
+    }
+
+    /// The IACA key and root certificate in the token, kept in the registry
+    /// for every node, then a first DS key signing at once.
+    fn generate_iaca(&self, now: OffsetDateTime) -> Result<String, String> {
+        let (der, facts) = self
+            .node
+            .metrics
+            .hsm("generate_iaca", || {
+                crate::pki::ceremony::iaca_in_token(
+                    self.node.backend,
+                    self.keys.pki_config(),
+                    pkcs11_shim::Algorithm::Es256,
+                    now,
+                )
+            })
+            .map_err(|e| format!("generating the IACA: {e}"))?;
+        let pem = crate::pki::cert_pem(&der).map_err(|e| e.to_string())?;
+        let decision = crate::store::DecisionRecord {
+            rule: Some(format!("IACA valid until {}", rfc3339(facts.not_after))),
+            ..self.node.decision(
+                "dojangd",
+                "pki.iaca",
+                "ok",
+                &self.policy.current().hash,
+                now,
+            )
+        };
+        // The first root stored wins; a concurrent generation on another
+        // node (the same token key, another certificate) gives up here.
+        if !self
+            .node
+            .registry
+            .set_document_if_absent(IACA_DOCUMENT, &pem, decision)
+            .map_err(|e| e.to_string())?
+        {
+            return Err("another node generated the IACA at the same time".into());
+        }
+        self.reloader.reload(now).map_err(|e| e.0)?;
+        let label = self.keys.generate_key(
+            crate::store::DS_CHAIN,
+            now.replace_nanosecond(0).unwrap_or(now),
+            "first document signer",
+            now,
+        )?;
+        Ok(format!(
+            "IACA generated (valid until {}); first DS key {label} signs from now",
+            rfc3339(facts.not_after)
+        ))
+    }
+}

@@ -1,0 +1,9 @@
+//! Officer operations under dual control: proposals and approvals
+//! ([`Officers`]), what may be proposed and when it can be carried out
+//! (`check`), and carrying approved operations out (`execute`).
+
+mod check;
+mod execute;
+mod proposals;
+
+pub use self::proposals::{Officers, Reload};

@@ -1,0 +1,238 @@
+//! [`Service`]: the owners of one node, wired together. It holds no state
+//! of its own beyond the readiness cache: the policy ([`PolicyState`]),
+//! the keys ([`KeyManager`]), the status lists ([`StatusPublisher`]), the
+//! audit log ([`AuditTrail`]), issuance ([`Issuer`]) and officer
+//! operations ([`Officers`]) each own theirs. Everything here is
+//! synchronous and runs on the signing pool or the daemon's threads; the
+//! HTTP layer never blocks on it.
+
+use std::sync::Arc;
+
+use pkcs11_shim::{KeyBackend, KeyPurpose};
+use time::OffsetDateTime;
+
+use super::readiness::{Readiness, ReadinessProbe};
+use super::reload::Reloader;
+use crate::audit::trail::AuditTrail;
+use crate::config::{CredentialConfig, PkiConfig, ServerConfig};
+use crate::issuance::{Current, Issuer};
+use crate::keys::lifecycle::KeyState;
+use crate::keys::manager::{KeyManager, KeySettings};
+use crate::metrics::Metrics;
+use crate::node::{LoadError, Node};
+use crate::officers::Officers;
+use crate::policy::PolicyState;
+use crate::status::{StatusChanges, StatusPublisher};
+use crate::store::Registry;
+
+/// One node's owners.
+pub struct Service {
+    /// The handles every owner shares.
+    pub node: Node,
+    /// The policy in force.
+    pub policy: Arc<PolicyState>,
+    /// The keys.
+    pub keys: Arc<KeyManager>,
+    /// Status positions and signed lists.
+    pub status: Arc<StatusPublisher>,
+    /// The audit log.
+    pub audit: AuditTrail,
+    /// Issuance.
+    pub issuer: Issuer,
+    /// Officer operations.
+    pub officers: Officers,
+    reloader: Arc<Reloader>,
+    probe: ReadinessProbe,
+}
+
+impl Service {
+    /// Builds the service; the policy must load, a missing DS key only
+    /// makes the daemon not ready.
+    pub fn new(
+        backend: &'static dyn KeyBackend,
+        registry: Arc<dyn Registry>,
+        metrics: Arc<Metrics>,
+        server: &ServerConfig,
+        credential: CredentialConfig,
+        pki_config: PkiConfig,
+    ) -> Result<Self, LoadError> {
+        let node = Node {
+            backend,
+            registry,
+            metrics,
+            id: server.node_id.clone(),
+        };
+        let changes = StatusChanges::default();
+        let policy = Arc::new(PolicyState::new(node.clone(), server.policy.clone())?);
+        let settings = KeySettings {
+            labels: server.keys.clone(),
+            signature_days: credential.signature_validity_days,
+            audit_origin: server.audit.origin.clone(),
+            pki: pki_config,
+        };
+        let keys = Arc::new(KeyManager::new(
+            node.clone(),
+            policy.clone(),
+            changes.clone(),
+            settings,
+        ));
+        let status = Arc::new(StatusPublisher::new(
+            node.clone(),
+            keys.clone(),
+            changes,
+            server.public.base_url.clone(),
+        ));
+        let reloader = Arc::new(Reloader::new(node.clone(), policy.clone(), keys.clone()));
+        let probe = ReadinessProbe::new(node.clone(), policy.clone(), keys.clone());
+        let service = Service {
+            audit: AuditTrail::new(node.clone(), keys.clone(), server.audit.clone())?,
+            issuer: Issuer::new(
+                node.clone(),
+                policy.clone(),
+                keys.clone(),
+                status.clone(),
+                credential,
+                server.keys.pseudonym.clone(),
+            ),
+            officers: Officers::new(node.clone(), policy.clone(), keys.clone(), reloader.clone()),
+            node,
+            policy,
+            keys,
+            status,
+            probe,
+            reloader,
+        };
+        service.check_pseudonym_key(&server.keys.pseudonym)?;
+        service.reload(OffsetDateTime::now_utc())?;
+        service.record_start()?;
+        Ok(service)
+    }
+
+    /// The pseudonym key must be there from the start. (The status-list key
+    /// is checked when first imported: later it rotates, and the configured
+    /// label may be long destroyed.)
+    fn check_pseudonym_key(&self, label: &str) -> Result<(), LoadError> {
+        let key = self
+            .node
+            .backend
+            .find(label)
+            .map_err(|e| LoadError(format!("key {label:?}: {e}")))?;
+        if key.purpose != KeyPurpose::Pseudonym {
+            return Err(LoadError(format!(
+                "key {label:?} is a {} key, not a pseudonym key",
+                key.purpose
+            )));
+        }
+        Ok(())
+    }
+
+    fn record_start(&self) -> Result<(), LoadError> {
+        let start = self.node.decision(
+            "dojangd",
+            "start",
+            "ok",
+            &self.policy.current().hash,
+            OffsetDateTime::now_utc(),
+        );
+        self.node
+            .registry
+            .record(start, None)
+            .map_err(|e| LoadError(format!("writing the audit log: {e}")))
+    }
+
+    /// Whether this node can serve now (probed at most once a second).
+    pub fn readiness(&self) -> Readiness {
+        self.probe.readiness()
+    }
+
+    /// The policy and keys in force.
+    pub fn current(&self) -> Current {
+        self.issuer.current()
+    }
+
+    /// Re-reads the policy, the IACA and the registry's keys (importing the
+    /// PKI directory's on the first start). A bad policy is refused and the
+    /// old state stays.
+    pub fn reload(&self, now: OffsetDateTime) -> Result<(), LoadError> {
+        self.reloader.reload_now(now)
+    }
+
+    /// One round of the key lifecycle: count signatures, and, if this node
+    /// holds the lease, act on the plan, keep the CRL whole and fresh,
+    /// finish revocations and approved proposals left unfinished, and check
+    /// destroyed keys are gone from the token; then take up any change
+    /// another node made.
+    pub fn keys_tick(&self, now: OffsetDateTime, lease_ms: i64) {
+        let leader = self.keys.tick(lease_ms);
+        // A root officers had generated on another node.
+        if self.keys.iaca_waiting()
+            && let Err(e) = self.reload(now)
+        {
+            tracing::warn!(error = %e.0, "loading the IACA from the registry");
+        }
+        if leader {
+            self.keys.lead(now);
+            self.officers.resume_approved(now);
+            self.keys.reconcile_destroyed();
+        }
+        if let Err(e) = self.keys.refresh_keys(false) {
+            tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");
+        }
+        self.follow_adopted_policy(now);
+    }
+
+    /// Loads the policy file again if officers adopted another one than
+    /// this node runs (a change approved on any node).
+    fn follow_adopted_policy(&self, now: OffsetDateTime) {
+        let Some((adopted, first)) = self.policy.due_to_follow() else {
+            return;
+        };
+        match self.reload(now) {
+            Ok(()) => tracing::info!(sha256 = %adopted, "loaded the policy officers adopted"),
+            Err(e) if first => {
+                tracing::warn!(error = %e.0, "officers adopted another policy than this node's file")
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Records a start, stop or reload of this node.
+    pub fn record_event(&self, action: &str, outcome: &str) {
+        let decision = self.node.decision(
+            "dojangd",
+            action,
+            outcome,
+            &self.policy.current().hash,
+            OffsetDateTime::now_utc(),
+        );
+        if let Err(e) = self.node.registry.record(decision, None) {
+            tracing::error!(error = %e, action, "cannot write the audit log");
+        }
+    }
+
+    /// Refreshes the gauges that describe state, for a scrape.
+    pub fn refresh_gauges(&self) {
+        let _ = self.readiness();
+        let (registry, metrics) = (&self.node.registry, &self.node.metrics);
+        let now = OffsetDateTime::now_utc();
+        if let Ok(keys) = registry.keys() {
+            for k in keys
+                .iter()
+                .filter(|k| matches!(k.record.state, KeyState::Pending | KeyState::Active))
+            {
+                metrics
+                    .ds_expiry_seconds
+                    .with_label_values(&[&k.record.label])
+                    .set((k.record.cert_not_after - now).whole_seconds());
+            }
+        }
+        if let Ok((used, quota)) = registry.free_quota() {
+            metrics
+                .free_quota_remaining
+                .set(quota.saturating_sub(used) as i64);
+        }
+        if let Ok(n) = registry.decision_count() {
+            metrics.audit_entries.set(n as i64);
+        }
+    }
+}
