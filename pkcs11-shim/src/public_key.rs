@@ -90,13 +90,16 @@ impl PublicKey {
                 return Err(Error::Encoding(format!("{other} keys are not EC keys")));
             }
         };
-        if point.len() != 1 + 2 * coord_len || point[0] != 0x04 {
-            return Err(Error::Encoding(format!(
-                "expected an uncompressed {crv} point of {} bytes, got {} bytes",
-                1 + 2 * coord_len,
-                point.len()
-            )));
-        }
+        let coordinates = match point.split_first() {
+            Some((0x04, coordinates)) if coordinates.len() == 2 * coord_len => coordinates,
+            _ => {
+                return Err(Error::Encoding(format!(
+                    "expected an uncompressed {crv} point of {} bytes, got {} bytes",
+                    1 + 2 * coord_len,
+                    point.len()
+                )));
+            }
+        };
         let enc = |e: openssl::error::ErrorStack| Error::Encoding(e.to_string());
         let group = curve(nid).map_err(enc)?;
         let mut ctx = BigNumContext::new().map_err(enc)?;
@@ -111,7 +114,7 @@ impl PublicKey {
             _ => SPKI_P384_PREFIX.to_vec(),
         };
         spki_der.extend_from_slice(point);
-        let (x, y) = point[1..].split_at(coord_len);
+        let (x, y) = coordinates.split_at(coord_len);
         Ok(PublicKey {
             algorithm,
             raw: point.to_vec(),

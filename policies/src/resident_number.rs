@@ -52,10 +52,11 @@ impl ResidentNumber {
     /// Parses `YYMMDD-GNNNNNN` or `YYMMDDGNNNNNN`.
     pub fn parse(text: &str) -> Result<Self, ResidentNumberError> {
         let bytes = text.as_bytes();
-        let compact: Vec<u8> = if bytes.len() == 14 && bytes[6] == b'-' {
-            bytes[..6].iter().chain(&bytes[7..]).copied().collect()
-        } else {
-            bytes.to_vec()
+        let compact: Vec<u8> = match bytes.split_at_checked(6) {
+            Some((date, [b'-', serial @ ..])) if serial.len() == 7 => {
+                date.iter().chain(serial).copied().collect()
+            }
+            _ => bytes.to_vec(),
         };
         let digits: [u8; 13] = compact
             .try_into()
@@ -63,8 +64,8 @@ impl ResidentNumber {
         if !digits.iter().all(u8::is_ascii_digit) {
             return Err(ResidentNumberError::Format);
         }
-        let d = |i: usize| u16::from(digits[i] - b'0');
-        let (century, registrant) = match d(6) {
+        let [y1, y2, m1, m2, d1, d2, g, ..] = digits.map(|b| u16::from(b - b'0'));
+        let (century, registrant) = match g {
             9 | 0 => (1800, Registrant::Citizen),
             1 | 2 => (1900, Registrant::Citizen),
             3 | 4 => (2000, Registrant::Citizen),
@@ -72,10 +73,10 @@ impl ResidentNumber {
             7 | 8 => (2000, Registrant::Foreigner),
             _ => return Err(ResidentNumberError::CenturyCode),
         };
-        let year = i32::from(century + d(0) * 10 + d(1));
-        let month = Month::try_from((d(2) * 10 + d(3)) as u8)
-            .map_err(|_| ResidentNumberError::BirthDate)?;
-        let day = (d(4) * 10 + d(5)) as u8;
+        let year = i32::from(century + y1 * 10 + y2);
+        let month =
+            Month::try_from((m1 * 10 + m2) as u8).map_err(|_| ResidentNumberError::BirthDate)?;
+        let day = (d1 * 10 + d2) as u8;
         let birth_date = Date::from_calendar_date(year, month, day)
             .map_err(|_| ResidentNumberError::BirthDate)?;
         Ok(ResidentNumber {

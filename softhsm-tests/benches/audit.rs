@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::per_call;
+use common::{per_call, BenchResult};
 
 use dojang::audit::checkpoint::{Checkpoint, NoteKey};
 use dojang::audit::entry::AuditEntry;
@@ -25,19 +25,18 @@ use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
 /// Entries between two checkpoints.
 const CHECKPOINT_EVERY: u64 = 1000;
 
-fn main() {
-    let (_token, config) = common::token_with_ds_key("ds");
-    let backend = Pkcs11Backend::open(config).expect("open token");
-    let audit = backend
-        .generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)
-        .expect("audit key");
-    let note_key = NoteKey::new("dojang.example.kr/audit", audit.public_key.expect("public"))
-        .expect("note key");
+fn main() -> BenchResult {
+    let (_token, config) = common::token_with_ds_key("ds")?;
+    let backend = Pkcs11Backend::open(config)?;
+    let audit = backend.generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)?;
+    let public = audit.public_key.ok_or("the audit key has no public half")?;
+    let note_key = NoteKey::new("dojang.example.kr/audit", public)?;
     let seconds = Duration::from_secs(2);
 
     let sign_us = per_call(seconds, || {
-        let _ = std::hint::black_box(backend.sign("ds", &[0x5a; 600]).expect("sign"));
-    });
+        let _ = std::hint::black_box(backend.sign("ds", &[0x5a; 600])?);
+        Ok(())
+    })?;
     let mut frontier = Frontier::new();
     let mut seq = 0u64;
     let append_us = per_call(seconds, || {
@@ -60,7 +59,8 @@ fn main() {
         };
         frontier.append(leaf_hash(&entry.encode()));
         seq += 1;
-    });
+        Ok(())
+    })?;
     let checkpoint_us = per_call(seconds, || {
         let cp = Checkpoint {
             origin: "dojang.example.kr/audit-log".into(),
@@ -68,10 +68,11 @@ fn main() {
             root: frontier.root(),
             extensions: Vec::new(),
         };
-        let _ = std::hint::black_box(cp.sign(&backend, "audit", &note_key).expect("checkpoint"));
-    });
+        let _ = std::hint::black_box(cp.sign(&backend, "audit", &note_key)?);
+        Ok(())
+    })?;
 
-    let (store_us, empty_us) = common::audit_sql_cpu_us();
+    let (store_us, empty_us) = common::audit_sql_cpu_us()?;
     let in_tx_us = (store_us - empty_us).max(0.0);
     println!(
         "audit benchmark: one SoftHSM token, 1 thread, log of {} entries",
@@ -109,4 +110,5 @@ fn main() {
     println!(
         "(the target is <= 5% of an issuance; an issuance costs several signatures' worth of CPU: compare with the daemon_load benchmark's CPU per issuance)"
     );
+    Ok(())
 }

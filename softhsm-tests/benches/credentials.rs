@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{median, per_call};
+use common::{median, per_call, BenchResult};
 
 use dojang::credential::claims::{HolderData, ResidentCardClaims};
 use dojang::credential::mdoc::UnsignedMdoc;
@@ -27,43 +27,37 @@ use time::OffsetDateTime;
 
 const ROUNDS: usize = 5;
 
-fn main() {
+fn main() -> BenchResult {
     let token = SoftHsmToken::new("dojang-bench");
     let backend = Pkcs11Backend::open(Pkcs11Config::new(
         softhsm_tests::softhsm_module(),
         token.label(),
         SecretSource::File(token.pin_file()),
-    ))
-    .expect("open token");
+    ))?;
     let pki: dojang::pki::PkiConfig = toml::from_str(&format!(
         "dir = \"{}\"\norganization = \"Bench\"\niaca_common_name = \"Bench IACA\"\n\
          issuer_alt_name = \"https://id.example.kr\"\ncrl_url = \"https://id.example.kr/crl\"\n",
         token.scratch().join("pki").display()
-    ))
-    .expect("pki config");
+    ))?;
     let now = OffsetDateTime::now_utc();
-    let _ = ceremony::init(&backend, &pki, "ds-1", Algorithm::Es256, now).expect("pki init");
-    let cert = PkiStore::new(&pki.dir)
-        .ds_for_signing(None, now)
-        .expect("DS");
-    let signer = DocumentSigner::new(&backend, cert).expect("signer");
+    let _ = ceremony::init(&backend, &pki, "ds-1", Algorithm::Es256, now)?;
+    let cert = PkiStore::new(&pki.dir).ds_for_signing(None, now)?;
+    let signer = DocumentSigner::new(&backend, cert)?;
 
     let holder = HolderData {
         portrait: Some(vec![0xd8; 1024]), // the 12th element
         ..sample::holder()
     };
     let claims =
-        ResidentCardClaims::derive(&holder, date!(2026 - 12 - 27), 3, "서울특별시 종로구청장")
-            .expect("claims");
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
-    let phone = EcKey::generate(&group).expect("key");
-    let mut ctx = BigNumContext::new().expect("ctx");
+        ResidentCardClaims::derive(&holder, date!(2026 - 12 - 27), 3, "서울특별시 종로구청장")?;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let phone = EcKey::generate(&group)?;
+    let mut ctx = BigNumContext::new()?;
     let point = phone
         .public_key()
-        .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
-        .expect("point");
-    let device = PublicKey::from_ec_point(Algorithm::Es256, &point).expect("device key");
-    let validity = SignatureValidity::starting(now, 90, signer.not_after()).expect("validity");
+        .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)?;
+    let device = PublicKey::from_ec_point(Algorithm::Es256, &point)?;
+    let validity = SignatureValidity::starting(now, 90, signer.not_after())?;
     let status = StatusReference {
         idx: 123_456,
         uri: "https://id.example.kr/status/1".into(),
@@ -84,12 +78,12 @@ fn main() {
                 Some(&status),
                 signer.algorithm(),
                 signer.certificate_der(),
-            )
-            .expect("build");
+            )?;
             let input = unsigned.signing_input();
             let _ = std::hint::black_box(&input);
             let _ = std::hint::black_box(unsigned.finish(&dummy_signature));
-        });
+            Ok(())
+        })?;
         let sdjwt_us = per_call(seconds, || {
             let unsigned = UnsignedSdJwt::build(
                 &claims,
@@ -98,14 +92,15 @@ fn main() {
                 Some(&status),
                 "https://id.example.kr",
                 signer.jws_header(),
-            )
-            .expect("build");
+            )?;
             let _ = std::hint::black_box(unsigned.signing_input());
             let _ = std::hint::black_box(unsigned.finish(&dummy_signature));
-        });
+            Ok(())
+        })?;
         let sign_us = per_call(seconds, || {
-            let _ = std::hint::black_box(backend.sign("ds-1", &input).expect("sign"));
-        });
+            let _ = std::hint::black_box(backend.sign("ds-1", &input)?);
+            Ok(())
+        })?;
         mdocs.push(mdoc_us);
         sdjwts.push(sdjwt_us);
         signs.push(sign_us);
@@ -125,4 +120,5 @@ fn main() {
             if ratio <= 0.10 { "met" } else { "NOT met" }
         );
     }
+    Ok(())
 }

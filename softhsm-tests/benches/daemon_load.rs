@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::load::{bodies, env, load};
+use common::BenchResult;
 use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
 use secrecy::SecretString;
 use softhsm_tests::daemon::{Daemon, Options};
@@ -32,15 +33,15 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
+fn main() -> BenchResult {
     let seconds = env("DOJANG_LOAD_SECONDS", 10);
     let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
     let duration = Duration::from_secs(seconds);
 
     // The raw baseline: bare cryptoki, 2 threads, this machine, this run.
-    let (token, config) = common::token_with_ds_key("bench-ds");
-    let raw = |seconds| {
-        raw_sign_rate(
+    let (token, config) = common::token_with_ds_key("bench-ds")?;
+    let raw = |seconds| -> BenchResult<f64> {
+        Ok(raw_sign_rate(
             &RawBenchmark {
                 module: config.module.clone(),
                 token_label: token.label().to_owned(),
@@ -50,20 +51,19 @@ fn main() {
                 duration: Duration::from_secs(seconds),
             },
             &[0x5a; 256],
-        )
-        .expect("raw run")
+        )?)
     };
     // The ceiling the token alone sets: an issuance's HSM work and nothing
     // else, interleaved with raw runs (this VM's speed drifts), medians.
     let (mut raws, mut ceilings) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        raws.push(raw(2));
+        raws.push(raw(2)?);
         ceilings.push(common::hsm_work_per_issuance_rate(
             &config,
             "bench-ds",
             "bench-pseudonym",
             Duration::from_secs(2),
-        ));
+        )?);
     }
     let (raw_before, hsm_ceiling) = (common::median(raws), common::median(ceilings));
 
@@ -71,7 +71,10 @@ fn main() {
     // local PostgreSQL instead of SQLite.
     let postgres = std::env::var("DOJANG_LOAD_STORE").is_ok_and(|s| s == "postgres");
     let schema = if postgres {
-        Some(softhsm_tests::daemon::PgSchema::create().expect("PostgreSQL for DOJANG_LOAD_STORE"))
+        Some(
+            softhsm_tests::daemon::PgSchema::create()
+                .ok_or("DOJANG_LOAD_STORE=postgres, but no PostgreSQL at 127.0.0.1:5432")?,
+        )
     } else {
         None
     };
@@ -96,33 +99,33 @@ fn main() {
     // Enough distinct requests for the saturated run at several times the raw rate.
     let count = (raw_before * seconds as f64 * 1.2) as usize + 1000;
     eprintln!("preparing {count} distinct requests…");
-    let saturated_bodies = Arc::new(bodies(count, 0));
+    let saturated_bodies = Arc::new(bodies(count, 0)?);
     let _warm = load(
         &target,
-        Arc::new(bodies(200, 900_000)),
+        Arc::new(bodies(200, 900_000)?),
         8,
         Duration::from_secs(1),
         None,
-    );
+    )?;
     eprintln!("saturation phase starting (dojangd pid {pid})");
     let (daemon_cpu, own_cpu) = (
         common::cpu_seconds(&pid.to_string()),
         common::cpu_seconds("self"),
     );
-    let mut saturated = load(&target, saturated_bodies, connections, duration, None);
+    let mut saturated = load(&target, saturated_bodies, connections, duration, None)?;
     let daemon_cpu = common::cpu_seconds(&pid.to_string()) - daemon_cpu;
     let own_cpu = common::cpu_seconds("self") - own_cpu;
     let half_rate = saturated.rate() / 2.0;
     let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
-    let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000));
-    let mut half = load(&target, half_bodies, connections, duration, Some(half_rate));
+    let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
+    let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
     let rss_peak = rss_kib(pid, "VmHWM:");
     drop(d);
-    let raw_after = raw(3);
+    let raw_after = raw(3)?;
     drop(schema);
     // What the audit entry's SQL adds to an issuance's transaction, this run
     // (measured on SQLite).
-    let (append_us, empty_us) = common::audit_sql_cpu_us();
+    let (append_us, empty_us) = common::audit_sql_cpu_us()?;
     let audit_us = (append_us - empty_us).max(0.0);
     let raw_rate = (raw_before + raw_after) / 2.0;
 
@@ -194,4 +197,5 @@ fn main() {
         half.percentile(0.99),
         rss_peak as f64 / 1024.0
     );
+    Ok(())
 }

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::load::{bodies, env, load};
+use common::{joined, BenchResult};
+use serde_json::Value;
 use softhsm_tests::daemon::{Daemon, Options};
 
-fn main() {
+fn main() -> BenchResult {
     let seconds = env("DOJANG_LOAD_SECONDS", 10);
     let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
     let duration = Duration::from_secs(seconds);
@@ -38,26 +40,28 @@ fn main() {
     // Enough distinct requests for each phase at a generous rate.
     let per_phase = 8000 * seconds as usize;
     eprintln!("preparing {} distinct requests…", 3 * per_phase + 200);
-    let phases: Vec<_> = (0..3)
-        .map(|i| Arc::new(bodies(per_phase, (i * per_phase) as u32)))
-        .collect();
+    let phase =
+        |i: usize| -> BenchResult<_> { Ok(Arc::new(bodies(per_phase, (i * per_phase) as u32)?)) };
+    let (quiet_before, rotating_phase, quiet_after) = (phase(0)?, phase(1)?, phase(2)?);
     let _warm = load(
         &target,
-        Arc::new(bodies(200, 900_000)),
+        Arc::new(bodies(200, 900_000)?),
         8,
         Duration::from_secs(1),
         None,
-    );
+    )?;
 
-    let before = load(&target, phases[0].clone(), connections, duration, None);
+    let before = load(&target, quiet_before, connections, duration, None)?;
     let rotating = Arc::new(AtomicBool::new(true));
-    let rotations = std::thread::scope(|scope| {
-        let officers = scope.spawn(|| {
+    let rotations = std::thread::scope(|scope| -> BenchResult<_> {
+        let officers = scope.spawn(|| -> BenchResult<usize> {
             let mut done = 0usize;
             let mut watcher = d.client("auditor");
             let pairs = [("kim", "lee"), ("lee", "park"), ("park", "kim")];
-            while rotating.load(Ordering::Relaxed) {
-                let (proposer, approver) = pairs[done % pairs.len()];
+            for &(proposer, approver) in pairs.iter().cycle() {
+                if !rotating.load(Ordering::Relaxed) {
+                    break;
+                }
                 let approved = d.dual_control(
                     proposer,
                     approver,
@@ -65,8 +69,9 @@ fn main() {
                     &serde_json::json!({"chain": "ds"}),
                 );
                 assert!(
-                    approved["result"]
-                        .as_str()
+                    approved
+                        .get("result")
+                        .and_then(Value::as_str)
                         .is_some_and(|r| r.contains("generated")),
                     "{approved}"
                 );
@@ -75,8 +80,11 @@ fn main() {
                 // one kept-alive connection and a look every 200 ms, not a
                 // new mTLS handshake every 50 ms.
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while watcher.get("/v1/keys").json()["keys"]
-                    .as_array()
+                while watcher
+                    .get("/v1/keys")
+                    .json()
+                    .get("keys")
+                    .and_then(Value::as_array)
                     .is_some_and(|keys| {
                         keys.iter()
                             .any(|k| k["chain"] == "ds" && k["state"] == "pending")
@@ -87,21 +95,21 @@ fn main() {
                 }
                 done += 1;
             }
-            done
+            Ok(done)
         });
-        let during = load(&target, phases[1].clone(), connections, duration, None);
+        let during = load(&target, rotating_phase, connections, duration, None);
         rotating.store(false, Ordering::Relaxed);
-        (during, officers.join().expect("officers"))
-    });
+        Ok((during?, joined(officers.join(), "officers")?))
+    })?;
     let (during, rotations) = rotations;
-    let after = load(&target, phases[2].clone(), connections, duration, None);
+    let after = load(&target, quiet_after, connections, duration, None)?;
 
     // Every key that signed during the run is in the JWKS.
     let keys = d.keys();
     let jwks = d.public_client().get("/.well-known/jwks.json").json();
     let published = keys.iter().all(|k| {
-        jwks["keys"]
-            .as_array()
+        jwks.get("keys")
+            .and_then(Value::as_array)
             .is_some_and(|j| j.iter().any(|p| p["kid"] == k["kid"]))
     });
 
@@ -141,4 +149,5 @@ fn main() {
         "NOT met"
     };
     println!("  target {verdict}");
+    Ok(())
 }

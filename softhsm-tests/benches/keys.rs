@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::median;
+use common::{joined, median, BenchResult};
 use pkcs11_shim::pkcs11::{raw_sign_rate, Pkcs11Backend, RawBenchmark};
 use pkcs11_shim::tpm::TpmBackend;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, TpmConfig};
@@ -21,32 +20,42 @@ use softhsm_tests::{Swtpm, USER_PIN};
 const ROUNDS: usize = 7;
 const MESSAGE: &[u8] = &[0x5a; 256]; // about the size of a COSE Sig_structure for an MSO digest
 
-fn shim_rate(backend: &dyn KeyBackend, label: &str, threads: usize, duration: Duration) -> f64 {
-    let signed = AtomicU64::new(0);
+fn shim_rate(
+    backend: &dyn KeyBackend,
+    label: &str,
+    threads: usize,
+    duration: Duration,
+) -> BenchResult<f64> {
     let start = Instant::now();
     let deadline = start + duration;
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let _ = scope.spawn(|| {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let _ = backend.sign(label, MESSAGE).expect("sign");
-                    n += 1;
-                }
-                let _ = signed.fetch_add(n, Ordering::Relaxed);
-            });
-        }
-    });
-    signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let signed = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> BenchResult<u64> {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let _ = backend.sign(label, MESSAGE)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| joined(h.join(), "signing"))
+            .sum::<BenchResult<u64>>()
+    })?;
+    Ok(signed as f64 / start.elapsed().as_secs_f64())
 }
 
-fn main() {
+fn main() -> BenchResult {
     let seconds: u64 = std::env::var("DOJANG_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let duration = Duration::from_secs(seconds);
-    let (token, config) = common::token_with_ds_key("bench-ds");
+    let (token, config) = common::token_with_ds_key("bench-ds")?;
     let raw = |threads| RawBenchmark {
         module: config.module.clone(),
         token_label: token.label().to_owned(),
@@ -67,9 +76,9 @@ fn main() {
     for threads in [1usize, 2] {
         let (mut raws, mut shims) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            raws.push(raw_sign_rate(&raw(threads), MESSAGE).expect("raw run"));
-            let backend = Pkcs11Backend::open(config.clone()).expect("open token");
-            shims.push(shim_rate(&backend, "bench-ds", threads, duration));
+            raws.push(raw_sign_rate(&raw(threads), MESSAGE)?);
+            let backend = Pkcs11Backend::open(config.clone())?;
+            shims.push(shim_rate(&backend, "bench-ds", threads, duration)?);
         }
         let (raw_rate, shim_rate) = (median(raws), median(shims));
         let ratio = shim_rate / raw_rate;
@@ -93,11 +102,9 @@ fn main() {
         key_dir: tpm.scratch().join("keys"),
         owner_auth: None,
         recovery_interval_ms: 1000,
-    })
-    .expect("open swtpm");
-    let _ = backend
-        .generate("bench-tpm", KeyPurpose::DocumentSigner, Algorithm::Es256)
-        .expect("generate in TPM");
-    let tpm_rate = shim_rate(&backend, "bench-tpm", 1, duration);
+    })?;
+    let _ = backend.generate("bench-tpm", KeyPurpose::DocumentSigner, Algorithm::Es256)?;
+    let tpm_rate = shim_rate(&backend, "bench-tpm", 1, duration)?;
     println!("swtpm ES256 through the shim (password session, 1 thread): {tpm_rate:.0} sig/s");
+    Ok(())
 }

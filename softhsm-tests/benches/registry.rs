@@ -23,6 +23,8 @@ use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
 use secrecy::SecretString;
 use softhsm_tests::USER_PIN;
 
+use common::{joined, BenchResult};
+
 /// Committing threads (`DOJANG_BENCH_THREADS`, default 32).
 fn threads() -> usize {
     std::env::var("DOJANG_BENCH_THREADS")
@@ -66,42 +68,42 @@ fn record(thread: usize, n: u64, list: u32, index: u64) -> IssuanceCommit {
     }
 }
 
-fn commits_per_second(registry: Arc<dyn Registry>) -> f64 {
-    registry.set_free_quota(1_000_000_000).expect("quota");
+fn commits_per_second(registry: Arc<dyn Registry>) -> BenchResult<f64> {
+    registry.set_free_quota(1_000_000_000)?;
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(SECONDS);
     let handles: Vec<_> = (0..threads())
         .map(|t| {
             let (registry, done) = (registry.clone(), done.clone());
-            std::thread::spawn(move || {
+            std::thread::spawn(move || -> BenchResult {
                 let mut n = 0u64;
-                let mut block = registry.reserve_status_indexes(1000).expect("reserve");
+                let mut block = registry.reserve_status_indexes(1000)?;
                 let mut used = 0;
                 while Instant::now() < deadline {
                     if used == block.count {
-                        block = registry.reserve_status_indexes(1000).expect("reserve");
+                        block = registry.reserve_status_indexes(1000)?;
                         used = 0;
                     }
                     let commit = record(t, n, block.list, block.first + used);
-                    let _ = registry
-                        .commit_issuance("bench", commit, Box::new(|_| b"{}".to_vec()))
-                        .expect("commit");
+                    let _ =
+                        registry.commit_issuance("bench", commit, Box::new(|_| b"{}".to_vec()))?;
                     used += 1;
                     n += 1;
                 }
                 let _ = done.fetch_add(n, Ordering::Relaxed);
+                Ok(())
             })
         })
         .collect();
     for h in handles {
-        h.join().expect("thread");
+        joined(h.join(), "committing")?;
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-fn main() {
-    let (token, config) = common::token_with_ds_key("bench-ds");
+fn main() -> BenchResult {
+    let (token, config) = common::token_with_ds_key("bench-ds")?;
     let hsm = raw_sign_rate(
         &RawBenchmark {
             module: config.module.clone(),
@@ -112,18 +114,16 @@ fn main() {
             duration: Duration::from_secs(SECONDS),
         },
         &[0x5a; 256],
-    )
-    .expect("raw HSM run");
+    )?;
     println!(
         "registry benchmark: {} committing threads, {SECONDS} s, durable commits",
         threads()
     );
     println!("raw SoftHSM ES256, 2 threads: {hsm:.0} signatures/s");
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite: Arc<dyn Registry> =
-        Arc::new(SqliteRegistry::open(&dir.path().join("bench.db")).expect("sqlite"));
-    let rate = commits_per_second(sqlite);
+    let dir = tempfile::tempdir()?;
+    let sqlite: Arc<dyn Registry> = Arc::new(SqliteRegistry::open(&dir.path().join("bench.db"))?);
+    let rate = commits_per_second(sqlite)?;
     println!(
         "SQLite (WAL, synchronous=FULL, group commit): {rate:.0} issuance records/s = {:.2}x the HSM (target >= 2): {}",
         rate / hsm,
@@ -138,15 +138,12 @@ fn main() {
         Err(e) => println!("PostgreSQL: SKIPPED, not reachable at 127.0.0.1:5432 ({e})"),
         Ok(mut client) => {
             let schema = format!("dj_bench_{}", std::process::id());
-            client
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-                ))
-                .expect("schema");
+            client.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))?;
             let url = format!("{admin} options='-c search_path={schema}'");
-            let pg: Arc<dyn Registry> =
-                Arc::new(PostgresRegistry::open(&url, threads()).expect("postgres"));
-            let rate = commits_per_second(pg);
+            let pg: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, threads())?);
+            let rate = commits_per_second(pg)?;
             println!(
                 "PostgreSQL (synchronous_commit as configured, {} connections): {rate:.0} issuance records/s = {:.2}x the HSM (target >= 2): {}",
                 threads(),
@@ -156,4 +153,5 @@ fn main() {
             let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
         }
     }
+    Ok(())
 }

@@ -441,8 +441,9 @@ impl Daemon {
                 .expect("approvals list"),
         )
         .expect("JSON");
-        listed["proposals"][0]["id"]
-            .as_str()
+        listed
+            .pointer("/proposals/0/id")
+            .and_then(serde_json::Value::as_str)
             .expect("an open proposal")
             .to_owned()
     }
@@ -459,10 +460,14 @@ impl Daemon {
         let proposed = self.client(proposer).post_json(path, body, &[]);
         assert_eq!(proposed.status, 202, "{path}: {}", proposed.json());
         let proposal = proposed.json();
-        let id = proposal["id"].as_str().expect("id").to_owned();
+        let id = proposal
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .expect("id")
+            .to_owned();
         let approved = self.client(approver).post_json(
             &format!("/v1/approvals/{id}/approve"),
-            &serde_json::json!({ "operation": proposal["operation"] }),
+            &serde_json::json!({ "operation": proposal.get("operation") }),
             &[],
         );
         assert_eq!(approved.status, 200, "approve {id}: {}", approved.json());
@@ -473,8 +478,10 @@ impl Daemon {
     pub fn chain_keys(&self, chain: &str) -> Vec<serde_json::Value> {
         let reply = self.client("kim").get("/v1/keys");
         assert_eq!(reply.status, 200, "{}", reply.json());
-        reply.json()["keys"]
-            .as_array()
+        reply
+            .json()
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
             .expect("keys")
             .iter()
             .filter(|k| k["chain"] == chain)
@@ -646,11 +653,12 @@ impl Daemon {
             .expect("status token"),
         )
         .expect("status token");
-        let key = jwks["keys"]
-            .as_array()
+        let key = jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
             .expect("status token")
             .iter()
-            .find(|k| k["kid"] == header["kid"])
+            .find(|k| k.get("kid") == header.get("kid"))
             .expect("status-list key in the JWKS");
         let jwk: pkcs11_shim::Jwk = serde_json::from_value(key.clone()).expect("status token");
         let public = pkcs11_shim::public_key_from_jwk(&jwk).expect("status token");
@@ -689,8 +697,14 @@ pub fn phone() -> (
         .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
         .expect("point");
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    // 04 || X || Y, 32 bytes each.
+    let (x, y) = point
+        .split_first()
+        .filter(|(tag, xy)| **tag == 0x04 && xy.len() == 64)
+        .map(|(_, xy)| xy.split_at(32))
+        .expect("an uncompressed P-256 point");
     let jwk = serde_json::json!({
-        "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        "kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y),
     });
     (jwk, openssl::pkey::PKey::from_ec_key(key).expect("pkey"))
 }

@@ -302,7 +302,9 @@ pub fn read_all(stream: &mut impl std::io::Read) -> String {
     loop {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                out.extend_from_slice(buf.get(..n).expect("read returns at most buf.len() bytes"))
+            }
         }
     }
     String::from_utf8_lossy(&out).into_owned()

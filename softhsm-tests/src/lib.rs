@@ -9,6 +9,11 @@
 //! process: run these suites with `cargo nextest` (as `make test` does).
 
 #![forbid(unsafe_code)]
+// Test code: these fixtures fail the test that called them, with a message,
+// when the environment cannot be set up (a package missing, a daemon that
+// will not start), as their `assert!`s do. Returning errors instead would
+// only move each panic into an `.unwrap()` at every call site in tests/.
+#![allow(clippy::expect_used, clippy::panic)]
 
 pub mod daemon;
 pub mod https;

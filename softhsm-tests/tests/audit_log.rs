@@ -3,6 +3,7 @@
 //! ECDSA P-256 as a TPM would need).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 mod common;
 

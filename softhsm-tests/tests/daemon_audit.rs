@@ -5,6 +5,7 @@
 //! PostgreSQL keeping one log, and signing refused while the log cannot be
 //! written.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Barrier};

@@ -3,6 +3,7 @@
 //! input, `dojangctl`'s officer commands, emergency revocation, and a usage
 //! limit reached under issuance.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,7 @@
 //! going away and coming back, SIGHUP reloads good and bad, SIGTERM
 //! draining, and metrics a Prometheus server can read.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::collections::BTreeMap;
 use std::io::Write;

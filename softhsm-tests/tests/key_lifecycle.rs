@@ -4,6 +4,7 @@
 //! with prepublication, usage limits, certificate expiry, destruction after
 //! retention, and one acting node among two sharing a registry.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! signatures checked by openssl, HMAC, listing, destruction, bad input.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! under CI (`CI` set) it fails instead, so CI can never skip it silently.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! own analyzer, and the daemon speaks the `Type=notify` protocol it
 //! promises (READY, RELOADING, STOPPING) on a real notification socket.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

@@ -299,8 +299,14 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
                 entries: leaves.len() as u64,
             });
         }
-        while frontier.size() < cp.size {
-            frontier.append(leaves[frontier.size() as usize]);
+        // cp.size <= leaves.len() (checked above): `take` yields exactly
+        // the leaves up to the checkpoint.
+        for leaf in leaves
+            .iter()
+            .take(cp.size as usize)
+            .skip(frontier.size() as usize)
+        {
+            frontier.append(*leaf);
         }
         if frontier.root() != cp.root {
             return Err(BundleError::Root {

@@ -268,16 +268,20 @@ impl Checkpoint {
             let Ok(blob) = B64.decode(sig) else {
                 return Err(NoteError::Malformed("signature is not base64".into()));
             };
-            if blob.len() < 5 || name.is_empty() {
+            // A 4-byte key ID, then a signature of at least one byte.
+            let id_and_signature = blob
+                .split_first_chunk::<4>()
+                .filter(|(_, signature)| !signature.is_empty());
+            let (Some((id, signature)), false) = (id_and_signature, name.is_empty()) else {
                 return Err(NoteError::Malformed(
                     "a signature line needs a name, a key ID and a signature".into(),
                 ));
-            }
-            if name != key.name || blob.len() < 4 || blob[..4] != key.id {
+            };
+            if name != key.name || *id != key.id {
                 continue; // another key's signature: ignored, as C2SP says
             }
             found = true;
-            if !verify_signature(key, body.as_bytes(), &blob[4..]) {
+            if !verify_signature(key, body.as_bytes(), signature) {
                 return Err(NoteError::BadSignature(key.name.clone()));
             }
         }

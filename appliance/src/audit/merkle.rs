@@ -34,15 +34,24 @@ fn split(n: usize) -> usize {
     k
 }
 
+/// A tree of two or more leaves split where RFC 9162 splits it: the first
+/// `split(n)` leaves and the rest.
+fn halves(leaves: &[Hash]) -> (&[Hash], &[Hash]) {
+    // Invariant: every caller splits a tree of n >= 2 leaves, and
+    // 1 <= split(n) < n then, so `split_at` is in bounds and both halves
+    // are non-empty.
+    leaves.split_at(split(leaves.len()))
+}
+
 /// The root of the tree over `leaves` (leaf hashes). The empty tree's root
 /// is SHA-256 of nothing.
 pub fn root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => sha256(&[]),
-        1 => leaves[0],
-        n => {
-            let k = split(n);
-            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+    match leaves {
+        [] => sha256(&[]),
+        [leaf] => *leaf,
+        _ => {
+            let (left, right) = halves(leaves);
+            node_hash(&root(left), &root(right))
         }
     }
 }
@@ -56,14 +65,14 @@ pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
     let (mut index, mut leaves) = (index, leaves);
     let mut stack = Vec::new();
     while leaves.len() > 1 {
-        let k = split(leaves.len());
-        if index < k {
-            stack.push(root(&leaves[k..]));
-            leaves = &leaves[..k];
+        let (left, right) = halves(leaves);
+        if index < left.len() {
+            stack.push(root(right));
+            leaves = left;
         } else {
-            stack.push(root(&leaves[..k]));
-            leaves = &leaves[k..];
-            index -= k;
+            stack.push(root(left));
+            leaves = right;
+            index -= left.len();
         }
     }
     // Collected top-down; proofs go from the leaf up.
@@ -127,13 +136,14 @@ fn subproof(m: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) {
         }
         return;
     }
-    let k = split(n);
-    if m <= k {
-        subproof(m, &leaves[..k], complete, proof);
-        proof.push(root(&leaves[k..]));
+    // m < n here (m == n returned above) and m >= 1, so n >= 2.
+    let (left, right) = halves(leaves);
+    if m <= left.len() {
+        subproof(m, left, complete, proof);
+        proof.push(root(right));
     } else {
-        subproof(m - k, &leaves[k..], false, proof);
-        proof.push(root(&leaves[..k]));
+        subproof(m - left.len(), right, false, proof);
+        proof.push(root(left));
     }
 }
 

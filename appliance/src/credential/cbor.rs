@@ -99,46 +99,39 @@ impl Writer {
     /// tdate, `#6.0`: "YYYY-MM-DDTHH:MM:SSZ" in UTC, no fractions.
     pub(crate) fn tdate(&mut self, t: OffsetDateTime) -> &mut Self {
         let t = t.to_offset(UtcOffset::UTC);
-        let mut text = [0u8; 20];
-        write_date(&mut text[..10], t.date());
-        text[10] = b'T';
-        write_2(&mut text[11..13], t.hour());
-        text[13] = b':';
-        write_2(&mut text[14..16], t.minute());
-        text[16] = b':';
-        write_2(&mut text[17..19], t.second());
-        text[19] = b'Z';
+        let [h1, h2] = two_digits(t.hour());
+        let [m1, m2] = two_digits(t.minute());
+        let [s1, s2] = two_digits(t.second());
+        let time = [b'T', h1, h2, b':', m1, m2, b':', s1, s2, b'Z'];
         self.tag(0).head(3, 20);
-        self.bytes.extend_from_slice(&text);
+        self.bytes.extend_from_slice(&date_text(t.date()));
+        self.bytes.extend_from_slice(&time);
         self
     }
 
     /// full-date, `#6.1004`: "YYYY-MM-DD".
     pub(crate) fn full_date(&mut self, d: Date) -> &mut Self {
-        let mut text = [0u8; 10];
-        write_date(&mut text, d);
         self.tag(1004).head(3, 10);
-        self.bytes.extend_from_slice(&text);
+        self.bytes.extend_from_slice(&date_text(d));
         self
     }
 }
 
 // Dates are formatted by hand: `format!` was a tenth of an mdoc's build time.
-fn write_2(out: &mut [u8], n: u8) {
-    out[0] = b'0' + n / 10;
-    out[1] = b'0' + n % 10;
+/// `n` (below 100) as two ASCII digits.
+fn two_digits(n: u8) -> [u8; 2] {
+    [b'0' + n / 10, b'0' + n % 10]
 }
 
-/// "YYYY-MM-DD" into 10 bytes; years outside 0..=9999 are clamped, which
-/// claims validation rules out long before.
-pub(crate) fn write_date(out: &mut [u8], d: Date) {
+/// "YYYY-MM-DD"; years outside 0..=9999 are clamped, which claims
+/// validation rules out long before.
+pub(crate) fn date_text(d: Date) -> [u8; 10] {
     let year = d.year().clamp(0, 9999) as u16;
-    write_2(&mut out[0..2], (year / 100) as u8);
-    write_2(&mut out[2..4], (year % 100) as u8);
-    out[4] = b'-';
-    write_2(&mut out[5..7], u8::from(d.month()));
-    out[7] = b'-';
-    write_2(&mut out[8..10], d.day());
+    let [c1, c2] = two_digits((year / 100) as u8);
+    let [y1, y2] = two_digits((year % 100) as u8);
+    let [m1, m2] = two_digits(u8::from(d.month()));
+    let [d1, d2] = two_digits(d.day());
+    [c1, c2, y1, y2, b'-', m1, m2, b'-', d1, d2]
 }
 
 pub(crate) fn encode(value: &Value) -> Result<Vec<u8>, CredentialError> {

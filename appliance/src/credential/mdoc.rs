@@ -97,7 +97,14 @@ fn write_cose_key(w: &mut Writer, key: &PublicKey) -> Result<(), CredentialError
             } else {
                 2
             };
-            let (x, y) = raw[1..].split_at((raw.len() - 1) / 2);
+            // `raw` is 04 || X || Y (PublicKey checked it): X and Y are
+            // the two halves after the 04.
+            let Some((0x04, coordinates)) = raw.split_first() else {
+                return Err(CredentialError::Encoding(
+                    "device key is not an uncompressed EC point".into(),
+                ));
+            };
+            let (x, y) = coordinates.split_at(coordinates.len() / 2);
             // kty: EC2, crv, x, y
             let _ = w
                 .map(4)
@@ -198,7 +205,7 @@ impl<'a> UnsignedMdoc<'a> {
             digests.push((*id, pkcs11_shim::digest::sha256(&wrapped.bytes)));
             items.push(wrapped.bytes);
         }
-        for id in &ids[items.len()..] {
+        for id in ids.iter().skip(items.len()) {
             digests.push((*id, random::<32>()?));
         }
         digests.sort_unstable_by_key(|(id, _)| *id);

@@ -101,10 +101,16 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], CredentialError> {
                 .map_err(|e| CredentialError::Encoding(e.to_string()))?;
             *used = 0;
         }
+        let Some(bytes) = buffer.get_mut(*used..*used + N) else {
+            return Err(CredentialError::Encoding(format!(
+                "random pool holds {} bytes, {N} wanted at {used}",
+                buffer.len()
+            )));
+        };
         let mut out = [0u8; N];
-        out.copy_from_slice(&buffer[*used..*used + N]);
+        out.copy_from_slice(bytes);
         // Never hand the same bytes out twice.
-        buffer[*used..*used + N].fill(0);
+        bytes.fill(0);
         *used += N;
         Ok(out)
     })

@@ -61,8 +61,7 @@ impl ClaimValue<'_> {
         match *self {
             ClaimValue::Str(s) => push_json_str(out, s),
             ClaimValue::Date(d) => {
-                let mut text = [0u8; 10];
-                super::cbor::write_date(&mut text, d);
+                let text = super::cbor::date_text(d);
                 out.push('"');
                 out.push_str(std::str::from_utf8(&text).unwrap_or_default());
                 out.push('"');
@@ -467,7 +466,7 @@ impl Disclosures {
             let Ok(Value::Array(parts)) = serde_json::from_slice::<Value>(&bytes) else {
                 return Err(malformed("a disclosure is not a JSON array"));
             };
-            if !(2..=3).contains(&parts.len()) || !parts[0].is_string() {
+            if !(2..=3).contains(&parts.len()) || !parts.first().is_some_and(Value::is_string) {
                 return Err(malformed(
                     "a disclosure is [salt, name, value] or [salt, value]",
                 ));

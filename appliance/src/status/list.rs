@@ -60,14 +60,17 @@ impl StatusList {
         }
         let mut packed = vec![0u8; bytes as usize];
         for (index, state) in entries {
-            if *index >= size {
+            let byte = packed
+                .get_mut((index / 4) as usize)
+                .filter(|_| *index < size);
+            let Some(byte) = byte else {
                 return Err(StatusError::Token(format!(
                     "index {index} is outside a list of {size}"
                 )));
-            }
-            let (byte, shift) = ((index / 4) as usize, (index % 4) * 2);
-            packed[byte] &= !(0b11 << shift);
-            packed[byte] |= state.status_value() << shift;
+            };
+            let shift = (index % 4) * 2;
+            *byte &= !(0b11 << shift);
+            *byte |= state.status_value() << shift;
         }
         Ok(StatusList { packed })
     }
@@ -180,7 +183,7 @@ pub fn verify_token(token: &str, key: &PublicKey) -> Result<StatusListToken, Sta
         serde_json::from_slice(&bytes).map_err(|_| bad("not JSON"))
     };
     let header = json_of(h)?;
-    if header["typ"] != "statuslist+jwt" {
+    if header.get("typ").and_then(Value::as_str) != Some("statuslist+jwt") {
         return Err(bad("typ is not statuslist+jwt"));
     }
     let expected = match key.algorithm() {
@@ -189,7 +192,7 @@ pub fn verify_token(token: &str, key: &PublicKey) -> Result<StatusListToken, Sta
         pkcs11_shim::Algorithm::EdDsa => "EdDSA",
         _ => return Err(bad("not a signing key")),
     };
-    if header["alg"] != expected {
+    if header.get("alg").and_then(Value::as_str) != Some(expected) {
         return Err(bad("alg does not match the key"));
     }
     let signature = B64URL
@@ -202,20 +205,25 @@ pub fn verify_token(token: &str, key: &PublicKey) -> Result<StatusListToken, Sta
         return Err(bad("the signature does not verify"));
     }
     let payload = json_of(p)?;
-    if payload["status_list"]["bits"] != BITS {
+    let field = |pointer: &str| payload.pointer(pointer);
+    if field("/status_list/bits").and_then(Value::as_u64) != Some(u64::from(BITS)) {
         return Err(bad("bits is not 2"));
     }
-    let lst = payload["status_list"]["lst"]
-        .as_str()
+    let lst = field("/status_list/lst")
+        .and_then(Value::as_str)
         .ok_or_else(|| bad("no lst"))?;
     Ok(StatusListToken {
-        uri: payload["sub"]
-            .as_str()
+        uri: field("/sub")
+            .and_then(Value::as_str)
             .ok_or_else(|| bad("no sub"))?
             .to_owned(),
-        iat: payload["iat"].as_i64().ok_or_else(|| bad("no iat"))?,
-        exp: payload["exp"].as_i64().ok_or_else(|| bad("no exp"))?,
-        ttl: payload["ttl"].as_u64().unwrap_or(0),
+        iat: field("/iat")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| bad("no iat"))?,
+        exp: field("/exp")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| bad("no exp"))?,
+        ttl: field("/ttl").and_then(Value::as_u64).unwrap_or(0),
         list: StatusList::decode(lst)?,
     })
 }

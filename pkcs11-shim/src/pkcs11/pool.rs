@@ -76,8 +76,10 @@ pub(crate) struct PooledSession<'a> {
 impl Deref for PooledSession<'_> {
     type Target = Session;
 
+    // Invariant: `session` is Some from construction until drop takes it,
+    // and nothing can deref a PooledSession while it is being dropped.
+    #[allow(clippy::expect_used)]
     fn deref(&self) -> &Session {
-        // Invariant: `session` is Some until drop takes it.
         self.session.as_ref().expect("session present until drop")
     }
 }

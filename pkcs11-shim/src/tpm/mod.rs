@@ -277,11 +277,10 @@ impl TpmBackend {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut retried = false;
         loop {
-            if state.is_none() {
-                *state = Some(self.reconnect()?);
-            }
-            // Invariant: set just above.
-            let connected = state.as_mut().expect("connected");
+            let connected = match &mut *state {
+                Some(connected) => connected,
+                slot @ None => slot.insert(self.reconnect()?),
+            };
             match op(connected) {
                 // A TPM that still answers was not lost: the command itself
                 // failed (a corrupt or foreign blob, a bad parameter). Keep

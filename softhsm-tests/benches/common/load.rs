@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use softhsm_tests::daemon;
 use softhsm_tests::https::Target;
 
+use super::BenchResult;
+
 pub(crate) fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -16,13 +18,13 @@ pub(crate) fn env(name: &str, default: u64) -> u64 {
 }
 
 /// Distinct holders on distinct phones: one live ID per person and per phone.
-pub(crate) fn bodies(count: usize, offset: u32) -> Vec<Vec<u8>> {
+pub(crate) fn bodies(count: usize, offset: u32) -> BenchResult<Vec<Vec<u8>>> {
     (0..count)
         .map(|i| {
             let (jwk, _) = daemon::phone();
             let profile = if i % 2 == 0 { "mdoc" } else { "sd-jwt" };
             let request = daemon::request(profile, &daemon::number(offset + i as u32), &jwk);
-            serde_json::to_vec(&request).expect("JSON")
+            Ok(serde_json::to_vec(&request)?)
         })
         .collect()
 }
@@ -44,7 +46,9 @@ impl Run {
             return f64::NAN;
         }
         let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1].as_secs_f64() * 1000.0
+        self.latencies
+            .get(i - 1)
+            .map_or(f64::NAN, |latency| latency.as_secs_f64() * 1000.0)
     }
 }
 
@@ -56,12 +60,11 @@ pub(crate) fn load(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
-) -> Run {
+) -> BenchResult<Run> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .expect("runtime");
+        .build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let results = runtime.block_on(async {
@@ -71,7 +74,7 @@ pub(crate) fn load(
             let bodies = bodies.clone();
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
-                let mut conn = target.connect().await.expect("connect");
+                let mut conn = target.connect().await?;
                 let (mut ok, mut failed, mut latencies) = (0usize, 0usize, Vec::new());
                 let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
                 let mut due = tokio::time::Instant::now()
@@ -115,19 +118,19 @@ pub(crate) fn load(
                         Err(e) => {
                             failed += 1;
                             eprintln!("error: {e}");
-                            conn = target.connect().await.expect("reconnect");
+                            conn = target.connect().await?;
                         }
                     }
                 }
-                (ok, failed, latencies)
+                Ok::<_, String>((ok, failed, latencies))
             }));
         }
         let mut all = Vec::new();
         for t in tasks {
-            all.push(t.await.expect("task"));
+            all.push(t.await??);
         }
-        all
-    });
+        BenchResult::Ok(all)
+    })?;
     let elapsed = start.elapsed();
     let mut run = Run {
         issued: 0,
@@ -140,5 +143,5 @@ pub(crate) fn load(
         run.failed += failed;
         run.latencies.extend(latencies);
     }
-    run
+    Ok(run)
 }

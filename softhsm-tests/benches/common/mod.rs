@@ -11,40 +11,47 @@ use pkcs11_shim::pkcs11::Pkcs11Backend;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
 use softhsm_tests::SoftHsmToken;
 
+/// What a benchmark step returns: an error ends the run with its message.
+pub(crate) type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
 /// A fresh token (this process's) with a P-256 document-signer key `label`;
 /// the backend that made it is closed again, so a raw cryptoki run can follow.
-pub(crate) fn token_with_ds_key(label: &str) -> (SoftHsmToken, Pkcs11Config) {
+pub(crate) fn token_with_ds_key(label: &str) -> BenchResult<(SoftHsmToken, Pkcs11Config)> {
     let token = SoftHsmToken::new("dojang-bench");
     let config = Pkcs11Config::new(
         softhsm_tests::softhsm_module(),
         token.label(),
         SecretSource::File(token.pin_file()),
     );
-    let backend = Pkcs11Backend::open(config.clone()).expect("open token");
-    let _ = backend
-        .generate(label, KeyPurpose::DocumentSigner, Algorithm::Es256)
-        .expect("generate");
-    (token, config)
+    let backend = Pkcs11Backend::open(config.clone())?;
+    let _ = backend.generate(label, KeyPurpose::DocumentSigner, Algorithm::Es256)?;
+    Ok((token, config))
 }
 
 /// Runs `f` for about `duration` after a warm-up; microseconds per call.
-pub(crate) fn per_call(duration: Duration, mut f: impl FnMut()) -> f64 {
+/// The first failing call ends the measurement with its error.
+pub(crate) fn per_call(duration: Duration, mut f: impl FnMut() -> BenchResult) -> BenchResult<f64> {
     for _ in 0..100 {
-        f();
+        f()?;
     }
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < duration {
-        f();
+        f()?;
         n += 1;
     }
-    start.elapsed().as_secs_f64() * 1e6 / n as f64
+    Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
-/// The median of the measurements.
+/// The median of the measurements (NaN if there are none).
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Joins a benchmark thread; a panic in it becomes an error.
+pub(crate) fn joined<T>(result: std::thread::Result<BenchResult<T>>, what: &str) -> BenchResult<T> {
+    result.map_err(|_| format!("{what} thread panicked"))?
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -66,46 +73,50 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
 /// the same transaction without the entry (SQLite, group commit, 16
 /// writers): their difference is what an entry adds to the transaction of
 /// the decision it records.
-pub(crate) fn audit_sql_cpu_us() -> (f64, f64) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let registry =
-        dojang::store::SqliteRegistry::open(&dir.path().join("audit.db")).expect("registry");
+pub(crate) fn audit_sql_cpu_us() -> BenchResult<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let registry = dojang::store::SqliteRegistry::open(&dir.path().join("audit.db"))?;
     let (writers, per_writer) = (16u32, 1500u32);
-    let run = |append: bool| {
+    let run = |append: bool| -> BenchResult<f64> {
         let cpu = cpu_seconds("self");
         std::thread::scope(|scope| {
-            for _ in 0..writers {
-                let registry = &registry;
-                let _ = scope.spawn(move || {
-                    for _ in 0..per_writer {
-                        if append {
-                            let decision = dojang::store::DecisionRecord {
-                                node: "node-a".into(),
-                                at: 1_800_000_000,
-                                actor: "spiffe://mois.go.kr/office-counter".into(),
-                                action: "issue".into(),
-                                outcome: "deny".into(),
-                                rule: Some("holder.minimum_age".into()),
-                                policy_hash: "cf".repeat(32),
-                                profile: Some("mdoc".into()),
-                                ..Default::default()
-                            };
-                            dojang::store::Registry::record(
-                                registry,
-                                decision,
-                                Some(dojang::store::Pseudonym([9; 32])),
-                            )
-                            .expect("append");
-                        } else {
-                            dojang::store::Registry::probe_write(registry).expect("write");
+            let handles: Vec<_> = (0..writers)
+                .map(|_| {
+                    let registry = &registry;
+                    scope.spawn(move || -> BenchResult {
+                        for _ in 0..per_writer {
+                            if append {
+                                let decision = dojang::store::DecisionRecord {
+                                    node: "node-a".into(),
+                                    at: 1_800_000_000,
+                                    actor: "spiffe://mois.go.kr/office-counter".into(),
+                                    action: "issue".into(),
+                                    outcome: "deny".into(),
+                                    rule: Some("holder.minimum_age".into()),
+                                    policy_hash: "cf".repeat(32),
+                                    profile: Some("mdoc".into()),
+                                    ..Default::default()
+                                };
+                                dojang::store::Registry::record(
+                                    registry,
+                                    decision,
+                                    Some(dojang::store::Pseudonym([9; 32])),
+                                )?;
+                            } else {
+                                dojang::store::Registry::probe_write(registry)?;
+                            }
                         }
-                    }
-                });
-            }
-        });
-        (cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer)
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| joined(h.join(), "audit writer"))
+        })?;
+        Ok((cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer))
     };
-    (run(true), run(false))
+    Ok((run(true)?, run(false)?))
 }
 
 /// The most issuances a second the token itself allows, whatever else an
@@ -117,29 +128,30 @@ pub(crate) fn hsm_work_per_issuance_rate(
     ds_label: &str,
     hmac_label: &str,
     duration: Duration,
-) -> f64 {
-    let backend = Pkcs11Backend::open(config.clone()).expect("open token");
+) -> BenchResult<f64> {
+    let backend = Pkcs11Backend::open(config.clone())?;
     if backend.hmac_sha256(hmac_label, b"probe").is_err() {
-        let _ = backend
-            .generate(hmac_label, KeyPurpose::Pseudonym, Algorithm::HmacSha256)
-            .expect("generate the HMAC key");
+        let _ = backend.generate(hmac_label, KeyPurpose::Pseudonym, Algorithm::HmacSha256)?;
     }
-    let done = std::sync::atomic::AtomicU64::new(0);
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            let _ = scope.spawn(|| {
-                let mut n = 0u64;
-                while start.elapsed() < duration {
-                    let _ = backend
-                        .hmac_sha256(hmac_label, b"9001011234567")
-                        .expect("hmac");
-                    let _ = backend.sign(ds_label, &[0x5a; 256]).expect("sign");
-                    n += 1;
-                }
-                let _ = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            });
-        }
-    });
-    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let done = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| -> BenchResult<u64> {
+                    let mut n = 0u64;
+                    while start.elapsed() < duration {
+                        let _ = backend.hmac_sha256(hmac_label, b"9001011234567")?;
+                        let _ = backend.sign(ds_label, &[0x5a; 256])?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| joined(h.join(), "HSM work"))
+            .sum::<BenchResult<u64>>()
+    })?;
+    Ok(done as f64 / start.elapsed().as_secs_f64())
 }

@@ -192,7 +192,7 @@ fn show(backend: &dyn KeyBackend, label: &str, as_json: bool) -> anyhow::Result<
         match key.public_key {
             Some(public) => {
                 print!("{}", public.to_pem()?);
-                println!("{}", serde_json::to_string(&value["jwk"])?);
+                println!("{}", serde_json::to_string(&value.get("jwk"))?);
             }
             None => println!("(secret key: no public half)"),
         }
@@ -201,21 +201,27 @@ fn show(backend: &dyn KeyBackend, label: &str, as_json: bool) -> anyhow::Result<
 }
 
 fn key_json(key: &KeyInfo) -> anyhow::Result<serde_json::Value> {
-    let mut value = json!({
-        "label": key.label,
-        "purpose": key.purpose.name(),
-        "alg": key.algorithm.jose_name(),
-    });
+    let mut value = serde_json::Map::from_iter([
+        ("label".to_owned(), json!(key.label)),
+        ("purpose".to_owned(), json!(key.purpose.name())),
+        ("alg".to_owned(), json!(key.algorithm.jose_name())),
+    ]);
     if let Some(public) = &key.public_key {
-        let mut jwk = serde_json::to_value(public.jwk())?;
-        jwk["kid"] = json!(public.kid());
-        jwk["alg"] = json!(key.algorithm.jose_name());
-        jwk["use"] = json!("sig");
-        value["kid"] = json!(public.kid());
-        value["jwk"] = jwk;
-        value["pem"] = json!(public.to_pem()?);
+        let serde_json::Value::Object(mut jwk) = serde_json::to_value(public.jwk())? else {
+            anyhow::bail!("{}: the public key's JWK is not a JSON object", key.label);
+        };
+        jwk.extend([
+            ("kid".to_owned(), json!(public.kid())),
+            ("alg".to_owned(), json!(key.algorithm.jose_name())),
+            ("use".to_owned(), json!("sig")),
+        ]);
+        value.extend([
+            ("kid".to_owned(), json!(public.kid())),
+            ("jwk".to_owned(), serde_json::Value::Object(jwk)),
+            ("pem".to_owned(), json!(public.to_pem()?)),
+        ]);
     }
-    Ok(value)
+    Ok(serde_json::Value::Object(value))
 }
 
 fn print_key_line(key: &KeyInfo) {

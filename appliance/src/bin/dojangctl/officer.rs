@@ -127,8 +127,8 @@ pub(crate) fn list_keys(conn: &Connection, json_out: bool) -> anyhow::Result<()>
 /// The label of a key named by label or kid.
 fn resolve(client: &OfficerClient, key: &str) -> anyhow::Result<String> {
     let keys = client.call("GET", "/v1/keys", None)?;
-    keys["keys"]
-        .as_array()
+    keys.get("keys")
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .find(|k| text(k, "label") == key || text(k, "kid") == key)
@@ -214,15 +214,18 @@ pub(crate) fn decide(
     approve: bool,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let well_formed =
-        id.len() <= 64 && id.starts_with("p-") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    let well_formed = id.len() <= 64
+        && id
+            .strip_prefix("p-")
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
     anyhow::ensure!(well_formed, "{id:?} is not a proposal id (p-…)");
     let client = conn.client()?;
     let step = if approve { "approve" } else { "reject" };
     let body = if approve {
         let list = client.call("GET", "/v1/approvals", None)?;
-        let proposal = list["proposals"]
-            .as_array()
+        let proposal = list
+            .get("proposals")
+            .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .find(|p| text(p, "id") == id)
