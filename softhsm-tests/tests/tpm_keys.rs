@@ -45,6 +45,7 @@ fn tpm_keys_sign_and_openssl_verifies() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // tests the shim's own HMAC
 fn tpm_hmac_keys_work_and_differ() {
     let tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
@@ -110,6 +111,7 @@ fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // tests the shim's own HMAC input checks and destroy
 fn tpm_bad_input_gets_clear_errors() {
     let tpm = Swtpm::start();
     let backend = TpmBackend::open(config(&tpm)).unwrap();
