@@ -29,6 +29,8 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo not found; install Rust (rustup) first"; exit 1; }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || { \
 		echo "make deps: installing cargo-nextest"; $(CARGO) install --locked cargo-nextest; }
+	@$(CARGO) deny --version >/dev/null 2>&1 || { \
+		echo "make deps: installing cargo-deny"; $(CARGO) install --locked cargo-deny; }
 	@if ! cmp -s $(PY_REQUIREMENTS) $(VENV)/requirements.txt 2>/dev/null; then \
 		echo "make deps: creating $(VENV) with the independent verifiers"; \
 		rm -rf $(VENV) && python3 -m venv $(VENV) && \
@@ -39,9 +41,12 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins
 
+# cargo deny checks licences, bans and sources; its advisories check needs
+# the RustSec database from GitHub and is not run here (see deny.toml).
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny check licenses bans sources
 
 # Every test: unit tests, doc tests, and the SoftHSM/swtpm suites (one
 # process per test under nextest: PKCS#11 is process-global).
