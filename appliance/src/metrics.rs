@@ -51,24 +51,40 @@ pub struct Metrics {
     pub status_list_seconds: Histogram,
 }
 
+// The names, help texts and labels are constants of this file, each
+// registered once: a failure is a bug caught by the first test that starts
+// a daemon, not a runtime condition.
+#[allow(clippy::expect_used)]
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
+// The names, help texts and labels are constants of this file, each
+// registered once: a failure is a bug caught by the first test that starts
+// a daemon, not a runtime condition.
+#[allow(clippy::expect_used)]
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric definition");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
+// The names, help texts and labels are constants of this file, each
+// registered once: a failure is a bug caught by the first test that starts
+// a daemon, not a runtime condition.
+#[allow(clippy::expect_used)]
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
+// The names, help texts and labels are constants of this file, each
+// registered once: a failure is a bug caught by the first test that starts
+// a daemon, not a runtime condition.
+#[allow(clippy::expect_used)]
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

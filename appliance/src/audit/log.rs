@@ -160,7 +160,11 @@ impl AuditLog {
         let leaves = Self::leaves(registry, size)?;
         let proof = merkle::inclusion_proof(index as usize, &leaves)
             .ok_or_else(|| AuditError::Range("no such proof".into()))?;
-        Ok((leaves[index as usize], proof))
+        let leaf = leaves
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| AuditError::Range("no such entry".into()))?;
+        Ok((leaf, proof))
     }
 
     /// The consistency proof between trees of `from` and `to` entries.

@@ -123,11 +123,14 @@ pub fn jwk_entry(public: &PublicKey, chain: Option<[&[u8]; 2]>) -> serde_json::V
         "use": "sig",
         "alg": public.algorithm().jose_name(),
     });
-    if let Some(y) = &jwk.y {
-        entry["y"] = json!(y);
-    }
-    if let Some(chain) = chain {
-        entry["x5c"] = json!(chain.iter().map(|c| B64.encode(c)).collect::<Vec<_>>());
+    if let Some(fields) = entry.as_object_mut() {
+        if let Some(y) = &jwk.y {
+            let _ = fields.insert("y".into(), json!(y));
+        }
+        if let Some(chain) = chain {
+            let x5c: Vec<_> = chain.iter().map(|c| B64.encode(c)).collect();
+            let _ = fields.insert("x5c".into(), json!(x5c));
+        }
     }
     entry
 }

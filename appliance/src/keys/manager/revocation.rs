@@ -250,6 +250,8 @@ impl KeyManager {
     /// Keys the registry says are destroyed but the token still holds (the
     /// token refused, or the node stopped in between) are destroyed again.
     /// Keys the registry does not know are never touched.
+    // Only keys the registry recorded as destroyed are removed again.
+    #[allow(clippy::disallowed_methods)]
     pub fn reconcile_destroyed(&self) {
         if let Ok(mut last) = self.last_reconcile.lock() {
             if last.is_some_and(|at| at.elapsed() < RECONCILE_EVERY) {
