@@ -5,7 +5,8 @@
   declares and re-exports its children is a folder's front door, not a
   file with logic: its re-exports do not count as imports);
 - no import from a lower layer of the appliance to a higher one (LAYERS);
-- no non-test source file over 600 lines, no function over 80 lines.
+- no non-test source file over 600 lines, no function over 80 lines, in
+  the shipped crates (the softhsm-tests fixtures are test code).
 
 Prints every breach and exits 1 if there is one.
 """
@@ -232,8 +233,12 @@ def cycles(graph):
     return out
 
 
+# Sizes are checked in shipped code; the test-fixture crate is test code.
+SIZED = ["appliance/src", "pkcs11-shim/src", "policies/src"]
+
+
 def check_sizes(problems):
-    for src in list(CRATES) + ["appliance/src/bin"]:
+    for src in SIZED:
         for dirpath, _, files in os.walk(os.path.join(ROOT, src)):
             for f in files:
                 if not f.endswith(".rs"):

@@ -121,109 +121,178 @@ impl Metrics {
         .expect("metric definition");
         r.register(Box::new(status_list_signatures.clone()))
             .expect("unique metric");
+        let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
+        let (issuance_seconds, issuances, denials, hsm_operations, hsm_seconds, queue_depth) =
+            Self::issuance(&r);
+        let (
+            sessions,
+            backend_up,
+            ds_expiry_seconds,
+            free_quota_remaining,
+            audit_entries,
+            key_actions,
+            officer_steps,
+        ) = Self::state(&r);
         Metrics {
-            requests: counter(
-                &r,
-                "dojang_http_requests_total",
-                "HTTP requests by listener, route and status class.",
-                &["listener", "route", "status"],
-            ),
-            issuance_seconds: histogram(
-                &r,
-                "dojang_issuance_duration_seconds",
-                "Time from a parsed issuance request to its durable commit.",
-                &["profile"],
-            ),
-            issuances: counter(
-                &r,
-                "dojang_issuances_total",
-                "Issuance requests by profile and outcome.",
-                &["profile", "outcome"],
-            ),
-            denials: counter(
-                &r,
-                "dojang_policy_denials_total",
-                "Requests refused by the policy or the registry, by rule.",
-                &["rule"],
-            ),
-            hsm_operations: counter(
-                &r,
-                "dojang_hsm_operations_total",
-                "Key-backend operations by operation and result.",
-                &["op", "result"],
-            ),
-            hsm_seconds: histogram(
-                &r,
-                "dojang_hsm_operation_duration_seconds",
-                "Key-backend operation latency.",
-                &["op"],
-            ),
-            queue_depth: gauge(
-                &r,
-                "dojang_signing_queue_depth",
-                "Jobs waiting for a signing thread.",
-            ),
-            sessions: gauge_vec(
-                &r,
-                "dojang_hsm_sessions",
-                "PKCS#11 sessions in the pool by state.",
-                &["state"],
-            ),
-            backend_up: gauge(
-                &r,
-                "dojang_key_backend_up",
-                "1 when the key backend answers its probe.",
-            ),
-            ds_expiry_seconds: gauge_vec(
-                &r,
-                "dojang_ds_certificate_expiry_seconds",
-                "Seconds until each DS certificate expires.",
-                &["key"],
-            ),
-            free_quota_remaining: gauge(
-                &r,
-                "dojang_free_quota_remaining",
-                "Free first-time copies left.",
-            ),
-            audit_entries: gauge(
-                &r,
-                "dojang_audit_log_entries",
-                "Decision records in the registry.",
-            ),
-            connections: gauge_vec(
-                &r,
-                "dojang_connections_open",
-                "Open connections by listener.",
-                &["listener"],
-            ),
-            key_actions: counter(
-                &r,
-                "dojang_key_lifecycle_actions_total",
-                "Key lifecycle actions (generate, activate, retire, destroy, revoke) this node carried out.",
-                &["action", "outcome"],
-            ),
-            officer_steps: counter(
-                &r,
-                "dojang_officer_steps_total",
-                "Officer proposal steps (propose, approve, reject, execute) by outcome.",
-                &["step", "outcome"],
-            ),
-            connections_refused: counter(
-                &r,
-                "dojang_connections_refused_total",
-                "Connections closed because the listener was at its limit.",
-                &["listener"],
-            ),
-            handshake_failures: counter(
-                &r,
-                "dojang_tls_handshake_failures_total",
-                "TLS handshakes that failed or timed out.",
-                &["listener"],
-            ),
+            requests,
+            connections,
+            connections_refused,
+            handshake_failures,
+            issuance_seconds,
+            issuances,
+            denials,
+            hsm_operations,
+            hsm_seconds,
+            queue_depth,
+            sessions,
+            backend_up,
+            ds_expiry_seconds,
+            free_quota_remaining,
+            audit_entries,
+            key_actions,
+            officer_steps,
             status_list_signatures,
             status_list_seconds,
             registry: r,
         }
+    }
+
+    /// Requests and connections.
+    #[allow(clippy::type_complexity)] // one tuple, named by the caller
+    fn transport(r: &Registry) -> (IntCounterVec, IntGaugeVec, IntCounterVec, IntCounterVec) {
+        (
+            counter(
+                r,
+                "dojang_http_requests_total",
+                "HTTP requests by listener, route and status class.",
+                &["listener", "route", "status"],
+            ),
+            gauge_vec(
+                r,
+                "dojang_connections_open",
+                "Open connections by listener.",
+                &["listener"],
+            ),
+            counter(
+                r,
+                "dojang_connections_refused_total",
+                "Connections closed because the listener was at its limit.",
+                &["listener"],
+            ),
+            counter(
+                r,
+                "dojang_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                &["listener"],
+            ),
+        )
+    }
+
+    /// Issuances, refusals and the device work behind them.
+    #[allow(clippy::type_complexity)] // one tuple, named by the caller
+    fn issuance(
+        r: &Registry,
+    ) -> (
+        HistogramVec,
+        IntCounterVec,
+        IntCounterVec,
+        IntCounterVec,
+        HistogramVec,
+        IntGauge,
+    ) {
+        (
+            histogram(
+                r,
+                "dojang_issuance_duration_seconds",
+                "Time from a parsed issuance request to its durable commit.",
+                &["profile"],
+            ),
+            counter(
+                r,
+                "dojang_issuances_total",
+                "Issuance requests by profile and outcome.",
+                &["profile", "outcome"],
+            ),
+            counter(
+                r,
+                "dojang_policy_denials_total",
+                "Requests refused by the policy or the registry, by rule.",
+                &["rule"],
+            ),
+            counter(
+                r,
+                "dojang_hsm_operations_total",
+                "Key-backend operations by operation and result.",
+                &["op", "result"],
+            ),
+            histogram(
+                r,
+                "dojang_hsm_operation_duration_seconds",
+                "Key-backend operation latency.",
+                &["op"],
+            ),
+            gauge(
+                r,
+                "dojang_signing_queue_depth",
+                "Jobs waiting for a signing thread.",
+            ),
+        )
+    }
+
+    /// What the node holds: sessions, keys, quota, log, officers.
+    #[allow(clippy::type_complexity)] // one tuple, named by the caller
+    fn state(
+        r: &Registry,
+    ) -> (
+        IntGaugeVec,
+        IntGauge,
+        IntGaugeVec,
+        IntGauge,
+        IntGauge,
+        IntCounterVec,
+        IntCounterVec,
+    ) {
+        (
+            gauge_vec(
+                r,
+                "dojang_hsm_sessions",
+                "PKCS#11 sessions in the pool by state.",
+                &["state"],
+            ),
+            gauge(
+                r,
+                "dojang_key_backend_up",
+                "1 when the key backend answers its probe.",
+            ),
+            gauge_vec(
+                r,
+                "dojang_ds_certificate_expiry_seconds",
+                "Seconds until each DS certificate expires.",
+                &["key"],
+            ),
+            gauge(
+                r,
+                "dojang_free_quota_remaining",
+                "Free first-time copies left.",
+            ),
+            gauge(
+                r,
+                "dojang_audit_log_entries",
+                "Decision records in the registry.",
+            ),
+            counter(
+                r,
+                "dojang_key_lifecycle_actions_total",
+                "Key lifecycle actions (generate, activate, retire, destroy, revoke) this node carried out.",
+                &["action", "outcome"],
+            ),
+            counter(
+                r,
+                "dojang_officer_steps_total",
+                "Officer proposal steps (propose, approve, reject, execute) by outcome.",
+                &["step", "outcome"],
+            ),
+        )
     }
 
     /// Times a key-backend call and counts its result.

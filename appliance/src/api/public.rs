@@ -99,35 +99,33 @@ impl Public {
                     );
                 }
                 if let Some(list) = path.strip_prefix("/status/") {
-                    let Ok(list) = list.parse::<u32>() else {
-                        return ("/status/{list}", Err(not_found()));
-                    };
-                    let service = self.service.clone();
-                    let token = match self.pool.submit(move || service.status.status_token(list)) {
-                        Ok(rx) => rx.await.unwrap_or_else(|_| Err("worker gone".into())),
-                        Err(_) => {
-                            return (
-                                "/status/{list}",
-                                Err(Refusal::unavailable("overloaded", "busy; retry shortly")),
-                            );
-                        }
-                    };
-                    let answer = match token {
-                        Ok(Some(t)) => {
-                            Ok(("application/statuslist+jwt", t.as_bytes().to_vec(), 60))
-                        }
-                        Ok(None) => Err(not_found()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "signing a status list");
-                            Err(Refusal::unavailable(
-                                "status_list_unavailable",
-                                "the status list cannot be signed now; retry",
-                            ))
-                        }
-                    };
-                    return ("/status/{list}", answer);
+                    return ("/status/{list}", self.status_list(list).await);
                 }
                 ("other", Err(not_found()))
+            }
+        }
+    }
+
+    /// `/status/{list}`: the signed list, signed on the public pool.
+    async fn status_list(&self, list: &str) -> Result<(&'static str, Vec<u8>, u32), Refusal> {
+        let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
+        let Ok(list) = list.parse::<u32>() else {
+            return Err(not_found());
+        };
+        let service = self.service.clone();
+        let token = match self.pool.submit(move || service.status.status_token(list)) {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err("worker gone".into())),
+            Err(_) => return Err(Refusal::unavailable("overloaded", "busy; retry shortly")),
+        };
+        match token {
+            Ok(Some(t)) => Ok(("application/statuslist+jwt", t.as_bytes().to_vec(), 60)),
+            Ok(None) => Err(not_found()),
+            Err(e) => {
+                tracing::warn!(error = %e, "signing a status list");
+                Err(Refusal::unavailable(
+                    "status_list_unavailable",
+                    "the status list cannot be signed now; retry",
+                ))
             }
         }
     }

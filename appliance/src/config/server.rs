@@ -279,7 +279,15 @@ impl ServerConfig {
                     .into(),
             );
         }
-        let a = &self.audit;
+        self.audit.validate()?;
+        self.limits.validate()
+    }
+}
+
+impl AuditSettings {
+    /// The origin names the log (no spaces or '+'); checkpoint bounds.
+    fn validate(&self) -> Result<(), String> {
+        let a = self;
         if a.origin.is_empty()
             || a.origin.len() > 128
             || a.origin
@@ -295,7 +303,14 @@ impl ServerConfig {
                     .into(),
             );
         }
-        let l = &self.limits;
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// Every limit within its range.
+    fn validate(&self) -> Result<(), String> {
+        let l = self;
         let checks: [(&str, bool); 9] = [
             (
                 "body_read_timeout_ms (100 to 300000)",

@@ -109,51 +109,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let tls = tls.read().ok().and_then(|t| t.clone());
-        let router = router.clone();
-        let limits = limits.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        let rekey = rekey.clone();
+        let context = Context {
+            name,
+            router: router.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            rekey: rekey.clone(),
+        };
         // Detached: the task ends with its connection (or the process).
         drop(tokio::spawn(async move {
-            let open = metrics.connections.with_label_values(&[name]);
-            open.inc();
-            match tls {
-                Some(config) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let handshake = tokio::time::timeout(
-                        Duration::from_millis(limits.tls_handshake_timeout_ms),
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(tls_stream)) => {
-                            let (_, session) = tls_stream.get_ref();
-                            let identity = session
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(|c| super::identity::client_identity(c));
-                            let h2 = session.alpn_protocol() == Some(b"h2");
-                            let peer = Arc::new(Peer { identity });
-                            connection(tls_stream, h2, peer, router, &limits, shutdown, rekey)
-                                .await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.handshake_failures.with_label_values(&[name]).inc();
-                            tracing::info!(listener = name, error = %e, "TLS handshake refused");
-                        }
-                        Err(_) => {
-                            metrics.handshake_failures.with_label_values(&[name]).inc();
-                            tracing::info!(listener = name, "TLS handshake timed out");
-                        }
-                    }
-                }
-                None => {
-                    let peer = Arc::new(Peer { identity: None });
-                    connection(stream, false, peer, router, &limits, shutdown, rekey).await;
-                }
-            }
-            open.dec();
+            accept(stream, tls, context).await;
             drop(permit);
         }));
     }
@@ -165,6 +131,100 @@ pub async fn serve(
         connections.acquire_many(all),
     )
     .await;
+}
+
+/// What a connection's task takes along.
+struct Context {
+    name: &'static str,
+    router: Arc<dyn Router>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    rekey: watch::Receiver<u64>,
+}
+
+/// One accepted connection: the TLS handshake within its timeout (the
+/// client's identity from its certificate), then requests until it ends.
+async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>, c: Context) {
+    let Context {
+        name,
+        router,
+        limits,
+        metrics,
+        shutdown,
+        rekey,
+    } = c;
+    let open = metrics.connections.with_label_values(&[name]);
+    open.inc();
+    match tls {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(limits.tls_handshake_timeout_ms),
+                acceptor.accept(stream),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(tls_stream)) => {
+                    let (_, session) = tls_stream.get_ref();
+                    let identity = session
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| super::identity::client_identity(c));
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let peer = Arc::new(Peer { identity });
+                    connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
+                }
+                Ok(Err(e)) => {
+                    metrics.handshake_failures.with_label_values(&[name]).inc();
+                    tracing::info!(listener = name, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    metrics.handshake_failures.with_label_values(&[name]).inc();
+                    tracing::info!(listener = name, "TLS handshake timed out");
+                }
+            }
+        }
+        None => {
+            let peer = Arc::new(Peer { identity: None });
+            connection(stream, false, peer, router, &limits, shutdown, rekey).await;
+        }
+    }
+    open.dec();
+}
+
+// Serves `conn` until it ends. It is shut down gracefully when idle, at
+// stop, or after a reload (connections made under the old TLS files and
+// CRLs finish their requests and close, so a revoked client cannot
+// stay); then the peer gets a grace period and the connection is dropped
+// (an HTTP/2 peer that never acknowledges the GOAWAY ping would
+// otherwise keep it open). A macro: the two connection types share no
+// trait for `graceful_shutdown`.
+macro_rules! drive {
+    ($conn:ident, $idle_since:ident, $idle:ident, $idle_tick:ident, $drain:ident, $shutdown:ident, $rekey:ident) => {
+        tokio::pin!($conn);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = $conn.as_mut() => break,
+                _ = tokio::time::sleep($idle_tick), if deadline.is_none() => {
+                    if $idle_since() >= $idle {
+                        $conn.as_mut().graceful_shutdown();
+                        deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
+                    }
+                }
+                _ = $shutdown.changed(), if deadline.is_none() => {
+                    $conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + $drain);
+                }
+                _ = $rekey.changed(), if deadline.is_none() => {
+                    $conn.as_mut().graceful_shutdown();
+                    deadline = Some(tokio::time::Instant::now() + $drain);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
+            }
+        }
+    };
 }
 
 async fn connection<T>(
@@ -209,39 +269,6 @@ async fn connection<T>(
         let last = Duration::from_millis(last.load(Ordering::Relaxed));
         epoch.elapsed().saturating_sub(last)
     };
-    // Serves `conn` until it ends. It is shut down gracefully when idle, at
-    // stop, or after a reload (connections made under the old TLS files and
-    // CRLs finish their requests and close, so a revoked client cannot
-    // stay); then the peer gets a grace period and the connection is dropped
-    // (an HTTP/2 peer that never acknowledges the GOAWAY ping would
-    // otherwise keep it open). A macro: the two connection types share no
-    // trait for `graceful_shutdown`.
-    macro_rules! drive {
-        ($conn:ident) => {
-            tokio::pin!($conn);
-            let mut deadline: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    _ = $conn.as_mut() => break,
-                    _ = tokio::time::sleep(idle_tick), if deadline.is_none() => {
-                        if idle_since() >= idle {
-                            $conn.as_mut().graceful_shutdown();
-                            deadline = Some(tokio::time::Instant::now() + IDLE_GRACE);
-                        }
-                    }
-                    _ = shutdown.changed(), if deadline.is_none() => {
-                        $conn.as_mut().graceful_shutdown();
-                        deadline = Some(tokio::time::Instant::now() + drain);
-                    }
-                    _ = rekey.changed(), if deadline.is_none() => {
-                        $conn.as_mut().graceful_shutdown();
-                        deadline = Some(tokio::time::Instant::now() + drain);
-                    }
-                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break,
-                }
-            }
-        };
-    }
     if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -251,14 +278,14 @@ async fn connection<T>(
             .initial_stream_window_size(64 * 1024)
             .initial_connection_window_size(256 * 1024)
             .serve_connection(io, service);
-        drive!(conn);
+        drive!(conn, idle_since, idle, idle_tick, drain, shutdown, rekey);
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .keep_alive(true)
             .serve_connection(io, service);
-        drive!(conn);
+        drive!(conn, idle_since, idle, idle_tick, drain, shutdown, rekey);
     }
 }
 

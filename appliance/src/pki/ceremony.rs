@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
 use time::OffsetDateTime;
 
-use super::{HsmKey, PkiConfig, PkiError, PkiStore, issue_crl, issue_ds, issue_iaca};
+use super::error::PkiError;
+use super::issue::{issue_crl, issue_ds, issue_iaca};
+use super::signer::HsmKey;
+use super::store::PkiStore;
+use crate::config::PkiConfig;
 
 /// What a ceremony wrote.
 #[derive(Debug, Clone)]
@@ -49,7 +53,7 @@ pub fn init(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<CeremonyReport, PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let store = PkiStore::new(&config.dir);
     if store.iaca_path().exists() {
         return Err(PkiError::Invalid(format!(
@@ -88,7 +92,7 @@ pub fn iaca_in_token(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts), PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let mut generated = Vec::new();
     ensure_key(
         backend,
@@ -110,7 +114,7 @@ pub fn issue_document_signer(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<CeremonyReport, PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let store = PkiStore::new(&config.dir);
     if store.ds_path(label).exists() {
         return Err(PkiError::Invalid(format!(
@@ -138,7 +142,7 @@ pub fn document_signer_in_token(
     algorithm: Algorithm,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts, Vec<String>), PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let iaca = HsmKey::find(backend, &config.iaca_key)?;
     let mut generated = Vec::new();
     ensure_key(

@@ -15,9 +15,10 @@ use super::der::{
     OID_EXT_KEY_USAGE, OID_ISSUER_ALT_NAME, OID_SUBJECT_KEY_IDENTIFIER, eku_mdl_ds, general_names,
     tlv,
 };
+use super::error::PkiError;
 use super::profile::{self, CertFacts};
 use super::signer::HsmKey;
-use super::{PkiConfig, PkiError};
+use crate::config::PkiConfig;
 
 /// A positive serial with 127 random bits (Annex B asks for at least 63).
 fn random_serial() -> Result<SerialNumber, PkiError> {
@@ -104,7 +105,7 @@ pub fn issue_iaca(
     iaca: &HsmKey<'_>,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(config, &config.iaca_common_name)?;
     params.serial_number = Some(random_serial()?);
@@ -134,7 +135,7 @@ pub fn issue_ds(
     ds: &HsmKey<'_>,
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
-    super::validated(config)?;
+    super::error::validated(config)?;
     let iaca_facts = profile::check_iaca(iaca_der)?;
     let iaca_cert = X509::from_der(iaca_der).map_err(|e| PkiError::Invalid(e.to_string()))?;
     let iaca_key_matches = iaca_cert

@@ -4,7 +4,7 @@
 use pkcs11_shim::{Algorithm, KeyBackend, PublicKey, ecdsa_raw_to_der};
 use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey};
 
-use super::PkiError;
+use super::error::PkiError;
 
 /// A token key as an rcgen signer. X.509 carries DER ECDSA signatures, so
 /// the raw `r || s` from the token is converted here.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use openssl::x509::X509;
 use time::OffsetDateTime;
 
-use super::PkiError;
+use super::error::PkiError;
 use super::profile::{self, CertFacts};
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> PkiError {

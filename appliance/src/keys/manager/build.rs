@@ -209,24 +209,9 @@ impl KeyManager {
             if r.revoked || !matches!(r.state, KeyState::Pending | KeyState::Active) {
                 continue;
             }
-            let facts = match profile::check_ds(der, Some(iaca)) {
-                Ok(facts) => facts,
-                Err(e) => {
-                    problems.push(format!("DS certificate {}: {e}", r.label));
-                    continue;
-                }
-            };
-            let cert = DsCertificate {
-                label: r.label.clone(),
-                der: der.clone(),
-                facts,
-            };
-            match DocumentSigner::new(self.node.backend, cert) {
-                Ok(signer) => signers.push(ScheduledSigner {
-                    from: r.activate_at,
-                    signer: Arc::new(signer),
-                }),
-                Err(e) => problems.push(format!("DS key {}: {e}", r.label)),
+            match self.signer_of(r, der, iaca) {
+                Ok(signer) => signers.push(signer),
+                Err(problem) => problems.push(problem),
             }
         }
         signers.sort_by_key(|s| s.from);
@@ -244,6 +229,28 @@ impl KeyManager {
         view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": all }))
             .map_err(|e| LoadError(e.to_string()))?;
         Ok(view)
+    }
+
+    /// The signer of a pending or active DS key, or why it cannot sign.
+    fn signer_of(
+        &self,
+        r: &KeyRecord,
+        der: &[u8],
+        iaca: &CertFacts,
+    ) -> Result<ScheduledSigner, String> {
+        let facts = profile::check_ds(der, Some(iaca))
+            .map_err(|e| format!("DS certificate {}: {e}", r.label))?;
+        let cert = DsCertificate {
+            label: r.label.clone(),
+            der: der.to_vec(),
+            facts,
+        };
+        let signer = DocumentSigner::new(self.node.backend, cert)
+            .map_err(|e| format!("DS key {}: {e}", r.label))?;
+        Ok(ScheduledSigner {
+            from: r.activate_at,
+            signer: Arc::new(signer),
+        })
     }
 
     /// The status-list and audit keys' part of a view (and the CRL), with

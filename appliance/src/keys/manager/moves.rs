@@ -64,8 +64,6 @@ impl KeyManager {
 
     /// Generates a key for `chain` (a DS key with its certificate) and
     /// records it pending until `activate_at`; returns its label.
-    // A key the registry refused must not linger in the token: the lifecycle destroys it.
-    #[allow(clippy::disallowed_methods)]
     pub fn generate_key(
         &self,
         chain: &str,
@@ -74,73 +72,14 @@ impl KeyManager {
         now: OffsetDateTime,
     ) -> Result<String, String> {
         let keys = self.node.registry.keys().map_err(store_problem)?;
-        let current = self.view();
-        // The algorithm the chain signs with now (verifiers expect it).
-        let algorithm = match chain {
-            DS_CHAIN => current
-                .signers
-                .last()
-                .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm()),
-            AUDIT_CHAIN => current
-                .audit_keys
-                .last()
-                .and_then(|(_, label, _)| self.node.backend.find(label).ok())
-                .map_or(Algorithm::Es256, |k| k.algorithm),
-            _ => current
-                .status_keys
-                .last()
-                .and_then(|(_, label)| self.node.backend.find(label).ok())
-                .map_or(Algorithm::Es256, |k| k.algorithm),
-        };
+        let algorithm = self.chain_algorithm(chain);
         let mut random = [0u8; 3];
         openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
         let label = format!("{chain}-{}-{}", now.unix_timestamp(), hex(&random));
         if keys.iter().any(|k| k.record.label == label) {
             return Err(format!("label {label} is taken"));
         }
-        let (public, certificate, not_after) = if chain == DS_CHAIN {
-            let iaca = current
-                .iaca
-                .clone()
-                .ok_or_else(|| "no IACA to certify a DS key".to_owned())?;
-            let (der, facts, _) = self
-                .node
-                .metrics
-                .hsm("generate_key", || {
-                    ceremony::document_signer_in_token(
-                        self.node.backend,
-                        &self.pki_config,
-                        &iaca.0,
-                        &label,
-                        algorithm,
-                        now,
-                    )
-                })
-                .map_err(|e| {
-                    // The key may exist without its certificate: not left behind.
-                    let _ = self.node.backend.destroy(&label);
-                    format!("generating {label}: {e}")
-                })?;
-            let public = cert_public_key(&der)?;
-            (public, Some(der), facts.not_after)
-        } else {
-            let purpose = if chain == AUDIT_CHAIN {
-                KeyPurpose::Audit
-            } else {
-                KeyPurpose::StatusList
-            };
-            let info = self
-                .node
-                .metrics
-                .hsm("generate_key", || {
-                    self.node.backend.generate(&label, purpose, algorithm)
-                })
-                .map_err(|e| format!("generating {label}: {e}"))?;
-            let public = info
-                .public_key
-                .ok_or_else(|| format!("{label} has no public key"))?;
-            (public, None, no_certificate_end(now))
-        };
+        let (public, certificate, not_after) = self.make_key(chain, &label, algorithm, now)?;
         let kid = public.kid();
         let key = StoredKey {
             chain: chain.into(),
@@ -159,13 +98,107 @@ impl KeyManager {
             },
             revocation: None,
         };
-        let mut decision = self.key_decision("keys.generate", "pending", &label, &kid, now);
+        self.record_generated(&key, reason, now)?;
+        tracing::info!(%label, %kid, activate_at = %activate_at, reason, "key generated, published until it signs");
+        Ok(label)
+    }
+
+    /// The algorithm `chain` signs with now (verifiers expect it).
+    fn chain_algorithm(&self, chain: &str) -> Algorithm {
+        let current = self.view();
+        match chain {
+            DS_CHAIN => current
+                .signers
+                .last()
+                .map_or(Algorithm::Es256, |s| s.signer.algorithm().key_algorithm()),
+            AUDIT_CHAIN => current
+                .audit_keys
+                .last()
+                .and_then(|(_, label, _)| self.node.backend.find(label).ok())
+                .map_or(Algorithm::Es256, |k| k.algorithm),
+            _ => current
+                .status_keys
+                .last()
+                .and_then(|(_, label)| self.node.backend.find(label).ok())
+                .map_or(Algorithm::Es256, |k| k.algorithm),
+        }
+    }
+
+    /// A new key in the token: for the DS chain with its certificate from
+    /// the IACA. (public key, certificate, end of its certificate).
+    // A key whose certificate failed must not be left behind in the token.
+    #[allow(clippy::disallowed_methods)]
+    fn make_key(
+        &self,
+        chain: &str,
+        label: &str,
+        algorithm: Algorithm,
+        now: OffsetDateTime,
+    ) -> Result<(pkcs11_shim::PublicKey, Option<Vec<u8>>, OffsetDateTime), String> {
+        let current = self.view();
+        Ok(if chain == DS_CHAIN {
+            let iaca = current
+                .iaca
+                .clone()
+                .ok_or_else(|| "no IACA to certify a DS key".to_owned())?;
+            let (der, facts, _) = self
+                .node
+                .metrics
+                .hsm("generate_key", || {
+                    ceremony::document_signer_in_token(
+                        self.node.backend,
+                        &self.pki_config,
+                        &iaca.0,
+                        label,
+                        algorithm,
+                        now,
+                    )
+                })
+                .map_err(|e| {
+                    // The key may exist without its certificate: not left behind.
+                    let _ = self.node.backend.destroy(label);
+                    format!("generating {label}: {e}")
+                })?;
+            let public = cert_public_key(&der)?;
+            (public, Some(der), facts.not_after)
+        } else {
+            let purpose = if chain == AUDIT_CHAIN {
+                KeyPurpose::Audit
+            } else {
+                KeyPurpose::StatusList
+            };
+            let info = self
+                .node
+                .metrics
+                .hsm("generate_key", || {
+                    self.node.backend.generate(label, purpose, algorithm)
+                })
+                .map_err(|e| format!("generating {label}: {e}"))?;
+            let public = info
+                .public_key
+                .ok_or_else(|| format!("{label} has no public key"))?;
+            (public, None, no_certificate_end(now))
+        })
+    }
+
+    /// Records a generated key pending; a key the registry refused leaves
+    /// the token, and one whose write may have happened stays.
+    // A key the registry refused must not linger in the token.
+    #[allow(clippy::disallowed_methods)]
+    fn record_generated(
+        &self,
+        key: &StoredKey,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let (label, kid) = (&key.record.label, &key.kid);
+        let mut decision = self.key_decision("keys.generate", "pending", label, kid, now);
         decision.rule = Some(format!("key {label}: {reason}"));
-        match self.node.registry.add_key(&key, decision) {
+        match self.node.registry.add_key(key, decision) {
             Ok(()) => {}
             // Refused: it must not linger in the token either.
             Err(StoreError::Conflict { rule }) => {
-                let _ = self.node.backend.destroy(&label);
+                let _ = self.node.backend.destroy(label);
                 return Err(format!("{rule}: a key is already pending"));
             }
             // The answer was lost, not necessarily the write: destroy the key
@@ -175,15 +208,14 @@ impl KeyManager {
                     .node
                     .registry
                     .keys()
-                    .map(|keys| keys.iter().any(|k| k.record.label == label));
+                    .map(|keys| keys.iter().any(|k| k.record.label == *label));
                 if recorded == Ok(false) {
-                    let _ = self.node.backend.destroy(&label);
+                    let _ = self.node.backend.destroy(label);
                 }
                 return Err(store_problem(e));
             }
         }
-        tracing::info!(%label, %kid, activate_at = %activate_at, reason, "key generated, published until it signs");
-        Ok(label)
+        Ok(())
     }
 
     /// Moves keys in the registry, each only forward in its lifecycle.
