@@ -23,7 +23,7 @@ use self::errors::{RETRYABLE, map_err};
 use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
-use super::sql::{Driver, SqlRegistry, Tx};
+use super::sql::{Driver, ReadFn, SqlRegistry, WriteFn};
 
 const RETRIES: usize = 5;
 /// Advisory lock key for migrations ("dojang" in ASCII).
@@ -171,17 +171,11 @@ impl PostgresDriver {
 impl Driver for PostgresDriver {
     const KIND: &'static str = "postgres";
 
-    fn write<R: Send + 'static>(
-        &self,
-        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+    fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
         self.with_tx(|raw| f(&mut PgTx { raw }))
     }
 
-    fn read<R>(
-        &self,
-        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+    fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {
         self.with_tx(|raw| f(&mut PgTx { raw }))
     }
 

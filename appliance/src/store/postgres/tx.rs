@@ -10,8 +10,8 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use super::connection::RawTx;
 use super::errors::map_err;
 use super::{quota, sequencer};
-use crate::store::sql::{Cell, Row, Tx, Value};
-use crate::store::{DecisionRecord, Pseudonym, StoreError};
+use crate::store::StoreError;
+use crate::store::sql::{Appended, Cell, Row, Tx, Value};
 
 /// The registry's view of one transaction.
 pub(super) struct PgTx<'t, 'c> {
@@ -109,13 +109,8 @@ impl Tx for PgTx<'_, '_> {
         self.raw.batch_execute(sql).map_err(map_err)
     }
 
-    fn append_audit(
-        &mut self,
-        decision: &DecisionRecord,
-        credential: Option<&str>,
-        holder: Option<&Pseudonym>,
-    ) -> Result<(), StoreError> {
-        sequencer::enqueue(self.raw, decision, credential, holder)
+    fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError> {
+        sequencer::enqueue(self.raw, entry.decision, entry.credential, entry.holder)
     }
 
     fn take_free_copy(&mut self) -> Result<bool, StoreError> {

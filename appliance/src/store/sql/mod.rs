@@ -16,4 +16,4 @@ mod tx;
 
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
 pub use tx::SqlRegistry;
-pub(crate) use tx::{Cell, Driver, Row, Tx, Value, args};
+pub(crate) use tx::{Appended, Cell, Driver, ReadFn, Row, Tx, Value, WriteFn, args};

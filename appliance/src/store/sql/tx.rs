@@ -229,7 +229,16 @@ pub(crate) trait Tx {
         decision: &DecisionRecord,
         credential: Option<&str>,
         holder: Option<&Pseudonym>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.append(Appended {
+            decision,
+            credential,
+            holder,
+        })
+    }
+
+    /// How this database appends an entry (see [`Tx::append_audit`]).
+    fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError>;
 
     /// Takes one free first-time copy from the quota if any is left.
     fn take_free_copy(&mut self) -> Result<bool, StoreError>;
@@ -248,6 +257,27 @@ pub(crate) trait Tx {
     fn clock_ms(&self) -> &'static str;
 }
 
+/// A decision on its way into the audit log, with what it names.
+pub(crate) struct Appended<'a> {
+    /// The decision.
+    pub(crate) decision: &'a DecisionRecord,
+    /// The credential it concerns, if any.
+    pub(crate) credential: Option<&'a str>,
+    /// The holder it concerns, if any (a pseudonym).
+    pub(crate) holder: Option<&'a Pseudonym>,
+}
+
+/// Work a driver runs in one write transaction.
+pub(crate) trait WriteFn<R>:
+    FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static
+{
+}
+impl<R, F: FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static> WriteFn<R> for F {}
+
+/// Work a driver runs on a read connection.
+pub(crate) trait ReadFn<R>: FnMut(&mut dyn Tx) -> Result<R, StoreError> {}
+impl<R, F: FnMut(&mut dyn Tx) -> Result<R, StoreError>> ReadFn<R> for F {}
+
 /// A database the registry runs on.
 pub(crate) trait Driver: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -256,10 +286,7 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// Runs `f` in one write transaction, durable when this returns `Ok`.
     /// `f` may run more than once: PostgreSQL retries serialization
     /// failures, so it must not have effects outside the transaction.
-    fn write<R: Send + 'static>(
-        &self,
-        f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError>;
+    fn write<R: Send + 'static>(&self, f: impl WriteFn<R>) -> Result<R, StoreError>;
 
     /// Runs `f` on a read connection.
     fn read<R>(&self, f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>)

@@ -20,7 +20,7 @@ use self::tx::{SqliteTx, map_err, unavailable};
 use self::writer::{Job, writer_loop};
 use super::StoreError;
 use super::sql::migrations::{self, Dialect, MIGRATIONS};
-use super::sql::{Driver, SqlRegistry, Tx};
+use super::sql::{Driver, ReadFn, SqlRegistry, Tx, WriteFn};
 
 /// Writes queued at most before callers wait (back-pressure, not memory).
 const QUEUE_MAX: usize = 4096;
@@ -141,10 +141,7 @@ impl SqlRegistry<SqliteDriver> {
 impl Driver for SqliteDriver {
     const KIND: &'static str = "sqlite";
 
-    fn write<R: Send + 'static>(
-        &self,
-        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+    fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
         let (reply, answer) = mpsc::sync_channel::<Result<R, StoreError>>(1);
         let job = Job::new(move |conn| f(&mut SqliteTx { conn }), reply);
         self.writer
@@ -155,10 +152,7 @@ impl Driver for SqliteDriver {
             .map_err(|_| StoreError::Unavailable("the SQLite write did not complete".into()))?
     }
 
-    fn read<R>(
-        &self,
-        mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+    fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {
         let pooled = self
             .readers
             .lock()

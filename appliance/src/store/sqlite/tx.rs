@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
-use crate::store::sql::{Cell, Row, Tx, Value, args, rule_for_columns};
-use crate::store::{DecisionRecord, Pseudonym, StoreError};
+use crate::store::StoreError;
+use crate::store::sql::{Appended, Cell, Row, Tx, Value, args, rule_for_columns};
 
 /// A transaction (or, on a reader, autocommit statements) on a connection.
 pub(super) struct SqliteTx<'c> {
@@ -114,12 +114,12 @@ impl Tx for SqliteTx<'_> {
         self.conn.execute_batch(sql).map_err(map_err)
     }
 
-    fn append_audit(
-        &mut self,
-        decision: &DecisionRecord,
-        credential: Option<&str>,
-        holder: Option<&Pseudonym>,
-    ) -> Result<(), StoreError> {
+    fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError> {
+        let Appended {
+            decision,
+            credential,
+            holder,
+        } = entry;
         // One writer: the next sequence number is the last one plus one
         // (the rowid's B-tree answers that from its rightmost page).
         let seq = self
