@@ -1,13 +1,11 @@
 //! Backend configuration (the `[keys]` table of `dojang.toml`), validated
-//! before anything touches a device, and [`open`] to build the backend.
+//! before anything touches a device. [`crate::open()`] builds the backend from it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::KeyBackend;
 use crate::error::{Error, Result};
 use crate::pin::SecretSource;
 
@@ -228,16 +226,6 @@ impl BackendConfig {
             )),
         }
     }
-}
-
-/// Opens the configured backend: connects, logs in, and checks the device.
-pub fn open(config: &BackendConfig) -> Result<Arc<dyn KeyBackend>> {
-    config.validate()?;
-    Ok(match (&config.pkcs11, &config.tpm) {
-        (Some(c), _) => Arc::new(crate::pkcs11::Pkcs11Backend::open(c.clone())?),
-        (None, Some(c)) => Arc::new(crate::tpm::TpmBackend::open(c.clone())?),
-        (None, None) => unreachable!("validate() requires one table"),
-    })
 }
 
 #[cfg(test)]

@@ -35,10 +35,11 @@ use tracing::{info, warn};
 pub use raw_bench::{RawBenchmark, raw_sign_rate};
 
 use crate::algorithm::{Algorithm, KeyPurpose};
+use crate::backend::{Health, KeyBackend, KeyInfo, check_hmac_input, check_sign_input};
 use crate::config::Pkcs11Config;
 use crate::error::{Error, ErrorClass, Result};
+use crate::label::validate_label;
 use crate::public_key::{PublicKey, unwrap_ec_point};
-use crate::{Health, KeyBackend, KeyInfo, check_hmac_input, check_sign_input, validate_label};
 use classify::{ckr_name, from_cryptoki, is_pin_rejection};
 use pool::SessionPool;
 use template::{ID_RANDOM_LEN, check_key_flags};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::session::Session;
 
-use crate::SessionCounts;
+use crate::backend::SessionCounts;
 use crate::error::{Error, Result};
 
 pub(crate) struct SessionPool {

@@ -39,10 +39,11 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
 use crate::algorithm::{Algorithm, KeyPurpose};
+use crate::backend::{Health, KeyBackend, KeyInfo, check_hmac_input, check_sign_input};
 use crate::config::TpmConfig;
 use crate::error::{Error, ErrorClass, Result};
+use crate::label::validate_label;
 use crate::public_key::PublicKey;
-use crate::{Health, KeyBackend, KeyInfo, check_hmac_input, check_sign_input, validate_label};
 use blob::KeyBlob;
 
 /// Algorithms a TPM 2.0 offers Dojang (TPMs have no EdDSA).
