@@ -70,6 +70,11 @@ pub(crate) fn from_cryptoki(err: CkError, fallback: Function) -> Error {
     }
 }
 
+/// [`from_cryptoki`] for `map_err`: `.map_err(ck(Function::Sign))`.
+pub(crate) fn ck(function: Function) -> impl Fn(CkError) -> Error {
+    move |e| from_cryptoki(e, function)
+}
+
 /// Whether a login error means the PIN itself was refused.
 pub(crate) fn is_pin_rejection(rv: RvError) -> bool {
     matches!(

@@ -13,7 +13,8 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use secrecy::SecretString;
 
-use super::{ck, init_args};
+use super::classify::ck;
+use super::connection::init_args;
 use crate::error::{Error, Result};
 
 /// One raw signing run.
