@@ -4,7 +4,7 @@
 use time::{Date, OffsetDateTime};
 
 use crate::calendar::{age_on, seoul_date};
-use crate::policy::{Policy, Role};
+use crate::policy::{ChannelRule, Policy, Role};
 
 /// What a client asks for, as far as the policy is concerned. Holder data
 /// arrives already reduced to what the rules need: no name, no number.
@@ -167,6 +167,7 @@ impl Policy {
         }
     }
 
+    /// Runs every rule group in order; the first refusal ends the run.
     fn run(
         &self,
         eval: &mut Evaluation,
@@ -175,9 +176,23 @@ impl Policy {
         facts: &RegistryFacts,
         now: OffsetDateTime,
     ) -> Result<Obligations, Denial> {
-        use DenialKind::{Conflict, Forbidden, Policy as Rules, RateLimited};
         let today = seoul_date(now);
+        self.check_client(eval, client, request, facts)?;
+        let channel = self.check_channel(eval, request)?;
+        self.check_holder(eval, request, today)?;
+        self.check_pilot(eval, request, today)?;
+        check_registry(eval, facts)?;
+        self.obligations(eval, request, facts, channel, today)
+    }
 
+    /// `client.*`: the client's role, the profile it asks for, its rate.
+    fn check_client(
+        &self,
+        eval: &mut Evaluation,
+        client: &str,
+        request: &IssuanceRequest,
+        facts: &RegistryFacts,
+    ) -> Result<(), Denial> {
         let rule = self.client(client);
         eval.check(
             "client.role",
@@ -189,14 +204,14 @@ impl Policy {
                 Some(_) => format!("client {client:?} lacks the issuer role"),
                 None => format!("client {client:?} is not in the policy"),
             },
-            Forbidden,
+            DenialKind::Forbidden,
         )?;
         eval.check(
             "client.profile",
             rule.is_some_and(|c| c.profiles.contains(&request.profile))
                 && self.profiles.contains_key(&request.profile),
             format!("client {client:?} asking for profile {:?}", request.profile),
-            Forbidden,
+            DenialKind::Forbidden,
         )?;
         eval.check(
             "client.rate_limit",
@@ -205,8 +220,17 @@ impl Policy {
                 "{} requests this minute, limit {}",
                 facts.client_requests_this_minute, self.requests_per_minute
             ),
-            RateLimited,
-        )?;
+            DenialKind::RateLimited,
+        )
+    }
+
+    /// `channel.known`: the channel the card was checked through; its rule
+    /// sets the fee.
+    fn check_channel(
+        &self,
+        eval: &mut Evaluation,
+        request: &IssuanceRequest,
+    ) -> Result<Option<&ChannelRule>, Denial> {
         let channel = self.channels.get(&request.channel);
         eval.check(
             "channel.known",
@@ -216,8 +240,18 @@ impl Policy {
                 request.channel,
                 self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
-            Rules,
+            DenialKind::Policy,
         )?;
+        Ok(channel)
+    }
+
+    /// `holder.*` from the request: nationality, age, the physical card.
+    fn check_holder(
+        &self,
+        eval: &mut Evaluation,
+        request: &IssuanceRequest,
+        today: Date,
+    ) -> Result<(), Denial> {
         eval.check(
             "holder.citizen",
             request.citizen || !self.citizens_only,
@@ -227,7 +261,7 @@ impl Policy {
                 "the card is for Korean nationals; the number is a foreign registration number"
                     .into()
             },
-            Rules,
+            DenialKind::Policy,
         )?;
         let age = age_on(request.birth_date, today);
         eval.check(
@@ -243,7 +277,7 @@ impl Policy {
                 },
                 self.minimum_age
             ),
-            Rules,
+            DenialKind::Policy,
         )?;
         let card_ok = match (&request.card_issue_date, &request.card_serial) {
             (Some(issued), Some(serial)) => {
@@ -260,60 +294,50 @@ impl Policy {
                 "the holder's physical card (issue date not in the future, serial) is required"
                     .into()
             },
-            Rules,
-        )?;
-        if self.pilot.enabled {
-            eval.check(
-                "pilot.window",
-                self.pilot.first_day <= today && today <= self.pilot.last_day,
-                format!(
-                    "{today} against the pilot {} to {}",
-                    self.pilot.first_day, self.pilot.last_day
-                ),
-                Rules,
-            )?;
-            eval.check(
-                "pilot.municipality",
-                self.pilot.municipalities.contains(&request.municipality),
-                format!(
-                    "municipality {:?} against the pilot's list",
-                    request.municipality
-                ),
-                Rules,
-            )?;
+            DenialKind::Policy,
+        )
+    }
+
+    /// `pilot.*`, when the pilot limits issuance: its window and municipalities.
+    fn check_pilot(
+        &self,
+        eval: &mut Evaluation,
+        request: &IssuanceRequest,
+        today: Date,
+    ) -> Result<(), Denial> {
+        if !self.pilot.enabled {
+            return Ok(());
         }
         eval.check(
-            "device.one_person",
-            !facts.device_bound_to_other_holder,
-            if facts.device_bound_to_other_holder {
-                "this phone already holds another person's mobile ID".into()
-            } else {
-                "the phone holds no other person's mobile ID".into()
-            },
-            Conflict,
+            "pilot.window",
+            self.pilot.first_day <= today && today <= self.pilot.last_day,
+            format!(
+                "{today} against the pilot {} to {}",
+                self.pilot.first_day, self.pilot.last_day
+            ),
+            DenialKind::Policy,
         )?;
         eval.check(
-            "holder.suspended",
-            !facts.holder_suspended,
-            if facts.holder_suspended {
-                "the holder's mobile ID is suspended: reinstate or revoke it first".into()
-            } else {
-                "the holder's ID is not suspended".into()
-            },
-            Conflict,
-        )?;
-        eval.check(
-            "holder.one_active",
-            facts.holder_active_on_same_device != Some(true),
-            match facts.holder_active_on_same_device {
-                Some(true) => "the holder already has an active mobile ID on this phone".into(),
-                Some(false) => {
-                    "the holder's active ID is on another phone: it will be superseded".into()
-                }
-                None => "the holder has no active mobile ID".into(),
-            },
-            Conflict,
-        )?;
+            "pilot.municipality",
+            self.pilot.municipalities.contains(&request.municipality),
+            format!(
+                "municipality {:?} against the pilot's list",
+                request.municipality
+            ),
+            DenialKind::Policy,
+        )
+    }
+
+    /// `fee.free_issuance` (traced, never refuses) and `document.validity`:
+    /// what an allowed issuance must do.
+    fn obligations(
+        &self,
+        eval: &mut Evaluation,
+        request: &IssuanceRequest,
+        facts: &RegistryFacts,
+        channel: Option<&ChannelRule>,
+        today: Date,
+    ) -> Result<Obligations, Denial> {
         let supersede_previous = facts.holder_active_on_same_device == Some(false);
         let free_left = self.free_quota.saturating_sub(facts.free_copies_issued);
         let use_free_copy = request.first_time && free_left > 0;
@@ -333,7 +357,7 @@ impl Policy {
         let expiry_date = self.document_expiry(today).ok_or_else(|| Denial {
             rule: "document.validity",
             reason: "expiry date out of range".into(),
-            kind: Rules,
+            kind: DenialKind::Policy,
         })?;
         Ok(Obligations {
             fee_krw,
@@ -343,4 +367,41 @@ impl Policy {
             supersede_previous,
         })
     }
+}
+
+/// `device.*` and `holder.*` against the registry: the phone, a suspension,
+/// an active credential.
+fn check_registry(eval: &mut Evaluation, facts: &RegistryFacts) -> Result<(), Denial> {
+    eval.check(
+        "device.one_person",
+        !facts.device_bound_to_other_holder,
+        if facts.device_bound_to_other_holder {
+            "this phone already holds another person's mobile ID".into()
+        } else {
+            "the phone holds no other person's mobile ID".into()
+        },
+        DenialKind::Conflict,
+    )?;
+    eval.check(
+        "holder.suspended",
+        !facts.holder_suspended,
+        if facts.holder_suspended {
+            "the holder's mobile ID is suspended: reinstate or revoke it first".into()
+        } else {
+            "the holder's ID is not suspended".into()
+        },
+        DenialKind::Conflict,
+    )?;
+    eval.check(
+        "holder.one_active",
+        facts.holder_active_on_same_device != Some(true),
+        match facts.holder_active_on_same_device {
+            Some(true) => "the holder already has an active mobile ID on this phone".into(),
+            Some(false) => {
+                "the holder's active ID is on another phone: it will be superseded".into()
+            }
+            None => "the holder has no active mobile ID".into(),
+        },
+        DenialKind::Conflict,
+    )
 }
