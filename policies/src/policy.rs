@@ -305,6 +305,151 @@ fn last_day_of_months(first: Date, months: u8) -> Option<Date> {
     corresponding.previous_day()
 }
 
+impl PolicyFile {
+    /// The top-level checks: name and version, `[holder]`, `[document]`,
+    /// non-empty `[channels]` and `[profiles]`, `[limits]`.
+    fn check_scalars(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.version.trim().is_empty() {
+            return Err("name and version must not be empty".into());
+        }
+        if !(1..=120).contains(&self.holder.minimum_age) {
+            return Err("holder.minimum_age must be 1 to 120".into());
+        }
+        if !(1..=10).contains(&self.document.validity_years) {
+            return Err("document.validity_years must be 1 to 10".into());
+        }
+        if self.channels.is_empty() {
+            return Err("at least one [channels.NAME] is required".into());
+        }
+        if self.profiles.is_empty() {
+            return Err("at least one [profiles.NAME] is required".into());
+        }
+        if self.limits.requests_per_minute == 0 {
+            return Err("limits.requests_per_minute must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl PilotFile {
+    /// `[pilot]`: the window from its start date and the municipality codes.
+    fn read(self) -> Result<Pilot, String> {
+        let first_day = to_date(&self.start).ok_or("pilot.start must be a date (YYYY-MM-DD)")?;
+        if !(1..=24).contains(&self.months) {
+            return Err("pilot.months must be 1 to 24".into());
+        }
+        let last_day =
+            last_day_of_months(first_day, self.months).ok_or("pilot window out of range")?;
+        for code in &self.municipalities {
+            if code.len() != 10 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "pilot.municipalities: {code:?} is not a 10-digit administrative district code"
+                ));
+            }
+        }
+        if self.enabled && self.municipalities.is_empty() {
+            return Err(
+                "pilot.enabled is true but pilot.municipalities is empty: set the participating codes".into(),
+            );
+        }
+        Ok(Pilot {
+            enabled: self.enabled,
+            first_day,
+            last_day,
+            municipalities: self.municipalities,
+        })
+    }
+}
+
+impl KeysFile {
+    /// `[keys]`: durations parsed, a positive signature budget, prepublication
+    /// shorter than the rotation period.
+    fn read(&self) -> Result<KeyRules, String> {
+        let keys = KeyRules {
+            rotate_every: duration("keys.rotate_every", &self.rotate_every)?,
+            max_signatures: self.max_signatures,
+            prepublish: duration("keys.prepublish", &self.prepublish)?,
+            retention_margin: duration("keys.retention_margin", &self.retention_margin)?,
+            on_ds_revocation: self.on_ds_revocation,
+        };
+        if keys.max_signatures == 0 {
+            return Err("keys.max_signatures must be positive".into());
+        }
+        if keys.prepublish >= keys.rotate_every {
+            return Err("keys.prepublish must be shorter than keys.rotate_every".into());
+        }
+        Ok(keys)
+    }
+}
+
+impl OfficersFile {
+    /// `[officers]`: an M of N that dual control can meet, given the
+    /// officer clients.
+    fn read(&self, clients: &[ClientRule]) -> Result<OfficerRules, String> {
+        let officers = clients
+            .iter()
+            .filter(|c| c.roles.contains(&Role::Officer))
+            .count();
+        let required = self.approvals_required;
+        // Fewer than two is no dual control; more than the officers listed
+        // could never be met (zero officers: no officer operation at all).
+        if required < 2 || (officers > 0 && required > officers) {
+            return Err(format!(
+                "officers.approvals_required must be 2 to the number of officer clients ({officers}), got {required}"
+            ));
+        }
+        Ok(OfficerRules {
+            approvals_required: required,
+            proposal_lifetime: duration("officers.proposal_lifetime", &self.proposal_lifetime)?,
+        })
+    }
+}
+
+/// `[[clients]]`: unique non-empty identities, at least one role, known
+/// profiles.
+fn check_clients(
+    clients: &[ClientRule],
+    profiles: &BTreeMap<String, ProfileRule>,
+) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for client in clients {
+        if client.identity.is_empty() || !seen.insert(client.identity.as_str()) {
+            return Err(format!(
+                "clients: identity {:?} is empty or listed twice",
+                client.identity
+            ));
+        }
+        if client.roles.is_empty() {
+            return Err(format!("clients: {:?} has no roles", client.identity));
+        }
+        for profile in &client.profiles {
+            if !profiles.contains_key(profile) {
+                return Err(format!(
+                    "clients: {:?} names unknown profile {profile:?}",
+                    client.identity
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `[keys]` or `[officers]` duration, `name` naming it in the error.
+fn duration(name: &str, text: &str) -> Result<time::Duration, String> {
+    parse_duration(text).ok_or_else(|| {
+        format!(
+            "{name} {text:?} must be a positive number with a unit: d, h, m or s (e.g. \"90d\")"
+        )
+    })
+}
+
+/// Hex SHA-256 of the policy file's text.
+fn sha256_hex(text: &str) -> String {
+    let mut digest = openssl::sha::Sha256::new();
+    digest.update(text.as_bytes());
+    digest.finish().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Policy {
     /// Parses and validates a policy from `text`; `source_name` names it in errors.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, PolicyError> {
@@ -316,134 +461,26 @@ impl Policy {
             source_name: source_name.to_owned(),
             message,
         };
-        if file.name.trim().is_empty() || file.version.trim().is_empty() {
-            return Err(invalid("name and version must not be empty".into()));
-        }
-        if !(1..=120).contains(&file.holder.minimum_age) {
-            return Err(invalid("holder.minimum_age must be 1 to 120".into()));
-        }
-        if !(1..=10).contains(&file.document.validity_years) {
-            return Err(invalid("document.validity_years must be 1 to 10".into()));
-        }
-        if file.channels.is_empty() {
-            return Err(invalid("at least one [channels.NAME] is required".into()));
-        }
-        if file.profiles.is_empty() {
-            return Err(invalid("at least one [profiles.NAME] is required".into()));
-        }
-        if file.limits.requests_per_minute == 0 {
-            return Err(invalid(
-                "limits.requests_per_minute must be positive".into(),
-            ));
-        }
-        let first_day = to_date(&file.pilot.start)
-            .ok_or_else(|| invalid("pilot.start must be a date (YYYY-MM-DD)".into()))?;
-        if !(1..=24).contains(&file.pilot.months) {
-            return Err(invalid("pilot.months must be 1 to 24".into()));
-        }
-        let last_day = last_day_of_months(first_day, file.pilot.months)
-            .ok_or_else(|| invalid("pilot window out of range".into()))?;
-        for code in &file.pilot.municipalities {
-            if code.len() != 10 || !code.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(format!(
-                    "pilot.municipalities: {code:?} is not a 10-digit administrative district code"
-                )));
-            }
-        }
-        if file.pilot.enabled && file.pilot.municipalities.is_empty() {
-            return Err(invalid(
-                "pilot.enabled is true but pilot.municipalities is empty: set the participating codes".into(),
-            ));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for client in &file.clients {
-            if client.identity.is_empty() || !seen.insert(client.identity.as_str()) {
-                return Err(invalid(format!(
-                    "clients: identity {:?} is empty or listed twice",
-                    client.identity
-                )));
-            }
-            if client.roles.is_empty() {
-                return Err(invalid(format!(
-                    "clients: {:?} has no roles",
-                    client.identity
-                )));
-            }
-            for profile in &client.profiles {
-                if !file.profiles.contains_key(profile) {
-                    return Err(invalid(format!(
-                        "clients: {:?} names unknown profile {profile:?}",
-                        client.identity
-                    )));
-                }
-            }
-        }
-        let duration = |name: &str, text: &str| {
-            parse_duration(text).ok_or_else(|| {
-                invalid(format!(
-                    "{name} {text:?} must be a positive number with a unit: d, h, m or s (e.g. \"90d\")"
-                ))
-            })
-        };
-        let keys = KeyRules {
-            rotate_every: duration("keys.rotate_every", &file.keys.rotate_every)?,
-            max_signatures: file.keys.max_signatures,
-            prepublish: duration("keys.prepublish", &file.keys.prepublish)?,
-            retention_margin: duration("keys.retention_margin", &file.keys.retention_margin)?,
-            on_ds_revocation: file.keys.on_ds_revocation,
-        };
-        if keys.max_signatures == 0 {
-            return Err(invalid("keys.max_signatures must be positive".into()));
-        }
-        if keys.prepublish >= keys.rotate_every {
-            return Err(invalid(
-                "keys.prepublish must be shorter than keys.rotate_every".into(),
-            ));
-        }
-        let officers = file
-            .clients
-            .iter()
-            .filter(|c| c.roles.contains(&Role::Officer))
-            .count();
-        let required = file.officers.approvals_required;
-        // Fewer than two is no dual control; more than the officers listed
-        // could never be met (zero officers: no officer operation at all).
-        if required < 2 || (officers > 0 && required > officers) {
-            return Err(invalid(format!(
-                "officers.approvals_required must be 2 to the number of officer clients ({officers}), got {required}"
-            )));
-        }
-        let officer_rules = OfficerRules {
-            approvals_required: required,
-            proposal_lifetime: duration(
-                "officers.proposal_lifetime",
-                &file.officers.proposal_lifetime,
-            )?,
-        };
-        let digest = openssl::sha::Sha256::new();
-        let mut digest = digest;
-        digest.update(text.as_bytes());
-        let hash = digest.finish().iter().map(|b| format!("{b:02x}")).collect();
+        file.check_scalars().map_err(invalid)?;
+        let pilot = file.pilot.read().map_err(invalid)?;
+        check_clients(&file.clients, &file.profiles).map_err(invalid)?;
+        let keys = file.keys.read().map_err(invalid)?;
+        let officers = file.officers.read(&file.clients).map_err(invalid)?;
         Ok(Policy {
             name: file.name,
             version: file.version,
-            hash,
+            hash: sha256_hex(text),
             minimum_age: file.holder.minimum_age,
             citizens_only: file.holder.citizens_only,
             validity_years: file.document.validity_years,
             channels: file.channels,
             free_quota: file.free_issuance.quota,
-            pilot: Pilot {
-                enabled: file.pilot.enabled,
-                first_day,
-                last_day,
-                municipalities: file.pilot.municipalities,
-            },
+            pilot,
             requests_per_minute: file.limits.requests_per_minute,
             clients: file.clients,
             profiles: file.profiles,
             keys,
-            officers: officer_rules,
+            officers,
         })
     }
 
