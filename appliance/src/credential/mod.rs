@@ -8,12 +8,15 @@
 //! be expressed ([`SignatureAlgorithm`] has no such variant).
 //!
 //! This file only declares and re-exports. What the formats share lives in
-//! leaves of its own: [`CredentialError`], [`SignatureValidity`],
-//! [`StatusReference`] and the salt pool behind `random`.
+//! leaves of its own: [`CredentialError`], [`SignatureAlgorithm`],
+//! [`SignatureValidity`], [`StatusReference`], the salt pool behind
+//! `random`, and the SD-JWT VC's JWS header that [`DocumentSigner`] builds.
 
+mod algorithm;
 pub(crate) mod cbor;
 pub mod claims;
 mod error;
+mod jws;
 pub mod mdoc;
 mod rand_pool;
 pub mod sample;
@@ -23,8 +26,9 @@ mod status_reference;
 mod validity;
 pub mod verify;
 
+pub use algorithm::SignatureAlgorithm;
 pub use error::CredentialError;
 pub(crate) use rand_pool::random;
-pub use signer::{DocumentSigner, SignatureAlgorithm};
+pub use signer::DocumentSigner;
 pub use status_reference::StatusReference;
 pub use validity::SignatureValidity;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use pkcs11_shim::PublicKey;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::claims::ResidentCardClaims;
@@ -18,10 +18,12 @@ use super::signer::DocumentSigner;
 use super::verify::{self, Trust, VerifyError, malformed};
 use super::{CredentialError, SignatureValidity, StatusReference, random};
 
+// The header lives apart so that the signer, which builds it once per key,
+// and this module, which signs under it, do not import each other.
+pub use super::jws::{JwsHeader, TYP};
+
 /// The verifiable credential type of the card.
 pub const VCT: &str = "urn:kr:go:mois:mrc:1";
-/// The JOSE `typ` of an SD-JWT VC.
-pub const TYP: &str = "dc+sd-jwt";
 /// Decoy digests added to `_sd`.
 const DECOYS: usize = 3;
 /// Claims that must never be selectively disclosable.
@@ -133,28 +135,6 @@ fn disclosure_digest(disclosure: &str) -> String {
 // every disclosure and the payload (and the portrait twice), and the plain
 // `base64` engine made that a quarter of an issuance's CPU time.
 
-/// The JWS header of every SD-JWT VC a DS key signs, encoded once: it only
-/// changes with the key.
-#[derive(Debug, Clone)]
-pub struct JwsHeader {
-    encoded: String,
-}
-
-impl JwsHeader {
-    /// `{"alg", "typ": "dc+sd-jwt", "kid", "x5c": [DS certificate]}`, base64url.
-    pub fn new(algorithm: super::SignatureAlgorithm, kid: &str, ds_certificate_der: &[u8]) -> Self {
-        let header = json!({
-            "alg": algorithm.jose(),
-            "typ": TYP,
-            "kid": kid,
-            "x5c": [B64.encode(ds_certificate_der)],
-        });
-        JwsHeader {
-            encoded: B64URL.encode(header.to_string()),
-        }
-    }
-}
-
 /// Appends `s` as a JSON string literal (RFC 8259 §7 escaping).
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -248,9 +228,9 @@ impl UnsignedSdJwt {
         let disclosed_len: usize = disclosures.iter().map(|d| d.len() + 1).sum();
         // Room for the signature and the disclosures too: finish() appends in place.
         let mut signing_input = String::with_capacity(
-            header.encoded.len() + payload.len() * 4 / 3 + 140 + disclosed_len,
+            header.encoded().len() + payload.len() * 4 / 3 + 140 + disclosed_len,
         );
-        signing_input.push_str(&header.encoded);
+        signing_input.push_str(header.encoded());
         signing_input.push('.');
         base64_simd::URL_SAFE_NO_PAD.encode_append(payload.as_bytes(), &mut signing_input);
         Ok(UnsignedSdJwt {

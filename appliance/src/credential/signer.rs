@@ -2,65 +2,13 @@
 //! token with its certificate. The algorithm comes from the key, so a
 //! credential can only ever name the algorithm its key really uses.
 
-use pkcs11_shim::{Algorithm, KeyBackend};
+use pkcs11_shim::KeyBackend;
 use time::OffsetDateTime;
 
 use super::CredentialError;
+use super::algorithm::SignatureAlgorithm;
+use super::jws::JwsHeader;
 use crate::pki::DsCertificate;
-
-/// Signature algorithms a credential may carry. There is no `none` and no
-/// MAC: they cannot be requested, so they cannot be produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureAlgorithm {
-    /// ECDSA P-256 / SHA-256.
-    Es256,
-    /// ECDSA P-384 / SHA-384.
-    Es384,
-    /// Ed25519.
-    EdDsa,
-}
-
-impl SignatureAlgorithm {
-    /// The JOSE `alg`.
-    pub fn jose(self) -> &'static str {
-        match self {
-            SignatureAlgorithm::Es256 => "ES256",
-            SignatureAlgorithm::Es384 => "ES384",
-            SignatureAlgorithm::EdDsa => "EdDSA",
-        }
-    }
-
-    /// The COSE algorithm.
-    pub fn cose(self) -> coset::iana::Algorithm {
-        match self {
-            SignatureAlgorithm::Es256 => coset::iana::Algorithm::ES256,
-            SignatureAlgorithm::Es384 => coset::iana::Algorithm::ES384,
-            SignatureAlgorithm::EdDsa => coset::iana::Algorithm::EdDSA,
-        }
-    }
-
-    /// From a key's algorithm; refuses what is not a signature algorithm.
-    /// The key algorithm that makes these signatures.
-    pub fn key_algorithm(self) -> Algorithm {
-        match self {
-            SignatureAlgorithm::Es256 => Algorithm::Es256,
-            SignatureAlgorithm::Es384 => Algorithm::Es384,
-            SignatureAlgorithm::EdDsa => Algorithm::EdDsa,
-        }
-    }
-
-    /// The signature algorithm of a key.
-    pub fn of_key(algorithm: Algorithm) -> Result<Self, CredentialError> {
-        match algorithm {
-            Algorithm::Es256 => Ok(SignatureAlgorithm::Es256),
-            Algorithm::Es384 => Ok(SignatureAlgorithm::Es384),
-            Algorithm::EdDsa => Ok(SignatureAlgorithm::EdDsa),
-            other => Err(CredentialError::Invalid(format!(
-                "{other} keys cannot sign credentials"
-            ))),
-        }
-    }
-}
 
 /// A document-signer key and its certificate.
 pub struct DocumentSigner<'a> {
@@ -68,7 +16,7 @@ pub struct DocumentSigner<'a> {
     certificate: DsCertificate,
     algorithm: SignatureAlgorithm,
     kid: String,
-    jws_header: super::sdjwt::JwsHeader,
+    jws_header: JwsHeader,
 }
 
 impl<'a> DocumentSigner<'a> {
@@ -103,7 +51,7 @@ impl<'a> DocumentSigner<'a> {
         let kid = public.kid();
         Ok(DocumentSigner {
             backend,
-            jws_header: super::sdjwt::JwsHeader::new(algorithm, &kid, &certificate.der),
+            jws_header: JwsHeader::new(algorithm, &kid, &certificate.der),
             algorithm,
             kid,
             certificate,
@@ -131,7 +79,7 @@ impl<'a> DocumentSigner<'a> {
     }
 
     /// The SD-JWT VC header for this key, encoded.
-    pub fn jws_header(&self) -> &super::sdjwt::JwsHeader {
+    pub fn jws_header(&self) -> &JwsHeader {
         &self.jws_header
     }
 
