@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::claims::ResidentCardClaims;
+use super::disclosures::{disclosure_digest, reveal_disclosures};
 use super::signer::DocumentSigner;
 use super::verify::{self, Trust, VerifyError, malformed};
 use super::{CredentialError, SignatureValidity, StatusReference, random};
@@ -26,10 +27,6 @@ pub use super::jws::{JwsHeader, TYP};
 pub const VCT: &str = "urn:kr:go:mois:mrc:1";
 /// Decoy digests added to `_sd`.
 const DECOYS: usize = 3;
-/// Claims that must never be selectively disclosable.
-const ALWAYS_PLAIN: [&str; 8] = [
-    "iss", "iat", "nbf", "exp", "vct", "cnf", "status", "_sd_alg",
-];
 
 /// The value of a disclosable claim, written as JSON straight into the
 /// disclosure being built (no intermediate strings: see [`UnsignedSdJwt::build`]).
@@ -124,11 +121,6 @@ pub fn disclosable_claims(claims: &ResidentCardClaims) -> Vec<(&'static str, Cla
         out.push(("picture", ClaimValue::Picture(portrait)));
     }
     out
-}
-
-fn disclosure_digest(disclosure: &str) -> String {
-    base64_simd::URL_SAFE_NO_PAD
-        .encode_to_string(pkcs11_shim::digest::sha256(disclosure.as_bytes()))
 }
 
 // base64-simd encodes on the issuance path: the builder base64-encodes
@@ -338,49 +330,107 @@ pub fn verify(
     now: OffsetDateTime,
     expected_vct: Option<&str>,
 ) -> Result<VerifiedSdJwt, VerifyError> {
-    let mut parts = sd_jwt.split('~');
-    let jwt = parts.next().unwrap_or_default();
-    let disclosures: Vec<&str> = parts.filter(|p| !p.is_empty()).collect();
-    let mut sections = jwt.split('.');
-    let (Some(h), Some(p), Some(s), None) = (
-        sections.next(),
-        sections.next(),
-        sections.next(),
-        sections.next(),
-    ) else {
-        return Err(malformed("the JWT is not header.payload.signature"));
-    };
-    let header = decode_json(h, "JWS header")?;
-    let mut payload = decode_json(p, "JWT payload")?;
-    let signature = B64URL
-        .decode(s)
-        .map_err(|_| malformed("signature is not base64url"))?;
+    let parts = Parts::parse(sd_jwt)?;
+    parts.check_signature(trust, now)?;
+    check_payload(&parts.header, &parts.payload, expected_vct)?;
+    check_times(&parts.payload, now)?;
+    let (claims, disclosed) = reveal_disclosures(parts.payload, &parts.disclosures)?;
+    Ok(VerifiedSdJwt {
+        header: parts.header,
+        claims,
+        disclosed,
+    })
+}
 
-    let typ = header.get("typ").and_then(Value::as_str);
-    if !matches!(typ, Some("dc+sd-jwt") | Some("vc+sd-jwt")) {
-        return Err(malformed(format!("typ {typ:?} is not dc+sd-jwt")));
+/// An SD-JWT taken apart and decoded, nothing checked yet.
+struct Parts<'a> {
+    /// `base64url(header)`, as signed.
+    encoded_header: &'a str,
+    /// `base64url(payload)`, as signed.
+    encoded_payload: &'a str,
+    header: Map<String, Value>,
+    payload: Map<String, Value>,
+    signature: Vec<u8>,
+    /// The disclosures after the JWT, still encoded.
+    disclosures: Vec<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    /// `<header>.<payload>.<signature>~<D1>~…~<Dn>~`, each part decoded.
+    fn parse(sd_jwt: &'a str) -> Result<Self, VerifyError> {
+        let mut parts = sd_jwt.split('~');
+        let jwt = parts.next().unwrap_or_default();
+        let disclosures: Vec<&str> = parts.filter(|p| !p.is_empty()).collect();
+        let mut sections = jwt.split('.');
+        let (Some(h), Some(p), Some(s), None) = (
+            sections.next(),
+            sections.next(),
+            sections.next(),
+            sections.next(),
+        ) else {
+            return Err(malformed("the JWT is not header.payload.signature"));
+        };
+        let header = decode_json(h, "JWS header")?;
+        let payload = decode_json(p, "JWT payload")?;
+        let signature = B64URL
+            .decode(s)
+            .map_err(|_| malformed("signature is not base64url"))?;
+        Ok(Parts {
+            encoded_header: h,
+            encoded_payload: p,
+            header,
+            payload,
+            signature,
+            disclosures,
+        })
     }
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or_else(|| VerifyError::Algorithm("no alg".into()))?;
-    let ds_der = match header
+
+    /// The header's `typ` and `alg`, the issuer key (x5c against `trust`),
+    /// and the JWS signature under it.
+    fn check_signature(&self, trust: &Trust, now: OffsetDateTime) -> Result<(), VerifyError> {
+        let typ = self.header.get("typ").and_then(Value::as_str);
+        if !matches!(typ, Some("dc+sd-jwt") | Some("vc+sd-jwt")) {
+            return Err(malformed(format!("typ {typ:?} is not dc+sd-jwt")));
+        }
+        let alg = self
+            .header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| VerifyError::Algorithm("no alg".into()))?;
+        let ds_der = x5c_certificate(&self.header)?;
+        let key = verify::trusted_key(ds_der.as_deref(), trust, now)?;
+        verify::check_algorithm(alg, &key)?;
+        verify::check_signature(
+            &key,
+            format!("{}.{}", self.encoded_header, self.encoded_payload).as_bytes(),
+            &self.signature,
+        )
+    }
+}
+
+/// The DS certificate in `x5c[0]`, if the header carries one.
+fn x5c_certificate(header: &Map<String, Value>) -> Result<Option<Vec<u8>>, VerifyError> {
+    match header
         .get("x5c")
         .and_then(Value::as_array)
         .and_then(|a| a.first())
     {
-        Some(first) => Some(
+        Some(first) => Ok(Some(
             first
                 .as_str()
                 .and_then(|c| B64.decode(c).ok())
                 .ok_or_else(|| malformed("x5c[0] is not base64 DER"))?,
-        ),
-        None => None,
-    };
-    let key = verify::trusted_key(ds_der.as_deref(), trust, now)?;
-    verify::check_algorithm(alg, &key)?;
-    verify::check_signature(&key, format!("{h}.{p}").as_bytes(), &signature)?;
+        )),
+        None => Ok(None),
+    }
+}
 
+/// `_sd_alg`, `vct` (when one is expected) and no `crit` header.
+fn check_payload(
+    header: &Map<String, Value>,
+    payload: &Map<String, Value>,
+    expected_vct: Option<&str>,
+) -> Result<(), VerifyError> {
     match payload.get("_sd_alg").and_then(Value::as_str) {
         Some("sha-256") | None => {}
         Some(other) => return Err(malformed(format!("_sd_alg {other:?} is not sha-256"))),
@@ -397,174 +447,19 @@ pub fn verify(
     if header.contains_key("crit") {
         return Err(malformed("JWS crit headers are not supported"));
     }
+    Ok(())
+}
+
+/// `exp` (required), `iat` (not in the future) and `nbf` against `now`.
+fn check_times(payload: &Map<String, Value>, now: OffsetDateTime) -> Result<(), VerifyError> {
     let exp =
-        numeric_date(&payload, "exp")?.ok_or_else(|| VerifyError::Validity("no exp".into()))?;
-    let iat = numeric_date(&payload, "iat")?;
+        numeric_date(payload, "exp")?.ok_or_else(|| VerifyError::Validity("no exp".into()))?;
+    let iat = numeric_date(payload, "iat")?;
     if iat.is_some_and(|iat| iat > now + time::Duration::minutes(5)) {
         return Err(VerifyError::Validity("issued in the future (iat)".into()));
     }
-    let nbf = numeric_date(&payload, "nbf")?.or(iat);
-    verify::check_validity(nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH), exp, now)?;
-
-    let mut table = Disclosures::parse(&disclosures)?;
-    let _ = payload.remove("_sd_alg");
-    let mut claims = Value::Object(payload);
-    table.reveal(&mut claims, 0)?;
-    if let Some(unused) = table.unreferenced() {
-        return Err(VerifyError::Digest(format!(
-            "disclosure {unused} (not referenced by any digest)"
-        )));
-    }
-    let Value::Object(payload) = claims else {
-        return Err(malformed("payload is not an object"));
-    };
-    let disclosed = table.names;
-    Ok(VerifiedSdJwt {
-        header,
-        claims: payload,
-        disclosed,
-    })
-}
-
-/// Limits the nesting a verifier follows (hostile input).
-const MAX_DEPTH: usize = 16;
-
-/// The disclosures of one SD-JWT, by digest, and which were used.
-struct Disclosures {
-    by_digest: BTreeMap<String, Vec<Value>>,
-    used: BTreeSet<String>,
-    names: BTreeSet<String>,
-}
-
-impl Disclosures {
-    fn parse(encoded: &[&str]) -> Result<Self, VerifyError> {
-        let mut by_digest = BTreeMap::new();
-        for disclosure in encoded {
-            let bytes = B64URL
-                .decode(disclosure)
-                .map_err(|_| malformed("a disclosure is not base64url"))?;
-            let Ok(Value::Array(parts)) = serde_json::from_slice::<Value>(&bytes) else {
-                return Err(malformed("a disclosure is not a JSON array"));
-            };
-            if !(2..=3).contains(&parts.len()) || !parts.first().is_some_and(Value::is_string) {
-                return Err(malformed(
-                    "a disclosure is [salt, name, value] or [salt, value]",
-                ));
-            }
-            if by_digest
-                .insert(disclosure_digest(disclosure), parts)
-                .is_some()
-            {
-                return Err(malformed("the same disclosure appears twice"));
-            }
-        }
-        Ok(Disclosures {
-            by_digest,
-            used: BTreeSet::new(),
-            names: BTreeSet::new(),
-        })
-    }
-
-    fn take(&mut self, digest: &str) -> Result<Option<Vec<Value>>, VerifyError> {
-        match self.by_digest.get(digest) {
-            None => Ok(None), // a decoy, or a claim the holder did not disclose
-            Some(parts) => {
-                if !self.used.insert(digest.to_owned()) {
-                    return Err(VerifyError::Digest(format!(
-                        "digest {digest} referenced twice"
-                    )));
-                }
-                Ok(Some(parts.clone()))
-            }
-        }
-    }
-
-    /// Replaces every `_sd` digest and `{"...": digest}` array element in
-    /// `value` by what its disclosure reveals (RFC 9901 §7.1).
-    fn reveal(&mut self, value: &mut Value, depth: usize) -> Result<(), VerifyError> {
-        if depth > MAX_DEPTH {
-            return Err(malformed("disclosures nested too deeply"));
-        }
-        match value {
-            Value::Object(map) => {
-                let digests = match map.remove("_sd") {
-                    None => Vec::new(),
-                    Some(Value::Array(list)) => list,
-                    Some(_) => return Err(malformed("_sd is not an array")),
-                };
-                for key in map.keys().cloned().collect::<Vec<_>>() {
-                    if let Some(child) = map.get_mut(&key) {
-                        self.reveal(child, depth + 1)?;
-                    }
-                }
-                for digest in digests {
-                    let digest = digest
-                        .as_str()
-                        .ok_or_else(|| malformed("_sd holds a non-string"))?;
-                    let Some(parts) = self.take(digest)? else {
-                        continue;
-                    };
-                    let [_salt, Value::String(name), claim] = parts.as_slice() else {
-                        return Err(malformed("an _sd digest must point to [salt, name, value]"));
-                    };
-                    if (depth == 0 && ALWAYS_PLAIN.contains(&name.as_str()))
-                        || name == "_sd"
-                        || name == "..."
-                    {
-                        return Err(malformed(format!(
-                            "{name} must not be selectively disclosed"
-                        )));
-                    }
-                    let mut claim = claim.clone();
-                    self.reveal(&mut claim, depth + 1)?;
-                    if map.insert(name.clone(), claim).is_some() {
-                        return Err(malformed(format!("{name} appears twice")));
-                    }
-                    let _ = self.names.insert(name.clone());
-                }
-            }
-            Value::Array(items) => {
-                let mut revealed = Vec::with_capacity(items.len());
-                for mut item in std::mem::take(items) {
-                    let digest = match &item {
-                        Value::Object(o) if o.len() == 1 => {
-                            o.get("...").and_then(Value::as_str).map(str::to_owned)
-                        }
-                        _ => None,
-                    };
-                    match digest {
-                        Some(digest) => {
-                            let Some(parts) = self.take(&digest)? else {
-                                continue;
-                            };
-                            let [_salt, element] = parts.as_slice() else {
-                                return Err(malformed(
-                                    "an array digest must point to [salt, value]",
-                                ));
-                            };
-                            let mut element = element.clone();
-                            self.reveal(&mut element, depth + 1)?;
-                            revealed.push(element);
-                        }
-                        None => {
-                            self.reveal(&mut item, depth + 1)?;
-                            revealed.push(item);
-                        }
-                    }
-                }
-                *items = revealed;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn unreferenced(&self) -> Option<String> {
-        self.by_digest
-            .keys()
-            .find(|d| !self.used.contains(*d))
-            .cloned()
-    }
+    let nbf = numeric_date(payload, "nbf")?.or(iat);
+    verify::check_validity(nbf.unwrap_or(OffsetDateTime::UNIX_EPOCH), exp, now)
 }
 
 /// The disclosed claims as a sorted map (for printing).
