@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use super::CredentialError;
+use super::verify::{VerifyError, malformed};
 
 /// Appends CBOR data items to a byte buffer.
 #[derive(Debug, Default)]
@@ -152,6 +153,42 @@ pub(crate) fn parse_tdate(value: &Value) -> Option<OffsetDateTime> {
     match value {
         Value::Tag(0, inner) => OffsetDateTime::parse(inner.as_text()?, &Rfc3339).ok(),
         _ => None,
+    }
+}
+
+/// Parses exactly one CBOR data item: trailing bytes are refused.
+pub(crate) fn parse_cbor(bytes: &[u8], what: &str) -> Result<Value, VerifyError> {
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest)
+        .map_err(|e| malformed(format!("{what} is not CBOR: {e}")))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!(
+            "{what} has {} bytes after its CBOR item",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The entries of a CBOR map; `what` names it in the error.
+pub(crate) fn as_map<'a>(
+    value: &'a Value,
+    what: &str,
+) -> Result<&'a [(Value, Value)], VerifyError> {
+    value
+        .as_map()
+        .map(Vec::as_slice)
+        .ok_or_else(|| malformed(format!("{what} is not a map")))
+}
+
+/// The bytes an embedded CBOR item (`#6.24(bstr)`) wraps.
+pub(crate) fn tag24_bytes<'a>(value: &'a Value, what: &str) -> Result<&'a [u8], VerifyError> {
+    match value {
+        Value::Tag(24, inner) => inner
+            .as_bytes()
+            .map(Vec::as_slice)
+            .ok_or_else(|| malformed(format!("{what}: tag 24 must wrap a byte string"))),
+        _ => Err(malformed(format!("{what} is not a #6.24 item"))),
     }
 }
 

@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ciborium::Value;
-use coset::{AsCborValue, CoseSign1, Label};
-use pkcs11_shim::{Algorithm, PublicKey};
+use coset::{AsCborValue, CoseSign1};
+use pkcs11_shim::PublicKey;
 use time::OffsetDateTime;
 
-use super::cbor::{Writer, encode, get, parse_tdate};
+use super::cbor::{Writer, as_map, encode, get, parse_cbor, parse_tdate, tag24_bytes};
 use super::claims::ResidentCardClaims;
+use super::cose::{X5CHAIN, cose_algorithm, protected_header, write_cose_key, x5chain_certificate};
 use super::signer::DocumentSigner;
 use super::verify::{self, Trust, VerifyError, malformed};
 use super::{CredentialError, SignatureValidity, StatusReference, random};
@@ -33,12 +34,13 @@ use super::{CredentialError, SignatureValidity, StatusReference, random};
 pub const DOC_TYPE: &str = "kr.go.mois.mrc.1";
 /// Its namespace.
 pub const NAMESPACE: &str = "kr.go.mois.mrc.1";
-/// COSE header label of x5chain (RFC 9360).
-const X5CHAIN: u64 = 33;
 /// Decoy digests added to each namespace.
 const DECOYS: usize = 3;
 /// Random bytes per item (ISO 18013-5 asks for at least 16).
 const SALT_LEN: usize = 32;
+
+/// A digest ID and the SHA-256 the MSO gives for it.
+type DigestEntry = (u32, [u8; 32]);
 
 /// An element value of the card. Personal data: no `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,56 +89,6 @@ fn write_value(w: &mut Writer, value: &ElementValue<'_>) {
     };
 }
 
-/// The holder's device key as a COSE_Key (RFC 9053).
-fn write_cose_key(w: &mut Writer, key: &PublicKey) -> Result<(), CredentialError> {
-    let raw = key.raw();
-    match key.algorithm() {
-        Algorithm::Es256 | Algorithm::Es384 => {
-            let crv = if key.algorithm() == Algorithm::Es256 {
-                1
-            } else {
-                2
-            };
-            // `raw` is 04 || X || Y (PublicKey checked it): X and Y are
-            // the two halves after the 04.
-            let Some((0x04, coordinates)) = raw.split_first() else {
-                return Err(CredentialError::Encoding(
-                    "device key is not an uncompressed EC point".into(),
-                ));
-            };
-            let (x, y) = coordinates.split_at(coordinates.len() / 2);
-            // kty: EC2, crv, x, y
-            let _ = w
-                .map(4)
-                .uint(1)
-                .uint(2)
-                .negative(0)
-                .uint(crv)
-                .negative(1)
-                .bytes(x)
-                .negative(2)
-                .bytes(y);
-        }
-        Algorithm::EdDsa => {
-            // kty: OKP, crv: Ed25519, x
-            let _ = w
-                .map(3)
-                .uint(1)
-                .uint(1)
-                .negative(0)
-                .uint(6)
-                .negative(1)
-                .bytes(raw);
-        }
-        other => {
-            return Err(CredentialError::Invalid(format!(
-                "{other} is not a device key type"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Random, distinct digest IDs (31 bits, so they stay small CBOR uints).
 /// Being random, they say nothing about the elements' order or number.
 fn unique_digest_ids(count: usize) -> Result<Vec<u32>, CredentialError> {
@@ -150,16 +102,88 @@ fn unique_digest_ids(count: usize) -> Result<Vec<u32>, CredentialError> {
     Ok(ids)
 }
 
-/// The protected header `{1: alg}`, encoded.
-fn protected_header(algorithm: super::SignatureAlgorithm) -> Vec<u8> {
-    let mut w = Writer::with_capacity(4);
-    let _ = w.map(1).uint(1);
-    let _ = match algorithm {
-        super::SignatureAlgorithm::Es256 => w.negative(6), // -7
-        super::SignatureAlgorithm::Es384 => w.negative(34), // -35
-        super::SignatureAlgorithm::EdDsa => w.negative(7), // -8
-    };
-    w.bytes
+/// Each element as `#6.24(bstr .cbor IssuerSignedItem)` under its digest
+/// ID, and the digests by ID (decoys for the IDs left over), sorted by ID.
+fn signed_items(
+    elements: &[(&'static str, ElementValue<'_>)],
+    ids: &[u32],
+) -> Result<(Vec<Vec<u8>>, Vec<DigestEntry>), CredentialError> {
+    let mut items = Vec::with_capacity(elements.len());
+    let mut digests: Vec<DigestEntry> = Vec::with_capacity(ids.len());
+    let mut item = Writer::with_capacity(256);
+    for ((identifier, value), id) in elements.iter().zip(ids) {
+        item.bytes.clear();
+        let _ = item
+            .map(4)
+            .text("digestID")
+            .uint(u64::from(*id))
+            .text("random")
+            .bytes(&random::<SALT_LEN>()?)
+            .text("elementIdentifier")
+            .text(identifier)
+            .text("elementValue");
+        write_value(&mut item, value);
+        let mut wrapped = Writer::with_capacity(item.bytes.len() + 8);
+        let _ = wrapped.tag(24).bytes(&item.bytes);
+        digests.push((*id, pkcs11_shim::digest::sha256(&wrapped.bytes)));
+        items.push(wrapped.bytes);
+    }
+    for id in ids.iter().skip(items.len()) {
+        digests.push((*id, random::<32>()?));
+    }
+    digests.sort_unstable_by_key(|(id, _)| *id);
+    Ok((items, digests))
+}
+
+/// The MobileSecurityObject, encoded: digests, device key, docType,
+/// validity and the status reference.
+fn encode_mso(
+    digests: &[DigestEntry],
+    device_key: &PublicKey,
+    validity: &SignatureValidity,
+    status: Option<&StatusReference>,
+) -> Result<Vec<u8>, CredentialError> {
+    let mut mso = Writer::with_capacity(1024);
+    let _ = mso
+        .map(if status.is_some() { 7 } else { 6 })
+        .text("version")
+        .text("1.0")
+        .text("digestAlgorithm")
+        .text("SHA-256")
+        .text("valueDigests")
+        .map(1)
+        .text(NAMESPACE)
+        .map(digests.len());
+    for (id, digest) in digests {
+        let _ = mso.uint(u64::from(*id)).bytes(digest);
+    }
+    let _ = mso.text("deviceKeyInfo").map(1).text("deviceKey");
+    write_cose_key(&mut mso, device_key)?;
+    let _ = mso
+        .text("docType")
+        .text(DOC_TYPE)
+        .text("validityInfo")
+        .map(4)
+        .text("signed")
+        .tdate(validity.signed)
+        .text("validFrom")
+        .tdate(validity.valid_from)
+        .text("validUntil")
+        .tdate(validity.valid_until)
+        .text("expectedUpdate")
+        .tdate(validity.valid_until);
+    if let Some(status) = status {
+        let _ = mso
+            .text("status")
+            .map(1)
+            .text("status_list")
+            .map(2)
+            .text("idx")
+            .uint(status.idx)
+            .text("uri")
+            .text(&status.uri);
+    }
+    Ok(mso.bytes)
 }
 
 /// An mdoc built and waiting for its issuer signature.
@@ -185,73 +209,10 @@ impl<'a> UnsignedMdoc<'a> {
     ) -> Result<Self, CredentialError> {
         let elements = elements(claims);
         let ids = unique_digest_ids(elements.len() + DECOYS)?;
-        let mut items = Vec::with_capacity(elements.len());
-        let mut digests: Vec<(u32, [u8; 32])> = Vec::with_capacity(ids.len());
-        let mut item = Writer::with_capacity(256);
-        for ((identifier, value), id) in elements.iter().zip(&ids) {
-            item.bytes.clear();
-            let _ = item
-                .map(4)
-                .text("digestID")
-                .uint(u64::from(*id))
-                .text("random")
-                .bytes(&random::<SALT_LEN>()?)
-                .text("elementIdentifier")
-                .text(identifier)
-                .text("elementValue");
-            write_value(&mut item, value);
-            let mut wrapped = Writer::with_capacity(item.bytes.len() + 8);
-            let _ = wrapped.tag(24).bytes(&item.bytes);
-            digests.push((*id, pkcs11_shim::digest::sha256(&wrapped.bytes)));
-            items.push(wrapped.bytes);
-        }
-        for id in ids.iter().skip(items.len()) {
-            digests.push((*id, random::<32>()?));
-        }
-        digests.sort_unstable_by_key(|(id, _)| *id);
-
-        let mut mso = Writer::with_capacity(1024);
-        let _ = mso
-            .map(if status.is_some() { 7 } else { 6 })
-            .text("version")
-            .text("1.0")
-            .text("digestAlgorithm")
-            .text("SHA-256")
-            .text("valueDigests")
-            .map(1)
-            .text(NAMESPACE)
-            .map(digests.len());
-        for (id, digest) in &digests {
-            let _ = mso.uint(u64::from(*id)).bytes(digest);
-        }
-        let _ = mso.text("deviceKeyInfo").map(1).text("deviceKey");
-        write_cose_key(&mut mso, device_key)?;
-        let _ = mso
-            .text("docType")
-            .text(DOC_TYPE)
-            .text("validityInfo")
-            .map(4)
-            .text("signed")
-            .tdate(validity.signed)
-            .text("validFrom")
-            .tdate(validity.valid_from)
-            .text("validUntil")
-            .tdate(validity.valid_until)
-            .text("expectedUpdate")
-            .tdate(validity.valid_until);
-        if let Some(status) = status {
-            let _ = mso
-                .text("status")
-                .map(1)
-                .text("status_list")
-                .map(2)
-                .text("idx")
-                .uint(status.idx)
-                .text("uri")
-                .text(&status.uri);
-        }
-        let mut payload = Writer::with_capacity(mso.bytes.len() + 8);
-        let _ = payload.tag(24).bytes(&mso.bytes);
+        let (items, digests) = signed_items(&elements, &ids)?;
+        let mso = encode_mso(&digests, device_key, validity, status)?;
+        let mut payload = Writer::with_capacity(mso.len() + 8);
+        let _ = payload.tag(24).bytes(&mso);
         Ok(UnsignedMdoc {
             items,
             protected: protected_header(algorithm),
@@ -367,37 +328,6 @@ impl std::fmt::Debug for VerifiedMdoc {
     }
 }
 
-/// Parses exactly one CBOR data item: trailing bytes are refused.
-fn parse_cbor(bytes: &[u8], what: &str) -> Result<Value, VerifyError> {
-    let mut rest = bytes;
-    let value = ciborium::from_reader(&mut rest)
-        .map_err(|e| malformed(format!("{what} is not CBOR: {e}")))?;
-    if !rest.is_empty() {
-        return Err(malformed(format!(
-            "{what} has {} bytes after its CBOR item",
-            rest.len()
-        )));
-    }
-    Ok(value)
-}
-
-fn as_map<'a>(value: &'a Value, what: &str) -> Result<&'a [(Value, Value)], VerifyError> {
-    value
-        .as_map()
-        .map(Vec::as_slice)
-        .ok_or_else(|| malformed(format!("{what} is not a map")))
-}
-
-fn tag24_bytes<'a>(value: &'a Value, what: &str) -> Result<&'a [u8], VerifyError> {
-    match value {
-        Value::Tag(24, inner) => inner
-            .as_bytes()
-            .map(Vec::as_slice)
-            .ok_or_else(|| malformed(format!("{what}: tag 24 must wrap a byte string"))),
-        _ => Err(malformed(format!("{what} is not a #6.24 item"))),
-    }
-}
-
 /// Verifies an `IssuerSigned` (CBOR bytes): the DS certificate against
 /// `trust`, the issuer signature, every element's digest, the validity at
 /// `now`, and the docType when `expected_doc_type` is given.
@@ -409,63 +339,76 @@ pub fn verify(
 ) -> Result<VerifiedMdoc, VerifyError> {
     let root = parse_cbor(issuer_signed, "IssuerSigned")?;
     let root = as_map(&root, "IssuerSigned")?;
-    let issuer_auth = get(root, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
-    let cose = CoseSign1::from_cbor_value(issuer_auth.clone())
-        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))?;
+    let cose = issuer_auth(root)?;
+    check_issuer_signature(&cose, trust, now)?;
+    let mso = decode_mso(&cose)?;
+    let mso = as_map(&mso, "MSO")?;
+    let doc_type = check_doc_type(mso, expected_doc_type)?;
+    let (valid_from, valid_until) = check_validity_info(mso, now)?;
+    let elements = check_name_spaces(root, mso)?;
+    let device_key = device_key(mso)?;
+    let status = status_reference(mso)?;
+    Ok(VerifiedMdoc {
+        doc_type,
+        elements,
+        valid_from,
+        valid_until,
+        status,
+        device_key,
+    })
+}
 
-    // The algorithm must be in the protected header.
-    let alg = match &cose.protected.header.alg {
-        Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => *a,
-        _ => {
-            return Err(VerifyError::Algorithm(
-                "no alg in the protected header".into(),
-            ));
-        }
-    };
-    let alg_name = match alg {
-        coset::iana::Algorithm::ES256 => "ES256",
-        coset::iana::Algorithm::ES384 => "ES384",
-        coset::iana::Algorithm::EdDSA => "EdDSA",
-        other => {
-            return Err(VerifyError::Algorithm(format!(
-                "COSE algorithm {other:?} is not accepted"
-            )));
-        }
-    };
-    let x5chain = cose
-        .unprotected
-        .rest
-        .iter()
-        .chain(&cose.protected.header.rest)
-        .find(|(label, _)| *label == Label::Int(X5CHAIN as i64))
-        .map(|(_, v)| v);
-    let ds_der = match x5chain {
-        Some(Value::Bytes(der)) => Some(der.as_slice()),
-        Some(Value::Array(chain)) => chain.first().and_then(Value::as_bytes).map(Vec::as_slice),
-        _ => None,
-    };
-    let key = verify::trusted_key(ds_der, trust, now)?;
+/// `issuerAuth` as a COSE_Sign1.
+fn issuer_auth(root: &[(Value, Value)]) -> Result<CoseSign1, VerifyError> {
+    let issuer_auth = get(root, "issuerAuth").ok_or_else(|| malformed("no issuerAuth"))?;
+    CoseSign1::from_cbor_value(issuer_auth.clone())
+        .map_err(|e| malformed(format!("issuerAuth is not a COSE_Sign1: {e}")))
+}
+
+/// The algorithm, the DS certificate (x5chain against `trust`) and the
+/// issuer signature over the COSE Sig_structure.
+fn check_issuer_signature(
+    cose: &CoseSign1,
+    trust: &Trust,
+    now: OffsetDateTime,
+) -> Result<(), VerifyError> {
+    let alg_name = cose_algorithm(cose)?;
+    let key = verify::trusted_key(x5chain_certificate(cose), trust, now)?;
     verify::check_algorithm(alg_name, &key)?;
     let tbs = cose.tbs_data(b"");
-    verify::check_signature(&key, &tbs, &cose.signature)?;
+    verify::check_signature(&key, &tbs, &cose.signature)
+}
 
+/// The MSO from the COSE payload `#6.24(bstr .cbor MSO)`.
+fn decode_mso(cose: &CoseSign1) -> Result<Value, VerifyError> {
     let payload = cose
         .payload
         .as_deref()
         .ok_or_else(|| malformed("issuerAuth has no payload"))?;
-    let mso = parse_cbor(
+    parse_cbor(
         tag24_bytes(&parse_cbor(payload, "MSO payload")?, "MSO")?,
         "MSO",
-    )?;
-    let mso = as_map(&mso, "MSO")?;
-    let field = |name: &str| get(mso, name).ok_or_else(|| malformed(format!("MSO has no {name}")));
-    if field("version")?.as_text() != Some("1.0") {
+    )
+}
+
+/// A field the MSO must have.
+fn mso_field<'a>(mso: &'a [(Value, Value)], name: &str) -> Result<&'a Value, VerifyError> {
+    get(mso, name).ok_or_else(|| malformed(format!("MSO has no {name}")))
+}
+
+/// The MSO's version and digest algorithm, and its docType (checked when
+/// one is expected).
+fn check_doc_type(
+    mso: &[(Value, Value)],
+    expected_doc_type: Option<&str>,
+) -> Result<String, VerifyError> {
+    if mso_field(mso, "version")?.as_text() != Some("1.0") {
         return Err(malformed("MSO version is not \"1.0\""));
     }
-    if field("digestAlgorithm")?.as_text() != Some("SHA-256") {
+    if mso_field(mso, "digestAlgorithm")?.as_text() != Some("SHA-256") {
         return Err(malformed("MSO digestAlgorithm is not SHA-256"));
     }
-    let doc_type = field("docType")?
+    let doc_type = mso_field(mso, "docType")?
         .as_text()
         .ok_or_else(|| malformed("docType is not text"))?
         .to_owned();
@@ -474,7 +417,15 @@ pub fn verify(
     {
         return Err(VerifyError::DocType(doc_type));
     }
-    let validity = as_map(field("validityInfo")?, "validityInfo")?;
+    Ok(doc_type)
+}
+
+/// `validityInfo`: consistent, and valid at `now`; (validFrom, validUntil) out.
+fn check_validity_info(
+    mso: &[(Value, Value)],
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), VerifyError> {
+    let validity = as_map(mso_field(mso, "validityInfo")?, "validityInfo")?;
     let date = |name: &str| {
         get(validity, name)
             .and_then(parse_tdate)
@@ -486,8 +437,16 @@ pub fn verify(
         return Err(VerifyError::Validity("inconsistent validityInfo".into()));
     }
     verify::check_validity(valid_from, valid_until, now)?;
+    Ok((valid_from, valid_until))
+}
 
-    let value_digests = as_map(field("valueDigests")?, "valueDigests")?;
+/// Every disclosed element of every namespace against its digest in
+/// `valueDigests`; the elements by namespace out.
+fn check_name_spaces(
+    root: &[(Value, Value)],
+    mso: &[(Value, Value)],
+) -> Result<BTreeMap<String, BTreeMap<String, Value>>, VerifyError> {
+    let value_digests = as_map(mso_field(mso, "valueDigests")?, "valueDigests")?;
     let mut elements = BTreeMap::new();
     let name_spaces = get(root, "nameSpaces").ok_or_else(|| malformed("no nameSpaces"))?;
     for (ns, items) in as_map(name_spaces, "nameSpaces")? {
@@ -505,78 +464,85 @@ pub fn verify(
         let mut seen_ids = BTreeSet::new();
         let out: &mut BTreeMap<String, Value> = elements.entry(ns.to_owned()).or_default();
         for wrapped in items {
-            let item = parse_cbor(
-                tag24_bytes(wrapped, "IssuerSignedItem")?,
-                "IssuerSignedItem",
-            )?;
-            let item = as_map(&item, "IssuerSignedItem")?;
-            let id = get(item, "digestID")
-                .and_then(Value::as_integer)
-                .ok_or_else(|| malformed("digestID is not an integer"))?;
-            let name = get(item, "elementIdentifier")
-                .and_then(Value::as_text)
-                .ok_or_else(|| malformed("elementIdentifier is not text"))?;
-            if get(item, "random")
-                .and_then(Value::as_bytes)
-                .is_none_or(|r| r.len() < 16)
-            {
-                return Err(malformed(format!(
-                    "{name}: random must be at least 16 bytes"
-                )));
-            }
-            let value = get(item, "elementValue")
-                .ok_or_else(|| malformed(format!("{name}: no elementValue")))?;
-            if !seen_ids.insert(i128::from(id)) {
-                return Err(VerifyError::Digest(format!(
-                    "{ns}/{name} (digestID reused)"
-                )));
-            }
-            let signed_digest = digests
-                .iter()
-                .find(|(k, _)| k.as_integer() == Some(id))
-                .and_then(|(_, v)| v.as_bytes());
-            let digest = pkcs11_shim::digest::sha256(
-                &encode(wrapped).map_err(|e| malformed(e.to_string()))?,
-            );
-            if signed_digest.map(Vec::as_slice) != Some(&digest[..]) {
-                return Err(VerifyError::Digest(format!("{ns}/{name}")));
-            }
-            if out.insert(name.to_owned(), value.clone()).is_some() {
+            let (name, value) = check_item(ns, wrapped, digests, &mut seen_ids)?;
+            if out.insert(name.clone(), value).is_some() {
                 return Err(malformed(format!("{ns}/{name} disclosed twice")));
             }
         }
     }
+    Ok(elements)
+}
 
-    let device_key = get(
-        as_map(field("deviceKeyInfo")?, "deviceKeyInfo")?,
-        "deviceKey",
-    )
-    .ok_or_else(|| malformed("no deviceKey"))?
-    .clone();
-    let status = match get(mso, "status") {
-        None => None,
-        Some(status) => {
-            let list = get(as_map(status, "status")?, "status_list")
-                .ok_or_else(|| malformed("status without status_list"))?;
-            let list = as_map(list, "status_list")?;
-            Some(StatusReference {
-                idx: get(list, "idx")
-                    .and_then(Value::as_integer)
-                    .and_then(|i| u64::try_from(i).ok())
-                    .ok_or_else(|| malformed("status_list.idx"))?,
-                uri: get(list, "uri")
-                    .and_then(Value::as_text)
-                    .ok_or_else(|| malformed("status_list.uri"))?
-                    .to_owned(),
-            })
-        }
+/// One `#6.24(IssuerSignedItem)` of namespace `ns`: well formed, its
+/// digestID not reused, its digest the signed one; (identifier, value) out.
+fn check_item(
+    ns: &str,
+    wrapped: &Value,
+    digests: &[(Value, Value)],
+    seen_ids: &mut BTreeSet<i128>,
+) -> Result<(String, Value), VerifyError> {
+    let item = parse_cbor(
+        tag24_bytes(wrapped, "IssuerSignedItem")?,
+        "IssuerSignedItem",
+    )?;
+    let item = as_map(&item, "IssuerSignedItem")?;
+    let id = get(item, "digestID")
+        .and_then(Value::as_integer)
+        .ok_or_else(|| malformed("digestID is not an integer"))?;
+    let name = get(item, "elementIdentifier")
+        .and_then(Value::as_text)
+        .ok_or_else(|| malformed("elementIdentifier is not text"))?;
+    if get(item, "random")
+        .and_then(Value::as_bytes)
+        .is_none_or(|r| r.len() < 16)
+    {
+        return Err(malformed(format!(
+            "{name}: random must be at least 16 bytes"
+        )));
+    }
+    let value =
+        get(item, "elementValue").ok_or_else(|| malformed(format!("{name}: no elementValue")))?;
+    if !seen_ids.insert(i128::from(id)) {
+        return Err(VerifyError::Digest(format!(
+            "{ns}/{name} (digestID reused)"
+        )));
+    }
+    let signed_digest = digests
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some(id))
+        .and_then(|(_, v)| v.as_bytes());
+    let digest =
+        pkcs11_shim::digest::sha256(&encode(wrapped).map_err(|e| malformed(e.to_string()))?);
+    if signed_digest.map(Vec::as_slice) != Some(&digest[..]) {
+        return Err(VerifyError::Digest(format!("{ns}/{name}")));
+    }
+    Ok((name.to_owned(), value.clone()))
+}
+
+/// The holder's device key (COSE_Key) from `deviceKeyInfo`.
+fn device_key(mso: &[(Value, Value)]) -> Result<Value, VerifyError> {
+    let info = as_map(mso_field(mso, "deviceKeyInfo")?, "deviceKeyInfo")?;
+    Ok(get(info, "deviceKey")
+        .ok_or_else(|| malformed("no deviceKey"))?
+        .clone())
+}
+
+/// The status-list reference, if the MSO has one.
+fn status_reference(mso: &[(Value, Value)]) -> Result<Option<StatusReference>, VerifyError> {
+    let Some(status) = get(mso, "status") else {
+        return Ok(None);
     };
-    Ok(VerifiedMdoc {
-        doc_type,
-        elements,
-        valid_from,
-        valid_until,
-        status,
-        device_key,
-    })
+    let list = get(as_map(status, "status")?, "status_list")
+        .ok_or_else(|| malformed("status without status_list"))?;
+    let list = as_map(list, "status_list")?;
+    Ok(Some(StatusReference {
+        idx: get(list, "idx")
+            .and_then(Value::as_integer)
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| malformed("status_list.idx"))?,
+        uri: get(list, "uri")
+            .and_then(Value::as_text)
+            .ok_or_else(|| malformed("status_list.uri"))?
+            .to_owned(),
+    }))
 }

@@ -15,6 +15,7 @@
 mod algorithm;
 pub(crate) mod cbor;
 pub mod claims;
+mod cose;
 mod disclosures;
 mod error;
 mod jws;
