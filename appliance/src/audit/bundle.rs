@@ -175,6 +175,38 @@ pub enum BundleError {
 /// latest checkpoint are reported in [`Report::unsigned_tail`]: nothing
 /// vouches for them yet, and the caller decides whether that is acceptable.
 pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleError> {
+    check_trusted(bundle, trusted)?;
+    let keys = vec![
+        NoteKey::new(&trusted.key_name, trusted.key.clone())
+            .map_err(|e| BundleError::Format(e.to_string()))?,
+    ];
+    let candidates = handover_candidates(bundle, trusted)?;
+    if bundle.checkpoints.is_empty() {
+        return Err(BundleError::NoCheckpoint);
+    }
+    let leaves = entry_leaves(bundle)?;
+    let mut replay = Replay {
+        origin: &trusted.origin,
+        leaves: &leaves,
+        keys,
+        candidates,
+        frontier: merkle::Frontier::new(),
+        seen: Vec::new(),
+    };
+    for (index, note) in bundle.checkpoints.iter().enumerate() {
+        replay.checkpoint(index as u64, note)?;
+    }
+    let signed_size = replay.seen.last().map_or(0, |c| c.size);
+    Ok(Report {
+        entries: leaves.len() as u64,
+        checkpoints: replay.seen.len() as u64,
+        signed_size,
+        unsigned_tail: leaves.len() as u64 - signed_size,
+    })
+}
+
+/// The bundle's format, and its key, key name and origin against the trusted ones.
+fn check_trusted(bundle: &Bundle, trusted: &TrustedLog) -> Result<(), BundleError> {
     if bundle.format != FORMAT {
         return Err(BundleError::Format(format!("format {:?}", bundle.format)));
     }
@@ -196,10 +228,12 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
             ),
         });
     }
-    let mut keys = vec![
-        NoteKey::new(&trusted.key_name, trusted.key.clone())
-            .map_err(|e| BundleError::Format(e.to_string()))?,
-    ];
+    Ok(())
+}
+
+/// The hand-over keys the bundle lists, as note keys: candidates only,
+/// trusted once a trusted key hands over to them.
+fn handover_candidates(bundle: &Bundle, trusted: &TrustedLog) -> Result<Vec<NoteKey>, BundleError> {
     let mut candidates = Vec::new();
     for pem in &bundle.handover_keys_pem {
         let der = openssl::pkey::PKey::public_key_from_pem(pem.as_bytes())
@@ -212,10 +246,12 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
                 .map_err(|e| BundleError::Format(e.to_string()))?,
         );
     }
-    if bundle.checkpoints.is_empty() {
-        return Err(BundleError::NoCheckpoint);
-    }
+    Ok(candidates)
+}
 
+/// Every entry decoded, each node's sequence numbers without a gap or a
+/// repeat; the Merkle leaf hashes out, in log order.
+fn entry_leaves(bundle: &Bundle) -> Result<Vec<Hash>, BundleError> {
     let mut leaves: Vec<Hash> = Vec::with_capacity(bundle.entries.len());
     let mut next_seq: BTreeMap<String, u64> = BTreeMap::new();
     for (index, encoded) in bundle.entries.iter().enumerate() {
@@ -240,24 +276,58 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
         *expected += 1;
         leaves.push(merkle::leaf_hash(&bytes));
     }
+    Ok(leaves)
+}
 
-    // One pass: checkpoint sizes never decrease, so the frontier only grows;
-    // each checkpoint's root is compared when its size is reached. (Two
-    // checkpoints whose roots are both recomputed from the same entries are
-    // consistent by construction: no separate proof is needed.)
-    let mut frontier = merkle::Frontier::new();
-    let mut seen: Vec<Checkpoint> = Vec::new();
-    for (index, note) in bundle.checkpoints.iter().enumerate() {
-        let index = index as u64;
-        let cp = open_with_trusted(note, &keys).map_err(|source| BundleError::Note {
+/// The checkpoints replayed over the entries, oldest first, in one pass:
+/// checkpoint sizes never decrease, so the frontier only grows; each
+/// checkpoint's root is compared when its size is reached. (Two checkpoints
+/// whose roots are both recomputed from the same entries are consistent by
+/// construction: no separate proof is needed.)
+struct Replay<'a> {
+    /// The trusted log's origin.
+    origin: &'a str,
+    /// The entries' leaf hashes.
+    leaves: &'a [Hash],
+    /// Keys trusted so far: the anchor, then those handed over to.
+    keys: Vec<NoteKey>,
+    /// Listed hand-over keys not yet handed over to.
+    candidates: Vec<NoteKey>,
+    frontier: merkle::Frontier,
+    /// The checkpoints verified so far.
+    seen: Vec<Checkpoint>,
+}
+
+impl Replay<'_> {
+    /// Checkpoint `index`: signed by the trusted keys (and perhaps handing
+    /// over), for this log, no fork, no rollback, no truncation, and the
+    /// entries hash to its root.
+    fn checkpoint(&mut self, index: u64, note: &str) -> Result<(), BundleError> {
+        let cp = open_with_trusted(note, &self.keys).map_err(|source| BundleError::Note {
             index,
             cause: source,
         })?;
-        // A trusted key hands trust on only by signing a checkpoint whose
-        // text names the next key, which signs it too. (Signatures cover
-        // the text, not each other: a signature line merely added to a
-        // checkpoint vouches for nothing.)
-        candidates.retain(|candidate| {
+        self.hand_over(&cp, note);
+        if cp.origin != self.origin {
+            return Err(BundleError::Origin {
+                index,
+                expected: self.origin.to_owned(),
+                found: cp.origin,
+            });
+        }
+        self.check_size(index, &cp)?;
+        self.check_root(index, &cp)?;
+        self.seen.push(cp);
+        Ok(())
+    }
+
+    /// A trusted key hands trust on only by signing a checkpoint whose
+    /// text names the next key, which signs it too. (Signatures cover
+    /// the text, not each other: a signature line merely added to a
+    /// checkpoint vouches for nothing.)
+    fn hand_over(&mut self, cp: &Checkpoint, note: &str) {
+        let keys = &mut self.keys;
+        self.candidates.retain(|candidate| {
             if cp.hands_over_to(candidate) && Checkpoint::open(note, candidate).is_ok() {
                 keys.push(candidate.clone());
                 false
@@ -265,14 +335,13 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
                 true
             }
         });
-        if cp.origin != trusted.origin {
-            return Err(BundleError::Origin {
-                index,
-                expected: trusted.origin.clone(),
-                found: cp.origin,
-            });
-        }
-        if let Some((first, _)) = seen
+    }
+
+    /// Against the earlier checkpoints and the entries: no fork, no
+    /// rollback, not beyond the last entry.
+    fn check_size(&self, index: u64, cp: &Checkpoint) -> Result<(), BundleError> {
+        if let Some((first, _)) = self
+            .seen
             .iter()
             .enumerate()
             .find(|(_, s)| s.size == cp.size && s.root != cp.root)
@@ -283,7 +352,7 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
                 size: cp.size,
             });
         }
-        if let Some(previous) = seen.last()
+        if let Some(previous) = self.seen.last()
             && cp.size < previous.size
         {
             return Err(BundleError::Rollback {
@@ -292,37 +361,36 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
                 previous: previous.size,
             });
         }
-        if cp.size > leaves.len() as u64 {
+        if cp.size > self.leaves.len() as u64 {
             return Err(BundleError::Truncated {
                 index,
                 size: cp.size,
-                entries: leaves.len() as u64,
+                entries: self.leaves.len() as u64,
             });
         }
-        // cp.size <= leaves.len() (checked above): `take` yields exactly
+        Ok(())
+    }
+
+    /// The entries up to the checkpoint's size hash to its signed root.
+    fn check_root(&mut self, index: u64, cp: &Checkpoint) -> Result<(), BundleError> {
+        // cp.size <= leaves.len() (checked before): `take` yields exactly
         // the leaves up to the checkpoint.
-        for leaf in leaves
+        for leaf in self
+            .leaves
             .iter()
             .take(cp.size as usize)
-            .skip(frontier.size() as usize)
+            .skip(self.frontier.size() as usize)
         {
-            frontier.append(*leaf);
+            self.frontier.append(*leaf);
         }
-        if frontier.root() != cp.root {
+        if self.frontier.root() != cp.root {
             return Err(BundleError::Root {
                 index,
                 size: cp.size,
             });
         }
-        seen.push(cp);
+        Ok(())
     }
-    let signed_size = seen.last().map_or(0, |c| c.size);
-    Ok(Report {
-        entries: leaves.len() as u64,
-        checkpoints: seen.len() as u64,
-        signed_size,
-        unsigned_tail: leaves.len() as u64 - signed_size,
-    })
 }
 
 /// Opens a note: every signature line by a trusted key must verify, and at
