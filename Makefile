@@ -47,6 +47,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) deny check licenses bans sources
+	python3 .ci/layers.py
 
 # Every test: unit tests, doc tests, and the SoftHSM/swtpm suites (one
 # process per test under nextest: PKCS#11 is process-global).
