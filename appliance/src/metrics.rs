@@ -35,6 +35,13 @@ pub struct Metrics {
     pub key_actions: IntCounterVec,
     /// Officer proposal steps, by step and outcome.
     pub officer_steps: IntCounterVec,
+    /// Acts on the token refused for want of a verified order (a registry
+    /// row is not one), by what was asked and why it was refused.
+    pub orders_refused: IntCounterVec,
+    /// Keys the registry calls retired or destroyed whose private half the
+    /// token still holds (officers destroy them; the daemon never does on a
+    /// row's word).
+    pub keys_retained_in_token: IntGauge,
     /// Free first-time copies left.
     pub free_quota_remaining: IntGauge,
     /// Decision records in the registry (the audit log's entries).
@@ -122,6 +129,7 @@ impl Metrics {
         r.register(Box::new(status_list_signatures.clone()))
             .expect("unique metric");
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
+        let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
         let (issuance_seconds, issuances, denials, hsm_operations, hsm_seconds, queue_depth) =
             Self::issuance(&r);
         let (
@@ -151,6 +159,8 @@ impl Metrics {
             audit_entries,
             key_actions,
             officer_steps,
+            orders_refused,
+            keys_retained_in_token,
             status_list_signatures,
             status_list_seconds,
             registry: r,
@@ -291,6 +301,23 @@ impl Metrics {
                 "dojang_officer_steps_total",
                 "Officer proposal steps (propose, approve, reject, execute) by outcome.",
                 &["step", "outcome"],
+            ),
+        )
+    }
+
+    /// What the token was kept from doing, and what it still holds.
+    fn token_guard(r: &Registry) -> (IntCounterVec, IntGauge) {
+        (
+            counter(
+                r,
+                "dojang_key_orders_refused_total",
+                "Acts on the token refused because no verified order backs them, by order and reason.",
+                &["order", "reason"],
+            ),
+            gauge(
+                r,
+                "dojang_keys_retained_in_token",
+                "Keys the registry calls retired or destroyed whose private half the token still holds.",
             ),
         )
     }

@@ -554,6 +554,19 @@ impl Daemon {
         }
     }
 
+    /// The token's objects as OpenSC's `pkcs11-tool --list-objects` lists
+    /// them (labels, ids, key types, public values, attributes).
+    pub fn token_objects(&self) -> String {
+        let token = match &self.device {
+            Device::Direct(token) => token,
+            Device::P11Kit(server) => server.token(),
+            Device::Shared { .. } => panic!("list the first node's token"),
+        };
+        let out = token.pkcs11_tool(&["--list-objects"]);
+        assert!(out.status.success(), "pkcs11-tool: {out:?}");
+        String::from_utf8(out.stdout).expect("listing")
+    }
+
     /// The IACA certificate (DER).
     pub fn iaca_der(&self) -> Vec<u8> {
         let pem = std::fs::read(self.device.scratch().join("pki/iaca.pem")).expect("iaca");

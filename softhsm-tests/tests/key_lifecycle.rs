@@ -254,19 +254,21 @@ fn retired_keys_are_destroyed_only_after_what_they_signed_expired() {
     s.keys_tick(t0 + Duration::days(84), LEASE_MS);
     s.keys_tick(t0 + Duration::days(91), LEASE_MS);
     assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));
-    // Kept for the 30-day margin after day 100.
-    s.keys_tick(t0 + Duration::days(129), LEASE_MS);
-    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));
-    assert!(t.backend.find("ds-1").is_ok());
-    s.keys_tick(t0 + Duration::days(130) + Duration::minutes(1), LEASE_MS);
-    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "destroyed"));
+    // Retired: it never signs again, so its private half left the token at
+    // once; its public half stays published for verifiers.
     assert!(
         matches!(
             t.backend.find("ds-1"),
             Err(pkcs11_shim::Error::KeyNotFound { .. })
         ),
-        "gone from the token"
+        "private half gone from the token at retirement"
     );
+    // Kept published for the 30-day margin after day 100.
+    s.keys_tick(t0 + Duration::days(129), LEASE_MS);
+    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "retired"));
+    assert!(jwks_kids(s).contains(&ds1_kid), "still published");
+    s.keys_tick(t0 + Duration::days(130) + Duration::minutes(1), LEASE_MS);
+    assert_eq!(states(registry)[0], ("ds-1".to_owned(), "destroyed"));
     assert!(!jwks_kids(s).contains(&ds1_kid), "gone from the JWKS");
     assert!(!s.current().keys.ds_pem.contains_key("ds-1"));
 }

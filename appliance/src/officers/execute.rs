@@ -1,12 +1,13 @@
 //! Carrying out approved operations: executing one and recording its
-//! result on the proposal, resuming approved proposals a node left
-//! unfinished, and generating the IACA.
+//! result on the proposal, closing (never resuming) approved proposals
+//! left unfinished, and generating the IACA.
 
 use time::OffsetDateTime;
 
-use super::proposals::{LIST_LIMIT, Officers, RESUME_AFTER_SECONDS, operation_summary};
+use super::proposals::{LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS, operation_summary};
 use crate::errors::store_refusal;
 use crate::keys::approvals::{Operation, Proposal, ProposalState};
+use crate::keys::manager::DestroyOrder;
 use crate::node::rfc3339;
 use crate::refusal::{Class, Refusal};
 use crate::store::{IACA_DOCUMENT, POLICY_DOCUMENT};
@@ -53,11 +54,12 @@ impl Officers {
         Ok(result)
     }
 
-    /// Approved proposals whose execution never got recorded (the node
-    /// stopped between the approval and the result): the acting node
-    /// carries them out. Repeating an operation that did happen is refused
-    /// by its state check, and that refusal is what gets recorded.
-    pub fn resume_approved(&self, now: OffsetDateTime) {
+    /// Approved proposals whose execution never got recorded: the node
+    /// that took the last approval stopped in between, or somebody wrote
+    /// the row. Either way a row saying "approved" is not an order (the
+    /// registry can lie), so nothing is carried out: the proposal is closed
+    /// as not carried out, audited and counted, and officers propose again.
+    pub fn close_interrupted(&self, now: OffsetDateTime) {
         let Ok(proposals) = self.node.registry.proposals(LIST_LIMIT) else {
             return;
         };
@@ -67,16 +69,46 @@ impl Officers {
                 && proposal.result.is_none()
                 && proposal
                     .approved_at
-                    .is_some_and(|at| now - at > time::Duration::seconds(RESUME_AFTER_SECONDS));
+                    .is_none_or(|at| now - at > time::Duration::seconds(UNFINISHED_AFTER_SECONDS));
             if !stalled {
                 continue;
             }
-            tracing::warn!(proposal = %proposal.id, "carrying out an approved proposal left unfinished");
-            if let Err(p) = self.carry_out("dojangd", &mut proposal, stored.version, now) {
-                tracing::warn!(proposal = %proposal.id, error = %p.detail, "recording a resumed proposal");
+            let summary = operation_summary(&proposal.operation);
+            tracing::warn!(proposal = %proposal.id, operation = %summary, "an approved proposal was never carried out: closed, not resumed");
+            proposal.result = Some(
+                "not carried out: approved but left unfinished, and an approved row is not an order; propose it again"
+                    .to_owned(),
+            );
+            let decision = crate::store::DecisionRecord {
+                rule: Some(format!(
+                    "officers.verified_order: proposal {}: {summary}",
+                    proposal.id
+                )),
+                ..self.node.decision(
+                    "dojangd",
+                    "officers.resume",
+                    "refused",
+                    &self.policy.current().hash,
+                    now,
+                )
+            };
+            self.node
+                .metrics
+                .orders_refused
+                .with_label_values(&[operation_kind(&proposal.operation), "unverified_approval"])
+                .inc();
+            self.node
+                .metrics
+                .officer_steps
+                .with_label_values(&["resume", "refused"])
+                .inc();
+            if let Err(e) = self
+                .node
+                .registry
+                .update_proposal(&proposal, stored.version, decision)
+            {
+                tracing::warn!(proposal = %proposal.id, error = %e, "closing an unfinished proposal");
             }
-            // One per round: the lease must not run out under a long queue.
-            return;
         }
     }
 
@@ -114,7 +146,9 @@ impl Officers {
                 format!("key {label} retired")
             }
             Operation::DestroyKey { label } => {
-                self.keys.destroy_key(&keys, label, now).map_err(failed)?;
+                self.keys
+                    .destroy_key(&keys, label, DestroyOrder::Officers, now)
+                    .map_err(failed)?;
                 format!("key {label} destroyed")
             }
             Operation::GenerateIaca => self.generate_iaca(now).map_err(failed)?,
@@ -199,5 +233,18 @@ impl Officers {
             "IACA generated (valid until {}); first DS key {label} signs from now",
             rfc3339(facts.not_after)
         ))
+    }
+}
+
+/// The operation's kind, as metrics label it.
+fn operation_kind(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::CreateKey { .. } => "create_key",
+        Operation::ActivateKey { .. } => "activate_key",
+        Operation::RetireKey { .. } => "retire_key",
+        Operation::DestroyKey { .. } => "destroy_key",
+        Operation::EmergencyRevoke { .. } => "emergency_revoke",
+        Operation::GenerateIaca => "generate_iaca",
+        Operation::ChangePolicy { .. } => "change_policy",
     }
 }

@@ -25,7 +25,7 @@ use crate::store::{StoreError, StoredKey};
 pub(super) const LIST_LIMIT: u32 = 200;
 /// An approved proposal without a result this long after its approval was
 /// abandoned by the node that approved it.
-pub(super) const RESUME_AFTER_SECONDS: i64 = 60;
+pub(super) const UNFINISHED_AFTER_SECONDS: i64 = 60;
 
 /// Loads the policy and keys again after an approved change (a service
 /// concern: the officers only ask for it).

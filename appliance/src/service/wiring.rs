@@ -159,8 +159,8 @@ impl Service {
 
     /// One round of the key lifecycle: count signatures, and, if this node
     /// holds the lease, act on the plan, keep the CRL whole and fresh,
-    /// finish revocations and approved proposals left unfinished, and check
-    /// destroyed keys are gone from the token; then take up any change
+    /// finish revocations, close approved proposals left unfinished, and
+    /// count retired keys the token still holds; then take up any change
     /// another node made.
     pub fn keys_tick(&self, now: OffsetDateTime, lease_ms: i64) {
         let leader = self.keys.tick(lease_ms);
@@ -172,8 +172,8 @@ impl Service {
         }
         if leader {
             self.keys.lead(now);
-            self.officers.resume_approved(now);
-            self.keys.reconcile_destroyed();
+            self.officers.close_interrupted(now);
+            self.keys.check_token_against_registry(now);
         }
         if let Err(e) = self.keys.refresh_keys(false) {
             tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");

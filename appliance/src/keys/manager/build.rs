@@ -278,6 +278,10 @@ impl KeyManager {
                 }
             };
             let signs = matches!(r.state, KeyState::Pending | KeyState::Active);
+            if signs && let Err(problem) = self.refuse_forged_signer(key) {
+                problems.push(problem);
+                continue;
+            }
             if key.chain == STATUS_CHAIN {
                 jwks.push(jwk_entry(&public, None));
                 if signs {

@@ -5,5 +5,7 @@ mod build;
 mod moves;
 mod revocation;
 mod state;
+pub(crate) mod token;
 
+pub use self::moves::DestroyOrder;
 pub use self::state::{KeyManager, KeySettings};

@@ -40,8 +40,10 @@ impl KeyManager {
                         reason,
                     } => (
                         "generate",
-                        self.generate_key(chain, *activate_at, reason, now)
-                            .map(|_| ()),
+                        self.refuse_unexplained_gap(&keys, chain).and_then(|()| {
+                            self.generate_key(chain, *activate_at, reason, now)
+                                .map(|_| ())
+                        }),
                     ),
                     Action::Activate { label } => {
                         ("activate", self.activate_key(&keys, label, now))
@@ -49,7 +51,10 @@ impl KeyManager {
                     Action::Retire { label, reason } => {
                         ("retire", self.retire_key(&keys, label, reason, now))
                     }
-                    Action::Destroy { label } => ("destroy", self.destroy_key(&keys, label, now)),
+                    Action::Destroy { label } => (
+                        "destroy",
+                        self.destroy_key(&keys, label, DestroyOrder::Plan, now),
+                    ),
                 };
                 self.node
                     .metrics
@@ -252,6 +257,7 @@ impl KeyManager {
             .backend
             .find(label)
             .map_err(|e| format!("{label} is not usable in the token: {e}"))?;
+        self.refuse_forged_activation(key, &info, now)?;
         pkcs11_shim::prove_possession(self.node.backend, &info)
             .map_err(|e| format!("{label} cannot sign: {e}"))?;
         let mut moves = Vec::new();
@@ -268,6 +274,11 @@ impl KeyManager {
         moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
         let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
         self.move_keys(&moves, now, decision)?;
+        let retired: Vec<&StoredKey> = keys
+            .iter()
+            .filter(|k| k.chain == key.chain && k.record.state == KeyState::Active)
+            .collect();
+        self.forget_private_halves(&retired);
         tracing::info!(%label, "key active");
         Ok(())
     }
@@ -287,30 +298,54 @@ impl KeyManager {
             &[(label.to_owned(), key.record.state, KeyState::Retired)],
             now,
             decision,
-        )
+        )?;
+        self.forget_private_halves(&[key]);
+        Ok(())
     }
 
-    /// Forgets a retired key: out of publication, then out of the token.
-    // The key lifecycle is where keys leave the token, after the registry records it.
-    #[allow(clippy::disallowed_methods)]
+    /// Keys this node just moved out of signing lose their private half
+    /// (their public half stays published for verifiers). One the token
+    /// keeps is counted by the next round and left to officers.
+    fn forget_private_halves(&self, retired: &[&StoredKey]) {
+        for key in retired {
+            if let Err(e) = self.destroy_private_half(key, "retire") {
+                tracing::warn!(error = %e, "a retired key's private half is still in the token");
+            }
+        }
+    }
+
+    /// Forgets a retired key: out of publication (the registry). Only an
+    /// officers' order also reaches the token, where a private half left
+    /// behind at retirement is removed; the plan's own destruction, which
+    /// rests on dates the registry holds, never does.
     pub fn destroy_key(
         &self,
         keys: &[StoredKey],
         label: &str,
+        order: DestroyOrder,
         now: OffsetDateTime,
     ) -> Result<(), String> {
         let key = state_of(keys, label)?;
-        let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
-        self.move_keys(
-            &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
-            now,
-            decision,
-        )?;
-        match self.node.backend.destroy(label) {
-            Ok(()) | Err(pkcs11_shim::Error::KeyNotFound { .. }) => Ok(()),
-            Err(e) => Err(format!(
-                "{label} is destroyed in the registry but the token refused: {e}"
-            )),
+        if key.record.state != KeyState::Destroyed {
+            let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
+            self.move_keys(
+                &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
+                now,
+                decision,
+            )?;
+        }
+        match order {
+            DestroyOrder::Officers => self.destroy_private_half(key, "destroy"),
+            DestroyOrder::Plan => Ok(()),
         }
     }
+}
+
+/// Who ordered a key's destruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestroyOrder {
+    /// The retention plan: the registry only.
+    Plan,
+    /// Officers under dual control: the registry and the token.
+    Officers,
 }

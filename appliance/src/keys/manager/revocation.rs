@@ -1,10 +1,8 @@
 //! Emergency revocation and what follows it: the CRL every node serves
 //! (signed by the acting node, numbered after the stored one), the sweep of
-//! what a revoked DS key signed while its revocation committed, and keys
-//! the registry destroyed that the token still holds.
+//! what a revoked DS key signed while its revocation committed.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use openssl::x509::X509Crl;
 use time::OffsetDateTime;
@@ -12,7 +10,6 @@ use time::OffsetDateTime;
 use super::KeyManager;
 use super::moves::state_of;
 use super::state::store_problem;
-use crate::keys::lifecycle::KeyState;
 use crate::node::rfc3339;
 use crate::pki::ceremony;
 use crate::store::{DS_CHAIN, KeyRevocation, StoreError, revoked_serials};
@@ -20,8 +17,6 @@ use crate::store::{DS_CHAIN, KeyRevocation, StoreError, revoked_serials};
 /// How long after a revocation what was signed with the key is swept again
 /// (requests in flight, nodes that had not taken the revocation up yet).
 const REVOCATION_SWEEP: time::Duration = time::Duration::minutes(10);
-/// How often destroyed keys are checked gone from the token.
-const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// How often a recent revocation's credentials are swept.
 const SWEEP_EVERY: time::Duration = time::Duration::seconds(10);
 
@@ -71,6 +66,11 @@ impl KeyManager {
         self.statuses.bump();
         // Signing stops here before the CRL is even signed.
         self.refresh_keys(true).map_err(|e| e.0)?;
+        // Officers ordered it: a compromised key's private half goes too
+        // (its certificate stays, on the CRL).
+        if let Err(e) = self.destroy_private_half(key, "revoke") {
+            tracing::warn!(error = %e, "a revoked key's private half is still in the token");
+        }
         // The acting node signs CRLs (one at a time, numbers that grow); on
         // another node the leader's next round does, as it checks the CRL
         // lists every revoked key.
@@ -244,38 +244,6 @@ impl KeyManager {
                 Some(crate::store::CredentialState::Suspended)
             }
             dojang_policies::DsRevocation::Keep => None,
-        }
-    }
-
-    /// Keys the registry says are destroyed but the token still holds (the
-    /// token refused, or the node stopped in between) are destroyed again.
-    /// Keys the registry does not know are never touched.
-    // Only keys the registry recorded as destroyed are removed again.
-    #[allow(clippy::disallowed_methods)]
-    pub fn reconcile_destroyed(&self) {
-        if let Ok(mut last) = self.last_reconcile.lock() {
-            if last.is_some_and(|at| at.elapsed() < RECONCILE_EVERY) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let Ok(keys) = self.node.registry.keys() else {
-            return;
-        };
-        for key in keys
-            .iter()
-            .filter(|k| k.record.state == KeyState::Destroyed)
-        {
-            if self.node.backend.find(&key.record.label).is_ok() {
-                match self.node.backend.destroy(&key.record.label) {
-                    Ok(()) => {
-                        tracing::info!(label = %key.record.label, "destroyed key removed from the token")
-                    }
-                    Err(e) => {
-                        tracing::warn!(label = %key.record.label, error = %e, "a destroyed key is still in the token")
-                    }
-                }
-            }
         }
     }
 }

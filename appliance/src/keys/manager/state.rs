@@ -57,8 +57,10 @@ pub struct KeyManager {
     /// The lifecycle rests after a failed action until then (no key pile-up
     /// while the HSM or the registry is in trouble).
     lifecycle_pause: Mutex<Option<Instant>>,
-    /// When destroyed keys were last checked gone from the token.
+    /// When the token was last checked against the registry's retired
+    /// and destroyed keys, and what that check found.
     pub(super) last_reconcile: Mutex<Option<Instant>>,
+    pub(super) token_report: Mutex<crate::keys::manager::token::TokenReport>,
     /// When a recent revocation's credentials were last swept.
     pub(super) last_sweep: Mutex<Option<OffsetDateTime>>,
 }
@@ -99,6 +101,7 @@ impl KeyManager {
             leader: AtomicBool::new(false),
             lifecycle_pause: Mutex::new(None),
             last_reconcile: Mutex::new(None),
+            token_report: Mutex::new(Default::default()),
             last_sweep: Mutex::new(None),
         }
     }

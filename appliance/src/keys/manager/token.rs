@@ -1,0 +1,266 @@
+//! What the daemon may do to the token's keys on its own, and nothing
+//! more. A registry row is not an order: the database can lie, so a row can
+//! never make this node remove a key. Private halves leave the token only
+//! when this node itself moves a key out of signing (retirement, an
+//! officers' destroy order), and only for a key the token confirms is that
+//! chain's key with that public key. The IACA and the pseudonym key are never
+//! removed by the daemon at all: no chain here has their purpose.
+
+use std::time::{Duration, Instant};
+
+use pkcs11_shim::{KeyInfo, KeyPurpose};
+
+use super::KeyManager;
+use crate::keys::lifecycle::KeyState;
+use crate::store::{AUDIT_CHAIN, DS_CHAIN, STATUS_CHAIN, StoredKey};
+
+/// How often the token is checked for keys the registry retired.
+const RETAINED_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The token purpose of a chain's keys; `None` for anything else.
+pub(super) fn chain_purpose(chain: &str) -> Option<KeyPurpose> {
+    match chain {
+        DS_CHAIN => Some(KeyPurpose::DocumentSigner),
+        STATUS_CHAIN => Some(KeyPurpose::StatusList),
+        AUDIT_CHAIN => Some(KeyPurpose::Audit),
+        _ => None,
+    }
+}
+
+/// Why the token's key is not the one the row describes, if it is not.
+fn mismatch(key: &StoredKey, info: &KeyInfo) -> Option<&'static str> {
+    let Some(expected) = chain_purpose(&key.chain) else {
+        return Some("not_a_chain_key");
+    };
+    if info.purpose != expected {
+        return Some("purpose_mismatch");
+    }
+    match &info.public_key {
+        Some(public) if public.spki_der() == &key.public_key[..] => None,
+        _ => Some("public_key_mismatch"),
+    }
+}
+
+impl KeyManager {
+    /// Before a key is made because the registry says nothing signs for
+    /// `chain`: a retired key's private half leaves the token at
+    /// retirement, so a token still holding a key the registry calls
+    /// retired or destroyed means the rows were written by someone else.
+    /// No key is made on their word (officers decide); refused, counted.
+    pub(super) fn refuse_unexplained_gap(
+        &self,
+        keys: &[StoredKey],
+        chain: &str,
+    ) -> Result<(), String> {
+        let held: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.chain == chain)
+            // A revocation stops a key at once, the node's own step or not
+            // (it errs towards not signing); its successor is made.
+            .filter(|k| !k.record.revoked)
+            .filter(|k| matches!(k.record.state, KeyState::Retired | KeyState::Destroyed))
+            .filter(|k| {
+                self.node
+                    .backend
+                    .find(&k.record.label)
+                    .is_ok_and(|info| mismatch(k, &info).is_none())
+            })
+            .map(|k| k.record.label.as_str())
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.node
+            .metrics
+            .orders_refused
+            .with_label_values(&["generate", "token_holds_retired_key"])
+            .inc();
+        Err(format!(
+            "the registry says no {chain} key signs, yet the token still holds {held:?}, which it calls retired or destroyed: no key is made on the registry's word (officers decide)"
+        ))
+    }
+
+    /// A pending key takes over only if the token's key under its label is
+    /// the chain key the row describes; a forged row is refused, counted and
+    /// audited.
+    pub(super) fn refuse_forged_activation(
+        &self,
+        key: &StoredKey,
+        info: &KeyInfo,
+        now: time::OffsetDateTime,
+    ) -> Result<(), String> {
+        let Some(reason) = mismatch(key, info) else {
+            return Ok(());
+        };
+        let label = &key.record.label;
+        self.node
+            .metrics
+            .orders_refused
+            .with_label_values(&["activate", reason])
+            .inc();
+        let mut decision = self.key_decision("keys.activate", "refused", label, &key.kid, now);
+        decision.rule = Some(format!(
+            "keys.verified_order: key {label}: the token's key under this label is not the {} key the registry describes ({reason})",
+            key.chain
+        ));
+        if let Err(e) = self.node.registry.record(decision, None) {
+            tracing::warn!(error = %e, "recording a refused activation");
+        }
+        Err(format!(
+            "{label}: the token's key is not the {} key the registry describes ({reason}); not activated",
+            key.chain
+        ))
+    }
+
+    /// A status-list or audit row whose label names a token key of another
+    /// purpose or another public key does not sign: a forged row must not
+    /// make the IACA, the pseudonym key or another chain's key sign this
+    /// chain's objects. (DS signers check the same against their
+    /// certificate.) A token that does not answer now is not a forgery:
+    /// signing reports it.
+    pub(super) fn refuse_forged_signer(&self, key: &StoredKey) -> Result<(), String> {
+        let label = &key.record.label;
+        let Ok(info) = self.node.backend.find(label) else {
+            return Ok(());
+        };
+        match mismatch(key, &info) {
+            None => Ok(()),
+            Some(reason) => {
+                self.node
+                    .metrics
+                    .orders_refused
+                    .with_label_values(&["sign", reason])
+                    .inc();
+                tracing::error!(%label, chain = %key.chain, reason, "a registry row names a token key it does not describe: it does not sign");
+                Err(format!(
+                    "{} key {label}: the token's key under this label is not the one the registry describes ({reason}); it does not sign",
+                    key.chain
+                ))
+            }
+        }
+    }
+
+    /// Removes the private half of `key`, which this node has just moved
+    /// out of signing. A key the token does not hold is already gone; one
+    /// that is not the chain key the row describes (another purpose, another
+    /// public key: a forged row) is refused, logged and counted, and stays.
+    // The key lifecycle is where keys leave the token, after the registry records it.
+    #[allow(clippy::disallowed_methods)]
+    pub(super) fn destroy_private_half(&self, key: &StoredKey, order: &str) -> Result<(), String> {
+        let label = &key.record.label;
+        let info = match self.node.backend.find(label) {
+            Ok(info) => info,
+            Err(pkcs11_shim::Error::KeyNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(format!("{label}: the token did not answer: {e}")),
+        };
+        if let Some(reason) = mismatch(key, &info) {
+            self.node
+                .metrics
+                .orders_refused
+                .with_label_values(&[order, reason])
+                .inc();
+            tracing::error!(%label, chain = %key.chain, reason, "refused to remove a key the registry row does not describe");
+            return Err(format!(
+                "{label}: the token's key is not the {} key the registry describes ({reason}); left in the token",
+                key.chain
+            ));
+        }
+        self.node.backend.destroy(label).or_else(|e| match e {
+            pkcs11_shim::Error::KeyNotFound { .. } => Ok(()),
+            e => Err(format!("{label}: the token refused to destroy it: {e}")),
+        })?;
+        tracing::info!(%label, order, "private half removed from the token");
+        Ok(())
+    }
+
+    /// Checks the token against the registry's retired and destroyed
+    /// keys. A key whose private half the token still holds is counted (a
+    /// metric, a warning: officers destroy it); a row whose label names a
+    /// token key of another chain or another public key is a forged row,
+    /// counted as a refused order. Either finding is audited when it
+    /// changes. Nothing is ever removed here: a row is not an order.
+    pub fn check_token_against_registry(&self, now: time::OffsetDateTime) {
+        if let Ok(mut last) = self.last_reconcile.lock() {
+            if last.is_some_and(|at| at.elapsed() < RETAINED_CHECK_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(keys) = self.node.registry.keys() else {
+            return;
+        };
+        let mut found = TokenReport::default();
+        for key in keys
+            .iter()
+            .filter(|k| matches!(k.record.state, KeyState::Retired | KeyState::Destroyed))
+        {
+            let Ok(info) = self.node.backend.find(&key.record.label) else {
+                continue;
+            };
+            let label = key.record.label.clone();
+            match mismatch(key, &info) {
+                None => found.retained.push(label),
+                Some(reason) => found.forged.push((label, reason)),
+            }
+        }
+        self.node
+            .metrics
+            .keys_retained_in_token
+            .set(i64::try_from(found.retained.len()).unwrap_or(i64::MAX));
+        let Ok(mut report) = self.token_report.lock() else {
+            return;
+        };
+        if *report == found {
+            return;
+        }
+        for (label, reason) in found.forged.iter().filter(|f| !report.forged.contains(f)) {
+            self.node
+                .metrics
+                .orders_refused
+                .with_label_values(&["reconcile", reason])
+                .inc();
+            tracing::error!(%label, reason, "a registry row names a token key it does not describe: left alone");
+        }
+        if !found.retained.is_empty() {
+            tracing::warn!(keys = ?found.retained, "the token still holds keys the registry retired or destroyed; officers destroy them (dojangctl keys destroy)");
+        }
+        self.record_token_report(&found, now);
+        *report = found;
+    }
+
+    fn record_token_report(&self, found: &TokenReport, now: time::OffsetDateTime) {
+        let forged: Vec<String> = found
+            .forged
+            .iter()
+            .map(|(label, reason)| format!("{label} ({reason})"))
+            .collect();
+        let mut decision = self.node.decision(
+            "dojangd",
+            "keys.reconcile",
+            if found.forged.is_empty() {
+                "ok"
+            } else {
+                "refused"
+            },
+            &self.policy.current().hash,
+            now,
+        );
+        decision.rule = Some(format!(
+            "keys.verified_order: nothing removed on a row's word; retired or destroyed but still in the token: [{}]; rows not describing the token's key: [{}]",
+            found.retained.join(", "),
+            forged.join(", ")
+        ));
+        if let Err(e) = self.node.registry.record(decision, None) {
+            tracing::warn!(error = %e, "recording the token check");
+        }
+    }
+}
+
+/// What the last check of the token against the registry found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TokenReport {
+    /// Retired or destroyed keys whose private half the token still holds.
+    retained: Vec<String>,
+    /// Rows naming a token key they do not describe, and why.
+    forged: Vec<(String, &'static str)>,
+}

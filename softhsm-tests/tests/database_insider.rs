@@ -1,0 +1,267 @@
+//! A database insider against the token: rows forged by direct SQL on a
+//! running daemon's registry (SQLite and PostgreSQL) must not make it act on
+//! the HSM. A row is not an order: keys marked destroyed stay in the token
+//! (the pseudonym key, the IACA, the audit key, the active DS key), an
+//! approved proposal nobody approved is closed and not carried out, a row
+//! naming the IACA as a status-list key never signs and is never activated.
+//! Each is audited and counted, and the token's objects are the same before
+//! and after, as `pkcs11-tool` lists them.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::time::{Duration, Instant};
+
+use softhsm_tests::daemon::{Daemon, Options, PgSchema, Store};
+use time::OffsetDateTime;
+
+/// Direct SQL on the daemon's registry, as an insider with the database
+/// password would run it.
+enum Insider {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::Client>, String),
+}
+
+impl Insider {
+    fn sqlite(d: &Daemon) -> Self {
+        let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        Insider::Sqlite(db)
+    }
+
+    /// Runs `sql`, with `{s}` naming the registry's schema (PostgreSQL).
+    fn run(&mut self, sql: &str) {
+        match self {
+            Insider::Sqlite(db) => db.execute_batch(&sql.replace("{s}.", "")).unwrap(),
+            Insider::Postgres(c, schema) => {
+                c.batch_execute(&sql.replace("{s}", schema)).unwrap();
+            }
+        }
+    }
+
+    /// The `kid` the registry records for `label`.
+    fn kid(&mut self, label: &str) -> String {
+        let sql = "SELECT kid FROM signing_keys WHERE label = ";
+        match self {
+            Insider::Sqlite(db) => db
+                .query_row(&format!("{sql}?1"), [label], |r| r.get(0))
+                .unwrap(),
+            Insider::Postgres(c, schema) => c
+                .query_one(
+                    &sql.replace("signing_keys", &format!("{schema}.signing_keys"))
+                        .replace("= ", "= $1"),
+                    &[&label],
+                )
+                .unwrap()
+                .get(0),
+        }
+    }
+
+    /// The audit log's entries, as text.
+    fn audit(&mut self) -> String {
+        let rows: Vec<Vec<u8>> = match self {
+            Insider::Sqlite(db) => {
+                let mut stmt = db
+                    .prepare("SELECT entry FROM audit_log ORDER BY seq")
+                    .unwrap();
+                stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Insider::Postgres(c, schema) => c
+                .query(
+                    &format!("SELECT entry FROM {schema}.audit_log ORDER BY seq"),
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect(),
+        };
+        rows.iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn to_standard_base64(url: &str) -> String {
+    let mut b64 = url.replace('-', "+").replace('_', "/");
+    while !b64.len().is_multiple_of(4) {
+        b64.push('=');
+    }
+    b64
+}
+
+fn metric(d: &Daemon, line_start: &str) -> f64 {
+    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// A proposal row as the registry stores it, approved by nobody but its
+/// proposer, with no result yet: what `resume` used to carry out.
+fn forged_proposal(id: &str, operation: &str) -> String {
+    let now = OffsetDateTime::now_utc();
+    let at = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    serde_json::json!({
+        "id": id,
+        "operation": serde_json::from_str::<serde_json::Value>(operation).unwrap(),
+        "proposer": "spiffe://mois.go.kr/officer/kim",
+        "created_at": at(now - time::Duration::hours(1)),
+        "expires_at": at(now + time::Duration::hours(23)),
+        "approvals": ["spiffe://mois.go.kr/officer/kim", "spiffe://mois.go.kr/officer/lee"],
+        "required": 2,
+        "state": "approved",
+        "approved_at": at(now - time::Duration::minutes(10)),
+    })
+    .to_string()
+}
+
+fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon) -> Insider) {
+    let d = Daemon::start(Options {
+        store,
+        server: "[server.keys]\nlifecycle_interval_ms = 200\n".into(),
+        ..Options::default()
+    });
+    let mut sql = insider(&d);
+    let (jwk, _) = softhsm_tests::daemon::phone();
+    let issued = d.client("counter").post_json(
+        "/v1/credentials",
+        &softhsm_tests::daemon::request("mdoc", &softhsm_tests::daemon::number(1), &jwk),
+        &[],
+    );
+    assert_eq!(issued.status, 201);
+    let uri = issued.json()["status"]["uri"].as_str().unwrap().to_owned();
+    let status_path = &uri[uri.find("/status").unwrap()..];
+    let before = d.token_objects();
+    for label in ["iaca", "pseudonym", "audit-1", "ds-1", "status-list-1"] {
+        assert!(before.contains(&format!("label:      {label}")), "{before}");
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let status_kid = sql.kid("status-list-1");
+    // The active DS key and the audit key, marked destroyed; the pseudonym
+    // key and the IACA given rows of their own, destroyed.
+    sql.run("UPDATE {s}.signing_keys SET state = 'destroyed' WHERE label IN ('ds-1', 'audit-1')");
+    for label in ["pseudonym", "iaca"] {
+        sql.run(&format!(
+            "INSERT INTO {{s}}.signing_keys (label, chain, kid, state, created_at, activate_at, certificate, public_key, cert_not_after, signatures) \
+             SELECT '{label}', chain, kid, 'destroyed', created_at, activate_at, certificate, public_key, cert_not_after, 0 \
+             FROM {{s}}.signing_keys WHERE label = 'ds-1'"
+        ));
+    }
+    // An approved proposal to destroy the status-list key that no officer
+    // approved: only the row says so.
+    let body = forged_proposal(
+        "forged-approved",
+        r#"{"kind": "destroy_key", "label": "status-list-1"}"#,
+    )
+    .replace('\'', "''");
+    sql.run(&format!(
+        "INSERT INTO {{s}}.proposals (id, created_at, body, version) VALUES ('forged-approved', {now}, '{body}', 1)"
+    ));
+
+    // The daemon's rounds (200 ms) and its token check (every 10 s) run.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let audit = sql.audit();
+        if audit.contains("keys.reconcile") && audit.contains("officers.resume") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit of the forged rows:\n{audit}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
+    let audit = sql.audit();
+    assert!(audit.contains("proposal forged-approved"), "{audit}");
+    assert!(audit.contains("officers.verified_order"), "{audit}");
+    for found in ["ds-1", "audit-1", "pseudonym (purpose_mismatch)"] {
+        assert!(audit.contains(found), "{found} not in the audit:\n{audit}");
+    }
+    assert_eq!(metric(&d, "dojang_keys_retained_in_token "), 2.0);
+    assert_eq!(
+        metric(
+            &d,
+            "dojang_key_orders_refused_total{order=\"destroy_key\",reason=\"unverified_approval\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &d,
+            "dojang_key_orders_refused_total{order=\"reconcile\",reason=\"purpose_mismatch\"}"
+        ) >= 1.0
+    );
+
+    // The insider puts the DS and audit rows back (the lifecycle acts on
+    // one chain after another and stops at the first refusal), then turns
+    // the IACA's row into a status-list key due to take over now:
+    // a row that would make the root sign status lists and retire (and so
+    // destroy) the real status-list key.
+    sql.run("UPDATE {s}.signing_keys SET state = 'active' WHERE label IN ('ds-1', 'audit-1')");
+    sql.run(&format!(
+        "UPDATE {{s}}.signing_keys SET chain = 'status-list', state = 'pending', activate_at = {now}, \
+         public_key = (SELECT public_key FROM {{s}}.signing_keys WHERE label = 'status-list-1') WHERE label = 'iaca'"
+    ));
+    let activate =
+        "dojang_key_orders_refused_total{order=\"activate\",reason=\"purpose_mismatch\"}";
+    let sign = "dojang_key_orders_refused_total{order=\"sign\",reason=\"purpose_mismatch\"}";
+    // The lifecycle rests 30 s after the refusals above.
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while metric(&d, activate) < 1.0 || metric(&d, sign) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the forged status-list row was not refused:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sql.audit().contains("keys.activate") {
+        assert!(
+            Instant::now() < deadline,
+            "the refused activation is not audited:\n{}",
+            sql.audit()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The status list is still signed, by the real key.
+    let list = d.public_client().get(status_path);
+    assert_eq!(list.status, 200, "{}", d.log());
+    let token = String::from_utf8(list.body).unwrap();
+    let header = token.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &openssl::base64::decode_block(&to_standard_base64(header)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], status_kid);
+}
+
+#[test]
+fn forged_rows_do_not_act_on_the_token_sqlite() {
+    insider_cannot_act_on_the_token(Store::Sqlite, Insider::sqlite);
+}
+
+#[test]
+fn forged_rows_do_not_act_on_the_token_postgres() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let name = schema.name.clone();
+    insider_cannot_act_on_the_token(Store::Postgres(schema.url.clone()), move |_| {
+        Insider::Postgres(Box::new(PgSchema::admin()), name.clone())
+    });
+    drop(schema);
+}
