@@ -307,7 +307,10 @@ impl KeyManager {
     /// (their public half stays published for verifiers). One the token
     /// keeps is counted by the next round and left to officers.
     fn forget_private_halves(&self, retired: &[&StoredKey]) {
-        for key in retired {
+        for key in retired
+            .iter()
+            .filter(|k| super::token::retires_private_half(&k.chain))
+        {
             if let Err(e) = self.destroy_private_half(key, "retire") {
                 tracing::warn!(error = %e, "a retired key's private half is still in the token");
             }

@@ -27,6 +27,23 @@ pub(super) fn chain_purpose(chain: &str) -> Option<KeyPurpose> {
     }
 }
 
+/// Whether a retired key of `chain` loses its private half at retirement.
+/// An audit key keeps it: the first checkpoint of its successor is
+/// co-signed by it (the hand-over auditors follow); officers destroy it.
+pub(super) fn retires_private_half(chain: &str) -> bool {
+    chain != AUDIT_CHAIN
+}
+
+/// Whether the token may hold this key's private half, as the registry
+/// describes it: signing keys, and retired audit keys (see above).
+fn may_hold(key: &StoredKey) -> bool {
+    match key.record.state {
+        KeyState::Pending | KeyState::Active => true,
+        KeyState::Retired => !retires_private_half(&key.chain) && !key.record.revoked,
+        KeyState::Destroyed => false,
+    }
+}
+
 /// Why the token's key is not the one the row describes, if it is not.
 fn mismatch(key: &StoredKey, info: &KeyInfo) -> Option<&'static str> {
     let Some(expected) = chain_purpose(&key.chain) else {
@@ -58,7 +75,7 @@ impl KeyManager {
             // A revocation stops a key at once, the node's own step or not
             // (it errs towards not signing); its successor is made.
             .filter(|k| !k.record.revoked)
-            .filter(|k| matches!(k.record.state, KeyState::Retired | KeyState::Destroyed))
+            .filter(|k| !may_hold(k))
             .filter(|k| {
                 self.node
                     .backend
@@ -190,10 +207,7 @@ impl KeyManager {
             return;
         };
         let mut found = TokenReport::default();
-        for key in keys
-            .iter()
-            .filter(|k| matches!(k.record.state, KeyState::Retired | KeyState::Destroyed))
-        {
+        for key in keys.iter().filter(|k| !may_hold(k)) {
             let Ok(info) = self.node.backend.find(&key.record.label) else {
                 continue;
             };
