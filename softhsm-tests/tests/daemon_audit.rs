@@ -662,7 +662,8 @@ fn the_audit_key_rotates_and_auditors_follow_the_hand_over() {
     let d = Daemon::start(Options::default());
     let mut auditor = d.client("auditor");
     assert_eq!(issue(&d, 1, "mdoc", None).status, 201);
-    let (before, _) = wait_checkpoint(&mut auditor, 1);
+    let (before, first_note) = wait_checkpoint(&mut auditor, 1);
+    let old_signers = Checkpoint::signer_ids(&first_note);
     let anchor = d.chain_keys("audit")[0].clone();
     // Two officers rotate the audit key and make it sign now.
     let _ = d.dual_control(
@@ -679,8 +680,21 @@ fn the_audit_key_rotates_and_auditors_follow_the_hand_over() {
         &serde_json::json!({}),
     );
     assert_eq!(issue(&d, 2, "mdoc", None).status, 201);
-    // The first checkpoint after the switch carries both signatures.
-    let (handover_size, handover) = wait_checkpoint(&mut auditor, before + 2);
+    // The first checkpoint after the switch carries both signatures. (The
+    // officers' own entries may have been checkpointed by the old key
+    // before the switch: wait for the first one the new key signed.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (handover_size, handover) = loop {
+        let (size, note) = wait_checkpoint(&mut auditor, before + 2);
+        if Checkpoint::signer_ids(&note)
+            .iter()
+            .any(|id| !old_signers.contains(id))
+        {
+            break (size, note);
+        }
+        assert!(Instant::now() < deadline, "no checkpoint by the new key");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(Checkpoint::signer_ids(&handover).len(), 2, "{handover}");
     let listed = auditor.get("/v1/audit/checkpoint").json();
     assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
