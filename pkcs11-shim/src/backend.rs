@@ -77,10 +77,12 @@ pub trait KeyBackend: Send + Sync {
     /// Every Dojang key in the device, sorted by label.
     fn list(&self) -> Result<Vec<KeyInfo>>;
 
-    /// Signs `message` with the key `label`; returns the raw signature
-    /// (`r || s` for ECDSA). ECDSA messages are hashed in software with the
-    /// algorithm's hash and the device signs the digest.
-    fn sign(&self, label: &str, message: &[u8]) -> Result<Vec<u8>>;
+    /// Signs `message` with the key `label`, which must have been made for
+    /// `purpose` (else [`Error::WrongPurpose`]: one key never signs another
+    /// purpose's objects, whatever a label mix-up asks); returns the raw
+    /// signature (`r || s` for ECDSA). ECDSA messages are hashed in software
+    /// with the algorithm's hash and the device signs the digest.
+    fn sign(&self, label: &str, purpose: KeyPurpose, message: &[u8]) -> Result<Vec<u8>>;
 
     /// HMAC-SHA256 of `data` under the secret key `label`.
     fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<[u8; 32]>;
@@ -104,7 +106,7 @@ pub fn prove_possession(backend: &dyn KeyBackend, key: &KeyInfo) -> Result<()> {
     };
     let mut challenge = [0u8; 32];
     openssl::rand::rand_bytes(&mut challenge).map_err(|e| Error::Encoding(e.to_string()))?;
-    let signature = backend.sign(&key.label, &challenge)?;
+    let signature = backend.sign(&key.label, key.purpose, &challenge)?;
     if public.verify(&challenge, &signature)? {
         Ok(())
     } else {
@@ -113,6 +115,19 @@ pub fn prove_possession(backend: &dyn KeyBackend, key: &KeyInfo) -> Result<()> {
             attribute: "public key",
             actual: "does not verify the key's signature".into(),
             required: "the private key's own public half".into(),
+        })
+    }
+}
+
+/// Refuses a key made for another purpose than the caller signs for.
+pub(crate) fn check_purpose(key: &KeyInfo, expected: KeyPurpose) -> Result<()> {
+    if key.purpose == expected {
+        Ok(())
+    } else {
+        Err(Error::WrongPurpose {
+            label: key.label.clone(),
+            actual: key.purpose.name(),
+            expected: expected.name(),
         })
     }
 }

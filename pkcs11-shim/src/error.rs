@@ -77,6 +77,17 @@ pub enum Error {
         /// What Dojang requires.
         required: String,
     },
+    /// The key was made for another purpose than the caller signs for (a
+    /// DS key asked to sign a status list, the IACA asked to sign an MSO).
+    #[error("key {label:?} is a {actual} key; it does not sign as {expected}")]
+    WrongPurpose {
+        /// The key's label.
+        label: String,
+        /// The purpose the key was made with (`KeyPurpose::name`).
+        actual: &'static str,
+        /// The purpose the caller signs for.
+        expected: &'static str,
+    },
     /// The algorithm is not offered by this token (or this backend).
     #[error("algorithm {algorithm} is not supported by {backend}")]
     Unsupported {
@@ -153,6 +164,7 @@ impl Error {
             Error::KeyExists { .. }
             | Error::Unsupported { .. }
             | Error::WrongKeyType { .. }
+            | Error::WrongPurpose { .. }
             | Error::InvalidInput(_) => ErrorClass::InvalidRequest,
             Error::Unavailable { .. } => ErrorClass::DeviceLost,
             Error::Busy { .. } => ErrorClass::Retryable,

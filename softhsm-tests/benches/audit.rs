@@ -34,7 +34,11 @@ fn main() -> BenchResult {
     let seconds = Duration::from_secs(2);
 
     let sign_us = per_call(seconds, || {
-        let _ = std::hint::black_box(backend.sign("ds", &[0x5a; 600])?);
+        let _ = std::hint::black_box(backend.sign(
+            "ds",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            &[0x5a; 600],
+        )?);
         Ok(())
     })?;
     let mut frontier = Frontier::new();

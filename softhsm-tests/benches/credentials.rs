@@ -98,7 +98,11 @@ fn main() -> BenchResult {
             Ok(())
         })?;
         let sign_us = per_call(seconds, || {
-            let _ = std::hint::black_box(backend.sign("ds-1", &input)?);
+            let _ = std::hint::black_box(backend.sign(
+                "ds-1",
+                pkcs11_shim::KeyPurpose::DocumentSigner,
+                &input,
+            )?);
             Ok(())
         })?;
         mdocs.push(mdoc_us);

@@ -34,7 +34,11 @@ fn shim_rate(
                 scope.spawn(|| -> BenchResult<u64> {
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        let _ = backend.sign(label, MESSAGE)?;
+                        let _ = backend.sign(
+                            label,
+                            pkcs11_shim::KeyPurpose::DocumentSigner,
+                            MESSAGE,
+                        )?;
                         n += 1;
                     }
                     Ok(n)

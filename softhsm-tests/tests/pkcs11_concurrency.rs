@@ -34,7 +34,11 @@ fn eight_threads_sign_for_seconds_without_error_or_corruption() {
                     let which = ((thread + n) % 2) as usize;
                     let message = format!("thread {thread} message {n}");
                     let signature = backend
-                        .sign(keys[which], message.as_bytes())
+                        .sign(
+                            keys[which],
+                            pkcs11_shim::KeyPurpose::DocumentSigner,
+                            message.as_bytes(),
+                        )
                         .unwrap_or_else(|e| panic!("thread {thread}: {e}"));
                     assert!(
                         publics[which]
@@ -51,7 +55,9 @@ fn eight_threads_sign_for_seconds_without_error_or_corruption() {
     let total = signed.load(Ordering::Relaxed);
     assert!(total > 1_000, "only {total} signatures in 4 s");
     // A sample checked by the openssl CLI too.
-    let signature = backend.sign("ds-a", b"sample").unwrap();
+    let signature = backend
+        .sign("ds-a", pkcs11_shim::KeyPurpose::DocumentSigner, b"sample")
+        .unwrap();
     assert!(common::openssl_verifies(
         token.scratch(),
         &publics[0],

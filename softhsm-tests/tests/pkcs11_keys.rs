@@ -39,7 +39,9 @@ fn every_offered_algorithm_signs_and_openssl_verifies() {
             b"the MSO bytes would be here",
             &vec![0xa5; 100_000][..],
         ] {
-            let signature = backend.sign(label, message).unwrap();
+            let signature = backend
+                .sign(label, pkcs11_shim::KeyPurpose::DocumentSigner, message)
+                .unwrap();
             assert_eq!(signature.len(), alg.signature_len());
             assert!(
                 common::openssl_verifies(token.scratch(), &public, message, &signature),
@@ -150,7 +152,7 @@ fn hmac_is_deterministic_per_key_and_keys_differ() {
     assert_ne!(a1, a3);
     // An HMAC key cannot sign and a signing key cannot MAC.
     assert!(matches!(
-        backend.sign("pseudonym-a", b"m"),
+        backend.sign("pseudonym-a", pkcs11_shim::KeyPurpose::Pseudonym, b"m"),
         Err(Error::WrongKeyType { .. })
     ));
     let _ = backend
@@ -160,6 +162,13 @@ fn hmac_is_deterministic_per_key_and_keys_differ() {
         backend.hmac_sha256("ds", b"m"),
         Err(Error::WrongKeyType { .. })
     ));
+    // A key signs only as what it was made for: a DS key is no status-list
+    // or audit key, and the caller cannot say otherwise.
+    for purpose in [KeyPurpose::StatusList, KeyPurpose::Audit, KeyPurpose::Iaca] {
+        let err = backend.sign("ds", purpose, b"m").unwrap_err();
+        assert!(matches!(err, Error::WrongPurpose { .. }), "{err}");
+        assert!(err.to_string().contains("document-signer"), "{err}");
+    }
 }
 
 #[test]
@@ -192,7 +201,7 @@ fn keys_are_found_listed_and_destroyed_across_reopen() {
         Err(Error::KeyNotFound { .. })
     ));
     assert!(matches!(
-        backend.sign("audit", b"m"),
+        backend.sign("audit", pkcs11_shim::KeyPurpose::Audit, b"m"),
         Err(Error::KeyNotFound { .. })
     ));
     assert_eq!(backend.list().unwrap().len(), 1);
@@ -210,15 +219,23 @@ fn bad_input_gets_clear_errors() {
         .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
         .unwrap();
 
-    let err = backend.sign("no-such-key", b"m").unwrap_err();
+    let err = backend
+        .sign("no-such-key", pkcs11_shim::KeyPurpose::DocumentSigner, b"m")
+        .unwrap_err();
     assert!(matches!(err, Error::KeyNotFound { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::KeyMissing);
     assert!(err.to_string().contains("no-such-key"));
 
-    let err = backend.sign("ds", b"").unwrap_err();
+    let err = backend
+        .sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"")
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     let err = backend
-        .sign("ds", &vec![0; MAX_SIGN_INPUT + 1])
+        .sign(
+            "ds",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            &vec![0; MAX_SIGN_INPUT + 1],
+        )
         .unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
     let err = backend.hmac_sha256("ds", &[]).unwrap_err();
@@ -333,7 +350,9 @@ fn keys_not_born_in_the_token_are_refused() {
     );
 
     let backend = common::open(&token);
-    let err = backend.sign("imported", b"m").unwrap_err();
+    let err = backend
+        .sign("imported", pkcs11_shim::KeyPurpose::DocumentSigner, b"m")
+        .unwrap_err();
     assert!(matches!(err, Error::KeyPolicy { .. }), "{err}");
     assert!(
         err.to_string().contains("CKA_ALWAYS_SENSITIVE")
@@ -341,7 +360,9 @@ fn keys_not_born_in_the_token_are_refused() {
             || err.to_string().contains("CKA_NEVER_EXTRACTABLE"),
         "{err}"
     );
-    let err = backend.sign("foreign", b"m").unwrap_err();
+    let err = backend
+        .sign("foreign", pkcs11_shim::KeyPurpose::DocumentSigner, b"m")
+        .unwrap_err();
     assert!(err.to_string().contains("CKA_ID"), "{err}");
     assert!(
         backend.list().unwrap().is_empty(),

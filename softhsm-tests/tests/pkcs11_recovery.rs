@@ -26,7 +26,9 @@ fn signing_fails_retryably_while_the_hsm_is_gone_then_recovers() {
         .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
         .unwrap();
     let public = key.public_key.unwrap();
-    let signature = backend.sign("ds", b"before").unwrap();
+    let signature = backend
+        .sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"before")
+        .unwrap();
     assert!(common::openssl_verifies(
         server.token().scratch(),
         &public,
@@ -37,7 +39,9 @@ fn signing_fails_retryably_while_the_hsm_is_gone_then_recovers() {
     server.kill();
     for attempt in 0..5 {
         let started = Instant::now();
-        let err = backend.sign("ds", b"during").unwrap_err();
+        let err = backend
+            .sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"during")
+            .unwrap_err();
         assert!(
             err.is_retryable(),
             "attempt {attempt}: {err} is not retryable"
@@ -55,7 +59,7 @@ fn signing_fails_retryably_while_the_hsm_is_gone_then_recovers() {
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     let signature = loop {
-        match backend.sign("ds", b"after") {
+        match backend.sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"after") {
             Ok(sig) => break sig,
             Err(err) => {
                 assert!(err.is_retryable(), "{err}");
@@ -93,7 +97,11 @@ fn sessions_invalidated_under_the_pool_are_replaced_transparently() {
         .unwrap();
     server.restart();
     let signature = backend
-        .sign("ds", b"after restart")
+        .sign(
+            "ds",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            b"after restart",
+        )
         .expect("transparent reconnection");
     assert!(key
         .public_key

@@ -26,7 +26,9 @@ fn tpm_keys_sign_and_openssl_verifies() {
             .generate(label, KeyPurpose::DocumentSigner, alg)
             .unwrap();
         let public = key.public_key.unwrap();
-        let signature = backend.sign(label, b"mso bytes").unwrap();
+        let signature = backend
+            .sign(label, pkcs11_shim::KeyPurpose::DocumentSigner, b"mso bytes")
+            .unwrap();
         assert!(
             common::openssl_verifies(&tpm.scratch(), &public, b"mso bytes", &signature),
             "{alg}"
@@ -39,7 +41,9 @@ fn tpm_keys_sign_and_openssl_verifies() {
     // Alternating keys forces loads and flushes within swtpm's three slots.
     for n in 0..10 {
         let label = if n % 2 == 0 { "ds-p256" } else { "ds-p384" };
-        let _ = backend.sign(label, b"alternate").unwrap();
+        let _ = backend
+            .sign(label, pkcs11_shim::KeyPurpose::DocumentSigner, b"alternate")
+            .unwrap();
     }
     assert!(backend.health().up);
 }
@@ -67,8 +71,13 @@ fn tpm_hmac_keys_work_and_differ() {
             .unwrap()
     );
     assert!(matches!(
-        backend.sign("pseudonym", b"m"),
+        backend.sign("pseudonym", pkcs11_shim::KeyPurpose::Pseudonym, b"m"),
         Err(Error::WrongKeyType { .. })
+    ));
+    // A key signs only as what it was made for.
+    assert!(matches!(
+        backend.sign("pseudonym", pkcs11_shim::KeyPurpose::DocumentSigner, b"m"),
+        Err(Error::WrongPurpose { .. })
     ));
 }
 
@@ -80,12 +89,18 @@ fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
         .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
         .unwrap();
     let public = key.public_key.clone().unwrap();
-    let _ = backend.sign("ds", b"before").unwrap();
+    let _ = backend
+        .sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"before")
+        .unwrap();
 
     tpm.restart(); // power cycle: every transient object and session is gone
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let signature = loop {
-        match backend.sign("ds", b"after restart") {
+        match backend.sign(
+            "ds",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            b"after restart",
+        ) {
             Ok(sig) => break sig,
             Err(err) => {
                 assert!(err.is_retryable(), "{err}");
@@ -106,7 +121,13 @@ fn tpm_keys_survive_a_tpm_restart_and_a_new_process_context() {
     // A fresh backend (as after a daemon restart) finds the same key.
     let backend = TpmBackend::open(config(&tpm)).unwrap();
     assert_eq!(backend.find("ds").unwrap(), key);
-    let signature = backend.sign("ds", b"new context").unwrap();
+    let signature = backend
+        .sign(
+            "ds",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            b"new context",
+        )
+        .unwrap();
     assert!(public.verify(b"new context", &signature).unwrap());
 }
 
@@ -120,7 +141,7 @@ fn tpm_bad_input_gets_clear_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(matches!(
-        backend.sign("missing", b"m"),
+        backend.sign("missing", pkcs11_shim::KeyPurpose::DocumentSigner, b"m"),
         Err(Error::KeyNotFound { .. })
     ));
     let _ = backend
@@ -131,11 +152,15 @@ fn tpm_bad_input_gets_clear_errors() {
         Err(Error::KeyExists { .. })
     ));
     assert!(matches!(
-        backend.sign("ds", b""),
+        backend.sign("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b""),
         Err(Error::InvalidInput(_))
     ));
     assert!(matches!(
-        backend.sign("../etc/passwd", b"m"),
+        backend.sign(
+            "../etc/passwd",
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            b"m"
+        ),
         Err(Error::InvalidInput(_))
     ));
     let err = backend.hmac_sha256("ds", &[0; 2000]).unwrap_err();
@@ -162,14 +187,18 @@ fn a_corrupt_key_blob_fails_that_key_only() {
     let pos = bytes.len() - 10;
     bytes[pos] = if bytes[pos] == b'0' { b'1' } else { b'0' };
     std::fs::write(&path, bytes).unwrap();
-    let err = backend.sign("bad", b"m").unwrap_err();
+    let err = backend
+        .sign("bad", pkcs11_shim::KeyPurpose::DocumentSigner, b"m")
+        .unwrap_err();
     assert!(
         !err.is_retryable(),
         "a corrupt blob is not a lost TPM: {err}"
     );
     // The TPM connection was kept: the good key signs at once.
     let started = std::time::Instant::now();
-    let _ = backend.sign("good", b"m").unwrap();
+    let _ = backend
+        .sign("good", pkcs11_shim::KeyPurpose::DocumentSigner, b"m")
+        .unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
     assert_eq!(backend.health().recoveries, 0);
 }

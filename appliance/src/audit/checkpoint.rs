@@ -184,7 +184,7 @@ impl Checkpoint {
     ) -> Result<String, NoteError> {
         let body = self.body();
         let raw = backend
-            .sign(label, body.as_bytes())
+            .sign(label, pkcs11_shim::KeyPurpose::Audit, body.as_bytes())
             .map_err(|e| NoteError::Signing(e.to_string()))?;
         let signature = match key.public.algorithm() {
             Algorithm::EdDsa => raw,

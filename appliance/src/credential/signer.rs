@@ -60,7 +60,11 @@ impl<'a> DocumentSigner<'a> {
 
     /// Signs a signing input the builders produced; raw signature out.
     pub fn sign(&self, signing_input: &[u8]) -> Result<Vec<u8>, CredentialError> {
-        Ok(self.backend.sign(&self.certificate.label, signing_input)?)
+        Ok(self.backend.sign(
+            &self.certificate.label,
+            pkcs11_shim::KeyPurpose::DocumentSigner,
+            signing_input,
+        )?)
     }
 
     /// The algorithm every signature of this signer uses.

@@ -72,7 +72,7 @@ pub fn init(
         algorithm,
         &mut report.generated,
     )?;
-    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let iaca = HsmKey::find(backend, &config.iaca_key, KeyPurpose::Iaca)?;
     let (iaca_der, _) = issue_iaca(config, &iaca, now)?;
     report.written.push(store.write_iaca(&iaca_der)?);
     let crl = issue_crl(config, &iaca_der, &iaca, &[], now)?;
@@ -101,7 +101,7 @@ pub fn iaca_in_token(
         algorithm,
         &mut generated,
     )?;
-    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let iaca = HsmKey::find(backend, &config.iaca_key, KeyPurpose::Iaca)?;
     issue_iaca(config, &iaca, now)
 }
 
@@ -143,7 +143,7 @@ pub fn document_signer_in_token(
     now: OffsetDateTime,
 ) -> Result<(Vec<u8>, super::profile::CertFacts, Vec<String>), PkiError> {
     super::error::validated(config)?;
-    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let iaca = HsmKey::find(backend, &config.iaca_key, KeyPurpose::Iaca)?;
     let mut generated = Vec::new();
     ensure_key(
         backend,
@@ -152,7 +152,7 @@ pub fn document_signer_in_token(
         algorithm,
         &mut generated,
     )?;
-    let ds = HsmKey::find(backend, label)?;
+    let ds = HsmKey::find(backend, label, KeyPurpose::DocumentSigner)?;
     let (der, facts) = issue_ds(config, iaca_der, &iaca, &ds, now)?;
     Ok((der, facts, generated))
 }
@@ -198,6 +198,6 @@ pub fn crl_now(
     revoked: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<String, PkiError> {
-    let iaca = HsmKey::find(backend, &config.iaca_key)?;
+    let iaca = HsmKey::find(backend, &config.iaca_key, KeyPurpose::Iaca)?;
     issue_crl(config, iaca_der, &iaca, revoked, now)
 }

@@ -1,7 +1,7 @@
 //! rcgen's view of a key in the token: certificates and CRLs are signed by
 //! the backend, never by a key in memory.
 
-use pkcs11_shim::{Algorithm, KeyBackend, PublicKey, ecdsa_raw_to_der};
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, PublicKey, ecdsa_raw_to_der};
 use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey};
 
 use super::error::PkiError;
@@ -11,14 +11,29 @@ use super::error::PkiError;
 pub struct HsmKey<'a> {
     backend: &'a dyn KeyBackend,
     label: String,
+    purpose: KeyPurpose,
     public: PublicKey,
     algorithm: &'static SignatureAlgorithm,
 }
 
 impl<'a> HsmKey<'a> {
-    /// Looks the key up in the token.
-    pub fn find(backend: &'a dyn KeyBackend, label: &str) -> Result<Self, PkiError> {
+    /// Looks the key up in the token; it must have been made for
+    /// `purpose` (the IACA signs certificates and CRLs, a DS key only its
+    /// own certificate request).
+    pub fn find(
+        backend: &'a dyn KeyBackend,
+        label: &str,
+        purpose: KeyPurpose,
+    ) -> Result<Self, PkiError> {
         let info = backend.find(label)?;
+        if info.purpose != purpose {
+            return Err(pkcs11_shim::Error::WrongPurpose {
+                label: label.to_owned(),
+                actual: info.purpose.name(),
+                expected: purpose.name(),
+            }
+            .into());
+        }
         pkcs11_shim::prove_possession(backend, &info)?;
         let public = info
             .public_key
@@ -36,6 +51,7 @@ impl<'a> HsmKey<'a> {
         Ok(HsmKey {
             backend,
             label: label.to_owned(),
+            purpose,
             public,
             algorithm,
         })
@@ -64,11 +80,14 @@ impl PublicKeyData for HsmKey<'_> {
 
 impl SigningKey for HsmKey<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let raw = self.backend.sign(&self.label, msg).map_err(|e| {
-            // rcgen's error cannot carry ours; keep the cause in the log.
-            tracing::error!(error = %e, "signing a certificate in the token failed");
-            rcgen::Error::RemoteKeyError
-        })?;
+        let raw = self
+            .backend
+            .sign(&self.label, self.purpose, msg)
+            .map_err(|e| {
+                // rcgen's error cannot carry ours; keep the cause in the log.
+                tracing::error!(error = %e, "signing a certificate in the token failed");
+                rcgen::Error::RemoteKeyError
+            })?;
         match self.public.algorithm() {
             Algorithm::EdDsa => Ok(raw),
             _ => ecdsa_raw_to_der(&raw).map_err(|_| rcgen::Error::RemoteKeyError),

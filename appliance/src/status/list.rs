@@ -164,7 +164,7 @@ pub fn sign_token(
         B64URL.encode(header.to_string()),
         B64URL.encode(payload.to_string())
     );
-    let signature = backend.sign(label, input.as_bytes())?;
+    let signature = backend.sign(label, pkcs11_shim::KeyPurpose::StatusList, input.as_bytes())?;
     Ok(format!("{input}.{}", B64URL.encode(signature)))
 }
 

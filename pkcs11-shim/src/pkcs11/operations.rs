@@ -12,7 +12,9 @@ use super::generate::generate_checked;
 use super::keys::{dojang_key_label, token_objects};
 use super::sign::{hmac_with, sign_with};
 use crate::algorithm::{Algorithm, KeyPurpose};
-use crate::backend::{Health, KeyBackend, KeyInfo, check_hmac_input, check_sign_input};
+use crate::backend::{
+    Health, KeyBackend, KeyInfo, check_hmac_input, check_purpose, check_sign_input,
+};
 use crate::error::{Error, ErrorClass, Result};
 use crate::label::validate_label;
 
@@ -68,10 +70,11 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    fn sign(&self, label: &str, message: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, label: &str, purpose: KeyPurpose, message: &[u8]) -> Result<Vec<u8>> {
         check_sign_input(message)?;
         self.with_session(|conn, session| {
             let key = conn.key(session, label)?;
+            check_purpose(&key.info, purpose)?;
             sign_with(session, key.handle, &key.info, message).inspect_err(|err| {
                 if err.class() == ErrorClass::KeyMissing {
                     // The handle died (key destroyed elsewhere): look it up again next time.

@@ -69,9 +69,16 @@ impl KeyBackend for TpmBackend {
             .collect()
     }
 
-    fn sign(&self, label: &str, message: &[u8]) -> Result<Vec<u8>> {
+    fn sign(&self, label: &str, purpose: KeyPurpose, message: &[u8]) -> Result<Vec<u8>> {
         check_sign_input(message)?;
         let blob = self.blob(label)?;
+        if blob.purpose != purpose {
+            return Err(Error::WrongPurpose {
+                label: label.to_owned(),
+                actual: blob.purpose.name(),
+                expected: purpose.name(),
+            });
+        }
         let digest = digest_of(label, blob.algorithm, message)?;
         let signature = self.with_tpm(|tpm| {
             let key = tpm.load(label, &blob)?;

@@ -144,7 +144,11 @@ pub(crate) fn hsm_work_per_issuance_rate(
                     let mut n = 0u64;
                     while start.elapsed() < duration {
                         let _ = backend.hmac_sha256(hmac_label, b"9001011234567")?;
-                        let _ = backend.sign(ds_label, &[0x5a; 256])?;
+                        let _ = backend.sign(
+                            ds_label,
+                            pkcs11_shim::KeyPurpose::DocumentSigner,
+                            &[0x5a; 256],
+                        )?;
                         n += 1;
                     }
                     Ok(n)
