@@ -102,6 +102,8 @@ pub struct LeafSpec {
     pub ips: Vec<IpAddr>,
     /// A URI SAN (the client identity).
     pub uri: Option<String>,
+    /// More URI SANs (to test that a certificate naming several is refused).
+    pub extra_uris: Vec<String>,
     /// A client certificate (else a server certificate).
     pub client: bool,
     /// notBefore.
@@ -119,6 +121,7 @@ impl LeafSpec {
             dns: Vec::new(),
             ips: Vec::new(),
             uri: Some(identity.to_owned()),
+            extra_uris: Vec::new(),
             client: true,
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(365),
@@ -133,6 +136,7 @@ impl LeafSpec {
             dns: vec!["localhost".into()],
             ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16; 8])],
             uri: None,
+            extra_uris: Vec::new(),
             client: false,
             not_before: now - Duration::hours(1),
             not_after: now + Duration::days(365),
@@ -200,7 +204,7 @@ impl DevCa {
         for ip in &spec.ips {
             sans.push(SanType::IpAddress(*ip));
         }
-        if let Some(uri) = &spec.uri {
+        for uri in spec.uri.iter().chain(&spec.extra_uris) {
             sans.push(SanType::URI(uri.as_str().try_into().map_err(err)?));
         }
         params.subject_alt_names = sans;

@@ -196,6 +196,17 @@ fn write_tls(dir: &Path) {
     let mut nosan = LeafSpec::client(COUNTER);
     nosan.uri = None;
     let _ = save("nosan", ca.issue(&nosan).expect("c"));
+    // Certificates naming more than one identity, or a wildcard.
+    let mut two_uris = LeafSpec::client(COUNTER);
+    two_uris.extra_uris = vec!["spiffe://mois.go.kr/officer/kim".into()];
+    let _ = save("two-uris", ca.issue(&two_uris).expect("c"));
+    let mut uri_dns = LeafSpec::client(COUNTER);
+    uri_dns.dns = vec!["counter.mois.go.kr".into()];
+    let _ = save("uri-and-dns", ca.issue(&uri_dns).expect("c"));
+    let mut wildcard = LeafSpec::client(COUNTER);
+    wildcard.uri = None;
+    wildcard.dns = vec!["*.mois.go.kr".into()];
+    let _ = save("wildcard", ca.issue(&wildcard).expect("c"));
     let other = DevCa::generate("Somebody Else's CA").expect("CA");
     let _ = save(
         "foreign",

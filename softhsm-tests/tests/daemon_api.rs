@@ -47,7 +47,21 @@ fn mtls_admits_only_valid_certificates_with_a_role() {
     let reply = d
         .client("nosan")
         .send("POST", "/v1/credentials", &headers, body.clone());
-    let _ = problem(&reply, 401, "no_client_identity");
+    let p = problem(&reply, 401, "no_client_identity");
+    assert_eq!(p["rule"], "client.identity");
+    // Exactly one identity: several names, or a wildcard, are refused
+    // (the first of two URIs must not decide who the client is).
+    for (name, code) in [
+        ("two-uris", "ambiguous_client_identity"),
+        ("uri-and-dns", "ambiguous_client_identity"),
+        ("wildcard", "malformed_client_identity"),
+    ] {
+        let reply = d
+            .client(name)
+            .send("POST", "/v1/credentials", &headers, body.clone());
+        let p = problem(&reply, 401, code);
+        assert_eq!(p["rule"], "client.identity", "{name}");
+    }
     let reply = d
         .client("stranger")
         .send("POST", "/v1/credentials", &headers, body.clone());

@@ -289,13 +289,14 @@ impl Router for Api {
         Box::pin(async move {
             let request_id = http::request_id();
             let started = Instant::now();
-            let Some(client) = peer.identity.clone() else {
-                let p = Refusal::new(
-                    Class::Unauthorized,
-                    "no_client_identity",
-                    "the client certificate has no URI or DNS subject alternative name",
-                );
-                return http::problem(&p, &request_id);
+            let client = match &peer.identity {
+                Ok(client) => client.clone(),
+                Err(why) => {
+                    let (code, detail) = why.explain();
+                    let p = Refusal::new(Class::Unauthorized, code, detail)
+                        .with_rule("client.identity");
+                    return http::problem(&p, &request_id);
+                }
             };
             let (route, answer) = self
                 .handle(request, client.clone(), request_id.clone())

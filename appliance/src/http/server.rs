@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::identity::NoIdentity;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::refusal::{Class, Refusal};
@@ -31,8 +32,9 @@ pub type Body = Full<Bytes>;
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// The client's identity from its certificate (mTLS listeners only).
-    pub identity: Option<String>,
+    /// The client's identity from its certificate (mTLS listeners only),
+    /// or why its certificate gives none.
+    pub identity: Result<String, NoIdentity>,
 }
 
 /// Answers requests on one listener.
@@ -170,7 +172,9 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerCon
                     let identity = session
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| super::identity::client_identity(c));
+                        .map_or(Err(NoIdentity::Missing), |c| {
+                            super::identity::client_identity(c)
+                        });
                     let h2 = session.alpn_protocol() == Some(b"h2");
                     let peer = Arc::new(Peer { identity });
                     connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
@@ -186,7 +190,9 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerCon
             }
         }
         None => {
-            let peer = Arc::new(Peer { identity: None });
+            let peer = Arc::new(Peer {
+                identity: Err(NoIdentity::Missing),
+            });
             connection(stream, false, peer, router, &limits, shutdown, rekey).await;
         }
     }
