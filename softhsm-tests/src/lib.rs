@@ -110,10 +110,17 @@ impl SoftHsmToken {
             dir,
             label: label.to_owned(),
         };
+        token.init_token(label);
+        token
+    }
+
+    /// Initialises another token, labelled `label`, beside this one (same
+    /// SoftHSM configuration and PINs): a development token, an officer's.
+    pub fn init_token(&self, label: &str) {
         let out = Command::new("softhsm2-util")
             .args(["--init-token", "--free", "--label", label])
             .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
-            .env("SOFTHSM2_CONF", token.conf_path())
+            .env("SOFTHSM2_CONF", self.conf_path())
             .output()
             .expect("softhsm2-util (run `make deps`)");
         assert!(
@@ -121,7 +128,6 @@ impl SoftHsmToken {
             "softhsm2-util --init-token failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        token
     }
 
     /// Creates a token and points this process's `SOFTHSM2_CONF` at it.

@@ -36,17 +36,47 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("the IACA is created once"));
 
-    let iaca = token.scratch().join("pki/iaca.pem");
+    // Samples never touch the configured token: they come from throwaway
+    // keys in a development token, destroyed afterwards, under a sample
+    // IACA nobody trusts.
+    token.init_token("dojang-sample");
+    let production = token.pkcs11_tool(&["--list-objects"]);
+    let refused = dojangctl(
+        &token,
+        &[
+            "credential",
+            "sample",
+            "--format",
+            "mdoc",
+            "--token",
+            token.label(),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is the configured token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let real_iaca = token.scratch().join("pki/iaca.pem");
+    let sample_iaca = token.scratch().join("sample-iaca.pem");
     for format in ["mdoc", "sd-jwt"] {
         let credential = ok(dojangctl(
             &token,
-            &["credential", "sample", "--format", format],
+            &[
+                "credential",
+                "sample",
+                "--format",
+                format,
+                "--iaca-out",
+                sample_iaca.to_str().unwrap(),
+            ],
         ));
         let file = token.scratch().join(format!("sample.{format}"));
         std::fs::write(&file, &credential).unwrap();
         let report = ok(Command::new(workspace_binary("dojangctl"))
             .args(["verify", "--iaca"])
-            .arg(&iaca)
+            .arg(&sample_iaca)
             .arg(&file)
             .output()
             .unwrap());
@@ -62,6 +92,17 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
             !credential.contains("000515-3012345"),
             "the full resident number leaked"
         );
+        // The real IACA does not vouch for a sample.
+        let out = Command::new(workspace_binary("dojangctl"))
+            .args(["verify", "--iaca"])
+            .arg(&real_iaca)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{format}: a sample chains to the real IACA"
+        );
 
         // A flipped character is refused with a reason and a failure status.
         let mut tampered = credential.trim().to_owned().into_bytes();
@@ -70,7 +111,7 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
         std::fs::write(&file, &tampered).unwrap();
         let out = Command::new(workspace_binary("dojangctl"))
             .args(["verify", "--iaca"])
-            .arg(&iaca)
+            .arg(&sample_iaca)
             .arg(&file)
             .output()
             .unwrap();
@@ -83,21 +124,35 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
             "{format}"
         );
     }
-
-    // A second document signer, then a credential signed by it.
-    let _ = ok(dojangctl(&token, &["pki", "issue-ds", "--label", "ds-2"]));
-    let credential = ok(dojangctl(
-        &token,
-        &["credential", "sample", "--format", "mdoc", "--ds", "ds-2"],
-    ));
-    let file = token.scratch().join("ds2.mdoc");
-    std::fs::write(&file, credential).unwrap();
-    let _ = ok(Command::new(workspace_binary("dojangctl"))
-        .args(["verify", "--iaca"])
-        .arg(&iaca)
-        .arg(&file)
+    // The production token is as it was; the throwaway keys are gone.
+    assert_eq!(
+        token.pkcs11_tool(&["--list-objects"]).stdout,
+        production.stdout
+    );
+    let sample_objects = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(softhsm_tests::softhsm_module())
+        .args([
+            "--token-label",
+            "dojang-sample",
+            "--login",
+            "--pin",
+            softhsm_tests::USER_PIN,
+            "--list-objects",
+        ])
+        .env("SOFTHSM2_CONF", token.conf_path())
         .output()
-        .unwrap());
+        .unwrap();
+    assert!(sample_objects.status.success());
+    assert!(
+        !String::from_utf8_lossy(&sample_objects.stdout).contains("label:"),
+        "throwaway keys left behind: {}",
+        String::from_utf8_lossy(&sample_objects.stdout)
+    );
+
+    // A second document signer from the PKI ceremony.
+    let _ = ok(dojangctl(&token, &["pki", "issue-ds", "--label", "ds-2"]));
+    assert!(token.scratch().join("pki/ds/ds-2.pem").exists());
 }
 
 #[test]

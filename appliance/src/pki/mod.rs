@@ -18,5 +18,4 @@ pub use crate::config::PkiConfig;
 pub use error::PkiError;
 pub use issue::{issue_crl, issue_ds, issue_iaca};
 pub use signer::HsmKey;
-pub(crate) use store::cert_pem;
-pub use store::{DsCertificate, PkiStore, cert_der_from_pem};
+pub use store::{DsCertificate, PkiStore, cert_der_from_pem, cert_pem};

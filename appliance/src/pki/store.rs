@@ -16,7 +16,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> PkiError {
 }
 
 /// DER to PEM (`CERTIFICATE`).
-pub(crate) fn cert_pem(der: &[u8]) -> Result<String, PkiError> {
+pub fn cert_pem(der: &[u8]) -> Result<String, PkiError> {
     let x509 = X509::from_der(der).map_err(|e| PkiError::Invalid(e.to_string()))?;
     let pem = x509
         .to_pem()
