@@ -718,3 +718,82 @@ fn the_audit_key_rotates_and_auditors_follow_the_hand_over() {
     assert_eq!(keys[0]["label"], anchor["label"]);
     assert_eq!(keys[0]["state"], "retired");
 }
+
+#[test]
+fn every_ds_signature_is_accounted_for_by_the_audit_log() {
+    let d = Daemon::start(Options::default());
+    let mut auditor = d.client("auditor");
+    let mut counter = d.client("counter");
+    // Signatures: issuances of both formats, a refresh; no signature: an
+    // idempotent replay, a refused request, a sample from dojangctl (it
+    // cannot reach this token).
+    let mut issued = Vec::new();
+    let mut requests = Vec::new();
+    for (n, profile) in [(1, "mdoc"), (2, "sd-jwt"), (3, "mdoc")] {
+        let (jwk, _) = daemon::phone();
+        let request = daemon::request(profile, &daemon::number(n), &jwk);
+        let reply = counter.post_json(
+            "/v1/credentials",
+            &request,
+            &[("idempotency-key", &format!("order-{n}"))],
+        );
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        issued.push(reply.json());
+        requests.push(request);
+    }
+    let replay = counter.post_json(
+        "/v1/credentials",
+        &requests[0],
+        &[("idempotency-key", "order-1")],
+    );
+    assert_eq!(replay.status, 201, "replay: {}", replay.json());
+    assert_eq!(replay.json()["id"], issued[0]["id"]);
+    let refused = d
+        .client("stranger")
+        .post_json("/v1/credentials", &requests[2], &[]);
+    assert_eq!(refused.status, 403, "a client without the issuer role");
+    let id = issued[1]["id"].as_str().unwrap();
+    let body = serde_json::json!({
+        "holder": requests[1]["holder"],
+        "device_key": requests[1]["device_key"],
+    });
+    let refreshed = counter.post_json(&format!("/v1/credentials/{id}/refresh"), &body, &[]);
+    assert_eq!(refreshed.status, 200, "{}", refreshed.json());
+    let sample = d
+        .command("dojangctl")
+        .arg("--config")
+        .arg(&d.config)
+        .args([
+            "credential",
+            "sample",
+            "--format",
+            "mdoc",
+            "--token",
+            "dojangd",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !sample.status.success(),
+        "a sample was signed with the daemon's token"
+    );
+
+    let ds = d.keys()[0].clone();
+    let kid = ds["kid"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let signed_in_log = entries(&mut auditor)
+            .iter()
+            .filter(|e| e.key_id.as_deref() == Some(kid.as_str()) && e.payload_sha256.is_some())
+            .count();
+        let counted = d.keys()[0]["signatures"].as_u64().unwrap();
+        if signed_in_log == 4 && counted == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DS signatures: {signed_in_log} in the audit log, {counted} on the key's counter, 4 made"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
