@@ -207,6 +207,24 @@ fn write_tls(dir: &Path) {
     wildcard.uri = None;
     wildcard.dns = vec!["*.mois.go.kr".into()];
     let _ = save("wildcard", ca.issue(&wildcard).expect("c"));
+    // The officers' own CA (`server.api.officer_ca`, when a test sets it):
+    // officer kim's certificate from it, and a counter's it should not make.
+    let officer_ca = DevCa::generate("Test Officer CA").expect("CA");
+    write(&dir.join("officer-ca.pem"), officer_ca.cert_pem());
+    write(
+        &dir.join("officer-ca-crl.pem"),
+        &officer_ca.crl(&[], 30).expect("CRL"),
+    );
+    let _ = save(
+        "kim-officer-ca",
+        officer_ca
+            .issue(&LeafSpec::client(OFFICERS[0].1))
+            .expect("c"),
+    );
+    let _ = save(
+        "counter-officer-ca",
+        officer_ca.issue(&LeafSpec::client(COUNTER)).expect("c"),
+    );
     let other = DevCa::generate("Somebody Else's CA").expect("CA");
     let _ = save(
         "foreign",
@@ -284,7 +302,7 @@ impl Daemon {
         text.push_str(&format!(
             "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
              certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n\
-             client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\"]\n\n\
+             client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\", \"{tls}/officer-ca-crl.pem\"]\n\n\
              [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
              [server.ops]\nlisten = \"{ops}\"\n\n[server.audit]\norigin = \"{AUDIT_ORIGIN}\"\n\
              checkpoint_interval_ms = 300\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
@@ -293,7 +311,8 @@ impl Daemon {
             tls = tls.display(),
             limits = options.limits,
             server_extra = options.server,
-            api_extra = options.api,
+            // `{tls}` in a test's extra API settings names the TLS directory.
+            api_extra = options.api.replace("{tls}", &tls.display().to_string()),
         ));
         let config = scratch.join("dojangd.toml");
         write(&config, &text);

@@ -90,6 +90,54 @@ fn mtls_admits_only_valid_certificates_with_a_role() {
 }
 
 #[test]
+fn a_separate_officer_ca_alone_makes_officers_and_nothing_else() {
+    let d = Daemon::start(Options {
+        api: "officer_ca = \"{tls}/officer-ca.pem\"".into(),
+        ..Options::default()
+    });
+    // Without it configured, the officers' CA is not even trusted.
+    let plain = Daemon::start(Options::default());
+    let mut outsider = softhsm_tests::https::Client::new(plain.api_target("kim-officer-ca", false));
+    assert!(outsider
+        .try_send("GET", "/v1/approvals", &[], Vec::new())
+        .is_err());
+    drop(plain);
+
+    // Officer kim with the officers' CA certificate: an officer.
+    let reply = d.client("kim-officer-ca").get("/v1/approvals");
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // Kim's certificate from the services' CA: not an officer.
+    let p = problem(&d.client("kim").get("/v1/approvals"), 403, "forbidden");
+    assert_eq!(p["rule"], "client.ca");
+    // The officers' CA cannot make an issuer, even for a policy issuer.
+    let (jwk, _) = daemon::phone();
+    let reply = d.client("counter-officer-ca").post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", &daemon::number(1), &jwk),
+        &[],
+    );
+    let p = problem(&reply, 403, "forbidden");
+    assert_eq!(p["rule"], "client.ca");
+    // The services' CA still makes issuers.
+    let reply = d.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", &daemon::number(2), &jwk),
+        &[],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+#[test]
 fn issues_both_profiles_verified_independently_and_manages_their_status() {
     let d = Daemon::start(Options::default());
     let mut counter = d.client("counter");

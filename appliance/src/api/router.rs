@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::routes::Route;
+use crate::http::identity::ClientCa;
 use crate::http::{self, BlockingPool, Body, Peer, Router};
 use crate::officers::Officers;
 use crate::refusal::{Answer, Class, Refusal};
@@ -179,13 +180,14 @@ impl Api {
         route: &Route,
         request: Request<Incoming>,
         client: &str,
+        ca: ClientCa,
     ) -> Result<Admitted, Refusal> {
         let slot = self.slot()?;
         let policy = self.service.policy.current();
         if route.changes() {
             self.service.policy.require_adopted(&policy)?;
         }
-        if let Err((refusal, audited)) = route.admit(&policy, client) {
+        if let Err((refusal, audited)) = route.admit(&policy, client, ca) {
             return match audited {
                 Some(action) => {
                     let (client, hash) = (client.to_owned(), policy.hash.clone());
@@ -213,6 +215,7 @@ impl Api {
         &self,
         request: Request<Incoming>,
         client: String,
+        ca: ClientCa,
         request_id: String,
     ) -> (Route, Answer) {
         let method = request.method().clone();
@@ -231,7 +234,10 @@ impl Api {
                 "not_found",
                 "no such endpoint",
             )),
-            _ => self.serve(&route, request, client, request_id, query).await,
+            _ => {
+                self.serve(&route, request, (client, ca), request_id, query)
+                    .await
+            }
         };
         (route, answer)
     }
@@ -240,12 +246,12 @@ impl Api {
         &self,
         route: &Route,
         request: Request<Incoming>,
-        client: String,
+        (client, ca): (String, ClientCa),
         request_id: String,
         query: String,
     ) -> Answer {
         let key = check_content(route, &request)?;
-        let Admitted { slot, body } = self.admit(route, request, &client).await?;
+        let Admitted { slot, body } = self.admit(route, request, &client, ca).await?;
         let route = route.clone();
         self.run(slot, move |s| {
             let now = OffsetDateTime::now_utc();
@@ -299,7 +305,7 @@ impl Router for Api {
                 }
             };
             let (route, answer) = self
-                .handle(request, client.clone(), request_id.clone())
+                .handle(request, client.clone(), peer.ca, request_id.clone())
                 .await;
             let (action, route) = (route.action(), route.name());
             let response = match &answer {

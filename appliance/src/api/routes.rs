@@ -3,6 +3,7 @@
 
 use dojang_policies::{Policy, Role};
 
+use crate::http::identity::ClientCa;
 use crate::refusal::{Class, Refusal};
 
 /// A request, routed.
@@ -201,14 +202,31 @@ impl Route {
         &self,
         policy: &Policy,
         client: &str,
+        ca: ClientCa,
     ) -> Result<(), (Refusal, Option<&'static str>)> {
         let access = self.access();
-        if access
+        let held: Vec<Role> = access
             .roles
             .iter()
-            .any(|role| policy.has_role(client, *role))
-        {
+            .copied()
+            .filter(|role| policy.has_role(client, *role))
+            .collect();
+        if held.iter().any(|role| ca_grants(ca, *role)) {
             return Ok(());
+        }
+        if !held.is_empty() {
+            let detail = if ca == ClientCa::Services {
+                format!(
+                    "client {client:?}: the officer role is taken only from a certificate of the officers' CA"
+                )
+            } else {
+                format!(
+                    "client {client:?}: a certificate of the officers' CA carries the officer role only"
+                )
+            };
+            let refusal =
+                Refusal::new(Class::Forbidden, "forbidden", detail).with_rule("client.ca");
+            return Err((refusal, access.audited));
         }
         let detail = match access.roles {
             [Role::Officer, Role::Auditor] => {
@@ -224,6 +242,16 @@ impl Route {
         };
         let refusal = Refusal::new(Class::Forbidden, "forbidden", detail).with_rule("client.role");
         Err((refusal, access.audited))
+    }
+}
+
+/// Whether a certificate from `ca` may carry `role`: with a separate
+/// officers' CA, it alone makes officers, and makes nothing else.
+fn ca_grants(ca: ClientCa, role: Role) -> bool {
+    match ca {
+        ClientCa::Shared => true,
+        ClientCa::Officers => role == Role::Officer,
+        ClientCa::Services => role != Role::Officer,
     }
 }
 

@@ -88,6 +88,12 @@ pub struct ApiListener {
     /// CRLs of the client CAs (PEM or DER), checked for every client.
     #[serde(default)]
     pub client_crls: Vec<PathBuf>,
+    /// A CA of its own for security officers (PEM). When set, the officer
+    /// role is taken only from certificates it issued, and every other role
+    /// only from `client_ca`'s: a services CA cannot make an officer, nor the
+    /// officers' CA an issuer. Its CRLs go in `client_crls` too.
+    #[serde(default)]
+    pub officer_ca: Option<PathBuf>,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     #[serde(default)]
     pub allow_tls12: bool,

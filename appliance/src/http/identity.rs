@@ -68,6 +68,39 @@ pub fn client_identity(certificate_der: &[u8]) -> Result<String, NoIdentity> {
     }
 }
 
+/// Which CA issued a client's certificate, as far as roles care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCa {
+    /// One client CA for every role (no `officer_ca` configured).
+    Shared,
+    /// The services' CA (`client_ca`) when officers have their own.
+    Services,
+    /// The officers' own CA (`officer_ca`).
+    Officers,
+}
+
+/// Which CA issued `certificate_der`, given the officers' CA certificates
+/// (none: one CA for all). The handshake already verified the chain to one
+/// of the trusted CAs; this only tells the two apart, by signature.
+pub fn issuing_ca(certificate_der: &[u8], officer_cas: &[openssl::x509::X509]) -> ClientCa {
+    if officer_cas.is_empty() {
+        return ClientCa::Shared;
+    }
+    let Ok(leaf) = openssl::x509::X509::from_der(certificate_der) else {
+        return ClientCa::Services;
+    };
+    let by_officer_ca = officer_cas.iter().any(|ca| {
+        ca.public_key()
+            .and_then(|key| leaf.verify(&key))
+            .unwrap_or(false)
+    });
+    if by_officer_ca {
+        ClientCa::Officers
+    } else {
+        ClientCa::Services
+    }
+}
+
 /// `scheme://authority/path`: ASCII, no wildcard, no whitespace.
 fn uri_shaped(name: &str) -> bool {
     let Some((scheme, rest)) = name.split_once("://") else {

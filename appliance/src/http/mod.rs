@@ -14,3 +14,4 @@ pub use self::pool::{BlockingPool, PoolFull};
 pub use self::server::{
     Body, Peer, Router, TlsSlot, json, problem, read_body, request_id, respond, serve,
 };
+pub use self::tls::ListenerTls;

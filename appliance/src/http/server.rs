@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::identity::NoIdentity;
+use super::identity::{ClientCa, NoIdentity};
+use super::tls::ListenerTls;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::refusal::{Class, Refusal};
@@ -35,6 +36,8 @@ pub struct Peer {
     /// The client's identity from its certificate (mTLS listeners only),
     /// or why its certificate gives none.
     pub identity: Result<String, NoIdentity>,
+    /// Which CA issued that certificate, when officers have their own.
+    pub ca: ClientCa,
 }
 
 /// Answers requests on one listener.
@@ -50,7 +53,7 @@ pub trait Router: Send + Sync + 'static {
 }
 
 /// A TLS configuration SIGHUP can swap; `None` serves plain HTTP.
-pub type TlsSlot = Arc<RwLock<Option<Arc<rustls::ServerConfig>>>>;
+pub type TlsSlot = Arc<RwLock<Option<ListenerTls>>>;
 
 /// A request in progress on a connection; when it ends (answered, or
 /// dropped by a reset stream) the connection's idle clock restarts.
@@ -147,7 +150,7 @@ struct Context {
 
 /// One accepted connection: the TLS handshake within its timeout (the
 /// client's identity from its certificate), then requests until it ends.
-async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerConfig>>, c: Context) {
+async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Context) {
     let Context {
         name,
         router,
@@ -159,7 +162,10 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerCon
     let open = metrics.connections.with_label_values(&[name]);
     open.inc();
     match tls {
-        Some(config) => {
+        Some(ListenerTls {
+            config,
+            officer_cas,
+        }) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let handshake = tokio::time::timeout(
                 Duration::from_millis(limits.tls_handshake_timeout_ms),
@@ -169,14 +175,15 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerCon
             match handshake {
                 Ok(Ok(tls_stream)) => {
                     let (_, session) = tls_stream.get_ref();
-                    let identity = session
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map_or(Err(NoIdentity::Missing), |c| {
-                            super::identity::client_identity(c)
-                        });
+                    let leaf = session.peer_certificates().and_then(|c| c.first());
+                    let identity = leaf.map_or(Err(NoIdentity::Missing), |c| {
+                        super::identity::client_identity(c)
+                    });
+                    let ca = leaf.map_or(ClientCa::Shared, |c| {
+                        super::identity::issuing_ca(c, &officer_cas)
+                    });
                     let h2 = session.alpn_protocol() == Some(b"h2");
-                    let peer = Arc::new(Peer { identity });
+                    let peer = Arc::new(Peer { identity, ca });
                     connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
                 }
                 Ok(Err(e)) => {
@@ -192,6 +199,7 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<Arc<rustls::ServerCon
         None => {
             let peer = Arc::new(Peer {
                 identity: Err(NoIdentity::Missing),
+                ca: ClientCa::Shared,
             });
             connection(stream, false, peer, router, &limits, shutdown, rekey).await;
         }

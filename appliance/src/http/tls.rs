@@ -61,16 +61,39 @@ fn crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
     }
 }
 
+/// A listener's TLS: the rustls configuration, and the officers' own CA
+/// certificates when the API keeps officers apart (empty otherwise).
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The rustls server configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Certificates of `server.api.officer_ca`.
+    pub officer_cas: Arc<Vec<openssl::x509::X509>>,
+}
+
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The API listener's configuration: mTLS, CRLs, TLS 1.3 (1.2 if allowed).
-pub fn api_config(api: &ApiListener) -> Result<Arc<ServerConfig>, TlsError> {
+/// The API listener's configuration: mTLS, CRLs, TLS 1.3 (1.2 if allowed),
+/// and the officers' own CA if there is one.
+pub fn api_config(api: &ApiListener) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certificates(&api.client_ca)? {
         roots
             .add(ca)
             .map_err(|e| error(&api.client_ca, format!("client CA: {e}")))?;
+    }
+    let mut officer_cas = Vec::new();
+    if let Some(path) = &api.officer_ca {
+        for ca in certificates(path)? {
+            officer_cas.push(
+                openssl::x509::X509::from_der(&ca)
+                    .map_err(|e| error(path, format!("officer CA: {e}")))?,
+            );
+            roots
+                .add(ca)
+                .map_err(|e| error(path, format!("officer CA: {e}")))?;
+        }
     }
     let crls = api
         .client_crls
@@ -102,11 +125,14 @@ pub fn api_config(api: &ApiListener) -> Result<Arc<ServerConfig>, TlsError> {
         )
         .map_err(|e| error(&api.private_key, format!("certificate and key: {e}")))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok(ListenerTls {
+        config: Arc::new(config),
+        officer_cas: Arc::new(officer_cas),
+    })
 }
 
 /// The public listener's configuration, or `None` for plain HTTP.
-pub fn public_config(public: &PublicListener) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+pub fn public_config(public: &PublicListener) -> Result<Option<ListenerTls>, TlsError> {
     let (Some(cert), Some(key)) = (&public.certificate, &public.private_key) else {
         return Ok(None);
     };
@@ -117,5 +143,8 @@ pub fn public_config(public: &PublicListener) -> Result<Option<Arc<ServerConfig>
         .with_single_cert(certificates(cert)?, private_key(key)?)
         .map_err(|e| error(key, format!("certificate and key: {e}")))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(Some(Arc::new(config)))
+    Ok(Some(ListenerTls {
+        config: Arc::new(config),
+        officer_cas: Arc::new(Vec::new()),
+    }))
 }
