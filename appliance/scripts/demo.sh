@@ -102,6 +102,7 @@ keys=$(ctl keys list --json)
 grep -q '"label": "status-list-1"' <<<"$keys" || ctl keys generate --label status-list-1 --purpose status-list
 grep -q '"label": "audit-1"' <<<"$keys" || ctl keys generate --label audit-1 --purpose audit
 grep -q '"label": "pseudonym"' <<<"$keys" || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
+grep -q '"label": "response-seal"' <<<"$keys" || ctl keys generate --label response-seal --purpose response-seal --alg HS256
 
 echo
 echo "== keys in the token"

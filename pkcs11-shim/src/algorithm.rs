@@ -106,16 +106,20 @@ pub enum KeyPurpose {
     Audit,
     /// HMAC key that turns resident numbers into holder pseudonyms.
     Pseudonym,
+    /// HMAC key that derives the keys sealing stored idempotent responses
+    /// (kept apart from the pseudonym key: one use per key).
+    ResponseSeal,
 }
 
 impl KeyPurpose {
     /// Every purpose, in a stable order.
-    pub const ALL: [KeyPurpose; 5] = [
+    pub const ALL: [KeyPurpose; 6] = [
         KeyPurpose::Iaca,
         KeyPurpose::DocumentSigner,
         KeyPurpose::StatusList,
         KeyPurpose::Audit,
         KeyPurpose::Pseudonym,
+        KeyPurpose::ResponseSeal,
     ];
 
     /// The stable name (`iaca`, `document-signer`, …).
@@ -126,6 +130,7 @@ impl KeyPurpose {
             KeyPurpose::StatusList => "status-list",
             KeyPurpose::Audit => "audit",
             KeyPurpose::Pseudonym => "pseudonym",
+            KeyPurpose::ResponseSeal => "response-seal",
         }
     }
 
@@ -136,7 +141,7 @@ impl KeyPurpose {
             .find(|p| p.name() == name)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym)"
+                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym, response-seal)"
                 ))
             })
     }
@@ -149,6 +154,7 @@ impl KeyPurpose {
             KeyPurpose::StatusList => 3,
             KeyPurpose::Audit => 4,
             KeyPurpose::Pseudonym => 5,
+            KeyPurpose::ResponseSeal => 6,
         }
     }
 
@@ -156,10 +162,11 @@ impl KeyPurpose {
         Self::ALL.into_iter().find(|p| p.code() == code)
     }
 
-    /// Checks that `algorithm` fits this purpose: pseudonyms are HMAC, the rest sign.
+    /// Checks that `algorithm` fits this purpose: pseudonym and response-seal
+    /// keys are HMAC, the rest sign.
     pub fn check_algorithm(self, algorithm: Algorithm) -> Result<()> {
         let fits = match self {
-            KeyPurpose::Pseudonym => algorithm == Algorithm::HmacSha256,
+            KeyPurpose::Pseudonym | KeyPurpose::ResponseSeal => algorithm == Algorithm::HmacSha256,
             _ => algorithm.is_signature(),
         };
         if fits {

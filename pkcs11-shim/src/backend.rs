@@ -84,8 +84,9 @@ pub trait KeyBackend: Send + Sync {
     /// with the algorithm's hash and the device signs the digest.
     fn sign(&self, label: &str, purpose: KeyPurpose, message: &[u8]) -> Result<Vec<u8>>;
 
-    /// HMAC-SHA256 of `data` under the secret key `label`.
-    fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<[u8; 32]>;
+    /// HMAC-SHA256 of `data` under the secret key `label`, which must have
+    /// been made for `purpose` (else [`Error::WrongPurpose`]).
+    fn hmac_sha256(&self, label: &str, purpose: KeyPurpose, data: &[u8]) -> Result<[u8; 32]>;
 
     /// Destroys the key `label` (private and public halves). Authorization is
     /// the caller's business (two-person rule); this only does it.

@@ -254,6 +254,7 @@ impl Daemon {
         for (label, purpose, alg) in [
             ("status-list-1", "status-list", "ES256"),
             ("pseudonym", "pseudonym", "HS256"),
+            ("response-seal", "response-seal", "HS256"),
             ("audit-1", "audit", "ES256"),
         ] {
             run_ctl(

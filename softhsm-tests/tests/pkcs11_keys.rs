@@ -136,16 +136,32 @@ fn hmac_is_deterministic_per_key_and_keys_differ() {
         .generate("pseudonym-b", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
         .unwrap();
     let a1 = backend
-        .hmac_sha256("pseudonym-a", b"0001013000000")
+        .hmac_sha256(
+            "pseudonym-a",
+            pkcs11_shim::KeyPurpose::Pseudonym,
+            b"0001013000000",
+        )
         .unwrap();
     let a2 = backend
-        .hmac_sha256("pseudonym-a", b"0001013000000")
+        .hmac_sha256(
+            "pseudonym-a",
+            pkcs11_shim::KeyPurpose::Pseudonym,
+            b"0001013000000",
+        )
         .unwrap();
     let b1 = backend
-        .hmac_sha256("pseudonym-b", b"0001013000000")
+        .hmac_sha256(
+            "pseudonym-b",
+            pkcs11_shim::KeyPurpose::Pseudonym,
+            b"0001013000000",
+        )
         .unwrap();
     let a3 = backend
-        .hmac_sha256("pseudonym-a", b"0001013000001")
+        .hmac_sha256(
+            "pseudonym-a",
+            pkcs11_shim::KeyPurpose::Pseudonym,
+            b"0001013000001",
+        )
         .unwrap();
     assert_eq!(a1, a2);
     assert_ne!(a1, b1);
@@ -159,9 +175,15 @@ fn hmac_is_deterministic_per_key_and_keys_differ() {
         .generate("ds", KeyPurpose::DocumentSigner, Algorithm::Es256)
         .unwrap();
     assert!(matches!(
-        backend.hmac_sha256("ds", b"m"),
+        backend.hmac_sha256("ds", pkcs11_shim::KeyPurpose::DocumentSigner, b"m"),
         Err(Error::WrongKeyType { .. })
     ));
+    // An HMAC key MACs only as what it was made for: the pseudonym key
+    // derives no response seals.
+    let err = backend
+        .hmac_sha256("pseudonym-a", KeyPurpose::ResponseSeal, b"m")
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongPurpose { .. }), "{err}");
     // A key signs only as what it was made for: a DS key is no status-list
     // or audit key, and the caller cannot say otherwise.
     for purpose in [KeyPurpose::StatusList, KeyPurpose::Audit, KeyPurpose::Iaca] {
@@ -238,7 +260,9 @@ fn bad_input_gets_clear_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("exceeds"), "{err}");
-    let err = backend.hmac_sha256("ds", &[]).unwrap_err();
+    let err = backend
+        .hmac_sha256("ds", pkcs11_shim::KeyPurpose::Pseudonym, &[])
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 
     let err = backend

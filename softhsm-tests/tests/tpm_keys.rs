@@ -59,15 +59,31 @@ fn tpm_hmac_keys_work_and_differ() {
     let _ = backend
         .generate("pseudonym-2", KeyPurpose::Pseudonym, Algorithm::HmacSha256)
         .unwrap();
-    let a = backend.hmac_sha256("pseudonym", b"0001013000000").unwrap();
+    let a = backend
+        .hmac_sha256(
+            "pseudonym",
+            pkcs11_shim::KeyPurpose::Pseudonym,
+            b"0001013000000",
+        )
+        .unwrap();
     assert_eq!(
         a,
-        backend.hmac_sha256("pseudonym", b"0001013000000").unwrap()
+        backend
+            .hmac_sha256(
+                "pseudonym",
+                pkcs11_shim::KeyPurpose::Pseudonym,
+                b"0001013000000"
+            )
+            .unwrap()
     );
     assert_ne!(
         a,
         backend
-            .hmac_sha256("pseudonym-2", b"0001013000000")
+            .hmac_sha256(
+                "pseudonym-2",
+                pkcs11_shim::KeyPurpose::Pseudonym,
+                b"0001013000000"
+            )
             .unwrap()
     );
     assert!(matches!(
@@ -163,7 +179,9 @@ fn tpm_bad_input_gets_clear_errors() {
         ),
         Err(Error::InvalidInput(_))
     ));
-    let err = backend.hmac_sha256("ds", &[0; 2000]).unwrap_err();
+    let err = backend
+        .hmac_sha256("ds", pkcs11_shim::KeyPurpose::Pseudonym, &[0; 2000])
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
     backend.destroy("ds").unwrap();
     assert!(matches!(backend.find("ds"), Err(Error::KeyNotFound { .. })));

@@ -188,6 +188,10 @@ pub struct ServiceKeys {
     /// The HMAC key holder pseudonyms are computed with.
     #[serde(default = "default_pseudonym_key")]
     pub pseudonym: String,
+    /// The HMAC key stored idempotent responses are sealed under (purpose
+    /// `response-seal`; never the pseudonym key).
+    #[serde(default = "default_response_seal_key")]
+    pub response_seal: String,
     /// The key status lists are signed with.
     #[serde(default = "default_status_key")]
     pub status_list: String,
@@ -208,6 +212,7 @@ impl Default for ServiceKeys {
     fn default() -> Self {
         ServiceKeys {
             pseudonym: default_pseudonym_key(),
+            response_seal: default_response_seal_key(),
             status_list: default_status_key(),
             audit: default_audit_key(),
             lifecycle_interval_ms: default_lifecycle_interval(),
@@ -251,6 +256,9 @@ fn default_drain() -> u64 {
 }
 fn default_pseudonym_key() -> String {
     "pseudonym".into()
+}
+fn default_response_seal_key() -> String {
+    "response-seal".into()
 }
 fn default_status_key() -> String {
     "status-list-1".into()

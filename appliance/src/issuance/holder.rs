@@ -55,7 +55,7 @@ pub fn pseudonym(
     label: &str,
     number: &dojang_policies::resident_number::ResidentNumber,
 ) -> Result<HolderSecret, pkcs11_shim::Error> {
-    let secret = backend.hmac_sha256(label, number.digits())?;
+    let secret = backend.hmac_sha256(label, pkcs11_shim::KeyPurpose::Pseudonym, number.digits())?;
     let mut input = b"dojang-pseudonym-v1\0".to_vec();
     input.extend_from_slice(&secret);
     Ok(HolderSecret {

@@ -193,7 +193,7 @@ impl Issuer {
             .hsm("hmac", || {
                 SealKey::derive(
                     self.node.backend,
-                    &self.pseudonym_key,
+                    &self.response_seal_key,
                     client,
                     key,
                     &request_hash,

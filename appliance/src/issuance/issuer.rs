@@ -45,8 +45,10 @@ pub struct Issuer {
     pub(super) keys: Arc<KeyManager>,
     pub(super) status: Arc<StatusPublisher>,
     pub(super) credential: CredentialConfig,
-    /// The HMAC key holder pseudonyms (and response seals) come from.
+    /// The HMAC key holder pseudonyms come from.
     pub(super) pseudonym_key: String,
+    /// The HMAC key stored responses are sealed under.
+    pub(super) response_seal_key: String,
     pub(super) rate: RateCounter,
 }
 
@@ -58,7 +60,7 @@ impl Issuer {
         keys: Arc<KeyManager>,
         status: Arc<StatusPublisher>,
         credential: CredentialConfig,
-        pseudonym_key: String,
+        labels: &crate::config::ServiceKeys,
     ) -> Self {
         Issuer {
             node,
@@ -66,7 +68,8 @@ impl Issuer {
             keys,
             status,
             credential,
-            pseudonym_key,
+            pseudonym_key: labels.pseudonym.clone(),
+            response_seal_key: labels.response_seal.clone(),
             rate: RateCounter::default(),
         }
     }

@@ -1,7 +1,8 @@
 //! Responses kept under idempotency keys hold the credential, which is
 //! personal data; the registry must not. They are stored sealed with
 //! AES-256-GCM under a key derived in the HSM from the request itself
-//! (HMAC of the client, the idempotency key and the SHA-256 of the body):
+//! (HMAC, under the response-seal key, of the client, the idempotency key
+//! and the SHA-256 of the body):
 //! only a client replaying the very same request, through the HSM, can open
 //! the stored response again.
 
@@ -16,7 +17,8 @@ const TAG: usize = 16;
 pub(crate) struct SealKey([u8; 32]);
 
 impl SealKey {
-    /// Derives the key for (client, key, body hash) with the HMAC key `label`.
+    /// Derives the key for (client, key, body hash) with the response-seal
+    /// HMAC key `label`.
     // Seal keys come from the HSM HMAC of the request itself.
     #[allow(clippy::disallowed_methods)]
     pub(crate) fn derive(
@@ -34,7 +36,9 @@ impl SealKey {
         input.extend_from_slice(idempotency_key.as_bytes());
         input.push(0);
         input.extend_from_slice(request_hash);
-        backend.hmac_sha256(label, &input).map(SealKey)
+        backend
+            .hmac_sha256(label, pkcs11_shim::KeyPurpose::ResponseSeal, &input)
+            .map(SealKey)
     }
 
     /// nonce ‖ ciphertext ‖ tag.

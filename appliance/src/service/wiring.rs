@@ -92,7 +92,7 @@ impl Service {
                 keys.clone(),
                 status.clone(),
                 credential,
-                server.keys.pseudonym.clone(),
+                &server.keys,
             ),
             officers: Officers::new(node.clone(), policy.clone(), keys.clone(), reloader.clone()),
             node,
@@ -102,24 +102,25 @@ impl Service {
             probe,
             reloader,
         };
-        service.check_pseudonym_key(&server.keys.pseudonym)?;
+        service.check_hmac_key(&server.keys.pseudonym, KeyPurpose::Pseudonym)?;
+        service.check_hmac_key(&server.keys.response_seal, KeyPurpose::ResponseSeal)?;
         service.reload(OffsetDateTime::now_utc())?;
         service.record_start()?;
         Ok(service)
     }
 
-    /// The pseudonym key must be there from the start. (The status-list key
-    /// is checked when first imported: later it rotates, and the configured
-    /// label may be long destroyed.)
-    fn check_pseudonym_key(&self, label: &str) -> Result<(), LoadError> {
-        let key = self
-            .node
-            .backend
-            .find(label)
-            .map_err(|e| LoadError(format!("key {label:?}: {e}")))?;
-        if key.purpose != KeyPurpose::Pseudonym {
+    /// The pseudonym and response-seal keys must be there from the start.
+    /// (The status-list key is checked when first imported: later it
+    /// rotates, and the configured label may be long destroyed.)
+    fn check_hmac_key(&self, label: &str, purpose: KeyPurpose) -> Result<(), LoadError> {
+        let key = self.node.backend.find(label).map_err(|e| {
+            LoadError(format!(
+                "key {label:?}: {e} (make it with: dojangctl keys generate --label {label} --purpose {purpose} --alg HS256)"
+            ))
+        })?;
+        if key.purpose != purpose {
             return Err(LoadError(format!(
-                "key {label:?} is a {} key, not a pseudonym key",
+                "key {label:?} is a {} key, not a {purpose} key",
                 key.purpose
             )));
         }

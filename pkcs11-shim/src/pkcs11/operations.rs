@@ -84,10 +84,11 @@ impl KeyBackend for Pkcs11Backend {
         })
     }
 
-    fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<[u8; 32]> {
+    fn hmac_sha256(&self, label: &str, purpose: KeyPurpose, data: &[u8]) -> Result<[u8; 32]> {
         check_hmac_input(data)?;
         self.with_session(|conn, session| {
             let key = conn.key(session, label)?;
+            check_purpose(&key.info, purpose)?;
             hmac_with(session, key.handle, &key.info, data)
         })
     }

@@ -89,9 +89,16 @@ impl KeyBackend for TpmBackend {
         raw_signature(blob.algorithm, signature)
     }
 
-    fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<[u8; 32]> {
+    fn hmac_sha256(&self, label: &str, purpose: KeyPurpose, data: &[u8]) -> Result<[u8; 32]> {
         check_hmac_input(data)?;
         let blob = self.blob(label)?;
+        if blob.purpose != purpose {
+            return Err(Error::WrongPurpose {
+                label: label.to_owned(),
+                actual: blob.purpose.name(),
+                expected: purpose.name(),
+            });
+        }
         if blob.algorithm != Algorithm::HmacSha256 {
             return Err(Error::WrongKeyType {
                 label: label.to_owned(),

@@ -133,7 +133,10 @@ pub(crate) fn hsm_work_per_issuance_rate(
     duration: Duration,
 ) -> BenchResult<f64> {
     let backend = Pkcs11Backend::open(config.clone())?;
-    if backend.hmac_sha256(hmac_label, b"probe").is_err() {
+    if backend
+        .hmac_sha256(hmac_label, pkcs11_shim::KeyPurpose::Pseudonym, b"probe")
+        .is_err()
+    {
         let _ = backend.generate(hmac_label, KeyPurpose::Pseudonym, Algorithm::HmacSha256)?;
     }
     let start = Instant::now();
@@ -143,7 +146,11 @@ pub(crate) fn hsm_work_per_issuance_rate(
                 scope.spawn(|| -> BenchResult<u64> {
                     let mut n = 0u64;
                     while start.elapsed() < duration {
-                        let _ = backend.hmac_sha256(hmac_label, b"9001011234567")?;
+                        let _ = backend.hmac_sha256(
+                            hmac_label,
+                            pkcs11_shim::KeyPurpose::Pseudonym,
+                            b"9001011234567",
+                        )?;
                         let _ = backend.sign(
                             ds_label,
                             pkcs11_shim::KeyPurpose::DocumentSigner,
