@@ -3,7 +3,8 @@
 //! the HSM. A row is not an order: keys marked destroyed stay in the token
 //! (the pseudonym key, the IACA, the audit key, the active DS key), an
 //! approved proposal nobody approved is closed and not carried out, a row
-//! naming the IACA as a status-list key never signs and is never activated.
+//! naming the IACA as a status-list key never signs and is never activated,
+//! and deleted rows get no replacement key while the token holds the key.
 //! Each is audited and counted, and the token's objects are the same before
 //! and after, as `pkcs11-tool` lists them.
 #![allow(clippy::unwrap_used)]
@@ -118,7 +119,7 @@ fn forged_proposal(id: &str, operation: &str) -> String {
         "approvals": ["spiffe://mois.go.kr/officer/kim", "spiffe://mois.go.kr/officer/lee"],
         "required": 2,
         "state": "approved",
-        "approved_at": at(now - time::Duration::minutes(10)),
+        "approved_at": at(now - time::Duration::minutes(20)),
     })
     .to_string()
 }
@@ -247,6 +248,25 @@ fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon
     )
     .unwrap();
     assert_eq!(header["kid"], status_kid);
+
+    // Rows deleted, or a revocation nobody ordered: the registry says no
+    // key signs for a chain, but the token still holds its key. No
+    // replacement is made on that word (and nothing leaves the token).
+    sql.run("DELETE FROM {s}.signing_keys WHERE label = 'iaca'");
+    sql.run("DELETE FROM {s}.signing_keys WHERE chain = 'ds'");
+    let gap =
+        "dojang_key_orders_refused_total{order=\"generate\",reason=\"token_holds_chain_key\"}";
+    let before_gap = metric(&d, gap);
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while metric(&d, gap) <= before_gap {
+        assert!(
+            Instant::now() < deadline,
+            "a DS key was made for deleted rows:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
 }
 
 #[test]

@@ -162,18 +162,15 @@ impl Officers {
 
     /// Only a retired key whose signatures have all expired (plus the
     /// retention margin) is destroyed: one destroyed early leaves valid
-    /// credentials unverifiable. A key the registry already destroyed may be
-    /// ordered again: the token may still hold its private half (the
-    /// daemon never removes one on a row's word).
+    /// credentials unverifiable. (A row the registry already calls
+    /// destroyed is not ordered again: an insider could mark the active key
+    /// destroyed and have officers remove it.)
     fn check_destroy(&self, key: &StoredKey, now: OffsetDateTime) -> Result<(), Refusal> {
         let label = &key.record.label;
-        if key.record.state == KeyState::Destroyed {
-            return Ok(());
-        }
         if key.record.state != KeyState::Retired {
             return Err(key_state_problem(
                 format!(
-                    "key {label} is {}: only a retired (or destroyed) key can be destroyed",
+                    "key {label} is {}: only a retired key can be destroyed",
                     key.record.state.as_str()
                 ),
                 "keys.lifecycle",

@@ -143,6 +143,7 @@ impl Officers {
                 self.keys
                     .retire_key(&keys, label, "officer retirement", now)
                     .map_err(failed)?;
+                self.keys.forget_retired(&keys, label);
                 format!("key {label} retired")
             }
             Operation::DestroyKey { label } => {

@@ -24,8 +24,9 @@ use crate::store::{StoreError, StoredKey};
 /// Proposals a listing returns at most.
 pub(super) const LIST_LIMIT: u32 = 200;
 /// An approved proposal without a result this long after its approval was
-/// abandoned by the node that approved it.
-pub(super) const UNFINISHED_AFTER_SECONDS: i64 = 60;
+/// abandoned by the node that approved it (longer than any operation:
+/// a large revocation sweep, the IACA's generation).
+pub(super) const UNFINISHED_AFTER_SECONDS: i64 = 600;
 
 /// Loads the policy and keys again after an approved change (a service
 /// concern: the officers only ask for it).

@@ -284,6 +284,9 @@ impl KeyManager {
     }
 
     /// Retires `label` (it stops signing; its certificate stays published).
+    /// Its private half stays: the plan retires on rows (a revocation the
+    /// registry records), and a row is not an order; officers' retirement
+    /// removes it ([`KeyManager::forget_retired`]).
     pub fn retire_key(
         &self,
         keys: &[StoredKey],
@@ -298,9 +301,14 @@ impl KeyManager {
             &[(label.to_owned(), key.record.state, KeyState::Retired)],
             now,
             decision,
-        )?;
-        self.forget_private_halves(&[key]);
-        Ok(())
+        )
+    }
+
+    /// Officers retired `label`: its private half leaves the token too.
+    pub fn forget_retired(&self, keys: &[StoredKey], label: &str) {
+        if let Ok(key) = state_of(keys, label) {
+            self.forget_private_halves(&[key]);
+        }
     }
 
     /// Keys this node just moved out of signing lose their private half

@@ -60,29 +60,39 @@ fn mismatch(key: &StoredKey, info: &KeyInfo) -> Option<&'static str> {
 
 impl KeyManager {
     /// Before a key is made because the registry says nothing signs for
-    /// `chain`: a retired key's private half leaves the token at
-    /// retirement, so a token still holding a key the registry calls
-    /// retired or destroyed means the rows were written by someone else.
-    /// No key is made on their word (officers decide); refused, counted.
+    /// `chain`. A key leaves the token when this node retires or revokes it
+    /// on officers' order, or when a successor takes over; so a token that
+    /// still holds a key of the chain's purpose (other than a retired audit
+    /// key, kept to co-sign) means the rows were written, deleted or
+    /// renamed by someone else, or a node stopped half-way. No key is made
+    /// on their word (officers decide); refused, counted. A scheduled
+    /// rotation (a key still signs) is not a gap.
     pub(super) fn refuse_unexplained_gap(
         &self,
         keys: &[StoredKey],
         chain: &str,
     ) -> Result<(), String> {
-        let held: Vec<&str> = keys
-            .iter()
-            .filter(|k| k.chain == chain)
-            // A revocation stops a key at once, the node's own step or not
-            // (it errs towards not signing); its successor is made.
-            .filter(|k| !k.record.revoked)
-            .filter(|k| !may_hold(k))
-            .filter(|k| {
-                self.node
-                    .backend
-                    .find(&k.record.label)
-                    .is_ok_and(|info| mismatch(k, &info).is_none())
-            })
+        let of_chain = || keys.iter().filter(|k| k.chain == chain);
+        if of_chain().any(|k| {
+            !k.record.revoked && matches!(k.record.state, KeyState::Pending | KeyState::Active)
+        }) {
+            return Ok(());
+        }
+        let Some(purpose) = chain_purpose(chain) else {
+            return Ok(());
+        };
+        let kept_to_cosign: Vec<&str> = of_chain()
+            .filter(|k| may_hold(k))
             .map(|k| k.record.label.as_str())
+            .collect();
+        let held: Vec<String> = self
+            .node
+            .backend
+            .list()
+            .map_err(|e| format!("listing the token: {e}"))?
+            .into_iter()
+            .filter(|k| k.purpose == purpose && !kept_to_cosign.contains(&k.label.as_str()))
+            .map(|k| k.label)
             .collect();
         if held.is_empty() {
             return Ok(());
@@ -90,10 +100,10 @@ impl KeyManager {
         self.node
             .metrics
             .orders_refused
-            .with_label_values(&["generate", "token_holds_retired_key"])
+            .with_label_values(&["generate", "token_holds_chain_key"])
             .inc();
         Err(format!(
-            "the registry says no {chain} key signs, yet the token still holds {held:?}, which it calls retired or destroyed: no key is made on the registry's word (officers decide)"
+            "the registry says no {chain} key signs, yet the token still holds {held:?}: no key is made on the registry's word (officers decide)"
         ))
     }
 
