@@ -79,26 +79,46 @@ pub enum ClientCa {
     Officers,
 }
 
-/// Which CA issued `certificate_der`, given the officers' CA certificates
-/// (none: one CA for all). The handshake already verified the chain to one
-/// of the trusted CAs; this only tells the two apart, by signature.
-pub fn issuing_ca(certificate_der: &[u8], officer_cas: &[openssl::x509::X509]) -> ClientCa {
+/// Which CA a client's chain (leaf first, as presented) comes from, given
+/// the officers' CA certificates (none: one CA for all). The handshake
+/// already verified the chain to one of the trusted CAs; this tells the two
+/// apart by walking up from the leaf through the presented certificates
+/// that actually signed the one below: the chain is the officers' if that
+/// path reaches a certificate an officers' CA key signed. Certificates a
+/// client merely appends (the officers' CA itself, say) are not on the
+/// path and count for nothing. The two CAs never share a key (refused when
+/// the TLS files load).
+pub fn issuing_ca(chain: &[&[u8]], officer_cas: &[openssl::x509::X509]) -> ClientCa {
+    use openssl::x509::X509;
     if officer_cas.is_empty() {
         return ClientCa::Shared;
     }
-    let Ok(leaf) = openssl::x509::X509::from_der(certificate_der) else {
+    let signed_by = |cert: &X509, by: &X509| {
+        by.public_key()
+            .and_then(|key| cert.verify(&key))
+            .unwrap_or(false)
+    };
+    let certs: Vec<X509> = chain
+        .iter()
+        .filter_map(|d| X509::from_der(d).ok())
+        .collect();
+    let Some(mut current) = certs.first() else {
         return ClientCa::Services;
     };
-    let by_officer_ca = officer_cas.iter().any(|ca| {
-        ca.public_key()
-            .and_then(|key| leaf.verify(&key))
-            .unwrap_or(false)
-    });
-    if by_officer_ca {
-        ClientCa::Officers
-    } else {
-        ClientCa::Services
+    for _ in 0..certs.len() {
+        if officer_cas.iter().any(|ca| signed_by(current, ca)) {
+            return ClientCa::Officers;
+        }
+        match certs
+            .iter()
+            .skip(1)
+            .find(|c| !std::ptr::eq(*c, current) && signed_by(current, c))
+        {
+            Some(issuer) => current = issuer,
+            None => break,
+        }
     }
+    ClientCa::Services
 }
 
 /// `scheme://authority/path`: ASCII, no wildcard, no whitespace.
@@ -217,5 +237,60 @@ mod tests {
         ] {
             assert_eq!(client_identity(&cert(sans)), Err(refused), "{sans:?}");
         }
+    }
+
+    fn key() -> PKey<openssl::pkey::Private> {
+        PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A certificate for `subject`'s key signed by `issuer` (names do not
+    /// matter here: the walk follows signatures).
+    fn issued(
+        subject: &PKey<openssl::pkey::Private>,
+        issuer: &PKey<openssl::pkey::Private>,
+    ) -> openssl::x509::X509 {
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_pubkey(subject).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(issuer, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    #[test]
+    fn the_officers_ca_is_told_by_the_path_the_leaf_was_signed_along() {
+        let (officer_ca_key, services_ca_key) = (key(), key());
+        let officer_ca = issued(&officer_ca_key, &officer_ca_key);
+        let services_ca = issued(&services_ca_key, &services_ca_key);
+        let cas = [officer_ca.clone()];
+        let der = |c: &openssl::x509::X509| c.to_der().unwrap();
+        let leaf_key = key();
+        // Signed by the officers' CA, directly or through its intermediate.
+        let direct = der(&issued(&leaf_key, &officer_ca_key));
+        assert_eq!(issuing_ca(&[&direct], &cas), ClientCa::Officers);
+        let intermediate_key = key();
+        let intermediate = der(&issued(&intermediate_key, &officer_ca_key));
+        let below = der(&issued(&leaf_key, &intermediate_key));
+        assert_eq!(
+            issuing_ca(&[&below, &intermediate], &cas),
+            ClientCa::Officers
+        );
+        // A services leaf stays the services' even with the officers' CA
+        // (or an officer's intermediate) appended: not on its path.
+        let services = der(&issued(&leaf_key, &services_ca_key));
+        let appended = [&services[..], &der(&officer_ca), &intermediate];
+        assert_eq!(issuing_ca(&appended, &cas), ClientCa::Services);
+        assert_eq!(
+            issuing_ca(&[&services, &der(&services_ca)], &cas),
+            ClientCa::Services
+        );
+        // No officers' CA configured: one CA for all.
+        assert_eq!(issuing_ca(&[&direct], &[]), ClientCa::Shared);
     }
 }

@@ -179,9 +179,15 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Cont
                     let identity = leaf.map_or(Err(NoIdentity::Missing), |c| {
                         super::identity::client_identity(c)
                     });
-                    let ca = leaf.map_or(ClientCa::Shared, |c| {
-                        super::identity::issuing_ca(c, &officer_cas)
-                    });
+                    let chain: Vec<&[u8]> = session
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|d| d.as_ref()).collect())
+                        .unwrap_or_default();
+                    let ca = if leaf.is_some() {
+                        super::identity::issuing_ca(&chain, &officer_cas)
+                    } else {
+                        ClientCa::Shared
+                    };
                     let h2 = session.alpn_protocol() == Some(b"h2");
                     let peer = Arc::new(Peer { identity, ca });
                     connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
