@@ -390,7 +390,8 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
     assert!(size >= log.len() as u64);
     // And the whole log, across the crash, verifies offline.
     d.signal("TERM");
-    assert!(d.wait_exit(Duration::from_secs(15)).success());
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status}:\n{}", d.log());
     let _ = export_and_verify(&d, "after-crash", &["--min-size", &size.to_string()]);
 }
 
@@ -771,11 +772,18 @@ fn every_ds_signature_is_accounted_for_by_the_audit_log() {
             "--token",
             "dojangd",
         ])
+        .arg("--pin-file")
+        .arg(d.scratch().join("pin"))
         .output()
         .unwrap();
     assert!(
         !sample.status.success(),
         "a sample was signed with the daemon's token"
+    );
+    assert!(
+        String::from_utf8_lossy(&sample.stderr).contains("is the configured token"),
+        "{}",
+        String::from_utf8_lossy(&sample.stderr)
     );
 
     let ds = d.keys()[0].clone();

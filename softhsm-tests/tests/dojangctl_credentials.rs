@@ -50,6 +50,8 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
             "mdoc",
             "--token",
             token.label(),
+            "--pin-file",
+            token.pin_file().to_str().unwrap(),
         ],
     );
     assert!(!refused.status.success());
@@ -70,6 +72,8 @@ fn pki_init_then_both_formats_issue_and_verify_from_the_cli() {
                 format,
                 "--iaca-out",
                 sample_iaca.to_str().unwrap(),
+                "--pin-file",
+                token.pin_file().to_str().unwrap(),
             ],
         ));
         let file = token.scratch().join(format!("sample.{format}"));
@@ -184,6 +188,8 @@ fn bad_device_keys_are_refused_with_a_clear_error() {
                 "sd-jwt",
                 "--device-jwk",
                 path.to_str().unwrap(),
+                "--pin-file",
+                token.pin_file().to_str().unwrap(),
             ],
         );
         assert!(!out.status.success(), "{jwk} accepted");

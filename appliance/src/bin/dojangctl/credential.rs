@@ -32,9 +32,9 @@ pub(crate) enum CredentialCommand {
         /// the configured token).
         #[arg(long, default_value = "dojang-sample")]
         token: String,
-        /// File holding that token's user PIN [default: the configured PIN source].
+        /// File holding that token's user PIN (never the production PIN).
         #[arg(long)]
-        pin_file: Option<PathBuf>,
+        pin_file: PathBuf,
         /// Where the throwaway sample IACA certificate is written, to verify
         /// the sample with `dojangctl verify --iaca FILE`.
         #[arg(long, default_value = "sample-iaca.pem")]
@@ -69,7 +69,7 @@ pub(crate) fn run(command: CredentialCommand, config: &Config) -> anyhow::Result
 fn sample_token(
     config: &Config,
     token: &str,
-    pin_file: Option<PathBuf>,
+    pin_file: PathBuf,
 ) -> anyhow::Result<std::sync::Arc<dyn KeyBackend>> {
     let configured = match (&config.keys.backend, &config.keys.pkcs11) {
         (BackendKind::Pkcs11, Some(p)) => p,
@@ -77,18 +77,22 @@ fn sample_token(
             "credential sample needs a PKCS#11 module ([keys.pkcs11]) with a development token"
         ),
     };
-    if configured.token_label.as_deref() == Some(token) {
-        anyhow::bail!(
+    match configured.token_label.as_deref() {
+        Some(label) if label == token => anyhow::bail!(
             "{token:?} is the configured token: samples are never signed with production keys (pick a development token with --token)"
-        );
+        ),
+        Some(_) => {}
+        // By serial, the production token's label is unknown here: it
+        // could be the one asked for.
+        None => anyhow::bail!(
+            "the configured token is selected by serial: name it by token_label so samples can be kept off it"
+        ),
     }
     let mut pkcs11 = configured.clone();
     pkcs11.token_label = Some(token.to_owned());
     pkcs11.token_serial = None;
     pkcs11.sessions = 1;
-    if let Some(file) = pin_file {
-        pkcs11.pin = SecretSource::File(file);
-    }
+    pkcs11.pin = SecretSource::File(pin_file);
     let keys = BackendConfig {
         backend: BackendKind::Pkcs11,
         pkcs11: Some(pkcs11),
