@@ -121,6 +121,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(RwLock::new(public_tls)) as TlsSlot,
     );
     runtime.block_on(serve(&server, &credential, &shared, slots))?;
+    // Nothing may still be inside the token, the store or OpenSSL when the
+    // process exits and their globals are torn down (a signing job left
+    // running there crashed an exit): the connections' tasks end, then the
+    // pools' jobs.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    shared.pool.finish();
+    shared.public_pool.finish();
     // The last entries of this run, covered by a final checkpoint.
     stop_threads.store(true, Ordering::Relaxed);
     let _ = audit_thread.join();

@@ -7,16 +7,23 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// How long stopping waits for the jobs running and queued.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
 /// The pool.
 pub struct BlockingPool {
-    sender: SyncSender<Job>,
+    /// `None` tells one worker to stop.
+    sender: SyncSender<Option<Job>>,
     queued: Arc<AtomicI64>,
     on_depth: Arc<dyn Fn(i64) + Send + Sync>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The queue is full.
@@ -31,31 +38,63 @@ impl BlockingPool {
         queue: usize,
         on_depth: Arc<dyn Fn(i64) + Send + Sync>,
     ) -> std::io::Result<Self> {
-        let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
+        let (sender, receiver) = mpsc::sync_channel::<Option<Job>>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
+        let mut workers = Vec::with_capacity(threads);
         for n in 0..threads {
             let receiver = receiver.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("dojang-sign-{n}"))
-                .spawn(move || {
-                    loop {
-                        // Take the next job, releasing the lock before running it.
-                        let job = match receiver.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("dojang-sign-{n}"))
+                    .spawn(move || {
+                        loop {
+                            // Take the next job, releasing the lock before running it.
+                            let job = match receiver.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => return,
+                            };
+                            match job {
+                                Ok(Some(job)) => job(),
+                                Ok(None) | Err(_) => return,
+                            }
                         }
-                    }
-                })?;
+                    })?,
+            );
         }
         Ok(BlockingPool {
             sender,
             queued: Arc::new(AtomicI64::new(0)),
             on_depth,
+            workers: Mutex::new(workers),
         })
+    }
+
+    /// Stopping: the jobs queued run, then the workers end and are waited
+    /// for (up to a bound), so no device or database call is still running
+    /// when the process exits and the libraries' globals are torn down.
+    pub fn finish(&self) {
+        let workers = self
+            .workers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        for _ in &workers {
+            let _ = self.sender.send(None);
+        }
+        let deadline = Instant::now() + FINISH_WAIT;
+        while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (done, stuck): (Vec<_>, Vec<_>) = workers.into_iter().partition(|w| w.is_finished());
+        for worker in done {
+            let _ = worker.join();
+        }
+        if !stuck.is_empty() {
+            tracing::warn!(
+                workers = stuck.len(),
+                "device or database calls still running at exit"
+            );
+        }
     }
 
     /// Runs `f` on a worker; `Err(PoolFull)` at once if the queue is full.
@@ -72,7 +111,7 @@ impl BlockingPool {
             let _ = tx.send(f());
         });
         (self.on_depth)(self.queued.fetch_add(1, Ordering::AcqRel) + 1);
-        match self.sender.try_send(job) {
+        match self.sender.try_send(Some(job)) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 (self.on_depth)(self.queued.fetch_sub(1, Ordering::AcqRel) - 1);
