@@ -246,7 +246,7 @@ impl KeyManager {
             tracing::error!(%label, reason, "a registry row names a token key it does not describe: left alone");
         }
         if !found.retained.is_empty() {
-            tracing::warn!(keys = ?found.retained, "the token still holds keys the registry retired or destroyed; officers destroy them (dojangctl keys destroy)");
+            tracing::warn!(keys = ?found.retained, "the token still holds keys the registry retired or destroyed; check the audit log for who changed them (docs/operations.md)");
         }
         self.record_token_report(&found, now);
         *report = found;
