@@ -39,8 +39,8 @@ pub struct Metrics {
     /// row is not one), by what was asked and why it was refused.
     pub orders_refused: IntCounterVec,
     /// Keys the registry calls retired or destroyed whose private half the
-    /// token still holds (officers destroy them; the daemon never does on a
-    /// row's word).
+    /// token still holds (investigated through the audit log; the daemon
+    /// never removes one on a row's word).
     pub keys_retained_in_token: IntGauge,
     /// Free first-time copies left.
     pub free_quota_remaining: IntGauge,
@@ -320,6 +320,13 @@ impl Metrics {
                 "Keys the registry calls retired or destroyed whose private half the token still holds.",
             ),
         )
+    }
+
+    /// Counts an act on the token refused for want of a verified order.
+    pub fn order_refused(&self, order: &str, reason: &str) {
+        self.orders_refused
+            .with_label_values(&[order, reason])
+            .inc();
     }
 
     /// Times a key-backend call and counts its result.

@@ -88,7 +88,7 @@ pub enum ClientCa {
 /// client merely appends (the officers' CA itself, say) are not on the
 /// path and count for nothing. The two CAs never share a key (refused when
 /// the TLS files load).
-pub fn issuing_ca(chain: &[&[u8]], officer_cas: &[openssl::x509::X509]) -> ClientCa {
+pub fn issuing_ca(chain: &[impl AsRef<[u8]>], officer_cas: &[openssl::x509::X509]) -> ClientCa {
     use openssl::x509::X509;
     if officer_cas.is_empty() {
         return ClientCa::Shared;
@@ -100,7 +100,7 @@ pub fn issuing_ca(chain: &[&[u8]], officer_cas: &[openssl::x509::X509]) -> Clien
     };
     let certs: Vec<X509> = chain
         .iter()
-        .filter_map(|d| X509::from_der(d).ok())
+        .filter_map(|d| X509::from_der(d.as_ref()).ok())
         .collect();
     let Some(mut current) = certs.first() else {
         return ClientCa::Services;

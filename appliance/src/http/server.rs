@@ -175,19 +175,11 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Cont
             match handshake {
                 Ok(Ok(tls_stream)) => {
                     let (_, session) = tls_stream.get_ref();
-                    let leaf = session.peer_certificates().and_then(|c| c.first());
-                    let identity = leaf.map_or(Err(NoIdentity::Missing), |c| {
+                    let chain = session.peer_certificates().unwrap_or_default();
+                    let identity = chain.first().map_or(Err(NoIdentity::Missing), |c| {
                         super::identity::client_identity(c)
                     });
-                    let chain: Vec<&[u8]> = session
-                        .peer_certificates()
-                        .map(|c| c.iter().map(|d| d.as_ref()).collect())
-                        .unwrap_or_default();
-                    let ca = if leaf.is_some() {
-                        super::identity::issuing_ca(&chain, &officer_cas)
-                    } else {
-                        ClientCa::Shared
-                    };
+                    let ca = super::identity::issuing_ca(chain, &officer_cas);
                     let h2 = session.alpn_protocol() == Some(b"h2");
                     let peer = Arc::new(Peer { identity, ca });
                     connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;

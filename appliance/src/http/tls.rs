@@ -85,26 +85,22 @@ pub fn api_config(api: &ApiListener) -> Result<ListenerTls, TlsError> {
     }
     let mut officer_cas = Vec::new();
     if let Some(path) = &api.officer_ca {
+        let spki = |cert: &openssl::x509::X509| cert.public_key()?.public_key_to_der();
         let services: Vec<Vec<u8>> = certificates(&api.client_ca)?
             .iter()
-            .filter_map(|c| openssl::x509::X509::from_der(c).ok())
-            .filter_map(|c| c.public_key().ok()?.public_key_to_der().ok())
+            .filter_map(|c| spki(&openssl::x509::X509::from_der(c).ok()?).ok())
             .collect();
         for ca in certificates(path)? {
-            let key = openssl::x509::X509::from_der(&ca)
-                .and_then(|c| c.public_key())
-                .and_then(|k| k.public_key_to_der())
+            let cert = openssl::x509::X509::from_der(&ca)
                 .map_err(|e| error(path, format!("officer CA: {e}")))?;
+            let key = spki(&cert).map_err(|e| error(path, format!("officer CA: {e}")))?;
             if services.contains(&key) {
                 return Err(error(
                     path,
                     "the officers' CA shares a key with client_ca: it would make every service an officer",
                 ));
             }
-            officer_cas.push(
-                openssl::x509::X509::from_der(&ca)
-                    .map_err(|e| error(path, format!("officer CA: {e}")))?,
-            );
+            officer_cas.push(cert);
             roots
                 .add(ca)
                 .map_err(|e| error(path, format!("officer CA: {e}")))?;

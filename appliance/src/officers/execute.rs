@@ -94,9 +94,7 @@ impl Officers {
             };
             self.node
                 .metrics
-                .orders_refused
-                .with_label_values(&[operation_kind(&proposal.operation), "unverified_approval"])
-                .inc();
+                .order_refused(operation_kind(&proposal.operation), "unverified_approval");
             self.node
                 .metrics
                 .officer_steps

@@ -260,25 +260,24 @@ impl KeyManager {
         self.refuse_forged_activation(key, &info, now)?;
         pkcs11_shim::prove_possession(self.node.backend, &info)
             .map_err(|e| format!("{label} cannot sign: {e}"))?;
-        let mut moves = Vec::new();
-        for old in keys
-            .iter()
-            .filter(|k| k.chain == key.chain && k.record.state == KeyState::Active)
-        {
-            moves.push((
-                old.record.label.clone(),
-                KeyState::Active,
-                KeyState::Retired,
-            ));
-        }
-        moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
-        let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
-        self.move_keys(&moves, now, decision)?;
-        let retired: Vec<&StoredKey> = keys
+        let outgoing: Vec<&StoredKey> = keys
             .iter()
             .filter(|k| k.chain == key.chain && k.record.state == KeyState::Active)
             .collect();
-        self.forget_private_halves(&retired);
+        let mut moves: Vec<_> = outgoing
+            .iter()
+            .map(|old| {
+                (
+                    old.record.label.clone(),
+                    KeyState::Active,
+                    KeyState::Retired,
+                )
+            })
+            .collect();
+        moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
+        let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
+        self.move_keys(&moves, now, decision)?;
+        self.forget_private_halves(&outgoing);
         tracing::info!(%label, "key active");
         Ok(())
     }
@@ -337,14 +336,12 @@ impl KeyManager {
         now: OffsetDateTime,
     ) -> Result<(), String> {
         let key = state_of(keys, label)?;
-        if key.record.state != KeyState::Destroyed {
-            let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
-            self.move_keys(
-                &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
-                now,
-                decision,
-            )?;
-        }
+        let decision = self.key_decision("keys.destroy", "destroyed", label, &key.kid, now);
+        self.move_keys(
+            &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
+            now,
+            decision,
+        )?;
         match order {
             DestroyOrder::Officers => self.destroy_private_half(key, "destroy"),
             DestroyOrder::Plan => Ok(()),

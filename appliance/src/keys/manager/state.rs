@@ -59,7 +59,7 @@ pub struct KeyManager {
     lifecycle_pause: Mutex<Option<Instant>>,
     /// When the token was last checked against the registry's retired
     /// and destroyed keys, and what that check found.
-    pub(super) last_reconcile: Mutex<Option<Instant>>,
+    pub(super) last_token_check: Mutex<Option<Instant>>,
     pub(super) token_report: Mutex<crate::keys::manager::token::TokenReport>,
     /// When a recent revocation's credentials were last swept.
     pub(super) last_sweep: Mutex<Option<OffsetDateTime>>,
@@ -100,7 +100,7 @@ impl KeyManager {
             key_swap: Mutex::new(()),
             leader: AtomicBool::new(false),
             lifecycle_pause: Mutex::new(None),
-            last_reconcile: Mutex::new(None),
+            last_token_check: Mutex::new(None),
             token_report: Mutex::new(Default::default()),
             last_sweep: Mutex::new(None),
         }

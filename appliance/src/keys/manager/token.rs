@@ -99,9 +99,7 @@ impl KeyManager {
         }
         self.node
             .metrics
-            .orders_refused
-            .with_label_values(&["generate", "token_holds_chain_key"])
-            .inc();
+            .order_refused("generate", "token_holds_chain_key");
         Err(format!(
             "the registry says no {chain} key signs, yet the token still holds {held:?}: no key is made on the registry's word (officers decide)"
         ))
@@ -120,11 +118,7 @@ impl KeyManager {
             return Ok(());
         };
         let label = &key.record.label;
-        self.node
-            .metrics
-            .orders_refused
-            .with_label_values(&["activate", reason])
-            .inc();
+        self.node.metrics.order_refused("activate", reason);
         let mut decision = self.key_decision("keys.activate", "refused", label, &key.kid, now);
         decision.rule = Some(format!(
             "keys.verified_order: key {label}: the token's key under this label is not the {} key the registry describes ({reason})",
@@ -153,11 +147,7 @@ impl KeyManager {
         match mismatch(key, &info) {
             None => Ok(()),
             Some(reason) => {
-                self.node
-                    .metrics
-                    .orders_refused
-                    .with_label_values(&["sign", reason])
-                    .inc();
+                self.node.metrics.order_refused("sign", reason);
                 tracing::error!(%label, chain = %key.chain, reason, "a registry row names a token key it does not describe: it does not sign");
                 Err(format!(
                     "{} key {label}: the token's key under this label is not the one the registry describes ({reason}); it does not sign",
@@ -181,11 +171,7 @@ impl KeyManager {
             Err(e) => return Err(format!("{label}: the token did not answer: {e}")),
         };
         if let Some(reason) = mismatch(key, &info) {
-            self.node
-                .metrics
-                .orders_refused
-                .with_label_values(&[order, reason])
-                .inc();
+            self.node.metrics.order_refused(order, reason);
             tracing::error!(%label, chain = %key.chain, reason, "refused to remove a key the registry row does not describe");
             return Err(format!(
                 "{label}: the token's key is not the {} key the registry describes ({reason}); left in the token",
@@ -207,7 +193,7 @@ impl KeyManager {
     /// counted as a refused order. Either finding is audited when it
     /// changes. Nothing is ever removed here: a row is not an order.
     pub fn check_token_against_registry(&self, now: time::OffsetDateTime) {
-        if let Ok(mut last) = self.last_reconcile.lock() {
+        if let Ok(mut last) = self.last_token_check.lock() {
             if last.is_some_and(|at| at.elapsed() < RETAINED_CHECK_EVERY) {
                 return;
             }
@@ -238,11 +224,7 @@ impl KeyManager {
             return;
         }
         for (label, reason) in found.forged.iter().filter(|f| !report.forged.contains(f)) {
-            self.node
-                .metrics
-                .orders_refused
-                .with_label_values(&["reconcile", reason])
-                .inc();
+            self.node.metrics.order_refused("reconcile", reason);
             tracing::error!(%label, reason, "a registry row names a token key it does not describe: left alone");
         }
         if !found.retained.is_empty() {
