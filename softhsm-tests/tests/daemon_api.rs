@@ -95,6 +95,27 @@ fn a_separate_officer_ca_alone_makes_officers_and_nothing_else() {
         api: "officer_ca = \"{tls}/officer-ca.pem\"".into(),
         ..Options::default()
     });
+    // An officers' CA with the services CA's key would make every service
+    // an officer: the configuration is refused.
+    let shared = Daemon::start(Options {
+        api: "officer_ca = \"{tls}/ca.pem\"".into(),
+        spawn: false,
+        ..Options::default()
+    });
+    let out = shared
+        .command("dojangd")
+        .arg("validate")
+        .arg("--config")
+        .arg(&shared.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shares a key with client_ca"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(shared);
     // Without it configured, the officers' CA is not even trusted.
     let plain = Daemon::start(Options::default());
     let mut outsider = softhsm_tests::https::Client::new(plain.api_target("kim-officer-ca", false));

@@ -249,24 +249,29 @@ fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon
     .unwrap();
     assert_eq!(header["kid"], status_kid);
 
-    // Rows deleted, or a revocation nobody ordered: the registry says no
-    // key signs for a chain, but the token still holds its key. No
-    // replacement is made on that word (and nothing leaves the token).
+    // A revocation nobody ordered, then rows deleted: the registry says no
+    // key signs for the DS chain, but the token still holds its key. The
+    // key stops signing, yet its private half stays and no replacement is
+    // made on that word.
     sql.run("DELETE FROM {s}.signing_keys WHERE label = 'iaca'");
-    sql.run("DELETE FROM {s}.signing_keys WHERE chain = 'ds'");
     let gap =
         "dojang_key_orders_refused_total{order=\"generate\",reason=\"token_holds_chain_key\"}";
-    let before_gap = metric(&d, gap);
-    let deadline = Instant::now() + Duration::from_secs(50);
-    while metric(&d, gap) <= before_gap {
-        assert!(
-            Instant::now() < deadline,
-            "a DS key was made for deleted rows:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
+    for lie in [
+        format!(
+            "UPDATE {{s}}.signing_keys SET revoked_at = {now}, revoked_reason = 'forged' WHERE label = 'ds-1'"
+        ),
+        "DELETE FROM {s}.signing_keys WHERE chain = 'ds'".to_owned(),
+    ] {
+        let refused_before = metric(&d, gap);
+        sql.run(&lie);
+        // The lifecycle rests 30 s after a refusal.
+        let deadline = Instant::now() + Duration::from_secs(50);
+        while metric(&d, gap) <= refused_before {
+            assert!(Instant::now() < deadline, "no refusal after {lie}:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(before, d.token_objects(), "the token's objects changed after {lie}");
     }
-    assert_eq!(before, d.token_objects(), "the token's objects changed");
 }
 
 #[test]

@@ -35,11 +35,15 @@ pub(super) fn retires_private_half(chain: &str) -> bool {
 }
 
 /// Whether the token may hold this key's private half, as the registry
-/// describes it: signing keys, and retired audit keys (see above).
+/// describes it: signing keys, and retired audit keys (see above). Never a
+/// revoked key: a revocation officers ordered removed it at once.
 fn may_hold(key: &StoredKey) -> bool {
+    if key.record.revoked {
+        return false;
+    }
     match key.record.state {
         KeyState::Pending | KeyState::Active => true,
-        KeyState::Retired => !retires_private_half(&key.chain) && !key.record.revoked,
+        KeyState::Retired => !retires_private_half(&key.chain),
         KeyState::Destroyed => false,
     }
 }
