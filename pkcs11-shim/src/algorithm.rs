@@ -109,17 +109,21 @@ pub enum KeyPurpose {
     /// HMAC key that derives the keys sealing stored idempotent responses
     /// (kept apart from the pseudonym key: one use per key).
     ResponseSeal,
+    /// A security officer's approval key, in the officer's own token:
+    /// signs canonical proposals (never held by the appliance).
+    OfficerApproval,
 }
 
 impl KeyPurpose {
     /// Every purpose, in a stable order.
-    pub const ALL: [KeyPurpose; 6] = [
+    pub const ALL: [KeyPurpose; 7] = [
         KeyPurpose::Iaca,
         KeyPurpose::DocumentSigner,
         KeyPurpose::StatusList,
         KeyPurpose::Audit,
         KeyPurpose::Pseudonym,
         KeyPurpose::ResponseSeal,
+        KeyPurpose::OfficerApproval,
     ];
 
     /// The stable name (`iaca`, `document-signer`, …).
@@ -131,6 +135,7 @@ impl KeyPurpose {
             KeyPurpose::Audit => "audit",
             KeyPurpose::Pseudonym => "pseudonym",
             KeyPurpose::ResponseSeal => "response-seal",
+            KeyPurpose::OfficerApproval => "officer-approval",
         }
     }
 
@@ -141,7 +146,7 @@ impl KeyPurpose {
             .find(|p| p.name() == name)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym, response-seal)"
+                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym, response-seal, officer-approval)"
                 ))
             })
     }
@@ -155,6 +160,7 @@ impl KeyPurpose {
             KeyPurpose::Audit => 4,
             KeyPurpose::Pseudonym => 5,
             KeyPurpose::ResponseSeal => 6,
+            KeyPurpose::OfficerApproval => 7,
         }
     }
 

@@ -51,6 +51,12 @@ pub struct ClientRule {
     /// Profiles it may request (issuers).
     #[serde(default)]
     pub profiles: Vec<String>,
+    /// An officer's approval key, pinned: base64 of the DER
+    /// SubjectPublicKeyInfo of a P-256 key held in the officer's own token
+    /// (`dojangctl officer enroll` prints it). Required for officers, refused
+    /// for anyone else.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// What a client may do.
@@ -277,6 +283,8 @@ pub struct Policy {
     pub keys: KeyRules,
     /// Dual control of officer operations.
     pub officers: OfficerRules,
+    /// Each officer's pinned approval key (DER SubjectPublicKeyInfo).
+    officer_keys: BTreeMap<String, Vec<u8>>,
 }
 
 fn to_date(dt: &toml::value::Datetime) -> Option<Date> {
@@ -434,6 +442,58 @@ fn check_clients(
     Ok(())
 }
 
+/// Each officer's `signing_key`: present, a P-256 public key, pinned for
+/// one officer only (one key counted as two officers would be one person
+/// approving twice); nobody else has one.
+fn pinned_officer_keys(clients: &[ClientRule]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    use openssl::base64::decode_block;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    let mut keys = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for client in clients {
+        let officer = client.roles.contains(&Role::Officer);
+        let who = &client.identity;
+        let text = match (&client.signing_key, officer) {
+            (None, false) => continue,
+            (Some(_), false) => {
+                return Err(format!(
+                    "clients: {who:?} has a signing_key but not the officer role: only officers sign approvals"
+                ));
+            }
+            (None, true) => {
+                return Err(format!(
+                    "clients: officer {who:?} has no signing_key: pin the approval key of the officer's token \
+                     (dojangctl officer enroll prints it)"
+                ));
+            }
+            (Some(text), true) => text,
+        };
+        let bad = || {
+            format!(
+                "clients: officer {who:?}: signing_key is not a base64 P-256 public key (SubjectPublicKeyInfo)"
+            )
+        };
+        let der = decode_block(text.trim()).map_err(|_| bad())?;
+        let key = PKey::public_key_from_der(&der).map_err(|_| bad())?;
+        let p256 = key
+            .ec_key()
+            .ok()
+            .and_then(|ec| ec.group().curve_name())
+            .is_some_and(|curve| curve == Nid::X9_62_PRIME256V1);
+        if !p256 {
+            return Err(bad());
+        }
+        if !seen.insert(der.clone()) {
+            return Err(format!(
+                "clients: officer {who:?} has the signing_key of another officer: each officer pins their own"
+            ));
+        }
+        let _ = keys.insert(who.clone(), der);
+    }
+    Ok(keys)
+}
+
 /// A `[keys]` or `[officers]` duration, `name` naming it in the error.
 fn duration(name: &str, text: &str) -> Result<time::Duration, String> {
     parse_duration(text).ok_or_else(|| {
@@ -466,6 +526,7 @@ impl Policy {
         check_clients(&file.clients, &file.profiles).map_err(invalid)?;
         let keys = file.keys.read().map_err(invalid)?;
         let officers = file.officers.read(&file.clients).map_err(invalid)?;
+        let officer_keys = pinned_officer_keys(&file.clients).map_err(invalid)?;
         Ok(Policy {
             name: file.name,
             version: file.version,
@@ -481,7 +542,14 @@ impl Policy {
             profiles: file.profiles,
             keys,
             officers,
+            officer_keys,
         })
+    }
+
+    /// The approval key pinned for officer `identity` (DER
+    /// SubjectPublicKeyInfo of a P-256 key).
+    pub fn officer_key(&self, identity: &str) -> Option<&[u8]> {
+        self.officer_keys.get(identity).map(Vec::as_slice)
     }
 
     /// The client rule for `identity`.
@@ -529,5 +597,83 @@ mod tests {
             last_day_of_months(date!(2027 - 01 - 01), 1),
             Some(date!(2027 - 01 - 31))
         );
+    }
+
+    fn key(curve: openssl::nid::Nid) -> String {
+        let group = openssl::ec::EcGroup::from_curve_name(curve).unwrap();
+        let key = openssl::ec::EcKey::generate(&group).unwrap();
+        let pkey = openssl::pkey::PKey::from_ec_key(key).unwrap();
+        openssl::base64::encode_block(&pkey.public_key_to_der().unwrap())
+    }
+
+    fn with_officers(blocks: &[(&str, &str, Option<String>)]) -> Result<Policy, PolicyError> {
+        let mut text = crate::SHIPPED_POLICY.to_owned();
+        for (identity, role, signing_key) in blocks {
+            text.push_str(&format!(
+                "\n[[clients]]\nidentity = \"{identity}\"\nroles = [\"{role}\"]\n"
+            ));
+            if let Some(k) = signing_key {
+                text.push_str(&format!("signing_key = \"{k}\"\n"));
+            }
+        }
+        Policy::parse("test", &text)
+    }
+
+    #[test]
+    fn officers_pin_one_p256_key_each_and_nobody_else_does() {
+        use openssl::nid::Nid;
+        let (a, b) = (key(Nid::X9_62_PRIME256V1), key(Nid::X9_62_PRIME256V1));
+        let good = with_officers(&[
+            ("o/kim", "officer", Some(a.clone())),
+            ("o/lee", "officer", Some(b.clone())),
+        ])
+        .unwrap();
+        assert_eq!(
+            good.officer_key("o/kim"),
+            Some(openssl::base64::decode_block(&a).unwrap().as_slice())
+        );
+        assert_eq!(good.officer_key("spiffe://mois.go.kr/office-counter"), None);
+        let refused = |blocks: &[(&str, &str, Option<String>)], says: &str| {
+            let e = with_officers(blocks).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(
+            &[
+                ("o/kim", "officer", None),
+                ("o/lee", "officer", Some(b.clone())),
+            ],
+            "has no signing_key",
+        );
+        refused(
+            &[
+                ("o/kim", "officer", Some(a.clone())),
+                ("o/lee", "officer", Some(a.clone())),
+            ],
+            "of another officer",
+        );
+        refused(
+            &[
+                ("o/kim", "officer", Some(a.clone())),
+                ("o/lee", "officer", Some(b.clone())),
+                ("o/x", "issuer", Some(key(Nid::X9_62_PRIME256V1))),
+            ],
+            "not the officer role",
+        );
+        refused(
+            &[
+                ("o/kim", "officer", Some(key(Nid::SECP384R1))),
+                ("o/lee", "officer", Some(b.clone())),
+            ],
+            "P-256",
+        );
+        refused(
+            &[
+                ("o/kim", "officer", Some("bm90IGEga2V5".into())),
+                ("o/lee", "officer", Some(b)),
+            ],
+            "P-256",
+        );
+        // Fewer pinned officers than M: no quorum possible.
+        refused(&[("o/kim", "officer", Some(a))], "approvals_required");
     }
 }
