@@ -73,6 +73,27 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Records in the audit log that this node refused to act on what the
+    /// registry said (`rule` says which rule and what): a refusal nobody
+    /// asked for, so no answer carries it.
+    pub fn record_refusal(&self, action: &str, rule: &str, policy_hash: &str) {
+        let record = DecisionRecord {
+            rule: Some(rule.to_owned()),
+            ..self.decision(
+                "dojangd",
+                action,
+                "refused",
+                policy_hash,
+                OffsetDateTime::now_utc(),
+            )
+        };
+        if let Err(e) = self.registry.record(record, None) {
+            tracing::warn!(error = %e, action, "recording a refusal");
+        }
+    }
+}
+
 /// A time as RFC 3339, the form answers and audit rules give times in.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)

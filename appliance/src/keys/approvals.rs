@@ -1,9 +1,10 @@
 //! Dual control: an officer operation is a proposal that takes effect only
 //! when `required` distinct officers — the proposer and others — have
-//! approved it before it expires. Nobody approves their own proposal twice
-//! over, issuers cannot propose, one rejection ends it.
+//! signed it before it expires. Nobody signs a proposal twice, issuers
+//! cannot propose, one rejection ends it. Whether the signatures are good
+//! is [`super::order`]'s business; this module keeps the bookkeeping.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -43,8 +44,8 @@ pub enum Operation {
     /// Generate the IACA key and root certificate (once), then a first DS
     /// key.
     GenerateIaca,
-    /// Adopt the policy file of this SHA-256 (hex): nodes load it once
-    /// their file has it.
+    /// Adopt the policy file of this SHA-256 (hex), whose full text the
+    /// proposal carries: nodes load it once their file has it.
     ChangePolicy {
         /// The new policy file's SHA-256.
         sha256: String,
@@ -73,6 +74,20 @@ impl std::fmt::Display for ProposalState {
     }
 }
 
+/// The key a proposal names, as the registry described it when the
+/// proposal was opened: officers sign the kid, not only a label a row could
+/// later point elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyTarget {
+    /// The key's label.
+    pub label: String,
+    /// Its chain (`ds`, `status-list`, `audit`).
+    pub chain: String,
+    /// Its kid (the public key's thumbprint).
+    pub kid: String,
+}
+
 /// A proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
@@ -88,8 +103,20 @@ pub struct Proposal {
     /// After this it can no longer be approved.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
-    /// Officers in favour, the proposer included.
-    pub approvals: BTreeSet<String>,
+    /// The key it names, if any.
+    #[serde(default)]
+    pub target: Option<KeyTarget>,
+    /// SHA-256 of the policy in force when it was opened: under any other
+    /// policy it is void.
+    #[serde(default)]
+    pub policy_hash: String,
+    /// A policy change's full text.
+    #[serde(default)]
+    pub policy_text: Option<String>,
+    /// Officers' signatures over the canonical proposal (base64url), by
+    /// identity: the proposer's and the approvers'.
+    #[serde(default)]
+    pub signatures: BTreeMap<String, String>,
     /// Distinct officers needed (M of N).
     pub required: usize,
     /// Its state.
@@ -112,11 +139,8 @@ pub enum ApprovalError {
     /// The identity does not hold the officer role.
     #[error("{0:?} is not an officer")]
     NotOfficer(String),
-    /// The proposer cannot approve their own proposal.
-    #[error("an officer cannot approve their own proposal")]
-    SelfApproval,
-    /// The officer already approved it.
-    #[error("{0:?} has already approved this proposal")]
+    /// The officer already signed it.
+    #[error("{0:?} has already signed this proposal")]
     AlreadyApproved(String),
     /// Past its expiry.
     #[error("the proposal expired at {0}")]
@@ -146,13 +170,16 @@ pub struct DualControl {
 }
 
 impl DualControl {
-    /// Opens a proposal by `proposer`, who must be an officer.
+    /// Opens a proposal by `proposer`, who must be an officer, under the
+    /// policy of `policy_hash`; no signature yet (the proposer signs it
+    /// like any approver, once it has an id and times).
     pub fn propose(
         &self,
         id: &str,
         operation: Operation,
         proposer: &str,
         is_officer: impl Fn(&str) -> bool,
+        policy_hash: &str,
         now: OffsetDateTime,
     ) -> Result<Proposal, ApprovalError> {
         if !is_officer(proposer) {
@@ -170,7 +197,10 @@ impl DualControl {
             proposer: proposer.to_owned(),
             created_at: now,
             expires_at: now + self.lifetime,
-            approvals: BTreeSet::from([proposer.to_owned()]),
+            target: None,
+            policy_hash: policy_hash.to_owned(),
+            policy_text: None,
+            signatures: BTreeMap::new(),
             required: self.required,
             state: ProposalState::Open,
             rejected_by: None,
@@ -199,30 +229,37 @@ fn check_open(
 }
 
 impl Proposal {
-    /// `officer` approves; the proposal is approved once enough distinct
-    /// officers are in favour: the larger of the M it opened with and
-    /// `required_now` (today's policy), counting only those who are
-    /// officers now (one removed from the policy no longer counts).
-    pub fn approve(
+    /// `officer` adds their `signature` (checked by the caller). Nobody
+    /// signs twice.
+    pub fn sign(
         &mut self,
         officer: &str,
+        signature: String,
         is_officer: impl Fn(&str) -> bool,
-        required_now: usize,
         now: OffsetDateTime,
-    ) -> Result<ProposalState, ApprovalError> {
+    ) -> Result<(), ApprovalError> {
         check_open(self, officer, &is_officer, now)?;
-        if officer == self.proposer {
-            return Err(ApprovalError::SelfApproval);
-        }
-        if !self.approvals.insert(officer.to_owned()) {
+        if self.signatures.contains_key(officer) {
             return Err(ApprovalError::AlreadyApproved(officer.to_owned()));
         }
-        let counted = self.approvals.iter().filter(|a| is_officer(a)).count();
-        if counted >= self.required.max(required_now) {
+        let _ = self.signatures.insert(officer.to_owned(), signature);
+        Ok(())
+    }
+
+    /// With `verified` distinct officers' signatures checked good, the
+    /// proposal is approved once they reach the larger of the M it opened
+    /// with and `required_now` (today's policy).
+    pub fn settle(
+        &mut self,
+        verified: usize,
+        required_now: usize,
+        now: OffsetDateTime,
+    ) -> ProposalState {
+        if self.state == ProposalState::Open && verified >= self.required.max(required_now) {
             self.state = ProposalState::Approved;
             self.approved_at = Some(now);
         }
-        Ok(self.state)
+        self.state
     }
 
     /// `officer` (the proposer included) rejects: the proposal is closed.
@@ -262,92 +299,73 @@ mod tests {
     fn open(required: usize) -> Proposal {
         let operation = Operation::CreateKey { chain: "ds".into() };
         control(required)
-            .propose("p-1", operation, "officer-kim", is_officer, NOW)
+            .propose("p-1", operation, "officer-kim", is_officer, "h", NOW)
             .unwrap()
     }
 
     #[test]
-    fn two_of_n_needs_one_other_officer() {
+    fn nobody_signs_twice_and_m_verified_signatures_approve() {
         let mut p = open(2);
+        assert!(p.signatures.is_empty());
+        p.sign("officer-kim", "s1".into(), is_officer, NOW).unwrap();
         assert_eq!(
-            p.approve("officer-kim", is_officer, 2, NOW),
-            Err(ApprovalError::SelfApproval)
+            p.sign("officer-kim", "s2".into(), is_officer, NOW),
+            Err(ApprovalError::AlreadyApproved("officer-kim".into()))
         );
+        assert_eq!(p.settle(1, 2, NOW), ProposalState::Open);
+        p.sign("officer-lee", "s3".into(), is_officer, NOW).unwrap();
+        assert_eq!(p.settle(2, 2, NOW), ProposalState::Approved);
+        assert_eq!(p.approved_at, Some(NOW));
         assert_eq!(
-            p.approve("officer-lee", is_officer, 2, NOW),
-            Ok(ProposalState::Approved)
-        );
-        assert_eq!(
-            p.approve("officer-park", is_officer, 2, NOW),
+            p.sign("officer-park", "s4".into(), is_officer, NOW),
             Err(ApprovalError::Decided(ProposalState::Approved))
         );
     }
 
     #[test]
-    fn m_of_n_counts_distinct_officers() {
-        let mut p = open(3);
-        assert_eq!(
-            p.approve("officer-lee", is_officer, 2, NOW),
-            Ok(ProposalState::Open)
-        );
-        assert_eq!(
-            p.approve("officer-lee", is_officer, 2, NOW),
-            Err(ApprovalError::AlreadyApproved("officer-lee".into()))
-        );
-        assert_eq!(
-            p.approve("officer-park", is_officer, 2, NOW),
-            Ok(ProposalState::Approved)
-        );
-        assert_eq!(p.approvals.len(), 3);
-    }
-
-    #[test]
-    fn only_current_officers_count_and_a_raised_m_applies() {
-        // Lee left the officers after approving: not counted.
-        let mut p = open(3);
-        let _ = p.approve("officer-lee", is_officer, 3, NOW).unwrap();
-        let without_lee = |id: &str| id != "officer-lee" && is_officer(id);
-        assert_eq!(
-            p.approve("officer-park", without_lee, 3, NOW),
-            Ok(ProposalState::Open)
-        );
+    fn a_raised_m_applies() {
         // Opened with M = 2, policy now says 3.
         let mut p = open(2);
-        assert_eq!(
-            p.approve("officer-lee", is_officer, 3, NOW),
-            Ok(ProposalState::Open)
-        );
-        assert_eq!(
-            p.approve("officer-park", is_officer, 3, NOW),
-            Ok(ProposalState::Approved)
-        );
-        assert_eq!(p.approved_at, Some(NOW));
+        assert_eq!(p.settle(2, 3, NOW), ProposalState::Open);
+        assert_eq!(p.settle(3, 3, NOW), ProposalState::Approved);
     }
 
     #[test]
     fn expiry_roles_rejection_and_quorum_are_enforced() {
         let mut p = open(2);
         assert_eq!(
-            p.approve("officer-lee", is_officer, 2, NOW + Duration::hours(24)),
+            p.sign(
+                "officer-lee",
+                "s".into(),
+                is_officer,
+                NOW + Duration::hours(24)
+            ),
             Err(ApprovalError::Expired(p.expires_at))
         );
         assert_eq!(
-            p.approve("spiffe://mois.go.kr/office-counter", is_officer, 2, NOW),
+            p.sign(
+                "spiffe://mois.go.kr/office-counter",
+                "s".into(),
+                is_officer,
+                NOW
+            ),
             Err(ApprovalError::NotOfficer(
                 "spiffe://mois.go.kr/office-counter".into()
             ))
         );
         p.reject("officer-park", is_officer, NOW).unwrap();
         assert_eq!(
-            p.approve("officer-lee", is_officer, 2, NOW),
+            p.sign("officer-lee", "s".into(), is_officer, NOW),
             Err(ApprovalError::Decided(ProposalState::Rejected))
         );
+        assert_eq!(p.settle(3, 2, NOW), ProposalState::Rejected);
         // An issuer cannot propose; a quorum of 1 or more than the officers is refused.
         let issuer = control(2).propose(
             "p-2",
             Operation::CreateKey { chain: "ds".into() },
             "spiffe://x/issuer",
             is_officer,
+            "h",
             NOW,
         );
         assert!(matches!(issuer, Err(ApprovalError::NotOfficer(_))));
@@ -357,6 +375,7 @@ mod tests {
                 Operation::CreateKey { chain: "ds".into() },
                 "officer-kim",
                 is_officer,
+                "h",
                 NOW,
             );
             assert!(matches!(q, Err(ApprovalError::Quorum { .. })), "{required}");

@@ -33,6 +33,17 @@ struct RevokeBody {
 #[serde(deny_unknown_fields)]
 struct PolicyBody {
     sha256: String,
+    /// The full text: officers sign what they adopt, not a hash of it.
+    text: String,
+}
+
+/// What a `POST` asks officers to sign: the operation, and a policy
+/// change's full text.
+pub struct Requested {
+    /// The operation.
+    pub operation: Operation,
+    /// A policy change's text (its SHA-256 is the operation's).
+    pub policy_text: Option<String>,
 }
 
 fn key_state_problem(detail: String, rule: &'static str) -> Refusal {
@@ -45,9 +56,10 @@ impl Officers {
         action: &str,
         label: Option<&str>,
         body: &[u8],
-    ) -> Result<Operation, Refusal> {
+    ) -> Result<Requested, Refusal> {
         let label = || label.unwrap_or_default().to_owned();
-        Ok(match action {
+        let mut policy_text = None;
+        let operation = match action {
             "rotate" => {
                 let body: RotateBody =
                     serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
@@ -81,12 +93,29 @@ impl Officers {
                         "sha256 must be the policy file's SHA-256 in 64 hex digits",
                     ));
                 }
+                let policy = dojang_policies::Policy::parse("the proposed policy", &body.text)
+                    .map_err(|e| {
+                        Refusal::bad_request("invalid_policy", e.to_string())
+                            .with_rule("policy.valid")
+                    })?;
+                if policy.hash != sha256 {
+                    return Err(Refusal::bad_request(
+                        "policy_hash_mismatch",
+                        format!("the text's SHA-256 is {}, not {sha256}", policy.hash),
+                    )
+                    .with_rule("policy.change"));
+                }
+                policy_text = Some(body.text);
                 Operation::ChangePolicy { sha256 }
             }
             "iaca" => Operation::GenerateIaca,
             "activate" => Operation::ActivateKey { label: label() },
             "retire" => Operation::RetireKey { label: label() },
             _ => Operation::DestroyKey { label: label() },
+        };
+        Ok(Requested {
+            operation,
+            policy_text,
         })
     }
 

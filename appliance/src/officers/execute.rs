@@ -4,13 +4,18 @@
 
 use time::OffsetDateTime;
 
-use super::proposals::{LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS, operation_summary};
+use super::proposals::{
+    LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS, operation_summary, order_problem,
+};
 use crate::errors::store_refusal;
 use crate::keys::approvals::{Operation, Proposal, ProposalState};
 use crate::keys::manager::DestroyOrder;
+use crate::keys::order::{Adoption, verify_order};
 use crate::node::rfc3339;
 use crate::refusal::{Class, Refusal};
-use crate::store::{IACA_DOCUMENT, POLICY_DOCUMENT};
+use crate::store::{
+    IACA_DOCUMENT, POLICY_DOCUMENT, policy_adoption_document, policy_text_document,
+};
 
 impl Officers {
     /// Executes an approved proposal and records its result on it (row at
@@ -23,7 +28,12 @@ impl Officers {
         version: i64,
         now: OffsetDateTime,
     ) -> Result<Result<String, Refusal>, Refusal> {
-        let result = self.execute(&proposal.operation, now);
+        // The order is checked where it is carried out, from the proposal
+        // as it stands: never on the word of a state column.
+        let policy = self.policy.current();
+        verify_order(proposal, &policy)
+            .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
+        let result = self.execute(proposal, now);
         proposal.result = Some(match &result {
             Ok(done) => done.clone(),
             Err(p) => format!("failed: {}", p.detail),
@@ -111,7 +121,8 @@ impl Officers {
     }
 
     /// Carries out an approved operation; what it did, for the record.
-    fn execute(&self, operation: &Operation, now: OffsetDateTime) -> Result<String, Refusal> {
+    fn execute(&self, proposal: &Proposal, now: OffsetDateTime) -> Result<String, Refusal> {
+        let operation = &proposal.operation;
         let keys = self.node.registry.keys().map_err(store_refusal)?;
         self.check_operation(operation, &keys, now)?;
         let failed = |detail: String| {
@@ -152,16 +163,7 @@ impl Officers {
             }
             Operation::GenerateIaca => self.generate_iaca(now).map_err(failed)?,
             Operation::ChangePolicy { sha256 } => {
-                let decision = crate::store::DecisionRecord {
-                    rule: Some(format!("policy {sha256}: approved by officers")),
-                    ..self
-                        .node
-                        .decision("dojangd", "policy.adopt", "ok", sha256, now)
-                };
-                self.node
-                    .registry
-                    .set_document(POLICY_DOCUMENT, sha256, decision)
-                    .map_err(store_refusal)?;
+                self.adopt_policy(proposal, sha256, now)?;
                 match self.reloader.reload(now) {
                     Ok(()) => format!("policy {sha256} adopted and loaded"),
                     Err(e) => format!(
@@ -171,7 +173,10 @@ impl Officers {
                 }
             }
             Operation::EmergencyRevoke { label, reason } => {
-                let changed = self.keys.revoke_key(label, reason, now).map_err(failed)?;
+                let changed = self
+                    .keys
+                    .revoke_key(proposal, label, reason, now)
+                    .map_err(failed)?;
                 format!(
                     "key {label} revoked and on the CRL; {changed} credentials it signed changed status"
                 )
@@ -183,6 +188,68 @@ impl Officers {
             tracing::warn!(error = %e.0, "reloading keys after an officer operation");
         }
         Ok(done)
+    }
+
+    /// Records an approved policy change: its text, the signed proposal as
+    /// the record of its adoption (every node checks it before following),
+    /// then the adopted hash.
+    fn adopt_policy(
+        &self,
+        proposal: &Proposal,
+        sha256: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), Refusal> {
+        let text = proposal.policy_text.as_deref().ok_or_else(|| {
+            Refusal::new(
+                Class::Conflict,
+                "operation_failed",
+                "the proposal carries no policy text",
+            )
+            .with_rule("policy.change")
+        })?;
+        let record = serde_json::to_string(&Adoption::Change {
+            proposal: Box::new(proposal.clone()),
+        })
+        .map_err(|_| Refusal::internal())?;
+        let hash = self.policy.current().hash.clone();
+        let decision = |action: &str, rule: String| crate::store::DecisionRecord {
+            rule: Some(rule),
+            ..self.node.decision("dojangd", action, "ok", &hash, now)
+        };
+        let registry = &self.node.registry;
+        let _ = registry
+            .set_document_if_absent(
+                &policy_text_document(sha256),
+                text,
+                decision(
+                    "policy.keep",
+                    format!("policy {sha256}: text kept in the registry"),
+                ),
+            )
+            .map_err(store_refusal)?;
+        registry
+            .set_document(
+                &policy_adoption_document(sha256),
+                &record,
+                decision(
+                    "policy.adoption",
+                    format!(
+                        "policy {sha256}: proposal {} signed by officers",
+                        proposal.id
+                    ),
+                ),
+            )
+            .map_err(store_refusal)?;
+        registry
+            .set_document(
+                POLICY_DOCUMENT,
+                sha256,
+                decision(
+                    "policy.adopt",
+                    format!("policy {sha256}: approved by officers"),
+                ),
+            )
+            .map_err(store_refusal)
     }
 
     /// The IACA key and root certificate in the token, kept in the registry
@@ -236,7 +303,7 @@ impl Officers {
 }
 
 /// The operation's kind, as metrics label it.
-fn operation_kind(operation: &Operation) -> &'static str {
+pub(super) fn operation_kind(operation: &Operation) -> &'static str {
     match operation {
         Operation::CreateKey { .. } => "create_key",
         Operation::ActivateKey { .. } => "activate_key",

@@ -6,4 +6,5 @@ mod check;
 mod execute;
 mod proposals;
 
+pub use self::check::Requested;
 pub use self::proposals::{Officers, Reload};

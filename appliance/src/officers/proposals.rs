@@ -8,14 +8,21 @@
 
 use std::sync::Arc;
 
-use dojang_policies::{Policy, Role};
+use dojang_policies::Role;
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::check::Requested;
 use crate::errors::{json_refusal, store_refusal};
-use crate::keys::approvals::{ApprovalError, DualControl, Operation, Proposal, ProposalState};
+use crate::keys::approvals::{
+    ApprovalError, DualControl, KeyTarget, Operation, Proposal, ProposalState,
+};
 use crate::keys::manager::KeyManager;
+use crate::keys::order::{CanonicalProposal, OrderRefusal, digest, verified_signers};
 use crate::node::{LoadError, Node, rfc3339};
 use crate::policy::PolicyState;
 use crate::refusal::{Answer, Class, Refusal, Reply};
@@ -43,22 +50,19 @@ pub struct Officers {
     pub(super) reloader: Arc<dyn Reload>,
 }
 
+/// An approval: the officer's signature over the canonical proposal, and
+/// the digest of what the officer's tool showed them.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
-    operation: Operation,
+    digest: String,
+    signature: String,
 }
 
 pub(super) fn approval_problem(e: &ApprovalError, client: &str) -> Refusal {
     let conflict = |code, rule| Refusal::new(Class::Conflict, code, e.to_string()).with_rule(rule);
     match e {
         ApprovalError::NotOfficer(_) => forbidden(client),
-        ApprovalError::SelfApproval => Refusal::new(
-            Class::Forbidden,
-            "self_approval",
-            "an officer cannot approve their own proposal: another officer must",
-        )
-        .with_rule("officers.two_person"),
         ApprovalError::AlreadyApproved(_) => conflict("already_approved", "officers.distinct"),
         ApprovalError::Expired(_) => conflict("proposal_expired", "officers.proposal_lifetime"),
         ApprovalError::Decided(_) => conflict("proposal_decided", "officers.decided"),
@@ -75,9 +79,27 @@ pub(super) fn forbidden(client: &str) -> Refusal {
     .with_rule("client.role")
 }
 
+/// Signatures that do not make an order: refused with the rule, counted
+/// (the audit entry is the caller's answer).
+pub(super) fn order_problem(node: &Node, operation: &Operation, e: &OrderRefusal) -> Refusal {
+    node.metrics
+        .order_refused(super::execute::operation_kind(operation), e.reason());
+    let (code, rule) = match e {
+        OrderRefusal::Unpinned(_) => ("officer_key_not_pinned", "officers.pinned_key"),
+        OrderRefusal::OtherPolicy(_) => ("proposal_policy_changed", "officers.policy_in_force"),
+        OrderRefusal::BadSignature(_) | OrderRefusal::Short { .. } => {
+            ("unverified_order", "officers.verified_order")
+        }
+    };
+    Refusal::new(Class::Forbidden, code, e.to_string()).with_rule(rule)
+}
+
 /// A proposal as the API shows it (`status` says `expired` for an open
-/// proposal past its time).
+/// proposal past its time). `canonical` (base64url) is what officers sign
+/// and `digest` its SHA-256: an officer's tool shows the fields it parses
+/// from `canonical`, never from the rest.
 pub(super) fn proposal_json(p: &Proposal, now: OffsetDateTime) -> serde_json::Value {
+    let canonical = CanonicalProposal::of(p).bytes();
     let status = match p.state {
         ProposalState::Open if now >= p.expires_at => "expired",
         ProposalState::Open => "open",
@@ -90,8 +112,12 @@ pub(super) fn proposal_json(p: &Proposal, now: OffsetDateTime) -> serde_json::Va
         "proposer": p.proposer,
         "created_at": rfc3339(p.created_at),
         "expires_at": rfc3339(p.expires_at),
-        "approvals": p.approvals,
+        "target": p.target,
+        "policy_hash": p.policy_hash,
+        "approvals": p.signatures.keys().collect::<Vec<_>>(),
         "required": p.required,
+        "canonical": URL_SAFE_NO_PAD.encode(&canonical),
+        "digest": digest(&canonical),
         "status": status,
         "rejected_by": p.rejected_by,
         "result": p.result,
@@ -118,6 +144,19 @@ pub(super) fn ok(status: Reply, body: serde_json::Value) -> Answer {
     Ok((status, body.to_string().into_bytes()))
 }
 
+/// The key an operation names.
+fn operation_label(operation: &Operation) -> Option<&str> {
+    match operation {
+        Operation::ActivateKey { label }
+        | Operation::RetireKey { label }
+        | Operation::DestroyKey { label }
+        | Operation::EmergencyRevoke { label, .. } => Some(label),
+        Operation::CreateKey { .. } | Operation::GenerateIaca | Operation::ChangePolicy { .. } => {
+            None
+        }
+    }
+}
+
 /// One line for logs and the audit log (no reason text: it is free text).
 pub(super) fn operation_summary(operation: &Operation) -> String {
     match operation {
@@ -129,33 +168,6 @@ pub(super) fn operation_summary(operation: &Operation) -> String {
         Operation::ChangePolicy { sha256 } => format!("adopt policy {sha256}"),
         Operation::GenerateIaca => "generate the IACA".to_owned(),
     }
-}
-
-/// Approves or rejects `proposal` as `client`; the proposal's new status.
-fn step(
-    proposal: &mut Proposal,
-    client: &str,
-    approve: bool,
-    policy: &Policy,
-    now: OffsetDateTime,
-) -> Result<&'static str, Refusal> {
-    let is_officer = |who: &str| policy.has_role(who, Role::Officer);
-    if approve {
-        proposal
-            .approve(client, is_officer, policy.officers.approvals_required, now)
-            .map(|state| {
-                if state == ProposalState::Approved {
-                    "approved"
-                } else {
-                    "open"
-                }
-            })
-    } else {
-        proposal
-            .reject(client, is_officer, now)
-            .map(|()| "rejected")
-    }
-    .map_err(|e| approval_problem(&e, client))
 }
 
 impl Officers {
@@ -211,8 +223,9 @@ impl Officers {
         )
     }
 
-    /// `POST /v1/keys/...`: opens a proposal (202).
-    pub fn propose(&self, client: &str, operation: Result<Operation, Refusal>) -> Answer {
+    /// `POST /v1/keys/...`: opens a proposal (202), unsigned: the proposer
+    /// signs it next, like any approver.
+    pub fn propose(&self, client: &str, operation: Result<Requested, Refusal>) -> Answer {
         let now = OffsetDateTime::now_utc();
         let answer = self.propose_inner(client, operation, now);
         self.officer_step("propose", &answer);
@@ -224,11 +237,14 @@ impl Officers {
     fn propose_inner(
         &self,
         client: &str,
-        operation: Result<Operation, Refusal>,
+        requested: Result<Requested, Refusal>,
         now: OffsetDateTime,
     ) -> Answer {
         let policy = self.policy.current();
-        let operation = operation?;
+        let Requested {
+            operation,
+            policy_text,
+        } = requested?;
         let keys = self.node.registry.keys().map_err(store_refusal)?;
         self.check_operation(&operation, &keys, now)?;
         let control = DualControl {
@@ -243,9 +259,20 @@ impl Officers {
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let is_officer = |who: &str| policy.has_role(who, Role::Officer);
-        let proposal = control
-            .propose(&id, operation, client, is_officer, now)
+        let target = operation_label(&operation).and_then(|label| {
+            keys.iter()
+                .find(|k| k.record.label == label)
+                .map(|k| KeyTarget {
+                    label: label.to_owned(),
+                    chain: k.chain.clone(),
+                    kid: k.kid.clone(),
+                })
+        });
+        let mut proposal = control
+            .propose(&id, operation, client, is_officer, &policy.hash, now)
             .map_err(|e| approval_problem(&e, client))?;
+        proposal.target = target;
+        proposal.policy_text = policy_text;
         let decision = crate::store::DecisionRecord {
             rule: Some(format!(
                 "proposal {id}: {}",
@@ -297,20 +324,40 @@ impl Officers {
             e => store_refusal(e),
         })?;
         let mut proposal = stored.proposal;
-        if approve {
-            // An approval names what it approves: nobody approves blind, and
-            // a proposal is never approved for something else than was read.
-            let seen: ApproveBody = serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
-            if seen.operation != proposal.operation {
+        let is_officer = |who: &str| policy.has_role(who, Role::Officer);
+        let outcome = if approve {
+            let body: ApproveBody = serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
+            let canonical = CanonicalProposal::of(&proposal).bytes();
+            // Nobody approves blind: the digest is of what the officer's
+            // tool showed, and a proposal is never approved for something
+            // else than was read.
+            if !body.digest.eq_ignore_ascii_case(&digest(&canonical)) {
                 return Err(Refusal::new(
                     Class::Conflict,
-                    "operation_mismatch",
-                    "the operation in the approval is not the proposal's: list the proposal and read it again",
+                    "digest_mismatch",
+                    "the approval is for another content than this proposal's: list it and read it again",
                 )
                 .with_rule("officers.informed_approval"));
             }
-        }
-        let outcome = step(&mut proposal, client, approve, &policy, now)?;
+            proposal
+                .sign(client, body.signature, is_officer, now)
+                .map_err(|e| approval_problem(&e, client))?;
+            // Every signature must hold over the proposal as it stands, by
+            // a key the policy pins: this officer's, and those already
+            // there (a row changed after signing, or a signature brought
+            // from elsewhere, refuses the whole proposal).
+            let verified = verified_signers(&proposal, &policy)
+                .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
+            match proposal.settle(verified, policy.officers.approvals_required, now) {
+                ProposalState::Approved => "approved",
+                _ => "open",
+            }
+        } else {
+            proposal
+                .reject(client, is_officer, now)
+                .map_err(|e| approval_problem(&e, client))?;
+            "rejected"
+        };
         let decision = crate::store::DecisionRecord {
             rule: Some(format!("proposal {id}")),
             ..self.node.decision(

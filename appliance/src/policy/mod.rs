@@ -1,6 +1,9 @@
 //! The issuance policy in force on this node: the file, loaded only if
-//! officers adopted it, and the adoption as the registry records it.
+//! officers adopted it, and the adoption as the registry records it,
+//! checked against the officers' signatures (`adoption`).
 
+mod adoption;
 mod state;
 
+pub use self::adoption::{verify_adoption, verify_past_order};
 pub use self::state::PolicyState;

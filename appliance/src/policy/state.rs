@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dojang_policies::Policy;
 use time::OffsetDateTime;
 
+use super::adoption::verify_adoption;
 use crate::node::{LoadError, Node};
 use crate::refusal::Refusal;
 use crate::store::{DecisionRecord, POLICY_DOCUMENT, policy_text_document};
@@ -25,6 +26,9 @@ pub struct PolicyState {
     current: RwLock<Arc<Policy>>,
     /// The adopted policy's hash as last read from the registry.
     adopted: RwLock<Option<String>>,
+    /// The policies the loaded one descends from by signed changes, itself
+    /// first: orders signed under any of them still stand.
+    lineage: RwLock<Vec<String>>,
     /// The adopted policy this node last tried to load, and when.
     follow: Mutex<Option<(String, Instant)>>,
     /// Bumped by every change of either: cached readiness is then stale.
@@ -46,6 +50,7 @@ impl PolicyState {
             path,
             current: RwLock::new(Arc::new(placeholder)),
             adopted: RwLock::new(None),
+            lineage: RwLock::new(Vec::new()),
             follow: Mutex::new(None),
             generation: AtomicU64::new(0),
         })
@@ -64,16 +69,33 @@ impl PolicyState {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Reads the file and checks officers adopted it (the first start
-    /// adopts the file it finds); its text is kept in the registry.
+    /// Reads the file and checks officers adopted it: the registry names
+    /// it and holds the officers' signatures adopting it. Its text is kept
+    /// in the registry.
     pub fn load(&self, now: OffsetDateTime) -> Result<Policy, LoadError> {
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| LoadError(format!("{}: {e}", self.path.display())))?;
         let policy = Policy::parse(&self.path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
-        self.check_adopted(&policy, now)?;
+        self.check_adopted(&policy)?;
+        let lineage =
+            verify_adoption(self.node.registry.as_ref(), &policy, &text).map_err(|e| {
+                self.node
+                    .metrics
+                    .order_refused("change_policy", "unverified_adoption");
+                LoadError(format!("policy file {}: {e}", self.path.display()))
+            })?;
         self.keep_text(&policy, &text, now);
+        *self.lineage.write().unwrap_or_else(PoisonError::into_inner) = lineage;
         Ok(policy)
+    }
+
+    /// The policies the loaded one descends from (itself first).
+    pub fn lineage(&self) -> Vec<String> {
+        self.lineage
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// Puts a loaded policy in force.
@@ -82,39 +104,29 @@ impl PolicyState {
         let _ = self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn check_adopted(&self, policy: &Policy, now: OffsetDateTime) -> Result<(), LoadError> {
-        let registry = &self.node.registry;
-        let adopted = match registry.document(POLICY_DOCUMENT).map_err(registry_error)? {
-            Some(hash) => Some(hash),
-            // First start: the first node to get here adopts its file; a
-            // node starting with it reads back what won.
-            None => {
-                let decision = DecisionRecord {
-                    rule: Some(format!(
-                        "policy {} {}: first start",
-                        policy.name, policy.version
-                    )),
-                    ..self
-                        .node
-                        .decision("dojangd", "policy.adopt", "ok", &policy.hash, now)
-                };
-                let _ = registry
-                    .set_document_if_absent(POLICY_DOCUMENT, &policy.hash, decision)
-                    .map_err(registry_error)?;
-                registry.document(POLICY_DOCUMENT).map_err(registry_error)?
-            }
-        };
+    fn check_adopted(&self, policy: &Policy) -> Result<(), LoadError> {
+        let adopted = self
+            .node
+            .registry
+            .document(POLICY_DOCUMENT)
+            .map_err(registry_error)?;
         self.remember_adopted(adopted.clone());
         match adopted {
             Some(hash) if hash == policy.hash => Ok(()),
             Some(hash) => Err(LoadError(format!(
                 "policy file {} has SHA-256 {}, but officers adopted {hash}: restore the adopted file \
-                 (dojangctl policy adopted --out FILE), or an officer proposes this one \
+                 (dojangctl policy adopted --out FILE), or officers propose this one \
                  (dojangctl policy propose FILE) and another approves",
                 self.path.display(),
                 policy.hash
             ))),
-            None => Err(LoadError("the registry lost the adopted policy".into())),
+            // Never trust on first use: the first policy is adopted by the
+            // officers it names, at the key ceremony.
+            None => Err(LoadError(format!(
+                "no policy adopted yet: the officers named in {} each sign it (dojangctl policy sign-first FILE \
+                 --out SIG) and one records the signatures (dojangctl policy adopt-first FILE SIG...)",
+                self.path.display()
+            ))),
         }
     }
 
@@ -152,6 +164,12 @@ impl PolicyState {
         }
     }
 
+    /// The policy officers adopted, as this node last verified it (a row
+    /// naming a policy nobody adopted does not change it).
+    pub fn adopted(&self) -> Option<String> {
+        self.adopted.read().ok().and_then(|a| a.clone())
+    }
+
     /// Refuses work on a node whose policy is not the one officers adopted.
     pub fn require_adopted(&self, policy: &Policy) -> Result<(), Refusal> {
         let stale = self
@@ -170,13 +188,15 @@ impl PolicyState {
 
     /// Whether to try loading the policy officers adopted (another than
     /// this node runs): every 10 s (the file may arrive later); `Some(true)`
-    /// the first time for that policy, to say so once.
+    /// the first time for that policy, to say so once. A policy the
+    /// registry names without officers' signatures adopting it is not
+    /// followed (nor counted as adopted): refused, counted and logged once.
     pub fn due_to_follow(&self) -> Option<(String, bool)> {
         let Ok(Some(adopted)) = self.node.registry.document(POLICY_DOCUMENT) else {
             return None;
         };
-        self.remember_adopted(Some(adopted.clone()));
         if adopted == self.current().hash {
+            self.remember_adopted(Some(adopted));
             return None;
         }
         let mut last = self.follow.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,6 +209,45 @@ impl PolicyState {
             return None;
         }
         *last = Some((adopted.clone(), Instant::now()));
+        if let Err(e) = self.verified_in_registry(&adopted) {
+            if first {
+                tracing::warn!(policy = %adopted, error = %e, "the registry names a policy officers did not adopt: not followed");
+                self.node
+                    .metrics
+                    .order_refused("change_policy", "unverified_adoption");
+                self.node.record_refusal(
+                    "policy.follow",
+                    &format!("officers.verified_order: policy {adopted}"),
+                    &self.current().hash,
+                );
+            }
+            return None;
+        }
+        self.remember_adopted(Some(adopted.clone()));
         Some((adopted, first))
+    }
+
+    /// Checks the adoption of the policy `hash` from the registry's copy of
+    /// its text (before any file has it): signed by officers, and descended
+    /// from the policy this node runs (a first policy forged beside it,
+    /// however well signed by the keys it names itself, is not).
+    fn verified_in_registry(&self, hash: &str) -> Result<(), String> {
+        let registry = self.node.registry.as_ref();
+        let text = registry
+            .document(&policy_text_document(hash))
+            .map_err(|e| e.to_string())?
+            .ok_or("the registry holds no text for it")?;
+        let policy = Policy::parse("the adopted policy", &text).map_err(|e| e.to_string())?;
+        if policy.hash != hash {
+            return Err("its text in the registry has another hash".into());
+        }
+        let lineage = verify_adoption(registry, &policy, &text)?;
+        let running = self.current().hash.clone();
+        if !lineage.contains(&running) {
+            return Err(format!(
+                "it does not descend from policy {running}, which this node runs"
+            ));
+        }
+        Ok(())
     }
 }

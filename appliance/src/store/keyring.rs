@@ -35,6 +35,17 @@ pub const POLICY_DOCUMENT: &str = "policy.sha256";
 pub fn policy_text_document(hash: &str) -> String {
     format!("policy.toml/{hash}")
 }
+/// How the policy of SHA-256 `hash` was adopted (officers' signatures, JSON
+/// of [`crate::keys::order::Adoption`]): every node checks it before
+/// running that policy.
+pub fn policy_adoption_document(hash: &str) -> String {
+    format!("policy.adoption/{hash}")
+}
+/// The officers' signed order revoking key `label` (JSON of the approved
+/// proposal): a revocation row without it is not put on a CRL.
+pub fn revocation_order_document(label: &str) -> String {
+    format!("revocation.order/{label}")
+}
 /// The IACA certificate (PEM), when officers had the daemon generate it.
 pub const IACA_DOCUMENT: &str = "iaca.pem";
 

@@ -8,4 +8,5 @@ mod state;
 pub(crate) mod token;
 
 pub use self::moves::DestroyOrder;
+pub use self::revocation::ordered_revocations;
 pub use self::state::{KeyManager, KeySettings};

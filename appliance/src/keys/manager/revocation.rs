@@ -1,6 +1,9 @@
 //! Emergency revocation and what follows it: the CRL every node serves
 //! (signed by the acting node, numbered after the stored one), the sweep of
-//! what a revoked DS key signed while its revocation committed.
+//! what a revoked DS key signed while its revocation committed. A revocation
+//! row alone stops a key signing (the safe direction); the IACA lists it,
+//! and what it signed changes status, only under the officers' signed order
+//! kept beside it.
 
 use std::sync::atomic::Ordering;
 
@@ -10,9 +13,65 @@ use time::OffsetDateTime;
 use super::KeyManager;
 use super::moves::state_of;
 use super::state::store_problem;
+use crate::keys::approvals::{Operation, Proposal};
 use crate::node::rfc3339;
 use crate::pki::ceremony;
-use crate::store::{DS_CHAIN, KeyRevocation, StoreError, revoked_serials};
+use crate::policy::verify_past_order;
+use crate::store::{
+    DS_CHAIN, KeyRevocation, Registry, StoreError, StoredKey, revocation_order_document,
+    revoked_serials,
+};
+
+/// The revoked keys whose revocation officers ordered: a signed
+/// emergency-revocation proposal, under a policy the one in force descends
+/// from (`lineage`), naming the key by the kid of its certificate. The
+/// rest are returned apart, by label.
+pub fn ordered_revocations(
+    registry: &dyn Registry,
+    lineage: &[String],
+    keys: &[StoredKey],
+) -> (Vec<StoredKey>, Vec<(String, String)>) {
+    let mut ordered = Vec::new();
+    let mut unordered = Vec::new();
+    for key in keys.iter().filter(|k| k.record.revoked) {
+        match revocation_order(registry, lineage, key) {
+            Ok(()) => ordered.push(key.clone()),
+            Err(why) => unordered.push((key.record.label.clone(), why)),
+        }
+    }
+    (ordered, unordered)
+}
+
+fn revocation_order(
+    registry: &dyn Registry,
+    lineage: &[String],
+    key: &StoredKey,
+) -> Result<(), String> {
+    let label = &key.record.label;
+    let order = registry
+        .document(&revocation_order_document(label))
+        .map_err(store_problem)?
+        .ok_or("no officers' order")?;
+    let proposal: Proposal =
+        serde_json::from_str(&order).map_err(|e| format!("unreadable order: {e}"))?;
+    let names_it =
+        matches!(&proposal.operation, Operation::EmergencyRevoke { label: l, .. } if l == label);
+    // The certificate's own key, not the row's kid: a row can be edited.
+    let kid = match &key.certificate {
+        Some(der) => openssl::x509::X509::from_der(der)
+            .and_then(|c| c.public_key())
+            .and_then(|k| k.public_key_to_der())
+            .ok()
+            .and_then(|spki| pkcs11_shim::PublicKey::from_spki_der(&spki).ok())
+            .map(|k| k.kid())
+            .ok_or("unreadable certificate")?,
+        None => key.kid.clone(),
+    };
+    if !names_it || proposal.target.as_ref().is_none_or(|t| t.kid != kid) {
+        return Err("the order names another key".into());
+    }
+    verify_past_order(registry, lineage, &proposal)
+}
 
 /// How long after a revocation what was signed with the key is swept again
 /// (requests in flight, nodes that had not taken the revocation up yet).
@@ -32,16 +91,34 @@ enum CrlOutcome {
 }
 
 impl KeyManager {
-    /// Emergency revocation: the key stops signing (here at once, on other
+    /// Emergency revocation (`order`: the officers' signed proposal, kept
+    /// for every node to check): the key stops signing (here at once, on other
     /// nodes at their next round), its certificate goes on a new CRL, and
     /// what it signed changes status as the policy says. Returns the
     /// number of credentials changed.
     pub fn revoke_key(
         &self,
+        order: &Proposal,
         label: &str,
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<u64, String> {
+        let record = serde_json::to_string(order).map_err(|e| e.to_string())?;
+        let mut decision = self.node.decision(
+            "dojangd",
+            "keys.revoke_order",
+            "ok",
+            &self.policy.current().hash,
+            now,
+        );
+        decision.rule = Some(format!(
+            "key {label}: revocation ordered by proposal {}",
+            order.id
+        ));
+        self.node
+            .registry
+            .set_document(&revocation_order_document(label), &record, decision)
+            .map_err(store_problem)?;
         let keys = self.node.registry.keys().map_err(store_problem)?;
         let key = state_of(&keys, label)?;
         let is_ds = key.chain == DS_CHAIN;
@@ -104,7 +181,7 @@ impl KeyManager {
         // The CRL it replaces is read before the keys: one signed from an
         // older key list can then never replace one that lists more.
         let previous = self.node.registry.crl().map_err(store_problem)?;
-        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let keys = self.ordered_revocations()?;
         let serials = revoked_serials(&keys).map_err(store_problem)?;
         let this_update =
             ceremony::next_crl_update(previous.as_deref(), now).map_err(|e| e.to_string())?;
@@ -160,7 +237,7 @@ impl KeyManager {
     /// past half its validity (verifiers refuse a DS certificate whose CRL
     /// expired).
     pub(super) fn keep_crl_whole(&self, now: OffsetDateTime) -> Result<(), String> {
-        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let keys = self.ordered_revocations()?;
         let mut wanted = revoked_serials(&keys).map_err(store_problem)?;
         wanted.sort();
         let stored = self.node.registry.crl().map_err(store_problem)?;
@@ -204,7 +281,7 @@ impl KeyManager {
             }
             *last = Some(now);
         }
-        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let keys = self.ordered_revocations()?;
         for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
             let Some((_, at)) = &key.revocation else {
                 continue;
@@ -234,6 +311,33 @@ impl KeyManager {
             }
         }
         Ok(())
+    }
+
+    /// The revoked keys officers ordered revoked; a revocation row without
+    /// a good order is refused, counted and audited (once per key).
+    fn ordered_revocations(&self) -> Result<Vec<StoredKey>, String> {
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let lineage = self.policy.lineage();
+        let (ordered, unordered) =
+            ordered_revocations(self.node.registry.as_ref(), &lineage, &keys);
+        for (label, why) in unordered {
+            let first = self
+                .refused_revocations
+                .lock()
+                .is_ok_and(|mut seen| seen.insert(label.clone()));
+            if first {
+                tracing::warn!(%label, reason = %why, "a revocation row without the officers' order: not put on the CRL, its credentials untouched");
+                self.node
+                    .metrics
+                    .order_refused("revoke", "unverified_revocation");
+                self.node.record_refusal(
+                    "keys.revoke",
+                    &format!("keys.verified_order: key {label}: revocation row without a verified order ({why})"),
+                    &self.policy.current().hash,
+                );
+            }
+        }
+        Ok(ordered)
     }
 
     /// What the policy does to the credentials of a revoked DS key.

@@ -63,6 +63,8 @@ pub struct KeyManager {
     pub(super) token_report: Mutex<crate::keys::manager::token::TokenReport>,
     /// When a recent revocation's credentials were last swept.
     pub(super) last_sweep: Mutex<Option<OffsetDateTime>>,
+    /// Revocation rows already refused (each is reported once).
+    pub(super) refused_revocations: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What the key manager is built from.
@@ -103,6 +105,7 @@ impl KeyManager {
             last_token_check: Mutex::new(None),
             token_report: Mutex::new(Default::default()),
             last_sweep: Mutex::new(None),
+            refused_revocations: Mutex::new(Default::default()),
         }
     }
 
