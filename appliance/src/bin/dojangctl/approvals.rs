@@ -18,6 +18,10 @@ pub(crate) enum ApprovalsCommand {
 pub(crate) struct ProposalArgs {
     /// The proposal's id.
     id: String,
+    /// Approve only if the proposal's digest is this one (for scripts; on
+    /// a terminal the digest's first characters are asked for instead).
+    #[arg(long)]
+    expect: Option<String>,
 }
 
 /// `approvals …`.
@@ -37,7 +41,13 @@ pub(crate) fn approve(
     proposal: &ProposalArgs,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    officer::decide(conn, &proposal.id, true, as_json)
+    officer::decide(
+        conn,
+        &proposal.id,
+        true,
+        proposal.expect.as_deref(),
+        as_json,
+    )
 }
 
 /// `reject ID`.
@@ -46,5 +56,5 @@ pub(crate) fn reject(
     proposal: &ProposalArgs,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    officer::decide(conn, &proposal.id, false, as_json)
+    officer::decide(conn, &proposal.id, false, None, as_json)
 }

@@ -11,8 +11,10 @@ mod credential;
 mod dev_tls;
 mod keys;
 mod officer;
+mod officer_token;
 mod pki;
 mod policy;
+mod policy_ceremony;
 mod shared;
 mod verify;
 
@@ -48,6 +50,18 @@ struct Args {
     /// The CA of the daemon's certificate (PEM) [default: $DOJANG_CA].
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
+    /// Label of the officer's own token, whose approval key signs
+    /// proposals [default: $DOJANG_OFFICER_TOKEN].
+    #[arg(long = "officer-token", global = true)]
+    officer_token: Option<String>,
+    /// PKCS#11 module of the officer's token [default:
+    /// $DOJANG_OFFICER_MODULE, else OpenSC's].
+    #[arg(long = "officer-module", global = true)]
+    officer_module: Option<PathBuf>,
+    /// File holding the officer token's PIN [default:
+    /// $DOJANG_OFFICER_PIN_FILE, else the systemd credential officer-pin].
+    #[arg(long = "officer-pin-file", global = true)]
+    officer_pin_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +79,9 @@ enum Command {
     Approve(approvals::ProposalArgs),
     /// Reject a proposal: it is closed (over --api).
     Reject(approvals::ProposalArgs),
+    /// The officer's own token: enroll its approval key.
+    #[command(subcommand)]
+    Officer(officer_token::OfficerCommand),
     /// Certificate ceremonies: IACA root, document signers, CRL.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -92,12 +109,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         cert: args.officer_cert.clone(),
         key: args.officer_key.clone(),
         ca: args.ca.clone(),
+        token: officer_token::OfficerToken {
+            label: args.officer_token.clone(),
+            module: args.officer_module.clone(),
+            pin_file: args.officer_pin_file.clone(),
+        },
     };
     match args.command {
         Command::Keys(command) => keys::run(command, &conn, load, args.json),
         Command::Approvals(command) => approvals::run(command, &conn, args.json),
         Command::Approve(proposal) => approvals::approve(&conn, &proposal, args.json),
         Command::Reject(proposal) => approvals::reject(&conn, &proposal, args.json),
+        Command::Officer(command) => officer_token::run(command, &conn.token, args.json),
         Command::Pki(command) => pki::run(command, &conn, load, args.json),
         Command::Credential(command) => credential::run(command, &load()?),
         Command::Audit(command) => audit::run(command, load, args.json),

@@ -1,11 +1,21 @@
 //! `dojangctl` commands that go to a running daemon over mTLS with the
-//! officer's client certificate: key listing, proposals, approvals.
+//! officer's client certificate: key listing, proposals, approvals. A
+//! proposal or an approval is signed with the officer's token over the
+//! canonical proposal, whose fields are shown first, as parsed from the
+//! very bytes signed.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dojang::keys::approvals::Operation;
+use dojang::keys::order::{CanonicalProposal, digest};
 use dojang::officer_client::OfficerClient;
 use serde_json::{Value, json};
+
+use crate::officer_token::OfficerToken;
 
 /// How to reach the daemon as an officer (flags, else environment).
 pub(crate) struct Connection {
@@ -13,6 +23,8 @@ pub(crate) struct Connection {
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) ca: Option<PathBuf>,
+    /// The officer's token, which signs.
+    pub(crate) token: OfficerToken,
 }
 
 impl Connection {
@@ -136,7 +148,8 @@ fn resolve(client: &OfficerClient, key: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no key with label or kid {key:?} (dojangctl keys list --api …)"))
 }
 
-/// `keys rotate|revoke|activate|retire|destroy`: opens a proposal.
+/// `keys rotate|revoke|activate|retire|destroy`: opens a proposal and
+/// signs it as its proposer.
 pub(crate) fn propose(
     conn: &Connection,
     action: &str,
@@ -145,52 +158,188 @@ pub(crate) fn propose(
     json_out: bool,
 ) -> anyhow::Result<()> {
     let client = conn.client()?;
-    let path = match key {
-        Some(key) => format!("/v1/keys/{}/{action}", resolve(&client, key)?),
+    let label = key.map(|key| resolve(&client, key)).transpose()?;
+    let path = match &label {
+        Some(label) => format!("/v1/keys/{label}/{action}"),
         None => format!("/v1/keys/{action}"),
     };
-    let proposal = client.call("POST", &path, body)?;
-    show_opened(json_out, &proposal)
+    let text = |name: &str| {
+        body.as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let label = label.unwrap_or_default();
+    let expected = match action {
+        "rotate" => Operation::CreateKey {
+            chain: text("chain"),
+        },
+        "revoke" => Operation::EmergencyRevoke {
+            label,
+            reason: text("reason"),
+        },
+        "activate" => Operation::ActivateKey { label },
+        "retire" => Operation::RetireKey { label },
+        _ => Operation::DestroyKey { label },
+    };
+    propose_signed(conn, &client, &path, body, &expected, None, json_out)
 }
 
-/// `policy propose FILE`: opens a proposal to adopt the policy of `sha256`.
+/// `policy propose FILE`: opens a proposal to adopt the policy of `sha256`,
+/// carrying its full text, and signs it.
 pub(crate) fn propose_policy(
     conn: &Connection,
     sha256: &str,
+    text: &str,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    propose_at(
+    let expected = Operation::ChangePolicy {
+        sha256: sha256.to_owned(),
+    };
+    propose_signed(
         conn,
+        &conn.client()?,
         "/v1/policy/change",
-        Some(json!({ "sha256": sha256 })),
+        Some(json!({ "sha256": sha256, "text": text })),
+        &expected,
+        Some(text),
         json_out,
     )
 }
 
-/// `pki propose-iaca`: opens a proposal to generate the IACA.
+/// `pki propose-iaca`: opens a proposal to generate the IACA, and signs it.
 pub(crate) fn propose_iaca(conn: &Connection, json_out: bool) -> anyhow::Result<()> {
-    propose_at(conn, "/v1/pki/iaca", None, json_out)
+    let client = conn.client()?;
+    let expected = Operation::GenerateIaca;
+    propose_signed(
+        conn,
+        &client,
+        "/v1/pki/iaca",
+        None,
+        &expected,
+        None,
+        json_out,
+    )
 }
 
-fn propose_at(
+/// Opens the proposal, checks the daemon opened what was asked (the
+/// canonical bytes, not the rest of its answer), shows it and signs it.
+fn propose_signed(
     conn: &Connection,
+    client: &OfficerClient,
     path: &str,
     body: Option<Value>,
+    expected: &Operation,
+    policy_text: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    let proposal = conn.client()?.call("POST", path, body)?;
-    show_opened(json_out, &proposal)
-}
-
-/// A proposal just opened, and what the next officer does.
-fn show_opened(json_out: bool, proposal: &Value) -> anyhow::Result<()> {
-    show(json_out, proposal, |p| {
+    let opened = client.call("POST", path, body)?;
+    let (canonical, bytes) = canonical_of(&opened)?;
+    anyhow::ensure!(
+        canonical.operation == *expected && canonical.policy_text.as_deref() == policy_text,
+        "the daemon opened proposal {} for something else than was asked: not signed",
+        canonical.id
+    );
+    let shown = show_canonical(&canonical, &bytes, json_out);
+    let proposal = approve_with(conn, client, &canonical.id, &bytes, &shown)?;
+    show(json_out, &proposal, |p| {
         print_proposal(p);
         println!(
-            "  another officer checks it and approves with: dojangctl approve {}",
+            "  another officer checks it and approves with: dojangctl approve {} (it shows digest {shown})",
             text(p, "id")
         );
     })
+}
+
+/// The canonical proposal in a daemon's answer, parsed from its bytes.
+fn canonical_of(proposal: &Value) -> anyhow::Result<(CanonicalProposal, Vec<u8>)> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text(proposal, "canonical"))
+        .context("the daemon's answer has no canonical proposal")?;
+    let canonical = CanonicalProposal::parse(&bytes).map_err(anyhow::Error::msg)?;
+    Ok((canonical, bytes))
+}
+
+/// Prints every field officers sign (on stderr under --json); the digest.
+fn show_canonical(c: &CanonicalProposal, bytes: &[u8], json_out: bool) -> String {
+    let digest = digest(bytes);
+    let operation = serde_json::to_value(&c.operation).unwrap_or_default();
+    let mut lines = vec![
+        format!("proposal {}", c.id),
+        format!("  operation:  {}", summary(&operation)),
+    ];
+    if let Operation::EmergencyRevoke { reason, .. } = &c.operation {
+        lines.push(format!("  reason:     {reason}"));
+    }
+    if let Some(t) = &c.target {
+        lines.push(format!(
+            "  target:     {} (chain {}, kid {})",
+            t.label, t.chain, t.kid
+        ));
+    }
+    lines.extend([
+        format!("  proposer:   {}", c.proposer),
+        format!("  policy:     {}", c.policy_hash),
+        format!("  created:    {}", c.created_at),
+        format!("  expires:    {}", c.expires_at),
+        format!("  signatures: {} needed", c.required),
+    ]);
+    if let Some(text) = &c.policy_text {
+        lines.push("  policy text:".to_owned());
+        lines.extend(text.lines().map(|l| format!("    | {l}")));
+    }
+    lines.push(format!("  digest:     {digest}"));
+    let out = lines.join("\n");
+    if json_out {
+        eprintln!("{out}");
+    } else {
+        println!("{out}");
+    }
+    digest
+}
+
+/// Signs the canonical `bytes` with the officer's token and sends the
+/// approval with the digest shown.
+fn approve_with(
+    conn: &Connection,
+    client: &OfficerClient,
+    id: &str,
+    bytes: &[u8],
+    shown: &str,
+) -> anyhow::Result<Value> {
+    let (_, signature) = conn.token.sign(None, bytes)?;
+    client.call(
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(json!({ "digest": shown, "signature": signature })),
+    )
+}
+
+/// An explicit yes to what was shown: the digest given with `--expect`,
+/// or typed on the terminal.
+pub(crate) fn confirm(shown: &str, expect: Option<&str>) -> anyhow::Result<()> {
+    if let Some(expect) = expect {
+        anyhow::ensure!(
+            expect.trim().eq_ignore_ascii_case(shown),
+            "the proposal's digest is {shown}, not {expect}: it is not what you were asked to approve; nothing signed"
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "not on a terminal: pass --expect DIGEST (the digest shown above) to approve"
+    );
+    eprint!("approve exactly this? type the digest's first 8 characters: ");
+    let mut typed = String::new();
+    let _ = std::io::stdin().read_line(&mut typed)?;
+    let typed = typed.trim();
+    anyhow::ensure!(
+        typed.len() >= 8 && shown.starts_with(&typed.to_ascii_lowercase()),
+        "not confirmed: nothing signed"
+    );
+    Ok(())
 }
 
 /// `approvals list`.
@@ -205,13 +354,15 @@ pub(crate) fn list_proposals(conn: &Connection, json_out: bool) -> anyhow::Resul
     })
 }
 
-/// `approve ID` / `reject ID`. An approval first reads the proposal,
-/// shows it, and sends back the operation read: the daemon refuses it if
-/// the proposal says something else.
+/// `approve ID` / `reject ID`. An approval reads the proposal, shows every
+/// field of the canonical bytes, asks for confirmation (`expect`: the
+/// digest, for scripts), signs them with the officer's token and sends the
+/// signature with the digest shown.
 pub(crate) fn decide(
     conn: &Connection,
     id: &str,
     approve: bool,
+    expect: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<()> {
     let well_formed = id.len() <= 64
@@ -220,29 +371,27 @@ pub(crate) fn decide(
             .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
     anyhow::ensure!(well_formed, "{id:?} is not a proposal id (p-…)");
     let client = conn.client()?;
-    let step = if approve { "approve" } else { "reject" };
-    let body = if approve {
+    let proposal = if approve {
         let list = client.call("GET", "/v1/approvals", None)?;
-        let proposal = list
+        let listed = list
             .get("proposals")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .find(|p| text(p, "id") == id)
             .with_context(|| format!("no proposal {id} (dojangctl approvals list)"))?;
-        if !json_out {
-            println!(
-                "approving {}: {}, proposed by {}",
-                id,
-                summary(&proposal["operation"]),
-                text(proposal, "proposer")
-            );
-        }
-        Some(json!({ "operation": proposal["operation"] }))
+        let (canonical, bytes) = canonical_of(listed)?;
+        anyhow::ensure!(
+            canonical.id == id,
+            "the daemon showed proposal {} for {id}: not signed",
+            canonical.id
+        );
+        let shown = show_canonical(&canonical, &bytes, json_out);
+        confirm(&shown, expect)?;
+        approve_with(conn, &client, id, &bytes, &shown)?
     } else {
-        None
+        client.call("POST", &format!("/v1/approvals/{id}/reject"), None)?
     };
-    let proposal = client.call("POST", &format!("/v1/approvals/{id}/{step}"), body)?;
     show(json_out, &proposal, print_proposal)
 }
 

@@ -65,7 +65,7 @@ fn crl_into_registry(
     now: OffsetDateTime,
 ) -> anyhow::Result<std::path::PathBuf> {
     let previous = registry.crl()?;
-    let revoked = dojang::store::revoked_serials(&registry.keys()?)?;
+    let revoked = dojang::store::revoked_serials(&ordered_revocations(registry)?)?;
     let this_update = ceremony::next_crl_update(previous.as_deref(), now)?;
     let store = dojang::pki::PkiStore::new(&pki_config.dir);
     let (iaca_der, _) = store.iaca()?;
@@ -92,6 +92,36 @@ fn crl_into_registry(
         other => other?,
     }
     Ok(store.write_crl(&pem)?)
+}
+
+/// The revoked keys officers ordered revoked, under the adopted policy's
+/// lineage (checked from the registry); a row without an order is named
+/// and left off.
+fn ordered_revocations(
+    registry: &dyn dojang::store::Registry,
+) -> anyhow::Result<Vec<dojang::store::StoredKey>> {
+    use anyhow::Context;
+    let hash = registry
+        .document(dojang::store::POLICY_DOCUMENT)?
+        .context("the registry has no adopted policy")?;
+    let text = registry
+        .document(&dojang::store::policy_text_document(&hash))?
+        .context("the registry lost the adopted policy's text")?;
+    let policy = dojang_policies::Policy::parse("the adopted policy", &text)?;
+    anyhow::ensure!(
+        policy.hash == hash,
+        "the registry's policy text is not the adopted one"
+    );
+    let lineage =
+        dojang::policy::verify_adoption(registry, &policy, &text).map_err(anyhow::Error::msg)?;
+    let (ordered, unordered) =
+        dojang::keys::manager::ordered_revocations(registry, &lineage, &registry.keys()?);
+    for (label, why) in unordered {
+        eprintln!(
+            "key {label}: revoked in the registry without the officers' order ({why}): left off the CRL"
+        );
+    }
+    Ok(ordered)
 }
 
 /// `pki init|issue-ds|crl` with the loaded configuration.

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::officer::{self, Connection};
+use crate::policy_ceremony;
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -24,11 +25,33 @@ pub(crate) enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
-    /// Propose adopting a policy file (over --api): once another officer
-    /// approves, every node loads it when its file has this SHA-256.
+    /// Propose adopting a policy file (over --api), signed with the
+    /// officer's token: once enough officers approve, every node loads it
+    /// when its file has this SHA-256.
     Propose {
-        /// The policy file (checked first; its SHA-256 is what is proposed).
+        /// The policy file (checked first; its full text is proposed).
         file: PathBuf,
+    },
+    /// Key ceremony: sign the first policy with the officer's token (each
+    /// officer it names, until enough have).
+    SignFirst {
+        /// The policy file.
+        file: PathBuf,
+        /// Where the signature is written.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sign only if the file's SHA-256 is this one (for scripts).
+        #[arg(long)]
+        expect: Option<String>,
+    },
+    /// Key ceremony: record the first policy as adopted in the configured
+    /// registry, with the officers' signatures (checked: M of its officers).
+    AdoptFirst {
+        /// The policy file.
+        file: PathBuf,
+        /// The officers' signature files (from sign-first).
+        #[arg(required = true)]
+        signatures: Vec<PathBuf>,
     },
     /// Print (or write with --out) the adopted policy's text, from the
     /// registry in the configuration: to restore a node's policy file.
@@ -96,7 +119,14 @@ pub(crate) fn run(
     match command {
         PolicyCommand::Propose { file } => {
             let policy = load_policy(&file)?;
-            officer::propose_policy(conn, &policy.hash, as_json)
+            let text = std::fs::read_to_string(&file)?;
+            officer::propose_policy(conn, &policy.hash, &text, as_json)
+        }
+        PolicyCommand::SignFirst { file, out, expect } => {
+            policy_ceremony::sign_first(&conn.token, &file, &out, expect.as_deref())
+        }
+        PolicyCommand::AdoptFirst { file, signatures } => {
+            policy_ceremony::adopt_first(&load()?, &file, &signatures)
         }
         PolicyCommand::Adopted { out } => adopted(&load()?, out, as_json),
         PolicyCommand::Check { file } => check(&file, as_json),
@@ -119,7 +149,7 @@ fn adopted(config: &Config, out: Option<PathBuf>, as_json: bool) -> anyhow::Resu
     }
     let registry = dojang::cli::open_registry(config)?;
     let hash = registry.document(dojang::store::POLICY_DOCUMENT)?.context(
-        "the registry has no adopted policy yet (a first start adopts the file it finds)",
+        "the registry has no adopted policy yet (officers adopt the first one: dojangctl policy adopt-first)",
     )?;
     let text = registry
         .document(&dojang::store::policy_text_document(&hash))?
