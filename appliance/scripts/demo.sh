@@ -39,6 +39,28 @@ if [ ! -f "$state/tls/kim.pem" ]; then
     --client lee=spiffe://mois.go.kr/officer/lee \
     --client park=spiffe://mois.go.kr/officer/park
 fi
+# The officers' own tokens (smartcards in production): a SoftHSM
+# configuration the daemon never sees, one token per officer, each holding
+# a non-extractable approval key. The policy pins those keys.
+officers="$state/officers"
+mkdir -p "$officers/tokens"
+if [ ! -f "$officers/softhsm2.conf" ]; then
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$officers/tokens" > "$officers/softhsm2.conf"
+  (umask 077; openssl rand -hex 8 > "$officers/pin"; openssl rand -hex 8 > "$officers/so-pin")
+fi
+officer_token() { local who=$1; shift; SOFTHSM2_CONF="$officers/softhsm2.conf" "$bin/dojangctl" \
+  --officer-token "officer-$who" --officer-module "$module" --officer-pin-file "$officers/pin" "$@"; }
+if [ ! -f "$state/policy.toml" ]; then
+  echo "== officers kim, lee and park enroll: an approval key in each one's token, pinned in the policy"
+  cp "$root/policies/kr-mobile-resident-card.toml" "$state/policy.toml.new"
+  for who in kim lee park; do
+    SOFTHSM2_CONF="$officers/softhsm2.conf" softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*officer-$who" ||
+      SOFTHSM2_CONF="$officers/softhsm2.conf" softhsm2-util --init-token --free --label "officer-$who" \
+        --pin "$(cat "$officers/pin")" --so-pin "$(cat "$officers/so-pin")" >/dev/null
+    { echo; officer_token "$who" officer enroll --identity "spiffe://mois.go.kr/officer/$who"; } >> "$state/policy.toml.new"
+  done
+  mv "$state/policy.toml.new" "$state/policy.toml"
+fi
 cat > "$state/dojang.toml" <<TOML
 # Dojang dev configuration written by make demo.
 [keys]
@@ -63,7 +85,7 @@ issuing_authority = "서울특별시 종로구청장"
 
 [server]
 node_id = "demo-1"
-policy = "$root/policies/kr-mobile-resident-card.toml"
+policy = "$state/policy.toml"
 
 [server.api]
 listen = "127.0.0.1:8443"
@@ -103,6 +125,15 @@ grep -q '"label": "status-list-1"' <<<"$keys" || ctl keys generate --label statu
 grep -q '"label": "audit-1"' <<<"$keys" || ctl keys generate --label audit-1 --purpose audit
 grep -q '"label": "pseudonym"' <<<"$keys" || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
 grep -q '"label": "response-seal"' <<<"$keys" || ctl keys generate --label response-seal --purpose response-seal --alg HS256
+
+if ! ctl policy adopted >/dev/null 2>&1; then
+  echo "== key ceremony: officers kim and lee sign the first policy with their tokens; it is adopted"
+  hash=$(sha256sum "$state/policy.toml" | cut -d' ' -f1)
+  for who in kim lee; do
+    officer_token "$who" policy sign-first "$state/policy.toml" --out "$state/first-policy-$who.json" --expect "$hash"
+  done
+  ctl policy adopt-first "$state/policy.toml" "$state/first-policy-kim.json" "$state/first-policy-lee.json"
+fi
 
 echo
 echo "== keys in the token"
@@ -205,12 +236,15 @@ cat <<MSG
   # the audit log, as an auditor sees it (docs/operations.md)
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/auditor.pem --key .demo/tls/auditor.key \\
        "https://localhost:8443/v1/audit/entries?start=0&count=10"
-  # rotate the DS key: officer kim proposes, officer lee approves (two-person rule);
-  # the new key is published now and signs 7 days later (policy [keys].prepublish)
-  o="target/debug/dojangctl --api https://localhost:8443 --ca .demo/tls/ca.pem"
-  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key keys rotate ds
-  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key approvals list
-  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key approve PROPOSAL_ID
-  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key keys list
+  # rotate the DS key: officer kim proposes and signs with her token, officer lee
+  # reads every field and signs with his (two-person rule); the new key is
+  # published now and signs 7 days later (policy [keys].prepublish)
+  export SOFTHSM2_CONF=.demo/officers/softhsm2.conf DOJANG_OFFICER_MODULE=$module
+  export DOJANG_OFFICER_PIN_FILE=.demo/officers/pin DOJANG_API=https://localhost:8443 DOJANG_CA=.demo/tls/ca.pem
+  o="target/debug/dojangctl"
+  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key --officer-token officer-kim keys rotate ds
+  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key --officer-token officer-lee approvals list
+  \$o --officer-cert .demo/tls/lee.pem --officer-key .demo/tls/lee.key --officer-token officer-lee approve PROPOSAL_ID
+  \$o --officer-cert .demo/tls/kim.pem --officer-key .demo/tls/kim.key --officer-token officer-kim keys list
   kill \$(cat .demo/dojangd.pid)              # stop it;  make demo-clean removes everything
 MSG

@@ -22,7 +22,8 @@ pub const GATEWAY: &str = "spiffe://mois.go.kr/wallet-gateway";
 pub const STRANGER: &str = "spiffe://mois.go.kr/stranger";
 /// The auditor of the shipped policy.
 pub const AUDITOR: &str = "spiffe://mois.go.kr/auditor";
-/// Security officers of the shipped policy (certificates `kim`, `lee`, `park`).
+/// Security officers the fixture enrolls and adds to the policy
+/// (certificates `kim`, `lee`, `park`; tokens `officer-kim`, …).
 pub const OFFICERS: [(&str, &str); 3] = [
     ("kim", "spiffe://mois.go.kr/officer/kim"),
     ("lee", "spiffe://mois.go.kr/officer/lee"),
@@ -64,6 +65,9 @@ pub struct Options {
     /// Run `dojangctl pki init` (false: no IACA; officers have the daemon
     /// generate one).
     pub pki_init: bool,
+    /// Adopt the policy at a key ceremony before the first start (the
+    /// first M officers sign it; false: no policy adopted).
+    pub adopt_policy: bool,
 }
 
 impl Default for Options {
@@ -79,6 +83,7 @@ impl Default for Options {
             api: String::new(),
             spawn: true,
             pki_init: true,
+            adopt_policy: true,
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct Daemon {
     pub tls: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// The officers' own tokens: one SoftHSM configuration of its own (the
+    /// daemon never sees it), a token per officer.
+    officers: std::sync::Arc<SoftHsmToken>,
 }
 
 /// Three loopback addresses: api, public, ops.
@@ -136,6 +144,50 @@ fn listener_addresses() -> (SocketAddr, SocketAddr, SocketAddr) {
     let first = crate::ports::reserve(3);
     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
     (at(first), at(first + 1), at(first + 2))
+}
+
+/// The officers' tokens, each holding an approval key made by
+/// `dojangctl officer enroll`.
+fn enroll_officers() -> SoftHsmToken {
+    let tokens = SoftHsmToken::create("officer-kim");
+    for (name, _) in &OFFICERS[1..] {
+        tokens.init_token(&format!("officer-{name}"));
+    }
+    tokens
+}
+
+/// `dojangctl` with officer `name`'s token.
+fn officer_command(tokens: &SoftHsmToken, name: &str) -> Command {
+    let mut command = Command::new(crate::workspace_binary("dojangctl"));
+    let _ = command
+        .arg("--officer-token")
+        .arg(format!("officer-{name}"))
+        .arg("--officer-module")
+        .arg(crate::softhsm_module())
+        .arg("--officer-pin-file")
+        .arg(tokens.pin_file())
+        .env("SOFTHSM2_CONF", tokens.conf_path());
+    command
+}
+
+/// The policy blocks pinning each officer's approval key, as `officer
+/// enroll` prints them.
+fn officer_blocks(tokens: &SoftHsmToken) -> String {
+    OFFICERS
+        .iter()
+        .map(|(name, identity)| {
+            let out = officer_command(tokens, name)
+                .args(["officer", "enroll", "--identity", identity])
+                .output()
+                .expect("dojangctl");
+            assert!(
+                out.status.success(),
+                "officer enroll: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            format!("\n{}", String::from_utf8_lossy(&out.stdout))
+        })
+        .collect()
 }
 
 fn write(path: &Path, text: &str) {
@@ -274,11 +326,11 @@ impl Daemon {
         }
         let tls = scratch.join("tls");
         write_tls(&tls);
+        let officers = std::sync::Arc::new(enroll_officers());
         let policy = scratch.join("policy.toml");
-        write(
-            &policy,
-            &(options.policy)(dojang_policies::SHIPPED_POLICY.to_owned()),
-        );
+        let policy_text = (options.policy)(dojang_policies::SHIPPED_POLICY.to_owned())
+            + &officer_blocks(&officers);
+        write(&policy, &policy_text);
         let (api, public, ops) = listener_addresses();
         let store = match &options.store {
             Store::Sqlite => format!("sqlite = \"{}\"", scratch.join("registry.db").display()),
@@ -328,7 +380,17 @@ impl Daemon {
             tls,
             log: scratch.join("dojangd.log"),
             env: options.env,
+            officers,
         };
+        if options.adopt_policy {
+            // As many officers as the policy needs sign it.
+            let needed = dojang_policies::Policy::parse("policy", &policy_text)
+                .expect("policy")
+                .officers
+                .approvals_required;
+            let signers: Vec<&str> = OFFICERS.iter().take(needed).map(|(n, _)| *n).collect();
+            daemon.adopt_first_policy(&signers);
+        }
         if options.spawn {
             daemon.spawn();
         }
@@ -440,11 +502,51 @@ impl Daemon {
         Target::tls(self.api, &self.tls.join("ca.pem"), client, h2)
     }
 
-    /// `dojangctl` as officer `name` against this daemon's API (over mTLS);
-    /// `Err(stderr)` if it failed.
+    /// `dojangctl` with officer `name`'s token (not the daemon's).
+    pub fn officer_command(&self, name: &str) -> Command {
+        let mut command = officer_command(&self.officers, name);
+        let _ = command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// The key ceremony adopting the policy file: `signers` each sign it
+    /// with their token, then it is recorded in the registry.
+    pub fn adopt_first_policy(&self, signers: &[&str]) {
+        let text = std::fs::read_to_string(&self.policy).expect("policy");
+        let hash = dojang_policies::Policy::parse("policy", &text)
+            .expect("policy")
+            .hash;
+        let mut signatures = Vec::new();
+        for name in signers {
+            let out_file = self.scratch().join(format!("first-policy-{name}.json"));
+            let out = self
+                .officer_command(name)
+                .args(["policy", "sign-first"])
+                .arg(&self.policy)
+                .arg("--out")
+                .arg(&out_file)
+                .args(["--expect", &hash])
+                .output()
+                .expect("dojangctl");
+            assert!(
+                out.status.success(),
+                "policy sign-first: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            signatures.push(out_file);
+        }
+        let policy = self.policy.display().to_string();
+        let mut args = vec!["policy", "adopt-first", policy.as_str()];
+        let names: Vec<String> = signatures.iter().map(|p| p.display().to_string()).collect();
+        args.extend(names.iter().map(String::as_str));
+        let _ = self.ctl(&args);
+    }
+
+    /// `dojangctl` as officer `name` against this daemon's API (over mTLS),
+    /// signing with the officer's token; `Err(stderr)` if it failed.
     pub fn officer_ctl(&self, name: &str, args: &[&str]) -> Result<String, String> {
         let out = self
-            .command("dojangctl")
+            .officer_command(name)
             .arg("--api")
             .arg(format!("https://localhost:{}", self.api.port()))
             .arg("--officer-cert")
@@ -479,8 +581,9 @@ impl Daemon {
             .to_owned()
     }
 
-    /// Officer `proposer` proposes `POST path` (with `body`), officer
-    /// `approver` approves; the approved proposal.
+    /// Officer `proposer` proposes `POST path` (with `body`) and signs it,
+    /// officer `approver` approves (both through `dojangctl approve
+    /// --expect DIGEST`, with their tokens); the approved proposal.
     pub fn dual_control(
         &self,
         proposer: &str,
@@ -491,18 +594,39 @@ impl Daemon {
         let proposed = self.client(proposer).post_json(path, body, &[]);
         assert_eq!(proposed.status, 202, "{path}: {}", proposed.json());
         let proposal = proposed.json();
-        let id = proposal
-            .get("id")
-            .and_then(serde_json::Value::as_str)
-            .expect("id")
-            .to_owned();
-        let approved = self.client(approver).post_json(
-            &format!("/v1/approvals/{id}/approve"),
-            &serde_json::json!({ "operation": proposal.get("operation") }),
-            &[],
-        );
-        assert_eq!(approved.status, 200, "approve {id}: {}", approved.json());
-        approved.json()
+        let text = |name: &str| {
+            proposal
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .expect(name)
+                .to_owned()
+        };
+        let (id, digest) = (text("id"), text("digest"));
+        let _ = self
+            .officer_ctl(proposer, &["approve", &id, "--expect", &digest])
+            .unwrap_or_else(|e| panic!("{proposer} signs {id}: {e}"));
+        let approved = self
+            .officer_ctl(approver, &["--json", "approve", &id, "--expect", &digest])
+            .unwrap_or_else(|e| panic!("{approver} approves {id}: {e}"));
+        serde_json::from_str(&approved).expect("JSON")
+    }
+
+    /// Officer `who` signs proposal `id` with their token (`dojangctl
+    /// approve --expect` the digest the daemon lists); the proposal, or
+    /// dojangctl's error.
+    pub fn approve(&self, who: &str, id: &str) -> Result<serde_json::Value, String> {
+        let listed = self.client(who).get("/v1/approvals").json();
+        let digest = listed
+            .get("proposals")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("id").is_some_and(|v| v == id))
+            .and_then(|p| p.get("digest").and_then(serde_json::Value::as_str))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no proposal {id}: {listed}"));
+        self.officer_ctl(who, &["--json", "approve", id, "--expect", &digest])
+            .map(|out| serde_json::from_str(&out).expect("JSON"))
     }
 
     /// The daemon's key records of `chain` (`GET /v1/keys` as an officer).
@@ -659,6 +783,7 @@ impl Daemon {
             tls: self.tls.clone(),
             log: self.scratch().join(format!("{node_id}.log")),
             env: self.env.clone(),
+            officers: self.officers.clone(),
         };
         daemon.spawn();
         daemon

@@ -121,10 +121,12 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     assert_eq!(
         actions,
         [
-            // The first start adopts the policy and takes the ceremony's
+            // The key ceremony adopts the policy (its text, the officers'
+            // signatures, its hash); the first start takes the ceremony's
             // IACA, DS key, status-list and audit key into the registry.
-            ("policy.adopt", "ok"),
             ("policy.keep", "ok"),
+            ("policy.adoption", "ok"),
+            ("policy.adopt", "ok"),
             ("pki.iaca", "ok"),
             ("keys.import", "active"),
             ("keys.import", "active"),
@@ -152,11 +154,19 @@ fn every_decision_is_logged_signed_provable_and_exported() {
             second["credential"].as_str().unwrap().as_bytes()
         ))
     );
-    assert!(log.iter().all(|e| e.node == "test-1"));
-    assert_eq!(
-        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (0..log.len() as u64).collect::<Vec<_>>()
-    );
+    // The ceremony's entries are dojangctl's, the rest this node's.
+    assert!(log
+        .iter()
+        .all(|e| e.node == "test-1" || (e.node == "dojangctl" && e.action.starts_with("policy."))));
+    // Each writer's entries are numbered from 0 without a gap.
+    for node in ["dojangctl", "test-1"] {
+        let seqs: Vec<u64> = log
+            .iter()
+            .filter(|e| e.node == node)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{node}");
+    }
 
     // A checkpoint signed by the audit key, and proofs against it.
     let key_pem = d.scratch().join("audit.pem");
@@ -547,8 +557,9 @@ fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
     // Each losing racer was refused by the policy (recorded) or by the
     // database's unique index at commit (nothing to record: nothing decided).
     assert!(denied <= 19 + 39);
+    // The two nodes, and the key ceremony's dojangctl.
     let nodes: HashSet<&str> = log.iter().map(|e| e.node.as_str()).collect();
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
     for node in nodes {
         let seqs: Vec<u64> = log
             .iter()

@@ -189,7 +189,7 @@ fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
         "kim",
         "lee",
         "/v1/policy/change",
-        &serde_json::json!({ "sha256": sha256 }),
+        &serde_json::json!({ "sha256": sha256, "text": text }),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

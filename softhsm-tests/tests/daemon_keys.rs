@@ -1,7 +1,7 @@
 //! Officers and the key lifecycle through a running daemon: the two-person
-//! rule (self-approval, roles, expiry, M of N, rejection), each class of bad
-//! input, `dojangctl`'s officer commands, emergency revocation, and a usage
-//! limit reached under issuance.
+//! rule (signatures from officers' tokens, roles, expiry, M of N,
+//! rejection), each class of bad input, `dojangctl`'s officer commands,
+//! emergency revocation, and a usage limit reached under issuance.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
@@ -45,9 +45,25 @@ fn audit_text(d: &Daemon) -> String {
     rows.join("\n")
 }
 
-/// An approval of a DS rotation, naming what it approves.
-fn seen_rotation() -> serde_json::Value {
-    serde_json::json!({"operation": {"kind": "create_key", "chain": "ds"}})
+/// An approval body with `digest` and a signature that is not one.
+fn forged_approval(digest: &str) -> serde_json::Value {
+    let zeros =
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [1u8; 64]);
+    serde_json::json!({"digest": digest, "signature": zeros})
+}
+
+/// The digest of proposal `id` as the daemon lists it.
+fn digest_of(d: &Daemon, id: &str) -> String {
+    let listed = d.client("kim").get("/v1/approvals").json();
+    listed["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn issue(d: &Daemon, n: u32) -> Reply {
@@ -90,31 +106,35 @@ fn key_operations_need_a_second_officer() {
 
     let id = propose_rotation(&d, "kim");
     let approve = format!("/v1/approvals/{id}/approve");
-    let refused = problem(
-        &post(&d, "kim", &approve, seen_rotation()),
-        403,
-        "self_approval",
+    let digest = digest_of(&d, &id);
+    // The proposer signs first: one signature of two, nothing done.
+    assert_eq!(d.approve("kim", &id).unwrap()["status"], "open");
+    let twice = d.approve("kim", &id).unwrap_err();
+    assert!(
+        twice.contains("already_approved") && twice.contains("officers.distinct"),
+        "{twice}"
     );
-    assert_eq!(refused["rule"], "officers.two_person");
-    // An approval names what it approves: another operation, or none, is refused.
+    // An approval names the digest of what was read: another is refused.
     let blind = problem(
-        &post(
-            &d,
-            "lee",
-            &approve,
-            serde_json::json!({"operation": {"kind": "emergency_revoke", "label": "ds-1", "reason": "x"}}),
-        ),
+        &post(&d, "lee", &approve, forged_approval(&"0".repeat(64))),
         409,
-        "operation_mismatch",
+        "digest_mismatch",
     );
     assert_eq!(blind["rule"], "officers.informed_approval");
+    // A signature that is not lee's token's does not count, and says so.
+    let forged = problem(
+        &post(&d, "lee", &approve, forged_approval(&digest)),
+        403,
+        "unverified_order",
+    );
+    assert_eq!(forged["rule"], "officers.verified_order");
     let _ = problem(
         &post(&d, "lee", &approve, serde_json::json!({})),
         400,
         "malformed_request",
     );
     let _ = problem(
-        &post(&d, "counter", &approve, seen_rotation()),
+        &post(&d, "counter", &approve, forged_approval(&digest)),
         403,
         "forbidden",
     );
@@ -127,9 +147,7 @@ fn key_operations_need_a_second_officer() {
         serde_json::json!(["spiffe://mois.go.kr/officer/kim"])
     );
 
-    let approved = post(&d, "lee", &approve, seen_rotation());
-    assert_eq!(approved.status, 200, "{}", approved.json());
-    let approved = approved.json();
+    let approved = d.approve("lee", &id).unwrap();
     assert_eq!(approved["status"], "approved");
     assert!(
         approved["result"].as_str().unwrap().contains("generated"),
@@ -140,7 +158,7 @@ fn key_operations_need_a_second_officer() {
     assert_eq!(keys[1]["state"], "pending");
     // Decided proposals take no more votes.
     let _ = problem(
-        &post(&d, "park", &approve, seen_rotation()),
+        &post(&d, "park", &approve, forged_approval(&digest)),
         409,
         "proposal_decided",
     );
@@ -172,7 +190,7 @@ fn key_operations_need_a_second_officer() {
             &d,
             "lee",
             &format!("/v1/approvals/{rid}/approve"),
-            serde_json::json!({"operation": {"kind": "retire_key", "label": "ds-1"}}),
+            forged_approval(&digest_of(&d, &rid)),
         ),
         409,
         "proposal_decided",
@@ -236,9 +254,15 @@ fn key_operations_need_a_second_officer() {
         ),
         (
             "/v1/policy/change",
-            serde_json::json!({"sha256": "abc"}),
+            serde_json::json!({"sha256": "abc", "text": ""}),
             400,
             "invalid_sha256",
+        ),
+        (
+            "/v1/policy/change",
+            serde_json::json!({"sha256": "ab".repeat(32), "text": "name = 1"}),
+            400,
+            "invalid_policy",
         ),
     ] {
         let _ = problem(&post(&d, "kim", path, body), status, code);
@@ -264,7 +288,8 @@ fn key_operations_need_a_second_officer() {
         "officers.execute",
         "officers.reject",
         "keys.generate",
-        "officers.two_person",
+        "officers.informed_approval",
+        "officers.verified_order",
     ] {
         assert!(audit.contains(step), "{step} not audited");
     }
@@ -275,23 +300,23 @@ fn proposals_expire_and_m_of_n_counts_distinct_officers() {
     let d = Daemon::start(Options {
         policy: |p| {
             p.replace("approvals_required = 2", "approvals_required = 3")
-                .replace("proposal_lifetime = \"24h\"", "proposal_lifetime = \"3s\"")
+                .replace("proposal_lifetime = \"24h\"", "proposal_lifetime = \"5s\"")
         },
         ..Options::default()
     });
     let id = propose_rotation(&d, "kim");
-    let approve = format!("/v1/approvals/{id}/approve");
-    let second = post(&d, "lee", &approve, seen_rotation());
-    assert_eq!(second.json()["status"], "open", "2 of 3");
-    let again = problem(
-        &post(&d, "lee", &approve, seen_rotation()),
-        409,
-        "already_approved",
+    assert_eq!(d.approve("kim", &id).unwrap()["status"], "open", "1 of 3");
+    assert_eq!(d.approve("lee", &id).unwrap()["status"], "open", "2 of 3");
+    let again = d.approve("lee", &id).unwrap_err();
+    assert!(
+        again.contains("already_approved") && again.contains("officers.distinct"),
+        "{again}"
     );
-    assert_eq!(again["rule"], "officers.distinct");
-    std::thread::sleep(Duration::from_millis(3200));
+    let approve = format!("/v1/approvals/{id}/approve");
+    let digest = digest_of(&d, &id);
+    std::thread::sleep(Duration::from_millis(5200));
     let expired = problem(
-        &post(&d, "park", &approve, seen_rotation()),
+        &post(&d, "park", &approve, forged_approval(&digest)),
         409,
         "proposal_expired",
     );
@@ -303,12 +328,10 @@ fn proposals_expire_and_m_of_n_counts_distinct_officers() {
     assert_eq!(d.keys().len(), 1, "an expired proposal does nothing");
 
     let id = propose_rotation(&d, "park");
-    let approve = format!("/v1/approvals/{id}/approve");
-    assert_eq!(
-        post(&d, "kim", &approve, seen_rotation()).json()["status"],
-        "open"
-    );
-    let third = post(&d, "lee", &approve, seen_rotation()).json();
+    for who in ["park", "kim"] {
+        assert_eq!(d.approve(who, &id).unwrap()["status"], "open");
+    }
+    let third = d.approve("lee", &id).unwrap();
     assert_eq!(third["status"], "approved", "{third}");
     assert_eq!(third["approvals"].as_array().unwrap().len(), 3);
     assert_eq!(d.keys().len(), 2);
@@ -325,16 +348,35 @@ fn dojangctl_speaks_for_officers() {
         "{opened}"
     );
     let id = d.open_proposal_id("lee");
-    let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
+    // kim signed when proposing: a second signature is refused.
+    let own = d.approve("kim", &id).unwrap_err();
     assert!(
-        own.contains("self_approval") && own.contains("officers.two_person"),
+        own.contains("already_approved") && own.contains("officers.distinct"),
         "{own}"
     );
-    let done = d.officer_ctl("lee", &["approve", &id]).unwrap();
-    assert!(
-        done.contains("approved") && done.contains("generated"),
-        "{done}"
-    );
+    // Nobody approves what they did not confirm: off a terminal, without
+    // the digest, or with another digest, nothing is signed.
+    let unconfirmed = d.officer_ctl("lee", &["approve", &id]).unwrap_err();
+    assert!(unconfirmed.contains("--expect"), "{unconfirmed}");
+    let other = d
+        .officer_ctl("lee", &["approve", &id, "--expect", &"0".repeat(64)])
+        .unwrap_err();
+    assert!(other.contains("nothing signed"), "{other}");
+    // What lee is shown is every signed field.
+    let digest = digest_of(&d, &id);
+    let done = d
+        .officer_ctl("lee", &["approve", &id, "--expect", &digest])
+        .unwrap();
+    for field in [
+        "operation:  rotate ds",
+        "proposer:   spiffe://mois.go.kr/officer/kim",
+        "policy:",
+        "expires:",
+        "generated",
+        &digest,
+    ] {
+        assert!(done.contains(field), "{field} not shown: {done}");
+    }
     let keys: serde_json::Value =
         serde_json::from_str(&d.officer_ctl("park", &["--json", "keys", "list"]).unwrap()).unwrap();
     let ds: Vec<&serde_json::Value> = keys["keys"]
@@ -564,10 +606,11 @@ fn officers_have_a_running_daemon_generate_the_iaca() {
     let opened = d.officer_ctl("kim", &["pki", "propose-iaca"]).unwrap();
     assert!(opened.contains("generate the IACA"), "{opened}");
     let id = d.open_proposal_id("lee");
-    let own = d.officer_ctl("kim", &["approve", &id]).unwrap_err();
-    assert!(own.contains("self_approval"), "{own}");
-    let done = d.officer_ctl("lee", &["approve", &id]).unwrap();
-    assert!(done.contains("IACA generated"), "{done}");
+    let done = d.approve("lee", &id).unwrap();
+    assert!(
+        done["result"].as_str().unwrap().contains("IACA generated"),
+        "{done}"
+    );
     // A root, a first DS key, issuance, readiness.
     let iaca_pem = d.public_client().get("/iaca.pem");
     assert_eq!(iaca_pem.status, 200);
@@ -604,5 +647,62 @@ fn officers_have_a_running_daemon_generate_the_iaca() {
         &post(&d, "kim", "/v1/pki/iaca", serde_json::json!({})),
         409,
         "iaca_exists",
+    );
+}
+
+/// The whole two-person rule through `dojangctl`, each officer signing with
+/// the approval key in their own token: a rotation, an activation and an
+/// emergency revocation, none of which one officer can complete alone.
+#[test]
+fn two_officers_rotate_and_revoke_through_dojangctl() {
+    let d = Daemon::start(Options::default());
+    let json = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+    let step =
+        |who: &str, args: &[&str]| json(d.officer_ctl(who, &[&["--json"], args].concat()).unwrap());
+    let approve = |who: &str, id: &str| {
+        let digest = digest_of(&d, id);
+        step(who, &["approve", id, "--expect", &digest])
+    };
+
+    let rotation = step("kim", &["keys", "rotate", "ds"]);
+    let id = rotation["id"].as_str().unwrap();
+    assert_eq!(rotation["status"], "open");
+    // kim alone: a second signature of hers is refused, nothing happens.
+    assert!(d
+        .approve("kim", id)
+        .unwrap_err()
+        .contains("already_approved"));
+    assert_eq!(d.keys().len(), 1);
+    assert_eq!(approve("lee", id)["status"], "approved");
+    let new = d.keys()[1]["label"].as_str().unwrap().to_owned();
+
+    let activation = step("park", &["keys", "activate", &new]);
+    let id = activation["id"].as_str().unwrap();
+    assert_eq!(approve("kim", id)["status"], "approved");
+    assert_eq!(d.keys()[1]["state"], "active");
+
+    let revocation = step(
+        "lee",
+        &["keys", "revoke", &new, "--reason", "token backup lost"],
+    );
+    let id = revocation["id"].as_str().unwrap();
+    assert!(d
+        .approve("lee", id)
+        .unwrap_err()
+        .contains("already_approved"));
+    assert_eq!(issue(&d, 990).status, 201, "not revoked by one officer");
+    let done = approve("park", id);
+    assert!(
+        done["result"].as_str().unwrap().contains("revoked"),
+        "{done}"
+    );
+    let _ = problem(&issue(&d, 991), 503, "no_signing_key");
+    let crl = d.public_client().get("/iaca.crl");
+    let crl = openssl::x509::X509Crl::from_pem(&crl.body).unwrap();
+    let cert = d.public_client().get(&format!("/ds/{new}.pem"));
+    let cert = openssl::x509::X509::from_pem(&cert.body).unwrap();
+    assert_eq!(
+        softhsm_tests::crl_serials(&crl),
+        [cert.serial_number().to_bn().unwrap().to_vec()]
     );
 }

@@ -94,6 +94,7 @@ fn hsm_loss_gives_503_and_not_ready_then_recovers_by_itself() {
 fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     let d = Daemon::start(Options::default());
     assert_eq!(issue(&d, "gateway", 1, "mdoc").status, 201);
+    let adopted = std::fs::read_to_string(&d.policy).unwrap();
 
     // A broken policy: refused, the old one stays.
     std::fs::write(&d.policy, "name = \"broken\"\nbogus = 1\n").unwrap();
@@ -109,7 +110,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
         "-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n",
     )
     .unwrap();
-    std::fs::write(&d.policy, dojang_policies::SHIPPED_POLICY).unwrap();
+    std::fs::write(&d.policy, &adopted).unwrap();
     d.signal("HUP");
     wait_for_count(&d, "reload refused", 2);
     assert_eq!(issue(&d, "counter", 3, "mdoc").status, 201);
@@ -117,7 +118,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
 
     // A good policy that drops the gateway: not loaded until two officers
     // adopt it, then the gateway loses access at once.
-    let without_gateway = dojang_policies::SHIPPED_POLICY.replace(
+    let without_gateway = adopted.replace(
         "identity = \"spiffe://mois.go.kr/wallet-gateway\"",
         "identity = \"spiffe://mois.go.kr/retired-gateway\"",
     );
@@ -131,10 +132,21 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
         .hash;
     let file = d.policy.display().to_string();
     let opened = d.officer_ctl("kim", &["policy", "propose", &file]).unwrap();
-    assert!(opened.contains(&hash), "{opened}");
+    // The proposal carries the text, which the officers are shown in full.
+    assert!(
+        opened.contains(&hash)
+            && opened.contains("| identity = \"spiffe://mois.go.kr/retired-gateway\""),
+        "{opened}"
+    );
     let id = d.open_proposal_id("lee");
-    let approved = d.officer_ctl("lee", &["approve", &id]).unwrap();
-    assert!(approved.contains("adopted and loaded"), "{approved}");
+    let approved = d.approve("lee", &id).unwrap();
+    assert!(
+        approved["result"]
+            .as_str()
+            .unwrap()
+            .contains("adopted and loaded"),
+        "{approved}"
+    );
     let reply = issue(&d, "gateway", 4, "mdoc");
     assert_eq!(
         reply.status,
@@ -174,8 +186,7 @@ fn sighup_applies_a_new_crl_to_new_connections() {
     assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
 }
 
-/// As if officers on another node had adopted a policy this node's file
-/// does not have (SQLite registry).
+/// A registry row naming a policy whose text no node has (SQLite).
 fn adopt_elsewhere(d: &Daemon) {
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
     let _ = db
@@ -361,23 +372,32 @@ fn metrics_parse_and_move() {
     assert!(get(&after, "dojang_audit_log_entries") >= 1.0);
 }
 
-/// Another node's officers adopted a policy this node's file does not have
-/// (simulated by changing the adoption in the registry): this node stops
-/// issuing and taking officer steps, and readiness says why.
+/// Officers adopted a policy this node's file does not have (they sign
+/// its text; the file reaches the nodes later): this node stops issuing
+/// and taking officer steps, and readiness says why.
 #[test]
 fn a_node_without_the_adopted_policy_refuses_work() {
     let d = Daemon::start(Options::default());
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
-    adopt_elsewhere(&d);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let reply = issue(&d, "counter", 2, "mdoc");
-        if reply.status == 503 {
-            break reply;
-        }
-        assert!(Instant::now() < deadline, "still issuing: {}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = std::fs::read_to_string(&d.policy)
+        .unwrap()
+        .replace("quota = 468000", "quota = 400000");
+    let sha256 = dojang_policies::Policy::parse("new", &text).unwrap().hash;
+    let approved = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/policy/change",
+        &serde_json::json!({"sha256": sha256, "text": text}),
+    );
+    assert!(
+        approved["result"]
+            .as_str()
+            .unwrap()
+            .contains("keeps the old one until its file has it"),
+        "{approved}"
+    );
+    let refused = issue(&d, "counter", 2, "mdoc");
+    assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["code"], "policy_not_adopted");
     let officer =
         d.client("kim")
@@ -386,6 +406,13 @@ fn a_node_without_the_adopted_policy_refuses_work() {
     let ready = d.ops_client().get("/readyz");
     assert_eq!(ready.status, 503);
     assert!(String::from_utf8_lossy(&ready.body).contains("officers adopted policy"));
+    // The file arrives: the node follows (its text is what was signed).
+    std::fs::write(&d.policy, &text).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while issue(&d, "counter", 3, "mdoc").status != 201 {
+        assert!(Instant::now() < deadline, "did not follow: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A node's policy file lost or replaced: it refuses to start on another

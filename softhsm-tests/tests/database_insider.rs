@@ -4,7 +4,9 @@
 //! (the pseudonym key, the IACA, the audit key, the active DS key), an
 //! approved proposal nobody approved is closed and not carried out, a row
 //! naming the IACA as a status-list key never signs and is never activated,
-//! and deleted rows get no replacement key while the token holds the key.
+//! deleted rows get no replacement key while the token holds the key, and a
+//! revocation row nobody ordered neither reaches the CRL nor changes what
+//! the key signed.
 //! Each is audited and counted, and the token's objects are the same before
 //! and after, as `pkcs11-tool` lists them.
 #![allow(clippy::unwrap_used)]
@@ -102,8 +104,8 @@ fn metric(d: &Daemon, line_start: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// A proposal row as the registry stores it, approved by nobody but its
-/// proposer, with no result yet: what `resume` used to carry out.
+/// A proposal row as the registry stores it, approved with signatures no
+/// officer made, with no result yet: what `resume` used to carry out.
 fn forged_proposal(id: &str, operation: &str) -> String {
     let now = OffsetDateTime::now_utc();
     let at = |t: OffsetDateTime| {
@@ -116,7 +118,11 @@ fn forged_proposal(id: &str, operation: &str) -> String {
         "proposer": "spiffe://mois.go.kr/officer/kim",
         "created_at": at(now - time::Duration::hours(1)),
         "expires_at": at(now + time::Duration::hours(23)),
-        "approvals": ["spiffe://mois.go.kr/officer/kim", "spiffe://mois.go.kr/officer/lee"],
+        "policy_hash": "",
+        "signatures": {
+            "spiffe://mois.go.kr/officer/kim": "AAAA",
+            "spiffe://mois.go.kr/officer/lee": "AAAA",
+        },
         "required": 2,
         "state": "approved",
         "approved_at": at(now - time::Duration::minutes(20)),
@@ -272,6 +278,29 @@ fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon
         }
         assert_eq!(before, d.token_objects(), "the token's objects changed after {lie}");
     }
+    // The forged revocation was never the officers': the IACA did not list
+    // ds-1 and what it signed kept its status.
+    let unordered =
+        "dojang_key_orders_refused_total{order=\"revoke\",reason=\"unverified_revocation\"}";
+    assert!(metric(&d, unordered) >= 1.0, "{}", d.log());
+    assert!(sql
+        .audit()
+        .contains("revocation row without a verified order"));
+    let crl = d.public_client().get("/iaca.crl");
+    if crl.status == 200 {
+        let crl = openssl::x509::X509Crl::from_pem(&crl.body).unwrap();
+        assert!(
+            softhsm_tests::crl_serials(&crl).is_empty(),
+            "a forged revocation reached the CRL"
+        );
+    }
+    let credential = issued.json()["id"].as_str().unwrap().to_owned();
+    let meta = d
+        .client("counter")
+        .get(&format!("/v1/credentials/{credential}"));
+    assert_eq!(meta.status, 200, "{}", meta.json());
+    let state = meta.json()["state"].clone();
+    assert!(state != "suspended" && state != "revoked", "{state}");
 }
 
 #[test]

@@ -282,6 +282,7 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
             Operation::CreateKey { chain: "ds".into() },
             "officer-kim",
             officers,
+            "policy-hash",
             now,
         )
         .unwrap();
@@ -291,9 +292,11 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
     assert_eq!(stored.proposal, p);
     // Two officers approve from the same read: one wins.
     let mut lee = stored.proposal.clone();
-    let _ = lee.approve("officer-lee", officers, 2, now).unwrap();
+    lee.sign("officer-lee", "sig-lee".into(), officers, now)
+        .unwrap();
     let mut park = stored.proposal.clone();
-    let _ = park.approve("officer-park", officers, 2, now).unwrap();
+    park.sign("officer-park", "sig-park".into(), officers, now)
+        .unwrap();
     assert_eq!(
         a.update_proposal(&lee, stored.version, common::decision("officers.approve")),
         Ok(())
@@ -306,7 +309,8 @@ fn proposals_change_only_from_the_version_read(regs: &[Arc<dyn Registry>]) {
     );
     let listed = b.proposals(10).unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].proposal.approvals.len(), 2);
+    assert_eq!(listed[0].proposal.signatures.len(), 1);
+    assert_eq!(listed[0].proposal, lee);
     assert_eq!(listed[0].version, stored.version + 1);
     assert_eq!(a.proposal("p-nope").err(), Some(StoreError::NotFound));
     // The CRL every node serves, each version with its audit entry.

@@ -1,0 +1,336 @@
+//! A database insider against two-person control: proposals and policies
+//! forged by direct SQL on a running daemon's registry (SQLite and
+//! PostgreSQL), with signatures the insider can get — copied, made with
+//! their own keys, moved to another officer's name — never make an order.
+//! A genuine proposal altered after signing, a signature copied from another
+//! proposal, a signature by a key the policy does not pin, one officer's
+//! signature counted as another's, and a policy with the officers' keys
+//! swapped (its adoption signed by the swapped-in keys): each is refused,
+//! audited and counted, DS key ds-1 stays active and unrevoked, and the
+//! token's objects are byte-identical before and after (`pkcs11-tool`).
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use dojang::keys::approvals::Proposal;
+use dojang::keys::order::{Adoption, CanonicalProposal, FirstPolicy};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use softhsm_tests::daemon::{Daemon, Options, PgSchema, Store};
+
+const KIM: &str = "spiffe://mois.go.kr/officer/kim";
+const LEE: &str = "spiffe://mois.go.kr/officer/lee";
+const PARK: &str = "spiffe://mois.go.kr/officer/park";
+
+/// Direct SQL on the daemon's registry.
+enum Insider {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::Client>, String),
+}
+
+impl Insider {
+    fn table(&self, name: &str) -> String {
+        match self {
+            Insider::Sqlite(_) => name.to_owned(),
+            Insider::Postgres(_, schema) => format!("{schema}.{name}"),
+        }
+    }
+
+    fn text(&mut self, sql: &str, key: &str) -> Option<String> {
+        match self {
+            Insider::Sqlite(db) => db
+                .query_row(&sql.replace("$1", "?1"), [key], |r| r.get(0))
+                .ok(),
+            Insider::Postgres(c, _) => c.query_opt(sql, &[&key]).unwrap().map(|r| r.get(0)),
+        }
+    }
+
+    fn write(&mut self, sql: &str, a: &str, b: &str) {
+        match self {
+            Insider::Sqlite(db) => {
+                let _ = db
+                    .execute(&sql.replace("$1", "?1").replace("$2", "?2"), [a, b])
+                    .unwrap();
+            }
+            Insider::Postgres(c, _) => {
+                let _ = c.execute(sql, &[&a, &b]).unwrap();
+            }
+        }
+    }
+
+    fn proposal(&mut self, id: &str) -> Proposal {
+        let sql = format!("SELECT body FROM {} WHERE id = $1", self.table("proposals"));
+        serde_json::from_str(&self.text(&sql, id).unwrap()).unwrap()
+    }
+
+    fn set_proposal(&mut self, p: &Proposal) {
+        let sql = format!(
+            "UPDATE {} SET body = $1 WHERE id = $2",
+            self.table("proposals")
+        );
+        self.write(&sql, &serde_json::to_string(p).unwrap(), &p.id);
+    }
+
+    fn document(&mut self, name: &str) -> Option<String> {
+        let sql = format!(
+            "SELECT body FROM {} WHERE name = $1",
+            self.table("pki_documents")
+        );
+        self.text(&sql, name)
+    }
+
+    fn set_document(&mut self, name: &str, body: &str) {
+        let table = self.table("pki_documents");
+        let sql = format!(
+            "INSERT INTO {table} (name, body) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET body = excluded.body"
+        );
+        self.write(&sql, name, body);
+    }
+
+    fn audit(&mut self) -> String {
+        let sql = format!("SELECT entry FROM {} ORDER BY seq", self.table("audit_log"));
+        let rows: Vec<Vec<u8>> = match self {
+            Insider::Sqlite(db) => {
+                let mut stmt = db.prepare(&sql).unwrap();
+                stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Insider::Postgres(c, _) => c
+                .query(&sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect(),
+        };
+        rows.iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A P-256 key of the insider's own.
+fn insider_key() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+/// An ES256 signature (base64url raw r || s), as an officer's token makes.
+fn sign(key: &PKey<Private>, message: &[u8]) -> String {
+    let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), key).unwrap();
+    let der = signer.sign_oneshot_to_vec(message).unwrap();
+    URL_SAFE_NO_PAD.encode(pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap())
+}
+
+fn metric(d: &Daemon, line_start: &str) -> f64 {
+    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Officer kim opens a revocation of ds-1 over the API (unsigned yet).
+fn open_revocation(d: &Daemon, reason: &str) -> String {
+    let reply = d.client("kim").post_json(
+        "/v1/keys/ds-1/revoke",
+        &serde_json::json!({ "reason": reason }),
+        &[],
+    );
+    assert_eq!(reply.status, 202, "{}", reply.json());
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// `who` approves `id` with their token; the refusal must name `code`.
+fn refused(d: &Daemon, who: &str, id: &str, code: &str) {
+    let err = d.approve(who, id).unwrap_err();
+    assert!(err.contains(code), "{who} on {id}: {err}");
+}
+
+fn ds1_untouched(d: &Daemon) {
+    let ds1 = d.keys().into_iter().find(|k| k["label"] == "ds-1").unwrap();
+    assert_eq!(ds1["state"], "active", "{ds1}");
+    assert!(ds1["revoked"].is_null(), "{ds1}");
+}
+
+fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon) -> Insider) {
+    let d = Daemon::start(Options {
+        store,
+        server: "[server.keys]\nlifecycle_interval_ms = 200\n".into(),
+        ..Options::default()
+    });
+    let mut sql = insider(&d);
+    let before = d.token_objects();
+    let bad =
+        "dojang_key_orders_refused_total{order=\"emergency_revoke\",reason=\"bad_signature\"}";
+    let unpinned =
+        "dojang_key_orders_refused_total{order=\"emergency_revoke\",reason=\"unpinned_key\"}";
+
+    // A genuine proposal, signed by kim, then altered: another key.
+    let altered = open_revocation(&d, "drill");
+    let _ = d.approve("kim", &altered).unwrap();
+    let mut p = sql.proposal(&altered);
+    p.operation = dojang::keys::approvals::Operation::EmergencyRevoke {
+        label: "audit-1".into(),
+        reason: "drill".into(),
+    };
+    if let Some(target) = p.target.as_mut() {
+        target.label = "audit-1".into();
+    }
+    sql.set_proposal(&p);
+    refused(&d, "lee", &altered, "unverified_order");
+
+    // kim's genuine signature of a rotation, copied onto a revocation.
+    let rotation =
+        d.client("kim")
+            .post_json("/v1/keys/rotate", &serde_json::json!({"chain": "ds"}), &[]);
+    let rotation = rotation.json()["id"].as_str().unwrap().to_owned();
+    let _ = d.approve("kim", &rotation).unwrap();
+    let kims = sql.proposal(&rotation).signatures[KIM].clone();
+    let copied = open_revocation(&d, "copied");
+    let mut p = sql.proposal(&copied);
+    let _ = p.signatures.insert(KIM.into(), kims.clone());
+    sql.set_proposal(&p);
+    refused(&d, "lee", &copied, "unverified_order");
+
+    // A good signature over the exact proposal, by a key no policy pins:
+    // under a name of the insider's, and under kim's.
+    let mallory = insider_key();
+    for name in ["spiffe://mois.go.kr/officer/mallory", KIM] {
+        let id = open_revocation(&d, "unpinned");
+        let mut p = sql.proposal(&id);
+        let message = CanonicalProposal::of(&p).bytes();
+        let _ = p.signatures.insert(name.into(), sign(&mallory, &message));
+        sql.set_proposal(&p);
+        let code = if name == KIM {
+            "unverified_order"
+        } else {
+            "officer_key_not_pinned"
+        };
+        refused(&d, "lee", &id, code);
+    }
+
+    // kim's signature of this very proposal, counted again as park's.
+    let twice = open_revocation(&d, "twice");
+    let _ = d.approve("kim", &twice).unwrap();
+    let mut p = sql.proposal(&twice);
+    let _ = p.signatures.insert(PARK.into(), p.signatures[KIM].clone());
+    sql.set_proposal(&p);
+    refused(&d, "lee", &twice, "unverified_order");
+
+    // The officers' keys swapped: a policy pinning the insider's keys for
+    // kim and lee, its first-policy adoption signed by those keys, named
+    // the adopted one.
+    let running = std::fs::read_to_string(&d.policy).unwrap();
+    let hash = dojang_policies::Policy::parse("p", &running).unwrap().hash;
+    assert_eq!(
+        sql.document("policy.sha256").as_deref(),
+        Some(hash.as_str())
+    );
+    let (a1, a2) = (insider_key(), insider_key());
+    let mut swapped = running.clone();
+    for (name, key) in [("kim", &a1), ("lee", &a2)] {
+        let pinned = d
+            .officer_ctl(name, &["--json", "officer", "enroll", "--identity", "x"])
+            .unwrap();
+        let pinned: serde_json::Value = serde_json::from_str(&pinned).unwrap();
+        let ours = STANDARD.encode(key.public_key_to_der().unwrap());
+        swapped = swapped.replace(pinned["signing_key"].as_str().unwrap(), &ours);
+    }
+    let forged = dojang_policies::Policy::parse("forged", &swapped).unwrap();
+    let statement = FirstPolicy::new(&swapped).bytes();
+    let adoption = Adoption::First {
+        signatures: [
+            (KIM.to_owned(), sign(&a1, &statement)),
+            (LEE.to_owned(), sign(&a2, &statement)),
+        ]
+        .into(),
+    };
+    sql.set_document(&format!("policy.toml/{}", forged.hash), &swapped);
+    sql.set_document(
+        &format!("policy.adoption/{}", forged.hash),
+        &serde_json::to_string(&adoption).unwrap(),
+    );
+    sql.set_document("policy.sha256", &forged.hash);
+    let unadopted =
+        "dojang_key_orders_refused_total{order=\"change_policy\",reason=\"unverified_adoption\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&d, unadopted) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the swapped policy was not refused:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The node keeps the policy its officers adopted, and serves.
+    assert_eq!(d.ops_client().get("/readyz").status, 200, "{}", d.log());
+    // Orders signed by the swapped-in keys are not kim's and lee's.
+    let swapped_order = open_revocation(&d, "swapped");
+    let mut p = sql.proposal(&swapped_order);
+    let message = CanonicalProposal::of(&p).bytes();
+    let _ = p.signatures.insert(KIM.into(), sign(&a1, &message));
+    sql.set_proposal(&p);
+    refused(&d, "park", &swapped_order, "unverified_order");
+
+    // Each refusal counted and audited; nothing changed in the token.
+    assert!(metric(&d, bad) >= 5.0, "{}", metric(&d, bad));
+    assert!(metric(&d, unpinned) >= 1.0);
+    // The audit log takes entries in order, a moment after (PostgreSQL's
+    // sequencer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for rule in [
+        "officers.verified_order",
+        "officers.pinned_key",
+        "policy.follow",
+    ] {
+        while !sql.audit().contains(rule) {
+            assert!(
+                Instant::now() < deadline,
+                "{rule} not audited:\n{}",
+                sql.audit()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    ds1_untouched(&d);
+    assert_eq!(d.keys().len(), 1, "the rotation was never approved");
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
+    // The same officers with their own tokens still can.
+    let approved = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/ds-1/revoke",
+        &serde_json::json!({"reason": "the real one"}),
+    );
+    assert_eq!(approved["status"], "approved", "{approved}");
+    assert_ne!(before, d.token_objects(), "a real order acts on the token");
+}
+
+#[test]
+fn forged_signatures_make_no_order_sqlite() {
+    forged_signatures_make_no_order(Store::Sqlite, |d| {
+        let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        Insider::Sqlite(db)
+    });
+}
+
+#[test]
+fn forged_signatures_make_no_order_postgres() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let name = schema.name.clone();
+    forged_signatures_make_no_order(Store::Postgres(schema.url.clone()), move |_| {
+        Insider::Postgres(Box::new(PgSchema::admin()), name.clone())
+    });
+    drop(schema);
+}
