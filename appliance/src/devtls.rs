@@ -73,6 +73,18 @@ impl SigningKey for SoftKey {
     }
 }
 
+/// A P-256 public key held elsewhere (a token): certified, never signing.
+struct HeldKey(Vec<u8>);
+
+impl PublicKeyData for HeldKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
 fn serial() -> Result<(SerialNumber, Vec<u8>), DevTlsError> {
     let mut bytes = [0u8; 16];
     openssl::rand::rand_bytes(&mut bytes).map_err(err)?;
@@ -190,9 +202,33 @@ impl DevCa {
         &self.key_pem
     }
 
-    /// Issues a leaf certificate.
+    /// Issues a leaf certificate with a new software key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Leaf, DevTlsError> {
         let key = SoftKey::generate()?;
+        let (cert_pem, serial) = self.certify(spec, &key)?;
+        Ok(Leaf {
+            cert_pem,
+            key_pem: key.pem()?,
+            serial,
+        })
+    }
+
+    /// Issues a leaf certificate for a P-256 key held elsewhere (its
+    /// uncompressed point): a server key in the token. The certificate
+    /// (PEM) and its serial.
+    pub fn issue_for_point(
+        &self,
+        spec: &LeafSpec,
+        point: &[u8],
+    ) -> Result<(String, Vec<u8>), DevTlsError> {
+        self.certify(spec, &HeldKey(point.to_vec()))
+    }
+
+    fn certify(
+        &self,
+        spec: &LeafSpec,
+        key: &impl PublicKeyData,
+    ) -> Result<(String, Vec<u8>), DevTlsError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.common_name.as_str());
@@ -219,12 +255,8 @@ impl DevCa {
         params.not_after = whole_seconds(spec.not_after);
         let (serial, serial_bytes) = serial()?;
         params.serial_number = Some(serial);
-        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
-        Ok(Leaf {
-            cert_pem: crate::pki::cert_pem(cert.der()).map_err(err)?,
-            key_pem: key.pem()?,
-            serial: serial_bytes,
-        })
+        let cert = params.signed_by(key, &self.issuer).map_err(err)?;
+        Ok((crate::pki::cert_pem(cert.der()).map_err(err)?, serial_bytes))
     }
 
     /// A CRL revoking `serials`, valid for `days`.
@@ -273,13 +305,29 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), DevTlsError> {
 /// Writes a dev TLS PKI into `dir`: `ca.pem`, `server.pem`/`server.key`
 /// (localhost), `<name>.pem`/`<name>.key` for each `(name, identity)`
 /// client, and an empty `crl.pem`. The CA key is not kept.
-pub fn write_dev_pki(dir: &Path, clients: &[(&str, &str)]) -> Result<(), DevTlsError> {
+///
+/// With `server_point` (the uncompressed point of a `tls-server` key in the
+/// token) the server certificate is for that key and no `server.key` is
+/// written.
+pub fn write_dev_pki(
+    dir: &Path,
+    clients: &[(&str, &str)],
+    server_point: Option<&[u8]>,
+) -> Result<(), DevTlsError> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let ca = DevCa::generate("Dojang Dev TLS CA")?;
     write(&dir.join("ca.pem"), ca.cert_pem(), false)?;
-    let server = ca.issue(&LeafSpec::localhost_server())?;
-    write(&dir.join("server.pem"), &server.cert_pem, false)?;
-    write(&dir.join("server.key"), &server.key_pem, true)?;
+    match server_point {
+        Some(point) => {
+            let (cert, _) = ca.issue_for_point(&LeafSpec::localhost_server(), point)?;
+            write(&dir.join("server.pem"), &cert, false)?;
+        }
+        None => {
+            let server = ca.issue(&LeafSpec::localhost_server())?;
+            write(&dir.join("server.pem"), &server.cert_pem, false)?;
+            write(&dir.join("server.key"), &server.key_pem, true)?;
+        }
+    }
     for (name, identity) in clients {
         let client = ca.issue(&LeafSpec::client(identity))?;
         write(&dir.join(format!("{name}.pem")), &client.cert_pem, false)?;

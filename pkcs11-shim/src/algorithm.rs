@@ -112,11 +112,14 @@ pub enum KeyPurpose {
     /// A security officer's approval key, in the officer's own token:
     /// signs canonical proposals (never held by the appliance).
     OfficerApproval,
+    /// The appliance's TLS server key: signs handshakes of the mTLS API,
+    /// so a copied key file cannot impersonate the appliance.
+    TlsServer,
 }
 
 impl KeyPurpose {
     /// Every purpose, in a stable order.
-    pub const ALL: [KeyPurpose; 7] = [
+    pub const ALL: [KeyPurpose; 8] = [
         KeyPurpose::Iaca,
         KeyPurpose::DocumentSigner,
         KeyPurpose::StatusList,
@@ -124,6 +127,7 @@ impl KeyPurpose {
         KeyPurpose::Pseudonym,
         KeyPurpose::ResponseSeal,
         KeyPurpose::OfficerApproval,
+        KeyPurpose::TlsServer,
     ];
 
     /// The stable name (`iaca`, `document-signer`, …).
@@ -136,6 +140,7 @@ impl KeyPurpose {
             KeyPurpose::Pseudonym => "pseudonym",
             KeyPurpose::ResponseSeal => "response-seal",
             KeyPurpose::OfficerApproval => "officer-approval",
+            KeyPurpose::TlsServer => "tls-server",
         }
     }
 
@@ -146,7 +151,7 @@ impl KeyPurpose {
             .find(|p| p.name() == name)
             .ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym, response-seal, officer-approval)"
+                    "unknown key purpose {name:?} (known: iaca, document-signer, status-list, audit, pseudonym, response-seal, officer-approval, tls-server)"
                 ))
             })
     }
@@ -161,6 +166,7 @@ impl KeyPurpose {
             KeyPurpose::Pseudonym => 5,
             KeyPurpose::ResponseSeal => 6,
             KeyPurpose::OfficerApproval => 7,
+            KeyPurpose::TlsServer => 8,
         }
     }
 

@@ -52,9 +52,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Validate { config, probe } => {
             let path = cli::config_path(config);
             let config = cli::load_config(&path)?;
+            // The token is opened to probe it, or to check a TLS key it holds.
+            let in_token = config
+                .server
+                .as_ref()
+                .is_some_and(|s| s.api.private_key_label.is_some());
+            let backend: Option<&'static dyn pkcs11_shim::KeyBackend> = if probe || in_token {
+                let backend: &'static std::sync::Arc<dyn pkcs11_shim::KeyBackend> =
+                    Box::leak(Box::new(cli::open_backend(&config)?));
+                Some(backend.as_ref())
+            } else {
+                None
+            };
             if let Some(server) = &config.server {
-                // What `serve` would refuse: TLS files, CRLs, the policy.
-                let _ = dojang::http::tls::api_config(&server.api)?;
+                // What `serve` would refuse: TLS files and keys, CRLs, the policy.
+                let _ = dojang::http::tls::api_config(&server.api, backend)?;
                 let _ = dojang::http::tls::public_config(&server.public)?;
                 let text = std::fs::read_to_string(&server.policy)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", server.policy.display()))?;
@@ -64,8 +76,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let _ = config.credential().map_err(anyhow::Error::msg)?;
                 let _ = config.pki().map_err(anyhow::Error::msg)?;
             }
-            if probe {
-                let backend = cli::open_backend(&config)?;
+            if let (true, Some(backend)) = (probe, backend) {
                 let health = backend.health();
                 anyhow::ensure!(health.up, "key backend is down: {}", health.detail);
                 println!(

@@ -81,8 +81,14 @@ pub struct ApiListener {
     pub listen: SocketAddr,
     /// The server's certificate chain (PEM).
     pub certificate: PathBuf,
-    /// The server's TLS private key (PEM, readable by dojangd only).
-    pub private_key: PathBuf,
+    /// The server's TLS private key (PEM, readable by dojangd only); or:
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    /// The label of the server's TLS key in the token (purpose
+    /// `tls-server`, ES256): handshakes are signed there, and no key file
+    /// exists to copy. Exactly one of `private_key` and this.
+    #[serde(default)]
+    pub private_key_label: Option<String>,
     /// CA certificates client certificates must chain to (PEM).
     pub client_ca: PathBuf,
     /// CRLs of the client CAs (PEM or DER), checked for every client.
@@ -285,6 +291,12 @@ impl ServerConfig {
         {
             return Err(
                 "server.public.base_url must be an http(s) URL without a trailing slash".into(),
+            );
+        }
+        if self.api.private_key.is_some() == self.api.private_key_label.is_some() {
+            return Err(
+                "server.api: set exactly one of private_key (a file) and private_key_label (a key in the token)"
+                    .into(),
             );
         }
         if self.public.certificate.is_some() != self.public.private_key.is_some() {

@@ -100,9 +100,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .context("this needs a [server] table in the configuration")?;
     let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
-    let api_tls = tls::api_config(&server.api)?;
-    let public_tls = tls::public_config(&server.public)?;
     let shared = start(&config, &server)?;
+    let api_tls = tls::api_config(&server.api, Some(shared.service.node.backend))?;
+    let public_tls = tls::public_config(&server.public)?;
     let stop_threads = Arc::new(AtomicBool::new(false));
     let audit_thread = threads::audit(shared.service.clone(), stop_threads.clone())?;
     let keys_thread = threads::keys(
@@ -298,7 +298,7 @@ async fn reload(
     pool: &Arc<BlockingPool>,
 ) -> anyhow::Result<()> {
     // Build everything first; swap only when all of it loaded.
-    let api_tls = tls::api_config(&server.api)?;
+    let api_tls = tls::api_config(&server.api, Some(service.node.backend))?;
     let public_tls = tls::public_config(&server.public)?;
     let service = service.clone();
     pool.submit(move || service.reload(time::OffsetDateTime::now_utc()))

@@ -9,6 +9,7 @@ mod pool;
 pub mod problem;
 mod server;
 pub mod tls;
+mod token_key;
 
 pub use self::pool::{BlockingPool, PoolFull};
 pub use self::server::{

@@ -14,6 +14,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
+use rustls::sign::SingleCertAndKey;
+
+use super::token_key::TokenTlsKey;
 use crate::config::{ApiListener, PublicListener};
 
 /// A TLS file that could not be used.
@@ -74,8 +77,13 @@ pub struct ListenerTls {
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The API listener's configuration: mTLS, CRLs, TLS 1.3 (1.2 if allowed),
-/// and the officers' own CA if there is one.
-pub fn api_config(api: &ApiListener) -> Result<ListenerTls, TlsError> {
+/// and the officers' own CA if there is one. A server key in the token
+/// (`private_key_label`) needs the `backend`; without one (`dojangd
+/// validate` without `--probe`) only its certificate is read.
+pub fn api_config(
+    api: &ApiListener,
+    backend: Option<&'static dyn pkcs11_shim::KeyBackend>,
+) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certificates(&api.client_ca)? {
@@ -83,29 +91,10 @@ pub fn api_config(api: &ApiListener) -> Result<ListenerTls, TlsError> {
             .add(ca)
             .map_err(|e| error(&api.client_ca, format!("client CA: {e}")))?;
     }
-    let mut officer_cas = Vec::new();
-    if let Some(path) = &api.officer_ca {
-        let spki = |cert: &openssl::x509::X509| cert.public_key()?.public_key_to_der();
-        let services: Vec<Vec<u8>> = certificates(&api.client_ca)?
-            .iter()
-            .filter_map(|c| spki(&openssl::x509::X509::from_der(c).ok()?).ok())
-            .collect();
-        for ca in certificates(path)? {
-            let cert = openssl::x509::X509::from_der(&ca)
-                .map_err(|e| error(path, format!("officer CA: {e}")))?;
-            let key = spki(&cert).map_err(|e| error(path, format!("officer CA: {e}")))?;
-            if services.contains(&key) {
-                return Err(error(
-                    path,
-                    "the officers' CA shares a key with client_ca: it would make every service an officer",
-                ));
-            }
-            officer_cas.push(cert);
-            roots
-                .add(ca)
-                .map_err(|e| error(path, format!("officer CA: {e}")))?;
-        }
-    }
+    let officer_cas = match &api.officer_ca {
+        Some(path) => officers_ca(path, &api.client_ca, &mut roots)?,
+        None => Vec::new(),
+    };
     let crls = api
         .client_crls
         .iter()
@@ -126,20 +115,69 @@ pub fn api_config(api: &ApiListener) -> Result<ListenerTls, TlsError> {
     } else {
         &[&rustls::version::TLS13]
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| error(&api.certificate, e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certificates(&api.certificate)?,
-            private_key(&api.private_key)?,
-        )
-        .map_err(|e| error(&api.private_key, format!("certificate and key: {e}")))?;
+        .with_client_cert_verifier(verifier);
+    let chain = certificates(&api.certificate)?;
+    let mut config = match (&api.private_key, &api.private_key_label, backend) {
+        (Some(path), _, _) => builder
+            .with_single_cert(chain, private_key(path)?)
+            .map_err(|e| error(path, format!("certificate and key: {e}")))?,
+        (None, Some(label), Some(backend)) => {
+            let key = TokenTlsKey::certified(backend, label, chain)
+                .map_err(|e| error(&api.certificate, e))?;
+            builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
+        }
+        (None, Some(label), None) => {
+            return Err(error(
+                &api.certificate,
+                format!("the TLS key {label:?} is in the token, which is not open here"),
+            ));
+        }
+        (None, None, _) => {
+            return Err(error(
+                &api.certificate,
+                "server.api needs private_key or private_key_label",
+            ));
+        }
+    };
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(ListenerTls {
         config: Arc::new(config),
         officer_cas: Arc::new(officer_cas),
     })
+}
+
+/// The officers' own CA certificates (`path`), added to `roots`; refused
+/// if one shares a key with the services' CA (`client_ca`).
+fn officers_ca(
+    path: &Path,
+    client_ca: &Path,
+    roots: &mut RootCertStore,
+) -> Result<Vec<openssl::x509::X509>, TlsError> {
+    let spki = |cert: &openssl::x509::X509| cert.public_key()?.public_key_to_der();
+    let services: Vec<Vec<u8>> = certificates(client_ca)?
+        .iter()
+        .filter_map(|c| spki(&openssl::x509::X509::from_der(c).ok()?).ok())
+        .collect();
+    let mut officer_cas = Vec::new();
+    for ca in certificates(path)? {
+        let cert = openssl::x509::X509::from_der(&ca)
+            .map_err(|e| error(path, format!("officer CA: {e}")))?;
+        let key = spki(&cert).map_err(|e| error(path, format!("officer CA: {e}")))?;
+        if services.contains(&key) {
+            return Err(error(
+                path,
+                "the officers' CA shares a key with client_ca: it would make every service an officer",
+            ));
+        }
+        officer_cas.push(cert);
+        roots
+            .add(ca)
+            .map_err(|e| error(path, format!("officer CA: {e}")))?;
+    }
+    Ok(officer_cas)
 }
 
 /// The public listener's configuration, or `None` for plain HTTP.

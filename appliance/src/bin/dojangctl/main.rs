@@ -126,7 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Audit(command) => audit::run(command, load, args.json),
         Command::Policy(command) => policy::run(command, &conn, load, args.json),
         Command::Verify(v) => verify::run(v),
-        Command::DevTls(dev_tls) => dev_tls::run(dev_tls),
+        Command::DevTls(dev_tls) => dev_tls::run(dev_tls, load),
     }
 }
 
