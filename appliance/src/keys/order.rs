@@ -18,7 +18,6 @@ use dojang_policies::Policy;
 use serde::{Deserialize, Serialize};
 
 use super::approvals::{KeyTarget, Operation, Proposal};
-use crate::node::rfc3339;
 
 /// Names the signed statement, so a signature over one kind of statement
 /// never reads as another's.
@@ -84,6 +83,12 @@ impl CanonicalProposal {
         }
         Ok(parsed)
     }
+}
+
+/// A time as RFC 3339 (as the API shows it).
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Hex SHA-256 of `bytes`: the digest officers compare (`--expect`).

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::answers::Requested;
 use super::proposals::Officers;
 use crate::errors::{json_refusal, store_refusal};
 use crate::keys::approvals::Operation;
@@ -35,15 +36,6 @@ struct PolicyBody {
     sha256: String,
     /// The full text: officers sign what they adopt, not a hash of it.
     text: String,
-}
-
-/// What a `POST` asks officers to sign: the operation, and a policy
-/// change's full text.
-pub struct Requested {
-    /// The operation.
-    pub operation: Operation,
-    /// A policy change's text (its SHA-256 is the operation's).
-    pub policy_text: Option<String>,
 }
 
 fn key_state_problem(detail: String, rule: &'static str) -> Refusal {

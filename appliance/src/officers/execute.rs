@@ -4,9 +4,8 @@
 
 use time::OffsetDateTime;
 
-use super::proposals::{
-    LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS, operation_summary, order_problem,
-};
+use super::answers::{operation_kind, operation_summary, order_problem};
+use super::proposals::{LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS};
 use crate::errors::store_refusal;
 use crate::keys::approvals::{Operation, Proposal, ProposalState};
 use crate::keys::manager::DestroyOrder;
@@ -299,18 +298,5 @@ impl Officers {
             "IACA generated (valid until {}); first DS key {label} signs from now",
             rfc3339(facts.not_after)
         ))
-    }
-}
-
-/// The operation's kind, as metrics label it.
-pub(super) fn operation_kind(operation: &Operation) -> &'static str {
-    match operation {
-        Operation::CreateKey { .. } => "create_key",
-        Operation::ActivateKey { .. } => "activate_key",
-        Operation::RetireKey { .. } => "retire_key",
-        Operation::DestroyKey { .. } => "destroy_key",
-        Operation::EmergencyRevoke { .. } => "emergency_revoke",
-        Operation::GenerateIaca => "generate_iaca",
-        Operation::ChangePolicy { .. } => "change_policy",
     }
 }

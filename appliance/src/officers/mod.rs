@@ -2,9 +2,10 @@
 //! ([`Officers`]), what may be proposed and when it can be carried out
 //! (`check`), and carrying approved operations out (`execute`).
 
+mod answers;
 mod check;
 mod execute;
 mod proposals;
 
-pub use self::check::Requested;
+pub use self::answers::Requested;
 pub use self::proposals::{Officers, Reload};

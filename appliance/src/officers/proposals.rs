@@ -8,25 +8,23 @@
 
 use std::sync::Arc;
 
-use dojang_policies::Role;
+use dojang_policies::{Policy, Role};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-use super::check::Requested;
-use crate::errors::{json_refusal, store_refusal};
-use crate::keys::approvals::{
-    ApprovalError, DualControl, KeyTarget, Operation, Proposal, ProposalState,
+use super::answers::{
+    Requested, approval_problem, key_json, ok, operation_label, operation_summary, order_problem,
+    proposal_json,
 };
+use crate::errors::{json_refusal, store_refusal};
+use crate::keys::approvals::{DualControl, KeyTarget, Proposal, ProposalState};
 use crate::keys::manager::KeyManager;
-use crate::keys::order::{CanonicalProposal, OrderRefusal, digest, verified_signers};
-use crate::node::{LoadError, Node, rfc3339};
+use crate::keys::order::{CanonicalProposal, digest, verified_signers};
+use crate::node::{LoadError, Node};
 use crate::policy::PolicyState;
 use crate::refusal::{Answer, Class, Refusal, Reply};
-use crate::store::{StoreError, StoredKey};
+use crate::store::StoreError;
 
 /// Proposals a listing returns at most.
 pub(super) const LIST_LIMIT: u32 = 200;
@@ -57,117 +55,6 @@ pub struct Officers {
 struct ApproveBody {
     digest: String,
     signature: String,
-}
-
-pub(super) fn approval_problem(e: &ApprovalError, client: &str) -> Refusal {
-    let conflict = |code, rule| Refusal::new(Class::Conflict, code, e.to_string()).with_rule(rule);
-    match e {
-        ApprovalError::NotOfficer(_) => forbidden(client),
-        ApprovalError::AlreadyApproved(_) => conflict("already_approved", "officers.distinct"),
-        ApprovalError::Expired(_) => conflict("proposal_expired", "officers.proposal_lifetime"),
-        ApprovalError::Decided(_) => conflict("proposal_decided", "officers.decided"),
-        ApprovalError::Quorum { .. } => conflict("no_quorum", "officers.approvals_required"),
-    }
-}
-
-pub(super) fn forbidden(client: &str) -> Refusal {
-    Refusal::new(
-        Class::Forbidden,
-        "forbidden",
-        format!("client {client:?} does not have the officer role"),
-    )
-    .with_rule("client.role")
-}
-
-/// Signatures that do not make an order: refused with the rule, counted
-/// (the audit entry is the caller's answer).
-pub(super) fn order_problem(node: &Node, operation: &Operation, e: &OrderRefusal) -> Refusal {
-    node.metrics
-        .order_refused(super::execute::operation_kind(operation), e.reason());
-    let (code, rule) = match e {
-        OrderRefusal::Unpinned(_) => ("officer_key_not_pinned", "officers.pinned_key"),
-        OrderRefusal::OtherPolicy(_) => ("proposal_policy_changed", "officers.policy_in_force"),
-        OrderRefusal::BadSignature(_) | OrderRefusal::Short { .. } => {
-            ("unverified_order", "officers.verified_order")
-        }
-    };
-    Refusal::new(Class::Forbidden, code, e.to_string()).with_rule(rule)
-}
-
-/// A proposal as the API shows it (`status` says `expired` for an open
-/// proposal past its time). `canonical` (base64url) is what officers sign
-/// and `digest` its SHA-256: an officer's tool shows the fields it parses
-/// from `canonical`, never from the rest.
-pub(super) fn proposal_json(p: &Proposal, now: OffsetDateTime) -> serde_json::Value {
-    let canonical = CanonicalProposal::of(p).bytes();
-    let status = match p.state {
-        ProposalState::Open if now >= p.expires_at => "expired",
-        ProposalState::Open => "open",
-        ProposalState::Approved => "approved",
-        ProposalState::Rejected => "rejected",
-    };
-    json!({
-        "id": p.id,
-        "operation": p.operation,
-        "proposer": p.proposer,
-        "created_at": rfc3339(p.created_at),
-        "expires_at": rfc3339(p.expires_at),
-        "target": p.target,
-        "policy_hash": p.policy_hash,
-        "approvals": p.signatures.keys().collect::<Vec<_>>(),
-        "required": p.required,
-        "canonical": URL_SAFE_NO_PAD.encode(&canonical),
-        "digest": digest(&canonical),
-        "status": status,
-        "rejected_by": p.rejected_by,
-        "result": p.result,
-    })
-}
-
-fn key_json(k: &StoredKey) -> serde_json::Value {
-    let r = &k.record;
-    json!({
-        "label": r.label,
-        "chain": k.chain,
-        "kid": k.kid,
-        "state": r.state.as_str(),
-        "created_at": rfc3339(r.created_at),
-        "activate_at": rfc3339(r.activate_at),
-        "certificate_not_after": rfc3339(r.cert_not_after),
-        "signatures": r.signatures,
-        "last_signature_valid_until": r.last_signature_valid_until.map(rfc3339),
-        "revoked": k.revocation.as_ref().map(|(reason, at)| json!({"reason": reason, "at": rfc3339(*at)})),
-    })
-}
-
-pub(super) fn ok(status: Reply, body: serde_json::Value) -> Answer {
-    Ok((status, body.to_string().into_bytes()))
-}
-
-/// The key an operation names.
-fn operation_label(operation: &Operation) -> Option<&str> {
-    match operation {
-        Operation::ActivateKey { label }
-        | Operation::RetireKey { label }
-        | Operation::DestroyKey { label }
-        | Operation::EmergencyRevoke { label, .. } => Some(label),
-        Operation::CreateKey { .. } | Operation::GenerateIaca | Operation::ChangePolicy { .. } => {
-            None
-        }
-    }
-}
-
-/// One line for logs and the audit log (no reason text: it is free text).
-pub(super) fn operation_summary(operation: &Operation) -> String {
-    match operation {
-        Operation::CreateKey { chain } => format!("rotate {chain}"),
-        Operation::ActivateKey { label } => format!("activate {label}"),
-        Operation::RetireKey { label } => format!("retire {label}"),
-        Operation::DestroyKey { label } => format!("destroy {label}"),
-        Operation::EmergencyRevoke { label, .. } => format!("revoke {label}"),
-        Operation::ChangePolicy { sha256 } => format!("adopt policy {sha256}"),
-        Operation::GenerateIaca => "generate the IACA".to_owned(),
-    }
 }
 
 impl Officers {
@@ -290,8 +177,49 @@ impl Officers {
         ok(Reply::Accepted, proposal_json(&proposal, now))
     }
 
-    /// `POST /v1/approvals/{id}/approve` (the body repeats the operation
-    /// the approver saw) or `/reject`.
+    /// Adds `client`'s signature (the approval `body`) to `proposal`; its
+    /// status after.
+    fn sign(
+        &self,
+        proposal: &mut Proposal,
+        client: &str,
+        body: &[u8],
+        policy: &Policy,
+        now: OffsetDateTime,
+    ) -> Result<&'static str, Refusal> {
+        let body: ApproveBody = serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
+        let canonical = CanonicalProposal::of(proposal).bytes();
+        // Nobody approves blind: the digest is of what the officer's tool
+        // showed, and a proposal is never approved for something else than
+        // was read.
+        if !body.digest.eq_ignore_ascii_case(&digest(&canonical)) {
+            return Err(Refusal::new(
+                Class::Conflict,
+                "digest_mismatch",
+                "the approval is for another content than this proposal's: list it and read it again",
+            )
+            .with_rule("officers.informed_approval"));
+        }
+        let is_officer = |who: &str| policy.has_role(who, Role::Officer);
+        proposal
+            .sign(client, body.signature, is_officer, now)
+            .map_err(|e| approval_problem(&e, client))?;
+        // Every signature must hold over the proposal as it stands, by a key
+        // the policy pins: this officer's, and those already there (a row
+        // changed after signing, or a signature brought from elsewhere,
+        // refuses the whole proposal).
+        let verified = verified_signers(proposal, policy)
+            .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
+        Ok(
+            match proposal.settle(verified, policy.officers.approvals_required, now) {
+                ProposalState::Approved => "approved",
+                _ => "open",
+            },
+        )
+    }
+
+    /// `POST /v1/approvals/{id}/approve` (the body signs the canonical
+    /// proposal the approver was shown) or `/reject`.
     pub fn decide(&self, client: &str, id: &str, approve: bool, body: &[u8]) -> Answer {
         let now = OffsetDateTime::now_utc();
         let step = if approve { "approve" } else { "reject" };
@@ -326,32 +254,7 @@ impl Officers {
         let mut proposal = stored.proposal;
         let is_officer = |who: &str| policy.has_role(who, Role::Officer);
         let outcome = if approve {
-            let body: ApproveBody = serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
-            let canonical = CanonicalProposal::of(&proposal).bytes();
-            // Nobody approves blind: the digest is of what the officer's
-            // tool showed, and a proposal is never approved for something
-            // else than was read.
-            if !body.digest.eq_ignore_ascii_case(&digest(&canonical)) {
-                return Err(Refusal::new(
-                    Class::Conflict,
-                    "digest_mismatch",
-                    "the approval is for another content than this proposal's: list it and read it again",
-                )
-                .with_rule("officers.informed_approval"));
-            }
-            proposal
-                .sign(client, body.signature, is_officer, now)
-                .map_err(|e| approval_problem(&e, client))?;
-            // Every signature must hold over the proposal as it stands, by
-            // a key the policy pins: this officer's, and those already
-            // there (a row changed after signing, or a signature brought
-            // from elsewhere, refuses the whole proposal).
-            let verified = verified_signers(&proposal, &policy)
-                .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
-            match proposal.settle(verified, policy.officers.approvals_required, now) {
-                ProposalState::Approved => "approved",
-                _ => "open",
-            }
+            self.sign(&mut proposal, client, body, &policy, now)?
         } else {
             proposal
                 .reject(client, is_officer, now)
