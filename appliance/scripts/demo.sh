@@ -28,17 +28,6 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*dojang-demo"; the
   softhsm2-util --init-token --free --label dojang-demo \
     --pin "$(cat "$state/pin")" --so-pin "$(cat "$state/so-pin")" >/dev/null
 fi
-if [ ! -f "$state/tls/kim.pem" ]; then
-  rm -rf "$state/tls"
-  echo "== dev TLS PKI (CA, localhost server, client identities: counter, gateway, auditor, officers kim/lee/park) in $state/tls"
-  "$bin/dojangctl" dev-tls --dir "$state/tls" \
-    --client counter=spiffe://mois.go.kr/office-counter \
-    --client gateway=spiffe://mois.go.kr/wallet-gateway \
-    --client auditor=spiffe://mois.go.kr/auditor \
-    --client kim=spiffe://mois.go.kr/officer/kim \
-    --client lee=spiffe://mois.go.kr/officer/lee \
-    --client park=spiffe://mois.go.kr/officer/park
-fi
 # The officers' own tokens (smartcards in production): a SoftHSM
 # configuration the daemon never sees, one token per officer, each holding
 # a non-extractable approval key. The policy pins those keys.
@@ -90,7 +79,8 @@ policy = "$state/policy.toml"
 [server.api]
 listen = "127.0.0.1:8443"
 certificate = "$state/tls/server.pem"
-private_key = "$state/tls/server.key"
+# The API's TLS key is in the token: no key file to copy.
+private_key_label = "tls-server-1"
 client_ca = "$state/tls/ca.pem"
 client_crls = ["$state/tls/crl.pem"]
 
@@ -110,8 +100,6 @@ sqlite = "$state/registry.db"
 TOML
 
 ctl() { "$bin/dojangctl" --config "$state/dojang.toml" "$@"; }
-echo "== checking the configuration and the token"
-"$bin/dojangd" validate --probe --config "$state/dojang.toml"
 
 echo "== key ceremony: IACA root and first document signer, keys born in the token"
 if [ ! -f "$state/pki/iaca.pem" ]; then
@@ -125,7 +113,21 @@ grep -q '"label": "status-list-1"' <<<"$keys" || ctl keys generate --label statu
 grep -q '"label": "audit-1"' <<<"$keys" || ctl keys generate --label audit-1 --purpose audit
 grep -q '"label": "pseudonym"' <<<"$keys" || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
 grep -q '"label": "response-seal"' <<<"$keys" || ctl keys generate --label response-seal --purpose response-seal --alg HS256
+grep -q '"label": "tls-server-1"' <<<"$keys" || ctl keys generate --label tls-server-1 --purpose tls-server
+if [ ! -f "$state/tls/kim.pem" ]; then
+  rm -rf "$state/tls"
+  echo "== dev TLS PKI (CA, localhost server certificate for the token's TLS key, client identities: counter, gateway, auditor, officers kim/lee/park) in $state/tls"
+  ctl dev-tls --dir "$state/tls" --server-key-label tls-server-1 \
+    --client counter=spiffe://mois.go.kr/office-counter \
+    --client gateway=spiffe://mois.go.kr/wallet-gateway \
+    --client auditor=spiffe://mois.go.kr/auditor \
+    --client kim=spiffe://mois.go.kr/officer/kim \
+    --client lee=spiffe://mois.go.kr/officer/lee \
+    --client park=spiffe://mois.go.kr/officer/park
+fi
 
+echo "== checking the configuration and the token"
+"$bin/dojangd" validate --probe --config "$state/dojang.toml"
 if ! ctl policy adopted >/dev/null 2>&1; then
   echo "== key ceremony: officers kim and lee sign the first policy with their tokens; it is adopted"
   hash=$(sha256sum "$state/policy.toml" | cut -d' ' -f1)

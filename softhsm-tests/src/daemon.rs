@@ -65,6 +65,8 @@ pub struct Options {
     /// Run `dojangctl pki init` (false: no IACA; officers have the daemon
     /// generate one).
     pub pki_init: bool,
+    /// The API's TLS key in the token (label `tls-server-1`, no key file).
+    pub tls_key_in_token: bool,
     /// Adopt the policy at a key ceremony before the first start (the
     /// first M officers sign it; false: no policy adopted).
     pub adopt_policy: bool,
@@ -84,6 +86,7 @@ impl Default for Options {
             spawn: true,
             pki_init: true,
             adopt_policy: true,
+            tls_key_in_token: false,
         }
     }
 }
@@ -190,6 +193,45 @@ fn officer_blocks(tokens: &SoftHsmToken) -> String {
         .collect()
 }
 
+/// A `tls-server` key made in the daemon's token by `dojangctl`; its
+/// uncompressed public point.
+fn token_tls_key(token: &SoftHsmToken, config: &Path) -> Vec<u8> {
+    run_ctl(
+        token,
+        config,
+        &[
+            "keys",
+            "generate",
+            "--label",
+            "tls-server-1",
+            "--purpose",
+            "tls-server",
+        ],
+    );
+    let out = Command::new(crate::workspace_binary("dojangctl"))
+        .arg("--config")
+        .arg(config)
+        .args(["--json", "keys", "show", "tls-server-1"])
+        .env("SOFTHSM2_CONF", token.conf_path())
+        .output()
+        .expect("dojangctl");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("keys show");
+    let pem = shown
+        .get("pem")
+        .and_then(serde_json::Value::as_str)
+        .expect("pem");
+    let key = openssl::pkey::PKey::public_key_from_pem(pem.as_bytes()).expect("PEM");
+    let ec = key.ec_key().expect("EC");
+    let mut ctx = openssl::bn::BigNumContext::new().expect("ctx");
+    ec.public_key()
+        .to_bytes(
+            ec.group(),
+            openssl::ec::PointConversionForm::UNCOMPRESSED,
+            &mut ctx,
+        )
+        .expect("point")
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
@@ -212,7 +254,7 @@ fn run_ctl(token: &SoftHsmToken, config: &Path, args: &[&str]) {
 /// Writes the dev TLS PKI: CA, server, and clients `counter`, `gateway`,
 /// `stranger`, `expired`, `notyet`, `revoked` (on the CRL), `nosan`, and
 /// `foreign` (from another CA).
-fn write_tls(dir: &Path) {
+fn write_tls(dir: &Path, server_point: Option<&[u8]>) {
     std::fs::create_dir_all(dir).expect("tls dir");
     let ca = DevCa::generate("Test TLS CA").expect("CA");
     write(&dir.join("ca.pem"), ca.cert_pem());
@@ -221,10 +263,21 @@ fn write_tls(dir: &Path) {
         write(&dir.join(format!("{name}.key")), &leaf.key_pem);
         leaf
     };
-    let _ = save(
-        "server",
-        ca.issue(&LeafSpec::localhost_server()).expect("server"),
-    );
+    match server_point {
+        // The server key is in the token: a certificate, no key file.
+        Some(point) => {
+            let (cert, _) = ca
+                .issue_for_point(&LeafSpec::localhost_server(), point)
+                .expect("server");
+            write(&dir.join("server.pem"), &cert);
+        }
+        None => {
+            let _ = save(
+                "server",
+                ca.issue(&LeafSpec::localhost_server()).expect("server"),
+            );
+        }
+    }
     let counter = save("counter", ca.issue(&LeafSpec::client(COUNTER)).expect("c"));
     let _ = save("gateway", ca.issue(&LeafSpec::client(GATEWAY)).expect("c"));
     let _ = save(
@@ -325,7 +378,10 @@ impl Daemon {
             );
         }
         let tls = scratch.join("tls");
-        write_tls(&tls);
+        let server_point = options
+            .tls_key_in_token
+            .then(|| token_tls_key(&token, &base));
+        write_tls(&tls, server_point.as_deref());
         let officers = std::sync::Arc::new(enroll_officers());
         let policy = scratch.join("policy.toml");
         let policy_text = (options.policy)(dojang_policies::SHIPPED_POLICY.to_owned())
@@ -354,7 +410,7 @@ impl Daemon {
         }
         text.push_str(&format!(
             "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
-             certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n\
+             certificate = \"{tls}/server.pem\"\n{server_key}\n\
              client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\", \"{tls}/officer-ca-crl.pem\"]\n\n\
              [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
              [server.ops]\nlisten = \"{ops}\"\n\n[server.audit]\norigin = \"{AUDIT_ORIGIN}\"\n\
@@ -366,6 +422,11 @@ impl Daemon {
             server_extra = options.server,
             // `{tls}` in a test's extra API settings names the TLS directory.
             api_extra = options.api.replace("{tls}", &tls.display().to_string()),
+            server_key = if options.tls_key_in_token {
+                "private_key_label = \"tls-server-1\"".to_owned()
+            } else {
+                format!("private_key = \"{}/server.key\"", tls.display())
+            },
         ));
         let config = scratch.join("dojangd.toml");
         write(&config, &text);

@@ -659,3 +659,85 @@ fn refresh_resigns_the_same_document_with_the_current_key() {
     );
     assert_eq!(p["rule"], "credential.state_machine");
 }
+
+/// The API's TLS key lives in the token (`private_key_label`): handshakes
+/// are signed there, clients of our own and curl (OpenSSL) both connect
+/// and see a certificate for the token's key, no key file exists to copy,
+/// and a key of another purpose is refused as the TLS key.
+#[test]
+fn the_api_tls_key_lives_in_the_token() {
+    let d = Daemon::start(Options {
+        tls_key_in_token: true,
+        ..Options::default()
+    });
+    assert!(!d.tls.join("server.key").exists());
+    let (jwk, _) = daemon::phone();
+    let issued = d.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request("mdoc", &daemon::number(4100), &jwk),
+        &[],
+    );
+    assert_eq!(issued.status, 201, "{}", issued.json());
+    // An independent TLS client: curl over OpenSSL, with the client certificate.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(d.tls.join("ca.pem"))
+        .arg("--cert")
+        .arg(d.tls.join("counter.pem"))
+        .arg("--key")
+        .arg(d.tls.join("counter.key"))
+        .arg("-w")
+        .arg("%{http_code}")
+        .arg(format!(
+            "https://localhost:{}/v1/credentials/nope",
+            d.api.port()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.ends_with("404"),
+        "{text} {out:?}"
+    );
+    // The certificate presented is for the token's key, which never leaves it.
+    let stream = std::net::TcpStream::connect(d.api).unwrap();
+    let mut connector =
+        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    connector.set_ca_file(d.tls.join("ca.pem")).unwrap();
+    connector
+        .set_certificate_chain_file(d.tls.join("counter.pem"))
+        .unwrap();
+    connector
+        .set_private_key_file(d.tls.join("counter.key"), openssl::ssl::SslFiletype::PEM)
+        .unwrap();
+    let tls = connector.build().connect("localhost", stream).unwrap();
+    let presented = tls.ssl().peer_certificate().unwrap().public_key().unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.ctl(&["--json", "keys", "show", "tls-server-1"])).unwrap();
+    let token_key =
+        openssl::pkey::PKey::public_key_from_pem(shown["pem"].as_str().unwrap().as_bytes())
+            .unwrap();
+    assert!(presented.public_eq(&token_key));
+    let objects = d.token_objects();
+    let block = objects
+        .split("Private Key Object")
+        .find(|b| b.contains("label:      tls-server-1"))
+        .unwrap();
+    assert!(block.contains("never extractable"), "{block}");
+    // Another purpose's key is not a TLS key.
+    let config = std::fs::read_to_string(&d.config).unwrap().replace(
+        "private_key_label = \"tls-server-1\"",
+        "private_key_label = \"audit-1\"",
+    );
+    let wrong = d.scratch().join("wrong-tls.toml");
+    std::fs::write(&wrong, config).unwrap();
+    let refused = d
+        .command("dojangd")
+        .args(["validate", "--config"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("not a tls-server ES256 key"), "{err}");
+}

@@ -19,6 +19,87 @@ use time::{Duration, OffsetDateTime};
 
 const LEASE_MS: i64 = 3_000;
 
+/// Two officers whose approval keys this process holds (software keys, for
+/// a test that signs an order in-process), added to the fixture's officers.
+static SOFT_OFFICERS: std::sync::OnceLock<
+    [(String, openssl::pkey::PKey<openssl::pkey::Private>); 2],
+> = std::sync::OnceLock::new();
+
+fn soft_officers() -> &'static [(String, openssl::pkey::PKey<openssl::pkey::Private>); 2] {
+    SOFT_OFFICERS.get_or_init(|| {
+        let key = || {
+            let group =
+                openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+            openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap()
+        };
+        [
+            ("spiffe://test/officer/a".to_owned(), key()),
+            ("spiffe://test/officer/b".to_owned(), key()),
+        ]
+    })
+}
+
+/// The policy with the software officers pinned too.
+fn with_soft_officers(policy: String) -> String {
+    soft_officers().iter().fold(policy, |text, (who, key)| {
+        let spki = openssl::base64::encode_block(&key.public_key_to_der().unwrap());
+        format!("{text}\n[[clients]]\nidentity = \"{who}\"\nroles = [\"officer\"]\nsigning_key = \"{spki}\"\n")
+    })
+}
+
+/// An emergency revocation of `key` signed by the two software officers
+/// under the adopted policy, kept as the daemon keeps an order it carries out.
+fn keep_signed_revocation(registry: &dyn Registry, key: &dojang::store::StoredKey) {
+    use base64::Engine;
+    use dojang::keys::approvals::{DualControl, KeyTarget, Operation};
+    let hash = registry
+        .document(dojang::store::POLICY_DOCUMENT)
+        .unwrap()
+        .unwrap();
+    let control = DualControl {
+        required: 2,
+        officers: 5,
+        lifetime: Duration::hours(1),
+    };
+    let (a, _) = &soft_officers()[0];
+    let mut order = control
+        .propose(
+            "p-0123456789abcdef",
+            Operation::EmergencyRevoke {
+                label: key.record.label.clone(),
+                reason: "drill".into(),
+            },
+            a,
+            |_| true,
+            &hash,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    order.target = Some(KeyTarget {
+        label: key.record.label.clone(),
+        chain: key.chain.clone(),
+        kid: key.kid.clone(),
+    });
+    let message = dojang::keys::order::CanonicalProposal::of(&order).bytes();
+    for (who, pkey) in soft_officers() {
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), pkey).unwrap();
+        let der = signer.sign_oneshot_to_vec(&message).unwrap();
+        let raw = pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap();
+        let _ = order.signatures.insert(
+            who.clone(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+        );
+    }
+    registry
+        .set_document(
+            &dojang::store::revocation_order_document(&key.record.label),
+            &serde_json::to_string(&order).unwrap(),
+            common::decision("keys.revoke_order"),
+        )
+        .unwrap();
+}
+
 struct InProcess {
     _daemon: Daemon,
     service: Arc<Service>,
@@ -303,14 +384,15 @@ fn of_two_nodes_sharing_a_registry_one_acts() {
 
 #[test]
 fn the_acting_node_completes_a_revocation() {
-    let t = in_process(|p| p);
+    let t = in_process(with_soft_officers);
     let (s, registry) = (&t.service, t.registry.as_ref());
     let now = OffsetDateTime::now_utc();
     s.keys_tick(now, LEASE_MS);
     let ds1 = ds_keys(registry)[0].clone();
-    // A revocation committed, but its CRL never signed (the node stopped,
-    // or the HSM refused), and a credential signed with the key in flight
-    // committed after it.
+    // Officers' signed revocation, kept, and the revocation committed, but
+    // its CRL never signed (the node stopped, or the HSM refused), and a
+    // credential signed with the key in flight committed after it.
+    keep_signed_revocation(registry, &ds1);
     let revocation = dojang::store::KeyRevocation {
         label: "ds-1".into(),
         reason: "drill".into(),
