@@ -24,6 +24,11 @@ pub enum SecretSource {
     File(PathBuf),
     /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY/<name>`.
     SystemdCredential(String),
+    /// Asked on the controlling terminal (`/dev/tty`, not echoed) with this
+    /// prompt: a person at the keyboard, such as an officer with their
+    /// token. Never from a configuration file.
+    #[serde(skip)]
+    Terminal(String),
 }
 
 impl SecretSource {
@@ -32,6 +37,7 @@ impl SecretSource {
         match self {
             SecretSource::File(path) => format!("file {}", path.display()),
             SecretSource::SystemdCredential(name) => format!("systemd credential {name:?}"),
+            SecretSource::Terminal(_) => "the terminal".to_owned(),
         }
     }
 
@@ -52,11 +58,15 @@ impl SecretSource {
                 })?;
                 Ok(PathBuf::from(dir).join(name))
             }
+            SecretSource::Terminal(_) => Ok(PathBuf::from("/dev/tty")),
         }
     }
 
     /// Reads the secret. The buffer it passes through is zeroized.
     pub fn read(&self) -> Result<SecretString> {
+        if let SecretSource::Terminal(prompt) = self {
+            return read_terminal(prompt);
+        }
         let path = self.path()?;
         let context = || format!("reading the secret from {}", self.describe());
         let file = std::fs::File::open(&path).map_err(|e| Error::io(context(), e))?;
@@ -81,6 +91,45 @@ impl SecretSource {
         }
         Ok(SecretString::from(secret.to_owned()))
     }
+}
+
+/// Asks on `/dev/tty` with echo off (`stty -echo`, restored whatever
+/// happens); the line typed, without its newline.
+fn read_terminal(prompt: &str) -> Result<SecretString> {
+    use std::io::{BufRead, Write};
+    let context = || "asking on the terminal".to_owned();
+    let tty = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(|e| Error::io(context(), e))
+    };
+    let stty = |mode: &str| {
+        std::process::Command::new("stty")
+            .arg(mode)
+            .stdin(tty()?)
+            .status()
+            .map_err(|e| Error::io(context(), e))
+    };
+    // Echo off before the prompt: what is typed once it shows is not echoed.
+    let _ = stty("-echo")?;
+    let mut out = tty()?;
+    let shown = write!(out, "{prompt}").and_then(|()| out.flush());
+    if let Err(e) = shown {
+        let _ = stty("echo");
+        return Err(Error::io(context(), e));
+    }
+    let mut line = Zeroizing::new(String::with_capacity(MAX_SECRET_FILE as usize));
+    let read = std::io::BufReader::new(tty()?).read_line(&mut line);
+    let _ = stty("echo");
+    let _ = writeln!(out);
+    let _ = read.map_err(|e| Error::io(context(), e))?;
+    let secret = line.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(Error::Config("nothing was typed".into()));
+    }
+    Ok(SecretString::from(secret.to_owned()))
 }
 
 #[cfg(test)]

@@ -563,6 +563,11 @@ impl Daemon {
         Target::tls(self.api, &self.tls.join("ca.pem"), client, h2)
     }
 
+    /// The officers' tokens (their SoftHSM configuration and PIN file).
+    pub fn officer_tokens(&self) -> &SoftHsmToken {
+        &self.officers
+    }
+
     /// `dojangctl` with officer `name`'s token (not the daemon's).
     pub fn officer_command(&self, name: &str) -> Command {
         let mut command = officer_command(&self.officers, name);

@@ -706,3 +706,87 @@ fn two_officers_rotate_and_revoke_through_dojangctl() {
         [cert.serial_number().to_bn().unwrap().to_vec()]
     );
 }
+
+/// At a terminal (a pseudo-terminal from `script`), an officer approves by
+/// typing the digest's first characters and then the token's PIN, which is
+/// never echoed and never on the command line; a wrong digest signs
+/// nothing.
+#[test]
+fn an_officer_confirms_and_types_the_pin_on_a_terminal() {
+    let d = Daemon::start(Options::default());
+    let id = propose_rotation(&d, "kim");
+    let _ = d.approve("kim", &id).unwrap();
+    let digest = digest_of(&d, &id);
+    let tokens = d.officer_tokens();
+    let command = format!(
+        "{} --officer-token officer-lee --officer-module {} --api https://localhost:{} \
+         --officer-cert {tls}/lee.pem --officer-key {tls}/lee.key --ca {tls}/ca.pem approve {id}",
+        softhsm_tests::workspace_binary("dojangctl").display(),
+        softhsm_tests::softhsm_module().display(),
+        d.api.port(),
+        tls = d.tls.display(),
+    );
+    // Types each line once the terminal shows the prompt it answers (input
+    // typed earlier would be echoed before the echo is turned off).
+    let at_terminal = |answers: &[(&str, String)]| {
+        use std::io::{Read, Write};
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("SOFTHSM2_CONF", tokens.conf_path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                let _ = tx.send(buf[..n].to_vec());
+            }
+        });
+        let mut seen = String::new();
+        let mut stdin = child.stdin.take().unwrap();
+        for (prompt, line) in answers {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !seen.contains(prompt) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {prompt:?} in {seen}"
+                );
+                if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+                    seen.push_str(&String::from_utf8_lossy(&chunk));
+                }
+            }
+            stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        seen.extend(
+            rx.try_iter()
+                .map(|c| String::from_utf8_lossy(&c).into_owned()),
+        );
+        (status.success(), seen)
+    };
+    let confirm = "type the digest's first 8 characters";
+    let pin = "PIN of the officer token";
+    let (ok, text) = at_terminal(&[(confirm, "0".repeat(8))]);
+    assert!(!ok && text.contains("not confirmed"), "{text}");
+    assert_eq!(d.keys().len(), 1);
+    let (ok, text) = at_terminal(&[
+        (confirm, digest[..8].to_owned()),
+        (pin, softhsm_tests::USER_PIN.to_owned()),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("PIN of the officer token") && text.contains("approved"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(softhsm_tests::USER_PIN),
+        "the PIN was echoed: {text}"
+    );
+    assert_eq!(d.keys().len(), 2);
+}

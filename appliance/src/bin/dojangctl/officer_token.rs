@@ -1,8 +1,10 @@
 //! The officer's own token (a smartcard through OpenSC; a SoftHSM token in
 //! tests): its non-extractable approval key is what makes an officer's
 //! approval count. Owns opening it, enrolling the key and signing. The PIN
-//! comes from a file or a systemd credential, never the command line.
+//! is typed on the terminal, or comes from a file or a systemd credential;
+//! never from the command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -50,9 +52,13 @@ impl OfficerToken {
             None if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() => {
                 SecretSource::SystemdCredential("officer-pin".into())
             }
+            None if std::io::stdin().is_terminal() => {
+                SecretSource::Terminal(format!("PIN of the officer token {label:?}: "))
+            }
             None => anyhow::bail!(
-                "the officer token's PIN: pass --officer-pin-file FILE, set DOJANG_OFFICER_PIN_FILE, \
-                 or run with a systemd credential named officer-pin (never on the command line)"
+                "the officer token's PIN: type it on a terminal, or pass --officer-pin-file FILE, \
+                 set DOJANG_OFFICER_PIN_FILE, or run with a systemd credential named officer-pin \
+                 (never on the command line)"
             ),
         };
         let mut pkcs11 = Pkcs11Config::new(module, label.clone(), pin);
