@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Acts on the token refused for want of a verified order (a registry
     /// row is not one), by what was asked and why it was refused.
     pub orders_refused: IntCounterVec,
+    /// The last refused order (what, why) and how many since start, for
+    /// readiness to show.
+    last_order_refused: std::sync::Mutex<(u64, Option<(String, String)>)>,
     /// Keys the registry calls retired or destroyed whose private half the
     /// token still holds (investigated through the audit log; the daemon
     /// never removes one on a row's word).
@@ -160,6 +163,7 @@ impl Metrics {
             key_actions,
             officer_steps,
             orders_refused,
+            last_order_refused: std::sync::Mutex::new((0, None)),
             keys_retained_in_token,
             status_list_signatures,
             status_list_seconds,
@@ -327,6 +331,17 @@ impl Metrics {
         self.orders_refused
             .with_label_values(&[order, reason])
             .inc();
+        if let Ok(mut last) = self.last_order_refused.lock() {
+            *last = (last.0 + 1, Some((order.to_owned(), reason.to_owned())));
+        }
+    }
+
+    /// Orders refused since start, and the last one (what, why).
+    pub fn orders_refused_so_far(&self) -> (u64, Option<(String, String)>) {
+        self.last_order_refused
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     /// Times a key-backend call and counts its result.

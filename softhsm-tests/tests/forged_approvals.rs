@@ -271,7 +271,11 @@ fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon
         std::thread::sleep(Duration::from_millis(200));
     }
     // The node keeps the policy its officers adopted, and serves.
-    assert_eq!(d.ops_client().get("/readyz").status, 200, "{}", d.log());
+    let ready = d.ops_client().get("/readyz");
+    assert_eq!(ready.status, 200, "{}", d.log());
+    // Readiness shows the refusals (the node is right to refuse: it stays ready).
+    let ready = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(ready.contains("refused since start"), "{ready}");
     // Orders signed by the swapped-in keys are not kim's and lee's.
     let swapped_order = open_revocation(&d, "swapped");
     let mut p = sql.proposal(&swapped_order);

@@ -37,7 +37,7 @@ pub struct Readiness {
 
 /// The last answer, with the policy and key generations it was computed
 /// under: an answer begun before a change is never served after it.
-type Cached = Option<(Instant, (u64, u64), Readiness)>;
+type Cached = Option<(Instant, (u64, u64, u64), Readiness)>;
 
 /// Probes readiness, and keeps the last answer for a second.
 pub struct ReadinessProbe {
@@ -67,8 +67,12 @@ impl ReadinessProbe {
         }
     }
 
-    fn generations(&self) -> (u64, u64) {
-        (self.policy.generation(), self.keys.generation())
+    fn generations(&self) -> (u64, u64, u64) {
+        (
+            self.policy.generation(),
+            self.keys.generation(),
+            self.node.metrics.orders_refused_so_far().0,
+        )
     }
 
     /// Readiness, probed at most once a second.
@@ -155,6 +159,18 @@ impl ReadinessProbe {
                     .map(|s| format!("{} (kid {})", s.label(), s.kid())),
             ),
             check("policy", policy),
+            // Refusing an order is the node doing its job, not a fault: it
+            // stays ready, and says so here for whoever looks.
+            check(
+                "orders",
+                Ok(match metrics.orders_refused_so_far() {
+                    (0, _) => "no order refused".to_owned(),
+                    (n, last) => format!(
+                        "{n} refused since start for want of a verified order (last: {}); see the audit log",
+                        last.map(|(o, r)| format!("{o}, {r}")).unwrap_or_default()
+                    ),
+                }),
+            ),
             check(
                 "status_list_key",
                 current
