@@ -384,6 +384,28 @@ fn ds_certificates_pass_an_openssl_read_of_the_annex_b_profile() {
         next_line(&ds, "X509v3 Authority Key Identifier"),
         next_line(&iaca, "X509v3 Subject Key Identifier")
     );
+    // Key identifiers per RFC 5280 method (1), as Annex B validators
+    // recompute them: SHA-1 over the subjectPublicKey bits (OpenSSL's own
+    // computation, `openssl x509 -pubkey` then its BIT STRING).
+    for (path, which) in [(f.store.ds_path("ds-1"), &ds), (f.store.iaca_path(), &iaca)] {
+        let cert = openssl::x509::X509::from_pem(&std::fs::read(&path).unwrap()).unwrap();
+        let spki = cert.public_key().unwrap().public_key_to_der().unwrap();
+        let bits = &spki[spki.len() - 65..]; // P-256: the uncompressed point
+        let method_1 = openssl::sha::sha1(bits)
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(next_line(which, "X509v3 Subject Key Identifier"), method_1);
+    }
+    // OpenSSL's strict X.509 checks accept the chain.
+    let strict = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(f.store.iaca_path())
+        .arg(f.store.ds_path("ds-1"))
+        .output()
+        .unwrap();
+    assert!(strict.status.success(), "{strict:?}");
     assert!(next_line(&ds, "X509v3 Issuer Alternative Name").starts_with("URI:https://"));
     assert!(ds.contains("URI:https://id.example.kr/iaca.crl"), "{ds}");
     assert!(ds.contains("Subject: C = KR") && iaca.contains("Subject: C = KR"));

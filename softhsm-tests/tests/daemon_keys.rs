@@ -442,7 +442,7 @@ fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credential
     assert!(String::from_utf8_lossy(&ready.body).contains("ds-1 revoked"));
     // The certificate is on the IACA's CRL, which verifies.
     let public = &mut d.public_client();
-    let crl = openssl::x509::X509Crl::from_pem(&public.get("/iaca.crl").body).unwrap();
+    let crl = openssl::x509::X509Crl::from_der(&public.get("/iaca.crl").body).unwrap();
     let ds1 = openssl::x509::X509::from_pem(&public.get("/ds/ds-1.pem").body).unwrap();
     let iaca = openssl::x509::X509::from_der(&d.iaca_der()).unwrap();
     assert!(crl.verify(&iaca.public_key().unwrap()).unwrap());
@@ -493,7 +493,7 @@ fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credential
     // once the daemon reads its keys again (an officer step here).
     let _ = d.ctl(&["pki", "crl"]);
     let _ = d.rotate_now();
-    let offline = openssl::x509::X509Crl::from_pem(&public.get("/iaca.crl").body).unwrap();
+    let offline = openssl::x509::X509Crl::from_der(&public.get("/iaca.crl").body).unwrap();
     assert!(offline.last_update() > crl.last_update());
     assert!(offline.verify(&iaca.public_key().unwrap()).unwrap());
     assert_eq!(softhsm_tests::crl_serials(&offline), listed);
@@ -636,7 +636,8 @@ fn officers_have_a_running_daemon_generate_the_iaca() {
     let crl = loop {
         let reply = d.public_client().get("/iaca.crl");
         if reply.status == 200 {
-            break openssl::x509::X509Crl::from_pem(&reply.body).unwrap();
+            assert_eq!(reply.header("content-type"), Some("application/pkix-crl"));
+            break openssl::x509::X509Crl::from_der(&reply.body).unwrap();
         }
         assert!(Instant::now() < deadline, "no CRL: {}", d.log());
         std::thread::sleep(Duration::from_millis(100));
@@ -698,7 +699,16 @@ fn two_officers_rotate_and_revoke_through_dojangctl() {
     );
     let _ = problem(&issue(&d, 991), 503, "no_signing_key");
     let crl = d.public_client().get("/iaca.crl");
-    let crl = openssl::x509::X509Crl::from_pem(&crl.body).unwrap();
+    let crl = openssl::x509::X509Crl::from_der(&crl.body).unwrap();
+    // The same CRL in PEM beside it.
+    let pem = d.public_client().get("/iaca.crl.pem");
+    assert_eq!(
+        openssl::x509::X509Crl::from_pem(&pem.body)
+            .unwrap()
+            .to_der()
+            .unwrap(),
+        crl.to_der().unwrap()
+    );
     let cert = d.public_client().get(&format!("/ds/{new}.pem"));
     let cert = openssl::x509::X509::from_pem(&cert.body).unwrap();
     assert_eq!(

@@ -288,7 +288,7 @@ fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon
         .contains("revocation row without a verified order"));
     let crl = d.public_client().get("/iaca.crl");
     if crl.status == 200 {
-        let crl = openssl::x509::X509Crl::from_pem(&crl.body).unwrap();
+        let crl = openssl::x509::X509Crl::from_der(&crl.body).unwrap();
         assert!(
             softhsm_tests::crl_serials(&crl).is_empty(),
             "a forged revocation reached the CRL"

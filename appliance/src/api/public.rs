@@ -78,8 +78,17 @@ impl Public {
                     .map(|c| ("application/x-pem-file", c, 3600))
                     .ok_or_else(not_found),
             ),
+            // The CRL distribution point: one DER CRL (RFC 5280 §4.2.1.13,
+            // RFC 2585), what conforming readers parse; PEM beside it.
             "/iaca.crl" => (
                 "/iaca.crl",
+                keys.crl_der
+                    .clone()
+                    .map(|c| ("application/pkix-crl", c, 300))
+                    .ok_or_else(not_found),
+            ),
+            "/iaca.crl.pem" => (
+                "/iaca.crl.pem",
                 keys.crl_pem
                     .clone()
                     .map(|c| ("application/x-pem-file", c, 300))

@@ -369,6 +369,7 @@ mod tests {
             "/.well-known/jwt-vc-issuer:",
             "/iaca.pem:",
             "/iaca.crl:",
+            "/iaca.crl.pem:",
             "/ds/{label}.pem:",
             "/status/{list}:",
         ] {

@@ -45,6 +45,8 @@ pub struct KeyView {
     pub ds_pem: HashMap<String, Vec<u8>>,
     /// The IACA's CRL (PEM).
     pub crl_pem: Option<Vec<u8>>,
+    /// The same CRL in DER, as the CRL distribution point serves it.
+    pub crl_der: Option<Vec<u8>>,
     /// Revoked keys (labels): readiness reports them until a successor signs.
     pub revoked: Vec<String>,
     /// The key states this view was built from.
@@ -104,6 +106,7 @@ impl KeyView {
             jwks: Vec::new(),
             ds_pem: HashMap::new(),
             crl_pem: None,
+            crl_der: None,
             revoked: Vec::new(),
             fingerprint: String::new(),
             iaca_pem: None,

@@ -28,10 +28,11 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-/// RFC 7093 method 1: the leftmost 160 bits of SHA-256 over the subject
-/// public key bits.
+/// RFC 5280 §4.2.1.2 method (1): SHA-1 over the subjectPublicKey bits,
+/// the value ISO 18013-5 Annex B validators recompute and compare (RFC
+/// 7093's truncated SHA-256, used before, is refused by them).
 fn key_identifier(key: &HsmKey<'_>) -> Vec<u8> {
-    pkcs11_shim::digest::sha256(key.public_key().raw())[..20].to_vec()
+    openssl::sha::sha1(key.public_key().raw()).to_vec()
 }
 
 fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
@@ -70,15 +71,23 @@ fn verify_signed_by(der: &[u8], issuer: &HsmKey<'_>) -> Result<(), PkiError> {
 }
 
 /// The IACA as rcgen's issuer, rebuilt from the configuration the IACA
-/// certificate was made from; [`check_issued_by`] catches any drift.
+/// certificate was made from; [`check_issued_by`] catches any drift. What
+/// it issues names it by the key identifier its certificate carries (a
+/// root made before method (1) keeps its own).
 fn iaca_issuer<'a, 'k>(
     config: &PkiConfig,
     iaca: &'a HsmKey<'k>,
+    iaca_facts: &CertFacts,
 ) -> Result<Issuer<'static, &'a HsmKey<'k>>, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = name(config, &config.iaca_common_name)?;
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(iaca));
+    params.key_identifier_method = KeyIdMethod::PreSpecified(
+        iaca_facts
+            .ski
+            .clone()
+            .unwrap_or_else(|| key_identifier(iaca)),
+    );
     Ok(Issuer::new(params, iaca))
 }
 
@@ -123,6 +132,7 @@ pub fn issue_iaca(
         .to_vec();
     verify_signed_by(&der, iaca)?;
     let facts = profile::check_iaca(&der)?;
+    profile::check_key_identifier("IACA", &der)?;
     Ok((der, facts))
 }
 
@@ -149,7 +159,7 @@ pub fn issue_ds(
             iaca.label()
         )));
     }
-    let issuer = iaca_issuer(config, iaca)?;
+    let issuer = iaca_issuer(config, iaca, &iaca_facts)?;
 
     let mut params = CertificateParams::default();
     params.distinguished_name = name(
@@ -185,6 +195,7 @@ pub fn issue_ds(
     verify_signed_by(&der, iaca)?;
     check_issued_by(&der, &iaca_cert)?;
     let facts = profile::check_ds(&der, Some(&iaca_facts))?;
+    profile::check_key_identifier("DS", &der)?;
     Ok((der, facts))
 }
 
@@ -197,7 +208,8 @@ pub fn issue_crl(
     now: OffsetDateTime,
 ) -> Result<String, PkiError> {
     let iaca_cert = X509::from_der(iaca_der).map_err(|e| PkiError::Invalid(e.to_string()))?;
-    let issuer = iaca_issuer(config, iaca)?;
+    let iaca_facts = profile::check_iaca(iaca_der)?;
+    let issuer = iaca_issuer(config, iaca, &iaca_facts)?;
     let this_update = whole_seconds(now);
     let params = CertificateRevocationListParams {
         this_update,
@@ -214,7 +226,12 @@ pub fn issue_crl(
                 invalidity_date: None,
             })
             .collect(),
-        key_identifier_method: KeyIdMethod::PreSpecified(key_identifier(iaca)),
+        key_identifier_method: KeyIdMethod::PreSpecified(
+            iaca_facts
+                .ski
+                .clone()
+                .unwrap_or_else(|| key_identifier(iaca)),
+        ),
     };
     let crl = params
         .signed_by(&issuer)

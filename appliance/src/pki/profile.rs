@@ -152,6 +152,23 @@ fn check_common(
     Ok(())
 }
 
+/// Checks that a certificate's SubjectKeyIdentifier is RFC 5280 §4.2.1.2
+/// method (1), SHA-1 over its subjectPublicKey bits: what Annex B profile
+/// validators recompute. Every certificate Dojang makes passes it; a root
+/// made by an older build (truncated SHA-256) still loads, and rolls over.
+pub fn check_key_identifier(which: &'static str, der: &[u8]) -> Result<(), ProfileError> {
+    let cert = parse(which, der)?;
+    let bits = cert.public_key().subject_public_key.data.as_ref();
+    let expected = openssl::sha::sha1(bits);
+    if facts(&cert).ski.as_deref() != Some(expected.as_slice()) {
+        return Err(fail(
+            which,
+            "SubjectKeyIdentifier must be SHA-1 over the subjectPublicKey bits (RFC 5280 method 1)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an IACA root certificate.
 pub fn check_iaca(der: &[u8]) -> Result<CertFacts, ProfileError> {
     let cert = parse("IACA", der)?;

@@ -305,6 +305,10 @@ impl KeyManager {
         let crl_pem = crl
             .map(String::into_bytes)
             .or_else(|| std::fs::read(self.pki.crl_path()).ok());
+        let crl_der = crl_pem
+            .as_deref()
+            .and_then(|pem| openssl::x509::X509Crl::from_pem(pem).ok())
+            .and_then(|crl| crl.to_der().ok());
         Ok(KeyView {
             signers: Vec::new(),
             status_keys,
@@ -315,6 +319,7 @@ impl KeyManager {
                 .map_err(|e| LoadError(e.to_string()))?,
             ds_pem: HashMap::new(),
             crl_pem,
+            crl_der,
             revoked: Vec::new(),
             fingerprint,
             iaca_pem: None,
