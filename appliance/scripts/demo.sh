@@ -49,6 +49,7 @@ if [ ! -f "$state/policy.toml" ]; then
     { echo; officer_token "$who" officer enroll --identity "spiffe://mois.go.kr/officer/$who"; } >> "$state/policy.toml.new"
   done
   mv "$state/policy.toml.new" "$state/policy.toml"
+  cp "$state/policy.toml" "$state/first-policy.toml"
 fi
 cat > "$state/dojang.toml" <<TOML
 # Dojang dev configuration written by make demo.
@@ -75,6 +76,9 @@ issuing_authority = "서울특별시 종로구청장"
 [server]
 node_id = "demo-1"
 policy = "$state/policy.toml"
+# The first policy's SHA-256, pinned here at the key ceremony: every adopted
+# policy must descend from it (the registry alone cannot say).
+policy_anchor = "$(sha256sum "$state/first-policy.toml" | cut -d' ' -f1)"
 
 [server.api]
 listen = "127.0.0.1:8443"

@@ -93,8 +93,10 @@ impl SecretSource {
     }
 }
 
-/// Asks on `/dev/tty` with echo off (`stty -echo`, restored whatever
-/// happens); the line typed, without its newline.
+/// Asks on `/dev/tty` with echo off (`stty -echo`, restored after the
+/// line is read or the read fails; an interrupt while typing leaves it off:
+/// `stty echo` or `reset` restores the terminal); the line typed, without
+/// its newline.
 fn read_terminal(prompt: &str) -> Result<SecretString> {
     use std::io::{BufRead, Write};
     let context = || "asking on the terminal".to_owned();
@@ -106,22 +108,31 @@ fn read_terminal(prompt: &str) -> Result<SecretString> {
             .map_err(|e| Error::io(context(), e))
     };
     let stty = |mode: &str| {
-        std::process::Command::new("stty")
+        let status = std::process::Command::new("/bin/stty")
             .arg(mode)
             .stdin(tty()?)
             .status()
-            .map_err(|e| Error::io(context(), e))
+            .map_err(|e| Error::io(context(), e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "stty {mode} failed on the terminal: the PIN is not asked"
+            )))
+        }
     };
-    // Echo off before the prompt: what is typed once it shows is not echoed.
-    let _ = stty("-echo")?;
+    // Echo off before the prompt: what is typed once it shows is not echoed
+    // (and without it, nothing is asked).
+    stty("-echo")?;
     let mut out = tty()?;
     let shown = write!(out, "{prompt}").and_then(|()| out.flush());
     if let Err(e) = shown {
         let _ = stty("echo");
         return Err(Error::io(context(), e));
     }
-    let mut line = Zeroizing::new(String::with_capacity(MAX_SECRET_FILE as usize));
-    let read = std::io::BufReader::new(tty()?).read_line(&mut line);
+    // Bounded, into a buffer that never grows: no unzeroized copy is left.
+    let mut line = Zeroizing::new(String::with_capacity(MAX_SECRET_FILE as usize + 1));
+    let read = std::io::BufReader::new(tty()?.take(MAX_SECRET_FILE)).read_line(&mut line);
     let _ = stty("echo");
     let _ = writeln!(out);
     let _ = read.map_err(|e| Error::io(context(), e))?;

@@ -447,6 +447,7 @@ fn check_clients(
 /// approving twice); nobody else has one.
 fn pinned_officer_keys(clients: &[ClientRule]) -> Result<BTreeMap<String, Vec<u8>>, String> {
     use openssl::base64::decode_block;
+    use openssl::ec::{EcKey, PointConversionForm};
     use openssl::nid::Nid;
     use openssl::pkey::PKey;
     let mut keys = BTreeMap::new();
@@ -476,15 +477,22 @@ fn pinned_officer_keys(clients: &[ClientRule]) -> Result<BTreeMap<String, Vec<u8
         };
         let der = decode_block(text.trim()).map_err(|_| bad())?;
         let key = PKey::public_key_from_der(&der).map_err(|_| bad())?;
-        let p256 = key
-            .ec_key()
-            .ok()
-            .and_then(|ec| ec.group().curve_name())
-            .is_some_and(|curve| curve == Nid::X9_62_PRIME256V1);
-        if !p256 {
+        let ec = key.ec_key().map_err(|_| bad())?;
+        if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
             return Err(bad());
         }
-        if !seen.insert(der.clone()) {
+        // One encoding per key (uncompressed point, no trailing bytes), so
+        // one key spelled two ways is still one officer's.
+        let mut ctx = openssl::bn::BigNumContext::new().map_err(|_| bad())?;
+        let point = ec
+            .public_key()
+            .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
+            .map_err(|_| bad())?;
+        let der = EcKey::from_public_key(ec.group(), ec.public_key())
+            .and_then(PKey::from_ec_key)
+            .and_then(|k| k.public_key_to_der())
+            .map_err(|_| bad())?;
+        if !seen.insert(point) {
             return Err(format!(
                 "clients: officer {who:?} has the signing_key of another officer: each officer pins their own"
             ));
@@ -672,6 +680,36 @@ mod tests {
                 ("o/lee", "officer", Some(b)),
             ],
             "P-256",
+        );
+        // One key spelled twice (compressed point) is still one officer's.
+        let compressed = {
+            let der = openssl::base64::decode_block(&a).unwrap();
+            let key = openssl::pkey::PKey::public_key_from_der(&der).unwrap();
+            let ec = key.ec_key().unwrap();
+            let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+            let point = ec
+                .public_key()
+                .to_bytes(
+                    ec.group(),
+                    openssl::ec::PointConversionForm::COMPRESSED,
+                    &mut ctx,
+                )
+                .unwrap();
+            // SubjectPublicKeyInfo, id-ecPublicKey / prime256v1, compressed point.
+            let mut spki = vec![
+                0x30, 0x39, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+                0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x22, 0x00,
+            ];
+            spki.extend(point);
+            openssl::base64::encode_block(&spki)
+        };
+        assert_ne!(compressed, a);
+        refused(
+            &[
+                ("o/kim", "officer", Some(a.clone())),
+                ("o/lee", "officer", Some(compressed)),
+            ],
+            "of another officer",
         );
         // Fewer pinned officers than M: no quorum possible.
         refused(&[("o/kim", "officer", Some(a))], "approvals_required");

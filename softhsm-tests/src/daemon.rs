@@ -409,7 +409,7 @@ impl Daemon {
             );
         }
         text.push_str(&format!(
-            "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
+            "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\npolicy_anchor = \"{anchor}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
              certificate = \"{tls}/server.pem\"\n{server_key}\n\
              client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\", \"{tls}/officer-ca-crl.pem\"]\n\n\
              [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
@@ -417,6 +417,11 @@ impl Daemon {
              checkpoint_interval_ms = 300\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
             node = options.node_id,
             policy = policy.display(),
+            // The first policy, pinned outside the registry (the ceremony
+            // below adopts it).
+            anchor = dojang_policies::Policy::parse("policy", &policy_text)
+                .expect("policy")
+                .hash,
             tls = tls.display(),
             limits = options.limits,
             server_extra = options.server,

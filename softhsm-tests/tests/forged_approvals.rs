@@ -92,6 +92,37 @@ impl Insider {
         self.write(&sql, name, body);
     }
 
+    /// Gives key `label`'s row another kid.
+    fn set_kid(&mut self, label: &str, kid: &str) {
+        let sql = format!(
+            "UPDATE {} SET kid = $1 WHERE label = $2",
+            self.table("signing_keys")
+        );
+        self.write(&sql, kid, label);
+    }
+
+    /// Marks key `label` revoked, as only a node carrying out an order should.
+    fn revoke(&mut self, label: &str) {
+        let sql = format!(
+            "UPDATE {} SET revoked_at = $1, revoked_reason = 'forged' WHERE label = $2",
+            self.table("signing_keys")
+        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self {
+            Insider::Sqlite(db) => {
+                let _ = db
+                    .execute(
+                        &sql.replace("$1", "?1").replace("$2", "?2"),
+                        rusqlite::params![now, label],
+                    )
+                    .unwrap();
+            }
+            Insider::Postgres(c, _) => {
+                let _ = c.execute(&sql, &[&now, &label]).unwrap();
+            }
+        }
+    }
+
     fn audit(&mut self) -> String {
         let sql = format!("SELECT entry FROM {} ORDER BY seq", self.table("audit_log"));
         let rows: Vec<Vec<u8>> = match self {
@@ -307,15 +338,158 @@ fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon
     ds1_untouched(&d);
     assert_eq!(d.keys().len(), 1, "the rotation was never approved");
     assert_eq!(before, d.token_objects(), "the token's objects changed");
-    // The same officers with their own tokens still can.
+
+    // A reason that would redraw the officer's terminal: dojangctl shows
+    // nothing and signs nothing.
+    let escaped = open_revocation(&d, "drill");
+    let mut p = sql.proposal(&escaped);
+    p.operation = dojang::keys::approvals::Operation::EmergencyRevoke {
+        label: "ds-1".into(),
+        reason: "drill\u{1b}[2A\u{1b}[2K".into(),
+    };
+    sql.set_proposal(&p);
+    refused(&d, "lee", &escaped, "control or bidirectional characters");
+    // A key named by a kid a row was given: the daemon's proposal names the
+    // token's kid, and dojangctl refuses to sign it.
+    let real_kid = d.keys()[0]["kid"].as_str().unwrap().to_owned();
+    sql.set_kid("ds-1", "forged-kid");
+    let err = d
+        .officer_ctl("kim", &["keys", "revoke", "forged-kid", "--reason", "x"])
+        .unwrap_err();
+    assert!(err.contains("not the key forged-kid you named"), "{err}");
+    sql.set_kid("ds-1", &real_kid);
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
+
+    // A forged history: the running policy re-recorded as a change from the
+    // insider's self-signed policy, and a revocation of ds-1 "ordered" under
+    // it. The history does not start at the ceremony's first policy (the
+    // node's policy_anchor): a reload refuses it, ds-1 stays off the CRL,
+    // and `dojangctl pki crl` and `policy adopted` refuse the registry.
+    let to_running = {
+        let mut p = dojang::keys::approvals::DualControl {
+            required: 2,
+            officers: 3,
+            lifetime: time::Duration::hours(1),
+        }
+        .propose(
+            "p-aaaaaaaaaaaaaaaa",
+            dojang::keys::approvals::Operation::ChangePolicy {
+                sha256: hash.clone(),
+            },
+            KIM,
+            |_| true,
+            &forged.hash,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        p.policy_text = Some(running.clone());
+        let message = CanonicalProposal::of(&p).bytes();
+        let _ = p.signatures.insert(KIM.into(), sign(&a1, &message));
+        let _ = p.signatures.insert(LEE.into(), sign(&a2, &message));
+        p.state = dojang::keys::approvals::ProposalState::Approved;
+        p
+    };
+    sql.set_document(
+        &format!("policy.adoption/{hash}"),
+        &serde_json::to_string(&Adoption::Change {
+            proposal: Box::new(to_running),
+        })
+        .unwrap(),
+    );
+    sql.set_document("policy.sha256", &hash);
+    let ds1 = d.keys().into_iter().find(|k| k["label"] == "ds-1").unwrap();
+    let mut order = dojang::keys::approvals::DualControl {
+        required: 2,
+        officers: 3,
+        lifetime: time::Duration::hours(1),
+    }
+    .propose(
+        "p-bbbbbbbbbbbbbbbb",
+        dojang::keys::approvals::Operation::EmergencyRevoke {
+            label: "ds-1".into(),
+            reason: "forged".into(),
+        },
+        KIM,
+        |_| true,
+        &forged.hash,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    order.target = Some(dojang::keys::approvals::KeyTarget {
+        label: "ds-1".into(),
+        chain: "ds".into(),
+        kid: ds1["kid"].as_str().unwrap().to_owned(),
+    });
+    let message = CanonicalProposal::of(&order).bytes();
+    let _ = order.signatures.insert(KIM.into(), sign(&a1, &message));
+    let _ = order.signatures.insert(LEE.into(), sign(&a2, &message));
+    sql.set_document(
+        "revocation.order/ds-1",
+        &serde_json::to_string(&order).unwrap(),
+    );
+    sql.revoke("ds-1");
+    d.signal("HUP");
+    let unordered =
+        "dojang_key_orders_refused_total{order=\"revoke\",reason=\"unverified_revocation\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&d, unordered) < 1.0 || !d.log().contains("reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "the forged history was not refused:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        d.log().contains("not at the first policy pinned"),
+        "{}",
+        d.log()
+    );
+    let crl = d.public_client().get("/iaca.crl");
+    if crl.status == 200 {
+        let crl = openssl::x509::X509Crl::from_der(&crl.body).unwrap();
+        assert!(
+            softhsm_tests::crl_serials(&crl).is_empty(),
+            "a forged order reached the CRL"
+        );
+    }
+    for args in [&["pki", "crl"][..], &["policy", "adopted"][..]] {
+        let out = d
+            .command("dojangctl")
+            .arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("not adopted by officers"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(before, d.token_objects(), "the token's objects changed");
+
+    // The same officers with their own tokens still can, once.
     let approved = d.dual_control(
         "kim",
         "lee",
-        "/v1/keys/ds-1/revoke",
-        &serde_json::json!({"reason": "the real one"}),
+        "/v1/keys/rotate",
+        &serde_json::json!({"chain": "ds"}),
     );
     assert_eq!(approved["status"], "approved", "{approved}");
     assert_ne!(before, d.token_objects(), "a real order acts on the token");
+    let keys = d.keys().len();
+    // Set open again with its signatures: another approval does not carry
+    // it out a second time.
+    let id = approved["id"].as_str().unwrap();
+    let mut p = sql.proposal(id);
+    p.state = dojang::keys::approvals::ProposalState::Open;
+    p.result = None;
+    p.approved_at = None;
+    sql.set_proposal(&p);
+    let replay = d.approve("park", id).unwrap_err();
+    assert!(replay.contains("officers.replay"), "{replay}");
+    assert_eq!(d.keys().len(), keys, "an order carried out twice");
 }
 
 #[test]

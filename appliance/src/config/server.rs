@@ -16,6 +16,11 @@ pub struct ServerConfig {
     pub node_id: String,
     /// The issuance policy file (reloaded on SIGHUP).
     pub policy: PathBuf,
+    /// SHA-256 of the first policy, adopted at the key ceremony (`dojangctl
+    /// policy adopt-first` prints it): the anchor every adopted policy must
+    /// descend from, kept outside the registry so a database writer cannot
+    /// start a history of their own.
+    pub policy_anchor: String,
     /// The mTLS issuance API.
     pub api: ApiListener,
     /// What verifiers fetch (certificates, JWKS, status lists).
@@ -291,6 +296,14 @@ impl ServerConfig {
         {
             return Err(
                 "server.public.base_url must be an http(s) URL without a trailing slash".into(),
+            );
+        }
+        if self.policy_anchor.len() != 64
+            || !self.policy_anchor.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(
+                "server.policy_anchor must be the first policy's SHA-256 in 64 hex digits (dojangctl policy adopt-first prints it)"
+                    .into(),
             );
         }
         if self.api.private_key.is_some() == self.api.private_key_label.is_some() {

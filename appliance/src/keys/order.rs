@@ -81,7 +81,25 @@ impl CanonicalProposal {
         if parsed.context != PROPOSAL_CONTEXT || parsed.bytes() != bytes {
             return Err("not a canonical proposal (context or encoding)".into());
         }
+        parsed.text_matches()?;
         Ok(parsed)
+    }
+
+    /// A policy change's text must be the policy of its hash (what is read
+    /// is what takes effect).
+    pub fn text_matches(&self) -> Result<(), String> {
+        match (&self.operation, &self.policy_text) {
+            (Operation::ChangePolicy { sha256 }, Some(text))
+                if digest(text.as_bytes()).eq_ignore_ascii_case(sha256) =>
+            {
+                Ok(())
+            }
+            (Operation::ChangePolicy { .. }, _) => {
+                Err("the policy text is not the policy of the proposed SHA-256".into())
+            }
+            (_, None) => Ok(()),
+            (_, Some(_)) => Err("a policy text on a proposal that changes no policy".into()),
+        }
     }
 }
 

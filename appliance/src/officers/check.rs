@@ -6,10 +6,10 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::answers::Requested;
+use super::answers::{Requested, operation_kind, operation_label};
 use super::proposals::Officers;
 use crate::errors::{json_refusal, store_refusal};
-use crate::keys::approvals::Operation;
+use crate::keys::approvals::{Operation, Proposal};
 use crate::keys::lifecycle::KeyState;
 use crate::node::rfc3339;
 use crate::refusal::{Class, Refusal};
@@ -205,17 +205,61 @@ impl Officers {
             .record
             .last_signature_valid_until
             .unwrap_or(key.record.cert_not_after);
-        if now < last + margin && !key.record.revoked {
+        // A date near the end of time (a forged row) must not overflow.
+        let until = last.checked_add(margin).unwrap_or(last);
+        if now < until && !key.record.revoked {
             return Err(key_state_problem(
                 format!(
                     "key {label} signed credentials valid until {}: keep it published until {}",
                     rfc3339(last),
-                    rfc3339(last + margin)
+                    rfc3339(until)
                 ),
                 "keys.retention",
             ));
         }
         Ok(())
+    }
+
+    /// The key an order names by label must still be the key officers
+    /// signed for: the kid of the token's key under that label (or of its
+    /// certificate, once the private half is gone), not the row's kid,
+    /// which anyone writing the registry can change.
+    pub(super) fn check_target(&self, proposal: &Proposal) -> Result<(), Refusal> {
+        let Some(label) = operation_label(&proposal.operation) else {
+            return Ok(());
+        };
+        let signed = proposal
+            .target
+            .as_ref()
+            .filter(|t| t.label == label)
+            .map(|t| t.kid.clone());
+        let keys = self.node.registry.keys().map_err(store_refusal)?;
+        let actual = self.actual_kid(label, &keys);
+        if signed.is_some() && signed == actual {
+            return Ok(());
+        }
+        self.node
+            .metrics
+            .order_refused(operation_kind(&proposal.operation), "target_mismatch");
+        Err(Refusal::new(
+            Class::Forbidden,
+            "unverified_order",
+            format!("the key under {label:?} is not the key the officers signed for"),
+        )
+        .with_rule("officers.verified_order"))
+    }
+
+    /// The kid of the key under `label`: the token's key, else its
+    /// certificate's, else (neither left) the row's.
+    pub(super) fn actual_kid(&self, label: &str, keys: &[StoredKey]) -> Option<String> {
+        let row = keys.iter().find(|k| k.record.label == label);
+        self.node
+            .backend
+            .find(label)
+            .ok()
+            .and_then(|k| k.kid())
+            .or_else(|| row.and_then(certificate_kid))
+            .or_else(|| row.map(|k| k.kid.clone()))
     }
 
     /// The IACA is generated once: any trace of a root refuses another.
@@ -263,4 +307,17 @@ impl Officers {
         }
         Ok(())
     }
+}
+
+/// The kid of a DS key's certificate (the IACA signed it; a row's kid is
+/// only a row).
+fn certificate_kid(key: &StoredKey) -> Option<String> {
+    let der = key.certificate.as_deref()?;
+    let spki = openssl::x509::X509::from_der(der)
+        .and_then(|c| c.public_key())
+        .and_then(|k| k.public_key_to_der())
+        .ok()?;
+    pkcs11_shim::PublicKey::from_spki_der(&spki)
+        .ok()
+        .map(|k| k.kid())
 }

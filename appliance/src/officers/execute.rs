@@ -9,7 +9,7 @@ use super::proposals::{LIST_LIMIT, Officers, UNFINISHED_AFTER_SECONDS};
 use crate::errors::store_refusal;
 use crate::keys::approvals::{Operation, Proposal, ProposalState};
 use crate::keys::manager::DestroyOrder;
-use crate::keys::order::{Adoption, verify_order};
+use crate::keys::order::{Adoption, CanonicalProposal, verify_order};
 use crate::node::rfc3339;
 use crate::refusal::{Class, Refusal};
 use crate::store::{
@@ -32,6 +32,7 @@ impl Officers {
         let policy = self.policy.current();
         verify_order(proposal, &policy)
             .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
+        self.check_target(proposal)?;
         let result = self.execute(proposal, now);
         proposal.result = Some(match &result {
             Ok(done) => done.clone(),
@@ -198,6 +199,11 @@ impl Officers {
         sha256: &str,
         now: OffsetDateTime,
     ) -> Result<(), Refusal> {
+        if let Err(e) = CanonicalProposal::of(proposal).text_matches() {
+            return Err(
+                Refusal::new(Class::Conflict, "operation_failed", e).with_rule("policy.change")
+            );
+        }
         let text = proposal.policy_text.as_deref().ok_or_else(|| {
             Refusal::new(
                 Class::Conflict,

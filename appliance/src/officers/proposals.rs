@@ -14,8 +14,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::answers::{
-    Requested, approval_problem, key_json, ok, operation_label, operation_summary, order_problem,
-    proposal_json,
+    Requested, approval_problem, key_json, ok, operation_kind, operation_label, operation_summary,
+    order_problem, proposal_json,
 };
 use crate::errors::{json_refusal, store_refusal};
 use crate::keys::approvals::{DualControl, KeyTarget, Proposal, ProposalState};
@@ -146,14 +146,15 @@ impl Officers {
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let is_officer = |who: &str| policy.has_role(who, Role::Officer);
+        // The kid officers sign is the token's (or the certificate's), not
+        // the row's.
         let target = operation_label(&operation).and_then(|label| {
-            keys.iter()
-                .find(|k| k.record.label == label)
-                .map(|k| KeyTarget {
-                    label: label.to_owned(),
-                    chain: k.chain.clone(),
-                    kid: k.kid.clone(),
-                })
+            let row = keys.iter().find(|k| k.record.label == label)?;
+            Some(KeyTarget {
+                label: label.to_owned(),
+                chain: row.chain.clone(),
+                kid: self.actual_kid(label, &keys)?,
+            })
         });
         let mut proposal = control
             .propose(&id, operation, client, is_officer, &policy.hash, now)
@@ -199,6 +200,22 @@ impl Officers {
                 "the approval is for another content than this proposal's: list it and read it again",
             )
             .with_rule("officers.informed_approval"));
+        }
+        // A proposal already signed by enough officers was an order, and
+        // was carried out: one a registry writer set open again is not
+        // carried out twice.
+        let before = verified_signers(proposal, policy)
+            .map_err(|e| order_problem(&self.node, &proposal.operation, &e))?;
+        if before >= proposal.required.max(policy.officers.approvals_required) {
+            self.node
+                .metrics
+                .order_refused(operation_kind(&proposal.operation), "replayed_order");
+            return Err(Refusal::new(
+                Class::Conflict,
+                "proposal_decided",
+                "this proposal already carries enough officers' signatures: it was an order once and is not carried out again",
+            )
+            .with_rule("officers.replay"));
         }
         let is_officer = |who: &str| policy.has_role(who, Role::Officer);
         proposal

@@ -9,19 +9,22 @@ use dojang_policies::Policy;
 
 use crate::keys::approvals::{Operation, Proposal};
 use crate::keys::order::{Adoption, verify_first, verify_order};
-use crate::store::{Registry, policy_adoption_document, policy_text_document};
+use crate::store::{POLICY_DOCUMENT, Registry, policy_adoption_document, policy_text_document};
 
 /// Policy changes a chain may hold before the check gives up (a loop in a
 /// forged record must not hang a node).
 const MAX_CHANGES: usize = 256;
 
-/// Checks how `policy` (whose text is `text`) was adopted; the hashes of
-/// the policies it descends from, itself first and the first policy last,
-/// or why not.
+/// Checks how `policy` (whose text is `text`) was adopted, down to the
+/// first policy, which must be `anchor` (the SHA-256 pinned at the key
+/// ceremony, outside the registry: a first policy any database writer can
+/// self-sign is not enough); the hashes of the policies it descends from,
+/// itself first and the first policy last, or why not.
 pub fn verify_adoption(
     registry: &dyn Registry,
     policy: &Policy,
     text: &str,
+    anchor: &str,
 ) -> Result<Vec<String>, String> {
     let mut current = (policy.clone(), text.to_owned());
     let mut lineage = Vec::new();
@@ -40,6 +43,13 @@ pub fn verify_adoption(
         })?;
         let proposal = match adoption {
             Adoption::First { signatures } => {
+                if !policy.hash.eq_ignore_ascii_case(anchor) {
+                    return Err(format!(
+                        "its history starts at policy {}, not at the first policy pinned at the key ceremony \
+                         (server.policy_anchor {anchor})",
+                        policy.hash
+                    ));
+                }
                 return verify_first(policy, text, &signatures)
                     .map(|()| lineage)
                     .map_err(|e| format!("the first policy {}: {e}", policy.hash));
@@ -100,4 +110,35 @@ pub fn verify_past_order(
         })?;
     let then = Policy::parse("the policy then", &text).map_err(|e| e.to_string())?;
     verify_order(proposal, &then).map_err(|e| format!("proposal {}: {e}", proposal.id))
+}
+
+/// The policy the registry names as adopted, its text and lineage, checked
+/// down to `anchor` (for tools that read the registry: `dojangctl`).
+pub fn adopted_policy(
+    registry: &dyn Registry,
+    anchor: &str,
+) -> Result<(Policy, String, Vec<String>), String> {
+    let hash = registry
+        .document(POLICY_DOCUMENT)
+        .map_err(|e| format!("registry: {e}"))?
+        .ok_or("the registry has no adopted policy yet (officers adopt the first one: dojangctl policy adopt-first)")?;
+    let text = registry
+        .document(&policy_text_document(&hash))
+        .map_err(|e| format!("registry: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "the registry does not hold the text of adopted policy {hash}: no node has loaded it yet; \
+                 the officers who proposed it have the file"
+            )
+        })?;
+    let policy = Policy::parse("the registry's copy", &text).map_err(|e| e.to_string())?;
+    if policy.hash != hash {
+        return Err(format!(
+            "the registry's text of policy {hash} hashes to {}",
+            policy.hash
+        ));
+    }
+    let lineage = verify_adoption(registry, &policy, &text, anchor)
+        .map_err(|e| format!("policy {hash} was not adopted by officers: {e}"))?;
+    Ok((policy, text, lineage))
 }

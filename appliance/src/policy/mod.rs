@@ -5,5 +5,5 @@
 mod adoption;
 mod state;
 
-pub use self::adoption::{verify_adoption, verify_past_order};
+pub use self::adoption::{adopted_policy, verify_adoption, verify_past_order};
 pub use self::state::PolicyState;

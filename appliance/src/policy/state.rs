@@ -23,6 +23,8 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(10);
 pub struct PolicyState {
     node: Node,
     path: PathBuf,
+    /// The first policy's SHA-256, pinned at the ceremony.
+    anchor: String,
     current: RwLock<Arc<Policy>>,
     /// The adopted policy's hash as last read from the registry.
     adopted: RwLock<Option<String>>,
@@ -42,12 +44,13 @@ fn registry_error(e: impl std::fmt::Display) -> LoadError {
 impl PolicyState {
     /// The state before the first load: the shipped policy, never adopted
     /// by it (admission refuses until a file loads).
-    pub fn new(node: Node, path: PathBuf) -> Result<Self, LoadError> {
+    pub fn new(node: Node, path: PathBuf, anchor: String) -> Result<Self, LoadError> {
         let placeholder = Policy::parse("(none)", dojang_policies::SHIPPED_POLICY)
             .map_err(|e| LoadError(e.to_string()))?;
         Ok(PolicyState {
             node,
             path,
+            anchor,
             current: RwLock::new(Arc::new(placeholder)),
             adopted: RwLock::new(None),
             lineage: RwLock::new(Vec::new()),
@@ -78,8 +81,8 @@ impl PolicyState {
         let policy = Policy::parse(&self.path.display().to_string(), &text)
             .map_err(|e| LoadError(e.to_string()))?;
         self.check_adopted(&policy)?;
-        let lineage =
-            verify_adoption(self.node.registry.as_ref(), &policy, &text).map_err(|e| {
+        let lineage = verify_adoption(self.node.registry.as_ref(), &policy, &text, &self.anchor)
+            .map_err(|e| {
                 self.node
                     .metrics
                     .order_refused("change_policy", "unverified_adoption");
@@ -241,7 +244,7 @@ impl PolicyState {
         if policy.hash != hash {
             return Err("its text in the registry has another hash".into());
         }
-        let lineage = verify_adoption(registry, &policy, &text)?;
+        let lineage = verify_adoption(registry, &policy, &text, &self.anchor)?;
         let running = self.current().hash.clone();
         if !lineage.contains(&running) {
             return Err(format!(

@@ -56,6 +56,21 @@ fn check(name: &'static str, result: Result<String, String>) -> Check {
     }
 }
 
+/// Refusing an order is the node doing its job, not a fault: it stays
+/// ready, and says so here for whoever looks.
+fn orders_check(metrics: &crate::metrics::Metrics) -> Check {
+    check(
+        "orders",
+        Ok(match metrics.orders_refused_so_far() {
+            (0, _) => "no order refused".to_owned(),
+            (n, last) => format!(
+                "{n} refused since start for want of a verified order (last: {}); see the audit log",
+                last.map(|(o, r)| format!("{o}, {r}")).unwrap_or_default()
+            ),
+        }),
+    )
+}
+
 impl ReadinessProbe {
     /// A probe of these owners.
     pub fn new(node: Node, policy: Arc<PolicyState>, keys: Arc<KeyManager>) -> Self {
@@ -159,18 +174,7 @@ impl ReadinessProbe {
                     .map(|s| format!("{} (kid {})", s.label(), s.kid())),
             ),
             check("policy", policy),
-            // Refusing an order is the node doing its job, not a fault: it
-            // stays ready, and says so here for whoever looks.
-            check(
-                "orders",
-                Ok(match metrics.orders_refused_so_far() {
-                    (0, _) => "no order refused".to_owned(),
-                    (n, last) => format!(
-                        "{n} refused since start for want of a verified order (last: {}); see the audit log",
-                        last.map(|(o, r)| format!("{o}, {r}")).unwrap_or_default()
-                    ),
-                }),
-            ),
+            orders_check(metrics),
             check(
                 "status_list_key",
                 current

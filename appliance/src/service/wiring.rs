@@ -63,7 +63,11 @@ impl Service {
             id: server.node_id.clone(),
         };
         let changes = StatusChanges::default();
-        let policy = Arc::new(PolicyState::new(node.clone(), server.policy.clone())?);
+        let policy = Arc::new(PolicyState::new(
+            node.clone(),
+            server.policy.clone(),
+            server.policy_anchor.clone(),
+        )?);
         let settings = KeySettings {
             labels: server.keys.clone(),
             signature_days: credential.signature_validity_days,

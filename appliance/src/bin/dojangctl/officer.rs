@@ -184,7 +184,22 @@ pub(crate) fn propose(
         "retire" => Operation::RetireKey { label },
         _ => Operation::DestroyKey { label },
     };
-    propose_signed(conn, &client, &path, body, &expected, None, json_out)
+    // Named by kid: the key the daemon found must be that key, by the kid
+    // of the token's key (a registry row's kid can be edited).
+    let named_kid = key.filter(|k| *k != expected_label(&expected));
+    propose_signed(
+        conn, &client, &path, body, &expected, None, named_kid, json_out,
+    )
+}
+
+fn expected_label(operation: &Operation) -> &str {
+    match operation {
+        Operation::ActivateKey { label }
+        | Operation::RetireKey { label }
+        | Operation::DestroyKey { label }
+        | Operation::EmergencyRevoke { label, .. } => label,
+        _ => "",
+    }
 }
 
 /// `policy propose FILE`: opens a proposal to adopt the policy of `sha256`,
@@ -205,6 +220,7 @@ pub(crate) fn propose_policy(
         Some(json!({ "sha256": sha256, "text": text })),
         &expected,
         Some(text),
+        None,
         json_out,
     )
 }
@@ -220,12 +236,14 @@ pub(crate) fn propose_iaca(conn: &Connection, json_out: bool) -> anyhow::Result<
         None,
         &expected,
         None,
+        None,
         json_out,
     )
 }
 
 /// Opens the proposal, checks the daemon opened what was asked (the
 /// canonical bytes, not the rest of its answer), shows it and signs it.
+#[allow(clippy::too_many_arguments)] // each is a check on what is signed
 fn propose_signed(
     conn: &Connection,
     client: &OfficerClient,
@@ -233,6 +251,7 @@ fn propose_signed(
     body: Option<Value>,
     expected: &Operation,
     policy_text: Option<&str>,
+    named_kid: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<()> {
     let opened = client.call("POST", path, body)?;
@@ -242,7 +261,16 @@ fn propose_signed(
         "the daemon opened proposal {} for something else than was asked: not signed",
         canonical.id
     );
-    let shown = show_canonical(&canonical, &bytes, json_out);
+    if let Some(kid) = named_kid {
+        anyhow::ensure!(
+            canonical.target.as_ref().is_some_and(|t| t.kid == kid),
+            "proposal {} names key {} with kid {}, not the key {kid} you named (the registry's rows disagree with the token): not signed",
+            canonical.id,
+            expected_label(expected),
+            canonical.target.as_ref().map_or("-", |t| t.kid.as_str())
+        );
+    }
+    let shown = show_canonical(&canonical, &bytes, json_out)?;
     let proposal = approve_with(conn, client, &canonical.id, &bytes, &shown)?;
     show(json_out, &proposal, |p| {
         print_proposal(p);
@@ -262,8 +290,41 @@ fn canonical_of(proposal: &Value) -> anyhow::Result<(CanonicalProposal, Vec<u8>)
     Ok((canonical, bytes))
 }
 
+/// A character that could make a terminal show something else than the
+/// bytes: controls (escape sequences) and bidirectional overrides.
+fn deceptive(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Refuses a proposal whose fields would not show as they are signed:
+/// every string in it, the operation's and the target's included.
+fn displayable(c: &CanonicalProposal) -> anyhow::Result<()> {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Value::Object(map) => map.iter().for_each(|(k, i)| {
+                out.push(k);
+                strings(i, out);
+            }),
+            _ => {}
+        }
+    }
+    let value = serde_json::to_value(c)?;
+    let mut all = Vec::new();
+    strings(&value, &mut all);
+    anyhow::ensure!(
+        !all.iter().any(|s| s.chars().any(deceptive)),
+        "proposal {}: it holds control or bidirectional characters that a terminal would not show as signed: not shown, not signed",
+        c.id
+    );
+    Ok(())
+}
+
 /// Prints every field officers sign (on stderr under --json); the digest.
-fn show_canonical(c: &CanonicalProposal, bytes: &[u8], json_out: bool) -> String {
+fn show_canonical(c: &CanonicalProposal, bytes: &[u8], json_out: bool) -> anyhow::Result<String> {
+    displayable(c)?;
     let digest = digest(bytes);
     let operation = serde_json::to_value(&c.operation).unwrap_or_default();
     let mut lines = vec![
@@ -297,7 +358,7 @@ fn show_canonical(c: &CanonicalProposal, bytes: &[u8], json_out: bool) -> String
     } else {
         println!("{out}");
     }
-    digest
+    Ok(digest)
 }
 
 /// Signs the canonical `bytes` with the officer's token and sends the
@@ -386,7 +447,7 @@ pub(crate) fn decide(
             "the daemon showed proposal {} for {id}: not signed",
             canonical.id
         );
-        let shown = show_canonical(&canonical, &bytes, json_out);
+        let shown = show_canonical(&canonical, &bytes, json_out)?;
         confirm(&shown, expect)?;
         approve_with(conn, &client, id, &bytes, &shown)?
     } else {

@@ -4,6 +4,7 @@
 //! the IACA (sent through [`crate::officer`]). Owns the subcommands'
 //! arguments and the ceremonies' output.
 
+use anyhow::Context;
 use clap::Subcommand;
 use dojang::cli;
 use dojang::config::Config;
@@ -62,10 +63,11 @@ fn crl_into_registry(
     backend: &dyn pkcs11_shim::KeyBackend,
     pki_config: &dojang::pki::PkiConfig,
     registry: &dyn dojang::store::Registry,
+    anchor: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<std::path::PathBuf> {
     let previous = registry.crl()?;
-    let revoked = dojang::store::revoked_serials(&ordered_revocations(registry)?)?;
+    let revoked = dojang::store::revoked_serials(&ordered_revocations(registry, anchor)?)?;
     let this_update = ceremony::next_crl_update(previous.as_deref(), now)?;
     let store = dojang::pki::PkiStore::new(&pki_config.dir);
     let (iaca_der, _) = store.iaca()?;
@@ -95,25 +97,14 @@ fn crl_into_registry(
 }
 
 /// The revoked keys officers ordered revoked, under the adopted policy's
-/// lineage (checked from the registry); a row without an order is named
-/// and left off.
+/// lineage (checked from the registry down to `anchor`); a row without an
+/// order is named and left off.
 fn ordered_revocations(
     registry: &dyn dojang::store::Registry,
+    anchor: &str,
 ) -> anyhow::Result<Vec<dojang::store::StoredKey>> {
-    use anyhow::Context;
-    let hash = registry
-        .document(dojang::store::POLICY_DOCUMENT)?
-        .context("the registry has no adopted policy")?;
-    let text = registry
-        .document(&dojang::store::policy_text_document(&hash))?
-        .context("the registry lost the adopted policy's text")?;
-    let policy = dojang_policies::Policy::parse("the adopted policy", &text)?;
-    anyhow::ensure!(
-        policy.hash == hash,
-        "the registry's policy text is not the adopted one"
-    );
-    let lineage =
-        dojang::policy::verify_adoption(registry, &policy, &text).map_err(anyhow::Error::msg)?;
+    let (_, _, lineage) =
+        dojang::policy::adopted_policy(registry, anchor).map_err(anyhow::Error::msg)?;
     let (ordered, unordered) =
         dojang::keys::manager::ordered_revocations(registry, &lineage, &registry.keys()?);
     for (label, why) in unordered {
@@ -170,7 +161,14 @@ fn crl(
     };
     let path = match &registry {
         None => ceremony::refresh_crl(backend.as_ref(), pki_config, &[], now)?,
-        Some(r) => crl_into_registry(backend.as_ref(), pki_config, r.as_ref(), now)?,
+        Some(r) => {
+            let anchor = config
+                .server
+                .as_ref()
+                .map(|s| s.policy_anchor.as_str())
+                .context("a CRL from the registry needs [server] policy_anchor: revocations are checked against the officers' policies")?;
+            crl_into_registry(backend.as_ref(), pki_config, r.as_ref(), anchor, now)?
+        }
     };
     Ok(ceremony::CeremonyReport {
         written: vec![path],

@@ -147,24 +147,19 @@ fn adopted(config: &Config, out: Option<PathBuf>, as_json: bool) -> anyhow::Resu
             "no [store] in the configuration: the adopted policy is kept in the registry"
         );
     }
+    let anchor = config
+        .server
+        .as_ref()
+        .map(|s| s.policy_anchor.clone())
+        .context(
+            "no [server] in the configuration: its policy_anchor checks who adopted the policy",
+        )?;
     let registry = dojang::cli::open_registry(config)?;
-    let hash = registry.document(dojang::store::POLICY_DOCUMENT)?.context(
-        "the registry has no adopted policy yet (officers adopt the first one: dojangctl policy adopt-first)",
-    )?;
-    let text = registry
-        .document(&dojang::store::policy_text_document(&hash))?
-        .with_context(|| {
-            format!(
-                "the registry does not hold the text of adopted policy {hash}: no node has loaded it yet; \
-                 the officers who proposed it have the file"
-            )
-        })?;
-    let policy = Policy::parse("the registry's copy", &text)?;
-    anyhow::ensure!(
-        policy.hash == hash,
-        "the registry's text of policy {hash} hashes to {}: not restored",
-        policy.hash
-    );
+    // Restored only if officers adopted it (down to the ceremony's first
+    // policy): a row naming a policy is not enough to write a node's file.
+    let (policy, text, _) = dojang::policy::adopted_policy(registry.as_ref(), &anchor)
+        .map_err(|e| anyhow::anyhow!("{e}: not restored"))?;
+    let hash = policy.hash.clone();
     match &out {
         Some(path) => {
             std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?

@@ -79,17 +79,10 @@ pub(crate) fn sign_first(
     Ok(())
 }
 
-/// `policy adopt-first FILE SIG...`: checks the signatures and records the
-/// adoption in the configured registry (once: a registry that has a policy
-/// changes it only by proposal).
-pub(crate) fn adopt_first(
-    config: &Config,
-    file: &Path,
-    signature_files: &[PathBuf],
-) -> anyhow::Result<()> {
-    let (policy, text) = read_policy(file)?;
+/// The officers' sign-first files for `policy`, by identity.
+fn read_signatures(policy: &Policy, files: &[PathBuf]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut signatures = BTreeMap::new();
-    for path in signature_files {
+    for path in files {
         let body =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let sig: FirstSignature = serde_json::from_str(&body)
@@ -109,11 +102,32 @@ pub(crate) fn adopt_first(
             sig.identity
         );
     }
+    Ok(signatures)
+}
+
+/// `policy adopt-first FILE SIG...`: checks the signatures and records the
+/// adoption in the configured registry (once: a registry that has a policy
+/// changes it only by proposal).
+pub(crate) fn adopt_first(
+    config: &Config,
+    file: &Path,
+    signature_files: &[PathBuf],
+) -> anyhow::Result<()> {
+    let (policy, text) = read_policy(file)?;
+    let signatures = read_signatures(&policy, signature_files)?;
     verify_first(&policy, &text, &signatures).map_err(|e| anyhow::anyhow!("not adopted: {e}"))?;
     anyhow::ensure!(
         config.store.is_some(),
         "no [store] in the configuration: the adoption is kept in the registry"
     );
+    if let Some(server) = &config.server {
+        anyhow::ensure!(
+            server.policy_anchor.eq_ignore_ascii_case(&policy.hash),
+            "the configuration pins first policy {} (server.policy_anchor), not this one ({})",
+            server.policy_anchor,
+            policy.hash
+        );
+    }
     let registry = dojang::cli::open_registry(config)?;
     if let Some(adopted) = registry.document(POLICY_DOCUMENT)? {
         anyhow::bail!(
@@ -156,7 +170,7 @@ pub(crate) fn adopt_first(
     )?;
     anyhow::ensure!(stored, "another policy was adopted at the same time");
     println!(
-        "adopted {} version {} (sha256 {}), signed by {signers}",
+        "adopted {} version {} (sha256 {}), signed by {signers}; every node's [server] policy_anchor is this SHA-256",
         policy.name, policy.version, policy.hash
     );
     Ok(())

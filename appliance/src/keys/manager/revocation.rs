@@ -24,8 +24,9 @@ use crate::store::{
 
 /// The revoked keys whose revocation officers ordered: a signed
 /// emergency-revocation proposal, under a policy the one in force descends
-/// from (`lineage`), naming the key by the kid of its certificate. The
-/// rest are returned apart, by label.
+/// from (`lineage`), naming the key by the kid of its certificate. Each is
+/// returned with that verified kid (the row's can be edited); the rest
+/// apart, by label.
 pub fn ordered_revocations(
     registry: &dyn Registry,
     lineage: &[String],
@@ -35,7 +36,7 @@ pub fn ordered_revocations(
     let mut unordered = Vec::new();
     for key in keys.iter().filter(|k| k.record.revoked) {
         match revocation_order(registry, lineage, key) {
-            Ok(()) => ordered.push(key.clone()),
+            Ok(kid) => ordered.push(StoredKey { kid, ..key.clone() }),
             Err(why) => unordered.push((key.record.label.clone(), why)),
         }
     }
@@ -46,7 +47,7 @@ fn revocation_order(
     registry: &dyn Registry,
     lineage: &[String],
     key: &StoredKey,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let label = &key.record.label;
     let order = registry
         .document(&revocation_order_document(label))
@@ -70,7 +71,7 @@ fn revocation_order(
     if !names_it || proposal.target.as_ref().is_none_or(|t| t.kid != kid) {
         return Err("the order names another key".into());
     }
-    verify_past_order(registry, lineage, &proposal)
+    verify_past_order(registry, lineage, &proposal).map(|()| kid)
 }
 
 /// How long after a revocation what was signed with the key is swept again
