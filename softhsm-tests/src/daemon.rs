@@ -580,32 +580,38 @@ impl Daemon {
         command
     }
 
-    /// The key ceremony adopting the policy file: `signers` each sign it
-    /// with their token, then it is recorded in the registry.
-    pub fn adopt_first_policy(&self, signers: &[&str]) {
+    /// Officer `name` signs the policy file as the first policy with their
+    /// token (`dojangctl policy sign-first`); the signature file.
+    pub fn sign_first_policy(&self, name: &str) -> PathBuf {
         let text = std::fs::read_to_string(&self.policy).expect("policy");
         let hash = dojang_policies::Policy::parse("policy", &text)
             .expect("policy")
             .hash;
-        let mut signatures = Vec::new();
-        for name in signers {
-            let out_file = self.scratch().join(format!("first-policy-{name}.json"));
-            let out = self
-                .officer_command(name)
-                .args(["policy", "sign-first"])
-                .arg(&self.policy)
-                .arg("--out")
-                .arg(&out_file)
-                .args(["--expect", &hash])
-                .output()
-                .expect("dojangctl");
-            assert!(
-                out.status.success(),
-                "policy sign-first: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            signatures.push(out_file);
-        }
+        let out_file = self.scratch().join(format!("first-policy-{name}.json"));
+        let out = self
+            .officer_command(name)
+            .args(["policy", "sign-first"])
+            .arg(&self.policy)
+            .arg("--out")
+            .arg(&out_file)
+            .args(["--expect", &hash])
+            .output()
+            .expect("dojangctl");
+        assert!(
+            out.status.success(),
+            "policy sign-first: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_file
+    }
+
+    /// The key ceremony adopting the policy file: `signers` each sign it
+    /// with their token, then it is recorded in the registry.
+    pub fn adopt_first_policy(&self, signers: &[&str]) {
+        let signatures: Vec<PathBuf> = signers
+            .iter()
+            .map(|name| self.sign_first_policy(name))
+            .collect();
         let policy = self.policy.display().to_string();
         let mut args = vec!["policy", "adopt-first", policy.as_str()];
         let names: Vec<String> = signatures.iter().map(|p| p.display().to_string()).collect();

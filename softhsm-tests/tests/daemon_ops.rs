@@ -463,3 +463,68 @@ fn the_adopted_policy_file_is_restored_from_the_registry() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not hold the text"));
     assert!(missing.stdout.is_empty());
 }
+
+/// No policy is trusted on first use: without the key ceremony's adoption
+/// the daemon refuses to start and says how; a registry whose policy an
+/// older build adopted unsigned is brought under signatures by the same
+/// ceremony; a signed adoption is never replaced that way.
+#[test]
+fn the_first_policy_is_adopted_by_its_officers_not_by_a_first_start() {
+    let mut d = Daemon::start(Options {
+        adopt_policy: false,
+        spawn: false,
+        ..Options::default()
+    });
+    let refused = d
+        .command("dojangd")
+        .args(["serve", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("no policy adopted yet") && err.contains("policy sign-first"),
+        "{err}"
+    );
+    // An older build's first start: the hash adopted, no signatures.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let _ = db
+        .execute(
+            "INSERT INTO pki_documents (name, body) VALUES ('policy.sha256', ?1)",
+            ["ab".repeat(32)],
+        )
+        .unwrap();
+    // One officer's signature is not enough.
+    let kim = d.sign_first_policy("kim");
+    let short = d
+        .command("dojangctl")
+        .arg("--config")
+        .arg(&d.config)
+        .args(["policy", "adopt-first"])
+        .arg(&d.policy)
+        .arg(&kim)
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("1 of 2"),
+        "{short:?}"
+    );
+    d.adopt_first_policy(&["kim", "lee"]);
+    d.spawn();
+    assert_eq!(d.ops_client().get("/readyz").status, 200, "{}", d.log());
+    // Signed now: a second ceremony cannot replace it.
+    let again = d
+        .command("dojangctl")
+        .arg("--config")
+        .arg(&d.config)
+        .args(["policy", "adopt-first"])
+        .arg(&d.policy)
+        .arg(d.scratch().join("first-policy-kim.json"))
+        .arg(d.scratch().join("first-policy-lee.json"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("later policies are proposed"));
+}

@@ -79,6 +79,25 @@ pub(crate) fn sign_first(
     Ok(())
 }
 
+/// A registry that already has a policy changes it only by proposal;
+/// except one adopted unsigned by an older build (its first start took the
+/// file it found), which the ceremony replaces: that policy's hash.
+fn unsigned_adoption(registry: &dyn dojang::store::Registry) -> anyhow::Result<Option<String>> {
+    match registry.document(POLICY_DOCUMENT)? {
+        None => Ok(None),
+        Some(adopted)
+            if registry
+                .document(&policy_adoption_document(&adopted))?
+                .is_none() =>
+        {
+            Ok(Some(adopted))
+        }
+        Some(adopted) => anyhow::bail!(
+            "the registry already has an adopted policy ({adopted}): later policies are proposed (dojangctl policy propose)"
+        ),
+    }
+}
+
 /// The officers' sign-first files for `policy`, by identity.
 fn read_signatures(policy: &Policy, files: &[PathBuf]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut signatures = BTreeMap::new();
@@ -129,11 +148,7 @@ pub(crate) fn adopt_first(
         );
     }
     let registry = dojang::cli::open_registry(config)?;
-    if let Some(adopted) = registry.document(POLICY_DOCUMENT)? {
-        anyhow::bail!(
-            "the registry already has an adopted policy ({adopted}): later policies are proposed (dojangctl policy propose)"
-        );
-    }
+    let unsigned = unsigned_adoption(registry.as_ref())?;
     let now = OffsetDateTime::now_utc();
     let decision = |action: &str, rule: String| DecisionRecord {
         node: "dojangctl".into(),
@@ -160,15 +175,22 @@ pub(crate) fn adopt_first(
             format!("first policy {} signed by {signers}", policy.hash),
         ),
     )?;
-    let stored = registry.set_document_if_absent(
-        POLICY_DOCUMENT,
-        &policy.hash,
-        decision(
-            "policy.adopt",
-            format!("first policy {}: key ceremony", policy.hash),
-        ),
-    )?;
-    anyhow::ensure!(stored, "another policy was adopted at the same time");
+    let adopt = decision(
+        "policy.adopt",
+        match &unsigned {
+            None => format!("first policy {}: key ceremony", policy.hash),
+            Some(old) => format!(
+                "first policy {}: key ceremony, replacing {old}, adopted unsigned by an older build",
+                policy.hash
+            ),
+        },
+    );
+    if unsigned.is_some() {
+        registry.set_document(POLICY_DOCUMENT, &policy.hash, adopt)?;
+    } else {
+        let stored = registry.set_document_if_absent(POLICY_DOCUMENT, &policy.hash, adopt)?;
+        anyhow::ensure!(stored, "another policy was adopted at the same time");
+    }
     println!(
         "adopted {} version {} (sha256 {}), signed by {signers}; every node's [server] policy_anchor is this SHA-256",
         policy.name, policy.version, policy.hash
