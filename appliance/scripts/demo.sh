@@ -147,7 +147,7 @@ ctl keys list
 echo
 echo "== certificates"
 openssl x509 -in "$state/pki/iaca.pem" -noout -subject -dates
-openssl verify -CAfile "$state/pki/iaca.pem" "$state/pki/ds/ds-1.pem"
+openssl verify -x509_strict -CAfile "$state/pki/iaca.pem" "$state/pki/ds/ds-1.pem"
 
 echo
 echo "== starting dojangd (log: $state/dojangd.log)"
@@ -211,6 +211,8 @@ echo
 echo "== what verifiers fetch (public listener): JWKS, status list"
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
 curl -sf "$status_uri" | cut -c1-120; echo "…"
+echo "-- the IACA's CRL at the distribution point the certificates name (one DER CRL):"
+curl -sf http://127.0.0.1:8080/iaca.crl | openssl crl -inform DER -noout -lastupdate -nextupdate || echo "(no CRL signed yet)"
 echo
 echo "== the audit log: every decision above is an entry; checkpoints are signed by the audit key in the token"
 sleep 1.5
