@@ -718,12 +718,24 @@ fn the_api_tls_key_lives_in_the_token() {
         openssl::pkey::PKey::public_key_from_pem(shown["pem"].as_str().unwrap().as_bytes())
             .unwrap();
     assert!(presented.public_eq(&token_key));
+    // One object per header line (`Private Key Object; EC`, then indented
+    // attributes), in whatever order the token lists them.
     let objects = d.token_objects();
-    let block = objects
-        .split("Private Key Object")
-        .find(|b| b.contains("label:      tls-server-1"))
-        .unwrap();
-    assert!(block.contains("never extractable"), "{block}");
+    let mut blocks: Vec<String> = Vec::new();
+    for line in objects.lines() {
+        match blocks.last_mut() {
+            Some(block) if line.starts_with(char::is_whitespace) => {
+                block.push('\n');
+                block.push_str(line);
+            }
+            _ => blocks.push(line.to_owned()),
+        }
+    }
+    let private = blocks
+        .iter()
+        .find(|b| b.starts_with("Private Key Object") && b.contains("label:      tls-server-1"))
+        .unwrap_or_else(|| panic!("no private tls-server-1 in:\n{objects}"));
+    assert!(private.contains("never extractable"), "{private}");
     // Another purpose's key is not a TLS key.
     let config = std::fs::read_to_string(&d.config).unwrap().replace(
         "private_key_label = \"tls-server-1\"",
