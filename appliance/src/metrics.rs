@@ -31,6 +31,9 @@ pub struct Metrics {
     pub backend_up: IntGauge,
     /// Seconds until each DS certificate expires, by key label.
     pub ds_expiry_seconds: IntGaugeVec,
+    /// Seconds until the served CRL's nextUpdate (negative once past):
+    /// verifiers refuse DS certificates whose CRL expired.
+    pub crl_next_update_seconds: IntGauge,
     /// Key lifecycle actions this node carried out, by action and outcome.
     pub key_actions: IntCounterVec,
     /// Officer proposal steps, by step and outcome.
@@ -133,6 +136,11 @@ impl Metrics {
             .expect("unique metric");
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
+        let crl_next_update_seconds = gauge(
+            &r,
+            "dojang_crl_next_update_seconds",
+            "Seconds until the served IACA CRL's nextUpdate (negative once past).",
+        );
         let (issuance_seconds, issuances, denials, hsm_operations, hsm_seconds, queue_depth) =
             Self::issuance(&r);
         let (
@@ -163,6 +171,7 @@ impl Metrics {
             key_actions,
             officer_steps,
             orders_refused,
+            crl_next_update_seconds,
             last_order_refused: std::sync::Mutex::new((0, None)),
             keys_retained_in_token,
             status_list_signatures,

@@ -643,6 +643,33 @@ fn officers_have_a_running_daemon_generate_the_iaca() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(crl.verify(&iaca.public_key().unwrap()).unwrap());
+    // Readiness and a metric say how long the served CRL has left.
+    std::thread::sleep(Duration::from_millis(1100)); // readiness is cached for a second
+    let ready = d.ops_client().get("/readyz").json();
+    let check = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "crl")
+        .unwrap()
+        .clone();
+    assert!(
+        check["ok"] == true
+            && check["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("nextUpdate in"),
+        "{check}"
+    );
+    let metrics = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    let left: i64 = metrics
+        .lines()
+        .find(|l| l.starts_with("dojang_crl_next_update_seconds "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left > 86_400, "{left}");
     // Once.
     let _ = problem(
         &post(&d, "kim", "/v1/pki/iaca", serde_json::json!({})),

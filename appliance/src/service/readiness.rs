@@ -56,6 +56,48 @@ fn check(name: &'static str, result: Result<String, String>) -> Check {
     }
 }
 
+/// The served CRL: past its nextUpdate, verifiers refuse every DS
+/// certificate, so the node is not ready; within the last quarter of its
+/// validity it says so ahead (the acting node re-signs at half: a CRL this
+/// old means re-signing keeps failing, or the root is offline and a
+/// ceremony is due). Seconds to nextUpdate beside.
+pub(super) fn crl_check(
+    crl_der: Option<&[u8]>,
+    now: OffsetDateTime,
+    validity_days: u32,
+) -> (Check, Option<i64>) {
+    let Some(der) = crl_der else {
+        return (check("crl", Ok("no CRL signed yet".to_owned())), None);
+    };
+    let next = openssl::x509::X509Crl::from_der(der).ok().and_then(|crl| {
+        let next = crl.next_update()?;
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+        let d = epoch.diff(next).ok()?;
+        Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+    });
+    let Some(next) = next else {
+        return (
+            check("crl", Err("the served CRL is unreadable".to_owned())),
+            None,
+        );
+    };
+    let left = next - now.unix_timestamp();
+    let hours = left / 3600;
+    let result = if left <= 0 {
+        Err(format!(
+            "the CRL expired {}h ago: verifiers refuse the DS certificates until a new one is signed",
+            -hours
+        ))
+    } else if left < i64::from(validity_days) * 86_400 / 4 {
+        Ok(format!(
+            "WARNING: the CRL expires in {hours}h (under a quarter of its validity): sign a new one"
+        ))
+    } else {
+        Ok(format!("nextUpdate in {hours}h"))
+    };
+    (check("crl", result), Some(left))
+}
+
 /// Refusing an order is the node doing its job, not a fault: it stays
 /// ready, and says so here for whoever looks.
 fn orders_check(metrics: &crate::metrics::Metrics) -> Check {
@@ -72,6 +114,18 @@ fn orders_check(metrics: &crate::metrics::Metrics) -> Check {
 }
 
 impl ReadinessProbe {
+    fn crl(&self, current: &Current, now: OffsetDateTime) -> Check {
+        let (check, left) = crl_check(
+            current.keys.crl_der.as_deref(),
+            now,
+            self.keys.pki_config().crl_validity_days,
+        );
+        if let Some(left) = left {
+            self.node.metrics.crl_next_update_seconds.set(left);
+        }
+        check
+    }
+
     /// A probe of these owners.
     pub fn new(node: Node, policy: Arc<PolicyState>, keys: Arc<KeyManager>) -> Self {
         ReadinessProbe {
@@ -175,6 +229,7 @@ impl ReadinessProbe {
             ),
             check("policy", policy),
             orders_check(metrics),
+            self.crl(&current, now),
             check(
                 "status_list_key",
                 current
@@ -184,5 +239,46 @@ impl ReadinessProbe {
                     .ok_or_else(|| "no status-list key can sign now".to_owned()),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devtls::DevCa;
+
+    fn der(days: i64) -> Vec<u8> {
+        let pem = DevCa::generate("CRL test").unwrap().crl(&[], days).unwrap();
+        openssl::x509::X509Crl::from_pem(pem.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_crl_warns_in_its_last_quarter_and_fails_once_expired() {
+        let now = OffsetDateTime::now_utc();
+        let (fresh, left) = crl_check(Some(&der(30)), now, 30);
+        assert!(
+            fresh.ok && fresh.detail.starts_with("nextUpdate in"),
+            "{}",
+            fresh.detail
+        );
+        assert!(left.is_some_and(|s| s > 29 * 86_400));
+        let (old, _) = crl_check(Some(&der(5)), now, 30);
+        assert!(
+            old.ok && old.detail.starts_with("WARNING"),
+            "{}",
+            old.detail
+        );
+        let (expired, left) = crl_check(Some(&der(5)), now + time::Duration::days(6), 30);
+        assert!(
+            !expired.ok && expired.detail.contains("expired"),
+            "{}",
+            expired.detail
+        );
+        assert!(left.is_some_and(|s| s < 0));
+        assert!(crl_check(None, now, 30).0.ok);
+        assert!(!crl_check(Some(b"not a CRL"), now, 30).0.ok);
     }
 }
