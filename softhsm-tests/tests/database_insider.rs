@@ -14,79 +14,11 @@
 
 use std::time::{Duration, Instant};
 
+mod insider;
+
+use insider::{metric, Insider};
 use softhsm_tests::daemon::{Daemon, Options, PgSchema, Store};
 use time::OffsetDateTime;
-
-/// Direct SQL on the daemon's registry, as an insider with the database
-/// password would run it.
-enum Insider {
-    Sqlite(rusqlite::Connection),
-    Postgres(Box<postgres::Client>, String),
-}
-
-impl Insider {
-    fn sqlite(d: &Daemon) -> Self {
-        let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(10)).unwrap();
-        Insider::Sqlite(db)
-    }
-
-    /// Runs `sql`, with `{s}` naming the registry's schema (PostgreSQL).
-    fn run(&mut self, sql: &str) {
-        match self {
-            Insider::Sqlite(db) => db.execute_batch(&sql.replace("{s}.", "")).unwrap(),
-            Insider::Postgres(c, schema) => {
-                c.batch_execute(&sql.replace("{s}", schema)).unwrap();
-            }
-        }
-    }
-
-    /// The `kid` the registry records for `label`.
-    fn kid(&mut self, label: &str) -> String {
-        let sql = "SELECT kid FROM signing_keys WHERE label = ";
-        match self {
-            Insider::Sqlite(db) => db
-                .query_row(&format!("{sql}?1"), [label], |r| r.get(0))
-                .unwrap(),
-            Insider::Postgres(c, schema) => c
-                .query_one(
-                    &sql.replace("signing_keys", &format!("{schema}.signing_keys"))
-                        .replace("= ", "= $1"),
-                    &[&label],
-                )
-                .unwrap()
-                .get(0),
-        }
-    }
-
-    /// The audit log's entries, as text.
-    fn audit(&mut self) -> String {
-        let rows: Vec<Vec<u8>> = match self {
-            Insider::Sqlite(db) => {
-                let mut stmt = db
-                    .prepare("SELECT entry FROM audit_log ORDER BY seq")
-                    .unwrap();
-                stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect()
-            }
-            Insider::Postgres(c, schema) => c
-                .query(
-                    &format!("SELECT entry FROM {schema}.audit_log ORDER BY seq"),
-                    &[],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .collect(),
-        };
-        rows.iter()
-            .map(|e| String::from_utf8_lossy(e).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 fn to_standard_base64(url: &str) -> String {
     let mut b64 = url.replace('-', "+").replace('_', "/");
@@ -94,14 +26,6 @@ fn to_standard_base64(url: &str) -> String {
         b64.push('=');
     }
     b64
-}
-
-fn metric(d: &Daemon, line_start: &str) -> f64 {
-    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// A proposal row as the registry stores it, approved with signatures no
@@ -315,7 +239,7 @@ fn forged_rows_do_not_act_on_the_token_postgres() {
     };
     let name = schema.name.clone();
     insider_cannot_act_on_the_token(Store::Postgres(schema.url.clone()), move |_| {
-        Insider::Postgres(Box::new(PgSchema::admin()), name.clone())
+        Insider::postgres(&name)
     });
     drop(schema);
 }

@@ -15,137 +15,19 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use dojang::keys::approvals::Proposal;
 use dojang::keys::order::{Adoption, CanonicalProposal, FirstPolicy};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
+mod insider;
+
+use insider::{metric, Insider};
 use softhsm_tests::daemon::{Daemon, Options, PgSchema, Store};
 
 const KIM: &str = "spiffe://mois.go.kr/officer/kim";
 const LEE: &str = "spiffe://mois.go.kr/officer/lee";
 const PARK: &str = "spiffe://mois.go.kr/officer/park";
-
-/// Direct SQL on the daemon's registry.
-enum Insider {
-    Sqlite(rusqlite::Connection),
-    Postgres(Box<postgres::Client>, String),
-}
-
-impl Insider {
-    fn table(&self, name: &str) -> String {
-        match self {
-            Insider::Sqlite(_) => name.to_owned(),
-            Insider::Postgres(_, schema) => format!("{schema}.{name}"),
-        }
-    }
-
-    fn text(&mut self, sql: &str, key: &str) -> Option<String> {
-        match self {
-            Insider::Sqlite(db) => db
-                .query_row(&sql.replace("$1", "?1"), [key], |r| r.get(0))
-                .ok(),
-            Insider::Postgres(c, _) => c.query_opt(sql, &[&key]).unwrap().map(|r| r.get(0)),
-        }
-    }
-
-    fn write(&mut self, sql: &str, a: &str, b: &str) {
-        match self {
-            Insider::Sqlite(db) => {
-                let _ = db
-                    .execute(&sql.replace("$1", "?1").replace("$2", "?2"), [a, b])
-                    .unwrap();
-            }
-            Insider::Postgres(c, _) => {
-                let _ = c.execute(sql, &[&a, &b]).unwrap();
-            }
-        }
-    }
-
-    fn proposal(&mut self, id: &str) -> Proposal {
-        let sql = format!("SELECT body FROM {} WHERE id = $1", self.table("proposals"));
-        serde_json::from_str(&self.text(&sql, id).unwrap()).unwrap()
-    }
-
-    fn set_proposal(&mut self, p: &Proposal) {
-        let sql = format!(
-            "UPDATE {} SET body = $1 WHERE id = $2",
-            self.table("proposals")
-        );
-        self.write(&sql, &serde_json::to_string(p).unwrap(), &p.id);
-    }
-
-    fn document(&mut self, name: &str) -> Option<String> {
-        let sql = format!(
-            "SELECT body FROM {} WHERE name = $1",
-            self.table("pki_documents")
-        );
-        self.text(&sql, name)
-    }
-
-    fn set_document(&mut self, name: &str, body: &str) {
-        let table = self.table("pki_documents");
-        let sql = format!(
-            "INSERT INTO {table} (name, body) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET body = excluded.body"
-        );
-        self.write(&sql, name, body);
-    }
-
-    /// Gives key `label`'s row another kid.
-    fn set_kid(&mut self, label: &str, kid: &str) {
-        let sql = format!(
-            "UPDATE {} SET kid = $1 WHERE label = $2",
-            self.table("signing_keys")
-        );
-        self.write(&sql, kid, label);
-    }
-
-    /// Marks key `label` revoked, as only a node carrying out an order should.
-    fn revoke(&mut self, label: &str) {
-        let sql = format!(
-            "UPDATE {} SET revoked_at = $1, revoked_reason = 'forged' WHERE label = $2",
-            self.table("signing_keys")
-        );
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match self {
-            Insider::Sqlite(db) => {
-                let _ = db
-                    .execute(
-                        &sql.replace("$1", "?1").replace("$2", "?2"),
-                        rusqlite::params![now, label],
-                    )
-                    .unwrap();
-            }
-            Insider::Postgres(c, _) => {
-                let _ = c.execute(&sql, &[&now, &label]).unwrap();
-            }
-        }
-    }
-
-    fn audit(&mut self) -> String {
-        let sql = format!("SELECT entry FROM {} ORDER BY seq", self.table("audit_log"));
-        let rows: Vec<Vec<u8>> = match self {
-            Insider::Sqlite(db) => {
-                let mut stmt = db.prepare(&sql).unwrap();
-                stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect()
-            }
-            Insider::Postgres(c, _) => c
-                .query(&sql, &[])
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .collect(),
-        };
-        rows.iter()
-            .map(|e| String::from_utf8_lossy(e).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 /// A P-256 key of the insider's own.
 fn insider_key() -> PKey<Private> {
@@ -158,14 +40,6 @@ fn sign(key: &PKey<Private>, message: &[u8]) -> String {
     let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), key).unwrap();
     let der = signer.sign_oneshot_to_vec(message).unwrap();
     URL_SAFE_NO_PAD.encode(pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap())
-}
-
-fn metric(d: &Daemon, line_start: &str) -> f64 {
-    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// Officer kim opens a revocation of ds-1 over the API (unsigned yet).
@@ -494,11 +368,7 @@ fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon
 
 #[test]
 fn forged_signatures_make_no_order_sqlite() {
-    forged_signatures_make_no_order(Store::Sqlite, |d| {
-        let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(10)).unwrap();
-        Insider::Sqlite(db)
-    });
+    forged_signatures_make_no_order(Store::Sqlite, Insider::sqlite);
 }
 
 #[test]
@@ -508,7 +378,7 @@ fn forged_signatures_make_no_order_postgres() {
     };
     let name = schema.name.clone();
     forged_signatures_make_no_order(Store::Postgres(schema.url.clone()), move |_| {
-        Insider::Postgres(Box::new(PgSchema::admin()), name.clone())
+        Insider::postgres(&name)
     });
     drop(schema);
 }

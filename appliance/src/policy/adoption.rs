@@ -64,16 +64,7 @@ pub fn verify_adoption(
                 policy.hash
             ));
         }
-        let before_text = registry
-            .document(&policy_text_document(&proposal.policy_hash))
-            .map_err(|e| format!("registry: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "the registry lost the text of policy {}",
-                    proposal.policy_hash
-                )
-            })?;
-        let before = Policy::parse("the policy before", &before_text).map_err(|e| e.to_string())?;
+        let (before, before_text) = kept_policy(registry, &proposal.policy_hash)?;
         verify_order(&proposal, &before).map_err(|e| {
             format!(
                 "policy {} was not adopted by the officers of {}: {e}",
@@ -83,6 +74,18 @@ pub fn verify_adoption(
         current = (before, before_text);
     }
     Err(format!("more than {MAX_CHANGES} policy changes to check"))
+}
+
+/// The policy of SHA-256 `hash` as the registry keeps its text (a text
+/// with another hash fails the signature checks that follow: its hash is
+/// what officers signed).
+fn kept_policy(registry: &dyn Registry, hash: &str) -> Result<(Policy, String), String> {
+    let text = registry
+        .document(&policy_text_document(hash))
+        .map_err(|e| format!("registry: {e}"))?
+        .ok_or_else(|| format!("the registry lost the text of policy {hash}"))?;
+    let policy = Policy::parse("a kept policy", &text).map_err(|e| e.to_string())?;
+    Ok((policy, text))
 }
 
 /// Checks a proposal carried out earlier, perhaps under an earlier policy:
@@ -99,16 +102,7 @@ pub fn verify_past_order(
             proposal.id, proposal.policy_hash
         ));
     }
-    let text = registry
-        .document(&policy_text_document(&proposal.policy_hash))
-        .map_err(|e| format!("registry: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "the registry lost the text of policy {}",
-                proposal.policy_hash
-            )
-        })?;
-    let then = Policy::parse("the policy then", &text).map_err(|e| e.to_string())?;
+    let (then, _) = kept_policy(registry, &proposal.policy_hash)?;
     verify_order(proposal, &then).map_err(|e| format!("proposal {}: {e}", proposal.id))
 }
 
