@@ -92,7 +92,9 @@ pub fn key_refusal(e: &pkcs11_shim::Error) -> Refusal {
 /// A credential builder's error.
 pub fn credential_refusal(e: CredentialError) -> Refusal {
     match e {
-        CredentialError::Invalid(detail) => Refusal::bad_request("invalid_holder_data", detail),
+        CredentialError::Invalid(detail) => {
+            Refusal::bad_request("invalid_holder_data", detail).with_rule("holder.data")
+        }
         CredentialError::Key(k) => key_refusal(&k),
         CredentialError::Encoding(_) => {
             tracing::error!(error = %e, "encoding a credential");

@@ -475,6 +475,79 @@ fn each_class_of_bad_input_gets_its_problem() {
     assert_eq!(p["rule"], "holder.resident_number_format");
     assert!(!p.to_string().contains("001332"));
 
+    // Each class of input that looked well-formed and was not: refused with
+    // its rule, before any key or row is touched.
+    let mut private = good.clone();
+    private["device_key"]["d"] = "AAAA".into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&private).unwrap()),
+        400,
+        "invalid_device_key",
+    );
+    assert_eq!(p["rule"], "device_key.public_only");
+    for name in [
+        "홍\u{202e}동길",
+        "길\u{200b}동",
+        "\u{feff}홍",
+        "길\u{2066}동\u{2069}",
+    ] {
+        let mut trojan = good.clone();
+        trojan["holder"]["given_name"] = name.into();
+        let p = problem(
+            &send(&mut c, &json, &serde_json::to_vec(&trojan).unwrap()),
+            400,
+            "invalid_holder_data",
+        );
+        assert_eq!(p["rule"], "holder.data", "{name:?}");
+    }
+    let mut noise = good.clone();
+    noise["holder"]["portrait"] =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x42u8; 64]).into();
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&noise).unwrap()),
+        400,
+        "invalid_holder_data",
+    );
+    assert_eq!(p["rule"], "holder.portrait");
+    for code in ["111100000", "11110000001", "1111\u{0}00000", "11110a0000"] {
+        let mut place = good.clone();
+        place["municipality"] = code.into();
+        let p = problem(
+            &send(&mut c, &json, &serde_json::to_vec(&place).unwrap()),
+            400,
+            "invalid_municipality",
+        );
+        assert_eq!(p["rule"], "request.municipality");
+    }
+    // Born in the future (an age rule would call it "under 17"), or in 1840.
+    let next_year = (time::OffsetDateTime::now_utc().year() + 1) % 100;
+    for (number, why) in [
+        (format!("{next_year:02}0101-3123456"), "future"),
+        ("400101-9123456".to_owned(), "before 1900"),
+    ] {
+        let mut born = good.clone();
+        born["holder"]["resident_number"] = number.into();
+        let p = problem(
+            &send(&mut c, &json, &serde_json::to_vec(&born).unwrap()),
+            400,
+            "invalid_resident_number",
+        );
+        assert_eq!(p["rule"], "holder.birth_date", "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+    }
+    // A real JPEG portrait is signed.
+    let mut jpeg = good.clone();
+    let mut bytes = vec![0xff, 0xd8, 0xff, 0xe0];
+    bytes.extend([0u8; 32]);
+    bytes.extend([0xff, 0xd9]);
+    jpeg["holder"]["portrait"] =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes).into();
+    let (other_phone, _) = daemon::phone();
+    jpeg["device_key"] = other_phone;
+    jpeg["holder"]["resident_number"] = daemon::number(33).into();
+    let ok = send(&mut c, &json, &serde_json::to_vec(&jpeg).unwrap());
+    assert_eq!(ok.status, 201, "{}", ok.json());
+
     // Policy: too young (born 2015), no card, unknown channel.
     let mut young = good.clone();
     young["holder"]["resident_number"] = "150101-3123456".into();

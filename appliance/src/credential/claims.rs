@@ -73,6 +73,22 @@ impl std::fmt::Debug for ResidentCardClaims {
     }
 }
 
+/// Unicode format characters (category Cf) a name or address never needs.
+fn invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
+}
+
 fn clean(field: &str, value: &str) -> Result<String, CredentialError> {
     let nfc: String = value.trim().nfc().collect();
     if nfc.is_empty() || nfc.chars().count() > MAX_TEXT_CHARS {
@@ -83,6 +99,14 @@ fn clean(field: &str, value: &str) -> Result<String, CredentialError> {
     if nfc.chars().any(char::is_control) {
         return Err(CredentialError::Invalid(format!(
             "{field} contains control characters"
+        )));
+    }
+    // Invisible formatting (bidi overrides and isolates, zero-width
+    // characters, the BOM) makes look-alike names: two holders' names that
+    // read the same and differ in bytes.
+    if nfc.chars().any(invisible_format) {
+        return Err(CredentialError::Invalid(format!(
+            "{field} contains invisible formatting characters (bidirectional or zero-width)"
         )));
     }
     Ok(nfc)

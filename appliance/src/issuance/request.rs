@@ -17,7 +17,8 @@ use crate::refusal::{Class, Refusal};
 pub(super) struct IssueRequest {
     pub(super) profile: String,
     pub(super) holder: HolderIn,
-    pub(super) device_key: Jwk,
+    /// A public JWK; read as JSON first so private members are seen.
+    pub(super) device_key: serde_json::Value,
     pub(super) channel: String,
     pub(super) municipality: String,
     pub(super) first_time: bool,
@@ -51,7 +52,7 @@ pub(super) struct CardIn {
 #[serde(deny_unknown_fields)]
 pub(super) struct RefreshRequest {
     pub(super) holder: HolderIn,
-    pub(super) device_key: Jwk,
+    pub(super) device_key: serde_json::Value,
 }
 
 /// `POST /v1/credentials/{id}/revoke|suspend|reinstate`.
@@ -73,17 +74,69 @@ pub(super) struct Validated {
     pub(super) card_issue_date: Option<time::Date>,
 }
 
+/// JWK members that carry private key material (RFC 7518 §6.2.2, §6.3.2,
+/// §6.4): a phone never sends its private key, and one that did has lost it.
+const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// The phone's public key from its JWK: public members only, a curve the
+/// appliance accepts, a point on it.
+fn device_public_key(jwk: &serde_json::Value) -> Result<pkcs11_shim::PublicKey, Refusal> {
+    let invalid = |detail: String| {
+        Refusal::bad_request("invalid_device_key", detail).with_rule("device_key.public_only")
+    };
+    if let Some(member) = PRIVATE_JWK_MEMBERS.iter().find(|m| jwk.get(**m).is_some()) {
+        return Err(invalid(format!(
+            "device_key carries private key material ({member:?}): send the public key only, and treat this one as compromised"
+        )));
+    }
+    let jwk: Jwk = serde_json::from_value(jwk.clone())
+        .map_err(|e| invalid(format!("device_key is not a JWK: {e}")))?;
+    public_key_from_jwk(&jwk).map_err(|e| Refusal::bad_request("invalid_device_key", e.to_string()))
+}
+
+/// A birth date a living holder can have: not in the future, not before
+/// 1900 (the oldest Korean on record was born after it).
+fn plausible_birth_date(number: &ResidentNumber) -> Result<(), Refusal> {
+    let birth = number.birth_date();
+    let today = dojang_policies::calendar::seoul_date(time::OffsetDateTime::now_utc());
+    let refuse = |detail: &str| {
+        Err(
+            Refusal::bad_request("invalid_resident_number", detail.to_owned())
+                .with_rule("holder.birth_date"),
+        )
+    };
+    if birth > today {
+        return refuse("the resident number's birth date is in the future");
+    }
+    if birth.year() < 1900 {
+        return refuse("the resident number's birth date is before 1900");
+    }
+    Ok(())
+}
+
+/// A portrait is a JPEG (SOI … EOI) or a JPEG 2000 image (JP2 box or
+/// codestream), as ISO 18013-5 allows: not arbitrary bytes under an image's
+/// name.
+fn image(portrait: &[u8]) -> bool {
+    const JP2: [u8; 12] = [
+        0, 0, 0, 0x0c, b'j', b'P', b' ', b' ', 0x0d, 0x0a, 0x87, 0x0a,
+    ];
+    let jpeg = portrait.starts_with(&[0xff, 0xd8, 0xff]) && portrait.ends_with(&[0xff, 0xd9]);
+    let jpeg2000 = portrait.starts_with(&JP2) || portrait.starts_with(&[0xff, 0x4f, 0xff, 0x51]);
+    jpeg || jpeg2000
+}
+
 /// The holder data and phone key of a request, checked.
 pub(super) fn holder_and_device(
     holder: &HolderIn,
-    device_key: &Jwk,
+    device_key: &serde_json::Value,
 ) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Refusal> {
     let number = ResidentNumber::parse(&holder.resident_number).map_err(|e| {
         Refusal::bad_request("invalid_resident_number", e.to_string())
             .with_rule("holder.resident_number_format")
     })?;
-    let device = public_key_from_jwk(device_key)
-        .map_err(|e| Refusal::bad_request("invalid_device_key", e.to_string()))?;
+    plausible_birth_date(&number)?;
+    let device = device_public_key(device_key)?;
     let portrait =
         match &holder.portrait {
             Some(b64) => Some(B64.decode(b64).map_err(|_| {
@@ -91,6 +144,13 @@ pub(super) fn holder_and_device(
             })?),
             None => None,
         };
+    if portrait.as_deref().is_some_and(|p| !image(p)) {
+        return Err(Refusal::bad_request(
+            "invalid_holder_data",
+            "portrait is neither a JPEG nor a JPEG 2000 image",
+        )
+        .with_rule("holder.portrait"));
+    }
     let data = HolderData {
         family_name: holder.family_name.clone(),
         given_name: holder.given_name.clone(),
@@ -121,10 +181,19 @@ pub(super) fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
             "card.serial is at most 64 characters",
         ));
     }
-    if request.municipality.len() > 16 || request.profile.len() > 64 || request.channel.len() > 64 {
+    // An administrative district code: ten digits, nothing else.
+    if request.municipality.len() != 10 || !request.municipality.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(Refusal::bad_request(
+            "invalid_municipality",
+            "municipality must be a 10-digit administrative district code",
+        )
+        .with_rule("request.municipality"));
+    }
+    if request.profile.len() > 64 || request.channel.len() > 64 {
         return Err(Refusal::bad_request(
             "malformed_request",
-            "profile, channel or municipality too long",
+            "profile or channel too long",
         ));
     }
     Ok(Validated {
