@@ -406,9 +406,15 @@ impl OfficersFile {
                 "officers.approvals_required must be 2 to the number of officer clients ({officers}), got {required}"
             ));
         }
+        let proposal_lifetime = duration("officers.proposal_lifetime", &self.proposal_lifetime)?;
+        // A proposal open for months is a signature waiting for a
+        // forgotten context; officers propose again instead.
+        if proposal_lifetime > time::Duration::days(30) {
+            return Err("officers.proposal_lifetime must be at most 30d".into());
+        }
         Ok(OfficerRules {
             approvals_required: required,
-            proposal_lifetime: duration("officers.proposal_lifetime", &self.proposal_lifetime)?,
+            proposal_lifetime,
         })
     }
 }
@@ -711,6 +717,11 @@ mod tests {
             ],
             "of another officer",
         );
+        // A proposal cannot stay open for months.
+        let long = crate::SHIPPED_POLICY
+            .replace("proposal_lifetime = \"24h\"", "proposal_lifetime = \"31d\"");
+        let e = Policy::parse("t", &long).unwrap_err().to_string();
+        assert!(e.contains("at most 30d"), "{e}");
         // Fewer pinned officers than M: no quorum possible.
         refused(&[("o/kim", "officer", Some(a))], "approvals_required");
     }

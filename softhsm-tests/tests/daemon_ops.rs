@@ -317,6 +317,14 @@ fn metrics_parse_and_move() {
     assert_eq!(before["dojang_build_info{version=\"0.1.0\"}"], 1.0);
     assert_eq!(before["dojang_free_quota_remaining"], 468_000.0);
     assert!(before["dojang_ds_certificate_expiry_seconds{key=\"ds-1\"}"] > 86_400.0);
+    // DS keys only: the status-list and audit keys have no certificate.
+    assert!(
+        before
+            .keys()
+            .filter(|k| k.starts_with("dojang_ds_certificate_expiry_seconds"))
+            .all(|k| k.contains("key=\"ds-")),
+        "{before:?}"
+    );
 
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
     let mut young = daemon::request("mdoc", "150101-3123456", &daemon::phone().0);

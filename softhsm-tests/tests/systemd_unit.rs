@@ -51,6 +51,7 @@ fn unit_is_notify_with_validation_and_credentials() {
         "CapabilityBoundingSet=\n",
         "User=dojang",
         "WatchdogSec=",
+        "LimitCORE=0",
     ] {
         assert!(text.contains(line), "unit lacks {line:?}");
     }

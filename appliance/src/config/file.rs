@@ -122,6 +122,18 @@ impl Config {
         if let Some(credential) = &config.credential {
             credential.validate().map_err(invalid)?;
         }
+        if let (Some(pki), Some(credential)) = (&config.pki, &config.credential)
+            && credential.signature_validity_days >= pki.ds_validity_days
+        {
+            // A DS key is due for rotation once its certificate has less left
+            // than one signature's validity: every new key would be due at
+            // once, a key-generation storm that fills the token.
+            return Err(invalid(format!(
+                "credential.signature_validity_days ({}) must be shorter than pki.ds_validity_days ({}): \
+                 a DS certificate must outlast the signatures it makes, or every new key is due at once",
+                credential.signature_validity_days, pki.ds_validity_days
+            )));
+        }
         if let Some(server) = &config.server {
             server.validate().map_err(invalid)?;
         }
@@ -183,6 +195,24 @@ pin = { file = "/etc/dojang/pin" }
         assert!(message.starts_with("dojang.toml:"), "{message}");
         assert!(message.contains("line 10"), "{message}");
         assert!(message.contains("daemon"), "{message}");
+    }
+
+    #[test]
+    fn signatures_outliving_the_ds_certificate_are_refused() {
+        let tables = |signature: u32, ds: u32| {
+            format!(
+                "{GOOD}\n[pki]\ndir = \"/var/lib/dojang/pki\"\norganization = \"O\"\n\
+                 iaca_common_name = \"I\"\nissuer_alt_name = \"https://id.example.kr\"\n\
+                 crl_url = \"https://id.example.kr/iaca.crl\"\nds_validity_days = {ds}\n\n\
+                 [credential]\nissuer = \"https://id.example.kr\"\nissuing_authority = \"A\"\n\
+                 signature_validity_days = {signature}\n"
+            )
+        };
+        assert!(Config::parse(Path::new("d.toml"), &tables(90, 365)).is_ok());
+        for (signature, ds) in [(365, 365), (400, 365)] {
+            let err = Config::parse(Path::new("d.toml"), &tables(signature, ds)).unwrap_err();
+            assert!(err.to_string().contains("must be shorter"), "{err}");
+        }
     }
 
     #[test]

@@ -221,10 +221,14 @@ impl Service {
         let (registry, metrics) = (&self.node.registry, &self.node.metrics);
         let now = OffsetDateTime::now_utc();
         if let Ok(keys) = registry.keys() {
-            for k in keys
-                .iter()
-                .filter(|k| matches!(k.record.state, KeyState::Pending | KeyState::Active))
-            {
+            // DS keys only (other chains have no certificate to expire), and
+            // only those still signing: a retired key's series goes.
+            metrics.ds_expiry_seconds.reset();
+            for k in keys.iter().filter(|k| {
+                k.chain == crate::store::DS_CHAIN
+                    && !k.record.revoked
+                    && matches!(k.record.state, KeyState::Pending | KeyState::Active)
+            }) {
                 metrics
                     .ds_expiry_seconds
                     .with_label_values(&[&k.record.label])
