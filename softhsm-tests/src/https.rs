@@ -98,6 +98,39 @@ impl Target {
         }
     }
 
+    /// Makes `n` TLS connections with this target's one client
+    /// configuration (which keeps session tickets), each sending one
+    /// HTTP/1.1 request and reading the answer to its end (tickets arrive
+    /// after the handshake); how many handshakes resumed a session.
+    pub fn resumed_handshakes(&self, n: usize) -> usize {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = self.tls.clone().expect("a TLS target");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut resumed = 0;
+            for _ in 0..n {
+                let tcp = TcpStream::connect(self.addr).await.expect("connect");
+                let name = ServerName::try_from("localhost").expect("server name");
+                let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS handshake");
+                tls.write_all(b"GET /v1/credentials/nope HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                    .await
+                    .expect("request");
+                let mut answer = Vec::new();
+                let _ = tls.read_to_end(&mut answer).await;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed += 1;
+                }
+            }
+            resumed
+        })
+    }
+
     /// Opens a connection (TCP, TLS handshake, HTTP handshake).
     pub async fn connect(&self) -> Result<Connection, String> {
         let tcp = TcpStream::connect(self.addr)

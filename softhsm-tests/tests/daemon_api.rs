@@ -826,3 +826,12 @@ fn the_api_tls_key_lives_in_the_token() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("not a tls-server ES256 key"), "{err}");
 }
+
+/// A resumed TLS session would skip the client certificate's verification
+/// against today's CRLs: the mTLS listener resumes none (every handshake is
+/// a full one, the certificate checked each time).
+#[test]
+fn the_mtls_listener_resumes_no_session() {
+    let d = Daemon::start(Options::default());
+    assert_eq!(d.api_target("counter", false).resumed_handshakes(4), 0);
+}

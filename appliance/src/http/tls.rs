@@ -143,6 +143,10 @@ pub fn api_config(
         }
     };
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // No resumption: a resumed session would skip the client certificate's
+    // check against the CRLs in force now (and against a reload since).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(ListenerTls {
         config: Arc::new(config),
         officer_cas: Arc::new(officer_cas),
