@@ -12,16 +12,21 @@
 #![forbid(unsafe_code)]
 
 pub mod calendar;
+mod clients;
+mod duration;
 mod evaluate;
+mod officers;
 mod policy;
 pub mod resident_number;
 
+pub use duration::parse_duration;
 pub use evaluate::{
     Decision, Denial, DenialKind, IssuanceRequest, Obligations, Outcome, RegistryFacts, RuleResult,
 };
+pub use officers::OfficerRules;
 pub use policy::{
-    ChannelRule, ClientRule, CredentialFormat, DsRevocation, KeyRules, OfficerRules, Pilot, Policy,
-    PolicyError, ProfileRule, Role, parse_duration,
+    ChannelRule, ClientRule, CredentialFormat, DsRevocation, KeyRules, Pilot, Policy, PolicyError,
+    ProfileRule, Role,
 };
 
 /// The shipped policy file's text.
