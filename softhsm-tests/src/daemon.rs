@@ -612,11 +612,25 @@ impl Daemon {
             .iter()
             .map(|name| self.sign_first_policy(name))
             .collect();
-        let policy = self.policy.display().to_string();
-        let mut args = vec!["policy", "adopt-first", policy.as_str()];
-        let names: Vec<String> = signatures.iter().map(|p| p.display().to_string()).collect();
-        args.extend(names.iter().map(String::as_str));
-        let _ = self.ctl(&args);
+        let out = self.record_first_policy(&signatures);
+        assert!(
+            out.status.success(),
+            "policy adopt-first: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `dojangctl policy adopt-first` of the policy file with `signatures`
+    /// (sign-first files), as it ended (which a test may expect to fail).
+    pub fn record_first_policy(&self, signatures: &[PathBuf]) -> std::process::Output {
+        self.command("dojangctl")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["policy", "adopt-first"])
+            .arg(&self.policy)
+            .args(signatures)
+            .output()
+            .expect("dojangctl")
     }
 
     /// `dojangctl` as officer `name` against this daemon's API (over mTLS),

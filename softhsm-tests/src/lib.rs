@@ -388,6 +388,28 @@ pub fn dojangctl(token: &SoftHsmToken, args: &[&str]) -> std::process::Output {
         .expect("run dojangctl")
 }
 
+/// A software P-256 key: an insider's own, or an officer's stand-in where a
+/// test signs in-process.
+pub fn p256_key() -> openssl::pkey::PKey<openssl::pkey::Private> {
+    let group =
+        openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).expect("P-256");
+    openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).expect("key"))
+        .expect("key")
+}
+
+/// An ES256 signature of `message` by `key` as an officer's token makes
+/// one for the daemon: base64url of raw `r || s`.
+pub fn es256_signature(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    message: &[u8],
+) -> String {
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key).expect("signer");
+    let der = signer.sign_oneshot_to_vec(message).expect("signature");
+    let raw = pkcs11_shim::ecdsa_der_to_raw(&der, 32).expect("raw signature");
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
+}
+
 /// The serial numbers a CRL lists (empty if it lists none).
 pub fn crl_serials(crl: &openssl::x509::X509CrlRef) -> Vec<Vec<u8>> {
     crl.get_revoked()

@@ -505,15 +505,7 @@ fn the_first_policy_is_adopted_by_its_officers_not_by_a_first_start() {
         .unwrap();
     // One officer's signature is not enough.
     let kim = d.sign_first_policy("kim");
-    let short = d
-        .command("dojangctl")
-        .arg("--config")
-        .arg(&d.config)
-        .args(["policy", "adopt-first"])
-        .arg(&d.policy)
-        .arg(&kim)
-        .output()
-        .unwrap();
+    let short = d.record_first_policy(&[kim]);
     assert!(!short.status.success());
     assert!(
         String::from_utf8_lossy(&short.stderr).contains("1 of 2"),
@@ -523,16 +515,10 @@ fn the_first_policy_is_adopted_by_its_officers_not_by_a_first_start() {
     d.spawn();
     assert_eq!(d.ops_client().get("/readyz").status, 200, "{}", d.log());
     // Signed now: a second ceremony cannot replace it.
-    let again = d
-        .command("dojangctl")
-        .arg("--config")
-        .arg(&d.config)
-        .args(["policy", "adopt-first"])
-        .arg(&d.policy)
-        .arg(d.scratch().join("first-policy-kim.json"))
-        .arg(d.scratch().join("first-policy-lee.json"))
-        .output()
-        .unwrap();
+    let again = d.record_first_policy(&[
+        d.scratch().join("first-policy-kim.json"),
+        d.scratch().join("first-policy-lee.json"),
+    ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("later policies are proposed"));
 }

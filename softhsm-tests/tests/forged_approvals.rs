@@ -13,13 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use dojang::keys::order::{Adoption, CanonicalProposal, FirstPolicy};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 mod insider;
 
 use insider::{metric, Insider};
@@ -29,18 +25,7 @@ const KIM: &str = "spiffe://mois.go.kr/officer/kim";
 const LEE: &str = "spiffe://mois.go.kr/officer/lee";
 const PARK: &str = "spiffe://mois.go.kr/officer/park";
 
-/// A P-256 key of the insider's own.
-fn insider_key() -> PKey<Private> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-}
-
-/// An ES256 signature (base64url raw r || s), as an officer's token makes.
-fn sign(key: &PKey<Private>, message: &[u8]) -> String {
-    let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), key).unwrap();
-    let der = signer.sign_oneshot_to_vec(message).unwrap();
-    URL_SAFE_NO_PAD.encode(pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap())
-}
+use softhsm_tests::{es256_signature as sign, p256_key as insider_key};
 
 /// Officer kim opens a revocation of ds-1 over the API (unsigned yet).
 fn open_revocation(d: &Daemon, reason: &str) -> String {

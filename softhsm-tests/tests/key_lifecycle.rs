@@ -27,14 +27,15 @@ static SOFT_OFFICERS: std::sync::OnceLock<
 
 fn soft_officers() -> &'static [(String, openssl::pkey::PKey<openssl::pkey::Private>); 2] {
     SOFT_OFFICERS.get_or_init(|| {
-        let key = || {
-            let group =
-                openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
-            openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap()
-        };
         [
-            ("spiffe://test/officer/a".to_owned(), key()),
-            ("spiffe://test/officer/b".to_owned(), key()),
+            (
+                "spiffe://test/officer/a".to_owned(),
+                softhsm_tests::p256_key(),
+            ),
+            (
+                "spiffe://test/officer/b".to_owned(),
+                softhsm_tests::p256_key(),
+            ),
         ]
     })
 }
@@ -50,7 +51,6 @@ fn with_soft_officers(policy: String) -> String {
 /// An emergency revocation of `key` signed by the two software officers
 /// under the adopted policy, kept as the daemon keeps an order it carries out.
 fn keep_signed_revocation(registry: &dyn Registry, key: &dojang::store::StoredKey) {
-    use base64::Engine;
     use dojang::keys::approvals::{DualControl, KeyTarget, Operation};
     let hash = registry
         .document(dojang::store::POLICY_DOCUMENT)
@@ -82,14 +82,9 @@ fn keep_signed_revocation(registry: &dyn Registry, key: &dojang::store::StoredKe
     });
     let message = dojang::keys::order::CanonicalProposal::of(&order).bytes();
     for (who, pkey) in soft_officers() {
-        let mut signer =
-            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), pkey).unwrap();
-        let der = signer.sign_oneshot_to_vec(&message).unwrap();
-        let raw = pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap();
-        let _ = order.signatures.insert(
-            who.clone(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
-        );
+        let _ = order
+            .signatures
+            .insert(who.clone(), softhsm_tests::es256_signature(pkey, &message));
     }
     registry
         .set_document(

@@ -258,7 +258,7 @@ impl Officers {
             .find(label)
             .ok()
             .and_then(|k| k.kid())
-            .or_else(|| row.and_then(certificate_kid))
+            .or_else(|| row.and_then(StoredKey::certificate_kid))
             .or_else(|| row.map(|k| k.kid.clone()))
     }
 
@@ -307,17 +307,4 @@ impl Officers {
         }
         Ok(())
     }
-}
-
-/// The kid of a DS key's certificate (the IACA signed it; a row's kid is
-/// only a row).
-fn certificate_kid(key: &StoredKey) -> Option<String> {
-    let der = key.certificate.as_deref()?;
-    let spki = openssl::x509::X509::from_der(der)
-        .and_then(|c| c.public_key())
-        .and_then(|k| k.public_key_to_der())
-        .ok()?;
-    pkcs11_shim::PublicKey::from_spki_der(&spki)
-        .ok()
-        .map(|k| k.kid())
 }

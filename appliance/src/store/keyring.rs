@@ -67,6 +67,22 @@ pub struct StoredKey {
     pub revocation: Option<(String, OffsetDateTime)>,
 }
 
+impl StoredKey {
+    /// The kid of the key its DS certificate certifies: the IACA signed
+    /// that, while the row's `kid` is only a row. `None` without a
+    /// certificate, or an unreadable one.
+    pub fn certificate_kid(&self) -> Option<String> {
+        let der = self.certificate.as_deref()?;
+        let spki = openssl::x509::X509::from_der(der)
+            .and_then(|c| c.public_key())
+            .and_then(|k| k.public_key_to_der())
+            .ok()?;
+        pkcs11_shim::PublicKey::from_spki_der(&spki)
+            .ok()
+            .map(|k| k.kid())
+    }
+}
+
 /// A proposal with the version its row had when read (updates check it).
 #[derive(Debug, Clone)]
 pub struct StoredProposal {

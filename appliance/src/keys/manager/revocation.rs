@@ -59,13 +59,7 @@ fn revocation_order(
         matches!(&proposal.operation, Operation::EmergencyRevoke { label: l, .. } if l == label);
     // The certificate's own key, not the row's kid: a row can be edited.
     let kid = match &key.certificate {
-        Some(der) => openssl::x509::X509::from_der(der)
-            .and_then(|c| c.public_key())
-            .and_then(|k| k.public_key_to_der())
-            .ok()
-            .and_then(|spki| pkcs11_shim::PublicKey::from_spki_der(&spki).ok())
-            .map(|k| k.kid())
-            .ok_or("unreadable certificate")?,
+        Some(_) => key.certificate_kid().ok_or("unreadable certificate")?,
         None => key.kid.clone(),
     };
     if !names_it || proposal.target.as_ref().is_none_or(|t| t.kid != kid) {
