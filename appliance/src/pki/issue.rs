@@ -17,7 +17,7 @@ use super::der::{
 };
 use super::error::PkiError;
 use super::profile::{self, CertFacts};
-use super::signer::HsmKey;
+use super::signer::{HsmKey, SubjectKey};
 use crate::config::PkiConfig;
 
 /// A positive serial with 127 random bits (Annex B asks for at least 63).
@@ -31,8 +31,8 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 /// RFC 5280 §4.2.1.2 method (1): SHA-1 over the subjectPublicKey bits,
 /// the value ISO 18013-5 Annex B validators recompute and compare (RFC
 /// 7093's truncated SHA-256, used before, is refused by them).
-fn key_identifier(key: &HsmKey<'_>) -> Vec<u8> {
-    openssl::sha::sha1(key.public_key().raw()).to_vec()
+fn key_identifier(key: &pkcs11_shim::PublicKey) -> Vec<u8> {
+    openssl::sha::sha1(key.raw()).to_vec()
 }
 
 fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
@@ -86,7 +86,7 @@ fn iaca_issuer<'a, 'k>(
         iaca_facts
             .ski
             .clone()
-            .unwrap_or_else(|| key_identifier(iaca)),
+            .unwrap_or_else(|| key_identifier(iaca.public_key())),
     );
     Ok(Issuer::new(params, iaca))
 }
@@ -122,7 +122,7 @@ pub fn issue_iaca(
     params.not_after = params.not_before + Duration::days(i64::from(config.iaca_validity_days));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(iaca));
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(iaca.public_key()));
     params.crl_distribution_points = crl_distribution(config);
     params.custom_extensions = vec![issuer_alt_name(config)];
     let der = params
@@ -136,14 +136,33 @@ pub fn issue_iaca(
     Ok((der, facts))
 }
 
-/// Issues a DS certificate for `ds`'s key, signed by the IACA key, which
-/// must be the key of `iaca_der`.
+/// Issues a DS certificate for `ds`'s key, valid from now, signed by the
+/// IACA key, which must be the key of `iaca_der`.
 pub fn issue_ds(
     config: &PkiConfig,
     iaca_der: &[u8],
     iaca: &HsmKey<'_>,
     ds: &HsmKey<'_>,
     now: OffsetDateTime,
+) -> Result<(Vec<u8>, CertFacts), PkiError> {
+    let subject = SubjectKey::new(ds.public_key().clone())?;
+    let not_before = whole_seconds(now);
+    let window = (
+        not_before,
+        not_before + Duration::days(i64::from(config.ds_validity_days)),
+    );
+    issue_ds_for(config, iaca_der, iaca, (ds.label(), &subject), window)
+}
+
+/// Issues a DS certificate for the key `subject` (its label names it in
+/// the subject), valid over `window` cut to the IACA's end, signed by the
+/// IACA key, which must be the key of `iaca_der`.
+pub fn issue_ds_for(
+    config: &PkiConfig,
+    iaca_der: &[u8],
+    iaca: &HsmKey<'_>,
+    (label, subject): (&str, &SubjectKey),
+    (not_before, not_after): (OffsetDateTime, OffsetDateTime),
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
     super::error::validated(config)?;
     let iaca_facts = profile::check_iaca(iaca_der)?;
@@ -162,20 +181,17 @@ pub fn issue_ds(
     let issuer = iaca_issuer(config, iaca, &iaca_facts)?;
 
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(
-        config,
-        &format!("{} DS {}", config.iaca_common_name, ds.label()),
-    )?;
+    params.distinguished_name = name(config, &format!("{} DS {label}", config.iaca_common_name))?;
     params.serial_number = Some(random_serial()?);
-    params.not_before = whole_seconds(now);
-    params.not_after = params.not_before + Duration::days(i64::from(config.ds_validity_days));
+    params.not_before = whole_seconds(not_before);
+    params.not_after = whole_seconds(not_after);
     if params.not_after > iaca_facts.not_after {
         // A DS certificate must not outlive its root.
         params.not_after = iaca_facts.not_after;
     }
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(ds));
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject.public_key()));
     params.use_authority_key_identifier_extension = true;
     params.crl_distribution_points = crl_distribution(config);
     let mut eku = CustomExtension::from_oid_content(OID_EXT_KEY_USAGE, eku_mdl_ds());
@@ -184,11 +200,11 @@ pub fn issue_ds(
     // Annex B does not give a DS certificate: add it ourselves.
     let ski = CustomExtension::from_oid_content(
         OID_SUBJECT_KEY_IDENTIFIER,
-        tlv(0x04, &key_identifier(ds)),
+        tlv(0x04, &key_identifier(subject.public_key())),
     );
     params.custom_extensions = vec![ski, issuer_alt_name(config), eku];
     let der = params
-        .signed_by(ds, &issuer)
+        .signed_by(subject, &issuer)
         .map_err(|e| PkiError::Build(e.to_string()))?
         .der()
         .to_vec();
@@ -230,7 +246,7 @@ pub fn issue_crl(
             iaca_facts
                 .ski
                 .clone()
-                .unwrap_or_else(|| key_identifier(iaca)),
+                .unwrap_or_else(|| key_identifier(iaca.public_key())),
         ),
     };
     let crl = params

@@ -7,15 +7,18 @@
 //! file name is its key's label, which ties the two together.
 
 pub mod ceremony;
+mod csr;
 mod der;
 mod error;
+pub mod exchange;
 mod issue;
 pub mod profile;
 mod signer;
 mod store;
 
 pub use crate::config::PkiConfig;
+pub use csr::{certificate_request, requested_key};
 pub use error::PkiError;
-pub use issue::{issue_crl, issue_ds, issue_iaca};
-pub use signer::HsmKey;
+pub use issue::{issue_crl, issue_ds, issue_ds_for, issue_iaca};
+pub use signer::{HsmKey, SubjectKey};
 pub use store::{DsCertificate, PkiStore, cert_der_from_pem, cert_pem};

@@ -38,16 +38,7 @@ impl<'a> HsmKey<'a> {
         let public = info
             .public_key
             .ok_or_else(|| PkiError::Invalid(format!("key {label:?} is not a signing key")))?;
-        let algorithm = match info.algorithm {
-            Algorithm::Es256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Algorithm::Es384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-            Algorithm::EdDsa => &rcgen::PKCS_ED25519,
-            other => {
-                return Err(PkiError::Invalid(format!(
-                    "{other} cannot sign certificates"
-                )));
-            }
-        };
+        let algorithm = signature_algorithm(info.algorithm)?;
         Ok(HsmKey {
             backend,
             label: label.to_owned(),
@@ -65,6 +56,48 @@ impl<'a> HsmKey<'a> {
     /// The key's label.
     pub fn label(&self) -> &str {
         &self.label
+    }
+}
+
+/// The key a certificate is issued for, known by its public half only:
+/// a DS key in the online token, certified at an offline ceremony from
+/// its certificate request.
+pub struct SubjectKey {
+    public: PublicKey,
+    algorithm: &'static SignatureAlgorithm,
+}
+
+fn signature_algorithm(algorithm: Algorithm) -> Result<&'static SignatureAlgorithm, PkiError> {
+    match algorithm {
+        Algorithm::Es256 => Ok(&rcgen::PKCS_ECDSA_P256_SHA256),
+        Algorithm::Es384 => Ok(&rcgen::PKCS_ECDSA_P384_SHA384),
+        Algorithm::EdDsa => Ok(&rcgen::PKCS_ED25519),
+        other => Err(PkiError::Invalid(format!(
+            "{other} cannot sign certificates"
+        ))),
+    }
+}
+
+impl SubjectKey {
+    /// The key `public`.
+    pub fn new(public: PublicKey) -> Result<Self, PkiError> {
+        let algorithm = signature_algorithm(public.algorithm())?;
+        Ok(SubjectKey { public, algorithm })
+    }
+
+    /// Its public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+}
+
+impl PublicKeyData for SubjectKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.public.raw()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.algorithm
     }
 }
 
