@@ -68,6 +68,11 @@ organization = "Dojang Demo Issuing Authority"
 iaca_common_name = "Dojang Demo IACA"
 issuer_alt_name = "https://dojang.example.kr"
 crl_url = "http://127.0.0.1:8080/iaca.crl"
+# The IACA key lives in an offline token no daemon configuration names
+# (.demo/offline here; an offline HSM in production): officers' ceremonies
+# certify the DS keys the daemon generates ahead of need.
+iaca_custody = "offline"
+spare_keys = 2
 
 [credential]
 issuer = "https://dojang.example.kr"
@@ -105,9 +110,36 @@ TOML
 
 ctl() { "$bin/dojangctl" --config "$state/dojang.toml" "$@"; }
 
-echo "== key ceremony: IACA root and first document signer, keys born in the token"
+# The offline IACA token: a SoftHSM configuration the daemon never sees.
+offline="$state/offline"
+mkdir -p "$offline/tokens"
+if [ ! -f "$offline/softhsm2.conf" ]; then
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$offline/tokens" > "$offline/softhsm2.conf"
+  (umask 077; openssl rand -hex 8 > "$offline/pin"; openssl rand -hex 8 > "$offline/so-pin")
+  SOFTHSM2_CONF="$offline/softhsm2.conf" softhsm2-util --init-token --free --label dojang-iaca \
+    --pin "$(cat "$offline/pin")" --so-pin "$(cat "$offline/so-pin")" >/dev/null
+fi
+# A ceremony: the record, kim's and lee's signatures with their own tokens,
+# then the offline IACA token acts (only with M pinned officers' signatures).
+ceremony() {
+  local name=$1; shift
+  local request=""; [ "${1:-}" = "--request" ] && request=$2
+  ctl ceremony record --policy "$state/policy.toml" --out "$state/$name-record.json" "$@"
+  local digest
+  digest=$(python3 -c 'import hashlib,json,sys; r=json.load(open(sys.argv[1])); print(hashlib.sha256(json.dumps(r,separators=(",",":"),ensure_ascii=False).encode()).hexdigest())' "$state/$name-record.json")
+  for who in kim lee; do
+    officer_token "$who" --config "$state/dojang.toml" ceremony sign "$state/$name-record.json" \
+      --policy "$state/policy.toml" --out "$state/$name-$who.sig" --expect "$digest"
+  done
+  SOFTHSM2_CONF="$offline/softhsm2.conf" ctl ceremony run "$state/$name-record.json" \
+    "$state/$name-kim.sig" "$state/$name-lee.sig" --policy "$state/policy.toml" \
+    --iaca-token dojang-iaca --iaca-module "$module" --iaca-pin-file "$offline/pin" \
+    --out "$state/$name-response.json" ${request:+--request "$request"}
+}
+
 if [ ! -f "$state/pki/iaca.pem" ]; then
-  ctl pki init
+  echo "== root ceremony on the offline token dojang-iaca: officers kim and lee present"
+  ceremony root --root
 else
   echo "(reusing $state/pki)"
 fi
@@ -145,9 +177,15 @@ echo
 echo "== keys in the token"
 ctl keys list
 echo
-echo "== certificates"
+echo "== the IACA root (its private key is only in the offline token)"
 openssl x509 -in "$state/pki/iaca.pem" -noout -subject -dates
-openssl verify -x509_strict -CAfile "$state/pki/iaca.pem" "$state/pki/ds/ds-1.pem"
+echo "-- private keys in the daemon's token dojang-demo (pkcs11-tool): no IACA key"
+pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
+  --list-objects --type privkey 2>/dev/null | grep -E "^ +label:" | sort
+if pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
+  --list-objects --type privkey 2>/dev/null | grep -qE "label: +iaca"; then
+  echo "demo: the daemon's token holds an IACA key"; exit 1
+fi
 
 echo
 echo "== starting dojangd (log: $state/dojangd.log)"
@@ -158,11 +196,40 @@ fi
 nohup "$bin/dojangd" serve --config "$state/dojang.toml" >> "$state/dojangd.log" 2>&1 &
 echo $! > "$state/dojangd.pid"
 for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:9464/readyz >/dev/null && break
+  curl -sf http://127.0.0.1:9464/healthz >/dev/null && break
   kill -0 "$(cat "$state/dojangd.pid")" 2>/dev/null || { echo "dojangd exited:"; tail -20 "$state/dojangd.log"; exit 1; }
   sleep 0.1
 done
-curl -sf http://127.0.0.1:9464/readyz; echo
+officer() { local who=$1; shift; "$bin/dojangctl" --config "$state/dojang.toml" --api https://localhost:8443 \
+  --ca "$state/tls/ca.pem" --officer-cert "$state/tls/$who.pem" --officer-key "$state/tls/$who.key" "$@"; }
+if [ -f "$state/root-response.json" ] && [ ! -f "$state/root-response.imported" ]; then
+  echo "== the root ceremony's record goes into the audit log"
+  officer kim ceremony import "$state/root-response.json" && touch "$state/root-response.imported"
+fi
+sleep 1
+if ! curl -sf http://127.0.0.1:9464/readyz >/dev/null; then
+  echo "== DS ceremony: the daemon generated its spare DS keys in its token; officer kim exports the request"
+  for _ in $(seq 50); do
+    officer kim ceremony request --out "$state/ds-request.json" >/dev/null
+    python3 -c 'import json,sys; sys.exit(len(json.load(open(sys.argv[1]))["keys"]) < 3)' "$state/ds-request.json" && break
+    sleep 0.2
+  done
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("request %s: %s" % (r["id"], ", ".join(k["label"] for k in r["keys"])))' "$state/ds-request.json"
+  echo "-- at the offline IACA: officers kim and lee sign the record; the IACA certifies the keys and signs a CRL"
+  ceremony ds --request "$state/ds-request.json"
+  echo "-- back online: the daemon verifies the response (officers, chain, profile, keys, windows) and imports it"
+  officer kim ceremony import "$state/ds-response.json"
+  python3 -c 'import base64,json,sys; c=json.load(open(sys.argv[1]))["certificates"][0]["certificate"]
+open(sys.argv[2],"w").write("-----BEGIN CERTIFICATE-----\n"+"\n".join(c[i:i+64] for i in range(0,len(c),64))+"\n-----END CERTIFICATE-----\n")' \
+    "$state/ds-response.json" "$state/ds-certified.pem"
+  openssl verify -x509_strict -CAfile "$state/pki/iaca.pem" "$state/ds-certified.pem"
+fi
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:9464/readyz >/dev/null && break
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:9464/readyz || { echo; echo "demo: dojangd is not ready:"; curl -s http://127.0.0.1:9464/readyz; tail -20 "$state/dojangd.log"; exit 1; }
+echo
 
 # A request the way a backend sends one: holder data, the phone's public key
 # (JWK), channel, office, card evidence. Fictional holders with random
@@ -223,8 +290,6 @@ curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$st
   --origin dojang.example.kr/demo-audit --allow-unsigned-tail
 echo
 echo "== the key chains (document signer, status list, audit), as security officer kim sees them over mTLS"
-officer() { local who=$1; shift; "$bin/dojangctl" --api https://localhost:8443 --ca "$state/tls/ca.pem" \
-  --officer-cert "$state/tls/$who.pem" --officer-key "$state/tls/$who.key" "$@"; }
 officer kim keys list
 echo
 cat <<MSG

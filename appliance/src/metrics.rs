@@ -34,6 +34,10 @@ pub struct Metrics {
     /// Seconds until the served CRL's nextUpdate (negative once past):
     /// verifiers refuse DS certificates whose CRL expired.
     pub crl_next_update_seconds: IntGauge,
+    /// DS keys in the spare pool (offline IACA), by state: `certified`
+    /// (ready for the next scheduled rotations), `uncertified` (waiting for
+    /// a ceremony), `emergency` (certified and published, 0 or 1).
+    pub ds_spare_keys: IntGaugeVec,
     /// Key lifecycle actions this node carried out, by action and outcome.
     pub key_actions: IntCounterVec,
     /// Officer proposal steps, by step and outcome.
@@ -141,6 +145,12 @@ impl Metrics {
             "dojang_crl_next_update_seconds",
             "Seconds until the served IACA CRL's nextUpdate (negative once past).",
         );
+        let ds_spare_keys = gauge_vec(
+            &r,
+            "dojang_ds_spare_keys",
+            "DS keys in the spare pool by state (certified, uncertified, emergency).",
+            &["state"],
+        );
         let (issuance_seconds, issuances, denials, hsm_operations, hsm_seconds, queue_depth) =
             Self::issuance(&r);
         let (
@@ -172,6 +182,7 @@ impl Metrics {
             officer_steps,
             orders_refused,
             crl_next_update_seconds,
+            ds_spare_keys,
             last_order_refused: std::sync::Mutex::new((0, None)),
             keys_retained_in_token,
             status_list_signatures,

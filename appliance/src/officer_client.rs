@@ -68,14 +68,26 @@ impl OfficerClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        let bytes = self.call_bytes(method, path, body)?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// [`call`](Self::call), answering the body's bytes as sent (a
+    /// ceremony request is named by the SHA-256 of exactly these).
+    pub fn call_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Bytes> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let (status, bytes) = runtime.block_on(self.send(method, path, body))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if (200..300).contains(&status) {
-            return Ok(value);
+            return Ok(bytes);
         }
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
         bail!(
             "refused: {status} {}{}: {}",

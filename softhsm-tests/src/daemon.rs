@@ -70,6 +70,10 @@ pub struct Options {
     /// Adopt the policy at a key ceremony before the first start (the
     /// first M officers sign it; false: no policy adopted).
     pub adopt_policy: bool,
+    /// The IACA in an offline token (`pki.iaca_custody = "offline"`): a
+    /// root ceremony instead of `pki init`, then, once the daemon runs, a
+    /// ceremony certifying its spare DS keys (officers kim and lee).
+    pub offline_iaca: bool,
 }
 
 impl Default for Options {
@@ -87,6 +91,7 @@ impl Default for Options {
             pki_init: true,
             adopt_policy: true,
             tls_key_in_token: false,
+            offline_iaca: false,
         }
     }
 }
@@ -140,6 +145,9 @@ pub struct Daemon {
     /// The officers' own tokens: one SoftHSM configuration of its own (the
     /// daemon never sees it), a token per officer.
     officers: std::sync::Arc<SoftHsmToken>,
+    /// The offline IACA token (`Options::offline_iaca`): its own SoftHSM
+    /// configuration, which the daemon's never names.
+    pub(crate) offline: Option<SoftHsmToken>,
 }
 
 /// Three loopback addresses: api, public, ops.
@@ -353,7 +361,7 @@ impl Daemon {
         let token = SoftHsmToken::create("dojangd");
         let scratch = token.scratch().to_owned();
         let base = crate::write_config(&token);
-        if options.pki_init {
+        if options.pki_init && !options.offline_iaca {
             run_ctl(&token, &base, &["pki", "init"]);
         }
         for (label, purpose, alg) in [
@@ -433,6 +441,9 @@ impl Daemon {
                 format!("private_key = \"{}/server.key\"", tls.display())
             },
         ));
+        if options.offline_iaca {
+            text = text.replace(crate::ONLINE_IACA, crate::OFFLINE_IACA);
+        }
         let config = scratch.join("dojangd.toml");
         write(&config, &text);
         let mut daemon = Daemon {
@@ -447,6 +458,9 @@ impl Daemon {
             log: scratch.join("dojangd.log"),
             env: options.env,
             officers,
+            offline: options
+                .offline_iaca
+                .then(|| SoftHsmToken::create("dojang-iaca")),
         };
         if options.adopt_policy {
             // As many officers as the policy needs sign it.
@@ -457,8 +471,14 @@ impl Daemon {
             let signers: Vec<&str> = OFFICERS.iter().take(needed).map(|(n, _)| *n).collect();
             daemon.adopt_first_policy(&signers);
         }
+        if options.offline_iaca {
+            let _ = daemon.root_ceremony();
+        }
         if options.spawn {
             daemon.spawn();
+            if options.offline_iaca && options.adopt_policy {
+                daemon.first_ds_ceremony();
+            }
         }
         daemon
     }
@@ -480,8 +500,9 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(command.spawn().expect("spawn dojangd"));
-        // Without an IACA the daemon runs but cannot be ready.
-        let path = if self.scratch().join("pki/iaca.pem").exists() {
+        // Without an IACA the daemon runs but cannot be ready; with an
+        // offline one, not before a ceremony certified a DS key.
+        let path = if self.scratch().join("pki/iaca.pem").exists() && self.offline.is_none() {
             "/readyz"
         } else {
             "/healthz"
@@ -875,6 +896,7 @@ impl Daemon {
             log: self.scratch().join(format!("{node_id}.log")),
             env: self.env.clone(),
             officers: self.officers.clone(),
+            offline: None,
         };
         daemon.spawn();
         daemon

@@ -15,6 +15,7 @@
 // only move each panic into an `.unwrap()` at every call site in tests/.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod ceremony;
 pub mod daemon;
 pub mod https;
 pub mod ports;
@@ -352,6 +353,13 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The `[pki]` line of the suites written before the IACA went offline:
+/// they certify DS keys with the IACA key in the daemon's token (`pki init`,
+/// online rotation). The offline suite replaces it ([`OFFLINE_IACA`]).
+pub const ONLINE_IACA: &str = "iaca_custody = \"online\"";
+/// The `[pki]` line of the offline IACA (the default).
+pub const OFFLINE_IACA: &str = "iaca_custody = \"offline\"";
+
 /// Writes a `dojang.toml` for `token` into its scratch dir and returns its
 /// path: the key backend, a `[pki]` under `scratch/pki` and a `[credential]`.
 pub fn write_config(token: &SoftHsmToken) -> PathBuf {
@@ -359,7 +367,7 @@ pub fn write_config(token: &SoftHsmToken) -> PathBuf {
     let pki = format!(
         "\n[pki]\ndir = \"{}\"\norganization = \"Ministry of the Interior and Safety\"\n\
          iaca_common_name = \"Dojang Test IACA\"\nissuer_alt_name = \"https://id.example.kr\"\n\
-         crl_url = \"https://id.example.kr/iaca.crl\"\n\n[credential]\nissuer = \"https://id.example.kr\"\n\
+         crl_url = \"https://id.example.kr/iaca.crl\"\n{ONLINE_IACA}\n\n[credential]\nissuer = \"https://id.example.kr\"\n\
          issuing_authority = \"서울특별시 종로구청장\"\n",
         token.scratch().join("pki").display()
     );

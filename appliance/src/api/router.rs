@@ -114,7 +114,7 @@ fn check_content(route: &Route, request: &Request<Incoming>) -> Result<Option<St
             }
             Ok(None)
         }
-        Route::Refresh(_) | Route::Decide { approve: true, .. } => {
+        Route::Refresh(_) | Route::Decide { approve: true, .. } | Route::CeremonyResponse => {
             require_json(request).map(|()| None)
         }
         Route::Propose { action, .. } if matches!(*action, "rotate" | "revoke" | "policy") => {
@@ -275,6 +275,8 @@ impl Api {
                 }
                 Route::Approvals => s.officers.list_proposals(),
                 Route::Decide { id, approve } => s.officers.decide(&client, &id, approve, &body),
+                Route::CeremonyRequest => s.officers.ceremony_request(&client),
+                Route::CeremonyResponse => s.officers.ceremony_response(&client, &body),
                 Route::MethodNotAllowed | Route::NotFound => Err(Refusal::internal()),
             }
         })
@@ -365,6 +367,8 @@ mod tests {
             "/v1/pki/iaca:",
             "/v1/approvals/{id}/approve:",
             "/v1/approvals/{id}/reject:",
+            "/v1/ceremony/requests:",
+            "/v1/ceremony/responses:",
             "/.well-known/jwks.json:",
             "/.well-known/jwt-vc-issuer:",
             "/iaca.pem:",
@@ -391,6 +395,7 @@ mod tests {
             include_str!("../officers/proposals.rs"),
             include_str!("../officers/check.rs"),
             include_str!("../officers/execute.rs"),
+            include_str!("../officers/ceremony.rs"),
             include_str!("../audit/auditor.rs"),
             include_str!("../policy/state.rs"),
         ];

@@ -46,6 +46,10 @@ pub(super) enum Route {
         /// Approve, or reject.
         approve: bool,
     },
+    /// `POST /v1/ceremony/requests`: a request for the offline IACA.
+    CeremonyRequest,
+    /// `POST /v1/ceremony/responses`: the offline ceremony's response.
+    CeremonyResponse,
     /// A known prefix with another method.
     MethodNotAllowed,
     /// Nothing here.
@@ -108,6 +112,8 @@ impl Route {
                 propose("/v1/policy/change", "policy", None)
             }
             (&Method::GET, ["v1", "approvals"]) => Route::Approvals,
+            (&Method::POST, ["v1", "ceremony", "requests"]) => Route::CeremonyRequest,
+            (&Method::POST, ["v1", "ceremony", "responses"]) => Route::CeremonyResponse,
             (&Method::POST, ["v1", "approvals", id, step @ ("approve" | "reject")]) => {
                 Route::Decide {
                     id: (*id).to_owned(),
@@ -118,7 +124,7 @@ impl Route {
                 _,
                 [
                     "v1",
-                    "credentials" | "keys" | "approvals" | "policy" | "pki",
+                    "credentials" | "keys" | "approvals" | "policy" | "pki" | "ceremony",
                     ..,
                 ],
             ) => Route::MethodNotAllowed,
@@ -144,6 +150,8 @@ impl Route {
             Route::Approvals => "/v1/approvals",
             Route::Decide { approve: true, .. } => "/v1/approvals/{id}/approve",
             Route::Decide { .. } => "/v1/approvals/{id}/reject",
+            Route::CeremonyRequest => "/v1/ceremony/requests",
+            Route::CeremonyResponse => "/v1/ceremony/responses",
             Route::MethodNotAllowed | Route::NotFound => "other",
         }
     }
@@ -171,6 +179,8 @@ impl Route {
                 | Route::Refresh(_)
                 | Route::Propose { .. }
                 | Route::Decide { .. }
+                | Route::CeremonyRequest
+                | Route::CeremonyResponse
         )
     }
 
@@ -191,6 +201,8 @@ impl Route {
             Route::Approvals => (&[Officer], None),
             Route::Decide { approve: true, .. } => (&[Officer], Some("officers.approve")),
             Route::Decide { .. } => (&[Officer], Some("officers.reject")),
+            Route::CeremonyRequest => (&[Officer], Some("ceremony.request")),
+            Route::CeremonyResponse => (&[Officer], Some("ceremony.import")),
             Route::MethodNotAllowed | Route::NotFound => (&[], None),
         };
         Access { roles, audited }
@@ -270,6 +282,8 @@ mod tests {
             (&hyper::Method::GET, &["v1", "keys"]),
             (&hyper::Method::POST, &["v1", "keys", "k", "destroy"]),
             (&hyper::Method::POST, &["v1", "approvals", "p", "reject"]),
+            (&hyper::Method::POST, &["v1", "ceremony", "requests"]),
+            (&hyper::Method::POST, &["v1", "ceremony", "responses"]),
         ];
         for (method, path) in segments {
             let route = Route::parse(method, path);

@@ -8,7 +8,7 @@ pub mod server;
 mod store;
 
 pub use self::file::{Config, ConfigError, CredentialConfig, DEFAULT_CONFIG_PATH};
-pub use self::pki::PkiConfig;
+pub use self::pki::{IacaCustody, PkiConfig};
 pub use self::server::{
     ApiListener, AuditSettings, Limits, OpsListener, PublicListener, ServerConfig, ServiceKeys,
 };

@@ -39,6 +39,31 @@ pub struct PkiConfig {
     /// How long a CRL is valid (its nextUpdate).
     #[serde(default = "default_crl_days")]
     pub crl_validity_days: u32,
+    /// Where the IACA's private key lives: `offline` (the default: a token
+    /// no daemon configuration names, used in officers' ceremonies) or
+    /// `online` (the daemon's token: any holder of its PIN can mint DS
+    /// certificates; kept for deployments that have not held their first
+    /// ceremony yet).
+    #[serde(default)]
+    pub iaca_custody: IacaCustody,
+    /// Certified DS keys kept for the next scheduled rotations, besides
+    /// the published emergency spare (offline custody).
+    #[serde(default = "default_spare_keys")]
+    pub spare_keys: u32,
+    /// Readiness warns when fewer certified spares than this are left.
+    #[serde(default = "default_spare_warn")]
+    pub spare_warn_below: u32,
+}
+
+/// Where the IACA's private key lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IacaCustody {
+    /// In an offline token; DS certificates come from ceremonies.
+    #[default]
+    Offline,
+    /// In the daemon's token.
+    Online,
 }
 
 fn default_country() -> String {
@@ -55,6 +80,12 @@ fn default_ds_days() -> u32 {
 }
 fn default_crl_days() -> u32 {
     30
+}
+fn default_spare_keys() -> u32 {
+    2
+}
+fn default_spare_warn() -> u32 {
+    1
 }
 
 impl PkiConfig {
@@ -90,6 +121,17 @@ impl PkiConfig {
                 return invalid(format!("pki.{name} must be 1 to 64 characters"));
             }
         }
+        if !(1..=16).contains(&self.spare_keys) {
+            return invalid("pki.spare_keys must be 1 to 16".into());
+        }
+        if self.spare_warn_below > self.spare_keys {
+            return invalid("pki.spare_warn_below must not exceed pki.spare_keys".into());
+        }
         pkcs11_shim::validate_label(&self.iaca_key).map_err(|e| format!("pki.iaca_key: {e}"))
+    }
+
+    /// Whether the IACA key is in an offline token (ceremonies certify DS keys).
+    pub fn offline(&self) -> bool {
+        self.iaca_custody == IacaCustody::Offline
     }
 }

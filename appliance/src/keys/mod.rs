@@ -7,6 +7,7 @@
 //! the view of who signs ([`view`]).
 
 pub mod approvals;
+pub mod ceremony;
 pub mod lifecycle;
 pub mod manager;
 pub mod order;

@@ -26,6 +26,19 @@ pub struct ScheduledSigner {
     pub signer: Arc<DocumentSigner<'static>>,
 }
 
+/// What the pool holds, for readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Whether the IACA is offline (else there is no pool).
+    pub offline: bool,
+    /// Certified spares for scheduled rotations.
+    pub certified: usize,
+    /// Spares waiting for a ceremony.
+    pub uncertified: usize,
+    /// The published emergency spare.
+    pub emergency: Option<String>,
+}
+
 /// What the registry's keys give the listeners (swapped whole).
 pub struct KeyView {
     /// Signers by activation, oldest first.
@@ -55,6 +68,10 @@ pub struct KeyView {
     pub iaca_pem: Option<Vec<u8>>,
     /// IACA certificate (DER) and what the profile check read off it.
     pub iaca: Option<Arc<(Vec<u8>, CertFacts)>>,
+    /// The DS spare pool (IACA offline).
+    pub spares: PoolStatus,
+    /// Revoked DS keys (labels) the served CRL does not list yet.
+    pub unlisted_revocations: Vec<String>,
 }
 
 impl KeyView {
@@ -111,6 +128,8 @@ impl KeyView {
             fingerprint: String::new(),
             iaca_pem: None,
             iaca: None,
+            spares: PoolStatus::default(),
+            unlisted_revocations: Vec::new(),
         }
     }
 }
@@ -144,7 +163,7 @@ pub(crate) fn no_certificate_end(now: OffsetDateTime) -> OffsetDateTime {
 }
 
 /// The states and revocations of every key, to notice a change.
-pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>) -> String {
+pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>, pool: Option<&str>) -> String {
     let mut text = String::new();
     for k in keys {
         text.push_str(&format!(
@@ -158,6 +177,10 @@ pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>) -> String {
     text.push_str(&format!("crl:{}", crl.map_or(0, str::len)));
     if let Some(crl) = crl {
         text.push_str(&hex(&openssl::sha::sha256(crl.as_bytes())));
+    }
+    if let Some(pool) = pool {
+        text.push_str(";pool:");
+        text.push_str(&hex(&openssl::sha::sha256(pool.as_bytes())));
     }
     text
 }

@@ -264,6 +264,14 @@ impl Officers {
 
     /// The IACA is generated once: any trace of a root refuses another.
     fn check_no_iaca(&self, keys: &[StoredKey]) -> Result<(), Refusal> {
+        if self.keys.pki_config().offline() {
+            return Err(Refusal::new(
+                Class::Conflict,
+                "iaca_offline",
+                "the IACA is offline (pki.iaca_custody = \"offline\"): it is created at a root ceremony on the offline token (dojangctl ceremony), never in this daemon's token",
+            )
+            .with_rule("pki.iaca_custody"));
+        }
         // Any trace of a root: loaded here, kept in the registry,
         // its key in the token, or DS keys (certified by one).
         let exists = self.keys.view().iaca.is_some()

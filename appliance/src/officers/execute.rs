@@ -260,6 +260,12 @@ impl Officers {
     /// The IACA key and root certificate in the token, kept in the registry
     /// for every node, then a first DS key signing at once.
     fn generate_iaca(&self, now: OffsetDateTime) -> Result<String, String> {
+        if self.keys.pki_config().offline() {
+            return Err(
+                "the IACA is offline (pki.iaca_custody = \"offline\"): it is created at a root ceremony on the offline token (dojangctl ceremony), never in this daemon's token"
+                    .into(),
+            );
+        }
         let (der, facts) = self
             .node
             .metrics

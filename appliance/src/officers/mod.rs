@@ -3,6 +3,7 @@
 //! (`check`), and carrying approved operations out (`execute`).
 
 mod answers;
+mod ceremony;
 mod check;
 mod execute;
 mod proposals;

@@ -113,6 +113,27 @@ fn orders_check(metrics: &crate::metrics::Metrics) -> Check {
     )
 }
 
+/// The DS spare pool while the IACA is offline: ready below the threshold
+/// (the active key still signs), with a warning that a ceremony is due;
+/// the gauge is set where the view is built.
+pub(super) fn spare_check(spares: &crate::keys::view::PoolStatus, warn_below: u32) -> Check {
+    let detail = format!(
+        "{} certified for scheduled rotations, {} waiting for a ceremony, emergency spare {}",
+        spares.certified,
+        spares.uncertified,
+        spares.emergency.as_deref().unwrap_or("none")
+    );
+    let low = spares.certified < warn_below as usize || spares.emergency.is_none();
+    check(
+        "spare_pool",
+        Ok(if low {
+            format!("WARNING: {detail}: hold a ceremony (dojangctl ceremony request)")
+        } else {
+            detail
+        }),
+    )
+}
+
 impl ReadinessProbe {
     fn crl(&self, current: &Current, now: OffsetDateTime) -> Check {
         let (check, left) = crl_check(
@@ -123,7 +144,18 @@ impl ReadinessProbe {
         if let Some(left) = left {
             self.node.metrics.crl_next_update_seconds.set(left);
         }
-        check
+        match (&current.keys.unlisted_revocations[..], check) {
+            ([], check) => check,
+            (labels, Check { ok: true, .. }) => Check {
+                name: "crl",
+                ok: true,
+                detail: format!(
+                    "WARNING: revoked DS key(s) {} not on the served CRL yet: the IACA is offline, hold an emergency ceremony (docs/operations.md)",
+                    labels.join(", ")
+                ),
+            },
+            (_, failed) => failed,
+        }
     }
 
     /// A probe of these owners.
@@ -230,15 +262,23 @@ impl ReadinessProbe {
             check("policy", policy),
             orders_check(metrics),
             self.crl(&current, now),
-            check(
-                "status_list_key",
-                current
-                    .keys
-                    .status_key_at(now)
-                    .map(str::to_owned)
-                    .ok_or_else(|| "no status-list key can sign now".to_owned()),
-            ),
         ]
+        .into_iter()
+        .chain(current.keys.spares.offline.then(|| {
+            spare_check(
+                &current.keys.spares,
+                self.keys.pki_config().spare_warn_below,
+            )
+        }))
+        .chain([check(
+            "status_list_key",
+            current
+                .keys
+                .status_key_at(now)
+                .map(str::to_owned)
+                .ok_or_else(|| "no status-list key can sign now".to_owned()),
+        )])
+        .collect()
     }
 }
 

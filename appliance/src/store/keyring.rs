@@ -46,6 +46,18 @@ pub fn policy_adoption_document(hash: &str) -> String {
 pub fn revocation_order_document(label: &str) -> String {
     format!("revocation.order/{label}")
 }
+/// The DS spare pool (offline IACA): keys generated in the token ahead of
+/// need, and the certificates ceremonies issued for them (JSON).
+pub const POOL_DOCUMENT: &str = "ds.pool";
+/// A ceremony request the daemon made (its exact JSON bytes).
+pub fn ceremony_request_document(id: &str) -> String {
+    format!("ceremony.request/{id}")
+}
+/// The record digest of the response that answered request `id`: a
+/// request is answered once.
+pub fn ceremony_answer_document(id: &str) -> String {
+    format!("ceremony.answer/{id}")
+}
 /// The IACA certificate (PEM), when officers had the daemon generate it.
 pub const IACA_DOCUMENT: &str = "iaca.pem";
 

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod audit;
+mod ceremony;
 mod credential;
 mod dev_tls;
 mod keys;
@@ -82,9 +83,14 @@ enum Command {
     /// The officer's own token: enroll its approval key.
     #[command(subcommand)]
     Officer(officer_token::OfficerCommand),
-    /// Certificate ceremonies: IACA root, document signers, CRL.
+    /// Certificate ceremonies with the IACA key online (pki.iaca_custody =
+    /// "online"): IACA root, document signers, CRL.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// The offline IACA's ceremonies: the root, DS certificates for the
+    /// daemon's spare pool, CRLs (officers present, their tokens sign).
+    #[command(subcommand)]
+    Ceremony(ceremony::CeremonyCommand),
     /// Issue credentials by hand (samples for demos and checks).
     #[command(subcommand)]
     Credential(credential::CredentialCommand),
@@ -122,6 +128,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Reject(proposal) => approvals::reject(&conn, &proposal, args.json),
         Command::Officer(command) => officer_token::run(command, &conn.token, args.json),
         Command::Pki(command) => pki::run(command, &conn, load, args.json),
+        Command::Ceremony(command) => ceremony::run(command, &conn, load),
         Command::Credential(command) => credential::run(command, &load()?),
         Command::Audit(command) => audit::run(command, load, args.json),
         Command::Policy(command) => policy::run(command, &conn, load, args.json),

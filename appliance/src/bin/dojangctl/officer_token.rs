@@ -29,36 +29,56 @@ pub(crate) struct OfficerToken {
     pub(crate) pin_file: Option<PathBuf>,
 }
 
-impl OfficerToken {
-    fn open(&self) -> anyhow::Result<Arc<dyn KeyBackend>> {
+/// Where a ceremony's token is: flags, else the environment variables
+/// `<env>_TOKEN`, `<env>_MODULE`, `<env>_PIN_FILE`; the PIN from a file,
+/// the systemd credential `credential`, or the terminal, never argv.
+pub(crate) struct TokenPlace<'a> {
+    pub(crate) label: Option<String>,
+    pub(crate) module: Option<PathBuf>,
+    pub(crate) pin_file: Option<PathBuf>,
+    /// `DOJANG_OFFICER`, `DOJANG_IACA`.
+    pub(crate) env: &'a str,
+    /// `officer-pin`, `iaca-pin`.
+    pub(crate) credential: &'a str,
+    /// `officer`, `IACA` (in messages).
+    pub(crate) what: &'a str,
+    /// The flag prefix: `officer`, `iaca`.
+    pub(crate) flag: &'a str,
+}
+
+impl TokenPlace<'_> {
+    /// Opens the token with one session.
+    pub(crate) fn open(&self) -> anyhow::Result<Arc<dyn KeyBackend>> {
+        let (env, flag, what) = (self.env, self.flag, self.what);
         let label = self
             .label
             .clone()
-            .or_else(|| std::env::var("DOJANG_OFFICER_TOKEN").ok())
-            .context(
-                "the officer's token: pass --officer-token LABEL or set DOJANG_OFFICER_TOKEN",
-            )?;
+            .or_else(|| std::env::var(format!("{env}_TOKEN")).ok())
+            .with_context(|| {
+                format!("the {what} token: pass --{flag}-token LABEL or set {env}_TOKEN")
+            })?;
         let module = self
             .module
             .clone()
-            .or_else(|| std::env::var_os("DOJANG_OFFICER_MODULE").map(PathBuf::from))
+            .or_else(|| std::env::var_os(format!("{env}_MODULE")).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(OPENSC_MODULE));
         let pin = match self
             .pin_file
             .clone()
-            .or_else(|| std::env::var_os("DOJANG_OFFICER_PIN_FILE").map(PathBuf::from))
+            .or_else(|| std::env::var_os(format!("{env}_PIN_FILE")).map(PathBuf::from))
         {
             Some(file) => SecretSource::File(file),
             None if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() => {
-                SecretSource::SystemdCredential("officer-pin".into())
+                SecretSource::SystemdCredential(self.credential.into())
             }
             None if std::io::stdin().is_terminal() => {
-                SecretSource::Terminal(format!("PIN of the officer token {label:?}: "))
+                SecretSource::Terminal(format!("PIN of the {what} token {label:?}: "))
             }
             None => anyhow::bail!(
-                "the officer token's PIN: type it on a terminal, or pass --officer-pin-file FILE, \
-                 set DOJANG_OFFICER_PIN_FILE, or run with a systemd credential named officer-pin \
-                 (never on the command line)"
+                "the {what} token's PIN: type it on a terminal, or pass --{flag}-pin-file FILE, \
+                 set {env}_PIN_FILE, or run with a systemd credential named {} \
+                 (never on the command line)",
+                self.credential
             ),
         };
         let mut pkcs11 = Pkcs11Config::new(module, label.clone(), pin);
@@ -68,7 +88,22 @@ impl OfficerToken {
             pkcs11: Some(pkcs11),
             tpm: None,
         })
-        .with_context(|| format!("opening the officer's token {label:?}"))
+        .with_context(|| format!("opening the {what} token {label:?}"))
+    }
+}
+
+impl OfficerToken {
+    fn open(&self) -> anyhow::Result<Arc<dyn KeyBackend>> {
+        TokenPlace {
+            label: self.label.clone(),
+            module: self.module.clone(),
+            pin_file: self.pin_file.clone(),
+            env: "DOJANG_OFFICER",
+            credential: "officer-pin",
+            what: "officer",
+            flag: "officer",
+        }
+        .open()
     }
 
     /// The approval key's public half (generated in the token if absent).

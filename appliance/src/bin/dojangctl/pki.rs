@@ -118,6 +118,11 @@ fn ordered_revocations(
 /// `pki init|issue-ds|crl` with the loaded configuration.
 fn pki(config: &Config, command: PkiCommand) -> anyhow::Result<()> {
     let pki_config = config.pki().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !pki_config.offline(),
+        "the IACA is offline (pki.iaca_custody = \"offline\"): `pki init`, `pki issue-ds` and `pki crl` need its key in this token, \
+         which holds none; the root, DS certificates and CRLs come from ceremonies on the offline token (dojangctl ceremony --help)"
+    );
     let now = OffsetDateTime::now_utc();
     let report = match command {
         PkiCommand::Init {

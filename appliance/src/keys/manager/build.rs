@@ -161,6 +161,95 @@ impl KeyManager {
         iaca: Option<&(Vec<u8>, CertFacts)>,
         keys: &[StoredKey],
         crl: Option<String>,
+        pool: Option<String>,
+    ) -> Result<KeyView, LoadError> {
+        let fingerprint = fingerprint(keys, crl.as_deref(), pool.as_deref());
+        let mut view = self.chains_view(iaca, keys, crl)?;
+        view.fingerprint = fingerprint;
+        if self.pki_config.offline() {
+            self.pool_view(&mut view, iaca, keys, pool.as_deref());
+        }
+        Ok(view)
+    }
+
+    /// The published emergency spare (verifiers cache the JWKS: they know
+    /// it before it signs), the pool's state, and the revocations the
+    /// served CRL does not list yet.
+    fn pool_view(
+        &self,
+        view: &mut KeyView,
+        iaca: Option<&(Vec<u8>, CertFacts)>,
+        keys: &[StoredKey],
+        pool: Option<&str>,
+    ) {
+        let pool = match super::Pool::parse(pool) {
+            Ok(pool) => pool,
+            Err(e) => {
+                view.problems.push(e);
+                return;
+            }
+        };
+        view.spares = pool.status();
+        for (state, n) in [
+            ("certified", view.spares.certified),
+            ("uncertified", view.spares.uncertified),
+            ("emergency", usize::from(view.spares.emergency.is_some())),
+        ] {
+            self.node
+                .metrics
+                .ds_spare_keys
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let (Some(spare), Some((iaca_der, _))) = (pool.keys.iter().find(|s| s.emergency), iaca) {
+            match self.check_spare(spare) {
+                Ok(checked) => {
+                    let mut jwks: serde_json::Value =
+                        serde_json::from_slice(&view.jwks).unwrap_or_default();
+                    if let Some(list) = jwks.get_mut("keys").and_then(|k| k.as_array_mut()) {
+                        list.push(jwk_entry(
+                            &checked.public,
+                            Some([&checked.der[..], iaca_der]),
+                        ));
+                    }
+                    view.jwks = serde_json::to_vec(&jwks).unwrap_or_default();
+                    if let Ok(pem) = crate::pki::cert_pem(&checked.der) {
+                        let _ = view.ds_pem.insert(spare.label.clone(), pem.into_bytes());
+                    }
+                }
+                Err(e) => view.problems.push(format!("emergency spare: {e}")),
+            }
+        }
+        let listed = view
+            .crl_der
+            .as_deref()
+            .and_then(|der| openssl::x509::X509Crl::from_der(der).ok())
+            .map(|crl| {
+                crl.get_revoked()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|e| e.serial_number().to_bn().ok().map(|bn| bn.to_vec()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        view.unlisted_revocations = keys
+            .iter()
+            .filter(|k| k.chain == DS_CHAIN && k.record.revoked)
+            .filter(|k| {
+                crate::store::revoked_serials(std::slice::from_ref(*k))
+                    .is_ok_and(|s| s.iter().any(|serial| !listed.contains(serial)))
+            })
+            .map(|k| k.record.label.clone())
+            .collect();
+    }
+
+    fn chains_view(
+        &self,
+        iaca: Option<&(Vec<u8>, CertFacts)>,
+        keys: &[StoredKey],
+        crl: Option<String>,
     ) -> Result<KeyView, LoadError> {
         let mut signers = Vec::new();
         let mut problems = Vec::new();
@@ -301,7 +390,7 @@ impl KeyManager {
         }
         audit_keys.sort_by_key(|(from, label, _)| (*from, label.clone()));
         status_keys.sort();
-        let fingerprint = fingerprint(keys, crl.as_deref());
+        let fingerprint = fingerprint(keys, crl.as_deref(), None);
         let crl_pem = crl
             .map(String::into_bytes)
             .or_else(|| std::fs::read(self.pki.crl_path()).ok());
@@ -324,6 +413,8 @@ impl KeyManager {
             fingerprint,
             iaca_pem: None,
             iaca: None,
+            spares: Default::default(),
+            unlisted_revocations: Vec::new(),
         })
     }
 }

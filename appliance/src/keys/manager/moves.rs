@@ -38,6 +38,13 @@ impl KeyManager {
                     Action::GeneratePending {
                         activate_at,
                         reason,
+                    } if chain == DS_CHAIN && self.pki_config.offline() => (
+                        "take_spare",
+                        self.take_spare(*activate_at, reason, now).map(|_| ()),
+                    ),
+                    Action::GeneratePending {
+                        activate_at,
+                        reason,
                     } => (
                         "generate",
                         self.refuse_unexplained_gap(&keys, chain).and_then(|()| {
@@ -76,6 +83,10 @@ impl KeyManager {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<String, String> {
+        if chain == DS_CHAIN && self.pki_config.offline() {
+            // The root is offline: a ceremony certified the key already.
+            return self.take_spare(activate_at, reason, now);
+        }
         let keys = self.node.registry.keys().map_err(store_problem)?;
         let algorithm = self.chain_algorithm(chain);
         let mut random = [0u8; 3];

@@ -136,6 +136,13 @@ impl KeyManager {
             .revoke_key(&revocation, decision)
             .map_err(store_problem)?;
         self.statuses.bump();
+        if is_ds && self.pki_config.offline() {
+            // The spare (published ahead) takes over in the same view swap
+            // that stops the revoked key: no request finds no signer.
+            if let Err(e) = self.act_on_plan(now) {
+                tracing::warn!(error = %e, "switching to the emergency spare; the next round retries");
+            }
+        }
         // Signing stops here before the CRL is even signed.
         self.refresh_keys(true).map_err(|e| e.0)?;
         // Officers ordered it: a compromised key's private half goes too
@@ -156,6 +163,14 @@ impl KeyManager {
 
     /// Signs a CRL listing every revoked key and stores it for all nodes.
     fn publish_crl(&self, now: OffsetDateTime) -> Result<(), String> {
+        if self.pki_config.offline() {
+            // The root is offline: the next ceremony's CRL lists it (the
+            // request carries every ordered revocation); readiness warns.
+            tracing::warn!(
+                "a DS key was revoked while the IACA is offline: hold an emergency ceremony for its CRL (docs/operations.md)"
+            );
+            return Ok(());
+        }
         // Another CRL stored meanwhile (the lifecycle thread and a
         // revocation on this node, or a node that still thinks it leads):
         // read both again and sign what is now true.
@@ -232,6 +247,9 @@ impl KeyManager {
     /// past half its validity (verifiers refuse a DS certificate whose CRL
     /// expired).
     pub(super) fn keep_crl_whole(&self, now: OffsetDateTime) -> Result<(), String> {
+        if self.pki_config.offline() {
+            return Ok(()); // ceremonies sign CRLs; readiness watches this one
+        }
         let keys = self.ordered_revocations()?;
         let mut wanted = revoked_serials(&keys).map_err(store_problem)?;
         wanted.sort();
@@ -310,7 +328,7 @@ impl KeyManager {
 
     /// The revoked keys officers ordered revoked; a revocation row without
     /// a good order is refused, counted and audited (once per key).
-    fn ordered_revocations(&self) -> Result<Vec<StoredKey>, String> {
+    pub(super) fn ordered_revocations(&self) -> Result<Vec<StoredKey>, String> {
         let keys = self.node.registry.keys().map_err(store_problem)?;
         let lineage = self.policy.lineage();
         let (ordered, unordered) =

@@ -148,8 +148,8 @@ impl KeyManager {
         let iaca = self.load_iaca(policy_hash, now)?.map(Arc::new);
         self.import_existing_keys(now)?;
         let _ordered = self.key_swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let (keys, crl) = self.keys_and_crl()?;
-        let mut view = self.key_view(iaca.as_deref(), &keys, crl)?;
+        let (keys, crl, pool) = self.keys_and_crl()?;
+        let mut view = self.key_view(iaca.as_deref(), &keys, crl, pool)?;
         view.iaca_pem = iaca
             .as_ref()
             .map(|i| crate::pki::cert_pem(&i.0).map(String::into_bytes))
@@ -193,6 +193,9 @@ impl KeyManager {
             tracing::warn!(error = %e, "key rotation failed; resting {LIFECYCLE_REST:?}, then retried");
             self.rest();
         }
+        if let Err(e) = self.keep_pool(now) {
+            tracing::warn!(error = %e, "topping up the DS spare pool failed; retried next round");
+        }
         if let Err(e) = self.keep_crl_whole(now) {
             tracing::warn!(error = %e, "keeping the CRL whole failed; retried next round");
         }
@@ -231,8 +234,11 @@ impl KeyManager {
         }
     }
 
-    /// The registry's key records and CRL, read for a view.
-    pub(super) fn keys_and_crl(&self) -> Result<(Vec<StoredKey>, Option<String>), LoadError> {
+    /// The registry's key records, CRL and spare pool, read for a view.
+    #[allow(clippy::type_complexity)] // one tuple, named by the callers
+    pub(super) fn keys_and_crl(
+        &self,
+    ) -> Result<(Vec<StoredKey>, Option<String>, Option<String>), LoadError> {
         let keys = self
             .node
             .registry
@@ -243,7 +249,12 @@ impl KeyManager {
             .registry
             .crl()
             .map_err(|e| LoadError(store_problem(e)))?;
-        Ok((keys, crl))
+        let pool = self
+            .node
+            .registry
+            .document(crate::store::POOL_DOCUMENT)
+            .map_err(|e| LoadError(store_problem(e)))?;
+        Ok((keys, crl, pool))
     }
 
     fn resting(&self) -> bool {
@@ -251,6 +262,14 @@ impl KeyManager {
             .lock()
             .map(|p| p.is_some_and(|until| Instant::now() < until))
             .unwrap_or(false)
+    }
+
+    /// Ends a rest early: new information (a ceremony's certificates) may
+    /// let the failed action succeed now.
+    pub(super) fn wake(&self) {
+        if let Ok(mut p) = self.lifecycle_pause.lock() {
+            *p = None;
+        }
     }
 
     fn rest(&self) {
@@ -263,12 +282,12 @@ impl KeyManager {
     /// always, with `force`).
     pub fn refresh_keys(&self, force: bool) -> Result<(), LoadError> {
         let _ordered = self.key_swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let (keys, crl) = self.keys_and_crl()?;
+        let (keys, crl, pool) = self.keys_and_crl()?;
         let current = self.view();
-        if !force && fingerprint(&keys, crl.as_deref()) == current.fingerprint {
+        if !force && fingerprint(&keys, crl.as_deref(), pool.as_deref()) == current.fingerprint {
             return Ok(());
         }
-        let mut view = self.key_view(current.iaca.as_deref(), &keys, crl)?;
+        let mut view = self.key_view(current.iaca.as_deref(), &keys, crl, pool)?;
         view.iaca_pem = current.iaca_pem.clone();
         view.iaca = current.iaca.clone();
         self.install_view(view);

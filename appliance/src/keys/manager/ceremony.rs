@@ -1,0 +1,301 @@
+//! This node's side of an offline ceremony: exporting the request (the
+//! pool's uncertified keys, each proving possession in a certificate
+//! request, and the revocations officers ordered) and importing the
+//! response, only after `keys::ceremony` verified it; every import, taken
+//! or refused, is audited.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pkcs11_shim::KeyPurpose;
+use time::{Duration, OffsetDateTime};
+
+use super::KeyManager;
+use super::state::store_problem;
+use crate::keys::ceremony::{CeremonyRefusal, Expected, verify_certification, verify_record};
+use crate::keys::order::digest;
+use crate::keys::view::hex;
+use crate::pki::HsmKey;
+use crate::pki::exchange::{
+    CeremonyRequest, CeremonyResponse, KIND_CERTIFY, KIND_ROOT, REQUEST_CONTEXT, RequestedKey,
+};
+use crate::store::{
+    StoreError, ceremony_answer_document, ceremony_request_document, revoked_serials,
+};
+
+/// Why an import did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The response was refused (audited).
+    #[error(transparent)]
+    Refused(#[from] CeremonyRefusal),
+    /// This node could not finish (the registry, the token).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl KeyManager {
+    /// A new ceremony request, kept in the registry: every spare waiting
+    /// for a certificate, planned valid from now for `pki.ds_validity_days`
+    /// (cut to the IACA's end), and the serials of every DS certificate
+    /// officers ordered revoked. Its JSON bytes.
+    pub fn ceremony_request(&self, now: OffsetDateTime) -> Result<Vec<u8>, String> {
+        if !self.pki_config.offline() {
+            return Err(
+                "the IACA is online (pki.iaca_custody = \"online\"): no ceremony certifies DS keys"
+                    .into(),
+            );
+        }
+        let iaca =
+            self.view().iaca.clone().ok_or(
+                "no IACA yet: the root ceremony comes first (dojangctl ceremony run --root)",
+            )?;
+        let not_before = now.replace_nanosecond(0).unwrap_or(now);
+        let not_after = (not_before + Duration::days(i64::from(self.pki_config.ds_validity_days)))
+            .min(iaca.1.not_after);
+        let mut keys = Vec::new();
+        for spare in self.pool()?.keys.iter().filter(|s| s.certificate.is_none()) {
+            let key = HsmKey::find(self.node.backend, &spare.label, KeyPurpose::DocumentSigner)
+                .map_err(|e| format!("{}: {e}", spare.label))?;
+            let csr = crate::pki::certificate_request(&key).map_err(|e| e.to_string())?;
+            keys.push(RequestedKey {
+                label: spare.label.clone(),
+                kid: key.public_key().kid(),
+                csr: B64.encode(csr),
+                not_before: not_before.unix_timestamp(),
+                not_after: not_after.unix_timestamp(),
+            });
+        }
+        let revoked = self.ordered_revocations()?;
+        let revoke = revoked_serials(&revoked)
+            .map_err(store_problem)?
+            .iter()
+            .map(|serial| hex(serial).to_ascii_uppercase())
+            .collect();
+        let mut random = [0u8; 8];
+        openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
+        let request = CeremonyRequest {
+            context: REQUEST_CONTEXT.into(),
+            id: hex(&random),
+            created: now.unix_timestamp(),
+            iaca_key_id: iaca.1.ski.as_deref().map(hex).unwrap_or_default(),
+            keys,
+            revoke,
+        };
+        let bytes = serde_json::to_vec_pretty(&request).map_err(|e| e.to_string())?;
+        let text = String::from_utf8(bytes.clone()).map_err(|e| e.to_string())?;
+        let mut decision = self.node.decision(
+            "dojangd",
+            "ceremony.request",
+            "ok",
+            &self.policy.current().hash,
+            now,
+        );
+        decision.rule = Some(format!(
+            "ceremony request {} (sha256 {}): {} DS key(s) to certify, {} serial(s) to revoke",
+            request.id,
+            digest(&bytes),
+            request.keys.len(),
+            request.revoke.len()
+        ));
+        self.node
+            .registry
+            .set_document(&ceremony_request_document(&request.id), &text, decision)
+            .map_err(store_problem)?;
+        Ok(bytes)
+    }
+
+    /// Imports a ceremony response `body` brought by `officer`: verified
+    /// first, then (certify) its certificates join the pool and its CRL is
+    /// served. Audited either way; a refusal is counted.
+    pub fn import_ceremony(
+        &self,
+        body: &[u8],
+        officer: &str,
+        now: OffsetDateTime,
+    ) -> Result<String, ImportError> {
+        let outcome = self.try_import(body, now);
+        let (result, rule) = match &outcome {
+            Ok(summary) => ("ok", format!("ceremony.import: {summary}")),
+            Err(ImportError::Refused(why)) => {
+                self.node.metrics.order_refused("ceremony", why.rule());
+                ("refused", format!("{}: {why}", why.rule()))
+            }
+            Err(ImportError::Failed(why)) => ("error", format!("ceremony.import: {why}")),
+        };
+        let mut decision = self.node.decision(
+            officer,
+            "ceremony.import",
+            result,
+            &self.policy.current().hash,
+            now,
+        );
+        decision.rule = Some(rule);
+        if let Err(e) = self.node.registry.record(decision, None) {
+            tracing::warn!(error = %e, "recording a ceremony import");
+        }
+        outcome
+    }
+
+    fn try_import(&self, body: &[u8], now: OffsetDateTime) -> Result<String, ImportError> {
+        let response: CeremonyResponse =
+            serde_json::from_slice(body).map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
+        let policy = self.policy.current();
+        let iaca = self
+            .view()
+            .iaca
+            .clone()
+            .ok_or_else(|| ImportError::Failed("no IACA loaded".into()))?;
+        if response.record.kind == KIND_ROOT {
+            let officers = verify_record(&response.record, &response.signatures, &policy)
+                .map_err(CeremonyRefusal::Officers)?;
+            let root = crate::pki::exchange::b64("iaca", &response.iaca)
+                .map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
+            if root != iaca.0 {
+                return Err(CeremonyRefusal::Chain(
+                    "the root ceremony's IACA is not the one this daemon loaded".into(),
+                )
+                .into());
+            }
+            return Ok(format!(
+                "root ceremony record (sha256 {}) signed by {}",
+                digest(&response.record.bytes()),
+                officers.join(", ")
+            ));
+        }
+        if response.record.kind != KIND_CERTIFY {
+            return Err(
+                CeremonyRefusal::Malformed(format!("kind {:?}", response.record.kind)).into(),
+            );
+        }
+        let id = response
+            .record
+            .request_id
+            .clone()
+            .ok_or_else(|| CeremonyRefusal::Request("the record names no request".into()))?;
+        let failed = |e: StoreError| ImportError::Failed(store_problem(e));
+        let request = self
+            .node
+            .registry
+            .document(&ceremony_request_document(&id))
+            .map_err(failed)?
+            .ok_or_else(|| CeremonyRefusal::Request(format!("this daemon made no request {id}")))?;
+        if self
+            .node
+            .registry
+            .document(&ceremony_answer_document(&id))
+            .map_err(failed)?
+            .is_some()
+        {
+            return Err(CeremonyRefusal::Replayed(id).into());
+        }
+        let served = self.node.registry.crl().map_err(failed)?;
+        let verified = verify_certification(
+            &response,
+            &Expected {
+                request: request.as_bytes(),
+                policy: &policy,
+                iaca: (&iaca.0, &iaca.1),
+                served_crl: served.as_deref(),
+                now,
+            },
+        )?;
+        self.apply_certification(&id, &response, verified, served.as_deref(), now)
+    }
+
+    fn apply_certification(
+        &self,
+        id: &str,
+        response: &CeremonyResponse,
+        verified: crate::keys::ceremony::VerifiedCertification,
+        served: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<String, ImportError> {
+        let failed = |e: String| ImportError::Failed(e);
+        let record_digest = digest(&response.record.bytes());
+        let mut decision = self.node.decision(
+            "dojangd",
+            "ceremony.answer",
+            "ok",
+            &self.policy.current().hash,
+            now,
+        );
+        decision.rule = Some(format!(
+            "ceremony request {id} answered by record {record_digest}, signed by {}",
+            verified.officers.join(", ")
+        ));
+        // The first import of an answer wins, on every node.
+        let first = self
+            .node
+            .registry
+            .set_document_if_absent(&ceremony_answer_document(id), &record_digest, decision)
+            .map_err(|e| failed(store_problem(e)))?;
+        if !first {
+            return Err(CeremonyRefusal::Replayed(id.to_owned()).into());
+        }
+        let taken = self.certify_spares(&verified, now).map_err(failed)?;
+        let mut decision =
+            self.node
+                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now);
+        decision.rule = Some(format!("CRL from ceremony request {id}"));
+        self.node
+            .registry
+            .set_crl(&verified.crl_pem, served, decision)
+            .map_err(|e| failed(store_problem(e)))?;
+        if let Err(e) = self.pki.write_crl(&verified.crl_pem) {
+            tracing::warn!(error = %e, "writing the CRL file");
+        }
+        self.wake();
+        if self.view().signer_at(now).is_none() {
+            // Nothing signs (a first ceremony, a drained pool): a spare
+            // signs at once rather than at the next round.
+            if let Err(e) = self.act_on_plan(now) {
+                tracing::warn!(error = %e, "taking a spare after the import; the next round retries");
+            }
+        }
+        self.refresh_keys(true).map_err(|e| failed(e.0))?;
+        Ok(format!(
+            "request {id}: {} DS certificate(s) into the spare pool, CRL replaced; record {record_digest} signed by {}",
+            taken.len(),
+            verified.officers.join(", ")
+        ))
+    }
+
+    /// The verified certificates into the pool (spares still waiting for
+    /// one), an emergency spare published if none was; their labels.
+    fn certify_spares(
+        &self,
+        verified: &crate::keys::ceremony::VerifiedCertification,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, String> {
+        let mut pool = self.pool()?;
+        let mut taken = Vec::new();
+        for cert in &verified.certificates {
+            let Some(spare) = pool
+                .keys
+                .iter_mut()
+                .find(|s| s.label == cert.label && s.certificate.is_none())
+            else {
+                tracing::warn!(label = %cert.label, "a certified key is no longer waiting in the pool");
+                continue;
+            };
+            spare.certificate = Some(B64.encode(&cert.der));
+            taken.push(cert.label.clone());
+        }
+        let promoted = pool.promote_emergency();
+        self.store_pool(
+            &pool,
+            "keys.pool",
+            format!(
+                "DS spare pool: certified [{}]{}",
+                taken.join(", "),
+                if promoted {
+                    ", emergency spare published"
+                } else {
+                    ""
+                }
+            ),
+            now,
+        )?;
+        Ok(taken)
+    }
+}
