@@ -38,8 +38,12 @@ deps:
 		cp $(PY_REQUIREMENTS) $(VENV)/requirements.txt; \
 	fi
 
+# The independent Annex B validator (isomdl) the tests and the demo run:
+# a crate of its own, outside the workspace and its dependency policy
+# (target/annexb/debug/annexb-validate).
 build: deps
 	$(CARGO) build --workspace --bins
+	$(CARGO) build --locked --manifest-path softhsm-tests/annexb/Cargo.toml --target-dir target/annexb
 
 # cargo deny checks licences, bans and sources; its advisories check needs
 # the RustSec database from GitHub and is not run here (see deny.toml).

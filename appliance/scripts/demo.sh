@@ -223,6 +223,8 @@ if ! curl -sf http://127.0.0.1:9464/readyz >/dev/null; then
 open(sys.argv[2],"w").write("-----BEGIN CERTIFICATE-----\n"+"\n".join(c[i:i+64] for i in range(0,len(c),64))+"\n-----END CERTIFICATE-----\n")' \
     "$state/ds-response.json" "$state/ds-certified.pem"
   openssl verify -x509_strict -CAfile "$state/pki/iaca.pem" "$state/ds-certified.pem"
+  echo "-- and an independent ISO 18013-5 Annex B validator (isomdl ValidationRuleset::Mdl):"
+  "$root/target/annexb/debug/annexb-validate" "$state/pki/iaca.pem" "$state/ds-certified.pem"
 fi
 for _ in $(seq 100); do
   curl -sf http://127.0.0.1:9464/readyz >/dev/null && break
@@ -278,6 +280,11 @@ echo
 echo "== what verifiers fetch (public listener): JWKS, status list"
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
 curl -sf "$status_uri" | cut -c1-120; echo "…"
+ds_label=$(officer kim --json keys list | python3 -c 'import json,sys; print(next(k["label"] for k in json.load(sys.stdin)["keys"] if k["chain"]=="ds" and k["state"]=="active"))')
+curl -sf "http://127.0.0.1:8080/ds/$ds_label.pem" > "$state/ds-signing.pem"
+echo "-- the DS certificate that signed them ($ds_label), checked by openssl -x509_strict and isomdl (Annex B):"
+openssl verify -x509_strict -CAfile "$state/pki/iaca.pem" "$state/ds-signing.pem"
+"$root/target/annexb/debug/annexb-validate" "$state/pki/iaca.pem" "$state/ds-signing.pem"
 echo "-- the IACA's CRL at the distribution point the certificates name (one DER CRL):"
 curl -sf http://127.0.0.1:8080/iaca.crl | openssl crl -inform DER -noout -lastupdate -nextupdate || echo "(no CRL signed yet)"
 echo

@@ -360,6 +360,25 @@ pub const ONLINE_IACA: &str = "iaca_custody = \"online\"";
 /// The `[pki]` line of the offline IACA (the default).
 pub const OFFLINE_IACA: &str = "iaca_custody = \"offline\"";
 
+/// The independent ISO 18013-5 Annex B validator (isomdl's
+/// `ValidationRuleset::Mdl`, `softhsm-tests/annexb`), which `make build`
+/// builds into `target/annexb`.
+pub fn annexb_validator() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/annexb/debug/annexb-validate
+    let path = exe
+        .ancestors()
+        .nth(3)
+        .map(|target| target.join("annexb/debug/annexb-validate"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} not built: run `make build` (make test does)",
+        path.display()
+    );
+    path
+}
+
 /// Writes a `dojang.toml` for `token` into its scratch dir and returns its
 /// path: the key backend, a `[pki]` under `scratch/pki` and a `[credential]`.
 pub fn write_config(token: &SoftHsmToken) -> PathBuf {

@@ -110,6 +110,20 @@ fn the_online_token_holds_no_iaca_key_and_chains_pass_strict_checks() {
         &ds,
     );
     assert!(ok, "openssl verify -x509_strict: {why}");
+    // And an independent ISO 18013-5 Annex B validator (isomdl's
+    // ValidationRuleset::Mdl) accepts the chain, field by field.
+    let ds_file = d.scratch().join("active-ds.pem");
+    std::fs::write(&ds_file, &ds).unwrap();
+    let out = std::process::Command::new(softhsm_tests::annexb_validator())
+        .arg(&iaca)
+        .arg(&ds_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "isomdl Annex B: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The CRL the certificates name is one DER CRL from the ceremony.
     let crl = d.public_client().get("/iaca.crl");
     assert_eq!(crl.status, 200);
