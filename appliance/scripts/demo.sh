@@ -179,13 +179,6 @@ ctl keys list
 echo
 echo "== the IACA root (its private key is only in the offline token)"
 openssl x509 -in "$state/pki/iaca.pem" -noout -subject -dates
-echo "-- private keys in the daemon's token dojang-demo (pkcs11-tool): no IACA key"
-pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
-  --list-objects --type privkey 2>/dev/null | grep -E "^ +label:" | sort
-if pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
-  --list-objects --type privkey 2>/dev/null | grep -qE "label: +iaca"; then
-  echo "demo: the daemon's token holds an IACA key"; exit 1
-fi
 
 echo
 echo "== starting dojangd (log: $state/dojangd.log)"
@@ -232,6 +225,13 @@ for _ in $(seq 100); do
 done
 curl -sf http://127.0.0.1:9464/readyz || { echo; echo "demo: dojangd is not ready:"; curl -s http://127.0.0.1:9464/readyz; tail -20 "$state/dojangd.log"; exit 1; }
 echo
+echo "== private keys in the daemon's token dojang-demo after setup (pkcs11-tool): DS keys born there, no IACA key"
+pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
+  --list-objects --type privkey 2>/dev/null | grep -E "^ +label:" | sort
+if pkcs11-tool --module "$module" --token-label dojang-demo --login --pin "$(cat "$state/pin")" \
+  --list-objects --type privkey 2>/dev/null | grep -qE "label: +iaca"; then
+  echo "demo: the daemon's token holds an IACA key"; exit 1
+fi
 
 # A request the way a backend sends one: holder data, the phone's public key
 # (JWK), channel, office, card evidence. Fictional holders with random

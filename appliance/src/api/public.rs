@@ -87,6 +87,10 @@ impl Public {
                     .map(|c| ("application/pkix-crl", c, 300))
                     .ok_or_else(not_found),
             ),
+            "/iacas.json" => (
+                "/iacas.json",
+                Ok(("application/json", iaca_list(&keys), 3600)),
+            ),
             "/iaca.crl.pem" => (
                 "/iaca.crl.pem",
                 keys.crl_pem
@@ -94,25 +98,47 @@ impl Public {
                     .map(|c| ("application/x-pem-file", c, 300))
                     .ok_or_else(not_found),
             ),
-            _ => {
-                if let Some(label) = path
-                    .strip_prefix("/ds/")
-                    .and_then(|l| l.strip_suffix(".pem"))
-                {
-                    return (
-                        "/ds/{label}.pem",
-                        keys.ds_pem
-                            .get(label)
-                            .map(|c| ("application/x-pem-file", c.clone(), 3600))
-                            .ok_or_else(not_found),
-                    );
-                }
-                if let Some(list) = path.strip_prefix("/status/") {
-                    return ("/status/{list}", self.status_list(list).await);
-                }
-                ("other", Err(not_found()))
-            }
+            _ => self.other_path(&keys, path).await,
         }
+    }
+
+    /// Paths with a parameter: DS certificates, successor roots' CRLs,
+    /// status lists.
+    async fn other_path(
+        &self,
+        keys: &crate::keys::view::KeyView,
+        path: &str,
+    ) -> (&'static str, Result<(&'static str, Vec<u8>, u32), Refusal>) {
+        let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
+        if let Some(label) = path
+            .strip_prefix("/ds/")
+            .and_then(|l| l.strip_suffix(".pem"))
+        {
+            return (
+                "/ds/{label}.pem",
+                keys.ds_pem
+                    .get(label)
+                    .map(|c| ("application/x-pem-file", c.clone(), 3600))
+                    .ok_or_else(not_found),
+            );
+        }
+        // A successor root's CRL (after an IACA rollover).
+        if path.starts_with("/iaca-") && path.ends_with(".crl") {
+            return (
+                "/iaca-{key_id}.crl",
+                keys.root_views
+                    .iter()
+                    .skip(1)
+                    .find(|r| r.crl_path == path && r.status != "retired")
+                    .and_then(|r| r.crl_der.clone())
+                    .map(|c| ("application/pkix-crl", c, 300))
+                    .ok_or_else(not_found),
+            );
+        }
+        if let Some(list) = path.strip_prefix("/status/") {
+            return ("/status/{list}", self.status_list(list).await);
+        }
+        ("other", Err(not_found()))
     }
 
     /// `/status/{list}`: the signed list, signed on the public pool.
@@ -170,4 +196,31 @@ impl Router for Public {
             response
         })
     }
+}
+
+/// `/iacas.json`: every IACA root this issuer has had, oldest first, with
+/// its state (`current` certifies; `retiring` is still trusted for what it
+/// certified; `retired` certifies nothing still in use), its certificate,
+/// its CRL's path and the link certificates to its neighbours.
+fn iaca_list(keys: &crate::keys::view::KeyView) -> Vec<u8> {
+    let pem = |der: &[u8]| crate::pki::cert_pem(der).unwrap_or_default();
+    let roots: Vec<serde_json::Value> = keys
+        .roots
+        .iter()
+        .zip(&keys.root_views)
+        .map(|(root, view)| {
+            serde_json::json!({
+                "key_id": view.key_id,
+                "status": view.status,
+                "not_before": crate::node::rfc3339(root.1.not_before),
+                "not_after": crate::node::rfc3339(root.1.not_after),
+                "certificate": pem(&root.0),
+                "crl": view.crl_path,
+                "links": view.links.iter().map(|l| pem(l)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "iacas": roots })
+        .to_string()
+        .into_bytes()
 }

@@ -374,6 +374,8 @@ mod tests {
             "/iaca.pem:",
             "/iaca.crl:",
             "/iaca.crl.pem:",
+            "/iacas.json:",
+            "/iaca-{key_id}.crl:",
             "/ds/{label}.pem:",
             "/status/{list}:",
         ] {

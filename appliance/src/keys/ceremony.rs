@@ -113,9 +113,14 @@ pub struct VerifiedCertification {
     pub certificates: Vec<Certified>,
     /// The new CRL.
     pub crl_pem: String,
+    /// Older roots' new CRLs: key id (hex), PEM.
+    pub older_crls: Vec<(String, String)>,
     /// Who signed the record.
     pub officers: Vec<String>,
 }
+
+/// An older root still published: key id (hex), DER, its served CRL (PEM).
+pub type OlderRoot = (String, Vec<u8>, Option<String>);
 
 /// What a certify response is checked against.
 pub struct Expected<'a> {
@@ -127,6 +132,8 @@ pub struct Expected<'a> {
     pub iaca: (&'a [u8], &'a CertFacts),
     /// The CRL served now (PEM), if any.
     pub served_crl: Option<&'a str>,
+    /// Older roots still published: key id (hex), DER, served CRL (PEM).
+    pub older: Vec<OlderRoot>,
     /// Now.
     pub now: OffsetDateTime,
 }
@@ -164,10 +171,46 @@ pub fn verify_certification(
     }
     let iaca = X509::from_der(iaca_der).map_err(|e| CeremonyRefusal::Chain(e.to_string()))?;
     let certificates = check_certificates(response, &request, &iaca, iaca_facts)?;
-    let crl_pem = check_crl(response, &request, &iaca, expected)?;
+    let crl_pem = check_crl(
+        &response.crl,
+        &request.revoke,
+        &iaca,
+        expected.served_crl,
+        expected.now,
+    )?;
+    let mut older_crls = Vec::new();
+    for order in &request.older_roots {
+        let (_, root_der, served) = expected
+            .older
+            .iter()
+            .find(|(id, _, _)| *id == order.iaca_key_id)
+            .ok_or_else(|| {
+                CeremonyRefusal::Request(format!(
+                    "the request names root {} this daemon does not publish",
+                    order.iaca_key_id
+                ))
+            })?;
+        let given = response
+            .older_crls
+            .iter()
+            .find(|c| c.iaca_key_id == order.iaca_key_id)
+            .ok_or_else(|| {
+                CeremonyRefusal::Crl(format!("no CRL for the older root {}", order.iaca_key_id))
+            })?;
+        let root = X509::from_der(root_der).map_err(|e| CeremonyRefusal::Chain(e.to_string()))?;
+        let pem = check_crl(
+            &given.crl,
+            &order.revoke,
+            &root,
+            served.as_deref(),
+            expected.now,
+        )?;
+        older_crls.push((order.iaca_key_id.clone(), pem));
+    }
     Ok(VerifiedCertification {
         certificates,
         crl_pem,
+        older_crls,
         officers,
     })
 }
@@ -252,14 +295,17 @@ fn seconds(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
     Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
 }
 
-fn check_crl(
-    response: &CeremonyResponse,
-    request: &CeremonyRequest,
+/// A CRL (base64 DER) checked: signed by `iaca`, unexpired, newer than
+/// `served`, listing every serial of `revoke`; its PEM.
+pub fn check_crl(
+    crl_b64: &str,
+    revoke: &[String],
     iaca: &X509,
-    expected: &Expected<'_>,
+    served: Option<&str>,
+    now: OffsetDateTime,
 ) -> Result<String, CeremonyRefusal> {
     let bad = |why: &str| CeremonyRefusal::Crl(why.to_owned());
-    let der = b64("crl", &response.crl).map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
+    let der = b64("crl", crl_b64).map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
     let crl = X509Crl::from_der(&der).map_err(|_| bad("the CRL is not DER"))?;
     let key = iaca.public_key().map_err(|e| bad(&e.to_string()))?;
     if !crl.verify(&key).unwrap_or(false)
@@ -272,11 +318,10 @@ fn check_crl(
         .next_update()
         .and_then(seconds)
         .ok_or_else(|| bad("no nextUpdate"))?;
-    if next_update <= expected.now.unix_timestamp() {
+    if next_update <= now.unix_timestamp() {
         return Err(bad("the CRL has expired already"));
     }
-    let served = expected
-        .served_crl
+    let served = served
         .and_then(|pem| X509Crl::from_pem(pem.as_bytes()).ok())
         .and_then(|c| seconds(c.last_update()));
     if served.is_some_and(|s| this_update <= s) {
@@ -293,8 +338,7 @@ fn check_crl(
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(missing) = request
-        .revoke
+    if let Some(missing) = revoke
         .iter()
         .find(|s| !listed.contains(&s.to_ascii_uppercase()))
     {

@@ -39,6 +39,44 @@ pub struct PoolStatus {
     pub emergency: Option<String>,
 }
 
+/// A trusted IACA root: DER and what the profile check read off it.
+pub type Root = Arc<(Vec<u8>, CertFacts)>;
+
+/// One IACA root as verifiers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootView {
+    /// Hex key identifier (SKI).
+    pub key_id: String,
+    /// `current` (certifies), `retiring` (published while DS keys it
+    /// certified are), `retired` (nothing chains to it any more).
+    pub status: &'static str,
+    /// The path its CRL is served at (`/iaca.crl` for the first root).
+    pub crl_path: String,
+    /// Its CRL (DER), if one was issued.
+    pub crl_der: Option<Vec<u8>>,
+    /// Link certificates (DER) to and from its neighbours.
+    pub links: Vec<Vec<u8>>,
+}
+
+/// The root in `roots` that issued the DS certificate `der`: named by its
+/// AuthorityKeyIdentifier, and whose key verifies its signature. `None`
+/// for a certificate no trusted root issued (a row can be edited: its
+/// certificate is never taken on its word).
+pub fn root_for<'a>(roots: &'a [Root], der: &[u8]) -> Option<&'a (Vec<u8>, CertFacts)> {
+    let aki = crate::pki::profile::check_ds(der, None).ok()?.aki?;
+    let cert = X509::from_der(der).ok()?;
+    roots
+        .iter()
+        .rev()
+        .find(|r| r.1.ski.as_ref() == Some(&aki))
+        .filter(|r| {
+            X509::from_der(&r.0)
+                .and_then(|root| root.public_key())
+                .is_ok_and(|key| cert.verify(&key).unwrap_or(false))
+        })
+        .map(|r| r.as_ref())
+}
+
 /// What the registry's keys give the listeners (swapped whole).
 pub struct KeyView {
     /// Signers by activation, oldest first.
@@ -68,6 +106,11 @@ pub struct KeyView {
     pub iaca_pem: Option<Vec<u8>>,
     /// IACA certificate (DER) and what the profile check read off it.
     pub iaca: Option<Arc<(Vec<u8>, CertFacts)>>,
+    /// Every IACA root this node trusts, oldest first; the last is the
+    /// current one ([`iaca`](Self::iaca)), which certifies.
+    pub roots: Vec<Arc<(Vec<u8>, CertFacts)>>,
+    /// Each root's state and CRL, as verifiers are served them.
+    pub root_views: Vec<RootView>,
     /// The DS spare pool (IACA offline).
     pub spares: PoolStatus,
     /// Revoked DS keys (labels) the served CRL does not list yet.
@@ -128,6 +171,8 @@ impl KeyView {
             fingerprint: String::new(),
             iaca_pem: None,
             iaca: None,
+            roots: Vec::new(),
+            root_views: Vec::new(),
             spares: PoolStatus::default(),
             unlisted_revocations: Vec::new(),
         }
@@ -166,8 +211,15 @@ pub(crate) fn no_certificate_end(now: OffsetDateTime) -> OffsetDateTime {
 pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>, pool: Option<&str>) -> String {
     let mut text = String::new();
     for k in keys {
+        // The certificate too: a row whose certificate changed is checked
+        // again at once (it publishes and signs only if an IACA issued it).
+        let certificate = k
+            .certificate
+            .as_deref()
+            .map(|c| hex(&openssl::sha::sha256(c)))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "{}:{}:{}:{};",
+            "{}:{}:{}:{}:{certificate};",
             k.record.label,
             k.record.state.as_str(),
             k.record.activate_at.unix_timestamp(),
@@ -185,7 +237,8 @@ pub(crate) fn fingerprint(keys: &[StoredKey], crl: Option<&str>, pool: Option<&s
     text
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

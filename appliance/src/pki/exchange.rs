@@ -26,6 +26,41 @@ pub const RECORD_CONTEXT: &str = "dojang/ceremony/v1";
 pub const KIND_ROOT: &str = "root";
 /// A ceremony that certifies DS keys and signs a CRL.
 pub const KIND_CERTIFY: &str = "certify";
+/// A ceremony that makes a successor root (IACA rollover).
+pub const KIND_ROLLOVER: &str = "rollover";
+
+/// A CRL an older root still publishing must sign: its key id and the
+/// serials (hex) officers ordered revoked among its DS certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlOrder {
+    /// Hex SHA-1 key identifier of the root.
+    pub iaca_key_id: String,
+    /// Serials (hex) to list.
+    pub revoke: Vec<String>,
+}
+
+/// A CRL an older root signed at the ceremony.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootCrl {
+    /// Hex key identifier of the root.
+    pub iaca_key_id: String,
+    /// Base64 DER.
+    pub crl: String,
+}
+
+/// What a rollover ceremony made: the successor root and the two links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloverCertificates {
+    /// The successor root, self-signed (base64 DER).
+    pub root: String,
+    /// The successor's key certified by the current root (base64 DER).
+    pub link: String,
+    /// The current root's key certified by the successor (base64 DER).
+    pub back_link: String,
+}
 
 /// A DS key the daemon asks the IACA to certify.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +96,9 @@ pub struct CeremonyRequest {
     /// Serials (hex) of DS certificates officers ordered revoked: the
     /// ceremony's CRL lists each.
     pub revoke: Vec<String>,
+    /// Older roots still published (after a rollover): each signs a CRL too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older_roots: Vec<CrlOrder>,
 }
 
 /// What officers sign at a ceremony (JSON of this struct, field order fixed).
@@ -81,6 +119,9 @@ pub struct CeremonyRecord {
     pub iaca_subject: String,
     /// When the record was drawn up.
     pub created: i64,
+    /// A rollover's successor root: its common name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
 }
 
 impl CeremonyRecord {
@@ -112,8 +153,15 @@ pub struct CeremonyResponse {
     pub iaca: String,
     /// DS certificates, one per requested key.
     pub certificates: Vec<IssuedCertificate>,
-    /// The IACA's CRL (base64 DER).
+    /// The IACA's CRL (base64 DER): the certifying root's, or a
+    /// successor's first.
     pub crl: String,
+    /// CRLs of older roots still published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older_crls: Vec<RootCrl>,
+    /// A rollover's certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollover: Option<RolloverCertificates>,
 }
 
 /// Base64 DER of a PEM CRL.

@@ -21,7 +21,7 @@ use super::signer::{HsmKey, SubjectKey};
 use crate::config::PkiConfig;
 
 /// A positive serial with 127 random bits (Annex B asks for at least 63).
-fn random_serial() -> Result<SerialNumber, PkiError> {
+pub(super) fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     openssl::rand::rand_bytes(&mut bytes).map_err(|e| PkiError::Build(e.to_string()))?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40; // positive, and no leading zero octet
@@ -31,15 +31,15 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 /// RFC 5280 §4.2.1.2 method (1): SHA-1 over the subjectPublicKey bits,
 /// the value ISO 18013-5 Annex B validators recompute and compare (RFC
 /// 7093's truncated SHA-256, used before, is refused by them).
-fn key_identifier(key: &pkcs11_shim::PublicKey) -> Vec<u8> {
+pub(super) fn key_identifier(key: &pkcs11_shim::PublicKey) -> Vec<u8> {
     openssl::sha::sha1(key.raw()).to_vec()
 }
 
-fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+pub(super) fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)
 }
 
-fn name(config: &PkiConfig, common_name: &str) -> Result<DistinguishedName, PkiError> {
+pub(super) fn name(config: &PkiConfig, common_name: &str) -> Result<DistinguishedName, PkiError> {
     let mut dn = DistinguishedName::new();
     let country = rcgen::string::PrintableString::try_from(config.country.as_str())
         .map_err(|e| PkiError::Invalid(format!("pki.country: {e}")))?;
@@ -49,17 +49,17 @@ fn name(config: &PkiConfig, common_name: &str) -> Result<DistinguishedName, PkiE
     Ok(dn)
 }
 
-fn issuer_alt_name(config: &PkiConfig) -> CustomExtension {
+pub(super) fn issuer_alt_name(config: &PkiConfig) -> CustomExtension {
     CustomExtension::from_oid_content(OID_ISSUER_ALT_NAME, general_names(&config.issuer_alt_name))
 }
 
-fn crl_distribution(config: &PkiConfig) -> Vec<CrlDistributionPoint> {
+pub(super) fn crl_distribution(config: &PkiConfig) -> Vec<CrlDistributionPoint> {
     vec![CrlDistributionPoint {
         uris: vec![config.crl_url.clone()],
     }]
 }
 
-fn verify_signed_by(der: &[u8], issuer: &HsmKey<'_>) -> Result<(), PkiError> {
+pub(super) fn verify_signed_by(der: &[u8], issuer: &HsmKey<'_>) -> Result<(), PkiError> {
     let cert = X509::from_der(der).map_err(|e| PkiError::Build(e.to_string()))?;
     let key = issuer.public_key().to_openssl()?;
     match cert.verify(&key) {
@@ -74,7 +74,7 @@ fn verify_signed_by(der: &[u8], issuer: &HsmKey<'_>) -> Result<(), PkiError> {
 /// certificate was made from; [`check_issued_by`] catches any drift. What
 /// it issues names it by the key identifier its certificate carries (a
 /// root made before method (1) keeps its own).
-fn iaca_issuer<'a, 'k>(
+pub(super) fn iaca_issuer<'a, 'k>(
     config: &PkiConfig,
     iaca: &'a HsmKey<'k>,
     iaca_facts: &CertFacts,

@@ -13,6 +13,7 @@ mod error;
 pub mod exchange;
 mod issue;
 pub mod profile;
+pub mod rollover;
 mod signer;
 mod store;
 

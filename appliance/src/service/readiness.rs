@@ -136,11 +136,24 @@ pub(super) fn spare_check(spares: &crate::keys::view::PoolStatus, warn_below: u3
 
 impl ReadinessProbe {
     fn crl(&self, current: &Current, now: OffsetDateTime) -> Check {
-        let (check, left) = crl_check(
-            current.keys.crl_der.as_deref(),
-            now,
-            self.keys.pki_config().crl_validity_days,
-        );
+        let days = self.keys.pki_config().crl_validity_days;
+        // After a rollover every root still published has a CRL of its
+        // own: the failing one, else the one nearest its nextUpdate,
+        // speaks for all.
+        let views = &current.keys.root_views;
+        let mut candidates = Vec::new();
+        if views.first().is_none_or(|r| r.status != "retired") {
+            candidates.push(crl_check(current.keys.crl_der.as_deref(), now, days));
+        }
+        for root in views.iter().skip(1).filter(|r| r.status != "retired") {
+            let (check, left) = crl_check(root.crl_der.as_deref(), now, days);
+            let detail = format!("{} ({})", check.detail, root.crl_path);
+            candidates.push((Check { detail, ..check }, left));
+        }
+        let (check, left) = candidates
+            .into_iter()
+            .min_by_key(|(check, left)| (check.ok, left.unwrap_or(i64::MAX)))
+            .unwrap_or_else(|| crl_check(None, now, days));
         if let Some(left) = left {
             self.node.metrics.crl_next_update_seconds.set(left);
         }

@@ -46,6 +46,15 @@ pub fn policy_adoption_document(hash: &str) -> String {
 pub fn revocation_order_document(label: &str) -> String {
     format!("revocation.order/{label}")
 }
+/// The IACA rollovers officers held (JSON list of
+/// `pki::exchange::RolloverCertificates`, oldest first): each successor
+/// root with its links; trusted only through the link from the root before.
+pub const ROLLOVER_DOCUMENT: &str = "iaca.rollovers";
+/// The CRL (PEM) of a successor root, by its short key id (the first
+/// root's is [`CRL_DOCUMENT`]).
+pub fn root_crl_document(short_key_id: &str) -> String {
+    format!("iaca.crl/{short_key_id}")
+}
 /// The DS spare pool (offline IACA): keys generated in the token ahead of
 /// need, and the certificates ceremonies issued for them (JSON).
 pub const POOL_DOCUMENT: &str = "ds.pool";

@@ -22,17 +22,18 @@ use dojang::config::Config;
 use dojang::keys::ceremony::verify_record;
 use dojang::keys::order::digest;
 use dojang::pki::exchange::{
-    CeremonyRecord, CeremonyRequest, CeremonyResponse, KIND_CERTIFY, KIND_ROOT, RECORD_CONTEXT,
-    certify, crl_der_b64,
+    CeremonyRecord, CeremonyRequest, CeremonyResponse, KIND_CERTIFY, KIND_ROLLOVER, KIND_ROOT,
+    RECORD_CONTEXT, crl_der_b64,
 };
-use dojang::pki::{HsmKey, PkiStore, ceremony as pki_ceremony};
+use dojang::pki::{PkiStore, ceremony as pki_ceremony};
 use dojang_policies::Policy;
-use pkcs11_shim::{Algorithm, KeyPurpose};
+use pkcs11_shim::Algorithm;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::officer::{Connection, confirm};
 use crate::officer_token::TokenPlace;
+use crate::offline_roots::{certify_request, roll_over};
 
 #[derive(Subcommand)]
 pub(crate) enum CeremonyCommand {
@@ -50,10 +51,17 @@ pub(crate) enum CeremonyCommand {
         #[arg(long)]
         policy: PathBuf,
         /// A root ceremony: the IACA key and certificate from [pki].
-        #[arg(long, conflicts_with = "request")]
+        #[arg(long, conflicts_with_all = ["request", "rollover"])]
         root: bool,
+        /// An IACA rollover: a successor root named --common-name, linked
+        /// both ways with the current one.
+        #[arg(long, conflicts_with = "request", requires = "common_name")]
+        rollover: bool,
+        /// The successor root's common name (a rollover).
+        #[arg(long)]
+        common_name: Option<String>,
         /// The daemon's request this ceremony answers.
-        #[arg(long, required_unless_present = "root")]
+        #[arg(long, required_unless_present_any = ["root", "rollover"])]
         request: Option<PathBuf>,
         /// Where to write the record.
         #[arg(long)]
@@ -161,9 +169,20 @@ pub(crate) fn run(
         CeremonyCommand::Record {
             policy,
             root,
+            rollover,
+            common_name,
             request,
             out,
-        } => record(&load()?, &policy, root, request.as_deref(), &out),
+        } => {
+            let kind = match (root, rollover.then_some(common_name).flatten()) {
+                (true, _) => Kind::Root,
+                (false, Some(name)) => Kind::Rollover(name),
+                (false, None) => {
+                    Kind::Certify(request.context("--root, --rollover or --request FILE")?)
+                }
+            };
+            record(&load()?, &policy, kind, &out)
+        }
         CeremonyCommand::Sign {
             record,
             policy,
@@ -198,45 +217,49 @@ pub(crate) fn run(
             };
             perform(&load()?, &token, &files)
         }
-        CeremonyCommand::Import { response } => {
-            let body: serde_json::Value = serde_json::from_slice(&read(&response)?)
-                .with_context(|| format!("{} is not JSON", response.display()))?;
-            let answer = conn
-                .client()?
-                .call("POST", "/v1/ceremony/responses", Some(body))?;
-            println!(
-                "{}",
-                answer
-                    .get("imported")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("imported")
-            );
-            Ok(())
-        }
+        CeremonyCommand::Import { response } => import(conn, &response),
     }
 }
 
-fn record(
-    config: &Config,
-    policy: &Path,
-    root: bool,
-    request: Option<&Path>,
-    out: &Path,
-) -> anyhow::Result<()> {
+/// `ceremony import`: the response to the daemon, which verifies it.
+fn import(conn: &Connection, response: &Path) -> anyhow::Result<()> {
+    let body: serde_json::Value = serde_json::from_slice(&read(response)?)
+        .with_context(|| format!("{} is not JSON", response.display()))?;
+    let answer = conn
+        .client()?
+        .call("POST", "/v1/ceremony/responses", Some(body))?;
+    println!(
+        "{}",
+        answer
+            .get("imported")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("imported")
+    );
+    Ok(())
+}
+
+/// What a record is for.
+enum Kind {
+    Root,
+    Rollover(String),
+    Certify(PathBuf),
+}
+
+fn record(config: &Config, policy: &Path, kind: Kind, out: &Path) -> anyhow::Result<()> {
     let policy = read_policy(policy)?;
     let pki = config.pki().map_err(anyhow::Error::msg)?;
     let iaca_subject = format!(
         "C={}, O={}, CN={}",
         pki.country, pki.organization, pki.iaca_common_name
     );
-    let (kind, request_id, request_sha256) = match request {
-        None if root => (KIND_ROOT, None, None),
-        None => anyhow::bail!("--root or --request FILE"),
-        Some(path) => {
-            let bytes = read(path)?;
+    let (kind, request_id, request_sha256, successor) = match kind {
+        Kind::Root => (KIND_ROOT, None, None, None),
+        Kind::Rollover(name) => (KIND_ROLLOVER, None, None, Some(name)),
+        Kind::Certify(path) => {
+            let bytes = read(&path)?;
             let parsed: CeremonyRequest = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a ceremony request", path.display()))?;
-            (KIND_CERTIFY, Some(parsed.id), Some(digest(&bytes)))
+            (KIND_CERTIFY, Some(parsed.id), Some(digest(&bytes)), None)
         }
     };
     let record = CeremonyRecord {
@@ -247,6 +270,7 @@ fn record(
         policy_sha256: policy.hash.clone(),
         iaca_subject,
         created: OffsetDateTime::now_utc().unix_timestamp(),
+        successor,
     };
     write(out, &serde_json::to_vec_pretty(&record)?)?;
     println!(
@@ -304,11 +328,10 @@ struct Files<'a> {
     out: &'a Path,
 }
 
-fn perform(config: &Config, token: &TokenPlace<'_>, files: &Files<'_>) -> anyhow::Result<()> {
-    let record = read_record(files.record)?;
-    let policy = read_policy(files.policy)?;
+/// The officers' signature files, by identity (one each).
+fn read_signatures(files: &[PathBuf]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut signatures = BTreeMap::new();
-    for path in files.signatures {
+    for path in files {
         let sig: RecordSignature = serde_json::from_slice(&read(path)?)
             .with_context(|| format!("{} is not a ceremony signature", path.display()))?;
         anyhow::ensure!(
@@ -319,12 +342,20 @@ fn perform(config: &Config, token: &TokenPlace<'_>, files: &Files<'_>) -> anyhow
             sig.identity
         );
     }
+    Ok(signatures)
+}
+
+fn perform(config: &Config, token: &TokenPlace<'_>, files: &Files<'_>) -> anyhow::Result<()> {
+    let record = read_record(files.record)?;
+    let policy = read_policy(files.policy)?;
+    let signatures = read_signatures(files.signatures)?;
     let officers = verify_record(&record, &signatures, &policy)
         .map_err(|e| anyhow::anyhow!("the ceremony does not go ahead: {e}"))?;
     let pki = config.pki().map_err(anyhow::Error::msg)?;
     let store = PkiStore::new(&pki.dir);
     let backend = token.open()?;
     let now = OffsetDateTime::now_utc();
+    let mut older_crls = Vec::new();
     let (iaca_der, certificates, crl) = match record.kind.as_str() {
         KIND_ROOT => {
             anyhow::ensure!(
@@ -350,20 +381,33 @@ fn perform(config: &Config, token: &TokenPlace<'_>, files: &Files<'_>) -> anyhow
                 "the officers signed a record for other request bytes than {}",
                 path.display()
             );
-            let (der, _) = store.iaca()?;
-            let iaca = HsmKey::find(backend.as_ref(), &pki.iaca_key, KeyPurpose::Iaca)?;
-            let (issued, crl) = certify(pki, &der, &iaca, &request, now)?;
-            (der, issued, crl)
+            let done = certify_request(pki, backend.as_ref(), &request, now)?;
+            older_crls = done.older_crls;
+            (done.root, done.certificates, done.crl)
+        }
+        KIND_ROLLOVER => {
+            return rollover(
+                pki,
+                backend.as_ref(),
+                record,
+                signatures,
+                &officers,
+                files.out,
+            );
         }
         other => anyhow::bail!("a {other:?} ceremony is not one this tool runs"),
     };
-    println!("wrote {}", store.write_crl(&crl)?.display());
+    if iaca_der == store.iaca()?.0 {
+        println!("wrote {}", store.write_crl(&crl)?.display());
+    }
     let response = CeremonyResponse {
         record,
         signatures,
         iaca: B64.encode(&iaca_der),
         certificates,
         crl: crl_der_b64(&crl)?,
+        older_crls,
+        rollover: None,
     };
     write(files.out, &serde_json::to_vec_pretty(&response)?)?;
     println!(
@@ -372,6 +416,42 @@ fn perform(config: &Config, token: &TokenPlace<'_>, files: &Files<'_>) -> anyhow
         officers.join(", "),
         response.certificates.len(),
         files.out.display()
+    );
+    Ok(())
+}
+
+/// The rollover ceremony's work and its response.
+fn rollover(
+    pki: &dojang::config::PkiConfig,
+    backend: &dyn pkcs11_shim::KeyBackend,
+    record: CeremonyRecord,
+    signatures: BTreeMap<String, String>,
+    officers: &[String],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let name = record
+        .successor
+        .clone()
+        .context("a rollover record names its successor's common name")?;
+    let (current, crl, certificates, path) =
+        roll_over(pki, backend, &name, OffsetDateTime::now_utc())?;
+    println!("wrote {}", path.display());
+    // The successor's first CRL is the response's; the current root's
+    // file stays as it is.
+    let response = CeremonyResponse {
+        record,
+        signatures,
+        iaca: B64.encode(&current),
+        certificates: Vec::new(),
+        crl: crl_der_b64(&crl)?,
+        older_crls: Vec::new(),
+        rollover: Some(certificates),
+    };
+    write(out, &serde_json::to_vec_pretty(&response)?)?;
+    println!(
+        "rollover ceremony done with {}: successor root {name}, linked both ways; wrote {} (dojangctl ceremony import)",
+        officers.join(", "),
+        out.display()
     );
     Ok(())
 }

@@ -13,6 +13,7 @@ mod dev_tls;
 mod keys;
 mod officer;
 mod officer_token;
+mod offline_roots;
 mod pki;
 mod policy;
 mod policy_ceremony;

@@ -158,16 +158,52 @@ impl KeyManager {
     /// Builds what the listeners need from the registry's keys.
     pub(crate) fn key_view(
         &self,
-        iaca: Option<&(Vec<u8>, CertFacts)>,
-        keys: &[StoredKey],
-        crl: Option<String>,
-        pool: Option<String>,
+        roots: &[crate::keys::view::Root],
+        stored: super::state::Stored,
     ) -> Result<KeyView, LoadError> {
-        let fingerprint = fingerprint(keys, crl.as_deref(), pool.as_deref());
-        let mut view = self.chains_view(iaca, keys, crl)?;
+        let fingerprint = stored.fingerprint();
+        let super::state::Stored {
+            keys,
+            crl,
+            pool,
+            rollovers,
+        } = stored;
+        let mut view = self.chains_view(roots, &keys, crl)?;
         view.fingerprint = fingerprint;
+        // A CRL is served only if its root signed it (a row can be edited).
+        if let (Some(der), Some(first)) = (view.crl_der.as_deref(), roots.first())
+            && !crl_signed_by(der, &first.0)
+        {
+            view.problems
+                .push("the stored CRL is not signed by the IACA: not served".into());
+            view.crl_der = None;
+            view.crl_pem = None;
+        }
+        let parsed = super::Pool::parse(pool.as_deref()).unwrap_or_default();
+        view.root_views = self.root_views(
+            roots,
+            &keys,
+            &parsed,
+            view.crl_der.as_deref(),
+            rollovers.as_deref(),
+        );
+        let published: Vec<&[u8]> = roots
+            .iter()
+            .zip(&view.root_views)
+            .filter(|(_, v)| v.status != "retired")
+            .map(|(r, _)| r.0.as_slice())
+            .collect();
+        view.iaca_pem = (!published.is_empty()).then(|| {
+            published
+                .iter()
+                .filter_map(|der| crate::pki::cert_pem(der).ok())
+                .collect::<String>()
+                .into_bytes()
+        });
+        view.iaca = roots.last().cloned();
+        view.roots = roots.to_vec();
         if self.pki_config.offline() {
-            self.pool_view(&mut view, iaca, keys, pool.as_deref());
+            self.pool_view(&mut view, roots, &keys, pool.as_deref());
         }
         Ok(view)
     }
@@ -178,7 +214,7 @@ impl KeyManager {
     fn pool_view(
         &self,
         view: &mut KeyView,
-        iaca: Option<&(Vec<u8>, CertFacts)>,
+        roots: &[crate::keys::view::Root],
         keys: &[StoredKey],
         pool: Option<&str>,
     ) {
@@ -201,9 +237,10 @@ impl KeyManager {
                 .with_label_values(&[state])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        if let (Some(spare), Some((iaca_der, _))) = (pool.keys.iter().find(|s| s.emergency), iaca) {
-            match self.check_spare(spare) {
+        if let Some(spare) = pool.keys.iter().find(|s| s.emergency) {
+            match self.check_spare(spare, roots, keys) {
                 Ok(checked) => {
+                    let iaca_der = &checked.root;
                     let mut jwks: serde_json::Value =
                         serde_json::from_slice(&view.jwks).unwrap_or_default();
                     if let Some(list) = jwks.get_mut("keys").and_then(|k| k.as_array_mut()) {
@@ -238,8 +275,13 @@ impl KeyManager {
             .iter()
             .filter(|k| k.chain == DS_CHAIN && k.record.revoked)
             .filter(|k| {
-                crate::store::revoked_serials(std::slice::from_ref(*k))
-                    .is_ok_and(|s| s.iter().any(|serial| !listed.contains(serial)))
+                let verified = k
+                    .certificate
+                    .as_deref()
+                    .is_some_and(|der| crate::keys::view::root_for(roots, der).is_some());
+                !verified
+                    || crate::store::revoked_serials(std::slice::from_ref(*k))
+                        .is_ok_and(|s| s.iter().any(|serial| !listed.contains(serial)))
             })
             .map(|k| k.record.label.clone())
             .collect();
@@ -247,16 +289,17 @@ impl KeyManager {
 
     fn chains_view(
         &self,
-        iaca: Option<&(Vec<u8>, CertFacts)>,
+        roots: &[crate::keys::view::Root],
         keys: &[StoredKey],
         crl: Option<String>,
     ) -> Result<KeyView, LoadError> {
+        let iaca = roots.last().map(|r| r.as_ref());
         let mut signers = Vec::new();
         let mut problems = Vec::new();
         let mut jwks = Vec::new();
         let mut ds_pem = HashMap::new();
         let mut revoked = Vec::new();
-        let Some((iaca_der, iaca)) = iaca else {
+        let Some(_) = iaca else {
             problems.push(
                 "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
                     .to_owned(),
@@ -278,6 +321,9 @@ impl KeyManager {
             if r.revoked {
                 revoked.push(r.label.clone());
             }
+            let Some((iaca_der, iaca)) = self.issuer_of(roots, &r.label, der, &mut problems) else {
+                continue;
+            };
             if r.is_published() {
                 match cert_public_key(der) {
                     Ok(public) => jwks.push(jwk_entry(&public, Some([&der[..], iaca_der]))),
@@ -318,6 +364,28 @@ impl KeyManager {
         view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": all }))
             .map_err(|e| LoadError(e.to_string()))?;
         Ok(view)
+    }
+
+    /// The trusted root that issued a DS row's certificate; none (a
+    /// problem, counted) for one no trusted root issued: published or
+    /// signing only with such a certificate, never on a row's word.
+    fn issuer_of<'r>(
+        &self,
+        roots: &'r [crate::keys::view::Root],
+        label: &str,
+        der: &[u8],
+        problems: &mut Vec<String>,
+    ) -> Option<&'r (Vec<u8>, CertFacts)> {
+        let root = crate::keys::view::root_for(roots, der);
+        if root.is_none() {
+            self.node
+                .metrics
+                .order_refused("publish", "unverified_certificate");
+            problems.push(format!(
+                "DS key {label}: its certificate is not issued by a trusted IACA; neither published nor signing"
+            ));
+        }
+        root
     }
 
     /// The signer of a pending or active DS key, or why it cannot sign.
@@ -413,8 +481,20 @@ impl KeyManager {
             fingerprint,
             iaca_pem: None,
             iaca: None,
+            roots: Vec::new(),
+            root_views: Vec::new(),
             spares: Default::default(),
             unlisted_revocations: Vec::new(),
         })
+    }
+}
+
+/// Whether the CRL `der` is signed by the key of the root `root_der`.
+pub(super) fn crl_signed_by(der: &[u8], root_der: &[u8]) -> bool {
+    let crl = openssl::x509::X509Crl::from_der(der);
+    let key = openssl::x509::X509::from_der(root_der).and_then(|r| r.public_key());
+    match (crl, key) {
+        (Ok(crl), Ok(key)) => crl.verify(&key).unwrap_or(false),
+        _ => false,
     }
 }

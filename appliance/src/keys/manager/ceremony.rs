@@ -16,7 +16,8 @@ use crate::keys::order::digest;
 use crate::keys::view::hex;
 use crate::pki::HsmKey;
 use crate::pki::exchange::{
-    CeremonyRequest, CeremonyResponse, KIND_CERTIFY, KIND_ROOT, REQUEST_CONTEXT, RequestedKey,
+    CeremonyRequest, CeremonyResponse, CrlOrder, KIND_CERTIFY, KIND_ROLLOVER, KIND_ROOT,
+    REQUEST_CONTEXT, RequestedKey,
 };
 use crate::store::{
     StoreError, ceremony_answer_document, ceremony_request_document, revoked_serials,
@@ -65,12 +66,7 @@ impl KeyManager {
                 not_after: not_after.unix_timestamp(),
             });
         }
-        let revoked = self.ordered_revocations()?;
-        let revoke = revoked_serials(&revoked)
-            .map_err(store_problem)?
-            .iter()
-            .map(|serial| hex(serial).to_ascii_uppercase())
-            .collect();
+        let (revoke, older_roots) = self.revocations_by_root()?;
         let mut random = [0u8; 8];
         openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
         let request = CeremonyRequest {
@@ -80,6 +76,7 @@ impl KeyManager {
             iaca_key_id: iaca.1.ski.as_deref().map(hex).unwrap_or_default(),
             keys,
             revoke,
+            older_roots,
         };
         let bytes = serde_json::to_vec_pretty(&request).map_err(|e| e.to_string())?;
         let text = String::from_utf8(bytes.clone()).map_err(|e| e.to_string())?;
@@ -102,6 +99,99 @@ impl KeyManager {
             .set_document(&ceremony_request_document(&request.id), &text, decision)
             .map_err(store_problem)?;
         Ok(bytes)
+    }
+
+    /// Stores a root's new CRL: the first root's over the one it follows
+    /// (every node serves one), a successor's in its own document.
+    fn store_root_crl(
+        &self,
+        document: &str,
+        pem: &str,
+        served: Option<&str>,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), String> {
+        let mut decision =
+            self.node
+                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now);
+        decision.rule = Some(format!("CRL {document} from ceremony {id}"));
+        if document == crate::store::CRL_DOCUMENT {
+            self.node
+                .registry
+                .set_crl(pem, served, decision)
+                .map_err(store_problem)?;
+            if let Err(e) = self.pki.write_crl(pem) {
+                tracing::warn!(error = %e, "writing the CRL file");
+            }
+            Ok(())
+        } else {
+            self.node
+                .registry
+                .set_document(document, pem, decision)
+                .map_err(store_problem)
+        }
+    }
+
+    /// Older roots still published: key id, DER, the CRL served for it.
+    fn older_roots(&self) -> Result<Vec<crate::keys::ceremony::OlderRoot>, ImportError> {
+        let view = self.view();
+        let mut older = Vec::new();
+        for (root, status) in view.roots.iter().zip(&view.root_views) {
+            if status.status != "retiring" {
+                continue;
+            }
+            let served = self
+                .node
+                .registry
+                .document(&self.crl_document_of(&view.roots, &root.1))
+                .map_err(|e| ImportError::Failed(store_problem(e)))?;
+            older.push((status.key_id.clone(), root.0.clone(), served));
+        }
+        Ok(older)
+    }
+
+    /// The serials officers ordered revoked, by the root that issued each:
+    /// the current root's, and a CRL order for every older root still
+    /// published (each signs its own CRL at the ceremony).
+    fn revocations_by_root(&self) -> Result<(Vec<String>, Vec<CrlOrder>), String> {
+        let view = self.view();
+        let revoked = self.ordered_revocations()?;
+        let mut current = Vec::new();
+        let mut older: Vec<CrlOrder> = view
+            .root_views
+            .iter()
+            .filter(|r| r.status == "retiring")
+            .map(|r| CrlOrder {
+                iaca_key_id: r.key_id.clone(),
+                revoke: Vec::new(),
+            })
+            .collect();
+        for key in &revoked {
+            let Some(der) = key.certificate.as_deref() else {
+                continue;
+            };
+            let serial = revoked_serials(std::slice::from_ref(key))
+                .map_err(store_problem)?
+                .first()
+                .map(|s| hex(s).to_ascii_uppercase())
+                .unwrap_or_default();
+            // The serial must be the one the IACA issued: a row's
+            // certificate replaced by another for the same key would keep
+            // the real one off the CRL.
+            let root = crate::keys::view::root_for(&view.roots, der)
+                .and_then(|r| r.1.ski.as_deref().map(hex))
+                .ok_or_else(|| {
+                    format!(
+                        "revoked key {}: its certificate in the registry is not one a trusted IACA issued (the row was changed); no request until it is restored",
+                        key.record.label
+                    )
+                })?;
+            match older.iter_mut().find(|o| o.iaca_key_id == root) {
+                Some(order) => order.revoke.push(serial),
+                None => current.push(serial),
+            }
+        }
+        Ok((current, older))
     }
 
     /// Imports a ceremony response `body` brought by `officer`: verified
@@ -140,17 +230,20 @@ impl KeyManager {
         let response: CeremonyResponse =
             serde_json::from_slice(body).map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
         let policy = self.policy.current();
-        let iaca = self
-            .view()
+        let view = self.view();
+        let iaca = view
             .iaca
             .clone()
             .ok_or_else(|| ImportError::Failed("no IACA loaded".into()))?;
+        if response.record.kind == KIND_ROLLOVER {
+            return self.import_rollover(&response, &policy, now);
+        }
         if response.record.kind == KIND_ROOT {
             let officers = verify_record(&response.record, &response.signatures, &policy)
                 .map_err(CeremonyRefusal::Officers)?;
             let root = crate::pki::exchange::b64("iaca", &response.iaca)
                 .map_err(|e| CeremonyRefusal::Malformed(e.to_string()))?;
-            if root != iaca.0 {
+            if !self.view().roots.iter().any(|r| r.0 == root) {
                 return Err(CeremonyRefusal::Chain(
                     "the root ceremony's IACA is not the one this daemon loaded".into(),
                 )
@@ -188,7 +281,8 @@ impl KeyManager {
         {
             return Err(CeremonyRefusal::Replayed(id).into());
         }
-        let served = self.node.registry.crl().map_err(failed)?;
+        let crl_document = self.crl_document_of(&view.roots, &iaca.1);
+        let served = self.node.registry.document(&crl_document).map_err(failed)?;
         let verified = verify_certification(
             &response,
             &Expected {
@@ -196,10 +290,17 @@ impl KeyManager {
                 policy: &policy,
                 iaca: (&iaca.0, &iaca.1),
                 served_crl: served.as_deref(),
+                older: self.older_roots()?,
                 now,
             },
         )?;
-        self.apply_certification(&id, &response, verified, served.as_deref(), now)
+        self.apply_certification(
+            &id,
+            &response,
+            verified,
+            (&view.roots, &iaca, served.as_deref()),
+            now,
+        )
     }
 
     fn apply_certification(
@@ -207,7 +308,11 @@ impl KeyManager {
         id: &str,
         response: &CeremonyResponse,
         verified: crate::keys::ceremony::VerifiedCertification,
-        served: Option<&str>,
+        (roots, current, served): (
+            &[crate::keys::view::Root],
+            &crate::keys::view::Root,
+            Option<&str>,
+        ),
         now: OffsetDateTime,
     ) -> Result<String, ImportError> {
         let failed = |e: String| ImportError::Failed(e);
@@ -233,16 +338,25 @@ impl KeyManager {
             return Err(CeremonyRefusal::Replayed(id.to_owned()).into());
         }
         let taken = self.certify_spares(&verified, now).map_err(failed)?;
-        let mut decision =
-            self.node
-                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now);
-        decision.rule = Some(format!("CRL from ceremony request {id}"));
-        self.node
-            .registry
-            .set_crl(&verified.crl_pem, served, decision)
-            .map_err(|e| failed(store_problem(e)))?;
-        if let Err(e) = self.pki.write_crl(&verified.crl_pem) {
-            tracing::warn!(error = %e, "writing the CRL file");
+        // The root the response was verified against, whatever landed since.
+        let document = self.crl_document_of(roots, &current.1);
+        self.store_root_crl(&document, &verified.crl_pem, served, id, now)
+            .map_err(failed)?;
+        for (key_id, pem) in &verified.older_crls {
+            let Some(root) = roots
+                .iter()
+                .find(|r| r.1.ski.as_deref().map(hex).as_deref() == Some(key_id.as_str()))
+            else {
+                continue;
+            };
+            let document = self.crl_document_of(roots, &root.1);
+            let previous = self
+                .node
+                .registry
+                .document(&document)
+                .map_err(|e| failed(store_problem(e)))?;
+            self.store_root_crl(&document, pem, previous.as_deref(), id, now)
+                .map_err(failed)?;
         }
         self.wake();
         if self.view().signer_at(now).is_none() {
@@ -278,6 +392,22 @@ impl KeyManager {
                 tracing::warn!(label = %cert.label, "a certified key is no longer waiting in the pool");
                 continue;
             };
+            // The certificate must certify the key this token holds under
+            // the label, as the pool recorded it (the stored request and
+            // the pool are rows).
+            let certified = crate::keys::view::cert_public_key(&cert.der)?;
+            let in_token = self
+                .node
+                .backend
+                .find(&cert.label)
+                .ok()
+                .and_then(|k| k.public_key)
+                .is_some_and(|k| k.spki_der() == certified.spki_der());
+            if !in_token || spare.kid != certified.kid() {
+                self.node.metrics.order_refused("ceremony", "foreign_key");
+                tracing::error!(label = %cert.label, "a certificate for a key this token does not hold under the label: not taken");
+                continue;
+            }
             spare.certificate = Some(B64.encode(&cert.der));
             taken.push(cert.label.clone());
         }

@@ -6,6 +6,8 @@ mod ceremony;
 mod moves;
 mod pool;
 mod revocation;
+mod rollover;
+mod roots;
 mod state;
 pub(crate) mod token;
 
@@ -13,4 +15,5 @@ pub use self::ceremony::ImportError;
 pub use self::moves::DestroyOrder;
 pub use self::pool::{Pool, Spare};
 pub use self::revocation::ordered_revocations;
+pub use self::roots::verify_rollover;
 pub use self::state::{KeyManager, KeySettings};

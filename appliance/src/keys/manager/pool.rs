@@ -50,6 +50,8 @@ pub(super) struct CheckedSpare {
     pub(super) der: Vec<u8>,
     pub(super) facts: CertFacts,
     pub(super) public: PublicKey,
+    /// The root that issued it (DER).
+    pub(super) root: Vec<u8>,
 }
 
 impl Pool {
@@ -93,20 +95,30 @@ impl Pool {
         }
     }
 
-    /// The spare a rotation takes: the emergency spare when the key must
-    /// sign at once (verifiers know it already), else the oldest certified
-    /// scheduled spare; the emergency one only if `may_use_emergency`.
-    pub fn pick(&self, urgent: bool, may_use_emergency: bool) -> Option<&Spare> {
-        let emergency = self.keys.iter().find(|s| s.emergency);
+    /// The spares a rotation may take, best first: the emergency spare
+    /// first when the key must sign at once (verifiers know it already),
+    /// else the certified scheduled spares oldest first; the emergency one
+    /// for a scheduled rotation only if `may_use_emergency`.
+    pub fn candidates(&self, urgent: bool, may_use_emergency: bool) -> Vec<&Spare> {
+        let emergency = self.keys.iter().filter(|s| s.emergency);
         let scheduled = self
             .keys
             .iter()
-            .find(|s| s.certificate.is_some() && !s.emergency);
+            .filter(|s| s.certificate.is_some() && !s.emergency);
         if urgent {
-            emergency.or(scheduled)
+            emergency.chain(scheduled).collect()
         } else {
-            scheduled.or(emergency.filter(|_| may_use_emergency))
+            scheduled
+                .chain(emergency.filter(|_| may_use_emergency))
+                .collect()
         }
+    }
+
+    /// The first of [`candidates`](Self::candidates).
+    pub fn pick(&self, urgent: bool, may_use_emergency: bool) -> Option<&Spare> {
+        self.candidates(urgent, may_use_emergency)
+            .into_iter()
+            .next()
     }
 }
 
@@ -210,21 +222,21 @@ impl KeyManager {
     /// A spare's certificate checked again (the pool is a row): issued by
     /// the IACA, the DS profile, and certifying the token's key under the
     /// spare's label.
-    pub(super) fn check_spare(&self, spare: &Spare) -> Result<CheckedSpare, String> {
+    pub(super) fn check_spare(
+        &self,
+        spare: &Spare,
+        roots: &[crate::keys::view::Root],
+        keys: &[StoredKey],
+    ) -> Result<CheckedSpare, String> {
         let label = &spare.label;
-        let iaca = self.view().iaca.clone().ok_or("no IACA loaded")?;
         let der = B64
             .decode(spare.certificate.as_deref().ok_or("not certified yet")?)
             .map_err(|e| format!("{label}: certificate: {e}"))?;
-        let cert = openssl::x509::X509::from_der(&der).map_err(|e| format!("{label}: {e}"))?;
-        let iaca_cert = openssl::x509::X509::from_der(&iaca.0).map_err(|e| format!("IACA: {e}"))?;
-        let signed = iaca_cert
-            .public_key()
-            .ok()
-            .is_some_and(|k| cert.verify(&k).unwrap_or(false));
-        if !signed {
-            return Err(format!("{label}: the certificate is not the IACA's"));
-        }
+        // Issued by the root that certifies now: a spare of an older root
+        // (dropped at a rollover) or a forged certificate is refused.
+        let iaca = crate::keys::view::root_for(roots, &der)
+            .filter(|root| roots.last().is_some_and(|current| current.0 == root.0))
+            .ok_or_else(|| format!("{label}: the certificate is not the current IACA's"))?;
         let facts = profile::check_ds(&der, Some(&iaca.1)).map_err(|e| format!("{label}: {e}"))?;
         let public = cert_public_key(&der)?;
         let token = self
@@ -245,7 +257,21 @@ impl KeyManager {
                 "{label}: the certificate does not certify the token's DS key under this label"
             ));
         }
-        Ok(CheckedSpare { der, facts, public })
+        // A spare has never been a key of the chain: a revoked, retired
+        // or signing key written back into the pool is refused.
+        if keys
+            .iter()
+            .any(|k| k.record.label == *label || k.kid == public.kid())
+        {
+            self.node.metrics.order_refused("spare", "already_a_key");
+            return Err(format!("{label}: already a key of the chain; not a spare"));
+        }
+        Ok(CheckedSpare {
+            der,
+            facts,
+            public,
+            root: iaca.0.clone(),
+        })
     }
 
     /// A rotation with the IACA offline: a certified spare becomes the
@@ -258,15 +284,25 @@ impl KeyManager {
     ) -> Result<String, String> {
         let mut pool = self.pool()?;
         let urgent = activate_at <= now;
-        let spare = pool
-            .pick(urgent, reason != "scheduled rotation")
-            .cloned()
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        let roots = self.view().roots.clone();
+        // The first candidate that checks out: one bad entry (a row can be
+        // edited) must not hold up an emergency.
+        let (spare, checked) = pool
+            .candidates(urgent, reason != "scheduled rotation")
+            .into_iter()
+            .find_map(|spare| match self.check_spare(spare, &roots, &keys) {
+                Ok(checked) => Some((spare.clone(), checked)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a spare that does not check out is skipped");
+                    None
+                }
+            })
             .ok_or_else(|| {
                 format!(
                     "no certified DS key in the spare pool for the rotation ({reason}): hold a ceremony (dojangctl ceremony)"
                 )
             })?;
-        let checked = self.check_spare(&spare)?;
         let key = StoredKey {
             chain: DS_CHAIN.into(),
             kid: checked.public.kid(),

@@ -67,6 +67,25 @@ pub struct KeyManager {
     pub(super) refused_revocations: Mutex<std::collections::HashSet<String>>,
 }
 
+/// What the registry holds for a view, read at once.
+pub(crate) struct Stored {
+    pub(crate) keys: Vec<StoredKey>,
+    pub(crate) crl: Option<String>,
+    pub(crate) pool: Option<String>,
+    pub(crate) rollovers: Option<String>,
+}
+
+impl Stored {
+    /// What changes when any of it does.
+    pub(crate) fn fingerprint(&self) -> String {
+        let mut text = fingerprint(&self.keys, self.crl.as_deref(), self.pool.as_deref());
+        if let Some(rollovers) = &self.rollovers {
+            text.push_str(&format!(";roots:{}", rollovers.len()));
+        }
+        text
+    }
+}
+
 /// What the key manager is built from.
 pub struct KeySettings {
     /// Labels of the service's own keys.
@@ -145,17 +164,14 @@ impl KeyManager {
         now: OffsetDateTime,
         commit: impl FnOnce(&KeyView) -> Result<(), LoadError>,
     ) -> Result<(), LoadError> {
-        let iaca = self.load_iaca(policy_hash, now)?.map(Arc::new);
+        let first = self.load_iaca(policy_hash, now)?.map(Arc::new);
         self.import_existing_keys(now)?;
         let _ordered = self.key_swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let (keys, crl, pool) = self.keys_and_crl()?;
-        let mut view = self.key_view(iaca.as_deref(), &keys, crl, pool)?;
-        view.iaca_pem = iaca
-            .as_ref()
-            .map(|i| crate::pki::cert_pem(&i.0).map(String::into_bytes))
-            .transpose()
-            .map_err(|e| LoadError(format!("IACA: {e}")))?;
-        view.iaca = iaca;
+        let stored = self.keys_and_crl()?;
+        let roots = first
+            .map(|first| self.trusted_roots(first, stored.rollovers.as_deref()))
+            .unwrap_or_default();
+        let view = self.key_view(&roots, stored)?;
         commit(&view)?;
         self.install_view(view);
         Ok(())
@@ -234,11 +250,9 @@ impl KeyManager {
         }
     }
 
-    /// The registry's key records, CRL and spare pool, read for a view.
-    #[allow(clippy::type_complexity)] // one tuple, named by the callers
-    pub(super) fn keys_and_crl(
-        &self,
-    ) -> Result<(Vec<StoredKey>, Option<String>, Option<String>), LoadError> {
+    /// The registry's key records, CRL, spare pool and rollovers, read
+    /// for a view.
+    pub(super) fn keys_and_crl(&self) -> Result<Stored, LoadError> {
         let keys = self
             .node
             .registry
@@ -254,7 +268,17 @@ impl KeyManager {
             .registry
             .document(crate::store::POOL_DOCUMENT)
             .map_err(|e| LoadError(store_problem(e)))?;
-        Ok((keys, crl, pool))
+        let rollovers = self
+            .node
+            .registry
+            .document(crate::store::ROLLOVER_DOCUMENT)
+            .map_err(|e| LoadError(store_problem(e)))?;
+        Ok(Stored {
+            keys,
+            crl,
+            pool,
+            rollovers,
+        })
     }
 
     fn resting(&self) -> bool {
@@ -282,14 +306,17 @@ impl KeyManager {
     /// always, with `force`).
     pub fn refresh_keys(&self, force: bool) -> Result<(), LoadError> {
         let _ordered = self.key_swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let (keys, crl, pool) = self.keys_and_crl()?;
+        let stored = self.keys_and_crl()?;
         let current = self.view();
-        if !force && fingerprint(&keys, crl.as_deref(), pool.as_deref()) == current.fingerprint {
+        if !force && stored.fingerprint() == current.fingerprint {
             return Ok(());
         }
-        let mut view = self.key_view(current.iaca.as_deref(), &keys, crl, pool)?;
-        view.iaca_pem = current.iaca_pem.clone();
-        view.iaca = current.iaca.clone();
+        let roots = current
+            .roots
+            .first()
+            .map(|first| self.trusted_roots(first.clone(), stored.rollovers.as_deref()))
+            .unwrap_or_default();
+        let view = self.key_view(&roots, stored)?;
         self.install_view(view);
         Ok(())
     }
@@ -396,6 +423,15 @@ impl KeyManager {
         let Some(pem) = generated else {
             return Ok(None);
         };
+        if self.pki_config.offline() {
+            // The root ceremony writes the file; the registry's copy is a
+            // row, and a row does not make a root (an insider could name
+            // their own). Copy iaca.pem to every node's pki.dir.
+            return Err(LoadError(format!(
+                "{} is missing: with the IACA offline every node needs the root's file (copy it from the root ceremony)",
+                self.pki.iaca_path().display()
+            )));
+        }
         let der = crate::pki::cert_der_from_pem(pem.as_bytes())
             .map_err(|e| LoadError(format!("IACA in the registry: {e}")))?;
         let facts = crate::pki::profile::check_iaca(&der)
