@@ -8,6 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod process;
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -162,6 +164,8 @@ impl Metrics {
             key_actions,
             officer_steps,
         ) = Self::state(&r);
+        r.register(Box::new(process::ProcessCollector::new()))
+            .expect("unique metric");
         Metrics {
             requests,
             connections,

@@ -284,7 +284,14 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         }
         if let Some(comment) = line.strip_prefix("# ") {
             assert!(
-                comment.starts_with("HELP dojang_") || comment.starts_with("TYPE dojang_"),
+                [
+                    "HELP dojang_",
+                    "TYPE dojang_",
+                    "HELP process_",
+                    "TYPE process_"
+                ]
+                .iter()
+                .any(|p| comment.starts_with(p)),
                 "{line}"
             );
             continue;
@@ -292,7 +299,11 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(name.starts_with("dojang_"), "{line}");
+        // Ours, and the standard process_* metrics.
+        assert!(
+            name.starts_with("dojang_") || name.starts_with("process_"),
+            "{line}"
+        );
         assert!(
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "{line}"
@@ -316,6 +327,13 @@ fn metrics_parse_and_move() {
     assert_eq!(before["dojang_key_backend_up"], 1.0);
     assert_eq!(before["dojang_build_info{version=\"0.1.0\"}"], 1.0);
     assert_eq!(before["dojang_free_quota_remaining"], 468_000.0);
+    // The standard process metrics, read from the daemon's /proc/self.
+    assert!(before["process_resident_memory_bytes"] > 1_048_576.0);
+    assert!(before["process_open_fds"] >= 3.0);
+    assert!(before["process_threads"] >= 2.0);
+    assert!(before["process_start_time_seconds"] > 1.7e9);
+    assert!(before["process_max_fds"] >= 64.0);
+    assert!(before.contains_key("process_cpu_seconds_total"));
     assert!(before["dojang_ds_certificate_expiry_seconds{key=\"ds-1\"}"] > 86_400.0);
     // DS keys only: the status-list and audit keys have no certificate.
     assert!(
