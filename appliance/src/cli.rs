@@ -74,9 +74,10 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
             SqliteRegistry::open(path)
                 .with_context(|| format!("opening the registry {}", path.display()))?,
         ),
-        (None, Some(url)) => {
-            Arc::new(PostgresRegistry::open(url, store.pool_size).context("opening the registry")?)
-        }
+        (None, Some(url)) => Arc::new(
+            PostgresRegistry::open_with_ca(url, store.pool_size, store.postgres_ca.as_deref())
+                .context("opening the registry")?,
+        ),
         (None, None) => anyhow::bail!("[store]: set sqlite or postgres"),
     })
 }
