@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Seconds until the served CRL's nextUpdate (negative once past):
     /// verifiers refuse DS certificates whose CRL expired.
     pub crl_next_update_seconds: IntGauge,
+    /// Seconds until each client CRL file's nextUpdate (negative once
+    /// past: the API then refuses every client).
+    pub client_crl_next_update_seconds: IntGaugeVec,
     /// DS keys in the spare pool (offline IACA), by state: `certified`
     /// (ready for the next scheduled rotations), `uncertified` (waiting for
     /// a ceremony), `emergency` (certified and published, 0 or 1).
@@ -142,17 +145,8 @@ impl Metrics {
             .expect("unique metric");
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
-        let crl_next_update_seconds = gauge(
-            &r,
-            "dojang_crl_next_update_seconds",
-            "Seconds until the served IACA CRL's nextUpdate (negative once past).",
-        );
-        let ds_spare_keys = gauge_vec(
-            &r,
-            "dojang_ds_spare_keys",
-            "DS keys in the spare pool by state (certified, uncertified, emergency).",
-            &["state"],
-        );
+        let (crl_next_update_seconds, client_crl_next_update_seconds, ds_spare_keys) =
+            Self::certificates(&r);
         let (issuance_seconds, issuances, denials, hsm_operations, hsm_seconds, queue_depth) =
             Self::issuance(&r);
         let (
@@ -187,12 +181,36 @@ impl Metrics {
             orders_refused,
             crl_next_update_seconds,
             ds_spare_keys,
+            client_crl_next_update_seconds,
             last_order_refused: std::sync::Mutex::new((0, None)),
             keys_retained_in_token,
             status_list_signatures,
             status_list_seconds,
             registry: r,
         }
+    }
+
+    /// The CRLs served and trusted, and the DS spare pool.
+    fn certificates(r: &Registry) -> (IntGauge, IntGaugeVec, IntGaugeVec) {
+        (
+            gauge(
+                r,
+                "dojang_crl_next_update_seconds",
+                "Seconds until the served IACA CRL's nextUpdate (negative once past).",
+            ),
+            gauge_vec(
+                r,
+                "dojang_client_crl_next_update_seconds",
+                "Seconds until each client CRL file's nextUpdate (negative once past).",
+                &["file"],
+            ),
+            gauge_vec(
+                r,
+                "dojang_ds_spare_keys",
+                "DS keys in the spare pool by state (certified, uncertified, emergency).",
+                &["state"],
+            ),
+        )
     }
 
     /// Requests and connections.

@@ -186,6 +186,39 @@ fn sighup_applies_a_new_crl_to_new_connections() {
     assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
 }
 
+#[test]
+fn a_changed_client_crl_file_applies_without_a_signal_and_readiness_watches_it() {
+    let d = Daemon::start(Options::default());
+    let ready = d.ops_client().get("/readyz").json();
+    let detail = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "client_crls")
+        .map(|c| c["detail"].as_str().unwrap().to_owned())
+        .expect("a client_crls check");
+    assert!(detail.contains("nextUpdate in"), "{detail}");
+    let metrics = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("dojang_client_crl_next_update_seconds{file=\"crl.pem\"}"),
+        "{metrics}"
+    );
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    // The CA revokes `counter`; the operator replaces the file, no SIGHUP.
+    let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
+    wait_for_log(&d, "a client CRL file changed");
+    wait_for_log(&d, "reloaded TLS files");
+    let (jwk, _) = daemon::phone();
+    let refused = d.client("counter").try_send(
+        "POST",
+        "/v1/credentials",
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&daemon::request("mdoc", &daemon::number(2), &jwk)).unwrap(),
+    );
+    assert!(refused.is_err(), "a revoked client was let in: {refused:?}");
+    assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
+}
+
 /// A registry row naming a policy whose text no node has (SQLite).
 fn adopt_elsewhere(d: &Daemon) {
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();

@@ -234,7 +234,25 @@ fn feed_watchdog() {
     }
 }
 
-/// Reloads on SIGHUP until SIGTERM or SIGINT.
+/// How often the client CRL files are checked for a new version.
+const CRL_FILE_CHECK: Duration = Duration::from_secs(2);
+
+/// The client CRL files' modification times and sizes (a change reloads).
+fn crl_stamps(server: &ServerConfig) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    server
+        .api
+        .client_crls
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| m.modified().ok().map(|t| (t, m.len())))
+        })
+        .collect()
+}
+
+/// Reloads on SIGHUP, and when a client CRL file changes (a revoked client
+/// must not wait for an operator's signal), until SIGTERM or SIGINT.
 async fn signals(
     server: &ServerConfig,
     shared: &Shared,
@@ -245,31 +263,53 @@ async fn signals(
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut crl_check = tokio::time::interval(CRL_FILE_CHECK);
+    let mut stamps = crl_stamps(server);
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
-                let reloaded = reload(server, &shared.service, api_slot, public_slot, &shared.pool).await;
-                let outcome = match reloaded {
-                    Ok(()) => {
-                        rekey.send_modify(|generation| *generation += 1);
-                        tracing::info!("reloaded TLS files, CRLs, policy and PKI");
-                        "ok"
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload refused; the previous configuration stays");
-                        "error"
-                    }
-                };
-                let service = shared.service.clone();
-                // Not on the signing pool: a full pool must not lose the entry.
-                let _ = tokio::task::spawn_blocking(move || service.record_event("reload", outcome)).await;
-                notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+                reload_and_report(server, shared, (api_slot, public_slot), rekey, "reload").await;
+                stamps = crl_stamps(server);
+            }
+            _ = crl_check.tick() => {
+                let now = crl_stamps(server);
+                if now != stamps {
+                    stamps = now;
+                    tracing::info!("a client CRL file changed: reloading");
+                    reload_and_report(server, shared, (api_slot, public_slot), rekey, "reload.crl").await;
+                }
             }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
     }
+}
+
+/// One reload (SIGHUP or a changed CRL file), told to systemd and audited.
+async fn reload_and_report(
+    server: &ServerConfig,
+    shared: &Shared,
+    (api_slot, public_slot): (&TlsSlot, &TlsSlot),
+    rekey: &watch::Sender<u64>,
+    event: &'static str,
+) {
+    notify(&[NotifyState::Reloading]);
+    let reloaded = reload(server, &shared.service, api_slot, public_slot, &shared.pool).await;
+    let outcome = match reloaded {
+        Ok(()) => {
+            rekey.send_modify(|generation| *generation += 1);
+            tracing::info!("reloaded TLS files, CRLs, policy and PKI");
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the previous configuration stays");
+            "error"
+        }
+    };
+    let service = shared.service.clone();
+    // Not on the signing pool: a full pool must not lose the entry.
+    let _ = tokio::task::spawn_blocking(move || service.record_event(event, outcome)).await;
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
 /// Waits for requests in flight, then for the listeners to close.

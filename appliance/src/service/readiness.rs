@@ -44,6 +44,8 @@ pub struct ReadinessProbe {
     node: Node,
     policy: Arc<PolicyState>,
     keys: Arc<KeyManager>,
+    /// The API listener's client CRL files (re-read when they change).
+    client_crls: Vec<std::path::PathBuf>,
     cache: Mutex<Cached>,
 }
 
@@ -96,6 +98,24 @@ pub(super) fn crl_check(
         Ok(format!("nextUpdate in {hours}h"))
     };
     (check("crl", result), Some(left))
+}
+
+/// A client CRL valid for `validity` seconds with `left` to go: a warning
+/// in its last quarter, a failure once past.
+fn client_crl_verdict(name: &str, validity: i64, left: i64) -> Result<String, String> {
+    if left <= 0 {
+        Err(format!(
+            "{name} expired {}h ago: every client is refused until a new one is installed",
+            -left / 3600
+        ))
+    } else if left < validity / 4 {
+        Ok(format!(
+            "WARNING: {name} expires in {}h (under a quarter of its validity): install a new one",
+            left / 3600
+        ))
+    } else {
+        Ok(format!("{name}: nextUpdate in {}h", left / 3600))
+    }
 }
 
 /// Refusing an order is the node doing its job, not a fault: it stays
@@ -177,8 +197,58 @@ impl ReadinessProbe {
             node,
             policy,
             keys,
+            client_crls: Vec::new(),
             cache: Mutex::new(None),
         }
+    }
+
+    /// Also watches these client CRL files.
+    pub fn with_client_crls(self, client_crls: Vec<std::path::PathBuf>) -> Self {
+        ReadinessProbe {
+            client_crls,
+            ..self
+        }
+    }
+
+    /// The client CRLs: the API refuses every client (officers too) once
+    /// one is past its nextUpdate, so a `WARNING` in its last quarter, and
+    /// not ready once past. The gauge per file beside.
+    fn client_crls(&self, now: OffsetDateTime) -> Check {
+        let mut worst: Option<(Check, i64)> = None;
+        for path in &self.client_crls {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let crl = std::fs::read(path)
+                .ok()
+                .and_then(|pem| openssl::x509::X509Crl::from_pem(&pem).ok());
+            let Some(crl) = crl else {
+                let failed = check("client_crls", Err(format!("{name}: unreadable")));
+                worst = Some((failed, i64::MIN));
+                continue;
+            };
+            let seconds = |t: &openssl::asn1::Asn1TimeRef| {
+                let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+                let d = epoch.diff(t).ok()?;
+                Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+            };
+            let last = seconds(crl.last_update()).unwrap_or(0);
+            let next = crl.next_update().and_then(seconds).unwrap_or(i64::MAX);
+            let left = next.saturating_sub(now.unix_timestamp());
+            self.node
+                .metrics
+                .client_crl_next_update_seconds
+                .with_label_values(&[name.as_str()])
+                .set(left);
+            let result = client_crl_verdict(&name, next - last, left);
+            if worst.as_ref().is_none_or(|(_, l)| left < *l) {
+                worst = Some((check("client_crls", result), left));
+            }
+        }
+        worst
+            .map(|(c, _)| c)
+            .unwrap_or_else(|| check("client_crls", Ok("none configured".into())))
     }
 
     fn generations(&self) -> (u64, u64, u64) {
@@ -275,6 +345,7 @@ impl ReadinessProbe {
             check("policy", policy),
             orders_check(metrics),
             self.crl(&current, now),
+            self.client_crls(now),
         ]
         .into_iter()
         .chain(current.keys.spares.offline.then(|| {
@@ -306,6 +377,22 @@ mod tests {
             .unwrap()
             .to_der()
             .unwrap()
+    }
+
+    #[test]
+    fn a_client_crl_warns_in_its_last_quarter_and_fails_once_expired() {
+        let day = 86_400;
+        assert!(
+            client_crl_verdict("crl.pem", 30 * day, 20 * day)
+                .is_ok_and(|d| d.starts_with("crl.pem"))
+        );
+        assert!(
+            client_crl_verdict("crl.pem", 30 * day, 5 * day)
+                .is_ok_and(|d| d.starts_with("WARNING"))
+        );
+        assert!(
+            client_crl_verdict("crl.pem", 30 * day, -3600).is_err_and(|d| d.contains("expired"))
+        );
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl Service {
             server.public.base_url.clone(),
         ));
         let reloader = Arc::new(Reloader::new(node.clone(), policy.clone(), keys.clone()));
-        let probe = ReadinessProbe::new(node.clone(), policy.clone(), keys.clone());
+        let probe = ReadinessProbe::new(node.clone(), policy.clone(), keys.clone())
+            .with_client_crls(server.api.client_crls.clone());
         let service = Service {
             audit: AuditTrail::new(node.clone(), keys.clone(), server.audit.clone())?,
             issuer: Issuer::new(
