@@ -40,6 +40,9 @@ pub struct RegistryFacts {
     pub device_bound_to_other_holder: bool,
     /// Free copies issued so far, across all nodes.
     pub free_copies_issued: u64,
+    /// The registry holds an earlier mobile ID of this holder (any state):
+    /// the holder's application is not a first one.
+    pub holder_held_before: bool,
     /// Requests from this client in the current minute.
     pub client_requests_this_minute: u32,
 }
@@ -181,7 +184,7 @@ impl Policy {
         let channel = self.check_channel(eval, request)?;
         self.check_holder(eval, request, today)?;
         self.check_pilot(eval, request, today)?;
-        check_registry(eval, facts)?;
+        check_registry(eval, request, facts)?;
         self.obligations(eval, request, facts, channel, today)
     }
 
@@ -371,7 +374,11 @@ impl Policy {
 
 /// `device.*` and `holder.*` against the registry: the phone, a suspension,
 /// an active credential.
-fn check_registry(eval: &mut Evaluation, facts: &RegistryFacts) -> Result<(), Denial> {
+fn check_registry(
+    eval: &mut Evaluation,
+    request: &IssuanceRequest,
+    facts: &RegistryFacts,
+) -> Result<(), Denial> {
     eval.check(
         "device.one_person",
         !facts.device_bound_to_other_holder,
@@ -403,5 +410,20 @@ fn check_registry(eval: &mut Evaluation, facts: &RegistryFacts) -> Result<(), De
             None => "the holder has no active mobile ID".into(),
         },
         DenialKind::Conflict,
+    )?;
+    // A first-time claim the registry contradicts is refused, not believed:
+    // a careless client would otherwise spend the free quota.
+    eval.check(
+        "holder.first_time",
+        !(request.first_time && facts.holder_held_before),
+        if facts.holder_held_before {
+            format!(
+                "first_time is {} and the registry holds an earlier mobile ID of this holder",
+                request.first_time
+            )
+        } else {
+            "the registry holds no earlier mobile ID of this holder".into()
+        },
+        DenialKind::Policy,
     )
 }

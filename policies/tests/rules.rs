@@ -349,3 +349,28 @@ fn policy_files_are_parsed_strictly() {
     assert_ne!(a.hash, b.hash);
     assert_eq!(a.hash.len(), 64);
 }
+
+#[test]
+fn a_first_time_claim_the_registry_contradicts_is_refused_not_believed() {
+    let mut req = request(date!(1990 - 05 - 15));
+    req.first_time = true;
+    let held = RegistryFacts {
+        holder_held_before: true,
+        ..RegistryFacts::default()
+    };
+    assert_eq!(
+        decide(&shipped(), COUNTER, &req, &held, NOW).unwrap_err(),
+        ("holder.first_time", DenialKind::Policy)
+    );
+    // Said truthfully, it is issued, for a fee.
+    req.first_time = false;
+    let o = decide(&shipped(), COUNTER, &req, &held, NOW).unwrap();
+    assert!(!o.use_free_copy);
+    // A first application is free.
+    req.first_time = true;
+    assert!(
+        decide(&shipped(), COUNTER, &req, &RegistryFacts::default(), NOW)
+            .unwrap()
+            .use_free_copy
+    );
+}

@@ -547,6 +547,19 @@ fn each_class_of_bad_input_gets_its_problem() {
     jpeg["holder"]["resident_number"] = daemon::number(33).into();
     let ok = send(&mut c, &json, &serde_json::to_vec(&jpeg).unwrap());
     assert_eq!(ok.status, 201, "{}", ok.json());
+    // The same holder on a new phone claims a first application again:
+    // the registry knows better (the free quota is not spent on it).
+    let mut again = jpeg.clone();
+    again["device_key"] = daemon::phone().0;
+    let p = problem(
+        &send(&mut c, &json, &serde_json::to_vec(&again).unwrap()),
+        422,
+        "policy_denied",
+    );
+    assert_eq!(p["rule"], "holder.first_time", "{p}");
+    again["first_time"] = false.into();
+    let moved = send(&mut c, &json, &serde_json::to_vec(&again).unwrap());
+    assert_eq!(moved.status, 201, "{}", moved.json());
 
     // Policy: too young (born 2015), no card, unknown channel.
     let mut young = good.clone();

@@ -257,6 +257,7 @@ impl Issuer {
             holder_suspended: facts.holder_suspended,
             device_bound_to_other_holder: facts.device_bound_to_other_holder,
             free_copies_issued: facts.free_copies_issued,
+            holder_held_before: facts.held_before,
             client_requests_this_minute: self.rate.hit(client, now.unix_timestamp()),
         };
         let decision = policy.evaluate_issuance(client, &policy_request, &registry_facts, now);

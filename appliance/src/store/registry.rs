@@ -77,6 +77,8 @@ pub struct HolderFacts {
     pub device_bound_to_other_holder: bool,
     /// Free copies issued so far.
     pub free_copies_issued: u64,
+    /// The holder has had a mobile ID before (any state).
+    pub held_before: bool,
 }
 
 /// A block of status-list indexes reserved for one node.

@@ -289,6 +289,7 @@ fn registry_facts(active: Option<&str>, device_taken: bool, free_issued: u64) ->
         device_bound_to_other_holder: device_taken,
         free_copies_issued: free_issued,
         client_requests_this_minute: 0,
+        holder_held_before: active.is_some(),
     }
 }
 

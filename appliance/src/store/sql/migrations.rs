@@ -43,6 +43,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!("0004_claims_mac"),
     migration!("0005_keys"),
     migration!("0006_credentials_by_key"),
+    migration!("0007_credentials_by_holder"),
 ];
 
 /// How one database spells the shared files' column types.

@@ -187,7 +187,14 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 .map(|r| r.blob(0))
                 .transpose()?;
             let (used, _) = tx.free_copies()?;
+            let held_before = tx
+                .query_opt(
+                    "SELECT 1 FROM credentials WHERE holder = $1 LIMIT 1",
+                    args![&holder.0],
+                )?
+                .is_some();
             Ok(HolderFacts {
+                held_before,
                 holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| d == device),
                 holder_suspended: holder_live.as_ref().is_some_and(|(_, s)| s == "suspended"),
                 device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder.0),
