@@ -316,6 +316,48 @@ fn python_verify(script: &str, args: &[&Path]) -> (bool, String) {
 }
 
 #[test]
+fn idempotency_answers_expire_after_their_ttl() {
+    let d = Daemon::start(Options {
+        limits: "idempotency_ttl_s = 1".into(),
+        ..Options::default()
+    });
+    let mut counter = d.client("counter");
+    let (jwk, _) = daemon::phone();
+    let request = daemon::request("mdoc", &daemon::number(21), &jwk);
+    let key = [("idempotency-key", "order-21")];
+    let first = counter.post_json("/v1/credentials", &request, &key);
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    // The sealed answer (a whole credential) is deleted once expired…
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let rows = || -> i64 {
+        db.query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(rows(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while rows() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // …so the same key is a new request: refused (one live ID per person),
+    // never a second credential.
+    let again = d
+        .client("counter")
+        .post_json("/v1/credentials", &request, &key);
+    assert_eq!(
+        again.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+}
+
+#[test]
 fn idempotency_keys_replay_the_same_answer_and_refuse_another_body() {
     let d = Daemon::start(Options::default());
     let mut counter = d.client("counter");

@@ -553,6 +553,15 @@ fn idempotent_commits(regs: &[Arc<dyn Registry>]) {
             .unwrap(),
         None
     );
+    // Expired answers go (the commit is stamped with its issuance time).
+    let issued = 1_800_000_000;
+    assert_eq!(
+        reg.purge_idempotency(issued, 100).unwrap(),
+        0,
+        "not older yet"
+    );
+    assert_eq!(reg.purge_idempotency(issued + 1, 100).unwrap(), 1);
+    assert_eq!(reg.idempotent_response("client", &same).unwrap(), None);
 }
 
 fn state_changes_follow_the_lifecycle(regs: &[Arc<dyn Registry>]) {

@@ -174,6 +174,10 @@ pub struct Limits {
     /// Seconds a SIGTERM waits for requests in flight.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
+    /// How long an idempotency key's sealed answer is kept for a retry
+    /// (seconds); older ones are deleted by the acting node.
+    #[serde(default = "default_idempotency_ttl")]
+    pub idempotency_ttl_s: u64,
 }
 
 impl Default for Limits {
@@ -188,6 +192,7 @@ impl Default for Limits {
             max_in_flight: default_max_in_flight(),
             signing_threads: default_signing_threads(),
             drain_timeout_ms: default_drain(),
+            idempotency_ttl_s: default_idempotency_ttl(),
         }
     }
 }
@@ -264,6 +269,9 @@ fn default_signing_threads() -> usize {
 }
 fn default_drain() -> u64 {
     10_000
+}
+fn default_idempotency_ttl() -> u64 {
+    86_400
 }
 fn default_pseudonym_key() -> String {
     "pseudonym".into()
@@ -350,7 +358,7 @@ impl Limits {
     /// Every limit within its range.
     fn validate(&self) -> Result<(), String> {
         let l = self;
-        let checks: [(&str, bool); 9] = [
+        let checks: [(&str, bool); 10] = [
             (
                 "body_read_timeout_ms (100 to 300000)",
                 (100..=300_000).contains(&l.body_read_timeout_ms),
@@ -386,6 +394,10 @@ impl Limits {
             (
                 "drain_timeout_ms (0 to 600000)",
                 l.drain_timeout_ms <= 600_000,
+            ),
+            (
+                "idempotency_ttl_s (1 to 2592000, 30 days)",
+                (1..=2_592_000).contains(&l.idempotency_ttl_s),
             ),
         ];
         if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {

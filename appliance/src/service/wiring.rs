@@ -43,6 +43,9 @@ pub struct Service {
     pub officers: Officers,
     reloader: Arc<Reloader>,
     probe: ReadinessProbe,
+    /// How long idempotency rows are kept, and when they were last purged.
+    idempotency_ttl: i64,
+    last_purge: std::sync::atomic::AtomicI64,
 }
 
 impl Service {
@@ -106,6 +109,8 @@ impl Service {
             status,
             probe,
             reloader,
+            idempotency_ttl: i64::try_from(server.limits.idempotency_ttl_s).unwrap_or(i64::MAX),
+            last_purge: std::sync::atomic::AtomicI64::new(0),
         };
         service.check_hmac_key(&server.keys.pseudonym, KeyPurpose::Pseudonym)?;
         service.check_hmac_key(&server.keys.response_seal, KeyPurpose::ResponseSeal)?;
@@ -180,11 +185,34 @@ impl Service {
             self.keys.lead(now);
             self.officers.close_interrupted(now);
             self.keys.check_token_against_registry(now);
+            self.purge_idempotency(now);
         }
         if let Err(e) = self.keys.refresh_keys(false) {
             tracing::warn!(error = %e.0, "reloading keys failed; the current ones stay");
         }
         self.follow_adopted_policy(now);
+    }
+
+    /// Deletes expired idempotency rows (sealed answers, portraits
+    /// included), in batches, at most every few seconds.
+    fn purge_idempotency(&self, now: OffsetDateTime) {
+        use std::sync::atomic::Ordering;
+        const EVERY: i64 = 5;
+        const BATCH: u64 = 10_000;
+        let t = now.unix_timestamp();
+        if t - self.last_purge.load(Ordering::Relaxed) < EVERY {
+            return;
+        }
+        self.last_purge.store(t, Ordering::Relaxed);
+        match self
+            .node
+            .registry
+            .purge_idempotency(t - self.idempotency_ttl, BATCH)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "expired idempotency answers deleted"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency answers; retried"),
+        }
     }
 
     /// Loads the policy file again if officers adopted another one than

@@ -350,6 +350,9 @@ pub trait Registry: KeyRegistry + Send + Sync {
     fn probe_write(&self) -> Result<(), StoreError>;
     /// Whether the database answers.
     fn ping(&self) -> Result<(), StoreError>;
+    /// Deletes up to `limit` idempotency rows stored before `before` (unix
+    /// seconds); how many went.
+    fn purge_idempotency(&self, before: i64, limit: u64) -> Result<u64, StoreError>;
 }
 
 /// The rule a refresh for another holder or phone breaks.

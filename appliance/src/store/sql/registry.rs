@@ -143,9 +143,9 @@ fn commit_in(
     let response = respond_once(respond, built, &committed)?;
     if let Some(key) = &commit.idempotency {
         let _ = tx.execute(
-            "INSERT INTO idempotency (client, key, request_hash, response, credential_id)
-             VALUES ($1, $2, $3, $4, $5)",
-            args![client, &key.key, &key.request_hash, &response, &c.id],
+            "INSERT INTO idempotency (client, key, request_hash, response, credential_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            args![client, &key.key, &key.request_hash, &response, &c.id, c.issued_at],
         )?;
     }
     Ok((committed, response))
@@ -417,5 +417,16 @@ impl<D: Driver> Registry for SqlRegistry<D> {
     fn ping(&self) -> Result<(), StoreError> {
         self.driver
             .read(|tx| tx.query_one("SELECT 1", &[]).map(|_| ()))
+    }
+
+    fn purge_idempotency(&self, before: i64, limit: u64) -> Result<u64, StoreError> {
+        self.driver.write(move |tx| {
+            // In batches by key: a national backlog is never one long lock.
+            tx.execute(
+                "DELETE FROM idempotency WHERE (client, key) IN
+                   (SELECT client, key FROM idempotency WHERE created_at < $1 LIMIT $2)",
+                args![before, limit],
+            )
+        })
     }
 }
