@@ -20,6 +20,11 @@ pub struct ClientRule {
     /// for anyone else.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// The districts (10-digit codes) an issuer issues for: an ID office's
+    /// counter names its own, and a request naming another district is
+    /// refused (`client.municipality`). Empty: any (a central service).
+    #[serde(default)]
+    pub municipalities: Vec<String>,
 }
 
 /// What a client may do.

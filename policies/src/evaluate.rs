@@ -216,6 +216,19 @@ impl Policy {
             format!("client {client:?} asking for profile {:?}", request.profile),
             DenialKind::Forbidden,
         )?;
+        // The office counter issues for its own district: the pilot (and
+        // the record) must not take the client's word for another.
+        eval.check(
+            "client.municipality",
+            rule.is_some_and(|c| {
+                c.municipalities.is_empty() || c.municipalities.contains(&request.municipality)
+            }),
+            format!(
+                "client {client:?} issuing for municipality {:?}",
+                request.municipality
+            ),
+            DenialKind::Forbidden,
+        )?;
         eval.check(
             "client.rate_limit",
             facts.client_requests_this_minute < self.requests_per_minute,

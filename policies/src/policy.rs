@@ -342,6 +342,22 @@ fn check_clients(
                 ));
             }
         }
+        if let Some(code) = client
+            .municipalities
+            .iter()
+            .find(|c| c.len() != 10 || !c.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "clients: {:?}: municipality {code:?} is not a 10-digit district code",
+                client.identity
+            ));
+        }
+        if !client.municipalities.is_empty() && !client.roles.contains(&Role::Issuer) {
+            return Err(format!(
+                "clients: {:?} names municipalities but does not issue",
+                client.identity
+            ));
+        }
     }
     Ok(())
 }

@@ -374,3 +374,36 @@ fn a_first_time_claim_the_registry_contradicts_is_refused_not_believed() {
             .use_free_copy
     );
 }
+
+#[test]
+fn an_office_counter_issues_for_its_own_district_only() {
+    let bound = shipped_with(|text| {
+        text.replace(
+            "identity = \"spiffe://mois.go.kr/office-counter\"\nroles = [\"issuer\", \"revoker\"]\n",
+            "identity = \"spiffe://mois.go.kr/office-counter\"\nroles = [\"issuer\", \"revoker\"]\nmunicipalities = [\"1111000000\"]\n",
+        )
+    });
+    let mut req = request(date!(1990 - 05 - 15));
+    assert!(decide(&bound, COUNTER, &req, &RegistryFacts::default(), NOW).is_ok());
+    req.municipality = "2611000000".into();
+    assert_eq!(
+        decide(&bound, COUNTER, &req, &RegistryFacts::default(), NOW).unwrap_err(),
+        ("client.municipality", DenialKind::Forbidden)
+    );
+    // Unbound (the shipped policy), any district.
+    assert!(decide(&shipped(), COUNTER, &req, &RegistryFacts::default(), NOW).is_ok());
+    // A code that is not one is refused when the policy loads.
+    for bad in ["111100000", "11110000a0"] {
+        let text = SHIPPED_POLICY.replace(
+            "roles = [\"issuer\", \"revoker\"]\n",
+            &format!("roles = [\"issuer\", \"revoker\"]\nmunicipalities = [\"{bad}\"]\n"),
+        );
+        assert!(Policy::parse("p", &text).is_err(), "{bad}");
+    }
+}
+
+fn shipped_with(edit: impl Fn(&str) -> String) -> Policy {
+    let text = edit(SHIPPED_POLICY);
+    assert_ne!(text, SHIPPED_POLICY, "the edit applies");
+    Policy::parse("p", &text).unwrap()
+}

@@ -890,3 +890,29 @@ fn the_mtls_listener_resumes_no_session() {
     let d = Daemon::start(Options::default());
     assert_eq!(d.api_target("counter", false).resumed_handshakes(4), 0);
 }
+
+#[test]
+fn an_office_counter_bound_to_its_district_cannot_issue_for_another() {
+    let d = Daemon::start(Options {
+        policy: |p| {
+            p.replace(
+                "identity = \"spiffe://mois.go.kr/office-counter\"\nroles = [\"issuer\", \"revoker\"]\n",
+                "identity = \"spiffe://mois.go.kr/office-counter\"\nroles = [\"issuer\", \"revoker\"]\nmunicipalities = [\"1111000000\"]\n",
+            )
+        },
+        ..Options::default()
+    });
+    let (jwk, _) = daemon::phone();
+    let mut elsewhere = daemon::request("mdoc", &daemon::number(40), &jwk);
+    elsewhere["municipality"] = "2611000000".into();
+    let refused = d
+        .client("counter")
+        .post_json("/v1/credentials", &elsewhere, &[]);
+    assert_eq!(refused.status, 403, "{}", refused.json());
+    assert_eq!(refused.json()["rule"], "client.municipality");
+    // Its own district is issued.
+    let (jwk, _) = daemon::phone();
+    let own = daemon::request("mdoc", &daemon::number(41), &jwk);
+    let issued = d.client("counter").post_json("/v1/credentials", &own, &[]);
+    assert_eq!(issued.status, 201, "{}", issued.json());
+}
