@@ -222,6 +222,25 @@ impl P11KitServer {
         &self.token
     }
 
+    /// Freezes the server and its per-connection processes (SIGSTOP to the
+    /// group): every call through it hangs, as on a hung network HSM.
+    pub fn freeze(&self) {
+        self.signal_group("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal_group("-CONT");
+    }
+
+    fn signal_group(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([signal, "--", &format!("-{}", child.0.id())])
+                .status();
+        }
+    }
+
     /// Kills the server and the per-connection processes it forked (SIGKILL
     /// to its process group): every client connection drops.
     pub fn kill(&mut self) {

@@ -100,3 +100,50 @@ fn daemon_notifies_ready_reloading_and_stopping() {
     assert!(stopping);
     assert!(d.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn the_watchdog_starves_while_the_device_hangs_and_is_fed_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut d = Daemon::start(Options {
+        via_p11kit: true,
+        env: vec![
+            ("NOTIFY_SOCKET".into(), path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "400000".into()),
+        ],
+        ..Options::default()
+    });
+    while !next(&socket).contains("WATCHDOG=1") {}
+    // Every call into the device now hangs (a hung network HSM): the
+    // probe through the signing pool never returns, nor is the watchdog fed.
+    d.p11kit().freeze();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    // What was sent before the freeze took hold.
+    let settle = std::time::Instant::now() + Duration::from_millis(600);
+    while std::time::Instant::now() < settle {
+        let _ = socket.recv(&mut buf);
+    }
+    let starved_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < starved_until {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(
+                !message.contains("WATCHDOG=1"),
+                "fed while the device hangs: {message}"
+            );
+        }
+    }
+    assert!(d.log().contains("the watchdog is not fed"), "{}", d.log());
+    d.p11kit().thaw();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    while !next(&socket).contains("WATCHDOG=1") {}
+}

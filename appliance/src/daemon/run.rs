@@ -210,7 +210,7 @@ async fn serve(
         )));
     }
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
-    feed_watchdog();
+    feed_watchdog(shared);
     signals(server, shared, &api_slot, &public_slot, &rekey).await?;
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("stopping: draining requests in flight");
@@ -220,15 +220,32 @@ async fn serve(
     Ok(())
 }
 
-/// Feeds systemd's watchdog, if it asked, at half its period.
-fn feed_watchdog() {
+/// Feeds systemd's watchdog, if it asked, at half its period, and only
+/// when a probe job round-trips through the signing pool and the device
+/// (or, the queue being full, jobs still finish): a pool whose threads
+/// all hang in the device, or died, starves it, and systemd restarts the
+/// daemon. A device that answers with an error is not stuck: the daemon
+/// reconnects it by itself.
+fn feed_watchdog(shared: &Shared) {
     if let Some(watchdog) = watchdog_period() {
         let period = watchdog / 2;
+        let (pool, service) = (shared.pool.clone(), shared.service.clone());
         // Detached: the task ends with the process.
         drop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                notify(&[NotifyState::Watchdog]);
+                let probe_service = service.clone();
+                let alive = match pool.submit(move || probe_service.node.backend.health()) {
+                    Ok(answer) => matches!(tokio::time::timeout(period, answer).await, Ok(Ok(_))),
+                    Err(_) => pool.since_last_completion() < period,
+                };
+                if alive {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::error!(
+                        "the signing pool did not answer a probe: the watchdog is not fed"
+                    );
+                }
             }
         }));
     }

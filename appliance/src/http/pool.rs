@@ -4,7 +4,7 @@
 //! is full the caller is told at once (503 + Retry-After), never queued
 //! without limit.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,6 +24,10 @@ pub struct BlockingPool {
     queued: Arc<AtomicI64>,
     on_depth: Arc<dyn Fn(i64) + Send + Sync>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// When a job last finished (ms since `epoch`): a full queue whose
+    /// jobs still finish is busy, not stuck.
+    completed: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 /// The queue is full.
@@ -54,7 +58,18 @@ impl BlockingPool {
                                 Err(_) => return,
                             };
                             match job {
-                                Ok(Some(job)) => job(),
+                                // A job that panics loses its answer (its
+                                // requester is told the worker is gone);
+                                // the thread lives on for the next one.
+                                Ok(Some(job)) => {
+                                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                                        .is_err()
+                                    {
+                                        tracing::error!(
+                                            "a job on the signing pool panicked; its thread goes on"
+                                        );
+                                    }
+                                }
                                 Ok(None) | Err(_) => return,
                             }
                         }
@@ -66,6 +81,8 @@ impl BlockingPool {
             queued: Arc::new(AtomicI64::new(0)),
             on_depth,
             workers: Mutex::new(workers),
+            completed: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         })
     }
 
@@ -97,6 +114,12 @@ impl BlockingPool {
         }
     }
 
+    /// How long ago a job last finished (since the pool started, if none).
+    pub fn since_last_completion(&self) -> Duration {
+        let last = Duration::from_millis(self.completed.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
     /// Runs `f` on a worker; `Err(PoolFull)` at once if the queue is full.
     pub fn submit<T: Send + 'static>(
         &self,
@@ -105,10 +128,13 @@ impl BlockingPool {
         let (tx, rx) = oneshot::channel();
         let queued = self.queued.clone();
         let on_depth = self.on_depth.clone();
+        let completed = self.completed.clone();
+        let epoch = self.epoch;
         let job: Job = Box::new(move || {
             on_depth(queued.fetch_sub(1, Ordering::AcqRel) - 1);
             // The requester may have gone away; its answer is then dropped.
             let _ = tx.send(f());
+            completed.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
         (self.on_depth)(self.queued.fetch_add(1, Ordering::AcqRel) + 1);
         match self.sender.try_send(Some(job)) {
@@ -138,5 +164,20 @@ mod tests {
         release.send(()).unwrap();
         assert!(busy.await.unwrap());
         assert_eq!(queued.await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_loses_its_answer_not_its_thread() {
+        let pool = BlockingPool::new(1, 4, Arc::new(|_| {})).unwrap();
+        let panicked = pool
+            .submit(|| -> u32 { panic!("a bug in one job") })
+            .unwrap();
+        assert!(
+            panicked.await.is_err(),
+            "its requester hears the worker is gone"
+        );
+        // The one thread still serves.
+        assert_eq!(pool.submit(|| 7).unwrap().await.unwrap(), 7);
+        assert!(pool.since_last_completion() < Duration::from_secs(5));
     }
 }
