@@ -2,6 +2,7 @@
 //! (429), requests in flight (503), connections per listener, the TLS
 //! handshake timeout, TLS 1.3 only, and JSON logs without personal data.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing)] // test code: a failed index is a failed test
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
@@ -42,6 +43,38 @@ fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(refused.json()["rule"], "client.rate_limit");
     let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait));
+    // Refused before any HSM or database work, and audited once a minute.
+    let hmacs = || {
+        let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("dojang_hsm_operations_total{op=\"hmac\",result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let before = hmacs();
+    for n in 10..15 {
+        assert_eq!(issue(&d, n).status, 429);
+    }
+    assert_eq!(hmacs(), before, "no HSM work for a client over its rate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let page = d
+        .client("auditor")
+        .get("/v1/audit/entries?start=0&count=1000")
+        .json();
+    let rate_entries = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                e.as_str().unwrap(),
+            )
+            .unwrap()
+        })
+        .filter(|e| String::from_utf8_lossy(e).contains("client.rate_limit"))
+        .count();
+    assert_eq!(rate_entries, 1, "one audit entry for the minute's flood");
     // Another client has its own budget.
     let (jwk, _) = daemon::phone();
     let other = d.client("gateway").post_json(

@@ -170,14 +170,23 @@ impl<D: Driver> Registry for SqlRegistry<D> {
 
     fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
         self.driver.read(|tx| {
-            let holder_live = tx
-                .query_opt(
-                    "SELECT device, state FROM credentials
-                     WHERE holder = $1 AND state IN ('active', 'suspended')",
-                    args![&holder.0],
-                )?
-                .map(|r| Ok::<_, StoreError>((r.text(0)?, r.text(1)?)))
-                .transpose()?;
+            // Every credential of the holder (a few in a lifetime), in one
+            // statement: whether one is live and whether one ever existed
+            // are read from the same snapshot (a commit between two reads
+            // would make a duplicate look like a false first-time claim).
+            let rows = tx.query(
+                "SELECT device, state FROM credentials WHERE holder = $1",
+                args![&holder.0],
+            )?;
+            let mut held_before = false;
+            let mut holder_live = None;
+            for r in &rows {
+                held_before = true;
+                let (device, state) = (r.text(0)?, r.text(1)?);
+                if state == "active" || state == "suspended" {
+                    holder_live = Some((device, state));
+                }
+            }
             let device_holder = tx
                 .query_opt(
                     "SELECT holder FROM credentials
@@ -187,12 +196,6 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 .map(|r| r.blob(0))
                 .transpose()?;
             let (used, _) = tx.free_copies()?;
-            let held_before = tx
-                .query_opt(
-                    "SELECT 1 FROM credentials WHERE holder = $1 LIMIT 1",
-                    args![&holder.0],
-                )?
-                .is_some();
             Ok(HolderFacts {
                 held_before,
                 holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| d == device),
