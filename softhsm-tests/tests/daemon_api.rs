@@ -916,3 +916,45 @@ fn an_office_counter_bound_to_its_district_cannot_issue_for_another() {
     let issued = d.client("counter").post_json("/v1/credentials", &own, &[]);
     assert_eq!(issued.status, 201, "{}", issued.json());
 }
+
+#[test]
+fn a_client_without_the_role_is_audited_once_a_minute_not_per_request() {
+    let d = Daemon::start(Options::default());
+    // Early in a minute, so the flood stays in one.
+    let second = time::OffsetDateTime::now_utc().second();
+    if second > 50 {
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(61 - second)));
+    }
+    let body = serde_json::to_vec(&daemon::request(
+        "mdoc",
+        &daemon::number(50),
+        &daemon::phone().0,
+    ))
+    .unwrap();
+    let headers = [("content-type", "application/json")];
+    let mut stranger = d.client("stranger");
+    for _ in 0..6 {
+        let reply = stranger.send("POST", "/v1/credentials", &headers, body.clone());
+        let p = problem(&reply, 403, "forbidden");
+        assert_eq!(p["rule"], "client.role");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let page = d
+        .client("auditor")
+        .get("/v1/audit/entries?start=0&count=1000")
+        .json();
+    let refused = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                e.as_str().unwrap(),
+            )
+            .unwrap()
+        })
+        .filter(|e| String::from_utf8_lossy(e).contains("client.role"))
+        .count();
+    assert_eq!(refused, 1, "six refusals, one audit entry");
+}

@@ -28,7 +28,13 @@ pub struct Api {
     body_timeout: std::time::Duration,
     in_flight: Arc<Semaphore>,
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The minute each (client, action) last had a refused role audited:
+    /// a client hammering a route it may not use writes one entry a minute.
+    refusals_audited: std::sync::Mutex<std::collections::HashMap<(String, &'static str), i64>>,
 }
+
+/// Clients remembered for the once-a-minute refusal audit, at most.
+const REFUSALS_REMEMBERED: usize = 10_000;
 
 /// What a request carries past the router's checks.
 struct Admitted {
@@ -53,7 +59,21 @@ impl Api {
             body_timeout,
             in_flight,
             closing,
+            refusals_audited: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Whether this refusal of `client`'s role for `action` is the first
+    /// this minute (the one audited).
+    fn first_refusal_this_minute(&self, client: &str, action: &'static str) -> bool {
+        let minute = OffsetDateTime::now_utc().unix_timestamp().div_euclid(60);
+        let Ok(mut seen) = self.refusals_audited.lock() else {
+            return true;
+        };
+        if seen.len() >= REFUSALS_REMEMBERED {
+            seen.retain(|_, m| *m == minute);
+        }
+        seen.insert((client.to_owned(), action), minute) != Some(minute)
     }
 }
 
@@ -189,7 +209,7 @@ impl Api {
         }
         if let Err((refusal, audited)) = route.admit(&policy, client, ca) {
             return match audited {
-                Some(action) => {
+                Some(action) if self.first_refusal_this_minute(client, action) => {
                     let (client, hash) = (client.to_owned(), policy.hash.clone());
                     let answer = self
                         .run(slot, move |s| {
@@ -200,7 +220,9 @@ impl Api {
                         .await;
                     Err(answer.err().unwrap_or_else(Refusal::internal))
                 }
-                None => Err(refusal),
+                // Not audited (the route's refusals are not, or this one
+                // was this minute): no pool job, no write.
+                _ => Err(refusal),
             };
         }
         let body = if route.changes() {
