@@ -11,7 +11,7 @@ use dojang_policies::Policy;
 use openssl::x509::{X509, X509Crl};
 use time::OffsetDateTime;
 
-use super::order::{OrderRefusal, check_signature, digest};
+use super::order::{OrderRefusal, digest, verify_m_signers};
 use crate::pki::exchange::{
     CeremonyRecord, CeremonyRequest, CeremonyResponse, KIND_CERTIFY, RECORD_CONTEXT, b64,
 };
@@ -80,18 +80,7 @@ pub fn verify_record(
     if record.policy_sha256 != policy.hash {
         return Err(OrderRefusal::OtherPolicy(record.policy_sha256.clone()));
     }
-    let message = record.bytes();
-    let mut keys = BTreeSet::new();
-    for (identity, signature) in signatures {
-        let _ = keys.insert(check_signature(policy, identity, &message, signature)?);
-    }
-    let need = policy.officers.approvals_required;
-    if keys.len() < need {
-        return Err(OrderRefusal::Short {
-            have: keys.len(),
-            need,
-        });
-    }
+    verify_m_signers(policy, &record.bytes(), signatures)?;
     Ok(signatures.keys().cloned().collect())
 }
 

@@ -259,10 +259,19 @@ pub fn verify_first(
     if statement.policy_hash != policy.hash {
         return Err(OrderRefusal::OtherPolicy(statement.policy_hash));
     }
-    let message = statement.bytes();
+    verify_m_signers(policy, &statement.bytes(), signatures)
+}
+
+/// Every signature of `signatures` (identity → base64url signature) good
+/// over `message` by a key `policy` pins, and at least M distinct keys.
+pub fn verify_m_signers(
+    policy: &Policy,
+    message: &[u8],
+    signatures: &std::collections::BTreeMap<String, String>,
+) -> Result<(), OrderRefusal> {
     let mut keys = BTreeSet::new();
     for (identity, signature) in signatures {
-        let _ = keys.insert(check_signature(policy, identity, &message, signature)?);
+        let _ = keys.insert(check_signature(policy, identity, message, signature)?);
     }
     let need = policy.officers.approvals_required;
     if keys.len() < need {
