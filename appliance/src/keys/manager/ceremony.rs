@@ -80,20 +80,17 @@ impl KeyManager {
         };
         let bytes = serde_json::to_vec_pretty(&request).map_err(|e| e.to_string())?;
         let text = String::from_utf8(bytes.clone()).map_err(|e| e.to_string())?;
-        let mut decision = self.node.decision(
-            "dojangd",
+        let decision = self.done(
             "ceremony.request",
-            "ok",
-            &self.policy.current().hash,
+            format!(
+                "ceremony request {} (sha256 {}): {} DS key(s) to certify, {} serial(s) to revoke",
+                request.id,
+                digest(&bytes),
+                request.keys.len(),
+                request.revoke.len()
+            ),
             now,
         );
-        decision.rule = Some(format!(
-            "ceremony request {} (sha256 {}): {} DS key(s) to certify, {} serial(s) to revoke",
-            request.id,
-            digest(&bytes),
-            request.keys.len(),
-            request.revoke.len()
-        ));
         self.node
             .registry
             .set_document(&ceremony_request_document(&request.id), &text, decision)
@@ -111,10 +108,7 @@ impl KeyManager {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<(), String> {
-        let mut decision =
-            self.node
-                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now);
-        decision.rule = Some(format!("CRL {document} from ceremony {id}"));
+        let decision = self.done("pki.crl", format!("CRL {document} from ceremony {id}"), now);
         if document == crate::store::CRL_DOCUMENT {
             self.node
                 .registry
@@ -317,17 +311,14 @@ impl KeyManager {
     ) -> Result<String, ImportError> {
         let failed = |e: String| ImportError::Failed(e);
         let record_digest = digest(&response.record.bytes());
-        let mut decision = self.node.decision(
-            "dojangd",
+        let decision = self.done(
             "ceremony.answer",
-            "ok",
-            &self.policy.current().hash,
+            format!(
+                "ceremony request {id} answered by record {record_digest}, signed by {}",
+                verified.officers.join(", ")
+            ),
             now,
         );
-        decision.rule = Some(format!(
-            "ceremony request {id} answered by record {record_digest}, signed by {}",
-            verified.officers.join(", ")
-        ));
         // The first import of an answer wins, on every node.
         let first = self
             .node

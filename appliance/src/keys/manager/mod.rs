@@ -15,5 +15,4 @@ pub use self::ceremony::ImportError;
 pub use self::moves::DestroyOrder;
 pub use self::pool::{Pool, Spare};
 pub use self::revocation::ordered_revocations;
-pub use self::roots::verify_rollover;
 pub use self::state::{KeyManager, KeySettings};

@@ -113,13 +113,6 @@ impl Pool {
                 .collect()
         }
     }
-
-    /// The first of [`candidates`](Self::candidates).
-    pub fn pick(&self, urgent: bool, may_use_emergency: bool) -> Option<&Spare> {
-        self.candidates(urgent, may_use_emergency)
-            .into_iter()
-            .next()
-    }
 }
 
 impl KeyManager {
@@ -142,10 +135,7 @@ impl KeyManager {
         now: OffsetDateTime,
     ) -> Result<(), String> {
         let text = serde_json::to_string(pool).map_err(|e| e.to_string())?;
-        let mut decision =
-            self.node
-                .decision("dojangd", action, "ok", &self.policy.current().hash, now);
-        decision.rule = Some(rule);
+        let decision = self.done(action, rule, now);
         self.node
             .registry
             .set_document(POOL_DOCUMENT, &text, decision)
@@ -351,6 +341,14 @@ impl KeyManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Pool {
+        fn pick(&self, urgent: bool, may_use_emergency: bool) -> Option<&Spare> {
+            self.candidates(urgent, may_use_emergency)
+                .into_iter()
+                .next()
+        }
+    }
 
     fn spare(label: &str, certified: bool, emergency: bool) -> Spare {
         Spare {

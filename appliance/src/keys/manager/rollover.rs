@@ -109,17 +109,14 @@ impl KeyManager {
             officers,
         } = successor;
         let failed = |e: crate::store::StoreError| ImportError::Failed(store_problem(e));
-        let mut decision = self.node.decision(
-            "dojangd",
+        let decision = self.done(
             "ceremony.answer",
-            "ok",
-            &self.policy.current().hash,
+            format!(
+                "IACA rollover record {record}, signed by {}",
+                officers.join(", ")
+            ),
             now,
         );
-        decision.rule = Some(format!(
-            "IACA rollover record {record}, signed by {}",
-            officers.join(", ")
-        ));
         // A rollover is taken once, on every node.
         if !self
             .node
@@ -130,10 +127,11 @@ impl KeyManager {
             return Err(CeremonyRefusal::Replayed(format!("rollover {record}")).into());
         }
         let short = short_key_id(facts.ski.as_deref().unwrap_or_default());
-        let mut decision =
-            self.node
-                .decision("dojangd", "pki.crl", "ok", &self.policy.current().hash, now);
-        decision.rule = Some(format!("first CRL of the successor root {short}"));
+        let decision = self.done(
+            "pki.crl",
+            format!("first CRL of the successor root {short}"),
+            now,
+        );
         self.node
             .registry
             .set_document(&root_crl_document(&short), crl, decision)
@@ -145,18 +143,11 @@ impl KeyManager {
             .map_err(failed)?;
         let mut rollovers = self.rollovers(stored.as_deref());
         rollovers.push((*certificates).clone());
-        let mut decision = self.node.decision(
-            "dojangd",
-            "pki.rollover",
-            "ok",
-            &self.policy.current().hash,
-            now,
-        );
-        decision.rule = Some(format!(
+        let decision = self.done("pki.rollover", format!(
             "IACA rollover: successor root {short} (valid until {}), linked both ways to the current root; record {record} signed by {}",
             crate::node::rfc3339(facts.not_after),
             officers.join(", ")
-        ));
+        ), now);
         let text =
             serde_json::to_string(&rollovers).map_err(|e| ImportError::Failed(e.to_string()))?;
         self.node

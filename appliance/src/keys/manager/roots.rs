@@ -31,7 +31,7 @@ fn spki_of(der: &[u8]) -> Result<PublicKey, String> {
 /// The successor `rollover` describes, if its links hold: the root
 /// `previous` certifies its key, it certifies the previous root's key, and
 /// it is a self-signed IACA in the Annex B profile.
-pub fn verify_rollover(
+pub(super) fn verify_rollover(
     previous: &[u8],
     rollover: &RolloverCertificates,
 ) -> Result<(Vec<u8>, CertFacts), String> {

@@ -250,6 +250,17 @@ impl KeyManager {
         }
     }
 
+    /// This node's `ok` decision `action`, with its rule: what the pool,
+    /// ceremony and rollover steps record.
+    pub(super) fn done(&self, action: &str, rule: String, now: OffsetDateTime) -> DecisionRecord {
+        DecisionRecord {
+            rule: Some(rule),
+            ..self
+                .node
+                .decision("dojangd", action, "ok", &self.policy.current().hash, now)
+        }
+    }
+
     /// The registry's key records, CRL, spare pool and rollovers, read
     /// for a view.
     pub(super) fn keys_and_crl(&self) -> Result<Stored, LoadError> {
