@@ -756,6 +756,32 @@ impl Daemon {
             .collect()
     }
 
+    /// The audit log's entries as text (as the auditor API serves them),
+    /// once every recorded decision is placed in the log (up to 10 s).
+    pub fn audit_entries(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let page = self
+                .client("auditor")
+                .get("/v1/audit/entries?start=0&count=1000")
+                .json();
+            if page.get("pending").is_some_and(|p| p == 0) || std::time::Instant::now() > deadline {
+                return page
+                    .get("entries")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_str)
+                    .filter_map(|e| {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, e).ok()
+                    })
+                    .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The DS keys (`ds-1` first).
     pub fn keys(&self) -> Vec<serde_json::Value> {
         self.chain_keys("ds")

@@ -262,3 +262,29 @@ fn a_key_written_back_into_the_pool_or_a_root_without_a_link_is_not_trusted() {
     let bundle = String::from_utf8(d.public_client().get("/iaca.pem").body).unwrap();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
 }
+
+#[test]
+fn a_crl_the_iaca_did_not_sign_is_not_served() {
+    let d = offline();
+    let genuine = d.public_client().get("/iaca.crl").body;
+    // The insider's CRL: the IACA's name, another key, nothing revoked.
+    let forged_pem = dojang::devtls::DevCa::generate("Dojang Test IACA")
+        .unwrap()
+        .crl(&[], 30)
+        .unwrap();
+    let forged = openssl::x509::X509Crl::from_pem(forged_pem.as_bytes())
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let mut insider = Insider::sqlite(&d);
+    insider.set_document("iaca.crl", &forged_pem);
+    wait_until(&d, "the view rebuilt from the changed CRL row", || {
+        d.public_client().get("/iaca.crl").body != genuine
+    });
+    let served = d.public_client().get("/iaca.crl");
+    assert_ne!(served.body, forged, "the forged CRL is served");
+    assert_eq!(
+        served.status, 404,
+        "no CRL rather than one the IACA did not sign"
+    );
+}
