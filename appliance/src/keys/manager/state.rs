@@ -25,6 +25,8 @@ use crate::store::{DecisionRecord, IACA_DOCUMENT, StoreError, StoredKey};
 
 /// The lease the acting node holds; it outlives a few missed ticks.
 const LEASE: &str = "keys";
+/// How long a key leaving the token waits for the signatures in progress.
+const SIGNERS_DRAIN: Duration = Duration::from_secs(5);
 /// How long the lifecycle rests after a failed action.
 const LIFECYCLE_REST: Duration = Duration::from_secs(30);
 
@@ -45,6 +47,8 @@ pub struct KeyManager {
     pub(super) pki: PkiStore,
     pub(super) pki_config: PkiConfig,
     view: RwLock<Arc<KeyView>>,
+    /// Views replaced since, while a request may still hold one.
+    replaced: Mutex<Vec<std::sync::Weak<KeyView>>>,
     /// Bumped by every swap of the view.
     generation: AtomicU64,
     /// Signatures per key label since the last flush: (count, latest expiry).
@@ -116,6 +120,7 @@ impl KeyManager {
             pki: PkiStore::new(&settings.pki.dir),
             pki_config: settings.pki,
             view: RwLock::new(Arc::new(KeyView::empty())),
+            replaced: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             key_usage: Mutex::new(HashMap::new()),
             key_swap: Mutex::new(()),
@@ -149,9 +154,37 @@ impl KeyManager {
     /// Replaces the view; status lists are signed again with whichever key
     /// signs now.
     pub(super) fn install_view(&self, view: KeyView) {
-        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        let old = std::mem::replace(
+            &mut *self.view.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(view),
+        );
+        if let Ok(mut replaced) = self.replaced.lock() {
+            replaced.retain(|v| v.strong_count() > 0);
+            replaced.push(Arc::downgrade(&old));
+        }
         let _ = self.generation.fetch_add(1, Ordering::AcqRel);
         self.statuses.bump();
+    }
+
+    /// Waits (boundedly) until no request still signs with `label` through
+    /// a view replaced since: its private half must not leave the token
+    /// under a signature in progress (the request would fail instead of
+    /// being answered and swept).
+    pub(super) fn wait_for_signers(&self, label: &str) {
+        let deadline = Instant::now() + SIGNERS_DRAIN;
+        while Instant::now() < deadline {
+            let in_use = self.replaced.lock().is_ok_and(|replaced| {
+                replaced
+                    .iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .any(|v| v.signers.iter().any(|s| s.signer.label() == label))
+            });
+            if !in_use {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::warn!(%label, "requests still held the key after {SIGNERS_DRAIN:?}; removing it");
     }
 
     /// Rebuilds the view from the registry and the IACA (the PKI

@@ -182,6 +182,7 @@ impl KeyManager {
                 key.chain
             ));
         }
+        self.wait_for_signers(label);
         self.node.backend.destroy(label).or_else(|e| match e {
             pkcs11_shim::Error::KeyNotFound { .. } => Ok(()),
             e => Err(format!("{label}: the token refused to destroy it: {e}")),
