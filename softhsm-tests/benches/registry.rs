@@ -79,16 +79,17 @@ fn commits_per_second(registry: Arc<dyn Registry>) -> BenchResult<f64> {
             std::thread::spawn(move || -> BenchResult {
                 let mut n = 0u64;
                 let mut block = registry.reserve_status_indexes(1000)?;
-                let mut used = 0;
                 while Instant::now() < deadline {
-                    if used == block.count {
-                        block = registry.reserve_status_indexes(1000)?;
-                        used = 0;
-                    }
-                    let commit = record(t, n, block.list, block.first + used);
+                    let index = match block.indexes.pop() {
+                        Some(index) => index,
+                        None => {
+                            block = registry.reserve_status_indexes(1000)?;
+                            continue;
+                        }
+                    };
+                    let commit = record(t, n, block.list, index);
                     let _ =
                         registry.commit_issuance("bench", commit, Box::new(|_| b"{}".to_vec()))?;
-                    used += 1;
                     n += 1;
                 }
                 let _ = done.fetch_add(n, Ordering::Relaxed);

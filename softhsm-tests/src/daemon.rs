@@ -940,10 +940,18 @@ impl Daemon {
     /// The status of entry `idx` in the list at `uri`, from the signed
     /// token verified with the status-list key the JWKS publishes.
     pub fn status_bit(&self, uri: &str, idx: u64) -> u8 {
-        let d = self;
         let path = uri
-            .strip_prefix(&format!("http://{}", d.public))
+            .strip_prefix(&format!("http://{}", self.public))
             .expect("status URI on the public listener");
+        let verified = self.status_token_at(path);
+        assert_eq!(verified.uri, uri);
+        verified.list.get(idx).expect("index in the list")
+    }
+
+    /// The status list this node serves at `path` (`/status/N`), verified
+    /// with the status-list key its JWKS publishes.
+    pub fn status_token_at(&self, path: &str) -> dojang::status::StatusListToken {
+        let d = self;
         let token = d.public_client().get(path);
         assert_eq!(token.status, 200);
         assert_eq!(
@@ -970,9 +978,7 @@ impl Daemon {
             .expect("status-list key in the JWKS");
         let jwk: pkcs11_shim::Jwk = serde_json::from_value(key.clone()).expect("status token");
         let public = pkcs11_shim::public_key_from_jwk(&jwk).expect("status token");
-        let verified = dojang::status::verify_token(&token_text, &public).expect("status token");
-        assert_eq!(verified.uri, uri);
-        verified.list.get(idx).expect("index in the list")
+        dojang::status::verify_token(&token_text, &public).expect("status token")
     }
 
     /// The scratch directory.

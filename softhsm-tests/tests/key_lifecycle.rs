@@ -403,7 +403,7 @@ fn the_acting_node_completes_a_revocation() {
         dojang::store::Pseudonym([7; 32]),
         "phone",
         range.list,
-        range.first,
+        range.indexes[0],
     );
     late.credential.kid = ds1.kid.clone();
     let _ = registry

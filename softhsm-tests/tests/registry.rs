@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dojang::store::{
     CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, PostgresRegistry, Pseudonym,
-    Registry, SqliteRegistry, StoreError,
+    Registry, SqliteRegistry, StoreError, STATUS_LIST_SIZE,
 };
 
 const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
@@ -70,7 +70,7 @@ both!(
     a_new_phone_supersedes_the_old_one,
     idempotent_commits,
     state_changes_follow_the_lifecycle,
-    status_index_blocks_never_overlap,
+    status_positions_are_never_drawn_twice,
     a_refused_commit_leaves_nothing_behind,
     one_free_copy_per_holder,
     idempotency_keys_refuse_another_body_at_commit,
@@ -362,7 +362,7 @@ fn commit(reg: &dyn Registry, holder: u32, device: &str) -> IssuanceCommit {
     let mut id = [0u8; 16];
     openssl::rand::rand_bytes(&mut id).unwrap();
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    common::issuance(&id, pseudonym(holder), device, range.list, range.first)
+    common::issuance(&id, pseudonym(holder), device, range.list, range.indexes[0])
 }
 
 fn respond() -> dojang::store::Respond {
@@ -612,19 +612,19 @@ fn state_changes_follow_the_lifecycle(regs: &[Arc<dyn Registry>]) {
     assert_eq!(reg.decision_count().unwrap(), 4);
 }
 
-fn status_index_blocks_never_overlap(regs: &[Arc<dyn Registry>]) {
-    let ranges = race(regs, 20, |reg, _| reg.reserve_status_indexes(1000).unwrap());
-    let mut spans: Vec<(u32, u64, u64)> = ranges
+fn status_positions_are_never_drawn_twice(regs: &[Arc<dyn Registry>]) {
+    let blocks = race(regs, 20, |reg, _| reg.reserve_status_indexes(200).unwrap());
+    let mut drawn: Vec<(u32, u64)> = blocks
         .iter()
-        .map(|r| (r.list, r.first, r.first + r.count))
+        .flat_map(|b| b.indexes.iter().map(move |i| (b.list, *i)))
         .collect();
-    spans.sort();
-    for pair in spans.windows(2) {
-        assert!(
-            pair[0].0 != pair[1].0 || pair[0].2 <= pair[1].1,
-            "overlap: {pair:?}"
-        );
-    }
+    assert_eq!(drawn.len(), 4000);
+    assert!(drawn.iter().all(|(_, i)| *i < STATUS_LIST_SIZE));
+    drawn.sort_unstable();
+    drawn.dedup();
+    assert_eq!(drawn.len(), 4000, "a position was drawn twice");
+    // Drawn at random, not in order: a block is not sorted.
+    assert!(blocks.iter().all(|b| !b.indexes.is_sorted()));
 }
 
 fn a_refused_commit_leaves_nothing_behind(regs: &[Arc<dyn Registry>]) {
@@ -690,7 +690,7 @@ fn idempotency_keys_refuse_another_body_at_commit(regs: &[Arc<dyn Registry>]) {
         Err(StoreError::Internal(_))
     ));
     assert!(matches!(
-        reg.reserve_status_indexes(u64::MAX),
+        reg.reserve_status_indexes(dojang::store::STATUS_BLOCK_MAX + 1),
         Err(StoreError::Internal(_))
     ));
 }

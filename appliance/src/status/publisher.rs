@@ -1,8 +1,11 @@
 //! [`StatusPublisher`]: where new credentials' statuses go, and the signed
-//! lists verifiers fetch. Positions are reserved from the registry in
-//! blocks; a list is signed on demand by the status-list key in force and
-//! cached until a status changes on this node, 30 s pass (another node may
-//! have changed it), or half its validity has gone.
+//! lists verifiers fetch. Positions are drawn at random by the registry,
+//! a block at a time, and handed out in the order drawn; every list is
+//! signed at its full, fixed size, so a position is in range of every
+//! token of its list, including the one signed a moment before the
+//! credential was answered. A list is signed on demand by the status-list
+//! key in force and cached until a status changes on this node, 30 s pass
+//! (another node may have changed it), or half its validity has gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,19 +17,23 @@ use super::changes::StatusChanges;
 use super::list::{StatusList, sign_token};
 use crate::keys::manager::KeyManager;
 use crate::node::Node;
-use crate::store::{STATUS_LIST_SIZE, StatusRange};
+use crate::store::{STATUS_LIST_SIZE, StatusPositions};
 
 /// Lists beyond this are never asked of the store (a list holds 2^20
 /// credentials: this is over a billion).
 const MAX_STATUS_LIST: u32 = 1024;
-/// Status-list indexes reserved from the registry at a time.
-const STATUS_BLOCK: u64 = 256;
+/// Status-list positions reserved from the registry at a time (positions
+/// a node reserved and never used stay valid: harmless decoys).
+const STATUS_BLOCK: u64 = 64;
 /// Seconds a status-list token is valid; verifiers may cache it for `TTL`.
 const STATUS_TOKEN_LIFETIME: i64 = 3600;
 const STATUS_TOKEN_TTL: u64 = 300;
 /// A cached token is re-signed after this long even if nothing changed
 /// (another node sharing the registry may have changed it).
-const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
+pub const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
+/// A list found not to exist is asked again after this long (another node
+/// may open it).
+const MISSING_LIST_RECHECK: Duration = Duration::from_secs(1);
 
 struct CachedToken {
     /// `None`: the list has no credential (cached too, so unknown lists
@@ -43,7 +50,8 @@ pub struct StatusPublisher {
     keys: Arc<KeyManager>,
     changes: StatusChanges,
     public_base: String,
-    statuses: Mutex<Option<(StatusRange, u64)>>,
+    /// Reserved positions not handed out yet, the next one last.
+    statuses: Mutex<Option<StatusPositions>>,
     status_tokens: Mutex<HashMap<u32, CachedToken>>,
     /// One status list signed at a time: concurrent misses wait and share it.
     status_signing: Mutex<()>,
@@ -79,16 +87,19 @@ impl StatusPublisher {
             .statuses
             .lock()
             .map_err(|_| crate::store::StoreError::Internal("status cursor poisoned".into()))?;
-        if let Some((range, next)) = slot.as_mut()
-            && *next < range.first + range.count
+        if let Some(reserved) = slot.as_mut()
+            && let Some(index) = reserved.indexes.pop()
         {
-            let index = *next;
-            *next += 1;
-            return Ok((range.list, index));
+            return Ok((reserved.list, index));
         }
-        let range = self.node.registry.reserve_status_indexes(STATUS_BLOCK)?;
-        *slot = Some((range, range.first + 1));
-        Ok((range.list, range.first))
+        let mut reserved = self.node.registry.reserve_status_indexes(STATUS_BLOCK)?;
+        reserved.indexes.reverse();
+        let index = reserved.indexes.pop().ok_or_else(|| {
+            crate::store::StoreError::Internal("the registry reserved no status position".into())
+        })?;
+        let list = reserved.list;
+        *slot = Some(reserved);
+        Ok((list, index))
     }
 
     /// A status list's URI.
@@ -115,23 +126,18 @@ impl StatusPublisher {
         }
         let generation = self.changes.current();
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let entries = self
-            .node
-            .registry
-            .status_entries(list)
-            .map_err(|e| e.to_string())?;
-        if entries.is_empty() {
+        let registry = &self.node.registry;
+        if !registry
+            .status_list_exists(list)
+            .map_err(|e| e.to_string())?
+        {
             self.cache_status_token(list, None, generation, now);
             return Ok(None);
         }
+        let entries = registry.status_entries(list).map_err(|e| e.to_string())?;
         let start = Instant::now();
-        let size = entries
-            .iter()
-            .map(|(i, _)| i + 1)
-            .max()
-            .unwrap_or(1)
-            .min(STATUS_LIST_SIZE);
-        let list_bits = StatusList::from_entries(size, &entries).map_err(|e| e.to_string())?;
+        let list_bits =
+            StatusList::from_entries(STATUS_LIST_SIZE, &entries).map_err(|e| e.to_string())?;
         let view = self.keys.view();
         let key = view
             .status_key_at(OffsetDateTime::now_utc())
@@ -167,8 +173,12 @@ impl StatusPublisher {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let tokens = self.status_tokens.lock().ok()?;
         let cached = tokens.get(&list)?;
+        let fresh_for = match cached.token {
+            Some(_) => STATUS_TOKEN_REFRESH,
+            None => MISSING_LIST_RECHECK,
+        };
         (cached.generation == generation
-            && cached.signed.elapsed() < STATUS_TOKEN_REFRESH
+            && cached.signed.elapsed() < fresh_for
             && cached.exp - now > STATUS_TOKEN_LIFETIME / 2)
             .then(|| cached.token.clone())
     }

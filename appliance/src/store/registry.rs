@@ -81,15 +81,14 @@ pub struct HolderFacts {
     pub held_before: bool,
 }
 
-/// A block of status-list indexes reserved for one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusRange {
+/// Status-list positions reserved for one node: drawn at random from the
+/// list's free ones, in the order drawn, none ever handed out twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPositions {
     /// The list.
     pub list: u32,
-    /// First index of the block.
-    pub first: u64,
-    /// Number of indexes.
-    pub count: u64,
+    /// The positions, in the order they were drawn.
+    pub indexes: Vec<u64>,
 }
 
 /// A new credential's registry row.
@@ -284,8 +283,13 @@ pub trait Registry: KeyRegistry + Send + Sync {
     fn free_quota(&self) -> Result<(u64, u64), StoreError>;
     /// Facts for the policy.
     fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError>;
-    /// Reserves a block of status-list indexes for this node.
-    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError>;
+    /// Reserves `count` status-list positions for this node, drawn at
+    /// random from the open list's free ones (a new list is opened when
+    /// the open one is half drawn).
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusPositions, StoreError>;
+    /// Whether status list `list` has been opened (its token is served at
+    /// full size from then on).
+    fn status_list_exists(&self, list: u32) -> Result<bool, StoreError>;
     /// The stored response for an idempotency key, `IdempotencyMismatch` if
     /// the body differs, `None` if the key is new.
     fn idempotent_response(
@@ -380,16 +384,27 @@ pub(crate) fn check_refresh(
     Ok(())
 }
 
-/// Size of each status list (2 bits a credential: 256 KiB before compression).
+/// Size of every status list (2 bits a credential: 256 KiB before
+/// compression, a few KiB after while mostly valid). Fixed, so a list's
+/// length says nothing of how many IDs exist, and every drawn position is
+/// in range of every token of its list.
 pub const STATUS_LIST_SIZE: u64 = 1 << 20;
 
-/// Status-index blocks are 1 to a whole list.
+/// Positions drawn from a list before the next one opens: half, so a
+/// random draw finds a free position in two tries on average, and each
+/// holder hides among 2^19 others.
+pub const STATUS_LIST_FILL: u64 = STATUS_LIST_SIZE / 2;
+
+/// Largest number of positions reserved at once.
+pub const STATUS_BLOCK_MAX: u64 = 4096;
+
+/// Status-position reservations are 1 to [`STATUS_BLOCK_MAX`] positions.
 pub(crate) fn check_block(count: u64) -> Result<(), StoreError> {
-    if (1..=STATUS_LIST_SIZE).contains(&count) {
+    if (1..=STATUS_BLOCK_MAX).contains(&count) {
         Ok(())
     } else {
         Err(StoreError::Internal(format!(
-            "a status-index block is 1 to {STATUS_LIST_SIZE} indexes, not {count}"
+            "a status-position reservation is 1 to {STATUS_BLOCK_MAX} positions, not {count}"
         )))
     }
 }

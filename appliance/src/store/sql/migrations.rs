@@ -45,6 +45,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!("0006_credentials_by_key"),
     migration!("0007_credentials_by_holder"),
     migration!("0008_idempotency_age"),
+    migration!("0009_status_positions"),
 ];
 
 /// How one database spells the shared files' column types.

@@ -12,6 +12,7 @@ mod constraint;
 mod keys;
 pub(crate) mod migrations;
 mod registry;
+mod status;
 mod tx;
 
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};

@@ -2,17 +2,13 @@
 //! changes, refresh, the facts the policy reads, status entries, and the
 //! audit log's reads and checkpoints.
 
+use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
-    IssuanceCommit, Pseudonym, Registry, Respond, STATUS_LIST_SIZE, StatusRange, StoreError,
-    check_block, check_refresh, check_transition,
+    IssuanceCommit, Pseudonym, Registry, Respond, StatusPositions, StoreError, check_block,
+    check_refresh, check_transition,
 };
-
-fn list_id(list: u64) -> Result<u32, StoreError> {
-    u32::try_from(list)
-        .map_err(|_| StoreError::Internal(format!("status list {list} is out of range")))
-}
 
 fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
@@ -206,30 +202,14 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         })
     }
 
-    fn reserve_status_indexes(&self, count: u64) -> Result<StatusRange, StoreError> {
+    fn reserve_status_indexes(&self, count: u64) -> Result<StatusPositions, StoreError> {
         check_block(count)?;
-        self.driver.write(move |tx| {
-            loop {
-                if let Some(row) = tx.query_opt(
-                    "UPDATE status_lists SET next_index = next_index + $1
-                     WHERE id = (SELECT MAX(id) FROM status_lists) AND next_index + $1 <= size
-                     RETURNING id, next_index - $1",
-                    args![count],
-                )? {
-                    return Ok(StatusRange {
-                        list: list_id(row.count(0)?)?,
-                        first: row.count(1)?,
-                        count,
-                    });
-                }
-                // `WHERE true`: SQLite would read `ON` as a join's.
-                let _ = tx.execute(
-                    "INSERT INTO status_lists (id, next_index, size)
-                     SELECT MAX(id) + 1, 0, $1 FROM status_lists WHERE true ON CONFLICT DO NOTHING",
-                    args![STATUS_LIST_SIZE],
-                )?;
-            }
-        })
+        self.driver
+            .write(move |tx| super::status::reserve(tx, count))
+    }
+
+    fn status_list_exists(&self, list: u32) -> Result<bool, StoreError> {
+        self.driver.read(move |tx| super::status::exists(tx, list))
     }
 
     fn idempotent_response(

@@ -1,0 +1,142 @@
+//! Status positions tell nobody anything: drawn at random from fixed-size
+//! lists, never in order, and in range of the list a verifier fetches the
+//! moment the credential is answered, on any node.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store};
+
+const LIST_SIZE: u64 = 1 << 20;
+
+/// Issues one credential through `issuer` for holder `n` and returns its
+/// status position; `served_by` must serve a list that has it in range and
+/// says it is valid, right after the 201.
+fn issue_and_look_up(issuer: &Daemon, served_by: &Daemon, n: u32) -> (String, u64) {
+    let (jwk, _) = daemon::phone();
+    let request = daemon::request("mdoc", &daemon::number(40_000 + n), &jwk);
+    let reply = issuer
+        .client("counter")
+        .post_json("/v1/credentials", &request, &[]);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let uri = body["status"]["uri"].as_str().unwrap().to_owned();
+    let idx = body["status"]["idx"].as_u64().unwrap();
+    // Nodes behind one address serve the same path; the token is verified.
+    let path = format!("/status/{}", uri.rsplit_once('/').unwrap().1);
+    let served = served_by.status_token_at(&path);
+    assert_eq!(served.list.len(), LIST_SIZE);
+    assert_eq!(served.list.get(idx), Some(0), "position {idx} of {uri}");
+    (uri, idx)
+}
+
+/// The longest run of strictly increasing or strictly decreasing positions.
+fn longest_monotone_run(positions: &[u64]) -> usize {
+    let (mut longest, mut up, mut down) = (1, 1, 1);
+    for pair in positions.windows(2) {
+        up = if pair[1] > pair[0] { up + 1 } else { 1 };
+        down = if pair[1] < pair[0] { down + 1 } else { 1 };
+        longest = longest.max(up).max(down);
+    }
+    longest
+}
+
+/// Pearson's statistic of the positions over 16 equal parts of the list.
+fn chi_square_16(positions: &[u64]) -> f64 {
+    let mut buckets = [0u32; 16];
+    for p in positions {
+        buckets[(p * 16 / LIST_SIZE) as usize] += 1;
+    }
+    let expected = positions.len() as f64 / 16.0;
+    buckets
+        .iter()
+        .map(|&o| (f64::from(o) - expected).powi(2) / expected)
+        .sum()
+}
+
+/// What a random draw passes and an allocation in order fails.
+fn assert_random(positions: &[u64]) {
+    let mut unique = positions.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        positions.len(),
+        "a position was handed out twice"
+    );
+    assert!(positions.iter().all(|p| *p < LIST_SIZE));
+    // No arithmetic progression: three positions in a row never step by
+    // the same difference (chance for uniform draws: about n / 2^20).
+    for w in positions.windows(3) {
+        assert_ne!(
+            w[1].wrapping_sub(w[0]),
+            w[2].wrapping_sub(w[1]),
+            "an arithmetic progression: {w:?}"
+        );
+    }
+    // Monotone runs: in n uniform draws a run of k or more is expected
+    // about 2n/k! times, so a run of 6 appears ~3 times in 1,000 draws and
+    // is no sign of order; 13 or more (~3e-7 for n = 1,000) is.
+    let run = longest_monotone_run(positions);
+    assert!(
+        run < 13,
+        "a monotone run of {run}: positions follow an order"
+    );
+    // Uniform over the list: chi-square with 15 degrees of freedom; 50
+    // is exceeded by chance with probability about 1e-5.
+    if positions.len() >= 160 {
+        let chi = chi_square_16(positions);
+        assert!(chi < 50.0, "not uniform over the list: chi-square {chi:.1}");
+    }
+}
+
+#[test]
+fn a_thousand_issuances_take_random_positions_in_range_at_once() {
+    let d = Daemon::start(Options::default());
+    let issued: Vec<(String, u64)> = (0..1000).map(|n| issue_and_look_up(&d, &d, n)).collect();
+    let positions: Vec<u64> = issued.iter().map(|(_, i)| *i).collect();
+    assert!(
+        issued.iter().all(|(uri, _)| *uri == issued[0].0),
+        "one list"
+    );
+    assert_random(&positions);
+    eprintln!(
+        "1,000 positions: longest monotone run {}, chi-square {:.1}",
+        longest_monotone_run(&positions),
+        chi_square_16(&positions)
+    );
+    // Fixed size (checked above for every token) whatever the list
+    // holds: its length says nothing of how many IDs exist.
+    let served = d.status_token_at(&format!(
+        "/status/{}",
+        issued[0].0.rsplit_once('/').unwrap().1
+    ));
+    assert!(served.exp > served.iat);
+    assert!(served.ttl > 0);
+}
+
+#[test]
+fn a_position_drawn_on_one_node_is_in_range_on_the_other_at_once() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let a = Daemon::start(Options {
+        store: Store::Postgres(schema.url.clone()),
+        ..Options::default()
+    });
+    let b = a.second_node("b");
+    let positions: Vec<u64> = (0..200)
+        .map(|n| {
+            let (issuer, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            issue_and_look_up(issuer, other, n).1
+        })
+        .collect();
+    assert_random(&positions);
+    drop(b);
+    drop(a);
+    drop(schema);
+}
