@@ -958,8 +958,8 @@ impl Daemon {
             token.header("content-type"),
             Some("application/statuslist+jwt")
         );
-        // The status-list key from the JWKS, by kid.
-        let jwks = d.public_client().get("/.well-known/jwks.json").json();
+        // The status-list key from the JWKS the token names (`jku`), by kid;
+        // never from the issuer's JWKS.
         let token_text = String::from_utf8(token.body).expect("status token");
         let header: serde_json::Value = serde_json::from_slice(
             &base64::Engine::decode(
@@ -969,6 +969,22 @@ impl Daemon {
             .expect("status token"),
         )
         .expect("status token");
+        let jku = header
+            .get("jku")
+            .and_then(serde_json::Value::as_str)
+            .expect("jku");
+        assert!(jku.ends_with("/status/jwks.json"), "{jku}");
+        let issuer_keys = d.public_client().get("/.well-known/jwks.json").json();
+        assert!(
+            !issuer_keys
+                .get("keys")
+                .and_then(serde_json::Value::as_array)
+                .expect("issuer JWKS")
+                .iter()
+                .any(|k| k.get("kid") == header.get("kid")),
+            "a status-list key in the issuer's JWKS"
+        );
+        let jwks = d.public_client().get("/status/jwks.json").json();
         let key = jwks
             .get("keys")
             .and_then(serde_json::Value::as_array)

@@ -557,9 +557,9 @@ fn officers_rotate_the_status_list_key() {
     let keys = d.chain_keys("status-list");
     assert_eq!(keys[0]["state"], "retired");
     assert_eq!(keys[1]["state"], "active");
-    // The next token is signed by the new key, found in the JWKS by its kid
-    // (status_bit verifies the signature); the old key stays published for
-    // tokens verifiers still cache.
+    // The next token is signed by the new key, found in the status-list
+    // JWKS by its kid (status_bit verifies the signature); the old key stays
+    // published for tokens verifiers still cache.
     let token = d
         .public_client()
         .get(&uri.replace(&format!("http://{}", d.public), ""));
@@ -577,7 +577,7 @@ fn officers_rotate_the_status_list_key() {
     .unwrap();
     assert_eq!(header["kid"], pending["kid"]);
     assert_eq!(d.status_bit(uri, idx), 0);
-    let jwks = d.public_client().get("/.well-known/jwks.json").json();
+    let jwks = d.public_client().get("/status/jwks.json").json();
     assert!(jwks["keys"]
         .as_array()
         .unwrap()

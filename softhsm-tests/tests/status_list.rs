@@ -10,7 +10,7 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use dojang::status::{sign_token, verify_token, StatusList};
+use dojang::status::{sign_token, verify_token, StatusList, TokenFields};
 use dojang::store::{CredentialState, Pseudonym, Registry, SqliteRegistry};
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
 use softhsm_tests::SoftHsmToken;
@@ -62,16 +62,14 @@ fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
     let entries = registry.status_entries(block.list).unwrap();
     let list = StatusList::from_entries(1 << 20, &entries).unwrap();
     let uri = "https://id.example.kr/status/1";
-    let jwt = sign_token(
-        &backend,
-        "status-1",
+    let fields = TokenFields {
         uri,
-        &list,
-        1_800_000_000,
-        1_800_086_400,
-        3600,
-    )
-    .unwrap();
+        keys_uri: "https://id.example.kr/status/jwks.json",
+        iat: 1_800_000_000,
+        exp: 1_800_086_400,
+        ttl: 3600,
+    };
+    let jwt = sign_token(&backend, "status-1", &list, &fields).unwrap();
 
     // Our verifier.
     let public = key.public_key.clone().unwrap();
@@ -96,7 +94,7 @@ fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     assert!(verify_token(std::str::from_utf8(&tampered).unwrap(), &public).is_err());
     // A document-signer key may not sign status lists.
-    assert!(sign_token(&backend, "ds-1", uri, &list, 0, 1, 1).is_err());
+    assert!(sign_token(&backend, "ds-1", &list, &fields).is_err());
 
     // Independently: openssl checks the ES256 signature over the JWS input…
     let (input, signature) = jwt.rsplit_once('.').unwrap();

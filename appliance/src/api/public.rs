@@ -1,6 +1,7 @@
 //! The public listener: what verifiers fetch, without authentication: the
-//! IACA certificate and CRL, DS certificates, the JWKS, the SD-JWT VC
-//! issuer metadata and the signed status lists. Everything carries cache
+//! IACA certificate and CRL, DS certificates, the JWKS (document signers
+//! only), the SD-JWT VC issuer metadata, the signed status lists and their
+//! keys. Everything carries cache
 //! headers; nothing here reveals more than a verifier needs.
 
 use std::future::Future;
@@ -71,6 +72,10 @@ impl Public {
                     Ok(("application/json", body.to_string().into_bytes(), 300)),
                 )
             }
+            crate::status::publisher::STATUS_KEYS_PATH => (
+                "/status/jwks.json",
+                Ok(("application/jwk-set+json", keys.status_jwks.clone(), 300)),
+            ),
             "/iaca.pem" => (
                 "/iaca.pem",
                 keys.iaca_pem

@@ -399,6 +399,7 @@ mod tests {
             "/iacas.json:",
             "/iaca-{key_id}.crl:",
             "/ds/{label}.pem:",
+            "/status/jwks.json:",
             "/status/{list}:",
         ] {
             assert!(OPENAPI.contains(route), "{route} undocumented");

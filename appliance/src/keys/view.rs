@@ -90,8 +90,12 @@ pub struct KeyView {
     pub audit_cosigners: Vec<(String, NoteKey)>,
     /// Why a key that should sign cannot (readiness reports it).
     pub problems: Vec<String>,
-    /// `/.well-known/jwks.json`.
+    /// `/.well-known/jwks.json`: the document signers only (what SD-JWT
+    /// VC verifiers resolve an issuer's keys from).
     pub jwks: Vec<u8>,
+    /// `/status/jwks.json`: the status-list keys, where status tokens say
+    /// (`jku`).
+    pub status_jwks: Vec<u8>,
     /// DS certificates by label (PEM), every published key.
     pub ds_pem: HashMap<String, Vec<u8>>,
     /// The IACA's CRL (PEM).
@@ -164,6 +168,7 @@ impl KeyView {
             audit_cosigners: Vec::new(),
             problems: vec!["not loaded".into()],
             jwks: Vec::new(),
+            status_jwks: Vec::new(),
             ds_pem: HashMap::new(),
             crl_pem: None,
             crl_der: None,

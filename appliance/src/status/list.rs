@@ -134,15 +134,29 @@ pub struct StatusListToken {
     pub list: StatusList,
 }
 
-/// Signs `list` as a `statuslist+jwt` for `uri` with the status-list key `label`.
+/// What a signed status-list token says besides the list.
+#[derive(Debug, Clone)]
+pub struct TokenFields<'a> {
+    /// The list's URI (`sub`).
+    pub uri: &'a str,
+    /// Where the status-list keys are published (`jku`): never the
+    /// credential issuer's JWKS, so no status-list key can pass for a
+    /// document signer.
+    pub keys_uri: &'a str,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expires (unix seconds).
+    pub exp: i64,
+    /// Seconds a verifier may cache it.
+    pub ttl: u64,
+}
+
+/// Signs `list` as a `statuslist+jwt` with the status-list key `label`.
 pub fn sign_token(
     backend: &dyn KeyBackend,
     label: &str,
-    uri: &str,
     list: &StatusList,
-    iat: i64,
-    exp: i64,
-    ttl: u64,
+    fields: &TokenFields<'_>,
 ) -> Result<String, StatusError> {
     let key = backend.find(label)?;
     if key.purpose != KeyPurpose::StatusList {
@@ -151,12 +165,17 @@ pub fn sign_token(
     let algorithm =
         SignatureAlgorithm::of_key(key.algorithm).map_err(|e| StatusError::Token(e.to_string()))?;
     let kid = key.kid().unwrap_or_default();
-    let header = json!({"alg": algorithm.jose(), "typ": "statuslist+jwt", "kid": kid});
+    let header = json!({
+        "alg": algorithm.jose(),
+        "typ": "statuslist+jwt",
+        "kid": kid,
+        "jku": fields.keys_uri,
+    });
     let payload = json!({
-        "sub": uri,
-        "iat": iat,
-        "exp": exp,
-        "ttl": ttl,
+        "sub": fields.uri,
+        "iat": fields.iat,
+        "exp": fields.exp,
+        "ttl": fields.ttl,
         "status_list": {"bits": BITS, "lst": list.encode()?},
     });
     let input = format!(

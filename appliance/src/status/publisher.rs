@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::changes::StatusChanges;
-use super::list::{StatusList, sign_token};
+use super::list::{StatusList, TokenFields, sign_token};
 use crate::keys::manager::KeyManager;
 use crate::node::Node;
 use crate::store::{STATUS_LIST_SIZE, StatusPositions};
 
+/// The status-list keys' JWKS, on the public listener.
+pub const STATUS_KEYS_PATH: &str = "/status/jwks.json";
 /// Lists beyond this are never asked of the store (a list holds 2^20
 /// credentials: this is over a billion).
 const MAX_STATUS_LIST: u32 = 1024;
@@ -102,6 +104,12 @@ impl StatusPublisher {
         Ok((list, index))
     }
 
+    /// Where the status-list keys are published (a JWKS of those keys
+    /// only, apart from the credential issuer's).
+    pub fn keys_uri(&self) -> String {
+        format!("{}{STATUS_KEYS_PATH}", self.public_base)
+    }
+
     /// A status list's URI.
     pub fn status_uri(&self, list: u32) -> String {
         format!("{}/status/{list}", self.public_base)
@@ -149,11 +157,14 @@ impl StatusPublisher {
                 sign_token(
                     self.node.backend,
                     key,
-                    &self.status_uri(list),
                     &list_bits,
-                    now,
-                    now + STATUS_TOKEN_LIFETIME,
-                    STATUS_TOKEN_TTL,
+                    &TokenFields {
+                        uri: &self.status_uri(list),
+                        keys_uri: &self.keys_uri(),
+                        iat: now,
+                        exp: now + STATUS_TOKEN_LIFETIME,
+                        ttl: STATUS_TOKEN_TTL,
+                    },
                 )
             })
             .map_err(|e| e.to_string())?;

@@ -354,14 +354,7 @@ impl KeyManager {
         view.signers = signers;
         view.ds_pem = ds_pem;
         view.revoked = revoked;
-        let mut all = jwks;
-        if let Ok(serde_json::Value::Object(mut doc)) =
-            serde_json::from_slice::<serde_json::Value>(&view.jwks)
-            && let Some(serde_json::Value::Array(service_keys)) = doc.remove("keys")
-        {
-            all.extend(service_keys);
-        }
-        view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": all }))
+        view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
             .map_err(|e| LoadError(e.to_string()))?;
         Ok(view)
     }
@@ -411,14 +404,14 @@ impl KeyManager {
     }
 
     /// The status-list and audit keys' part of a view (and the CRL), with
-    /// no DS key yet.
+    /// no DS key yet: an empty issuer JWKS, the status-list keys' own.
     fn service_key_view(
         &self,
         keys: &[StoredKey],
         crl: Option<String>,
         mut problems: Vec<String>,
     ) -> Result<KeyView, LoadError> {
-        let mut jwks = Vec::new();
+        let mut status_jwks = Vec::new();
         let mut status_keys = Vec::new();
         let mut audit_keys = Vec::new();
         let mut audit_cosigners = Vec::new();
@@ -440,7 +433,7 @@ impl KeyManager {
                 continue;
             }
             if key.chain == STATUS_CHAIN {
-                jwks.push(jwk_entry(&public, None));
+                status_jwks.push(jwk_entry(&public, None));
                 if signs {
                     status_keys.push((r.activate_at, r.label.clone()));
                 }
@@ -472,7 +465,9 @@ impl KeyManager {
             audit_keys,
             audit_cosigners,
             problems,
-            jwks: serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+            jwks: serde_json::to_vec(&serde_json::json!({ "keys": [] }))
+                .map_err(|e| LoadError(e.to_string()))?,
+            status_jwks: serde_json::to_vec(&serde_json::json!({ "keys": status_jwks }))
                 .map_err(|e| LoadError(e.to_string()))?,
             ds_pem: HashMap::new(),
             crl_pem,
