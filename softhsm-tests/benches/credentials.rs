@@ -57,7 +57,7 @@ fn main() -> BenchResult {
         .public_key()
         .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)?;
     let device = PublicKey::from_ec_point(Algorithm::Es256, &point)?;
-    let validity = SignatureValidity::starting(now, 90, signer.not_after())?;
+    let validity = SignatureValidity::starting(now, 90, signer.certificate_window())?;
     let status = StatusReference {
         idx: 123_456,
         uri: "https://id.example.kr/status/1".into(),

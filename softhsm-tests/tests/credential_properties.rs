@@ -55,7 +55,7 @@ fn any_holder_gives_verifiable_credentials_with_the_same_claims() {
     let signer = f.signer();
     let trust = Trust::Iaca(f.iaca_der());
     let now = OffsetDateTime::now_utc();
-    let validity = SignatureValidity::starting(now, 30, signer.not_after()).unwrap();
+    let validity = SignatureValidity::starting(now, 30, signer.certificate_window()).unwrap();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 48,
         ..ProptestConfig::default()

@@ -30,7 +30,7 @@ fn claims(now: OffsetDateTime) -> ResidentCardClaims {
 fn issue_both(f: &PkiFixture) -> (Vec<u8>, String) {
     let now = OffsetDateTime::now_utc();
     let signer = f.signer();
-    let validity = SignatureValidity::starting(now, 90, signer.not_after()).unwrap();
+    let validity = SignatureValidity::starting(now, 90, signer.certificate_window()).unwrap();
     let device = phone_key();
     let status = dojang::credential::StatusReference {
         idx: 42,
@@ -281,7 +281,7 @@ fn signature_validity_never_outlives_the_ds_certificate() {
     let f = PkiFixture::new(10); // a DS certificate valid for ten days
     let signer = f.signer();
     let now = OffsetDateTime::now_utc();
-    let validity = SignatureValidity::starting(now, 90, signer.not_after()).unwrap();
+    let validity = SignatureValidity::starting(now, 90, signer.certificate_window()).unwrap();
     assert_eq!(validity.valid_until, signer.not_after());
     let m = mdoc::issue(&signer, &claims(now), &phone_key(), &validity, None).unwrap();
     let verified = mdoc::verify(&m, &Trust::Iaca(f.iaca_der()), now, None).unwrap();

@@ -96,4 +96,13 @@ impl<'a> DocumentSigner<'a> {
     pub fn not_after(&self) -> OffsetDateTime {
         self.certificate.facts.not_after
     }
+
+    /// The DS certificate's (notBefore, notAfter): no signature may claim
+    /// a time outside it.
+    pub fn certificate_window(&self) -> (OffsetDateTime, OffsetDateTime) {
+        (
+            self.certificate.facts.not_before,
+            self.certificate.facts.not_after,
+        )
+    }
 }

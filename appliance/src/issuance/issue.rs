@@ -366,7 +366,7 @@ impl Issuer {
         let validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
-            signer.not_after(),
+            signer.certificate_window(),
         )
         .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
         let (list, index) = self.status.next_index().map_err(store_refusal)?;

@@ -211,7 +211,7 @@ impl Issuer {
         let mut validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
-            signer.not_after(),
+            signer.certificate_window(),
         )
         .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
         // Never valid past the document's last day (its end in Seoul).

@@ -137,8 +137,11 @@ fn sample(
         credential.document_validity_years,
         &credential.issuing_authority,
     )?;
-    let validity =
-        SignatureValidity::starting(now, credential.signature_validity_days, signer.not_after())?;
+    let validity = SignatureValidity::starting(
+        now,
+        credential.signature_validity_days,
+        signer.certificate_window(),
+    )?;
     Ok(match format {
         "mdoc" => mdoc::to_base64url(&mdoc::issue(&signer, &claims, device_key, &validity, None)?),
         _ => sdjwt::issue(

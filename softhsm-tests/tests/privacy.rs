@@ -1,10 +1,14 @@
-//! Status positions tell nobody anything: drawn at random from fixed-size
-//! lists, never in order, and in range of the list a verifier fetches the
-//! moment the credential is answered, on any node.
+//! What a credential says tells nobody more than it must: status positions
+//! drawn at random from fixed-size lists, never in order, and in range of
+//! the list a verifier fetches the moment the credential is answered, on
+//! any node; signing times to the day, never the issuance second.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
 use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store};
+use time::OffsetDateTime;
 
 const LIST_SIZE: u64 = 1 << 20;
 
@@ -139,4 +143,59 @@ fn a_position_drawn_on_one_node_is_in_range_on_the_other_at_once() {
     drop(b);
     drop(a);
     drop(schema);
+}
+
+/// Issues `profile` for holder `n`; the 201's body.
+fn issue(d: &Daemon, profile: &str, n: u32) -> serde_json::Value {
+    let (jwk, _) = daemon::phone();
+    let request = daemon::request(profile, &daemon::number(50_000 + n), &jwk);
+    let reply = d
+        .client("counter")
+        .post_json("/v1/credentials", &request, &[]);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// The issuer-signed JWT's payload of an SD-JWT VC.
+fn sd_jwt_payload(credential: &str) -> serde_json::Value {
+    let jwt = credential.split('~').next().unwrap();
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64URL.decode(payload).unwrap()).unwrap()
+}
+
+#[test]
+fn signing_times_say_the_day_not_the_second() {
+    let d = Daemon::start(Options::default());
+    let first = issue(&d, "sd-jwt", 1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = issue(&d, "sd-jwt", 2);
+    let mdoc = issue(&d, "mdoc", 3);
+    let now = OffsetDateTime::now_utc();
+    // The day began at midnight in Seoul, unless the DS certificate is
+    // younger (as in this test): then at its notBefore, which every
+    // credential that key signs shares.
+    let label = first["key_label"].as_str().unwrap();
+    let ds =
+        openssl::x509::X509::from_pem(&d.public_client().get(&format!("/ds/{label}.pem")).body)
+            .unwrap();
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).unwrap();
+    let not_before = epoch.diff(ds.not_before()).unwrap();
+    let not_before = i64::from(not_before.days) * 86_400 + i64::from(not_before.secs);
+    let seoul_midnight = now
+        .to_offset(time::macros::offset!(+9))
+        .replace_time(time::Time::MIDNIGHT);
+    let expected = seoul_midnight.unix_timestamp().max(not_before);
+    for reply in [&first, &second] {
+        let payload = sd_jwt_payload(reply["credential"].as_str().unwrap());
+        assert_eq!(payload["iat"], expected, "{payload}");
+        assert_eq!(payload["nbf"], expected);
+        assert!(payload["iat"].as_i64().unwrap() <= now.unix_timestamp());
+    }
+    let verified = d.verify_mdoc(mdoc["credential"].as_str().unwrap());
+    assert_eq!(verified.valid_from.unix_timestamp(), expected);
 }
