@@ -2,6 +2,7 @@
 //! by our verifier and by independent ones (pymdoccbor, sd-jwt, openssl).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 mod common;
 
@@ -327,6 +328,89 @@ fn the_iso_annex_d_example_verifies_apart_from_its_dates() {
         matches!(err, VerifyError::Certificate(ref m) if m.contains("validity")),
         "{err}"
     );
+}
+
+/// The disclosures of `sd_jwt` whose claim name is one of `names`, with
+/// the issuer-signed JWT: what a holder presents.
+fn present(sd_jwt: &str, names: &[&str]) -> String {
+    let mut parts = sd_jwt.split('~');
+    let jwt = parts.next().unwrap();
+    let kept: Vec<&str> = parts
+        .filter(|d| {
+            let Some(bytes) = B64URL.decode(d).ok().filter(|b| !b.is_empty()) else {
+                return false;
+            };
+            let parts: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            names.iter().any(|n| parts[1] == *n)
+        })
+        .collect();
+    format!("{jwt}~{}~", kept.join("~"))
+}
+
+#[test]
+fn age_thresholds_and_address_parts_are_disclosed_apart() {
+    let f = PkiFixture::new(365);
+    let (m, s) = issue_both(&f);
+    let now = OffsetDateTime::now_utc();
+    let trust = Trust::Iaca(f.iaca_der());
+    // The nested objects always carry the same number of digests.
+    let payload: serde_json::Value = serde_json::from_slice(
+        &B64URL
+            .decode(s.split('~').next().unwrap().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["age_equal_or_over"]["_sd"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(payload["address"]["_sd"].as_array().unwrap().len(), 6);
+
+    // A holder proves 17+ and the district, and nothing else.
+    let shown = present(&s, &["17", "locality"]);
+    let verified = sdjwt::verify(&shown, &trust, now, Some(sdjwt::VCT)).unwrap();
+    assert_eq!(
+        verified.claims["age_equal_or_over"],
+        serde_json::json!({"17": true})
+    );
+    assert_eq!(
+        verified.claims["address"],
+        serde_json::json!({"locality": "종로구"})
+    );
+    assert!(!verified.claims.contains_key("family_name"));
+    // Every part can be shown; the whole address too.
+    let all = sdjwt::verify(&s, &trust, now, Some(sdjwt::VCT)).unwrap();
+    assert_eq!(all.claims["address"]["region"], "서울특별시");
+    assert_eq!(all.claims["address"]["street_address"], "세종대로 209");
+    assert_eq!(
+        all.claims["address"]["formatted"],
+        "서울특별시 종로구 세종대로 209"
+    );
+    assert_eq!(all.claims["age_equal_or_over"]["18"], true);
+
+    // The sd-jwt package reads the presentation the same way.
+    let file = write(f.token.scratch(), "shown.sdjwt", &shown);
+    let (ok, out) = python_verify("verify_sdjwt.py", &[&file, &f.store.ds_path("ds-1")]);
+    assert!(ok, "sd-jwt refused: {out}");
+    let out: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        out["payload"]["age_equal_or_over"],
+        serde_json::json!({"17": true})
+    );
+    assert_eq!(
+        out["payload"]["address"],
+        serde_json::json!({"locality": "종로구"})
+    );
+
+    // In the mdoc each part is an element of its own.
+    let verified = mdoc::verify(&m, &trust, now, Some(mdoc::DOC_TYPE)).unwrap();
+    let els = &verified.elements[mdoc::NAMESPACE];
+    assert_eq!(els["resident_region"].as_text(), Some("서울특별시"));
+    assert_eq!(els["resident_locality"].as_text(), Some("종로구"));
+    assert_eq!(els["resident_street"].as_text(), Some("세종대로 209"));
 }
 
 #[test]

@@ -67,6 +67,39 @@ pub struct ResidentCardClaims {
     pub portrait: Option<Vec<u8>>,
 }
 
+/// A Korean address in its parts, where it reads as one: the province or
+/// metropolitan city (`…도`, `…특별시`, `…광역시`, `…특별자치시/도`), the
+/// city, county or district (`…시`, `…군`, `…구`), and the rest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AddressParts<'a> {
+    /// 시/도: `서울특별시`.
+    pub region: &'a str,
+    /// 시/군/구: `종로구`.
+    pub locality: &'a str,
+    /// The rest: `세종대로 209`.
+    pub street: &'a str,
+}
+
+const REGION_ENDINGS: [&str; 2] = ["도", "시"];
+const LOCALITY_ENDINGS: [&str; 3] = ["시", "군", "구"];
+
+impl ResidentCardClaims {
+    /// The address in its parts, so each can be disclosed apart; `None`
+    /// for an address that does not read as region, locality and street
+    /// (it is still disclosed whole).
+    pub fn address_parts(&self) -> Option<AddressParts<'_>> {
+        let mut words = self.address.splitn(3, ' ');
+        let (region, locality, street) = (words.next()?, words.next()?, words.next()?.trim());
+        let ends = |word: &str, endings: &[&str]| endings.iter().any(|e| word.ends_with(e));
+        (ends(region, &REGION_ENDINGS) && ends(locality, &LOCALITY_ENDINGS) && !street.is_empty())
+            .then_some(AddressParts {
+                region,
+                locality,
+                street,
+            })
+    }
+}
+
 impl std::fmt::Debug for ResidentCardClaims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ResidentCardClaims(<personal data redacted>)")
@@ -192,6 +225,21 @@ mod tests {
         let h = holder("김", "민준");
         let on_birthday = ResidentCardClaims::derive(&h, date!(2026 - 12 - 27), 3, "a").unwrap();
         assert!(on_birthday.age_over_17 && !on_birthday.age_over_18);
+        let parts = on_birthday.address_parts().unwrap();
+        assert_eq!(
+            (parts.region, parts.locality, parts.street),
+            ("서울특별시", "종로구", "세종대로 209")
+        );
+        let mut elsewhere = on_birthday.clone();
+        for address in [
+            "세종대로 209",
+            "서울특별시 세종대로 209",
+            "Hauptstraße 1 Köln",
+            "서울특별시 종로구",
+        ] {
+            elsewhere.address = address.into();
+            assert!(elsewhere.address_parts().is_none(), "{address}");
+        }
         assert_eq!(on_birthday.expiry_date, date!(2029 - 12 - 27));
         assert_eq!(on_birthday.resident_number_masked, "091227-3******");
         let day_before = ResidentCardClaims::derive(&h, date!(2026 - 12 - 26), 3, "a").unwrap();

@@ -69,11 +69,22 @@ pub fn elements(claims: &ResidentCardClaims) -> Vec<(&'static str, ElementValue<
             Text(&claims.resident_number_masked),
         ),
         ("resident_address", Text(&claims.address)),
+    ];
+    // The address's parts, each its own element: a reader can ask for the
+    // district alone.
+    if let Some(parts) = claims.address_parts() {
+        items.extend([
+            ("resident_region", Text(parts.region)),
+            ("resident_locality", Text(parts.locality)),
+            ("resident_street", Text(parts.street)),
+        ]);
+    }
+    items.extend([
         ("issue_date", FullDate(claims.issue_date)),
         ("expiry_date", FullDate(claims.expiry_date)),
         ("issuing_authority", Text(&claims.issuing_authority)),
         ("issuing_country", Text(&claims.issuing_country)),
-    ];
+    ]);
     if let Some(portrait) = &claims.portrait {
         items.push(("portrait", ElementValue::Bytes(portrait)));
     }

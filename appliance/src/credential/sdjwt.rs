@@ -1,7 +1,9 @@
 //! SD-JWT VC issuance (`typ: dc+sd-jwt`) and its verifier.
 //!
 //! Personal claims travel as disclosures `[salt, name, value]` whose
-//! SHA-256 digests sit in `_sd` (with decoys, sorted). `iss`, `iat`, `nbf`,
+//! SHA-256 digests sit in `_sd` (with decoys, sorted); the age thresholds
+//! and the address's parts each in their own, under plain
+//! `age_equal_or_over` and `address` objects. `iss`, `iat`, `nbf`,
 //! `exp`, `vct`, `cnf` and `status` are always plain: a holder can never
 //! hide them. Serialization: `<JWS>~<D1>~…~<Dn>~`.
 
@@ -37,20 +39,8 @@ pub enum ClaimValue<'a> {
     Str(&'a str),
     /// A date as "YYYY-MM-DD".
     Date(time::Date),
-    /// `{"17": bool, "18": bool}`.
-    AgeOver {
-        /// 17 or older.
-        seventeen: bool,
-        /// 18 or older.
-        eighteen: bool,
-    },
-    /// `{"formatted": …, "country": …}`.
-    Address {
-        /// The whole address.
-        formatted: &'a str,
-        /// ISO 3166 alpha-2.
-        country: &'a str,
-    },
+    /// A JSON boolean.
+    Bool(bool),
     /// A JPEG as a data URL.
     Picture(&'a [u8]),
 }
@@ -65,19 +55,7 @@ impl ClaimValue<'_> {
                 out.push_str(std::str::from_utf8(&text).unwrap_or_default());
                 out.push('"');
             }
-            ClaimValue::AgeOver {
-                seventeen,
-                eighteen,
-            } => {
-                out.push_str(&format!("{{\"17\":{seventeen},\"18\":{eighteen}}}"));
-            }
-            ClaimValue::Address { formatted, country } => {
-                out.push_str("{\"formatted\":");
-                push_json_str(out, formatted);
-                out.push_str(",\"country\":");
-                push_json_str(out, country);
-                out.push('}');
-            }
+            ClaimValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
             ClaimValue::Picture(jpeg) => {
                 out.push_str("\"data:image/jpeg;base64,");
                 base64_simd::STANDARD.encode_append(jpeg, out);
@@ -87,40 +65,94 @@ impl ClaimValue<'_> {
     }
 }
 
+/// Where a disclosable claim sits: at the top of the payload, or as a
+/// member of one of the plain objects whose members are disclosed one by
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A member of the payload.
+    Top,
+    /// A member of `age_equal_or_over`: each threshold apart, so proving
+    /// 17+ says nothing of 18.
+    Age,
+    /// A member of `address`: the whole address, or a part of it.
+    Address,
+}
+
+impl Place {
+    /// The nested objects, in payload order, with the digests each always
+    /// carries (members + decoys): a fixed count, so that whether an
+    /// address was split into parts does not show.
+    const NESTED: [(Place, &'static str, usize); 2] = [
+        (Place::Age, "age_equal_or_over", 3),
+        (Place::Address, "address", 6),
+    ];
+}
+
 /// The selectively disclosable claims, in a stable order.
-pub fn disclosable_claims(claims: &ResidentCardClaims) -> Vec<(&'static str, ClaimValue<'_>)> {
-    use ClaimValue::{Date, Str};
+pub fn disclosable_claims(
+    claims: &ResidentCardClaims,
+) -> Vec<(Place, &'static str, ClaimValue<'_>)> {
+    use ClaimValue::{Bool, Date, Str};
+    use Place::{Address, Age, Top};
     let mut out = vec![
-        ("family_name", Str(&claims.family_name)),
-        ("given_name", Str(&claims.given_name)),
-        ("birthdate", Date(claims.birth_date)),
+        (Top, "family_name", Str(&claims.family_name)),
+        (Top, "given_name", Str(&claims.given_name)),
+        (Top, "birthdate", Date(claims.birth_date)),
+        (Age, "17", Bool(claims.age_over_17)),
+        (Age, "18", Bool(claims.age_over_18)),
         (
-            "age_equal_or_over",
-            ClaimValue::AgeOver {
-                seventeen: claims.age_over_17,
-                eighteen: claims.age_over_18,
-            },
-        ),
-        (
+            Top,
             "resident_number_masked",
             Str(&claims.resident_number_masked),
         ),
-        (
-            "address",
-            ClaimValue::Address {
-                formatted: &claims.address,
-                country: &claims.issuing_country,
-            },
-        ),
-        ("issuance_date", Date(claims.issue_date)),
-        ("expiry_date", Date(claims.expiry_date)),
-        ("issuing_authority", Str(&claims.issuing_authority)),
-        ("issuing_country", Str(&claims.issuing_country)),
+        (Address, "formatted", Str(&claims.address)),
+        (Address, "country", Str(&claims.issuing_country)),
     ];
+    if let Some(parts) = claims.address_parts() {
+        out.push((Address, "region", Str(parts.region)));
+        out.push((Address, "locality", Str(parts.locality)));
+        out.push((Address, "street_address", Str(parts.street)));
+    }
+    out.extend([
+        (Top, "issuance_date", Date(claims.issue_date)),
+        (Top, "expiry_date", Date(claims.expiry_date)),
+        (Top, "issuing_authority", Str(&claims.issuing_authority)),
+        (Top, "issuing_country", Str(&claims.issuing_country)),
+    ]);
     if let Some(portrait) = &claims.portrait {
-        out.push(("picture", ClaimValue::Picture(portrait)));
+        out.push((Top, "picture", ClaimValue::Picture(portrait)));
     }
     out
+}
+
+/// Appends `digests` as a JSON array.
+fn push_digests(out: &mut String, digests: &[String]) {
+    out.push('[');
+    for (i, digest) in digests.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(digest);
+        out.push('"');
+    }
+    out.push(']');
+}
+
+/// `digests` with random decoys up to `count` (at least `DECOYS` when
+/// `count` is 0), sorted: the order says nothing of the claims.
+fn with_decoys(mut digests: Vec<String>, count: usize) -> Result<Vec<String>, CredentialError> {
+    let target = if count == 0 {
+        digests.len() + DECOYS
+    } else {
+        count
+    };
+    while digests.len() < target {
+        digests.push(base64_simd::URL_SAFE_NO_PAD.encode_to_string(random::<32>()?));
+    }
+    digests.sort_unstable();
+    Ok(digests)
 }
 
 // base64-simd encodes on the issuance path: the builder base64-encodes
@@ -141,6 +173,50 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A credential's disclosures and the digests of each, by place.
+struct Disclosed {
+    disclosures: Vec<String>,
+    top: Vec<String>,
+    nested: [Vec<String>; Place::NESTED.len()],
+}
+
+impl Disclosed {
+    /// Salts and encodes every disclosable claim.
+    fn build(claims: &ResidentCardClaims) -> Result<Self, CredentialError> {
+        let disclosable = disclosable_claims(claims);
+        let mut disclosures = Vec::with_capacity(disclosable.len());
+        let mut top = Vec::with_capacity(disclosable.len() + DECOYS);
+        let mut nested: [Vec<String>; Place::NESTED.len()] = Default::default();
+        let mut json = String::with_capacity(256);
+        for (place, name, value) in disclosable {
+            json.clear();
+            json.push_str("[\"");
+            base64_simd::URL_SAFE_NO_PAD.encode_append(random::<16>()?, &mut json);
+            json.push_str("\",\"");
+            json.push_str(name);
+            json.push_str("\",");
+            value.write_json(&mut json);
+            json.push(']');
+            let disclosure = base64_simd::URL_SAFE_NO_PAD.encode_to_string(json.as_bytes());
+            let digest = disclosure_digest(&disclosure);
+            let group = Place::NESTED
+                .iter()
+                .position(|(p, _, _)| *p == place)
+                .and_then(|i| nested.get_mut(i));
+            match group {
+                Some(group) => group.push(digest),
+                None => top.push(digest),
+            }
+            disclosures.push(disclosure);
+        }
+        Ok(Disclosed {
+            disclosures,
+            top,
+            nested,
+        })
+    }
+}
+
 /// An SD-JWT VC built and waiting for its issuer signature.
 pub struct UnsignedSdJwt {
     signing_input: String,
@@ -159,27 +235,12 @@ impl UnsignedSdJwt {
         issuer: &str,
         header: &JwsHeader,
     ) -> Result<Self, CredentialError> {
-        let disclosable = disclosable_claims(claims);
-        let mut disclosures = Vec::with_capacity(disclosable.len());
-        let mut digests = Vec::with_capacity(disclosable.len() + DECOYS);
-        let mut json = String::with_capacity(256);
-        for (name, value) in disclosable {
-            json.clear();
-            json.push_str("[\"");
-            base64_simd::URL_SAFE_NO_PAD.encode_append(random::<16>()?, &mut json);
-            json.push_str("\",\"");
-            json.push_str(name);
-            json.push_str("\",");
-            value.write_json(&mut json);
-            json.push(']');
-            let disclosure = base64_simd::URL_SAFE_NO_PAD.encode_to_string(json.as_bytes());
-            digests.push(disclosure_digest(&disclosure));
-            disclosures.push(disclosure);
-        }
-        for _ in 0..DECOYS {
-            digests.push(base64_simd::URL_SAFE_NO_PAD.encode_to_string(random::<32>()?));
-        }
-        digests.sort_unstable();
+        let Disclosed {
+            disclosures,
+            top,
+            nested,
+        } = Disclosed::build(claims)?;
+        let top = with_decoys(top, 0)?;
 
         let mut payload = String::with_capacity(1024);
         payload.push_str("{\"iss\":");
@@ -207,16 +268,14 @@ impl UnsignedSdJwt {
             push_json_str(&mut payload, &status.uri);
             payload.push_str("}}");
         }
-        payload.push_str(",\"_sd_alg\":\"sha-256\",\"_sd\":[");
-        for (i, digest) in digests.iter().enumerate() {
-            if i > 0 {
-                payload.push(',');
-            }
-            payload.push('"');
-            payload.push_str(digest);
-            payload.push('"');
+        for ((_, name, count), digests) in Place::NESTED.iter().zip(nested) {
+            payload.push_str(&format!(",\"{name}\":{{\"_sd\":"));
+            push_digests(&mut payload, &with_decoys(digests, *count)?);
+            payload.push('}');
         }
-        payload.push_str("]}");
+        payload.push_str(",\"_sd_alg\":\"sha-256\",\"_sd\":");
+        push_digests(&mut payload, &top);
+        payload.push('}');
         let disclosed_len: usize = disclosures.iter().map(|d| d.len() + 1).sum();
         // Room for the signature and the disclosures too: finish() appends in place.
         let mut signing_input = String::with_capacity(
