@@ -827,3 +827,118 @@ fn an_officer_confirms_and_types_the_pin_on_a_terminal() {
     );
     assert_eq!(d.keys().len(), 2);
 }
+
+/// After a DS key's revocation: what it signed is suspended one entry a
+/// credential, refreshed (not reinstated) at a new position, its old
+/// position revoked; later sweeps leave a revoker's decisions alone.
+#[test]
+fn what_a_revoked_key_signed_is_refreshed_never_reinstated() {
+    // Short rounds: a successor comes by itself, and the sweep runs.
+    let d = Daemon::start(Options {
+        server: "[server.keys]\nlifecycle_interval_ms = 300\n".into(),
+        ..Options::default()
+    });
+    let mut holders = Vec::new();
+    for n in 0..2 {
+        let (jwk, _) = daemon::phone();
+        let number = daemon::number(730 + n);
+        let reply = post(
+            &d,
+            "counter",
+            "/v1/credentials",
+            daemon::request("mdoc", &number, &jwk),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        holders.push((reply.json(), number, jwk));
+    }
+    let _ = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/ds-1/revoke",
+        &serde_json::json!({"reason": "token backup lost"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while issue(&d, 739).status != 201 {
+        assert!(Instant::now() < deadline, "no successor: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ((a, ..), (b, b_number, b_jwk)) = (&holders[0], &holders[1]);
+    let id = |c: &serde_json::Value| c["id"].as_str().unwrap().to_owned();
+    let bit = |status: &serde_json::Value| {
+        d.status_bit(
+            status["uri"].as_str().unwrap(),
+            status["idx"].as_u64().unwrap(),
+        )
+    };
+    // Each suspension is an entry naming its credential.
+    let entries = d.audit_entries();
+    for c in [a, b] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.contains(&id(c)) && e.contains("suspend")),
+            "no suspension entry for {}",
+            id(c)
+        );
+    }
+    // Never reinstated while its key is revoked…
+    let reinstate = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/reinstate", id(a)),
+        serde_json::json!({}),
+    );
+    assert_eq!(
+        problem(&reinstate, 409, "registry_conflict")["rule"],
+        "reinstate.key_revoked"
+    );
+    assert_eq!(bit(&a["status"]), 2);
+    // …a revoker may revoke it…
+    let revoked = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/revoke", id(a)),
+        serde_json::json!({}),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.json());
+    // …and the holder has it refreshed: a valid key signs it at a new
+    // position; the position the revoked key's copy names is revoked.
+    let body = serde_json::json!({
+        "holder": daemon::request("mdoc", b_number, b_jwk)["holder"],
+        "device_key": b_jwk,
+    });
+    let refreshed = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/refresh", id(b)),
+        body,
+    );
+    assert_eq!(refreshed.status, 200, "{}", refreshed.json());
+    let r = refreshed.json();
+    assert_ne!(r["kid"], b["kid"]);
+    assert_ne!(r["status"], b["status"]);
+    let verified = d.verify_mdoc(r["credential"].as_str().unwrap());
+    assert_eq!(
+        verified.status.as_ref().unwrap().idx,
+        r["status"]["idx"].as_u64().unwrap()
+    );
+    assert_eq!(bit(&r["status"]), 0);
+    assert_eq!(bit(&b["status"]), 1);
+    assert!(d
+        .audit_entries()
+        .iter()
+        .any(|e| e.contains(&id(b)) && e.contains("refresh")));
+    // A sweep (every 10 s for 10 minutes after the revocation) later: the
+    // revoker's and the refresh's decisions stand.
+    std::thread::sleep(Duration::from_secs(11));
+    let state = |c: &serde_json::Value| {
+        d.client("counter")
+            .get(&format!("/v1/credentials/{}", id(c)))
+            .json()["state"]
+            .clone()
+    };
+    assert_eq!(state(a), "revoked");
+    assert_eq!(state(b), "active");
+    assert_eq!(bit(&r["status"]), 0);
+    assert_eq!(bit(&a["status"]), 1);
+}

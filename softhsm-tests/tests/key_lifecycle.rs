@@ -166,8 +166,18 @@ fn signer_at(service: &Service, at: OffsetDateTime) -> String {
     service.current().signer(at).unwrap().label().to_owned()
 }
 
+/// The kids of the issuer's JWKS (document signers).
 fn jwks_kids(service: &Service) -> Vec<String> {
-    let jwks: serde_json::Value = serde_json::from_slice(&service.current().keys.jwks).unwrap();
+    kids(&service.current().keys.jwks)
+}
+
+/// The kids of the status-list keys' JWKS.
+fn status_jwks_kids(service: &Service) -> Vec<String> {
+    kids(&service.current().keys.status_jwks)
+}
+
+fn kids(jwks: &[u8]) -> Vec<String> {
+    let jwks: serde_json::Value = serde_json::from_slice(jwks).unwrap();
     jwks["keys"]
         .as_array()
         .unwrap()
@@ -242,7 +252,8 @@ fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
     // Retired keys stay published (what they signed is still valid).
     assert!(jwks_kids(s).contains(&ds_keys(registry)[0].kid));
     // The status-list chain rotated on the same schedule: its new key
-    // signs from the same second, and both are published.
+    // signs from the same second, and both are published (in their own
+    // JWKS, never the issuer's).
     let status: Vec<_> = registry
         .keys()
         .unwrap()
@@ -255,7 +266,8 @@ fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
         s.current().keys.status_key_at(switch),
         Some(status[1].record.label.as_str())
     );
-    assert!(status.iter().all(|k| jwks_kids(s).contains(&k.kid)));
+    assert!(status.iter().all(|k| status_jwks_kids(s).contains(&k.kid)));
+    assert!(!status.iter().any(|k| jwks_kids(s).contains(&k.kid)));
     assert!(audit_text(registry).contains("scheduled rotation"));
 }
 

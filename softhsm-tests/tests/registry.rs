@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use dojang::store::{
     CredentialState, DecisionRecord, IdempotencyKey, IssuanceCommit, PostgresRegistry, Pseudonym,
-    Registry, SqliteRegistry, StoreError, STATUS_LIST_SIZE,
+    Refresh, Registry, SqliteRegistry, StoreError, STATUS_LIST_SIZE,
 };
 
 const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
@@ -227,15 +227,50 @@ fn revoking_a_key_marks_what_it_signed_and_sweeps_late_commits(regs: &[Arc<dyn R
         reg.mark_signed_by("kid-1", CredentialState::Suspended, sweep()),
         Ok(1)
     );
-    assert_eq!(reg.decision_count().unwrap(), entries + 1);
     assert_eq!(
-        reg.credential(&late).unwrap().state,
-        CredentialState::Suspended
+        reg.decision_count().unwrap(),
+        entries + 2,
+        "one entry naming the credential, one for the sweep"
     );
-    // Revoke moves suspended ones too; a destroyed key cannot be revoked.
+    let late_meta = reg.credential(&late).unwrap();
+    assert_eq!(late_meta.state, CredentialState::Suspended);
+    assert!(late_meta.suspended_for_key && reg.credential(&first).unwrap().suspended_for_key);
+    // What the revoked key signed is never reinstated…
+    assert_eq!(
+        reg.set_state(
+            &first,
+            CredentialState::Active,
+            common::decision("reinstate")
+        )
+        .map(|_| ()),
+        Err(StoreError::Conflict {
+            rule: dojang::store::REINSTATE_KEY_REVOKED
+        })
+    );
+    // …it is refreshed: signed by another key at a new position, the old
+    // one revoked for good.
+    let new = reg.reserve_status_indexes(1).unwrap();
+    let moved = reg
+        .refresh(
+            refresh(&late, 2, "d-2", Some((new.list, new.indexes[0]))),
+            common::decision("refresh"),
+        )
+        .unwrap();
+    assert_eq!(moved.state, CredentialState::Active);
+    assert!(!moved.suspended_for_key);
+    assert_eq!(
+        (moved.kid.as_str(), moved.status_index),
+        ("kid-2", new.indexes[0])
+    );
+    let listed = reg.status_entries(late_meta.status_list).unwrap();
+    assert!(listed.contains(&(late_meta.status_index, CredentialState::Revoked)));
+    assert!(listed.contains(&(new.indexes[0], CredentialState::Active)));
+    // Revoke moves suspended ones too (not the refreshed one: another key
+    // signed it); a destroyed key cannot be revoked.
+    let entries = reg.decision_count().unwrap();
     assert_eq!(
         reg.mark_signed_by("kid-1", CredentialState::Revoked, sweep()),
-        Ok(2)
+        Ok(1)
     );
     assert_eq!(
         reg.mark_signed_by("kid-1", CredentialState::Revoked, sweep()),
@@ -245,6 +280,10 @@ fn revoking_a_key_marks_what_it_signed_and_sweeps_late_commits(regs: &[Arc<dyn R
         reg.decision_count().unwrap(),
         entries + 2,
         "a sweep that moves nothing writes no entry"
+    );
+    assert_eq!(
+        reg.credential(&late).unwrap().state,
+        CredentialState::Active
     );
     assert_eq!(
         reg.revoke_key(&revocation, common::decision("keys.revoke"))
@@ -363,6 +402,18 @@ fn commit(reg: &dyn Registry, holder: u32, device: &str) -> IssuanceCommit {
     openssl::rand::rand_bytes(&mut id).unwrap();
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     common::issuance(&id, pseudonym(holder), device, range.list, range.indexes[0])
+}
+
+/// A refresh of `id` by holder `holder` on `device`, signed by "kid-2".
+fn refresh(id: &str, holder: u32, device: &str, new_position: Option<(u32, u64)>) -> Refresh {
+    Refresh {
+        id: id.to_owned(),
+        holder: pseudonym(holder),
+        device: device.to_owned(),
+        kid: "kid-2".to_owned(),
+        valid_until: 1,
+        new_position,
+    }
 }
 
 fn respond() -> dojang::store::Respond {
@@ -757,49 +808,46 @@ fn refresh_only_for_the_owner_of_an_active_credential(regs: &[Arc<dyn Registry>]
         ..decision.clone()
     };
     let other = regs[regs.len() - 1].as_ref();
-    let meta = other
-        .refresh(
-            &id,
-            &pseudonym(60),
-            "phone-60",
-            "kid-2",
-            1_809_000_000,
-            d("refresh"),
-        )
-        .unwrap();
+    let mut first = refresh(&id, 60, "phone-60", None);
+    first.valid_until = 1_809_000_000;
+    let meta = other.refresh(first, d("refresh")).unwrap();
     assert_eq!(meta.kid, "kid-2");
     assert_eq!(meta.valid_until, 1_809_000_000);
     assert_eq!(meta.document_expiry, "2029-12-27");
     assert_eq!(meta.issued_at, 1_800_000_000);
     for (holder, device) in [(61, "phone-60"), (60, "phone-61")] {
         assert_eq!(
-            reg.refresh(&id, &pseudonym(holder), device, "kid-3", 1, d("refresh")),
+            reg.refresh(refresh(&id, holder, device, None), d("refresh")),
             Err(StoreError::Conflict {
                 rule: dojang::store::REFRESH_SAME_OWNER
             })
         );
     }
     assert_eq!(
-        reg.refresh(
-            "missing",
-            &pseudonym(60),
-            "phone-60",
-            "kid-3",
-            1,
-            d("refresh")
-        ),
+        reg.refresh(refresh("missing", 60, "phone-60", None), d("refresh")),
         Err(StoreError::NotFound)
+    );
+    // An active credential keeps its position.
+    assert_eq!(
+        reg.refresh(refresh(&id, 60, "phone-60", Some((1, 7))), d("refresh")),
+        Err(StoreError::InvalidTransition {
+            from: "active",
+            to: "refreshed"
+        })
     );
     let _ = reg
         .set_state(&id, CredentialState::Suspended, d("suspend"))
         .unwrap();
-    assert_eq!(
-        reg.refresh(&id, &pseudonym(60), "phone-60", "kid-3", 1, d("refresh")),
-        Err(StoreError::InvalidTransition {
-            from: "suspended",
-            to: "refreshed"
-        })
-    );
+    // A revoker's suspension stands: not refreshed, in place or moved.
+    for position in [None, Some((1, 7))] {
+        assert_eq!(
+            reg.refresh(refresh(&id, 60, "phone-60", position), d("refresh")),
+            Err(StoreError::InvalidTransition {
+                from: "suspended",
+                to: "refreshed"
+            })
+        );
+    }
     assert_eq!(reg.credential(&id).unwrap().kid, "kid-2");
     assert_eq!(reg.decision_count().unwrap(), 3);
 }

@@ -1,6 +1,8 @@
 //! `POST /v1/credentials/{id}/refresh`: re-signs an active credential with
 //! the current DS key and a new signature validity; the document (its
-//! claims, issue and expiry dates, status entry) stays the same. The
+//! claims, issue and expiry dates, status entry) stays the same. A
+//! credential suspended because its DS key was revoked is refreshed too:
+//! signed again at a new status position, its old one revoked for good. The
 //! request carries the holder data and phone key again (the registry keeps
 //! neither), and they must match the stored pseudonym, phone thumbprint and
 //! claims MAC. Refusals are audit entries.
@@ -17,7 +19,9 @@ use crate::credential::{SignatureValidity, StatusReference};
 use crate::errors::{credential_refusal, json_refusal, key_refusal, store_refusal};
 use crate::node::rfc3339;
 use crate::refusal::{Answer, Class, Refusal, Reply};
-use crate::store::{CredentialMeta, CredentialState, DecisionRecord, Pseudonym, StoreError};
+use crate::store::{
+    CredentialMeta, CredentialState, DecisionRecord, Pseudonym, Refresh, StoreError,
+};
 
 /// A refresh request, checked against the registry and the policy.
 struct Checked {
@@ -26,6 +30,10 @@ struct Checked {
     number: dojang_policies::resident_number::ResidentNumber,
     holder_data: HolderData,
     device_key: pkcs11_shim::PublicKey,
+    /// Suspended because its DS key was revoked, by the registry's mark
+    /// and by the keys' own view (officers' orders), not the mark alone:
+    /// refreshed to a new status position.
+    key_suspended: bool,
 }
 
 /// What a refresh signs again, checked.
@@ -123,12 +131,16 @@ impl Issuer {
                 )
                 .with_rule("client.profile")
             })?;
+        let key_suspended = meta.state == CredentialState::Suspended
+            && meta.suspended_for_key
+            && current.keys.revoked_kids.contains(&meta.kid);
         Ok(Checked {
             meta,
             format,
             number,
             holder_data,
             device_key,
+            key_suspended,
         })
     }
 
@@ -155,7 +167,7 @@ impl Issuer {
                 rule: crate::store::REFRESH_SAME_OWNER,
             }));
         }
-        if meta.state != CredentialState::Active {
+        if meta.state != CredentialState::Active && !checked.key_suspended {
             return Err(store_refusal(StoreError::InvalidTransition {
                 from: meta.state.as_str(),
                 to: "refreshed",
@@ -219,9 +231,16 @@ impl Issuer {
             time::PrimitiveDateTime::new(expiry.next_day().unwrap_or(expiry), time::Time::MIDNIGHT)
                 .assume_offset(time::macros::offset!(+9));
         validity.valid_until = validity.valid_until.min(document_end);
+        // What the revoked key signed leaves its position (revoked for
+        // good); the credential is signed again at a new one.
+        let (list, index) = if r.checked.key_suspended {
+            self.status.next_index().map_err(store_refusal)?
+        } else {
+            (meta.status_list, meta.status_index)
+        };
         let status = StatusReference {
-            idx: meta.status_index,
-            uri: self.status.status_uri(meta.status_list),
+            idx: index,
+            uri: self.status.status_uri(list),
         };
         let (format_name, credential) =
             self.sign_credential(signer, format, claims, device_key, &validity, &status)?;
@@ -237,14 +256,20 @@ impl Issuer {
             .node
             .registry
             .refresh(
-                id,
-                &holder,
-                &device,
-                signer.kid(),
-                validity.valid_until.unix_timestamp(),
+                Refresh {
+                    id: id.to_owned(),
+                    holder,
+                    device,
+                    kid: signer.kid().to_owned(),
+                    valid_until: validity.valid_until.unix_timestamp(),
+                    new_position: r.checked.key_suspended.then_some((list, index)),
+                },
                 decision,
             )
             .map_err(store_refusal)?;
+        if r.checked.key_suspended {
+            self.status.changed();
+        }
         let response = IssueResponse {
             id: &meta.id,
             profile: &meta.profile,

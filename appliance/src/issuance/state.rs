@@ -8,8 +8,8 @@ use super::issuer::Issuer;
 use super::request::{StateChangeRequest, check_id};
 use super::response::meta_json;
 use crate::errors::{json_refusal, store_refusal};
-use crate::refusal::{Answer, Reply};
-use crate::store::CredentialState;
+use crate::refusal::{Answer, Class, Refusal, Reply};
+use crate::store::{CredentialState, REINSTATE_KEY_REVOKED};
 
 impl Issuer {
     /// `GET /v1/credentials/{id}`.
@@ -56,6 +56,9 @@ impl Issuer {
             "suspend" => CredentialState::Suspended,
             _ => CredentialState::Active,
         };
+        if to == CredentialState::Active {
+            self.refuse_reinstating_a_revoked_key_s(id)?;
+        }
         let decision = self
             .node
             .decision(client, action, "allow", &policy.hash, now);
@@ -69,5 +72,21 @@ impl Issuer {
             Reply::Ok,
             meta_json(&meta, &self.status.status_uri(meta.status_list)),
         ))
+    }
+
+    /// What a revoked DS key signed is never valid again (whatever the
+    /// registry's mark says: the keys' view follows officers' orders); the
+    /// holder has it refreshed instead.
+    fn refuse_reinstating_a_revoked_key_s(&self, id: &str) -> Result<(), Refusal> {
+        let meta = self.node.registry.credential(id).map_err(store_refusal)?;
+        if self.current().keys.revoked_kids.contains(&meta.kid) {
+            return Err(Refusal::new(
+                Class::Conflict,
+                "registry_conflict",
+                "its DS key was revoked: it cannot be reinstated; refresh it to have it signed again",
+            )
+            .with_rule(REINSTATE_KEY_REVOKED));
+        }
+        Ok(())
     }
 }

@@ -104,6 +104,8 @@ pub struct KeyView {
     pub crl_der: Option<Vec<u8>>,
     /// Revoked keys (labels): readiness reports them until a successor signs.
     pub revoked: Vec<String>,
+    /// The same keys' kids: what they signed is never reinstated.
+    pub revoked_kids: Vec<String>,
     /// The key states this view was built from.
     pub fingerprint: String,
     /// IACA certificate (PEM), once there is one.
@@ -173,6 +175,7 @@ impl KeyView {
             crl_pem: None,
             crl_der: None,
             revoked: Vec::new(),
+            revoked_kids: Vec::new(),
             fingerprint: String::new(),
             iaca_pem: None,
             iaca: None,

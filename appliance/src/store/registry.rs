@@ -230,6 +230,9 @@ pub struct CredentialMeta {
     pub valid_until: i64,
     /// "YYYY-MM-DD".
     pub document_expiry: String,
+    /// Suspended because its DS key was revoked (not by a revoker): it may
+    /// be refreshed, never reinstated.
+    pub suspended_for_key: bool,
     /// The holder's pseudonym (never shown to clients).
     pub holder: Pseudonym,
     /// The phone's key thumbprint (never shown to clients).
@@ -319,11 +322,7 @@ pub trait Registry: KeyRegistry + Send + Sync {
     /// a credential that is not active.
     fn refresh(
         &self,
-        id: &str,
-        holder: &Pseudonym,
-        device: &str,
-        kid: &str,
-        valid_until: i64,
+        refresh: Refresh,
         decision: DecisionRecord,
     ) -> Result<CredentialMeta, StoreError>;
     /// Every (index, state) of one status list.
@@ -359,23 +358,53 @@ pub trait Registry: KeyRegistry + Send + Sync {
     fn purge_idempotency(&self, before: i64, limit: u64) -> Result<u64, StoreError>;
 }
 
+/// A credential signed again.
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    /// The credential.
+    pub id: String,
+    /// Its holder, as the request proves it.
+    pub holder: Pseudonym,
+    /// Its phone's thumbprint, as the request proves it.
+    pub device: String,
+    /// The DS key that signed it now.
+    pub kid: String,
+    /// The new signature's end (unix seconds).
+    pub valid_until: i64,
+    /// Its new status position (list, index), for a credential suspended
+    /// because its key was revoked: it becomes active there, and the
+    /// position it leaves is revoked for good. `None`: an active
+    /// credential keeps its position.
+    pub new_position: Option<(u32, u64)>,
+}
+
+/// The rule a reinstatement of what a revoked key signed breaks.
+pub const REINSTATE_KEY_REVOKED: &str = "reinstate.key_revoked";
+
 /// The rule a refresh for another holder or phone breaks.
 pub const REFRESH_SAME_OWNER: &str = "refresh.same_holder_and_phone";
 
-/// A refresh needs the credential active, its holder and its phone.
+/// A refresh needs its holder and its phone, and the credential active
+/// (kept at its position) or suspended because its key was revoked (moved
+/// to a new one).
 pub(crate) fn check_refresh(
-    stored_holder: &[u8],
-    stored_device: &str,
+    stored: (&[u8], &str),
     state: CredentialState,
-    holder: &Pseudonym,
-    device: &str,
+    suspended_for_key: bool,
+    refresh: &Refresh,
 ) -> Result<(), StoreError> {
-    if stored_holder != holder.0 || stored_device != device {
+    if stored.0 != refresh.holder.0 || stored.1 != refresh.device {
         return Err(StoreError::Conflict {
             rule: REFRESH_SAME_OWNER,
         });
     }
-    if state != CredentialState::Active {
+    let moves = refresh.new_position.is_some();
+    let allowed = match state {
+        CredentialState::Active => !moves,
+        CredentialState::Suspended => suspended_for_key && moves,
+        _ => false,
+    };
+    if !allowed {
         return Err(StoreError::InvalidTransition {
             from: state.as_str(),
             to: "refreshed",

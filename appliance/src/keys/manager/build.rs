@@ -299,6 +299,7 @@ impl KeyManager {
         let mut jwks = Vec::new();
         let mut ds_pem = HashMap::new();
         let mut revoked = Vec::new();
+        let mut revoked_kids = Vec::new();
         let Some(_) = iaca else {
             problems.push(
                 "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
@@ -320,6 +321,7 @@ impl KeyManager {
             // fetchable, and is on the CRL.
             if r.revoked {
                 revoked.push(r.label.clone());
+                revoked_kids.push(key.kid.clone());
             }
             let Some((iaca_der, iaca)) = self.issuer_of(roots, &r.label, der, &mut problems) else {
                 continue;
@@ -354,6 +356,7 @@ impl KeyManager {
         view.signers = signers;
         view.ds_pem = ds_pem;
         view.revoked = revoked;
+        view.revoked_kids = revoked_kids;
         view.jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
             .map_err(|e| LoadError(e.to_string()))?;
         Ok(view)
@@ -473,6 +476,7 @@ impl KeyManager {
             crl_pem,
             crl_der,
             revoked: Vec::new(),
+            revoked_kids: Vec::new(),
             fingerprint,
             iaca_pem: None,
             iaca: None,

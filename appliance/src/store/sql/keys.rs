@@ -51,16 +51,39 @@ fn key_state(tx: &mut dyn Tx, label: &str) -> Result<Option<(KeyState, String)>,
     .transpose()
 }
 
-/// Moves what `kid` signed from the source states of `to` to `to`.
-fn mark_credentials(tx: &mut dyn Tx, kid: &str, to: CredentialState) -> Result<u64, StoreError> {
-    let mut changed = 0;
+/// Moves what `kid` signed from the source states of `to` to `to`, each
+/// with an audit entry naming it (`decision`, as that credential's
+/// suspension or revocation); how many moved. A suspension is marked as
+/// the key's (`suspended_for_key`): refreshed, never reinstated.
+fn mark_credentials(
+    tx: &mut dyn Tx,
+    kid: &str,
+    to: CredentialState,
+    decision: &DecisionRecord,
+) -> Result<u64, StoreError> {
+    let for_key = to == CredentialState::Suspended;
+    let mut moved = Vec::new();
     for from in keyring::revocation_sources(to) {
-        changed += tx.execute(
-            "UPDATE credentials SET state = $1 WHERE kid = $2 AND state = $3",
-            args![to.as_str(), kid, *from],
-        )?;
+        moved.extend(tx.query(
+            "UPDATE credentials SET state = $1, suspended_for_key = $2
+             WHERE kid = $3 AND state = $4 RETURNING id",
+            args![to.as_str(), for_key, kid, *from],
+        )?);
     }
-    Ok(changed)
+    let entry = DecisionRecord {
+        action: match to {
+            CredentialState::Suspended => "suspend",
+            _ => "revoke",
+        }
+        .to_owned(),
+        rule: Some("keys.revoke: its DS key was revoked".to_owned()),
+        key_id: Some(kid.to_owned()),
+        ..decision.clone()
+    };
+    for row in &moved {
+        tx.append_audit(&entry, Some(&row.text(0)?), None)?;
+    }
+    Ok(moved.len() as u64)
 }
 
 /// Refuses a key its chain has no room for: one pending, one active.
@@ -140,12 +163,11 @@ fn revoke_in(
             &revocation.label
         ],
     )?;
-    let changed = match revocation.credentials {
-        Some(to) => mark_credentials(tx, &kid, to)?,
-        None => 0,
-    };
     tx.append_audit(decision, None, None)?;
-    Ok(changed)
+    match revocation.credentials {
+        Some(to) => mark_credentials(tx, &kid, to, decision),
+        None => Ok(0),
+    }
 }
 
 /// Stores (or replaces) a shared document with its audit entry.
@@ -298,7 +320,7 @@ impl<D: Driver> KeyRegistry for SqlRegistry<D> {
     ) -> Result<u64, StoreError> {
         let kid = kid.to_owned();
         self.driver.write(move |tx| {
-            let moved = mark_credentials(tx, &kid, to)?;
+            let moved = mark_credentials(tx, &kid, to, &audit(0))?;
             if moved > 0 {
                 tx.append_audit(&audit(moved), None, None)?;
             }

@@ -6,15 +6,15 @@ use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
-    IssuanceCommit, Pseudonym, Registry, Respond, StatusPositions, StoreError, check_block,
-    check_refresh, check_transition,
+    IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
+    StoreError, check_block, check_transition,
 };
 
-fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
+pub(super) fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
         .query_opt(
             "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until,
-                    document_expiry, holder, device, claims_mac
+                    document_expiry, holder, device, claims_mac, suspended_for_key
              FROM credentials WHERE id = $1",
             args![id],
         )?
@@ -32,6 +32,7 @@ fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
         holder: Pseudonym(row.hash(9)?),
         device: row.text(10)?,
         claims_mac: row.opt_blob(11)?.and_then(|m| <[u8; 32]>::try_from(m).ok()),
+        suspended_for_key: row.flag(12)?,
     })
 }
 
@@ -265,6 +266,14 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 .ok_or(StoreError::NotFound)?;
             let from = CredentialState::parse(&from.text(0)?)?;
             check_transition(from, to)?;
+            if from == CredentialState::Suspended
+                && to == CredentialState::Active
+                && super::status::suspended_for_key(tx, &id)?
+            {
+                return Err(StoreError::Conflict {
+                    rule: REINSTATE_KEY_REVOKED,
+                });
+            }
             let _ = tx.execute(
                 "UPDATE credentials SET state = $1 WHERE id = $2 AND state = $3",
                 args![to.as_str(), &id, from.as_str()],
@@ -276,37 +285,19 @@ impl<D: Driver> Registry for SqlRegistry<D> {
 
     fn refresh(
         &self,
-        id: &str,
-        holder: &Pseudonym,
-        device: &str,
-        kid: &str,
-        valid_until: i64,
+        refresh: Refresh,
         decision: DecisionRecord,
     ) -> Result<CredentialMeta, StoreError> {
-        let (id, holder, device, kid) = (id.to_owned(), *holder, device.to_owned(), kid.to_owned());
-        self.driver.write(move |tx| {
-            let row = tx
-                .query_opt(
-                    "SELECT holder, device, state FROM credentials WHERE id = $1 FOR UPDATE",
-                    args![&id],
-                )?
-                .ok_or(StoreError::NotFound)?;
-            let state = CredentialState::parse(&row.text(2)?)?;
-            check_refresh(&row.blob(0)?, &row.text(1)?, state, &holder, &device)?;
-            let _ = tx.execute(
-                "UPDATE credentials SET kid = $1, valid_until = $2 WHERE id = $3 AND state = 'active'",
-                args![&kid, valid_until, &id],
-            )?;
-            tx.append_audit(&decision, Some(&id), None)?;
-            meta(tx, &id)
-        })
+        self.driver
+            .write(move |tx| super::status::refresh(tx, &refresh, &decision))
     }
 
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {
         self.driver.read(|tx| {
+            // Positions refreshed credentials left are revoked for good.
             tx.query(
                 "SELECT status_index, state FROM credentials WHERE status_list = $1
-                 ORDER BY status_index",
+                 UNION ALL SELECT idx, 'revoked' FROM revoked_positions WHERE list = $1",
                 args![list],
             )?
             .iter()

@@ -4,7 +4,10 @@
 //! so none is handed out twice.
 
 use super::tx::{Tx, args};
-use crate::store::{STATUS_LIST_FILL, STATUS_LIST_SIZE, StatusPositions, StoreError};
+use crate::store::{
+    CredentialMeta, CredentialState, DecisionRecord, Refresh, STATUS_LIST_FILL, STATUS_LIST_SIZE,
+    StatusPositions, StoreError, check_refresh,
+};
 
 /// Tries per wanted position before giving up: a half-full list refuses a
 /// random draw with probability at most 1/2, so 64 refusals in a row mean
@@ -50,6 +53,58 @@ pub(super) fn reserve(tx: &mut dyn Tx, count: u64) -> Result<StatusPositions, St
         }
     }
     Ok(StatusPositions { list, indexes })
+}
+
+/// Signs a credential again: an active one keeps its position; one
+/// suspended because its key was revoked moves to `new_position`, becomes
+/// active there, and the position it leaves is revoked for good.
+pub(super) fn refresh(
+    tx: &mut dyn Tx,
+    r: &Refresh,
+    decision: &DecisionRecord,
+) -> Result<CredentialMeta, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT holder, device, state, suspended_for_key, status_list, status_index
+             FROM credentials WHERE id = $1 FOR UPDATE",
+            args![&r.id],
+        )?
+        .ok_or(StoreError::NotFound)?;
+    let state = CredentialState::parse(&row.text(2)?)?;
+    let (holder, device) = (row.blob(0)?, row.text(1)?);
+    check_refresh((&holder, &device), state, row.flag(3)?, r)?;
+    match r.new_position {
+        None => {
+            let _ = tx.execute(
+                "UPDATE credentials SET kid = $1, valid_until = $2
+                 WHERE id = $3 AND state = 'active'",
+                args![&r.kid, r.valid_until, &r.id],
+            )?;
+        }
+        Some((list, index)) => {
+            let _ = tx.execute(
+                "INSERT INTO revoked_positions (list, idx) VALUES ($1, $2)",
+                args![row.count(4)?, row.count(5)?],
+            )?;
+            let _ = tx.execute(
+                "UPDATE credentials SET kid = $1, valid_until = $2, state = 'active',
+                        suspended_for_key = FALSE, status_list = $3, status_index = $4
+                 WHERE id = $5 AND state = 'suspended'",
+                args![&r.kid, r.valid_until, list, index, &r.id],
+            )?;
+        }
+    }
+    tx.append_audit(decision, Some(&r.id), None)?;
+    super::registry::meta(tx, &r.id)
+}
+
+/// Whether credential `id` is suspended because its key was revoked.
+pub(super) fn suspended_for_key(tx: &mut dyn Tx, id: &str) -> Result<bool, StoreError> {
+    tx.query_opt(
+        "SELECT suspended_for_key FROM credentials WHERE id = $1",
+        args![id],
+    )?
+    .map_or(Ok(false), |row| row.flag(0))
 }
 
 /// Whether `list` has been opened.
