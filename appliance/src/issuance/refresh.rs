@@ -207,6 +207,17 @@ impl Issuer {
         Ok(claims)
     }
 
+    /// Where the credential's status is kept once refreshed: where it was,
+    /// or, for what a revoked key signed, at a new position (the old one
+    /// is revoked for good).
+    fn position_for(&self, checked: &Checked) -> Result<(u32, u64), Refusal> {
+        if checked.key_suspended {
+            self.status.next_index().map_err(store_refusal)
+        } else {
+            Ok((checked.meta.status_list, checked.meta.status_index))
+        }
+    }
+
     /// Signs the same document again and records it.
     fn resign(
         &self,
@@ -231,13 +242,7 @@ impl Issuer {
             time::PrimitiveDateTime::new(expiry.next_day().unwrap_or(expiry), time::Time::MIDNIGHT)
                 .assume_offset(time::macros::offset!(+9));
         validity.valid_until = validity.valid_until.min(document_end);
-        // What the revoked key signed leaves its position (revoked for
-        // good); the credential is signed again at a new one.
-        let (list, index) = if r.checked.key_suspended {
-            self.status.next_index().map_err(store_refusal)?
-        } else {
-            (meta.status_list, meta.status_index)
-        };
+        let (list, index) = self.position_for(r.checked)?;
         let status = StatusReference {
             idx: index,
             uri: self.status.status_uri(list),

@@ -10,7 +10,7 @@ use crate::store::{
     StoreError, check_block, check_transition,
 };
 
-pub(super) fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
+fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
         .query_opt(
             "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until,
@@ -288,8 +288,10 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         refresh: Refresh,
         decision: DecisionRecord,
     ) -> Result<CredentialMeta, StoreError> {
-        self.driver
-            .write(move |tx| super::status::refresh(tx, &refresh, &decision))
+        self.driver.write(move |tx| {
+            super::status::refresh(tx, &refresh, &decision)?;
+            meta(tx, &refresh.id)
+        })
     }
 
     fn status_entries(&self, list: u32) -> Result<Vec<(u64, CredentialState)>, StoreError> {

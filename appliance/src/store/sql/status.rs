@@ -5,8 +5,8 @@
 
 use super::tx::{Tx, args};
 use crate::store::{
-    CredentialMeta, CredentialState, DecisionRecord, Refresh, STATUS_LIST_FILL, STATUS_LIST_SIZE,
-    StatusPositions, StoreError, check_refresh,
+    CredentialState, DecisionRecord, Refresh, STATUS_LIST_FILL, STATUS_LIST_SIZE, StatusPositions,
+    StoreError, check_refresh,
 };
 
 /// Tries per wanted position before giving up: a half-full list refuses a
@@ -62,7 +62,7 @@ pub(super) fn refresh(
     tx: &mut dyn Tx,
     r: &Refresh,
     decision: &DecisionRecord,
-) -> Result<CredentialMeta, StoreError> {
+) -> Result<(), StoreError> {
     let row = tx
         .query_opt(
             "SELECT holder, device, state, suspended_for_key, status_list, status_index
@@ -94,8 +94,7 @@ pub(super) fn refresh(
             )?;
         }
     }
-    tx.append_audit(decision, Some(&r.id), None)?;
-    super::registry::meta(tx, &r.id)
+    tx.append_audit(decision, Some(&r.id), None)
 }
 
 /// Whether credential `id` is suspended because its key was revoked.
