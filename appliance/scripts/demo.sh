@@ -277,9 +277,10 @@ id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$s
 status_uri=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"]["uri"])' "$state/issued.mdoc.json")
 
 echo
-echo "== what verifiers fetch (public listener): JWKS, status list"
+echo "== what verifiers fetch (public listener): JWKS, status list (JWT form; the mdoc names the CBOR form)"
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
-curl -sf "$status_uri" | cut -c1-120; echo "…"
+curl -sf "${status_uri%.cwt}" | cut -c1-120; echo "…"
+echo "$status_uri: $(curl -sf "$status_uri" | wc -c) bytes of application/statuslist+cwt (2^20 positions)"
 ds_label=$(officer kim --json keys list | python3 -c 'import json,sys; print(next(k["label"] for k in json.load(sys.stdin)["keys"] if k["chain"]=="ds" and k["state"]=="active"))')
 curl -sf "http://127.0.0.1:8080/ds/$ds_label.pem" > "$state/ds-signing.pem"
 echo "-- the DS certificate that signed them ($ds_label), checked by openssl -x509_strict and isomdl (Annex B):"
@@ -311,7 +312,7 @@ cat <<MSG
        https://localhost:8443/v1/credentials/$id
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/counter.pem --key .demo/tls/counter.key \\
        -X POST https://localhost:8443/v1/credentials/$id/suspend
-  curl $status_uri          # the signed status list
+  curl ${status_uri%.cwt}   # the signed status list (JWT; $status_uri is its CWT form)
   curl http://127.0.0.1:9464/metrics | grep ^dojang_
   # the audit log, as an auditor sees it (docs/operations.md)
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/auditor.pem --key .demo/tls/auditor.key \\

@@ -948,18 +948,51 @@ impl Daemon {
         verified.list.get(idx).expect("index in the list")
     }
 
-    /// The status list this node serves at `path` (`/status/N`), verified
-    /// with the status-list key its JWKS publishes.
+    /// The status list this node serves at `path` (`/status/N`, or
+    /// `/status/N.cwt` for the CBOR form), verified with a status-list key
+    /// its status JWKS publishes, never one of the issuer's JWKS.
     pub fn status_token_at(&self, path: &str) -> dojang::status::StatusListToken {
         let d = self;
         let token = d.public_client().get(path);
-        assert_eq!(token.status, 200);
+        assert_eq!(token.status, 200, "{path}");
+        let issuer_keys = d.public_client().get("/.well-known/jwks.json").json();
+        let issuer_kids: Vec<&serde_json::Value> = issuer_keys
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .expect("issuer JWKS")
+            .iter()
+            .filter_map(|k| k.get("kid"))
+            .collect();
+        let status_keys = d.public_client().get("/status/jwks.json").json();
+        let keys: Vec<(serde_json::Value, pkcs11_shim::PublicKey)> = status_keys
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .expect("status JWKS")
+            .iter()
+            .map(|k| {
+                let jwk: pkcs11_shim::Jwk = serde_json::from_value(k.clone()).expect("status key");
+                let public = pkcs11_shim::public_key_from_jwk(&jwk).expect("status key");
+                (k.get("kid").cloned().unwrap_or_default(), public)
+            })
+            .collect();
+        assert!(
+            !keys.iter().any(|(kid, _)| issuer_kids.contains(&kid)),
+            "a status-list key in the issuer's JWKS"
+        );
+        if path.ends_with(".cwt") {
+            assert_eq!(
+                token.header("content-type"),
+                Some("application/statuslist+cwt")
+            );
+            return keys
+                .iter()
+                .find_map(|(_, key)| dojang::status::verify_cwt(&token.body, key).ok())
+                .expect("a CWT status token a published status key verifies");
+        }
         assert_eq!(
             token.header("content-type"),
             Some("application/statuslist+jwt")
         );
-        // The status-list key from the JWKS the token names (`jku`), by kid;
-        // never from the issuer's JWKS.
         let token_text = String::from_utf8(token.body).expect("status token");
         let header: serde_json::Value = serde_json::from_slice(
             &base64::Engine::decode(
@@ -974,27 +1007,11 @@ impl Daemon {
             .and_then(serde_json::Value::as_str)
             .expect("jku");
         assert!(jku.ends_with("/status/jwks.json"), "{jku}");
-        let issuer_keys = d.public_client().get("/.well-known/jwks.json").json();
-        assert!(
-            !issuer_keys
-                .get("keys")
-                .and_then(serde_json::Value::as_array)
-                .expect("issuer JWKS")
-                .iter()
-                .any(|k| k.get("kid") == header.get("kid")),
-            "a status-list key in the issuer's JWKS"
-        );
-        let jwks = d.public_client().get("/status/jwks.json").json();
-        let key = jwks
-            .get("keys")
-            .and_then(serde_json::Value::as_array)
-            .expect("status token")
+        let (_, key) = keys
             .iter()
-            .find(|k| k.get("kid") == header.get("kid"))
-            .expect("status-list key in the JWKS");
-        let jwk: pkcs11_shim::Jwk = serde_json::from_value(key.clone()).expect("status token");
-        let public = pkcs11_shim::public_key_from_jwk(&jwk).expect("status token");
-        dojang::status::verify_token(&token_text, &public).expect("status token")
+            .find(|(kid, _)| Some(kid) == header.get("kid"))
+            .expect("the status-list key in the status JWKS");
+        dojang::status::verify_token(&token_text, key).expect("status token")
     }
 
     /// The scratch directory.

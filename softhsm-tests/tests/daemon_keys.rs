@@ -559,10 +559,12 @@ fn officers_rotate_the_status_list_key() {
     assert_eq!(keys[1]["state"], "active");
     // The next token is signed by the new key, found in the status-list
     // JWKS by its kid (status_bit verifies the signature); the old key stays
-    // published for tokens verifiers still cache.
-    let token = d
-        .public_client()
-        .get(&uri.replace(&format!("http://{}", d.public), ""));
+    // published for tokens verifiers still cache. (The mdoc names the CBOR
+    // form; its JWT form is at the same URI without `.cwt`.)
+    let token = d.public_client().get(
+        uri.replace(&format!("http://{}", d.public), "")
+            .trim_end_matches(".cwt"),
+    );
     let header: serde_json::Value = serde_json::from_slice(
         &base64::Engine::decode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,

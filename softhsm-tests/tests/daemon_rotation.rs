@@ -142,12 +142,24 @@ fn rotating_the_ds_key_under_load_fails_no_request() {
     signed.sort_by_key(|l| labels.iter().position(|x| x == l));
     assert_eq!(signed, labels, "{by_key:?}");
     // The switch happened at the configured time: nothing was signed by a
-    // new key before its activation, nor by its predecessor after it
-    // (valid_from has whole seconds).
+    // new key before its activation, nor by its predecessor after it. The
+    // registry keeps when each was signed (whole seconds); the credentials
+    // say only the day.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let signed_at = |id: &str| -> OffsetDateTime {
+        let at: i64 = db
+            .query_row(
+                "SELECT issued_at FROM credentials WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        OffsetDateTime::from_unix_timestamp(at).unwrap()
+    };
     for (i, key) in rotations.iter().enumerate() {
         let from = time_of(&key["activate_at"]);
         for r in &issued {
-            let at = time_of(&r["valid_from"]);
+            let at = signed_at(r["id"].as_str().unwrap());
             if r["key_label"] == key["label"] {
                 assert!(
                     at + time::Duration::seconds(1) > from,
@@ -165,7 +177,6 @@ fn rotating_the_ds_key_under_load_fails_no_request() {
         }
     }
     // Exactly one credential per request.
-    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
     let stored: i64 = db
         .query_row("SELECT COUNT(*) FROM credentials", [], |r| r.get(0))
         .unwrap();

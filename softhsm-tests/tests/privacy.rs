@@ -6,6 +6,8 @@
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+mod common;
+
 use base64::Engine;
 use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store};
 use time::OffsetDateTime;
@@ -30,7 +32,9 @@ fn issue_and_look_up(issuer: &Daemon, served_by: &Daemon, n: u32) -> (String, u6
     let body = reply.json();
     let uri = body["status"]["uri"].as_str().unwrap().to_owned();
     let idx = body["status"]["idx"].as_u64().unwrap();
-    // Nodes behind one address serve the same path; the token is verified.
+    // Nodes behind one address serve the same path; the token is verified
+    // (an mdoc names the CBOR form).
+    assert!(uri.ends_with(".cwt"), "{uri}");
     let path = format!("/status/{}", uri.rsplit_once('/').unwrap().1);
     let served = served_by.status_token_at(&path);
     assert_eq!(served.list.len(), LIST_SIZE);
@@ -198,4 +202,87 @@ fn signing_times_say_the_day_not_the_second() {
     }
     let verified = d.verify_mdoc(mdoc["credential"].as_str().unwrap());
     assert_eq!(verified.valid_from.unix_timestamp(), expected);
+}
+
+/// Runs the independent status-list reader on the token at `path`.
+fn independent_read(d: &Daemon, form: &str, path: &str, idx: u64) -> serde_json::Value {
+    let token = d.public_client().get(path);
+    assert_eq!(token.status, 200, "{path}");
+    let dir = d.scratch();
+    let (token_file, jwks_file) = (dir.join(format!("token.{form}")), dir.join("status.jwks"));
+    std::fs::write(&token_file, &token.body).unwrap();
+    std::fs::write(&jwks_file, d.public_client().get("/status/jwks.json").body).unwrap();
+    let (ok, out) = common::python_verify(
+        "verify_status_list.py",
+        &[
+            std::path::Path::new(form),
+            &token_file,
+            &jwks_file,
+            std::path::Path::new(&idx.to_string()),
+        ],
+    );
+    assert!(ok, "{form} refused: {out}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn both_encodings_are_read_by_independent_decoders() {
+    let d = Daemon::start(Options::default());
+    let mdoc = issue(&d, "mdoc", 10);
+    let sd_jwt = issue(&d, "sd-jwt", 11);
+    // An mdoc names the CBOR form, an SD-JWT VC the JWT form of one list.
+    let cwt_uri = mdoc["status"]["uri"].as_str().unwrap();
+    let jwt_uri = sd_jwt["status"]["uri"].as_str().unwrap();
+    assert_eq!(cwt_uri, format!("{jwt_uri}.cwt"));
+    let verified = d.verify_mdoc(mdoc["credential"].as_str().unwrap());
+    assert_eq!(verified.status.as_ref().unwrap().uri, cwt_uri);
+    let path = jwt_uri
+        .split_once("/status/")
+        .map(|(_, l)| format!("/status/{l}"))
+        .unwrap();
+    let idx = mdoc["status"]["idx"].as_u64().unwrap();
+    for (form, at, sub) in [
+        ("cwt", format!("{path}.cwt"), cwt_uri),
+        ("jwt", path.clone(), jwt_uri),
+    ] {
+        let read = independent_read(&d, form, &at, idx);
+        assert_eq!(read["sub"], sub);
+        assert_eq!(read["bits"], 2);
+        assert_eq!(read["size"], LIST_SIZE);
+        assert_eq!(read["status"], 0);
+        assert!(read["exp"].as_i64() > read["iat"].as_i64());
+    }
+    // Content negotiation at the list's URI.
+    let negotiated = d.public_client().send(
+        "GET",
+        &path,
+        &[("accept", "application/statuslist+cwt")],
+        Vec::new(),
+    );
+    assert_eq!(
+        negotiated.header("content-type"),
+        Some("application/statuslist+cwt")
+    );
+    // A revocation reaches both forms.
+    let id = mdoc["id"].as_str().unwrap();
+    let revoked = d.client("counter").send(
+        "POST",
+        &format!("/v1/credentials/{id}/revoke"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(revoked.status, 200);
+    assert_eq!(
+        independent_read(&d, "cwt", &format!("{path}.cwt"), idx)["status"],
+        1
+    );
+    assert_eq!(independent_read(&d, "jwt", &path, idx)["status"], 1);
+    // A token with a flipped byte is refused.
+    let mut token = d.public_client().get(&format!("{path}.cwt")).body;
+    let last = token.len() - 1;
+    token[last] ^= 1;
+    let keys = d.public_client().get("/status/jwks.json").json();
+    let jwk: pkcs11_shim::Jwk = serde_json::from_value(keys["keys"][0].clone()).unwrap();
+    let key = pkcs11_shim::public_key_from_jwk(&jwk).unwrap();
+    assert!(dojang::status::verify_cwt(&token, &key).is_err());
 }

@@ -15,6 +15,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::http::{self, BlockingPool, Body, Peer, Router};
 use crate::refusal::{Class, Refusal};
 use crate::service::Service;
+use crate::status::TokenForm;
+
+/// Whether an `Accept` header asks for the CBOR form of a status list.
+fn accepts_cwt(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.trim().starts_with(crate::status::CWT_TYPE))
+    })
+}
 
 /// The public router.
 pub struct Public {
@@ -103,7 +112,13 @@ impl Public {
                     .map(|c| ("application/x-pem-file", c, 300))
                     .ok_or_else(not_found),
             ),
-            _ => self.other_path(&keys, path).await,
+            _ => {
+                let accept = request
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                self.other_path(&keys, path, accept).await
+            }
         }
     }
 
@@ -113,6 +128,7 @@ impl Public {
         &self,
         keys: &crate::keys::view::KeyView,
         path: &str,
+        request_accept: Option<&str>,
     ) -> (&'static str, Result<(&'static str, Vec<u8>, u32), Refusal>) {
         let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         if let Some(label) = path
@@ -141,24 +157,44 @@ impl Public {
             );
         }
         if let Some(list) = path.strip_prefix("/status/") {
-            return ("/status/{list}", self.status_list(list).await);
+            // The CBOR form at its own URI (`…/N.cwt`, what mdocs name),
+            // or by content negotiation at the list's URI.
+            if let Some(list) = list.strip_suffix(".cwt") {
+                return (
+                    "/status/{list}.cwt",
+                    self.status_list(list, TokenForm::Cwt).await,
+                );
+            }
+            let form = if accepts_cwt(request_accept) {
+                TokenForm::Cwt
+            } else {
+                TokenForm::Jwt
+            };
+            return ("/status/{list}", self.status_list(list, form).await);
         }
         ("other", Err(not_found()))
     }
 
-    /// `/status/{list}`: the signed list, signed on the public pool.
-    async fn status_list(&self, list: &str) -> Result<(&'static str, Vec<u8>, u32), Refusal> {
+    /// `/status/{list}`: the signed list in `form`, signed on the public pool.
+    async fn status_list(
+        &self,
+        list: &str,
+        form: TokenForm,
+    ) -> Result<(&'static str, Vec<u8>, u32), Refusal> {
         let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         let Ok(list) = list.parse::<u32>() else {
             return Err(not_found());
         };
         let service = self.service.clone();
-        let token = match self.pool.submit(move || service.status.status_token(list)) {
+        let token = match self
+            .pool
+            .submit(move || service.status.status_token(list, form))
+        {
             Ok(rx) => rx.await.unwrap_or_else(|_| Err("worker gone".into())),
             Err(_) => return Err(Refusal::unavailable("overloaded", "busy; retry shortly")),
         };
         match token {
-            Ok(Some(t)) => Ok(("application/statuslist+jwt", t.as_bytes().to_vec(), 60)),
+            Ok(Some(t)) => Ok((form.media_type(), t.to_vec(), 60)),
             Ok(None) => Err(not_found()),
             Err(e) => {
                 tracing::warn!(error = %e, "signing a status list");

@@ -400,6 +400,7 @@ mod tests {
             "/iaca-{key_id}.crl:",
             "/ds/{label}.pem:",
             "/status/jwks.json:",
+            "/status/{list}.cwt:",
             "/status/{list}:",
         ] {
             assert!(OPENAPI.contains(route), "{route} undocumented");

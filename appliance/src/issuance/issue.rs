@@ -370,10 +370,7 @@ impl Issuer {
         )
         .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
         let (list, index) = self.status.next_index().map_err(store_refusal)?;
-        let status = StatusReference {
-            idx: index,
-            uri: self.status.status_uri(list),
-        };
+        let status = self.status_reference(format, list, index);
         let (format_name, credential) =
             self.sign_credential(signer, format, &claims, &v.device, &validity, &status)?;
         let id = hex(&crate::credential::random::<16>().map_err(credential_refusal)?);
@@ -457,7 +454,8 @@ impl Issuer {
                 kid: signer.kid().to_owned(),
                 status_list: signed.list,
                 status_index: signed.status.idx,
-                issued_at: signed.validity.signed.unix_timestamp(),
+                // The real time, for operators; the credential says only the day.
+                issued_at: now.unix_timestamp(),
                 valid_until: signed.validity.valid_until.unix_timestamp(),
                 document_expiry: allowed.obligations.expiry_date.to_string(),
                 claims_mac: signed.claims_mac,

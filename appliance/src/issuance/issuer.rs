@@ -82,6 +82,24 @@ impl Issuer {
         }
     }
 
+    /// Where a credential of `format` finds its status: an mdoc the CBOR
+    /// form (what ISO 18013-5 readers fetch), an SD-JWT VC the JWT form.
+    pub(super) fn status_reference(
+        &self,
+        format: CredentialFormat,
+        list: u32,
+        index: u64,
+    ) -> StatusReference {
+        let form = match format {
+            CredentialFormat::Mdoc => crate::status::TokenForm::Cwt,
+            CredentialFormat::SdJwtVc => crate::status::TokenForm::Jwt,
+        };
+        StatusReference {
+            idx: index,
+            uri: self.status.uri_of(list, form),
+        }
+    }
+
     /// Builds and signs a credential of `format`; its format name and text.
     pub(super) fn sign_credential(
         &self,

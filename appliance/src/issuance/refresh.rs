@@ -14,8 +14,8 @@ use super::holder::{HolderSecret, claims_mac, pseudonym};
 use super::issuer::{Current, Issuer};
 use super::request::{RefreshRequest, check_id, holder_and_device};
 use super::response::{IssueResponse, StatusOut};
+use crate::credential::SignatureValidity;
 use crate::credential::claims::{HolderData, ResidentCardClaims};
-use crate::credential::{SignatureValidity, StatusReference};
 use crate::errors::{credential_refusal, json_refusal, key_refusal, store_refusal};
 use crate::node::rfc3339;
 use crate::refusal::{Answer, Class, Refusal, Reply};
@@ -243,10 +243,7 @@ impl Issuer {
                 .assume_offset(time::macros::offset!(+9));
         validity.valid_until = validity.valid_until.min(document_end);
         let (list, index) = self.position_for(r.checked)?;
-        let status = StatusReference {
-            idx: index,
-            uri: self.status.status_uri(list),
-        };
+        let status = self.status_reference(format, list, index);
         let (format_name, credential) =
             self.sign_credential(signer, format, claims, device_key, &validity, &status)?;
         let decision = DecisionRecord {

@@ -91,13 +91,17 @@ impl StatusList {
         self.packed.is_empty()
     }
 
-    /// `lst`: base64url of the zlib-compressed bytes.
-    pub fn encode(&self) -> Result<String, StatusError> {
+    /// The zlib-compressed bytes (the CWT form's `lst`).
+    pub fn compressed(&self) -> Result<Vec<u8>, StatusError> {
         let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
         z.write_all(&self.packed)
             .map_err(|e| StatusError::Token(e.to_string()))?;
-        let compressed = z.finish().map_err(|e| StatusError::Token(e.to_string()))?;
-        Ok(B64URL.encode(compressed))
+        z.finish().map_err(|e| StatusError::Token(e.to_string()))
+    }
+
+    /// `lst`: base64url of the zlib-compressed bytes (the JWT form's).
+    pub fn encode(&self) -> Result<String, StatusError> {
+        Ok(B64URL.encode(self.compressed()?))
     }
 
     /// Parses `lst`.
@@ -105,8 +109,13 @@ impl StatusList {
         let compressed = B64URL
             .decode(lst)
             .map_err(|_| StatusError::Token("lst is not base64url".into()))?;
+        Self::from_compressed(&compressed)
+    }
+
+    /// Reads zlib-compressed bytes (bounded: hostile input).
+    pub fn from_compressed(compressed: &[u8]) -> Result<Self, StatusError> {
         let mut packed = Vec::new();
-        let _ = ZlibDecoder::new(&compressed[..])
+        let _ = ZlibDecoder::new(compressed)
             .take(MAX_LIST_BYTES + 1)
             .read_to_end(&mut packed)
             .map_err(|e| StatusError::Token(format!("lst is not zlib: {e}")))?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::changes::StatusChanges;
+use super::cwt::sign_cwt;
 use super::list::{StatusList, TokenFields, sign_token};
 use crate::keys::manager::KeyManager;
 use crate::node::Node;
@@ -37,10 +38,30 @@ pub const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
 /// may open it).
 const MISSING_LIST_RECHECK: Duration = Duration::from_secs(1);
 
+/// A status-list token's encoding: both carry the same list, each at its
+/// own URI (its `sub`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenForm {
+    /// `application/statuslist+jwt` at `/status/{list}` (SD-JWT VCs).
+    Jwt,
+    /// `application/statuslist+cwt` at `/status/{list}.cwt` (mdocs).
+    Cwt,
+}
+
+impl TokenForm {
+    /// The media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            TokenForm::Jwt => "application/statuslist+jwt",
+            TokenForm::Cwt => super::cwt::CWT_TYPE,
+        }
+    }
+}
+
 struct CachedToken {
-    /// `None`: the list has no credential (cached too, so unknown lists
+    /// `None`: the list was never opened (cached briefly, so unknown lists
     /// cost no database read each time).
-    token: Option<Arc<str>>,
+    token: Option<Arc<[u8]>>,
     generation: u64,
     signed: Instant,
     exp: i64,
@@ -54,7 +75,7 @@ pub struct StatusPublisher {
     public_base: String,
     /// Reserved positions not handed out yet, the next one last.
     statuses: Mutex<Option<StatusPositions>>,
-    status_tokens: Mutex<HashMap<u32, CachedToken>>,
+    status_tokens: Mutex<HashMap<(u32, TokenForm), CachedToken>>,
     /// One status list signed at a time: concurrent misses wait and share it.
     status_signing: Mutex<()>,
 }
@@ -110,17 +131,26 @@ impl StatusPublisher {
         format!("{}{STATUS_KEYS_PATH}", self.public_base)
     }
 
-    /// A status list's URI.
+    /// A status list's URI (its JWT form's).
     pub fn status_uri(&self, list: u32) -> String {
-        format!("{}/status/{list}", self.public_base)
+        self.uri_of(list, TokenForm::Jwt)
     }
 
-    /// The signed `statuslist+jwt` for `list`, re-signed when the registry
+    /// The URI of a status list's token in `form`.
+    pub fn uri_of(&self, list: u32, form: TokenForm) -> String {
+        match form {
+            TokenForm::Jwt => format!("{}/status/{list}", self.public_base),
+            TokenForm::Cwt => format!("{}/status/{list}.cwt", self.public_base),
+        }
+    }
+
+    /// The signed token of `list` in `form`, re-signed when the registry
     /// changed since, or when it is near its expiry.
-    pub fn status_token(&self, list: u32) -> Result<Option<Arc<str>>, String> {
+    pub fn status_token(&self, list: u32, form: TokenForm) -> Result<Option<Arc<[u8]>>, String> {
         if list > MAX_STATUS_LIST {
             return Ok(None);
         }
+        let list = (list, form);
         if let Some(token) = self.cached_status_token(list) {
             return Ok(token);
         }
@@ -136,13 +166,13 @@ impl StatusPublisher {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let registry = &self.node.registry;
         if !registry
-            .status_list_exists(list)
+            .status_list_exists(list.0)
             .map_err(|e| e.to_string())?
         {
             self.cache_status_token(list, None, generation, now);
             return Ok(None);
         }
-        let entries = registry.status_entries(list).map_err(|e| e.to_string())?;
+        let entries = registry.status_entries(list.0).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let list_bits =
             StatusList::from_entries(STATUS_LIST_SIZE, &entries).map_err(|e| e.to_string())?;
@@ -154,18 +184,18 @@ impl StatusPublisher {
             .node
             .metrics
             .hsm("sign_status_list", || {
-                sign_token(
-                    self.node.backend,
-                    key,
-                    &list_bits,
-                    &TokenFields {
-                        uri: &self.status_uri(list),
-                        keys_uri: &self.keys_uri(),
-                        iat: now,
-                        exp: now + STATUS_TOKEN_LIFETIME,
-                        ttl: STATUS_TOKEN_TTL,
-                    },
-                )
+                let fields = TokenFields {
+                    uri: &self.uri_of(list.0, form),
+                    keys_uri: &self.keys_uri(),
+                    iat: now,
+                    exp: now + STATUS_TOKEN_LIFETIME,
+                    ttl: STATUS_TOKEN_TTL,
+                };
+                match form {
+                    TokenForm::Jwt => sign_token(self.node.backend, key, &list_bits, &fields)
+                        .map(String::into_bytes),
+                    TokenForm::Cwt => sign_cwt(self.node.backend, key, &list_bits, &fields),
+                }
             })
             .map_err(|e| e.to_string())?;
         self.keys.count_signature(key, now + STATUS_TOKEN_LIFETIME);
@@ -174,12 +204,12 @@ impl StatusPublisher {
             .metrics
             .status_list_seconds
             .observe(start.elapsed().as_secs_f64());
-        let token: Arc<str> = token.into();
+        let token: Arc<[u8]> = token.into();
         self.cache_status_token(list, Some(token.clone()), generation, now);
         Ok(Some(token))
     }
 
-    fn cached_status_token(&self, list: u32) -> Option<Option<Arc<str>>> {
+    fn cached_status_token(&self, list: (u32, TokenForm)) -> Option<Option<Arc<[u8]>>> {
         let generation = self.changes.current();
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let tokens = self.status_tokens.lock().ok()?;
@@ -194,7 +224,13 @@ impl StatusPublisher {
             .then(|| cached.token.clone())
     }
 
-    fn cache_status_token(&self, list: u32, token: Option<Arc<str>>, generation: u64, now: i64) {
+    fn cache_status_token(
+        &self,
+        list: (u32, TokenForm),
+        token: Option<Arc<[u8]>>,
+        generation: u64,
+        now: i64,
+    ) {
         if let Ok(mut tokens) = self.status_tokens.lock() {
             let _ = tokens.insert(
                 list,
