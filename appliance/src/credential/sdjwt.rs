@@ -140,15 +140,10 @@ fn push_digests(out: &mut String, digests: &[String]) {
     out.push(']');
 }
 
-/// `digests` with random decoys up to `count` (at least `DECOYS` when
-/// `count` is 0), sorted: the order says nothing of the claims.
+/// `digests` with random decoys up to `count`, sorted: the order says
+/// nothing of the claims.
 fn with_decoys(mut digests: Vec<String>, count: usize) -> Result<Vec<String>, CredentialError> {
-    let target = if count == 0 {
-        digests.len() + DECOYS
-    } else {
-        count
-    };
-    while digests.len() < target {
+    while digests.len() < count {
         digests.push(base64_simd::URL_SAFE_NO_PAD.encode_to_string(random::<32>()?));
     }
     digests.sort_unstable();
@@ -240,7 +235,8 @@ impl UnsignedSdJwt {
             top,
             nested,
         } = Disclosed::build(claims)?;
-        let top = with_decoys(top, 0)?;
+        let decoyed = top.len() + DECOYS;
+        let top = with_decoys(top, decoyed)?;
 
         let mut payload = String::with_capacity(1024);
         payload.push_str("{\"iss\":");

@@ -3,8 +3,9 @@
 //! a block at a time, and handed out in the order drawn; every list is
 //! signed at its full, fixed size, so a position is in range of every
 //! token of its list, including the one signed a moment before the
-//! credential was answered. A list is signed on demand by the status-list
-//! key in force and cached until a status changes on this node, 30 s pass
+//! credential was answered. A list is signed on demand, in both forms at
+//! once (one registry read), by the status-list key in force, and cached
+//! until a status changes on this node, 30 s pass
 //! (another node may have changed it), or half its validity has gone.
 
 use std::collections::HashMap;
@@ -49,6 +50,9 @@ pub enum TokenForm {
 }
 
 impl TokenForm {
+    /// Every form, each signed whenever a list is.
+    pub const ALL: [TokenForm; 2] = [TokenForm::Jwt, TokenForm::Cwt];
+
     /// The media type.
     pub fn media_type(self) -> &'static str {
         match self {
@@ -169,44 +173,64 @@ impl StatusPublisher {
             .status_list_exists(list.0)
             .map_err(|e| e.to_string())?
         {
-            self.cache_status_token(list, None, generation, now);
+            for form in TokenForm::ALL {
+                self.cache_status_token((list.0, form), None, generation, now);
+            }
             return Ok(None);
         }
         let entries = registry.status_entries(list.0).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let list_bits =
             StatusList::from_entries(STATUS_LIST_SIZE, &entries).map_err(|e| e.to_string())?;
-        let view = self.keys.view();
-        let key = view
-            .status_key_at(OffsetDateTime::now_utc())
-            .ok_or_else(|| "no status-list key can sign now".to_owned())?;
-        let token = self
-            .node
-            .metrics
-            .hsm("sign_status_list", || {
-                let fields = TokenFields {
-                    uri: &self.uri_of(list.0, form),
-                    keys_uri: &self.keys_uri(),
-                    iat: now,
-                    exp: now + STATUS_TOKEN_LIFETIME,
-                    ttl: STATUS_TOKEN_TTL,
-                };
-                match form {
-                    TokenForm::Jwt => sign_token(self.node.backend, key, &list_bits, &fields)
-                        .map(String::into_bytes),
-                    TokenForm::Cwt => sign_cwt(self.node.backend, key, &list_bits, &fields),
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        self.keys.count_signature(key, now + STATUS_TOKEN_LIFETIME);
-        self.node.metrics.status_list_signatures.inc();
+        // One read and one list for both forms: each is signed and cached
+        // now, so a fetch of the other form costs no second read.
+        let mut wanted = None;
+        for signed_form in TokenForm::ALL {
+            let token = self.sign_form(list.0, signed_form, &list_bits, now)?;
+            if signed_form == form {
+                wanted = Some(token.clone());
+            }
+            self.cache_status_token((list.0, signed_form), Some(token), generation, now);
+        }
         self.node
             .metrics
             .status_list_seconds
             .observe(start.elapsed().as_secs_f64());
-        let token: Arc<[u8]> = token.into();
-        self.cache_status_token(list, Some(token.clone()), generation, now);
-        Ok(Some(token))
+        Ok(wanted)
+    }
+
+    /// Signs `list_bits` as list `list`'s token in `form` with the
+    /// status-list key in force.
+    fn sign_form(
+        &self,
+        list: u32,
+        form: TokenForm,
+        list_bits: &StatusList,
+        now: i64,
+    ) -> Result<Arc<[u8]>, String> {
+        let view = self.keys.view();
+        let key = view
+            .status_key_at(OffsetDateTime::now_utc())
+            .ok_or_else(|| "no status-list key can sign now".to_owned())?;
+        let fields = TokenFields {
+            uri: &self.uri_of(list, form),
+            keys_uri: &self.keys_uri(),
+            iat: now,
+            exp: now + STATUS_TOKEN_LIFETIME,
+            ttl: STATUS_TOKEN_TTL,
+        };
+        let token =
+            self.node
+                .metrics
+                .hsm("sign_status_list", || match form {
+                    TokenForm::Jwt => sign_token(self.node.backend, key, list_bits, &fields)
+                        .map(String::into_bytes),
+                    TokenForm::Cwt => sign_cwt(self.node.backend, key, list_bits, &fields),
+                })
+                .map_err(|e| e.to_string())?;
+        self.keys.count_signature(key, now + STATUS_TOKEN_LIFETIME);
+        self.node.metrics.status_list_signatures.inc();
+        Ok(token.into())
     }
 
     fn cached_status_token(&self, list: (u32, TokenForm)) -> Option<Option<Arc<[u8]>>> {

@@ -258,18 +258,16 @@ impl<D: Driver> Registry for SqlRegistry<D> {
     ) -> Result<CredentialMeta, StoreError> {
         let id = id.to_owned();
         self.driver.write(move |tx| {
-            let from = tx
+            let row = tx
                 .query_opt(
-                    "SELECT state FROM credentials WHERE id = $1 FOR UPDATE",
+                    "SELECT state, suspended_for_key FROM credentials WHERE id = $1 FOR UPDATE",
                     args![&id],
                 )?
                 .ok_or(StoreError::NotFound)?;
-            let from = CredentialState::parse(&from.text(0)?)?;
+            let from = CredentialState::parse(&row.text(0)?)?;
             check_transition(from, to)?;
-            if from == CredentialState::Suspended
-                && to == CredentialState::Active
-                && super::status::suspended_for_key(tx, &id)?
-            {
+            // What a revoked key signed is refreshed, never reinstated.
+            if from == CredentialState::Suspended && to == CredentialState::Active && row.flag(1)? {
                 return Err(StoreError::Conflict {
                     rule: REINSTATE_KEY_REVOKED,
                 });

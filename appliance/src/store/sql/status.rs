@@ -97,15 +97,6 @@ pub(super) fn refresh(
     tx.append_audit(decision, Some(&r.id), None)
 }
 
-/// Whether credential `id` is suspended because its key was revoked.
-pub(super) fn suspended_for_key(tx: &mut dyn Tx, id: &str) -> Result<bool, StoreError> {
-    tx.query_opt(
-        "SELECT suspended_for_key FROM credentials WHERE id = $1",
-        args![id],
-    )?
-    .map_or(Ok(false), |row| row.flag(0))
-}
-
 /// Whether `list` has been opened.
 pub(super) fn exists(tx: &mut dyn Tx, list: u32) -> Result<bool, StoreError> {
     Ok(tx
