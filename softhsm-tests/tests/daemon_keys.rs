@@ -895,6 +895,66 @@ fn what_a_revoked_key_signed_is_refreshed_never_reinstated() {
         "reinstate.key_revoked"
     );
     assert_eq!(bit(&a["status"]), 2);
+    // …not even when an insider clears the registry's mark: the keys'
+    // view (officers' orders) still names the key revoked.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let lie = |sql: &str, id: &str| {
+        assert_eq!(db.execute(sql, [id]).unwrap(), 1, "{sql}");
+    };
+    lie(
+        "UPDATE credentials SET suspended_for_key = 0 WHERE id = ?1",
+        &id(a),
+    );
+    let reinstate = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/reinstate", id(a)),
+        serde_json::json!({}),
+    );
+    assert_eq!(
+        problem(&reinstate, 409, "registry_conflict")["rule"],
+        "reinstate.key_revoked"
+    );
+    assert_eq!(bit(&a["status"]), 2);
+    // A revoker's suspension stands, whatever mark an insider puts on it:
+    // a credential a valid key signed is not refreshed out of it.
+    let (c_jwk, _) = daemon::phone();
+    let c_number = daemon::number(733);
+    let c = post(
+        &d,
+        "counter",
+        "/v1/credentials",
+        daemon::request("mdoc", &c_number, &c_jwk),
+    );
+    assert_eq!(c.status, 201, "{}", c.json());
+    let c = c.json();
+    let suspended = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/suspend", id(&c)),
+        serde_json::json!({}),
+    );
+    assert_eq!(suspended.status, 200, "{}", suspended.json());
+    lie(
+        "UPDATE credentials SET suspended_for_key = 1 WHERE id = ?1",
+        &id(&c),
+    );
+    let body = serde_json::json!({
+        "holder": daemon::request("mdoc", &c_number, &c_jwk)["holder"],
+        "device_key": c_jwk,
+    });
+    let refused = post(
+        &d,
+        "counter",
+        &format!("/v1/credentials/{}/refresh", id(&c)),
+        body,
+    );
+    assert_eq!(
+        problem(&refused, 409, "invalid_transition")["rule"],
+        "credential.state_machine"
+    );
+    assert_eq!(bit(&c["status"]), 2);
     // …a revoker may revoke it…
     let revoked = post(
         &d,
