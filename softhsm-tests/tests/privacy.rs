@@ -18,18 +18,7 @@ const LIST_SIZE: u64 = 1 << 20;
 /// status position; `served_by` must serve a list that has it in range and
 /// says it is valid, right after the 201.
 fn issue_and_look_up(issuer: &Daemon, served_by: &Daemon, n: u32) -> (String, u64) {
-    let (jwk, _) = daemon::phone();
-    let request = daemon::request("mdoc", &daemon::number(40_000 + n), &jwk);
-    let reply = issuer
-        .client("counter")
-        .post_json("/v1/credentials", &request, &[]);
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let body = reply.json();
+    let body = issue(issuer, "mdoc", n);
     let uri = body["status"]["uri"].as_str().unwrap().to_owned();
     let idx = body["status"]["idx"].as_u64().unwrap();
     // Nodes behind one address serve the same path; the token is verified
