@@ -263,7 +263,10 @@ fn scheduled_rotation_prepublishes_then_switches_at_the_configured_time() {
     assert_eq!(status.len(), 2, "{status:?}");
     assert_eq!(status[1].record.state.as_str(), "active");
     assert_eq!(
-        s.current().keys.status_key_at(switch),
+        s.current()
+            .keys
+            .status_key_at(switch)
+            .map(|k| k.label.as_str()),
         Some(status[1].record.label.as_str())
     );
     assert!(status.iter().all(|k| status_jwks_kids(s).contains(&k.kid)));

@@ -68,6 +68,7 @@ fn revoked_and_suspended_bits_reach_a_verifier_through_a_signed_token() {
         iat: 1_800_000_000,
         exp: 1_800_086_400,
         ttl: 3600,
+        certificate: None,
     };
     let jwt = sign_token(&backend, "status-1", &list, &fields).unwrap();
 

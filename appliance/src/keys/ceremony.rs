@@ -1,8 +1,9 @@
 //! The daemon's checks of an offline ceremony's response, as pure logic:
 //! enough pinned officers signed its record, the record answers the
 //! request this daemon made (once), and every certificate is the Annex B
-//! DS profile, issued by the IACA the daemon trusts, for exactly a key the
-//! daemon asked for, over the window it asked for; the CRL is the IACA's,
+//! profile of its purpose (DS or status-list signer), issued by the IACA
+//! the daemon trusts, for exactly a key the daemon asked for, over the
+//! window it asked for; the CRL is the IACA's,
 //! newer than the one served, and lists every revocation requested.
 
 use std::collections::BTreeSet;
@@ -84,11 +85,14 @@ pub fn verify_record(
     Ok(signatures.keys().cloned().collect())
 }
 
-/// A DS certificate the daemon may take into its pool.
+/// A certificate the daemon may take: a DS key's into its pool, a
+/// status-list key's onto its key row.
 #[derive(Debug, Clone)]
 pub struct Certified {
     /// The key's label.
     pub label: String,
+    /// What it certifies the key for (the request's word, checked).
+    pub purpose: profile::LeafRole,
     /// DER.
     pub der: Vec<u8>,
     /// What the profile check read off it.
@@ -247,8 +251,8 @@ fn check_certificates(
                 asked.kid
             )));
         }
-        let facts = profile::check_ds(&der, Some(iaca_facts))
-            .and_then(|f| profile::check_key_identifier("DS", &der).map(|()| f))
+        let facts = profile::check_leaf(&der, Some(iaca_facts), asked.purpose)
+            .and_then(|f| profile::check_key_identifier(asked.purpose.which(), &der).map(|()| f))
             .map_err(|e| CeremonyRefusal::Profile(format!("{label}: {e}")))?;
         if facts.not_before.unix_timestamp() != asked.not_before
             || facts.not_after.unix_timestamp() != asked.not_after
@@ -264,6 +268,7 @@ fn check_certificates(
         }
         out.push(Certified {
             label: label.clone(),
+            purpose: asked.purpose,
             der,
             facts,
         });

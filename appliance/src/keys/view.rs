@@ -39,6 +39,20 @@ pub struct PoolStatus {
     pub emergency: Option<String>,
 }
 
+/// A status-list key that signs from its activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusKey {
+    /// When it signs from.
+    pub from: OffsetDateTime,
+    /// Its label in the token.
+    pub label: String,
+    /// Its certificate (DER) from a trusted IACA, which its tokens carry
+    /// (`x5c`, `x5chain`); `None` until a ceremony (or the online IACA)
+    /// certified it, or when the registry's copy is not one a trusted root
+    /// issued for this key.
+    pub certificate: Option<Arc<[u8]>>,
+}
+
 /// A trusted IACA root: DER and what the profile check read off it.
 pub type Root = Arc<(Vec<u8>, CertFacts)>;
 
@@ -58,12 +72,18 @@ pub struct RootView {
     pub links: Vec<Vec<u8>>,
 }
 
-/// The root in `roots` that issued the DS certificate `der`: named by its
+/// The root in `roots` that issued the leaf certificate `der`: named by its
 /// AuthorityKeyIdentifier, and whose key verifies its signature. `None`
 /// for a certificate no trusted root issued (a row can be edited: its
 /// certificate is never taken on its word).
 pub fn root_for<'a>(roots: &'a [Root], der: &[u8]) -> Option<&'a (Vec<u8>, CertFacts)> {
-    let aki = crate::pki::profile::check_ds(der, None).ok()?.aki?;
+    use crate::pki::profile::{LeafRole, check_leaf};
+    // Either leaf profile: a revoked status-list key's certificate goes on
+    // its root's CRL like a DS key's.
+    let aki = check_leaf(der, None, LeafRole::DocumentSigner)
+        .or_else(|_| check_leaf(der, None, LeafRole::StatusList))
+        .ok()?
+        .aki?;
     let cert = X509::from_der(der).ok()?;
     roots
         .iter()
@@ -81,8 +101,8 @@ pub fn root_for<'a>(roots: &'a [Root], der: &[u8]) -> Option<&'a (Vec<u8>, CertF
 pub struct KeyView {
     /// Signers by activation, oldest first.
     pub signers: Vec<ScheduledSigner>,
-    /// Status-list keys (activation, label), oldest first.
-    pub status_keys: Vec<(OffsetDateTime, String)>,
+    /// Status-list keys that sign, oldest activation first.
+    pub status_keys: Vec<StatusKey>,
     /// Audit keys that sign checkpoints (activation, label, note key).
     pub audit_keys: Vec<(OffsetDateTime, String, NoteKey)>,
     /// Every audit key still in the token and not revoked: the outgoing key
@@ -142,13 +162,9 @@ impl KeyView {
             .map(|(_, label, key)| (label.as_str(), key))
     }
 
-    /// The status-list key (label) that signs at `now`.
-    pub fn status_key_at(&self, now: OffsetDateTime) -> Option<&str> {
-        self.status_keys
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= now)
-            .map(|(_, label)| label.as_str())
+    /// The status-list key that signs at `now`.
+    pub fn status_key_at(&self, now: OffsetDateTime) -> Option<&StatusKey> {
+        self.status_keys.iter().rev().find(|k| k.from <= now)
     }
 
     /// The DS key that signs at `now`, or why none can.

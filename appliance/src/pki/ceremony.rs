@@ -157,6 +157,35 @@ pub fn document_signer_in_token(
     Ok((der, facts, generated))
 }
 
+/// A status-list signer certificate for the key `label` already in the
+/// token, signed by the IACA key in the same token (online custody),
+/// valid from now for `pki.ds_validity_days`.
+pub fn status_signer_in_token(
+    backend: &dyn KeyBackend,
+    config: &PkiConfig,
+    iaca_der: &[u8],
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, super::profile::CertFacts), PkiError> {
+    super::error::validated(config)?;
+    let iaca = HsmKey::find(backend, &config.iaca_key, KeyPurpose::Iaca)?;
+    let key = HsmKey::find(backend, label, KeyPurpose::StatusList)?;
+    let subject = super::signer::SubjectKey::new(key.public_key().clone())?;
+    let from = now.replace_nanosecond(0).unwrap_or(now);
+    let window = (
+        from,
+        from + time::Duration::days(i64::from(config.ds_validity_days)),
+    );
+    super::issue::issue_leaf_for(
+        config,
+        iaca_der,
+        &iaca,
+        (label, &subject),
+        window,
+        super::profile::LeafRole::StatusList,
+    )
+}
+
 /// `pki crl`: a fresh CRL signed by the IACA key, listing `revoked` serials.
 pub fn refresh_crl(
     backend: &dyn KeyBackend,

@@ -1,8 +1,8 @@
 //! What crosses the air gap between the daemon and the offline IACA: the
-//! daemon's ceremony request (its new DS keys' certificate requests, the
-//! planned validity windows, the serials to revoke), the record officers
-//! sign at the ceremony, and the ceremony's response (DS certificates and
-//! a CRL). The IACA side of the work, [`certify`], is here too; the
+//! daemon's ceremony request (its new DS and status-list keys' certificate
+//! requests, the planned validity windows, the serials to revoke), the
+//! record officers sign at the ceremony, and the ceremony's response
+//! (certificates and a CRL). The IACA side of the work, [`certify`], is here too; the
 //! daemon's checks of a response are in `keys::ceremony`.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::PkiError;
-use super::issue::{issue_crl, issue_ds_for};
+use super::issue::{issue_crl, issue_leaf_for};
+use super::profile::LeafRole;
 use super::signer::{HsmKey, SubjectKey};
 use crate::config::PkiConfig;
 
@@ -62,7 +63,8 @@ pub struct RolloverCertificates {
     pub back_link: String,
 }
 
-/// A DS key the daemon asks the IACA to certify.
+/// A key the daemon asks the IACA to certify: a DS key, or a status-list
+/// key (its tokens then carry a chain to the IACA).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedKey {
@@ -76,6 +78,9 @@ pub struct RequestedKey {
     pub not_before: i64,
     /// Planned notAfter.
     pub not_after: i64,
+    /// What the certificate is for (absent: a DS key).
+    #[serde(default, skip_serializing_if = "LeafRole::is_document_signer")]
+    pub purpose: LeafRole,
 }
 
 /// The daemon's ceremony request (its JSON bytes are what officers'
@@ -151,7 +156,7 @@ pub struct CeremonyResponse {
     pub signatures: BTreeMap<String, String>,
     /// The IACA certificate (base64 DER).
     pub iaca: String,
-    /// DS certificates, one per requested key.
+    /// Certificates, one per requested key.
     pub certificates: Vec<IssuedCertificate>,
     /// The IACA's CRL (base64 DER): the certifying root's, or a
     /// successor's first.
@@ -226,7 +231,14 @@ pub fn certify(
     }
     let mut issued = Vec::new();
     for (key, subject, window) in &subjects {
-        let (der, _) = issue_ds_for(config, iaca_der, iaca, (&key.label, subject), *window)?;
+        let (der, _) = issue_leaf_for(
+            config,
+            iaca_der,
+            iaca,
+            (&key.label, subject),
+            *window,
+            key.purpose,
+        )?;
         issued.push(IssuedCertificate {
             label: key.label.clone(),
             certificate: B64.encode(der),

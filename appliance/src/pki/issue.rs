@@ -16,7 +16,7 @@ use super::der::{
     tlv,
 };
 use super::error::PkiError;
-use super::profile::{self, CertFacts};
+use super::profile::{self, CertFacts, LeafRole};
 use super::signer::{HsmKey, SubjectKey};
 use crate::config::PkiConfig;
 
@@ -161,8 +161,29 @@ pub fn issue_ds_for(
     config: &PkiConfig,
     iaca_der: &[u8],
     iaca: &HsmKey<'_>,
+    subject: (&str, &SubjectKey),
+    window: (OffsetDateTime, OffsetDateTime),
+) -> Result<(Vec<u8>, CertFacts), PkiError> {
+    issue_leaf_for(
+        config,
+        iaca_der,
+        iaca,
+        subject,
+        window,
+        LeafRole::DocumentSigner,
+    )
+}
+
+/// Issues a certificate of `role` for the key `subject`, as
+/// [`issue_ds_for`] does for a DS key: a status-list signer's differs
+/// only in its name and in carrying no ExtendedKeyUsage.
+pub fn issue_leaf_for(
+    config: &PkiConfig,
+    iaca_der: &[u8],
+    iaca: &HsmKey<'_>,
     (label, subject): (&str, &SubjectKey),
     (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+    role: LeafRole,
 ) -> Result<(Vec<u8>, CertFacts), PkiError> {
     super::error::validated(config)?;
     let iaca_facts = profile::check_iaca(iaca_der)?;
@@ -181,7 +202,14 @@ pub fn issue_ds_for(
     let issuer = iaca_issuer(config, iaca, &iaca_facts)?;
 
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(config, &format!("{} DS {label}", config.iaca_common_name))?;
+    let kind = match role {
+        LeafRole::DocumentSigner => "DS",
+        LeafRole::StatusList => "Status List",
+    };
+    params.distinguished_name = name(
+        config,
+        &format!("{} {kind} {label}", config.iaca_common_name),
+    )?;
     params.serial_number = Some(random_serial()?);
     params.not_before = whole_seconds(not_before);
     params.not_after = whole_seconds(not_after);
@@ -202,7 +230,10 @@ pub fn issue_ds_for(
         OID_SUBJECT_KEY_IDENTIFIER,
         tlv(0x04, &key_identifier(subject.public_key())),
     );
-    params.custom_extensions = vec![ski, issuer_alt_name(config), eku];
+    params.custom_extensions = vec![ski, issuer_alt_name(config)];
+    if role == LeafRole::DocumentSigner {
+        params.custom_extensions.push(eku);
+    }
     let der = params
         .signed_by(subject, &issuer)
         .map_err(|e| PkiError::Build(e.to_string()))?
@@ -210,8 +241,8 @@ pub fn issue_ds_for(
         .to_vec();
     verify_signed_by(&der, iaca)?;
     check_issued_by(&der, &iaca_cert)?;
-    let facts = profile::check_ds(&der, Some(&iaca_facts))?;
-    profile::check_key_identifier("DS", &der)?;
+    let facts = profile::check_leaf(&der, Some(&iaca_facts), role)?;
+    profile::check_key_identifier(role.which(), &der)?;
     Ok((der, facts))
 }
 

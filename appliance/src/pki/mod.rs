@@ -20,6 +20,7 @@ mod store;
 pub use crate::config::PkiConfig;
 pub use csr::{certificate_request, requested_key};
 pub use error::PkiError;
-pub use issue::{issue_crl, issue_ds, issue_ds_for, issue_iaca};
+pub use issue::{issue_crl, issue_ds, issue_ds_for, issue_iaca, issue_leaf_for};
+pub use profile::LeafRole;
 pub use signer::{HsmKey, SubjectKey};
 pub use store::{DsCertificate, PkiStore, cert_der_from_pem, cert_pem};

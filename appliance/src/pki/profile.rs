@@ -15,7 +15,7 @@ pub use crate::config::pki::{MAX_DS_VALIDITY_DAYS, MAX_IACA_VALIDITY_DAYS};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{which} certificate breaks ISO 18013-5 Annex B: {rule}")]
 pub struct ProfileError {
-    /// `IACA` or `DS`.
+    /// `IACA`, `DS` or `status-list signer`.
     pub which: &'static str,
     /// The rule, in words.
     pub rule: String,
@@ -191,24 +191,70 @@ pub fn check_iaca(der: &[u8]) -> Result<CertFacts, ProfileError> {
     Ok(facts)
 }
 
+/// What an IACA-issued leaf certificate is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeafRole {
+    /// A document signer (Annex B DS profile, EKU 1.0.18013.5.1.2).
+    #[default]
+    DocumentSigner,
+    /// A status-list signer (ISO 18013-5 second edition Table B.9): no
+    /// DS purpose, so no reader takes an MSO it signed, and no EKU of its
+    /// own while the Token Status List draft's `id-kp-oauthStatusSigning`
+    /// has no number.
+    StatusList,
+}
+
+impl LeafRole {
+    /// The document-signer role (serde skips it, keeping older requests' bytes).
+    pub fn is_document_signer(&self) -> bool {
+        *self == LeafRole::DocumentSigner
+    }
+
+    /// The profile's name in errors.
+    pub fn which(self) -> &'static str {
+        match self {
+            LeafRole::DocumentSigner => "DS",
+            LeafRole::StatusList => "status-list signer",
+        }
+    }
+}
+
 /// Checks a document-signer certificate, and its link to `iaca` when given.
 pub fn check_ds(der: &[u8], iaca: Option<&CertFacts>) -> Result<CertFacts, ProfileError> {
-    let cert = parse("DS", der)?;
-    check_common("DS", &cert, false)?;
-    let eku = cert
-        .extended_key_usage()
-        .ok()
-        .flatten()
-        .ok_or_else(|| fail("DS", "ExtendedKeyUsage 1.0.18013.5.1.2 is required"))?;
-    let mdl_ds = eku.value.other.iter().any(|oid| {
-        oid.iter()
-            .is_some_and(|arcs| arcs.eq(OID_MDL_DS_ARCS.iter().copied()))
+    check_leaf(der, iaca, LeafRole::DocumentSigner)
+}
+
+/// Checks a leaf certificate of `role`, and its link to `iaca` when given.
+pub fn check_leaf(
+    der: &[u8],
+    iaca: Option<&CertFacts>,
+    role: LeafRole,
+) -> Result<CertFacts, ProfileError> {
+    let which = role.which();
+    let cert = parse(which, der)?;
+    check_common(which, &cert, false)?;
+    let mdl_ds = cert.extended_key_usage().ok().flatten().map(|eku| {
+        let has_ds = eku.value.other.iter().any(|oid| {
+            oid.iter()
+                .is_some_and(|arcs| arcs.eq(OID_MDL_DS_ARCS.iter().copied()))
+        });
+        (eku.critical, has_ds)
     });
-    if !eku.critical || !mdl_ds {
-        return Err(fail(
-            "DS",
-            "ExtendedKeyUsage must be critical and hold 1.0.18013.5.1.2",
-        ));
+    match (role, mdl_ds) {
+        (LeafRole::DocumentSigner, Some((true, true))) | (LeafRole::StatusList, None) => {}
+        (LeafRole::DocumentSigner, _) => {
+            return Err(fail(
+                which,
+                "ExtendedKeyUsage must be critical and hold 1.0.18013.5.1.2",
+            ));
+        }
+        (LeafRole::StatusList, Some(_)) => {
+            return Err(fail(
+                which,
+                "must carry no ExtendedKeyUsage (never the DS purpose)",
+            ));
+        }
     }
     if cert
         .basic_constraints()
@@ -216,24 +262,24 @@ pub fn check_ds(der: &[u8], iaca: Option<&CertFacts>) -> Result<CertFacts, Profi
         .flatten()
         .is_some_and(|bc| bc.value.ca)
     {
-        return Err(fail("DS", "must not be a CA"));
+        return Err(fail(which, "must not be a CA"));
     }
     let facts = facts(&cert);
     if (facts.not_after - facts.not_before).whole_days() > MAX_DS_VALIDITY_DAYS {
-        return Err(fail("DS", "validity must not exceed 457 days"));
+        return Err(fail(which, "validity must not exceed 457 days"));
     }
     if facts.aki.is_none() {
-        return Err(fail("DS", "AuthorityKeyIdentifier is required"));
+        return Err(fail(which, "AuthorityKeyIdentifier is required"));
     }
     if let Some(iaca) = iaca {
         if facts.aki != iaca.ski {
             return Err(fail(
-                "DS",
+                which,
                 "AuthorityKeyIdentifier must equal the IACA's SubjectKeyIdentifier",
             ));
         }
         if facts.country != iaca.country {
-            return Err(fail("DS", "countryName must equal the IACA's"));
+            return Err(fail(which, "countryName must equal the IACA's"));
         }
     }
     Ok(facts)

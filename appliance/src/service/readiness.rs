@@ -354,16 +354,27 @@ impl ReadinessProbe {
                 self.keys.pki_config().spare_warn_below,
             )
         }))
-        .chain([check(
-            "status_list_key",
-            current
-                .keys
-                .status_key_at(now)
-                .map(str::to_owned)
-                .ok_or_else(|| "no status-list key can sign now".to_owned()),
-        )])
+        .chain([status_key_check(&current.keys, now)])
         .collect()
     }
+}
+
+/// The status-list key in force, and whether its tokens carry a chain to
+/// the IACA (a key not certified yet still signs: verifiers using the
+/// status JWKS read its tokens).
+fn status_key_check(keys: &crate::keys::view::KeyView, now: OffsetDateTime) -> Check {
+    check(
+        "status_list_key",
+        keys.status_key_at(now)
+            .map(|k| match k.certificate {
+                Some(_) => format!("{} (certified by the IACA)", k.label),
+                None => format!(
+                    "{} (no certificate from the IACA yet: its tokens carry no chain until a ceremony certifies it)",
+                    k.label
+                ),
+            })
+            .ok_or_else(|| "no status-list key can sign now".to_owned()),
+    )
 }
 
 #[cfg(test)]

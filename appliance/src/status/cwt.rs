@@ -1,7 +1,8 @@
 //! The CBOR form of a status-list token (`application/statuslist+cwt`),
 //! what ISO 18013-5 mdoc readers fetch: a tagged COSE_Sign1 whose
-//! protected header carries `alg`, `kid` and `typ` (16), and whose payload
-//! is a CWT claims set: `sub` (2), `iat` (6), `exp` (4), `ttl` (65534) and
+//! protected header carries `alg`, `kid`, `typ` (16) and, once the key is
+//! certified, `x5chain` (33: its certificate from the IACA), and whose
+//! payload is a CWT claims set: `sub` (2), `iat` (6), `exp` (4), `ttl` (65534) and
 //! `status_list` (65533) = `{"bits": 2, "lst": <zlib bytes>}`.
 
 use ciborium::Value;
@@ -21,6 +22,7 @@ const EXP: i64 = 4;
 const IAT: i64 = 6;
 const TTL: i64 = 65534;
 const STATUS_LIST: i64 = 65533;
+const X5CHAIN: i64 = 33;
 
 /// Signs `list` as a `statuslist+cwt` with the status-list key `label`.
 pub fn sign_cwt(
@@ -51,11 +53,16 @@ pub fn sign_cwt(
     ]);
     let mut payload = Vec::new();
     ciborium::into_writer(&claims, &mut payload).map_err(|e| StatusError::Token(e.to_string()))?;
-    let protected = HeaderBuilder::new()
+    let mut protected = HeaderBuilder::new()
         .algorithm(algorithm.cose())
         .key_id(key.kid().unwrap_or_default().into_bytes())
-        .value(TYP, Value::Text(CWT_TYPE.to_owned()))
-        .build();
+        .value(TYP, Value::Text(CWT_TYPE.to_owned()));
+    if let Some(der) = fields.certificate {
+        // RFC 9360: one certificate is a bare bstr; protected, so the
+        // chain a reader builds is the one the key signed over.
+        protected = protected.value(X5CHAIN, Value::Bytes(der.to_vec()));
+    }
+    let protected = protected.build();
     let sign1 = CoseSign1Builder::new()
         .protected(protected)
         .payload(payload)
@@ -75,13 +82,16 @@ pub fn verify_cwt(token: &[u8], key: &PublicKey) -> Result<StatusListToken, Stat
     let sign1 = CoseSign1::from_tagged_slice(token)
         .or_else(|_| CoseSign1::from_slice(token))
         .map_err(|_| bad("not a COSE_Sign1"))?;
-    let typ = sign1
-        .protected
-        .header
-        .rest
-        .iter()
-        .find(|(label, _)| *label == Label::Int(TYP))
-        .map(|(_, v)| v);
+    let header_value = |label: i64| {
+        sign1
+            .protected
+            .header
+            .rest
+            .iter()
+            .find(|(l, _)| *l == Label::Int(label))
+            .map(|(_, v)| v)
+    };
+    let typ = header_value(TYP);
     if typ != Some(&Value::Text(CWT_TYPE.to_owned())) {
         return Err(bad("typ is not application/statuslist+cwt"));
     }
@@ -135,5 +145,11 @@ pub fn verify_cwt(token: &[u8], key: &PublicKey) -> Result<StatusListToken, Stat
         exp: i64::try_from(number(EXP, "no exp")?).map_err(|_| bad("exp"))?,
         ttl: u64::try_from(number(TTL, "no ttl").unwrap_or(0)).unwrap_or(0),
         list: StatusList::from_compressed(lst)?,
+        certificate: match header_value(X5CHAIN) {
+            None => None,
+            Some(Value::Bytes(der)) => Some(der.clone()),
+            Some(Value::Array(chain)) => chain.first().and_then(Value::as_bytes).cloned(),
+            Some(_) => return Err(bad("x5chain is not a certificate")),
+        },
     })
 }

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use flate2::Compression;
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
@@ -141,6 +141,9 @@ pub struct StatusListToken {
     pub ttl: u64,
     /// The statuses.
     pub list: StatusList,
+    /// The signing key's certificate from the IACA (`x5c` / `x5chain`),
+    /// if the token carries one (DER).
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// What a signed status-list token says besides the list.
@@ -158,6 +161,11 @@ pub struct TokenFields<'a> {
     pub exp: i64,
     /// Seconds a verifier may cache it.
     pub ttl: u64,
+    /// The signing key's certificate from the IACA (DER), carried as
+    /// `x5c` / `x5chain` so a verifier trusting only the IACA can
+    /// authenticate the token (the IACA itself is the verifier's anchor,
+    /// never sent).
+    pub certificate: Option<&'a [u8]>,
 }
 
 /// Signs `list` as a `statuslist+jwt` with the status-list key `label`.
@@ -174,12 +182,15 @@ pub fn sign_token(
     let algorithm =
         SignatureAlgorithm::of_key(key.algorithm).map_err(|e| StatusError::Token(e.to_string()))?;
     let kid = key.kid().unwrap_or_default();
-    let header = json!({
+    let mut header = json!({
         "alg": algorithm.jose(),
         "typ": "statuslist+jwt",
         "kid": kid,
         "jku": fields.keys_uri,
     });
+    if let (Some(der), Some(members)) = (fields.certificate, header.as_object_mut()) {
+        let _ = members.insert("x5c".into(), json!([B64.encode(der)]));
+    }
     let payload = json!({
         "sub": fields.uri,
         "iat": fields.iat,
@@ -253,6 +264,11 @@ pub fn verify_token(token: &str, key: &PublicKey) -> Result<StatusListToken, Sta
             .ok_or_else(|| bad("no exp"))?,
         ttl: field("/ttl").and_then(Value::as_u64).unwrap_or(0),
         list: StatusList::decode(lst)?,
+        certificate: header
+            .pointer("/x5c/0")
+            .and_then(Value::as_str)
+            .map(|c| B64.decode(c).map_err(|_| bad("x5c is not base64")))
+            .transpose()?,
     })
 }
 

@@ -209,15 +209,17 @@ impl StatusPublisher {
         now: i64,
     ) -> Result<Arc<[u8]>, String> {
         let view = self.keys.view();
-        let key = view
+        let signer = view
             .status_key_at(OffsetDateTime::now_utc())
             .ok_or_else(|| "no status-list key can sign now".to_owned())?;
+        let key = signer.label.as_str();
         let fields = TokenFields {
             uri: &self.uri_of(list, form),
             keys_uri: &self.keys_uri(),
             iat: now,
             exp: now + STATUS_TOKEN_LIFETIME,
             ttl: STATUS_TOKEN_TTL,
+            certificate: signer.certificate.as_deref(),
         };
         let token =
             self.node

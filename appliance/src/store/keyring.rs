@@ -160,6 +160,17 @@ pub trait KeyRegistry {
     /// database's clock (nodes' clocks may differ); false while another
     /// holder's lease runs.
     fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Stores the IACA's certificate of the status-list key `label` (one
+    /// without a certificate yet) and its end, with its audit entry;
+    /// whether this call stored it (another node, or an earlier import,
+    /// may have). What reads it back checks it: a row is never trusted.
+    fn certify_key(
+        &self,
+        label: &str,
+        certificate: &[u8],
+        not_after: OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<bool, StoreError>;
     /// Moves credentials signed by `kid` that are still in a source state of
     /// `to` (see `revocation_sources`) to `to`; how many. For what was
     /// signed with a key while its revocation committed. When any moved,

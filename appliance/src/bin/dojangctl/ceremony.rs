@@ -38,7 +38,8 @@ use crate::offline_roots::{certify_request, roll_over};
 #[derive(Subcommand)]
 pub(crate) enum CeremonyCommand {
     /// Ask the daemon (over --api) for a ceremony request: the DS keys
-    /// waiting in its spare pool and the revocations the CRL must list.
+    /// waiting in its spare pool, its status-list keys without a
+    /// certificate, and the revocations the CRL must list.
     Request {
         /// Where to write the request (carry it to the offline IACA).
         #[arg(long)]
@@ -143,6 +144,29 @@ fn read_record(path: &Path) -> anyhow::Result<CeremonyRecord> {
         .with_context(|| format!("{} is not a ceremony record", path.display()))
 }
 
+/// `ceremony request`: the daemon's request, written to `out`.
+fn request(conn: &Connection, out: &Path) -> anyhow::Result<()> {
+    let bytes = conn
+        .client()?
+        .call_bytes("POST", "/v1/ceremony/requests", None)?;
+    let request: CeremonyRequest = serde_json::from_slice(&bytes)?;
+    write(out, &bytes)?;
+    let ds = request
+        .keys
+        .iter()
+        .filter(|k| k.purpose.is_document_signer())
+        .count();
+    println!(
+        "request {} (sha256 {}): {ds} DS key(s) and {} status-list key(s) to certify, {} serial(s) to revoke; wrote {}",
+        request.id,
+        digest(&bytes),
+        request.keys.len() - ds,
+        request.revoke.len(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// `ceremony …`.
 pub(crate) fn run(
     command: CeremonyCommand,
@@ -150,22 +174,7 @@ pub(crate) fn run(
     load: impl FnOnce() -> anyhow::Result<Config>,
 ) -> anyhow::Result<()> {
     match command {
-        CeremonyCommand::Request { out } => {
-            let bytes = conn
-                .client()?
-                .call_bytes("POST", "/v1/ceremony/requests", None)?;
-            let request: CeremonyRequest = serde_json::from_slice(&bytes)?;
-            write(&out, &bytes)?;
-            println!(
-                "request {} (sha256 {}): {} DS key(s) to certify, {} serial(s) to revoke; wrote {}",
-                request.id,
-                digest(&bytes),
-                request.keys.len(),
-                request.revoke.len(),
-                out.display()
-            );
-            Ok(())
-        }
+        CeremonyCommand::Request { out } => request(conn, &out),
         CeremonyCommand::Record {
             policy,
             root,

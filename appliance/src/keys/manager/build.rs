@@ -14,11 +14,12 @@ use crate::audit::checkpoint::NoteKey;
 use crate::credential::DocumentSigner;
 use crate::keys::lifecycle::{KeyRecord, KeyState};
 use crate::keys::view::{
-    KeyView, ScheduledSigner, cert_public_key, fingerprint, jwk_entry, no_certificate_end,
+    KeyView, ScheduledSigner, StatusKey, cert_public_key, fingerprint, jwk_entry,
+    no_certificate_end,
 };
 use crate::node::LoadError;
 use crate::pki::DsCertificate;
-use crate::pki::profile::{self, CertFacts};
+use crate::pki::profile::{self, CertFacts, LeafRole};
 use crate::store::{AUDIT_CHAIN, DS_CHAIN, STATUS_CHAIN, StoreError, StoredKey};
 
 impl KeyManager {
@@ -305,7 +306,7 @@ impl KeyManager {
                 "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
                     .to_owned(),
             );
-            return self.service_key_view(keys, crl, problems);
+            return self.service_key_view(roots, keys, crl, problems);
         };
         for key in keys.iter().filter(|k| k.chain == DS_CHAIN) {
             let r = &key.record;
@@ -352,7 +353,7 @@ impl KeyManager {
             }
         }
         signers.sort_by_key(|s| s.from);
-        let mut view = self.service_key_view(keys, crl, problems)?;
+        let mut view = self.service_key_view(roots, keys, crl, problems)?;
         view.signers = signers;
         view.ds_pem = ds_pem;
         view.revoked = revoked;
@@ -410,6 +411,7 @@ impl KeyManager {
     /// no DS key yet: an empty issuer JWKS, the status-list keys' own.
     fn service_key_view(
         &self,
+        roots: &[crate::keys::view::Root],
         keys: &[StoredKey],
         crl: Option<String>,
         mut problems: Vec<String>,
@@ -438,7 +440,11 @@ impl KeyManager {
             if key.chain == STATUS_CHAIN {
                 status_jwks.push(jwk_entry(&public, None));
                 if signs {
-                    status_keys.push((r.activate_at, r.label.clone()));
+                    status_keys.push(StatusKey {
+                        from: r.activate_at,
+                        label: r.label.clone(),
+                        certificate: status_certificate(roots, key, &mut problems),
+                    });
                 }
             } else if key.chain == AUDIT_CHAIN {
                 match NoteKey::new(&self.audit_origin, public) {
@@ -453,15 +459,9 @@ impl KeyManager {
             }
         }
         audit_keys.sort_by_key(|(from, label, _)| (*from, label.clone()));
-        status_keys.sort();
+        status_keys.sort_by(|a, b| (a.from, &a.label).cmp(&(b.from, &b.label)));
         let fingerprint = fingerprint(keys, crl.as_deref(), None);
-        let crl_pem = crl
-            .map(String::into_bytes)
-            .or_else(|| std::fs::read(self.pki.crl_path()).ok());
-        let crl_der = crl_pem
-            .as_deref()
-            .and_then(|pem| openssl::x509::X509Crl::from_pem(pem).ok())
-            .and_then(|crl| crl.to_der().ok());
+        let (crl_pem, crl_der) = self.served_crl(crl);
         Ok(KeyView {
             signers: Vec::new(),
             status_keys,
@@ -485,6 +485,52 @@ impl KeyManager {
             spares: Default::default(),
             unlisted_revocations: Vec::new(),
         })
+    }
+}
+
+impl KeyManager {
+    /// The CRL served (PEM, DER): the registry's, else the PKI directory's.
+    fn served_crl(&self, crl: Option<String>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let pem = crl
+            .map(String::into_bytes)
+            .or_else(|| std::fs::read(self.pki.crl_path()).ok());
+        let der = pem
+            .as_deref()
+            .and_then(|pem| openssl::x509::X509Crl::from_pem(pem).ok())
+            .and_then(|crl| crl.to_der().ok());
+        (pem, der)
+    }
+}
+
+/// A status-list row's certificate, if a trusted root issued it for the
+/// row's key in the status-list profile; otherwise a problem (the row was
+/// changed), and the key's tokens carry no chain.
+fn status_certificate(
+    roots: &[crate::keys::view::Root],
+    key: &StoredKey,
+    problems: &mut Vec<String>,
+) -> Option<Arc<[u8]>> {
+    let der = key.certificate.as_deref()?;
+    let checked = crate::keys::view::root_for(roots, der)
+        .ok_or_else(|| "not issued by a trusted IACA".to_owned())
+        .and_then(|root| {
+            profile::check_leaf(der, Some(&root.1), LeafRole::StatusList).map_err(|e| e.to_string())
+        })
+        .and_then(|_| cert_public_key(der))
+        .and_then(|certified| {
+            (certified.spki_der() == key.public_key.as_slice())
+                .then_some(())
+                .ok_or_else(|| "it certifies another key".to_owned())
+        });
+    match checked {
+        Ok(()) => Some(der.into()),
+        Err(why) => {
+            problems.push(format!(
+                "status-list key {}: its certificate in the registry is refused ({why}); its tokens carry no chain to the IACA",
+                key.record.label
+            ));
+            None
+        }
     }
 }
 

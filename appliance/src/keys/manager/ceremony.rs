@@ -14,11 +14,11 @@ use super::state::store_problem;
 use crate::keys::ceremony::{CeremonyRefusal, Expected, verify_certification, verify_record};
 use crate::keys::order::digest;
 use crate::keys::view::hex;
-use crate::pki::HsmKey;
 use crate::pki::exchange::{
     CeremonyRequest, CeremonyResponse, CrlOrder, KIND_CERTIFY, KIND_ROLLOVER, KIND_ROOT,
     REQUEST_CONTEXT, RequestedKey,
 };
+use crate::pki::{HsmKey, LeafRole};
 use crate::store::{
     StoreError, ceremony_answer_document, ceremony_request_document, revoked_serials,
 };
@@ -36,9 +36,10 @@ pub enum ImportError {
 
 impl KeyManager {
     /// A new ceremony request, kept in the registry: every spare waiting
-    /// for a certificate, planned valid from now for `pki.ds_validity_days`
-    /// (cut to the IACA's end), and the serials of every DS certificate
-    /// officers ordered revoked. Its JSON bytes.
+    /// for a certificate and every status-list key without one, planned
+    /// valid from now for `pki.ds_validity_days` (cut to the IACA's end),
+    /// and the serials of every DS certificate officers ordered revoked.
+    /// Its JSON bytes.
     pub fn ceremony_request(&self, now: OffsetDateTime) -> Result<Vec<u8>, String> {
         if !self.pki_config.offline() {
             return Err(
@@ -64,8 +65,12 @@ impl KeyManager {
                 csr: B64.encode(csr),
                 not_before: not_before.unix_timestamp(),
                 not_after: not_after.unix_timestamp(),
+                purpose: LeafRole::DocumentSigner,
             });
         }
+        keys.extend(
+            self.status_key_requests((not_before.unix_timestamp(), not_after.unix_timestamp()))?,
+        );
         let (revoke, older_roots) = self.revocations_by_root()?;
         let mut random = [0u8; 8];
         openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
@@ -83,10 +88,11 @@ impl KeyManager {
         let decision = self.done(
             "ceremony.request",
             format!(
-                "ceremony request {} (sha256 {}): {} DS key(s) to certify, {} serial(s) to revoke",
+                "ceremony request {} (sha256 {}): {} DS key(s) and {} status-list key(s) to certify, {} serial(s) to revoke",
                 request.id,
                 digest(&bytes),
-                request.keys.len(),
+                request.keys.iter().filter(|k| k.purpose.is_document_signer()).count(),
+                request.keys.iter().filter(|k| !k.purpose.is_document_signer()).count(),
                 request.revoke.len()
             ),
             now,
@@ -329,6 +335,9 @@ impl KeyManager {
             return Err(CeremonyRefusal::Replayed(id.to_owned()).into());
         }
         let taken = self.certify_spares(&verified, now).map_err(failed)?;
+        let status_taken = self
+            .take_status_certificates(&verified, now)
+            .map_err(failed)?;
         // The root the response was verified against, whatever landed since.
         let document = self.crl_document_of(roots, &current.1);
         self.store_root_crl(&document, &verified.crl_pem, served, id, now)
@@ -359,8 +368,9 @@ impl KeyManager {
         }
         self.refresh_keys(true).map_err(|e| failed(e.0))?;
         Ok(format!(
-            "request {id}: {} DS certificate(s) into the spare pool, CRL replaced; record {record_digest} signed by {}",
+            "request {id}: {} DS certificate(s) into the spare pool, {} status-list certificate(s) on their keys, CRL replaced; record {record_digest} signed by {}",
             taken.len(),
+            status_taken.len(),
             verified.officers.join(", ")
         ))
     }
@@ -374,7 +384,11 @@ impl KeyManager {
     ) -> Result<Vec<String>, String> {
         let mut pool = self.pool()?;
         let mut taken = Vec::new();
-        for cert in &verified.certificates {
+        for cert in verified
+            .certificates
+            .iter()
+            .filter(|c| c.purpose == LeafRole::DocumentSigner)
+        {
             let Some(spare) = pool
                 .keys
                 .iter_mut()

@@ -9,6 +9,7 @@ mod revocation;
 mod rollover;
 mod roots;
 mod state;
+mod status_certs;
 pub(crate) mod token;
 
 pub use self::ceremony::ImportError;

@@ -135,7 +135,7 @@ impl KeyManager {
             _ => current
                 .status_keys
                 .last()
-                .and_then(|(_, label)| self.node.backend.find(label).ok())
+                .and_then(|k| self.node.backend.find(&k.label).ok())
                 .map_or(Algorithm::Es256, |k| k.algorithm),
         }
     }

@@ -251,6 +251,9 @@ impl KeyManager {
         if let Err(e) = self.sweep_revoked(now) {
             tracing::warn!(error = %e, "sweeping a revoked key's credentials failed; retried");
         }
+        if let Err(e) = self.certify_status_keys_online(now) {
+            tracing::warn!(error = %e, "certifying a status-list key failed; retried next round");
+        }
     }
 
     /// The rotation rules (every chain) from the policy and the configuration.

@@ -312,6 +312,33 @@ impl<D: Driver> KeyRegistry for SqlRegistry<D> {
         })
     }
 
+    fn certify_key(
+        &self,
+        label: &str,
+        certificate: &[u8],
+        not_after: OffsetDateTime,
+        decision: DecisionRecord,
+    ) -> Result<bool, StoreError> {
+        let (label, certificate) = (label.to_owned(), certificate.to_vec());
+        self.driver.write(move |tx| {
+            let stored = tx.execute(
+                "UPDATE signing_keys SET certificate = $2, cert_not_after = $3
+                 WHERE label = $1 AND chain = $4 AND certificate IS NULL",
+                args![
+                    &label,
+                    certificate.as_slice(),
+                    not_after.unix_timestamp(),
+                    keyring::STATUS_CHAIN
+                ],
+            )?;
+            if stored == 0 {
+                return Ok(false);
+            }
+            tx.append_audit(&decision, None, None)?;
+            Ok(true)
+        })
+    }
+
     fn mark_signed_by(
         &self,
         kid: &str,

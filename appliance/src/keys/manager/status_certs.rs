@@ -1,0 +1,159 @@
+//! The status-list keys' certificates from the IACA, so a verifier that
+//! trusts only the IACA can authenticate a status token (its `x5c` /
+//! `x5chain`): asked for at an officers' ceremony (offline IACA) or issued
+//! by the daemon's token (online IACA), and stored on the key's row. The
+//! key view checks what it reads back; this side only takes what a
+//! verified ceremony (or this token's own IACA) issued for a key this
+//! token holds.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pkcs11_shim::KeyPurpose;
+use time::OffsetDateTime;
+
+use super::KeyManager;
+use super::state::store_problem;
+use crate::keys::ceremony::VerifiedCertification;
+use crate::keys::lifecycle::KeyState;
+use crate::pki::exchange::RequestedKey;
+use crate::pki::{HsmKey, LeafRole};
+use crate::store::{STATUS_CHAIN, StoredKey};
+
+impl KeyManager {
+    /// Status-list keys that sign or will, still without a certificate.
+    fn uncertified_status_keys(&self) -> Result<Vec<StoredKey>, String> {
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| {
+                k.chain == STATUS_CHAIN
+                    && k.certificate.is_none()
+                    && !k.record.revoked
+                    && matches!(k.record.state, KeyState::Pending | KeyState::Active)
+            })
+            .collect())
+    }
+
+    /// The ceremony request's entries for the uncertified status-list
+    /// keys, each proving possession, over `window` (unix seconds).
+    pub(super) fn status_key_requests(
+        &self,
+        (not_before, not_after): (i64, i64),
+    ) -> Result<Vec<RequestedKey>, String> {
+        let mut requests = Vec::new();
+        for stored in self.uncertified_status_keys()? {
+            let label = &stored.record.label;
+            let key = HsmKey::find(self.node.backend, label, KeyPurpose::StatusList)
+                .map_err(|e| format!("{label}: {e}"))?;
+            if key.public_key().kid() != stored.kid {
+                // The row names another key than the token holds: nothing
+                // is asked for it (the view refuses the row too).
+                tracing::error!(%label, "a status-list key row does not match the token's key: no certificate asked for it");
+                continue;
+            }
+            let csr = crate::pki::certificate_request(&key).map_err(|e| e.to_string())?;
+            requests.push(RequestedKey {
+                label: label.clone(),
+                kid: stored.kid.clone(),
+                csr: B64.encode(csr),
+                not_before,
+                not_after,
+                purpose: LeafRole::StatusList,
+            });
+        }
+        Ok(requests)
+    }
+
+    /// A verified ceremony's status-list certificates onto their keys'
+    /// rows (a key this token holds under the label, as the row records
+    /// it); the labels taken.
+    pub(super) fn take_status_certificates(
+        &self,
+        verified: &VerifiedCertification,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, String> {
+        let mut taken = Vec::new();
+        let keys = self.node.registry.keys().map_err(store_problem)?;
+        for cert in verified
+            .certificates
+            .iter()
+            .filter(|c| c.purpose == LeafRole::StatusList)
+        {
+            let Some(stored) = keys
+                .iter()
+                .find(|k| k.chain == STATUS_CHAIN && k.record.label == cert.label)
+            else {
+                tracing::warn!(label = %cert.label, "a certified status-list key is not in the registry");
+                continue;
+            };
+            if self.store_status_certificate(stored, &cert.der, cert.facts.not_after, now)? {
+                taken.push(cert.label.clone());
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Online IACA: every uncertified status-list key is certified by the
+    /// IACA key in this token (the leading node, each round).
+    pub(super) fn certify_status_keys_online(&self, now: OffsetDateTime) -> Result<(), String> {
+        if self.pki_config.offline() {
+            return Ok(());
+        }
+        let Some(iaca) = self.view().iaca.clone() else {
+            return Ok(());
+        };
+        for stored in self.uncertified_status_keys()? {
+            let label = &stored.record.label;
+            let (der, facts) = self
+                .node
+                .metrics
+                .hsm("certify_key", || {
+                    crate::pki::ceremony::status_signer_in_token(
+                        self.node.backend,
+                        &self.pki_config,
+                        &iaca.0,
+                        label,
+                        now,
+                    )
+                })
+                .map_err(|e| format!("certifying status-list key {label}: {e}"))?;
+            let _ = self.store_status_certificate(&stored, &der, facts.not_after, now)?;
+        }
+        Ok(())
+    }
+
+    /// Stores `der` on `stored`'s row if it certifies the key this token
+    /// holds under the label; whether it was stored.
+    fn store_status_certificate(
+        &self,
+        stored: &StoredKey,
+        der: &[u8],
+        not_after: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, String> {
+        let label = &stored.record.label;
+        let certified = crate::keys::view::cert_public_key(der)?;
+        let in_token = self
+            .node
+            .backend
+            .find(label)
+            .ok()
+            .and_then(|k| k.public_key)
+            .is_some_and(|k| k.spki_der() == certified.spki_der());
+        if !in_token || stored.kid != certified.kid() {
+            self.node.metrics.order_refused("ceremony", "foreign_key");
+            tracing::error!(%label, "a status-list certificate for a key this token does not hold under the label: not taken");
+            return Ok(false);
+        }
+        let decision = self.key_decision("keys.certify", "ok", label, &stored.kid, now);
+        let stored_now = self
+            .node
+            .registry
+            .certify_key(label, der, not_after, decision)
+            .map_err(store_problem)?;
+        if stored_now && let Err(e) = self.refresh_keys(false) {
+            tracing::warn!(error = %e.0, "taking a status-list certificate into the view; the next round retries");
+        }
+        Ok(stored_now)
+    }
+}
