@@ -4,7 +4,7 @@
 //! refreshed when `/metrics` is scraped.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -71,6 +71,10 @@ pub struct Metrics {
     pub status_list_signatures: IntCounter,
     /// Time to sign a status list (seconds).
     pub status_list_seconds: Histogram,
+    /// Age of the oldest registry read behind a status-list token this
+    /// node serves: how long a change made on another node may take to
+    /// show here (at most 30 s while the background keeps up).
+    pub status_list_staleness_seconds: Gauge,
 }
 
 // The names, help texts and labels are constants of this file, each
@@ -143,6 +147,13 @@ impl Metrics {
         .expect("metric definition");
         r.register(Box::new(status_list_signatures.clone()))
             .expect("unique metric");
+        let status_list_staleness_seconds = Gauge::new(
+            "dojang_status_list_staleness_seconds",
+            "Age of the oldest registry read behind a status-list token this node serves.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(status_list_staleness_seconds.clone()))
+            .expect("unique metric");
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
         let (crl_next_update_seconds, client_crl_next_update_seconds, ds_spare_keys) =
@@ -186,6 +197,7 @@ impl Metrics {
             keys_retained_in_token,
             status_list_signatures,
             status_list_seconds,
+            status_list_staleness_seconds,
             registry: r,
         }
     }

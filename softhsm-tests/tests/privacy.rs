@@ -1,7 +1,8 @@
 //! What a credential says tells nobody more than it must: status positions
 //! drawn at random from fixed-size lists, never in order, and in range of
 //! the list a verifier fetches the moment the credential is answered, on
-//! any node; signing times to the day, never the issuance second.
+//! any node; signing times to the day, never the issuance second. And the
+//! lists themselves are verifiable from the IACA alone.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
@@ -123,7 +124,7 @@ fn a_thousand_issuances_take_random_positions_in_range_at_once() {
 }
 
 #[test]
-fn a_position_drawn_on_one_node_is_in_range_on_the_other_at_once() {
+fn positions_drawn_on_two_nodes_are_random_in_range_at_once_and_changes_cross_in_30_s() {
     let Some(schema) = PgSchema::create() else {
         return;
     };
@@ -132,16 +133,59 @@ fn a_position_drawn_on_one_node_is_in_range_on_the_other_at_once() {
         ..Options::default()
     });
     let b = a.second_node("b");
-    let positions: Vec<u64> = (0..200)
+    let issued: Vec<(String, u64)> = (0..1000)
         .map(|n| {
             let (issuer, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
-            issue_and_look_up(issuer, other, n).1
+            issue_and_look_up(issuer, other, n)
         })
         .collect();
+    let positions: Vec<u64> = issued.iter().map(|(_, i)| *i).collect();
     assert_random(&positions);
+    eprintln!(
+        "1,000 positions on two PostgreSQL nodes: longest monotone run {}, chi-square {:.1}",
+        longest_monotone_run(&positions),
+        chi_square_16(&positions)
+    );
+    // A revocation on a reaches b's served list in the background, with
+    // no request to b asking for it, within the stated 30 s.
+    let revoked = issue(&a, "mdoc", 5000);
+    let (uri, idx) = (
+        revoked["status"]["uri"].as_str().unwrap(),
+        revoked["status"]["idx"].as_u64().unwrap(),
+    );
+    let path = list_path(uri);
+    assert_eq!(b.status_token_at(&path).list.get(idx), Some(0));
+    let signed_before = metric(&b, "dojang_status_list_signatures_total");
+    let id = revoked["id"].as_str().unwrap();
+    let reply = a.client("counter").send(
+        "POST",
+        &format!("/v1/credentials/{id}/revoke"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(reply.status, 200);
+    let started = std::time::Instant::now();
+    while metric(&b, "dojang_status_list_signatures_total") <= signed_before {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert!(metric(&b, "dojang_status_list_staleness_seconds") <= 30.0);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(b.status_token_at(&path).list.get(idx), Some(1));
+    eprintln!(
+        "a revocation on one node in the other's list after {:.1} s (bound 30 s)",
+        started.elapsed().as_secs_f64()
+    );
     drop(b);
     drop(a);
     drop(schema);
+}
+
+/// A sample's value on `d`'s `/metrics`.
+fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name}"))
 }
 
 /// Issues `profile` for holder `n`; the 201's body.
@@ -199,25 +243,184 @@ fn signing_times_say_the_day_not_the_second() {
     assert_eq!(verified.valid_from.unix_timestamp(), expected);
 }
 
-/// Runs the independent status-list reader on the token at `path`.
-fn independent_read(d: &Daemon, form: &str, path: &str, idx: u64) -> serde_json::Value {
+/// Runs the independent status-list reader on the token at `path`: the
+/// key from the status JWKS, or (`iaca`) only from the certificate the
+/// token carries, which must chain to that IACA. Its answer, if it read
+/// the token; its refusal otherwise.
+fn independent_read_as(
+    d: &Daemon,
+    form: &str,
+    path: &str,
+    idx: u64,
+    iaca: Option<&std::path::Path>,
+) -> Result<serde_json::Value, String> {
     let token = d.public_client().get(path);
     assert_eq!(token.status, 200, "{path}");
     let dir = d.scratch();
     let (token_file, jwks_file) = (dir.join(format!("token.{form}")), dir.join("status.jwks"));
     std::fs::write(&token_file, &token.body).unwrap();
     std::fs::write(&jwks_file, d.public_client().get("/status/jwks.json").body).unwrap();
-    let (ok, out) = common::python_verify(
-        "verify_status_list.py",
-        &[
-            std::path::Path::new(form),
-            &token_file,
-            &jwks_file,
-            std::path::Path::new(&idx.to_string()),
-        ],
+    let idx = idx.to_string();
+    let mut args = vec![
+        std::path::Path::new(form),
+        &token_file,
+        &jwks_file,
+        std::path::Path::new(&idx),
+    ];
+    args.extend(iaca);
+    let (ok, out) = common::python_verify("verify_status_list.py", &args);
+    if ok {
+        Ok(serde_json::from_str(out.trim()).unwrap())
+    } else {
+        Err(out)
+    }
+}
+
+fn independent_read(d: &Daemon, form: &str, path: &str, idx: u64) -> serde_json::Value {
+    independent_read_as(d, form, path, idx, None)
+        .unwrap_or_else(|why| panic!("{form} refused: {why}"))
+}
+
+/// Waits until the token at `path` carries the status-list key's
+/// certificate (the online IACA certifies it in the leading node's first
+/// rounds; an offline one at the first ceremony); the certificate.
+fn chained_token(d: &Daemon, path: &str) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(certificate) = d.status_token_at(path).certificate {
+            return certificate;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Both forms of the list at `path` read by the independent decoder from
+/// the IACA alone: position `idx` has `status`.
+fn assert_chained_to_iaca(d: &Daemon, path: &str, idx: u64, status: u64) {
+    let _ = chained_token(d, path);
+    let _ = chained_token(d, &format!("{path}.cwt"));
+    let iaca = d.scratch().join("pki/iaca.pem");
+    for (form, at) in [("jwt", path.to_owned()), ("cwt", format!("{path}.cwt"))] {
+        let read = independent_read_as(d, form, &at, idx, Some(&iaca))
+            .unwrap_or_else(|why| panic!("{form} refused from the IACA: {why}"));
+        assert_eq!(read["chain"], "iaca");
+        assert_eq!(read["status"], status);
+    }
+}
+
+fn list_path(uri: &str) -> String {
+    let list = uri.rsplit_once("/status/").unwrap().1;
+    format!("/status/{}", list.trim_end_matches(".cwt"))
+}
+
+#[test]
+fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_refused() {
+    let d = Daemon::start(Options::default());
+    let mdoc = issue(&d, "mdoc", 12);
+    let (path, idx) = (
+        list_path(mdoc["status"]["uri"].as_str().unwrap()),
+        mdoc["status"]["idx"].as_u64().unwrap(),
     );
-    assert!(ok, "{form} refused: {out}");
-    serde_json::from_str(out.trim()).unwrap()
+    assert_chained_to_iaca(&d, &path, idx, 0);
+    // The certificate is a status-list signer's, not a document signer's:
+    // strict path validation to the IACA passes, and it has no DS purpose.
+    let certificate = chained_token(&d, &path);
+    let pem = openssl_x509_pem(&certificate);
+    let iaca = d.scratch().join("pki/iaca.pem");
+    let signer = write_scratch(&d, "status-signer.pem", &pem);
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&iaca)
+        .arg(&signer)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let dump = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&signer)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(dump.contains("Status List"), "{dump}");
+    assert!(!dump.contains("1.0.18013.5.1.2"), "{dump}");
+    // A database insider puts a document signer's certificate (issued by
+    // the same IACA) on the status-list key's row: the node refuses it,
+    // its tokens carry no chain, and a verifier trusting only the IACA
+    // refuses them; nothing signs as the DS key.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let swapped = db
+        .execute(
+            "UPDATE signing_keys SET certificate =
+               (SELECT certificate FROM signing_keys WHERE chain = 'ds' AND certificate IS NOT NULL LIMIT 1)
+             WHERE chain = 'status-list'",
+            [],
+        )
+        .unwrap();
+    assert!(swapped >= 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.status_token_at(&path).certificate.is_some() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let iaca = d.scratch().join("pki/iaca.pem");
+    for (form, at) in [("jwt", path.clone()), ("cwt", format!("{path}.cwt"))] {
+        let refused = independent_read_as(&d, form, &at, idx, Some(&iaca)).unwrap_err();
+        assert!(refused.contains("no x5c"), "{refused}");
+    }
+    let ready = d.ops_client().get("/readyz").json();
+    let detail = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "status_list_key")
+        .unwrap()["detail"]
+        .to_string();
+    assert!(detail.contains("no certificate"), "{detail}");
+}
+
+#[test]
+fn an_offline_ceremony_certifies_the_status_list_key() {
+    let d = Daemon::start(Options {
+        offline_iaca: true,
+        ..Options::default()
+    });
+    // The daemon's first ceremony request asked for the status-list key's
+    // certificate beside the DS spares; the import put it on the key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.keys().iter().any(|k| k["state"] == "active") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mdoc = issue(&d, "mdoc", 13);
+    let (path, idx) = (
+        list_path(mdoc["status"]["uri"].as_str().unwrap()),
+        mdoc["status"]["idx"].as_u64().unwrap(),
+    );
+    assert_chained_to_iaca(&d, &path, idx, 0);
+    assert!(
+        d.audit_entries()
+            .iter()
+            .any(|e| e.contains("keys.certify") && e.contains("status")),
+        "the certification is audited"
+    );
+}
+
+fn openssl_x509_pem(der: &[u8]) -> Vec<u8> {
+    openssl::x509::X509::from_der(der)
+        .unwrap()
+        .to_pem()
+        .unwrap()
+}
+
+fn write_scratch(d: &Daemon, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = d.scratch().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 #[test]
@@ -272,6 +475,8 @@ fn both_encodings_are_read_by_independent_decoders() {
         1
     );
     assert_eq!(independent_read(&d, "jwt", &path, idx)["status"], 1);
+    // And from the IACA alone, through the certificate each form carries.
+    assert_chained_to_iaca(&d, &path, idx, 1);
     // A token with a flipped byte is refused.
     let mut token = d.public_client().get(&format!("{path}.cwt")).body;
     let last = token.len() - 1;

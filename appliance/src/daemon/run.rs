@@ -110,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         stop_threads.clone(),
         server.keys.lifecycle_interval_ms,
     )?;
+    let status_thread = threads::status(shared.service.clone(), stop_threads.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("dojang-io")
@@ -132,6 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     stop_threads.store(true, Ordering::Relaxed);
     let _ = audit_thread.join();
     let _ = keys_thread.join();
+    let _ = status_thread.join();
     shared.service.record_event("stop", "ok");
     let _ = shared.service.audit.checkpoint();
     tracing::info!("stopped");

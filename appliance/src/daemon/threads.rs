@@ -1,7 +1,9 @@
 //! The daemon's own threads besides the pools: the audit thread (places
-//! entries, signs checkpoints when due) and the key lifecycle thread (on a
+//! entries, signs checkpoints when due), the key lifecycle thread (on a
 //! thread of its own: generating a key takes the token for a while, which
-//! must not hold up audit checkpoints). Both stop when `stop` is set.
+//! must not hold up audit checkpoints) and the status-list thread
+//! (re-signs stale lists off the request path). All stop when `stop` is
+//! set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,4 +59,28 @@ pub(super) fn keys(
             }
         })
         .context("starting the key lifecycle thread")
+}
+
+/// Starts the status-list thread: a round a second re-signs the stale
+/// lists this node serves, a bounded number per round.
+pub(super) fn status(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("dojang-status".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = service
+                    .status
+                    .refresh_stale(crate::status::BACKGROUND_LISTS_PER_ROUND);
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .context("starting the status-list thread")
 }

@@ -11,4 +11,4 @@ pub mod publisher;
 pub use self::changes::StatusChanges;
 pub use self::cwt::{CWT_TYPE, sign_cwt, verify_cwt};
 pub use self::list::*;
-pub use self::publisher::{StatusPublisher, TokenForm};
+pub use self::publisher::{BACKGROUND_LISTS_PER_ROUND, StatusPublisher, TokenForm};

@@ -3,10 +3,14 @@
 //! a block at a time, and handed out in the order drawn; every list is
 //! signed at its full, fixed size, so a position is in range of every
 //! token of its list, including the one signed a moment before the
-//! credential was answered. A list is signed on demand, in both forms at
-//! once (one registry read), by the status-list key in force, and cached
-//! until a status changes on this node, 30 s pass
-//! (another node may have changed it), or half its validity has gone.
+//! credential was answered. A list is signed in both forms at once (one
+//! registry read), by the status-list key in force (with its certificate
+//! from the IACA), when first asked for, then again in the background
+//! (a bounded number of lists a second) when a status changes on this
+//! node or before 30 s pass (another node may have changed it): a change
+//! on any node is in every node's served list within 30 s, and a request
+//! finding a token older than that (the background fell behind) signs it
+//! itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,12 @@ const STATUS_TOKEN_TTL: u64 = 300;
 /// A cached token is re-signed after this long even if nothing changed
 /// (another node sharing the registry may have changed it).
 pub const STATUS_TOKEN_REFRESH: Duration = Duration::from_secs(30);
+/// The background re-signs a served list this long before the age at
+/// which a request would have to.
+const BACKGROUND_LEAD: Duration = Duration::from_secs(5);
+/// Lists re-signed in the background per round (a round a second): every
+/// served list stays fresh up to 8 × 25 = 200 lists (200 million IDs).
+pub const BACKGROUND_LISTS_PER_ROUND: usize = 8;
 /// A list found not to exist is asked again after this long (another node
 /// may open it).
 const MISSING_LIST_RECHECK: Duration = Duration::from_secs(1);
@@ -61,6 +71,9 @@ impl TokenForm {
         }
     }
 }
+
+/// A list's token in one form.
+type SignedForm = (TokenForm, Arc<[u8]>);
 
 struct CachedToken {
     /// `None`: the list was never opened (cached briefly, so unknown lists
@@ -154,8 +167,7 @@ impl StatusPublisher {
         if list > MAX_STATUS_LIST {
             return Ok(None);
         }
-        let list = (list, form);
-        if let Some(token) = self.cached_status_token(list) {
+        if let Some(token) = self.cached_status_token((list, form)) {
             return Ok(token);
         }
         let _one = self
@@ -163,40 +175,89 @@ impl StatusPublisher {
             .lock()
             .map_err(|_| "status signing lock poisoned".to_owned())?;
         // Another request may have signed it while this one waited.
-        if let Some(token) = self.cached_status_token(list) {
+        if let Some(token) = self.cached_status_token((list, form)) {
             return Ok(token);
         }
+        Ok(self
+            .sign_list(list)?
+            .and_then(|tokens| tokens.into_iter().find(|(f, _)| *f == form))
+            .map(|(_, token)| token))
+    }
+
+    /// Re-signs, off the request path, the lists this node serves whose
+    /// tokens went stale (a status changed here, or they near the age at
+    /// which a change on another node must show), oldest first and at most
+    /// `budget` lists (a bounded rate of HSM signatures); how many. The
+    /// staleness metric gets the age of the oldest read still served.
+    pub fn refresh_stale(&self, budget: usize) -> usize {
+        let generation = self.changes.current();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut served: Vec<(Duration, u32, bool)> = match self.status_tokens.lock() {
+            Ok(tokens) => tokens
+                .iter()
+                .filter(|((_, form), cached)| *form == TokenForm::Jwt && cached.token.is_some())
+                .map(|((list, _), cached)| {
+                    let age = cached.signed.elapsed();
+                    let stale = cached.generation != generation
+                        || age + BACKGROUND_LEAD >= STATUS_TOKEN_REFRESH
+                        || cached.exp - now <= STATUS_TOKEN_LIFETIME / 2;
+                    (age, *list, stale)
+                })
+                .collect(),
+            Err(_) => return 0,
+        };
+        let oldest = served.iter().map(|(age, _, _)| *age).max();
+        self.node
+            .metrics
+            .status_list_staleness_seconds
+            .set(oldest.map_or(0.0, |age| age.as_secs_f64()));
+        served.retain(|(_, _, stale)| *stale);
+        served.sort_by_key(|(age, _, _)| std::cmp::Reverse(*age));
+        let mut signed = 0;
+        for (_, list, _) in served.into_iter().take(budget) {
+            let Ok(_one) = self.status_signing.lock() else {
+                return signed;
+            };
+            match self.sign_list(list) {
+                Ok(_) => signed += 1,
+                Err(e) => {
+                    tracing::warn!(list, error = %e, "re-signing a status list; retried next round")
+                }
+            }
+        }
+        signed
+    }
+
+    /// Reads `list` once and signs it in every form, caching each (the
+    /// caller holds `status_signing`); `None` for a list never opened.
+    fn sign_list(&self, list: u32) -> Result<Option<Vec<SignedForm>>, String> {
         let generation = self.changes.current();
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let registry = &self.node.registry;
         if !registry
-            .status_list_exists(list.0)
+            .status_list_exists(list)
             .map_err(|e| e.to_string())?
         {
             for form in TokenForm::ALL {
-                self.cache_status_token((list.0, form), None, generation, now);
+                self.cache_status_token((list, form), None, generation, now);
             }
             return Ok(None);
         }
-        let entries = registry.status_entries(list.0).map_err(|e| e.to_string())?;
+        let entries = registry.status_entries(list).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let list_bits =
             StatusList::from_entries(STATUS_LIST_SIZE, &entries).map_err(|e| e.to_string())?;
-        // One read and one list for both forms: each is signed and cached
-        // now, so a fetch of the other form costs no second read.
-        let mut wanted = None;
-        for signed_form in TokenForm::ALL {
-            let token = self.sign_form(list.0, signed_form, &list_bits, now)?;
-            if signed_form == form {
-                wanted = Some(token.clone());
-            }
-            self.cache_status_token((list.0, signed_form), Some(token), generation, now);
+        let mut tokens = Vec::new();
+        for form in TokenForm::ALL {
+            let token = self.sign_form(list, form, &list_bits, now)?;
+            self.cache_status_token((list, form), Some(token.clone()), generation, now);
+            tokens.push((form, token));
         }
         self.node
             .metrics
             .status_list_seconds
             .observe(start.elapsed().as_secs_f64());
-        Ok(wanted)
+        Ok(Some(tokens))
     }
 
     /// Signs `list_bits` as list `list`'s token in `form` with the
