@@ -281,6 +281,15 @@ echo "== what verifiers fetch (public listener): JWKS, status list (JWT form; th
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
 curl -sf "${status_uri%.cwt}" | cut -c1-120; echo "…"
 echo "$status_uri: $(curl -sf "$status_uri" | wc -c) bytes of application/statuslist+cwt (2^20 positions)"
+echo "-- both forms read by an independent decoder (cbor2, cryptography, jwcrypto) from the IACA alone (x5chain / x5c):"
+status_idx=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"]["idx"])' "$state/issued.mdoc.json")
+curl -sf http://127.0.0.1:8080/status/jwks.json > "$state/status-jwks.json"
+for form in cwt jwt; do
+  if [ "$form" = cwt ]; then curl -sf "$status_uri" > "$state/status.$form"; else curl -sf "${status_uri%.cwt}" > "$state/status.$form"; fi
+  "$root/.venv/bin/python" "$root/softhsm-tests/python/verify_status_list.py" "$form" "$state/status.$form" \
+    "$state/status-jwks.json" "$status_idx" "$state/pki/iaca.pem" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s: signature and chain to the IACA good, position %s is %s" % (sys.argv[1], sys.argv[2], {0:"valid",1:"revoked",2:"suspended"}[r["status"]]))' "$form" "$status_idx"
+done
 ds_label=$(officer kim --json keys list | python3 -c 'import json,sys; print(next(k["label"] for k in json.load(sys.stdin)["keys"] if k["chain"]=="ds" and k["state"]=="active"))')
 curl -sf "http://127.0.0.1:8080/ds/$ds_label.pem" > "$state/ds-signing.pem"
 echo "-- the DS certificate that signed them ($ds_label), checked by openssl -x509_strict and isomdl (Annex B):"
