@@ -315,7 +315,7 @@ fn list_path(uri: &str) -> String {
 }
 
 #[test]
-fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_refused() {
+fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_never_carried() {
     let d = Daemon::start(Options::default());
     let mdoc = issue(&d, "mdoc", 12);
     let (path, idx) = (
@@ -349,42 +349,69 @@ fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_refused() {
     assert!(dump.contains("Status List"), "{dump}");
     assert!(!dump.contains("1.0.18013.5.1.2"), "{dump}");
     // A database insider puts a document signer's certificate (issued by
-    // the same IACA) on the status-list key's row: the node refuses it,
-    // its tokens carry no chain, and a verifier trusting only the IACA
-    // refuses them; nothing signs as the DS key.
+    // the same IACA) on the status-list key's row: no token ever carries
+    // it; the online IACA certifies the key again (audited), and tokens
+    // chain to the IACA with the new certificate.
+    let ds = swap_in_ds_certificate(&d);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let carried = d.status_token_at(&path).certificate;
+        assert_ne!(
+            carried.as_deref(),
+            Some(ds.as_slice()),
+            "the DS certificate"
+        );
+        if carried.is_some_and(|c| c != certificate) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_chained_to_iaca(&d, &path, idx, 0);
+    assert_eq!(
+        d.audit_entries()
+            .iter()
+            .filter(|e| e.contains("keys.certify"))
+            .count(),
+        2,
+        "the certification and the re-certification"
+    );
+}
+
+/// A database insider's edit: the first DS certificate copied onto the
+/// status-list key's row; that certificate.
+fn swap_in_ds_certificate(d: &Daemon) -> Vec<u8> {
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let ds: Vec<u8> = db
+        .query_row(
+            "SELECT certificate FROM signing_keys WHERE chain = 'ds' AND certificate IS NOT NULL LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let swapped = db
         .execute(
-            "UPDATE signing_keys SET certificate =
-               (SELECT certificate FROM signing_keys WHERE chain = 'ds' AND certificate IS NOT NULL LIMIT 1)
-             WHERE chain = 'status-list'",
-            [],
+            "UPDATE signing_keys SET certificate = ?1 WHERE chain = 'status-list'",
+            [&ds],
         )
         .unwrap();
     assert!(swapped >= 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while d.status_token_at(&path).certificate.is_some() {
-        assert!(std::time::Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let iaca = d.scratch().join("pki/iaca.pem");
-    for (form, at) in [("jwt", path.clone()), ("cwt", format!("{path}.cwt"))] {
-        let refused = independent_read_as(&d, form, &at, idx, Some(&iaca)).unwrap_err();
-        assert!(refused.contains("no x5c"), "{refused}");
-    }
+    ds
+}
+
+fn status_key_readiness(d: &Daemon) -> String {
     let ready = d.ops_client().get("/readyz").json();
-    let detail = ready["checks"]
+    ready["checks"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "status_list_key")
         .unwrap()["detail"]
-        .to_string();
-    assert!(detail.contains("no certificate"), "{detail}");
+        .to_string()
 }
 
 #[test]
-fn an_offline_ceremony_certifies_the_status_list_key() {
+fn an_offline_ceremony_certifies_the_status_list_key_and_a_swapped_certificate_is_refused() {
     let d = Daemon::start(Options {
         offline_iaca: true,
         ..Options::default()
@@ -408,6 +435,33 @@ fn an_offline_ceremony_certifies_the_status_list_key() {
             .any(|e| e.contains("keys.certify") && e.contains("status")),
         "the certification is audited"
     );
+    assert!(status_key_readiness(&d).contains("certified by the IACA"));
+    // A database insider copies a DS certificate (same IACA) onto the
+    // status-list key's row: the node refuses it, its tokens carry no
+    // chain until the next ceremony, a verifier trusting only the IACA
+    // refuses them, and readiness says so.
+    let ds = swap_in_ds_certificate(&d);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let carried = d.status_token_at(&path).certificate;
+        assert_ne!(
+            carried.as_deref(),
+            Some(ds.as_slice()),
+            "the DS certificate"
+        );
+        if carried.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let iaca = d.scratch().join("pki/iaca.pem");
+    for (form, at) in [("jwt", path.clone()), ("cwt", format!("{path}.cwt"))] {
+        let refused = independent_read_as(&d, form, &at, idx, Some(&iaca)).unwrap_err();
+        assert!(refused.contains("no x5c"), "{refused}");
+    }
+    let detail = status_key_readiness(&d);
+    assert!(detail.contains("no certificate"), "{detail}");
 }
 
 fn openssl_x509_pem(der: &[u8]) -> Vec<u8> {

@@ -77,12 +77,20 @@ pub struct RootView {
 /// for a certificate no trusted root issued (a row can be edited: its
 /// certificate is never taken on its word).
 pub fn root_for<'a>(roots: &'a [Root], der: &[u8]) -> Option<&'a (Vec<u8>, CertFacts)> {
-    use crate::pki::profile::{LeafRole, check_leaf};
-    // Either leaf profile: a revoked status-list key's certificate goes on
-    // its root's CRL like a DS key's.
-    let aki = check_leaf(der, None, LeafRole::DocumentSigner)
-        .or_else(|_| check_leaf(der, None, LeafRole::StatusList))
-        .ok()?
+    root_for_leaf(roots, der, &[crate::pki::LeafRole::DocumentSigner])
+}
+
+/// [`root_for`] for a certificate of any of `roles` (a revoked key's
+/// certificate goes on its root's CRL whichever chain it is on; a DS row
+/// is only ever read as a DS certificate).
+pub fn root_for_leaf<'a>(
+    roots: &'a [Root],
+    der: &[u8],
+    roles: &[crate::pki::LeafRole],
+) -> Option<&'a (Vec<u8>, CertFacts)> {
+    let aki = roles
+        .iter()
+        .find_map(|role| crate::pki::profile::check_leaf(der, None, *role).ok())?
         .aki?;
     let cert = X509::from_der(der).ok()?;
     roots

@@ -234,7 +234,10 @@ pub fn check_leaf(
     let which = role.which();
     let cert = parse(which, der)?;
     check_common(which, &cert, false)?;
-    let mdl_ds = cert.extended_key_usage().ok().flatten().map(|eku| {
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|_| fail(which, "ExtendedKeyUsage is unreadable or repeated"))?;
+    let mdl_ds = eku.map(|eku| {
         let has_ds = eku.value.other.iter().any(|oid| {
             oid.iter()
                 .is_some_and(|arcs| arcs.eq(OID_MDL_DS_ARCS.iter().copied()))

@@ -45,6 +45,9 @@ const BACKGROUND_LEAD: Duration = Duration::from_secs(5);
 /// Lists re-signed in the background per round (a round a second): every
 /// served list stays fresh up to 8 × 25 = 200 lists (200 million IDs).
 pub const BACKGROUND_LISTS_PER_ROUND: usize = 8;
+/// The background keeps a list fresh while it was fetched this recently
+/// (twice what verifiers may cache it for).
+const SERVED_RECENTLY: Duration = Duration::from_secs(2 * STATUS_TOKEN_TTL);
 /// A list found not to exist is asked again after this long (another node
 /// may open it).
 const MISSING_LIST_RECHECK: Duration = Duration::from_secs(1);
@@ -95,6 +98,9 @@ pub struct StatusPublisher {
     status_tokens: Mutex<HashMap<(u32, TokenForm), CachedToken>>,
     /// One status list signed at a time: concurrent misses wait and share it.
     status_signing: Mutex<()>,
+    /// When each list was last asked for: the background keeps fresh only
+    /// what verifiers still fetch.
+    requested: Mutex<HashMap<u32, Instant>>,
 }
 
 impl StatusPublisher {
@@ -113,6 +119,7 @@ impl StatusPublisher {
             statuses: Mutex::new(None),
             status_tokens: Mutex::new(HashMap::new()),
             status_signing: Mutex::new(()),
+            requested: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,6 +174,9 @@ impl StatusPublisher {
         if list > MAX_STATUS_LIST {
             return Ok(None);
         }
+        if let Ok(mut requested) = self.requested.lock() {
+            let _ = requested.insert(list, Instant::now());
+        }
         if let Some(token) = self.cached_status_token((list, form)) {
             return Ok(token);
         }
@@ -190,19 +200,20 @@ impl StatusPublisher {
     /// `budget` lists (a bounded rate of HSM signatures); how many. The
     /// staleness metric gets the age of the oldest read still served.
     pub fn refresh_stale(&self, budget: usize) -> usize {
-        let generation = self.changes.current();
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let recent: Vec<u32> = match self.requested.lock() {
+            Ok(mut requested) => {
+                requested.retain(|_, at| at.elapsed() < SERVED_RECENTLY);
+                requested.keys().copied().collect()
+            }
+            Err(_) => return 0,
+        };
         let mut served: Vec<(Duration, u32, bool)> = match self.status_tokens.lock() {
             Ok(tokens) => tokens
                 .iter()
-                .filter(|((_, form), cached)| *form == TokenForm::Jwt && cached.token.is_some())
-                .map(|((list, _), cached)| {
-                    let age = cached.signed.elapsed();
-                    let stale = cached.generation != generation
-                        || age + BACKGROUND_LEAD >= STATUS_TOKEN_REFRESH
-                        || cached.exp - now <= STATUS_TOKEN_LIFETIME / 2;
-                    (age, *list, stale)
+                .filter(|((list, form), cached)| {
+                    *form == TokenForm::Jwt && cached.token.is_some() && recent.contains(list)
                 })
+                .map(|((list, _), cached)| (cached.signed.elapsed(), *list, self.due(cached)))
                 .collect(),
             Err(_) => return 0,
         };
@@ -218,6 +229,15 @@ impl StatusPublisher {
             let Ok(_one) = self.status_signing.lock() else {
                 return signed;
             };
+            // A request may have signed it while this waited.
+            let still_due = self.status_tokens.lock().is_ok_and(|tokens| {
+                tokens
+                    .get(&(list, TokenForm::Jwt))
+                    .is_none_or(|cached| self.due(cached))
+            });
+            if !still_due {
+                continue;
+            }
             match self.sign_list(list) {
                 Ok(_) => signed += 1,
                 Err(e) => {
@@ -226,6 +246,16 @@ impl StatusPublisher {
             }
         }
         signed
+    }
+
+    /// Whether the background should re-sign `cached` now: a status
+    /// changed on this node since, it nears the re-read bound, or half its
+    /// validity has gone.
+    fn due(&self, cached: &CachedToken) -> bool {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        cached.generation != self.changes.current()
+            || cached.signed.elapsed() + BACKGROUND_LEAD >= STATUS_TOKEN_REFRESH
+            || cached.exp - now <= STATUS_TOKEN_LIFETIME / 2
     }
 
     /// Reads `list` once and signs it in every form, caching each (the

@@ -160,14 +160,16 @@ pub trait KeyRegistry {
     /// database's clock (nodes' clocks may differ); false while another
     /// holder's lease runs.
     fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
-    /// Stores the IACA's certificate of the status-list key `label` (one
-    /// without a certificate yet) and its end, with its audit entry;
-    /// whether this call stored it (another node, or an earlier import,
-    /// may have). What reads it back checks it: a row is never trusted.
+    /// Stores the IACA's certificate of the status-list key `label`
+    /// (`certificates.1`) in place of the one read (`certificates.0`:
+    /// `None` for none, or an older root's) and its end, with its audit
+    /// entry; whether this call stored
+    /// it (another node, or an earlier import, may have). What reads it
+    /// back checks it: a row is never trusted.
     fn certify_key(
         &self,
         label: &str,
-        certificate: &[u8],
+        certificates: (Option<&[u8]>, &[u8]),
         not_after: OffsetDateTime,
         decision: DecisionRecord,
     ) -> Result<bool, StoreError>;

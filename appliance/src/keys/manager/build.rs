@@ -511,12 +511,18 @@ fn status_certificate(
     problems: &mut Vec<String>,
 ) -> Option<Arc<[u8]>> {
     let der = key.certificate.as_deref()?;
-    let checked = crate::keys::view::root_for(roots, der)
+    let checked = crate::keys::view::root_for_leaf(roots, der, &[LeafRole::StatusList])
         .ok_or_else(|| "not issued by a trusted IACA".to_owned())
         .and_then(|root| {
             profile::check_leaf(der, Some(&root.1), LeafRole::StatusList).map_err(|e| e.to_string())
         })
-        .and_then(|_| cert_public_key(der))
+        .and_then(|facts| {
+            let now = OffsetDateTime::now_utc();
+            (facts.not_before <= now && now < facts.not_after)
+                .then_some(())
+                .ok_or_else(|| "not valid now".to_owned())
+        })
+        .and_then(|()| cert_public_key(der))
         .and_then(|certified| {
             (certified.spki_der() == key.public_key.as_slice())
                 .then_some(())

@@ -18,7 +18,7 @@ use crate::keys::view::{RootView, hex};
 use crate::pki::exchange::RolloverCertificates;
 use crate::pki::profile::{self, CertFacts};
 use crate::pki::rollover::{check_link, link_names, short_key_id};
-use crate::store::{CRL_DOCUMENT, DS_CHAIN, StoredKey, root_crl_document};
+use crate::store::{CRL_DOCUMENT, StoredKey, root_crl_document};
 
 fn spki_of(der: &[u8]) -> Result<PublicKey, String> {
     let spki = openssl::x509::X509::from_der(der)
@@ -62,6 +62,7 @@ pub(super) fn verify_rollover(
 /// Whether a DS certificate was issued by `root` (by key identifier).
 fn issued_by(der: &[u8], root: &CertFacts) -> bool {
     profile::check_ds(der, None)
+        .or_else(|_| profile::check_leaf(der, None, profile::LeafRole::StatusList))
         .ok()
         .and_then(|f| f.aki)
         .is_some_and(|aki| root.ski.as_ref() == Some(&aki))
@@ -115,9 +116,11 @@ impl KeyManager {
             .iter()
             .enumerate()
             .map(|(n, root)| {
+                // A status-list key's certificate keeps its root published
+                // (and on CRL orders) like a DS key's.
                 let in_use = keys
                     .iter()
-                    .filter(|k| k.chain == DS_CHAIN && k.record.state != KeyState::Destroyed)
+                    .filter(|k| k.record.state != KeyState::Destroyed)
                     .filter_map(|k| k.certificate.as_deref())
                     .chain(spares.iter().map(Vec::as_slice))
                     .any(|der| issued_by(der, &root.1));

@@ -20,14 +20,22 @@ use crate::pki::{HsmKey, LeafRole};
 use crate::store::{STATUS_CHAIN, StoredKey};
 
 impl KeyManager {
-    /// Status-list keys that sign or will, still without a certificate.
+    /// Status-list keys that sign or will, without a certificate from the
+    /// current root (none yet, or an older root's after a rollover: the
+    /// older root retires only once nothing chains to it).
     fn uncertified_status_keys(&self) -> Result<Vec<StoredKey>, String> {
         let keys = self.node.registry.keys().map_err(store_problem)?;
+        let view = self.view();
+        let current = view.iaca.as_ref().map(|root| root.0.as_slice());
+        let from_current = |der: &[u8]| {
+            crate::keys::view::root_for_leaf(&view.roots, der, &[LeafRole::StatusList])
+                .is_some_and(|root| Some(root.0.as_slice()) == current)
+        };
         Ok(keys
             .into_iter()
             .filter(|k| {
                 k.chain == STATUS_CHAIN
-                    && k.certificate.is_none()
+                    && !k.certificate.as_deref().is_some_and(from_current)
                     && !k.record.revoked
                     && matches!(k.record.state, KeyState::Pending | KeyState::Active)
             })
@@ -43,14 +51,11 @@ impl KeyManager {
         let mut requests = Vec::new();
         for stored in self.uncertified_status_keys()? {
             let label = &stored.record.label;
-            let key = HsmKey::find(self.node.backend, label, KeyPurpose::StatusList)
-                .map_err(|e| format!("{label}: {e}"))?;
-            if key.public_key().kid() != stored.kid {
-                // The row names another key than the token holds: nothing
-                // is asked for it (the view refuses the row too).
-                tracing::error!(%label, "a status-list key row does not match the token's key: no certificate asked for it");
+            // A row that names no key of the token, or another key, gets no
+            // certificate, and holds up no ceremony (its revocations).
+            let Some(key) = self.token_key_of(&stored) else {
                 continue;
-            }
+            };
             let csr = crate::pki::certificate_request(&key).map_err(|e| e.to_string())?;
             requests.push(RequestedKey {
                 label: label.clone(),
@@ -104,6 +109,11 @@ impl KeyManager {
         };
         for stored in self.uncertified_status_keys()? {
             let label = &stored.record.label;
+            // Checked before the IACA signs anything: a row that lies gets
+            // no certificate, round after round, and holds up no other.
+            if self.token_key_of(&stored).is_none() {
+                continue;
+            }
             let (der, facts) = self
                 .node
                 .metrics
@@ -120,6 +130,23 @@ impl KeyManager {
             let _ = self.store_status_certificate(&stored, &der, facts.not_after, now)?;
         }
         Ok(())
+    }
+
+    /// The token's status-list key under `stored`'s label, if it is the
+    /// key the row records; `None` (logged) otherwise.
+    fn token_key_of(&self, stored: &StoredKey) -> Option<HsmKey<'static>> {
+        let label = &stored.record.label;
+        match HsmKey::find(self.node.backend, label, KeyPurpose::StatusList) {
+            Ok(key) if key.public_key().kid() == stored.kid => Some(key),
+            Ok(_) => {
+                tracing::error!(%label, "a status-list key row does not match the token's key: no certificate for it");
+                None
+            }
+            Err(e) => {
+                tracing::error!(%label, error = %e, "a status-list key row names no status-list key of the token: no certificate for it");
+                None
+            }
+        }
     }
 
     /// Stores `der` on `stored`'s row if it certifies the key this token
@@ -149,7 +176,12 @@ impl KeyManager {
         let stored_now = self
             .node
             .registry
-            .certify_key(label, der, not_after, decision)
+            .certify_key(
+                label,
+                (stored.certificate.as_deref(), der),
+                not_after,
+                decision,
+            )
             .map_err(store_problem)?;
         if stored_now && let Err(e) = self.refresh_keys(false) {
             tracing::warn!(error = %e.0, "taking a status-list certificate into the view; the next round retries");

@@ -315,22 +315,28 @@ impl<D: Driver> KeyRegistry for SqlRegistry<D> {
     fn certify_key(
         &self,
         label: &str,
-        certificate: &[u8],
+        (replaces, certificate): (Option<&[u8]>, &[u8]),
         not_after: OffsetDateTime,
         decision: DecisionRecord,
     ) -> Result<bool, StoreError> {
         let (label, certificate) = (label.to_owned(), certificate.to_vec());
+        let replaces = replaces.map(<[u8]>::to_vec);
         self.driver.write(move |tx| {
-            let stored = tx.execute(
-                "UPDATE signing_keys SET certificate = $2, cert_not_after = $3
-                 WHERE label = $1 AND chain = $4 AND certificate IS NULL",
-                args![
-                    &label,
-                    certificate.as_slice(),
-                    not_after.unix_timestamp(),
-                    keyring::STATUS_CHAIN
-                ],
-            )?;
+            // Compare and set: two nodes (or a late import) never replace
+            // a certificate the other stored meanwhile.
+            let (der, end) = (certificate.as_slice(), not_after.unix_timestamp());
+            let stored = match &replaces {
+                None => tx.execute(
+                    "UPDATE signing_keys SET certificate = $2, cert_not_after = $3
+                     WHERE label = $1 AND chain = $4 AND certificate IS NULL",
+                    args![&label, der, end, keyring::STATUS_CHAIN],
+                )?,
+                Some(old) => tx.execute(
+                    "UPDATE signing_keys SET certificate = $2, cert_not_after = $3
+                     WHERE label = $1 AND chain = $4 AND certificate = $5",
+                    args![&label, der, end, keyring::STATUS_CHAIN, old.as_slice()],
+                )?,
+            };
             if stored == 0 {
                 return Ok(false);
             }
