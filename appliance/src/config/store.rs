@@ -14,7 +14,8 @@ pub struct StoreConfig {
     /// A PostgreSQL connection string (several nodes may share it).
     #[serde(default)]
     pub postgres: Option<String>,
-    /// Connections to PostgreSQL.
+    /// Connections to PostgreSQL, at most (a transaction beyond waits up
+    /// to 10 s for one, then fails as unavailable).
     #[serde(default = "default_pg_pool")]
     pub pool_size: usize,
     /// CA certificate(s) the PostgreSQL server's certificate must chain to

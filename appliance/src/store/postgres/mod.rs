@@ -13,7 +13,8 @@ mod quota;
 mod sequencer;
 mod tx;
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
 use postgres_openssl::MakeTlsConnector;
@@ -26,6 +27,8 @@ use super::sql::migrations::{self, Dialect};
 use super::sql::{Driver, ReadFn, SqlRegistry, WriteFn};
 
 const RETRIES: usize = 5;
+/// How long a transaction waits for one of the node's connections.
+const CONNECTION_WAIT: Duration = Duration::from_secs(10);
 /// Advisory lock key for migrations ("dojang" in ASCII).
 const MIGRATION_LOCK: i64 = 0x646f_6a61_6e67;
 
@@ -36,6 +39,23 @@ pub struct PostgresDriver {
     tls: Option<MakeTlsConnector>,
     pool: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// Transactions in progress, at most `max_idle`: a new connection is
+    /// opened only when none is idle, so the connections open (idle ones
+    /// included) never exceed it either. A burst queues here instead of
+    /// exhausting the server's `max_connections`, which every node shares.
+    open: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One of the driver's connection slots, given back when dropped.
+struct Slot<'a>(&'a PostgresDriver);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(PoisonError::into_inner);
+        *open = open.saturating_sub(1);
+        self.0.freed.notify_one();
+    }
 }
 
 /// The registry in a PostgreSQL database (or schema).
@@ -94,6 +114,8 @@ impl SqlRegistry<PostgresDriver> {
             config,
             pool: Mutex::new(Vec::new()),
             max_idle: pool_size.max(1),
+            open: Mutex::new(0),
+            freed: Condvar::new(),
         };
         driver.migrate()?;
         Ok(SqlRegistry { driver })
@@ -101,6 +123,29 @@ impl SqlRegistry<PostgresDriver> {
 }
 
 impl PostgresDriver {
+    /// Waits (boundedly) for a free connection slot.
+    fn slot(&self) -> Result<Slot<'_>, StoreError> {
+        let deadline = Instant::now() + CONNECTION_WAIT;
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while *open >= self.max_idle {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "all {} registry connections stayed busy for {}s (store.pool_size)",
+                    self.max_idle,
+                    CONNECTION_WAIT.as_secs()
+                )));
+            }
+            open = self
+                .freed
+                .wait_timeout(open, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *open += 1;
+        Ok(Slot(self))
+    }
+
     /// A new connection whose statements and lock waits are bounded: a
     /// stuck lock or a split network must fail a request, not hang it.
     fn connect(&self) -> Result<Connection, StoreError> {
@@ -140,6 +185,7 @@ impl PostgresDriver {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let _slot = self.slot()?;
             let pooled = self
                 .pool
                 .lock()
