@@ -200,6 +200,24 @@ fn a_key_written_back_into_the_pool_or_a_root_without_a_link_is_not_trusted() {
         .unwrap();
     let label = active["label"].as_str().unwrap().to_owned();
     let mut insider = Insider::sqlite(&d);
+    // The leading node settles the pool after the first key goes active
+    // (it publishes the next emergency spare); the insider writes after,
+    // or the node's write would undo the insider's.
+    let mut last = insider.document("ds.pool");
+    let mut steady_since = std::time::Instant::now();
+    let deadline = steady_since + Duration::from_secs(20);
+    while steady_since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never settled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = insider.document("ds.pool");
+        if now != last {
+            last = now;
+            steady_since = std::time::Instant::now();
+        }
+    }
     // The signing key, as the only certified spare and the emergency one.
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
     db.busy_timeout(Duration::from_secs(10)).unwrap();
