@@ -222,8 +222,6 @@ pub fn issue_leaf_for(
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject.public_key()));
     params.use_authority_key_identifier_extension = true;
     params.crl_distribution_points = crl_distribution(config);
-    let mut eku = CustomExtension::from_oid_content(OID_EXT_KEY_USAGE, eku_mdl_ds());
-    eku.set_criticality(true);
     // rcgen writes SubjectKeyIdentifier only beside BasicConstraints, which
     // Annex B does not give a DS certificate: add it ourselves.
     let ski = CustomExtension::from_oid_content(
@@ -232,6 +230,8 @@ pub fn issue_leaf_for(
     );
     params.custom_extensions = vec![ski, issuer_alt_name(config)];
     if role == LeafRole::DocumentSigner {
+        let mut eku = CustomExtension::from_oid_content(OID_EXT_KEY_USAGE, eku_mdl_ds());
+        eku.set_criticality(true);
         params.custom_extensions.push(eku);
     }
     let der = params

@@ -384,6 +384,29 @@ impl KeyManager {
         ))
     }
 
+    /// Whether `der` certifies the key this token holds under `label`, as
+    /// its row recorded it (`kid`); a refusal is counted and logged.
+    pub(super) fn certifies_token_key(
+        &self,
+        label: &str,
+        kid: &str,
+        der: &[u8],
+    ) -> Result<bool, String> {
+        let certified = crate::keys::view::cert_public_key(der)?;
+        let in_token = self
+            .node
+            .backend
+            .find(label)
+            .ok()
+            .and_then(|k| k.public_key)
+            .is_some_and(|k| k.spki_der() == certified.spki_der());
+        if !in_token || kid != certified.kid() {
+            self.node.metrics.order_refused("ceremony", "foreign_key");
+            tracing::error!(%label, "a certificate for a key this token does not hold under the label: not taken");
+        }
+        Ok(in_token && kid == certified.kid())
+    }
+
     /// The verified certificates into the pool (spares still waiting for
     /// one), an emergency spare published if none was; their labels.
     fn certify_spares(
@@ -406,20 +429,8 @@ impl KeyManager {
                 tracing::warn!(label = %cert.label, "a certified key is no longer waiting in the pool");
                 continue;
             };
-            // The certificate must certify the key this token holds under
-            // the label, as the pool recorded it (the stored request and
-            // the pool are rows).
-            let certified = crate::keys::view::cert_public_key(&cert.der)?;
-            let in_token = self
-                .node
-                .backend
-                .find(&cert.label)
-                .ok()
-                .and_then(|k| k.public_key)
-                .is_some_and(|k| k.spki_der() == certified.spki_der());
-            if !in_token || spare.kid != certified.kid() {
-                self.node.metrics.order_refused("ceremony", "foreign_key");
-                tracing::error!(label = %cert.label, "a certificate for a key this token does not hold under the label: not taken");
+            // The stored request and the pool are rows.
+            if !self.certifies_token_key(&cert.label, &spare.kid, &cert.der)? {
                 continue;
             }
             spare.certificate = Some(B64.encode(&cert.der));

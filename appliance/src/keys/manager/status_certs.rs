@@ -159,17 +159,7 @@ impl KeyManager {
         now: OffsetDateTime,
     ) -> Result<bool, String> {
         let label = &stored.record.label;
-        let certified = crate::keys::view::cert_public_key(der)?;
-        let in_token = self
-            .node
-            .backend
-            .find(label)
-            .ok()
-            .and_then(|k| k.public_key)
-            .is_some_and(|k| k.spki_der() == certified.spki_der());
-        if !in_token || stored.kid != certified.kid() {
-            self.node.metrics.order_refused("ceremony", "foreign_key");
-            tracing::error!(%label, "a status-list certificate for a key this token does not hold under the label: not taken");
+        if !self.certifies_token_key(label, &stored.kid, der)? {
             return Ok(false);
         }
         let decision = self.key_decision("keys.certify", "ok", label, &stored.kid, now);
