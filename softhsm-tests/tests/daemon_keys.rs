@@ -884,17 +884,20 @@ fn what_a_revoked_key_signed_is_refreshed_never_reinstated() {
         );
     }
     // Never reinstated while its key is revoked…
-    let reinstate = post(
-        &d,
-        "counter",
-        &format!("/v1/credentials/{}/reinstate", id(a)),
-        serde_json::json!({}),
-    );
-    assert_eq!(
-        problem(&reinstate, 409, "registry_conflict")["rule"],
-        "reinstate.key_revoked"
-    );
-    assert_eq!(bit(&a["status"]), 2);
+    let reinstatement_refused = || {
+        let reinstate = post(
+            &d,
+            "counter",
+            &format!("/v1/credentials/{}/reinstate", id(a)),
+            serde_json::json!({}),
+        );
+        assert_eq!(
+            problem(&reinstate, 409, "registry_conflict")["rule"],
+            "reinstate.key_revoked"
+        );
+        assert_eq!(bit(&a["status"]), 2);
+    };
+    reinstatement_refused();
     // …not even when an insider clears the registry's mark: the keys'
     // view (officers' orders) still names the key revoked.
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
@@ -906,17 +909,7 @@ fn what_a_revoked_key_signed_is_refreshed_never_reinstated() {
         "UPDATE credentials SET suspended_for_key = 0 WHERE id = ?1",
         &id(a),
     );
-    let reinstate = post(
-        &d,
-        "counter",
-        &format!("/v1/credentials/{}/reinstate", id(a)),
-        serde_json::json!({}),
-    );
-    assert_eq!(
-        problem(&reinstate, 409, "registry_conflict")["rule"],
-        "reinstate.key_revoked"
-    );
-    assert_eq!(bit(&a["status"]), 2);
+    reinstatement_refused();
     // A revoker's suspension stands, whatever mark an insider puts on it:
     // a credential a valid key signed is not refreshed out of it.
     let (c_jwk, _) = daemon::phone();

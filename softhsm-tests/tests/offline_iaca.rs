@@ -233,6 +233,14 @@ fn a_tampered_ceremony_response_is_refused_and_audited() {
     let mut tampered = genuine.clone();
     tampered["certificates"][0] = short["certificates"][0].clone();
     refused(&tampered, "ceremony.profile");
+    // A status-list signer's certificate (no DS purpose) for a key the
+    // daemon asked a DS certificate for: the purpose is the request's.
+    let other_purpose = json_of(&ceremony_over(&d, &request, |r| {
+        r["keys"][0]["purpose"] = "status-list".into();
+    }));
+    let mut tampered = genuine.clone();
+    tampered["certificates"][0] = other_purpose["certificates"][0].clone();
+    refused(&tampered, "ceremony.profile");
     // One officer's signature gone: under M.
     let mut tampered = genuine.clone();
     let first = tampered["signatures"]

@@ -156,14 +156,7 @@ fn positions_drawn_on_two_nodes_are_random_in_range_at_once_and_changes_cross_in
     let path = list_path(uri);
     assert_eq!(b.status_token_at(&path).list.get(idx), Some(0));
     let signed_before = metric(&b, "dojang_status_list_signatures_total");
-    let id = revoked["id"].as_str().unwrap();
-    let reply = a.client("counter").send(
-        "POST",
-        &format!("/v1/credentials/{id}/revoke"),
-        &[],
-        Vec::new(),
-    );
-    assert_eq!(reply.status, 200);
+    revoke(&a, revoked["id"].as_str().unwrap());
     let started = std::time::Instant::now();
     while metric(&b, "dojang_status_list_signatures_total") <= signed_before {
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
@@ -178,6 +171,17 @@ fn positions_drawn_on_two_nodes_are_random_in_range_at_once_and_changes_cross_in
     drop(b);
     drop(a);
     drop(schema);
+}
+
+/// Revokes credential `id` through `d`, as the counter's client.
+fn revoke(d: &Daemon, id: &str) {
+    let reply = d.client("counter").send(
+        "POST",
+        &format!("/v1/credentials/{id}/revoke"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(reply.status, 200);
 }
 
 /// A sample's value on `d`'s `/metrics`.
@@ -516,14 +520,7 @@ fn both_encodings_are_read_by_independent_decoders() {
         Some("application/statuslist+cwt")
     );
     // A revocation reaches both forms.
-    let id = mdoc["id"].as_str().unwrap();
-    let revoked = d.client("counter").send(
-        "POST",
-        &format!("/v1/credentials/{id}/revoke"),
-        &[],
-        Vec::new(),
-    );
-    assert_eq!(revoked.status, 200);
+    revoke(&d, mdoc["id"].as_str().unwrap());
     assert_eq!(
         independent_read(&d, "cwt", &format!("{path}.cwt"), idx)["status"],
         1
