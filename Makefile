@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
 VENV := .venv
 PY_REQUIREMENTS := softhsm-tests/python/requirements.txt
 
-.PHONY: all deps build test lint unit e2e bench bench-load bench-rotation demo demo-clean clean
+.PHONY: all deps build test lint unit e2e bench bench-load bench-rotation demo demo-clean clean fuzz fuzz-smoke
 
 all: build
 
@@ -31,6 +31,8 @@ deps:
 		echo "make deps: installing cargo-nextest"; $(CARGO) install --locked cargo-nextest; }
 	@$(CARGO) deny --version >/dev/null 2>&1 || { \
 		echo "make deps: installing cargo-deny"; $(CARGO) install --locked cargo-deny; }
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || { \
+		echo "make deps: installing cargo-fuzz"; $(CARGO) install --locked cargo-fuzz; }
 	@if ! cmp -s $(PY_REQUIREMENTS) $(VENV)/requirements.txt 2>/dev/null; then \
 		echo "make deps: creating $(VENV) with the independent verifiers"; \
 		rm -rf $(VENV) && python3 -m venv $(VENV) && \
@@ -56,9 +58,35 @@ lint: deps
 # Every test: unit tests, doc tests, and the SoftHSM/swtpm suites (one
 # process per test under nextest: PKCS#11 is process-global).
 # Doc tests first: nextest's summary is the run's closing line.
-test: lint build
+test: lint build fuzz-smoke
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+# Coverage-guided fuzzing (fuzz/README.md): every parser of outside bytes.
+# libFuzzer needs rustc's -Z sanitizer flags; RUSTC_BOOTSTRAP lets the
+# machine's one stable toolchain take them. New inputs go to fuzz/corpus
+# (not committed), the committed seeds stay in fuzz/seeds.
+FUZZ_TARGETS := issue_request device_jwk resident_number policy_toml \
+	mdoc_verify sd_jwt_verify audit certificates status_list
+FUZZ_SECONDS ?= 3600
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_FLAGS := -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_RUN := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz
+
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		$(FUZZ_RUN) $$t fuzz/corpus/$$t fuzz/seeds/$$t -- $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+# What `make test` runs: each target for a few seconds from its seeds.
+fuzz-smoke: deps
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		$(FUZZ_RUN) $$t fuzz/corpus/$$t fuzz/seeds/$$t -- $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SMOKE_SECONDS) 2>fuzz/corpus/$$t.log \
+			|| { tail -40 fuzz/corpus/$$t.log; exit 1; }; \
+		grep -h '^stat::number_of_executed_units' fuzz/corpus/$$t.log | sed "s/^/fuzz $$t: /"; \
+	done
 
 bench: deps
 	$(CARGO) bench -p softhsm-tests --bench keys

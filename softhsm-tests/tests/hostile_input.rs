@@ -1,6 +1,6 @@
 //! Every parser that sees outside bytes, fed random and mutated input: it
-//! may refuse, it must not panic. (A stand-in for coverage-guided fuzzing,
-//! which needs a nightly toolchain this project's machines do not have.)
+//! may refuse, it must not panic. A quick property check in every test run;
+//! the coverage-guided fuzzing of the same parsers is `fuzz/` (`make fuzz`).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 

@@ -16,3 +16,4 @@ mod state;
 
 pub use self::holder::{HolderSecret, pseudonym};
 pub use self::issuer::{Current, Issuer};
+pub use self::request::{check_issue_body, check_refresh_body};

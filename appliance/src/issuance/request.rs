@@ -205,6 +205,22 @@ pub(super) fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
     })
 }
 
+/// Every check an issuance request body passes before the HSM or the
+/// registry sees it (the fuzz target `issue_request` drives it).
+pub fn check_issue_body(body: &[u8]) -> Result<(), Refusal> {
+    let request: IssueRequest =
+        serde_json::from_slice(body).map_err(|e| crate::errors::json_refusal(&e))?;
+    validate(request).map(drop)
+}
+
+/// Every check a refresh request body passes before the HSM or the
+/// registry sees it.
+pub fn check_refresh_body(body: &[u8]) -> Result<(), Refusal> {
+    let request: RefreshRequest =
+        serde_json::from_slice(body).map_err(|e| crate::errors::json_refusal(&e))?;
+    holder_and_device(&request.holder, &request.device_key).map(drop)
+}
+
 pub(super) fn check_id(id: &str) -> Result<(), Refusal> {
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())

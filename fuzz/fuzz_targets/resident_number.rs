@@ -1,0 +1,10 @@
+//! Resident registration numbers (`YYMMDD-GNNNNNN`, check digit, century).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let _ = dojang_policies::resident_number::ResidentNumber::parse(text);
+    }
+});
