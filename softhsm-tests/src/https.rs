@@ -131,6 +131,11 @@ impl Target {
         })
     }
 
+    /// The address and TLS configuration (`None` for plain HTTP).
+    pub fn tls_parts(&self) -> Option<(SocketAddr, Arc<rustls::ClientConfig>)> {
+        self.tls.clone().map(|config| (self.addr, config))
+    }
+
     /// Opens a connection (TCP, TLS handshake, HTTP handshake).
     pub async fn connect(&self) -> Result<Connection, String> {
         let tcp = TcpStream::connect(self.addr)
@@ -309,6 +314,16 @@ pub fn raw_tls(
     ca: &Path,
     client: Option<(&Path, &Path)>,
 ) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    raw_tls_alpn(addr, ca, client, b"\x08http/1.1")
+}
+
+/// [`raw_tls`] offering the ALPN protocols `alpn` (wire format).
+pub fn raw_tls_alpn(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    alpn: &[u8],
+) -> openssl::ssl::SslStream<std::net::TcpStream> {
     use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
     let mut builder = SslConnector::builder(SslMethod::tls_client()).expect("connector");
     builder.set_ca_file(ca).expect("CA");
@@ -318,7 +333,7 @@ pub fn raw_tls(
             .set_private_key_file(key, SslFiletype::PEM)
             .expect("key");
     }
-    builder.set_alpn_protos(b"\x08http/1.1").expect("ALPN");
+    builder.set_alpn_protos(alpn).expect("ALPN");
     let tcp = std::net::TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .expect("timeout");

@@ -15,6 +15,7 @@
 // only move each panic into an `.unwrap()` at every call site in tests/.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod abuse;
 pub mod ceremony;
 pub mod daemon;
 pub mod https;

@@ -118,23 +118,27 @@ fn requests_beyond_the_in_flight_limit_get_503_not_a_queue() {
 #[test]
 fn connections_beyond_the_limit_and_silent_handshakes_are_closed() {
     let d = Daemon::start(Options {
-        limits: "max_connections = 2\ntls_handshake_timeout_ms = 500".into(),
+        limits: "max_connections = 2\nmax_handshakes = 2\ntls_handshake_timeout_ms = 2000".into(),
         ..Options::default()
     });
+    let closed_within = |stream: &mut dyn Read, limit: Duration| {
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = stream.read(&mut buf);
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let took = started.elapsed();
+        assert!(took < limit, "closed after {took:?}");
+    };
+    let silent = |d: &Daemon| {
+        let s = std::net::TcpStream::connect(d.api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
     // A TCP connection that never starts TLS is closed by the handshake timeout.
-    let mut silent = std::net::TcpStream::connect(d.api).unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 16];
-    let read = silent.read(&mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    drop(silent);
+    closed_within(&mut silent(&d), Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(100));
 
-    // Two connections held open take the listener's two slots.
+    // Two connections held open take the listener's two places.
     let tls = |d: &Daemon| {
         softhsm_tests::https::raw_tls(
             d.api,
@@ -142,29 +146,59 @@ fn connections_beyond_the_limit_and_silent_handshakes_are_closed() {
             Some((&d.tls.join("counter.pem"), &d.tls.join("counter.key"))),
         )
     };
-    let mut first = tls(&d);
-    let mut second = tls(&d);
-    for c in [&mut first, &mut second] {
+    let get = |c: &mut openssl::ssl::SslStream<std::net::TcpStream>| {
         c.write_all(b"GET /v1/credentials/x HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .unwrap();
-        let mut head = [0u8; 12];
-        c.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 404");
-    }
-    // A third is closed at once.
-    let mut third = std::net::TcpStream::connect(d.api).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let read = third.read(&mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // Once one closes, a new client is served again.
+        // The whole answer: its head, then content-length bytes.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            c.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        c.read_exact(&mut body).unwrap();
+    };
+    let mut first = tls(&d);
+    let mut second = tls(&d);
+    get(&mut first);
+    get(&mut second);
+    // A third finishes its handshake and is closed at once.
+    closed_within(&mut tls(&d), Duration::from_secs(1));
+
+    // Two silent handshakes take the two handshake places; a third ends
+    // the oldest of them at once and takes its place. The established
+    // connections are served meanwhile: stalled handshakes do not take
+    // connection places.
+    let mut s1 = silent(&d);
+    std::thread::sleep(Duration::from_millis(150));
+    let _s2 = silent(&d);
+    std::thread::sleep(Duration::from_millis(150));
+    let _s3 = silent(&d);
+    closed_within(&mut s1, Duration::from_secs(1));
+    get(&mut first);
+    get(&mut second);
+
+    // Once one closes, a new client is served again, though silent
+    // handshakes hold every handshake place: it ends the oldest.
     drop(first);
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let mut again = softhsm_tests::https::Client::new(d.api_target("counter", false));
     assert_eq!(again.get("/v1/credentials/x").status, 404);
     let metrics = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
-    assert!(metrics.contains("dojang_connections_refused_total{listener=\"api\"} 1"));
+    assert!(
+        metrics.contains("dojang_connections_refused_total{listener=\"api\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("dojang_tls_handshake_failures_total{listener=\"api\"}"));
 }
 
@@ -232,5 +266,193 @@ fn json_logs_carry_request_facts_and_no_personal_data() {
     assert_eq!(issuance["request_id"], r["request_id"]);
     for personal in ["홍", "길동", "000515", "종로구"] {
         assert!(!log.contains(personal));
+    }
+}
+
+/// p50 and p99 of `samples`.
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Issues `n` credentials one after another as `counter`; the latencies.
+fn issue_timed(d: &Daemon, first: u32, n: u32) -> Vec<Duration> {
+    let mut client = d.client("counter");
+    let _ = client.get("/v1/credentials/x");
+    (first..first + n)
+        .map(|i| {
+            let (jwk, _) = daemon::phone();
+            let request = daemon::request("sd-jwt", &daemon::number(i), &jwk);
+            let started = Instant::now();
+            let reply = client.post_json("/v1/credentials", &request, &[]);
+            assert_eq!(reply.status, 201, "{}", reply.json());
+            started.elapsed()
+        })
+        .collect()
+}
+
+#[test]
+fn one_flooding_client_and_stalled_handshakes_lock_out_neither_officers_nor_other_issuers() {
+    let d = Daemon::start(Options {
+        limits: "max_in_flight = 64\nbody_read_timeout_ms = 30000".into(),
+        ..Options::default()
+    });
+    let mut before = issue_timed(&d, 1, 30);
+    let (b50, b99) = percentiles(&mut before);
+
+    // The abuser (the wallet gateway's certificate): 16 HTTP/2 connections
+    // of 16 streams each, every body trickled a byte every 500 ms.
+    let abuser = d.api_target("gateway", true);
+    let flood = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let connections: Vec<_> = (0..16)
+                .map(|_| {
+                    let abuser = abuser.clone();
+                    tokio::spawn(async move {
+                        softhsm_tests::abuse::trickled_posts(
+                            &abuser,
+                            "/v1/credentials",
+                            16,
+                            Duration::from_secs(20),
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for c in connections {
+                statuses.extend(c.await.unwrap().unwrap());
+            }
+            statuses
+        })
+    });
+    // 1,000 TCP connections that never start their handshake, 100 a second.
+    let api = d.api;
+    let stalled = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            if let Ok(s) = std::net::TcpStream::connect(api) {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        held
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Meanwhile the counter issues and an officer lists proposals, then
+    // revokes a key under dual control (dojangctl: new connections).
+    let mut during = issue_timed(&d, 100, 30);
+    let (d50, d99) = percentiles(&mut during);
+    let mut officer = d.client("kim");
+    let mut listed: Vec<Duration> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(officer.get("/v1/approvals").status, 200);
+            started.elapsed()
+        })
+        .collect();
+    let (o50, o99) = percentiles(&mut listed);
+    let started = Instant::now();
+    let approved = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/ds-1/revoke",
+        &serde_json::json!({"reason": "token backup lost"}),
+    );
+    let revocation = started.elapsed();
+    assert_eq!(approved["status"], "approved", "{approved}");
+    let held = stalled.join().unwrap();
+    let statuses = flood.join().unwrap();
+    println!(
+        "issuer p50/p99 before {b50:?}/{b99:?}, under attack {d50:?}/{d99:?}; \
+         officer GET p50/p99 {o50:?}/{o99:?}; revocation under dual control {revocation:?}; \
+         {} stalled handshakes",
+        held.len()
+    );
+    let answered: Vec<u16> = statuses.iter().flatten().copied().collect();
+    let refused = answered.iter().filter(|s| matches!(s, 429 | 503)).count();
+    println!(
+        "abuser: {} streams, {} answered, {refused} refused 429/503",
+        statuses.len(),
+        answered.len()
+    );
+    assert!(
+        answered.iter().all(|s| matches!(s, 429 | 503 | 408)),
+        "{answered:?}"
+    );
+    assert!(
+        refused >= 200,
+        "the abuser was refused only {refused} times"
+    );
+    // Normal latency: within a generous multiple of the quiet figures on a
+    // busy 2-core machine (a lock-out would be seconds, or a failure).
+    let bound = b99 * 5 + Duration::from_millis(250);
+    assert!(
+        d99 < bound,
+        "issuer p99 {d99:?} under attack, {b99:?} before"
+    );
+    assert!(o99 < bound, "officer p99 {o99:?} under attack");
+}
+
+#[test]
+fn audit_reads_are_answered_while_every_signing_thread_hangs_in_the_device() {
+    let mut d = Daemon::start(Options {
+        via_p11kit: true,
+        limits: "signing_threads = 2".into(),
+        ..Options::default()
+    });
+    assert_eq!(issue(&d, 1).status, 201);
+    let mut auditor = d.client("auditor");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while auditor.get("/v1/audit/checkpoint").status != 200 {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every call into the device now hangs: two issuances hold both
+    // signing threads.
+    d.p11kit().freeze();
+    let hung: Vec<_> = (0..2u32)
+        .map(|i| {
+            let target = d.api_target("counter", false);
+            std::thread::spawn(move || {
+                let (jwk, _) = daemon::phone();
+                let request = daemon::request("sd-jwt", &daemon::number(10 + i), &jwk);
+                softhsm_tests::https::Client::new(target)
+                    .try_send(
+                        "POST",
+                        "/v1/credentials",
+                        &[("content-type", "application/json")],
+                        serde_json::to_vec(&request).unwrap(),
+                    )
+                    .map(|r| r.status)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    // The auditor's reads run on their own threads: answered meanwhile.
+    let auditor = d.api_target("auditor", false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _reader = std::thread::spawn(move || {
+        let mut c = softhsm_tests::https::Client::new(auditor);
+        let checkpoint = c.get("/v1/audit/checkpoint").status;
+        let entries = c.get("/v1/audit/entries?start=0&count=1").status;
+        let _ = tx.send((checkpoint, entries));
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(5));
+    d.p11kit().thaw();
+    assert_eq!(
+        answered,
+        Ok((200, 200)),
+        "audit reads waited behind the hung signing threads"
+    );
+    for h in hung {
+        let _ = h.join().unwrap();
     }
 }

@@ -47,8 +47,8 @@ fn slow_and_idle_connections_are_closed_while_others_are_served() {
         "slow headers held the connection for {slow_closed:?}"
     );
 
-    // HTTP/2 has no header timeout: an idle connection is closed by the
-    // idle timeout, a busy one is kept.
+    // An idle HTTP/2 connection is closed by the idle timeout, a busy one
+    // is kept.
     let mut h2 = softhsm_tests::https::Client::new(d.api_target("counter", true));
     assert_eq!(h2.get("/v1/credentials/x").status, 404);
     std::thread::sleep(Duration::from_millis(300));
@@ -58,6 +58,138 @@ fn slow_and_idle_connections_are_closed_while_others_are_served() {
     assert!(late.is_err(), "idle connection still open: {late:?}");
     let mut fresh = softhsm_tests::https::Client::new(d.api_target("counter", true));
     assert_eq!(fresh.get("/v1/credentials/x").status, 404);
+}
+
+/// Sends `bytes` (over and over) `chunk` bytes every `every` until the
+/// server closes the connection; how long after the first write it did
+/// (`None`: not within `give_up`).
+fn trickle_until_closed(
+    tls: &mut openssl::ssl::SslStream<std::net::TcpStream>,
+    bytes: &[u8],
+    chunk: usize,
+    every: Duration,
+    give_up: Duration,
+) -> Option<Duration> {
+    use std::io::Read;
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    for piece in bytes.chunks(chunk).cycle() {
+        if started.elapsed() > give_up {
+            return None;
+        }
+        if tls.write_all(piece).is_err() {
+            return Some(started.elapsed());
+        }
+        let until = Instant::now() + every;
+        while Instant::now() < until {
+            match tls.read(&mut buf) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(started.elapsed()),
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn trickled_http2_headers_are_cut_by_the_header_timeout_and_http1_idles_by_the_idle_timeout() {
+    let d = Daemon::start(Options {
+        limits: "header_read_timeout_ms = 500\nidle_timeout_ms = 6000".into(),
+        ..Options::default()
+    });
+    let counter = (d.tls.join("counter.pem"), d.tls.join("counter.key"));
+    let ca = d.tls.join("ca.pem");
+    let h2 = |d: &Daemon| {
+        let mut tls = softhsm_tests::https::raw_tls_alpn(
+            d.api,
+            &ca,
+            Some((&counter.0, &counter.1)),
+            b"\x02h2",
+        );
+        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        tls.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+        tls
+    };
+    // A HEADERS frame announcing 200 bytes of header block, sent a byte at
+    // a time: cut at the header timeout (500 ms), not the idle one (6 s).
+    let mut slow = h2(&d);
+    let mut frame = vec![0, 0, 200, 0x1, 0x4, 0, 0, 0, 1];
+    frame.extend(std::iter::repeat_n(0x82u8, 200));
+    let closed = trickle_until_closed(
+        &mut slow,
+        &frame,
+        1,
+        Duration::from_millis(100),
+        Duration::from_secs(15),
+    )
+    .expect("a trickled HEADERS frame held the connection for 15 s");
+    assert!(
+        closed >= Duration::from_millis(400) && closed < Duration::from_millis(3000),
+        "trickled HTTP/2 headers closed after {closed:?}"
+    );
+    // The same through a header block of small complete frames: a HEADERS
+    // without END_HEADERS, then a whole CONTINUATION every 200 ms.
+    let mut blocky = h2(&d);
+    blocky
+        .write_all(&[0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82])
+        .unwrap();
+    let continuation = [0u8, 0, 1, 0x9, 0, 0, 0, 0, 1, 0x84];
+    let started = Instant::now();
+    let closed = trickle_until_closed(
+        &mut blocky,
+        &continuation,
+        continuation.len(),
+        Duration::from_millis(200),
+        Duration::from_secs(15),
+    )
+    .map(|_| started.elapsed())
+    .expect("an open header block held the connection for 15 s");
+    assert!(
+        closed < Duration::from_millis(3000),
+        "open header block closed after {closed:?}"
+    );
+
+    // A kept-alive HTTP/1.1 connection idle past the header timeout but not
+    // the idle timeout is still open; it closes at the idle timeout.
+    let mut h1 = softhsm_tests::https::Client::new(d.api_target("counter", false));
+    assert_eq!(h1.get("/v1/credentials/x").status, 404);
+    std::thread::sleep(Duration::from_millis(1500));
+    let kept = h1.try_send("GET", "/v1/credentials/x", &[], Vec::new());
+    assert_eq!(
+        kept.map(|r| r.status),
+        Ok(404),
+        "an HTTP/1.1 keep-alive idle was cut by the header timeout"
+    );
+    std::thread::sleep(Duration::from_millis(8000));
+    let late = h1.try_send("GET", "/v1/credentials/x", &[], Vec::new());
+    assert!(
+        late.is_err(),
+        "an HTTP/1.1 idle connection outlived the idle timeout"
+    );
+    // Trickled HTTP/1.1 headers are still cut at the header timeout.
+    let mut slow_h1 = softhsm_tests::https::raw_tls(d.api, &ca, Some((&counter.0, &counter.1)));
+    let closed = trickle_until_closed(
+        &mut slow_h1,
+        b"GET /v1/credentials/x HTTP/1.1\r\nhost: localhost\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        1,
+        Duration::from_millis(100),
+        Duration::from_secs(15),
+    )
+    .expect("trickled HTTP/1.1 headers held the connection for 15 s");
+    assert!(
+        closed < Duration::from_millis(3000),
+        "trickled HTTP/1.1 headers closed after {closed:?}"
+    );
 }
 
 #[test]

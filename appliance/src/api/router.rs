@@ -11,8 +11,8 @@ use std::time::Instant;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::admission::{Full, InFlight, Slot};
 use super::routes::Route;
 use crate::http::identity::ClientCa;
 use crate::http::{self, BlockingPool, Body, Peer, Router};
@@ -24,9 +24,11 @@ use crate::service::Service;
 pub struct Api {
     service: Arc<Service>,
     pool: Arc<BlockingPool>,
+    /// Audit reads (entries, proofs) run here, never on the signing pool.
+    audit_pool: Arc<BlockingPool>,
     max_body: usize,
     body_timeout: std::time::Duration,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// The minute each (client, action) last had a refused role audited:
     /// a client hammering a route it may not use writes one entry a minute.
@@ -38,23 +40,25 @@ const REFUSALS_REMEMBERED: usize = 10_000;
 
 /// What a request carries past the router's checks.
 struct Admitted {
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     body: Bytes,
 }
 
 impl Api {
-    /// A router whose requests share `in_flight` permits.
+    /// A router whose requests share `in_flight` slots; signing work runs
+    /// on `pool`, audit reads on `audit_pool`.
     pub fn new(
         service: Arc<Service>,
-        pool: Arc<BlockingPool>,
+        (pool, audit_pool): (Arc<BlockingPool>, Arc<BlockingPool>),
         max_body: usize,
         body_timeout: std::time::Duration,
-        in_flight: Arc<Semaphore>,
+        in_flight: Arc<InFlight>,
         closing: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Api {
             service,
             pool,
+            audit_pool,
             max_body,
             body_timeout,
             in_flight,
@@ -145,8 +149,10 @@ fn check_content(route: &Route, request: &Request<Incoming>) -> Result<Option<St
 }
 
 impl Api {
-    /// A slot among the requests in flight, taken before the body is read.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// A slot among the requests in flight, taken before the body is read:
+    /// within `client`'s own cap, from the officers' and revokers' lane if
+    /// the route is theirs and the shared slots are taken.
+    fn slot(&self, route: &Route, client: &str) -> Result<Slot, Refusal> {
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Refusal::unavailable(
                 "shutting_down",
@@ -154,9 +160,17 @@ impl Api {
             ));
         }
         self.in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| overloaded())
+            .take(client, route.privileged())
+            .map_err(|full| match full {
+                Full::Client => Refusal::new(
+                    Class::TooManyRequests,
+                    "client_overloaded",
+                    "this client has too many requests in flight; retry shortly",
+                )
+                .with_rule("client.in_flight")
+                .retry_after(1),
+                Full::Node => overloaded(),
+            })
     }
 
     /// Reads the body within the body timeout.
@@ -176,12 +190,21 @@ impl Api {
     /// done, even if the client goes away, so a drain waits for it.
     async fn run(
         &self,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
+        job: impl FnOnce(&Service) -> Answer + Send + 'static,
+    ) -> Answer {
+        self.run_on(&self.pool, slot, job).await
+    }
+
+    /// Runs `job` on `pool`, holding `slot` until it is done.
+    async fn run_on(
+        &self,
+        pool: &BlockingPool,
+        slot: Slot,
         job: impl FnOnce(&Service) -> Answer + Send + 'static,
     ) -> Answer {
         let service = self.service.clone();
-        let receiver = self
-            .pool
+        let receiver = pool
             .submit(move || {
                 let _slot = slot;
                 job(&service)
@@ -202,7 +225,7 @@ impl Api {
         client: &str,
         ca: ClientCa,
     ) -> Result<Admitted, Refusal> {
-        let slot = self.slot()?;
+        let slot = self.slot(route, client)?;
         let policy = self.service.policy.current();
         if route.changes() {
             self.service.policy.require_adopted(&policy)?;
@@ -274,8 +297,13 @@ impl Api {
     ) -> Answer {
         let key = check_content(route, &request)?;
         let Admitted { slot, body } = self.admit(route, request, &client, ca).await?;
+        let pool = if route.audit_read() {
+            &self.audit_pool
+        } else {
+            &self.pool
+        };
         let route = route.clone();
-        self.run(slot, move |s| {
+        self.run_on(pool, slot, move |s| {
             let now = OffsetDateTime::now_utc();
             match route {
                 Route::Issue => s

@@ -184,6 +184,32 @@ impl Route {
         )
     }
 
+    /// Whether the route reads the audit log (proofs can be long): such
+    /// requests run on the audit pool, not the signing pool.
+    pub(super) fn audit_read(&self) -> bool {
+        matches!(
+            self,
+            Route::AuditCheckpoint
+                | Route::AuditEntries
+                | Route::AuditInclusion
+                | Route::AuditConsistency
+        )
+    }
+
+    /// Whether the route is officers' or revokers' work, which may use the
+    /// lane kept for them when issuance fills the shared slots.
+    pub(super) fn privileged(&self) -> bool {
+        matches!(
+            self,
+            Route::ChangeState(..)
+                | Route::Propose { .. }
+                | Route::Approvals
+                | Route::Decide { .. }
+                | Route::CeremonyRequest
+                | Route::CeremonyResponse
+        )
+    }
+
     /// The role table.
     fn access(&self) -> Access {
         use Role::{Auditor, Issuer, Officer, Revoker};

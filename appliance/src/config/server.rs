@@ -159,6 +159,12 @@ pub struct Limits {
     /// Time allowed for a TLS handshake.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout_ms: u64,
+    /// TLS handshakes in progress per listener; beyond it new connections
+    /// are closed at once. Apart from `max_connections`, which counts
+    /// connections past their handshake: stalled handshakes cannot take
+    /// the places of working clients.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
     /// A connection with no traffic for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
@@ -168,6 +174,14 @@ pub struct Limits {
     /// Requests being worked on or queued for the key backend; beyond it 503.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Of `max_in_flight`, slots only officers' and revokers' routes may
+    /// take (when issuance has the rest); default a sixteenth.
+    #[serde(default)]
+    pub reserved_in_flight: Option<usize>,
+    /// Requests in flight one client identity may have, beyond it 429;
+    /// default a quarter of `max_in_flight`.
+    #[serde(default)]
+    pub max_in_flight_per_client: Option<usize>,
     /// Threads that talk to the key backend and the store.
     #[serde(default = "default_signing_threads")]
     pub signing_threads: usize,
@@ -187,9 +201,12 @@ impl Default for Limits {
             header_read_timeout_ms: default_header_timeout(),
             body_read_timeout_ms: default_body_timeout(),
             tls_handshake_timeout_ms: default_handshake_timeout(),
+            max_handshakes: default_max_handshakes(),
             idle_timeout_ms: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_in_flight: default_max_in_flight(),
+            reserved_in_flight: None,
+            max_in_flight_per_client: None,
             signing_threads: default_signing_threads(),
             drain_timeout_ms: default_drain(),
             idempotency_ttl_s: default_idempotency_ttl(),
@@ -260,6 +277,9 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_handshakes() -> usize {
+    128
 }
 fn default_max_in_flight() -> usize {
     256
@@ -355,10 +375,33 @@ impl AuditSettings {
 }
 
 impl Limits {
+    /// Slots kept for officers' and revokers' routes.
+    pub fn reserved_in_flight(&self) -> usize {
+        self.reserved_in_flight.unwrap_or(self.max_in_flight / 16)
+    }
+
+    /// Requests one client may have in flight.
+    pub fn in_flight_per_client(&self) -> usize {
+        self.max_in_flight_per_client
+            .unwrap_or((self.max_in_flight / 4).max(1))
+    }
+
     /// Every limit within its range.
     fn validate(&self) -> Result<(), String> {
         let l = self;
-        let checks: [(&str, bool); 10] = [
+        let checks: [(&str, bool); 13] = [
+            (
+                "max_handshakes (1 to 100000)",
+                (1..=100_000).contains(&l.max_handshakes),
+            ),
+            (
+                "reserved_in_flight (below max_in_flight)",
+                l.reserved_in_flight() < l.max_in_flight,
+            ),
+            (
+                "max_in_flight_per_client (1 to max_in_flight)",
+                (1..=l.max_in_flight).contains(&l.in_flight_per_client()),
+            ),
             (
                 "body_read_timeout_ms (100 to 300000)",
                 (100..=300_000).contains(&l.body_read_timeout_ms),

@@ -19,10 +19,10 @@ use anyhow::Context;
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::threads;
-use crate::api::{Api, Ops, Public};
+use crate::api::{Api, InFlight, Ops, Public};
 use crate::config::{Config, CredentialConfig, Limits, ServerConfig};
 use crate::http::{self, BlockingPool, Router, TlsSlot, tls};
 use crate::metrics::Metrics;
@@ -49,7 +49,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     pool: Arc<BlockingPool>,
     public_pool: Arc<BlockingPool>,
-    in_flight: Arc<Semaphore>,
+    audit_pool: Arc<BlockingPool>,
+    in_flight: Arc<InFlight>,
     closing: Arc<AtomicBool>,
 }
 
@@ -83,12 +84,21 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     // unauthenticated fetches can slow them, never issuance.
     let public_pool =
         BlockingPool::new(2, 64, Arc::new(|_| {})).context("starting the public threads")?;
+    // Auditors' reads and proofs: their own threads, so a long proof (or
+    // many) never holds a signing thread, and a hung device never holds them.
+    let audit_pool =
+        BlockingPool::new(2, 32, Arc::new(|_| {})).context("starting the audit threads")?;
     Ok(Shared {
         service: Arc::new(service),
         metrics,
         pool: Arc::new(pool),
         public_pool: Arc::new(public_pool),
-        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        audit_pool: Arc::new(audit_pool),
+        in_flight: Arc::new(InFlight::new(
+            limits.max_in_flight,
+            limits.reserved_in_flight(),
+            limits.in_flight_per_client(),
+        )),
         closing: Arc::new(AtomicBool::new(false)),
     })
 }
@@ -150,7 +160,7 @@ fn routers(
     [
         Arc::new(Api::new(
             shared.service.clone(),
-            shared.pool.clone(),
+            (shared.pool.clone(), shared.audit_pool.clone()),
             limits.max_body_bytes,
             Duration::from_millis(limits.body_read_timeout_ms),
             shared.in_flight.clone(),
@@ -333,10 +343,9 @@ async fn reload_and_report(
 
 /// Waits for requests in flight, then for the listeners to close.
 async fn drain(limits: &Limits, shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    let permits = u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(
         Duration::from_millis(limits.drain_timeout_ms),
-        shared.in_flight.acquire_many(permits),
+        shared.in_flight.drained(),
     )
     .await;
     if drained.is_err() {

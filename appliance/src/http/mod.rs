@@ -4,6 +4,8 @@
 //! its certificate, the bounded pool that keeps device and database calls
 //! off the executor, and problem+json. It knows nothing of credentials.
 
+mod handshakes;
+mod header_deadline;
 pub mod identity;
 mod pool;
 pub mod problem;

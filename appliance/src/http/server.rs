@@ -1,6 +1,6 @@
 //! Serving connections: accept with a connection limit, TLS handshake with a
-//! timeout, HTTP/1.1 or HTTP/2 by ALPN with a header-read timeout, an idle
-//! timeout, and graceful shutdown. What a request means is the router's
+//! timeout, HTTP/1.1 or HTTP/2 by ALPN with a header-read timeout
+//! ([`HeaderDeadline`]), an idle timeout, and graceful shutdown. What a request means is the router's
 //! business ([`Router`]).
 
 use std::convert::Infallible;
@@ -16,8 +16,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::handshakes::Handshakes;
+use super::header_deadline::HeaderDeadline;
 use super::identity::{ClientCa, NoIdentity};
 use super::tls::ListenerTls;
 use crate::config::Limits;
@@ -94,6 +96,7 @@ pub async fn serve(
 ) {
     let name = router.listener();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Handshakes::new(limits.max_handshakes);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -107,13 +110,21 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics.connections_refused.with_label_values(&[name]).inc();
-            drop(stream);
-            continue;
+        let tls = tls.read().ok().and_then(|t| t.clone());
+        // A plain connection takes its connection place now; a TLS one a
+        // handshake place, and its connection place once the handshake is
+        // done (in `accept`).
+        let plain_place = if tls.is_none() {
+            let Ok(place) = connections.clone().try_acquire_owned() else {
+                metrics.connections_refused.with_label_values(&[name]).inc();
+                drop(stream);
+                continue;
+            };
+            Some(place)
+        } else {
+            None
         };
         let _ = stream.set_nodelay(true);
-        let tls = tls.read().ok().and_then(|t| t.clone());
         let context = Context {
             name,
             router: router.clone(),
@@ -121,11 +132,12 @@ pub async fn serve(
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             rekey: rekey.clone(),
+            connections: connections.clone(),
+            handshakes: handshakes.clone(),
         };
         // Detached: the task ends with its connection (or the process).
         drop(tokio::spawn(async move {
-            accept(stream, tls, context).await;
-            drop(permit);
+            accept(stream, tls, plain_place, context).await;
         }));
     }
     // Stopping: the connections finish their responses (each closes once
@@ -146,11 +158,20 @@ struct Context {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     rekey: watch::Receiver<u64>,
+    /// Places for connections past their handshake.
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Handshakes>,
 }
 
 /// One accepted connection: the TLS handshake within its timeout (the
 /// client's identity from its certificate), then requests until it ends.
-async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Context) {
+/// A plain connection comes with its connection place.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    tls: Option<ListenerTls>,
+    plain_place: Option<OwnedSemaphorePermit>,
+    c: Context,
+) {
     let Context {
         name,
         router,
@@ -158,6 +179,8 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Cont
         metrics,
         shutdown,
         rekey,
+        connections,
+        handshakes,
     } = c;
     let open = metrics.connections.with_label_values(&[name]);
     open.inc();
@@ -166,33 +189,26 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Cont
             config,
             officer_cas,
         }) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let handshake = tokio::time::timeout(
-                Duration::from_millis(limits.tls_handshake_timeout_ms),
-                acceptor.accept(stream),
-            )
-            .await;
-            match handshake {
-                Ok(Ok(tls_stream)) => {
-                    let (_, session) = tls_stream.get_ref();
-                    let chain = session.peer_certificates().unwrap_or_default();
-                    let identity = chain.first().map_or(Err(NoIdentity::Missing), |c| {
-                        super::identity::client_identity(c)
-                    });
-                    let ca = super::identity::issuing_ca(chain, &officer_cas);
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    let peer = Arc::new(Peer { identity, ca });
-                    connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
-                }
-                Ok(Err(e)) => {
-                    metrics.handshake_failures.with_label_values(&[name]).inc();
-                    tracing::info!(listener = name, error = %e, "TLS handshake refused");
-                }
-                Err(_) => {
-                    metrics.handshake_failures.with_label_values(&[name]).inc();
-                    tracing::info!(listener = name, "TLS handshake timed out");
-                }
-            }
+            let Some(tls_stream) =
+                handshake(stream, config, &handshakes, &limits, &metrics, name).await
+            else {
+                open.dec();
+                return;
+            };
+            let Ok(_place) = connections.try_acquire_owned() else {
+                metrics.connections_refused.with_label_values(&[name]).inc();
+                open.dec();
+                return;
+            };
+            let (_, session) = tls_stream.get_ref();
+            let chain = session.peer_certificates().unwrap_or_default();
+            let identity = chain.first().map_or(Err(NoIdentity::Missing), |c| {
+                super::identity::client_identity(c)
+            });
+            let ca = super::identity::issuing_ca(chain, &officer_cas);
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let peer = Arc::new(Peer { identity, ca });
+            connection(tls_stream, h2, peer, router, &limits, shutdown, rekey).await;
         }
         None => {
             let peer = Arc::new(Peer {
@@ -200,9 +216,57 @@ async fn accept(stream: tokio::net::TcpStream, tls: Option<ListenerTls>, c: Cont
                 ca: ClientCa::Shared,
             });
             connection(stream, false, peer, router, &limits, shutdown, rekey).await;
+            drop(plain_place);
         }
     }
     open.dec();
+}
+
+/// The TLS handshake in a handshake place, within its timeout; `None` if
+/// it failed, timed out, found no place, or was ended for a newcomer.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    handshakes: &Arc<Handshakes>,
+    limits: &Limits,
+    metrics: &Metrics,
+    name: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let (place, evicted) = handshakes.enter().await;
+    if evicted {
+        tracing::debug!(
+            listener = name,
+            "handshake places full: the oldest was ended"
+        );
+    }
+    let Some(mut place) = place else {
+        metrics.connections_refused.with_label_values(&[name]).inc();
+        return None;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let outcome = tokio::select! {
+        done = tokio::time::timeout(
+            Duration::from_millis(limits.tls_handshake_timeout_ms),
+            acceptor.accept(stream),
+        ) => done,
+        _ = &mut place.evicted => {
+            metrics.handshake_failures.with_label_values(&[name]).inc();
+            return None;
+        }
+    };
+    match outcome {
+        Ok(Ok(tls_stream)) => Some(tls_stream),
+        Ok(Err(e)) => {
+            metrics.handshake_failures.with_label_values(&[name]).inc();
+            tracing::info!(listener = name, error = %e, "TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            metrics.handshake_failures.with_label_values(&[name]).inc();
+            tracing::info!(listener = name, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 // Serves `conn` until it ends. It is shut down gracefully when idle, at
@@ -257,6 +321,12 @@ async fn connection<T>(
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let active = Arc::new(AtomicUsize::new(0));
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let io = if h2 {
+        HeaderDeadline::http2(io, header_timeout)
+    } else {
+        HeaderDeadline::http1(io, header_timeout, active.clone())
+    };
     let io = TokioIo::new(io);
     let service = {
         let (last, active) = (last.clone(), active.clone());
@@ -292,9 +362,12 @@ async fn connection<T>(
             .serve_connection(io, service);
         drive!(conn, idle_since, idle, idle_tick, drain, shutdown, rekey);
     } else {
+        // hyper's own header timeout would also cut keep-alive idles (it
+        // runs while waiting for the next request): ours starts with the
+        // first byte of a request, and idles are the idle timeout's.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .header_read_timeout(None)
             .keep_alive(true)
             .serve_connection(io, service);
         drive!(conn, idle_since, idle, idle_tick, drain, shutdown, rekey);
