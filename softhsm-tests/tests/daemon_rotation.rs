@@ -36,6 +36,17 @@ fn rotating_the_ds_key_under_load_fails_no_request() {
         policy: prepublish_two_seconds,
         ..Options::default()
     });
+    // Verifiers may cache the key sets for at most half the prepublication,
+    // or a prepublished key would sign before they saw it.
+    let mut public = d.public_client();
+    for path in ["/.well-known/jwks.json", "/status/jwks.json"] {
+        let reply = public.get(path);
+        assert_eq!(
+            reply.header("cache-control"),
+            Some("public, max-age=1"),
+            "{path}"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..4u32)
         .map(|t| {

@@ -64,12 +64,13 @@ impl Public {
             );
         }
         let keys = self.service.keys.view();
+        let keys_max_age = keys_max_age(self.service.policy.current().keys.prepublish);
         let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         let path = request.uri().path();
         match path {
             "/.well-known/jwks.json" => (
                 "/.well-known/jwks.json",
-                Ok(("application/jwk-set+json", keys.jwks.clone(), 300)),
+                Ok(("application/jwk-set+json", keys.jwks.clone(), keys_max_age)),
             ),
             "/.well-known/jwt-vc-issuer" => {
                 let body = serde_json::json!({
@@ -83,7 +84,11 @@ impl Public {
             }
             crate::status::publisher::STATUS_KEYS_PATH => (
                 "/status/jwks.json",
-                Ok(("application/jwk-set+json", keys.status_jwks.clone(), 300)),
+                Ok((
+                    "application/jwk-set+json",
+                    keys.status_jwks.clone(),
+                    keys_max_age,
+                )),
             ),
             "/iaca.pem" => (
                 "/iaca.pem",
@@ -207,6 +212,15 @@ impl Public {
     }
 }
 
+/// How long verifiers may cache the key sets: 5 minutes, but at most half
+/// the policy's prepublication, so a key published `prepublish` before it
+/// signs is in every verifier's cache by then (a cache time longer than the
+/// prepublication would defeat it).
+fn keys_max_age(prepublish: time::Duration) -> u32 {
+    let half = (prepublish.whole_seconds() / 2).clamp(1, 300);
+    u32::try_from(half).unwrap_or(300)
+}
+
 impl Router for Public {
     fn listener(&self) -> &'static str {
         "public"
@@ -264,4 +278,16 @@ fn iaca_list(keys: &crate::keys::view::KeyView) -> Vec<u8> {
     serde_json::json!({ "iacas": roots })
         .to_string()
         .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_key_sets_are_cached_for_at_most_half_the_prepublication() {
+        use time::Duration;
+        assert_eq!(super::keys_max_age(Duration::days(7)), 300);
+        assert_eq!(super::keys_max_age(Duration::minutes(4)), 120);
+        assert_eq!(super::keys_max_age(Duration::seconds(2)), 1);
+        assert_eq!(super::keys_max_age(Duration::ZERO), 1);
+    }
 }
