@@ -104,8 +104,8 @@ impl InFlight {
         })
     }
 
-    /// Waits until no request is in flight (and takes every slot, so none
-    /// starts).
+    /// Waits until no request is in flight (the router's closing flag is
+    /// what keeps new ones from starting).
     pub async fn drained(&self) {
         let shared = u32::try_from(self.shared_size).unwrap_or(u32::MAX);
         let reserved = u32::try_from(self.reserved_size).unwrap_or(u32::MAX);

@@ -151,8 +151,8 @@ fn check_content(route: &Route, request: &Request<Incoming>) -> Result<Option<St
 impl Api {
     /// A slot among the requests in flight, taken before the body is read:
     /// within `client`'s own cap, from the officers' and revokers' lane if
-    /// the route is theirs and the shared slots are taken.
-    fn slot(&self, route: &Route, client: &str) -> Result<Slot, Refusal> {
+    /// `privileged` and the shared slots are taken.
+    fn slot(&self, client: &str, privileged: bool) -> Result<Slot, Refusal> {
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Refusal::unavailable(
                 "shutting_down",
@@ -160,7 +160,7 @@ impl Api {
             ));
         }
         self.in_flight
-            .take(client, route.privileged())
+            .take(client, privileged)
             .map_err(|full| match full {
                 Full::Client => Refusal::new(
                     Class::TooManyRequests,
@@ -215,9 +215,11 @@ impl Api {
             .unwrap_or_else(|_| Err(Refusal::new(Class::Internal, "internal", "internal error")))
     }
 
-    /// A slot in flight, then (for a change) the adopted-policy check, the
-    /// route's role, and the body: strangers cannot make the daemon buffer
-    /// bodies. A refused role that the route audits is recorded first.
+    /// A slot in flight (from the officers' and revokers' lane only for a
+    /// client that holds the route's role), then (for a change) the
+    /// adopted-policy check, the route's role, and the body: strangers
+    /// cannot make the daemon buffer bodies. A refused role that the route
+    /// audits is recorded first.
     async fn admit(
         &self,
         route: &Route,
@@ -225,12 +227,13 @@ impl Api {
         client: &str,
         ca: ClientCa,
     ) -> Result<Admitted, Refusal> {
-        let slot = self.slot(route, client)?;
         let policy = self.service.policy.current();
+        let role = route.admit(&policy, client, ca);
+        let slot = self.slot(client, route.privileged() && role.is_ok())?;
         if route.changes() {
             self.service.policy.require_adopted(&policy)?;
         }
-        if let Err((refusal, audited)) = route.admit(&policy, client, ca) {
+        if let Err((refusal, audited)) = role {
             return match audited {
                 Some(action) if self.first_refusal_this_minute(client, action) => {
                     let (client, hash) = (client.to_owned(), policy.hash.clone());

@@ -139,6 +139,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     shared.pool.finish();
     shared.public_pool.finish();
+    shared.audit_pool.finish();
     // The last entries of this run, covered by a final checkpoint.
     stop_threads.store(true, Ordering::Relaxed);
     let _ = audit_thread.join();

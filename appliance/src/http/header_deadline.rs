@@ -47,6 +47,8 @@ enum At {
 #[derive(Debug, Clone)]
 pub(super) struct FrameTracker {
     at: At,
+    /// Frames other than DATA completed so far: each restarts the clock.
+    completed: u64,
     /// A HEADERS (or PUSH_PROMISE) without END_HEADERS is waiting for its
     /// CONTINUATIONs.
     open_block: bool,
@@ -56,6 +58,7 @@ impl Default for FrameTracker {
     fn default() -> Self {
         FrameTracker {
             at: At::Preface { seen: 0 },
+            completed: 0,
             open_block: false,
         }
     }
@@ -120,6 +123,9 @@ impl FrameTracker {
         if matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION) {
             self.open_block = flags & END_HEADERS == 0;
         }
+        if kind != DATA && !self.open_block {
+            self.completed += 1;
+        }
         self.at = next_frame();
     }
 
@@ -154,14 +160,31 @@ enum Progress {
 }
 
 impl Progress {
-    fn feed(&mut self, bytes: &[u8]) {
+    /// Takes bytes the client sent; whether they finished something (a
+    /// frame other than DATA, outside a header block), which restarts the
+    /// clock.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
         match self {
-            Progress::Http2(frames) => frames.feed(bytes),
+            Progress::Http2(frames) => {
+                let before = frames.completed;
+                frames.feed(bytes);
+                frames.completed != before
+            }
             Progress::Http1 { active, waiting } => {
                 if !bytes.is_empty() && active.load(Ordering::Acquire) == 0 {
                     *waiting = true;
                 }
+                false
             }
+        }
+    }
+
+    /// The server wrote: an HTTP/1.1 server writes only to answer, so
+    /// bytes that came before (a refused request's body) are not a new
+    /// request's headers.
+    fn answered(&mut self) {
+        if let Progress::Http1 { waiting, .. } = self {
+            *waiting = false;
         }
     }
 
@@ -233,42 +256,68 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeaderDeadline<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.progress
-                    .feed(buf.filled().get(before..).unwrap_or_default());
+                if this
+                    .progress
+                    .feed(buf.filled().get(before..).unwrap_or_default())
+                {
+                    this.deadline = None;
+                }
                 this.track();
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
                 this.track();
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request headers not received within the header-read timeout",
-                    )))
-                } else {
-                    Poll::Pending
-                }
+                this.expired(cx)
             }
             failed => failed,
         }
     }
 }
 
+impl<T> HeaderDeadline<T> {
+    /// `TimedOut` once the clock has run out, else `Pending` (the timer
+    /// wakes the task when it does).
+    fn expired<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if expired {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request headers not received within the header-read timeout",
+            )))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+// Writes watch the clock too: a server blocked writing to a client that
+// does not read (h2 stops reading until its pongs are flushed) must still
+// end a connection whose headers never finish.
 impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.expired(cx),
+            written => {
+                this.progress.answered();
+                written
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.expired(cx),
+            flushed => flushed,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -280,7 +329,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.expired(cx),
+            written => {
+                this.progress.answered();
+                written
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -321,6 +377,10 @@ mod tests {
         let mut whole = FrameTracker::default();
         whole.feed(&stream);
         assert!(!whole.incomplete());
+        assert_eq!(
+            whole.completed, 2,
+            "SETTINGS and HEADERS restart the clock, DATA does not"
+        );
         let mut trickled = FrameTracker::default();
         for b in &stream[..PREFACE.len() + 15 + 12] {
             trickled.feed(&[*b]);
