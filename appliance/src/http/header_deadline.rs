@@ -293,6 +293,21 @@ impl<T> HeaderDeadline<T> {
     }
 }
 
+impl<T> HeaderDeadline<T> {
+    /// After a write: blocked, the clock still runs; done, it answered.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if written.is_pending() {
+            return self.expired(cx);
+        }
+        self.progress.answered();
+        written
+    }
+}
+
 // Writes watch the clock too: a server blocked writing to a client that
 // does not read (h2 stops reading until its pongs are flushed) must still
 // end a connection whose headers never finish.
@@ -303,13 +318,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => this.expired(cx),
-            written => {
-                this.progress.answered();
-                written
-            }
-        }
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(cx, written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -330,13 +340,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.expired(cx),
-            written => {
-                this.progress.answered();
-                written
-            }
-        }
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
