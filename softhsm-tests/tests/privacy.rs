@@ -357,20 +357,7 @@ fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_never_carried() 
     // it; the online IACA certifies the key again (audited), and tokens
     // chain to the IACA with the new certificate.
     let ds = swap_in_ds_certificate(&d);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let carried = d.status_token_at(&path).certificate;
-        assert_ne!(
-            carried.as_deref(),
-            Some(ds.as_slice()),
-            "the DS certificate"
-        );
-        if carried.is_some_and(|c| c != certificate) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_carried(&d, &path, &ds, |c| c.is_some_and(|c| c != certificate));
     assert_chained_to_iaca(&d, &path, idx, 0);
     assert_eq!(
         d.audit_entries()
@@ -384,6 +371,21 @@ fn status_tokens_chain_to_the_iaca_and_a_swapped_certificate_is_never_carried() 
 
 /// A database insider's edit: the first DS certificate copied onto the
 /// status-list key's row; that certificate.
+/// Reads the status token at `path` until the certificate it carries is
+/// `done` (20 s at most); never may it carry the smuggled `ds` certificate.
+fn wait_for_carried(d: &Daemon, path: &str, ds: &[u8], done: impl Fn(Option<&[u8]>) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let carried = d.status_token_at(path).certificate;
+        assert_ne!(carried.as_deref(), Some(ds), "the DS certificate");
+        if done(carried.as_deref()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn swap_in_ds_certificate(d: &Daemon) -> Vec<u8> {
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
     let ds: Vec<u8> = db
@@ -445,20 +447,7 @@ fn an_offline_ceremony_certifies_the_status_list_key_and_a_swapped_certificate_i
     // chain until the next ceremony, a verifier trusting only the IACA
     // refuses them, and readiness says so.
     let ds = swap_in_ds_certificate(&d);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let carried = d.status_token_at(&path).certificate;
-        assert_ne!(
-            carried.as_deref(),
-            Some(ds.as_slice()),
-            "the DS certificate"
-        );
-        if carried.is_none() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", d.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_carried(&d, &path, &ds, |c| c.is_none());
     let iaca = d.scratch().join("pki/iaca.pem");
     for (form, at) in [("jwt", path.clone()), ("cwt", format!("{path}.cwt"))] {
         let refused = independent_read_as(&d, form, &at, idx, Some(&iaca)).unwrap_err();
