@@ -456,3 +456,40 @@ fn audit_reads_are_answered_while_every_signing_thread_hangs_in_the_device() {
         let _ = h.join().unwrap();
     }
 }
+
+#[test]
+fn the_officers_lane_serves_officers_when_issuance_holds_every_shared_slot_and_no_one_else() {
+    let d = Daemon::start(Options {
+        limits: "max_in_flight = 6\nreserved_in_flight = 2\nmax_in_flight_per_client = 4\n\
+                 body_read_timeout_ms = 30000"
+            .into(),
+        ..Options::default()
+    });
+    // The gateway holds the four shared slots with bodies that trickle.
+    let gateway = d.api_target("gateway", true);
+    let flood = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(softhsm_tests::abuse::trickled_posts(
+            &gateway,
+            "/v1/credentials",
+            4,
+            Duration::from_secs(8),
+        ))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // Issuance has no slot left.
+    assert_eq!(issue(&d, 1).status, 503);
+    // An officer's route has the reserved lane.
+    assert_eq!(d.client("kim").get("/v1/approvals").status, 200);
+    // A client without the route's role does not get the lane: it is told
+    // the node is full, not given a slot to be refused in (the lie: a
+    // stranger to the role filling the officers' lane).
+    let stranger = d.client("auditor").get("/v1/approvals");
+    assert_eq!(stranger.status, 503, "{}", stranger.json());
+    assert_eq!(stranger.json()["code"], "overloaded");
+    let statuses = flood.join().unwrap().unwrap();
+    assert!(statuses.iter().all(Option::is_none), "{statuses:?}");
+}
