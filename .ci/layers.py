@@ -42,7 +42,7 @@ LAYERS = [
     ["service"],
     ["http", "officer_client"],
     ["api"],
-    ["daemon"],
+    ["daemon", "mirror"],
 ]
 MAX_FILE_LINES = 600
 MAX_FN_LINES = 80

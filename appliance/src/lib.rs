@@ -16,6 +16,7 @@ pub mod http;
 pub mod issuance;
 pub mod keys;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod officer_client;
 pub mod officers;

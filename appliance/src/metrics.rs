@@ -75,6 +75,12 @@ pub struct Metrics {
     /// node serves: how long a change made on another node may take to
     /// show here (at most 30 s while the background keeps up).
     pub status_list_staleness_seconds: Gauge,
+    /// Files the static mirror wrote (changed documents).
+    pub mirror_files_written: IntCounter,
+    /// Mirror updates that failed or left some document at its last copy.
+    pub mirror_failures: IntCounter,
+    /// When the mirror was last complete and up to date (Unix seconds).
+    pub mirror_complete: IntGauge,
 }
 
 // The names, help texts and labels are constants of this file, each
@@ -133,27 +139,9 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let status_list_seconds = Histogram::with_opts(HistogramOpts::new(
-            "dojang_status_list_sign_seconds",
-            "Time to build and sign a status-list token.",
-        ))
-        .expect("metric definition");
-        r.register(Box::new(status_list_seconds.clone()))
-            .expect("unique metric");
-        let status_list_signatures = IntCounter::new(
-            "dojang_status_list_signatures_total",
-            "Status-list tokens signed.",
-        )
-        .expect("metric definition");
-        r.register(Box::new(status_list_signatures.clone()))
-            .expect("unique metric");
-        let status_list_staleness_seconds = Gauge::new(
-            "dojang_status_list_staleness_seconds",
-            "Age of the oldest registry read behind a status-list token this node serves.",
-        )
-        .expect("metric definition");
-        r.register(Box::new(status_list_staleness_seconds.clone()))
-            .expect("unique metric");
+        let (status_list_seconds, status_list_signatures, status_list_staleness_seconds) =
+            Self::status_lists(&r);
+        let (mirror_files_written, mirror_failures, mirror_complete) = Self::mirror(&r);
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
         let (crl_next_update_seconds, client_crl_next_update_seconds, ds_spare_keys) =
@@ -198,6 +186,9 @@ impl Metrics {
             status_list_signatures,
             status_list_seconds,
             status_list_staleness_seconds,
+            mirror_files_written,
+            mirror_failures,
+            mirror_complete,
             registry: r,
         }
     }
@@ -223,6 +214,62 @@ impl Metrics {
                 &["state"],
             ),
         )
+    }
+
+    /// Status-list signing.
+    #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
+    fn status_lists(r: &Registry) -> (Histogram, IntCounter, Gauge) {
+        let status_list_seconds = Histogram::with_opts(HistogramOpts::new(
+            "dojang_status_list_sign_seconds",
+            "Time to build and sign a status-list token.",
+        ))
+        .expect("metric definition");
+        r.register(Box::new(status_list_seconds.clone()))
+            .expect("unique metric");
+        let status_list_signatures = IntCounter::new(
+            "dojang_status_list_signatures_total",
+            "Status-list tokens signed.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(status_list_signatures.clone()))
+            .expect("unique metric");
+        let status_list_staleness_seconds = Gauge::new(
+            "dojang_status_list_staleness_seconds",
+            "Age of the oldest registry read behind a status-list token this node serves.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(status_list_staleness_seconds.clone()))
+            .expect("unique metric");
+        (
+            status_list_seconds,
+            status_list_signatures,
+            status_list_staleness_seconds,
+        )
+    }
+
+    /// The static mirror.
+    #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
+    fn mirror(r: &Registry) -> (IntCounter, IntCounter, IntGauge) {
+        let written = IntCounter::new(
+            "dojang_mirror_files_written_total",
+            "Files the static mirror wrote (documents that changed).",
+        )
+        .expect("metric definition");
+        r.register(Box::new(written.clone()))
+            .expect("unique metric");
+        let failures = IntCounter::new(
+            "dojang_mirror_failures_total",
+            "Mirror updates that failed or kept some document at its last copy.",
+        )
+        .expect("metric definition");
+        r.register(Box::new(failures.clone()))
+            .expect("unique metric");
+        let complete = gauge(
+            r,
+            "dojang_mirror_complete_timestamp_seconds",
+            "When the static mirror was last complete and up to date (Unix time; 0: never).",
+        );
+        (written, failures, complete)
     }
 
     /// Requests and connections.

@@ -59,6 +59,9 @@ pub struct Options {
     pub server: String,
     /// Extra lines for `[server.api]` (e.g. `allow_tls12 = true`).
     pub api: String,
+    /// Extra lines for `[server.public]` (`{scratch}` names the scratch
+    /// directory).
+    pub public: String,
     /// Start the process (false: only write the token, PKI and config,
     /// for a test that runs the service in-process).
     pub spawn: bool,
@@ -87,6 +90,7 @@ impl Default for Options {
             env: Vec::new(),
             server: String::new(),
             api: String::new(),
+            public: String::new(),
             spawn: true,
             pki_init: true,
             adopt_policy: true,
@@ -420,7 +424,7 @@ impl Daemon {
             "\n[server]\nnode_id = \"{node}\"\npolicy = \"{policy}\"\npolicy_anchor = \"{anchor}\"\n{server_extra}\n\n[server.api]\nlisten = \"{api}\"\n{api_extra}\n\
              certificate = \"{tls}/server.pem\"\n{server_key}\n\
              client_ca = \"{tls}/ca.pem\"\nclient_crls = [\"{tls}/crl.pem\", \"{tls}/officer-ca-crl.pem\"]\n\n\
-             [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n\n\
+             [server.public]\nlisten = \"{public}\"\nbase_url = \"http://{public}\"\n{public_extra}\n\n\
              [server.ops]\nlisten = \"{ops}\"\n\n[server.audit]\norigin = \"{AUDIT_ORIGIN}\"\n\
              checkpoint_interval_ms = 300\n\n[server.limits]\n{limits}\n\n[store]\n{store}\n",
             node = options.node_id,
@@ -433,6 +437,7 @@ impl Daemon {
             tls = tls.display(),
             limits = options.limits,
             server_extra = options.server,
+            public_extra = options.public.replace("{scratch}", &scratch.display().to_string()),
             // `{tls}` in a test's extra API settings names the TLS directory.
             api_extra = options.api.replace("{tls}", &tls.display().to_string()),
             server_key = if options.tls_key_in_token {

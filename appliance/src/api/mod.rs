@@ -5,6 +5,7 @@
 //! ([`ops`]).
 
 pub mod admission;
+pub mod documents;
 pub mod ops;
 pub mod public;
 pub mod router;

@@ -216,6 +216,29 @@ pin = { file = "/etc/dojang/pin" }
     }
 
     #[test]
+    fn a_status_token_lifetime_outside_its_bounds_is_refused() {
+        let server = |extra: &str| {
+            format!(
+                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
+                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
+                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
+                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n{extra}\n",
+                anchor = "a".repeat(64)
+            )
+        };
+        let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
+        let public = &parsed.server.unwrap().public;
+        assert_eq!(public.status_token_lifetime_s, 86_400);
+        assert!(public.mirror_dir.is_none());
+        assert!(Config::parse(Path::new("d.toml"), &server("mirror_dir = \"/srv/m\"")).is_ok());
+        for bad in [0, 599, 604_801] {
+            let text = server(&format!("status_token_lifetime_s = {bad}"));
+            let err = Config::parse(Path::new("d.toml"), &text).unwrap_err();
+            assert!(err.to_string().contains("status_token_lifetime_s"), "{err}");
+        }
+    }
+
+    #[test]
     fn inconsistent_values_are_refused() {
         let text = GOOD.replace("token_label = \"dojang\"", "token_label = \"\"");
         let err = Config::parse(Path::new("d.toml"), &text).unwrap_err();

@@ -124,6 +124,20 @@ pub struct PublicListener {
     /// Its private key (PEM).
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// A directory every document of this listener is also written to
+    /// (atomically, as it changes) for any web server or CDN to serve
+    /// while this node is down: `docs/disaster-recovery.md`.
+    #[serde(default)]
+    pub mirror_dir: Option<PathBuf>,
+    /// Seconds a signed status list stays valid (`exp`): the outage a
+    /// mirror's copy covers, and how long an old list could be replayed
+    /// to a verifier (600 s to 7 days).
+    #[serde(default = "default_status_token_lifetime")]
+    pub status_token_lifetime_s: u64,
+}
+
+fn default_status_token_lifetime() -> u64 {
+    86_400
 }
 
 /// The ops listener (loopback by default).
@@ -343,6 +357,12 @@ impl ServerConfig {
         if self.public.certificate.is_some() != self.public.private_key.is_some() {
             return Err(
                 "server.public: set both certificate and private_key, or neither (plain HTTP)"
+                    .into(),
+            );
+        }
+        if !(600..=604_800).contains(&self.public.status_token_lifetime_s) {
+            return Err(
+                "server.public.status_token_lifetime_s must be 600 (10 minutes) to 604800 (7 days)"
                     .into(),
             );
         }

@@ -121,6 +121,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.keys.lifecycle_interval_ms,
     )?;
     let status_thread = threads::status(shared.service.clone(), stop_threads.clone())?;
+    let mirror_site = server.public.mirror_dir.clone().map(|dir| {
+        Arc::new(threads::MirrorSite {
+            dir,
+            base_url: server.public.base_url.clone(),
+            issuer: credential.issuer.clone(),
+        })
+    });
+    let mirror_thread = mirror_site
+        .clone()
+        .map(|site| threads::mirror(shared.service.clone(), stop_threads.clone(), site))
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("dojang-io")
@@ -147,6 +158,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let _ = status_thread.join();
     shared.service.record_event("stop", "ok");
     let _ = shared.service.audit.checkpoint();
+    // The mirror ends with this run's last checkpoint.
+    if let (Some(site), Some(Ok(mut mirror))) = (mirror_site, mirror_thread.map(|t| t.join())) {
+        site.update(&mut mirror, &shared.service);
+    }
     tracing::info!("stopped");
     Ok(())
 }

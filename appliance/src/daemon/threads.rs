@@ -84,3 +84,64 @@ pub(super) fn status(
         })
         .context("starting the status-list thread")
 }
+
+/// What the mirror thread needs besides the service.
+pub(super) struct MirrorSite {
+    pub(super) dir: std::path::PathBuf,
+    pub(super) base_url: String,
+    pub(super) issuer: String,
+}
+
+impl MirrorSite {
+    /// Brings the mirror up to date once, counting the outcome.
+    pub(super) fn update(&self, mirror: &mut crate::mirror::Mirror, service: &Service) {
+        let site = crate::api::documents::Site {
+            base_url: &self.base_url,
+            issuer: &self.issuer,
+            keys_max_age: crate::api::public::keys_max_age(
+                service.policy.current().keys.prepublish,
+            ),
+        };
+        let metrics = &service.node.metrics;
+        match mirror.update(service, &site) {
+            Ok(written) => {
+                metrics.mirror_files_written.inc_by(written as u64);
+                metrics
+                    .mirror_complete
+                    .set(time::OffsetDateTime::now_utc().unix_timestamp());
+            }
+            Err(e) => {
+                metrics.mirror_failures.inc();
+                tracing::warn!(dir = %self.dir.display(), error = %e, "updating the static mirror");
+            }
+        }
+    }
+}
+
+/// How often the mirror is brought up to date (files change only when
+/// their bytes do; status lists are re-signed every 30 s).
+const MIRROR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts the mirror thread: opens the directory (a failure stops the
+/// start), then brings it up to date every [`MIRROR_INTERVAL`]; hands the
+/// mirror back when stopped, for a last update after the final checkpoint.
+pub(super) fn mirror(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+    site: Arc<MirrorSite>,
+) -> anyhow::Result<JoinHandle<crate::mirror::Mirror>> {
+    let mut mirror = crate::mirror::Mirror::open(&site.dir).map_err(anyhow::Error::msg)?;
+    std::thread::Builder::new()
+        .name("dojang-mirror".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                site.update(&mut mirror, &service);
+                let next = Instant::now() + MIRROR_INTERVAL;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            mirror
+        })
+        .context("starting the mirror thread")
+}

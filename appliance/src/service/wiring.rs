@@ -88,6 +88,7 @@ impl Service {
             keys.clone(),
             changes,
             server.public.base_url.clone(),
+            server.public.status_token_lifetime_s,
         ));
         let reloader = Arc::new(Reloader::new(node.clone(), policy.clone(), keys.clone()));
         let probe = ReadinessProbe::new(node.clone(), policy.clone(), keys.clone())

@@ -33,8 +33,9 @@ const MAX_STATUS_LIST: u32 = 1024;
 /// Status-list positions reserved from the registry at a time (positions
 /// a node reserved and never used stay valid: harmless decoys).
 const STATUS_BLOCK: u64 = 64;
-/// Seconds a status-list token is valid; verifiers may cache it for `TTL`.
-const STATUS_TOKEN_LIFETIME: i64 = 3600;
+/// Seconds verifiers may cache a status-list token (its `ttl`); it is
+/// valid (`exp`) for the configured lifetime, which covers an outage
+/// during which verifiers fetch the last tokens from a static mirror.
 const STATUS_TOKEN_TTL: u64 = 300;
 /// A cached token is re-signed after this long even if nothing changed
 /// (another node sharing the registry may have changed it).
@@ -93,6 +94,8 @@ pub struct StatusPublisher {
     keys: Arc<KeyManager>,
     changes: StatusChanges,
     public_base: String,
+    /// Seconds a token is valid (`exp - iat`).
+    lifetime: i64,
     /// Reserved positions not handed out yet, the next one last.
     statuses: Mutex<Option<StatusPositions>>,
     status_tokens: Mutex<HashMap<(u32, TokenForm), CachedToken>>,
@@ -104,18 +107,21 @@ pub struct StatusPublisher {
 }
 
 impl StatusPublisher {
-    /// A publisher whose lists live under `public_base`.
+    /// A publisher whose lists live under `public_base` and whose tokens
+    /// are valid for `lifetime_s` seconds.
     pub fn new(
         node: Node,
         keys: Arc<KeyManager>,
         changes: StatusChanges,
         public_base: String,
+        lifetime_s: u64,
     ) -> Self {
         StatusPublisher {
             node,
             keys,
             changes,
             public_base,
+            lifetime: i64::try_from(lifetime_s).unwrap_or(i64::MAX / 2),
             statuses: Mutex::new(None),
             status_tokens: Mutex::new(HashMap::new()),
             status_signing: Mutex::new(()),
@@ -162,9 +168,14 @@ impl StatusPublisher {
 
     /// The URI of a status list's token in `form`.
     pub fn uri_of(&self, list: u32, form: TokenForm) -> String {
+        format!("{}{}", self.public_base, Self::path_of(list, form))
+    }
+
+    /// The path of a status list's token in `form` on the public listener.
+    pub fn path_of(list: u32, form: TokenForm) -> String {
         match form {
-            TokenForm::Jwt => format!("{}/status/{list}", self.public_base),
-            TokenForm::Cwt => format!("{}/status/{list}.cwt", self.public_base),
+            TokenForm::Jwt => format!("/status/{list}"),
+            TokenForm::Cwt => format!("/status/{list}.cwt"),
         }
     }
 
@@ -255,7 +266,7 @@ impl StatusPublisher {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         cached.generation != self.changes.current()
             || cached.signed.elapsed() + BACKGROUND_LEAD >= STATUS_TOKEN_REFRESH
-            || cached.exp - now <= STATUS_TOKEN_LIFETIME / 2
+            || cached.exp - now <= self.lifetime / 2
     }
 
     /// Reads `list` once and signs it in every form, caching each (the
@@ -308,7 +319,7 @@ impl StatusPublisher {
             uri: &self.uri_of(list, form),
             keys_uri: &self.keys_uri(),
             iat: now,
-            exp: now + STATUS_TOKEN_LIFETIME,
+            exp: now + self.lifetime,
             ttl: STATUS_TOKEN_TTL,
             certificate: signer.certificate.as_deref(),
         };
@@ -321,7 +332,7 @@ impl StatusPublisher {
                     TokenForm::Cwt => sign_cwt(self.node.backend, key, list_bits, &fields),
                 })
                 .map_err(|e| e.to_string())?;
-        self.keys.count_signature(key, now + STATUS_TOKEN_LIFETIME);
+        self.keys.count_signature(key, now + self.lifetime);
         self.node.metrics.status_list_signatures.inc();
         Ok(token.into())
     }
@@ -337,7 +348,7 @@ impl StatusPublisher {
         };
         (cached.generation == generation
             && cached.signed.elapsed() < fresh_for
-            && cached.exp - now > STATUS_TOKEN_LIFETIME / 2)
+            && cached.exp - now > self.lifetime / 2)
             .then(|| cached.token.clone())
     }
 
@@ -355,7 +366,7 @@ impl StatusPublisher {
                     token,
                     generation,
                     signed: Instant::now(),
-                    exp: now + STATUS_TOKEN_LIFETIME,
+                    exp: now + self.lifetime,
                 },
             );
         }

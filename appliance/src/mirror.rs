@@ -1,0 +1,230 @@
+//! The static mirror: every document of the public listener (the key
+//! view's [`documents`](crate::api::documents), each status list in both
+//! forms, the audit log's latest checkpoint) written to a directory under
+//! the same paths, so any web server or CDN, at either site, serves
+//! verifiers while no node runs. A file is replaced atomically (written
+//! beside, synced, renamed) only when its bytes change; `mirror.json`
+//! lists every file with its SHA-256, media type and cache time, so an
+//! operator's sync can check a copy and configure the web server. A
+//! document that cannot be produced now (a status list the device cannot
+//! sign) keeps its last copy: it stays valid until its own `exp`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::api::documents::{Document, Site, key_document, key_document_paths};
+use crate::service::Service;
+use crate::status::TokenForm;
+
+/// The manifest's name in the mirror directory.
+pub const MANIFEST: &str = "mirror.json";
+/// The latest signed checkpoint (a C2SP signed note), as tlog-tiles names it.
+pub const CHECKPOINT: &str = "checkpoint";
+
+/// One file of the mirror as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// What a web server should send as `Content-Type`.
+    pub media_type: String,
+    /// What it should send as `Cache-Control: max-age`.
+    pub max_age: u32,
+}
+
+/// `mirror.json`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// When the mirror was last brought up to date (RFC 3339).
+    pub updated: String,
+    /// The node that wrote it.
+    pub node: String,
+    /// Every file, by path relative to the directory.
+    pub files: BTreeMap<String, Entry>,
+}
+
+/// A mirror directory and what this node last wrote there.
+pub struct Mirror {
+    dir: PathBuf,
+    written: BTreeMap<String, Entry>,
+}
+
+impl Mirror {
+    /// Opens (creating) `dir`, taking over the files its manifest lists.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let written = std::fs::read(dir.join(MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+            .map(|m| m.files)
+            .unwrap_or_default();
+        Ok(Mirror {
+            dir: dir.to_owned(),
+            written,
+        })
+    }
+
+    /// Brings the directory up to date with what `service` serves now;
+    /// how many files were written. Files no longer served are removed,
+    /// unless some document could not be produced (then nothing is).
+    pub fn update(&mut self, service: &Service, site: &Site<'_>) -> Result<usize, String> {
+        let (documents, mut complete) = documents(service, site);
+        let mut files = BTreeMap::new();
+        let mut written = 0;
+        for (path, doc) in documents {
+            let Some(relative) = safe_relative(&path) else {
+                tracing::warn!(path, "mirror: refusing a path that could leave the mirror");
+                complete = false;
+                continue;
+            };
+            let entry = Entry {
+                sha256: crate::keys::view::hex(&pkcs11_shim::digest::sha256(&doc.body)),
+                media_type: doc.media_type.to_owned(),
+                max_age: doc.max_age,
+            };
+            if self.written.get(&relative) != Some(&entry) {
+                write_atomically(&self.dir, &relative, &doc.body)?;
+                written += 1;
+            }
+            let _ = files.insert(relative, entry);
+        }
+        for (relative, entry) in &self.written {
+            if files.contains_key(relative) {
+                continue;
+            }
+            if complete {
+                let _ = std::fs::remove_file(self.dir.join(relative));
+            } else {
+                let _ = files.insert(relative.clone(), entry.clone());
+            }
+        }
+        let manifest = Manifest {
+            updated: crate::node::rfc3339(time::OffsetDateTime::now_utc()),
+            node: service.node.id.clone(),
+            files,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        write_atomically(&self.dir, MANIFEST, &body)?;
+        self.written = manifest.files;
+        if complete {
+            Ok(written)
+        } else {
+            Err("some documents could not be produced; their last copies stay".into())
+        }
+    }
+}
+
+/// Every document served now, by path, and whether none failed.
+fn documents(service: &Service, site: &Site<'_>) -> (Vec<(String, Document)>, bool) {
+    let keys = service.keys.view();
+    let mut out: Vec<(String, Document)> = key_document_paths(&keys)
+        .into_iter()
+        .filter_map(|path| Some((path.clone(), key_document(&keys, &path, site)?)))
+        .collect();
+    let mut complete = true;
+    // Lists are numbered from 1 and opened in turn: the first one missing
+    // ends them.
+    'lists: for list in 1u32.. {
+        for form in TokenForm::ALL {
+            match service.status.status_token(list, form) {
+                Ok(Some(token)) => out.push((
+                    crate::status::StatusPublisher::path_of(list, form),
+                    Document {
+                        route: "/status/{list}",
+                        media_type: form.media_type(),
+                        body: token.to_vec(),
+                        max_age: 60,
+                    },
+                )),
+                Ok(None) => break 'lists,
+                Err(e) => {
+                    tracing::warn!(list, error = %e, "mirror: a status list cannot be signed now");
+                    complete = false;
+                    break 'lists;
+                }
+            }
+        }
+    }
+    match service.node.registry.latest_checkpoint() {
+        Ok(Some((_, note))) => out.push((
+            format!("/{CHECKPOINT}"),
+            Document {
+                route: "/checkpoint",
+                media_type: "text/plain; charset=utf-8",
+                body: note.into_bytes(),
+                max_age: 5,
+            },
+        )),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "mirror: reading the latest checkpoint");
+            complete = false;
+        }
+    }
+    (out, complete)
+}
+
+/// `path` (`/ds/x.pem`) as a path under the mirror, refused if any part
+/// could leave it or hide (a label comes from the registry, which may lie).
+fn safe_relative(path: &str) -> Option<String> {
+    let relative = path.strip_prefix('/').unwrap_or(path);
+    let ok = !relative.is_empty()
+        && relative.split('/').all(|part| {
+            (part == ".well-known" || !part.starts_with('.'))
+                && !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    ok.then(|| relative.to_owned())
+}
+
+/// Writes `body` to `dir/relative` so a reader sees the old file or the
+/// new one, never a part: a temporary file beside it, synced, renamed,
+/// and the directory synced.
+fn write_atomically(dir: &Path, relative: &str, body: &[u8]) -> Result<(), String> {
+    let target = dir.join(relative);
+    let parent = target.parent().unwrap_or(dir);
+    let fail = |e: std::io::Error| format!("mirror: writing {}: {e}", target.display());
+    std::fs::create_dir_all(parent).map_err(fail)?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    let temporary = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+    file.write_all(body).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, &target).map_err(fail)?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_relative;
+
+    #[test]
+    fn paths_that_could_leave_the_mirror_are_refused() {
+        assert_eq!(
+            safe_relative("/ds/ds-1.pem").as_deref(),
+            Some("ds/ds-1.pem")
+        );
+        assert_eq!(
+            safe_relative("/.well-known/jwks.json").as_deref(),
+            Some(".well-known/jwks.json")
+        );
+        for bad in [
+            "/ds/../../etc/passwd.pem",
+            "/ds/.hidden.pem",
+            "/ds//x.pem",
+            "/",
+            "/ds/a b.pem",
+            "/ds/x\0.pem",
+        ] {
+            assert!(safe_relative(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The static mirror: with no node running, verifiers get everything they
+//! fetch (key sets, certificates, CRL, status lists, the log's checkpoint)
+//! from a plain web server we did not write (Python's `http.server`) over
+//! a copy of the mirror directory, and check it with libraries we did not
+//! write (sd-jwt, jwcrypto, cbor2, cryptography, openssl).
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use softhsm_tests::daemon::{self, Daemon, Options};
+use softhsm_tests::https::{Client, Target};
+
+/// A web server over a directory, killed when dropped.
+struct WebServer(Child, std::net::SocketAddr);
+
+impl WebServer {
+    fn start(dir: &Path) -> Self {
+        let port = softhsm_tests::ports::reserve(1);
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        WebServer(child, addr)
+    }
+
+    /// `path` from the server, saved under `dir` for the verifiers.
+    fn fetch(&self, path: &str, dir: &Path) -> PathBuf {
+        let reply = Client::new(Target::plain(self.1)).get(path);
+        assert_eq!(reply.status, 200, "{path} from the static server");
+        let file = dir.join(path.trim_start_matches('/').replace('/', "_"));
+        std::fs::write(&file, &reply.body).unwrap();
+        file
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python(script: &str, args: &[&Path]) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(dir.join("../.venv/bin/python"))
+        .arg(dir.join("python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the mirror's status list `path` shows `bit` at `idx`.
+fn wait_for_bit(mirror: &Path, path: &str, form: &str, idx: u64, bit: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = python(
+            "verify_status_list.py",
+            &[
+                form.as_ref(),
+                &mirror.join(path),
+                &mirror.join("status/jwks.json"),
+                idx.to_string().as_ref(),
+            ],
+        );
+        if read["status"] == bit {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}[{idx}] never became {bit}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
+    let mut d = Daemon::start(Options {
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        ..Options::default()
+    });
+    let mirror = d.scratch().join("mirror");
+    let mut counter = d.client("counter");
+    let mut issued = Vec::new();
+    for (n, profile) in ["sd-jwt", "mdoc"].into_iter().enumerate() {
+        let (jwk, _) = daemon::phone();
+        let reply = counter.post_json(
+            "/v1/credentials",
+            &daemon::request(profile, &daemon::number(n as u32 + 40), &jwk),
+            &[],
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        issued.push(reply.json());
+    }
+    let (sd_jwt, mdoc) = (&issued[0], &issued[1]);
+    for (credential, action) in [(sd_jwt, "revoke"), (mdoc, "suspend")] {
+        let id = credential["id"].as_str().unwrap();
+        let reply = counter.send(
+            "POST",
+            &format!("/v1/credentials/{id}/{action}"),
+            &[],
+            Vec::new(),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let list = sd_jwt["status"]["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (sd_idx, mdoc_idx) = (
+        sd_jwt["status"]["idx"].as_u64().unwrap(),
+        mdoc["status"]["idx"].as_u64().unwrap(),
+    );
+    wait_for_bit(&mirror, &format!("status/{list}"), "jwt", sd_idx, 1);
+    wait_for_bit(&mirror, &format!("status/{list}.cwt"), "cwt", mdoc_idx, 2);
+    // The checkpoint covering both changes reaches the mirror too.
+    let entries = d.audit_entries().len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint_size(&mirror.join("checkpoint")) < entries {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror's checkpoint stays behind"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The site is lost: the node dies; the mirror is copied elsewhere.
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(10));
+    let copy = d.scratch().join("mirror-copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&mirror)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    let web = WebServer::start(&copy);
+    let fetched = d.scratch().join("fetched");
+    std::fs::create_dir_all(&fetched).unwrap();
+
+    // The manifest lists every file with its digest, and nothing else lies there.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(web.fetch("/mirror.json", &fetched)).unwrap())
+            .unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    for (path, entry) in files {
+        let body = std::fs::read(copy.join(path)).unwrap();
+        let digest = openssl::sha::sha256(&body);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(entry["sha256"], hex, "{path}");
+    }
+    for path in [
+        "status/jwks.json",
+        ".well-known/jwks.json",
+        "iaca.pem",
+        "iaca.crl",
+        "checkpoint",
+    ] {
+        assert!(files.contains_key(path), "{path} missing from the manifest");
+    }
+    assert_eq!(
+        files[&format!("status/{list}")]["media_type"],
+        "application/statuslist+jwt"
+    );
+
+    // SD-JWT VC: the issuer key from the mirror's JWKS and DS certificate.
+    let jwks = web.fetch("/.well-known/jwks.json", &fetched);
+    let kids: Vec<String> =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&jwks).unwrap()).unwrap()
+            ["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+    assert!(kids.contains(&sd_jwt["kid"].as_str().unwrap().to_owned()));
+    let credential = fetched.join("credential.sd-jwt");
+    std::fs::write(&credential, sd_jwt["credential"].as_str().unwrap()).unwrap();
+    let ds = web.fetch(
+        &format!("/ds/{}.pem", sd_jwt["key_label"].as_str().unwrap()),
+        &fetched,
+    );
+    let _ = python("verify_sdjwt.py", &[&credential, &ds]);
+
+    // Status lists in both forms, keys from the mirror, chained to the IACA
+    // from the mirror, valid for the documented outage (a day by default).
+    let iaca = web.fetch("/iaca.pem", &fetched);
+    let status_keys = web.fetch("/status/jwks.json", &fetched);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (path, form, idx, bit) in [
+        (format!("/status/{list}"), "jwt", sd_idx, 1),
+        (format!("/status/{list}.cwt"), "cwt", mdoc_idx, 2),
+    ] {
+        let token = web.fetch(&path, &fetched);
+        let read = python(
+            "verify_status_list.py",
+            &[
+                form.as_ref(),
+                &token,
+                &status_keys,
+                idx.to_string().as_ref(),
+                &iaca,
+            ],
+        );
+        assert_eq!(read["status"], bit, "{path}: {read}");
+        assert!(
+            read["exp"].as_i64().unwrap() > now + 23 * 3600,
+            "{path}: {read}"
+        );
+    }
+
+    // The CRL, checked by openssl against the mirror's IACA.
+    let crl = web.fetch("/iaca.crl", &fetched);
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-in"])
+        .arg(&crl)
+        .arg("-CAfile")
+        .arg(&iaca)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.contains("verify OK"), "{said}");
+
+    // The checkpoint is one the registry holds, covering the changes.
+    let registry = dojang::store::SqliteRegistry::open(&d.scratch().join("registry.db")).unwrap();
+    let signed = dojang::store::Registry::checkpoints(&registry).unwrap();
+    let served = web.fetch("/checkpoint", &fetched);
+    assert!(checkpoint_size(&served) >= entries);
+    let served = std::fs::read_to_string(served).unwrap();
+    assert!(signed.iter().any(|(_, note)| *note == served), "{served}");
+}
+
+/// The tree size a signed checkpoint note states (0 before one exists).
+fn checkpoint_size(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|note| note.lines().nth(1).and_then(|l| l.parse().ok()))
+        .unwrap_or(0)
+}
