@@ -171,6 +171,29 @@ pub enum BundleError {
     NoCheckpoint,
 }
 
+/// The bundle with checkpoints published outside it (a mirror's copy, a
+/// witness's) placed among its own by size, so [`verify`] holds the log
+/// to them as to its own: a log shorter than one was rolled back
+/// ([`BundleError::Truncated`]), one that hashes differently forked. A
+/// note whose size cannot be read goes last (and fails there).
+pub fn with_published(mut bundle: Bundle, published: &[String]) -> Bundle {
+    let size = |note: &str| -> u64 {
+        note.lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    for note in published {
+        let at = bundle
+            .checkpoints
+            .iter()
+            .position(|c| size(c) > size(note))
+            .unwrap_or(bundle.checkpoints.len());
+        bundle.checkpoints.insert(at, note.clone());
+    }
+    bundle
+}
+
 /// Verifies a bundle against what the auditor trusts. Entries after the
 /// latest checkpoint are reported in [`Report::unsigned_tail`]: nothing
 /// vouches for them yet, and the caller decides whether that is acceptable.

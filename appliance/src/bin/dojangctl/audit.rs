@@ -71,33 +71,13 @@ fn export(
     out: &std::path::Path,
     key_out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let server = config
-        .server
-        .as_ref()
-        .context("this needs the [server] table (audit origin and key)")?;
     let registry = dojang::cli::open_registry(config)?;
-    let mut keys = audit_keys_pem(config, &server.keys.audit, registry.as_ref())?;
-    let anchor = keys.remove(0);
-    let origin = server.audit.origin.clone();
-    while registry.sequence_audit()? > 0 {}
-    let entries = entries_base64(registry.as_ref())?;
-    let bundle = dojang::audit::bundle::Bundle {
-        format: dojang::audit::bundle::FORMAT.into(),
-        origin: origin.clone(),
-        key_name: origin,
-        public_key_pem: anchor.clone(),
-        handover_keys_pem: keys,
-        entries,
-        checkpoints: registry
-            .checkpoints()?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect(),
-    };
+    let bundle = bundle_of(config, registry.as_ref())?;
     std::fs::write(out, serde_json::to_vec_pretty(&bundle)?)
         .with_context(|| format!("writing {}", out.display()))?;
     if let Some(path) = key_out {
-        std::fs::write(path, &anchor).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, &bundle.public_key_pem)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "{}: {} entries, {} checkpoints of log {:?}",
@@ -107,6 +87,52 @@ fn export(
         bundle.origin
     );
     Ok(())
+}
+
+/// The registry's audit log as a bundle (entries sequenced first).
+pub(crate) fn bundle_of(
+    config: &Config,
+    registry: &dyn dojang::store::Registry,
+) -> anyhow::Result<dojang::audit::bundle::Bundle> {
+    let server = config
+        .server
+        .as_ref()
+        .context("this needs the [server] table (audit origin and key)")?;
+    let mut keys = audit_keys_pem(config, &server.keys.audit, registry)?;
+    let anchor = keys.remove(0);
+    let origin = server.audit.origin.clone();
+    while registry.sequence_audit()? > 0 {}
+    Ok(dojang::audit::bundle::Bundle {
+        format: dojang::audit::bundle::FORMAT.into(),
+        origin: origin.clone(),
+        key_name: origin,
+        public_key_pem: anchor,
+        handover_keys_pem: keys,
+        entries: entries_base64(registry)?,
+        checkpoints: registry
+            .checkpoints()?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect(),
+    })
+}
+
+/// What an auditor trusts: the key in `key_pem` (a file from outside the
+/// log), with its note name, for the log `origin`.
+pub(crate) fn trusted_log(
+    key_pem: &std::path::Path,
+    key_name: String,
+    origin: String,
+) -> anyhow::Result<dojang::audit::bundle::TrustedLog> {
+    let pem = std::fs::read(key_pem).with_context(|| format!("reading {}", key_pem.display()))?;
+    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
+        .and_then(|k| k.public_key_to_der())
+        .with_context(|| format!("{} is not a public key", key_pem.display()))?;
+    Ok(dojang::audit::bundle::TrustedLog {
+        key: PublicKey::from_spki_der(&der)?,
+        key_name,
+        origin,
+    })
 }
 
 /// The audit keys (PEM) in the order they signed: the first is the anchor
@@ -161,15 +187,11 @@ fn verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an audit bundle", a.bundle.display()))?;
-    let pem = std::fs::read(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
-    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
-        .and_then(|k| k.public_key_to_der())
-        .with_context(|| format!("{} is not a public key", a.key.display()))?;
-    let trusted = dojang::audit::bundle::TrustedLog {
-        key: PublicKey::from_spki_der(&der)?,
-        key_name: a.key_name.unwrap_or_else(|| bundle.key_name.clone()),
-        origin: a.origin,
-    };
+    let trusted = trusted_log(
+        &a.key,
+        a.key_name.unwrap_or_else(|| bundle.key_name.clone()),
+        a.origin,
+    )?;
     let report = dojang::audit::bundle::verify(&bundle, &trusted)?;
     anyhow::ensure!(
         report.signed_size >= a.min_size,

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod audit;
+mod backup;
 mod ceremony;
 mod credential;
 mod dev_tls;
@@ -98,6 +99,13 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Copy the registry (SQLite, online) into a new directory with a
+    /// manifest, for `restore`.
+    Backup(backup::BackupArgs),
+    /// Restore a backup onto a fresh node whose token is a clone of the
+    /// issuing one; refused unless its audit log verifies and contains
+    /// every checkpoint published before the loss.
+    Restore(backup::RestoreArgs),
     /// Check and try out issuance policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -132,6 +140,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Ceremony(command) => ceremony::run(command, &conn, load),
         Command::Credential(command) => credential::run(command, &load()?),
         Command::Audit(command) => audit::run(command, load, args.json),
+        Command::Backup(b) => backup::backup(&load()?, &b),
+        Command::Restore(r) => backup::restore(&load()?, &r),
         Command::Policy(command) => policy::run(command, &conn, load, args.json),
         Command::Verify(v) => verify::run(v),
         Command::DevTls(dev_tls) => dev_tls::run(dev_tls, load),

@@ -136,6 +136,39 @@ impl SqlRegistry<SqliteDriver> {
     pub fn path(&self) -> &Path {
         &self.driver.path
     }
+
+    /// Copies the whole database to `target` (a new file) with SQLite's
+    /// online backup API, in one step: one read transaction, so the copy
+    /// is a consistent snapshot while the daemon keeps writing.
+    pub fn backup_to(&self, target: &Path) -> Result<(), StoreError> {
+        let source = open_connection(&self.driver.path)?;
+        let mut copy = Connection::open(target).map_err(unavailable)?;
+        let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(map_err)?;
+        // `step(-1)` copies every page at once; busy or locked (the
+        // writer mid-commit) is retried, at most for the busy timeout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match backup.step(-1).map_err(map_err)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(StoreError::Unavailable(
+                        "the registry stayed busy; try the backup again".into(),
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        drop(backup);
+        let check: String = copy
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .map_err(map_err)?;
+        if check != "ok" {
+            return Err(StoreError::Internal(format!(
+                "the copy fails SQLite's integrity check: {check}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Driver for SqliteDriver {

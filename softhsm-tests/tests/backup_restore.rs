@@ -1,0 +1,224 @@
+//! The restore drill: a node's registry is backed up while it issues, the
+//! node is lost, and a fresh node on a clone of the token comes back from
+//! the backup. Only a backup that contains every checkpoint published
+//! before the loss (the mirror's copy) is restored; a stale one, a
+//! damaged one and one an insider shortened are refused before anything
+//! is put in place. After the restore the node recognises every holder it
+//! knew (the cloned pseudonym key) and its audit log verifies.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use softhsm_tests::daemon::{self, Daemon, Options};
+
+fn issue(d: &Daemon, n: u32) -> softhsm_tests::https::Reply {
+    let (jwk, _) = daemon::phone();
+    d.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request("sd-jwt", &daemon::number(n), &jwk),
+        &[],
+    )
+}
+
+/// The tree size a signed checkpoint note states (0 before one exists).
+fn checkpoint_size(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|note| note.lines().nth(1).and_then(|l| l.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Waits for the mirror's checkpoint to cover the log, and keeps a copy
+/// of it at `keep` (what a verifier or witness saw published).
+fn published_checkpoint(d: &Daemon, keep: &Path) -> u64 {
+    let entries = d.audit_entries().len() as u64;
+    let mirrored = d.scratch().join("mirror/checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint_size(&mirrored) < entries {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror's checkpoint stays behind"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::fs::copy(&mirrored, keep).unwrap();
+    checkpoint_size(keep)
+}
+
+fn restore(d: &Daemon, backup: &Path, args: &[&Path]) -> Output {
+    let mut command = d.command("dojangctl");
+    let _ = command
+        .arg("--config")
+        .arg(&d.config)
+        .arg("restore")
+        .arg(backup)
+        .arg("--audit-key")
+        .arg(d.scratch().join("audit.pem"));
+    for published in args {
+        let _ = command.arg("--published").arg(published);
+    }
+    command.output().unwrap()
+}
+
+fn refused(out: &Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored when it should refuse");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
+    let mut d = Daemon::start(Options {
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        ..Options::default()
+    });
+    let scratch = d.scratch().to_owned();
+    for n in 50..52 {
+        assert_eq!(issue(&d, n).status, 201);
+    }
+    let early = scratch.join("published-early");
+    let _ = published_checkpoint(&d, &early);
+    let stale = scratch.join("backup-stale");
+    let _ = d.ctl(&["backup", "--out", stale.to_str().unwrap()]);
+    for n in 52..54 {
+        assert_eq!(issue(&d, n).status, 201);
+    }
+    let late = scratch.join("published-late");
+    let late_size = published_checkpoint(&d, &late);
+    let fresh = scratch.join("backup-fresh");
+    let said = d.ctl(&["backup", "--out", fresh.to_str().unwrap()]);
+    assert!(said.contains("audit entries"), "{said}");
+    // The auditors' pinned key (in real life from outside, long before).
+    let _ = d.ctl(&[
+        "audit",
+        "export",
+        "--out",
+        scratch.join("before.json").to_str().unwrap(),
+        "--key-out",
+        scratch.join("audit.pem").to_str().unwrap(),
+    ]);
+
+    // The site is lost: the node dies, its registry is gone, and the token
+    // comes back from its backup (a SoftHSM copy standing in for the
+    // HSM's own cloning).
+    let tokens = scratch.join("tokens");
+    let token_backup = scratch.join("token-backup");
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(10));
+    copy_dir(&tokens, &token_backup);
+    std::fs::remove_dir_all(&tokens).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    let lost = scratch.join("lost-site");
+    std::fs::create_dir_all(&lost).unwrap();
+    for file in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::rename(scratch.join(file), lost.join(file));
+    }
+    let registry = scratch.join("registry.db");
+
+    // Without the token (an HSM not yet restored) nothing is restored.
+    refused(&restore(&d, &fresh, &[&late]), "key backend");
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&token_backup, &tokens).unwrap();
+
+    // No published checkpoint named: refused, with the reason.
+    refused(&restore(&d, &fresh, &[]), "--published");
+    // The stale backup would roll the log back behind what was published.
+    let out = restore(&d, &stale, &[&early, &late]);
+    refused(&out, "REFUSED");
+    refused(&out, "roll");
+    // A damaged copy.
+    let damaged = scratch.join("backup-damaged");
+    copy_dir(&fresh, &damaged);
+    let mut bytes = std::fs::read(damaged.join("registry.db")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(damaged.join("registry.db"), bytes).unwrap();
+    refused(
+        &restore(&d, &damaged, &[&late]),
+        "not the copy its manifest names",
+    );
+    // An insider drops the newest entries from a copy and fixes up the
+    // manifest: the log no longer reaches the published checkpoint.
+    let shortened = scratch.join("backup-shortened");
+    copy_dir(&fresh, &shortened);
+    shorten_log(&shortened, late_size - 2);
+    refused(&restore(&d, &shortened, &[&late]), "REFUSED");
+    assert!(
+        !registry.exists(),
+        "a refused restore left a registry behind"
+    );
+
+    // The fresh backup: restored, and the node takes up where it stopped.
+    let started = Instant::now();
+    let out = restore(&d, &fresh, &[&early, &late]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored"));
+    refused(&restore(&d, &fresh, &[&late]), "exists");
+    d.spawn();
+    for n in 50..54 {
+        let again = issue(&d, n).json();
+        // The cloned pseudonym key finds the holder the restored registry knows.
+        assert_eq!(
+            again["rule"], "holder.first_time",
+            "holder {n} known again: {again}"
+        );
+    }
+    assert_eq!(issue(&d, 54).status, 201);
+    println!(
+        "restore drill: from `dojangctl restore` to the first issuance: {} ms",
+        started.elapsed().as_millis()
+    );
+    let bundle = scratch.join("after.json");
+    let _ = d.ctl(&["audit", "export", "--out", bundle.to_str().unwrap()]);
+    let verified = d.ctl(&[
+        "audit",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--key",
+        scratch.join("audit.pem").to_str().unwrap(),
+        "--origin",
+        softhsm_tests::daemon::AUDIT_ORIGIN,
+        "--min-size",
+        &late_size.to_string(),
+        "--allow-unsigned-tail",
+    ]);
+    assert!(verified.contains("valid"), "{verified}");
+}
+
+/// Deletes the audit log's entries from `keep` on in a backup's copy and
+/// rewrites its manifest's digest (what an insider with the file could do).
+fn shorten_log(backup: &Path, keep: u64) {
+    let db: PathBuf = backup.join("registry.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let _ = conn
+        .execute("DELETE FROM audit_log WHERE seq >= ?1", [keep as i64])
+        .unwrap();
+    let _ = conn
+        .execute("DELETE FROM checkpoints WHERE size > ?1", [keep as i64])
+        .unwrap();
+    drop(conn);
+    let digest = openssl::sha::sha256(&std::fs::read(&db).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let manifest = backup.join("backup.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["sha256"] = hex.into();
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+}
