@@ -39,6 +39,9 @@ pub enum Store {
     Sqlite,
     /// A PostgreSQL URL.
     Postgres(String),
+    /// A PostgreSQL URL over the network, with the CA (PEM file) its
+    /// server's certificate must chain to (`store.postgres_ca`).
+    PostgresVerified(String, PathBuf),
 }
 
 /// How to start the daemon.
@@ -146,6 +149,8 @@ pub struct Daemon {
     pub tls: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// The network namespace the process runs in (a site of a drill).
+    netns: Option<String>,
     /// The officers' own tokens: one SoftHSM configuration of its own (the
     /// daemon never sees it), a token per officer.
     officers: std::sync::Arc<SoftHsmToken>,
@@ -403,6 +408,10 @@ impl Daemon {
         let store = match &options.store {
             Store::Sqlite => format!("sqlite = \"{}\"", scratch.join("registry.db").display()),
             Store::Postgres(url) => format!("postgres = \"{url}\"\npool_size = 8"),
+            Store::PostgresVerified(url, ca) => format!(
+                "postgres = \"{url}\"\npool_size = 8\npostgres_ca = \"{}\"",
+                ca.display()
+            ),
         };
         let device = if options.via_p11kit {
             Device::P11Kit(P11KitServer::start(token))
@@ -462,6 +471,7 @@ impl Daemon {
             tls,
             log: scratch.join("dojangd.log"),
             env: options.env,
+            netns: None,
             officers,
             offline: options
                 .offline_iaca
@@ -495,7 +505,16 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut command = Command::new(crate::workspace_binary("dojangd"));
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                let _ = c
+                    .args(["netns", "exec", ns])
+                    .arg(crate::workspace_binary("dojangd"));
+                c
+            }
+            None => Command::new(crate::workspace_binary("dojangd")),
+        };
         let _ = command
             .arg("serve")
             .arg("--config")
@@ -926,11 +945,68 @@ impl Daemon {
             tls: self.tls.clone(),
             log: self.scratch().join(format!("{node_id}.log")),
             env: self.env.clone(),
+            netns: None,
             officers: self.officers.clone(),
             offline: None,
         };
         daemon.spawn();
         daemon
+    }
+
+    /// A node of this cluster at another site of a drill: its listeners
+    /// on the site's address inside its namespace, its registry at
+    /// `store_url` (in place of this node's), its token the SoftHSM
+    /// configuration `token_conf` (this one's, or a clone's). Drop it
+    /// before `self`.
+    pub fn node_at(
+        &self,
+        node_id: &str,
+        site: &crate::sites::Site,
+        store_url: &str,
+        token_conf: &Path,
+    ) -> Daemon {
+        let first = crate::ports::reserve(3);
+        let at = |port| SocketAddr::from((site.ip, port));
+        let (api, public, ops) = (at(first), at(first + 1), at(first + 2));
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let store = text
+            .lines()
+            .find(|l| l.starts_with("postgres = "))
+            .expect("a node of a PostgreSQL cluster")
+            .to_owned();
+        let text = text
+            .replace(&self.api.to_string(), &api.to_string())
+            .replace(&self.public.to_string(), &public.to_string())
+            .replace(&self.ops.to_string(), &ops.to_string())
+            .replace(&store, &format!("postgres = \"{store_url}\""))
+            .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+        let config = self.scratch().join(format!("{node_id}.toml"));
+        write(&config, &text);
+        let mut daemon = Daemon {
+            device: Device::Shared {
+                conf: token_conf.to_owned(),
+                scratch: self.scratch().to_owned(),
+            },
+            child: None,
+            api,
+            public,
+            ops,
+            config,
+            policy: self.policy.clone(),
+            tls: self.tls.clone(),
+            log: self.scratch().join(format!("{node_id}.log")),
+            env: self.env.clone(),
+            netns: Some(site.netns.clone()),
+            officers: self.officers.clone(),
+            offline: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// The SoftHSM configuration of the daemon's token.
+    pub fn token_conf(&self) -> PathBuf {
+        self.device.conf_path()
     }
 
     /// Points this process's `SOFTHSM2_CONF` at the daemon's token (for a

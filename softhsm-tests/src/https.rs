@@ -235,6 +235,9 @@ pub struct Client {
     runtime: tokio::runtime::Runtime,
     target: Target,
     connection: Option<Connection>,
+    /// Gives up on an answer after this long (a peer whose network
+    /// vanished never answers nor resets).
+    timeout: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -247,7 +250,14 @@ impl Client {
                 .expect("runtime"),
             target,
             connection: None,
+            timeout: None,
         }
+    }
+
+    /// The same client, giving up on any answer after `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Sends a request; `Err` if the connection or the TLS handshake failed.
@@ -260,13 +270,22 @@ impl Client {
     ) -> Result<Reply, String> {
         let target = self.target.clone();
         let mut connection = self.connection.take();
+        let timeout = self.timeout;
         let result = self.runtime.block_on(async {
-            let mut conn = match connection.take() {
-                Some(c) => c,
-                None => target.connect().await?,
+            let exchange = async {
+                let mut conn = match connection.take() {
+                    Some(c) => c,
+                    None => target.connect().await?,
+                };
+                let reply = conn.send(method, path, headers, body).await?;
+                Ok::<_, String>((reply, conn))
             };
-            let reply = conn.send(method, path, headers, body).await?;
-            Ok::<_, String>((reply, conn))
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, exchange)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer in {limit:?}"))),
+                None => exchange.await,
+            }
         });
         match result {
             Ok((reply, conn)) => {

@@ -19,7 +19,9 @@ pub mod abuse;
 pub mod ceremony;
 pub mod daemon;
 pub mod https;
+pub mod pg;
 pub mod ports;
+pub mod sites;
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;

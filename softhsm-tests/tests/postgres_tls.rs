@@ -8,9 +8,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dojang::devtls::{DevCa, LeafSpec};
+use softhsm_tests::pg::{
+    as_postgres, cluster_dir, initdb, owned_by_postgres, postgres_bin, stop_immediately,
+};
 
 /// A PostgreSQL instance with TLS, stopped on drop.
 struct TlsPostgres {
@@ -19,64 +21,12 @@ struct TlsPostgres {
     port: u16,
 }
 
-fn as_postgres(bin: &Path, args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("runuser");
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}{}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn postgres_bin() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("Debian's PostgreSQL (make deps)")
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop().expect("initdb")
-}
-
-fn owned_by_postgres(path: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 impl TlsPostgres {
     fn start(ca: &DevCa) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dojang-pg-tls-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        owned_by_postgres(dir.path());
+        let dir = cluster_dir("dojang-pg-tls-");
         let bin = postgres_bin();
         let data = dir.path().join("data");
-        as_postgres(
-            &bin.join("initdb"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
+        initdb(&bin, &data);
         let leaf = ca.issue(&LeafSpec::localhost_server()).unwrap();
         std::fs::write(data.join("server.crt"), &leaf.cert_pem).unwrap();
         std::fs::write(data.join("server.key"), &leaf.key_pem).unwrap();
@@ -92,6 +42,7 @@ impl TlsPostgres {
             dir.path().display()
         );
         as_postgres(
+            None,
             &bin.join("pg_ctl"),
             &[
                 "-D",
@@ -110,12 +61,7 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
-            .output();
+        stop_immediately(&self.bin, &self.dir.path().join("data"));
     }
 }
 

@@ -1,0 +1,351 @@
+//! The two-site drill (issue 19): a node at site A on a PostgreSQL primary
+//! with a synchronous streaming standby at site B, each site a network
+//! namespace. Under load, site A is lost (every process SIGKILLed, the
+//! namespace torn down); the standby is promoted and a node at site B, on
+//! a clone of the token, issues. Then every credential a client got a 201
+//! for is in the registry with its audit entry (RPO 0), the audit log
+//! verifies across the failover and contains the checkpoint published
+//! before it, the free-copy quota and one-live-per-holder/phone hold, and
+//! the status lists and JWKS were fetchable from the static copy at site B
+//! throughout. The RTO is printed.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use softhsm_tests::daemon::{self, Daemon, Options, Store};
+use softhsm_tests::https::{Client, Target};
+use softhsm_tests::pg::{SiteCa, SiteCluster};
+use softhsm_tests::sites::{Site, Sites};
+
+const STANDBY: &str = "site_b";
+
+/// The mirror served by a web server we did not write, at site B.
+struct StaticCopy(Child, std::net::SocketAddr);
+
+impl StaticCopy {
+    fn start(site: &Site, dir: &Path) -> Self {
+        let port = softhsm_tests::ports::reserve(1);
+        let child = site
+            .command("python3")
+            .args(["-m", "http.server", "--bind", &site.ip.to_string()])
+            .arg("--directory")
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = std::net::SocketAddr::from((site.ip, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        StaticCopy(child, addr)
+    }
+}
+
+impl Drop for StaticCopy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Clients issuing to `node` until `stop`, each for holders of its own;
+/// the ids of every 201.
+fn load(
+    node: &Daemon,
+    stop: &Arc<AtomicBool>,
+    next: &Arc<AtomicU32>,
+) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..4)
+        .map(|_| {
+            let target = node.api_target("counter", false);
+            let (stop, next) = (stop.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::new(target).with_timeout(Duration::from_secs(2));
+                let mut ids = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let (jwk, _) = daemon::phone();
+                    let body = daemon::request("sd-jwt", &daemon::number(n), &jwk);
+                    match client.try_send(
+                        "POST",
+                        "/v1/credentials",
+                        &[("content-type", "application/json")],
+                        serde_json::to_vec(&body).unwrap(),
+                    ) {
+                        Ok(r) if r.status == 201 => {
+                            ids.push(r.json()["id"].as_str().unwrap().to_owned());
+                        }
+                        Ok(_) => {}
+                        // The site is gone: a new connection, until told to stop.
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                ids
+            })
+        })
+        .collect()
+}
+
+/// Fetches what verifiers need from the static copy until `stop`; the
+/// failures.
+fn verifier(
+    static_copy: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        let mut rounds = 0u32;
+        while !stop.load(Ordering::Relaxed) || rounds == 0 {
+            for path in [
+                "/.well-known/jwks.json",
+                "/status/jwks.json",
+                "/status/1",
+                "/status/1.cwt",
+                "/iaca.crl",
+            ] {
+                // A connection per fetch: http.server speaks HTTP/1.0.
+                let mut client =
+                    Client::new(Target::plain(static_copy)).with_timeout(Duration::from_secs(2));
+                match client.try_send("GET", path, &[], Vec::new()) {
+                    Ok(r) if r.status == 200 && !r.body.is_empty() => {}
+                    Ok(r) => failures.push(format!("{path}: {}", r.status)),
+                    Err(e) => failures.push(format!("{path}: {e}")),
+                }
+            }
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        failures
+    })
+}
+
+fn checkpoint_size(note: &str) -> u64 {
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A SoftHSM copy of `d`'s token with a configuration of its own: the
+/// stand-in for the HSM's own cloning to site B.
+fn clone_token(d: &Daemon) -> std::path::PathBuf {
+    let dir = d.scratch().join("site-b-hsm");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(d.scratch().join("tokens"))
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let conf = dir.join("softhsm2.conf");
+    let original = std::fs::read_to_string(d.token_conf()).unwrap();
+    let text = original.replace(
+        &d.scratch().join("tokens").display().to_string(),
+        &dir.join("tokens").display().to_string(),
+    );
+    assert_ne!(text, original, "the clone names its own token directory");
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+#[test]
+fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
+    let sites = Sites::create();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = SiteCa::new(ca_dir.path());
+    let primary = SiteCluster::primary(&sites.a, STANDBY, &ca);
+    let standby = SiteCluster::standby(&sites.a, &sites.b, STANDBY, &ca);
+    primary.wait_synchronous(STANDBY);
+    let d = Daemon::start(Options {
+        store: Store::PostgresVerified(primary.url.clone(), ca.pem.clone()),
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        spawn: false,
+        ..Options::default()
+    });
+    let node_a = d.node_at("site-a", &sites.a, &primary.url, &d.token_conf());
+    let clone = clone_token(&d);
+    // The auditors' pinned key, long before the loss.
+    let audit_key = d.scratch().join("audit.pem");
+    let _ = node_a.ctl(&[
+        "audit",
+        "export",
+        "--out",
+        d.scratch().join("before.json").to_str().unwrap(),
+        "--key-out",
+        audit_key.to_str().unwrap(),
+    ]);
+
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU32::new(100));
+    let clients = load(&node_a, &stop_load, &next);
+    // The mirror has every document before verifiers rely on it.
+    let mirror = d.scratch().join("mirror");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(mirror.join("status/1").exists() && mirror.join("checkpoint").exists()) {
+        assert!(Instant::now() < deadline, "the mirror was never written");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let static_copy = StaticCopy::start(&sites.b, &mirror);
+    let stop_verifier = Arc::new(AtomicBool::new(false));
+    let verifier = verifier(static_copy.1, stop_verifier.clone());
+    std::thread::sleep(Duration::from_secs(4));
+
+    // What was published before the loss: the mirror's checkpoint.
+    let published = std::fs::read_to_string(mirror.join("checkpoint")).unwrap();
+    let published_file = d.scratch().join("published-checkpoint");
+    std::fs::write(&published_file, &published).unwrap();
+    // Site A is lost.
+    let lost_at = Instant::now();
+    sites.lose(&sites.a);
+    std::thread::sleep(Duration::from_millis(500));
+    stop_load.store(true, Ordering::Relaxed);
+    let issued: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        issued.len() >= 4,
+        "the load issued {} credentials",
+        issued.len()
+    );
+
+    // Failover: the standby is promoted, a node at site B starts on it
+    // with the cloned token and issues.
+    standby.promote();
+    let node_b = d.node_at("site-b", &sites.b, &standby.url, &clone);
+    let (jwk, _) = daemon::phone();
+    let first = node_b.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request(
+            "sd-jwt",
+            &daemon::number(next.fetch_add(1, Ordering::Relaxed)),
+            &jwk,
+        ),
+        &[],
+    );
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let rto = lost_at.elapsed();
+    stop_verifier.store(true, Ordering::Relaxed);
+    let failures = verifier.join().unwrap();
+
+    // RPO 0: every 201 is in the registry, with its audit entry.
+    let mut counter = node_b.client("counter");
+    let lost: Vec<&String> = issued
+        .iter()
+        .filter(|id| counter.get(&format!("/v1/credentials/{id}")).status != 200)
+        .collect();
+    let bundle = d.scratch().join("after.json");
+    let _ = node_b.ctl(&["audit", "export", "--out", bundle.to_str().unwrap()]);
+    let bundle_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let entries: String = bundle_json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let raw = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                e.as_str().unwrap(),
+            )
+            .unwrap();
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+        .collect();
+    let unaudited: Vec<&String> = issued
+        .iter()
+        .filter(|id| !entries.contains(id.as_str()))
+        .collect();
+    println!(
+        "site drill: {} issuances acknowledged at site A, {} lost (RPO), RTO {} ms (loss to the first issuance at site B), {} static fetch failures",
+        issued.len(),
+        lost.len(),
+        rto.as_millis(),
+        failures.len()
+    );
+    let first = |v: &[&String]| format!("{:?}", &v[..v.len().min(5)]);
+    assert!(lost.is_empty(), "acknowledged but lost: {}", first(&lost));
+    assert!(
+        unaudited.is_empty(),
+        "no audit entry: {}",
+        first(&unaudited)
+    );
+    assert!(
+        failures.is_empty(),
+        "the static copy failed verifiers {} times, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // The log verifies across the failover and contains what was published.
+    assert!(
+        bundle_json["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == published.as_str()),
+        "the published checkpoint is one of the log's"
+    );
+    let verified = node_b.ctl(&[
+        "audit",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--key",
+        audit_key.to_str().unwrap(),
+        "--origin",
+        daemon::AUDIT_ORIGIN,
+        "--min-size",
+        &checkpoint_size(&published).to_string(),
+        "--allow-unsigned-tail",
+    ]);
+    assert!(verified.contains("valid"), "{verified}");
+
+    // The invariants, read from the promoted database.
+    let mut db = standby.client();
+    let quota_used: i64 = db
+        .query_one(
+            "SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let free_copies: i64 = db
+        .query_one("SELECT COUNT(*) FROM credentials WHERE free_copy", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        quota_used, free_copies,
+        "the free-copy quota counts exactly the free copies"
+    );
+    for column in ["holder", "device"] {
+        let twice: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT {column} FROM credentials WHERE state IN ('active', 'suspended') \
+                     GROUP BY {column} HAVING COUNT(*) > 1) AS t"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(twice, 0, "one live credential per {column}");
+    }
+    drop(node_b);
+    drop(node_a);
+}
