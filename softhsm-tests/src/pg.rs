@@ -208,6 +208,8 @@ impl SiteCluster {
                 "stream",
                 "-R",
                 "--no-sync",
+                // Not a spread checkpoint (minutes) on a busy primary.
+                "--checkpoint=fast",
             ],
         );
         let mut auto = std::fs::OpenOptions::new()
@@ -267,6 +269,38 @@ impl SiteCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the cluster cleanly (a primary first sends its standbys every
+    /// change: the planned half of a switchover).
+    pub fn stop(&self) {
+        as_postgres(
+            Some(&self.netns),
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data().to_str().expect("path"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Makes every commit wait for the standby `name` (on a promoted
+    /// standby that now has a standby of its own).
+    pub fn require_synchronous(&self, name: &str) {
+        let mut client = self.client();
+        // Two statements: ALTER SYSTEM may not run in a transaction block.
+        client
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{name}'"
+            ))
+            .expect("synchronous_standby_names");
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .expect("pg_reload_conf");
     }
 
     /// Promotes a standby to primary and waits until it takes writes.

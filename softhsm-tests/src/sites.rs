@@ -78,23 +78,32 @@ impl Sites {
         ]);
         ip(&["link", "set", &sites.bridge, "up"]);
         for site in [&sites.a, &sites.b] {
-            let (outside, inside) = (format!("{}o", site.netns), format!("{}i", site.netns));
-            ip(&["netns", "add", &site.netns]);
-            ip(&[
-                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-            ]);
-            ip(&["link", "set", &inside, "netns", &site.netns]);
-            ip(&["link", "set", &outside, "master", &sites.bridge, "up"]);
-            let exec = |args: &[&str]| {
-                let mut all = vec!["netns", "exec", &site.netns, "ip"];
-                all.extend_from_slice(args);
-                ip(&all);
-            };
-            exec(&["addr", "add", &format!("{}/24", site.ip), "dev", &inside]);
-            exec(&["link", "set", &inside, "up"]);
-            exec(&["link", "set", "lo", "up"]);
+            sites.build(site);
         }
         sites
+    }
+
+    /// A lost site built again (new namespace, same address), empty.
+    pub fn rebuild(&self, site: &Site) {
+        self.build(site);
+    }
+
+    fn build(&self, site: &Site) {
+        let (outside, inside) = (format!("{}o", site.netns), format!("{}i", site.netns));
+        ip(&["netns", "add", &site.netns]);
+        ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+        ]);
+        ip(&["link", "set", &inside, "netns", &site.netns]);
+        ip(&["link", "set", &outside, "master", &self.bridge, "up"]);
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &site.netns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        exec(&["addr", "add", &format!("{}/24", site.ip), "dev", &inside]);
+        exec(&["link", "set", &inside, "up"]);
+        exec(&["link", "set", "lo", "up"]);
     }
 
     /// The site is lost: every process in it is killed (SIGKILL) and its

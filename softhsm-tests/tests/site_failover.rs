@@ -160,6 +160,140 @@ fn clone_token(d: &Daemon) -> std::path::PathBuf {
     conf
 }
 
+/// Issues one credential at `node` (it must succeed).
+fn issue_one(node: &Daemon, n: u32) {
+    let (jwk, _) = daemon::phone();
+    let reply = node.client("counter").post_json(
+        "/v1/credentials",
+        &daemon::request("sd-jwt", &daemon::number(n), &jwk),
+        &[],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// Every id in `issued` is in the registry (`db`) and has an audit entry
+/// in `node`'s log, which verifies from the pinned key and contains
+/// `published`.
+fn check_nothing_lost(
+    node: &Daemon,
+    db: &mut postgres::Client,
+    issued: &[String],
+    published: &str,
+    audit_key: &Path,
+) {
+    let registered: std::collections::HashSet<String> = db
+        .query("SELECT id FROM credentials", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let lost: Vec<&String> = issued
+        .iter()
+        .filter(|id| !registered.contains(*id))
+        .collect();
+    let bundle = node.scratch().join(format!("log-{}.json", node.api.port()));
+    let _ = node.ctl(&["audit", "export", "--out", bundle.to_str().unwrap()]);
+    let bundle_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let entries: String = bundle_json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let raw = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                e.as_str().unwrap(),
+            )
+            .unwrap();
+            String::from_utf8_lossy(&raw).into_owned()
+        })
+        .collect();
+    let unaudited: Vec<&String> = issued
+        .iter()
+        .filter(|id| !entries.contains(id.as_str()))
+        .collect();
+    let first = |v: &[&String]| format!("{:?}", &v[..v.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged but lost: {}",
+        lost.len(),
+        first(&lost)
+    );
+    assert!(
+        unaudited.is_empty(),
+        "no audit entry: {}",
+        first(&unaudited)
+    );
+    assert!(
+        bundle_json["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == published),
+        "the published checkpoint is one of the log's"
+    );
+    let verified = node.ctl(&[
+        "audit",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--key",
+        audit_key.to_str().unwrap(),
+        "--origin",
+        daemon::AUDIT_ORIGIN,
+        "--min-size",
+        &checkpoint_size(published).to_string(),
+        "--allow-unsigned-tail",
+    ]);
+    assert!(verified.contains("valid"), "{verified}");
+}
+
+/// The free-copy quota counts exactly the free copies; one live
+/// credential per holder and per phone.
+fn check_invariants(db: &mut postgres::Client) {
+    let quota_used: i64 = db
+        .query_one(
+            "SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let free_copies: i64 = db
+        .query_one("SELECT COUNT(*) FROM credentials WHERE free_copy", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        quota_used, free_copies,
+        "the quota counts the free copies exactly"
+    );
+    for column in ["holder", "device"] {
+        let twice: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT {column} FROM credentials \
+                     WHERE state IN ('active', 'suspended') GROUP BY {column} HAVING COUNT(*) > 1) AS t"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(twice, 0, "one live credential per {column}");
+    }
+}
+
+/// Stops `clients` and gathers the ids they got a 201 for.
+fn gather(stop: &AtomicBool, clients: Vec<std::thread::JoinHandle<Vec<String>>>) -> Vec<String> {
+    stop.store(true, Ordering::Relaxed);
+    clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect()
+}
+
 #[test]
 fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
     let sites = Sites::create();
@@ -202,19 +336,13 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
     let verifier = verifier(static_copy.1, stop_verifier.clone());
     std::thread::sleep(Duration::from_secs(4));
 
-    // What was published before the loss: the mirror's checkpoint.
+    // What was published before the loss: the mirror's checkpoint. Then
+    // site A is lost.
     let published = std::fs::read_to_string(mirror.join("checkpoint")).unwrap();
-    let published_file = d.scratch().join("published-checkpoint");
-    std::fs::write(&published_file, &published).unwrap();
-    // Site A is lost.
     let lost_at = Instant::now();
     sites.lose(&sites.a);
     std::thread::sleep(Duration::from_millis(500));
-    stop_load.store(true, Ordering::Relaxed);
-    let issued: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let issued = gather(&stop_load, clients);
     assert!(
         issued.len() >= 4,
         "the load issued {} credentials",
@@ -224,67 +352,16 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
     // Failover: the standby is promoted, a node at site B starts on it
     // with the cloned token and issues.
     standby.promote();
-    let node_b = d.node_at("site-b", &sites.b, &standby.url, &clone);
-    let (jwk, _) = daemon::phone();
-    let first = node_b.client("counter").post_json(
-        "/v1/credentials",
-        &daemon::request(
-            "sd-jwt",
-            &daemon::number(next.fetch_add(1, Ordering::Relaxed)),
-            &jwk,
-        ),
-        &[],
-    );
-    assert_eq!(
-        first.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&first.body)
-    );
+    let mut node_b = d.node_at("site-b", &sites.b, &standby.url, &clone);
+    issue_one(&node_b, next.fetch_add(1, Ordering::Relaxed));
     let rto = lost_at.elapsed();
     stop_verifier.store(true, Ordering::Relaxed);
     let failures = verifier.join().unwrap();
-
-    // RPO 0: every 201 is in the registry, with its audit entry.
-    let mut counter = node_b.client("counter");
-    let lost: Vec<&String> = issued
-        .iter()
-        .filter(|id| counter.get(&format!("/v1/credentials/{id}")).status != 200)
-        .collect();
-    let bundle = d.scratch().join("after.json");
-    let _ = node_b.ctl(&["audit", "export", "--out", bundle.to_str().unwrap()]);
-    let bundle_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
-    let entries: String = bundle_json["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let raw = base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                e.as_str().unwrap(),
-            )
-            .unwrap();
-            String::from_utf8_lossy(&raw).into_owned()
-        })
-        .collect();
-    let unaudited: Vec<&String> = issued
-        .iter()
-        .filter(|id| !entries.contains(id.as_str()))
-        .collect();
     println!(
-        "site drill: {} issuances acknowledged at site A, {} lost (RPO), RTO {} ms (loss to the first issuance at site B), {} static fetch failures",
+        "site drill: {} issuances acknowledged at site A; RTO {} ms (loss to the first issuance at site B); {} static fetch failures",
         issued.len(),
-        lost.len(),
         rto.as_millis(),
         failures.len()
-    );
-    let first = |v: &[&String]| format!("{:?}", &v[..v.len().min(5)]);
-    assert!(lost.is_empty(), "acknowledged but lost: {}", first(&lost));
-    assert!(
-        unaudited.is_empty(),
-        "no audit entry: {}",
-        first(&unaudited)
     );
     assert!(
         failures.is_empty(),
@@ -292,60 +369,41 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-
-    // The log verifies across the failover and contains what was published.
-    assert!(
-        bundle_json["checkpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c == published.as_str()),
-        "the published checkpoint is one of the log's"
-    );
-    let verified = node_b.ctl(&[
-        "audit",
-        "verify",
-        bundle.to_str().unwrap(),
-        "--key",
-        audit_key.to_str().unwrap(),
-        "--origin",
-        daemon::AUDIT_ORIGIN,
-        "--min-size",
-        &checkpoint_size(&published).to_string(),
-        "--allow-unsigned-tail",
-    ]);
-    assert!(verified.contains("valid"), "{verified}");
-
-    // The invariants, read from the promoted database.
     let mut db = standby.client();
-    let quota_used: i64 = db
-        .query_one(
-            "SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let free_copies: i64 = db
-        .query_one("SELECT COUNT(*) FROM credentials WHERE free_copy", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        quota_used, free_copies,
-        "the free-copy quota counts exactly the free copies"
+    check_nothing_lost(&node_b, &mut db, &issued, &published, &audit_key);
+    check_invariants(&mut db);
+    drop(db);
+
+    // Fail-back: site A is rebuilt as a synchronous standby of site B,
+    // then a planned switchover (site B's node stops, its database stops
+    // after sending everything, site A's is promoted) under load.
+    sites.rebuild(&sites.a);
+    let rebuilt = SiteCluster::standby(&sites.b, &sites.a, "site_a", &ca);
+    standby.require_synchronous("site_a");
+    standby.wait_synchronous("site_a");
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let clients = load(&node_b, &stop_load, &next);
+    std::thread::sleep(Duration::from_secs(2));
+    let switch_at = Instant::now();
+    node_b.signal("TERM");
+    let _ = node_b.wait_exit(Duration::from_secs(30));
+    let issued_b = gather(&stop_load, clients);
+    // Site B's last checkpoint, mirrored as it stopped.
+    let published_b = std::fs::read_to_string(mirror.join("checkpoint")).unwrap();
+    standby.stop();
+    rebuilt.promote();
+    let node_a2 = d.node_at("site-a2", &sites.a, &rebuilt.url, &d.token_conf());
+    issue_one(&node_a2, next.fetch_add(1, Ordering::Relaxed));
+    println!(
+        "site drill: fail-back after {} more issuances at site B: {} ms from stopping site B to the first issuance at site A",
+        issued_b.len(),
+        switch_at.elapsed().as_millis()
     );
-    for column in ["holder", "device"] {
-        let twice: i64 = db
-            .query_one(
-                &format!(
-                    "SELECT COUNT(*) FROM (SELECT {column} FROM credentials WHERE state IN ('active', 'suspended') \
-                     GROUP BY {column} HAVING COUNT(*) > 1) AS t"
-                ),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(twice, 0, "one live credential per {column}");
-    }
+    let all: Vec<String> = issued.into_iter().chain(issued_b).collect();
+    let mut db = rebuilt.client();
+    check_nothing_lost(&node_a2, &mut db, &all, &published_b, &audit_key);
+    check_invariants(&mut db);
+    drop(node_a2);
     drop(node_b);
     drop(node_a);
 }
