@@ -79,25 +79,31 @@ fn copy_dir(from: &Path, to: &Path) {
         .success());
 }
 
-#[test]
-fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
-    let mut d = Daemon::start(Options {
-        public: "mirror_dir = \"{scratch}/mirror\"".into(),
-        ..Options::default()
-    });
+/// What the drill keeps before the loss.
+struct Kept {
+    early: PathBuf,
+    late: PathBuf,
+    late_size: u64,
+    stale: PathBuf,
+    fresh: PathBuf,
+}
+
+/// Issues, backs up (stale), issues more, backs up again (fresh), keeping
+/// the checkpoints the mirror published after each and the audit key.
+fn issue_and_back_up(d: &Daemon) -> Kept {
     let scratch = d.scratch().to_owned();
     for n in 50..52 {
-        assert_eq!(issue(&d, n).status, 201);
+        assert_eq!(issue(d, n).status, 201);
     }
     let early = scratch.join("published-early");
-    let _ = published_checkpoint(&d, &early);
+    let _ = published_checkpoint(d, &early);
     let stale = scratch.join("backup-stale");
     let _ = d.ctl(&["backup", "--out", stale.to_str().unwrap()]);
     for n in 52..54 {
-        assert_eq!(issue(&d, n).status, 201);
+        assert_eq!(issue(d, n).status, 201);
     }
     let late = scratch.join("published-late");
-    let late_size = published_checkpoint(&d, &late);
+    let late_size = published_checkpoint(d, &late);
     let fresh = scratch.join("backup-fresh");
     let said = d.ctl(&["backup", "--out", fresh.to_str().unwrap()]);
     assert!(said.contains("audit entries"), "{said}");
@@ -110,81 +116,47 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
         "--key-out",
         scratch.join("audit.pem").to_str().unwrap(),
     ]);
-
-    // The site is lost: the node dies, its registry is gone, and the token
-    // comes back from its backup (a SoftHSM copy standing in for the
-    // HSM's own cloning).
-    let tokens = scratch.join("tokens");
-    let token_backup = scratch.join("token-backup");
-    d.signal("KILL");
-    let _ = d.wait_exit(Duration::from_secs(10));
-    copy_dir(&tokens, &token_backup);
-    std::fs::remove_dir_all(&tokens).unwrap();
-    std::fs::create_dir(&tokens).unwrap();
-    let lost = scratch.join("lost-site");
-    std::fs::create_dir_all(&lost).unwrap();
-    for file in ["registry.db", "registry.db-wal", "registry.db-shm"] {
-        let _ = std::fs::rename(scratch.join(file), lost.join(file));
+    Kept {
+        early,
+        late,
+        late_size,
+        stale,
+        fresh,
     }
-    let registry = scratch.join("registry.db");
+}
 
-    // Without the token (an HSM not yet restored) nothing is restored.
-    refused(&restore(&d, &fresh, &[&late]), "key backend");
-    std::fs::remove_dir(&tokens).unwrap();
-    std::fs::rename(&token_backup, &tokens).unwrap();
-
-    // No published checkpoint named: refused, with the reason.
-    refused(&restore(&d, &fresh, &[]), "--published");
-    // The stale backup would roll the log back behind what was published.
-    let out = restore(&d, &stale, &[&early, &late]);
+/// The stale backup is refused as a rollback, the fresh one restored; the
+/// node starts on it, knows every holder again, and its log verifies past
+/// the published checkpoint.
+fn refuse_stale_restore_fresh(d: &mut Daemon, kept: &Kept) {
+    refused(&restore(d, &kept.fresh, &[]), "--published");
+    let out = restore(d, &kept.stale, &[&kept.early, &kept.late]);
     refused(&out, "REFUSED");
     refused(&out, "roll");
-    // A damaged copy.
-    let damaged = scratch.join("backup-damaged");
-    copy_dir(&fresh, &damaged);
-    let mut bytes = std::fs::read(damaged.join("registry.db")).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(damaged.join("registry.db"), bytes).unwrap();
-    refused(
-        &restore(&d, &damaged, &[&late]),
-        "not the copy its manifest names",
-    );
-    // An insider drops the newest entries from a copy and fixes up the
-    // manifest: the log no longer reaches the published checkpoint.
-    let shortened = scratch.join("backup-shortened");
-    copy_dir(&fresh, &shortened);
-    shorten_log(&shortened, late_size - 2);
-    refused(&restore(&d, &shortened, &[&late]), "REFUSED");
-    assert!(
-        !registry.exists(),
-        "a refused restore left a registry behind"
-    );
-
-    // The fresh backup: restored, and the node takes up where it stopped.
     let started = Instant::now();
-    let out = restore(&d, &fresh, &[&early, &late]);
+    let out = restore(d, &kept.fresh, &[&kept.early, &kept.late]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("restored"));
-    refused(&restore(&d, &fresh, &[&late]), "exists");
+    refused(&restore(d, &kept.fresh, &[&kept.late]), "exists");
     d.spawn();
     for n in 50..54 {
-        let again = issue(&d, n).json();
+        let again = issue(d, n).json();
         // The cloned pseudonym key finds the holder the restored registry knows.
         assert_eq!(
             again["rule"], "holder.first_time",
             "holder {n} known again: {again}"
         );
     }
-    assert_eq!(issue(&d, 54).status, 201);
+    assert_eq!(issue(d, 54).status, 201);
     println!(
         "restore drill: from `dojangctl restore` to the first issuance: {} ms",
         started.elapsed().as_millis()
     );
+    let scratch = d.scratch().to_owned();
     let bundle = scratch.join("after.json");
     let _ = d.ctl(&["audit", "export", "--out", bundle.to_str().unwrap()]);
     let verified = d.ctl(&[
@@ -196,10 +168,120 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
         "--origin",
         softhsm_tests::daemon::AUDIT_ORIGIN,
         "--min-size",
-        &late_size.to_string(),
+        &kept.late_size.to_string(),
         "--allow-unsigned-tail",
     ]);
     assert!(verified.contains("valid"), "{verified}");
+}
+
+/// The node dies and its token is lost; the token comes back from its
+/// backup (a SoftHSM copy standing in for the HSM's own cloning) only
+/// after a restore was tried without it.
+fn lose_node_and_token(d: &mut Daemon, kept: &Kept, lose_registry: impl FnOnce()) {
+    let scratch = d.scratch().to_owned();
+    let tokens = scratch.join("tokens");
+    let token_backup = scratch.join("token-backup");
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(10));
+    lose_registry();
+    copy_dir(&tokens, &token_backup);
+    std::fs::remove_dir_all(&tokens).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
+    refused(&restore(d, &kept.fresh, &[&kept.late]), "key backend");
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&token_backup, &tokens).unwrap();
+}
+
+#[test]
+fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
+    let mut d = Daemon::start(Options {
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        ..Options::default()
+    });
+    let scratch = d.scratch().to_owned();
+    let kept = issue_and_back_up(&d);
+    // The site is lost: node, registry and token.
+    lose_node_and_token(&mut d, &kept, || {
+        let lost = scratch.join("lost-site");
+        std::fs::create_dir_all(&lost).unwrap();
+        for file in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+            let _ = std::fs::rename(scratch.join(file), lost.join(file));
+        }
+    });
+    // A damaged copy.
+    let damaged = scratch.join("backup-damaged");
+    copy_dir(&kept.fresh, &damaged);
+    let mut bytes = std::fs::read(damaged.join("registry.db")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(damaged.join("registry.db"), bytes).unwrap();
+    refused(
+        &restore(&d, &damaged, &[&kept.late]),
+        "not the copy its manifest names",
+    );
+    // An insider drops the newest entries from a copy and fixes up the
+    // manifest: the log no longer reaches the published checkpoint.
+    let shortened = scratch.join("backup-shortened");
+    copy_dir(&kept.fresh, &shortened);
+    shorten_log(&shortened, kept.late_size - 2);
+    refused(&restore(&d, &shortened, &[&kept.late]), "REFUSED");
+    refuse_stale_restore_fresh(&mut d, &kept);
+}
+
+/// A database of its own on the shared PostgreSQL, dropped at the end
+/// (with the scratch database a restore uses).
+struct Database(String);
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let mut admin = daemon::PgSchema::admin();
+        for name in [self.0.clone(), format!("{}_restoring", self.0)] {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+#[test]
+fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_published() {
+    let mut random = [0u8; 6];
+    openssl::rand::rand_bytes(&mut random).unwrap();
+    let name = format!(
+        "dj_restore_{}",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    daemon::PgSchema::admin()
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let db = Database(name);
+    let url = format!(
+        "host=127.0.0.1 port=5432 user=postgres dbname={} connect_timeout=3",
+        db.0
+    );
+    let mut d = Daemon::start(Options {
+        store: daemon::Store::Postgres(url),
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        ..Options::default()
+    });
+    let kept = issue_and_back_up(&d);
+    // The site is lost: node, database and token.
+    lose_node_and_token(&mut d, &kept, || {
+        daemon::PgSchema::admin()
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.0))
+            .unwrap();
+    });
+    refuse_stale_restore_fresh(&mut d, &kept);
+    let mut admin = daemon::PgSchema::admin();
+    let left = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&format!("{}_restoring", db.0)],
+        )
+        .unwrap();
+    assert!(left.is_none(), "a scratch database was left behind");
+    drop(d);
 }
 
 /// Deletes the audit log's entries from `keep` on in a backup's copy and

@@ -1,6 +1,7 @@
 //! `backup` and `restore`: a consistent copy of the registry (SQLite's
-//! online backup API) with a manifest, and its restore onto a fresh node
-//! whose token is a clone of the issuing one. A restore is verified
+//! online backup API, or `pg_dump`: [`crate::pg_backup`]) with a manifest,
+//! and its restore onto a fresh node whose token is a clone of the issuing
+//! one. A restore is verified
 //! before anything is put in place: the copy is the one the manifest
 //! names, its audit log verifies from the key auditors trust, it contains
 //! every checkpoint published before the loss (a backup older than one
@@ -9,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use dojang::config::Config;
 use dojang::store::{Registry, SqliteRegistry};
 use serde::{Deserialize, Serialize};
@@ -19,12 +20,13 @@ const FORMAT: &str = "dojang-backup/1";
 /// The manifest's and the copy's names in a backup directory.
 const MANIFEST: &str = "backup.json";
 const SQLITE_COPY: &str = "registry.db";
+const POSTGRES_COPY: &str = "registry.pgdump";
 
 /// `backup.json`: what the copy is, for the restore to check.
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     format: String,
-    /// `sqlite`.
+    /// `sqlite` or `postgres`.
     store: String,
     /// When the copy was taken (RFC 3339).
     created: String,
@@ -61,23 +63,31 @@ pub(crate) struct RestoreArgs {
     no_published_checkpoint: bool,
 }
 
-fn sqlite_path(config: &Config) -> anyhow::Result<PathBuf> {
+/// The registry this node's configuration names.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(Box<crate::pg_backup::Pg>),
+}
+
+fn store_of(config: &Config) -> anyhow::Result<Store> {
     let store = config
         .store
         .as_ref()
         .context("this needs a [store] table")?;
-    match (&store.sqlite, &store.postgres) {
-        (Some(path), _) => Ok(path.clone()),
-        _ => bail!(
-            "backup and restore cover the SQLite registry; a PostgreSQL registry is backed up \
-             with PostgreSQL's own tools (docs/disaster-recovery.md)"
-        ),
+    if let Some(pg) = crate::pg_backup::Pg::of(store)? {
+        return Ok(Store::Postgres(Box::new(pg)));
     }
+    Ok(Store::Sqlite(
+        store
+            .sqlite
+            .clone()
+            .context("[store]: set sqlite or postgres")?,
+    ))
 }
 
 /// `backup --out DIR`.
 pub(crate) fn backup(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
-    let path = sqlite_path(config)?;
+    let store = store_of(config)?;
     ensure!(
         !args.out.exists(),
         "{} exists: a backup goes into a new directory",
@@ -85,20 +95,31 @@ pub(crate) fn backup(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let registry = SqliteRegistry::open(&path)
-        .with_context(|| format!("opening the registry {}", path.display()))?;
-    let copy = args.out.join(SQLITE_COPY);
-    registry.backup_to(&copy).context("copying the registry")?;
-    drop(registry);
-    let copied = SqliteRegistry::open(&copy).context("opening the copy")?;
+    let (kind, file, registry): (_, _, Box<dyn Registry>) = match &store {
+        Store::Sqlite(path) => {
+            let registry = SqliteRegistry::open(path)
+                .with_context(|| format!("opening the registry {}", path.display()))?;
+            let copy = args.out.join(SQLITE_COPY);
+            registry.backup_to(&copy).context("copying the registry")?;
+            drop(registry);
+            let copied = SqliteRegistry::open(&copy).context("opening the copy")?;
+            ("sqlite", SQLITE_COPY, Box::new(copied))
+        }
+        Store::Postgres(pg) => {
+            // Counted before the dump: the dump holds at least this much.
+            let registry = pg.registry(&pg.database()?)?;
+            pg.dump(&args.out.join(POSTGRES_COPY))?;
+            ("postgres", POSTGRES_COPY, Box::new(registry))
+        }
+    };
     let manifest = Manifest {
         format: FORMAT.into(),
-        store: "sqlite".into(),
+        store: kind.into(),
         created: dojang::node::rfc3339(time::OffsetDateTime::now_utc()),
-        file: SQLITE_COPY.into(),
-        sha256: file_sha256(&copy)?,
-        audit_entries: copied.audit_size()?,
-        signed_size: copied.latest_checkpoint()?.map_or(0, |(size, _)| size),
+        file: file.into(),
+        sha256: file_sha256(&args.out.join(file))?,
+        audit_entries: registry.audit_size()?,
+        signed_size: registry.latest_checkpoint()?.map_or(0, |(size, _)| size),
     };
     std::fs::write(
         args.out.join(MANIFEST),
@@ -115,47 +136,45 @@ pub(crate) fn backup(config: &Config, args: &BackupArgs) -> anyhow::Result<()> {
 
 /// `restore BACKUP --audit-key PEM --published CHECKPOINT…`.
 pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()> {
-    let target = sqlite_path(config)?;
+    let store = store_of(config)?;
     ensure!(
         !args.published.is_empty() || args.no_published_checkpoint,
         "name at least one checkpoint published before the loss (--published), or say \
          --no-published-checkpoint: without one nothing shows this backup is not stale"
-    );
-    ensure!(
-        !target.exists(),
-        "the registry {} exists: a restore goes onto a fresh node (move it away first)",
-        target.display()
     );
     let manifest: Manifest = serde_json::from_slice(
         &std::fs::read(args.backup.join(MANIFEST))
             .with_context(|| format!("reading {}", args.backup.join(MANIFEST).display()))?,
     )
     .context("not a Dojang backup manifest")?;
+    let expected = match &store {
+        Store::Sqlite(_) => ("sqlite", SQLITE_COPY),
+        Store::Postgres(_) => ("postgres", POSTGRES_COPY),
+    };
     ensure!(
-        manifest.format == FORMAT && manifest.store == "sqlite" && manifest.file == SQLITE_COPY,
-        "not a {FORMAT} SQLite backup"
+        manifest.format == FORMAT && (manifest.store.as_str(), manifest.file.as_str()) == expected,
+        "not a {FORMAT} backup of a {} registry (this node's store)",
+        expected.0
     );
-    let copy = args.backup.join(SQLITE_COPY);
+    let copy = args.backup.join(&manifest.file);
     ensure!(
         file_sha256(&copy)? == manifest.sha256,
         "{} is not the copy its manifest names (damaged or replaced)",
         copy.display()
     );
-    // Verified on a scratch copy beside the target (opening migrates it);
-    // the untouched backup file is what goes in place.
-    let scratch = target.with_extension("restoring");
-    remove_sqlite(&scratch);
-    let _ = std::fs::copy(&copy, &scratch).context("copying the backup")?;
-    let verified = verify_restored(config, &scratch, args);
-    remove_sqlite(&scratch);
-    let report = verified?;
-    let partial = target.with_extension("partial");
-    let _ = std::fs::copy(&copy, &partial).context("placing the registry")?;
-    std::fs::rename(&partial, &target).context("placing the registry")?;
+    let (report, target) = match &store {
+        Store::Sqlite(target) => (
+            restore_sqlite(config, args, &copy, target)?,
+            target.display().to_string(),
+        ),
+        Store::Postgres(pg) => (
+            restore_postgres(config, args, &copy, pg)?,
+            format!("database {}", pg.database()?),
+        ),
+    };
     println!(
-        "{}: restored from {} (taken {}): {} audit entries, signed through {}, \
+        "{target}: restored from {} (taken {}): {} audit entries, signed through {}, \
          containing the {} published checkpoint(s){}",
-        target.display(),
         args.backup.display(),
         manifest.created,
         report.entries,
@@ -170,15 +189,70 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Verified on a scratch copy beside the target (opening migrates it); the
+/// untouched backup file is what goes in place.
+fn restore_sqlite(
+    config: &Config,
+    args: &RestoreArgs,
+    copy: &Path,
+    target: &Path,
+) -> anyhow::Result<dojang::audit::bundle::Report> {
+    ensure!(
+        !target.exists(),
+        "the registry {} exists: a restore goes onto a fresh node (move it away first)",
+        target.display()
+    );
+    let scratch = target.with_extension("restoring");
+    remove_sqlite(&scratch);
+    let _ = std::fs::copy(copy, &scratch).context("copying the backup")?;
+    let verified = SqliteRegistry::open(&scratch)
+        .context("opening the backup")
+        .and_then(|registry| verify_restored(config, &registry, args));
+    remove_sqlite(&scratch);
+    let report = verified?;
+    let partial = target.with_extension("partial");
+    let _ = std::fs::copy(copy, &partial).context("placing the registry")?;
+    std::fs::rename(&partial, target).context("placing the registry")?;
+    Ok(report)
+}
+
+/// Restored into a scratch database on the server, verified there, then
+/// renamed to the registry's database (or dropped).
+fn restore_postgres(
+    config: &Config,
+    args: &RestoreArgs,
+    copy: &Path,
+    pg: &crate::pg_backup::Pg,
+) -> anyhow::Result<dojang::audit::bundle::Report> {
+    let target = pg.database()?;
+    ensure!(
+        !pg.exists(&target)?,
+        "the database {target} exists: a restore goes onto a fresh server (drop or rename it first)"
+    );
+    let scratch = pg.restore_scratch(copy)?;
+    let verified = pg
+        .registry(&scratch)
+        .and_then(|registry| verify_restored(config, &registry, args));
+    match verified {
+        Ok(report) => {
+            pg.place(&scratch)?;
+            Ok(report)
+        }
+        Err(e) => {
+            pg.discard(&scratch);
+            Err(e)
+        }
+    }
+}
+
 /// The restored log against the trusted key and the published
 /// checkpoints, and the token against the log.
 fn verify_restored(
     config: &Config,
-    scratch: &Path,
+    registry: &dyn Registry,
     args: &RestoreArgs,
 ) -> anyhow::Result<dojang::audit::bundle::Report> {
-    let registry = SqliteRegistry::open(scratch).context("opening the backup")?;
-    let bundle = crate::audit::bundle_of(config, &registry)?;
+    let bundle = crate::audit::bundle_of(config, registry)?;
     let published = args
         .published
         .iter()

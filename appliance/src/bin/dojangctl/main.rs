@@ -15,6 +15,7 @@ mod keys;
 mod officer;
 mod officer_token;
 mod offline_roots;
+mod pg_backup;
 mod pki;
 mod policy;
 mod policy_ceremony;
@@ -99,8 +100,8 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Copy the registry (SQLite, online) into a new directory with a
-    /// manifest, for `restore`.
+    /// Copy the registry (SQLite's online backup, or pg_dump) into a new
+    /// directory with a manifest, for `restore`.
     Backup(backup::BackupArgs),
     /// Restore a backup onto a fresh node whose token is a clone of the
     /// issuing one; refused unless its audit log verifies and contains

@@ -1,0 +1,227 @@
+//! The PostgreSQL half of `backup` and `restore`: `pg_dump` (custom
+//! format: one consistent snapshot) of the registry's database, or of its
+//! schema when the connection sets a `search_path`; and `pg_restore` into
+//! a scratch database on the target server, which becomes the registry
+//! (renamed) only once verified, and is dropped otherwise. The libpq tools
+//! get this node's connection with TLS verified as the daemon verifies it
+//! (`sslmode=verify-full` against `store.postgres_ca`), and the password
+//! in their environment, never on a command line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+use dojang::config::StoreConfig;
+use dojang::store::PostgresRegistry;
+use postgres::config::{Host, SslMode};
+
+/// The system's CA bundle (Debian), when `store.postgres_ca` is not set.
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// This node's registry connection.
+pub(crate) struct Pg {
+    config: postgres::Config,
+    ca: Option<PathBuf>,
+    pool_size: usize,
+}
+
+/// `value` quoted for a libpq key/value connection string.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl Pg {
+    /// The `[store]` table's PostgreSQL connection, if it names one.
+    pub(crate) fn of(store: &StoreConfig) -> anyhow::Result<Option<Pg>> {
+        let Some(url) = &store.postgres else {
+            return Ok(None);
+        };
+        let config: postgres::Config = url.parse().context("store.postgres")?;
+        Ok(Some(Pg {
+            config,
+            ca: store.postgres_ca.clone(),
+            pool_size: 2,
+        }))
+    }
+
+    /// The registry's database, which a restore creates.
+    pub(crate) fn database(&self) -> anyhow::Result<String> {
+        let name = self
+            .config
+            .get_dbname()
+            .or(self.config.get_user())
+            .context("store.postgres names no database")?;
+        ensure!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "store.postgres: a restore needs a database name of [A-Za-z0-9_] (not {name:?})"
+        );
+        Ok(name.to_owned())
+    }
+
+    /// The schema the connection's `search_path` names, if any.
+    fn schema(&self) -> Option<String> {
+        let options = self.config.get_options()?;
+        let path = options.split_whitespace().find_map(|o| {
+            o.strip_prefix("search_path=")
+                .or_else(|| o.strip_prefix("-csearch_path="))
+        })?;
+        Some(path.split(',').next()?.trim().to_owned())
+    }
+
+    /// The connection to `dbname`, as key/values; `libpq` says whether for
+    /// libpq's tools (TLS verified with `verify-full`) or for the registry
+    /// (`sslmode=require`, which it verifies itself).
+    fn conninfo(&self, dbname: &str, libpq: bool) -> String {
+        let c = &self.config;
+        let mut parts = Vec::new();
+        let hosts: Vec<String> = c
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            parts.push(format!("host={}", quoted(&hosts.join(","))));
+        }
+        let ports: Vec<String> = c.get_ports().iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            parts.push(format!("port={}", ports.join(",")));
+        }
+        if let Some(user) = c.get_user() {
+            parts.push(format!("user={}", quoted(user)));
+        }
+        parts.push(format!("dbname={}", quoted(dbname)));
+        if let Some(options) = c.get_options() {
+            parts.push(format!("options={}", quoted(options)));
+        }
+        if let Some(timeout) = c.get_connect_timeout() {
+            parts.push(format!("connect_timeout={}", timeout.as_secs().max(1)));
+        }
+        if c.get_ssl_mode() == SslMode::Require {
+            if libpq {
+                let ca = self
+                    .ca
+                    .as_deref()
+                    .unwrap_or(Path::new(SYSTEM_CAS))
+                    .display()
+                    .to_string();
+                parts.push(format!("sslmode=verify-full sslrootcert={}", quoted(&ca)));
+            } else {
+                parts.push("sslmode=require".into());
+            }
+        }
+        parts.join(" ")
+    }
+
+    /// A libpq tool with this node's password in its environment.
+    fn tool(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        if let Some(password) = self.config.get_password() {
+            let _ = command.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
+        }
+        command
+    }
+
+    fn run(&self, mut command: Command, what: &str) -> anyhow::Result<String> {
+        let out = command
+            .output()
+            .with_context(|| format!("{what}: running it (postgresql-client installed?)"))?;
+        ensure!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One SQL statement on the server's maintenance database.
+    fn admin_sql(&self, sql: &str) -> anyhow::Result<String> {
+        let mut psql = self.tool("psql");
+        let _ = psql
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.conninfo("postgres", true))
+            .args(["-c", sql]);
+        self.run(psql, "psql")
+    }
+
+    /// Whether database `name` exists on the server.
+    pub(crate) fn exists(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .admin_sql(&format!(
+                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            ))?
+            .trim()
+            == "1")
+    }
+
+    /// `pg_dump` of the registry to `file`.
+    pub(crate) fn dump(&self, file: &Path) -> anyhow::Result<()> {
+        let mut dump = self.tool("pg_dump");
+        let _ = dump
+            .args(["--format=custom", "--no-owner", "--file"])
+            .arg(file);
+        if let Some(schema) = self.schema() {
+            let _ = dump.arg(format!("--schema={schema}"));
+        }
+        let _ = dump.arg(format!(
+            "--dbname={}",
+            self.conninfo(&self.database()?, true)
+        ));
+        self.run(dump, "pg_dump").map(|_| ())
+    }
+
+    /// A scratch database holding `file`, restored; its name.
+    pub(crate) fn restore_scratch(&self, file: &Path) -> anyhow::Result<String> {
+        let scratch = format!("{}_restoring", self.database()?);
+        let _ = self.admin_sql(&format!("DROP DATABASE IF EXISTS {scratch}"))?;
+        let _ = self.admin_sql(&format!("CREATE DATABASE {scratch}"))?;
+        let mut restore = self.tool("pg_restore");
+        let _ = restore
+            .args(["--no-owner", "--exit-on-error", "--single-transaction"])
+            .arg(format!("--dbname={}", self.conninfo(&scratch, true)))
+            .arg(file);
+        if let Err(e) = self.run(restore, "pg_restore") {
+            self.discard(&scratch);
+            return Err(e);
+        }
+        Ok(scratch)
+    }
+
+    /// The registry in database `name`.
+    pub(crate) fn registry(&self, name: &str) -> anyhow::Result<PostgresRegistry> {
+        PostgresRegistry::open_with_ca(
+            &self.conninfo(name, false),
+            self.pool_size,
+            self.ca.as_deref(),
+        )
+        .with_context(|| format!("opening the restored registry in {name}"))
+    }
+
+    /// The verified scratch database becomes the registry.
+    pub(crate) fn place(&self, scratch: &str) -> anyhow::Result<()> {
+        let target = self.database()?;
+        if self.exists(&target)? {
+            self.discard(scratch);
+            bail!("the database {target} appeared during the restore; nothing was replaced");
+        }
+        // The verifying connections may take a moment to end on the server.
+        let mut tries = 0;
+        loop {
+            match self.admin_sql(&format!("ALTER DATABASE {scratch} RENAME TO {target}")) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries >= 50 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Drops a scratch database (best effort: a refusal is reported already).
+    pub(crate) fn discard(&self, scratch: &str) {
+        let _ = self.admin_sql(&format!("DROP DATABASE IF EXISTS {scratch}"));
+    }
+}
