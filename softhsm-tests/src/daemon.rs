@@ -884,6 +884,27 @@ impl Daemon {
         String::from_utf8(out.stdout).expect("listing")
     }
 
+    /// Replaces the secret key `label` in the daemon's token with a new
+    /// one of the same label and purpose (a wrong "clone").
+    pub fn replace_secret_key(&self, label: &str, purpose: &str) {
+        let token = match &self.device {
+            Device::Direct(token) => token,
+            _ => panic!("replace keys in the first node's own token"),
+        };
+        let out = token.pkcs11_tool(&["--delete-object", "--type", "secrkey", "--label", label]);
+        assert!(out.status.success(), "pkcs11-tool: {out:?}");
+        let _ = self.ctl(&[
+            "keys",
+            "generate",
+            "--label",
+            label,
+            "--purpose",
+            purpose,
+            "--alg",
+            "HS256",
+        ]);
+    }
+
     /// The IACA certificate (DER).
     pub fn iaca_der(&self) -> Vec<u8> {
         let pem = std::fs::read(self.device.scratch().join("pki/iaca.pem")).expect("iaca");

@@ -188,7 +188,15 @@ fn lose_node_and_token(d: &mut Daemon, kept: &Kept, lose_registry: impl FnOnce()
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir(&tokens).unwrap();
     refused(&restore(d, &kept.fresh, &[&kept.late]), "key backend");
+    // A token with another pseudonym key (a botched clone): refused too.
     std::fs::remove_dir(&tokens).unwrap();
+    copy_dir(&token_backup, &tokens);
+    d.replace_secret_key("pseudonym", "pseudonym");
+    refused(
+        &restore(d, &kept.fresh, &[&kept.late]),
+        "not the key this backup's holders were recognised with",
+    );
+    std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::rename(&token_backup, &tokens).unwrap();
 }
 
@@ -226,6 +234,62 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
     shorten_log(&shortened, kept.late_size - 2);
     refused(&restore(&d, &shortened, &[&kept.late]), "REFUSED");
     refuse_stale_restore_fresh(&mut d, &kept);
+}
+
+#[test]
+fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_check_value() {
+    let mut d = Daemon::start(Options::default());
+    let value = |d: &Daemon| {
+        let said = d.ctl(&["--json", "keys", "check-value"]);
+        serde_json::from_str::<serde_json::Value>(&said).unwrap()["check_value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let original = value(&d);
+    assert_eq!(original.len(), 16, "{original}");
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(30));
+    // A copy of the token (a clone) gives the same value.
+    let tokens = d.scratch().join("tokens");
+    let kept = d.scratch().join("tokens-kept");
+    copy_dir(&tokens, &kept);
+    assert_eq!(value(&d), original);
+    // Another key under the same label: another value, and no start.
+    d.replace_secret_key("pseudonym", "pseudonym");
+    assert_ne!(value(&d), original);
+    let mut child = d
+        .command("dojangd")
+        .arg("serve")
+        .arg("--config")
+        .arg(&d.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dojangd started on another pseudonym key");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said);
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("is not the key this registry's holders were recognised with"),
+        "{said}"
+    );
+    // The right key back: the node starts.
+    std::fs::remove_dir_all(&tokens).unwrap();
+    std::fs::rename(&kept, &tokens).unwrap();
+    d.spawn();
+    assert_eq!(issue(&d, 60).status, 201);
 }
 
 /// A database of its own on the shared PostgreSQL, dropped at the end

@@ -64,6 +64,27 @@ pub fn pseudonym(
     })
 }
 
+/// The pseudonym key's check value (hex, 8 bytes): from its HMAC of a
+/// fixed message that is no resident number, so it tells nothing of any
+/// holder's pseudonym. Two tokens give the same value only if they hold the
+/// same key: the check that a backup or clone of the key is the key.
+// The pseudonym key, never on a resident number here.
+#[allow(clippy::disallowed_methods)]
+pub fn pseudonym_key_check(
+    backend: &dyn pkcs11_shim::KeyBackend,
+    label: &str,
+) -> Result<String, pkcs11_shim::Error> {
+    let mac = backend.hmac_sha256(
+        label,
+        pkcs11_shim::KeyPurpose::Pseudonym,
+        b"dojang pseudonym key check value, v1",
+    )?;
+    let mut input = b"dojang-key-check-v1\0".to_vec();
+    input.extend_from_slice(&mac);
+    let digest = pkcs11_shim::digest::sha256(&input);
+    Ok(crate::keys::view::hex(digest.get(..8).unwrap_or_default()))
+}
+
 /// The MAC of what makes a document the same document (the holder's names,
 /// birth date, address and portrait), under the holder's secret: the
 /// registry keeps it so a refresh can prove it re-signs the same claims.

@@ -14,6 +14,6 @@ mod response;
 mod seal;
 mod state;
 
-pub use self::holder::{HolderSecret, pseudonym};
+pub use self::holder::{HolderSecret, pseudonym, pseudonym_key_check};
 pub use self::issuer::{Current, Issuer};
 pub use self::request::{check_issue_body, check_refresh_body};

@@ -114,10 +114,57 @@ impl Service {
             last_purge: std::sync::atomic::AtomicI64::new(0),
         };
         service.check_hmac_key(&server.keys.pseudonym, KeyPurpose::Pseudonym)?;
+        service.check_pseudonym_key(&server.keys.pseudonym)?;
         service.check_hmac_key(&server.keys.response_seal, KeyPurpose::ResponseSeal)?;
         service.reload(OffsetDateTime::now_utc())?;
         service.record_start()?;
         Ok(service)
+    }
+
+    /// The token's pseudonym key must be the one the registry's holders
+    /// were recognised with (its check value, recorded by the first start
+    /// and audited): another key would take every holder for a new one
+    /// (a second live ID, a second free copy).
+    fn check_pseudonym_key(&self, label: &str) -> Result<(), LoadError> {
+        use crate::store::PSEUDONYM_CHECK_DOCUMENT as DOCUMENT;
+        let held = crate::issuance::pseudonym_key_check(self.node.backend, label)
+            .map_err(|e| LoadError(format!("pseudonym key {label:?}: {e}")))?;
+        let registry = &self.node.registry;
+        let read = || {
+            registry
+                .document(DOCUMENT)
+                .map_err(|e| LoadError(format!("reading the pseudonym key's check value: {e}")))
+        };
+        let recorded = match read()? {
+            Some(recorded) => recorded,
+            None => {
+                let decision = crate::store::DecisionRecord {
+                    rule: Some(format!("pseudonym key check value {held}")),
+                    ..self.node.decision(
+                        "dojangd",
+                        "keys.pseudonym_check",
+                        "ok",
+                        &self.policy.current().hash,
+                        OffsetDateTime::now_utc(),
+                    )
+                };
+                let _ = registry
+                    .set_document_if_absent(DOCUMENT, &held, decision)
+                    .map_err(|e| {
+                        LoadError(format!("recording the pseudonym key's check value: {e}"))
+                    })?;
+                // Another node may have recorded its own first.
+                read()?.unwrap_or_default()
+            }
+        };
+        if recorded != held {
+            return Err(LoadError(format!(
+                "the token's pseudonym key {label:?} (check value {held}) is not the key this \
+                 registry's holders were recognised with ({recorded}): it would take every holder \
+                 for a new one. Restore the key from its backup (docs/disaster-recovery.md)"
+            )));
+        }
+        Ok(())
     }
 
     /// The pseudonym and response-seal keys must be there from the start.

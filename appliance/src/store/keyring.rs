@@ -69,6 +69,10 @@ pub fn ceremony_answer_document(id: &str) -> String {
 }
 /// The IACA certificate (PEM), when officers had the daemon generate it.
 pub const IACA_DOCUMENT: &str = "iaca.pem";
+/// The check value of the pseudonym key every holder in the registry was
+/// recognised with (`issuance::pseudonym_key_check`): a node whose token
+/// holds another key refuses to start.
+pub const PSEUDONYM_CHECK_DOCUMENT: &str = "pseudonym.check";
 
 /// A key as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

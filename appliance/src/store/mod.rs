@@ -19,10 +19,10 @@ mod sqlite;
 
 pub use self::keyring::{
     AUDIT_CHAIN, CHAINS, CRL_CONCURRENT, CRL_DOCUMENT, DS_CHAIN, IACA_DOCUMENT, KeyRegistry,
-    KeyRevocation, MovedAudit, POLICY_DOCUMENT, POOL_DOCUMENT, ROLLOVER_DOCUMENT, STATUS_CHAIN,
-    StoredKey, StoredProposal, ceremony_answer_document, ceremony_request_document,
-    policy_adoption_document, policy_text_document, revocation_order_document, revoked_serials,
-    root_crl_document,
+    KeyRevocation, MovedAudit, POLICY_DOCUMENT, POOL_DOCUMENT, PSEUDONYM_CHECK_DOCUMENT,
+    ROLLOVER_DOCUMENT, STATUS_CHAIN, StoredKey, StoredProposal, ceremony_answer_document,
+    ceremony_request_document, policy_adoption_document, policy_text_document,
+    revocation_order_document, revoked_serials, root_crl_document,
 };
 pub use self::postgres::{PostgresDriver, PostgresRegistry};
 pub use self::registry::{

@@ -267,7 +267,7 @@ fn verify_restored(
         .origin
         .clone();
     let trusted = crate::audit::trusted_log(&args.audit_key, origin.clone(), origin)?;
-    let held = token_keys(config)?;
+    let held = token_keys(config, registry)?;
     ensure!(
         std::iter::once(&bundle.public_key_pem)
             .chain(&bundle.handover_keys_pem)
@@ -285,20 +285,29 @@ fn verify_restored(
 }
 
 /// The token's audit public key (SPKI DER), once its pseudonym key is
-/// found there too.
-fn token_keys(config: &Config) -> anyhow::Result<Vec<u8>> {
+/// found there and is the key the registry's holders were recognised with
+/// (its check value).
+fn token_keys(config: &Config, registry: &dyn Registry) -> anyhow::Result<Vec<u8>> {
     let server = config
         .server
         .as_ref()
         .context("this needs the [server] table")?;
     let backend = dojang::cli::open_backend(config)?;
-    let _ = backend.find(&server.keys.pseudonym).with_context(|| {
+    let label = &server.keys.pseudonym;
+    let _ = backend.find(label).with_context(|| {
         format!(
-            "the token has no pseudonym key {:?}: restore the token from its backup first \
-             (without it no holder is recognised again)",
-            server.keys.pseudonym
+            "the token has no pseudonym key {label:?}: restore the token from its backup first \
+             (without it no holder is recognised again)"
         )
     })?;
+    let held = dojang::issuance::pseudonym_key_check(backend.as_ref(), label)?;
+    if let Some(recorded) = registry.document(dojang::store::PSEUDONYM_CHECK_DOCUMENT)? {
+        ensure!(
+            recorded == held,
+            "the token's pseudonym key (check value {held}) is not the key this backup's holders \
+             were recognised with ({recorded}): restore the key from its backup"
+        );
+    }
     let audit = backend
         .find(&server.keys.audit)
         .with_context(|| format!("the token has no audit key {:?}", server.keys.audit))?;

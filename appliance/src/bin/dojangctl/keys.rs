@@ -70,6 +70,13 @@ pub(crate) enum KeysCommand {
         /// The key's label.
         label: String,
     },
+    /// The pseudonym key's check value: record it at the key's ceremony,
+    /// compare it on every backup or clone (the same value: the same key).
+    CheckValue {
+        /// The pseudonym key's label [default: the configured one].
+        #[arg(long)]
+        label: Option<String>,
+    },
 }
 
 /// `keys …`: proposals and `list --api` go to the daemon; the rest loads
@@ -107,7 +114,7 @@ pub(crate) fn run(
     }
 }
 
-/// `keys generate|list|show` against the configured token.
+/// `keys generate|list|show|check-value` against the configured token.
 fn in_token(config: &Config, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
     // Parse the operator's words before touching the token.
     let parsed = match &command {
@@ -127,6 +134,23 @@ fn in_token(config: &Config, command: KeysCommand, as_json: bool) -> anyhow::Res
         }
         KeysCommand::List => list(backend.as_ref(), as_json),
         KeysCommand::Show { label } => show(backend.as_ref(), &label, as_json),
+        KeysCommand::CheckValue { label } => {
+            let label = match label {
+                Some(label) => label,
+                None => config
+                    .server
+                    .as_ref()
+                    .map(|s| s.keys.pseudonym.clone())
+                    .context("name the key (--label) or configure [server.keys]")?,
+            };
+            let value = dojang::issuance::pseudonym_key_check(backend.as_ref(), &label)?;
+            if as_json {
+                println!("{}", json!({ "label": label, "check_value": value }));
+            } else {
+                println!("{label}: check value {value}");
+            }
+            Ok(())
+        }
         KeysCommand::Rotate { .. }
         | KeysCommand::Revoke { .. }
         | KeysCommand::Activate { .. }
