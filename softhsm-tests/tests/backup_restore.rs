@@ -128,7 +128,7 @@ fn issue_and_back_up(d: &Daemon) -> Kept {
 /// The stale backup is refused as a rollback, the fresh one restored; the
 /// node starts on it, knows every holder again, and its log verifies past
 /// the published checkpoint.
-fn refuse_stale_restore_fresh(d: &mut Daemon, kept: &Kept) {
+fn refuse_stale_restore_fresh(d: &mut Daemon, kept: &Kept, invariants: impl Fn()) {
     refused(&restore(d, &kept.fresh, &[]), "--published");
     let out = restore(d, &kept.stale, &[&kept.early, &kept.late]);
     refused(&out, "REFUSED");
@@ -152,6 +152,7 @@ fn refuse_stale_restore_fresh(d: &mut Daemon, kept: &Kept) {
         );
     }
     assert_eq!(issue(d, 54).status, 201);
+    invariants();
     println!(
         "restore drill: from `dojangctl restore` to the first issuance: {} ms",
         started.elapsed().as_millis()
@@ -233,8 +234,25 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
     copy_dir(&kept.fresh, &shortened);
     shorten_log(&shortened, kept.late_size - 2);
     refused(&restore(&d, &shortened, &[&kept.late]), "REFUSED");
-    refuse_stale_restore_fresh(&mut d, &kept);
+    let registry = scratch.join("registry.db");
+    refuse_stale_restore_fresh(&mut d, &kept, || {
+        let db = rusqlite::Connection::open(&registry).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT used FROM quotas WHERE name = 'free_first_time'"),
+            count("SELECT COUNT(*) FROM credentials WHERE free_copy"),
+            "the quota counts the free copies exactly"
+        );
+        for sql in [LIVE_TWICE_HOLDER, LIVE_TWICE_DEVICE] {
+            assert_eq!(count(sql), 0, "{sql}");
+        }
+    });
 }
+
+const LIVE_TWICE_HOLDER: &str = "SELECT COUNT(*) FROM (SELECT holder FROM credentials \
+     WHERE state IN ('active', 'suspended') GROUP BY holder HAVING COUNT(*) > 1) AS t";
+const LIVE_TWICE_DEVICE: &str = "SELECT COUNT(*) FROM (SELECT device FROM credentials \
+     WHERE state IN ('active', 'suspended') GROUP BY device HAVING COUNT(*) > 1) AS t";
 
 #[test]
 fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_check_value() {
@@ -325,7 +343,7 @@ fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_pub
         db.0
     );
     let mut d = Daemon::start(Options {
-        store: daemon::Store::Postgres(url),
+        store: daemon::Store::Postgres(url.clone()),
         public: "mirror_dir = \"{scratch}/mirror\"".into(),
         ..Options::default()
     });
@@ -336,7 +354,18 @@ fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_pub
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.0))
             .unwrap();
     });
-    refuse_stale_restore_fresh(&mut d, &kept);
+    refuse_stale_restore_fresh(&mut d, &kept, || {
+        let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut count = |sql: &str| -> i64 { pg.query_one(sql, &[]).unwrap().get(0) };
+        assert_eq!(
+            count("SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards"),
+            count("SELECT COUNT(*) FROM credentials WHERE free_copy"),
+            "the quota counts the free copies exactly"
+        );
+        for sql in [LIVE_TWICE_HOLDER, LIVE_TWICE_DEVICE] {
+            assert_eq!(count(sql), 0, "{sql}");
+        }
+    });
     let mut admin = daemon::PgSchema::admin();
     let left = admin
         .query_opt(
