@@ -54,11 +54,17 @@ impl Mirror {
     /// Opens (creating) `dir`, taking over the files its manifest lists.
     pub fn open(dir: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Only paths this module could have written: the manifest is a
+        // file anyone who can write the directory can edit, and its paths
+        // are deleted once no longer served.
         let written = std::fs::read(dir.join(MANIFEST))
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
             .map(|m| m.files)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(path, _)| safe_relative(path).as_deref() == Some(path.as_str()))
+            .collect();
         Ok(Mirror {
             dir: dir.to_owned(),
             written,
@@ -94,7 +100,9 @@ impl Mirror {
                 continue;
             }
             if complete {
-                let _ = std::fs::remove_file(self.dir.join(relative));
+                if no_symlink_below(&self.dir, relative).is_ok() {
+                    let _ = std::fs::remove_file(self.dir.join(relative));
+                }
             } else {
                 let _ = files.insert(relative.clone(), entry.clone());
             }
@@ -180,20 +188,48 @@ fn safe_relative(path: &str) -> Option<String> {
     ok.then(|| relative.to_owned())
 }
 
+/// Refuses `relative` if a directory on its way below `dir` is a symbolic
+/// link: the mirror writes and deletes only inside its own directory,
+/// whoever else can write there.
+fn no_symlink_below(dir: &Path, relative: &str) -> Result<(), String> {
+    let mut path = dir.to_owned();
+    let parts: Vec<&str> = relative.split('/').collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        path.push(part);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "mirror: {} is a symbolic link; refusing",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `body` to `dir/relative` so a reader sees the old file or the
 /// new one, never a part: a temporary file beside it, synced, renamed,
 /// and the directory synced.
 fn write_atomically(dir: &Path, relative: &str, body: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let target = dir.join(relative);
     let parent = target.parent().unwrap_or(dir);
     let fail = |e: std::io::Error| format!("mirror: writing {}: {e}", target.display());
+    no_symlink_below(dir, relative)?;
     std::fs::create_dir_all(parent).map_err(fail)?;
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("file");
-    let temporary = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+    let mut random = [0u8; 8];
+    openssl::rand::rand_bytes(&mut random).map_err(|e| e.to_string())?;
+    let temporary = parent.join(format!(".{name}.{}.tmp", crate::keys::view::hex(&random)));
+    // A new file: never one (or a symlink) someone left under that name.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temporary)
+        .map_err(fail)?;
     file.write_all(body).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&temporary, &target).map_err(fail)?;
@@ -205,6 +241,53 @@ fn write_atomically(dir: &Path, relative: &str, body: &[u8]) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::safe_relative;
+
+    #[test]
+    fn a_manifest_naming_paths_outside_the_mirror_is_not_believed() {
+        let dir = tempfile_dir();
+        let outside = dir.join("outside.txt");
+        std::fs::write(&outside, "keep").unwrap();
+        let mirror = dir.join("mirror");
+        std::fs::create_dir_all(&mirror).unwrap();
+        let entry = serde_json::json!({"sha256": "00", "media_type": "text/plain", "max_age": 1});
+        let manifest = serde_json::json!({
+            "updated": "", "node": "n",
+            "files": {"../outside.txt": entry, "ds/x.pem": entry, "/etc/passwd": entry}
+        });
+        std::fs::write(mirror.join(super::MANIFEST), manifest.to_string()).unwrap();
+        let opened = super::Mirror::open(&mirror).unwrap();
+        assert_eq!(opened.written.keys().collect::<Vec<_>>(), ["ds/x.pem"]);
+        assert!(outside.exists());
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "dojang-mirror-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_symlinked_directory_in_the_mirror_is_neither_written_through_nor_deleted_through() {
+        let dir = tempfile_dir();
+        let elsewhere = dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("x.pem"), "precious").unwrap();
+        let mirror = dir.join("mirror");
+        std::fs::create_dir_all(&mirror).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, mirror.join("ds")).unwrap();
+        assert!(super::write_atomically(&mirror, "ds/x.pem", b"new").is_err());
+        assert!(super::no_symlink_below(&mirror, "ds/x.pem").is_err());
+        assert!(super::no_symlink_below(&mirror, "iaca.pem").is_ok());
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("x.pem")).unwrap(),
+            "precious"
+        );
+    }
 
     #[test]
     fn paths_that_could_leave_the_mirror_are_refused() {

@@ -943,35 +943,13 @@ impl Daemon {
     /// A second node on the same token, PKI, TLS files, policy and store,
     /// with its own ports and `node_id`. Drop it before `self`.
     pub fn second_node(&self, node_id: &str) -> Daemon {
-        let (api, public, ops) = listener_addresses();
-        let text = std::fs::read_to_string(&self.config).expect("config");
-        let text = text
-            .replace(&self.api.to_string(), &api.to_string())
-            .replace(&self.public.to_string(), &public.to_string())
-            .replace(&self.ops.to_string(), &ops.to_string())
-            .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
-        let config = self.scratch().join(format!("{node_id}.toml"));
-        write(&config, &text);
-        let mut daemon = Daemon {
-            device: Device::Shared {
-                conf: self.device.conf_path(),
-                scratch: self.scratch().to_owned(),
-            },
-            child: None,
-            api,
-            public,
-            ops,
-            config,
-            policy: self.policy.clone(),
-            tls: self.tls.clone(),
-            log: self.scratch().join(format!("{node_id}.log")),
-            env: self.env.clone(),
-            netns: None,
-            officers: self.officers.clone(),
-            offline: None,
-        };
-        daemon.spawn();
-        daemon
+        self.sibling(
+            node_id,
+            listener_addresses(),
+            None,
+            &self.device.conf_path(),
+            None,
+        )
     }
 
     /// A node of this cluster at another site of a drill: its listeners
@@ -988,19 +966,34 @@ impl Daemon {
     ) -> Daemon {
         let first = crate::ports::reserve(3);
         let at = |port| SocketAddr::from((site.ip, port));
-        let (api, public, ops) = (at(first), at(first + 1), at(first + 2));
-        let text = std::fs::read_to_string(&self.config).expect("config");
-        let store = text
-            .lines()
-            .find(|l| l.starts_with("postgres = "))
-            .expect("a node of a PostgreSQL cluster")
-            .to_owned();
-        let text = text
+        let addresses = (at(first), at(first + 1), at(first + 2));
+        self.sibling(node_id, addresses, Some(store_url), token_conf, Some(site))
+    }
+
+    /// Another node from this one's configuration: its own listeners,
+    /// node id, log, and perhaps registry, token and site; started.
+    fn sibling(
+        &self,
+        node_id: &str,
+        (api, public, ops): (SocketAddr, SocketAddr, SocketAddr),
+        store_url: Option<&str>,
+        token_conf: &Path,
+        site: Option<&crate::sites::Site>,
+    ) -> Daemon {
+        let mut text = std::fs::read_to_string(&self.config)
+            .expect("config")
             .replace(&self.api.to_string(), &api.to_string())
             .replace(&self.public.to_string(), &public.to_string())
             .replace(&self.ops.to_string(), &ops.to_string())
-            .replace(&store, &format!("postgres = \"{store_url}\""))
             .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+        if let Some(url) = store_url {
+            let store = text
+                .lines()
+                .find(|l| l.starts_with("postgres = "))
+                .expect("a node of a PostgreSQL cluster")
+                .to_owned();
+            text = text.replace(&store, &format!("postgres = \"{url}\""));
+        }
         let config = self.scratch().join(format!("{node_id}.toml"));
         write(&config, &text);
         let mut daemon = Daemon {
@@ -1017,7 +1010,7 @@ impl Daemon {
             tls: self.tls.clone(),
             log: self.scratch().join(format!("{node_id}.log")),
             env: self.env.clone(),
-            netns: Some(site.netns.clone()),
+            netns: site.map(|s| s.netns.clone()),
             officers: self.officers.clone(),
             offline: None,
         };

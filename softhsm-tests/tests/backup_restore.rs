@@ -234,6 +234,21 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
     copy_dir(&kept.fresh, &shortened);
     shorten_log(&shortened, kept.late_size - 2);
     refused(&restore(&d, &shortened, &[&kept.late]), "REFUSED");
+    // An insider adds a trigger to a copy (it would run once live).
+    let rigged = scratch.join("backup-rigged");
+    copy_dir(&kept.fresh, &rigged);
+    let conn = rusqlite::Connection::open(rigged.join("registry.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER forget AFTER INSERT ON credentials BEGIN \
+         DELETE FROM credentials WHERE id = NEW.id; END;",
+    )
+    .unwrap();
+    drop(conn);
+    fix_manifest(&rigged);
+    refused(
+        &restore(&d, &rigged, &[&kept.late]),
+        "schema is not the one the migrations make",
+    );
     let registry = scratch.join("registry.db");
     refuse_stale_restore_fresh(&mut d, &kept, || {
         let db = rusqlite::Connection::open(&registry).unwrap();
@@ -276,6 +291,39 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
     // Another key under the same label: another value, and no start.
     d.replace_secret_key("pseudonym", "pseudonym");
     assert_ne!(value(&d), original);
+    let said = start_refused(&d);
+    assert!(
+        said.contains("is not the key this registry's holders were recognised with"),
+        "{said}"
+    );
+    // A database writer removes the registry's record: only the pin in the
+    // configuration (from the key's ceremony) still stops the node.
+    let registry = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let _ = registry
+        .execute(
+            "DELETE FROM pki_documents WHERE name = 'pseudonym.check'",
+            [],
+        )
+        .unwrap();
+    drop(registry);
+    let config = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{config}\n[server.keys]\npseudonym_check = \"{original}\"\n"),
+    )
+    .unwrap();
+    let said = start_refused(&d);
+    assert!(said.contains("server.keys.pseudonym_check pins"), "{said}");
+    // The right key back: the node starts.
+    std::fs::remove_dir_all(&tokens).unwrap();
+    std::fs::rename(&kept, &tokens).unwrap();
+    d.spawn();
+    assert_eq!(issue(&d, 60).status, 201);
+}
+
+/// Starts `dojangd` on `d`'s configuration, which must exit (not serve)
+/// within 30 s; what it said.
+fn start_refused(d: &Daemon) -> String {
     let mut child = d
         .command("dojangd")
         .arg("serve")
@@ -299,15 +347,7 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
     let mut said = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said);
     assert!(!status.success(), "{said}");
-    assert!(
-        said.contains("is not the key this registry's holders were recognised with"),
-        "{said}"
-    );
-    // The right key back: the node starts.
-    std::fs::remove_dir_all(&tokens).unwrap();
-    std::fs::rename(&kept, &tokens).unwrap();
-    d.spawn();
-    assert_eq!(issue(&d, 60).status, 201);
+    said
 }
 
 /// A database of its own on the shared PostgreSQL, dropped at the end
@@ -348,12 +388,24 @@ fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_pub
         ..Options::default()
     });
     let kept = issue_and_back_up(&d);
+    // A backup taken while an insider's function sat in the database.
+    let mut live = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    live.batch_execute("CREATE FUNCTION forget() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        .unwrap();
+    let rigged = d.scratch().join("backup-rigged");
+    let _ = d.ctl(&["backup", "--out", rigged.to_str().unwrap()]);
+    live.batch_execute("DROP FUNCTION forget()").unwrap();
+    drop(live);
     // The site is lost: node, database and token.
     lose_node_and_token(&mut d, &kept, || {
         daemon::PgSchema::admin()
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.0))
             .unwrap();
     });
+    refused(
+        &restore(&d, &rigged, &[&kept.late]),
+        "triggers, rules, views or functions",
+    );
     refuse_stale_restore_fresh(&mut d, &kept, || {
         let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         let mut count = |sql: &str| -> i64 { pg.query_one(sql, &[]).unwrap().get(0) };
@@ -389,6 +441,12 @@ fn shorten_log(backup: &Path, keep: u64) {
         .execute("DELETE FROM checkpoints WHERE size > ?1", [keep as i64])
         .unwrap();
     drop(conn);
+    fix_manifest(backup);
+}
+
+/// Rewrites a backup's manifest digest to match its (altered) copy.
+fn fix_manifest(backup: &Path) {
+    let db: PathBuf = backup.join("registry.db");
     let digest = openssl::sha::sha256(&std::fs::read(&db).unwrap());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     let manifest = backup.join("backup.json");

@@ -12,7 +12,6 @@
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,42 +19,10 @@ use std::time::{Duration, Instant};
 use softhsm_tests::daemon::{self, Daemon, Options, Store};
 use softhsm_tests::https::{Client, Target};
 use softhsm_tests::pg::{SiteCa, SiteCluster};
-use softhsm_tests::sites::{Site, Sites};
+use softhsm_tests::sites::Sites;
+use softhsm_tests::web::StaticServer;
 
 const STANDBY: &str = "site_b";
-
-/// The mirror served by a web server we did not write, at site B.
-struct StaticCopy(Child, std::net::SocketAddr);
-
-impl StaticCopy {
-    fn start(site: &Site, dir: &Path) -> Self {
-        let port = softhsm_tests::ports::reserve(1);
-        let child = site
-            .command("python3")
-            .args(["-m", "http.server", "--bind", &site.ip.to_string()])
-            .arg("--directory")
-            .arg(dir)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = std::net::SocketAddr::from((site.ip, port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        StaticCopy(child, addr)
-    }
-}
-
-impl Drop for StaticCopy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Clients issuing to `node` until `stop`, each for holders of its own;
 /// the ids of every 201.
@@ -331,9 +298,9 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
         assert!(Instant::now() < deadline, "the mirror was never written");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let static_copy = StaticCopy::start(&sites.b, &mirror);
+    let static_copy = StaticServer::start(&mirror, Some(&sites.b));
     let stop_verifier = Arc::new(AtomicBool::new(false));
-    let verifier = verifier(static_copy.1, stop_verifier.clone());
+    let verifier = verifier(static_copy.addr, stop_verifier.clone());
     std::thread::sleep(Duration::from_secs(4));
 
     // What was published before the loss: the mirror's checkpoint. Then

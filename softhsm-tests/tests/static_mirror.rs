@@ -7,51 +7,20 @@
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use softhsm_tests::daemon::{self, Daemon, Options};
 use softhsm_tests::https::{Client, Target};
+use softhsm_tests::web::StaticServer;
 
-/// A web server over a directory, killed when dropped.
-struct WebServer(Child, std::net::SocketAddr);
-
-impl WebServer {
-    fn start(dir: &Path) -> Self {
-        let port = softhsm_tests::ports::reserve(1);
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg("--directory")
-            .arg(dir)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        WebServer(child, addr)
-    }
-
-    /// `path` from the server, saved under `dir` for the verifiers.
-    fn fetch(&self, path: &str, dir: &Path) -> PathBuf {
-        let reply = Client::new(Target::plain(self.1)).get(path);
-        assert_eq!(reply.status, 200, "{path} from the static server");
-        let file = dir.join(path.trim_start_matches('/').replace('/', "_"));
-        std::fs::write(&file, &reply.body).unwrap();
-        file
-    }
-}
-
-impl Drop for WebServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `path` from the static server, saved under `dir` for the verifiers.
+fn fetch(web: &StaticServer, path: &str, dir: &Path) -> PathBuf {
+    let reply = Client::new(Target::plain(web.addr)).get(path);
+    assert_eq!(reply.status, 200, "{path} from the static server");
+    let file = dir.join(path.trim_start_matches('/').replace('/', "_"));
+    std::fs::write(&file, &reply.body).unwrap();
+    file
 }
 
 fn python(script: &str, args: &[&Path]) -> serde_json::Value {
@@ -169,13 +138,13 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
         .status()
         .unwrap()
         .success());
-    let web = WebServer::start(&copy);
+    let web = StaticServer::start(&copy, None);
     let fetched = d.scratch().join("fetched");
     std::fs::create_dir_all(&fetched).unwrap();
 
     // The manifest lists every file with its digest, and nothing else lies there.
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(web.fetch("/mirror.json", &fetched)).unwrap())
+        serde_json::from_slice(&std::fs::read(fetch(&web, "/mirror.json", &fetched)).unwrap())
             .unwrap();
     let files = manifest["files"].as_object().unwrap();
     for (path, entry) in files {
@@ -199,7 +168,7 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     );
 
     // SD-JWT VC: the issuer key from the mirror's JWKS and DS certificate.
-    let jwks = web.fetch("/.well-known/jwks.json", &fetched);
+    let jwks = fetch(&web, "/.well-known/jwks.json", &fetched);
     let kids: Vec<String> =
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(&jwks).unwrap()).unwrap()
             ["keys"]
@@ -211,7 +180,8 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     assert!(kids.contains(&sd_jwt["kid"].as_str().unwrap().to_owned()));
     let credential = fetched.join("credential.sd-jwt");
     std::fs::write(&credential, sd_jwt["credential"].as_str().unwrap()).unwrap();
-    let ds = web.fetch(
+    let ds = fetch(
+        &web,
         &format!("/ds/{}.pem", sd_jwt["key_label"].as_str().unwrap()),
         &fetched,
     );
@@ -219,14 +189,14 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
 
     // Status lists in both forms, keys from the mirror, chained to the IACA
     // from the mirror, valid for the documented outage (a day by default).
-    let iaca = web.fetch("/iaca.pem", &fetched);
-    let status_keys = web.fetch("/status/jwks.json", &fetched);
+    let iaca = fetch(&web, "/iaca.pem", &fetched);
+    let status_keys = fetch(&web, "/status/jwks.json", &fetched);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for (path, form, idx, bit) in [
         (format!("/status/{list}"), "jwt", sd_idx, 1),
         (format!("/status/{list}.cwt"), "cwt", mdoc_idx, 2),
     ] {
-        let token = web.fetch(&path, &fetched);
+        let token = fetch(&web, &path, &fetched);
         let read = python(
             "verify_status_list.py",
             &[
@@ -245,7 +215,7 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     }
 
     // The CRL, checked by openssl against the mirror's IACA.
-    let crl = web.fetch("/iaca.crl", &fetched);
+    let crl = fetch(&web, "/iaca.crl", &fetched);
     let out = Command::new("openssl")
         .args(["crl", "-inform", "DER", "-noout", "-in"])
         .arg(&crl)
@@ -263,7 +233,7 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     // The checkpoint is one the registry holds, covering the changes.
     let registry = dojang::store::SqliteRegistry::open(&d.scratch().join("registry.db")).unwrap();
     let signed = dojang::store::Registry::checkpoints(&registry).unwrap();
-    let served = web.fetch("/checkpoint", &fetched);
+    let served = fetch(&web, "/checkpoint", &fetched);
     assert!(checkpoint_size(&served) >= entries);
     let served = std::fs::read_to_string(served).unwrap();
     assert!(signed.iter().any(|(_, note)| *note == served), "{served}");

@@ -63,6 +63,9 @@ pub struct Report {
     pub signed_size: u64,
     /// Entries after the latest checkpoint (not yet covered by a signature).
     pub unsigned_tail: u64,
+    /// The newest key the log trusts at its end (SPKI PEM): the anchor, or
+    /// the last key a trusted key handed over to; never a key only listed.
+    pub latest_key_pem: String,
 }
 
 /// The first problem found, precisely.
@@ -220,7 +223,13 @@ pub fn verify(bundle: &Bundle, trusted: &TrustedLog) -> Result<Report, BundleErr
         replay.checkpoint(index as u64, note)?;
     }
     let signed_size = replay.seen.last().map_or(0, |c| c.size);
+    let latest_key_pem = replay
+        .keys
+        .last()
+        .map(NoteKey::public_pem)
+        .unwrap_or_default();
     Ok(Report {
+        latest_key_pem,
         entries: leaves.len() as u64,
         checkpoints: replay.seen.len() as u64,
         signed_size,

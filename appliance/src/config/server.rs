@@ -235,6 +235,12 @@ pub struct ServiceKeys {
     /// The HMAC key holder pseudonyms are computed with.
     #[serde(default = "default_pseudonym_key")]
     pub pseudonym: String,
+    /// The pseudonym key's check value recorded at its ceremony (`dojangctl
+    /// keys check-value`, 16 hex digits): pinned here, outside the
+    /// registry, a node refuses any other key even if a database writer
+    /// removed or rewrote the registry's record.
+    #[serde(default)]
+    pub pseudonym_check: Option<String>,
     /// The HMAC key stored idempotent responses are sealed under (purpose
     /// `response-seal`; never the pseudonym key).
     #[serde(default = "default_response_seal_key")]
@@ -259,6 +265,7 @@ impl Default for ServiceKeys {
     fn default() -> Self {
         ServiceKeys {
             pseudonym: default_pseudonym_key(),
+            pseudonym_check: None,
             response_seal: default_response_seal_key(),
             status_list: default_status_key(),
             audit: default_audit_key(),
@@ -363,6 +370,17 @@ impl ServerConfig {
         if !(600..=604_800).contains(&self.public.status_token_lifetime_s) {
             return Err(
                 "server.public.status_token_lifetime_s must be 600 (10 minutes) to 604800 (7 days)"
+                    .into(),
+            );
+        }
+        if let Some(check) = &self.keys.pseudonym_check
+            && (check.len() != 16
+                || !check
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(
+                "server.keys.pseudonym_check must be the 16 lowercase hex digits `dojangctl keys check-value` prints"
                     .into(),
             );
         }

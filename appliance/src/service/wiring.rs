@@ -114,7 +114,10 @@ impl Service {
             last_purge: std::sync::atomic::AtomicI64::new(0),
         };
         service.check_hmac_key(&server.keys.pseudonym, KeyPurpose::Pseudonym)?;
-        service.check_pseudonym_key(&server.keys.pseudonym)?;
+        service.check_pseudonym_key(
+            &server.keys.pseudonym,
+            server.keys.pseudonym_check.as_deref(),
+        )?;
         service.check_hmac_key(&server.keys.response_seal, KeyPurpose::ResponseSeal)?;
         service.reload(OffsetDateTime::now_utc())?;
         service.record_start()?;
@@ -122,13 +125,29 @@ impl Service {
     }
 
     /// The token's pseudonym key must be the one the registry's holders
-    /// were recognised with (its check value, recorded by the first start
-    /// and audited): another key would take every holder for a new one
-    /// (a second live ID, a second free copy).
-    fn check_pseudonym_key(&self, label: &str) -> Result<(), LoadError> {
+    /// were recognised with: its check value against the configuration's
+    /// pin (what a database writer cannot change) and the registry's
+    /// record (made by the first start, audited). Another key would take
+    /// every holder for a new one (a second live ID, a second free copy).
+    fn check_pseudonym_key(&self, label: &str, pinned: Option<&str>) -> Result<(), LoadError> {
         use crate::store::PSEUDONYM_CHECK_DOCUMENT as DOCUMENT;
         let held = crate::issuance::pseudonym_key_check(self.node.backend, label)
             .map_err(|e| LoadError(format!("pseudonym key {label:?}: {e}")))?;
+        match pinned {
+            Some(pinned) if pinned != held => {
+                return Err(LoadError(format!(
+                    "the token's pseudonym key {label:?} (check value {held}) is not the key \
+                     server.keys.pseudonym_check pins ({pinned}): restore the key from its backup \
+                     (docs/disaster-recovery.md)"
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                check_value = %held,
+                "server.keys.pseudonym_check is not set: pin the pseudonym key's check value \
+                 (a database writer could otherwise remove the registry's record)"
+            ),
+        }
         let registry = &self.node.registry;
         let read = || {
             registry

@@ -156,22 +156,34 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
         "not a {FORMAT} backup of a {} registry (this node's store)",
         expected.0
     );
-    let copy = args.backup.join(&manifest.file);
-    ensure!(
-        file_sha256(&copy)? == manifest.sha256,
-        "{} is not the copy its manifest names (damaged or replaced)",
-        copy.display()
-    );
-    let (report, target) = match &store {
-        Store::Sqlite(target) => (
-            restore_sqlite(config, args, &copy, target)?,
-            target.display().to_string(),
-        ),
-        Store::Postgres(pg) => (
-            restore_postgres(config, args, &copy, pg)?,
-            format!("database {}", pg.database()?),
-        ),
+    // Read once, into a file of this restore's own: the digest, the checks
+    // and what goes in place are all that one copy, whatever happens to
+    // the backup's storage meanwhile.
+    let source = args.backup.join(&manifest.file);
+    let copy = match &store {
+        Store::Sqlite(target) => target.with_extension("partial"),
+        Store::Postgres(_) => {
+            std::env::temp_dir().join(format!("dojang-restore-{}.pgdump", std::process::id()))
+        }
     };
+    private_copy(&source, &copy)?;
+    let digest = file_sha256(&copy);
+    if digest.as_ref().ok() != Some(&manifest.sha256) {
+        let _ = std::fs::remove_file(&copy);
+        anyhow::bail!(
+            "{} is not the copy its manifest names (damaged or replaced)",
+            source.display()
+        );
+    }
+    let restored = match &store {
+        Store::Sqlite(target) => {
+            restore_sqlite(config, args, &copy, target).map(|r| (r, target.display().to_string()))
+        }
+        Store::Postgres(pg) => restore_postgres(config, args, &copy, pg)
+            .and_then(|r| Ok((r, format!("database {}", pg.database()?)))),
+    };
+    let _ = std::fs::remove_file(&copy);
+    let (report, target) = restored?;
     println!(
         "{target}: restored from {} (taken {}): {} audit entries, signed through {}, \
          containing the {} published checkpoint(s){}",
@@ -189,30 +201,39 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Verified on a scratch copy beside the target (opening migrates it); the
-/// untouched backup file is what goes in place.
+/// `copy` (this restore's own file beside the target) is verified through
+/// a scratch copy (opening migrates it), then linked in as the registry:
+/// a link never replaces a registry that appeared meanwhile.
 fn restore_sqlite(
     config: &Config,
     args: &RestoreArgs,
     copy: &Path,
     target: &Path,
 ) -> anyhow::Result<dojang::audit::bundle::Report> {
-    ensure!(
-        !target.exists(),
-        "the registry {} exists: a restore goes onto a fresh node (move it away first)",
-        target.display()
-    );
+    for leftover in [
+        target.to_owned(),
+        sqlite_side(target, "-wal"),
+        sqlite_side(target, "-shm"),
+    ] {
+        ensure!(
+            !leftover.exists(),
+            "{} exists: a restore goes onto a fresh node (move the registry and its -wal/-shm away first)",
+            leftover.display()
+        );
+    }
     let scratch = target.with_extension("restoring");
     remove_sqlite(&scratch);
     let _ = std::fs::copy(copy, &scratch).context("copying the backup")?;
     let verified = SqliteRegistry::open(&scratch)
         .context("opening the backup")
-        .and_then(|registry| verify_restored(config, &registry, args));
+        .and_then(|registry| {
+            check_sqlite_schema(&registry)?;
+            verify_restored(config, &registry, args)
+        });
     remove_sqlite(&scratch);
     let report = verified?;
-    let partial = target.with_extension("partial");
-    let _ = std::fs::copy(copy, &partial).context("placing the registry")?;
-    std::fs::rename(&partial, target).context("placing the registry")?;
+    std::fs::hard_link(copy, target)
+        .with_context(|| format!("placing the registry at {}", target.display()))?;
     Ok(report)
 }
 
@@ -267,27 +288,27 @@ fn verify_restored(
         .origin
         .clone();
     let trusted = crate::audit::trusted_log(&args.audit_key, origin.clone(), origin)?;
-    let held = token_keys(config, registry)?;
-    ensure!(
-        std::iter::once(&bundle.public_key_pem)
-            .chain(&bundle.handover_keys_pem)
-            .any(|pem| pem_der(pem).ok() == Some(held.clone())),
-        "the token does not hold this log's audit key: it is not a clone of the issuing token"
-    );
     let bundle = dojang::audit::bundle::with_published(bundle, &published);
-    dojang::audit::bundle::verify(&bundle, &trusted).map_err(|e| {
+    let report = dojang::audit::bundle::verify(&bundle, &trusted).map_err(|e| {
         anyhow::anyhow!(
             "REFUSED: the backup's audit log does not continue what was published: {e}. \
              Restoring it would roll the log back behind a published checkpoint \
              (or it is not this log); use a newer backup"
         )
-    })
+    })?;
+    check_token(config, registry, &report)?;
+    Ok(report)
 }
 
-/// The token's audit public key (SPKI DER), once its pseudonym key is
-/// found there and is the key the registry's holders were recognised with
-/// (its check value).
-fn token_keys(config: &Config, registry: &dyn Registry) -> anyhow::Result<Vec<u8>> {
+/// The token is a clone of the issuing one: it holds the pseudonym key the
+/// registry's holders were recognised with (its check value, against the
+/// configuration's pin and the registry's record) and the audit key the
+/// verified log trusts at its end.
+fn check_token(
+    config: &Config,
+    registry: &dyn Registry,
+    report: &dojang::audit::bundle::Report,
+) -> anyhow::Result<()> {
     let server = config
         .server
         .as_ref()
@@ -301,21 +322,33 @@ fn token_keys(config: &Config, registry: &dyn Registry) -> anyhow::Result<Vec<u8
         )
     })?;
     let held = dojang::issuance::pseudonym_key_check(backend.as_ref(), label)?;
-    if let Some(recorded) = registry.document(dojang::store::PSEUDONYM_CHECK_DOCUMENT)? {
-        ensure!(
-            recorded == held,
-            "the token's pseudonym key (check value {held}) is not the key this backup's holders \
-             were recognised with ({recorded}): restore the key from its backup"
-        );
+    let recorded = registry.document(dojang::store::PSEUDONYM_CHECK_DOCUMENT)?;
+    for (expected, whose) in [
+        (
+            server.keys.pseudonym_check.clone(),
+            "the configuration's pin",
+        ),
+        (recorded, "this backup's record"),
+    ] {
+        if let Some(expected) = expected {
+            ensure!(
+                expected == held,
+                "the token's pseudonym key (check value {held}) is not the key this backup's \
+                 holders were recognised with ({expected}, {whose}): restore the key from its backup"
+            );
+        }
     }
-    let audit = backend
-        .find(&server.keys.audit)
-        .with_context(|| format!("the token has no audit key {:?}", server.keys.audit))?;
-    Ok(audit
-        .public_key
-        .context("the audit key has no public key")?
-        .spki_der()
-        .to_vec())
+    let latest = pem_der(&report.latest_key_pem)?;
+    let holds_latest = backend.list()?.iter().any(|k| {
+        k.purpose == pkcs11_shim::KeyPurpose::Audit
+            && k.public_key.as_ref().map(|p| p.spki_der()) == Some(latest.as_slice())
+    });
+    ensure!(
+        holds_latest,
+        "the token does not hold the audit key this log trusts at its end: it is not a clone of \
+         the issuing token"
+    );
+    Ok(())
 }
 
 fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
@@ -329,11 +362,81 @@ fn file_sha256(path: &Path) -> anyhow::Result<String> {
     )))
 }
 
+/// A SQLite file's side file (`-wal`, `-shm`).
+fn sqlite_side(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Removes a SQLite file and its WAL and shared-memory files.
 fn remove_sqlite(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(name));
+        let _ = std::fs::remove_file(sqlite_side(path, suffix));
     }
+}
+
+/// Copies `source` to `copy`, a file that must not exist yet (no
+/// symlink or earlier file is followed or reused), readable by this user
+/// only.
+fn private_copy(source: &Path, copy: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from =
+        std::fs::File::open(source).with_context(|| format!("reading {}", source.display()))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(copy)
+        .with_context(|| format!("{} (left by an earlier restore? remove it)", copy.display()))?;
+    let _ = std::io::copy(&mut from, &mut to).context("copying the backup")?;
+    to.sync_all().context("copying the backup")
+}
+
+/// The restored registry has exactly the objects the migrations make: a
+/// crafted file's extra trigger or view would otherwise go live with it.
+fn check_sqlite_schema(restored: &SqliteRegistry) -> anyhow::Result<()> {
+    let reference_dir = tempfile_dir()?;
+    let reference = SqliteRegistry::open(&reference_dir.join("reference.db"))
+        .context("making a reference registry")?;
+    let schema = |path: &Path| -> anyhow::Result<Vec<(String, String, String)>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut statement = conn.prepare(
+            "SELECT type, name, COALESCE(sql, '') FROM sqlite_master ORDER BY type, name",
+        )?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    };
+    let expected = schema(reference.path());
+    let found = schema(restored.path());
+    drop(reference);
+    let _ = std::fs::remove_dir_all(&reference_dir);
+    let (expected, found) = (expected?, found?);
+    let extra: Vec<&str> = found
+        .iter()
+        .filter(|o| !expected.contains(o))
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    ensure!(
+        extra.is_empty() && found.len() == expected.len(),
+        "REFUSED: the backup's schema is not the one the migrations make (unexpected or changed: {extra:?})"
+    );
+    Ok(())
+}
+
+/// A new private directory under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let mut random = [0u8; 8];
+    openssl::rand::rand_bytes(&mut random)?;
+    let dir = std::env::temp_dir().join(format!(
+        "dojang-restore-{}",
+        dojang::keys::view::hex(&random)
+    ));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }

@@ -15,6 +15,15 @@ use dojang::config::StoreConfig;
 use dojang::store::PostgresRegistry;
 use postgres::config::{Host, SslMode};
 
+/// Objects no migration makes, outside PostgreSQL's own schemas.
+const CODE_OBJECTS: &str = "SELECT \
+    (SELECT COUNT(*) FROM pg_trigger WHERE NOT tgisinternal) \
+  + (SELECT COUNT(*) FROM pg_rules WHERE schemaname NOT IN ('pg_catalog', 'information_schema')) \
+  + (SELECT COUNT(*) FROM pg_views WHERE schemaname NOT IN ('pg_catalog', 'information_schema')) \
+  + (SELECT COUNT(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+       WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) \
+  + (SELECT COUNT(*) FROM pg_event_trigger)";
+
 /// The system's CA bundle (Debian), when `store.postgres_ca` is not set.
 const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -37,6 +46,15 @@ impl Pg {
             return Ok(None);
         };
         let config: postgres::Config = url.parse().context("store.postgres")?;
+        // The daemon's rule, for the tools too: over the network, verified TLS.
+        let local = config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+        });
+        ensure!(
+            local || config.get_ssl_mode() == SslMode::Require,
+            "store.postgres: a server on the network needs sslmode=require (verified TLS)"
+        );
         Ok(Some(Pg {
             config,
             ca: store.postgres_ca.clone(),
@@ -99,18 +117,19 @@ impl Pg {
         if let Some(timeout) = c.get_connect_timeout() {
             parts.push(format!("connect_timeout={}", timeout.as_secs().max(1)));
         }
-        if c.get_ssl_mode() == SslMode::Require {
-            if libpq {
-                let ca = self
-                    .ca
-                    .as_deref()
-                    .unwrap_or(Path::new(SYSTEM_CAS))
-                    .display()
-                    .to_string();
-                parts.push(format!("sslmode=verify-full sslrootcert={}", quoted(&ca)));
-            } else {
-                parts.push("sslmode=require".into());
-            }
+        if c.get_ssl_mode() != SslMode::Require {
+            // Local only (checked in `of`): as the daemon, no TLS.
+            parts.push("sslmode=disable".into());
+        } else if libpq {
+            let ca = self
+                .ca
+                .as_deref()
+                .unwrap_or(Path::new(SYSTEM_CAS))
+                .display()
+                .to_string();
+            parts.push(format!("sslmode=verify-full sslrootcert={}", quoted(&ca)));
+        } else {
+            parts.push("sslmode=require".into());
         }
         parts.join(" ")
     }
@@ -175,18 +194,42 @@ impl Pg {
     /// A scratch database holding `file`, restored; its name.
     pub(crate) fn restore_scratch(&self, file: &Path) -> anyhow::Result<String> {
         let scratch = format!("{}_restoring", self.database()?);
-        let _ = self.admin_sql(&format!("DROP DATABASE IF EXISTS {scratch}"))?;
+        ensure!(
+            !self.exists(&scratch)?,
+            "the database {scratch} exists (an earlier restore's?): drop it first"
+        );
         let _ = self.admin_sql(&format!("CREATE DATABASE {scratch}"))?;
         let mut restore = self.tool("pg_restore");
         let _ = restore
             .args(["--no-owner", "--exit-on-error", "--single-transaction"])
             .arg(format!("--dbname={}", self.conninfo(&scratch, true)))
             .arg(file);
-        if let Err(e) = self.run(restore, "pg_restore") {
+        if let Err(e) = self
+            .run(restore, "pg_restore")
+            .and_then(|_| self.check_no_code(&scratch))
+        {
             self.discard(&scratch);
             return Err(e);
         }
         Ok(scratch)
+    }
+
+    /// The migrations make no trigger, rule, view or function: a dump
+    /// that brings one would have it run once the registry is live.
+    fn check_no_code(&self, scratch: &str) -> anyhow::Result<()> {
+        let mut psql = self.tool("psql");
+        let _ = psql
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.conninfo(scratch, true))
+            .args(["-c", CODE_OBJECTS]);
+        let found = self.run(psql, "psql")?;
+        ensure!(
+            found.trim() == "0",
+            "REFUSED: the backup brings triggers, rules, views or functions the migrations never \
+             make ({} of them): it is not a registry this software wrote",
+            found.trim()
+        );
+        Ok(())
     }
 
     /// The registry in database `name`.
@@ -211,7 +254,10 @@ impl Pg {
         loop {
             match self.admin_sql(&format!("ALTER DATABASE {scratch} RENAME TO {target}")) {
                 Ok(_) => return Ok(()),
-                Err(e) if tries >= 50 => return Err(e),
+                Err(e) if tries >= 50 => {
+                    self.discard(scratch);
+                    return Err(e);
+                }
                 Err(_) => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
