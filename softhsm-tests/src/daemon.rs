@@ -853,6 +853,29 @@ impl Daemon {
         .expect("the mdoc verifies against the IACA")
     }
 
+    /// Issues a credential of `profile` for holder `n` on a new phone, as
+    /// the counter client; the reply.
+    pub fn issue(&self, profile: &str, n: u32) -> crate::https::Reply {
+        let (jwk, _) = phone();
+        self.client("counter").post_json(
+            "/v1/credentials",
+            &request(profile, &number(n), &jwk),
+            &[],
+        )
+    }
+
+    /// [`Daemon::issue`], which must answer 201; the answer.
+    pub fn issued(&self, profile: &str, n: u32) -> serde_json::Value {
+        let reply = self.issue(profile, n);
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    }
+
     /// A client of the public listener.
     pub fn public_client(&self) -> Client {
         Client::new(Target::plain(self.public))

@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 
 use softhsm_tests::daemon::{self, Daemon, Options};
 
-fn issue(d: &Daemon, n: u32) -> softhsm_tests::https::Reply {
-    let (jwk, _) = daemon::phone();
-    d.client("counter").post_json(
-        "/v1/credentials",
-        &daemon::request("sd-jwt", &daemon::number(n), &jwk),
-        &[],
-    )
-}
-
 /// The tree size a signed checkpoint note states (0 before one exists).
 fn checkpoint_size(path: &Path) -> u64 {
     std::fs::read_to_string(path)
@@ -93,14 +84,14 @@ struct Kept {
 fn issue_and_back_up(d: &Daemon) -> Kept {
     let scratch = d.scratch().to_owned();
     for n in 50..52 {
-        assert_eq!(issue(d, n).status, 201);
+        assert_eq!(d.issue("sd-jwt", n).status, 201);
     }
     let early = scratch.join("published-early");
     let _ = published_checkpoint(d, &early);
     let stale = scratch.join("backup-stale");
     let _ = d.ctl(&["backup", "--out", stale.to_str().unwrap()]);
     for n in 52..54 {
-        assert_eq!(issue(d, n).status, 201);
+        assert_eq!(d.issue("sd-jwt", n).status, 201);
     }
     let late = scratch.join("published-late");
     let late_size = published_checkpoint(d, &late);
@@ -144,14 +135,14 @@ fn refuse_stale_restore_fresh(d: &mut Daemon, kept: &Kept, invariants: impl Fn()
     refused(&restore(d, &kept.fresh, &[&kept.late]), "exists");
     d.spawn();
     for n in 50..54 {
-        let again = issue(d, n).json();
+        let again = d.issue("sd-jwt", n).json();
         // The cloned pseudonym key finds the holder the restored registry knows.
         assert_eq!(
             again["rule"], "holder.first_time",
             "holder {n} known again: {again}"
         );
     }
-    assert_eq!(issue(d, 54).status, 201);
+    assert_eq!(d.issue("sd-jwt", 54).status, 201);
     invariants();
     println!(
         "restore drill: from `dojangctl restore` to the first issuance: {} ms",
@@ -318,7 +309,7 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::rename(&kept, &tokens).unwrap();
     d.spawn();
-    assert_eq!(issue(&d, 60).status, 201);
+    assert_eq!(d.issue("sd-jwt", 60).status, 201);
 }
 
 /// Starts `dojangd` on `d`'s configuration, which must exit (not serve)

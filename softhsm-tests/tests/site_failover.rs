@@ -127,22 +127,6 @@ fn clone_token(d: &Daemon) -> std::path::PathBuf {
     conf
 }
 
-/// Issues one credential at `node` (it must succeed).
-fn issue_one(node: &Daemon, n: u32) {
-    let (jwk, _) = daemon::phone();
-    let reply = node.client("counter").post_json(
-        "/v1/credentials",
-        &daemon::request("sd-jwt", &daemon::number(n), &jwk),
-        &[],
-    );
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-}
-
 /// Every id in `issued` is in the registry (`db`) and has an audit entry
 /// in `node`'s log, which verifies from the pinned key and contains
 /// `published`.
@@ -320,7 +304,7 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
     // with the cloned token and issues.
     standby.promote();
     let mut node_b = d.node_at("site-b", &sites.b, &standby.url, &clone);
-    issue_one(&node_b, next.fetch_add(1, Ordering::Relaxed));
+    let _ = node_b.issued("sd-jwt", next.fetch_add(1, Ordering::Relaxed));
     let rto = lost_at.elapsed();
     stop_verifier.store(true, Ordering::Relaxed);
     let failures = verifier.join().unwrap();
@@ -360,7 +344,7 @@ fn site_a_is_lost_under_load_and_site_b_takes_over_with_nothing_lost() {
     standby.stop();
     rebuilt.promote();
     let node_a2 = d.node_at("site-a2", &sites.a, &rebuilt.url, &d.token_conf());
-    issue_one(&node_a2, next.fetch_add(1, Ordering::Relaxed));
+    let _ = node_a2.issued("sd-jwt", next.fetch_add(1, Ordering::Relaxed));
     println!(
         "site drill: fail-back after {} more issuances at site B: {} ms from stopping site B to the first issuance at site A",
         issued_b.len(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use softhsm_tests::daemon::{self, Daemon, Options};
+use softhsm_tests::daemon::{Daemon, Options};
 use softhsm_tests::https::{Client, Target};
 use softhsm_tests::web::StaticServer;
 
@@ -70,23 +70,8 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
         ..Options::default()
     });
     let mirror = d.scratch().join("mirror");
+    let issued = [d.issued("sd-jwt", 40), d.issued("mdoc", 41)];
     let mut counter = d.client("counter");
-    let mut issued = Vec::new();
-    for (n, profile) in ["sd-jwt", "mdoc"].into_iter().enumerate() {
-        let (jwk, _) = daemon::phone();
-        let reply = counter.post_json(
-            "/v1/credentials",
-            &daemon::request(profile, &daemon::number(n as u32 + 40), &jwk),
-            &[],
-        );
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        issued.push(reply.json());
-    }
     let (sd_jwt, mdoc) = (&issued[0], &issued[1]);
     for (credential, action) in [(sd_jwt, "revoke"), (mdoc, "suspend")] {
         let id = credential["id"].as_str().unwrap();
