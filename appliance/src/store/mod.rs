@@ -24,7 +24,7 @@ pub use self::keyring::{
     ceremony_request_document, policy_adoption_document, policy_text_document,
     revocation_order_document, revoked_serials, root_crl_document,
 };
-pub use self::postgres::{PostgresDriver, PostgresRegistry};
+pub use self::postgres::{PostgresDriver, PostgresRegistry, is_local as postgres_is_local};
 pub use self::registry::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER, REINSTATE_KEY_REVOKED, Refresh,

@@ -162,9 +162,7 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
     let source = args.backup.join(&manifest.file);
     let copy = match &store {
         Store::Sqlite(target) => target.with_extension("partial"),
-        Store::Postgres(_) => {
-            std::env::temp_dir().join(format!("dojang-restore-{}.pgdump", std::process::id()))
-        }
+        Store::Postgres(_) => tempfile_dir()?.join(POSTGRES_COPY),
     };
     private_copy(&source, &copy)?;
     let digest = file_sha256(&copy);
@@ -183,6 +181,9 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
             .and_then(|r| Ok((r, format!("database {}", pg.database()?)))),
     };
     let _ = std::fs::remove_file(&copy);
+    if let (Store::Postgres(_), Some(dir)) = (&store, copy.parent()) {
+        let _ = std::fs::remove_dir(dir);
+    }
     let (report, target) = restored?;
     println!(
         "{target}: restored from {} (taken {}): {} audit entries, signed through {}, \
@@ -223,9 +224,9 @@ fn restore_sqlite(
     }
     let scratch = target.with_extension("restoring");
     remove_sqlite(&scratch);
-    let _ = std::fs::copy(copy, &scratch).context("copying the backup")?;
-    let verified = SqliteRegistry::open(&scratch)
-        .context("opening the backup")
+    let verified = std::fs::copy(copy, &scratch)
+        .context("copying the backup")
+        .and_then(|_| SqliteRegistry::open(&scratch).context("opening the backup"))
         .and_then(|registry| {
             check_sqlite_schema(&registry)?;
             verify_restored(config, &registry, args)
@@ -323,6 +324,12 @@ fn check_token(
     })?;
     let held = dojang::issuance::pseudonym_key_check(backend.as_ref(), label)?;
     let recorded = registry.document(dojang::store::PSEUDONYM_CHECK_DOCUMENT)?;
+    ensure!(
+        server.keys.pseudonym_check.is_some() || recorded.is_some(),
+        "nothing says which pseudonym key this backup's holders were recognised with: set \
+         server.keys.pseudonym_check from the key's ceremony record (dojangctl keys check-value \
+         there) and restore again"
+    );
     for (expected, whose) in [
         (
             server.keys.pseudonym_check.clone(),
@@ -383,22 +390,37 @@ fn private_copy(source: &Path, copy: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut from =
         std::fs::File::open(source).with_context(|| format!("reading {}", source.display()))?;
+    ensure!(
+        from.metadata()?.is_file(),
+        "{} is not a regular file",
+        source.display()
+    );
     let mut to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(copy)
         .with_context(|| format!("{} (left by an earlier restore? remove it)", copy.display()))?;
-    let _ = std::io::copy(&mut from, &mut to).context("copying the backup")?;
-    to.sync_all().context("copying the backup")
+    let copied = std::io::copy(&mut from, &mut to)
+        .map(|_| ())
+        .and_then(|()| to.sync_all());
+    if copied.is_err() {
+        let _ = std::fs::remove_file(copy);
+    }
+    copied.context("copying the backup")
 }
 
 /// The restored registry has exactly the objects the migrations make: a
 /// crafted file's extra trigger or view would otherwise go live with it.
 fn check_sqlite_schema(restored: &SqliteRegistry) -> anyhow::Result<()> {
     let reference_dir = tempfile_dir()?;
-    let reference = SqliteRegistry::open(&reference_dir.join("reference.db"))
-        .context("making a reference registry")?;
+    let reference = match SqliteRegistry::open(&reference_dir.join("reference.db")) {
+        Ok(reference) => reference,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&reference_dir);
+            return Err(anyhow::Error::new(e).context("making a reference registry"));
+        }
+    };
     let schema = |path: &Path| -> anyhow::Result<Vec<(String, String, String)>> {
         let conn = rusqlite::Connection::open_with_flags(
             path,
@@ -412,6 +434,16 @@ fn check_sqlite_schema(restored: &SqliteRegistry) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     };
+    // A crafted file may keep an index's definition but not its entries.
+    let check: String = rusqlite::Connection::open_with_flags(
+        restored.path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?
+    .query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+    ensure!(
+        check == "ok",
+        "REFUSED: the backup fails SQLite's integrity check: {check}"
+    );
     let expected = schema(reference.path());
     let found = schema(restored.path());
     drop(reference);
@@ -437,6 +469,8 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
         "dojang-restore-{}",
         dojang::keys::view::hex(&random)
     ));
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

@@ -47,13 +47,13 @@ impl Pg {
         };
         let config: postgres::Config = url.parse().context("store.postgres")?;
         // The daemon's rule, for the tools too: over the network, verified TLS.
-        let local = config.get_hosts().iter().all(|h| match h {
-            Host::Unix(_) => true,
-            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
-        });
         ensure!(
-            local || config.get_ssl_mode() == SslMode::Require,
+            dojang::store::postgres_is_local(&config) || config.get_ssl_mode() == SslMode::Require,
             "store.postgres: a server on the network needs sslmode=require (verified TLS)"
+        );
+        ensure!(
+            config.get_hosts().len() == 1 && config.get_hostaddrs().is_empty(),
+            "store.postgres: backup and restore need one host (and no hostaddr)"
         );
         Ok(Some(Pg {
             config,
@@ -69,9 +69,16 @@ impl Pg {
             .get_dbname()
             .or(self.config.get_user())
             .context("store.postgres names no database")?;
+        // Lowercase, not starting with a digit, and short enough that
+        // `<name>_restoring` stays within PostgreSQL's 63 bytes.
         ensure!(
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-            "store.postgres: a restore needs a database name of [A-Za-z0-9_] (not {name:?})"
+            (1..=53).contains(&name.len())
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "store.postgres: backup and restore need a database name of 1 to 53 [a-z0-9_], \
+             not starting with a digit (not {name:?})"
         );
         Ok(name.to_owned())
     }
@@ -109,6 +116,14 @@ impl Pg {
         }
         if let Some(user) = c.get_user() {
             parts.push(format!("user={}", quoted(user)));
+        }
+        // The tools take the password from their environment; the registry
+        // (tokio-postgres) reads no environment.
+        if let (false, Some(password)) = (libpq, c.get_password()) {
+            parts.push(format!(
+                "password={}",
+                quoted(&String::from_utf8_lossy(password))
+            ));
         }
         parts.push(format!("dbname={}", quoted(dbname)));
         if let Some(options) = c.get_options() {
@@ -198,7 +213,7 @@ impl Pg {
             !self.exists(&scratch)?,
             "the database {scratch} exists (an earlier restore's?): drop it first"
         );
-        let _ = self.admin_sql(&format!("CREATE DATABASE {scratch}"))?;
+        let _ = self.admin_sql(&format!("CREATE DATABASE \"{scratch}\""))?;
         let mut restore = self.tool("pg_restore");
         let _ = restore
             .args(["--no-owner", "--exit-on-error", "--single-transaction"])
@@ -252,7 +267,9 @@ impl Pg {
         // The verifying connections may take a moment to end on the server.
         let mut tries = 0;
         loop {
-            match self.admin_sql(&format!("ALTER DATABASE {scratch} RENAME TO {target}")) {
+            match self.admin_sql(&format!(
+                "ALTER DATABASE \"{scratch}\" RENAME TO \"{target}\""
+            )) {
                 Ok(_) => return Ok(()),
                 Err(e) if tries >= 50 => {
                     self.discard(scratch);
@@ -268,6 +285,6 @@ impl Pg {
 
     /// Drops a scratch database (best effort: a refusal is reported already).
     pub(crate) fn discard(&self, scratch: &str) {
-        let _ = self.admin_sql(&format!("DROP DATABASE IF EXISTS {scratch}"));
+        let _ = self.admin_sql(&format!("DROP DATABASE IF EXISTS \"{scratch}\""));
     }
 }

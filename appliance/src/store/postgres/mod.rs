@@ -65,14 +65,23 @@ fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRYABLE))
 }
 
+/// Whether every way `config` reaches the server stays on this host: a
+/// Unix socket or the loopback names, and no `hostaddr` (which libpq and
+/// tokio-postgres connect to whatever `host` says).
+pub fn is_local(config: &postgres::Config) -> bool {
+    !config.get_hosts().is_empty()
+        && config.get_hostaddrs().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+        })
+}
+
 fn tls_for(
     config: &postgres::Config,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Option<MakeTlsConnector>, StoreError> {
-    let local = config.get_hosts().iter().all(|h| match h {
-        Host::Unix(_) => true,
-        Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
-    });
+    let local = is_local(config);
     if !local && config.get_ssl_mode() != SslMode::Require {
         return Err(StoreError::Internal(
             "store.postgres: a server on the network needs sslmode=require (verified TLS)".into(),
@@ -248,6 +257,9 @@ mod tls_rule_tests {
             "host=db.example.kr user=dojang dbname=dojang",
             "host=10.0.0.5 user=dojang sslmode=prefer",
             "postgresql://dojang@db.example.kr/dojang?sslmode=disable",
+            // A loopback name with a network address beside it, or none.
+            "host=localhost hostaddr=203.0.113.5 user=dojang dbname=dojang",
+            "hostaddr=203.0.113.5 user=dojang dbname=dojang",
         ] {
             let Err(e) = PostgresRegistry::open(url, 1) else {
                 panic!("{url} was accepted");
