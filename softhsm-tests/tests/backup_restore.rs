@@ -348,7 +348,11 @@ struct Database(String);
 impl Drop for Database {
     fn drop(&mut self) {
         let mut admin = daemon::PgSchema::admin();
-        for name in [self.0.clone(), format!("{}_restoring", self.0)] {
+        for name in [
+            self.0.clone(),
+            format!("{}_restoring", self.0),
+            format!("{}_reference", self.0),
+        ] {
             let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
@@ -386,6 +390,16 @@ fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_pub
     let rigged = d.scratch().join("backup-rigged");
     let _ = d.ctl(&["backup", "--out", rigged.to_str().unwrap()]);
     live.batch_execute("DROP FUNCTION forget()").unwrap();
+    // …and one taken while the index keeping one live ID per holder was gone.
+    live.batch_execute("DROP INDEX one_live_per_holder")
+        .unwrap();
+    let unguarded = d.scratch().join("backup-unguarded");
+    let _ = d.ctl(&["backup", "--out", unguarded.to_str().unwrap()]);
+    live.batch_execute(
+        "CREATE UNIQUE INDEX one_live_per_holder ON credentials (holder) \
+         WHERE state IN ('active', 'suspended')",
+    )
+    .unwrap();
     drop(live);
     // The site is lost: node, database and token.
     lose_node_and_token(&mut d, &kept, || {
@@ -396,6 +410,10 @@ fn a_postgres_registry_is_restored_from_pg_dump_only_if_it_contains_what_was_pub
     refused(
         &restore(&d, &rigged, &[&kept.late]),
         "triggers, rules, views or functions",
+    );
+    refused(
+        &restore(&d, &unguarded, &[&kept.late]),
+        "schema is not the one the migrations make",
     );
     refuse_stale_restore_fresh(&mut d, &kept, || {
         let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();

@@ -24,6 +24,23 @@ const CODE_OBJECTS: &str = "SELECT \
        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) \
   + (SELECT COUNT(*) FROM pg_event_trigger)";
 
+/// What a registry's schema is made of, a line each, sorted: compared
+/// between a restored database and one the migrations made.
+const SCHEMA_FINGERPRINT: &str = "SELECT x FROM ( \
+    SELECT 'column ' || table_schema || '.' || table_name || '.' || column_name || ' ' \
+        || data_type || ' ' || is_nullable || ' ' || COALESCE(column_default, '') AS x \
+      FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema') \
+    UNION ALL SELECT 'index ' || schemaname || '.' || indexname || ' ' || indexdef FROM pg_indexes \
+      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+    UNION ALL SELECT 'constraint ' || n.nspname || '.' || c.conname || ' ' || pg_get_constraintdef(c.oid) \
+      FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
+      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+    UNION ALL SELECT 'policy ' || polname FROM pg_policy \
+    UNION ALL SELECT 'row security ' || relname FROM pg_class WHERE relrowsecurity \
+    UNION ALL SELECT 'setting ' || array_to_string(setconfig, ',') FROM pg_db_role_setting \
+      WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+  ) AS t ORDER BY x";
+
 /// The system's CA bundle (Debian), when `store.postgres_ca` is not set.
 const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -172,12 +189,7 @@ impl Pg {
 
     /// One SQL statement on the server's maintenance database.
     fn admin_sql(&self, sql: &str) -> anyhow::Result<String> {
-        let mut psql = self.tool("psql");
-        let _ = psql
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.conninfo("postgres", true))
-            .args(["-c", sql]);
-        self.run(psql, "psql")
+        self.sql_on("postgres", sql)
     }
 
     /// Whether database `name` exists on the server.
@@ -222,6 +234,7 @@ impl Pg {
         if let Err(e) = self
             .run(restore, "pg_restore")
             .and_then(|_| self.check_no_code(&scratch))
+            .and_then(|_| self.check_schema(&scratch))
         {
             self.discard(&scratch);
             return Err(e);
@@ -232,12 +245,7 @@ impl Pg {
     /// The migrations make no trigger, rule, view or function: a dump
     /// that brings one would have it run once the registry is live.
     fn check_no_code(&self, scratch: &str) -> anyhow::Result<()> {
-        let mut psql = self.tool("psql");
-        let _ = psql
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.conninfo(scratch, true))
-            .args(["-c", CODE_OBJECTS]);
-        let found = self.run(psql, "psql")?;
+        let found = self.sql_on(scratch, CODE_OBJECTS)?;
         ensure!(
             found.trim() == "0",
             "REFUSED: the backup brings triggers, rules, views or functions the migrations never \
@@ -245,6 +253,56 @@ impl Pg {
             found.trim()
         );
         Ok(())
+    }
+
+    /// One SQL statement on database `db`; its rows, unaligned.
+    fn sql_on(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+        let mut psql = self.tool("psql");
+        let _ = psql
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.conninfo(db, true))
+            .args(["-c", sql]);
+        self.run(psql, "psql")
+    }
+
+    /// The restored tables, columns, indexes, constraints, row policies and
+    /// database settings are exactly those of a registry the migrations
+    /// make (in a reference database made for the comparison): a dump
+    /// without the index that keeps one live ID per holder, say, is refused.
+    fn check_schema(&self, scratch: &str) -> anyhow::Result<()> {
+        let reference = format!("{}_reference", self.database()?);
+        ensure!(
+            !self.exists(&reference)?,
+            "the database {reference} exists (an earlier restore's?): drop it first"
+        );
+        let _ = self.admin_sql(&format!("CREATE DATABASE \"{reference}\""))?;
+        let compared = (|| {
+            if let Some(schema) = self.schema() {
+                ensure!(
+                    schema
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    "store.postgres: a search_path schema of [a-z0-9_] only"
+                );
+                let _ = self.sql_on(&reference, &format!("CREATE SCHEMA \"{schema}\""))?;
+            }
+            drop(self.registry(&reference)?);
+            let expected = self.sql_on(&reference, SCHEMA_FINGERPRINT)?;
+            let found = self.sql_on(scratch, SCHEMA_FINGERPRINT)?;
+            let differs: Vec<&str> = found
+                .lines()
+                .filter(|l| !expected.lines().any(|e| e == *l))
+                .chain(expected.lines().filter(|e| !found.lines().any(|l| l == *e)))
+                .take(5)
+                .collect();
+            ensure!(
+                differs.is_empty(),
+                "REFUSED: the backup's schema is not the one the migrations make (e.g. {differs:?})"
+            );
+            Ok(())
+        })();
+        self.discard(&reference);
+        compared
     }
 
     /// The registry in database `name`.
