@@ -125,11 +125,13 @@ fn every_decision_is_logged_signed_provable_and_exported() {
         actions,
         [
             // The key ceremony adopts the policy (its text, the officers'
-            // signatures, its hash); the first start takes the ceremony's
-            // IACA, DS key, status-list and audit key into the registry.
+            // signatures, its hash); the first start records the pseudonym
+            // key's check value and takes the ceremony's IACA, DS key,
+            // status-list and audit key into the registry.
             ("policy.keep", "ok"),
             ("policy.adoption", "ok"),
             ("policy.adopt", "ok"),
+            ("keys.pseudonym_check", "ok"),
             ("pki.iaca", "ok"),
             ("keys.import", "active"),
             ("keys.import", "active"),
