@@ -484,6 +484,11 @@ fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credential
     );
     // Officers put a successor in place: issuance and readiness come back.
     let label = d.rotate_now();
+    // The revoked key retired with its revocation: no rotation retired it.
+    assert!(!d
+        .audit_entries()
+        .iter()
+        .any(|e| e.contains("keys.retire") && e.contains(": rotation")));
     let reply = issue(&d, 720);
     assert_eq!(reply.status, 201, "{}", reply.json());
     assert_eq!(reply.json()["key_label"], label.as_str());
@@ -493,6 +498,14 @@ fn emergency_revocation_stops_signing_lists_the_certificate_and_marks_credential
     // once the daemon reads its keys again (an officer step here).
     let _ = d.ctl(&["pki", "crl"]);
     let _ = d.rotate_now();
+    // This rotation's two halves are entries: the new key's activation and
+    // the outgoing key's retirement.
+    assert!(
+        d.audit_entries()
+            .iter()
+            .any(|e| e.contains("keys.retire") && e.contains(&format!("key {label}: rotation"))),
+        "no keys.retire entry for the rotated-out key {label}"
+    );
     let offline = openssl::x509::X509Crl::from_der(&public.get("/iaca.crl").body).unwrap();
     assert!(offline.last_update() > crl.last_update());
     assert!(offline.verify(&iaca.public_key().unwrap()).unwrap());

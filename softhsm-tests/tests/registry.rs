@@ -140,7 +140,7 @@ fn key_records_move_forward_once_across_nodes(regs: &[Arc<dyn Registry>]) {
         ("ds-2".to_owned(), Pending, Active),
     ];
     let results = race(regs, 4, move |r, _| {
-        r.move_keys(&moves, at, common::decision("keys.activate"))
+        r.move_keys(&moves, at, vec![common::decision("keys.activate")])
     });
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
@@ -172,7 +172,7 @@ fn key_records_move_forward_once_across_nodes(regs: &[Arc<dyn Registry>]) {
         a.move_keys(
             &[("ds-1".into(), Pending, Active)],
             at,
-            common::decision("x")
+            vec![common::decision("x")]
         ),
         Err(StoreError::Conflict { rule: "keys.state" })
     );

@@ -137,14 +137,15 @@ pub trait KeyRegistry {
     /// Adds a key (state from its record); `keys.label` if the label is
     /// taken, `keys.one_pending` if its chain already has a pending key.
     fn add_key(&self, key: &StoredKey, decision: DecisionRecord) -> Result<(), StoreError>;
-    /// Moves keys between states, all or none; `keys.state` if a key is
-    /// not in the expected state (another node moved it first). A key made
-    /// active signs from `at` if its activation time was later.
+    /// Moves keys between states, all or none, with one audit entry per
+    /// decision; `keys.state` if a key is not in the expected state
+    /// (another node moved it first). A key made active signs from `at` if
+    /// its activation time was later.
     fn move_keys(
         &self,
         moves: &[(String, KeyState, KeyState)],
         at: OffsetDateTime,
-        decision: DecisionRecord,
+        decisions: Vec<DecisionRecord>,
     ) -> Result<(), StoreError>;
     /// Marks a key revoked (an active or pending key retires at once) and
     /// changes the status of what it signed; the credentials changed.

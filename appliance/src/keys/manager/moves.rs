@@ -239,7 +239,7 @@ impl KeyManager {
         &self,
         moves: &[(String, KeyState, KeyState)],
         now: OffsetDateTime,
-        decision: DecisionRecord,
+        decisions: Vec<DecisionRecord>,
     ) -> Result<(), String> {
         if let Some((label, from, to)) = moves.iter().find(|(_, from, to)| !allowed(*from, *to)) {
             return Err(format!(
@@ -250,7 +250,7 @@ impl KeyManager {
         }
         self.node
             .registry
-            .move_keys(moves, now, decision)
+            .move_keys(moves, now, decisions)
             .map_err(store_problem)
     }
 
@@ -286,8 +286,17 @@ impl KeyManager {
             })
             .collect();
         moves.push((label.to_owned(), KeyState::Pending, KeyState::Active));
-        let decision = self.key_decision("keys.activate", "active", label, &key.kid, now);
-        self.move_keys(&moves, now, decision)?;
+        // The rotation's other half: each outgoing key's retirement is an
+        // entry of its own, in the same transaction.
+        let mut decisions =
+            vec![self.key_decision("keys.activate", "active", label, &key.kid, now)];
+        for old in &outgoing {
+            let mut retire =
+                self.key_decision("keys.retire", "retired", &old.record.label, &old.kid, now);
+            retire.rule = Some(format!("key {}: rotation", old.record.label));
+            decisions.push(retire);
+        }
+        self.move_keys(&moves, now, decisions)?;
         self.forget_private_halves(&outgoing);
         tracing::info!(%label, "key active");
         Ok(())
@@ -310,7 +319,7 @@ impl KeyManager {
         self.move_keys(
             &[(label.to_owned(), key.record.state, KeyState::Retired)],
             now,
-            decision,
+            vec![decision],
         )
     }
 
@@ -351,7 +360,7 @@ impl KeyManager {
         self.move_keys(
             &[(label.to_owned(), KeyState::Retired, KeyState::Destroyed)],
             now,
-            decision,
+            vec![decision],
         )?;
         match order {
             DestroyOrder::Officers => self.destroy_private_half(key, "destroy"),

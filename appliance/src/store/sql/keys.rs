@@ -245,7 +245,7 @@ impl<D: Driver> KeyRegistry for SqlRegistry<D> {
         &self,
         moves: &[(String, KeyState, KeyState)],
         at: OffsetDateTime,
-        decision: DecisionRecord,
+        decisions: Vec<DecisionRecord>,
     ) -> Result<(), StoreError> {
         let at = at.unix_timestamp();
         let moves = moves.to_vec();
@@ -262,7 +262,10 @@ impl<D: Driver> KeyRegistry for SqlRegistry<D> {
                     return Err(StoreError::Conflict { rule: "keys.state" });
                 }
             }
-            tx.append_audit(&decision, None, None)
+            for decision in &decisions {
+                tx.append_audit(decision, None, None)?;
+            }
+            Ok(())
         })
     }
 
