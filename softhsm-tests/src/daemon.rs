@@ -377,7 +377,14 @@ impl Daemon {
             ("status-list-1", "status-list", "ES256"),
             ("pseudonym", "pseudonym", "HS256"),
             ("response-seal", "response-seal", "HS256"),
-            ("audit-1", "audit", "ES256"),
+            // Ed25519 checkpoints (what tlog clients and witnesses expect);
+            // p11-kit's RPC here does not carry CKM_EDDSA, so a token
+            // reached through it keeps the ECDSA option (as a TPM does).
+            (
+                "audit-1",
+                "audit",
+                if options.via_p11kit { "ES256" } else { "EdDSA" },
+            ),
         ] {
             run_ctl(
                 &token,

@@ -23,9 +23,13 @@ pub(crate) enum KeysCommand {
         /// iaca, document-signer, status-list, audit or pseudonym.
         #[arg(long)]
         purpose: String,
-        /// ES256, ES384, EdDSA (signing) or HS256 (pseudonym).
-        #[arg(long = "alg", default_value = "ES256")]
-        algorithm: String,
+        /// ES256, ES384, EdDSA (signing) or HS256 (pseudonym, response
+        /// seal). Default: EdDSA for an audit key (c2sp.org/tlog-tiles
+        /// clients and witnesses expect Ed25519 checkpoints; ES256 stays
+        /// for tokens without it, such as TPMs), HS256 for the secret keys,
+        /// ES256 otherwise.
+        #[arg(long = "alg")]
+        algorithm: Option<String>,
     },
     /// List Dojang's keys in the token, or with --api the daemon's key
     /// records (state, activation, signatures).
@@ -120,10 +124,14 @@ fn in_token(config: &Config, command: KeysCommand, as_json: bool) -> anyhow::Res
     let parsed = match &command {
         KeysCommand::Generate {
             purpose, algorithm, ..
-        } => Some((
-            KeyPurpose::from_name(purpose)?,
-            Algorithm::from_jose_name(algorithm)?,
-        )),
+        } => {
+            let purpose = KeyPurpose::from_name(purpose)?;
+            let algorithm = match algorithm {
+                Some(name) => Algorithm::from_jose_name(name)?,
+                None => default_algorithm(purpose),
+            };
+            Some((purpose, algorithm))
+        }
         _ => None,
     };
     let backend = cli::open_backend(config)?;
@@ -158,6 +166,15 @@ fn in_token(config: &Config, command: KeysCommand, as_json: bool) -> anyhow::Res
         | KeysCommand::Destroy { .. } => {
             anyhow::bail!("officer commands go to the daemon (handled above)")
         }
+    }
+}
+
+/// The algorithm a key of `purpose` is made with when none is named.
+fn default_algorithm(purpose: KeyPurpose) -> Algorithm {
+    match purpose {
+        KeyPurpose::Audit => Algorithm::EdDsa,
+        KeyPurpose::Pseudonym | KeyPurpose::ResponseSeal => Algorithm::HmacSha256,
+        _ => Algorithm::Es256,
     }
 }
 
