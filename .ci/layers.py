@@ -34,7 +34,7 @@ LAYERS = [
     ["audit", "keys", "status::changes"],
     ["store"],
     ["node", "errors", "cli"],
-    ["policy", "audit::log"],
+    ["policy", "audit::log", "audit::tiles"],
     ["keys::manager", "keys::view"],
     ["status", "audit::trail", "audit::auditor"],
     ["issuance"],

@@ -81,6 +81,11 @@ pub struct Metrics {
     pub mirror_failures: IntCounter,
     /// When the mirror was last complete and up to date (Unix seconds).
     pub mirror_complete: IntGauge,
+    /// Entries covered by the latest checkpoint this node signed or checked.
+    pub audit_checkpoint_size: IntGauge,
+    /// 1 while the stored log disagrees with a checkpoint it signed (a
+    /// rewritten entry or tile hash): no checkpoint is signed over it.
+    pub audit_log_rewritten: IntGauge,
 }
 
 // The names, help texts and labels are constants of this file, each
@@ -142,6 +147,16 @@ impl Metrics {
         let (status_list_seconds, status_list_signatures, status_list_staleness_seconds) =
             Self::status_lists(&r);
         let (mirror_files_written, mirror_failures, mirror_complete) = Self::mirror(&r);
+        let audit_checkpoint_size = gauge(
+            &r,
+            "dojang_audit_checkpoint_size",
+            "Entries covered by the latest audit checkpoint this node signed.",
+        );
+        let audit_log_rewritten = gauge(
+            &r,
+            "dojang_audit_log_rewritten",
+            "1 while the stored audit log disagrees with a checkpoint it signed; no checkpoint is signed over it.",
+        );
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
         let (crl_next_update_seconds, client_crl_next_update_seconds, ds_spare_keys) =
@@ -189,6 +204,8 @@ impl Metrics {
             mirror_files_written,
             mirror_failures,
             mirror_complete,
+            audit_checkpoint_size,
+            audit_log_rewritten,
             registry: r,
         }
     }

@@ -1,6 +1,6 @@
 //! The static mirror: every document of the public listener (the key
 //! view's [`documents`](crate::api::documents), each status list in both
-//! forms, the audit log's latest checkpoint) written to a directory under
+//! forms, the audit log's latest checkpoint and its hash tiles) written to a directory under
 //! the same paths, so any web server or CDN, at either site, serves
 //! verifiers while no node runs. A file is replaced atomically (written
 //! beside, synced, renamed) only when its bytes change; `mirror.json`
@@ -14,6 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::api::documents::{Document, Site, key_document, key_document_paths};
+use crate::audit::merkle::TILE_HEIGHT;
+use crate::audit::tiles::{LogHashes, TILE_WIDTH, TileId, TilePath, TreeReader};
 use crate::service::Service;
 use crate::status::TokenForm;
 
@@ -48,7 +50,13 @@ pub struct Manifest {
 pub struct Mirror {
     dir: PathBuf,
     written: BTreeMap<String, Entry>,
+    /// Per tile level, the full tiles known to be in the directory.
+    full_tiles: [u64; 8],
 }
+
+/// Tiles written in one round at most, so a round stays short while a
+/// large log's tiles first reach a new directory.
+const TILES_PER_ROUND: usize = 10_000;
 
 impl Mirror {
     /// Opens (creating) `dir`, taking over the files its manifest lists.
@@ -68,6 +76,7 @@ impl Mirror {
         Ok(Mirror {
             dir: dir.to_owned(),
             written,
+            full_tiles: [0; 8],
         })
     }
 
@@ -75,9 +84,26 @@ impl Mirror {
     /// how many files were written. Files no longer served are removed,
     /// unless some document could not be produced (then nothing is).
     pub fn update(&mut self, service: &Service, site: &Site<'_>) -> Result<usize, String> {
-        let (documents, mut complete) = documents(service, site);
-        let mut files = BTreeMap::new();
+        let (mut documents, mut complete) = documents(service, site);
         let mut written = 0;
+        // The tiles first: a reader of the new checkpoint finds its tiles.
+        match service.node.registry.latest_checkpoint() {
+            Ok(Some((size, note))) => {
+                let (tiles, all) = self.write_tiles(service, size)?;
+                written += tiles;
+                if all {
+                    documents.push((format!("/{CHECKPOINT}"), checkpoint_document(note)));
+                } else {
+                    complete = false; // the last checkpoint file stays
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "mirror: reading the latest checkpoint");
+                complete = false;
+            }
+        }
+        let mut files = BTreeMap::new();
         for (path, doc) in documents {
             let Some(relative) = safe_relative(&path) else {
                 tracing::warn!(path, "mirror: refusing a path that could leave the mirror");
@@ -154,23 +180,62 @@ fn documents(service: &Service, site: &Site<'_>) -> (Vec<(String, Document)>, bo
             }
         }
     }
-    match service.node.registry.latest_checkpoint() {
-        Ok(Some((_, note))) => out.push((
-            format!("/{CHECKPOINT}"),
-            Document {
-                route: "/checkpoint",
-                media_type: "text/plain; charset=utf-8",
-                body: note.into_bytes(),
-                max_age: 5,
-            },
-        )),
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "mirror: reading the latest checkpoint");
-            complete = false;
-        }
-    }
     (out, complete)
+}
+
+fn checkpoint_document(note: String) -> Document {
+    Document {
+        route: "/checkpoint",
+        media_type: "text/plain; charset=utf-8",
+        body: note.into_bytes(),
+        max_age: crate::audit::auditor::CHECKPOINT_MAX_AGE,
+    }
+}
+
+impl Mirror {
+    /// Writes the hash tiles of the log's first `size` entries that are not
+    /// in the directory yet (full ones once, the partial ones of `size`);
+    /// how many, and whether all are there. Tiles are not in the manifest:
+    /// the signed checkpoint authenticates them, and a national log has
+    /// millions. Entry bundles hold pseudonyms: not in a public mirror.
+    fn write_tiles(&mut self, service: &Service, size: u64) -> Result<(usize, bool), String> {
+        let hashes = LogHashes(service.node.registry.as_ref());
+        let reader = TreeReader::new(&hashes);
+        let mut written = 0;
+        for (level, known) in (0u8..).zip(self.full_tiles.iter_mut()) {
+            let count = size >> (TILE_HEIGHT * u32::from(level));
+            if count == 0 {
+                break;
+            }
+            let full = count / TILE_WIDTH;
+            let partial = count % TILE_WIDTH;
+            let wanted = (*known..full)
+                .map(|index| (index, TILE_WIDTH))
+                .chain((partial > 0).then_some((full, partial)));
+            for (index, width) in wanted {
+                if written >= TILES_PER_ROUND {
+                    return Ok((written, false));
+                }
+                let id = TileId {
+                    level,
+                    index,
+                    width,
+                };
+                let relative = TilePath::Hashes(id).path();
+                if !self.dir.join(&relative).exists() {
+                    let body = reader
+                        .tile(id)
+                        .map_err(|e| format!("mirror: tile {relative}: {e}"))?;
+                    write_atomically(&self.dir, &relative, &body)?;
+                    written += 1;
+                }
+                if width == TILE_WIDTH {
+                    *known = index + 1;
+                }
+            }
+        }
+        Ok((written, true))
+    }
 }
 
 /// `path` (`/ds/x.pem`) as a path under the mirror, refused if any part

@@ -13,6 +13,14 @@ pub enum Reply {
     Created,
     /// Taken up, not yet done (a proposal awaiting approvals).
     Accepted,
+    /// Done, with a part of the tiled audit log (not JSON): its media type
+    /// and how long caches may keep it.
+    Log {
+        /// `text/plain; charset=utf-8` or `application/octet-stream`.
+        media_type: &'static str,
+        /// Seconds.
+        max_age: u32,
+    },
 }
 
 /// What kind of refusal.

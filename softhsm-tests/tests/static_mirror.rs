@@ -1,5 +1,6 @@
 //! The static mirror: with no node running, verifiers get everything they
-//! fetch (key sets, certificates, CRL, status lists, the log's checkpoint)
+//! fetch (key sets, certificates, CRL, status lists, the log's checkpoint
+//! and its hash tiles)
 //! from a plain web server we did not write (Python's `http.server`) over
 //! a copy of the mirror directory, and check it with libraries we did not
 //! write (sd-jwt, jwcrypto, cbor2, cryptography, openssl).
@@ -222,6 +223,49 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     assert!(checkpoint_size(&served) >= entries);
     let served = std::fs::read_to_string(served).unwrap();
     assert!(signed.iter().any(|(_, note)| *note == served), "{served}");
+
+    // Its hash tiles are in the mirror: a tiled-log client we did not
+    // write (tlog_tiles) recomputes the signed root from them.
+    let size: u64 = served.lines().nth(1).unwrap().parse().unwrap();
+    let root: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        served.lines().nth(2).unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let mirrored = Mirrored { web: &web };
+    let reader = tlog_tiles::TileHashReader::new(size, tlog_tiles::Hash(root), &mirrored);
+    assert!(tlog_tiles::prove_record(size, size - 1, &reader).is_ok());
+}
+
+/// Hash tiles from the static server (`tlog_tiles` names them with the
+/// height, as Go's sumdb does; tlog-tiles paths have none).
+struct Mirrored<'a> {
+    web: &'a StaticServer,
+}
+
+impl tlog_tiles::TileReader for Mirrored<'_> {
+    fn height(&self) -> u8 {
+        8
+    }
+
+    fn read_tiles(
+        &self,
+        tiles: &[tlog_tiles::Tile],
+    ) -> Result<Vec<Vec<u8>>, tlog_tiles::Error> {
+        Ok(tiles
+            .iter()
+            .map(|t| {
+                let path = t.path().replacen("tile/8/", "/tile/", 1);
+                let reply = Client::new(Target::plain(self.web.addr)).get(&path);
+                assert_eq!(reply.status, 200, "{path} from the static server");
+                reply.body
+            })
+            .collect())
+    }
+
+    fn save_tiles(&self, _tiles: &[tlog_tiles::Tile], _data: &[Vec<u8>]) {}
 }
 
 /// The tree size a signed checkpoint note states (0 before one exists).

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::documents::{Site, key_document};
 use crate::http::{self, BlockingPool, Body, Peer, Router};
-use crate::refusal::{Class, Refusal};
+use crate::refusal::{Class, Refusal, Reply};
 use crate::service::Service;
 use crate::status::TokenForm;
 
@@ -75,6 +75,14 @@ impl Public {
         if let Some(doc) = key_document(&keys, path, &site) {
             return (doc.route, Ok((doc.media_type, doc.body, doc.max_age)));
         }
+        if path == "/checkpoint" || path.starts_with("/tile/") {
+            let route = if path == "/checkpoint" {
+                "/checkpoint"
+            } else {
+                "/tile/{path}"
+            };
+            return (route, self.log_file(path).await);
+        }
         let not_found = || Refusal::new(Class::NotFound, "not_found", "no such document");
         let Some(list) = path.strip_prefix("/status/") else {
             return ("other", Err(not_found()));
@@ -97,6 +105,30 @@ impl Public {
             TokenForm::Jwt
         };
         ("/status/{list}", self.status_list(list, form).await)
+    }
+
+    /// `/checkpoint` and `/tile/…`: the tiled audit log without its entry
+    /// bundles, read on the public pool.
+    async fn log_file(&self, path: &str) -> Result<(&'static str, Vec<u8>, u32), Refusal> {
+        let service = self.service.clone();
+        let path = path.trim_start_matches('/').to_owned();
+        let answer = match self
+            .pool
+            .submit(move || service.audit.log_file(&path, false))
+        {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(Refusal::internal())),
+            Err(_) => return Err(Refusal::unavailable("overloaded", "busy; retry shortly")),
+        };
+        match answer? {
+            (
+                Reply::Log {
+                    media_type,
+                    max_age,
+                },
+                body,
+            ) => Ok((media_type, body, max_age)),
+            _ => Err(Refusal::internal()),
+        }
     }
 
     /// `/status/{list}`: the signed list in `form`, signed on the public pool.
@@ -140,6 +172,19 @@ pub(crate) fn keys_max_age(prepublish: time::Duration) -> u32 {
     u32::try_from(half).unwrap_or(300)
 }
 
+/// Lets caches keep a response `max_age` seconds; a year or more marks
+/// it immutable (a tile: its path names fixed content).
+pub(crate) fn cache_for(response: &mut Response<Body>, max_age: u32) {
+    let immutable = if max_age >= 365 * 24 * 3600 {
+        ", immutable"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}{immutable}")) {
+        let _ = response.headers_mut().insert(CACHE_CONTROL, v);
+    }
+}
+
 impl Router for Public {
     fn listener(&self) -> &'static str {
         "public"
@@ -156,9 +201,7 @@ impl Router for Public {
             let response = match answer {
                 Ok((content_type, body, max_age)) => {
                     let mut r = http::respond(StatusCode::OK, content_type, body, &request_id);
-                    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
-                        let _ = r.headers_mut().insert(CACHE_CONTROL, v);
-                    }
+                    cache_for(&mut r, max_age);
                     r
                 }
                 Err(p) => http::problem(&p, &request_id),

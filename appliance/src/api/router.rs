@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use time::OffsetDateTime;
 
 use super::admission::{Full, InFlight, Slot};
@@ -17,7 +17,7 @@ use super::routes::Route;
 use crate::http::identity::ClientCa;
 use crate::http::{self, BlockingPool, Body, Peer, Router};
 use crate::officers::Officers;
-use crate::refusal::{Answer, Class, Refusal};
+use crate::refusal::{Answer, Class, Refusal, Reply};
 use crate::service::Service;
 
 /// The API router.
@@ -321,6 +321,7 @@ impl Api {
                 Route::AuditEntries => s.audit.entries(&query),
                 Route::AuditInclusion => s.audit.inclusion(&query),
                 Route::AuditConsistency => s.audit.consistency(&query),
+                Route::AuditLog(path) => s.audit.log_file(&path, true),
                 Route::Keys => s.officers.list_keys(),
                 Route::Propose { action, label, .. } => {
                     let operation = Officers::key_operation(action, label.as_deref(), &body);
@@ -364,6 +365,18 @@ impl Router for Api {
                 .await;
             let (action, route) = (route.action(), route.name());
             let response = match &answer {
+                Ok((
+                    Reply::Log {
+                        media_type,
+                        max_age,
+                    },
+                    body,
+                )) => {
+                    let mut r =
+                        http::respond(StatusCode::OK, media_type, body.clone(), &request_id);
+                    super::public::cache_for(&mut r, *max_age);
+                    r
+                }
                 Ok((reply, body)) => http::json(
                     http::problem::reply_status(*reply),
                     body.clone(),

@@ -25,6 +25,8 @@ pub(super) enum Route {
     AuditInclusion,
     /// `GET /v1/audit/proof/consistency?…`.
     AuditConsistency,
+    /// `GET /v1/audit/log/{path}`: the tiled log with its entry bundles.
+    AuditLog(String),
     /// `GET /v1/keys`.
     Keys,
     /// `POST /v1/keys/rotate`, `/v1/keys/{label}/…`, `/v1/pki/iaca`,
@@ -93,6 +95,9 @@ impl Route {
             (&Method::GET, ["v1", "audit", "entries"]) => Route::AuditEntries,
             (&Method::GET, ["v1", "audit", "proof", "inclusion"]) => Route::AuditInclusion,
             (&Method::GET, ["v1", "audit", "proof", "consistency"]) => Route::AuditConsistency,
+            (&Method::GET, ["v1", "audit", "log", path @ ..]) if !path.is_empty() => {
+                Route::AuditLog(path.join("/"))
+            }
             (&Method::GET, ["v1", "keys"]) => Route::Keys,
             (&Method::POST, ["v1", "keys", "rotate"]) => propose("/v1/keys/rotate", "rotate", None),
             (&Method::POST, ["v1", "keys", label, "revoke"]) => {
@@ -145,6 +150,7 @@ impl Route {
             Route::AuditEntries => "/v1/audit/entries",
             Route::AuditInclusion => "/v1/audit/proof/inclusion",
             Route::AuditConsistency => "/v1/audit/proof/consistency",
+            Route::AuditLog(_) => "/v1/audit/log/{path}",
             Route::Keys => "/v1/keys",
             Route::Propose { name, .. } => name,
             Route::Approvals => "/v1/approvals",
@@ -193,6 +199,7 @@ impl Route {
                 | Route::AuditEntries
                 | Route::AuditInclusion
                 | Route::AuditConsistency
+                | Route::AuditLog(_)
         )
     }
 
@@ -221,7 +228,10 @@ impl Route {
             Route::AuditCheckpoint
             | Route::AuditEntries
             | Route::AuditInclusion
-            | Route::AuditConsistency => (&[Auditor], None),
+            // A refused read of the log is itself an entry: who tried to
+            // read what they may not (once a minute per client).
+            | Route::AuditConsistency
+            | Route::AuditLog(_) => (&[Auditor], Some("audit.read")),
             Route::Keys => (&[Officer, Auditor], None),
             Route::Propose { .. } => (&[Officer], Some("officers.propose")),
             Route::Approvals => (&[Officer], None),
@@ -305,6 +315,7 @@ mod tests {
             (&hyper::Method::POST, &["v1", "credentials", "x", "revoke"]),
             (&hyper::Method::POST, &["v1", "credentials", "x", "refresh"]),
             (&hyper::Method::GET, &["v1", "audit", "entries"]),
+            (&hyper::Method::GET, &["v1", "audit", "log", "checkpoint"]),
             (&hyper::Method::GET, &["v1", "keys"]),
             (&hyper::Method::POST, &["v1", "keys", "k", "destroy"]),
             (&hyper::Method::POST, &["v1", "approvals", "p", "reject"]),

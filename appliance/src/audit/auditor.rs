@@ -9,14 +9,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 
 use super::log::{AuditError, AuditLog, MAX_PAGE};
+use super::tiles::{LogHashes, TILE_WIDTH, TilePath, TreeReader, entry_bundle};
 use super::trail::AuditTrail;
 use crate::refusal::{Answer, Class, Refusal, Reply};
 
 fn problem(e: AuditError) -> Refusal {
     match e {
         AuditError::Range(detail) => Refusal::bad_request("audit_range", detail),
-        AuditError::Busy => Refusal::unavailable("overloaded", "one proof at a time; retry"),
-        AuditError::Store(_) | AuditError::Signing(_) => {
+        AuditError::Store(_) | AuditError::Signing(_) | AuditError::Rewritten(_) => {
             tracing::warn!(error = %e, "audit query failed");
             Refusal::unavailable(
                 "store_unavailable",
@@ -45,7 +45,85 @@ fn number(query: &str, name: &str) -> Result<u64, Refusal> {
         })
 }
 
+/// How long caches keep a tile or an entry bundle: a path names fixed
+/// content (a partial tile's path carries its width), so a year.
+pub const TILE_MAX_AGE: u32 = 365 * 24 * 3600;
+/// How long caches keep the checkpoint.
+pub const CHECKPOINT_MAX_AGE: u32 = 5;
+
 impl AuditTrail {
+    /// A file of the tiled log by its path under the log's prefix:
+    /// `checkpoint` or a tile (see [`AuditTrail::log_tile`]).
+    pub fn log_file(&self, path: &str, entries: bool) -> Answer {
+        if path == "checkpoint" {
+            self.log_checkpoint()
+        } else {
+            self.log_tile(path, entries)
+        }
+    }
+
+    /// `checkpoint` of the tiled log (c2sp.org/tlog-tiles): the latest
+    /// signed note as it is.
+    pub fn log_checkpoint(&self) -> Answer {
+        match AuditLog::latest(self.node.registry.as_ref()).map_err(problem)? {
+            Some((_, note)) => Ok((
+                Reply::Log {
+                    media_type: "text/plain; charset=utf-8",
+                    max_age: CHECKPOINT_MAX_AGE,
+                },
+                note.into_bytes(),
+            )),
+            None => Err(Refusal::new(
+                Class::NotFound,
+                "not_found",
+                "no checkpoint has been signed yet",
+            )),
+        }
+    }
+
+    /// `tile/…` of the tiled log, within the latest checkpoint: hash tiles
+    /// for anyone, entry bundles (which hold holder pseudonyms) only where
+    /// `entries` (the auditor role).
+    pub fn log_tile(&self, path: &str, entries: bool) -> Answer {
+        let not_found = |detail: &str| Refusal::new(Class::NotFound, "not_found", detail);
+        let tile = TilePath::parse(path).ok_or_else(|| not_found("no such tile"))?;
+        let registry = self.node.registry.as_ref();
+        let size = AuditLog::latest(registry)
+            .map_err(problem)?
+            .map_or(0, |(size, _)| size);
+        if !tile.within(size) {
+            return Err(not_found("the tile is beyond the latest checkpoint"));
+        }
+        let body = match tile {
+            TilePath::Hashes(id) => TreeReader::new(&LogHashes(registry))
+                .tile(id)
+                .map_err(|e| problem(e.into()))?,
+            TilePath::Entries { .. } if !entries => {
+                return Err(not_found(
+                    "entry bundles are served to auditors only (they hold pseudonyms)",
+                ));
+            }
+            TilePath::Entries { index, width } => {
+                let bundle = registry
+                    .audit_entries(index * TILE_WIDTH, width)
+                    .map_err(|e| problem(e.into()))?;
+                if bundle.len() as u64 != width {
+                    return Err(problem(AuditError::Store(
+                        crate::store::StoreError::Internal("the audit log has a gap".into()),
+                    )));
+                }
+                entry_bundle(&bundle).ok_or_else(Refusal::internal)?
+            }
+        };
+        Ok((
+            Reply::Log {
+                media_type: "application/octet-stream",
+                max_age: TILE_MAX_AGE,
+            },
+            body,
+        ))
+    }
+
     /// `GET /v1/audit/checkpoint`: the latest signed note.
     pub fn checkpoint_answer(&self) -> Answer {
         match AuditLog::latest(self.node.registry.as_ref()).map_err(problem)? {

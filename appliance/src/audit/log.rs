@@ -1,27 +1,25 @@
 //! The daemon's side of the audit log. Entries are appended by the registry
 //! in the same transaction as what they record (so there is no unaudited
 //! signature); this module signs checkpoints over them with the audit key in
-//! the HSM and answers auditors' questions (entries, proofs).
+//! the HSM and answers auditors' questions (entries, proofs, tiles).
 //!
-//! The tree is rebuilt from the stored leaf hashes: a frontier (O(log n)
-//! hashes) follows the log for checkpoints; proofs read the leaves they need.
+//! A frontier (O(log n) hashes) follows the log for checkpoints; each
+//! checkpoint stores the tile hashes it completed ([`super::tiles`]), so a
+//! node's start and every proof read O(log n) tiles. Before it extends the
+//! log, a node checks that the stored log still has the root of the last
+//! signed checkpoint: a rewritten entry or tile is refused, not signed over.
 
 use std::sync::Mutex;
 
 use pkcs11_shim::KeyBackend;
 
-use crate::audit::checkpoint::{Checkpoint, NoteKey, handover_line};
-use crate::audit::merkle::{self, Frontier, Hash};
+use crate::audit::checkpoint::{Checkpoint, NoteError, NoteKey, handover_line};
+use crate::audit::merkle::{Frontier, Hash};
+use crate::audit::tiles::{LogHashes, TreeError, TreeReader};
 use crate::store::{Registry, StoreError};
 
-/// Largest page of entries or range of a proof an auditor may ask for at once.
+/// Largest page of entries an auditor may ask for at once.
 pub const MAX_PAGE: u64 = 1000;
-/// Largest tree a proof is computed over by reading its leaves (32 MiB of
-/// hashes); beyond it proofs need stored subtree hashes (not built yet).
-const MAX_PROOF_TREE: u64 = 1_000_000;
-
-/// One proof at a time: each reads and hashes up to MAX_PROOF_TREE leaves.
-static PROOF: Mutex<()> = Mutex::new(());
 
 /// The log as this node sees it.
 pub struct AuditLog {
@@ -47,12 +45,24 @@ pub enum AuditError {
     /// The store failed (503).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Another proof is being computed (503).
-    #[error("another proof is being computed")]
-    Busy,
+    /// The stored log no longer has the root of a signed checkpoint: an
+    /// entry or a tile hash was rewritten. Nothing is signed over it.
+    #[error("the stored audit log disagrees with the checkpoint it signed at size {0}")]
+    Rewritten(u64),
     /// Signing failed (503).
     #[error("signing a checkpoint: {0}")]
     Signing(String),
+}
+
+impl From<TreeError> for AuditError {
+    fn from(e: TreeError) -> Self {
+        match e {
+            TreeError::Store(e) => AuditError::Store(e),
+            missing @ TreeError::Missing { .. } => {
+                AuditError::Store(StoreError::Internal(missing.to_string()))
+            }
+        }
+    }
 }
 
 impl AuditLog {
@@ -88,18 +98,23 @@ impl AuditLog {
             .map_err(|_| AuditError::Signing("frontier lock poisoned".into()))?;
         while registry.sequence_audit()? > 0 {}
         let size = registry.audit_size()?;
-        while frontier.size() < size {
-            let next = (frontier.size() + MAX_PAGE * 10).min(size);
-            for leaf in registry.audit_leaves(frontier.size(), next)? {
-                frontier.append(leaf);
+        let latest = registry.latest_checkpoint()?;
+        let last = latest.as_ref().map_or(0, |(s, _)| *s);
+        if let Some((signed_size, note)) = &latest {
+            if frontier.size() == 0 {
+                *frontier = resume(registry, *signed_size)?;
             }
-            if frontier.size() < next {
-                return Err(AuditError::Store(StoreError::Internal(
-                    "the audit log has a gap".into(),
-                )));
+            // Another node may have signed since: the log must still hold
+            // what it signed before this node extends it.
+            if frontier.size() < *signed_size && *signed_size <= size {
+                extend(&mut frontier, registry, *signed_size)?;
+            }
+            if frontier.size() == *signed_size {
+                check_signed_root(&frontier, *signed_size, note, signers)?;
             }
         }
-        let last = registry.latest_checkpoint()?.map_or(0, |(s, _)| s);
+        extend(&mut frontier, registry, size)?;
+        store_tile_hashes(&mut frontier, registry)?;
         if size == 0 || size <= last {
             return Ok(None);
         }
@@ -130,19 +145,14 @@ impl AuditLog {
         Ok(registry.latest_checkpoint()?)
     }
 
-    fn leaves(registry: &dyn Registry, size: u64) -> Result<Vec<Hash>, AuditError> {
+    fn check_size(registry: &dyn Registry, size: u64) -> Result<(), AuditError> {
         let logged = registry.audit_size()?;
         if size == 0 || size > logged {
             return Err(AuditError::Range(format!(
                 "tree size {size} is not in 1..={logged}"
             )));
         }
-        if size > MAX_PROOF_TREE {
-            return Err(AuditError::Range(format!(
-                "proofs over more than {MAX_PROOF_TREE} entries are not served"
-            )));
-        }
-        Ok(registry.audit_leaves(0, size)?)
+        Ok(())
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` entries,
@@ -157,13 +167,11 @@ impl AuditLog {
                 "index {index} is not below size {size}"
             )));
         }
-        let leaves = Self::leaves(registry, size)?;
-        let proof = merkle::inclusion_proof(index as usize, &leaves)
-            .ok_or_else(|| AuditError::Range("no such proof".into()))?;
-        let leaf = leaves
-            .get(index as usize)
-            .copied()
-            .ok_or_else(|| AuditError::Range("no such entry".into()))?;
+        Self::check_size(registry, size)?;
+        let hashes = LogHashes(registry);
+        let reader = TreeReader::new(&hashes);
+        let proof = reader.inclusion(index, size)?;
+        let leaf = reader.subtree(0, index)?;
         Ok((leaf, proof))
     }
 
@@ -178,9 +186,105 @@ impl AuditLog {
                 "sizes {from} and {to}: need 0 < from <= to"
             )));
         }
-        let _one = PROOF.try_lock().map_err(|_| AuditError::Busy)?;
-        let leaves = Self::leaves(registry, to)?;
-        merkle::consistency_proof(from as usize, &leaves)
-            .ok_or_else(|| AuditError::Range("no such proof".into()))
+        Self::check_size(registry, to)?;
+        Ok(TreeReader::new(&LogHashes(registry)).consistency(from, to)?)
     }
+}
+
+/// The frontier at the last signed checkpoint, from O(log n) tiles; from
+/// every leaf where the tile hashes are not stored yet (a log older than
+/// the tiles), storing them on the way.
+fn resume(registry: &dyn Registry, signed_size: u64) -> Result<Frontier, AuditError> {
+    match TreeReader::new(&LogHashes(registry)).frontier(signed_size) {
+        Ok(frontier) => Ok(frontier),
+        // Signed entries gone: the log was truncated or cut.
+        Err(TreeError::Missing { level: 0, .. }) => Err(AuditError::Rewritten(signed_size)),
+        Err(TreeError::Missing { .. }) => {
+            tracing::info!(
+                entries = signed_size,
+                "audit log: storing its tile hashes (once, from every leaf)"
+            );
+            let mut frontier = Frontier::new();
+            extend(&mut frontier, registry, signed_size)?;
+            store_tile_hashes(&mut frontier, registry)?;
+            Ok(frontier)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Appends leaves to `frontier` up to `size`, a page at a time.
+fn extend(frontier: &mut Frontier, registry: &dyn Registry, size: u64) -> Result<(), AuditError> {
+    while frontier.size() < size {
+        let next = (frontier.size() + MAX_PAGE * 10).min(size);
+        for leaf in registry.audit_leaves(frontier.size(), next)? {
+            frontier.append(leaf);
+        }
+        if frontier.size() < next {
+            return Err(AuditError::Store(StoreError::Internal(
+                "the audit log has a gap".into(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Stores the tile hashes `frontier` completed; kept for the next round if
+/// the store fails. A stored hash that differs means a rewritten log.
+fn store_tile_hashes(frontier: &mut Frontier, registry: &dyn Registry) -> Result<(), AuditError> {
+    let hashes = frontier.take_tile_hashes();
+    let mut runs: Vec<(u8, u64, Vec<Hash>)> = Vec::new();
+    for &(level, index, hash) in &hashes {
+        match runs.last_mut() {
+            Some((l, start, run)) if *l == level && *start + run.len() as u64 == index => {
+                run.push(hash);
+            }
+            _ => runs.push((level, index, vec![hash])),
+        }
+    }
+    runs.sort_by_key(|(level, start, _)| (*level, *start));
+    for (level, start, run) in runs {
+        if let Err(e) = registry.add_audit_tile_hashes(level, start, &run) {
+            frontier.restore_tile_hashes(hashes);
+            return Err(match e {
+                StoreError::Conflict { .. } => AuditError::Rewritten(frontier.size()),
+                other => other.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Compares the frontier's root with the checkpoint signed at its size,
+/// opened with the key in force or the outgoing one. A note neither of
+/// them signed (both rotated since) is compared unverified.
+fn check_signed_root(
+    frontier: &Frontier,
+    size: u64,
+    note: &str,
+    signers: &Signers<'_>,
+) -> Result<(), AuditError> {
+    let keys = std::iter::once(signers.current).chain(signers.outgoing);
+    let mut opened = None;
+    for (_, key) in keys {
+        match Checkpoint::open(note, key) {
+            Ok(checkpoint) => {
+                opened = Some(checkpoint);
+                break;
+            }
+            Err(NoteError::NotSigned(_)) => continue,
+            Err(_) => return Err(AuditError::Rewritten(size)),
+        }
+    }
+    let checkpoint = match opened {
+        Some(checkpoint) => checkpoint,
+        None => note
+            .rsplit_once("\n\n")
+            .and_then(|(body, _)| Checkpoint::parse_body(&format!("{body}\n")).ok())
+            .ok_or(AuditError::Rewritten(size))?,
+    };
+    if checkpoint.size != size || checkpoint.root != frontier.root() {
+        return Err(AuditError::Rewritten(size));
+    }
+    Ok(())
 }

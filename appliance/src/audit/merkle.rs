@@ -8,6 +8,10 @@ use pkcs11_shim::digest::sha256;
 /// A 32-byte hash.
 pub type Hash = [u8; 32];
 
+/// Tree levels per tile (c2sp.org/tlog-tiles): a tile holds up to 256
+/// hashes of one level, and tile level `L` holds tree level `8 * L`.
+pub const TILE_HEIGHT: u32 = 8;
+
 /// The hash of a leaf holding `entry`.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
     let mut buf = Vec::with_capacity(entry.len() + 1);
@@ -206,6 +210,10 @@ pub struct Frontier {
     size: u64,
     /// (height, root) of each perfect subtree, largest (leftmost) first.
     subtrees: Vec<(u32, Hash)>,
+    /// Subtrees completed since the last [`Frontier::take_tile_hashes`]
+    /// whose height is a multiple of the tile height: (tile level, index,
+    /// root), the hashes tiles above level 0 are made of.
+    tile_hashes: Vec<(u8, u64, Hash)>,
 }
 
 impl Frontier {
@@ -219,6 +227,20 @@ impl Frontier {
         self.size
     }
 
+    /// The frontier of a tree of `size` leaves from the roots of its
+    /// perfect subtrees, largest first (one per set bit of `size`).
+    pub fn from_subtrees(size: u64, roots: Vec<Hash>) -> Option<Self> {
+        let heights = (0..u64::BITS).rev().filter(|h| size >> h & 1 == 1);
+        let subtrees: Vec<(u32, Hash)> = heights.zip(roots.iter().copied()).collect();
+        (subtrees.len() == roots.len() && roots.len() == size.count_ones() as usize).then_some(
+            Frontier {
+                size,
+                subtrees,
+                tile_hashes: Vec::new(),
+            },
+        )
+    }
+
     /// Appends a leaf hash.
     pub fn append(&mut self, leaf: Hash) {
         let mut node = (0u32, leaf);
@@ -229,9 +251,25 @@ impl Frontier {
             }
             let _ = self.subtrees.pop();
             node = (height + 1, node_hash(&left, &node.1));
+            if node.0 % TILE_HEIGHT == 0 {
+                let level = (node.0 / TILE_HEIGHT) as u8;
+                let index = ((self.size + 1) >> node.0) - 1;
+                self.tile_hashes.push((level, index, node.1));
+            }
         }
         self.subtrees.push(node);
         self.size += 1;
+    }
+
+    /// The tile hashes completed since the last call, in order.
+    pub fn take_tile_hashes(&mut self) -> Vec<(u8, u64, Hash)> {
+        std::mem::take(&mut self.tile_hashes)
+    }
+
+    /// Gives back hashes taken but not stored, to be taken again.
+    pub fn restore_tile_hashes(&mut self, mut hashes: Vec<(u8, u64, Hash)>) {
+        hashes.append(&mut self.tile_hashes);
+        self.tile_hashes = hashes;
     }
 
     /// The root of the tree so far (RFC 6962: right-hand subtrees fold first).

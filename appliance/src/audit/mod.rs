@@ -11,4 +11,5 @@ pub mod checkpoint;
 pub mod entry;
 pub mod log;
 pub mod merkle;
+pub mod tiles;
 pub mod trail;

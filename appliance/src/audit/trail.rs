@@ -83,8 +83,20 @@ impl AuditTrail {
             .log
             .checkpoint(self.node.backend, self.node.registry.as_ref(), &signers)
         {
-            Ok(size) => size,
+            Ok(size) => {
+                self.node.metrics.audit_log_rewritten.set(0);
+                if let Some(size) = size {
+                    self.node
+                        .metrics
+                        .audit_checkpoint_size
+                        .set(i64::try_from(size).unwrap_or(i64::MAX));
+                }
+                size
+            }
             Err(e) => {
+                if matches!(e, super::log::AuditError::Rewritten(_)) {
+                    self.node.metrics.audit_log_rewritten.set(1);
+                }
                 tracing::warn!(error = %e, "audit checkpoint failed");
                 None
             }

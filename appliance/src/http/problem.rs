@@ -42,7 +42,7 @@ pub fn status(class: Class) -> StatusCode {
 /// The HTTP status of a reply.
 pub fn reply_status(reply: Reply) -> StatusCode {
     match reply {
-        Reply::Ok => StatusCode::OK,
+        Reply::Ok | Reply::Log { .. } => StatusCode::OK,
         Reply::Created => StatusCode::CREATED,
         Reply::Accepted => StatusCode::ACCEPTED,
     }

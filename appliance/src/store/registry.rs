@@ -342,6 +342,23 @@ pub trait Registry: KeyRegistry + Send + Sync {
     fn audit_entries(&self, start: u64, count: u64) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Leaf hashes of entries `start..end`.
     fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Stored tile hashes `start..end` of tile level `level` >= 1 (fewer
+    /// at the end).
+    fn audit_tile_hashes(
+        &self,
+        level: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Stores tile hashes of level `level` >= 1 from index `start`. A hash
+    /// already stored stays, and one that differs from it is refused
+    /// (`Conflict { rule: "audit.tile_hash" }`): the log was rewritten.
+    fn add_audit_tile_hashes(
+        &self,
+        level: u8,
+        start: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint of the first `size` entries (the first one
     /// stored for a size stays).
     fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;

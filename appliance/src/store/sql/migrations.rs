@@ -46,6 +46,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!("0007_credentials_by_holder"),
     migration!("0008_idempotency_age"),
     migration!("0009_status_positions"),
+    migration!("0010_audit_tiles"),
 ];
 
 /// How one database spells the shared files' column types.

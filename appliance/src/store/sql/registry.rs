@@ -352,6 +352,52 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         })
     }
 
+    fn audit_tile_hashes(
+        &self,
+        level: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.driver.read(|tx| {
+            tx.query(
+                "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                args![u32::from(level), start, end],
+            )?
+            .iter()
+            .map(|r| r.hash(0))
+            .collect()
+        })
+    }
+
+    fn add_audit_tile_hashes(
+        &self,
+        level: u8,
+        start: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        let hashes = hashes.to_vec();
+        let end = start + hashes.len() as u64;
+        self.driver.write(move |tx| {
+            for (index, hash) in (start..).zip(&hashes) {
+                let _ = tx.execute(
+                    "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
+                    args![u32::from(level), index, &hash[..]],
+                )?;
+            }
+            let stored = tx.query(
+                "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                args![u32::from(level), start, end],
+            )?;
+            let stored: Vec<[u8; 32]> = stored.iter().map(|r| r.hash(0)).collect::<Result<_, _>>()?;
+            if stored != hashes {
+                return Err(StoreError::Conflict {
+                    rule: "audit.tile_hash",
+                });
+            }
+            Ok(())
+        })
+    }
+
     fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         let note = note.to_owned();
         self.driver.write(move |tx| {

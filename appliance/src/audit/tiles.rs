@@ -1,0 +1,456 @@
+//! The log as tiles (c2sp.org/tlog-tiles): tile level 0 holds leaf hashes,
+//! tile level `L` the roots of the perfect subtrees of `256^L` leaves. Any
+//! hash of the tree is the root of at most 128 consecutive hashes of one
+//! tile, so a root, a proof or the frontier reads O(log n) tiles instead
+//! of every leaf. Tiles and entry bundles are addressed here; what stores
+//! the hashes is a [`HashSource`] (the registry: leaf hashes from the log,
+//! higher levels from the hashes checkpoints store).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::merkle::{Frontier, Hash, TILE_HEIGHT, node_hash, root};
+use crate::store::{Registry, StoreError};
+
+/// Hashes in a full tile.
+pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
+
+/// Where a tree's hashes come from.
+pub trait HashSource {
+    /// Hashes `start..end` of tile level `level` (0: leaf hashes); fewer
+    /// where the store has fewer.
+    fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError>;
+}
+
+/// The registry's audit log as a [`HashSource`].
+pub struct LogHashes<'a>(pub &'a dyn Registry);
+
+impl HashSource for LogHashes<'_> {
+    fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
+        if level == 0 {
+            self.0.audit_leaves(start, end)
+        } else {
+            self.0.audit_tile_hashes(level, start, end)
+        }
+    }
+}
+
+/// Why a tree's hashes cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store lacks hashes the tree needs (tile hashes not yet stored
+    /// for an older log, or rows deleted).
+    #[error("the log's store lacks tile level {level} hashes from {start}")]
+    Missing {
+        /// Tile level.
+        level: u8,
+        /// First missing index.
+        start: u64,
+    },
+}
+
+/// A tile: `width` hashes (1..=256) of tile level `level` from `index * 256`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileId {
+    /// Tile level (0: leaf hashes).
+    pub level: u8,
+    /// Tile index within its level.
+    pub index: u64,
+    /// Hashes in it; 256 for a full tile.
+    pub width: u64,
+}
+
+/// A tile or an entry bundle, as a tlog-tiles path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TilePath {
+    /// `tile/<L>/<N>[.p/<W>]`.
+    Hashes(TileId),
+    /// `tile/entries/<N>[.p/<W>]`: entries `N*256..N*256+W`.
+    Entries {
+        /// Bundle index.
+        index: u64,
+        /// Entries in it; 256 for a full bundle.
+        width: u64,
+    },
+}
+
+/// The `<N>[.p/<W>]` part of a path: thousands as `x`-prefixed directories.
+fn index_path(index: u64, width: u64) -> String {
+    let mut groups = vec![format!("{:03}", index % 1000)];
+    let mut rest = index / 1000;
+    while rest > 0 {
+        groups.push(format!("x{:03}", rest % 1000));
+        rest /= 1000;
+    }
+    groups.reverse();
+    let mut path = groups.join("/");
+    if width < TILE_WIDTH {
+        path.push_str(&format!(".p/{width}"));
+    }
+    path
+}
+
+impl TilePath {
+    /// The path, relative to the log's prefix.
+    pub fn path(&self) -> String {
+        match self {
+            TilePath::Hashes(t) => format!("tile/{}/{}", t.level, index_path(t.index, t.width)),
+            TilePath::Entries { index, width } => {
+                format!("tile/entries/{}", index_path(*index, *width))
+            }
+        }
+    }
+
+    /// Parses a path relative to the log's prefix; only the canonical
+    /// spelling of a tile is accepted (one name per tile, so caches agree).
+    pub fn parse(path: &str) -> Option<TilePath> {
+        let rest = path.strip_prefix("tile/")?;
+        let (kind, rest) = rest.split_once('/')?;
+        let (number, width) = match rest.split_once(".p/") {
+            Some((number, w)) => (number, w.parse::<u64>().ok()?),
+            None => (rest, TILE_WIDTH),
+        };
+        if width == 0 || width > TILE_WIDTH {
+            return None;
+        }
+        let mut index: u64 = 0;
+        for group in number.split('/') {
+            let digits = group.strip_prefix('x').unwrap_or(group);
+            if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            index = index
+                .checked_mul(1000)?
+                .checked_add(digits.parse::<u64>().ok()?)?;
+        }
+        let parsed = match kind {
+            "entries" => TilePath::Entries { index, width },
+            level => {
+                let level: u8 = level.parse().ok().filter(|l| *l <= 7)?;
+                TilePath::Hashes(TileId {
+                    level,
+                    index,
+                    width,
+                })
+            }
+        };
+        (parsed.path() == path).then_some(parsed)
+    }
+
+    /// Whether the tile or bundle lies within a tree of `size` entries.
+    pub fn within(&self, size: u64) -> bool {
+        let (level, index, width) = match *self {
+            TilePath::Hashes(t) => (t.level, t.index, t.width),
+            TilePath::Entries { index, width } => (0, index, width),
+        };
+        let available = size >> (TILE_HEIGHT * u32::from(level));
+        index
+            .checked_mul(TILE_WIDTH)
+            .and_then(|start| start.checked_add(width))
+            .is_some_and(|end| end <= available)
+    }
+
+    /// Whether the content never changes (a full tile or bundle).
+    pub fn is_full(&self) -> bool {
+        match self {
+            TilePath::Hashes(t) => t.width == TILE_WIDTH,
+            TilePath::Entries { width, .. } => *width == TILE_WIDTH,
+        }
+    }
+}
+
+/// An entry bundle: each entry as a big-endian 16-bit length and its bytes.
+pub fn entry_bundle(entries: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 2).sum());
+    for entry in entries {
+        out.extend_from_slice(&u16::try_from(entry.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(entry);
+    }
+    Some(out)
+}
+
+/// The largest power of two strictly below `n` (`n >= 2`).
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// Reads a tree's hashes tile by tile, each tile once per reader.
+pub struct TreeReader<'a> {
+    source: &'a dyn HashSource,
+    tiles: RefCell<HashMap<(u8, u64), Vec<Hash>>>,
+}
+
+impl<'a> TreeReader<'a> {
+    /// A reader over `source`.
+    pub fn new(source: &'a dyn HashSource) -> Self {
+        TreeReader {
+            source,
+            tiles: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Hashes `start..end` of tile level `level`, within one tile.
+    fn run(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
+        let tile = start / TILE_WIDTH;
+        let mut tiles = self.tiles.borrow_mut();
+        let hashes = match tiles.entry((level, tile)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.source.hashes(
+                level,
+                tile * TILE_WIDTH,
+                (tile + 1) * TILE_WIDTH,
+            )?),
+        };
+        let (from, to) = (start - tile * TILE_WIDTH, end - tile * TILE_WIDTH);
+        hashes
+            .get(from as usize..to as usize)
+            .map(<[Hash]>::to_vec)
+            .ok_or(TreeError::Missing {
+                level,
+                start: tile * TILE_WIDTH + hashes.len() as u64,
+            })
+    }
+
+    /// The root of the perfect subtree of `2^height` leaves at `index`.
+    pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, TreeError> {
+        let level = (height / TILE_HEIGHT) as u8;
+        let below = height % TILE_HEIGHT;
+        let start = index << below;
+        // 2^below <= 128 hashes, aligned: always within one tile.
+        Ok(root(&self.run(level, start, start + (1 << below))?))
+    }
+
+    /// The root of the tree over leaves `lo..hi` as RFC 9162 splits it.
+    pub fn range_root(&self, lo: u64, hi: u64) -> Result<Hash, TreeError> {
+        let n = hi - lo;
+        if n.is_power_of_two() && lo % n == 0 {
+            return self.subtree(n.trailing_zeros(), lo / n);
+        }
+        if n == 0 {
+            return Ok(root(&[]));
+        }
+        let k = split(n);
+        Ok(node_hash(
+            &self.range_root(lo, lo + k)?,
+            &self.range_root(lo + k, hi)?,
+        ))
+    }
+
+    /// The frontier of the first `size` leaves.
+    pub fn frontier(&self, size: u64) -> Result<Frontier, TreeError> {
+        let mut roots = Vec::new();
+        let mut lo = 0;
+        for height in (0..u64::BITS).rev().filter(|h| size >> h & 1 == 1) {
+            roots.push(self.subtree(height, lo >> height)?);
+            lo += 1 << height;
+        }
+        Ok(Frontier::from_subtrees(size, roots).unwrap_or_default())
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves
+    /// (RFC 9162 §2.1.3.1), leaf first; `index < size`.
+    pub fn inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
+        let mut proof = Vec::new();
+        let (mut lo, mut hi) = (0, size);
+        let mut siblings = Vec::new();
+        while hi - lo > 1 {
+            let k = split(hi - lo);
+            if index < lo + k {
+                siblings.push((lo + k, hi));
+                hi = lo + k;
+            } else {
+                siblings.push((lo, lo + k));
+                lo += k;
+            }
+        }
+        for (a, b) in siblings.into_iter().rev() {
+            proof.push(self.range_root(a, b)?);
+        }
+        Ok(proof)
+    }
+
+    /// The consistency proof from the tree of `from` leaves to the tree of
+    /// `to` (RFC 9162 §2.1.4.1); `0 < from <= to`.
+    pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
+        let mut proof = Vec::new();
+        if from == to {
+            return Ok(proof);
+        }
+        let (mut lo, mut hi, mut complete) = (0, to, true);
+        let mut siblings = Vec::new();
+        while from - lo != hi - lo {
+            let k = split(hi - lo);
+            if from - lo <= k {
+                siblings.push((lo + k, hi));
+                hi = lo + k;
+            } else {
+                siblings.push((lo, lo + k));
+                lo += k;
+                complete = false;
+            }
+        }
+        if !complete {
+            proof.push(self.range_root(lo, hi)?);
+        }
+        for (a, b) in siblings.into_iter().rev() {
+            proof.push(self.range_root(a, b)?);
+        }
+        Ok(proof)
+    }
+
+    /// The hashes of a tile, as served (`width * 32` bytes).
+    pub fn tile(&self, tile: TileId) -> Result<Vec<u8>, TreeError> {
+        let start = tile.index * TILE_WIDTH;
+        Ok(self.run(tile.level, start, start + tile.width)?.concat())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::merkle::{self, leaf_hash};
+
+    /// Every tile hash of a log of `leaves`, as a checkpointing node stores them.
+    struct Memory {
+        levels: Vec<Vec<Hash>>,
+    }
+
+    impl Memory {
+        fn of(leaves: &[Hash]) -> Self {
+            let mut frontier = Frontier::new();
+            let mut levels = vec![leaves.to_vec(), Vec::new(), Vec::new()];
+            for leaf in leaves {
+                frontier.append(*leaf);
+            }
+            for (level, index, hash) in frontier.take_tile_hashes() {
+                assert_eq!(levels[level as usize].len() as u64, index, "in order");
+                levels[level as usize].push(hash);
+            }
+            Memory { levels }
+        }
+    }
+
+    impl HashSource for Memory {
+        fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
+            let hashes = &self.levels[level as usize];
+            let end = (end as usize).min(hashes.len());
+            Ok(hashes.get(start as usize..end).unwrap_or(&[]).to_vec())
+        }
+    }
+
+    fn leaves(n: u64) -> Vec<Hash> {
+        (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn tiled_proofs_equal_the_proofs_over_every_leaf() {
+        let all = leaves(70_000);
+        let memory = Memory::of(&all);
+        assert_eq!(
+            memory.levels[2].len(),
+            1,
+            "one level-2 hash per 65,536 leaves"
+        );
+        let reader = TreeReader::new(&memory);
+        let sizes = [
+            1u64, 2, 3, 255, 256, 257, 511, 65_535, 65_536, 65_537, 70_000,
+        ];
+        for &size in &sizes {
+            let prefix = &all[..size as usize];
+            assert_eq!(reader.range_root(0, size).unwrap(), merkle::root(prefix));
+            assert_eq!(reader.frontier(size).unwrap().root(), merkle::root(prefix));
+            for index in [0, size / 3, size - 1] {
+                let proof = reader.inclusion(index, size).unwrap();
+                assert_eq!(
+                    Some(proof),
+                    merkle::inclusion_proof(index as usize, prefix),
+                    "inclusion {index} in {size}"
+                );
+            }
+            for &from in sizes.iter().filter(|&&m| m <= size) {
+                assert_eq!(
+                    Some(reader.consistency(from, size).unwrap()),
+                    merkle::consistency_proof(from as usize, prefix),
+                    "consistency {from} to {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_missing_tile_hashes_says_which() {
+        let mut memory = Memory::of(&leaves(600));
+        memory.levels[1].clear();
+        let reader = TreeReader::new(&memory);
+        assert!(matches!(
+            reader.frontier(600),
+            Err(TreeError::Missing { level: 1, start: 0 })
+        ));
+    }
+
+    #[test]
+    fn tile_paths_are_canonical() {
+        let cases = [
+            (
+                TilePath::Hashes(TileId {
+                    level: 0,
+                    index: 0,
+                    width: 256,
+                }),
+                "tile/0/000",
+            ),
+            (
+                TilePath::Hashes(TileId {
+                    level: 1,
+                    index: 1_234_067,
+                    width: 8,
+                }),
+                "tile/1/x001/x234/067.p/8",
+            ),
+            (
+                TilePath::Entries {
+                    index: 1000,
+                    width: 256,
+                },
+                "tile/entries/x001/000",
+            ),
+        ];
+        for (tile, path) in cases {
+            assert_eq!(tile.path(), path);
+            assert_eq!(TilePath::parse(path), Some(tile));
+        }
+        for bad in [
+            "tile/0/x000/005",
+            "tile/0/5",
+            "tile/0/005.p/256",
+            "tile/0/005.p/0",
+            "tile/0/005.p/007",
+            "tile/8/000",
+            "tile/data/000",
+            "tile/0/000/",
+            "tile/0/x999/x999/x999/x999/x999/x999/x999/999",
+        ] {
+            assert_eq!(TilePath::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tiles_beyond_the_tree_are_not_within_it() {
+        let t = |level, index, width| {
+            TilePath::Hashes(TileId {
+                level,
+                index,
+                width,
+            })
+        };
+        assert!(t(0, 0, 256).within(256));
+        assert!(!t(0, 0, 256).within(255));
+        assert!(t(0, 0, 255).within(255));
+        assert!(t(1, 0, 1).within(256));
+        assert!(!t(1, 0, 2).within(511));
+        assert!(!t(0, u64::MAX, 256).within(u64::MAX));
+    }
+}
