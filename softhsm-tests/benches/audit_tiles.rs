@@ -1,0 +1,224 @@
+//! The tiled audit log at national size (issue 15), on the embedded store
+//! (SQLite) with an Ed25519 audit key in SoftHSM, in one run: a log grown
+//! to 10^3, 10^6 and 10^8 synthetic entries; at each size the append rate
+//! (bulk rows, then the checkpoint that takes them into the tree and
+//! stores their tile hashes), the cost of a steady checkpoint (1,000 new
+//! entries, root, HSM signature), inclusion and consistency proof times
+//! (median and p99 of 200 each, through the registry), a node's start
+//! (a fresh frontier from O(log n) tiles, checked against the signed root)
+//! and disk use per million entries. Proof times at the largest size are
+//! printed as a ratio to the smallest (target: flat within 2x), start-up
+//! against 5 s.
+//!
+//! `make bench-audit`; `DOJANG_BENCH_AUDIT_ENTRIES` sets the largest size
+//! (default 100,000,000: about 20 GB of disk under `DOJANG_BENCH_DIR`, or
+//! the temporary directory, and some minutes).
+
+mod common;
+
+use std::time::Instant;
+
+use common::BenchResult;
+use dojang::audit::checkpoint::NoteKey;
+use dojang::audit::entry::AuditEntry;
+use dojang::audit::log::{AuditLog, Signers};
+use dojang::audit::merkle::leaf_hash;
+use dojang::store::SqliteRegistry;
+use pkcs11_shim::pkcs11::Pkcs11Backend;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
+
+const ORIGIN: &str = "dojang.example.kr/audit";
+
+/// A small canonical entry, as a denial writes one.
+fn entry(seq: u64) -> Vec<u8> {
+    AuditEntry {
+        time: 1_800_000_000 + (seq / 1000) as i64,
+        node: "bench".into(),
+        seq,
+        actor: "spiffe://mois.go.kr/office-counter".into(),
+        action: "issue".into(),
+        outcome: "deny".into(),
+        rule: Some("holder.min_age".into()),
+        policy_hash: None,
+        profile: None,
+        credential_id: None,
+        key_id: None,
+        payload_sha256: None,
+        holder: None,
+    }
+    .encode()
+}
+
+/// Appends synthetic entries `from..to` straight into the log's table, in
+/// large transactions (a bulk loader: what the daemon writes one by one).
+fn load(db: &mut rusqlite::Connection, from: u64, to: u64) -> BenchResult {
+    let mut seq = from;
+    while seq < to {
+        let tx = db.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES (?1, 'bench', ?1, ?2, ?3)",
+            )?;
+            for s in seq..(seq + 200_000).min(to) {
+                let e = entry(s);
+                let _ = insert.execute(rusqlite::params![s as i64, &e, &leaf_hash(&e)[..]])?;
+            }
+        }
+        tx.commit()?;
+        seq = (seq + 200_000).min(to);
+    }
+    Ok(())
+}
+
+/// xorshift64: reproducible indices without another dependency.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Median and p99 in microseconds of `f` over 200 runs.
+fn timed(mut f: impl FnMut(u64) -> BenchResult) -> BenchResult<(f64, f64)> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let r = next(&mut seed);
+        let start = Instant::now();
+        f(r)?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |i: usize| times.get(i).copied().unwrap_or(f64::NAN);
+    Ok((at(100), at(197)))
+}
+
+struct Stage {
+    size: u64,
+    append_per_s: f64,
+    checkpoint_ms: f64,
+    inclusion: (f64, f64),
+    consistency: (f64, f64),
+    start_ms: f64,
+    mb_per_million: f64,
+}
+
+fn file_bytes(path: &std::path::Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", path.display())).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn main() -> BenchResult {
+    let largest: u64 = std::env::var("DOJANG_BENCH_AUDIT_ENTRIES")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(100_000_000);
+    let (_token, config) = common::token_with_ds_key("ds")?;
+    let backend = Pkcs11Backend::open(config)?;
+    let audit = backend.generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)?;
+    let note_key = NoteKey::new(ORIGIN, audit.public_key.ok_or("no public half")?)?;
+    let signers = Signers {
+        current: ("audit", &note_key),
+        outgoing: None,
+    };
+    let dir = match std::env::var_os("DOJANG_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let path = dir.path().join("audit.db");
+    let registry = SqliteRegistry::open(&path)?;
+    let mut db = rusqlite::Connection::open(&path)?;
+    db.pragma_update(None, "synchronous", "OFF")?;
+    let mut log = AuditLog::new(ORIGIN)?;
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut size = 0u64;
+    for target in [1_000u64, 1_000_000, largest] {
+        if target <= size {
+            continue;
+        }
+        let started = Instant::now();
+        load(&mut db, size, target)?;
+        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let append_per_s = (target - size) as f64 / started.elapsed().as_secs_f64();
+        size = target;
+        // A steady checkpoint: 1,000 new entries.
+        load(&mut db, size, size + 1000)?;
+        size += 1000;
+        let started = Instant::now();
+        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let checkpoint_ms = started.elapsed().as_secs_f64() * 1e3;
+        let inclusion = timed(|r| {
+            let _ = AuditLog::inclusion(&registry, r % size, size)?;
+            Ok(())
+        })?;
+        let consistency = timed(|r| {
+            let _ = AuditLog::consistency(&registry, 1 + r % (size - 1), size)?;
+            Ok(())
+        })?;
+        // A node's start: a fresh frontier, one more entry, a checkpoint.
+        load(&mut db, size, size + 1)?;
+        size += 1;
+        let started = Instant::now();
+        log = AuditLog::new(ORIGIN)?;
+        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let start_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mb_per_million = file_bytes(&path) as f64 / 1e6 / (size as f64 / 1e6);
+        eprintln!("{size} entries done");
+        stages.push(Stage {
+            size,
+            append_per_s,
+            checkpoint_ms,
+            inclusion,
+            consistency,
+            start_ms,
+            mb_per_million,
+        });
+    }
+    report(&stages);
+    Ok(())
+}
+
+fn report(stages: &[Stage]) {
+    println!("audit log (SQLite, Ed25519 audit key in SoftHSM), one run:");
+    println!(
+        "{:>12} {:>12} {:>14} {:>20} {:>20} {:>10} {:>10}",
+        "entries",
+        "append/s",
+        "checkpoint ms",
+        "inclusion p50/p99 µs",
+        "consist. p50/p99 µs",
+        "start ms",
+        "MB/10^6"
+    );
+    for s in stages {
+        println!(
+            "{:>12} {:>12.0} {:>14.2} {:>9.0} / {:>8.0} {:>9.0} / {:>8.0} {:>10.1} {:>10.1}",
+            s.size,
+            s.append_per_s,
+            s.checkpoint_ms,
+            s.inclusion.0,
+            s.inclusion.1,
+            s.consistency.0,
+            s.consistency.1,
+            s.start_ms,
+            s.mb_per_million
+        );
+    }
+    if let (Some(first), Some(last)) = (stages.first(), stages.last()) {
+        println!(
+            "proofs at {} vs {} entries: inclusion p50 x{:.2}, consistency p50 x{:.2} (target: within 2x)",
+            last.size,
+            first.size,
+            last.inclusion.0 / first.inclusion.0,
+            last.consistency.0 / first.consistency.0
+        );
+        println!(
+            "start-up at {} entries: {:.1} ms (target: at most 5 s)",
+            last.size, last.start_ms
+        );
+    }
+}
