@@ -370,3 +370,112 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
     );
     assert!(proves(300));
 }
+
+/// `dojangctl` with the daemon's configuration: success, and what it said.
+fn ctl(d: &Daemon, args: &[&str]) -> (bool, String) {
+    let out = d
+        .command("dojangctl")
+        .arg("--config")
+        .arg(&d.config)
+        .args(args)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[test]
+fn one_entry_proves_itself_offline_and_a_tampered_proof_does_not() {
+    let mut d = Daemon::start(Options::default());
+    refuse(&d, 20);
+    let note = checkpoint(&mut d.public_client(), 20);
+    let verifier = verifier(&d, &note);
+    let keys = d.client("auditor").get("/v1/audit/checkpoint").json()["keys"].clone();
+    let key = d.scratch().join("audit-key.pem");
+    std::fs::write(&key, keys[0]["public_key_pem"].as_str().unwrap()).unwrap();
+    let (size, _) = open(&note, &verifier).unwrap();
+    let index = entries(&mut d.client("auditor"), size)
+        .iter()
+        .rposition(|e| AuditEntry::decode(e).unwrap().action == "issue")
+        .unwrap();
+    let index_text = index.to_string();
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(20));
+
+    let file = d.scratch().join("entry.tlog-proof");
+    let path = file.display().to_string();
+    let (ok, said) = ctl(
+        &d,
+        &["audit", "prove", "--index", &index_text, "--out", &path],
+    );
+    assert!(ok, "{said}");
+    let check = |d: &Daemon| {
+        ctl(
+            d,
+            &[
+                "--json",
+                "audit",
+                "check-proof",
+                &path,
+                "--key",
+                &key.display().to_string(),
+                "--origin",
+                daemon::AUDIT_ORIGIN,
+            ],
+        )
+    };
+    let (ok, said) = check(&d);
+    assert!(ok, "{said}");
+    let report: serde_json::Value = serde_json::from_str(said.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (report["index"].as_u64(), report["action"].as_str()),
+        (Some(index as u64), Some("issue"))
+    );
+
+    // The same file read by the independent libraries: the note's
+    // signature, then the entry's inclusion under the signed root.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (head, note) = text.split_once("\n\n").unwrap();
+    let (size, root) = open(note, &verifier).unwrap();
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(lines[0], "c2sp.org/tlog-proof@v1");
+    let entry = B64
+        .decode(lines[1].strip_prefix("extra ").unwrap())
+        .unwrap();
+    let proof: Vec<Hash> = lines[3..]
+        .iter()
+        .map(|h| Hash(B64.decode(h).unwrap().try_into().unwrap()))
+        .collect();
+    tlog_tiles::check_record(
+        &proof,
+        size,
+        root,
+        index as u64,
+        tlog_tiles::record_hash(&entry),
+    )
+    .unwrap();
+
+    // Tampered: another index, another entry, a proof line dropped.
+    let other_entry = {
+        let mut e = AuditEntry::decode(&entry).unwrap();
+        e.outcome = "allow".into();
+        B64.encode(e.encode())
+    };
+    for (what, from, to) in [
+        (
+            "index",
+            format!("index {index}"),
+            format!("index {}", index - 1),
+        ),
+        ("entry", lines[1].to_owned(), format!("extra {other_entry}")),
+        ("proof", format!("{}\n", lines[3]), String::new()),
+    ] {
+        std::fs::write(&file, text.replacen(&from, &to, 1)).unwrap();
+        let (ok, said) = check(&d);
+        assert!(!ok, "a proof with another {what} was accepted: {said}");
+    }
+}

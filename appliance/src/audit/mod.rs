@@ -11,5 +11,6 @@ pub mod checkpoint;
 pub mod entry;
 pub mod log;
 pub mod merkle;
+pub mod proof;
 pub mod tiles;
 pub mod trail;

@@ -1,7 +1,8 @@
 //! `audit …`: exports the registry's audit log as a self-contained bundle
 //! (`export`) and verifies such a bundle offline against a key and origin
-//! the auditor trusts (`verify`). Owns the subcommands' arguments and
-//! their output.
+//! the auditor trusts (`verify`); one entry's proofs are in
+//! [`super::audit_proof`]. Owns the subcommands' arguments and their
+//! output.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,6 @@ use anyhow::Context;
 use clap::Subcommand;
 use dojang::cli;
 use dojang::config::Config;
-use pkcs11_shim::PublicKey;
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -27,6 +27,18 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         key_out: Option<PathBuf>,
     },
+    /// Write one entry's offline proof (c2sp.org/tlog-proof: the entry,
+    /// its inclusion proof and the latest signed checkpoint).
+    Prove {
+        /// The entry's index in the log.
+        #[arg(long)]
+        index: u64,
+        /// Where to write the proof (`.tlog-proof`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an entry's offline proof against a key and origin you trust.
+    CheckProof(super::audit_proof::CheckProofArgs),
 }
 
 // The subcommand's help text is its variant's doc comment in `AuditCommand`.
@@ -62,6 +74,8 @@ pub(crate) fn run(
     match command {
         AuditCommand::Verify(a) => verify(a, as_json),
         AuditCommand::Export { out, key_out } => export(&load()?, &out, key_out.as_deref()),
+        AuditCommand::Prove { index, out } => super::audit_proof::prove(&load()?, index, &out),
+        AuditCommand::CheckProof(a) => super::audit_proof::check(a, as_json),
     }
 }
 
@@ -117,24 +131,6 @@ pub(crate) fn bundle_of(
     })
 }
 
-/// What an auditor trusts: the key in `key_pem` (a file from outside the
-/// log), with its note name, for the log `origin`.
-pub(crate) fn trusted_log(
-    key_pem: &std::path::Path,
-    key_name: String,
-    origin: String,
-) -> anyhow::Result<dojang::audit::bundle::TrustedLog> {
-    let pem = std::fs::read(key_pem).with_context(|| format!("reading {}", key_pem.display()))?;
-    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
-        .and_then(|k| k.public_key_to_der())
-        .with_context(|| format!("{} is not a public key", key_pem.display()))?;
-    Ok(dojang::audit::bundle::TrustedLog {
-        key: PublicKey::from_spki_der(&der)?,
-        key_name,
-        origin,
-    })
-}
-
 /// The audit keys (PEM) in the order they signed: the first is the anchor
 /// auditors pin, the others are trusted through hand-over checkpoints.
 /// Never empty: before the daemon's first start, the configured key
@@ -187,7 +183,7 @@ fn verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an audit bundle", a.bundle.display()))?;
-    let trusted = trusted_log(
+    let trusted = super::audit_proof::trusted_log(
         &a.key,
         a.key_name.unwrap_or_else(|| bundle.key_name.clone()),
         a.origin,

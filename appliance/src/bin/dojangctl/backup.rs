@@ -288,7 +288,7 @@ fn verify_restored(
         .audit
         .origin
         .clone();
-    let trusted = crate::audit::trusted_log(&args.audit_key, origin.clone(), origin)?;
+    let trusted = crate::audit_proof::trusted_log(&args.audit_key, origin.clone(), origin)?;
     let bundle = dojang::audit::bundle::with_published(bundle, &published);
     let report = dojang::audit::bundle::verify(&bundle, &trusted).map_err(|e| {
         anyhow::anyhow!(

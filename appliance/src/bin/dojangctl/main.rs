@@ -7,6 +7,7 @@
 
 mod approvals;
 mod audit;
+mod audit_proof;
 mod backup;
 mod ceremony;
 mod credential;
