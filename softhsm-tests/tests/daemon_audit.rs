@@ -147,7 +147,11 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     );
     let refused_read = log.iter().find(|e| e.action == "audit.read").unwrap();
     assert_eq!(refused_read.rule.as_deref(), Some("client.role"));
-    assert!(refused_read.actor.ends_with("office-counter"), "{}", refused_read.actor);
+    assert!(
+        refused_read.actor.ends_with("office-counter"),
+        "{}",
+        refused_read.actor
+    );
     let issues: Vec<_> = log.iter().filter(|e| e.action == "issue").collect();
     let denial = issues.iter().find(|e| e.outcome == "deny").unwrap();
     assert_eq!(denial.rule.as_deref(), Some("holder.minimum_age"));

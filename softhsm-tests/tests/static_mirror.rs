@@ -250,10 +250,7 @@ impl tlog_tiles::TileReader for Mirrored<'_> {
         8
     }
 
-    fn read_tiles(
-        &self,
-        tiles: &[tlog_tiles::Tile],
-    ) -> Result<Vec<Vec<u8>>, tlog_tiles::Error> {
+    fn read_tiles(&self, tiles: &[tlog_tiles::Tile]) -> Result<Vec<Vec<u8>>, tlog_tiles::Error> {
         Ok(tiles
             .iter()
             .map(|t| {
