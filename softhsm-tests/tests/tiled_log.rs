@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use dojang::audit::entry::AuditEntry;
 use signed_note::{Note, StandardVerifier, VerifierList};
-use softhsm_tests::daemon::{self, Daemon, Options};
+use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store};
 use softhsm_tests::https::Client;
 use tlog_tiles::{Hash, Tile, TileHashReader, TileReader};
 
@@ -152,8 +152,23 @@ fn entries(auditor: &mut Client, size: u64) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn an_independent_tlog_client_audits_the_served_tiles() {
-    let d = Daemon::start(Options::default());
+fn an_independent_tlog_client_audits_the_served_tiles_sqlite() {
+    audited_by_an_independent_client(Options::default());
+}
+
+#[test]
+fn an_independent_tlog_client_audits_the_served_tiles_postgres() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    audited_by_an_independent_client(Options {
+        store: Store::Postgres(schema.url.clone()),
+        ..Options::default()
+    });
+}
+
+fn audited_by_an_independent_client(options: Options) {
+    let d = Daemon::start(options);
     let mut public = d.public_client();
     refuse(&d, 40);
     let old_note = checkpoint(&mut public, 40);

@@ -20,6 +20,15 @@ pub trait HashSource {
     /// Hashes `start..end` of tile level `level` (0: leaf hashes); fewer
     /// where the store has fewer.
     fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// Several ranges `(level, start, end)` at once (one round trip where
+    /// the store can).
+    fn many(&self, ranges: &[(u8, u64, u64)]) -> Result<Vec<Vec<Hash>>, StoreError> {
+        ranges
+            .iter()
+            .map(|&(level, start, end)| self.hashes(level, start, end))
+            .collect()
+    }
 }
 
 /// The registry's audit log as a [`HashSource`].
@@ -32,6 +41,10 @@ impl HashSource for LogHashes<'_> {
         } else {
             self.0.audit_tile_hashes(level, start, end)
         }
+    }
+
+    fn many(&self, ranges: &[(u8, u64, u64)]) -> Result<Vec<Vec<Hash>>, StoreError> {
+        self.0.audit_hash_ranges(ranges)
     }
 }
 
@@ -214,6 +227,60 @@ impl<'a> TreeReader<'a> {
             })
     }
 
+    /// Reads, in one round trip, every tile the perfect subtrees
+    /// `(height, index)` lie in that this reader has not read yet.
+    pub fn prefetch(&self, subtrees: &[(u32, u64)]) -> Result<(), TreeError> {
+        let mut wanted: Vec<(u8, u64)> = subtrees
+            .iter()
+            .map(|&(height, index)| {
+                let level = (height / TILE_HEIGHT) as u8;
+                let start = index << (height % TILE_HEIGHT);
+                (level, start / TILE_WIDTH)
+            })
+            .filter(|key| !self.tiles.borrow().contains_key(key))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(u8, u64, u64)> = wanted
+            .iter()
+            .map(|&(level, tile)| (level, tile * TILE_WIDTH, (tile + 1) * TILE_WIDTH))
+            .collect();
+        let read = self.source.many(&ranges)?;
+        self.tiles.borrow_mut().extend(wanted.into_iter().zip(read));
+        Ok(())
+    }
+
+    /// The perfect subtrees `range_root(lo, hi)` is made of.
+    fn range_subtrees(lo: u64, hi: u64, out: &mut Vec<(u32, u64)>) {
+        let n = hi - lo;
+        if n == 0 {
+            return;
+        }
+        if n.is_power_of_two() && lo % n == 0 {
+            out.push((n.trailing_zeros(), lo / n));
+            return;
+        }
+        let k = split(n);
+        Self::range_subtrees(lo, lo + k, out);
+        Self::range_subtrees(lo + k, hi, out);
+    }
+
+    /// Prefetches the tiles of `ranges` (and of `extra` subtrees).
+    fn prefetch_ranges(
+        &self,
+        ranges: &[(u64, u64)],
+        extra: &[(u32, u64)],
+    ) -> Result<(), TreeError> {
+        let mut subtrees = extra.to_vec();
+        for &(lo, hi) in ranges {
+            Self::range_subtrees(lo, hi, &mut subtrees);
+        }
+        self.prefetch(&subtrees)
+    }
+
     /// The root of the perfect subtree of `2^height` leaves at `index`.
     pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, TreeError> {
         let level = (height / TILE_HEIGHT) as u8;
@@ -241,12 +308,17 @@ impl<'a> TreeReader<'a> {
 
     /// The frontier of the first `size` leaves.
     pub fn frontier(&self, size: u64) -> Result<Frontier, TreeError> {
-        let mut roots = Vec::new();
+        let mut subtrees = Vec::new();
         let mut lo = 0;
         for height in (0..u64::BITS).rev().filter(|h| size >> h & 1 == 1) {
-            roots.push(self.subtree(height, lo >> height)?);
+            subtrees.push((height, lo >> height));
             lo += 1 << height;
         }
+        self.prefetch(&subtrees)?;
+        let roots = subtrees
+            .iter()
+            .map(|&(height, index)| self.subtree(height, index))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Frontier::from_subtrees(size, roots).unwrap_or_default())
     }
 
@@ -266,6 +338,7 @@ impl<'a> TreeReader<'a> {
                 lo += k;
             }
         }
+        self.prefetch_ranges(&siblings, &[(0, index)])?;
         for (a, b) in siblings.into_iter().rev() {
             proof.push(self.range_root(a, b)?);
         }
@@ -292,6 +365,9 @@ impl<'a> TreeReader<'a> {
                 complete = false;
             }
         }
+        let last = [(lo, hi)];
+        let inner: &[(u64, u64)] = if complete { &[] } else { &last };
+        self.prefetch_ranges(&[siblings.as_slice(), inner].concat(), &[])?;
         if !complete {
             proof.push(self.range_root(lo, hi)?);
         }
@@ -338,6 +414,38 @@ mod tests {
             let hashes = &self.levels[level as usize];
             let end = (end as usize).min(hashes.len());
             Ok(hashes.get(start as usize..end).unwrap_or(&[]).to_vec())
+        }
+    }
+
+    /// Counts round trips to the source.
+    struct Counted<'a>(&'a Memory, std::cell::Cell<u32>);
+
+    impl HashSource for Counted<'_> {
+        fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.hashes(level, start, end)
+        }
+
+        fn many(&self, ranges: &[(u8, u64, u64)]) -> Result<Vec<Vec<Hash>>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            ranges
+                .iter()
+                .map(|&(l, s, e)| self.0.hashes(l, s, e))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_proof_or_a_frontier_reads_its_tiles_in_one_round_trip() {
+        let memory = Memory::of(&leaves(70_001));
+        for size in [3u64, 257, 70_001] {
+            let counted = Counted(&memory, std::cell::Cell::new(0));
+            let _ = TreeReader::new(&counted).inclusion(size / 2, size).unwrap();
+            let _ = TreeReader::new(&counted)
+                .consistency(size / 3 + 1, size)
+                .unwrap();
+            let _ = TreeReader::new(&counted).frontier(size).unwrap();
+            assert_eq!(counted.1.get(), 3, "size {size}");
         }
     }
 

@@ -350,6 +350,12 @@ pub trait Registry: KeyRegistry + Send + Sync {
         start: u64,
         end: u64,
     ) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Several ranges `(level, start, end)` of tile hashes (level 0: leaf
+    /// hashes) in one read: a proof's tiles in one round trip.
+    fn audit_hash_ranges(
+        &self,
+        ranges: &[(u8, u64, u64)],
+    ) -> Result<Vec<Vec<[u8; 32]>>, StoreError>;
     /// Stores tile hashes of level `level` >= 1 from index `start`. A hash
     /// already stored stays, and one that differs from it is refused
     /// (`Conflict { rule: "audit.tile_hash" }`): the log was rewritten.

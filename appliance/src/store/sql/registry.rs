@@ -4,6 +4,7 @@
 
 use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
+use crate::store::sql::Value;
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
@@ -150,6 +151,39 @@ fn commit_in(
 
 fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
     Ok((row.count(0)?, row.text(1)?))
+}
+
+/// One query for several hash ranges: each range's rows tagged with its
+/// position, leaf hashes from the log, higher levels from `audit_tiles`.
+fn hash_ranges_query(ranges: &[(u8, u64, u64)]) -> (String, Vec<u64>) {
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut params = Vec::new();
+    for (i, &(level, start, end)) in ranges.iter().enumerate() {
+        let n = params.len();
+        if level == 0 {
+            parts.push(format!(
+                "SELECT CAST({i} AS BIGINT) AS r, leaf AS h, seq AS k FROM audit_log WHERE seq >= ${} AND seq < ${}",
+                n + 1,
+                n + 2
+            ));
+            params.extend([start, end]);
+        } else {
+            parts.push(format!(
+                "SELECT CAST({i} AS BIGINT) AS r, hash AS h, idx AS k FROM audit_tiles WHERE level = ${} AND idx >= ${} AND idx < ${}",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+            params.extend([u64::from(level), start, end]);
+        }
+    }
+    (
+        format!(
+            "SELECT r, h FROM ({}) AS ranges ORDER BY r, k",
+            parts.join(" UNION ALL ")
+        ),
+        params,
+    )
 }
 
 impl<D: Driver> Registry for SqlRegistry<D> {
@@ -366,6 +400,27 @@ impl<D: Driver> Registry for SqlRegistry<D> {
             .iter()
             .map(|r| r.hash(0))
             .collect()
+        })
+    }
+
+    fn audit_hash_ranges(
+        &self,
+        ranges: &[(u8, u64, u64)],
+    ) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (sql, params) = hash_ranges_query(ranges);
+        self.driver.read(move |tx| {
+            let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
+            let mut out = vec![Vec::new(); ranges.len()];
+            for row in tx.query(&sql, &values)? {
+                let range = usize::try_from(row.count(0)?).unwrap_or(usize::MAX);
+                out.get_mut(range)
+                    .ok_or_else(|| StoreError::Internal("hash range out of bounds".into()))?
+                    .push(row.hash(1)?);
+            }
+            Ok(out)
         })
     }
 
