@@ -305,6 +305,12 @@ curl -sS --cacert "$state/tls/ca.pem" --cert "$state/tls/auditor.pem" --key "$st
 "$bin/dojangctl" --config "$state/dojang.toml" audit export --out "$state/audit.json" --key-out "$state/audit.pem"
 "$bin/dojangctl" audit verify "$state/audit.json" --key "$state/audit.pem" \
   --origin dojang.example.kr/demo-audit --allow-unsigned-tail
+echo "-- the same log as a tiled log (c2sp.org/tlog-tiles) on the public listener: /checkpoint and /tile/…"
+curl -sf http://127.0.0.1:8080/checkpoint | head -2
+echo "-- one decision as an offline proof (c2sp.org/tlog-proof), checked against the key and origin"
+"$bin/dojangctl" --config "$state/dojang.toml" audit prove --index 0 --out "$state/entry-0.tlog-proof"
+"$bin/dojangctl" audit check-proof "$state/entry-0.tlog-proof" --key "$state/audit.pem" \
+  --origin dojang.example.kr/demo-audit
 echo
 echo "== the key chains (document signer, status list, audit), as security officer kim sees them over mTLS"
 officer kim keys list

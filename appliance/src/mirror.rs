@@ -88,15 +88,21 @@ impl Mirror {
         let mut written = 0;
         // The tiles first: a reader of the new checkpoint finds its tiles.
         match service.node.registry.latest_checkpoint() {
-            Ok(Some((size, note))) => {
-                let (tiles, all) = self.write_tiles(service, size)?;
-                written += tiles;
-                if all {
-                    documents.push((format!("/{CHECKPOINT}"), checkpoint_document(note)));
-                } else {
-                    complete = false; // the last checkpoint file stays
+            Ok(Some((size, note))) => match self.write_tiles(service, size) {
+                Ok((tiles, all)) => {
+                    written += tiles;
+                    if all {
+                        documents.push((format!("/{CHECKPOINT}"), checkpoint_document(note)));
+                    } else {
+                        complete = false; // the last checkpoint file stays
+                    }
                 }
-            }
+                // The rest of the mirror (status lists above all) goes on.
+                Err(e) => {
+                    tracing::warn!(error = %e, "mirror: the log's tiles");
+                    complete = false;
+                }
+            },
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "mirror: reading the latest checkpoint");
@@ -200,7 +206,6 @@ impl Mirror {
     /// millions. Entry bundles hold pseudonyms: not in a public mirror.
     fn write_tiles(&mut self, service: &Service, size: u64) -> Result<(usize, bool), String> {
         let hashes = LogHashes(service.node.registry.as_ref());
-        let reader = TreeReader::new(&hashes);
         let mut written = 0;
         for (level, known) in (0u8..).zip(self.full_tiles.iter_mut()) {
             let count = size >> (TILE_HEIGHT * u32::from(level));
@@ -223,7 +228,8 @@ impl Mirror {
                 };
                 let relative = TilePath::Hashes(id).path();
                 if !self.dir.join(&relative).exists() {
-                    let body = reader
+                    // A reader per tile: nothing cached across a round.
+                    let body = TreeReader::new(&hashes)
                         .tile(id)
                         .map_err(|e| format!("mirror: tile {relative}: {e}"))?;
                     write_atomically(&self.dir, &relative, &body)?;

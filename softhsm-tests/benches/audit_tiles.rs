@@ -127,6 +127,7 @@ fn main() -> BenchResult {
     let signers = Signers {
         current: ("audit", &note_key),
         outgoing: None,
+        known: &[],
     };
     let dir = match std::env::var_os("DOJANG_BENCH_DIR") {
         Some(d) => tempfile::tempdir_in(d)?,

@@ -342,6 +342,50 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
     let _ = checkpoint(&mut d.public_client(), signed + 3);
     let (signed, _) = stop(&mut d);
 
+    // The last note replaced by one "signed" by a key no one knows (as an
+    // insider would, to cover a rewrite): not believed.
+    let note: String = sqlite(&d)
+        .query_row(
+            "SELECT note FROM checkpoints WHERE size = ?1",
+            [signed],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let set_note = |d: &Daemon, note: &str| {
+        let sql = "UPDATE checkpoints SET note = ?1 WHERE size = ?2";
+        assert_eq!(
+            sqlite(d)
+                .execute(sql, rusqlite::params![note, signed])
+                .unwrap(),
+            1
+        );
+    };
+    let (body, _) = note.rsplit_once("\n\n").unwrap();
+    let forged = format!(
+        "{body}\n\n\u{2014} {} {}\n",
+        daemon::AUDIT_ORIGIN,
+        B64.encode([7u8; 68])
+    );
+    set_note(&d, &forged);
+    refuses_to_sign_over(&mut d, signed, "a note no known key signed");
+    set_note(&d, &note);
+
+    // A checkpoint row beyond the log: refused at once, not waited for.
+    let beyond = signed + 1000;
+    let insert = "INSERT INTO checkpoints (size, note) VALUES (?1, ?2)";
+    let _ = sqlite(&d)
+        .execute(insert, rusqlite::params![beyond, note])
+        .unwrap();
+    d.spawn();
+    refuse(&d, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let said = format!("disagrees with the checkpoint it signed at size {beyond}");
+    assert!(d.log().contains(&said), "{}", d.log());
+    let _ = stop(&mut d);
+    let _ = sqlite(&d)
+        .execute("DELETE FROM checkpoints WHERE size = ?1", [beyond])
+        .unwrap();
+
     // The last signed leaf (at the log's right edge) rewritten.
     assert_ne!(signed % 256, 0, "the last leaf is outside a full tile");
     let leaf = ("audit_log", "leaf");
@@ -384,6 +428,19 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         "its neighbour, whose proof carries the replaced leaf"
     );
     assert!(proves(300));
+
+    // A row deleted inside a full tile: the tile is not served shifted
+    // (under a year's immutable cache), it is not served.
+    let _ = sqlite(&d)
+        .execute("DELETE FROM audit_log WHERE seq = 10", [])
+        .unwrap();
+    let reply = d.public_client().get("/tile/0/000");
+    assert_eq!(
+        reply.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
 }
 
 /// `dojangctl` with the daemon's configuration: success, and what it said.

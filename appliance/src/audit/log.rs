@@ -34,6 +34,10 @@ pub struct Signers<'a> {
     pub current: (&'a str, &'a NoteKey),
     /// The key that signed the previous checkpoint, if it is another one.
     pub outgoing: Option<(&'a str, &'a NoteKey)>,
+    /// Every audit key the registry records (revoked ones too): what the
+    /// last stored checkpoint may be signed by. A note none of them signed
+    /// is not believed.
+    pub known: &'a [NoteKey],
 }
 
 /// An auditor's question that cannot be answered.
@@ -101,6 +105,10 @@ impl AuditLog {
         let latest = registry.latest_checkpoint()?;
         let last = latest.as_ref().map_or(0, |(s, _)| *s);
         if let Some((signed_size, note)) = &latest {
+            // Signed entries gone, or a checkpoint row beyond the log.
+            if *signed_size > size {
+                return Err(AuditError::Rewritten(*signed_size));
+            }
             if frontier.size() == 0 {
                 *frontier = resume(registry, *signed_size)?;
             }
@@ -145,11 +153,13 @@ impl AuditLog {
         Ok(registry.latest_checkpoint()?)
     }
 
+    /// Proofs are over trees a checkpoint covers: beyond the latest one,
+    /// the tile hashes are not stored yet.
     fn check_size(registry: &dyn Registry, size: u64) -> Result<(), AuditError> {
-        let logged = registry.audit_size()?;
-        if size == 0 || size > logged {
+        let signed = registry.latest_checkpoint()?.map_or(0, |(s, _)| s);
+        if size == 0 || size > signed {
             return Err(AuditError::Range(format!(
-                "tree size {size} is not in 1..={logged}"
+                "tree size {size} is not in 1..={signed} (the latest checkpoint)"
             )));
         }
         Ok(())
@@ -204,9 +214,9 @@ fn resume(registry: &dyn Registry, signed_size: u64) -> Result<Frontier, AuditEr
                 entries = signed_size,
                 "audit log: storing its tile hashes (once, from every leaf)"
             );
+            // Stored only once the root is checked against the signed note.
             let mut frontier = Frontier::new();
             extend(&mut frontier, registry, signed_size)?;
-            store_tile_hashes(&mut frontier, registry)?;
             Ok(frontier)
         }
         Err(e) => Err(e.into()),
@@ -256,17 +266,20 @@ fn store_tile_hashes(frontier: &mut Frontier, registry: &dyn Registry) -> Result
 }
 
 /// Compares the frontier's root with the checkpoint signed at its size,
-/// opened with the key in force or the outgoing one. A note neither of
-/// them signed (both rotated since) is compared unverified.
+/// opened with the key in force, the outgoing one or another audit key the
+/// registry records. A note none of them signed is not believed.
 fn check_signed_root(
     frontier: &Frontier,
     size: u64,
     note: &str,
     signers: &Signers<'_>,
 ) -> Result<(), AuditError> {
-    let keys = std::iter::once(signers.current).chain(signers.outgoing);
+    let keys = [signers.current.1]
+        .into_iter()
+        .chain(signers.outgoing.map(|(_, k)| k))
+        .chain(signers.known);
     let mut opened = None;
-    for (_, key) in keys {
+    for key in keys {
         match Checkpoint::open(note, key) {
             Ok(checkpoint) => {
                 opened = Some(checkpoint);
@@ -276,13 +289,7 @@ fn check_signed_root(
             Err(_) => return Err(AuditError::Rewritten(size)),
         }
     }
-    let checkpoint = match opened {
-        Some(checkpoint) => checkpoint,
-        None => note
-            .rsplit_once("\n\n")
-            .and_then(|(body, _)| Checkpoint::parse_body(&format!("{body}\n")).ok())
-            .ok_or(AuditError::Rewritten(size))?,
-    };
+    let checkpoint = opened.ok_or(AuditError::Rewritten(size))?;
     if checkpoint.size != size || checkpoint.root != frontier.root() {
         return Err(AuditError::Rewritten(size));
     }

@@ -211,11 +211,10 @@ impl<'a> TreeReader<'a> {
         let mut tiles = self.tiles.borrow_mut();
         let hashes = match tiles.entry((level, tile)) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.source.hashes(
-                level,
-                tile * TILE_WIDTH,
-                (tile + 1) * TILE_WIDTH,
-            )?),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let range = (level, tile * TILE_WIDTH, (tile + 1) * TILE_WIDTH);
+                v.insert(self.source.many(&[range])?.pop().unwrap_or_default())
+            }
         };
         let (from, to) = (start - tile * TILE_WIDTH, end - tile * TILE_WIDTH);
         hashes
@@ -319,7 +318,9 @@ impl<'a> TreeReader<'a> {
             .iter()
             .map(|&(height, index)| self.subtree(height, index))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Frontier::from_subtrees(size, roots).unwrap_or_default())
+        Frontier::from_subtrees(size, roots).ok_or(TreeError::Store(StoreError::Internal(
+            "a frontier with the wrong number of subtrees".into(),
+        )))
     }
 
     /// The inclusion proof of leaf `index` in the tree of `size` leaves

@@ -153,37 +153,65 @@ fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
     Ok((row.count(0)?, row.text(1)?))
 }
 
-/// One query for several hash ranges: each range's rows tagged with its
-/// position, leaf hashes from the log, higher levels from `audit_tiles`.
-fn hash_ranges_query(ranges: &[(u8, u64, u64)]) -> (String, Vec<u64>) {
-    let mut parts = Vec::with_capacity(ranges.len());
-    let mut params = Vec::new();
-    for (i, &(level, start, end)) in ranges.iter().enumerate() {
-        let n = params.len();
-        if level == 0 {
-            parts.push(format!(
-                "SELECT CAST({i} AS BIGINT) AS r, leaf AS h, seq AS k FROM audit_log WHERE seq >= ${} AND seq < ${}",
-                n + 1,
-                n + 2
-            ));
-            params.extend([start, end]);
-        } else {
-            parts.push(format!(
-                "SELECT CAST({i} AS BIGINT) AS r, hash AS h, idx AS k FROM audit_tiles WHERE level = ${} AND idx >= ${} AND idx < ${}",
-                n + 1,
-                n + 2,
-                n + 3
-            ));
-            params.extend([u64::from(level), start, end]);
+/// Ranges one hash query reads; more are read in further queries.
+const HASH_RANGE_SLOTS: usize = 16;
+
+/// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
+/// end), each row tagged with its slot. One SQL text for every call, so
+/// each connection prepares it once (a text per shape would fill the
+/// statement caches). Level 0 reads the log's leaves, others `audit_tiles`;
+/// an unused slot is an empty range.
+fn hash_ranges_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let parts: Vec<String> = (0..HASH_RANGE_SLOTS)
+            .map(|i| {
+                let (l, a, b) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
+                format!(
+                    "SELECT CAST({i} AS BIGINT) AS r, leaf AS h, seq AS k FROM audit_log \
+                     WHERE CAST(${l} AS BIGINT) = 0 AND seq >= ${a} AND seq < ${b} \
+                     UNION ALL SELECT CAST({i} AS BIGINT), hash, idx FROM audit_tiles \
+                     WHERE level = ${l} AND idx >= ${a} AND idx < ${b}"
+                )
+            })
+            .collect();
+        format!(
+            "SELECT r, h, k FROM ({}) AS ranges ORDER BY r, k",
+            parts.join(" UNION ALL ")
+        )
+    })
+}
+
+/// Reads up to `HASH_RANGE_SLOTS` ranges with [`hash_ranges_sql`]. A row
+/// missing in the middle ends its range there: a hash is never taken for
+/// its neighbour's.
+fn read_hash_ranges(
+    tx: &mut dyn Tx,
+    ranges: &[(u8, u64, u64)],
+) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
+    let mut params: Vec<u64> = Vec::with_capacity(3 * HASH_RANGE_SLOTS);
+    for slot in 0..HASH_RANGE_SLOTS {
+        let (level, start, end) = ranges.get(slot).copied().unwrap_or((0, 0, 0));
+        params.extend([u64::from(level), start, end]);
+    }
+    let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
+    let mut out: Vec<Vec<[u8; 32]>> = vec![Vec::new(); ranges.len()];
+    let mut broken = vec![false; ranges.len()];
+    for row in tx.query(hash_ranges_sql(), &values)? {
+        let slot = usize::try_from(row.count(0)?).unwrap_or(usize::MAX);
+        let (Some(hashes), Some(&(_, start, _)), Some(broken)) =
+            (out.get_mut(slot), ranges.get(slot), broken.get_mut(slot))
+        else {
+            return Err(StoreError::Internal("hash range out of bounds".into()));
+        };
+        if row.count(2)? != start + hashes.len() as u64 {
+            *broken = true;
+        }
+        if !*broken {
+            hashes.push(row.hash(1)?);
         }
     }
-    (
-        format!(
-            "SELECT r, h FROM ({}) AS ranges ORDER BY r, k",
-            parts.join(" UNION ALL ")
-        ),
-        params,
-    )
+    Ok(out)
 }
 
 impl<D: Driver> Registry for SqlRegistry<D> {
@@ -407,18 +435,11 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         &self,
         ranges: &[(u8, u64, u64)],
     ) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
-        if ranges.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (sql, params) = hash_ranges_query(ranges);
+        let ranges = ranges.to_vec();
         self.driver.read(move |tx| {
-            let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
-            let mut out = vec![Vec::new(); ranges.len()];
-            for row in tx.query(&sql, &values)? {
-                let range = usize::try_from(row.count(0)?).unwrap_or(usize::MAX);
-                out.get_mut(range)
-                    .ok_or_else(|| StoreError::Internal("hash range out of bounds".into()))?
-                    .push(row.hash(1)?);
+            let mut out = Vec::with_capacity(ranges.len());
+            for chunk in ranges.chunks(HASH_RANGE_SLOTS) {
+                out.extend(read_hash_ranges(tx, chunk)?);
             }
             Ok(out)
         })
