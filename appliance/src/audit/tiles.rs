@@ -193,7 +193,17 @@ fn split(n: u64) -> u64 {
 /// Reads a tree's hashes tile by tile, each tile once per reader.
 pub struct TreeReader<'a> {
     source: &'a dyn HashSource,
-    tiles: RefCell<HashMap<(u8, u64), Vec<Hash>>>,
+    /// Ranges read, by (level, start, end): exactly the hashes a subtree
+    /// or a tile is made of, no more (rows, not round trips, dominate).
+    ranges: RefCell<HashMap<(u8, u64, u64), Vec<Hash>>>,
+}
+
+/// The hash range a perfect subtree `(height, index)` is the root of.
+fn subtree_range(height: u32, index: u64) -> (u8, u64, u64) {
+    let level = (height / TILE_HEIGHT) as u8;
+    let below = height % TILE_HEIGHT;
+    let start = index << below;
+    (level, start, start + (1 << below))
 }
 
 impl<'a> TreeReader<'a> {
@@ -201,54 +211,48 @@ impl<'a> TreeReader<'a> {
     pub fn new(source: &'a dyn HashSource) -> Self {
         TreeReader {
             source,
-            tiles: RefCell::new(HashMap::new()),
+            ranges: RefCell::new(HashMap::new()),
         }
     }
 
-    /// Hashes `start..end` of tile level `level`, within one tile.
+    /// Hashes `start..end` of tile level `level` (within one tile).
     fn run(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, TreeError> {
-        let tile = start / TILE_WIDTH;
-        let mut tiles = self.tiles.borrow_mut();
-        let hashes = match tiles.entry((level, tile)) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let range = (level, tile * TILE_WIDTH, (tile + 1) * TILE_WIDTH);
-                v.insert(self.source.many(&[range])?.pop().unwrap_or_default())
+        let key = (level, start, end);
+        let cached = self.ranges.borrow().get(&key).cloned();
+        let hashes = match cached {
+            Some(hashes) => hashes,
+            None => {
+                let read = self.source.many(&[key])?.pop().unwrap_or_default();
+                let _ = self.ranges.borrow_mut().insert(key, read.clone());
+                read
             }
         };
-        let (from, to) = (start - tile * TILE_WIDTH, end - tile * TILE_WIDTH);
-        hashes
-            .get(from as usize..to as usize)
-            .map(<[Hash]>::to_vec)
-            .ok_or(TreeError::Missing {
+        if hashes.len() as u64 != end - start {
+            return Err(TreeError::Missing {
                 level,
-                start: tile * TILE_WIDTH + hashes.len() as u64,
-            })
+                start: start + hashes.len() as u64,
+            });
+        }
+        Ok(hashes)
     }
 
-    /// Reads, in one round trip, every tile the perfect subtrees
-    /// `(height, index)` lie in that this reader has not read yet.
+    /// Reads, in one round trip, the hashes of every perfect subtree
+    /// `(height, index)` this reader has not read yet.
     pub fn prefetch(&self, subtrees: &[(u32, u64)]) -> Result<(), TreeError> {
-        let mut wanted: Vec<(u8, u64)> = subtrees
+        let mut wanted: Vec<(u8, u64, u64)> = subtrees
             .iter()
-            .map(|&(height, index)| {
-                let level = (height / TILE_HEIGHT) as u8;
-                let start = index << (height % TILE_HEIGHT);
-                (level, start / TILE_WIDTH)
-            })
-            .filter(|key| !self.tiles.borrow().contains_key(key))
+            .map(|&(height, index)| subtree_range(height, index))
+            .filter(|key| !self.ranges.borrow().contains_key(key))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
         if wanted.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<(u8, u64, u64)> = wanted
-            .iter()
-            .map(|&(level, tile)| (level, tile * TILE_WIDTH, (tile + 1) * TILE_WIDTH))
-            .collect();
-        let read = self.source.many(&ranges)?;
-        self.tiles.borrow_mut().extend(wanted.into_iter().zip(read));
+        let read = self.source.many(&wanted)?;
+        self.ranges
+            .borrow_mut()
+            .extend(wanted.into_iter().zip(read));
         Ok(())
     }
 
@@ -282,11 +286,9 @@ impl<'a> TreeReader<'a> {
 
     /// The root of the perfect subtree of `2^height` leaves at `index`.
     pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, TreeError> {
-        let level = (height / TILE_HEIGHT) as u8;
-        let below = height % TILE_HEIGHT;
-        let start = index << below;
-        // 2^below <= 128 hashes, aligned: always within one tile.
-        Ok(root(&self.run(level, start, start + (1 << below))?))
+        // 2^(height % 8) <= 128 hashes, aligned: always within one tile.
+        let (level, start, end) = subtree_range(height, index);
+        Ok(root(&self.run(level, start, end)?))
     }
 
     /// The root of the tree over leaves `lo..hi` as RFC 9162 splits it.

@@ -159,8 +159,9 @@ const HASH_RANGE_SLOTS: usize = 16;
 /// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
 /// end), each row tagged with its slot. One SQL text for every call, so
 /// each connection prepares it once (a text per shape would fill the
-/// statement caches). Level 0 reads the log's leaves, others `audit_tiles`;
-/// an unused slot is an empty range.
+/// statement caches). Level 0 reads the log's leaves, others `audit_tiles`
+/// (the log's branch of a higher level is an empty range, so no leaf is
+/// scanned for it); an unused slot is an empty range.
 fn hash_ranges_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
@@ -169,7 +170,7 @@ fn hash_ranges_sql() -> &'static str {
                 let (l, a, b) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
                 format!(
                     "SELECT CAST({i} AS BIGINT) AS r, leaf AS h, seq AS k FROM audit_log \
-                     WHERE CAST(${l} AS BIGINT) = 0 AND seq >= ${a} AND seq < ${b} \
+                     WHERE seq >= ${a} AND seq < CASE WHEN CAST(${l} AS BIGINT) = 0 THEN ${b} ELSE ${a} END \
                      UNION ALL SELECT CAST({i} AS BIGINT), hash, idx FROM audit_tiles \
                      WHERE level = ${l} AND idx >= ${a} AND idx < ${b}"
                 )
