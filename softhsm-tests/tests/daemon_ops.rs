@@ -351,6 +351,72 @@ fn a_changed_client_crl_file_applies_without_a_signal_and_readiness_watches_it()
     assert_eq!(issue(&d, "gateway", 3, "mdoc").status, 201);
 }
 
+/// `sha256:HEX` of the DER of the first PEM object in `path` (a
+/// certificate or a CRL), as `openssl … -outform DER | sha256sum` gives.
+fn der_fingerprint(path: &std::path::Path) -> String {
+    let pem = std::fs::read(path).unwrap();
+    let der = openssl::x509::X509::from_pem(&pem)
+        .and_then(|c| c.to_der())
+        .or_else(|_| openssl::x509::X509Crl::from_pem(&pem).and_then(|c| c.to_der()))
+        .unwrap();
+    let hex: String = openssl::sha::sha256(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn what_the_listeners_loaded_is_audited_by_fingerprint_and_no_entry_names_a_host_path() {
+    let d = Daemon::start(Options::default());
+    let ca = der_fingerprint(&d.tls.join("ca.pem"));
+    let crl_before = der_fingerprint(&d.tls.join("crl.pem"));
+    let api_certificate = der_fingerprint(&d.tls.join("server.pem"));
+    let iaca = der_fingerprint(&d.scratch().join("pki/iaca.pem"));
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
+    let crl_after = der_fingerprint(&d.tls.join("crl.pem"));
+    assert_ne!(crl_before, crl_after);
+    d.signal("HUP");
+    wait_for_log(&d, "reloaded TLS files");
+    let entries = d.audit_entries();
+    let entry = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e.contains(action))
+            .unwrap_or_else(|| panic!("no {action} entry in {entries:#?}"))
+    };
+    let start = entry("tls.load");
+    for expected in [
+        format!("client-ca {ca}"),
+        format!("client-crl {crl_before}"),
+        format!("api-certificate {api_certificate}"),
+    ] {
+        assert!(start.contains(&expected), "{expected} not in {start:?}");
+    }
+    // SIGHUP's reload, and maybe the CRL watcher's before it: each names
+    // the new list only.
+    let reloads: Vec<&String> = entries.iter().filter(|e| e.contains("reload")).collect();
+    assert!(!reloads.is_empty(), "no reload entry in {entries:#?}");
+    for reload in reloads {
+        assert!(
+            reload.contains(&format!("client-crl {crl_after}")),
+            "{reload:?}"
+        );
+        assert!(!reload.contains(&crl_before), "{reload:?}");
+    }
+    assert!(entry("pki.iaca").contains(&format!("IACA {iaca}")));
+    // Entries say what, never where: no path of this host is in the log.
+    let root = d.scratch().to_str().unwrap().to_owned();
+    let tls = d.tls.to_str().unwrap().to_owned();
+    for e in &entries {
+        assert!(
+            !e.contains(&root) && !e.contains(&tls) && !e.contains("/tmp/"),
+            "an entry names a host path: {e:?}"
+        );
+    }
+}
+
 /// A registry row naming a policy whose text no node has (SQLite).
 fn adopt_elsewhere(d: &Daemon) {
     let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();

@@ -113,6 +113,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shared = start(&config, &server)?;
     let api_tls = tls::api_config(&server.api, Some(shared.service.node.backend))?;
     let public_tls = tls::public_config(&server.public)?;
+    shared.service.record_event(
+        "tls.load",
+        "ok",
+        Some(loaded(&api_tls, public_tls.as_ref())),
+    );
     let stop_threads = Arc::new(AtomicBool::new(false));
     let audit_thread = threads::audit(shared.service.clone(), stop_threads.clone())?;
     let keys_thread = threads::keys(
@@ -156,7 +161,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let _ = audit_thread.join();
     let _ = keys_thread.join();
     let _ = status_thread.join();
-    shared.service.record_event("stop", "ok");
+    shared.service.record_event("stop", "ok", None);
     let _ = shared.service.audit.checkpoint();
     // The mirror ends with this run's last checkpoint.
     if let (Some(site), Some(Ok(mut mirror))) = (mirror_site, mirror_thread.map(|t| t.join())) {
@@ -340,20 +345,21 @@ async fn reload_and_report(
 ) {
     notify(&[NotifyState::Reloading]);
     let reloaded = reload(server, &shared.service, api_slot, public_slot, &shared.pool).await;
-    let outcome = match reloaded {
-        Ok(()) => {
+    let (outcome, detail) = match reloaded {
+        Ok(loaded) => {
             rekey.send_modify(|generation| *generation += 1);
             tracing::info!("reloaded TLS files, CRLs, policy and PKI");
-            "ok"
+            ("ok", Some(loaded))
         }
         Err(e) => {
+            // The error names files: the log says which, the entry does not.
             tracing::error!(error = %e, "reload refused; the previous configuration stays");
-            "error"
+            ("error", None)
         }
     };
     let service = shared.service.clone();
     // Not on the signing pool: a full pool must not lose the entry.
-    let _ = tokio::task::spawn_blocking(move || service.record_event(event, outcome)).await;
+    let _ = tokio::task::spawn_blocking(move || service.record_event(event, outcome, detail)).await;
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
@@ -380,10 +386,11 @@ async fn reload(
     api_slot: &TlsSlot,
     public_slot: &TlsSlot,
     pool: &Arc<BlockingPool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     // Build everything first; swap only when all of it loaded.
     let api_tls = tls::api_config(&server.api, Some(service.node.backend))?;
     let public_tls = tls::public_config(&server.public)?;
+    let loaded = loaded(&api_tls, public_tls.as_ref());
     let service = service.clone();
     pool.submit(move || service.reload(time::OffsetDateTime::now_utc()))
         .map_err(|_| anyhow::anyhow!("the signing pool is full; reload later"))?
@@ -395,5 +402,16 @@ async fn reload(
     if let Ok(mut slot) = public_slot.write() {
         *slot = public_tls;
     }
-    Ok(())
+    Ok(loaded)
+}
+
+/// What both listeners loaded, as one audit rule: the fingerprints of the
+/// CA certificates, CRLs and server certificates, space-separated.
+fn loaded(api: &tls::ListenerTls, public: Option<&tls::ListenerTls>) -> String {
+    api.loaded
+        .iter()
+        .chain(public.into_iter().flat_map(|p| p.loaded.iter()))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -188,6 +188,7 @@ async fn accept(
         Some(ListenerTls {
             config,
             officer_cas,
+            ..
         }) => {
             let Some(tls_stream) =
                 handshake(stream, config, &handshakes, &limits, &metrics, name).await

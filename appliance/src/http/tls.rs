@@ -72,6 +72,18 @@ pub struct ListenerTls {
     pub config: Arc<rustls::ServerConfig>,
     /// Certificates of `server.api.officer_ca`.
     pub officer_cas: Arc<Vec<openssl::x509::X509>>,
+    /// What was loaded, as the audit log names it: `role sha256:HEX` for
+    /// each CA certificate, CRL and the server's certificate (never a
+    /// path: entries say what, not where on a host).
+    pub loaded: Vec<String>,
+}
+
+/// `role sha256:HEX` of a DER object.
+fn fingerprint(role: &str, der: &[u8]) -> String {
+    format!(
+        "{role} sha256:{}",
+        crate::keys::view::hex(&openssl::sha::sha256(der))
+    )
 }
 
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -85,31 +97,11 @@ pub fn api_config(
     backend: Option<&'static dyn pkcs11_shim::KeyBackend>,
 ) -> Result<ListenerTls, TlsError> {
     let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for ca in certificates(&api.client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| error(&api.client_ca, format!("client CA: {e}")))?;
-    }
-    let officer_cas = match &api.officer_ca {
-        Some(path) => officers_ca(path, &api.client_ca, &mut roots)?,
-        None => Vec::new(),
-    };
-    let crls = api
-        .client_crls
-        .iter()
-        .map(|p| crl(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if !crls.is_empty() {
-        // A CRL past its nextUpdate refuses every client: a stale list would
-        // let a revoked client in.
-        verifier = verifier.with_crls(crls).enforce_revocation_expiration();
-    }
-    let verifier = verifier
-        .build()
-        .map_err(|e| error(&api.client_ca, format!("client verifier: {e}")))?;
+    let ClientTrust {
+        verifier,
+        officer_cas,
+        mut loaded,
+    } = client_verifier(api, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = if api.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -120,6 +112,7 @@ pub fn api_config(
         .map_err(|e| error(&api.certificate, e))?
         .with_client_cert_verifier(verifier);
     let chain = certificates(&api.certificate)?;
+    loaded.extend(chain.first().map(|c| fingerprint("api-certificate", c)));
     let mut config = match (&api.private_key, &api.private_key_label, backend) {
         (Some(path), _, _) => builder
             .with_single_cert(chain, private_key(path)?)
@@ -150,6 +143,61 @@ pub fn api_config(
     Ok(ListenerTls {
         config: Arc::new(config),
         officer_cas: Arc::new(officer_cas),
+        loaded,
+    })
+}
+
+/// Whom the API trusts: the verifier of client certificates, the
+/// officers' CA certificates, and fingerprints of what was read.
+struct ClientTrust {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    officer_cas: Vec<openssl::x509::X509>,
+    loaded: Vec<String>,
+}
+
+/// The API's client verifier: the services' CA, the officers' own if
+/// configured, and the CRLs.
+fn client_verifier(
+    api: &ApiListener,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ClientTrust, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let mut loaded = Vec::new();
+    for ca in certificates(&api.client_ca)? {
+        loaded.push(fingerprint("client-ca", &ca));
+        roots
+            .add(ca)
+            .map_err(|e| error(&api.client_ca, format!("client CA: {e}")))?;
+    }
+    let officer_cas = match &api.officer_ca {
+        Some(path) => officers_ca(path, &api.client_ca, &mut roots)?,
+        None => Vec::new(),
+    };
+    for ca in &officer_cas {
+        if let Ok(der) = ca.to_der() {
+            loaded.push(fingerprint("officer-ca", &der));
+        }
+    }
+    let crls = api
+        .client_crls
+        .iter()
+        .map(|p| crl(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    loaded.extend(crls.iter().map(|c| fingerprint("client-crl", c)));
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        // A CRL past its nextUpdate refuses every client: a stale list would
+        // let a revoked client in.
+        verifier = verifier.with_crls(crls).enforce_revocation_expiration();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| error(&api.client_ca, format!("client verifier: {e}")))?;
+    Ok(ClientTrust {
+        verifier,
+        officer_cas,
+        loaded,
     })
 }
 
@@ -189,15 +237,22 @@ pub fn public_config(public: &PublicListener) -> Result<Option<ListenerTls>, Tls
     let (Some(cert), Some(key)) = (&public.certificate, &public.private_key) else {
         return Ok(None);
     };
+    let chain = certificates(cert)?;
+    let loaded = chain
+        .first()
+        .map(|c| fingerprint("public-certificate", c))
+        .into_iter()
+        .collect();
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| error(cert, e))?
         .with_no_client_auth()
-        .with_single_cert(certificates(cert)?, private_key(key)?)
+        .with_single_cert(chain, private_key(key)?)
         .map_err(|e| error(key, format!("certificate and key: {e}")))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Some(ListenerTls {
         config: Arc::new(config),
         officer_cas: Arc::new(Vec::new()),
+        loaded,
     }))
 }

@@ -280,7 +280,7 @@ impl Officers {
             .map_err(|e| format!("generating the IACA: {e}"))?;
         let pem = crate::pki::cert_pem(&der).map_err(|e| e.to_string())?;
         let decision = crate::store::DecisionRecord {
-            rule: Some(format!("IACA valid until {}", rfc3339(facts.not_after))),
+            rule: Some(crate::pki::iaca_rule(&der, facts.not_after)),
             ..self.node.decision(
                 "dojangd",
                 "pki.iaca",

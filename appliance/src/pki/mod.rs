@@ -23,4 +23,4 @@ pub use error::PkiError;
 pub use issue::{issue_crl, issue_ds, issue_ds_for, issue_iaca, issue_leaf_for};
 pub use profile::LeafRole;
 pub use signer::{HsmKey, SubjectKey};
-pub use store::{DsCertificate, PkiStore, cert_der_from_pem, cert_pem};
+pub use store::{DsCertificate, PkiStore, cert_der_from_pem, cert_pem, iaca_rule};

@@ -31,6 +31,19 @@ pub fn cert_der_from_pem(pem: &[u8]) -> Result<Vec<u8>, PkiError> {
         .map_err(|e| PkiError::Invalid(format!("not a PEM certificate: {e}")))
 }
 
+/// The audit rule naming an IACA: its certificate's SHA-256 and validity
+/// (never the file it came from: entries say what, not where).
+pub fn iaca_rule(der: &[u8], not_after: time::OffsetDateTime) -> String {
+    let fingerprint: String = openssl::sha::sha256(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let until = not_after
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!("IACA sha256:{fingerprint}, valid until {until}")
+}
+
 /// A DS certificate with its key label.
 #[derive(Debug, Clone)]
 pub struct DsCertificate {

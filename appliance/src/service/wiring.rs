@@ -297,15 +297,19 @@ impl Service {
         }
     }
 
-    /// Records a start, stop or reload of this node.
-    pub fn record_event(&self, action: &str, outcome: &str) {
-        let decision = self.node.decision(
-            "dojangd",
-            action,
-            outcome,
-            &self.policy.current().hash,
-            OffsetDateTime::now_utc(),
-        );
+    /// Records a stop or reload of this node, or what its listeners
+    /// loaded (`detail`: fingerprints, never paths).
+    pub fn record_event(&self, action: &str, outcome: &str, detail: Option<String>) {
+        let decision = crate::store::DecisionRecord {
+            rule: detail,
+            ..self.node.decision(
+                "dojangd",
+                action,
+                outcome,
+                &self.policy.current().hash,
+                OffsetDateTime::now_utc(),
+            )
+        };
         if let Err(e) = self.node.registry.record(decision, None) {
             tracing::error!(error = %e, action, "cannot write the audit log");
         }

@@ -345,7 +345,10 @@ impl KeyManager {
                     .order_refused("revoke", "unverified_revocation");
                 self.node.record_refusal(
                     "keys.revoke",
-                    &format!("keys.verified_order: key {label}: revocation row without a verified order ({why})"),
+                    // Not `why`: it can quote what an insider wrote.
+                    &format!(
+                        "keys.verified_order: key {label}: revocation row without a verified order"
+                    ),
                     &self.policy.current().hash,
                 );
             }

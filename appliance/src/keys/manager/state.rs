@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use crate::config::{PkiConfig, ServiceKeys};
 use crate::keys::lifecycle::RotationRules;
 use crate::keys::view::{KeyView, fingerprint};
-use crate::node::{LoadError, Node, rfc3339};
+use crate::node::{LoadError, Node};
 use crate::pki::PkiStore;
 use crate::pki::profile::CertFacts;
 use crate::policy::PolicyState;
@@ -439,11 +439,7 @@ impl KeyManager {
                 None => {
                     let pem = crate::pki::cert_pem(&der).map_err(|e| LoadError(e.to_string()))?;
                     let decision = DecisionRecord {
-                        rule: Some(format!(
-                            "IACA from {}, valid until {}",
-                            self.pki.iaca_path().display(),
-                            rfc3339(facts.not_after)
-                        )),
+                        rule: Some(crate::pki::iaca_rule(&der, facts.not_after)),
                         ..self
                             .node
                             .decision("dojangd", "pki.iaca", "ok", policy_hash, now)
