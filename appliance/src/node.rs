@@ -12,6 +12,43 @@ use crate::metrics::Metrics;
 use crate::refusal::Answer;
 use crate::store::{DecisionRecord, Pseudonym, Registry};
 
+/// Who asked, as the audit log names a client: the identity its
+/// certificate carries, and that certificate's SHA-256 (a renewed or a
+/// second certificate can carry the same identity; the entry says which
+/// one acted). It reads as its identity wherever only the identity counts
+/// (roles, rate limits, officers' distinctness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The identity (a URI or DNS SAN).
+    pub identity: String,
+    /// SHA-256 of the client's end-entity certificate (DER).
+    pub certificate: [u8; 32],
+}
+
+impl Caller {
+    /// The caller presenting `certificate_der`, whose identity is `identity`.
+    pub fn new(identity: String, certificate_der: &[u8]) -> Self {
+        Caller {
+            identity,
+            certificate: openssl::sha::sha256(certificate_der),
+        }
+    }
+}
+
+impl std::ops::Deref for Caller {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.identity
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.identity)
+    }
+}
+
 /// This node's handles, cloned into each owner.
 #[derive(Clone)]
 pub struct Node {
@@ -46,11 +83,26 @@ impl Node {
         }
     }
 
+    /// A decision a client asked for (its identity and certificate).
+    pub fn caller_decision(
+        &self,
+        caller: &Caller,
+        action: &str,
+        outcome: &str,
+        policy_hash: &str,
+        now: OffsetDateTime,
+    ) -> DecisionRecord {
+        DecisionRecord {
+            actor_certificate: Some(caller.certificate),
+            ..self.decision(&caller.identity, action, outcome, policy_hash, now)
+        }
+    }
+
     /// Records a refusal (authorization, policy, registry rule) as an audit
     /// entry; a refusal that cannot be recorded is not given (503).
     pub fn audited(
         &self,
-        client: &str,
+        client: &Caller,
         action: &str,
         answer: Answer,
         policy_hash: &str,
@@ -61,7 +113,7 @@ impl Node {
             Err(p) if p.rule.is_some() && p.class.is_client_error() => {
                 let record = DecisionRecord {
                     rule: p.rule.clone(),
-                    ..self.decision(client, action, "deny", policy_hash, now)
+                    ..self.caller_decision(client, action, "deny", policy_hash, now)
                 };
                 match self.registry.record(record, holder) {
                     Ok(()) => Err(p),

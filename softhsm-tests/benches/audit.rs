@@ -60,6 +60,7 @@ fn main() -> BenchResult {
             key_id: Some("-jym6nYZumwvOfMzAKGkwnsxS9-Bms-PtJOZsx21b7Q".into()),
             payload_sha256: Some([7; 32]),
             holder: Some([9; 32]),
+            actor_certificate: None,
         };
         frontier.append(leaf_hash(&entry.encode()));
         seq += 1;

@@ -45,6 +45,7 @@ fn entry(seq: u64) -> Vec<u8> {
         key_id: None,
         payload_sha256: None,
         holder: None,
+        actor_certificate: None,
     }
     .encode()
 }

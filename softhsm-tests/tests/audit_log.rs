@@ -34,6 +34,7 @@ fn entry(node: &str, seq: u64) -> AuditEntry {
         key_id: Some("kid-1".into()),
         payload_sha256: Some([seq as u8; 32]),
         holder: Some([0x5a; 32]),
+        actor_certificate: None,
     }
 }
 

@@ -71,6 +71,16 @@ fn wait_checkpoint(auditor: &mut softhsm_tests::https::Client, at_least: u64) ->
     }
 }
 
+/// SHA-256 of the DER certificate client `name` presents.
+fn certificate_sha256(d: &Daemon, name: &str) -> [u8; 32] {
+    let pem = std::fs::read(d.tls.join(format!("{name}.pem"))).unwrap();
+    let der = openssl::x509::X509::from_pem(&pem)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    openssl::sha::sha256(&der)
+}
+
 fn b64_hash(v: &serde_json::Value) -> [u8; 32] {
     B64.decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
 }
@@ -137,6 +147,7 @@ fn every_decision_is_logged_signed_provable_and_exported() {
             ("keys.import", "active"),
             ("keys.import", "active"),
             ("start", "ok"),
+            ("tls.load", "ok"),
             ("issue", "allow"),
             ("issue", "allow"),
             ("issue", "deny"),
@@ -152,6 +163,13 @@ fn every_decision_is_logged_signed_provable_and_exported() {
         "{}",
         refused_read.actor
     );
+    // A client's entries name the certificate it presented; the daemon's
+    // own, none.
+    let counter = certificate_sha256(&d, "counter");
+    for e in &log {
+        let expected = (e.actor.ends_with("office-counter")).then_some(counter);
+        assert_eq!(e.actor_certificate, expected, "{e:?}");
+    }
     let issues: Vec<_> = log.iter().filter(|e| e.action == "issue").collect();
     let denial = issues.iter().find(|e| e.outcome == "deny").unwrap();
     assert_eq!(denial.rule.as_deref(), Some("holder.minimum_age"));
@@ -567,6 +585,22 @@ fn two_nodes_on_postgres_keep_one_log_and_the_invariants() {
         .collect();
     assert_eq!(logged.len(), stored.len());
     assert!(logged.iter().all(|id| stored.contains(*id)));
+    // Through PostgreSQL's queue too, each entry names the certificate.
+    let presented: Vec<(&str, Option<[u8; 32]>)> =
+        [("counter", "office-counter"), ("gateway", "wallet-gateway")]
+            .into_iter()
+            .flat_map(|(file, identity)| {
+                [&a, &b].map(|d| (identity, Some(certificate_sha256(d, file))))
+            })
+            .collect();
+    for e in log.iter().filter(|e| e.action == "issue") {
+        assert!(
+            presented
+                .iter()
+                .any(|(identity, c)| e.actor.ends_with(identity) && *c == e.actor_certificate),
+            "{e:?}"
+        );
+    }
     let denied = log.iter().filter(|e| e.outcome == "deny").count();
     // Each losing racer was refused by the policy (recorded) or by the
     // database's unique index at commit (nothing to record: nothing decided).
@@ -743,6 +777,25 @@ fn the_audit_key_rotates_and_auditors_follow_the_hand_over() {
     let keys = d.chain_keys("audit");
     assert_eq!(keys[0]["label"], anchor["label"]);
     assert_eq!(keys[0]["state"], "retired");
+    // Officers' steps name the certificate each officer presented.
+    let officers = [
+        ("kim", certificate_sha256(&d, "kim")),
+        ("lee", certificate_sha256(&d, "lee")),
+        ("park", certificate_sha256(&d, "park")),
+    ];
+    let steps: Vec<AuditEntry> = entries(&mut auditor)
+        .into_iter()
+        .filter(|e| e.action.starts_with("officers."))
+        .collect();
+    assert!(steps.len() >= 3, "{steps:?}");
+    for e in &steps {
+        assert!(
+            officers
+                .iter()
+                .any(|(name, c)| e.actor.contains(name) && e.actor_certificate == Some(*c)),
+            "{e:?}"
+        );
+    }
 }
 
 #[test]

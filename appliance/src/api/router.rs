@@ -16,6 +16,7 @@ use super::admission::{Full, InFlight, Slot};
 use super::routes::Route;
 use crate::http::identity::ClientCa;
 use crate::http::{self, BlockingPool, Body, Peer, Router};
+use crate::node::Caller;
 use crate::officers::Officers;
 use crate::refusal::{Answer, Class, Refusal, Reply};
 use crate::service::Service;
@@ -224,7 +225,7 @@ impl Api {
         &self,
         route: &Route,
         request: Request<Incoming>,
-        client: &str,
+        client: &Caller,
         ca: ClientCa,
     ) -> Result<Admitted, Refusal> {
         let policy = self.service.policy.current();
@@ -236,7 +237,7 @@ impl Api {
         if let Err((refusal, audited)) = role {
             return match audited {
                 Some(action) if self.first_refusal_this_minute(client, action) => {
-                    let (client, hash) = (client.to_owned(), policy.hash.clone());
+                    let (client, hash) = (client.clone(), policy.hash.clone());
                     let answer = self
                         .run(slot, move |s| {
                             let now = OffsetDateTime::now_utc();
@@ -262,7 +263,7 @@ impl Api {
     async fn handle(
         &self,
         request: Request<Incoming>,
-        client: String,
+        client: Caller,
         ca: ClientCa,
         request_id: String,
     ) -> (Route, Answer) {
@@ -294,7 +295,7 @@ impl Api {
         &self,
         route: &Route,
         request: Request<Incoming>,
-        (client, ca): (String, ClientCa),
+        (client, ca): (Caller, ClientCa),
         request_id: String,
         query: String,
     ) -> Answer {

@@ -42,6 +42,8 @@ pub struct AuditEntry {
     pub payload_sha256: Option<[u8; 32]>,
     /// The holder pseudonym.
     pub holder: Option<[u8; 32]>,
+    /// SHA-256 of the certificate the actor presented.
+    pub actor_certificate: Option<[u8; 32]>,
 }
 
 /// Why bytes are not a valid entry.
@@ -73,6 +75,7 @@ impl AuditEntry {
             (11, self.key_id.as_deref().map(Field::Text)),
             (12, self.payload_sha256.as_ref().map(|h| Field::Bytes(h))),
             (13, self.holder.as_ref().map(|h| Field::Bytes(h))),
+            (14, self.actor_certificate.as_ref().map(|h| Field::Bytes(h))),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         let mut w = Writer::with_capacity(256);
@@ -152,6 +155,7 @@ impl AuditEntry {
             key_id: text(11)?,
             payload_sha256: hash(12)?,
             holder: hash(13)?,
+            actor_certificate: hash(14)?,
         };
         if entry.encode() != bytes {
             return Err(bad(
@@ -188,6 +192,7 @@ mod tests {
             key_id: Some("kid".into()),
             payload_sha256: Some([1; 32]),
             holder: Some([2; 32]),
+            actor_certificate: Some([3; 32]),
         }
     }
 
@@ -199,6 +204,7 @@ mod tests {
         let mut minimal = sample();
         minimal.policy_hash = None;
         minimal.holder = None;
+        minimal.actor_certificate = None;
         assert_eq!(AuditEntry::decode(&minimal.encode()).unwrap(), minimal);
     }
 

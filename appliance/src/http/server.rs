@@ -35,9 +35,9 @@ pub type Body = Full<Bytes>;
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// The client's identity from its certificate (mTLS listeners only),
-    /// or why its certificate gives none.
-    pub identity: Result<String, NoIdentity>,
+    /// The client's identity from its certificate, with the certificate's
+    /// fingerprint (mTLS listeners only), or why its certificate gives none.
+    pub identity: Result<crate::node::Caller, NoIdentity>,
     /// Which CA issued that certificate, when officers have their own.
     pub ca: ClientCa,
 }
@@ -205,6 +205,7 @@ async fn accept(
             let chain = session.peer_certificates().unwrap_or_default();
             let identity = chain.first().map_or(Err(NoIdentity::Missing), |c| {
                 super::identity::client_identity(c)
+                    .map(|identity| crate::node::Caller::new(identity, c))
             });
             let ca = super::identity::issuing_ca(chain, &officer_cas);
             let h2 = session.alpn_protocol() == Some(b"h2");

@@ -71,7 +71,7 @@ impl Issuer {
     pub fn issue(
         &self,
         request_id: &str,
-        client: &str,
+        client: &crate::node::Caller,
         body: &[u8],
         idempotency_key: Option<&str>,
         now: OffsetDateTime,
@@ -104,7 +104,7 @@ impl Issuer {
         }
         tracing::info!(
             request_id,
-            client,
+            client = %client,
             profile = profile_label,
             decision = label,
             rule = outcome.as_ref().err().and_then(|p| p.rule.as_deref()).unwrap_or(""),
@@ -116,7 +116,7 @@ impl Issuer {
 
     fn issue_parsed(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         body: &[u8],
         request: IssueRequest,
         idempotency_key: Option<&str>,
@@ -228,7 +228,7 @@ impl Issuer {
     /// refusal is a decision too: recorded, or not given at all.
     fn decide(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         v: &Validated,
         (current, hits): (&Current, u32),
         now: OffsetDateTime,
@@ -293,7 +293,7 @@ impl Issuer {
                 .then(|| v.request.profile.clone()),
             ..self
                 .node
-                .decision(client, "issue", "deny", &decision.policy_hash, now)
+                .caller_decision(client, "issue", "deny", &decision.policy_hash, now)
         };
         self.node
             .registry
@@ -311,7 +311,7 @@ impl Issuer {
     /// write per request).
     fn over_rate(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         hits: u32,
         current: &Current,
         now: OffsetDateTime,
@@ -324,7 +324,7 @@ impl Issuer {
                 )),
                 ..self
                     .node
-                    .decision(client, "issue", "deny", &current.policy.hash, now)
+                    .caller_decision(client, "issue", "deny", &current.policy.hash, now)
             };
             if let Err(e) = self.node.registry.record(record, None) {
                 tracing::warn!(error = %e, "recording a rate-limit refusal");
@@ -437,7 +437,7 @@ impl Issuer {
     #[allow(clippy::too_many_arguments)] // the parts of one commit, named
     fn commit_of(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         v: &Validated,
         allowed: &Allowed,
         signed: &Signed,
@@ -469,7 +469,7 @@ impl Issuer {
                 payload_sha256: Some(pkcs11_shim::digest::sha256(signed.credential.as_bytes())),
                 ..self
                     .node
-                    .decision(client, "issue", "allow", &allowed.policy_hash, now)
+                    .caller_decision(client, "issue", "allow", &allowed.policy_hash, now)
             },
         }
     }

@@ -50,7 +50,13 @@ impl Issuer {
     /// with the current DS key and a new signature validity; the document
     /// (its claims, issue and expiry dates, status entry) stays the same.
     /// Refusals are audit entries.
-    pub fn refresh(&self, client: &str, id: &str, body: &[u8], now: OffsetDateTime) -> Answer {
+    pub fn refresh(
+        &self,
+        client: &crate::node::Caller,
+        id: &str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Answer {
         let policy_hash = self.policy.current().hash.clone();
         let mut holder = None;
         let answer = self.refresh_checked(client, id, body, now, &mut holder);
@@ -60,7 +66,7 @@ impl Issuer {
 
     fn refresh_checked(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         body: &[u8],
         now: OffsetDateTime,
@@ -87,7 +93,7 @@ impl Issuer {
     /// The body, the credential, the client's profile and rate limit.
     fn check_request(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         body: &[u8],
         current: &Current,
@@ -221,7 +227,7 @@ impl Issuer {
     /// Signs the same document again and records it.
     fn resign(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         r: &Resign<'_>,
         current: &Current,
@@ -252,7 +258,7 @@ impl Issuer {
             payload_sha256: Some(pkcs11_shim::digest::sha256(credential.as_bytes())),
             ..self
                 .node
-                .decision(client, "refresh", "allow", &policy.hash, now)
+                .caller_decision(client, "refresh", "allow", &policy.hash, now)
         };
         let meta = self
             .node

@@ -25,7 +25,7 @@ impl Issuer {
     /// `POST /v1/credentials/{id}/{revoke,suspend,reinstate}`.
     pub fn change_state(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         action: &'static str,
         body: &[u8],
@@ -39,7 +39,7 @@ impl Issuer {
 
     fn change_state_checked(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         action: &'static str,
         body: &[u8],
@@ -61,7 +61,7 @@ impl Issuer {
         }
         let decision = self
             .node
-            .decision(client, action, "allow", &policy.hash, now);
+            .caller_decision(client, action, "allow", &policy.hash, now);
         let meta = self
             .node
             .registry

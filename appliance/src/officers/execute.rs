@@ -22,7 +22,7 @@ impl Officers {
     /// operation.
     pub(super) fn carry_out(
         &self,
-        actor: &str,
+        actor: &crate::node::Caller,
         proposal: &mut Proposal,
         version: i64,
         now: OffsetDateTime,
@@ -44,7 +44,7 @@ impl Officers {
                 proposal.id,
                 operation_summary(&proposal.operation)
             )),
-            ..self.node.decision(
+            ..self.node.caller_decision(
                 actor,
                 "officers.execute",
                 if result.is_ok() { "ok" } else { "failed" },

@@ -112,7 +112,11 @@ impl Officers {
 
     /// `POST /v1/keys/...`: opens a proposal (202), unsigned: the proposer
     /// signs it next, like any approver.
-    pub fn propose(&self, client: &str, operation: Result<Requested, Refusal>) -> Answer {
+    pub fn propose(
+        &self,
+        client: &crate::node::Caller,
+        operation: Result<Requested, Refusal>,
+    ) -> Answer {
         let now = OffsetDateTime::now_utc();
         let answer = self.propose_inner(client, operation, now);
         self.officer_step("propose", &answer);
@@ -123,7 +127,7 @@ impl Officers {
 
     fn propose_inner(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         requested: Result<Requested, Refusal>,
         now: OffsetDateTime,
     ) -> Answer {
@@ -168,7 +172,7 @@ impl Officers {
             )),
             ..self
                 .node
-                .decision(client, "officers.propose", "open", &policy.hash, now)
+                .caller_decision(client, "officers.propose", "open", &policy.hash, now)
         };
         self.node
             .registry
@@ -183,7 +187,7 @@ impl Officers {
     fn sign(
         &self,
         proposal: &mut Proposal,
-        client: &str,
+        client: &crate::node::Caller,
         body: &[u8],
         policy: &Policy,
         now: OffsetDateTime,
@@ -237,7 +241,13 @@ impl Officers {
 
     /// `POST /v1/approvals/{id}/approve` (the body signs the canonical
     /// proposal the approver was shown) or `/reject`.
-    pub fn decide(&self, client: &str, id: &str, approve: bool, body: &[u8]) -> Answer {
+    pub fn decide(
+        &self,
+        client: &crate::node::Caller,
+        id: &str,
+        approve: bool,
+        body: &[u8],
+    ) -> Answer {
         let now = OffsetDateTime::now_utc();
         let step = if approve { "approve" } else { "reject" };
         let answer = self.decide_inner(client, id, approve, body, now);
@@ -255,7 +265,7 @@ impl Officers {
 
     fn decide_inner(
         &self,
-        client: &str,
+        client: &crate::node::Caller,
         id: &str,
         approve: bool,
         body: &[u8],
@@ -280,7 +290,7 @@ impl Officers {
         };
         let decision = crate::store::DecisionRecord {
             rule: Some(format!("proposal {id}")),
-            ..self.node.decision(
+            ..self.node.caller_decision(
                 client,
                 if approve {
                     "officers.approve"

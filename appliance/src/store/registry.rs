@@ -129,6 +129,9 @@ pub struct DecisionRecord {
     pub at: i64,
     /// Client or officer identity.
     pub actor: String,
+    /// SHA-256 of the certificate the actor presented (none for the
+    /// daemon's own decisions and the operator's tool).
+    pub actor_certificate: Option<[u8; 32]>,
     /// `issue`, `revoke`, `suspend`, `reinstate`, `refresh`, …
     pub action: String,
     /// `allow` / `deny`.
@@ -168,6 +171,7 @@ impl DecisionRecord {
             key_id: self.key_id.clone(),
             payload_sha256: self.payload_sha256,
             holder: holder.map(|h| h.0),
+            actor_certificate: self.actor_certificate,
         }
     }
 }

@@ -23,11 +23,12 @@ pub(super) fn enqueue(
 ) -> Result<(), StoreError> {
     let payload = d.payload_sha256.map(|p| p.to_vec());
     let holder = holder.map(|h| h.0.to_vec());
+    let certificate = d.actor_certificate.map(|c| c.to_vec());
     let _ = tx
         .execute(
             "INSERT INTO audit_queue (at, node, actor, action, outcome, rule, policy_hash, profile,
-                                      credential_id, key_id, payload, holder)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                      credential_id, key_id, payload, holder, actor_certificate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             &[
                 &d.at,
                 &d.node,
@@ -41,6 +42,7 @@ pub(super) fn enqueue(
                 &d.key_id,
                 &payload,
                 &holder,
+                &certificate,
             ],
         )
         .map_err(map_err)?;
@@ -77,6 +79,9 @@ fn queued(row: &postgres::Row) -> (DecisionRecord, Option<String>, Option<Pseudo
         payload_sha256: row
             .get::<_, Option<Vec<u8>>>(11)
             .and_then(|p| <[u8; 32]>::try_from(p).ok()),
+        actor_certificate: row
+            .get::<_, Option<Vec<u8>>>(13)
+            .and_then(|c| <[u8; 32]>::try_from(c).ok()),
     };
     let holder = row
         .get::<_, Option<Vec<u8>>>(12)
@@ -102,7 +107,7 @@ pub(super) fn sequence(tx: &mut RawTx<'_>) -> Result<u64, StoreError> {
     let rows = tx
         .query(
             "SELECT id, at, node, actor, action, outcome, rule, policy_hash, profile,
-                    credential_id, key_id, payload, holder
+                    credential_id, key_id, payload, holder, actor_certificate
              FROM audit_queue ORDER BY id LIMIT $1",
             &[&SEQUENCE_BATCH],
         )

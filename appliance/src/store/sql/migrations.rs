@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!("0008_idempotency_age"),
     migration!("0009_status_positions"),
     migration!("0010_audit_tiles"),
+    migration!(
+        "0011_actor_certificate",
+        "",
+        include_str!("../migrations/postgres/0011_actor_certificate.sql")
+    ),
 ];
 
 /// How one database spells the shared files' column types.

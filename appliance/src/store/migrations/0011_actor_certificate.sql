@@ -1,0 +1,4 @@
+-- Audit entries name the certificate an actor presented (its SHA-256)
+-- beside the identity it carries (issue 15). SQLite writes entries whole;
+-- PostgreSQL's queue keeps the decision's fields until the sequencer
+-- places them, so it gains a column (postgres/0011).

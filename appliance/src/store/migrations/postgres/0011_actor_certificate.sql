@@ -1,0 +1,1 @@
+ALTER TABLE audit_queue ADD COLUMN actor_certificate BYTEA;
