@@ -953,21 +953,26 @@ impl Daemon {
         command
     }
 
-    /// Runs `dojangctl` against the daemon's token (while it runs).
+    /// Runs `dojangctl` against the daemon's token (while it runs), and
+    /// asserts that it succeeded; its standard output.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = self
-            .command("dojangctl")
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("dojangctl");
+        let out = self.try_ctl(args);
         assert!(
             out.status.success(),
             "dojangctl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `dojangctl` against the daemon's token, which may refuse.
+    pub fn try_ctl(&self, args: &[&str]) -> std::process::Output {
+        self.command("dojangctl")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("dojangctl")
     }
 
     /// A second node on the same token, PKI, TLS files, policy and store,

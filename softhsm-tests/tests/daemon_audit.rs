@@ -838,22 +838,17 @@ fn every_ds_signature_is_accounted_for_by_the_audit_log() {
     });
     let refreshed = counter.post_json(&format!("/v1/credentials/{id}/refresh"), &body, &[]);
     assert_eq!(refreshed.status, 200, "{}", refreshed.json());
-    let sample = d
-        .command("dojangctl")
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "credential",
-            "sample",
-            "--format",
-            "mdoc",
-            "--token",
-            "dojangd",
-        ])
-        .arg("--pin-file")
-        .arg(d.scratch().join("pin"))
-        .output()
-        .unwrap();
+    let pin = d.scratch().join("pin");
+    let sample = d.try_ctl(&[
+        "credential",
+        "sample",
+        "--format",
+        "mdoc",
+        "--token",
+        "dojangd",
+        "--pin-file",
+        pin.to_str().unwrap(),
+    ]);
     assert!(
         !sample.status.success(),
         "a sample was signed with the daemon's token"

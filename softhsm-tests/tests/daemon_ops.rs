@@ -709,13 +709,7 @@ fn the_adopted_policy_file_is_restored_from_the_registry() {
 
     // An adopted hash whose text no node has loaded: said so, nothing written.
     adopt_elsewhere(&d);
-    let missing = d
-        .command("dojangctl")
-        .arg("--config")
-        .arg(&d.config)
-        .args(["policy", "adopted"])
-        .output()
-        .unwrap();
+    let missing = d.try_ctl(&["policy", "adopted"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not hold the text"));
     assert!(missing.stdout.is_empty());

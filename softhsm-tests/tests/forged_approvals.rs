@@ -313,13 +313,7 @@ fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon
         );
     }
     for args in [&["pki", "crl"][..], &["policy", "adopted"][..]] {
-        let out = d
-            .command("dojangctl")
-            .arg("--config")
-            .arg(&d.config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = d.try_ctl(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains("not adopted by officers"),

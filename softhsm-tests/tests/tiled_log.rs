@@ -445,13 +445,7 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
 
 /// `dojangctl` with the daemon's configuration: success, and what it said.
 fn ctl(d: &Daemon, args: &[&str]) -> (bool, String) {
-    let out = d
-        .command("dojangctl")
-        .arg("--config")
-        .arg(&d.config)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = d.try_ctl(args);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

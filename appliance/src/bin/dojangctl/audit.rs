@@ -46,16 +46,8 @@ pub(crate) enum AuditCommand {
 pub(crate) struct AuditVerifyArgs {
     /// The bundle (JSON).
     bundle: PathBuf,
-    /// The audit public key you trust (PEM), from outside the bundle.
-    #[arg(long)]
-    key: PathBuf,
-    /// The log's origin you trust.
-    #[arg(long)]
-    origin: String,
-    /// The key's name in signed notes [default: the bundle's; the key
-    /// itself is pinned by --key].
-    #[arg(long)]
-    key_name: Option<String>,
+    #[command(flatten)]
+    trusted: super::audit_proof::TrustedLogArgs,
     /// Fail unless the log is signed through at least this many entries
     /// (e.g. the size of a checkpoint you saw before).
     #[arg(long, default_value_t = 0)]
@@ -183,11 +175,7 @@ fn verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an audit bundle", a.bundle.display()))?;
-    let trusted = super::audit_proof::trusted_log(
-        &a.key,
-        a.key_name.unwrap_or_else(|| bundle.key_name.clone()),
-        a.origin,
-    )?;
+    let trusted = a.trusted.load(|_| bundle.key_name.clone())?;
     let report = dojang::audit::bundle::verify(&bundle, &trusted)?;
     anyhow::ensure!(
         report.signed_size >= a.min_size,

@@ -18,15 +18,53 @@ use serde_json::json;
 pub(crate) struct CheckProofArgs {
     /// The proof (`.tlog-proof`).
     proof: PathBuf,
-    /// The audit public key you trust (PEM), from outside the proof.
+    #[command(flatten)]
+    trusted: TrustedLogArgs,
+}
+
+/// The log an auditor trusts, named from outside what is checked.
+#[derive(clap::Args)]
+pub(crate) struct TrustedLogArgs {
+    /// The audit public key you trust (PEM), from outside what is checked.
     #[arg(long)]
     key: PathBuf,
     /// The log's origin you trust.
     #[arg(long)]
     origin: String,
-    /// The key's name in signed notes [default: the origin].
+    /// The key's name in signed notes [default: a bundle's own name, or
+    /// the origin; the key itself is pinned by --key].
     #[arg(long)]
     key_name: Option<String>,
+}
+
+impl TrustedLogArgs {
+    /// The trusted log: `--key` named `--key-name` (else `default_name`
+    /// of the origin), for `--origin`.
+    pub(crate) fn load(
+        self,
+        default_name: impl FnOnce(&str) -> String,
+    ) -> anyhow::Result<dojang::audit::bundle::TrustedLog> {
+        let name = self.key_name.unwrap_or_else(|| default_name(&self.origin));
+        trusted_log(&self.key, name, self.origin)
+    }
+}
+
+/// What an auditor trusts: the key in `key_pem` (a file from outside the
+/// log), with its note name, for the log `origin`.
+pub(crate) fn trusted_log(
+    key_pem: &std::path::Path,
+    key_name: String,
+    origin: String,
+) -> anyhow::Result<dojang::audit::bundle::TrustedLog> {
+    let pem = std::fs::read(key_pem).with_context(|| format!("reading {}", key_pem.display()))?;
+    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
+        .and_then(|k| k.public_key_to_der())
+        .with_context(|| format!("{} is not a public key", key_pem.display()))?;
+    Ok(dojang::audit::bundle::TrustedLog {
+        key: PublicKey::from_spki_der(&der)?,
+        key_name,
+        origin,
+    })
 }
 
 /// `audit prove --index N --out FILE`: entry N's proof in the tree of the
@@ -60,34 +98,12 @@ pub(crate) fn prove(config: &Config, index: u64, out: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-/// What an auditor trusts: the key in `key_pem` (a file from outside the
-/// log), with its note name, for the log `origin`.
-pub(crate) fn trusted_log(
-    key_pem: &std::path::Path,
-    key_name: String,
-    origin: String,
-) -> anyhow::Result<dojang::audit::bundle::TrustedLog> {
-    let pem = std::fs::read(key_pem).with_context(|| format!("reading {}", key_pem.display()))?;
-    let der = openssl::pkey::PKey::public_key_from_pem(&pem)
-        .and_then(|k| k.public_key_to_der())
-        .with_context(|| format!("{} is not a public key", key_pem.display()))?;
-    Ok(dojang::audit::bundle::TrustedLog {
-        key: PublicKey::from_spki_der(&der)?,
-        key_name,
-        origin,
-    })
-}
-
 /// `audit check-proof FILE --key PEM --origin ORIGIN`.
 pub(crate) fn check(a: CheckProofArgs, as_json: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.proof)
         .with_context(|| format!("reading {}", a.proof.display()))?;
     let proof = EntryProof::parse(&text)?;
-    let trusted = trusted_log(
-        &a.key,
-        a.key_name.unwrap_or_else(|| a.origin.clone()),
-        a.origin,
-    )?;
+    let trusted = a.trusted.load(str::to_owned)?;
     let key = NoteKey::new(&trusted.key_name, trusted.key.clone())?;
     let (entry, checkpoint) = proof.verify(&key, &trusted.origin)?;
     if as_json {
