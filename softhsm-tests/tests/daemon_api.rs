@@ -231,6 +231,14 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
         );
     }
     assert_eq!(meta.json()["state"], "active");
+    // Each names the status list in its own format's form (an mdoc the
+    // CWT, an SD-JWT VC the JWT), as its issuance answer did.
+    for r in &issued {
+        let meta = counter
+            .get(&format!("/v1/credentials/{}", r["id"].as_str().unwrap()))
+            .json();
+        assert_eq!(meta["status"], r["status"], "{meta}");
+    }
 
     // Status bits as a verifier sees them, through suspend, reinstate, revoke.
     let uri = issued[0]["status"]["uri"].as_str().unwrap().to_owned();
@@ -254,6 +262,7 @@ fn issues_both_profiles_verified_independently_and_manages_their_status() {
             String::from_utf8_lossy(&reply.body)
         );
         assert_eq!(reply.json()["state"], state);
+        assert_eq!(reply.json()["status"], issued[0]["status"]);
         assert_eq!(d.status_bit(&uri, idx), bit, "after {action}");
     }
     let again = counter.send(

@@ -90,14 +90,24 @@ impl Issuer {
         list: u32,
         index: u64,
     ) -> StatusReference {
-        let form = match format {
-            CredentialFormat::Mdoc => crate::status::TokenForm::Cwt,
-            CredentialFormat::SdJwtVc => crate::status::TokenForm::Jwt,
-        };
         StatusReference {
             idx: index,
-            uri: self.status.uri_of(list, form),
+            uri: self.status.uri_of(list, status_form(format)),
         }
+    }
+
+    /// The status list URI a stored credential carries: the form of its
+    /// profile's format under the policy in force (a profile the policy
+    /// no longer has: the JWT form, which every reader of the Token Status
+    /// List can fetch).
+    pub(super) fn stored_status_uri(&self, profile: &str, list: u32) -> String {
+        let format = self
+            .current()
+            .policy
+            .profiles
+            .get(profile)
+            .map_or(CredentialFormat::SdJwtVc, |p| p.format);
+        self.status.uri_of(list, status_form(format))
     }
 
     /// Builds and signs a credential of `format`; its format name and text.
@@ -136,5 +146,14 @@ impl Issuer {
                 .count_signature(signer.label(), validity.valid_until.unix_timestamp());
         }
         signed.map_err(credential_refusal)
+    }
+}
+
+/// The status token form a credential of `format` names: an mdoc the CBOR
+/// form (what ISO 18013-5 readers fetch), an SD-JWT VC the JWT form.
+fn status_form(format: CredentialFormat) -> crate::status::TokenForm {
+    match format {
+        CredentialFormat::Mdoc => crate::status::TokenForm::Cwt,
+        CredentialFormat::SdJwtVc => crate::status::TokenForm::Jwt,
     }
 }

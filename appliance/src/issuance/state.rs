@@ -18,7 +18,10 @@ impl Issuer {
         let meta = self.node.registry.credential(id).map_err(store_refusal)?;
         Ok((
             Reply::Ok,
-            meta_json(&meta, &self.status.status_uri(meta.status_list)),
+            meta_json(
+                &meta,
+                &self.stored_status_uri(&meta.profile, meta.status_list),
+            ),
         ))
     }
 
@@ -70,7 +73,10 @@ impl Issuer {
         self.status.changed();
         Ok((
             Reply::Ok,
-            meta_json(&meta, &self.status.status_uri(meta.status_list)),
+            meta_json(
+                &meta,
+                &self.stored_status_uri(&meta.profile, meta.status_list),
+            ),
         ))
     }
 

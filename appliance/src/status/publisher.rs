@@ -161,11 +161,6 @@ impl StatusPublisher {
         format!("{}{STATUS_KEYS_PATH}", self.public_base)
     }
 
-    /// A status list's URI (its JWT form's).
-    pub fn status_uri(&self, list: u32) -> String {
-        self.uri_of(list, TokenForm::Jwt)
-    }
-
     /// The URI of a status list's token in `form`.
     pub fn uri_of(&self, list: u32, form: TokenForm) -> String {
         format!("{}{}", self.public_base, Self::path_of(list, form))
