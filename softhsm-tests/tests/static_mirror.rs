@@ -239,6 +239,88 @@ fn verifiers_keep_working_from_the_static_mirror_while_no_node_runs() {
     assert!(tlog_tiles::prove_record(size, size - 1, &reader).is_ok());
 }
 
+/// The tree size of the node's latest checkpoint, as the public listener
+/// serves it.
+fn served_size(d: &Daemon) -> u64 {
+    let reply = d.public_client().get("/checkpoint");
+    assert_eq!(reply.status, 200);
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_mirror_that_cannot_write_tiles_keeps_its_checkpoint_and_still_publishes_status() {
+    let d = Daemon::start(Options {
+        public: "mirror_dir = \"{scratch}/mirror\"".into(),
+        ..Options::default()
+    });
+    let mirror = d.scratch().join("mirror");
+    let sd_jwt = d.issued("sd-jwt", 50);
+    wait_until("no first checkpoint in the mirror", || {
+        checkpoint_size(&mirror.join("checkpoint")) > 0
+    });
+    // The tiles' directory cannot be made (a file is in its place).
+    std::fs::remove_dir_all(mirror.join("tile")).unwrap();
+    std::fs::write(mirror.join("tile"), b"not a directory").unwrap();
+    let before = checkpoint_size(&mirror.join("checkpoint"));
+    let id = sd_jwt["id"].as_str().unwrap();
+    let reply = d.client("counter").send(
+        "POST",
+        &format!("/v1/credentials/{id}/revoke"),
+        &[],
+        Vec::new(),
+    );
+    assert_eq!(reply.status, 200);
+    let list = sd_jwt["status"]["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let idx = sd_jwt["status"]["idx"].as_u64().unwrap();
+    // The status lists go on...
+    wait_for_bit(&mirror, &format!("status/{list}"), "jwt", idx, 1);
+    // ...while the checkpoint file stays the one whose tiles are there,
+    // though the node signed a later one.
+    wait_until("the node signs no later checkpoint", || {
+        served_size(&d) > before
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(checkpoint_size(&mirror.join("checkpoint")), before);
+    // Once the tiles can be written, the mirror catches up.
+    std::fs::remove_file(mirror.join("tile")).unwrap();
+    let target = served_size(&d);
+    wait_until("the mirror's checkpoint stays behind", || {
+        checkpoint_size(&mirror.join("checkpoint")) >= target
+    });
+    let web = StaticServer::start(&mirror, None);
+    let note = std::fs::read_to_string(mirror.join("checkpoint")).unwrap();
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    let root: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        note.lines().nth(2).unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let mirrored = Mirrored { web: &web };
+    let reader = tlog_tiles::TileHashReader::new(size, tlog_tiles::Hash(root), &mirrored);
+    assert!(tlog_tiles::prove_record(size, size - 1, &reader).is_ok());
+}
+
 /// Hash tiles from the static server (`tlog_tiles` names them with the
 /// height, as Go's sumdb does; tlog-tiles paths have none).
 struct Mirrored<'a> {
