@@ -86,6 +86,13 @@ pub struct Metrics {
     /// 1 while the stored log disagrees with a checkpoint it signed (a
     /// rewritten entry or tile hash): no checkpoint is signed over it.
     pub audit_log_rewritten: IntGauge,
+    /// Per witness, 1 if it cosigned the latest checkpoint.
+    pub audit_witness_cosigned: IntGaugeVec,
+    /// 1 while the latest checkpoint has the cosignatures the quorum needs.
+    pub audit_witness_quorum_met: IntGauge,
+    /// Checkpoints witnesses refused or could not be sent, by reason
+    /// (`inconsistent` and `other_root` are forks).
+    pub audit_witness_refusals: IntCounterVec,
 }
 
 // The names, help texts and labels are constants of this file, each
@@ -157,6 +164,8 @@ impl Metrics {
             "dojang_audit_log_rewritten",
             "1 while the stored audit log disagrees with a checkpoint it signed; no checkpoint is signed over it.",
         );
+        let (audit_witness_cosigned, audit_witness_quorum_met, audit_witness_refusals) =
+            Self::witnesses(&r);
         let (requests, connections, connections_refused, handshake_failures) = Self::transport(&r);
         let (orders_refused, keys_retained_in_token) = Self::token_guard(&r);
         let (crl_next_update_seconds, client_crl_next_update_seconds, ds_spare_keys) =
@@ -206,8 +215,37 @@ impl Metrics {
             mirror_complete,
             audit_checkpoint_size,
             audit_log_rewritten,
+            audit_witness_cosigned,
+            audit_witness_quorum_met,
+            audit_witness_refusals,
             registry: r,
         }
+    }
+
+    /// The audit log's witnesses.
+    fn witnesses(r: &Registry) -> (IntGaugeVec, IntGauge, IntCounterVec) {
+        let audit_witness_cosigned = gauge_vec(
+            r,
+            "dojang_audit_witness_cosigned",
+            "1 if the witness cosigned the latest audit checkpoint.",
+            &["witness"],
+        );
+        let audit_witness_quorum_met = gauge(
+            r,
+            "dojang_audit_witness_quorum_met",
+            "1 while the latest audit checkpoint has the witness cosignatures the quorum needs.",
+        );
+        let audit_witness_refusals = counter(
+            r,
+            "dojang_audit_witness_refusals_total",
+            "Audit checkpoints a witness refused or was not reached with, by reason (inconsistent and other_root are forks).",
+            &["witness", "reason"],
+        );
+        (
+            audit_witness_cosigned,
+            audit_witness_quorum_met,
+            audit_witness_refusals,
+        )
     }
 
     /// The CRLs served and trusted, and the DS spare pool.

@@ -14,3 +14,5 @@ pub mod merkle;
 pub mod proof;
 pub mod tiles;
 pub mod trail;
+pub mod witness;
+pub mod witnessing;

@@ -21,6 +21,7 @@ pub struct AuditTrail {
     keys: Arc<KeyManager>,
     log: AuditLog,
     settings: AuditSettings,
+    witnesses: super::witnessing::Witnesses,
 }
 
 impl AuditTrail {
@@ -32,6 +33,7 @@ impl AuditTrail {
     ) -> Result<Self, LoadError> {
         Ok(AuditTrail {
             log: AuditLog::new(&settings.origin).map_err(LoadError)?,
+            witnesses: super::witnessing::Witnesses::new(&settings)?,
             node,
             keys,
             settings,
@@ -116,6 +118,19 @@ impl AuditTrail {
                 super::checkpoint::NoteKey::new(&self.settings.origin, public).ok()
             })
             .collect()
+    }
+
+    /// Sends the latest checkpoint to the witnesses that have not
+    /// cosigned it (see [`super::witnessing`]).
+    pub fn witness(&self) {
+        self.witnesses
+            .round(self.node.registry.as_ref(), &self.node.metrics);
+    }
+
+    /// Whether the latest checkpoint has its witnesses' quorum, and what
+    /// they said (`None`: no witnesses configured).
+    pub fn witness_status(&self) -> Option<(bool, String)> {
+        self.witnesses.status()
     }
 
     /// Places recorded decisions in the log (a no-op where the store places

@@ -239,6 +239,45 @@ pin = { file = "/etc/dojang/pin" }
     }
 
     #[test]
+    fn witnesses_need_an_http_url_a_ca_for_https_and_a_reachable_quorum() {
+        let server = |audit: &str| {
+            format!(
+                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
+                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
+                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
+                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n\n\
+                 [server.audit]\n{audit}\n",
+                anchor = "a".repeat(64)
+            )
+        };
+        let w = |url: &str, ca: &str| format!("{{ url = \"{url}\", key = \"w+00+AA==\"{ca} }}");
+        let good = format!(
+            "witnesses = [{}, {}]\nwitness_quorum = 1",
+            w("http://127.0.0.1:7000", ""),
+            w("https://w.example.org/w", ", ca = \"/w-ca.pem\"")
+        );
+        let parsed = Config::parse(Path::new("d.toml"), &server(&good)).unwrap();
+        assert_eq!(parsed.server.unwrap().audit.quorum(), 1);
+        let all = format!("witnesses = [{}]", w("http://w", ""));
+        let parsed = Config::parse(Path::new("d.toml"), &server(&all)).unwrap();
+        assert_eq!(
+            parsed.server.unwrap().audit.quorum(),
+            1,
+            "every witness by default"
+        );
+        for bad in [
+            format!("witnesses = [{}]", w("ftp://w", "")),
+            format!("witnesses = [{}]", w("https://w", "")),
+            format!("witnesses = [{}]\nwitness_quorum = 2", w("http://w", "")),
+            format!("witnesses = [{}]\nwitness_quorum = 0", w("http://w", "")),
+            "witness_quorum = 1".to_owned(),
+        ] {
+            let err = Config::parse(Path::new("d.toml"), &server(&bad)).unwrap_err();
+            assert!(err.to_string().contains("witness"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn inconsistent_values_are_refused() {
         let text = GOOD.replace("token_label = \"dojang\"", "token_label = \"\"");
         let err = Config::parse(Path::new("d.toml"), &text).unwrap_err();

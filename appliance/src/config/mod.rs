@@ -11,6 +11,7 @@ pub use self::file::{Config, ConfigError, CredentialConfig, DEFAULT_CONFIG_PATH}
 pub use self::pki::{IacaCustody, PkiConfig};
 pub use self::server::{
     ApiListener, AuditSettings, Limits, OpsListener, PublicListener, ServerConfig, ServiceKeys,
+    WitnessSettings,
 };
 pub use self::store::StoreConfig;
 pub use pkcs11_shim::BackendConfig;

@@ -56,6 +56,35 @@ pub struct AuditSettings {
     /// … or as soon as this many entries are not yet covered.
     #[serde(default = "default_checkpoint_entries")]
     pub checkpoint_entries: u64,
+    /// Witnesses each new checkpoint is sent to (c2sp.org/tlog-witness);
+    /// their cosignatures are published with it.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessSettings>,
+    /// Cosignatures the latest checkpoint needs for the node to be ready
+    /// [default: every witness].
+    #[serde(default)]
+    pub witness_quorum: Option<usize>,
+}
+
+/// One witness of the audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSettings {
+    /// Its submission prefix (`http://…` or `https://…`); requests go to
+    /// `<url>/add-checkpoint`.
+    pub url: String,
+    /// Its vkey (`name+keyid+base64`, an Ed25519 cosigner key).
+    pub key: String,
+    /// The CA that certifies an `https` witness (PEM).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+impl AuditSettings {
+    /// The cosignatures a checkpoint needs.
+    pub fn quorum(&self) -> usize {
+        self.witness_quorum.unwrap_or(self.witnesses.len())
+    }
 }
 
 impl Default for AuditSettings {
@@ -64,6 +93,8 @@ impl Default for AuditSettings {
             origin: default_origin(),
             checkpoint_interval_ms: default_checkpoint_interval(),
             checkpoint_entries: default_checkpoint_entries(),
+            witnesses: Vec::new(),
+            witness_quorum: None,
         }
     }
 }
@@ -406,6 +437,22 @@ impl AuditSettings {
             return Err(
                 "server.audit: checkpoint_interval_ms 100 to 3600000, checkpoint_entries > 0"
                     .into(),
+            );
+        }
+        for w in &a.witnesses {
+            let https = w.url.starts_with("https://");
+            if !(https || w.url.starts_with("http://")) || (https && w.ca.is_none()) {
+                return Err(format!(
+                    "server.audit.witnesses: {:?} must be an http:// or https:// URL (https with `ca`)",
+                    w.url
+                ));
+            }
+        }
+        if a.witness_quorum
+            .is_some_and(|q| q == 0 || q > a.witnesses.len())
+        {
+            return Err(
+                "server.audit.witness_quorum must be between 1 and the number of witnesses".into(),
             );
         }
         Ok(())

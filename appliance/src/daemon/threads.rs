@@ -30,6 +30,7 @@ pub(super) fn audit(
                     let _ = service.audit.checkpoint();
                     last = Instant::now();
                 }
+                service.audit.witness();
             }
         })
         .context("starting the checkpoint thread")

@@ -218,9 +218,19 @@ impl Service {
             .map_err(|e| LoadError(format!("writing the audit log: {e}")))
     }
 
-    /// Whether this node can serve now (probed at most once a second).
+    /// Whether this node can serve now (probed at most once a second),
+    /// and whether the latest checkpoint has its witnesses' quorum.
     pub fn readiness(&self) -> Readiness {
-        self.probe.readiness()
+        let mut readiness = self.probe.readiness();
+        if let Some((ok, detail)) = self.audit.witness_status() {
+            readiness.ready &= ok;
+            readiness.checks.push(super::readiness::Check {
+                name: "audit_witnesses",
+                ok,
+                detail,
+            });
+        }
+        readiness
     }
 
     /// The policy and keys in force.

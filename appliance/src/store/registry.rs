@@ -372,6 +372,15 @@ pub trait Registry: KeyRegistry + Send + Sync {
     /// Stores a signed checkpoint of the first `size` entries (the first one
     /// stored for a size stays).
     fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// Replaces the note of checkpoint `size` by `cosigned` (the same note
+    /// with witnesses' cosignatures added) if it is still `signed`;
+    /// whether it was.
+    fn cosign_checkpoint(
+        &self,
+        size: u64,
+        signed: &str,
+        cosigned: &str,
+    ) -> Result<bool, StoreError>;
     /// Every stored checkpoint, smallest first, as (size, signed note).
     fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError>;
     /// The largest checkpoint.

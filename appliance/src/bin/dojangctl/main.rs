@@ -22,6 +22,7 @@ mod policy;
 mod policy_ceremony;
 mod shared;
 mod verify;
+mod witness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,10 @@ enum Command {
     /// Write a development TLS PKI (CA, localhost server, clients, CRL) for
     /// the demo and local testing. Software keys on disk: not for production.
     DevTls(dev_tls::DevTlsArgs),
+    /// A witness of the audit log (c2sp.org/tlog-witness) for an auditor
+    /// to run: its key, and its server.
+    #[command(subcommand)]
+    Witness(witness::WitnessCommand),
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -147,6 +152,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Policy(command) => policy::run(command, &conn, load, args.json),
         Command::Verify(v) => verify::run(v),
         Command::DevTls(dev_tls) => dev_tls::run(dev_tls, load),
+        Command::Witness(command) => witness::run(command),
     }
 }
 

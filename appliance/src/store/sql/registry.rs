@@ -486,6 +486,21 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         })
     }
 
+    fn cosign_checkpoint(
+        &self,
+        size: u64,
+        signed: &str,
+        cosigned: &str,
+    ) -> Result<bool, StoreError> {
+        let (signed, cosigned) = (signed.to_owned(), cosigned.to_owned());
+        self.driver.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE checkpoints SET note = $1 WHERE size = $2 AND note = $3",
+                args![&cosigned, size, &signed],
+            )? == 1)
+        })
+    }
+
     fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
         self.driver.read(|tx| {
             tx.query("SELECT size, note FROM checkpoints ORDER BY size", &[])?

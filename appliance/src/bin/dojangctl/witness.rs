@@ -1,0 +1,262 @@
+//! `witness …`: a c2sp.org/tlog-witness an auditor runs for one log, on a
+//! machine of their own: `key` makes its Ed25519 key (a file the witness
+//! keeps, never the log's token) and prints the vkey the log is configured
+//! with; `serve` answers `POST /add-checkpoint`, cosigning each checkpoint
+//! that extends the last one it cosigned and refusing any other (a fork).
+//! What it cosigned is kept in a state file, written before it answers.
+//! Plain HTTP: put it behind a TLS proxy when it leaves the host.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::Subcommand;
+use dojang::audit::checkpoint::NoteKey;
+use dojang::audit::witness::{AddCheckpoint, CosignerKey, Refused, Witnessed, check};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use openssl::pkey::{PKey, Private};
+
+/// A request body larger than this is refused (63 hashes and a note).
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Subcommand)]
+pub(crate) enum WitnessCommand {
+    /// Make a witness key (Ed25519, PKCS#8 PEM, mode 0600) and print its
+    /// vkey, which the log's `server.audit.witnesses` names.
+    Key {
+        /// The witness's name (e.g. `witness.example.org/w1`).
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve `POST /add-checkpoint` for one log.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The witness's name.
+    #[arg(long)]
+    name: String,
+    /// The witness's private key (from `witness key`).
+    #[arg(long)]
+    key: PathBuf,
+    /// The log's origin.
+    #[arg(long)]
+    origin: String,
+    /// The log's audit public key (PEM), from outside the log.
+    #[arg(long)]
+    log_key: PathBuf,
+    /// The key's name in the log's notes [default: the origin].
+    #[arg(long)]
+    log_key_name: Option<String>,
+    /// Where the witness keeps the last checkpoint it cosigned (JSON).
+    #[arg(long)]
+    state: PathBuf,
+}
+
+/// `witness key` / `witness serve`.
+pub(crate) fn run(command: WitnessCommand) -> anyhow::Result<()> {
+    match command {
+        WitnessCommand::Key { name, out } => {
+            let key = PKey::generate_ed25519()?;
+            write_new_private(&out, &key.private_key_to_pem_pkcs8()?)?;
+            println!("{}", cosigner(&name, &key)?.vkey());
+            Ok(())
+        }
+        WitnessCommand::Serve(args) => serve(args),
+    }
+}
+
+fn write_new_private(path: &Path, pem: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(pem)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn cosigner(name: &str, key: &PKey<Private>) -> anyhow::Result<CosignerKey> {
+    let public: [u8; 32] = key
+        .raw_public_key()?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("not an Ed25519 key"))?;
+    Ok(CosignerKey::new(name, public)?)
+}
+
+/// One witness: its key, the log it follows, and what it cosigned.
+struct Witness {
+    key: PKey<Private>,
+    cosigner: CosignerKey,
+    origin: String,
+    log_key: NoteKey,
+    state_path: PathBuf,
+    /// Checked and updated under one lock: two requests must not both
+    /// pass against the same old size (the spec's rollback race).
+    held: Mutex<Option<Witnessed>>,
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let pem = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
+    let key = PKey::private_key_from_pem(&pem).context("the witness key")?;
+    let trusted = super::audit_proof::trusted_log(
+        &args.log_key,
+        args.log_key_name.unwrap_or_else(|| args.origin.clone()),
+        args.origin.clone(),
+    )?;
+    let held = match std::fs::read(&args.state) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).context("the witness state")?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).context(format!("{}", args.state.display())),
+    };
+    let witness = Arc::new(Witness {
+        cosigner: cosigner(&args.name, &key)?,
+        key,
+        origin: args.origin,
+        log_key: NoteKey::new(&trusted.key_name, trusted.key)?,
+        state_path: args.state,
+        held: Mutex::new(held),
+    });
+    println!("{}", witness.cosigner.vkey());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!("witness {} listening on {}", args.name, args.listen);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let witness = witness.clone();
+            let _connection = tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let witness = witness.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&witness, request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+async fn answer(witness: &Arc<Witness>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/add-checkpoint" {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if request.method() != hyper::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
+    };
+    let witness = witness.clone();
+    tokio::task::spawn_blocking(move || witness.add_checkpoint(&body))
+        .await
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"))
+}
+
+impl Witness {
+    fn add_checkpoint(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let request = match AddCheckpoint::parse(body) {
+            Ok(request) => request,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        };
+        let Ok(mut held) = self.held.lock() else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        };
+        match check(&request, &self.origin, &self.log_key, held.as_ref()) {
+            Ok((_, witnessed)) => {
+                if let Err(e) = persist(&self.state_path, &witnessed) {
+                    eprintln!("witness: keeping the state: {e:#}");
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                }
+                *held = Some(witnessed);
+                // The body exactly as the log signed it (check parsed it).
+                let body = request
+                    .note
+                    .split_once("\n\n")
+                    .map(|(b, _)| format!("{b}\n"))
+                    .unwrap_or_default();
+                match self.cosign(&body) {
+                    Ok(line) => text(StatusCode::OK, &line),
+                    Err(e) => {
+                        eprintln!("witness: signing: {e:#}");
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                    }
+                }
+            }
+            Err(refused) => {
+                // A fork is evidence: said loudly, with what was shown.
+                eprintln!(
+                    "witness: refused a checkpoint of {}: {refused}",
+                    self.origin
+                );
+                let status = StatusCode::from_u16(refused.status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                match refused {
+                    Refused::OtherSize(size) => {
+                        let mut r = text(status, &format!("{size}\n"));
+                        let _ = r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("text/x.tlog.size"),
+                        );
+                        r
+                    }
+                    other => text(status, &format!("{other}\n")),
+                }
+            }
+        }
+    }
+
+    fn cosign(&self, body: &str) -> anyhow::Result<String> {
+        let time = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp())?;
+        let message = dojang::audit::witness::cosigned_message(body, time);
+        let signature =
+            openssl::sign::Signer::new_without_digest(&self.key)?.sign_oneshot_to_vec(&message)?;
+        Ok(self.cosigner.line(time, &signature))
+    }
+}
+
+/// Writes the state through a temporary file, synced, then renamed.
+fn persist(path: &Path, witnessed: &Witnessed) -> anyhow::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&serde_json::to_vec(witnessed)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    let _ = response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,254 @@
+//! Witnesses of the audit log (c2sp.org/tlog-witness): two `dojangctl
+//! witness` processes, one honest and one holding a forked view of the
+//! log. The honest one cosigns each checkpoint (its cosignature checked
+//! here with openssl against the spec's message, not with our verifier)
+//! and the cosignature is published; the other refuses the log's
+//! checkpoints as inconsistent and the daemon reports it; with the honest
+//! one gone the quorum is not met and the node is not ready, until it is
+//! back.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use softhsm_tests::daemon::{Daemon, Options, AUDIT_ORIGIN};
+
+/// A running `dojangctl witness serve`.
+struct WitnessProcess {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes witness `name`'s key; its vkey.
+fn witness_key(d: &Daemon, name: &str) -> String {
+    let out = d.try_ctl(&[
+        "witness",
+        "key",
+        "--name",
+        name,
+        "--out",
+        d.scratch().join(format!("{name}.key")).to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn start_witness(d: &Daemon, name: &str, port: u16, log_key: &Path) -> WitnessProcess {
+    let scratch = d.scratch();
+    let log = scratch.join(format!("{name}.log"));
+    let child = d
+        .command("dojangctl")
+        .args(["witness", "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--name", name, "--origin", AUDIT_ORIGIN])
+        .arg("--key")
+        .arg(scratch.join(format!("{name}.key")))
+        .arg("--log-key")
+        .arg(log_key)
+        .arg("--state")
+        .arg(scratch.join(format!("{name}.state.json")))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "witness {name} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    WitnessProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metric(d: &Daemon, line_start: &str) -> f64 {
+    let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn readiness_check(d: &Daemon) -> (u16, serde_json::Value) {
+    let reply = d.ops_client().get("/readyz");
+    let body = reply.json();
+    let check = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "audit_witnesses")
+        .cloned()
+        .unwrap_or_default();
+    (reply.status, check)
+}
+
+/// Checks `name`'s cosignature on the public checkpoint as the spec
+/// defines it (openssl Ed25519 over `cosignature/v1\ntime T\n` + body).
+fn cosigned_by(note: &str, vkey: &str) -> bool {
+    let (name, rest) = vkey.split_once('+').unwrap();
+    let key = B64.decode(rest.split_once('+').unwrap().1).unwrap();
+    assert_eq!(key[0], 0x04, "an Ed25519 cosigner key");
+    let public = &key[1..];
+    let mut id_input = format!("{name}\n").into_bytes();
+    id_input.push(0x04);
+    id_input.extend_from_slice(public);
+    let id = &openssl::sha::sha256(&id_input)[..4];
+    let (body, signatures) = note.split_once("\n\n").unwrap();
+    let body = format!("{body}\n");
+    let verifier_key =
+        openssl::pkey::PKey::public_key_from_raw_bytes(public, openssl::pkey::Id::ED25519).unwrap();
+    signatures.lines().any(|line| {
+        let Some(blob) = line.strip_prefix(&format!("\u{2014} {name} ")) else {
+            return false;
+        };
+        let blob = B64.decode(blob).unwrap();
+        if &blob[..4] != id || blob.len() != 76 {
+            return false;
+        }
+        let time = u64::from_be_bytes(blob[4..12].try_into().unwrap());
+        let message = format!("cosignature/v1\ntime {time}\n{body}");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        now.abs_diff(time) < 300
+            && openssl::sign::Verifier::new_without_digest(&verifier_key)
+                .unwrap()
+                .verify_oneshot(&blob[12..], message.as_bytes())
+                .unwrap()
+    })
+}
+
+fn public_checkpoint(d: &Daemon) -> String {
+    String::from_utf8(d.public_client().get("/checkpoint").body).unwrap()
+}
+
+#[test]
+fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readiness() {
+    let mut d = Daemon::start(Options::default());
+    assert_eq!(d.issue("mdoc", 59).status, 201);
+    let mut auditor = d.client("auditor");
+    let mut pem = String::new();
+    wait_until("no audit key listed", || {
+        pem = auditor.get("/v1/audit/checkpoint").json()["keys"][0]["public_key_pem"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        !pem.is_empty()
+    });
+    let log_key = d.scratch().join("audit-key.pem");
+    std::fs::write(&log_key, pem).unwrap();
+    let (honest_vkey, forked_vkey) = (witness_key(&d, "w1"), witness_key(&d, "w2"));
+    // w2 holds a tree of one entry this log never had.
+    std::fs::write(
+        d.scratch().join("w2.state.json"),
+        serde_json::json!({"size": 1, "root": B64.encode([7u8; 32])}).to_string(),
+    )
+    .unwrap();
+    let port = softhsm_tests::ports::reserve(2);
+    let honest = start_witness(&d, "w1", port, &log_key);
+    let forked = start_witness(&d, "w2", port + 1, &log_key);
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(20));
+    let config = std::fs::read_to_string(&d.config).unwrap().replace(
+        "checkpoint_interval_ms = 300\n",
+        &format!(
+            "checkpoint_interval_ms = 300\nwitness_quorum = 1\nwitnesses = [\
+             {{ url = \"{}\", key = \"{honest_vkey}\" }}, {{ url = \"{}\", key = \"{forked_vkey}\" }}]\n",
+            honest.url, forked.url
+        ),
+    );
+    std::fs::write(&d.config, config).unwrap();
+    d.spawn();
+    for n in 0..3 {
+        assert_eq!(d.issue("mdoc", 60 + n).status, 201);
+    }
+    // The honest witness's cosignature is published with the checkpoint.
+    wait_until("no cosigned checkpoint published", || {
+        cosigned_by(&public_checkpoint(&d), &honest_vkey)
+    });
+    let note = public_checkpoint(&d);
+    assert!(!cosigned_by(&note, &forked_vkey), "{note}");
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    // The check above is a check: another size is not what was cosigned.
+    let other = note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1);
+    assert!(!cosigned_by(&other, &honest_vkey));
+    let held: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.scratch().join("w1.state.json")).unwrap()).unwrap();
+    assert!(held["size"].as_u64().unwrap() >= size);
+    // The forked witness refused, and the daemon says so.
+    wait_until("the fork is not reported", || {
+        metric(
+            &d,
+            "dojang_audit_witness_refusals_total{reason=\"inconsistent\",witness=\"w2\"}",
+        ) >= 1.0
+    });
+    assert!(std::fs::read_to_string(&forked.log)
+        .unwrap()
+        .contains("a fork"));
+    assert_eq!(
+        metric(&d, "dojang_audit_witness_cosigned{witness=\"w1\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&d, "dojang_audit_witness_cosigned{witness=\"w2\"}"),
+        0.0
+    );
+    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), 1.0);
+    let (status, check) = readiness_check(&d);
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["ok"], true);
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("w2: inconsistent"),
+        "{check}"
+    );
+
+    // Without the honest witness the quorum is not met: not ready.
+    let port_of_honest = port;
+    drop(honest);
+    assert_eq!(d.issue("mdoc", 70).status, 201);
+    wait_until("readiness ignores the missing quorum", || {
+        readiness_check(&d).0 == 503
+    });
+    let (_, check) = readiness_check(&d);
+    assert_eq!(check["ok"], false, "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("w1: unreachable"),
+        "{check}"
+    );
+    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), 0.0);
+    // Back, it catches up from the size it holds and the node is ready.
+    let _honest = start_witness(&d, "w1", port_of_honest, &log_key);
+    wait_until("the node stays unready with its witness back", || {
+        readiness_check(&d).0 == 200
+    });
+    assert!(cosigned_by(&public_checkpoint(&d), &honest_vkey));
+}
