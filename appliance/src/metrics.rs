@@ -238,7 +238,7 @@ impl Metrics {
         let audit_witness_refusals = counter(
             r,
             "dojang_audit_witness_refusals_total",
-            "Audit checkpoints a witness refused or was not reached with, by reason (inconsistent and other_root are forks).",
+            "Attempts to have an audit checkpoint cosigned that a witness refused or that did not reach it, by reason (inconsistent and other_root are forks).",
             &["witness", "reason"],
         );
         (

@@ -86,12 +86,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn metric(d: &Daemon, line_start: &str) -> f64 {
+/// A series' value (`None`: not exported).
+fn metric(d: &Daemon, series: &str) -> Option<f64> {
     let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
+        .find_map(|l| l.strip_prefix(series).filter(|v| v.starts_with(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn readiness_check(d: &Daemon) -> (u16, serde_json::Value) {
@@ -164,7 +164,8 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     // w2 holds a tree of one entry this log never had.
     std::fs::write(
         d.scratch().join("w2.state.json"),
-        serde_json::json!({"size": 1, "root": B64.encode([7u8; 32])}).to_string(),
+        serde_json::json!({"origin": AUDIT_ORIGIN, "size": 1, "root": B64.encode([7u8; 32])})
+            .to_string(),
     )
     .unwrap();
     let port = softhsm_tests::ports::reserve(2);
@@ -175,7 +176,7 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     let config = std::fs::read_to_string(&d.config).unwrap().replace(
         "checkpoint_interval_ms = 300\n",
         &format!(
-            "checkpoint_interval_ms = 300\nwitness_quorum = 1\nwitnesses = [\
+            "checkpoint_interval_ms = 300\nwitness_quorum = 1\nrequire_witness_quorum = true\nwitnesses = [\
              {{ url = \"{}\", key = \"{honest_vkey}\" }}, {{ url = \"{}\", key = \"{forked_vkey}\" }}]\n",
             honest.url, forked.url
         ),
@@ -203,20 +204,21 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
         metric(
             &d,
             "dojang_audit_witness_refusals_total{reason=\"inconsistent\",witness=\"w2\"}",
-        ) >= 1.0
+        )
+        .is_some_and(|n| n >= 1.0)
     });
     assert!(std::fs::read_to_string(&forked.log)
         .unwrap()
         .contains("a fork"));
     assert_eq!(
         metric(&d, "dojang_audit_witness_cosigned{witness=\"w1\"}"),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
         metric(&d, "dojang_audit_witness_cosigned{witness=\"w2\"}"),
-        0.0
+        Some(0.0)
     );
-    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), 1.0);
+    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), Some(1.0));
     let (status, check) = readiness_check(&d);
     assert_eq!(status, 200, "{check}");
     assert_eq!(check["ok"], true);
@@ -244,7 +246,7 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
             .contains("w1: unreachable"),
         "{check}"
     );
-    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), 0.0);
+    assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), Some(0.0));
     // Back, it catches up from the size it holds and the node is ready.
     let _honest = start_witness(&d, "w1", port_of_honest, &log_key);
     wait_until("the node stays unready with its witness back", || {

@@ -227,6 +227,16 @@ impl Checkpoint {
 
     /// The key IDs of a note's signature lines (unverified), in order.
     pub fn signer_ids(note: &str) -> Vec<[u8; 4]> {
+        Self::signer_ids_where(note, |_| true)
+    }
+
+    /// The key IDs of the signature lines by keys named `name` (the log's
+    /// own, not its witnesses'), unverified, in order.
+    pub fn signer_ids_named(note: &str, name: &str) -> Vec<[u8; 4]> {
+        Self::signer_ids_where(note, |n| n == name)
+    }
+
+    fn signer_ids_where(note: &str, named: impl Fn(&str) -> bool) -> Vec<[u8; 4]> {
         let Some((_, signatures)) = note.rsplit_once("\n\n") else {
             return Vec::new();
         };
@@ -234,6 +244,7 @@ impl Checkpoint {
             .lines()
             .filter_map(|line| line.strip_prefix("\u{2014} "))
             .filter_map(|rest| rest.split_once(' '))
+            .filter(|(name, _)| named(name))
             .filter_map(|(_, sig)| B64.decode(sig).ok())
             .filter_map(|blob| blob.get(..4).and_then(|id| <[u8; 4]>::try_from(id).ok()))
             .collect()

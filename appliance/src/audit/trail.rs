@@ -56,7 +56,7 @@ impl AuditTrail {
             .latest_checkpoint()
             .ok()
             .flatten()
-            .map(|(_, note)| Checkpoint::signer_ids(&note))
+            .map(|(_, note)| Checkpoint::signer_ids_named(&note, &self.settings.origin))
             .unwrap_or_default();
         let outgoing = (!previous_signers.is_empty() && !previous_signers.contains(&key.id()))
             .then(|| {
@@ -118,6 +118,11 @@ impl AuditTrail {
                 super::checkpoint::NoteKey::new(&self.settings.origin, public).ok()
             })
             .collect()
+    }
+
+    /// Whether the log has witnesses.
+    pub fn has_witnesses(&self) -> bool {
+        self.witnesses.any()
     }
 
     /// Sends the latest checkpoint to the witnesses that have not

@@ -42,8 +42,12 @@ fn malformed(what: impl Into<String>) -> WitnessError {
 impl CosignerKey {
     /// The cosigner `name` with Ed25519 public key `public`.
     pub fn new(name: &str, public: [u8; 32]) -> Result<Self, WitnessError> {
-        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('+') {
-            return Err(malformed("a cosigner name has no spaces or '+'"));
+        if name.is_empty()
+            || name.contains(|c: char| c.is_whitespace() || c.is_control() || c == '+')
+        {
+            return Err(malformed(
+                "a cosigner name has no spaces, control characters or '+'",
+            ));
         }
         let mut input = name.as_bytes().to_vec();
         input.push(b'\n');
@@ -103,39 +107,36 @@ impl CosignerKey {
         format!("\u{2014} {} {}\n", self.name, B64.encode(blob))
     }
 
-    /// The time of this key's valid cosignature among `lines` (signature
-    /// lines) on the checkpoint `body`; lines of other keys are ignored.
+    /// The time of this key's first valid cosignature among `lines`
+    /// (signature lines) on the checkpoint `body`; lines of other keys,
+    /// and this key's lines that do not verify, are passed over.
     pub fn verify(&self, body: &str, lines: &str) -> Result<u64, WitnessError> {
-        for line in lines.lines() {
-            let Some((name, blob)) = line
-                .strip_prefix("\u{2014} ")
-                .and_then(|rest| rest.split_once(' '))
-            else {
-                return Err(malformed(format!("not a signature line: {line:?}")));
-            };
-            let Ok(blob) = B64.decode(blob) else {
-                return Err(malformed("a signature that is not base64"));
-            };
-            if name != self.name || blob.get(..4) != Some(&self.id[..]) {
-                continue;
-            }
-            let (Some(time), Some(signature), 76) = (blob.get(4..12), blob.get(12..), blob.len())
-            else {
-                return Err(malformed("an Ed25519 cosignature is 76 bytes"));
-            };
-            let time = u64::from_be_bytes(time.try_into().unwrap_or_default());
-            if time > i64::MAX as u64 {
-                return Err(malformed("a cosignature time beyond 2^63 - 1"));
-            }
-            if ed25519_verifies(&self.public, &cosigned_message(body, time), signature) {
-                return Ok(time);
-            }
-            return Err(malformed(format!(
-                "{}'s cosignature does not verify",
-                self.name
-            )));
-        }
-        Err(malformed(format!("no cosignature by {}", self.name)))
+        lines
+            .lines()
+            .filter(|line| self.claims(line))
+            .find_map(|line| self.cosignature_time(body, line))
+            .ok_or_else(|| malformed(format!("no valid cosignature by {}", self.name)))
+    }
+
+    /// Whether a signature line names this key (name and key ID), valid
+    /// or not.
+    pub fn claims(&self, line: &str) -> bool {
+        line.strip_prefix("\u{2014} ")
+            .and_then(|rest| rest.split_once(' '))
+            .filter(|(name, _)| *name == self.name)
+            .and_then(|(_, blob)| B64.decode(blob).ok())
+            .is_some_and(|blob| blob.get(..4) == Some(&self.id[..]))
+    }
+
+    fn cosignature_time(&self, body: &str, line: &str) -> Option<u64> {
+        let (_, blob) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
+        let blob = B64.decode(blob).ok()?;
+        let (time, signature) = (blob.get(4..12)?, blob.get(12..)?);
+        let time = u64::from_be_bytes(time.try_into().ok()?);
+        let ok = blob.len() == 76
+            && time <= i64::MAX as u64
+            && ed25519_verifies(&self.public, &cosigned_message(body, time), signature);
+        ok.then_some(time)
     }
 }
 
@@ -260,12 +261,13 @@ impl Refused {
 }
 
 /// The witness's rules: whether `request` may be cosigned, given the log
-/// it follows (`origin`, signed by `log_key`) and what it holds (`held`).
-/// The checkpoint to cosign, and what to hold from now on.
+/// it follows (`origin`, signed by any of `log_keys`: after an audit-key
+/// rotation the witness is given the new key beside the old) and what it
+/// holds (`held`). The checkpoint to cosign, and what to hold from now on.
 pub fn check(
     request: &AddCheckpoint,
     origin: &str,
-    log_key: &NoteKey,
+    log_keys: &[NoteKey],
     held: Option<&Witnessed>,
 ) -> Result<(Checkpoint, Witnessed), Refused> {
     let body = request
@@ -276,7 +278,10 @@ pub fn check(
     if body.lines().next() != Some(origin) {
         return Err(Refused::UnknownLog);
     }
-    let checkpoint = Checkpoint::open(&request.note, log_key).map_err(|_| Refused::NotSigned)?;
+    let checkpoint = log_keys
+        .iter()
+        .find_map(|key| Checkpoint::open(&request.note, key).ok())
+        .ok_or(Refused::NotSigned)?;
     if request.old > checkpoint.size {
         return Err(Refused::BadRequest(
             "the old size is beyond the checkpoint's".into(),
@@ -357,6 +362,17 @@ mod tests {
             .unwrap();
         let line = key.line(1_700_000_000, &signature);
         assert_eq!(key.verify(body, &line), Ok(1_700_000_000));
+        // A planted line under its name that does not verify hides nothing.
+        let planted = key.line(1, &[0; 64]);
+        assert!(key.claims(planted.trim_end()));
+        assert_eq!(
+            key.verify(body, &format!("{planted}{line}")),
+            Ok(1_700_000_000)
+        );
+        assert!(key.verify(body, &planted).is_err());
+        for name in ["w\u{1}", "w\u{85}", "w x", "w+x", ""] {
+            assert!(CosignerKey::new(name, public).is_err(), "{name:?}");
+        }
         assert!(key.verify(&body.replace('3', "4"), &line).is_err());
         let (_, other) = ed25519();
         let stranger = CosignerKey::new("witness.example/w1", other).unwrap();
@@ -400,29 +416,73 @@ mod tests {
             },
             note: signed(&log, &key, &leaves[..upto]),
         };
-        let (_, held) = check(&request(0, 4, &leaves), "example/log", &key, None).unwrap();
+        let (_, held) = check(
+            &request(0, 4, &leaves),
+            "example/log",
+            std::slice::from_ref(&key),
+            None,
+        )
+        .unwrap();
         assert_eq!(held.size, 4);
-        let (cp, later) = check(&request(4, 9, &leaves), "example/log", &key, Some(&held)).unwrap();
+        let (cp, later) = check(
+            &request(4, 9, &leaves),
+            "example/log",
+            std::slice::from_ref(&key),
+            Some(&held),
+        )
+        .unwrap();
         assert_eq!((cp.size, later.size), (9, 9));
         // The same size again is fine; a stale or foreign old size is not.
-        assert!(check(&request(9, 9, &leaves), "example/log", &key, Some(&later)).is_ok());
+        assert!(
+            check(
+                &request(9, 9, &leaves),
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&later)
+            )
+            .is_ok()
+        );
         assert_eq!(
-            check(&request(0, 9, &leaves), "example/log", &key, Some(&later)).unwrap_err(),
+            check(
+                &request(0, 9, &leaves),
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&later)
+            )
+            .unwrap_err(),
             Refused::OtherSize(9)
         );
         // A fork: another third leaf.
         let mut forked = leaves.clone();
         forked[2] = [99; 32];
         assert_eq!(
-            check(&request(4, 9, &forked), "example/log", &key, Some(&held)).unwrap_err(),
+            check(
+                &request(4, 9, &forked),
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&held)
+            )
+            .unwrap_err(),
             Refused::Inconsistent
         );
         assert_eq!(
-            check(&request(9, 9, &forked), "example/log", &key, Some(&later)).unwrap_err(),
+            check(
+                &request(9, 9, &forked),
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&later)
+            )
+            .unwrap_err(),
             Refused::OtherRoot
         );
         assert_eq!(
-            check(&request(0, 4, &leaves), "another/log", &key, None).unwrap_err(),
+            check(
+                &request(0, 4, &leaves),
+                "another/log",
+                std::slice::from_ref(&key),
+                None
+            )
+            .unwrap_err(),
             Refused::UnknownLog
         );
         let stranger = openssl::pkey::PKey::generate_ed25519().unwrap();
@@ -431,7 +491,7 @@ mod tests {
             ..request(0, 4, &leaves)
         };
         assert_eq!(
-            check(&unsigned, "example/log", &key, None).unwrap_err(),
+            check(&unsigned, "example/log", std::slice::from_ref(&key), None).unwrap_err(),
             Refused::NotSigned
         );
     }

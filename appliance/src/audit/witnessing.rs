@@ -24,8 +24,10 @@ use crate::store::Registry;
 
 /// How long one witness may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// How soon a checkpoint that missed a witness is sent again.
+/// How soon a checkpoint that missed a witness is sent again (doubled
+/// after each round that missed one, up to [`MAX_RETRY`]).
 const RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(16);
 /// The largest answer read from a witness.
 const MAX_ANSWER: usize = 16 * 1024;
 
@@ -47,13 +49,15 @@ struct Round {
     cosigned: Vec<String>,
     refused: Vec<(String, String)>,
     at: Option<Instant>,
+    /// Rounds in a row that missed a witness.
+    misses: u32,
 }
 
 /// The witnesses of this node's log.
 pub struct Witnesses {
     witnesses: Vec<Witness>,
     quorum: usize,
-    runtime: Option<tokio::runtime::Runtime>,
+    required: bool,
     last: Mutex<Round>,
 }
 
@@ -65,80 +69,86 @@ impl Witnesses {
             .iter()
             .map(Witness::new)
             .collect::<Result<Vec<_>, _>>()?;
-        let runtime = if witnesses.is_empty() {
-            None
-        } else {
-            Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| LoadError(format!("the witnesses' runtime: {e}")))?,
-            )
-        };
+        for (i, w) in witnesses.iter().enumerate() {
+            if witnesses
+                .iter()
+                .take(i)
+                .any(|o| o.key.name() == w.key.name())
+            {
+                return Err(LoadError(format!(
+                    "server.audit.witnesses names {} twice: one witness would count twice",
+                    w.key.name()
+                )));
+            }
+        }
         Ok(Witnesses {
             witnesses,
             quorum: settings.quorum(),
-            runtime,
+            required: settings.require_witness_quorum,
             last: Mutex::new(Round::default()),
         })
     }
 
+    /// Whether any witness is configured.
+    pub fn any(&self) -> bool {
+        !self.witnesses.is_empty()
+    }
+
     /// Sends the latest checkpoint to each witness that has not cosigned
-    /// it yet (again after [`RETRY`] if one did not), and stores the
-    /// cosignatures that verify.
+    /// it yet, all at once (again after a back-off if one did not), and
+    /// stores the cosignatures that verify, one per witness.
     pub fn round(&self, registry: &dyn Registry, metrics: &Metrics) {
-        let Some(runtime) = &self.runtime else {
+        if self.witnesses.is_empty() {
             return;
-        };
+        }
         let Ok(Some((size, note))) = registry.latest_checkpoint() else {
             return;
         };
-        let Some(body) = note.split_once("\n\n").map(|(b, _)| format!("{b}\n")) else {
+        let Some((body, signatures)) = note.split_once("\n\n") else {
             return;
         };
-        let signatures = note.split_once("\n\n").map_or("", |(_, s)| s);
+        let body = format!("{body}\n");
         let has = |w: &Witness| w.key.verify(&body, signatures).is_ok();
-        if let Ok(last) = self.last.lock()
-            && last.size == size
-            && (self.witnesses.iter().all(has) || last.at.is_some_and(|at| at.elapsed() < RETRY))
-        {
-            return;
-        }
+        let misses = match self.last.lock() {
+            Ok(last) if last.size == size => {
+                let wait = RETRY.saturating_mul(1 << last.misses.min(3)).min(MAX_RETRY);
+                if self.witnesses.iter().all(has) || last.at.is_some_and(|at| at.elapsed() < wait) {
+                    return;
+                }
+                last.misses
+            }
+            _ => 0,
+        };
+        let missing: Vec<&Witness> = self.witnesses.iter().filter(|w| !has(w)).collect();
+        let asked = ask_all(&missing, registry, size, &note, &body);
         let mut round = Round {
             size,
             at: Some(Instant::now()),
             ..Round::default()
         };
-        let mut added = String::new();
-        for w in &self.witnesses {
-            let name = w.key.name().to_owned();
-            if has(w) {
-                round.cosigned.push(name);
-                continue;
-            }
-            match runtime.block_on(w.cosign(registry, size, &note, &body)) {
-                Ok(line) => {
-                    added.push_str(&line);
-                    round.cosigned.push(name);
-                }
+        let mut added = Vec::new();
+        for (w, answer) in asked {
+            match answer {
+                Ok(line) => added.push((w, line)),
                 Err(reason) => {
-                    tracing::warn!(witness = %name, size, reason = reason.explain(), "a witness did not cosign the audit checkpoint");
+                    tracing::warn!(witness = %w.key.name(), size, reason = reason.explain(), "a witness did not cosign the audit checkpoint");
                     metrics
                         .audit_witness_refusals
-                        .with_label_values(&[&name, reason.label()])
+                        .with_label_values(&[w.key.name(), reason.label()])
                         .inc();
-                    round.refused.push((name, reason.explain().to_owned()));
+                    round
+                        .refused
+                        .push((w.key.name().to_owned(), reason.explain().to_owned()));
                 }
             }
         }
-        if !added.is_empty() {
-            // Another node may have added its own meanwhile: next round.
-            if let Err(e) = registry.cosign_checkpoint(size, &note, &format!("{note}{added}")) {
-                tracing::warn!(error = %e, "storing the witnesses' cosignatures");
-            }
-        }
+        let stored = self.store(registry, size, &note, &added);
+        let stored_signatures = stored.split_once("\n\n").map_or("", |(_, s)| s);
         for w in &self.witnesses {
-            let cosigned = round.cosigned.iter().any(|n| n == w.key.name());
+            let cosigned = w.key.verify(&body, stored_signatures).is_ok();
+            if cosigned {
+                round.cosigned.push(w.key.name().to_owned());
+            }
             metrics
                 .audit_witness_cosigned
                 .with_label_values(&[w.key.name()])
@@ -147,9 +157,72 @@ impl Witnesses {
         metrics
             .audit_witness_quorum_met
             .set(i64::from(round.cosigned.len() >= self.quorum));
+        round.misses = if round.cosigned.len() < self.witnesses.len() {
+            misses.saturating_add(1)
+        } else {
+            0
+        };
         if let Ok(mut last) = self.last.lock() {
             *last = round;
         }
+    }
+
+    /// Stores the note with `added` cosignatures if it is still `note`;
+    /// the note as stored. Only cosignatures stored count: another node
+    /// may have changed it meanwhile (the next round reads it again).
+    fn store(
+        &self,
+        registry: &dyn Registry,
+        size: u64,
+        note: &str,
+        added: &[(&Witness, String)],
+    ) -> String {
+        let Some((body, signatures)) = note.split_once("\n\n") else {
+            return note.to_owned();
+        };
+        if added.is_empty() {
+            return note.to_owned();
+        }
+        let cosigned = self.merged(&format!("{body}\n"), signatures, added);
+        match registry.cosign_checkpoint(size, note, &cosigned) {
+            Ok(true) => cosigned,
+            Ok(false) => note.to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the witnesses' cosignatures");
+                note.to_owned()
+            }
+        }
+    }
+
+    /// The note with `added` cosignatures: the log's own lines and those of
+    /// keys it does not know kept, at most one valid line per configured
+    /// witness (a planted line under a witness's name that does not verify
+    /// is dropped, so nobody can make the note grow round after round).
+    fn merged(&self, body: &str, signatures: &str, added: &[(&Witness, String)]) -> String {
+        let mut kept: Vec<&str> = Vec::new();
+        let mut present: Vec<&str> = Vec::new();
+        for line in signatures.lines() {
+            match self.witnesses.iter().find(|w| w.key.claims(line)) {
+                None => kept.push(line),
+                Some(w) if !present.contains(&w.key.name()) && w.key.verify(body, line).is_ok() => {
+                    present.push(w.key.name());
+                    kept.push(line);
+                }
+                Some(_) => {}
+            }
+        }
+        for (w, line) in added {
+            if !present.contains(&w.key.name()) {
+                present.push(w.key.name());
+                kept.push(line.trim_end());
+            }
+        }
+        let mut note = format!("{body}\n");
+        for line in kept {
+            note.push_str(line);
+            note.push('\n');
+        }
+        note
     }
 
     /// For readiness: whether the latest checkpoint sent has its quorum,
@@ -172,8 +245,34 @@ impl Witnesses {
         for (name, why) in &last.refused {
             detail.push_str(&format!("; {name}: {why}"));
         }
-        Some((last.cosigned.len() >= self.quorum, detail))
+        let met = last.cosigned.len() >= self.quorum;
+        if !met && !self.required {
+            // Not a failure: a witness down must not stop issuance unless
+            // the operator says so (`require_witness_quorum`).
+            detail = format!("WARNING: quorum not met: {detail}");
+        }
+        Some((met || !self.required, detail))
     }
+}
+
+/// Asks each of `witnesses` at once, each on a thread of its own.
+fn ask_all<'w>(
+    witnesses: &[&'w Witness],
+    registry: &dyn Registry,
+    size: u64,
+    note: &str,
+    body: &str,
+) -> Vec<(&'w Witness, Result<String, NotCosigned>)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = witnesses
+            .iter()
+            .map(|w| (*w, scope.spawn(|| w.ask(registry, size, note, body))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(w, h)| (w, h.join().unwrap_or(Err(NotCosigned::Unreachable))))
+            .collect()
+    })
 }
 
 /// Why a witness gave no cosignature.
@@ -259,6 +358,29 @@ impl Witness {
         })
     }
 
+    /// [`Witness::cosign`] on a runtime of its own (each witness is asked
+    /// on its own thread, so a slow one delays nobody else).
+    fn ask(
+        &self,
+        registry: &dyn Registry,
+        size: u64,
+        note: &str,
+        body: &str,
+    ) -> Result<String, NotCosigned> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| NotCosigned::Unreachable)?;
+        let answer = runtime.block_on(self.cosign(registry, size, note, body));
+        if answer.is_err()
+            && let Ok(mut holds) = self.holds.lock()
+        {
+            // Asked afresh next time: it says what it holds.
+            *holds = None;
+        }
+        answer
+    }
+
     /// Asks for a cosignature on checkpoint `size` (`note`, whose body is
     /// `body`); the verified cosignature line. A 409 naming the size the
     /// witness holds is answered once with a proof from that size.
@@ -293,25 +415,25 @@ impl Witness {
             match status {
                 200 => {
                     let lines = String::from_utf8_lossy(&answer);
-                    let _cosigned_at = self
-                        .key
-                        .verify(body, &lines)
-                        .map_err(|_| NotCosigned::BadCosignature)?;
                     if let Ok(mut holds) = self.holds.lock() {
                         *holds = Some(size);
                     }
-                    // Only this witness's lines are kept.
-                    return Ok(lines
+                    // One line of this witness's, the first that verifies.
+                    return lines
                         .lines()
-                        .filter(|l| self.key.verify(body, l).is_ok())
+                        .find(|l| self.key.verify(body, l).is_ok())
                         .map(|l| format!("{l}\n"))
-                        .collect());
+                        .ok_or(NotCosigned::BadCosignature);
                 }
                 409 if size_header => {
-                    let held = String::from_utf8_lossy(&answer)
+                    let held: u64 = String::from_utf8_lossy(&answer)
                         .trim()
                         .parse()
                         .map_err(|_| NotCosigned::Refused)?;
+                    if held > size {
+                        // Beyond this log: not believed, not kept.
+                        return Err(NotCosigned::Refused);
+                    }
                     if let Ok(mut holds) = self.holds.lock() {
                         *holds = Some(held);
                     }
@@ -353,7 +475,7 @@ impl Witness {
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(connection);
         let request = hyper::Request::post(&self.path)
-            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
             .header(hyper::header::CONTENT_TYPE, "text/plain")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
@@ -405,6 +527,78 @@ mod tests {
             key: key.into(),
             ca: None,
         }
+    }
+
+    fn signed_line(
+        key: &openssl::pkey::PKey<openssl::pkey::Private>,
+        w: &CosignerKey,
+        body: &str,
+    ) -> String {
+        let message = super::super::witness::cosigned_message(body, 1_800_000_000);
+        let signature = openssl::sign::Signer::new_without_digest(key)
+            .unwrap()
+            .sign_oneshot_to_vec(&message)
+            .unwrap();
+        w.line(1_800_000_000, &signature)
+    }
+
+    #[test]
+    fn a_note_keeps_one_valid_line_per_witness_and_drops_planted_ones() {
+        let private = openssl::pkey::PKey::generate_ed25519().unwrap();
+        let public: [u8; 32] = private.raw_public_key().unwrap().try_into().unwrap();
+        let key = CosignerKey::new("w.example/1", public).unwrap();
+        let settings = AuditSettings {
+            witnesses: vec![settings("http://w.example", &key.vkey())],
+            ..AuditSettings::default()
+        };
+        let witnesses = Witnesses::new(&settings).unwrap();
+        let body = "log\n2\nAAAA\n";
+        let log_line = "\u{2014} log AAAAAAAA";
+        let planted = key.line(5, &[0; 64]);
+        let good = signed_line(&private, &key, body);
+        let signatures = format!("{log_line}\n{planted}");
+        let added = [(&witnesses.witnesses[0], good.clone())];
+        let note = witnesses.merged(body, &signatures, &added);
+        assert_eq!(note, format!("{body}\n{log_line}\n{good}"));
+        // Already there: nothing more is added, however often it is asked.
+        let again = witnesses.merged(body, note.split_once("\n\n").unwrap().1, &added);
+        assert_eq!(again, note);
+    }
+
+    #[test]
+    fn a_missed_quorum_warns_unless_the_operator_requires_it() {
+        let key = CosignerKey::new("w.example/1", [9; 32]).unwrap();
+        for required in [false, true] {
+            let settings = AuditSettings {
+                witnesses: vec![settings("http://w.example", &key.vkey())],
+                require_witness_quorum: required,
+                ..AuditSettings::default()
+            };
+            let witnesses = Witnesses::new(&settings).unwrap();
+            assert_eq!(
+                witnesses.status().map(|s| s.0),
+                Some(true),
+                "before any round"
+            );
+            *witnesses.last.lock().unwrap() = Round {
+                size: 7,
+                refused: vec![("w.example/1".into(), "unreachable".into())],
+                at: Some(Instant::now()),
+                ..Round::default()
+            };
+            let (ok, detail) = witnesses.status().unwrap();
+            assert_eq!(ok, !required, "{detail}");
+            assert!(detail.contains("w.example/1: unreachable"), "{detail}");
+            assert_eq!(detail.starts_with("WARNING"), !required, "{detail}");
+        }
+        let twice = AuditSettings {
+            witnesses: vec![
+                settings("http://a", &key.vkey()),
+                settings("http://b", &key.vkey()),
+            ],
+            ..AuditSettings::default()
+        };
+        assert!(Witnesses::new(&twice).is_err());
     }
 
     #[test]

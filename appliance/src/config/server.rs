@@ -64,6 +64,11 @@ pub struct AuditSettings {
     /// [default: every witness].
     #[serde(default)]
     pub witness_quorum: Option<usize>,
+    /// Whether a node is not ready while the latest checkpoint lacks the
+    /// quorum (default: ready, with a warning; a witness down must not
+    /// stop issuance unless the operator decides it should).
+    #[serde(default)]
+    pub require_witness_quorum: bool,
 }
 
 /// One witness of the audit log.
@@ -95,6 +100,7 @@ impl Default for AuditSettings {
             checkpoint_entries: default_checkpoint_entries(),
             witnesses: Vec::new(),
             witness_quorum: None,
+            require_witness_quorum: false,
         }
     }
 }

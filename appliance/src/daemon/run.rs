@@ -120,6 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let stop_threads = Arc::new(AtomicBool::new(false));
     let audit_thread = threads::audit(shared.service.clone(), stop_threads.clone())?;
+    let witness_thread = threads::witnesses(shared.service.clone(), stop_threads.clone())?;
     let keys_thread = threads::keys(
         shared.service.clone(),
         stop_threads.clone(),
@@ -159,6 +160,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // The last entries of this run, covered by a final checkpoint.
     stop_threads.store(true, Ordering::Relaxed);
     let _ = audit_thread.join();
+    if let Some(thread) = witness_thread {
+        let _ = thread.join();
+    }
     let _ = keys_thread.join();
     let _ = status_thread.join();
     shared.service.record_event("stop", "ok", None);

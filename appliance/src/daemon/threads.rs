@@ -30,10 +30,32 @@ pub(super) fn audit(
                     let _ = service.audit.checkpoint();
                     last = Instant::now();
                 }
-                service.audit.witness();
             }
         })
         .context("starting the checkpoint thread")
+}
+
+/// Starts the witnesses' thread (when the log has witnesses): a round
+/// every 200 ms sends the latest checkpoint to those that have not
+/// cosigned it; apart from the checkpoint thread, so a slow witness never
+/// holds up sequencing or signing.
+pub(super) fn witnesses(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    if !service.audit.has_witnesses() {
+        return Ok(None);
+    }
+    std::thread::Builder::new()
+        .name("dojang-witness".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                service.audit.witness();
+            }
+        })
+        .map(Some)
+        .context("starting the witnesses' thread")
 }
 
 /// Starts the key lifecycle thread, a round every `interval_ms`.

@@ -22,6 +22,21 @@ use openssl::pkey::{PKey, Private};
 
 /// A request body larger than this is refused (63 hashes and a note).
 const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its request headers, and a connection
+/// to finish.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The state file: the log it is about, and the latest checkpoint the
+/// witness cosigned of it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    origin: String,
+    #[serde(flatten)]
+    witnessed: Witnessed,
+}
 
 #[derive(Subcommand)]
 pub(crate) enum WitnessCommand {
@@ -53,9 +68,10 @@ pub(crate) struct ServeArgs {
     /// The log's origin.
     #[arg(long)]
     origin: String,
-    /// The log's audit public key (PEM), from outside the log.
-    #[arg(long)]
-    log_key: PathBuf,
+    /// The log's audit public key (PEM), from outside the log; repeat it
+    /// to trust the new key beside the old one after a rotation.
+    #[arg(long, required = true)]
+    log_key: Vec<PathBuf>,
     /// The key's name in the log's notes [default: the origin].
     #[arg(long)]
     log_key_name: Option<String>,
@@ -104,7 +120,7 @@ struct Witness {
     key: PKey<Private>,
     cosigner: CosignerKey,
     origin: String,
-    log_key: NoteKey,
+    log_keys: Vec<NoteKey>,
     state_path: PathBuf,
     /// Checked and updated under one lock: two requests must not both
     /// pass against the same old size (the spec's rollback race).
@@ -114,13 +130,26 @@ struct Witness {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pem = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
     let key = PKey::private_key_from_pem(&pem).context("the witness key")?;
-    let trusted = super::audit_proof::trusted_log(
-        &args.log_key,
-        args.log_key_name.unwrap_or_else(|| args.origin.clone()),
-        args.origin.clone(),
-    )?;
+    let name = args.log_key_name.unwrap_or_else(|| args.origin.clone());
+    let log_keys = args
+        .log_key
+        .iter()
+        .map(|path| {
+            let trusted = super::audit_proof::trusted_log(path, name.clone(), args.origin.clone())?;
+            Ok(NoteKey::new(&trusted.key_name, trusted.key)?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let held = match std::fs::read(&args.state) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).context("the witness state")?),
+        Ok(bytes) => {
+            let state: State = serde_json::from_slice(&bytes).context("the witness state")?;
+            anyhow::ensure!(
+                state.origin == args.origin,
+                "{} is the state of another log ({})",
+                args.state.display(),
+                state.origin
+            );
+            Some(state.witnessed)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).context(format!("{}", args.state.display())),
     };
@@ -128,7 +157,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cosigner: cosigner(&args.name, &key)?,
         key,
         origin: args.origin,
-        log_key: NoteKey::new(&trusted.key_name, trusted.key)?,
+        log_keys,
         state_path: args.state,
         held: Mutex::new(held),
     });
@@ -140,17 +169,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         eprintln!("witness {} listening on {}", args.name, args.listen);
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (stream, _) = listener.accept().await?;
+            let Ok(place) = places.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait, do not die.
+                    eprintln!("witness: accepting: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let witness = witness.clone();
             let _connection = tokio::spawn(async move {
+                let _place = place;
                 let service = hyper::service::service_fn(move |request| {
                     let witness = witness.clone();
                     async move { Ok::<_, std::convert::Infallible>(answer(&witness, request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
             });
         }
     })
@@ -182,9 +226,13 @@ impl Witness {
         let Ok(mut held) = self.held.lock() else {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
         };
-        match check(&request, &self.origin, &self.log_key, held.as_ref()) {
+        match check(&request, &self.origin, &self.log_keys, held.as_ref()) {
             Ok((_, witnessed)) => {
-                if let Err(e) = persist(&self.state_path, &witnessed) {
+                let state = State {
+                    origin: self.origin.clone(),
+                    witnessed: witnessed.clone(),
+                };
+                if let Err(e) = persist(&self.state_path, &state) {
                     eprintln!("witness: keeping the state: {e:#}");
                     return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
                 }
@@ -235,12 +283,22 @@ impl Witness {
     }
 }
 
-/// Writes the state through a temporary file, synced, then renamed.
-fn persist(path: &Path, witnessed: &Witnessed) -> anyhow::Result<()> {
+/// Writes the state through a new temporary file (never one that was
+/// there: a planted link is not followed), synced, then renamed.
+fn persist(path: &Path, state: &State) -> anyhow::Result<()> {
     use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&serde_json::to_vec(witnessed)?)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    file.write_all(&serde_json::to_vec(state)?)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     let dir = path
