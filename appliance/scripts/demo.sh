@@ -332,6 +332,13 @@ cat <<MSG
   # the audit log, as an auditor sees it (docs/operations.md)
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/auditor.pem --key .demo/tls/auditor.key \\
        "https://localhost:8443/v1/audit/entries?start=0&count=10"
+  # an independent witness of the log (an auditor runs it; docs/operations.md "Witnesses"):
+  target/debug/dojangctl witness key --name auditor.example/w1 --out .demo/w1.key   # prints its vkey
+  target/debug/dojangctl witness serve --listen 127.0.0.1:7380 --name auditor.example/w1 --key .demo/w1.key \\
+       --origin dojang.example.kr/demo-audit --log-key .demo/audit.pem --state .demo/w1.json &
+  #   then in .demo/dojang.toml [server.audit]: witnesses = [{ url = "http://127.0.0.1:7380", key = "<vkey>" }]
+  #   restart dojangd; the public checkpoint carries the witness's cosignature:
+  curl http://127.0.0.1:8080/checkpoint
   # rotate the DS key: officer kim proposes and signs with her token, officer lee
   # reads every field and signs with his (two-person rule); the new key is
   # published now and signs 7 days later (policy [keys].prepublish)
