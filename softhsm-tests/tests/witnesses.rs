@@ -145,8 +145,20 @@ fn public_checkpoint(d: &Daemon) -> String {
     String::from_utf8(d.public_client().get("/checkpoint").body).unwrap()
 }
 
-#[test]
-fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readiness() {
+/// A daemon whose log is witnessed by `w1` (honest) and `w2` (holding
+/// a tree of one entry this log never had), quorum 1 (`required`: the node
+/// is not ready without it).
+struct Witnessed {
+    d: Daemon,
+    honest: WitnessProcess,
+    forked: WitnessProcess,
+    honest_vkey: String,
+    forked_vkey: String,
+    log_key: PathBuf,
+    port: u16,
+}
+
+fn witnessed(required: bool) -> Witnessed {
     let mut d = Daemon::start(Options::default());
     assert_eq!(d.issue("mdoc", 59).status, 201);
     let mut auditor = d.client("auditor");
@@ -176,13 +188,35 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     let config = std::fs::read_to_string(&d.config).unwrap().replace(
         "checkpoint_interval_ms = 300\n",
         &format!(
-            "checkpoint_interval_ms = 300\nwitness_quorum = 1\nrequire_witness_quorum = true\nwitnesses = [\
+            "checkpoint_interval_ms = 300\nwitness_quorum = 1\nrequire_witness_quorum = {required}\nwitnesses = [\
              {{ url = \"{}\", key = \"{honest_vkey}\" }}, {{ url = \"{}\", key = \"{forked_vkey}\" }}]\n",
             honest.url, forked.url
         ),
     );
     std::fs::write(&d.config, config).unwrap();
     d.spawn();
+    Witnessed {
+        d,
+        honest,
+        forked,
+        honest_vkey,
+        forked_vkey,
+        log_key,
+        port,
+    }
+}
+
+#[test]
+fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readiness() {
+    let Witnessed {
+        d,
+        honest,
+        forked,
+        honest_vkey,
+        forked_vkey,
+        log_key,
+        port,
+    } = witnessed(true);
     for n in 0..3 {
         assert_eq!(d.issue("mdoc", 60 + n).status, 201);
     }
@@ -253,4 +287,74 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
         readiness_check(&d).0 == 200
     });
     assert!(cosigned_by(&public_checkpoint(&d), &honest_vkey));
+}
+
+/// Copies an SQLite database as an insider would: the file and its
+/// write-ahead log, over whatever was at `to`.
+fn copy_database(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", to.display()));
+    }
+    for suffix in ["", "-wal"] {
+        let source = format!("{}{suffix}", from.display());
+        if Path::new(&source).exists() {
+            let _ = std::fs::copy(&source, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_registry_rolled_back_behind_what_a_witness_cosigned_is_reported() {
+    let Witnessed {
+        mut d,
+        honest: _honest,
+        forked: _forked,
+        honest_vkey,
+        ..
+    } = witnessed(false);
+    wait_until("no cosigned checkpoint published", || {
+        cosigned_by(&public_checkpoint(&d), &honest_vkey)
+    });
+    // An insider keeps a copy of the registry...
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(20));
+    let registry = d.scratch().join("registry.db");
+    let copy = d.scratch().join("registry-copy.db");
+    copy_database(&registry, &copy);
+    d.spawn();
+    // ...the log grows and the honest witness cosigns it...
+    for n in 0..5 {
+        assert_eq!(d.issue("sd-jwt", 80 + n).status, 201);
+    }
+    let grown = |d: &Daemon| {
+        let note = public_checkpoint(d);
+        let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+        (size, cosigned_by(&note, &honest_vkey))
+    };
+    let copied_size: u64 = {
+        let conn = rusqlite::Connection::open(&copy).unwrap();
+        conn.query_row("SELECT MAX(size) FROM checkpoints", [], |r| r.get(0))
+            .unwrap()
+    };
+    wait_until("the grown log is not cosigned", || {
+        let (size, cosigned) = grown(&d);
+        size > copied_size + 5 && cosigned
+    });
+    // ...and the copy is put back: the witness holds a larger tree.
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(20));
+    copy_database(&copy, &registry);
+    d.spawn();
+    wait_until("the rollback is not reported", || {
+        ["ahead", "inconsistent"].iter().any(|reason| {
+            metric(
+                &d,
+                &format!(
+                    "dojang_audit_witness_refusals_total{{reason=\"{reason}\",witness=\"w1\"}}"
+                ),
+            )
+            .is_some_and(|n| n >= 1.0)
+        })
+    });
+    assert!(!cosigned_by(&public_checkpoint(&d), &honest_vkey));
 }

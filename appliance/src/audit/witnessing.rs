@@ -286,7 +286,11 @@ enum NotCosigned {
     Forbidden,
     /// 404: it does not follow this log.
     UnknownLog,
-    /// 400, or a 409 whose size is beyond this checkpoint.
+    /// 409 naming a size beyond this log's latest checkpoint: the log was
+    /// rolled back behind what the witness cosigned (or, for a moment, a
+    /// newer checkpoint of another node was not read yet).
+    Ahead,
+    /// 400, or anything else.
     Refused,
     /// No answer, or not HTTP.
     Unreachable,
@@ -301,6 +305,7 @@ impl NotCosigned {
             NotCosigned::OtherRoot => "other_root",
             NotCosigned::Forbidden => "forbidden",
             NotCosigned::UnknownLog => "unknown_log",
+            NotCosigned::Ahead => "ahead",
             NotCosigned::Refused => "refused",
             NotCosigned::Unreachable => "unreachable",
             NotCosigned::BadCosignature => "bad_cosignature",
@@ -315,6 +320,9 @@ impl NotCosigned {
             NotCosigned::OtherRoot => "another tree of the same size (a fork)",
             NotCosigned::Forbidden => "it does not trust the log's key",
             NotCosigned::UnknownLog => "it does not follow this log",
+            NotCosigned::Ahead => {
+                "it cosigned a larger tree than this log's latest checkpoint (a rollback?)"
+            }
             NotCosigned::Refused => "refused the request",
             NotCosigned::Unreachable => "unreachable",
             NotCosigned::BadCosignature => "its cosignature does not verify",
@@ -394,8 +402,7 @@ impl Witness {
         for _ in 0..2 {
             let old = self.holds.lock().ok().and_then(|h| *h).unwrap_or(0);
             if old > size {
-                // Another node sent it a later checkpoint: nothing to add.
-                return Err(NotCosigned::Refused);
+                return Err(NotCosigned::Ahead);
             }
             let proof = if old == 0 || old == size {
                 Vec::new()
@@ -431,8 +438,10 @@ impl Witness {
                         .parse()
                         .map_err(|_| NotCosigned::Refused)?;
                     if held > size {
-                        // Beyond this log: not believed, not kept.
-                        return Err(NotCosigned::Refused);
+                        // Not kept (a lying witness must not silence
+                        // itself), but said: a log behind its witness was
+                        // rolled back.
+                        return Err(NotCosigned::Ahead);
                     }
                     if let Ok(mut holds) = self.holds.lock() {
                         *holds = Some(held);
