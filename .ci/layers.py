@@ -36,7 +36,7 @@ LAYERS = [
     ["node", "errors", "cli"],
     ["policy", "audit::log", "audit::tiles"],
     ["keys::manager", "keys::view"],
-    ["status", "audit::trail", "audit::auditor", "audit::witnessing"],
+    ["status", "audit::trail", "audit::auditor", "audit::witnessing", "audit::witness_client"],
     ["issuance"],
     ["officers"],
     ["service"],

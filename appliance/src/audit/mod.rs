@@ -15,4 +15,5 @@ pub mod proof;
 pub mod tiles;
 pub mod trail;
 pub mod witness;
+mod witness_client;
 pub mod witnessing;
