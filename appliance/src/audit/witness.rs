@@ -98,6 +98,11 @@ impl CosignerKey {
         &self.name
     }
 
+    /// The Ed25519 public key (one key under two names is one witness).
+    pub fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+
     /// The signature line for `signature` (64 bytes) made at `time` by
     /// this key.
     pub fn line(&self, time: u64, signature: &[u8]) -> String {
@@ -193,6 +198,7 @@ impl AddCheckpoint {
             .next()
             .and_then(|l| l.strip_prefix("old "))
             .filter(|n| *n == "0" || !n.starts_with('0'))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| malformed("the first line is `old <size>`"))?;
         let proof = lines
@@ -221,6 +227,23 @@ pub struct Witnessed {
     pub size: u64,
     /// Its root hash (base64).
     pub root: String,
+}
+
+impl Witnessed {
+    /// The root hash, if the stored one is a base64 hash (a witness checks
+    /// its state when it loads it: see [`Witnessed::check`]).
+    pub fn root_hash(&self) -> Option<Hash> {
+        B64.decode(&self.root)
+            .ok()
+            .and_then(|r| <Hash>::try_from(r).ok())
+    }
+
+    /// Whether this is a state a witness can go on from.
+    pub fn check(&self) -> Result<(), WitnessError> {
+        self.root_hash()
+            .map(|_| ())
+            .ok_or_else(|| malformed("the root is not a base64 SHA-256 hash"))
+    }
 }
 
 /// Why a witness refuses a checkpoint: each is the HTTP status the
@@ -287,36 +310,29 @@ pub fn check(
             "the old size is beyond the checkpoint's".into(),
         ));
     }
-    let (held_size, held_root) = match held {
-        Some(w) => (
-            w.size,
-            B64.decode(&w.root)
-                .ok()
-                .and_then(|r| <Hash>::try_from(r).ok())
-                .ok_or_else(|| {
-                    Refused::BadRequest("the witness's own state is unreadable".into())
-                })?,
-        ),
-        None => (0, [0; 32]),
-    };
+    let held_size = held.map_or(0, |w| w.size);
     if request.old != held_size {
         return Err(Refused::OtherSize(held_size));
     }
-    let consistent = match held_size {
-        0 => request.proof.is_empty(),
-        n if n == checkpoint.size => {
-            if held_root != checkpoint.root {
+    let consistent = match held {
+        // The same size (an empty tree included): the same root, and
+        // nothing to prove.
+        Some(w) if w.size == checkpoint.size => {
+            if w.root_hash() != Some(checkpoint.root) {
                 return Err(Refused::OtherRoot);
             }
-            true
+            request.proof.is_empty()
         }
-        n => verify_consistency(
-            n,
-            checkpoint.size,
-            &held_root,
-            &checkpoint.root,
-            &request.proof,
-        ),
+        Some(w) if w.size > 0 => w.root_hash().is_some_and(|root| {
+            verify_consistency(
+                w.size,
+                checkpoint.size,
+                &root,
+                &checkpoint.root,
+                &request.proof,
+            )
+        }),
+        _ => request.proof.is_empty(),
     };
     if !consistent {
         return Err(Refused::Inconsistent);
@@ -485,6 +501,42 @@ mod tests {
             .unwrap_err(),
             Refused::UnknownLog
         );
+        // The same size proves nothing: a proof sent along is refused.
+        let padded = AddCheckpoint {
+            proof: vec![[1; 32]],
+            ..request(9, 9, &leaves)
+        };
+        assert_eq!(
+            check(
+                &padded,
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&later)
+            )
+            .unwrap_err(),
+            Refused::Inconsistent
+        );
+        // Two empty trees with different roots are two trees.
+        let empty = Witnessed {
+            size: 0,
+            root: B64.encode([5; 32]),
+        };
+        assert_eq!(
+            check(
+                &request(0, 0, &leaves),
+                "example/log",
+                std::slice::from_ref(&key),
+                Some(&empty)
+            )
+            .unwrap_err(),
+            Refused::OtherRoot
+        );
+        assert!(empty.check().is_ok());
+        let unreadable = Witnessed {
+            size: 4,
+            root: "not base64".into(),
+        };
+        assert!(unreadable.check().is_err());
         let stranger = openssl::pkey::PKey::generate_ed25519().unwrap();
         let unsigned = AddCheckpoint {
             note: signed(&stranger, &key, &leaves[..4]),
@@ -509,6 +561,8 @@ mod tests {
         );
         for bad in [
             "old 05\n\nx",
+            "old +5\n\nx",
+            "old \n\nx",
             "new 5\n\nx",
             "old 5\nnot a hash\n\nx",
             "old 5\n",
