@@ -335,7 +335,7 @@ cat <<MSG
   # an independent witness of the log (an auditor runs it; docs/operations.md "Witnesses"):
   target/debug/dojangctl witness key --name auditor.example/w1 --out .demo/w1.key   # prints its vkey
   target/debug/dojangctl witness serve --listen 127.0.0.1:7380 --name auditor.example/w1 --key .demo/w1.key \\
-       --origin dojang.example.kr/demo-audit --log-key .demo/audit.pem --state .demo/w1.json &
+       --origin dojang.example.kr/demo-audit --log-key .demo/audit.pem --state .demo/w1.json --init &   # --init: first start only
   #   then in .demo/dojang.toml [server.audit]: witnesses = [{ url = "http://127.0.0.1:7380", key = "<vkey>" }]
   #   restart dojangd; the public checkpoint carries the witness's cosignature:
   curl http://127.0.0.1:8080/checkpoint

@@ -471,3 +471,32 @@ pub fn crl_serials(crl: &openssl::x509::X509CrlRef) -> Vec<Vec<u8>> {
         })
         .unwrap_or_default()
 }
+
+/// Runs `command`, a program that must refuse to start: it has to exit,
+/// unsuccessfully, within `timeout` (one still running then is killed and
+/// the test fails). What it said on its standard error.
+pub fn refused_within(command: &mut std::process::Command, timeout: Duration) -> String {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} started: it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+    }
+    assert!(!status.success(), "{said}");
+    said
+}

@@ -315,30 +315,13 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
 /// Starts `dojangd` on `d`'s configuration, which must exit (not serve)
 /// within 30 s; what it said.
 fn start_refused(d: &Daemon) -> String {
-    let mut child = d
-        .command("dojangd")
-        .arg("serve")
-        .arg("--config")
-        .arg(&d.config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dojangd started on another pseudonym key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut said = String::new();
-    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said);
-    assert!(!status.success(), "{said}");
-    said
+    softhsm_tests::refused_within(
+        d.command("dojangd")
+            .arg("serve")
+            .arg("--config")
+            .arg(&d.config),
+        Duration::from_secs(30),
+    )
 }
 
 /// A database of its own on the shared PostgreSQL, dropped at the end

@@ -49,11 +49,12 @@ fn witness_key(d: &Daemon, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn start_witness(d: &Daemon, name: &str, port: u16, log_key: &Path) -> WitnessProcess {
+/// `dojangctl witness serve` for witness `name` (its key and state in the
+/// scratch directory), not started.
+fn serve_command(d: &Daemon, name: &str, port: u16, log_key: &Path) -> std::process::Command {
     let scratch = d.scratch();
-    let log = scratch.join(format!("{name}.log"));
-    let child = d
-        .command("dojangctl")
+    let mut command = d.command("dojangctl");
+    let _ = command
         .args(["witness", "serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--name", name, "--origin", AUDIT_ORIGIN])
         .arg("--key")
@@ -61,7 +62,17 @@ fn start_witness(d: &Daemon, name: &str, port: u16, log_key: &Path) -> WitnessPr
         .arg("--log-key")
         .arg(log_key)
         .arg("--state")
-        .arg(scratch.join(format!("{name}.state.json")))
+        .arg(scratch.join(format!("{name}.state.json")));
+    command
+}
+
+/// Starts witness `name`, new (`--init`) unless it has a state already.
+fn start_witness(d: &Daemon, name: &str, port: u16, log_key: &Path) -> WitnessProcess {
+    let scratch = d.scratch();
+    let log = scratch.join(format!("{name}.log"));
+    let new = !scratch.join(format!("{name}.state.json")).exists();
+    let child = serve_command(d, name, port, log_key)
+        .args(new.then_some("--init"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -180,7 +191,7 @@ fn witnessed(required: bool) -> Witnessed {
             .to_string(),
     )
     .unwrap();
-    let port = softhsm_tests::ports::reserve(2);
+    let port = softhsm_tests::ports::reserve(3);
     let honest = start_witness(&d, "w1", port, &log_key);
     let forked = start_witness(&d, "w2", port + 1, &log_key);
     d.signal("TERM");
@@ -233,6 +244,19 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     let held: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.scratch().join("w1.state.json")).unwrap()).unwrap();
     assert!(held["size"].as_u64().unwrap() >= size);
+    // One state, one process: a second witness on w1's state is refused
+    // (it would check forks against a state of its own), and so is one
+    // whose state is gone (it would start afresh and cosign a fork).
+    let refused = |command: &mut std::process::Command| {
+        softhsm_tests::refused_within(command, Duration::from_secs(10))
+    };
+    let second = refused(&mut serve_command(&d, "w1", port + 2, &log_key));
+    assert!(second.contains("another witness process"), "{second}");
+    let again = refused(serve_command(&d, "w1", port + 2, &log_key).arg("--init"));
+    assert!(again.contains("another witness process"), "{again}");
+    let _ = std::fs::copy(d.scratch().join("w1.key"), d.scratch().join("w3.key")).unwrap();
+    let forgot = refused(&mut serve_command(&d, "w3", port + 2, &log_key));
+    assert!(forgot.contains("starts with --init"), "{forgot}");
     // The forked witness refused, and the daemon says so.
     wait_until("the fork is not reported", || {
         metric(
@@ -267,6 +291,12 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     // Without the honest witness the quorum is not met: not ready.
     let port_of_honest = port;
     drop(honest);
+    // Its state stays; `--init` would throw away what it cosigned.
+    let reinit = refused(serve_command(&d, "w1", port + 2, &log_key).arg("--init"));
+    assert!(
+        reinit.contains("--init starts a new witness only"),
+        "{reinit}"
+    );
     assert_eq!(d.issue("mdoc", 70).status, 201);
     wait_until("readiness ignores the missing quorum", || {
         readiness_check(&d).0 == 503

@@ -3,7 +3,9 @@
 //! keeps, never the log's token) and prints the vkey the log is configured
 //! with; `serve` answers `POST /add-checkpoint`, cosigning each checkpoint
 //! that extends the last one it cosigned and refusing any other (a fork).
-//! What it cosigned is kept in a state file, written before it answers.
+//! What it cosigned is kept in a state file, written before it answers,
+//! which one process at a time holds (`<state>.lock`) and which only
+//! `--init` creates: a witness must never forget what it cosigned.
 //! Plain HTTP: put it behind a TLS proxy when it leaves the host.
 
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use base64::Engine;
 use clap::Subcommand;
 use dojang::audit::checkpoint::NoteKey;
 use dojang::audit::witness::{AddCheckpoint, CosignerKey, Refused, Witnessed, check};
@@ -28,6 +31,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// to finish.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a client has to send a request's body once its headers are in.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The state file: the log it is about, and the latest checkpoint the
 /// witness cosigned of it.
@@ -78,6 +83,11 @@ pub(crate) struct ServeArgs {
     /// Where the witness keeps the last checkpoint it cosigned (JSON).
     #[arg(long)]
     state: PathBuf,
+    /// Start a new witness of the log: the state file is created (refused
+    /// if it exists). Without it a missing state file is an error: a
+    /// witness that forgot what it cosigned would cosign a fork.
+    #[arg(long)]
+    init: bool,
 }
 
 /// `witness key` / `witness serve`.
@@ -124,7 +134,10 @@ struct Witness {
     state_path: PathBuf,
     /// Checked and updated under one lock: two requests must not both
     /// pass against the same old size (the spec's rollback race).
-    held: Mutex<Option<Witnessed>>,
+    held: Mutex<Witnessed>,
+    /// Held for the life of the process: a second witness process on the
+    /// same state would check forks against a state of its own.
+    _state_lock: std::fs::File,
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -139,20 +152,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(NoteKey::new(&trusted.key_name, trusted.key)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let held = match std::fs::read(&args.state) {
-        Ok(bytes) => {
-            let state: State = serde_json::from_slice(&bytes).context("the witness state")?;
-            anyhow::ensure!(
-                state.origin == args.origin,
-                "{} is the state of another log ({})",
-                args.state.display(),
-                state.origin
-            );
-            Some(state.witnessed)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).context(format!("{}", args.state.display())),
-    };
+    let state_lock = lock_state(&args.state)?;
+    let held = load_state(&args.state, &args.origin, args.init)?;
     let witness = Arc::new(Witness {
         cosigner: cosigner(&args.name, &key)?,
         key,
@@ -160,6 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log_keys,
         state_path: args.state,
         held: Mutex::new(held),
+        _state_lock: state_lock,
     });
     println!("{}", witness.cosigner.vkey());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -200,6 +202,70 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Takes `<state>.lock` for the life of the process, or says who has it.
+fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
+    let mut path = state.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            anyhow::anyhow!(
+                "another witness process holds {} (one process per state file)",
+                path.display()
+            )
+        },
+    )?;
+    Ok(file)
+}
+
+/// The state the witness goes on from: read and checked, or with `init`
+/// a new one (the empty tree) written first.
+fn load_state(path: &Path, origin: &str, init: bool) -> anyhow::Result<Witnessed> {
+    if init {
+        anyhow::ensure!(
+            std::fs::symlink_metadata(path).is_err(),
+            "{} exists: --init starts a new witness only",
+            path.display()
+        );
+        let empty = Witnessed {
+            size: 0,
+            root: base64::engine::general_purpose::STANDARD
+                .encode(dojang::audit::merkle::root(&[])),
+        };
+        let state = State {
+            origin: origin.to_owned(),
+            witnessed: empty.clone(),
+        };
+        persist(path, &state)?;
+        return Ok(empty);
+    }
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "{} does not exist: a new witness starts with --init (a witness that lost its state must not start afresh: it would cosign a fork)",
+            path.display()
+        ),
+        _ => anyhow::Error::new(e).context(format!("{}", path.display())),
+    })?;
+    let state: State = serde_json::from_slice(&bytes).context("the witness state")?;
+    anyhow::ensure!(
+        state.origin == origin,
+        "{} is the state of another log ({})",
+        path.display(),
+        state.origin
+    );
+    state
+        .witnessed
+        .check()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(state.witnessed)
+}
+
 async fn answer(witness: &Arc<Witness>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/add-checkpoint" {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -207,9 +273,11 @@ async fn answer(witness: &Arc<Witness>, request: Request<Incoming>) -> Response<
     if request.method() != hyper::Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => return text(StatusCode::PAYLOAD_TOO_LARGE, "too large\n"),
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body came too slowly\n"),
     };
     let witness = witness.clone();
     tokio::task::spawn_blocking(move || witness.add_checkpoint(&body))
@@ -226,17 +294,20 @@ impl Witness {
         let Ok(mut held) = self.held.lock() else {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
         };
-        match check(&request, &self.origin, &self.log_keys, held.as_ref()) {
+        match check(&request, &self.origin, &self.log_keys, Some(&*held)) {
             Ok((_, witnessed)) => {
-                let state = State {
-                    origin: self.origin.clone(),
-                    witnessed: witnessed.clone(),
-                };
-                if let Err(e) = persist(&self.state_path, &state) {
-                    eprintln!("witness: keeping the state: {e:#}");
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                // The same checkpoint again changes nothing to keep.
+                if witnessed != *held {
+                    let state = State {
+                        origin: self.origin.clone(),
+                        witnessed: witnessed.clone(),
+                    };
+                    if let Err(e) = persist(&self.state_path, &state) {
+                        eprintln!("witness: keeping the state: {e:#}");
+                        return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                    }
+                    *held = witnessed;
                 }
-                *held = Some(witnessed);
                 // The body exactly as the log signed it (check parsed it).
                 let body = request
                     .note
