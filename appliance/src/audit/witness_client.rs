@@ -18,7 +18,8 @@ use crate::config::WitnessSettings;
 use crate::node::LoadError;
 use crate::store::Registry;
 
-/// How long one witness may take to answer.
+/// How long one witness may take to answer (both requests of an
+/// exchange, connection and TLS included).
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read from a witness.
 const MAX_ANSWER: usize = 16 * 1024;
@@ -125,6 +126,12 @@ impl Witness {
         })
     }
 
+    /// The size the witness said it holds (`None`: not asked since this
+    /// process started, or its last answer was not a cosignature).
+    pub(super) fn holds(&self) -> Option<u64> {
+        self.holds.lock().ok().and_then(|h| *h)
+    }
+
     /// Remembers the size the witness holds (`None`: ask it).
     fn set_holds(&self, size: Option<u64>) {
         if let Ok(mut holds) = self.holds.lock() {
@@ -145,7 +152,14 @@ impl Witness {
             .enable_all()
             .build()
             .map_err(|_| NotCosigned::Unreachable)?;
-        let answer = runtime.block_on(self.cosign(registry, size, note, body));
+        // One deadline for the whole exchange (it may take two requests),
+        // and nothing left behind on the runtime waits past it.
+        let answer = runtime
+            .block_on(async {
+                tokio::time::timeout(TIMEOUT, self.cosign(registry, size, note, body)).await
+            })
+            .unwrap_or(Err(NotCosigned::Unreachable));
+        runtime.shutdown_background();
         if answer.is_err() {
             // Asked afresh next time: it says what it holds.
             self.set_holds(None);
@@ -178,11 +192,10 @@ impl Witness {
                 proof,
                 note: note.to_owned(),
             };
-            let (status, size_header, answer) =
-                tokio::time::timeout(TIMEOUT, self.post(request.encode()))
-                    .await
-                    .map_err(|_| NotCosigned::Unreachable)?
-                    .map_err(|_| NotCosigned::Unreachable)?;
+            let (status, size_header, answer) = self
+                .post(request.encode())
+                .await
+                .map_err(|_| NotCosigned::Unreachable)?;
             match status {
                 200 => {
                     let lines = String::from_utf8_lossy(&answer);

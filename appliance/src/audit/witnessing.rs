@@ -10,6 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::checkpoint::Checkpoint;
 use super::witness_client::{NotCosigned, Witness};
 use crate::config::AuditSettings;
 use crate::metrics::Metrics;
@@ -49,13 +50,22 @@ impl Witnesses {
             .map(Witness::new)
             .collect::<Result<Vec<_>, _>>()?;
         for (i, w) in witnesses.iter().enumerate() {
+            // One key under two names makes two key IDs, and one
+            // cosignature could be relabelled as either.
             if witnesses
                 .iter()
                 .take(i)
-                .any(|o| o.key.name() == w.key.name())
+                .any(|o| o.key.name() == w.key.name() || o.key.public() == w.key.public())
             {
                 return Err(LoadError(format!(
-                    "server.audit.witnesses names {} twice: one witness would count twice",
+                    "server.audit.witnesses names {} twice (by name or by key): one witness would count twice",
+                    w.key.name()
+                )));
+            }
+            // Its lines would read as the log's own signatures.
+            if w.key.name() == settings.origin {
+                return Err(LoadError(format!(
+                    "server.audit.witnesses: a witness named {} like the log itself",
                     w.key.name()
                 )));
             }
@@ -80,14 +90,18 @@ impl Witnesses {
         if self.witnesses.is_empty() {
             return;
         }
-        let Ok(Some((size, note))) = registry.latest_checkpoint() else {
+        let Some((size, note, body)) = latest(registry) else {
             return;
         };
-        let Some((body, signatures)) = note.split_once("\n\n") else {
-            return;
+        let signatures = note.split_once("\n\n").map_or("", |(_, s)| s);
+        // A cosignature in the database counts once this process has heard
+        // from the witness, and only if it holds no larger tree: a
+        // registry put back from a copy carries the cosignatures of a tree
+        // the witness has since outgrown. (Other nodes' cosignatures count
+        // without asking again.)
+        let has = |w: &Witness| {
+            w.holds().is_some_and(|held| held <= size) && w.key.verify(&body, signatures).is_ok()
         };
-        let body = format!("{body}\n");
-        let has = |w: &Witness| w.key.verify(&body, signatures).is_ok();
         let misses = match self.last.lock() {
             Ok(last) if last.size == size => {
                 let wait = RETRY.saturating_mul(1 << last.misses.min(3)).min(MAX_RETRY);
@@ -212,7 +226,11 @@ impl Witnesses {
         }
         let last = self.last.lock().ok()?.clone();
         if last.at.is_none() {
-            return Some((true, "no checkpoint sent to the witnesses yet".into()));
+            // Not yet known is not met: a required quorum waits for it.
+            return Some((
+                !self.required,
+                "no checkpoint sent to the witnesses yet".into(),
+            ));
         }
         let mut detail = format!(
             "checkpoint {}: cosigned by {} of {} witnesses (quorum {})",
@@ -232,6 +250,21 @@ impl Witnesses {
         }
         Some((met || !self.required, detail))
     }
+}
+
+/// The latest checkpoint: its size, note and body, if its row and note
+/// agree on the size (the note's is what witnesses sign).
+fn latest(registry: &dyn Registry) -> Option<(u64, String, String)> {
+    let (size, note) = registry.latest_checkpoint().ok()??;
+    let body = format!("{}\n", note.split_once("\n\n")?.0);
+    if Checkpoint::parse_body(&body).ok().map(|c| c.size) != Some(size) {
+        tracing::warn!(
+            size,
+            "the latest checkpoint's row and note disagree on its size: not sent to the witnesses"
+        );
+        return None;
+    }
+    Some((size, note, body))
 }
 
 /// Asks each of `witnesses` at once, each on a thread of its own.
@@ -316,7 +349,7 @@ mod tests {
             let witnesses = Witnesses::new(&settings).unwrap();
             assert_eq!(
                 witnesses.status().map(|s| s.0),
-                Some(true),
+                Some(!required),
                 "before any round"
             );
             *witnesses.last.lock().unwrap() = Round {
@@ -338,5 +371,21 @@ mod tests {
             ..AuditSettings::default()
         };
         assert!(Witnesses::new(&twice).is_err());
+        let other = CosignerKey::new("w.example/2", [9; 32]).unwrap();
+        let one_key_two_names = AuditSettings {
+            witnesses: vec![
+                settings("http://a", &key.vkey()),
+                settings("http://b", &other.vkey()),
+            ],
+            ..AuditSettings::default()
+        };
+        assert!(Witnesses::new(&one_key_two_names).is_err());
+        let origin = AuditSettings::default().origin;
+        let like_the_log = CosignerKey::new(&origin, [3; 32]).unwrap();
+        let named_like_the_log = AuditSettings {
+            witnesses: vec![settings("http://a", &like_the_log.vkey())],
+            ..AuditSettings::default()
+        };
+        assert!(Witnesses::new(&named_like_the_log).is_err());
     }
 }
