@@ -133,7 +133,7 @@ impl Witness {
     }
 
     /// Remembers the size the witness holds (`None`: ask it).
-    fn set_holds(&self, size: Option<u64>) {
+    pub(super) fn set_holds(&self, size: Option<u64>) {
         if let Ok(mut holds) = self.holds.lock() {
             *holds = size;
         }

@@ -8,6 +8,7 @@
 //! `witness_client.rs`'s.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::checkpoint::Checkpoint;
@@ -39,6 +40,8 @@ pub struct Witnesses {
     quorum: usize,
     required: bool,
     last: Mutex<Round>,
+    /// The size (+1) whose row and note last disagreed (0: none).
+    disagreed: AtomicU64,
 }
 
 impl Witnesses {
@@ -75,6 +78,7 @@ impl Witnesses {
             quorum: settings.quorum(),
             required: settings.require_witness_quorum,
             last: Mutex::new(Round::default()),
+            disagreed: AtomicU64::new(0),
         })
     }
 
@@ -90,18 +94,11 @@ impl Witnesses {
         if self.witnesses.is_empty() {
             return;
         }
-        let Some((size, note, body)) = latest(registry) else {
+        let Some((size, note, body)) = self.latest(registry) else {
             return;
         };
         let signatures = note.split_once("\n\n").map_or("", |(_, s)| s);
-        // A cosignature in the database counts once this process has heard
-        // from the witness, and only if it holds no larger tree: a
-        // registry put back from a copy carries the cosignatures of a tree
-        // the witness has since outgrown. (Other nodes' cosignatures count
-        // without asking again.)
-        let has = |w: &Witness| {
-            w.holds().is_some_and(|held| held <= size) && w.key.verify(&body, signatures).is_ok()
-        };
+        let has = |w: &Witness| vouched(w, size, &body, signatures);
         let misses = match self.last.lock() {
             Ok(last) if last.size == size => {
                 let wait = RETRY.saturating_mul(1 << last.misses.min(3)).min(MAX_RETRY);
@@ -138,7 +135,7 @@ impl Witnesses {
         let stored = self.store(registry, size, &note, &added);
         let stored_signatures = stored.split_once("\n\n").map_or("", |(_, s)| s);
         for w in &self.witnesses {
-            let cosigned = w.key.verify(&body, stored_signatures).is_ok();
+            let cosigned = vouched(w, size, &body, stored_signatures);
             if cosigned {
                 round.cosigned.push(w.key.name().to_owned());
             }
@@ -158,6 +155,28 @@ impl Witnesses {
         if let Ok(mut last) = self.last.lock() {
             *last = round;
         }
+    }
+
+    /// The latest checkpoint: its size, note and body, if its row and
+    /// note agree on the size (the note's is what witnesses sign; a
+    /// disagreement is logged once per size).
+    fn latest(&self, registry: &dyn Registry) -> Option<(u64, String, String)> {
+        let (size, note) = registry.latest_checkpoint().ok()??;
+        let body = format!("{}\n", note.split_once("\n\n")?.0);
+        if Checkpoint::parse_body(&body).ok().map(|c| c.size) != Some(size) {
+            if self
+                .disagreed
+                .swap(size.saturating_add(1), Ordering::Relaxed)
+                != size.saturating_add(1)
+            {
+                tracing::warn!(
+                    size,
+                    "the latest checkpoint's row and note disagree on its size: not sent to the witnesses"
+                );
+            }
+            return None;
+        }
+        Some((size, note, body))
     }
 
     /// Stores the note with `added` cosignatures if it is still `note`;
@@ -252,19 +271,14 @@ impl Witnesses {
     }
 }
 
-/// The latest checkpoint: its size, note and body, if its row and note
-/// agree on the size (the note's is what witnesses sign).
-fn latest(registry: &dyn Registry) -> Option<(u64, String, String)> {
-    let (size, note) = registry.latest_checkpoint().ok()??;
-    let body = format!("{}\n", note.split_once("\n\n")?.0);
-    if Checkpoint::parse_body(&body).ok().map(|c| c.size) != Some(size) {
-        tracing::warn!(
-            size,
-            "the latest checkpoint's row and note disagree on its size: not sent to the witnesses"
-        );
-        return None;
-    }
-    Some((size, note, body))
+/// Whether witness `w` vouches for checkpoint `size` (`body`) among the
+/// note's `signatures`: its cosignature verifies, this process has heard
+/// from it, and it holds no larger tree. A stored cosignature alone is the
+/// database's word: a registry put back from a copy carries the
+/// cosignatures of a tree the witness has since outgrown. (Once heard
+/// from, other nodes' cosignatures count without asking again.)
+fn vouched(w: &Witness, size: u64, body: &str, signatures: &str) -> bool {
+    w.holds().is_some_and(|held| held <= size) && w.key.verify(body, signatures).is_ok()
 }
 
 /// Asks each of `witnesses` at once, each on a thread of its own.
@@ -335,6 +349,24 @@ mod tests {
         // Already there: nothing more is added, however often it is asked.
         let again = witnesses.merged(body, note.split_once("\n\n").unwrap().1, &added);
         assert_eq!(again, note);
+    }
+
+    #[test]
+    fn a_stored_cosignature_counts_once_the_witness_was_heard_from_and_holds_no_more() {
+        let private = openssl::pkey::PKey::generate_ed25519().unwrap();
+        let public: [u8; 32] = private.raw_public_key().unwrap().try_into().unwrap();
+        let key = CosignerKey::new("w.example/1", public).unwrap();
+        let witness = Witness::new(&settings("http://w.example", &key.vkey())).unwrap();
+        let body = "log\n7\nAAAA\n";
+        let line = signed_line(&private, &key, body);
+        // Not heard from since the start: the database's word only.
+        assert!(!vouched(&witness, 7, body, &line));
+        witness.set_holds(Some(7));
+        assert!(vouched(&witness, 7, body, &line));
+        assert!(!vouched(&witness, 7, body, ""));
+        // It holds a larger tree: this checkpoint is a rollback.
+        witness.set_holds(Some(9));
+        assert!(!vouched(&witness, 7, body, &line));
     }
 
     #[test]
