@@ -476,9 +476,12 @@ pub fn crl_serials(crl: &openssl::x509::X509CrlRef) -> Vec<Vec<u8>> {
 /// unsuccessfully, within `timeout` (one still running then is killed and
 /// the test fails). What it said on its standard error.
 pub fn refused_within(command: &mut std::process::Command, timeout: Duration) -> String {
+    // A file, not a pipe: a child that says more than a pipe holds must
+    // not block and pass for one that started.
+    let mut stderr = tempfile::tempfile().expect("a temporary file");
     let mut child = command
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr.try_clone().expect("the temporary file"))
         .spawn()
         .expect("spawning");
     let deadline = std::time::Instant::now() + timeout;
@@ -494,9 +497,8 @@ pub fn refused_within(command: &mut std::process::Command, timeout: Duration) ->
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut said = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
-    }
+    let _ = std::io::Seek::rewind(&mut stderr);
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
     assert!(!status.success(), "{said}");
     said
 }

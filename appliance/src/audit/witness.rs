@@ -532,6 +532,23 @@ mod tests {
             Refused::OtherRoot
         );
         assert!(empty.check().is_ok());
+        // A new witness (`witness serve --init`) holds the empty tree and
+        // takes a log's first checkpoint, and the log's empty one.
+        let new = Witnessed {
+            size: 0,
+            root: B64.encode(crate::audit::merkle::root(&[])),
+        };
+        for upto in [0, 4] {
+            assert!(
+                check(
+                    &request(0, upto, &leaves),
+                    "example/log",
+                    std::slice::from_ref(&key),
+                    Some(&new)
+                )
+                .is_ok()
+            );
+        }
         let unreadable = Witnessed {
             size: 4,
             root: "not base64".into(),

@@ -152,10 +152,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(NoteKey::new(&trusted.key_name, trusted.key)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Whatever can fail does before `--init` writes a state, so a retry
+    // with `--init` is not refused for a file the failed start left.
+    let cosigner = cosigner(&args.name, &key)?;
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
     let state_lock = lock_state(&args.state)?;
     let held = load_state(&args.state, &args.origin, args.init)?;
     let witness = Arc::new(Witness {
-        cosigner: cosigner(&args.name, &key)?,
+        cosigner,
         key,
         origin: args.origin,
         log_keys,
@@ -169,7 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         eprintln!("witness {} listening on {}", args.name, args.listen);
         let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -213,26 +219,29 @@ fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("{}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |_| {
-            anyhow::anyhow!(
-                "another witness process holds {} (one process per state file)",
-                path.display()
-            )
-        },
-    )?;
-    Ok(file)
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(anyhow::anyhow!(
+            "another witness process holds {} (one process per state file)",
+            path.display()
+        )),
+        Err(e) => Err(anyhow::Error::new(std::io::Error::from(e)))
+            .with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// The state the witness goes on from: read and checked, or with `init`
 /// a new one (the empty tree) written first.
 fn load_state(path: &Path, origin: &str, init: bool) -> anyhow::Result<Witnessed> {
     if init {
-        anyhow::ensure!(
-            std::fs::symlink_metadata(path).is_err(),
-            "{} exists: --init starts a new witness only",
-            path.display()
-        );
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(_) => anyhow::bail!(
+                "{} exists: --init starts a new witness only",
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+        }
         let empty = Witnessed {
             size: 0,
             root: base64::engine::general_purpose::STANDARD
@@ -242,7 +251,7 @@ fn load_state(path: &Path, origin: &str, init: bool) -> anyhow::Result<Witnessed
             origin: origin.to_owned(),
             witnessed: empty.clone(),
         };
-        persist(path, &state)?;
+        persist_new(path, &state)?;
         return Ok(empty);
     }
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
@@ -357,6 +366,23 @@ impl Witness {
 /// Writes the state through a new temporary file (never one that was
 /// there: a planted link is not followed), synced, then renamed.
 fn persist(path: &Path, state: &State) -> anyhow::Result<()> {
+    let temporary = write_temporary(path, state)?;
+    std::fs::rename(&temporary, path)?;
+    sync_directory(path)
+}
+
+/// [`persist`] for a state that must not replace one: linked into place
+/// (which fails if `path` appeared meanwhile), then the temporary removed.
+fn persist_new(path: &Path, state: &State) -> anyhow::Result<()> {
+    let temporary = write_temporary(path, state)?;
+    let linked = std::fs::hard_link(&temporary, path);
+    std::fs::remove_file(&temporary)?;
+    linked.with_context(|| format!("creating {}", path.display()))?;
+    sync_directory(path)
+}
+
+/// The state written, synced, to a new temporary file beside `path`.
+fn write_temporary(path: &Path, state: &State) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));
@@ -371,7 +397,10 @@ fn persist(path: &Path, state: &State) -> anyhow::Result<()> {
         .open(&temporary)?;
     file.write_all(&serde_json::to_vec(state)?)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+    Ok(temporary)
+}
+
+fn sync_directory(path: &Path) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
