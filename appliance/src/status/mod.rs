@@ -6,6 +6,7 @@
 pub mod changes;
 mod cwt;
 mod list;
+mod positions;
 pub mod publisher;
 
 pub use self::changes::StatusChanges;

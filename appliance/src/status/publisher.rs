@@ -21,18 +21,16 @@ use time::OffsetDateTime;
 use super::changes::StatusChanges;
 use super::cwt::sign_cwt;
 use super::list::{StatusList, TokenFields, sign_token};
+use super::positions::PositionCursor;
 use crate::keys::manager::KeyManager;
 use crate::node::Node;
-use crate::store::{STATUS_LIST_SIZE, StatusPositions};
+use crate::store::STATUS_LIST_SIZE;
 
 /// The status-list keys' JWKS, on the public listener.
 pub const STATUS_KEYS_PATH: &str = "/status/jwks.json";
 /// Lists beyond this are never asked of the store (a list holds 2^20
 /// credentials: this is over a billion).
 const MAX_STATUS_LIST: u32 = 1024;
-/// Status-list positions reserved from the registry at a time (positions
-/// a node reserved and never used stay valid: harmless decoys).
-const STATUS_BLOCK: u64 = 64;
 /// Seconds verifiers may cache a status-list token (its `ttl`); it is
 /// valid (`exp`) for the configured lifetime, which covers an outage
 /// during which verifiers fetch the last tokens from a static mirror.
@@ -96,8 +94,8 @@ pub struct StatusPublisher {
     public_base: String,
     /// Seconds a token is valid (`exp - iat`).
     lifetime: i64,
-    /// Reserved positions not handed out yet, the next one last.
-    statuses: Mutex<Option<StatusPositions>>,
+    /// Reserved positions not handed out yet.
+    positions: PositionCursor,
     status_tokens: Mutex<HashMap<(u32, TokenForm), CachedToken>>,
     /// One status list signed at a time: concurrent misses wait and share it.
     status_signing: Mutex<()>,
@@ -116,13 +114,14 @@ impl StatusPublisher {
         public_base: String,
         lifetime_s: u64,
     ) -> Self {
+        let positions = PositionCursor::new(node.registry.clone());
         StatusPublisher {
             node,
             keys,
             changes,
             public_base,
             lifetime: i64::try_from(lifetime_s).unwrap_or(i64::MAX / 2),
-            statuses: Mutex::new(None),
+            positions,
             status_tokens: Mutex::new(HashMap::new()),
             status_signing: Mutex::new(()),
             requested: Mutex::new(HashMap::new()),
@@ -136,23 +135,7 @@ impl StatusPublisher {
 
     /// The next status-list position for a new credential.
     pub fn next_index(&self) -> Result<(u32, u64), crate::store::StoreError> {
-        let mut slot = self
-            .statuses
-            .lock()
-            .map_err(|_| crate::store::StoreError::Internal("status cursor poisoned".into()))?;
-        if let Some(reserved) = slot.as_mut()
-            && let Some(index) = reserved.indexes.pop()
-        {
-            return Ok((reserved.list, index));
-        }
-        let mut reserved = self.node.registry.reserve_status_indexes(STATUS_BLOCK)?;
-        reserved.indexes.reverse();
-        let index = reserved.indexes.pop().ok_or_else(|| {
-            crate::store::StoreError::Internal("the registry reserved no status position".into())
-        })?;
-        let list = reserved.list;
-        *slot = Some(reserved);
-        Ok((list, index))
+        self.positions.next()
     }
 
     /// Where the status-list keys are published (a JWKS of those keys
