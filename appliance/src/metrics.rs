@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 mod process;
+pub mod stages;
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -17,6 +18,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Issuance latency (seconds), by profile.
     pub issuance_seconds: HistogramVec,
+    /// Issuance latency by stage, and the slow ones traced.
+    pub issuance_stages: stages::IssuanceStages,
     /// Issuances by profile and outcome.
     pub issuances: IntCounterVec,
     /// Policy denials by rule.
@@ -189,6 +192,7 @@ impl Metrics {
             connections_refused,
             handshake_failures,
             issuance_seconds,
+            issuance_stages: stages::IssuanceStages::new(&r),
             issuances,
             denials,
             hsm_operations,

@@ -624,6 +624,25 @@ fn metrics_parse_and_move() {
         ),
         1.0
     );
+    // Each stage of the one issued credential, once (the refusal is not
+    // an issuance's timing); its signature took some time.
+    for stage in [
+        "queue",
+        "prior",
+        "validate",
+        "pseudonym",
+        "facts",
+        "policy",
+        "status_index",
+        "sign",
+        "commit",
+    ] {
+        let count = format!("dojang_issuance_stage_seconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(get(&after, &count), 1.0, "{count}");
+    }
+    assert!(get(&after, "dojang_issuance_stage_seconds_sum{stage=\"sign\"}") > 0.0);
+    // Counted, whatever this machine made of a first issuance.
+    assert!(after.contains_key("dojang_issuance_slow_total"));
     assert!(after.contains_key("dojang_signing_queue_depth"));
     assert!(after.contains_key("dojang_hsm_sessions{state=\"idle\"}"));
     assert!(get(&after, "dojang_audit_log_entries") >= 1.0);

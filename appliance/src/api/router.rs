@@ -307,12 +307,14 @@ impl Api {
             &self.pool
         };
         let route = route.clone();
+        let queued = std::time::Instant::now();
         self.run_on(pool, slot, move |s| {
             let now = OffsetDateTime::now_utc();
             match route {
-                Route::Issue => s
-                    .issuer
-                    .issue(&request_id, &client, &body, key.as_deref(), now),
+                Route::Issue => {
+                    s.issuer
+                        .issue(&request_id, &client, (&body, key.as_deref()), queued, now)
+                }
                 Route::Metadata(id) => s.issuer.metadata(&id),
                 Route::ChangeState(id, action) => {
                     s.issuer.change_state(&client, &id, action, &body, now)

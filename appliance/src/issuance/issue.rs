@@ -20,6 +20,7 @@ use super::seal::SealKey;
 use crate::credential::claims::ResidentCardClaims;
 use crate::credential::{DocumentSigner, SignatureValidity, StatusReference};
 use crate::errors::{credential_refusal, json_refusal, key_refusal, store_refusal};
+use crate::metrics::stages::{Stage, StageClock};
 use crate::node::rfc3339;
 use crate::refusal::{Answer, Class, Refusal, Reply};
 use crate::store::{DecisionRecord, IdempotencyKey, IssuanceCommit, NewCredential, StoreError};
@@ -67,20 +68,33 @@ fn replay(seal: &SealKey, sealed: &[u8]) -> Answer {
 }
 
 impl Issuer {
-    /// `POST /v1/credentials` from `client` (whose role the router checked).
+    /// `POST /v1/credentials` from `client` (whose role the router checked),
+    /// queued for a signing thread at `queued`.
     pub fn issue(
         &self,
         request_id: &str,
         client: &crate::node::Caller,
-        body: &[u8],
-        idempotency_key: Option<&str>,
+        (body, idempotency_key): (&[u8], Option<&str>),
+        queued: std::time::Instant,
         now: OffsetDateTime,
     ) -> Answer {
+        let mut clock = StageClock::since(queued);
+        clock.lap(Stage::Queue);
         let current = self.current();
         let policy = current.policy.clone();
         let request: IssueRequest = serde_json::from_slice(body).map_err(|e| json_refusal(&e))?;
+        clock.lap(Stage::Validate);
         let profile = request.profile.clone();
-        let outcome = self.issue_parsed(client, body, request, idempotency_key, now, &current);
+        let outcome = self.issue_parsed(
+            client,
+            (body, request, idempotency_key),
+            now,
+            &current,
+            &mut clock,
+        );
+        if outcome.is_ok() {
+            self.node.metrics.issuance_stages.record(&clock, request_id);
+        }
         let label = match &outcome {
             Ok(_) => "issued",
             Err(p) if p.class.is_server_error() => "error",
@@ -117,11 +131,10 @@ impl Issuer {
     fn issue_parsed(
         &self,
         client: &crate::node::Caller,
-        body: &[u8],
-        request: IssueRequest,
-        idempotency_key: Option<&str>,
+        (body, request, idempotency_key): (&[u8], IssueRequest, Option<&str>),
         now: OffsetDateTime,
         current: &Current,
+        clock: &mut StageClock,
     ) -> Answer {
         let started = std::time::Instant::now();
         // The rate limit before any other work: a client over it costs no
@@ -136,12 +149,15 @@ impl Issuer {
             Prior::Fresh(key, seal) => Some((key, seal)),
             Prior::None => None,
         };
+        clock.lap(Stage::Prior);
         let v = validate(request)?;
-        let allowed = self.decide(client, &v, (current, hits), now)?;
+        clock.lap(Stage::Validate);
+        let allowed = self.decide(client, &v, (current, hits), now, clock)?;
         let signer = current.signer(now).map_err(|_| {
             Refusal::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
-        let signed = self.sign(&v, &allowed, signer, current, now)?;
+        let signed = self.sign(&v, &allowed, (signer, current), now, clock)?;
+        clock.lap(Stage::Sign);
         let respond = self.respond_with(&v, &allowed, &signed, signer, current);
         let holder = allowed.secret.pseudonym;
         let commit = self.commit_of(
@@ -154,11 +170,12 @@ impl Issuer {
             now,
         );
         let seal = idempotency.map(|(_, seal)| seal);
-        match self
-            .node
-            .registry
-            .commit_issuance(client, commit, sealed(respond.clone(), seal))
-        {
+        let committed =
+            self.node
+                .registry
+                .commit_issuance(client, commit, sealed(respond.clone(), seal));
+        clock.lap(Stage::Commit);
+        match committed {
             Ok((committed, _)) => {
                 if !committed.superseded.is_empty() {
                     self.status.changed();
@@ -232,6 +249,7 @@ impl Issuer {
         v: &Validated,
         (current, hits): (&Current, u32),
         now: OffsetDateTime,
+        clock: &mut StageClock,
     ) -> Result<Allowed, Refusal> {
         let policy = &current.policy;
         let secret = self
@@ -241,6 +259,7 @@ impl Issuer {
                 pseudonym(self.node.backend, &self.pseudonym_key, &v.number)
             })
             .map_err(|e| key_refusal(&e))?;
+        clock.lap(Stage::Pseudonym);
         let holder = secret.pseudonym;
         let device = v.device.jwk().thumbprint();
         let facts = self
@@ -248,6 +267,7 @@ impl Issuer {
             .registry
             .facts(&holder, &device)
             .map_err(store_refusal)?;
+        clock.lap(Stage::Facts);
         let policy_request = IssuanceRequest {
             profile: v.request.profile.clone(),
             channel: v.request.channel.clone(),
@@ -267,6 +287,7 @@ impl Issuer {
             client_requests_this_minute: hits,
         };
         let decision = policy.evaluate_issuance(client, &policy_request, &registry_facts, now);
+        clock.lap(Stage::Policy);
         let denial = match decision.outcome {
             Outcome::Allow(obligations) => {
                 return Ok(Allowed {
@@ -278,12 +299,7 @@ impl Issuer {
             }
             Outcome::Deny(denial) => denial,
         };
-        let (class, code) = match denial.kind {
-            DenialKind::Forbidden => (Class::Forbidden, "forbidden"),
-            DenialKind::Policy => (Class::Unprocessable, "policy_denied"),
-            DenialKind::Conflict => (Class::Conflict, "policy_conflict"),
-            DenialKind::RateLimited => (Class::TooManyRequests, "rate_limited"),
-        };
+        let (class, code) = denial_class(denial.kind);
         let record = DecisionRecord {
             rule: Some(denial.rule.to_owned()),
             // Client text reaches the log only if the policy knows it.
@@ -345,9 +361,9 @@ impl Issuer {
         &self,
         v: &Validated,
         allowed: &Allowed,
-        signer: &DocumentSigner<'static>,
-        current: &Current,
+        (signer, current): (&DocumentSigner<'static>, &Current),
         now: OffsetDateTime,
+        clock: &mut StageClock,
     ) -> Result<Signed, Refusal> {
         let policy = &current.policy;
         let format: CredentialFormat = policy
@@ -369,7 +385,9 @@ impl Issuer {
             signer.certificate_window(),
         )
         .map_err(|_| Refusal::unavailable("no_signing_key", "the DS certificate has expired"))?;
+        clock.lap(Stage::Sign);
         let (list, index) = self.status.next_index().map_err(store_refusal)?;
+        clock.lap(Stage::StatusIndex);
         let status = self.status_reference(format, list, index);
         let (format_name, credential) =
             self.sign_credential(signer, format, &claims, &v.device, &validity, &status)?;
@@ -472,6 +490,16 @@ impl Issuer {
                     .caller_decision(client, "issue", "allow", &allowed.policy_hash, now)
             },
         }
+    }
+}
+
+/// The HTTP class and problem code of a policy denial.
+fn denial_class(kind: DenialKind) -> (Class, &'static str) {
+    match kind {
+        DenialKind::Forbidden => (Class::Forbidden, "forbidden"),
+        DenialKind::Policy => (Class::Unprocessable, "policy_denied"),
+        DenialKind::Conflict => (Class::Conflict, "policy_conflict"),
+        DenialKind::RateLimited => (Class::TooManyRequests, "rate_limited"),
     }
 }
 
