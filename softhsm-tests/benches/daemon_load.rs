@@ -1,27 +1,38 @@
 //! Load benchmark of the real daemon: issuance over mTLS with keep-alive,
-//! durable SQLite commits, next to the raw 2-thread SoftHSM ES256 rate
-//! measured in the same run on the same machine.
+//! durable commits, next to the raw 2-thread SoftHSM ES256 rate measured in
+//! the same run on the same machine; on SQLite and on PostgreSQL, several
+//! runs of each (this machine's speed drifts: the spread is a finding).
 //!
-//! Reports issuances/s and p50/p99 at saturation and at half that rate
-//! (open loop), the daemon's peak RSS, and the ratio to the raw rate.
-//! Targets: throughput ≥ 0.5 × raw, p99 ≤ 10 ms at half load, RSS ≤ 100 MiB.
+//! Each run reports issuances/s and p50/p99 at saturation and at half that
+//! rate (open loop), the p99 of one closed-loop client sending beside the
+//! half load (what one counter clerk feels), where the issuances' time went
+//! (the daemon's per-stage histograms over each phase), the daemon's CPU per
+//! issuance beyond its HSM work, its peak RSS, and the audit entry's share.
+//! After each run the registry and the audit log are checked (credentials
+//! = answers 201, quota moved by the free copies, one live credential per
+//! holder and per phone, the exported log verifies). The summary gives the
+//! median of the runs per store against the targets of issue 20.
 //! The load generator shares the two cores with the daemon.
 //!
 //! `make bench-load` (or `cargo build --release --bins && cargo bench -p
 //! softhsm-tests --bench daemon_load`); `DOJANG_LOAD_SECONDS` (default 10),
-//! `DOJANG_LOAD_CONNECTIONS` (default 32), `DOJANG_LOAD_STORE=postgres` (the
-//! local PostgreSQL instead of SQLite).
+//! `DOJANG_LOAD_CONNECTIONS` (default 32), `DOJANG_LOAD_RUNS` (default 3),
+//! `DOJANG_LOAD_STORE` (`sqlite`, `postgres`, default both; PostgreSQL is
+//! the local one at 127.0.0.1:5432), `DOJANG_LOAD_LOG` (a directory that
+//! keeps each run's daemon log).
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::load::{bodies, env, load};
+use common::invariants::{self, Registry};
+use common::load::{bodies, env, load, Run};
+use common::stages::StageHistograms;
 use common::BenchResult;
 use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
 use secrecy::SecretString;
-use softhsm_tests::daemon::{Daemon, Options};
+use softhsm_tests::daemon::{Daemon, Options, PgSchema, Store};
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -33,58 +44,107 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() -> BenchResult {
-    let seconds = env("DOJANG_LOAD_SECONDS", 10);
-    let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
-    let duration = Duration::from_secs(seconds);
+/// One run's figures (latencies in ms).
+struct Figures {
+    store: &'static str,
+    raw: f64,
+    hsm_us: f64,
+    saturation: f64,
+    saturation_p99: f64,
+    half_p50: f64,
+    half_p99: f64,
+    single_p50: f64,
+    single_p99: f64,
+    failed: usize,
+    cpu_us: f64,
+    rss_peak_mib: f64,
+    audit_share: f64,
+}
 
-    // The raw baseline: bare cryptoki, 2 threads, this machine, this run.
-    let (token, config) = common::token_with_ds_key("bench-ds")?;
-    let raw = |seconds| -> BenchResult<f64> {
-        Ok(raw_sign_rate(
+fn metrics(d: &Daemon) -> String {
+    String::from_utf8_lossy(&d.ops_client().get("/metrics").body).into_owned()
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn print_stages(phase: &str, stages: &StageHistograms) {
+    let parts: Vec<String> = stages
+        .quantiles()
+        .iter()
+        .map(|(stage, _, p50, p99)| format!("{stage} {p50:.2}/{p99:.2}"))
+        .collect();
+    println!("    stages at {phase}, p50/p99 ms: {}", parts.join(", "));
+}
+
+fn print_phase(name: &str, run: &mut Run) -> (f64, f64) {
+    let (p50, p99) = (run.percentile(0.50), run.percentile(0.99));
+    println!(
+        "    {name}: {:.0} issuances/s, p50 {p50:.2} ms, p99 {p99:.2} ms, {} failed",
+        run.rate(),
+        run.failed
+    );
+    (p50, p99)
+}
+
+/// The raw 2-thread rate and the HSM-work-only rate, medians of three
+/// interleaved 2 s measurements.
+fn baselines(config: &pkcs11_shim::Pkcs11Config, token_label: &str) -> BenchResult<(f64, f64)> {
+    let (mut raws, mut ceilings) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        raws.push(raw_sign_rate(
             &RawBenchmark {
                 module: config.module.clone(),
-                token_label: token.label().to_owned(),
+                token_label: token_label.to_owned(),
                 pin: SecretString::from(softhsm_tests::USER_PIN),
                 key_label: "bench-ds".into(),
                 threads: 2,
-                duration: Duration::from_secs(seconds),
+                duration: Duration::from_secs(2),
             },
             &[0x5a; 256],
-        )?)
-    };
-    // The ceiling the token alone sets: an issuance's HSM work and nothing
-    // else, interleaved with raw runs (this VM's speed drifts), medians.
-    let (mut raws, mut ceilings) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        raws.push(raw(2)?);
+        )?);
         ceilings.push(common::hsm_work_per_issuance_rate(
-            &config,
+            config,
             "bench-ds",
             "bench-pseudonym",
             Duration::from_secs(2),
         )?);
     }
-    let (raw_before, hsm_ceiling) = (common::median(raws), common::median(ceilings));
+    Ok((common::median(raws), common::median(ceilings)))
+}
 
-    // DOJANG_LOAD_STORE=postgres: the registry in a fresh schema of the
-    // local PostgreSQL instead of SQLite.
-    let postgres = std::env::var("DOJANG_LOAD_STORE").is_ok_and(|s| s == "postgres");
+/// One run against a fresh daemon; `bench` is this process's token (one
+/// PKCS#11 environment per process) for the raw baselines.
+fn one_run(
+    postgres: bool,
+    audit_us: f64,
+    bench: &(softhsm_tests::SoftHsmToken, pkcs11_shim::Pkcs11Config),
+) -> BenchResult<Figures> {
+    let seconds = env("DOJANG_LOAD_SECONDS", 10);
+    let connections = env("DOJANG_LOAD_CONNECTIONS", 32) as usize;
+    let duration = Duration::from_secs(seconds);
+    let (raw, hsm_ceiling) = baselines(&bench.1, bench.0.label())?;
     let schema = if postgres {
-        Some(
-            softhsm_tests::daemon::PgSchema::create()
-                .ok_or("DOJANG_LOAD_STORE=postgres, but no PostgreSQL at 127.0.0.1:5432")?,
-        )
+        Some(PgSchema::create().ok_or("no PostgreSQL at 127.0.0.1:5432")?)
     } else {
         None
     };
     let store = match &schema {
-        Some(s) => softhsm_tests::daemon::Store::Postgres(s.url.clone()),
-        None => softhsm_tests::daemon::Store::Sqlite,
+        Some(s) => Store::Postgres(s.url.clone()),
+        None => Store::Sqlite,
     };
-    let d = Daemon::start(Options {
+    let mut d = Daemon::start(Options {
         store,
-        limits: format!("max_in_flight = {}\nsigning_threads = 16", connections * 4),
+        // The clerk's connection beside the load's, from the same client.
+        limits: format!(
+            "max_in_flight = {}\nmax_in_flight_per_client = {}\nsigning_threads = {}",
+            connections * 4,
+            connections + 8,
+            env("DOJANG_LOAD_SIGNING_THREADS", 16)
+        ),
         policy: |p| {
             p.replace(
                 "requests_per_minute = 6000",
@@ -95,19 +155,24 @@ fn main() -> BenchResult {
     });
     let target = d.api_target("counter", false);
     let pid = d.pid();
-    let rss_idle = rss_kib(pid, "VmRSS:");
-    // Enough distinct requests for the saturated run at several times the raw rate.
-    let count = (raw_before * seconds as f64 * 1.2) as usize + 1000;
-    eprintln!("preparing {count} distinct requests…");
+    let quota_before = sample(&metrics(&d), "dojang_free_quota_remaining");
+    // Enough distinct requests for the saturated run at the token's ceiling.
+    let count = (hsm_ceiling * seconds as f64 * 1.1) as usize + 1000;
     let saturated_bodies = Arc::new(bodies(count, 0)?);
-    let _warm = load(
+    let mut issued = load(
         &target,
         Arc::new(bodies(200, 900_000)?),
         8,
         Duration::from_secs(1),
         None,
-    )?;
-    eprintln!("saturation phase starting (dojangd pid {pid})");
+    )?
+    .issued;
+
+    let before = StageHistograms::parse(&metrics(&d));
+    let (postgres_cpu, machine_cpu) = (
+        common::cpu_seconds_named("postgres"),
+        common::machine_busy_seconds(),
+    );
     let (daemon_cpu, own_cpu) = (
         common::cpu_seconds(&pid.to_string()),
         common::cpu_seconds("self"),
@@ -115,87 +180,158 @@ fn main() -> BenchResult {
     let mut saturated = load(&target, saturated_bodies, connections, duration, None)?;
     let daemon_cpu = common::cpu_seconds(&pid.to_string()) - daemon_cpu;
     let own_cpu = common::cpu_seconds("self") - own_cpu;
+    let postgres_cpu = common::cpu_seconds_named("postgres") - postgres_cpu;
+    let machine_cpu = common::machine_busy_seconds() - machine_cpu;
+    let saturated_stages = StageHistograms::parse(&metrics(&d)).since(&before);
+
     let half_rate = saturated.rate() / 2.0;
-    let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
-    let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
+    let half_bodies = Arc::new(bodies(
+        (half_rate * seconds as f64 * 1.1) as usize + 100,
+        count as u32 + 1000,
+    )?);
+    let single_bodies = Arc::new(bodies(20_000.min(seconds as usize * 1000), 1_500_000)?);
+    let log_mark = d.log().len();
+    let before = StageHistograms::parse(&metrics(&d));
+    let single_target = target.clone();
+    let single = std::thread::spawn(move || load(&single_target, single_bodies, 1, duration, None));
     let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
+    let mut single = common::joined(single.join(), "single client")?;
+    let half_stages = StageHistograms::parse(&metrics(&d)).since(&before);
     let rss_peak = rss_kib(pid, "VmHWM:");
+    issued += saturated.issued + half.issued + single.issued;
+    let quota_used = quota_before - sample(&metrics(&d), "dojang_free_quota_remaining");
+
+    let slow = common::stages::slow_trace_summary(d.log().get(log_mark..).unwrap_or(""));
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(30));
+    let registry = match &schema {
+        Some(s) => Registry::Postgres(&s.url),
+        None => Registry::Sqlite(&d.scratch().join("registry.db")),
+    };
+    let entries = invariants::check(&d, &registry, issued, quota_used)?;
+    if let Ok(dir) = std::env::var("DOJANG_LOAD_LOG") {
+        let name = format!(
+            "dojangd-{}-{}.log",
+            if postgres { "postgres" } else { "sqlite" },
+            pid
+        );
+        std::fs::write(std::path::Path::new(&dir).join(name), d.log())?;
+    }
     drop(d);
-    let raw_after = raw(3)?;
     drop(schema);
-    // What the audit entry's SQL adds to an issuance's transaction, this run
-    // (measured on SQLite).
+
+    let per_issuance_us = daemon_cpu * 1e6 / saturated.issued.max(1) as f64;
+    let hsm_us = 2e6 / hsm_ceiling;
+    let store_name = if postgres { "PostgreSQL" } else { "SQLite" };
+    println!("  {store_name} run: raw SoftHSM ES256 2 threads {raw:.0} sig/s, HSM work of one issuance alone {hsm_ceiling:.0}/s ({hsm_us:.0} µs of CPU on two cores)");
+    let (_, saturation_p99) = print_phase("saturation", &mut saturated);
+    print_stages("saturation", &saturated_stages);
+    println!(
+        "    CPU at saturation: dojangd {:.2} cores, {per_issuance_us:.0} µs per issuance ({:.0} µs beyond its HSM work); load generator {:.2} cores; PostgreSQL {:.2} cores; the machine busy {:.2} of its cores",
+        daemon_cpu / saturated.elapsed.as_secs_f64(),
+        per_issuance_us - hsm_us,
+        own_cpu / saturated.elapsed.as_secs_f64(),
+        postgres_cpu / saturated.elapsed.as_secs_f64(),
+        machine_cpu / saturated.elapsed.as_secs_f64(),
+    );
+    let (half_p50, half_p99) =
+        print_phase(&format!("half load ({half_rate:.0}/s offered)"), &mut half);
+    print_stages("half load", &half_stages);
+    println!("    at half load: {slow}");
+    let (single_p50, single_p99) =
+        print_phase("one closed-loop client beside the half load", &mut single);
+    println!(
+        "    daemon peak RSS {:.1} MiB; audit entry {audit_us:.1} µs = {:.1}% of the CPU per issuance{}; after the run: {issued} credentials, {quota_used:.0} free copies, no holder or phone with two live, {entries} audit entries verified",
+        rss_peak as f64 / 1024.0,
+        audit_us / per_issuance_us * 100.0,
+        if postgres { " [entry cost measured on SQLite]" } else { "" }
+    );
+    Ok(Figures {
+        store: store_name,
+        raw,
+        hsm_us,
+        saturation: saturated.rate(),
+        saturation_p99,
+        half_p50,
+        half_p99,
+        single_p50,
+        single_p99,
+        failed: saturated.failed + half.failed + single.failed,
+        cpu_us: per_issuance_us,
+        rss_peak_mib: rss_peak as f64 / 1024.0,
+        audit_share: audit_us / per_issuance_us * 100.0,
+    })
+}
+
+/// The median of one figure over a store's runs.
+fn median_of(runs: &[&Figures], f: impl Fn(&Figures) -> f64) -> f64 {
+    common::median(runs.iter().map(|r| f(r)).collect())
+}
+
+fn summary(all: &[Figures]) {
+    println!("summary (median of the runs; targets of issue 20 in brackets):");
+    let mut saturation = Vec::new();
+    for store in ["SQLite", "PostgreSQL"] {
+        let runs: Vec<&Figures> = all.iter().filter(|f| f.store == store).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let (p50, p99) = (
+            median_of(&runs, |f| f.half_p50),
+            median_of(&runs, |f| f.half_p99),
+        );
+        let worst = runs.iter().map(|f| f.half_p99).fold(0.0, f64::max);
+        let sat = median_of(&runs, |f| f.saturation);
+        saturation.push(sat);
+        println!(
+            "  {store}, {} runs: saturation {sat:.0}/s (p99 {:.1} ms), raw {:.0} sig/s; half load p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50 [<= 3 x, <= 10 ms], worst run p99 {worst:.2} ms [<= 25 ms]; one clerk p50 {:.2} / p99 {:.2} ms",
+            runs.len(),
+            median_of(&runs, |f| f.saturation_p99),
+            median_of(&runs, |f| f.raw),
+            p99 / p50,
+            median_of(&runs, |f| f.single_p50),
+            median_of(&runs, |f| f.single_p99),
+        );
+        println!(
+            "    CPU per issuance {:.0} µs, {:.0} beyond the HSM work; peak RSS {:.1} MiB [<= 64]; audit share {:.1}% [<= 5%]; {} failed requests [0]",
+            median_of(&runs, |f| f.cpu_us),
+            median_of(&runs, |f| f.cpu_us - f.hsm_us),
+            runs.iter().map(|f| f.rss_peak_mib).fold(0.0, f64::max),
+            median_of(&runs, |f| f.audit_share),
+            runs.iter().map(|f| f.failed).sum::<usize>(),
+        );
+    }
+    if let [sqlite, postgres] = saturation[..] {
+        println!(
+            "  PostgreSQL saturation / SQLite saturation: {:.2} [>= 0.6]",
+            postgres / sqlite
+        );
+    }
+}
+
+fn main() -> BenchResult {
+    let runs = env("DOJANG_LOAD_RUNS", 3);
+    let stores: &[bool] = match std::env::var("DOJANG_LOAD_STORE").as_deref() {
+        Ok("sqlite") => &[false],
+        Ok("postgres") => &[true],
+        _ => &[false, true],
+    };
+    // What the audit entry's SQL adds to an issuance's transaction
+    // (measured on SQLite, once).
     let (append_us, empty_us) = common::audit_sql_cpu_us()?;
     let audit_us = (append_us - empty_us).max(0.0);
-    let raw_rate = (raw_before + raw_after) / 2.0;
-
-    println!("daemon load benchmark: POST /v1/credentials over mTLS (HTTP/1.1 keep-alive),");
     println!(
-        "  {connections} connections, {seconds} s per phase, {}, mdoc and SD-JWT alternating",
-        if postgres {
-            "PostgreSQL (local, synchronous_commit on)"
-        } else {
-            "SQLite synchronous=FULL"
+        "daemon load benchmark: POST /v1/credentials over mTLS (HTTP/1.1 keep-alive), {} connections, {} s per phase, mdoc and SD-JWT alternating; SQLite synchronous=FULL, PostgreSQL local with synchronous_commit on",
+        env("DOJANG_LOAD_CONNECTIONS", 32),
+        env("DOJANG_LOAD_SECONDS", 10)
+    );
+    let bench = common::token_with_ds_key("bench-ds")?;
+    let mut all = Vec::new();
+    for &postgres in stores {
+        for _ in 0..runs {
+            all.push(one_run(postgres, audit_us, &bench)?);
         }
-    );
-    println!(
-        "  raw SoftHSM ES256, 2 threads: {raw_before:.0} sig/s before, {raw_after:.0} after (mean {raw_rate:.0})"
-    );
-    println!(
-        "  saturation: {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
-        saturated.rate(),
-        saturated.percentile(0.50),
-        saturated.percentile(0.99),
-        saturated.failed
-    );
-    println!(
-        "  CPU at saturation: dojangd {:.2} cores ({:.0} µs per issuance), load generator {:.2} cores",
-        daemon_cpu / saturated.elapsed.as_secs_f64(),
-        daemon_cpu * 1e6 / saturated.issued.max(1) as f64,
-        own_cpu / saturated.elapsed.as_secs_f64()
-    );
-    let per_issuance_us = daemon_cpu * 1e6 / saturated.issued.max(1) as f64;
-    println!(
-        "  auditing: the entry's SQL adds {audit_us:.1} µs CPU to an issuance's transaction = {:.1}% of the daemon's CPU per issuance (target <= 5%){}",
-        audit_us / per_issuance_us * 100.0,
-        if postgres {
-            " [measured on SQLite: not this run's store]"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "  half load ({half_rate:.0}/s offered): {:.0} issuances/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
-        half.rate(),
-        half.percentile(0.50),
-        half.percentile(0.99),
-        half.failed
-    );
-    println!(
-        "  daemon RSS: {:.1} MiB idle, {:.1} MiB peak",
-        rss_idle as f64 / 1024.0,
-        rss_peak as f64 / 1024.0
-    );
-    println!(
-        "  HSM work of one issuance alone (signature + pseudonym HMAC through the shim, 2 threads): {hsm_ceiling:.0}/s = {:.2} of the raw rate before it, the ceiling before TLS, JSON, CBOR and the store",
-        hsm_ceiling / raw_before
-    );
-    // What the target leaves for everything but the HSM, on two cores.
-    let budget_us = 2e6 / (0.5 * raw_rate);
-    let hsm_us = 2e6 / hsm_ceiling;
-    println!(
-        "  at 0.5 x raw the two cores allow {budget_us:.0} µs of CPU per issuance; its HSM work takes {hsm_us:.0} µs of it, leaving {:.0} µs for TLS, HTTP, JSON, CBOR, the store and the audit entry (this run's daemon spent {:.0} µs on them)",
-        budget_us - hsm_us,
-        per_issuance_us - hsm_us
-    );
-    println!(
-        "  ratio throughput / raw 2-thread rate: {:.2}  (target >= 0.50)",
-        saturated.rate() / raw_rate
-    );
-    println!(
-        "  p99 at half load {:.2} ms (target <= 10 ms); peak RSS {:.1} MiB (target <= 100 MiB)",
-        half.percentile(0.99),
-        rss_peak as f64 / 1024.0
-    );
+    }
+    summary(&all);
     Ok(())
 }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+pub(crate) mod invariants;
 pub(crate) mod load;
+pub(crate) mod stages;
 
 use std::time::{Duration, Instant};
 
@@ -168,4 +170,35 @@ pub(crate) fn hsm_work_per_issuance_rate(
             .sum::<BenchResult<u64>>()
     })?;
     Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// CPU seconds used so far by every process whose command name is `name`
+/// (PostgreSQL's server processes: `postgres`).
+pub(crate) fn cpu_seconds_named(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .map(|entry| cpu_seconds(&entry.file_name().to_string_lossy()))
+        .sum()
+}
+
+/// CPU seconds the whole machine spent busy (not idle or waiting on I/O)
+/// so far, over every core; niced work (a fuzzer at nice 19) left out.
+pub(crate) fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: f64 = [0, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    busy / 100.0 // USER_HZ
 }
