@@ -38,7 +38,7 @@ LAYERS = [
     ["keys::manager", "keys::view"],
     ["status", "audit::trail", "audit::auditor", "audit::witnessing", "audit::witness_client"],
     ["issuance"],
-    ["officers"],
+    ["officers", "wallet"],
     ["service"],
     ["http", "officer_client"],
     ["api"],

@@ -26,3 +26,4 @@ pub mod refusal;
 pub mod service;
 pub mod status;
 pub mod store;
+pub mod wallet;

@@ -10,6 +10,7 @@ use prometheus::{
 
 mod process;
 pub mod stages;
+pub mod wallet;
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -20,6 +21,8 @@ pub struct Metrics {
     pub issuance_seconds: HistogramVec,
     /// Issuance latency by stage, and the slow ones traced.
     pub issuance_stages: stages::IssuanceStages,
+    /// The wallet listener's steps.
+    pub wallet: wallet::WalletMetrics,
     /// Issuances by profile and outcome.
     pub issuances: IntCounterVec,
     /// Policy denials by rule.
@@ -142,18 +145,23 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
     h
 }
 
+/// `dojang_build_info{version}` = 1.
+fn build_info(r: &Registry) {
+    let build = gauge_vec(
+        r,
+        "dojang_build_info",
+        "Build information (value 1).",
+        &["version"],
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+}
+
 impl Metrics {
     /// Registers every metric.
     #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
     pub fn new() -> Self {
         let r = Registry::new();
-        let build = gauge_vec(
-            &r,
-            "dojang_build_info",
-            "Build information (value 1).",
-            &["version"],
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info(&r);
         let (status_list_seconds, status_list_signatures, status_list_staleness_seconds) =
             Self::status_lists(&r);
         let (mirror_files_written, mirror_failures, mirror_complete) = Self::mirror(&r);
@@ -193,6 +201,7 @@ impl Metrics {
             handshake_failures,
             issuance_seconds,
             issuance_stages: stages::IssuanceStages::new(&r),
+            wallet: wallet::WalletMetrics::new(&r),
             issuances,
             denials,
             hsm_operations,

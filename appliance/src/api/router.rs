@@ -139,9 +139,10 @@ fn check_content(route: &Route, request: &Request<Incoming>) -> Result<Option<St
             }
             Ok(None)
         }
-        Route::Refresh(_) | Route::Decide { approve: true, .. } | Route::CeremonyResponse => {
-            require_json(request).map(|()| None)
-        }
+        Route::Offer
+        | Route::Refresh(_)
+        | Route::Decide { approve: true, .. }
+        | Route::CeremonyResponse => require_json(request).map(|()| None),
         Route::Propose { action, .. } if matches!(*action, "rotate" | "revoke" | "policy") => {
             require_json(request).map(|()| None)
         }
@@ -315,6 +316,10 @@ impl Api {
                     s.issuer
                         .issue(&request_id, &client, (&body, key.as_deref()), queued, now)
                 }
+                Route::Offer => match &s.wallet {
+                    Some(wallet) => wallet.create_offer((&s.node, &s.issuer), &client, &body, now),
+                    None => Err(crate::wallet::wallet_not_configured()),
+                },
                 Route::Metadata(id) => s.issuer.metadata(&id),
                 Route::ChangeState(id, action) => {
                     s.issuer.change_state(&client, &id, action, &body, now)
@@ -421,6 +426,7 @@ mod tests {
             "/v1/credentials/{id}/suspend:",
             "/v1/credentials/{id}/reinstate:",
             "/v1/credentials/{id}/refresh:",
+            "/v1/offers:",
             "/v1/audit/checkpoint:",
             "/v1/audit/entries:",
             "/v1/audit/proof/inclusion:",
@@ -465,6 +471,8 @@ mod tests {
             include_str!("../issuance/refresh.rs"),
             include_str!("../issuance/request.rs"),
             include_str!("../issuance/state.rs"),
+            include_str!("../issuance/offer.rs"),
+            include_str!("../wallet/offers.rs"),
             include_str!("../officers/proposals.rs"),
             include_str!("../officers/check.rs"),
             include_str!("../officers/execute.rs"),

@@ -11,6 +11,8 @@ use crate::refusal::{Class, Refusal};
 pub(super) enum Route {
     /// `POST /v1/credentials`.
     Issue,
+    /// `POST /v1/offers`: an OpenID4VCI offer for a holder's wallet.
+    Offer,
     /// `GET /v1/credentials/{id}`.
     Metadata(String),
     /// `POST /v1/credentials/{id}/revoke|suspend|reinstate`.
@@ -78,6 +80,7 @@ impl Route {
         use hyper::Method;
         match (method, segments) {
             (&Method::POST, ["v1", "credentials"]) => Route::Issue,
+            (&Method::POST, ["v1", "offers"]) => Route::Offer,
             (&Method::GET, ["v1", "credentials", id]) => Route::Metadata((*id).to_owned()),
             (&Method::POST, ["v1", "credentials", id, "revoke"]) => {
                 Route::ChangeState((*id).to_owned(), "revoke")
@@ -129,7 +132,7 @@ impl Route {
                 _,
                 [
                     "v1",
-                    "credentials" | "keys" | "approvals" | "policy" | "pki" | "ceremony",
+                    "credentials" | "offers" | "keys" | "approvals" | "policy" | "pki" | "ceremony",
                     ..,
                 ],
             ) => Route::MethodNotAllowed,
@@ -141,6 +144,7 @@ impl Route {
     pub(super) fn name(&self) -> &'static str {
         match self {
             Route::Issue => "/v1/credentials",
+            Route::Offer => "/v1/offers",
             Route::Metadata(_) => "/v1/credentials/{id}",
             Route::ChangeState(_, "revoke") => "/v1/credentials/{id}/revoke",
             Route::ChangeState(_, "suspend") => "/v1/credentials/{id}/suspend",
@@ -181,6 +185,7 @@ impl Route {
         matches!(
             self,
             Route::Issue
+                | Route::Offer
                 | Route::ChangeState(..)
                 | Route::Refresh(_)
                 | Route::Propose { .. }
@@ -222,6 +227,7 @@ impl Route {
         use Role::{Auditor, Issuer, Officer, Revoker};
         let (roles, audited): (&'static [Role], _) = match self {
             Route::Issue => (&[Issuer], Some("issue")),
+            Route::Offer => (&[Issuer], Some("offer")),
             Route::Metadata(_) => (&[Issuer, Revoker, Auditor], None),
             Route::ChangeState(_, action) => (&[Revoker], Some(*action)),
             Route::Refresh(_) => (&[Issuer], Some("refresh")),
@@ -311,6 +317,7 @@ mod tests {
     fn every_route_but_the_unknown_ones_names_a_role() {
         let segments: &[(&hyper::Method, &[&str])] = &[
             (&hyper::Method::POST, &["v1", "credentials"]),
+            (&hyper::Method::POST, &["v1", "offers"]),
             (&hyper::Method::GET, &["v1", "credentials", "x"]),
             (&hyper::Method::POST, &["v1", "credentials", "x", "revoke"]),
             (&hyper::Method::POST, &["v1", "credentials", "x", "refresh"]),

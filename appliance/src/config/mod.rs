@@ -6,6 +6,7 @@ mod file;
 pub mod pki;
 pub mod server;
 mod store;
+pub mod wallet;
 
 pub use self::file::{Config, ConfigError, CredentialConfig, DEFAULT_CONFIG_PATH};
 pub use self::pki::{IacaCustody, PkiConfig};
@@ -14,4 +15,5 @@ pub use self::server::{
     WitnessSettings,
 };
 pub use self::store::StoreConfig;
+pub use self::wallet::WalletListener;
 pub use pkcs11_shim::BackendConfig;

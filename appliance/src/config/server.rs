@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// The audit log's checkpoints.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// The OpenID4VCI listener for holders' wallets (none: offers are
+    /// refused).
+    #[serde(default)]
+    pub wallet: Option<super::wallet::WalletListener>,
 }
 
 /// The `[server.audit]` table.
@@ -422,6 +426,9 @@ impl ServerConfig {
             );
         }
         self.audit.validate()?;
+        if let Some(wallet) = &self.wallet {
+            wallet.validate()?;
+        }
         self.limits.validate()
     }
 }

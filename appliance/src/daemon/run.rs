@@ -1,8 +1,9 @@
-//! `dojangd serve`: three listeners around one [`Service`].
+//! `dojangd serve`: three or four listeners around one [`Service`].
 //!
 //! - **api** (mTLS): issuance and credential state under `/v1`.
 //! - **public**: what verifiers fetch.
 //! - **ops** (loopback): metrics, liveness, readiness.
+//! - **wallet** (TLS, if `[server.wallet]`): OpenID4VCI for phones.
 //!
 //! Device and database calls run on a bounded thread pool, never on the
 //! async executor. SIGHUP rebuilds the TLS configurations and reloads the
@@ -22,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::threads;
-use crate::api::{Api, InFlight, Ops, Public};
+use crate::api::{Api, InFlight, Ops, Public, WalletApi};
 use crate::config::{Config, CredentialConfig, Limits, ServerConfig};
 use crate::http::{self, BlockingPool, Router, TlsSlot, tls};
 use crate::metrics::Metrics;
@@ -52,6 +53,8 @@ struct Shared {
     audit_pool: Arc<BlockingPool>,
     in_flight: Arc<InFlight>,
     closing: Arc<AtomicBool>,
+    /// The wallet listener's TLS (empty without one), swapped on reload.
+    wallet_slot: TlsSlot,
 }
 
 /// The service and its pools.
@@ -100,6 +103,14 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
             limits.in_flight_per_client(),
         )),
         closing: Arc::new(AtomicBool::new(false)),
+        wallet_slot: Arc::new(RwLock::new(
+            server
+                .wallet
+                .as_ref()
+                .map(tls::wallet_config)
+                .transpose()
+                .context("the wallet listener's TLS files")?,
+        )),
     })
 }
 
@@ -227,6 +238,9 @@ async fn serve(
     let (stop, stopped) = watch::channel(false);
     let (rekey, rekeyed) = watch::channel(0u64);
     let mut tasks = Vec::new();
+    if let Some(task) = serve_wallet(server, shared, (&stopped, &rekeyed)).await? {
+        tasks.push(task);
+    }
     for ((listener, slot), router) in listeners
         .into_iter()
         .zip(routers(server, credential, shared))
@@ -255,6 +269,56 @@ async fn serve(
     let _ = stop.send(true);
     drain(&server.limits, shared, tasks).await;
     Ok(())
+}
+
+/// The wallet listener, if configured, and the task that purges what
+/// expired in its book.
+async fn serve_wallet(
+    server: &ServerConfig,
+    shared: &Shared,
+    (stopped, rekeyed): (&watch::Receiver<bool>, &watch::Receiver<u64>),
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(wallet) = &server.wallet else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(wallet.listen)
+        .await
+        .with_context(|| format!("binding the wallet listener to {}", wallet.listen))?;
+    let limits = Limits {
+        max_connections: wallet.max_connections,
+        max_body_bytes: wallet.max_body_bytes,
+        ..server.limits.clone()
+    };
+    // Wallets take at most half the signing pool's queue.
+    let router = WalletApi::new(
+        shared.service.clone(),
+        shared.pool.clone(),
+        server.limits.max_in_flight / 2,
+        Duration::from_millis(server.limits.body_read_timeout_ms),
+    )
+    .context("the wallet router")?;
+    tracing::info!(listener = "wallet", address = %listener.local_addr()?, "listening");
+    // Expired offers (holder data) go within seconds, traffic or not.
+    let service = shared.service.clone();
+    drop(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let _ = every.tick().await;
+            if let Some(wallet) = &service.wallet {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                wallet.purge(&service.node, now);
+            }
+        }
+    }));
+    Ok(Some(tokio::spawn(http::serve(
+        listener,
+        shared.wallet_slot.clone(),
+        Arc::new(router),
+        limits,
+        shared.metrics.clone(),
+        stopped.clone(),
+        rekeyed.clone(),
+    ))))
 }
 
 /// Feeds systemd's watchdog, if it asked, at half its period, and only
@@ -348,7 +412,7 @@ async fn reload_and_report(
     event: &'static str,
 ) {
     notify(&[NotifyState::Reloading]);
-    let reloaded = reload(server, &shared.service, api_slot, public_slot, &shared.pool).await;
+    let reloaded = reload(server, shared, api_slot, public_slot).await;
     let (outcome, detail) = match reloaded {
         Ok(loaded) => {
             rekey.send_modify(|generation| *generation += 1);
@@ -386,15 +450,20 @@ async fn drain(limits: &Limits, shared: &Shared, tasks: Vec<tokio::task::JoinHan
 
 async fn reload(
     server: &ServerConfig,
-    service: &Arc<Service>,
+    shared: &Shared,
     api_slot: &TlsSlot,
     public_slot: &TlsSlot,
-    pool: &Arc<BlockingPool>,
 ) -> anyhow::Result<String> {
+    let (service, pool) = (&shared.service, &shared.pool);
     // Build everything first; swap only when all of it loaded.
     let api_tls = tls::api_config(&server.api, Some(service.node.backend))?;
     let public_tls = tls::public_config(&server.public)?;
-    let loaded = loaded(&api_tls, public_tls.as_ref());
+    let wallet_tls = server.wallet.as_ref().map(tls::wallet_config).transpose()?;
+    let mut loaded = loaded(&api_tls, public_tls.as_ref());
+    for fingerprint in wallet_tls.iter().flat_map(|w| w.loaded.iter()) {
+        loaded.push(' ');
+        loaded.push_str(fingerprint);
+    }
     let service = service.clone();
     pool.submit(move || service.reload(time::OffsetDateTime::now_utc()))
         .map_err(|_| anyhow::anyhow!("the signing pool is full; reload later"))?
@@ -405,6 +474,9 @@ async fn reload(
     }
     if let Ok(mut slot) = public_slot.write() {
         *slot = public_tls;
+    }
+    if let (Some(wallet_tls), Ok(mut slot)) = (wallet_tls, shared.wallet_slot.write()) {
+        *slot = Some(wallet_tls);
     }
     Ok(loaded)
 }

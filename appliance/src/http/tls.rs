@@ -237,10 +237,24 @@ pub fn public_config(public: &PublicListener) -> Result<Option<ListenerTls>, Tls
     let (Some(cert), Some(key)) = (&public.certificate, &public.private_key) else {
         return Ok(None);
     };
+    server_only(cert, key, "public-certificate").map(Some)
+}
+
+/// The wallet listener's TLS: TLS 1.3 or 1.2, no client certificate.
+pub fn wallet_config(wallet: &crate::config::WalletListener) -> Result<ListenerTls, TlsError> {
+    server_only(
+        &wallet.certificate,
+        &wallet.private_key,
+        "wallet-certificate",
+    )
+}
+
+/// A server certificate and key, no client authentication.
+fn server_only(cert: &Path, key: &Path, name: &str) -> Result<ListenerTls, TlsError> {
     let chain = certificates(cert)?;
     let loaded = chain
         .first()
-        .map(|c| fingerprint("public-certificate", c))
+        .map(|c| fingerprint(name, c))
         .into_iter()
         .collect();
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -250,9 +264,9 @@ pub fn public_config(public: &PublicListener) -> Result<Option<ListenerTls>, Tls
         .with_single_cert(chain, private_key(key)?)
         .map_err(|e| error(key, format!("certificate and key: {e}")))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(Some(ListenerTls {
+    Ok(ListenerTls {
         config: Arc::new(config),
         officer_cas: Arc::new(Vec::new()),
         loaded,
-    }))
+    })
 }

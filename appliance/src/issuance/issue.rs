@@ -36,10 +36,10 @@ enum Prior {
 }
 
 /// What the policy allowed, with what it was decided on.
-struct Allowed {
+pub(super) struct Allowed {
     obligations: Obligations,
-    policy_hash: String,
-    secret: HolderSecret,
+    pub(super) policy_hash: String,
+    pub(super) secret: HolderSecret,
     device: String,
 }
 
@@ -152,7 +152,7 @@ impl Issuer {
         clock.lap(Stage::Prior);
         let v = validate(request)?;
         clock.lap(Stage::Validate);
-        let allowed = self.decide(client, &v, (current, hits), now, clock)?;
+        let allowed = self.decide(client, &v, (current, hits, "issue"), now, clock)?;
         let signer = current.signer(now).map_err(|_| {
             Refusal::unavailable("no_signing_key", "no document-signer key is ready")
         })?;
@@ -242,12 +242,13 @@ impl Issuer {
     }
 
     /// The pseudonym, the registry's facts and the policy's decision; a
-    /// refusal is a decision too: recorded, or not given at all.
-    fn decide(
+    /// refusal is a decision too: recorded (as `action`), or not given at
+    /// all. Without a phone key (an offer) no phone is bound yet.
+    pub(super) fn decide(
         &self,
         client: &crate::node::Caller,
         v: &Validated,
-        (current, hits): (&Current, u32),
+        (current, hits, action): (&Current, u32, &'static str),
         now: OffsetDateTime,
         clock: &mut StageClock,
     ) -> Result<Allowed, Refusal> {
@@ -261,7 +262,7 @@ impl Issuer {
             .map_err(|e| key_refusal(&e))?;
         clock.lap(Stage::Pseudonym);
         let holder = secret.pseudonym;
-        let device = v.device.jwk().thumbprint();
+        let device = v.device_thumbprint();
         let facts = self
             .node
             .registry
@@ -309,7 +310,7 @@ impl Issuer {
                 .then(|| v.request.profile.clone()),
             ..self
                 .node
-                .caller_decision(client, "issue", "deny", &decision.policy_hash, now)
+                .caller_decision(client, action, "deny", &decision.policy_hash, now)
         };
         self.node
             .registry
@@ -325,7 +326,7 @@ impl Issuer {
     /// A request over the client's rate: 429, and an audit entry only for
     /// the first one refused in the minute (a flood is one entry, not a
     /// write per request).
-    fn over_rate(
+    pub(super) fn over_rate(
         &self,
         client: &crate::node::Caller,
         hits: u32,
@@ -389,8 +390,9 @@ impl Issuer {
         let (list, index) = self.status.next_index().map_err(store_refusal)?;
         clock.lap(Stage::StatusIndex);
         let status = self.status_reference(format, list, index);
+        let device = v.device.as_ref().ok_or_else(Refusal::internal)?;
         let (format_name, credential) =
-            self.sign_credential(signer, format, &claims, &v.device, &validity, &status)?;
+            self.sign_credential(signer, format, &claims, device, &validity, &status)?;
         let id = hex(&crate::credential::random::<16>().map_err(credential_refusal)?);
         Ok(Signed {
             id,

@@ -7,6 +7,7 @@
 mod holder;
 mod issue;
 mod issuer;
+mod offer;
 mod ratelimit;
 mod refresh;
 mod request;
@@ -16,4 +17,5 @@ mod state;
 
 pub use self::holder::{HolderSecret, pseudonym, pseudonym_key_check};
 pub use self::issuer::{Current, Issuer};
+pub use self::offer::Offered;
 pub use self::request::{check_issue_body, check_refresh_body};

@@ -17,7 +17,8 @@ use crate::refusal::{Class, Refusal};
 pub(super) struct IssueRequest {
     pub(super) profile: String,
     pub(super) holder: HolderIn,
-    /// A public JWK; read as JSON first so private members are seen.
+    /// A public JWK; read as JSON first so private members are seen
+    /// (null in an offer's request).
     pub(super) device_key: serde_json::Value,
     pub(super) channel: String,
     pub(super) municipality: String,
@@ -70,8 +71,19 @@ pub(super) struct Validated {
     pub(super) request: IssueRequest,
     pub(super) number: ResidentNumber,
     pub(super) holder: HolderData,
-    pub(super) device: pkcs11_shim::PublicKey,
+    /// None for an offer (the wallet proves its key later).
+    pub(super) device: Option<pkcs11_shim::PublicKey>,
     pub(super) card_issue_date: Option<time::Date>,
+}
+
+impl Validated {
+    /// The phone key's JWK thumbprint (empty for an offer: no phone yet).
+    pub(super) fn device_thumbprint(&self) -> String {
+        self.device
+            .as_ref()
+            .map(|d| d.jwk().thumbprint())
+            .unwrap_or_default()
+    }
 }
 
 /// JWK members that carry private key material (RFC 7518 §6.2.2, §6.3.2,
@@ -126,17 +138,13 @@ fn image(portrait: &[u8]) -> bool {
     jpeg || jpeg2000
 }
 
-/// The holder data and phone key of a request, checked.
-pub(super) fn holder_and_device(
-    holder: &HolderIn,
-    device_key: &serde_json::Value,
-) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Refusal> {
+/// The holder data of a request, checked.
+fn holder_data(holder: &HolderIn) -> Result<(ResidentNumber, HolderData), Refusal> {
     let number = ResidentNumber::parse(&holder.resident_number).map_err(|e| {
         Refusal::bad_request("invalid_resident_number", e.to_string())
             .with_rule("holder.resident_number_format")
     })?;
     plausible_birth_date(&number)?;
-    let device = device_public_key(device_key)?;
     let portrait =
         match &holder.portrait {
             Some(b64) => Some(B64.decode(b64).map_err(|_| {
@@ -158,11 +166,22 @@ pub(super) fn holder_and_device(
         address: holder.address.clone(),
         portrait,
     };
+    Ok((number, data))
+}
+
+/// The holder data and phone key of a request, checked.
+pub(super) fn holder_and_device(
+    holder: &HolderIn,
+    device_key: &serde_json::Value,
+) -> Result<(ResidentNumber, HolderData, pkcs11_shim::PublicKey), Refusal> {
+    let (number, data) = holder_data(holder)?;
+    let device = device_public_key(device_key)?;
     Ok((number, data, device))
 }
 
-pub(super) fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
-    let (number, holder, device) = holder_and_device(&request.holder, &request.device_key)?;
+/// The request's other members: the card's date, the district code, the
+/// lengths of the names the policy reads.
+fn check_request(request: &IssueRequest) -> Result<Option<time::Date>, Refusal> {
     let card_issue_date = match &request.card {
         Some(card) => Some(
             time::Date::parse(
@@ -196,11 +215,37 @@ pub(super) fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
             "profile or channel too long",
         ));
     }
+    Ok(card_issue_date)
+}
+
+pub(super) fn validate(request: IssueRequest) -> Result<Validated, Refusal> {
+    let (number, holder, device) = holder_and_device(&request.holder, &request.device_key)?;
+    let card_issue_date = check_request(&request)?;
     Ok(Validated {
         request,
         number,
         holder,
-        device,
+        device: Some(device),
+        card_issue_date,
+    })
+}
+
+/// An offer's request: everything of an issuance but the phone key, which
+/// the wallet proves later (its `device_key` member is null).
+pub(super) fn validate_offer(request: IssueRequest) -> Result<Validated, Refusal> {
+    if !request.device_key.is_null() {
+        return Err(Refusal::bad_request(
+            "malformed_request",
+            "an offer carries no device_key: the wallet proves its own key",
+        ));
+    }
+    let (number, holder) = holder_data(&request.holder)?;
+    let card_issue_date = check_request(&request)?;
+    Ok(Validated {
+        request,
+        number,
+        holder,
+        device: None,
         card_issue_date,
     })
 }

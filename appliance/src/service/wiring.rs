@@ -24,6 +24,7 @@ use crate::officers::Officers;
 use crate::policy::PolicyState;
 use crate::status::{StatusChanges, StatusPublisher};
 use crate::store::Registry;
+use crate::wallet::Wallet;
 
 /// One node's owners.
 pub struct Service {
@@ -41,6 +42,8 @@ pub struct Service {
     pub issuer: Issuer,
     /// Officer operations.
     pub officers: Officers,
+    /// OpenID4VCI issuance to wallets, if `[server.wallet]` is set.
+    pub wallet: Option<Wallet>,
     reloader: Arc<Reloader>,
     probe: ReadinessProbe,
     /// How long idempotency rows are kept, and when they were last purged.
@@ -104,6 +107,7 @@ impl Service {
                 &server.keys,
             ),
             officers: Officers::new(node.clone(), policy.clone(), keys.clone(), reloader.clone()),
+            wallet: server.wallet.clone().map(Wallet::new),
             node,
             policy,
             keys,
