@@ -100,6 +100,13 @@ base_url = "http://127.0.0.1:8080"
 [server.ops]
 listen = "127.0.0.1:9464"
 
+# OpenID4VCI for holders' wallets (docs/wallet.md): TLS, no client certificate.
+[server.wallet]
+listen = "127.0.0.1:8444"
+base_url = "https://localhost:8444"
+certificate = "$state/tls/wallet.pem"
+private_key = "$state/tls/wallet.key"
+
 [server.audit]
 origin = "dojang.example.kr/demo-audit"
 checkpoint_interval_ms = 1000
@@ -150,7 +157,7 @@ grep -q '"label": "audit-1"' <<<"$keys" || ctl keys generate --label audit-1 --p
 grep -q '"label": "pseudonym"' <<<"$keys" || ctl keys generate --label pseudonym --purpose pseudonym --alg HS256
 grep -q '"label": "response-seal"' <<<"$keys" || ctl keys generate --label response-seal --purpose response-seal --alg HS256
 grep -q '"label": "tls-server-1"' <<<"$keys" || ctl keys generate --label tls-server-1 --purpose tls-server
-if [ ! -f "$state/tls/kim.pem" ]; then
+if [ ! -f "$state/tls/kim.pem" ] || [ ! -f "$state/tls/wallet.pem" ]; then
   rm -rf "$state/tls"
   echo "== dev TLS PKI (CA, localhost server certificate for the token's TLS key, client identities: counter, gateway, auditor, officers kim/lee/park) in $state/tls"
   ctl dev-tls --dir "$state/tls" --server-key-label tls-server-1 \
@@ -277,6 +284,25 @@ id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$s
 status_uri=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"]["uri"])' "$state/issued.mdoc.json")
 
 echo
+echo "== OpenID4VCI: the counter makes an offer; the holder's phone scans its QR code and proves its key"
+# The offer request is an issuance request without the phone key.
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r.pop("device_key"); r["channel"]="qr_office"
+r["holder"]["resident_number"]=r["holder"]["resident_number"][:8]+"%06d" % (int(r["holder"]["resident_number"][8:])^1)
+json.dump(r,open(sys.argv[2],"w"),ensure_ascii=False)' "$state/issued.sd-jwt.request.json" "$state/offer.request.json"
+"$bin/dojangctl" --api https://localhost:8443 --ca "$state/tls/ca.pem" --client-cert "$state/tls/counter.pem" \
+  --client-key "$state/tls/counter.key" offer --request "$state/offer.request.json" --png "$state/offer.png" | tee "$state/offer.txt"
+tx_code=$(awk '/^transaction code/ {print $3}' "$state/offer.txt")
+offer_uri=$(awk '/^offer / {print $2}' "$state/offer.txt")
+echo "-- a scripted wallet (npm @openid4vc/openid4vci, a jose P-256 key) redeems it with the transaction code:"
+NODE_EXTRA_CA_CERTS="$state/tls/ca.pem" node "$root/softhsm-tests/wallet/wallet.mjs" \
+  --offer "$offer_uri" --tx-code "$tx_code" > "$state/wallet.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); open(sys.argv[2],"w").write(r["credential"])
+print("received %s (%s), bound to the wallet key x=%s…, notification %s" % (r["configuration_id"], r["format"], r["jwk"]["x"][:12], r["notification_id"][:12]))' \
+  "$state/wallet.json" "$state/wallet.credential"
+echo "-- verified offline against the IACA:"
+"$bin/dojangctl" verify --iaca "$state/pki/iaca.pem" "$state/wallet.credential"
+
+echo
 echo "== what verifiers fetch (public listener): JWKS, status list (JWT form; the mdoc names the CBOR form)"
 curl -sf http://127.0.0.1:8080/.well-known/jwks.json | cut -c1-160; echo "…"
 curl -sf "${status_uri%.cwt}" | cut -c1-120; echo "…"
@@ -327,6 +353,10 @@ cat <<MSG
        https://localhost:8443/v1/credentials/$id
   curl --cacert .demo/tls/ca.pem --cert .demo/tls/counter.pem --key .demo/tls/counter.key \\
        -X POST https://localhost:8443/v1/credentials/$id/suspend
+  # an OpenID4VCI offer for a wallet: its QR code in the terminal, the transaction code (docs/wallet.md)
+  target/debug/dojangctl --api https://localhost:8443 --ca .demo/tls/ca.pem --client-cert .demo/tls/counter.pem \\
+       --client-key .demo/tls/counter.key offer --request .demo/offer.request.json
+  curl --cacert .demo/tls/ca.pem https://localhost:8444/.well-known/openid-credential-issuer
   curl ${status_uri%.cwt}   # the signed status list (JWT; $status_uri is its CWT form)
   curl http://127.0.0.1:9464/metrics | grep ^dojang_
   # the audit log, as an auditor sees it (docs/operations.md)

@@ -328,6 +328,11 @@ pub fn write_dev_pki(
             write(&dir.join("server.key"), &server.key_pem, true)?;
         }
     }
+    // The wallet listener's certificate: a key file of its own (a
+    // wallet-facing front is often a TLS terminator outside the token).
+    let wallet = ca.issue(&LeafSpec::localhost_server())?;
+    write(&dir.join("wallet.pem"), &wallet.cert_pem, false)?;
+    write(&dir.join("wallet.key"), &wallet.key_pem, true)?;
     for (name, identity) in clients {
         let client = ca.issue(&LeafSpec::client(identity))?;
         write(&dir.join(format!("{name}.pem")), &client.cert_pem, false)?;

@@ -13,6 +13,7 @@ mod ceremony;
 mod credential;
 mod dev_tls;
 mod keys;
+mod offer;
 mod officer;
 mod officer_token;
 mod offline_roots;
@@ -48,10 +49,11 @@ struct Args {
     #[arg(long, global = true)]
     api: Option<String>,
     /// The officer's client certificate (PEM) [default: $DOJANG_OFFICER_CERT].
-    #[arg(long = "officer-cert", global = true)]
+    /// (`--client-cert` for a counter's certificate.)
+    #[arg(long = "officer-cert", alias = "client-cert", global = true)]
     officer_cert: Option<PathBuf>,
     /// The officer's private key (PEM) [default: $DOJANG_OFFICER_KEY].
-    #[arg(long = "officer-key", global = true)]
+    #[arg(long = "officer-key", alias = "client-key", global = true)]
     officer_key: Option<PathBuf>,
     /// The CA of the daemon's certificate (PEM) [default: $DOJANG_CA].
     #[arg(long, global = true)]
@@ -96,6 +98,9 @@ enum Command {
     /// daemon's spare pool, CRLs (officers present, their tokens sign).
     #[command(subcommand)]
     Ceremony(ceremony::CeremonyCommand),
+    /// Make an OpenID4VCI offer for a holder's wallet (over --api with the
+    /// counter's --client-cert): shows its QR code and transaction code.
+    Offer(offer::OfferArgs),
     /// Issue credentials by hand (samples for demos and checks).
     #[command(subcommand)]
     Credential(credential::CredentialCommand),
@@ -146,6 +151,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Pki(command) => pki::run(command, &conn, load, args.json),
         Command::Ceremony(command) => ceremony::run(command, &conn, load),
         Command::Credential(command) => credential::run(command, &load()?),
+        Command::Offer(offer) => offer::run(&offer, &conn, args.json),
         Command::Audit(command) => audit::run(command, load, args.json),
         Command::Backup(b) => backup::backup(&load()?, &b),
         Command::Restore(r) => backup::restore(&load()?, &r),
