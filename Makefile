@@ -13,6 +13,9 @@ DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
 # Independent credential verifiers (Python), in a venv the tests use.
 VENV := .venv
 PY_REQUIREMENTS := softhsm-tests/python/requirements.txt
+# The scripted holder wallet (npm @openid4vc/openid4vci, jose) the tests and
+# the demo drive OpenID4VCI issuance with; versions pinned by its lock file.
+WALLET := softhsm-tests/wallet
 
 .PHONY: all deps build test lint unit e2e bench bench-audit bench-load bench-rotation demo demo-clean clean fuzz fuzz-smoke
 
@@ -39,6 +42,15 @@ deps:
 		rm -rf $(VENV) && python3 -m venv $(VENV) && \
 		$(VENV)/bin/pip install -q --disable-pip-version-check -r $(PY_REQUIREMENTS) && \
 		cp $(PY_REQUIREMENTS) $(VENV)/requirements.txt; \
+	fi
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "make deps: installing nodejs and npm"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@if ! cmp -s $(WALLET)/package-lock.json $(WALLET)/node_modules/.package-lock.json.installed 2>/dev/null; then \
+		echo "make deps: installing the test wallet's npm packages"; \
+		npm ci --prefix $(WALLET) --no-audit --no-fund --loglevel=error && \
+		cp $(WALLET)/package-lock.json $(WALLET)/node_modules/.package-lock.json.installed; \
 	fi
 
 # The independent Annex B validator (isomdl) the tests and the demo run:

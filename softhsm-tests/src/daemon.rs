@@ -80,6 +80,10 @@ pub struct Options {
     /// root ceremony instead of `pki init`, then, once the daemon runs, a
     /// ceremony certifying its spare DS keys (officers kim and lee).
     pub offline_iaca: bool,
+    /// Extra lines for a `[server.wallet]` listener (OpenID4VCI) at
+    /// `https://localhost:PORT` with the server's TLS files; `None`: no
+    /// wallet listener.
+    pub wallet: Option<String>,
 }
 
 impl Default for Options {
@@ -99,6 +103,7 @@ impl Default for Options {
             adopt_policy: true,
             tls_key_in_token: false,
             offline_iaca: false,
+            wallet: None,
         }
     }
 }
@@ -157,6 +162,8 @@ pub struct Daemon {
     /// The offline IACA token (`Options::offline_iaca`): its own SoftHSM
     /// configuration, which the daemon's never names.
     pub(crate) offline: Option<SoftHsmToken>,
+    /// The wallet listener (`Options::wallet`).
+    pub wallet: Option<SocketAddr>,
 }
 
 /// Three loopback addresses: api, public, ops.
@@ -465,6 +472,15 @@ impl Daemon {
         if options.offline_iaca {
             text = text.replace(crate::ONLINE_IACA, crate::OFFLINE_IACA);
         }
+        let wallet = options.wallet.as_ref().map(|extra| {
+            let port = crate::ports::reserve(1);
+            text.push_str(&format!(
+                "\n[server.wallet]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://localhost:{port}\"\n\
+                 certificate = \"{tls}/server.pem\"\nprivate_key = \"{tls}/server.key\"\n{extra}\n",
+                tls = tls.display(),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], port))
+        });
         let config = scratch.join("dojangd.toml");
         write(&config, &text);
         let mut daemon = Daemon {
@@ -483,6 +499,7 @@ impl Daemon {
             offline: options
                 .offline_iaca
                 .then(|| SoftHsmToken::create("dojang-iaca")),
+            wallet,
         };
         if options.adopt_policy {
             // As many officers as the policy needs sign it.
@@ -888,6 +905,12 @@ impl Daemon {
         Client::new(Target::plain(self.public))
     }
 
+    /// A client of the wallet listener (TLS, no client certificate).
+    pub fn wallet_client(&self) -> Client {
+        let addr = self.wallet.expect("started with a wallet listener");
+        Client::new(Target::tls(addr, &self.tls.join("ca.pem"), None, false))
+    }
+
     /// A client of the ops listener.
     pub fn ops_client(&self) -> Client {
         Client::new(Target::plain(self.ops))
@@ -1021,6 +1044,13 @@ impl Daemon {
             .replace(&self.public.to_string(), &public.to_string())
             .replace(&self.ops.to_string(), &ops.to_string())
             .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+        // The first node's wallet listener stays its own.
+        if let Some(at) = text.find("\n[server.wallet]") {
+            let end = text[at + 1..]
+                .find("\n[")
+                .map_or(text.len(), |e| at + 1 + e);
+            text.replace_range(at..end, "");
+        }
         if let Some(url) = store_url {
             let store = text
                 .lines()
@@ -1048,6 +1078,9 @@ impl Daemon {
             netns: site.map(|s| s.netns.clone()),
             officers: self.officers.clone(),
             offline: None,
+            // Another node's copy of the config names the first's wallet
+            // port: a second node is started without a wallet listener.
+            wallet: None,
         };
         daemon.spawn();
         daemon

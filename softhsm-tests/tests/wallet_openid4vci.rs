@@ -1,0 +1,595 @@
+//! OpenID4VCI issuance to a holder's wallet, end to end: the counter makes
+//! an offer over mTLS, an independent wallet (npm @openid4vc/openid4vci
+//! with a jose key, `softhsm-tests/wallet/wallet.mjs`) redeems it, and the
+//! credential it receives passes the independent verifiers and is bound to
+//! the key the wallet proved. Then every refusal the spec names, with its
+//! error code, driven by hand.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine;
+use serde_json::{json, Value};
+use softhsm_tests::daemon::{number, phone, request, Daemon, Options};
+use softhsm_tests::https::{Client, Reply};
+
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:pre-authorized_code";
+
+fn wallet_daemon(extra: &str) -> Daemon {
+    Daemon::start(Options {
+        wallet: Some(extra.to_owned()),
+        ..Options::default()
+    })
+}
+
+/// An offer request for holder `n`: an issuance request without a phone key.
+fn offer_request(profile: &str, n: u32) -> Value {
+    let mut r = request(profile, &number(n), &Value::Null);
+    let _ = r.as_object_mut().unwrap().remove("device_key");
+    r
+}
+
+fn offer(d: &Daemon, profile: &str, n: u32) -> Value {
+    let reply = d
+        .client("counter")
+        .post_json("/v1/offers", &offer_request(profile, n), &[]);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    reply.json()
+}
+
+/// The scripted wallet: its JSON line, and whether it succeeded.
+fn run_wallet(d: &Daemon, offer: &Value) -> (bool, Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("wallet");
+    let out = Command::new("node")
+        .arg(dir.join("wallet.mjs"))
+        .args(["--offer", offer["offer_uri"].as_str().unwrap()])
+        .args(["--tx-code", offer["tx_code"].as_str().unwrap()])
+        .env("NODE_EXTRA_CA_CERTS", d.tls.join("ca.pem"))
+        .output()
+        .expect("node (make deps installs the wallet's packages)");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+        panic!(
+            "wallet said: {line}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), value)
+}
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(dir.join("../.venv/bin/python"))
+        .arg(dir.join("python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// (action, outcome, rule) of every audit entry.
+fn audit_actions(d: &Daemon) -> Vec<(String, String, String)> {
+    // Waits until every entry is placed.
+    let _ = d.audit_entries();
+    let page = d
+        .client("auditor")
+        .get("/v1/audit/entries?start=0&count=1000")
+        .json();
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let entry =
+                dojang::audit::entry::AuditEntry::decode(&B64.decode(e.as_str().unwrap()).unwrap())
+                    .unwrap();
+            (entry.action, entry.outcome, entry.rule.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The mdoc's device key's x coordinate.
+fn cose_x(device_key: &ciborium::Value) -> Vec<u8> {
+    device_key
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some((-2).into()))
+        .and_then(|(_, v)| v.as_bytes().cloned())
+        .unwrap()
+}
+
+#[test]
+fn a_wallet_redeems_offers_for_both_formats_bound_to_the_key_it_proved() {
+    let d = wallet_daemon("");
+    let scratch = d.scratch().to_owned();
+    let iaca = scratch.join("pki/iaca.pem");
+
+    let offered = offer(&d, "mdoc", 1);
+    assert!(offered["offer_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("openid-credential-offer://?credential_offer_uri=https%3A%2F%2Flocalhost%3A"));
+    assert_eq!(offered["tx_code"].as_str().unwrap().len(), 6);
+    assert!(offered["qr"]["svg"].as_str().unwrap().starts_with("<svg"));
+    let png = B64.decode(offered["qr"]["png"].as_str().unwrap()).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let (ok, got) = run_wallet(&d, &offered);
+    assert!(ok, "{got}");
+    assert_eq!(got["format"], "mso_mdoc");
+    let credential = got["credential"].as_str().unwrap();
+    let verified = d.verify_mdoc(credential);
+    assert_eq!(
+        cose_x(&verified.device_key),
+        B64URL.decode(got["jwk"]["x"].as_str().unwrap()).unwrap(),
+        "bound to the wallet's proved key"
+    );
+    let file = write(&scratch, "wallet.mdoc", credential);
+    let out = python(
+        "verify_mdoc.py",
+        &[&file, &iaca, Path::new(dojang::credential::mdoc::DOC_TYPE)],
+    );
+    assert!(out.contains("\"given_name\": \"길동\""), "{out}");
+
+    let offered = offer(&d, "sd-jwt", 2);
+    let (ok, got) = run_wallet(&d, &offered);
+    assert!(ok, "{got}");
+    assert_eq!(got["format"], "dc+sd-jwt");
+    let credential = got["credential"].as_str().unwrap();
+    let jwt = credential.split('~').next().unwrap();
+    let header: Value =
+        serde_json::from_slice(&B64URL.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
+    let payload: Value =
+        serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(
+        payload["cnf"]["jwk"]["x"], got["jwk"]["x"],
+        "bound to the proved key"
+    );
+    let ds_der = B64.decode(header["x5c"][0].as_str().unwrap()).unwrap();
+    let ds = openssl::x509::X509::from_der(&ds_der).unwrap();
+    let ds_pem = write(
+        &scratch,
+        "wallet-ds.pem",
+        &String::from_utf8(ds.to_pem().unwrap()).unwrap(),
+    );
+    let file = write(&scratch, "wallet.sdjwt", credential);
+    let out = python("verify_sdjwt.py", &[&file, &ds_pem]);
+    assert!(out.contains("\"family_name\": \"홍\""), "{out}");
+
+    // Every step is on the record, in the counter's name.
+    let actions = audit_actions(&d);
+    for action in [
+        "offer",
+        "wallet.token",
+        "issue",
+        "wallet.credential_accepted",
+    ] {
+        let n = actions
+            .iter()
+            .filter(|(a, outcome, _)| a == action && outcome == "allow")
+            .count();
+        assert_eq!(n, 2, "{action}: {actions:?}");
+    }
+    let metrics = d.ops_client().get("/metrics").text();
+    assert!(
+        metrics.contains("dojang_wallet_steps_total{outcome=\"ok\",step=\"credential\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// A proof JWT signed by `key`, with `header` and `payload` as given.
+fn proof(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    header: &Value,
+    payload: &Value,
+) -> String {
+    let h = B64URL.encode(header.to_string());
+    let p = B64URL.encode(payload.to_string());
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key).unwrap();
+    let der = signer
+        .sign_oneshot_to_vec(format!("{h}.{p}").as_bytes())
+        .unwrap();
+    let raw = pkcs11_shim::ecdsa_der_to_raw(&der, 32).unwrap();
+    format!("{h}.{p}.{}", B64URL.encode(raw))
+}
+
+/// The wallet side by hand.
+struct Holder<'a> {
+    client: Client,
+    issuer: String,
+    daemon: &'a Daemon,
+}
+
+impl Holder<'_> {
+    fn new(d: &Daemon) -> Holder<'_> {
+        Holder {
+            client: d.wallet_client(),
+            issuer: format!("https://localhost:{}", d.wallet.unwrap().port()),
+            daemon: d,
+        }
+    }
+
+    fn code(&mut self, offered: &Value) -> String {
+        let uri = offered["credential_offer_uri"].as_str().unwrap();
+        let path = &uri[self.issuer.len()..];
+        let document = self.client.get(path).json();
+        document["grants"][GRANT]["pre-authorized_code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn token(&mut self, form: &str) -> Reply {
+        self.client.send(
+            "POST",
+            "/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form.as_bytes().to_vec(),
+        )
+    }
+
+    fn redeem(&mut self, code: &str, tx_code: &str) -> Reply {
+        self.token(&format!(
+            "grant_type={}&pre-authorized_code={code}&tx_code={tx_code}",
+            GRANT.replace(':', "%3A")
+        ))
+    }
+
+    /// An access token for a new offer for holder `n`.
+    fn access_token(&mut self, profile: &str, n: u32) -> String {
+        let offered = offer(self.daemon, profile, n);
+        let code = self.code(&offered);
+        let reply = self.redeem(&code, offered["tx_code"].as_str().unwrap());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn nonce(&mut self) -> String {
+        let reply = self.client.send("POST", "/nonce", &[], Vec::new());
+        reply.json()["c_nonce"].as_str().unwrap().to_owned()
+    }
+
+    fn credential(&mut self, token: &str, body: &Value) -> Reply {
+        let bearer = format!("Bearer {token}");
+        self.client
+            .post_json("/credential", body, &[("authorization", bearer.as_str())])
+    }
+}
+
+fn error_of(reply: &Reply) -> String {
+    reply.json()["error"].as_str().unwrap_or("").to_owned()
+}
+
+fn good_header(jwk: &Value) -> Value {
+    json!({"typ": "openid4vci-proof+jwt", "alg": "ES256", "jwk": jwk})
+}
+
+fn request_with(profile: &str, jwt: &str) -> Value {
+    json!({"credential_configuration_id": profile, "proofs": {"jwt": [jwt]}})
+}
+
+#[test]
+fn wallet_refusals_carry_the_spec_s_error_codes() {
+    let d = wallet_daemon("");
+    let mut h = Holder::new(&d);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+
+    // Metadata in both forms a wallet asks for.
+    let metadata = h.client.get("/.well-known/openid-credential-issuer").json();
+    assert_eq!(metadata["credential_issuer"], h.issuer.as_str());
+    assert_eq!(
+        metadata["credential_configurations_supported"]["mdoc"]["doctype"],
+        dojang::credential::mdoc::DOC_TYPE
+    );
+    let server = h
+        .client
+        .get("/.well-known/oauth-authorization-server")
+        .json();
+    assert_eq!(
+        server["pre-authorized_grant_anonymous_access_supported"],
+        true
+    );
+
+    // The token endpoint.
+    let offered = offer(&d, "sd-jwt", 10);
+    let code = h.code(&offered);
+    let tx_code = offered["tx_code"].as_str().unwrap();
+    let wrong = if tx_code == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    assert_eq!(
+        error_of(&h.token("grant_type=password")),
+        "unsupported_grant_type"
+    );
+    assert_eq!(
+        error_of(&h.redeem("never-issued", tx_code)),
+        "invalid_grant"
+    );
+    for _ in 0..3 {
+        let reply = h.redeem(&code, wrong);
+        assert_eq!(
+            (reply.status, error_of(&reply)),
+            (400, "invalid_grant".into())
+        );
+    }
+    let dead = h.redeem(&code, tx_code);
+    assert_eq!(
+        error_of(&dead),
+        "invalid_grant",
+        "three wrong codes kill the offer"
+    );
+    let offered = offer(&d, "sd-jwt", 11);
+    let code = h.code(&offered);
+    let tx_code = offered["tx_code"].as_str().unwrap();
+    assert_eq!(h.redeem(&code, tx_code).status, 200);
+    assert_eq!(
+        error_of(&h.redeem(&code, tx_code)),
+        "invalid_grant",
+        "single use"
+    );
+
+    // The credential endpoint.
+    let (jwk, key) = phone();
+    let (other_jwk, other_key) = phone();
+    let audience = h.issuer.clone();
+    let payload = |nonce: &str| json!({"aud": audience, "iat": now, "nonce": nonce});
+    let token = h.access_token("sd-jwt", 12);
+    let no_bearer = h.client.post_json("/credential", &json!({}), &[]);
+    assert_eq!(no_bearer.status, 401);
+    assert_eq!(no_bearer.header("www-authenticate"), Some("Bearer"));
+    let basic = h.client.post_json(
+        "/credential",
+        &json!({}),
+        &[("authorization", "Basic dTpw")],
+    );
+    assert_eq!(
+        (basic.status, error_of(&basic)),
+        (401, "invalid_token".into())
+    );
+    assert!(basic
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    let mut cases: Vec<(&str, Value, &str)> = Vec::new();
+    let n = h.nonce();
+    cases.push((
+        "foreign nonce",
+        request_with(
+            "sd-jwt",
+            &proof(&key, &good_header(&jwk), &payload("not-ours")),
+        ),
+        "invalid_nonce",
+    ));
+    let mut aud = payload(&n);
+    aud["aud"] = json!("https://another.example");
+    cases.push((
+        "wrong aud",
+        request_with("sd-jwt", &proof(&key, &good_header(&jwk), &aud)),
+        "invalid_proof",
+    ));
+    let mut typ = good_header(&jwk);
+    typ["typ"] = json!("JWT");
+    cases.push((
+        "wrong typ",
+        request_with("sd-jwt", &proof(&key, &typ, &payload(&n))),
+        "invalid_proof",
+    ));
+    for alg in ["none", "HS256"] {
+        let mut header = good_header(&jwk);
+        header["alg"] = json!(alg);
+        cases.push((
+            "alg",
+            request_with("sd-jwt", &proof(&key, &header, &payload(&n))),
+            "invalid_proof",
+        ));
+    }
+    let mut private = jwk.clone();
+    private["d"] = json!(B64URL.encode(key.ec_key().unwrap().private_key().to_vec()));
+    cases.push((
+        "private key",
+        request_with("sd-jwt", &proof(&key, &good_header(&private), &payload(&n))),
+        "invalid_proof",
+    ));
+    cases.push((
+        "another key signed",
+        request_with(
+            "sd-jwt",
+            &proof(&other_key, &good_header(&jwk), &payload(&n)),
+        ),
+        "invalid_proof",
+    ));
+    cases.push((
+        "configuration",
+        request_with("mdoc", &proof(&key, &good_header(&jwk), &payload(&n))),
+        "unknown_credential_configuration",
+    ));
+    let good = proof(&key, &good_header(&jwk), &payload(&n));
+    cases.push((
+        "batch",
+        json!({"credential_configuration_id": "sd-jwt", "proofs": {"jwt": [good, good]}}),
+        "invalid_proof",
+    ));
+    // A token survives a few correctable refusals, then is spent.
+    for (i, (what, body, error)) in cases.into_iter().enumerate() {
+        let reply = h.credential(&token, &body);
+        if i < 5 {
+            assert_eq!(
+                (reply.status, error_of(&reply)),
+                (400, error.to_owned()),
+                "{what}: {}",
+                reply.text()
+            );
+        } else {
+            assert_eq!(
+                error_of(&reply),
+                "invalid_token",
+                "after five tries: {what}"
+            );
+        }
+    }
+    // None of the refusals spent the nonce.
+    let token = h.access_token("sd-jwt", 15);
+    let issued = h.credential(
+        &token,
+        &request_with("sd-jwt", &proof(&key, &good_header(&jwk), &payload(&n))),
+    );
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    let issued = issued.json();
+    assert!(issued["credentials"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .contains('~'));
+    let fresh = h.nonce();
+    let again = h.credential(
+        &token,
+        &request_with("sd-jwt", &proof(&key, &good_header(&jwk), &payload(&fresh))),
+    );
+    assert_eq!(
+        (again.status, error_of(&again)),
+        (401, "invalid_token".into()),
+        "a spent token"
+    );
+    // A replayed nonce, with a fresh token.
+    let token = h.access_token("sd-jwt", 13);
+    let replayed = h.credential(
+        &token,
+        &request_with(
+            "sd-jwt",
+            &proof(&other_key, &good_header(&other_jwk), &payload(&n)),
+        ),
+    );
+    assert_eq!(error_of(&replayed), "invalid_nonce");
+    // The policy decides again with the phone: a phone bound to another
+    // holder (holder 15 above) is refused for holder 13.
+    let fresh = h.nonce();
+    let taken = h.credential(
+        &token,
+        &request_with("sd-jwt", &proof(&key, &good_header(&jwk), &payload(&fresh))),
+    );
+    assert_eq!(
+        error_of(&taken),
+        "credential_request_denied",
+        "{}",
+        taken.text()
+    );
+
+    // Notifications.
+    let bearer = |t: &str| format!("Bearer {t}");
+    let token = h.access_token("mdoc", 14);
+    let (jwk, key) = phone();
+    let fresh = h.nonce();
+    let issued = h
+        .credential(
+            &token,
+            &request_with("mdoc", &proof(&key, &good_header(&jwk), &payload(&fresh))),
+        )
+        .json();
+    let id = issued["notification_id"].as_str().unwrap();
+    let auth = bearer(&token);
+    let mut notify = |body: Value| {
+        h.client
+            .post_json("/notification", &body, &[("authorization", auth.as_str())])
+    };
+    assert_eq!(
+        error_of(&notify(
+            json!({"notification_id": id, "event": "credential_lost"})
+        )),
+        "invalid_notification_request"
+    );
+    assert_eq!(
+        error_of(&notify(
+            json!({"notification_id": "nope", "event": "credential_accepted"})
+        )),
+        "invalid_notification_id"
+    );
+    assert_eq!(
+        notify(json!({"notification_id": id, "event": "credential_failure"})).status,
+        204
+    );
+    assert_eq!(
+        error_of(&notify(
+            json!({"notification_id": id, "event": "credential_accepted"})
+        )),
+        "invalid_notification_id",
+        "once"
+    );
+
+    // Wrong transaction codes are on the record.
+    let entries = d.audit_entries().join("\n");
+    assert!(
+        entries.contains("wallet.tx_code_attempts"),
+        "the dead code is recorded"
+    );
+}
+
+#[test]
+fn the_counter_hears_refusals_at_once_and_offers_expire() {
+    let d = wallet_daemon("offer_ttl_s = 5");
+    let counter = |body: &Value| d.client("counter").post_json("/v1/offers", body, &[]);
+    // Too young: the policy refuses at the counter, not at the phone.
+    let mut young = offer_request("mdoc", 20);
+    young["holder"]["resident_number"] = json!(format!(
+        "{}-4000001",
+        (time::OffsetDateTime::now_utc().date() - time::Duration::days(365 * 10))
+            .format(time::macros::format_description!(
+                "[year repr:last_two][month][day]"
+            ))
+            .unwrap()
+    ));
+    let refused = counter(&young);
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert_eq!(refused.json()["code"], "policy_denied");
+    let mut keyed = offer_request("mdoc", 21);
+    keyed["device_key"] = phone().0;
+    assert_eq!(counter(&keyed).json()["code"], "malformed_request");
+    let stranger = d
+        .client("stranger")
+        .post_json("/v1/offers", &offer_request("mdoc", 22), &[]);
+    assert_eq!(stranger.status, 403);
+
+    // An offer dies with its lifetime.
+    let mut h = Holder::new(&d);
+    let offered = offer(&d, "mdoc", 23);
+    let code = h.code(&offered);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(
+        error_of(&h.redeem(&code, offered["tx_code"].as_str().unwrap())),
+        "invalid_grant"
+    );
+    let path = &offered["credential_offer_uri"].as_str().unwrap()[h.issuer.len()..];
+    assert_eq!(h.client.get(path).status, 404);
+
+    // A node without a wallet listener makes no offers.
+    let plain = Daemon::start(Options::default());
+    let reply = plain
+        .client("counter")
+        .post_json("/v1/offers", &offer_request("mdoc", 24), &[]);
+    assert_eq!(
+        (reply.status, reply.json()["code"].clone()),
+        (404, json!("wallet_not_configured"))
+    );
+}

@@ -1,0 +1,97 @@
+// A scripted holder wallet: redeems an OpenID4VCI 1.0 offer with an
+// independent client library (@openid4vc/openid4vci) and a phone key made
+// by jose, and prints what it received as one JSON line. The issuer's TLS
+// CA comes from NODE_EXTRA_CA_CERTS.
+//
+//   node wallet.mjs --offer 'openid-credential-offer://?credential_offer_uri=…' --tx-code 123456
+//
+// Exit 0 with {"format", "credential", "jwk", "notification_id", …} on
+// stdout; exit 1 with {"error", "status", "body"} when the issuer refused.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+
+import { clientAuthenticationAnonymous } from '@openid4vc/oauth2';
+import { Openid4vciClient } from '@openid4vc/openid4vci';
+import * as jose from 'jose';
+
+const { values: args } = parseArgs({
+  options: {
+    offer: { type: 'string' },
+    'tx-code': { type: 'string' },
+    // Skip the notification (a wallet that crashed before storing it).
+    'no-notification': { type: 'boolean', default: false },
+  },
+});
+if (!args.offer || !args['tx-code']) {
+  console.error('usage: node wallet.mjs --offer URI --tx-code DIGITS');
+  process.exit(2);
+}
+
+const { privateKey, publicKey } = await jose.generateKeyPair('ES256', { extractable: true });
+const publicJwk = await jose.exportJWK(publicKey);
+
+const callbacks = {
+  fetch,
+  hash: (data, alg) => new Uint8Array(createHash(alg.replace('-', '')).update(data).digest()),
+  generateRandom: (n) => new Uint8Array(randomBytes(n)),
+  clientAuthentication: clientAuthenticationAnonymous(),
+  signJwt: async (_signer, { header, payload }) => ({
+    jwt: await new jose.SignJWT(payload).setProtectedHeader(header).sign(privateKey),
+    signerJwk: publicJwk,
+  }),
+};
+
+async function main() {
+  const client = new Openid4vciClient({ callbacks });
+  const offer = await client.resolveCredentialOffer(args.offer);
+  const issuerMetadata = await client.resolveIssuerMetadata(offer.credential_issuer);
+  const { accessTokenResponse } = await client.retrievePreAuthorizedCodeAccessTokenFromOffer({
+    credentialOffer: offer,
+    issuerMetadata,
+    txCode: args['tx-code'],
+  });
+  const configurationId = offer.credential_configuration_ids[0];
+  const { c_nonce: nonce } = await client.requestNonce({ issuerMetadata });
+  const { jwt } = await client.createCredentialRequestJwtProof({
+    issuerMetadata,
+    credentialConfigurationId: configurationId,
+    signer: { method: 'jwk', alg: 'ES256', publicJwk },
+    nonce,
+  });
+  const accessToken = accessTokenResponse.access_token;
+  const { credentialResponse } = await client.retrieveCredentials({
+    issuerMetadata,
+    accessToken,
+    credentialConfigurationId: configurationId,
+    proofs: { jwt: [jwt] },
+  });
+  const notificationId = credentialResponse.notification_id;
+  if (!args['no-notification']) {
+    await client.sendNotification({
+      issuerMetadata,
+      accessToken,
+      notification: { notificationId, event: 'credential_accepted' },
+    });
+  }
+  const configuration =
+    issuerMetadata.credentialIssuer.credential_configurations_supported[configurationId];
+  console.log(JSON.stringify({
+    configuration_id: configurationId,
+    format: configuration.format,
+    credential: credentialResponse.credentials[0].credential,
+    jwk: publicJwk,
+    notification_id: notificationId,
+  }));
+}
+
+main().catch((e) => {
+  // The library's errors carry the issuer's answer.
+  const response = e.response ?? e.errorResponse ?? null;
+  console.log(JSON.stringify({
+    error: e.message,
+    status: response?.status ?? null,
+    body: e.errorResponse ?? e.credentialErrorResponseResult?.data ?? null,
+  }));
+  process.exit(1);
+});
