@@ -41,6 +41,12 @@ pub struct ChannelRule {
     pub description: String,
     /// Fee in KRW (waived for a free first-time copy).
     pub fee_krw: u32,
+    /// SHA-256 (hex) of the card CA's certificate: on the wallet flow
+    /// (OpenID4VCI) this channel then needs a signature by the card's chip
+    /// over the nonce and the phone's key, with a certificate from that CA
+    /// whose serial is the card the counter named.
+    #[serde(default)]
+    pub card_ca_sha256: Option<String>,
 }
 
 /// A credential profile.
@@ -255,6 +261,15 @@ impl PolicyFile {
         }
         if self.channels.is_empty() {
             return Err("at least one [channels.NAME] is required".into());
+        }
+        for (name, channel) in &self.channels {
+            if let Some(pin) = &channel.card_ca_sha256
+                && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(format!(
+                    "channels.{name}.card_ca_sha256 must be 64 hex digits"
+                ));
+            }
         }
         if self.profiles.is_empty() {
             return Err("at least one [profiles.NAME] is required".into());

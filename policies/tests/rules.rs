@@ -343,6 +343,19 @@ fn policy_files_are_parsed_strictly() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("unknown profile"), "{err}");
+    let pin = |value: &str| {
+        Policy::parse(
+            "p.toml",
+            &SHIPPED_POLICY.replace(
+                "fee_krw = 5000\n",
+                &format!("fee_krw = 5000\ncard_ca_sha256 = \"{value}\"\n"),
+            ),
+        )
+    };
+    let err = pin("not hex").unwrap_err();
+    assert!(err.to_string().contains("card_ca_sha256"), "{err}");
+    let pinned = pin(&"0a".repeat(32)).unwrap();
+    assert!(pinned.channels["ic_card"].card_ca_sha256.is_some());
     // The hash identifies the exact bytes.
     let a = shipped();
     let b = Policy::parse("p.toml", &format!("{SHIPPED_POLICY}\n")).unwrap();

@@ -30,10 +30,12 @@ fn wallet_daemon(extra: &str) -> Daemon {
     })
 }
 
-/// An offer request for holder `n`: an issuance request without a phone key.
+/// An offer request for holder `n`: an issuance request without a phone
+/// key, on the QR channel (the officer checked the card).
 fn offer_request(profile: &str, n: u32) -> Value {
     let mut r = request(profile, &number(n), &Value::Null);
     let _ = r.as_object_mut().unwrap().remove("device_key");
+    r["channel"] = json!("qr_office");
     r
 }
 
@@ -47,11 +49,17 @@ fn offer(d: &Daemon, profile: &str, n: u32) -> Value {
 
 /// The scripted wallet: its JSON line, and whether it succeeded.
 fn run_wallet(d: &Daemon, offer: &Value) -> (bool, Value) {
+    run_wallet_with(d, offer, &[])
+}
+
+/// The scripted wallet with `extra` arguments.
+fn run_wallet_with(d: &Daemon, offer: &Value, extra: &[String]) -> (bool, Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("wallet");
     let out = Command::new("node")
         .arg(dir.join("wallet.mjs"))
         .args(["--offer", offer["offer_uri"].as_str().unwrap()])
         .args(["--tx-code", offer["tx_code"].as_str().unwrap()])
+        .args(extra)
         .env("NODE_EXTRA_CA_CERTS", d.tls.join("ca.pem"))
         .output()
         .expect("node (make deps installs the wallet's packages)");
@@ -548,7 +556,13 @@ fn wallet_refusals_carry_the_spec_s_error_codes() {
 
 #[test]
 fn the_counter_hears_refusals_at_once_and_offers_expire() {
-    let d = wallet_daemon("offer_ttl_s = 5");
+    // The policy wants the IC card proved by a CA this node did not load.
+    CARD_CA_PIN.set("ab".repeat(32)).unwrap();
+    let d = Daemon::start(Options {
+        policy: pin_the_card_ca,
+        wallet: Some("offer_ttl_s = 5".into()),
+        ..Options::default()
+    });
     let counter = |body: &Value| d.client("counter").post_json("/v1/offers", body, &[]);
     // Too young: the policy refuses at the counter, not at the phone.
     let mut young = offer_request("mdoc", 20);
@@ -566,6 +580,11 @@ fn the_counter_hears_refusals_at_once_and_offers_expire() {
     let mut keyed = offer_request("mdoc", 21);
     keyed["device_key"] = phone().0;
     assert_eq!(counter(&keyed).json()["code"], "malformed_request");
+    let mut tapped = offer_request("mdoc", 25);
+    tapped["channel"] = json!("ic_card");
+    let unprovable = counter(&tapped);
+    assert_eq!(unprovable.status, 503);
+    assert_eq!(unprovable.json()["code"], "card_ca_not_loaded");
     let stranger = d
         .client("stranger")
         .post_json("/v1/offers", &offer_request("mdoc", 22), &[]);
@@ -592,4 +611,190 @@ fn the_counter_hears_refusals_at_once_and_offers_expire() {
         (reply.status, reply.json()["code"].clone()),
         (404, json!("wallet_not_configured"))
     );
+}
+
+/// The card CA's SHA-256, for the policy (a `fn` rewrites the policy).
+static CARD_CA_PIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn pin_the_card_ca(policy: String) -> String {
+    policy.replace(
+        "fee_krw = 5000\n",
+        &format!(
+            "fee_krw = 5000\ncard_ca_sha256 = \"{}\"\n",
+            CARD_CA_PIN.get().unwrap()
+        ),
+    )
+}
+
+/// A CA, or a certificate of `subject_key` signed by `ca` with `serial`.
+fn certificate(
+    subject_key: &openssl::pkey::PKeyRef<impl openssl::pkey::HasPublic>,
+    ca: Option<(
+        &openssl::x509::X509,
+        &openssl::pkey::PKey<openssl::pkey::Private>,
+    )>,
+    signer: &openssl::pkey::PKey<openssl::pkey::Private>,
+    (name, serial): (&str, u32),
+) -> openssl::x509::X509 {
+    use openssl::x509::{extension::BasicConstraints, X509Builder, X509NameBuilder};
+    let mut subject = X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", name).unwrap();
+    let subject = subject.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(serial).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&subject).unwrap();
+    b.set_issuer_name(ca.map_or(&subject, |(c, _)| c.subject_name()))
+        .unwrap();
+    b.set_pubkey(subject_key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(365).unwrap())
+        .unwrap();
+    if ca.is_none() {
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+    }
+    b.sign(signer, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    b.build()
+}
+
+fn pem(dir: &Path, name: &str, cert: &openssl::x509::X509) -> PathBuf {
+    write(
+        dir,
+        name,
+        &String::from_utf8(cert.to_pem().unwrap()).unwrap(),
+    )
+}
+
+#[test]
+fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
+    // The card: a key born in a SoftHSM token (its chip), certified by the
+    // card CA the policy pins.
+    let card = softhsm_tests::SoftHsmToken::create("card");
+    let made = card.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "card",
+        "--id",
+        "01",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let spki = card.scratch().join("card.spki");
+    let read = card.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--label",
+        "card",
+        "-o",
+        spki.to_str().unwrap(),
+    ]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let chip = openssl::pkey::PKey::public_key_from_der(&std::fs::read(&spki).unwrap()).unwrap();
+    let dir = card.scratch();
+    let ca_key = softhsm_tests::p256_key();
+    let ca = certificate(&ca_key, None, &ca_key, ("Card CA", 1));
+    let ca_file = pem(dir, "card-ca.pem", &ca);
+    CARD_CA_PIN
+        .set(dojang::keys::view::hex(&openssl::sha::sha256(
+            &ca.to_der().unwrap(),
+        )))
+        .unwrap();
+    let card_cert = pem(
+        dir,
+        "card.pem",
+        &certificate(&chip, Some((&ca, &ca_key)), &ca_key, ("card", 0x0A1B_2C3D)),
+    );
+    let rogue_key = softhsm_tests::p256_key();
+    let rogue = certificate(&rogue_key, None, &rogue_key, ("Rogue CA", 1));
+    let rogue_cert = pem(
+        dir,
+        "rogue.pem",
+        &certificate(
+            &chip,
+            Some((&rogue, &rogue_key)),
+            &rogue_key,
+            ("card", 0x0A1B_2C3D),
+        ),
+    );
+    // The wallet asks the chip to sign (pkcs11-tool: raw r||s over the digest).
+    let sign = dir.join("card-sign");
+    std::fs::write(
+        &sign,
+        format!(
+            "#!/bin/sh\nSOFTHSM2_CONF={conf} exec pkcs11-tool --module {module} --token-label card --login \
+             --pin \"$(cat {pin})\" --sign --mechanism ECDSA --label card -i \"$1\" -o \"$2\" 2>/dev/null\n",
+            conf = card.conf_path().display(),
+            module = softhsm_tests::softhsm_module().display(),
+            pin = card.pin_file().display(),
+        ),
+    )
+    .unwrap();
+    let mut mode = std::fs::metadata(&sign).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&sign, mode).unwrap();
+
+    let d = Daemon::start(Options {
+        policy: pin_the_card_ca,
+        wallet: Some(format!("card_cas = [\"{}\"]", ca_file.display())),
+        ..Options::default()
+    });
+    let tap = |n: u32, serial: &str, cert: Option<&Path>| {
+        let mut request = offer_request("mdoc", n);
+        request["channel"] = json!("ic_card");
+        request["card"]["serial"] = json!(serial);
+        let reply = d.client("counter").post_json("/v1/offers", &request, &[]);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let offered = reply.json();
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(cert) = cert {
+            extra = vec![
+                "--card-cert".into(),
+                cert.display().to_string(),
+                "--card-sign".into(),
+                sign.display().to_string(),
+            ];
+        }
+        run_wallet_with(&d, &offered, &extra)
+    };
+    let (ok, got) = tap(30, "0A1B2C3D", Some(&card_cert));
+    assert!(ok, "{got}");
+    let verified = d.verify_mdoc(got["credential"].as_str().unwrap());
+    assert_eq!(
+        cose_x(&verified.device_key),
+        B64URL.decode(got["jwk"]["x"].as_str().unwrap()).unwrap()
+    );
+    // No tap, a card of another CA, another card than the counter named.
+    for (n, serial, cert, why) in [
+        (31, "0A1B2C3D", None, "card_proof"),
+        (32, "0A1B2C3D", Some(rogue_cert.as_path()), "card CA"),
+        (
+            33,
+            "0A1B2C3E",
+            Some(card_cert.as_path()),
+            "not the card the counter named",
+        ),
+    ] {
+        let (ok, got) = tap(n, serial, cert);
+        assert!(!ok, "{why}: {got}");
+        let said = got.to_string();
+        assert!(
+            said.contains("invalid_proof") && said.contains(why),
+            "{why}: {said}"
+        );
+    }
 }

@@ -5,10 +5,20 @@
 //
 //   node wallet.mjs --offer 'openid-credential-offer://?credential_offer_uri=…' --tx-code 123456
 //
+// The IC-card channel: --card-cert CARD.pem --card-sign SCRIPT adds the
+// card chip's signature (`card_proof`, typ dojang-card-proof+jwt) over the
+// issuer, the nonce and the phone key's thumbprint; SCRIPT IN OUT is run
+// with IN holding the SHA-256 of the signing input and writes the chip's
+// raw r||s signature to OUT (a SoftHSM token plays the card in the tests).
+//
 // Exit 0 with {"format", "credential", "jwk", "notification_id", …} on
 // stdout; exit 1 with {"error", "status", "body"} when the issuer refused.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { clientAuthenticationAnonymous } from '@openid4vc/oauth2';
@@ -21,6 +31,8 @@ const { values: args } = parseArgs({
     'tx-code': { type: 'string' },
     // Skip the notification (a wallet that crashed before storing it).
     'no-notification': { type: 'boolean', default: false },
+    'card-cert': { type: 'string' },
+    'card-sign': { type: 'string' },
   },
 });
 if (!args.offer || !args['tx-code']) {
@@ -42,6 +54,25 @@ const callbacks = {
   }),
 };
 
+const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
+
+/** The card chip's signature over the issuer, the nonce and the phone key. */
+async function cardProof(issuer, nonce) {
+  const cert = new X509Certificate(readFileSync(args['card-cert']));
+  const header = { typ: 'dojang-card-proof+jwt', alg: 'ES256', x5c: [cert.raw.toString('base64')] };
+  const payload = {
+    aud: issuer,
+    nonce,
+    iat: Math.floor(Date.now() / 1000),
+    phone_jkt: await jose.calculateJwkThumbprint(publicJwk, 'sha256'),
+  };
+  const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
+  const dir = mkdtempSync(join(tmpdir(), 'card-'));
+  writeFileSync(join(dir, 'in'), createHash('sha256').update(input).digest());
+  execFileSync(args['card-sign'], [join(dir, 'in'), join(dir, 'out')]);
+  return `${input}.${b64url(readFileSync(join(dir, 'out')))}`;
+}
+
 async function main() {
   const client = new Openid4vciClient({ callbacks });
   const offer = await client.resolveCredentialOffer(args.offer);
@@ -60,11 +91,15 @@ async function main() {
     nonce,
   });
   const accessToken = accessTokenResponse.access_token;
+  const additionalRequestPayload = args['card-cert']
+    ? { card_proof: await cardProof(offer.credential_issuer, nonce) }
+    : undefined;
   const { credentialResponse } = await client.retrieveCredentials({
     issuerMetadata,
     accessToken,
     credentialConfigurationId: configurationId,
     proofs: { jwt: [jwt] },
+    additionalRequestPayload,
   });
   const notificationId = credentialResponse.notification_id;
   if (!args['no-notification']) {

@@ -40,6 +40,10 @@ pub struct WalletListener {
     /// Bytes of offer requests (holder data, portraits) held at once.
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: usize,
+    /// Card CA certificates (PEM files) the policy's channels may name by
+    /// SHA-256 (`card_ca_sha256`): the IC-card channel proved by the chip.
+    #[serde(default)]
+    pub card_cas: Vec<PathBuf>,
     /// Open connections on this listener.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,

@@ -94,7 +94,11 @@ pub(crate) fn trusted_key(
     PublicKey::from_spki_der(&key).map_err(|e| cert_err(e.to_string()))
 }
 
-fn chain_verifies(ds_der: &[u8], iaca_der: &[u8], now: OffsetDateTime) -> Result<(), VerifyError> {
+pub(crate) fn chain_verifies(
+    ds_der: &[u8],
+    iaca_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<(), VerifyError> {
     let err = |e: openssl::error::ErrorStack| VerifyError::Certificate(e.to_string());
     let iaca = X509::from_der(iaca_der).map_err(err)?;
     let ds = X509::from_der(ds_der).map_err(err)?;

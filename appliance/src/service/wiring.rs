@@ -107,7 +107,12 @@ impl Service {
                 &server.keys,
             ),
             officers: Officers::new(node.clone(), policy.clone(), keys.clone(), reloader.clone()),
-            wallet: server.wallet.clone().map(Wallet::new),
+            wallet: server
+                .wallet
+                .clone()
+                .map(Wallet::new)
+                .transpose()
+                .map_err(|e| LoadError(format!("server.wallet.card_cas: {e}")))?,
             node,
             policy,
             keys,

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use super::book::{Offer, Outcome, TokenRefused};
 use super::oauth_error::OAuthError;
-use super::proof;
 use super::service::{Wallet, WalletReply};
+use super::{card, proof};
 use crate::issuance::Issuer;
 use crate::node::Node;
 use crate::refusal::{Class, Refusal};
@@ -33,6 +33,9 @@ struct CredentialRequest {
     proof: Option<Value>,
     #[serde(default)]
     credential_response_encryption: Option<Value>,
+    /// The card chip's signature (`card.rs`), on a channel that needs it.
+    #[serde(default)]
+    card_proof: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +190,8 @@ impl Wallet {
             .map_err(|_| retry(bad_request("the body is not a credential request")))?;
         let jwt = the_proof(&request, offer).map_err(retry)?;
         let proved = proof::verify(jwt, self.base_url(), now.unix_timestamp()).map_err(retry)?;
+        self.check_card(offer, issuer, (&request, &proved), now)
+            .map_err(retry)?;
         if !self.book.take_nonce(&proved.nonce, now.unix_timestamp()) {
             return Err(retry(OAuthError::bad(
                 "invalid_nonce",
@@ -212,6 +217,56 @@ impl Wallet {
             (Some(Value::String(id)), Some(credential)) => Ok((id.clone(), credential.clone())),
             _ => Err(final_error()),
         }
+    }
+
+    /// On a channel whose policy names a card CA: the card's chip signed
+    /// this nonce and this phone key, and it is the card the counter named.
+    fn check_card(
+        &self,
+        offer: &Offer,
+        issuer: &Issuer,
+        (request, proved): (&CredentialRequest, &proof::Proved),
+        now: OffsetDateTime,
+    ) -> Result<(), OAuthError> {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
+        let channel = text(offer.request.get("channel"));
+        let policy = issuer.current().policy;
+        let Some(pin) = policy
+            .channels
+            .get(&channel)
+            .and_then(|c| c.card_ca_sha256.clone())
+        else {
+            return Ok(());
+        };
+        let ca_der = self
+            .cards
+            .pinned(&pin)
+            .ok_or_else(|| OAuthError::unavailable("the card CA is not loaded on this node"))?;
+        let jwt = request.card_proof.as_deref().ok_or_else(|| {
+            OAuthError::bad(
+                "invalid_proof",
+                "this offer's channel needs the card's signature (card_proof): tap the card",
+            )
+        })?;
+        let phone_thumbprint = serde_json::from_value::<pkcs11_shim::Jwk>(proved.jwk.clone())
+            .map(|jwk| jwk.thumbprint())
+            .map_err(|_| OAuthError::server_error())?;
+        let expected = card::Expected {
+            audience: self.base_url(),
+            nonce: &proved.nonce,
+            phone_thumbprint: &phone_thumbprint,
+            ca_der,
+            now,
+        };
+        let serial = card::verify(jwt, &expected)?;
+        let named = text(offer.request.get("card").and_then(|c| c.get("serial")));
+        if !named.eq_ignore_ascii_case(&serial) {
+            return Err(OAuthError::bad(
+                "invalid_proof",
+                "the tapped card is not the card the counter named",
+            ));
+        }
+        Ok(())
     }
 
     /// `POST /notification` with the access token the credential came with.

@@ -2,11 +2,13 @@
 //! counter makes an offer over the mTLS API (`offers.rs`), the phone scans
 //! its QR code (`qr.rs`), reads the metadata (`metadata.rs`), redeems the
 //! pre-authorized code with the transaction code (`token.rs`), proves its
-//! key (`proof.rs`) and receives the credential (`credential.rs`). What is
+//! key (`proof.rs`; on the IC-card channel the card's chip signs too,
+//! `card.rs`) and receives the credential (`credential.rs`). What is
 //! pending lives in memory only (`book.rs`); errors take OAuth's form
 //! (`oauth_error.rs`).
 
 mod book;
+mod card;
 mod credential;
 mod expiring;
 mod form;

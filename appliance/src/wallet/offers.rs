@@ -33,6 +33,7 @@ impl Wallet {
             .wallet
             .step("offer", offered.as_ref().map_or_else(|p| p.code, |_| "ok"));
         let offered = offered?;
+        self.card_ca_loaded(issuer, &offered)?;
         let profile = offered.profile.clone();
         let offer = Offer {
             request: offered.request,
@@ -68,6 +69,30 @@ impl Wallet {
             Reply::Created,
             serde_json::to_vec(&answer).unwrap_or_default(),
         ))
+    }
+
+    /// A channel whose card the chip must prove needs its card CA here:
+    /// else no wallet could ever redeem the offer.
+    fn card_ca_loaded(
+        &self,
+        issuer: &Issuer,
+        offered: &crate::issuance::Offered,
+    ) -> Result<(), Refusal> {
+        let channel = offered
+            .request
+            .get("channel")
+            .and_then(serde_json::Value::as_str);
+        let policy = issuer.current().policy;
+        let pin = channel
+            .and_then(|c| policy.channels.get(c))
+            .and_then(|c| c.card_ca_sha256.as_deref());
+        match pin {
+            Some(pin) if self.cards.pinned(pin).is_none() => Err(Refusal::unavailable(
+                "card_ca_not_loaded",
+                "the policy's card CA for this channel is not among server.wallet.card_cas",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// `GET /offers/{handle}`: the offer, while it can be redeemed.

@@ -8,6 +8,7 @@ use crate::node::Node;
 use crate::store::DecisionRecord;
 
 use super::book::{About, Book};
+use super::card::CardCas;
 
 /// What a wallet step answers: a status, a JSON body, and whether caches
 /// must not keep it (tokens, nonces, credentials).
@@ -35,15 +36,18 @@ impl WalletReply {
 pub struct Wallet {
     pub(super) settings: WalletListener,
     pub(super) book: Book,
+    pub(super) cards: CardCas,
 }
 
 impl Wallet {
-    /// The issuer for the `[server.wallet]` settings.
-    pub fn new(settings: WalletListener) -> Self {
-        Wallet {
+    /// The issuer for the `[server.wallet]` settings (its card CA files
+    /// must read).
+    pub fn new(settings: WalletListener) -> Result<Self, String> {
+        Ok(Wallet {
             book: Book::new(&settings),
+            cards: CardCas::load(&settings.card_cas)?,
             settings,
-        }
+        })
     }
 
     /// The credential issuer identifier.

@@ -1,0 +1,176 @@
+//! The IC-card channel, proved: the holder taps the card on the phone and
+//! the card's chip signs, with its own key, a JWT over our issuer
+//! identifier, the proof's nonce and the phone key's thumbprint (RFC 7638):
+//! `card_proof` in the credential request (Dojang's extension; OpenID4VCI
+//! has no member for it). The card's certificate (`x5c`) must chain to the
+//! card CA the policy's channel names (`card_ca_sha256`), and its serial is
+//! the card the counter named in the offer: the credential is bound to
+//! that card and that phone key.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use serde_json::{Map, Value};
+
+use super::oauth_error::OAuthError;
+
+/// The card proof's `typ`.
+pub(super) const CARD_PROOF_TYPE: &str = "dojang-card-proof+jwt";
+const MAX_CARD_PROOF_BYTES: usize = 8 * 1024;
+
+/// The card CAs the daemon loaded: (SHA-256 hex of the DER, DER).
+pub(super) struct CardCas(Vec<(String, Vec<u8>)>);
+
+fn invalid(description: impl Into<String>) -> OAuthError {
+    OAuthError::bad("invalid_proof", description)
+}
+
+impl CardCas {
+    /// Reads every PEM certificate of `files`.
+    pub(super) fn load(files: &[PathBuf]) -> Result<Self, String> {
+        let mut cas = Vec::new();
+        for file in files {
+            let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let certs = openssl::x509::X509::stack_from_pem(&pem)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            for cert in certs {
+                let der = cert.to_der().map_err(|e| e.to_string())?;
+                let hex = crate::keys::view::hex(&pkcs11_shim::digest::sha256(&der));
+                cas.push((hex, der));
+            }
+        }
+        Ok(CardCas(cas))
+    }
+
+    /// The CA whose certificate hashes to `pin`.
+    pub(super) fn pinned(&self, pin: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(hex, _)| hex.eq_ignore_ascii_case(pin))
+            .map(|(_, der)| der.as_slice())
+    }
+}
+
+/// What a card proof must say.
+pub(super) struct Expected<'a> {
+    pub(super) audience: &'a str,
+    pub(super) nonce: &'a str,
+    pub(super) phone_thumbprint: &'a str,
+    pub(super) ca_der: &'a [u8],
+    pub(super) now: time::OffsetDateTime,
+}
+
+fn decode(part: &str, what: &str) -> Result<Map<String, Value>, OAuthError> {
+    let bytes = B64URL
+        .decode(part)
+        .map_err(|_| invalid(format!("the card proof's {what} is not base64url")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(invalid(format!(
+            "the card proof's {what} is not a JSON object"
+        ))),
+    }
+}
+
+/// Checks `jwt`; the card certificate's serial (upper-case hex).
+pub(super) fn verify(jwt: &str, expected: &Expected<'_>) -> Result<String, OAuthError> {
+    if jwt.len() > MAX_CARD_PROOF_BYTES {
+        return Err(invalid("the card proof is too long"));
+    }
+    let mut parts = jwt.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("the card proof is not a compact JWS"));
+    };
+    let header = decode(h, "header")?;
+    let payload = decode(p, "payload")?;
+    if header.get("typ").and_then(Value::as_str) != Some(CARD_PROOF_TYPE)
+        || header.contains_key("crit")
+    {
+        return Err(invalid(format!(
+            "the card proof's typ must be {CARD_PROOF_TYPE}, without crit"
+        )));
+    }
+    let (cert, key) = card_certificate(&header, expected)?;
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    if alg != key.algorithm().jose_name() || !super::proof::PROOF_ALGORITHMS.contains(&alg) {
+        return Err(invalid(
+            "the card proof's alg does not match the card's key",
+        ));
+    }
+    let signature = B64URL
+        .decode(s)
+        .map_err(|_| invalid("the card proof's signature is not base64url"))?;
+    if !key
+        .verify(format!("{h}.{p}").as_bytes(), &signature)
+        .unwrap_or(false)
+    {
+        return Err(invalid("the card's signature does not verify"));
+    }
+    check_claims(&payload, expected)?;
+    let serial = cert
+        .serial_number()
+        .to_bn()
+        .and_then(|bn| bn.to_hex_str().map(|h| h.to_string()))
+        .map_err(|_| invalid("the card's serial does not read"))?;
+    Ok(serial.to_ascii_uppercase())
+}
+
+/// The card's certificate from `x5c`, chained to the pinned card CA, and
+/// its key.
+fn card_certificate(
+    header: &Map<String, Value>,
+    expected: &Expected<'_>,
+) -> Result<(openssl::x509::X509, pkcs11_shim::PublicKey), OAuthError> {
+    let certificate = match header
+        .get("x5c")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([Value::String(der)]) => B64
+            .decode(der)
+            .map_err(|_| invalid("the card proof's x5c is not base64"))?,
+        _ => {
+            return Err(invalid(
+                "the card proof's x5c must be the card's one certificate",
+            ));
+        }
+    };
+    crate::credential::verify::chain_verifies(&certificate, expected.ca_der, expected.now)
+        .map_err(|_| invalid("the card's certificate does not chain to the card CA the policy names, or is not valid now"))?;
+    let cert = openssl::x509::X509::from_der(&certificate)
+        .map_err(|_| invalid("the card's certificate does not parse"))?;
+    let key = cert
+        .public_key()
+        .and_then(|k| k.public_key_to_der())
+        .ok()
+        .and_then(|spki| pkcs11_shim::PublicKey::from_spki_der(&spki).ok())
+        .ok_or_else(|| invalid("the card's key is not one this issuer reads"))?;
+    Ok((cert, key))
+}
+
+/// `aud`, `nonce`, `phone_jkt` and `iat`.
+fn check_claims(payload: &Map<String, Value>, expected: &Expected<'_>) -> Result<(), OAuthError> {
+    let claim = |name: &str| payload.get(name).and_then(Value::as_str);
+    if claim("aud") != Some(expected.audience)
+        || claim("nonce") != Some(expected.nonce)
+        || claim("phone_jkt") != Some(expected.phone_thumbprint)
+    {
+        return Err(invalid(
+            "the card proof must name this issuer (aud), the proof's nonce and the phone key's thumbprint (phone_jkt)",
+        ));
+    }
+    let now = expected.now.unix_timestamp();
+    match payload
+        .get("iat")
+        .and_then(Value::as_f64)
+        .map(|t| t.floor() as i64)
+    {
+        Some(iat) if iat >= now - 300 && iat <= now + 60 => Ok(()),
+        _ => Err(invalid(
+            "the card proof's iat is outside the accepted window",
+        )),
+    }
+}
