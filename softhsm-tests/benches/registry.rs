@@ -65,6 +65,7 @@ fn record(thread: usize, n: u64, list: u32, index: u64) -> IssuanceCommit {
             policy_hash: "ab".repeat(32),
             ..Default::default()
         },
+        copies: Vec::new(),
     }
 }
 

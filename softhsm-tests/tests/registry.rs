@@ -82,6 +82,7 @@ both!(
     one_lease_holder_at_a_time,
     proposals_change_only_from_the_version_read,
     the_first_crl_is_stored_once_under_a_race,
+    a_batch_is_one_document_in_copies,
 );
 
 fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::store::StoredKey {
@@ -555,6 +556,78 @@ fn a_new_phone_supersedes_the_old_one(regs: &[Arc<dyn Registry>]) {
             .unwrap()
             .device_bound_to_other_holder
     );
+}
+
+/// A head credential of holder `holder` on `device` with copies on `copies`.
+fn batch(reg: &dyn Registry, holder: u32, device: &str, copies: &[&str]) -> IssuanceCommit {
+    let mut head = commit(reg, holder, device);
+    head.copies = copies
+        .iter()
+        .map(|d| dojang::store::BatchCopy {
+            credential: commit(reg, holder, d).credential,
+            payload_sha256: [7; 32],
+        })
+        .collect();
+    head
+}
+
+fn a_batch_is_one_document_in_copies(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let first = batch(reg, 40, "key-a", &["key-b", "key-c"]);
+    let head = first.credential.id.clone();
+    let copies: Vec<String> = first
+        .copies
+        .iter()
+        .map(|c| c.credential.id.clone())
+        .collect();
+    let decision = first.decision.clone();
+    let entries_before = reg.decision_count().unwrap();
+    let _ = reg.commit_issuance("client", first, respond()).unwrap();
+    // One audit entry for the credential, one per copy.
+    assert_eq!(reg.decision_count().unwrap(), entries_before + 3);
+    for id in std::iter::once(&head).chain(&copies) {
+        assert_eq!(reg.credential(id).unwrap().state, CredentialState::Active);
+    }
+    // Still one live document per holder, and each copy's key is taken.
+    let again = commit(reg, 40, "key-d");
+    assert!(matches!(
+        reg.commit_issuance("client", again, respond()),
+        Err(StoreError::Conflict { .. })
+    ));
+    let taken = commit(reg, 41, "key-b");
+    assert!(matches!(
+        reg.commit_issuance("client", taken, respond()),
+        Err(StoreError::Conflict { .. })
+    ));
+    // Suspending a copy suspends the batch; reinstating the head reinstates it.
+    let d = |action: &str| DecisionRecord {
+        action: action.into(),
+        ..decision.clone()
+    };
+    let _ = reg
+        .set_state(&copies[1], CredentialState::Suspended, d("suspend"))
+        .unwrap();
+    for id in std::iter::once(&head).chain(&copies) {
+        assert_eq!(
+            reg.credential(id).unwrap().state,
+            CredentialState::Suspended,
+            "{id}"
+        );
+    }
+    let _ = reg
+        .set_state(&head, CredentialState::Active, d("reinstate"))
+        .unwrap();
+    // A new phone supersedes the whole batch.
+    let mut moved = batch(reg, 40, "key-e", &["key-f"]);
+    moved.supersede = true;
+    let (committed, _) = reg.commit_issuance("client", moved, respond()).unwrap();
+    assert_eq!(committed.superseded.len(), 3);
+    for id in std::iter::once(&head).chain(&copies) {
+        assert_eq!(
+            reg.credential(id).unwrap().state,
+            CredentialState::Superseded
+        );
+    }
 }
 
 fn idempotent_commits(regs: &[Arc<dyn Registry>]) {

@@ -798,3 +798,85 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
         );
     }
 }
+
+#[test]
+fn a_batch_gives_each_credential_its_own_key_and_status_and_one_fate() {
+    let d = wallet_daemon("batch_size = 3");
+    let mut h = Holder::new(&d);
+    let metadata = h.client.get("/.well-known/openid-credential-issuer").json();
+    assert_eq!(metadata["batch_credential_issuance"]["batch_size"], 3);
+    let offered = offer(&d, "sd-jwt", 50);
+    let (ok, got) = run_wallet_with(&d, &offered, &["--batch".into(), "3".into()]);
+    assert!(ok, "{got}");
+    let credentials = got["credentials"].as_array().unwrap();
+    assert_eq!(credentials.len(), 3);
+    let mut positions = Vec::new();
+    for (i, credential) in credentials.iter().enumerate() {
+        let jwt = credential.as_str().unwrap().split('~').next().unwrap();
+        let payload: Value =
+            serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(
+            payload["cnf"]["jwk"]["x"], got["jwks"][i]["x"],
+            "copy {i}'s key"
+        );
+        positions.push((
+            payload["status"]["status_list"]["uri"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            payload["status"]["status_list"]["idx"].as_u64().unwrap(),
+        ));
+    }
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 3, "a status position each");
+    // The copies are on the record; revoking one revokes the document.
+    let _ = d.audit_entries();
+    let page = d
+        .client("auditor")
+        .get("/v1/audit/entries?start=0&count=1000")
+        .json();
+    let copy = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            dojang::audit::entry::AuditEntry::decode(&B64.decode(e.as_str().unwrap()).unwrap())
+                .unwrap()
+        })
+        .filter(|e| e.action == "issue.copy")
+        .map(|e| e.credential_id.unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(copy.len(), 2);
+    let revoked = d.client("counter").post_json(
+        &format!("/v1/credentials/{}/revoke", copy[1]),
+        &json!({}),
+        &[],
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    for (uri, idx) in &positions {
+        assert_eq!(d.status_bit(uri, *idx), 1, "{uri}#{idx}");
+    }
+
+    // Proofs a batch refuses: more than batch_size, one key twice.
+    let token = h.access_token("mdoc", 51);
+    let (jwk, key) = phone();
+    let nonce = h.nonce();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let jwt = proof(
+        &key,
+        &good_header(&jwk),
+        &json!({"aud": h.issuer, "iat": now, "nonce": nonce}),
+    );
+    for (jwts, why) in [
+        (vec![jwt.clone(); 4], "batch_size"),
+        (vec![jwt.clone(), jwt.clone()], "same key"),
+    ] {
+        let reply = h.credential(
+            &token,
+            &json!({"credential_configuration_id": "mdoc", "proofs": {"jwt": jwts}}),
+        );
+        assert_eq!(error_of(&reply), "invalid_proof", "{why}: {}", reply.text());
+    }
+}

@@ -32,6 +32,8 @@ const { values: args } = parseArgs({
     // Skip the notification (a wallet that crashed before storing it).
     'no-notification': { type: 'boolean', default: false },
     'card-cert': { type: 'string' },
+    // Ask for a batch: this many credentials, each on a key of its own.
+    batch: { type: 'string', default: '1' },
     'card-sign': { type: 'string' },
   },
 });
@@ -40,17 +42,25 @@ if (!args.offer || !args['tx-code']) {
   process.exit(2);
 }
 
-const { privateKey, publicKey } = await jose.generateKeyPair('ES256', { extractable: true });
-const publicJwk = await jose.exportJWK(publicKey);
+// One phone key per credential of the batch (the first is "the" key).
+const keys = [];
+for (let i = 0; i < Number(args.batch); i++) {
+  const { privateKey, publicKey } = await jose.generateKeyPair('ES256', { extractable: true });
+  keys.push({ privateKey, publicJwk: await jose.exportJWK(publicKey) });
+}
+const publicJwk = keys[0].publicJwk;
+const privateKeyOf = (jwk) => keys.find((k) => k.publicJwk.x === jwk.x).privateKey;
 
 const callbacks = {
   fetch,
   hash: (data, alg) => new Uint8Array(createHash(alg.replace('-', '')).update(data).digest()),
   generateRandom: (n) => new Uint8Array(randomBytes(n)),
   clientAuthentication: clientAuthenticationAnonymous(),
-  signJwt: async (_signer, { header, payload }) => ({
-    jwt: await new jose.SignJWT(payload).setProtectedHeader(header).sign(privateKey),
-    signerJwk: publicJwk,
+  signJwt: async (signer, { header, payload }) => ({
+    jwt: await new jose.SignJWT(payload)
+      .setProtectedHeader(header)
+      .sign(privateKeyOf(signer.publicJwk)),
+    signerJwk: signer.publicJwk,
   }),
 };
 
@@ -84,12 +94,17 @@ async function main() {
   });
   const configurationId = offer.credential_configuration_ids[0];
   const { c_nonce: nonce } = await client.requestNonce({ issuerMetadata });
-  const { jwt } = await client.createCredentialRequestJwtProof({
-    issuerMetadata,
-    credentialConfigurationId: configurationId,
-    signer: { method: 'jwk', alg: 'ES256', publicJwk },
-    nonce,
-  });
+  // A batch shares the one nonce (OpenID4VCI 1.0 §7).
+  const jwts = [];
+  for (const key of keys) {
+    const { jwt } = await client.createCredentialRequestJwtProof({
+      issuerMetadata,
+      credentialConfigurationId: configurationId,
+      signer: { method: 'jwk', alg: 'ES256', publicJwk: key.publicJwk },
+      nonce,
+    });
+    jwts.push(jwt);
+  }
   const accessToken = accessTokenResponse.access_token;
   const additionalRequestPayload = args['card-cert']
     ? { card_proof: await cardProof(offer.credential_issuer, nonce) }
@@ -98,7 +113,7 @@ async function main() {
     issuerMetadata,
     accessToken,
     credentialConfigurationId: configurationId,
-    proofs: { jwt: [jwt] },
+    proofs: { jwt: jwts },
     additionalRequestPayload,
   });
   const notificationId = credentialResponse.notification_id;
@@ -116,6 +131,8 @@ async function main() {
     format: configuration.format,
     credential: credentialResponse.credentials[0].credential,
     jwk: publicJwk,
+    credentials: credentialResponse.credentials.map((c) => c.credential),
+    jwks: keys.map((k) => k.publicJwk),
     notification_id: notificationId,
   }));
 }

@@ -156,7 +156,11 @@ impl WalletApi {
     fn metadata(&self, issuer: bool) -> Result<WalletReply, OAuthError> {
         let wallet = self.wallet()?;
         let body = if issuer {
-            crate::wallet::issuer_metadata(wallet.base_url(), &self.service.policy.current())
+            crate::wallet::issuer_metadata(
+                wallet.base_url(),
+                &self.service.policy.current(),
+                wallet.settings().batch_size,
+            )
         } else {
             crate::wallet::authorization_server_metadata(wallet.base_url())
         };

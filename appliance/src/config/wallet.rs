@@ -40,6 +40,10 @@ pub struct WalletListener {
     /// Bytes of offer requests (holder data, portraits) held at once.
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: usize,
+    /// Credentials one request may ask for, each bound to its own proved
+    /// phone key (OpenID4VCI batch issuance; 1 to 10, 1: no batches).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
     /// Card CA certificates (PEM files) the policy's channels may name by
     /// SHA-256 (`card_ca_sha256`): the IC-card channel proved by the chip.
     #[serde(default)]
@@ -66,6 +70,9 @@ fn default_nonce_ttl() -> u64 {
 }
 fn default_max_pending() -> usize {
     100_000
+}
+fn default_batch_size() -> usize {
+    1
 }
 fn default_max_pending_bytes() -> usize {
     256 * 1024 * 1024
@@ -97,6 +104,9 @@ impl WalletListener {
             || !(30..=3600).contains(&self.nonce_ttl_s)
         {
             return Err("server.wallet token and nonce lifetimes must be 30 to 3600 s".into());
+        }
+        if !(1..=10).contains(&self.batch_size) {
+            return Err("server.wallet.batch_size must be 1 to 10".into());
         }
         if self.max_pending == 0
             || self.max_pending_bytes == 0

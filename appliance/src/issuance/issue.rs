@@ -10,6 +10,7 @@ use dojang_policies::resident_number::Registrant;
 use dojang_policies::{
     CredentialFormat, DenialKind, IssuanceRequest, Obligations, Outcome, RegistryFacts,
 };
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::holder::{HolderSecret, claims_mac, pseudonym};
@@ -17,8 +18,9 @@ use super::issuer::{Current, Issuer};
 use super::request::{IssueRequest, Validated, validate};
 use super::response::{IssueResponse, StatusOut, hex};
 use super::seal::SealKey;
+use super::signed::Signed;
 use crate::credential::claims::ResidentCardClaims;
-use crate::credential::{DocumentSigner, SignatureValidity, StatusReference};
+use crate::credential::{DocumentSigner, SignatureValidity};
 use crate::errors::{credential_refusal, json_refusal, key_refusal, store_refusal};
 use crate::metrics::stages::{Stage, StageClock};
 use crate::node::rfc3339;
@@ -40,18 +42,6 @@ pub(super) struct Allowed {
     obligations: Obligations,
     pub(super) policy_hash: String,
     pub(super) secret: HolderSecret,
-    device: String,
-}
-
-/// A signed credential waiting for its commit.
-struct Signed {
-    id: String,
-    credential: String,
-    format_name: &'static str,
-    validity: SignatureValidity,
-    status: StatusReference,
-    list: u32,
-    claims_mac: [u8; 32],
 }
 
 /// Builds the response from the commit's outcome (the fee depends on
@@ -78,6 +68,25 @@ impl Issuer {
         queued: std::time::Instant,
         now: OffsetDateTime,
     ) -> Answer {
+        self.issue_inner(
+            request_id,
+            client,
+            (body, idempotency_key, &[]),
+            queued,
+            now,
+        )
+    }
+
+    /// An issuance, with copies of the credential on the phone keys
+    /// `copies` (JWKs) for a batch.
+    pub(super) fn issue_inner(
+        &self,
+        request_id: &str,
+        client: &crate::node::Caller,
+        (body, idempotency_key, copies): (&[u8], Option<&str>, &[Value]),
+        queued: std::time::Instant,
+        now: OffsetDateTime,
+    ) -> Answer {
         let mut clock = StageClock::since(queued);
         clock.lap(Stage::Queue);
         let current = self.current();
@@ -87,7 +96,7 @@ impl Issuer {
         let profile = request.profile.clone();
         let outcome = self.issue_parsed(
             client,
-            (body, request, idempotency_key),
+            (body, request, idempotency_key, copies),
             now,
             &current,
             &mut clock,
@@ -131,7 +140,7 @@ impl Issuer {
     fn issue_parsed(
         &self,
         client: &crate::node::Caller,
-        (body, request, idempotency_key): (&[u8], IssueRequest, Option<&str>),
+        (body, request, idempotency_key, copies): (&[u8], IssueRequest, Option<&str>, &[Value]),
         now: OffsetDateTime,
         current: &Current,
         clock: &mut StageClock,
@@ -151,20 +160,18 @@ impl Issuer {
         };
         clock.lap(Stage::Prior);
         let v = validate(request)?;
+        let keys = super::batch::phone_keys(&v, copies)?;
         clock.lap(Stage::Validate);
         let allowed = self.decide(client, &v, (current, hits, "issue"), now, clock)?;
-        let signer = current.signer(now).map_err(|_| {
-            Refusal::unavailable("no_signing_key", "no document-signer key is ready")
-        })?;
-        let signed = self.sign(&v, &allowed, (signer, current), now, clock)?;
-        clock.lap(Stage::Sign);
-        let respond = self.respond_with(&v, &allowed, &signed, signer, current);
+        let (signer, signed) = self.sign_all(&v, &allowed, &keys, current, now, clock)?;
+        let (head, copies) = signed.split_first().ok_or_else(Refusal::internal)?;
+        let respond = self.respond_with(&v, &allowed, (head, copies), signer, current);
         let holder = allowed.secret.pseudonym;
         let commit = self.commit_of(
             client,
             &v,
             &allowed,
-            &signed,
+            (head, copies),
             signer,
             idempotency.as_ref(),
             now,
@@ -180,11 +187,7 @@ impl Issuer {
                 if !committed.superseded.is_empty() {
                     self.status.changed();
                 }
-                self.node
-                    .metrics
-                    .issuance_seconds
-                    .with_label_values(&[&v.request.profile])
-                    .observe(started.elapsed().as_secs_f64());
+                self.observe(&v, started);
                 Ok((
                     Reply::Created,
                     respond(committed.free_copy, &committed.superseded),
@@ -206,6 +209,36 @@ impl Issuer {
             ),
             Err(e) => Err(store_refusal(e)),
         }
+    }
+
+    /// One credential per phone key (a batch has several), with the DS key
+    /// in force.
+    fn sign_all<'c>(
+        &self,
+        v: &Validated,
+        allowed: &Allowed,
+        keys: &[pkcs11_shim::PublicKey],
+        current: &'c Current,
+        now: OffsetDateTime,
+        clock: &mut StageClock,
+    ) -> Result<(&'c DocumentSigner<'static>, Vec<Signed>), Refusal> {
+        let signer = current.signer(now).map_err(|_| {
+            Refusal::unavailable("no_signing_key", "no document-signer key is ready")
+        })?;
+        let signed = keys
+            .iter()
+            .map(|device| self.sign(v, allowed, device, (signer, current), now, clock))
+            .collect::<Result<Vec<_>, _>>()?;
+        clock.lap(Stage::Sign);
+        Ok((signer.as_ref(), signed))
+    }
+
+    fn observe(&self, v: &Validated, started: std::time::Instant) {
+        self.node
+            .metrics
+            .issuance_seconds
+            .with_label_values(&[&v.request.profile])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The key that seals the stored response of this very request.
@@ -295,7 +328,6 @@ impl Issuer {
                     obligations,
                     policy_hash: decision.policy_hash,
                     secret,
-                    device,
                 });
             }
             Outcome::Deny(denial) => denial,
@@ -362,6 +394,7 @@ impl Issuer {
         &self,
         v: &Validated,
         allowed: &Allowed,
+        device: &pkcs11_shim::PublicKey,
         (signer, current): (&DocumentSigner<'static>, &Current),
         now: OffsetDateTime,
         clock: &mut StageClock,
@@ -390,12 +423,12 @@ impl Issuer {
         let (list, index) = self.status.next_index().map_err(store_refusal)?;
         clock.lap(Stage::StatusIndex);
         let status = self.status_reference(format, list, index);
-        let device = v.device.as_ref().ok_or_else(Refusal::internal)?;
         let (format_name, credential) =
             self.sign_credential(signer, format, &claims, device, &validity, &status)?;
         let id = hex(&crate::credential::random::<16>().map_err(credential_refusal)?);
         Ok(Signed {
             id,
+            device: device.jwk().thumbprint(),
             credential,
             format_name,
             validity,
@@ -411,10 +444,11 @@ impl Issuer {
         &self,
         v: &Validated,
         allowed: &Allowed,
-        signed: &Signed,
+        (signed, copies): (&Signed, &[Signed]),
         signer: &DocumentSigner<'static>,
         current: &Current,
     ) -> Respond {
+        let copies = super::batch::copies_out(copies);
         let channel_fee = current
             .policy
             .channels
@@ -448,6 +482,7 @@ impl Issuer {
                 fee_krw: if free_copy { 0 } else { channel_fee },
                 free_copy,
                 superseded,
+                copies: &copies,
             };
             serde_json::to_vec(&response).unwrap_or_default()
         })
@@ -460,26 +495,27 @@ impl Issuer {
         client: &crate::node::Caller,
         v: &Validated,
         allowed: &Allowed,
-        signed: &Signed,
+        (signed, copies): (&Signed, &[Signed]),
         signer: &DocumentSigner<'static>,
         idempotency: Option<&(IdempotencyKey, SealKey)>,
         now: OffsetDateTime,
     ) -> IssuanceCommit {
+        let row = |signed: &Signed| NewCredential {
+            id: signed.id.clone(),
+            holder: allowed.secret.pseudonym,
+            device: signed.device.clone(),
+            profile: v.request.profile.clone(),
+            kid: signer.kid().to_owned(),
+            status_list: signed.list,
+            status_index: signed.status.idx,
+            // The real time, for operators; the credential says only the day.
+            issued_at: now.unix_timestamp(),
+            valid_until: signed.validity.valid_until.unix_timestamp(),
+            document_expiry: allowed.obligations.expiry_date.to_string(),
+            claims_mac: signed.claims_mac,
+        };
         IssuanceCommit {
-            credential: NewCredential {
-                id: signed.id.clone(),
-                holder: allowed.secret.pseudonym,
-                device: allowed.device.clone(),
-                profile: v.request.profile.clone(),
-                kid: signer.kid().to_owned(),
-                status_list: signed.list,
-                status_index: signed.status.idx,
-                // The real time, for operators; the credential says only the day.
-                issued_at: now.unix_timestamp(),
-                valid_until: signed.validity.valid_until.unix_timestamp(),
-                document_expiry: allowed.obligations.expiry_date.to_string(),
-                claims_mac: signed.claims_mac,
-            },
+            credential: row(signed),
             supersede: allowed.obligations.supersede_previous,
             want_free_copy: allowed.obligations.use_free_copy,
             idempotency: idempotency.map(|(key, _)| key.clone()),
@@ -491,6 +527,7 @@ impl Issuer {
                     .node
                     .caller_decision(client, "issue", "allow", &allowed.policy_hash, now)
             },
+            copies: super::batch::batch_copies(copies, row),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! signed and committed with its audit entry ([`issue`], [`refresh`],
 //! [`state`]); answers stored under idempotency keys are sealed ([`seal`]).
 
+mod batch;
 mod holder;
 mod issue;
 mod issuer;
@@ -13,8 +14,10 @@ mod refresh;
 mod request;
 mod response;
 mod seal;
+mod signed;
 mod state;
 
+pub use self::batch::MAX_BATCH;
 pub use self::holder::{HolderSecret, pseudonym, pseudonym_key_check};
 pub use self::issuer::{Current, Issuer};
 pub use self::offer::Offered;

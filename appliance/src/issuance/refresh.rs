@@ -295,6 +295,7 @@ impl Issuer {
             fee_krw: 0,
             free_copy: false,
             superseded: &[],
+            copies: &[],
         };
         Ok((Reply::Ok, serde_json::to_vec(&response).unwrap_or_default()))
     }

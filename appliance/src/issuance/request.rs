@@ -92,7 +92,9 @@ const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", 
 
 /// The phone's public key from its JWK: public members only, a curve the
 /// appliance accepts, a point on it.
-fn device_public_key(jwk: &serde_json::Value) -> Result<pkcs11_shim::PublicKey, Refusal> {
+pub(super) fn device_public_key(
+    jwk: &serde_json::Value,
+) -> Result<pkcs11_shim::PublicKey, Refusal> {
     let invalid = |detail: String| {
         Refusal::bad_request("invalid_device_key", detail).with_rule("device_key.public_only")
     };

@@ -24,6 +24,24 @@ pub(super) struct IssueResponse<'a> {
     pub(super) fee_krw: u32,
     pub(super) free_copy: bool,
     pub(super) superseded: &'a [String],
+    /// A batch's other credentials (none outside a batch).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) copies: &'a [CopyOut],
+}
+
+/// A copy of a batch in the issuance response.
+#[derive(Serialize)]
+pub(super) struct CopyOut {
+    pub(super) id: String,
+    pub(super) credential: String,
+    pub(super) status: StatusOwned,
+}
+
+/// A status reference, owned.
+#[derive(Serialize)]
+pub(super) struct StatusOwned {
+    pub(super) uri: String,
+    pub(super) idx: u64,
 }
 
 #[derive(Serialize)]

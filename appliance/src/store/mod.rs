@@ -26,10 +26,10 @@ pub use self::keyring::{
 };
 pub use self::postgres::{PostgresDriver, PostgresRegistry, is_local as postgres_is_local};
 pub use self::registry::{
-    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
-    IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER, REINSTATE_KEY_REVOKED, Refresh,
-    Registry, Respond, STATUS_BLOCK_MAX, STATUS_LIST_FILL, STATUS_LIST_SIZE, StatusPositions,
-    StoreError,
+    BatchCopy, Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts,
+    IdempotencyKey, IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER,
+    REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, STATUS_BLOCK_MAX, STATUS_LIST_FILL,
+    STATUS_LIST_SIZE, StatusPositions, StoreError,
 };
 pub(crate) use self::registry::{check_block, check_refresh, check_transition};
 pub use self::sql::SqlRegistry;

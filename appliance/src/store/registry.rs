@@ -198,6 +198,19 @@ pub struct IssuanceCommit {
     pub idempotency: Option<IdempotencyKey>,
     /// The decision.
     pub decision: DecisionRecord,
+    /// Copies of the credential in a batch, each on its own phone key.
+    pub copies: Vec<BatchCopy>,
+}
+
+/// A copy of a batch: its row (the holder, claims and document of the
+/// credential it copies; its own id, key and status position) and the
+/// SHA-256 of what was handed out, for its audit entry.
+#[derive(Debug, Clone)]
+pub struct BatchCopy {
+    /// The row.
+    pub credential: NewCredential,
+    /// SHA-256 of the signed copy.
+    pub payload_sha256: [u8; 32],
 }
 
 /// What the transaction did, for building the response.

@@ -13,7 +13,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use serde_json::{Map, Value};
 
+use super::book::Offer;
 use super::oauth_error::OAuthError;
+use crate::issuance::Issuer;
+use time::OffsetDateTime;
 
 /// The card proof's `typ`.
 pub(super) const CARD_PROOF_TYPE: &str = "dojang-card-proof+jwt";
@@ -173,4 +176,53 @@ fn check_claims(payload: &Map<String, Value>, expected: &Expected<'_>) -> Result
             "the card proof's iat is outside the accepted window",
         )),
     }
+}
+
+/// On a channel whose policy names a card CA: the card's chip signed
+/// this nonce and this phone key, and it is the card the counter named.
+pub(super) fn check_card(
+    (cards, audience): (&CardCas, &str),
+    offer: &Offer,
+    issuer: &Issuer,
+    (card_proof, proved): (Option<&str>, &super::proof::Proved),
+    now: OffsetDateTime,
+) -> Result<(), OAuthError> {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
+    let channel = text(offer.request.get("channel"));
+    let policy = issuer.current().policy;
+    let Some(pin) = policy
+        .channels
+        .get(&channel)
+        .and_then(|c| c.card_ca_sha256.clone())
+    else {
+        return Ok(());
+    };
+    let ca_der = cards
+        .pinned(&pin)
+        .ok_or_else(|| OAuthError::unavailable("the card CA is not loaded on this node"))?;
+    let jwt = card_proof.ok_or_else(|| {
+        OAuthError::bad(
+            "invalid_proof",
+            "this offer's channel needs the card's signature (card_proof): tap the card",
+        )
+    })?;
+    let phone_thumbprint = serde_json::from_value::<pkcs11_shim::Jwk>(proved.jwk.clone())
+        .map(|jwk| jwk.thumbprint())
+        .map_err(|_| OAuthError::server_error())?;
+    let expected = Expected {
+        audience,
+        nonce: &proved.nonce,
+        phone_thumbprint: &phone_thumbprint,
+        ca_der,
+        now,
+    };
+    let serial = verify(jwt, &expected)?;
+    let named = text(offer.request.get("card").and_then(|c| c.get("serial")));
+    if !named.eq_ignore_ascii_case(&serial) {
+        return Err(OAuthError::bad(
+            "invalid_proof",
+            "the tapped card is not the card the counter named",
+        ));
+    }
+    Ok(())
 }

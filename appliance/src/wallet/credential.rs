@@ -57,8 +57,13 @@ fn bad_request(description: &str) -> OAuthError {
     OAuthError::bad("invalid_credential_request", description)
 }
 
-/// The one proof of a request for the offered configuration.
-fn the_proof<'a>(request: &'a CredentialRequest, offer: &Offer) -> Result<&'a str, OAuthError> {
+/// The proofs of a request for the offered configuration: one, or up to
+/// `batch_size` for a batch.
+fn the_proofs<'a>(
+    request: &'a CredentialRequest,
+    offer: &Offer,
+    batch_size: usize,
+) -> Result<&'a [String], OAuthError> {
     if request.credential_response_encryption.is_some() {
         return Err(OAuthError::bad(
             "invalid_encryption_parameters",
@@ -88,13 +93,38 @@ fn the_proof<'a>(request: &'a CredentialRequest, offer: &Offer) -> Result<&'a st
         .as_ref()
         .and_then(|p| p.jwt.as_deref())
         .ok_or_else(|| OAuthError::bad("invalid_proof", "a jwt proof is required"))?;
-    match jwts {
-        [one] => Ok(one),
-        _ => Err(OAuthError::bad(
+    if jwts.is_empty() || jwts.len() > batch_size {
+        return Err(OAuthError::bad(
             "invalid_proof",
-            "exactly one jwt proof: batch issuance is not offered",
-        )),
+            format!("1 to {batch_size} jwt proofs (the issuer's batch_size)"),
+        ));
     }
+    Ok(jwts)
+}
+
+/// The keys of a batch's proofs: one nonce for all, no key twice.
+fn one_batch(proved: &[proof::Proved]) -> Result<(), OAuthError> {
+    let mut thumbprints = std::collections::BTreeSet::new();
+    for p in proved {
+        let jwk: pkcs11_shim::Jwk =
+            serde_json::from_value(p.jwk.clone()).map_err(|_| OAuthError::server_error())?;
+        if !thumbprints.insert(jwk.thumbprint()) {
+            return Err(OAuthError::bad(
+                "invalid_proof",
+                "two proofs on the same key: each credential of a batch needs its own",
+            ));
+        }
+    }
+    if proved
+        .windows(2)
+        .any(|w| w.first().map(|p| &p.nonce) != w.get(1).map(|p| &p.nonce))
+    {
+        return Err(OAuthError::bad(
+            "invalid_proof",
+            "every proof of a batch carries the same nonce",
+        ));
+    }
+    Ok(())
 }
 
 /// A refusal of the issuance, as the wallet is told it (the rule, never
@@ -157,9 +187,13 @@ impl Wallet {
                 };
                 let notification = self.book.finish(token, outcome, at);
                 issued
-                    .map(|(_, credential)| {
+                    .map(|(_, credentials)| {
                         let mut answer = serde_json::Map::new();
-                        let credentials = json!([{ "credential": credential }]);
+                        let credentials: Vec<Value> = credentials
+                            .into_iter()
+                            .map(|credential| json!({ "credential": credential }))
+                            .collect();
+                        let credentials = Value::Array(credentials);
                         let _ = answer.insert("credentials".into(), credentials);
                         if let Some(id) = notification {
                             let _ = answer.insert("notification_id".into(), json!(id));
@@ -184,89 +218,66 @@ impl Wallet {
         body: &[u8],
         (request_id, queued): (&str, std::time::Instant),
         now: OffsetDateTime,
-    ) -> Result<(String, Value), (OAuthError, Outcome<'static>)> {
+    ) -> Result<(String, Vec<Value>), (OAuthError, Outcome<'static>)> {
         let retry = |e: OAuthError| (e, Outcome::Retry);
         let request: CredentialRequest = serde_json::from_slice(body)
             .map_err(|_| retry(bad_request("the body is not a credential request")))?;
-        let jwt = the_proof(&request, offer).map_err(retry)?;
-        let proved = proof::verify(jwt, self.base_url(), now.unix_timestamp()).map_err(retry)?;
-        self.check_card(offer, issuer, (&request, &proved), now)
+        let jwts = the_proofs(&request, offer, self.settings.batch_size).map_err(retry)?;
+        let proved = jwts
+            .iter()
+            .map(|jwt| proof::verify(jwt, self.base_url(), now.unix_timestamp()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(retry)?;
-        if !self.book.take_nonce(&proved.nonce, now.unix_timestamp()) {
+        one_batch(&proved).map_err(retry)?;
+        let (first, copies) = proved
+            .split_first()
+            .ok_or_else(|| retry(OAuthError::server_error()))?;
+        let cards = (&self.cards, self.base_url());
+        card::check_card(
+            cards,
+            offer,
+            issuer,
+            (request.card_proof.as_deref(), first),
+            now,
+        )
+        .map_err(retry)?;
+        if !self.book.take_nonce(&first.nonce, now.unix_timestamp()) {
             return Err(retry(OAuthError::bad(
                 "invalid_nonce",
                 "the proof's nonce is not one this issuer gave, or was used or expired: get a new one",
             )));
         }
         let mut members = offer.request.clone();
-        let _ = members.insert("device_key".into(), proved.jwk);
+        let _ = members.insert("device_key".into(), first.jwk.clone());
         let issue_body = serde_json::to_vec(&members)
             .map_err(|_| (OAuthError::server_error(), Outcome::Retry))?;
+        let copies: Vec<Value> = copies.iter().map(|p| p.jwk.clone()).collect();
         let (_, answer) = issuer
-            .issue(
+            .issue_batch(
                 request_id,
                 &offer.about.client,
-                (&issue_body, None),
+                (&issue_body, &copies),
                 queued,
                 now,
             )
             .map_err(|p| issuance_refused(&p))?;
         let final_error = || (OAuthError::server_error(), Outcome::Final);
         let answer: Value = serde_json::from_slice(&answer).map_err(|_| final_error())?;
-        match (answer.get("id"), answer.get("credential")) {
-            (Some(Value::String(id)), Some(credential)) => Ok((id.clone(), credential.clone())),
-            _ => Err(final_error()),
-        }
-    }
-
-    /// On a channel whose policy names a card CA: the card's chip signed
-    /// this nonce and this phone key, and it is the card the counter named.
-    fn check_card(
-        &self,
-        offer: &Offer,
-        issuer: &Issuer,
-        (request, proved): (&CredentialRequest, &proof::Proved),
-        now: OffsetDateTime,
-    ) -> Result<(), OAuthError> {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
-        let channel = text(offer.request.get("channel"));
-        let policy = issuer.current().policy;
-        let Some(pin) = policy
-            .channels
-            .get(&channel)
-            .and_then(|c| c.card_ca_sha256.clone())
+        let (Some(Value::String(id)), Some(credential)) =
+            (answer.get("id"), answer.get("credential"))
         else {
-            return Ok(());
+            return Err(final_error());
         };
-        let ca_der = self
-            .cards
-            .pinned(&pin)
-            .ok_or_else(|| OAuthError::unavailable("the card CA is not loaded on this node"))?;
-        let jwt = request.card_proof.as_deref().ok_or_else(|| {
-            OAuthError::bad(
-                "invalid_proof",
-                "this offer's channel needs the card's signature (card_proof): tap the card",
-            )
-        })?;
-        let phone_thumbprint = serde_json::from_value::<pkcs11_shim::Jwk>(proved.jwk.clone())
-            .map(|jwk| jwk.thumbprint())
-            .map_err(|_| OAuthError::server_error())?;
-        let expected = card::Expected {
-            audience: self.base_url(),
-            nonce: &proved.nonce,
-            phone_thumbprint: &phone_thumbprint,
-            ca_der,
-            now,
-        };
-        let serial = card::verify(jwt, &expected)?;
-        let named = text(offer.request.get("card").and_then(|c| c.get("serial")));
-        if !named.eq_ignore_ascii_case(&serial) {
-            return Err(OAuthError::bad(
-                "invalid_proof",
-                "the tapped card is not the card the counter named",
-            ));
+        let mut credentials = vec![credential.clone()];
+        for copy in answer
+            .get("copies")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            credentials.push(copy.get("credential").cloned().ok_or_else(final_error)?);
         }
-        Ok(())
+        Ok((id.clone(), credentials))
     }
 
     /// `POST /notification` with the access token the credential came with.

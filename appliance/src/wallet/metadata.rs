@@ -70,21 +70,31 @@ fn configuration(format: CredentialFormat) -> Value {
     }
 }
 
-/// `/.well-known/openid-credential-issuer`.
-pub fn issuer_metadata(base_url: &str, policy: &Policy) -> Value {
+/// `/.well-known/openid-credential-issuer`, declaring batches of up to
+/// `batch_size` credentials when it is over 1.
+pub fn issuer_metadata(base_url: &str, policy: &Policy, batch_size: usize) -> Value {
     let configurations: serde_json::Map<String, Value> = policy
         .profiles
         .iter()
         .map(|(name, profile)| (name.clone(), configuration(profile.format)))
         .collect();
-    json!({
+    let mut metadata = json!({
         "credential_issuer": base_url,
         "credential_endpoint": format!("{base_url}/credential"),
         "nonce_endpoint": format!("{base_url}/nonce"),
         "notification_endpoint": format!("{base_url}/notification"),
         "display": display("행정안전부", "Ministry of the Interior and Safety"),
         "credential_configurations_supported": configurations,
-    })
+    });
+    if batch_size > 1
+        && let Some(m) = metadata.as_object_mut()
+    {
+        let _ = m.insert(
+            "batch_credential_issuance".into(),
+            json!({ "batch_size": batch_size }),
+        );
+    }
+    metadata
 }
 
 /// `/.well-known/oauth-authorization-server`: this listener is its own

@@ -22,7 +22,7 @@ const QUERIES: [(&str, &str); 4] = [
     ),
     (
         "holders with two live credentials",
-        "SELECT COUNT(*) FROM (SELECT holder FROM credentials WHERE state IN ('active', 'suspended') GROUP BY holder HAVING COUNT(*) > 1) AS t",
+        "SELECT COUNT(*) FROM (SELECT holder FROM credentials WHERE state IN ('active', 'suspended') AND batch_of IS NULL GROUP BY holder HAVING COUNT(*) > 1) AS t",
     ),
     (
         "phones with two live credentials",

@@ -208,5 +208,6 @@ pub fn issuance(
         want_free_copy: false,
         idempotency: None,
         decision: decision("issue"),
+        copies: Vec::new(),
     }
 }

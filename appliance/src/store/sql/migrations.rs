@@ -52,6 +52,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "",
         include_str!("../migrations/postgres/0011_actor_certificate.sql")
     ),
+    migration!("0012_batches"),
 ];
 
 /// How one database spells the shared files' column types.

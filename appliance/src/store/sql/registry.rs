@@ -6,9 +6,9 @@ use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::store::sql::Value;
 use crate::store::{
-    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
-    IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
-    StoreError, check_block, check_transition,
+    BatchCopy, Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts,
+    IdempotencyKey, IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond,
+    StatusPositions, StoreError, check_block, check_transition,
 };
 
 fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
@@ -134,6 +134,9 @@ fn commit_in(
         ],
     )?;
     tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
+    for copy in &commit.copies {
+        insert_copy(tx, &c.id, copy, &commit.decision)?;
+    }
     let committed = Committed {
         free_copy,
         superseded,
@@ -147,6 +150,44 @@ fn commit_in(
         )?;
     }
     Ok((committed, response))
+}
+
+/// A copy of the batch whose first credential is `of`, with its own
+/// audit entry (`issue.copy`).
+fn insert_copy(
+    tx: &mut dyn Tx,
+    of: &str,
+    copy: &BatchCopy,
+    decision: &DecisionRecord,
+) -> Result<(), StoreError> {
+    let c = &copy.credential;
+    let _ = tx.execute(
+        "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
+                                  status_index, issued_at, valid_until, document_expiry,
+                                  free_copy, claims_mac, batch_of)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13)",
+        args![
+            &c.id,
+            &c.holder.0,
+            &c.device,
+            &c.profile,
+            &c.kid,
+            c.status_list,
+            c.status_index,
+            c.issued_at,
+            c.valid_until,
+            &c.document_expiry,
+            false,
+            &c.claims_mac,
+            of,
+        ],
+    )?;
+    let decision = DecisionRecord {
+        action: "issue.copy".into(),
+        payload_sha256: Some(copy.payload_sha256),
+        ..decision.clone()
+    };
+    tx.append_audit(&decision, Some(&c.id), Some(&c.holder))
 }
 
 fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
@@ -335,8 +376,13 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                     rule: REINSTATE_KEY_REVOKED,
                 });
             }
+            // A batch changes state together: its first credential and
+            // every copy, whichever of them was named.
             let _ = tx.execute(
-                "UPDATE credentials SET state = $1 WHERE id = $2 AND state = $3",
+                "UPDATE credentials SET state = $1
+                 WHERE state = $3 AND (id = $2 OR batch_of = $2
+                       OR id = (SELECT batch_of FROM credentials WHERE id = $2)
+                       OR batch_of = (SELECT batch_of FROM credentials WHERE id = $2))",
                 args![to.as_str(), &id, from.as_str()],
             )?;
             tx.append_audit(&decision, Some(&id), None)?;
