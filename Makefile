@@ -80,7 +80,7 @@ test: lint build fuzz-smoke
 # machine's one stable toolchain take them. New inputs go to fuzz/corpus
 # (not committed), the committed seeds stay in fuzz/seeds.
 FUZZ_TARGETS := issue_request device_jwk resident_number policy_toml \
-	mdoc_verify sd_jwt_verify audit certificates status_list
+	mdoc_verify sd_jwt_verify audit certificates status_list wallet_request
 FUZZ_SECONDS ?= 3600
 FUZZ_SMOKE_SECONDS ?= 5
 FUZZ_FLAGS := -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1

@@ -778,6 +778,17 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
         cose_x(&verified.device_key),
         B64URL.decode(got["jwk"]["x"].as_str().unwrap()).unwrap()
     );
+    let file = write(
+        d.scratch(),
+        "tapped.mdoc",
+        got["credential"].as_str().unwrap(),
+    );
+    let iaca = d.scratch().join("pki/iaca.pem");
+    let out = python(
+        "verify_mdoc.py",
+        &[&file, &iaca, Path::new(dojang::credential::mdoc::DOC_TYPE)],
+    );
+    assert!(out.contains("\"given_name\": \"길동\""), "{out}");
     // No tap, a card of another CA, another card than the counter named.
     for (n, serial, cert, why) in [
         (31, "0A1B2C3D", None, "card_proof"),
@@ -859,6 +870,28 @@ fn a_batch_gives_each_credential_its_own_key_and_status_and_one_fate() {
         assert_eq!(d.status_bit(uri, *idx), 1, "{uri}#{idx}");
     }
 
+    // An mdoc batch: each copy passes pymdoccbor, bound to its own key.
+    let offered = offer(&d, "mdoc", 52);
+    let (ok, got) = run_wallet_with(&d, &offered, &["--batch".into(), "2".into()]);
+    assert!(ok, "{got}");
+    let iaca = d.scratch().join("pki/iaca.pem");
+    for (i, credential) in got["credentials"].as_array().unwrap().iter().enumerate() {
+        let credential = credential.as_str().unwrap();
+        let verified = d.verify_mdoc(credential);
+        assert_eq!(
+            cose_x(&verified.device_key),
+            B64URL
+                .decode(got["jwks"][i]["x"].as_str().unwrap())
+                .unwrap()
+        );
+        let file = write(d.scratch(), &format!("batch-{i}.mdoc"), credential);
+        let out = python(
+            "verify_mdoc.py",
+            &[&file, &iaca, Path::new(dojang::credential::mdoc::DOC_TYPE)],
+        );
+        assert!(out.contains("\"given_name\": \"길동\""), "{out}");
+    }
+
     // Proofs a batch refuses: more than batch_size, one key twice.
     let token = h.access_token("mdoc", 51);
     let (jwk, key) = phone();
@@ -879,4 +912,70 @@ fn a_batch_gives_each_credential_its_own_key_and_status_and_one_fate() {
         );
         assert_eq!(error_of(&reply), "invalid_proof", "{why}: {}", reply.text());
     }
+}
+
+#[test]
+fn dojangctl_offer_shows_the_qr_code_and_the_transaction_code() {
+    let d = wallet_daemon("");
+    let scratch = d.scratch().to_owned();
+    let request = write(
+        &scratch,
+        "offer.json",
+        &offer_request("sd-jwt", 60).to_string(),
+    );
+    let png = scratch.join("offer.png");
+    let ctl = |extra: &[&str]| {
+        Command::new(softhsm_tests::workspace_binary("dojangctl"))
+            .arg("--api")
+            .arg(format!("https://localhost:{}", d.api.port()))
+            .arg("--ca")
+            .arg(d.tls.join("ca.pem"))
+            .arg("--client-cert")
+            .arg(d.tls.join("counter.pem"))
+            .arg("--client-key")
+            .arg(d.tls.join("counter.key"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&[
+        "offer",
+        "--request",
+        request.to_str().unwrap(),
+        "--png",
+        png.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Half blocks draw the code; the fields follow.
+    assert!(text.contains('▀') && text.contains('█'), "{text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    };
+    let tx_code = field("transaction code");
+    assert!(tx_code.len() == 6 && tx_code.bytes().all(|b| b.is_ascii_digit()));
+    let offer_uri = field("offer");
+    assert!(offer_uri.starts_with("openid-credential-offer://"));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // What it printed is an offer a wallet redeems.
+    let (ok, got) = run_wallet(&d, &json!({"offer_uri": offer_uri, "tx_code": tx_code}));
+    assert!(ok, "{got}");
+    // A refusal is the daemon's problem, in one line.
+    let mut young = offer_request("sd-jwt", 61);
+    young["holder"]["resident_number"] = json!("200101-3000001");
+    let refused_request = write(&scratch, "young.json", &young.to_string());
+    let out = ctl(&["offer", "--request", refused_request.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy_denied") && err.contains("holder.minimum_age"),
+        "{err}"
+    );
 }

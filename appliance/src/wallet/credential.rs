@@ -102,6 +102,42 @@ fn the_proofs<'a>(
     Ok(jwts)
 }
 
+/// Every check the wallet listener runs on a body before any state is
+/// touched (the fuzz target `wallet_request` drives it): the first byte
+/// picks the endpoint (0 token form, 1 credential request with its proofs
+/// and card proof, 2 notification), the rest is the body.
+pub fn check_wallet_input(bytes: &[u8]) {
+    const AUDIENCE: &str = "https://wallet.example";
+    let Some((kind, body)) = bytes.split_first() else {
+        return;
+    };
+    match kind % 3 {
+        0 => drop(super::form::parse(body)),
+        1 => {
+            let Ok(request) = serde_json::from_slice::<CredentialRequest>(body) else {
+                return;
+            };
+            let jwts = request.proofs.and_then(|p| p.jwt).unwrap_or_default();
+            let proved: Vec<_> = jwts
+                .iter()
+                .filter_map(|jwt| proof::verify(jwt, AUDIENCE, 1_800_000_000).ok())
+                .collect();
+            let _ = one_batch(&proved);
+            if let (Some(jwt), Some(first)) = (request.card_proof.as_deref(), proved.first()) {
+                let expected = card::Expected {
+                    audience: AUDIENCE,
+                    nonce: &first.nonce,
+                    phone_thumbprint: "",
+                    ca_der: &[],
+                    now: time::OffsetDateTime::UNIX_EPOCH,
+                };
+                let _ = card::verify(jwt, &expected);
+            }
+        }
+        _ => drop(serde_json::from_slice::<Notification>(body)),
+    }
+}
+
 /// The keys of a batch's proofs: one nonce for all, no key twice.
 fn one_batch(proved: &[proof::Proved]) -> Result<(), OAuthError> {
     let mut thumbprints = std::collections::BTreeSet::new();

@@ -20,6 +20,7 @@ pub mod qr;
 mod service;
 mod token;
 
+pub use self::credential::check_wallet_input;
 pub use self::metadata::{PRE_AUTHORIZED_GRANT, authorization_server_metadata, issuer_metadata};
 pub use self::oauth_error::OAuthError;
 pub use self::offers::wallet_not_configured;
