@@ -979,3 +979,154 @@ fn dojangctl_offer_shows_the_qr_code_and_the_transaction_code() {
         "{err}"
     );
 }
+
+impl Holder<'_> {
+    /// A credential of `profile` for holder `n`, bound to `key`.
+    fn issued(
+        &mut self,
+        profile: &str,
+        n: u32,
+        (jwk, key): (&Value, &openssl::pkey::PKey<openssl::pkey::Private>),
+    ) -> String {
+        let token = self.access_token(profile, n);
+        let proved = self.proof_of(jwk, key);
+        let reply = self.credential(&token, &request_with(profile, &proved));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["credentials"][0]["credential"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A proof by `key` over a fresh nonce.
+    fn proof_of(
+        &mut self,
+        jwk: &Value,
+        key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    ) -> String {
+        let nonce = self.nonce();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        proof(
+            key,
+            &good_header(jwk),
+            &json!({"aud": self.issuer, "iat": now, "nonce": nonce}),
+        )
+    }
+
+    /// `POST /refresh` of `credential` with a proof by `key`.
+    fn refresh(
+        &mut self,
+        credential: &str,
+        (jwk, key): (&Value, &openssl::pkey::PKey<openssl::pkey::Private>),
+    ) -> Reply {
+        let proved = self.proof_of(jwk, key);
+        self.client.post_json(
+            "/refresh",
+            &json!({"credential": credential, "proofs": {"jwt": [proved]}}),
+            &[],
+        )
+    }
+}
+
+#[test]
+fn a_wallet_has_its_credential_signed_again_without_a_visit() {
+    let d = Daemon::start(Options {
+        wallet: Some(String::new()),
+        server: "[server.keys]\nlifecycle_interval_ms = 600000\n".into(),
+        ..Options::default()
+    });
+    let mut h = Holder::new(&d);
+    let (jwk, key) = phone();
+    let (other_jwk, other_key) = phone();
+    let sd_jwt = h.issued("sd-jwt", 70, (&jwk, &key));
+    let (mdoc_jwk, mdoc_key) = phone();
+    let mdoc = h.issued("mdoc", 71, (&mdoc_jwk, &mdoc_key));
+    let metadata = h.client.get("/.well-known/openid-credential-issuer").json();
+    assert_eq!(
+        metadata["dojang_refresh_endpoint"],
+        format!("{}/refresh", h.issuer)
+    );
+
+    // Signed again while active: the same claims, the same key.
+    let again = h.refresh(&sd_jwt, (&jwk, &key));
+    assert_eq!(again.status, 200, "{}", again.text());
+    let renewed = again.json()["credentials"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(renewed, sd_jwt);
+    let payload = |c: &str| -> Value {
+        let jwt = c.split('~').next().unwrap();
+        serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    };
+    assert_eq!(payload(&renewed)["cnf"], payload(&sd_jwt)["cnf"]);
+    // Refusals: another key, a credential that is not ours (tampered).
+    let refused = h.refresh(&sd_jwt, (&other_jwk, &other_key));
+    assert_eq!(error_of(&refused), "invalid_proof", "{}", refused.text());
+    let mut tampered = renewed.clone();
+    let at = tampered.find('.').unwrap() + 5;
+    tampered.replace_range(at..=at, if &tampered[at..=at] == "A" { "B" } else { "A" });
+    let refused = h.refresh(&tampered, (&jwk, &key));
+    assert_eq!(
+        error_of(&refused),
+        "credential_request_denied",
+        "{}",
+        refused.text()
+    );
+
+    // The DS key is revoked: its credentials are suspended, then signed
+    // again by its successor at a new status position.
+    let _ = d.dual_control(
+        "kim",
+        "lee",
+        "/v1/keys/ds-1/revoke",
+        &json!({"reason": "token backup lost"}),
+    );
+    let successor = d.rotate_now();
+    let old_status = d.verify_mdoc(&mdoc).status.unwrap();
+    assert_eq!(
+        d.status_bit(&old_status.uri, old_status.idx),
+        2,
+        "suspended"
+    );
+    let again = h.refresh(&mdoc, (&mdoc_jwk, &mdoc_key));
+    assert_eq!(again.status, 200, "{}", again.text());
+    let renewed = again.json()["credentials"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verified = d.verify_mdoc(&renewed);
+    let new_status = verified.status.clone().unwrap();
+    assert_ne!(new_status.idx, old_status.idx, "a new position");
+    assert_eq!(d.status_bit(&new_status.uri, new_status.idx), 0);
+    assert_eq!(
+        d.status_bit(&old_status.uri, old_status.idx),
+        1,
+        "the old one revoked for good"
+    );
+    assert_eq!(
+        cose_x(&verified.device_key),
+        B64URL.decode(mdoc_jwk["x"].as_str().unwrap()).unwrap()
+    );
+    let keys = d.keys();
+    let signer = keys
+        .iter()
+        .find(|k| k["label"] == successor.as_str())
+        .unwrap();
+    assert_eq!(signer["state"], "active");
+    // The old copy is dead: refreshed once.
+    let stale = h.refresh(&mdoc, (&mdoc_jwk, &mdoc_key));
+    assert_eq!(
+        error_of(&stale),
+        "credential_request_denied",
+        "{}",
+        stale.text()
+    );
+    assert!(
+        audit_actions(&d)
+            .iter()
+            .filter(|(a, o, _)| a == "wallet.refresh" && o == "allow")
+            .count()
+            == 2
+    );
+}

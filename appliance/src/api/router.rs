@@ -472,6 +472,7 @@ mod tests {
             include_str!("../issuance/request.rs"),
             include_str!("../issuance/state.rs"),
             include_str!("../issuance/offer.rs"),
+            include_str!("../issuance/presented.rs"),
             include_str!("../wallet/offers.rs"),
             include_str!("../officers/proposals.rs"),
             include_str!("../officers/check.rs"),

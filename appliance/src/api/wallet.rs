@@ -41,6 +41,7 @@ enum Step {
     Nonce,
     Credential,
     Notification,
+    Refresh,
 }
 
 /// The path of an https URL (`""` for none).
@@ -104,6 +105,7 @@ impl WalletApi {
                 "/nonce" => Some(Step::Nonce),
                 "/credential" => Some(Step::Credential),
                 "/notification" => Some(Step::Notification),
+                "/refresh" => Some(Step::Refresh),
                 _ => None,
             },
             _ => None,
@@ -142,6 +144,7 @@ impl WalletApi {
                     .and_then(|w| w.nonce(&self.service.node, now.unix_timestamp())),
             ),
             Step::Token => ("/token", self.token(request).await),
+            Step::Refresh => ("/refresh", self.refresh(request).await),
             Step::Credential => (
                 "/credential",
                 self.with_token(request, request_id.to_owned(), true).await,
@@ -231,6 +234,12 @@ impl WalletApi {
             .body(request, "application/x-www-form-urlencoded")
             .await?;
         self.run(move |s, w| w.token(&s.node, &body, OffsetDateTime::now_utc()))
+            .await
+    }
+
+    async fn refresh(&self, request: Request<Incoming>) -> Result<WalletReply, OAuthError> {
+        let body = self.body(request, "application/json").await?;
+        self.run(move |s, w| w.refresh((&s.node, &s.issuer), &body, OffsetDateTime::now_utc()))
             .await
     }
 

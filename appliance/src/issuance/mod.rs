@@ -9,6 +9,7 @@ mod holder;
 mod issue;
 mod issuer;
 mod offer;
+mod presented;
 mod ratelimit;
 mod refresh;
 mod request;

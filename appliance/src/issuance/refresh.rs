@@ -37,12 +37,15 @@ struct Checked {
 }
 
 /// What a refresh signs again, checked.
-struct Resign<'a> {
-    checked: &'a Checked,
-    secret: &'a HolderSecret,
-    claims: &'a ResidentCardClaims,
-    expiry: time::Date,
-    signer: &'a crate::credential::DocumentSigner<'static>,
+pub(super) struct Resign<'a> {
+    pub(super) meta: &'a CredentialMeta,
+    pub(super) format: CredentialFormat,
+    pub(super) device_key: &'a pkcs11_shim::PublicKey,
+    /// Suspended because its DS key was revoked: to a new status position.
+    pub(super) key_suspended: bool,
+    pub(super) claims: &'a ResidentCardClaims,
+    pub(super) expiry: time::Date,
+    pub(super) signer: &'a crate::credential::DocumentSigner<'static>,
 }
 
 impl Issuer {
@@ -81,13 +84,18 @@ impl Issuer {
         })?;
         let claims = self.same_claims(&checked, &secret, expiry, &current)?;
         let signed = Resign {
-            checked: &checked,
-            secret: &secret,
+            meta: &checked.meta,
+            format: checked.format,
+            device_key: &checked.device_key,
+            key_suspended: checked.key_suspended,
             claims: &claims,
             expiry,
             signer,
         };
-        self.resign(client, id, &signed, &current, now)
+        let decision =
+            self.node
+                .caller_decision(client, "refresh", "allow", &current.policy.hash, now);
+        self.resign(decision, &signed, now)
     }
 
     /// The body, the credential, the client's profile and rate limit.
@@ -216,27 +224,24 @@ impl Issuer {
     /// Where the credential's status is kept once refreshed: where it was,
     /// or, for what a revoked key signed, at a new position (the old one
     /// is revoked for good).
-    fn position_for(&self, checked: &Checked) -> Result<(u32, u64), Refusal> {
-        if checked.key_suspended {
+    fn position_for(&self, r: &Resign<'_>) -> Result<(u32, u64), Refusal> {
+        if r.key_suspended {
             self.status.next_index().map_err(store_refusal)
         } else {
-            Ok((checked.meta.status_list, checked.meta.status_index))
+            Ok((r.meta.status_list, r.meta.status_index))
         }
     }
 
-    /// Signs the same document again and records it.
-    fn resign(
+    /// Signs the same document again and records it with `decision`.
+    pub(super) fn resign(
         &self,
-        client: &crate::node::Caller,
-        id: &str,
+        decision: DecisionRecord,
         r: &Resign<'_>,
-        current: &Current,
         now: OffsetDateTime,
     ) -> Answer {
-        let (meta, format, device_key) = (&r.checked.meta, r.checked.format, &r.checked.device_key);
-        let (holder, device) = (r.secret.pseudonym, device_key.jwk().thumbprint());
+        let (meta, format, device_key) = (r.meta, r.format, r.device_key);
+        let (holder, device) = (meta.holder, device_key.jwk().thumbprint());
         let (claims, expiry, signer) = (r.claims, r.expiry, r.signer);
-        let policy = &current.policy;
         let mut validity = SignatureValidity::starting(
             now,
             self.credential.signature_validity_days,
@@ -248,7 +253,7 @@ impl Issuer {
             time::PrimitiveDateTime::new(expiry.next_day().unwrap_or(expiry), time::Time::MIDNIGHT)
                 .assume_offset(time::macros::offset!(+9));
         validity.valid_until = validity.valid_until.min(document_end);
-        let (list, index) = self.position_for(r.checked)?;
+        let (list, index) = self.position_for(r)?;
         let status = self.status_reference(format, list, index);
         let (format_name, credential) =
             self.sign_credential(signer, format, claims, device_key, &validity, &status)?;
@@ -256,26 +261,24 @@ impl Issuer {
             profile: Some(meta.profile.clone()),
             key_id: Some(signer.kid().to_owned()),
             payload_sha256: Some(pkcs11_shim::digest::sha256(credential.as_bytes())),
-            ..self
-                .node
-                .caller_decision(client, "refresh", "allow", &policy.hash, now)
+            ..decision
         };
         let meta = self
             .node
             .registry
             .refresh(
                 Refresh {
-                    id: id.to_owned(),
+                    id: meta.id.clone(),
                     holder,
                     device,
                     kid: signer.kid().to_owned(),
                     valid_until: validity.valid_until.unix_timestamp(),
-                    new_position: r.checked.key_suspended.then_some((list, index)),
+                    new_position: r.key_suspended.then_some((list, index)),
                 },
                 decision,
             )
             .map_err(store_refusal)?;
-        if r.checked.key_suspended {
+        if r.key_suspended {
             self.status.changed();
         }
         let response = IssueResponse {
@@ -302,7 +305,10 @@ impl Issuer {
 }
 
 /// The document's last day; a document past it is not refreshed.
-fn document_expiry(meta: &CredentialMeta, now: OffsetDateTime) -> Result<time::Date, Refusal> {
+pub(super) fn document_expiry(
+    meta: &CredentialMeta,
+    now: OffsetDateTime,
+) -> Result<time::Date, Refusal> {
     let expiry = time::Date::parse(
         &meta.document_expiry,
         time::macros::format_description!("[year]-[month]-[day]"),

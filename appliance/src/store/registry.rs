@@ -326,6 +326,9 @@ pub trait Registry: KeyRegistry + Send + Sync {
     ) -> Result<(Committed, Vec<u8>), StoreError>;
     /// A credential's metadata.
     fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError>;
+    /// The credential at a status position (what a presented credential
+    /// names of itself).
+    fn credential_at(&self, list: u32, index: u64) -> Result<CredentialMeta, StoreError>;
     /// Changes a credential's state (revoke, suspend, reinstate), recording the decision.
     fn set_state(
         &self,

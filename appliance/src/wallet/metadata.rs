@@ -83,6 +83,8 @@ pub fn issuer_metadata(base_url: &str, policy: &Policy, batch_size: usize) -> Va
         "credential_endpoint": format!("{base_url}/credential"),
         "nonce_endpoint": format!("{base_url}/nonce"),
         "notification_endpoint": format!("{base_url}/notification"),
+        // Dojang's extension: a presented credential signed again.
+        "dojang_refresh_endpoint": format!("{base_url}/refresh"),
         "display": display("행정안전부", "Ministry of the Interior and Safety"),
         "credential_configurations_supported": configurations,
     });

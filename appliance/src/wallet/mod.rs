@@ -17,6 +17,7 @@ mod oauth_error;
 mod offers;
 pub mod proof;
 pub mod qr;
+mod refresh;
 mod service;
 mod token;
 

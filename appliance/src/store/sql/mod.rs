@@ -8,6 +8,7 @@
 //! PostgreSQL's audit sequencer and sharded free-copy counter, and each
 //! one's clock for leases.
 
+mod batch;
 mod constraint;
 mod keys;
 pub(crate) mod migrations;

@@ -6,9 +6,9 @@ use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
 use crate::store::sql::Value;
 use crate::store::{
-    BatchCopy, Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts,
-    IdempotencyKey, IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond,
-    StatusPositions, StoreError, check_block, check_transition,
+    Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
+    IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
+    StoreError, check_block, check_transition,
 };
 
 fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
@@ -135,7 +135,7 @@ fn commit_in(
     )?;
     tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
     for copy in &commit.copies {
-        insert_copy(tx, &c.id, copy, &commit.decision)?;
+        super::batch::insert_copy(tx, &c.id, copy, &commit.decision)?;
     }
     let committed = Committed {
         free_copy,
@@ -150,44 +150,6 @@ fn commit_in(
         )?;
     }
     Ok((committed, response))
-}
-
-/// A copy of the batch whose first credential is `of`, with its own
-/// audit entry (`issue.copy`).
-fn insert_copy(
-    tx: &mut dyn Tx,
-    of: &str,
-    copy: &BatchCopy,
-    decision: &DecisionRecord,
-) -> Result<(), StoreError> {
-    let c = &copy.credential;
-    let _ = tx.execute(
-        "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
-                                  status_index, issued_at, valid_until, document_expiry,
-                                  free_copy, claims_mac, batch_of)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13)",
-        args![
-            &c.id,
-            &c.holder.0,
-            &c.device,
-            &c.profile,
-            &c.kid,
-            c.status_list,
-            c.status_index,
-            c.issued_at,
-            c.valid_until,
-            &c.document_expiry,
-            false,
-            &c.claims_mac,
-            of,
-        ],
-    )?;
-    let decision = DecisionRecord {
-        action: "issue.copy".into(),
-        payload_sha256: Some(copy.payload_sha256),
-        ..decision.clone()
-    };
-    tx.append_audit(&decision, Some(&c.id), Some(&c.holder))
 }
 
 fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
@@ -352,6 +314,19 @@ impl<D: Driver> Registry for SqlRegistry<D> {
 
     fn credential(&self, id: &str) -> Result<CredentialMeta, StoreError> {
         self.driver.read(|tx| meta(tx, id))
+    }
+
+    fn credential_at(&self, list: u32, index: u64) -> Result<CredentialMeta, StoreError> {
+        self.driver.read(|tx| {
+            let id = tx
+                .query_opt(
+                    "SELECT id FROM credentials WHERE status_list = $1 AND status_index = $2",
+                    args![list, index],
+                )?
+                .ok_or(StoreError::NotFound)?
+                .text(0)?;
+            meta(tx, &id)
+        })
     }
 
     fn set_state(
