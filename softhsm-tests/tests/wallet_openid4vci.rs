@@ -753,8 +753,8 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
         wallet: Some(format!("card_cas = [\"{}\"]", ca_file.display())),
         ..Options::default()
     });
-    let tap = |n: u32, serial: &str, cert: Option<&Path>| {
-        let mut request = offer_request("mdoc", n);
+    let tap_as = |profile: &str, n: u32, serial: &str, cert: Option<&Path>| {
+        let mut request = offer_request(profile, n);
         request["channel"] = json!("ic_card");
         request["card"]["serial"] = json!(serial);
         let reply = d.client("counter").post_json("/v1/offers", &request, &[]);
@@ -771,6 +771,11 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
         }
         run_wallet_with(&d, &offered, &extra)
     };
+    let tap = |n: u32, serial: &str, cert: Option<&Path>| tap_as("mdoc", n, serial, cert);
+    // Both formats (the wallet checks each with its own libraries).
+    let (ok, got) = tap_as("sd-jwt", 34, "0A1B2C3D", Some(&card_cert));
+    assert!(ok, "{got}");
+    assert_eq!(got["format"], "dc+sd-jwt");
     let (ok, got) = tap(30, "0A1B2C3D", Some(&card_cert));
     assert!(ok, "{got}");
     let verified = d.verify_mdoc(got["credential"].as_str().unwrap());

@@ -15,14 +15,17 @@
 // stdout; exit 1 with {"error", "status", "body"} when the issuer refused.
 
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, verify as cryptoVerify, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
+import { parseIssuerSigned } from '@animo-id/mdoc';
 import { clientAuthenticationAnonymous } from '@openid4vc/oauth2';
 import { Openid4vciClient } from '@openid4vc/openid4vci';
+import { digest } from '@sd-jwt/crypto-nodejs';
+import { SDJwtVcInstance } from '@sd-jwt/sd-jwt-vc';
 import * as jose from 'jose';
 
 const { values: args } = parseArgs({
@@ -83,6 +86,38 @@ async function cardProof(issuer, nonce) {
   return `${input}.${b64url(readFileSync(join(dir, 'out')))}`;
 }
 
+/**
+ * What a wallet checks of what it received, with libraries of its own: an
+ * SD-JWT VC's issuer signature (x5c), disclosures and status (fetched and
+ * verified; it must be valid), an mdoc's structure and doctype; each bound
+ * to the key that proved it.
+ */
+async function check(format, configuration, credential, jwk) {
+  if (format === 'dc+sd-jwt') {
+    // The signature by the key of the JWS's own x5c (the credential's DS,
+    // or the status list's key): chains are the verifiers' business.
+    const verifier = async (data, signature) => {
+      const header = JSON.parse(Buffer.from(data.split('.')[0], 'base64url'));
+      const cert = new X509Certificate(Buffer.from(header.x5c[0], 'base64'));
+      const hash = header.alg === 'ES384' ? 'sha384' : 'sha256';
+      return cryptoVerify(hash, Buffer.from(data), { key: cert.publicKey, dsaEncoding: 'ieee-p1363' },
+        Buffer.from(signature, 'base64url'));
+    };
+    const sdjwt = new SDJwtVcInstance({ hasher: digest, verifier, statusVerifier: verifier });
+    const { payload } = await sdjwt.verify(credential);
+    if (payload.vct !== configuration.vct) throw new Error(`vct ${payload.vct}`);
+    if (payload.cnf?.jwk?.x !== jwk.x) throw new Error('not bound to the proved key');
+    return;
+  }
+  const doc = parseIssuerSigned(Buffer.from(credential, 'base64url'), configuration.doctype);
+  const elements = doc.getIssuerNameSpace(configuration.doctype);
+  if (!elements?.get('given_name')) throw new Error('no given_name');
+  const deviceKey = doc.issuerSigned.issuerAuth.decodedPayload.deviceKeyInfo.deviceKey;
+  if (Buffer.from(deviceKey.get(-2)).toString('base64url') !== jwk.x) {
+    throw new Error('not bound to the proved key');
+  }
+}
+
 async function main() {
   const client = new Openid4vciClient({ callbacks });
   const offer = await client.resolveCredentialOffer(args.offer);
@@ -126,6 +161,9 @@ async function main() {
   }
   const configuration =
     issuerMetadata.credentialIssuer.credential_configurations_supported[configurationId];
+  for (const [i, c] of credentialResponse.credentials.entries()) {
+    await check(configuration.format, configuration, c.credential, keys[i].publicJwk);
+  }
   console.log(JSON.stringify({
     configuration_id: configurationId,
     format: configuration.format,
