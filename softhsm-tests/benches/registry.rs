@@ -51,6 +51,7 @@ fn record(thread: usize, n: u64, list: u32, index: u64) -> IssuanceCommit {
             valid_until: 1_808_000_000,
             document_expiry: "2029-12-27".into(),
             claims_mac: [0; 32],
+            has_portrait: false,
         },
         supersede: false,
         want_free_copy: std::env::var_os("DOJANG_BENCH_PAID").is_none(),

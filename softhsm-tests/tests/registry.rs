@@ -83,6 +83,7 @@ both!(
     proposals_change_only_from_the_version_read,
     the_first_crl_is_stored_once_under_a_race,
     a_batch_is_one_document_in_copies,
+    a_batch_changes_state_as_one_and_each_change_is_recorded,
 );
 
 fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::store::StoredKey {
@@ -627,6 +628,40 @@ fn a_batch_is_one_document_in_copies(regs: &[Arc<dyn Registry>]) {
             reg.credential(id).unwrap().state,
             CredentialState::Superseded
         );
+    }
+}
+
+fn a_batch_changes_state_as_one_and_each_change_is_recorded(regs: &[Arc<dyn Registry>]) {
+    let reg = regs[0].as_ref();
+    let first = batch(reg, 45, "key-45a", &["key-45b", "key-45c"]);
+    let head = first.credential.id.clone();
+    let copies: Vec<String> = first
+        .copies
+        .iter()
+        .map(|c| c.credential.id.clone())
+        .collect();
+    let decision = first.decision.clone();
+    let _ = reg.commit_issuance("client", first, respond()).unwrap();
+    let d = |action: &str| DecisionRecord {
+        action: action.into(),
+        ..decision.clone()
+    };
+    let _ = reg
+        .set_state(&head, CredentialState::Suspended, d("suspend"))
+        .unwrap();
+    // The document is suspended, whichever row the facts meet.
+    let facts = reg.facts(&pseudonym(45), "key-45c").unwrap();
+    assert!(facts.holder_suspended);
+    assert_eq!(facts.holder_live_on_same_device, Some(true));
+    // Revoking a copy revokes every member, suspended ones too, one audit
+    // entry per row.
+    let before = reg.decision_count().unwrap();
+    let _ = reg
+        .set_state(&copies[0], CredentialState::Revoked, d("revoke"))
+        .unwrap();
+    assert_eq!(reg.decision_count().unwrap(), before + 3);
+    for id in std::iter::once(&head).chain(&copies) {
+        assert_eq!(reg.credential(id).unwrap().state, CredentialState::Revoked);
     }
 }
 

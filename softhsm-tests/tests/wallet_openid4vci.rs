@@ -266,7 +266,17 @@ impl Holder<'_> {
 
     /// An access token for a new offer for holder `n`.
     fn access_token(&mut self, profile: &str, n: u32) -> String {
-        let offered = offer(self.daemon, profile, n);
+        self.access_token_for(&offer_request(profile, n))
+    }
+
+    /// An access token for a new offer of `request`.
+    fn access_token_for(&mut self, request: &Value) -> String {
+        let reply = self
+            .daemon
+            .client("counter")
+            .post_json("/v1/offers", request, &[]);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let offered = reply.json();
         let code = self.code(&offered);
         let reply = self.redeem(&code, offered["tx_code"].as_str().unwrap());
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -750,7 +760,10 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
 
     let d = Daemon::start(Options {
         policy: pin_the_card_ca,
-        wallet: Some(format!("card_cas = [\"{}\"]", ca_file.display())),
+        wallet: Some(format!(
+            "card_cas = [\"{}\"]\nbatch_size = 2",
+            ca_file.display()
+        )),
         ..Options::default()
     });
     let tap_as = |profile: &str, n: u32, serial: &str, cert: Option<&Path>| {
@@ -772,6 +785,30 @@ fn an_ic_card_tap_is_proved_by_the_card_s_chip() {
         run_wallet_with(&d, &offered, &extra)
     };
     let tap = |n: u32, serial: &str, cert: Option<&Path>| tap_as("mdoc", n, serial, cert);
+    // The chip vouches for one phone key: no batch on a card channel.
+    let mut request = offer_request("mdoc", 35);
+    request["channel"] = json!("ic_card");
+    request["card"]["serial"] = json!("0A1B2C3D");
+    let offered = d
+        .client("counter")
+        .post_json("/v1/offers", &request, &[])
+        .json();
+    let (ok, got) = run_wallet_with(
+        &d,
+        &offered,
+        &[
+            "--card-cert".into(),
+            card_cert.display().to_string(),
+            "--card-sign".into(),
+            sign.display().to_string(),
+            "--batch".into(),
+            "2".into(),
+        ],
+    );
+    assert!(
+        !ok && got.to_string().contains("one credential per tap"),
+        "{got}"
+    );
     // Both formats (the wallet checks each with its own libraries).
     let (ok, got) = tap_as("sd-jwt", 34, "0A1B2C3D", Some(&card_cert));
     assert!(ok, "{got}");
@@ -989,11 +1026,12 @@ impl Holder<'_> {
     /// A credential of `profile` for holder `n`, bound to `key`.
     fn issued(
         &mut self,
-        profile: &str,
-        n: u32,
+        request: &Value,
         (jwk, key): (&Value, &openssl::pkey::PKey<openssl::pkey::Private>),
     ) -> String {
-        let token = self.access_token(profile, n);
+        let profile = request["profile"].as_str().unwrap().to_owned();
+        let profile = profile.as_str();
+        let token = self.access_token_for(request);
         let proved = self.proof_of(jwk, key);
         let reply = self.credential(&token, &request_with(profile, &proved));
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -1043,32 +1081,36 @@ fn a_wallet_has_its_credential_signed_again_without_a_visit() {
     let mut h = Holder::new(&d);
     let (jwk, key) = phone();
     let (other_jwk, other_key) = phone();
-    let sd_jwt = h.issued("sd-jwt", 70, (&jwk, &key));
+    // An SD-JWT VC with a portrait (a minimal JPEG), an mdoc without.
+    let mut with_portrait = offer_request("sd-jwt", 70);
+    with_portrait["holder"]["portrait"] =
+        json!(B64.encode([0xff, 0xd8, 0xff, 0xe0, 0, 0, 0xff, 0xd9]));
+    let sd_jwt = h.issued(&with_portrait, (&jwk, &key));
     let (mdoc_jwk, mdoc_key) = phone();
-    let mdoc = h.issued("mdoc", 71, (&mdoc_jwk, &mdoc_key));
+    let mdoc = h.issued(&offer_request("mdoc", 71), (&mdoc_jwk, &mdoc_key));
     let metadata = h.client.get("/.well-known/openid-credential-issuer").json();
     assert_eq!(
         metadata["dojang_refresh_endpoint"],
         format!("{}/refresh", h.issuer)
     );
 
-    // Signed again while active: the same claims, the same key.
-    let again = h.refresh(&sd_jwt, (&jwk, &key));
-    assert_eq!(again.status, 200, "{}", again.text());
-    let renewed = again.json()["credentials"][0]["credential"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(renewed, sd_jwt);
-    let payload = |c: &str| -> Value {
-        let jwt = c.split('~').next().unwrap();
-        serde_json::from_slice(&B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
-    };
-    assert_eq!(payload(&renewed)["cnf"], payload(&sd_jwt)["cnf"]);
-    // Refusals: another key, a credential that is not ours (tampered).
+    // Not yet due: a fresh signature is not renewed (refreshes are not free
+    // signatures); nor for another key, nor a credential that is not ours.
+    let early = h.refresh(&sd_jwt, (&jwk, &key));
+    assert_eq!(
+        error_of(&early),
+        "credential_request_denied",
+        "{}",
+        early.text()
+    );
+    assert!(
+        early.text().contains("refresh.too_early"),
+        "{}",
+        early.text()
+    );
     let refused = h.refresh(&sd_jwt, (&other_jwk, &other_key));
     assert_eq!(error_of(&refused), "invalid_proof", "{}", refused.text());
-    let mut tampered = renewed.clone();
+    let mut tampered = sd_jwt.clone();
     let at = tampered.find('.').unwrap() + 5;
     tampered.replace_range(at..=at, if &tampered[at..=at] == "A" { "B" } else { "A" });
     let refused = h.refresh(&tampered, (&jwk, &key));
@@ -1118,7 +1160,7 @@ fn a_wallet_has_its_credential_signed_again_without_a_visit() {
         .iter()
         .find(|k| k["label"] == successor.as_str())
         .unwrap();
-    assert_eq!(signer["state"], "active");
+    assert_eq!(verified.signer_kid, signer["kid"].as_str().unwrap());
     // The old copy is dead: refreshed once.
     let stale = h.refresh(&mdoc, (&mdoc_jwk, &mdoc_key));
     assert_eq!(
@@ -1127,11 +1169,40 @@ fn a_wallet_has_its_credential_signed_again_without_a_visit() {
         "{}",
         stale.text()
     );
+
+    // A holder who withholds the portrait's disclosure gets no photo-less
+    // credential; presented whole, it is signed again, portrait and all.
+    let stripped: Vec<&str> = sd_jwt
+        .split('~')
+        .filter(|part| {
+            B64URL
+                .decode(part)
+                .ok()
+                .is_none_or(|d| !String::from_utf8_lossy(&d).contains("\"picture\""))
+        })
+        .collect();
+    let stripped = stripped.join("~");
+    assert!(stripped.len() < sd_jwt.len());
+    let refused = h.refresh(&stripped, (&jwk, &key));
     assert!(
+        refused.text().contains("refresh.complete"),
+        "{}",
+        refused.text()
+    );
+    let again = h.refresh(&sd_jwt, (&jwk, &key));
+    assert_eq!(again.status, 200, "{}", again.text());
+    let renewed = again.json()["credentials"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(renewed.split('~').any(|part| B64URL
+        .decode(part)
+        .is_ok_and(|d| String::from_utf8_lossy(&d).contains("\"picture\""))));
+    assert_eq!(
         audit_actions(&d)
             .iter()
             .filter(|(a, o, _)| a == "wallet.refresh" && o == "allow")
-            .count()
-            == 2
+            .count(),
+        2
     );
 }

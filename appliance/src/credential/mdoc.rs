@@ -321,6 +321,8 @@ pub struct VerifiedMdoc {
     pub status: Option<StatusReference>,
     /// The holder's device key (COSE_Key).
     pub device_key: Value,
+    /// The RFC 7638 thumbprint of the key that signed it (the DS `kid`).
+    pub signer_kid: String,
 }
 
 impl std::fmt::Debug for VerifiedMdoc {
@@ -351,7 +353,9 @@ pub fn verify(
     let root = parse_cbor(issuer_signed, "IssuerSigned")?;
     let root = as_map(&root, "IssuerSigned")?;
     let cose = issuer_auth(root)?;
-    check_issuer_signature(&cose, trust, now)?;
+    let signer_kid = check_issuer_signature(&cose, trust, now)?
+        .jwk()
+        .thumbprint();
     let mso = decode_mso(&cose)?;
     let mso = as_map(&mso, "MSO")?;
     let doc_type = check_doc_type(mso, expected_doc_type)?;
@@ -366,6 +370,7 @@ pub fn verify(
         valid_until,
         status,
         device_key,
+        signer_kid,
     })
 }
 
@@ -382,12 +387,12 @@ fn check_issuer_signature(
     cose: &CoseSign1,
     trust: &Trust,
     now: OffsetDateTime,
-) -> Result<(), VerifyError> {
+) -> Result<PublicKey, VerifyError> {
     let alg_name = cose_algorithm(cose)?;
     let key = verify::trusted_key(x5chain_certificate(cose), trust, now)?;
     verify::check_algorithm(alg_name, &key)?;
     let tbs = cose.tbs_data(b"");
-    verify::check_signature(&key, &tbs, &cose.signature)
+    verify::check_signature(&key, &tbs, &cose.signature).map(|()| key)
 }
 
 /// The MSO from the COSE payload `#6.24(bstr .cbor MSO)`.

@@ -435,6 +435,7 @@ impl Issuer {
             status,
             list,
             claims_mac,
+            has_portrait: claims.portrait.is_some(),
         })
     }
 
@@ -513,6 +514,7 @@ impl Issuer {
             valid_until: signed.validity.valid_until.unix_timestamp(),
             document_expiry: allowed.obligations.expiry_date.to_string(),
             claims_mac: signed.claims_mac,
+            has_portrait: signed.has_portrait,
         };
         IssuanceCommit {
             credential: row(signed),

@@ -30,6 +30,8 @@ struct Presented {
     position: (u32, u64),
     /// RFC 7638 thumbprint of the key it is bound to.
     device: String,
+    /// The `kid` of the DS key that signed it.
+    signer_kid: String,
 }
 
 fn unreadable(what: &str) -> Refusal {
@@ -134,7 +136,46 @@ fn sdjwt_claims(claims: &serde_json::Map<String, Value>) -> Option<ResidentCardC
     })
 }
 
+/// A wallet's refresh refused by `rule`, for `why`.
+fn not_refreshed(rule: &'static str, why: &str) -> Refusal {
+    Refusal::new(Class::Conflict, "registry_conflict", why.to_owned()).with_rule(rule)
+}
+
 impl Issuer {
+    /// The presented credential is the row's document as it was signed:
+    /// by the row's DS key, with the row's expiry (the database does not
+    /// get to extend it), the portrait the row says it has (a holder may
+    /// withhold a disclosure), and due: active ones only in the second half
+    /// of their signature validity (refreshes are not free signatures).
+    fn same_document(
+        &self,
+        p: &Presented,
+        meta: &crate::store::CredentialMeta,
+        key_suspended: bool,
+        (expiry, now): (Date, OffsetDateTime),
+    ) -> Result<(), Refusal> {
+        if p.signer_kid != meta.kid || p.claims.expiry_date != expiry {
+            return Err(not_refreshed(
+                "refresh.same_document",
+                "the presented credential is not the registry's document",
+            ));
+        }
+        if meta.has_portrait != Some(p.claims.portrait.is_some()) {
+            return Err(not_refreshed(
+                "refresh.complete",
+                "present the credential with every disclosure (the portrait too), or refresh at the counter",
+            ));
+        }
+        let half = i64::from(self.credential.signature_validity_days) * 86_400 / 2;
+        if !key_suspended && meta.valid_until - now.unix_timestamp() > half {
+            return Err(not_refreshed(
+                "refresh.too_early",
+                "the signature is valid for more than half its time: refresh later",
+            ));
+        }
+        Ok(())
+    }
+
     /// The presented credential, verified against our IACA now.
     fn verify_presented(&self, presented: &str, now: OffsetDateTime) -> Result<Presented, Refusal> {
         let current = self.current();
@@ -170,7 +211,9 @@ impl Issuer {
                 .and_then(|c| c.get("jwk"))
                 .and_then(|j| serde_json::from_value(j.clone()).ok())
                 .ok_or_else(|| unreadable("cnf"))?;
+            let signer_kid = verified.header.get("kid").and_then(Value::as_str);
             return Ok(Presented {
+                signer_kid: signer_kid.ok_or_else(|| unreadable("kid"))?.to_owned(),
                 format: CredentialFormat::SdJwtVc,
                 claims,
                 position: list.zip(idx).ok_or_else(|| unreadable("status"))?,
@@ -186,6 +229,7 @@ impl Issuer {
             .as_ref()
             .ok_or_else(|| unreadable("status"))?;
         Ok(Presented {
+            signer_kid: verified.signer_kid.clone(),
             format: CredentialFormat::Mdoc,
             claims: mdoc_claims(&verified).ok_or_else(|| unreadable("elements"))?,
             position: (
@@ -236,8 +280,8 @@ impl Issuer {
             .with_rule("client.profile"));
         }
         let expiry = document_expiry(&meta, now)?;
-        let mut claims = p.claims;
-        claims.expiry_date = expiry;
+        self.same_document(&p, &meta, key_suspended, (expiry, now))?;
+        let claims = p.claims;
         let signer = current.signer(now).map_err(|_| {
             Refusal::unavailable("no_signing_key", "no document-signer key is ready")
         })?;

@@ -14,4 +14,5 @@ pub(super) struct Signed {
     pub(super) status: StatusReference,
     pub(super) list: u32,
     pub(super) claims_mac: [u8; 32],
+    pub(super) has_portrait: bool,
 }

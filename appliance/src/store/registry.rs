@@ -117,6 +117,8 @@ pub struct NewCredential {
     /// HMAC (in the HSM) of the document's claims: a refresh must present
     /// the same claims. Never the claims themselves.
     pub claims_mac: [u8; 32],
+    /// Whether it carries a portrait (a wallet's refresh must show it).
+    pub has_portrait: bool,
 }
 
 /// The decision recorded with an operation: the registry appends it to the
@@ -256,6 +258,8 @@ pub struct CredentialMeta {
     pub device: String,
     /// HMAC of the document's claims (absent for rows from before it was kept).
     pub claims_mac: Option<[u8; 32]>,
+    /// Whether it carries a portrait (unknown before migration 13).
+    pub has_portrait: Option<bool>,
 }
 
 /// A registry operation that failed.

@@ -184,7 +184,7 @@ pub(super) fn check_card(
     (cards, audience): (&CardCas, &str),
     offer: &Offer,
     issuer: &Issuer,
-    (card_proof, proved): (Option<&str>, &super::proof::Proved),
+    (card_proof, proved, batch): (Option<&str>, &super::proof::Proved, usize),
     now: OffsetDateTime,
 ) -> Result<(), OAuthError> {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
@@ -200,6 +200,13 @@ pub(super) fn check_card(
     let ca_der = cards
         .pinned(&pin)
         .ok_or_else(|| OAuthError::unavailable("the card CA is not loaded on this node"))?;
+    // The chip vouches for one phone key: no copies on other phones.
+    if batch > 1 {
+        return Err(OAuthError::bad(
+            "invalid_proof",
+            "a card channel issues one credential per tap: no batch",
+        ));
+    }
     let jwt = card_proof.ok_or_else(|| {
         OAuthError::bad(
             "invalid_proof",

@@ -273,7 +273,7 @@ impl Wallet {
             cards,
             offer,
             issuer,
-            (request.card_proof.as_deref(), first),
+            (request.card_proof.as_deref(), first, proved.len()),
             now,
         )
         .map_err(retry)?;

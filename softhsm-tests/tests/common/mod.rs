@@ -203,6 +203,7 @@ pub fn issuance(
             valid_until: 1_808_000_000,
             document_expiry: "2029-12-27".into(),
             claims_mac: [0; 32],
+            has_portrait: false,
         },
         supersede: false,
         want_free_copy: false,

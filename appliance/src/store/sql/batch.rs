@@ -17,8 +17,8 @@ pub(super) fn insert_copy(
     let _ = tx.execute(
         "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
                                   status_index, issued_at, valid_until, document_expiry,
-                                  free_copy, claims_mac, batch_of)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13)",
+                                  free_copy, claims_mac, batch_of, has_portrait)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         args![
             &c.id,
             &c.holder.0,
@@ -33,6 +33,7 @@ pub(super) fn insert_copy(
             false,
             &c.claims_mac,
             of,
+            c.has_portrait,
         ],
     )?;
     let decision = DecisionRecord {

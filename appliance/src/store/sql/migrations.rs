@@ -53,6 +53,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/postgres/0011_actor_certificate.sql")
     ),
     migration!("0012_batches"),
+    migration!("0013_portrait_flag"),
 ];
 
 /// How one database spells the shared files' column types.

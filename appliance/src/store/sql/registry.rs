@@ -15,7 +15,7 @@ fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
     let row = tx
         .query_opt(
             "SELECT id, profile, kid, state, status_list, status_index, issued_at, valid_until,
-                    document_expiry, holder, device, claims_mac, suspended_for_key
+                    document_expiry, holder, device, claims_mac, suspended_for_key, has_portrait
              FROM credentials WHERE id = $1",
             args![id],
         )?
@@ -34,6 +34,7 @@ fn meta(tx: &mut dyn Tx, id: &str) -> Result<CredentialMeta, StoreError> {
         device: row.text(10)?,
         claims_mac: row.opt_blob(11)?.and_then(|m| <[u8; 32]>::try_from(m).ok()),
         suspended_for_key: row.flag(12)?,
+        has_portrait: row.opt_flag(13)?,
     })
 }
 
@@ -116,8 +117,8 @@ fn commit_in(
     let _ = tx.execute(
         "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
                                   status_index, issued_at, valid_until, document_expiry,
-                                  free_copy, claims_mac)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12)",
+                                  free_copy, claims_mac, has_portrait)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13)",
         args![
             &c.id,
             &c.holder.0,
@@ -131,6 +132,7 @@ fn commit_in(
             &c.document_expiry,
             free_copy,
             &c.claims_mac,
+            c.has_portrait,
         ],
     )?;
     tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
@@ -241,13 +243,17 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 "SELECT device, state FROM credentials WHERE holder = $1",
                 args![&holder.0],
             )?;
+            // A document may be several live rows (a batch): suspended if
+            // any is, on this phone if any is.
             let mut held_before = false;
-            let mut holder_live = None;
+            let (mut live, mut on_this_device, mut suspended) = (false, false, false);
             for r in &rows {
                 held_before = true;
-                let (device, state) = (r.text(0)?, r.text(1)?);
+                let (row_device, state) = (r.text(0)?, r.text(1)?);
                 if state == "active" || state == "suspended" {
-                    holder_live = Some((device, state));
+                    live = true;
+                    on_this_device |= row_device == device;
+                    suspended |= state == "suspended";
                 }
             }
             let device_holder = tx
@@ -261,8 +267,8 @@ impl<D: Driver> Registry for SqlRegistry<D> {
             let (used, _) = tx.free_copies()?;
             Ok(HolderFacts {
                 held_before,
-                holder_live_on_same_device: holder_live.as_ref().map(|(d, _)| d == device),
-                holder_suspended: holder_live.as_ref().is_some_and(|(_, s)| s == "suspended"),
+                holder_live_on_same_device: live.then_some(on_this_device),
+                holder_suspended: suspended,
                 device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder.0),
                 free_copies_issued: used,
             })
@@ -337,30 +343,48 @@ impl<D: Driver> Registry for SqlRegistry<D> {
     ) -> Result<CredentialMeta, StoreError> {
         let id = id.to_owned();
         self.driver.write(move |tx| {
-            let row = tx
+            // A batch is one document: every member, locked, changes with
+            // the one named, each with its audit entry.
+            let root = tx
                 .query_opt(
-                    "SELECT state, suspended_for_key FROM credentials WHERE id = $1 FOR UPDATE",
+                    "SELECT COALESCE(batch_of, id) FROM credentials WHERE id = $1",
                     args![&id],
                 )?
-                .ok_or(StoreError::NotFound)?;
-            let from = CredentialState::parse(&row.text(0)?)?;
-            check_transition(from, to)?;
-            // What a revoked key signed is refreshed, never reinstated.
-            if from == CredentialState::Suspended && to == CredentialState::Active && row.flag(1)? {
-                return Err(StoreError::Conflict {
-                    rule: REINSTATE_KEY_REVOKED,
-                });
-            }
-            // A batch changes state together: its first credential and
-            // every copy, whichever of them was named.
-            let _ = tx.execute(
-                "UPDATE credentials SET state = $1
-                 WHERE state = $3 AND (id = $2 OR batch_of = $2
-                       OR id = (SELECT batch_of FROM credentials WHERE id = $2)
-                       OR batch_of = (SELECT batch_of FROM credentials WHERE id = $2))",
-                args![to.as_str(), &id, from.as_str()],
+                .ok_or(StoreError::NotFound)?
+                .text(0)?;
+            let members = tx.query(
+                "SELECT id, state, suspended_for_key FROM credentials
+                 WHERE id = $1 OR batch_of = $1 ORDER BY id FOR UPDATE",
+                args![&root],
             )?;
-            tx.append_audit(&decision, Some(&id), None)?;
+            let (mut from, mut changing) = (None, Vec::new());
+            for member in &members {
+                let (member_id, state) =
+                    (member.text(0)?, CredentialState::parse(&member.text(1)?)?);
+                // What a revoked key signed is refreshed, never reinstated.
+                if to == CredentialState::Active
+                    && state == CredentialState::Suspended
+                    && member.flag(2)?
+                {
+                    return Err(StoreError::Conflict {
+                        rule: REINSTATE_KEY_REVOKED,
+                    });
+                }
+                if member_id == id {
+                    from = Some(state);
+                }
+                if check_transition(state, to).is_ok() {
+                    changing.push(member_id);
+                }
+            }
+            check_transition(from.ok_or(StoreError::NotFound)?, to)?;
+            for member_id in &changing {
+                let _ = tx.execute(
+                    "UPDATE credentials SET state = $1 WHERE id = $2",
+                    args![to.as_str(), member_id],
+                )?;
+                tx.append_audit(&decision, Some(member_id), None)?;
+            }
             meta(tx, &id)
         })
     }

@@ -160,6 +160,14 @@ impl Row {
         }
     }
 
+    /// A flag that may be NULL.
+    pub(crate) fn opt_flag(&self, column: usize) -> Result<Option<bool>, StoreError> {
+        match self.cell(column)? {
+            Cell::Null => Ok(None),
+            _ => self.flag(column).map(Some),
+        }
+    }
+
     /// Text that may be NULL.
     pub(crate) fn opt_text(&self, column: usize) -> Result<Option<String>, StoreError> {
         match self.cell(column)? {
