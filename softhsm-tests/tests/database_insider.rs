@@ -101,9 +101,19 @@ fn insider_cannot_act_on_the_token(store: Store, mut insider: impl FnMut(&Daemon
 
     // The daemon's rounds (200 ms) and its token check (every 10 s) run.
     let deadline = Instant::now() + Duration::from_secs(40);
+    // Each finding may come in a round of its own: wait for all of them.
+    let findings = [
+        "keys.reconcile",
+        "officers.resume",
+        "proposal forged-approved",
+        "officers.verified_order",
+        "ds-1",
+        "audit-1",
+        "pseudonym (purpose_mismatch)",
+    ];
     loop {
         let audit = sql.audit();
-        if audit.contains("keys.reconcile") && audit.contains("officers.resume") {
+        if findings.iter().all(|f| audit.contains(f)) {
             break;
         }
         assert!(
