@@ -1,19 +1,17 @@
-//! Batch issuance's rows: the copies of a credential, each with its own
-//! phone key, status position and audit entry, in the transaction of the
-//! credential they copy.
+//! Credential rows: the one INSERT every issued credential takes, and a
+//! batch's copies (each with its own phone key, status position and audit
+//! entry, in the transaction of the credential they copy).
 
 use super::tx::{Tx, args};
-use crate::store::{BatchCopy, DecisionRecord, StoreError};
+use crate::store::{BatchCopy, DecisionRecord, NewCredential, StoreError};
 
-/// A copy of the batch whose first credential is `of`, with its own
-/// audit entry (`issue.copy`).
-pub(super) fn insert_copy(
+/// Inserts `c` as active; `batch_of` names the credential it copies.
+pub(super) fn insert_credential(
     tx: &mut dyn Tx,
-    of: &str,
-    copy: &BatchCopy,
-    decision: &DecisionRecord,
+    c: &NewCredential,
+    free_copy: bool,
+    batch_of: Option<&str>,
 ) -> Result<(), StoreError> {
-    let c = &copy.credential;
     let _ = tx.execute(
         "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
                                   status_index, issued_at, valid_until, document_expiry,
@@ -30,12 +28,26 @@ pub(super) fn insert_copy(
             c.issued_at,
             c.valid_until,
             &c.document_expiry,
-            false,
+            free_copy,
             &c.claims_mac,
-            of,
+            batch_of,
             c.has_portrait,
         ],
     )?;
+    Ok(())
+}
+
+/// A copy of the batch whose first credential is `of`, with its own
+/// audit entry (`issue.copy`).
+pub(super) fn insert_copy(
+    tx: &mut dyn Tx,
+    of: &str,
+    copy: &BatchCopy,
+    decision: &DecisionRecord,
+) -> Result<(), StoreError> {
+    let c = &copy.credential;
+    // A copy never takes a free copy of the quota: the document did.
+    insert_credential(tx, c, false, Some(of))?;
     let decision = DecisionRecord {
         action: "issue.copy".into(),
         payload_sha256: Some(copy.payload_sha256),

@@ -114,27 +114,7 @@ fn commit_in(
         Vec::new()
     };
     let free_copy = commit.want_free_copy && take_free_copy(tx, &c.holder)?;
-    let _ = tx.execute(
-        "INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
-                                  status_index, issued_at, valid_until, document_expiry,
-                                  free_copy, claims_mac, has_portrait)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13)",
-        args![
-            &c.id,
-            &c.holder.0,
-            &c.device,
-            &c.profile,
-            &c.kid,
-            c.status_list,
-            c.status_index,
-            c.issued_at,
-            c.valid_until,
-            &c.document_expiry,
-            free_copy,
-            &c.claims_mac,
-            c.has_portrait,
-        ],
-    )?;
+    super::batch::insert_credential(tx, c, free_copy, None)?;
     tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
     for copy in &commit.copies {
         super::batch::insert_copy(tx, &c.id, copy, &commit.decision)?;
