@@ -1136,6 +1136,36 @@ fn a_wallet_has_its_credential_signed_again_without_a_visit() {
         2,
         "suspended"
     );
+    // A database writer extends the document by ten years: the refresh
+    // re-signs the expiry that was signed, so it refuses the row's.
+    let db = rusqlite::Connection::open(d.scratch().join("registry.db")).unwrap();
+    let device = serde_json::from_value::<pkcs11_shim::Jwk>(mdoc_jwk.clone())
+        .unwrap()
+        .thumbprint();
+    let expiry: String = db
+        .query_row(
+            "SELECT document_expiry FROM credentials WHERE device = ?1",
+            [&device],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let forge = |value: &str| {
+        let changed = db
+            .execute(
+                "UPDATE credentials SET document_expiry = ?1 WHERE device = ?2",
+                [value, device.as_str()],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    };
+    forge("2099-12-31");
+    let extended = h.refresh(&mdoc, (&mdoc_jwk, &mdoc_key));
+    assert!(
+        extended.text().contains("refresh.same_document"),
+        "{}",
+        extended.text()
+    );
+    forge(&expiry);
     let again = h.refresh(&mdoc, (&mdoc_jwk, &mdoc_key));
     assert_eq!(again.status, 200, "{}", again.text());
     let renewed = again.json()["credentials"][0]["credential"]
