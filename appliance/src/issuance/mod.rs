@@ -22,4 +22,4 @@ pub use self::batch::MAX_BATCH;
 pub use self::holder::{HolderSecret, pseudonym, pseudonym_key_check};
 pub use self::issuer::{Current, Issuer};
 pub use self::offer::Offered;
-pub use self::request::{check_issue_body, check_refresh_body};
+pub use self::request::{check_issue_body, check_refresh_body, private_jwk_member};

@@ -177,8 +177,12 @@ impl Issuer {
     }
 
     /// The presented credential, verified against our IACA now.
-    fn verify_presented(&self, presented: &str, now: OffsetDateTime) -> Result<Presented, Refusal> {
-        let current = self.current();
+    fn verify_presented(
+        &self,
+        presented: &str,
+        current: &super::issuer::Current,
+        now: OffsetDateTime,
+    ) -> Result<Presented, Refusal> {
         let iaca = current
             .keys
             .iaca
@@ -249,7 +253,7 @@ impl Issuer {
         now: OffsetDateTime,
     ) -> Answer {
         let current = self.current();
-        let p = self.verify_presented(presented, now)?;
+        let p = self.verify_presented(presented, &current, now)?;
         let meta = self
             .node
             .registry

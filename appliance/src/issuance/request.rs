@@ -90,6 +90,14 @@ impl Validated {
 /// §6.4): a phone never sends its private key, and one that did has lost it.
 const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
+/// The first member of `jwk` that carries private key material, if any
+/// (a phone key from a backend, or from a wallet's proof).
+pub fn private_jwk_member(jwk: &serde_json::Value) -> Option<&'static str> {
+    PRIVATE_JWK_MEMBERS
+        .into_iter()
+        .find(|m| jwk.get(*m).is_some())
+}
+
 /// The phone's public key from its JWK: public members only, a curve the
 /// appliance accepts, a point on it.
 pub(super) fn device_public_key(
@@ -98,7 +106,7 @@ pub(super) fn device_public_key(
     let invalid = |detail: String| {
         Refusal::bad_request("invalid_device_key", detail).with_rule("device_key.public_only")
     };
-    if let Some(member) = PRIVATE_JWK_MEMBERS.iter().find(|m| jwk.get(**m).is_some()) {
+    if let Some(member) = private_jwk_member(jwk) {
         return Err(invalid(format!(
             "device_key carries private key material ({member:?}): send the public key only, and treat this one as compromised"
         )));

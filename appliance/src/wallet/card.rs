@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 
 use super::book::Offer;
@@ -64,55 +64,29 @@ pub(super) struct Expected<'a> {
     pub(super) now: time::OffsetDateTime,
 }
 
-fn decode(part: &str, what: &str) -> Result<Map<String, Value>, OAuthError> {
-    let bytes = B64URL
-        .decode(part)
-        .map_err(|_| invalid(format!("the card proof's {what} is not base64url")))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid(format!(
-            "the card proof's {what} is not a JSON object"
-        ))),
-    }
-}
-
 /// Checks `jwt`; the card certificate's serial (upper-case hex).
 pub(super) fn verify(jwt: &str, expected: &Expected<'_>) -> Result<String, OAuthError> {
-    if jwt.len() > MAX_CARD_PROOF_BYTES {
-        return Err(invalid("the card proof is too long"));
-    }
-    let mut parts = jwt.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid("the card proof is not a compact JWS"));
-    };
-    let header = decode(h, "header")?;
-    let payload = decode(p, "payload")?;
-    if header.get("typ").and_then(Value::as_str) != Some(CARD_PROOF_TYPE)
-        || header.contains_key("crit")
-    {
+    let jws = super::proof::parse_jws(jwt, MAX_CARD_PROOF_BYTES, "card proof")?;
+    let (header, payload) = (&jws.header, &jws.payload);
+    if header.get("typ").and_then(Value::as_str) != Some(CARD_PROOF_TYPE) {
         return Err(invalid(format!(
-            "the card proof's typ must be {CARD_PROOF_TYPE}, without crit"
+            "the card proof's typ must be {CARD_PROOF_TYPE}"
         )));
     }
-    let (cert, key) = card_certificate(&header, expected)?;
+    let (cert, key) = card_certificate(header, expected)?;
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
     if alg != key.algorithm().jose_name() || !super::proof::PROOF_ALGORITHMS.contains(&alg) {
         return Err(invalid(
             "the card proof's alg does not match the card's key",
         ));
     }
-    let signature = B64URL
-        .decode(s)
-        .map_err(|_| invalid("the card proof's signature is not base64url"))?;
     if !key
-        .verify(format!("{h}.{p}").as_bytes(), &signature)
+        .verify(jws.signing_input.as_bytes(), &jws.signature)
         .unwrap_or(false)
     {
         return Err(invalid("the card's signature does not verify"));
     }
-    check_claims(&payload, expected)?;
+    check_claims(payload, expected)?;
     let serial = cert
         .serial_number()
         .to_bn()
@@ -165,17 +139,18 @@ fn check_claims(payload: &Map<String, Value>, expected: &Expected<'_>) -> Result
             "the card proof must name this issuer (aud), the proof's nonce and the phone key's thumbprint (phone_jkt)",
         ));
     }
-    let now = expected.now.unix_timestamp();
-    match payload
-        .get("iat")
-        .and_then(Value::as_f64)
-        .map(|t| t.floor() as i64)
-    {
-        Some(iat) if iat >= now - 300 && iat <= now + 60 => Ok(()),
-        _ => Err(invalid(
-            "the card proof's iat is outside the accepted window",
-        )),
-    }
+    super::proof::check_iat(payload, expected.now.unix_timestamp(), "card proof")
+}
+
+/// The card CA (SHA-256 hex) the policy pins for the channel an offer's
+/// `request` names, if any: then the chip must prove the card.
+pub(super) fn channel_pin(
+    issuer: &Issuer,
+    request: &serde_json::Map<String, Value>,
+) -> Option<String> {
+    let channel = request.get("channel").and_then(Value::as_str)?;
+    let policy = issuer.current().policy;
+    policy.channels.get(channel)?.card_ca_sha256.clone()
 }
 
 /// On a channel whose policy names a card CA: the card's chip signed
@@ -187,14 +162,7 @@ pub(super) fn check_card(
     (card_proof, proved, batch): (Option<&str>, &super::proof::Proved, usize),
     now: OffsetDateTime,
 ) -> Result<(), OAuthError> {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
-    let channel = text(offer.request.get("channel"));
-    let policy = issuer.current().policy;
-    let Some(pin) = policy
-        .channels
-        .get(&channel)
-        .and_then(|c| c.card_ca_sha256.clone())
-    else {
+    let Some(pin) = channel_pin(issuer, &offer.request) else {
         return Ok(());
     };
     let ca_der = cards
@@ -224,7 +192,12 @@ pub(super) fn check_card(
         now,
     };
     let serial = verify(jwt, &expected)?;
-    let named = text(offer.request.get("card").and_then(|c| c.get("serial")));
+    let named = offer
+        .request
+        .get("card")
+        .and_then(|c| c.get("serial"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !named.eq_ignore_ascii_case(&serial) {
         return Err(OAuthError::bad(
             "invalid_proof",

@@ -78,16 +78,8 @@ impl Wallet {
         issuer: &Issuer,
         offered: &crate::issuance::Offered,
     ) -> Result<(), Refusal> {
-        let channel = offered
-            .request
-            .get("channel")
-            .and_then(serde_json::Value::as_str);
-        let policy = issuer.current().policy;
-        let pin = channel
-            .and_then(|c| policy.channels.get(c))
-            .and_then(|c| c.card_ca_sha256.as_deref());
-        match pin {
-            Some(pin) if self.cards.pinned(pin).is_none() => Err(Refusal::unavailable(
+        match super::card::channel_pin(issuer, &offered.request) {
+            Some(pin) if self.cards.pinned(&pin).is_none() => Err(Refusal::unavailable(
                 "card_ca_not_loaded",
                 "the policy's card CA for this channel is not among server.wallet.card_cas",
             )),

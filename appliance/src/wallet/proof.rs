@@ -21,8 +21,6 @@ const IAT_PAST_S: i64 = 300;
 const IAT_FUTURE_S: i64 = 60;
 /// Longer proofs are refused before decoding.
 const MAX_PROOF_BYTES: usize = 8 * 1024;
-/// JWK members that carry private key material (RFC 7518 §6.2.2, §6.3.2, §6.4).
-const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 /// A proof that verified: the key it binds and the nonce it claims.
 #[derive(Debug)]
@@ -37,25 +35,76 @@ fn invalid(description: impl Into<String>) -> OAuthError {
     OAuthError::bad("invalid_proof", description)
 }
 
-fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>, OAuthError> {
-    let bytes = B64URL
-        .decode(part)
-        .map_err(|_| invalid(format!("the proof's {what} is not base64url")))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid(format!("the proof's {what} is not a JSON object"))),
+/// A compact JWS from a wallet, taken apart: nothing verified yet.
+pub(super) struct CompactJws {
+    pub(super) header: Map<String, Value>,
+    pub(super) payload: Map<String, Value>,
+    pub(super) signature: Vec<u8>,
+    /// `header.payload`, as signed.
+    pub(super) signing_input: String,
+}
+
+/// Takes `jwt` (the `what`, for messages) apart: at most `max` bytes, three
+/// base64url parts, JSON objects, and no critical extension (RFC 7515
+/// §4.1.11: none is understood here).
+pub(super) fn parse_jws(jwt: &str, max: usize, what: &str) -> Result<CompactJws, OAuthError> {
+    if jwt.len() > max {
+        return Err(invalid(format!("the {what} is too long")));
+    }
+    let mut parts = jwt.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(format!("the {what} is not a compact JWS")));
+    };
+    let object =
+        |part: &str, name: &str| match B64URL.decode(part).map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(Value::Object(map))) => Ok(map),
+            _ => Err(invalid(format!(
+                "the {what}'s {name} is not a base64url JSON object"
+            ))),
+        };
+    let jws = CompactJws {
+        header: object(h, "header")?,
+        payload: object(p, "payload")?,
+        signature: B64URL
+            .decode(s)
+            .map_err(|_| invalid(format!("the {what}'s signature is not base64url")))?,
+        signing_input: format!("{h}.{p}"),
+    };
+    if jws.header.contains_key("crit") {
+        return Err(invalid(format!(
+            "the {what}'s header names critical extensions (crit): none is understood"
+        )));
+    }
+    Ok(jws)
+}
+
+/// A NumericDate claim in whole seconds (it may carry a fraction).
+fn seconds(payload: &Map<String, Value>, claim: &str) -> Option<i64> {
+    payload
+        .get(claim)
+        .and_then(Value::as_f64)
+        .map(|t| t.floor() as i64)
+}
+
+/// `iat` within 5 minutes back and 1 ahead of `now` (clock skew).
+pub(super) fn check_iat(
+    payload: &Map<String, Value>,
+    now: i64,
+    what: &str,
+) -> Result<(), OAuthError> {
+    match seconds(payload, "iat") {
+        Some(iat) if iat >= now - IAT_PAST_S && iat <= now + IAT_FUTURE_S => Ok(()),
+        _ => Err(invalid(format!(
+            "the {what}'s iat is missing or outside the accepted window (5 minutes back, 1 ahead)"
+        ))),
     }
 }
 
 /// The key the header names, checked: exactly one of `jwk`, `kid`, `x5c`,
 /// and only `jwk` is taken (no DID resolution, no certificate chain here).
 fn header_key(header: &Map<String, Value>) -> Result<(&'static str, Value), OAuthError> {
-    // RFC 7515 §4.1.11: no extension is understood here.
-    if header.contains_key("crit") {
-        return Err(invalid(
-            "the proof's header names critical extensions (crit): none is understood",
-        ));
-    }
     if header.get("typ").and_then(Value::as_str) != Some(PROOF_TYPE) {
         return Err(invalid(format!("the proof's typ must be {PROOF_TYPE}")));
     }
@@ -79,7 +128,7 @@ fn header_key(header: &Map<String, Value>) -> Result<(&'static str, Value), OAut
             "this issuer takes the proof's key as jwk (kid and x5c are not resolved)",
         ));
     };
-    if let Some(member) = PRIVATE_JWK_MEMBERS.iter().find(|m| jwk.get(**m).is_some()) {
+    if let Some(member) = crate::issuance::private_jwk_member(jwk) {
         return Err(invalid(format!(
             "the proof's jwk carries private key material ({member:?}): that key is compromised"
         )));
@@ -89,21 +138,8 @@ fn header_key(header: &Map<String, Value>) -> Result<(&'static str, Value), OAut
 
 /// Checks `jwt` against our issuer identifier `audience` at `now` (Unix s).
 pub fn verify(jwt: &str, audience: &str, now: i64) -> Result<Proved, OAuthError> {
-    if jwt.len() > MAX_PROOF_BYTES {
-        return Err(invalid("the proof is too long"));
-    }
-    let mut parts = jwt.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid("the proof is not a compact JWS"));
-    };
-    let header = decode_json(h, "header")?;
-    let payload = decode_json(p, "payload")?;
-    let signature = B64URL
-        .decode(s)
-        .map_err(|_| invalid("the proof's signature is not base64url"))?;
-    let (alg, jwk_value) = header_key(&header)?;
+    let jws = parse_jws(jwt, MAX_PROOF_BYTES, "proof")?;
+    let (alg, jwk_value) = header_key(&jws.header)?;
     let jwk: pkcs11_shim::Jwk = serde_json::from_value(jwk_value.clone())
         .map_err(|_| invalid("the proof's jwk is not a public EC or OKP key"))?;
     let key = pkcs11_shim::public_key_from_jwk(&jwk)
@@ -111,13 +147,15 @@ pub fn verify(jwt: &str, audience: &str, now: i64) -> Result<Proved, OAuthError>
     if key.algorithm().jose_name() != alg {
         return Err(invalid("the proof's alg does not match its key"));
     }
-    let signed = format!("{h}.{p}");
-    if !key.verify(signed.as_bytes(), &signature).unwrap_or(false) {
+    if !key
+        .verify(jws.signing_input.as_bytes(), &jws.signature)
+        .unwrap_or(false)
+    {
         return Err(invalid(
             "the proof's signature does not verify with its jwk",
         ));
     }
-    check_claims(&payload, audience, now).map(|nonce| Proved {
+    check_claims(&jws.payload, audience, now).map(|nonce| Proved {
         jwk: jwk_value,
         nonce,
     })
@@ -139,21 +177,8 @@ fn check_claims(
     if !aud_ok {
         return Err(invalid("the proof's aud is not this credential issuer"));
     }
-    // NumericDate: seconds, possibly with a fraction.
-    let seconds = |claim: &str| {
-        payload
-            .get(claim)
-            .and_then(Value::as_f64)
-            .map(|t| t.floor() as i64)
-    };
-    let Some(iat) = seconds("iat") else {
-        return Err(invalid("the proof has no numeric iat"));
-    };
-    if iat < now - IAT_PAST_S || iat > now + IAT_FUTURE_S {
-        return Err(invalid(
-            "the proof's iat is outside the accepted window (5 minutes back, 1 ahead)",
-        ));
-    }
+    check_iat(payload, now, "proof")?;
+    let seconds = |claim: &str| seconds(payload, claim);
     if seconds("exp").is_some_and(|exp| exp <= now - IAT_FUTURE_S)
         || seconds("nbf").is_some_and(|nbf| nbf > now + IAT_FUTURE_S)
         || ["exp", "nbf"]
@@ -194,8 +219,9 @@ mod tests {
                 &mut ctx,
             )
             .unwrap();
-        let jwk = json!({"kty": "EC", "crv": "P-256",
-            "x": B64URL.encode(&point[1..33]), "y": B64URL.encode(&point[33..65])});
+        let public =
+            pkcs11_shim::PublicKey::from_ec_point(pkcs11_shim::Algorithm::Es256, &point).unwrap();
+        let jwk = serde_json::to_value(public.jwk()).unwrap();
         (PKey::from_ec_key(key).unwrap(), jwk)
     }
 
