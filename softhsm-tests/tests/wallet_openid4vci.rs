@@ -12,6 +12,8 @@
     missing_docs
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -73,20 +75,11 @@ fn run_wallet_with(d: &Daemon, offer: &Value, extra: &[String]) -> (bool, Value)
     (out.status.success(), value)
 }
 
+/// An independent Python verifier's output; it must accept.
 fn python(script: &str, args: &[&Path]) -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(dir.join("../.venv/bin/python"))
-        .arg(dir.join("python").join(script))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    let (ok, out) = common::python_verify(script, args);
+    assert!(ok, "{script}: {out}");
+    out
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
