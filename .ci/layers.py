@@ -34,7 +34,7 @@ LAYERS = [
     ["audit", "keys", "status::changes"],
     ["store"],
     ["node", "errors", "cli"],
-    ["policy", "audit::log", "audit::tiles"],
+    ["policy", "audit::log", "audit::tiles", "audit::integrity"],
     ["keys::manager", "keys::view"],
     ["status", "audit::trail", "audit::auditor", "audit::witnessing", "audit::witness_client"],
     ["issuance"],

@@ -63,6 +63,22 @@ pub fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
     pkcs11_shim::open(&config.keys).context("opening the key backend")
 }
 
+/// Opens the configured registry to record decisions: each audit entry is
+/// sealed with a key the HSM derives from the response-seal key
+/// ([`crate::audit::seal`]), as the daemon's are.
+pub fn open_sealed_registry(
+    config: &Config,
+    backend: Arc<dyn KeyBackend>,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    let registry = open_registry(config)?;
+    let label = config.server.as_ref().map_or_else(
+        || crate::config::ServiceKeys::default().response_seal,
+        |server| server.keys.response_seal.clone(),
+    );
+    registry.seal_audit_with(crate::audit::seal::Sealer::from_hsm(backend, &label));
+    Ok(registry)
+}
+
 /// Opens the configured registry.
 pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
     let store = config

@@ -61,6 +61,8 @@ fn main() -> BenchResult {
             payload_sha256: Some([7; 32]),
             holder: Some([9; 32]),
             actor_certificate: None,
+            // A seal's 32 bytes, as every entry now carries.
+            seal: Some([0x5e; 32]),
         };
         frontier.append(leaf_hash(&entry.encode()));
         seq += 1;

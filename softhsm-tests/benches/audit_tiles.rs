@@ -46,6 +46,7 @@ fn entry(seq: u64) -> Vec<u8> {
         payload_sha256: None,
         holder: None,
         actor_certificate: None,
+        seal: Some([0x5e; 32]),
     }
     .encode()
 }
@@ -147,14 +148,14 @@ fn main() -> BenchResult {
         }
         let started = Instant::now();
         load(&mut db, size, target)?;
-        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let _ = log.checkpoint(&backend, &registry, &signers, None)?;
         let append_per_s = (target - size) as f64 / started.elapsed().as_secs_f64();
         size = target;
         // A steady checkpoint: 1,000 new entries.
         load(&mut db, size, size + 1000)?;
         size += 1000;
         let started = Instant::now();
-        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let _ = log.checkpoint(&backend, &registry, &signers, None)?;
         let checkpoint_ms = started.elapsed().as_secs_f64() * 1e3;
         let inclusion = timed(|r| {
             let _ = AuditLog::inclusion(&registry, r % size, size)?;
@@ -169,7 +170,7 @@ fn main() -> BenchResult {
         size += 1;
         let started = Instant::now();
         log = AuditLog::new(ORIGIN)?;
-        let _ = log.checkpoint(&backend, &registry, &signers)?;
+        let _ = log.checkpoint(&backend, &registry, &signers, None)?;
         let start_ms = started.elapsed().as_secs_f64() * 1e3;
         let mb_per_million = file_bytes(&path) as f64 / 1e6 / (size as f64 / 1e6);
         eprintln!("{size} entries done");

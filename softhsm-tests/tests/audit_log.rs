@@ -35,6 +35,7 @@ fn entry(node: &str, seq: u64) -> AuditEntry {
         payload_sha256: Some([seq as u8; 32]),
         holder: Some([0x5a; 32]),
         actor_certificate: None,
+        seal: None,
     }
 }
 

@@ -142,7 +142,9 @@ fn key_records_move_forward_once_across_nodes(regs: &[Arc<dyn Registry>]) {
         ("ds-2".to_owned(), Pending, Active),
     ];
     let results = race(regs, 4, move |r, _| {
-        r.move_keys(&moves, at, vec![common::decision("keys.activate")])
+        let mut decision = common::decision("keys.activate");
+        decision.node = node_of(r);
+        r.move_keys(&moves, at, vec![decision])
     });
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
@@ -398,12 +400,20 @@ fn pseudonym(n: u32) -> Pseudonym {
     Pseudonym(p)
 }
 
+/// The node a registry handle stands for: each is a node of its own, and
+/// nodes have names of their own (their audit numbers are their own).
+fn node_of(reg: &dyn Registry) -> String {
+    format!("node-{:x}", std::ptr::from_ref(reg).cast::<()>() as usize)
+}
+
 fn commit(reg: &dyn Registry, holder: u32, device: &str) -> IssuanceCommit {
     let range = reg.reserve_status_indexes(1).unwrap();
     let mut id = [0u8; 16];
     openssl::rand::rand_bytes(&mut id).unwrap();
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    common::issuance(&id, pseudonym(holder), device, range.list, range.indexes[0])
+    let mut c = common::issuance(&id, pseudonym(holder), device, range.list, range.indexes[0]);
+    c.decision.node = node_of(reg);
+    c
 }
 
 /// A refresh of `id` by holder `holder` on `device`, signed by "kid-2".

@@ -16,7 +16,10 @@ use crate::refusal::{Answer, Class, Refusal, Reply};
 fn problem(e: AuditError) -> Refusal {
     match e {
         AuditError::Range(detail) => Refusal::bad_request("audit_range", detail),
-        AuditError::Store(_) | AuditError::Signing(_) | AuditError::Rewritten(_) => {
+        AuditError::Store(_)
+        | AuditError::Signing(_)
+        | AuditError::Rewritten(_)
+        | AuditError::Tampered(_) => {
             tracing::warn!(error = %e, "audit query failed");
             Refusal::unavailable(
                 "store_unavailable",

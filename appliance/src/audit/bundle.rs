@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, NoteError, NoteKey};
 use super::entry::AuditEntry;
 use super::merkle::{self, Hash};
+use super::seal::Sealer;
 
 /// The bundle format's name.
 pub const FORMAT: &str = "dojang-audit-bundle/1";
@@ -263,6 +264,34 @@ fn check_trusted(bundle: &Bundle, trusted: &TrustedLog) -> Result<(), BundleErro
     Ok(())
 }
 
+/// Checks every sealed entry's seal with `sealer` (the HSM's seal keys:
+/// on the appliance only); how many entries were sealed.
+pub fn check_seals(bundle: &Bundle, sealer: &Sealer) -> Result<u64, BundleError> {
+    let mut sealed = 0;
+    for (index, encoded) in bundle.entries.iter().enumerate() {
+        let index = index as u64;
+        let (_, entry) = decoded(index, encoded)?;
+        if entry.seal.is_none() {
+            continue;
+        }
+        let verifies = sealer.verifies(&entry).map_err(|e| BundleError::Entry {
+            index,
+            reason: e.to_string(),
+        })?;
+        if !verifies {
+            return Err(BundleError::Entry {
+                index,
+                reason: format!(
+                    "node {:?} number {}: the seal does not verify (edited or renumbered after it was written)",
+                    entry.node, entry.seq
+                ),
+            });
+        }
+        sealed += 1;
+    }
+    Ok(sealed)
+}
+
 /// The hand-over keys the bundle lists, as note keys: candidates only,
 /// trusted once a trusted key hands over to them.
 fn handover_candidates(bundle: &Bundle, trusted: &TrustedLog) -> Result<Vec<NoteKey>, BundleError> {
@@ -281,21 +310,37 @@ fn handover_candidates(bundle: &Bundle, trusted: &TrustedLog) -> Result<Vec<Note
     Ok(candidates)
 }
 
+/// Entry `index`, decoded.
+fn decoded(index: u64, encoded: &str) -> Result<(Vec<u8>, AuditEntry), BundleError> {
+    let bytes = B64.decode(encoded).map_err(|_| BundleError::Entry {
+        index,
+        reason: "not base64".into(),
+    })?;
+    let entry = AuditEntry::decode(&bytes).map_err(|e| BundleError::Entry {
+        index,
+        reason: e.to_string(),
+    })?;
+    Ok((bytes, entry))
+}
+
 /// Every entry decoded, each node's sequence numbers without a gap or a
-/// repeat; the Merkle leaf hashes out, in log order.
+/// repeat, no unsealed entry after a sealed one (only the log's beginning,
+/// written before seals existed, may be unsealed); the Merkle leaf hashes
+/// out, in log order.
 fn entry_leaves(bundle: &Bundle) -> Result<Vec<Hash>, BundleError> {
     let mut leaves: Vec<Hash> = Vec::with_capacity(bundle.entries.len());
     let mut next_seq: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sealed_seen = false;
     for (index, encoded) in bundle.entries.iter().enumerate() {
         let index = index as u64;
-        let bytes = B64.decode(encoded).map_err(|_| BundleError::Entry {
-            index,
-            reason: "not base64".into(),
-        })?;
-        let entry = AuditEntry::decode(&bytes).map_err(|e| BundleError::Entry {
-            index,
-            reason: e.to_string(),
-        })?;
+        let (bytes, entry) = decoded(index, encoded)?;
+        if entry.seal.is_none() && sealed_seen {
+            return Err(BundleError::Entry {
+                index,
+                reason: "not sealed, after sealed entries (written without the HSM)".into(),
+            });
+        }
+        sealed_seen |= entry.seal.is_some();
         let expected = next_seq.entry(entry.node.clone()).or_insert(0);
         if entry.seq != *expected {
             return Err(BundleError::Sequence {

@@ -14,7 +14,7 @@ use crate::credential::cbor::Writer;
 pub const VERSION: u64 = 1;
 
 /// One decision or operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditEntry {
     /// Unix seconds.
     pub time: i64,
@@ -44,6 +44,9 @@ pub struct AuditEntry {
     pub holder: Option<[u8; 32]>,
     /// SHA-256 of the certificate the actor presented.
     pub actor_certificate: Option<[u8; 32]>,
+    /// The node's seal over every other field ([`super::seal`]); absent
+    /// only on entries written before seals existed.
+    pub seal: Option<[u8; 32]>,
 }
 
 /// Why bytes are not a valid entry.
@@ -76,6 +79,7 @@ impl AuditEntry {
             (12, self.payload_sha256.as_ref().map(|h| Field::Bytes(h))),
             (13, self.holder.as_ref().map(|h| Field::Bytes(h))),
             (14, self.actor_certificate.as_ref().map(|h| Field::Bytes(h))),
+            (15, self.seal.as_ref().map(|h| Field::Bytes(h))),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         let mut w = Writer::with_capacity(256);
@@ -156,6 +160,7 @@ impl AuditEntry {
             payload_sha256: hash(12)?,
             holder: hash(13)?,
             actor_certificate: hash(14)?,
+            seal: hash(15)?,
         };
         if entry.encode() != bytes {
             return Err(bad(
@@ -193,6 +198,7 @@ mod tests {
             payload_sha256: Some([1; 32]),
             holder: Some([2; 32]),
             actor_certificate: Some([3; 32]),
+            seal: Some([4; 32]),
         }
     }
 
@@ -205,6 +211,7 @@ mod tests {
         minimal.policy_hash = None;
         minimal.holder = None;
         minimal.actor_certificate = None;
+        minimal.seal = None;
         assert_eq!(AuditEntry::decode(&minimal.encode()).unwrap(), minimal);
     }
 

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use pkcs11_shim::KeyBackend;
 
 use crate::audit::checkpoint::{Checkpoint, NoteError, NoteKey, handover_line};
+use crate::audit::integrity::{CheckError, Integrity};
 use crate::audit::merkle::{Frontier, Hash};
 use crate::audit::tiles::{LogHashes, TreeError, TreeReader};
 use crate::store::{Registry, StoreError};
@@ -56,6 +57,19 @@ pub enum AuditError {
     /// Signing failed (503).
     #[error("signing a checkpoint: {0}")]
     Signing(String),
+    /// Entries not yet signed were deleted, edited or moved since they
+    /// were decided ([`super::integrity`]). Nothing is signed over them.
+    #[error("the audit log was tampered with before a checkpoint covered it: {0}")]
+    Tampered(super::integrity::Finding),
+}
+
+impl From<CheckError> for AuditError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Found(finding) => AuditError::Tampered(finding),
+            CheckError::Unavailable(why) => AuditError::Store(StoreError::Unavailable(why)),
+        }
+    }
 }
 
 impl From<TreeError> for AuditError {
@@ -89,12 +103,15 @@ impl AuditLog {
     }
 
     /// Signs a checkpoint of the whole log if it grew past the last one;
-    /// the new size, if one was signed.
+    /// the new size, if one was signed. With `integrity`, the entries it
+    /// adds are checked first (a daemon always does; the tile benchmark's
+    /// synthetic entries carry no real seals).
     pub fn checkpoint(
         &self,
         backend: &dyn KeyBackend,
         registry: &dyn Registry,
         signers: &Signers<'_>,
+        integrity: Option<&Integrity>,
     ) -> Result<Option<u64>, AuditError> {
         let mut frontier = self
             .frontier
@@ -104,6 +121,7 @@ impl AuditLog {
         let size = registry.audit_size()?;
         let latest = registry.latest_checkpoint()?;
         let last = latest.as_ref().map_or(0, |(s, _)| *s);
+        let mut signed = None;
         if let Some((signed_size, note)) = &latest {
             // Signed entries gone, or a checkpoint row beyond the log.
             if *signed_size > size {
@@ -113,28 +131,42 @@ impl AuditLog {
                 *frontier = resume(registry, *signed_size)?;
             }
             // Another node may have signed since: the log must still hold
-            // what it signed before this node extends it.
-            if frontier.size() < *signed_size && *signed_size <= size {
-                extend(&mut frontier, registry, *signed_size)?;
-            }
-            if frontier.size() == *signed_size {
-                check_signed_root(&frontier, *signed_size, note, signers)?;
+            // what it signed before this node extends it; the frontier
+            // takes those entries only once their root is the signed one.
+            if frontier.size() < *signed_size {
+                let mut candidate = frontier.clone();
+                extend(&mut candidate, registry, *signed_size)?;
+                signed = Some(check_signed_root(&candidate, *signed_size, note, signers)?);
+                *frontier = candidate;
+            } else if frontier.size() == *signed_size {
+                signed = Some(check_signed_root(&frontier, *signed_size, note, signers)?);
             }
         }
-        extend(&mut frontier, registry, size)?;
+        let mut extensions = Vec::new();
+        match integrity {
+            // Exactly the leaves the check verified go into the tree.
+            Some(integrity) => {
+                let checked = integrity.check(registry, frontier.size(), size, signed.as_ref())?;
+                for leaf in checked.leaves {
+                    frontier.append(leaf);
+                }
+                extensions.push(checked.line);
+            }
+            None => extend(&mut frontier, registry, size)?,
+        }
         store_tile_hashes(&mut frontier, registry)?;
         if size == 0 || size <= last {
             return Ok(None);
+        }
+        // The outgoing key signs that the incoming one follows it.
+        if signers.outgoing.is_some() {
+            extensions.push(handover_line(signers.current.1));
         }
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size,
             root: frontier.root(),
-            // The outgoing key signs that the incoming one follows it.
-            extensions: signers
-                .outgoing
-                .map(|_| vec![handover_line(signers.current.1)])
-                .unwrap_or_default(),
+            extensions,
         };
         let (label, key) = signers.current;
         let mut note = checkpoint
@@ -273,7 +305,7 @@ fn check_signed_root(
     size: u64,
     note: &str,
     signers: &Signers<'_>,
-) -> Result<(), AuditError> {
+) -> Result<Checkpoint, AuditError> {
     let keys = [signers.current.1]
         .into_iter()
         .chain(signers.outgoing.map(|(_, k)| k))
@@ -293,5 +325,5 @@ fn check_signed_root(
     if checkpoint.size != size || checkpoint.root != frontier.root() {
         return Err(AuditError::Rewritten(size));
     }
-    Ok(())
+    Ok(checkpoint)
 }

@@ -20,6 +20,7 @@ pub struct AuditTrail {
     pub(super) node: Node,
     keys: Arc<KeyManager>,
     log: AuditLog,
+    integrity: super::integrity::Integrity,
     settings: AuditSettings,
     witnesses: super::witnessing::Witnesses,
 }
@@ -34,6 +35,7 @@ impl AuditTrail {
         Ok(AuditTrail {
             log: AuditLog::new(&settings.origin).map_err(LoadError)?,
             witnesses: super::witnessing::Witnesses::new(&settings)?,
+            integrity: super::integrity::Integrity::new(&node.id),
             node,
             keys,
             settings,
@@ -83,10 +85,12 @@ impl AuditTrail {
             outgoing,
             known: &known,
         };
-        match self
-            .log
-            .checkpoint(self.node.backend, self.node.registry.as_ref(), &signers)
-        {
+        match self.log.checkpoint(
+            self.node.backend,
+            self.node.registry.as_ref(),
+            &signers,
+            Some(&self.integrity),
+        ) {
             Ok(size) => {
                 self.node.metrics.audit_log_rewritten.set(0);
                 if let Some(size) = size {
@@ -98,7 +102,10 @@ impl AuditTrail {
                 size
             }
             Err(e) => {
-                if matches!(e, super::log::AuditError::Rewritten(_)) {
+                if matches!(
+                    e,
+                    super::log::AuditError::Rewritten(_) | super::log::AuditError::Tampered(_)
+                ) {
                     self.node.metrics.audit_log_rewritten.set(1);
                 }
                 tracing::warn!(error = %e, "audit checkpoint failed");

@@ -64,7 +64,7 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     let backend = crate::cli::open_backend(config)?;
     // One backend for the life of the process; signers borrow it.
     let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> = Box::leak(Box::new(backend));
-    let registry = crate::cli::open_registry(config)?;
+    let registry = crate::cli::open_sealed_registry(config, Arc::clone(backend))?;
     let metrics = Arc::new(Metrics::new());
     let service = Service::new(
         backend.as_ref(),

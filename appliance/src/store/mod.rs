@@ -11,12 +11,14 @@
 //! The registry holds no personal data: holders are HMAC pseudonyms computed
 //! in the HSM, phones are JWK thumbprints.
 
+mod audit_numbers;
 mod keyring;
 mod postgres;
 mod registry;
 mod sql;
 mod sqlite;
 
+pub use self::audit_numbers::{AuditNumbers, NodeEntry};
 pub use self::keyring::{
     AUDIT_CHAIN, CHAINS, CRL_CONCURRENT, CRL_DOCUMENT, DS_CHAIN, IACA_DOCUMENT, KeyRegistry,
     KeyRevocation, MovedAudit, POLICY_DOCUMENT, POOL_DOCUMENT, PSEUDONYM_CHECK_DOCUMENT,

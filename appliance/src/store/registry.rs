@@ -174,6 +174,7 @@ impl DecisionRecord {
             payload_sha256: self.payload_sha256,
             holder: holder.map(|h| h.0),
             actor_certificate: self.actor_certificate,
+            seal: None,
         }
     }
 }
@@ -298,7 +299,7 @@ pub enum StoreError {
 }
 
 /// The registry.
-pub trait Registry: KeyRegistry + Send + Sync {
+pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
     /// Sets the free first-time quota (from the policy); never below what was used.

@@ -55,6 +55,11 @@ pub(crate) struct AuditVerifyArgs {
     /// Accept entries newer than the latest checkpoint (not covered by any signature).
     #[arg(long)]
     allow_unsigned_tail: bool,
+    /// Also check every entry's seal with the HSM's seal keys (on the
+    /// appliance: reads the configuration and opens the token). Catches an
+    /// entry edited or renumbered before a checkpoint covered it.
+    #[arg(long)]
+    seals: bool,
 }
 
 /// `audit …`: `export` loads the configuration (only then).
@@ -64,7 +69,7 @@ pub(crate) fn run(
     as_json: bool,
 ) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify(a) => verify(a, as_json),
+        AuditCommand::Verify(a) => verify(a, load, as_json),
         AuditCommand::Export { out, key_out } => export(&load()?, &out, key_out.as_deref()),
         AuditCommand::Prove { index, out } => super::audit_proof::prove(&load()?, index, &out),
         AuditCommand::CheckProof(a) => super::audit_proof::check(a, as_json),
@@ -170,7 +175,11 @@ fn entries_base64(registry: &dyn dojang::store::Registry) -> anyhow::Result<Vec<
 }
 
 /// `audit verify BUNDLE --key PEM --origin ORIGIN …`.
-fn verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
+fn verify(
+    a: AuditVerifyArgs,
+    load: impl FnOnce() -> anyhow::Result<Config>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.bundle)
         .with_context(|| format!("reading {}", a.bundle.display()))?;
     let bundle: dojang::audit::bundle::Bundle = serde_json::from_str(&text)
@@ -189,7 +198,18 @@ fn verify(a: AuditVerifyArgs, as_json: bool) -> anyhow::Result<()> {
          (--allow-unsigned-tail to accept the signed part)",
         report.unsigned_tail
     );
-    print_verified(&a.bundle, &trusted, &report, as_json);
+    let sealed = if a.seals {
+        let config = load()?;
+        let label = config.server.as_ref().map_or_else(
+            || dojang::config::ServiceKeys::default().response_seal,
+            |server| server.keys.response_seal.clone(),
+        );
+        let sealer = dojang::audit::seal::Sealer::from_hsm(cli::open_backend(&config)?, &label);
+        Some(dojang::audit::bundle::check_seals(&bundle, &sealer)?)
+    } else {
+        None
+    };
+    print_verified(&a.bundle, &trusted, &report, sealed, as_json);
     Ok(())
 }
 
@@ -198,6 +218,7 @@ fn print_verified(
     bundle: &std::path::Path,
     trusted: &dojang::audit::bundle::TrustedLog,
     report: &dojang::audit::bundle::Report,
+    sealed: Option<u64>,
     as_json: bool,
 ) {
     if as_json {
@@ -205,7 +226,8 @@ fn print_verified(
             "{}",
             json!({"valid": true, "origin": trusted.origin, "key_name": trusted.key_name,
                    "entries": report.entries, "checkpoints": report.checkpoints,
-                   "signed_size": report.signed_size, "unsigned_tail": report.unsigned_tail})
+                   "signed_size": report.signed_size, "unsigned_tail": report.unsigned_tail,
+                   "seals_verified": sealed})
         );
     } else {
         println!(
@@ -225,5 +247,8 @@ fn print_verified(
                 String::new()
             }
         );
+        if let Some(sealed) = sealed {
+            println!("{sealed} sealed entries: every seal verifies");
+        }
     }
 }

@@ -161,7 +161,10 @@ fn crl(
     let backend = cli::open_backend(config)?;
     // Keys revoked through the daemon stay on every later CRL.
     let registry = match &config.store {
-        Some(_) => Some(dojang::cli::open_registry(config)?),
+        Some(_) => Some(dojang::cli::open_sealed_registry(
+            config,
+            std::sync::Arc::clone(&backend),
+        )?),
         None => None,
     };
     let path = match &registry {

@@ -147,7 +147,8 @@ pub(crate) fn adopt_first(
             policy.hash
         );
     }
-    let registry = dojang::cli::open_registry(config)?;
+    // The adoption's audit entries are sealed like the daemon's.
+    let registry = dojang::cli::open_sealed_registry(config, dojang::cli::open_backend(config)?)?;
     let unsigned = unsigned_adoption(registry.as_ref())?;
     let now = OffsetDateTime::now_utc();
     let decision = |action: &str, rule: String| DecisionRecord {

@@ -9,11 +9,13 @@
 
 mod connection;
 mod errors;
+mod placement;
 mod quota;
 mod sequencer;
 mod tx;
 
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::cell::RefCell;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
@@ -24,7 +26,7 @@ use self::errors::{RETRYABLE, map_err};
 use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
-use super::sql::{Driver, ReadFn, SqlRegistry, WriteFn};
+use super::sql::{Driver, Numbering, ReadFn, SqlRegistry, Taken, WriteFn};
 
 const RETRIES: usize = 5;
 /// How long a transaction waits for one of the node's connections.
@@ -45,6 +47,7 @@ pub struct PostgresDriver {
     /// exhausting the server's `max_connections`, which every node shares.
     open: Mutex<usize>,
     freed: Condvar,
+    numbering: Arc<Numbering>,
 }
 
 /// One of the driver's connection slots, given back when dropped.
@@ -125,6 +128,7 @@ impl SqlRegistry<PostgresDriver> {
             max_idle: pool_size.max(1),
             open: Mutex::new(0),
             freed: Condvar::new(),
+            numbering: Arc::default(),
         };
         driver.migrate()?;
         Ok(SqlRegistry { driver })
@@ -179,7 +183,7 @@ impl PostgresDriver {
             let _ = raw
                 .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .map_err(map_err)?;
-            let mut tx = PgTx { raw };
+            let mut tx = PgTx { raw, audit: None };
             let version = migrations::version(&mut tx)?;
             migrations::apply(&mut tx, Dialect::Postgres, version)
         })
@@ -189,7 +193,17 @@ impl PostgresDriver {
     /// connection goes back to the pool only if it is still healthy.
     fn with_tx<R>(
         &self,
+        f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.with_tx_settled(f, |_| {})
+    }
+
+    /// [`Self::with_tx`], telling `settle` after each attempt whether it
+    /// committed.
+    fn with_tx_settled<R>(
+        &self,
         mut f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
+        mut settle: impl FnMut(bool),
     ) -> Result<R, StoreError> {
         let mut attempt = 0;
         loop {
@@ -209,6 +223,7 @@ impl PostgresDriver {
                 raw.commit().map_err(map_err)?;
                 Ok(out)
             });
+            settle(result.is_ok());
             if !client.is_closed() {
                 let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
                 if pool.len() < self.max_idle {
@@ -227,11 +242,29 @@ impl Driver for PostgresDriver {
     const KIND: &'static str = "postgres";
 
     fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
-        self.with_tx(|raw| f(&mut PgTx { raw }))
+        // Numbers taken by an attempt that did not commit are lost (other
+        // transactions took later ones meanwhile): void entries fill them.
+        let taken = RefCell::new(Taken::new());
+        self.with_tx_settled(
+            |raw| {
+                f(&mut PgTx {
+                    raw,
+                    audit: Some((&self.numbering, &taken)),
+                })
+            },
+            |committed| {
+                let numbers = taken.take();
+                if committed {
+                    self.numbering.commit(numbers);
+                } else {
+                    self.numbering.lose(numbers);
+                }
+            },
+        )
     }
 
     fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {
-        self.with_tx(|raw| f(&mut PgTx { raw }))
+        self.with_tx(|raw| f(&mut PgTx { raw, audit: None }))
     }
 
     fn audit_size(&self) -> Result<u64, StoreError> {
@@ -243,7 +276,19 @@ impl Driver for PostgresDriver {
     }
 
     fn sequence_audit(&self) -> Result<u64, StoreError> {
-        self.with_tx(sequencer::sequence)
+        let lost = self.numbering.take_lost();
+        if !lost.is_empty() {
+            if let Err(e) = self.with_tx(|raw| sequencer::void_lost(raw, &self.numbering, &lost)) {
+                // Kept for the next round: a number is never left unfilled.
+                self.numbering.lose(lost);
+                return Err(e);
+            }
+        }
+        self.with_tx(|raw| sequencer::sequence(raw, &self.numbering))
+    }
+
+    fn numbering(&self) -> &Numbering {
+        &self.numbering
     }
 }
 

@@ -11,11 +11,13 @@ use super::connection::RawTx;
 use super::errors::map_err;
 use super::{quota, sequencer};
 use crate::store::StoreError;
-use crate::store::sql::{Appended, Cell, Row, Tx, Value};
+use crate::store::sql::{Appended, Cell, Numbering, Row, Taken, Tx, Value};
 
 /// The registry's view of one transaction.
 pub(super) struct PgTx<'t, 'c> {
     pub(super) raw: &'t mut RawTx<'c>,
+    /// A write's audit numbers: where they come from, and those it took.
+    pub(super) audit: Option<(&'t Numbering, &'t std::cell::RefCell<Taken>)>,
 }
 
 fn mismatch(value: &Value<'_>, ty: &Type) -> Box<dyn Error + Sync + Send> {
@@ -110,7 +112,16 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError> {
-        sequencer::enqueue(self.raw, entry.decision, entry.credential, entry.holder)
+        let audit = self.audit.ok_or_else(|| {
+            StoreError::Internal("an audit entry outside a write transaction".into())
+        })?;
+        sequencer::enqueue(
+            self.raw,
+            audit,
+            entry.decision,
+            entry.credential,
+            entry.holder,
+        )
     }
 
     fn take_free_copy(&mut self) -> Result<bool, StoreError> {

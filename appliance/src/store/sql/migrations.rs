@@ -54,6 +54,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     ),
     migration!("0012_batches"),
     migration!("0013_portrait_flag"),
+    migration!(
+        "0014_audit_numbers",
+        "",
+        include_str!("../migrations/postgres/0014_audit_numbers.sql")
+    ),
 ];
 
 /// How one database spells the shared files' column types.

@@ -8,14 +8,17 @@
 //! PostgreSQL's audit sequencer and sharded free-copy counter, and each
 //! one's clock for leases.
 
+mod audit_numbers;
 mod batch;
 mod constraint;
 mod keys;
 pub(crate) mod migrations;
+mod numbering;
 mod registry;
 mod status;
 mod tx;
 
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
+pub(crate) use numbering::{Numbering, Taken};
 pub use tx::SqlRegistry;
 pub(crate) use tx::{Appended, Cell, Driver, ReadFn, Row, Tx, Value, WriteFn, args};

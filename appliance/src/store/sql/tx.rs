@@ -308,6 +308,9 @@ pub(crate) trait Driver: Send + Sync + 'static {
 
     /// Gives recorded decisions their place in the log; how many it placed.
     fn sequence_audit(&self) -> Result<u64, StoreError>;
+
+    /// This process's audit numbers and seal.
+    fn numbering(&self) -> &super::Numbering;
 }
 
 /// The registry on one database, through its driver.

@@ -9,18 +9,19 @@
 mod tx;
 mod writer;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::Connection;
 
 use self::tx::{SqliteTx, map_err, unavailable};
-use self::writer::{Job, writer_loop};
+use self::writer::{Job, Settle, writer_loop};
 use super::StoreError;
 use super::sql::migrations::{self, Dialect, MIGRATIONS};
-use super::sql::{Driver, ReadFn, SqlRegistry, Tx, WriteFn};
+use super::sql::{Driver, Numbering, ReadFn, SqlRegistry, Taken, Tx, WriteFn};
 
 /// Writes queued at most before callers wait (back-pressure, not memory).
 const QUEUE_MAX: usize = 4096;
@@ -33,10 +34,21 @@ pub struct SqliteDriver {
     path: PathBuf,
     writer: SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
+    numbering: Arc<Numbering>,
 }
 
 /// The registry in one SQLite file.
 pub type SqliteRegistry = SqlRegistry<SqliteDriver>;
+
+/// Gives a write's audit numbers back when dropped: armed while the write
+/// runs, so a write that panics (its savepoint rolled back) leaves no gap.
+struct GiveBack<'a>(&'a Numbering, &'a RefCell<Taken>);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        self.0.give_back(&self.1.borrow());
+    }
+}
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
@@ -78,7 +90,10 @@ fn renumbered(tx: &mut dyn Tx, version: u64) -> Result<u64, StoreError> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let transaction = conn.transaction().map_err(map_err)?;
-    let mut tx = SqliteTx { conn: &transaction };
+    let mut tx = SqliteTx {
+        conn: &transaction,
+        audit: None,
+    };
     let version = migrations::version(&mut tx)?;
     let version = renumbered(&mut tx, version)?;
     migrations::apply(&mut tx, Dialect::Sqlite, version)?;
@@ -128,6 +143,7 @@ impl SqlRegistry<SqliteDriver> {
                 path: path.to_owned(),
                 writer,
                 readers: Mutex::new(readers),
+                numbering: Arc::default(),
             },
         })
     }
@@ -176,7 +192,33 @@ impl Driver for SqliteDriver {
 
     fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
         let (reply, answer) = mpsc::sync_channel::<Result<R, StoreError>>(1);
-        let job = Job::new(move |conn| f(&mut SqliteTx { conn }), reply);
+        let numbering = Arc::clone(&self.numbering);
+        let job = Job::new(
+            move |conn| {
+                let taken = RefCell::new(Taken::new());
+                // A job that panics has its savepoint rolled back too.
+                let unwinding = GiveBack(&numbering, &taken);
+                let result = f(&mut SqliteTx {
+                    conn,
+                    audit: Some((&numbering, &taken)),
+                });
+                std::mem::forget(unwinding);
+                let taken = taken.into_inner();
+                let ok = result.is_ok();
+                // Its savepoint is rolled back now: the next job takes the
+                // same numbers.
+                if !ok {
+                    numbering.give_back(&taken);
+                }
+                let settle: Settle = Box::new(move |durable| match (ok, durable) {
+                    (true, true) => numbering.commit(taken),
+                    (true, false) => numbering.give_back(&taken),
+                    (false, _) => {}
+                });
+                (result, settle)
+            },
+            reply,
+        );
         self.writer
             .send(job)
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
@@ -195,7 +237,10 @@ impl Driver for SqliteDriver {
             Some(conn) => conn,
             None => open_connection(&self.path)?,
         };
-        let result = f(&mut SqliteTx { conn: &conn });
+        let result = f(&mut SqliteTx {
+            conn: &conn,
+            audit: None,
+        });
         let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < READERS {
             pool.push(conn);
@@ -218,5 +263,9 @@ impl Driver for SqliteDriver {
     fn sequence_audit(&self) -> Result<u64, StoreError> {
         // One writer places each entry in its own transaction.
         Ok(0)
+    }
+
+    fn numbering(&self) -> &Numbering {
+        &self.numbering
     }
 }

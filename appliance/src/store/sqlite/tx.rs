@@ -8,11 +8,13 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 
 use crate::store::StoreError;
-use crate::store::sql::{Appended, Cell, Row, Tx, Value, args, rule_for_columns};
+use crate::store::sql::{Appended, Cell, Numbering, Row, Taken, Tx, Value, args, rule_for_columns};
 
 /// A transaction (or, on a reader, autocommit statements) on a connection.
 pub(super) struct SqliteTx<'c> {
     pub(super) conn: &'c Connection,
+    /// A write's audit numbers: where they come from, and those it took.
+    pub(super) audit: Option<(&'c Numbering, &'c std::cell::RefCell<Taken>)>,
 }
 
 impl rusqlite::ToSql for Value<'_> {
@@ -120,18 +122,27 @@ impl Tx for SqliteTx<'_> {
             credential,
             holder,
         } = entry;
-        // One writer: the next sequence number is the last one plus one
+        let Some((numbering, taken)) = self.audit else {
+            return Err(StoreError::Internal(
+                "an audit entry outside a write transaction".into(),
+            ));
+        };
+        // One writer: the next place in the log is the last one plus one
         // (the rowid's B-tree answers that from its rightmost page).
         let seq = self
             .query_one("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log", &[])?
             .count(0)?;
-        let node_seq = self
-            .query_one(
+        let node_seq = numbering.take(&decision.node, true, || {
+            self.query_one(
                 "SELECT COALESCE(MAX(node_seq) + 1, 0) FROM audit_log WHERE node = $1",
                 args![&decision.node],
             )?
-            .count(0)?;
-        let entry = decision.entry(node_seq, credential, holder).encode();
+            .count(0)
+        })?;
+        taken.borrow_mut().push((decision.node.clone(), node_seq));
+        let entry = numbering
+            .seal(decision.entry(node_seq, credential, holder))?
+            .encode();
         let leaf = crate::audit::merkle::leaf_hash(&entry);
         let _ = self.execute(
             "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES ($1, $2, $3, $4, $5)",

@@ -15,6 +15,9 @@ const BATCH_MAX: usize = 256;
 
 type Finish = Box<dyn FnOnce(Option<StoreError>) + Send>;
 type Run = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+/// Told, once the batch's commit is known, whether a job's work became
+/// durable (its audit numbers are kept or given back).
+pub(super) type Settle = Box<dyn FnOnce(bool) + Send>;
 
 /// A queued write: `run` executes it (inside a savepoint) and returns
 /// whether it succeeded and how to answer once the commit is known;
@@ -26,17 +29,19 @@ pub(super) struct Job {
 
 impl Job {
     /// A job running `f` and sending its result on `reply` once the batch's
-    /// commit is known (a commit failure replaces the result).
+    /// commit is known (a commit failure replaces the result); `f`'s
+    /// settle hook learns whether its work became durable.
     pub(super) fn new<R: Send + 'static>(
-        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> (Result<R, StoreError>, Settle) + Send + 'static,
         reply: SyncSender<Result<R, StoreError>>,
     ) -> Self {
         let refuse_reply = reply.clone();
         Job {
             run: Box::new(move |conn| {
-                let result = f(conn);
+                let (result, settle) = f(conn);
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |commit_error| {
+                    settle(ok && commit_error.is_none());
                     let _ = reply.send(match commit_error {
                         Some(e) => Err(e),
                         None => result,

@@ -1,0 +1,5 @@
+-- A decision takes its node's audit number when it is written, and its
+-- entry is sealed before it reaches the database (issue 15): a deleted
+-- uncheckpointed entry leaves a gap, an edited one no longer verifies.
+-- SQLite writes entries whole; PostgreSQL's queue now carries the number
+-- and the sealed entry (postgres/0014).
