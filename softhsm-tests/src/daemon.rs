@@ -988,6 +988,22 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `dojangctl audit export` into the scratch directory as `name.json`
+    /// and the audit key as `name.pem`; (bundle, key).
+    pub fn export_audit(&self, name: &str) -> (PathBuf, PathBuf) {
+        let bundle = self.scratch().join(format!("{name}.json"));
+        let key = self.scratch().join(format!("{name}.pem"));
+        let _ = self.ctl(&[
+            "audit",
+            "export",
+            "--out",
+            &bundle.display().to_string(),
+            "--key-out",
+            &key.display().to_string(),
+        ]);
+        (bundle, key)
+    }
+
     /// Runs `dojangctl` against the daemon's token, which may refuse.
     pub fn try_ctl(&self, args: &[&str]) -> std::process::Output {
         self.command("dojangctl")

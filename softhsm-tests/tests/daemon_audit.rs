@@ -201,17 +201,8 @@ fn every_decision_is_logged_signed_provable_and_exported() {
     }
 
     // A checkpoint signed by the audit key, and proofs against it.
-    let key_pem = d.scratch().join("audit.pem");
-    let bundle = d.scratch().join("audit.json");
     let (size, note) = wait_checkpoint(&mut auditor, log.len() as u64);
-    let _ = d.ctl(&[
-        "audit",
-        "export",
-        "--out",
-        &bundle.display().to_string(),
-        "--key-out",
-        &key_pem.display().to_string(),
-    ]);
+    let (bundle, key_pem) = d.export_audit("audit");
     let der = openssl::pkey::PKey::public_key_from_pem(&std::fs::read(&key_pem).unwrap())
         .unwrap()
         .public_key_to_der()
@@ -441,16 +432,7 @@ fn sigkill_under_load_loses_nothing_and_replays_answers() {
 /// audit verify` (plus `extra` arguments) against the exported key, and
 /// returns that key (SPKI DER).
 fn export_and_verify(d: &Daemon, name: &str, extra: &[&str]) -> Vec<u8> {
-    let bundle = d.scratch().join(format!("{name}.json"));
-    let key = d.scratch().join(format!("{name}.pem"));
-    let _ = d.ctl(&[
-        "audit",
-        "export",
-        "--out",
-        &bundle.display().to_string(),
-        "--key-out",
-        &key.display().to_string(),
-    ]);
+    let (bundle, key) = d.export_audit(name);
     let out = std::process::Command::new(softhsm_tests::workspace_binary("dojangctl"))
         .args(["audit", "verify"])
         .arg(&bundle)

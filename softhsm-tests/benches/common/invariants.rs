@@ -65,16 +65,7 @@ pub(crate) fn check(
             return Err(format!("invariant broken: {what}: {found}, expected {expected}").into());
         }
     }
-    let bundle = d.scratch().join("load-audit.json");
-    let key = d.scratch().join("load-audit.pem");
-    let _ = d.ctl(&[
-        "audit",
-        "export",
-        "--out",
-        &bundle.display().to_string(),
-        "--key-out",
-        &key.display().to_string(),
-    ]);
+    let (bundle, key) = d.export_audit("load-audit");
     let out = d
         .command("dojangctl")
         .args(["--json", "audit", "verify"])

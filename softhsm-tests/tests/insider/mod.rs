@@ -145,12 +145,17 @@ impl Insider {
         }
     }
 
-    pub(crate) fn audit(&mut self) -> String {
-        let sql = format!("SELECT entry FROM {} ORDER BY seq", self.table("audit_log"));
-        let rows: Vec<Vec<u8>> = match self {
+    /// The audit log's rows from position `from`, in order.
+    pub(crate) fn rows(&mut self, from: i64) -> Vec<AuditRow> {
+        let sql = format!(
+            "SELECT seq, node, entry FROM {} WHERE seq >= {from} ORDER BY seq",
+            self.table("audit_log")
+        );
+        let read = |seq, node, entry| AuditRow { seq, node, entry };
+        match self {
             Insider::Sqlite(db) => {
                 let mut stmt = db.prepare(&sql).unwrap();
-                stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                stmt.query_map([], |r| Ok(read(r.get(0)?, r.get(1)?, r.get(2)?)))
                     .unwrap()
                     .map(Result::unwrap)
                     .collect()
@@ -159,14 +164,27 @@ impl Insider {
                 .query(&sql, &[])
                 .unwrap()
                 .iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
+                .map(|r| read(r.get(0), r.get(1), r.get(2)))
                 .collect(),
-        };
-        rows.iter()
-            .map(|e| String::from_utf8_lossy(e).into_owned())
+        }
+    }
+
+    /// Every audit entry's bytes as text, one per line.
+    pub(crate) fn audit(&mut self) -> String {
+        self.rows(0)
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.entry).into_owned())
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// One audit row as the insider reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditRow {
+    pub(crate) seq: i64,
+    pub(crate) node: String,
+    pub(crate) entry: Vec<u8>,
 }
 
 /// A metric's value as the ops listener shows it (0 when absent).
