@@ -237,7 +237,10 @@ impl<'a> TreeReader<'a> {
     }
 
     /// Reads, in one round trip, the hashes of every perfect subtree
-    /// `(height, index)` this reader has not read yet.
+    /// `(height, index)` this reader has not read yet: one range per tile
+    /// they fall in (from the first hash wanted to the last), so a proof
+    /// at any size reads a few ranges — one or two per tile level — in a
+    /// single query, not one range per proof hash.
     pub fn prefetch(&self, subtrees: &[(u32, u64)]) -> Result<(), TreeError> {
         let mut wanted: Vec<(u8, u64, u64)> = subtrees
             .iter()
@@ -249,10 +252,36 @@ impl<'a> TreeReader<'a> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let read = self.source.many(&wanted)?;
-        self.ranges
-            .borrow_mut()
-            .extend(wanted.into_iter().zip(read));
+        // Hashes below the last one wanted in a tile are all stored: a
+        // tile fills from the left.
+        let mut spans: Vec<(u8, u64, u64)> = Vec::new();
+        for &(level, start, end) in &wanted {
+            match spans.last_mut() {
+                Some((l, s, e)) if *l == level && *s / TILE_WIDTH == start / TILE_WIDTH => {
+                    *e = (*e).max(end);
+                }
+                _ => spans.push((level, start, end)),
+            }
+        }
+        let read = self.source.many(&spans)?;
+        let mut ranges = self.ranges.borrow_mut();
+        for (&(level, start, end), hashes) in spans.iter().zip(&read) {
+            for &(l, a, b) in wanted
+                .iter()
+                .filter(|&&(l, a, _)| l == level && a >= start && a < end)
+            {
+                // A span the store answered short leaves its ranges short:
+                // `run` reports what is missing.
+                let piece = hashes
+                    .get((a - start) as usize..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take((b - a) as usize)
+                    .copied()
+                    .collect();
+                let _ = ranges.insert((l, a, b), piece);
+            }
+        }
         Ok(())
     }
 

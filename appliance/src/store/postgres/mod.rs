@@ -131,7 +131,10 @@ impl SqlRegistry<PostgresDriver> {
             numbering: Arc::default(),
         };
         driver.migrate()?;
-        Ok(SqlRegistry { driver })
+        Ok(SqlRegistry {
+            driver,
+            upper_hashes: Default::default(),
+        })
     }
 }
 

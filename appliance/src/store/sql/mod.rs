@@ -11,6 +11,7 @@
 mod audit_numbers;
 mod batch;
 mod constraint;
+mod hash_cache;
 mod keys;
 pub(crate) mod migrations;
 mod numbering;

@@ -316,4 +316,6 @@ pub(crate) trait Driver: Send + Sync + 'static {
 /// The registry on one database, through its driver.
 pub struct SqlRegistry<D> {
     pub(in crate::store) driver: D,
+    /// Upper tile hashes read so far (immutable once stored).
+    pub(in crate::store) upper_hashes: super::hash_cache::HashCache,
 }

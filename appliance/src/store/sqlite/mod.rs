@@ -145,6 +145,7 @@ impl SqlRegistry<SqliteDriver> {
                 readers: Mutex::new(readers),
                 numbering: Arc::default(),
             },
+            upper_hashes: Default::default(),
         })
     }
 
