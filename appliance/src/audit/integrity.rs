@@ -89,6 +89,15 @@ impl Integrity {
         }
     }
 
+    /// Whether this node has checked the log up to `position`.
+    pub fn holds(&self, position: u64) -> bool {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|v| v.to == position)
+    }
+
     /// Checks entries `from..to` (about to be signed over) and this
     /// process's committed numbers. `signed` is the checkpoint at `from`
     /// whose signature and root were checked, if there is one: its numbers
@@ -103,6 +112,11 @@ impl Integrity {
         let Some(sealer) = registry.audit_sealer() else {
             return Err(unavailable("the registry writes unsealed audit entries"));
         };
+        if to < from {
+            return Err(found(format!(
+                "the log has {to} entries, fewer than the {from} already checked"
+            )));
+        }
         // Taken before the log is read: each of these committed before it.
         let committed = registry.audit_committed(&self.node);
         let cached = self
@@ -217,7 +231,15 @@ fn start(
     signed: Option<&Checkpoint>,
 ) -> Result<Verified, CheckError> {
     if from == 0 {
-        return Ok(Verified::default());
+        // A log this build starts is sealed from its first entry: its own
+        // entries cannot say otherwise.
+        return Ok(Verified {
+            to: 0,
+            numbers: Numbers {
+                sealed: true,
+                ..Numbers::default()
+            },
+        });
     }
     let Some(checkpoint) = signed.filter(|c| c.size == from) else {
         return Err(unavailable(format!(

@@ -118,30 +118,26 @@ impl AuditLog {
             .lock()
             .map_err(|_| AuditError::Signing("frontier lock poisoned".into()))?;
         while registry.sequence_audit()? > 0 {}
-        let size = registry.audit_size()?;
+        // The latest checkpoint before the size: another node signing in
+        // between must not look like a checkpoint beyond the log.
         let latest = registry.latest_checkpoint()?;
-        let last = latest.as_ref().map_or(0, |(s, _)| *s);
-        let mut signed = None;
-        if let Some((signed_size, note)) = &latest {
-            // Signed entries gone, or a checkpoint row beyond the log.
-            if *signed_size > size {
-                return Err(AuditError::Rewritten(*signed_size));
-            }
-            if frontier.size() == 0 {
-                *frontier = resume(registry, *signed_size)?;
-            }
-            // Another node may have signed since: the log must still hold
-            // what it signed before this node extends it; the frontier
-            // takes those entries only once their root is the signed one.
-            if frontier.size() < *signed_size {
-                let mut candidate = frontier.clone();
-                extend(&mut candidate, registry, *signed_size)?;
-                signed = Some(check_signed_root(&candidate, *signed_size, note, signers)?);
-                *frontier = candidate;
-            } else if frontier.size() == *signed_size {
-                signed = Some(check_signed_root(&frontier, *signed_size, note, signers)?);
-            }
+        let size = registry.audit_size()?;
+        // Entries this node has taken into its tree are gone.
+        if size < frontier.size() {
+            return Err(AuditError::Rewritten(frontier.size()));
         }
+        let last = latest.as_ref().map_or(0, |(s, _)| *s);
+        let signed = match &latest {
+            Some((signed_size, note)) => take_up(
+                &mut frontier,
+                registry,
+                signers,
+                integrity,
+                size,
+                (*signed_size, note),
+            )?,
+            None => None,
+        };
         let mut extensions = Vec::new();
         match integrity {
             // Exactly the leaves the check verified go into the tree.
@@ -231,6 +227,60 @@ impl AuditLog {
         Self::check_size(registry, to)?;
         Ok(TreeReader::new(&LogHashes(registry)).consistency(from, to)?)
     }
+}
+
+/// Takes the frontier up to the latest checkpoint `(signed_size, note)`,
+/// checking the stored log still has its root; the checkpoint, opened,
+/// when the frontier stands at it.
+fn take_up(
+    frontier: &mut Frontier,
+    registry: &dyn Registry,
+    signers: &Signers<'_>,
+    integrity: Option<&Integrity>,
+    size: u64,
+    (signed_size, note): (u64, &str),
+) -> Result<Option<Checkpoint>, AuditError> {
+    // Signed entries gone, or a checkpoint row beyond the log.
+    if signed_size > size {
+        return Err(AuditError::Rewritten(signed_size));
+    }
+    if frontier.size() == 0 {
+        *frontier = resume(registry, signed_size)?;
+    }
+    // Another node may have signed since: the log must still hold what it
+    // signed before this node extends it; the frontier takes those entries
+    // only once their root is the signed one.
+    if frontier.size() < signed_size {
+        let mut candidate = frontier.clone();
+        // Where this node has checked up to the frontier, it checks the
+        // other node's entries too, and their numbers must be the ones that
+        // node signed: a note by a key an insider added to the registry
+        // cannot make it skip them.
+        let mine = match integrity.filter(|i| i.holds(candidate.size())) {
+            Some(integrity) => {
+                let checked = integrity.check(registry, candidate.size(), signed_size, None)?;
+                checked
+                    .leaves
+                    .iter()
+                    .for_each(|leaf| candidate.append(*leaf));
+                Some(checked.line)
+            }
+            None => {
+                extend(&mut candidate, registry, signed_size)?;
+                None
+            }
+        };
+        let opened = check_signed_root(&candidate, signed_size, note, signers)?;
+        if mine.is_some_and(|line| !opened.extensions.contains(&line)) {
+            return Err(AuditError::Rewritten(signed_size));
+        }
+        *frontier = candidate;
+        return Ok(Some(opened));
+    }
+    if frontier.size() == signed_size {
+        return check_signed_root(frontier, signed_size, note, signers).map(Some);
+    }
+    Ok(None)
 }
 
 /// The frontier at the last signed checkpoint, from O(log n) tiles; from
