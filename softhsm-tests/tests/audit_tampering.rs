@@ -1,10 +1,10 @@
 //! A database insider against audit entries no checkpoint covers yet, on
 //! SQLite and PostgreSQL: an entry deleted (and the later ones moved up, so
 //! the positions show no hole), an entry edited (its leaf hash recomputed,
-//! as an insider would), two entries swapped, and the last entry deleted
-//! while nothing follows it. Each is caught by the daemon before it signs
+//! as an insider would), two entries swapped, an entry's seal stripped,
+//! and the last entry deleted while nothing follows it. Each is caught by the daemon before it signs
 //! — no checkpoint over the tampered log, `dojang_audit_log_rewritten` = 1,
-//! a log line naming the entry — and the first three by `dojangctl audit
+//! a log line naming the entry — and all but the last by `dojangctl audit
 //! verify` on an export (the edit with `--seals`, which asks the HSM).
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
@@ -28,6 +28,9 @@ enum Attack {
     Edit,
     /// Swap two entries' places.
     Swap,
+    /// Strip one entry's seal (leaf recomputed): an unsealed entry is what
+    /// an insider could write freely.
+    Unseal,
     /// Delete the last entry (nothing after it shows a gap).
     DeleteLast,
 }
@@ -149,6 +152,12 @@ fn tamper(sql: &mut Insider, attack: Attack, signed: i64) {
             let bytes = entry.encode();
             sql.put(a.seq, &bytes, &dojang::audit::merkle::leaf_hash(&bytes));
         }
+        Attack::Unseal => {
+            let mut entry = AuditEntry::decode(&a.entry).unwrap();
+            entry.seal = None;
+            let bytes = entry.encode();
+            sql.put(a.seq, &bytes, &dojang::audit::merkle::leaf_hash(&bytes));
+        }
         Attack::Swap => sql.run(&format!(
             "UPDATE {{s}}.audit_log SET seq = -1 WHERE seq = {a};
              UPDATE {{s}}.audit_log SET seq = {a} WHERE seq = {b};
@@ -166,6 +175,7 @@ fn findings(attack: Attack) -> &'static [&'static str] {
     match attack {
         Attack::Delete | Attack::Swap => &[MOVED],
         Attack::Edit => &["its seal does not verify"],
+        Attack::Unseal => &["not sealed, after sealed entries"],
         // The daemon's own `stop` entry follows at shutdown: where it is
         // placed at once (SQLite) the gap before it shows; where a gap
         // holds it back in the queue (PostgreSQL), only the memory of
@@ -226,6 +236,7 @@ fn tampered_entries_are_never_signed_over(
         Attack::Delete,
         Attack::Edit,
         Attack::Swap,
+        Attack::Unseal,
         Attack::DeleteLast,
     ]
     .into_iter()
@@ -270,6 +281,7 @@ fn tampered_entries_are_never_signed_over(
                 offline_verify_fails(&d, false, "an entry was deleted, inserted or moved");
             }
             Attack::Edit => offline_verify_fails(&d, true, "the seal does not verify"),
+            Attack::Unseal => offline_verify_fails(&d, false, "not sealed, after sealed entries"),
             // An export has no memory of what was committed: the end of an
             // unsigned log is only the daemon's to vouch for.
             Attack::DeleteLast => {}
@@ -285,7 +297,7 @@ fn tampered_entries_are_never_signed_over_sqlite() {
 #[test]
 fn tampered_entries_are_never_signed_over_postgres() {
     let mut schemas = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let Some(schema) = PgSchema::create() else {
             return;
         };
