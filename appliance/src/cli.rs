@@ -71,12 +71,21 @@ pub fn open_sealed_registry(
     backend: Arc<dyn KeyBackend>,
 ) -> anyhow::Result<Arc<dyn Registry>> {
     let registry = open_registry(config)?;
+    registry.seal_audit_with(audit_sealer(config, backend));
+    Ok(registry)
+}
+
+/// The audit seals of this configuration's token: node keys derived from
+/// its response-seal key (`server.keys.response_seal`, or the default).
+pub fn audit_sealer(
+    config: &Config,
+    backend: Arc<dyn KeyBackend>,
+) -> Arc<crate::audit::seal::Sealer> {
     let label = config.server.as_ref().map_or_else(
         || crate::config::ServiceKeys::default().response_seal,
         |server| server.keys.response_seal.clone(),
     );
-    registry.seal_audit_with(crate::audit::seal::Sealer::from_hsm(backend, &label));
-    Ok(registry)
+    crate::audit::seal::Sealer::from_hsm(backend, &label)
 }
 
 /// Opens the configured registry.

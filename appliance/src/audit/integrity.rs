@@ -185,11 +185,16 @@ impl Integrity {
         }
         let mut done: BTreeSet<u64> = committed.intersection(mine).copied().collect();
         let rest: Vec<u64> = committed.difference(mine).copied().collect();
-        if let (Some(&low), Some(&high)) = (rest.first(), rest.last()) {
+        // One read per run of consecutive numbers: never the rows between
+        // an old number still queued and the newest ones.
+        for run in rest.chunk_by(|a, b| a + 1 == *b) {
+            let (Some(&low), Some(&high)) = (run.first(), run.last()) else {
+                continue;
+            };
             let stored = registry
                 .audit_node_entries(&self.node, low, high)
                 .map_err(unavailable)?;
-            for n in rest {
+            for &n in run {
                 // The columns may lie: only the entry's own node and number
                 // say whose decision a row holds.
                 let row = stored.iter().find(|r| {
@@ -223,8 +228,7 @@ impl Integrity {
 
 /// The numbers at `from`: a signed checkpoint's line, or nothing before
 /// the first entry. A checkpoint an earlier build signed has no line: the
-/// log's own columns are read then, once (the upgrade's one unprotected
-/// step).
+/// entries it covers are read then, once, against its root.
 fn start(
     registry: &dyn Registry,
     from: u64,

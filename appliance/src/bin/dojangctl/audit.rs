@@ -200,11 +200,7 @@ fn verify(
     );
     let sealed = if a.seals {
         let config = load()?;
-        let label = config.server.as_ref().map_or_else(
-            || dojang::config::ServiceKeys::default().response_seal,
-            |server| server.keys.response_seal.clone(),
-        );
-        let sealer = dojang::audit::seal::Sealer::from_hsm(cli::open_backend(&config)?, &label);
+        let sealer = cli::audit_sealer(&config, cli::open_backend(&config)?);
         Some(dojang::audit::bundle::check_seals(&bundle, &sealer)?)
     } else {
         None
