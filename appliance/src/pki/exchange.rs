@@ -190,13 +190,14 @@ fn time(t: i64) -> Result<OffsetDateTime, PkiError> {
 /// The IACA's side of a certify ceremony: every request checked (proof of
 /// possession, its kid, a window inside the Annex B limit and the IACA's
 /// life), then the DS certificates and a CRL listing `request.revoke`,
-/// signed by the offline IACA key. Nothing is signed if any key fails.
+/// signed by the offline IACA key (its thisUpdate `crl_at`, after the
+/// last CRL the IACA signed). Nothing is signed if any key fails.
 pub fn certify(
     config: &PkiConfig,
     iaca_der: &[u8],
     iaca: &HsmKey<'_>,
     request: &CeremonyRequest,
-    now: OffsetDateTime,
+    (now, crl_at): (OffsetDateTime, OffsetDateTime),
 ) -> Result<(Vec<IssuedCertificate>, String), PkiError> {
     if request.context != REQUEST_CONTEXT {
         return Err(PkiError::Invalid("not a ceremony request".into()));
@@ -253,6 +254,6 @@ pub fn certify(
                 .map_err(|e| PkiError::Invalid(format!("serial {hex:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let crl = issue_crl(config, iaca_der, iaca, &serials, now)?;
+    let crl = issue_crl(config, iaca_der, iaca, &serials, crl_at)?;
     Ok((issued, crl))
 }

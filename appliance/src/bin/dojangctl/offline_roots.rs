@@ -15,7 +15,7 @@ use dojang::pki::exchange::{
 };
 use dojang::pki::profile::{self, CertFacts};
 use dojang::pki::rollover::{issue_link, key_id_of, short_key_id, successor_config};
-use dojang::pki::{HsmKey, cert_der_from_pem, issue_crl};
+use dojang::pki::{HsmKey, PkiStore, cert_der_from_pem, issue_crl};
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, PublicKey};
 use time::OffsetDateTime;
 
@@ -127,7 +127,18 @@ pub(crate) fn certify_request(
     let roots = roots(pki)?;
     let root = by_key_id(&roots, &request.iaca_key_id)?;
     let key = key_of(backend, root)?;
-    let (certificates, crl) = certify(&config_of(pki, root)?, &root.der, &key, request, now)?;
+    // After the last CRL this tool wrote: two ceremonies within one second
+    // must not sign CRLs with one thisUpdate (the daemon refuses the second
+    // as not newer than the one it serves).
+    let previous = std::fs::read_to_string(PkiStore::new(&pki.dir).crl_path()).ok();
+    let crl_at = dojang::pki::ceremony::next_crl_update(previous.as_deref(), now)?;
+    let (certificates, crl) = certify(
+        &config_of(pki, root)?,
+        &root.der,
+        &key,
+        request,
+        (now, crl_at),
+    )?;
     let mut older_crls = Vec::new();
     for order in &request.older_roots {
         let older = by_key_id(&roots, &order.iaca_key_id)?;
@@ -137,7 +148,7 @@ pub(crate) fn certify_request(
             .map(|h| Ok(openssl::bn::BigNum::from_hex_str(h)?.to_vec()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let key = key_of(backend, older)?;
-        let pem = issue_crl(&config_of(pki, older)?, &older.der, &key, &serials, now)?;
+        let pem = issue_crl(&config_of(pki, older)?, &older.der, &key, &serials, crl_at)?;
         older_crls.push(RootCrl {
             iaca_key_id: order.iaca_key_id.clone(),
             crl: crl_der_b64(&pem)?,
