@@ -84,6 +84,7 @@ both!(
     the_first_crl_is_stored_once_under_a_race,
     a_batch_is_one_document_in_copies,
     a_batch_changes_state_as_one_and_each_change_is_recorded,
+    a_whole_tile_is_read_in_place_of_its_hashes_and_never_replaced,
 );
 
 fn key_record(label: &str, state: dojang::keys::lifecycle::KeyState) -> dojang::store::StoredKey {
@@ -1039,4 +1040,34 @@ fn the_first_crl_is_stored_once_under_a_race(regs: &[Arc<dyn Registry>]) {
         Some(format!("-----BEGIN X509 CRL-----\nfirst {}\n", stored[0]))
     );
     assert_eq!(regs[0].decision_count().unwrap(), entries + 1);
+}
+
+/// A tile stored whole answers the ranges inside it from its one row; it is
+/// stored once (another is refused) and only at full width.
+fn a_whole_tile_is_read_in_place_of_its_hashes_and_never_replaced(regs: &[Arc<dyn Registry>]) {
+    let (writer, reader) = (&regs[0], regs.last().unwrap());
+    let hashes = |tag: u8| -> Vec<[u8; 32]> { (0..=255u8).map(|i| [tag ^ i; 32]).collect() };
+    writer.add_audit_tile_hashes(1, 0, &hashes(0)).unwrap();
+    let read = |ranges: &[(u8, u64, u64)]| reader.audit_hash_ranges(ranges).unwrap();
+    assert_eq!(read(&[(1, 10, 20)]), vec![hashes(0)[10..20].to_vec()]);
+
+    // Rows and whole tile differ here only to show which one is read.
+    writer.add_audit_full_tiles(1, 0, &[hashes(0x80)]).unwrap();
+    assert_eq!(
+        read(&[(1, 10, 20), (1, 255, 256)]),
+        vec![hashes(0x80)[10..20].to_vec(), hashes(0x80)[255..].to_vec()]
+    );
+    // A range beyond the tile is read hash by hash.
+    assert_eq!(read(&[(1, 250, 260)]), vec![hashes(0)[250..].to_vec()]);
+
+    let refused = Err(StoreError::Conflict {
+        rule: "audit.tile_hash",
+    });
+    writer.add_audit_full_tiles(1, 0, &[hashes(0x80)]).unwrap();
+    assert_eq!(writer.add_audit_full_tiles(1, 0, &[hashes(0x40)]), refused);
+    assert_eq!(
+        writer.add_audit_full_tiles(1, 1, &[hashes(0x40)[..255].to_vec()]),
+        refused
+    );
+    assert_eq!(read(&[(1, 0, 1)]), vec![hashes(0x80)[..1].to_vec()]);
 }

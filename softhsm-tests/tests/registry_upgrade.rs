@@ -122,7 +122,7 @@ fn a_sqlite_registry_from_the_previous_build_opens_in_place() {
     writes_after_the_upgrade(&reg);
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=14).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=15).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn a_postgres_registry_from_the_previous_build_opens_in_place() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, (1..=14).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=15).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn a_sqlite_registry_numbered_the_old_way_is_renumbered() {
     assert_eq!(reg.keys().unwrap(), vec![], "migration 5 ran");
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=14).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=15).collect::<Vec<i64>>());
     let head: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_head'",

@@ -324,13 +324,23 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
             .query_row("SELECT COUNT(*) FROM audit_tiles", [], |r| r.get(0))
             .unwrap()
     };
+    let whole_count = |d: &Daemon| -> i64 {
+        sqlite(d)
+            .query_row("SELECT COUNT(*) FROM audit_full_tiles", [], |r| r.get(0))
+            .unwrap()
+    };
     assert_eq!(tile_count(&d), 1, "one level-1 hash per 256 entries");
-    let _ = sqlite(&d).execute("DELETE FROM audit_tiles", []).unwrap();
+    assert_eq!(whole_count(&d), 1, "the full level-0 tile, whole");
+    let db = sqlite(&d);
+    let _ = db.execute("DELETE FROM audit_tiles", []).unwrap();
+    let _ = db.execute("DELETE FROM audit_full_tiles", []).unwrap();
+    drop(db);
     d.spawn();
     refuse(&d, 3);
     let _ = checkpoint(&mut d.public_client(), signed + 3);
     let (signed, _) = stop(&mut d);
     assert_eq!(tile_count(&d), 1);
+    assert_eq!(whole_count(&d), 1);
 
     // A level-1 tile hash rewritten, then put back.
     let tile = ("audit_tiles", "hash");
@@ -397,7 +407,8 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
     // An entry inside a full tile replaced, with its leaf hash to match:
     // the daemon's O(log n) start reads the tile's level-1 hash, not its
     // leaves, and goes on; the independent client, proving the entry it
-    // reads against the signed root, refuses it.
+    // reads against the signed root, refuses it. The tile is served from
+    // its whole row, as signed: the neighbours' proofs still hold.
     let db = sqlite(&d);
     let _ = db
         .execute(
@@ -409,6 +420,8 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         .unwrap();
     drop(db);
     d.spawn();
+    let tile0 = d.public_client().get("/tile/0/000");
+    assert_eq!(tile0.status, 200);
     let note = checkpoint(&mut d.public_client(), signed);
     let (size, root) = open(&note, &verifier(&d, &note)).unwrap();
     let tiles = Http {
@@ -423,24 +436,48 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         tlog_tiles::check_record(&proof, size, root, index as u64, leaf).is_ok()
     };
     assert!(!proves(5), "the replaced entry");
-    assert!(
-        !proves(4),
-        "its neighbour, whose proof carries the replaced leaf"
-    );
+    assert!(proves(4), "its neighbour, proved from the tile as signed");
     assert!(proves(300));
 
-    // A row deleted inside a full tile: the tile is not served shifted
-    // (under a year's immutable cache), it is not served.
+    // A row deleted inside a full tile: the tile is still the signed one,
+    // from its whole row; the entry bundle is not served shifted (under a
+    // year's immutable cache), it is not served.
     let _ = sqlite(&d)
         .execute("DELETE FROM audit_log WHERE seq = 10", [])
         .unwrap();
-    let reply = d.public_client().get("/tile/0/000");
+    assert_eq!(d.public_client().get("/tile/0/000").body, tile0.body);
+    let reply = d.client("auditor").get("/v1/audit/log/tile/entries/000");
     assert_eq!(
         reply.status,
         503,
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+
+    // A whole tile rewritten (one hash changed): the independent client,
+    // checking the tiles it reads against the signed root, refuses it.
+    let mut forged = tile0.body.clone();
+    forged[6 * 32] ^= 1;
+    let _ = swap_blob(
+        &d,
+        ("audit_full_tiles", "hashes"),
+        "level = 0 AND idx = 0",
+        &forged,
+    );
+    assert_eq!(d.public_client().get("/tile/0/000").body, forged);
+    let tiles = Http {
+        client: RefCell::new(d.public_client()),
+        fetched: RefCell::new(HashMap::new()),
+    };
+    let reader = TileHashReader::new(size, root, &tiles);
+    let proves = |index: usize| {
+        tlog_tiles::prove_record(size, index as u64, &reader).is_ok_and(|proof| {
+            let leaf = tlog_tiles::record_hash(&log[index]);
+            tlog_tiles::check_record(&proof, size, root, index as u64, leaf).is_ok()
+        })
+    };
+    assert!(!proves(7), "its proof carries the rewritten hash 6");
+    assert!(proves(300));
 }
 
 /// `dojangctl` with the daemon's configuration: success, and what it said.

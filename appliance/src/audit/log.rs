@@ -15,8 +15,8 @@ use pkcs11_shim::KeyBackend;
 
 use crate::audit::checkpoint::{Checkpoint, NoteError, NoteKey, handover_line};
 use crate::audit::integrity::{CheckError, Integrity};
-use crate::audit::merkle::{Frontier, Hash};
-use crate::audit::tiles::{LogHashes, TreeError, TreeReader};
+use crate::audit::merkle::{Frontier, Hash, root};
+use crate::audit::tiles::{HashSource, LogHashes, TILE_WIDTH, TreeError, TreeReader};
 use crate::store::{Registry, StoreError};
 
 /// Largest page of entries an auditor may ask for at once.
@@ -148,7 +148,15 @@ impl AuditLog {
                 }
                 extensions.push(checked.line);
             }
-            None => extend(&mut frontier, registry, size)?,
+            // Tiles stored page by page: a bulk load's leaves are read back
+            // for its whole tiles while the pages are still cached.
+            None => {
+                while frontier.size() < size {
+                    let next = (frontier.size() + MAX_PAGE * 10).min(size);
+                    extend(&mut frontier, registry, next)?;
+                    store_tile_hashes(&mut frontier, registry)?;
+                }
+            }
         }
         store_tile_hashes(&mut frontier, registry)?;
         if size == 0 || size <= last {
@@ -335,14 +343,62 @@ fn store_tile_hashes(frontier: &mut Frontier, registry: &dyn Registry) -> Result
         }
     }
     runs.sort_by_key(|(level, start, _)| (*level, *start));
-    for (level, start, run) in runs {
-        if let Err(e) = registry.add_audit_tile_hashes(level, start, &run) {
-            frontier.restore_tile_hashes(hashes);
-            return Err(match e {
-                StoreError::Conflict { .. } => AuditError::Rewritten(frontier.size()),
-                other => other.into(),
-            });
+    let stored = runs.iter().try_for_each(|(level, start, run)| {
+        registry.add_audit_tile_hashes(*level, *start, run)?;
+        store_full_tiles(registry, *level, *start, run)
+    });
+    if let Err(e) = stored {
+        frontier.restore_tile_hashes(hashes);
+        return Err(match e {
+            AuditError::Store(StoreError::Conflict { .. }) => {
+                AuditError::Rewritten(frontier.size())
+            }
+            other => other,
+        });
+    }
+    Ok(())
+}
+
+/// Full tiles stored whole per write: 64 tiles, 16,384 hashes read back.
+const FULL_TILES_PER_WRITE: usize = 64;
+
+/// Stores whole the tiles of level `level - 1` the hashes `run` (level
+/// `level`, from `start`) are the roots of: each completed one. Their
+/// hashes are read back from the store and each tile must have its root
+/// in `run` (which this node computed from verified leaves): a row edited
+/// since is a rewritten log, not a tile.
+fn store_full_tiles(
+    registry: &dyn Registry,
+    level: u8,
+    start: u64,
+    run: &[Hash],
+) -> Result<(), AuditError> {
+    let Some(below) = level.checked_sub(1) else {
+        return Ok(());
+    };
+    let source = LogHashes(registry);
+    for (chunk, roots) in run.chunks(FULL_TILES_PER_WRITE).enumerate() {
+        let first = start + (chunk * FULL_TILES_PER_WRITE) as u64;
+        let hashes = source.hashes(
+            below,
+            first * TILE_WIDTH,
+            (first + roots.len() as u64) * TILE_WIDTH,
+        )?;
+        let tiles: Vec<Vec<Hash>> = hashes
+            .chunks(TILE_WIDTH as usize)
+            .map(<[Hash]>::to_vec)
+            .collect();
+        let complete = tiles.len() == roots.len()
+            && tiles
+                .iter()
+                .zip(roots)
+                .all(|(tile, r)| tile.len() as u64 == TILE_WIDTH && root(tile) == *r);
+        if !complete {
+            return Err(AuditError::Store(StoreError::Conflict {
+                rule: "audit.tile_hash",
+            }));
         }
+        registry.add_audit_full_tiles(below, first, &tiles)?;
     }
     Ok(())
 }

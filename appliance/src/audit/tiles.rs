@@ -29,6 +29,16 @@ pub trait HashSource {
             .map(|&(level, start, end)| self.hashes(level, start, end))
             .collect()
     }
+
+    /// The root of leaves `lo..hi` if it is known without reading.
+    fn known_root(&self, _lo: u64, _hi: u64) -> Option<Hash> {
+        None
+    }
+
+    /// Keeps the root of leaves `lo..hi`, a range at a tree's right edge:
+    /// every proof at that tree size needs it, from partial tiles read
+    /// hash by hash.
+    fn keep_root(&self, _lo: u64, _hi: u64, _root: Hash) {}
 }
 
 /// The registry's audit log as a [`HashSource`].
@@ -45,6 +55,14 @@ impl HashSource for LogHashes<'_> {
 
     fn many(&self, ranges: &[(u8, u64, u64)]) -> Result<Vec<Vec<Hash>>, StoreError> {
         self.0.audit_hash_ranges(ranges)
+    }
+
+    fn known_root(&self, lo: u64, hi: u64) -> Option<Hash> {
+        self.0.audit_edge_root(lo, hi)
+    }
+
+    fn keep_root(&self, lo: u64, hi: u64, root: Hash) {
+        self.0.keep_audit_edge_root(lo, hi, root);
     }
 }
 
@@ -308,7 +326,9 @@ impl<'a> TreeReader<'a> {
     ) -> Result<(), TreeError> {
         let mut subtrees = extra.to_vec();
         for &(lo, hi) in ranges {
-            Self::range_subtrees(lo, hi, &mut subtrees);
+            if self.source.known_root(lo, hi).is_none() {
+                Self::range_subtrees(lo, hi, &mut subtrees);
+            }
         }
         self.prefetch(&subtrees)
     }
@@ -322,6 +342,9 @@ impl<'a> TreeReader<'a> {
 
     /// The root of the tree over leaves `lo..hi` as RFC 9162 splits it.
     pub fn range_root(&self, lo: u64, hi: u64) -> Result<Hash, TreeError> {
+        if let Some(root) = self.source.known_root(lo, hi) {
+            return Ok(root);
+        }
         let n = hi - lo;
         if n.is_power_of_two() && lo % n == 0 {
             return self.subtree(n.trailing_zeros(), lo / n);
@@ -372,7 +395,7 @@ impl<'a> TreeReader<'a> {
         }
         self.prefetch_ranges(&siblings, &[(0, index)])?;
         for (a, b) in siblings.into_iter().rev() {
-            proof.push(self.range_root(a, b)?);
+            proof.push(self.edge_aware_root(a, b, size)?);
         }
         Ok(proof)
     }
@@ -401,12 +424,22 @@ impl<'a> TreeReader<'a> {
         let inner: &[(u64, u64)] = if complete { &[] } else { &last };
         self.prefetch_ranges(&[siblings.as_slice(), inner].concat(), &[])?;
         if !complete {
-            proof.push(self.range_root(lo, hi)?);
+            proof.push(self.edge_aware_root(lo, hi, to)?);
         }
         for (a, b) in siblings.into_iter().rev() {
-            proof.push(self.range_root(a, b)?);
+            proof.push(self.edge_aware_root(a, b, to)?);
         }
         Ok(proof)
+    }
+
+    /// The root of `lo..hi` in the tree of `size` leaves, kept by the
+    /// source when the range ends at the tree's right edge.
+    fn edge_aware_root(&self, lo: u64, hi: u64, size: u64) -> Result<Hash, TreeError> {
+        let root = self.range_root(lo, hi)?;
+        if hi == size {
+            self.source.keep_root(lo, hi, root);
+        }
+        Ok(root)
     }
 
     /// The hashes of a tile, as served (`width * 32` bytes).
@@ -478,6 +511,64 @@ mod tests {
                 .unwrap();
             let _ = TreeReader::new(&counted).frontier(size).unwrap();
             assert_eq!(counted.1.get(), 3, "size {size}");
+        }
+    }
+
+    /// Keeps edge roots, as the registry does, and counts hashes read.
+    struct Keeping<'a>(
+        &'a Memory,
+        RefCell<HashMap<(u64, u64), Hash>>,
+        std::cell::Cell<usize>,
+    );
+
+    impl HashSource for Keeping<'_> {
+        fn hashes(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
+            let read = self.0.hashes(level, start, end)?;
+            self.2.set(self.2.get() + read.len());
+            Ok(read)
+        }
+
+        fn known_root(&self, lo: u64, hi: u64) -> Option<Hash> {
+            self.1.borrow().get(&(lo, hi)).copied()
+        }
+
+        fn keep_root(&self, lo: u64, hi: u64, root: Hash) {
+            let _ = self.1.borrow_mut().insert((lo, hi), root);
+        }
+    }
+
+    #[test]
+    fn proofs_at_one_size_read_its_right_edge_once() {
+        let all = leaves(70_001);
+        let memory = Memory::of(&all);
+        let keeping = Keeping(&memory, RefCell::default(), std::cell::Cell::new(0));
+        let read = |index: u64, size: u64| {
+            let before = keeping.2.get();
+            let proof = TreeReader::new(&keeping).inclusion(index, size).unwrap();
+            assert_eq!(
+                Some(proof),
+                merkle::inclusion_proof(index as usize, &all[..size as usize])
+            );
+            keeping.2.get() - before
+        };
+        let cold = Keeping(&memory, RefCell::default(), std::cell::Cell::new(0));
+        let _ = TreeReader::new(&cold).inclusion(300, 70_001).unwrap();
+        let _ = read(5, 70_001);
+        // The edge: the last 113 leaves (70,001 - 273 * 256) and the last 17
+        // level-1 hashes (273 - 256), read once for the size.
+        assert_eq!(read(300, 70_001), cold.2.get() - 113 - 17);
+        // Kept roots serve other sizes only where they are the same range.
+        for size in [65_537, 70_000, 69_999] {
+            for index in [0, size / 2, size - 1] {
+                let _ = read(index, size);
+                for from in [1, size / 3, size - 1] {
+                    assert_eq!(
+                        Some(TreeReader::new(&keeping).consistency(from, size).unwrap()),
+                        merkle::consistency_proof(from as usize, &all[..size as usize]),
+                        "consistency {from} to {size}"
+                    );
+                }
+            }
         }
     }
 

@@ -376,7 +376,8 @@ pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
         end: u64,
     ) -> Result<Vec<[u8; 32]>, StoreError>;
     /// Several ranges `(level, start, end)` of tile hashes (level 0: leaf
-    /// hashes) in one read: a proof's tiles in one round trip.
+    /// hashes) in one read: a proof's tiles in one round trip. A range in
+    /// a tile stored whole is read from that one row.
     fn audit_hash_ranges(
         &self,
         ranges: &[(u8, u64, u64)],
@@ -389,6 +390,22 @@ pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
         level: u8,
         start: u64,
         hashes: &[[u8; 32]],
+    ) -> Result<(), StoreError>;
+    /// The root of leaves `lo..hi` if a proof at a tree size `hi` kept it
+    /// (kept in memory, as read from the store).
+    fn audit_edge_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]>;
+    /// Keeps the root of leaves `lo..hi`, a range at the right edge of the
+    /// tree of `hi` leaves: every proof at that size needs it.
+    fn keep_audit_edge_root(&self, lo: u64, hi: u64, root: [u8; 32]);
+    /// Stores full tiles of level `level` whole (each 256 hashes, one
+    /// row) from tile `first`, so proofs read one row per tile. A tile
+    /// already stored stays, and one that differs from it is refused
+    /// (`Conflict { rule: "audit.tile_hash" }`).
+    fn add_audit_full_tiles(
+        &self,
+        level: u8,
+        first: u64,
+        tiles: &[Vec<[u8; 32]>],
     ) -> Result<(), StoreError>;
     /// Stores a signed checkpoint of the first `size` entries (the first one
     /// stored for a size stays).

@@ -134,6 +134,7 @@ impl SqlRegistry<PostgresDriver> {
         Ok(SqlRegistry {
             driver,
             upper_hashes: Default::default(),
+            edge_roots: Default::default(),
         })
     }
 }

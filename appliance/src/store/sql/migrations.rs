@@ -59,6 +59,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "",
         include_str!("../migrations/postgres/0014_audit_numbers.sql")
     ),
+    migration!(
+        "0015_audit_full_tiles",
+        "",
+        include_str!("../migrations/postgres/0015_audit_full_tiles.sql")
+    ),
 ];
 
 /// How one database spells the shared files' column types.

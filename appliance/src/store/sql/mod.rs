@@ -9,6 +9,7 @@
 //! one's clock for leases.
 
 mod audit_numbers;
+mod audit_tiles;
 mod batch;
 mod constraint;
 mod hash_cache;

@@ -2,9 +2,9 @@
 //! changes, refresh, the facts the policy reads, status entries, and the
 //! audit log's reads and checkpoints.
 
+use super::audit_tiles;
 use super::status::list_id;
 use super::tx::{Driver, Row, SqlRegistry, Tx, args};
-use crate::store::sql::Value;
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
@@ -136,77 +136,6 @@ fn commit_in(
 
 fn checkpoint_from(row: &Row) -> Result<(u64, String), StoreError> {
     Ok((row.count(0)?, row.text(1)?))
-}
-
-/// Ranges one hash query reads; more are read in further queries.
-const HASH_RANGE_SLOTS: usize = 16;
-
-/// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
-/// end), each row tagged with its slot. One SQL text for every call, so
-/// each connection prepares it once (a text per shape would fill the
-/// statement caches). Level 0 reads the log's leaves, others `audit_tiles`;
-/// an unused slot is an empty range.
-fn hash_ranges_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let parts: Vec<String> = (0..HASH_RANGE_SLOTS)
-            .map(|i| {
-                let (l, a, b) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
-                // The terms on parameters alone are tested once, before any
-                // index is searched: a slot's other table and an unused
-                // slot cost no seek (a seek into a log of 10^8 entries
-                // reads pages from disk).
-                format!(
-                    "SELECT CAST({i} AS BIGINT) AS r, leaf AS h, seq AS k FROM audit_log \
-                     WHERE CAST(${l} AS BIGINT) = 0 AND CAST(${b} AS BIGINT) > CAST(${a} AS BIGINT) \
-                     AND seq >= ${a} AND seq < ${b} \
-                     UNION ALL SELECT CAST({i} AS BIGINT), hash, idx FROM audit_tiles \
-                     WHERE CAST(${l} AS BIGINT) <> 0 AND CAST(${b} AS BIGINT) > CAST(${a} AS BIGINT) \
-                     AND level = ${l} AND idx >= ${a} AND idx < ${b}"
-                )
-            })
-            .collect();
-        // No ORDER BY: sorting every row in the database cost more than
-        // the rows' own reads; they are put in order below.
-        parts.join(" UNION ALL ")
-    })
-}
-
-/// Reads up to `HASH_RANGE_SLOTS` ranges with [`hash_ranges_sql`]. A row
-/// missing in the middle ends its range there: a hash is never taken for
-/// its neighbour's.
-fn read_hash_ranges(
-    tx: &mut dyn Tx,
-    ranges: &[(u8, u64, u64)],
-) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
-    let mut params: Vec<u64> = Vec::with_capacity(3 * HASH_RANGE_SLOTS);
-    for slot in 0..HASH_RANGE_SLOTS {
-        let (level, start, end) = ranges.get(slot).copied().unwrap_or((0, 0, 0));
-        params.extend([u64::from(level), start, end]);
-    }
-    let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
-    let mut rows: Vec<(usize, u64, [u8; 32])> = Vec::new();
-    for row in tx.query(hash_ranges_sql(), &values)? {
-        let slot = usize::try_from(row.count(0)?).unwrap_or(usize::MAX);
-        rows.push((slot, row.count(2)?, row.hash(1)?));
-    }
-    rows.sort_unstable_by_key(|&(slot, k, _)| (slot, k));
-    let mut out: Vec<Vec<[u8; 32]>> = vec![Vec::new(); ranges.len()];
-    let mut broken = vec![false; ranges.len()];
-    for (slot, k, hash) in rows {
-        let (Some(hashes), Some(&(_, start, _)), Some(broken)) =
-            (out.get_mut(slot), ranges.get(slot), broken.get_mut(slot))
-        else {
-            return Err(StoreError::Internal("hash range out of bounds".into()));
-        };
-        if k != start + hashes.len() as u64 {
-            *broken = true;
-        }
-        if !*broken {
-            hashes.push(hash);
-        }
-    }
-    Ok(out)
 }
 
 impl<D: Driver> Registry for SqlRegistry<D> {
@@ -483,8 +412,8 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         }
         let read = self.driver.read(|tx| {
             let mut read = Vec::with_capacity(wanted.len());
-            for chunk in wanted.chunks(HASH_RANGE_SLOTS) {
-                read.extend(read_hash_ranges(tx, chunk)?);
+            for chunk in wanted.chunks(audit_tiles::HASH_RANGE_SLOTS) {
+                read.extend(audit_tiles::read_hash_ranges(tx, chunk)?);
             }
             Ok(read)
         })?;
@@ -505,26 +434,27 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         hashes: &[[u8; 32]],
     ) -> Result<(), StoreError> {
         let hashes = hashes.to_vec();
-        let end = start + hashes.len() as u64;
-        self.driver.write(move |tx| {
-            for (index, hash) in (start..).zip(&hashes) {
-                let _ = tx.execute(
-                    "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
-                    args![u32::from(level), index, &hash[..]],
-                )?;
-            }
-            let stored = tx.query(
-                "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-                args![u32::from(level), start, end],
-            )?;
-            let stored: Vec<[u8; 32]> = stored.iter().map(|r| r.hash(0)).collect::<Result<_, _>>()?;
-            if stored != hashes {
-                return Err(StoreError::Conflict {
-                    rule: "audit.tile_hash",
-                });
-            }
-            Ok(())
-        })
+        self.driver
+            .write(move |tx| audit_tiles::add_tile_hashes(tx, level, start, &hashes))
+    }
+
+    fn audit_edge_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]> {
+        self.edge_roots.get(lo, hi)
+    }
+
+    fn keep_audit_edge_root(&self, lo: u64, hi: u64, root: [u8; 32]) {
+        self.edge_roots.keep(lo, hi, root);
+    }
+
+    fn add_audit_full_tiles(
+        &self,
+        level: u8,
+        first: u64,
+        tiles: &[Vec<[u8; 32]>],
+    ) -> Result<(), StoreError> {
+        let tiles = tiles.to_vec();
+        self.driver
+            .write(move |tx| audit_tiles::add_full_tiles(tx, level, first, &tiles))
     }
 
     fn add_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {

@@ -318,4 +318,6 @@ pub struct SqlRegistry<D> {
     pub(in crate::store) driver: D,
     /// Upper tile hashes read so far (immutable once stored).
     pub(in crate::store) upper_hashes: super::hash_cache::HashCache,
+    /// Roots of ranges at a tree's right edge, for proofs at that size.
+    pub(in crate::store) edge_roots: super::hash_cache::EdgeRoots,
 }

@@ -146,6 +146,7 @@ impl SqlRegistry<SqliteDriver> {
                 numbering: Arc::default(),
             },
             upper_hashes: Default::default(),
+            edge_roots: Default::default(),
         })
     }
 

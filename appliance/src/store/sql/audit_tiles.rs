@@ -1,0 +1,210 @@
+//! The audit log's tiles in the database: hash ranges read for proofs,
+//! tiles and a node's start, tile hashes stored by checkpoints, and full
+//! tiles kept whole, one row of 256 hashes each, so a proof at 10^8
+//! entries reads one row per tile level instead of up to 256 (issue 15:
+//! proof time flat with the log's size).
+
+use super::tx::{Tx, Value, args};
+use crate::store::StoreError;
+
+/// Hashes in a full tile (c2sp.org/tlog-tiles).
+const TILE_WIDTH: u64 = 256;
+/// Ranges one hash query reads; more are read in further queries.
+pub(crate) const HASH_RANGE_SLOTS: usize = 16;
+
+/// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
+/// end, tile), each row tagged with its slot. One SQL text for every call,
+/// so each connection prepares it once (a text per shape would fill the
+/// statement caches). A slot whose tile is stored whole reads that one row
+/// (`w` = 1); otherwise level 0 reads the log's leaves, others
+/// `audit_tiles`. An unused slot is an empty range.
+fn hash_ranges_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let parts: Vec<String> = (0..HASH_RANGE_SLOTS)
+            .map(|i| {
+                let (l, a, b, t) = (4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4);
+                // The terms on parameters alone (and the uncorrelated
+                // NOT EXISTS) are tested once, before any index is
+                // searched: a slot's other tables and an unused slot cost
+                // no seek (a seek into a log of 10^8 entries reads pages
+                // from disk).
+                let used = format!("CAST(${b} AS BIGINT) > CAST(${a} AS BIGINT)");
+                let not_whole = format!(
+                    "NOT EXISTS (SELECT 1 FROM audit_full_tiles WHERE level = ${l} AND idx = ${t})"
+                );
+                format!(
+                    "SELECT CAST({i} AS BIGINT) AS r, hashes AS h, idx AS k, CAST(1 AS BIGINT) AS w \
+                     FROM audit_full_tiles WHERE {used} AND level = ${l} AND idx = ${t} \
+                     UNION ALL SELECT CAST({i} AS BIGINT), leaf, seq, CAST(0 AS BIGINT) FROM audit_log \
+                     WHERE CAST(${l} AS BIGINT) = 0 AND {used} AND {not_whole} \
+                     AND seq >= ${a} AND seq < ${b} \
+                     UNION ALL SELECT CAST({i} AS BIGINT), hash, idx, CAST(0 AS BIGINT) FROM audit_tiles \
+                     WHERE CAST(${l} AS BIGINT) <> 0 AND {used} AND {not_whole} \
+                     AND level = ${l} AND idx >= ${a} AND idx < ${b}"
+                )
+            })
+            .collect();
+        // No ORDER BY: sorting every row in the database cost more than
+        // the rows' own reads; they are put in order below.
+        parts.join(" UNION ALL ")
+    })
+}
+
+/// The tile a range lies in, if it lies in one (only such a range can be
+/// read from a whole tile).
+fn tile_of((_, start, end): (u8, u64, u64)) -> u64 {
+    let tile = start / TILE_WIDTH;
+    if end <= (tile + 1) * TILE_WIDTH {
+        tile
+    } else {
+        u64::MAX
+    }
+}
+
+/// Reads up to `HASH_RANGE_SLOTS` ranges with [`hash_ranges_sql`]. A row
+/// missing in the middle ends its range there (a hash is never taken for
+/// its neighbour's), and a whole tile of the wrong length gives nothing.
+pub(crate) fn read_hash_ranges(
+    tx: &mut dyn Tx,
+    ranges: &[(u8, u64, u64)],
+) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
+    let mut params: Vec<u64> = Vec::with_capacity(4 * HASH_RANGE_SLOTS);
+    for slot in 0..HASH_RANGE_SLOTS {
+        let range = ranges.get(slot).copied().unwrap_or((0, 0, 0));
+        params.extend([u64::from(range.0), range.1, range.2, tile_of(range)]);
+    }
+    let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
+    let mut rows: Vec<(usize, u64, [u8; 32])> = Vec::new();
+    let mut out: Vec<Vec<[u8; 32]>> = vec![Vec::new(); ranges.len()];
+    let mut whole = vec![false; ranges.len()];
+    for row in tx.query(hash_ranges_sql(), &values)? {
+        let slot = usize::try_from(row.count(0)?).unwrap_or(usize::MAX);
+        if row.flag(3)? {
+            let (Some(hashes), Some(&range), Some(whole)) =
+                (out.get_mut(slot), ranges.get(slot), whole.get_mut(slot))
+            else {
+                return Err(StoreError::Internal("hash range out of bounds".into()));
+            };
+            *whole = true;
+            *hashes = slice_of_tile(&row.blob(1)?, range);
+        } else {
+            rows.push((slot, row.count(2)?, row.hash(1)?));
+        }
+    }
+    rows.sort_unstable_by_key(|&(slot, k, _)| (slot, k));
+    let mut broken = whole;
+    for (slot, k, hash) in rows {
+        let (Some(hashes), Some(&(_, start, _)), Some(broken)) =
+            (out.get_mut(slot), ranges.get(slot), broken.get_mut(slot))
+        else {
+            return Err(StoreError::Internal("hash range out of bounds".into()));
+        };
+        if k != start + hashes.len() as u64 {
+            *broken = true;
+        }
+        if !*broken {
+            hashes.push(hash);
+        }
+    }
+    Ok(out)
+}
+
+/// Hashes `start..end` of a whole tile's bytes; none if they are not a
+/// full tile (a damaged row: the tree reader reports them missing).
+fn slice_of_tile(bytes: &[u8], (_, start, end): (u8, u64, u64)) -> Vec<[u8; 32]> {
+    if bytes.len() as u64 != TILE_WIDTH * 32 {
+        return Vec::new();
+    }
+    let from = (start % TILE_WIDTH) as usize;
+    bytes
+        .chunks_exact(32)
+        .skip(from)
+        .take((end - start) as usize)
+        .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+        .collect()
+}
+
+/// Stores tile hashes of level `level` >= 1 from `start`; a stored hash
+/// that differs is refused (`audit.tile_hash`).
+pub(crate) fn add_tile_hashes(
+    tx: &mut dyn Tx,
+    level: u8,
+    start: u64,
+    hashes: &[[u8; 32]],
+) -> Result<(), StoreError> {
+    let end = start + hashes.len() as u64;
+    for (index, hash) in (start..).zip(hashes) {
+        let _ = tx.execute(
+            "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
+            args![u32::from(level), index, &hash[..]],
+        )?;
+    }
+    let stored = tx.query(
+        "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+        args![u32::from(level), start, end],
+    )?;
+    let stored: Vec<[u8; 32]> = stored.iter().map(|r| r.hash(0)).collect::<Result<_, _>>()?;
+    if stored != hashes {
+        return Err(StoreError::Conflict {
+            rule: "audit.tile_hash",
+        });
+    }
+    Ok(())
+}
+
+/// Stores full tiles of level `level` whole from tile `first`, each
+/// `TILE_WIDTH` hashes; a stored tile that differs is refused
+/// (`audit.tile_hash`), one of another width too.
+pub(crate) fn add_full_tiles(
+    tx: &mut dyn Tx,
+    level: u8,
+    first: u64,
+    tiles: &[Vec<[u8; 32]>],
+) -> Result<(), StoreError> {
+    if tiles.iter().any(|t| t.len() as u64 != TILE_WIDTH) {
+        return Err(StoreError::Conflict {
+            rule: "audit.tile_hash",
+        });
+    }
+    let tiles: Vec<Vec<u8>> = tiles.iter().map(|t| t.concat()).collect();
+    for (index, bytes) in (first..).zip(&tiles) {
+        let _ = tx.execute(
+            "INSERT INTO audit_full_tiles (level, idx, hashes) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
+            args![u32::from(level), index, &bytes[..]],
+        )?;
+    }
+    let stored = tx.query(
+        "SELECT hashes FROM audit_full_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+        args![u32::from(level), first, first + tiles.len() as u64],
+    )?;
+    let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.blob(0)).collect::<Result<_, _>>()?;
+    if stored != tiles {
+        return Err(StoreError::Conflict {
+            rule: "audit.tile_hash",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_read_from_a_whole_tile_only_within_it() {
+        assert_eq!(tile_of((0, 0, 256)), 0);
+        assert_eq!(tile_of((1, 300, 512)), 1);
+        assert_eq!(tile_of((0, 200, 300)), u64::MAX);
+    }
+
+    #[test]
+    fn a_whole_tile_gives_its_slice_and_a_damaged_one_nothing() {
+        let bytes: Vec<u8> = (0..256u32).flat_map(|i| [i as u8; 32]).collect();
+        assert_eq!(
+            slice_of_tile(&bytes, (0, 512 + 3, 512 + 5)),
+            vec![[3; 32], [4; 32]]
+        );
+        assert!(slice_of_tile(&bytes[..32 * 255], (0, 0, 2)).is_empty());
+    }
+}
