@@ -20,10 +20,31 @@ pub(super) struct Connection {
     prepared: HashMap<String, Statement>,
 }
 
-/// A transaction whose statements are prepared once per connection.
+/// Where a [`RawTx`]'s statements run.
+enum Session<'a> {
+    /// Inside a transaction (a write).
+    Tx(Transaction<'a>),
+    /// Each statement on its own (a read): under READ COMMITTED every
+    /// statement takes its own snapshot inside a transaction too, so BEGIN
+    /// and COMMIT would add two round trips and nothing else.
+    Auto(&'a mut Client),
+}
+
+/// Statements prepared once per connection, in a transaction or each on
+/// its own.
 pub(super) struct RawTx<'a> {
-    tx: Transaction<'a>,
+    tx: Session<'a>,
     prepared: &'a mut HashMap<String, Statement>,
+}
+
+/// Runs one call on whichever session a [`RawTx`] has.
+macro_rules! on_session {
+    ($session:expr, |$c:ident| $call:expr) => {
+        match $session {
+            Session::Tx($c) => $call,
+            Session::Auto($c) => $call,
+        }
+    };
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -42,9 +63,18 @@ impl Connection {
 
     pub(super) fn transaction(&mut self) -> Result<RawTx<'_>, postgres::Error> {
         Ok(RawTx {
-            tx: self.client.transaction()?,
+            tx: Session::Tx(self.client.transaction()?),
             prepared: &mut self.prepared,
         })
+    }
+
+    /// Statements outside any transaction, each committed on its own: for
+    /// reads only.
+    pub(super) fn autocommit(&mut self) -> RawTx<'_> {
+        RawTx {
+            tx: Session::Auto(&mut self.client),
+            prepared: &mut self.prepared,
+        }
     }
 }
 
@@ -53,7 +83,7 @@ impl RawTx<'_> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.tx.prepare(sql)?;
+        let statement = on_session!(&mut self.tx, |c| c.prepare(sql))?;
         if self.prepared.len() >= PREPARED_MAX {
             self.prepared.clear();
         }
@@ -67,7 +97,7 @@ impl RawTx<'_> {
         params: Params<'_>,
     ) -> Result<u64, postgres::Error> {
         let statement = self.statement(sql)?;
-        self.tx.execute(&statement, params)
+        on_session!(&mut self.tx, |c| c.execute(&statement, params))
     }
 
     pub(super) fn query(
@@ -76,7 +106,7 @@ impl RawTx<'_> {
         params: Params<'_>,
     ) -> Result<Vec<Row>, postgres::Error> {
         let statement = self.statement(sql)?;
-        self.tx.query(&statement, params)
+        on_session!(&mut self.tx, |c| c.query(&statement, params))
     }
 
     pub(super) fn query_opt(
@@ -85,7 +115,7 @@ impl RawTx<'_> {
         params: Params<'_>,
     ) -> Result<Option<Row>, postgres::Error> {
         let statement = self.statement(sql)?;
-        self.tx.query_opt(&statement, params)
+        on_session!(&mut self.tx, |c| c.query_opt(&statement, params))
     }
 
     pub(super) fn query_one(
@@ -94,15 +124,19 @@ impl RawTx<'_> {
         params: Params<'_>,
     ) -> Result<Row, postgres::Error> {
         let statement = self.statement(sql)?;
-        self.tx.query_one(&statement, params)
+        on_session!(&mut self.tx, |c| c.query_one(&statement, params))
     }
 
     /// Several statements, not prepared (migrations).
     pub(super) fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
-        self.tx.batch_execute(sql)
+        on_session!(&mut self.tx, |c| c.batch_execute(sql))
     }
 
+    /// Commits a transaction (statements on their own are committed).
     pub(super) fn commit(self) -> Result<(), postgres::Error> {
-        self.tx.commit()
+        match self.tx {
+            Session::Tx(tx) => tx.commit(),
+            Session::Auto(_) => Ok(()),
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The registry on PostgreSQL, for several `dojangd` nodes sharing the work.
 //!
-//! Each operation is one transaction on a pooled connection; serialization
-//! failures and deadlocks are retried. The registry's logic is the shared
+//! Each write is one transaction on a pooled connection; serialization
+//! failures and deadlocks are retried. A read runs its statements each on
+//! its own (READ COMMITTED gives every statement its own snapshot inside a
+//! transaction too), saving BEGIN's and COMMIT's round trips. The registry's logic is the shared
 //! one (`store::sql`); this driver owns the connections and their TLS, the
 //! retries, the audit sequencer, the sharded free-copy counter and the
 //! migrations' PostgreSQL text (under an advisory lock, so nodes starting
@@ -206,6 +208,25 @@ impl PostgresDriver {
     /// committed.
     fn with_tx_settled<R>(
         &self,
+        f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
+        settle: impl FnMut(bool),
+    ) -> Result<R, StoreError> {
+        self.attempts(true, f, settle)
+    }
+
+    /// Runs `f` with each statement on its own (reads: no BEGIN, no COMMIT).
+    fn with_statements<R>(
+        &self,
+        f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.attempts(false, f, |_| {})
+    }
+
+    /// Runs `f` on a pooled connection, in a transaction if `transaction`,
+    /// retrying serialization failures.
+    fn attempts<R>(
+        &self,
+        transaction: bool,
         mut f: impl FnMut(&mut RawTx<'_>) -> Result<R, StoreError>,
         mut settle: impl FnMut(bool),
     ) -> Result<R, StoreError> {
@@ -222,7 +243,12 @@ impl PostgresDriver {
                 Some(c) if !c.is_closed() => c,
                 _ => self.connect()?,
             };
-            let result = client.transaction().map_err(map_err).and_then(|mut raw| {
+            let raw = if transaction {
+                client.transaction().map_err(map_err)
+            } else {
+                Ok(client.autocommit())
+            };
+            let result = raw.and_then(|mut raw| {
                 let out = f(&mut raw)?;
                 raw.commit().map_err(map_err)?;
                 Ok(out)
@@ -268,7 +294,7 @@ impl Driver for PostgresDriver {
     }
 
     fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {
-        self.with_tx(|raw| f(&mut PgTx { raw, audit: None }))
+        self.with_statements(|raw| f(&mut PgTx { raw, audit: None }))
     }
 
     fn audit_size(&self) -> Result<u64, StoreError> {
