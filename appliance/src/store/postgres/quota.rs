@@ -50,6 +50,10 @@ pub(super) fn take(tx: &mut RawTx<'_>) -> Result<bool, StoreError> {
     Ok(false)
 }
 
+/// Free copies used over every shard, as a scalar subquery.
+pub(super) const USED_SQL: &str =
+    "(SELECT COALESCE(SUM(used), 0)::BIGINT FROM quota_shards WHERE name = 'free_first_time')";
+
 /// (used, quota) over every shard.
 pub(super) fn totals(tx: &mut RawTx<'_>) -> Result<(u64, u64), StoreError> {
     let row = tx

@@ -132,6 +132,10 @@ impl Tx for PgTx<'_, '_> {
         quota::totals(self.raw)
     }
 
+    fn free_copies_used_sql(&self) -> &'static str {
+        quota::USED_SQL
+    }
+
     fn set_free_quota(&mut self, quota: u64) -> Result<(), StoreError> {
         quota::set(self.raw, quota)
     }

@@ -153,42 +153,47 @@ impl<D: Driver> Registry for SqlRegistry<D> {
 
     fn facts(&self, holder: &Pseudonym, device: &str) -> Result<HolderFacts, StoreError> {
         self.driver.read(|tx| {
-            // Every credential of the holder (a few in a lifetime), in one
-            // statement: whether one is live and whether one ever existed
-            // are read from the same snapshot (a commit between two reads
-            // would make a duplicate look like a false first-time claim).
-            let rows = tx.query(
-                "SELECT device, state FROM credentials WHERE holder = $1",
-                args![&holder.0],
-            )?;
+            // One statement (one round trip, one snapshot): who holds this
+            // phone, every credential of the holder (a few in a lifetime;
+            // whether one is live and whether one ever existed must come
+            // from the same snapshot, or a commit between two reads would
+            // make a duplicate look like a false first-time claim), and
+            // the free copies used.
+            let sql = format!(
+                "SELECT 1, CAST(NULL AS TEXT), CAST(NULL AS TEXT), holder, CAST(NULL AS BIGINT)
+                 FROM credentials WHERE device = $2 AND state IN ('active', 'suspended')
+                 UNION ALL SELECT 0, device, state, NULL, NULL FROM credentials WHERE holder = $1
+                 UNION ALL SELECT 2, NULL, NULL, NULL, {}",
+                tx.free_copies_used_sql()
+            );
+            let rows = tx.query(&sql, args![&holder.0, device])?;
             // A document may be several live rows (a batch): suspended if
             // any is, on this phone if any is.
             let mut held_before = false;
             let (mut live, mut on_this_device, mut suspended) = (false, false, false);
+            let (mut device_bound_to_other_holder, mut used) = (false, None);
             for r in &rows {
-                held_before = true;
-                let (row_device, state) = (r.text(0)?, r.text(1)?);
-                if state == "active" || state == "suspended" {
-                    live = true;
-                    on_this_device |= row_device == device;
-                    suspended |= state == "suspended";
+                match r.count(0)? {
+                    0 => {
+                        held_before = true;
+                        let (row_device, state) = (r.text(1)?, r.text(2)?);
+                        if state == "active" || state == "suspended" {
+                            live = true;
+                            on_this_device |= row_device == device;
+                            suspended |= state == "suspended";
+                        }
+                    }
+                    1 => device_bound_to_other_holder |= r.blob(3)? != holder.0,
+                    _ => used = Some(r.count(4)?),
                 }
             }
-            let device_holder = tx
-                .query_opt(
-                    "SELECT holder FROM credentials
-                     WHERE device = $1 AND state IN ('active', 'suspended')",
-                    args![device],
-                )?
-                .map(|r| r.blob(0))
-                .transpose()?;
-            let (used, _) = tx.free_copies()?;
             Ok(HolderFacts {
                 held_before,
                 holder_live_on_same_device: live.then_some(on_this_device),
                 holder_suspended: suspended,
-                device_bound_to_other_holder: device_holder.is_some_and(|h| h != holder.0),
-                free_copies_issued: used,
+                device_bound_to_other_holder,
+                free_copies_issued: used
+                    .ok_or_else(|| StoreError::Internal("the free-copy quota has no row".into()))?,
             })
         })
     }

@@ -254,6 +254,10 @@ pub(crate) trait Tx {
     /// (used, quota) of the free first-time copies.
     fn free_copies(&mut self) -> Result<(u64, u64), StoreError>;
 
+    /// A scalar subquery for the free first-time copies used (what
+    /// [`Tx::free_copies`] reads first), to read them in a larger statement.
+    fn free_copies_used_sql(&self) -> &'static str;
+
     /// Sets the free first-time quota, never below what was used.
     fn set_free_quota(&mut self, quota: u64) -> Result<(), StoreError>;
 

@@ -167,6 +167,10 @@ impl Tx for SqliteTx<'_> {
         Ok((row.count(0)?, row.count(1)?))
     }
 
+    fn free_copies_used_sql(&self) -> &'static str {
+        "(SELECT used FROM quotas WHERE name = 'free_first_time')"
+    }
+
     fn set_free_quota(&mut self, quota: u64) -> Result<(), StoreError> {
         let _ = self.execute(
             "UPDATE quotas SET quota = CASE WHEN $1 < used THEN used ELSE $1 END
