@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use crate::api::documents::{Document, Site, key_document, key_document_paths};
 use crate::audit::merkle::TILE_HEIGHT;
-use crate::audit::tiles::{LogHashes, TILE_WIDTH, TileId, TilePath, TreeReader};
+use crate::audit::tile_path::{TILE_WIDTH, TileId, TilePath};
+use crate::audit::tiles::{LogHashes, TreeReader};
 use crate::service::Service;
 use crate::status::TokenForm;
 

@@ -9,7 +9,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 
 use super::log::{AuditError, AuditLog, MAX_PAGE};
-use super::tiles::{LogHashes, TILE_WIDTH, TilePath, TreeReader, entry_bundle};
+use super::tile_path::{TILE_WIDTH, TilePath, entry_bundle};
+use super::tiles::{LogHashes, TreeReader};
 use super::trail::AuditTrail;
 use crate::refusal::{Answer, Class, Refusal, Reply};
 

@@ -16,7 +16,8 @@ use pkcs11_shim::KeyBackend;
 use crate::audit::checkpoint::{Checkpoint, NoteError, NoteKey, handover_line};
 use crate::audit::integrity::{CheckError, Integrity};
 use crate::audit::merkle::{Frontier, Hash, root};
-use crate::audit::tiles::{HashSource, LogHashes, TILE_WIDTH, TreeError, TreeReader};
+use crate::audit::tile_path::TILE_WIDTH;
+use crate::audit::tiles::{HashSource, LogHashes, TreeError, TreeReader};
 use crate::store::{Registry, StoreError};
 
 /// Largest page of entries an auditor may ask for at once.

@@ -15,6 +15,7 @@ pub mod merkle;
 pub mod numbers;
 pub mod proof;
 pub mod seal;
+pub mod tile_path;
 pub mod tiles;
 pub mod trail;
 pub mod witness;
