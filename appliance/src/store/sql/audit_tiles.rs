@@ -125,6 +125,41 @@ fn slice_of_tile(bytes: &[u8], (_, start, end): (u8, u64, u64)) -> Vec<[u8; 32]>
         .collect()
 }
 
+/// The refusal of a tile row that differs from the one stored.
+const REWRITTEN: StoreError = StoreError::Conflict {
+    rule: "audit.tile_hash",
+};
+
+/// Stores `values` as rows `(level, first..)` of `table` (`audit_tiles`,
+/// column `hash`, or `audit_full_tiles`, column `hashes`); a row already
+/// stored stays, and one that differs is refused ([`REWRITTEN`]): tile
+/// rows never change once written.
+fn store_once(
+    tx: &mut dyn Tx,
+    (table, column): (&str, &str),
+    level: u8,
+    first: u64,
+    values: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    let insert = format!(
+        "INSERT INTO {table} (level, idx, {column}) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING"
+    );
+    for (index, value) in (first..).zip(values) {
+        let _ = tx.execute(&insert, args![u32::from(level), index, &value[..]])?;
+    }
+    let stored = tx.query(
+        &format!(
+            "SELECT {column} FROM {table} WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx"
+        ),
+        args![u32::from(level), first, first + values.len() as u64],
+    )?;
+    let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.blob(0)).collect::<Result<_, _>>()?;
+    if stored != values {
+        return Err(REWRITTEN);
+    }
+    Ok(())
+}
+
 /// Stores tile hashes of level `level` >= 1 from `start`; a stored hash
 /// that differs is refused (`audit.tile_hash`).
 pub(crate) fn add_tile_hashes(
@@ -133,24 +168,8 @@ pub(crate) fn add_tile_hashes(
     start: u64,
     hashes: &[[u8; 32]],
 ) -> Result<(), StoreError> {
-    let end = start + hashes.len() as u64;
-    for (index, hash) in (start..).zip(hashes) {
-        let _ = tx.execute(
-            "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
-            args![u32::from(level), index, &hash[..]],
-        )?;
-    }
-    let stored = tx.query(
-        "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-        args![u32::from(level), start, end],
-    )?;
-    let stored: Vec<[u8; 32]> = stored.iter().map(|r| r.hash(0)).collect::<Result<_, _>>()?;
-    if stored != hashes {
-        return Err(StoreError::Conflict {
-            rule: "audit.tile_hash",
-        });
-    }
-    Ok(())
+    let values: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+    store_once(tx, ("audit_tiles", "hash"), level, start, &values)
 }
 
 /// Stores full tiles of level `level` whole from tile `first`, each
@@ -163,28 +182,10 @@ pub(crate) fn add_full_tiles(
     tiles: &[Vec<[u8; 32]>],
 ) -> Result<(), StoreError> {
     if tiles.iter().any(|t| t.len() as u64 != TILE_WIDTH) {
-        return Err(StoreError::Conflict {
-            rule: "audit.tile_hash",
-        });
+        return Err(REWRITTEN);
     }
-    let tiles: Vec<Vec<u8>> = tiles.iter().map(|t| t.concat()).collect();
-    for (index, bytes) in (first..).zip(&tiles) {
-        let _ = tx.execute(
-            "INSERT INTO audit_full_tiles (level, idx, hashes) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING",
-            args![u32::from(level), index, &bytes[..]],
-        )?;
-    }
-    let stored = tx.query(
-        "SELECT hashes FROM audit_full_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-        args![u32::from(level), first, first + tiles.len() as u64],
-    )?;
-    let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.blob(0)).collect::<Result<_, _>>()?;
-    if stored != tiles {
-        return Err(StoreError::Conflict {
-            rule: "audit.tile_hash",
-        });
-    }
-    Ok(())
+    let values: Vec<Vec<u8>> = tiles.iter().map(|t| t.concat()).collect();
+    store_once(tx, ("audit_full_tiles", "hashes"), level, first, &values)
 }
 
 #[cfg(test)]
