@@ -119,11 +119,25 @@ pub(super) fn void_lost(
     numbering: &Numbering,
     lost: &[(String, u64)],
 ) -> Result<(), StoreError> {
-    for (node, number) in lost {
-        let entry = numbering.seal(void_entry(node, *number, "transaction.rolled_back"))?;
-        let _ = queue_void(tx, node, *number, &entry)?;
+    queue_voids(tx, numbering, lost, "transaction.rolled_back").map(|_| ())
+}
+
+/// Queues a sealed void under `rule` for each of `numbers`; the numbers
+/// it queued (one a decision holds is left alone).
+fn queue_voids<'n>(
+    tx: &mut RawTx<'_>,
+    numbering: &Numbering,
+    numbers: &'n [(String, u64)],
+    rule: &str,
+) -> Result<Vec<&'n (String, u64)>, StoreError> {
+    let mut queued = Vec::new();
+    for void @ (node, number) in numbers {
+        let entry = numbering.seal(void_entry(node, *number, rule))?;
+        if queue_void(tx, node, *number, &entry)? {
+            queued.push(void);
+        }
     }
-    Ok(())
+    Ok(queued)
 }
 
 /// Queues `entry`, a void for `node`'s `number`, unless a decision holds
@@ -314,15 +328,12 @@ fn fill_gaps(
     numbering: &Numbering,
     gaps: &[(String, u64)],
 ) -> Result<(), StoreError> {
-    for (node, number) in gaps {
-        let entry = numbering.seal(void_entry(node, *number, "number.unclaimed"))?;
-        if queue_void(tx, node, *number, &entry)? {
-            tracing::warn!(
-                node,
-                number,
-                "audit: a node's number was never committed (a crashed node or a deleted row); filled with a void entry"
-            );
-        }
+    for (node, number) in queue_voids(tx, numbering, gaps, "number.unclaimed")? {
+        tracing::warn!(
+            node,
+            number,
+            "audit: a node's number was never committed (a crashed node or a deleted row); filled with a void entry"
+        );
     }
     Ok(())
 }
