@@ -371,6 +371,7 @@ impl KeyManager {
         if self.view().signer_at(now).is_none() {
             // Nothing signs (a first ceremony, a drained pool): a spare
             // signs at once rather than at the next round.
+            let _moving = self.moving_keys();
             if let Err(e) = self.act_on_plan(now) {
                 tracing::warn!(error = %e, "taking a spare after the import; the next round retries");
             }

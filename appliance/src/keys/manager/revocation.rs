@@ -98,6 +98,7 @@ impl KeyManager {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<u64, String> {
+        let moving = self.moving_keys();
         let record = serde_json::to_string(order).map_err(|e| e.to_string())?;
         let mut decision = self.node.decision(
             "dojangd",
@@ -150,6 +151,9 @@ impl KeyManager {
         if let Err(e) = self.destroy_private_half(key, "revoke") {
             tracing::warn!(error = %e, "a revoked key's private half is still in the token");
         }
+        drop(moving);
+        // The successor comes at the next round, not after a rest.
+        self.wake();
         // The acting node signs CRLs (one at a time, numbers that grow); on
         // another node the leader's next round does, as it checks the CRL
         // lists every revoked key.

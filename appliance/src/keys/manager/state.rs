@@ -56,6 +56,11 @@ pub struct KeyManager {
     /// Held from reading the registry's keys to swapping the view built
     /// from them, so an older view never replaces a newer one.
     key_swap: Mutex<()>,
+    /// Held while this node moves keys (a round's plan, a ceremony's spare,
+    /// an officers' revocation): a round never reads the registry between a
+    /// revocation's record and the token's removal of the key, where a
+    /// revoked key still in the token looks like a forged gap.
+    key_moves: Mutex<()>,
     /// Whether this node held the `keys` lease at its last round.
     pub(super) leader: AtomicBool,
     /// The lifecycle rests after a failed action until then (no key pile-up
@@ -124,6 +129,7 @@ impl KeyManager {
             generation: AtomicU64::new(0),
             key_usage: Mutex::new(HashMap::new()),
             key_swap: Mutex::new(()),
+            key_moves: Mutex::new(()),
             leader: AtomicBool::new(false),
             lifecycle_pause: Mutex::new(None),
             last_token_check: Mutex::new(None),
@@ -236,11 +242,12 @@ impl KeyManager {
     /// The leading node's duties, each on its own: a failing rotation must
     /// not hold up the CRL or a revocation's sweep.
     pub fn lead(&self, now: OffsetDateTime) {
-        if !self.resting()
-            && let Err(e) = self.act_on_plan(now)
-        {
-            tracing::warn!(error = %e, "key rotation failed; resting {LIFECYCLE_REST:?}, then retried");
-            self.rest();
+        if !self.resting() {
+            let _moving = self.moving_keys();
+            if let Err(e) = self.act_on_plan(now) {
+                tracing::warn!(error = %e, "key rotation failed; resting {LIFECYCLE_REST:?}, then retried");
+                self.rest();
+            }
         }
         if let Err(e) = self.keep_pool(now) {
             tracing::warn!(error = %e, "topping up the DS spare pool failed; retried next round");
@@ -326,6 +333,13 @@ impl KeyManager {
             pool,
             rollovers,
         })
+    }
+
+    /// This node's one key move at a time (see `key_moves`).
+    pub(super) fn moving_keys(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.key_moves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn resting(&self) -> bool {
