@@ -273,8 +273,10 @@ impl P11KitServer {
             .spawn()
             .expect("p11-kit server (run `make deps`)");
         self.child = Some(Guarded(child));
-        wait_until(Duration::from_secs(10), "p11-kit server socket", || {
-            self.socket.exists()
+        // The socket file appears at bind, before listen: a client that
+        // connects in between finds no token.
+        wait_until(Duration::from_secs(10), "p11-kit server listening", || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
     }
 }
