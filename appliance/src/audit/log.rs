@@ -15,9 +15,10 @@ use pkcs11_shim::KeyBackend;
 
 use crate::audit::checkpoint::{Checkpoint, NoteError, NoteKey, handover_line};
 use crate::audit::integrity::{CheckError, Integrity};
-use crate::audit::merkle::{Frontier, Hash, root};
+use crate::audit::merkle::{Frontier, Hash, TILE_HEIGHT, root};
 use crate::audit::tile_path::TILE_WIDTH;
 use crate::audit::tiles::{HashSource, LogHashes, TreeError, TreeReader};
+use crate::audit::upper_tree::UpperTree;
 use crate::store::{Registry, StoreError};
 
 /// Largest page of entries an auditor may ask for at once.
@@ -160,6 +161,7 @@ impl AuditLog {
             }
         }
         store_tile_hashes(&mut frontier, registry)?;
+        sync_upper_tree(registry, &frontier)?;
         if size == 0 || size <= last {
             return Ok(None);
         }
@@ -358,6 +360,56 @@ fn store_tile_hashes(frontier: &mut Frontier, registry: &dyn Registry) -> Result
         });
     }
     Ok(())
+}
+
+/// Tiles of base hashes read per round trip while filling the upper tree.
+const UPPER_TILES_PER_READ: usize = 64;
+
+/// Brings the registry's upper tree up to `frontier` (a signed root's, or
+/// this node's own from verified leaves): reads the base hashes it lacks
+/// from the store, then checks that the tree rolls up to the frontier. A
+/// hash that does not is a stored tile hash rewritten: the tree is emptied
+/// (proofs read the store again) and nothing is signed. A store short of
+/// hashes leaves the tree short; proofs then read the store, which says
+/// what is missing.
+fn sync_upper_tree(registry: &dyn Registry, frontier: &Frontier) -> Result<(), AuditError> {
+    let level = UpperTree::level_for(frontier.size());
+    let wanted = frontier.size() >> (TILE_HEIGHT * u32::from(level));
+    let lock = registry.audit_upper_tree();
+    let poisoned = || AuditError::Store(StoreError::Internal("upper tree lock poisoned".into()));
+    let held = {
+        let mut tree = lock.write().map_err(|_| poisoned())?;
+        tree.set_level(level);
+        tree.len()
+    };
+    let mut ranges = Vec::new();
+    let mut start = held;
+    while start < wanted {
+        let end = ((start / TILE_WIDTH + 1) * TILE_WIDTH).min(wanted);
+        ranges.push((level, start, end));
+        start = end;
+    }
+    // Read without the lock: proofs go on meanwhile.
+    let mut read = Vec::new();
+    'reading: for chunk in ranges.chunks(UPPER_TILES_PER_READ) {
+        for (&(_, start, end), hashes) in chunk.iter().zip(registry.audit_hash_ranges(chunk)?) {
+            let whole = hashes.len() as u64 == end - start;
+            read.extend(hashes);
+            if !whole {
+                break 'reading;
+            }
+        }
+    }
+    let mut tree = lock.write().map_err(|_| poisoned())?;
+    // Only this node's checkpoints (one at a time) fill it.
+    if tree.level() == level && tree.len() == held {
+        tree.extend(&read);
+    }
+    if tree.len() < wanted || tree.agrees_with(frontier) {
+        return Ok(());
+    }
+    tree.set_level(0);
+    Err(AuditError::Rewritten(frontier.size()))
 }
 
 /// Full tiles stored whole per write: 64 tiles, 16,384 hashes read back.

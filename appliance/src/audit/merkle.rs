@@ -241,6 +241,11 @@ impl Frontier {
         )
     }
 
+    /// (height, root) of each perfect subtree, largest (leftmost) first.
+    pub fn subtrees(&self) -> &[(u32, Hash)] {
+        &self.subtrees
+    }
+
     /// Appends a leaf hash.
     pub fn append(&mut self, leaf: Hash) {
         let mut node = (0u32, leaf);

@@ -18,6 +18,7 @@ pub mod seal;
 pub mod tile_path;
 pub mod tiles;
 pub mod trail;
+pub mod upper_tree;
 pub mod witness;
 mod witness_client;
 pub mod witnessing;

@@ -57,7 +57,7 @@ impl HashSource for LogHashes<'_> {
     }
 
     fn known_root(&self, lo: u64, hi: u64) -> Option<Hash> {
-        self.0.audit_edge_root(lo, hi)
+        self.0.audit_known_root(lo, hi)
     }
 
     fn keep_root(&self, lo: u64, hi: u64, root: Hash) {
@@ -141,6 +141,7 @@ impl<'a> TreeReader<'a> {
     pub fn prefetch(&self, subtrees: &[(u32, u64)]) -> Result<(), TreeError> {
         let mut wanted: Vec<(u8, u64, u64)> = subtrees
             .iter()
+            .filter(|&&(height, index)| self.known_subtree(height, index).is_none())
             .map(|&(height, index)| subtree_range(height, index))
             .filter(|key| !self.ranges.borrow().contains_key(key))
             .collect();
@@ -212,8 +213,22 @@ impl<'a> TreeReader<'a> {
         self.prefetch(&subtrees)
     }
 
+    /// The root of a perfect subtree above a tile's leaves that the
+    /// source knows without reading.
+    fn known_subtree(&self, height: u32, index: u64) -> Option<Hash> {
+        (height >= TILE_HEIGHT)
+            .then(|| {
+                self.source
+                    .known_root(index << height, (index + 1) << height)
+            })
+            .flatten()
+    }
+
     /// The root of the perfect subtree of `2^height` leaves at `index`.
     pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, TreeError> {
+        if let Some(root) = self.known_subtree(height, index) {
+            return Ok(root);
+        }
         // 2^(height % 8) <= 128 hashes, aligned: always within one tile.
         let (level, start, end) = subtree_range(height, index);
         Ok(root(&self.run(level, start, end)?))

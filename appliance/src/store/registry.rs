@@ -391,9 +391,13 @@ pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
         start: u64,
         hashes: &[[u8; 32]],
     ) -> Result<(), StoreError>;
-    /// The root of leaves `lo..hi` if a proof at a tree size `hi` kept it
-    /// (kept in memory, as read from the store).
-    fn audit_edge_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]>;
+    /// The root of leaves `lo..hi` if it is known without reading: a
+    /// range a proof at tree size `hi` kept, or a perfect subtree of the
+    /// upper tree (both in memory, as read from the store).
+    fn audit_known_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]>;
+    /// The log's upper tree this registry keeps in memory, filled and
+    /// checked by the node's checkpoints (`audit::log`).
+    fn audit_upper_tree(&self) -> &std::sync::RwLock<crate::audit::upper_tree::UpperTree>;
     /// Keeps the root of leaves `lo..hi`, a range at the right edge of the
     /// tree of `hi` leaves: every proof at that size needs it.
     fn keep_audit_edge_root(&self, lo: u64, hi: u64, root: [u8; 32]);

@@ -137,6 +137,7 @@ impl SqlRegistry<PostgresDriver> {
             driver,
             upper_hashes: Default::default(),
             edge_roots: Default::default(),
+            upper_tree: Default::default(),
         })
     }
 }

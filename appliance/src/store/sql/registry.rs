@@ -443,8 +443,17 @@ impl<D: Driver> Registry for SqlRegistry<D> {
             .write(move |tx| audit_tiles::add_tile_hashes(tx, level, start, &hashes))
     }
 
-    fn audit_edge_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]> {
-        self.edge_roots.get(lo, hi)
+    fn audit_known_root(&self, lo: u64, hi: u64) -> Option<[u8; 32]> {
+        let upper = self
+            .upper_tree
+            .read()
+            .ok()
+            .and_then(|tree| tree.root(lo, hi));
+        upper.or_else(|| self.edge_roots.get(lo, hi))
+    }
+
+    fn audit_upper_tree(&self) -> &std::sync::RwLock<crate::audit::upper_tree::UpperTree> {
+        &self.upper_tree
     }
 
     fn keep_audit_edge_root(&self, lo: u64, hi: u64, root: [u8; 32]) {

@@ -324,4 +324,6 @@ pub struct SqlRegistry<D> {
     pub(in crate::store) upper_hashes: super::hash_cache::HashCache,
     /// Roots of ranges at a tree's right edge, for proofs at that size.
     pub(in crate::store) edge_roots: super::hash_cache::EdgeRoots,
+    /// The log's perfect subtrees from one tile level up.
+    pub(in crate::store) upper_tree: std::sync::RwLock<crate::audit::upper_tree::UpperTree>,
 }

@@ -147,6 +147,7 @@ impl SqlRegistry<SqliteDriver> {
             },
             upper_hashes: Default::default(),
             edge_roots: Default::default(),
+            upper_tree: Default::default(),
         })
     }
 

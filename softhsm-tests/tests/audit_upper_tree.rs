@@ -1,0 +1,185 @@
+//! The upper tree a registry keeps in memory (every perfect subtree from
+//! tile level 1 up): proofs served from it are the proofs the store gives
+//! and verify against the root; it is filled and checked by the node's
+//! checkpoints, so an insider's rewritten level-1 hash deep inside the
+//! log — one a node's O(log n) start never reads — stops the next
+//! checkpoint instead of going into proofs. On SQLite with synthetic
+//! entries (70,000: past one level-2 subtree) and an Ed25519 audit key in
+//! SoftHSM.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(clippy::indexing_slicing)] // test code: a failed index is a failed test
+
+use dojang::audit::checkpoint::NoteKey;
+use dojang::audit::entry::AuditEntry;
+use dojang::audit::log::{AuditError, AuditLog, Signers};
+use dojang::audit::merkle::{self, leaf_hash, Hash};
+use dojang::store::{Registry, SqliteRegistry};
+use pkcs11_shim::pkcs11::Pkcs11Backend;
+use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
+use softhsm_tests::SoftHsmToken;
+
+const ORIGIN: &str = "dojang.example.kr/audit";
+/// Past one level-2 subtree (65,536 entries), whose level-1 hashes a
+/// start's frontier does not read.
+const ENTRIES: u64 = 70_000;
+
+fn entry(seq: u64) -> Vec<u8> {
+    AuditEntry {
+        time: 1_800_000_000 + seq as i64,
+        node: "test".into(),
+        seq,
+        actor: "spiffe://mois.go.kr/office-counter".into(),
+        action: "issue".into(),
+        outcome: "deny".into(),
+        rule: Some("holder.min_age".into()),
+        policy_hash: None,
+        profile: None,
+        credential_id: None,
+        key_id: None,
+        payload_sha256: None,
+        holder: None,
+        actor_certificate: None,
+        seal: Some([0x5e; 32]),
+    }
+    .encode()
+}
+
+/// Entries `from..to` straight into the log's table; their leaf hashes.
+fn load(path: &std::path::Path, from: u64, to: u64) -> Vec<Hash> {
+    let mut db = rusqlite::Connection::open(path).unwrap();
+    let tx = db.transaction().unwrap();
+    let mut leaves = Vec::new();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES (?1, 'test', ?1, ?2, ?3)",
+            )
+            .unwrap();
+        for seq in from..to {
+            let e = entry(seq);
+            let leaf = leaf_hash(&e);
+            let _ = insert
+                .execute(rusqlite::params![seq as i64, &e, &leaf[..]])
+                .unwrap();
+            leaves.push(leaf);
+        }
+    }
+    tx.commit().unwrap();
+    leaves
+}
+
+/// Base hashes the registry's upper tree holds.
+fn held(registry: &SqliteRegistry) -> u64 {
+    registry.audit_upper_tree().read().unwrap().len()
+}
+
+struct Setup {
+    _token: SoftHsmToken,
+    backend: Pkcs11Backend,
+    key: NoteKey,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let token = SoftHsmToken::new("dojang-upper");
+        let backend = Pkcs11Backend::open(Pkcs11Config::new(
+            softhsm_tests::softhsm_module(),
+            token.label(),
+            SecretSource::File(token.pin_file()),
+        ))
+        .unwrap();
+        let audit = backend
+            .generate("audit", KeyPurpose::Audit, Algorithm::EdDsa)
+            .unwrap();
+        let key = NoteKey::new(ORIGIN, audit.public_key.unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        Setup {
+            _token: token,
+            backend,
+            key,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// A node's checkpoint on `registry` (a fresh log: as at a start).
+    fn checkpoint(&self, registry: &SqliteRegistry) -> Result<Option<u64>, AuditError> {
+        let signers = Signers {
+            current: ("audit", &self.key),
+            outgoing: None,
+            known: std::slice::from_ref(&self.key),
+        };
+        AuditLog::new(ORIGIN)
+            .unwrap()
+            .checkpoint(&self.backend, registry, &signers, None)
+    }
+}
+
+#[test]
+fn proofs_from_the_upper_tree_are_the_store_s_and_a_deep_rewrite_stops_the_log() {
+    let setup = Setup::new();
+    let node = SqliteRegistry::open(&setup.path).unwrap();
+    let leaves = load(&setup.path, 0, ENTRIES);
+    assert_eq!(setup.checkpoint(&node).unwrap(), Some(ENTRIES));
+    let tree = held(&node);
+    assert_eq!(tree, ENTRIES / 256, "every level-1 hash held");
+
+    // Another registry on the same file has not checkpointed: it reads
+    // every hash from the store. Both give the same proofs, and they
+    // verify against the root of every leaf.
+    let reader = SqliteRegistry::open(&setup.path).unwrap();
+    assert_eq!(held(&reader), 0);
+    let root = merkle::root(&leaves);
+    for index in [0, 255, 256, 40_000, 65_535, 65_536, ENTRIES - 1] {
+        let (leaf, proof) = AuditLog::inclusion(&node, index, ENTRIES).unwrap();
+        assert_eq!(
+            (leaf, proof.clone()),
+            AuditLog::inclusion(&reader, index, ENTRIES).unwrap()
+        );
+        assert!(merkle::verify_inclusion(
+            index, ENTRIES, &leaf, &proof, &root
+        ));
+    }
+    for from in [1, 256, 1000, 65_536, 66_000] {
+        assert_eq!(
+            AuditLog::consistency(&node, from, ENTRIES).unwrap(),
+            AuditLog::consistency(&reader, from, ENTRIES).unwrap()
+        );
+    }
+    drop((node, reader));
+
+    // An insider rewrites level-1 hash 3 (entries 768..1024), stored in
+    // the whole level-1 tile, under the level-2 hash a start reads.
+    let db = rusqlite::Connection::open(&setup.path).unwrap();
+    let mut tile: Vec<u8> = db
+        .query_row(
+            "SELECT hashes FROM audit_full_tiles WHERE level = 1 AND idx = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    tile[3 * 32] ^= 1;
+    let _ = db
+        .execute(
+            "UPDATE audit_full_tiles SET hashes = ?1 WHERE level = 1 AND idx = 0",
+            [&tile],
+        )
+        .unwrap();
+    drop(db);
+    let _ = load(&setup.path, ENTRIES, ENTRIES + 1);
+    let restarted = SqliteRegistry::open(&setup.path).unwrap();
+    match setup.checkpoint(&restarted) {
+        Err(AuditError::Rewritten(_)) => {}
+        other => panic!("a rewritten level-1 hash was signed over: {other:?}"),
+    }
+    assert_eq!(held(&restarted), 0, "proofs no longer come from the tree");
+    assert_eq!(
+        AuditLog::latest(&restarted).unwrap().unwrap().0,
+        ENTRIES,
+        "nothing signed over it"
+    );
+}
