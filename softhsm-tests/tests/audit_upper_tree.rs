@@ -3,7 +3,8 @@
 //! and verify against the root; it is filled and checked by the node's
 //! checkpoints, so an insider's rewritten level-1 hash deep inside the
 //! log — one a node's O(log n) start never reads — stops the next
-//! checkpoint instead of going into proofs. On SQLite with synthetic
+//! checkpoint instead of going into proofs, and a rewritten leaf tile is
+//! neither proved from nor served. On SQLite with synthetic
 //! entries (70,000: past one level-2 subtree) and an Ed25519 audit key in
 //! SoftHSM.
 
@@ -14,6 +15,8 @@ use dojang::audit::checkpoint::NoteKey;
 use dojang::audit::entry::AuditEntry;
 use dojang::audit::log::{AuditError, AuditLog, Signers};
 use dojang::audit::merkle::{self, leaf_hash, Hash};
+use dojang::audit::tile_path::TileId;
+use dojang::audit::tiles::{LogHashes, TreeError, TreeReader};
 use dojang::store::{Registry, SqliteRegistry};
 use pkcs11_shim::pkcs11::Pkcs11Backend;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
@@ -67,6 +70,16 @@ fn load(path: &std::path::Path, from: u64, to: u64) -> Vec<Hash> {
     }
     tx.commit().unwrap();
     leaves
+}
+
+/// What an insider does with direct SQL: a whole tile's row replaced.
+fn set_whole_tile(path: &std::path::Path, level: u8, index: u64, hashes: &[u8]) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let sql = "UPDATE audit_full_tiles SET hashes = ?1 WHERE level = ?2 AND idx = ?3";
+    let changed = db
+        .execute(sql, rusqlite::params![hashes, level, index as i64])
+        .unwrap();
+    assert_eq!(changed, 1);
 }
 
 /// Base hashes the registry's upper tree holds.
@@ -150,6 +163,36 @@ fn proofs_from_the_upper_tree_are_the_store_s_and_a_deep_rewrite_stops_the_log()
             AuditLog::consistency(&reader, from, ENTRIES).unwrap()
         );
     }
+
+    // A leaf tile rewritten in its whole row (one hash of tile 5): the
+    // node proves nothing from it and does not serve it, checking it
+    // against the upper tree; a registry without the tree would.
+    let tile5 = TileId {
+        level: 0,
+        index: 5,
+        width: 256,
+    };
+    let served = |registry: &SqliteRegistry| TreeReader::new(&LogHashes(registry)).tile(tile5);
+    let kept = served(&node).unwrap();
+    let mut forged = kept.clone();
+    forged[3 * 32] ^= 1;
+    set_whole_tile(&setup.path, 0, 5, &forged);
+    match AuditLog::inclusion(&node, 5 * 256 + 10, ENTRIES) {
+        Err(AuditError::Store(e)) => assert!(
+            e.to_string()
+                .contains("the stored tile 0/5 does not hash to the signed tree"),
+            "{e}"
+        ),
+        other => panic!("a proof from a rewritten tile: {other:?}"),
+    }
+    assert!(matches!(
+        served(&node),
+        Err(TreeError::Rewritten { level: 0, index: 5 })
+    ));
+    assert!(AuditLog::inclusion(&node, 6 * 256, ENTRIES).is_ok());
+    assert_eq!(served(&reader).unwrap(), forged);
+    set_whole_tile(&setup.path, 0, 5, &kept);
+    assert!(AuditLog::inclusion(&node, 5 * 256 + 10, ENTRIES).is_ok());
     drop((node, reader));
 
     // An insider rewrites level-1 hash 3 (entries 768..1024), stored in
@@ -162,14 +205,9 @@ fn proofs_from_the_upper_tree_are_the_store_s_and_a_deep_rewrite_stops_the_log()
             |r| r.get(0),
         )
         .unwrap();
-    tile[3 * 32] ^= 1;
-    let _ = db
-        .execute(
-            "UPDATE audit_full_tiles SET hashes = ?1 WHERE level = 1 AND idx = 0",
-            [&tile],
-        )
-        .unwrap();
     drop(db);
+    tile[3 * 32] ^= 1;
+    set_whole_tile(&setup.path, 1, 0, &tile);
     let _ = load(&setup.path, ENTRIES, ENTRIES + 1);
     let restarted = SqliteRegistry::open(&setup.path).unwrap();
     match setup.checkpoint(&restarted) {

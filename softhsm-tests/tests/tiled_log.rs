@@ -6,9 +6,10 @@
 //! the signed root, proves every entry's inclusion and the consistency of
 //! two checkpoints. Then an insider rewrites the database: a level-1 tile
 //! hash, a checkpointed leaf at the log's right edge, and a leaf deep inside
-//! a full tile. The daemon refuses to sign over the first two at its next
-//! start; the third cannot be seen in O(log n) reads, and the independent
-//! client refuses the tiles that carry it.
+//! a full tile, then the whole tile. The daemon refuses to sign over the
+//! first two at its next start; the third cannot be seen in O(log n)
+//! reads, and the independent client refuses the tiles that carry it; the
+//! whole tile rewritten, the daemon serves neither it nor a proof from it.
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
 
@@ -420,6 +421,9 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         .unwrap();
     drop(db);
     d.spawn();
+    // One checkpoint round: the node's upper tree is filled and checked.
+    refuse(&d, 1);
+    let _ = checkpoint(&mut d.public_client(), signed + 1);
     let tile0 = d.public_client().get("/tile/0/000");
     assert_eq!(tile0.status, 200);
     let note = checkpoint(&mut d.public_client(), signed);
@@ -454,8 +458,10 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         String::from_utf8_lossy(&reply.body)
     );
 
-    // A whole tile rewritten (one hash changed): the independent client,
-    // checking the tiles it reads against the signed root, refuses it.
+    // A whole tile rewritten (one hash changed): the daemon, checking a
+    // full tile against its upper tree (rolled up to the signed root),
+    // serves neither the tile nor a proof from it; the independent client,
+    // handed the tile anyway, refuses it.
     let mut forged = tile0.body.clone();
     forged[6 * 32] ^= 1;
     let _ = swap_blob(
@@ -464,10 +470,20 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
         "level = 0 AND idx = 0",
         &forged,
     );
-    assert_eq!(d.public_client().get("/tile/0/000").body, forged);
+    assert_eq!(d.public_client().get("/tile/0/000").status, 503);
+    let proof = format!("/v1/audit/proof/inclusion?index=7&size={size}");
+    assert_eq!(d.client("auditor").get(&proof).status, 503);
+    let proof = format!("/v1/audit/proof/inclusion?index=300&size={size}");
+    assert_eq!(d.client("auditor").get(&proof).status, 200);
+    assert!(
+        d.log()
+            .contains("the stored tile 0/0 does not hash to the signed tree"),
+        "{}",
+        d.log()
+    );
     let tiles = Http {
         client: RefCell::new(d.public_client()),
-        fetched: RefCell::new(HashMap::new()),
+        fetched: RefCell::new(HashMap::from([("/tile/0/000".to_owned(), forged)])),
     };
     let reader = TileHashReader::new(size, root, &tiles);
     let proves = |index: usize| {

@@ -78,8 +78,8 @@ impl From<TreeError> for AuditError {
     fn from(e: TreeError) -> Self {
         match e {
             TreeError::Store(e) => AuditError::Store(e),
-            missing @ TreeError::Missing { .. } => {
-                AuditError::Store(StoreError::Internal(missing.to_string()))
+            other @ (TreeError::Missing { .. } | TreeError::Rewritten { .. }) => {
+                AuditError::Store(StoreError::Internal(other.to_string()))
             }
         }
     }

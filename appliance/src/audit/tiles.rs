@@ -80,6 +80,16 @@ pub enum TreeError {
         /// First missing index.
         start: u64,
     },
+    /// A stored tile does not hash to the root above it that the source
+    /// knows (the upper tree, checked against the signed root): the row
+    /// was rewritten after it was stored.
+    #[error("the stored tile {level}/{index} does not hash to the signed tree (rewritten)")]
+    Rewritten {
+        /// Tile level.
+        level: u8,
+        /// Tile index.
+        index: u64,
+    },
 }
 
 /// The largest power of two strictly below `n` (`n >= 2`).
@@ -291,7 +301,36 @@ impl<'a> TreeReader<'a> {
         for (a, b) in siblings.into_iter().rev() {
             proof.push(self.edge_aware_root(a, b, size)?);
         }
+        self.check_leaf_tile(index, size, &proof)?;
         Ok(proof)
+    }
+
+    /// Folds the leaf and the proof's first eight hashes (its siblings in
+    /// a full tile) to the tile's root; where the source knows that root,
+    /// a leaf tile rewritten in the store is refused, not proved from.
+    fn check_leaf_tile(&self, index: u64, size: u64, proof: &[Hash]) -> Result<(), TreeError> {
+        let lo = index - index % TILE_WIDTH;
+        if lo + TILE_WIDTH > size {
+            return Ok(());
+        }
+        let Some(expected) = self.known_subtree(TILE_HEIGHT, lo / TILE_WIDTH) else {
+            return Ok(());
+        };
+        let mut hash = self.subtree(0, index)?;
+        for (bit, sibling) in proof.iter().take(TILE_HEIGHT as usize).enumerate() {
+            hash = if index >> bit & 1 == 1 {
+                node_hash(sibling, &hash)
+            } else {
+                node_hash(&hash, sibling)
+            };
+        }
+        if hash == expected {
+            return Ok(());
+        }
+        Err(TreeError::Rewritten {
+            level: 0,
+            index: lo / TILE_WIDTH,
+        })
     }
 
     /// The consistency proof from the tree of `from` leaves to the tree of
@@ -337,9 +376,22 @@ impl<'a> TreeReader<'a> {
     }
 
     /// The hashes of a tile, as served (`width * 32` bytes).
+    /// A full tile whose root the source knows is checked against it.
     pub fn tile(&self, tile: TileId) -> Result<Vec<u8>, TreeError> {
         let start = tile.index * TILE_WIDTH;
-        Ok(self.run(tile.level, start, start + tile.width)?.concat())
+        let hashes = self.run(tile.level, start, start + tile.width)?;
+        let above = TILE_HEIGHT * (u32::from(tile.level) + 1);
+        if tile.width == TILE_WIDTH
+            && self
+                .known_subtree(above, tile.index)
+                .is_some_and(|expected| root(&hashes) != expected)
+        {
+            return Err(TreeError::Rewritten {
+                level: tile.level,
+                index: tile.index,
+            });
+        }
+        Ok(hashes.concat())
     }
 }
 
