@@ -7,21 +7,43 @@ use super::connection::RawTx;
 use super::errors::map_err;
 use crate::store::StoreError;
 
-/// Takes one copy if any shard has room: a random unlocked shard first
-/// (`SKIP LOCKED`), then, if all are busy, waiting on one that has room.
-pub(super) fn take(tx: &mut RawTx<'_>) -> Result<bool, StoreError> {
+/// Takes one copy for `holder` if it never had one and any shard has
+/// room. Usually one statement: the holder's check and a random unlocked
+/// shard (`SKIP LOCKED`) with the increment. When that takes nothing
+/// (the holder had one, or every shard with room is busy or none has
+/// room), the holder is checked alone, then shards are waited on.
+pub(super) fn take(tx: &mut RawTx<'_>, holder: &[u8]) -> Result<bool, StoreError> {
+    let at_once = tx
+        .query_opt(
+            "UPDATE quota_shards SET used = used + 1
+             WHERE name = 'free_first_time' AND used < quota
+               AND shard = (SELECT shard FROM quota_shards
+                            WHERE name = 'free_first_time' AND used < quota
+                            ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
+               AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)
+             RETURNING shard",
+            &[&holder],
+        )
+        .map_err(map_err)?;
+    if at_once.is_some() {
+        return Ok(true);
+    }
+    let had_one = tx
+        .query_opt(
+            "SELECT 1 FROM credentials WHERE holder = $1 AND free_copy",
+            &[&holder],
+        )
+        .map_err(map_err)?;
+    if had_one.is_some() {
+        return Ok(false);
+    }
     let any_left =
         "SELECT 1 FROM quota_shards WHERE name = 'free_first_time' AND used < quota LIMIT 1";
     // Bounded: each round either takes a copy or finds a shard someone else
     // just emptied; 64 rounds of that means the quota is being drained.
-    for round in 0..64 {
-        let pick = if round == 0 {
-            "SELECT shard FROM quota_shards WHERE name = 'free_first_time' AND used < quota
-             ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED"
-        } else {
-            "SELECT shard FROM quota_shards WHERE name = 'free_first_time' AND used < quota
-             ORDER BY shard LIMIT 1 FOR UPDATE"
-        };
+    for _ in 0..64 {
+        let pick = "SELECT shard FROM quota_shards WHERE name = 'free_first_time' AND used < quota
+             ORDER BY shard LIMIT 1 FOR UPDATE";
         match tx.query_opt(pick, &[]).map_err(map_err)? {
             Some(row) => {
                 let shard: i32 = row.get(0);

@@ -124,8 +124,8 @@ impl Tx for PgTx<'_, '_> {
         )
     }
 
-    fn take_free_copy(&mut self) -> Result<bool, StoreError> {
-        quota::take(self.raw)
+    fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {
+        quota::take(self.raw, holder)
     }
 
     fn free_copies(&mut self) -> Result<(u64, u64), StoreError> {

@@ -55,17 +55,6 @@ fn lookup_idempotency(
     }
 }
 
-/// One free copy for a holder who never had one, if the quota has room.
-fn take_free_copy(tx: &mut dyn Tx, holder: &Pseudonym) -> Result<bool, StoreError> {
-    let had_one = tx
-        .query_opt(
-            "SELECT 1 FROM credentials WHERE holder = $1 AND free_copy",
-            args![&holder.0],
-        )?
-        .is_some();
-    Ok(!had_one && tx.take_free_copy()?)
-}
-
 /// The response for `committed`, built once: a retried transaction with
 /// the same outcome reuses it, one whose outcome changed (the last free
 /// copy went to someone else) is refused rather than answered wrongly.
@@ -113,7 +102,7 @@ fn commit_in(
     } else {
         Vec::new()
     };
-    let free_copy = commit.want_free_copy && take_free_copy(tx, &c.holder)?;
+    let free_copy = commit.want_free_copy && tx.take_free_copy(&c.holder.0)?;
     super::batch::insert_credential(tx, c, free_copy, None)?;
     tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
     for copy in &commit.copies {

@@ -248,8 +248,11 @@ pub(crate) trait Tx {
     /// How this database appends an entry (see [`Tx::append_audit`]).
     fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError>;
 
-    /// Takes one free first-time copy from the quota if any is left.
-    fn take_free_copy(&mut self) -> Result<bool, StoreError>;
+    /// Takes one free first-time copy from the quota for `holder` (a
+    /// pseudonym) if it never had one and any is left: one statement on
+    /// the usual path (an issuance's round trips are its cost on a
+    /// cluster).
+    fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError>;
 
     /// (used, quota) of the free first-time copies.
     fn free_copies(&mut self) -> Result<(u64, u64), StoreError>;

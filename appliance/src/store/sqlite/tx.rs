@@ -151,11 +151,12 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn take_free_copy(&mut self) -> Result<bool, StoreError> {
+    fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {
         // One row: the single writer serialises every taker anyway.
         Ok(self.execute(
-            "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota",
-            &[],
+            "UPDATE quotas SET used = used + 1 WHERE name = 'free_first_time' AND used < quota
+               AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)",
+            args![holder],
         )? == 1)
     }
 
