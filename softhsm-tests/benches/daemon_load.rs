@@ -4,8 +4,9 @@
 //! runs of each (this machine's speed drifts: the spread is a finding).
 //!
 //! Each run reports issuances/s and p50/p99 at saturation and at half that
-//! rate (open loop), the p99 of one closed-loop client sending beside the
-//! half load (what one counter clerk feels), where the issuances' time went
+//! rate (open loop), then, in a phase of its own (its requests add to the
+//! load), the p99 of one closed-loop client sending beside the same half
+//! load (what one counter clerk feels), where the issuances' time went
 //! (the daemon's per-stage histograms over each phase), the daemon's CPU per
 //! issuance beyond its HSM work, its peak RSS, and the audit entry's share.
 //! After each run the registry and the audit log are checked (credentials
@@ -185,20 +186,29 @@ fn one_run(
     let saturated_stages = StageHistograms::parse(&metrics(&d)).since(&before);
 
     let half_rate = saturated.rate() / 2.0;
-    let half_bodies = Arc::new(bodies(
-        (half_rate * seconds as f64 * 1.1) as usize + 100,
-        count as u32 + 1000,
-    )?);
-    let single_bodies = Arc::new(bodies(20_000.min(seconds as usize * 1000), 1_500_000)?);
+    let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
+    let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
     let log_mark = d.log().len();
     let before = StageHistograms::parse(&metrics(&d));
+    let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
+    let half_stages = StageHistograms::parse(&metrics(&d)).since(&before);
+    // Then the clerk beside the same half load (other holders), a phase of
+    // its own: a closed-loop client adds its own rate, so the half load's
+    // figures above are taken without it.
+    let beside_bodies = Arc::new(bodies(half_count, (count + half_count) as u32 + 2000)?);
+    let single_bodies = Arc::new(bodies(20_000.min(seconds as usize * 1000), 1_500_000)?);
     let single_target = target.clone();
     let single = std::thread::spawn(move || load(&single_target, single_bodies, 1, duration, None));
-    let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
+    let beside = load(
+        &target,
+        beside_bodies,
+        connections,
+        duration,
+        Some(half_rate),
+    )?;
     let mut single = common::joined(single.join(), "single client")?;
-    let half_stages = StageHistograms::parse(&metrics(&d)).since(&before);
     let rss_peak = rss_kib(pid, "VmHWM:");
-    issued += saturated.issued + half.issued + single.issued;
+    issued += saturated.issued + half.issued + beside.issued + single.issued;
     let quota_used = quota_before - sample(&metrics(&d), "dojang_free_quota_remaining");
 
     let slow = common::stages::slow_trace_summary(d.log().get(log_mark..).unwrap_or(""));
@@ -256,7 +266,7 @@ fn one_run(
         half_p99,
         single_p50,
         single_p99,
-        failed: saturated.failed + half.failed + single.failed,
+        failed: saturated.failed + half.failed + beside.failed + single.failed,
         cpu_us: per_issuance_us,
         rss_peak_mib: rss_peak as f64 / 1024.0,
         audit_share: audit_us / per_issuance_us * 100.0,
