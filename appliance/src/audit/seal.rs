@@ -117,14 +117,8 @@ fn hsm_hmac(backend: &dyn KeyBackend, label: &str, input: &[u8]) -> Result<[u8; 
 // one per entry.
 #[allow(clippy::disallowed_methods)]
 fn software_hmac(key: &[u8; 32], input: &[u8]) -> Result<[u8; 32], SealError> {
-    let failed = |e: openssl::error::ErrorStack| SealError(e.to_string());
-    let key = openssl::pkey::PKey::hmac(key).map_err(failed)?;
-    let mut signer =
-        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).map_err(failed)?;
-    signer.update(input).map_err(failed)?;
-    let mut out = [0u8; 32];
-    let _ = signer.sign(&mut out).map_err(failed)?;
-    Ok(out)
+    pkcs11_shim::digest::hmac_sha256(key, input)
+        .ok_or_else(|| SealError("HMAC refused its key".into()))
 }
 
 #[cfg(test)]

@@ -36,13 +36,8 @@ impl HolderSecret {
     /// HMAC-SHA256 of `claims` under this holder's secret.
     // The one software HMAC key: the per-holder secret the HSM derived, zeroed on drop.
     #[allow(clippy::disallowed_methods)]
-    pub fn claims_mac(&self, claims: &[u8]) -> Result<[u8; 32], openssl::error::ErrorStack> {
-        let key = openssl::pkey::PKey::hmac(&self.secret)?;
-        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
-        signer.update(claims)?;
-        let mut out = [0u8; 32];
-        let _ = signer.sign(&mut out)?;
-        Ok(out)
+    pub fn claims_mac(&self, claims: &[u8]) -> Option<[u8; 32]> {
+        pkcs11_shim::digest::hmac_sha256(&self.secret, claims)
     }
 }
 
@@ -109,8 +104,8 @@ pub(super) fn claims_mac(
         input.extend_from_slice(&(field.len() as u32).to_be_bytes());
         input.extend_from_slice(field);
     }
-    secret.claims_mac(&input).map_err(|e| {
-        tracing::error!(error = %e, "computing a claims MAC");
+    secret.claims_mac(&input).ok_or_else(|| {
+        tracing::error!("computing a claims MAC: HMAC refused the key");
         Refusal::internal()
     })
 }
