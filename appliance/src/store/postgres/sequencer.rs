@@ -8,11 +8,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use postgres::types::ToSql;
+
 use super::connection::RawTx;
 use super::errors::{RETRYABLE, map_err};
 use super::placement::{self, Queued};
 use crate::audit::entry::AuditEntry;
-use crate::store::sql::{Numbering, Taken};
+use crate::store::sql::{Appended, Numbering, Taken};
 use crate::store::{DecisionRecord, Pseudonym, StoreError};
 
 /// Any number: the advisory lock that makes one sequencer at a time.
@@ -34,15 +36,26 @@ fn stored_next(tx: &mut RawTx<'_>, node: &str) -> Result<u64, StoreError> {
     Ok(next as u64)
 }
 
+/// The audit queue's INSERT, its parameters numbered from `$first`.
+fn queue_insert(first: usize) -> String {
+    let values: Vec<String> = (first..first + 8).map(|n| format!("${n}")).collect();
+    format!(
+        "INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash, node_seq, entry)
+         VALUES ({})",
+        values.join(", ")
+    )
+}
+
 /// Queues the decision for the log, inside the caller's transaction, with
-/// its node's next number and its seal.
+/// its node's next number and its seal; with `with`, the INSERT of the row
+/// it is about in the same statement (one round trip).
 pub(super) fn enqueue(
     tx: &mut RawTx<'_>,
     (numbering, taken): (&Numbering, &RefCell<Taken>),
-    d: &DecisionRecord,
-    credential: Option<&str>,
-    holder: Option<&Pseudonym>,
+    entry: &Appended<'_>,
+    with: Option<(&str, &[&(dyn ToSql + Sync)])>,
 ) -> Result<(), StoreError> {
+    let d = entry.decision;
     // Asked first, so the number is taken right before its row goes in:
     // a gap the sequencer sees is a transaction that runs, or none.
     let stored = if numbering.needs_stored(&d.node) {
@@ -52,24 +65,32 @@ pub(super) fn enqueue(
     };
     let number = numbering.take(&d.node, false, || Ok(stored))?;
     taken.borrow_mut().push((d.node.clone(), number));
-    let entry = numbering
-        .seal(d.entry(number, credential, holder))?
+    let sealed = numbering
+        .seal(d.entry(number, entry.credential, entry.holder))?
         .encode();
     let number = number as i64;
-    let queued = tx.execute(
-        "INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash, node_seq, entry)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &d.at,
-            &d.node,
-            &d.actor,
-            &d.action,
-            &d.outcome,
-            &d.policy_hash,
-            &number,
-            &entry,
-        ],
-    );
+    let queue: [&(dyn ToSql + Sync); 8] = [
+        &d.at,
+        &d.node,
+        &d.actor,
+        &d.action,
+        &d.outcome,
+        &d.policy_hash,
+        &number,
+        &sealed,
+    ];
+    // The row the decision is about goes in by the same statement.
+    let (sql, params) = match with {
+        None => (queue_insert(1), queue.to_vec()),
+        Some((insert, params)) => (
+            format!(
+                "WITH recorded AS ({insert}) {}",
+                queue_insert(params.len() + 1)
+            ),
+            [params, &queue[..]].concat(),
+        ),
+    };
+    let queued = tx.execute(&sql, &params);
     match queued {
         Ok(_) => Ok(()),
         Err(e) if taken_elsewhere(&e) => {

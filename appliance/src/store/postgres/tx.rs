@@ -115,13 +115,19 @@ impl Tx for PgTx<'_, '_> {
         let audit = self.audit.ok_or_else(|| {
             StoreError::Internal("an audit entry outside a write transaction".into())
         })?;
-        sequencer::enqueue(
-            self.raw,
-            audit,
-            entry.decision,
-            entry.credential,
-            entry.holder,
-        )
+        sequencer::enqueue(self.raw, audit, &entry, None)
+    }
+
+    fn insert_audited(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        entry: Appended<'_>,
+    ) -> Result<(), StoreError> {
+        let audit = self.audit.ok_or_else(|| {
+            StoreError::Internal("an audit entry outside a write transaction".into())
+        })?;
+        sequencer::enqueue(self.raw, audit, &entry, Some((sql, &dyn_params(params))))
     }
 
     fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {

@@ -103,8 +103,7 @@ fn commit_in(
         Vec::new()
     };
     let free_copy = commit.want_free_copy && tx.take_free_copy(&c.holder.0)?;
-    super::batch::insert_credential(tx, c, free_copy, None)?;
-    tx.append_audit(&commit.decision, Some(&c.id), Some(&c.holder))?;
+    super::batch::insert_credential(tx, c, free_copy, None, &commit.decision)?;
     for copy in &commit.copies {
         super::batch::insert_copy(tx, &c.id, copy, &commit.decision)?;
     }

@@ -248,6 +248,19 @@ pub(crate) trait Tx {
     /// How this database appends an entry (see [`Tx::append_audit`]).
     fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError>;
 
+    /// Runs the INSERT `sql` (`params`) and appends `entry`, the decision
+    /// about the row. A database may do both in one statement (PostgreSQL:
+    /// a round trip less per issuance).
+    fn insert_audited(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        entry: Appended<'_>,
+    ) -> Result<(), StoreError> {
+        let _ = self.execute(sql, params)?;
+        self.append(entry)
+    }
+
     /// Takes one free first-time copy from the quota for `holder` (a
     /// pseudonym) if it never had one and any is left: one statement on
     /// the usual path (an issuance's round trips are its cost on a
