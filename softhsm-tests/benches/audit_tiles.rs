@@ -24,36 +24,14 @@ use std::time::Instant;
 
 use common::BenchResult;
 use dojang::audit::checkpoint::NoteKey;
-use dojang::audit::entry::AuditEntry;
 use dojang::audit::log::{AuditLog, Signers};
 use dojang::audit::merkle::leaf_hash;
 use dojang::store::SqliteRegistry;
 use pkcs11_shim::pkcs11::Pkcs11Backend;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose};
+use softhsm_tests::synthetic::audit_entry;
 
 const ORIGIN: &str = "dojang.example.kr/audit";
-
-/// A small canonical entry, as a denial writes one.
-fn entry(seq: u64) -> Vec<u8> {
-    AuditEntry {
-        time: 1_800_000_000 + (seq / 1000) as i64,
-        node: "bench".into(),
-        seq,
-        actor: "spiffe://mois.go.kr/office-counter".into(),
-        action: "issue".into(),
-        outcome: "deny".into(),
-        rule: Some("holder.min_age".into()),
-        policy_hash: None,
-        profile: None,
-        credential_id: None,
-        key_id: None,
-        payload_sha256: None,
-        holder: None,
-        actor_certificate: None,
-        seal: Some([0x5e; 32]),
-    }
-    .encode()
-}
 
 /// Appends synthetic entries `from..to` straight into the log's table, in
 /// large transactions (a bulk loader: what the daemon writes one by one).
@@ -66,7 +44,7 @@ fn load(db: &mut rusqlite::Connection, from: u64, to: u64) -> BenchResult {
                 "INSERT INTO audit_log (seq, node, node_seq, entry, leaf) VALUES (?1, 'bench', ?1, ?2, ?3)",
             )?;
             for s in seq..(seq + 200_000).min(to) {
-                let e = entry(s);
+                let e = audit_entry("bench", s);
                 let _ = insert.execute(rusqlite::params![s as i64, &e, &leaf_hash(&e)[..]])?;
             }
         }

@@ -22,6 +22,7 @@ pub mod https;
 pub mod pg;
 pub mod ports;
 pub mod sites;
+pub mod synthetic;
 pub mod web;
 
 use std::net::{SocketAddr, TcpStream};

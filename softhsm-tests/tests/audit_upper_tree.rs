@@ -12,7 +12,6 @@
 #![allow(clippy::indexing_slicing)] // test code: a failed index is a failed test
 
 use dojang::audit::checkpoint::NoteKey;
-use dojang::audit::entry::AuditEntry;
 use dojang::audit::log::{AuditError, AuditLog, Signers};
 use dojang::audit::merkle::{self, leaf_hash, Hash};
 use dojang::audit::tile_path::TileId;
@@ -20,33 +19,13 @@ use dojang::audit::tiles::{LogHashes, TreeError, TreeReader};
 use dojang::store::{Registry, SqliteRegistry};
 use pkcs11_shim::pkcs11::Pkcs11Backend;
 use pkcs11_shim::{Algorithm, KeyBackend, KeyPurpose, Pkcs11Config, SecretSource};
+use softhsm_tests::synthetic::audit_entry;
 use softhsm_tests::SoftHsmToken;
 
 const ORIGIN: &str = "dojang.example.kr/audit";
 /// Past one level-2 subtree (65,536 entries), whose level-1 hashes a
 /// start's frontier does not read.
 const ENTRIES: u64 = 70_000;
-
-fn entry(seq: u64) -> Vec<u8> {
-    AuditEntry {
-        time: 1_800_000_000 + seq as i64,
-        node: "test".into(),
-        seq,
-        actor: "spiffe://mois.go.kr/office-counter".into(),
-        action: "issue".into(),
-        outcome: "deny".into(),
-        rule: Some("holder.min_age".into()),
-        policy_hash: None,
-        profile: None,
-        credential_id: None,
-        key_id: None,
-        payload_sha256: None,
-        holder: None,
-        actor_certificate: None,
-        seal: Some([0x5e; 32]),
-    }
-    .encode()
-}
 
 /// Entries `from..to` straight into the log's table; their leaf hashes.
 fn load(path: &std::path::Path, from: u64, to: u64) -> Vec<Hash> {
@@ -60,7 +39,7 @@ fn load(path: &std::path::Path, from: u64, to: u64) -> Vec<Hash> {
             )
             .unwrap();
         for seq in from..to {
-            let e = entry(seq);
+            let e = audit_entry("test", seq);
             let leaf = leaf_hash(&e);
             let _ = insert
                 .execute(rusqlite::params![seq as i64, &e, &leaf[..]])

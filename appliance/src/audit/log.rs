@@ -408,7 +408,7 @@ fn sync_upper_tree(registry: &dyn Registry, frontier: &Frontier) -> Result<(), A
     if tree.len() < wanted || tree.agrees_with(frontier) {
         return Ok(());
     }
-    tree.set_level(0);
+    tree.clear();
     Err(AuditError::Rewritten(frontier.size()))
 }
 

@@ -61,6 +61,11 @@ impl UpperTree {
         self.level = level;
     }
 
+    /// Drops everything held (proofs read the store again).
+    pub fn clear(&mut self) {
+        *self = UpperTree::default();
+    }
+
     /// Appends base hashes from index `len()` and rolls them up.
     pub fn extend(&mut self, hashes: &[Hash]) {
         if self.heights.is_empty() {
@@ -210,5 +215,8 @@ mod tests {
         assert_eq!(tree.root(0, 256), None);
         tree.set_level(1);
         assert!(tree.is_empty());
+        tree.extend(&level1(&all));
+        tree.clear();
+        assert!(tree.is_empty() && tree.level() == 0 && tree.root(0, 256).is_none());
     }
 }

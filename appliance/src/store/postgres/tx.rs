@@ -20,6 +20,15 @@ pub(super) struct PgTx<'t, 'c> {
     pub(super) audit: Option<(&'t Numbering, &'t std::cell::RefCell<Taken>)>,
 }
 
+impl<'t> PgTx<'t, '_> {
+    /// A write's audit numbers; an entry outside a write is a bug.
+    fn numbers(&self) -> Result<(&'t Numbering, &'t std::cell::RefCell<Taken>), StoreError> {
+        self.audit.ok_or_else(|| {
+            StoreError::Internal("an audit entry outside a write transaction".into())
+        })
+    }
+}
+
 fn mismatch(value: &Value<'_>, ty: &Type) -> Box<dyn Error + Sync + Send> {
     format!("a registry parameter {value:?} cannot be a PostgreSQL {ty}").into()
 }
@@ -112,10 +121,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn append(&mut self, entry: Appended<'_>) -> Result<(), StoreError> {
-        let audit = self.audit.ok_or_else(|| {
-            StoreError::Internal("an audit entry outside a write transaction".into())
-        })?;
-        sequencer::enqueue(self.raw, audit, &entry, None)
+        sequencer::enqueue(self.raw, self.numbers()?, &entry, None)
     }
 
     fn insert_audited(
@@ -124,10 +130,8 @@ impl Tx for PgTx<'_, '_> {
         params: &[Value<'_>],
         entry: Appended<'_>,
     ) -> Result<(), StoreError> {
-        let audit = self.audit.ok_or_else(|| {
-            StoreError::Internal("an audit entry outside a write transaction".into())
-        })?;
-        sequencer::enqueue(self.raw, audit, &entry, Some((sql, &dyn_params(params))))
+        let numbers = self.numbers()?;
+        sequencer::enqueue(self.raw, numbers, &entry, Some((sql, &dyn_params(params))))
     }
 
     fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {
