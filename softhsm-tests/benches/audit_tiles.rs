@@ -12,7 +12,10 @@
 //! the frontier)
 //! and disk use per million entries. Proof times at the largest size are
 //! printed as a ratio to the smallest (target: flat within 2x), start-up
-//! against 5 s.
+//! against 5 s. The ratio is then measured again side by side: a second
+//! log of 2,001 entries and the largest one take turns, five rounds of 200
+//! proofs each with their tiles resident, so the machine's drift over the
+//! run (minutes on a shared VM) falls on both figures alike.
 //!
 //! `make bench-audit`; `DOJANG_BENCH_AUDIT_ENTRIES` sets the largest size
 //! (default 100,000,000: about 20 GB of disk under `DOJANG_BENCH_DIR`, or
@@ -95,6 +98,57 @@ fn read_tile_tables(db: &rusqlite::Connection) -> BenchResult {
     Ok(())
 }
 
+/// Inclusion and consistency proof times (median, p99) in `registry`'s
+/// log of `size` entries, at indices from `seed`.
+type ProofTimes = ((f64, f64), (f64, f64));
+
+fn proof_times(registry: &SqliteRegistry, size: u64, seed: u64) -> BenchResult<ProofTimes> {
+    let inclusion = timed(seed, |r| {
+        let _ = AuditLog::inclusion(registry, r % size, size)?;
+        Ok(())
+    })?;
+    let consistency = timed(seed ^ 0x5555, |r| {
+        let _ = AuditLog::consistency(registry, 1 + r % (size - 1), size)?;
+        Ok(())
+    })?;
+    Ok((inclusion, consistency))
+}
+
+/// A log of `size` entries in its own file under `dir`, checkpointed and
+/// with its tile tables read once.
+fn small_log(
+    dir: &std::path::Path,
+    size: u64,
+    (backend, signers): (&Pkcs11Backend, &Signers<'_>),
+) -> BenchResult<SqliteRegistry> {
+    let path = dir.join("small.db");
+    let registry = SqliteRegistry::open(&path)?;
+    let mut db = rusqlite::Connection::open(&path)?;
+    load(&mut db, 0, size)?;
+    let _ = AuditLog::new(ORIGIN)?.checkpoint(backend, &registry, signers, None)?;
+    read_tile_tables(&db)?;
+    Ok(registry)
+}
+
+/// Medians over `ROUNDS` of each log's p50s, the logs taking turns.
+const ROUNDS: u64 = 5;
+
+fn side_by_side(
+    small: (&SqliteRegistry, u64),
+    large: (&SqliteRegistry, u64),
+) -> BenchResult<[(f64, f64); 2]> {
+    let (mut of_small, mut of_large) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for round in 0..ROUNDS {
+        for ((registry, size), p50s) in [(small, &mut of_small), (large, &mut of_large)] {
+            let ((inclusion, _), (consistency, _)) =
+                proof_times(registry, size, 0x6a09_e667_f3bc_c908 ^ round)?;
+            p50s.0.push(inclusion);
+            p50s.1.push(consistency);
+        }
+    }
+    Ok([of_small, of_large].map(|(i, c)| (common::median(i), common::median(c))))
+}
+
 struct Stage {
     size: u64,
     append_per_s: f64,
@@ -155,22 +209,11 @@ fn main() -> BenchResult {
         let started = Instant::now();
         let _ = log.checkpoint(&backend, &registry, &signers, None)?;
         let checkpoint_ms = started.elapsed().as_secs_f64() * 1e3;
-        let proofs = |seed: u64| -> BenchResult<((f64, f64), (f64, f64))> {
-            let inclusion = timed(seed, |r| {
-                let _ = AuditLog::inclusion(&registry, r % size, size)?;
-                Ok(())
-            })?;
-            let consistency = timed(seed ^ 0x5555, |r| {
-                let _ = AuditLog::consistency(&registry, 1 + r % (size - 1), size)?;
-                Ok(())
-            })?;
-            Ok((inclusion, consistency))
-        };
         // As the load left the page cache, then (other indices) with the
         // tile tables read once: a server whose tiles stay in memory.
-        let (inclusion, consistency) = proofs(0x9e37_79b9_7f4a_7c15)?;
+        let (inclusion, consistency) = proof_times(&registry, size, 0x9e37_79b9_7f4a_7c15)?;
         read_tile_tables(&db)?;
-        let resident = proofs(0x2545_f491_4f6c_dd1d)?;
+        let resident = proof_times(&registry, size, 0x2545_f491_4f6c_dd1d)?;
         // A node's start: a fresh registry (nothing in memory) and log, one
         // more entry, a checkpoint (which also fills the upper tree from
         // the store and checks it against the signed root).
@@ -195,6 +238,16 @@ fn main() -> BenchResult {
         });
     }
     report(&stages);
+    // The base again, beside the largest log (both resident).
+    let small_size = stages.first().map_or(2_001, |s| s.size);
+    let small = small_log(dir.path(), small_size, (&backend, &signers))?;
+    read_tile_tables(&db)?;
+    let [(si, sc), (li, lc)] = side_by_side((&small, small_size), (&registry, size))?;
+    println!(
+        "side by side, tiles resident ({ROUNDS} alternating rounds of 200, median of the rounds' p50s): {small_size} entries inclusion {si:.0} µs, consistency {sc:.0} µs; {size} entries {li:.0} µs, {lc:.0} µs: inclusion x{:.2}, consistency x{:.2} (target: within 2x)",
+        li / si,
+        lc / sc
+    );
     Ok(())
 }
 
