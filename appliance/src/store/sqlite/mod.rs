@@ -64,6 +64,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// How much of the database file a reader maps (SQLite maps at most the
+/// file): a page a reader needs is then a memory access, not a `pread` —
+/// an inclusion proof at 10^8 entries reads its leaf tile, an 8 KiB row
+/// over nine 1 KiB pages. The mapped pages are the page cache, shared and
+/// reclaimable; they count in the daemon's resident size as file pages.
+const READER_MAP_BYTES: u64 = 1 << 40;
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "mmap_size", READER_MAP_BYTES as i64)
+        .map_err(map_err)?;
+    Ok(conn)
+}
+
 /// Builds before the numbering was shared with PostgreSQL applied the
 /// claims MAC as migration 3 and the write probe as 4: a store left at 3
 /// by one of them has the claims MAC and lacks the write probe.
@@ -135,7 +149,7 @@ impl SqlRegistry<SqliteDriver> {
             .spawn(move || writer_loop(conn, jobs))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let readers = (0..READERS)
-            .map(|_| open_connection(path))
+            .map(|_| open_reader(path))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SqlRegistry {
             driver: SqliteDriver {
@@ -270,5 +284,26 @@ impl Driver for SqliteDriver {
 
     fn numbering(&self) -> &Numbering {
         &self.numbering
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_reader_maps_a_file_far_past_two_gigabytes() {
+        let path = std::env::temp_dir().join(format!("dojang-map-{}.db", std::process::id()));
+        let reader = open_reader(&path).unwrap();
+        // A build without the raised cap clamps the map to 0x7fff0000.
+        let mapped: i64 = reader
+            .query_row("PRAGMA mmap_size", [], |row| row.get(0))
+            .unwrap();
+        drop(reader);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        assert_eq!(mapped as u64, READER_MAP_BYTES);
     }
 }
