@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := build-essential pkg-config libssl-dev libtss2-dev \
 	softhsm2 opensc p11-kit p11-kit-modules swtpm swtpm-tools tpm2-tools openssl \
-	python3 python3-venv libsqlite3-dev curl systemd bsdutils iproute2 \
+	python3 python3-venv curl systemd bsdutils iproute2 \
 	postgresql-client
 # Independent credential verifiers (Python), in a venv the tests use.
 VENV := .venv
