@@ -98,10 +98,10 @@ fn read_tile_tables(db: &rusqlite::Connection) -> BenchResult {
     Ok(())
 }
 
-/// Inclusion and consistency proof times (median, p99) in `registry`'s
-/// log of `size` entries, at indices from `seed`.
+/// (median, p99) of inclusion, then of consistency proofs, in µs.
 type ProofTimes = ((f64, f64), (f64, f64));
 
+/// Proof times in `registry`'s log of `size` entries, at indices from `seed`.
 fn proof_times(registry: &SqliteRegistry, size: u64, seed: u64) -> BenchResult<ProofTimes> {
     let inclusion = timed(seed, |r| {
         let _ = AuditLog::inclusion(registry, r % size, size)?;
@@ -130,9 +130,11 @@ fn small_log(
     Ok(registry)
 }
 
-/// Medians over `ROUNDS` of each log's p50s, the logs taking turns.
+/// Rounds of the side-by-side measurement.
 const ROUNDS: u64 = 5;
 
+/// (inclusion, consistency) p50 of each log: the median over `ROUNDS` in
+/// which the two logs take turns.
 fn side_by_side(
     small: (&SqliteRegistry, u64),
     large: (&SqliteRegistry, u64),
