@@ -54,7 +54,8 @@ fn load(path: &std::path::Path, from: u64, to: u64) -> Vec<Hash> {
 /// What an insider does with direct SQL: a whole tile's row replaced.
 fn set_whole_tile(path: &std::path::Path, level: u8, index: u64, hashes: &[u8]) {
     let db = rusqlite::Connection::open(path).unwrap();
-    let sql = "UPDATE audit_full_tiles SET hashes = ?1 WHERE level = ?2 AND idx = ?3";
+    // Keyed level * 2^40 + index.
+    let sql = "UPDATE audit_full_tiles SET hashes = ?1 WHERE tile = ?2 * 1099511627776 + ?3";
     let changed = db
         .execute(sql, rusqlite::params![hashes, level, index as i64])
         .unwrap();
@@ -179,7 +180,7 @@ fn proofs_from_the_upper_tree_are_the_store_s_and_a_deep_rewrite_stops_the_log()
     let db = rusqlite::Connection::open(&setup.path).unwrap();
     let mut tile: Vec<u8> = db
         .query_row(
-            "SELECT hashes FROM audit_full_tiles WHERE level = 1 AND idx = 0",
+            "SELECT hashes FROM audit_full_tiles WHERE tile = 1099511627776", // level 1, tile 0
             [],
             |r| r.get(0),
         )

@@ -3,7 +3,9 @@
 //! credentials, a key, a policy document, a checkpoint, an idempotency key
 //! and audit entries) is loaded, opened by this build, read back and
 //! written to. SQLite stores left at version 3 by a build that numbered
-//! migrations 3 and 4 the other way round are renumbered.
+//! migrations 3 and 4 the other way round are renumbered. Whole audit
+//! tiles a schema-15 build stored by (level, index) are read after the
+//! move to one key (migration 16).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
@@ -122,7 +124,7 @@ fn a_sqlite_registry_from_the_previous_build_opens_in_place() {
     writes_after_the_upgrade(&reg);
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=15).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -148,7 +150,7 @@ fn a_postgres_registry_from_the_previous_build_opens_in_place() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, (1..=15).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=16).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -180,7 +182,7 @@ fn a_sqlite_registry_numbered_the_old_way_is_renumbered() {
     assert_eq!(reg.keys().unwrap(), vec![], "migration 5 ran");
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=15).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
     let head: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_head'",
@@ -192,4 +194,74 @@ fn a_sqlite_registry_numbered_the_old_way_is_renumbered() {
         head, 0,
         "the old fourth migration (the head row's drop) ran"
     );
+}
+
+/// Puts `audit_full_tiles` back as schema 15 had it, with two whole tiles
+/// (level 0 tile 3, level 1 tile 0): what an earlier build left.
+const TILES_V15: &str = "DROP TABLE audit_full_tiles;
+     CREATE TABLE audit_full_tiles (level {int} NOT NULL, idx {int} NOT NULL,
+                                    hashes {bytes} NOT NULL, PRIMARY KEY (level, idx));
+     INSERT INTO audit_full_tiles (level, idx, hashes) VALUES (0, 3, {zeros}), (1, 0, {ones});
+     DELETE FROM schema_version WHERE version = 16;";
+
+/// A tile of 256 equal hashes.
+fn tile_of(byte: u8) -> Vec<[u8; 32]> {
+    vec![[byte; 32]; 256]
+}
+
+/// The two tiles of [`TILES_V15`] are read whole (a range inside each;
+/// the hash-by-hash tables hold none of them), and each stays the one
+/// stored.
+fn whole_tiles_of_schema_15_are_read(reg: &dyn Registry) {
+    let read = reg
+        .audit_hash_ranges(&[(0, 3 * 256 + 5, 3 * 256 + 9), (1, 0, 2)])
+        .unwrap();
+    assert_eq!(read, vec![vec![[0; 32]; 4], vec![[1; 32]; 2]]);
+    reg.add_audit_full_tiles(0, 3, &[tile_of(0)]).unwrap();
+    assert!(reg.add_audit_full_tiles(1, 0, &[tile_of(2)]).is_err());
+}
+
+#[test]
+fn whole_audit_tiles_of_schema_15_move_to_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    drop(SqliteRegistry::open(&path).unwrap());
+    let blob = |b: u8| format!("x'{}'", format!("{b:02x}").repeat(256 * 32));
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            &TILES_V15
+                .replace("{int}", "INTEGER")
+                .replace("{bytes}", "BLOB")
+                .replace("{zeros}", &blob(0))
+                .replace("{ones}", &blob(1)),
+        )
+        .unwrap();
+    let reg = SqliteRegistry::open(&path).unwrap();
+    whole_tiles_of_schema_15_are_read(&reg);
+    drop(reg);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
+}
+
+#[test]
+fn whole_audit_tiles_of_schema_15_move_to_one_key_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    drop(PostgresRegistry::open(&schema.url, 1).unwrap());
+    let blob = |b: u8| format!("'\\x{}'::bytea", format!("{b:02x}").repeat(256 * 32));
+    softhsm_tests::daemon::PgSchema::admin()
+        .batch_execute(&format!(
+            "SET search_path TO {}; {}",
+            schema.name,
+            TILES_V15
+                .replace("{int}", "BIGINT")
+                .replace("{bytes}", "BYTEA")
+                .replace("{zeros}", &blob(0))
+                .replace("{ones}", &blob(1))
+        ))
+        .unwrap();
+    let reg = PostgresRegistry::open(&schema.url, 2).unwrap();
+    whole_tiles_of_schema_15_are_read(&reg);
 }

@@ -467,7 +467,7 @@ fn a_rewritten_log_is_not_signed_over_and_independent_clients_see_the_rest() {
     let _ = swap_blob(
         &d,
         ("audit_full_tiles", "hashes"),
-        "level = 0 AND idx = 0",
+        "tile = 0", // level 0, tile 0 (key: level * 2^40 + index)
         &forged,
     );
     assert_eq!(d.public_client().get("/tile/0/000").status, 503);

@@ -12,30 +12,41 @@ const TILE_WIDTH: u64 = 256;
 /// Ranges one hash query reads; more are read in further queries.
 pub(crate) const HASH_RANGE_SLOTS: usize = 16;
 
+/// Levels of whole tiles apart in [`full_tile_key`]: room for 2^40 tiles
+/// per level (2.8 * 10^14 entries at level 0).
+const LEVEL_SPAN: u64 = 1 << 40;
+
+/// The key of whole tile `index` of `level` in `audit_full_tiles`; none
+/// for an index no log reaches.
+pub(crate) fn full_tile_key(level: u8, index: u64) -> Option<i64> {
+    (index < LEVEL_SPAN)
+        .then(|| i64::try_from(u64::from(level) * LEVEL_SPAN + index).ok())
+        .flatten()
+}
+
 /// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
-/// end, tile), each row tagged with its slot. One SQL text for every call,
-/// so each connection prepares it once (a text per shape would fill the
-/// statement caches). A slot whose tile is stored whole reads that one row
-/// (`w` = 1); otherwise level 0 reads the log's leaves, others
+/// end, whole tile's key), each row tagged with its slot. One SQL text for
+/// every call, so each connection prepares it once (a text per shape would
+/// fill the statement caches). A slot whose tile is stored whole reads
+/// that one row (`w` = 1); otherwise level 0 reads the log's leaves, others
 /// `audit_tiles`. An unused slot is an empty range.
 fn hash_ranges_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let parts: Vec<String> = (0..HASH_RANGE_SLOTS)
             .map(|i| {
-                let (l, a, b, t) = (4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4);
+                let (l, a, b, k) = (4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4);
                 // The terms on parameters alone (and the uncorrelated
                 // NOT EXISTS) are tested once, before any index is
                 // searched: a slot's other tables and an unused slot cost
                 // no seek (a seek into a log of 10^8 entries reads pages
                 // from disk).
                 let used = format!("CAST(${b} AS BIGINT) > CAST(${a} AS BIGINT)");
-                let not_whole = format!(
-                    "NOT EXISTS (SELECT 1 FROM audit_full_tiles WHERE level = ${l} AND idx = ${t})"
-                );
+                let not_whole =
+                    format!("NOT EXISTS (SELECT 1 FROM audit_full_tiles WHERE tile = ${k})");
                 format!(
-                    "SELECT CAST({i} AS BIGINT) AS r, hashes AS h, idx AS k, CAST(1 AS BIGINT) AS w \
-                     FROM audit_full_tiles WHERE {used} AND level = ${l} AND idx = ${t} \
+                    "SELECT CAST({i} AS BIGINT) AS r, hashes AS h, tile AS k, CAST(1 AS BIGINT) AS w \
+                     FROM audit_full_tiles WHERE {used} AND tile = ${k} \
                      UNION ALL SELECT CAST({i} AS BIGINT), leaf, seq, CAST(0 AS BIGINT) FROM audit_log \
                      WHERE CAST(${l} AS BIGINT) = 0 AND {used} AND {not_whole} \
                      AND seq >= ${a} AND seq < ${b} \
@@ -53,13 +64,9 @@ fn hash_ranges_sql() -> &'static str {
 
 /// The tile a range lies in, if it lies in one (only such a range can be
 /// read from a whole tile).
-fn tile_of((_, start, end): (u8, u64, u64)) -> u64 {
+fn tile_of((_, start, end): (u8, u64, u64)) -> Option<u64> {
     let tile = start / TILE_WIDTH;
-    if end <= (tile + 1) * TILE_WIDTH {
-        tile
-    } else {
-        u64::MAX
-    }
+    (end <= (tile + 1) * TILE_WIDTH).then_some(tile)
 }
 
 /// Reads up to `HASH_RANGE_SLOTS` ranges with [`hash_ranges_sql`]. A row
@@ -69,12 +76,18 @@ pub(crate) fn read_hash_ranges(
     tx: &mut dyn Tx,
     ranges: &[(u8, u64, u64)],
 ) -> Result<Vec<Vec<[u8; 32]>>, StoreError> {
-    let mut params: Vec<u64> = Vec::with_capacity(4 * HASH_RANGE_SLOTS);
+    let mut values: Vec<Value<'_>> = Vec::with_capacity(4 * HASH_RANGE_SLOTS);
     for slot in 0..HASH_RANGE_SLOTS {
         let range = ranges.get(slot).copied().unwrap_or((0, 0, 0));
-        params.extend([u64::from(range.0), range.1, range.2, tile_of(range)]);
+        // -1: no whole tile has that key.
+        let whole = tile_of(range).and_then(|t| full_tile_key(range.0, t));
+        values.extend([
+            Value::from(u32::from(range.0)),
+            Value::from(range.1),
+            Value::from(range.2),
+            Value::Int(whole.unwrap_or(-1)),
+        ]);
     }
-    let values: Vec<Value<'_>> = params.iter().map(|v| Value::from(*v)).collect();
     let mut rows: Vec<(usize, u64, [u8; 32])> = Vec::new();
     let mut out: Vec<Vec<[u8; 32]>> = vec![Vec::new(); ranges.len()];
     let mut whole = vec![false; ranges.len()];
@@ -130,29 +143,23 @@ const REWRITTEN: StoreError = StoreError::Conflict {
     rule: "audit.tile_hash",
 };
 
-/// Stores `values` as rows `(level, first..)` of `table` (`audit_tiles`,
-/// column `hash`, or `audit_full_tiles`, column `hashes`); a row already
-/// stored stays, and one that differs is refused ([`REWRITTEN`]): tile
+/// Stores `values` as rows `first..` of level `level` with `insert` (of
+/// one row: level `$1`, index `$2`, value `$3`; a row already stored
+/// stays), then reads them back with `stored` (level `$1`, indexes `$2` to
+/// `$3`, in order): a row that differs is refused ([`REWRITTEN`]), tile
 /// rows never change once written.
 fn store_once(
     tx: &mut dyn Tx,
-    (table, column): (&str, &str),
+    (insert, stored): (&str, &str),
     level: u8,
     first: u64,
     values: &[Vec<u8>],
 ) -> Result<(), StoreError> {
-    let insert = format!(
-        "INSERT INTO {table} (level, idx, {column}) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING"
-    );
     for (index, value) in (first..).zip(values) {
-        let _ = tx.execute(&insert, args![u32::from(level), index, &value[..]])?;
+        let _ = tx.execute(insert, args![u32::from(level), index, &value[..]])?;
     }
-    let stored = tx.query(
-        &format!(
-            "SELECT {column} FROM {table} WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx"
-        ),
-        args![u32::from(level), first, first + values.len() as u64],
-    )?;
+    let end = first + values.len() as u64;
+    let stored = tx.query(stored, args![u32::from(level), first, end])?;
     let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.blob(0)).collect::<Result<_, _>>()?;
     if stored != values {
         return Err(REWRITTEN);
@@ -169,23 +176,52 @@ pub(crate) fn add_tile_hashes(
     hashes: &[[u8; 32]],
 ) -> Result<(), StoreError> {
     let values: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
-    store_once(tx, ("audit_tiles", "hash"), level, start, &values)
+    let sql = (
+        "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3)
+         ON CONFLICT (level, idx) DO NOTHING",
+        "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+    );
+    store_once(tx, sql, level, start, &values)
+}
+
+/// The SQL of [`store_once`] for whole tiles, keyed as [`full_tile_key`].
+fn full_tiles_sql() -> &'static (String, String) {
+    static SQL: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let key =
+            |index: &str| format!("CAST($1 AS BIGINT) * {LEVEL_SPAN} + CAST({index} AS BIGINT)");
+        (
+            format!(
+                "INSERT INTO audit_full_tiles (tile, hashes) VALUES ({}, $3)
+                 ON CONFLICT (tile) DO NOTHING",
+                key("$2")
+            ),
+            format!(
+                "SELECT hashes FROM audit_full_tiles WHERE tile >= {} AND tile < {} ORDER BY tile",
+                key("$2"),
+                key("$3")
+            ),
+        )
+    })
 }
 
 /// Stores full tiles of level `level` whole from tile `first`, each
 /// `TILE_WIDTH` hashes; a stored tile that differs is refused
-/// (`audit.tile_hash`), one of another width too.
+/// (`audit.tile_hash`), one of another width too, and so is an index no
+/// key reaches.
 pub(crate) fn add_full_tiles(
     tx: &mut dyn Tx,
     level: u8,
     first: u64,
     tiles: &[Vec<[u8; 32]>],
 ) -> Result<(), StoreError> {
-    if tiles.iter().any(|t| t.len() as u64 != TILE_WIDTH) {
+    let past_last = first.saturating_add(tiles.len() as u64);
+    if tiles.iter().any(|t| t.len() as u64 != TILE_WIDTH) || past_last > LEVEL_SPAN {
         return Err(REWRITTEN);
     }
     let values: Vec<Vec<u8>> = tiles.iter().map(|t| t.concat()).collect();
-    store_once(tx, ("audit_full_tiles", "hashes"), level, first, &values)
+    let (insert, stored) = full_tiles_sql();
+    store_once(tx, (insert, stored), level, first, &values)
 }
 
 #[cfg(test)]
@@ -194,9 +230,17 @@ mod tests {
 
     #[test]
     fn a_range_is_read_from_a_whole_tile_only_within_it() {
-        assert_eq!(tile_of((0, 0, 256)), 0);
-        assert_eq!(tile_of((1, 300, 512)), 1);
-        assert_eq!(tile_of((0, 200, 300)), u64::MAX);
+        assert_eq!(tile_of((0, 0, 256)), Some(0));
+        assert_eq!(tile_of((1, 300, 512)), Some(1));
+        assert_eq!(tile_of((0, 200, 300)), None);
+    }
+
+    #[test]
+    fn whole_tile_keys_keep_levels_apart() {
+        assert_eq!(full_tile_key(0, 5), Some(5));
+        assert_eq!(full_tile_key(1, 0), Some(1 << 40));
+        assert!(full_tile_key(0, LEVEL_SPAN - 1) < full_tile_key(1, 0));
+        assert_eq!(full_tile_key(0, LEVEL_SPAN), None);
     }
 
     #[test]

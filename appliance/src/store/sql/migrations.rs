@@ -64,6 +64,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "",
         include_str!("../migrations/postgres/0015_audit_full_tiles.sql")
     ),
+    migration!(
+        "0016_audit_full_tiles_keyed",
+        "",
+        include_str!("../migrations/postgres/0016_audit_full_tiles_keyed.sql")
+    ),
 ];
 
 /// How one database spells the shared files' column types.
