@@ -587,8 +587,22 @@ impl Daemon {
         }
     }
 
-    /// The daemon's log so far.
+    /// The daemon's log so far. Its lines are written by a thread of
+    /// their own a moment after they are logged (a line logged before a
+    /// response may land after it): the file is read once it stopped
+    /// growing for 25 ms (or after 2 s of growth, a daemon busy logging).
     pub fn log(&self) -> String {
+        let size = || std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut seen = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = size();
+            if now == seen || std::time::Instant::now() > deadline {
+                break;
+            }
+            seen = now;
+        }
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

@@ -46,7 +46,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             let path = cli::config_path(config);
             let config = cli::load_config(&path)?;
             let json = config.server.as_ref().is_some_and(|s| s.json_logs);
-            cli::init_daemon_logging(args.verbose, json);
+            // Dropped when the service ends: the lines still queued are written.
+            let _log = cli::init_daemon_logging(args.verbose, json);
             dojang::daemon::run(config)
         }
         Command::Validate { config, probe } => {
