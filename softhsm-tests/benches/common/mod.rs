@@ -198,7 +198,11 @@ pub(crate) fn machine_busy_seconds() -> f64 {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal …
-    let busy: f64 = [0, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    // user nice system idle iowait irq softirq steal …: niced threads
+    // (a daemon that lowers its signing threads' priority) are busy too.
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
     busy / 100.0 // USER_HZ
 }
