@@ -14,14 +14,22 @@ pub(crate) const HASH_RANGE_SLOTS: usize = 16;
 
 /// Levels of whole tiles apart in [`full_tile_key`]: room for 2^40 tiles
 /// per level (2.8 * 10^14 entries at level 0).
-const LEVEL_SPAN: u64 = 1 << 40;
+const LEVEL_SPAN: u64 = 1 << LEVEL_BITS;
+const LEVEL_BITS: u32 = 40;
 
-/// The key of whole tile `index` of `level` in `audit_full_tiles`; none
-/// for an index no log reaches.
+/// The key of whole tile 0 of `level` in `audit_full_tiles` (below 2^48:
+/// a level is a `u8`).
+fn level_key(level: u8) -> i64 {
+    i64::from(level) << LEVEL_BITS
+}
+
+/// The key of whole tile `index` of `level`; none for an index no log
+/// reaches.
 pub(crate) fn full_tile_key(level: u8, index: u64) -> Option<i64> {
     (index < LEVEL_SPAN)
-        .then(|| i64::try_from(u64::from(level) * LEVEL_SPAN + index).ok())
+        .then(|| i64::try_from(index).ok())
         .flatten()
+        .map(|index| level_key(level) + index)
 }
 
 /// The one hash-range query: `HASH_RANGE_SLOTS` slots of (level, start,
@@ -143,23 +151,23 @@ const REWRITTEN: StoreError = StoreError::Conflict {
     rule: "audit.tile_hash",
 };
 
-/// Stores `values` as rows `first..` of level `level` with `insert` (of
-/// one row: level `$1`, index `$2`, value `$3`; a row already stored
-/// stays), then reads them back with `stored` (level `$1`, indexes `$2` to
-/// `$3`, in order): a row that differs is refused ([`REWRITTEN`]), tile
-/// rows never change once written.
+/// Stores `values` as rows `first..` of `scope` (a level, or a level's
+/// first whole-tile key) with `insert` (of one row: scope `$1`, index
+/// `$2`, value `$3`; a row already stored stays), then reads them back
+/// with `stored` (scope `$1`, indexes `$2` to `$3`, in order): a row that
+/// differs is refused ([`REWRITTEN`]), tile rows never change once written.
 fn store_once(
     tx: &mut dyn Tx,
     (insert, stored): (&str, &str),
-    level: u8,
+    scope: i64,
     first: u64,
     values: &[Vec<u8>],
 ) -> Result<(), StoreError> {
     for (index, value) in (first..).zip(values) {
-        let _ = tx.execute(insert, args![u32::from(level), index, &value[..]])?;
+        let _ = tx.execute(insert, args![scope, index, &value[..]])?;
     }
     let end = first + values.len() as u64;
-    let stored = tx.query(stored, args![u32::from(level), first, end])?;
+    let stored = tx.query(stored, args![scope, first, end])?;
     let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.blob(0)).collect::<Result<_, _>>()?;
     if stored != values {
         return Err(REWRITTEN);
@@ -181,28 +189,7 @@ pub(crate) fn add_tile_hashes(
          ON CONFLICT (level, idx) DO NOTHING",
         "SELECT hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
     );
-    store_once(tx, sql, level, start, &values)
-}
-
-/// The SQL of [`store_once`] for whole tiles, keyed as [`full_tile_key`].
-fn full_tiles_sql() -> &'static (String, String) {
-    static SQL: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let key =
-            |index: &str| format!("CAST($1 AS BIGINT) * {LEVEL_SPAN} + CAST({index} AS BIGINT)");
-        (
-            format!(
-                "INSERT INTO audit_full_tiles (tile, hashes) VALUES ({}, $3)
-                 ON CONFLICT (tile) DO NOTHING",
-                key("$2")
-            ),
-            format!(
-                "SELECT hashes FROM audit_full_tiles WHERE tile >= {} AND tile < {} ORDER BY tile",
-                key("$2"),
-                key("$3")
-            ),
-        )
-    })
+    store_once(tx, sql, i64::from(level), start, &values)
 }
 
 /// Stores full tiles of level `level` whole from tile `first`, each
@@ -220,8 +207,15 @@ pub(crate) fn add_full_tiles(
         return Err(REWRITTEN);
     }
     let values: Vec<Vec<u8>> = tiles.iter().map(|t| t.concat()).collect();
-    let (insert, stored) = full_tiles_sql();
-    store_once(tx, (insert, stored), level, first, &values)
+    // Keyed as `full_tile_key`: the level's first key plus the index.
+    let sql = (
+        "INSERT INTO audit_full_tiles (tile, hashes)
+         VALUES (CAST($1 AS BIGINT) + CAST($2 AS BIGINT), $3) ON CONFLICT (tile) DO NOTHING",
+        "SELECT hashes FROM audit_full_tiles
+         WHERE tile >= CAST($1 AS BIGINT) + CAST($2 AS BIGINT)
+           AND tile < CAST($1 AS BIGINT) + CAST($3 AS BIGINT) ORDER BY tile",
+    );
+    store_once(tx, sql, level_key(level), first, &values)
 }
 
 #[cfg(test)]
