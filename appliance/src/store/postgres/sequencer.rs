@@ -51,34 +51,13 @@ fn queue_insert(first: usize) -> String {
 /// it is about in the same statement (one round trip).
 pub(super) fn enqueue(
     tx: &mut RawTx<'_>,
-    (numbering, taken): (&Numbering, &RefCell<Taken>),
+    numbers: (&Numbering, &RefCell<Taken>),
     entry: &Appended<'_>,
     with: Option<(&str, &[&(dyn ToSql + Sync)])>,
 ) -> Result<(), StoreError> {
     let d = entry.decision;
-    // Asked first, so the number is taken right before its row goes in:
-    // a gap the sequencer sees is a transaction that runs, or none.
-    let stored = if numbering.needs_stored(&d.node) {
-        stored_next(tx, &d.node)?
-    } else {
-        0
-    };
-    let number = numbering.take(&d.node, false, || Ok(stored))?;
-    taken.borrow_mut().push((d.node.clone(), number));
-    let sealed = numbering
-        .seal(d.entry(number, entry.credential, entry.holder))?
-        .encode();
-    let number = number as i64;
-    let queue: [&(dyn ToSql + Sync); 8] = [
-        &d.at,
-        &d.node,
-        &d.actor,
-        &d.action,
-        &d.outcome,
-        &d.policy_hash,
-        &number,
-        &sealed,
-    ];
+    let (number, sealed) = number_and_seal(tx, numbers, entry)?;
+    let queue = queue_params(d, &number, &sealed);
     // The row the decision is about goes in by the same statement.
     let (sql, params) = match with {
         None => (queue_insert(1), queue.to_vec()),
@@ -91,19 +70,69 @@ pub(super) fn enqueue(
         ),
     };
     let queued = tx.execute(&sql, &params);
+    numbered(queued, numbers.0, &d.node, number).map(|_| ())
+}
+
+/// Takes the decision's number (the node's next) and seals its entry.
+/// Asked first, so the number is taken right before its row goes in: a
+/// gap the sequencer sees is a transaction that runs, or none.
+pub(super) fn number_and_seal(
+    tx: &mut RawTx<'_>,
+    (numbering, taken): (&Numbering, &RefCell<Taken>),
+    entry: &Appended<'_>,
+) -> Result<(i64, Vec<u8>), StoreError> {
+    let d = entry.decision;
+    let stored = if numbering.needs_stored(&d.node) {
+        stored_next(tx, &d.node)?
+    } else {
+        0
+    };
+    let number = numbering.take(&d.node, false, || Ok(stored))?;
+    taken.borrow_mut().push((d.node.clone(), number));
+    let sealed = numbering
+        .seal(d.entry(number, entry.credential, entry.holder))?
+        .encode();
+    Ok((number as i64, sealed))
+}
+
+/// The audit queue's eight values, in [`queue_insert`]'s order.
+pub(super) fn queue_params<'a>(
+    d: &'a DecisionRecord,
+    number: &'a i64,
+    sealed: &'a Vec<u8>,
+) -> [&'a (dyn ToSql + Sync); 8] {
+    [
+        &d.at,
+        &d.node,
+        &d.actor,
+        &d.action,
+        &d.outcome,
+        &d.policy_hash,
+        number,
+        sealed,
+    ]
+}
+
+/// The outcome of a statement that queued `number` of `node`: a number
+/// another process took is retried (after learning its numbers).
+pub(super) fn numbered<T>(
+    queued: Result<T, postgres::Error>,
+    numbering: &Numbering,
+    node: &str,
+    number: i64,
+) -> Result<T, StoreError> {
     match queued {
-        Ok(_) => Ok(()),
+        Ok(out) => Ok(out),
         Err(e) if taken_elsewhere(&e) => {
             // Another process writes as this node (two with one node_id,
             // or two operator tools at once): learn its numbers, retry.
             tracing::warn!(
-                node = d.node,
+                node,
                 "audit: another process took this node's number; is node_id unique?"
             );
-            numbering.resync(&d.node);
+            numbering.resync(node);
             Err(StoreError::Unavailable(format!(
-                "{RETRYABLE} audit number {number} of node {} was taken by another process",
-                d.node
+                "{RETRYABLE} audit number {number} of node {node} was taken by another process"
             )))
         }
         Err(e) => Err(map_err(e)),
