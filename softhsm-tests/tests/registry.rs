@@ -1071,3 +1071,51 @@ fn a_whole_tile_is_read_in_place_of_its_hashes_and_never_replaced(regs: &[Arc<dy
     );
     assert_eq!(read(&[(1, 0, 1)]), vec![hashes(0x80)[..1].to_vec()]);
 }
+
+/// PostgreSQL issues in one statement when the free copy comes out as
+/// asked; with every quota shard locked (statements in flight elsewhere)
+/// that statement writes nothing and the issuance waits in a transaction
+/// instead: it ends with its free copy once the shards are free, taken
+/// once.
+#[test]
+fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
+    let Some((pg, url)) = pg_schema() else { return };
+    let reg: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, 8).unwrap());
+    reg.set_free_quota(100).unwrap();
+    let mut insider = url
+        .parse::<postgres::Config>()
+        .unwrap()
+        .connect(postgres::NoTls)
+        .unwrap();
+    let mut shards = insider.transaction().unwrap();
+    let locked = shards
+        .query(
+            &format!("SELECT shard FROM {}.quota_shards FOR UPDATE", pg.name),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(locked.len(), 16);
+    let waiting = {
+        let reg = Arc::clone(&reg);
+        std::thread::spawn(move || {
+            let mut c = commit(reg.as_ref(), 4100, "phone-4100");
+            c.want_free_copy = true;
+            reg.commit_issuance("client", c, respond())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "the issuance waits for a shard");
+    shards.commit().unwrap();
+    let (committed, response) = waiting.join().unwrap().unwrap();
+    assert!(committed.free_copy);
+    assert_eq!(response, b"free=true");
+    assert_eq!(reg.free_quota().unwrap(), (1, 100));
+    // Plain issuances take the one-statement path; the count stays exact.
+    for i in 0..5 {
+        let mut c = commit(reg.as_ref(), 4200 + i, &format!("phone-{}", 4200 + i));
+        c.want_free_copy = true;
+        let (committed, _) = reg.commit_issuance("client", c, respond()).unwrap();
+        assert!(committed.free_copy);
+    }
+    assert_eq!(reg.free_quota().unwrap(), (6, 100));
+}

@@ -226,8 +226,10 @@ pub struct Committed {
 }
 
 /// Builds the response stored under the idempotency key, inside the
-/// transaction (the fee depends on whether a free copy was left).
-pub type Respond = Box<dyn FnOnce(&Committed) -> Vec<u8> + Send>;
+/// transaction (the fee depends on whether a free copy was left); before
+/// anything is written, for the predicted outcome, where PostgreSQL issues
+/// in one statement (so it may be called twice: `Fn`).
+pub type Respond = Box<dyn Fn(&Committed) -> Vec<u8> + Send>;
 
 /// A stored credential's metadata (never personal data).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! migrations' PostgreSQL text (under an advisory lock, so nodes starting
 //! together migrate once).
 
+mod at_once;
 mod connection;
 mod errors;
 mod placement;
@@ -286,6 +287,33 @@ impl Driver for PostgresDriver {
             |committed| {
                 let numbers = taken.take();
                 if committed {
+                    self.numbering.commit(numbers);
+                } else {
+                    self.numbering.lose(numbers);
+                }
+            },
+        )
+    }
+
+    const ISSUES_AT_ONCE: bool = true;
+
+    fn write_at_once(&self, mut f: impl WriteFn<bool>) -> Result<bool, StoreError> {
+        let taken = RefCell::new(Taken::new());
+        let written = std::cell::Cell::new(false);
+        self.attempts(
+            false,
+            |raw| {
+                written.set(false);
+                written.set(f(&mut PgTx {
+                    raw,
+                    audit: Some((&self.numbering, &taken)),
+                })?);
+                Ok(written.get())
+            },
+            |ok| {
+                // A number whose row did not go in is filled by a void.
+                let numbers = taken.take();
+                if ok && written.get() {
                     self.numbering.commit(numbers);
                 } else {
                     self.numbering.lose(numbers);

@@ -9,7 +9,7 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::connection::RawTx;
 use super::errors::map_err;
-use super::{quota, sequencer};
+use super::{at_once, quota, sequencer};
 use crate::store::StoreError;
 use crate::store::sql::{Appended, Cell, Numbering, Row, Taken, Tx, Value};
 
@@ -132,6 +132,16 @@ impl Tx for PgTx<'_, '_> {
     ) -> Result<(), StoreError> {
         let numbers = self.numbers()?;
         sequencer::enqueue(self.raw, numbers, &entry, Some((sql, &dyn_params(params))))
+    }
+
+    fn issue_at_once(
+        &mut self,
+        c: &crate::store::NewCredential,
+        want_free_copy: bool,
+        decision: &crate::store::DecisionRecord,
+    ) -> Result<bool, StoreError> {
+        let numbers = self.numbers()?;
+        at_once::issue(self.raw, numbers, c, want_free_copy, decision)
     }
 
     fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {

@@ -12,16 +12,13 @@ const INSERT_CREDENTIAL: &str =
                           free_copy, claims_mac, batch_of, has_portrait)
  VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
-/// Inserts `c` as active (`batch_of` names the credential it copies) with
-/// the audit entry of `decision` about it.
-pub(super) fn insert_credential(
-    tx: &mut dyn Tx,
-    c: &NewCredential,
+/// `c`'s values in the order of the credential INSERT's `$1`–`$14`.
+pub(crate) fn credential_row<'a>(
+    c: &'a NewCredential,
     free_copy: bool,
-    batch_of: Option<&str>,
-    decision: &DecisionRecord,
-) -> Result<(), StoreError> {
-    let row = [
+    batch_of: Option<&'a str>,
+) -> [Value<'a>; 14] {
+    [
         Value::from(&c.id),
         Value::from(&c.holder.0),
         Value::from(&c.device),
@@ -36,7 +33,19 @@ pub(super) fn insert_credential(
         Value::from(&c.claims_mac),
         Value::from(batch_of),
         Value::from(c.has_portrait),
-    ];
+    ]
+}
+
+/// Inserts `c` as active (`batch_of` names the credential it copies) with
+/// the audit entry of `decision` about it.
+pub(super) fn insert_credential(
+    tx: &mut dyn Tx,
+    c: &NewCredential,
+    free_copy: bool,
+    batch_of: Option<&str>,
+    decision: &DecisionRecord,
+) -> Result<(), StoreError> {
+    let row = credential_row(c, free_copy, batch_of);
     tx.insert_audited(
         INSERT_CREDENTIAL,
         &row,

@@ -20,6 +20,7 @@ mod registry;
 mod status;
 mod tx;
 
+pub(crate) use batch::credential_row;
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
 pub(crate) use numbering::{Numbering, Taken};
 pub use tx::SqlRegistry;

@@ -210,6 +210,27 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         commit: IssuanceCommit,
         respond: Respond,
     ) -> Result<(Committed, Vec<u8>), StoreError> {
+        let plain = commit.idempotency.is_none() && !commit.supersede && commit.copies.is_empty();
+        if D::ISSUES_AT_ONCE && plain {
+            // Built before anything is written (a builder that fails
+            // leaves nothing), for the outcome the statement may write.
+            let predicted = Committed {
+                free_copy: commit.want_free_copy,
+                superseded: Vec::new(),
+            };
+            let response = respond(&predicted);
+            let (c, want, decision) = (
+                commit.credential.clone(),
+                commit.want_free_copy,
+                commit.decision.clone(),
+            );
+            let written = self
+                .driver
+                .write_at_once(move |tx| tx.issue_at_once(&c, want, &decision))?;
+            if written {
+                return Ok((predicted, response));
+            }
+        }
         let owner = client.to_owned();
         let replay_key = commit.idempotency.clone();
         let (mut respond, mut built) = (Some(respond), None);

@@ -261,6 +261,19 @@ pub(crate) trait Tx {
         self.append(entry)
     }
 
+    /// The common issuance (`c` active and alone, `decision`'s entry) in
+    /// one statement, where the database can: written only if the free
+    /// copy comes out as asked (`want_free_copy`); whether it was written.
+    /// Run by [`Driver::write_at_once`] only.
+    fn issue_at_once(
+        &mut self,
+        _c: &crate::store::NewCredential,
+        _want_free_copy: bool,
+        _decision: &DecisionRecord,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Takes one free first-time copy from the quota for `holder` (a
     /// pseudonym) if it never had one and any is left: one statement on
     /// the usual path (an issuance's round trips are its cost on a
@@ -315,6 +328,17 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// `f` may run more than once: PostgreSQL retries serialization
     /// failures, so it must not have effects outside the transaction.
     fn write<R: Send + 'static>(&self, f: impl WriteFn<R>) -> Result<R, StoreError>;
+
+    /// Whether [`Tx::issue_at_once`] can write (PostgreSQL: one round
+    /// trip for what a transaction takes four).
+    const ISSUES_AT_ONCE: bool = false;
+
+    /// Runs `f`, whose statements each commit on their own, as a write:
+    /// its audit numbers count as committed only if it returns `Ok(true)`
+    /// (it wrote), and are given up otherwise.
+    fn write_at_once(&self, f: impl WriteFn<bool>) -> Result<bool, StoreError> {
+        self.write(f)
+    }
 
     /// Runs `f` on a read connection.
     fn read<R>(&self, f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError>)

@@ -1,0 +1,72 @@
+//! The common issuance as one statement committed on its own: the free
+//! copy's take, the credential row and its audit entry. A transaction of
+//! BEGIN, the quota's statement, the row's and COMMIT is four round trips
+//! and most of the server's work per issuance (pgbench on a 2-core
+//! machine: ~390 µs of server CPU per write as four, ~260 as one).
+//!
+//! The statement writes only the outcome the caller predicted (a free
+//! copy if it asked for one): when the quota cannot give one at once (the
+//! holder had one, none is left, or every shard with room is locked by a
+//! statement in flight) it writes nothing, and the issuance takes the
+//! transaction, which waits for shards and decides.
+
+use std::cell::RefCell;
+
+use postgres::types::ToSql;
+
+use super::connection::RawTx;
+use super::sequencer;
+use crate::store::sql::{Appended, Numbering, Taken, credential_row};
+use crate::store::{DecisionRecord, NewCredential, StoreError};
+
+/// `$1`–`$14`: the credential's columns (`$11` the free copy asked for),
+/// `$15`–`$22`: the audit queue's. One row back once written.
+const ISSUE_AT_ONCE: &str = "WITH q AS (
+    UPDATE quota_shards SET used = used + 1
+     WHERE CAST($11 AS BOOLEAN) AND name = 'free_first_time' AND used < quota
+       AND shard = (SELECT shard FROM quota_shards
+                    WHERE name = 'free_first_time' AND used < quota
+                    ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
+       AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $2 AND free_copy)
+    RETURNING shard),
+recorded AS (
+    INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
+                             status_index, issued_at, valid_until, document_expiry,
+                             free_copy, claims_mac, batch_of, has_portrait)
+    SELECT CAST($1 AS TEXT), CAST($2 AS BYTEA), CAST($3 AS TEXT), CAST($4 AS TEXT),
+           CAST($5 AS TEXT), 'active', CAST($6 AS BIGINT), CAST($7 AS BIGINT),
+           CAST($8 AS BIGINT), CAST($9 AS BIGINT), CAST($10 AS TEXT), CAST($11 AS BOOLEAN),
+           CAST($12 AS BYTEA), CAST($13 AS TEXT), CAST($14 AS BOOLEAN)
+     WHERE NOT CAST($11 AS BOOLEAN) OR EXISTS (SELECT 1 FROM q)
+    RETURNING id)
+INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash, node_seq, entry)
+SELECT CAST($15 AS BIGINT), CAST($16 AS TEXT), CAST($17 AS TEXT), CAST($18 AS TEXT),
+       CAST($19 AS TEXT), CAST($20 AS TEXT), CAST($21 AS BIGINT), CAST($22 AS BYTEA)
+  FROM recorded
+RETURNING node_seq";
+
+/// Issues `c` (active, no batch) with `decision`'s entry in one statement
+/// outside any transaction; whether it was written (nothing was if not).
+pub(super) fn issue(
+    raw: &mut RawTx<'_>,
+    numbers: (&Numbering, &RefCell<Taken>),
+    c: &NewCredential,
+    want_free_copy: bool,
+    decision: &DecisionRecord,
+) -> Result<bool, StoreError> {
+    let entry = Appended {
+        decision,
+        credential: Some(&c.id),
+        holder: Some(&c.holder),
+    };
+    let (number, sealed) = sequencer::number_and_seal(raw, numbers, &entry)?;
+    let row = credential_row(c, want_free_copy, None);
+    let queue = sequencer::queue_params(decision, &number, &sealed);
+    let params: Vec<&(dyn ToSql + Sync)> = row
+        .iter()
+        .map(|v| v as &(dyn ToSql + Sync))
+        .chain(queue)
+        .collect();
+    let written = raw.query(ISSUE_AT_ONCE, &params);
+    Ok(!sequencer::numbered(written, numbers.0, &decision.node, number)?.is_empty())
+}
