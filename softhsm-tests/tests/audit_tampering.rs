@@ -316,3 +316,52 @@ fn tampered_entries_are_never_signed_over_postgres() {
     );
     drop(schemas);
 }
+
+/// An issuance whose one statement finds every free-copy shard locked (an
+/// insider's transaction holds them) waits in a transaction and commits
+/// under the audit number the statement took: no void in the log, nothing
+/// the daemon counts as committed and missing, and the next checkpoint is
+/// signed over it.
+#[test]
+fn an_issuance_behind_locked_quota_shards_keeps_its_number_and_is_signed_over_postgres() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let d = daemon(Store::Postgres(schema.url.clone()));
+    let mut sql = Insider::postgres(&schema.name);
+    issue(&d, 0, 3);
+    placed(&mut sql);
+    let signed = sql.signed_size();
+    let mut holder = PgSchema::admin();
+    let mut shards = holder.transaction().unwrap();
+    let locked = shards
+        .query(
+            &format!("SELECT shard FROM {}.quota_shards FOR UPDATE", schema.name),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(locked.len(), 16);
+    let reply = std::thread::scope(|s| {
+        let waiting = s.spawn(|| d.issue("mdoc", 10));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!waiting.is_finished(), "the issuance waits for a shard");
+        shards.commit().unwrap();
+        waiting.join().unwrap()
+    });
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    issue(&d, 20, DUE_AT as u32);
+    // Due once DUE_AT entries wait: it covers the waiting issuance's entry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql.signed_size() < signed + DUE_AT as i64 {
+        assert!(Instant::now() < deadline, "no checkpoint\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&d, "dojang_audit_log_rewritten "), 0.0);
+    let actions: Vec<String> = sql
+        .rows(0)
+        .iter()
+        .map(|r| AuditEntry::decode(&r.entry).unwrap().action)
+        .collect();
+    assert!(!actions.iter().any(|a| a == "audit.void"), "{actions:?}");
+    drop(schema);
+}

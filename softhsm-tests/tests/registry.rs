@@ -1118,4 +1118,15 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
         assert!(committed.free_copy);
     }
     assert_eq!(reg.free_quota().unwrap(), (6, 100));
+    // The waiting issuance kept the audit number its statement took: six
+    // entries, no void for a number the statement left unused.
+    for _ in 0..3 {
+        let _ = reg.sequence_audit().unwrap();
+    }
+    let entries = reg.audit_entries(0, 100).unwrap();
+    let voids = entries
+        .iter()
+        .filter(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap().action == "audit.void")
+        .count();
+    assert_eq!((entries.len(), voids), (6, 0));
 }

@@ -8,15 +8,14 @@
 //! copy if it asked for one): when the quota cannot give one at once (the
 //! holder had one, none is left, or every shard with room is locked by a
 //! statement in flight) it writes nothing, and the issuance takes the
-//! transaction, which waits for shards and decides.
-
-use std::cell::RefCell;
+//! transaction, which waits for shards and decides, under the audit number
+//! the statement took (no void in the log for it).
 
 use postgres::types::ToSql;
 
 use super::connection::RawTx;
-use super::sequencer;
-use crate::store::sql::{Appended, Numbering, Taken, credential_row};
+use super::sequencer::{self, Numbers};
+use crate::store::sql::{Appended, credential_row};
 use crate::store::{DecisionRecord, NewCredential, StoreError};
 
 /// `$1`–`$14`: the credential's columns (`$11` the free copy asked for),
@@ -49,7 +48,7 @@ RETURNING node_seq";
 /// outside any transaction; whether it was written (nothing was if not).
 pub(super) fn issue(
     raw: &mut RawTx<'_>,
-    numbers: (&Numbering, &RefCell<Taken>),
+    numbers: Numbers<'_>,
     c: &NewCredential,
     want_free_copy: bool,
     decision: &DecisionRecord,
@@ -68,5 +67,5 @@ pub(super) fn issue(
         .chain(queue)
         .collect();
     let written = raw.query(ISSUE_AT_ONCE, &params);
-    Ok(!sequencer::numbered(written, numbers.0, &decision.node, number)?.is_empty())
+    Ok(!sequencer::numbered(written, numbers.numbering, &decision.node, number)?.is_empty())
 }

@@ -26,6 +26,7 @@ use postgres_openssl::MakeTlsConnector;
 
 use self::connection::{Connection, RawTx};
 use self::errors::{RETRYABLE, map_err};
+use self::sequencer::Numbers;
 use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
@@ -268,20 +269,30 @@ impl PostgresDriver {
             }
         }
     }
-}
 
-impl Driver for PostgresDriver {
-    const KIND: &'static str = "postgres";
+    fn numbers<'t>(
+        &'t self,
+        taken: &'t RefCell<Taken>,
+        reserved: &'t RefCell<Taken>,
+    ) -> Numbers<'t> {
+        Numbers {
+            numbering: &self.numbering,
+            taken,
+            reserved,
+        }
+    }
 
-    fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
-        // Numbers taken by an attempt that did not commit are lost (other
-        // transactions took later ones meanwhile): void entries fill them.
-        let taken = RefCell::new(Taken::new());
-        self.with_tx_settled(
+    /// A write transaction whose entries take `reserved` numbers first
+    /// (each of its node's). Numbers taken by an attempt that did not
+    /// commit are lost (other transactions took later ones meanwhile), and
+    /// so is a reserved number no attempt took: void entries fill them.
+    fn write_reserving<R>(&self, reserved: Taken, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
+        let (taken, reserved) = (RefCell::new(Taken::new()), RefCell::new(reserved));
+        let result = self.with_tx_settled(
             |raw| {
                 f(&mut PgTx {
                     raw,
-                    audit: Some((&self.numbering, &taken)),
+                    audit: Some(self.numbers(&taken, &reserved)),
                 })
             },
             |committed| {
@@ -292,34 +303,57 @@ impl Driver for PostgresDriver {
                     self.numbering.lose(numbers);
                 }
             },
-        )
+        );
+        let unused = reserved.take();
+        if !unused.is_empty() {
+            self.numbering.lose(unused);
+        }
+        result
+    }
+}
+
+impl Driver for PostgresDriver {
+    const KIND: &'static str = "postgres";
+
+    fn write<R: Send + 'static>(&self, f: impl WriteFn<R>) -> Result<R, StoreError> {
+        self.write_reserving(Taken::new(), f)
     }
 
     const ISSUES_AT_ONCE: bool = true;
 
-    fn write_at_once(&self, mut f: impl WriteFn<bool>) -> Result<bool, StoreError> {
-        let taken = RefCell::new(Taken::new());
+    fn write_at_once_or<R: Send + 'static>(
+        &self,
+        mut at_once: impl WriteFn<bool>,
+        otherwise: impl WriteFn<R>,
+    ) -> Result<Option<R>, StoreError> {
+        let (taken, none) = (RefCell::new(Taken::new()), RefCell::new(Taken::new()));
+        let unused = RefCell::new(Taken::new());
         let written = std::cell::Cell::new(false);
         self.attempts(
             false,
             |raw| {
                 written.set(false);
-                written.set(f(&mut PgTx {
+                written.set(at_once(&mut PgTx {
                     raw,
-                    audit: Some((&self.numbering, &taken)),
+                    audit: Some(self.numbers(&taken, &none)),
                 })?);
-                Ok(written.get())
+                Ok(())
             },
             |ok| {
-                // A number whose row did not go in is filled by a void.
                 let numbers = taken.take();
-                if ok && written.get() {
-                    self.numbering.commit(numbers);
-                } else {
-                    self.numbering.lose(numbers);
+                match (ok, written.get()) {
+                    (true, true) => self.numbering.commit(numbers),
+                    // Nothing went in: the transaction below writes under them.
+                    (true, false) => unused.borrow_mut().extend(numbers),
+                    _ => self.numbering.lose(numbers),
                 }
             },
-        )
+        )?;
+        if written.get() {
+            return Ok(None);
+        }
+        self.write_reserving(unused.into_inner(), otherwise)
+            .map(Some)
     }
 
     fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {

@@ -22,6 +22,26 @@ const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e71; // not the migration lock
 /// Decisions placed per sequencer transaction.
 const SEQUENCE_BATCH: i64 = 5000;
 
+/// A write's audit numbers: where they come from, those it took, and
+/// those an earlier statement of the same request took and wrote nothing
+/// under (used first: a request that falls back to a transaction keeps
+/// its number, and the log gets no void for it).
+#[derive(Clone, Copy)]
+pub(super) struct Numbers<'t> {
+    pub(super) numbering: &'t Numbering,
+    pub(super) taken: &'t RefCell<Taken>,
+    pub(super) reserved: &'t RefCell<Taken>,
+}
+
+impl Numbers<'_> {
+    /// A number of `node` reserved for this write, if one is left.
+    fn reserved(&self, node: &str) -> Option<u64> {
+        let mut reserved = self.reserved.borrow_mut();
+        let at = reserved.iter().position(|(n, _)| n == node)?;
+        Some(reserved.remove(at).1)
+    }
+}
+
 /// The node's next number as the database knows it (placed or queued).
 fn stored_next(tx: &mut RawTx<'_>, node: &str) -> Result<u64, StoreError> {
     let next: i64 = tx
@@ -51,7 +71,7 @@ fn queue_insert(first: usize) -> String {
 /// it is about in the same statement (one round trip).
 pub(super) fn enqueue(
     tx: &mut RawTx<'_>,
-    numbers: (&Numbering, &RefCell<Taken>),
+    numbers: Numbers<'_>,
     entry: &Appended<'_>,
     with: Option<(&str, &[&(dyn ToSql + Sync)])>,
 ) -> Result<(), StoreError> {
@@ -70,26 +90,34 @@ pub(super) fn enqueue(
         ),
     };
     let queued = tx.execute(&sql, &params);
-    numbered(queued, numbers.0, &d.node, number).map(|_| ())
+    numbered(queued, numbers.numbering, &d.node, number).map(|_| ())
 }
 
-/// Takes the decision's number (the node's next) and seals its entry.
-/// Asked first, so the number is taken right before its row goes in: a
-/// gap the sequencer sees is a transaction that runs, or none.
+/// Takes the decision's number (one reserved for it, else the node's
+/// next) and seals its entry. Asked first, so the number is taken right
+/// before its row goes in: a gap the sequencer sees is a transaction that
+/// runs (or a request between its statement and its transaction), or none.
 pub(super) fn number_and_seal(
     tx: &mut RawTx<'_>,
-    (numbering, taken): (&Numbering, &RefCell<Taken>),
+    numbers: Numbers<'_>,
     entry: &Appended<'_>,
 ) -> Result<(i64, Vec<u8>), StoreError> {
     let d = entry.decision;
-    let stored = if numbering.needs_stored(&d.node) {
-        stored_next(tx, &d.node)?
-    } else {
-        0
+    let number = match numbers.reserved(&d.node) {
+        Some(number) => number,
+        None => {
+            let numbering = numbers.numbering;
+            let stored = if numbering.needs_stored(&d.node) {
+                stored_next(tx, &d.node)?
+            } else {
+                0
+            };
+            numbering.take(&d.node, false, || Ok(stored))?
+        }
     };
-    let number = numbering.take(&d.node, false, || Ok(stored))?;
-    taken.borrow_mut().push((d.node.clone(), number));
-    let sealed = numbering
+    numbers.taken.borrow_mut().push((d.node.clone(), number));
+    let sealed = numbers
+        .numbering
         .seal(d.entry(number, entry.credential, entry.holder))?
         .encode();
     Ok((number as i64, sealed))

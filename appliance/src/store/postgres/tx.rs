@@ -9,20 +9,21 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::connection::RawTx;
 use super::errors::map_err;
-use super::{at_once, quota, sequencer};
+use super::sequencer::{self, Numbers};
+use super::{at_once, quota};
 use crate::store::StoreError;
-use crate::store::sql::{Appended, Cell, Numbering, Row, Taken, Tx, Value};
+use crate::store::sql::{Appended, Cell, Row, Tx, Value};
 
 /// The registry's view of one transaction.
 pub(super) struct PgTx<'t, 'c> {
     pub(super) raw: &'t mut RawTx<'c>,
-    /// A write's audit numbers: where they come from, and those it took.
-    pub(super) audit: Option<(&'t Numbering, &'t std::cell::RefCell<Taken>)>,
+    /// A write's audit numbers.
+    pub(super) audit: Option<Numbers<'t>>,
 }
 
 impl<'t> PgTx<'t, '_> {
     /// A write's audit numbers; an entry outside a write is a bug.
-    fn numbers(&self) -> Result<(&'t Numbering, &'t std::cell::RefCell<Taken>), StoreError> {
+    fn numbers(&self) -> Result<Numbers<'t>, StoreError> {
         self.audit.ok_or_else(|| {
             StoreError::Internal("an audit entry outside a write transaction".into())
         })

@@ -211,7 +211,7 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         respond: Respond,
     ) -> Result<(Committed, Vec<u8>), StoreError> {
         let plain = commit.idempotency.is_none() && !commit.supersede && commit.copies.is_empty();
-        if D::ISSUES_AT_ONCE && plain {
+        let at_once = (D::ISSUES_AT_ONCE && plain).then(|| {
             // Built before anything is written (a builder that fails
             // leaves nothing), for the outcome the statement may write.
             let predicted = Committed {
@@ -224,19 +224,24 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 commit.want_free_copy,
                 commit.decision.clone(),
             );
-            let written = self
-                .driver
-                .write_at_once(move |tx| tx.issue_at_once(&c, want, &decision))?;
-            if written {
-                return Ok((predicted, response));
-            }
-        }
+            let statement = move |tx: &mut dyn Tx| tx.issue_at_once(&c, want, &decision);
+            (predicted, response, statement)
+        });
         let owner = client.to_owned();
         let replay_key = commit.idempotency.clone();
         let (mut respond, mut built) = (Some(respond), None);
-        let result = self
-            .driver
-            .write(move |tx| commit_in(tx, &owner, &commit, &mut respond, &mut built));
+        let in_transaction =
+            move |tx: &mut dyn Tx| commit_in(tx, &owner, &commit, &mut respond, &mut built);
+        let result = match at_once {
+            // The transaction runs only if the statement wrote nothing, and
+            // keeps its audit number.
+            Some((predicted, response, statement)) => self
+                .driver
+                .write_at_once_or(statement, in_transaction)
+                .transpose()
+                .unwrap_or(Ok((predicted, response))),
+            None => self.driver.write(in_transaction),
+        };
         match (result, replay_key) {
             // A twin with the same key committed first; its credential may
             // have tripped a uniqueness index before the key did.

@@ -333,11 +333,18 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// trip for what a transaction takes four).
     const ISSUES_AT_ONCE: bool = false;
 
-    /// Runs `f`, whose statements each commit on their own, as a write:
-    /// its audit numbers count as committed only if it returns `Ok(true)`
-    /// (it wrote), and are given up otherwise.
-    fn write_at_once(&self, f: impl WriteFn<bool>) -> Result<bool, StoreError> {
-        self.write(f)
+    /// Runs `at_once`, whose statements each commit on their own, as a
+    /// write; if it wrote nothing (`Ok(false)`), runs `otherwise` in a
+    /// write transaction, whose entries take the audit numbers `at_once`
+    /// took. `None` when `at_once` wrote. A driver without
+    /// [`Self::ISSUES_AT_ONCE`] runs `otherwise` only.
+    fn write_at_once_or<R: Send + 'static>(
+        &self,
+        at_once: impl WriteFn<bool>,
+        otherwise: impl WriteFn<R>,
+    ) -> Result<Option<R>, StoreError> {
+        let _ = at_once;
+        self.write(otherwise).map(Some)
     }
 
     /// Runs `f` on a read connection.
