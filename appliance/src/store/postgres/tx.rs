@@ -145,6 +145,21 @@ impl Tx for PgTx<'_, '_> {
         at_once::issue(self.raw, numbers, c, want_free_copy, decision)
     }
 
+    fn keep_positions(&mut self, list: u32, candidates: &[u64]) -> Result<Vec<u64>, StoreError> {
+        // One round trip for a block, not one per position.
+        let candidates: Vec<i64> = candidates.iter().map(|&i| i as i64).collect();
+        let kept = self
+            .raw
+            .query(
+                "INSERT INTO status_positions (list, idx)
+                 SELECT CAST($1 AS BIGINT), unnest(CAST($2 AS BIGINT[])) ON CONFLICT DO NOTHING
+                 RETURNING idx",
+                &[&i64::from(list), &candidates],
+            )
+            .map_err(map_err)?;
+        Ok(kept.iter().map(|row| row.get::<_, i64>(0) as u64).collect())
+    }
+
     fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {
         quota::take(self.raw, holder)
     }

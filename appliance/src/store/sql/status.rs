@@ -35,22 +35,19 @@ pub(super) fn reserve(tx: &mut dyn Tx, count: u64) -> Result<StatusPositions, St
         )?;
     };
     let mut indexes = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let mut tries = 0u64;
+    let mut drawn = 0u64;
     while (indexes.len() as u64) < count {
-        tries += 1;
-        if tries > count * TRIES_PER_POSITION {
+        if drawn >= count * TRIES_PER_POSITION {
             return Err(StoreError::Internal(format!(
-                "status list {list}: no free position found in {tries} random draws"
+                "status list {list}: no free position found in {drawn} random draws"
             )));
         }
-        let index = random_position()?;
-        if tx.execute(
-            "INSERT INTO status_positions (list, idx) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            args![list, index],
-        )? == 1
-        {
-            indexes.push(index);
-        }
+        let wanted = count - indexes.len() as u64;
+        let candidates = (0..wanted)
+            .map(|_| random_position())
+            .collect::<Result<Vec<_>, _>>()?;
+        drawn += wanted;
+        indexes.extend(tx.keep_positions(list, &candidates)?);
     }
     Ok(StatusPositions { list, indexes })
 }

@@ -274,6 +274,23 @@ pub(crate) trait Tx {
         Ok(false)
     }
 
+    /// Keeps those of `candidates`, positions of status list `list`, that
+    /// no one kept before (a position drawn twice is kept once); the ones
+    /// it kept. One statement per position here (in-process on SQLite).
+    fn keep_positions(&mut self, list: u32, candidates: &[u64]) -> Result<Vec<u64>, StoreError> {
+        let mut kept = Vec::with_capacity(candidates.len());
+        for &index in candidates {
+            if self.execute(
+                "INSERT INTO status_positions (list, idx) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                args![list, index],
+            )? == 1
+            {
+                kept.push(index);
+            }
+        }
+        Ok(kept)
+    }
+
     /// Takes one free first-time copy from the quota for `holder` (a
     /// pseudonym) if it never had one and any is left: one statement on
     /// the usual path (an issuance's round trips are its cost on a
