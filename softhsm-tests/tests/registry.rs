@@ -1106,6 +1106,13 @@ fn a_whole_tile_is_read_in_place_of_its_hashes_and_never_replaced(regs: &[Arc<dy
 /// that statement writes nothing and the issuance waits in a transaction
 /// instead: it ends with its free copy once the shards are free, taken
 /// once.
+fn key_4100() -> IdempotencyKey {
+    IdempotencyKey {
+        key: "k-4100".into(),
+        request_hash: [41; 32],
+    }
+}
+
 #[test]
 fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
     let Some((pg, url)) = pg_schema() else { return };
@@ -1129,6 +1136,7 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
         std::thread::spawn(move || {
             let mut c = commit(reg.as_ref(), 4100, "phone-4100");
             c.want_free_copy = true;
+            c.idempotency = Some(key_4100());
             reg.commit_issuance("client", c, respond())
         })
     };
@@ -1138,6 +1146,11 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
     let (committed, response) = waiting.join().unwrap().unwrap();
     assert!(committed.free_copy);
     assert_eq!(response, b"free=true");
+    // Its key keeps the response the transaction built.
+    assert_eq!(
+        reg.idempotent_response("client", &key_4100()).unwrap(),
+        Some(b"free=true".to_vec())
+    );
     assert_eq!(reg.free_quota().unwrap(), (1, 100));
     // Plain issuances take the one-statement path; the count stays exact.
     for i in 0..5 {

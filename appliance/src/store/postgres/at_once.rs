@@ -11,16 +11,17 @@
 //! transaction, which waits for shards and decides, under the audit number
 //! the statement took (no void in the log for it).
 
+use std::sync::LazyLock;
+
 use postgres::types::ToSql;
 
 use super::connection::RawTx;
 use super::sequencer::{self, Numbers};
-use crate::store::sql::{Appended, credential_row};
+use crate::store::sql::{Appended, KeptResponse, credential_row};
 use crate::store::{DecisionRecord, NewCredential, StoreError};
 
-/// `$1`–`$14`: the credential's columns (`$11` the free copy asked for),
-/// `$15`–`$22`: the audit queue's. One row back once written.
-const ISSUE_AT_ONCE: &str = "WITH q AS (
+/// `$1`–`$14`: the credential's columns (`$11` the free copy asked for).
+const RECORDED: &str = "WITH q AS (
     UPDATE quota_shards SET used = used + 1
      WHERE CAST($11 AS BOOLEAN) AND name = 'free_first_time' AND used < quota
        AND shard = (SELECT shard FROM quota_shards
@@ -37,21 +38,43 @@ recorded AS (
            CAST($8 AS BIGINT), CAST($9 AS BIGINT), CAST($10 AS TEXT), CAST($11 AS BOOLEAN),
            CAST($12 AS BYTEA), CAST($13 AS TEXT), CAST($14 AS BOOLEAN)
      WHERE NOT CAST($11 AS BOOLEAN) OR EXISTS (SELECT 1 FROM q)
-    RETURNING id)
+    RETURNING id)";
+
+/// `$23`–`$26`: the client, its key, the request's hash and the sealed
+/// response, kept with the credential (issued at `$8`) when it goes in.
+const KEPT: &str = ",
+kept AS (
+    INSERT INTO idempotency (client, key, request_hash, response, credential_id, created_at)
+    SELECT CAST($23 AS TEXT), CAST($24 AS TEXT), CAST($25 AS BYTEA), CAST($26 AS BYTEA),
+           id, CAST($8 AS BIGINT)
+      FROM recorded)";
+
+/// `$15`–`$22`: the audit queue's. One row back once written.
+const QUEUED: &str = "
 INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash, node_seq, entry)
 SELECT CAST($15 AS BIGINT), CAST($16 AS TEXT), CAST($17 AS TEXT), CAST($18 AS TEXT),
        CAST($19 AS TEXT), CAST($20 AS TEXT), CAST($21 AS BIGINT), CAST($22 AS BYTEA)
   FROM recorded
 RETURNING node_seq";
 
-/// Issues `c` (active, no batch) with `decision`'s entry in one statement
-/// outside any transaction; whether it was written (nothing was if not).
+/// The statement without an idempotency key, and with one.
+static ISSUE_AT_ONCE: LazyLock<[String; 2]> = LazyLock::new(|| {
+    [
+        format!("{RECORDED}{QUEUED}"),
+        format!("{RECORDED}{KEPT}{QUEUED}"),
+    ]
+});
+
+/// Issues `c` (active, no batch) with `decision`'s entry, and `kept` (an
+/// idempotency key's response) if any, in one statement outside any
+/// transaction; whether it was written (nothing was if not: a key already
+/// kept fails the statement as a conflict).
 pub(super) fn issue(
     raw: &mut RawTx<'_>,
     numbers: Numbers<'_>,
-    c: &NewCredential,
-    want_free_copy: bool,
+    (c, want_free_copy): (&NewCredential, bool),
     decision: &DecisionRecord,
+    kept: Option<KeptResponse<'_>>,
 ) -> Result<bool, StoreError> {
     let entry = Appended {
         decision,
@@ -61,11 +84,19 @@ pub(super) fn issue(
     let (number, sealed) = sequencer::number_and_seal(raw, numbers, &entry)?;
     let row = credential_row(c, want_free_copy, None);
     let queue = sequencer::queue_params(decision, &number, &sealed);
+    let hash = kept.as_ref().map(|k| k.key.request_hash.as_slice());
+    let key: Option<[&(dyn ToSql + Sync); 4]> = kept
+        .as_ref()
+        .zip(hash.as_ref())
+        .map(|(k, hash)| [&k.client as _, &k.key.key as _, hash as _, &k.response as _]);
     let params: Vec<&(dyn ToSql + Sync)> = row
         .iter()
         .map(|v| v as &(dyn ToSql + Sync))
         .chain(queue)
+        .chain(key.into_iter().flatten())
         .collect();
-    let written = raw.query(ISSUE_AT_ONCE, &params);
+    let [plain, keyed] = &*ISSUE_AT_ONCE;
+    let sql = if kept.is_some() { keyed } else { plain };
+    let written = raw.query(sql, &params);
     Ok(!sequencer::numbered(written, numbers.numbering, &decision.node, number)?.is_empty())
 }

@@ -12,7 +12,7 @@ use super::errors::map_err;
 use super::sequencer::{self, Numbers};
 use super::{at_once, quota};
 use crate::store::StoreError;
-use crate::store::sql::{Appended, Cell, Row, Tx, Value};
+use crate::store::sql::{Appended, Cell, KeptResponse, Row, Tx, Value};
 
 /// The registry's view of one transaction.
 pub(super) struct PgTx<'t, 'c> {
@@ -137,12 +137,12 @@ impl Tx for PgTx<'_, '_> {
 
     fn issue_at_once(
         &mut self,
-        c: &crate::store::NewCredential,
-        want_free_copy: bool,
+        issued: (&crate::store::NewCredential, bool),
         decision: &crate::store::DecisionRecord,
+        kept: Option<KeptResponse<'_>>,
     ) -> Result<bool, StoreError> {
         let numbers = self.numbers()?;
-        at_once::issue(self.raw, numbers, c, want_free_copy, decision)
+        at_once::issue(self.raw, numbers, issued, decision, kept)
     }
 
     fn keep_positions(&mut self, list: u32, candidates: &[u64]) -> Result<Vec<u64>, StoreError> {

@@ -4,7 +4,7 @@
 
 use super::audit_tiles;
 use super::status::list_id;
-use super::tx::{Driver, Row, SqlRegistry, Tx, args};
+use super::tx::{Driver, KeptResponse, Row, SqlRegistry, Tx, args};
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
@@ -210,7 +210,8 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         commit: IssuanceCommit,
         respond: Respond,
     ) -> Result<(Committed, Vec<u8>), StoreError> {
-        let plain = commit.idempotency.is_none() && !commit.supersede && commit.copies.is_empty();
+        // Alone and active (no phone to supersede, no batch): one statement.
+        let plain = !commit.supersede && commit.copies.is_empty();
         let at_once = (D::ISSUES_AT_ONCE && plain).then(|| {
             // Built before anything is written (a builder that fails
             // leaves nothing), for the outcome the statement may write.
@@ -224,7 +225,18 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 commit.want_free_copy,
                 commit.decision.clone(),
             );
-            let statement = move |tx: &mut dyn Tx| tx.issue_at_once(&c, want, &decision);
+            let key = commit
+                .idempotency
+                .clone()
+                .map(|key| (client.to_owned(), key, response.clone()));
+            let statement = move |tx: &mut dyn Tx| {
+                let kept = key.as_ref().map(|(client, key, response)| KeptResponse {
+                    client,
+                    key,
+                    response,
+                });
+                tx.issue_at_once((&c, want), &decision, kept)
+            };
             (predicted, response, statement)
         });
         let owner = client.to_owned();

@@ -261,15 +261,16 @@ pub(crate) trait Tx {
         self.append(entry)
     }
 
-    /// The common issuance (`c` active and alone, `decision`'s entry) in
-    /// one statement, where the database can: written only if the free
-    /// copy comes out as asked (`want_free_copy`); whether it was written.
-    /// Run by [`Driver::write_at_once`] only.
+    /// The common issuance (`c` active and alone, `decision`'s entry, the
+    /// response `kept` for an idempotency key) in one statement, where the
+    /// database can: written only if the free copy comes out as asked
+    /// (`want_free_copy`); whether it was written. Run by
+    /// [`Driver::write_at_once_or`] only.
     fn issue_at_once(
         &mut self,
-        _c: &crate::store::NewCredential,
-        _want_free_copy: bool,
+        _issued: (&crate::store::NewCredential, bool),
         _decision: &DecisionRecord,
+        _kept: Option<KeptResponse<'_>>,
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
@@ -323,6 +324,14 @@ pub(crate) struct Appended<'a> {
     pub(crate) credential: Option<&'a str>,
     /// The holder it concerns, if any (a pseudonym).
     pub(crate) holder: Option<&'a Pseudonym>,
+}
+
+/// An idempotency key's response, kept with the credential it answers.
+pub(crate) struct KeptResponse<'a> {
+    pub(crate) client: &'a str,
+    pub(crate) key: &'a crate::store::IdempotencyKey,
+    /// The response as stored (sealed for the key).
+    pub(crate) response: &'a [u8],
 }
 
 /// Work a driver runs in one write transaction.
