@@ -1101,11 +1101,6 @@ fn a_whole_tile_is_read_in_place_of_its_hashes_and_never_replaced(regs: &[Arc<dy
     assert_eq!(read(&[(1, 0, 1)]), vec![hashes(0x80)[..1].to_vec()]);
 }
 
-/// PostgreSQL issues in one statement when the free copy comes out as
-/// asked; with every quota shard locked (statements in flight elsewhere)
-/// that statement writes nothing and the issuance waits in a transaction
-/// instead: it ends with its free copy once the shards are free, taken
-/// once.
 fn key_4100() -> IdempotencyKey {
     IdempotencyKey {
         key: "k-4100".into(),
@@ -1113,8 +1108,12 @@ fn key_4100() -> IdempotencyKey {
     }
 }
 
+/// PostgreSQL issues in one statement; with every quota shard locked
+/// (statements in flight elsewhere) the statement waits for one: the
+/// issuance ends with its free copy, taken once, and its key's response,
+/// once the shards are free — no void, no transaction.
 #[test]
-fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
+fn a_free_copy_behind_locked_shards_is_waited_for_on_postgres() {
     let Some((pg, url)) = pg_schema() else { return };
     let reg: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, 8).unwrap());
     reg.set_free_quota(100).unwrap();
@@ -1146,7 +1145,7 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
     let (committed, response) = waiting.join().unwrap().unwrap();
     assert!(committed.free_copy);
     assert_eq!(response, b"free=true");
-    // Its key keeps the response the transaction built.
+    // Its key keeps the response built for it.
     assert_eq!(
         reg.idempotent_response("client", &key_4100()).unwrap(),
         Some(b"free=true".to_vec())
@@ -1160,8 +1159,7 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
         assert!(committed.free_copy);
     }
     assert_eq!(reg.free_quota().unwrap(), (6, 100));
-    // The waiting issuance kept the audit number its statement took: six
-    // entries, no void for a number the statement left unused.
+    // Six entries, no void: no statement gave its number up.
     for _ in 0..3 {
         let _ = reg.sequence_audit().unwrap();
     }
@@ -1171,4 +1169,37 @@ fn a_free_copy_behind_locked_shards_waits_in_a_transaction_on_postgres() {
         .filter(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap().action == "audit.void")
         .count();
     assert_eq!((entries.len(), voids), (6, 0));
+}
+
+/// A statement that cannot give the free copy asked for (no shard has room
+/// left) writes nothing: the transaction decides (a paid copy), and the
+/// statement's audit number is filled by a void that says why.
+#[test]
+fn a_statement_that_wrote_nothing_is_voided_as_such_on_postgres() {
+    let Some((_pg, url)) = pg_schema() else {
+        return;
+    };
+    let reg = PostgresRegistry::open(&url, 8).unwrap();
+    reg.set_free_quota(0).unwrap();
+    let mut c = commit(&reg, 4300, "phone-4300");
+    c.want_free_copy = true;
+    let (committed, response) = reg.commit_issuance("client", c, respond()).unwrap();
+    assert!(!committed.free_copy);
+    assert_eq!(response, b"free=false");
+    for _ in 0..3 {
+        let _ = reg.sequence_audit().unwrap();
+    }
+    let rules: Vec<(String, Option<String>)> = reg
+        .audit_entries(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let e = dojang::audit::entry::AuditEntry::decode(e).unwrap();
+            (e.action, e.rule)
+        })
+        .collect();
+    let voids: Vec<_> = rules.iter().filter(|(a, _)| a == "audit.void").collect();
+    assert_eq!(voids.len(), 1, "{rules:?}");
+    assert_eq!(voids[0].1.as_deref(), Some("statement.wrote_nothing"));
+    assert_eq!(rules.len(), 2, "{rules:?}");
 }

@@ -4,12 +4,14 @@
 //! and most of the server's work per issuance (pgbench on a 2-core
 //! machine: ~390 µs of server CPU per write as four, ~260 as one).
 //!
-//! The statement writes only the outcome the caller predicted (a free
-//! copy if it asked for one): when the quota cannot give one at once (the
-//! holder had one, none is left, or every shard with room is locked by a
-//! statement in flight) it writes nothing, and the issuance takes the
-//! transaction, which waits for shards and decides, under the audit number
-//! the statement took (no void in the log for it).
+//! The free copy comes from a random shard with room that no statement
+//! holds, or — when every shard with room is held at that instant — from
+//! one it waits for (the second pick runs only then). The statement writes
+//! only the outcome the caller predicted (a free copy if it asked for
+//! one): when the quota cannot give one (the holder had one, none is left,
+//! or the shard waited for filled up meanwhile) it writes nothing, and the
+//! issuance takes the transaction, which decides under a number of its own;
+//! the statement's number is filled by a void (`statement.wrote_nothing`).
 
 use std::sync::LazyLock;
 
@@ -24,9 +26,13 @@ use crate::store::{DecisionRecord, NewCredential, StoreError};
 const RECORDED: &str = "WITH q AS (
     UPDATE quota_shards SET used = used + 1
      WHERE CAST($11 AS BOOLEAN) AND name = 'free_first_time' AND used < quota
-       AND shard = (SELECT shard FROM quota_shards
-                    WHERE name = 'free_first_time' AND used < quota
-                    ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
+       AND shard = COALESCE(
+             (SELECT shard FROM quota_shards
+               WHERE name = 'free_first_time' AND used < quota
+               ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED),
+             (SELECT shard FROM quota_shards
+               WHERE name = 'free_first_time' AND used < quota
+               ORDER BY random() LIMIT 1 FOR UPDATE))
        AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $2 AND free_copy)
     RETURNING shard),
 recorded AS (

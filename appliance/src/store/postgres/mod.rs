@@ -26,7 +26,7 @@ use postgres_openssl::MakeTlsConnector;
 
 use self::connection::{Connection, RawTx};
 use self::errors::{RETRYABLE, map_err};
-use self::sequencer::Numbers;
+use self::sequencer::{Numbers, VOID_ROLLED_BACK, VOID_UNWRITTEN};
 use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
@@ -270,29 +270,26 @@ impl PostgresDriver {
         }
     }
 
-    fn numbers<'t>(
-        &'t self,
-        taken: &'t RefCell<Taken>,
-        reserved: &'t RefCell<Taken>,
-    ) -> Numbers<'t> {
+    fn numbers<'t>(&'t self, taken: &'t RefCell<Taken>) -> Numbers<'t> {
         Numbers {
             numbering: &self.numbering,
             taken,
-            reserved,
         }
     }
+}
 
-    /// A write transaction whose entries take `reserved` numbers first
-    /// (each of its node's). Numbers taken by an attempt that did not
-    /// commit are lost (other transactions took later ones meanwhile), and
-    /// so is a reserved number no attempt took: void entries fill them.
-    fn write_reserving<R>(&self, reserved: Taken, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
-        let (taken, reserved) = (RefCell::new(Taken::new()), RefCell::new(reserved));
-        let result = self.with_tx_settled(
+impl Driver for PostgresDriver {
+    const KIND: &'static str = "postgres";
+
+    fn write<R: Send + 'static>(&self, mut f: impl WriteFn<R>) -> Result<R, StoreError> {
+        // Numbers taken by an attempt that did not commit are lost (other
+        // transactions took later ones meanwhile): void entries fill them.
+        let taken = RefCell::new(Taken::new());
+        self.with_tx_settled(
             |raw| {
                 f(&mut PgTx {
                     raw,
-                    audit: Some(self.numbers(&taken, &reserved)),
+                    audit: Some(self.numbers(&taken)),
                 })
             },
             |committed| {
@@ -300,23 +297,10 @@ impl PostgresDriver {
                 if committed {
                     self.numbering.commit(numbers);
                 } else {
-                    self.numbering.lose(numbers);
+                    self.numbering.lose(numbers, VOID_ROLLED_BACK);
                 }
             },
-        );
-        let unused = reserved.take();
-        if !unused.is_empty() {
-            self.numbering.lose(unused);
-        }
-        result
-    }
-}
-
-impl Driver for PostgresDriver {
-    const KIND: &'static str = "postgres";
-
-    fn write<R: Send + 'static>(&self, f: impl WriteFn<R>) -> Result<R, StoreError> {
-        self.write_reserving(Taken::new(), f)
+        )
     }
 
     const ISSUES_AT_ONCE: bool = true;
@@ -326,8 +310,7 @@ impl Driver for PostgresDriver {
         mut at_once: impl WriteFn<bool>,
         otherwise: impl WriteFn<R>,
     ) -> Result<Option<R>, StoreError> {
-        let (taken, none) = (RefCell::new(Taken::new()), RefCell::new(Taken::new()));
-        let unused = RefCell::new(Taken::new());
+        let taken = RefCell::new(Taken::new());
         let written = std::cell::Cell::new(false);
         self.attempts(
             false,
@@ -335,25 +318,27 @@ impl Driver for PostgresDriver {
                 written.set(false);
                 written.set(at_once(&mut PgTx {
                     raw,
-                    audit: Some(self.numbers(&taken, &none)),
+                    audit: Some(self.numbers(&taken)),
                 })?);
                 Ok(())
             },
             |ok| {
+                // A number whose row did not go in is filled by a void: the
+                // transaction below takes its own when its row goes in (a
+                // number held across its waits would let the sequencer
+                // void it first, GAP_WAIT_MS after the next was queued).
                 let numbers = taken.take();
                 match (ok, written.get()) {
                     (true, true) => self.numbering.commit(numbers),
-                    // Nothing went in: the transaction below writes under them.
-                    (true, false) => unused.borrow_mut().extend(numbers),
-                    _ => self.numbering.lose(numbers),
+                    (true, false) => self.numbering.lose(numbers, VOID_UNWRITTEN),
+                    _ => self.numbering.lose(numbers, VOID_ROLLED_BACK),
                 }
             },
         )?;
         if written.get() {
             return Ok(None);
         }
-        self.write_reserving(unused.into_inner(), otherwise)
-            .map(Some)
+        self.write(otherwise).map(Some)
     }
 
     fn read<R>(&self, mut f: impl ReadFn<R>) -> Result<R, StoreError> {
@@ -373,7 +358,7 @@ impl Driver for PostgresDriver {
         if !lost.is_empty() {
             if let Err(e) = self.with_tx(|raw| sequencer::void_lost(raw, &self.numbering, &lost)) {
                 // Kept for the next round: a number is never left unfilled.
-                self.numbering.lose(lost);
+                self.numbering.keep_lost(lost);
                 return Err(e);
             }
         }

@@ -14,7 +14,7 @@ use super::connection::RawTx;
 use super::errors::{RETRYABLE, map_err};
 use super::placement::{self, Queued};
 use crate::audit::entry::AuditEntry;
-use crate::store::sql::{Appended, Numbering, Taken};
+use crate::store::sql::{Appended, Lost, Numbering, Taken};
 use crate::store::{DecisionRecord, Pseudonym, StoreError};
 
 /// Any number: the advisory lock that makes one sequencer at a time.
@@ -22,24 +22,11 @@ const SEQUENCER_LOCK: i64 = 0x646f_6a61_6e71; // not the migration lock
 /// Decisions placed per sequencer transaction.
 const SEQUENCE_BATCH: i64 = 5000;
 
-/// A write's audit numbers: where they come from, those it took, and
-/// those an earlier statement of the same request took and wrote nothing
-/// under (used first: a request that falls back to a transaction keeps
-/// its number, and the log gets no void for it).
+/// A write's audit numbers: where they come from, and those it took.
 #[derive(Clone, Copy)]
 pub(super) struct Numbers<'t> {
     pub(super) numbering: &'t Numbering,
     pub(super) taken: &'t RefCell<Taken>,
-    pub(super) reserved: &'t RefCell<Taken>,
-}
-
-impl Numbers<'_> {
-    /// A number of `node` reserved for this write, if one is left.
-    fn reserved(&self, node: &str) -> Option<u64> {
-        let mut reserved = self.reserved.borrow_mut();
-        let at = reserved.iter().position(|(n, _)| n == node)?;
-        Some(reserved.remove(at).1)
-    }
 }
 
 /// The node's next number as the database knows it (placed or queued).
@@ -93,31 +80,23 @@ pub(super) fn enqueue(
     numbered(queued, numbers.numbering, &d.node, number).map(|_| ())
 }
 
-/// Takes the decision's number (one reserved for it, else the node's
-/// next) and seals its entry. Asked first, so the number is taken right
-/// before its row goes in: a gap the sequencer sees is a transaction that
-/// runs (or a request between its statement and its transaction), or none.
+/// Takes the decision's number (the node's next) and seals its entry.
+/// Asked first, so the number is taken right before its row goes in: a
+/// gap the sequencer sees is a transaction that runs, or none.
 pub(super) fn number_and_seal(
     tx: &mut RawTx<'_>,
-    numbers: Numbers<'_>,
+    Numbers { numbering, taken }: Numbers<'_>,
     entry: &Appended<'_>,
 ) -> Result<(i64, Vec<u8>), StoreError> {
     let d = entry.decision;
-    let number = match numbers.reserved(&d.node) {
-        Some(number) => number,
-        None => {
-            let numbering = numbers.numbering;
-            let stored = if numbering.needs_stored(&d.node) {
-                stored_next(tx, &d.node)?
-            } else {
-                0
-            };
-            numbering.take(&d.node, false, || Ok(stored))?
-        }
+    let stored = if numbering.needs_stored(&d.node) {
+        stored_next(tx, &d.node)?
+    } else {
+        0
     };
-    numbers.taken.borrow_mut().push((d.node.clone(), number));
-    let sealed = numbers
-        .numbering
+    let number = numbering.take(&d.node, false, || Ok(stored))?;
+    taken.borrow_mut().push((d.node.clone(), number));
+    let sealed = numbering
         .seal(d.entry(number, entry.credential, entry.holder))?
         .encode();
     Ok((number as i64, sealed))
@@ -189,15 +168,24 @@ fn void_entry(node: &str, number: u64, why: &str) -> AuditEntry {
     }
 }
 
-/// Queues void entries for `lost`, numbers this process's transactions
-/// took and did not commit (a number that did commit after all is left
-/// alone).
+/// The rule of a void for a transaction's number that did not commit.
+pub(super) const VOID_ROLLED_BACK: &str = "transaction.rolled_back";
+/// The rule of a void for the number of a statement that wrote nothing
+/// (its issuance went on in a transaction, under a number of its own).
+pub(super) const VOID_UNWRITTEN: &str = "statement.wrote_nothing";
+
+/// Queues void entries for `lost`, numbers this process's writes took and
+/// did not commit (a number that did commit after all is left alone).
 pub(super) fn void_lost(
     tx: &mut RawTx<'_>,
     numbering: &Numbering,
-    lost: &[(String, u64)],
+    lost: &[Lost],
 ) -> Result<(), StoreError> {
-    queue_voids(tx, numbering, lost, "transaction.rolled_back").map(|_| ())
+    for (node, number, why) in lost {
+        let entry = numbering.seal(void_entry(node, *number, why))?;
+        let _ = queue_void(tx, node, *number, &entry)?;
+    }
+    Ok(())
 }
 
 /// Queues a sealed void under `rule` for each of `numbers`; the numbers

@@ -148,7 +148,7 @@ impl Tx for PgTx<'_, '_> {
     fn keep_positions(&mut self, list: u32, candidates: &[u64]) -> Result<Vec<u64>, StoreError> {
         // One round trip for a block, not one per position.
         let candidates: Vec<i64> = candidates.iter().map(|&i| i as i64).collect();
-        let kept = self
+        let rows = self
             .raw
             .query(
                 "INSERT INTO status_positions (list, idx)
@@ -157,7 +157,16 @@ impl Tx for PgTx<'_, '_> {
                 &[&i64::from(list), &candidates],
             )
             .map_err(map_err)?;
-        Ok(kept.iter().map(|row| row.get::<_, i64>(0) as u64).collect())
+        // Only positions drawn here, each once, whatever the server says.
+        let mut drawn: std::collections::HashSet<i64> = candidates.into_iter().collect();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let index: i64 = row.try_get(0).map_err(map_err)?;
+            if drawn.remove(&index) {
+                kept.push(index as u64);
+            }
+        }
+        Ok(kept)
     }
 
     fn take_free_copy(&mut self, holder: &[u8]) -> Result<bool, StoreError> {

@@ -22,6 +22,6 @@ mod tx;
 
 pub(crate) use batch::credential_row;
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
-pub(crate) use numbering::{Numbering, Taken};
+pub(crate) use numbering::{Lost, Numbering, Taken};
 pub use tx::SqlRegistry;
 pub(crate) use tx::{Appended, Cell, Driver, KeptResponse, ReadFn, Row, Tx, Value, WriteFn, args};

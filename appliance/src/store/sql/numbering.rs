@@ -25,6 +25,9 @@ const REMEMBERED_MAX: usize = 1_000_000;
 /// Numbers taken by one transaction: (node, number).
 pub(crate) type Taken = Vec<(String, u64)>;
 
+/// A number given up: (node, number, why — the rule of its void entry).
+pub(crate) type Lost = (String, u64, &'static str);
+
 /// Each node's next number, the seal, and what became of taken numbers.
 #[derive(Default)]
 pub(crate) struct Numbering {
@@ -32,7 +35,7 @@ pub(crate) struct Numbering {
     /// Each node's next number, and whether to ask the database first.
     next: Mutex<HashMap<String, (u64, bool)>>,
     committed: Mutex<HashMap<String, BTreeSet<u64>>>,
-    lost: Mutex<Taken>,
+    lost: Mutex<Vec<Lost>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,14 +111,20 @@ impl Numbering {
         }
     }
 
-    /// Numbers of a transaction that did not commit, for void entries.
-    pub(crate) fn lose(&self, taken: Taken) {
-        lock(&self.lost).extend(taken);
+    /// Numbers of a write that did not commit them, for void entries whose
+    /// rule is `why`.
+    pub(crate) fn lose(&self, taken: Taken, why: &'static str) {
+        lock(&self.lost).extend(taken.into_iter().map(|(node, n)| (node, n, why)));
     }
 
     /// The lost numbers waiting for their void entries (taken out).
-    pub(crate) fn take_lost(&self) -> Taken {
+    pub(crate) fn take_lost(&self) -> Vec<Lost> {
         std::mem::take(&mut *lock(&self.lost))
+    }
+
+    /// Lost numbers taken out and not yet filled, kept for the next round.
+    pub(crate) fn keep_lost(&self, lost: Vec<Lost>) {
+        lock(&self.lost).extend(lost);
     }
 
     /// Numbers of a transaction that committed.
@@ -186,8 +195,8 @@ mod tests {
         numbering.commit(vec![("a".into(), 1), ("a".into(), 2)]);
         numbering.found("a", &BTreeSet::from([1]));
         assert_eq!(numbering.committed("a"), BTreeSet::from([2]));
-        numbering.lose(vec![("a".into(), 3)]);
-        assert_eq!(numbering.take_lost(), vec![("a".to_owned(), 3)]);
+        numbering.lose(vec![("a".into(), 3)], "why");
+        assert_eq!(numbering.take_lost(), vec![("a".to_owned(), 3, "why")]);
         assert!(numbering.take_lost().is_empty());
     }
 }

@@ -241,7 +241,12 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         });
         let owner = client.to_owned();
         let replay_key = commit.idempotency.clone();
-        let (mut respond, mut built) = (Some(respond), None);
+        // A transaction after a statement that wrote nothing reuses the
+        // response built for the same outcome.
+        let mut built = at_once
+            .as_ref()
+            .map(|(predicted, response, _)| (predicted.clone(), response.clone()));
+        let mut respond = Some(respond);
         let in_transaction =
             move |tx: &mut dyn Tx| commit_in(tx, &owner, &commit, &mut respond, &mut built);
         let result = match at_once {
