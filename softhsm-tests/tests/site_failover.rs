@@ -158,8 +158,8 @@ fn wait_until_placed(db: &mut postgres::Client) {
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{queued} audit entries still queued after 30 s"
+            started.elapsed() < Duration::from_secs(60),
+            "{queued} audit entries still queued after 60 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

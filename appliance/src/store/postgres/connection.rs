@@ -10,6 +10,10 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement, Transaction};
 
+/// The longest a request's statement runs (milliseconds): an audit number
+/// taken for a statement's row is in the queue, or given up, within it.
+pub(super) const STATEMENT_TIMEOUT_MS: i64 = 10_000;
+
 /// Statements a connection keeps at most; the code has fewer, so the
 /// bound only matters if SQL text ever varies.
 const PREPARED_MAX: usize = 256;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use postgres::config::{Host, SslMode};
 use postgres_openssl::MakeTlsConnector;
 
-use self::connection::{Connection, RawTx};
+use self::connection::{Connection, RawTx, STATEMENT_TIMEOUT_MS};
 use self::errors::{RETRYABLE, map_err};
 use self::sequencer::{Numbers, VOID_ROLLED_BACK, VOID_UNWRITTEN};
 use self::tx::PgTx;
@@ -177,7 +177,9 @@ impl PostgresDriver {
         }
         .map_err(map_err)?;
         client
-            .batch_execute("SET statement_timeout = '10s'; SET lock_timeout = '5s'")
+            .batch_execute(&format!(
+                "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = '5s'"
+            ))
             .map_err(map_err)?;
         Ok(Connection::new(client))
     }

@@ -11,10 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 /// How long ago the decision after a gap must have been queued before the
-/// gap's number is filled: far beyond an honest transaction's life from
-/// its number to its commit (the number is taken right before its row is
-/// written, and the row's uniqueness makes a filling void wait for it).
-pub(super) const GAP_WAIT_MS: i64 = 5_000;
+/// gap's number is filled: beyond an honest statement's life from its
+/// number to its row (the number is taken right before the statement that
+/// writes the row, which may wait for a quota shard or a unique index, but
+/// never longer than the statement timeout; once written, the row's
+/// uniqueness makes a filling void wait for its commit).
+pub(super) const GAP_WAIT_MS: i64 = 15_000;
+const _: () = assert!(GAP_WAIT_MS >= super::connection::STATEMENT_TIMEOUT_MS + 5_000);
 
 /// What the sequencer knows of a queued decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +141,10 @@ mod tests {
     fn only_a_gap_before_an_old_decision_is_filled() {
         // 3 is missing before an old decision: filled; 5 is behind it and
         // is not looked at until 3 is placed.
-        let rows = [q("a", 4, 10), q("a", 6, 10_000)];
+        let now = 10 + GAP_WAIT_MS;
+        let rows = [q("a", 4, 10), q("a", 6, now)];
         let mut next = HashMap::from([("a".to_owned(), 3)]);
-        let plan = plan(&rows, &mut next, 10_000);
+        let plan = plan(&rows, &mut next, now);
         assert!(plan.place.is_empty());
         assert_eq!(plan.gaps, vec![("a".to_owned(), 3)]);
     }
