@@ -5,13 +5,15 @@
 //! machine: ~390 µs of server CPU per write as four, ~260 as one).
 //!
 //! The free copy comes from a random shard with room that no statement
-//! holds, or — when every shard with room is held at that instant — from
-//! one it waits for (the second pick runs only then). The statement writes
-//! only the outcome the caller predicted (a free copy if it asked for
-//! one): when the quota cannot give one (the holder had one, none is left,
-//! or the shard waited for filled up meanwhile) it writes nothing, and the
-//! issuance takes the transaction, which decides under a number of its own;
-//! the statement's number is filled by a void (`statement.wrote_nothing`).
+//! holds or, when every shard with room is held at that instant, from the
+//! first with room, waited for (in shard order, as every other locker of
+//! shards; the second pick runs only then). The statement writes only the
+//! outcome the caller predicted (a free copy if it asked for one): when it
+//! cannot give one (the holder had one, none is left, or — under heavy
+//! contention — the shard waited for was no longer returned after the
+//! wait) it writes nothing, and the issuance takes the transaction, which
+//! decides under a number of its own; the statement's number is filled by
+//! a sealed void (`statement.wrote_nothing`).
 
 use std::sync::LazyLock;
 
@@ -32,7 +34,7 @@ const RECORDED: &str = "WITH q AS (
                ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED),
              (SELECT shard FROM quota_shards
                WHERE name = 'free_first_time' AND used < quota
-               ORDER BY random() LIMIT 1 FOR UPDATE))
+               ORDER BY shard LIMIT 1 FOR UPDATE))
        AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $2 AND free_copy)
     RETURNING shard),
 recorded AS (

@@ -81,8 +81,9 @@ pub(super) fn enqueue(
 }
 
 /// Takes the decision's number (the node's next) and seals its entry.
-/// Asked first, so the number is taken right before its row goes in: a
-/// gap the sequencer sees is a transaction that runs, or none.
+/// Asked first, so the number is taken right before the statement that
+/// writes its row: a gap the sequencer sees is a statement in flight (at
+/// most the statement timeout), a transaction that runs, or none.
 pub(super) fn number_and_seal(
     tx: &mut RawTx<'_>,
     Numbers { numbering, taken }: Numbers<'_>,

@@ -250,8 +250,7 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         let in_transaction =
             move |tx: &mut dyn Tx| commit_in(tx, &owner, &commit, &mut respond, &mut built);
         let result = match at_once {
-            // The transaction runs only if the statement wrote nothing, and
-            // keeps its audit number.
+            // The transaction runs only if the statement wrote nothing.
             Some((predicted, response, statement)) => self
                 .driver
                 .write_at_once_or(statement, in_transaction)

@@ -36,6 +36,7 @@ pub(super) fn reserve(tx: &mut dyn Tx, count: u64) -> Result<StatusPositions, St
     };
     let mut indexes = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let mut drawn = 0u64;
+    let mut seen = std::collections::HashSet::with_capacity(indexes.capacity());
     while (indexes.len() as u64) < count {
         if drawn >= count * TRIES_PER_POSITION {
             return Err(StoreError::Internal(format!(
@@ -47,7 +48,12 @@ pub(super) fn reserve(tx: &mut dyn Tx, count: u64) -> Result<StatusPositions, St
             .map(|_| random_position())
             .collect::<Result<Vec<_>, _>>()?;
         drawn += wanted;
-        indexes.extend(tx.keep_positions(list, &candidates)?);
+        for index in tx.keep_positions(list, &candidates)? {
+            // Once each, whatever the database answers.
+            if seen.insert(index) {
+                indexes.push(index);
+            }
+        }
     }
     Ok(StatusPositions { list, indexes })
 }
