@@ -1324,6 +1324,23 @@ impl PgSchema {
             .and_then(|c| c.connect(postgres::NoTls))
             .expect("PostgreSQL")
     }
+
+    /// An insider's transaction on `client` holding every free-copy quota
+    /// shard of this schema (as statements in flight would), until it ends.
+    pub fn hold_quota_shards<'c>(
+        &self,
+        client: &'c mut postgres::Client,
+    ) -> postgres::Transaction<'c> {
+        let mut shards = client.transaction().expect("BEGIN");
+        let locked = shards
+            .query(
+                &format!("SELECT shard FROM {}.quota_shards FOR UPDATE", self.name),
+                &[],
+            )
+            .expect("locking the quota shards");
+        assert_eq!(locked.len(), 16);
+        shards
+    }
 }
 
 impl Drop for PgSchema {

@@ -335,14 +335,7 @@ fn issuances_behind_locked_or_emptied_quota_shards_are_signed_over_postgres() {
     placed(&mut sql);
     let signed = sql.signed_size();
     let mut holder = PgSchema::admin();
-    let mut shards = holder.transaction().unwrap();
-    let locked = shards
-        .query(
-            &format!("SELECT shard FROM {}.quota_shards FOR UPDATE", schema.name),
-            &[],
-        )
-        .unwrap();
-    assert_eq!(locked.len(), 16);
+    let shards = schema.hold_quota_shards(&mut holder);
     let reply = std::thread::scope(|s| {
         let waiting = s.spawn(|| d.issue("mdoc", 10));
         std::thread::sleep(Duration::from_millis(500));

@@ -1117,19 +1117,8 @@ fn a_free_copy_behind_locked_shards_is_waited_for_on_postgres() {
     let Some((pg, url)) = pg_schema() else { return };
     let reg: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, 8).unwrap());
     reg.set_free_quota(100).unwrap();
-    let mut insider = url
-        .parse::<postgres::Config>()
-        .unwrap()
-        .connect(postgres::NoTls)
-        .unwrap();
-    let mut shards = insider.transaction().unwrap();
-    let locked = shards
-        .query(
-            &format!("SELECT shard FROM {}.quota_shards FOR UPDATE", pg.name),
-            &[],
-        )
-        .unwrap();
-    assert_eq!(locked.len(), 16);
+    let mut insider = softhsm_tests::daemon::PgSchema::admin();
+    let shards = pg.hold_quota_shards(&mut insider);
     let waiting = {
         let reg = Arc::clone(&reg);
         std::thread::spawn(move || {

@@ -183,40 +183,22 @@ pub(super) fn void_lost(
     lost: &[Lost],
 ) -> Result<(), StoreError> {
     for (node, number, why) in lost {
-        let entry = numbering.seal(void_entry(node, *number, why))?;
-        let _ = queue_void(tx, node, *number, &entry)?;
+        let _ = queue_void(tx, numbering, (node, *number), why)?;
     }
     Ok(())
 }
 
-/// Queues a sealed void under `rule` for each of `numbers`; the numbers
-/// it queued (one a decision holds is left alone).
-fn queue_voids<'n>(
-    tx: &mut RawTx<'_>,
-    numbering: &Numbering,
-    numbers: &'n [(String, u64)],
-    rule: &str,
-) -> Result<Vec<&'n (String, u64)>, StoreError> {
-    let mut queued = Vec::new();
-    for void @ (node, number) in numbers {
-        let entry = numbering.seal(void_entry(node, *number, rule))?;
-        if queue_void(tx, node, *number, &entry)? {
-            queued.push(void);
-        }
-    }
-    Ok(queued)
-}
-
-/// Queues `entry`, a void for `node`'s `number`, unless a decision holds
-/// the number: the queue's unique index makes this wait for a transaction
-/// that holds it and still runs, and lets that transaction win; whether
-/// the void was queued.
+/// Queues a sealed void under `rule` for `node`'s `number`, unless a
+/// decision holds the number: the queue's unique index makes this wait for
+/// a transaction that holds it and still runs, and lets that transaction
+/// win; whether the void was queued.
 fn queue_void(
     tx: &mut RawTx<'_>,
-    node: &str,
-    number: u64,
-    entry: &AuditEntry,
+    numbering: &Numbering,
+    (node, number): (&str, u64),
+    rule: &str,
 ) -> Result<bool, StoreError> {
+    let entry = numbering.seal(void_entry(node, number, rule))?;
     let n = number as i64;
     let queued = tx
         .execute(
@@ -408,7 +390,10 @@ fn fill_gaps(
     numbering: &Numbering,
     gaps: &[(String, u64)],
 ) -> Result<(), StoreError> {
-    for (node, number) in queue_voids(tx, numbering, gaps, "number.unclaimed")? {
+    for (node, number) in gaps {
+        if !queue_void(tx, numbering, (node, *number), "number.unclaimed")? {
+            continue;
+        }
         tracing::warn!(
             node,
             number,

@@ -361,9 +361,9 @@ pub(crate) trait Driver: Send + Sync + 'static {
 
     /// Runs `at_once`, whose statements each commit on their own, as a
     /// write; if it wrote nothing (`Ok(false)`), runs `otherwise` in a
-    /// write transaction, whose entries take the audit numbers `at_once`
-    /// took. `None` when `at_once` wrote. A driver without
-    /// [`Self::ISSUES_AT_ONCE`] runs `otherwise` only.
+    /// write transaction (numbers `at_once` took and did not write under
+    /// are given up to void entries). `None` when `at_once` wrote. A
+    /// driver without [`Self::ISSUES_AT_ONCE`] runs `otherwise` only.
     fn write_at_once_or<R: Send + 'static>(
         &self,
         at_once: impl WriteFn<bool>,
