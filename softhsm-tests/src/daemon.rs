@@ -572,15 +572,15 @@ impl Daemon {
                 }
             }
             let mut ops = self.ops_client();
-            if ops
-                .try_send("GET", path, &[], Vec::new())
-                .is_ok_and(|r| r.status == 200)
-            {
-                return;
-            }
+            // The last answer names the check that failed.
+            let last = match ops.try_send("GET", path, &[], Vec::new()) {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => format!("{} {}", r.status, r.text()),
+                Err(e) => e,
+            };
             assert!(
                 std::time::Instant::now() < deadline,
-                "dojangd: no 200 from {path} in {timeout:?}:\n{}",
+                "dojangd: no 200 from {path} in {timeout:?} (last: {last}):\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
