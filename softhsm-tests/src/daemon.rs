@@ -1338,7 +1338,7 @@ impl PgSchema {
                 &[],
             )
             .expect("locking the quota shards");
-        assert_eq!(locked.len(), 16);
+        assert_eq!(locked.len(), 64, "every shard (migration 17: 64)");
         shards
     }
 }

@@ -124,7 +124,7 @@ fn a_sqlite_registry_from_the_previous_build_opens_in_place() {
     writes_after_the_upgrade(&reg);
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=17).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -150,7 +150,19 @@ fn a_postgres_registry_from_the_previous_build_opens_in_place() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, (1..=16).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=17).collect::<Vec<i64>>());
+    // Migration 17: 64 shards, each within its quota, the quota and what
+    // was used kept (read through the registry above: 1 of 10).
+    let shards = softhsm_tests::daemon::PgSchema::admin()
+        .query_one(
+            &format!(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE used <= quota) FROM {}.quota_shards",
+                schema.name
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!((shards.get::<_, i64>(0), shards.get::<_, i64>(1)), (64, 64));
 }
 
 #[test]
@@ -182,7 +194,7 @@ fn a_sqlite_registry_numbered_the_old_way_is_renumbered() {
     assert_eq!(reg.keys().unwrap(), vec![], "migration 5 ran");
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=17).collect::<Vec<i64>>());
     let head: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_head'",
@@ -202,7 +214,7 @@ const TILES_V15: &str = "DROP TABLE audit_full_tiles;
      CREATE TABLE audit_full_tiles (level {int} NOT NULL, idx {int} NOT NULL,
                                     hashes {bytes} NOT NULL, PRIMARY KEY (level, idx));
      INSERT INTO audit_full_tiles (level, idx, hashes) VALUES (0, 3, {zeros}), (1, 0, {ones});
-     DELETE FROM schema_version WHERE version = 16;";
+     DELETE FROM schema_version WHERE version >= 16;";
 
 /// A tile of 256 equal hashes.
 fn tile_of(byte: u8) -> Vec<[u8; 32]> {
@@ -241,7 +253,7 @@ fn whole_audit_tiles_of_schema_15_move_to_one_key() {
     whole_tiles_of_schema_15_are_read(&reg);
     drop(reg);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    assert_eq!(schema_versions(&conn), (1..=16).collect::<Vec<i64>>());
+    assert_eq!(schema_versions(&conn), (1..=17).collect::<Vec<i64>>());
 }
 
 #[test]

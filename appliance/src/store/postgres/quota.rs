@@ -1,4 +1,4 @@
-//! PostgreSQL's free-copy counter, sharded: 16 rows whose quotas add up to
+//! PostgreSQL's free-copy counter, sharded: 64 rows whose quotas add up to
 //! the quota, each `used <= quota`, so the total can never go one over.
 //! With one row, every issuance taking a free copy queued on its lock for
 //! the length of an fsync.

@@ -69,6 +69,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         "",
         include_str!("../migrations/postgres/0016_audit_full_tiles_keyed.sql")
     ),
+    migration!(
+        "0017_quota_shards",
+        "",
+        include_str!("../migrations/postgres/0017_quota_shards.sql")
+    ),
 ];
 
 /// How one database spells the shared files' column types.
