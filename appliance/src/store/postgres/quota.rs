@@ -9,19 +9,22 @@ use crate::store::StoreError;
 
 /// Takes one copy for `holder` if it never had one and any shard has
 /// room. Usually one statement: the holder's check and a random unlocked
-/// shard (`SKIP LOCKED`) with the increment. When that takes nothing
-/// (the holder had one, or every shard with room is busy or none has
-/// room), the holder is checked alone, then shards are waited on.
+/// shard (`SKIP LOCKED`, picked in a CTE: see `at_once` on why not in the
+/// update's `WHERE`) with the increment. When that takes nothing (the
+/// holder had one, or every shard with room is busy or none has room),
+/// the holder is checked alone, then shards are waited on.
 pub(super) fn take(tx: &mut RawTx<'_>, holder: &[u8]) -> Result<bool, StoreError> {
     let at_once = tx
         .query_opt(
-            "UPDATE quota_shards SET used = used + 1
-             WHERE name = 'free_first_time' AND used < quota
-               AND shard = (SELECT shard FROM quota_shards
-                            WHERE name = 'free_first_time' AND used < quota
-                            ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
-               AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)
-             RETURNING shard",
+            "WITH pick AS (
+                 SELECT shard FROM quota_shards
+                  WHERE name = 'free_first_time' AND used < quota
+                    AND NOT EXISTS (SELECT 1 FROM credentials WHERE holder = $1 AND free_copy)
+                  ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
+             UPDATE quota_shards SET used = used + 1 FROM pick
+              WHERE name = 'free_first_time' AND quota_shards.shard = pick.shard
+                AND used < quota
+             RETURNING quota_shards.shard",
             &[&holder],
         )
         .map_err(map_err)?;
