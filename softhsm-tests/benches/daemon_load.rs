@@ -9,6 +9,8 @@
 //! load (what one counter clerk feels), where the issuances' time went
 //! (the daemon's per-stage histograms over each phase), the daemon's CPU per
 //! issuance beyond its HSM work, its peak RSS, and the audit entry's share.
+//! Over the half-load phase a hiccup meter (`common::hiccups`) reports the
+//! machine's own stalls: a VM pause shows there and in no daemon stage.
 //! After each run the registry and the audit log are checked (credentials
 //! = answers 201, quota moved by the free copies, one live credential per
 //! holder and per phone, the exported log verifies). The summary gives the
@@ -27,6 +29,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::hiccups::{HiccupMeter, Hiccups};
 use common::invariants::{self, Registry};
 use common::load::{bodies, env, load, Run};
 use common::stages::StageHistograms;
@@ -54,6 +57,7 @@ struct Figures {
     saturation_p99: f64,
     half_p50: f64,
     half_p99: f64,
+    half_hiccups: Hiccups,
     single_p50: f64,
     single_p99: f64,
     failed: usize,
@@ -190,7 +194,9 @@ fn one_run(
     let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
     let log_mark = d.log().len();
     let before = StageHistograms::parse(&metrics(&d));
+    let meter = HiccupMeter::start();
     let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
+    let half_hiccups = meter.stop();
     let half_stages = StageHistograms::parse(&metrics(&d)).since(&before);
     // Then the clerk beside the same half load (other holders), a phase of
     // its own: a closed-loop client adds its own rate, so the half load's
@@ -248,13 +254,15 @@ fn one_run(
         print_phase(&format!("half load ({half_rate:.0}/s offered)"), &mut half);
     print_stages("half load", &half_stages);
     println!("    at half load: {slow}");
+    println!("    the machine at half load: {half_hiccups}");
     let (single_p50, single_p99) =
         print_phase("one closed-loop client beside the half load", &mut single);
     println!(
-        "    daemon peak RSS {:.1} MiB; audit entry {audit_us:.1} µs = {:.1}% of the CPU per issuance{}; after the run: {issued} credentials, {quota_used:.0} free copies, no holder or phone with two live, {entries} audit entries verified",
+        "    daemon peak RSS {:.1} MiB; audit entry {audit_us:.1} µs = {:.1}% of the CPU per issuance{}; after the run: {issued} credentials, {quota_used:.0} free copies, no holder or phone with two live, {entries} audit entries verified ({} beyond the credentials: the node's own decisions and any voids)",
         rss_peak as f64 / 1024.0,
         audit_us / per_issuance_us * 100.0,
-        if postgres { " [entry cost measured on SQLite]" } else { "" }
+        if postgres { " [entry cost measured on SQLite]" } else { "" },
+        entries.saturating_sub(issued as u64)
     );
     Ok(Figures {
         store: store_name,
@@ -264,6 +272,7 @@ fn one_run(
         saturation_p99,
         half_p50,
         half_p99,
+        half_hiccups,
         single_p50,
         single_p99,
         failed: saturated.failed + half.failed + beside.failed + single.failed,
@@ -290,15 +299,22 @@ fn summary(all: &[Figures]) {
             median_of(&runs, |f| f.half_p50),
             median_of(&runs, |f| f.half_p99),
         );
-        let worst = runs.iter().map(|f| f.half_p99).fold(0.0, f64::max);
+        let worst = runs
+            .iter()
+            .max_by(|a, b| a.half_p99.total_cmp(&b.half_p99))
+            .map_or((f64::NAN, f64::NAN), |f| {
+                (f.half_p99, f.half_hiccups.longest_ms)
+            });
         let sat = median_of(&runs, |f| f.saturation);
         saturation.push(sat);
         println!(
-            "  {store}, {} runs: saturation {sat:.0}/s (p99 {:.1} ms), raw {:.0} sig/s; half load p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50 [<= 3 x, <= 10 ms], worst run p99 {worst:.2} ms [<= 25 ms]; one clerk p50 {:.2} / p99 {:.2} ms",
+            "  {store}, {} runs: saturation {sat:.0}/s (p99 {:.1} ms), raw {:.0} sig/s; half load p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50 [<= 3 x, <= 10 ms], worst run p99 {:.2} ms [<= 25 ms] (the machine's longest stall in that run {:.1} ms); one clerk p50 {:.2} / p99 {:.2} ms",
             runs.len(),
             median_of(&runs, |f| f.saturation_p99),
             median_of(&runs, |f| f.raw),
             p99 / p50,
+            worst.0,
+            worst.1,
             median_of(&runs, |f| f.single_p50),
             median_of(&runs, |f| f.single_p99),
         );
