@@ -5,7 +5,8 @@
 //! written to. SQLite stores left at version 3 by a build that numbered
 //! migrations 3 and 4 the other way round are renumbered. Whole audit
 //! tiles a schema-15 build stored by (level, index) are read after the
-//! move to one key (migration 16).
+//! move to one key (migration 16). Migration 17 spreads the quota over 64
+//! shards without growing it while an earlier build takes a copy.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(clippy::indexing_slicing, clippy::panic, clippy::expect_used)] // test code: a failed expect, panic or index is a failed test
@@ -276,4 +277,55 @@ fn whole_audit_tiles_of_schema_15_move_to_one_key_on_postgres() {
         .unwrap();
     let reg = PostgresRegistry::open(&schema.url, 2).unwrap();
     whole_tiles_of_schema_15_are_read(&reg);
+}
+
+/// Migration 17 runs while a node of the previous build is taking a free
+/// copy (its update not yet committed): the total quota stays what it was
+/// and the copy counts as used, over the 64 shards.
+#[test]
+fn spreading_the_quota_over_64_shards_beside_a_copy_in_flight_keeps_the_quota() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = PostgresRegistry::open(&schema.url, 1).unwrap();
+    reg.set_free_quota(1600).unwrap();
+    drop(reg);
+    let mut admin = softhsm_tests::daemon::PgSchema::admin();
+    let s = &schema.name;
+    // Back to schema 16: the 16 shards an earlier build made, 100 each.
+    admin
+        .batch_execute(&format!(
+            "DELETE FROM {s}.quota_shards WHERE shard >= 16;
+             UPDATE {s}.quota_shards SET quota = used + 100;
+             DELETE FROM {s}.schema_version WHERE version = 17;"
+        ))
+        .unwrap();
+    let mut old_node = softhsm_tests::daemon::PgSchema::admin();
+    let mut taking = old_node.transaction().unwrap();
+    let _ = taking
+        .execute(
+            &format!("UPDATE {s}.quota_shards SET used = used + 1 WHERE shard = 3"),
+            &[],
+        )
+        .unwrap();
+    let url = schema.url.clone();
+    let upgrade = std::thread::spawn(move || PostgresRegistry::open(&url, 1).map(drop));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    taking.commit().unwrap();
+    upgrade.join().unwrap().unwrap();
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT COUNT(*), SUM(used)::BIGINT, SUM(quota)::BIGINT,
+                        COUNT(*) FILTER (WHERE used <= quota) FROM {s}.quota_shards"
+            ),
+            &[],
+        )
+        .unwrap();
+    let got: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        got,
+        (64, 1, 1600, 64),
+        "(shards, used, quota, within quota)"
+    );
 }

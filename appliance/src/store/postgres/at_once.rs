@@ -14,8 +14,9 @@
 //! update matched nothing (pgbench, 8 clients on 64 shards: 0.65% of
 //! statements; as a CTE none in 135,000). The statement writes only the
 //! outcome the caller predicted (a free copy if it asked for one): when it
-//! cannot give one (the holder had one, none is left, or the shard waited
-//! for filled up meanwhile) it writes nothing, and the issuance takes the
+//! cannot give one (the holder had one, or no shard had room: none is
+//! left, or only a raise of the quota after its snapshot made some) it
+//! writes nothing, and the issuance takes the
 //! transaction, which decides under a number of its own; the statement's
 //! number is filled by a sealed void (`statement.wrote_nothing`).
 

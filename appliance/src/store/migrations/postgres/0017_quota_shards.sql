@@ -1,6 +1,10 @@
 -- 48 more shards, then what is left of the quota spread evenly over all
 -- 64 (as `quota::set` does): each keeps `used <= quota` and the quotas
--- still add up to the quota, so the total can never go one over.
+-- still add up to the quota, so the total can never go one over. Nodes of
+-- the previous build may be issuing meanwhile: the table is locked first,
+-- or a copy they took after this transaction's snapshot would be counted
+-- as room and the quota would grow by one per copy.
+LOCK TABLE quota_shards IN EXCLUSIVE MODE;
 INSERT INTO quota_shards (name, shard, used, quota)
     SELECT 'free_first_time', s, 0, 0 FROM generate_series(16, 63) AS s
     ON CONFLICT DO NOTHING;
