@@ -301,6 +301,10 @@ fn spreading_the_quota_over_64_shards_beside_a_copy_in_flight_keeps_the_quota() 
         ))
         .unwrap();
     let mut old_node = softhsm_tests::daemon::PgSchema::admin();
+    let old_pid: i32 = old_node
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let mut taking = old_node.transaction().unwrap();
     let _ = taking
         .execute(
@@ -310,7 +314,19 @@ fn spreading_the_quota_over_64_shards_beside_a_copy_in_flight_keeps_the_quota() 
         .unwrap();
     let url = schema.url.clone();
     let upgrade = std::thread::spawn(move || PostgresRegistry::open(&url, 1).map(drop));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The copy commits only once the migration waits on it, so the race
+    // is run every time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let waiting = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE {old_pid} = ANY(pg_blocking_pids(pid))"
+    );
+    while admin.query_one(&waiting, &[]).unwrap().get::<_, i64>(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never waited on the copy in flight"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     taking.commit().unwrap();
     upgrade.join().unwrap().unwrap();
     let row = admin

@@ -78,7 +78,8 @@ impl HiccupMeter {
         Hiccups {
             stalls: stalls.len(),
             longest_ms: stalls.iter().map(ms).fold(0.0, f64::max),
-            total_ms: stalls.iter().map(ms).sum(),
+            // A fold from +0: an empty f64 sum is -0.
+            total_ms: stalls.iter().map(ms).fold(0.0, |a, b| a + b),
             steal_s: steal_seconds() - self.steal_before,
         }
     }

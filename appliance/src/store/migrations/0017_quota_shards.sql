@@ -1,5 +1,5 @@
--- PostgreSQL's free-copy counter from 16 shards to 64 (issue 20): with
--- more statements in flight than shards, the one-statement issuance
--- often found every shard with room locked, and ~0.4% of issuances at
--- saturation wrote nothing and left a void (postgres/0017). SQLite's
--- counter is one row behind its single writer: nothing to do.
+-- PostgreSQL's free-copy counter from 16 shards to 64 (issue 20): a
+-- pool of 16 connections, or several nodes, can have more statements in
+-- flight than 16 shards, and then a statement waits for one
+-- (postgres/0017). SQLite's counter is one row behind its single writer:
+-- nothing to do.

@@ -16,9 +16,9 @@
 //! outcome the caller predicted (a free copy if it asked for one): when it
 //! cannot give one (the holder had one, or no shard had room: none is
 //! left, or only a raise of the quota after its snapshot made some) it
-//! writes nothing, and the issuance takes the
-//! transaction, which decides under a number of its own; the statement's
-//! number is filled by a sealed void (`statement.wrote_nothing`).
+//! writes nothing, and the issuance takes the transaction, which decides
+//! under a number of its own; the statement's number is filled by a sealed
+//! void (`statement.wrote_nothing`).
 
 use std::sync::LazyLock;
 
