@@ -1194,6 +1194,254 @@ fn free_copies_taken_at_once_leave_no_void_on_postgres() {
     assert_eq!((entries.len() as u64, voids), (issued, 0));
 }
 
+/// Issues `commits` on PostgreSQL, the first alone and the others queued
+/// behind it: `reg` writes one issuance group at a time (a pool of two),
+/// and the first group's statement waits on the free-copy shards, which an
+/// insider's transaction holds until the others have had time to queue.
+/// Each result, in order.
+fn issue_behind_a_held_group(
+    reg: &Arc<PostgresRegistry>,
+    schema: &softhsm_tests::daemon::PgSchema,
+    commits: Vec<IssuanceCommit>,
+) -> Vec<Result<bool, StoreError>> {
+    let mut insider = softhsm_tests::daemon::PgSchema::admin();
+    let insider_pid: i32 = insider
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let held = schema.hold_quota_shards(&mut insider);
+    let spawn = |c: IssuanceCommit| {
+        let reg = Arc::clone(reg);
+        std::thread::spawn(move || {
+            reg.commit_issuance("client", c, respond())
+                .map(|(committed, _)| committed.free_copy)
+        })
+    };
+    let mut commits = commits.into_iter();
+    let mut issuing = vec![spawn(commits.next().unwrap())];
+    let mut watcher = softhsm_tests::daemon::PgSchema::admin();
+    let waiting = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE {insider_pid} = ANY(pg_blocking_pids(pid))"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while watcher.query_one(&waiting, &[]).unwrap().get::<_, i64>(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first issuance never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    issuing.extend(commits.map(spawn));
+    // Well within the connections' 5 s lock timeout.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    held.commit().unwrap();
+    issuing.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Issuances that arrive while a node's groups are all in flight are
+/// written together, by one statement, each as it would have been alone:
+/// the quota moves by each free copy, and the log holds one entry each and
+/// no void.
+#[test]
+fn issuances_queued_behind_a_group_in_flight_are_written_as_one_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
+    reg.set_free_quota(100_000).unwrap();
+    let commits = (0..7u32)
+        .map(|i| {
+            let holder = 31_000 + i;
+            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
+            c.want_free_copy = true;
+            c
+        })
+        .collect();
+    let results = issue_behind_a_held_group(&reg, &schema, commits);
+    assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
+    assert_eq!(
+        reg.grouped_issuances(),
+        6,
+        "the six queued went in as one group"
+    );
+    assert_eq!(reg.free_quota().unwrap(), (7, 100_000));
+    while reg.sequence_audit().unwrap() > 0 {}
+    let entries = reg.audit_entries(0, 100).unwrap();
+    let voids = entries
+        .iter()
+        .filter(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap().action == "audit.void")
+        .count();
+    assert_eq!((entries.len(), voids), (7, 0));
+}
+
+/// Two issuances for one holder (a retried request, a twin) queued
+/// together: the second is left out of the group and goes on alone, in its
+/// own transaction, which refuses it by the one-live-credential rule; the
+/// group writes the others, so a twin cannot make its neighbours wait for
+/// transactions of their own.
+#[test]
+fn a_twin_queued_with_a_group_goes_on_alone_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
+    reg.set_free_quota(100_000).unwrap();
+    let holders = [32_000u32, 32_001, 32_002, 32_003, 32_002];
+    let commits = holders
+        .iter()
+        .enumerate()
+        .map(|(i, &holder)| {
+            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}-{i}"));
+            c.want_free_copy = true;
+            c
+        })
+        .collect();
+    let results = issue_behind_a_held_group(&reg, &schema, commits);
+    assert_eq!(
+        results,
+        [
+            Ok(true),
+            Ok(true),
+            Ok(true),
+            Ok(true),
+            Err(StoreError::Conflict {
+                rule: "holder.one_active"
+            })
+        ]
+    );
+    assert_eq!(
+        reg.grouped_issuances(),
+        3,
+        "the group wrote the three others"
+    );
+    assert_eq!(reg.free_quota().unwrap(), (4, 100_000));
+    while reg.sequence_audit().unwrap() > 0 {}
+    let entries: Vec<_> = reg
+        .audit_entries(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
+        .collect();
+    let rules: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "audit.void")
+        .map(|v| v.rule.as_deref())
+        .collect();
+    // At most the refused twin's transaction's number, if it took one.
+    assert!(
+        rules.iter().all(|r| *r == Some("transaction.rolled_back")) && rules.len() <= 1,
+        "{rules:?}"
+    );
+    assert_eq!(entries.len(), 4 + rules.len());
+}
+
+/// A group refused by the database (a holder in it was issued by another
+/// node while the group waited) writes nothing: its numbers are voided as
+/// rolled back, and each of its issuances goes on alone, in its own
+/// transaction, so only that holder's is refused.
+#[test]
+fn a_group_refused_for_one_holder_sends_each_issuance_on_alone_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
+    let other_node = PostgresRegistry::open(&schema.url, 2).unwrap();
+    reg.set_free_quota(100_000).unwrap();
+    let commits: Vec<_> = [34_000u32, 34_001, 34_002, 34_003, 34_004]
+        .iter()
+        .map(|&holder| {
+            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
+            c.want_free_copy = true;
+            c
+        })
+        .collect();
+    // The other node issues 34_002 (no free copy: it needs no shard) while
+    // the group is held.
+    let elsewhere = commit(&other_node, 34_002, "phone-34002-elsewhere");
+    let other = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other_node
+            .commit_issuance("client", elsewhere, respond())
+            .map(|_| ())
+    });
+    let results = issue_behind_a_held_group(&reg, &schema, commits);
+    other.join().unwrap().unwrap();
+    assert_eq!(
+        results,
+        [
+            Ok(true),
+            Ok(true),
+            Err(StoreError::Conflict {
+                rule: "holder.one_active"
+            }),
+            Ok(true),
+            Ok(true)
+        ]
+    );
+    assert_eq!(reg.grouped_issuances(), 0, "the group wrote nothing");
+    assert_eq!(reg.free_quota().unwrap(), (4, 100_000));
+    while reg.sequence_audit().unwrap() > 0 {}
+    let entries: Vec<_> = reg
+        .audit_entries(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
+        .collect();
+    let rules: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "audit.void")
+        .map(|v| v.rule.as_deref())
+        .collect();
+    // The group's four numbers, and the refused one's transaction's if it
+    // took one.
+    assert!(
+        rules.iter().all(|r| *r == Some("transaction.rolled_back"))
+            && (4..=5).contains(&rules.len()),
+        "{rules:?}"
+    );
+    // Five credentials: four here, one on the other node.
+    assert_eq!(entries.len(), 5 + rules.len());
+}
+
+/// A group's free copies come from one quota shard: when no shard has room
+/// for all of them (a quota of 100 is 64 shards of one or two), the group
+/// writes nothing, its numbers are voided as such, and each issuance takes
+/// its free copy in its own transaction, from any shard with room.
+#[test]
+fn a_group_no_shard_has_room_for_sends_each_issuance_on_alone_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
+    reg.set_free_quota(100).unwrap();
+    let commits = (0..5u32)
+        .map(|i| {
+            let holder = 33_000 + i;
+            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
+            c.want_free_copy = true;
+            c
+        })
+        .collect();
+    let results = issue_behind_a_held_group(&reg, &schema, commits);
+    assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
+    assert_eq!(reg.grouped_issuances(), 0);
+    assert_eq!(reg.free_quota().unwrap(), (5, 100));
+    while reg.sequence_audit().unwrap() > 0 {}
+    let entries: Vec<_> = reg
+        .audit_entries(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
+        .collect();
+    let rules: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "audit.void")
+        .map(|v| v.rule.as_deref())
+        .collect();
+    assert_eq!(rules, [Some("statement.wrote_nothing"); 4]);
+    assert_eq!(entries.len(), 5 + 4);
+}
+
 /// A statement that cannot give the free copy asked for (no shard has room
 /// left) writes nothing: the transaction decides (a paid copy), and the
 /// statement's audit number is filled by a void that says why.

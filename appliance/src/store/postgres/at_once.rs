@@ -26,7 +26,7 @@ use postgres::types::ToSql;
 
 use super::connection::RawTx;
 use super::sequencer::{self, Numbers};
-use crate::store::sql::{Appended, KeptResponse, credential_row};
+use crate::store::sql::{Appended, AtOnce, KeptResponse, credential_row};
 use crate::store::{DecisionRecord, NewCredential, StoreError};
 
 /// `$1`–`$14`: the credential's columns (`$11` the free copy asked for).
@@ -114,4 +114,154 @@ pub(super) fn issue(
     let sql = if kept.is_some() { keyed } else { plain };
     let written = raw.query(sql, &params);
     Ok(!sequencer::numbered(written, numbers.numbering, &decision.node, number)?.is_empty())
+}
+
+/// `$1`–`$13`: the credentials' columns, `$14`–`$21` their audit queue
+/// rows', each an array with one element per issuance. Whether a holder
+/// had a free copy is a subquery per row, not a join: the generic plan is
+/// made while the table is small, and a join planned then scanned every
+/// credential once the table had grown (4.5 ms a statement at 40,000). Every row goes in
+/// or none does: none if a holder asking for a free copy had one, or if no
+/// shard has room for all the free copies asked for. One RETURNING row per
+/// issuance written.
+const GROUPED: &str = "WITH input AS (
+    SELECT * FROM unnest(
+             CAST($1 AS TEXT[]), CAST($2 AS BYTEA[]), CAST($3 AS TEXT[]), CAST($4 AS TEXT[]),
+             CAST($5 AS TEXT[]), CAST($6 AS BIGINT[]), CAST($7 AS BIGINT[]), CAST($8 AS BIGINT[]),
+             CAST($9 AS BIGINT[]), CAST($10 AS TEXT[]), CAST($11 AS BOOLEAN[]), CAST($12 AS BYTEA[]),
+             CAST($13 AS BOOLEAN[]), CAST($14 AS BIGINT[]), CAST($15 AS TEXT[]), CAST($16 AS TEXT[]),
+             CAST($17 AS TEXT[]), CAST($18 AS TEXT[]), CAST($19 AS TEXT[]), CAST($20 AS BIGINT[]),
+             CAST($21 AS BYTEA[]))
+        AS i (id, holder, device, profile, kid, status_list, status_index, issued_at, valid_until,
+              document_expiry, free_copy, claims_mac, has_portrait, at, node, actor, action,
+              outcome, policy_hash, node_seq, entry)),
+wanted AS (
+    SELECT COUNT(*) FILTER (WHERE free_copy) AS copies,
+           COALESCE(BOOL_OR(free_copy AND EXISTS (SELECT 1 FROM credentials c
+                                                   WHERE c.holder = input.holder AND c.free_copy)),
+                    FALSE) AS had
+      FROM input),
+pick AS (
+    SELECT COALESCE(
+             (SELECT shard FROM quota_shards
+               WHERE name = 'free_first_time' AND quota - used >= (SELECT copies FROM wanted)
+               ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED),
+             (SELECT shard FROM quota_shards
+               WHERE name = 'free_first_time' AND quota - used >= (SELECT copies FROM wanted)
+               ORDER BY shard LIMIT 1 FOR UPDATE)) AS shard
+     WHERE (SELECT copies FROM wanted) > 0 AND NOT (SELECT had FROM wanted)),
+q AS (
+    UPDATE quota_shards SET used = used + (SELECT copies FROM wanted) FROM pick
+     WHERE name = 'free_first_time' AND quota_shards.shard = pick.shard
+       AND used + (SELECT copies FROM wanted) <= quota
+    RETURNING quota_shards.shard),
+recorded AS (
+    INSERT INTO credentials (id, holder, device, profile, kid, state, status_list,
+                             status_index, issued_at, valid_until, document_expiry,
+                             free_copy, claims_mac, batch_of, has_portrait)
+    SELECT id, holder, device, profile, kid, 'active', status_list, status_index, issued_at,
+           valid_until, document_expiry, free_copy, claims_mac, NULL, has_portrait
+      FROM input
+     WHERE (SELECT copies FROM wanted) = 0 OR EXISTS (SELECT 1 FROM q)
+    RETURNING id)
+INSERT INTO audit_queue (at, node, actor, action, outcome, policy_hash, node_seq, entry)
+SELECT i.at, i.node, i.actor, i.action, i.outcome, i.policy_hash, i.node_seq, i.entry
+  FROM input i JOIN recorded r ON r.id = i.id
+RETURNING node_seq";
+
+/// Issues every one of `group` (active, no batch, no idempotency key) with
+/// its decision's entry in one statement outside any transaction; whether
+/// they were written (all of them, or none).
+pub(super) fn issue_group(
+    raw: &mut RawTx<'_>,
+    numbers: Numbers<'_>,
+    group: &[&AtOnce],
+) -> Result<bool, StoreError> {
+    let mut sealed = Vec::with_capacity(group.len());
+    for issued in group {
+        let entry = Appended {
+            decision: &issued.decision,
+            credential: Some(&issued.credential.id),
+            holder: Some(&issued.credential.holder),
+        };
+        sealed.push(sequencer::number_and_seal(raw, numbers, &entry)?);
+    }
+    let written = query_group(raw, group, &sealed);
+    let seqs: Vec<i64> = sealed.iter().map(|(n, _)| *n).collect();
+    // A number another process took fails the whole statement; any of
+    // the group's names the node, which is this process's.
+    let (node, first) = match (group.first(), seqs.first()) {
+        (Some(g), Some(&n)) => (g.decision.node.as_str(), n),
+        _ => return Ok(false),
+    };
+    let rows = sequencer::numbered(written, numbers.numbering, node, first)?;
+    match rows.len() {
+        0 => Ok(false),
+        n if n == group.len() => Ok(true),
+        n => Err(StoreError::Internal(format!(
+            "an issuance group of {} wrote {n} audit rows",
+            group.len()
+        ))),
+    }
+}
+
+/// Runs [`GROUPED`] for `group`, whose entries are numbered and `sealed`.
+fn query_group(
+    raw: &mut RawTx<'_>,
+    group: &[&AtOnce],
+    sealed: &[(i64, Vec<u8>)],
+) -> Result<Vec<postgres::Row>, postgres::Error> {
+    let column = |f: &dyn Fn(&AtOnce) -> String| group.iter().map(|g| f(g)).collect::<Vec<_>>();
+    let ids = column(&|g| g.credential.id.clone());
+    let devices = column(&|g| g.credential.device.clone());
+    let profiles = column(&|g| g.credential.profile.clone());
+    let kids = column(&|g| g.credential.kid.clone());
+    let expiries = column(&|g| g.credential.document_expiry.clone());
+    let nodes = column(&|g| g.decision.node.clone());
+    let actors = column(&|g| g.decision.actor.clone());
+    let actions = column(&|g| g.decision.action.clone());
+    let outcomes = column(&|g| g.decision.outcome.clone());
+    let policies = column(&|g| g.decision.policy_hash.clone());
+    let holders: Vec<&[u8]> = group.iter().map(|g| &g.credential.holder.0[..]).collect();
+    let macs: Vec<&[u8]> = group.iter().map(|g| &g.credential.claims_mac[..]).collect();
+    let lists: Vec<i64> = group
+        .iter()
+        .map(|g| i64::from(g.credential.status_list))
+        .collect();
+    // As `Value` does: an index far beyond any list saturates.
+    let indexes: Vec<i64> = group
+        .iter()
+        .map(|g| i64::try_from(g.credential.status_index).unwrap_or(i64::MAX))
+        .collect();
+    let issued_at: Vec<i64> = group.iter().map(|g| g.credential.issued_at).collect();
+    let valid_until: Vec<i64> = group.iter().map(|g| g.credential.valid_until).collect();
+    let free: Vec<bool> = group.iter().map(|g| g.want_free_copy).collect();
+    let portraits: Vec<bool> = group.iter().map(|g| g.credential.has_portrait).collect();
+    let at: Vec<i64> = group.iter().map(|g| g.decision.at).collect();
+    let seqs: Vec<i64> = sealed.iter().map(|(n, _)| *n).collect();
+    let entries: Vec<&[u8]> = sealed.iter().map(|(_, e)| &e[..]).collect();
+    let params: [&(dyn ToSql + Sync); 21] = [
+        &ids,
+        &holders,
+        &devices,
+        &profiles,
+        &kids,
+        &lists,
+        &indexes,
+        &issued_at,
+        &valid_until,
+        &expiries,
+        &free,
+        &macs,
+        &portraits,
+        &at,
+        &nodes,
+        &actors,
+        &actions,
+        &outcomes,
+        &policies,
+        &seqs,
+        &entries,
+    ];
+    raw.query(GROUPED, &params)
 }

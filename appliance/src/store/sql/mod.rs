@@ -24,4 +24,6 @@ pub(crate) use batch::credential_row;
 pub(crate) use constraint::{rule_for_columns, rule_for_constraint};
 pub(crate) use numbering::{Lost, Numbering, Taken};
 pub use tx::SqlRegistry;
-pub(crate) use tx::{Appended, Cell, Driver, KeptResponse, ReadFn, Row, Tx, Value, WriteFn, args};
+pub(crate) use tx::{
+    Appended, AtOnce, Cell, Driver, KeptResponse, ReadFn, Row, Tx, Value, WriteFn, args,
+};

@@ -4,7 +4,7 @@
 
 use super::audit_tiles;
 use super::status::list_id;
-use super::tx::{Driver, KeptResponse, Row, SqlRegistry, Tx, args};
+use super::tx::{AtOnce, Driver, KeptResponse, Row, SqlRegistry, Tx, args};
 use crate::store::{
     Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts, IdempotencyKey,
     IssuanceCommit, Pseudonym, REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, StatusPositions,
@@ -239,6 +239,13 @@ impl<D: Driver> Registry for SqlRegistry<D> {
             };
             (predicted, response, statement)
         });
+        // Without a key to keep, the driver may write it with others.
+        let grouped = (D::GROUPS_AT_ONCE && at_once.is_some() && commit.idempotency.is_none())
+            .then(|| AtOnce {
+                credential: commit.credential.clone(),
+                want_free_copy: commit.want_free_copy,
+                decision: commit.decision.clone(),
+            });
         let owner = client.to_owned();
         let replay_key = commit.idempotency.clone();
         // A transaction after a statement that wrote nothing reuses the
@@ -251,11 +258,13 @@ impl<D: Driver> Registry for SqlRegistry<D> {
             move |tx: &mut dyn Tx| commit_in(tx, &owner, &commit, &mut respond, &mut built);
         let result = match at_once {
             // The transaction runs only if the statement wrote nothing.
-            Some((predicted, response, statement)) => self
-                .driver
-                .write_at_once_or(statement, in_transaction)
-                .transpose()
-                .unwrap_or(Ok((predicted, response))),
+            Some((predicted, response, statement)) => {
+                let written = match grouped {
+                    Some(issued) => self.driver.write_grouped_or(issued, in_transaction),
+                    None => self.driver.write_at_once_or(statement, in_transaction),
+                };
+                written.transpose().unwrap_or(Ok((predicted, response)))
+            }
             None => self.driver.write(in_transaction),
         };
         match (result, replay_key) {

@@ -334,6 +334,14 @@ pub(crate) struct KeptResponse<'a> {
     pub(crate) response: &'a [u8],
 }
 
+/// The common issuance (active, alone, no idempotency key) as data, for
+/// [`Driver::write_grouped_or`]: written only with the free copy as asked.
+pub(crate) struct AtOnce {
+    pub(crate) credential: crate::store::NewCredential,
+    pub(crate) want_free_copy: bool,
+    pub(crate) decision: DecisionRecord,
+}
+
 /// Work a driver runs in one write transaction.
 pub(crate) trait WriteFn<R>:
     FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static
@@ -370,6 +378,24 @@ pub(crate) trait Driver: Send + Sync + 'static {
         otherwise: impl WriteFn<R>,
     ) -> Result<Option<R>, StoreError> {
         let _ = at_once;
+        self.write(otherwise).map(Some)
+    }
+
+    /// Whether [`Self::write_grouped_or`] may write several issuances in
+    /// one statement (PostgreSQL).
+    const GROUPS_AT_ONCE: bool = false;
+
+    /// [`Self::write_at_once_or`] for an issuance without an idempotency
+    /// key, given as data so that the driver may write it in one statement
+    /// with others waiting at the same moment (all of them or none; if
+    /// none, each runs its own `otherwise`). A driver without
+    /// [`Self::GROUPS_AT_ONCE`] runs `otherwise` only.
+    fn write_grouped_or<R: Send + 'static>(
+        &self,
+        issued: AtOnce,
+        otherwise: impl WriteFn<R>,
+    ) -> Result<Option<R>, StoreError> {
+        let _ = issued;
         self.write(otherwise).map(Some)
     }
 
