@@ -121,7 +121,7 @@ fn spawn_checkpointer(path: &Path) -> Result<mpsc::Sender<()>, StoreError> {
     let checkpointer = open_connection(path)?;
     let (alive, stop) = mpsc::channel::<()>();
     let _ = std::thread::Builder::new()
-        .name("dojang-sqlite-wal".into())
+        .name("dojang-sq-wal".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(Duration::from_secs(1))
@@ -145,7 +145,7 @@ impl SqlRegistry<SqliteDriver> {
         let checkpoints = spawn_checkpointer(path)?;
         let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
         let _ = std::thread::Builder::new()
-            .name("dojang-sqlite-writer".into())
+            .name("dojang-sq-write".into())
             .spawn(move || writer_loop(conn, jobs))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let readers = (0..READERS)
