@@ -187,11 +187,10 @@ pub(super) fn issue_group(
         sealed.push(sequencer::number_and_seal(raw, numbers, &entry)?);
     }
     let written = query_group(raw, group, &sealed);
-    let seqs: Vec<i64> = sealed.iter().map(|(n, _)| *n).collect();
     // A number another process took fails the whole statement; any of
     // the group's names the node, which is this process's.
-    let (node, first) = match (group.first(), seqs.first()) {
-        (Some(g), Some(&n)) => (g.decision.node.as_str(), n),
+    let (node, first) = match (group.first(), sealed.first()) {
+        (Some(g), Some((n, _))) => (g.decision.node.as_str(), *n),
         _ => return Ok(false),
     };
     let rows = sequencer::numbered(written, numbers.numbering, node, first)?;
@@ -211,17 +210,18 @@ fn query_group(
     group: &[&AtOnce],
     sealed: &[(i64, Vec<u8>)],
 ) -> Result<Vec<postgres::Row>, postgres::Error> {
-    let column = |f: &dyn Fn(&AtOnce) -> String| group.iter().map(|g| f(g)).collect::<Vec<_>>();
-    let ids = column(&|g| g.credential.id.clone());
-    let devices = column(&|g| g.credential.device.clone());
-    let profiles = column(&|g| g.credential.profile.clone());
-    let kids = column(&|g| g.credential.kid.clone());
-    let expiries = column(&|g| g.credential.document_expiry.clone());
-    let nodes = column(&|g| g.decision.node.clone());
-    let actors = column(&|g| g.decision.actor.clone());
-    let actions = column(&|g| g.decision.action.clone());
-    let outcomes = column(&|g| g.decision.outcome.clone());
-    let policies = column(&|g| g.decision.policy_hash.clone());
+    // Borrowed, not copied: a text array binds from `&str`s.
+    let column = |f: fn(&AtOnce) -> &str| group.iter().map(|g| f(g)).collect::<Vec<_>>();
+    let ids = column(|g| &g.credential.id);
+    let devices = column(|g| &g.credential.device);
+    let profiles = column(|g| &g.credential.profile);
+    let kids = column(|g| &g.credential.kid);
+    let expiries = column(|g| &g.credential.document_expiry);
+    let nodes = column(|g| &g.decision.node);
+    let actors = column(|g| &g.decision.actor);
+    let actions = column(|g| &g.decision.action);
+    let outcomes = column(|g| &g.decision.outcome);
+    let policies = column(|g| &g.decision.policy_hash);
     let holders: Vec<&[u8]> = group.iter().map(|g| &g.credential.holder.0[..]).collect();
     let macs: Vec<&[u8]> = group.iter().map(|g| &g.credential.claims_mac[..]).collect();
     let lists: Vec<i64> = group

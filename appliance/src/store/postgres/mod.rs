@@ -330,10 +330,7 @@ impl PostgresDriver {
     /// without the group. Any other failure is each one's error.
     fn write_group(&self, group: Vec<AtOnce>) -> Vec<group::Outcome> {
         if let [one] = &group[..] {
-            return vec![self.write_at_once(|raw, numbers| {
-                let issued = (&one.credential, one.want_free_copy);
-                at_once::issue(raw, numbers, issued, &one.decision, None)
-            })];
+            return vec![self.write_alone(one)];
         }
         let (mut holders, mut phones) = (HashSet::new(), HashSet::new());
         let first_of_their_own: Vec<bool> = group
@@ -351,10 +348,7 @@ impl PostgresDriver {
             .collect();
         let written = match &writable[..] {
             [] => Ok(false),
-            [one] => self.write_at_once(|raw, numbers| {
-                let issued = (&one.credential, one.want_free_copy);
-                at_once::issue(raw, numbers, issued, &one.decision, None)
-            }),
+            [one] => self.write_alone(one),
             several => {
                 self.write_at_once(|raw, numbers| at_once::issue_group(raw, numbers, several))
             }
@@ -368,6 +362,14 @@ impl PostgresDriver {
             .iter()
             .map(|&first| if first { written.clone() } else { Ok(false) })
             .collect()
+    }
+
+    /// One common issuance as the single statement.
+    fn write_alone(&self, one: &AtOnce) -> group::Outcome {
+        self.write_at_once(|raw, numbers| {
+            let issued = (&one.credential, one.want_free_copy);
+            at_once::issue(raw, numbers, issued, &one.decision, None)
+        })
     }
 
     fn numbers<'t>(&'t self, taken: &'t RefCell<Taken>) -> Numbers<'t> {

@@ -220,48 +220,51 @@ impl<D: Driver> Registry for SqlRegistry<D> {
                 superseded: Vec::new(),
             };
             let response = respond(&predicted);
-            let (c, want, decision) = (
-                commit.credential.clone(),
-                commit.want_free_copy,
-                commit.decision.clone(),
-            );
+            let issued = AtOnce {
+                credential: commit.credential.clone(),
+                want_free_copy: commit.want_free_copy,
+                decision: commit.decision.clone(),
+            };
             let key = commit
                 .idempotency
                 .clone()
                 .map(|key| (client.to_owned(), key, response.clone()));
-            let statement = move |tx: &mut dyn Tx| {
-                let kept = key.as_ref().map(|(client, key, response)| KeptResponse {
-                    client,
-                    key,
-                    response,
-                });
-                tx.issue_at_once((&c, want), &decision, kept)
-            };
-            (predicted, response, statement)
+            (predicted, response, issued, key)
         });
-        // Without a key to keep, the driver may write it with others.
-        let grouped = (D::GROUPS_AT_ONCE && at_once.is_some() && commit.idempotency.is_none())
-            .then(|| AtOnce {
-                credential: commit.credential.clone(),
-                want_free_copy: commit.want_free_copy,
-                decision: commit.decision.clone(),
-            });
         let owner = client.to_owned();
         let replay_key = commit.idempotency.clone();
         // A transaction after a statement that wrote nothing reuses the
         // response built for the same outcome.
         let mut built = at_once
             .as_ref()
-            .map(|(predicted, response, _)| (predicted.clone(), response.clone()));
+            .map(|(predicted, response, ..)| (predicted.clone(), response.clone()));
         let mut respond = Some(respond);
         let in_transaction =
             move |tx: &mut dyn Tx| commit_in(tx, &owner, &commit, &mut respond, &mut built);
         let result = match at_once {
             // The transaction runs only if the statement wrote nothing.
-            Some((predicted, response, statement)) => {
-                let written = match grouped {
-                    Some(issued) => self.driver.write_grouped_or(issued, in_transaction),
-                    None => self.driver.write_at_once_or(statement, in_transaction),
+            Some((predicted, response, issued, key)) => {
+                let written = match key {
+                    // Without a key to keep, the driver may write it with others.
+                    None if D::GROUPS_AT_ONCE => {
+                        self.driver.write_grouped_or(issued, in_transaction)
+                    }
+                    key => {
+                        let statement = move |tx: &mut dyn Tx| {
+                            let kept = key.as_ref().map(|(client, key, response)| KeptResponse {
+                                client,
+                                key,
+                                response,
+                            });
+                            let AtOnce {
+                                credential,
+                                want_free_copy,
+                                decision,
+                            } = &issued;
+                            tx.issue_at_once((credential, *want_free_copy), decision, kept)
+                        };
+                        self.driver.write_at_once_or(statement, in_transaction)
+                    }
                 };
                 written.transpose().unwrap_or(Ok((predicted, response)))
             }
