@@ -1215,6 +1215,38 @@ fn sequence_all(reg: &dyn Registry) {
     }
 }
 
+/// A commit asking for a free copy for each of `holders`, each on a phone
+/// of its own.
+fn free_copy_commits(reg: &dyn Registry, holders: &[u32]) -> Vec<IssuanceCommit> {
+    holders
+        .iter()
+        .enumerate()
+        .map(|(i, &holder)| {
+            let mut c = commit(reg, holder, &format!("phone-{holder}-{i}"));
+            c.want_free_copy = true;
+            c
+        })
+        .collect()
+}
+
+/// The log once every decision is placed, decoded, and the rules of its
+/// voids.
+fn placed_entries(reg: &dyn Registry) -> (Vec<dojang::audit::entry::AuditEntry>, Vec<String>) {
+    sequence_all(reg);
+    let entries: Vec<_> = reg
+        .audit_entries(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
+        .collect();
+    let void_rules = entries
+        .iter()
+        .filter(|e| e.action == "audit.void")
+        .map(|v| v.rule.clone().unwrap_or_default())
+        .collect();
+    (entries, void_rules)
+}
+
 /// Issues `commits` on PostgreSQL, the first alone and the others queued
 /// behind it: `reg` writes one issuance group at a time (a pool of two),
 /// and the first group's statement waits on the free-copy shards, which an
@@ -1270,14 +1302,8 @@ fn issuances_queued_behind_a_group_in_flight_are_written_as_one_on_postgres() {
     };
     let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
     reg.set_free_quota(100_000).unwrap();
-    let commits = (0..7u32)
-        .map(|i| {
-            let holder = 31_000 + i;
-            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
-            c.want_free_copy = true;
-            c
-        })
-        .collect();
+    let holders: Vec<u32> = (31_000..31_007).collect();
+    let commits = free_copy_commits(reg.as_ref(), &holders);
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
     assert_eq!(
@@ -1286,13 +1312,8 @@ fn issuances_queued_behind_a_group_in_flight_are_written_as_one_on_postgres() {
         "the six queued went in as one group"
     );
     assert_eq!(reg.free_quota().unwrap(), (7, 100_000));
-    sequence_all(reg.as_ref());
-    let entries = reg.audit_entries(0, 100).unwrap();
-    let voids = entries
-        .iter()
-        .filter(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap().action == "audit.void")
-        .count();
-    assert_eq!((entries.len(), voids), (7, 0));
+    let (entries, voids) = placed_entries(reg.as_ref());
+    assert_eq!((entries.len(), voids.len()), (7, 0));
 }
 
 /// Two issuances for one holder (a retried request, a twin) queued
@@ -1307,16 +1328,7 @@ fn a_twin_queued_with_a_group_goes_on_alone_on_postgres() {
     };
     let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
     reg.set_free_quota(100_000).unwrap();
-    let holders = [32_000u32, 32_001, 32_002, 32_003, 32_002];
-    let commits = holders
-        .iter()
-        .enumerate()
-        .map(|(i, &holder)| {
-            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}-{i}"));
-            c.want_free_copy = true;
-            c
-        })
-        .collect();
+    let commits = free_copy_commits(reg.as_ref(), &[32_000, 32_001, 32_002, 32_003, 32_002]);
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     // Whichever twin reached the queue second is refused.
     let refused: Vec<_> = (0..results.len())
@@ -1338,21 +1350,10 @@ fn a_twin_queued_with_a_group_goes_on_alone_on_postgres() {
         "the group wrote the three others"
     );
     assert_eq!(reg.free_quota().unwrap(), (4, 100_000));
-    sequence_all(reg.as_ref());
-    let entries: Vec<_> = reg
-        .audit_entries(0, 100)
-        .unwrap()
-        .iter()
-        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
-        .collect();
-    let rules: Vec<_> = entries
-        .iter()
-        .filter(|e| e.action == "audit.void")
-        .map(|v| v.rule.as_deref())
-        .collect();
+    let (entries, rules) = placed_entries(reg.as_ref());
     // At most the refused twin's transaction's number, if it took one.
     assert!(
-        rules.iter().all(|r| *r == Some("transaction.rolled_back")) && rules.len() <= 1,
+        rules.iter().all(|r| r == "transaction.rolled_back") && rules.len() <= 1,
         "{rules:?}"
     );
     assert_eq!(entries.len(), 4 + rules.len());
@@ -1370,14 +1371,7 @@ fn a_group_refused_for_one_holder_sends_each_issuance_on_alone_on_postgres() {
     let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
     let other_node = PostgresRegistry::open(&schema.url, 2).unwrap();
     reg.set_free_quota(100_000).unwrap();
-    let commits: Vec<_> = [34_000u32, 34_001, 34_002, 34_003, 34_004]
-        .iter()
-        .map(|&holder| {
-            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
-            c.want_free_copy = true;
-            c
-        })
-        .collect();
+    let commits = free_copy_commits(reg.as_ref(), &[34_000, 34_001, 34_002, 34_003, 34_004]);
     // The other node issues 34_002 (no free copy: it needs no shard) while
     // the group is held.
     let elsewhere = commit(&other_node, 34_002, "phone-34002-elsewhere");
@@ -1403,23 +1397,11 @@ fn a_group_refused_for_one_holder_sends_each_issuance_on_alone_on_postgres() {
     );
     assert_eq!(reg.grouped_issuances(), 0, "the group wrote nothing");
     assert_eq!(reg.free_quota().unwrap(), (4, 100_000));
-    sequence_all(reg.as_ref());
-    let entries: Vec<_> = reg
-        .audit_entries(0, 100)
-        .unwrap()
-        .iter()
-        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
-        .collect();
-    let rules: Vec<_> = entries
-        .iter()
-        .filter(|e| e.action == "audit.void")
-        .map(|v| v.rule.as_deref())
-        .collect();
+    let (entries, rules) = placed_entries(reg.as_ref());
     // The group's four numbers, and the refused one's transaction's if it
     // took one.
     assert!(
-        rules.iter().all(|r| *r == Some("transaction.rolled_back"))
-            && (4..=5).contains(&rules.len()),
+        rules.iter().all(|r| r == "transaction.rolled_back") && (4..=5).contains(&rules.len()),
         "{:?}",
         entries
             .iter()
@@ -1441,32 +1423,49 @@ fn a_group_no_shard_has_room_for_sends_each_issuance_on_alone_on_postgres() {
     };
     let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
     reg.set_free_quota(100).unwrap();
-    let commits = (0..5u32)
-        .map(|i| {
-            let holder = 33_000 + i;
-            let mut c = commit(reg.as_ref(), holder, &format!("phone-{holder}"));
-            c.want_free_copy = true;
-            c
-        })
-        .collect();
+    let holders: Vec<u32> = (33_000..33_005).collect();
+    let commits = free_copy_commits(reg.as_ref(), &holders);
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
     assert_eq!(reg.grouped_issuances(), 0);
     assert_eq!(reg.free_quota().unwrap(), (5, 100));
-    sequence_all(reg.as_ref());
-    let entries: Vec<_> = reg
-        .audit_entries(0, 100)
-        .unwrap()
-        .iter()
-        .map(|e| dojang::audit::entry::AuditEntry::decode(e).unwrap())
-        .collect();
-    let rules: Vec<_> = entries
-        .iter()
-        .filter(|e| e.action == "audit.void")
-        .map(|v| v.rule.as_deref())
-        .collect();
-    assert_eq!(rules, [Some("statement.wrote_nothing"); 4]);
+    let (entries, rules) = placed_entries(reg.as_ref());
+    assert_eq!(rules, ["statement.wrote_nothing"; 4]);
     assert_eq!(entries.len(), 5 + 4);
+}
+
+/// A holder who had a free copy (revoked since) asks for one again, in a
+/// group: the group writes nothing rather than give a second one, its
+/// numbers are voided as such, and the holder's own transaction issues a
+/// paid copy; the others take their free copies alone.
+#[test]
+fn a_group_with_a_holder_who_had_a_free_copy_writes_nothing_on_postgres() {
+    let Some(schema) = softhsm_tests::daemon::PgSchema::create() else {
+        return;
+    };
+    let reg = Arc::new(PostgresRegistry::open(&schema.url, 2).unwrap());
+    reg.set_free_quota(100_000).unwrap();
+    let mut first = commit(reg.as_ref(), 36_002, "phone-36002-before");
+    first.want_free_copy = true;
+    let revoked = first.credential.id.clone();
+    let revoke = DecisionRecord {
+        action: "revoke".into(),
+        ..first.decision.clone()
+    };
+    let (committed, _) = reg.commit_issuance("client", first, respond()).unwrap();
+    assert!(committed.free_copy);
+    let _ = reg
+        .set_state(&revoked, CredentialState::Revoked, revoke)
+        .unwrap();
+    let commits = free_copy_commits(reg.as_ref(), &[36_000, 36_001, 36_002, 36_003, 36_004]);
+    let results = issue_behind_a_held_group(&reg, &schema, commits);
+    assert_eq!(results, [Ok(true), Ok(true), Ok(false), Ok(true), Ok(true)]);
+    assert_eq!(reg.grouped_issuances(), 0, "the group wrote nothing");
+    assert_eq!(reg.free_quota().unwrap(), (5, 100_000));
+    let (entries, rules) = placed_entries(reg.as_ref());
+    assert_eq!(rules, ["statement.wrote_nothing"; 4]);
+    // The first copy, its revocation, five issuances and four voids.
+    assert_eq!(entries.len(), 2 + 5 + 4);
 }
 
 /// A statement that cannot give the free copy asked for (no shard has room
