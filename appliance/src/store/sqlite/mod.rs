@@ -7,6 +7,7 @@
 //! WAL checkpoints and the migrations' SQLite text.
 
 mod tx;
+mod wal;
 mod writer;
 
 use std::cell::RefCell;
@@ -114,35 +115,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     transaction.commit().map_err(map_err)
 }
 
-/// Moves the WAL into the database file on a thread of its own, passively
-/// (it never blocks the writer), once a second: done by the writer,
-/// checkpoints stall every commit behind them. Ends when the sender drops.
-fn spawn_checkpointer(path: &Path) -> Result<mpsc::Sender<()>, StoreError> {
-    let checkpointer = open_connection(path)?;
-    let (alive, stop) = mpsc::channel::<()>();
-    let _ = std::thread::Builder::new()
-        .name("dojang-sq-wal".into())
-        .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                stop.recv_timeout(Duration::from_secs(1))
-            {
-                // Best effort: a failed round is retried a second later.
-                let _ = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-            }
-        })
-        .map_err(|e| StoreError::Internal(e.to_string()))?;
-    Ok(alive)
-}
-
 impl SqlRegistry<SqliteDriver> {
     /// Opens (creating if needed) the registry at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
-        // The writer never checkpoints; `spawn_checkpointer`'s thread does.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
-            .map_err(map_err)?;
-        let checkpoints = spawn_checkpointer(path)?;
+        wal::prepare_writer(&conn)?;
+        let checkpoints = wal::spawn_checkpointer(path)?;
         let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
         let _ = std::thread::Builder::new()
             .name("dojang-sq-write".into())
