@@ -10,6 +10,7 @@ use prometheus::{
 
 mod process;
 pub mod stages;
+pub mod store;
 pub mod wallet;
 
 /// Every metric the daemon exports.
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub issuance_stages: stages::IssuanceStages,
     /// The wallet listener's steps.
     pub wallet: wallet::WalletMetrics,
+    /// The store's own upkeep.
+    pub store: store::StoreMetrics,
     /// Issuances by profile and outcome.
     pub issuances: IntCounterVec,
     /// Policy denials by rule.
@@ -202,6 +205,7 @@ impl Metrics {
             issuance_seconds,
             issuance_stages: stages::IssuanceStages::new(&r),
             wallet: wallet::WalletMetrics::new(&r),
+            store: store::StoreMetrics::new(&r),
             issuances,
             denials,
             hsm_operations,

@@ -646,6 +646,10 @@ fn metrics_parse_and_move() {
     assert!(after.contains_key("dojang_signing_queue_depth"));
     assert!(after.contains_key("dojang_hsm_sessions{state=\"idle\"}"));
     assert!(get(&after, "dojang_audit_log_entries") >= 1.0);
+    // The store's upkeep: an SQLite node writes no groups, and one
+    // issuance is far from the WAL's bound.
+    assert_eq!(get(&after, "dojang_store_grouped_issuances_total"), 0.0);
+    assert_eq!(get(&after, "dojang_sqlite_wal_restarts_total"), 0.0);
 }
 
 /// Officers adopted a policy this node's file does not have (they sign

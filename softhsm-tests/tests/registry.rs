@@ -1307,7 +1307,7 @@ fn issuances_queued_behind_a_group_in_flight_are_written_as_one_on_postgres() {
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
     assert_eq!(
-        reg.grouped_issuances(),
+        reg.upkeep().grouped_issuances,
         6,
         "the six queued went in as one group"
     );
@@ -1345,7 +1345,7 @@ fn a_twin_queued_with_a_group_goes_on_alone_on_postgres() {
     }
     assert_eq!(results.iter().filter(|r| **r == Ok(true)).count(), 4);
     assert_eq!(
-        reg.grouped_issuances(),
+        reg.upkeep().grouped_issuances,
         3,
         "the group wrote the three others"
     );
@@ -1395,7 +1395,7 @@ fn a_group_refused_for_one_holder_sends_each_issuance_on_alone_on_postgres() {
             Ok(true)
         ]
     );
-    assert_eq!(reg.grouped_issuances(), 0, "the group wrote nothing");
+    assert_eq!(reg.upkeep().grouped_issuances, 0, "the group wrote nothing");
     assert_eq!(reg.free_quota().unwrap(), (4, 100_000));
     let (entries, rules) = placed_entries(reg.as_ref());
     // The group's four numbers, and the refused one's transaction's if it
@@ -1427,7 +1427,7 @@ fn a_group_no_shard_has_room_for_sends_each_issuance_on_alone_on_postgres() {
     let commits = free_copy_commits(reg.as_ref(), &holders);
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     assert!(results.iter().all(|r| *r == Ok(true)), "{results:?}");
-    assert_eq!(reg.grouped_issuances(), 0);
+    assert_eq!(reg.upkeep().grouped_issuances, 0);
     assert_eq!(reg.free_quota().unwrap(), (5, 100));
     let (entries, rules) = placed_entries(reg.as_ref());
     assert_eq!(rules, ["statement.wrote_nothing"; 4]);
@@ -1460,7 +1460,7 @@ fn a_group_with_a_holder_who_had_a_free_copy_writes_nothing_on_postgres() {
     let commits = free_copy_commits(reg.as_ref(), &[36_000, 36_001, 36_002, 36_003, 36_004]);
     let results = issue_behind_a_held_group(&reg, &schema, commits);
     assert_eq!(results, [Ok(true), Ok(true), Ok(false), Ok(true), Ok(true)]);
-    assert_eq!(reg.grouped_issuances(), 0, "the group wrote nothing");
+    assert_eq!(reg.upkeep().grouped_issuances, 0, "the group wrote nothing");
     assert_eq!(reg.free_quota().unwrap(), (5, 100_000));
     let (entries, rules) = placed_entries(reg.as_ref());
     assert_eq!(rules, ["statement.wrote_nothing"; 4]);

@@ -362,5 +362,9 @@ impl Service {
         if let Ok(n) = registry.decision_count() {
             metrics.audit_entries.set(n as i64);
         }
+        let upkeep = registry.upkeep();
+        metrics
+            .store
+            .observe(upkeep.grouped_issuances, upkeep.wal_restarts);
     }
 }

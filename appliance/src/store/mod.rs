@@ -31,7 +31,7 @@ pub use self::registry::{
     BatchCopy, Committed, CredentialMeta, CredentialState, DecisionRecord, HolderFacts,
     IdempotencyKey, IssuanceCommit, NewCredential, Pseudonym, REFRESH_SAME_OWNER,
     REINSTATE_KEY_REVOKED, Refresh, Registry, Respond, STATUS_BLOCK_MAX, STATUS_LIST_FILL,
-    STATUS_LIST_SIZE, StatusPositions, StoreError,
+    STATUS_LIST_SIZE, StatusPositions, StoreError, Upkeep,
 };
 pub(crate) use self::registry::{check_block, check_refresh, check_transition};
 pub use self::sql::SqlRegistry;

@@ -300,10 +300,22 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Counts of the store's own upkeep since the process started (metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Upkeep {
+    /// Issuances written in a group of two or more (PostgreSQL).
+    pub grouped_issuances: u64,
+    /// Times the write-ahead log was made to start over past its bound, the
+    /// writer waiting meanwhile (SQLite).
+    pub wal_restarts: u64,
+}
+
 /// The registry.
 pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
+    /// Counts of the store's own upkeep.
+    fn upkeep(&self) -> Upkeep;
     /// Sets the free first-time quota (from the policy); never below what was used.
     fn set_free_quota(&self, quota: u64) -> Result<(), StoreError>;
     /// (used, quota) of the free first-time copies.

@@ -153,11 +153,6 @@ impl SqlRegistry<PostgresDriver> {
             upper_tree: Default::default(),
         })
     }
-
-    /// Issuances this registry wrote in groups of two or more.
-    pub fn grouped_issuances(&self) -> u64 {
-        self.driver.group.grouped()
-    }
 }
 
 impl PostgresDriver {
@@ -463,6 +458,13 @@ impl Driver for PostgresDriver {
 
     fn numbering(&self) -> &Numbering {
         &self.numbering
+    }
+
+    fn upkeep(&self) -> crate::store::Upkeep {
+        crate::store::Upkeep {
+            grouped_issuances: self.group.grouped(),
+            ..Default::default()
+        }
     }
 }
 

@@ -131,6 +131,10 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         D::KIND
     }
 
+    fn upkeep(&self) -> crate::store::Upkeep {
+        self.driver.upkeep()
+    }
+
     fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
         self.driver.write(move |tx| tx.set_free_quota(quota))
     }

@@ -414,6 +414,11 @@ pub(crate) trait Driver: Send + Sync + 'static {
 
     /// This process's audit numbers and seal.
     fn numbering(&self) -> &super::Numbering;
+
+    /// Counts of this driver's own upkeep.
+    fn upkeep(&self) -> crate::store::Upkeep {
+        crate::store::Upkeep::default()
+    }
 }
 
 /// The registry on one database, through its driver.

@@ -12,6 +12,7 @@ mod writer;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct SqliteDriver {
     writer: SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
     numbering: Arc<Numbering>,
+    /// RESTART checkpoints that completed (`wal.rs`).
+    wal_restarts: Arc<AtomicU64>,
 }
 
 /// The registry in one SQLite file.
@@ -121,7 +124,8 @@ impl SqlRegistry<SqliteDriver> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
         wal::prepare_writer(&conn)?;
-        let checkpoints = wal::spawn_checkpointer(path)?;
+        let wal_restarts = Arc::new(AtomicU64::new(0));
+        let checkpoints = wal::spawn_checkpointer(path, wal_restarts.clone())?;
         let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
         let _ = std::thread::Builder::new()
             .name("dojang-sq-write".into())
@@ -137,6 +141,7 @@ impl SqlRegistry<SqliteDriver> {
                 writer,
                 readers: Mutex::new(readers),
                 numbering: Arc::default(),
+                wal_restarts,
             },
             upper_hashes: Default::default(),
             edge_roots: Default::default(),
@@ -263,6 +268,13 @@ impl Driver for SqliteDriver {
 
     fn numbering(&self) -> &Numbering {
         &self.numbering
+    }
+
+    fn upkeep(&self) -> super::Upkeep {
+        super::Upkeep {
+            wal_restarts: self.wal_restarts.load(Ordering::Relaxed),
+            ..Default::default()
+        }
     }
 }
 

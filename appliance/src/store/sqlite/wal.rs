@@ -20,7 +20,8 @@
 //! not a routine step.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -90,7 +91,10 @@ fn round(conn: &Connection, restart_after: i64) -> rusqlite::Result<bool> {
 /// Runs a round once a second on a thread of its own (done by the writer,
 /// checkpoints would stall every commit behind them), until the sender it
 /// returns drops.
-pub(super) fn spawn_checkpointer(path: &Path) -> Result<mpsc::Sender<()>, StoreError> {
+pub(super) fn spawn_checkpointer(
+    path: &Path,
+    restarts: Arc<AtomicU64>,
+) -> Result<mpsc::Sender<()>, StoreError> {
     let checkpointer = open_connection(path)?;
     checkpointer
         .busy_handler(Some(restart_retry))
@@ -103,7 +107,9 @@ pub(super) fn spawn_checkpointer(path: &Path) -> Result<mpsc::Sender<()>, StoreE
                 stop.recv_timeout(Duration::from_secs(1))
             {
                 // Best effort: a failed or busy round is retried a second later.
-                let _ = round(&checkpointer, RESTART_AFTER_FRAMES);
+                if let Ok(true) = round(&checkpointer, RESTART_AFTER_FRAMES) {
+                    let _ = restarts.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
         .map_err(|e| StoreError::Internal(e.to_string()))?;
