@@ -134,8 +134,9 @@ mod tests {
     fn scratch(name: &str) -> (Scratch, Connection, Connection) {
         let path =
             std::env::temp_dir().join(format!("dojang-wal-{name}-{}.db", std::process::id()));
-        drop(Scratch(path.clone()));
+        // Files an earlier run left behind go first.
         let scratch = Scratch(path.clone());
+        drop(Scratch(path.clone()));
         let writer = open_connection(&path).unwrap();
         prepare_writer(&writer).unwrap();
         writer
