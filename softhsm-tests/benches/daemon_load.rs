@@ -76,6 +76,23 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// SQLite's group commits over a phase (metrics text before and after):
+/// how many, their writes, and run / COMMIT p50/p99; none on PostgreSQL.
+fn writer_phase(before: &str, after: &str) -> Option<String> {
+    let family = |text| StageHistograms::parse_family(text, "dojang_sqlite_writer_seconds", "part");
+    let parts = family(after).since(&family(before));
+    let (batches, run_p50, run_p99) = parts.of("run")?;
+    let (_, commit_p50, commit_p99) = parts.of("commit")?;
+    if batches <= 0.0 {
+        return None;
+    }
+    let delta = |name| sample(after, name) - sample(before, name);
+    Some(format!(
+        "{batches:.0} group commits of {:.1} writes on average; running them p50/p99 {run_p50:.2}/{run_p99:.2} ms, COMMIT (log written and synced) p50/p99 {commit_p50:.2}/{commit_p99:.2} ms",
+        delta("dojang_sqlite_batch_writes_sum") / delta("dojang_sqlite_batch_writes_count")
+    ))
+}
+
 fn print_stages(phase: &str, stages: &StageHistograms) {
     let parts: Vec<String> = stages
         .quantiles()
@@ -173,7 +190,8 @@ fn one_run(
     )?
     .issued;
 
-    let before = StageHistograms::parse(&metrics(&d));
+    let before_text = metrics(&d);
+    let before = StageHistograms::parse(&before_text);
     let (postgres_cpu, machine_cpu) = (
         common::cpu_seconds_named("postgres"),
         common::machine_busy_seconds(),
@@ -187,17 +205,22 @@ fn one_run(
     let own_cpu = common::cpu_seconds("self") - own_cpu;
     let postgres_cpu = common::cpu_seconds_named("postgres") - postgres_cpu;
     let machine_cpu = common::machine_busy_seconds() - machine_cpu;
-    let saturated_stages = StageHistograms::parse(&metrics(&d)).since(&before);
+    let after_text = metrics(&d);
+    let saturated_stages = StageHistograms::parse(&after_text).since(&before);
+    let saturated_writer = writer_phase(&before_text, &after_text);
 
     let half_rate = saturated.rate() / 2.0;
     let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
     let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
     let log_mark = d.log().len();
-    let before = StageHistograms::parse(&metrics(&d));
+    let before_text = metrics(&d);
+    let before = StageHistograms::parse(&before_text);
     let meter = HiccupMeter::start();
     let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
     let half_hiccups = meter.stop();
-    let half_stages = StageHistograms::parse(&metrics(&d)).since(&before);
+    let after_text = metrics(&d);
+    let half_stages = StageHistograms::parse(&after_text).since(&before);
+    let half_writer = writer_phase(&before_text, &after_text);
     // Then the clerk beside the same half load (other holders), a phase of
     // its own: a closed-loop client adds its own rate, so the half load's
     // figures above are taken without it.
@@ -242,6 +265,9 @@ fn one_run(
     println!("  {store_name} run: raw SoftHSM ES256 2 threads {raw:.0} sig/s, HSM work of one issuance alone {hsm_ceiling:.0}/s ({hsm_us:.0} µs of CPU on two cores)");
     let (_, saturation_p99) = print_phase("saturation", &mut saturated);
     print_stages("saturation", &saturated_stages);
+    if let Some(line) = saturated_writer {
+        println!("    SQLite's writer at saturation: {line}");
+    }
     println!(
         "    CPU at saturation: dojangd {:.2} cores, {per_issuance_us:.0} µs per issuance ({:.0} µs beyond its HSM work); load generator {:.2} cores; PostgreSQL {:.2} cores; the machine busy {:.2} of its cores",
         daemon_cpu / saturated.elapsed.as_secs_f64(),
@@ -253,6 +279,9 @@ fn one_run(
     let (half_p50, half_p99) =
         print_phase(&format!("half load ({half_rate:.0}/s offered)"), &mut half);
     print_stages("half load", &half_stages);
+    if let Some(line) = half_writer {
+        println!("    SQLite's writer at half load: {line}");
+    }
     println!("    at half load: {slow}");
     println!("    the machine at half load: {half_hiccups}");
     let (single_p50, single_p99) =

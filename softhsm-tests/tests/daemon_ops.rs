@@ -650,6 +650,17 @@ fn metrics_parse_and_move() {
     // issuance is far from the WAL's bound.
     assert_eq!(get(&after, "dojang_store_grouped_issuances_total"), 0.0);
     assert_eq!(get(&after, "dojang_sqlite_wal_restarts_total"), 0.0);
+    // SQLite's writer saw its group commits: at least the issuance's (the
+    // refusal's audit entry and the node's own writes add theirs), each
+    // with its run and its COMMIT timed.
+    let batches = get(&after, "dojang_sqlite_batch_writes_count");
+    assert!(batches >= 1.0, "{batches}");
+    assert!(get(&after, "dojang_sqlite_batch_writes_sum") >= batches);
+    for part in ["run", "commit"] {
+        let count = format!("dojang_sqlite_writer_seconds_count{{part=\"{part}\"}}");
+        assert!(get(&after, &count) >= 1.0, "{count}");
+    }
+    assert!(get(&after, "dojang_sqlite_writer_seconds_sum{part=\"commit\"}") > 0.0);
 }
 
 /// Officers adopted a policy this node's file does not have (they sign

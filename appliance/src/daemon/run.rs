@@ -66,6 +66,7 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> = Box::leak(Box::new(backend));
     let registry = crate::cli::open_sealed_registry(config, Arc::clone(backend))?;
     let metrics = Arc::new(Metrics::new());
+    registry.observe_writer(metrics.store.writer());
     let service = Service::new(
         backend.as_ref(),
         registry,

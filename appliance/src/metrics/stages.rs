@@ -117,17 +117,19 @@ pub struct IssuanceStages {
     epoch: Instant,
 }
 
+/// Finer than the other histograms' buckets (seconds): a stage of a 3 ms
+/// issuance takes tens of microseconds to a few milliseconds.
+pub(super) const FINE_BUCKETS: [f64; 21] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.007_5,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+];
+
 impl IssuanceStages {
     /// Registers `dojang_issuance_stage_seconds` and
     /// `dojang_issuance_slow_total`.
     #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
     pub fn new(r: &Registry) -> Self {
-        // Finer than the other histograms: a stage of a 3 ms issuance
-        // takes tens of microseconds to a few milliseconds.
-        let buckets = vec![
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005,
-            0.007_5, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
-        ];
+        let buckets = FINE_BUCKETS.to_vec();
         let seconds = HistogramVec::new(
             HistogramOpts::new(
                 "dojang_issuance_stage_seconds",

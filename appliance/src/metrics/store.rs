@@ -2,8 +2,15 @@
 //! issuances were batched (PostgreSQL) and how often the write-ahead log
 //! had to be made to start over (SQLite). Counters since the process
 //! started; a node on the other store leaves its series at 0.
+//!
+//! And SQLite's writer, observed as it works (`WriterMetrics`): how many
+//! writes each group commit carried, how long running them took and how
+//! long the COMMIT (the log's frames written and synced) took. A commit
+//! tail that is not in the run is the disk's.
 
-use prometheus::{IntCounter, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, Opts, Registry, exponential_buckets,
+};
 
 /// The store metrics.
 pub struct StoreMetrics {
@@ -11,6 +18,50 @@ pub struct StoreMetrics {
     grouped_issuances: IntCounter,
     /// `dojang_sqlite_wal_restarts_total`.
     wal_restarts: IntCounter,
+    writer: WriterMetrics,
+}
+
+/// What SQLite's writer observes of each group commit.
+#[derive(Clone)]
+pub struct WriterMetrics {
+    /// `dojang_sqlite_batch_writes`: writes per group commit.
+    pub batch_writes: Histogram,
+    /// `dojang_sqlite_writer_seconds{part="run"}`: the batch's writes run.
+    pub run_seconds: Histogram,
+    /// `dojang_sqlite_writer_seconds{part="commit"}`: its COMMIT.
+    pub commit_seconds: Histogram,
+}
+
+#[allow(clippy::expect_used)] // fixed definitions, registered once
+fn writer_metrics(r: &Registry) -> WriterMetrics {
+    let batch_writes = Histogram::with_opts(
+        HistogramOpts::new(
+            "dojang_sqlite_batch_writes",
+            "Writes SQLite's writer committed together in one transaction (one sync of the log).",
+        )
+        .buckets(exponential_buckets(1.0, 2.0, 9).expect("buckets")),
+    )
+    .expect("metric definition");
+    r.register(Box::new(batch_writes.clone()))
+        .expect("registration");
+    // As fine as the issuance stages: a commit takes a fraction of a
+    // millisecond when the disk keeps up.
+    let buckets = super::stages::FINE_BUCKETS.to_vec();
+    let seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "dojang_sqlite_writer_seconds",
+            "SQLite's writer per group commit: running the batch's writes (run) and its COMMIT, the log's frames written and synced (commit).",
+        )
+        .buckets(buckets),
+        &["part"],
+    )
+    .expect("metric definition");
+    r.register(Box::new(seconds.clone())).expect("registration");
+    WriterMetrics {
+        batch_writes,
+        run_seconds: seconds.with_label_values(&["run"]),
+        commit_seconds: seconds.with_label_values(&["commit"]),
+    }
 }
 
 #[allow(clippy::expect_used)] // fixed definitions, registered once
@@ -39,7 +90,13 @@ impl StoreMetrics {
                 "dojang_sqlite_wal_restarts_total",
                 "Times SQLite's write-ahead log was made to start over past its bound (~1 GiB); the writer waits meanwhile.",
             ),
+            writer: writer_metrics(r),
         }
+    }
+
+    /// Handles for SQLite's writer to observe its group commits.
+    pub fn writer(&self) -> WriterMetrics {
+        self.writer.clone()
     }
 
     /// The store's counts as of now.

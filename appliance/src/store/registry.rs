@@ -316,6 +316,9 @@ pub trait Registry: KeyRegistry + super::AuditNumbers + Send + Sync {
     fn kind(&self) -> &'static str;
     /// Counts of the store's own upkeep.
     fn upkeep(&self) -> Upkeep;
+    /// Hands the store's writer its metrics: SQLite's group commits; a
+    /// store without such a writer keeps none.
+    fn observe_writer(&self, _metrics: crate::metrics::store::WriterMetrics) {}
     /// Sets the free first-time quota (from the policy); never below what was used.
     fn set_free_quota(&self, quota: u64) -> Result<(), StoreError>;
     /// (used, quota) of the free first-time copies.

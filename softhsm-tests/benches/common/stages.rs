@@ -1,5 +1,6 @@
 //! The daemon's per-stage issuance histograms, read from `/metrics` before
-//! and after a phase: what the phase's issuances spent in each stage.
+//! and after a phase: what the phase's issuances spent in each stage; and
+//! the same for another labelled histogram (SQLite's writer, by part).
 
 use std::collections::BTreeMap;
 
@@ -14,18 +15,24 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl StageHistograms {
-    /// From a Prometheus text exposition.
+    /// The issuance stages, from a Prometheus text exposition.
     pub(crate) fn parse(text: &str) -> Self {
+        Self::parse_family(text, "dojang_issuance_stage_seconds", "stage")
+    }
+
+    /// The histogram `family`, one per value of its label `by`.
+    pub(crate) fn parse_family(text: &str, family: &str, by: &str) -> Self {
+        let prefix = format!("{family}_bucket{{");
         let mut stages: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix("dojang_issuance_stage_seconds_bucket{") else {
+            let Some(rest) = line.strip_prefix(prefix.as_str()) else {
                 continue;
             };
             let Some((labels, value)) = rest.rsplit_once("} ") else {
                 continue;
             };
             let (Some(stage), Some(le), Ok(count)) =
-                (label(labels, "stage"), label(labels, "le"), value.parse())
+                (label(labels, by), label(labels, "le"), value.parse())
             else {
                 continue;
             };
@@ -58,6 +65,16 @@ impl StageHistograms {
         StageHistograms(delta)
     }
 
+    /// One series' (count, p50 ms, p99 ms).
+    pub(crate) fn of(&self, name: &str) -> Option<(f64, f64, f64)> {
+        let buckets = self.0.get(name)?;
+        Some((
+            buckets.last()?.1,
+            quantile(buckets, 0.50) * 1e3,
+            quantile(buckets, 0.99) * 1e3,
+        ))
+    }
+
     /// Per stage, in pipeline order: (name, count, p50 ms, p99 ms), the
     /// quantiles interpolated linearly inside their bucket.
     pub(crate) fn quantiles(&self) -> Vec<(String, f64, f64, f64)> {
@@ -75,14 +92,8 @@ impl StageHistograms {
         ORDER
             .iter()
             .filter_map(|stage| {
-                let buckets = self.0.get(*stage)?;
-                let total = buckets.last()?.1;
-                Some((
-                    (*stage).to_owned(),
-                    total,
-                    quantile(buckets, 0.50) * 1e3,
-                    quantile(buckets, 0.99) * 1e3,
-                ))
+                let (count, p50, p99) = self.of(stage)?;
+                Some(((*stage).to_owned(), count, p50, p99))
             })
             .collect()
     }

@@ -135,6 +135,10 @@ impl<D: Driver> Registry for SqlRegistry<D> {
         self.driver.upkeep()
     }
 
+    fn observe_writer(&self, metrics: crate::metrics::store::WriterMetrics) {
+        self.driver.observe_writer(metrics);
+    }
+
     fn set_free_quota(&self, quota: u64) -> Result<(), StoreError> {
         self.driver.write(move |tx| tx.set_free_quota(quota))
     }

@@ -419,6 +419,9 @@ pub(crate) trait Driver: Send + Sync + 'static {
     fn upkeep(&self) -> crate::store::Upkeep {
         crate::store::Upkeep::default()
     }
+
+    /// Hands the driver's writer its metrics, if it has such a writer.
+    fn observe_writer(&self, _metrics: crate::metrics::store::WriterMetrics) {}
 }
 
 /// The registry on one database, through its driver.

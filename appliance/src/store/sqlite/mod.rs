@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -24,6 +24,7 @@ use self::writer::{Job, Settle, writer_loop};
 use super::StoreError;
 use super::sql::migrations::{self, Dialect, MIGRATIONS};
 use super::sql::{Driver, Numbering, ReadFn, SqlRegistry, Taken, Tx, WriteFn};
+use crate::metrics::store::WriterMetrics;
 
 /// Writes queued at most before callers wait (back-pressure, not memory).
 const QUEUE_MAX: usize = 4096;
@@ -39,6 +40,8 @@ pub struct SqliteDriver {
     numbering: Arc<Numbering>,
     /// RESTART checkpoints that completed (`wal.rs`).
     wal_restarts: Arc<AtomicU64>,
+    /// The writer's metrics, once the daemon hands them over.
+    writer_metrics: Arc<OnceLock<WriterMetrics>>,
 }
 
 /// The registry in one SQLite file.
@@ -127,9 +130,11 @@ impl SqlRegistry<SqliteDriver> {
         let wal_restarts = Arc::new(AtomicU64::new(0));
         let checkpoints = wal::spawn_checkpointer(path, wal_restarts.clone())?;
         let (writer, jobs) = mpsc::sync_channel::<Job>(QUEUE_MAX);
+        let writer_metrics = Arc::new(OnceLock::new());
+        let observed = writer_metrics.clone();
         let _ = std::thread::Builder::new()
             .name("dojang-sq-write".into())
-            .spawn(move || writer_loop(conn, jobs))
+            .spawn(move || writer_loop(conn, jobs, &observed))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let readers = (0..READERS)
             .map(|_| open_reader(path))
@@ -142,6 +147,7 @@ impl SqlRegistry<SqliteDriver> {
                 readers: Mutex::new(readers),
                 numbering: Arc::default(),
                 wal_restarts,
+                writer_metrics,
             },
             upper_hashes: Default::default(),
             edge_roots: Default::default(),
@@ -270,6 +276,10 @@ impl Driver for SqliteDriver {
         &self.numbering
     }
 
+    fn observe_writer(&self, metrics: WriterMetrics) {
+        let _ = self.writer_metrics.set(metrics);
+    }
+
     fn upkeep(&self) -> super::Upkeep {
         super::Upkeep {
             wal_restarts: self.wal_restarts.load(Ordering::Relaxed),
@@ -296,5 +306,30 @@ mod tests {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         assert_eq!(mapped as u64, READER_MAP_BYTES);
+    }
+
+    #[test]
+    fn the_writer_times_each_group_commit_once_it_has_its_metrics() {
+        use crate::store::Registry;
+        let path = std::env::temp_dir().join(format!("dojang-writer-{}.db", std::process::id()));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let registry = SqliteRegistry::open(&path).unwrap();
+        // Before the daemon hands them over, a write is not observed.
+        registry.set_free_quota(5).unwrap();
+        let metrics = crate::metrics::Metrics::new().store.writer();
+        registry.observe_writer(metrics.clone());
+        registry.set_free_quota(6).unwrap();
+        registry.set_free_quota(7).unwrap();
+        drop(registry);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        assert_eq!(metrics.batch_writes.get_sample_count(), 2);
+        assert_eq!(metrics.batch_writes.get_sample_sum(), 2.0);
+        assert_eq!(metrics.run_seconds.get_sample_count(), 2);
+        assert_eq!(metrics.commit_seconds.get_sample_count(), 2);
+        assert!(metrics.commit_seconds.get_sample_sum() > 0.0);
     }
 }

@@ -3,11 +3,14 @@
 //! transaction, commits once, and only then answers each caller. One fsync
 //! serves a whole batch; a write that fails rolls back only its savepoint.
 
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::Instant;
 
 use rusqlite::Connection;
 
 use super::tx::map_err;
+use crate::metrics::store::WriterMetrics;
 use crate::store::StoreError;
 
 /// Writes per group commit at most.
@@ -95,14 +98,19 @@ fn run_job(conn: &Connection, job: Job, finishes: &mut Vec<Finish>) -> Option<St
     }
 }
 
-/// Runs one batch in one transaction and answers every job.
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+/// Runs one batch in one transaction and answers every job; `metrics`
+/// see how long the run and the COMMIT took.
+fn commit_batch(conn: &Connection, batch: Vec<Job>, metrics: Option<&WriterMetrics>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = map_err(e);
         for job in batch {
             (job.refuse)(err.clone());
         }
         return;
+    }
+    let started = Instant::now();
+    if let Some(m) = metrics {
+        m.batch_writes.observe(batch.len() as f64);
     }
     let mut finishes = Vec::with_capacity(batch.len());
     let mut pending = batch.into_iter();
@@ -116,7 +124,15 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
             }
             Err(err)
         }
-        None => conn.execute_batch("COMMIT").map_err(map_err),
+        None => {
+            let ran = Instant::now();
+            let committed = conn.execute_batch("COMMIT").map_err(map_err);
+            if let Some(m) = metrics {
+                m.run_seconds.observe((ran - started).as_secs_f64());
+                m.commit_seconds.observe(ran.elapsed().as_secs_f64());
+            }
+            committed
+        }
     };
     match outcome {
         Ok(()) => finishes.into_iter().for_each(|f| f(None)),
@@ -132,8 +148,13 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     }
 }
 
-/// The writer thread's loop: until every sender is gone.
-pub(super) fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
+/// The writer thread's loop: until every sender is gone; it observes its
+/// batches into `metrics` once they are set.
+pub(super) fn writer_loop(
+    conn: Connection,
+    jobs: Receiver<Job>,
+    metrics: &OnceLock<WriterMetrics>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -142,6 +163,6 @@ pub(super) fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit_batch(&conn, batch);
+        commit_batch(&conn, batch, metrics.get());
     }
 }
