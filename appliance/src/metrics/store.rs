@@ -8,6 +8,8 @@
 //! long the COMMIT (the log's frames written and synced) took. A commit
 //! tail that is not in the run is the disk's.
 
+use std::time::Duration;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, Opts, Registry, exponential_buckets,
 };
@@ -30,6 +32,16 @@ pub struct WriterMetrics {
     pub run_seconds: Histogram,
     /// `dojang_sqlite_writer_seconds{part="commit"}`: its COMMIT.
     pub commit_seconds: Histogram,
+}
+
+impl WriterMetrics {
+    /// A batch of `writes` that reached its COMMIT: all three series count
+    /// the same batches.
+    pub fn observe(&self, writes: usize, run: Duration, commit: Duration) {
+        self.batch_writes.observe(writes as f64);
+        self.run_seconds.observe(run.as_secs_f64());
+        self.commit_seconds.observe(commit.as_secs_f64());
+    }
 }
 
 #[allow(clippy::expect_used)] // fixed definitions, registered once

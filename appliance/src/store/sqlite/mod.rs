@@ -293,29 +293,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A database file in the temporary directory, with its log and index,
+    /// removed when dropped (and when made: an earlier run may have left
+    /// them).
+    pub(super) struct Scratch(pub(super) PathBuf);
+
+    impl Scratch {
+        pub(super) fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("dojang-{name}-{}.db", std::process::id()));
+            drop(Scratch(path.clone()));
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
+
     #[test]
     fn a_reader_maps_a_file_far_past_two_gigabytes() {
-        let path = std::env::temp_dir().join(format!("dojang-map-{}.db", std::process::id()));
-        let reader = open_reader(&path).unwrap();
+        let scratch = Scratch::new("map");
+        let reader = open_reader(&scratch.0).unwrap();
         // A build without the raised cap clamps the map to 0x7fff0000.
         let mapped: i64 = reader
             .query_row("PRAGMA mmap_size", [], |row| row.get(0))
             .unwrap();
         drop(reader);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
         assert_eq!(mapped as u64, READER_MAP_BYTES);
     }
 
     #[test]
     fn the_writer_times_each_group_commit_once_it_has_its_metrics() {
         use crate::store::Registry;
-        let path = std::env::temp_dir().join(format!("dojang-writer-{}.db", std::process::id()));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
-        let registry = SqliteRegistry::open(&path).unwrap();
+        let scratch = Scratch::new("writer");
+        let registry = SqliteRegistry::open(&scratch.0).unwrap();
         // Before the daemon hands them over, a write is not observed.
         registry.set_free_quota(5).unwrap();
         let metrics = crate::metrics::Metrics::new().store.writer();
@@ -323,9 +339,6 @@ mod tests {
         registry.set_free_quota(6).unwrap();
         registry.set_free_quota(7).unwrap();
         drop(registry);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
         assert_eq!(metrics.batch_writes.get_sample_count(), 2);
         assert_eq!(metrics.batch_writes.get_sample_sum(), 2.0);
         assert_eq!(metrics.run_seconds.get_sample_count(), 2);

@@ -120,23 +120,11 @@ pub(super) fn spawn_checkpointer(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    struct Scratch(std::path::PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-            }
-        }
-    }
+    use crate::store::sqlite::tests::Scratch;
 
     fn scratch(name: &str) -> (Scratch, Connection, Connection) {
-        let path =
-            std::env::temp_dir().join(format!("dojang-wal-{name}-{}.db", std::process::id()));
-        // Files an earlier run left behind go first.
-        let scratch = Scratch(path.clone());
-        drop(Scratch(path.clone()));
+        let scratch = Scratch::new(&format!("wal-{name}"));
+        let path = scratch.0.clone();
         let writer = open_connection(&path).unwrap();
         prepare_writer(&writer).unwrap();
         writer

@@ -99,7 +99,8 @@ fn run_job(conn: &Connection, job: Job, finishes: &mut Vec<Finish>) -> Option<St
 }
 
 /// Runs one batch in one transaction and answers every job; `metrics`
-/// see how long the run and the COMMIT took.
+/// see a batch that reached its COMMIT: its writes, how long running them
+/// and the COMMIT took.
 fn commit_batch(conn: &Connection, batch: Vec<Job>, metrics: Option<&WriterMetrics>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = map_err(e);
@@ -108,10 +109,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, metrics: Option<&WriterMetri
         }
         return;
     }
-    let started = Instant::now();
-    if let Some(m) = metrics {
-        m.batch_writes.observe(batch.len() as f64);
-    }
+    let (started, writes) = (Instant::now(), batch.len());
     let mut finishes = Vec::with_capacity(batch.len());
     let mut pending = batch.into_iter();
     let broken = pending
@@ -128,8 +126,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, metrics: Option<&WriterMetri
             let ran = Instant::now();
             let committed = conn.execute_batch("COMMIT").map_err(map_err);
             if let Some(m) = metrics {
-                m.run_seconds.observe((ran - started).as_secs_f64());
-                m.commit_seconds.observe(ran.elapsed().as_secs_f64());
+                m.observe(writes, ran - started, ran.elapsed());
             }
             committed
         }
