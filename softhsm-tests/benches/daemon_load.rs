@@ -22,7 +22,9 @@
 //! `DOJANG_LOAD_CONNECTIONS` (default 32), `DOJANG_LOAD_RUNS` (default 3),
 //! `DOJANG_LOAD_STORE` (`sqlite`, `postgres`, default both; PostgreSQL is
 //! the local one at 127.0.0.1:5432), `DOJANG_LOAD_LOG` (a directory that
-//! keeps each run's daemon log).
+//! keeps each run's daemon log), `DOJANG_LOAD_HALF_RATE` (issuances/s
+//! offered in the half-load phases instead of half the run's saturation,
+//! to compare two builds at the same load).
 
 mod common;
 
@@ -209,7 +211,12 @@ fn one_run(
     let saturated_stages = StageHistograms::parse(&after_text).since(&before);
     let saturated_writer = writer_phase(&before_text, &after_text);
 
-    let half_rate = saturated.rate() / 2.0;
+    // A fixed rate compares two builds at the same load; by default the
+    // run's own half.
+    let half_rate = match env("DOJANG_LOAD_HALF_RATE", 0) {
+        0 => saturated.rate() / 2.0,
+        fixed => fixed as f64,
+    };
     let half_count = (half_rate * seconds as f64 * 1.1) as usize + 100;
     let half_bodies = Arc::new(bodies(half_count, count as u32 + 1000)?);
     let log_mark = d.log().len();
