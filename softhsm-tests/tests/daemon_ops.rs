@@ -222,6 +222,28 @@ fn hsm_loss_gives_503_and_not_ready_then_recovers_by_itself() {
     assert_eq!(issue(&d, "counter", 3, "sd-jwt").status, 201);
 }
 
+/// Operators tell threads apart by name (`top -H`, `perf`, `ionice` see
+/// the 15 bytes Linux keeps); ARCHITECTURE.md lists them.
+#[test]
+fn each_thread_shows_under_a_name_of_its_own() {
+    let d = Daemon::start(Options::default());
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    // tokio's workers share theirs (`dojang-io`), as the list says.
+    let mut seen = std::collections::HashSet::new();
+    let shared: Vec<&String> = names
+        .iter()
+        .filter(|name| *name != "dojang-io" && !seen.insert(name.as_str()))
+        .collect();
+    assert!(shared.is_empty(), "{shared:?} name two threads: {names:?}");
+    for pool in ["dojang-sign-0", "dojang-pub-0", "dojang-proof-0"] {
+        assert!(names.iter().any(|n| n == pool), "{pool} in {names:?}");
+    }
+}
+
 #[test]
 fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     let d = Daemon::start(Options::default());

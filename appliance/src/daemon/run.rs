@@ -79,6 +79,7 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     let limits = &server.limits;
     let depth = metrics.queue_depth.clone();
     let pool = BlockingPool::new(
+        "dojang-sign",
         limits.signing_threads,
         limits.max_in_flight,
         Arc::new(move |d| depth.set(d)),
@@ -86,12 +87,12 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     .context("starting the signing threads")?;
     // Verifiers and monitoring get their own small pool: a flood of
     // unauthenticated fetches can slow them, never issuance.
-    let public_pool =
-        BlockingPool::new(2, 64, Arc::new(|_| {})).context("starting the public threads")?;
+    let public_pool = BlockingPool::new("dojang-pub", 2, 64, Arc::new(|_| {}))
+        .context("starting the public threads")?;
     // Auditors' reads and proofs: their own threads, so a long proof (or
     // many) never holds a signing thread, and a hung device never holds them.
-    let audit_pool =
-        BlockingPool::new(2, 32, Arc::new(|_| {})).context("starting the audit threads")?;
+    let audit_pool = BlockingPool::new("dojang-proof", 2, 32, Arc::new(|_| {}))
+        .context("starting the audit threads")?;
     Ok(Shared {
         service: Arc::new(service),
         metrics,
