@@ -111,6 +111,13 @@ fn print_phase(name: &str, run: &mut Run) -> (f64, f64) {
         run.rate(),
         run.failed
     );
+    if !run.lateness.is_empty() {
+        println!(
+            "      the load generator sent them p50 {:.2} ms, p99 {:.2} ms after their due time (counted in the latency)",
+            run.lateness(0.50),
+            run.lateness(0.99)
+        );
+    }
     (p50, p99)
 }
 
