@@ -84,7 +84,7 @@ pub(crate) fn load(
             up.push(target.connect().await?);
         }
         let start = Instant::now();
-        let (mut schedules, pacer) = match rate {
+        let (schedules, pacer) = match rate {
             Some(rate) => {
                 let (senders, receivers): (Vec<_>, Vec<_>) = (0..connections)
                     .map(|_| tokio::sync::mpsc::unbounded_channel())
@@ -92,22 +92,22 @@ pub(crate) fn load(
                 let pacer = std::thread::Builder::new()
                     .name("bench-pacer".into())
                     .spawn(move || pace(senders, rate, start, duration))?;
-                (receivers.into_iter().map(Some).collect(), Some(pacer))
+                (receivers, Some(pacer))
             }
             None => (Vec::new(), None),
         };
+        // Closed loop: no schedules, so every connection gets `None`.
+        let mut schedules = schedules.into_iter();
         let tasks: Vec<_> = up
             .into_iter()
-            .enumerate()
-            .map(|(c, conn)| {
+            .map(|conn| {
                 let sender = Sender {
                     target: target.clone(),
                     bodies: bodies.clone(),
                     next: next.clone(),
                     until: start + duration,
                 };
-                let schedule = schedules.get_mut(c).and_then(Option::take);
-                tokio::spawn(sender.run(conn, schedule))
+                tokio::spawn(sender.run(conn, schedules.next()))
             })
             .collect();
         let mut all = Vec::new();
@@ -136,7 +136,9 @@ pub(crate) fn load(
 /// deadline up to the next millisecond, which sent requests ~1 ms after
 /// their due time (p99 2.3 ms at ~950/s), a delay of the load generator
 /// that counted as the daemon's. A thread's sleep wakes within tens of
-/// µs; it hands request k's due time to connection k mod n.
+/// µs; it hands request k's due time to connection k mod n, until the
+/// phase ends. A connection that gave up stops taking them; the others go
+/// on.
 fn pace(connections: Vec<UnboundedSender<Instant>>, rate: f64, start: Instant, duration: Duration) {
     let spacing = Duration::from_secs_f64(1.0 / rate);
     for (k, connection) in (0u32..).zip(connections.iter().cycle()) {
@@ -145,9 +147,7 @@ fn pace(connections: Vec<UnboundedSender<Instant>>, rate: f64, start: Instant, d
             break;
         }
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        if connection.send(due).is_err() {
-            break;
-        }
+        let _ = connection.send(due);
     }
 }
 
