@@ -222,6 +222,30 @@ fn hsm_loss_gives_503_and_not_ready_then_recovers_by_itself() {
     assert_eq!(issue(&d, "counter", 3, "sd-jwt").status, 201);
 }
 
+/// A key view rebuilt while the token is gone (here by a SIGHUP; in CI
+/// once by a round that found a registry change) holds no DS signer. The
+/// registry does not change when the token comes back, so the view must be
+/// built again for the token's sake, or issuance stays refused for good.
+#[test]
+fn a_key_view_built_while_the_hsm_is_lost_is_built_again_once_it_is_back() {
+    let mut d = Daemon::start(Options {
+        via_p11kit: true,
+        ..Options::default()
+    });
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    d.p11kit().kill();
+    d.signal("HUP");
+    wait_for_log(
+        &d,
+        "no DS key can sign: issuance refused until one is ready",
+    );
+    assert_eq!(issue(&d, "counter", 2, "mdoc").status, 503);
+
+    d.p11kit().restart();
+    d.wait_ready(Duration::from_secs(20));
+    assert_eq!(issue(&d, "counter", 3, "sd-jwt").status, 201);
+}
+
 /// Operators tell threads apart by name (`top -H`, `perf`, `ionice` see
 /// the 15 bytes Linux keeps); ARCHITECTURE.md lists them.
 #[test]

@@ -118,6 +118,10 @@ pub struct KeyView {
     pub audit_cosigners: Vec<(String, NoteKey)>,
     /// Why a key that should sign cannot (readiness reports it).
     pub problems: Vec<String>,
+    /// The token did not answer for some key (lost, or every session
+    /// busy): the view is built again next round, not only when the
+    /// registry changes, or the key would stay out after the token is back.
+    pub token_unanswered: bool,
     /// `/.well-known/jwks.json`: the document signers only (what SD-JWT
     /// VC verifiers resolve an issuer's keys from).
     pub jwks: Vec<u8>,
@@ -193,6 +197,7 @@ impl KeyView {
             audit_keys: Vec::new(),
             audit_cosigners: Vec::new(),
             problems: vec!["not loaded".into()],
+            token_unanswered: false,
             jwks: Vec::new(),
             status_jwks: Vec::new(),
             ds_pem: HashMap::new(),

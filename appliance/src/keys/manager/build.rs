@@ -10,8 +10,9 @@ use time::OffsetDateTime;
 
 use super::KeyManager;
 use super::state::store_problem;
+use super::token::TokenCheck;
 use crate::audit::checkpoint::NoteKey;
-use crate::credential::DocumentSigner;
+use crate::credential::{CredentialError, DocumentSigner};
 use crate::keys::lifecycle::{KeyRecord, KeyState};
 use crate::keys::view::{
     KeyView, ScheduledSigner, StatusKey, cert_public_key, fingerprint, jwk_entry,
@@ -301,6 +302,7 @@ impl KeyManager {
         let mut ds_pem = HashMap::new();
         let mut revoked = Vec::new();
         let mut revoked_kids = Vec::new();
+        let mut token_unanswered = false;
         let Some(_) = iaca else {
             problems.push(
                 "no IACA yet: an officer proposes its generation (dojangctl pki propose-iaca) and another approves"
@@ -349,11 +351,15 @@ impl KeyManager {
             }
             match self.signer_of(r, der, iaca) {
                 Ok(signer) => signers.push(signer),
-                Err(problem) => problems.push(problem),
+                Err((problem, check)) => {
+                    problems.push(problem);
+                    token_unanswered |= check == TokenCheck::Unanswered;
+                }
             }
         }
         signers.sort_by_key(|s| s.from);
         let mut view = self.service_key_view(roots, keys, crl, problems)?;
+        view.token_unanswered |= token_unanswered;
         view.signers = signers;
         view.ds_pem = ds_pem;
         view.revoked = revoked;
@@ -391,16 +397,21 @@ impl KeyManager {
         r: &KeyRecord,
         der: &[u8],
         iaca: &CertFacts,
-    ) -> Result<ScheduledSigner, String> {
+    ) -> Result<ScheduledSigner, (String, TokenCheck)> {
         let facts = profile::check_ds(der, Some(iaca))
-            .map_err(|e| format!("DS certificate {}: {e}", r.label))?;
+            .map_err(|e| (format!("DS certificate {}: {e}", r.label), TokenCheck::Done))?;
         let cert = DsCertificate {
             label: r.label.clone(),
             der: der.to_vec(),
             facts,
         };
-        let signer = DocumentSigner::new(self.node.backend, cert)
-            .map_err(|e| format!("DS key {}: {e}", r.label))?;
+        let signer = DocumentSigner::new(self.node.backend, cert).map_err(|e| {
+            let check = match &e {
+                CredentialError::Key(key) if key.is_retryable() => TokenCheck::Unanswered,
+                _ => TokenCheck::Done,
+            };
+            (format!("DS key {}: {e}", r.label), check)
+        })?;
         Ok(ScheduledSigner {
             from: r.activate_at,
             signer: Arc::new(signer),
@@ -420,6 +431,7 @@ impl KeyManager {
         let mut status_keys = Vec::new();
         let mut audit_keys = Vec::new();
         let mut audit_cosigners = Vec::new();
+        let mut token_unanswered = false;
         for key in keys.iter().filter(|k| k.chain != DS_CHAIN) {
             let r = &key.record;
             if !r.is_published() {
@@ -433,9 +445,14 @@ impl KeyManager {
                 }
             };
             let signs = matches!(r.state, KeyState::Pending | KeyState::Active);
-            if signs && let Err(problem) = self.refuse_forged_signer(key) {
-                problems.push(problem);
-                continue;
+            if signs {
+                match self.refuse_forged_signer(key) {
+                    Ok(check) => token_unanswered |= check == TokenCheck::Unanswered,
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                }
             }
             if key.chain == STATUS_CHAIN {
                 status_jwks.push(jwk_entry(&public, None));
@@ -463,27 +480,20 @@ impl KeyManager {
         let fingerprint = fingerprint(keys, crl.as_deref(), None);
         let (crl_pem, crl_der) = self.served_crl(crl);
         Ok(KeyView {
-            signers: Vec::new(),
             status_keys,
             audit_keys,
             audit_cosigners,
             problems,
+            token_unanswered,
             jwks: serde_json::to_vec(&serde_json::json!({ "keys": [] }))
                 .map_err(|e| LoadError(e.to_string()))?,
             status_jwks: serde_json::to_vec(&serde_json::json!({ "keys": status_jwks }))
                 .map_err(|e| LoadError(e.to_string()))?,
-            ds_pem: HashMap::new(),
             crl_pem,
             crl_der,
-            revoked: Vec::new(),
-            revoked_kids: Vec::new(),
             fingerprint,
-            iaca_pem: None,
-            iaca: None,
-            roots: Vec::new(),
-            root_views: Vec::new(),
-            spares: Default::default(),
-            unlisted_revocations: Vec::new(),
+            // No DS key, no root yet: the chains' part fills them in.
+            ..KeyView::empty()
         })
     }
 }

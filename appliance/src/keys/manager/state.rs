@@ -364,12 +364,14 @@ impl KeyManager {
     }
 
     /// Re-reads the registry's keys; swaps the view if anything changed (or
-    /// always, with `force`).
+    /// always, with `force`). A view built while the token did not answer
+    /// is built again each round until it does.
     pub fn refresh_keys(&self, force: bool) -> Result<(), LoadError> {
         let _ordered = self.key_swap.lock().unwrap_or_else(PoisonError::into_inner);
         let stored = self.keys_and_crl()?;
         let current = self.view();
-        if !force && stored.fingerprint() == current.fingerprint {
+        let unchanged = stored.fingerprint() == current.fingerprint;
+        if !force && unchanged && !current.token_unanswered {
             return Ok(());
         }
         let roots = current
@@ -378,6 +380,11 @@ impl KeyManager {
             .map(|first| self.trusted_roots(first.clone(), stored.rollovers.as_deref()))
             .unwrap_or_default();
         let view = self.key_view(&roots, stored)?;
+        // Still unanswered and nothing else learnt: no swap, so readiness
+        // and the status lists are not churned every round of an outage.
+        if !force && unchanged && view.token_unanswered && view.problems == current.problems {
+            return Ok(());
+        }
         self.install_view(view);
         Ok(())
     }

@@ -48,6 +48,15 @@ fn may_hold(key: &StoredKey) -> bool {
     }
 }
 
+/// Whether a row's key was checked against the token's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TokenCheck {
+    /// The token answered (the key matches, or the token holds none).
+    Done,
+    /// The token did not answer now (lost, every session busy).
+    Unanswered,
+}
+
 /// Why the token's key is not the one the row describes, if it is not.
 fn mismatch(key: &StoredKey, info: &KeyInfo) -> Option<&'static str> {
     let Some(expected) = chain_purpose(&key.chain) else {
@@ -142,14 +151,16 @@ impl KeyManager {
     /// make the IACA, the pseudonym key or another chain's key sign this
     /// chain's objects. (DS signers check the same against their
     /// certificate.) A token that does not answer now is not a forgery:
-    /// signing reports it.
-    pub(super) fn refuse_forged_signer(&self, key: &StoredKey) -> Result<(), String> {
+    /// signing reports it, and the view is built again once it answers.
+    pub(super) fn refuse_forged_signer(&self, key: &StoredKey) -> Result<TokenCheck, String> {
         let label = &key.record.label;
-        let Ok(info) = self.node.backend.find(label) else {
-            return Ok(());
+        let info = match self.node.backend.find(label) {
+            Ok(info) => info,
+            Err(e) if e.is_retryable() => return Ok(TokenCheck::Unanswered),
+            Err(_) => return Ok(TokenCheck::Done),
         };
         match mismatch(key, &info) {
-            None => Ok(()),
+            None => Ok(TokenCheck::Done),
             Some(reason) => {
                 self.node.metrics.order_refused("sign", reason);
                 tracing::error!(%label, chain = %key.chain, reason, "a registry row names a token key it does not describe: it does not sign");
