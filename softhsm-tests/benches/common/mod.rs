@@ -75,7 +75,9 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
 /// CPU µs per durable audit append in a transaction of its own, and per
 /// the same transaction without the entry (SQLite, group commit, 16
 /// writers): their difference is what an entry adds to the transaction of
-/// the decision it records.
+/// the decision it records. Measured in the order with, without, without,
+/// with, so that a machine slowing down (or speeding up) during the probe
+/// does not land on one side only.
 pub(crate) fn audit_sql_cpu_us() -> BenchResult<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let registry = dojang::store::SqliteRegistry::open(&dir.path().join("audit.db"))?;
@@ -86,31 +88,7 @@ pub(crate) fn audit_sql_cpu_us() -> BenchResult<(f64, f64)> {
             let handles: Vec<_> = (0..writers)
                 .map(|_| {
                     let registry = &registry;
-                    scope.spawn(move || -> BenchResult {
-                        for _ in 0..per_writer {
-                            if append {
-                                let decision = dojang::store::DecisionRecord {
-                                    node: "node-a".into(),
-                                    at: 1_800_000_000,
-                                    actor: "spiffe://mois.go.kr/office-counter".into(),
-                                    action: "issue".into(),
-                                    outcome: "deny".into(),
-                                    rule: Some("holder.minimum_age".into()),
-                                    policy_hash: "cf".repeat(32),
-                                    profile: Some("mdoc".into()),
-                                    ..Default::default()
-                                };
-                                dojang::store::Registry::record(
-                                    registry,
-                                    decision,
-                                    Some(dojang::store::Pseudonym([9; 32])),
-                                )?;
-                            } else {
-                                dojang::store::Registry::probe_write(registry)?;
-                            }
-                        }
-                        Ok(())
-                    })
+                    scope.spawn(move || audit_probe_writes(registry, append, per_writer))
                 })
                 .collect();
             handles
@@ -119,7 +97,37 @@ pub(crate) fn audit_sql_cpu_us() -> BenchResult<(f64, f64)> {
         })?;
         Ok((cpu_seconds("self") - cpu) * 1e6 / f64::from(writers * per_writer))
     };
-    Ok((run(true)?, run(false)?))
+    let (append, empty) = (run(true)?, run(false)?);
+    let (empty_again, append_again) = (run(false)?, run(true)?);
+    Ok(((append + append_again) / 2.0, (empty + empty_again) / 2.0))
+}
+
+/// One probe writer: `count` transactions, each with an audit entry or
+/// the same write without one.
+fn audit_probe_writes(
+    registry: &dyn dojang::store::Registry,
+    append: bool,
+    count: u32,
+) -> BenchResult {
+    for _ in 0..count {
+        if append {
+            let decision = dojang::store::DecisionRecord {
+                node: "node-a".into(),
+                at: 1_800_000_000,
+                actor: "spiffe://mois.go.kr/office-counter".into(),
+                action: "issue".into(),
+                outcome: "deny".into(),
+                rule: Some("holder.minimum_age".into()),
+                policy_hash: "cf".repeat(32),
+                profile: Some("mdoc".into()),
+                ..Default::default()
+            };
+            registry.record(decision, Some(dojang::store::Pseudonym([9; 32])))?;
+        } else {
+            registry.probe_write()?;
+        }
+    }
+    Ok(())
 }
 
 /// The most issuances a second the token itself allows, whatever else an
