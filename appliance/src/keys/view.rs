@@ -189,6 +189,30 @@ impl KeyView {
         })
     }
 
+    /// Whether `other` signs and publishes with the same keys: two views
+    /// that agree on them differ at most in the wording of their problems
+    /// (a backend's back-off, say), which is no reason to swap.
+    pub fn same_keys(&self, other: &KeyView) -> bool {
+        let signers = |v: &KeyView| -> Vec<String> {
+            v.signers
+                .iter()
+                .map(|s| s.signer.label().to_owned())
+                .collect()
+        };
+        let audit = |v: &KeyView| -> (Vec<String>, Vec<String>) {
+            (
+                v.audit_keys.iter().map(|(_, l, _)| l.clone()).collect(),
+                v.audit_cosigners.iter().map(|(l, _)| l.clone()).collect(),
+            )
+        };
+        signers(self) == signers(other)
+            && self.status_keys == other.status_keys
+            && audit(self) == audit(other)
+            && self.jwks == other.jwks
+            && self.status_jwks == other.status_jwks
+            && self.problems.len() == other.problems.len()
+    }
+
     /// The view before the registry's keys are read.
     pub fn empty() -> Self {
         KeyView {
@@ -286,4 +310,35 @@ pub(crate) fn cert_public_key(der: &[u8]) -> Result<PublicKey, String> {
         .and_then(|k| k.public_key_to_der())
         .map_err(|e| e.to_string())?;
     PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KeyView, StatusKey};
+
+    fn status_key(label: &str) -> StatusKey {
+        StatusKey {
+            from: time::OffsetDateTime::UNIX_EPOCH,
+            label: label.into(),
+            certificate: None,
+        }
+    }
+
+    #[test]
+    fn views_that_differ_only_in_a_problems_wording_have_the_same_keys() {
+        let mut a = KeyView::empty();
+        let mut b = KeyView::empty();
+        a.problems = vec!["DS key ds-1: key backend unavailable; retry in 200ms".into()];
+        b.problems = vec!["DS key ds-1: key backend unavailable; retry in 400ms".into()];
+        assert!(a.same_keys(&b));
+
+        // Another key signing, or one more problem (a refused row), is news.
+        b.status_keys = vec![status_key("status-1")];
+        assert!(!a.same_keys(&b));
+        a.status_keys = vec![status_key("status-1")];
+        assert!(a.same_keys(&b));
+        b.problems
+            .push("status key status-1: not the token's key".into());
+        assert!(!a.same_keys(&b));
+    }
 }

@@ -256,7 +256,10 @@ impl KeyManager {
                         let _ = view.ds_pem.insert(spare.label.clone(), pem.into_bytes());
                     }
                 }
-                Err(e) => view.problems.push(format!("emergency spare: {e}")),
+                Err((e, check)) => {
+                    view.problems.push(format!("emergency spare: {e}"));
+                    view.token_unanswered |= check == TokenCheck::Unanswered;
+                }
             }
         }
         let listed = view
@@ -407,7 +410,7 @@ impl KeyManager {
         };
         let signer = DocumentSigner::new(self.node.backend, cert).map_err(|e| {
             let check = match &e {
-                CredentialError::Key(key) if key.is_retryable() => TokenCheck::Unanswered,
+                CredentialError::Key(key) => TokenCheck::of(key),
                 _ => TokenCheck::Done,
             };
             (format!("DS key {}: {e}", r.label), check)

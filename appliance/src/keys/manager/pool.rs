@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::KeyManager;
 use super::state::store_problem;
+use super::token::TokenCheck;
 use crate::keys::lifecycle::{KeyRecord, KeyState};
 use crate::keys::view::{PoolStatus, cert_public_key, hex};
 use crate::pki::profile::{self, CertFacts};
@@ -211,29 +212,36 @@ impl KeyManager {
 
     /// A spare's certificate checked again (the pool is a row): issued by
     /// the IACA, the DS profile, and certifying the token's key under the
-    /// spare's label.
+    /// spare's label. A refusal says whether the token answered.
     pub(super) fn check_spare(
         &self,
         spare: &Spare,
         roots: &[crate::keys::view::Root],
         keys: &[StoredKey],
-    ) -> Result<CheckedSpare, String> {
+    ) -> Result<CheckedSpare, (String, TokenCheck)> {
         let label = &spare.label;
+        let refused = |problem: String| (problem, TokenCheck::Done);
+        let certificate = spare.certificate.as_deref();
         let der = B64
-            .decode(spare.certificate.as_deref().ok_or("not certified yet")?)
-            .map_err(|e| format!("{label}: certificate: {e}"))?;
+            .decode(certificate.ok_or_else(|| refused("not certified yet".into()))?)
+            .map_err(|e| refused(format!("{label}: certificate: {e}")))?;
         // Issued by the root that certifies now: a spare of an older root
         // (dropped at a rollover) or a forged certificate is refused.
         let iaca = crate::keys::view::root_for(roots, &der)
             .filter(|root| roots.last().is_some_and(|current| current.0 == root.0))
-            .ok_or_else(|| format!("{label}: the certificate is not the current IACA's"))?;
-        let facts = profile::check_ds(&der, Some(&iaca.1)).map_err(|e| format!("{label}: {e}"))?;
-        let public = cert_public_key(&der)?;
+            .ok_or_else(|| {
+                refused(format!(
+                    "{label}: the certificate is not the current IACA's"
+                ))
+            })?;
+        let facts =
+            profile::check_ds(&der, Some(&iaca.1)).map_err(|e| refused(format!("{label}: {e}")))?;
+        let public = cert_public_key(&der).map_err(refused)?;
         let token = self
             .node
             .backend
             .find(label)
-            .map_err(|e| format!("{label}: {e}"))?;
+            .map_err(|e| (format!("{label}: {e}"), TokenCheck::of(&e)))?;
         let same = token.purpose == KeyPurpose::DocumentSigner
             && token
                 .public_key
@@ -243,9 +251,9 @@ impl KeyManager {
             self.node
                 .metrics
                 .order_refused("spare", "public_key_mismatch");
-            return Err(format!(
+            return Err(refused(format!(
                 "{label}: the certificate does not certify the token's DS key under this label"
-            ));
+            )));
         }
         // A spare has never been a key of the chain: a revoked, retired
         // or signing key written back into the pool is refused.
@@ -254,7 +262,9 @@ impl KeyManager {
             .any(|k| k.record.label == *label || k.kid == public.kid())
         {
             self.node.metrics.order_refused("spare", "already_a_key");
-            return Err(format!("{label}: already a key of the chain; not a spare"));
+            return Err(refused(format!(
+                "{label}: already a key of the chain; not a spare"
+            )));
         }
         Ok(CheckedSpare {
             der,
@@ -283,7 +293,7 @@ impl KeyManager {
             .into_iter()
             .find_map(|spare| match self.check_spare(spare, &roots, &keys) {
                 Ok(checked) => Some((spare.clone(), checked)),
-                Err(e) => {
+                Err((e, _)) => {
                     tracing::warn!(error = %e, "a spare that does not check out is skipped");
                     None
                 }

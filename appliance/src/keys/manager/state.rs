@@ -382,7 +382,7 @@ impl KeyManager {
         let view = self.key_view(&roots, stored)?;
         // Still unanswered and nothing else learnt: no swap, so readiness
         // and the status lists are not churned every round of an outage.
-        if !force && unchanged && view.token_unanswered && view.problems == current.problems {
+        if !force && unchanged && view.token_unanswered && view.same_keys(&current) {
             return Ok(());
         }
         self.install_view(view);

@@ -51,10 +51,23 @@ fn may_hold(key: &StoredKey) -> bool {
 /// Whether a row's key was checked against the token's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TokenCheck {
-    /// The token answered (the key matches, or the token holds none).
+    /// The token answered: the key matches, the token holds none, or it
+    /// is not a key of this kind.
     Done,
-    /// The token did not answer now (lost, every session busy).
+    /// The token did not answer (lost, every session busy, an error that
+    /// is not an answer about the key): worth another look next round.
     Unanswered,
+}
+
+impl TokenCheck {
+    /// What a failed lookup of a key says about the token.
+    pub(super) fn of(error: &pkcs11_shim::Error) -> Self {
+        use pkcs11_shim::ErrorClass;
+        match error.class() {
+            ErrorClass::KeyMissing | ErrorClass::InvalidRequest => TokenCheck::Done,
+            _ => TokenCheck::Unanswered,
+        }
+    }
 }
 
 /// Why the token's key is not the one the row describes, if it is not.
@@ -156,8 +169,7 @@ impl KeyManager {
         let label = &key.record.label;
         let info = match self.node.backend.find(label) {
             Ok(info) => info,
-            Err(e) if e.is_retryable() => return Ok(TokenCheck::Unanswered),
-            Err(_) => return Ok(TokenCheck::Done),
+            Err(e) => return Ok(TokenCheck::of(&e)),
         };
         match mismatch(key, &info) {
             None => Ok(TokenCheck::Done),
@@ -285,4 +297,45 @@ pub(crate) struct TokenReport {
     retained: Vec<String>,
     /// Rows naming a token key they do not describe, and why.
     forged: Vec<(String, &'static str)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pkcs11_shim::Error;
+
+    use super::TokenCheck;
+
+    #[test]
+    fn only_an_answer_about_the_key_ends_the_look() {
+        let answered = [
+            Error::KeyNotFound {
+                label: "ds-1".into(),
+            },
+            Error::InvalidInput("label".into()),
+        ];
+        for e in &answered {
+            assert_eq!(TokenCheck::of(e), TokenCheck::Done, "{e}");
+        }
+        // Lost, busy, or a failure that says nothing about the key: the
+        // view looks again next round.
+        let unanswered = [
+            Error::Unavailable {
+                reason: "no token".into(),
+                retry_after: Duration::from_millis(200),
+            },
+            Error::Busy {
+                pool_size: 4,
+                waited: Duration::from_secs(1),
+            },
+            Error::TokenNotFound {
+                selector: "label \"dojangd\"".into(),
+                seen: "none".into(),
+            },
+        ];
+        for e in &unanswered {
+            assert_eq!(TokenCheck::of(e), TokenCheck::Unanswered, "{e}");
+        }
+    }
 }
