@@ -6,7 +6,8 @@
 //! naming the IACA as a status-list key never signs and is never activated,
 //! deleted rows get no replacement key while the token holds the key, and a
 //! revocation row nobody ordered neither reaches the CRL nor changes what
-//! the key signed.
+//! the key signed. A row forged while the token is away is checked once it
+//! is back.
 //! Each is audited and counted, and the token's objects are the same before
 //! and after, as `pkcs11-tool` lists them.
 #![allow(clippy::unwrap_used)]
@@ -254,4 +255,49 @@ fn forged_rows_do_not_act_on_the_token_postgres() {
         Insider::postgres(&name)
     });
     drop(schema);
+}
+
+/// A row forged while the token is away is let through unchecked (the
+/// token cannot say whose key it is); once the token answers it is checked
+/// and refused, though the registry does not change again. Here the
+/// insider gives the status-list key's row the audit key's public key, so
+/// that verifiers would be told to trust another key for status lists.
+#[test]
+fn a_row_forged_while_the_token_is_away_is_refused_once_it_is_back() {
+    let mut d = Daemon::start(Options {
+        via_p11kit: true,
+        ..Options::default()
+    });
+    let mut sql = Insider::sqlite(&d);
+    let refused = "dojang_key_orders_refused_total{order=\"sign\",reason=\"public_key_mismatch\"}";
+    d.p11kit().kill();
+    sql.run(
+        "UPDATE {s}.signing_keys SET public_key = \
+         (SELECT public_key FROM {s}.signing_keys WHERE label = 'audit-1') WHERE label = 'status-list-1'",
+    );
+    // The reload builds the key view while the token is away.
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("reloaded TLS files, CRLs, policy and PKI") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&d, refused), 0.0, "checked with no token?");
+
+    d.p11kit().restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&d, refused) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the forged row was not checked once the token was back:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status_jwks = d.public_client().get("/status/jwks.json");
+    let audit_kid = sql.kid("audit-1");
+    assert!(
+        !String::from_utf8_lossy(&status_jwks.body).contains(&audit_kid),
+        "the forged key is still published for status lists"
+    );
 }
