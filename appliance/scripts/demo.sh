@@ -113,6 +113,9 @@ checkpoint_interval_ms = 1000
 
 [store]
 sqlite = "$state/registry.db"
+# The log file laid out at start: the service's default is 1280 MiB (its
+# commits then never grow the file); a demo keeps to 64.
+sqlite_log_prewrite_mib = 64
 TOML
 
 ctl() { "$bin/dojangctl" --config "$state/dojang.toml" "$@"; }

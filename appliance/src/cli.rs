@@ -92,6 +92,17 @@ pub fn open_sealed_registry(
     Ok(registry)
 }
 
+/// As [`open_sealed_registry`], for the daemon: on SQLite the log file is
+/// laid out first (`store.sqlite_log_prewrite_mib`).
+pub fn open_service_registry(
+    config: &Config,
+    backend: Arc<dyn KeyBackend>,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    let registry = open_registry_as(config, true)?;
+    registry.seal_audit_with(audit_sealer(config, backend));
+    Ok(registry)
+}
+
 /// The audit seals of this configuration's token: node keys derived from
 /// its response-seal key (`server.keys.response_seal`, or the default).
 pub fn audit_sealer(
@@ -107,13 +118,24 @@ pub fn audit_sealer(
 
 /// Opens the configured registry.
 pub fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    open_registry_as(config, false)
+}
+
+/// Opens the configured registry, for the service (`service`: on SQLite,
+/// its log file laid out in full first) or for a tool.
+fn open_registry_as(config: &Config, service: bool) -> anyhow::Result<Arc<dyn Registry>> {
     let store = config
         .store
         .as_ref()
         .context("this needs a [store] table in the configuration")?;
+    let log_mib = if service {
+        store.sqlite_log_prewrite_mib
+    } else {
+        0
+    };
     Ok(match (&store.sqlite, &store.postgres) {
         (Some(path), _) => Arc::new(
-            SqliteRegistry::open(path)
+            SqliteRegistry::open_for_service(path, log_mib)
                 .with_context(|| format!("opening the registry {}", path.display()))?,
         ),
         (None, Some(url)) => Arc::new(

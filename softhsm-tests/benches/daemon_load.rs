@@ -25,7 +25,9 @@
 //! the local one at 127.0.0.1:5432), `DOJANG_LOAD_LOG` (a directory that
 //! keeps each run's daemon log), `DOJANG_LOAD_HALF_RATE` (issuances/s
 //! offered in the half-load phases instead of half the run's saturation,
-//! to compare two builds at the same load).
+//! to compare two builds at the same load), `DOJANG_LOAD_SQLITE_LOG_MIB`
+//! (the SQLite log file laid out at start, default the service's 1,280;
+//! 0 lets it grow as commits write it).
 
 mod common;
 
@@ -170,6 +172,7 @@ fn one_run(
     };
     let mut d = Daemon::start(Options {
         store,
+        sqlite_log_mib: env("DOJANG_LOAD_SQLITE_LOG_MIB", 1280),
         // The clerk's connection beside the load's, from the same client.
         limits: format!(
             "max_in_flight = {}\nmax_in_flight_per_client = {}\nsigning_threads = {}",

@@ -52,6 +52,11 @@ pub struct Options {
     pub policy: fn(String) -> String,
     /// The store.
     pub store: Store,
+    /// MiB of the SQLite registry's log file laid out at start
+    /// (`store.sqlite_log_prewrite_mib`). The service lays out 1,280 by
+    /// default; tests take 4, so that every daemon goes through the layout
+    /// without writing a gigabyte each.
+    pub sqlite_log_mib: u64,
     /// Reach the token through `p11-kit server` (which tests can kill).
     pub via_p11kit: bool,
     /// This node's id.
@@ -92,6 +97,7 @@ impl Default for Options {
             limits: String::new(),
             policy: |p| p,
             store: Store::Sqlite,
+            sqlite_log_mib: 4,
             via_p11kit: false,
             node_id: "test-1".into(),
             env: Vec::new(),
@@ -420,7 +426,11 @@ impl Daemon {
         write(&policy, &policy_text);
         let (api, public, ops) = listener_addresses();
         let store = match &options.store {
-            Store::Sqlite => format!("sqlite = \"{}\"", scratch.join("registry.db").display()),
+            Store::Sqlite => format!(
+                "sqlite = \"{}\"\nsqlite_log_prewrite_mib = {}",
+                scratch.join("registry.db").display(),
+                options.sqlite_log_mib
+            ),
             Store::Postgres(url) => format!("postgres = \"{url}\"\npool_size = 8"),
             Store::PostgresVerified(url, ca) => format!(
                 "postgres = \"{url}\"\npool_size = 8\npostgres_ca = \"{}\"",

@@ -14,6 +14,6 @@ pub use self::server::{
     ApiListener, AuditSettings, Limits, OpsListener, PublicListener, ServerConfig, ServiceKeys,
     WitnessSettings,
 };
-pub use self::store::StoreConfig;
+pub use self::store::{SQLITE_LOG_FILE_MIB, StoreConfig};
 pub use self::wallet::WalletListener;
 pub use pkcs11_shim::BackendConfig;

@@ -64,7 +64,7 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     let backend = crate::cli::open_backend(config)?;
     // One backend for the life of the process; signers borrow it.
     let backend: &'static Arc<dyn pkcs11_shim::KeyBackend> = Box::leak(Box::new(backend));
-    let registry = crate::cli::open_sealed_registry(config, Arc::clone(backend))?;
+    let registry = crate::cli::open_service_registry(config, Arc::clone(backend))?;
     let metrics = Arc::new(Metrics::new());
     registry.observe_writer(metrics.store.writer());
     let service = Service::new(

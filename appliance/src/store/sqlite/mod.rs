@@ -6,6 +6,7 @@
 //! one (`store::sql`); this driver owns the connections, the writer, the
 //! WAL checkpoints and the migrations' SQLite text.
 
+mod prewrite;
 mod tx;
 mod wal;
 mod writer;
@@ -15,15 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use self::prewrite::Prewrite;
 use self::tx::{SqliteTx, map_err, unavailable};
 use self::writer::{Job, Settle, writer_loop};
 use super::StoreError;
 use super::sql::migrations::{self, Dialect, MIGRATIONS};
 use super::sql::{Driver, Numbering, ReadFn, SqlRegistry, Taken, Tx, WriteFn};
+use crate::config::SQLITE_LOG_FILE_MIB;
 use crate::metrics::store::WriterMetrics;
 
 /// Writes queued at most before callers wait (back-pressure, not memory).
@@ -121,11 +124,45 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     transaction.commit().map_err(map_err)
 }
 
+/// Lays out the log file; a failure leaves it to grow as it is written.
+fn lay_out_log(path: &Path, bytes: u64) {
+    let started = Instant::now();
+    match prewrite::prewrite(path, bytes) {
+        Ok(Prewrite::Written(bytes)) => tracing::info!(
+            mib = bytes >> 20,
+            seconds = started.elapsed().as_secs_f64(),
+            "the registry's log file laid out in full"
+        ),
+        Ok(Prewrite::Kept) => tracing::info!(
+            "the registry's log file was there (another process has the registry open, or its log could not be copied in); left as it is"
+        ),
+        Ok(Prewrite::Off) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not lay out the registry's log file; it grows as commits write it, with slower syncs until its first restart"
+        ),
+    }
+}
+
 impl SqlRegistry<SqliteDriver> {
     /// Opens (creating if needed) the registry at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_for_service(path, 0)
+    }
+
+    /// As [`open`](Self::open), having first laid out the log file in
+    /// full, `log_mib` of it, unless it is there (`prewrite.rs`): for the
+    /// service, whose commits then never grow the file.
+    pub fn open_for_service(path: &Path, log_mib: u64) -> Result<Self, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        if log_mib > 0 {
+            // Closed first: the last connection's close copies the log
+            // into the database (a killed run's too) and removes it.
+            drop(conn);
+            lay_out_log(path, log_mib.min(SQLITE_LOG_FILE_MIB) << 20);
+            conn = open_connection(path)?;
+        }
         wal::prepare_writer(&conn)?;
         let wal_restarts = Arc::new(AtomicU64::new(0));
         let checkpoints = wal::spawn_checkpointer(path, wal_restarts.clone())?;
@@ -309,7 +346,7 @@ mod tests {
 
     impl Drop for Scratch {
         fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", "-wal-prewrite"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
             }
         }

@@ -36,7 +36,7 @@ const RESTART_AFTER_FRAMES: i64 = 1 << 20;
 /// where a round starts it over (1 Mi frames of 1,048 bytes), so that
 /// under sustained load the file is written over in place, not grown and
 /// cut each time.
-const KEEP_BYTES: i64 = 1280 << 20;
+const KEEP_BYTES: i64 = (crate::config::SQLITE_LOG_FILE_MIB as i64) << 20;
 const _: () = assert!(KEEP_BYTES > RESTART_AFTER_FRAMES * 1048);
 /// How long a RESTART may wait for the writer and the readers; past it,
 /// the round gives up and the next one tries again.
