@@ -353,6 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn the_service_leaves_a_log_another_connection_holds_and_loses_nothing() {
+        let scratch = Scratch::new("service-beside");
+        drop(SqliteRegistry::open(&scratch.0).unwrap());
+        let other = open_connection(&scratch.0).unwrap();
+        other
+            .execute_batch("INSERT INTO write_probe (id, at) VALUES (1, 42)")
+            .unwrap();
+        let log = prewrite::log_file(&scratch.0);
+        let held = std::fs::read(&log).unwrap();
+        let registry = SqliteRegistry::open_for_service(&scratch.0, 4).unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), held, "not laid out");
+        drop(registry);
+        drop(other);
+        let at: i64 = open_connection(&scratch.0)
+            .unwrap()
+            .query_row("SELECT at FROM write_probe", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(at, 42);
+    }
+
+    #[test]
     fn a_reader_maps_a_file_far_past_two_gigabytes() {
         let scratch = Scratch::new("map");
         let reader = open_reader(&scratch.0).unwrap();

@@ -46,28 +46,28 @@ pub(super) fn log_file(db: &Path) -> PathBuf {
 }
 
 /// Lays out `db`'s log file, `bytes` of zeros, unless one is there. The
-/// zeros go to a file of their own first, which then takes the log's name
-/// only if nothing took it meanwhile (a hard link never replaces).
+/// zeros go to a file of this process's own first, which then takes the
+/// log's name only if nothing took it meanwhile (a hard link never
+/// replaces): no process writes to a file another may have linked.
 pub(super) fn prewrite(db: &Path, bytes: u64) -> io::Result<Prewrite> {
     if bytes == 0 {
         return Ok(Prewrite::Off);
     }
     // SQLite keeps the log beside the file a symbolic link points to.
     let db = &fs::canonicalize(db)?;
+    remove_abandoned(db);
     let log = log_file(db);
     if fs::symlink_metadata(&log).is_ok() {
         return Ok(Prewrite::Kept);
     }
-    let staged = suffixed(db, "-wal-prewrite");
-    let file = match create_new(&staged) {
-        // Left by a start that stopped midway: never linked, so no log.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            fs::remove_file(&staged)?;
-            create_new(&staged)?
-        }
-        other => other?,
-    };
-    let laid_out = fill_with_zeros(file, bytes).and_then(|()| fs::hard_link(&staged, &log));
+    let staged = staging_file(db, std::process::id());
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&staged)?;
+    let laid_out = as_sqlite_would_create(&file, db)
+        .and_then(|()| fill_with_zeros(file, bytes))
+        .and_then(|()| fs::hard_link(&staged, &log));
     let _ = fs::remove_file(&staged);
     match laid_out {
         Ok(()) => Ok(Prewrite::Written(bytes)),
@@ -76,8 +76,47 @@ pub(super) fn prewrite(db: &Path, bytes: u64) -> io::Result<Prewrite> {
     }
 }
 
-fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).open(path)
+fn staging_file(db: &Path, pid: u32) -> PathBuf {
+    suffixed(db, &format!("-wal-prewrite-{pid}"))
+}
+
+/// Removes the staging files of starts that stopped midway (their process
+/// is gone): a name only, which a linked log keeps under its own.
+fn remove_abandoned(db: &Path) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}-wal-prewrite-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name
+            .to_string_lossy()
+            .strip_prefix(&prefix)
+            .map(str::to_owned);
+        let gone = pid.is_some_and(|pid| {
+            pid.parse::<u32>()
+                .is_ok_and(|pid| pid != std::process::id())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if gone {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The mode and owner SQLite gives a log it creates: the database's.
+fn as_sqlite_would_create(file: &File, db: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let database = fs::metadata(db)?;
+    file.set_permissions(database.permissions())?;
+    let ours = file.metadata()?;
+    if (ours.uid(), ours.gid()) != (database.uid(), database.gid()) {
+        std::os::unix::fs::fchown(file, Some(database.uid()), Some(database.gid()))?;
+    }
+    Ok(())
 }
 
 fn fill_with_zeros(file: File, bytes: u64) -> io::Result<()> {
@@ -179,13 +218,32 @@ mod tests {
     }
 
     #[test]
-    fn a_half_written_layout_left_by_a_stopped_start_is_replaced() {
+    fn a_staging_file_of_a_start_that_stopped_midway_is_removed_and_another_starts_is_not() {
         let scratch = closed_database("stale");
-        let staged = suffixed(&scratch.0, "-wal-prewrite");
-        fs::write(&staged, b"half").unwrap();
+        // No process has pid 0x7fff_fff0 (the kernel's maximum is lower).
+        let abandoned = staging_file(&scratch.0, 0x7fff_fff0);
+        let running = staging_file(&scratch.0, 1);
+        fs::write(&abandoned, b"half").unwrap();
+        fs::write(&running, b"half").unwrap();
         assert_eq!(prewrite(&scratch.0, MIB).unwrap(), Prewrite::Written(MIB));
-        assert!(!staged.exists());
+        assert!(!abandoned.exists());
+        assert!(running.exists(), "pid 1 runs: its file is its own");
+        assert!(!staging_file(&scratch.0, std::process::id()).exists());
         assert_eq!(fs::metadata(log_file(&scratch.0)).unwrap().len(), MIB);
+        fs::remove_file(running).unwrap();
+    }
+
+    #[test]
+    fn the_log_takes_the_databases_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = closed_database("mode");
+        fs::set_permissions(&scratch.0, fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(prewrite(&scratch.0, MIB).unwrap(), Prewrite::Written(MIB));
+        let mode = fs::metadata(log_file(&scratch.0))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "a mode no usual umask gives");
     }
 
     #[test]
