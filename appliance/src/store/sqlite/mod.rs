@@ -346,7 +346,8 @@ mod tests {
 
     impl Drop for Scratch {
         fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm", "-wal-prewrite"] {
+            let staged = format!("-wal-prewrite-{}", std::process::id());
+            for suffix in ["", "-wal", "-shm", &staged] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
             }
         }

@@ -80,8 +80,9 @@ fn staging_file(db: &Path, pid: u32) -> PathBuf {
     suffixed(db, &format!("-wal-prewrite-{pid}"))
 }
 
-/// Removes the staging files of starts that stopped midway (their process
-/// is gone): a name only, which a linked log keeps under its own.
+/// Removes the staging files of starts that stopped midway: their process
+/// is gone, or was this one's pid (reused after a reboot; this process has
+/// made none yet). A name only, which a linked log keeps under its own.
 fn remove_abandoned(db: &Path) {
     let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
         return;
@@ -92,16 +93,14 @@ fn remove_abandoned(db: &Path) {
     };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let pid = file_name
-            .to_string_lossy()
-            .strip_prefix(&prefix)
-            .map(str::to_owned);
-        let gone = pid.is_some_and(|pid| {
-            pid.parse::<u32>()
-                .is_ok_and(|pid| pid != std::process::id())
-                && !Path::new(&format!("/proc/{pid}")).exists()
-        });
-        if gone {
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -222,13 +221,16 @@ mod tests {
         let scratch = closed_database("stale");
         // No process has pid 0x7fff_fff0 (the kernel's maximum is lower).
         let abandoned = staging_file(&scratch.0, 0x7fff_fff0);
+        // A killed start's, under the pid this process has now.
+        let reused = staging_file(&scratch.0, std::process::id());
         let running = staging_file(&scratch.0, 1);
-        fs::write(&abandoned, b"half").unwrap();
-        fs::write(&running, b"half").unwrap();
+        for file in [&abandoned, &reused, &running] {
+            fs::write(file, b"half").unwrap();
+        }
         assert_eq!(prewrite(&scratch.0, MIB).unwrap(), Prewrite::Written(MIB));
         assert!(!abandoned.exists());
         assert!(running.exists(), "pid 1 runs: its file is its own");
-        assert!(!staging_file(&scratch.0, std::process::id()).exists());
+        assert!(!reused.exists());
         assert_eq!(fs::metadata(log_file(&scratch.0)).unwrap().len(), MIB);
         fs::remove_file(running).unwrap();
     }
