@@ -10,6 +10,7 @@ use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::store::node_lock::{NodeLock, PostgresNodeLock};
 use crate::store::{PostgresRegistry, Registry, SqliteRegistry};
 
 /// The config path: `--config`, else `$DOJANG_CONFIG`, else the default.
@@ -101,6 +102,25 @@ pub fn open_service_registry(
     let registry = open_registry_as(config, true)?;
     registry.seal_audit_with(audit_sealer(config, backend));
     Ok(registry)
+}
+
+/// The lock of this configuration's node, taken before the daemon opens
+/// its registry: a second process of the node is refused here, before it
+/// writes anything.
+pub fn take_node_lock(config: &Config, node_id: &str) -> anyhow::Result<NodeLock> {
+    let store = config
+        .store
+        .as_ref()
+        .context("this needs a [store] table in the configuration")?;
+    match (&store.sqlite, &store.postgres) {
+        (Some(path), _) => NodeLock::sqlite(path),
+        (None, Some(url)) => Ok(NodeLock::Postgres(Box::new(PostgresNodeLock::take(
+            url,
+            store.postgres_ca.as_deref(),
+            node_id,
+        )?))),
+        (None, None) => anyhow::bail!("[store]: set sqlite or postgres"),
+    }
 }
 
 /// The audit seals of this configuration's token: node keys derived from

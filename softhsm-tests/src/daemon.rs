@@ -616,6 +616,20 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until `text` is in the daemon's log `count`
+    /// times; the test fails with the log otherwise.
+    pub fn wait_for_log(&self, text: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.log().matches(text).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} ({count} times) in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -854,6 +868,26 @@ impl Daemon {
         }
     }
 
+    /// Starts `dojangd serve` a second time with this daemon's very
+    /// configuration, which must refuse within 30 s; what it said.
+    pub fn second_start_refused(&self) -> String {
+        crate::refused_within(
+            self.command("dojangd")
+                .args(["serve", "--config"])
+                .arg(&self.config),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// How many of the log's entries (see [`Daemon::audit_entries`])
+    /// contain `text`.
+    pub fn audit_count(&self, text: &str) -> usize {
+        self.audit_entries()
+            .iter()
+            .filter(|e| e.contains(text))
+            .count()
+    }
+
     /// The DS keys (`ds-1` first).
     pub fn keys(&self) -> Vec<serde_json::Value> {
         self.chain_keys("ds")
@@ -1042,7 +1076,7 @@ impl Daemon {
     /// with its own ports and `node_id`. Drop it before `self`.
     pub fn second_node(&self, node_id: &str) -> Daemon {
         self.sibling(
-            node_id,
+            Some(node_id),
             listener_addresses(),
             None,
             &self.device.conf_path(),
@@ -1065,14 +1099,34 @@ impl Daemon {
         let first = crate::ports::reserve(3);
         let at = |port| SocketAddr::from((site.ip, port));
         let addresses = (at(first), at(first + 1), at(first + 2));
-        self.sibling(node_id, addresses, Some(store_url), token_conf, Some(site))
+        self.sibling(
+            Some(node_id),
+            addresses,
+            Some(store_url),
+            token_conf,
+            Some(site),
+        )
     }
 
-    /// Another node from this one's configuration: its own listeners,
-    /// node id, log, and perhaps registry, token and site; started.
+    /// A second process of this very node (same `node_id`, store, token
+    /// and files) on listeners of its own: what a unit started twice or a
+    /// copied configuration runs. Started; drop it before `self`.
+    pub fn twin(&self) -> Daemon {
+        self.sibling(
+            None,
+            listener_addresses(),
+            None,
+            &self.device.conf_path(),
+            None,
+        )
+    }
+
+    /// Another process from this one's configuration: its own listeners
+    /// and log, its own node id (`None`: this one's), and perhaps
+    /// registry, token and site; started.
     fn sibling(
         &self,
-        node_id: &str,
+        rename: Option<&str>,
         (api, public, ops): (SocketAddr, SocketAddr, SocketAddr),
         store_url: Option<&str>,
         token_conf: &Path,
@@ -1082,8 +1136,11 @@ impl Daemon {
             .expect("config")
             .replace(&self.api.to_string(), &api.to_string())
             .replace(&self.public.to_string(), &public.to_string())
-            .replace(&self.ops.to_string(), &ops.to_string())
-            .replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+            .replace(&self.ops.to_string(), &ops.to_string());
+        if let Some(node_id) = rename {
+            text = text.replace("node_id = \"", &format!("node_id = \"{node_id}-"));
+        }
+        let name = rename.unwrap_or("twin");
         // The first node's wallet listener stays its own.
         if let Some(at) = text.find("\n[server.wallet]") {
             let end = text[at + 1..]
@@ -1099,7 +1156,7 @@ impl Daemon {
                 .to_owned();
             text = text.replace(&store, &format!("postgres = \"{url}\""));
         }
-        let config = self.scratch().join(format!("{node_id}.toml"));
+        let config = self.scratch().join(format!("{name}.toml"));
         write(&config, &text);
         let mut daemon = Daemon {
             device: Device::Shared {
@@ -1113,7 +1170,7 @@ impl Daemon {
             config,
             policy: self.policy.clone(),
             tls: self.tls.clone(),
-            log: self.scratch().join(format!("{node_id}.log")),
+            log: self.scratch().join(format!("{name}.log")),
             env: self.env.clone(),
             netns: site.map(|s| s.netns.clone()),
             officers: self.officers.clone(),

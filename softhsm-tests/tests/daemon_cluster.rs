@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use softhsm_tests::daemon::{self, Daemon, Options, PgSchema, Store};
 
@@ -210,4 +211,125 @@ fn two_nodes_rotate_once_per_schedule_point_and_both_switch() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     drop(b);
+}
+
+/// The backend holding `d`'s node lock (its application name is
+/// `dojangd PID NONCE NODE`).
+fn lock_backend(admin: &mut postgres::Client, d: &Daemon) -> i32 {
+    admin
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1",
+            &[&format!("dojangd {} % test-1", d.pid())],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn node_lock_daemon(schema: &PgSchema) -> Daemon {
+    Daemon::start(Options {
+        store: Store::Postgres(schema.url.clone()),
+        ..Options::default()
+    })
+}
+
+#[test]
+fn one_process_per_node_even_when_its_lock_connection_is_cut() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let mut a = node_lock_daemon(&schema);
+    // A second process of node test-1 (a copied configuration, another
+    // host): refused before it writes anything, naming the holder.
+    let said = a.second_start_refused();
+    assert!(
+        said.contains("another process holds node test-1's lock"),
+        "{said}"
+    );
+    assert!(said.contains(&format!("dojangd {} ", a.pid())), "{said}");
+    assert_eq!(a.audit_count("tls.load"), 1);
+    // An insider (or an outage) ends the lock's connection: the node takes
+    // the lock again and serves on.
+    let mut admin = PgSchema::admin();
+    let cut = lock_backend(&mut admin, &a);
+    let _ = admin
+        .execute("SELECT pg_terminate_backend($1, 5000)", &[&cut])
+        .unwrap();
+    a.wait_for_log("lock taken again", 1);
+    assert_ne!(lock_backend(&mut admin, &a), cut);
+    assert_eq!(a.issue("mdoc", 1).status, 201);
+    // Cut again, another session waiting for the node's lock: it gets the
+    // lock as the daemon's session ends, before the daemon looks. The
+    // daemon stops, and says why.
+    let cut = lock_backend(&mut admin, &a);
+    let key = dojang::store::node_lock::node_lock_key(&schema.name, "test-1");
+    let waiter = std::thread::spawn(move || {
+        let mut other = PgSchema::admin();
+        let _ = other
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .unwrap();
+        other
+    });
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid = ($1::int8 >> 32)::oid AND objid = ($1::int8 & 4294967295)::oid",
+            &[&key],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = admin
+        .execute("SELECT pg_terminate_backend($1, 5000)", &[&cut])
+        .unwrap();
+    let mut other = waiter.join().unwrap();
+    let status = a.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = a.log();
+    assert!(
+        log.contains(
+            "another process took node test-1's lock while this one's connection was gone"
+        ),
+        "{log}"
+    );
+    // Once that session lets go, the node starts again.
+    let _ = other
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .unwrap();
+    a.spawn();
+    assert_eq!(a.issue("mdoc", 2).status, 201);
+}
+
+#[test]
+fn a_frozen_node_loses_its_lock_to_its_restart_and_stops_when_it_wakes() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let mut a = node_lock_daemon(&schema);
+    // The host stops answering (a frozen VM, a cut network: the server's
+    // side of it), and the node is started elsewhere. The start waits for
+    // the server to drop the silent session, then serves.
+    a.signal("STOP");
+    let b = a.twin();
+    assert!(
+        b.log()
+            .contains("silent: waiting for the server to drop it"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(b.issue("mdoc", 1).status, 201);
+    // The frozen process wakes: it finds its node taken, and stops.
+    a.signal("CONT");
+    let status = a.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        a.log().contains(
+            "another process took node test-1's lock while this one's connection was gone"
+        ),
+        "{}",
+        a.log()
+    );
+    assert_eq!(b.issue("mdoc", 2).status, 201);
 }

@@ -235,10 +235,7 @@ fn a_key_view_built_while_the_hsm_is_lost_is_built_again_once_it_is_back() {
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
     d.p11kit().kill();
     d.signal("HUP");
-    wait_for_log(
-        &d,
-        "no DS key can sign: issuance refused until one is ready",
-    );
+    d.wait_for_log("no DS key can sign: issuance refused until one is ready", 1);
     assert_eq!(issue(&d, "counter", 2, "mdoc").status, 503);
 
     d.p11kit().restart();
@@ -269,6 +266,31 @@ fn each_thread_shows_under_a_name_of_its_own() {
 }
 
 #[test]
+fn a_second_daemon_of_the_same_registry_is_refused_before_it_writes() {
+    let mut d = Daemon::start(Options::default());
+    assert_eq!(d.audit_count("tls.load"), 1);
+    // The unit started twice, or an operator's copy of the configuration.
+    let said = d.second_start_refused();
+    assert!(
+        said.contains("another dojangd serves this registry"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("held by process {}", d.pid())),
+        "{said}"
+    );
+    // Nothing of the refused process reached the log; the first serves on.
+    assert_eq!(d.audit_count("tls.load"), 1);
+    assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    // A daemon killed outright leaves its lock file, not its lock.
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(10));
+    d.spawn();
+    assert_eq!(d.audit_count("tls.load"), 2);
+    assert_eq!(issue(&d, "counter", 2, "mdoc").status, 201);
+}
+
+#[test]
 fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     let d = Daemon::start(Options::default());
     assert_eq!(issue(&d, "gateway", 1, "mdoc").status, 201);
@@ -277,7 +299,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     // A broken policy: refused, the old one stays.
     std::fs::write(&d.policy, "name = \"broken\"\nbogus = 1\n").unwrap();
     d.signal("HUP");
-    wait_for_log(&d, "reload refused");
+    d.wait_for_log("reload refused", 1);
     assert_eq!(issue(&d, "gateway", 2, "mdoc").status, 201);
 
     // A broken CRL file: refused as a whole too.
@@ -290,7 +312,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     .unwrap();
     std::fs::write(&d.policy, &adopted).unwrap();
     d.signal("HUP");
-    wait_for_count(&d, "reload refused", 2);
+    d.wait_for_log("reload refused", 2);
     assert_eq!(issue(&d, "counter", 3, "mdoc").status, 201);
     std::fs::write(&crl, good_crl).unwrap();
 
@@ -302,7 +324,7 @@ fn sighup_applies_a_good_policy_and_refuses_a_broken_one() {
     );
     std::fs::write(&d.policy, &without_gateway).unwrap();
     d.signal("HUP");
-    wait_for_count(&d, "reload refused", 3);
+    d.wait_for_log("reload refused", 3);
     assert!(d.log().contains("officers adopted"), "{}", d.log());
     assert_eq!(issue(&d, "gateway", 6, "mdoc").status, 201);
     let hash = dojang_policies::Policy::parse("new", &without_gateway)
@@ -344,7 +366,7 @@ fn sighup_applies_a_new_crl_to_new_connections() {
     assert_eq!(before.get("/v1/credentials/x").status, 404);
     let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
     d.signal("HUP");
-    wait_for_log(&d, "reloaded TLS files");
+    d.wait_for_log("reloaded TLS files", 1);
     let (jwk, _) = daemon::phone();
     let refused = d.client("counter").try_send(
         "POST",
@@ -384,8 +406,8 @@ fn a_changed_client_crl_file_applies_without_a_signal_and_readiness_watches_it()
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
     // The CA revokes `counter`; the operator replaces the file, no SIGHUP.
     let _ = std::fs::copy(d.tls.join("crl-counter-revoked.pem"), d.tls.join("crl.pem")).unwrap();
-    wait_for_log(&d, "a client CRL file changed");
-    wait_for_log(&d, "reloaded TLS files");
+    d.wait_for_log("a client CRL file changed", 1);
+    d.wait_for_log("reloaded TLS files", 1);
     let (jwk, _) = daemon::phone();
     let refused = d.client("counter").try_send(
         "POST",
@@ -424,7 +446,7 @@ fn what_the_listeners_loaded_is_audited_by_fingerprint_and_no_entry_names_a_host
     let crl_after = der_fingerprint(&d.tls.join("crl.pem"));
     assert_ne!(crl_before, crl_after);
     d.signal("HUP");
-    wait_for_log(&d, "reloaded TLS files");
+    d.wait_for_log("reloaded TLS files", 1);
     let entries = d.audit_entries();
     let entry = |action: &str| {
         entries
@@ -472,18 +494,6 @@ fn adopt_elsewhere(d: &Daemon) {
             ["ab".repeat(32)],
         )
         .unwrap();
-}
-
-fn wait_for_log(d: &Daemon, text: &str) {
-    wait_for_count(d, text, 1);
-}
-
-fn wait_for_count(d: &Daemon, text: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.log().matches(text).count() < count {
-        assert!(Instant::now() < deadline, "no {text:?} in:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

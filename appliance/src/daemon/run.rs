@@ -123,6 +123,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .context("this needs a [server] table in the configuration")?;
     let credential = config.credential().map_err(anyhow::Error::msg)?.clone();
+    // Before the registry opens: a second process of this node writes nothing.
+    let node_lock = crate::cli::take_node_lock(&config, &server.node_id)?;
     let shared = start(&config, &server)?;
     let api_tls = tls::api_config(&server.api, Some(shared.service.node.backend))?;
     let public_tls = tls::public_config(&server.public)?;
@@ -140,6 +142,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.keys.lifecycle_interval_ms,
     )?;
     let status_thread = threads::status(shared.service.clone(), stop_threads.clone())?;
+    let (node_lock, node_lost) = threads::hold_node_lock(node_lock, stop_threads.clone())?;
     let mirror_site = server.public.mirror_dir.clone().map(|dir| {
         Arc::new(threads::MirrorSite {
             dir,
@@ -161,7 +164,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(RwLock::new(Some(api_tls))) as TlsSlot,
         Arc::new(RwLock::new(public_tls)) as TlsSlot,
     );
-    runtime.block_on(serve(&server, &credential, &shared, slots))?;
+    let lost = runtime.block_on(serve(&server, &credential, &shared, slots, node_lost))?;
     // Nothing may still be inside the token, the store or OpenSSL when the
     // process exits and their globals are torn down (a signing job left
     // running there crashed an exit): the connections' tasks end, then the
@@ -178,14 +181,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = keys_thread.join();
     let _ = status_thread.join();
-    shared.service.record_event("stop", "ok", None);
+    // Held until this run's last entry is written.
+    let _node_lock = node_lock.join();
+    let outcome = if lost.is_some() { "error" } else { "ok" };
+    shared.service.record_event("stop", outcome, None);
     let _ = shared.service.audit.checkpoint();
     // The mirror ends with this run's last checkpoint.
     if let (Some(site), Some(Ok(mut mirror))) = (mirror_site, mirror_thread.map(|t| t.join())) {
         site.update(&mut mirror, &shared.service);
     }
     tracing::info!("stopped");
-    Ok(())
+    match lost {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 /// The three routers.
@@ -220,7 +229,8 @@ async fn serve(
     credential: &CredentialConfig,
     shared: &Shared,
     (api_slot, public_slot): (TlsSlot, TlsSlot),
-) -> anyhow::Result<()> {
+    node_lost: watch::Receiver<Option<String>>,
+) -> anyhow::Result<Option<String>> {
     let bind = |addr: std::net::SocketAddr, name: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -264,13 +274,18 @@ async fn serve(
     }
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
     feed_watchdog(shared);
-    signals(server, shared, &api_slot, &public_slot, &rekey).await?;
+    let lost = signals(server, shared, (&api_slot, &public_slot), &rekey, node_lost).await?;
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("stopping: draining requests in flight");
     shared.closing.store(true, Ordering::Release);
     let _ = stop.send(true);
-    drain(&server.limits, shared, tasks).await;
-    Ok(())
+    // Another process is the node now: what is in flight is not waited for.
+    let limit = match lost {
+        Some(_) => Duration::ZERO,
+        None => Duration::from_millis(server.limits.drain_timeout_ms),
+    };
+    drain(limit, shared, tasks).await;
+    Ok(lost)
 }
 
 /// The wallet listener, if configured, and the task that purges what
@@ -372,14 +387,15 @@ fn crl_stamps(server: &ServerConfig) -> Vec<Option<(std::time::SystemTime, u64)>
 }
 
 /// Reloads on SIGHUP, and when a client CRL file changes (a revoked client
-/// must not wait for an operator's signal), until SIGTERM or SIGINT.
+/// must not wait for an operator's signal), until SIGTERM or SIGINT, or
+/// until another process took this node's lock (then why).
 async fn signals(
     server: &ServerConfig,
     shared: &Shared,
-    api_slot: &TlsSlot,
-    public_slot: &TlsSlot,
+    (api_slot, public_slot): (&TlsSlot, &TlsSlot),
     rekey: &watch::Sender<u64>,
-) -> anyhow::Result<()> {
+    mut node_lost: watch::Receiver<Option<String>>,
+) -> anyhow::Result<Option<String>> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -399,8 +415,17 @@ async fn signals(
                     reload_and_report(server, shared, (api_slot, public_slot), rekey, "reload.crl").await;
                 }
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            changed = node_lost.changed() => match changed {
+                Ok(()) => {
+                    if let Some(why) = node_lost.borrow().clone() {
+                        return Ok(Some(why));
+                    }
+                }
+                // Its thread ended while serving (a panic): unlocked.
+                Err(_) => return Ok(Some("the node lock's thread ended".into())),
+            },
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
         }
     }
 }
@@ -433,18 +458,14 @@ async fn reload_and_report(
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
-/// Waits for requests in flight, then for the listeners to close.
-async fn drain(limits: &Limits, shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    let drained = tokio::time::timeout(
-        Duration::from_millis(limits.drain_timeout_ms),
-        shared.in_flight.drained(),
-    )
-    .await;
+/// Waits (up to `limit`) for requests in flight, then for the listeners to close.
+async fn drain(limit: Duration, shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let drained = tokio::time::timeout(limit, shared.in_flight.drained()).await;
     if drained.is_err() {
         tracing::warn!("drain timed out with requests still in flight");
     }
     // Each listener returns once its connections have closed.
-    let deadline = Duration::from_millis(limits.drain_timeout_ms) + Duration::from_secs(2);
+    let deadline = limit + Duration::from_secs(2);
     for task in tasks {
         let _ = tokio::time::timeout(deadline, task).await;
     }

@@ -2,8 +2,8 @@
 //! entries, signs checkpoints when due), the key lifecycle thread (on a
 //! thread of its own: generating a key takes the token for a while, which
 //! must not hold up audit checkpoints) and the status-list thread
-//! (re-signs stale lists off the request path). All stop when `stop` is
-//! set.
+//! (re-signs stale lists off the request path), and the node lock's
+//! thread. All stop when `stop` is set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::watch;
 
 use crate::service::Service;
+use crate::store::node_lock::{Held, NodeLock};
 
 /// Starts the audit thread.
 pub(super) fn audit(
@@ -106,6 +108,82 @@ pub(super) fn status(
             }
         })
         .context("starting the status-list thread")
+}
+
+/// How often the node's lock is looked at: a second process of the node
+/// could run this long beside this one after this one's lock ended (its
+/// file removed, its connection cut).
+const NODE_LOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// How long the daemon's end waits for the node lock's thread (one stuck
+/// in a call to an unanswering server keeps the lock until the process
+/// ends, which is what the lock is for).
+const NODE_LOCK_JOIN: Duration = Duration::from_secs(10);
+
+/// The thread that holds the node's lock for the daemon's life.
+pub(super) struct HeldLock(JoinHandle<NodeLock>);
+
+impl HeldLock {
+    /// The lock, once its thread (stopped by `stop`) gave it back.
+    pub(super) fn join(self) -> Option<NodeLock> {
+        let deadline = Instant::now() + NODE_LOCK_JOIN;
+        while !self.0.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.0.is_finished() {
+            self.0.join().ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// Holds the node's lock on a thread that looks at it each round and takes
+/// it again if it ended (its file removed, its connection cut). If another
+/// process took the node meanwhile, the thread sets `stop` for the other
+/// threads and the receiver says why: the daemon stops.
+pub(super) fn hold_node_lock(
+    mut lock: NodeLock,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(HeldLock, watch::Receiver<Option<String>>)> {
+    let (lost, node_lost) = watch::channel(None);
+    let thread = std::thread::Builder::new()
+        .name("dojang-node".into())
+        .spawn(move || {
+            let mut reachable = true;
+            loop {
+                // In slices, so a stop never waits out a round.
+                let next = Instant::now() + NODE_LOCK_CHECK;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match lock.check() {
+                    Held::Still => {}
+                    Held::Retaken => {
+                        tracing::warn!("the node lock had ended (its file removed or its connection cut): lock taken again");
+                        reachable = true;
+                    }
+                    Held::Unreachable(e) => {
+                        if reachable {
+                            tracing::error!(error = %e, "the node lock cannot be looked at: taking it again when it can");
+                        }
+                        reachable = false;
+                    }
+                    Held::Lost(why) => {
+                        tracing::error!("{why}: stopping");
+                        stop.store(true, Ordering::Relaxed);
+                        let _ = lost.send(Some(why));
+                        break;
+                    }
+                }
+            }
+            lock
+        })
+        .context("starting the node lock's thread")?;
+    Ok((HeldLock(thread), node_lost))
 }
 
 /// What the mirror thread needs besides the service.

@@ -13,6 +13,7 @@
 
 mod audit_numbers;
 mod keyring;
+pub mod node_lock;
 mod postgres;
 mod registry;
 mod sql;

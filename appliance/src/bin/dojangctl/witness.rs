@@ -212,22 +212,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
     let mut path = state.as_os_str().to_owned();
     path.push(".lock");
-    let path = PathBuf::from(path);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("{}", path.display()))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(anyhow::anyhow!(
-            "another witness process holds {} (one process per state file)",
-            path.display()
-        )),
-        Err(e) => Err(anyhow::Error::new(std::io::Error::from(e)))
-            .with_context(|| format!("locking {}", path.display())),
-    }
+    dojang::store::node_lock::lock_file(
+        &PathBuf::from(path),
+        "another witness process holds its state (one process per state file)",
+    )
 }
 
 /// The state the witness goes on from: read and checked, or with `init`

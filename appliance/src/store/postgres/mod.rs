@@ -13,9 +13,11 @@ mod at_once;
 mod connection;
 mod errors;
 mod group;
+mod node_lock;
 mod placement;
 mod quota;
 mod sequencer;
+mod tls;
 mod tx;
 
 use std::cell::RefCell;
@@ -23,12 +25,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use postgres::config::{Host, SslMode};
 use postgres_openssl::MakeTlsConnector;
 
 use self::connection::{Connection, RawTx, STATEMENT_TIMEOUT_MS};
 use self::errors::{RETRYABLE, map_err};
+pub use self::node_lock::{Held, PostgresNodeLock, node_lock_key};
 use self::sequencer::{Numbers, VOID_ROLLED_BACK, VOID_UNWRITTEN};
+pub use self::tls::is_local;
+use self::tls::tls_for;
 use self::tx::PgTx;
 use super::StoreError;
 use super::sql::migrations::{self, Dialect};
@@ -79,39 +83,6 @@ pub type PostgresRegistry = SqlRegistry<PostgresDriver>;
 
 fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(m) if m.starts_with(RETRYABLE))
-}
-
-/// Whether every way `config` reaches the server stays on this host: a
-/// Unix socket or the loopback names, and no `hostaddr` (which libpq and
-/// tokio-postgres connect to whatever `host` says).
-pub fn is_local(config: &postgres::Config) -> bool {
-    !config.get_hosts().is_empty()
-        && config.get_hostaddrs().is_empty()
-        && config.get_hosts().iter().all(|h| match h {
-            Host::Unix(_) => true,
-            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
-        })
-}
-
-fn tls_for(
-    config: &postgres::Config,
-    ca_file: Option<&std::path::Path>,
-) -> Result<Option<MakeTlsConnector>, StoreError> {
-    let local = is_local(config);
-    if !local && config.get_ssl_mode() != SslMode::Require {
-        return Err(StoreError::Internal(
-            "store.postgres: a server on the network needs sslmode=require (verified TLS)".into(),
-        ));
-    }
-    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
-        .map_err(|e| StoreError::Internal(format!("TLS for PostgreSQL: {e}")))?;
-    if let Some(ca) = ca_file {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| StoreError::Internal(format!("{}: {e}", ca.display())))?;
-    }
-    // Local traffic never leaves the host: TLS only when asked for.
-    Ok((config.get_ssl_mode() == SslMode::Require).then(|| MakeTlsConnector::new(builder.build())))
 }
 
 impl SqlRegistry<PostgresDriver> {
