@@ -256,6 +256,11 @@ fn one_process_per_node_even_when_its_lock_connection_is_cut() {
         .unwrap();
     a.wait_for_log("lock taken again", 1);
     assert_ne!(lock_backend(&mut admin, &a), cut);
+    let metrics = String::from_utf8(a.ops_client().get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("dojang_node_lock_events_total{event=\"retaken\"} 1\n"),
+        "{metrics}"
+    );
     assert_eq!(a.issue("mdoc", 1).status, 201);
     // Cut again, another session waiting for the node's lock: it gets the
     // lock as the daemon's session ends, before the daemon looks. The

@@ -282,6 +282,21 @@ fn a_second_daemon_of_the_same_registry_is_refused_before_it_writes() {
     // Nothing of the refused process reached the log; the first serves on.
     assert_eq!(d.audit_count("tls.load"), 1);
     assert_eq!(issue(&d, "counter", 1, "mdoc").status, 201);
+    // A "stale lock" removed by hand: the daemon locks a new file at once,
+    // counts it, and a second start is still refused.
+    let lock_events = |d: &Daemon| {
+        let text = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+        let metrics = parse_metrics(&text);
+        ["retaken", "unreachable", "lost"]
+            .map(|event| metrics[&format!("dojang_node_lock_events_total{{event=\"{event}\"}}")])
+    };
+    assert_eq!(lock_events(&d), [0.0, 0.0, 0.0]);
+    std::fs::remove_file(d.scratch().join("registry.db.lock")).unwrap();
+    d.wait_for_log("lock taken again", 1);
+    assert_eq!(lock_events(&d), [1.0, 0.0, 0.0]);
+    assert!(d
+        .second_start_refused()
+        .contains("another dojangd serves this registry"));
     // A daemon killed outright leaves its lock file, not its lock.
     d.signal("KILL");
     let _ = d.wait_exit(Duration::from_secs(10));

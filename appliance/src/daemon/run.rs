@@ -142,7 +142,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.keys.lifecycle_interval_ms,
     )?;
     let status_thread = threads::status(shared.service.clone(), stop_threads.clone())?;
-    let (node_lock, node_lost) = threads::hold_node_lock(node_lock, stop_threads.clone())?;
+    let (node_lock, node_lost) =
+        threads::hold_node_lock(node_lock, stop_threads.clone(), shared.metrics.clone())?;
     let mirror_site = server.public.mirror_dir.clone().map(|dir| {
         Arc::new(threads::MirrorSite {
             dir,

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
+use crate::metrics::store::NodeLockEvent;
 use crate::service::Service;
 use crate::store::node_lock::{Held, NodeLock};
 
@@ -145,6 +147,7 @@ impl HeldLock {
 pub(super) fn hold_node_lock(
     mut lock: NodeLock,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(HeldLock, watch::Receiver<Option<String>>)> {
     let (lost, node_lost) = watch::channel(None);
     let thread = std::thread::Builder::new()
@@ -163,16 +166,19 @@ pub(super) fn hold_node_lock(
                 match lock.check() {
                     Held::Still => {}
                     Held::Retaken => {
+                        metrics.store.node_lock(NodeLockEvent::Retaken);
                         tracing::warn!("the node lock had ended (its file removed or its connection cut): lock taken again");
                         reachable = true;
                     }
                     Held::Unreachable(e) => {
                         if reachable {
+                            metrics.store.node_lock(NodeLockEvent::Unreachable);
                             tracing::error!(error = %e, "the node lock cannot be looked at: taking it again when it can");
                         }
                         reachable = false;
                     }
                     Held::Lost(why) => {
+                        metrics.store.node_lock(NodeLockEvent::Lost);
                         tracing::error!("{why}: stopping");
                         stop.store(true, Ordering::Relaxed);
                         let _ = lost.send(Some(why));

@@ -7,11 +7,15 @@
 //! writes each group commit carried, how long running them took and how
 //! long the COMMIT (the log's frames written and synced) took. A commit
 //! tail that is not in the run is the disk's.
+//!
+//! And the node's lock (one process per node): how often it ended and was
+//! taken again, could not be looked at, or was lost to another process.
 
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    exponential_buckets,
 };
 
 /// The store metrics.
@@ -21,6 +25,29 @@ pub struct StoreMetrics {
     /// `dojang_sqlite_wal_restarts_total`.
     wal_restarts: IntCounter,
     writer: WriterMetrics,
+    /// `dojang_node_lock_events_total{event}`.
+    node_lock: IntCounterVec,
+}
+
+/// What befell the node's lock, as counted.
+#[derive(Clone, Copy, Debug)]
+pub enum NodeLockEvent {
+    /// It had ended (its file removed, its connection cut); taken again.
+    Retaken,
+    /// It could not be looked at (counted once per spell).
+    Unreachable,
+    /// Another process took the node: the daemon stops.
+    Lost,
+}
+
+impl NodeLockEvent {
+    fn label(self) -> &'static str {
+        match self {
+            NodeLockEvent::Retaken => "retaken",
+            NodeLockEvent::Unreachable => "unreachable",
+            NodeLockEvent::Lost => "lost",
+        }
+    }
 }
 
 /// What SQLite's writer observes of each group commit.
@@ -83,6 +110,28 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+#[allow(clippy::expect_used)] // fixed definitions, registered once
+fn node_lock_events(r: &Registry) -> IntCounterVec {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "dojang_node_lock_events_total",
+            "Times this node's lock ended and was taken again (retaken), could not be looked at (unreachable, once per spell) or was taken by another process (lost: the daemon stops).",
+        ),
+        &["event"],
+    )
+    .expect("metric definition");
+    r.register(Box::new(c.clone())).expect("registration");
+    for event in [
+        NodeLockEvent::Retaken,
+        NodeLockEvent::Unreachable,
+        NodeLockEvent::Lost,
+    ] {
+        // Every series from the start: an alert on a rise needs a 0 first.
+        let _ = c.with_label_values(&[event.label()]);
+    }
+    c
+}
+
 /// Moves `c` up to `now`, a count the store keeps (never down).
 fn catch_up(c: &IntCounter, now: u64) {
     c.inc_by(now.saturating_sub(c.get()));
@@ -103,7 +152,13 @@ impl StoreMetrics {
                 "Times SQLite's write-ahead log was made to start over past its bound (~1 GiB); the writer waits meanwhile.",
             ),
             writer: writer_metrics(r),
+            node_lock: node_lock_events(r),
         }
+    }
+
+    /// Counts what befell the node's lock.
+    pub fn node_lock(&self, event: NodeLockEvent) {
+        self.node_lock.with_label_values(&[event.label()]).inc();
     }
 
     /// Handles for SQLite's writer to observe its group commits.
