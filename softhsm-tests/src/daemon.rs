@@ -619,15 +619,16 @@ impl Daemon {
     /// Waits (up to 10 s) until `text` is in the daemon's log `count`
     /// times; the test fails with the log otherwise.
     pub fn wait_for_log(&self, text: &str, count: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.log().matches(text).count() < count {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {text:?} ({count} times) in:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_until(
+            Duration::from_secs(10),
+            &format!("no {text:?} ({count} times) in the log"),
+            || self.log().matches(text).count() >= count,
+        );
+    }
+
+    /// [`crate::wait_until`], the daemon's log in the failure.
+    pub fn wait_until(&self, limit: Duration, what: &str, ready: impl FnMut() -> bool) {
+        crate::wait_until_explained(limit, ready, || format!("{what}:\n{}", self.log()));
     }
 
     /// The process id.

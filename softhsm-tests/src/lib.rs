@@ -276,9 +276,11 @@ impl P11KitServer {
         self.child = Some(Guarded(child));
         // The socket file appears at bind, before listen: a client that
         // connects in between finds no token.
-        wait_until(Duration::from_secs(10), "p11-kit server listening", || {
-            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "the p11-kit server is not listening",
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+        );
     }
 }
 
@@ -289,14 +291,30 @@ pub struct Swtpm {
     child: Option<Guarded>,
 }
 
-fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+/// Waits until `ready` holds, looking at once, then every 20 ms and less
+/// often up to every 200 ms; after `limit` the test fails saying `what`
+/// (what did not happen).
+pub fn wait_until(limit: Duration, what: &str, ready: impl FnMut() -> bool) {
+    wait_until_explained(limit, ready, || what.to_owned());
+}
+
+/// [`wait_until`], the failure's text made only when it fails (a
+/// daemon's log, say).
+pub fn wait_until_explained(
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+    failure: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(20);
     while !ready() {
         assert!(
             Instant::now() < deadline,
-            "{what} not ready after {limit:?}"
+            "{} (waited {limit:?})",
+            failure()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
@@ -355,7 +373,7 @@ impl Swtpm {
             .expect("swtpm (run `make deps`)");
         self.child = Some(Guarded(child));
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_until(Duration::from_secs(10), "swtpm", || {
+        wait_until(Duration::from_secs(10), "swtpm is not listening", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
         });
     }

@@ -277,23 +277,15 @@ fn a_row_forged_while_the_token_is_away_is_refused_once_it_is_back() {
     );
     // The reload builds the key view while the token is away.
     d.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.log().contains("reloaded TLS files, CRLs, policy and PKI") {
-        assert!(Instant::now() < deadline, "no reload:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_for_log("reloaded TLS files, CRLs, policy and PKI", 1);
     assert_eq!(metric(&d, refused), 0.0, "checked with no token?");
 
     d.p11kit().restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&d, refused) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the forged row was not checked once the token was back:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    d.wait_until(
+        Duration::from_secs(20),
+        "the forged row was not checked once the token was back",
+        || metric(&d, refused) >= 1.0,
+    );
     let status_jwks = d.public_client().get("/status/jwks.json");
     let audit_kid = sql.kid("audit-1");
     assert!(

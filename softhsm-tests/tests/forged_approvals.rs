@@ -151,15 +151,11 @@ fn forged_signatures_make_no_order(store: Store, mut insider: impl FnMut(&Daemon
     sql.set_document("policy.sha256", &forged.hash);
     let unadopted =
         "dojang_key_orders_refused_total{order=\"change_policy\",reason=\"unverified_adoption\"}";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&d, unadopted) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the swapped policy was not refused:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.wait_until(
+        Duration::from_secs(30),
+        "the swapped policy was not refused",
+        || metric(&d, unadopted) >= 1.0,
+    );
     // The node keeps the policy its officers adopted, and serves.
     let ready = d.ops_client().get("/readyz");
     assert_eq!(ready.status, 200, "{}", d.log());

@@ -136,14 +136,6 @@ fn public_key_of(db: &rusqlite::Connection, label: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn wait_until(d: &Daemon, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_ds_row_with_a_certificate_the_iaca_did_not_issue_neither_publishes_nor_signs() {
     let d = offline();
@@ -171,8 +163,8 @@ fn a_ds_row_with_a_certificate_the_iaca_did_not_issue_neither_publishes_nor_sign
     // The refusal is counted while the new key view is built, and that
     // view is served a moment later: until then the key's earlier,
     // genuine publication stands.
-    wait_until(
-        &d,
+    d.wait_until(
+        Duration::from_secs(20),
         "the forged certificate refused, and its key withdrawn",
         || metric(&d, refused) >= 1.0 && !jwks().contains(active["kid"].as_str().unwrap()),
     );
@@ -273,9 +265,11 @@ fn a_key_written_back_into_the_pool_or_a_root_without_a_link_is_not_trusted() {
     insider.set_document("iaca.rollovers", &rollovers.to_string());
     let unverified =
         "dojang_key_orders_refused_total{order=\"rollover\",reason=\"unverified_link\"}";
-    wait_until(&d, "the forged rollover refused", || {
-        metric(&d, unverified) >= 1.0
-    });
+    d.wait_until(
+        Duration::from_secs(20),
+        "the forged rollover refused",
+        || metric(&d, unverified) >= 1.0,
+    );
     let listed = d.public_client().get("/iacas.json").json();
     assert_eq!(listed["iacas"].as_array().unwrap().len(), 1, "{listed}");
     let bundle = String::from_utf8(d.public_client().get("/iaca.pem").body).unwrap();
@@ -297,9 +291,11 @@ fn a_crl_the_iaca_did_not_sign_is_not_served() {
         .unwrap();
     let mut insider = Insider::sqlite(&d);
     insider.set_document("iaca.crl", &forged_pem);
-    wait_until(&d, "the view rebuilt from the changed CRL row", || {
-        d.public_client().get("/iaca.crl").body != genuine
-    });
+    d.wait_until(
+        Duration::from_secs(20),
+        "the view rebuilt from the changed CRL row",
+        || d.public_client().get("/iaca.crl").body != genuine,
+    );
     let served = d.public_client().get("/iaca.crl");
     assert_ne!(served.body, forged, "the forged CRL is served");
     assert_eq!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use softhsm_tests::daemon::{Daemon, Options};
 use softhsm_tests::https::{Client, Target};
+use softhsm_tests::wait_until;
 use softhsm_tests::web::StaticServer;
 
 /// `path` from the static server, saved under `dir` for the verifiers.
@@ -241,15 +242,6 @@ fn served_size(d: &Daemon) -> u64 {
         .unwrap()
 }
 
-/// Waits (up to 30 s) until `done` holds.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn a_mirror_that_cannot_write_tiles_keeps_its_checkpoint_and_still_publishes_status() {
     let d = Daemon::start(Options {
@@ -258,9 +250,11 @@ fn a_mirror_that_cannot_write_tiles_keeps_its_checkpoint_and_still_publishes_sta
     });
     let mirror = d.scratch().join("mirror");
     let sd_jwt = d.issued("sd-jwt", 50);
-    wait_until("no first checkpoint in the mirror", || {
-        checkpoint_size(&mirror.join("checkpoint")) > 0
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "no first checkpoint in the mirror",
+        || checkpoint_size(&mirror.join("checkpoint")) > 0,
+    );
     // The tiles' directory cannot be made (a file is in its place).
     std::fs::remove_dir_all(mirror.join("tile")).unwrap();
     std::fs::write(mirror.join("tile"), b"not a directory").unwrap();
@@ -285,17 +279,21 @@ fn a_mirror_that_cannot_write_tiles_keeps_its_checkpoint_and_still_publishes_sta
     wait_for_bit(&mirror, &format!("status/{list}"), "jwt", idx, 1);
     // ...while the checkpoint file stays the one whose tiles are there,
     // though the node signed a later one.
-    wait_until("the node signs no later checkpoint", || {
-        served_size(&d) > before
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the node signs no later checkpoint",
+        || served_size(&d) > before,
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(checkpoint_size(&mirror.join("checkpoint")), before);
     // Once the tiles can be written, the mirror catches up.
     std::fs::remove_file(mirror.join("tile")).unwrap();
     let target = served_size(&d);
-    wait_until("the mirror's checkpoint stays behind", || {
-        checkpoint_size(&mirror.join("checkpoint")) >= target
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the mirror's checkpoint stays behind",
+        || checkpoint_size(&mirror.join("checkpoint")) >= target,
+    );
     let web = StaticServer::start(&mirror, None);
     let note = std::fs::read_to_string(mirror.join("checkpoint")).unwrap();
     assert_tiles_prove(&note, &web);

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use softhsm_tests::daemon::{Daemon, Options, AUDIT_ORIGIN};
+use softhsm_tests::wait_until;
 
 /// A running `dojangctl witness serve`.
 struct WitnessProcess {
@@ -86,14 +87,6 @@ fn start_witness(d: &Daemon, name: &str, port: u16, log_key: &Path) -> WitnessPr
         child,
         url: format!("http://127.0.0.1:{port}"),
         log,
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -174,7 +167,7 @@ fn witnessed(required: bool) -> Witnessed {
     assert_eq!(d.issue("mdoc", 59).status, 201);
     let mut auditor = d.client("auditor");
     let mut pem = String::new();
-    wait_until("no audit key listed", || {
+    wait_until(Duration::from_secs(30), "no audit key listed", || {
         pem = auditor.get("/v1/audit/checkpoint").json()["keys"][0]["public_key_pem"]
             .as_str()
             .unwrap_or_default()
@@ -232,9 +225,11 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
         assert_eq!(d.issue("mdoc", 60 + n).status, 201);
     }
     // The honest witness's cosignature is published with the checkpoint.
-    wait_until("no cosigned checkpoint published", || {
-        cosigned_by(&public_checkpoint(&d), &honest_vkey)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "no cosigned checkpoint published",
+        || cosigned_by(&public_checkpoint(&d), &honest_vkey),
+    );
     let note = public_checkpoint(&d);
     assert!(!cosigned_by(&note, &forked_vkey), "{note}");
     let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
@@ -258,7 +253,7 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     let forgot = refused(&mut serve_command(&d, "w3", port + 2, &log_key));
     assert!(forgot.contains("starts with --init"), "{forgot}");
     // The forked witness refused, and the daemon says so.
-    wait_until("the fork is not reported", || {
+    wait_until(Duration::from_secs(30), "the fork is not reported", || {
         metric(
             &d,
             "dojang_audit_witness_refusals_total{reason=\"inconsistent\",witness=\"w2\"}",
@@ -298,9 +293,11 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
         "{reinit}"
     );
     assert_eq!(d.issue("mdoc", 70).status, 201);
-    wait_until("readiness ignores the missing quorum", || {
-        readiness_check(&d).0 == 503
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "readiness ignores the missing quorum",
+        || readiness_check(&d).0 == 503,
+    );
     let (_, check) = readiness_check(&d);
     assert_eq!(check["ok"], false, "{check}");
     assert!(
@@ -313,9 +310,11 @@ fn an_honest_witness_cosigns_a_forked_one_refuses_and_the_quorum_shows_in_readin
     assert_eq!(metric(&d, "dojang_audit_witness_quorum_met"), Some(0.0));
     // Back, it catches up from the size it holds and the node is ready.
     let _honest = start_witness(&d, "w1", port_of_honest, &log_key);
-    wait_until("the node stays unready with its witness back", || {
-        readiness_check(&d).0 == 200
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the node stays unready with its witness back",
+        || readiness_check(&d).0 == 200,
+    );
     assert!(cosigned_by(&public_checkpoint(&d), &honest_vkey));
 }
 
@@ -342,9 +341,11 @@ fn a_registry_rolled_back_behind_what_a_witness_cosigned_is_reported() {
         honest_vkey,
         ..
     } = witnessed(false);
-    wait_until("no cosigned checkpoint published", || {
-        cosigned_by(&public_checkpoint(&d), &honest_vkey)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "no cosigned checkpoint published",
+        || cosigned_by(&public_checkpoint(&d), &honest_vkey),
+    );
     // An insider keeps a copy of the registry...
     d.signal("TERM");
     let _ = d.wait_exit(Duration::from_secs(20));
@@ -366,25 +367,33 @@ fn a_registry_rolled_back_behind_what_a_witness_cosigned_is_reported() {
         conn.query_row("SELECT MAX(size) FROM checkpoints", [], |r| r.get(0))
             .unwrap()
     };
-    wait_until("the grown log is not cosigned", || {
-        let (size, cosigned) = grown(&d);
-        size > copied_size + 5 && cosigned
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the grown log is not cosigned",
+        || {
+            let (size, cosigned) = grown(&d);
+            size > copied_size + 5 && cosigned
+        },
+    );
     // ...and the copy is put back: the witness holds a larger tree.
     d.signal("TERM");
     let _ = d.wait_exit(Duration::from_secs(20));
     copy_database(&copy, &registry);
     d.spawn();
-    wait_until("the rollback is not reported", || {
-        ["ahead", "inconsistent"].iter().any(|reason| {
-            metric(
-                &d,
-                &format!(
-                    "dojang_audit_witness_refusals_total{{reason=\"{reason}\",witness=\"w1\"}}"
-                ),
-            )
-            .is_some_and(|n| n >= 1.0)
-        })
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the rollback is not reported",
+        || {
+            ["ahead", "inconsistent"].iter().any(|reason| {
+                metric(
+                    &d,
+                    &format!(
+                        "dojang_audit_witness_refusals_total{{reason=\"{reason}\",witness=\"w1\"}}"
+                    ),
+                )
+                .is_some_and(|n| n >= 1.0)
+            })
+        },
+    );
     assert!(!cosigned_by(&public_checkpoint(&d), &honest_vkey));
 }
