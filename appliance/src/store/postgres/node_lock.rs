@@ -24,6 +24,8 @@ use super::tls::tls_for;
 
 /// The longest a look at the lock waits for the server.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest application name the server keeps (NAMEDATALEN − 1).
+const NAME_MAX: usize = 63;
 /// How long a start waits for a silent daemon of its node to lose the lock.
 const TAKE_WAIT: Duration = Duration::from_secs(15);
 /// Seconds without a query after which a holding daemon is said to be
@@ -107,8 +109,10 @@ impl PostgresNodeLock {
         let mut nonce = [0u8; 4];
         openssl::rand::rand_bytes(&mut nonce)?;
         let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-        // The server cuts a name at 63 bytes: the node's end may be lost.
-        let name = format!("dojangd {} {nonce} {node_id}", std::process::id());
+        let mut name = format!("dojangd {} {nonce} {node_id}", std::process::id());
+        // As the server keeps it (a node id is ASCII), so a session can
+        // know its own name there.
+        name.truncate(NAME_MAX);
         let _ = config
             .application_name(&name)
             .connect_timeout(CHECK_TIMEOUT)
@@ -136,9 +140,7 @@ impl PostgresNodeLock {
                 holder
                     .as_ref()
                     .and_then(|h| h.name.as_deref())
-                    .is_some_and(|n| {
-                        n.starts_with("dojangd ") && n.ends_with(&format!(" {node_id}"))
-                    })
+                    .is_some_and(|n| names_node(n, node_id))
             });
             // A daemon of this node that queries again is alive: refused.
             // One that stays silent may be a lost host: waited for.
@@ -241,6 +243,15 @@ impl PostgresNodeLock {
     }
 }
 
+/// Whether a session's name is a daemon's of `node_id` (its end perhaps
+/// cut off at [`NAME_MAX`]).
+fn names_node(name: &str, node_id: &str) -> bool {
+    match name.splitn(4, ' ').collect::<Vec<_>>()[..] {
+        ["dojangd", _, _, node] => !node.is_empty() && node_id.starts_with(node),
+        _ => false,
+    }
+}
+
 fn try_lock(client: &mut Client, key: i64) -> Result<bool, String> {
     client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -280,4 +291,31 @@ fn holder(client: &mut Client, key: i64) -> Option<Holder> {
         since: row.get(3),
         silent_for: row.get(4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemons_session_name_names_its_node_even_cut_short() {
+        assert!(names_node("dojangd 41 0a1b2c3d test-1", "test-1"));
+        let long = "n".repeat(64);
+        let mut name = format!("dojangd 4194304 0a1b2c3d {long}");
+        name.truncate(NAME_MAX);
+        assert!(names_node(&name, &long));
+        assert!(!names_node("dojangd 41 0a1b2c3d test-2", "test-1"));
+        assert!(!names_node("dojangd 41 0a1b2c3d ", "test-1"));
+        assert!(!names_node("psql", "test-1"));
+        assert!(!names_node("dojangctl 41 0a1b2c3d test-1", "test-1"));
+    }
+
+    #[test]
+    fn keys_differ_by_schema_and_node_and_are_never_negative() {
+        let key = node_lock_key("public", "test-1");
+        assert!(key >= 0);
+        assert_ne!(key, node_lock_key("dj_other", "test-1"));
+        assert_ne!(key, node_lock_key("public", "test-2"));
+        assert_eq!(key, node_lock_key("public", "test-1"));
+    }
 }
