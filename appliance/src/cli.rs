@@ -113,7 +113,7 @@ pub fn take_node_lock(config: &Config, node_id: &str) -> anyhow::Result<NodeLock
         .as_ref()
         .context("this needs a [store] table in the configuration")?;
     match (&store.sqlite, &store.postgres) {
-        (Some(path), _) => NodeLock::sqlite(path),
+        (Some(path), _) => NodeLock::sqlite(path, "dojangd serve"),
         (None, Some(url)) => Ok(NodeLock::Postgres(Box::new(PostgresNodeLock::take(
             url,
             store.postgres_ca.as_deref(),

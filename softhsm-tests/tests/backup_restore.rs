@@ -253,6 +253,16 @@ fn a_fresh_node_restores_only_a_backup_that_contains_what_was_published() {
             assert_eq!(count(sql), 0, "{sql}");
         }
     });
+    // A restore takes the registry's lock: never onto a registry a daemon
+    // serves (the restored node serves now), and no daemon starts on one
+    // a restore is placing (a unit restarting on its own would make an
+    // empty registry there).
+    let out = restore(&d, &kept.fresh, &[&kept.late]);
+    refused(&out, "the SQLite registry is in use");
+    refused(
+        &out,
+        &format!("held by process {} (dojangd serve)", d.pid()),
+    );
 }
 
 const LIVE_TWICE_HOLDER: &str = "SELECT COUNT(*) FROM (SELECT holder FROM credentials \
@@ -282,7 +292,7 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
     // Another key under the same label: another value, and no start.
     d.replace_secret_key("pseudonym", "pseudonym");
     assert_ne!(value(&d), original);
-    let said = start_refused(&d);
+    let said = d.second_start_refused();
     assert!(
         said.contains("is not the key this registry's holders were recognised with"),
         "{said}"
@@ -303,25 +313,13 @@ fn a_node_refuses_to_start_on_another_pseudonym_key_and_a_clone_has_the_same_che
         format!("{config}\n[server.keys]\npseudonym_check = \"{original}\"\n"),
     )
     .unwrap();
-    let said = start_refused(&d);
+    let said = d.second_start_refused();
     assert!(said.contains("server.keys.pseudonym_check pins"), "{said}");
     // The right key back: the node starts.
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::rename(&kept, &tokens).unwrap();
     d.spawn();
     assert_eq!(d.issue("sd-jwt", 60).status, 201);
-}
-
-/// Starts `dojangd` on `d`'s configuration, which must exit (not serve)
-/// within 30 s; what it said.
-fn start_refused(d: &Daemon) -> String {
-    softhsm_tests::refused_within(
-        d.command("dojangd")
-            .arg("serve")
-            .arg("--config")
-            .arg(&d.config),
-        Duration::from_secs(30),
-    )
 }
 
 /// A database of its own on the shared PostgreSQL, dropped at the end

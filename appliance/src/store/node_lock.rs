@@ -20,35 +20,42 @@ use anyhow::Context;
 
 pub use super::postgres::{Held, PostgresNodeLock, node_lock_key};
 
-/// What a SQLite registry's refusal says.
-const SQLITE_HOLDER: &str = "another dojangd serves this registry (one daemon per SQLite registry)";
+/// What a SQLite registry's refusal says (the holder's role follows).
+const SQLITE_HOLDER: &str =
+    "the SQLite registry is in use (one dojangd serve, or one dojangctl restore, at a time)";
 
 /// The node's lock, held while this value lives.
 pub enum NodeLock {
-    /// The SQLite registry's lock file, and where it is.
-    File(std::fs::File, PathBuf),
+    /// The SQLite registry's lock file, where it is, and the holder's
+    /// role (`dojangd serve`, `dojangctl restore`).
+    File(std::fs::File, PathBuf, &'static str),
     /// The node's advisory lock on its PostgreSQL connection.
     Postgres(Box<PostgresNodeLock>),
 }
 
 impl NodeLock {
-    /// The lock of the SQLite registry at `registry`, or the refusal.
-    pub fn sqlite(registry: &Path) -> anyhow::Result<Self> {
+    /// The lock of the SQLite registry at `registry` for a process in
+    /// `role`, or the refusal (naming the holder's pid and role).
+    pub fn sqlite(registry: &Path, role: &'static str) -> anyhow::Result<Self> {
         let path = lock_path(registry);
-        Ok(NodeLock::File(lock_file(&path, SQLITE_HOLDER)?, path))
+        Ok(NodeLock::File(
+            lock_file(&path, SQLITE_HOLDER, role)?,
+            path,
+            role,
+        ))
     }
 
     /// Whether the lock is still held; taken again if its file was removed
     /// or its connection ended, unless another process took it meanwhile.
     pub fn check(&mut self) -> Held {
         match self {
-            NodeLock::File(file, path) => {
+            NodeLock::File(file, path, role) => {
                 if same_file(file, path) {
                     return Held::Still;
                 }
                 // Removed (a "stale lock" cleaned up): a second daemon
                 // would take a new file; this one takes it first, or stops.
-                match lock_file(path, SQLITE_HOLDER) {
+                match lock_file(path, SQLITE_HOLDER, role) {
                     Ok(again) => {
                         *file = again;
                         Held::Retaken
@@ -95,10 +102,10 @@ fn same_file(file: &std::fs::File, path: &Path) -> bool {
 }
 
 /// Takes `path` (created if missing) with `flock` for the life of the
-/// returned file and writes this process's id in it; if another process
-/// holds it, the refusal starts with `holder` and names the path and the
-/// holder's id.
-pub fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
+/// returned file and writes this process's id and `role` in it; if
+/// another process holds it, the refusal starts with `refusal` and names
+/// the path and the holder's id and role.
+pub fn lock_file(path: &Path, refusal: &str, role: &str) -> anyhow::Result<std::fs::File> {
     // A file removed between its opening and its lock is no lock: again.
     for _ in 0..3 {
         let mut file = std::fs::OpenOptions::new()
@@ -111,11 +118,14 @@ pub fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
-                let pid = if pid.is_empty() { "unknown" } else { pid };
-                anyhow::bail!("{holder}: {} is held by process {pid}", path.display());
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().split_once(' ') {
+                    Some((pid, role)) => format!("{pid} ({role})"),
+                    None if holder.trim().is_empty() => "unknown".into(),
+                    None => holder.trim().to_owned(),
+                };
+                anyhow::bail!("{refusal}: {} is held by process {holder}", path.display());
             }
             Err(e) => {
                 return Err(anyhow::Error::new(std::io::Error::from(e)))
@@ -128,7 +138,7 @@ pub fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
         // Only for the refusal's message: the lock is the flock, not the text.
         file.set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| writeln!(file, "{} {role}", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(file);
     }
@@ -138,6 +148,8 @@ pub fn lock_file(path: &Path, holder: &str) -> anyhow::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SERVE: &str = "dojangd serve";
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("dojang-lock-{name}-{}", std::process::id()));
@@ -150,19 +162,22 @@ mod tests {
     fn a_second_lock_of_one_registry_is_refused_with_the_holders_id() {
         let dir = scratch("second");
         let registry = dir.join("registry.db");
-        let first = NodeLock::sqlite(&registry).unwrap();
-        let refused = NodeLock::sqlite(&registry).err().unwrap().to_string();
+        let first = NodeLock::sqlite(&registry, SERVE).unwrap();
+        let refused = NodeLock::sqlite(&registry, SERVE)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(refused.starts_with(SQLITE_HOLDER), "{refused}");
         assert!(
-            refused.contains("another dojangd serves this registry"),
-            "{refused}"
-        );
-        assert!(
-            refused.contains(&format!("held by process {}", std::process::id())),
+            refused.contains(&format!(
+                "held by process {} (dojangd serve)",
+                std::process::id()
+            )),
             "{refused}"
         );
         drop(first);
         // Released with its file; a stale id in the file is no lock.
-        let _again = NodeLock::sqlite(&registry).unwrap();
+        let _again = NodeLock::sqlite(&registry, SERVE).unwrap();
     }
 
     #[test]
@@ -172,26 +187,29 @@ mod tests {
         std::fs::write(&registry, b"").unwrap();
         let link = dir.join("other-name.db");
         std::os::unix::fs::symlink(&registry, &link).unwrap();
-        let _first = NodeLock::sqlite(&registry).unwrap();
-        assert!(NodeLock::sqlite(&link).is_err());
+        let _first = NodeLock::sqlite(&registry, SERVE).unwrap();
+        assert!(NodeLock::sqlite(&link, SERVE).is_err());
     }
 
     #[test]
     fn a_removed_lock_file_is_taken_again_and_a_replaced_one_is_lost() {
         let dir = scratch("removed");
         let registry = dir.join("registry.db");
-        let mut held = NodeLock::sqlite(&registry).unwrap();
+        let mut held = NodeLock::sqlite(&registry, SERVE).unwrap();
         assert!(matches!(held.check(), Held::Still));
         let lock = dir.join("registry.db.lock");
         std::fs::remove_file(&lock).unwrap();
         assert!(matches!(held.check(), Held::Retaken));
-        assert!(NodeLock::sqlite(&registry).is_err(), "the new file is held");
+        assert!(
+            NodeLock::sqlite(&registry, SERVE).is_err(),
+            "the new file is held"
+        );
         // Removed, and a second daemon took a new file before this one looked.
         std::fs::remove_file(&lock).unwrap();
-        let _second = NodeLock::sqlite(&registry).unwrap();
+        let _second = NodeLock::sqlite(&registry, SERVE).unwrap();
         let lost = held.check();
         assert!(
-            matches!(&lost, Held::Lost(why) if why.contains("another dojangd serves this registry")),
+            matches!(&lost, Held::Lost(why) if why.starts_with(SQLITE_HOLDER)),
             "{lost:?}"
         );
     }
@@ -203,14 +221,14 @@ mod tests {
         std::fs::create_dir_all(&real).unwrap();
         std::os::unix::fs::symlink(&real, dir.join("via")).unwrap();
         // No registry yet: the directory is resolved all the same.
-        let _first = NodeLock::sqlite(&dir.join("via/registry.db")).unwrap();
-        assert!(NodeLock::sqlite(&real.join("registry.db")).is_err());
+        let _first = NodeLock::sqlite(&dir.join("via/registry.db"), SERVE).unwrap();
+        assert!(NodeLock::sqlite(&real.join("registry.db"), SERVE).is_err());
     }
 
     #[test]
     fn another_registry_beside_it_is_another_node() {
         let dir = scratch("beside");
-        let _a = NodeLock::sqlite(&dir.join("a.db")).unwrap();
-        let _b = NodeLock::sqlite(&dir.join("b.db")).unwrap();
+        let _a = NodeLock::sqlite(&dir.join("a.db"), SERVE).unwrap();
+        let _b = NodeLock::sqlite(&dir.join("b.db"), SERVE).unwrap();
     }
 }

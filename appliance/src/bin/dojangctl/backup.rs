@@ -203,14 +203,18 @@ pub(crate) fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<()>
 }
 
 /// `copy` (this restore's own file beside the target) is verified through
-/// a scratch copy (opening migrates it), then linked in as the registry:
-/// a link never replaces a registry that appeared meanwhile.
+/// a scratch copy (opening migrates it), then linked in as the registry,
+/// under the registry's node lock (no daemon starts on it meanwhile): a
+/// link never replaces a registry that appeared meanwhile.
 fn restore_sqlite(
     config: &Config,
     args: &RestoreArgs,
     copy: &Path,
     target: &Path,
 ) -> anyhow::Result<dojang::audit::bundle::Report> {
+    // Held until the registry is in place: a daemon started meanwhile (a
+    // unit restarting on its own) would make an empty registry there.
+    let _lock = dojang::store::node_lock::NodeLock::sqlite(target, "dojangctl restore")?;
     for leftover in [
         target.to_owned(),
         sqlite_side(target, "-wal"),

@@ -215,6 +215,7 @@ fn lock_state(state: &Path) -> anyhow::Result<std::fs::File> {
     dojang::store::node_lock::lock_file(
         &PathBuf::from(path),
         "another witness process holds its state (one process per state file)",
+        "dojangctl witness serve",
     )
 }
 
