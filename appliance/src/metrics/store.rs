@@ -110,17 +110,13 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
-#[allow(clippy::expect_used)] // fixed definitions, registered once
 fn node_lock_events(r: &Registry) -> IntCounterVec {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "dojang_node_lock_events_total",
-            "Times this node's lock ended and was taken again (retaken), could not be looked at (unreachable, once per spell) or was taken by another process (lost: the daemon stops).",
-        ),
+    let c = super::counter(
+        r,
+        "dojang_node_lock_events_total",
+        "Times this node's lock ended and was taken again (retaken), could not be looked at (unreachable, once per spell) or was taken by another process (lost: the daemon stops).",
         &["event"],
-    )
-    .expect("metric definition");
-    r.register(Box::new(c.clone())).expect("registration");
+    );
     for event in [
         NodeLockEvent::Retaken,
         NodeLockEvent::Unreachable,

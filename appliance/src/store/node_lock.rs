@@ -55,14 +55,15 @@ impl NodeLock {
                 }
                 // Removed (a "stale lock" cleaned up): a second daemon
                 // would take a new file; this one takes it first, or stops.
-                match lock_file(path, SQLITE_HOLDER, role) {
-                    Ok(again) => {
+                match take(path, role) {
+                    Ok(Taken::Ours(again)) => {
                         *file = again;
                         Held::Retaken
                     }
-                    Err(e) if e.to_string().starts_with(SQLITE_HOLDER) => {
-                        Held::Lost(format!("{e:#} (its lock file was replaced)"))
-                    }
+                    Ok(Taken::Held(holder)) => Held::Lost(format!(
+                        "{SQLITE_HOLDER}: {} is held by process {holder} (its lock file was replaced)",
+                        path.display()
+                    )),
                     Err(e) => Held::Unreachable(format!("{e:#}")),
                 }
             }
@@ -106,6 +107,25 @@ fn same_file(file: &std::fs::File, path: &Path) -> bool {
 /// another process holds it, the refusal starts with `refusal` and names
 /// the path and the holder's id and role.
 pub fn lock_file(path: &Path, refusal: &str, role: &str) -> anyhow::Result<std::fs::File> {
+    match take(path, role)? {
+        Taken::Ours(file) => Ok(file),
+        Taken::Held(holder) => {
+            anyhow::bail!("{refusal}: {} is held by process {holder}", path.display())
+        }
+    }
+}
+
+/// What an attempt at a lock file gave.
+enum Taken {
+    Ours(std::fs::File),
+    /// Another process has it: its id and role, as its file says.
+    Held(String),
+}
+
+/// The bytes of a lock file read for a refusal (a pid and a role).
+const HOLDER_TEXT_MAX: u64 = 128;
+
+fn take(path: &Path, role: &str) -> anyhow::Result<Taken> {
     // A file removed between its opening and its lock is no lock: again.
     for _ in 0..3 {
         let mut file = std::fs::OpenOptions::new()
@@ -118,14 +138,13 @@ pub fn lock_file(path: &Path, refusal: &str, role: &str) -> anyhow::Result<std::
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().split_once(' ') {
+                let mut text = String::new();
+                let _ = (&file).take(HOLDER_TEXT_MAX).read_to_string(&mut text);
+                return Ok(Taken::Held(match text.trim().split_once(' ') {
                     Some((pid, role)) => format!("{pid} ({role})"),
-                    None if holder.trim().is_empty() => "unknown".into(),
-                    None => holder.trim().to_owned(),
-                };
-                anyhow::bail!("{refusal}: {} is held by process {holder}", path.display());
+                    None if text.trim().is_empty() => "unknown".into(),
+                    None => text.trim().to_owned(),
+                }));
             }
             Err(e) => {
                 return Err(anyhow::Error::new(std::io::Error::from(e)))
@@ -140,7 +159,7 @@ pub fn lock_file(path: &Path, refusal: &str, role: &str) -> anyhow::Result<std::
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{} {role}", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
-        return Ok(file);
+        return Ok(Taken::Ours(file));
     }
     anyhow::bail!("{} kept being replaced while it was locked", path.display())
 }
@@ -158,16 +177,19 @@ mod tests {
         dir
     }
 
+    /// A second lock's refusal of `registry`, which must be the registry's.
+    fn refusal(registry: &Path) -> String {
+        let refused = NodeLock::sqlite(registry, SERVE).err().unwrap().to_string();
+        assert!(refused.starts_with(SQLITE_HOLDER), "{refused}");
+        refused
+    }
+
     #[test]
     fn a_second_lock_of_one_registry_is_refused_with_the_holders_id() {
         let dir = scratch("second");
         let registry = dir.join("registry.db");
         let first = NodeLock::sqlite(&registry, SERVE).unwrap();
-        let refused = NodeLock::sqlite(&registry, SERVE)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(refused.starts_with(SQLITE_HOLDER), "{refused}");
+        let refused = refusal(&registry);
         assert!(
             refused.contains(&format!(
                 "held by process {} (dojangd serve)",
@@ -178,6 +200,21 @@ mod tests {
         drop(first);
         // Released with its file; a stale id in the file is no lock.
         let _again = NodeLock::sqlite(&registry, SERVE).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_quotes_at_most_a_line_of_whatever_the_lock_file_says() {
+        let dir = scratch("text");
+        let registry = dir.join("registry.db");
+        let _held = NodeLock::sqlite(&registry, SERVE).unwrap();
+        // Someone with the host's files writes into the held lock file.
+        std::fs::write(dir.join("registry.db.lock"), "7 ".repeat(50_000)).unwrap();
+        let refused = refusal(&registry);
+        assert!(
+            refused.len() < SQLITE_HOLDER.len() + 400,
+            "{} bytes",
+            refused.len()
+        );
     }
 
     #[test]

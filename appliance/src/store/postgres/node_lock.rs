@@ -136,12 +136,10 @@ impl PostgresNodeLock {
         let mut last_silence = None;
         while !try_lock(&mut client, lock.key).map_err(anyhow::Error::msg)? {
             let holder = holder(&mut client, lock.key);
-            let silence = holder.as_ref().and_then(|h| h.silent_for).filter(|_| {
-                holder
-                    .as_ref()
-                    .and_then(|h| h.name.as_deref())
-                    .is_some_and(|n| names_node(n, node_id))
-            });
+            let silence = holder
+                .as_ref()
+                .filter(|h| h.name.as_deref().is_some_and(|n| names_node(n, node_id)))
+                .and_then(|h| h.silent_for);
             // A daemon of this node that queries again is alive: refused.
             // One that stays silent may be a lost host: waited for.
             let alive = match (silence, last_silence) {
