@@ -81,9 +81,11 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// SQLite's group commits over a phase (metrics text before and after):
-/// how many, their writes, and run / COMMIT p50/p99; none on PostgreSQL.
-fn writer_phase(before: &str, after: &str) -> Option<String> {
+/// SQLite's group commits over a phase of `seconds` (metrics text before
+/// and after): how many, their writes, run / COMMIT p50/p99, and the share
+/// of the phase the writer was busy (near 1, an issuance usually finds a
+/// commit under way and waits for it before its own); none on PostgreSQL.
+fn writer_phase(before: &str, after: &str, seconds: f64) -> Option<String> {
     let family = |text| StageHistograms::parse_family(text, "dojang_sqlite_writer_seconds", "part");
     let parts = family(after).since(&family(before));
     let (batches, run_p50, run_p99) = parts.of("run")?;
@@ -92,9 +94,13 @@ fn writer_phase(before: &str, after: &str) -> Option<String> {
         return None;
     }
     let delta = |name| sample(after, name) - sample(before, name);
+    let busy = (delta("dojang_sqlite_writer_seconds_sum{part=\"run\"}")
+        + delta("dojang_sqlite_writer_seconds_sum{part=\"commit\"}"))
+        / seconds;
     Some(format!(
-        "{batches:.0} group commits of {:.1} writes on average; running them p50/p99 {run_p50:.2}/{run_p99:.2} ms, COMMIT (log written and synced) p50/p99 {commit_p50:.2}/{commit_p99:.2} ms",
-        delta("dojang_sqlite_batch_writes_sum") / delta("dojang_sqlite_batch_writes_count")
+        "{batches:.0} group commits of {:.1} writes on average; running them p50/p99 {run_p50:.2}/{run_p99:.2} ms, COMMIT (log written and synced) p50/p99 {commit_p50:.2}/{commit_p99:.2} ms; the writer busy {:.0}% of the phase",
+        delta("dojang_sqlite_batch_writes_sum") / delta("dojang_sqlite_batch_writes_count"),
+        busy * 100.0
     ))
 }
 
@@ -220,7 +226,7 @@ fn one_run(
     let machine_cpu = common::machine_busy_seconds() - machine_cpu;
     let after_text = metrics(&d);
     let saturated_stages = StageHistograms::parse(&after_text).since(&before);
-    let saturated_writer = writer_phase(&before_text, &after_text);
+    let saturated_writer = writer_phase(&before_text, &after_text, saturated.elapsed.as_secs_f64());
 
     // A fixed rate compares two builds at the same load; by default the
     // run's own half.
@@ -238,7 +244,7 @@ fn one_run(
     let half_hiccups = meter.stop();
     let after_text = metrics(&d);
     let half_stages = StageHistograms::parse(&after_text).since(&before);
-    let half_writer = writer_phase(&before_text, &after_text);
+    let half_writer = writer_phase(&before_text, &after_text, half.elapsed.as_secs_f64());
     // Then the clerk beside the same half load (other holders), a phase of
     // its own: a closed-loop client adds its own rate, so the half load's
     // figures above are taken without it.
