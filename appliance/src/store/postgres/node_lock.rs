@@ -245,7 +245,12 @@ impl PostgresNodeLock {
 /// cut off at [`NAME_MAX`]).
 fn names_node(name: &str, node_id: &str) -> bool {
     match name.splitn(4, ' ').collect::<Vec<_>>()[..] {
-        ["dojangd", _, _, node] => !node.is_empty() && node_id.starts_with(node),
+        // A prefix only where the server cut the name: "test-1" is not
+        // "test-10"'s.
+        ["dojangd", _, _, node] if name.len() == NAME_MAX => {
+            !node.is_empty() && node_id.starts_with(node)
+        }
+        ["dojangd", _, _, node] => node == node_id,
         _ => false,
     }
 }
@@ -306,6 +311,7 @@ mod tests {
         assert!(!names_node("dojangd 41 0a1b2c3d ", "test-1"));
         assert!(!names_node("psql", "test-1"));
         assert!(!names_node("dojangctl 41 0a1b2c3d test-1", "test-1"));
+        assert!(!names_node("dojangd 41 0a1b2c3d test-1", "test-10"));
     }
 
     #[test]
