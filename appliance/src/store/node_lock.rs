@@ -140,10 +140,17 @@ fn take(path: &Path, role: &str) -> anyhow::Result<Taken> {
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut text = String::new();
                 let _ = (&file).take(HOLDER_TEXT_MAX).read_to_string(&mut text);
-                return Ok(Taken::Held(match text.trim().split_once(' ') {
+                // Whoever can write the file writes the refusal's words: no
+                // line breaks or terminal escapes reach the log from it.
+                let text: String = text
+                    .trim()
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+                return Ok(Taken::Held(match text.split_once(' ') {
                     Some((pid, role)) => format!("{pid} ({role})"),
-                    None if text.trim().is_empty() => "unknown".into(),
-                    None => text.trim().to_owned(),
+                    None if text.is_empty() => "unknown".into(),
+                    None => text,
                 }));
             }
             Err(e) => {
@@ -214,6 +221,24 @@ mod tests {
             refused.len() < SQLITE_HOLDER.len() + 400,
             "{} bytes",
             refused.len()
+        );
+    }
+
+    #[test]
+    fn a_refusal_quotes_no_line_break_or_escape_from_the_lock_file() {
+        let dir = scratch("controls");
+        let registry = dir.join("registry.db");
+        let _held = NodeLock::sqlite(&registry, SERVE).unwrap();
+        std::fs::write(
+            dir.join("registry.db.lock"),
+            "7 \u{1b}[2Jserve\nERROR forged line\r\n",
+        )
+        .unwrap();
+        let refused = refusal(&registry);
+        assert!(!refused.contains(['\u{1b}', '\n', '\r']), "{refused:?}");
+        assert!(
+            refused.contains("7 (?[2Jserve?ERROR forged line)"),
+            "{refused:?}"
         );
     }
 
