@@ -14,6 +14,11 @@ use postgres::{Client, Row, Statement, Transaction};
 /// taken for a statement's row is in the queue, or given up, within it.
 pub(super) const STATEMENT_TIMEOUT_MS: i64 = 10_000;
 
+/// The longest a transaction may sit between two statements (milliseconds)
+/// before the server ends its session: the daemon never waits on anything
+/// but the device between statements, so only a frozen or lost node does.
+pub(super) const IDLE_IN_TRANSACTION_MS: i64 = 10_000;
+
 /// Statements a connection keeps at most; the code has fewer, so the
 /// bound only matters if SQL text ever varies.
 const PREPARED_MAX: usize = 256;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use postgres_openssl::MakeTlsConnector;
 
-use self::connection::{Connection, RawTx, STATEMENT_TIMEOUT_MS};
+use self::connection::{Connection, IDLE_IN_TRANSACTION_MS, RawTx, STATEMENT_TIMEOUT_MS};
 use self::errors::{RETRYABLE, map_err};
 pub use self::node_lock::{Held, PostgresNodeLock, node_lock_key};
 use self::sequencer::{Numbers, VOID_ROLLED_BACK, VOID_UNWRITTEN};
@@ -156,6 +156,12 @@ impl PostgresDriver {
 
     /// A new connection whose statements and lock waits are bounded: a
     /// stuck lock or a split network must fail a request, not hang it.
+    /// A transaction left open is ended by the server after
+    /// `IDLE_IN_TRANSACTION`: a node frozen between two statements (a
+    /// stopped VM, whose kernel still answers for its sockets) held its row
+    /// locks, and every other node's audit writes waited on them, a
+    /// restart of the node on another host included (its start failed on
+    /// `lock_timeout`, `daemon_cluster`).
     fn connect(&self) -> Result<Connection, StoreError> {
         let mut client = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
@@ -164,7 +170,8 @@ impl PostgresDriver {
         .map_err(map_err)?;
         client
             .batch_execute(&format!(
-                "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = '5s'"
+                "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET lock_timeout = '5s'; \
+                 SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_MS}ms'"
             ))
             .map_err(map_err)?;
         Ok(Connection::new(client))
