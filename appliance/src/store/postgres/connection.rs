@@ -15,8 +15,9 @@ use postgres::{Client, Row, Statement, Transaction};
 pub(super) const STATEMENT_TIMEOUT_MS: i64 = 10_000;
 
 /// The longest a transaction may sit between two statements (milliseconds)
-/// before the server ends its session: the daemon never waits on anything
-/// but the device between statements, so only a frozen or lost node does.
+/// before the server ends its session: between two statements the daemon
+/// works for milliseconds (an HSM call at most), so only a frozen or lost
+/// node sits that long.
 pub(super) const IDLE_IN_TRANSACTION_MS: i64 = 10_000;
 
 /// Statements a connection keeps at most; the code has fewer, so the
