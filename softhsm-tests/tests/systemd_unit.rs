@@ -52,6 +52,7 @@ fn unit_is_notify_with_validation_and_credentials() {
         "User=dojang",
         "WatchdogSec=",
         "LimitCORE=0",
+        "SystemCallFilter=setpriority\n",
     ] {
         assert!(text.contains(line), "unit lacks {line:?}");
     }

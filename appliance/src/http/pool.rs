@@ -17,6 +17,15 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How long stopping waits for the jobs running and queued.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
 
+/// How much nicer than the rest of the daemon a pool's workers run. They
+/// do the bulk of the CPU work (HSM calls, encoding, proofs), sixteen or
+/// more threads on a few cores; the threads every issuance waits on — the
+/// store's writer, the I/O runtime, the audit and log threads — are few
+/// and must get a core as soon as they wake. At nice 0 the writer lost
+/// its core to a signing thread for a scheduler tick (4 ms) mid-commit,
+/// and the whole batch behind it waited (`docs/operations.md`).
+const WORKER_NICENESS: i32 = 10;
+
 /// The pool.
 pub struct BlockingPool {
     /// `None` tells one worker to stop.
@@ -55,6 +64,11 @@ impl BlockingPool {
                 std::thread::Builder::new()
                     .name(format!("{name}-{n}"))
                     .spawn(move || {
+                        if let Err(e) = lower_own_priority(WORKER_NICENESS)
+                            && n == 0
+                        {
+                            tracing::warn!(%pool, error = %e, "the pool's threads run at the daemon's own priority: lowering it was refused");
+                        }
                         loop {
                             // Take the next job, releasing the lock before running it.
                             let job = match receiver.lock() {
@@ -152,6 +166,15 @@ impl BlockingPool {
     }
 }
 
+/// Makes the calling thread `by` nicer than it is (at most 19). Linux
+/// gives each thread its own nice value: `setpriority` with a thread's id
+/// changes that thread only. Raising one's own nice needs no privilege.
+fn lower_own_priority(by: i32) -> rustix::io::Result<()> {
+    let me = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(me))?;
+    rustix::process::setpriority_process(Some(me), (now + by).min(19))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +230,17 @@ mod tests {
         let mut names = vec![held.await.unwrap().unwrap(), other.unwrap()];
         names.sort();
         assert_eq!(names, ["dojang-proof-0", "dojang-proof-1"]);
+        pool.finish();
+    }
+
+    #[tokio::test]
+    async fn workers_run_nicer_than_the_thread_that_started_them() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let before = nice().unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 1, Arc::new(|_| {})).unwrap();
+        let worker = pool.submit(move || nice().unwrap()).unwrap().await.unwrap();
+        assert_eq!(worker, (before + WORKER_NICENESS).min(19));
+        assert_eq!(nice().unwrap(), before, "only the workers are changed");
         pool.finish();
     }
 }
