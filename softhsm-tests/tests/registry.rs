@@ -1500,3 +1500,49 @@ fn a_statement_that_wrote_nothing_is_voided_as_such_on_postgres() {
     assert_eq!(voids[0].1.as_deref(), Some("statement.wrote_nothing"));
     assert_eq!(rules.len(), 2, "{rules:?}");
 }
+
+/// A node frozen inside a transaction (a stopped VM between two
+/// statements: its kernel still answers for the socket) held the rows it
+/// had written, and the other nodes' writes to them waited and then failed
+/// on `lock_timeout` (`daemon_cluster`'s frozen node, once in CI). The
+/// server ends a session idle in a transaction after 10 s, which gives the
+/// rows back. Here the transaction stops in the response builder, which a
+/// superseding issuance runs between its statements.
+#[test]
+fn a_node_frozen_inside_a_transaction_gives_its_rows_back_on_postgres() {
+    let Some((_pg, url)) = pg_schema() else {
+        return;
+    };
+    let frozen: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, 4).unwrap());
+    let other: Arc<dyn Registry> = Arc::new(PostgresRegistry::open(&url, 4).unwrap());
+    let (inside, entered) = std::sync::mpsc::channel::<()>();
+    let (wake, asleep) = std::sync::mpsc::channel::<()>();
+    let mut c = commit(frozen.as_ref(), 4700, "phone-4700");
+    c.supersede = true;
+    let stopped = {
+        let frozen = Arc::clone(&frozen);
+        std::thread::spawn(move || {
+            let builder: dojang::store::Respond = Box::new(move |_| {
+                let _ = inside.send(());
+                let _ = asleep.recv();
+                b"too late".to_vec()
+            });
+            frozen.commit_issuance("client", c, builder)
+        })
+    };
+    entered.recv().unwrap();
+    // The server's bound (IDLE_IN_TRANSACTION_MS) and a margin; the other
+    // node's lock wait alone (5 s) would not outlast a frozen node.
+    std::thread::sleep(std::time::Duration::from_millis(11_500));
+    let on_other_phone = commit(other.as_ref(), 4700, "phone-4701");
+    other
+        .commit_issuance("client", on_other_phone, respond())
+        .expect("the frozen node's rows were given back");
+    wake.send(()).unwrap();
+    assert!(
+        stopped.join().unwrap().is_err(),
+        "the frozen node's transaction was ended, not committed"
+    );
+    let facts = other.facts(&pseudonym(4700), "phone-4701").unwrap();
+    assert_eq!(facts.holder_live_on_same_device, Some(true));
+}
