@@ -27,7 +27,9 @@
 //! offered in the half-load phases instead of half the run's saturation,
 //! to compare two builds at the same load), `DOJANG_LOAD_SQLITE_LOG_MIB`
 //! (the SQLite log file laid out at start, default the service's 1,280;
-//! 0 lets it grow as commits write it).
+//! 0 lets it grow as commits write it), `DOJANG_LOAD_WORKER_NICENESS`
+//! (`server.limits.worker_niceness`, default the service's 10; 0 runs the
+//! workers at the daemon's priority).
 
 mod common;
 
@@ -181,10 +183,12 @@ fn one_run(
         sqlite_log_mib: env("DOJANG_LOAD_SQLITE_LOG_MIB", 1280),
         // The clerk's connection beside the load's, from the same client.
         limits: format!(
-            "max_in_flight = {}\nmax_in_flight_per_client = {}\nsigning_threads = {}",
+            "max_in_flight = {}\nmax_in_flight_per_client = {}\nsigning_threads = {}\n\
+             worker_niceness = {}",
             connections * 4,
             connections + 8,
-            env("DOJANG_LOAD_SIGNING_THREADS", 16)
+            env("DOJANG_LOAD_SIGNING_THREADS", 16),
+            env("DOJANG_LOAD_WORKER_NICENESS", 10)
         ),
         policy: |p| {
             p.replace(

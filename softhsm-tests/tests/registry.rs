@@ -1535,9 +1535,13 @@ fn a_node_frozen_inside_a_transaction_gives_its_rows_back_on_postgres() {
     // node's lock wait alone (5 s) would not outlast a frozen node.
     std::thread::sleep(std::time::Duration::from_millis(11_500));
     let on_other_phone = commit(other.as_ref(), 4700, "phone-4701");
-    other
+    let (committed, _) = other
         .commit_issuance("client", on_other_phone, respond())
         .expect("the frozen node's rows were given back");
+    assert!(
+        committed.superseded.is_empty(),
+        "nothing of the frozen node's was live"
+    );
     wake.send(()).unwrap();
     assert!(
         stopped.join().unwrap().is_err(),

@@ -216,6 +216,34 @@ pin = { file = "/etc/dojang/pin" }
     }
 
     #[test]
+    fn worker_niceness_defaults_to_10_and_stays_within_0_to_19() {
+        let server = |limits: &str| {
+            format!(
+                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
+                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
+                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
+                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n\n\
+                 [server.limits]\n{limits}\n",
+                anchor = "a".repeat(64)
+            )
+        };
+        let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
+        assert_eq!(parsed.server.unwrap().limits.worker_niceness, 10);
+        for good in [0, 19] {
+            let text = server(&format!("worker_niceness = {good}"));
+            assert!(Config::parse(Path::new("d.toml"), &text).is_ok());
+        }
+        for bad in [-1, 20] {
+            let text = server(&format!("worker_niceness = {bad}"));
+            let err = Config::parse(Path::new("d.toml"), &text).unwrap_err();
+            assert!(
+                err.to_string().contains("worker_niceness (0 to 19)"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_status_token_lifetime_outside_its_bounds_is_refused() {
         let server = |extra: &str| {
             format!(

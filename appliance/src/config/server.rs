@@ -240,6 +240,11 @@ pub struct Limits {
     /// Threads that talk to the key backend and the store.
     #[serde(default = "default_signing_threads")]
     pub signing_threads: usize,
+    /// How much nicer than the daemon the pools' worker threads run (0 to
+    /// 19; 0 leaves them at its priority): the store's writer and the I/O
+    /// threads, which every issuance waits on, get a core first.
+    #[serde(default = "default_worker_niceness")]
+    pub worker_niceness: i32,
     /// Seconds a SIGTERM waits for requests in flight.
     #[serde(default = "default_drain")]
     pub drain_timeout_ms: u64,
@@ -263,6 +268,7 @@ impl Default for Limits {
             reserved_in_flight: None,
             max_in_flight_per_client: None,
             signing_threads: default_signing_threads(),
+            worker_niceness: default_worker_niceness(),
             drain_timeout_ms: default_drain(),
             idempotency_ttl_s: default_idempotency_ttl(),
         }
@@ -348,6 +354,9 @@ fn default_max_in_flight() -> usize {
 }
 fn default_signing_threads() -> usize {
     16
+}
+fn default_worker_niceness() -> i32 {
+    10
 }
 fn default_drain() -> u64 {
     10_000
@@ -487,7 +496,7 @@ impl Limits {
     /// Every limit within its range.
     fn validate(&self) -> Result<(), String> {
         let l = self;
-        let checks: [(&str, bool); 13] = [
+        let checks: [(&str, bool); 14] = [
             (
                 "max_handshakes (1 to 100000)",
                 (1..=100_000).contains(&l.max_handshakes),
@@ -531,6 +540,10 @@ impl Limits {
             (
                 "signing_threads (1 to 256)",
                 (1..=256).contains(&l.signing_threads),
+            ),
+            (
+                "worker_niceness (0 to 19)",
+                (0..=19).contains(&l.worker_niceness),
             ),
             (
                 "drain_timeout_ms (0 to 600000)",

@@ -81,18 +81,31 @@ fn start(config: &Config, server: &ServerConfig) -> anyhow::Result<Shared> {
     let pool = BlockingPool::new(
         "dojang-sign",
         limits.signing_threads,
+        limits.worker_niceness,
         limits.max_in_flight,
         Arc::new(move |d| depth.set(d)),
     )
     .context("starting the signing threads")?;
     // Verifiers and monitoring get their own small pool: a flood of
     // unauthenticated fetches can slow them, never issuance.
-    let public_pool = BlockingPool::new("dojang-pub", 2, 64, Arc::new(|_| {}))
-        .context("starting the public threads")?;
+    let public_pool = BlockingPool::new(
+        "dojang-pub",
+        2,
+        limits.worker_niceness,
+        64,
+        Arc::new(|_| {}),
+    )
+    .context("starting the public threads")?;
     // Auditors' reads and proofs: their own threads, so a long proof (or
     // many) never holds a signing thread, and a hung device never holds them.
-    let audit_pool = BlockingPool::new("dojang-proof", 2, 32, Arc::new(|_| {}))
-        .context("starting the audit threads")?;
+    let audit_pool = BlockingPool::new(
+        "dojang-proof",
+        2,
+        limits.worker_niceness,
+        32,
+        Arc::new(|_| {}),
+    )
+    .context("starting the audit threads")?;
     Ok(Shared {
         service: Arc::new(service),
         metrics,

@@ -17,15 +17,6 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How long stopping waits for the jobs running and queued.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
 
-/// How much nicer than the rest of the daemon a pool's workers run. They
-/// do the bulk of the CPU work (HSM calls, encoding, proofs), sixteen or
-/// more threads on a few cores; the threads every issuance waits on — the
-/// store's writer, the I/O runtime, the audit and log threads — are few
-/// and must get a core as soon as they wake. At nice 0 the writer lost
-/// its core to a signing thread for a scheduler tick (4 ms) mid-commit,
-/// and the whole batch behind it waited (`docs/operations.md`).
-const WORKER_NICENESS: i32 = 10;
-
 /// The pool.
 pub struct BlockingPool {
     /// `None` tells one worker to stop.
@@ -44,13 +35,22 @@ pub struct BlockingPool {
 pub struct PoolFull;
 
 impl BlockingPool {
-    /// `threads` workers named `{name}-{n}` and room for `queue` waiting
-    /// jobs; `on_depth` sees the queue depth after each change (the
-    /// metric). Each pool has a name of its own: Linux keeps 15 bytes of a
-    /// thread's name, and `perf`, `top -H` and `ionice` see nothing else.
+    /// `threads` workers named `{name}-{n}`, each `niceness` nicer than
+    /// the thread that starts them, and room for `queue` waiting jobs;
+    /// `on_depth` sees the queue depth after each change (the metric).
+    /// The workers do the bulk of the CPU work (HSM calls, encoding,
+    /// proofs), sixteen or more threads on a few cores; the threads every
+    /// issuance waits on (the store's writer, the I/O runtime, the audit
+    /// and log threads) are few and must get a core as soon as they wake:
+    /// at one priority the writer lost its core to a signing thread for a
+    /// scheduler tick (4 ms) mid-commit, with the batch behind it waiting
+    /// (`docs/operations.md`). Each pool has a name of its own: Linux
+    /// keeps 15 bytes of a thread's name, and `perf`, `top -H` and
+    /// `ionice` see nothing else.
     pub fn new(
         name: &str,
         threads: usize,
+        niceness: i32,
         queue: usize,
         on_depth: Arc<dyn Fn(i64) + Send + Sync>,
     ) -> std::io::Result<Self> {
@@ -64,7 +64,7 @@ impl BlockingPool {
                 std::thread::Builder::new()
                     .name(format!("{name}-{n}"))
                     .spawn(move || {
-                        if let Err(e) = lower_own_priority(WORKER_NICENESS)
+                        if let Err(e) = lower_own_priority(niceness)
                             && n == 0
                         {
                             tracing::warn!(%pool, error = %e, "the pool's threads run at the daemon's own priority: lowering it was refused");
@@ -170,6 +170,9 @@ impl BlockingPool {
 /// gives each thread its own nice value: `setpriority` with a thread's id
 /// changes that thread only. Raising one's own nice needs no privilege.
 fn lower_own_priority(by: i32) -> rustix::io::Result<()> {
+    if by == 0 {
+        return Ok(());
+    }
     let me = rustix::thread::gettid();
     let now = rustix::process::getpriority_process(Some(me))?;
     rustix::process::setpriority_process(Some(me), (now + by).min(19))
@@ -181,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_jobs_and_refuses_beyond_the_queue() {
-        let pool = BlockingPool::new("test-pool", 1, 1, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 10, 1, Arc::new(|_| {})).unwrap();
         assert_eq!(pool.submit(|| 41 + 1).unwrap().await.unwrap(), 42);
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let busy = pool.submit(move || wait.recv().is_ok()).unwrap();
@@ -196,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_panics_loses_its_answer_not_its_thread() {
-        let pool = BlockingPool::new("test-pool", 1, 4, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 10, 4, Arc::new(|_| {})).unwrap();
         let panicked = pool
             .submit(|| -> u32 { panic!("a bug in one job") })
             .unwrap();
@@ -211,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pools_threads_carry_its_name_and_their_number() {
-        let pool = BlockingPool::new("dojang-proof", 2, 4, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("dojang-proof", 2, 10, 4, Arc::new(|_| {})).unwrap();
         let (release, wait) = std::sync::mpsc::channel::<()>();
         // The first job holds one thread, so the second runs on the other.
         let held = pool
@@ -237,10 +240,18 @@ mod tests {
     async fn workers_run_nicer_than_the_thread_that_started_them() {
         let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
         let before = nice().unwrap();
-        let pool = BlockingPool::new("test-pool", 1, 1, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 10, 1, Arc::new(|_| {})).unwrap();
         let worker = pool.submit(move || nice().unwrap()).unwrap().await.unwrap();
-        assert_eq!(worker, (before + WORKER_NICENESS).min(19));
+        assert_eq!(worker, (before + 10).min(19));
         assert_eq!(nice().unwrap(), before, "only the workers are changed");
         pool.finish();
+        let level = BlockingPool::new("test-pool", 1, 0, 1, Arc::new(|_| {})).unwrap();
+        let worker = level
+            .submit(move || nice().unwrap())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(worker, before, "0 leaves them at the starter's priority");
+        level.finish();
     }
 }
