@@ -28,8 +28,8 @@
 //! to compare two builds at the same load), `DOJANG_LOAD_SQLITE_LOG_MIB`
 //! (the SQLite log file laid out at start, default the service's 1,280;
 //! 0 lets it grow as commits write it), `DOJANG_LOAD_WORKER_NICENESS`
-//! (`server.limits.worker_niceness`, default the service's 10; 0 runs the
-//! workers at the daemon's priority).
+//! (`server.limits.worker_niceness`, default the service's 0: the workers
+//! at the daemon's priority).
 
 mod common;
 
@@ -188,7 +188,7 @@ fn one_run(
             connections * 4,
             connections + 8,
             env("DOJANG_LOAD_SIGNING_THREADS", 16),
-            env("DOJANG_LOAD_WORKER_NICENESS", 10)
+            env("DOJANG_LOAD_WORKER_NICENESS", 0)
         ),
         policy: |p| {
             p.replace(

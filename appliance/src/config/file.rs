@@ -216,7 +216,7 @@ pin = { file = "/etc/dojang/pin" }
     }
 
     #[test]
-    fn worker_niceness_defaults_to_10_and_stays_within_0_to_19() {
+    fn worker_niceness_defaults_to_0_and_stays_within_0_to_19() {
         let server = |limits: &str| {
             format!(
                 "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
@@ -228,8 +228,8 @@ pin = { file = "/etc/dojang/pin" }
             )
         };
         let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
-        assert_eq!(parsed.server.unwrap().limits.worker_niceness, 10);
-        for good in [0, 19] {
+        assert_eq!(parsed.server.unwrap().limits.worker_niceness, 0);
+        for good in [10, 19] {
             let text = server(&format!("worker_niceness = {good}"));
             assert!(Config::parse(Path::new("d.toml"), &text).is_ok());
         }

@@ -241,8 +241,9 @@ pub struct Limits {
     #[serde(default = "default_signing_threads")]
     pub signing_threads: usize,
     /// How much nicer than the daemon the pools' worker threads run (0 to
-    /// 19; 0 leaves them at its priority): the store's writer and the I/O
-    /// threads, which every issuance waits on, get a core first.
+    /// 19; the default 0 leaves them at its priority), so that the store's
+    /// writer and the I/O threads, which every issuance waits on, get a
+    /// core first. Not measured to help yet (`docs/operations.md`).
     #[serde(default = "default_worker_niceness")]
     pub worker_niceness: i32,
     /// Seconds a SIGTERM waits for requests in flight.
@@ -356,7 +357,7 @@ fn default_signing_threads() -> usize {
     16
 }
 fn default_worker_niceness() -> i32 {
-    10
+    0
 }
 fn default_drain() -> u64 {
     10_000
