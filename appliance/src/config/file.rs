@@ -181,6 +181,18 @@ token_label = "dojang"
 pin = { file = "/etc/dojang/pin" }
 "#;
 
+    /// `GOOD` with a `[server]` whose listeners are set, `tail` after
+    /// its `[server.public]` lines.
+    fn with_server(tail: &str) -> String {
+        format!(
+            "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
+                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
+                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
+                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n{tail}\n",
+            anchor = "a".repeat(64)
+        )
+    }
+
     #[test]
     fn a_good_file_loads() {
         let config = Config::parse(Path::new("dojang.toml"), GOOD).unwrap();
@@ -217,16 +229,7 @@ pin = { file = "/etc/dojang/pin" }
 
     #[test]
     fn worker_niceness_defaults_to_0_and_stays_within_0_to_19() {
-        let server = |limits: &str| {
-            format!(
-                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
-                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
-                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
-                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n\n\
-                 [server.limits]\n{limits}\n",
-                anchor = "a".repeat(64)
-            )
-        };
+        let server = |limits: &str| with_server(&format!("\n[server.limits]\n{limits}"));
         let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
         assert_eq!(parsed.server.unwrap().limits.worker_niceness, 0);
         for good in [10, 19] {
@@ -245,15 +248,7 @@ pin = { file = "/etc/dojang/pin" }
 
     #[test]
     fn a_status_token_lifetime_outside_its_bounds_is_refused() {
-        let server = |extra: &str| {
-            format!(
-                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
-                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
-                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
-                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n{extra}\n",
-                anchor = "a".repeat(64)
-            )
-        };
+        let server = |extra: &str| with_server(extra);
         let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
         let public = &parsed.server.unwrap().public;
         assert_eq!(public.status_token_lifetime_s, 86_400);
@@ -268,16 +263,7 @@ pin = { file = "/etc/dojang/pin" }
 
     #[test]
     fn witnesses_need_an_http_url_a_ca_for_https_and_a_reachable_quorum() {
-        let server = |audit: &str| {
-            format!(
-                "{GOOD}\n[server]\npolicy = \"/p.toml\"\npolicy_anchor = \"{anchor}\"\n\n\
-                 [server.api]\nlisten = \"127.0.0.1:1\"\ncertificate = \"/c\"\n\
-                 private_key = \"/k\"\nclient_ca = \"/ca\"\n\n[server.public]\n\
-                 listen = \"127.0.0.1:2\"\nbase_url = \"https://id.example.kr\"\n\n\
-                 [server.audit]\n{audit}\n",
-                anchor = "a".repeat(64)
-            )
-        };
+        let server = |audit: &str| with_server(&format!("\n[server.audit]\n{audit}"));
         let w = |url: &str, ca: &str| format!("{{ url = \"{url}\", key = \"w+00+AA==\"{ca} }}");
         let good = format!(
             "witnesses = [{}, {}]\nwitness_quorum = 1",

@@ -184,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_jobs_and_refuses_beyond_the_queue() {
-        let pool = BlockingPool::new("test-pool", 1, 10, 1, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 0, 1, Arc::new(|_| {})).unwrap();
         assert_eq!(pool.submit(|| 41 + 1).unwrap().await.unwrap(), 42);
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let busy = pool.submit(move || wait.recv().is_ok()).unwrap();
@@ -199,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_panics_loses_its_answer_not_its_thread() {
-        let pool = BlockingPool::new("test-pool", 1, 10, 4, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("test-pool", 1, 0, 4, Arc::new(|_| {})).unwrap();
         let panicked = pool
             .submit(|| -> u32 { panic!("a bug in one job") })
             .unwrap();
@@ -214,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pools_threads_carry_its_name_and_their_number() {
-        let pool = BlockingPool::new("dojang-proof", 2, 10, 4, Arc::new(|_| {})).unwrap();
+        let pool = BlockingPool::new("dojang-proof", 2, 0, 4, Arc::new(|_| {})).unwrap();
         let (release, wait) = std::sync::mpsc::channel::<()>();
         // The first job holds one thread, so the second runs on the other.
         let held = pool
