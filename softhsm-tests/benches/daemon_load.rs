@@ -11,7 +11,9 @@
 //! issuance beyond its HSM work, its peak RSS, and the audit entry's share
 //! (the entry's SQL measured on SQLite beside each run).
 //! Over the half-load phase a hiccup meter (`common::hiccups`) reports the
-//! machine's own stalls: a VM pause shows there and in no daemon stage.
+//! machine's own stalls: a VM pause shows there and in no daemon stage;
+//! a disk meter (`common::disk`) the device's: a write of the disk's own
+//! that took as long as the tail did.
 //! After each run the registry and the audit log are checked (credentials
 //! = answers 201, quota moved by the free copies, one live credential per
 //! holder and per phone, the exported log verifies). The summary gives the
@@ -36,6 +38,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::disk::{DiskMeter, DiskWrites};
 use common::hiccups::{HiccupMeter, Hiccups};
 use common::invariants::{self, Registry};
 use common::load::{bodies, env, load, Run};
@@ -65,6 +68,7 @@ struct Figures {
     half_p50: f64,
     half_p99: f64,
     half_hiccups: Hiccups,
+    half_disk: DiskWrites,
     single_p50: f64,
     single_p99: f64,
     failed: usize,
@@ -244,7 +248,9 @@ fn one_run(
     let before_text = metrics(&d);
     let before = StageHistograms::parse(&before_text);
     let meter = HiccupMeter::start();
+    let disk_meter = DiskMeter::start(d.scratch());
     let mut half = load(&target, half_bodies, connections, duration, Some(half_rate))?;
+    let half_disk = disk_meter.stop();
     let half_hiccups = meter.stop();
     let after_text = metrics(&d);
     let half_stages = StageHistograms::parse(&after_text).since(&before);
@@ -313,6 +319,7 @@ fn one_run(
     }
     println!("    at half load: {slow}");
     println!("    the machine at half load: {half_hiccups}");
+    println!("    the disk at half load: {half_disk}");
     let (single_p50, single_p99) =
         print_phase("one closed-loop client beside the half load", &mut single);
     println!(
@@ -330,6 +337,7 @@ fn one_run(
         half_p50,
         half_p99,
         half_hiccups,
+        half_disk,
         single_p50,
         single_p99,
         failed: saturated.failed + half.failed + beside.failed + single.failed,
@@ -353,6 +361,31 @@ fn median_of(runs: &[&Figures], f: impl Fn(&Figures) -> f64) -> f64 {
     common::median(runs.iter().map(|r| f(r)).collect())
 }
 
+/// The half-load figures of the runs in which the disk meter saw no slow
+/// write: what the code gives when the device does not stall.
+fn quiet_disk_runs(runs: &[&Figures]) {
+    let quiet: Vec<&Figures> = runs
+        .iter()
+        .copied()
+        .filter(|f| f.half_disk.failed.is_none() && f.half_disk.slow == 0)
+        .collect();
+    if quiet.is_empty() {
+        println!("    no run with every disk write under 10 ms at half load");
+        return;
+    }
+    let (p50, p99) = (
+        median_of(&quiet, |f| f.half_p50),
+        median_of(&quiet, |f| f.half_p99),
+    );
+    println!(
+        "    the {} of {} runs with every disk write under 10 ms at half load: p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50, worst p99 {:.2} ms",
+        quiet.len(),
+        runs.len(),
+        p99 / p50,
+        quiet.iter().map(|f| f.half_p99).fold(0.0, f64::max),
+    );
+}
+
 fn summary(all: &[Figures]) {
     println!("summary (median of the runs; targets of issue 20 in brackets):");
     let mut saturation = Vec::new();
@@ -368,22 +401,28 @@ fn summary(all: &[Figures]) {
         let worst = runs
             .iter()
             .max_by(|a, b| a.half_p99.total_cmp(&b.half_p99))
-            .map_or((f64::NAN, f64::NAN), |f| {
-                (f.half_p99, f.half_hiccups.longest_ms)
+            .map_or((f64::NAN, f64::NAN, f64::NAN), |f| {
+                (
+                    f.half_p99,
+                    f.half_hiccups.longest_ms,
+                    f.half_disk.longest_ms,
+                )
             });
         let sat = median_of(&runs, |f| f.saturation);
         saturation.push(sat);
         println!(
-            "  {store}, {} runs: saturation {sat:.0}/s (p99 {:.1} ms), raw {:.0} sig/s; half load p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50 [<= 3 x, <= 10 ms], worst run p99 {:.2} ms [<= 25 ms] (the machine's longest stall in that run {:.1} ms); one clerk p50 {:.2} / p99 {:.2} ms",
+            "  {store}, {} runs: saturation {sat:.0}/s (p99 {:.1} ms), raw {:.0} sig/s; half load p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1} x p50 [<= 3 x, <= 10 ms], worst run p99 {:.2} ms [<= 25 ms] (in that run the machine's longest stall {:.1} ms, the disk's longest write {:.1} ms); one clerk p50 {:.2} / p99 {:.2} ms",
             runs.len(),
             median_of(&runs, |f| f.saturation_p99),
             median_of(&runs, |f| f.raw),
             p99 / p50,
             worst.0,
             worst.1,
+            worst.2,
             median_of(&runs, |f| f.single_p50),
             median_of(&runs, |f| f.single_p99),
         );
+        quiet_disk_runs(&runs);
         println!(
             "    CPU per issuance {:.0} µs, {:.0} beyond the HSM work; peak RSS {:.1} MiB [<= 64]; audit share {:.1}% [<= 5%]; {} failed requests [0]",
             median_of(&runs, |f| f.cpu_us),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+pub(crate) mod disk;
 pub(crate) mod hiccups;
 pub(crate) mod invariants;
 pub(crate) mod load;
