@@ -299,8 +299,12 @@ fn one_run(
     // PostgreSQL that SQL runs in the server, so the share there is of the
     // CPU of both (with the daemon's alone a run read 6.8% where the
     // SQLite run beside it, same entry cost, read 4.8%).
-    let with_server_us = (daemon_cpu + postgres_cpu) * 1e6 / saturated.issued.max(1) as f64;
-    let audit_share = audit_us / with_server_us * 100.0;
+    let share_of_us = if postgres {
+        (daemon_cpu + postgres_cpu) * 1e6 / saturated.issued.max(1) as f64
+    } else {
+        per_issuance_us
+    };
+    let audit_share = audit_us / share_of_us * 100.0;
     let hsm_us = 2e6 / hsm_ceiling;
     let store_name = if postgres { "PostgreSQL" } else { "SQLite" };
     println!("  {store_name} run: raw SoftHSM ES256 2 threads {raw:.0} sig/s, HSM work of one issuance alone {hsm_ceiling:.0}/s ({hsm_us:.0} µs of CPU on two cores)");
