@@ -248,14 +248,15 @@ pin = { file = "/etc/dojang/pin" }
 
     #[test]
     fn a_status_token_lifetime_outside_its_bounds_is_refused() {
-        let server = |extra: &str| with_server(extra);
-        let parsed = Config::parse(Path::new("d.toml"), &server("")).unwrap();
+        let parsed = Config::parse(Path::new("d.toml"), &with_server("")).unwrap();
         let public = &parsed.server.unwrap().public;
         assert_eq!(public.status_token_lifetime_s, 86_400);
         assert!(public.mirror_dir.is_none());
-        assert!(Config::parse(Path::new("d.toml"), &server("mirror_dir = \"/srv/m\"")).is_ok());
+        assert!(
+            Config::parse(Path::new("d.toml"), &with_server("mirror_dir = \"/srv/m\"")).is_ok()
+        );
         for bad in [0, 599, 604_801] {
-            let text = server(&format!("status_token_lifetime_s = {bad}"));
+            let text = with_server(&format!("status_token_lifetime_s = {bad}"));
             let err = Config::parse(Path::new("d.toml"), &text).unwrap_err();
             assert!(err.to_string().contains("status_token_lifetime_s"), "{err}");
         }
