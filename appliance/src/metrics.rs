@@ -18,6 +18,10 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by listener, route template and status class.
     pub requests: IntCounterVec,
+    /// Time from a request's headers to its response built, by listener
+    /// and route template (what the daemon adds; the client also waits
+    /// for the network and for TLS on both ends).
+    pub request_seconds: HistogramVec,
     /// Issuance latency (seconds), by profile.
     pub issuance_seconds: HistogramVec,
     /// Issuance latency by stage, and the slow ones traced.
@@ -199,6 +203,7 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             requests,
+            request_seconds: Self::request_seconds(&r),
             connections,
             connections_refused,
             handshake_failures,
@@ -342,6 +347,23 @@ impl Metrics {
             "When the static mirror was last complete and up to date (Unix time; 0: never).",
         );
         (written, failures, complete)
+    }
+
+    /// Request latency, on the issuance stages' finer buckets (a request
+    /// takes a few milliseconds; its tail is what this is for).
+    #[allow(clippy::expect_used)] // fixed definition: a failure is a bug caught by any test
+    fn request_seconds(r: &Registry) -> HistogramVec {
+        let h = HistogramVec::new(
+            HistogramOpts::new(
+                "dojang_http_request_duration_seconds",
+                "Time from a request's headers to its response built, by listener and route.",
+            )
+            .buckets(stages::FINE_BUCKETS.to_vec()),
+            &["listener", "route"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(h.clone())).expect("unique metric");
+        h
     }
 
     /// Requests and connections.
@@ -529,8 +551,18 @@ impl Metrics {
         result
     }
 
-    /// Counts an answered request (the status by class: `2xx`, `4xx`, …).
-    pub fn count_request(&self, listener: &str, route: &str, status: hyper::StatusCode) {
+    /// Counts an answered request (the status by class: `2xx`, `4xx`, …)
+    /// and observes its time since `started`.
+    pub fn count_request(
+        &self,
+        listener: &str,
+        route: &str,
+        status: hyper::StatusCode,
+        started: std::time::Instant,
+    ) {
+        self.request_seconds
+            .with_label_values(&[listener, route])
+            .observe(started.elapsed().as_secs_f64());
         let class = match status.as_u16() / 100 {
             1 => "1xx",
             2 => "2xx",

@@ -678,6 +678,17 @@ fn metrics_parse_and_move() {
         ),
         1.0
     );
+    // Every answered request's time, the refused one's too, by listener
+    // and route (the health check before the first scrape on ops).
+    let api = "listener=\"api\",route=\"/v1/credentials\"";
+    let timed = |m, series: &str| get(m, &format!("dojang_http_request_duration_seconds_{series}"));
+    assert_eq!(timed(&after, &format!("count{{{api}}}")), 2.0);
+    assert!(timed(&after, &format!("sum{{{api}}}")) > 0.0);
+    assert_eq!(timed(&after, &format!("bucket{{{api},le=\"+Inf\"}}")), 2.0);
+    assert_eq!(
+        timed(&before, "count{listener=\"ops\",route=\"/healthz\"}"),
+        1.0
+    );
     assert_eq!(get(&after, "dojang_free_quota_remaining"), 467_999.0);
     assert!(
         get(

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -47,6 +48,7 @@ impl Router for Ops {
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(async move {
             let request_id = http::request_id();
+            let started = Instant::now();
             let busy = || Refusal::unavailable("overloaded", "busy; retry shortly");
             let (route, response) = match request.uri().path() {
                 "/healthz" => (
@@ -88,7 +90,7 @@ impl Router for Ops {
             self.service
                 .node
                 .metrics
-                .count_request("ops", route, response.status());
+                .count_request("ops", route, response.status(), started);
             response
         })
     }

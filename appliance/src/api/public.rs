@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, HeaderValue};
@@ -197,6 +198,7 @@ impl Router for Public {
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(async move {
             let request_id = http::request_id();
+            let started = Instant::now();
             let (route, answer) = self.answer(&request).await;
             let response = match answer {
                 Ok((content_type, body, max_age)) => {
@@ -209,7 +211,7 @@ impl Router for Public {
             self.service
                 .node
                 .metrics
-                .count_request("public", route, response.status());
+                .count_request("public", route, response.status(), started);
             response
         })
     }

@@ -396,7 +396,7 @@ impl Router for Api {
             self.service
                 .node
                 .metrics
-                .count_request("api", route, status);
+                .count_request("api", route, status, started);
             tracing::info!(
                 request_id = %request_id,
                 client = %client,

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
@@ -330,12 +330,13 @@ impl Router for WalletApi {
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         Box::pin(async move {
             let request_id = http::request_id();
+            let started = Instant::now();
             let (route, answer) = self.answer(request, &request_id).await;
             let response = response(answer, &request_id);
             self.service
                 .node
                 .metrics
-                .count_request("wallet", route, response.status());
+                .count_request("wallet", route, response.status(), started);
             response
         })
     }
