@@ -138,16 +138,26 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
-// The names, help texts and labels are constants of this file, each
-// registered once: a failure is a bug caught by the first test that starts
-// a daemon, not a runtime condition.
-#[allow(clippy::expect_used)]
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     ];
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("metric definition");
+    histogram_on(r, HistogramOpts::new(name, help).buckets(buckets), labels)
+}
+
+/// A histogram on [`stages::FINE_BUCKETS`]: for what takes tens of
+/// microseconds to a few milliseconds and is watched for its tail.
+fn fine_histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(stages::FINE_BUCKETS.to_vec());
+    histogram_on(r, opts, labels)
+}
+
+// The names, help texts and labels are constants of the metrics modules,
+// each registered once: a failure is a bug caught by the first test that
+// starts a daemon, not a runtime condition.
+#[allow(clippy::expect_used)]
+fn histogram_on(r: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(opts, labels).expect("metric definition");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
@@ -349,21 +359,15 @@ impl Metrics {
         (written, failures, complete)
     }
 
-    /// Request latency, on the issuance stages' finer buckets (a request
-    /// takes a few milliseconds; its tail is what this is for).
-    #[allow(clippy::expect_used)] // fixed definition: a failure is a bug caught by any test
+    /// Request latency, on the issuance stages' buckets: a request takes a
+    /// few milliseconds, and its tail is what this is for.
     fn request_seconds(r: &Registry) -> HistogramVec {
-        let h = HistogramVec::new(
-            HistogramOpts::new(
-                "dojang_http_request_duration_seconds",
-                "Time from a request's headers to its response built, by listener and route.",
-            )
-            .buckets(stages::FINE_BUCKETS.to_vec()),
+        fine_histogram(
+            r,
+            "dojang_http_request_duration_seconds",
+            "Time from a request's headers to its response built, by listener and route.",
             &["listener", "route"],
         )
-        .expect("metric definition");
-        r.register(Box::new(h.clone())).expect("unique metric");
-        h
     }
 
     /// Requests and connections.

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, Registry};
+use prometheus::{HistogramVec, IntCounter, Registry};
 
 /// The stages of an issuance, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,18 +129,12 @@ impl IssuanceStages {
     /// `dojang_issuance_slow_total`.
     #[allow(clippy::expect_used)] // fixed definitions: a failure is a bug caught by any test
     pub fn new(r: &Registry) -> Self {
-        let buckets = FINE_BUCKETS.to_vec();
-        let seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "dojang_issuance_stage_seconds",
-                "Time each stage of an issued credential took, from the queue for a signing thread to the durable commit.",
-            )
-            .buckets(buckets),
+        let seconds = super::fine_histogram(
+            r,
+            "dojang_issuance_stage_seconds",
+            "Time each stage of an issued credential took, from the queue for a signing thread to the durable commit.",
             &["stage"],
-        )
-        .expect("metric definition");
-        r.register(Box::new(seconds.clone()))
-            .expect("unique metric");
+        );
         let slow = IntCounter::new(
             "dojang_issuance_slow_total",
             "Issuances that took longer than 25 ms from the queue to the commit.",

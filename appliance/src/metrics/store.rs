@@ -14,8 +14,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    exponential_buckets,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, exponential_buckets,
 };
 
 /// The store metrics.
@@ -85,17 +84,12 @@ fn writer_metrics(r: &Registry) -> WriterMetrics {
         .expect("registration");
     // As fine as the issuance stages: a commit takes a fraction of a
     // millisecond when the disk keeps up.
-    let buckets = super::stages::FINE_BUCKETS.to_vec();
-    let seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "dojang_sqlite_writer_seconds",
-            "SQLite's writer per group commit: running the batch's writes (run) and its COMMIT, the log's frames written and synced (commit).",
-        )
-        .buckets(buckets),
+    let seconds = super::fine_histogram(
+        r,
+        "dojang_sqlite_writer_seconds",
+        "SQLite's writer per group commit: running the batch's writes (run) and its COMMIT, the log's frames written and synced (commit).",
         &["part"],
-    )
-    .expect("metric definition");
-    r.register(Box::new(seconds.clone())).expect("registration");
+    );
     WriterMetrics {
         batch_writes,
         run_seconds: seconds.with_label_values(&["run"]),
