@@ -62,6 +62,23 @@ fn mtls_admits_only_valid_certificates_with_a_role() {
         let p = problem(&reply, 401, code);
         assert_eq!(p["rule"], "client.identity", "{name}");
     }
+    // The four refusals are counted, timed and logged like any answer.
+    let metrics = String::from_utf8(d.ops_client().get("/metrics").body).unwrap();
+    let api = "listener=\"api\",route=\"/v1/credentials\"";
+    for series in [
+        format!("dojang_http_requests_total{{{api},status=\"4xx\"}} 4"),
+        format!("dojang_http_request_duration_seconds_count{{{api}}} 4"),
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series}\n{metrics}");
+    }
+    let log = d.log();
+    for code in ["no_client_identity", "malformed_client_identity"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" request ") && l.contains(code) && l.contains("status=401")),
+            "{code}: {log}"
+        );
+    }
     let reply = d
         .client("stranger")
         .send("POST", "/v1/credentials", &headers, body.clone());

@@ -269,10 +269,8 @@ impl Api {
         request_id: String,
     ) -> (Route, Answer) {
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or("").to_owned();
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let route = Route::parse(&method, &segments);
+        let route = route_of(&request);
         let answer = match &route {
             Route::MethodNotAllowed => Err(Refusal::new(
                 Class::MethodNotAllowed,
@@ -346,6 +344,17 @@ impl Api {
     }
 }
 
+/// The route a request asks for, from its method and path.
+fn route_of(request: &Request<Incoming>) -> Route {
+    let segments: Vec<&str> = request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    Route::parse(request.method(), &segments)
+}
+
 impl Router for Api {
     fn listener(&self) -> &'static str {
         "api"
@@ -359,18 +368,23 @@ impl Router for Api {
         Box::pin(async move {
             let request_id = http::request_id();
             let started = Instant::now();
-            let client = match &peer.identity {
-                Ok(client) => client.clone(),
+            let (client, route, answer) = match &peer.identity {
+                Ok(client) => {
+                    let (route, answer) = self
+                        .handle(request, client.clone(), peer.ca, request_id.clone())
+                        .await;
+                    (client.identity.as_str(), route, answer)
+                }
+                // Refused before anything is read, but counted, timed and
+                // logged like any answer: certificates our CA issued
+                // without a usable identity are worth seeing.
                 Err(why) => {
                     let (code, detail) = why.explain();
                     let p = Refusal::new(Class::Unauthorized, code, detail)
                         .with_rule("client.identity");
-                    return http::problem(&p, &request_id);
+                    ("", route_of(&request), Err(p))
                 }
             };
-            let (route, answer) = self
-                .handle(request, client.clone(), peer.ca, request_id.clone())
-                .await;
             let (action, route) = (route.action(), route.name());
             let response = match &answer {
                 Ok((
