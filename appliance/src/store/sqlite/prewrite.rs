@@ -106,16 +106,28 @@ fn remove_abandoned(db: &Path) {
     }
 }
 
-/// The mode and owner SQLite gives a log it creates: the database's.
+/// The mode and owner SQLite gives a log it creates: the database's mode,
+/// and its owner only when the process is root (`robustFchown` in
+/// SQLite's `os_unix.c`). A daemon that is not root keeps its own: asking
+/// for the database's group, which it need not be in, failed with `EPERM`
+/// and the log was not laid out at all.
 fn as_sqlite_would_create(file: &File, db: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let database = fs::metadata(db)?;
     file.set_permissions(database.permissions())?;
     let ours = file.metadata()?;
-    if (ours.uid(), ours.gid()) != (database.uid(), database.gid()) {
-        std::os::unix::fs::fchown(file, Some(database.uid()), Some(database.gid()))?;
+    if let Some((uid, gid)) =
+        owner_to_give((ours.uid(), ours.gid()), (database.uid(), database.gid()))
+    {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
     }
     Ok(())
+}
+
+/// The owner a new log must be given, from the one it was created with
+/// (which says whether the process is root) and the database's.
+fn owner_to_give(created: (u32, u32), database: (u32, u32)) -> Option<(u32, u32)> {
+    (created.0 == 0 && created != database).then_some(database)
 }
 
 /// The size of each write laying out the log: one page of memory. The
@@ -254,6 +266,34 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o640, "a mode no usual umask gives");
+    }
+
+    #[test]
+    fn only_root_gives_the_log_the_databases_owner_as_sqlite_does() {
+        assert_eq!(owner_to_give((0, 0), (70, 80)), Some((70, 80)));
+        assert_eq!(owner_to_give((0, 0), (0, 0)), None);
+        assert_eq!(owner_to_give((70, 70), (70, 80)), None, "not root: kept");
+        assert_eq!(owner_to_give((70, 70), (90, 90)), None);
+    }
+
+    #[test]
+    fn the_log_of_a_database_owned_by_another_user_is_laid_out() {
+        use std::os::unix::fs::MetadataExt;
+        let scratch = closed_database("owner");
+        let me = fs::metadata(&scratch.0).unwrap();
+        // As root (CI), the database is given to `nobody` and the log
+        // follows it; otherwise this process cannot give it away, and the
+        // log is laid out as its own.
+        let expected = if me.uid() == 0 {
+            std::os::unix::fs::chown(&scratch.0, Some(65_534), Some(65_534)).unwrap();
+            (65_534, 65_534)
+        } else {
+            (me.uid(), me.gid())
+        };
+        assert_eq!(prewrite(&scratch.0, MIB).unwrap(), Prewrite::Written(MIB));
+        let log = fs::metadata(log_file(&scratch.0)).unwrap();
+        assert_eq!((log.uid(), log.gid()), expected);
+        assert_eq!(log.len(), MIB);
     }
 
     #[test]
