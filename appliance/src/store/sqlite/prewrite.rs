@@ -116,18 +116,20 @@ fn as_sqlite_would_create(file: &File, db: &Path) -> io::Result<()> {
     let database = fs::metadata(db)?;
     file.set_permissions(database.permissions())?;
     let ours = file.metadata()?;
-    if let Some((uid, gid)) =
-        owner_to_give((ours.uid(), ours.gid()), (database.uid(), database.gid()))
-    {
+    if let Some((uid, gid)) = owner_to_give(
+        rustix::process::geteuid().is_root(),
+        (ours.uid(), ours.gid()),
+        (database.uid(), database.gid()),
+    ) {
         std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
     }
     Ok(())
 }
 
-/// The owner a new log must be given, from the one it was created with
-/// (which says whether the process is root) and the database's.
-fn owner_to_give(created: (u32, u32), database: (u32, u32)) -> Option<(u32, u32)> {
-    (created.0 == 0 && created != database).then_some(database)
+/// The owner a new log must be given, from whether the process is root,
+/// the owner it was created with, and the database's.
+fn owner_to_give(root: bool, created: (u32, u32), database: (u32, u32)) -> Option<(u32, u32)> {
+    (root && created != database).then_some(database)
 }
 
 /// The size of each write laying out the log: one page of memory. The
@@ -270,10 +272,45 @@ mod tests {
 
     #[test]
     fn only_root_gives_the_log_the_databases_owner_as_sqlite_does() {
-        assert_eq!(owner_to_give((0, 0), (70, 80)), Some((70, 80)));
-        assert_eq!(owner_to_give((0, 0), (0, 0)), None);
-        assert_eq!(owner_to_give((70, 70), (70, 80)), None, "not root: kept");
-        assert_eq!(owner_to_give((70, 70), (90, 90)), None);
+        assert_eq!(owner_to_give(true, (0, 0), (70, 80)), Some((70, 80)));
+        assert_eq!(owner_to_give(true, (0, 0), (0, 0)), None);
+        assert_eq!(
+            owner_to_give(false, (70, 70), (70, 80)),
+            None,
+            "not root: kept"
+        );
+        assert_eq!(owner_to_give(false, (70, 70), (90, 90)), None);
+    }
+
+    /// The daemon as a user that is not root, on a database whose group it
+    /// is not in: asking for that group was `EPERM` and no layout.
+    #[test]
+    fn a_daemon_that_is_not_root_lays_out_the_log_of_a_database_in_another_group() {
+        use rustix::process::{Gid, Uid};
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("needs root to become another user (CI runs as root)");
+            return;
+        }
+        let scratch = closed_database("not-root");
+        let nobody = 65_534;
+        std::os::unix::fs::chown(&scratch.0, Some(nobody), Some(0)).unwrap();
+        let db = scratch.0.clone();
+        // Credentials are per thread on Linux (the kernel's, not libc's,
+        // set*id): only this thread stops being root.
+        let laid_out = std::thread::spawn(move || {
+            rustix::thread::set_thread_groups(&[]).unwrap();
+            let (gid, uid) = (Gid::from_raw(nobody), Uid::from_raw(nobody));
+            rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+            rustix::thread::set_thread_res_uid(uid, uid, uid).unwrap();
+            prewrite(&db, MIB).map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(laid_out, Ok(Prewrite::Written(MIB)));
+        let log = fs::metadata(log_file(&scratch.0)).unwrap();
+        assert_eq!((log.uid(), log.gid()), (nobody, nobody), "its own");
+        assert_eq!(log.len(), MIB);
     }
 
     #[test]
