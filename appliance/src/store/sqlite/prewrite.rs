@@ -157,6 +157,12 @@ mod tests {
     use crate::store::sqlite::wal::prepare_writer;
 
     const MIB: u64 = 1 << 20;
+    /// `nobody`: a user the tests give files to, or become, as root.
+    const NOBODY: u32 = 65_534;
+
+    fn root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
 
     fn rows(conn: &rusqlite::Connection) -> i64 {
         conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
@@ -288,19 +294,18 @@ mod tests {
     fn a_daemon_that_is_not_root_lays_out_the_log_of_a_database_in_another_group() {
         use rustix::process::{Gid, Uid};
         use std::os::unix::fs::MetadataExt;
-        if !rustix::process::geteuid().is_root() {
+        if !root() {
             eprintln!("needs root to become another user (CI runs as root)");
             return;
         }
         let scratch = closed_database("not-root");
-        let nobody = 65_534;
-        std::os::unix::fs::chown(&scratch.0, Some(nobody), Some(0)).unwrap();
+        std::os::unix::fs::chown(&scratch.0, Some(NOBODY), Some(0)).unwrap();
         let db = scratch.0.clone();
         // Credentials are per thread on Linux (the kernel's, not libc's,
         // set*id): only this thread stops being root.
         let laid_out = std::thread::spawn(move || {
             rustix::thread::set_thread_groups(&[]).unwrap();
-            let (gid, uid) = (Gid::from_raw(nobody), Uid::from_raw(nobody));
+            let (gid, uid) = (Gid::from_raw(NOBODY), Uid::from_raw(NOBODY));
             rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
             rustix::thread::set_thread_res_uid(uid, uid, uid).unwrap();
             prewrite(&db, MIB).map_err(|e| e.to_string())
@@ -309,7 +314,7 @@ mod tests {
         .unwrap();
         assert_eq!(laid_out, Ok(Prewrite::Written(MIB)));
         let log = fs::metadata(log_file(&scratch.0)).unwrap();
-        assert_eq!((log.uid(), log.gid()), (nobody, nobody), "its own");
+        assert_eq!((log.uid(), log.gid()), (NOBODY, NOBODY), "its own");
         assert_eq!(log.len(), MIB);
     }
 
@@ -321,9 +326,9 @@ mod tests {
         // As root (CI), the database is given to `nobody` and the log
         // follows it; otherwise this process cannot give it away, and the
         // log is laid out as its own.
-        let expected = if me.uid() == 0 {
-            std::os::unix::fs::chown(&scratch.0, Some(65_534), Some(65_534)).unwrap();
-            (65_534, 65_534)
+        let expected = if root() {
+            std::os::unix::fs::chown(&scratch.0, Some(NOBODY), Some(NOBODY)).unwrap();
+            (NOBODY, NOBODY)
         } else {
             (me.uid(), me.gid())
         };
