@@ -44,6 +44,7 @@ use common::hiccups::{HiccupMeter, Hiccups};
 use common::invariants::{self, Registry};
 use common::load::{bodies, env, load, Run};
 use common::stages::StageHistograms;
+use common::threads::ThreadCpu;
 use common::BenchResult;
 use pkcs11_shim::pkcs11::{raw_sign_rate, RawBenchmark};
 use secrecy::SecretString;
@@ -244,7 +245,9 @@ fn one_run(
         common::cpu_seconds(&pid.to_string()),
         common::cpu_seconds("self"),
     );
+    let threads_before = ThreadCpu::of(pid);
     let mut saturated = load(&target, saturated_bodies, connections, duration, None)?;
+    let by_thread = ThreadCpu::of(pid).per_issuance_since(&threads_before, saturated.issued as u64);
     let daemon_cpu = common::cpu_seconds(&pid.to_string()) - daemon_cpu;
     let own_cpu = common::cpu_seconds("self") - own_cpu;
     let postgres_cpu = common::cpu_seconds_named("postgres") - postgres_cpu;
@@ -338,6 +341,7 @@ fn one_run(
         postgres_cpu / saturated.elapsed.as_secs_f64(),
         machine_cpu / saturated.elapsed.as_secs_f64(),
     );
+    println!("    dojangd's CPU per issuance at saturation by thread, µs: {by_thread}");
     let (half_p50, half_p99) =
         print_phase(&format!("half load ({half_rate:.0}/s offered)"), &mut half);
     println!(

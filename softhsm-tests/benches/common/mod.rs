@@ -8,6 +8,7 @@ pub(crate) mod hiccups;
 pub(crate) mod invariants;
 pub(crate) mod load;
 pub(crate) mod stages;
+pub(crate) mod threads;
 
 use std::time::{Duration, Instant};
 
