@@ -8,7 +8,9 @@
 //! load), the p99 of one closed-loop client sending beside the same half
 //! load (what one counter clerk feels), where the issuances' time went
 //! (the daemon's per-stage histograms over each phase), the daemon's CPU per
-//! issuance beyond its HSM work, its peak RSS, and the audit entry's share
+//! issuance beyond its HSM work and, at saturation, by thread
+//! (`common::threads`: the signing pool, SQLite's writer, the I/O runtime,
+//! the log, the audit thread), its peak RSS, and the audit entry's share
 //! (the entry's SQL measured on SQLite beside each run; on PostgreSQL a
 //! share of the daemon's and the server's CPU together).
 //! Over the half-load phase a hiccup meter (`common::hiccups`) reports the

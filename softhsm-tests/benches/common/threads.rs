@@ -10,7 +10,6 @@ use super::cpu_seconds;
 
 /// CPU seconds so far of a process's threads, by name (the `-N` of a
 /// pool's thread dropped), with how many threads share the name.
-#[derive(Default)]
 pub(crate) struct ThreadCpu(BTreeMap<String, (f64, usize)>);
 
 impl ThreadCpu {
